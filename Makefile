@@ -1,0 +1,45 @@
+# Set-up and everyday targets. `make test` on a fresh machine installs everything it needs first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_STAMP := $(VENV)/.apt-installed
+APT_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: setup apt test test-slow lint format demo clean
+
+$(APT_STAMP):
+	@mkdir -p $(VENV)
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	else echo "apt-get not found: install $(APT_PACKAGES) with your package manager"; fi
+	@touch $@
+
+$(STAMP): pyproject.toml | $(APT_STAMP)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first, from the local CPU build: no CUDA wheels are pulled
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+apt: $(APT_STAMP)
+setup: $(STAMP)
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

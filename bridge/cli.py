@@ -1,0 +1,83 @@
+"""The `imusic` entry point: one verb per user intent.
+
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`. Only the module of the
+command being run is imported, so `imusic send ...` never pays for torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from engine.errors import ImusicError
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("bridge.demo", "the main job on the embedded default model: render, edit through the server, show"),
+    "serve": ("bridge.server", "run the engine server (model resident, OSC on 127.0.0.1)"),
+    "send": ("bridge.client", "talk to a running server: ping, status, cancel, edit (no torch import)"),
+    "edit": ("bridge.edit_cmd", "edit one audio file in-process"),
+    "play": ("bridge.playback", "preview an audio file on an output device"),
+    "batch": ("bridge.batch", "render every audio file of a session folder with every requested edit"),
+    "data": ("engine.data.cli", "stem data sets: synthesize, inspect"),
+    "train": ("engine.train", "train adapters (or a base model / codec from scratch)"),
+    "eval": ("engine.evaluate", "evaluate edits on a test set: SI-SDR, mel SSIM, log-mel distance"),
+    "weights": ("engine.weights.cli", "download, inspect and convert checkpoints"),
+    "reaper": ("reaper_scripts.installer", "install or uninstall the REAPER actions"),
+    "bench": ("bridge.bench_cli", "benchmarks: decode speed, bridge overhead"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error, the usage, and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    for token in argv:
+        if not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """Build the parser; only the chosen command's module is imported to add its arguments."""
+    from engine import __version__
+
+    parser = _Parser(prog="imusic", description="Text-instructed music editing for the DAW (Instruct-MusicGen).")
+    parser.add_argument("--version", action="version", version=f"imusic {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    chosen = _chosen_command(argv)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `imusic`; returns the process exit code (0 ok, 1 failure, 2 usage error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except ImusicError as exc:
+        sys.stderr.write(f"imusic {args.command}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("imusic: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""Errors a producer can act on. The CLI and the server turn them into one line (and an error code on the wire).
+
+This module must not import torch: the OSC client and REAPER scripts use it.
+"""
+
+
+class ImusicError(Exception):
+    """Base of every error we raise on purpose; `code` is a short machine-readable name."""
+
+    code = "error"
+
+
+class AudioError(ImusicError):
+    """The input audio cannot be edited (empty, silent, NaN/inf, unreadable, wrong region)."""
+
+    code = "bad_audio"
+
+
+class InstructionError(ImusicError):
+    """The instruction does not parse into an operation and a stem the model knows."""
+
+    code = "bad_instruction"
+
+
+class CheckpointError(ImusicError):
+    """A checkpoint or model directory is missing, corrupted, or of the wrong shape."""
+
+    code = "bad_checkpoint"
+
+
+class DataError(ImusicError):
+    """A data set cannot be used (unknown layout, too small, unreadable)."""
+
+    code = "bad_data"
+
+
+class ConfigError(ImusicError):
+    """A setting or argument is invalid."""
+
+    code = "bad_config"
+
+
+class Cancelled(ImusicError):
+    """The job was cancelled between steps."""
+
+    code = "cancelled"
+
+
+class ResourceError(ImusicError):
+    """The machine ran out of something (GPU memory, disk) and a retry did not help."""
+
+    code = "resources"
