@@ -1,0 +1,106 @@
+"""Pick the device and dtype the model runs in: the user's accelerator, in its fast precision.
+
+CUDA: bf16 (fp16 where the GPU has no bf16). Apple MPS: fp16. CPU: bf16 where the CPU computes it natively
+(AVX-512 BF16 or AMX; weights streaming is the bottleneck there and bf16 halves it), fp32 otherwise.
+Explicit `device` / `dtype` arguments always win.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import torch
+
+from engine.errors import ConfigError
+
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+# /proc/cpuinfo flags that mean bf16 matrix products run in hardware, not emulated.
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Turn "bf16" / "float32" / torch.float16 ... into a torch.dtype; None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).strip().lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}: use one of fp32, bf16, fp16")
+    return _DTYPES[key]
+
+
+def parse_device(device: str | torch.device | None) -> torch.device | None:
+    """Turn "cpu" / "cuda:1" / "mps" into a torch.device, checking that it exists on this machine."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device 'cuda' was asked for but no CUDA GPU is available (is a CUDA build of torch installed?)"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("device 'mps' was asked for but Apple MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
+    return dev
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""
+    if not sys.platform.startswith("linux"):
+        # macOS/Windows: no cheap reliable flag; fp32 is the safe default there.
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return any(flag in flags for flag in _CPU_BF16_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """The fast precision of `device`."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def default_device() -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick(
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """Return (device, dtype) to run in; each argument, when given, overrides the automatic choice."""
+    dev = parse_device(device) or default_device()
+    dt = parse_dtype(dtype) or default_dtype(dev)
+    return dev, dt
