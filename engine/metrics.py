@@ -1,0 +1,203 @@
+"""Edit-quality metrics that need no pretrained network: SI-SDR, SI-SDRi, mel SSIM, log-mel distance, FAD maths.
+
+Pure numpy/scipy, no torch. The recipes follow the official evaluation (evaluation/main.py of Instruct-MusicGen) so
+that our numbers can be read beside the paper's:
+- everything is computed at 16 kHz (inputs are resampled first);
+- SI-SDR as torchmetrics' ScaleInvariantSignalDistortionRatio (no mean removal, float32 epsilon), so a perfect
+  estimate gives a huge finite value rather than inf;
+- SSIM on a power mel spectrogram with torchaudio's MelSpectrogram defaults at 16 kHz (n_fft 400, hop 200, 128 HTK
+  mels, no filter normalisation) and torchmetrics' SSIM settings (Gaussian 11 x 11, sigma 1.5, data_range 1.0,
+  mean over the interior where the window fits). data_range 1.0 on unnormalised power is the official choice:
+  we keep it so that numbers compare, not because it is a good SSIM.
+Audio arrays are float `[N]` (mono) or `[C, N]`; multichannel scores are the mean over channels.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+EVAL_RATE = 16000
+# torchmetrics computes SI-SDR in the input dtype; the official audio is float32, so its epsilon sets the ceiling.
+SI_SDR_EPS = float(np.finfo(np.float32).eps)
+MEL_N_FFT = 400
+MEL_HOP = 200
+MEL_N_MELS = 128
+SSIM_KERNEL = 11
+SSIM_SIGMA = 1.5
+SSIM_DATA_RANGE = 1.0
+# Floor of the log-mel distance, in power units: -100 dB keeps silent frames from dominating the distance.
+LOG_MEL_FLOOR = 1e-10
+
+
+def _as_2d(audio: np.ndarray) -> np.ndarray:
+    """[N] or [C, N] -> float64 [C, N]."""
+    array = np.asarray(audio, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"audio must be [N] or [C, N], got shape {array.shape}")
+    return array
+
+
+def _match(estimate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both to [C, N] with the same channel count and the shorter length (the official code trims the output)."""
+    est, ref = _as_2d(estimate), _as_2d(reference)
+    if est.shape[0] != ref.shape[0]:
+        # A mono reference against a stereo output (or the reverse): compare the channel means.
+        est, ref = est.mean(axis=0, keepdims=True), ref.mean(axis=0, keepdims=True)
+    length = min(est.shape[1], ref.shape[1])
+    return est[:, :length], ref[:, :length]
+
+
+def resample(audio: np.ndarray, rate: int, new_rate: int = EVAL_RATE) -> np.ndarray:
+    """Resample `[N]` or `[C, N]` audio with a polyphase filter (scipy); float64 out, same rank as in."""
+    from scipy.signal import resample_poly
+
+    array = np.asarray(audio, dtype=np.float64)
+    if rate == new_rate:
+        return array
+    if rate <= 0 or new_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {rate} -> {new_rate}")
+    divisor = math.gcd(int(rate), int(new_rate))
+    return resample_poly(array, new_rate // divisor, rate // divisor, axis=-1)
+
+
+def si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
+    """Scale-invariant SDR in dB of `estimate` against `reference` (same rate); mean over channels."""
+    est, ref = _match(estimate, reference)
+    eps = SI_SDR_EPS
+    scores = []
+    for est_ch, ref_ch in zip(est, ref, strict=True):
+        alpha = (np.dot(est_ch, ref_ch) + eps) / (np.dot(ref_ch, ref_ch) + eps)
+        projection = alpha * ref_ch
+        residual = projection - est_ch
+        ratio = (np.dot(projection, projection) + eps) / (np.dot(residual, residual) + eps)
+        scores.append(10.0 * math.log10(ratio))
+    return float(np.mean(scores))
+
+
+def si_sdr_improvement(estimate: np.ndarray, mixture: np.ndarray, reference: np.ndarray) -> float:
+    """SI-SDRi = SI-SDR(estimate, reference) - SI-SDR(mixture, reference): what the edit gained over doing nothing."""
+    return si_sdr(estimate, reference) - si_sdr(mixture, reference)
+
+
+def _hz_to_mel(freq: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + freq / 700.0)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(rate: int = EVAL_RATE, n_fft: int = MEL_N_FFT, n_mels: int = MEL_N_MELS) -> np.ndarray:
+    """Triangular HTK mel filters, unnormalised, from 0 Hz to Nyquist: `[n_fft // 2 + 1, n_mels]`."""
+    bin_freqs = np.linspace(0.0, rate // 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(rate / 2.0)), n_mels + 2))
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (bin_freqs[:, None] - lower[None, :]) / (centre - lower)[None, :]
+    falling = (upper[None, :] - bin_freqs[:, None]) / (upper - centre)[None, :]
+    return np.maximum(0.0, np.minimum(rising, falling))
+
+
+def mel_spectrogram(audio: np.ndarray, rate: int = EVAL_RATE) -> np.ndarray:
+    """Power mel spectrogram of mono audio (channels are averaged) at 16 kHz: `[n_mels, frames]`, frames = 1 + N // hop.
+
+    Centred frames with reflect padding and a periodic Hann window, as torchaudio's MelSpectrogram defaults.
+    """
+    mono = _as_2d(resample(audio, rate)).mean(axis=0)  # [N]
+    pad = MEL_N_FFT // 2
+    # Clips under 12.5 ms are too short to reflect-pad: zero-pad those.
+    padded = np.pad(mono, pad, mode="reflect" if mono.shape[0] > pad else "constant")
+    n_frames = 1 + (padded.shape[0] - MEL_N_FFT) // MEL_HOP
+    starts = np.arange(n_frames) * MEL_HOP
+    frames = padded[starts[:, None] + np.arange(MEL_N_FFT)[None, :]]  # [frames, n_fft]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(MEL_N_FFT) / MEL_N_FFT)
+    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2  # [frames, n_fft // 2 + 1]
+    return (power @ mel_filterbank()).T  # [n_mels, frames]
+
+
+def _gaussian_window() -> np.ndarray:
+    offsets = np.arange(SSIM_KERNEL) - (SSIM_KERNEL - 1) / 2.0
+    weights = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    return weights / weights.sum()
+
+
+def _gaussian_valid(image: np.ndarray) -> np.ndarray:
+    """Separable Gaussian filter keeping only positions where the whole window fits."""
+    from scipy.signal import convolve
+
+    window = _gaussian_window()
+    rows = convolve(image, window[:, None], mode="valid")
+    return convolve(rows, window[None, :], mode="valid")
+
+
+def ssim(image_a: np.ndarray, image_b: np.ndarray, data_range: float = SSIM_DATA_RANGE) -> float:
+    """Structural similarity of two 2-D arrays (Gaussian 11 x 11, sigma 1.5), mean over the valid interior.
+
+    Arrays are trimmed to their common width; both sides must be at least 11 x 11.
+    """
+    a, b = np.asarray(image_a, dtype=np.float64), np.asarray(image_b, dtype=np.float64)
+    width = min(a.shape[1], b.shape[1])
+    a, b = a[:, :width], b[:, :width]
+    if a.shape != b.shape or min(a.shape) < SSIM_KERNEL:
+        raise ValueError(f"SSIM needs two arrays of the same height, at least {SSIM_KERNEL} x {SSIM_KERNEL}")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = _gaussian_valid(a), _gaussian_valid(b)
+    var_a = _gaussian_valid(a * a) - mu_a**2
+    var_b = _gaussian_valid(b * b) - mu_b**2
+    cov = _gaussian_valid(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())
+
+
+def mel_ssim(estimate: np.ndarray, reference: np.ndarray, rate: int) -> float:
+    """SSIM between the 16 kHz power mel spectrograms of two clips (the official recipe); 1.0 when identical."""
+    return ssim(mel_spectrogram(estimate, rate), mel_spectrogram(reference, rate))
+
+
+def log_mel_distance(estimate: np.ndarray, reference: np.ndarray, rate: int) -> float:
+    """Mean absolute difference of the 16 kHz mel spectrograms in dB (0 when identical; lower is better).
+
+    Mel bands whose filter covers no FFT bin (4 of 128 at n_fft 400) are left out: they are always empty.
+    """
+    live_bands = mel_filterbank().sum(axis=0) > 0
+    est = mel_spectrogram(estimate, rate)[live_bands]
+    ref = mel_spectrogram(reference, rate)[live_bands]
+    frames = min(est.shape[1], ref.shape[1])
+    est_db = 10.0 * np.log10(np.maximum(est[:, :frames], LOG_MEL_FLOOR))
+    ref_db = 10.0 * np.log10(np.maximum(ref[:, :frames], LOG_MEL_FLOOR))
+    return float(np.mean(np.abs(est_db - ref_db)))
+
+
+def frechet_distance(embeddings_a: np.ndarray, embeddings_b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two embedding sets `[n, d]` (the FAD formula)."""
+    from scipy.linalg import sqrtm
+
+    a, b = np.asarray(embeddings_a, dtype=np.float64), np.asarray(embeddings_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError("Fréchet distance needs two [n, d] embedding sets with n >= 2 and the same d")
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = sqrtm(cov_a @ cov_b)
+    if not np.isfinite(covmean).all():
+        # Near-singular covariances (few examples): nudge both diagonals, as FAD implementations commonly do.
+        offset = np.eye(a.shape[1]) * 1e-6
+        covmean = sqrtm((cov_a + offset) @ (cov_b + offset))
+    covmean = np.real(covmean)
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
+
+
+def edit_metrics(output: np.ndarray, input_audio: np.ndarray, target: np.ndarray, rate: int) -> dict[str, float]:
+    """All network-free metrics of one edit at 16 kHz: si_sdr, si_sdri, mel_ssim, log_mel_distance."""
+    out16, in16, tgt16 = (resample(x, rate) for x in (output, input_audio, target))
+    return {
+        "si_sdr": si_sdr(out16, tgt16),
+        "si_sdri": si_sdr_improvement(out16, in16, tgt16),
+        "mel_ssim": mel_ssim(out16, tgt16, EVAL_RATE),
+        "log_mel_distance": log_mel_distance(out16, tgt16, EVAL_RATE),
+    }
