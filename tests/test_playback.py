@@ -1,0 +1,173 @@
+"""Audition playback: the Player interface, device choice, A/B alternation, and clear errors without a sound card."""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import io
+import time
+
+import numpy as np
+import pytest
+
+from bridge import playback
+from bridge.playback import FakePlayer, PlaybackUnavailable, ab_schedule, play_ab, resolve_device
+from engine.errors import ConfigError, ImusicError
+
+DEVICES = [
+    {"index": 0, "name": "HDA Intel PCH: ALC3246 Analog", "channels": 2, "default_samplerate": 48000.0},
+    {"index": 3, "name": "Focusrite Scarlett 2i2", "channels": 2, "default_samplerate": 44100.0},
+    {"index": 5, "name": "Scarlett Monitor Mix", "channels": 2, "default_samplerate": 44100.0},
+]
+
+
+def tone(seconds: float, sample_rate: int = 8000, channels: int = 2) -> np.ndarray:
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    return np.repeat(0.1 * np.sin(2 * np.pi * 440 * t)[None, :], channels, axis=0).astype(np.float32)
+
+
+def test_fake_player_play_returns_at_once_and_plays_for_the_clip_duration():
+    player = FakePlayer(time_scale=1.0)
+    started = time.monotonic()
+    player.play(tone(0.3), 8000)
+    assert time.monotonic() - started < 0.1
+    assert player.is_playing
+    assert player.wait(timeout=2.0)
+    assert not player.is_playing
+    assert time.monotonic() - started >= 0.25
+
+
+def test_fake_player_stop_ends_playback_early():
+    player = FakePlayer(time_scale=1.0)
+    player.play(tone(5.0), 8000)
+    player.stop()
+    assert not player.is_playing
+    assert player.stopped == 1
+
+
+def test_fake_player_records_clips_as_float32_channels_first():
+    player = FakePlayer(time_scale=0.0)
+    player.play(tone(0.1, channels=1)[0], 8000)  # a 1-D clip is taken as mono
+    clip, rate = player.played[0]
+    assert clip.shape == (1, 800) and clip.dtype == np.float32 and rate == 8000
+
+
+def test_player_rejects_a_nonsense_sample_rate():
+    with pytest.raises(ConfigError):
+        FakePlayer().play(tone(0.1), 0)
+
+
+def test_device_by_index():
+    assert resolve_device(3, DEVICES) == 3
+    assert resolve_device("5", DEVICES) == 5
+
+
+def test_device_by_partial_name_case_insensitive():
+    assert resolve_device("focusrite", DEVICES) == 3
+
+
+def test_ambiguous_device_name_lists_the_candidates():
+    with pytest.raises(ConfigError, match="ambiguous.*3: Focusrite.*5: Scarlett Monitor"):
+        resolve_device("scarlett", DEVICES)
+
+
+def test_unknown_device_lists_what_exists():
+    with pytest.raises(ConfigError, match="no output device named 'Behringer'.*0: HDA Intel"):
+        resolve_device("Behringer", DEVICES)
+    with pytest.raises(ConfigError, match="no output device with index 9"):
+        resolve_device(9, DEVICES)
+
+
+def test_default_device_with_no_devices_says_how_to_fix_it():
+    with pytest.raises(PlaybackUnavailable, match="no audio output device.*pip install sounddevice"):
+        resolve_device(None, [])
+
+
+def test_missing_sounddevice_is_one_clear_error(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise ImportError("No module named 'sounddevice'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    with pytest.raises(PlaybackUnavailable, match="pip install sounddevice.*libportaudio2") as exc:
+        playback.get_player()
+    assert isinstance(exc.value, ImusicError)
+
+
+def test_missing_portaudio_library_is_one_clear_error(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_portaudio(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise OSError("PortAudio library not found")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_portaudio)
+    with pytest.raises(PlaybackUnavailable, match="PortAudio library.*libportaudio2"):
+        playback.get_player()
+
+
+def test_ab_schedule_alternates_every_four_seconds_and_covers_the_clip():
+    plan = ab_schedule(num_samples=10 * 100, sample_rate=100)
+    assert plan == [("source", 0, 400), ("result", 400, 800), ("source", 800, 1000)]
+
+
+def test_play_ab_plays_source_and_result_segments_in_turn():
+    rate = 100
+    source = np.zeros((2, 9 * rate), np.float32)
+    result = np.ones((2, 9 * rate), np.float32)
+    player = FakePlayer(time_scale=0.0)
+    assert play_ab(player, source, result, rate, segment_s=4.0)
+    assert [clip.shape[1] for clip, _ in player.played] == [400, 400, 100]
+    assert [float(clip.mean()) for clip, _ in player.played] == [0.0, 1.0, 0.0]
+
+
+def test_play_ab_stops_when_a_key_is_pressed():
+    rate = 100
+    source = np.zeros((1, 60 * rate), np.float32)
+    player = FakePlayer(time_scale=1.0)
+    pressed_at = time.monotonic() + 0.2
+    started = time.monotonic()
+    finished = play_ab(player, source, source.copy(), rate, should_stop=lambda: time.monotonic() > pressed_at)
+    assert not finished
+    assert time.monotonic() - started < 1.0
+    assert not player.is_playing and len(player.played) == 1
+
+
+def test_imusic_play_plays_the_requested_region(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    pytest.importorskip("bridge.audio_io")
+    rate = 8000
+    path = tmp_path / "clip.wav"
+    sf.write(path, tone(2.0, rate).T, rate, subtype="FLOAT")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # no key is ever pressed
+    player = FakePlayer(time_scale=0.0)
+    args = argparse.Namespace(file=str(path), start=0.5, end=1.5, device=None, list_devices=False)
+    assert playback.run(args, player=player) == 0
+    clip, played_rate = player.played[0]
+    assert played_rate == rate and clip.shape == (2, rate)
+
+
+def test_imusic_play_without_a_file_is_a_usage_error():
+    args = argparse.Namespace(file=None, start=0.0, end=None, device=None, list_devices=False)
+    with pytest.raises(ConfigError, match="--list-devices"):
+        playback.run(args)
+
+
+def _real_output_devices() -> list[dict]:
+    try:
+        return playback.list_output_devices()
+    except PlaybackUnavailable:
+        return []
+
+
+@pytest.mark.skipif(not _real_output_devices(), reason="no audio output device on this machine")
+def test_real_player_plays_a_short_clip_on_the_default_device():
+    player = playback.get_player()
+    player.play(tone(0.2, 48000), 48000)
+    assert player.wait(timeout=5.0)
+    assert not player.is_playing
