@@ -1,0 +1,302 @@
+"""Plain-words instructions -> (operation, stem) -> the exact prompt the loaded checkpoint was trained with.
+
+"extract drums", "drums only", "take the bass out", "no piano", "with guitar", "Music piece. Instruct: Only Drums."
+all parse. The stem vocabulary comes from the checkpoint's model card (`card.stems`); the synonym table below
+only maps everyday words onto those stems ("kit" -> Drums, "keys" -> Piano, "gtr" -> Guitar) and never adds a stem
+the card does not have. Anything we cannot read raises `InstructionError` naming what is supported.
+
+Parsing is deliberately strict: every word must be an instrument, an operation word or a filler ("the", "please").
+A loose parser that guesses would silently run the wrong edit, which costs a producer more than an error message.
+
+No torch here: the OSC server validates instructions before queueing a job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import InstructionError
+
+OPERATIONS = ("add", "remove", "extract")
+
+# The official Slakh format (ldzhangyx/instruct-MusicGen, src/data/slakh_datamodule.py); used when a card has none.
+DEFAULT_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
+DEFAULT_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
+
+# Operation phrases, as the sequence of non-instrument, non-filler words left in the instruction (in order).
+# "take the drums out" leaves ("take", "out"); "keep only guitar" leaves ("keep", "only").
+_OP_PHRASES: dict[str, list[str]] = {
+    "extract": [
+        "extract",
+        "only",
+        "solo",
+        "soloed",
+        "isolate",
+        "isolated",
+        "keep only",
+        "keep just",
+        "leave only",
+        "leave just",
+        "keep",
+        "just",
+        "alone",
+        "separate",
+        "nothing but",
+        "extract only",
+        "only keep",
+        "give me only",
+        "give me just",
+    ],
+    "remove": [
+        "remove",
+        "no",
+        "without",
+        "mute",
+        "muted",
+        "take out",
+        "take away",
+        "out",
+        "drop",
+        "delete",
+        "cut",
+        "kill",
+        "lose",
+        "minus",
+        "strip",
+        "strip out",
+        "get rid of",
+        "eliminate",
+        "subtract",
+        "removed",
+        "remove all",
+    ],
+    "add": [
+        "add",
+        "with",
+        "plus",
+        "include",
+        "layer",
+        "insert",
+        "put in",
+        "bring in",
+        "add in",
+        "added",
+        "add more",
+        "more",
+    ],
+}
+
+# Words that carry no meaning for the edit.
+_FILLERS = frozenset(
+    [
+        "the",
+        "a",
+        "an",
+        "some",
+        "any",
+        "my",
+        "this",
+        "these",
+        "those",
+        "please",
+        "track",
+        "tracks",
+        "part",
+        "parts",
+        "stem",
+        "stems",
+        "sound",
+        "sounds",
+        "instrument",
+        "instruments",
+        "audio",
+        "channel",
+        "and",
+    ]
+)
+
+# Everyday names for common stem classes. A group applies only when one of its names equals a stem of the card;
+# all its names then map onto that card stem. Groups whose stem the card lacks give a precise error instead.
+_SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("drums", "drum", "drum kit", "drumkit", "drum kits", "kit", "drum track", "beat", "beats"),
+    ("bass", "bass guitar", "bassline", "bass line", "electric bass", "basses"),
+    ("piano", "pianos", "keys", "keyboard", "keyboards", "electric piano", "grand piano"),
+    ("guitar", "guitars", "gtr", "gtrs", "electric guitar", "acoustic guitar", "guitar part"),
+    ("vocals", "vocal", "vox", "voice", "voices", "singing", "singer", "lead vocal", "lead vocals"),
+    ("strings", "string", "string section"),
+    ("synth", "synths", "synthesizer", "synthesizers"),
+    ("brass", "horns", "horn section"),
+    ("organ", "organs"),
+)
+
+_MAX_PHRASE = 4
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One parsed edit: `op` in OPERATIONS, `stem` as the card names it, `prompt` the text the model is given."""
+
+    op: str
+    stem: str
+    prompt: str
+    text: str = ""  # what the user typed, for messages and file names
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. "extract drums" (track names, file names)."""
+        return f"{self.op} {self.stem.lower()}"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """What a checkpoint understands, read from its model card."""
+
+    stems: tuple[str, ...]
+    template: str
+    verbs: Mapping[str, str]
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return tuple(op for op in OPERATIONS if op in self.verbs)
+
+    def supported(self) -> str:
+        """One line a producer can act on: the operations (with a phrase each) and the stems."""
+        examples = {"extract": "extract X / X only", "remove": "remove X / no X", "add": "add X / with X"}
+        ops = "; ".join(examples[op] for op in self.operations)
+        return f"say {ops}, where X is one of: {', '.join(s.lower() for s in self.stems)}"
+
+
+def _field(card: Any, *names: str) -> Any:
+    """Read the first present field of a card that may be a dataclass or a dict (cards written by older code)."""
+    for name in names:
+        value = card.get(name) if isinstance(card, Mapping) else getattr(card, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def vocabulary(card: Any) -> Vocabulary:
+    """The stems, template and verbs of a model card; the official Slakh format where the card is silent."""
+    stems = _field(card, "stems")
+    if not stems:
+        raise InstructionError("this model's card lists no stems, so it cannot be given instructions")
+    template = _field(card, "instruction_template", "template") or DEFAULT_TEMPLATE
+    verbs = _field(card, "instruction_verbs", "verbs") or DEFAULT_VERBS
+    verbs = {op: str(v) for op, v in dict(verbs).items() if op in OPERATIONS}
+    if not verbs:
+        raise InstructionError("this model's card lists no operations (add / remove / extract)")
+    return Vocabulary(stems=tuple(str(s) for s in stems), template=str(template), verbs=verbs)
+
+
+def _words(text: str) -> list[str]:
+    text = text.lower().replace("w/o", " without ").replace("w/", " with ")
+    return re.findall(r"[a-z0-9']+", text.replace("-", " ").replace("_", " "))
+
+
+def _variants(name: str) -> set[str]:
+    """A stem name and its naive singular/plural ("drums" <-> "drum", "bass" -> "basses")."""
+    out = {name}
+    if name.endswith("ss"):
+        out.add(name + "es")
+    elif name.endswith("s"):
+        out.add(name[:-1])
+    else:
+        out.add(name + "s")
+    return out
+
+
+def _stem_phrases(vocab: Vocabulary) -> dict[tuple[str, ...], str]:
+    """Map word sequences to a card stem, or to "!name" for a known instrument this card does not have."""
+    phrases: dict[tuple[str, ...], str] = {}
+    own = {" ".join(_words(stem)): stem for stem in vocab.stems}
+    for group in _SYNONYM_GROUPS:
+        target = next((own[name] for name in group if name in own), None)
+        for name in group:
+            phrases.setdefault(tuple(name.split()), target if target else "!" + group[0])
+    # The card's own names win over any synonym (a card may have a "Keys" stem distinct from "Piano").
+    for name, stem in own.items():
+        for variant in _variants(name):
+            phrases[tuple(variant.split())] = stem
+    return phrases
+
+
+def _op_phrases(vocab: Vocabulary) -> dict[tuple[str, ...], str]:
+    phrases: dict[tuple[str, ...], str] = {}
+    for op in vocab.operations:
+        for phrase in _OP_PHRASES[op]:
+            phrases[tuple(phrase.split())] = op
+    # The checkpoint's own verbs ("Only", "No", "Add") always parse, so its exact prompt format round-trips.
+    for op in vocab.operations:
+        phrases[tuple(_words(vocab.verbs[op]))] = op
+    return phrases
+
+
+def _template_words(vocab: Vocabulary) -> set[str]:
+    """Words of the template outside its placeholders ("music", "piece", "instruct"): fillers when pasted back."""
+    fixed = re.sub(r"\{[^}]*\}", " ", vocab.template)
+    return set(_words(fixed))
+
+
+def format_prompt(op: str, stem: str, card: Any) -> str:
+    """The exact prompt text for (op, stem) in the checkpoint's trained format."""
+    vocab = vocabulary(card)
+    if op not in vocab.verbs:
+        raise InstructionError(f"this model cannot {op}: {vocab.supported()}")
+    if stem not in vocab.stems:
+        raise InstructionError(f"this model has no {stem.lower()} stem: {vocab.supported()}")
+    try:
+        return vocab.template.format(verb=vocab.verbs[op], stem=stem, op=op)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InstructionError(f"the model card's instruction template {vocab.template!r} is malformed") from exc
+
+
+def parse_instruction(text: str, card: Any) -> Instruction:
+    """Parse plain words into an Instruction for the checkpoint described by `card`; InstructionError if unclear."""
+    vocab = vocabulary(card)
+    if not isinstance(text, str) or not text.strip():
+        raise InstructionError(f"the instruction is empty: {vocab.supported()}")
+    words = _words(text)
+    stem_phrases = _stem_phrases(vocab)
+    fillers = _FILLERS | _template_words(vocab)
+
+    found: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(words):
+        for size in range(min(_MAX_PHRASE, len(words) - i), 0, -1):
+            key = tuple(words[i : i + size])
+            if key in stem_phrases:
+                found.append(stem_phrases[key])
+                i += size
+                break
+        else:
+            rest.append(words[i])
+            i += 1
+
+    missing = sorted({s[1:] for s in found if s.startswith("!")})
+    if missing:
+        raise InstructionError(f"this model has no {', '.join(missing)} stem: {vocab.supported()}")
+    stems = list(dict.fromkeys(found))
+    if not stems:
+        raise InstructionError(f"no instrument this model knows in {text.strip()!r}: {vocab.supported()}")
+    if len(stems) > 1:
+        named = " and ".join(s.lower() for s in stems)
+        raise InstructionError(f"one instrument per edit ({text.strip()!r} names {named}): {vocab.supported()}")
+    stem = stems[0]
+
+    op_words = tuple(w for w in rest if w not in fillers)
+    op = _op_phrases(vocab).get(op_words)
+    if op is None:
+        if not op_words:
+            raise InstructionError(f"what should happen to the {stem.lower()}? {vocab.supported()}")
+        raise InstructionError(f"cannot read {' '.join(op_words)!r} in {text.strip()!r}: {vocab.supported()}")
+    return Instruction(op=op, stem=stem, prompt=format_prompt(op, stem, card), text=text.strip())
+
+
+def supported_phrases(card: Any) -> dict[str, Iterable[str]]:
+    """Operation phrases and stems this card accepts (for help texts and the server's status)."""
+    vocab = vocabulary(card)
+    return {"operations": {op: list(_OP_PHRASES[op]) for op in vocab.operations}, "stems": list(vocab.stems)}

@@ -1,0 +1,145 @@
+"""Plain-words instructions parse to (operation, stem) and to the checkpoint's exact prompt format."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from engine.errors import InstructionError
+from engine.instructions import Instruction, format_prompt, parse_instruction, vocabulary
+
+SLAKH = SimpleNamespace(
+    stems=["Drums", "Bass", "Piano", "Guitar"],
+    instruction_template="Music piece. Instruct: {verb} {stem}.",
+    instruction_verbs={"add": "Add", "remove": "No", "extract": "Only"},
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "op", "stem"),
+    [
+        ("extract drums", "extract", "Drums"),
+        ("drums only", "extract", "Drums"),
+        ("remove the bass", "remove", "Bass"),
+        ("take out guitar", "remove", "Guitar"),
+        ("add piano", "add", "Piano"),
+        ("solo bass", "extract", "Bass"),
+        ("isolate the drums", "extract", "Drums"),
+        ("no piano", "remove", "Piano"),
+        ("mute bass", "remove", "Bass"),
+        ("keep only guitar", "extract", "Guitar"),
+        ("with drums", "add", "Drums"),
+        ("Take the drums out, please!", "remove", "Drums"),
+        ("  EXTRACT   Drums. ", "extract", "Drums"),
+        ("get rid of the bass", "remove", "Bass"),
+        ("without piano", "remove", "Piano"),
+        ("w/o drums", "remove", "Drums"),
+    ],
+)
+def test_plain_phrases_parse_to_operation_and_stem(text, op, stem):
+    parsed = parse_instruction(text, SLAKH)
+    assert (parsed.op, parsed.stem) == (op, stem)
+
+
+@pytest.mark.parametrize(
+    ("text", "stem"),
+    [
+        ("remove the drum kit", "Drums"),
+        ("kit only", "Drums"),
+        ("add keys", "Piano"),
+        ("remove the keyboard", "Piano"),
+        ("extract gtr", "Guitar"),
+        ("remove the bass guitar", "Bass"),
+        ("add a drum", "Drums"),
+        ("no guitars", "Guitar"),
+    ],
+)
+def test_synonyms_map_onto_the_cards_stems(text, stem):
+    assert parse_instruction(text, SLAKH).stem == stem
+
+
+def test_prompt_is_the_checkpoints_trained_format():
+    assert parse_instruction("drums only", SLAKH).prompt == "Music piece. Instruct: Only Drums."
+    assert parse_instruction("remove the bass", SLAKH).prompt == "Music piece. Instruct: No Bass."
+    assert parse_instruction("add piano", SLAKH).prompt == "Music piece. Instruct: Add Piano."
+
+
+def test_the_exact_trained_prompt_parses_back_to_itself():
+    for op in ("add", "remove", "extract"):
+        prompt = format_prompt(op, "Guitar", SLAKH)
+        parsed = parse_instruction(prompt, SLAKH)
+        assert (parsed.op, parsed.stem, parsed.prompt) == (op, "Guitar", prompt)
+
+
+def test_instruction_keeps_the_users_words_and_a_short_label():
+    parsed = parse_instruction("Isolate the Drums", SLAKH)
+    assert isinstance(parsed, Instruction)
+    assert parsed.text == "Isolate the Drums"
+    assert parsed.label == "extract drums"
+
+
+def test_unknown_operation_word_lists_what_is_supported():
+    with pytest.raises(InstructionError) as err:
+        parse_instruction("explode the drums", SLAKH)
+    message = str(err.value)
+    assert "explode" in message
+    assert "drums, bass, piano, guitar" in message
+    assert "extract" in message and "remove" in message and "add" in message
+
+
+def test_instrument_the_card_lacks_is_named_in_the_error():
+    with pytest.raises(InstructionError, match="no vocals stem"):
+        parse_instruction("remove the vocals", SLAKH)
+
+
+def test_unknown_instrument_is_an_error():
+    with pytest.raises(InstructionError, match="no instrument this model knows"):
+        parse_instruction("extract the theremin", SLAKH)
+
+
+def test_two_instruments_in_one_edit_is_an_error():
+    with pytest.raises(InstructionError, match="one instrument per edit"):
+        parse_instruction("remove drums and bass", SLAKH)
+
+
+def test_stem_without_operation_asks_what_to_do():
+    with pytest.raises(InstructionError, match="what should happen to the drums"):
+        parse_instruction("the drums", SLAKH)
+
+
+@pytest.mark.parametrize("text", ["", "   ", None])
+def test_empty_instruction_is_an_error(text):
+    with pytest.raises(InstructionError, match="empty"):
+        parse_instruction(text, SLAKH)
+
+
+def test_stem_vocabulary_comes_from_the_card_not_the_code():
+    card = SimpleNamespace(stems=["Vocals", "Strings", "Keys"], instruction_template=None, instruction_verbs=None)
+    assert parse_instruction("remove the vox", card).stem == "Vocals"
+    assert parse_instruction("strings only", card).stem == "Strings"
+    # The card's own "Keys" wins; "piano" still maps onto it as the nearest stem the card has.
+    assert parse_instruction("add keys", card).stem == "Keys"
+    assert parse_instruction("add piano", card).stem == "Keys"
+    with pytest.raises(InstructionError, match="no drums stem"):
+        parse_instruction("extract drums", card)
+
+
+def test_card_without_template_uses_the_official_format():
+    card = {"stems": ["Drums"]}
+    assert parse_instruction("extract drums", card).prompt == "Music piece. Instruct: Only Drums."
+
+
+def test_custom_template_and_verbs_are_used_and_limit_the_operations():
+    card = SimpleNamespace(
+        stems=["Drums"], instruction_template="{verb}: {stem}", instruction_verbs={"extract": "Isolate"}
+    )
+    assert parse_instruction("drums only", card).prompt == "Isolate: Drums"
+    assert vocabulary(card).operations == ("extract",)
+    with pytest.raises(InstructionError, match="cannot read 'remove'"):
+        parse_instruction("remove drums", card)
+
+
+def test_card_with_no_stems_is_an_error():
+    with pytest.raises(InstructionError, match="no stems"):
+        parse_instruction("extract drums", SimpleNamespace(stems=[]))
