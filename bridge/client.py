@@ -1,0 +1,401 @@
+"""OSC client of the engine server: the `imusic send` command and a small class REAPER scripts import. No torch.
+
+Python API (stable; REAPER actions and batch use it):
+
+    from bridge.client import Client, RemoteError, NoReply
+    client = Client(host="127.0.0.1", port=9137)   # one UDP socket on an ephemeral port, kept between calls
+    client.ping(timeout=2.0) -> Reply              # Reply.args = [version, model, device, state]; NoReply if silent
+    job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
+                           job_id=None)            # sends /imusic/edit and returns at once (no waiting)
+    client.poll() -> list[Reply]                   # NON-BLOCKING: every reply that has arrived (REAPER defer loop)
+    client.wait(job_id, timeout=None, on_progress=None) -> JobResult   # blocking; RemoteError on /imusic/error
+    client.edit(...same as submit..., timeout=None, on_progress=None) -> JobResult   # submit + wait, resends safely
+    client.status(job_id=None) -> Reply            # /imusic/state (a job) or /imusic/server_status (the server)
+    client.cancel(job_id) -> Reply                 # /imusic/state after the cancel request
+    client.preview(job_id, which="result") -> Reply ; client.stop_preview() -> Reply
+    client.close()                                 # also a context manager
+
+Reply (bridge.protocol.Reply): .address, .args, .kind ("accepted", "progress", "done", "error", ...), .job_id,
+.fraction, .stage, .output_path, .info (dict), .code, .message, .state, .is_final.
+JobResult: job_id, output_path, info. A REAPER action calls submit() once, then poll() from each deferred run and
+looks for replies with its job id; a reply whose .is_final is True ends the job.
+
+Resending an edit with the same job id never runs it twice (the server answers with the job's current state), so
+submit() may be repeated after a timeout without harm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge import protocol
+from bridge.protocol import Reply
+from engine.errors import ConfigError, ImusicError
+
+
+class NoReply(ImusicError):
+    """The server did not answer in time (not running, wrong port, or busy loading)."""
+
+    code = "no_reply"
+
+
+class RemoteError(ImusicError):
+    """The server answered /imusic/error; `code` is the wire error code, `job_id` the job it concerns."""
+
+    code = "remote"
+
+    def __init__(self, message: str, code: str = "remote", job_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.job_id = job_id
+
+
+@dataclass
+class JobResult:
+    """A finished job: where its result was written and the result metadata (levels, timings)."""
+
+    job_id: str
+    output_path: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _local_bind_host(host: str) -> str:
+    # Loopback servers reply to loopback; anything else needs an address the server can reach.
+    return "127.0.0.1" if host in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
+
+
+class Client:
+    """One UDP socket bound to an ephemeral port: the server replies to it without any configuration."""
+
+    def __init__(self, host: str = protocol.DEFAULT_HOST, port: int = protocol.DEFAULT_PORT) -> None:
+        try:
+            self.server = (socket.gethostbyname(host), int(port))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot resolve the engine address {host}:{port}: {exc}") from None
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind((_local_bind_host(host), 0))
+        self._sock.setblocking(False)
+        self._backlog: list[Reply] = []  # replies read during a blocking wait that the wait did not consume
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The (host, port) the server replies to."""
+        return self._sock.getsockname()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ the socket
+
+    def send(self, address: str, *args: Any) -> None:
+        """Send one request (see bridge.protocol for addresses and arguments)."""
+        self._sock.sendto(protocol.encode(address, *args), self.server)
+
+    def _read(self, timeout: float) -> list[Reply]:
+        """Replies that arrive within `timeout` seconds (0: only those already there)."""
+        import select
+
+        replies: list[Reply] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._sock], [], [], remaining if not replies else 0.0)
+            if not ready:
+                return replies
+            try:
+                datagram, _ = self._sock.recvfrom(protocol.MAX_PACKET + 1)
+            except BlockingIOError:
+                return replies
+            except (ConnectionResetError, ConnectionRefusedError):
+                # Windows reports an earlier send to a closed port here; nothing to read.
+                continue
+            try:
+                replies.extend(Reply(address, args) for address, args in protocol.decode(datagram))
+            except protocol.RequestError:
+                continue  # not ours to answer; a client ignores garbage
+
+    def poll(self) -> list[Reply]:
+        """Every reply received so far, without blocking. Safe to call from REAPER's defer loop."""
+        replies, self._backlog = self._backlog + self._read(0.0), []
+        return replies
+
+    def wait_for(self, match: Callable[[Reply], bool], timeout: float) -> Reply:
+        """Block until a reply matches (others are kept for poll()); NoReply after `timeout` seconds."""
+        for i, reply in enumerate(self._backlog):
+            if match(reply):
+                return self._backlog.pop(i)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NoReply(
+                    f"no reply from the engine at {self.server[0]}:{self.server[1]} within {timeout:g} s: "
+                    "is `imusic serve` running on that port?"
+                )
+            for i, reply in enumerate(replies := self._read(min(remaining, 0.5))):
+                if match(reply):
+                    self._backlog.extend(replies[i + 1 :])
+                    return reply
+                self._backlog.append(reply)
+
+    def _request(self, address: str, args: tuple[Any, ...], match: Callable[[Reply], bool], timeout: float) -> Reply:
+        self.send(address, *args)
+        reply = self.wait_for(match, timeout)
+        if reply.address == protocol.ERROR:
+            raise RemoteError(reply.message, reply.code, reply.job_id)
+        return reply
+
+    # ------------------------------------------------------------------------------------------------ requests
+
+    def ping(self, timeout: float = 2.0) -> Reply:
+        """/imusic/ping -> /imusic/pong version model device state."""
+        return self._request(protocol.PING, (), lambda r: r.address in (protocol.PONG, protocol.ERROR), timeout)
+
+    def status(self, job_id: str | None = None, timeout: float = 2.0) -> Reply:
+        """A job's /imusic/state, or the server's /imusic/server_status when job_id is None."""
+        if job_id:
+            return self._request(protocol.STATUS, (job_id,), _about(job_id, protocol.STATE), timeout)
+        return self._request(
+            protocol.STATUS, (), lambda r: r.address in (protocol.SERVER_STATUS, protocol.ERROR), timeout
+        )
+
+    def cancel(self, job_id: str, timeout: float = 2.0) -> Reply:
+        """Cancel a queued or running job; returns its /imusic/state (cancelled, cancelling, or already final)."""
+        return self._request(protocol.CANCEL, (job_id,), _about(job_id, protocol.STATE), timeout)
+
+    def preview(self, job_id: str, which: str = "result", timeout: float = 2.0) -> Reply:
+        """Play a finished job's result (or its source region) on the engine machine's output."""
+        return self._request(protocol.PREVIEW, (job_id, which), _about(job_id, protocol.PREVIEWING), timeout)
+
+    def stop_preview(self, timeout: float = 2.0) -> Reply:
+        match = lambda r: r.address in (protocol.PREVIEW_STOPPED, protocol.ERROR)  # noqa: E731
+        return self._request(protocol.STOP_PREVIEW, (), match, timeout)
+
+    def submit(
+        self,
+        input_path: str,
+        start_s: float,
+        end_s: float,
+        instruction: str,
+        output_path: str | None = None,
+        seed: int | None = None,
+        takes: int = 1,
+        job_id: str | None = None,
+    ) -> str:
+        """Send /imusic/edit and return the job id at once. end_s < 0 means "to the end of the file"."""
+        job_id = job_id or protocol.new_job_id()
+        input_path = os.path.abspath(os.path.expanduser(input_path))  # the server refuses relative paths
+        output = os.path.abspath(os.path.expanduser(output_path)) if output_path else ""
+        self.send(
+            protocol.EDIT,
+            job_id,
+            input_path,
+            float(start_s),
+            float(end_s),
+            instruction,
+            output,
+            -1 if seed is None else int(seed),
+            int(takes),
+        )
+        self._last_edit = (job_id, input_path, float(start_s), float(end_s), instruction, output, seed, takes)
+        return job_id
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[float, str], None] | None = None,
+        resend_after: float = 1.0,
+    ) -> JobResult:
+        """Block until the job is done; RemoteError if it failed or was cancelled, NoReply on timeout.
+
+        Until the job is accepted, the last submit() of it is resent every `resend_after` seconds (harmless: job ids
+        are idempotent), which covers a lost datagram or a server that was restarting; once accepted, a silent
+        server is asked for the job's state every few seconds instead.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last_heard = time.monotonic()
+        last = getattr(self, "_last_edit", None)
+        accepted = last is None or last[0] != job_id  # nothing to resend for a job this client did not submit
+        while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
+            for reply in self._take(job_id) or self._read(0.2):
+                if reply.job_id != job_id:
+                    self._backlog.append(reply)
+                    continue
+                last_heard = time.monotonic()
+                if reply.address == protocol.ACCEPTED:
+                    accepted = True
+                elif reply.address == protocol.PROGRESS:
+                    accepted = True
+                    if on_progress is not None:
+                        on_progress(reply.fraction, reply.stage)
+                elif reply.address == protocol.DONE or (
+                    reply.address == protocol.STATE and reply.state == protocol.DONE_STATE
+                ):
+                    return JobResult(job_id, reply.output_path, reply.info)
+                elif reply.address == protocol.ERROR:
+                    raise RemoteError(reply.message, reply.code, job_id)
+                elif reply.address == protocol.STATE and reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
+                    raise RemoteError(reply.message or f"job {job_id} {reply.state}", reply.state, job_id)
+            silent = time.monotonic() - last_heard
+            if not accepted and silent > resend_after:
+                self.submit(*last[1:], job_id=job_id)
+                last_heard = time.monotonic()
+            elif accepted and silent > 5 * resend_after:
+                self.send(protocol.STATUS, job_id)
+                last_heard = time.monotonic()
+
+    def _take(self, job_id: str) -> list[Reply]:
+        mine = [r for r in self._backlog if r.job_id == job_id]
+        if mine:
+            self._backlog = [r for r in self._backlog if r.job_id != job_id]
+        return mine
+
+    def edit(
+        self,
+        input_path: str,
+        start_s: float,
+        end_s: float,
+        instruction: str,
+        output_path: str | None = None,
+        seed: int | None = None,
+        takes: int = 1,
+        job_id: str | None = None,
+        timeout: float | None = None,
+        on_progress: Callable[[float, str], None] | None = None,
+    ) -> JobResult:
+        """submit() then wait(): the blocking call for scripts and the CLI."""
+        job_id = self.submit(input_path, start_s, end_s, instruction, output_path, seed, takes, job_id)
+        return self.wait(job_id, timeout=timeout, on_progress=on_progress)
+
+
+def _about(job_id: str, address: str) -> Callable[[Reply], bool]:
+    return lambda r: r.job_id == job_id and r.address in (address, protocol.ERROR)
+
+
+# ------------------------------------------------------------------------------------------------------ command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic send ping|status|cancel|edit|preview|stop-preview ...`"""
+    parser.add_argument("--host", default=os.environ.get("IMUSIC_HOST", protocol.DEFAULT_HOST), help="engine host")
+    parser.add_argument(
+        "--port", type=int, default=int(os.environ.get("IMUSIC_PORT", protocol.DEFAULT_PORT)), help="engine port"
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (edit: no limit)")
+    parser.add_argument("--json", action="store_true", help="print replies as JSON lines")
+    sub = parser.add_subparsers(dest="request", metavar="REQUEST", parser_class=type(parser))
+    sub.required = True
+    sub.add_parser("ping", help="is the engine there? prints version, model, device, state")
+    status = sub.add_parser("status", help="the server's state, or one job's")
+    status.add_argument("job_id", nargs="?", default=None)
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    edit = sub.add_parser("edit", help="edit a region of an audio file on the engine")
+    edit.add_argument("input", help="audio file (wav, aiff, flac, mp3, ogg) on the engine machine")
+    edit.add_argument("instruction", help='e.g. "extract drums", "remove bass", "add piano"')
+    edit.add_argument("--start", type=float, default=0.0, help="region start in seconds (default 0)")
+    edit.add_argument("--end", type=float, default=-1.0, help="region end in seconds (default: end of file)")
+    edit.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside input)")
+    edit.add_argument("--seed", type=int, default=None)
+    edit.add_argument("--takes", type=int, default=1, help="generate N takes and keep the best")
+    edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")
+    edit.add_argument("--no-wait", action="store_true", help="print the job id once accepted and return")
+    preview = sub.add_parser("preview", help="play a finished job on the engine machine's output")
+    preview.add_argument("job_id")
+    preview.add_argument("which", nargs="?", default="result", choices=("result", "source"))
+    sub.add_parser("stop-preview", help="stop the preview")
+
+
+def _print_reply(reply: Reply, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"address": reply.address, "args": reply.args}))
+    else:
+        print(" ".join(str(a) for a in [reply.kind, *reply.args]))
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per stage otherwise)."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last_stage = None
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.tty:
+            filled = int(fraction * 30)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage[:30]:<30}")
+            self.stream.flush()
+        elif stage != self.last_stage:
+            self.stream.write(f"{fraction * 100:5.1f}% {stage}\n")
+        self.last_stage = stage
+
+    def close(self) -> None:
+        if self.tty and self.last_stage is not None:
+            self.stream.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `imusic send` request; 0 on success, 1 (via ImusicError) on an error reply or silence."""
+    timeout = args.timeout
+    short = 2.0 if timeout is None else timeout
+    with Client(args.host, args.port) as client:
+        if args.request == "ping":
+            _print_reply(client.ping(short), args.json)
+        elif args.request == "status":
+            _print_reply(client.status(args.job_id, short), args.json)
+        elif args.request == "cancel":
+            _print_reply(client.cancel(args.job_id, short), args.json)
+        elif args.request == "preview":
+            _print_reply(client.preview(args.job_id, args.which, short), args.json)
+        elif args.request == "stop-preview":
+            _print_reply(client.stop_preview(short), args.json)
+        elif args.request == "edit":
+            return _run_edit(client, args, short)
+    return 0
+
+
+def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
+    if not os.path.exists(args.input):
+        raise ConfigError(f"no such file: {args.input}")
+    job_id = client.submit(
+        args.input, args.start, args.end, args.instruction, args.output, args.seed, args.takes, args.job_id
+    )
+    accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in (protocol.ACCEPTED, protocol.ERROR), short)
+    if accepted.address == protocol.ERROR:
+        raise RemoteError(accepted.message, accepted.code, job_id)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    bar = _ProgressBar()
+    try:
+        result = client.wait(job_id, timeout=args.timeout, on_progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        client.send(protocol.CANCEL, job_id)
+        sys.stderr.write(f"cancel sent for job {job_id}\n")
+        return 130
+    bar.close()
+    if args.json:
+        print(json.dumps({"job_id": job_id, "output_path": result.output_path, "info": result.info}))
+    else:
+        print(result.output_path)
+    return 0

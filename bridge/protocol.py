@@ -1,0 +1,339 @@
+"""The OSC protocol between clients (REAPER, `imusic send`, any OSC controller) and the engine server.
+
+Addresses, argument order and types, reply shapes, error codes and limits live here, and only here; server and
+client both import this module. No torch, no numpy: REAPER scripts import it. docs/PROTOCOL.md documents the same.
+
+Requests (client -> server), optional arguments in brackets:
+    /imusic/edit          job_id input_path start_s end_s instruction [output_path] [seed] [takes]
+    /imusic/cancel        job_id
+    /imusic/status        [job_id]
+    /imusic/ping
+    /imusic/preview       job_id [source|result]
+    /imusic/stop_preview
+Replies (server -> the address and port the request came from):
+    /imusic/accepted      job_id queue_position
+    /imusic/progress      job_id fraction stage
+    /imusic/done          job_id output_path info_json
+    /imusic/error         job_id code message            (job_id "" when the request had none)
+    /imusic/state         job_id state fraction detail   (answer to status job_id and to cancel)
+    /imusic/server_status state queued running_job_id version model
+    /imusic/pong          version model device state
+    /imusic/previewing    job_id which duration_s
+    /imusic/preview_stopped
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import ImusicError
+
+PROTOCOL_VERSION = "1"
+DEFAULT_HOST = "127.0.0.1"
+# An unassigned port far from the 8000/9000 that REAPER's own OSC surfaces tend to use.
+DEFAULT_PORT = 9137
+
+PREFIX = "/imusic"
+# requests
+EDIT = PREFIX + "/edit"
+CANCEL = PREFIX + "/cancel"
+STATUS = PREFIX + "/status"
+PING = PREFIX + "/ping"
+PREVIEW = PREFIX + "/preview"
+STOP_PREVIEW = PREFIX + "/stop_preview"
+# replies
+ACCEPTED = PREFIX + "/accepted"
+PROGRESS = PREFIX + "/progress"
+DONE = PREFIX + "/done"
+ERROR = PREFIX + "/error"
+STATE = PREFIX + "/state"
+SERVER_STATUS = PREFIX + "/server_status"
+PONG = PREFIX + "/pong"
+PREVIEWING = PREFIX + "/previewing"
+PREVIEW_STOPPED = PREFIX + "/preview_stopped"
+
+# job states, as reported by /imusic/state
+QUEUED, RUNNING, CANCELLING, DONE_STATE, ERROR_STATE, CANCELLED, UNKNOWN = (
+    "queued",
+    "running",
+    "cancelling",
+    "done",
+    "error",
+    "cancelled",
+    "unknown",
+)
+FINAL_STATES = (DONE_STATE, ERROR_STATE, CANCELLED)
+# server states, as reported by /imusic/pong and /imusic/server_status
+LOADING, WARMING, READY, STOPPING = "loading", "warming", "ready", "stopping"
+
+# Error codes on the wire: engine.errors codes (bad_audio, bad_instruction, bad_checkpoint, bad_config, cancelled,
+# resources) plus these.
+BAD_REQUEST = "bad_request"  # malformed packet, wrong types, missing or extra arguments, values out of range
+UNKNOWN_ADDRESS = "unknown_address"
+UNKNOWN_JOB = "unknown_job"
+FORBIDDEN_PATH = "forbidden_path"  # outside the allowed roots, or not resolvable safely
+JOB_CONFLICT = "job_conflict"  # a job id reused for a different request
+QUEUE_FULL = "queue_full"
+NOT_FINISHED = "not_finished"  # preview of a job that has no result yet
+UNAVAILABLE = "unavailable"  # the server is stopping, or preview has no output device
+INTERNAL = "internal"  # a bug: the server logged a traceback and keeps serving
+
+# Limits: a UDP datagram holds at most 65507 bytes; anything near that is hostile, not a producer's request.
+MAX_PACKET = 65507
+MAX_JOB_ID = 128
+MAX_PATH = 4096
+MAX_INSTRUCTION = 1000
+MAX_TAKES = 16
+MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+class RequestError(ImusicError):
+    """A request that cannot be served as sent; `code` is one of the wire error codes above."""
+
+    code = BAD_REQUEST
+
+    def __init__(self, message: str, code: str = BAD_REQUEST, job_id: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.job_id = job_id
+
+
+# ----------------------------------------------------------------------------------------------- encoding / decoding
+
+
+def encode(address: str, *args: Any) -> bytes:
+    """One OSC message as a datagram. str -> s, bool -> T/F, int -> i, float -> d (double: positions keep samples)."""
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder(address=address)
+    for value in args:
+        if isinstance(value, bool):
+            builder.add_arg(value)
+        elif isinstance(value, int):
+            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_INT)
+        elif isinstance(value, float):
+            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_DOUBLE)
+        elif isinstance(value, str):
+            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_STRING)
+        else:
+            raise TypeError(f"cannot send {type(value).__name__} over OSC: {value!r}")
+    return builder.build().dgram
+
+
+def decode(datagram: bytes) -> list[tuple[str, list[Any]]]:
+    """Messages of one datagram (a message or a bundle) as (address, args); RequestError if it does not parse."""
+    from pythonosc.osc_packet import OscPacket, ParseError
+
+    try:
+        packet = OscPacket(datagram)
+        return [(timed.message.address, list(timed.message.params)) for timed in packet.messages]
+    except (ParseError, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
+        raise RequestError(f"not an OSC packet ({len(datagram)} bytes): {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------ request validation
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One positional argument of a request: name, kind ('str', 'float', 'int', 'job_id'), default if optional."""
+
+    name: str
+    kind: str
+    optional: bool = False
+    default: Any = None
+    max_len: int = MAX_PATH
+
+
+REQUESTS: dict[str, tuple[Arg, ...]] = {
+    EDIT: (
+        Arg("job_id", "job_id"),
+        Arg("input_path", "str"),
+        Arg("start_s", "float"),
+        Arg("end_s", "float"),
+        Arg("instruction", "str", max_len=MAX_INSTRUCTION),
+        Arg("output_path", "str", optional=True, default=""),
+        Arg("seed", "int", optional=True, default=-1),
+        Arg("takes", "int", optional=True, default=1),
+    ),
+    CANCEL: (Arg("job_id", "job_id"),),
+    STATUS: (Arg("job_id", "job_id", optional=True, default=""),),
+    PING: (),
+    PREVIEW: (Arg("job_id", "job_id"), Arg("which", "str", optional=True, default="result", max_len=16)),
+    STOP_PREVIEW: (),
+}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
+    where = f"{address}: argument {index + 1} ({spec.name})"
+    if spec.kind == "float":
+        # OSC controllers send 32-bit floats or ints; both are fine. Booleans are not numbers here.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RequestError(f"{where} must be a number, got {_short(value)}")
+        number = float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise RequestError(f"{where} must be a finite number, got {value}")
+        return number
+    if spec.kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RequestError(f"{where} must be an integer, got {_short(value)}")
+        return value
+    if spec.kind == "job_id":
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # simple controllers number their jobs
+        if not isinstance(value, str):
+            raise RequestError(f"{where} must be a string, got {_short(value)}")
+        if len(value) > MAX_JOB_ID:
+            raise RequestError(f"{where} is {len(value)} characters long; the limit is {MAX_JOB_ID}")
+        if value and not JOB_ID_PATTERN.match(value):
+            raise RequestError(f"{where} may hold only letters, digits and . _ : - , got {_short(value)}")
+        return value
+    # str
+    if not isinstance(value, str):
+        raise RequestError(f"{where} must be a string, got {_short(value)}")
+    if len(value) > spec.max_len:
+        raise RequestError(f"{where} is {len(value)} characters long; the limit is {spec.max_len}")
+    return value
+
+
+def parse_request(address: str, args: list[Any]) -> dict[str, Any]:
+    """Check a request's arguments against REQUESTS; returns them by name with defaults filled in.
+
+    Raises RequestError (unknown_address or bad_request) with a message naming the argument at fault.
+    """
+    specs = REQUESTS.get(address)
+    if specs is None:
+        known = ", ".join(sorted(REQUESTS))
+        raise RequestError(f"unknown address {_short(address)}; this server answers {known}", code=UNKNOWN_ADDRESS)
+    required = sum(not spec.optional for spec in specs)
+    if not required <= len(args) <= len(specs):
+        names = " ".join(spec.name if not spec.optional else f"[{spec.name}]" for spec in specs)
+        raise RequestError(f"{address} takes {names or 'no arguments'}; got {len(args)} argument(s)")
+    values = {
+        spec.name: _convert(address, i, spec, value) for i, (spec, value) in enumerate(zip(specs, args, strict=False))
+    }
+    for spec in specs[len(args) :]:
+        values[spec.name] = spec.default
+    return values
+
+
+def request_job_id(address: str, args: list[Any]) -> str:
+    """The job id of a request if its first argument looks like one, else "" (for error replies)."""
+    specs = REQUESTS.get(address, ())
+    if (
+        specs
+        and specs[0].kind == "job_id"
+        and args
+        and isinstance(args[0], (str, int))
+        and not isinstance(args[0], bool)
+    ):
+        job_id = str(args[0])
+        if len(job_id) <= MAX_JOB_ID and JOB_ID_PATTERN.match(job_id):
+            return job_id
+    return ""
+
+
+def clip_message(message: str) -> str:
+    """An error message cut so that a reply always fits one datagram."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def new_job_id() -> str:
+    """A fresh job id (random, 24 hex digits): resending the same id never runs a job twice."""
+    return os.urandom(12).hex()
+
+
+# ------------------------------------------------------------------------------------------------------------ replies
+
+
+@dataclass
+class Reply:
+    """One message from the server, with named accessors for the reply shapes above."""
+
+    address: str
+    args: list[Any] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """The last part of the address: accepted, progress, done, error, state, pong, ..."""
+        return self.address.rsplit("/", 1)[-1]
+
+    def _arg(self, index: int, default: Any = None) -> Any:
+        return self.args[index] if len(self.args) > index else default
+
+    @property
+    def job_id(self) -> str:
+        if self.address in (ACCEPTED, PROGRESS, DONE, ERROR, STATE, PREVIEWING):
+            return str(self._arg(0, ""))
+        return ""
+
+    @property
+    def fraction(self) -> float:
+        if self.address == PROGRESS:
+            return float(self._arg(1, 0.0))
+        if self.address == STATE:
+            return float(self._arg(2, 0.0))
+        return 0.0
+
+    @property
+    def stage(self) -> str:
+        return str(self._arg(2, "")) if self.address == PROGRESS else ""
+
+    @property
+    def state(self) -> str:
+        """Job state for /state, server state for /pong and /server_status."""
+        if self.address == STATE:
+            return str(self._arg(1, ""))
+        if self.address == PONG:
+            return str(self._arg(3, ""))
+        if self.address == SERVER_STATUS:
+            return str(self._arg(0, ""))
+        return ""
+
+    @property
+    def output_path(self) -> str:
+        if self.address == DONE:
+            return str(self._arg(1, ""))
+        if self.address == STATE and self.state == DONE_STATE:
+            return str(self._arg(3, ""))
+        return ""
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The result metadata of /done (EditResult.info plus the server's timings), {} if absent or unreadable."""
+        if self.address != DONE:
+            return {}
+        try:
+            value = json.loads(self._arg(2, "") or "{}")
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def code(self) -> str:
+        return str(self._arg(1, "")) if self.address == ERROR else ""
+
+    @property
+    def message(self) -> str:
+        if self.address == ERROR:
+            return str(self._arg(2, ""))
+        if self.address == STATE:
+            return str(self._arg(3, ""))
+        return ""
+
+    @property
+    def is_final(self) -> bool:
+        """True for a reply that ends a job: done or error."""
+        return self.address in (DONE, ERROR)
