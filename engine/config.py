@@ -1,0 +1,134 @@
+"""Model configuration: plain dataclasses and named presets (tiny, small, medium, large).
+
+No torch import here: the CLI and the weights inspector read configs without loading the model code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Shape of the MusicGen decoder. The special (pad / "empty") token id is `card`; embeddings have card + 1 rows."""
+
+    num_layers: int
+    dim: int
+    num_heads: int
+    ffn_dim: int
+    num_codebooks: int = 4
+    card: int = 2048
+    text_dim: int = 768
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "dim", "num_heads", "ffn_dim", "num_codebooks", "card", "text_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"LMConfig.{name} must be a positive integer, got {value!r}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"LMConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.dim % 2:
+            raise ConfigError(f"LMConfig.dim ({self.dim}) must be even (sinusoidal positions use cos/sin halves)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def special_token(self) -> int:
+        return self.card
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LMConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown LMConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Instruct-MusicGen adapters: audio fusion on the top `fused_layers` layers (None = all) and text LoRA.
+
+    `cond_causal`: the official condition pass runs the frozen self-attention with its causal mask
+    (transformer_cc.py builds the mask from the module's own `causal` flag; the `is_causal=False` argument is only
+    asserted). Keep True to match the published adapter; False lets every condition frame see the whole window.
+    """
+
+    fused_layers: int | None = None
+    lora_rank: int = 32
+    lora_alpha: float = 64
+    lora_targets: tuple[str, ...] = ("q", "v")
+    cond_frames: int = 501
+    cond_causal: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fused_layers is not None and (not isinstance(self.fused_layers, int) or self.fused_layers < 0):
+            raise ConfigError(
+                f"FusionConfig.fused_layers must be None or a non-negative integer, got {self.fused_layers!r}"
+            )
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ConfigError(f"FusionConfig.lora_rank must be a non-negative integer, got {self.lora_rank!r}")
+        bad = set(self.lora_targets) - {"q", "k", "v", "out"}
+        if bad:
+            raise ConfigError(f"FusionConfig.lora_targets may name q, k, v, out; got {sorted(bad)}")
+        if not isinstance(self.cond_frames, int) or self.cond_frames < 2:
+            raise ConfigError(f"FusionConfig.cond_frames must be an integer >= 2, got {self.cond_frames!r}")
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+    def num_fused(self, num_layers: int) -> int:
+        """How many of the model's top layers carry the audio-fusion prefix."""
+        if self.fused_layers is None:
+            return num_layers
+        if self.fused_layers > num_layers:
+            raise ConfigError(f"FusionConfig.fused_layers={self.fused_layers} exceeds the model's {num_layers} layers")
+        return self.fused_layers
+
+    @property
+    def lora_scale(self) -> float:
+        return float(self.lora_alpha) / self.lora_rank if self.lora_rank else 0.0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["lora_targets"] = list(self.lora_targets)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FusionConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown FusionConfig fields: {sorted(unknown)}")
+        data = dict(data)
+        if "lora_targets" in data:
+            data["lora_targets"] = tuple(data["lora_targets"])
+        return cls(**data)
+
+
+# MusicGen sizes (audiocraft / transformers facebook/musicgen-*); `tiny` is for tests and benchmarks.
+PRESETS: dict[str, LMConfig] = {
+    "tiny": LMConfig(num_layers=2, dim=64, num_heads=4, ffn_dim=256, text_dim=32),
+    "small": LMConfig(num_layers=24, dim=1024, num_heads=16, ffn_dim=4096),
+    "medium": LMConfig(num_layers=48, dim=1536, num_heads=24, ffn_dim=6144),
+    "large": LMConfig(num_layers=48, dim=2048, num_heads=32, ffn_dim=8192),
+}
+
+
+def preset(name: str, **overrides) -> LMConfig:
+    """A named preset, optionally with fields replaced (e.g. `preset("tiny", card=64)`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(PRESETS)}")
+    try:
+        return replace(PRESETS[name], **overrides)
+    except TypeError as exc:
+        raise ConfigError(f"bad override for preset {name!r}: {exc}") from None
+
+
+__all__ = ["LMConfig", "FusionConfig", "PRESETS", "preset"]

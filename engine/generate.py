@@ -1,0 +1,197 @@
+"""Decoding: prefill, one-step decode with a preallocated KV cache, classifier-free guidance, sampling.
+
+The loop works on the delay-pattern sequence [B, K, T + K] (delay.py). Step 0 is the start token; the model reading
+step s predicts step s + 1. Cells that are special (delay padding) or given by `prompt_codes` are forced; everything
+else is sampled. With a prompt of Tp frames, steps 0..Tp are fully known and go through the model in one prefill.
+
+CFG doubles the batch: the first half sees the text, the second half the null condition (zero text states, empty
+mask: what transformers and audiocraft do); both halves see the same audio-condition prefix (official code).
+Guided logits = uncond + cfg_coef * (cond - uncond).
+
+Two step modes: eager (CPU default: the cache is sliced to its filled length, least arithmetic) and static
+(positions passed as a tensor, the whole cache attended under a mask: fixed shapes, so on CUDA the step is compiled
+with torch.compile(mode="reduce-overhead"), i.e. replayed as a CUDA graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from engine import delay
+from engine.errors import Cancelled, ConfigError
+from engine.model import Context, MusicGenLM
+
+
+def sample(
+    logits: torch.Tensor,
+    *,
+    top_k: int = 250,
+    top_p: float = 0.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """logits [..., card] (float) -> token ids [...]. temperature <= 0 or top_k == 1 means greedy (argmax).
+
+    top_k then top_p (nucleus) filtering, both when set; then one multinomial draw from `generator`.
+    """
+    if temperature <= 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    shape = logits.shape
+    logits = logits.reshape(-1, shape[-1]).float() / temperature  # [N, card]
+    if 0 < top_k < shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p > 0.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already hold top_p of the mass (the first one always stays)
+        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) > top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).view(shape[:-1])
+
+
+def _check_inputs(lm: MusicGenLM, text_states, text_mask, num_frames, cond_codes, prompt_codes) -> int:
+    cfg = lm.cfg
+    if not isinstance(num_frames, int) or num_frames <= 0:
+        raise ConfigError(f"num_frames must be a positive integer, got {num_frames!r}")
+    batches = set()
+    if text_states is not None:
+        if text_states.dim() != 3:
+            raise ConfigError(f"text states must be [B, S, D], got {tuple(text_states.shape)}")
+        batches.add(text_states.shape[0])
+        if text_mask is not None and tuple(text_mask.shape) != tuple(text_states.shape[:2]):
+            raise ConfigError(
+                f"text mask {tuple(text_mask.shape)} does not match text states {tuple(text_states.shape)}"
+            )
+    if cond_codes is not None:
+        lm._check_codes(cond_codes, "condition codes")
+        if cond_codes.shape[0] != 1:
+            batches.add(cond_codes.shape[0])
+    if prompt_codes is not None:
+        lm._check_codes(prompt_codes, "prompt codes")
+        batches.add(prompt_codes.shape[0])
+        if prompt_codes.shape[-1] > num_frames:
+            raise ConfigError(f"the prompt ({prompt_codes.shape[-1]} frames) is longer than num_frames ({num_frames})")
+    if len(batches) > 1:
+        raise ConfigError(f"text, condition and prompt disagree on the batch size: {sorted(batches)}")
+    if cfg.num_codebooks < 1:
+        raise ConfigError("the model has no codebooks")
+    return batches.pop() if batches else 1
+
+
+@torch.inference_mode()
+def generate(
+    lm: MusicGenLM,
+    text_states: torch.Tensor | None,
+    text_mask: torch.Tensor | None,
+    *,
+    num_frames: int,
+    cond_codes: torch.Tensor | None = None,
+    prompt_codes: torch.Tensor | None = None,
+    cfg_coef: float = 3.0,
+    top_k: int = 250,
+    top_p: float = 0.0,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    static: bool | None = None,
+) -> torch.Tensor:
+    """Generate codes [B, K, num_frames]. `prompt_codes` [B, K, Tp] are forced as the first Tp frames.
+
+    `cond_codes` [B, K, Tc] (Tc + 1 <= the adapter's cond_frames) feed the audio fusion. CFG is on when
+    cfg_coef != 1 and there is text. `static` None picks the compiled static step on CUDA, eager elsewhere.
+    Raises Cancelled when should_stop() turns true (polled between steps).
+    """
+    batch = _check_inputs(lm, text_states, text_mask, num_frames, cond_codes, prompt_codes)
+    cfg = lm.cfg
+    device = lm.device
+    num_codebooks, special = cfg.num_codebooks, cfg.special_token
+    steps = delay.num_steps(num_frames, num_codebooks)  # S: pattern length; the model runs positions 0..S-2
+
+    # the pattern sequence with every forced cell filled: prompt frames, and special where the delay has nothing
+    prompt_len = 0 if prompt_codes is None else prompt_codes.shape[-1]
+    frames = torch.full((batch, num_codebooks, num_frames), -1, dtype=torch.long, device=device)
+    if prompt_len:
+        frames[..., :prompt_len] = prompt_codes.to(device)
+    seq = delay.build(frames, special)  # [B, K, S]; -1 = still to sample
+    free = seq[0] == -1  # [K, S]: cells the model must fill (same for every batch row)
+
+    use_cfg = cfg_coef != 1.0 and text_states is not None
+    if text_states is not None and text_mask is None:
+        text_mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=text_states.device)
+    if use_cfg:
+        null_states = torch.zeros_like(text_states)
+        null_mask = torch.zeros_like(text_mask)
+        ctx = lm.text_context(torch.cat([text_states, null_states]), torch.cat([text_mask, null_mask]))
+    else:
+        ctx = lm.text_context(text_states, text_mask)
+    if cond_codes is not None:
+        cond = cond_codes.to(device)
+        if cond.shape[0] == 1 and batch > 1:
+            cond = cond.expand(batch, -1, -1)
+        prefix = lm.cond_prefix(cond)  # computed once for B rows, shared by both CFG halves
+        ctx.prefix = [p if p is None else p.repeat(2) for p in prefix] if use_cfg else prefix
+    rows = 2 * batch if use_cfg else batch
+
+    if static is None:
+        static = device.type == "cuda"
+    max_len = steps - 1
+    ctx.cache = lm.new_cache(rows, max_len)
+    step_fn = _static_step(lm, ctx, max_len) if static else None
+
+    def guided(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits[:, :, -1].float()  # [rows, K, card]
+        if use_cfg:
+            cond_logits, uncond_logits = logits.split(batch)
+            logits = uncond_logits + (cond_logits - uncond_logits) * cfg_coef
+        return logits
+
+    def fill(step: int, logits: torch.Tensor) -> None:
+        tokens = sample(guided(logits), top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+        column = seq[:, :, step]
+        seq[:, :, step] = torch.where(free[:, step][None], tokens, column)
+
+    def both(part: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part, part]) if use_cfg else part
+
+    prefill = prompt_len + 1  # steps 0..Tp are fully known
+    total = steps - prefill
+    if total <= 0:
+        return delay.revert(seq)
+    logits = lm.run(both(seq[..., :prefill]), ctx, 0, last_only=True)
+    for i, step in enumerate(range(prefill, steps)):
+        fill(step, logits)
+        if progress is not None:
+            progress(i + 1, total)
+        if step == steps - 1:
+            break
+        if should_stop is not None and should_stop():
+            raise Cancelled("generation cancelled")
+        tokens = both(seq[..., step : step + 1])
+        if static:
+            position = torch.tensor([step], device=device)
+            logits = step_fn(tokens, position)
+        else:
+            logits = lm.run(tokens, ctx, step, last_only=True)
+    return delay.revert(seq)
+
+
+def _static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One decode step with fixed shapes: tokens [rows, K, 1], position [1] -> logits [rows, K, 1, card].
+
+    The causal mask table and the position table are built before any capture; on CUDA the step is compiled with
+    mode="reduce-overhead" (CUDA graphs; the cache is updated in place by index_copy_, so replays see it).
+    """
+    ctx.causal_mask = torch.ones(max_len, max_len, dtype=torch.bool, device=lm.device).tril_()
+    lm.positions(0, max_len)
+
+    def step(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        return lm.run(tokens, ctx, position, last_only=True)
+
+    if lm.device.type == "cuda":
+        return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+    return step

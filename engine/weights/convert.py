@@ -1,0 +1,221 @@
+"""Weight conversion between layouts: pure renames and reshapes, no model code.
+
+- transformers MusicGen decoder (MusicgenForCausalLM: "model.decoder.*", "lm_heads.*"; or inside
+  MusicgenForConditionalGeneration: "decoder.model.decoder.*", "decoder.lm_heads.*", "enc_to_dec_proj.*") <-> ours;
+- audiocraft LM (state_dict.bin 'best_state': "emb.*", "transformer.layers.*" with q/k/v stacked in in_proj_weight,
+  "out_norm", "linears", "condition_provider.conditioners.description.output_proj") -> ours.
+Our names: docs/ARCHITECTURE.md (engine/model.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from engine.config import LMConfig
+from engine.errors import CheckpointError, ConfigError
+
+# per-layer renames, transformers -> ours
+_HF_LAYER = {
+    "self_attn.q_proj.weight": "self_attn.q.weight",
+    "self_attn.k_proj.weight": "self_attn.k.weight",
+    "self_attn.v_proj.weight": "self_attn.v.weight",
+    "self_attn.out_proj.weight": "self_attn.out.weight",
+    "self_attn_layer_norm.weight": "norm1.weight",
+    "self_attn_layer_norm.bias": "norm1.bias",
+    "encoder_attn.q_proj.weight": "cross_attn.q.weight",
+    "encoder_attn.k_proj.weight": "cross_attn.k.weight",
+    "encoder_attn.v_proj.weight": "cross_attn.v.weight",
+    "encoder_attn.out_proj.weight": "cross_attn.out.weight",
+    "encoder_attn_layer_norm.weight": "norm_cross.weight",
+    "encoder_attn_layer_norm.bias": "norm_cross.bias",
+    "fc1.weight": "ffn.fc1.weight",
+    "fc2.weight": "ffn.fc2.weight",
+    "final_layer_norm.weight": "norm2.weight",
+    "final_layer_norm.bias": "norm2.bias",
+}
+_HF_LAYER_INV = {ours: theirs for theirs, ours in _HF_LAYER.items()}
+
+# per-layer renames, audiocraft -> ours (q/k/v handled apart: stacked in in_proj_weight)
+_AC_LAYER = {
+    "self_attn.out_proj.weight": "self_attn.out.weight",
+    "cross_attention.out_proj.weight": "cross_attn.out.weight",
+    "norm1.weight": "norm1.weight",
+    "norm1.bias": "norm1.bias",
+    "norm_cross.weight": "norm_cross.weight",
+    "norm_cross.bias": "norm_cross.bias",
+    "norm2.weight": "norm2.weight",
+    "norm2.bias": "norm2.bias",
+    "linear1.weight": "ffn.fc1.weight",
+    "linear2.weight": "ffn.fc2.weight",
+}
+_AC_TEXT_PROJ = "condition_provider.conditioners.description.output_proj."
+
+
+def lm_config_from_transformers(decoder_config: Mapping, text_dim: int) -> LMConfig:
+    """Our LMConfig from a transformers MusicgenDecoderConfig dict (config.json's "decoder" section)."""
+    cfg = dict(decoder_config)
+    if cfg.get("scale_embedding"):
+        raise ConfigError("MusicGen decoders with scale_embedding=True are not supported")
+    if int(cfg.get("audio_channels", 1)) != 1:
+        raise ConfigError("stereo MusicGen decoders (audio_channels=2) are not supported: use a mono checkpoint")
+    if cfg.get("activation_function", "gelu") != "gelu":
+        raise ConfigError(f"unsupported decoder activation {cfg.get('activation_function')!r} (MusicGen uses gelu)")
+    try:
+        return LMConfig(
+            num_layers=int(cfg["num_hidden_layers"]),
+            dim=int(cfg["hidden_size"]),
+            num_heads=int(cfg["num_attention_heads"]),
+            ffn_dim=int(cfg["ffn_dim"]),
+            num_codebooks=int(cfg.get("num_codebooks", 4)),
+            card=int(cfg.get("vocab_size", 2048)),
+            text_dim=int(text_dim),
+        )
+    except KeyError as exc:
+        raise CheckpointError(f"the decoder config lacks {exc.args[0]!r}") from None
+
+
+def lm_config_to_transformers(cfg: LMConfig) -> dict:
+    """A transformers MusicgenDecoderConfig dict for our LMConfig (the inverse of lm_config_from_transformers)."""
+    return {
+        "num_hidden_layers": cfg.num_layers,
+        "hidden_size": cfg.dim,
+        "num_attention_heads": cfg.num_heads,
+        "ffn_dim": cfg.ffn_dim,
+        "num_codebooks": cfg.num_codebooks,
+        "vocab_size": cfg.card,
+        "pad_token_id": cfg.card,
+        "bos_token_id": cfg.card,
+        "decoder_start_token_id": cfg.card,
+        "activation_function": "gelu",
+        "scale_embedding": False,
+        "audio_channels": 1,
+    }
+
+
+def _strip_decoder_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MusicgenForConditionalGeneration -> MusicgenForCausalLM names; text/audio encoder tensors dropped."""
+    out = {}
+    for name, tensor in state.items():
+        if name.startswith("decoder."):
+            out[name[len("decoder.") :]] = tensor
+        elif name.startswith(("model.decoder.", "lm_heads.", "enc_to_dec_proj.")):
+            out[name] = tensor
+    return out
+
+
+def lm_state_from_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers decoder state (CausalLM or ConditionalGeneration names) -> our state dict (tensors shared)."""
+    state = _strip_decoder_prefix(state)
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    layer_re = re.compile(r"model\.decoder\.layers\.(\d+)\.(.+)")
+    for name, tensor in state.items():
+        if name.endswith("embed_positions.weights"):
+            continue  # sinusoidal table, recomputed
+        if m := re.fullmatch(r"model\.decoder\.embed_tokens\.(\d+)\.weight", name):
+            out[f"emb.{m[1]}.weight"] = tensor
+        elif m := layer_re.fullmatch(name):
+            if m[2] not in _HF_LAYER:
+                unknown.append(name)
+                continue
+            out[f"layers.{m[1]}.{_HF_LAYER[m[2]]}"] = tensor
+        elif m := re.fullmatch(r"model\.decoder\.layer_norm\.(weight|bias)", name):
+            out[f"norm_out.{m[1]}"] = tensor
+        elif m := re.fullmatch(r"lm_heads\.(\d+)\.weight", name):
+            out[f"heads.{m[1]}.weight"] = tensor
+        elif m := re.fullmatch(r"enc_to_dec_proj\.(weight|bias)", name):
+            out[f"text_proj.{m[1]}"] = tensor
+        else:
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(
+            f"unexpected tensors in a transformers MusicGen decoder: {', '.join(sorted(unknown)[:5])}"
+        )
+    if not any(name.startswith("layers.") for name in out):
+        raise CheckpointError("no MusicGen decoder layers found in this state dict (is it a transformers MusicGen?)")
+    return out
+
+
+# engineer B's loaders call it by this name
+transformers_to_ours = lm_state_from_transformers
+
+
+def lm_state_to_transformers(state: Mapping[str, torch.Tensor], layout: str = "conditional") -> dict[str, torch.Tensor]:
+    """Our base state -> transformers names. layout "conditional": MusicgenForConditionalGeneration decoder part
+    ("decoder.*" + "enc_to_dec_proj.*"); "causal": MusicgenForCausalLM ("model.decoder.*", "lm_heads.*", with
+    text_proj left out since CausalLM has none). Adapter tensors are refused: they have no transformers name."""
+    if layout not in ("conditional", "causal"):
+        raise ValueError(f"layout must be 'conditional' or 'causal', got {layout!r}")
+    prefix = "decoder." if layout == "conditional" else ""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if name.startswith("fusion.") or ".lora_" in name:
+            raise CheckpointError(f"{name} is an adapter tensor; transformers' MusicGen has no place for it")
+        if m := re.fullmatch(r"emb\.(\d+)\.weight", name):
+            out[f"{prefix}model.decoder.embed_tokens.{m[1]}.weight"] = tensor
+        elif m := re.fullmatch(r"layers\.(\d+)\.(.+)", name):
+            if m[2] not in _HF_LAYER_INV:
+                raise CheckpointError(f"{name} has no transformers counterpart")
+            out[f"{prefix}model.decoder.layers.{m[1]}.{_HF_LAYER_INV[m[2]]}"] = tensor
+        elif m := re.fullmatch(r"norm_out\.(weight|bias)", name):
+            out[f"{prefix}model.decoder.layer_norm.{m[1]}"] = tensor
+        elif m := re.fullmatch(r"heads\.(\d+)\.weight", name):
+            out[f"{prefix}lm_heads.{m[1]}.weight"] = tensor
+        elif m := re.fullmatch(r"text_proj\.(weight|bias)", name):
+            if layout == "conditional":
+                out[f"enc_to_dec_proj.{m[1]}"] = tensor
+        else:
+            raise CheckpointError(f"{name} has no transformers counterpart")
+    return out
+
+
+def lm_state_from_audiocraft(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """audiocraft LM state (MusicGen's state_dict.bin 'best_state') -> our state dict.
+
+    Attention q/k/v come stacked in `in_proj_weight` [3D, D]. The official Instruct-MusicGen code adds separate
+    cross_attention.{q,k,v}_proj: when those are present they win (their trained values are the real ones).
+    Conditioner tensors other than the description's output_proj (the T5 itself) are ignored.
+    """
+    out: dict[str, torch.Tensor] = {}
+    separate: dict[str, torch.Tensor] = {}
+    unknown = []
+    layer_re = re.compile(r"transformer\.layers\.(\d+)\.(.+)")
+    for name, tensor in state.items():
+        if m := re.fullmatch(r"emb\.(\d+)\.weight", name):
+            out[f"emb.{m[1]}.weight"] = tensor
+        elif m := layer_re.fullmatch(name):
+            index, rest = m[1], m[2]
+            if rest in ("self_attn.in_proj_weight", "cross_attention.in_proj_weight"):
+                kind = "self_attn" if rest.startswith("self") else "cross_attn"
+                if tensor.shape[0] % 3:
+                    raise CheckpointError(f"{name} has shape {tuple(tensor.shape)}: expected q, k, v stacked")
+                for part, chunk in zip(("q", "k", "v"), tensor.chunk(3, dim=0), strict=True):
+                    out[f"layers.{index}.{kind}.{part}.weight"] = chunk
+            elif pm := re.fullmatch(r"cross_attention\.([qkv])_proj\.weight", rest):
+                separate[f"layers.{index}.cross_attn.{pm[1]}.weight"] = tensor
+            elif rest in _AC_LAYER:
+                out[f"layers.{index}.{_AC_LAYER[rest]}"] = tensor
+            else:
+                unknown.append(name)
+        elif m := re.fullmatch(r"out_norm\.(weight|bias)", name):
+            out[f"norm_out.{m[1]}"] = tensor
+        elif m := re.fullmatch(r"linears\.(\d+)\.weight", name):
+            out[f"heads.{m[1]}.weight"] = tensor
+        elif name.startswith(_AC_TEXT_PROJ):
+            out[f"text_proj.{name[len(_AC_TEXT_PROJ) :]}"] = tensor
+        elif name.startswith("condition_provider."):
+            continue
+        else:
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(
+            f"unexpected tensors in an audiocraft MusicGen LM (biases or another architecture?): "
+            f"{', '.join(sorted(unknown)[:5])}"
+        )
+    if not any(name.startswith("layers.") for name in out):
+        raise CheckpointError("no transformer layers found in this state dict (is it an audiocraft MusicGen LM?)")
+    out.update(separate)
+    return out
