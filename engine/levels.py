@@ -1,0 +1,265 @@
+"""Levels of edit results: land where a producer expects, without touching a fader, and never clip.
+
+Policy (issue 10, part 2), applied at the input's rate and channel layout after the edit:
+- add / remove: the result's integrated loudness (ITU-R BS.1770-4 via pyloudnorm) is matched to the source region's.
+- extract: the stem keeps the level it has in the mix. That level is estimated, since the true stem is unknown:
+  in the time-frequency bins where the extracted stem has energy, the stem is assumed to dominate the mix, so the
+  energy-weighted median of mix-to-stem power ratios over those bins is the gain that puts the stem back at its
+  level in the mix. Bins shared with other instruments push the estimate up, so it is capped at the mix's own
+  loudness (a part is never louder than the whole).
+- add on a silent source (the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS.
+- never clipped: true peak (4x oversampled, BS.1770 annex 2) at most `ceiling_db` (-1 dBTP) after any gain, with
+  a look-ahead true-peak limiter where the gain alone would exceed it (see `limit` for why not pedalboard's).
+- a silent model result gets no gain and a warning (no division by zero); raw=True keeps the model output as is.
+- clips shorter than one 400 ms gating block are measured on the clip repeated to 2 s, which gives the ungated
+  loudness of the clip (the gating of BS.1770 needs at least one full block).
+
+Everything is float32/float64 numpy [channels, samples]; no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R128's -23 is for finished programmes)
+TRUE_PEAK_CEILING_DB = -1.0
+ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; we call it silence
+_BLOCK_SECONDS = 0.4
+_SHORT_TILE_SECONDS = 2.0
+_OVERSAMPLE = 4
+_RAMP_S = 0.005  # limiter attack/release ramp
+_HOLD_S = 0.05  # limiter hold after a peak
+
+
+def _as_2d(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio, dtype=np.float64)
+    return audio[None] if audio.ndim == 1 else audio
+
+
+def db(value: float) -> float:
+    """Linear amplitude -> dB, -inf for 0."""
+    return 20.0 * math.log10(value) if value > 0 else -math.inf
+
+
+def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
+    """Integrated loudness in LUFS of audio [C, N] (or [N]); -inf for silence (nothing above the absolute gate)."""
+    import pyloudnorm
+
+    audio = _as_2d(audio)
+    if audio.size == 0 or not np.any(audio):
+        return -math.inf
+    block = int(round(_BLOCK_SECONDS * sample_rate))
+    if audio.shape[-1] <= block:
+        # Too short for one gating block: measure the clip repeated, i.e. its ungated K-weighted power.
+        reps = int(math.ceil(_SHORT_TILE_SECONDS * sample_rate / audio.shape[-1]))
+        audio = np.tile(audio, (1, reps))
+    meter = pyloudnorm.Meter(sample_rate, block_size=_BLOCK_SECONDS)
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore")  # pyloudnorm warns on possible clipping and empty gates
+        if audio.shape[0] <= 5:
+            loudness = meter.integrated_loudness(audio.T)
+        else:
+            # BS.1770 weights beyond 5.0 channels are not in pyloudnorm: sum the channels' powers (weight 1 each).
+            powers = [10 ** (meter.integrated_loudness(ch) / 10) for ch in audio]
+            loudness = 10 * math.log10(sum(powers)) if sum(powers) > 0 else -math.inf
+    if not math.isfinite(loudness) or loudness < ABSOLUTE_GATE_LUFS:
+        return -math.inf
+    return float(loudness)
+
+
+def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
+    """True peak in dBTP: the peak of the 4x oversampled signal (inter-sample peaks count); -inf for silence."""
+    from scipy.signal import resample_poly
+
+    audio = _as_2d(audio)
+    if audio.size == 0:
+        return -math.inf
+    peak = float(np.max(np.abs(audio)))
+    if peak == 0.0:
+        return -math.inf
+    if sample_rate < 192000 and audio.shape[-1] > 1:
+        peak = max(peak, float(np.max(np.abs(resample_poly(audio, _OVERSAMPLE, 1, axis=-1)))))
+    return db(peak)
+
+
+def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB) -> tuple[np.ndarray, bool]:
+    """Bring the true peak of audio [C, N] to at most `ceiling_db`; returns (audio, whether anything was done).
+
+    A look-ahead true-peak limiter: the gain each sample needs (from the 4x oversampled peak around it, channels
+    linked) is held for `_HOLD_S`, looked ahead and smoothed over `_RAMP_S`, so it is already down when a peak
+    arrives and recovers without pumping. We measured pedalboard's Limiter (JUCE) first: it has no look-ahead
+    (true peaks overshot its threshold by 3.4 dB on noise bursts, which then needed a static pull-down) and it
+    compresses 4:1 above -10 dBFS before its own threshold, so it changes the sound of everything loud.
+    A final static gain covers any residue from the smoothing, so the ceiling always holds.
+    """
+    audio = _as_2d(audio)
+    if true_peak_db(audio, sample_rate) <= ceiling_db:
+        return audio.astype(np.float32), False
+    ceiling = 10 ** (ceiling_db / 20)
+    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked
+    needed = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
+    ramp = max(1, int(_RAMP_S * sample_rate))
+    hold = max(1, int(_HOLD_S * sample_rate))
+    # min over [i - hold, i + ramp], then a mean over [i - ramp, i]: at a peak every averaged value is <= its need.
+    held = _window_min(needed, hold, ramp)
+    sums = np.concatenate([[0.0], np.cumsum(np.concatenate([np.full(ramp, held[0]), held]))])
+    gain = (sums[ramp + 1 :] - sums[: -ramp - 1]) / (ramp + 1)
+    out = audio * gain[None]
+    peak = true_peak_db(out, sample_rate)
+    if peak > ceiling_db:
+        out *= 10 ** ((ceiling_db - peak) / 20) * 0.9999
+    return out.astype(np.float32), True
+
+
+def _window_min(values: np.ndarray, before: int, after: int) -> np.ndarray:
+    """min over [i - before, i + after] for every i (edges padded with the edge value)."""
+    from scipy.ndimage import minimum_filter1d
+
+    padded = np.concatenate([np.full(before, values[0]), values, np.full(after, values[-1])])
+    # origin -(width // 2) makes the window start at each index: padded[i : i + width] = values[i - before : i + after]
+    width = before + after + 1
+    starts = minimum_filter1d(padded, size=width, mode="nearest", origin=-(width // 2))
+    return starts[: values.size]
+
+
+def _sample_true_peaks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Per sample, the largest |value| of the 4x oversampled signal within one sample of it, over all channels."""
+    from scipy.ndimage import maximum_filter1d
+    from scipy.signal import resample_poly
+
+    peaks = np.abs(audio).max(axis=0)
+    if sample_rate < 192000 and audio.shape[-1] > 1:
+        over = np.abs(resample_poly(audio, _OVERSAMPLE, 1, axis=-1)).max(axis=0)
+        over = maximum_filter1d(over, size=2 * _OVERSAMPLE + 1, mode="nearest")
+        peaks = np.maximum(peaks, over[::_OVERSAMPLE][: peaks.size])
+    return peaks
+
+
+def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono power spectrogram [F, T], ~64 ms frames, smoothed over ~200 ms so small timing offsets do not matter."""
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import stft
+
+    mono = _as_2d(audio).mean(axis=0)
+    nperseg = int(2 ** math.ceil(math.log2(max(16, 0.064 * sample_rate))))
+    nperseg = min(nperseg, max(16, mono.size))
+    _, _, spec = stft(mono, fs=sample_rate, nperseg=nperseg, noverlap=nperseg // 2, boundary="even")
+    power = np.abs(spec) ** 2
+    return uniform_filter1d(power, size=min(6, power.shape[1]), axis=1, mode="nearest")
+
+
+def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -> float | None:
+    """Gain (dB) that puts an extracted stem at the level it has in the mix; None when the stem is silent.
+
+    Energy-weighted median of 10*log10(P_mix / P_stem) over the bins that hold the stem's energy (within 30 dB of
+    its loudest bins): where the stem dominates, that ratio is exactly the missing gain.
+    """
+    p_stem = _power_spectrogram(stem, sample_rate)
+    p_mix = _power_spectrogram(mix, sample_rate)
+    frames = min(p_stem.shape[1], p_mix.shape[1])
+    p_stem, p_mix = p_stem[:, :frames], p_mix[:, :frames]
+    if not np.any(p_stem > 0):
+        return None
+    reference = np.percentile(p_stem[p_stem > 0], 99.0)
+    mask = (p_stem > reference * 1e-3) & (p_mix > 0)
+    if not np.any(mask):
+        return None
+    ratios = 10 * np.log10(p_mix[mask] / p_stem[mask])
+    weights = p_stem[mask]
+    order = np.argsort(ratios)
+    cumulative = np.cumsum(weights[order])
+    median = ratios[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])]
+    return float(median)
+
+
+def _finite(value: float) -> float | None:
+    """JSON-safe number: -inf (silence) becomes None."""
+    return round(float(value), 2) if math.isfinite(value) else None
+
+
+def match_level(
+    result: np.ndarray,
+    source: np.ndarray,
+    sample_rate: int,
+    op: str,
+    *,
+    raw: bool = False,
+    ceiling_db: float = TRUE_PEAK_CEILING_DB,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Apply the level policy (module docstring) to an edit result [C, N]; returns (audio, info for the reply).
+
+    `source` is the region the user selected, at the same rate. `info` says which policy was used, the measured
+    loudness of source, model output and final result (LUFS, None for silence), the gain and the true peak.
+    """
+    result = _as_2d(result)
+    source_lufs = integrated_loudness(source, sample_rate)
+    model_lufs = integrated_loudness(result, sample_rate)
+    info: dict[str, Any] = {
+        "policy": "raw",
+        "source_lufs": _finite(source_lufs),
+        "model_lufs": _finite(model_lufs),
+        "target_lufs": None,
+        "gain_db": 0.0,
+        "limited": False,
+        "warnings": [],
+    }
+    out = result
+    if raw:
+        pass
+    elif not math.isfinite(model_lufs):
+        info["policy"] = "silent"
+        info["warnings"].append("the model returned silence; no gain applied")
+    else:
+        if op == "extract":
+            gain = estimate_stem_gain_db(result, source, sample_rate)
+            estimate = model_lufs + gain if gain is not None else source_lufs
+            target = min(estimate, source_lufs)
+            info["policy"] = "stem_in_mix"
+            info["estimated_stem_lufs"] = _finite(estimate)
+        elif math.isfinite(source_lufs):
+            target = source_lufs
+            info["policy"] = "match_source"
+        else:
+            target = DEFAULT_TARGET_LUFS
+            info["policy"] = "default_target"
+        if not math.isfinite(target):  # extract from a silent source: nothing to match, keep the model's level
+            target = model_lufs
+            info["warnings"].append("the source is silent; the model's level is kept")
+        out, gain_db, limited = _reach(result, sample_rate, target, model_lufs, ceiling_db)
+        info.update(target_lufs=_finite(target), gain_db=round(gain_db, 2), limited=limited)
+    result_lufs = integrated_loudness(out, sample_rate)
+    info["result_lufs"] = _finite(result_lufs)
+    info["true_peak_db"] = _finite(true_peak_db(out, sample_rate))
+    if info["target_lufs"] is not None and math.isfinite(result_lufs) and abs(result_lufs - info["target_lufs"]) > 1:
+        info["warnings"].append(
+            f"reached {result_lufs:.1f} LUFS instead of {info['target_lufs']:.1f}: limited to stay below "
+            f"{ceiling_db:g} dBTP"
+        )
+    return out.astype(np.float32), info
+
+
+def _reach(
+    audio: np.ndarray, sample_rate: int, target: float, current: float, ceiling_db: float, rounds: int = 3
+) -> tuple[np.ndarray, float, bool]:
+    """Gain `audio` from `current` to `target` LUFS, limiting to the ceiling; returns (audio, net gain dB, limited).
+
+    The JUCE limiter compresses (and so raises loudness), so the gain is corrected and the limiter re-run a few
+    times; each round can only lower the peaks, so the ceiling always holds.
+    """
+    gain_db = target - current
+    best: tuple[float, np.ndarray, float, bool] | None = None  # (miss in LU, audio, gain, limited)
+    for _ in range(rounds):
+        out, did_limit = limit(audio * 10 ** (gain_db / 20), sample_rate, ceiling_db)
+        reached = integrated_loudness(out, sample_rate) if did_limit else target
+        miss = abs(reached - target) if math.isfinite(reached) else math.inf
+        if best is None or miss < best[0]:
+            best = (miss, out, gain_db, did_limit)
+        if not did_limit or miss < 0.2:
+            break
+        gain_db += target - reached
+    _, out, gain_db, limited = best
+    return out.astype(np.float64), float(gain_db), limited

@@ -1,0 +1,193 @@
+"""Edit results land at the level a producer expects (BS.1770 loudness), never above -1 dBTP."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from engine.levels import (
+    DEFAULT_TARGET_LUFS,
+    integrated_loudness,
+    limit,
+    match_level,
+    true_peak_db,
+)
+
+SR = 44100
+
+
+def _tone(freq: float, seconds: float, amp: float, sr: int = SR, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t + phase))[None].astype(np.float32)
+
+
+def _music_like(seconds: float = 3.0, sr: int = SR, seed: int = 0) -> np.ndarray:
+    """A bass tone plus gated high noise bursts (drum-like): a crest factor unlike a plain sine."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    bass = 0.3 * np.sin(2 * np.pi * 82.4 * t)
+    hats = 0.2 * rng.standard_normal(t.size) * ((t * 4) % 1 < 0.08)
+    return (bass + hats)[None].astype(np.float32)
+
+
+def test_silence_measures_minus_infinity_without_warnings():
+    with np.errstate(all="raise"):
+        assert integrated_loudness(np.zeros((2, SR), dtype=np.float32), SR) == -math.inf
+        assert true_peak_db(np.zeros((1, 100), dtype=np.float32), SR) == -math.inf
+
+
+def test_a_full_scale_1khz_sine_reads_about_minus_3_lufs():
+    # BS.1770: a 0 dBFS 997 Hz sine in one channel reads -3.01 LKFS.
+    assert integrated_loudness(_tone(997, 2.0, 1.0), SR) == pytest.approx(-3.01, abs=0.1)
+
+
+@pytest.mark.parametrize("seconds", [0.05, 0.2, 0.39])
+def test_clips_shorter_than_a_gating_block_are_measured(seconds):
+    long = integrated_loudness(_tone(440, 3.0, 0.1), SR)
+    short = integrated_loudness(_tone(440, seconds, 0.1), SR)
+    assert short == pytest.approx(long, abs=0.5)
+
+
+def test_true_peak_sees_inter_sample_peaks():
+    # A sine at fs/4 sampled 45 degrees off its crests: samples reach 0.707, the waveform reaches 1.0.
+    wave = _tone(SR / 4, 0.1, 1.0, phase=np.pi / 4)
+    assert 20 * np.log10(np.abs(wave).max()) == pytest.approx(-3.01, abs=0.05)
+    assert true_peak_db(wave, SR) == pytest.approx(0.0, abs=0.2)
+
+
+def test_limiter_brings_the_true_peak_under_the_ceiling():
+    hot = _music_like() * 4.0
+    out, limited = limit(hot, SR, -1.0)
+    assert limited
+    assert true_peak_db(out, SR) <= -1.0
+
+
+def test_limiter_leaves_audio_under_the_ceiling_untouched():
+    quiet = _music_like() * 0.5
+    out, limited = limit(quiet, SR, -1.0)
+    assert not limited
+    np.testing.assert_array_equal(out, quiet)
+
+
+@pytest.mark.parametrize("op", ["add", "remove"])
+@pytest.mark.parametrize("model_gain", [0.05, 0.5, 3.0])
+def test_add_and_remove_match_the_source_loudness_within_1_lu(op, model_gain):
+    source = _music_like(seed=1) * 0.8
+    result = _music_like(seed=2) * model_gain  # the model's output at some arbitrary level
+    out, info = match_level(result, source, SR, op)
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
+    assert true_peak_db(out, SR) <= -1.0
+    assert info["policy"] == "match_source"
+
+
+def _with_transients(seed: int, amp: float) -> np.ndarray:
+    """A bass line at a healthy level with sparse clicks that peak above full scale, as drum hits in a loud mix."""
+    t = np.arange(3 * SR) / SR
+    out = 0.5 * np.sin(2 * np.pi * 82.4 * t + seed)
+    out[(np.arange(6) * SR // 2 + 1000 * seed)] = 1.6
+    return (amp * out)[None].astype(np.float32)
+
+
+def test_matching_a_hot_source_is_limited_and_never_clips():
+    source = _with_transients(seed=1, amp=1.0)  # true peak above 0 dBFS
+    result = _with_transients(seed=2, amp=0.1)
+    out, info = match_level(result, source, SR, "remove")
+    assert info["limited"] is True
+    assert true_peak_db(out, SR) <= -1.0
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
+
+
+def test_an_unreachable_loudness_is_reported_and_the_ceiling_still_holds():
+    source = _music_like(seed=1) * 3.2  # dense bursts far above full scale: louder than -1 dBTP allows
+    out, info = match_level(_music_like(seed=2) * 0.1, source, SR, "remove")
+    assert true_peak_db(out, SR) <= -1.0
+    assert integrated_loudness(out, SR) < integrated_loudness(source, SR) - 1.0
+    assert any("instead of" in w for w in info["warnings"])
+
+
+def test_stereo_source_and_result_are_matched_on_all_channels():
+    mono = _music_like(seed=3)
+    source = np.concatenate([mono * 0.9, mono * 0.4])
+    result = np.repeat(_music_like(seed=4) * 0.1, 2, axis=0)
+    out, _ = match_level(result, source, SR, "add")
+    assert out.shape == (2, source.shape[1])
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
+
+
+def test_extract_puts_the_stem_back_at_its_level_in_the_mix():
+    t = np.arange(3 * SR) / SR
+    rng = np.random.default_rng(0)
+    bass = (0.25 * np.sin(2 * np.pi * 110 * t))[None]
+    hats = (0.3 * np.diff(rng.standard_normal(t.size + 1)) * ((t * 4) % 1 < 0.1))[None]  # high-passed noise
+    mix = (bass + hats).astype(np.float32)
+    extracted = (bass * 0.05).astype(np.float32)  # the model's stem, far too quiet
+    out, info = match_level(extracted, mix, SR, "extract")
+    assert info["policy"] == "stem_in_mix"
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(bass, SR), abs=1.0)
+    assert integrated_loudness(out, SR) < integrated_loudness(mix, SR)
+
+
+def test_extract_never_makes_the_stem_louder_than_the_mix():
+    mix = _music_like(seed=5) * 0.3
+    extracted = _music_like(seed=6) * 2.0  # nothing like the mix: the estimate is unreliable
+    out, info = match_level(extracted, mix, SR, "extract")
+    assert info["target_lufs"] <= info["source_lufs"]
+    assert true_peak_db(out, SR) <= -1.0
+
+
+def test_a_silent_result_gets_no_gain_and_a_warning():
+    source = _music_like() * 0.5
+    out, info = match_level(np.zeros_like(source), source, SR, "remove")
+    np.testing.assert_array_equal(out, 0.0)
+    assert info["policy"] == "silent"
+    assert info["gain_db"] == 0.0
+    assert any("silence" in w for w in info["warnings"])
+
+
+def test_add_on_a_silent_source_lands_at_the_default_level():
+    source = np.zeros((1, 2 * SR), dtype=np.float32)
+    out, info = match_level(_music_like() * 0.01, source, SR, "add")
+    assert info["policy"] == "default_target"
+    assert integrated_loudness(out, SR) == pytest.approx(DEFAULT_TARGET_LUFS, abs=1.0)
+
+
+def test_raw_keeps_the_model_output_as_is_and_still_reports_levels():
+    source = _music_like(seed=1) * 0.8
+    result = _music_like(seed=2) * 0.05
+    out, info = match_level(result, source, SR, "add", raw=True)
+    np.testing.assert_array_equal(out, result)
+    assert info["policy"] == "raw"
+    assert info["result_lufs"] == pytest.approx(integrated_loudness(result, SR), abs=0.01)
+
+
+def test_short_results_are_matched_too():
+    source = _tone(220, 0.3, 0.5)
+    result = _tone(220, 0.3, 0.02)
+    out, _ = match_level(result, source, SR, "remove")
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
+
+
+@pytest.mark.parametrize("sr", [8000, 48000])
+def test_levels_work_at_other_sample_rates(sr):
+    source = _music_like(sr=sr) * 0.7
+    out, _ = match_level(_music_like(sr=sr, seed=9) * 0.1, source, sr, "add")
+    assert integrated_loudness(out, sr) == pytest.approx(integrated_loudness(source, sr), abs=1.0)
+    assert true_peak_db(out, sr) <= -1.0
+
+
+def test_info_is_json_serialisable_even_for_silence():
+    source = np.zeros((1, SR), dtype=np.float32)
+    _, info = match_level(np.zeros_like(source), source, SR, "add")
+    json.dumps(info, allow_nan=False)
+
+
+def test_limiter_only_touches_the_neighbourhood_of_a_peak():
+    signal = _tone(220, 2.0, 0.3)
+    signal[0, SR] = 1.5  # one hot transient in the middle
+    out, limited = limit(signal, SR, -1.0)
+    assert limited and true_peak_db(out, SR) <= -1.0
+    far = np.r_[0 : SR - int(0.1 * SR), SR + int(0.1 * SR) : signal.shape[1]]
+    np.testing.assert_allclose(out[0, far], signal[0, far], rtol=2e-3, atol=1e-6)  # within 0.02 dB
