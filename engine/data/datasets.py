@@ -1,0 +1,419 @@
+"""(input, target, instruction) triples from stem data sets, following the official Instruct-MusicGen rules.
+
+Official rules (ldzhangyx/instruct-MusicGen, src/data/slakh_datamodule.py and moisesdb_datamodule.py):
+- stems are grouped by class; a clip's "mix" is a random subset of the song's *other* classes, not the full mix:
+  add:     input = k other classes,               target = input + stem
+  remove:  input = k other classes + stem,        target = input - stem (the k others)
+  extract: input = k other classes + stem,        target = stem
+  with k drawn uniformly in [1, M-1] (M = classes in the song). MoisesDB's rule differs for add: all others.
+- "4stems" keeps only Drums, Bass, Piano, Guitar, for the target *and* the other stems; "all" keeps every class.
+- a clip is re-drawn (same operation, new stem, subset and offset; up to 10 times) when the input or the target
+  peaks under 0.1, or when the change (target - input) is under 0.01 for more than 70% of its samples. We also
+  apply that last test to the stem itself, so that an extract never targets a near-silent stem.
+- mono (channel mean); gain "official" scales input and target by (stems in song) / (stems on the louder side),
+  then both by one factor if either would clip. One common factor keeps target = input + stem exact.
+
+The core is numpy only; `engine.data.torch_data` wraps it for PyTorch. Audio is decoded window by window
+(soundfile seek) and resampled with a polyphase filter, so random access never reads whole files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import soundfile as sf
+
+from engine.data.layouts import Catalog, Song, StemFile
+from engine.data.stems import FOUR_STEMS, canonical_class, is_targetable
+from engine.errors import ConfigError, DataError
+
+OPS = ("add", "remove", "extract")
+SPLITS = ("train", "validation", "test", "all")
+# Official Slakh instruction text (the published checkpoint was trained on it).
+INSTRUCTION_TEMPLATES = {
+    "add": "Music piece. Instruct: Add {stem}.",
+    "remove": "Music piece. Instruct: No {stem}.",
+    "extract": "Music piece. Instruct: Only {stem}.",
+}
+
+
+def instruction_text(op: str, stem: str) -> str:
+    """The official training text: ("add", "Drums") -> "Music piece. Instruct: Add Drums."."""
+    return INSTRUCTION_TEMPLATES[op].format(stem=stem)
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """How clips are cut and drawn. `classes` is "4stems", "all", or a tuple of class names."""
+
+    sample_rate: int = 32000
+    seconds: float = 5.0
+    classes: str | tuple[str, ...] = "4stems"
+    ops: tuple[str, ...] = OPS
+    rule: str = "auto"  # "slakh", "moisesdb", or "auto" (MoisesDB's rule for MoisesDB, Slakh's otherwise)
+    exclude: tuple[str, ...] = ("Vocals",)  # MusicGen was trained without vocals; the official loader drops them
+    gain: str = "official"  # or "none": only the common anti-clipping factor
+    min_peak: float = 0.1
+    quiet_level: float = 0.01
+    max_quiet_fraction: float = 0.7
+    max_redraws: int = 10
+
+    def __post_init__(self) -> None:
+        if self.sample_rate <= 0 or self.seconds <= 0:
+            raise ConfigError("sample rate and clip length must be positive")
+        bad = [op for op in self.ops if op not in OPS]
+        if bad or not self.ops:
+            raise ConfigError(f"unknown operation(s) {bad}: use {', '.join(OPS)}")
+        if self.rule not in ("auto", "slakh", "moisesdb"):
+            raise ConfigError(f"unknown sampling rule {self.rule!r}: use auto, slakh or moisesdb")
+        if self.gain not in ("official", "none"):
+            raise ConfigError(f"unknown gain mode {self.gain!r}: use official or none")
+        if isinstance(self.classes, str) and self.classes not in ("4stems", "all"):
+            raise ConfigError(f"unknown class set {self.classes!r}: use 4stems, all, or a list of classes")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+    def class_set(self) -> tuple[str, ...] | None:
+        """Allowed classes, None for all."""
+        if self.classes == "all":
+            return None
+        if self.classes == "4stems":
+            return FOUR_STEMS
+        return tuple(canonical_class(name) for name in self.classes)
+
+
+@dataclass
+class Clip:
+    """One training or evaluation example. Audio is mono float32 [N] at `sample_rate`."""
+
+    input: np.ndarray  # [N]
+    target: np.ndarray  # [N]
+    stem: np.ndarray  # [N] the stem the instruction names, at the same gain as input and target
+    op: str
+    stem_name: str
+    song_id: str
+    offset: float  # seconds into the song
+    offset_samples: int  # at sample_rate
+    sample_rate: int
+    instruction: str
+    input_classes: tuple[str, ...]
+    target_classes: tuple[str, ...]
+    redraws: int = 0
+    quiet: bool = False  # still near-silent after max_redraws (kept, counted)
+
+
+# ---- audio windows -------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _ratio(source_rate: int, target_rate: int) -> tuple[int, int]:
+    divisor = math.gcd(source_rate, target_rate)
+    return target_rate // divisor, source_rate // divisor  # (up, down)
+
+
+def _resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
+    from scipy.signal import resample_poly
+
+    return resample_poly(audio, up, down).astype(np.float32)
+
+
+def read_window(stem: StemFile, start: int, length: int, sample_rate: int) -> np.ndarray:
+    """Mono float32 [length] of `stem` from sample `start` at `sample_rate`, zero past the file's end.
+
+    `start` must be a multiple of the rate ratio's `up` (see `offset_step`) so that it falls on a source sample.
+    Only the window (plus a filter margin) is decoded.
+    """
+    up, down = _ratio(stem.sample_rate, sample_rate)
+    if start % up:
+        raise ValueError(f"offset {start} is not on the source sample grid (step {up})")
+    margin_blocks = 0 if up == down == 1 else max(1, math.ceil(64 / up))  # >= 64 output samples of filter margin
+    source_start = (start // up - margin_blocks) * down
+    source_length = (math.ceil(length / up) + 2 * margin_blocks) * down
+    pad_front = max(0, -source_start)
+    with sf.SoundFile(str(stem.path)) as handle:
+        handle.seek(max(0, source_start))
+        data = handle.read(source_length - pad_front, dtype="float32", always_2d=True, fill_value=0.0)
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [source_length - pad_front]
+    if pad_front:
+        mono = np.concatenate([np.zeros(pad_front, np.float32), mono])
+    if up == down == 1:
+        return np.ascontiguousarray(mono[:length], dtype=np.float32)
+    resampled = _resample(mono, up, down)  # [~source_length * up / down]
+    begin = margin_blocks * up
+    out = resampled[begin : begin + length]
+    if out.shape[0] < length:
+        out = np.pad(out, (0, length - out.shape[0]))
+    return out
+
+
+def offset_step(song: Song, sample_rate: int) -> int:
+    """Offsets (in output samples) that fall on every stem's source sample grid are multiples of this."""
+    step = 1
+    for stem in song.stems:
+        up, _ = _ratio(stem.sample_rate, sample_rate)
+        step = step * up // math.gcd(step, up)
+    return step
+
+
+def mix_window(stems: list[StemFile], start: int, length: int, sample_rate: int) -> np.ndarray:
+    """Sum of the stems' windows, float32 [length]; zeros for no stems."""
+    total = np.zeros(length, np.float32)
+    for stem in stems:
+        total += read_window(stem, start, length, sample_rate)
+    return total
+
+
+# ---- splits --------------------------------------------------------------------------------------------------------
+
+
+def _rank_key(song_id: str, seed: int) -> str:
+    return hashlib.sha1(f"{seed}:{song_id}".encode()).hexdigest()
+
+
+def split_ids(ids: list[str], valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict:
+    """Song ids -> {"train", "validation", "test"}: a seeded hash order, independent of the input order."""
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ConfigError("validation and test fractions must be in [0, 1) and leave songs for training")
+    n_valid = max(1, round(valid_fraction * len(ids))) if valid_fraction > 0 else 0
+    n_test = max(1, round(test_fraction * len(ids))) if test_fraction > 0 else 0
+    needed = n_valid + n_test + 1
+    if len(ids) < needed:
+        raise DataError(
+            f"{len(ids)} usable song(s) cannot be split into train/validation/test by song: at least {needed} "
+            "are needed (add songs, lower the fractions, or use split 'all')"
+        )
+    ordered = sorted(ids, key=lambda song_id: _rank_key(song_id, seed))
+    return {
+        "train": sorted(ordered[n_test + n_valid :]),
+        "validation": sorted(ordered[n_test : n_test + n_valid]),
+        "test": sorted(ordered[:n_test]),
+    }
+
+
+def split_songs(
+    songs: list[Song], valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> dict[str, list[Song]]:
+    """Deterministic split by song: the data set's own split when every song has one, else a seeded hash order.
+
+    Each song lands in exactly one split; the result depends only on song ids and the seed, never on file order.
+    """
+    by_id = {song.song_id: song for song in songs}
+    if len(by_id) != len(songs):
+        raise DataError("two songs share one id; song ids must be unique for a split by song")
+    if songs and all(song.split in ("train", "validation", "test") for song in songs):
+        assigned = {
+            name: sorted(s.song_id for s in songs if s.split == name) for name in ("train", "validation", "test")
+        }
+    else:
+        assigned = split_ids(sorted(by_id), valid_fraction, test_fraction, seed)
+    return {name: [by_id[song_id] for song_id in ids] for name, ids in assigned.items()}
+
+
+# ---- the data set --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _SongPlan:
+    song: Song
+    groups: dict[str, list[StemFile]]  # class -> stems, allowed classes only
+    targets: list[str]  # classes an instruction may name
+    num_stems: int  # stems counted by the official gain rule
+    length: int  # samples at the clip rate
+    step: int  # offset grid
+
+
+class StemDataset:
+    """Random-access clips of one split. Training items vary with `set_epoch`; other splits are a fixed list.
+
+    Item i of a training split is song i % songs with a random operation; item i of a validation/test split is
+    song i // (len(ops) * clips_per_song) with operation (i // clips_per_song) % len(ops). Every item's draws come
+    from a generator seeded by (seed, epoch, i), so any worker computes any item identically.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        split: str = "train",
+        config: ClipConfig | None = None,
+        *,
+        seed: int = 0,
+        clips_per_song: int = 1,
+        valid_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        random_clips: bool | None = None,
+    ) -> None:
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split {split!r}: use {', '.join(SPLITS)}")
+        if clips_per_song < 1:
+            raise ConfigError("clips_per_song must be at least 1")
+        self.catalog = catalog
+        self.split = split
+        self.config = config or ClipConfig()
+        self.seed = seed
+        self.epoch = 0
+        self.clips_per_song = clips_per_song
+        # Fresh random draws per epoch for training; a fixed list for validation/test ("all" follows `random_clips`).
+        self.random_clips = split == "train" if random_clips is None else bool(random_clips)
+        self.rule = self.config.rule
+        if self.rule == "auto":
+            self.rule = "moisesdb" if catalog.layout == "moisesdb" else "slakh"
+        songs = list(catalog.songs)
+        if split != "all":
+            songs = split_songs(songs, valid_fraction, test_fraction, seed)[split]
+        self.skipped: list[tuple[str, str]] = []
+        self.plans: list[_SongPlan] = []
+        for song in songs:
+            plan, reason = self._plan(song)
+            if plan is None:
+                self.skipped.append((song.song_id, reason))
+            else:
+                self.plans.append(plan)
+        if not self.plans:
+            reasons = "; ".join(f"{song_id}: {reason}" for song_id, reason in self.skipped[:5])
+            raise DataError(
+                f"no usable song in the {split} split of {catalog.root} ({len(songs)} song(s) in the split"
+                + (f"; {reasons}" if reasons else "")
+                + ")"
+            )
+
+    def _plan(self, song: Song) -> tuple[_SongPlan | None, str]:
+        config = self.config
+        allowed = config.class_set()
+        excluded = {canonical_class(name) for name in config.exclude}
+        kept = [stem for stem in song.stems if stem.cls not in excluded]
+        groups: dict[str, list[StemFile]] = {}
+        for stem in kept:
+            if allowed is None or stem.cls in allowed:
+                groups.setdefault(stem.cls, []).append(stem)
+        targets = [cls for cls in groups if is_targetable(cls)]
+        if len(groups) < 2:
+            return None, f"only {len(groups)} stem class(es) usable ({', '.join(groups) or 'none'})"
+        if not targets:
+            return None, "no class an instruction can name"
+        length = int(min(stem.frames * config.sample_rate // stem.sample_rate for stem in kept))
+        if length < config.num_samples:
+            return None, f"shorter ({length / config.sample_rate:.1f} s) than one clip ({config.seconds:g} s)"
+        step = offset_step(song, config.sample_rate)
+        return _SongPlan(song, groups, targets, len(kept), length, step), ""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training clips of a new epoch are new draws; evaluation lists do not change."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.random_clips:
+            return len(self.plans) * self.clips_per_song
+        return len(self.plans) * len(self.config.ops) * self.clips_per_song
+
+    def _locate(self, index: int) -> tuple[_SongPlan, str, np.random.Generator]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self.random_clips:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            plan = self.plans[index % len(self.plans)]
+            op = self.config.ops[int(rng.integers(len(self.config.ops)))]
+        else:
+            rng = np.random.default_rng([self.seed, index])
+            per_song = len(self.config.ops) * self.clips_per_song
+            plan = self.plans[index // per_song]
+            op = self.config.ops[(index % per_song) // self.clips_per_song]
+        return plan, op, rng
+
+    def __getitem__(self, index: int) -> Clip:
+        plan, op, rng = self._locate(index)
+        return self.draw(plan, op, rng)
+
+    def _choose(self, plan: _SongPlan, op: str, rng: np.random.Generator) -> tuple[str, list[str]]:
+        target = plan.targets[int(rng.integers(len(plan.targets)))]
+        others = [cls for cls in plan.groups if cls != target]
+        if self.rule == "moisesdb" and op == "add":
+            return target, others
+        count = int(rng.integers(1, len(others) + 1))  # k in [1, M-1]
+        picked = rng.choice(len(others), size=count, replace=False)
+        return target, [others[i] for i in sorted(picked)]
+
+    def _too_quiet(self, before: np.ndarray, after: np.ndarray, stem: np.ndarray) -> bool:
+        config = self.config
+        if np.max(np.abs(before)) < config.min_peak or np.max(np.abs(after)) < config.min_peak:
+            return True
+        limit = config.max_quiet_fraction * before.shape[0]
+        change = after - before
+        if np.count_nonzero(np.abs(change) < config.quiet_level) > limit:
+            return True
+        return np.count_nonzero(np.abs(stem) < config.quiet_level) > limit
+
+    def draw(self, plan: _SongPlan, op: str, rng: np.random.Generator) -> Clip:
+        """Draw one clip of `op` from a song, re-drawing near-silent ones up to `max_redraws` times."""
+        config = self.config
+        length = config.num_samples
+        redraws = 0
+        for attempt in range(config.max_redraws + 1):
+            redraws = attempt
+            target_cls, others = self._choose(plan, op, rng)
+            slots = (plan.length - length) // plan.step
+            start = int(rng.integers(slots + 1)) * plan.step
+            context = mix_window([s for cls in others for s in plan.groups[cls]], start, length, config.sample_rate)
+            stem = mix_window(plan.groups[target_cls], start, length, config.sample_rate)
+            with_stem = context + stem
+            before, after = (context, with_stem) if op == "add" else (with_stem, context)
+            if op == "extract":
+                after = stem
+            quiet = self._too_quiet(before, after, stem)
+            if not quiet:
+                break
+        # Official gain: (stems in song) / (stems on the louder side); one factor for everything.
+        num_context = sum(len(plan.groups[cls]) for cls in others)
+        louder_side = num_context + len(plan.groups[target_cls])
+        gain = plan.num_stems / louder_side if config.gain == "official" else 1.0
+        peak = gain * max(float(np.max(np.abs(before))), float(np.max(np.abs(after))))
+        if peak > 1.0:
+            gain /= peak
+        gain = np.float32(gain)
+        context, stem = context * gain, stem * gain
+        with_stem = context + stem
+        if op == "add":
+            clip_in, clip_out = context, with_stem
+            in_classes, out_classes = others, [*others, target_cls]
+        elif op == "remove":
+            clip_in, clip_out = with_stem, context
+            in_classes, out_classes = [*others, target_cls], others
+        else:
+            clip_in, clip_out = with_stem, stem
+            in_classes, out_classes = [*others, target_cls], [target_cls]
+        return Clip(
+            input=clip_in,
+            target=clip_out,
+            stem=stem,
+            op=op,
+            stem_name=target_cls,
+            song_id=plan.song.song_id,
+            offset=start / config.sample_rate,
+            offset_samples=start,
+            sample_rate=config.sample_rate,
+            instruction=instruction_text(op, target_cls),
+            input_classes=tuple(in_classes),
+            target_classes=tuple(out_classes),
+            redraws=redraws,
+            quiet=quiet,
+        )
+
+
+def open_dataset(
+    root: str,
+    split: str = "train",
+    config: ClipConfig | None = None,
+    *,
+    layout: str = "auto",
+    seed: int = 0,
+    clips_per_song: int = 1,
+) -> StemDataset:
+    """Scan a data folder and return the clips of one split."""
+    from engine.data.layouts import scan
+
+    return StemDataset(scan(root, layout), split, config, seed=seed, clips_per_song=clips_per_song)

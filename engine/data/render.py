@@ -1,0 +1,224 @@
+"""MIDI part -> mono audio through General MIDI soundfonts (FluidSynth), plus light per-stem effects.
+
+One FluidSynth instance holds every soundfont for the whole run (FluidR3 takes ~0.4 s to load); each part is
+rendered alone after a full reset, in float (no dither), so the same part always gives the same samples.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+
+from engine.errors import ConfigError, ResourceError
+
+DEBIAN_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+
+
+def default_soundfonts() -> list[Path]:
+    """pretty_midi's TimGM6mb.sf2 and Debian's FluidR3_GM.sf2, those that exist."""
+    fonts = [Path(os.path.dirname(pretty_midi.__file__)) / "TimGM6mb.sf2", DEBIAN_SOUNDFONT]
+    return [path for path in fonts if path.is_file()]
+
+
+class FluidRenderer:
+    """Renders one MIDI part at a time to mono float32 at `sample_rate`."""
+
+    def __init__(self, soundfonts: list[str | Path], sample_rate: int) -> None:
+        try:
+            import fluidsynth
+        except ImportError as exc:  # the Python package is installed; the C library may not be
+            raise ResourceError(
+                "FluidSynth is not available: install it (Debian: apt install fluidsynth; macOS: brew install "
+                "fluid-synth)"
+            ) from exc
+        if not soundfonts:
+            raise ConfigError("no soundfont: pass --soundfont PATH (a General MIDI .sf2)")
+        self.sample_rate = int(sample_rate)
+        # FluidSynth's own reverb and chorus are off: effects are ours, seeded and recorded.
+        self.synth = fluidsynth.Synth(
+            gain=0.4,
+            samplerate=float(sample_rate),
+            **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": 256},
+        )
+        self.soundfonts = [Path(path) for path in soundfonts]
+        self.font_ids: list[int] = []
+        for path in self.soundfonts:
+            if not path.is_file():
+                raise ConfigError(f"soundfont {path} does not exist")
+            font_id = self.synth.sfload(str(path))
+            if font_id < 0:
+                raise ConfigError(f"soundfont {path} could not be loaded (not a .sf2 file?)")
+            self.font_ids.append(font_id)
+        self._write = fluidsynth._fl.fluid_synth_write_float
+        self._write.argtypes = [ctypes.c_void_p, ctypes.c_int] + [ctypes.c_void_p, ctypes.c_int, ctypes.c_int] * 2
+        self._write.restype = ctypes.c_int
+
+    def close(self) -> None:
+        self.synth.delete()
+
+    def __enter__(self) -> FluidRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _render_into(self, left: np.ndarray, right: np.ndarray, begin: int, end: int) -> None:
+        position = begin
+        while position < end:
+            count = min(end - position, 8192)
+            self._write(
+                self.synth.synth,
+                count,
+                left[position:].ctypes.data,
+                0,
+                1,
+                right[position:].ctypes.data,
+                0,
+                1,
+            )
+            position += count
+
+    def render(self, part: pretty_midi.Instrument, font_index: int, seconds: float) -> np.ndarray:
+        """Mono float32 [round(seconds * rate)] of one part through soundfont `font_index`."""
+        synth = self.synth
+        synth.system_reset()
+        channel = 9 if part.is_drum else 0
+        bank = 128 if part.is_drum else 0
+        font_id = self.font_ids[font_index]
+        if synth.program_select(channel, font_id, bank, int(part.program)) != 0:
+            synth.program_select(channel, font_id, bank, 0)  # this soundfont lacks the program (or kit)
+        total = int(round(seconds * self.sample_rate))
+        events: list[tuple[int, int, int, int]] = []  # (sample, order, a, b); note-offs before note-ons
+        for note in part.notes:
+            start = int(round(note.start * self.sample_rate))
+            if start >= total:
+                continue
+            events.append((start, 2, note.pitch, note.velocity))
+            events.append((int(round(note.end * self.sample_rate)), 0, note.pitch, 0))
+        for change in part.control_changes:
+            events.append((int(round(change.time * self.sample_rate)), 1, 1000 + change.number, change.value))
+        for bend in part.pitch_bends:
+            events.append((int(round(bend.time * self.sample_rate)), 1, -1, bend.pitch))
+        events.sort()
+        left = np.zeros(total + 8192, np.float32)
+        right = np.zeros(total + 8192, np.float32)
+        position = 0
+        for sample, order, a, b in events:
+            if sample >= total:
+                break
+            if sample > position:
+                self._render_into(left, right, position, sample)
+                position = sample
+            if order == 2:
+                synth.noteon(channel, a, b)
+            elif order == 0:
+                synth.noteoff(channel, a)
+            elif a == -1:
+                synth.pitch_bend(channel, b)
+            else:
+                synth.cc(channel, a - 1000, b)
+        self._render_into(left, right, position, total)
+        synth.all_sounds_off(channel)
+        return 0.5 * (left[:total] + right[:total])
+
+
+# ---- effects ------------------------------------------------------------------------------------------------------
+
+
+def random_effects(cls: str, rng: np.random.Generator) -> list[dict]:
+    """A light, seeded effects chain for one stem: EQ, maybe compression, maybe reverb (as plain settings)."""
+    chain: list[dict] = []
+    low_cut = {"Bass": 30.0, "Drums": 35.0}.get(cls, 80.0)
+    chain.append({"type": "highpass", "cutoff_hz": round(float(low_cut * rng.uniform(0.7, 1.5)), 1)})
+    if rng.random() < 0.7:
+        chain.append(
+            {
+                "type": "peak",
+                "cutoff_hz": round(float(np.exp(rng.uniform(np.log(200), np.log(5000)))), 1),
+                "gain_db": round(float(rng.uniform(-4, 4)), 2),
+                "q": round(float(rng.uniform(0.7, 2.0)), 2),
+            }
+        )
+    if rng.random() < 0.5:
+        chain.append({"type": "highshelf", "cutoff_hz": 6000.0, "gain_db": round(float(rng.uniform(-4, 3)), 2)})
+    if rng.random() < 0.5:
+        chain.append(
+            {
+                "type": "compressor",
+                "threshold_db": round(float(rng.uniform(-24, -10)), 1),
+                "ratio": round(float(rng.uniform(2, 4)), 2),
+                "attack_ms": round(float(rng.uniform(2, 20)), 1),
+                "release_ms": round(float(rng.uniform(60, 250)), 1),
+            }
+        )
+    if rng.random() < (0.3 if cls in ("Bass", "Drums") else 0.6):
+        wet = float(rng.uniform(0.05, 0.2 if cls in ("Bass", "Drums") else 0.3))
+        chain.append(
+            {
+                "type": "reverb",
+                "room_size": round(float(rng.uniform(0.1, 0.6)), 2),
+                "damping": round(float(rng.uniform(0.3, 0.7)), 2),
+                "wet_level": round(wet, 3),
+                "dry_level": round(1.0 - wet, 3),
+            }
+        )
+    return chain
+
+
+def apply_effects(audio: np.ndarray, chain: list[dict], sample_rate: int) -> np.ndarray:
+    """Run a chain from `random_effects` with pedalboard; mono float32 [N] in and out."""
+    if not chain:
+        return audio
+    import pedalboard
+
+    plugins = []
+    for setting in chain:
+        kind = setting["type"]
+        if kind == "highpass":
+            plugins.append(pedalboard.HighpassFilter(cutoff_frequency_hz=setting["cutoff_hz"]))
+        elif kind == "peak":
+            plugins.append(
+                pedalboard.PeakFilter(
+                    cutoff_frequency_hz=setting["cutoff_hz"], gain_db=setting["gain_db"], q=setting["q"]
+                )
+            )
+        elif kind == "highshelf":
+            plugins.append(
+                pedalboard.HighShelfFilter(cutoff_frequency_hz=setting["cutoff_hz"], gain_db=setting["gain_db"])
+            )
+        elif kind == "compressor":
+            plugins.append(
+                pedalboard.Compressor(
+                    threshold_db=setting["threshold_db"],
+                    ratio=setting["ratio"],
+                    attack_ms=setting["attack_ms"],
+                    release_ms=setting["release_ms"],
+                )
+            )
+        elif kind == "reverb":
+            plugins.append(
+                pedalboard.Reverb(
+                    room_size=setting["room_size"],
+                    damping=setting["damping"],
+                    wet_level=setting["wet_level"],
+                    dry_level=setting["dry_level"],
+                    width=0.0,
+                )
+            )
+        else:
+            raise ValueError(f"unknown effect {kind!r}")
+    board = pedalboard.Pedalboard(plugins)
+    return board(audio[None, :].astype(np.float32), sample_rate, reset=True)[0]
+
+
+def active_rms(audio: np.ndarray, sample_rate: int) -> float:
+    """RMS over the 50 ms frames that sound (above -60 dBFS), so sparse parts are not boosted by their rests."""
+    frame = max(1, sample_rate // 20)
+    usable = audio[: (audio.shape[0] // frame) * frame].reshape(-1, frame) if audio.shape[0] >= frame else audio[None]
+    energy = np.mean(usable.astype(np.float64) ** 2, axis=1)
+    active = energy[energy > 1e-6]
+    return float(np.sqrt(active.mean())) if active.size else 0.0

@@ -1,0 +1,225 @@
+"""`imusic data synth`: a Slakh-layout stem data set made on any machine from MIDI and General MIDI soundfonts.
+
+Per track (TrackNNNNN/): metadata.yaml (Slakh's keys plus ours), stems/SNN.flac (mono), MIDI/SNN.mid, all_src.mid,
+mix.flac (sum of the stems; stems and mix scaled together when the sum would clip). Top level: dataset.json (seed,
+tracks, sample rate, soundfonts, a split suggestion by song, per-song captions). Every track draws from its own
+generator seeded by (seed, track number): the same seed gives the same files, and any track can be re-made alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import soundfile as sf
+
+from engine.data.midi_gen import generate_song, load_midi_song, part_class
+from engine.data.render import FluidRenderer, active_rms, apply_effects, default_soundfonts, random_effects
+from engine.data.stems import caption, caption_word
+from engine.data.yamlio import dump_yaml
+from engine.errors import ConfigError, DataError
+
+FORMAT_VERSION = 1
+# Level of each stem's sounding part before its random gain (dBFS RMS); drums and bass sit a little forward.
+_LEVEL_DB = {"Drums": -18.0, "Bass": -19.0}
+_DEFAULT_LEVEL_DB = -21.0
+_MIX_PEAK = 0.95
+
+
+@dataclass
+class SynthReport:
+    """What a synth run made and what it cost."""
+
+    out_dir: Path
+    tracks: int = 0
+    stems: int = 0
+    stem_seconds: float = 0.0
+    render_cpu_seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def cpu_per_10s_of_stems(self) -> float:
+        return 10.0 * self.render_cpu_seconds / self.stem_seconds if self.stem_seconds else 0.0
+
+
+def _split_suggestion(ids: list[str], seed: int) -> dict[str, list[str]]:
+    from engine.data.datasets import split_ids
+
+    if len(ids) < 3:
+        return {"train": list(ids), "validation": [], "test": []}
+    return split_ids(ids, 0.1, 0.1, seed)
+
+
+def _track_parts(
+    index: int, seed: int, seconds: float, midi_files: list[Path]
+) -> tuple[list[pretty_midi.Instrument], float, dict, np.random.Generator]:
+    rng = np.random.default_rng([seed, index])
+    if midi_files:
+        path = midi_files[(index - 1) % len(midi_files)]
+        midi, parts = load_midi_song(str(path), seconds)
+        length = min(seconds, midi.get_end_time() + 1.0) if seconds else midi.get_end_time() + 1.0
+        tempo = float(midi.estimate_tempo()) if len(midi.get_onsets()) > 1 else 120.0
+        info = {"source_midi": path.name, "tempo": round(tempo, 2)}
+        # Random programs within each part's class, as Slakh assigns random patches within a class.
+        for part in parts:
+            if not part.is_drum:
+                part.program = (part.program // 8) * 8 + int(rng.integers(8))
+        return parts, length, info, rng
+    plan = generate_song(rng, seconds)
+    info = {
+        "style": plan.style,
+        "tempo": plan.tempo,
+        "key": plan.key_name,
+        "beats_per_bar": plan.beats_per_bar,
+        "progression": " ".join(str(d + 1) for d in plan.progression),
+    }
+    return plan.parts, seconds, info, rng
+
+
+def _write_track(
+    track_dir: Path,
+    parts: list[pretty_midi.Instrument],
+    length: float,
+    info: dict,
+    rng: np.random.Generator,
+    renderer: FluidRenderer,
+    soundfont_names: list[str],
+) -> tuple[int, float, list[str]]:
+    rate = renderer.sample_rate
+    stems: list[np.ndarray] = []
+    entries: dict[str, dict] = {}
+    for number, part in enumerate(parts):
+        name = f"S{number:02d}"
+        cls = part_class(part)
+        font_index = int(rng.integers(len(soundfont_names)))
+        chain = random_effects(cls, rng)
+        gain_db = float(rng.uniform(-4.0, 2.0))
+        audio = renderer.render(part, font_index, length)  # [N]
+        audio = apply_effects(audio, chain, rate)
+        level = active_rms(audio, rate)
+        rendered = level > 1e-4
+        if rendered:
+            target = 10 ** ((_LEVEL_DB.get(cls, _DEFAULT_LEVEL_DB) + gain_db) / 20)
+            audio = audio * np.float32(target / level)
+        stems.append(audio.astype(np.float32))
+        entries[name] = {
+            "audio_rendered": rendered,
+            "inst_class": cls,
+            "class_name": caption_word(cls),
+            "is_drum": bool(part.is_drum),
+            "midi_program_name": "Drums" if part.is_drum else pretty_midi.program_to_instrument_name(part.program),
+            "program_num": int(part.program),
+            "midi_saved": True,
+            "plugin_name": soundfont_names[font_index],
+            "role": part.name or cls.lower(),
+            "gain_db": round(gain_db, 3),
+            "effects": ", ".join(effect["type"] for effect in chain) or "none",
+        }
+    # Peak-safe mix: one factor for every stem, so mix.flac stays the sum of the stems.
+    mix = np.sum(stems, axis=0) if stems else np.zeros(int(round(length * rate)), np.float32)
+    peak = max([float(np.max(np.abs(mix)))] + [float(np.max(np.abs(s))) for s in stems])
+    scale = np.float32(min(1.0, _MIX_PEAK / peak)) if peak > 0 else np.float32(1.0)
+    (track_dir / "stems").mkdir(parents=True, exist_ok=True)
+    (track_dir / "MIDI").mkdir(exist_ok=True)
+    everything = pretty_midi.PrettyMIDI(initial_tempo=float(info.get("tempo", 120.0)))
+    for (name, entry), part, audio in zip(entries.items(), parts, stems, strict=True):
+        if entry["audio_rendered"]:
+            sf.write(str(track_dir / "stems" / f"{name}.flac"), audio * scale, rate, subtype="PCM_16")
+        single = pretty_midi.PrettyMIDI(initial_tempo=float(info.get("tempo", 120.0)))
+        single.instruments.append(part)
+        single.write(str(track_dir / "MIDI" / f"{name}.mid"))
+        everything.instruments.append(part)
+    everything.write(str(track_dir / "all_src.mid"))
+    sf.write(str(track_dir / "mix.flac"), mix * scale, rate, subtype="PCM_16")
+    meta = {
+        "UUID": track_dir.name,
+        "audio_dir": "stems",
+        "midi_dir": "MIDI",
+        "sample_rate": rate,
+        "seconds": round(length, 6),
+        "overall_gain": round(float(scale), 6),
+        **info,
+        "stems": entries,
+    }
+    (track_dir / "metadata.yaml").write_text(dump_yaml(meta), encoding="utf-8")
+    rendered_classes = [entry["inst_class"] for entry in entries.values() if entry["audio_rendered"]]
+    return sum(1 for e in entries.values() if e["audio_rendered"]), length, rendered_classes
+
+
+def synthesize(
+    out_dir: str | Path,
+    tracks: int,
+    *,
+    seed: int = 0,
+    seconds: float = 30.0,
+    sample_rate: int = 32000,
+    soundfonts: list[str | Path] | None = None,
+    midi_dir: str | Path | None = None,
+    progress: bool = True,
+) -> SynthReport:
+    """Write a Slakh-layout data set of `tracks` songs into `out_dir` (which must be empty or new)."""
+    if tracks < 1:
+        raise ConfigError("--tracks must be at least 1")
+    if seconds <= 0:
+        raise ConfigError("--seconds must be positive")
+    if not 8000 <= sample_rate <= 96000:
+        raise ConfigError(f"--sample-rate {sample_rate} is outside 8000-96000 Hz")
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} is not empty: choose a new folder for the data set")
+    fonts = [Path(p).expanduser() for p in soundfonts] if soundfonts else default_soundfonts()
+    if not fonts:
+        raise ConfigError("no General MIDI soundfont found: pass --soundfont PATH")
+    midi_files: list[Path] = []
+    if midi_dir is not None:
+        midi_root = Path(midi_dir).expanduser()
+        if not midi_root.is_dir():
+            raise DataError(f"MIDI folder {midi_root} does not exist")
+        midi_files = sorted(p for p in midi_root.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+        if not midi_files:
+            raise DataError(f"no .mid files in {midi_root}")
+    out.mkdir(parents=True, exist_ok=True)
+    report = SynthReport(out)
+    songs: dict[str, dict] = {}
+    from tqdm import tqdm
+
+    with FluidRenderer(fonts, sample_rate) as renderer:
+        names = [font.name for font in fonts]
+        for index in tqdm(range(1, tracks + 1), desc="synth", unit="track", disable=not progress):
+            track_id = f"Track{index:05d}"
+            started = time.process_time()
+            try:
+                parts, length, info, rng = _track_parts(index, seed, seconds, midi_files)
+            except Exception as exc:  # a user's MIDI file can fail to parse in many ways; skip and report it
+                report.skipped.append((track_id, f"unreadable MIDI: {exc}"))
+                continue
+            if not parts:
+                report.skipped.append((track_id, "MIDI file without notes"))
+                continue
+            count, length, classes = _write_track(out / track_id, parts, length, info, rng, renderer, names)
+            report.render_cpu_seconds += time.process_time() - started
+            report.tracks += 1
+            report.stems += count
+            report.stem_seconds += count * length
+            songs[track_id] = {"classes": classes, "caption": caption(classes), "seconds": length, **info}
+    meta = {
+        "format": "slakh",
+        "generator": "imusic data synth",
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "tracks": report.tracks,
+        "sample_rate": sample_rate,
+        "seconds": seconds,
+        "soundfonts": [str(font) for font in fonts],
+        "midi_dir": str(midi_dir) if midi_dir is not None else None,
+        "split": _split_suggestion(sorted(songs), seed),
+        "songs": songs,
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if report.tracks == 0:
+        raise DataError(f"no track could be made ({len(report.skipped)} skipped: {report.skipped[0][1]})")
+    return report
