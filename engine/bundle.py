@@ -1,0 +1,169 @@
+"""What a loaded model is: the decoder, codec and text encoder on one device, and the card that describes them.
+
+The card is what the rest of the engine asks about the model: rates, codebooks, the stems it can edit, and the exact
+instruction text it was trained with (the official adapter: "Music piece. Instruct: {verb} {stem}." with the stems
+named as trained, "Drums", "Bass", "Piano", "Guitar"; engine/instructions.py formats the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import CheckpointError
+
+OPERATIONS = ("add", "remove", "extract")
+OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
+OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
+OFFICIAL_STEMS = ("Drums", "Bass", "Piano", "Guitar")
+
+
+@dataclass
+class ModelCard:
+    """Facts about a loaded model that editing, the server and the CLI need."""
+
+    name: str
+    sample_rate: int
+    frame_rate: float
+    num_codebooks: int
+    card: int
+    stems: tuple[str, ...] = OFFICIAL_STEMS
+    template: str = OFFICIAL_TEMPLATE
+    verbs: dict[str, str] = field(default_factory=lambda: dict(OFFICIAL_VERBS))
+    cond_frames: int = 501
+    has_adapter: bool = True
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def window_seconds(self) -> float:
+        """Longest input one window can condition on: cond_frames include the appended special token."""
+        return (self.cond_frames - 1) / self.frame_rate
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        return tuple(op for op in OPERATIONS if op in self.verbs)
+
+    def prompt(self, op: str, stem: str) -> str:
+        """The exact instruction text the model was trained with, e.g. ("extract", "Drums") -> "... Only Drums."."""
+        if op not in self.verbs:
+            raise CheckpointError(f"this model has no instruction for {op!r}; it supports {', '.join(self.operations)}")
+        return self.template.format(verb=self.verbs[op], stem=stem, op=op)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["stems"] = list(self.stems)
+        data["window_seconds"] = self.window_seconds
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "stems" in kwargs:
+            kwargs["stems"] = tuple(kwargs["stems"])
+        return cls(**kwargs)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to edit: `lm` (MusicGenLM), `codec` (Codec), `text` (TextEncoder), `card`, device, dtype."""
+
+    lm: Any
+    codec: Any
+    text: Any
+    card: ModelCard
+    device: Any
+    dtype: Any
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part, adapters counted apart from the decoder they extend."""
+        adapter = sum(p.numel() for p in self.lm.adapter_parameters()) if hasattr(self.lm, "adapter_parameters") else 0
+        decoder = sum(p.numel() for p in self.lm.parameters()) - adapter
+        return {
+            "decoder": decoder,
+            "adapter": adapter,
+            "codec": sum(p.numel() for p in self.codec.model.parameters()),
+            "text_encoder": sum(p.numel() for p in self.text.model.parameters()),
+        }
+
+
+def build_lm(cfg, fusion, state: dict, *, device="cpu", dtype=None, strict: bool = True):
+    """Our MusicGenLM from a state dict in our naming, moving (not copying) the tensors into it.
+
+    The module is built on the meta device so a 3.3B-parameter decoder is never allocated twice; parameters the state
+    does not hold (adapters of a base-only checkpoint) are then created and initialised by their modules.
+    """
+    import torch
+
+    from engine.model import MusicGenLM
+
+    with torch.device("meta"):
+        lm = MusicGenLM(cfg, fusion)
+    expected = lm.state_dict()
+    adapter_names = _adapter_names(lm)
+    base_missing = [name for name in expected if name not in state and name not in adapter_names]
+    if strict and base_missing:
+        more = f" and {len(base_missing) - 5} more" if len(base_missing) > 5 else ""
+        raise CheckpointError(
+            f"the checkpoint is missing {len(base_missing)} decoder weights: {', '.join(base_missing[:5])}{more}"
+        )
+    for name, tensor in state.items():
+        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"the checkpoint does not fit the model: {name} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[name].shape)}"
+            )
+    unknown = [name for name in state if name not in expected]
+    if unknown:
+        raise CheckpointError(f"the checkpoint holds weights the model does not have: {', '.join(sorted(unknown)[:5])}")
+    lm.load_state_dict(state, strict=False, assign=True)
+    _materialize(lm, device)
+    lm.to(device=device, dtype=dtype) if dtype is not None else lm.to(device=device)
+    return lm.eval()
+
+
+def _adapter_names(lm) -> set[str]:
+    if hasattr(lm, "adapter_state_dict"):
+        try:
+            return set(lm.adapter_state_dict().keys())
+        except Exception:  # noqa: BLE001 - a meta-device model may refuse; fall back to the naming rule
+            pass
+    return {name for name in lm.state_dict() if name.startswith("fusion.") or ".lora_" in name}
+
+
+def _materialize(lm, device) -> None:
+    """Allocate what is still on the meta device (adapters a base-only checkpoint lacks) and initialise it as the
+    official code does: gates and LoRA B at zero (the untrained adapter changes nothing), pos_emb ~ N(0, 1), LoRA A
+    and merge linears with nn.Linear's default (kaiming uniform)."""
+    import math
+
+    import torch
+
+    for module in lm.modules():
+        own = list(module.named_parameters(recurse=False))
+        if not any(t.is_meta for _, t in own):
+            continue
+        whole = all(t.is_meta for _, t in own)
+        for name, tensor in own:
+            if tensor.is_meta:
+                fresh = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+                setattr(module, name, torch.nn.Parameter(fresh, requires_grad=tensor.requires_grad))
+        if whole and isinstance(module, (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)):
+            module.reset_parameters()
+            continue
+        with torch.no_grad():
+            for name, tensor in own:
+                if not tensor.is_meta:
+                    continue
+                param = getattr(module, name)
+                if name in ("gates", "lora_b") or name.endswith("gate"):
+                    param.zero_()
+                elif name == "pos_emb":
+                    param.normal_()
+                elif param.dim() >= 2:
+                    torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5))
+                else:
+                    param.zero_()
+    leftover = [name for name, t in list(lm.named_parameters()) + list(lm.named_buffers()) if t.is_meta]
+    if leftover:
+        raise CheckpointError(f"internal error: model tensors left unallocated: {', '.join(leftover[:5])}")

@@ -1,0 +1,224 @@
+"""Tiny random models written in the real layouts, for tests and for trying the plumbing without GBs of weights.
+
+- `build_tiny_model_dir`: our model directory (model_card.json + base/ in transformers layout + adapter/).
+- `write_transformers_layout`: a facebook/musicgen-* style directory (config.json + model.safetensors + tokenizer).
+- `write_audiocraft_layout`: an audiocraft style directory (state_dict.bin + compression_state_dict.bin).
+- `write_official_ckpt`: a fake `finetuned.ckpt`, pickled with stand-in classes under the official repo's module
+  paths, as the published Lightning checkpoint is.
+
+Everything here is random: it tests mechanics (shapes, key names, alignment), never that an edit sounds right.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+
+TINY_SAMPLE_RATE = 16000
+TINY_CARD = 64
+TINY_CODEBOOKS = 4
+TINY_TEXT_DIM = 32
+TINY_LAYERS = 2
+TINY_DIM = 64
+TINY_HEADS = 4
+TINY_FFN = 128
+TINY_COND_FRAMES = 501
+
+# Words the tiny tokenizer knows: the official instruction words, our stems, and words for describing mixes.
+TINY_WORDS = [
+    "music",
+    "piece",
+    "instruct",
+    "add",
+    "no",
+    "only",
+    "remove",
+    "extract",
+    "drums",
+    "bass",
+    "piano",
+    "guitar",
+    "strings",
+    "vocals",
+    "synth",
+    "organ",
+    "brass",
+    "and",
+    "with",
+    "without",
+    "the",
+    "a",
+    "of",
+    "mix",
+    "full",
+    "song",
+    "just",
+    "plus",
+    "lead",
+    "pad",
+    "percussion",
+    "keys",
+]
+
+
+def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD):
+    """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, tiny decoder."""
+    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+
+    text = T5Config(
+        vocab_size=len(_tiny_vocab()),
+        d_model=TINY_TEXT_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    bits = max(1, (card - 1).bit_length())
+    # num_quantizers = 1000 * bandwidth // (frame_rate * bits): choose the bandwidth giving exactly 4 codebooks.
+    bandwidth = TINY_CODEBOOKS * 50 * bits / 1000
+    audio = EncodecConfig(
+        sampling_rate=TINY_SAMPLE_RATE,
+        upsampling_ratios=[8, 5, 4, 2],  # hop 320 -> 50 Hz at 16 kHz
+        codebook_size=card,
+        target_bandwidths=[bandwidth],
+        hidden_size=32,
+        num_filters=8,
+        num_lstm_layers=1,
+        codebook_dim=32,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=card,
+        num_hidden_layers=num_layers,
+        hidden_size=dim,
+        num_attention_heads=TINY_HEADS,
+        ffn_dim=TINY_FFN if dim == TINY_DIM else 2 * dim,
+        num_codebooks=TINY_CODEBOOKS,
+        pad_token_id=card,
+        bos_token_id=card,
+        max_position_embeddings=2048,
+        dropout=0.0,
+    )
+    return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
+
+
+def _tiny_vocab() -> dict[str, int]:
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in [*TINY_WORDS, ".", ":", ",", "!", "?", "-", "'"]:
+        vocab.setdefault(word, len(vocab))
+    return vocab
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer (lower-cased, punctuation split, `</s>` appended as T5 does); nothing downloaded."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab=_tiny_vocab(), unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def tiny_musicgen(seed: int = 0, **config_kwargs):
+    """A random transformers MusicgenForConditionalGeneration of the tiny shape (seeded, deterministic)."""
+    from transformers import MusicgenForConditionalGeneration
+
+    from engine.weights.transformers_layout import quiet_transformers
+
+    with quiet_transformers():
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(tiny_musicgen_config(**config_kwargs))
+    _spread_codebooks(model.audio_encoder, seed)
+    return model.eval()
+
+
+@torch.no_grad()
+def _spread_codebooks(codec, seed: int) -> None:
+    """transformers initialises EnCodec codebooks to zeros (every frame would quantise to code 0): initialise each
+    residual codebook from frames of what it quantises (EnCodec's k-means init, one step), so audio uses many codes."""
+    generator = torch.Generator().manual_seed(seed + 7)
+    rate = TINY_SAMPLE_RATE
+    time = torch.arange(4 * rate) / rate
+    # varied material: noise at several levels, tones, clicks; [4, 1, 4 s]
+    tones = torch.sin(2 * torch.pi * torch.tensor([110.0, 440.0, 1760.0])[:, None] * time)[:, None]
+    noise = torch.randn(1, 1, time.numel(), generator=generator) * torch.linspace(0.01, 0.5, time.numel())
+    wav = torch.cat([tones * 0.3, noise])
+    residual = codec.encoder(wav).permute(0, 2, 1).reshape(-1, codec.config.hidden_size)  # [frames, D]
+    for layer in codec.quantizer.layers:
+        book = layer.codebook
+        pick = torch.randint(0, residual.shape[0], (book.embed.shape[0],), generator=generator)
+        jitter = torch.randn(book.embed.shape, generator=generator) * residual.std() * 0.05
+        book.embed.copy_(residual[pick] + jitter)
+        book.embed_avg.copy_(book.embed)
+        book.inited.fill_(1.0)
+        codes = torch.cdist(residual, book.embed).argmin(dim=1)
+        residual = residual - book.embed[codes]
+
+
+def write_transformers_layout(path: str | Path, seed: int = 0, model=None, **config_kwargs) -> Path:
+    """Write a facebook/musicgen-* style directory: config.json, model.safetensors, tokenizer files."""
+    from engine.weights.transformers_layout import quiet_transformers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = model if model is not None else tiny_musicgen(seed, **config_kwargs)
+    with quiet_transformers():
+        model.save_pretrained(path)
+        tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random model in our format (model_card.json, base/, adapter/) at `path`; returns `path`.
+
+    The adapter has nonzero random gates and LoRA weights so that audio and text fusion change the output.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_transformers_layout(path / "base", seed=seed)
+    card = {
+        "format": "imusic-model",
+        "version": 1,
+        "name": "tiny-random",
+        "description": "random tiny model for tests: 16 kHz, 50 Hz, 4 codebooks of 64, 2 x 64 decoder",
+        "provenance": {"source": "engine.testing.build_tiny_model_dir", "seed": seed},
+    }
+    (path / "model_card.json").write_text(json.dumps(card, indent=2))
+    from engine.weights.adapter_format import save_adapter
+
+    fusion_cfg, state = _tiny_adapter_state(path / "base", seed)
+    save_adapter(
+        path / "adapter",
+        state,
+        fusion_cfg,
+        stems=OFFICIAL_STEMS,
+        template=OFFICIAL_TEMPLATE,
+        verbs=OFFICIAL_VERBS,
+        provenance={"source": "engine.testing.build_tiny_model_dir", "seed": seed, "trained": False},
+    )
+    return path
+
+
+def _tiny_adapter_state(base_dir: Path, seed: int):
+    """Random adapter weights for the tiny base: (FusionConfig, state in our naming)."""
+    from engine.config import FusionConfig
+    from engine.weights.transformers_layout import load_lm
+
+    fusion_cfg = FusionConfig(cond_frames=TINY_COND_FRAMES)
+    lm = load_lm(base_dir, fusion=fusion_cfg, dtype=torch.float32, device="cpu")
+    generator = torch.Generator().manual_seed(seed + 1)
+    state = {}
+    for name, tensor in lm.adapter_state_dict().items():
+        # Nonzero everywhere (gates and LoRA B start at zero when trained from scratch): fusion must matter.
+        state[name] = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.05 + 0.02
+    return fusion_cfg, state

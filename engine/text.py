@@ -1,0 +1,53 @@
+"""The text encoder: a T5 encoder and its tokenizer, turning instructions into the states the decoder attends to.
+
+As in MusicGen (audiocraft's T5Conditioner and transformers' MusicGen), padded positions are zeroed in the states
+and reported in the mask, so a batch of instructions of different lengths encodes like each one alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.errors import InstructionError
+
+# T5 was trained on 512-token inputs; instructions are a few words, so this only guards against pasted essays.
+MAX_TOKENS = 512
+
+
+class TextEncoder:
+    """T5 encoder wrapper: `encode(texts) -> (states [B,S,dim], mask [B,S] bool)`."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        out_dtype: torch.dtype | None = None,
+    ) -> None:
+        # T5 overflows in fp16 (its feed-forward activations exceed 65504); bf16 and fp32 are safe.
+        if dtype == torch.float16:
+            dtype = torch.float32
+        self.model = model.eval().requires_grad_(False).to(device=device, dtype=dtype)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.dim: int = int(model.config.d_model)
+        self.out_dtype = out_dtype or dtype
+
+    @torch.no_grad()  # not inference_mode: training feeds these outputs into autograd
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode a batch of texts; returns states [B,S,dim] (in `out_dtype`, zero where padded) and mask [B,S]."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise InstructionError("no instruction text to encode")
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        ids = batch["input_ids"].to(self.device)  # [B, S]
+        mask = batch["attention_mask"].to(self.device)  # [B, S]
+        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
+        states = states * mask[..., None].to(states.dtype)
+        return states.to(self.out_dtype), mask.bool()
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` becomes (with the end-of-sequence token)."""
+        return len(self.tokenizer(text)["input_ids"])

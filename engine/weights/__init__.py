@@ -1,0 +1,202 @@
+"""Loading models from every layout we read: `load_model(source, adapter, device, dtype) -> LoadedModel`.
+
+Sources: our model directory (model_card.json + base/ + adapter/), a transformers MusicGen directory, an audiocraft
+directory (state_dict.bin + compression_state_dict.bin), or a hub name already in the local Hugging Face cache.
+Adapters: our adapter directory (adapter.json + adapter.safetensors) or the official `finetuned.ckpt`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.errors import CheckpointError
+
+MODEL_CARD = "model_card.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
+
+
+def default_model_dir() -> Path:
+    """Where the embedded default model lives (engine/assets/default/)."""
+    return DEFAULT_MODEL_DIR
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """True for our model directory format."""
+    path = Path(path)
+    return (path / MODEL_CARD).is_file()
+
+
+def detect_layout(path: str | Path) -> str:
+    """'imusic', 'transformers', 'audiocraft', 'official' (finetuned.ckpt) or 'adapter', from the files present."""
+    from engine.weights import adapter_format, audiocraft_layout, transformers_layout
+
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".ckpt":
+            return "official"
+        if path.name == adapter_format.ADAPTER_WEIGHTS:
+            return "adapter"
+        raise CheckpointError(f"{path} is a file; give the directory that holds the model (or a finetuned.ckpt)")
+    if not path.is_dir():
+        raise CheckpointError(f"no model at {path}: the path does not exist")
+    if is_model_dir(path):
+        return "imusic"
+    if adapter_format.is_adapter_dir(path):
+        return "adapter"
+    if (path / transformers_layout.CONFIG).is_file():
+        return "transformers"
+    if audiocraft_layout.is_audiocraft_dir(path):
+        return "audiocraft"
+    raise CheckpointError(
+        f"{path} holds no model we can read: expected {MODEL_CARD} (imusic), config.json (transformers) or "
+        f"state_dict.bin + compression_state_dict.bin (audiocraft)"
+    )
+
+
+def resolve_source(source: str | Path | None) -> Path:
+    """A local path for `source`: None -> the embedded default; a path as is; a hub name -> its cached snapshot."""
+    if source is None:
+        path = default_model_dir()
+        if not is_model_dir(path):
+            raise CheckpointError(
+                f"the embedded default model is not installed ({path} has no {MODEL_CARD}); "
+                "give a model with --model PATH, or train one (imusic train)"
+            )
+        return path
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    from engine.weights import hub
+
+    if hub.looks_like_hub_name(text):
+        return hub.cached_snapshot(text)
+    raise CheckpointError(f"no model at {path}: the path does not exist")
+
+
+def read_model_card(path: str | Path) -> dict[str, Any]:
+    """model_card.json of our model directory."""
+    card_path = Path(path) / MODEL_CARD
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"model directory {path} is missing {MODEL_CARD}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{card_path} is not readable JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{card_path} must hold a JSON object")
+    return card
+
+
+def load_model(
+    source: str | Path | None = None,
+    adapter: str | Path | None = None,
+    device: Any = None,
+    dtype: Any = None,
+):
+    """Load a model ready to edit (LoadedModel). See the module docstring for what `source` and `adapter` accept."""
+    from engine.bundle import LoadedModel, ModelCard
+    from engine.device import pick
+
+    dev, dt = pick(device, dtype)
+    path = resolve_source(source)
+    layout = detect_layout(path)
+    if layout in ("official", "adapter"):
+        raise CheckpointError(f"{path} is an adapter, not a model: pass it as the adapter and give a base model")
+
+    card_data: dict[str, Any] = {}
+    adapter_path: Path | None = Path(adapter).expanduser() if adapter is not None else None
+    if adapter_path is not None and not adapter_path.exists():
+        raise CheckpointError(f"no adapter at {adapter_path}: the path does not exist")
+    base = path
+    if layout == "imusic":
+        card_data = read_model_card(path)
+        base = path / "base"
+        if not base.is_dir():
+            raise CheckpointError(f"model directory {path} is missing base/")
+        if adapter_path is None and (path / "adapter").exists():
+            adapter_path = path / "adapter"
+        layout = detect_layout(base)
+
+    adapter_state, adapter_info = _read_adapter(adapter_path) if adapter_path is not None else (None, None)
+    fusion = adapter_info["fusion"] if adapter_info else None
+
+    if layout == "transformers":
+        from engine.weights.transformers_layout import load_parts
+    elif layout == "audiocraft":
+        from engine.weights.audiocraft_layout import load_parts
+    else:
+        raise CheckpointError(f"{base} is not a base model (found a {layout} layout)")
+    lm, codec, text = load_parts(base, fusion=fusion, device=dev, dtype=dt)
+
+    if adapter_state is not None:
+        _apply_adapter(lm, adapter_state, adapter_info, adapter_path)
+
+    stems = adapter_info["stems"] if adapter_info else card_data.get("stems")
+    card = ModelCard(
+        name=str(card_data.get("name") or path.name),
+        sample_rate=codec.sample_rate,
+        frame_rate=codec.frame_rate,
+        num_codebooks=lm.cfg.num_codebooks,
+        card=lm.cfg.card,
+        has_adapter=adapter_state is not None,
+        cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
+        provenance={
+            **dict(card_data.get("provenance") or {}),
+            "path": str(path),
+            "layout": "imusic" if card_data else layout,
+            "adapter": str(adapter_path) if adapter_path else None,
+            **({"adapter_provenance": adapter_info.get("provenance")} if adapter_info else {}),
+        },
+        **({"stems": tuple(stems)} if stems else {}),
+        **({"template": adapter_info["template"]} if adapter_info and adapter_info.get("template") else {}),
+        **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
+    )
+    return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _read_adapter(path: Path) -> tuple[dict, dict]:
+    """(state in our naming, info with fusion / stems / template / verbs / provenance) of an adapter path."""
+    from engine.weights import adapter_format
+
+    layout = detect_layout(path)
+    if layout == "official":
+        from engine.weights.official import read_official_adapter
+
+        return read_official_adapter(path)
+    if layout == "adapter":
+        directory = path.parent if path.is_file() else path
+        state, meta = adapter_format.load_adapter(directory)
+        info = {
+            "fusion": adapter_format.fusion_config(meta),
+            "stems": meta.get("stems"),
+            "template": meta.get("instruction_template"),
+            "verbs": meta.get("instruction_verbs"),
+            "provenance": meta.get("provenance", {}),
+        }
+        return state, info
+    raise CheckpointError(f"{path} is not an adapter: expected adapter.json + adapter.safetensors, or a finetuned.ckpt")
+
+
+def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
+    """Load adapter tensors; base tensors an adapter carries (the official cross-attention q/k/v) replace the base's."""
+    import torch
+
+    adapter_state = {n: t for n, t in state.items() if lm.is_adapter_name(n)}
+    base_state = {n: t for n, t in state.items() if not lm.is_adapter_name(n)}
+    lm.load_adapter_state_dict(adapter_state)
+    if base_state:
+        own = lm.state_dict()
+        for name, tensor in base_state.items():
+            if name not in own:
+                raise CheckpointError(f"adapter {path} holds {name}, which this model does not have")
+            if tuple(own[name].shape) != tuple(tensor.shape):
+                raise CheckpointError(
+                    f"adapter {path} does not fit this model: {name} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(own[name].shape)}"
+                )
+        with torch.no_grad():
+            for name, tensor in base_state.items():
+                own[name].copy_(tensor)

@@ -1,0 +1,106 @@
+"""Our adapter format: `adapter.json` (fusion config, stems, instruction format, provenance) + `adapter.safetensors`.
+
+Only the adapter parameters are stored (pos_emb, merge linears, gates, LoRA, and the cross-attention q/k/v of the
+official checkpoint when they differ from the base), so an adapter is MBs, not the GBs of its base model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import CheckpointError
+
+ADAPTER_JSON = "adapter.json"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+FORMAT = "imusic-adapter"
+VERSION = 1
+
+
+def save_adapter(
+    path: str | Path,
+    state: Mapping[str, torch.Tensor],
+    fusion,
+    *,
+    stems: Iterable[str],
+    template: str,
+    verbs: Mapping[str, str],
+    base: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an adapter directory (`adapter.json` + `adapter.safetensors`) at `path`; returns `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    # safetensors refuses shared or non-contiguous storage: give it plain contiguous copies.
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "fusion": fusion.to_dict() if hasattr(fusion, "to_dict") else dict(fusion),
+        "stems": list(stems),
+        "instruction_template": template,
+        "instruction_verbs": dict(verbs),
+        "base": dict(base or {}),
+        "num_parameters": int(sum(t.numel() for t in tensors.values())),
+        "provenance": dict(provenance or {}),
+    }
+    save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (path / ADAPTER_JSON).write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / ADAPTER_JSON).is_file()
+
+
+def read_adapter_meta(path: str | Path) -> dict[str, Any]:
+    """Read and check `adapter.json` of an adapter directory."""
+    path = Path(path)
+    meta_path = path / ADAPTER_JSON
+    if not meta_path.is_file():
+        raise CheckpointError(f"adapter directory {path} has no {ADAPTER_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{meta_path} is not readable JSON: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path} is not an imusic adapter description (format {FORMAT!r} expected)")
+    if int(meta.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{meta_path} has format version {meta['version']}; this imusic reads up to {VERSION}")
+    for key in ("fusion", "stems"):
+        if key not in meta:
+            raise CheckpointError(f"{meta_path} lacks the field {key!r}")
+    return meta
+
+
+def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read an adapter directory: returns (state dict, adapter.json contents)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_adapter_meta(path)
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"adapter directory {path} has no {ADAPTER_WEIGHTS}")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from None
+    return state, meta
+
+
+def fusion_config(meta: Mapping[str, Any]):
+    """The FusionConfig stored in an adapter description."""
+    from engine.config import FusionConfig
+
+    try:
+        return FusionConfig.from_dict(dict(meta["fusion"]))
+    except Exception as exc:  # ConfigError or TypeError from a hand-edited file
+        raise CheckpointError(f"adapter.json has an invalid fusion config: {exc}") from None

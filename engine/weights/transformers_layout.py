@@ -1,0 +1,197 @@
+"""The transformers layout (facebook/musicgen-small|medium|large): config.json + model.safetensors (or shards, or
+pytorch_model.bin) holding the T5 text encoder, the EnCodec codec and the decoder, plus the T5 tokenizer files.
+
+transformers reads the files (it knows their legacy key names, e.g. EnCodec's weight_g/weight_v, and memory-maps
+safetensors); we keep its T5 and EnCodec modules as they are and move the decoder's tensors, renamed, into our
+MusicGenLM without copying them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import CheckpointError
+
+CONFIG = "config.json"
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+# How many key names an error message lists before "and N more".
+SHOW_KEYS = 5
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info/warning logs and progress bars (load reports, pad-token notes) inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def is_transformers_dir(path: str | Path) -> bool:
+    """True when `path` looks like a transformers MusicGen directory (config.json naming a musicgen model)."""
+    config = Path(path) / CONFIG
+    if not config.is_file():
+        return False
+    try:
+        return str(json.loads(config.read_text()).get("model_type", "")).startswith("musicgen")
+    except (OSError, ValueError):
+        return False
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a transformers MusicGen directory, checked for the parts we need."""
+    path = Path(path)
+    config_path = path / CONFIG
+    if not config_path.is_file():
+        raise CheckpointError(f"model directory {path} is missing {CONFIG}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path} is not readable JSON: {exc}") from None
+    model_type = config.get("model_type")
+    if model_type == "musicgen_melody":
+        raise CheckpointError(
+            "musicgen-melody checkpoints are not supported: their decoder has no cross-attention (text is "
+            "prepended instead), so Instruct-MusicGen's text LoRA has nothing to attach to; use small/medium/large"
+        )
+    if model_type != "musicgen":
+        raise CheckpointError(f"{config_path} describes a {model_type!r} model, not MusicGen (model_type 'musicgen')")
+    for part in ("text_encoder", "audio_encoder", "decoder"):
+        if not isinstance(config.get(part), dict):
+            raise CheckpointError(f"{config_path} has no {part!r} section")
+    return config
+
+
+def weight_files(path: str | Path) -> list[Path]:
+    """The weight files present in a transformers directory (CheckpointError naming what is expected if none)."""
+    path = Path(path)
+    found = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not found:
+        raise CheckpointError(f"model directory {path} is missing its weights: expected {' or '.join(WEIGHT_FILES)}")
+    for index in (p for p in found if p.name.endswith(".index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{index} is not a valid shard index: {exc}") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise CheckpointError(f"model directory {path} is missing the weight shard {missing[0]}")
+    return found
+
+
+def lm_config(config: dict[str, Any]):
+    """Our LMConfig from a transformers MusicgenConfig dict."""
+    from engine.errors import ConfigError
+    from engine.weights.convert import lm_config_from_transformers
+
+    try:
+        return lm_config_from_transformers(config["decoder"], int(config["text_encoder"].get("d_model", 768)))
+    except ConfigError as exc:
+        raise CheckpointError(f"unsupported MusicGen checkpoint: {exc}") from None
+
+
+def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        more = f" and {len(missing) - SHOW_KEYS} more" if len(missing) > SHOW_KEYS else ""
+        raise CheckpointError(
+            f"checkpoint {path} is missing {len(missing)} weights: {', '.join(missing[:SHOW_KEYS])}{more}"
+        )
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
+    if mismatched:
+        name, found, expected = mismatched[0]
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise CheckpointError(
+            f"checkpoint {path} does not match its config.json: {name} has shape {tuple(found)}, "
+            f"expected {tuple(expected)}{more}"
+        )
+
+
+def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32):
+    """transformers MusicgenForConditionalGeneration from a directory, with missing/mismatched weights refused."""
+    from transformers import MusicgenForConditionalGeneration
+
+    path = Path(path)
+    read_config(path)
+    weight_files(path)
+    try:
+        with quiet_transformers():
+            model, info = MusicgenForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, local_files_only=True
+            )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read the checkpoint in {path}: {str(exc).splitlines()[0]}") from None
+    _check_loading_info(path, info)
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path):
+    """The text tokenizer saved beside the weights (T5's spiece.model / tokenizer.json, or our word-level one)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"model directory {path} is missing its tokenizer: expected {' or '.join(TOKENIZER_FILES)}"
+        )
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the tokenizer in {path}: {str(exc).splitlines()[0]}") from None
+
+
+def decoder_state(hf_model) -> dict[str, torch.Tensor]:
+    """The decoder's tensors in transformers naming (decoder.* and enc_to_dec_proj.*), shared, not copied."""
+    state = {}
+    for name, tensor in hf_model.state_dict().items():
+        if name.startswith(("decoder.", "enc_to_dec_proj.")):
+            state[name] = tensor
+    return state
+
+
+def load_parts(
+    path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+):
+    """Read a transformers directory into (lm, codec, text): our decoder, Codec, TextEncoder, all on `device`."""
+    from engine.bundle import build_lm
+    from engine.codec import Codec
+    from engine.text import TextEncoder
+    from engine.weights.convert import lm_state_from_transformers
+
+    path = Path(path)
+    config = read_config(path)
+    tokenizer = load_tokenizer(path)
+    hf_model = load_hf_musicgen(path, dtype=dtype)
+    cfg = lm_config(config)
+    lm = build_lm(cfg, fusion, lm_state_from_transformers(decoder_state(hf_model)), device=device, dtype=dtype)
+    codec = Codec(hf_model.audio_encoder, num_codebooks=cfg.num_codebooks, device=device)
+    text = TextEncoder(hf_model.text_encoder, tokenizer, device=device, dtype=dtype, out_dtype=dtype)
+    del hf_model  # the decoder's tensors now live in `lm`; drop transformers' copy of the module tree
+    return lm, codec, text
+
+
+def load_lm(path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """Only the decoder of a transformers directory, as our MusicGenLM."""
+    lm, _, _ = load_parts(path, fusion=fusion, device=device, dtype=dtype)
+    return lm
