@@ -1,0 +1,194 @@
+"""generate(): sampling, seeds, prompts, condition audio, cancellation, progress, reduced precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import FusionConfig, LMConfig
+from engine.errors import Cancelled, ConfigError, DataError
+from engine.generate import generate, sample
+from engine.model import MusicGenLM
+
+CFG = LMConfig(num_layers=2, dim=32, num_heads=4, ffn_dim=64, num_codebooks=4, card=32, text_dim=16)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    return MusicGenLM(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def fused():
+    torch.manual_seed(0)
+    model = MusicGenLM(CFG, FusionConfig(lora_rank=4, cond_frames=21)).eval()
+    with torch.no_grad():
+        model.fusion.gates.fill_(1.0)
+    return model
+
+
+def _text(batch: int = 2):
+    torch.manual_seed(1)
+    return torch.randn(batch, 4, CFG.text_dim), torch.ones(batch, 4, dtype=torch.bool)
+
+
+def test_output_is_codes_of_the_requested_length(lm):
+    states, mask = _text()
+    codes = generate(lm, states, mask, num_frames=7, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, 4, 7) and codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < CFG.card  # never the special token
+
+
+def test_same_seed_same_codes_other_seed_other_codes(lm):
+    states, mask = _text()
+
+    def run(seed):
+        return generate(lm, states, mask, num_frames=12, top_k=0, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(3), run(3))
+    assert not torch.equal(run(3), run(4))
+
+
+def test_top_k_one_is_greedy(lm):
+    states, mask = _text()
+    greedy = generate(lm, states, mask, num_frames=8, top_k=1)
+    zero_temperature = generate(lm, states, mask, num_frames=8, temperature=0.0)
+    assert torch.equal(greedy, zero_temperature)
+
+
+def test_sample_draws_only_from_the_top_k():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50)
+    allowed = logits.topk(3, dim=-1).indices
+    drawn = sample(logits, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert (allowed == drawn[:, None]).any(dim=-1).all()
+
+
+def test_sample_top_p_keeps_the_smallest_set_holding_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(400, 1)
+    drawn = sample(logits, top_k=0, top_p=0.7, generator=torch.Generator().manual_seed(0))
+    # 0.5 alone holds < 0.7, 0.5 + 0.3 holds it: only tokens 0 and 1 may come out, both do
+    assert set(drawn.tolist()) == {0, 1}
+
+
+def test_low_temperature_concentrates_on_the_argmax():
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(200, 1)
+    drawn = sample(logits, top_k=0, temperature=0.05, generator=torch.Generator().manual_seed(0))
+    assert (drawn == 0).all()
+
+
+def test_prompt_codes_are_forced_as_the_first_frames(lm):
+    states, mask = _text()
+    prompt = torch.randint(0, CFG.card, (2, 4, 5))
+    codes = generate(lm, states, mask, num_frames=9, prompt_codes=prompt, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(codes[..., :5], prompt)
+
+
+def test_a_prompt_as_long_as_the_output_is_returned_unchanged(lm):
+    states, mask = _text()
+    prompt = torch.randint(0, CFG.card, (2, 4, 6))
+    assert torch.equal(generate(lm, states, mask, num_frames=6, prompt_codes=prompt), prompt)
+
+
+def test_condition_audio_steers_a_fused_model(fused):
+    states, mask = _text()
+    torch.manual_seed(2)
+    cond_a = torch.randint(0, CFG.card, (2, 4, 10))
+    cond_b = torch.randint(0, CFG.card, (2, 4, 10))
+    a = generate(fused, states, mask, num_frames=10, cond_codes=cond_a, top_k=1)
+    b = generate(fused, states, mask, num_frames=10, cond_codes=cond_b, top_k=1)
+    assert not torch.equal(a, b)
+
+
+def test_static_step_matches_eager_with_condition_audio(fused):
+    states, mask = _text()
+    cond = torch.randint(0, CFG.card, (2, 4, 6))  # shorter than the output: later steps use the last frame
+    eager = generate(fused, states, mask, num_frames=10, cond_codes=cond, top_k=1, static=False)
+    static = generate(fused, states, mask, num_frames=10, cond_codes=cond, top_k=1, static=True)
+    assert torch.equal(eager, static)
+
+
+def test_cfg_uses_the_null_condition(lm):
+    states, mask = _text()
+    plain = generate(lm, states, mask, num_frames=10, cfg_coef=1.0, top_k=1)
+    guided = generate(lm, states, mask, num_frames=10, cfg_coef=3.0, top_k=1)
+    assert not torch.equal(plain, guided)
+
+
+def test_progress_reports_every_step_up_to_the_total(lm):
+    states, mask = _text()
+    calls = []
+    generate(lm, states, mask, num_frames=6, progress=lambda step, total: calls.append((step, total)))
+    # 6 frames + 4 codebooks = 10 pattern steps; step 0 is the start token
+    assert calls == [(i, 9) for i in range(1, 10)]
+
+
+def test_should_stop_cancels_between_steps(lm):
+    states, mask = _text()
+    polls = []
+
+    def stop():
+        polls.append(1)
+        return len(polls) >= 3
+
+    with pytest.raises(Cancelled):
+        generate(lm, states, mask, num_frames=50, should_stop=stop)
+    assert len(polls) == 3
+
+
+def test_bfloat16_model_decodes_with_a_bfloat16_cache():
+    torch.manual_seed(0)
+    model = MusicGenLM(CFG).eval().to(torch.bfloat16)
+    states, mask = _text()
+    caches = []
+    original = model.new_cache
+
+    def spy(batch, max_len):
+        caches.extend(original(batch, max_len))
+        return caches
+
+    model.new_cache = spy
+    codes = generate(model, states, mask, num_frames=8, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, 4, 8)
+    assert caches and all(c.k.dtype == torch.bfloat16 and c.v.dtype == torch.bfloat16 for c in caches)
+
+
+def test_bfloat16_greedy_mostly_agrees_with_float32():
+    torch.manual_seed(0)
+    model = MusicGenLM(CFG).eval()
+    states, mask = _text()
+    full = generate(model, states, mask, num_frames=6, top_k=1, cfg_coef=1.0)
+    half = generate(model.to(torch.bfloat16), states, mask, num_frames=6, top_k=1, cfg_coef=1.0)
+    assert (full == half).float().mean() > 0.5
+
+
+def test_generation_without_text_is_unconditional(lm):
+    codes = generate(lm, None, None, num_frames=5, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (1, 4, 5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_frames": 0},
+        {"num_frames": 4, "prompt_codes": torch.zeros(2, 4, 5, dtype=torch.long)},
+        {"num_frames": 4, "prompt_codes": torch.zeros(3, 4, 2, dtype=torch.long)},
+    ],
+)
+def test_inconsistent_requests_raise_config_errors(lm, kwargs):
+    states, mask = _text()
+    with pytest.raises(ConfigError):
+        generate(lm, states, mask, **kwargs)
+
+
+def test_out_of_range_prompt_codes_raise_a_data_error(lm):
+    states, mask = _text()
+    with pytest.raises(DataError):
+        generate(lm, states, mask, num_frames=4, prompt_codes=torch.full((2, 4, 2), CFG.card))
+
+
+def test_condition_audio_on_a_base_model_raises_a_config_error(lm):
+    states, mask = _text()
+    with pytest.raises(ConfigError):
+        generate(lm, states, mask, num_frames=4, cond_codes=torch.zeros(2, 4, 3, dtype=torch.long))
