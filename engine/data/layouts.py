@@ -101,6 +101,14 @@ def _stem(name: str, cls: str, path: Path, problems: list[tuple[str, str]]) -> S
     return StemFile(name=name, cls=cls, path=path, frames=frames, sample_rate=rate, channels=channels)
 
 
+def _song_id(folder: Path, root: Path) -> str:
+    # The folder name, prefixed by its parents below the root (split folders aside) so that ids stay unique.
+    if folder == root:
+        return folder.name
+    parts = [p for p in folder.relative_to(root).parts if p.lower() not in SPLIT_DIRS]
+    return "/".join(parts) or folder.name
+
+
 def _split_of(path: Path, root: Path) -> str | None:
     for part in path.relative_to(root).parts[:-1]:
         if part.lower() in SPLIT_DIRS:
@@ -151,7 +159,7 @@ def _scan_slakh(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
             if stem is not None:
                 stems.append(stem)
         info = {key: value for key, value in meta.items() if key != "stems" and not isinstance(value, dict)}
-        songs.append(Song(track.name, track, stems, _split_of(track, root), info))
+        songs.append(Song(_song_id(track, root), track, stems, _split_of(track, root), info))
     return songs
 
 
@@ -176,8 +184,7 @@ def _scan_moisesdb(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
                 if stem is not None:
                     stems.append(stem)
         info = {key: data[key] for key in ("song", "artist", "genre") if key in data}
-        song_id = f"{track.parent.name}/{track.name}" if track.parent != root else track.name
-        songs.append(Song(song_id, track, stems, _split_of(track, root), info))
+        songs.append(Song(_song_id(track, root), track, stems, _split_of(track, root), info))
     return songs
 
 
@@ -205,10 +212,8 @@ def _scan_folder(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
             for stem in (_stem(p.stem, class_from_filename(p.stem), p, problems) for p in files)
             if stem is not None
         ]
-        song_id = folder.name if folder != root else root.name
-        if folder.parent != root and folder != root:
-            song_id = f"{folder.parent.name}/{folder.name}"
-        songs.append(Song(song_id, folder, stems, _split_of(folder, root) if folder != root else None))
+        split = _split_of(folder / "x", root) if folder != root else None
+        songs.append(Song(_song_id(folder, root), folder, stems, split))
     return songs
 
 

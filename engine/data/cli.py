@@ -1,0 +1,128 @@
+"""`imusic data`: synthesize a stem data set, or summarise one.
+
+    imusic data synth --tracks N -o DIR [--seed S] [--seconds L] [--sample-rate SR] [--soundfont PATH ...] [--midi DIR]
+    imusic data info DIR [--layout auto|slakh|moisesdb|folder] [--json]
+
+Top-level imports stay light (argparse only): the work happens in modules imported by `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `synth` and `info` subcommands."""
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(parser))
+    sub.required = True
+    synth = sub.add_parser(
+        "synth",
+        help="make a Slakh-layout stem data set from MIDI through General MIDI soundfonts",
+        description="Write procedural (or your own) MIDI songs, render each instrument through General MIDI "
+        "soundfonts with random programs, gains and light effects, and save them in the Slakh2100 layout.",
+    )
+    synth.add_argument("--tracks", type=int, required=True, help="number of songs to make")
+    synth.add_argument("-o", "--output", required=True, help="new (or empty) folder for the data set")
+    synth.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
+    synth.add_argument("--seconds", type=float, default=30.0, help="length of each song in seconds (default 30)")
+    synth.add_argument("--sample-rate", type=int, default=32000, help="sample rate of the stems (default 32000)")
+    synth.add_argument(
+        "--soundfont",
+        nargs="+",
+        action="extend",
+        metavar="PATH",
+        help="General MIDI .sf2 files (default: TimGM6mb.sf2 from pretty_midi and FluidR3_GM.sf2 when installed)",
+    )
+    synth.add_argument("--midi", metavar="DIR", help="render your own .mid files (one song each) instead")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    info = sub.add_parser("info", help="summary of a data set: layout, songs, stems per class, hours")
+    info.add_argument("data_dir", metavar="DIR")
+    info.add_argument("--layout", default="auto", choices=("auto", "slakh", "moisesdb", "folder"))
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `imusic data ...`; returns the exit code."""
+    if args.data_command == "synth":
+        return _synth(args)
+    return _info(args)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from engine.data.synth import synthesize
+
+    report = synthesize(
+        args.output,
+        args.tracks,
+        seed=args.seed,
+        seconds=args.seconds,
+        sample_rate=args.sample_rate,
+        soundfonts=args.soundfont,
+        midi_dir=args.midi,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {report.tracks} track(s), {report.stems} stems, {report.stem_seconds / 60:.1f} stem-minutes to "
+        f"{report.out_dir}"
+    )
+    print(f"render CPU {report.render_cpu_seconds:.2f} s = {report.cpu_per_10s_of_stems:.3f} s per 10 s of stems")
+    for track_id, reason in report.skipped:
+        print(f"skipped {track_id}: {reason}", file=sys.stderr)
+    return 0
+
+
+def summarize(data_dir: str, layout: str = "auto") -> dict:
+    """Layout, songs per split, stems and songs per class, hours, and what was skipped."""
+    from engine.data.layouts import scan
+
+    catalog = scan(data_dir, layout)
+    classes: dict[str, dict[str, float]] = {}
+    for song in catalog.songs:
+        for cls in song.classes():
+            entry = classes.setdefault(cls, {"songs": 0, "stems": 0, "hours": 0.0})
+            entry["songs"] += 1
+        for stem in song.stems:
+            entry = classes[stem.cls]
+            entry["stems"] += 1
+            entry["hours"] += stem.seconds / 3600
+    splits: dict[str, int] = {}
+    for song in catalog.songs:
+        splits[song.split or "unassigned"] = splits.get(song.split or "unassigned", 0) + 1
+    single = sum(1 for song in catalog.songs if len(song.classes()) < 2)
+    rates = sorted({stem.sample_rate for song in catalog.songs for stem in song.stems})
+    return {
+        "path": str(catalog.root),
+        "layout": catalog.layout,
+        "songs": len(catalog.songs),
+        "hours": round(sum(song.seconds for song in catalog.songs) / 3600, 4),
+        "stem_hours": round(sum(e["hours"] for e in classes.values()), 4),
+        "sample_rates": rates,
+        "splits": splits,
+        "songs_with_one_class": single,
+        "classes": {
+            cls: {"songs": int(e["songs"]), "stems": int(e["stems"]), "hours": round(e["hours"], 4)}
+            for cls, e in sorted(classes.items(), key=lambda item: -item[1]["stems"])
+        },
+        "skipped": dict(catalog.problem_counts()),
+    }
+
+
+def _info(args: argparse.Namespace) -> int:
+    summary = summarize(args.data_dir, args.layout)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['path']}: {summary['layout']} layout, {summary['songs']} songs, {summary['hours']:.2f} h")
+    print(f"  stems: {summary['stem_hours']:.2f} h; sample rates: {', '.join(map(str, summary['sample_rates']))} Hz")
+    print("  splits: " + ", ".join(f"{name} {count}" for name, count in summary["splits"].items()))
+    if summary["songs_with_one_class"]:
+        print(f"  {summary['songs_with_one_class']} song(s) have a single stem class (no edit can be drawn)")
+    print(f"  {'class':<22}{'songs':>7}{'stems':>7}{'hours':>9}")
+    for cls, entry in summary["classes"].items():
+        print(f"  {cls:<22}{entry['songs']:>7}{entry['stems']:>7}{entry['hours']:>9.3f}")
+    for reason, count in summary["skipped"].items():
+        print(f"  skipped: {count} x {reason}")
+    return 0
