@@ -230,7 +230,10 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         last_heard = time.monotonic()
         last = getattr(self, "_last_edit", None)
-        accepted = last is None or last[0] != job_id  # nothing to resend for a job this client did not submit
+        adopted = last is None or last[0] != job_id  # a job this client did not submit: nothing to resend
+        accepted = adopted
+        if adopted:
+            self.send(protocol.STATUS, job_id)  # replies go to its submitter; learn its state by asking
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
@@ -257,7 +260,7 @@ class Client:
             if not accepted and silent > resend_after:
                 self.submit(*last[1:], job_id=job_id)
                 last_heard = time.monotonic()
-            elif accepted and silent > 5 * resend_after:
+            elif accepted and silent > (1 if adopted else 5) * resend_after:
                 self.send(protocol.STATUS, job_id)
                 last_heard = time.monotonic()
 

@@ -1,0 +1,551 @@
+"""Edit jobs: the on-disk journal, the bounded queue, and the one worker thread that owns the model.
+
+Every accepted job is appended to the journal (JSON lines, fsync) before the server acknowledges it; replaying the
+journal after a crash or `kill -9` gives back every job: finished ones answer status, pending ones run again. A job
+id names one request forever, so a resent request never runs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bridge import audio_io, protocol
+from bridge.protocol import RequestError
+from engine.errors import Cancelled, ConfigError, ImusicError
+
+JOURNAL_NAME = "jobs.jsonl"
+KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency
+MAX_INFO_CHARS = 8000  # /done's info JSON must fit a datagram beside the paths
+
+
+@dataclass
+class Job:
+    """One edit request and what became of it."""
+
+    id: str
+    input_path: str
+    start_s: float
+    end_s: float
+    instruction: str
+    requested_output: str  # as the client sent it ("" = default)
+    output_path: str  # the result path reserved for this job at acceptance
+    seed: int | None = None
+    takes: int = 1
+    reply_to: tuple[str, int] | None = None
+    state: str = protocol.QUEUED
+    fraction: float = 0.0
+    stage: str = ""
+    error_code: str = ""
+    error_message: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    accepted_at: float = 0.0
+    attempts: int = 0  # how many times a worker started it (more than one after a crash)
+    cancel_requested: bool = False
+
+    def same_request(self, other: Job) -> bool:
+        """True if `other` asks for exactly what this job asks for (a resend, not a conflict)."""
+        fields = ("input_path", "start_s", "end_s", "instruction", "requested_output", "seed", "takes")
+        return all(getattr(self, name) == getattr(other, name) for name in fields)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in protocol.FINAL_STATES
+
+    def detail(self) -> str:
+        """The /imusic/state detail: result path, error, or stage."""
+        if self.state == protocol.DONE_STATE:
+            return self.output_path
+        if self.state in (protocol.ERROR_STATE, protocol.CANCELLED):
+            return f"{self.error_code}: {self.error_message}"
+        return self.stage
+
+    def to_record(self) -> dict[str, Any]:
+        record = asdict(self)
+        record.pop("cancel_requested")
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Job:
+        names = cls.__dataclass_fields__
+        job = cls(**{k: v for k, v in record.items() if k in names})
+        if job.reply_to is not None:
+            job.reply_to = (str(job.reply_to[0]), int(job.reply_to[1]))
+        return job
+
+
+def _jsonable(value: Any) -> Any:
+    """EditResult.info as plain JSON: numpy scalars to numbers, arrays to lists, non-finite floats to null."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def info_json(info: dict[str, Any]) -> str:
+    """The result metadata as a JSON string that fits in /imusic/done (large entries are dropped, not cut)."""
+    text = json.dumps(_jsonable(info), separators=(",", ":"))
+    if len(text) <= MAX_INFO_CHARS:
+        return text
+    small = {k: v for k, v in _jsonable(info).items() if len(json.dumps(v)) < 400}
+    small["truncated"] = True
+    return json.dumps(small, separators=(",", ":"))[:MAX_INFO_CHARS]
+
+
+# ------------------------------------------------------------------------------------------------------------ journal
+
+
+class Journal:
+    """Append-only JSON lines, one event per line, fsync'd; compacted on open. One server per journal folder."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the journal folder {self.folder}: {exc}") from None
+        self.path = self.folder / JOURNAL_NAME
+        self._lock = threading.Lock()
+        self._lock_file = self._take_folder_lock()
+        self._file = None
+
+    def _take_folder_lock(self):
+        handle = open(self.folder / "server.lock", "a+")  # noqa: SIM115 (held for the server's lifetime)
+        try:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:
+            pass  # Windows: no advisory lock; one server per journal is then the user's care
+        except OSError:
+            handle.close()
+            raise ConfigError(
+                f"another imusic server is using the journal {self.folder}; stop it or pass --journal DIR"
+            ) from None
+        return handle
+
+    def load(self) -> dict[str, Job]:
+        """Replay the journal: every job with its last known state (a torn last line from a crash is skipped)."""
+        jobs: dict[str, Job] = {}
+        if not self.path.exists():
+            return jobs
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                try:
+                    event = json.loads(line)
+                    self._apply(jobs, event)
+                except (ValueError, KeyError, TypeError) as exc:
+                    print(f"imusic serve: journal line {number} skipped ({exc})", file=sys.stderr)
+        return jobs
+
+    @staticmethod
+    def _apply(jobs: dict[str, Job], event: dict[str, Any]) -> None:
+        kind = event["e"]
+        if kind in ("accepted", "job"):
+            job = Job.from_record(event["job"])
+            jobs[job.id] = job
+            return
+        job = jobs.get(event["id"])
+        if job is None:
+            return
+        if kind == "started":
+            job.state, job.attempts = protocol.RUNNING, job.attempts + 1
+        elif kind == "done":
+            job.state, job.fraction, job.output_path = protocol.DONE_STATE, 1.0, event["output"]
+            job.info = event.get("info", {})
+        elif kind in ("failed", "cancelled"):
+            job.state = protocol.ERROR_STATE if kind == "failed" else protocol.CANCELLED
+            job.error_code, job.error_message = event["code"], event["message"]
+        elif kind == "reply_to":
+            job.reply_to = (str(event["host"]), int(event["port"]))
+
+    def compact(self, jobs: dict[str, Job]) -> None:
+        """Rewrite the journal as one snapshot line per job (pending jobs and the newest finished ones), atomically."""
+        finished = [job for job in jobs.values() if job.is_final][-KEEP_FINISHED:]
+        keep = {job.id for job in finished} | {job.id for job in jobs.values() if not job.is_final}
+        temporary = self.path.with_suffix(".compact")
+        with open(temporary, "w", encoding="utf-8") as f:
+            for job in jobs.values():
+                if job.id in keep:
+                    f.write(json.dumps({"e": "job", "job": job.to_record()}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.path)
+        for job_id in [job_id for job_id in jobs if job_id not in keep]:
+            del jobs[job_id]
+
+    def append(self, event: dict[str, Any]) -> None:
+        """Write one event and fsync it: when this returns, the event survives a crash."""
+        line = json.dumps(event, separators=(",", ":")) + "\n"
+        with self._lock:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open between events)
+            self._file.write(line)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            self._lock_file.close()
+
+
+# ------------------------------------------------------------------------------------------------------------ the book
+
+
+class JobBook:
+    """Every job by id, the queue of pending ones, and the journal behind both. Thread-safe."""
+
+    def __init__(self, journal: Journal, max_queue: int = 64) -> None:
+        self.journal = journal
+        self.max_queue = max_queue
+        self.jobs: dict[str, Job] = {}
+        self.queue: deque[str] = deque()
+        self.running: Job | None = None
+        self.cancel_event = threading.Event()
+        self._cond = threading.Condition()
+
+    def restore(self) -> list[Job]:
+        """Load the journal; jobs that were queued or running when the server stopped are queued again."""
+        with self._cond:
+            self.jobs = self.journal.load()
+            self.journal.compact(self.jobs)
+            pending = [job for job in self.jobs.values() if not job.is_final]
+            for job in pending:
+                job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "resumed after restart"
+                self.queue.append(job.id)
+            self._cond.notify_all()
+            return pending
+
+    def get(self, job_id: str) -> Job | None:
+        with self._cond:
+            return self.jobs.get(job_id)
+
+    def reserved_outputs(self) -> set[str]:
+        with self._cond:
+            return {job.output_path for job in self.jobs.values() if not job.is_final}
+
+    def counts(self) -> tuple[int, str]:
+        """(number of queued jobs, id of the running job or "")."""
+        with self._cond:
+            return len(self.queue), self.running.id if self.running else ""
+
+    def find_existing(self, job: Job) -> Job | None:
+        """The job already known under this id if `job` is a resend of it; RequestError if the id means another job."""
+        with self._cond:
+            known = self.jobs.get(job.id)
+            if known is None:
+                return None
+            if not known.same_request(job):
+                raise RequestError(
+                    f"job id {job.id} was already used for a different edit; use a new id",
+                    protocol.JOB_CONFLICT,
+                    job.id,
+                )
+            return known
+
+    def submit(self, job: Job, choose_output: Callable[[set[str]], str]) -> tuple[Job, bool, int]:
+        """Accept a job: journal it (fsync), then queue it. Returns (job, is_new, queue position).
+
+        A resend of a known job returns the known job (is_new False) and only updates where replies go.
+        `choose_output(reserved)` picks the result path while no other job can take the same one.
+        """
+        with self._cond:
+            known = self.find_existing(job)
+            if known is not None:
+                if job.reply_to and known.reply_to != job.reply_to:
+                    known.reply_to = job.reply_to
+                    self.journal.append(
+                        {"e": "reply_to", "id": job.id, "host": job.reply_to[0], "port": job.reply_to[1]}
+                    )
+                return known, False, self._position(known.id)
+            if len(self.queue) >= self.max_queue:
+                raise RequestError(
+                    f"the queue is full ({self.max_queue} jobs waiting); try again when some have finished",
+                    protocol.QUEUE_FULL,
+                    job.id,
+                )
+            reserved = {j.output_path for j in self.jobs.values() if not j.is_final}
+            job.output_path = choose_output(reserved)
+            job.accepted_at = time.time()
+            job.state = protocol.QUEUED
+            self.journal.append({"e": "accepted", "job": job.to_record()})
+            self.jobs[job.id] = job
+            self.queue.append(job.id)
+            self._cond.notify_all()
+            return job, True, self._position(job.id)
+
+    def _position(self, job_id: str) -> int:
+        """0 = running or next to run; -1 = not waiting."""
+        if self.running is not None and self.running.id == job_id:
+            return 0
+        try:
+            return self.queue.index(job_id) + (1 if self.running is not None else 0)
+        except ValueError:
+            return -1
+
+    def next_job(self, timeout: float) -> Job | None:
+        """Take the next queued job and mark it running (journalled), or None after `timeout` seconds."""
+        with self._cond:
+            if not self.queue:
+                self._cond.wait(timeout)
+            if not self.queue:
+                return None
+            job = self.jobs[self.queue.popleft()]
+            job.state, job.fraction, job.stage = protocol.RUNNING, 0.0, "started"
+            job.attempts += 1
+            self.cancel_event = threading.Event()
+            self.running = job
+            self.journal.append({"e": "started", "id": job.id})
+            return job
+
+    def finish(self, job: Job, output_path: str, info: dict[str, Any]) -> None:
+        with self._cond:
+            self.journal.append({"e": "done", "id": job.id, "output": output_path, "info": info})
+            job.state, job.fraction, job.output_path, job.info = protocol.DONE_STATE, 1.0, output_path, info
+            self._clear_running(job)
+
+    def fail(self, job: Job, code: str, message: str, cancelled: bool = False) -> None:
+        with self._cond:
+            event = "cancelled" if cancelled else "failed"
+            self.journal.append({"e": event, "id": job.id, "code": code, "message": message})
+            job.state = protocol.CANCELLED if cancelled else protocol.ERROR_STATE
+            job.error_code, job.error_message = code, message
+            self._clear_running(job)
+
+    def requeue(self, job: Job) -> None:
+        """Put a job interrupted by shutdown back in front; the journal already says it is pending."""
+        with self._cond:
+            job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "interrupted; resumes on restart"
+            self.queue.appendleft(job.id)
+            self._clear_running(job)
+
+    def _clear_running(self, job: Job) -> None:
+        if self.running is job:
+            self.running = None
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued job at once, or ask the running one to stop; finished jobs are left as they are."""
+        with self._cond:
+            job = self.jobs.get(job_id)
+            if job is None:
+                raise RequestError(f"no job with id {job_id}", protocol.UNKNOWN_JOB, job_id)
+            if job.state == protocol.QUEUED:
+                self.queue.remove(job_id)
+                job.cancel_requested = True
+                self.fail(job, Cancelled.code, "cancelled before it started", cancelled=True)
+            elif job.state == protocol.RUNNING:
+                job.cancel_requested = True
+                job.state = protocol.CANCELLING
+                self.cancel_event.set()
+            return job
+
+    def interrupt_running(self) -> None:
+        """Stop the running job for a shutdown (it stays pending and runs again on restart)."""
+        with self._cond:
+            self.cancel_event.set()
+            self._cond.notify_all()
+
+
+# ------------------------------------------------------------------------------------------------------------ worker
+
+Notify = Callable[[Job, str, tuple], None]  # (job, reply address, reply args after the job id)
+
+
+def warm_up_instruction(editor: Any) -> str | None:
+    """An instruction the editor accepts, built from what it says it supports (for the warm-up edit)."""
+    info = getattr(editor, "info", {}) or {}
+    for operation in list(info.get("operations", [])) + ["extract", "remove", "add"]:
+        for stem in list(info.get("stems", [])) + ["drums"]:
+            text = f"{operation} {stem}"
+            try:
+                editor.parse(text)
+                return text
+            except ImusicError:
+                continue
+    return None
+
+
+def run_job(job: Job, editor: Any, cancel: threading.Event, progress: Callable[[float, str], None]) -> dict:
+    """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings)."""
+    started = time.perf_counter()
+    audio, sample_rate = audio_io.read_region(job.input_path, job.start_s, job.end_s)  # [C, N]
+    read_s = time.perf_counter() - started
+    progress(0.0, "editing")
+    edit_started = time.perf_counter()
+    result = editor.edit(
+        audio, sample_rate, job.instruction, seed=job.seed, takes=job.takes, progress=progress, cancel=cancel
+    )
+    edit_s = time.perf_counter() - edit_started
+    if cancel.is_set():
+        raise Cancelled("cancelled")
+    output = np.asarray(result.audio, dtype=np.float32)
+    if output.shape != audio.shape:
+        # The Editor promises the input's shape; a mismatch is a bug, but the producer still gets an aligned file.
+        print(f"imusic serve: job {job.id}: result shaped {output.shape}, input {audio.shape}; fixed", file=sys.stderr)
+        fixed = np.zeros_like(audio)
+        channels, frames = min(output.shape[0], audio.shape[0]), min(output.shape[-1], audio.shape[1])
+        fixed[:channels, :frames] = output.reshape(-1, output.shape[-1])[:channels, :frames]
+        output = fixed
+    progress(1.0, "writing")
+    write_started = time.perf_counter()
+    target = Path(job.output_path)
+    try:
+        # A second attempt (after a crash) may find its own earlier result at the reserved path: replace that.
+        audio_io.write_atomic(target, output, sample_rate, overwrite=job.attempts > 1)
+    except FileExistsError:
+        target = audio_io.unique_result_path(job.input_path, job.instruction, target)
+        audio_io.write_atomic(target, output, sample_rate)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the result to {target}: {exc}") from None
+    job.output_path = str(target)
+    info = dict(getattr(result, "info", {}) or {})
+    info["bridge"] = {
+        "read_s": read_s,
+        "edit_s": edit_s,
+        "write_s": time.perf_counter() - write_started,
+        "job_s": time.perf_counter() - started,
+        "queued_s": max(0.0, time.time() - job.accepted_at - (time.perf_counter() - started)),
+        "sample_rate": sample_rate,
+        "channels": int(audio.shape[0]),
+        "frames": int(audio.shape[1]),
+        "attempt": job.attempts,
+    }
+    return _jsonable(info)
+
+
+class Worker(threading.Thread):
+    """The one thread that loads the model, warms it up, and runs jobs one at a time. It never dies of a job."""
+
+    def __init__(
+        self,
+        book: JobBook,
+        load_editor: Callable[[], Any],
+        notify: Notify,
+        warm_up: bool = True,
+        progress_interval: float = 0.1,
+    ) -> None:
+        super().__init__(name="imusic-worker", daemon=True)
+        self.book = book
+        self.load_editor = load_editor
+        self.notify = notify
+        self.warm_up = warm_up
+        self.progress_interval = progress_interval
+        self.editor: Any = None
+        self.state = protocol.LOADING
+        self.load_error: BaseException | None = None
+        self.ready = threading.Event()  # set when ready, or when loading failed (then load_error is set)
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.book.interrupt_running()
+
+    def run(self) -> None:
+        try:
+            self.editor = self.load_editor()
+            if self.warm_up:
+                self.state = protocol.WARMING
+                self._warm_up()
+        except BaseException as exc:  # noqa: BLE001 (reported by the server, which stops)
+            self.load_error = exc
+            self.state = protocol.STOPPING
+            self.ready.set()
+            return
+        self.state = protocol.READY
+        self.ready.set()
+        while not self.stopping.is_set():
+            job = self.book.next_job(timeout=0.2)
+            if job is None:
+                continue
+            if self.stopping.is_set():
+                self.book.requeue(job)
+                break
+            self._run_one(job)
+
+    def _warm_up(self) -> None:
+        instruction = warm_up_instruction(self.editor)
+        if instruction is None:
+            print("imusic serve: no instruction to warm up with; first edit will be slower", file=sys.stderr)
+            return
+        sample_rate = int((getattr(self.editor, "info", {}) or {}).get("sample_rate", 32000))
+        noise = np.random.default_rng(0).standard_normal((1, sample_rate)).astype(np.float32) * 0.05  # 1 s
+        try:
+            self.editor.edit(noise, sample_rate, instruction, seed=0)
+        except ImusicError as exc:
+            print(f"imusic serve: warm-up edit failed ({exc}); serving anyway", file=sys.stderr)
+
+    def _run_one(self, job: Job) -> None:
+        cancel = self.book.cancel_event
+        last = [0.0, ""]
+
+        def progress(fraction: float, stage: str) -> None:
+            # Throttled: a fast model reports every step, and REAPER only needs a smooth bar.
+            job.fraction, job.stage = float(fraction), str(stage)[:200]
+            now = time.monotonic()
+            if stage != last[1] or fraction >= 1.0 or now - last[0] >= self.progress_interval:
+                last[0], last[1] = now, job.stage
+                self.notify(job, protocol.PROGRESS, (float(fraction), job.stage))
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+
+        self.notify(job, protocol.PROGRESS, (0.0, "started"))
+        try:
+            info = run_job(job, self.editor, cancel, progress)
+        except Cancelled:
+            if job.cancel_requested:
+                self.book.fail(job, Cancelled.code, "cancelled", cancelled=True)
+                self.notify(job, protocol.ERROR, (Cancelled.code, "cancelled"))
+            else:
+                self.book.requeue(job)  # shutdown: it stays pending in the journal
+            return
+        except ImusicError as exc:
+            self._failed(job, exc.code, str(exc))
+            return
+        except MemoryError:
+            self._failed(job, "resources", "out of memory while editing; try a shorter region")
+            return
+        except Exception as exc:  # noqa: BLE001 (a bug must cost one job, not the server)
+            traceback.print_exc(file=sys.stderr)
+            self._failed(job, protocol.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); see the server log")
+            return
+        try:
+            self.book.finish(job, job.output_path, info)
+        except OSError as exc:
+            # The result is on disk but the journal could not say so (disk full?): report it, the job reruns later.
+            self._failed(job, "resources", f"result written to {job.output_path} but the journal failed: {exc}")
+            return
+        self.notify(job, protocol.DONE, (job.output_path, info_json(info)))
+
+    def _failed(self, job: Job, code: str, message: str) -> None:
+        message = protocol.clip_message(message)
+        try:
+            self.book.fail(job, code, message)
+        except OSError as exc:  # journal unwritable: the job stays pending on disk and reruns after a restart
+            print(f"imusic serve: journal write failed for job {job.id}: {exc}", file=sys.stderr)
+            job.state, job.error_code, job.error_message = protocol.ERROR_STATE, code, message
+            self.book._clear_running(job)
+        self.notify(job, protocol.ERROR, (code, message))

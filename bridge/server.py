@@ -1,0 +1,423 @@
+"""`imusic serve`: the engine server. The model stays resident; edit jobs arrive over OSC (UDP) and are answered to
+the address and port they came from.
+
+One receiving thread runs the dispatcher (validate, journal, enqueue, reply: nothing slow), one worker thread owns
+the model (bridge.jobs). Paths are checked against the allowed roots after resolving symlinks; nothing a message
+names is ever executed. See docs/PROTOCOL.md for every address and argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bridge import __version__, audio_io, protocol
+from bridge.jobs import Job, JobBook, Journal, Worker, info_json
+from bridge.protocol import RequestError
+from engine.errors import ConfigError, ImusicError
+
+MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
+
+
+def default_journal_dir() -> Path:
+    """Where the job journal lives unless --journal says otherwise."""
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    return base / "imusic" / "journal"
+
+
+def default_roots() -> list[Path]:
+    """The user's home and the system temp folder."""
+    return [Path.home(), Path(tempfile.gettempdir())]
+
+
+class EngineServer:
+    """The OSC engine server. start() binds and returns; serve_forever() blocks until SIGINT/SIGTERM or stop()."""
+
+    def __init__(
+        self,
+        load_editor: Callable[[], Any] | None = None,
+        *,
+        editor: Any = None,
+        host: str = protocol.DEFAULT_HOST,
+        port: int = protocol.DEFAULT_PORT,
+        journal_dir: str | Path | None = None,
+        allow_roots: list[str | Path] | None = None,
+        player: Any = None,
+        max_queue: int = 64,
+        warm_up: bool = True,
+        max_region_s: float = MAX_REGION_S,
+        log: Any = None,
+    ) -> None:
+        if load_editor is None and editor is None:
+            raise ValueError("EngineServer needs an editor or a load_editor callable")
+        self.load_editor = load_editor if load_editor is not None else (lambda: editor)
+        self.host, self.port = host, port
+        self.journal_dir = Path(journal_dir) if journal_dir else default_journal_dir()
+        self.roots = [Path(r).expanduser().resolve() for r in (allow_roots or default_roots())]
+        self.player = player
+        self.max_queue = max_queue
+        self.warm_up = warm_up
+        self.max_region_s = max_region_s
+        self.log = log or sys.stderr
+        self.sock: socket.socket | None = None
+        self.book: JobBook | None = None
+        self.worker: Worker | None = None
+        self.stopped = threading.Event()  # set once stop() has begun
+        self.shutdown_requested = threading.Event()  # set by SIGINT/SIGTERM; serve_forever then stops
+        self._receiver: threading.Thread | None = None
+        self.handlers: dict[str, Callable[[dict[str, Any], tuple[str, int]], None]] = {
+            protocol.EDIT: self.on_edit,
+            protocol.CANCEL: self.on_cancel,
+            protocol.STATUS: self.on_status,
+            protocol.PING: self.on_ping,
+            protocol.PREVIEW: self.on_preview,
+            protocol.STOP_PREVIEW: self.on_stop_preview,
+        }
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open the journal, bind the socket, resume pending jobs, start loading the model. Returns at once."""
+        journal = Journal(self.journal_dir)
+        self.book = JobBook(journal, self.max_queue)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self.sock.bind((self.host, self.port))
+        except OSError as exc:
+            self.sock.close()
+            journal.close()
+            raise ConfigError(
+                f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
+                "is another imusic server running? pick another --port"
+            ) from None
+        self.sock.settimeout(0.2)  # the receive loop checks for shutdown this often
+        self.port = self.sock.getsockname()[1]
+        pending = self.book.restore()
+        if pending:
+            self._log(f"resuming {len(pending)} job(s) from the journal")
+        self.worker = Worker(self.book, self.load_editor, self._notify, warm_up=self.warm_up)
+        self.worker.start()
+        self._receiver = threading.Thread(target=self._receive_loop, name="imusic-osc", daemon=True)
+        self._receiver.start()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def state(self) -> str:
+        if self.stopped.is_set():
+            return protocol.STOPPING
+        return self.worker.state if self.worker else protocol.LOADING
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the model is loaded and warmed up; raises what loading raised."""
+        if not self.worker.ready.wait(timeout):
+            return False
+        if self.worker.load_error is not None:
+            raise self.worker.load_error
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop receiving, interrupt the running job (it stays pending in the journal), close everything."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker.join(timeout)  # an editor that ignores cancel is abandoned: its job reruns on restart
+        if self._receiver is not None and self._receiver is not threading.current_thread():
+            self._receiver.join(2.0)
+        if self.player is not None:
+            with contextlib.suppress(Exception):  # shutting down anyway
+                self.player.stop()
+        if self.sock is not None:
+            self.sock.close()
+        if self.book is not None:
+            self.book.journal.close()
+
+    def serve_forever(self) -> None:
+        """Block until SIGINT/SIGTERM (main thread) or stop(); then shut down gracefully."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.shutdown_requested.set())
+        try:
+            while not self.shutdown_requested.wait(0.2):
+                if self.stopped.is_set() or self.worker.load_error is not None:
+                    break
+        finally:
+            self.stop()
+        if self.worker.load_error is not None:
+            raise self.worker.load_error
+
+    # ------------------------------------------------------------------------------------------------ the wire
+
+    def _log(self, message: str) -> None:
+        print(f"imusic serve: {message}", file=self.log, flush=True)
+
+    def _send(self, to: tuple[str, int] | None, address: str, *args: Any) -> None:
+        if to is None or self.sock is None:
+            return
+        try:
+            self.sock.sendto(protocol.encode(address, *args), to)
+        except OSError as exc:  # the requester went away; the job and its journal entry are unaffected
+            self._log(f"could not reply to {to[0]}:{to[1]} ({exc})")
+
+    def _notify(self, job: Job, address: str, args: tuple) -> None:
+        self._send(job.reply_to, address, job.id, *args)
+
+    def _error(self, to: tuple[str, int], job_id: str, code: str, message: str) -> None:
+        self._send(to, protocol.ERROR, job_id, code, protocol.clip_message(message))
+
+    def _receive_loop(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                datagram, sender = self.sock.recvfrom(protocol.MAX_PACKET + 1)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.stopped.is_set():
+                    return
+                continue  # e.g. Windows' ICMP "port unreachable" from an earlier reply
+            self.handle_datagram(datagram, sender)
+
+    def handle_datagram(self, datagram: bytes, sender: tuple[str, int]) -> None:
+        """Decode, validate and dispatch; every failure becomes an /imusic/error to the sender."""
+        try:
+            messages = protocol.decode(datagram)
+        except RequestError as exc:
+            self._error(sender, "", exc.code, str(exc))
+            return
+        for address, args in messages:
+            job_id = protocol.request_job_id(address, args)
+            try:
+                values = protocol.parse_request(address, args)
+                self.handlers[address](values, sender)
+            except ImusicError as exc:
+                self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
+            except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
+                traceback.print_exc(file=self.log)
+                self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
+
+    # ------------------------------------------------------------------------------------------------ paths
+
+    def allowed_path(self, raw: str, what: str) -> Path:
+        """An absolute path with symlinks resolved, inside an allowed root; RequestError (forbidden_path) otherwise."""
+        if not raw:
+            raise RequestError(f"the {what} path is empty")
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            raise RequestError(f"the {what} path must be absolute (the server has its own working folder): {raw}")
+        try:
+            resolved = path.resolve(strict=False)
+        except (OSError, RuntimeError) as exc:  # symlink loops, permissions
+            raise RequestError(f"cannot resolve the {what} path {raw}: {exc}", protocol.FORBIDDEN_PATH) from None
+        if not any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
+            roots = ", ".join(str(r) for r in self.roots)
+            raise RequestError(
+                f"the {what} path {resolved} is outside the folders this server may use ({roots}); "
+                "start the server with --allow-root to add one",
+                protocol.FORBIDDEN_PATH,
+            )
+        return resolved
+
+    # ------------------------------------------------------------------------------------------------ handlers
+
+    def on_ping(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        info = self._editor_info()
+        model = str(info.get("model", ""))
+        self._send(sender, protocol.PONG, __version__, model, str(info.get("device", "")), self.state)
+
+    def _editor_info(self) -> dict[str, Any]:
+        editor = self.worker.editor if self.worker else None
+        try:
+            return dict(getattr(editor, "info", {}) or {})
+        except Exception:  # noqa: BLE001 (an info property must not break ping)
+            return {}
+
+    def on_status(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        job_id = values["job_id"]
+        if not job_id:
+            queued, running = self.book.counts()
+            model = str(self._editor_info().get("model", ""))
+            self._send(sender, protocol.SERVER_STATUS, self.state, queued, running, __version__, model)
+            return
+        job = self.book.get(job_id)
+        if job is None:
+            self._send(sender, protocol.STATE, job_id, protocol.UNKNOWN, 0.0, "no such job")
+            return
+        self._send(sender, protocol.STATE, job.id, job.state, float(job.fraction), job.detail())
+
+    def on_cancel(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        was_final = (job := self.book.get(values["job_id"])) is not None and job.is_final
+        job = self.book.cancel(values["job_id"])
+        self._send(sender, protocol.STATE, job.id, job.state, float(job.fraction), job.detail())
+        if job.state == protocol.CANCELLED and not was_final:
+            # A queued job ends here; its requester (maybe another client) learns it as it learns any end.
+            self._notify(job, protocol.ERROR, (job.error_code, job.error_message))
+
+    def on_edit(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        if self.stopped.is_set():
+            raise RequestError("the server is stopping; send the job again once it is back", protocol.UNAVAILABLE)
+        job_id = values["job_id"] or protocol.new_job_id()
+        seed = values["seed"]
+        job = Job(
+            id=job_id,
+            input_path=values["input_path"],
+            start_s=values["start_s"],
+            end_s=values["end_s"],
+            instruction=values["instruction"].strip(),
+            requested_output=values["output_path"],
+            output_path="",
+            seed=None if seed < 0 else seed,
+            takes=values["takes"],
+            reply_to=sender,
+        )
+        if self.book.find_existing(job) is None:  # a resend is answered from the book, even if its input has gone
+            self._validate_edit(job)
+        job, is_new, position = self.book.submit(job, lambda reserved: self._choose_output(job, reserved))
+        self._send(sender, protocol.ACCEPTED, job.id, position)
+        if not is_new:
+            self._resend_outcome(job, sender)
+
+    def _resend_outcome(self, job: Job, sender: tuple[str, int]) -> None:
+        if job.state == protocol.DONE_STATE:
+            self._send(sender, protocol.DONE, job.id, job.output_path, info_json(job.info))
+        elif job.state in (protocol.ERROR_STATE, protocol.CANCELLED):
+            self._send(sender, protocol.ERROR, job.id, job.error_code, job.error_message)
+
+    def _validate_edit(self, job: Job) -> None:
+        try:
+            self._check_edit(job)
+        except RequestError as exc:
+            exc.job_id = job.id
+            raise
+
+    def _check_edit(self, job: Job) -> None:
+        if not 1 <= job.takes <= protocol.MAX_TAKES:
+            raise RequestError(f"takes must be between 1 and {protocol.MAX_TAKES}, got {job.takes}")
+        if not job.instruction:
+            raise RequestError("the instruction is empty; say what to do, e.g. 'extract drums'")
+        source = self.allowed_path(job.input_path, "input")
+        job.input_path = str(source)
+        if job.requested_output:
+            self.allowed_path(job.requested_output, "output")
+        info = audio_io.probe(source)  # AudioError for folders, missing and non-audio files
+        start, stop = audio_io.region_frames(info, job.start_s, job.end_s)
+        if (stop - start) / info.sample_rate > self.max_region_s:
+            raise RequestError(
+                f"the region is {(stop - start) / info.sample_rate:.0f} s long; the limit is "
+                f"{self.max_region_s:.0f} s (were samples sent as seconds?)"
+            )
+        editor = self.worker.editor if self.worker else None
+        if editor is not None:
+            editor.parse(job.instruction)  # InstructionError lists what is supported; before loading, the worker checks
+
+    def _choose_output(self, job: Job, reserved: set[str]) -> str:
+        target = audio_io.unique_result_path(job.input_path, job.instruction, job.requested_output or None, reserved)
+        self.allowed_path(str(target), "output")  # the default results folder sits beside the input: inside a root
+        return str(target)
+
+    def on_preview(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        job_id, which = values["job_id"], values["which"]
+        if which not in ("source", "result"):
+            raise RequestError(f"preview plays 'source' or 'result', not {which!r}", job_id=job_id)
+        job = self.book.get(job_id)
+        if job is None:
+            raise RequestError(f"no job with id {job_id}", protocol.UNKNOWN_JOB, job_id)
+        if job.state != protocol.DONE_STATE:
+            raise RequestError(
+                f"job {job_id} is {job.state}; only finished jobs can be previewed", protocol.NOT_FINISHED, job_id
+            )
+        if which == "result":
+            audio, sample_rate = audio_io.read_region(job.output_path, 0.0, -1.0)
+        else:
+            audio, sample_rate = audio_io.read_region(job.input_path, job.start_s, job.end_s)
+        if self.player is None:
+            from bridge.playback import get_player
+
+            self.player = get_player()  # PlaybackUnavailable (an ImusicError) says how to fix it
+        self.player.play(audio, sample_rate)  # non-blocking: the server keeps serving while it plays
+        self._send(sender, protocol.PREVIEWING, job_id, which, audio.shape[1] / sample_rate)
+
+    def on_stop_preview(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        if self.player is not None:
+            self.player.stop()
+        self._send(sender, protocol.PREVIEW_STOPPED)
+
+
+# ------------------------------------------------------------------------------------------------------ command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic serve [--host] [--port] [--model] [--adapter] [--device] [--dtype] [--journal] [--allow-root ...]`"""
+    parser.add_argument("--host", default=protocol.DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help=f"UDP port ({protocol.DEFAULT_PORT})")
+    parser.add_argument("--model", default=None, help="model directory or hub name (default: the embedded model)")
+    parser.add_argument("--adapter", default=None, help="adapter directory to load over the model")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the fastest available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the device's fast one)")
+    parser.add_argument("--journal", default=None, help=f"job journal folder (default {default_journal_dir()})")
+    parser.add_argument(
+        "--allow-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="a folder the server may read and write (repeatable; default: your home and the temp folder)",
+    )
+    parser.add_argument("--max-queue", type=int, default=64, help="jobs waiting at most (default 64)")
+    parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up edit before saying ready")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; a model that fails to load is a one-line error."""
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_queue < 1:
+        raise ConfigError(f"--max-queue must be at least 1, got {args.max_queue}")
+    for root in args.allow_root or []:
+        if not Path(root).expanduser().is_dir():
+            raise ConfigError(f"--allow-root {root} is not a folder")
+
+    def load_editor():
+        from engine.editor import Editor
+
+        return Editor.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+
+    server = EngineServer(
+        load_editor,
+        host=args.host,
+        port=args.port,
+        journal_dir=args.journal,
+        allow_roots=args.allow_root,
+        max_queue=args.max_queue,
+        warm_up=not args.no_warm_up,
+    )
+    server.start()
+    server._log(f"listening on {server.host}:{server.port}; journal {server.journal_dir}; loading the model...")
+
+    def announce() -> None:
+        try:
+            if server.wait_ready():
+                info = server._editor_info()
+                server._log(f"ready: model {info.get('model', '?')} on {info.get('device', '?')}")
+        except BaseException:  # noqa: BLE001 (serve_forever reports it)
+            pass
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.serve_forever()
+    server._log("stopped; pending jobs resume on the next start")
+    return 0

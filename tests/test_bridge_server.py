@@ -1,0 +1,456 @@
+"""The engine server over real loopback sockets: every address round-trips, bad requests get error replies and the
+server keeps serving, jobs are idempotent, cancellable, journalled, and previewable.
+
+A fast FakeEditor (tests/test_bridge_support.py) stands in for the model here; the last test runs the real tiny
+Editor once engine.editor exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_bridge_support import FakeEditor, write_wav
+
+from bridge import protocol
+from bridge.client import Client, JobResult, NoReply, RemoteError
+from bridge.playback import FakePlayer
+from bridge.server import EngineServer
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    folder = tmp_path / "root"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def song(root) -> Path:
+    return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)
+
+
+def start_server(tmp_path, root, editor=None, **kwargs) -> EngineServer:
+    server = EngineServer(
+        editor=editor or FakeEditor(),
+        port=0,
+        journal_dir=tmp_path / "journal",
+        allow_roots=[root],
+        warm_up=False,
+        **kwargs,
+    )
+    server.start()
+    assert server.wait_ready(TIMEOUT)
+    return server
+
+
+@pytest.fixture
+def server(tmp_path, root):
+    server = start_server(tmp_path, root, player=FakePlayer(time_scale=1.0))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client("127.0.0.1", server.port) as client:
+        yield client
+
+
+def raw_request(client: Client, address: str, *args) -> protocol.Reply:
+    """Send one request and return the first reply (any kind)."""
+    client.send(address, *args)
+    return client.wait_for(lambda r: True, TIMEOUT)
+
+
+def expect_error(client: Client, code: str) -> protocol.Reply:
+    reply = client.wait_for(lambda r: r.address == protocol.ERROR, TIMEOUT)
+    assert reply.code == code, reply
+    return reply
+
+
+# ----------------------------------------------------------------------------------------------- round trips
+
+
+def test_ping_answers_pong_with_version_model_device_and_ready(client):
+    reply = client.ping(TIMEOUT)
+    assert reply.address == protocol.PONG
+    version, model, device, state = reply.args
+    assert (model, device, state) == ("fake", "cpu", protocol.READY)
+    assert version
+
+
+def test_server_status_reports_state_queue_and_running_job(client):
+    reply = client.status(timeout=TIMEOUT)
+    assert reply.address == protocol.SERVER_STATUS
+    assert reply.args[:3] == [protocol.READY, 0, ""]
+
+
+def test_edit_round_trip_writes_an_aligned_float_wav_beside_the_input(client, song):
+    progress: list[float] = []
+    job_id = client.submit(str(song), 0.5, 1.5, "extract drums")
+    accepted = client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
+    assert accepted.job_id == job_id
+    result = client.wait(job_id, timeout=TIMEOUT, on_progress=lambda f, s: progress.append(f))
+
+    out = Path(result.output_path)
+    assert out.parent == song.parent / "results" and out.suffix == ".wav"
+    written, sample_rate = sf.read(out, dtype="float32", always_2d=True)
+    source, _ = sf.read(song, dtype="float32", always_2d=True)
+    assert sample_rate == 16000
+    assert sf.info(out).subtype == "FLOAT"
+    np.testing.assert_allclose(written, 0.5 * source[8000:24000], atol=1e-7)  # exactly the region, same length
+    assert progress and progress == sorted(progress) and progress[-1] == 1.0
+
+
+def test_done_carries_result_metadata_json_with_levels_and_bridge_timings(client, song):
+    result = client.edit(str(song), 0.0, 1.0, "remove bass", timeout=TIMEOUT)
+    assert result.info["levels"]["output_lufs"] == -26.0
+    assert result.info["bridge"]["frames"] == 16000
+    assert result.info["bridge"]["edit_s"] <= result.info["bridge"]["job_s"]
+
+
+def test_status_of_a_finished_job_gives_its_result_path(client, song):
+    result = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+    reply = client.status(result.job_id, TIMEOUT)
+    assert (reply.state, reply.output_path, reply.fraction) == (protocol.DONE_STATE, result.output_path, 1.0)
+
+
+def test_status_of_an_unknown_job_says_unknown(client):
+    reply = client.status("no-such-job", TIMEOUT)
+    assert reply.address == protocol.STATE and reply.state == protocol.UNKNOWN
+
+
+def test_end_below_zero_means_the_end_of_the_file(client, song):
+    result = client.edit(str(song), 1.5, -1, "extract drums", timeout=TIMEOUT)
+    assert sf.info(result.output_path).frames == 8000
+
+
+def test_output_path_is_honoured_and_never_overwrites(client, song, root):
+    target = root / "mine.wav"
+    target.write_bytes(b"not mine to overwrite")
+    result = client.edit(str(song), 0.0, 1.0, "extract drums", output_path=str(target), timeout=TIMEOUT)
+    assert Path(result.output_path) == root / "mine-2.wav"
+    assert target.read_bytes() == b"not mine to overwrite"
+
+
+def test_two_jobs_on_one_region_get_distinct_results(client, song):
+    first = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+    second = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+    assert first.output_path != second.output_path
+    assert Path(first.output_path).exists() and Path(second.output_path).exists()
+
+
+# ----------------------------------------------------------------------------------------------- idempotency
+
+
+def test_a_resent_edit_runs_once_and_is_answered_again(server, client, song):
+    first = client.edit(str(song), 0.0, 1.0, "extract drums", job_id="take-1", timeout=TIMEOUT)
+    client.submit(str(song), 0.0, 1.0, "extract drums", job_id="take-1")
+    again = client.wait("take-1", timeout=TIMEOUT)
+    assert again.output_path == first.output_path
+    assert server.worker.editor.calls == ["extract drums"]
+
+
+def test_a_resend_from_a_new_socket_moves_the_replies_there(server, song):
+    server.worker.editor.step_s = 0.05
+    with Client("127.0.0.1", server.port) as first, Client("127.0.0.1", server.port) as second:
+        first.submit(str(song), 0.0, 1.0, "extract drums", job_id="moved")
+        first.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
+        second.submit(str(song), 0.0, 1.0, "extract drums", job_id="moved")
+        assert second.wait("moved", timeout=TIMEOUT).output_path
+
+
+def test_a_job_id_reused_for_another_edit_is_refused(client, song):
+    client.edit(str(song), 0.0, 1.0, "extract drums", job_id="same", timeout=TIMEOUT)
+    client.submit(str(song), 0.0, 1.0, "remove drums", job_id="same")
+    assert expect_error(client, protocol.JOB_CONFLICT).job_id == "same"
+
+
+# ----------------------------------------------------------------------------------------------- cancel
+
+
+def test_cancel_a_queued_job_ends_it_without_running_it(server, client, song):
+    server.worker.editor.step_s = 0.1
+    running = client.submit(str(song), 0.0, 1.0, "extract drums")
+    queued = client.submit(str(song), 0.0, 1.0, "remove bass")
+    client.wait_for(lambda r: r.address == protocol.ACCEPTED and r.job_id == queued, TIMEOUT)
+    state = client.cancel(queued, TIMEOUT)
+    assert state.state == protocol.CANCELLED
+    with pytest.raises(RemoteError) as exc:
+        client.wait(queued, timeout=TIMEOUT)
+    assert exc.value.code == "cancelled"
+    client.wait(running, timeout=TIMEOUT)
+    assert server.worker.editor.calls == ["extract drums"]
+
+
+def test_cancel_a_running_job_stops_it_and_the_server_keeps_serving(server, client, song):
+    editor = server.worker.editor
+    editor.steps, editor.step_s = 200, 0.02
+    job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+    assert editor.started.wait(TIMEOUT)
+    state = client.cancel(job_id, TIMEOUT)
+    assert state.state in (protocol.CANCELLING, protocol.CANCELLED)
+    with pytest.raises(RemoteError) as exc:
+        client.wait(job_id, timeout=TIMEOUT)
+    assert exc.value.code == "cancelled"
+    assert client.status(job_id, TIMEOUT).state == protocol.CANCELLED
+    editor.steps, editor.step_s = 2, 0.0
+    assert client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT).output_path
+
+
+def test_cancel_an_unknown_job_is_an_error(client):
+    client.send(protocol.CANCEL, "ghost")
+    assert expect_error(client, protocol.UNKNOWN_JOB).job_id == "ghost"
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def _edit(path, start=0.0, end=1.0, instruction="extract drums", *extra):
+    return (protocol.EDIT, "bad-job", str(path), start, end, instruction, *extra)
+
+
+HOSTILE = {
+    "start given as a string": lambda r, s: (_edit(s, "zero"), protocol.BAD_REQUEST),
+    "end given as a boolean": lambda r, s: (_edit(s, 0.0, True), protocol.BAD_REQUEST),
+    "missing arguments": lambda r, s: ((protocol.EDIT, "bad-job", str(s)), protocol.BAD_REQUEST),
+    "too many arguments": lambda r, s: (_edit(s, 0.0, 1.0, "extract drums", "", 1, 1, "x"), protocol.BAD_REQUEST),
+    "huge instruction": lambda r, s: (_edit(s, 0.0, 1.0, "x" * 20000), protocol.BAD_REQUEST),
+    "huge path": lambda r, s: (_edit("/" + "a" * 30000), protocol.BAD_REQUEST),
+    "job id with a slash": lambda r, s: ((protocol.EDIT, "../etc", str(s), 0.0, 1.0, "extract drums"), "bad_request"),
+    "unknown address": lambda r, s: (("/imusic/format_disk", "now"), protocol.UNKNOWN_ADDRESS),
+    "address outside the namespace": lambda r, s: (("/other/thing",), protocol.UNKNOWN_ADDRESS),
+    "non-audio file": lambda r, s: (_edit(_text_file(r)), "bad_audio"),
+    "a directory": lambda r, s: (_edit(r), "bad_audio"),
+    "a missing file": lambda r, s: (_edit(r / "nope.wav"), "bad_audio"),
+    "outside the allowed roots": lambda r, s: (_edit(_outside_file(r)), protocol.FORBIDDEN_PATH),
+    "symlink escaping the roots": lambda r, s: (_edit(_escaping_link(r)), protocol.FORBIDDEN_PATH),
+    "dot-dot escaping the roots": lambda r, s: (_edit(f"{r}/../outside/song.wav"), protocol.FORBIDDEN_PATH),
+    "output outside the roots": lambda r, s: (_edit(s, 0.0, 1.0, "extract drums", "/etc/x.wav"), "forbidden_path"),
+    "relative path": lambda r, s: (_edit("song.wav"), protocol.BAD_REQUEST),
+    "region past the end": lambda r, s: (_edit(s, 1.0, 5.0), "bad_audio"),
+    "region starting past the end": lambda r, s: (_edit(s, 3.0, 4.0), "bad_audio"),
+    "negative start": lambda r, s: (_edit(s, -1.0, 1.0), "bad_audio"),
+    "empty region": lambda r, s: (_edit(s, 1.0, 1.0), "bad_audio"),
+    "unknown instruction": lambda r, s: (_edit(s, 0.0, 1.0, "make it jazzier"), "bad_instruction"),
+    "takes zero": lambda r, s: (_edit(s, 0.0, 1.0, "extract drums", "", -1, 0), protocol.BAD_REQUEST),
+    "preview unknown job": lambda r, s: ((protocol.PREVIEW, "ghost"), protocol.UNKNOWN_JOB),
+    "preview of neither source nor result": lambda r, s: ((protocol.PREVIEW, "ghost", "bass"), "bad_request"),
+    "ping with arguments": lambda r, s: ((protocol.PING, 1, 2), protocol.BAD_REQUEST),
+}
+
+
+def _text_file(root: Path) -> Path:
+    path = root / "notes.wav"
+    path.write_text("definitely not audio\n" * 50)
+    return path
+
+
+def _outside_file(root: Path) -> Path:
+    return write_wav(root.parent / "outside" / "song.wav")
+
+
+def _escaping_link(root: Path) -> Path:
+    link = root / "link.wav"
+    link.symlink_to(_outside_file(root))
+    return link
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_bad_requests_get_an_error_reply_and_the_server_keeps_serving(server, client, root, song, case):
+    message, code = HOSTILE[case](root, song)
+    client.send(*message)
+    reply = expect_error(client, code)
+    assert reply.message and len(reply.message) <= protocol.MAX_MESSAGE
+    assert client.ping(TIMEOUT).state == protocol.READY
+    assert server.worker.editor.calls == []
+
+
+@pytest.mark.parametrize("datagram", [b"", b"\x00" * 16, b"garbage that is not osc", b"#bundle\x00broken", b"/x\x00"])
+def test_garbage_datagrams_get_a_bad_request_reply(client, datagram):
+    client._sock.sendto(datagram, client.server)
+    expect_error(client, protocol.BAD_REQUEST)
+    assert client.ping(TIMEOUT).state == protocol.READY
+
+
+def test_a_datagram_of_maximum_size_is_refused_not_truncated(client):
+    client.send(protocol.STATUS, "j" * 60000)
+    reply = expect_error(client, protocol.BAD_REQUEST)
+    assert "limit" in reply.message
+
+
+def test_an_editor_crash_costs_one_job_not_the_server(server, client, song):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    server.worker.editor.edit = broken
+    with pytest.raises(RemoteError) as exc:
+        client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+    assert exc.value.code == protocol.INTERNAL
+    assert client.ping(TIMEOUT).state == protocol.READY
+
+
+def test_a_full_queue_refuses_with_queue_full(tmp_path, root, song):
+    editor = FakeEditor(steps=100, step_s=0.02)
+    server = start_server(tmp_path, root, editor=editor, max_queue=2)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            ids = [client.submit(str(song), 0.0, 1.0, "extract drums") for _ in range(4)]
+            replies = [client.wait_for(lambda r, i=i: r.job_id == i, TIMEOUT) for i in ids]
+            kinds = [r.kind for r in replies]
+            assert kinds.count("error") >= 1 and replies[-1].code == protocol.QUEUE_FULL
+            for job_id in ids:
+                client.send(protocol.CANCEL, job_id)
+    finally:
+        server.stop()
+
+
+def test_a_client_without_a_server_gets_no_reply_quickly():
+    with Client("127.0.0.1", 9) as client, pytest.raises(NoReply):
+        client.ping(0.3)
+
+
+# ----------------------------------------------------------------------------------------------- preview
+
+
+def test_preview_plays_the_result_then_the_source_and_stop_preview_stops(server, client, song):
+    result = client.edit(str(song), 0.5, 1.0, "extract drums", timeout=TIMEOUT)
+    reply = client.preview(result.job_id, "result", TIMEOUT)
+    assert reply.args == [result.job_id, "result", 0.5]
+    player = server.player
+    assert player.is_playing
+    written, _ = sf.read(result.output_path, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(player.played[-1][0], written.T)
+
+    client.preview(result.job_id, "source", TIMEOUT)
+    source, _ = sf.read(song, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(player.played[-1][0], source[8000:16000].T)
+
+    assert client.stop_preview(TIMEOUT).address == protocol.PREVIEW_STOPPED
+    assert not player.is_playing
+
+
+def test_preview_of_an_unfinished_job_is_an_error(server, client, song):
+    server.worker.editor.steps, server.worker.editor.step_s = 100, 0.02
+    job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+    client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
+    client.send(protocol.PREVIEW, job_id)
+    assert expect_error(client, protocol.NOT_FINISHED).job_id == job_id
+    client.cancel(job_id, TIMEOUT)
+
+
+def test_the_server_keeps_serving_jobs_while_a_preview_plays(server, client, song):
+    first = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+    client.preview(first.job_id, "result", TIMEOUT)
+    second = client.edit(str(song), 0.0, 1.0, "remove bass", timeout=TIMEOUT)
+    assert server.player.is_playing and Path(second.output_path).exists()
+
+
+# ----------------------------------------------------------------------------------------------- journal
+
+
+def test_jobs_pending_at_shutdown_finish_after_restart_and_finished_ones_answer_status(tmp_path, root, song):
+    editor = FakeEditor(steps=10, step_s=0.05)
+    server = start_server(tmp_path, root, editor=editor)
+    with Client("127.0.0.1", server.port) as client:
+        finished = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+        pending = [client.submit(str(song), 0.0, 1.0, "remove bass") for _ in range(3)]
+        for job_id in pending:
+            client.wait_for(lambda r, j=job_id: r.address == protocol.ACCEPTED and r.job_id == j, TIMEOUT)
+    server.stop()
+
+    fast = FakeEditor()
+    server = start_server(tmp_path, root, editor=fast)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            assert client.status(finished.job_id, TIMEOUT).output_path == finished.output_path
+            outputs = {client.wait(job_id, timeout=TIMEOUT).output_path for job_id in pending}
+        assert len(outputs) == 3 and all(Path(p).exists() for p in outputs)
+    finally:
+        server.stop()
+
+
+def test_the_journal_is_written_before_the_job_is_acknowledged(server, client, song):
+    job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+    client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
+    lines = (server.journal_dir / "jobs.jsonl").read_text().splitlines()
+    accepted = [json.loads(line) for line in lines if '"accepted"' in line]
+    assert any(event["job"]["id"] == job_id for event in accepted)
+    client.wait(job_id, timeout=TIMEOUT)
+
+
+def test_two_servers_cannot_share_one_journal(server, tmp_path, root):
+    from engine.errors import ConfigError
+
+    second = EngineServer(editor=FakeEditor(), port=0, journal_dir=server.journal_dir, allow_roots=[root])
+    with pytest.raises(ConfigError, match="journal"):
+        second.start()
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+@pytest.mark.parametrize("clients,jobs", [(10, 20)])
+def test_many_clients_many_jobs_every_job_completes_exactly_once(tmp_path, root, song, clients, jobs):
+    editor = FakeEditor(steps=2)
+    server = start_server(tmp_path, root, editor=editor, max_queue=clients * jobs)
+    results: dict[str, JobResult] = {}
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def one_client(index: int) -> None:
+        try:
+            with Client("127.0.0.1", server.port) as client:
+                ids = [client.submit(str(song), 0.0, 0.25, f"extract drums c{index}j{j}") for j in range(jobs)]
+                for job_id in ids[::5]:
+                    client.submit(str(song), 0.0, 0.25, f"extract drums c{index}j{ids.index(job_id)}", job_id=job_id)
+                for job_id in ids:
+                    result = client.wait(job_id, timeout=120)
+                    with lock:
+                        assert job_id not in results
+                        results[job_id] = result
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(clients)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+    finally:
+        server.stop()
+    assert not failures, failures[:3]
+    assert len(results) == clients * jobs
+    assert sorted(editor.calls) == sorted(set(editor.calls)) and len(editor.calls) == clients * jobs
+    outputs = {r.output_path for r in results.values()}
+    assert len(outputs) == clients * jobs
+    assert len([p for p in os.listdir(song.parent / "results") if p.endswith(".wav")]) == clients * jobs
+
+
+# ----------------------------------------------------------------------------------------------- the real engine
+
+
+def test_the_real_tiny_editor_serves_an_edit(tmp_path, root, request):
+    pytest.importorskip("engine.editor")
+    editor = request.getfixturevalue("tiny_editor")
+    song = write_wav(root / "tiny.wav", seconds=1.0, sample_rate=22050, channels=2)
+    server = EngineServer(editor=editor, port=0, journal_dir=tmp_path / "j", allow_roots=[root], warm_up=True)
+    server.start()
+    try:
+        assert server.wait_ready(120)
+        with Client("127.0.0.1", server.port) as client:
+            stem = editor.info["stems"][0]
+            result = client.edit(str(song), 0.0, 1.0, f"extract {stem}", seed=1, timeout=300)
+        info = sf.info(result.output_path)
+        assert (info.samplerate, info.channels, info.frames) == (22050, 2, 22050)
+    finally:
+        server.stop()

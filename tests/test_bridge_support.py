@@ -1,0 +1,116 @@
+"""Helpers for the bridge tests (no tests here): a fast fake Editor with the real Editor's interface, audio files,
+and a server entry point for subprocess tests (`python tests/test_bridge_support.py --port-file F ...`).
+
+The fake stands in for the model only where the model is beside the point (protocol, queue, journal, load);
+tests/test_bridge_server.py also runs the real tiny Editor once engine.editor exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from engine.errors import Cancelled, InstructionError
+
+OPERATIONS = ("add", "remove", "extract")
+STEMS = ("drums", "bass", "piano", "guitar")
+
+
+class FakeEditor:
+    """Editor-shaped: parse(), info, edit() with progress and cancel; output = 0.5 x input, after `steps` sleeps."""
+
+    def __init__(self, steps: int = 4, step_s: float = 0.0, log_path: str | None = None, gain: float = 0.5) -> None:
+        self.steps, self.step_s, self.log_path, self.gain = steps, step_s, log_path, gain
+        self.calls: list[str] = []
+        self._lock = threading.Lock()
+        self.started = threading.Event()  # set when an edit begins (tests cancel running jobs on it)
+
+    @property
+    def info(self) -> dict:
+        return {
+            "model": "fake",
+            "device": "cpu",
+            "dtype": "float32",
+            "sample_rate": 16000,
+            "stems": list(STEMS),
+            "operations": list(OPERATIONS),
+        }
+
+    def parse(self, text: str):
+        words = text.lower().split()
+        if len(words) < 2 or words[0] not in OPERATIONS or words[1] not in STEMS:
+            raise InstructionError(f"cannot parse {text!r}; try e.g. 'extract drums' ({', '.join(STEMS)})")
+        return SimpleNamespace(op=words[0], stem=words[1], prompt=text)
+
+    def edit(self, audio, sample_rate, instruction, *, seed=None, takes=1, raw=False, progress=None, cancel=None):
+        parsed = self.parse(instruction)
+        self.started.set()
+        for step in range(self.steps):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            if self.step_s:
+                time.sleep(self.step_s)
+            if progress is not None:
+                progress((step + 1) / self.steps, "decoding")
+        with self._lock:
+            self.calls.append(instruction)
+            if self.log_path:
+                with open(self.log_path, "a") as f:
+                    f.write(instruction + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+        info = {"model": "fake", "levels": {"input_lufs": -20.0, "output_lufs": -26.0, "true_peak_db": -3.0}}
+        return SimpleNamespace(
+            audio=(audio * self.gain).astype(np.float32),
+            sample_rate=sample_rate,
+            instruction=parsed,
+            seed=seed,
+            info=info,
+        )
+
+
+def write_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
+    """A noise file; sample i of channel c is reproducible from the seed."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    audio = (rng.standard_normal((int(seconds * sample_rate), channels)) * 0.1).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), audio, sample_rate, subtype="FLOAT")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a server on a FakeEditor until SIGTERM/SIGINT; writes its port to --port-file once bound."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bridge.server import EngineServer
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", required=True)
+    parser.add_argument("--journal", required=True)
+    parser.add_argument("--root", action="append", required=True)
+    parser.add_argument("--step-s", type=float, default=0.05)
+    parser.add_argument("--log", default=None)
+    args = parser.parse_args(argv)
+    editor = FakeEditor(steps=4, step_s=args.step_s, log_path=args.log)
+    server = EngineServer(
+        editor=editor, port=args.port, journal_dir=args.journal, allow_roots=args.root, max_queue=1000, warm_up=False
+    )
+    server.start()
+    server.wait_ready(30)
+    Path(args.port_file + ".tmp").write_text(str(server.port))
+    os.replace(args.port_file + ".tmp", args.port_file)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
