@@ -1,0 +1,102 @@
+"""Codec (EnCodec wrapper) and TextEncoder (T5 wrapper) of the tiny model: shapes, determinism, masking, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import AudioError, InstructionError
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from engine.weights import load_model
+
+    return load_model(tiny_model_dir, device="cpu", dtype="fp32")
+
+
+def test_codec_reports_the_tiny_rates(tiny):
+    codec = tiny.codec
+    assert (codec.sample_rate, codec.frame_rate, codec.num_codebooks, codec.card) == (16000, 50.0, 4, 64)
+    assert codec.hop_length == 320
+
+
+def test_encode_gives_one_frame_per_hop_rounding_up(tiny):
+    wav = torch.randn(2, 1, 16000 + 5, generator=torch.Generator().manual_seed(0)) * 0.1
+    codes = tiny.codec.encode(wav)
+    assert codes.shape == (2, 4, 51)
+    assert codes.dtype == torch.long
+    assert int(codes.min()) >= 0 and int(codes.max()) < 64
+
+
+def test_encode_uses_many_codes_on_varied_audio(tiny):
+    # a codec whose codebooks are all zeros maps everything to code 0; the tiny one must not
+    wav = torch.randn(1, 1, 16000, generator=torch.Generator().manual_seed(1)) * 0.2
+    codes = tiny.codec.encode(wav)
+    assert all(len(codes[0, k].unique()) > 4 for k in range(4))
+
+
+def test_decode_gives_frames_times_hop_samples(tiny):
+    codes = torch.randint(0, 64, (3, 4, 7), generator=torch.Generator().manual_seed(0))
+    wav = tiny.codec.decode(codes)
+    assert wav.shape == (3, 1, 7 * 320)
+    assert wav.dtype == torch.float32
+    assert torch.isfinite(wav).all()
+
+
+def test_encode_is_deterministic(tiny):
+    wav = torch.randn(1, 1, 3200, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(tiny.codec.encode(wav), tiny.codec.encode(wav))
+
+
+def test_encode_refuses_stereo(tiny):
+    with pytest.raises(AudioError, match="mono"):
+        tiny.codec.encode(torch.zeros(1, 2, 1600))
+
+
+def test_decode_refuses_special_tokens(tiny):
+    codes = torch.full((1, 4, 3), 64)  # 64 = card = the special token
+    with pytest.raises(AudioError, match="special"):
+        tiny.codec.decode(codes)
+
+
+def test_text_encode_shapes_and_mask(tiny):
+    states, mask = tiny.text.encode(["Music piece. Instruct: Only Drums.", "drums"])
+    assert states.shape[0] == 2 and states.shape[2] == tiny.text.dim == 32
+    assert mask.shape == states.shape[:2] and mask.dtype == torch.bool
+    assert mask[0].all()
+    assert mask[1].sum() == 2  # "drums" + </s>
+
+
+def test_text_padding_is_zeroed_and_does_not_change_the_real_tokens(tiny):
+    alone, _ = tiny.text.encode(["drums"])
+    batched, mask = tiny.text.encode(["drums", "Music piece. Instruct: Add Bass."])
+    torch.testing.assert_close(batched[0, :2], alone[0], rtol=1e-5, atol=1e-6)
+    assert (batched[0][~mask[0]] == 0).all()
+
+
+def test_tokenizer_knows_the_official_instruction_words(tiny):
+    ids = tiny.text.tokenizer("Music piece. Instruct: Add Drums. No Bass. Only Piano Guitar")["input_ids"]
+    assert tiny.text.tokenizer.unk_token_id not in ids
+
+
+def test_text_states_come_out_in_the_model_dtype(tiny_model_dir):
+    from engine.weights import load_model
+
+    model = load_model(tiny_model_dir, device="cpu", dtype="bf16")
+    states, _ = model.text.encode(["Music piece. Instruct: Only Drums."])
+    assert states.dtype == torch.bfloat16
+
+
+def test_empty_instruction_list_is_an_instruction_error(tiny):
+    with pytest.raises(InstructionError):
+        tiny.text.encode([])
+
+
+def test_outputs_can_feed_training(tiny):
+    # no inference-mode tensors: the trainer backpropagates through an LM fed with these
+    states, mask = tiny.text.encode(["Music piece. Instruct: Only Drums."])
+    codes = tiny.codec.encode(torch.randn(1, 1, 3200) * 0.1)
+    weight = torch.ones((), requires_grad=True)
+    (states.sum() * weight + codes.float().sum() * weight).backward()
+    assert weight.grad is not None

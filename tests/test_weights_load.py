@@ -1,0 +1,187 @@
+"""load_model on our model directory and on the transformers layout; bad input gives CheckpointError naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.errors import CheckpointError
+from engine.weights import load_model
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    """A private copy of the tiny model directory that a test may damage."""
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+def test_our_model_dir_loads_with_its_card(tiny_model_dir):
+    model = load_model(tiny_model_dir, device="cpu", dtype="fp32")
+    card = model.card
+    assert card.name == "tiny-random"
+    assert (card.sample_rate, card.frame_rate, card.num_codebooks, card.card) == (16000, 50.0, 4, 64)
+    assert card.stems == ("Drums", "Bass", "Piano", "Guitar")
+    assert card.prompt("extract", "Drums") == "Music piece. Instruct: Only Drums."
+    assert card.prompt("remove", "Bass") == "Music piece. Instruct: No Bass."
+    assert card.prompt("add", "Piano") == "Music piece. Instruct: Add Piano."
+    assert card.has_adapter
+    assert card.window_seconds == pytest.approx(10.0)  # 501 condition frames = 500 frames + the special token
+    assert model.device == torch.device("cpu") and model.dtype == torch.float32
+
+
+def test_tiny_model_has_the_contract_shape(tiny_model_dir):
+    lm = load_model(tiny_model_dir, device="cpu", dtype="fp32").lm
+    assert (lm.cfg.num_layers, lm.cfg.dim, lm.cfg.card, lm.cfg.num_codebooks) == (2, 64, 64, 4)
+    assert lm.fusion_cfg.cond_frames == 501
+    assert lm.emb[0].weight.shape == (65, 64)
+
+
+def test_adapter_is_loaded_exactly_as_saved(tiny_model_dir):
+    lm = load_model(tiny_model_dir, device="cpu", dtype="fp32").lm
+    saved = load_file(str(tiny_model_dir / "adapter" / "adapter.safetensors"))
+    assert set(saved) == set(lm.adapter_state_dict())
+    for name, tensor in lm.adapter_state_dict().items():
+        assert torch.equal(tensor, saved[name]), name
+
+
+def test_tiny_adapter_gates_and_lora_are_nonzero(tiny_model_dir):
+    lm = load_model(tiny_model_dir, device="cpu", dtype="fp32").lm
+    assert (lm.fusion.gates != 0).all()
+    lora_b = [t for n, t in lm.adapter_state_dict().items() if n.endswith("lora_b")]
+    assert lora_b and all((t != 0).any() for t in lora_b)
+
+
+def test_base_weights_equal_the_transformers_checkpoint(tiny_model_dir):
+    lm = load_model(tiny_model_dir, device="cpu", dtype="fp32").lm
+    raw = load_file(str(tiny_model_dir / "base" / "model.safetensors"))
+    assert torch.equal(lm.emb[2].weight, raw["decoder.model.decoder.embed_tokens.2.weight"])
+    assert torch.equal(lm.layers[1].ffn.fc1.weight, raw["decoder.model.decoder.layers.1.fc1.weight"])
+    assert torch.equal(
+        lm.layers[0].cross_attn.q.weight, raw["decoder.model.decoder.layers.0.encoder_attn.q_proj.weight"]
+    )
+    assert torch.equal(lm.text_proj.bias, raw["enc_to_dec_proj.bias"])
+
+
+def test_transformers_layout_loads_as_a_base_without_adapter(tiny_model_dir):
+    model = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32")
+    assert model.lm.fusion is None
+    assert not model.card.has_adapter
+    assert model.card.provenance["layout"] == "transformers"
+
+
+def test_adapter_can_be_given_apart_from_the_base(tiny_model_dir):
+    model = load_model(tiny_model_dir / "base", adapter=tiny_model_dir / "adapter", device="cpu", dtype="fp32")
+    assert model.card.has_adapter
+    assert (model.lm.fusion.gates != 0).all()
+
+
+def test_the_adapter_changes_the_output(tiny_model_dir):
+    with_adapter = load_model(tiny_model_dir, device="cpu", dtype="fp32")
+    base = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32")
+    states, mask = base.text.encode(["Music piece. Instruct: Only Drums."])
+    seq = torch.randint(0, 64, (1, 4, 6), generator=torch.Generator().manual_seed(0))
+    cond = torch.randint(0, 64, (1, 4, 6), generator=torch.Generator().manual_seed(1))
+    fused = with_adapter.lm(seq, states, mask, cond_codes=cond)
+    plain = base.lm(seq, states, mask)
+    assert not torch.allclose(fused, plain, atol=1e-3)
+
+
+def test_dtype_and_device_overrides_are_honoured(tiny_model_dir):
+    model = load_model(tiny_model_dir, device="cpu", dtype="bf16")
+    assert model.dtype == torch.bfloat16
+    assert model.lm.emb[0].weight.dtype == torch.bfloat16
+    assert model.codec.model.decoder.layers[0].conv.bias.dtype == torch.float32  # the codec stays fp32
+
+
+def test_tiny_model_loads_in_under_two_seconds(tiny_model_dir):
+    load_model(tiny_model_dir, device="cpu")  # warm: imports
+    start = time.perf_counter()
+    load_model(tiny_model_dir, device="cpu")
+    assert time.perf_counter() - start < 2.0
+
+
+def test_missing_default_model_says_so(monkeypatch, tmp_path):
+    import engine.weights as weights
+
+    monkeypatch.setattr(weights, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="embedded default model is not installed"):
+        load_model(None, device="cpu")
+
+
+def test_nonexistent_path_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope", device="cpu")
+
+
+def test_directory_without_a_model_lists_what_it_expects(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_model(tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_missing_file_is_named(model_copy, name):
+    (model_copy / "base" / name).unlink()
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        load_model(model_copy, device="cpu")
+
+
+def test_missing_base_dir_is_named(model_copy):
+    shutil.rmtree(model_copy / "base")
+    with pytest.raises(CheckpointError, match="base/"):
+        load_model(model_copy, device="cpu")
+
+
+def test_missing_keys_are_named(model_copy):
+    weights = model_copy / "base" / "model.safetensors"
+    state = load_file(str(weights))
+    del state["decoder.lm_heads.3.weight"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"missing 1 weights: decoder\.lm_heads\.3\.weight"):
+        load_model(model_copy, device="cpu")
+
+
+def test_wrong_shape_is_named(model_copy):
+    weights = model_copy / "base" / "model.safetensors"
+    state = load_file(str(weights))
+    state["decoder.model.decoder.layers.1.fc2.weight"] = torch.zeros(64, 100)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"layers\.1\.fc2\.weight has shape \(64, 100\)"):
+        load_model(model_copy, device="cpu")
+
+
+def test_adapter_of_another_shape_is_refused(model_copy):
+    weights = model_copy / "adapter" / "adapter.safetensors"
+    state = load_file(str(weights))
+    state["fusion.gates"] = torch.zeros(5)
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="fusion.gates"):
+        load_model(model_copy, device="cpu")
+
+
+def test_adapter_missing_tensors_are_named(model_copy):
+    weights = model_copy / "adapter" / "adapter.safetensors"
+    state = load_file(str(weights))
+    del state["fusion.pos_emb"]
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="fusion.pos_emb"):
+        load_model(model_copy, device="cpu")
+
+
+def test_corrupt_model_card_is_a_checkpoint_error(model_copy):
+    (model_copy / "model_card.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="model_card.json"):
+        load_model(model_copy, device="cpu")
+
+
+def test_adapter_json_of_another_format_is_refused(model_copy):
+    meta_path = model_copy / "adapter" / "adapter.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format"] = "something-else"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="adapter"):
+        load_model(model_copy, device="cpu")
