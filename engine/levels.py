@@ -6,7 +6,7 @@ Policy (issue 10, part 2), applied at the input's rate and channel layout after 
   in the time-frequency bins where the extracted stem has energy, the stem is assumed to dominate the mix, so the
   energy-weighted median of mix-to-stem power ratios over those bins is the gain that puts the stem back at its
   level in the mix. Bins shared with other instruments push the estimate up, so it is capped at the mix's own
-  loudness (a part is never louder than the whole).
+  loudness (a part is never louder than the whole) and floored STEM_FLOOR_LU below it.
 - add on a silent source (the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS.
 - never clipped: true peak (4x oversampled, BS.1770 annex 2) at most `ceiling_db` (-1 dBTP) after any gain, with
   a look-ahead true-peak limiter where the gain alone would exceed it (see `limit` for why not pedalboard's).
@@ -27,6 +27,8 @@ import numpy as np
 
 DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R128's -23 is for finished programmes)
 TRUE_PEAK_CEILING_DB = -1.0
+STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's loudness
+MAX_EXTRA_GAIN_DB = 6.0  # how far past the plain gain the limiter rounds may push to reach a target
 ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; we call it silence
 _BLOCK_SECONDS = 0.4
 _SHORT_TILE_SECONDS = 2.0
@@ -217,7 +219,9 @@ def match_level(
         if op == "extract":
             gain = estimate_stem_gain_db(result, source, sample_rate)
             estimate = model_lufs + gain if gain is not None else source_lufs
-            target = min(estimate, source_lufs)
+            # A stem more than STEM_FLOOR_LU under its mix would be inaudible in it: an estimate that low means the
+            # output shares little with the mix (the model invented it), not that the stem is that quiet.
+            target = min(max(estimate, source_lufs - STEM_FLOOR_LU), source_lufs)
             info["policy"] = "stem_in_mix"
             info["estimated_stem_lufs"] = _finite(estimate)
         elif math.isfinite(source_lufs):
@@ -260,6 +264,6 @@ def _reach(
             best = (miss, out, gain_db, did_limit)
         if not did_limit or miss < 0.2:
             break
-        gain_db += target - reached
+        gain_db = min(gain_db + target - reached, target - current + MAX_EXTRA_GAIN_DB)
     _, out, gain_db, limited = best
     return out.astype(np.float64), float(gain_db), limited

@@ -10,6 +10,7 @@ import pytest
 
 from engine.levels import (
     DEFAULT_TARGET_LUFS,
+    STEM_FLOOR_LU,
     integrated_loudness,
     limit,
     match_level,
@@ -191,3 +192,11 @@ def test_limiter_only_touches_the_neighbourhood_of_a_peak():
     assert limited and true_peak_db(out, SR) <= -1.0
     far = np.r_[0 : SR - int(0.1 * SR), SR + int(0.1 * SR) : signal.shape[1]]
     np.testing.assert_allclose(out[0, far], signal[0, far], rtol=2e-3, atol=1e-6)  # within 0.02 dB
+
+
+def test_extract_that_shares_nothing_with_the_mix_is_not_buried():
+    mix = _tone(110, 2.0, 0.5)
+    invented = _tone(5000, 2.0, 0.5)  # energy where the mix has none: the estimate alone would bury it
+    out, info = match_level(invented, mix, SR, "extract")
+    assert info["target_lufs"] >= info["source_lufs"] - STEM_FLOOR_LU - 0.01
+    assert integrated_loudness(out, SR) == pytest.approx(info["target_lufs"], abs=1.0)
