@@ -1,0 +1,497 @@
+"""Shared code of the imusic REAPER actions: read the selection, send jobs, poll them deferred, insert results.
+
+The decisions live in reaper_scripts.planning (plain functions); this file only talks to REAPER and to the engine.
+REAPER's embedded Python imports it from Scripts/imusic/, where `imusic reaper install` also writes
+imusic_paths.json: the project's import path (for reaper_scripts, bridge.client, engine.errors) and python-osc's.
+
+Nothing here blocks REAPER: jobs are submitted at once and watched from a deferred loop that polls the client's
+non-blocking socket. All results of one action are inserted together, in one undo point, when its last job ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_PATHS_FILE = os.path.join(_HERE, "imusic_paths.json")
+
+
+def _load_settings() -> dict:
+    """The installer's settings beside this file ({} when run from the project itself)."""
+    try:
+        with open(_PATHS_FILE, encoding="utf-8") as handle:
+            settings = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    # The project goes first (our packages), python-osc's folder last (REAPER's own Python keeps its packages).
+    for path in reversed(settings.get("prepend", [])):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for path in settings.get("append", []):
+        if path not in sys.path:
+            sys.path.append(path)
+    return settings
+
+
+SETTINGS = _load_settings()
+
+from bridge import protocol  # noqa: E402
+from engine.errors import ImusicError  # noqa: E402
+from reaper_scripts import planning  # noqa: E402
+
+TITLE = "imusic"
+EXT_SECTION = "imusic"
+# No /accepted within this many seconds: the engine is not there (or not on this port).
+ACCEPT_TIMEOUT_S = 3.0
+# Ask a silent engine for the state of an accepted job this often (a lost /done must not hang the action).
+STATUS_EVERY_S = 5.0
+NOT_RUNNING = (
+    "The imusic engine is not answering on {host}:{port}.\n\n"
+    "Start it in a terminal with:\n    imusic serve\n\nthen run the action again."
+)
+CAPTION = "Instruction (e.g. extract drums, remove bass, add piano):,extrawidth=220"
+
+
+def _api():
+    """REAPER's API module (a fake one in tests); imported late so that planning stays importable anywhere."""
+    import reaper_python
+
+    return reaper_python
+
+
+def _is_null(pointer) -> bool:
+    """REAPER gives null objects as '(Type*)0x0000000000000000'."""
+    if not pointer:
+        return True
+    try:
+        return int(str(pointer).rsplit("0x", 1)[-1].rstrip(")"), 16) == 0
+    except ValueError:
+        return False
+
+
+def engine_address() -> tuple[str, int]:
+    """Host and port of the engine: the installer's settings, then IMUSIC_HOST / IMUSIC_PORT, then the default."""
+    host = os.environ.get("IMUSIC_HOST") or SETTINGS.get("host") or protocol.DEFAULT_HOST
+    port = int(os.environ.get("IMUSIC_PORT") or SETTINGS.get("port") or protocol.DEFAULT_PORT)
+    return host, port
+
+
+def _max_seconds() -> float:
+    return float(os.environ.get("IMUSIC_MAX_SECONDS") or SETTINGS.get("max_seconds") or planning.DEFAULT_MAX_SECONDS)
+
+
+def _message(text: str) -> None:
+    _api().RPR_ShowMessageBox(text, TITLE, 0)
+
+
+# ------------------------------------------------------------------------------------------------ reading REAPER
+
+
+def _project_dir(R) -> str:
+    project_file = R.RPR_EnumProjects(-1, "", 4096)[2]
+    return os.path.dirname(project_file) if project_file else ""
+
+
+def _media_dir(R) -> str:
+    """The project's recording folder (REAPER's default folder when the project is unsaved)."""
+    return R.RPR_GetProjectPath("", 4096)[0]
+
+
+def read_item(R, item: str, project_dir: str) -> planning.ItemView:
+    """An item and its active take as plain values (a SECTION source is followed to its file)."""
+    track = R.RPR_GetMediaItem_Track(item)
+    geometry = {
+        "position": R.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
+        "length": R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
+        "track_number": int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
+        "track_name": R.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", "", False)[3],
+    }
+    take = R.RPR_GetActiveTake(item)
+    if _is_null(take):
+        return planning.ItemView(has_take=False, source_type="EMPTY", **geometry)
+    values = {
+        "take_name": R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", "", False)[3],
+        "is_midi": bool(R.RPR_TakeIsMIDI(take)),
+        "start_offset": R.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
+        "playrate": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
+        "pitch": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PITCH"),
+        "preserve_pitch": bool(R.RPR_GetMediaItemTakeInfo_Value(take, "B_PPITCH")),
+    }
+    source = R.RPR_GetMediaItemTake_Source(take)
+    if _is_null(source):
+        return planning.ItemView(source_type="EMPTY", **geometry, **values)
+    kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
+    section = None
+    if kind == "SECTION":
+        # Sections can nest; offsets add up and each reverse flips the direction.
+        offset, length, backwards = 0.0, None, False
+        while kind == "SECTION":
+            _, _, section_offset, section_length, reverse = R.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, False)
+            offset += section_offset
+            length = section_length if length is None else min(length, section_length)
+            backwards ^= bool(reverse)
+            source = R.RPR_GetMediaSourceParent(source)
+            if _is_null(source):
+                return planning.ItemView(source_type="EMPTY", **geometry, **values)
+            kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
+        section = (offset, length, backwards)
+    filename = R.RPR_GetMediaSourceFileName(source, "", 4096)[1]
+    source_length = R.RPR_GetMediaSourceLength(source, False)[0]
+    view = planning.ItemView(
+        source_type="SECTION" if section else kind,
+        parent_type=kind if section else "",
+        source_path=planning.resolve_source_path(filename, project_dir),
+        source_length=source_length,
+        **geometry,
+        **values,
+    )
+    if section:
+        from dataclasses import replace
+
+        view = replace(view, section_offset=section[0], section_length=section[1], reversed=section[2])
+    return view
+
+
+def read_selection(R) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
+    """Selected items; without any, the items under the time selection on selected tracks (clipped to it).
+
+    Returns ([(track pointer, view)], clip range or None).
+    """
+    project_dir = _project_dir(R)
+    count = R.RPR_CountSelectedMediaItems(0)
+    if count:
+        items = [R.RPR_GetSelectedMediaItem(0, i) for i in range(count)]
+        return [(R.RPR_GetMediaItem_Track(item), read_item(R, item, project_dir)) for item in items], None
+    _, _, start, end, _ = R.RPR_GetSet_LoopTimeRange(False, False, 0.0, 0.0, False)
+    if end - start <= planning.EPSILON:
+        return [], None
+    found = []
+    for t in range(R.RPR_CountSelectedTracks(0)):
+        track = R.RPR_GetSelectedTrack(0, t)
+        for i in range(R.RPR_CountTrackMediaItems(track)):
+            item = R.RPR_GetTrackMediaItem(track, i)
+            position = R.RPR_GetMediaItemInfo_Value(item, "D_POSITION")
+            length = R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH")
+            if planning.clip_to_range(position, length, start, end) is not None:
+                found.append((track, read_item(R, item, project_dir)))
+    return found, (start, end)
+
+
+# ------------------------------------------------------------------------------------------------ sessions
+
+
+class _Job:
+    def __init__(self, job_id: str, track: str, view: planning.ItemView, plan: planning.JobPlan, output: str) -> None:
+        self.job_id = job_id
+        self.track = track
+        self.view = view
+        self.plan = plan
+        self.output = output
+        self.accepted = False
+        self.fraction = 0.0
+        self.stage = ""
+        self.result_path = ""
+        self.error = ""  # the engine's words
+        self.code = ""
+
+    @property
+    def final(self) -> bool:
+        return bool(self.result_path or self.code)
+
+
+class Session:
+    """The jobs of one action run, its client socket, and what to insert when they end."""
+
+    def __init__(self, instruction: str, client, jobs: list[_Job]) -> None:
+        self.instruction = instruction
+        self.client = client
+        self.jobs = {job.job_id: job for job in jobs}
+        self.started = time.monotonic()
+        self.last_heard = self.started
+
+    def handle(self, reply) -> None:
+        job = self.jobs.get(reply.job_id)
+        if job is None or job.final:
+            return
+        self.last_heard = time.monotonic()
+        if reply.address in (protocol.ACCEPTED, protocol.PROGRESS):
+            job.accepted = True
+            if reply.address == protocol.PROGRESS:
+                job.fraction, job.stage = reply.fraction, reply.stage
+        elif reply.address == protocol.DONE or (reply.address == protocol.STATE and reply.state == protocol.DONE_STATE):
+            job.result_path = reply.output_path or job.output
+        elif reply.address == protocol.ERROR:
+            job.code, job.error = reply.code or "error", reply.message
+        elif reply.address == protocol.STATE:
+            job.accepted = True
+            if reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
+                job.code, job.error = reply.state, reply.message or reply.state
+            elif reply.state == protocol.UNKNOWN:
+                job.code, job.error = "unknown_job", "the engine lost this job (was it restarted?)"
+
+    @property
+    def done(self) -> bool:
+        return all(job.final for job in self.jobs.values())
+
+
+_SESSIONS: list[Session] = []
+_LOOP_RUNNING = False
+
+
+def _defer_tick(R) -> None:
+    # Deferred code runs in a fresh namespace: reach this module through sys.modules, whatever it is called.
+    R.RPR_defer(f"import sys\nsys.modules[{__name__!r}].tick()")
+
+
+def _remember_jobs(R) -> None:
+    """Job ids of every running action, for the cancel and status actions (which run as separate scripts)."""
+    ids = [job.job_id for session in _SESSIONS for job in session.jobs.values() if not job.final]
+    R.RPR_SetExtState(EXT_SECTION, "jobs", ",".join(ids), False)
+
+
+def _cancelled_ids(R) -> set[str]:
+    return {i for i in R.RPR_GetExtState(EXT_SECTION, "cancelled").split(",") if i}
+
+
+def run_edit(instruction: str) -> None:
+    """The body of every edit action: plan the selection, submit one job per region, start the deferred loop."""
+    R = _api()
+    try:
+        instruction = planning.normalize_instruction(instruction)
+        selection, clip = read_selection(R)
+        plans = planning.plan_jobs([view for _, view in selection], clip=clip, max_seconds=_max_seconds())
+    except ImusicError as exc:
+        _message(str(exc))
+        return
+    from bridge.client import Client
+
+    host, port = engine_address()
+    try:
+        client = Client(host, port)
+    except (ImusicError, OSError) as exc:
+        _message(f"Cannot reach the imusic engine at {host}:{port}: {exc}")
+        return
+    media_dir = _media_dir(R)
+    jobs = []
+    for (track, view), plan in zip(selection, plans, strict=True):
+        job_id = "rpr-" + protocol.new_job_id()
+        output = planning.output_path(media_dir, plan.source_path, instruction, job_id)
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        jobs.append(_Job(job_id, track, view, plan, output))
+    try:
+        for job in jobs:
+            client.submit(
+                job.plan.source_path, job.plan.start_s, job.plan.end_s, instruction, job.output, job_id=job.job_id
+            )
+    except OSError as exc:
+        client.close()
+        _message(f"Cannot send to the imusic engine at {host}:{port}: {exc}")
+        return
+    _SESSIONS.append(Session(instruction, client, jobs))
+    _remember_jobs(R)
+    _ensure_loop(R)
+
+
+def _ensure_loop(R) -> None:
+    global _LOOP_RUNNING
+    if not _LOOP_RUNNING:
+        _LOOP_RUNNING = True
+        _defer_tick(R)
+
+
+def tick() -> None:
+    """One deferred round: read every reply that has arrived, finish sessions whose jobs all ended, defer again."""
+    global _LOOP_RUNNING
+    R = _api()
+    cancelled = _cancelled_ids(R)
+    now = time.monotonic()
+    for session in list(_SESSIONS):
+        try:
+            replies = session.client.poll()
+        except OSError:
+            replies = []
+        for reply in replies:
+            session.handle(reply)
+        for job in session.jobs.values():
+            if job.job_id in cancelled and not job.final:
+                job.code, job.error = protocol.CANCELLED, "cancelled"
+        pending = [job for job in session.jobs.values() if not job.final]
+        if pending and not any(job.accepted for job in session.jobs.values()):
+            if now - session.started > ACCEPT_TIMEOUT_S:
+                _drop(session)
+                host, port = engine_address()
+                _message(NOT_RUNNING.format(host=host, port=port))
+                continue
+        elif pending and now - session.last_heard > STATUS_EVERY_S:
+            session.last_heard = now
+            for job in pending:
+                session.client.send(protocol.STATUS, job.job_id)
+        if session.done:
+            _drop(session)
+            finish(R, session)
+    _remember_jobs(R)
+    if _SESSIONS:
+        _defer_tick(R)
+    else:
+        _LOOP_RUNNING = False
+        R.RPR_DeleteExtState(EXT_SECTION, "cancelled", False)
+
+
+def _drop(session: Session) -> None:
+    _SESSIONS.remove(session)
+    with contextlib.suppress(OSError):
+        session.client.close()
+
+
+def finish(R, session: Session) -> None:
+    """Insert every result of a session in one undo point; one message for the jobs that failed."""
+    done = [job for job in session.jobs.values() if job.result_path]
+    failed = [job for job in session.jobs.values() if job.code and job.code != protocol.CANCELLED]
+    missing = [job for job in done if not os.path.isfile(job.result_path)]
+    done = [job for job in done if job not in missing]
+    if done:
+        insert_results(R, session.instruction, done)
+    lines = [f"{job.view.describe()}: {job.error or job.code}" for job in failed]
+    lines += [f"{job.view.describe()}: the result file is missing: {job.result_path}" for job in missing]
+    if lines:
+        label = planning.edit_label(session.instruction)
+        _message(f"Instruct: {label} failed for\n" + "\n".join(lines))
+
+
+def insert_results(R, instruction: str, jobs: list[_Job]) -> None:
+    """One new track per source track, directly under it, holding each result at its item's position."""
+    label = planning.edit_label(instruction)
+    groups: dict[str, list[_Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.track, []).append(job)
+    R.RPR_Undo_BeginBlock()
+    try:
+        for track, group in groups.items():
+            alive = R.RPR_ValidatePtr2(0, track, "MediaTrack*")
+            number = int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) if alive else None
+            name_number = number if number is not None else group[0].plan.track_number
+            name = planning.result_track_name(group[0].view.track_name, name_number, instruction)
+            index = planning.result_insert_index(number, R.RPR_CountTracks(0))
+            R.RPR_InsertTrackAtIndex(index, True)
+            new_track = R.RPR_GetTrack(0, index)
+            R.RPR_GetSetMediaTrackInfo_String(new_track, "P_NAME", name, True)
+            for job in group:
+                _add_result_item(R, new_track, job, label)
+        R.RPR_TrackList_AdjustWindows(False)
+        R.RPR_UpdateArrange()
+    finally:
+        R.RPR_Undo_EndBlock(planning.undo_description(instruction), -1)
+
+
+def _add_result_item(R, track: str, job: _Job, label: str) -> None:
+    item = R.RPR_AddMediaItemToTrack(track)
+    take = R.RPR_AddTakeToMediaItem(item)
+    source = R.RPR_PCM_Source_CreateFromFile(job.result_path)
+    R.RPR_SetMediaItemTake_Source(take, source)
+    R.RPR_SetMediaItemInfo_Value(item, "D_POSITION", job.plan.position)
+    R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
+    # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
+    R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
+    R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", job.plan.playrate)
+    R.RPR_SetMediaItemTakeInfo_Value(take, "B_PPITCH", 0.0)
+    take_name = f"{job.view.take_name} \u00b7 {label}" if job.view.take_name else label
+    R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", take_name, True)
+
+
+# ------------------------------------------------------------------------------------------------ the other actions
+
+
+def run_prompted() -> None:
+    """ "Instruct: edit selected items...": ask for an instruction, then run it."""
+    R = _api()
+    ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 1, CAPTION, "", 512)
+    if not ok:
+        return  # the user pressed Cancel
+    run_edit(values)
+
+
+def run_preset(operation: str, stem: str) -> None:
+    """A hotkey action: one fixed (operation, stem)."""
+    run_edit(f"{operation} {stem}")
+
+
+def run_cancel() -> None:
+    """Cancel every edit the actions started; their results are not inserted."""
+    R = _api()
+    ids = [i for i in R.RPR_GetExtState(EXT_SECTION, "jobs").split(",") if i]
+    if not ids:
+        _message("No imusic edits are running.")
+        return
+    from bridge.client import Client
+
+    host, port = engine_address()
+    try:
+        with Client(host, port) as client:
+            for job_id in ids:
+                client.send(protocol.CANCEL, job_id)
+    except (ImusicError, OSError):
+        pass  # the deferred loop still drops them below
+    marked = _cancelled_ids(R) | set(ids)
+    R.RPR_SetExtState(EXT_SECTION, "cancelled", ",".join(sorted(marked)), False)
+
+
+_STATUS: dict = {}
+
+
+def run_status() -> None:
+    """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
+    R = _api()
+    from bridge.client import Client
+
+    host, port = engine_address()
+    try:
+        client = Client(host, port)
+        client.send(protocol.PING)
+        client.send(protocol.STATUS)
+    except (ImusicError, OSError) as exc:
+        _message(f"Cannot reach the imusic engine at {host}:{port}: {exc}")
+        return
+    old = _STATUS.get("client")
+    if old is not None:
+        old.close()
+    _STATUS.update(client=client, started=time.monotonic(), pong=None, server=None)
+    _defer_status(R)
+
+
+def _defer_status(R) -> None:
+    R.RPR_defer(f"import sys\nsys.modules[{__name__!r}].status_tick()")
+
+
+def status_tick() -> None:
+    """Deferred half of run_status: wait (without blocking) for the pong, then show one message."""
+    R = _api()
+    client = _STATUS.get("client")
+    if client is None:
+        return
+    for reply in client.poll():
+        if reply.address == protocol.PONG:
+            _STATUS["pong"] = list(reply.args)
+        elif reply.address == protocol.SERVER_STATUS:
+            _STATUS["server"] = list(reply.args)
+    answered = _STATUS["pong"] is not None and _STATUS["server"] is not None
+    if not answered and time.monotonic() - _STATUS["started"] < ACCEPT_TIMEOUT_S:
+        _defer_status(R)
+        return
+    client.close()
+    pong, server = _STATUS["pong"], _STATUS["server"]
+    _STATUS.clear()
+    host, port = engine_address()
+    if pong is None:
+        _message(NOT_RUNNING.format(host=host, port=port))
+        return
+    running = [
+        (job.view.describe(), session.instruction, job.fraction, job.accepted)
+        for session in _SESSIONS
+        for job in session.jobs.values()
+        if not job.final
+    ]
+    _message(planning.status_text(pong, server, running, host, port))

@@ -1,0 +1,434 @@
+"""A fake of REAPER's Python ReaScript API, for driving the actions without REAPER.
+
+It follows the binding's shapes, since a fake with friendlier shapes would test nothing real:
+- a function with output parameters returns a tuple of *all* its arguments, its return value first when it has one
+  (`RPR_GetMediaSourceFileName(src, "", 4096)` -> `(src, filename, 4096)`);
+- objects are strings such as "(MediaItem*)0x00000000deadbeef"; null pointers are "(MediaItem_Take*)0x0000000000000000";
+- `RPR_InsertTrackAtIndex` returns nothing; `RPR_defer` takes a string of Python code, run later in a fresh namespace
+  that holds only the RPR_* functions (REAPER gives deferred code no locals of the script that deferred it).
+
+Only the calls the actions make are modelled, plus what tests need to build projects and look at them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+
+_addresses = itertools.count(0x7F3A10000000, 0x40)
+
+
+def _pointer(kind: str) -> str:
+    return f"({kind}*)0x{next(_addresses):016X}"
+
+
+def null(kind: str) -> str:
+    return f"({kind}*)0x{0:016X}"
+
+
+@dataclass
+class Source:
+    """A PCM source: a file, a SECTION of a parent (how REAPER stores reversed takes), MIDI, or an empty take."""
+
+    type: str = "WAVE"
+    filename: str = ""
+    length: float = 0.0
+    parent: Source | None = None
+    section_offset: float = 0.0
+    section_length: float = 0.0
+    section_reversed: bool = False
+    ptr: str = field(default_factory=lambda: _pointer("PCM_source"))
+
+
+@dataclass
+class Take:
+    source: Source
+    name: str = ""
+    values: dict = field(
+        default_factory=lambda: {"D_STARTOFFS": 0.0, "D_PLAYRATE": 1.0, "D_PITCH": 0.0, "B_PPITCH": 0.0}
+    )
+    ptr: str = field(default_factory=lambda: _pointer("MediaItem_Take"))
+
+
+@dataclass
+class Item:
+    track: Track
+    values: dict = field(default_factory=lambda: {"D_POSITION": 0.0, "D_LENGTH": 0.0, "B_UISEL": 0.0, "B_MUTE": 0.0})
+    takes: list[Take] = field(default_factory=list)
+    active: int = 0
+    ptr: str = field(default_factory=lambda: _pointer("MediaItem"))
+
+    @property
+    def take(self) -> Take | None:
+        return self.takes[self.active] if self.takes else None
+
+    @property
+    def position(self) -> float:
+        return self.values["D_POSITION"]
+
+    @property
+    def length(self) -> float:
+        return self.values["D_LENGTH"]
+
+
+@dataclass
+class Track:
+    name: str = ""
+    selected: bool = False
+    items: list[Item] = field(default_factory=list)
+    ptr: str = field(default_factory=lambda: _pointer("MediaTrack"))
+
+
+class FakeReaper:
+    """One REAPER session with one project. Build it with add_track / add_item, then run actions against it."""
+
+    def __init__(self, resource_path: str = "", project_path: str = "", media_dir: str = "") -> None:
+        self.project = _pointer("ReaProject")
+        self.resource_path = resource_path
+        self.project_path = project_path  # the .rpp file, "" while unsaved
+        self.media_dir = media_dir
+        self.tracks: list[Track] = []
+        self.time_selection = (0.0, 0.0)
+        self.deferred: list[str] = []
+        self.messages: list[tuple[str, str, int]] = []  # (message, title, type) of every message box
+        self.console: list[str] = []
+        self.user_inputs: list[tuple[bool, str]] = []  # queued answers to RPR_GetUserInputs
+        self.undo_points: list[str] = []
+        self.undo_depth = 0
+        self.ext_state: dict[tuple[str, str], str] = {}
+        self.sources_created: list[Source] = []
+        self.arrange_updates = 0
+        # Every change a script makes goes through a mutating call; tests compare this log to [].
+        self.changes: list[str] = []
+
+    # ------------------------------------------------------------------------------------- building a project (tests)
+    def add_track(self, name: str = "", *, selected: bool = False) -> Track:
+        track = Track(name=name, selected=selected)
+        self.tracks.append(track)
+        return track
+
+    def add_item(
+        self,
+        track: Track,
+        *,
+        position: float,
+        length: float,
+        source: Source | None,
+        start_offset: float = 0.0,
+        playrate: float = 1.0,
+        pitch: float = 0.0,
+        preserve_pitch: bool = False,
+        take_name: str = "",
+        selected: bool = True,
+    ) -> Item:
+        item = Item(track=track)
+        item.values.update(D_POSITION=position, D_LENGTH=length, B_UISEL=1.0 if selected else 0.0)
+        if source is not None:
+            take = Take(source=source, name=take_name)
+            take.values.update(
+                D_STARTOFFS=start_offset, D_PLAYRATE=playrate, D_PITCH=pitch, B_PPITCH=1.0 if preserve_pitch else 0.0
+            )
+            item.takes.append(take)
+        track.items.append(item)
+        return item
+
+    def reverse(self, item: Item) -> None:
+        """What Item > Reverse does to a take: wrap its source in a reversed SECTION of the same extent."""
+        take = item.take
+        parent = take.source
+        take.source = Source(
+            type="SECTION", parent=parent, section_offset=0.0, section_length=parent.length, section_reversed=True
+        )
+
+    def namespace(self) -> dict:
+        """The RPR_* names REAPER puts in a script's globals."""
+        return {name: getattr(self, name) for name in dir(self) if name.startswith("RPR_")}
+
+    def as_module(self) -> types.ModuleType:
+        """A `reaper_python` module: what `from reaper_python import *` gives a module imported by a script."""
+        module = types.ModuleType("reaper_python")
+        module.__dict__.update(self.namespace())
+        return module
+
+    def install(self) -> None:
+        sys.modules["reaper_python"] = self.as_module()
+
+    def run_script(self, path: str) -> None:
+        """Run an action file as REAPER does: its globals hold the API, __name__ is __main__."""
+        with open(path, encoding="utf-8") as handle:
+            code = compile(handle.read(), path, "exec")
+        exec(code, {"__name__": "__main__", **self.namespace()})
+
+    def run_deferred(self) -> int:
+        """Run one round of deferred code (REAPER runs it on its next timer tick); returns how many ran."""
+        pending, self.deferred = self.deferred, []
+        for code in pending:
+            exec(compile(code, "<deferred>", "exec"), {"__name__": "__main__", **self.namespace()})
+        return len(pending)
+
+    # -------------------------------------------------------------------------------------------------- lookups
+    def _all_items(self) -> list[Item]:
+        return [item for track in self.tracks for item in track.items]
+
+    def _item(self, ptr: str) -> Item:
+        for item in self._all_items():
+            if item.ptr == ptr:
+                return item
+        raise ValueError(f"not a MediaItem: {ptr}")
+
+    def _take(self, ptr: str) -> Take:
+        for item in self._all_items():
+            for take in item.takes:
+                if take.ptr == ptr:
+                    return take
+        raise ValueError(f"not a MediaItem_Take: {ptr}")
+
+    def _track(self, ptr: str) -> Track:
+        for track in self.tracks:
+            if track.ptr == ptr:
+                return track
+        raise ValueError(f"not a MediaTrack: {ptr}")
+
+    def _source(self, ptr: str) -> Source:
+        known = [take.source for item in self._all_items() for take in item.takes] + self.sources_created
+        for source in known:
+            while source is not None:
+                if source.ptr == ptr:
+                    return source
+                source = source.parent
+        raise ValueError(f"not a PCM_source: {ptr}")
+
+    def _selected_items(self) -> list[Item]:
+        return [item for item in self._all_items() if item.values["B_UISEL"]]
+
+    # -------------------------------------------------------------------------------------------- the API: reading
+    def RPR_GetResourcePath(self) -> str:
+        return self.resource_path
+
+    def RPR_EnumProjects(self, idx: int, projfn: str, projfn_sz: int):
+        return (self.project, idx, self.project_path, projfn_sz)
+
+    def RPR_GetProjectPath(self, buf: str, buf_sz: int):
+        return (self.media_dir, buf_sz)
+
+    def RPR_GetProjectPathEx(self, proj: str, buf: str, buf_sz: int):
+        return (proj, self.media_dir, buf_sz)
+
+    def RPR_CountTracks(self, proj) -> int:
+        return len(self.tracks)
+
+    def RPR_GetTrack(self, proj, idx: int) -> str:
+        return self.tracks[idx].ptr if 0 <= idx < len(self.tracks) else null("MediaTrack")
+
+    def RPR_CountSelectedTracks(self, proj) -> int:
+        return sum(track.selected for track in self.tracks)
+
+    def RPR_GetSelectedTrack(self, proj, idx: int) -> str:
+        selected = [track for track in self.tracks if track.selected]
+        return selected[idx].ptr if 0 <= idx < len(selected) else null("MediaTrack")
+
+    def RPR_CountSelectedMediaItems(self, proj) -> int:
+        return len(self._selected_items())
+
+    def RPR_GetSelectedMediaItem(self, proj, idx: int) -> str:
+        selected = self._selected_items()
+        return selected[idx].ptr if 0 <= idx < len(selected) else null("MediaItem")
+
+    def RPR_CountTrackMediaItems(self, track: str) -> int:
+        return len(self._track(track).items)
+
+    def RPR_GetTrackMediaItem(self, track: str, idx: int) -> str:
+        items = self._track(track).items
+        return items[idx].ptr if 0 <= idx < len(items) else null("MediaItem")
+
+    def RPR_GetMediaItem_Track(self, item: str) -> str:
+        return self._item(item).track.ptr
+
+    def RPR_GetMediaTrackInfo_Value(self, track: str, parm: str) -> float:
+        if parm == "IP_TRACKNUMBER":
+            return float(self.tracks.index(self._track(track)) + 1)
+        if parm == "I_SELECTED":
+            return float(self._track(track).selected)
+        return 0.0
+
+    def RPR_GetSetMediaTrackInfo_String(self, track: str, parm: str, value: str, set_new: bool):
+        target = self._track(track)
+        if parm != "P_NAME":
+            return (False, track, parm, value, set_new)
+        if set_new:
+            self.changes.append(f"track name {value!r}")
+            target.name = value
+            return (True, track, parm, value, set_new)
+        return (True, track, parm, target.name, set_new)
+
+    def RPR_GetMediaItemInfo_Value(self, item: str, parm: str) -> float:
+        return float(self._item(item).values.get(parm, 0.0))
+
+    def RPR_GetActiveTake(self, item: str) -> str:
+        take = self._item(item).take
+        return take.ptr if take is not None else null("MediaItem_Take")
+
+    def RPR_GetMediaItemTakeInfo_Value(self, take: str, parm: str) -> float:
+        return float(self._take(take).values.get(parm, 0.0))
+
+    def RPR_GetSetMediaItemTakeInfo_String(self, take: str, parm: str, value: str, set_new: bool):
+        target = self._take(take)
+        if parm != "P_NAME":
+            return (False, take, parm, value, set_new)
+        if set_new:
+            self.changes.append(f"take name {value!r}")
+            target.name = value
+            return (True, take, parm, value, set_new)
+        return (True, take, parm, target.name, set_new)
+
+    def RPR_TakeIsMIDI(self, take: str) -> bool:
+        source = self._take(take).source
+        while source.type == "SECTION" and source.parent is not None:
+            source = source.parent
+        return source.type == "MIDI"
+
+    def RPR_GetMediaItemTake_Source(self, take: str) -> str:
+        return self._take(take).source.ptr
+
+    def RPR_GetMediaSourceType(self, src: str, typebuf: str, typebuf_sz: int):
+        return (src, self._source(src).type, typebuf_sz)
+
+    def RPR_GetMediaSourceFileName(self, src: str, filenamebuf: str, filenamebuf_sz: int):
+        # A SECTION has no file of its own: the caller must ask its parent (GetMediaSourceParent).
+        return (src, self._source(src).filename, filenamebuf_sz)
+
+    def RPR_GetMediaSourceLength(self, src: str, length_is_qn: bool):
+        source = self._source(src)
+        length = source.section_length if source.type == "SECTION" else source.length
+        return (length, src, False)
+
+    def RPR_GetMediaSourceParent(self, src: str) -> str:
+        parent = self._source(src).parent
+        return parent.ptr if parent is not None else null("PCM_source")
+
+    def RPR_PCM_Source_GetSectionInfo(self, src: str, offs: float, length: float, rev: bool):
+        source = self._source(src)
+        if source.type != "SECTION":
+            return (False, src, 0.0, source.length, False)
+        return (True, src, source.section_offset, source.section_length, source.section_reversed)
+
+    def RPR_GetSet_LoopTimeRange(self, is_set: bool, is_loop: bool, start: float, end: float, allow_autoseek: bool):
+        if is_set:
+            self.changes.append(f"time selection {start}-{end}")
+            self.time_selection = (start, end)
+        return (is_set, is_loop, self.time_selection[0], self.time_selection[1], allow_autoseek)
+
+    def RPR_ValidatePtr2(self, proj, pointer: str, ctypename: str) -> bool:
+        finders = {"MediaTrack*": self._track, "MediaItem*": self._item, "MediaItem_Take*": self._take}
+        try:
+            finders[ctypename](pointer)
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    def RPR_GetExtState(self, section: str, key: str) -> str:
+        return self.ext_state.get((section, key), "")
+
+    def RPR_SetExtState(self, section: str, key: str, value: str, persist: bool) -> None:
+        self.ext_state[(section, key)] = value
+
+    def RPR_DeleteExtState(self, section: str, key: str, persist: bool) -> None:
+        self.ext_state.pop((section, key), None)
+
+    # --------------------------------------------------------------------------------------- the API: user interface
+    def RPR_GetUserInputs(self, title: str, num_inputs: int, captions_csv: str, retvals_csv: str, retvals_sz: int):
+        ok, text = self.user_inputs.pop(0) if self.user_inputs else (False, "")
+        return (ok, title, num_inputs, captions_csv, text if ok else retvals_csv, retvals_sz)
+
+    def RPR_ShowMessageBox(self, msg: str, title: str, type_: int) -> int:
+        self.messages.append((msg, title, type_))
+        return 1
+
+    def RPR_ShowConsoleMsg(self, msg: str) -> None:
+        self.console.append(msg)
+
+    def RPR_defer(self, code: str) -> None:
+        if not isinstance(code, str):
+            raise TypeError("RPR_defer takes a string of Python code")
+        self.deferred.append(code)
+
+    def RPR_UpdateArrange(self) -> None:
+        self.arrange_updates += 1
+
+    def RPR_TrackList_AdjustWindows(self, is_minor: bool) -> None:
+        pass
+
+    # -------------------------------------------------------------------------------------------- the API: changes
+    def RPR_Undo_BeginBlock(self) -> None:
+        self.undo_depth += 1
+
+    def RPR_Undo_EndBlock(self, desc: str, extraflags: int) -> None:
+        if self.undo_depth <= 0:
+            raise RuntimeError("Undo_EndBlock without Undo_BeginBlock")
+        self.undo_depth -= 1
+        if self.undo_depth == 0:
+            self.undo_points.append(desc)
+
+    def RPR_InsertTrackAtIndex(self, idx: int, want_defaults: bool) -> None:
+        self.changes.append(f"insert track at {idx}")
+        idx = max(0, min(int(idx), len(self.tracks)))
+        self.tracks.insert(idx, Track())
+
+    def RPR_AddMediaItemToTrack(self, track: str) -> str:
+        self.changes.append("add item")
+        item = Item(track=self._track(track))
+        item.track.items.append(item)
+        return item.ptr
+
+    def RPR_AddTakeToMediaItem(self, item: str) -> str:
+        self.changes.append("add take")
+        target = self._item(item)
+        take = Take(source=Source(type="EMPTY"))
+        target.takes.append(take)
+        return take.ptr
+
+    def RPR_PCM_Source_CreateFromFile(self, filename: str) -> str:
+        ext = os.path.splitext(filename)[1].lower()
+        kind = {".wav": "WAVE", ".flac": "FLAC", ".mp3": "MP3", ".ogg": "VORBIS"}.get(ext, "WAVE")
+        source = Source(type=kind, filename=filename, length=_audio_length(filename))
+        self.sources_created.append(source)
+        return source.ptr
+
+    def RPR_SetMediaItemTake_Source(self, take: str, source: str) -> bool:
+        self.changes.append("set take source")
+        self._take(take).source = self._source(source)
+        return True
+
+    def RPR_SetMediaItemInfo_Value(self, item: str, parm: str, value: float) -> bool:
+        self.changes.append(f"item {parm}")
+        self._item(item).values[parm] = float(value)
+        return True
+
+    def RPR_SetMediaItemTakeInfo_Value(self, take: str, parm: str, value: float) -> bool:
+        self.changes.append(f"take {parm}")
+        self._take(take).values[parm] = float(value)
+        return True
+
+    def RPR_SetMediaTrackInfo_Value(self, track: str, parm: str, value: float) -> bool:
+        self.changes.append(f"track {parm}")
+        if parm == "I_SELECTED":
+            self._track(track).selected = bool(value)
+        return True
+
+    def RPR_SetMediaItemSelected(self, item: str, selected: bool) -> None:
+        self.changes.append("select item")
+        self._item(item).values["B_UISEL"] = 1.0 if selected else 0.0
+
+
+def _audio_length(filename: str) -> float:
+    """Seconds of an audio file, 0 when it cannot be read (REAPER then shows the source offline)."""
+    try:
+        import soundfile
+
+        info = soundfile.info(filename)
+        return info.frames / info.samplerate
+    except Exception:
+        return 0.0

@@ -1,0 +1,203 @@
+"""The REAPER actions' decisions, without REAPER: which file region is sent, where the result goes, its name."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import AudioError, InstructionError
+from reaper_scripts import planning
+from reaper_scripts.planning import ItemView, plan_job, plan_jobs
+
+
+def exists(path: str) -> bool:
+    return path != "/missing.wav"
+
+
+def item(**overrides) -> ItemView:
+    values = dict(
+        position=10.0,
+        length=4.0,
+        track_number=2,
+        track_name="Band",
+        take_name="mix",
+        source_type="WAVE",
+        source_path="/audio/mix.wav",
+        source_length=30.0,
+        start_offset=3.0,
+    )
+    values.update(overrides)
+    return ItemView(**values)
+
+
+def plan(view: ItemView, **kwargs) -> planning.JobPlan:
+    return plan_job(view, file_exists=exists, **kwargs)
+
+
+def test_a_plain_item_sends_the_file_region_at_its_take_offset():
+    job = plan(item())
+    assert (job.source_path, job.start_s, job.end_s) == ("/audio/mix.wav", 3.0, 7.0)
+    assert (job.position, job.length, job.playrate, job.track_number) == (10.0, 4.0, 1.0, 2)
+
+
+def test_a_resampled_item_sends_length_times_rate_and_keeps_its_rate_for_the_result():
+    job = plan(item(playrate=0.5, preserve_pitch=False))
+    assert (job.start_s, job.end_s) == (3.0, 5.0)
+    assert (job.length, job.playrate) == (4.0, 0.5)
+
+
+def test_a_time_stretched_item_is_refused():
+    with pytest.raises(AudioError, match="time-stretched"):
+        plan(item(playrate=2.0, preserve_pitch=True))
+
+
+def test_a_pitch_shifted_item_is_refused():
+    with pytest.raises(AudioError, match=r"pitch-shifted \(\+12 semitones\)"):
+        plan(item(pitch=12.0))
+
+
+def test_a_reversed_take_is_refused_with_how_to_fix_it():
+    with pytest.raises(AudioError, match="reversed.*Glue"):
+        plan(item(source_type="SECTION", parent_type="WAVE", section_length=30.0, reversed=True))
+
+
+def test_a_forward_section_adds_its_offset_in_the_parent_file():
+    job = plan(item(source_type="SECTION", parent_type="WAVE", section_offset=5.0, section_length=10.0))
+    assert (job.start_s, job.end_s) == (8.0, 12.0)
+
+
+def test_an_item_that_loops_its_section_is_refused():
+    with pytest.raises(AudioError, match="loops its section"):
+        plan(item(source_type="SECTION", parent_type="WAVE", section_offset=5.0, section_length=5.0))
+
+
+def test_a_midi_item_is_refused():
+    with pytest.raises(AudioError, match="MIDI"):
+        plan(item(is_midi=True, source_type="MIDI"))
+
+
+def test_an_item_without_a_take_is_refused():
+    with pytest.raises(AudioError, match="no take"):
+        plan(item(has_take=False, source_type="EMPTY"))
+
+
+def test_an_empty_take_is_refused():
+    with pytest.raises(AudioError, match="empty take"):
+        plan(item(source_type="EMPTY", source_path=""))
+
+
+def test_a_video_source_is_refused_naming_its_type():
+    with pytest.raises(AudioError, match="VIDEO source"):
+        plan(item(source_type="VIDEO"))
+
+
+def test_a_missing_or_offline_file_is_refused_with_its_path():
+    with pytest.raises(AudioError, match="offline or missing: /missing.wav"):
+        plan(item(source_path="/missing.wav"))
+
+
+def test_an_item_running_past_the_end_of_its_file_is_refused():
+    with pytest.raises(AudioError, match="runs past its source"):
+        plan(item(start_offset=28.0))
+
+
+def test_an_item_starting_before_its_file_is_refused():
+    with pytest.raises(AudioError, match="runs past its source"):
+        plan(item(start_offset=-1.0))
+
+
+def test_an_item_longer_than_the_engine_allows_is_refused_with_the_limit():
+    with pytest.raises(AudioError, match="at most 3 s"):
+        plan(item(), max_seconds=3.0)
+
+
+def test_the_time_selection_clips_the_region_and_maps_it_through_the_rate():
+    job = plan(item(playrate=2.0, preserve_pitch=False, source_length=100.0), clip=(11.0, 20.0))
+    assert (job.position, job.length) == (11.0, 3.0)
+    # 1 s into the item at rate 2 is 2 s into the take: the file region is [3 + 2, 3 + 2 + 3 * 2]
+    assert (job.start_s, job.end_s) == (5.0, 11.0)
+
+
+def test_an_item_outside_the_time_selection_is_refused():
+    with pytest.raises(AudioError, match="outside the time selection"):
+        plan(item(), clip=(0.0, 5.0))
+
+
+def test_nothing_selected_says_what_to_select():
+    with pytest.raises(AudioError, match="Nothing selected"):
+        plan_jobs([], file_exists=exists)
+
+
+def test_one_bad_item_among_several_plans_nothing_and_names_it():
+    views = [item(), item(take_name="vox", is_midi=True, source_type="MIDI"), item(take_name="keys")]
+    with pytest.raises(AudioError) as exc:
+        plan_jobs(views, file_exists=exists)
+    message = str(exc.value)
+    assert '"vox" at 0:10.000 on Band is MIDI' in message
+    assert "keys" not in message
+    assert "Nothing was changed." in message
+
+
+def test_every_good_item_is_planned_in_order():
+    plans = plan_jobs([item(), item(position=20.0, start_offset=0.0)], file_exists=exists)
+    assert [(p.position, p.start_s) for p in plans] == [(10.0, 3.0), (20.0, 0.0)]
+
+
+def test_the_result_track_is_named_after_the_source_track_and_the_edit():
+    assert planning.result_track_name("Bass", 3, "extract  drums ") == "Bass \u00b7 extract drums"
+
+
+def test_an_unnamed_source_track_is_called_by_its_number():
+    assert planning.result_track_name("", 3, "remove bass") == "Track 3 \u00b7 remove bass"
+
+
+def test_a_long_instruction_is_shortened_in_names():
+    name = planning.result_track_name("Mix", 1, "add " + "very " * 30 + "loud drums")
+    assert len(name) <= len("Mix \u00b7 ") + planning.MAX_LABEL_CHARS
+    assert name.endswith("\u2026")
+
+
+def test_the_result_goes_directly_under_the_source_track():
+    # IP_TRACKNUMBER is 1-based; InsertTrackAtIndex is 0-based: track 2's next slot is index 2
+    assert planning.result_insert_index(2, 5) == 2
+
+
+def test_a_result_whose_source_track_was_deleted_goes_last():
+    assert planning.result_insert_index(None, 5) == 5
+
+
+def test_results_are_written_in_the_project_media_folder_one_file_per_job():
+    first = planning.output_path("/proj/Media", "C:\\songs\\My Mix.wav", "extract drums", "rpr-1")
+    second = planning.output_path("/proj/Media", "C:\\songs\\My Mix.wav", "extract drums", "rpr-2")
+    assert first == "/proj/Media/imusic/my-mix-extract-drums-rpr-1.wav"
+    assert first != second
+
+
+def test_an_empty_instruction_is_refused_with_examples():
+    with pytest.raises(InstructionError, match="extract drums"):
+        planning.normalize_instruction("   ")
+
+
+def test_relative_source_names_are_resolved_against_the_project_folder():
+    assert planning.resolve_source_path("Audio/kick.wav", "/proj") == "/proj/Audio/kick.wav"
+    assert planning.resolve_source_path("/abs/kick.wav", "/proj") == "/abs/kick.wav"
+    assert planning.resolve_source_path("D:\\Audio\\kick.wav", "/proj") == "D:\\Audio\\kick.wav"
+
+
+def test_the_status_message_names_the_model_device_and_running_edits():
+    text = planning.status_text(
+        ["0.1.0", "tiny", "cpu", "ready"],
+        ["ready", 2, "rpr-1", "0.1.0", "tiny"],
+        [('"mix" at 0:10.000 on Band', "extract drums", 0.25, True)],
+        "127.0.0.1",
+        9137,
+    )
+    assert "Engine at 127.0.0.1:9137: ready" in text
+    assert "tiny on cpu" in text
+    assert "queued on the engine: 2" in text
+    assert 'extract drums: "mix" at 0:10.000 on Band (25%)' in text
+
+
+def test_one_preset_action_per_operation_and_stem():
+    names = {a.script_name for a in planning.PRESET_ACTIONS}
+    assert len(names) == 12
+    assert "imusic_remove_bass.py" in names
