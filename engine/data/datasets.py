@@ -364,7 +364,7 @@ class StemDataset:
             before, after = (context, with_stem) if op == "add" else (with_stem, context)
             if op == "extract":
                 after = stem
-            quiet = self._too_quiet(before, after, stem)
+            quiet = bool(self._too_quiet(before, after, stem))
             if not quiet:
                 break
         # Official gain: (stems in song) / (stems on the louder side); one factor for everything.

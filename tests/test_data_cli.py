@@ -1,0 +1,46 @@
+"""`imusic data synth` and `imusic data info` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bridge.cli import main
+from engine.data.render import default_soundfonts
+
+needs_soundfont = pytest.mark.skipif(not default_soundfonts(), reason="no General MIDI soundfont on this machine")
+
+
+@needs_soundfont
+def test_synth_then_info_reports_layout_songs_and_classes(tmp_path, capsys):
+    out = tmp_path / "data"
+    argv = ["data", "synth", "--tracks", "2", "-o", str(out), "--seconds", "2", "--sample-rate", "16000", "--quiet"]
+    assert main(argv) == 0
+    assert "wrote 2 track(s)" in capsys.readouterr().out
+    assert main(["data", "info", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["layout"], summary["songs"], summary["sample_rates"]) == ("slakh", 2, [16000])
+    assert summary["classes"]["Drums"]["songs"] == 2 and summary["classes"]["Bass"]["stems"] == 2
+    assert summary["hours"] == pytest.approx(2 * 2 / 3600, abs=1e-4)
+
+
+def test_info_on_a_folder_in_no_known_layout_is_one_line_and_exit_1(tmp_path, capsys):
+    (tmp_path / "readme.txt").write_text("no audio")
+    assert main(["data", "info", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no stem data set found" in err
+
+
+def test_synth_without_tracks_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "synth", "-o", str(tmp_path / "x")])
+    assert exc.value.code == 2
+
+
+def test_data_command_module_does_not_import_torch():
+    code = "import sys, engine.data.cli; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"

@@ -1,0 +1,299 @@
+"""(input, target, instruction) triples: official sampling rules, exact sums, re-draws, splits by song."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.data.datasets import ClipConfig, StemDataset, read_window, split_songs
+from engine.data.layouts import StemFile, scan
+from engine.data.render import default_soundfonts
+from engine.data.stems import FOUR_STEMS
+from engine.data.synth import synthesize
+from engine.errors import ConfigError, DataError
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def synth_catalog(tmp_path_factory):
+    if not default_soundfonts():
+        pytest.skip("no General MIDI soundfont on this machine")
+    out = tmp_path_factory.mktemp("clips") / "data"
+    synthesize(out, 3, seed=11, seconds=4.0, sample_rate=RATE, progress=False)
+    return scan(out)
+
+
+def _config(**overrides) -> ClipConfig:
+    settings = {"sample_rate": RATE, "seconds": 1.0, "classes": "all"}
+    settings.update(overrides)
+    return ClipConfig(**settings)
+
+
+def _file_sum(catalog, song_id: str, classes, start: int, length: int) -> np.ndarray:
+    """The named classes' stems summed straight from the files (no resampling at the native rate)."""
+    song = next(s for s in catalog.songs if s.song_id == song_id)
+    total = np.zeros(length)
+    for stem in song.stems:
+        if stem.cls in classes:
+            total += sf.read(str(stem.path), start=start, frames=length, dtype="float64")[0]
+    return total
+
+
+def _common_gain(clip_audio: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.dot(clip_audio, reference) / np.dot(reference, reference))
+
+
+@pytest.mark.parametrize("op", ["add", "remove", "extract"])
+def test_input_is_the_named_stems_summed_from_the_files(synth_catalog, op):
+    data = StemDataset(synth_catalog, "all", _config(ops=(op,)), random_clips=True)
+    for index in range(len(data)):
+        clip = data[index]
+        reference = _file_sum(synth_catalog, clip.song_id, clip.input_classes, clip.offset_samples, RATE)
+        gain = _common_gain(clip.input, reference)
+        assert gain > 0
+        np.testing.assert_allclose(clip.input, gain * reference, atol=1e-5)
+
+
+def test_add_target_is_input_plus_stem(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(ops=("add",)), random_clips=True)
+    for index in range(len(data)):
+        clip = data[index]
+        assert clip.stem_name not in clip.input_classes
+        assert clip.target_classes == (*clip.input_classes, clip.stem_name)
+        np.testing.assert_allclose(clip.target, clip.input + clip.stem, atol=1e-6)
+        stem_ref = _file_sum(synth_catalog, clip.song_id, (clip.stem_name,), clip.offset_samples, RATE)
+        np.testing.assert_allclose(clip.stem, _common_gain(clip.stem, stem_ref) * stem_ref, atol=1e-5)
+
+
+def test_remove_target_is_input_minus_stem(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(ops=("remove",)), random_clips=True)
+    for index in range(len(data)):
+        clip = data[index]
+        assert clip.stem_name in clip.input_classes and clip.stem_name not in clip.target_classes
+        np.testing.assert_allclose(clip.target, clip.input - clip.stem, atol=1e-6)
+
+
+def test_extract_target_is_the_stem_alone(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(ops=("extract",)), random_clips=True)
+    for index in range(len(data)):
+        clip = data[index]
+        assert clip.target_classes == (clip.stem_name,) and len(clip.input_classes) >= 2
+        np.testing.assert_array_equal(clip.target, clip.stem)
+
+
+def test_instruction_uses_the_official_slakh_text(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(), random_clips=False)
+    texts = {(clip.op, clip.instruction.replace(clip.stem_name, "X")) for clip in (data[i] for i in range(len(data)))}
+    assert texts == {
+        ("add", "Music piece. Instruct: Add X."),
+        ("remove", "Music piece. Instruct: No X."),
+        ("extract", "Music piece. Instruct: Only X."),
+    }
+
+
+def test_the_other_stems_are_a_random_subset_of_one_to_all_others(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(ops=("remove",)), clips_per_song=20, random_clips=True)
+    sizes = set()
+    for index in range(len(data)):
+        clip = data[index]
+        song = next(s for s in synth_catalog.songs if s.song_id == clip.song_id)
+        others = [c for c in clip.input_classes if c != clip.stem_name]
+        assert 1 <= len(others) <= len(song.classes()) - 1
+        sizes.add(len(others))
+    assert len(sizes) > 1
+
+
+def test_four_stem_option_keeps_only_drums_bass_piano_guitar(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(classes="4stems"), clips_per_song=5, random_clips=True)
+    for index in range(len(data)):
+        clip = data[index]
+        assert set(clip.input_classes) | set(clip.target_classes) <= set(FOUR_STEMS)
+
+
+def test_clips_are_mono_float32_of_the_configured_length(synth_catalog):
+    clip = StemDataset(synth_catalog, "all", _config(seconds=0.5))[0]
+    for audio in (clip.input, clip.target, clip.stem):
+        assert audio.dtype == np.float32 and audio.shape == (RATE // 2,)
+
+
+def test_clips_never_clip(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(), clips_per_song=5, random_clips=True)
+    for index in range(len(data)):
+        clip = data[index]
+        assert max(np.max(np.abs(clip.input)), np.max(np.abs(clip.target))) <= 1.0 + 1e-6
+
+
+def test_evaluation_list_is_fixed_and_covers_every_song_and_operation(synth_catalog):
+    first = StemDataset(synth_catalog, "all", _config(), seed=3, random_clips=False)
+    second = StemDataset(synth_catalog, "all", _config(), seed=3, random_clips=False)
+    first.set_epoch(5)  # an evaluation list ignores epochs
+    assert len(first) == 3 * 3
+    for index in range(len(first)):
+        a, b = first[index], second[index]
+        assert (a.song_id, a.op, a.stem_name, a.offset_samples) == (b.song_id, b.op, b.stem_name, b.offset_samples)
+        np.testing.assert_array_equal(a.input, b.input)
+    assert {(first[i].song_id, first[i].op) for i in range(len(first))} == {
+        (song.song_id, op) for song in synth_catalog.songs for op in ("add", "remove", "extract")
+    }
+
+
+def test_training_clips_repeat_within_an_epoch_and_change_across_epochs(synth_catalog):
+    data = StemDataset(synth_catalog, "all", _config(), seed=1, clips_per_song=4, random_clips=True)
+
+    def draws():
+        return [(c.song_id, c.op, c.stem_name, c.offset_samples) for c in (data[i] for i in range(len(data)))]
+
+    epoch0 = draws()
+    assert draws() == epoch0
+    data.set_epoch(1)
+    assert draws() != epoch0
+
+
+def test_torch_wrapper_batches_clips(synth_catalog):
+    from torch.utils.data import DataLoader
+
+    from engine.data.torch_data import ClipDataset, collate_clips
+
+    data = ClipDataset(StemDataset(synth_catalog, "all", _config(seconds=0.5)))
+    batch = next(iter(DataLoader(data, batch_size=2, collate_fn=collate_clips)))
+    assert batch["input"].shape == batch["target"].shape == (2, 1, RATE // 2)
+    assert len(batch["instruction"]) == 2 and batch["offset"].shape == (2,)
+
+
+# ---- re-draws on near-silent clips, on a hand-made folder data set ----------------------------------------------
+
+
+def _folder_song(root: Path, seconds: float = 4.0, bass_from: float | None = 2.0) -> Path:
+    """Drums: noise all along; bass: a loud sine from `bass_from` seconds on (None: silent throughout)."""
+    rng = np.random.default_rng(0)
+    n = int(seconds * RATE)
+    song = root / "song"
+    song.mkdir(parents=True)
+    sf.write(str(song / "drums.wav"), (0.3 * rng.standard_normal(n)).clip(-1, 1).astype(np.float32), RATE)
+    bass = np.zeros(n, np.float32)
+    if bass_from is not None:
+        t = np.arange(n - int(bass_from * RATE)) / RATE
+        bass[int(bass_from * RATE) :] = 0.5 * np.sin(2 * np.pi * 110 * t)
+    sf.write(str(song / "bass.wav"), bass, RATE)
+    return song
+
+
+def test_clips_whose_stem_is_near_silent_are_redrawn(tmp_path):
+    _folder_song(tmp_path)
+    data = StemDataset(scan(tmp_path), "all", _config(ops=("extract",), seconds=0.5), clips_per_song=40)
+    clips = [data[i] for i in range(len(data))]
+    bass = [clip for clip in clips if clip.stem_name == "Bass"]
+    # The rule tolerates up to 70% of near-silent samples: a bass clip may start at most 0.35 s before the bass.
+    assert bass and all(clip.offset >= 2.0 - 0.7 * 0.5 for clip in bass)
+    assert not any(clip.quiet for clip in clips)
+    assert sum(clip.redraws for clip in clips) > 0
+
+
+def test_a_clip_still_silent_after_the_last_redraw_is_flagged(tmp_path):
+    _folder_song(tmp_path, bass_from=None)
+    data = StemDataset(scan(tmp_path), "all", _config(ops=("extract",), seconds=0.5, max_redraws=3), clips_per_song=8)
+    bass = [clip for clip in (data[i] for i in range(len(data))) if clip.stem_name == "Bass"]
+    assert bass and all(clip.quiet and clip.redraws == 3 for clip in bass)
+
+
+def test_moisesdb_rule_adds_to_all_other_stems(tmp_path):
+    for name in ("drums.wav", "bass.wav", "piano.wav", "guitar.wav"):
+        t = np.arange(2 * RATE) / RATE
+        (tmp_path / "song").mkdir(exist_ok=True)
+        sf.write(str(tmp_path / "song" / name), (0.4 * np.sin(2 * np.pi * 200 * t)).astype(np.float32), RATE)
+    data = StemDataset(scan(tmp_path), "all", _config(ops=("add",), rule="moisesdb"), clips_per_song=10)
+    for clip in (data[i] for i in range(len(data))):
+        assert len(clip.input_classes) == 3
+
+
+# ---- songs that cannot give a clip, and splits ---------------------------------------------------------------
+
+
+def test_songs_with_a_single_class_are_skipped_and_counted(tmp_path):
+    _folder_song(tmp_path / "a")
+    (tmp_path / "b" / "solo").mkdir(parents=True)
+    sf.write(str(tmp_path / "b" / "solo" / "drums.wav"), np.full(RATE * 2, 0.5, np.float32), RATE)
+    catalog = scan(tmp_path / "a")
+    catalog.songs += scan(tmp_path / "b").songs
+    data = StemDataset(catalog, "all", _config())
+    assert len(data.plans) == 1
+    assert data.skipped == [("solo", "only 1 stem class(es) usable (Drums)")]
+
+
+def test_a_data_set_of_only_unusable_songs_is_a_data_error(tmp_path):
+    (tmp_path / "solo").mkdir()
+    sf.write(str(tmp_path / "solo" / "drums.wav"), np.full(RATE, 0.5, np.float32), RATE)
+    with pytest.raises(DataError, match="no usable song"):
+        StemDataset(scan(tmp_path), "all", _config())
+
+
+def _songs(count: int):
+    from engine.data.layouts import Song
+
+    stem = StemFile("x", "Drums", Path("x.wav"), RATE, RATE, 1)
+    return [Song(f"song{i:03d}", Path(f"song{i:03d}"), [stem]) for i in range(count)]
+
+
+def test_split_is_by_song_disjoint_and_complete():
+    songs = _songs(30)
+    parts = split_songs(songs, 0.1, 0.1, seed=0)
+    ids = [song.song_id for part in parts.values() for song in part]
+    assert sorted(ids) == sorted(song.song_id for song in songs) and len(set(ids)) == 30
+    assert (len(parts["validation"]), len(parts["test"])) == (3, 3)
+
+
+def test_split_is_deterministic_and_ignores_file_order():
+    songs = _songs(30)
+    shuffled = songs[:]
+    random.Random(4).shuffle(shuffled)
+    first = {name: [s.song_id for s in part] for name, part in split_songs(songs, seed=5).items()}
+    second = {name: [s.song_id for s in part] for name, part in split_songs(shuffled, seed=5).items()}
+    assert first == second
+
+
+def test_a_data_set_too_small_for_the_split_is_a_data_error():
+    with pytest.raises(DataError, match="at least 3"):
+        split_songs(_songs(2), 0.1, 0.1)
+
+
+def test_the_synth_split_suggestion_is_used_by_song(synth_catalog):
+    train = StemDataset(synth_catalog, "train", _config())
+    test = StemDataset(synth_catalog, "test", _config())
+    train_ids = {p.song.song_id for p in train.plans}
+    test_ids = {p.song.song_id for p in test.plans}
+    assert train_ids and test_ids and not train_ids & test_ids
+    assert {c.song_id for c in (test[i] for i in range(len(test)))} == test_ids
+
+
+def test_unknown_options_are_config_errors():
+    with pytest.raises(ConfigError):
+        ClipConfig(ops=("replace",))
+    with pytest.raises(ConfigError):
+        ClipConfig(classes="5stems")
+
+
+# ---- windowed reading --------------------------------------------------------------------------------------------
+
+
+def test_window_read_resamples_44k1_to_32k_in_phase(tmp_path):
+    path = tmp_path / "tone.wav"
+    t = np.arange(3 * 44100) / 44100
+    sf.write(str(path), (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 44100)
+    stem = StemFile("tone", "Piano", path, 3 * 44100, 44100, 1)
+    start = 320 * 100  # a point on both sample grids: 1.0 s
+    window = read_window(stem, start, 16000, 32000)
+    expected = 0.5 * np.sin(2 * np.pi * 440 * (start + np.arange(16000)) / 32000)
+    np.testing.assert_allclose(window, expected, atol=2e-3)
+
+
+def test_window_past_the_end_of_a_file_is_zero_padded(tmp_path):
+    path = tmp_path / "short.wav"
+    sf.write(str(path), np.full(RATE, 0.25, np.float32), RATE)
+    window = read_window(StemFile("s", "Bass", path, RATE, RATE, 1), RATE // 2, RATE, RATE)
+    np.testing.assert_array_equal(window[: RATE // 2], 0.25)
+    np.testing.assert_array_equal(window[RATE // 2 :], 0.0)

@@ -1,0 +1,149 @@
+"""Data set layouts: Slakh2100, MoisesDB and plain folders are found; bad input is reported, not fatal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.data.layouts import scan
+from engine.data.stems import caption, class_from_filename, gm_class, is_mix_name
+from engine.data.yamlio import dump_yaml
+from engine.errors import DataError
+
+RATE = 8000
+
+
+def _wav(path: Path, seconds: float = 1.0, freq: float = 220.0, amplitude: float = 0.5) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * RATE)) / RATE
+    sf.write(str(path), (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32), RATE)
+    return path
+
+
+def _slakh_track(root: Path, name: str, classes: dict[str, str], rendered: dict[str, bool] | None = None) -> Path:
+    track = root / name
+    stems = {}
+    for stem, cls in classes.items():
+        ok = (rendered or {}).get(stem, True)
+        stems[stem] = {"audio_rendered": ok, "inst_class": cls, "is_drum": cls == "Drums", "program_num": 0}
+        if ok:
+            _wav(track / "stems" / f"{stem}.flac")
+    (track / "metadata.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (track / "metadata.yaml").write_text(dump_yaml({"UUID": name, "audio_dir": "stems", "stems": stems}))
+    return track
+
+
+def _moises_track(root: Path, provider: str, uuid: str, stems: dict[str, list[str]]) -> Path:
+    track = root / provider / uuid
+    entries = []
+    for stem_name, ids in stems.items():
+        tracks = []
+        for track_id in ids:
+            _wav(track / stem_name / f"{track_id}.wav")
+            tracks.append({"id": track_id, "extension": "wav", "trackType": stem_name, "has_bleed": False})
+        entries.append({"stemName": stem_name, "id": f"{stem_name}-id", "tracks": tracks})
+    (track / "data.json").write_text(json.dumps({"song": uuid, "artist": "a", "genre": "rock", "stems": entries}))
+    return track
+
+
+def test_slakh_layout_is_detected_with_classes_from_metadata(tmp_path):
+    _slakh_track(tmp_path, "Track00001", {"S00": "Drums", "S01": "Bass", "S02": "Piano"})
+    catalog = scan(tmp_path)
+    assert catalog.layout == "slakh"
+    assert [s.cls for s in catalog.songs[0].stems] == ["Drums", "Bass", "Piano"]
+
+
+def test_slakh_split_folders_assign_each_song_its_split(tmp_path):
+    for split, name in (("train", "Track00001"), ("validation", "Track01501"), ("test", "Track01901")):
+        _slakh_track(tmp_path / split, name, {"S00": "Drums", "S01": "Bass"})
+    splits = {song.song_id: song.split for song in scan(tmp_path).songs}
+    assert splits == {"Track00001": "train", "Track01501": "validation", "Track01901": "test"}
+
+
+def test_slakh_stems_that_were_never_rendered_are_left_out_quietly(tmp_path):
+    _slakh_track(tmp_path, "Track00001", {"S00": "Drums", "S01": "Bass", "S02": "Piano"}, rendered={"S02": False})
+    catalog = scan(tmp_path)
+    assert [s.name for s in catalog.songs[0].stems] == ["S00", "S01"]
+    assert catalog.problems == []
+
+
+def test_missing_and_unreadable_stems_are_skipped_and_reported(tmp_path):
+    track = _slakh_track(tmp_path, "Track00001", {"S00": "Drums", "S01": "Bass", "S02": "Piano", "S03": "Guitar"})
+    (track / "stems" / "S02.flac").unlink()
+    (track / "stems" / "S03.flac").write_bytes(b"not audio at all")
+    catalog = scan(tmp_path)
+    assert [s.name for s in catalog.songs[0].stems] == ["S00", "S01"]
+    assert catalog.problem_counts() == {"missing stem file": 1, "unreadable stem file": 1}
+
+
+def test_moisesdb_layout_is_detected_and_class_names_are_canonical(tmp_path):
+    _moises_track(tmp_path, "provider", "0a1b", {"drums": ["d1", "d2"], "bass": ["b1"], "other_keys": ["k1"]})
+    catalog = scan(tmp_path)
+    assert catalog.layout == "moisesdb"
+    song = catalog.songs[0]
+    assert song.song_id == "provider/0a1b"
+    assert [s.cls for s in song.stems] == ["Drums", "Drums", "Bass", "Other Keys"]
+
+
+def test_plain_folders_take_the_class_from_the_file_name_and_ignore_the_mix(tmp_path):
+    for name in ("Drums.wav", "bass_di.flac", "kick.wav", "Lead Vox.wav", "mix.wav", "Gtr 2.wav"):
+        _wav(tmp_path / "My Song" / name)
+    catalog = scan(tmp_path)
+    assert catalog.layout == "folder"
+    classes = {stem.name: stem.cls for stem in catalog.songs[0].stems}
+    assert classes == {"Drums": "Drums", "bass_di": "Bass", "kick": "Drums", "Lead Vox": "Vocals", "Gtr 2": "Guitar"}
+
+
+@pytest.mark.parametrize(
+    ("file_name", "cls"),
+    [
+        ("Drums", "Drums"),
+        ("bass_di", "Bass"),
+        ("kick", "Drums"),
+        ("SnareTop", "Drums"),
+        ("Bassoon", "Reed"),
+        ("OH_L", "Drums"),
+        ("Rhodes", "Piano"),
+        ("AcousticGuitar", "Guitar"),
+        ("BGV 1", "Vocals"),
+        ("field recording", "Other"),
+    ],
+)
+def test_class_from_file_name(file_name, cls):
+    assert class_from_filename(file_name) == cls
+
+
+def test_mix_files_are_recognised_by_name():
+    assert is_mix_name("mix") and is_mix_name("Song Mixdown") and not is_mix_name("Drums")
+
+
+def test_general_midi_programs_map_to_slakh_classes():
+    assert (gm_class(0, False), gm_class(33, False), gm_class(27, False), gm_class(5, True)) == (
+        "Piano",
+        "Bass",
+        "Guitar",
+        "Drums",
+    )
+
+
+def test_captions_name_what_sounds():
+    assert caption(["Drums", "Bass"]) == "drums and bass"
+    assert caption(["Piano"]) == "piano"
+    assert caption(["Drums", "Bass", "Strings (continued)"]) == "drums, bass and strings"
+
+
+def test_a_folder_in_no_known_layout_says_which_layouts_were_tried(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    with pytest.raises(DataError) as error:
+        scan(tmp_path)
+    message = str(error.value)
+    assert "Slakh2100" in message and "MoisesDB" in message and "plain folders" in message
+
+
+def test_a_missing_folder_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        scan(tmp_path / "nope")
