@@ -1,0 +1,132 @@
+"""bridge.audio_io: exact regions of any readable file, atomic float WAV results, unique result names."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+from pedalboard.io import AudioFile
+
+from bridge.audio_io import probe, read_region, slug, unique_result_path, write_atomic
+from engine.errors import AudioError
+
+
+def ramp_file(path, sample_rate=44100, channels=2, seconds=3.0, **kwargs):
+    """A file whose samples say where they are: channel c at frame i holds (i / frames) * (1 - 0.5 c) * 0.8."""
+    frames = int(sample_rate * seconds)
+    audio = np.linspace(0, 0.8, frames, endpoint=False)[None, :] * (1 - 0.5 * np.arange(channels))[:, None]
+    with AudioFile(str(path), "w", sample_rate, channels, **kwargs) as f:
+        f.write(audio.astype(np.float32))
+    return audio.astype(np.float32)
+
+
+@pytest.mark.parametrize("sample_rate,channels", [(44100, 2), (48000, 1), (22050, 6), (8000, 1)])
+def test_read_region_returns_exactly_the_region_at_the_file_rate(tmp_path, sample_rate, channels):
+    path = tmp_path / "a.wav"
+    audio = ramp_file(path, sample_rate, channels, bit_depth=32)
+    region, rate = read_region(path, 1.25, 2.0)
+    start, stop = round(1.25 * sample_rate), round(2.0 * sample_rate)
+    assert rate == sample_rate and region.dtype == np.float32
+    np.testing.assert_array_equal(region, audio[:, start:stop])
+
+
+@pytest.mark.parametrize("suffix,tolerance", [(".flac", 1e-4), (".aiff", 1e-4), (".ogg", 0.05), (".mp3", 0.05)])
+def test_compressed_and_other_formats_read_the_region_length_exactly(tmp_path, suffix, tolerance):
+    path = tmp_path / f"a{suffix}"
+    extra = {"quality": "V2"} if suffix == ".mp3" else {}
+    audio = ramp_file(path, 44100, 2, **extra)
+    region, rate = read_region(path, 0.5, 1.5)
+    assert rate == 44100 and region.shape == (2, 44100)
+    if suffix in (".flac", ".aiff"):
+        np.testing.assert_allclose(region, audio[:, 22050:66150], atol=tolerance)
+    else:  # lossy codecs shift and smear samples; the region's level must still be that of the ramp there
+        assert abs(float(np.mean(region[0])) - float(np.mean(audio[0, 22050:66150]))) < tolerance
+
+
+def test_read_region_to_the_end_of_the_file(tmp_path):
+    path = tmp_path / "a.wav"
+    audio = ramp_file(path, 16000, 1, seconds=2.0, bit_depth=32)
+    region, _ = read_region(path, 1.5, -1)
+    np.testing.assert_array_equal(region, audio[:, 24000:])
+
+
+def test_a_region_ending_a_hair_past_the_end_is_padded_with_silence(tmp_path):
+    path = tmp_path / "a.wav"
+    ramp_file(path, 16000, 1, seconds=1.0, bit_depth=32)
+    region, _ = read_region(path, 0.5, 1.005)
+    assert region.shape == (1, 8080) and np.all(region[:, 8000:] == 0)
+
+
+@pytest.mark.parametrize(
+    "start,end,words",
+    [(0.5, 5.0, "past the end"), (2.0, 3.0, "past the end"), (-0.1, 0.5, "before"), (0.5, 0.5, "empty")],
+)
+def test_bad_regions_raise_audio_errors_naming_the_problem(tmp_path, start, end, words):
+    path = tmp_path / "a.wav"
+    ramp_file(path, 16000, 1, seconds=1.0)
+    with pytest.raises(AudioError, match=words):
+        read_region(path, start, end)
+
+
+def test_non_audio_files_directories_and_missing_files_raise_audio_errors(tmp_path):
+    text = tmp_path / "notes.wav"
+    text.write_text("hello" * 100)
+    for path, words in [(text, "cannot read"), (tmp_path, "folder"), (tmp_path / "nope.wav", "no such file")]:
+        with pytest.raises(AudioError, match=words):
+            read_region(path, 0.0, 1.0)
+
+
+def test_probe_reads_rate_channels_and_length_from_the_header(tmp_path):
+    path = tmp_path / "a.wav"
+    ramp_file(path, 48000, 2, seconds=1.5)
+    info = probe(path)
+    assert (info.sample_rate, info.num_channels, info.frames, info.duration) == (48000, 2, 72000, 1.5)
+
+
+def test_write_atomic_writes_float_wav_without_clipping(tmp_path):
+    loud = np.array([[0.0, 1.5, -2.25, 0.5]], dtype=np.float32)
+    path = write_atomic(tmp_path / "out.wav", loud, 32000)
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == 32000 and sf.info(path).subtype == "FLOAT"
+    np.testing.assert_array_equal(data.T, loud)
+
+
+def test_write_atomic_never_replaces_an_existing_file_unless_asked(tmp_path):
+    path = tmp_path / "out.wav"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError):
+        write_atomic(path, np.zeros((1, 10), np.float32), 16000)
+    assert path.read_bytes() == b"precious"
+    write_atomic(path, np.zeros((2, 10), np.float32), 16000, overwrite=True)
+    assert sf.info(path).channels == 2
+
+
+def test_write_atomic_leaves_no_temporary_files_and_creates_the_folder(tmp_path):
+    path = write_atomic(tmp_path / "new" / "out.wav", np.zeros((1, 100), np.float32), 16000)
+    assert os.listdir(path.parent) == ["out.wav"]
+
+
+def test_unique_result_path_defaults_to_a_results_folder_beside_the_input(tmp_path):
+    path = unique_result_path(tmp_path / "song.flac", "Extract the Drums!")
+    assert path == tmp_path / "results" / "song.extract-the-drums.wav"
+
+
+def test_unique_result_path_skips_existing_and_reserved_names_and_the_input(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "song.remove-bass.wav").write_bytes(b"")
+    reserved = [tmp_path / "results" / "song.remove-bass-2.wav"]
+    assert unique_result_path(tmp_path / "song.wav", "remove bass", reserved=reserved).name == "song.remove-bass-3.wav"
+    assert unique_result_path(tmp_path / "song.wav", "x", output=tmp_path / "song.wav").name == "song-2.wav"
+
+
+def test_unique_result_path_puts_results_inside_a_given_folder_and_forces_wav(tmp_path):
+    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path).name == "a.add-piano.wav"
+    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path / "x.flac").name == "x.wav"
+
+
+def test_slug_keeps_names_short_and_safe():
+    assert slug("../../etc/passwd") == "etc-passwd"
+    assert slug("!!!") == "edit"
+    assert len(slug("add " * 50)) <= 40

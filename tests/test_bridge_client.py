@@ -1,0 +1,175 @@
+"""The client side: protocol checks, a torch-free fast-starting client, non-blocking poll, and `imusic send`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_bridge_support import FakeEditor, write_wav
+
+from bridge import __version__, protocol
+from bridge.cli import main
+from bridge.client import Client
+from bridge.server import EngineServer
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    (tmp_path / "root").mkdir()
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def server(tmp_path, root):
+    server = EngineServer(
+        editor=FakeEditor(), port=0, journal_dir=tmp_path / "journal", allow_roots=[root], warm_up=False
+    )
+    server.start()
+    server.wait_ready(TIMEOUT)
+    yield server
+    server.stop()
+
+
+# ----------------------------------------------------------------------------------------------- protocol
+
+
+def test_edit_arguments_get_their_defaults_and_numbers_are_coerced():
+    values = protocol.parse_request(protocol.EDIT, ["j", "/a.wav", 1, 2.5, "extract drums"])
+    assert values == {
+        "job_id": "j",
+        "input_path": "/a.wav",
+        "start_s": 1.0,
+        "end_s": 2.5,
+        "instruction": "extract drums",
+        "output_path": "",
+        "seed": -1,
+        "takes": 1,
+    }
+    assert protocol.parse_request(protocol.EDIT, [7, "/a", 0, 1, "x", "", 3.0, 2.0])["seed"] == 3
+    assert protocol.parse_request(protocol.CANCEL, [7])["job_id"] == "7"
+
+
+def test_a_non_integral_seed_is_refused():
+    with pytest.raises(protocol.RequestError, match="seed"):
+        protocol.parse_request(protocol.EDIT, ["j", "/a", 0, 1, "x", "", 1.5])
+
+
+def test_positions_travel_as_doubles_and_keep_sample_precision():
+    start = 3600.000022675737  # one sample at 44.1 kHz after an hour
+    [(address, args)] = protocol.decode(protocol.encode(protocol.EDIT, "j", "/a.wav", start, 3601.0, "x"))
+    assert address == protocol.EDIT and args[2] == start
+
+
+def test_bundles_are_decoded_into_their_messages():
+    from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+    from pythonosc.osc_message import OscMessage
+
+    builder = OscBundleBuilder(IMMEDIATELY)
+    builder.add_content(OscMessage(protocol.encode(protocol.PING)))
+    builder.add_content(OscMessage(protocol.encode(protocol.STATUS, "a")))
+    assert [a for a, _ in protocol.decode(builder.build().dgram)] == [protocol.PING, protocol.STATUS]
+
+
+def test_reply_accessors_read_the_documented_shapes():
+    done = protocol.Reply(protocol.DONE, ["j", "/r.wav", '{"levels": {"lufs": -14}}'])
+    assert (done.job_id, done.output_path, done.info, done.is_final) == ("j", "/r.wav", {"levels": {"lufs": -14}}, True)
+    error = protocol.Reply(protocol.ERROR, ["j", "bad_audio", "too short"])
+    assert (error.code, error.message, error.kind) == ("bad_audio", "too short", "error")
+    assert protocol.Reply(protocol.DONE, ["j", "/r.wav", "not json"]).info == {}
+
+
+# ----------------------------------------------------------------------------------------------- light and fast
+
+
+def test_importing_the_client_does_not_import_torch():
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import bridge.client"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "bridge.client" in modules and not any(m.split(".")[0] == "torch" for m in modules)
+
+
+def test_imusic_send_help_starts_in_well_under_half_a_second():
+    imusic = Path(sys.executable).with_name("imusic")
+    command = [str(imusic)] if imusic.exists() else [sys.executable, "-m", "bridge.cli"]
+    best = min(_timed(command + ["send", "--help"]) for _ in range(3))
+    assert best < 0.5, f"imusic send --help took {best:.2f} s"
+
+
+def _timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, capture_output=True, check=True, timeout=60)
+    return time.perf_counter() - started
+
+
+def test_poll_returns_at_once_when_nothing_has_arrived(server):
+    with Client("127.0.0.1", server.port) as client:
+        started = time.perf_counter()
+        assert client.poll() == []
+        assert time.perf_counter() - started < 0.05
+
+
+def test_poll_from_a_defer_style_loop_sees_a_job_through_to_done(server, root):
+    song = write_wav(root / "song.wav")
+    with Client("127.0.0.1", server.port) as client:
+        job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+        kinds: list[str] = []
+        for _ in range(200):  # REAPER calls back every ~30 ms; never blocks
+            kinds += [r.kind for r in client.poll() if r.job_id == job_id]
+            if "done" in kinds:
+                break
+            time.sleep(0.03)
+    assert kinds[0] == "accepted" and "progress" in kinds and kinds[-1] == "done"
+
+
+# ----------------------------------------------------------------------------------------------- imusic send
+
+
+def send(server, *argv: str) -> int:
+    return main(["send", "--port", str(server.port), *argv])
+
+
+def test_send_ping_prints_the_pong(server, capsys):
+    assert send(server, "ping") == 0
+    assert capsys.readouterr().out.split() == ["pong", __version__, "fake", "cpu", "ready"]
+
+
+def test_send_edit_waits_and_prints_the_result_path(server, root, capsys):
+    song = write_wav(root / "song.wav", seconds=2.0)
+    assert send(server, "edit", str(song), "extract drums", "--start", "0.5", "--end", "1.5") == 0
+    out = Path(capsys.readouterr().out.strip())
+    assert out.exists() and out.parent == root / "results"
+
+
+def test_send_edit_no_wait_prints_the_job_id_once_accepted(server, root, capsys):
+    song = write_wav(root / "song.wav")
+    assert send(server, "edit", str(song), "extract drums", "--no-wait", "--job-id", "mine-1") == 0
+    assert capsys.readouterr().out.strip() == "mine-1"
+    with Client("127.0.0.1", server.port) as client:
+        assert client.wait("mine-1", timeout=TIMEOUT).output_path
+
+
+def test_send_status_and_cancel_print_states(server, capsys):
+    assert send(server, "status") == 0
+    assert capsys.readouterr().out.startswith("server_status ready")
+    assert send(server, "status", "nobody") == 0
+    assert capsys.readouterr().out.startswith("state nobody unknown")
+
+
+def test_send_errors_are_one_line_and_exit_1(server, root, capsys):
+    song = write_wav(root / "song.wav")
+    assert send(server, "edit", str(song), "make it jazzy") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imusic send: error:") and "\n" not in err and "parse" in err
+    assert send(server, "cancel", "ghost") == 1
+
+
+def test_send_to_a_silent_port_says_no_reply(capsys):
+    assert main(["send", "--port", "9", "--timeout", "0.3", "ping"]) == 1
+    assert "no reply" in capsys.readouterr().err

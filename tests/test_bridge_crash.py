@@ -1,0 +1,106 @@
+"""kill -9 in the middle of a queue: the restarted server finishes every accepted job, once, and still answers
+status for the ones finished before the crash. The server runs as a subprocess (tests/test_bridge_support.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_bridge_support import write_wav
+
+from bridge import protocol
+from bridge.client import Client
+
+HERE = Path(__file__).resolve().parent
+
+
+def launch(tmp_path: Path, root: Path, port: int = 0, name: str = "first") -> tuple[subprocess.Popen, int]:
+    port_file = tmp_path / f"{name}.port"
+    log = open(tmp_path / f"{name}.stderr", "w")  # noqa: SIM115 (closed with the process)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "test_bridge_support.py"),
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+            "--journal",
+            str(tmp_path / "journal"),
+            "--root",
+            str(root),
+            "--step-s",
+            "0.05",
+            "--log",
+            str(tmp_path / "edits.log"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=HERE.parent,
+    )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start: {(tmp_path / f'{name}.stderr').read_text()}")
+        time.sleep(0.05)
+    return process, int(port_file.read_text())
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs kill -9")
+def test_kill_9_during_a_queue_then_restart_completes_every_accepted_job_once(tmp_path):
+    root = tmp_path / "root"
+    song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
+    process, port = launch(tmp_path, root)
+    try:
+        with Client("127.0.0.1", port) as client:
+            ids = []
+            for i in range(12):
+                job_id = client.submit(str(song), 0.0, 1.0, f"extract drums #{i}")
+                client.wait_for(lambda r, j=job_id: r.address == protocol.ACCEPTED and r.job_id == j, 10)
+                ids.append(job_id)
+            before = client.wait(ids[1], timeout=30)  # a couple have finished, the rest are queued or running
+            assert client.status(ids[-1], 5).state in (protocol.QUEUED, protocol.RUNNING)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+        process, port = launch(tmp_path, root, port=port, name="second")
+        with Client("127.0.0.1", port) as client:
+            assert client.status(ids[1], 5).output_path == before.output_path
+            outputs = [client.wait(job_id, timeout=60).output_path for job_id in ids]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+
+    assert len(set(outputs)) == len(ids) and all(Path(p).exists() for p in outputs)
+    results = sorted(p.name for p in (root / "results").iterdir() if not p.name.startswith("."))
+    assert len(results) == len(ids)  # one result per job: none lost, none doubled
+    edits = (tmp_path / "edits.log").read_text().splitlines()
+    assert set(edits) == {f"extract drums #{i}" for i in range(12)}
+    assert len(edits) <= len(ids) + 1  # at most the job cut by the kill ran twice
+
+
+def test_sigterm_stops_gracefully_and_the_interrupted_job_resumes(tmp_path):
+    root = tmp_path / "root"
+    song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
+    process, port = launch(tmp_path, root)
+    with Client("127.0.0.1", port) as client:
+        ids = [client.submit(str(song), 0.0, 1.0, "extract drums") for _ in range(4)]
+        for job_id in ids:
+            client.wait_for(lambda r, j=job_id: r.address == protocol.ACCEPTED and r.job_id == j, 10)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0
+
+    process, port = launch(tmp_path, root, port=port, name="second")
+    try:
+        with Client("127.0.0.1", port) as client:
+            outputs = {client.wait(job_id, timeout=60).output_path for job_id in ids}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    assert len(outputs) == 4

@@ -1,0 +1,124 @@
+"""bridge.jobs without sockets: the journal's replay after a crash, idempotent ids, the bounded queue, cancel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_bridge_support import FakeEditor
+
+from bridge import protocol
+from bridge.jobs import Job, JobBook, Journal, info_json, warm_up_instruction
+from bridge.protocol import RequestError
+
+
+def make_job(job_id: str, instruction: str = "extract drums") -> Job:
+    return Job(job_id, "/in.wav", 0.0, 1.0, instruction, "", "", reply_to=("127.0.0.1", 5000))
+
+
+def book(tmp_path, max_queue: int = 8) -> JobBook:
+    journal = Journal(tmp_path / "journal")
+    book = JobBook(journal, max_queue)
+    book.restore()
+    return book
+
+
+def choose(name: str):
+    return lambda reserved: f"/out/{name}.wav"
+
+
+def test_replay_gives_back_finished_and_pending_jobs(tmp_path):
+    first = book(tmp_path)
+    done, pending = make_job("a"), make_job("b")
+    first.submit(done, choose("a"))
+    first.submit(pending, choose("b"))
+    job = first.next_job(0.1)
+    first.finish(job, "/out/a.wav", {"levels": {"lufs": -14.0}})
+    first.next_job(0.1)  # "b" was running when the process died
+    first.journal.close()
+
+    second = book(tmp_path)
+    assert second.get("a").state == protocol.DONE_STATE and second.get("a").info == {"levels": {"lufs": -14.0}}
+    assert second.get("b").state == protocol.QUEUED and list(second.queue) == ["b"]
+    assert second.get("b").attempts == 1  # its second run may replace its own half-written result
+
+
+def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path):
+    first = book(tmp_path)
+    first.submit(make_job("a"), choose("a"))
+    first.journal.close()
+    with open(tmp_path / "journal" / "jobs.jsonl", "a") as f:
+        f.write('{"e": "done", "id": "a", "outp')  # the kill came mid-write
+    second = book(tmp_path)
+    assert second.get("a").state == protocol.QUEUED
+
+
+def test_compaction_keeps_one_line_per_job(tmp_path):
+    first = book(tmp_path)
+    for name in "abc":
+        first.submit(make_job(name), choose(name))
+        first.finish(first.next_job(0.1), f"/out/{name}.wav", {})
+    first.journal.close()
+    book(tmp_path).journal.close()
+    lines = (tmp_path / "journal" / "jobs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["job"]["id"] for line in lines] == ["a", "b", "c"]
+
+
+def test_a_resend_returns_the_known_job_and_queues_nothing(tmp_path):
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    resend = make_job("a")
+    resend.reply_to = ("127.0.0.1", 6000)
+    job, is_new, _ = jobs.submit(resend, choose("other"))
+    assert not is_new and job.output_path == "/out/a.wav" and list(jobs.queue) == ["a"]
+    assert job.reply_to == ("127.0.0.1", 6000)
+
+
+def test_the_same_id_for_another_request_is_a_conflict(tmp_path):
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    with pytest.raises(RequestError) as exc:
+        jobs.submit(make_job("a", "remove bass"), choose("a"))
+    assert exc.value.code == protocol.JOB_CONFLICT
+
+
+def test_the_queue_is_bounded(tmp_path):
+    jobs = book(tmp_path, max_queue=2)
+    jobs.submit(make_job("a"), choose("a"))
+    jobs.submit(make_job("b"), choose("b"))
+    with pytest.raises(RequestError) as exc:
+        jobs.submit(make_job("c"), choose("c"))
+    assert exc.value.code == protocol.QUEUE_FULL and jobs.get("c") is None
+
+
+def test_output_paths_are_chosen_knowing_those_reserved_by_pending_jobs(tmp_path):
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    seen: list[set[str]] = []
+    jobs.submit(make_job("b"), lambda reserved: seen.append(set(reserved)) or "/out/b.wav")
+    assert seen == [{"/out/a.wav"}]
+
+
+def test_cancel_of_a_queued_job_is_final_and_journalled(tmp_path):
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    assert jobs.cancel("a").state == protocol.CANCELLED and not jobs.queue
+    jobs.journal.close()
+    assert book(tmp_path).get("a").state == protocol.CANCELLED
+
+
+def test_cancel_of_the_running_job_sets_its_event(tmp_path):
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    jobs.next_job(0.1)
+    assert jobs.cancel("a").state == protocol.CANCELLING and jobs.cancel_event.is_set()
+
+
+def test_info_json_always_fits_a_datagram():
+    text = info_json({"levels": {"lufs": -14.0}, "curve": list(range(100000)), "nan": float("nan")})
+    data = json.loads(text)
+    assert len(text) <= 8000 and data["levels"] == {"lufs": -14.0} and data["nan"] is None and data["truncated"]
+
+
+def test_warm_up_uses_an_instruction_the_editor_accepts():
+    assert warm_up_instruction(FakeEditor()) == "add drums"
