@@ -1,0 +1,228 @@
+"""`imusic reaper install|uninstall` on sample resource folders: our lines in, our lines out, every other byte kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.cli import main
+from engine.errors import ConfigError
+from reaper_scripts import installer
+from reaper_scripts.installer import ACTIONS, install, uninstall
+
+SCRIPTS = Path(installer.__file__).parent
+
+
+def sample_kb(eol: str, final_newline: bool = True, taken: str = "KEY 29 68 _SWS_AWTOGGLECLICKTRACK 0") -> bytes:
+    """A reaper-kb.ini as real users have: custom actions, other scripts, many key bindings, one on Ctrl+Alt+Shift+D."""
+    lines = [
+        'ACT 0 0 "7a3c2be1d4f04e0a9f2b2c6bd1f0a001" "Custom: Glue and normalize" 40362 40108',
+        'SCR 4 0 RS5e0b4ac0a3b7a6a0fd91f7a0e8c5c0a5b0a8c2d1 "Custom: X-Raym_Trim items.lua" "X-Raym/Trim items.lua"',
+        'SCR 4 32060 RS1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d "Custom: cfillion_Step sequencer.lua" "cf/step.lua"',
+        "KEY 9 83 40026 0",
+        "KEY 13 83 40022 0",
+        taken,
+        "KEY 1 32 40044 0",
+        "KEY 255 6008 989 0",
+    ]
+    lines += [f"KEY {1 + 4 * (i % 8)} {48 + i % 10} {41000 + i} {0 if i % 3 else 32060}" for i in range(2000)]
+    text = eol.join(lines) + (eol if final_newline else "")
+    return text.encode()
+
+
+@pytest.fixture
+def resource(tmp_path) -> Path:
+    folder = tmp_path / "REAPER"
+    (folder / "Scripts").mkdir(parents=True)
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\n"])
+def test_install_registers_every_action_with_the_files_line_endings(resource, eol):
+    original = sample_kb(eol)
+    (resource / "reaper-kb.ini").write_bytes(original)
+    install(resource)
+    data = (resource / "reaper-kb.ini").read_bytes()
+    assert data.startswith(original)
+    added = data[len(original) :].decode()
+    assert added.count(eol) == len(ACTIONS)
+    if eol == "\n":
+        assert "\r" not in added
+    for action in ACTIONS:
+        line = f'SCR 4 0 {action.command_id} "Custom: {action.script}" "imusic/{action.script}"{eol}'
+        assert line in added
+        assert (resource / "Scripts" / "imusic" / action.script).read_bytes() == (SCRIPTS / action.script).read_bytes()
+    assert (resource / "Scripts" / "imusic" / "imusic_lib.py").exists()
+
+
+def test_command_ids_have_reapers_form_and_are_stable():
+    ids = [action.command_id for action in ACTIONS]
+    assert all(len(i) == 42 and i.startswith("RS") and int(i[2:], 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert ids == [action.command_id for action in installer.ACTIONS]
+
+
+def test_installing_twice_changes_nothing(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    install(resource, hotkeys=True)
+    before = snapshot(resource)
+    report = install(resource, hotkeys=True)
+    assert snapshot(resource) == before
+    assert report.changed == []
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\n"])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_uninstall_restores_the_file_byte_for_byte(resource, eol, final_newline):
+    original = sample_kb(eol, final_newline)
+    (resource / "reaper-kb.ini").write_bytes(original)
+    install(resource, hotkeys=True)
+    uninstall(resource)
+    assert (resource / "reaper-kb.ini").read_bytes() == original
+    assert not (resource / "Scripts" / "imusic").exists()
+
+
+def test_uninstall_keeps_lines_the_user_added_after_install(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    install(resource, hotkeys=True)
+    with open(resource / "reaper-kb.ini", "ab") as handle:
+        handle.write(b"KEY 1 112 40001 0\r\n")
+    uninstall(resource)
+    assert (resource / "reaper-kb.ini").read_bytes() == sample_kb("\r\n") + b"KEY 1 112 40001 0\r\n"
+
+
+def test_hotkeys_bind_free_keys_and_never_a_key_the_user_bound(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
+    report = install(resource, hotkeys=True)
+    data = (resource / "reaper-kb.ini").read_bytes().decode()
+    extract_drums = next(a for a in ACTIONS if a.script == "imusic_extract_drums.py")
+    remove_bass = next(a for a in ACTIONS if a.script == "imusic_remove_bass.py")
+    assert f"KEY 29 68 _{extract_drums.command_id} 0" not in data  # Ctrl+Alt+Shift+D is the user's
+    assert data.count("KEY 29 68 ") == 1
+    assert f"KEY 25 66 _{remove_bass.command_id} 0\n" in data  # Ctrl+Alt+B was free
+    assert report.skipped_keys == [
+        "Ctrl+Alt+Shift+D (Instruct: extract drums): already bound to _SWS_AWTOGGLECLICKTRACK"
+    ]
+    assert len(report.bound) == len(ACTIONS) - 1
+
+
+def test_default_shortcuts_are_distinct():
+    slots = [(a.modifiers, a.key) for a in ACTIONS]
+    assert len(set(slots)) == len(slots)
+
+
+def test_a_backup_of_the_previous_file_is_kept(resource):
+    original = sample_kb("\r\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
+    install(resource)
+    assert (resource / "reaper-kb.ini.imusic-backup").read_bytes() == original
+
+
+def test_a_missing_reaper_kb_ini_is_created_and_removed_again(resource):
+    install(resource)
+    assert (resource / "reaper-kb.ini").read_text().count("SCR 4 0 RS") == len(ACTIONS)
+    uninstall(resource)
+    assert not (resource / "reaper-kb.ini").exists()
+
+
+def test_uninstall_without_install_changes_nothing(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
+    before = snapshot(resource)
+    report = uninstall(resource)
+    assert snapshot(resource) == before
+    assert report.changed == []
+
+
+def test_a_missing_resource_folder_says_where_to_find_it(tmp_path):
+    with pytest.raises(ConfigError, match="Show REAPER resource path"):
+        install(tmp_path / "nope")
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [
+        ("linux", "/home/u/.config/REAPER"),
+        ("darwin", "/home/u/Library/Application Support/REAPER"),
+        ("win32", "C:\\Users\\u\\AppData\\Roaming/REAPER"),
+    ],
+)
+def test_the_resource_folder_is_found_per_platform(platform, expected):
+    env = {"APPDATA": "C:\\Users\\u\\AppData\\Roaming"}
+    assert str(installer.default_resource_path(platform, env, Path("/home/u"))) == expected
+
+
+def test_windows_without_appdata_asks_for_the_path():
+    with pytest.raises(ConfigError, match="--resource-path"):
+        installer.default_resource_path("win32", {}, Path("/home/u"))
+
+
+def test_the_settings_file_records_the_engine_address(resource):
+    install(resource, host="127.0.0.1", port=9555)
+    settings = json.loads((resource / "Scripts" / "imusic" / "imusic_paths.json").read_text())
+    assert (settings["host"], settings["port"]) == ("127.0.0.1", 9555)
+    assert str(SCRIPTS.parent) in settings["prepend"]
+
+
+def test_a_python_without_this_project_installed_imports_the_installed_library(resource, tmp_path):
+    """REAPER's Python knows nothing of our venv: the settings file alone must make the library importable."""
+    install(resource)
+    folder = resource / "Scripts" / "imusic"
+    code = (
+        f"import sys; sys.path.insert(0, {str(folder)!r}); import imusic_lib; "
+        "import bridge.client, pythonosc; print(imusic_lib.planning.__name__, 'torch' in sys.modules)"
+    )
+    # -S: no site-packages (neither the venv's nor the editable install), -I: no PYTHONPATH or user site
+    proc = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["reaper_scripts.planning", "False"]
+
+
+def test_install_prints_how_to_enable_python_when_reaper_ini_lacks_it(resource, capsys):
+    assert main(["reaper", "install", "--resource-path", str(resource), "--hotkeys"]) == 0
+    out = capsys.readouterr().out
+    assert "Options > Preferences > Plug-ins > ReaScript" in out
+    assert "shortcut Ctrl+Alt+Shift+E  Instruct: edit selected items..." in out
+
+
+def test_no_python_hint_once_reaper_ini_points_to_a_python(resource):
+    (resource / "reaper.ini").write_text("[REAPER]\npythonlibpath64=/usr/lib\npythonlibdll64=libpython3.11.so\n")
+    assert install(resource).notes == []
+
+
+def test_cli_uninstall_round_trip(resource, capsys):
+    original = sample_kb("\r\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
+    assert main(["reaper", "install", "--resource-path", str(resource)]) == 0
+    assert main(["reaper", "uninstall", "--resource-path", str(resource)]) == 0
+    assert "imusic actions removed" in capsys.readouterr().out
+    assert (resource / "reaper-kb.ini").read_bytes() == original
+
+
+def test_every_action_file_has_the_metadata_header_and_only_calls_the_library():
+    for action in ACTIONS:
+        text = (SCRIPTS / action.script).read_text()
+        for tag in ("@description", "@version", "@author", "@about", "@provides"):
+            assert f"# {tag}" in text, (action.script, tag)
+        assert f"# @description {action.description}\n" in text
+        body = [line for line in text.splitlines() if line.startswith("imusic_lib.")]
+        assert len(body) == 1, action.script
+
+
+def test_the_kb_file_is_written_through_a_rename(resource, monkeypatch):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(Path(b).name), real_replace(a, b)))
+    install(resource)
+    assert "reaper-kb.ini" in renames
