@@ -1,0 +1,424 @@
+"""The engine's front door: (audio [C, N] at any rate, instruction) -> edited audio of the same rate, shape and timing.
+
+One edit, step by step:
+1. parse the instruction against the model card (InstructionError before any work) and check the audio (AudioError).
+2. downmix to mono (the mean of the channels) and resample to the codec's rate (polyphase, engine/resample.py).
+3. plan windows of at most the adapter's window (cond_frames - 1 frames, ~10 s for the official adapter) that overlap
+   by `overlap_seconds` (engine/windows.py). For each window: encode its input as the audio condition, generate
+   with the previous window's generated overlap forced as the prompt (continuation), decode.
+4. join the decoded windows with raised-cosine crossfades over the overlaps, resample back, trim to N samples.
+5. copy the mono result to every input channel, and set its level (engine/levels.py) unless raw=True.
+
+Design choices (documented here because producers see them):
+- Channels: the model is mono, so the result is mono copied to each of the input's channels; for "add" the model's
+  output is the whole new mix (it cannot be split into "input + new part"), so it is copied the same way.
+- Silence: "add" on a silent selection is allowed (generate the stem from nothing, levelled to DEFAULT_TARGET_LUFS);
+  "remove" and "extract" on silence raise AudioError (there is nothing to take away or isolate).
+- Best of N (takes > 1): each window generates N takes in one batch; the take with the highest mean token
+  log-likelihood under the model, teacher-forced with the same text and audio condition, is kept and the next window
+  continues from it. No reference exists at edit time; the likelihood is the model's own confidence that the take
+  fits the instruction and the input, and it costs one forward pass per take. Every score goes into `info`.
+- Seeds: `seed=None` draws one and reports it (`EditResult.seed`); the same seed, model, device and dtype give the
+  same result.
+- Out of memory on an accelerator: retry with the takes generated one at a time, then with half, then a quarter
+  of the window; then ResourceError.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
+from engine.instructions import Instruction, parse_instruction, vocabulary
+from engine.windows import Window, join, plan_windows
+
+Progress = Callable[[float, str], None]
+
+SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
+MIN_RATE, MAX_RATE = 1000, 768000
+MAX_CHANNELS = 64
+MAX_TAKES = 16
+_ENCODE_MARGIN_S = 1.0  # context either side of a window when encoding it, so codes at its edges are not edge-biased
+
+
+@dataclass
+class EditResult:
+    """An edit: `audio` [C, N] float32 at `sample_rate` (same shape as the input), what was done, and how."""
+
+    audio: np.ndarray
+    sample_rate: int
+    instruction: Instruction
+    seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Progress:
+    """Maps stage work onto one monotone fraction 0..1 of the whole job; throttles calls to >= 0.5 % steps."""
+
+    def __init__(self, callback: Progress | None, total_units: float):
+        self.callback = callback
+        self.total = max(total_units, 1e-9)
+        self.done = 0.0
+        self.last = -1.0
+        self.stage = ""
+
+    def at(self, units: float, stage: str) -> None:
+        fraction = min(max((self.done + units) / self.total, self.last, 0.0), 0.999)
+        if self.callback is not None and (fraction - self.last >= 0.005 or stage != self.stage):
+            self.callback(fraction, stage)
+            self.last, self.stage = fraction, stage
+
+    def advance(self, units: float, stage: str) -> None:
+        self.done += units
+        self.at(0.0, stage)
+
+    def finish(self) -> None:
+        if self.callback is not None:
+            self.callback(1.0, "done")
+
+
+class Editor:
+    """Edits audio with one loaded model; construct with `Editor.load(...)` or `Editor(loaded_model)`.
+
+    `window_seconds` (default and maximum: the adapter's window) and `overlap_seconds` set the windowing;
+    `cfg_coef`, `top_k`, `temperature` the sampling (official inference: CFG 3.0, top-k 100).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        window_seconds: float | None = None,
+        overlap_seconds: float = 2.0,
+        cfg_coef: float = 3.0,
+        top_k: int = 100,
+        temperature: float = 1.0,
+    ) -> None:
+        self.model = model
+        self.card = model.card
+        if getattr(model.lm, "fusion", None) is None:
+            raise CheckpointError(
+                f"model {self.card.name!r} has no editing adapter (audio fusion): load it with an adapter to edit"
+            )
+        self.vocab = vocabulary(self.card)
+        self.sample_rate = int(model.codec.sample_rate)
+        self.hop = int(model.codec.hop_length)
+        self.frame_rate = float(model.codec.frame_rate)
+        self.max_window_frames = int(model.lm.fusion_cfg.cond_frames) - 1  # +1 special token = cond_frames
+        frames = self.max_window_frames if window_seconds is None else int(round(window_seconds * self.frame_rate))
+        if not 1 <= frames <= self.max_window_frames:
+            raise ConfigError(
+                f"window_seconds must be between {1 / self.frame_rate:g} and "
+                f"{self.max_window_frames / self.frame_rate:g} s for this model, got {window_seconds}"
+            )
+        self.window_frames = frames
+        self.overlap_frames = min(int(round(overlap_seconds * self.frame_rate)), frames // 2)
+        self.cfg_coef, self.top_k, self.temperature = cfg_coef, top_k, temperature
+        self._lock = threading.Lock()  # one edit at a time: the model's caches and RNG are not shared safely
+
+    @classmethod
+    def load(
+        cls, source: str | Path | None = None, adapter: str | Path | None = None, device: Any = None, dtype: Any = None
+    ) -> Editor:
+        """Load a model (engine.weights.load_model: default, model dir, transformers/audiocraft dir, hub name)."""
+        from engine.weights import load_model
+
+        return cls(load_model(source, adapter=adapter, device=device, dtype=dtype))
+
+    def parse(self, text: str) -> Instruction:
+        """Parse an instruction for this model (InstructionError naming what is supported when it does not parse)."""
+        return parse_instruction(text, self.card)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the server's pong/status and the CLI report about the loaded model."""
+        return {
+            "model": self.card.name,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "sample_rate": self.sample_rate,
+            "window_seconds": self.window_frames / self.frame_rate,
+            "stems": [s.lower() for s in self.vocab.stems],
+            "operations": list(self.vocab.operations),
+        }
+
+    # ---- the edit ---------------------------------------------------------------------------------------------
+    def edit(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        instruction: str | Instruction,
+        *,
+        seed: int | None = None,
+        takes: int = 1,
+        raw: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EditResult:
+        """Edit `audio` [C, N] at `sample_rate` per `instruction`; the result has the same rate, shape and timing."""
+        started = time.perf_counter()
+        parsed = instruction if isinstance(instruction, Instruction) else self.parse(instruction)
+        audio = _check_audio(audio, sample_rate, parsed.op)
+        if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+            raise ConfigError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
+        seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        sample_rate = int(sample_rate)
+        warnings: list[str] = []
+
+        from engine.resample import resample
+
+        mono = audio.mean(axis=0)  # [N]
+        if audio.shape[0] > 1 and np.abs(mono).max() <= SILENCE_PEAK and parsed.op != "add":
+            raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
+        model_len = max(1, int(round(audio.shape[-1] * self.sample_rate / sample_rate)))
+        model_audio = resample(mono, sample_rate, self.sample_rate, model_len)  # [M] at the codec rate
+
+        timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
+        with self._lock:
+            out, details = self._edit_with_retries(model_audio, parsed, seed, takes, progress, cancel, timings)
+
+        edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
+        edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
+        t0 = time.perf_counter()
+        from engine.levels import match_level
+
+        edited, levels = match_level(edited, audio, sample_rate, parsed.op, raw=raw)
+        timings["levels"] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - started
+        warnings.extend(levels.get("warnings", []))
+        if not np.all(np.isfinite(edited)):
+            raise ResourceError("the model produced invalid samples (NaN/inf); try another seed or dtype fp32")
+        if progress is not None:
+            progress(1.0, "done")
+        info = {
+            "model": self.card.name,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "operation": parsed.op,
+            "stem": parsed.stem,
+            "prompt": parsed.prompt,
+            "seed": seed,
+            "takes": takes,
+            "input": {
+                "sample_rate": sample_rate,
+                "channels": int(audio.shape[0]),
+                "samples": int(audio.shape[-1]),
+                "seconds": audio.shape[-1] / sample_rate,
+            },
+            "model_sample_rate": self.sample_rate,
+            "channels": "mono model output copied to every channel",
+            "raw": raw,
+            "levels": levels,
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "warnings": warnings,
+            **details,
+        }
+        return EditResult(
+            audio=edited.astype(np.float32), sample_rate=sample_rate, instruction=parsed, seed=seed, info=info
+        )
+
+    def _edit_with_retries(self, model_audio, parsed, seed, takes, progress, cancel, timings):
+        """Run the windowed edit; on out-of-memory retry with smaller batches and windows, then ResourceError."""
+        import torch
+
+        oom_types = tuple(
+            {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
+        )
+        attempts = [(self.window_frames, False)]
+        if takes > 1:
+            attempts.append((self.window_frames, True))
+        for divisor in (2, 4):
+            if self.window_frames // divisor >= max(8, int(self.frame_rate / 4)):  # below ~0.25 s it is no edit
+                attempts.append((self.window_frames // divisor, True))
+        tracker = _Progress(progress, 1.0)
+        last_error: BaseException | None = None
+        for retry, (window, one_by_one) in enumerate(attempts):
+            try:
+                out, details = self._run(model_audio, parsed, seed, takes, window, one_by_one, tracker, cancel, timings)
+                details["retries"] = retry
+                return out, details
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried; everything else re-raised
+                if not (isinstance(exc, oom_types) or _is_oom(exc)):
+                    raise
+                last_error = exc
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        raise ResourceError(
+            f"out of memory on {self.model.device} even with {attempts[-1][0] / self.frame_rate:g} s windows and one "
+            "take at a time: close other programs using it, or load the model in a smaller dtype (bf16/fp16)"
+        ) from last_error
+
+    def _run(self, model_audio, parsed, seed, takes, window_frames, one_by_one, tracker, cancel, timings):
+        """One attempt at the windowed edit at the codec rate: model_audio [M] -> edited [M], details for info."""
+        import torch
+
+        from engine import generate as generate_mod
+
+        model = self.model
+        lm, codec = model.lm, model.codec
+        num_codebooks = lm.cfg.num_codebooks
+        total_frames = codec.num_frames(model_audio.shape[-1])
+        overlap = min(self.overlap_frames, window_frames // 2)
+        windows = plan_windows(total_frames, window_frames, overlap)
+        padded = np.zeros(total_frames * self.hop, dtype=np.float32)
+        padded[: model_audio.shape[-1]] = model_audio
+
+        # Work units for progress: generation steps dominate; encode/decode are a fraction of a step per frame.
+        units = [(0.05 * w.length, (w.new + num_codebooks) * 1.0, 0.1 * w.length) for w in windows]
+        tracker.total = tracker.done + sum(map(sum, units)) or 1.0
+
+        text_states, text_mask = model.text.encode([parsed.prompt])  # [1, S, D], [1, S]
+        generator = torch.Generator(device=lm.device).manual_seed(seed)
+        stop = cancel.is_set if cancel is not None else None
+        margin = int(round(_ENCODE_MARGIN_S * self.frame_rate))
+
+        segments: list[np.ndarray] = []
+        scores: list[list[float]] = []
+        previous: torch.Tensor | None = None  # [1, K, L] codes of the previous window (the chosen take)
+        for w, (enc_units, gen_units, dec_units) in zip(windows, units, strict=True):
+            _check_cancel(cancel)
+            t0 = time.perf_counter()
+            tracker.at(0.0, "encode")
+            cond = self._encode_window(padded, w, total_frames, margin)  # [1, K, L]
+            timings["encode"] += time.perf_counter() - t0
+            tracker.advance(enc_units, "encode")
+
+            _check_cancel(cancel)
+            t0 = time.perf_counter()
+            prompt = None
+            if w.prompt:
+                prompt = previous[..., previous.shape[-1] - w.prompt :]  # the overlap, as generated last time
+
+            batches = [1] * takes if one_by_one else [takes]
+            candidates = []
+            for index, rows in enumerate(batches):
+                candidates.append(
+                    generate_mod.generate(
+                        lm,
+                        text_states.expand(rows, -1, -1),
+                        text_mask.expand(rows, -1),
+                        num_frames=w.length,
+                        cond_codes=cond,
+                        prompt_codes=None if prompt is None else prompt.expand(rows, -1, -1),
+                        cfg_coef=self.cfg_coef,
+                        top_k=self.top_k,
+                        temperature=self.temperature,
+                        generator=generator,
+                        progress=_step_progress(tracker, gen_units, index, len(batches)),
+                        should_stop=stop,
+                    )
+                )
+            codes = torch.cat(candidates)  # [takes, K, L]
+            if takes > 1:
+                window_scores = self._score_takes(codes, text_states, text_mask, cond)
+                best = int(np.argmax(window_scores))
+                scores.append([round(s, 4) for s in window_scores])
+                codes = codes[best : best + 1]
+            previous = codes
+            timings["generate"] += time.perf_counter() - t0
+            tracker.advance(gen_units, "generate")
+
+            _check_cancel(cancel)
+            t0 = time.perf_counter()
+            tracker.at(0.0, "decode")
+            wav = codec.decode(codes)[0, 0].float().cpu().numpy()  # [L * hop]
+            segments.append(wav[: w.length * self.hop])
+            timings["decode"] += time.perf_counter() - t0
+            tracker.advance(dec_units, "decode")
+
+        joined = join(segments, [w.start * self.hop for w in windows], total_frames * self.hop)
+        details = {
+            "windows": len(windows),
+            "window_seconds": window_frames / self.frame_rate,
+            "overlap_seconds": overlap / self.frame_rate,
+            "window_plan": [(w.start, w.end) for w in windows],
+        }
+        if takes > 1:
+            details["take_scores"] = scores
+            details["take_choice"] = "highest mean token log-likelihood under the model, per window"
+        return joined[: model_audio.shape[-1]], details
+
+    def _encode_window(self, padded: np.ndarray, w: Window, total_frames: int, margin: int):
+        """Condition codes [1, K, w.length] for a window, encoded with up to `margin` frames of context each side."""
+        import torch
+
+        first = max(0, w.start - margin)
+        last = min(total_frames, w.end + margin)
+        chunk = torch.from_numpy(padded[first * self.hop : last * self.hop])[None, None]  # [1, 1, samples]
+        codes = self.model.codec.encode(chunk)  # [1, K, last - first]
+        offset = w.start - first
+        return codes[..., offset : offset + w.length].to(self.model.lm.device)
+
+    def _score_takes(self, codes, text_states, text_mask, cond) -> list[float]:
+        """Mean token log-likelihood (minus the cross-entropy) of each take under the conditioned model."""
+        import torch
+
+        scores = []
+        with torch.inference_mode():
+            for i in range(codes.shape[0]):
+                loss, _ = self.model.lm.loss(codes[i : i + 1], text_states, text_mask, cond)
+                scores.append(-float(loss))
+        return scores
+
+
+def _step_progress(tracker: _Progress, units: float, index: int, count: int) -> Callable[[int, int], None]:
+    """generate()'s progress(step, total) for batch `index` of `count` -> the job's fraction."""
+
+    def on_step(step: int, total: int) -> None:
+        tracker.at(units * (index + step / max(total, 1)) / count, "generate")
+
+    return on_step
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("edit cancelled")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """Out-of-memory errors that are not torch.OutOfMemoryError (MPS raises a RuntimeError saying so)."""
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
+    """Validate and normalise the input to float32 [C, N]; AudioError with a producer's message otherwise."""
+    try:
+        rate = float(sample_rate)
+    except (TypeError, ValueError):
+        raise AudioError(f"the sample rate must be a number, got {sample_rate!r}") from None
+    if not math.isfinite(rate) or rate != int(rate) or not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(
+            f"unsupported sample rate {sample_rate!r}: use a whole number of Hz from {MIN_RATE} to {MAX_RATE}"
+        )
+    if audio is None:
+        raise AudioError("no audio given")
+    audio = np.asarray(audio)
+    if audio.dtype.kind in "iu":  # PCM integers: scale to [-1, 1)
+        audio = audio.astype(np.float64) / float(np.iinfo(audio.dtype).max + 1)
+    elif audio.dtype.kind != "f":
+        raise AudioError(f"audio must hold numbers (float samples in [-1, 1]), got {audio.dtype}")
+    if audio.ndim == 1:
+        audio = audio[None]
+    if audio.ndim != 2:
+        raise AudioError(f"audio must be [channels, samples], got an array of shape {audio.shape}")
+    channels, samples = audio.shape
+    if channels == 0 or samples == 0:
+        raise AudioError("the audio is empty (0 samples): select a region with sound in it")
+    if channels > MAX_CHANNELS:
+        raise AudioError(
+            f"audio has {channels} channels and {samples} samples: pass it as [channels, samples], not transposed"
+        )
+    if not np.all(np.isfinite(audio)):
+        raise AudioError("the audio contains NaN or infinite samples: render or bounce the region again")
+    if float(np.max(np.abs(audio))) <= SILENCE_PEAK and op != "add":
+        raise AudioError(f"the selection is silent: there is nothing to {op}")
+    return audio.astype(np.float32)

@@ -1,0 +1,34 @@
+"""Sample-rate conversion for the edges of the engine: polyphase FIR (scipy.signal.resample_poly), time-aligned.
+
+resample_poly filters with a linear-phase (zero-delay, centred) Kaiser-windowed FIR, so sample n of the output lies at
+time n / to_rate exactly: a round trip keeps every event where it was. Lengths are made exact here (round(N * to /
+from) samples) because callers must hand back as many samples as they were given.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def resampled_length(num_samples: int, from_rate: int, to_rate: int) -> int:
+    """Samples that `num_samples` at `from_rate` become at `to_rate` (rounded to the nearest sample)."""
+    return int(round(num_samples * to_rate / from_rate))
+
+
+def resample(audio: np.ndarray, from_rate: int, to_rate: int, length: int | None = None) -> np.ndarray:
+    """audio [..., N] at `from_rate` -> [..., length] at `to_rate` (default length: resampled_length); float32."""
+    from scipy.signal import resample_poly
+
+    audio = np.asarray(audio, dtype=np.float32)
+    n = audio.shape[-1]
+    if length is None:
+        length = resampled_length(n, from_rate, to_rate)
+    if from_rate != to_rate and n > 0:
+        g = math.gcd(int(from_rate), int(to_rate))
+        audio = resample_poly(audio, int(to_rate) // g, int(from_rate) // g, axis=-1).astype(np.float32)
+    if audio.shape[-1] >= length:
+        return np.ascontiguousarray(audio[..., :length])
+    pad = [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])]
+    return np.pad(audio, pad)

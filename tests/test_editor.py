@@ -1,0 +1,332 @@
+"""The Editor's mechanics on the tiny random model: shapes, rates, windows, continuation, progress, errors.
+
+The tiny model is random, so these tests never show that an edit sounds right, only that the plumbing holds.
+Most use 1 s windows (50 frames) so that several windows run in well under a second.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import engine.generate as generate_mod
+from engine.editor import Editor, EditResult
+from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, InstructionError, ResourceError
+from engine.instructions import Instruction
+from engine.resample import resample
+
+
+@pytest.fixture(scope="module")
+def editor(tiny_editor) -> Editor:
+    """The tiny model with 1 s windows overlapping by 0.2 s."""
+    return Editor(tiny_editor.model, window_seconds=1.0, overlap_seconds=0.2)
+
+
+def _music(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sr))) / sr
+    mono = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.05 * rng.standard_normal(t.size)
+    return np.stack([mono * (1 - 0.3 * c) for c in range(channels)]).astype(np.float32)
+
+
+class _Recorder:
+    """Wraps engine.generate.generate, recording every call's arguments and result."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+        self.real = generate_mod.generate
+
+    def __call__(self, lm, text_states, text_mask, **kwargs):
+        codes = self.real(lm, text_states, text_mask, **kwargs)
+        self.calls.append({**kwargs, "codes": codes.clone()})
+        return codes
+
+
+# ---- shapes, rates, channels, lengths ---------------------------------------------------------------------------
+@pytest.mark.parametrize("sr", [8000, 44100, 48000])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.5])  # shorter than, exactly, and 2.5 windows
+def test_output_has_the_inputs_rate_channels_and_length(editor, sr, channels, seconds):
+    audio = _music(seconds, sr, channels)
+    result = editor.edit(audio, sr, "remove the drums", seed=0)
+    assert isinstance(result, EditResult)
+    assert result.sample_rate == sr
+    assert result.audio.shape == audio.shape
+    assert result.audio.dtype == np.float32
+    assert np.all(np.isfinite(result.audio))
+
+
+def test_mono_model_output_is_copied_to_every_channel(editor):
+    result = editor.edit(_music(0.5, 44100, channels=2), 44100, "extract bass", seed=0)
+    np.testing.assert_array_equal(result.audio[0], result.audio[1])
+
+
+def test_odd_lengths_come_back_sample_exact(editor):
+    audio = _music(0.3, 44100)[:, :13001]  # not a whole number of codec frames at any rate
+    assert editor.edit(audio, 44100, "add piano", seed=0).audio.shape == (1, 13001)
+
+
+def test_integer_pcm_is_accepted(editor):
+    pcm = (_music(0.3, 16000) * 32767).astype(np.int16)
+    assert editor.edit(pcm, 16000, "add piano", seed=0).audio.shape == pcm.shape
+
+
+# ---- windows and continuation -----------------------------------------------------------------------------------
+def test_long_input_is_cut_into_windows_no_longer_than_the_adapters(editor, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    result = editor.edit(_music(2.5, 16000), 16000, "remove bass", seed=0)
+    assert result.info["windows"] == len(recorder.calls) == 3
+    for call in recorder.calls:
+        assert call["num_frames"] <= editor.window_frames
+        assert call["cond_codes"].shape[-1] == call["num_frames"]  # condition = this window's input
+
+
+def test_each_window_continues_from_the_previous_windows_generated_overlap(editor, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    editor.edit(_music(2.5, 16000), 16000, "remove bass", seed=0)
+    first, *rest = recorder.calls
+    assert first["prompt_codes"] is None
+    previous = first
+    for call in rest:
+        overlap = call["prompt_codes"].shape[-1]
+        assert overlap == editor.overlap_frames
+        torch.testing.assert_close(call["prompt_codes"], previous["codes"][..., -overlap:])
+        # generate honours the prompt: the window's first frames are the previous window's last ones
+        torch.testing.assert_close(call["codes"][..., :overlap], previous["codes"][..., -overlap:])
+        previous = call
+
+
+def test_windows_are_placed_at_their_time_in_the_output(tiny_editor, monkeypatch):
+    """With a 'model' that hands back its condition, windowed editing equals encoding/decoding the whole input."""
+
+    def echo(lm, text_states, text_mask, *, cond_codes, num_frames, **kwargs):
+        return cond_codes.expand(text_states.shape[0], -1, -1)[..., :num_frames]
+
+    monkeypatch.setattr(generate_mod, "generate", echo)
+    sr = 16000
+    audio = _music(2.5, sr)
+    windowed = Editor(tiny_editor.model, window_seconds=1.0, overlap_seconds=0.3)
+    out = windowed.edit(audio, sr, "remove bass", raw=True, seed=0).audio[0]
+    codec = tiny_editor.model.codec
+    whole = codec.decode(codec.encode(torch.from_numpy(audio)[None]))[0, 0, : audio.shape[-1]].numpy()
+    corr = float(np.dot(out, whole) / (np.linalg.norm(out) * np.linalg.norm(whole)))
+    assert corr > 0.9
+    # and it is best aligned at lag 0: shifted by one codec frame either way it matches worse
+    hop = codec.hop_length
+    for lag in (-hop, hop):
+        shifted = np.roll(whole, lag)
+        assert float(np.dot(out, shifted)) < float(np.dot(out, whole))
+
+
+def test_default_window_is_the_adapters_full_window(tiny_editor):
+    assert tiny_editor.window_frames == tiny_editor.model.lm.fusion_cfg.cond_frames - 1
+    assert tiny_editor.info["window_seconds"] == pytest.approx(10.0)
+
+
+def test_window_longer_than_the_adapters_is_refused(tiny_editor):
+    with pytest.raises(ConfigError, match="window_seconds"):
+        Editor(tiny_editor.model, window_seconds=60.0)
+
+
+# ---- progress, cancel, seeds, takes -----------------------------------------------------------------------------
+def test_progress_is_monotone_names_its_stages_and_ends_at_one(editor):
+    seen: list[tuple[float, str]] = []
+    editor.edit(_music(2.5, 16000), 16000, "add guitar", seed=0, progress=lambda f, s: seen.append((f, s)))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in fractions)
+    assert {"encode", "generate", "decode"} <= {s for _, s in seen}
+    assert len(seen) > 10  # generation reports between steps, not only per window
+
+
+def test_cancel_before_start_raises_cancelled(editor):
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        editor.edit(_music(0.5, 16000), 16000, "add guitar", seed=0, cancel=cancel)
+
+
+def test_cancel_during_generation_stops_between_steps(editor, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    cancel = threading.Event()
+
+    def progress(fraction, stage):
+        if stage == "generate":
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        editor.edit(_music(2.5, 16000), 16000, "add guitar", seed=0, progress=progress, cancel=cancel)
+    assert len(recorder.calls) == 0  # the first window never finished
+
+
+def test_same_seed_same_output_and_the_seed_is_reported(editor):
+    audio = _music(1.5, 44100)
+    a = editor.edit(audio, 44100, "extract drums", seed=123)
+    b = editor.edit(audio, 44100, "extract drums", seed=123)
+    c = editor.edit(audio, 44100, "extract drums", seed=124)
+    np.testing.assert_array_equal(a.audio, b.audio)
+    assert not np.array_equal(a.audio, c.audio)
+    assert a.seed == 123 and a.info["seed"] == 123
+
+
+def test_without_a_seed_one_is_drawn_and_reproduces_the_edit(editor):
+    audio = _music(0.4, 16000)
+    first = editor.edit(audio, 16000, "extract drums")
+    again = editor.edit(audio, 16000, "extract drums", seed=first.seed)
+    np.testing.assert_array_equal(first.audio, again.audio)
+
+
+def test_best_of_n_scores_every_take_of_every_window(editor, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    result = editor.edit(_music(1.5, 16000), 16000, "remove piano", seed=0, takes=3)
+    scores = result.info["take_scores"]
+    assert len(scores) == result.info["windows"] == 2
+    assert all(len(window) == 3 for window in scores)
+    assert all(call["codes"].shape[0] == 3 for call in recorder.calls)
+    # the second window continues from the best-scoring take of the first
+    best = int(np.argmax(scores[0]))
+    overlap = recorder.calls[1]["prompt_codes"].shape[-1]
+    torch.testing.assert_close(recorder.calls[1]["prompt_codes"][0], recorder.calls[0]["codes"][best, :, -overlap:])
+
+
+@pytest.mark.parametrize("takes", [0, 17, 1.5])
+def test_impossible_take_counts_are_refused(editor, takes):
+    with pytest.raises(ConfigError, match="takes"):
+        editor.edit(_music(0.3, 16000), 16000, "add piano", takes=takes)
+
+
+# ---- levels and info --------------------------------------------------------------------------------------------
+def test_info_reports_model_edit_windows_timings_and_levels(editor):
+    result = editor.edit(_music(1.5, 22050, 2), 22050, "take out the bass", seed=0)
+    info = result.info
+    assert info["operation"] == "remove" and info["stem"] == "Bass"
+    assert info["prompt"] == "Music piece. Instruct: No Bass."
+    assert info["input"] == {"sample_rate": 22050, "channels": 2, "samples": 33075, "seconds": 1.5}
+    assert set(info["timings"]) >= {"encode", "generate", "decode", "levels", "total"}
+    assert info["levels"]["policy"] in {"match_source", "silent"}
+    assert info["levels"]["true_peak_db"] is None or info["levels"]["true_peak_db"] <= -1.0
+    assert isinstance(result.instruction, Instruction) and result.instruction.label == "remove bass"
+
+
+def test_raw_keeps_the_models_level(editor):
+    result = editor.edit(_music(0.5, 16000), 16000, "add drums", seed=0, raw=True)
+    assert result.info["levels"]["policy"] == "raw"
+    assert result.info["levels"]["gain_db"] == 0.0
+
+
+def test_editor_info_describes_the_model(tiny_editor):
+    info = tiny_editor.info
+    assert info["stems"] == ["drums", "bass", "piano", "guitar"]
+    assert info["operations"] == ["add", "remove", "extract"]
+    assert info["sample_rate"] == 16000 and info["device"] == "cpu"
+
+
+def test_parse_uses_the_models_card(tiny_editor):
+    assert tiny_editor.parse("drums only").prompt == "Music piece. Instruct: Only Drums."
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("audio", "match"),
+    [
+        (np.zeros((1, 0), dtype=np.float32), "empty"),
+        (np.zeros((0, 100), dtype=np.float32), "empty"),
+        (np.full((1, 1000), np.nan, dtype=np.float32), "NaN"),
+        (np.r_[np.zeros(999), np.inf][None].astype(np.float32), "NaN or infinite"),
+        (np.zeros((1, 2, 100), dtype=np.float32), r"\[channels, samples\]"),
+        (np.zeros((16000, 2), dtype=np.float32) + 0.1, "transposed"),
+        (np.array([["a", "b"]]), "numbers"),
+        (None, "no audio"),
+    ],
+)
+def test_unusable_audio_raises_audio_error(editor, audio, match):
+    with pytest.raises(AudioError, match=match):
+        editor.edit(audio, 16000, "extract drums")
+
+
+@pytest.mark.parametrize("sr", [0, -44100, 44100.5, 10**7, "fast", None])
+def test_impossible_sample_rates_raise_audio_error(editor, sr):
+    with pytest.raises(AudioError, match="sample rate"):
+        editor.edit(_music(0.3, 16000), sr, "extract drums")
+
+
+@pytest.mark.parametrize("instruction", ["remove the drums", "extract the drums"])
+def test_removing_or_extracting_from_silence_is_an_error(editor, instruction):
+    with pytest.raises(AudioError, match="silent"):
+        editor.edit(np.zeros((2, 8000), dtype=np.float32), 16000, instruction)
+
+
+def test_adding_to_silence_is_allowed(editor):
+    result = editor.edit(np.zeros((2, 8000), dtype=np.float32), 16000, "add drums", seed=0)
+    assert result.audio.shape == (2, 8000)
+
+
+def test_channels_that_cancel_in_mono_are_reported(editor):
+    left = _music(0.3, 16000)
+    with pytest.raises(AudioError, match="cancel out"):
+        editor.edit(np.concatenate([left, -left]), 16000, "extract bass")
+
+
+def test_unparsable_instruction_is_an_instruction_error_before_any_work(editor, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    with pytest.raises(InstructionError, match="drums, bass, piano, guitar"):
+        editor.edit(_music(0.3, 16000), 16000, "make it groovier")
+    assert recorder.calls == []
+
+
+def test_model_without_an_editing_adapter_is_refused(tiny_editor):
+    model = SimpleNamespace(card=tiny_editor.card, lm=SimpleNamespace(fusion=None))
+    with pytest.raises(CheckpointError, match="no editing adapter"):
+        Editor(model)
+
+
+# ---- out of memory ----------------------------------------------------------------------------------------------
+def test_out_of_memory_retries_with_smaller_windows(editor, monkeypatch):
+    real = generate_mod.generate
+
+    def small_memory(lm, text_states, text_mask, **kwargs):
+        if kwargs["num_frames"] > 25:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lm, text_states, text_mask, **kwargs)
+
+    monkeypatch.setattr(generate_mod, "generate", small_memory)
+    audio = _music(1.5, 16000)
+    result = editor.edit(audio, 16000, "add bass", seed=0)
+    assert result.audio.shape == audio.shape
+    assert result.info["retries"] >= 1 and result.info["window_seconds"] <= 0.5
+
+
+def test_out_of_memory_that_persists_is_a_resource_error(editor, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(generate_mod, "generate", no_memory)
+    with pytest.raises(ResourceError, match="out of memory"):
+        editor.edit(_music(1.0, 16000), 16000, "add bass", takes=2)
+
+
+# ---- resampling -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("src", "dst"), [(44100, 16000), (8000, 16000), (48000, 32000)])
+def test_resampling_round_trip_keeps_events_in_place(src, dst):
+    click = np.zeros(src, dtype=np.float32)
+    click[src // 3] = 1.0
+    there = resample(click, src, dst)
+    back = resample(there, dst, src, src)
+    assert there.shape == (round(src * dst / src),) and back.shape == (src,)
+    assert abs(int(np.argmax(np.abs(back))) - src // 3) <= 1
+
+
+@pytest.mark.slow
+def test_full_ten_second_window_and_a_half(tiny_editor):
+    audio = _music(25.0, 48000, 2)
+    result = tiny_editor.edit(audio, 48000, "extract drums", seed=0)
+    assert result.audio.shape == audio.shape and result.info["windows"] == 3
