@@ -179,10 +179,15 @@ def _field(card: Any, *names: str) -> Any:
 
 
 def vocabulary(card: Any) -> Vocabulary:
-    """The stems, template and verbs of a model card; the official Slakh format where the card is silent."""
-    stems = _field(card, "stems")
+    """The stems, template and verbs of a model card; the official Slakh format where the card is silent.
+
+    `card` None (or without stems) means "model unknown": all the instruments the synonym table names.
+    """
+    stems = _field(card, "stems") if card is not None else None
     if not stems:
-        raise InstructionError("this model's card lists no stems, so it cannot be given instructions")
+        # No card (a client that does not know the server's model): every instrument of the synonym table, so the
+        # words can be checked now; the model's own card decides when the job arrives.
+        stems = [group[0].capitalize() for group in _SYNONYM_GROUPS]
     template = _field(card, "instruction_template", "template") or DEFAULT_TEMPLATE
     verbs = _field(card, "instruction_verbs", "verbs") or DEFAULT_VERBS
     verbs = {op: str(v) for op, v in dict(verbs).items() if op in OPERATIONS}
