@@ -222,3 +222,160 @@ def _tiny_adapter_state(base_dir: Path, seed: int):
         # Nonzero everywhere (gates and LoRA B start at zero when trained from scratch): fusion must matter.
         state[name] = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.05 + 0.02
     return fusion_cfg, state
+
+
+# ---- the audiocraft layout and the official checkpoint --------------------------------------------------------------
+
+
+def audiocraft_lm_state(our_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our base LM state -> audiocraft MusicGen LM names (q/k/v stacked into in_proj_weight), for test checkpoints."""
+    import re
+
+    out: dict[str, torch.Tensor] = {}
+    renames = {
+        "self_attn.out.weight": "self_attn.out_proj.weight",
+        "cross_attn.out.weight": "cross_attention.out_proj.weight",
+        "ffn.fc1.weight": "linear1.weight",
+        "ffn.fc2.weight": "linear2.weight",
+    }
+    for name, tensor in our_state.items():
+        if m := re.fullmatch(r"layers\.(\d+)\.(self_attn|cross_attn)\.q\.weight", name):
+            kind = "self_attn" if m[2] == "self_attn" else "cross_attention"
+            parts = [our_state[f"layers.{m[1]}.{m[2]}.{p}.weight"] for p in "qkv"]
+            out[f"transformer.layers.{m[1]}.{kind}.in_proj_weight"] = torch.cat(parts, dim=0)
+        elif re.fullmatch(r"layers\.\d+\.(self_attn|cross_attn)\.[kv]\.weight", name):
+            continue
+        elif m := re.fullmatch(r"layers\.(\d+)\.(.+)", name):
+            out[f"transformer.layers.{m[1]}.{renames.get(m[2], m[2])}"] = tensor
+        elif m := re.fullmatch(r"heads\.(\d+)\.weight", name):
+            out[f"linears.{m[1]}.weight"] = tensor
+        elif name.startswith("norm_out."):
+            out["out_norm." + name.split(".", 1)[1]] = tensor
+        elif name.startswith("text_proj."):
+            out["condition_provider.conditioners.description.output_proj." + name.split(".", 1)[1]] = tensor
+        else:
+            out[name] = tensor  # emb.{k}.weight
+    return out
+
+
+def official_state_dict(
+    our_base: dict[str, torch.Tensor],
+    num_layers: int,
+    dim: int,
+    seed: int = 0,
+    fused_layers: int | None = None,
+    cond_frames: int = TINY_COND_FRAMES,
+    lora_rank: int = 4,
+) -> dict[str, torch.Tensor]:
+    """A state_dict laid out as the official finetuned.ckpt's, around a base LM given in our naming.
+
+    Holds the frozen LM under model.peft_model.lm.* (PEFT-wrapped, with separate cross-attention q/k/v that differ
+    from the base's in_proj values, as in the official code), the adapter under model.cp_transformer.*, and the
+    cp_transformer's own references to the shared frozen layers.
+    """
+    generator = torch.Generator().manual_seed(seed + 11)
+    fused = num_layers if fused_layers is None else fused_layers
+    first = num_layers - fused
+
+    def rand(*shape: int, scale: float = 0.05) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * scale
+
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in audiocraft_lm_state(our_base).items():
+        if m := _layer_match(name):
+            index, rest = m
+            state[f"model.peft_model.lm.transformer.base_model.model.layers.{index}.{rest}"] = tensor
+            # CPTransformerLayer holds the same frozen modules (no cross-attention) under the same names
+            if index >= first and not rest.startswith(("cross_attention", "norm_cross")):
+                state[f"model.cp_transformer.layers.{index - first}.{rest}"] = tensor
+        else:
+            state[f"model.peft_model.lm.{name}"] = tensor
+    for index in range(num_layers):
+        # the official attention also creates (unused) separate q/k/v projections in self-attention
+        self_prefix = f"model.peft_model.lm.transformer.base_model.model.layers.{index}.self_attn."
+        for part in "qkv":
+            state[self_prefix + f"{part}_proj.weight"] = rand(dim, dim)
+        prefix = f"model.peft_model.lm.transformer.base_model.model.layers.{index}.cross_attention."
+        for part in "qkv":
+            key = f"{part}_proj.base_layer.weight" if part in "qv" else f"{part}_proj.weight"
+            state[prefix + key] = rand(dim, dim, scale=0.2)
+        for part in "qv":
+            state[prefix + f"{part}_proj.lora_A.default.weight"] = rand(lora_rank, dim)
+            state[prefix + f"{part}_proj.lora_B.default.weight"] = rand(dim, lora_rank)
+    state["model.cp_transformer.pos_emb"] = rand(fused + 1, cond_frames, dim, scale=1.0)
+    for j in range(fused):
+        state[f"model.cp_transformer.merge_linear.{j}.weight"] = rand(dim, dim)
+    state["model.cp_transformer.gates"] = rand(fused, scale=0.3) + 0.1
+    return state
+
+
+def _layer_match(name: str) -> tuple[int, str] | None:
+    import re
+
+    m = re.fullmatch(r"transformer\.layers\.(\d+)\.(.+)", name)
+    return (int(m[1]), m[2]) if m else None
+
+
+def write_official_ckpt(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
+    """Pickle `state` as a Lightning checkpoint whose hyper-parameters reference the official repo's classes.
+
+    The classes are created here, under their official module paths (src.models.components.model.Instructor, ...),
+    only for the time of pickling: the loader must read the file without them, as users do.
+    """
+    import functools
+    import sys
+    import types
+    from collections import OrderedDict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = [
+        "src",
+        "src.models",
+        "src.models.components",
+        "src.models.components.model",
+        "src.models.instructmusicgenadapter_module",
+    ]
+    created = [name for name in names if name not in sys.modules]
+    for name in created:
+        sys.modules[name] = types.ModuleType(name)
+    try:
+        model_mod = sys.modules["src.models.components.model"]
+        lit_mod = sys.modules["src.models.instructmusicgenadapter_module"]
+        instructor = type("Instructor", (), {"__module__": model_mod.__name__})
+        model_mod.Instructor = instructor
+        lit = type("InstructMusicGenAdapterLitModule", (), {"__module__": lit_mod.__name__})
+        lit_mod.InstructMusicGenAdapterLitModule = lit
+        checkpoint = {
+            "epoch": 3,
+            "global_step": 12000,
+            "pytorch-lightning_version": "2.1.0",
+            "state_dict": OrderedDict(state),
+            "hyper_parameters": {
+                "instructor": functools.partial(instructor, sec=5, num_layers=48, latent_dim=2048, top_k=250),
+                "optimizer": functools.partial(torch.optim.AdamW, lr=1e-4, weight_decay=0.05),
+                "tmp_dir": "/tmp/instruct",
+                "compile": False,
+                "audio_regularization": 0.0,
+            },
+            "hparams_name": "kwargs",
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"current": {"completed": 3}}}},
+            "callbacks": {"ModelCheckpoint": {"best_model_path": "/ckpt/best.ckpt", "lit": lit()}},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-4}]}],
+            "lr_schedulers": [],
+        }
+        torch.save(checkpoint, path)
+    finally:
+        for name in created:
+            del sys.modules[name]
+    return path
+
+
+def write_tiny_official_ckpt(path: str | Path, base_dir: str | Path, seed: int = 0, **kwargs) -> Path:
+    """A fake finetuned.ckpt around the tiny base model in `base_dir` (transformers layout)."""
+    from safetensors.torch import load_file
+
+    from engine.weights.convert import lm_state_from_transformers
+
+    base = lm_state_from_transformers(load_file(str(Path(base_dir) / "model.safetensors")))
+    return write_official_ckpt(path, official_state_dict(base, TINY_LAYERS, TINY_DIM, seed=seed, **kwargs))

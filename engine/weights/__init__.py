@@ -186,7 +186,14 @@ def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
 
     adapter_state = {n: t for n, t in state.items() if lm.is_adapter_name(n)}
     base_state = {n: t for n, t in state.items() if not lm.is_adapter_name(n)}
-    lm.load_adapter_state_dict(adapter_state)
+    try:
+        lm.load_adapter_state_dict(adapter_state)
+    except CheckpointError as exc:
+        hint = f"; it was trained on {info['base_hint']}" if info.get("base_hint") else ""
+        cfg = lm.cfg
+        raise CheckpointError(
+            f"adapter {path} does not fit this base model ({cfg.num_layers} layers x {cfg.dim}){hint}: {exc}"
+        ) from None
     if base_state:
         own = lm.state_dict()
         for name, tensor in base_state.items():
