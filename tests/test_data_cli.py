@@ -44,3 +44,16 @@ def test_data_command_module_does_not_import_torch():
     code = "import sys, engine.data.cli; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
+
+
+@needs_soundfont
+def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
+    data = tmp_path / "data"
+    synth = ["data", "synth", "--tracks", "3", "-o", str(data), "--seconds", "2", "--sample-rate", "16000", "--quiet"]
+    assert main(synth) == 0
+    argv = ["data", "export", str(data), "-o", str(tmp_path / "clips"), "--split", "test", "--seconds", "1"]
+    assert main([*argv, "--sample-rate", "16000", "--ops", "extract", "--quiet"]) == 0
+    meta = json.loads((tmp_path / "clips" / "clips.json").read_text())
+    suggested = json.loads((data / "dataset.json").read_text())["split"]["test"]
+    assert {clip["song_id"] for clip in meta["clips"]} <= set(suggested)
+    assert meta["clips"] and all(clip["op"] == "extract" for clip in meta["clips"])

@@ -12,7 +12,7 @@ import soundfile as sf
 from engine.data.datasets import ClipConfig, StemDataset, read_window, split_songs
 from engine.data.layouts import StemFile, scan
 from engine.data.render import default_soundfonts
-from engine.data.stems import FOUR_STEMS
+from engine.data.stems import FOUR_STEMS, caption_word
 from engine.data.synth import synthesize
 from engine.errors import ConfigError, DataError
 
@@ -297,3 +297,38 @@ def test_window_past_the_end_of_a_file_is_zero_padded(tmp_path):
     window = read_window(StemFile("s", "Bass", path, RATE, RATE, 1), RATE // 2, RATE, RATE)
     np.testing.assert_array_equal(window[: RATE // 2], 0.25)
     np.testing.assert_array_equal(window[RATE // 2 :], 0.0)
+
+
+# ---- captioned mixes for a base model, and the exported evaluation list ----------------------------------------
+
+
+def test_caption_clips_are_the_named_classes_summed_from_the_files(synth_catalog):
+    from engine.data.datasets import CaptionDataset
+
+    data = CaptionDataset(synth_catalog, "all", _config(), clips_per_song=12, random_clips=True)
+    kinds = set()
+    for index in range(len(data)):
+        clip = data[index]
+        kinds.add(clip.kind)
+        reference = _file_sum(synth_catalog, clip.song_id, clip.classes, clip.offset_samples, RATE)
+        np.testing.assert_allclose(clip.audio, _common_gain(clip.audio, reference) * reference, atol=1e-5)
+        assert all(caption_word(cls) in clip.caption for cls in clip.classes)
+        assert (clip.kind == "stem") == (len(clip.classes) == 1)
+    assert kinds == {"mix", "stem", "partial"}
+
+
+def test_export_writes_the_official_test_data_layout(synth_catalog, tmp_path):
+    import json
+
+    from engine.data.export import export_clips
+
+    data = StemDataset(synth_catalog, "all", _config(ops=("remove",)), random_clips=False)
+    assert export_clips(data, tmp_path / "out", progress=False) == len(data)
+    first = data[0]
+    exported, rate = sf.read(str(tmp_path / "out" / "remove" / "ground_truth" / "0.wav"), dtype="float32")
+    assert rate == RATE
+    np.testing.assert_array_equal(exported, first.target)
+    text = (tmp_path / "out" / "remove" / "instruction" / "0.txt").read_text().splitlines()
+    assert text == [f"Instruction: {first.instruction}", f"Stems: {', '.join(first.input_classes)}"]
+    meta = json.loads((tmp_path / "out" / "clips.json").read_text())
+    assert [clip["song_id"] for clip in meta["clips"]] == [data[i].song_id for i in range(len(data))]

@@ -2,6 +2,7 @@
 
     imusic data synth --tracks N -o DIR [--seed S] [--seconds L] [--sample-rate SR] [--soundfont PATH ...] [--midi DIR]
     imusic data info DIR [--layout auto|slakh|moisesdb|folder] [--json]
+    imusic data export DIR -o OUT [--split test] [--ops add remove extract] [--classes 4stems|all] ...
 
 Top-level imports stay light (argparse only): the work happens in modules imported by `run`.
 """
@@ -43,12 +44,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--layout", default="auto", choices=("auto", "slakh", "moisesdb", "folder"))
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    export = sub.add_parser(
+        "export",
+        help="write a split's fixed clip list as input/ground_truth/instruction files (official test-data layout)",
+    )
+    export.add_argument("data_dir", metavar="DIR")
+    export.add_argument("-o", "--output", required=True, help="new (or empty) folder for the clips")
+    export.add_argument("--split", default="test", choices=("train", "validation", "test", "all"))
+    export.add_argument("--ops", nargs="+", default=["add", "remove", "extract"], choices=("add", "remove", "extract"))
+    export.add_argument("--classes", default="4stems", help="4stems, all, or comma-separated class names")
+    export.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5)")
+    export.add_argument("--sample-rate", type=int, default=32000, help="clip sample rate (default 32000)")
+    export.add_argument("--clips-per-song", type=int, default=1)
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--layout", default="auto", choices=("auto", "slakh", "moisesdb", "folder"))
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
+
 
 def run(args: argparse.Namespace) -> int:
     """Run `imusic data ...`; returns the exit code."""
     if args.data_command == "synth":
         return _synth(args)
+    if args.data_command == "export":
+        return _export(args)
     return _info(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from engine.data.datasets import ClipConfig, StemDataset
+    from engine.data.export import export_clips
+    from engine.data.layouts import scan
+
+    classes = args.classes if args.classes in ("4stems", "all") else tuple(args.classes.split(","))
+    config = ClipConfig(sample_rate=args.sample_rate, seconds=args.seconds, classes=classes, ops=tuple(args.ops))
+    data = StemDataset(
+        scan(args.data_dir, args.layout),
+        args.split,
+        config,
+        seed=args.seed,
+        clips_per_song=args.clips_per_song,
+        random_clips=False,
+    )
+    count = export_clips(data, args.output, progress=not args.quiet)
+    print(f"wrote {count} clip(s) of the {args.split} split to {args.output}")
+    if data.skipped:
+        print(f"skipped {len(data.skipped)} song(s) that cannot give a clip", file=sys.stderr)
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.data.layouts import Catalog, Song, StemFile
-from engine.data.stems import FOUR_STEMS, canonical_class, is_targetable
+from engine.data.stems import FOUR_STEMS, canonical_class, caption, is_targetable
 from engine.errors import ConfigError, DataError
 
 OPS = ("add", "remove", "extract")
@@ -399,6 +399,86 @@ class StemDataset:
             instruction=instruction_text(op, target_cls),
             input_classes=tuple(in_classes),
             target_classes=tuple(out_classes),
+            redraws=redraws,
+            quiet=quiet,
+        )
+
+
+@dataclass
+class CaptionClip:
+    """Audio of some of a song's classes and the text naming them ("drums and bass"), mono float32 [N]."""
+
+    audio: np.ndarray  # [N]
+    caption: str
+    classes: tuple[str, ...]
+    kind: str  # "mix" (every class), "stem" (one class), "partial" (a subset)
+    song_id: str
+    offset: float
+    offset_samples: int
+    sample_rate: int
+    redraws: int = 0
+    quiet: bool = False
+
+
+class CaptionDataset(StemDataset):
+    """Text-to-music clips for a base model: full mixes, single stems and partial mixes, captioned by class.
+
+    The base model must be able to generate what edits ask for (extract needs a vocabulary of lone stems), so each
+    item is, with equal odds, the full mix, one class alone, or a random subset of two or more classes. Clips whose
+    audio is near-silent are re-drawn by the same rule as edit clips. Peak-safe gain only.
+    """
+
+    KINDS = ("mix", "stem", "partial")
+
+    def __len__(self) -> int:
+        return len(self.plans) * self.clips_per_song
+
+    def __getitem__(self, index: int) -> CaptionClip:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self.random_clips:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            plan = self.plans[index % len(self.plans)]
+        else:
+            rng = np.random.default_rng([self.seed, index, 1])
+            plan = self.plans[index // self.clips_per_song]
+        return self.draw_caption(plan, rng)
+
+    def draw_caption(self, plan: _SongPlan, rng: np.random.Generator) -> CaptionClip:
+        config = self.config
+        length = config.num_samples
+        classes = list(plan.groups)
+        redraws = 0
+        for attempt in range(config.max_redraws + 1):
+            redraws = attempt
+            kind = self.KINDS[int(rng.integers(len(self.KINDS)))]
+            if kind == "mix":
+                chosen = classes
+            elif kind == "stem":
+                chosen = [classes[int(rng.integers(len(classes)))]]
+            else:
+                count = int(rng.integers(2, len(classes) + 1))
+                chosen = [classes[i] for i in sorted(rng.choice(len(classes), size=count, replace=False))]
+            start = int(rng.integers((plan.length - length) // plan.step + 1)) * plan.step
+            audio = mix_window([s for cls in chosen for s in plan.groups[cls]], start, length, config.sample_rate)
+            quiet = bool(
+                np.max(np.abs(audio)) < config.min_peak
+                or np.count_nonzero(np.abs(audio) < config.quiet_level) > config.max_quiet_fraction * length
+            )
+            if not quiet:
+                break
+        peak = float(np.max(np.abs(audio)))
+        if peak > 1.0:
+            audio = audio / np.float32(peak)
+        return CaptionClip(
+            audio=audio,
+            caption=caption(chosen),
+            classes=tuple(chosen),
+            kind=kind,
+            song_id=plan.song.song_id,
+            offset=start / config.sample_rate,
+            offset_samples=start,
+            sample_rate=config.sample_rate,
             redraws=redraws,
             quiet=quiet,
         )

@@ -1,0 +1,66 @@
+"""A fixed evaluation list written as files, in the official test-data layout, to listen to or to evaluate.
+
+    OUT/{op}/input/{n}.wav  OUT/{op}/ground_truth/{n}.wav  OUT/{op}/instruction/{n}.txt  OUT/clips.json
+
+`instruction/{n}.txt` holds "Instruction: <text>" and "Stems: <input classes>", as the official evaluation data
+(src/data/slakh_datamodule.py, get_test_files); clips.json records song, offset and classes of every clip.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import soundfile as sf
+
+from engine.data.datasets import StemDataset
+from engine.errors import DataError
+
+
+def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) -> int:
+    """Write every clip of `data`; returns how many. `out_dir` must be new or empty."""
+    from tqdm import tqdm
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} is not empty: choose a new folder for the clips")
+    counters: dict[str, int] = {}
+    records = []
+    for index in tqdm(range(len(data)), desc="export", unit="clip", disable=not progress):
+        clip = data[index]
+        number = counters.get(clip.op, 0)
+        counters[clip.op] = number + 1
+        folder = out / clip.op
+        for sub in ("input", "ground_truth", "instruction"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        sf.write(str(folder / "input" / f"{number}.wav"), clip.input, clip.sample_rate, subtype="FLOAT")
+        sf.write(str(folder / "ground_truth" / f"{number}.wav"), clip.target, clip.sample_rate, subtype="FLOAT")
+        (folder / "instruction" / f"{number}.txt").write_text(
+            f"Instruction: {clip.instruction}\nStems: {', '.join(clip.input_classes)}\n", encoding="utf-8"
+        )
+        records.append(
+            {
+                "op": clip.op,
+                "index": number,
+                "stem": clip.stem_name,
+                "instruction": clip.instruction,
+                "song_id": clip.song_id,
+                "offset": clip.offset,
+                "input_classes": list(clip.input_classes),
+                "target_classes": list(clip.target_classes),
+                "quiet": clip.quiet,
+            }
+        )
+    meta = {
+        "source": str(data.catalog.root),
+        "layout": data.catalog.layout,
+        "split": data.split,
+        "seed": data.seed,
+        "sample_rate": data.config.sample_rate,
+        "seconds": data.config.seconds,
+        "classes": data.config.classes if isinstance(data.config.classes, str) else list(data.config.classes),
+        "skipped_songs": [list(item) for item in data.skipped],
+        "clips": records,
+    }
+    (out / "clips.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return len(records)
