@@ -81,10 +81,6 @@ class _Progress:
         self.done += units
         self.at(0.0, stage)
 
-    def finish(self) -> None:
-        if self.callback is not None:
-            self.callback(1.0, "done")
-
 
 class Editor:
     """Edits audio with one loaded model; construct with `Editor.load(...)` or `Editor(loaded_model)`.
@@ -215,7 +211,7 @@ class Editor:
                 "seconds": audio.shape[-1] / sample_rate,
             },
             "model_sample_rate": self.sample_rate,
-            "channels": "mono model output copied to every channel",
+            "channel_policy": "mono model output copied to every channel",
             "raw": raw,
             "levels": levels,
             "timings": {k: round(v, 4) for k, v in timings.items()},
