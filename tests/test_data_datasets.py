@@ -332,3 +332,11 @@ def test_export_writes_the_official_test_data_layout(synth_catalog, tmp_path):
     assert text == [f"Instruction: {first.instruction}", f"Stems: {', '.join(first.input_classes)}"]
     meta = json.loads((tmp_path / "out" / "clips.json").read_text())
     assert [clip["song_id"] for clip in meta["clips"]] == [data[i].song_id for i in range(len(data))]
+
+
+def test_a_stem_deleted_after_the_scan_is_a_data_error_naming_it(tmp_path):
+    _folder_song(tmp_path)
+    data = StemDataset(scan(tmp_path), "all", _config(seconds=0.5))
+    (tmp_path / "song" / "bass.wav").unlink()
+    with pytest.raises(DataError, match="bass.wav"):
+        data[0]

@@ -147,3 +147,27 @@ def test_a_folder_in_no_known_layout_says_which_layouts_were_tried(tmp_path):
 def test_a_missing_folder_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         scan(tmp_path / "nope")
+
+
+def test_yaml_fallback_reads_slakh_style_metadata():
+    from engine.data.yamlio import parse_simple_yaml
+
+    text = (
+        "UUID: 1a2b\naudio_dir: stems\nnormalization_factor: -13.5\nstems:\n  S00:\n    audio_rendered: true\n"
+        "    inst_class: Strings (continued)\n    integrated_loudness: null\n    program_num: 48\n"
+        "  S01:\n    audio_rendered: false\n    inst_class: Bass\n"
+    )
+    assert parse_simple_yaml(text) == {
+        "UUID": "1a2b",
+        "audio_dir": "stems",
+        "normalization_factor": -13.5,
+        "stems": {
+            "S00": {
+                "audio_rendered": True,
+                "inst_class": "Strings (continued)",
+                "integrated_loudness": None,
+                "program_num": 48,
+            },
+            "S01": {"audio_rendered": False, "inst_class": "Bass"},
+        },
+    }

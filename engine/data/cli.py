@@ -36,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="General MIDI .sf2 files (default: TimGM6mb.sf2 from pretty_midi and FluidR3_GM.sf2 when installed)",
     )
-    synth.add_argument("--midi", metavar="DIR", help="render your own .mid files (one song each) instead")
+    synth.add_argument(
+        "--midi",
+        metavar="DIR",
+        help="render your own .mid files instead (in name order, cycling when --tracks is larger; each cut to "
+        "--seconds; programs re-drawn within each instrument's class)",
+    )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = sub.add_parser("info", help="summary of a data set: layout, songs, stems per class, hours")

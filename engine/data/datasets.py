@@ -136,9 +136,12 @@ def read_window(stem: StemFile, start: int, length: int, sample_rate: int) -> np
     source_start = (start // up - margin_blocks) * down
     source_length = (math.ceil(length / up) + 2 * margin_blocks) * down
     pad_front = max(0, -source_start)
-    with sf.SoundFile(str(stem.path)) as handle:
-        handle.seek(max(0, source_start))
-        data = handle.read(source_length - pad_front, dtype="float32", always_2d=True, fill_value=0.0)
+    try:
+        with sf.SoundFile(str(stem.path)) as handle:
+            handle.seek(max(0, source_start))
+            data = handle.read(source_length - pad_front, dtype="float32", always_2d=True, fill_value=0.0)
+    except (OSError, RuntimeError) as exc:  # soundfile's errors derive from these; the file changed since the scan
+        raise DataError(f"cannot read stem {stem.path}: {exc}") from exc
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [source_length - pad_front]
     if pad_front:
         mono = np.concatenate([np.zeros(pad_front, np.float32), mono])

@@ -336,7 +336,10 @@ def load_midi_song(path: str, seconds: float | None) -> tuple[pretty_midi.Pretty
             continue
         copy = pretty_midi.Instrument(program=part.program, is_drum=part.is_drum, name=part.name or "")
         copy.notes = notes
-        copy.control_changes = [c for c in part.control_changes if seconds is None or c.time < seconds]
+        # Bank selects (CC 0/32) would point the synth at banks a General MIDI soundfont does not have.
+        copy.control_changes = [
+            c for c in part.control_changes if (seconds is None or c.time < seconds) and c.number not in (0, 32)
+        ]
         copy.pitch_bends = [b for b in part.pitch_bends if seconds is None or b.time < seconds]
         parts.append(copy)
     return midi, parts
