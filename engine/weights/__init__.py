@@ -120,7 +120,7 @@ def load_model(
             adapter_path = path / "adapter"
         layout = detect_layout(base)
 
-    adapter_state, adapter_info = _read_adapter(adapter_path) if adapter_path is not None else (None, None)
+    adapter_state, adapter_info = read_adapter(adapter_path) if adapter_path is not None else (None, None)
     fusion = adapter_info["fusion"] if adapter_info else None
 
     if layout == "transformers":
@@ -157,7 +157,7 @@ def load_model(
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
 
 
-def _read_adapter(path: Path) -> tuple[dict, dict]:
+def read_adapter(path: Path) -> tuple[dict, dict]:
     """(state in our naming, info with fusion / stems / template / verbs / provenance) of an adapter path."""
     from engine.weights import adapter_format
 

@@ -1,0 +1,165 @@
+"""`imusic weights info|download|convert` and hub-name resolution, against a local fake Hugging Face cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from bridge.cli import main
+from engine.errors import CheckpointError
+from engine.testing import write_tiny_official_ckpt
+from engine.weights import load_model
+
+FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def official_ckpt(tiny_model_dir, tmp_path_factory):
+    return write_tiny_official_ckpt(tmp_path_factory.mktemp("official") / "finetuned.ckpt", tiny_model_dir / "base")
+
+
+@pytest.fixture
+def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
+    """A Hugging Face cache holding "facebook/musicgen-small" (the tiny base), laid out as huggingface_hub does."""
+    cache = tmp_path / "hf_cache"
+    repo = cache / "models--facebook--musicgen-small"
+    shutil.copytree(tiny_model_dir / "base", repo / "snapshots" / FAKE_COMMIT)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(FAKE_COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_info_on_our_model_dir_counts_parameters(tiny_model_dir, capsys):
+    assert main(["weights", "info", str(tiny_model_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    lm = load_model(tiny_model_dir, device="cpu", dtype="fp32").lm
+    params = report["parameters"]
+    assert report["layout"] == "imusic"
+    assert params["decoder"] == lm.num_parameters(adapters=False)
+    assert params["adapter"] == lm.num_parameters(adapters=True)
+    assert params["adapter_percent_of_base"] == pytest.approx(100 * params["adapter"] / params["decoder"], abs=0.01)
+    assert report["stems"] == ["Drums", "Bass", "Piano", "Guitar"]
+    assert "base/model.safetensors" in report["files"]
+
+
+def test_info_text_names_layout_sizes_and_percent(tiny_model_dir, capsys):
+    assert main(["weights", "info", str(tiny_model_dir)]) == 0
+    text = capsys.readouterr().out
+    assert "layout: imusic" in text
+    assert "adapter / base decoder:" in text
+    assert "2 layers x 64, 4 codebooks of 64" in text
+
+
+def test_info_on_official_checkpoint_lists_stand_ins(official_ckpt, capsys):
+    assert main(["weights", "info", str(official_ckpt), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "official"
+    assert report["parameters"]["adapter"] > 0
+    assert report["parameters"]["cross_attention_qkv"] == 2 * 3 * 64 * 64
+    assert "src.models.components.model.Instructor" in report["stand_ins"]
+
+
+def test_info_on_missing_path_fails_with_one_line(tmp_path, capsys):
+    assert main(["weights", "info", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+
+
+def test_hub_name_resolves_from_the_local_cache(fake_hub):
+    model = load_model("facebook/musicgen-small", device="cpu", dtype="fp32")
+    assert model.card.sample_rate == 16000
+    assert FAKE_COMMIT in model.card.provenance["path"]
+
+
+def test_alias_resolves_too(fake_hub):
+    from engine.weights.hub import cached_snapshot
+
+    assert cached_snapshot("musicgen-small").name == FAKE_COMMIT
+
+
+def test_hub_name_not_in_cache_says_how_to_get_it(fake_hub):
+    with pytest.raises(CheckpointError, match="imusic weights download facebook/musicgen-large"):
+        load_model("facebook/musicgen-large", device="cpu")
+
+
+def test_download_of_a_cached_model_prints_its_path(fake_hub, capsys):
+    assert main(["weights", "download", "musicgen-small"]) == 0
+    assert capsys.readouterr().out.strip().endswith(FAKE_COMMIT)
+
+
+def test_download_offline_fails_with_a_clear_message(fake_hub, capsys):
+    assert main(["weights", "download", "facebook/musicgen-large"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot download facebook/musicgen-large" in err and "offline" in err
+    assert err.count("\n") == 1
+
+
+def test_download_without_network_fails_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # nothing listens on port 9 of this machine: the connection is refused at once
+    code = main(
+        [
+            "weights",
+            "download",
+            "facebook/musicgen-small",
+            "--cache-dir",
+            str(tmp_path),
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "cannot download facebook/musicgen-small" in err
+    assert err.count("\n") == 1
+
+
+def test_convert_official_to_our_adapter_format(tiny_model_dir, official_ckpt, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    assert main(["weights", "convert", str(official_ckpt), "-o", str(out)]) == 0
+    assert (out / "adapter.json").is_file() and (out / "adapter.safetensors").is_file()
+    # adapters (+ the cross-attention q/k/v) only: far smaller than the checkpoint, which holds the whole LM
+    assert (out / "adapter.safetensors").stat().st_size < official_ckpt.stat().st_size
+    direct = load_model(tiny_model_dir / "base", adapter=official_ckpt, device="cpu", dtype="fp32").lm.state_dict()
+    converted = load_model(tiny_model_dir / "base", adapter=out, device="cpu", dtype="fp32").lm.state_dict()
+    assert all(torch.equal(direct[name], converted[name]) for name in direct)
+
+
+def test_convert_with_base_writes_a_model_dir_that_loads_alone(tiny_model_dir, official_ckpt, tmp_path):
+    out = tmp_path / "instruct-tiny"
+    assert (
+        main(
+            [
+                "weights",
+                "convert",
+                str(official_ckpt),
+                "--base",
+                str(tiny_model_dir / "base"),
+                "-o",
+                str(out),
+                "--name",
+                "instruct-tiny",
+            ]
+        )
+        == 0
+    )
+    model = load_model(out, device="cpu", dtype="fp32")
+    assert model.card.name == "instruct-tiny"
+    assert model.card.has_adapter
+
+
+def test_convert_refuses_to_overwrite(official_ckpt, tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    assert main(["weights", "convert", str(official_ckpt), "-o", str(tmp_path / "full")]) == 1
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
