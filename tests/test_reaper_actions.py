@@ -1,0 +1,403 @@
+"""Every REAPER action end to end: the installed scripts run against a fake REAPER API and a real `imusic serve`
+(tiny random model) on loopback. The tiny model's audio means nothing; what is checked is the region sent, where
+the result lands, its name, length and position, one undo point, and that bad input changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from fake_reaper import FakeReaper, Source
+
+from bridge import audio_io
+from bridge.client import Client, NoReply
+from reaper_scripts import installer
+
+SR = 44100
+SOURCE_SECONDS = 8.0
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reaper_e2e")
+
+
+@pytest.fixture(scope="module")
+def engine_port(root, tiny_model_dir, tmp_path_factory):
+    """A real `imusic serve` with the tiny model, on a free loopback port, for the whole module."""
+    port = free_udp_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "bridge.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port)]
+    command += [
+        "--device",
+        "cpu",
+        "--journal",
+        str(root / "journal"),
+        "--allow-root",
+        str(tmp_path_factory.getbasetemp()),
+    ]
+    with open(root / "serve.log", "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            _wait_ready(proc, port, root / "serve.log")
+            yield port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    with Client("127.0.0.1", port) as client:
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if client.ping(timeout=1.0).state == "ready":
+                    return
+            except NoReply:
+                pass
+            assert time.monotonic() < deadline, "imusic serve did not get ready"
+
+
+@pytest.fixture(scope="module")
+def source_file(root) -> tuple[Path, np.ndarray]:
+    """8 s of stereo noise at 44.1 kHz: every region has samples of its own, so an offset mistake cannot pass."""
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, size=(int(SOURCE_SECONDS * SR), 2)).astype(np.float32)
+    path = root / "audio" / "band.wav"
+    path.parent.mkdir()
+    soundfile.write(path, audio, SR, subtype="FLOAT")
+    return path, audio.T  # [C, N]
+
+
+def _install(resource: Path, port: int) -> None:
+    (resource / "Scripts").mkdir(parents=True)
+    installer.install(resource, port=port)
+
+
+class Harness:
+    """A fake REAPER with the actions installed, and helpers to run them the way REAPER does."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.resource = tmp / "REAPER"
+        _install(self.resource, port)
+        self.media = tmp / "project" / "Media"
+        self.reaper = FakeReaper(str(self.resource), str(tmp / "project" / "song.rpp"), str(self.media))
+        self.tick_seconds: list[float] = []
+
+    def run(self, script: str) -> None:
+        self.reaper.run_script(str(self.resource / "Scripts" / "imusic" / script))
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Run deferred rounds until no action defers any more (REAPER's timer ticks about 30 times a second)."""
+        deadline = time.monotonic() + timeout
+        while self.reaper.deferred:
+            assert time.monotonic() < deadline, "the deferred loop never ended"
+            started = time.perf_counter()
+            self.reaper.run_deferred()
+            self.tick_seconds.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    def results(self) -> list[Path]:
+        folder = self.media / "imusic"
+        return sorted(folder.glob("*.wav")) if folder.exists() else []
+
+
+@pytest.fixture
+def harness(tmp_path, engine_port, monkeypatch):
+    saved_path = list(sys.path)
+    harness = Harness(tmp_path, engine_port)
+    harness.reaper.install()
+    yield harness
+    library = sys.modules.pop("imusic_lib", None)
+    for session in getattr(library, "_SESSIONS", []):
+        session.client.close()
+    sys.modules.pop("reaper_python", None)
+    sys.path[:] = saved_path
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[tuple]:
+    """Every (input_path, start_s, end_s, instruction) the actions submit, passed on to the real client."""
+    calls = []
+    real_submit = Client.submit
+
+    def spy(self, input_path, start_s, end_s, instruction, *args, **kwargs):
+        calls.append((input_path, start_s, end_s, instruction))
+        return real_submit(self, input_path, start_s, end_s, instruction, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "submit", spy)
+    return calls
+
+
+def frames(seconds: float) -> int:
+    return int(round(seconds * SR))
+
+
+def assert_region_is_source(sent_call, source, offset: float, seconds: float) -> None:
+    """The region sent reads back as exactly the source samples at the take offset."""
+    path, audio = source
+    input_path, start_s, end_s, _ = sent_call
+    assert Path(input_path) == path
+    region, rate = audio_io.read_region(input_path, start_s, end_s)
+    assert rate == SR
+    expected = audio[:, frames(offset) : frames(offset) + frames(seconds)]
+    assert region.shape == expected.shape
+    np.testing.assert_array_equal(region, expected)
+
+
+def assert_unchanged(harness: Harness, message: str) -> None:
+    """One message box with that text, no change to the project, no job left running, no file written."""
+    assert len(harness.reaper.messages) == 1, harness.reaper.messages
+    assert message in harness.reaper.messages[0][0]
+    assert harness.reaper.changes == []
+    assert harness.reaper.undo_points == []
+    assert harness.results() == []
+
+
+# ------------------------------------------------------------------------------------------------ edits that work
+
+
+def test_extract_drums_puts_the_edit_of_exactly_the_item_on_a_new_track_under_it(harness, source_file, sent):
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    keys = reaper.add_track("Keys")
+    reaper.add_item(bass, position=2.0, length=2.5, start_offset=1.25, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    # The action returns at once: the job runs on the engine while REAPER keeps going.
+    assert reaper.changes == [] and reaper.deferred
+    harness.settle()
+
+    assert reaper.messages == []
+    assert [t.name for t in reaper.tracks] == ["Bass", "Bass \u00b7 extract drums", "Keys"]
+    assert reaper.tracks[2] is keys
+    (result,) = reaper.tracks[1].items
+    assert (result.position, result.length) == (2.0, 2.5)
+    assert result.take.values["D_STARTOFFS"] == 0.0 and result.take.values["D_PLAYRATE"] == 1.0
+    assert result.take.name == "extract drums"
+    info = soundfile.info(result.take.source.filename)
+    assert (info.frames, info.samplerate, info.channels) == (frames(2.5), SR, 2)
+    assert Path(result.take.source.filename).parent == harness.media / "imusic"
+    assert reaper.undo_points == ["Instruct: extract drums"]
+    assert reaper.messages == []
+    (call,) = sent
+    assert call[3] == "extract drums"
+    assert_region_is_source(call, source_file, offset=1.25, seconds=2.5)
+
+
+def test_the_deferred_loop_never_blocks_reaper(harness, source_file):
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=3.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    started = time.perf_counter()
+    harness.run("imusic_remove_bass.py")
+    assert time.perf_counter() - started < 1.0
+    harness.settle()
+    assert len(harness.tick_seconds) > 1
+    assert max(harness.tick_seconds) < 0.25, harness.tick_seconds
+
+
+def test_a_resampled_item_sends_its_source_region_and_the_result_plays_at_the_same_rate(harness, source_file, sent):
+    reaper = harness.reaper
+    track = reaper.add_track("Loop")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    reaper.add_item(track, position=1.0, length=4.0, start_offset=0.5, playrate=0.5, source=source)
+    harness.run("imusic_add_piano.py")
+    harness.settle()
+    (result,) = reaper.tracks[1].items
+    assert (result.position, result.length, result.take.values["D_PLAYRATE"]) == (1.0, 4.0, 0.5)
+    assert result.take.values["B_PPITCH"] == 0.0
+    # 4 s heard at rate 0.5 are 2 s of the file; the result holds those 2 s and plays them at 0.5 too
+    assert soundfile.info(result.take.source.filename).frames == frames(2.0)
+    assert_region_is_source(sent[0], source_file, offset=0.5, seconds=2.0)
+
+
+def test_the_time_selection_on_selected_tracks_is_edited_when_no_item_is_selected(harness, source_file, sent):
+    reaper = harness.reaper
+    guitar = reaper.add_track("Guitar", selected=True)
+    reaper.add_track("Other")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    reaper.add_item(guitar, position=10.0, length=6.0, start_offset=1.0, source=source, selected=False)
+    reaper.time_selection = (11.5, 14.0)
+    harness.run("imusic_extract_guitar.py")
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Guitar", "Guitar \u00b7 extract guitar", "Other"]
+    (result,) = reaper.tracks[1].items
+    assert (result.position, result.length) == (11.5, 2.5)
+    assert soundfile.info(result.take.source.filename).frames == frames(2.5)
+    assert_region_is_source(sent[0], source_file, offset=2.5, seconds=2.5)
+
+
+def test_the_prompted_action_sends_what_the_user_typed(harness, source_file, sent):
+    reaper = harness.reaper
+    track = reaper.add_track("")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    reaper.user_inputs.append((True, "  remove   bass "))
+    harness.run("imusic_edit.py")
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["", "Track 1 \u00b7 remove bass"]
+    assert sent[0][3] == "remove bass"
+    assert reaper.undo_points == ["Instruct: remove bass"]
+
+
+def test_cancelling_the_prompt_does_nothing(harness, source_file):
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    reaper.user_inputs.append((False, ""))
+    harness.run("imusic_edit.py")
+    assert (reaper.messages, reaper.changes, reaper.deferred) == ([], [], [])
+
+
+def test_items_on_two_tracks_get_one_track_each_in_one_undo_point(harness, source_file):
+    reaper = harness.reaper
+    drums, bass = reaper.add_track("Drums"), reaper.add_track("Bass")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    reaper.add_item(drums, position=0.0, length=1.5, source=source)
+    reaper.add_item(bass, position=3.0, length=1.0, start_offset=2.0, source=source)
+    reaper.add_item(bass, position=5.0, length=1.0, start_offset=4.0, source=source)
+    harness.run("imusic_remove_drums.py")
+    harness.settle()
+    names = [t.name for t in reaper.tracks]
+    assert names == ["Drums", "Drums \u00b7 remove drums", "Bass", "Bass \u00b7 remove drums"]
+    assert [(i.position, i.length) for i in reaper.tracks[3].items] == [(3.0, 1.0), (5.0, 1.0)]
+    assert reaper.undo_points == ["Instruct: remove drums"]
+    assert len(harness.results()) == 3
+
+
+# ------------------------------------------------------------------------------------------------ engine answers
+
+
+def test_an_instruction_the_engine_refuses_shows_the_engines_words_and_changes_nothing(harness, source_file):
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    reaper.user_inputs.append((True, "make it sound like a kazoo"))
+    harness.run("imusic_edit.py")
+    harness.settle()
+    assert len(reaper.messages) == 1
+    text = reaper.messages[0][0]
+    assert text.startswith("Instruct: make it sound like a kazoo failed for")
+    assert "drums" in text.lower()  # the engine lists what it supports
+    assert reaper.changes == [] and reaper.undo_points == []
+
+
+def test_cancel_stops_running_edits_and_inserts_nothing(harness, source_file):
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=6.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_bass.py")
+    harness.run("imusic_cancel.py")
+    harness.settle()
+    assert reaper.changes == [] and reaper.undo_points == [] and reaper.messages == []
+
+
+def test_cancel_with_nothing_running_says_so(harness):
+    harness.run("imusic_cancel.py")
+    assert harness.reaper.messages[0][0] == "No imusic edits are running."
+
+
+def test_engine_status_shows_the_model_device_and_state(harness):
+    harness.run("imusic_status.py")
+    harness.settle()
+    (message,) = [m for m, _, _ in harness.reaper.messages]
+    assert ": ready" in message
+    assert "tiny-random on cpu" in message
+
+
+def test_without_a_running_engine_the_actions_say_how_to_start_it(harness, source_file, monkeypatch):
+    monkeypatch.setenv("IMUSIC_PORT", str(free_udp_port()))
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle(timeout=15)
+    harness.run("imusic_status.py")
+    harness.settle(timeout=15)
+    messages = [m for m, _, _ in reaper.messages]
+    assert len(messages) == 2
+    assert all("imusic serve" in m for m in messages)
+    assert reaper.changes == []
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_no_selection_says_what_to_select(harness):
+    harness.reaper.add_track("Mix")
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, "Nothing selected")
+    assert harness.reaper.deferred == []
+
+
+def test_a_midi_item_is_refused(harness):
+    track = harness.reaper.add_track("Synth")
+    harness.reaper.add_item(track, position=0.0, length=2.0, source=Source("MIDI"), take_name="chords")
+    harness.run("imusic_extract_piano.py")
+    assert_unchanged(harness, '"chords" at 0:00.000 on Synth is MIDI')
+
+
+def test_an_empty_item_is_refused(harness):
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=2.0, source=None)
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, "no take to edit")
+
+
+def test_a_missing_source_file_is_refused(harness, tmp_path):
+    track = harness.reaper.add_track("Mix")
+    gone = str(tmp_path / "gone.wav")
+    harness.reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", gone, 8.0))
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, f"offline or missing: {gone}")
+
+
+def test_a_reversed_take_is_refused(harness, source_file):
+    track = harness.reaper.add_track("Mix")
+    item = harness.reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.reaper.reverse(item)
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, "is reversed")
+
+
+def test_a_pitch_shifted_item_is_refused(harness, source_file):
+    track = harness.reaper.add_track("Mix")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    harness.reaper.add_item(track, position=0.0, length=2.0, pitch=-12.0, source=source)
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, "pitch-shifted")
+
+
+def test_an_item_longer_than_the_engine_allows_is_refused(harness, source_file, monkeypatch):
+    monkeypatch.setenv("IMUSIC_MAX_SECONDS", "5")
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=6.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, "the engine edits at most 5 s")
+
+
+def test_one_bad_item_in_a_selection_sends_nothing(harness, source_file, sent):
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    reaper.add_item(track, position=3.0, length=2.0, source=Source("MIDI"))
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, "Nothing was changed.")
+    assert sent == []
