@@ -1,0 +1,80 @@
+"""`imusic serve` as a user runs it: a subprocess on the tiny model, asked with `imusic send`, stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+IMUSIC = [sys.executable, "-m", "bridge.cli"]
+
+
+def test_serve_loads_warms_up_answers_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+    pytest.importorskip("engine.editor")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as sink:
+        process = subprocess.Popen(
+            IMUSIC
+            + [
+                "serve",
+                "--model",
+                str(tiny_model_dir),
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+                "--journal",
+                str(tmp_path / "journal"),
+                "--allow-root",
+                str(tmp_path),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "ready:" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()).group(1)
+        ping = subprocess.run(IMUSIC + ["send", "--port", port, "ping"], capture_output=True, text=True, timeout=30)
+        assert ping.returncode == 0 and ping.stdout.split()[-1] == "ready"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+
+
+def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):
+    proc = subprocess.run(
+        IMUSIC + ["serve", "--model", str(tmp_path / "nope"), "--port", "0", "--journal", str(tmp_path / "j")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("imusic serve: error:") and "Traceback" not in proc.stderr
+
+
+def test_serve_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            IMUSIC + ["serve", "--port", str(port), "--journal", str(tmp_path / "j"), "--model", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 1 and "another imusic server" in proc.stderr
+    assert Path(tmp_path / "j").is_dir()
