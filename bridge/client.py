@@ -255,7 +255,13 @@ class Client:
                 elif reply.address == protocol.ERROR:
                     raise RemoteError(reply.message, reply.code, job_id)
                 elif reply.address == protocol.STATE and reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
-                    raise RemoteError(reply.message or f"job {job_id} {reply.state}", reply.state, job_id)
+                    code = reply.message.split(":", 1)[0] if ":" in reply.message else reply.state
+                    raise RemoteError(reply.message or f"job {job_id} {reply.state}", code, job_id)
+                elif reply.address == protocol.STATE and reply.state == protocol.UNKNOWN:
+                    if adopted:
+                        raise RemoteError(f"the engine has no job {job_id}", protocol.UNKNOWN_JOB, job_id)
+                    accepted = False  # a server started without our journal: send the job again
+                    self.submit(*last[1:], job_id=job_id)
             silent = time.monotonic() - last_heard
             if not accepted and silent > resend_after:
                 self.submit(*last[1:], job_id=job_id)

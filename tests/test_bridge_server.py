@@ -454,3 +454,26 @@ def test_the_real_tiny_editor_serves_an_edit(tmp_path, root, request):
         assert (info.samplerate, info.channels, info.frames) == (22050, 2, 22050)
     finally:
         server.stop()
+
+
+def test_a_waiting_client_resends_its_job_to_a_server_that_lost_it(tmp_path, root, song):
+    server = start_server(tmp_path, root, editor=FakeEditor(steps=100, step_s=0.05))
+    port = server.port
+    with Client("127.0.0.1", port) as client:
+        job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+        client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
+        server.stop()
+        fresh = EngineServer(
+            editor=FakeEditor(), port=port, journal_dir=tmp_path / "other-journal", allow_roots=[root], warm_up=False
+        )
+        fresh.start()
+        try:
+            assert Path(client.wait(job_id, timeout=TIMEOUT, resend_after=0.2).output_path).exists()
+        finally:
+            fresh.stop()
+
+
+def test_waiting_on_a_job_the_server_never_had_is_an_unknown_job_error(client):
+    with pytest.raises(RemoteError) as exc:
+        client.wait("never-sent", timeout=TIMEOUT)
+    assert exc.value.code == protocol.UNKNOWN_JOB
