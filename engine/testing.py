@@ -379,3 +379,100 @@ def write_tiny_official_ckpt(path: str | Path, base_dir: str | Path, seed: int =
 
     base = lm_state_from_transformers(load_file(str(Path(base_dir) / "model.safetensors")))
     return write_official_ckpt(path, official_state_dict(base, TINY_LAYERS, TINY_DIM, seed=seed, **kwargs))
+
+
+def audiocraft_codec_state(codec) -> dict[str, torch.Tensor]:
+    """transformers EncodecModel -> audiocraft EnCodec names (weight_g / weight_v), for test checkpoints."""
+    import re
+
+    from transformers.models.encodec.modeling_encodec import EncodecConvTranspose1d
+
+    transposed = {
+        name for name, module in codec.named_modules() if isinstance(module, EncodecConvTranspose1d)
+    }  # e.g. "decoder.layers.3"
+    out = {}
+    for name, tensor in codec.state_dict().items():
+        new = name.replace(".parametrizations.weight.original0", ".weight_g")
+        new = new.replace(".parametrizations.weight.original1", ".weight_v")
+        if m := re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.conv\.(.+)", new):
+            kind = "convtr.convtr" if f"{m[1]}.layers.{m[2]}" in transposed else "conv.conv"
+            new = f"{m[1]}.model.{m[2]}.{kind}.{m[3]}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.(block\.\d+|shortcut)\.conv\.(.+)", new):
+            new = f"{m[1]}.model.{m[2]}.{m[3]}.conv.conv.{m[4]}"
+        elif m := re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.lstm\.(.+)", new):
+            new = f"{m[1]}.model.{m[2]}.lstm.{m[3]}"
+        elif m := re.fullmatch(r"quantizer\.layers\.(\d+)\.codebook\.(.+)", new):
+            new = f"quantizer.vq.layers.{m[1]}._codebook.{m[2]}"
+        out[new] = tensor.detach().clone()
+    return out
+
+
+def write_audiocraft_layout(path: str | Path, seed: int = 0, model=None) -> Path:
+    """Write an audiocraft-style directory (state_dict.bin + compression_state_dict.bin) of the tiny model."""
+    import yaml
+
+    from engine.weights.convert import lm_state_from_transformers
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model = model if model is not None else tiny_musicgen(seed)
+    ours = lm_state_from_transformers({n: t.detach().clone() for n, t in model.state_dict().items()})
+    dec = model.config.decoder
+    lm_cfg = {
+        "transformer_lm": {
+            "dim": dec.hidden_size,
+            "num_heads": dec.num_attention_heads,
+            "num_layers": dec.num_hidden_layers,
+            "n_q": dec.num_codebooks,
+            "card": dec.vocab_size,
+        },
+        "conditioners": {"description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False}}},
+    }
+    torch.save({"best_state": audiocraft_lm_state(ours), "xp.cfg": yaml.safe_dump(lm_cfg)}, path / "state_dict.bin")
+    audio = model.config.audio_encoder
+    codec_cfg = {
+        "sample_rate": audio.sampling_rate,
+        "channels": 1,
+        "seanet": {
+            "dimension": audio.hidden_size,
+            "n_filters": audio.num_filters,
+            "n_residual_layers": audio.num_residual_layers,
+            "ratios": list(audio.upsampling_ratios),
+            "norm": "weight_norm",
+            "kernel_size": audio.kernel_size,
+            "last_kernel_size": audio.last_kernel_size,
+            "residual_kernel_size": audio.residual_kernel_size,
+            "dilation_base": audio.dilation_growth_rate,
+            "causal": audio.use_causal_conv,
+            "pad_mode": audio.pad_mode,
+            "true_skip": not audio.use_conv_shortcut,
+            "compress": audio.compress,
+            "lstm": audio.num_lstm_layers,
+            "trim_right_ratio": audio.trim_right_ratio,
+            "disable_norm_outer_blocks": 0,
+        },
+        "rvq": {"n_q": TINY_CODEBOOKS, "bins": audio.codebook_size},
+        "encodec": {"renormalize": False},
+    }
+    torch.save(
+        {"best_state": audiocraft_codec_state(model.audio_encoder), "xp.cfg": yaml.safe_dump(codec_cfg)},
+        path / "compression_state_dict.bin",
+    )
+    return path
+
+
+def write_t5_to_hub_cache(
+    cache_dir: str | Path, model=None, seed: int = 0, repo: str = "google-t5/t5-base", commit: str = "0" * 40
+) -> Path:
+    """Put the tiny T5 encoder (and its tokenizer) into a Hugging Face cache under `repo`, as a download would."""
+    from engine.weights.transformers_layout import quiet_transformers
+
+    model = model if model is not None else tiny_musicgen(seed)
+    repo_dir = Path(cache_dir) / ("models--" + repo.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    with quiet_transformers():
+        model.text_encoder.save_pretrained(snapshot)
+        tiny_tokenizer().save_pretrained(snapshot)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    return snapshot

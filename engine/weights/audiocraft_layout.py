@@ -1,11 +1,28 @@
 """The audiocraft layout (Meta's own MusicGen release): state_dict.bin (LM) + compression_state_dict.bin (EnCodec).
 
-T5 is not inside: the LM names it (t5-base), and we take it from the local Hugging Face cache.
+Both are torch pickles {"xp.cfg": YAML text of the training config, "best_state": state dict}; read with
+weights_only=True and memory-mapped. T5 is not inside: the LM names it (t5-base), and we take it from the local
+Hugging Face cache. The EnCodec weights are renamed into transformers' EncodecModel, whose module tree has the same
+order as audiocraft's SEANet (layer i of audiocraft's `encoder.model` is layer i of transformers' `encoder.layers`):
+    encoder.model.{i}.conv.conv.X            -> encoder.layers.{i}.conv.X
+    encoder.model.{i}.block.{j}.conv.conv.X  -> encoder.layers.{i}.block.{j}.conv.X
+    encoder.model.{i}.shortcut.conv.conv.X   -> encoder.layers.{i}.shortcut.conv.X
+    encoder.model.{i}.lstm.X                 -> encoder.layers.{i}.lstm.X
+    decoder.model.{i}.convtr.convtr.X        -> decoder.layers.{i}.conv.X
+    quantizer.vq.layers.{i}._codebook.X      -> quantizer.layers.{i}.codebook.X
+    weight_g / weight_v                      -> parametrizations.weight.original0 / original1
 """
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import CheckpointError
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -15,3 +32,209 @@ def is_audiocraft_dir(path: str | Path) -> bool:
     """True when `path` holds audiocraft's state_dict.bin or compression_state_dict.bin."""
     path = Path(path)
     return (path / LM_FILE).is_file() or (path / CODEC_FILE).is_file()
+
+
+def read_package(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(best_state, parsed xp.cfg) of an audiocraft release file."""
+    import yaml
+
+    if not file.is_file():
+        raise CheckpointError(f"audiocraft model directory {file.parent} is missing {file.name}")
+    try:
+        package = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the producer's bad input
+        raise CheckpointError(f"{file} is not a readable audiocraft checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(package, dict) or "best_state" not in package:
+        raise CheckpointError(f"{file} has no 'best_state': not an audiocraft release checkpoint")
+    cfg = package.get("xp.cfg") or {}
+    if isinstance(cfg, str):
+        try:
+            cfg = yaml.safe_load(cfg) or {}
+        except yaml.YAMLError as exc:
+            raise CheckpointError(f"{file}: its xp.cfg is not valid YAML: {exc}") from None
+    return package["best_state"], cfg
+
+
+# ---- LM --------------------------------------------------------------------------------------------------------
+
+
+def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]):
+    """Our LMConfig from an audiocraft LM state (shapes) and its xp.cfg (head count)."""
+    from engine.config import LMConfig
+
+    try:
+        num_codebooks = sum(1 for name in state if re.fullmatch(r"emb\.\d+\.weight", name))
+        rows, dim = state["emb.0.weight"].shape
+        num_layers = 1 + max(int(m[1]) for n in state if (m := re.match(r"transformer\.layers\.(\d+)\.", n)))
+        ffn_dim = state["transformer.layers.0.linear1.weight"].shape[0]
+        text_dim = state["condition_provider.conditioners.description.output_proj.weight"].shape[1]
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"not an audiocraft MusicGen LM: cannot find {exc}") from None
+    heads = (cfg.get("transformer_lm") or {}).get("num_heads") or dim // 64  # MusicGen sizes all use 64-dim heads
+    return LMConfig(
+        num_layers=num_layers,
+        dim=int(dim),
+        num_heads=int(heads),
+        ffn_dim=int(ffn_dim),
+        num_codebooks=num_codebooks,
+        card=int(rows) - 1,
+        text_dim=int(text_dim),
+    )
+
+
+def t5_name(cfg: dict[str, Any]) -> str:
+    """The T5 the LM was trained with (audiocraft: conditioners.description.t5.name)."""
+    description = (cfg.get("conditioners") or {}).get("description") or {}
+    return str((description.get("t5") or {}).get("name") or "t5-base")
+
+
+# ---- codec -----------------------------------------------------------------------------------------------------
+
+_AC_CODEC = [
+    (re.compile(r"(encoder|decoder)\.model\.(\d+)\.(?:conv\.conv|convtr\.convtr)\.(.+)"), r"\1.layers.\2.conv.\3"),
+    (re.compile(r"(encoder|decoder)\.model\.(\d+)\.block\.(\d+)\.conv\.conv\.(.+)"), r"\1.layers.\2.block.\3.conv.\4"),
+    (re.compile(r"(encoder|decoder)\.model\.(\d+)\.shortcut\.conv\.conv\.(.+)"), r"\1.layers.\2.shortcut.conv.\3"),
+    (re.compile(r"(encoder|decoder)\.model\.(\d+)\.lstm\.(.+)"), r"\1.layers.\2.lstm.\3"),
+    (re.compile(r"quantizer\.vq\.layers\.(\d+)\._codebook\.(.+)"), r"quantizer.layers.\1.codebook.\2"),
+]
+
+
+def codec_state_from_audiocraft(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """audiocraft EnCodec state -> transformers EncodecModel names."""
+    out = {}
+    unknown = []
+    for name, tensor in state.items():
+        for pattern, target in _AC_CODEC:
+            if pattern.fullmatch(name):
+                new = pattern.sub(target, name)
+                new = new.replace(".weight_g", ".parametrizations.weight.original0")
+                new = new.replace(".weight_v", ".parametrizations.weight.original1")
+                out[new] = tensor
+                break
+        else:
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(f"unexpected tensors in an audiocraft EnCodec: {', '.join(sorted(unknown)[:5])}")
+    return out
+
+
+def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
+    """transformers EncodecConfig from audiocraft's compression xp.cfg (seanet / rvq sections)."""
+    from transformers import EncodecConfig
+
+    seanet = dict(cfg.get("seanet") or {})
+    rvq = dict(cfg.get("rvq") or {})
+    encodec = dict(cfg.get("encodec") or {})
+    if seanet.get("norm", "weight_norm") != "weight_norm" or seanet.get("disable_norm_outer_blocks", 0):
+        raise CheckpointError("only weight-normalised EnCodec models (as MusicGen's) can be read")
+    if encodec.get("renormalize"):
+        raise CheckpointError("renormalising EnCodec models are not supported (MusicGen's codec does not renormalise)")
+    sample_rate = int(cfg.get("sample_rate") or encodec.get("sample_rate") or 32000)
+    ratios = list(seanet.get("ratios", [8, 5, 4, 2]))
+    bins = int(rvq.get("bins", state["quantizer.vq.layers.0._codebook.embed"].shape[0]))
+    n_q = int(rvq.get("n_q") or sum(1 for n in state if n.endswith("._codebook.embed")))
+    frame_rate = math.ceil(sample_rate / math.prod(ratios))
+    # transformers derives the codebook count from the bandwidth: n_q = 1000 * bw // (frame_rate * log2(bins))
+    bandwidth = n_q * frame_rate * math.ceil(math.log2(bins)) / 1000
+    return EncodecConfig(
+        sampling_rate=sample_rate,
+        audio_channels=int(cfg.get("channels", 1)),
+        hidden_size=int(seanet.get("dimension", 128)),
+        num_filters=int(seanet.get("n_filters", 32)),
+        num_residual_layers=int(seanet.get("n_residual_layers", 1)),
+        upsampling_ratios=ratios,
+        norm_type="weight_norm",
+        kernel_size=int(seanet.get("kernel_size", 7)),
+        last_kernel_size=int(seanet.get("last_kernel_size", 7)),
+        residual_kernel_size=int(seanet.get("residual_kernel_size", 3)),
+        dilation_growth_rate=int(seanet.get("dilation_base", 2)),
+        use_causal_conv=bool(seanet.get("causal", False)),
+        pad_mode=str(seanet.get("pad_mode", "constant")),
+        compress=int(seanet.get("compress", 2)),
+        num_lstm_layers=int(seanet.get("lstm", 2)),
+        trim_right_ratio=float(seanet.get("trim_right_ratio", 1.0)),
+        use_conv_shortcut=not bool(seanet.get("true_skip", True)),
+        codebook_size=bins,
+        codebook_dim=int(seanet.get("dimension", 128)),
+        target_bandwidths=[bandwidth],
+        normalize=False,
+    )
+
+
+def load_codec_model(path: Path):
+    """transformers EncodecModel holding the weights of compression_state_dict.bin."""
+    from transformers import EncodecModel
+
+    from engine.weights.transformers_layout import quiet_transformers
+
+    state, cfg = read_package(path / CODEC_FILE)
+    config = encodec_config(cfg, state)
+    renamed = codec_state_from_audiocraft(state)
+    # built for real, not on the meta device: EnCodec has non-persistent buffers, and it is small (~60M parameters)
+    with quiet_transformers():
+        model = EncodecModel(config)
+    expected = model.state_dict()
+    missing = [n for n in expected if n not in renamed]
+    if missing:
+        raise CheckpointError(f"{path / CODEC_FILE} is missing {len(missing)} codec weights: {', '.join(missing[:5])}")
+    for name, tensor in renamed.items():
+        if name not in expected:
+            raise CheckpointError(f"{path / CODEC_FILE} holds {name}, which its xp.cfg does not describe")
+        if tuple(expected[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{path / CODEC_FILE} does not match its xp.cfg: {name} has shape {tuple(tensor.shape)}, "
+                f"expected {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(renamed)
+    return model.float().eval()
+
+
+# ---- text ------------------------------------------------------------------------------------------------------
+
+
+def load_t5(name: str, cache_dir: str | Path | None = None):
+    """(T5EncoderModel, tokenizer) of the T5 an audiocraft LM names, from the local Hugging Face cache."""
+    from transformers import T5EncoderModel
+
+    from engine.weights import hub
+    from engine.weights.transformers_layout import load_tokenizer, quiet_transformers
+
+    if name not in ("t5-base", "google-t5/t5-base"):
+        path = hub.cached_snapshot(name, cache_dir=cache_dir)
+    else:
+        path = hub.find_t5(cache_dir=cache_dir)
+    try:
+        with quiet_transformers():
+            model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read the cached {name} in {path}: {str(exc).splitlines()[0]}") from None
+    return model.eval(), load_tokenizer(path)
+
+
+# ---- all parts -------------------------------------------------------------------------------------------------
+
+
+def load_parts(
+    path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+):
+    """Read an audiocraft directory into (lm, codec, text), like transformers_layout.load_parts."""
+    from engine.bundle import build_lm
+    from engine.codec import Codec
+    from engine.text import TextEncoder
+    from engine.weights.convert import lm_state_from_audiocraft
+
+    path = Path(path)
+    for name in (LM_FILE, CODEC_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"audiocraft model directory {path} is missing {name}")
+    state, cfg = read_package(path / LM_FILE)
+    lm_cfg = lm_config(state, cfg)
+    lm = build_lm(lm_cfg, fusion, lm_state_from_audiocraft(state), device=device, dtype=dtype)
+    codec = Codec(load_codec_model(path), num_codebooks=lm_cfg.num_codebooks, device=device)
+    t5, tokenizer = load_t5(t5_name(cfg))
+    if t5.config.d_model != lm_cfg.text_dim:
+        raise CheckpointError(
+            f"the cached {t5_name(cfg)} has width {t5.config.d_model}, but the LM expects {lm_cfg.text_dim}"
+        )
+    text = TextEncoder(t5, tokenizer, device=device, dtype=dtype, out_dtype=dtype)
+    return lm, codec, text

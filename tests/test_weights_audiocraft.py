@@ -1,0 +1,109 @@
+"""The audiocraft layout (state_dict.bin + compression_state_dict.bin, T5 from the hub cache) loads to the same model
+as the transformers layout of the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import CheckpointError
+from engine.testing import tiny_musicgen, write_audiocraft_layout, write_t5_to_hub_cache, write_transformers_layout
+from engine.weights import detect_layout, load_model
+
+
+@pytest.fixture(scope="module")
+def same_model_two_layouts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("layouts")
+    hf_model = tiny_musicgen(seed=3)
+    return (
+        write_transformers_layout(root / "transformers", model=hf_model),
+        write_audiocraft_layout(root / "audiocraft", model=hf_model),
+        hf_model,
+    )
+
+
+@pytest.fixture
+def t5_in_cache(same_model_two_layouts, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf_cache"
+    write_t5_to_hub_cache(cache, model=same_model_two_layouts[2])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def test_layout_is_detected(same_model_two_layouts):
+    assert detect_layout(same_model_two_layouts[1]) == "audiocraft"
+
+
+def test_decoder_weights_match_the_transformers_layout(same_model_two_layouts, t5_in_cache):
+    hf_dir, ac_dir, _ = same_model_two_layouts
+    ours_hf = load_model(hf_dir, device="cpu", dtype="fp32").lm.state_dict()
+    ours_ac = load_model(ac_dir, device="cpu", dtype="fp32").lm.state_dict()
+    assert set(ours_hf) == set(ours_ac)
+    for name in ours_hf:
+        assert torch.equal(ours_hf[name], ours_ac[name]), name
+
+
+def test_codec_encodes_and_decodes_identically(same_model_two_layouts, t5_in_cache):
+    hf_dir, ac_dir, _ = same_model_two_layouts
+    hf_codec = load_model(hf_dir, device="cpu", dtype="fp32").codec
+    ac_codec = load_model(ac_dir, device="cpu", dtype="fp32").codec
+    wav = torch.randn(1, 1, 8000, generator=torch.Generator().manual_seed(0)) * 0.2
+    codes = hf_codec.encode(wav)
+    assert torch.equal(codes, ac_codec.encode(wav))
+    torch.testing.assert_close(hf_codec.decode(codes), ac_codec.decode(codes))
+    assert (ac_codec.sample_rate, ac_codec.frame_rate, ac_codec.num_codebooks) == (16000, 50.0, 4)
+
+
+def test_text_encoder_comes_from_the_cache(same_model_two_layouts, t5_in_cache):
+    hf_dir, ac_dir, _ = same_model_two_layouts
+    prompt = ["Music piece. Instruct: Only Drums."]
+    hf_states, _ = load_model(hf_dir, device="cpu", dtype="fp32").text.encode(prompt)
+    ac_states, _ = load_model(ac_dir, device="cpu", dtype="fp32").text.encode(prompt)
+    torch.testing.assert_close(hf_states, ac_states)
+
+
+def test_missing_t5_says_how_to_get_it(same_model_two_layouts, empty_cache):
+    with pytest.raises(CheckpointError, match="imusic weights download t5-base"):
+        load_model(same_model_two_layouts[1], device="cpu")
+
+
+def test_missing_codec_file_is_named(same_model_two_layouts, tmp_path, t5_in_cache):
+    import shutil
+
+    broken = shutil.copytree(same_model_two_layouts[1], tmp_path / "broken")
+    (broken / "compression_state_dict.bin").unlink()
+    with pytest.raises(CheckpointError, match="compression_state_dict.bin"):
+        load_model(broken, device="cpu")
+
+
+def test_codec_of_the_wrong_shape_is_named(same_model_two_layouts, tmp_path, t5_in_cache):
+    import shutil
+
+    broken = shutil.copytree(same_model_two_layouts[1], tmp_path / "broken")
+    package = torch.load(broken / "compression_state_dict.bin", weights_only=True)
+    package["best_state"]["encoder.model.13.lstm.weight_ih_l0"] = torch.zeros(3, 3)
+    torch.save(package, broken / "compression_state_dict.bin")
+    with pytest.raises(CheckpointError, match=r"lstm\.weight_ih_l0 has shape \(3, 3\)"):
+        load_model(broken, device="cpu")
+
+
+def test_lm_missing_keys_are_named(same_model_two_layouts, tmp_path, t5_in_cache):
+    import shutil
+
+    broken = shutil.copytree(same_model_two_layouts[1], tmp_path / "broken")
+    package = torch.load(broken / "state_dict.bin", weights_only=True)
+    del package["best_state"]["linears.2.weight"]
+    torch.save(package, broken / "state_dict.bin")
+    with pytest.raises(CheckpointError, match=r"heads\.2\.weight"):
+        load_model(broken, device="cpu")
