@@ -151,3 +151,23 @@ def test_refuses_a_midi_folder_without_midi_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"no \.mid files"):
         synthesize(tmp_path / "x", 1, midi_dir=tmp_path / "empty", progress=False)
+
+
+def test_an_interrupted_run_resumes_to_identical_files(synth_dir, tmp_path):
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(synth_dir, partial)
+    (partial / "Track00002" / "metadata.yaml").unlink()  # cut short while writing track 2
+    shutil.rmtree(partial / "Track00003")  # never started
+    report = synthesize(partial, 3, seed=7, seconds=SECONDS, sample_rate=RATE, progress=False, resume=True)
+    assert report.resumed == 1
+    assert _digest(partial) == _digest(synth_dir)
+
+
+def test_resume_refuses_other_settings(synth_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(synth_dir, tmp_path / "copy")
+    with pytest.raises(DataError, match="seed"):
+        synthesize(tmp_path / "copy", 3, seed=8, seconds=SECONDS, sample_rate=RATE, progress=False, resume=True)

@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="render your own .mid files instead (in name order, cycling when --tracks is larger; each cut to "
         "--seconds; programs re-drawn within each instrument's class)",
     )
+    synth.add_argument("--resume", action="store_true", help="finish an interrupted run in the same folder")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = sub.add_parser("info", help="summary of a data set: layout, songs, stems per class, hours")
@@ -109,7 +110,10 @@ def _synth(args: argparse.Namespace) -> int:
         soundfonts=args.soundfont,
         midi_dir=args.midi,
         progress=not args.quiet,
+        resume=args.resume,
     )
+    if report.resumed:
+        print(f"kept {report.resumed} finished track(s) from the earlier run")
     print(
         f"wrote {report.tracks} track(s), {report.stems} stems, {report.stem_seconds / 60:.1f} stem-minutes to "
         f"{report.out_dir}"

@@ -121,9 +121,21 @@ class FluidRenderer:
                 synth.pitch_bend(channel, b)
             else:
                 synth.cc(channel, a - 1000, b)
-        self._render_into(left, right, position, total)
-        synth.all_sounds_off(channel)
+        # FluidSynth renders 64-sample blocks and keeps the unread rest of a block for the next call; ending each part
+        # on a block boundary makes every part start at block phase 0, so a part sounds the same whatever came before.
+        self._render_into(left, right, position, -(-total // 64) * 64)
+        self._silence(channel)
         return 0.5 * (left[:total] + right[:total])
+
+    def _silence(self, channel: int) -> None:
+        # all_sounds_off still lets voices fade for ~0.1 s: render (and drop) blocks until none sounds, so the next
+        # part starts from a silent synth.
+        self.synth.all_sounds_off(channel)
+        scratch = np.zeros(1024, np.float32)
+        for _ in range(10 * self.sample_rate // 1024):
+            if self.synth.get_active_voice_count() == 0:
+                break
+            self._write(self.synth.synth, 1024, scratch.ctypes.data, 0, 1, scratch.ctypes.data, 0, 1)
 
 
 # ---- effects ------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ generator seeded by (seed, track number): the same seed gives the same files, an
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import soundfile as sf
 from engine.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.data.render import FluidRenderer, active_rms, apply_effects, default_soundfonts, random_effects
 from engine.data.stems import caption, caption_word
-from engine.data.yamlio import dump_yaml
+from engine.data.yamlio import dump_yaml, read_yaml
 from engine.errors import ConfigError, DataError
 
 FORMAT_VERSION = 1
@@ -40,6 +41,7 @@ class SynthReport:
     stem_seconds: float = 0.0
     render_cpu_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    resumed: int = 0  # finished tracks kept from an interrupted run
 
     @property
     def cpu_per_10s_of_stems(self) -> float:
@@ -150,6 +152,27 @@ def _write_track(
     return sum(1 for e in entries.values() if e["audio_rendered"]), length, rendered_classes
 
 
+def _check_resumable(out: Path, settings: dict) -> None:
+    path = out / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"nothing to resume in {out}: no dataset.json from an earlier `imusic data synth`")
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path} is not readable JSON: {exc}") from exc
+    changed = [key for key, value in settings.items() if earlier.get(key) != value]
+    if changed:
+        raise DataError(f"cannot resume {out}: settings differ from the earlier run ({', '.join(changed)})")
+
+
+def _finished_track(track_dir: Path) -> dict:
+    meta = read_yaml(track_dir / "metadata.yaml")
+    classes = [entry["inst_class"] for entry in meta["stems"].values() if entry.get("audio_rendered")]
+    keys = ("style", "tempo", "key", "beats_per_bar", "progression", "source_midi")
+    info = {key: value for key, value in meta.items() if key in keys}  # metadata.yaml keeps the run's key order
+    return {"classes": classes, "caption": caption(classes), "seconds": meta["seconds"], **info}
+
+
 def synthesize(
     out_dir: str | Path,
     tracks: int,
@@ -160,8 +183,13 @@ def synthesize(
     soundfonts: list[str | Path] | None = None,
     midi_dir: str | Path | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> SynthReport:
-    """Write a Slakh-layout data set of `tracks` songs into `out_dir` (which must be empty or new)."""
+    """Write a Slakh-layout data set of `tracks` songs into `out_dir` (new or empty).
+
+    With `resume`, `out_dir` must hold a run with the same settings: finished tracks are kept (a track is finished
+    when its metadata.yaml exists, written last) and the others are made again, identical to an uninterrupted run.
+    """
     if tracks < 1:
         raise ConfigError("--tracks must be at least 1")
     if seconds <= 0:
@@ -169,11 +197,26 @@ def synthesize(
     if not 8000 <= sample_rate <= 96000:
         raise ConfigError(f"--sample-rate {sample_rate} is outside 8000-96000 Hz")
     out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out} is not empty: choose a new folder for the data set")
     fonts = [Path(p).expanduser() for p in soundfonts] if soundfonts else default_soundfonts()
     if not fonts:
         raise ConfigError("no General MIDI soundfont found: pass --soundfont PATH")
+    for font in fonts:
+        if not font.is_file():
+            raise ConfigError(f"soundfont {font} does not exist")
+    settings = {
+        "format": "slakh",
+        "generator": "imusic data synth",
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "sample_rate": sample_rate,
+        "seconds": seconds,
+        "soundfonts": [str(font) for font in fonts],
+        "midi_dir": str(midi_dir) if midi_dir is not None else None,
+    }
+    if resume:
+        _check_resumable(out, settings)
+    elif out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} is not empty: choose a new folder for the data set (or --resume an interrupted run)")
     midi_files: list[Path] = []
     if midi_dir is not None:
         midi_root = Path(midi_dir).expanduser()
@@ -183,39 +226,44 @@ def synthesize(
         if not midi_files:
             raise DataError(f"no .mid files in {midi_root}")
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:  # settings first, so that an interrupted run can be resumed
+        (out / "dataset.json").write_text(json.dumps({**settings, "complete": False}, indent=2) + "\n")
     report = SynthReport(out)
     songs: dict[str, dict] = {}
     from tqdm import tqdm
 
-    with FluidRenderer(fonts, sample_rate) as renderer:
-        names = [font.name for font in fonts]
-        for index in tqdm(range(1, tracks + 1), desc="synth", unit="track", disable=not progress):
-            track_id = f"Track{index:05d}"
-            started = time.process_time()
-            try:
-                parts, length, info, rng = _track_parts(index, seed, seconds, midi_files)
-            except Exception as exc:  # a user's MIDI file can fail to parse in many ways; skip and report it
-                report.skipped.append((track_id, f"unreadable MIDI: {exc}"))
-                continue
-            if not parts:
-                report.skipped.append((track_id, "MIDI file without notes"))
-                continue
-            count, length, classes = _write_track(out / track_id, parts, length, info, rng, renderer, names)
-            report.render_cpu_seconds += time.process_time() - started
+    names = [font.name for font in fonts]
+    for index in tqdm(range(1, tracks + 1), desc="synth", unit="track", disable=not progress):
+        track_id = f"Track{index:05d}"
+        if resume and (out / track_id / "metadata.yaml").is_file():
+            songs[track_id] = _finished_track(out / track_id)
             report.tracks += 1
-            report.stems += count
-            report.stem_seconds += count * length
-            songs[track_id] = {"classes": classes, "caption": caption(classes), "seconds": length, **info}
+            report.resumed += 1
+            continue
+        if resume and (out / track_id).exists():
+            shutil.rmtree(out / track_id)  # a track cut short by the interruption; made again below
+        started = time.process_time()
+        try:
+            parts, length, info, rng = _track_parts(index, seed, seconds, midi_files)
+        except Exception as exc:  # a user's MIDI file can fail to parse in many ways; skip and report it
+            report.skipped.append((track_id, f"unreadable MIDI: {exc}"))
+            continue
+        if not parts:
+            report.skipped.append((track_id, "MIDI file without notes"))
+            continue
+        # A fresh synth per track: FluidSynth voices keep a little state from one note to the next (the first block
+        # of a re-used voice differs), so a track is only reproducible on its own if it starts from a new synth.
+        with FluidRenderer(fonts, sample_rate) as renderer:
+            count, length, classes = _write_track(out / track_id, parts, length, info, rng, renderer, names)
+        report.render_cpu_seconds += time.process_time() - started
+        report.tracks += 1
+        report.stems += count
+        report.stem_seconds += count * length
+        songs[track_id] = {"classes": classes, "caption": caption(classes), "seconds": round(length, 6), **info}
     meta = {
-        "format": "slakh",
-        "generator": "imusic data synth",
-        "version": FORMAT_VERSION,
-        "seed": seed,
+        **settings,
+        "complete": True,
         "tracks": report.tracks,
-        "sample_rate": sample_rate,
-        "seconds": seconds,
-        "soundfonts": [str(font) for font in fonts],
-        "midi_dir": str(midi_dir) if midi_dir is not None else None,
         "split": _split_suggestion(sorted(songs), seed),
         "songs": songs,
     }
