@@ -39,18 +39,19 @@ def sample(
     if temperature <= 0 or top_k == 1:
         return logits.argmax(dim=-1)
     shape = logits.shape
-    logits = logits.reshape(-1, shape[-1]).float() / temperature  # [N, card]
-    if 0 < top_k < shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = logits.reshape(-1, shape[-1]).float()  # [N, card]
+    if not 0 < top_k < shape[-1]:
+        top_k = shape[-1]
+    # work on the k best only (sorted, descending): a softmax and a draw over 250 values, not 2048
+    values, order = torch.topk(logits, top_k, dim=-1)  # [N, k]
+    if temperature != 1.0:
+        values = values / temperature
     if top_p > 0.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        sorted_probs = sorted_logits.softmax(dim=-1)
+        probs = values.softmax(dim=-1)
         # drop a token when the tokens ranked above it already hold top_p of the mass (the first one always stays)
-        drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) > top_p
-        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).view(shape[:-1])
+        values = values.masked_fill((probs.cumsum(dim=-1) - probs) > top_p, float("-inf"))
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)  # [N, 1] rank among the k best
+    return order.gather(-1, choice).view(shape[:-1])
 
 
 def _check_inputs(lm: MusicGenLM, text_states, text_mask, num_frames, cond_codes, prompt_codes) -> int:
@@ -141,7 +142,14 @@ def generate(
         static = device.type == "cuda"
     max_len = steps - 1
     ctx.cache = lm.new_cache(rows, max_len)
+    lm.prepare_decode(ctx, max_len)
     step_fn = _static_step(lm, ctx, max_len) if static else None
+
+    # one pattern buffer per CFG half, [halves, B, K, S]; a write broadcasts to both; the model reads the flat view
+    halves = 2 if use_cfg else 1
+    both = seq[None].repeat(halves, 1, 1, 1)
+    flat = both.view(rows, num_codebooks, steps)
+    all_free = free.all(dim=0).tolist()  # per step: no forced cell, write the samples as they are
 
     def guided(logits: torch.Tensor) -> torch.Tensor:
         logits = logits[:, :, -1].float()  # [rows, K, card]
@@ -152,17 +160,15 @@ def generate(
 
     def fill(step: int, logits: torch.Tensor) -> None:
         tokens = sample(guided(logits), top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
-        column = seq[:, :, step]
-        seq[:, :, step] = torch.where(free[:, step][None], tokens, column)
-
-    def both(part: torch.Tensor) -> torch.Tensor:
-        return torch.cat([part, part]) if use_cfg else part
+        if not all_free[step]:
+            tokens = torch.where(free[:, step][None], tokens, seq[:, :, step])
+        both[..., step] = tokens
 
     prefill = prompt_len + 1  # steps 0..Tp are fully known
     total = steps - prefill
     if total <= 0:
         return delay.revert(seq)
-    logits = lm.run(both(seq[..., :prefill]), ctx, 0, last_only=True)
+    logits = lm.run(flat[..., :prefill], ctx, 0, last_only=True)
     for i, step in enumerate(range(prefill, steps)):
         fill(step, logits)
         if progress is not None:
@@ -171,12 +177,13 @@ def generate(
             break
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
-        tokens = both(seq[..., step : step + 1])
+        tokens = flat[..., step : step + 1]
         if static:
             position = torch.tensor([step], device=device)
             logits = step_fn(tokens, position)
         else:
             logits = lm.run(tokens, ctx, step, last_only=True)
+    seq = both[0]
     return delay.revert(seq)
 
 

@@ -111,17 +111,12 @@ class Context:
     prefix: list[PrefixKV | None] | None = None  # per layer, None where the layer is not fused
     cache: list[KVCache] | None = None  # per layer
     causal_mask: torch.Tensor | None = None  # static decode: [max_len, max_len] bool, row p = keys <= p
-
-    def repeat(self, times: int) -> Context:
-        """Batch-repeated copy of the text and prefix parts (cache not included)."""
-        cross = (
-            None
-            if self.cross is None
-            else [(k.repeat(times, 1, 1, 1), v.repeat(times, 1, 1, 1)) for k, v in self.cross]
-        )
-        bias = None if self.cross_bias is None else self.cross_bias.repeat(times, 1, 1, 1)
-        prefix = None if self.prefix is None else [p if p is None else p.repeat(times) for p in self.prefix]
-        return Context(cross=cross, cross_bias=bias, prefix=prefix)
+    # decode-only derived weights (MusicGenLM.prepare_decode): fewer, larger ops per step
+    qkv: list[torch.Tensor] | None = None  # per layer self-attention q, k, v stacked: [3D, D]
+    heads: torch.Tensor | None = None  # all heads stacked: [K * card, D]
+    pos_table: torch.Tensor | None = None  # sinusoids in the model dtype: [max_len, D]
+    emb_table: torch.Tensor | None = None  # all embedding tables stacked: [K * (card + 1), D]
+    emb_offsets: torch.Tensor | None = None  # [1, K, 1]: k * (card + 1)
 
 
 class DecoderLayer(nn.Module):
@@ -139,9 +134,12 @@ class DecoderLayer(nn.Module):
         steps = x.shape[1]
         attn = self.self_attn
         h = self.norm1(x)
-        q = split_heads(attn.q(h), attn.num_heads)  # [B, H, T, Dh]
-        k = split_heads(attn.k(h), attn.num_heads)
-        v = split_heads(attn.v(h), attn.num_heads)
+        if ctx.qkv is not None:
+            q, k, v = (split_heads(t, attn.num_heads) for t in F.linear(h, ctx.qkv[index]).chunk(3, dim=-1))
+        else:
+            q = split_heads(attn.q(h), attn.num_heads)  # [B, H, T, Dh]
+            k = split_heads(attn.k(h), attn.num_heads)
+            v = split_heads(attn.v(h), attn.num_heads)
         cache = None if ctx.cache is None else ctx.cache[index]
         if isinstance(start, torch.Tensor):
             # static decode: fixed shapes, write at `start` positions, attend to the whole cache under a mask
@@ -285,13 +283,47 @@ class MusicGenLM(nn.Module):
     ) -> torch.Tensor:
         """seq [B, K, T] pattern steps at positions start.. -> logits [B, K, T (or 1), card] in the model dtype."""
         steps = seq.shape[-1]
-        x = self.embed(seq) + self.positions(start, steps).to(self.dtype)
+        if ctx.pos_table is None:
+            positions = self.positions(start, steps).to(self.dtype)
+        elif isinstance(start, torch.Tensor):
+            positions = ctx.pos_table.index_select(0, start)
+        else:
+            positions = ctx.pos_table[start : start + steps]
+        if ctx.emb_table is not None:
+            # one gather from all tables at once: [B, K, T, D], then the per-codebook sum in a fixed order
+            e = F.embedding(seq + ctx.emb_offsets, ctx.emb_table)
+            x = e[:, 0]
+            for k in range(1, self.cfg.num_codebooks):
+                x = x + e[:, k]
+            x = x + positions
+        else:
+            x = self.embed(seq) + positions  # [B, T, D]
         for i, layer in enumerate(self.layers):
             x = layer(x, start, ctx, i)
-        if last_only:
+        if last_only and steps > 1:
             x = x[:, -1:]
         x = self.norm_out(x)
+        if ctx.heads is not None:
+            batch, steps, _ = x.shape
+            logits = F.linear(x, ctx.heads).view(batch, steps, self.cfg.num_codebooks, self.cfg.card)
+            return logits.transpose(1, 2)  # [B, K, T, card]
         return torch.stack([head(x) for head in self.heads], dim=1)
+
+    def prepare_decode(self, ctx: Context, max_len: int) -> None:
+        """Derive decode-only weights into ctx (stacked q/k/v, stacked heads, position table in the model dtype).
+
+        Copies, made once per generation: they never go stale when the model trains between calls.
+        """
+        with torch.no_grad():
+            ctx.qkv = [
+                torch.cat([layer.self_attn.q.weight, layer.self_attn.k.weight, layer.self_attn.v.weight])
+                for layer in self.layers
+            ]
+            ctx.heads = torch.cat([head.weight for head in self.heads])
+            ctx.pos_table = self.positions(0, max_len).to(self.dtype)
+            ctx.emb_table = torch.cat([emb.weight for emb in self.emb])
+            rows = self.cfg.card + 1
+            ctx.emb_offsets = torch.arange(self.cfg.num_codebooks, device=self.device)[None, :, None] * rows
 
     def forward(
         self,
