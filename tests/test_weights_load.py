@@ -185,3 +185,52 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="adapter"):
         load_model(model_copy, device="cpu")
+
+
+def test_sharded_safetensors_load_like_one_file(tiny_model_dir, tmp_path):
+    from engine.testing import tiny_musicgen
+    from engine.weights.transformers_layout import quiet_transformers
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_model_dir / "base", sharded)
+    (sharded / "model.safetensors").unlink()
+    hf_model = tiny_musicgen(seed=0)
+    with quiet_transformers():
+        hf_model.save_pretrained(sharded, max_shard_size="1MB")
+    assert (sharded / "model.safetensors.index.json").is_file()
+    whole = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32").lm.state_dict()
+    split = load_model(sharded, device="cpu", dtype="fp32").lm.state_dict()
+    assert all(torch.equal(whole[name], split[name]) for name in whole)
+
+
+def test_missing_shard_is_named(tiny_model_dir, tmp_path):
+    from engine.testing import tiny_musicgen
+    from engine.weights.transformers_layout import quiet_transformers
+
+    sharded = shutil.copytree(tiny_model_dir / "base", tmp_path / "sharded")
+    (sharded / "model.safetensors").unlink()
+    with quiet_transformers():
+        tiny_musicgen(seed=0).save_pretrained(sharded, max_shard_size="1MB")
+    shard = sorted(sharded.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=shard.name):
+        load_model(sharded, device="cpu")
+
+
+def test_pytorch_model_bin_loads_like_safetensors(tiny_model_dir, tmp_path):
+    legacy = shutil.copytree(tiny_model_dir / "base", tmp_path / "legacy")
+    state = load_file(str(legacy / "model.safetensors"))
+    (legacy / "model.safetensors").unlink()
+    torch.save(state, legacy / "pytorch_model.bin")
+    whole = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32").lm.state_dict()
+    old = load_model(legacy, device="cpu", dtype="fp32").lm.state_dict()
+    assert all(torch.equal(whole[name], old[name]) for name in whole)
+
+
+def test_melody_checkpoints_are_refused_with_the_reason(model_copy):
+    config_path = model_copy / "base" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_type"] = "musicgen_melody"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="melody.*cross-attention"):
+        load_model(model_copy, device="cpu")
