@@ -47,8 +47,13 @@ TITLE = "imusic"
 EXT_SECTION = "imusic"
 # No /accepted within this many seconds: the engine is not there (or not on this port).
 ACCEPT_TIMEOUT_S = 3.0
-# Ask a silent engine for the state of an accepted job this often (a lost /done must not hang the action).
-STATUS_EVERY_S = 5.0
+# Resend an unanswered edit, or ask for an accepted job's state, after this much silence (UDP may drop a reply).
+RESEND_EVERY_S = 1.0
+# Give up on jobs after this much silence from the engine (it sends progress while it works).
+LOST_AFTER_S = 60.0
+LOST = "the engine stopped answering for {seconds:g} s (was it stopped?); start `imusic serve` and run the action again"
+# A deferred loop that has not ticked for this long is gone (REAPER terminated the script instance).
+LOOP_STALE_S = 1.0
 NOT_RUNNING = (
     "The imusic engine is not answering on {host}:{port}.\n\n"
     "Start it in a terminal with:\n    imusic serve\n\nthen run the action again."
@@ -185,12 +190,16 @@ def read_selection(R) -> tuple[list[tuple[str, planning.ItemView]], tuple[float,
 
 
 class _Job:
-    def __init__(self, job_id: str, track: str, view: planning.ItemView, plan: planning.JobPlan, output: str) -> None:
+    def __init__(
+        self, job_id: str, track: str, view: planning.ItemView, plan: planning.JobPlan, output: str, instruction: str
+    ) -> None:
         self.job_id = job_id
         self.track = track
         self.view = view
         self.plan = plan
         self.output = output
+        # What client.submit() is given, kept to resend it unchanged.
+        self.request = (plan.source_path, plan.start_s, plan.end_s, instruction, output)
         self.accepted = False
         self.fraction = 0.0
         self.stage = ""
@@ -211,12 +220,15 @@ class Session:
         self.client = client
         self.jobs = {job.job_id: job for job in jobs}
         self.started = time.monotonic()
+        self.heard = False  # any reply about our jobs yet
         self.last_heard = self.started
+        self.last_asked = self.started
 
     def handle(self, reply) -> None:
         job = self.jobs.get(reply.job_id)
         if job is None or job.final:
             return
+        self.heard = True
         self.last_heard = time.monotonic()
         if reply.address in (protocol.ACCEPTED, protocol.PROGRESS):
             job.accepted = True
@@ -233,23 +245,56 @@ class Session:
             elif reply.state == protocol.UNKNOWN:
                 job.code, job.error = "unknown_job", "the engine lost this job (was it restarted?)"
 
+    def step(self, now: float, cancelled: set[str]) -> str:
+        """Read replies and keep the jobs alive; returns "running", "done" or "silent" (the engine never answered)."""
+        try:
+            replies = self.client.poll()
+        except OSError:
+            replies = []
+        for reply in replies:
+            self.handle(reply)
+        for job in self.pending:
+            if job.job_id in cancelled:
+                job.code, job.error = protocol.CANCELLED, "cancelled"
+        pending = self.pending
+        if not pending:
+            return "done"
+        if not self.heard and now - self.started > ACCEPT_TIMEOUT_S:
+            return "silent"
+        if now - self.last_heard > LOST_AFTER_S:
+            for job in pending:
+                job.code, job.error = "no_reply", LOST.format(seconds=LOST_AFTER_S)
+            return "done"
+        if now - self.last_asked > RESEND_EVERY_S and now - self.last_heard > RESEND_EVERY_S:
+            # Job ids are idempotent on the engine: resending an edit never runs it twice, and covers a lost
+            # datagram or an engine that was restarting; an accepted job is only asked for its state.
+            self.last_asked = now
+            for job in pending:
+                if job.accepted:
+                    self.client.send(protocol.STATUS, job.job_id)
+                else:
+                    self.client.submit(*job.request, job_id=job.job_id)
+        return "running"
+
     @property
-    def done(self) -> bool:
-        return all(job.final for job in self.jobs.values())
+    def pending(self) -> list[_Job]:
+        return [job for job in self.jobs.values() if not job.final]
 
 
 _SESSIONS: list[Session] = []
-_LOOP_RUNNING = False
+_LAST_TICK = 0.0  # when the deferred loop last ran or was deferred (0: no loop)
 
 
 def _defer_tick(R) -> None:
+    global _LAST_TICK
+    _LAST_TICK = time.monotonic()
     # Deferred code runs in a fresh namespace: reach this module through sys.modules, whatever it is called.
     R.RPR_defer(f"import sys\nsys.modules[{__name__!r}].tick()")
 
 
 def _remember_jobs(R) -> None:
     """Job ids of every running action, for the cancel and status actions (which run as separate scripts)."""
-    ids = [job.job_id for session in _SESSIONS for job in session.jobs.values() if not job.final]
+    ids = [job.job_id for session in _SESSIONS for job in session.pending]
     R.RPR_SetExtState(EXT_SECTION, "jobs", ",".join(ids), False)
 
 
@@ -280,13 +325,11 @@ def run_edit(instruction: str) -> None:
     for (track, view), plan in zip(selection, plans, strict=True):
         job_id = "rpr-" + protocol.new_job_id()
         output = planning.output_path(media_dir, plan.source_path, instruction, job_id)
-        os.makedirs(os.path.dirname(output), exist_ok=True)
-        jobs.append(_Job(job_id, track, view, plan, output))
+        jobs.append(_Job(job_id, track, view, plan, output, instruction))
     try:
         for job in jobs:
-            client.submit(
-                job.plan.source_path, job.plan.start_s, job.plan.end_s, instruction, job.output, job_id=job.job_id
-            )
+            os.makedirs(os.path.dirname(job.output), exist_ok=True)
+            client.submit(*job.request, job_id=job.job_id)
     except OSError as exc:
         client.close()
         _message(f"Cannot send to the imusic engine at {host}:{port}: {exc}")
@@ -297,47 +340,31 @@ def run_edit(instruction: str) -> None:
 
 
 def _ensure_loop(R) -> None:
-    global _LOOP_RUNNING
-    if not _LOOP_RUNNING:
-        _LOOP_RUNNING = True
+    """Start the deferred loop unless one is ticking (REAPER may have terminated an old one: then start anew)."""
+    if time.monotonic() - _LAST_TICK > LOOP_STALE_S:
         _defer_tick(R)
 
 
 def tick() -> None:
     """One deferred round: read every reply that has arrived, finish sessions whose jobs all ended, defer again."""
-    global _LOOP_RUNNING
+    global _LAST_TICK
     R = _api()
+    now = _LAST_TICK = time.monotonic()
     cancelled = _cancelled_ids(R)
-    now = time.monotonic()
     for session in list(_SESSIONS):
-        try:
-            replies = session.client.poll()
-        except OSError:
-            replies = []
-        for reply in replies:
-            session.handle(reply)
-        for job in session.jobs.values():
-            if job.job_id in cancelled and not job.final:
-                job.code, job.error = protocol.CANCELLED, "cancelled"
-        pending = [job for job in session.jobs.values() if not job.final]
-        if pending and not any(job.accepted for job in session.jobs.values()):
-            if now - session.started > ACCEPT_TIMEOUT_S:
-                _drop(session)
-                host, port = engine_address()
-                _message(NOT_RUNNING.format(host=host, port=port))
-                continue
-        elif pending and now - session.last_heard > STATUS_EVERY_S:
-            session.last_heard = now
-            for job in pending:
-                session.client.send(protocol.STATUS, job.job_id)
-        if session.done:
+        outcome = session.step(now, cancelled)
+        if outcome == "silent":
+            _drop(session)
+            host, port = engine_address()
+            _message(NOT_RUNNING.format(host=host, port=port))
+        elif outcome == "done":
             _drop(session)
             finish(R, session)
     _remember_jobs(R)
     if _SESSIONS:
         _defer_tick(R)
     else:
-        _LOOP_RUNNING = False
+        _LAST_TICK = 0.0
         R.RPR_DeleteExtState(EXT_SECTION, "cancelled", False)
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import time
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _addresses = itertools.count(0x7F3A10000000, 0x40)
 
@@ -432,3 +434,51 @@ def _audio_length(filename: str) -> float:
         return info.frames / info.samplerate
     except Exception:
         return 0.0
+
+
+class Harness:
+    """A fake REAPER with the actions installed in a resource folder, run the way REAPER runs them.
+
+    Installs the fake as the `reaper_python` module; close() undoes that and forgets the imported library.
+    """
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        from reaper_scripts import installer
+
+        self._saved_path = list(sys.path)
+        self.resource = tmp / "REAPER"
+        (self.resource / "Scripts").mkdir(parents=True)
+        installer.install(self.resource, port=port)
+        self.media = tmp / "project" / "Media"
+        self.reaper = FakeReaper(str(self.resource), str(tmp / "project" / "song.rpp"), str(self.media))
+        self.reaper.install()
+        self.tick_seconds: list[float] = []
+
+    def run(self, script: str) -> None:
+        self.reaper.run_script(str(self.resource / "Scripts" / "imusic" / script))
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Run deferred rounds until no action defers any more (REAPER's timer ticks about 30 times a second)."""
+        deadline = time.monotonic() + timeout
+        while self.reaper.deferred:
+            if time.monotonic() > deadline:
+                raise AssertionError("the deferred loop never ended")
+            started = time.perf_counter()
+            self.reaper.run_deferred()
+            self.tick_seconds.append(time.perf_counter() - started)
+            time.sleep(0.02)
+
+    def results(self) -> list[Path]:
+        folder = self.media / "imusic"
+        return sorted(folder.glob("*.wav")) if folder.exists() else []
+
+    @property
+    def library(self):
+        return sys.modules.get("imusic_lib")
+
+    def close(self) -> None:
+        library = sys.modules.pop("imusic_lib", None)
+        for session in getattr(library, "_SESSIONS", []):
+            session.client.close()
+        sys.modules.pop("reaper_python", None)
+        sys.path[:] = self._saved_path

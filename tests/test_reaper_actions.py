@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from fake_reaper import FakeReaper, Source
+from fake_reaper import Harness, Source
 
 from bridge import audio_io
 from bridge.client import Client, NoReply
-from reaper_scripts import installer
 
 SR = 44100
 SOURCE_SECONDS = 8.0
@@ -87,50 +86,11 @@ def source_file(root) -> tuple[Path, np.ndarray]:
     return path, audio.T  # [C, N]
 
 
-def _install(resource: Path, port: int) -> None:
-    (resource / "Scripts").mkdir(parents=True)
-    installer.install(resource, port=port)
-
-
-class Harness:
-    """A fake REAPER with the actions installed, and helpers to run them the way REAPER does."""
-
-    def __init__(self, tmp: Path, port: int) -> None:
-        self.resource = tmp / "REAPER"
-        _install(self.resource, port)
-        self.media = tmp / "project" / "Media"
-        self.reaper = FakeReaper(str(self.resource), str(tmp / "project" / "song.rpp"), str(self.media))
-        self.tick_seconds: list[float] = []
-
-    def run(self, script: str) -> None:
-        self.reaper.run_script(str(self.resource / "Scripts" / "imusic" / script))
-
-    def settle(self, timeout: float = 60.0) -> None:
-        """Run deferred rounds until no action defers any more (REAPER's timer ticks about 30 times a second)."""
-        deadline = time.monotonic() + timeout
-        while self.reaper.deferred:
-            assert time.monotonic() < deadline, "the deferred loop never ended"
-            started = time.perf_counter()
-            self.reaper.run_deferred()
-            self.tick_seconds.append(time.perf_counter() - started)
-            time.sleep(0.02)
-
-    def results(self) -> list[Path]:
-        folder = self.media / "imusic"
-        return sorted(folder.glob("*.wav")) if folder.exists() else []
-
-
 @pytest.fixture
-def harness(tmp_path, engine_port, monkeypatch):
-    saved_path = list(sys.path)
+def harness(tmp_path, engine_port):
     harness = Harness(tmp_path, engine_port)
-    harness.reaper.install()
     yield harness
-    library = sys.modules.pop("imusic_lib", None)
-    for session in getattr(library, "_SESSIONS", []):
-        session.client.close()
-    sys.modules.pop("reaper_python", None)
-    sys.path[:] = saved_path
+    harness.close()
 
 
 @pytest.fixture
@@ -401,3 +361,24 @@ def test_one_bad_item_in_a_selection_sends_nothing(harness, source_file, sent):
     harness.run("imusic_extract_drums.py")
     assert_unchanged(harness, "Nothing was changed.")
     assert sent == []
+
+
+def test_a_deferred_loop_that_reaper_terminated_is_started_again_by_the_next_action(harness, source_file):
+    reaper = harness.reaper
+    drums, bass = reaper.add_track("Drums"), reaper.add_track("Bass")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    first = reaper.add_item(drums, position=0.0, length=1.0, source=source)
+    harness.run("imusic_extract_drums.py")
+    reaper.deferred.clear()  # REAPER terminated the script instance: its deferred code never runs
+    time.sleep(harness.library.LOOP_STALE_S + 0.1)
+    first.values["B_UISEL"] = 0.0
+    reaper.add_item(bass, position=2.0, length=1.0, source=source)
+    harness.run("imusic_extract_bass.py")
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == [
+        "Drums",
+        "Drums \u00b7 extract drums",
+        "Bass",
+        "Bass \u00b7 extract bass",
+    ]
+    assert reaper.undo_points == ["Instruct: extract drums", "Instruct: extract bass"]

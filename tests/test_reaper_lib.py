@@ -1,0 +1,133 @@
+"""The actions' library when the wire misbehaves: a lost datagram, an engine that goes quiet.
+
+A real `imusic serve` never drops a packet on loopback, so these use a scripted UDP endpoint that speaks the
+protocol (bridge.protocol) and misbehaves on purpose; tests/test_reaper_actions.py covers the real server.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import soundfile
+from fake_reaper import Harness, Source
+
+from bridge import protocol
+
+
+class ScriptedEngine:
+    """A UDP endpoint on loopback that answers each request with whatever `answer` returns."""
+
+    def __init__(self, answer: Callable[[str, list, int], list[tuple[str, list]]]) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, list]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                datagram, sender = self.sock.recvfrom(protocol.MAX_PACKET)
+            except (TimeoutError, OSError):
+                continue
+            for address, args in protocol.decode(datagram):
+                self.requests.append((address, args))
+                count = sum(1 for a, _ in self.requests if a == address)
+                for reply_address, reply_args in self.answer(address, args, count):
+                    self.sock.sendto(protocol.encode(reply_address, *reply_args), sender)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+
+@pytest.fixture
+def source(tmp_path) -> str:
+    path = tmp_path / "mix.wav"
+    soundfile.write(path, np.zeros((32000 * 3, 1), np.float32), 32000)
+    return str(path)
+
+
+def make_harness(tmp_path, engine: ScriptedEngine, source: str, monkeypatch) -> Harness:
+    harness = Harness(tmp_path, engine.port)
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", source, 3.0))
+    return harness
+
+
+def finish_edit(args: list) -> list[tuple[str, list]]:
+    """Write a result where the request asked and report it done."""
+    job_id, output = args[0], args[5]
+    soundfile.write(output, np.zeros((32000, 1), np.float32), 32000)
+    return [(protocol.ACCEPTED, [job_id, 0]), (protocol.DONE, [job_id, output, "{}"])]
+
+
+def test_a_lost_edit_request_is_resent_and_the_job_completes(tmp_path, source, monkeypatch):
+    def answer(address, args, count):
+        if address == protocol.EDIT and count >= 2:  # the first datagram is "lost"
+            return finish_edit(args)
+        return []
+
+    engine = ScriptedEngine(answer)
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        harness.run("imusic_extract_drums.py")
+        harness.library.RESEND_EVERY_S = 0.2
+        harness.settle(timeout=10)
+        edits = [args for address, args in engine.requests if address == protocol.EDIT]
+        assert len(edits) >= 2 and len({e[0] for e in edits}) == 1  # the same job id, sent again
+        assert [t.name for t in harness.reaper.tracks] == ["Mix", "Mix \u00b7 extract drums"]
+        assert harness.reaper.messages == []
+    finally:
+        harness.close()
+        engine.close()
+
+
+def test_an_engine_that_goes_quiet_after_accepting_ends_the_job_with_a_message(tmp_path, source, monkeypatch):
+    def answer(address, args, count):
+        return [(protocol.ACCEPTED, [args[0], 0])] if address == protocol.EDIT and count == 1 else []
+
+    engine = ScriptedEngine(answer)
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        harness.run("imusic_extract_drums.py")
+        harness.library.RESEND_EVERY_S = 0.1
+        harness.library.LOST_AFTER_S = 0.6
+        harness.settle(timeout=10)
+        # While quiet, the action asked for the accepted job's state instead of resending it.
+        assert any(address == protocol.STATUS for address, _ in engine.requests)
+        assert sum(address == protocol.EDIT for address, _ in engine.requests) == 1
+        (message,) = [m for m, _, _ in harness.reaper.messages]
+        assert "stopped answering" in message and "imusic serve" in message
+        assert harness.reaper.changes == []
+    finally:
+        harness.close()
+        engine.close()
+
+
+def test_a_result_file_that_vanished_is_reported_not_inserted(tmp_path, source, monkeypatch):
+    def answer(address, args, count):
+        if address == protocol.EDIT:
+            return [(protocol.ACCEPTED, [args[0], 0]), (protocol.DONE, [args[0], str(tmp_path / "nowhere.wav"), "{}"])]
+        return []
+
+    engine = ScriptedEngine(answer)
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        harness.run("imusic_extract_drums.py")
+        harness.settle(timeout=10)
+        (message,) = [m for m, _, _ in harness.reaper.messages]
+        assert "the result file is missing" in message
+        assert harness.reaper.changes == []
+    finally:
+        harness.close()
+        engine.close()
