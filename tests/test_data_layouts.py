@@ -64,6 +64,20 @@ def test_slakh_split_folders_assign_each_song_its_split(tmp_path):
     assert splits == {"Track00001": "train", "Track01501": "validation", "Track01901": "test"}
 
 
+def test_slakh_omitted_songs_are_in_no_split(tmp_path):
+    from engine.data.datasets import split_songs
+
+    for split, name in (("train", "Track00001"), ("validation", "Track01501"), ("test", "Track01901")):
+        _slakh_track(tmp_path / split, name, {"S00": "Drums", "S01": "Bass"})
+    _slakh_track(tmp_path / "omitted", "Track00099", {"S00": "Drums", "S01": "Bass"})
+    parts = split_songs(scan(tmp_path).songs)
+    assert {name: [s.song_id for s in songs] for name, songs in parts.items()} == {
+        "train": ["Track00001"],
+        "validation": ["Track01501"],
+        "test": ["Track01901"],
+    }
+
+
 def test_slakh_stems_that_were_never_rendered_are_left_out_quietly(tmp_path):
     _slakh_track(tmp_path, "Track00001", {"S00": "Drums", "S01": "Bass", "S02": "Piano"}, rendered={"S02": False})
     catalog = scan(tmp_path)

@@ -206,6 +206,7 @@ def split_songs(
 
     Each song lands in exactly one split; the result depends only on song ids and the seed, never on file order.
     """
+    songs = [song for song in songs if song.split != "omitted"]
     by_id = {song.song_id: song for song in songs}
     if len(by_id) != len(songs):
         raise DataError("two songs share one id; song ids must be unique for a split by song")
@@ -266,7 +267,7 @@ class StemDataset:
         self.rule = self.config.rule
         if self.rule == "auto":
             self.rule = "moisesdb" if catalog.layout == "moisesdb" else "slakh"
-        songs = list(catalog.songs)
+        songs = [song for song in catalog.songs if song.split != "omitted"]
         if split != "all":
             songs = split_songs(songs, valid_fraction, test_fraction, seed)[split]
         self.skipped: list[tuple[str, str]] = []

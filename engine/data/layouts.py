@@ -24,7 +24,15 @@ from engine.data.yamlio import read_yaml
 from engine.errors import DataError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".mp3")
-SPLIT_DIRS = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation", "test": "test"}
+# Slakh2100-redux also has `omitted/` (duplicate songs left out of every split).
+SPLIT_DIRS = {
+    "train": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "test": "test",
+    "omitted": "omitted",
+}
 LAYOUTS = ("slakh", "moisesdb", "folder")
 
 
