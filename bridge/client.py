@@ -383,8 +383,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
-    if not os.path.exists(args.input):
-        raise ConfigError(f"no such file: {args.input}")
+    if _local_bind_host(args.host) == "127.0.0.1" and not os.path.exists(args.input):
+        raise ConfigError(f"no such file: {args.input}")  # said here; a remote engine says it for its own disk
     job_id = client.submit(
         args.input, args.start, args.end, args.instruction, args.output, args.seed, args.takes, args.job_id
     )

@@ -107,7 +107,7 @@ class RequestError(ImusicError):
 
 
 def encode(address: str, *args: Any) -> bytes:
-    """One OSC message as a datagram. str -> s, bool -> T/F, int -> i, float -> d (double: positions keep samples)."""
+    """One OSC message as a datagram: str s, int i, float d (doubles keep sample positions), bool, bytes b, None N."""
     from pythonosc.osc_message_builder import OscMessageBuilder
 
     builder = OscMessageBuilder(address=address)
@@ -120,6 +120,10 @@ def encode(address: str, *args: Any) -> bytes:
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_DOUBLE)
         elif isinstance(value, str):
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_STRING)
+        elif isinstance(value, bytes):
+            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_BLOB)
+        elif value is None:
+            builder.add_arg(None, OscMessageBuilder.ARG_TYPE_NIL)
         else:
             raise TypeError(f"cannot send {type(value).__name__} over OSC: {value!r}")
     return builder.build().dgram

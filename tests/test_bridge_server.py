@@ -245,6 +245,10 @@ HOSTILE = {
     "preview unknown job": lambda r, s: ((protocol.PREVIEW, "ghost"), protocol.UNKNOWN_JOB),
     "preview of neither source nor result": lambda r, s: ((protocol.PREVIEW, "ghost", "bass"), "bad_request"),
     "ping with arguments": lambda r, s: ((protocol.PING, 1, 2), protocol.BAD_REQUEST),
+    "symlink loop": lambda r, s: (_edit(_symlink_loop(r)), protocol.FORBIDDEN_PATH),
+    "results folder linked outside the roots": lambda r, s: (_edit(_escaping_results(r)), protocol.FORBIDDEN_PATH),
+    "blob instead of a path": lambda r, s: ((protocol.EDIT, "j", b"/x.wav", 0.0, 1.0, "extract drums"), "bad_request"),
+    "nil instead of a number": lambda r, s: ((protocol.EDIT, "j", str(s), None, 1.0, "extract drums"), "bad_request"),
 }
 
 
@@ -262,6 +266,22 @@ def _escaping_link(root: Path) -> Path:
     link = root / "link.wav"
     link.symlink_to(_outside_file(root))
     return link
+
+
+def _symlink_loop(root: Path) -> Path:
+    (root / "loop-a.wav").symlink_to(root / "loop-b.wav")
+    (root / "loop-b.wav").symlink_to(root / "loop-a.wav")
+    return root / "loop-a.wav"
+
+
+def _escaping_results(root: Path) -> Path:
+    folder = root / "linked"
+    outside = root.parent / "outside-results"
+    outside.mkdir()
+    (folder / "results").parent.mkdir()
+    (folder / "results").symlink_to(outside)
+    song = write_wav(folder / "song.wav")
+    return song
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
@@ -309,6 +329,25 @@ def test_a_full_queue_refuses_with_queue_full(tmp_path, root, song):
             assert kinds.count("error") >= 1 and replies[-1].code == protocol.QUEUE_FULL
             for job_id in ids:
                 client.send(protocol.CANCEL, job_id)
+    finally:
+        server.stop()
+
+
+def test_preview_without_an_output_device_is_an_error_reply(tmp_path, root, song, monkeypatch):
+    import bridge.playback
+    from bridge.playback import PlaybackUnavailable
+
+    def no_device(device=None):
+        raise PlaybackUnavailable("this machine has no output device")
+
+    monkeypatch.setattr(bridge.playback, "get_player", no_device)
+    server = start_server(tmp_path, root)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            result = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+            client.send(protocol.PREVIEW, result.job_id)
+            assert "no output device" in expect_error(client, PlaybackUnavailable.code).message
+            assert client.ping(TIMEOUT).state == protocol.READY
     finally:
         server.stop()
 
