@@ -28,6 +28,8 @@ MANIFEST = "imusic_manifest.json"
 KB_FILE = "reaper-kb.ini"
 BACKUP_SUFFIX = ".imusic-backup"
 MAIN_SECTION = 0  # REAPER's main action section
+# A key bound here already does something in the arrange view: global hotkeys (102) and global + text fields (103).
+CLAIMING_SECTIONS = (MAIN_SECTION, 102, 103)
 
 # REAPER's KEY modifier bits: 1 = virtual key code, 4 = Shift, 8 = Ctrl (Cmd on macOS), 16 = Alt (Option).
 VIRT, SHIFT, CTRL, ALT = 1, 4, 8, 16
@@ -254,9 +256,9 @@ def install(
     if hotkeys:
         taken = bound_keys(original)
         for action in ACTIONS:
-            slot = (action.modifiers, ord(action.key), MAIN_SECTION)
-            owner = taken.get(slot)
-            if owner is None or owner == "_" + action.command_id:
+            owners = [taken.get((action.modifiers, ord(action.key), section)) for section in CLAIMING_SECTIONS]
+            owner = next((o for o in owners if o is not None and o != "_" + action.command_id), None)
+            if owner is None:
                 wanted.append(action.key_line())
                 report.bound.append(f"{action.shortcut}  {action.description}")
             else:

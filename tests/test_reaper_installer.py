@@ -28,6 +28,8 @@ def sample_kb(eol: str, final_newline: bool = True, taken: str = "KEY 29 68 _SWS
         "KEY 13 83 40022 0",
         taken,
         "KEY 1 32 40044 0",
+        "KEY 13 69 _SWS_SAVESEL 0\t\t # Main : Ctrl+Shift+E",
+        "KEY 17 66 40157 102",
         "KEY 255 6008 989 0",
     ]
     lines += [f"KEY {1 + 4 * (i % 8)} {48 + i % 10} {41000 + i} {0 if i % 3 else 32060}" for i in range(2000)]
@@ -113,6 +115,12 @@ def test_hotkeys_bind_free_keys_and_never_a_key_the_user_bound(resource):
         "Ctrl+Alt+Shift+D (Instruct: extract drums): already bound to _SWS_AWTOGGLECLICKTRACK"
     ]
     assert len(report.bound) == len(ACTIONS) - 1
+
+
+def test_a_global_hotkey_on_a_default_shortcut_is_a_collision_too(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n", taken="KEY 25 66 40001 102"))
+    report = install(resource, hotkeys=True)
+    assert report.skipped_keys == ["Ctrl+Alt+B (Instruct: remove bass): already bound to 40001"]
 
 
 def test_default_shortcuts_are_distinct():
