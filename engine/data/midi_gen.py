@@ -75,9 +75,18 @@ class SongPlan:
     beats_per_bar: int
     key_root: int  # 0 = C
     mode: str  # "major" | "minor"
-    progression: tuple[int, ...]
+    progression: tuple[int, ...]  # section A
     bars: int
     parts: list[pretty_midi.Instrument] = field(default_factory=list)
+    bridge: tuple[int, ...] = ()  # section B (empty: A throughout)
+    section_bars: int = 8
+    form: str = "A"  # one letter per section, e.g. "AABA"
+
+    def chord_at(self, bar: int) -> int:
+        """Scale degree of the chord of a bar, following the form."""
+        section = self.form[(bar // self.section_bars) % len(self.form)]
+        chords = self.bridge if section == "B" and self.bridge else self.progression
+        return chords[bar % len(chords)]
 
     @property
     def key_name(self) -> str:
@@ -184,7 +193,7 @@ def _bass(plan: SongPlan, clock: _Clock, rng: np.random.Generator) -> pretty_mid
         pattern = "1000100010001000"
     walking = plan.style == "shuffle" and rng.random() < 0.5
     for bar in range(plan.bars):
-        degree = plan.progression[bar % len(plan.progression)]
+        degree = plan.chord_at(bar)
         chord = _chord_pitches(plan, degree, rng, sevenths=False)
         root = _fit(chord[0] + 36, 28, 47)
         hits = [step for step in range(steps) if pattern[step] == "1"]
@@ -220,7 +229,7 @@ def _chords(plan: SongPlan, clock: _Clock, rng: np.random.Generator, cls: str, n
         if plan.style == "ballad":
             feel = str(rng.choice(("block1", "arp", "block2")))
     for bar in range(plan.bars):
-        degree = plan.progression[bar % len(plan.progression)]
+        degree = plan.chord_at(bar)
         chord = _chord_pitches(plan, degree, rng, sevenths)
         voicing = _voicing(chord, low, high, rng)
         velocity = 78 + rng.normal(0, 6)
@@ -274,7 +283,7 @@ def _melody(plan: SongPlan, clock: _Clock, rng: np.random.Generator, cls: str) -
             absolute_bar = bar + step // steps
             if absolute_bar >= plan.bars:
                 break
-            chord_degree = plan.progression[absolute_bar % len(plan.progression)]
+            chord_degree = plan.chord_at(absolute_bar)
             if step % 4 == 0 and rng.random() < 0.6:  # strong beats lean on chord tones
                 degree_pos = chord_degree + 2 * int(rng.integers(0, 3)) + 7 * ((degree_pos - chord_degree) // 7)
             else:
@@ -299,6 +308,11 @@ def generate_song(rng: np.random.Generator, seconds: float) -> SongPlan:
     bar_seconds = beats_per_bar * 60.0 / tempo
     bars = int(math.ceil(seconds / bar_seconds)) + 1
     plan = SongPlan(style, tempo, beats_per_bar, int(rng.integers(12)), mode, progression, bars)
+    others = [p for p in progressions if tuple(p) != progression]
+    if others and rng.random() < 0.6:  # a second section with its own chords
+        plan.bridge = tuple(others[int(rng.integers(len(others)))])
+        plan.section_bars = int(rng.choice((4, 8)))
+        plan.form = str(rng.choice(("AB", "AABA", "ABAB", "AABB")))
     clock = _Clock(tempo, beats_per_bar, swing)
     plan.parts.append(_drums(plan, clock, rng))
     plan.parts.append(_bass(plan, clock, rng))
@@ -316,9 +330,30 @@ def generate_song(rng: np.random.Generator, seconds: float) -> SongPlan:
     if rng.random() < 0.4:
         pad = str(rng.choice(("Synth Pad", "Strings (continued)", "Organ")))
         plan.parts.append(_chords(plan, clock, rng, pad, "pad"))
+    _arrange(plan, rng)
     for part in plan.parts:
         part.notes.sort(key=lambda note: (note.start, note.pitch))
     return plan
+
+
+def _arrange(plan: SongPlan, rng: np.random.Generator) -> None:
+    """Parts other than drums and bass sit out some sections; every note gets a few ms of human timing."""
+    section_seconds = plan.section_bars * plan.beats_per_bar * 60.0 / plan.tempo
+    sections = int(math.ceil(plan.bars / plan.section_bars))
+    for part in plan.parts:
+        jitter = 0.003 if part.is_drum else 0.008
+        resting = set()
+        if part.name not in ("drums", "bass") and sections > 1:
+            resting = {index for index in range(1, sections) if rng.random() < 0.15}
+        kept = []
+        for note in part.notes:
+            if int(note.start // section_seconds) in resting:
+                continue
+            shift = float(rng.normal(0.0, jitter))
+            note.start = max(0.0, note.start + shift)
+            note.end = max(note.start + 0.01, note.end + shift)
+            kept.append(note)
+        part.notes = kept
 
 
 def part_class(part: pretty_midi.Instrument) -> str:

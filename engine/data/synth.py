@@ -78,6 +78,8 @@ def _track_parts(
         "key": plan.key_name,
         "beats_per_bar": plan.beats_per_bar,
         "progression": " ".join(str(d + 1) for d in plan.progression),
+        "form": plan.form,
+        "bridge": " ".join(str(d + 1) for d in plan.bridge),
     }
     return plan.parts, seconds, info, rng
 
@@ -168,7 +170,7 @@ def _check_resumable(out: Path, settings: dict) -> None:
 def _finished_track(track_dir: Path) -> dict:
     meta = read_yaml(track_dir / "metadata.yaml")
     classes = [entry["inst_class"] for entry in meta["stems"].values() if entry.get("audio_rendered")]
-    keys = ("style", "tempo", "key", "beats_per_bar", "progression", "source_midi")
+    keys = ("style", "tempo", "key", "beats_per_bar", "progression", "form", "bridge", "source_midi")
     info = {key: value for key, value in meta.items() if key in keys}  # metadata.yaml keeps the run's key order
     return {"classes": classes, "caption": caption(classes), "seconds": meta["seconds"], **info}
 
