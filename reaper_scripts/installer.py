@@ -232,8 +232,10 @@ def install(
         )
     report = Report()
     folder = resource / "Scripts" / SUBDIR
+    scripts_existed = folder.parent.is_dir()
     folder.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(folder)
+    manifest.setdefault("created_scripts_dir", not scripts_existed)
     settings = dict(paths if paths is not None else import_paths())
     if host:
         settings["host"] = host
@@ -328,8 +330,9 @@ def uninstall(resource: Path) -> Report:
             cached.unlink()
         if not any(pycache.iterdir()):
             pycache.rmdir()
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    for created, path in ((True, folder), (manifest.get("created_scripts_dir", False), folder.parent)):
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     return report
 
 

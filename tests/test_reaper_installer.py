@@ -142,6 +142,14 @@ def test_a_missing_reaper_kb_ini_is_created_and_removed_again(resource):
     assert not (resource / "reaper-kb.ini").exists()
 
 
+def test_a_scripts_folder_install_created_is_removed_again(tmp_path):
+    bare = tmp_path / "fresh REAPER"
+    bare.mkdir()
+    install(bare)
+    uninstall(bare)
+    assert list(bare.iterdir()) == []
+
+
 def test_uninstall_without_install_changes_nothing(resource):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
     before = snapshot(resource)
