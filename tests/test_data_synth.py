@@ -171,3 +171,16 @@ def test_resume_refuses_other_settings(synth_dir, tmp_path):
     shutil.copytree(synth_dir, tmp_path / "copy")
     with pytest.raises(DataError, match="seed"):
         synthesize(tmp_path / "copy", 3, seed=8, seconds=SECONDS, sample_rate=RATE, progress=False, resume=True)
+
+
+def test_an_unreadable_midi_file_is_skipped_and_reported(tmp_path):
+    midi = pretty_midi.PrettyMIDI(initial_tempo=100)
+    bass = pretty_midi.Instrument(program=33, name="bass")
+    bass.notes.append(pretty_midi.Note(velocity=90, pitch=40, start=0.0, end=1.0))
+    midi.instruments.append(bass)
+    (tmp_path / "midi").mkdir()
+    midi.write(str(tmp_path / "midi" / "a_good.mid"))
+    (tmp_path / "midi" / "b_broken.mid").write_bytes(b"MThd garbage")
+    report = synthesize(tmp_path / "out", 2, seconds=2.0, sample_rate=RATE, midi_dir=tmp_path / "midi", progress=False)
+    assert report.tracks == 1
+    assert [(track, reason.split(":")[0]) for track, reason in report.skipped] == [("Track00002", "unreadable MIDI")]
