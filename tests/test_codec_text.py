@@ -100,3 +100,17 @@ def test_outputs_can_feed_training(tiny):
     weight = torch.ones((), requires_grad=True)
     (states.sum() * weight + codes.float().sum() * weight).backward()
     assert weight.grad is not None
+
+
+def test_codec_keeps_full_precision_weights_when_the_model_runs_in_bf16(tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from engine.weights import load_model
+
+    model = load_model(tiny_model_dir, device="cpu", dtype="bf16")
+    stored = load_file(str(tiny_model_dir / "base" / "model.safetensors"))
+    weight = model.codec.model.encoder.layers[0].conv.parametrizations.weight.original1
+    expected = stored["audio_encoder.encoder.layers.0.conv.parametrizations.weight.original1"]
+    assert not torch.equal(expected, expected.bfloat16().float())  # the test would catch a bf16 round trip
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, expected)

@@ -185,10 +185,57 @@ def load_parts(
     hf_model = load_hf_musicgen(path, dtype=dtype)
     cfg = lm_config(config)
     lm = build_lm(cfg, fusion, lm_state_from_transformers(decoder_state(hf_model)), device=device, dtype=dtype)
+    if dtype != torch.float32:
+        # the codec (always) and T5 (unless bf16 is asked for) run in fp32: reread their weights at full precision
+        # rather than upcasting the 16-bit copies from_pretrained made (they are small next to the decoder)
+        _reload_full_precision(hf_model.audio_encoder, "audio_encoder.", path)
+        if dtype == torch.float16:
+            _reload_full_precision(hf_model.text_encoder, "text_encoder.", path)
     codec = Codec(hf_model.audio_encoder, num_codebooks=cfg.num_codebooks, device=device)
     text = TextEncoder(hf_model.text_encoder, tokenizer, device=device, dtype=dtype, out_dtype=dtype)
     del hf_model  # the decoder's tensors now live in `lm`; drop transformers' copy of the module tree
     return lm, codec, text
+
+
+def _stored_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors under `prefix` in a transformers directory's weight files, prefix removed, as stored."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    files = weight_files(path)
+    names = {f.name for f in files}
+    if "model.safetensors.index.json" in names:
+        index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+        shards = sorted({path / shard for name, shard in index.items() if name.startswith(prefix)})
+    elif "model.safetensors" in names:
+        shards = [path / "model.safetensors"]
+    else:
+        shards = []
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                if name.startswith(prefix):
+                    out[name[len(prefix) :]] = handle.get_tensor(name)
+    if not shards:
+        for file in files:
+            if file.suffix == ".bin" and not file.name.endswith(".index.json"):
+                state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+                out.update({n[len(prefix) :]: t for n, t in state.items() if n.startswith(prefix)})
+    return out
+
+
+def _reload_full_precision(module, prefix: str, path: Path) -> None:
+    """Cast `module` to fp32 and reload its weights from the files (legacy weight-norm names renamed)."""
+    stored = {
+        name.replace(".weight_g", ".parametrizations.weight.original0").replace(
+            ".weight_v", ".parametrizations.weight.original1"
+        ): tensor
+        for name, tensor in _stored_tensors(path, prefix).items()
+    }
+    module.float()
+    own = module.state_dict()
+    usable = {n: t for n, t in stored.items() if n in own and tuple(own[n].shape) == tuple(t.shape)}
+    module.load_state_dict(usable, strict=False)
 
 
 def load_lm(path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
