@@ -45,6 +45,7 @@ class Job:
     seed: int | None = None
     takes: int = 1
     reply_to: tuple[str, int] | None = None
+    source_path: str = ""  # input_path with symlinks resolved, as checked against the allowed roots
     state: str = protocol.QUEUED
     fraction: float = 0.0
     stage: str = ""
@@ -59,6 +60,11 @@ class Job:
         """True if `other` asks for exactly what this job asks for (a resend, not a conflict)."""
         fields = ("input_path", "start_s", "end_s", "instruction", "requested_output", "seed", "takes")
         return all(getattr(self, name) == getattr(other, name) for name in fields)
+
+    @property
+    def source(self) -> str:
+        """The file to read: the resolved path (the one checked against the allowed roots)."""
+        return self.source_path or self.input_path
 
     @property
     def is_final(self) -> bool:
@@ -392,7 +398,7 @@ def warm_up_instruction(editor: Any) -> str | None:
 def run_job(job: Job, editor: Any, cancel: threading.Event, progress: Callable[[float, str], None]) -> dict:
     """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings)."""
     started = time.perf_counter()
-    audio, sample_rate = audio_io.read_region(job.input_path, job.start_s, job.end_s)  # [C, N]
+    audio, sample_rate = audio_io.read_region(job.source, job.start_s, job.end_s)  # [C, N]
     read_s = time.perf_counter() - started
     progress(0.0, "editing")
     edit_started = time.perf_counter()
@@ -417,7 +423,7 @@ def run_job(job: Job, editor: Any, cancel: threading.Event, progress: Callable[[
         # A second attempt (after a crash) may find its own earlier result at the reserved path: replace that.
         audio_io.write_atomic(target, output, sample_rate, overwrite=job.attempts > 1)
     except FileExistsError:
-        target = audio_io.unique_result_path(job.input_path, job.instruction, target)
+        target = audio_io.unique_result_path(job.source, job.instruction, target)
         audio_io.write_atomic(target, output, sample_rate)
     except OSError as exc:
         raise ConfigError(f"cannot write the result to {target}: {exc}") from None

@@ -312,7 +312,7 @@ class EngineServer:
         if not job.instruction:
             raise RequestError("the instruction is empty; say what to do, e.g. 'extract drums'")
         source = self.allowed_path(job.input_path, "input")
-        job.input_path = str(source)
+        job.source_path = str(source)  # input_path stays as sent: a resend must compare equal
         if job.requested_output:
             self.allowed_path(job.requested_output, "output")
         info = audio_io.probe(source)  # AudioError for folders, missing and non-audio files
@@ -327,9 +327,10 @@ class EngineServer:
             editor.parse(job.instruction)  # InstructionError lists what is supported; before loading, the worker checks
 
     def _choose_output(self, job: Job, reserved: set[str]) -> str:
-        target = audio_io.unique_result_path(job.input_path, job.instruction, job.requested_output or None, reserved)
-        self.allowed_path(str(target), "output")  # the default results folder sits beside the input: inside a root
-        return str(target)
+        # Named beside the path the user gave (a symlinked media folder keeps its results), never over the real file.
+        taken = reserved | {job.source}
+        target = audio_io.unique_result_path(job.input_path, job.instruction, job.requested_output or None, taken)
+        return str(self.allowed_path(str(target), "output"))  # checked with its folder's symlinks resolved
 
     def on_preview(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
         job_id, which = values["job_id"], values["which"]
@@ -345,7 +346,7 @@ class EngineServer:
         if which == "result":
             audio, sample_rate = audio_io.read_region(job.output_path, 0.0, -1.0)
         else:
-            audio, sample_rate = audio_io.read_region(job.input_path, job.start_s, job.end_s)
+            audio, sample_rate = audio_io.read_region(job.source, job.start_s, job.end_s)
         if self.player is None:
             from bridge.playback import get_player
 

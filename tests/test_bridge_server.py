@@ -516,3 +516,12 @@ def test_waiting_on_a_job_the_server_never_had_is_an_unknown_job_error(client):
     with pytest.raises(RemoteError) as exc:
         client.wait("never-sent", timeout=TIMEOUT)
     assert exc.value.code == protocol.UNKNOWN_JOB
+
+
+def test_a_resend_through_a_symlinked_folder_is_the_same_job(server, client, root, song):
+    alias = root / "alias"
+    alias.symlink_to(root, target_is_directory=True)
+    first = client.edit(str(alias / "song.wav"), 0.0, 1.0, "extract drums", job_id="via-alias", timeout=TIMEOUT)
+    client.submit(str(alias / "song.wav"), 0.0, 1.0, "extract drums", job_id="via-alias")
+    assert client.wait("via-alias", timeout=TIMEOUT).output_path == first.output_path
+    assert server.worker.editor.calls == ["extract drums"]
