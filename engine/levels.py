@@ -3,9 +3,9 @@
 Policy (issue 10, part 2), applied at the input's rate and channel layout after the edit:
 - add / remove: the result's integrated loudness (ITU-R BS.1770-4 via pyloudnorm) is matched to the source region's.
 - extract: the stem keeps the level it has in the mix. That level is estimated, since the true stem is unknown:
-  in the time-frequency bins where the extracted stem has energy, the stem is assumed to dominate the mix, so the
-  energy-weighted median of mix-to-stem power ratios over those bins is the gain that puts the stem back at its
-  level in the mix. Bins shared with other instruments push the estimate up, so it is capped at the mix's own
+  in the time-frequency bins where the extracted stem has energy, the stem is assumed to dominate the mix, so a
+  low energy-weighted quantile of mix-to-stem power ratios over those bins is the gain that puts the stem back at
+  its level in the mix (estimate_stem_gain_db has the measured accuracy). The estimate is capped at the mix's own
   loudness (a part is never louder than the whole) and floored STEM_FLOOR_LU below it.
 - add on a silent source (the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS.
 - never clipped: true peak (4x oversampled, BS.1770 annex 2) at most `ceiling_db` (-1 dBTP) after any gain, with
@@ -33,6 +33,7 @@ ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; we call it sil
 _BLOCK_SECONDS = 0.4
 _SHORT_TILE_SECONDS = 2.0
 _OVERSAMPLE = 4
+_STEM_QUANTILE = 0.25  # of mix-to-stem ratios; chosen on synthesized stems (see estimate_stem_gain_db)
 _RAMP_S = 0.005  # limiter attack/release ramp
 _HOLD_S = 0.05  # limiter hold after a peak
 
@@ -157,8 +158,13 @@ def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -> float | None:
     """Gain (dB) that puts an extracted stem at the level it has in the mix; None when the stem is silent.
 
-    Energy-weighted median of 10*log10(P_mix / P_stem) over the bins that hold the stem's energy (within 30 dB of
-    its loudest bins): where the stem dominates, that ratio is exactly the missing gain.
+    Energy-weighted low quantile (_STEM_QUANTILE) of 10*log10(P_mix / P_stem) over the bins that hold the stem's
+    energy (within 30 dB of its loudest bins): where the stem dominates the mix that ratio is exactly the missing
+    gain; where other parts share a bin it is too high, hence a low quantile rather than the median. Measured on
+    57 ten-second clips of synthesized Slakh-layout tracks (true stems known, outputs at random gains -20..+10 dB):
+    exact stem: median error 0.09 LU (max 0.97); low-passed, 10 ms late, noisy: 0.27 LU (max 2.2); stem leaking
+    30 % of the other parts: 1.4 LU (90th percentile 3.8, louder than the truth). The median (q = 0.5) gave
+    0.39 / 0.48 / 2.2 LU.
     """
     p_stem = _power_spectrogram(stem, sample_rate)
     p_mix = _power_spectrogram(mix, sample_rate)
@@ -174,7 +180,7 @@ def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -
     weights = p_stem[mask]
     order = np.argsort(ratios)
     cumulative = np.cumsum(weights[order])
-    median = ratios[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])]
+    median = ratios[order][np.searchsorted(cumulative, _STEM_QUANTILE * cumulative[-1])]
     return float(median)
 
 
