@@ -28,6 +28,7 @@ from engine.errors import Cancelled, ConfigError, ImusicError
 
 JOURNAL_NAME = "jobs.jsonl"
 KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency
+COMPACT_EVERY = 20000  # events between rewrites of the journal (a server may run for weeks)
 MAX_INFO_CHARS = 8000  # /done's info JSON must fit a datagram beside the paths
 
 
@@ -135,6 +136,7 @@ class Journal:
         self._lock = threading.Lock()
         self._lock_file = self._take_folder_lock()
         self._file = None
+        self.events = 0  # appended since the last compaction
 
     def _take_folder_lock(self):
         handle = open(self.folder / "server.lock", "a+")  # noqa: SIM115 (held for the server's lifetime)
@@ -191,13 +193,18 @@ class Journal:
         finished = [job for job in jobs.values() if job.is_final][-KEEP_FINISHED:]
         keep = {job.id for job in finished} | {job.id for job in jobs.values() if not job.is_final}
         temporary = self.path.with_suffix(".compact")
-        with open(temporary, "w", encoding="utf-8") as f:
-            for job in jobs.values():
-                if job.id in keep:
-                    f.write(json.dumps({"e": "job", "job": job.to_record()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
+        with self._lock:
+            if self._file is not None:  # the appender must follow the new file, not the replaced one
+                self._file.close()
+                self._file = None
+            with open(temporary, "w", encoding="utf-8") as f:
+                for job in jobs.values():
+                    if job.id in keep:
+                        f.write(json.dumps({"e": "job", "job": job.to_record()}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, self.path)
+            self.events = 0
         for job_id in [job_id for job_id in jobs if job_id not in keep]:
             del jobs[job_id]
 
@@ -208,6 +215,7 @@ class Journal:
             if self._file is None:
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open between events)
             self._file.write(line)
+            self.events += 1
             self._file.flush()
             os.fsync(self._file.fileno())
 
@@ -333,6 +341,11 @@ class JobBook:
             self.journal.append({"e": "done", "id": job.id, "output": output_path, "info": info})
             job.state, job.fraction, job.output_path, job.info = protocol.DONE_STATE, 1.0, output_path, info
             self._clear_running(job)
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        if self.journal.events >= COMPACT_EVERY:
+            self.journal.compact(self.jobs)
 
     def fail(self, job: Job, code: str, message: str, cancelled: bool = False) -> None:
         with self._cond:

@@ -122,3 +122,19 @@ def test_info_json_always_fits_a_datagram():
 
 def test_warm_up_uses_an_instruction_the_editor_accepts():
     assert warm_up_instruction(FakeEditor()) == "add drums"
+
+
+def test_a_long_running_server_compacts_its_journal_and_keeps_appending(tmp_path, monkeypatch):
+    import bridge.jobs
+
+    monkeypatch.setattr(bridge.jobs, "COMPACT_EVERY", 6)
+    jobs = book(tmp_path)
+    for name in "abcd":
+        jobs.submit(make_job(name), choose(name))
+        jobs.finish(jobs.next_job(0.1), f"/out/{name}.wav", {})
+    jobs.submit(make_job("e"), choose("e"))
+    jobs.journal.close()
+    lines = (tmp_path / "journal" / "jobs.jsonl").read_text().splitlines()
+    assert len(lines) < 4 * 3 + 1
+    replayed = book(tmp_path)
+    assert [replayed.get(n).state for n in "abcde"] == [protocol.DONE_STATE] * 4 + [protocol.QUEUED]
