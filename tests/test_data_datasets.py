@@ -115,6 +115,13 @@ def test_four_stem_option_keeps_only_drums_bass_piano_guitar(synth_catalog):
         assert set(clip.input_classes) | set(clip.target_classes) <= set(FOUR_STEMS)
 
 
+def test_the_data_set_lists_the_stems_instructions_can_name(synth_catalog):
+    present = {cls for song in synth_catalog.songs for cls in song.classes()}
+    expected = sorted(present & set(FOUR_STEMS))
+    assert {"Drums", "Bass"} <= set(expected)
+    assert StemDataset(synth_catalog, "all", _config(classes="4stems")).stems == expected
+
+
 def test_clips_are_mono_float32_of_the_configured_length(synth_catalog):
     clip = StemDataset(synth_catalog, "all", _config(seconds=0.5))[0]
     for audio in (clip.input, clip.target, clip.stem):

@@ -306,6 +306,11 @@ class StemDataset:
         step = offset_step(song, config.sample_rate)
         return _SongPlan(song, groups, targets, len(kept), length, step), ""
 
+    @property
+    def stems(self) -> list[str]:
+        """Every class an instruction of this data set can name, sorted (for a model card's stem list)."""
+        return sorted({cls for plan in self.plans for cls in plan.targets})
+
     def set_epoch(self, epoch: int) -> None:
         """Training clips of a new epoch are new draws; evaluation lists do not change."""
         self.epoch = int(epoch)
