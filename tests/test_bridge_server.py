@@ -525,3 +525,27 @@ def test_a_resend_through_a_symlinked_folder_is_the_same_job(server, client, roo
     client.submit(str(alias / "song.wav"), 0.0, 1.0, "extract drums", job_id="via-alias")
     assert client.wait("via-alias", timeout=TIMEOUT).output_path == first.output_path
     assert server.worker.editor.calls == ["extract drums"]
+
+
+def test_the_server_answers_while_loading_and_runs_jobs_sent_meanwhile_once_ready(tmp_path, root, song):
+    loaded = threading.Event()
+
+    def slow_load():
+        loaded.wait(TIMEOUT)
+        return FakeEditor()
+
+    server = EngineServer(slow_load, port=0, journal_dir=tmp_path / "journal", allow_roots=[root], warm_up=True)
+    server.start()
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            pong = client.ping(TIMEOUT)
+            assert pong.state == protocol.LOADING and pong.args[1] == ""
+            job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+            assert client.wait_for(lambda r: r.job_id == job_id, TIMEOUT).address == protocol.ACCEPTED
+            loaded.set()
+            assert client.wait(job_id, timeout=TIMEOUT).output_path
+            assert client.ping(TIMEOUT).state == protocol.READY
+        assert server.worker.editor.calls == ["add drums", "extract drums"]  # the warm-up edit came first
+    finally:
+        loaded.set()
+        server.stop()
