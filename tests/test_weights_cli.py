@@ -163,3 +163,34 @@ def test_convert_refuses_to_overwrite(official_ckpt, tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("keep me")
     assert main(["weights", "convert", str(official_ckpt), "-o", str(tmp_path / "full")]) == 1
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def test_info_on_transformers_layout_counts_each_part(tiny_model_dir, capsys):
+    from safetensors.torch import load_file
+
+    assert main(["weights", "info", str(tiny_model_dir / "base"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    stored = load_file(str(tiny_model_dir / "base" / "model.safetensors"))
+    codec = sum(t.numel() for n, t in stored.items() if n.startswith("audio_encoder."))
+    assert report["layout"] == "transformers"
+    assert report["parameters"]["codec"] == codec
+    assert report["parameters"]["sample_rate"] == 16000
+    assert "adapter" not in report["parameters"]
+
+
+def test_info_on_audiocraft_layout(tmp_path, capsys):
+    from engine.testing import write_audiocraft_layout
+
+    directory = write_audiocraft_layout(tmp_path / "ac")
+    assert main(["weights", "info", str(directory), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == "audiocraft"
+    # the same tiny weights as the transformers layout: the same decoder and codec counts
+    from engine.testing import tiny_musicgen
+
+    hf_model = tiny_musicgen(seed=0)
+    decoder = sum(p.numel() for n, p in hf_model.named_parameters() if n.startswith(("decoder.", "enc_to_dec_proj.")))
+    codec = sum(t.numel() for t in hf_model.audio_encoder.state_dict().values())
+    assert report["parameters"]["decoder"] == decoder
+    assert report["parameters"]["codec"] == codec
+    assert "state_dict.bin" in report["files"]
