@@ -234,3 +234,27 @@ def test_melody_checkpoints_are_refused_with_the_reason(model_copy):
     config_path.write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="melody.*cross-attention"):
         load_model(model_copy, device="cpu")
+
+
+def test_save_model_dir_round_trips(tiny_model_dir, tmp_path):
+    from engine.weights import save_model_dir
+
+    model = load_model(tiny_model_dir, device="cpu", dtype="fp32")
+    out = save_model_dir(
+        tmp_path / "saved",
+        model.lm,
+        model.codec,
+        model.text,
+        name="round-trip",
+        stems=model.card.stems,
+        provenance={"run": "test"},
+    )
+    again = load_model(out, device="cpu", dtype="fp32")
+    assert again.card.name == "round-trip" and again.card.stems == model.card.stems
+    before, after = model.lm.state_dict(), again.lm.state_dict()
+    assert set(before) == set(after)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+    wav = torch.randn(1, 1, 3200, generator=torch.Generator().manual_seed(0)) * 0.2
+    assert torch.equal(model.codec.encode(wav), again.codec.encode(wav))
+    prompt = ["Music piece. Instruct: Only Drums."]
+    torch.testing.assert_close(model.text.encode(prompt)[0], again.text.encode(prompt)[0])

@@ -207,3 +207,67 @@ def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
         with torch.no_grad():
             for name, tensor in base_state.items():
                 own[name].copy_(tensor)
+
+
+def save_model_dir(
+    path: str | Path,
+    lm,
+    codec,
+    text,
+    *,
+    name: str,
+    stems=None,
+    template: str | None = None,
+    verbs: dict[str, str] | None = None,
+    provenance: dict[str, Any] | None = None,
+    description: str = "",
+) -> Path:
+    """Write our model directory (model_card.json + base/ in transformers layout + adapter/ when `lm` has adapters)
+    from loaded parts: what a training run hands to load_model, and how the embedded default is produced."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import MusicgenConfig, MusicgenDecoderConfig
+
+    from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+    from engine.weights.adapter_format import save_adapter
+    from engine.weights.convert import lm_config_to_transformers, lm_state_to_transformers
+    from engine.weights.transformers_layout import quiet_transformers
+
+    path = Path(path)
+    base = path / "base"
+    base.mkdir(parents=True, exist_ok=True)
+    base_state = {n: t for n, t in lm.state_dict().items() if not lm.is_adapter_name(n)}
+    tensors: dict[str, torch.Tensor] = dict(lm_state_to_transformers(base_state, layout="conditional"))
+    tensors.update({f"text_encoder.{n}": t for n, t in text.model.state_dict().items()})
+    tensors.update({f"audio_encoder.{n}": t for n, t in codec.model.state_dict().items()})
+    # safetensors refuses tensors sharing memory (T5's tied embeddings): store plain contiguous copies
+    tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}
+    with quiet_transformers():
+        decoder = MusicgenDecoderConfig(**lm_config_to_transformers(lm.cfg), dropout=0.0)
+        config = MusicgenConfig(text_encoder=text.model.config, audio_encoder=codec.model.config, decoder=decoder)
+        config.architectures = ["MusicgenForConditionalGeneration"]
+        config.save_pretrained(base)
+        text.tokenizer.save_pretrained(base)
+    save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
+    if lm.fusion_cfg is not None:
+        save_adapter(
+            path / "adapter",
+            lm.adapter_state_dict(),
+            lm.fusion_cfg,
+            stems=stems or OFFICIAL_STEMS,
+            template=template or OFFICIAL_TEMPLATE,
+            verbs=verbs or OFFICIAL_VERBS,
+            base={"num_layers": lm.cfg.num_layers, "dim": lm.cfg.dim, "card": lm.cfg.card},
+            provenance=provenance,
+        )
+    card = {
+        "format": "imusic-model",
+        "version": 1,
+        "name": name,
+        "description": description,
+        "provenance": dict(provenance or {}),
+    }
+    if stems and lm.fusion_cfg is None:
+        card["stems"] = list(stems)
+    (path / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    return path
