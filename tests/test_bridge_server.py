@@ -437,10 +437,8 @@ def test_two_servers_cannot_share_one_journal(server, tmp_path, root):
 # ----------------------------------------------------------------------------------------------- load
 
 
-@pytest.mark.parametrize("clients,jobs", [(10, 20)])
-def test_many_clients_many_jobs_every_job_completes_exactly_once(tmp_path, root, song, clients, jobs):
-    editor = FakeEditor(steps=2)
-    server = start_server(tmp_path, root, editor=editor, max_queue=clients * jobs)
+def run_load(server: EngineServer, song: Path, clients: int, jobs: int, region_s: float) -> dict[str, JobResult]:
+    """`clients` threads, each submitting `jobs` edits (every fifth one sent twice), then waiting for all of them."""
     results: dict[str, JobResult] = {}
     failures: list[BaseException] = []
     lock = threading.Lock()
@@ -448,11 +446,13 @@ def test_many_clients_many_jobs_every_job_completes_exactly_once(tmp_path, root,
     def one_client(index: int) -> None:
         try:
             with Client("127.0.0.1", server.port) as client:
-                ids = [client.submit(str(song), 0.0, 0.25, f"extract drums c{index}j{j}") for j in range(jobs)]
-                for job_id in ids[::5]:
-                    client.submit(str(song), 0.0, 0.25, f"extract drums c{index}j{ids.index(job_id)}", job_id=job_id)
+                ids = [f"c{index}-j{j}" for j in range(jobs)]
+                for j, job_id in enumerate(ids):
+                    client.submit(str(song), 0.0, region_s, "extract drums", seed=j, job_id=job_id)
+                for j, job_id in list(enumerate(ids))[::5]:  # resends must not run twice
+                    client.submit(str(song), 0.0, region_s, "extract drums", seed=j, job_id=job_id)
                 for job_id in ids:
-                    result = client.wait(job_id, timeout=120)
+                    result = client.wait(job_id, timeout=300)
                     with lock:
                         assert job_id not in results
                         results[job_id] = result
@@ -460,19 +460,41 @@ def test_many_clients_many_jobs_every_job_completes_exactly_once(tmp_path, root,
             failures.append(exc)
 
     threads = [threading.Thread(target=one_client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert not failures, failures[:3]
+    return results
+
+
+def assert_each_job_ran_once(server: EngineServer, song: Path, results: dict[str, JobResult], count: int) -> None:
+    assert len(results) == count
+    events = [json.loads(line) for line in (server.journal_dir / "jobs.jsonl").read_text().splitlines()]
+    started = [event["id"] for event in events if event["e"] == "started"]
+    assert sorted(started) == sorted(results)  # every job started exactly once
+    assert len({r.output_path for r in results.values()}) == count
+    assert len([p for p in os.listdir(song.parent / "results") if p.endswith(".wav")]) == count
+
+
+def test_ten_clients_twenty_jobs_each_every_job_completes_exactly_once(tmp_path, root, song):
+    server = start_server(tmp_path, root, editor=FakeEditor(steps=2), max_queue=200)
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(180)
+        results = run_load(server, song, clients=10, jobs=20, region_s=0.25)
     finally:
         server.stop()
-    assert not failures, failures[:3]
-    assert len(results) == clients * jobs
-    assert sorted(editor.calls) == sorted(set(editor.calls)) and len(editor.calls) == clients * jobs
-    outputs = {r.output_path for r in results.values()}
-    assert len(outputs) == clients * jobs
-    assert len([p for p in os.listdir(song.parent / "results") if p.endswith(".wav")]) == clients * jobs
+    assert_each_job_ran_once(server, song, results, 200)
+
+
+@pytest.mark.slow
+def test_ten_clients_twenty_jobs_each_on_the_tiny_model(tmp_path, root, song, request):
+    pytest.importorskip("engine.editor")
+    server = start_server(tmp_path, root, editor=request.getfixturevalue("tiny_editor"), max_queue=200)
+    try:
+        results = run_load(server, song, clients=10, jobs=20, region_s=0.25)
+    finally:
+        server.stop()
+    assert_each_job_ran_once(server, song, results, 200)
 
 
 # ----------------------------------------------------------------------------------------------- the real engine
