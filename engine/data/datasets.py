@@ -123,18 +123,18 @@ def _resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
     return resample_poly(audio, up, down).astype(np.float32)
 
 
-def read_window(stem: StemFile, start: int, length: int, sample_rate: int) -> np.ndarray:
-    """Mono float32 [length] of `stem` from sample `start` at `sample_rate`, zero past the file's end.
+def _margin_blocks(up: int, down: int) -> int:
+    return 0 if up == down == 1 else max(1, math.ceil(64 / up))  # >= 64 output samples of filter margin
 
-    `start` must be a multiple of the rate ratio's `up` (see `offset_step`) so that it falls on a source sample.
-    Only the window (plus a filter margin) is decoded.
-    """
+
+def _source_window(stem: StemFile, start: int, length: int, sample_rate: int) -> np.ndarray:
+    """Mono float32 at the stem's own rate covering the output window plus the resampling margin."""
     up, down = _ratio(stem.sample_rate, sample_rate)
     if start % up:
         raise ValueError(f"offset {start} is not on the source sample grid (step {up})")
-    margin_blocks = 0 if up == down == 1 else max(1, math.ceil(64 / up))  # >= 64 output samples of filter margin
-    source_start = (start // up - margin_blocks) * down
-    source_length = (math.ceil(length / up) + 2 * margin_blocks) * down
+    margin = _margin_blocks(up, down)
+    source_start = (start // up - margin) * down
+    source_length = (math.ceil(length / up) + 2 * margin) * down
     pad_front = max(0, -source_start)
     try:
         with sf.SoundFile(str(stem.path)) as handle:
@@ -145,14 +145,28 @@ def read_window(stem: StemFile, start: int, length: int, sample_rate: int) -> np
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [source_length - pad_front]
     if pad_front:
         mono = np.concatenate([np.zeros(pad_front, np.float32), mono])
+    return mono  # [source_length]
+
+
+def _to_rate(source: np.ndarray, up: int, down: int, length: int) -> np.ndarray:
     if up == down == 1:
-        return np.ascontiguousarray(mono[:length], dtype=np.float32)
-    resampled = _resample(mono, up, down)  # [~source_length * up / down]
-    begin = margin_blocks * up
+        return np.ascontiguousarray(source[:length], dtype=np.float32)
+    resampled = _resample(source, up, down)  # [~len(source) * up / down]
+    begin = _margin_blocks(up, down) * up
     out = resampled[begin : begin + length]
     if out.shape[0] < length:
         out = np.pad(out, (0, length - out.shape[0]))
     return out
+
+
+def read_window(stem: StemFile, start: int, length: int, sample_rate: int) -> np.ndarray:
+    """Mono float32 [length] of `stem` from sample `start` at `sample_rate`, zero past the file's end.
+
+    `start` must be a multiple of the rate ratio's `up` (see `offset_step`) so that it falls on a source sample.
+    Only the window (plus a filter margin) is decoded.
+    """
+    up, down = _ratio(stem.sample_rate, sample_rate)
+    return _to_rate(_source_window(stem, start, length, sample_rate), up, down, length)
 
 
 def offset_step(song: Song, sample_rate: int) -> int:
@@ -165,10 +179,20 @@ def offset_step(song: Song, sample_rate: int) -> int:
 
 
 def mix_window(stems: list[StemFile], start: int, length: int, sample_rate: int) -> np.ndarray:
-    """Sum of the stems' windows, float32 [length]; zeros for no stems."""
+    """Sum of the stems' windows, float32 [length]; zeros for no stems.
+
+    Resampling is linear, so stems of one source rate are summed first and resampled once.
+    """
     total = np.zeros(length, np.float32)
+    by_rate: dict[int, np.ndarray] = {}
     for stem in stems:
-        total += read_window(stem, start, length, sample_rate)
+        source = _source_window(stem, start, length, sample_rate)
+        if stem.sample_rate in by_rate:
+            by_rate[stem.sample_rate] += source
+        else:
+            by_rate[stem.sample_rate] = source.copy()
+    for rate, source in by_rate.items():
+        total += _to_rate(source, *_ratio(rate, sample_rate), length)
     return total
 
 
