@@ -258,3 +258,20 @@ def test_save_model_dir_round_trips(tiny_model_dir, tmp_path):
     assert torch.equal(model.codec.encode(wav), again.codec.encode(wav))
     prompt = ["Music piece. Instruct: Only Drums."]
     torch.testing.assert_close(model.text.encode(prompt)[0], again.text.encode(prompt)[0])
+
+
+def test_fresh_adapters_start_as_the_official_init_and_change_nothing(tiny_model_dir):
+    from engine.config import FusionConfig
+
+    base = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32")
+    fresh = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32", fusion=FusionConfig(lora_rank=4))
+    lm = fresh.lm
+    assert (lm.fusion.gates == 0).all()
+    assert all((t == 0).all() for n, t in lm.adapter_state_dict().items() if n.endswith("lora_b"))
+    assert all((t != 0).any() for n, t in lm.adapter_state_dict().items() if n.endswith("lora_a"))
+    assert lm.fusion.pos_emb.std() > 0.5  # N(0, 1) as the official randn
+    assert not fresh.card.has_adapter
+    states, mask = base.text.encode(["Music piece. Instruct: Only Drums."])
+    seq = torch.randint(0, 64, (1, 4, 6), generator=torch.Generator().manual_seed(0))
+    cond = torch.randint(0, 64, (1, 4, 6), generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(lm(seq, states, mask, cond_codes=cond), base.lm(seq, states, mask))

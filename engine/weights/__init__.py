@@ -95,8 +95,13 @@ def load_model(
     adapter: str | Path | None = None,
     device: Any = None,
     dtype: Any = None,
+    *,
+    fusion=None,
 ):
-    """Load a model ready to edit (LoadedModel). See the module docstring for what `source` and `adapter` accept."""
+    """Load a model ready to edit (LoadedModel). See the module docstring for what `source` and `adapter` accept.
+
+    `fusion` (a FusionConfig, for training): when no adapter is loaded, attach fresh adapters of this shape,
+    initialised as the official code does (zero gates and LoRA B, so the model still behaves as its base)."""
     from engine.bundle import LoadedModel, ModelCard
     from engine.device import pick
 
@@ -121,7 +126,9 @@ def load_model(
         layout = detect_layout(base)
 
     adapter_state, adapter_info = read_adapter(adapter_path) if adapter_path is not None else (None, None)
-    fusion = adapter_info["fusion"] if adapter_info else None
+    if adapter_info and fusion is not None and adapter_info["fusion"] != fusion:
+        raise CheckpointError(f"the adapter {adapter_path} has its own fusion config; do not pass another one")
+    fusion = adapter_info["fusion"] if adapter_info else fusion
 
     if layout == "transformers":
         from engine.weights.transformers_layout import load_parts
