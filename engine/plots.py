@@ -1,0 +1,95 @@
+"""PNG figures for training and evaluation: loss curves, before/after mel spectrograms (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    # Agg: no display needed (servers, CI); selected before pyplot is first imported.
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_atomically(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_curves(
+    train: Sequence[tuple[int, float]],
+    path: str | Path,
+    val: Sequence[tuple[int, float]] = (),
+    lr: Sequence[tuple[int, float]] = (),
+    title: str = "training",
+) -> Path:
+    """Write a PNG of the training loss (and validation loss, learning rate when given) against the step."""
+    plt = _pyplot()
+    fig, loss_axis = plt.subplots(figsize=(8, 4.5))
+    if train:
+        steps, losses = zip(*train, strict=True)
+        loss_axis.plot(steps, losses, label="train loss", color="tab:blue", linewidth=1)
+    if val:
+        steps, losses = zip(*val, strict=True)
+        loss_axis.plot(steps, losses, "o-", label="validation loss", color="tab:orange")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("cross-entropy")
+    loss_axis.set_title(title)
+    loss_axis.grid(alpha=0.3)
+    handles, labels = loss_axis.get_legend_handles_labels()
+    if lr:
+        lr_axis = loss_axis.twinx()
+        steps, rates = zip(*lr, strict=True)
+        lr_axis.plot(steps, rates, color="tab:gray", linewidth=0.8, alpha=0.6, label="learning rate")
+        lr_axis.set_ylabel("learning rate")
+        more_handles, more_labels = lr_axis.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if handles:
+        loss_axis.legend(handles, labels, loc="upper right")
+    fig.tight_layout()
+    try:
+        return _save_atomically(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_spectrograms(
+    clips: Sequence[tuple[str, np.ndarray]],
+    sample_rate: int,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Write a PNG with one 16 kHz log-mel spectrogram per (label, audio) pair, stacked (e.g. input, output, target)."""
+    from engine.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
+
+    plt = _pyplot()
+    mels_db = [10.0 * np.log10(np.maximum(mel_spectrogram(audio, sample_rate), 1e-10)) for _, audio in clips]
+    # One colour scale for all panels, so that a louder or quieter result reads as such.
+    top = max(float(m.max()) for m in mels_db)
+    fig, axes = plt.subplots(len(clips), 1, figsize=(9, 2.2 * len(clips)), sharex=True, squeeze=False)
+    for axis, (label, _), mel_db in zip(axes[:, 0], clips, mels_db, strict=True):
+        seconds = mel_db.shape[1] * MEL_HOP / EVAL_RATE
+        image = axis.imshow(
+            mel_db, origin="lower", aspect="auto", extent=(0, seconds, 0, mel_db.shape[0]), vmin=top - 80, vmax=top
+        )
+        axis.set_ylabel(f"{label}\nmel band")
+    axes[-1, 0].set_xlabel("seconds")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.colorbar(image, ax=axes[:, 0].tolist(), label="dB")
+    try:
+        return _save_atomically(fig, Path(path))
+    finally:
+        plt.close(fig)

@@ -1,0 +1,744 @@
+"""`imusic train`: train the editing adapters of a base model (or a base model from scratch) on a stem data set.
+
+One generic loop (AdamW, warm-up + cosine, gradient accumulation, clipping, mixed precision on GPU, atomic
+checkpoints with exact resume, validation loss, a PNG of the curves) drives a *stage*: a small object that knows
+which parameters train, how a batch of clips becomes a loss, and what the finished run writes. Stages are looked up
+by name in `STAGES`; `register_stage` adds one (the codec stage plugs in there).
+
+Audio is encoded by the frozen codec on the fly, one batch at a time: clips are random draws (a new offset, subset
+and stem every epoch), so per-clip code caches would rarely hit. Text encodings are cached per distinct prompt
+(an edit data set has only ops x stems of them). Keep top-level imports light: torch is imported inside functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import CheckpointError, ConfigError, DataError
+
+CKPT_FORMAT = "imusic-train-checkpoint"
+CKPT_VERSION = 1
+CKPT_DIR = "checkpoints"
+HISTORY = "history.json"
+CURVES = "curves.png"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Adapter defaults are the official hyper-parameters (DESIGN.md)."""
+
+    data: str = ""
+    base: str = ""
+    stage: str = "adapters"
+    steps: int = 1000
+    batch: int = 8
+    accum: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 2.0
+    ckpt_every: int = 100
+    val_every: int = 100
+    val_clips: int = 16
+    keep: int = 2
+    seconds: float = 5.0
+    classes: str = "4stems"
+    seed: int = 0
+    device: str | None = None
+    precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere
+    log_every: int = 10
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """ConfigError for settings no run can use."""
+        positive = {"steps": self.steps, "batch": self.batch, "accum": self.accum, "ckpt_every": self.ckpt_every}
+        positive.update({"val_every": self.val_every, "keep": self.keep, "log_every": self.log_every})
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.val_clips < 0:
+            raise ConfigError("warm-up, gradient clip, weight decay and validation clips must not be negative")
+        if not self.seconds > 0:
+            raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.stage not in STAGES:
+            raise ConfigError(f"unknown stage {self.stage!r}: use {', '.join(STAGES)}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---- stages ---------------------------------------------------------------------------------------------------------
+
+
+class Stage:
+    """What the loop trains. Subclasses set `module` (the nn.Module whose trainable parameters are optimised)."""
+
+    name = ""
+    module: Any = None
+
+    def parameters(self) -> list:
+        """The parameters the optimizer updates."""
+        return [p for p in self.module.parameters() if p.requires_grad]
+
+    def trainable_state(self) -> dict:
+        """The tensors a checkpoint must hold to continue (the trained ones; frozen ones come from the base)."""
+        names = {id(p) for p in self.parameters()}
+        return {n: p.detach().clone() for n, p in self.module.named_parameters() if id(p) in names}
+
+    def load_trainable_state(self, state: dict) -> None:
+        own = dict(self.module.named_parameters())
+        missing = sorted(n for n in self.trainable_state() if n not in state)
+        if missing or any(n not in own for n in state):
+            raise CheckpointError(f"the checkpoint does not fit this {self.name} run (missing {missing[:3]})")
+        import torch
+
+        with torch.no_grad():
+            for name, tensor in state.items():
+                own[name].copy_(tensor)
+
+    def dataset(self, split: str):
+        """Indexable clips of a split (with `set_epoch` for fresh training draws)."""
+        raise NotImplementedError
+
+    def loss(self, items: Sequence[Any]):
+        """Scalar loss tensor of a list of dataset items."""
+        raise NotImplementedError
+
+    def export(self, run_dir: Path, info: dict) -> dict[str, str]:
+        """Write the finished result into run_dir; returns {what: path}."""
+        raise NotImplementedError
+
+
+STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = {}
+
+
+def register_stage(name: str, factory: Callable[[TrainConfig, Any], Stage]) -> None:
+    """Make `imusic train --stage NAME` build its stage with `factory(config, device)`."""
+    STAGES[name] = factory
+
+
+def _base_parts(base: str):
+    """(path of the transformers/audiocraft base, model_card.json of our dir or {}, existing adapter path or None)."""
+    from engine.weights import detect_layout, read_model_card, resolve_source
+
+    path = resolve_source(base)
+    layout = detect_layout(path)
+    if layout == "imusic":
+        adapter = path / "adapter"
+        return path / "base", read_model_card(path), adapter if adapter.exists() else None
+    if layout in ("transformers", "audiocraft"):
+        return path, {}, None
+    raise CheckpointError(f"{path} is an adapter, not a base model: give the model it was trained on as --base")
+
+
+def _clip_config(cfg: TrainConfig, sample_rate: int):
+    from engine.data.datasets import ClipConfig
+
+    classes = cfg.classes if cfg.classes in ("4stems", "all") else tuple(c.strip() for c in cfg.classes.split(","))
+    return ClipConfig(sample_rate=sample_rate, seconds=cfg.seconds, classes=classes)
+
+
+def _open_split(cfg: TrainConfig, split: str, sample_rate: int, kind: str = "edit"):
+    """The clips of one split of --data; DataError (naming the folder) when it has none."""
+    from engine.data.datasets import CaptionDataset, StemDataset
+    from engine.data.layouts import scan
+
+    if not Path(cfg.data).expanduser().is_dir():
+        raise DataError(f"no data set at {cfg.data}: the folder does not exist")
+    catalog = scan(Path(cfg.data).expanduser())
+    cls = CaptionDataset if kind == "caption" else StemDataset
+    # Several clips per song and per epoch: small data sets still fill batches; the draws differ per item.
+    per_song = max(1, math.ceil(cfg.batch * cfg.accum / max(1, len(catalog.songs))))
+    try:
+        return cls(catalog, split, _clip_config(cfg, sample_rate), seed=cfg.seed, clips_per_song=per_song)
+    except DataError as exc:
+        raise DataError(f"data set {cfg.data} is too small for training: {exc}") from None
+
+
+class _TextCache:
+    """Frozen text encoder outputs per distinct prompt, padded into batches ([B, S, dim], mask [B, S])."""
+
+    def __init__(self, text) -> None:
+        self.text = text
+        self.cache: dict[str, tuple[Any, Any]] = {}
+
+    def __call__(self, prompts: Sequence[str]):
+        import torch
+
+        for prompt in set(prompts) - set(self.cache):
+            states, mask = self.text.encode([prompt])
+            self.cache[prompt] = (states[0], mask[0])
+        width = max(self.cache[p][0].shape[0] for p in prompts)
+        states = torch.zeros(len(prompts), width, self.text.dim, dtype=self.cache[prompts[0]][0].dtype)
+        mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+        for row, prompt in enumerate(prompts):
+            one, one_mask = self.cache[prompt]
+            states[row, : one.shape[0]] = one
+            mask[row, : one.shape[0]] = one_mask
+        return states.to(self.text.device), mask.to(self.text.device)
+
+
+def _encode_audio(codec, clips: Sequence[np.ndarray]):
+    import torch
+
+    wav = torch.from_numpy(np.stack(clips).astype(np.float32))[:, None]  # [B, 1, N]
+    # The frozen codec runs in fp32 even inside a bf16/fp16 autocast region: its codes must not depend on precision.
+    with torch.autocast(device_type=codec.device.type, enabled=False):
+        return codec.encode(wav)  # [B, K, F]
+
+
+class AdapterStage(Stage):
+    """Audio fusion + LoRA on a frozen base: target codes given input codes and the instruction (official recipe)."""
+
+    name = "adapters"
+
+    def __init__(self, cfg: TrainConfig, device) -> None:
+        import torch
+
+        from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+        from engine.config import FusionConfig
+        from engine.weights import detect_layout, read_adapter
+
+        self.cfg = cfg
+        self.base_path, self.base_card, existing = _base_parts(cfg.base)
+        # Same adapter shape as the base's own adapter when it has one; the official shape otherwise.
+        fusion = read_adapter(existing)[1]["fusion"] if existing is not None else FusionConfig()
+        layout = detect_layout(self.base_path)
+        if layout == "transformers":
+            from engine.weights.transformers_layout import load_parts
+        else:
+            from engine.weights.audiocraft_layout import load_parts
+        torch.manual_seed(cfg.seed)  # fresh adapters (gates and LoRA B at zero) from a seeded init
+        self.lm, self.codec, self.text = load_parts(self.base_path, fusion=fusion, device=device, dtype=torch.float32)
+        self.fusion = fusion
+        self.lm.freeze_base()
+        self.lm.train()
+        self.module = self.lm
+        frames = self.codec.num_frames(int(round(cfg.seconds * self.codec.sample_rate)))
+        if frames + 1 > fusion.cond_frames:
+            raise ConfigError(
+                f"--seconds {cfg.seconds:g} is longer than the adapter's window "
+                f"({(fusion.cond_frames - 1) / self.codec.frame_rate:g} s)"
+            )
+        # The official instruction text; the adapter records it so that the Editor asks in the same words.
+        self.template, self.verbs = OFFICIAL_TEMPLATE, dict(OFFICIAL_VERBS)
+        self.stems: tuple[str, ...] = OFFICIAL_STEMS
+        self.texts = _TextCache(self.text)
+
+    def dataset(self, split: str):
+        data = _open_split(self.cfg, split, self.codec.sample_rate)
+        if split == "train":
+            # The stems instructions may name: every class some training song can target, in a stable order.
+            self.stems = tuple(sorted({cls for plan in data.plans for cls in plan.targets}))
+        return data
+
+    def loss(self, items: Sequence[Any]):
+        prompts = [self.template.format(verb=self.verbs[clip.op], stem=clip.stem_name, op=clip.op) for clip in items]
+        text_states, text_mask = self.texts(prompts)  # [B, S, dim], [B, S]
+        codes = _encode_audio(self.codec, [clip.target for clip in items])  # [B, K, F]
+        cond_codes = _encode_audio(self.codec, [clip.input for clip in items])  # [B, K, F]
+        loss, _ = self.lm.loss(codes, text_states, text_mask, cond_codes)
+        return loss
+
+    def export(self, run_dir: Path, info: dict) -> dict[str, str]:
+        from engine.weights.adapter_format import save_adapter
+
+        provenance = {"trained_by": "imusic train --stage adapters", **info}
+        base_ref = {"path": str(self.base_path), "num_layers": self.lm.cfg.num_layers, "dim": self.lm.cfg.dim}
+        kwargs = {"stems": self.stems, "template": self.template, "verbs": self.verbs, "base": base_ref}
+        adapter_dir = _replace_dir(run_dir / "adapter")
+        save_adapter(adapter_dir, self.lm.adapter_state_dict(), self.fusion, provenance=provenance, **kwargs)
+        model_dir = _replace_dir(run_dir / "model")
+        _link_tree(self.base_path, model_dir / "base")
+        save_adapter(model_dir / "adapter", self.lm.adapter_state_dict(), self.fusion, provenance=provenance, **kwargs)
+        card = {
+            "format": "imusic-model",
+            "version": 1,
+            "name": f"{self.base_card.get('name') or Path(self.base_path).name}-{run_dir.name}",
+            "stems": list(self.stems),
+            "provenance": {**dict(self.base_card.get("provenance") or {}), "base": str(self.base_path), **info},
+        }
+        (model_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+        return {"adapter": str(adapter_dir), "model": str(model_dir)}
+
+
+class BaseStage(Stage):
+    """A base text-to-music model from scratch: decoder + text encoder + text_proj, codes from the frozen codec.
+
+    --base gives the architecture, tokenizer and codec (a transformers-layout directory, or our model dir with one);
+    the decoder and text encoder weights are re-initialised. Captions name what sounds ("drums and bass").
+    """
+
+    name = "base"
+
+    def __init__(self, cfg: TrainConfig, device) -> None:
+        import torch
+
+        from engine.model import MusicGenLM
+        from engine.weights import detect_layout
+        from engine.weights.transformers_layout import load_hf_musicgen, load_tokenizer
+
+        self.cfg = cfg
+        self.base_path, self.base_card, _ = _base_parts(cfg.base)
+        if detect_layout(self.base_path) != "transformers":
+            raise ConfigError("--stage base needs a transformers-layout --base (its config, tokenizer and codec)")
+        from engine.codec import Codec
+        from engine.weights.transformers_layout import lm_config, read_config
+
+        self.hf_config = read_config(self.base_path)
+        hf_model = load_hf_musicgen(self.base_path)
+        self.tokenizer = load_tokenizer(self.base_path)
+        self.device = torch.device(device)
+        torch.manual_seed(cfg.seed)
+        self.lm = MusicGenLM(lm_config(self.hf_config)).to(self.device)
+        # A fresh text encoder of the same architecture (T5EncoderModel initialises itself randomly).
+        self.text_model = type(hf_model.text_encoder)(hf_model.text_encoder.config).to(self.device)
+        self.codec = Codec(hf_model.audio_encoder, num_codebooks=self.lm.cfg.num_codebooks, device=self.device)
+        self.lm.train()
+        self.text_model.train()
+        self.module = torch.nn.ModuleDict({"lm": self.lm, "text": self.text_model})
+        self.tokens: dict[str, list[int]] = {}
+
+    def dataset(self, split: str):
+        return _open_split(self.cfg, split, self.codec.sample_rate, kind="caption")
+
+    def _encode_text(self, captions: Sequence[str]):
+        import torch
+
+        for caption in set(captions) - set(self.tokens):
+            self.tokens[caption] = self.tokenizer(caption)["input_ids"]
+        width = max(len(self.tokens[c]) for c in captions)
+        ids = torch.full((len(captions), width), int(self.tokenizer.pad_token_id or 0), dtype=torch.long)
+        mask = torch.zeros(len(captions), width, dtype=torch.long)
+        for row, caption in enumerate(captions):
+            ids[row, : len(self.tokens[caption])] = torch.tensor(self.tokens[caption])
+            mask[row, : len(self.tokens[caption])] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        states = self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
+        return states * mask[..., None].to(states.dtype), mask.bool()  # padded states zeroed, as TextEncoder
+
+    def loss(self, items: Sequence[Any]):
+        text_states, text_mask = self._encode_text([clip.caption for clip in items])
+        codes = _encode_audio(self.codec, [clip.audio for clip in items])  # [B, K, F]
+        loss, _ = self.lm.loss(codes, text_states, text_mask, None)
+        return loss
+
+    def export(self, run_dir: Path, info: dict) -> dict[str, str]:
+        from engine.weights.convert import lm_state_to_transformers
+        from engine.weights.transformers_layout import load_hf_musicgen, quiet_transformers
+
+        hf_model = load_hf_musicgen(self.base_path)
+        hf_model.text_encoder.load_state_dict(self.text_model.state_dict())
+        decoder = lm_state_to_transformers({n: t.detach().cpu() for n, t in self.lm.state_dict().items()})
+        result = hf_model.load_state_dict(decoder, strict=False)
+        wrong = [n for n in result.missing_keys if n.startswith(("decoder.", "enc_to_dec_proj."))]
+        if wrong or result.unexpected_keys:
+            raise CheckpointError(f"internal error: the trained decoder does not map onto {self.base_path}: {wrong}")
+        model_dir = _replace_dir(run_dir / "model")
+        with quiet_transformers():
+            hf_model.save_pretrained(model_dir / "base")
+            self.tokenizer.save_pretrained(model_dir / "base")
+        card = {
+            "format": "imusic-model",
+            "version": 1,
+            "name": f"base-{run_dir.name}",
+            "provenance": {"trained_by": "imusic train --stage base", "architecture_from": str(self.base_path), **info},
+        }
+        (model_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+        return {"model": str(model_dir)}
+
+
+register_stage("adapters", AdapterStage)
+register_stage("base", BaseStage)
+
+
+def _replace_dir(path: Path) -> Path:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _link_tree(source: Path, target: Path) -> None:
+    """Hard-link the base's files (GBs for real models) into target; copy where links are not possible."""
+    import shutil
+
+    target.mkdir(parents=True, exist_ok=True)
+    for file in Path(source).iterdir():
+        real = file.resolve()  # hub snapshots hold symlinks into blobs/
+        if real.is_file():
+            try:
+                os.link(real, target / file.name)
+            except OSError:
+                shutil.copy2(real, target / file.name)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------------
+
+
+class BatchSampler:
+    """Deterministic stream of item indices: epoch e is a permutation seeded by (seed, e). State = (epoch, position),
+    so a resumed run draws exactly the batches an uninterrupted one would."""
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, position: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.position = size, seed, epoch, position
+        self._order = np.random.default_rng([seed, epoch]).permutation(size)
+
+    def next(self, count: int, on_epoch: Callable[[int], None] | None = None) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+                if on_epoch is not None:
+                    on_epoch(self.epoch)
+            out.append(int(self._order[self.position]))
+            self.position += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _precision(cfg: TrainConfig, device):
+    """(autocast dtype or None, use GradScaler)."""
+    import torch
+
+    choice = cfg.precision
+    if choice == "auto":
+        if device.type != "cuda":
+            return None, False
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "fp32":
+        return None, False
+    if choice == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device (use bf16 or fp32)")
+    return (torch.bfloat16, False) if choice == "bf16" else (torch.float16, True)
+
+
+def _rng_state() -> dict:
+    import torch
+
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    # Plain lists and numbers (no numpy arrays), so that checkpoints load with torch.load(weights_only=True).
+    numpy_state = [name, key.tolist(), int(pos), int(has_gauss), float(gauss)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CKPT_DIR
+    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
+    """Write step_NNNNNNNN.pt atomically (temporary file, then rename) and keep only the last `keep`."""
+    import torch
+
+    folder = Path(run_dir) / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    tmp = folder / f".{path.name}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, previous: Path | None = None) -> dict:
+    """Read a checkpoint; CheckpointError naming the file (and the previous checkpoint to fall back to)."""
+    import torch
+
+    fallback = (
+        f"; the previous checkpoint is {previous}: resume from it with --resume-from {previous}"
+        if previous is not None
+        else "; no earlier checkpoint is left: start a new run"
+    )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip error means the same thing to the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({first}){fallback}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not an imusic training checkpoint{fallback}")
+    return payload
+
+
+@dataclass
+class RunResult:
+    step: int
+    history: dict
+    outputs: dict[str, str]
+    run_dir: Path
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    export: bool = True,
+) -> RunResult:
+    """Run (or continue) training into `run_dir`. `stop_after` ends the call after that global step (tests use it to
+    simulate an interruption); the schedule still follows `cfg.steps`."""
+    import torch
+
+    from engine.device import parse_device
+    from engine.plots import plot_curves
+
+    run_dir = Path(run_dir).expanduser()
+    existing = list_checkpoints(run_dir)
+    payload = None
+    if resume or resume_from is not None:
+        chosen = Path(resume_from) if resume_from is not None else (existing[-1] if existing else None)
+        if chosen is None:
+            raise CheckpointError(f"nothing to resume in {run_dir}: it holds no checkpoint")
+        if not chosen.is_file():
+            raise CheckpointError(f"no checkpoint at {chosen}")
+        earlier = [p for p in existing if p.name < chosen.name]
+        payload = load_checkpoint(chosen, earlier[-1] if earlier else None)
+        saved = TrainConfig.from_dict(payload["config"])
+        # The saved run defines the run; only how long it goes and how often it reports may change.
+        cfg = TrainConfig.from_dict(
+            {**asdict(saved), **{k: getattr(cfg, k) for k in ("steps", "ckpt_every", "val_every", "log_every")}}
+        )
+    elif existing:
+        raise ConfigError(f"{run_dir} already holds a run ({existing[-1].name}); pass --resume or choose a new folder")
+    cfg.check()
+
+    device = parse_device(cfg.device) or torch.device("cpu")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    stage = STAGES[cfg.stage](cfg, device)
+    train_data = stage.dataset("train")
+    try:
+        val_data = stage.dataset("validation")
+    except DataError as exc:
+        val_data = None
+        print(f"imusic train: no validation loss ({exc})", file=sys.stderr)
+    autocast_dtype, use_scaler = _precision(cfg, device)
+
+    params = stage.parameters()
+    if not params:
+        raise ConfigError(f"stage {cfg.stage} has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    sampler = BatchSampler(len(train_data), cfg.seed)
+    history: dict[str, list] = {"train": [], "val": [], "lr": []}
+    step = 0
+    if payload is not None:
+        stage.load_trainable_state(payload["trainable"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        sampler = BatchSampler(len(train_data), cfg.seed, payload["sampler"]["epoch"], payload["sampler"]["position"])
+        history = payload["history"]
+        step = int(payload["step"])
+        _set_rng_state(payload["rng"])
+    if hasattr(train_data, "set_epoch"):
+        train_data.set_epoch(sampler.epoch)
+
+    def autocast():
+        if autocast_dtype is None:
+            import contextlib
+
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    def validation_loss() -> float | None:
+        if val_data is None or cfg.val_clips == 0:
+            return None
+        stage.module.eval()
+        count = min(len(val_data), cfg.val_clips)
+        total = 0.0
+        with torch.no_grad(), autocast():
+            for start in range(0, count, cfg.batch):
+                items = [val_data[i] for i in range(start, min(count, start + cfg.batch))]
+                total += float(stage.loss(items)) * len(items)
+        stage.module.train()
+        return total / count
+
+    def checkpoint() -> Path:
+        state = {
+            "format": CKPT_FORMAT,
+            "version": CKPT_VERSION,
+            "stage": cfg.stage,
+            "step": step,
+            "config": asdict(cfg),
+            "trainable": stage.trainable_state(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if use_scaler else None,
+            "sampler": sampler.state(),
+            "rng": _rng_state(),
+            "history": history,
+        }
+        return save_checkpoint(run_dir, step, state, cfg.keep)
+
+    def write_history() -> None:
+        (run_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), **history}, indent=1))
+        plot_curves(history["train"], run_dir / CURVES, val=history["val"], lr=history["lr"], title=cfg.stage)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
+    try:
+        while step < last:
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(cfg.accum):
+                items = [train_data[i] for i in sampler.next(cfg.batch, train_data.set_epoch)]
+                with autocast():
+                    loss = stage.loss(items)
+                if not torch.isfinite(loss):
+                    raise DataError(f"the loss became {float(loss)} at step {step + 1}: lower --lr or check the data")
+                scaler.scale(loss / cfg.accum).backward()
+                step_loss += float(loss.detach()) / cfg.accum
+            scaler.unscale_(optimizer)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            history["lr"].append((step, optimizer.param_groups[0]["lr"]))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            history["train"].append((step, step_loss))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                val = validation_loss()
+                if val is not None:
+                    history["val"].append((step, val))
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{val:.4f}")
+            if step % cfg.ckpt_every == 0 or step == last:
+                checkpoint()
+                write_history()
+    finally:
+        if bar is not None:
+            bar.close()
+    outputs: dict[str, str] = {}
+    if export and step >= cfg.steps:
+        stage.module.eval()
+        info = {"steps": step, "data": str(cfg.data), "seed": cfg.seed}
+        if history["val"]:
+            info["final_val_loss"] = history["val"][-1][1]
+        outputs = stage.export(run_dir, info)
+    return RunResult(step=step, history=history, outputs=outputs, run_dir=run_dir)
+
+
+# ---- command line ---------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic train` options (defaults: the official adapter hyper-parameters)."""
+    d = TrainConfig()
+    parser.add_argument("--data", required=True, help="stem data set folder (Slakh, MoisesDB or plain folders)")
+    parser.add_argument(
+        "--base", required=True, help="base model: our model dir, transformers/audiocraft dir, hub name"
+    )
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, result)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN_DIR")
+    parser.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
+    parser.add_argument("--stage", default=d.stage, help=f"what to train: {', '.join(STAGES)} (default {d.stage})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    parser.add_argument("--batch", type=int, default=d.batch, help=f"clips per micro-batch (default {d.batch})")
+    parser.add_argument("--accum", type=int, default=d.accum, help=f"micro-batches per step (default {d.accum})")
+    parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default 0.05)")
+    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"warm-up steps (default {d.warmup})")
+    parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip, 0 = off (default 2)")
+    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (default 100)")
+    parser.add_argument("--val-every", type=int, default=d.val_every, help="validation loss every M steps")
+    parser.add_argument("--val-clips", type=int, default=d.val_clips, help="validation clips (default 16)")
+    parser.add_argument("--seconds", type=float, default=d.seconds, help="clip length in seconds (default 5)")
+    parser.add_argument("--classes", default=d.classes, help="4stems, all, or a comma list of stem classes")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: the best available)")
+    parser.add_argument("--precision", default=d.precision, help="auto, fp32, bf16, fp16 (default auto)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the clip draws")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print where the result is."""
+    from engine.device import default_device
+
+    cfg = TrainConfig(
+        data=str(args.data),
+        base=str(args.base),
+        stage=args.stage,
+        steps=args.steps,
+        batch=args.batch,
+        accum=args.accum,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup=args.warmup,
+        grad_clip=args.grad_clip,
+        ckpt_every=args.ckpt_every,
+        val_every=args.val_every,
+        val_clips=args.val_clips,
+        seconds=args.seconds,
+        classes=args.classes,
+        seed=args.seed,
+        device=args.device or str(default_device()),
+        precision=args.precision,
+    )
+    result = train(cfg, args.output, resume=args.resume, resume_from=args.resume_from, progress=not args.quiet)
+    last = result.history["train"][-1][1] if result.history["train"] else float("nan")
+    print(f"trained {result.step} steps, last loss {last:.4f}; curves: {result.run_dir / CURVES}")
+    for what, path in result.outputs.items():
+        print(f"{what}: {path}")
+    return 0
