@@ -194,3 +194,34 @@ def test_info_on_audiocraft_layout(tmp_path, capsys):
     assert report["parameters"]["decoder"] == decoder
     assert report["parameters"]["codec"] == codec
     assert "state_dict.bin" in report["files"]
+
+
+def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, official_ckpt, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    cache = tmp_path / "hf_cache"
+    for repo, files in (("facebook/musicgen-large", tiny_model_dir / "base"), ("ldzhangyx/instruct-MusicGen", None)):
+        repo_dir = cache / ("models--" + repo.replace("/", "--"))
+        snapshot = repo_dir / "snapshots" / FAKE_COMMIT
+        if files is not None:
+            shutil.copytree(files, snapshot)
+        else:
+            snapshot.mkdir(parents=True)
+            shutil.copy(official_ckpt, snapshot / "finetuned.ckpt")
+        (repo_dir / "refs").mkdir(parents=True)
+        (repo_dir / "refs" / "main").write_text(FAKE_COMMIT)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = load_model("instruct-musicgen", device="cpu", dtype="fp32")
+    assert model.card.has_adapter
+    assert "musicgen-large" in model.card.provenance["path"]
+    assert model.card.provenance["adapter"].endswith("finetuned.ckpt")
+
+
+def test_official_adapter_without_cached_base_says_what_to_download(official_ckpt, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="imusic weights download facebook/musicgen-large"):
+        load_model(official_ckpt, device="cpu")

@@ -107,7 +107,15 @@ def load_model(
 
     dev, dt = pick(device, dtype)
     path = resolve_source(source)
+    if path.is_dir() and (path / "finetuned.ckpt").is_file() and not (path / "config.json").is_file():
+        path = path / "finetuned.ckpt"  # the official hub repository holds only the adapter checkpoint
     layout = detect_layout(path)
+    if layout == "official" and adapter is None:
+        # the official adapter alone: put it on the base it was trained on, from the local cache
+        from engine.weights.official import OFFICIAL_BASE
+
+        adapter, path = path, resolve_source(OFFICIAL_BASE)
+        layout = detect_layout(path)
     if layout in ("official", "adapter"):
         raise CheckpointError(f"{path} is an adapter, not a model: pass it as the adapter and give a base model")
 
