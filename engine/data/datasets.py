@@ -12,6 +12,9 @@ Official rules (ldzhangyx/instruct-MusicGen, src/data/slakh_datamodule.py and mo
   apply that last test to the stem itself, so that an extract never targets a near-silent stem.
 - mono (channel mean); gain "official" scales input and target by (stems in song) / (stems on the louder side),
   then both by one factor if either would clip. One common factor keeps target = input + stem exact.
+Our departures: the Slakh silence rule and Slakh instruction text ("Music piece. Instruct: Add Drums.") for every
+layout (the official MoisesDB loader checks only peaks and writes "Instruction:"), class names spelled as Slakh's,
+and every item drawn from its own seeded generator instead of the global `random`.
 
 The core is numpy only; `engine.data.torch_data` wraps it for PyTorch. Audio is decoded window by window
 (soundfile seek) and resampled with a polyphase filter, so random access never reads whole files.
