@@ -200,5 +200,10 @@ def _static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.
         return lm.run(tokens, ctx, position, last_only=True)
 
     if lm.device.type == "cuda":
+        # The caches are mutated in place by the graph: mark them static so that CUDA-graph replays write the real
+        # buffers (a non-static mutated input makes inductor skip graphs or copy the input each replay).
+        for cache in ctx.cache:
+            torch._dynamo.mark_static_address(cache.k)
+            torch._dynamo.mark_static_address(cache.v)
         return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
     return step
