@@ -11,8 +11,12 @@ layers (norm1, self-attention, norm2, FFN; no cross-attention) of the fused (top
 
 The main model's self-attention at that layer, for pattern step s, becomes
     out(attn(q, k, v, causal) + gate[j] * attn(q + q_c[s], k_c, v_c))       (prefix attention not causal)
-gates start at zero, so the untrained adapter leaves MusicGen unchanged. Steps past the last condition frame use
-the last frame (the official inference code clamps too, one frame earlier; training never reaches those steps).
+gates start at zero, so the untrained adapter leaves MusicGen unchanged.
+
+Alignment: pattern step s uses condition frame min(s, Tc - 1), Tc = number of condition codes. The loss reads steps
+0..T-1 (with Tc = T: frame s exactly, as in official training, whose extra step T is discarded by the loss); the
+official inference code (EmbFn.crop) clamps steps >= Tc to frame Tc - 1, which is the same rule. The appended special
+frame Tc is seen only through the condition keys and values.
 
 Text fusion: LoRA (rank 32, alpha 64 by default) on the cross-attention q and v projections.
 
@@ -99,6 +103,8 @@ class AudioFusion(nn.Module):
         lm._check_codes(cond_codes, "condition codes")
         batch, _, num_codes = cond_codes.shape
         frames = num_codes + 1
+        if num_codes < 1:
+            raise ConfigError("the condition audio is empty: it needs at least one frame")
         if frames > self.cfg.cond_frames:
             raise ConfigError(
                 f"condition audio of {num_codes} frames is longer than the adapter's window "

@@ -167,9 +167,10 @@ class DecoderLayer(nn.Module):
 
         prefix = None if ctx.prefix is None else ctx.prefix[index]
         if prefix is not None:
-            # Instruct-MusicGen audio fusion: step s adds the condition query of frame s (clamped to the last frame)
-            # and attends, non-causally, to the whole condition window; gated, before the output projection.
-            last = prefix.num_frames - 1
+            # Instruct-MusicGen audio fusion: step s adds the condition query of frame s, clamped to the last code
+            # frame (fusion.py), and attends, non-causally, to the whole condition window; gated, before the
+            # output projection.
+            last = max(prefix.num_frames - 2, 0)
             if isinstance(start, torch.Tensor):
                 frames = start.clamp(max=last)
             else:

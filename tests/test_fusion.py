@@ -127,7 +127,7 @@ def test_one_fused_layer_follows_the_method_equations():
         x = lm.emb[0](seq[:, 0]) + lm.emb[1](seq[:, 1]) + lm.positions(0, 6)
         hx = layer.norm1(x)
         q, k, v = (heads(getattr(layer.self_attn, n)(hx)) for n in "qkv")
-        steps = torch.tensor([0, 1, 2, 3, 3, 3])  # step s uses condition frame s, clamped to the last one
+        steps = torch.tensor([0, 1, 2, 2, 2, 2])  # step s uses condition frame s, clamped to the last code frame
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
         causal = torch.ones(6, 6, dtype=torch.bool).tril()
         main = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
@@ -256,3 +256,10 @@ def test_loss_refuses_codes_outside_the_codebook():
 
     with pytest.raises(DataError):
         base.loss(torch.full((1, 4, 5), CFG.card), torch.randn(1, 3, CFG.text_dim), None)
+
+
+def test_empty_condition_audio_is_refused():
+    _, fused = _pair()
+    seq, text, mask, _ = _inputs()
+    with pytest.raises(ConfigError, match="empty"):
+        fused(seq, text, mask, torch.zeros(2, 4, 0, dtype=torch.long))

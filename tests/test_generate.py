@@ -103,7 +103,7 @@ def test_condition_audio_steers_a_fused_model(fused):
 
 def test_static_step_matches_eager_with_condition_audio(fused):
     states, mask = _text()
-    cond = torch.randint(0, CFG.card, (2, 4, 6))  # shorter than the output: later steps use the last frame
+    cond = torch.randint(0, CFG.card, (2, 4, 6))  # shorter than the output: later steps use the last code frame
     eager = generate(fused, states, mask, num_frames=10, cond_codes=cond, top_k=1, static=False)
     static = generate(fused, states, mask, num_frames=10, cond_codes=cond, top_k=1, static=True)
     assert torch.equal(eager, static)
