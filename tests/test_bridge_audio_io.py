@@ -130,3 +130,35 @@ def test_slug_keeps_names_short_and_safe():
     assert slug("../../etc/passwd") == "etc-passwd"
     assert slug("!!!") == "edit"
     assert len(slug("add " * 50)) <= 40
+
+
+def test_read_region_seeks_and_reads_only_the_region(tmp_path, monkeypatch):
+    import pedalboard.io
+
+    path = tmp_path / "long.flac"
+    ramp_file(path, 44100, 2, seconds=20.0)
+    real_open = pedalboard.io.AudioFile
+    reads: list[tuple[int, int]] = []  # (position, frames) of every read
+
+    class CountingFile:
+        def __init__(self, *args, **kwargs):
+            self._file = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self._file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._file.__exit__(*exc)
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+        def read(self, frames):
+            reads.append((self._file.tell(), frames))
+            return self._file.read(frames)
+
+    monkeypatch.setattr(pedalboard.io, "AudioFile", CountingFile)
+    region, _ = read_region(path, 15.0, 16.0)
+    assert region.shape == (2, 44100)
+    assert reads == [(15 * 44100, 44100)]
