@@ -1,0 +1,173 @@
+"""imusic train on the tiny model and a tiny synthesized data set: learning, exact resume, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from engine.errors import CheckpointError, ConfigError, DataError
+from engine.train import TrainConfig, list_checkpoints, lr_factor, train
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from engine.data.render import default_soundfonts
+    from engine.data.synth import synthesize
+
+    if not default_soundfonts():
+        pytest.skip("no General MIDI soundfont on this machine")
+    out = tmp_path_factory.mktemp("train_data") / "data"
+    synthesize(out, 5, seed=11, seconds=3.0, sample_rate=RATE, progress=False)
+    return out
+
+
+@pytest.fixture()
+def config(synth_data, tiny_model_dir) -> TrainConfig:
+    return TrainConfig(
+        data=str(synth_data),
+        base=str(tiny_model_dir),
+        steps=4,
+        batch=2,
+        accum=2,
+        lr=1e-2,
+        warmup=1,
+        ckpt_every=2,
+        val_every=2,
+        val_clips=2,
+        seconds=1.0,
+        device="cpu",
+    )
+
+
+def test_a_few_adapter_steps_lower_the_loss_on_a_fixed_batch(config):
+    from engine.train import STAGES
+
+    stage = STAGES["adapters"](config, torch.device("cpu"))
+    data = stage.dataset("train")
+    items = [data[i] for i in range(min(4, len(data)))]
+    optimizer = torch.optim.AdamW(stage.parameters(), lr=1e-2)
+    with torch.no_grad():
+        before = float(stage.loss(items))
+    for _ in range(8):
+        optimizer.zero_grad()
+        stage.loss(items).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(stage.loss(items))
+    assert after < before - 0.01
+
+
+def test_adapter_training_updates_only_adapter_parameters(config):
+    from engine.train import STAGES
+
+    stage = STAGES["adapters"](config, torch.device("cpu"))
+    trained = {name for name, p in stage.module.named_parameters() if p.requires_grad}
+    assert trained and all(name.startswith("fusion.") or ".lora_" in name for name in trained)
+
+
+def test_resume_gives_the_same_loss_curve_as_an_uninterrupted_run(config, tmp_path):
+    whole = train(config, tmp_path / "whole", progress=False, export=False)
+    train(config, tmp_path / "cut", progress=False, stop_after=2, export=False)
+    resumed = train(config, tmp_path / "cut", resume=True, progress=False, export=False)
+    assert [s for s, _ in resumed.history["train"]] == [1, 2, 3, 4]
+    for (_, a), (_, b) in zip(whole.history["train"], resumed.history["train"], strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    assert [s for s, _ in resumed.history["val"]] == [s for s, _ in whole.history["val"]] == [2, 4]
+    assert [v for _, v in resumed.history["val"]] == pytest.approx([v for _, v in whole.history["val"]], abs=1e-6)
+
+
+def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(config, tmp_path):
+    from engine.weights import load_model
+    from engine.weights.adapter_format import load_adapter
+
+    result = train(config, tmp_path / "run", progress=False)
+    state, meta = load_adapter(result.outputs["adapter"])
+    assert meta["instruction_template"] == "Music piece. Instruct: {verb} {stem}."
+    assert meta["provenance"]["steps"] == 4
+    loaded = load_model(result.outputs["model"], device="cpu", dtype=torch.float32)
+    own = loaded.lm.adapter_state_dict()
+    assert set(own) == set(state)
+    for name, tensor in state.items():
+        assert torch.equal(own[name], tensor), name
+    # Training moved the gates away from their zero init: the adapter now changes the output.
+    assert float(state["fusion.gates"].abs().sum()) > 0
+
+
+def test_a_run_keeps_the_last_two_checkpoints_and_draws_its_curves(config, tmp_path):
+    result = train(replace(config, steps=6, ckpt_every=1), tmp_path / "run", progress=False, export=False)
+    assert [p.name for p in list_checkpoints(result.run_dir)] == ["step_00000005.pt", "step_00000006.pt"]
+    assert (result.run_dir / "curves.png").stat().st_size > 1000
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert len(history["train"]) == 6 and len(history["val"]) == 3
+
+
+def test_a_corrupted_checkpoint_names_the_file_and_offers_the_previous_one(config, tmp_path):
+    train(config, tmp_path / "run", progress=False, export=False)
+    older, newest = list_checkpoints(tmp_path / "run")
+    newest.write_bytes(newest.read_bytes()[:200])
+    with pytest.raises(CheckpointError) as caught:
+        train(replace(config, steps=6), tmp_path / "run", resume=True, progress=False, export=False)
+    assert str(newest) in str(caught.value) and str(older) in str(caught.value)
+    resumed = train(replace(config, steps=6), tmp_path / "run", resume_from=older, progress=False, export=False)
+    assert resumed.step == 6
+
+
+def test_resume_without_a_checkpoint_is_a_checkpoint_error(config, tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(config, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_a_folder_holding_a_run_is_not_overwritten_without_resume(config, tmp_path):
+    train(replace(config, steps=2), tmp_path / "run", progress=False, export=False)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(config, tmp_path / "run", progress=False)
+
+
+def test_a_data_set_too_small_for_training_is_a_data_error(config, tmp_path):
+    from engine.data.synth import synthesize
+
+    synthesize(tmp_path / "short", 2, seed=3, seconds=0.5, sample_rate=RATE, progress=False)
+    with pytest.raises(DataError, match="too small"):
+        train(replace(config, data=str(tmp_path / "short")), tmp_path / "run", progress=False)
+
+
+def test_an_unknown_stage_is_a_config_error(config, tmp_path):
+    with pytest.raises(ConfigError, match="unknown stage"):
+        train(replace(config, stage="vocoder"), tmp_path / "run", progress=False)
+
+
+def test_the_schedule_warms_up_then_decays_to_zero():
+    factors = [lr_factor(step, 10, 100) for step in range(100)]
+    assert factors[0] < factors[5] < factors[9] < 1.0
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+def test_base_stage_trains_decoder_and_text_encoder_and_writes_a_loadable_base(config, tmp_path):
+    from engine.weights import load_model
+
+    result = train(replace(config, stage="base", steps=2, lr=1e-3), tmp_path / "base_run", progress=False)
+    loaded = load_model(result.outputs["model"], device="cpu", dtype=torch.float32)
+    assert not loaded.card.has_adapter
+    saved = torch.load(list_checkpoints(result.run_dir)[-1], weights_only=True)["trainable"]
+    assert any(name.startswith("text.") for name in saved) and any(name.startswith("lm.layers.") for name in saved)
+    own = loaded.lm.state_dict()
+    for name, tensor in saved.items():
+        if name.startswith("lm."):
+            assert torch.equal(own[name[3:]], tensor), name
+
+
+def test_imusic_train_command_line_runs_and_reports(config, tmp_path, capsys):
+    from bridge.cli import main
+
+    argv = ["train", "--data", config.data, "--base", config.base, "-o", str(tmp_path / "cli_run")]
+    argv += ["--steps", "1", "--batch", "2", "--accum", "1", "--seconds", "1", "--val-clips", "1", "--quiet"]
+    assert main(argv) == 0
+    assert "adapter:" in capsys.readouterr().out
+    assert main([*argv[:-1], "--stage", "nope"]) == 1
