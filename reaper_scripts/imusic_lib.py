@@ -103,7 +103,16 @@ def _project_dir(R) -> str:
 
 def _media_dir(R) -> str:
     """The project's recording folder (REAPER's default folder when the project is unsaved)."""
-    return R.RPR_GetProjectPath("", 4096)[0]
+    folder = R.RPR_GetProjectPath("", 4096)[0]
+    if folder and os.path.isabs(folder):
+        return folder
+    # REAPER reports a folder relative to the project file when the recording path is set that way.
+    project_dir = _project_dir(R)
+    if project_dir:
+        return os.path.join(project_dir, folder)
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "imusic-reaper")
 
 
 def read_item(R, item: str, project_dir: str) -> planning.ItemView:

@@ -43,6 +43,7 @@ def engine_port(root, tiny_model_dir, tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "bridge.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port)]
     command += [
+        "--no-warm-up",
         "--device",
         "cpu",
         "--journal",
@@ -284,6 +285,10 @@ def test_engine_status_shows_the_model_device_and_state(harness):
 
 def test_without_a_running_engine_the_actions_say_how_to_start_it(harness, source_file, monkeypatch):
     monkeypatch.setenv("IMUSIC_PORT", str(free_udp_port()))
+    monkeypatch.syspath_prepend(str(harness.resource / "Scripts" / "imusic"))
+    import imusic_lib
+
+    imusic_lib.ACCEPT_TIMEOUT_S = 0.5  # the real wait is 3 s; the behaviour is the same
     reaper = harness.reaper
     track = reaper.add_track("Mix")
     reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
@@ -382,3 +387,26 @@ def test_a_deferred_loop_that_reaper_terminated_is_started_again_by_the_next_act
         "Bass \u00b7 extract bass",
     ]
     assert reaper.undo_points == ["Instruct: extract drums", "Instruct: extract bass"]
+
+
+def test_results_whose_source_track_was_deleted_meanwhile_go_last(harness, source_file):
+    reaper = harness.reaper
+    doomed = reaper.add_track("Doomed")
+    reaper.add_track("Keeps")
+    reaper.add_item(doomed, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    reaper.tracks.remove(doomed)  # the user deletes the track while the engine works
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Keeps", "Doomed \u00b7 extract drums"]
+    assert [(i.position, i.length) for i in reaper.tracks[1].items] == [(1.0, 1.0)]
+
+
+def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, source_file, tmp_path):
+    reaper = harness.reaper
+    reaper.media_dir = "Media"
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    (result,) = reaper.tracks[1].items
+    assert Path(result.take.source.filename).parent == tmp_path / "project" / "Media" / "imusic"
