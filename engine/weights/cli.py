@@ -228,7 +228,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     if params:
         lines.append("  parameters:")
         for key in ("decoder", "text_encoder", "codec", "decoder_inside_checkpoint", "adapter", "cross_attention_qkv"):
-            if key in params:
+            if key in params and not (key == "cross_attention_qkv" and not params[key]):
                 lines.append(f"    {key.replace('_', ' ')}: {_millions(params[key])}")
         if params.get("adapter_percent_of_base") is not None:
             lines.append(f"    adapter / base decoder: {params['adapter_percent_of_base']}%")

@@ -95,7 +95,9 @@ def download(name: str, cache_dir: str | Path | None = None, endpoint: str | Non
         raise CheckpointError(f"{name!r} is not a valid model name: {exc}") from None
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, OSError) as exc:
         offline = constants.HF_HUB_OFFLINE or isinstance(exc, OfflineModeIsEnabled)
-        why = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else "huggingface.co cannot be reached"
+        why = (
+            "offline mode is on (HF_HUB_OFFLINE=1)" if offline else f"{endpoint or 'huggingface.co'} cannot be reached"
+        )
         raise CheckpointError(
             f"cannot download {repo}: {why}, and it is not in the local cache. On a machine with internet run "
             f"`imusic weights download {name}` and copy the cache (or the model directory) here"
