@@ -104,6 +104,8 @@ class EngineServer:
                 "is another imusic server running? pick another --port"
             ) from None
         self.sock.settimeout(0.2)  # the receive loop checks for shutdown this often
+        with contextlib.suppress(OSError):  # room for bursts (a batch submitting hundreds of jobs at once)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.port = self.sock.getsockname()[1]
         pending = self.book.restore()
         if pending:
