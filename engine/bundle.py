@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, InstructionError
 
 OPERATIONS = ("add", "remove", "extract")
 OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
@@ -46,7 +46,7 @@ class ModelCard:
     def prompt(self, op: str, stem: str) -> str:
         """The exact instruction text the model was trained with, e.g. ("extract", "Drums") -> "... Only Drums."."""
         if op not in self.verbs:
-            raise CheckpointError(f"this model has no instruction for {op!r}; it supports {', '.join(self.operations)}")
+            raise InstructionError(f"this model cannot {op}; it supports {', '.join(self.operations)}")
         return self.template.format(verb=self.verbs[op], stem=stem, op=op)
 
     def to_dict(self) -> dict[str, Any]:

@@ -275,3 +275,22 @@ def test_fresh_adapters_start_as_the_official_init_and_change_nothing(tiny_model
     seq = torch.randint(0, 64, (1, 4, 6), generator=torch.Generator().manual_seed(0))
     cond = torch.randint(0, 64, (1, 4, 6), generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(lm(seq, states, mask, cond_codes=cond), base.lm(seq, states, mask))
+
+
+def test_model_card_round_trips_through_a_dict(tiny_model_dir):
+    from engine.bundle import ModelCard
+
+    card = load_model(tiny_model_dir, device="cpu").card
+    data = json.loads(json.dumps(card.to_dict()))
+    assert data["window_seconds"] == pytest.approx(10.0)
+    assert ModelCard.from_dict(data) == card
+
+
+def test_model_card_refuses_an_operation_it_lacks():
+    from engine.bundle import ModelCard
+    from engine.errors import InstructionError
+
+    card = ModelCard(name="x", sample_rate=16000, frame_rate=50.0, num_codebooks=4, card=64, verbs={"extract": "Only"})
+    assert card.operations == ("extract",)
+    with pytest.raises(InstructionError, match="cannot add"):
+        card.prompt("add", "Drums")
