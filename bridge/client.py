@@ -198,6 +198,7 @@ class Client:
     ) -> str:
         """Send /imusic/edit and return the job id at once. end_s < 0 means "to the end of the file"."""
         job_id = job_id or protocol.new_job_id()
+        _check_job_id(job_id)
         input_path = os.path.abspath(os.path.expanduser(input_path))  # the server refuses relative paths
         output = os.path.abspath(os.path.expanduser(output_path)) if output_path else ""
         self.send(
@@ -295,7 +296,13 @@ class Client:
 
 
 def _about(job_id: str, address: str) -> Callable[[Reply], bool]:
+    _check_job_id(job_id)  # the server could not name a malformed id in its error reply: refuse it here
     return lambda r: r.job_id == job_id and r.address in (address, protocol.ERROR)
+
+
+def _check_job_id(job_id: str) -> None:
+    if not (0 < len(job_id) <= protocol.MAX_JOB_ID and protocol.JOB_ID_PATTERN.match(job_id)):
+        raise ConfigError(f"job id {job_id[:40]!r} is not valid: 1-{protocol.MAX_JOB_ID} letters, digits and . _ : -")
 
 
 # ------------------------------------------------------------------------------------------------------ command line

@@ -173,3 +173,17 @@ def test_send_errors_are_one_line_and_exit_1(server, root, capsys):
 def test_send_to_a_silent_port_says_no_reply(capsys):
     assert main(["send", "--port", "9", "--timeout", "0.3", "ping"]) == 1
     assert "no reply" in capsys.readouterr().err
+
+
+def test_a_malformed_job_id_is_refused_before_sending(server):
+    from engine.errors import ConfigError
+
+    with Client("127.0.0.1", server.port) as client:
+        for call in (
+            lambda: client.status("a/b"),
+            lambda: client.cancel(""),
+            lambda: client.submit("/x", 0, 1, "x", job_id="é"),
+        ):
+            with pytest.raises(ConfigError, match="job id"):
+                call()
+        assert client.poll() == []
