@@ -76,6 +76,7 @@ def test_info_on_missing_path_fails_with_one_line(tmp_path, capsys):
 def test_hub_name_resolves_from_the_local_cache(fake_hub):
     model = load_model("facebook/musicgen-small", device="cpu", dtype="fp32")
     assert model.card.sample_rate == 16000
+    assert model.card.name == "facebook/musicgen-small"
     assert FAKE_COMMIT in model.card.provenance["path"]
 
 
@@ -214,6 +215,7 @@ def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, of
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = load_model("instruct-musicgen", device="cpu", dtype="fp32")
     assert model.card.has_adapter
+    assert model.card.name == "facebook/musicgen-large"
     assert "musicgen-large" in model.card.provenance["path"]
     assert model.card.provenance["adapter"].endswith("finetuned.ckpt")
 

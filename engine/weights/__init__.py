@@ -151,7 +151,7 @@ def load_model(
 
     stems = adapter_info["stems"] if adapter_info else card_data.get("stems")
     card = ModelCard(
-        name=str(card_data.get("name") or path.name),
+        name=str(card_data.get("name") or _display_name(path)),
         sample_rate=codec.sample_rate,
         frame_rate=codec.frame_rate,
         num_codebooks=lm.cfg.num_codebooks,
@@ -170,6 +170,14 @@ def load_model(
         **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
     )
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _display_name(path: Path) -> str:
+    """A model's name from its path: the hub id for a Hugging Face cache snapshot, else the directory name."""
+    parts = path.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return path.name
 
 
 def read_adapter(path: Path) -> tuple[dict, dict]:
