@@ -1,0 +1,384 @@
+"""`imusic eval`: run the Editor over the test split for each task and write a Markdown and a JSON table.
+
+Each task's table holds the model beside three reference rows, so that it reads without the paper:
+- identity: output = input (what doing nothing scores; SI-SDRi is 0 by definition);
+- codec ceiling: the target encoded and decoded by the model's own codec (the best any token model can do);
+- oracle: output = target (the top of every scale).
+Network-free metrics (engine.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance, all at 16 kHz) always run.
+FAD / KL (audioldm_eval, as the official evaluation) and CLAP (frechet_audio_distance's CLAPScore) run when the user
+has those packages and their networks; otherwise the report says they were skipped and why.
+Keep top-level imports light: torch and the model are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ConfigError, DataError, InstructionError
+
+TASKS = ("add", "remove", "extract")
+ROWS = ("model", "identity", "codec ceiling", "oracle")
+METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance")
+METRIC_TITLES = {
+    "si_sdr": "SI-SDR (dB) ↑",
+    "si_sdri": "SI-SDRi (dB) ↑",
+    "mel_ssim": "mel SSIM ↑",
+    "log_mel_distance": "log-mel dist. (dB) ↓",
+    "fad": "FAD ↓",
+    "kl": "KL ↓",
+    "clap": "CLAP ↑",
+}
+REPORT_MD = "report.md"
+REPORT_JSON = "report.json"
+
+
+def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[str]:
+    """The tasks in order without repeats; ConfigError naming what is supported for an unknown one."""
+    if not tasks:
+        raise ConfigError(f"no task given: use --task with one of {', '.join(TASKS)}")
+    out: list[str] = []
+    for task in tasks:
+        name = str(task).strip().lower()
+        if name not in TASKS:
+            raise ConfigError(f"unknown task {task!r}: use {', '.join(TASKS)}")
+        if name not in supported:
+            raise ConfigError(f"this model cannot {name}: it supports {', '.join(supported)}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def codec_roundtrip(codec, audio: np.ndarray) -> np.ndarray:
+    """Mono audio [N] at the codec's rate, encoded and decoded by the codec: [N] (the codec ceiling)."""
+    import torch
+
+    wav = torch.from_numpy(np.asarray(audio, dtype=np.float32))[None, None]  # [1, 1, N]
+    decoded = codec.decode(codec.encode(wav))[0, 0].cpu().numpy()  # [F * hop]
+    out = np.zeros(audio.shape[-1], dtype=np.float32)
+    length = min(out.shape[0], decoded.shape[0])
+    out[:length] = decoded[:length]
+    return out
+
+
+def score_rows(
+    input_audio: np.ndarray, target: np.ndarray, outputs: dict[str, np.ndarray], sample_rate: int
+) -> dict[str, dict[str, float]]:
+    """Metrics of every row's output ({row: audio}) against the target, plus the identity and oracle rows."""
+    from engine.metrics import edit_metrics
+
+    rows = {"identity": input_audio, **outputs, "oracle": target}
+    return {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
+
+
+def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation per row and metric over examples (non-finite values are counted apart)."""
+    summary: dict[str, dict[str, float]] = {}
+    rows = [row for row in ROWS if any(row in ex for ex in examples)]
+    for row in rows:
+        stats: dict[str, float] = {"n": sum(1 for ex in examples if row in ex)}
+        for metric in METRICS:
+            values = np.array([ex[row][metric] for ex in examples if row in ex], dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            stats[metric] = float(finite.mean()) if finite.size else float("nan")
+            stats[f"{metric}_std"] = float(finite.std()) if finite.size else float("nan")
+        summary[row] = stats
+    return summary
+
+
+def _optional_metrics(audio_dirs: dict[str, Path], captions: Sequence[str], device: str) -> tuple[dict, list[str]]:
+    """FAD/KL/CLAP when the user has the networks: ({metric: value}, notes). Never raises."""
+    values: dict[str, float] = {}
+    notes: list[str] = []
+    try:
+        import torch
+        from audioldm_eval import EvaluationHelper  # official evaluation's FAD (VGGish) and KL (PANNs)
+
+        helper = EvaluationHelper(16000, torch.device(device))
+        found = helper.main(str(audio_dirs["output"]), str(audio_dirs["target"]), limit_num=None)
+        for key, value in (found or {}).items():
+            low = key.lower()
+            if "frechet_audio_distance" in low or low == "fad":
+                values["fad"] = float(value)
+            elif "kullback_leibler" in low and "softmax" in low:
+                values["kl"] = float(value)
+    except ImportError:
+        notes.append("FAD and KL skipped: install audioldm_eval (and its VGGish/PANNs weights) to compute them")
+    except Exception as exc:  # noqa: BLE001 - a missing download or GPU must not lose the other metrics
+        notes.append(f"FAD and KL failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    try:
+        from frechet_audio_distance import CLAPScore  # official evaluation's CLAP (LAION music checkpoint)
+
+        csv = audio_dirs["output"].parent / "text.csv"
+        csv.write_text("caption\n" + "".join(f'"{c}"\n' for c in captions))
+        clap = CLAPScore(submodel_name="music_audioset", verbose=False, enable_fusion=False)
+        values["clap"] = float(
+            clap.score(text_path=str(csv), audio_dir=str(audio_dirs["output"]), text_column="caption")
+        )
+    except ImportError:
+        notes.append("CLAP skipped: install frechet_audio_distance (LAION CLAP music checkpoint) to compute it")
+    except Exception as exc:  # noqa: BLE001
+        notes.append(f"CLAP failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+    return values, notes
+
+
+def _networks_installed() -> bool:
+    from importlib.util import find_spec
+
+    return any(find_spec(name) is not None for name in ("audioldm_eval", "frechet_audio_distance"))
+
+
+def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
+    import soundfile as sf
+
+    from engine.metrics import EVAL_RATE, resample
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), resample(audio, rate, EVAL_RATE).astype(np.float32), EVAL_RATE, subtype="FLOAT")
+
+
+def _test_clips(data: str | Path, task: str, sample_rate: int, seconds: float, classes: str, seed: int, per_song: int):
+    from engine.data.datasets import ClipConfig, StemDataset
+    from engine.data.layouts import scan
+
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"no data set at {root}: the folder does not exist")
+    class_set = classes if classes in ("4stems", "all") else tuple(c.strip() for c in classes.split(","))
+    config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=class_set, ops=(task,))
+    try:
+        return StemDataset(scan(root), "test", config, seed=seed, clips_per_song=per_song)
+    except DataError as exc:
+        raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None
+
+
+def evaluate(
+    data: str | Path,
+    tasks: Sequence[str],
+    out_dir: str | Path,
+    *,
+    editor=None,
+    model: str | Path | None = None,
+    adapter: str | Path | None = None,
+    device: str | None = None,
+    limit: int | None = None,
+    spectrograms: int = 0,
+    seconds: float = 5.0,
+    classes: str = "4stems",
+    clips_per_song: int = 1,
+    seed: int = 0,
+    raw: bool = False,
+    save_audio: bool = False,
+    optional_metrics: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir."""
+    from engine.instructions import Instruction, format_prompt
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if spectrograms < 0:
+        raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
+    tasks = check_tasks(tasks)
+    if editor is None:
+        from engine.editor import Editor
+
+        editor = Editor.load(model, adapter=adapter, device=device)
+    tasks = check_tasks(tasks, editor.vocab.operations)
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rate = editor.sample_rate
+    report: dict[str, Any] = {
+        "model": editor.info,
+        "data": str(data),
+        "settings": {"seconds": seconds, "classes": classes, "seed": seed, "raw": raw, "limit": limit},
+        "tasks": {},
+    }
+    for task in tasks:
+        clips = _test_clips(data, task, rate, seconds, classes, seed, clips_per_song)
+        count = len(clips) if limit is None else min(limit, len(clips))
+        examples, skipped, captions = [], [], []
+        audio_dirs = {kind: out_dir / "audio" / task / kind for kind in ("input", "output", "target")}
+        # The network metrics read WAV folders, as the official evaluation does; write them only when they can run.
+        want_audio = save_audio or (optional_metrics and _networks_installed())
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=count, desc=f"eval {task}", unit="clip", dynamic_ncols=True)
+        for index in range(count):
+            clip = clips[index]
+            try:
+                prompt = format_prompt(task, clip.stem_name, editor.card)
+            except InstructionError as exc:
+                skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
+                continue
+            instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
+            result = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw)
+            output = result.audio[0]  # [N]
+            ceiling = codec_roundtrip(editor.model.codec, clip.target)
+            scores = score_rows(clip.input, clip.target, {"model": output, "codec ceiling": ceiling}, rate)
+            examples.append(
+                {
+                    "song": clip.song_id,
+                    "offset": clip.offset,
+                    "stem": clip.stem_name,
+                    "instruction": prompt,
+                    "seed": seed + index,
+                    **scores,
+                }
+            )
+            captions.append(prompt)
+            if want_audio:
+                number = len(examples) - 1
+                for kind, audio in (("input", clip.input), ("output", output), ("target", clip.target)):
+                    _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
+            if len(examples) <= spectrograms:
+                from engine.plots import plot_spectrograms
+
+                name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
+                plot_spectrograms(
+                    [("input", clip.input), ("output", output), ("target", clip.target)],
+                    rate,
+                    out_dir / "spectrograms" / name,
+                    title=f"{prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
+                )
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if not examples:
+            raise DataError(f"no {task} example could be evaluated: {skipped[0]['reason'] if skipped else 'none'}")
+        summary = summarize(examples)
+        notes = []
+        if optional_metrics:
+            extra, notes = _optional_metrics(audio_dirs, captions, str(editor.model.device))
+            summary["model"].update(extra)
+        if not save_audio and want_audio:
+            import shutil
+
+            shutil.rmtree(out_dir / "audio" / task, ignore_errors=True)
+        report["tasks"][task] = {"summary": summary, "examples": examples, "skipped": skipped, "notes": notes}
+    _write_json(out_dir / REPORT_JSON, report)
+    (out_dir / REPORT_MD).write_text(markdown(report))
+    return report
+
+
+def _write_json(path: Path, report: dict) -> None:
+    # inf/nan are not JSON: write them as strings a reader can still recognise.
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean(report), indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown: one table per task (model beside identity, codec ceiling, oracle), then notes."""
+    info = report["model"]
+    lines = [
+        "# imusic eval",
+        "",
+        f"Model **{info.get('model')}** ({info.get('device')}, {info.get('dtype')}); data `{report['data']}`, "
+        f"test split, {report['settings']['seconds']:g} s clips; all metrics at 16 kHz.",
+        "",
+        "Rows: *identity* = output is the input (SI-SDRi 0 by definition); *codec ceiling* = the target through the "
+        "model's codec (the best a token model can reach); *oracle* = output is the target. For add and remove the "
+        "identity is already close on spectral metrics: judge those against the codec ceiling; extract must beat "
+        "identity clearly.",
+    ]
+    for task, part in report["tasks"].items():
+        summary = part["summary"]
+        extra = [m for m in ("fad", "kl", "clap") if m in summary.get("model", {})]
+        columns = [*METRICS, *extra]
+        n = int(summary["model"]["n"]) if "model" in summary else 0
+        lines += ["", f"## {task} ({n} clips)", ""]
+        lines.append("| row | " + " | ".join(METRIC_TITLES[m] for m in columns) + " |")
+        lines.append("|---|" + "---:|" * len(columns))
+        for row in ROWS:
+            if row in summary:
+                cells = []
+                for m in columns:
+                    value = summary[row].get(m)
+                    std = summary[row].get(f"{m}_std")
+                    text = _cell(value)
+                    if std is not None and not math.isnan(std) and row != "oracle":
+                        text += f" ± {_cell(std)}"
+                    cells.append(text)
+                lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        for note in part.get("notes", []):
+            lines += ["", f"- {note}"]
+        if part.get("skipped"):
+            lines += ["", f"- {len(part['skipped'])} clip(s) skipped: {part['skipped'][0]['reason']}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- command line ---------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic eval` options."""
+    parser.add_argument("--data", required=True, help="stem data set folder; its test split is used")
+    parser.add_argument("--model", default=None, help="model dir / transformers / audiocraft dir (default: embedded)")
+    parser.add_argument("--adapter", default=None, help="adapter dir or finetuned.ckpt (default: the model's own)")
+    parser.add_argument("--task", action="append", required=True, help="add, remove or extract; repeat for several")
+    parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="where report.md/.json go")
+    parser.add_argument("--limit", type=int, default=None, help="at most N clips per task")
+    parser.add_argument("--spectrograms", type=int, default=0, metavar="K", help="before/after PNGs of K clips")
+    parser.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5, as the paper)")
+    parser.add_argument("--classes", default="4stems", help="4stems, all, or a comma list of stem classes")
+    parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
+    parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: the best available)")
+    parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
+    parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
+    parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print the Markdown table."""
+    report = evaluate(
+        args.data,
+        args.task,
+        args.output,
+        model=args.model,
+        adapter=args.adapter,
+        device=args.device,
+        limit=args.limit,
+        spectrograms=args.spectrograms,
+        seconds=args.seconds,
+        classes=args.classes,
+        clips_per_song=args.clips_per_song,
+        seed=args.seed,
+        raw=args.raw,
+        save_audio=args.save_audio,
+        optional_metrics=not args.no_network_metrics,
+        progress=not args.quiet,
+    )
+    print(markdown(report))
+    print(f"report: {Path(args.output) / REPORT_MD}", file=sys.stderr)
+    return 0
