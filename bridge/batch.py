@@ -725,7 +725,7 @@ def run_batch(
         show_progress = bool(getattr(stream, "isatty", lambda: False)())
     disable = not show_progress
     overall = tqdm(
-        total=round(sum(weight.values()), 2),
+        total=sum(weight.values()),
         unit="s",
         desc=f"batch ({len(todo)} edits)",
         file=stream,
@@ -742,9 +742,18 @@ def run_batch(
         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
     )
     credited: dict[str, float] = {}
+    current = [""]  # the pair the per-file bar shows
+    shown = [0.0]  # audio seconds credited to the overall bar (a disabled tqdm keeps no count)
+
+    def advance(seconds: float) -> None:
+        seconds = min(seconds, overall.total - shown[0])  # float sums must not push the bar past 100 %
+        if seconds > 0:
+            shown[0] += seconds
+            overall.update(seconds)
 
     def progress(pair: Pair, fraction: float) -> None:
-        if per_file.desc != pair.key:
+        if current[0] != pair.key:
+            current[0] = pair.key
             per_file.reset(total=100)
             per_file.set_description_str(pair.key, refresh=False)
         per_file.update(max(0.0, round(100 * fraction) - per_file.n))
@@ -752,7 +761,7 @@ def run_batch(
         gained = weight[pair.key] * min(1.0, max(0.0, fraction)) - credited.get(pair.key, 0.0)
         if gained > 0:
             credited[pair.key] = credited.get(pair.key, 0.0) + gained
-            overall.update(gained)
+            advance(gained)
 
     started = time.monotonic()
     try:
@@ -761,7 +770,7 @@ def run_batch(
             rest = weight[pair.key] - credited.get(pair.key, 0.0)
             if rest > 0:
                 credited[pair.key] = weight[pair.key]
-                overall.update(rest)
+                advance(rest)
             row = summary.rows[pair.source.rel]
             if outcome.error is None:
                 entry = _entry(pair, out, settings, "done", None, outcome)

@@ -1,0 +1,437 @@
+"""`imusic batch`: sessions and .rpp projects in, one result per (input, edit) out, resumable, with clear refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge import batch
+from bridge.batch import (
+    InProcessBackend,
+    Manifest,
+    check_edits,
+    check_output_folder,
+    claim_output_folder,
+    collect_sources,
+    find_audio_files,
+    plan_pairs,
+    read_rpp,
+    run_batch,
+)
+from bridge.cli import main
+from engine.errors import ConfigError, DataError, InstructionError
+
+EDITS = ["extract drums", "no bass"]
+
+
+def write_tone(path: Path, seconds: float, rate: int, channels: int, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    sf.write(path, (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32), rate)
+
+
+@pytest.fixture
+def session(tmp_path) -> Path:
+    """A small session: stereo wav at 22.05 kHz, a mono flac in a subfolder at 16 kHz, a text file to ignore."""
+    root = tmp_path / "session"
+    write_tone(root / "mix.wav", 1.0, 22050, 2, seed=1)
+    write_tone(root / "stems" / "bass.flac", 0.5, 16000, 1, seed=2)
+    (root / "notes.txt").write_text("not audio")
+    return root
+
+
+def batch_args(session: Path, out: Path, model: Path, *extra: str) -> list[str]:
+    edits = [arg for edit in EDITS for arg in ("--edit", edit)]
+    return [
+        "batch",
+        str(session),
+        *edits,
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        *extra,
+    ]
+
+
+def run_in_process(session: Path, out: Path, editor, *, retry_failed: bool = False) -> batch.Summary:
+    labels = check_edits(EDITS, editor.parse)
+    pairs = plan_pairs(collect_sources(session), labels, out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"model": editor.info["model"], "seed": 3, "takes": 1, "raw": False}
+    backend = InProcessBackend(editor, seed=3, takes=1, raw=False)
+    return run_batch(pairs, backend, Manifest(out / "manifest.json"), out, settings, retry_failed=retry_failed)
+
+
+# --- finding what to render -----------------------------------------------------------------------------------
+
+
+def test_finds_audio_recursively_and_ignores_other_and_hidden_files(session):
+    (session / ".cache").mkdir()
+    write_tone(session / ".cache" / "hidden.wav", 0.1, 8000, 1)
+    rels = [s.rel for s in find_audio_files(session)]
+    assert rels == ["mix", "stems/bass"]
+
+
+def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp_path):
+    write_tone(tmp_path / "song.wav", 0.1, 8000, 1)
+    write_tone(tmp_path / "song.flac", 0.1, 8000, 1)
+    assert sorted(s.rel for s in find_audio_files(tmp_path)) == ["song.flac", "song.wav"]
+
+
+def test_a_folder_without_audio_is_refused(tmp_path):
+    (tmp_path / "readme.txt").write_text("hello")
+    with pytest.raises(DataError, match="no audio files .*found"):
+        collect_sources(tmp_path)
+
+
+def test_outputs_mirror_the_session_tree(session, tmp_path):
+    out = tmp_path / "out"
+    pairs = plan_pairs(collect_sources(session), [("extract drums", "extract drums")], out)
+    assert [p.output.relative_to(out).as_posix() for p in pairs] == [
+        "mix.extract_drums.wav",
+        "stems/bass.extract_drums.wav",
+    ]
+
+
+# --- .rpp projects --------------------------------------------------------------------------------------------
+
+RPP = """<REAPER_PROJECT 0.1 "7.0/linux-x86_64" 1700000000
+  SAMPLERATE 44100 0 0
+  <TRACK {11111111-0000-0000-0000-000000000001}
+    NAME "Drum Bus"
+    <ITEM
+      POSITION 2.5
+      LENGTH 0.5
+      NAME "loop.wav"
+      SOFFS 0.25
+      PLAYRATE 1 1 0 -1 0 0.0025
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+    >
+    <ITEM
+      POSITION 8
+      LENGTH 0.4
+      NAME "first take"
+      SOFFS 0
+      PLAYRATE 1 1 0 -1 0 0.0025
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+      TAKE SEL
+      NAME "second take"
+      SOFFS 0.1
+      PLAYRATE 1 1 0 -1 0 0.0025
+      <SOURCE FLAC
+        FILE "C:\\Users\\someone\\Projects\\song\\keys.flac"
+      >
+    >
+  >
+  <TRACK {11111111-0000-0000-0000-000000000002}
+    NAME "Odd items"
+    <ITEM
+      POSITION 0
+      LENGTH 1
+      SOFFS 0
+      PLAYRATE 0.5 1 0 -1 0 0.0025
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+    >
+    <ITEM
+      POSITION 0
+      LENGTH 1
+      <SOURCE MIDI
+        HASDATA 1 960 QN
+      >
+    >
+    <ITEM
+      POSITION 0
+      LENGTH 1
+      <SOURCE WAVE
+        FILE "Audio/gone.wav"
+      >
+    >
+  >
+>
+"""
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    folder = tmp_path / "song"
+    write_tone(folder / "Audio" / "loop.wav", 1.0, 22050, 2)
+    write_tone(folder / "keys.flac", 1.0, 16000, 1)
+    path = folder / "song.rpp"
+    path.write_text(RPP)
+    return path
+
+
+def test_rpp_item_is_the_region_its_take_plays(project):
+    first = read_rpp(project)[0]
+    assert first.path == project.parent / "Audio" / "loop.wav"
+    assert (first.start_s, first.end_s) == (0.25, 0.75)
+    assert first.meta["position_s"] == 2.5 and first.meta["track"] == "Drum Bus"
+    assert first.problem is None
+    assert first.rel == "01 Drum Bus/01 loop"
+
+
+def test_rpp_uses_the_selected_take_and_finds_windows_paths_in_the_project_folder(project):
+    second = read_rpp(project)[1]
+    assert second.path == project.parent / "keys.flac"
+    assert (second.start_s, second.end_s) == pytest.approx((0.1, 0.5))
+
+
+def test_rpp_items_that_are_not_the_files_own_audio_are_reported_not_edited(project):
+    odd = read_rpp(project)[2:]
+    assert "rate 0.5" in odd[0].problem
+    assert "midi" in odd[1].problem
+    assert "not found" in odd[2].problem
+
+
+def test_rpp_that_is_not_a_project_is_refused(tmp_path):
+    path = tmp_path / "broken.rpp"
+    path.write_text("this is not a project\n")
+    with pytest.raises(DataError, match="broken.rpp"):
+        collect_sources(path)
+
+
+# --- refusals before any work ---------------------------------------------------------------------------------
+
+
+def _parse_with_vocabulary(text: str):
+    from engine.instructions import parse_instruction
+
+    return parse_instruction(text, {"stems": ["Drums", "Bass", "Piano", "Guitar"]})
+
+
+def test_unknown_edits_are_all_reported_together():
+    with pytest.raises(InstructionError) as exc:
+        check_edits(["extract drums", "add kazoo", "make it jazzy"], _parse_with_vocabulary)
+    assert "'add kazoo'" in str(exc.value) and "'make it jazzy'" in str(exc.value)
+
+
+def test_duplicate_edits_are_refused_even_when_worded_differently():
+    with pytest.raises(ConfigError, match="'drums only' repeats --edit 'extract drums'"):
+        check_edits(["extract drums", "drums only"], _parse_with_vocabulary)
+
+
+def test_output_folder_inside_the_session_is_refused(session):
+    with pytest.raises(ConfigError, match="inside the session folder"):
+        check_output_folder(session, session / "renders")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if os.access(folder, os.W_OK):  # root ignores modes: make the folder immutable instead
+        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("cannot make a read-only folder here")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def test_read_only_output_folder_is_refused_with_a_clear_message(session, read_only_folder):
+    with pytest.raises(ConfigError, match="cannot write to the output folder .*locked"):
+        check_output_folder(session, read_only_folder)
+
+
+def test_two_batches_cannot_write_one_output_folder(tmp_path):
+    first = claim_output_folder(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match="another imusic batch"):
+            claim_output_folder(tmp_path)
+    finally:
+        first.close()
+
+
+def test_temporary_files_of_a_killed_run_are_swept_up(tmp_path):
+    (tmp_path / "sub").mkdir()
+    leftover = tmp_path / "sub" / ".mix.extract_drums.123.abcd.partial.wav"
+    leftover.write_bytes(b"half")
+    claim_output_folder(tmp_path).close()
+    assert not leftover.exists()
+
+
+def test_a_corrupt_manifest_is_not_overwritten_silently(tmp_path):
+    (tmp_path / "manifest.json").write_text("{ truncated")
+    with pytest.raises(DataError, match="move it away"):
+        Manifest(tmp_path / "manifest.json")
+
+
+# --- rendering with the tiny model ----------------------------------------------------------------------------
+
+
+def test_every_pair_is_rendered_at_the_sources_rate_channels_and_length(session, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    summary = run_in_process(session, out, tiny_editor)
+    assert (summary.done, summary.failed) == (4, 0)
+    for source_rel, source_file in [("mix", "mix.wav"), ("stems/bass", "stems/bass.flac")]:
+        source = sf.info(session / source_file)
+        for name in ("extract_drums", "remove_bass"):
+            result = sf.info(out / f"{source_rel}.{name}.wav")
+            assert (result.samplerate, result.channels, result.frames) == (
+                source.samplerate,
+                source.channels,
+                source.frames,
+            )
+
+
+def test_manifest_records_status_model_levels_and_input_hash(session, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    record = json.loads((out / "manifest.json").read_text())["pairs"]["mix | extract drums"]
+    assert record["status"] == "done"
+    assert record["model"] == tiny_editor.info["model"]
+    assert "result_lufs" in record["levels"]
+    assert record["timings"]["total"] > 0
+    assert len(record["input_sha256"]) == 64
+    assert record["output"] == "mix.extract_drums.wav"
+
+
+def test_a_rerun_skips_finished_pairs_without_touching_their_files(session, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")}
+    summary = run_in_process(session, out, tiny_editor)
+    assert (summary.done, summary.skipped) == (0, 4)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.wav")} == before
+
+
+def test_a_changed_input_or_a_damaged_output_is_rendered_again(session, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    write_tone(session / "mix.wav", 1.0, 22050, 2, seed=99)  # same size, other samples: only the hash tells
+    with open(out / "stems" / "bass.remove_bass.wav", "ab") as f:
+        f.write(b"\0" * 16)
+    summary = run_in_process(session, out, tiny_editor)
+    assert summary.done == 3 and summary.skipped == 1
+    assert summary.rows["stems/bass"]["extract drums"] == "done before"
+    assert summary.rows["stems/bass"]["remove bass"].startswith("done ")
+
+
+def test_a_corrupt_file_is_reported_and_the_others_are_done(session, tmp_path, tiny_editor):
+    (session / "stems" / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
+    out = tmp_path / "out"
+    summary = run_in_process(session, out, tiny_editor)
+    assert (summary.done, summary.failed) == (4, 2)
+    assert summary.rows["stems/broken"] == {"extract drums": "FAILED", "remove bass": "FAILED"}
+    record = json.loads((out / "manifest.json").read_text())["pairs"]["stems/broken | extract drums"]
+    assert record["status"] == "failed" and "broken.wav" in record["error"]
+    assert not list(out.rglob("broken*.wav"))
+
+
+def test_failures_are_retried_only_when_asked(session, tmp_path, tiny_editor):
+    broken = session / "broken.wav"
+    broken.write_bytes(b"RIFF" + os.urandom(200))
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    again = run_in_process(session, out, tiny_editor)
+    assert (again.done, again.not_retried) == (0, 2)
+    write_tone(broken, 0.3, 8000, 1)  # the user repaired the file
+    retried = run_in_process(session, out, tiny_editor, retry_failed=True)
+    assert (retried.done, retried.failed) == (2, 0)
+
+
+def test_summary_table_has_a_row_per_input_and_a_column_per_edit(session, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    summary = run_in_process(session, out, tiny_editor)
+    table = batch.format_summary(summary, ["extract drums", "remove bass"], out).splitlines()
+    assert table[0].split() == ["input", "extract", "drums", "remove", "bass"]
+    assert table[2].startswith("mix ") and table[3].startswith("stems/bass ")
+    assert "4 rendered, 0 already done, 0 failed" in table[4]
+
+
+def test_progress_shows_an_overall_bar_with_time_left(session, tmp_path, tiny_editor):
+    import io
+
+    out = tmp_path / "out"
+    stream = io.StringIO()
+    labels = check_edits(EDITS, tiny_editor.parse)
+    pairs = plan_pairs(collect_sources(session), labels, out)
+    out.mkdir()
+    backend = InProcessBackend(tiny_editor, seed=3, takes=1, raw=False)
+    run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {}, progress_stream=stream, show_progress=True)
+    text = stream.getvalue()
+    assert "batch (4 edits)" in text and "s audio" in text
+    assert "<" in text  # tqdm's [elapsed<remaining]
+    assert "mix | extract drums" in text  # the per-file bar
+
+
+def test_rpp_items_are_rendered_at_their_region_and_unsupported_ones_reported(project, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    labels = check_edits(["extract drums"], tiny_editor.parse)
+    pairs = plan_pairs(collect_sources(project), labels, out)
+    out.mkdir()
+    backend = InProcessBackend(tiny_editor, seed=3, takes=1, raw=False)
+    summary = run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {})
+    assert (summary.done, summary.unsupported, summary.failed) == (2, 3, 0)
+    first = sf.info(out / "01 Drum Bus" / "01 loop.extract_drums.wav")
+    assert (first.samplerate, first.channels, first.frames) == (22050, 2, round(0.75 * 22050) - round(0.25 * 22050))
+    manifest = json.loads((out / "manifest.json").read_text())["pairs"]
+    assert manifest["02 Odd items/02 untitled | extract drums"]["status"] == "unsupported"
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+
+
+def test_cli_renders_a_session_and_exits_0(session, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    assert main(batch_args(session, out, tiny_model_dir)) == 0
+    printed = capsys.readouterr().out
+    assert "4 rendered" in printed
+    assert len(list(out.rglob("*.wav"))) == 4
+
+
+def test_cli_exits_1_when_some_pairs_failed(session, tmp_path, tiny_model_dir, capsys):
+    (session / "broken.wav").write_bytes(b"not audio at all")
+    assert main(batch_args(session, tmp_path / "out", tiny_model_dir)) == 1
+    assert "2 failed" in capsys.readouterr().out
+
+
+def test_cli_unknown_edit_is_one_line_and_no_work(session, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    argv = batch_args(session, out, tiny_model_dir) + ["--edit", "add kazoo"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'add kazoo'" in err
+    assert not list(out.rglob("*.wav")) and not (out / "manifest.json").exists()
+
+
+def test_cli_refuses_an_output_folder_inside_the_session_before_loading_a_model(session, capsys):
+    argv = batch_args(session, session / "out", Path("/nonexistent/model"))
+    assert main(argv) == 1
+    assert "inside the session folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_read_only_output_folder_before_loading_a_model(session, read_only_folder, capsys):
+    assert main(batch_args(session, read_only_folder, Path("/nonexistent/model"))) == 1
+    assert "cannot write to the output folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_empty_session_before_loading_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(batch_args(tmp_path / "empty", tmp_path / "out", Path("/nonexistent/model"))) == 1
+    assert "no audio files" in capsys.readouterr().err
+
+
+def test_cli_without_edits_is_refused(session, tmp_path, capsys):
+    assert main(["batch", str(session), "-o", str(tmp_path / "out")]) == 1
+    assert "--edit" in capsys.readouterr().err
