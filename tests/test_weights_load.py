@@ -294,3 +294,20 @@ def test_model_card_refuses_an_operation_it_lacks():
     assert card.operations == ("extract",)
     with pytest.raises(InstructionError, match="cannot add"):
         card.prompt("add", "Drums")
+
+
+def test_legacy_weight_norm_names_load_at_full_precision(model_copy):
+    # facebook/musicgen-* store EnCodec's weight norm as weight_g / weight_v (pre-parametrization torch)
+    weights = model_copy / "base" / "model.safetensors"
+    state = load_file(str(weights))
+    legacy = {
+        name.replace(".parametrizations.weight.original0", ".weight_g").replace(
+            ".parametrizations.weight.original1", ".weight_v"
+        ): tensor
+        for name, tensor in state.items()
+    }
+    assert any(name.endswith(".weight_g") for name in legacy)
+    save_file(legacy, str(weights), metadata={"format": "pt"})
+    model = load_model(model_copy, device="cpu", dtype="bf16")
+    expected = state["audio_encoder.decoder.layers.0.conv.parametrizations.weight.original1"]
+    assert torch.equal(model.codec.model.decoder.layers[0].conv.parametrizations.weight.original1, expected)
