@@ -58,13 +58,19 @@ def test_info_text_names_layout_sizes_and_percent(tiny_model_dir, capsys):
     assert "2 layers x 64, 4 codebooks of 64" in text
 
 
-def test_info_on_official_checkpoint_lists_stand_ins(official_ckpt, capsys):
+def test_info_on_official_checkpoint_lists_stand_ins(tiny_model_dir, official_ckpt, capsys):
     assert main(["weights", "info", str(official_ckpt), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "official"
     assert report["parameters"]["adapter"] > 0
     assert report["parameters"]["cross_attention_qkv"] == 2 * 3 * 64 * 64
     assert "src.models.components.model.Instructor" in report["stand_ins"]
+    # the frozen decoder inside counts once, as in the transformers layout of the same base
+    decoder = sum(p.numel() for p in load_model(tiny_model_dir / "base", device="cpu", dtype="fp32").lm.parameters())
+    assert report["parameters"]["decoder_inside_checkpoint"] == decoder
+    assert report["parameters"]["adapter_percent_of_base"] == pytest.approx(
+        100 * report["parameters"]["adapter"] / decoder, abs=0.01
+    )
 
 
 def test_info_on_missing_path_fails_with_one_line(tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -184,7 +185,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         mapped, facts = map_official_state(state)
         adapter = sum(t.numel() for n, t in mapped.items() if n.startswith("fusion.") or ".lora_" in n)
         cross = sum(t.numel() for n, t in mapped.items() if not (n.startswith("fusion.") or ".lora_" in n))
-        base = sum(t.numel() for n, t in state.items() if n.startswith("model.peft_model.lm.") and ".lora_" not in n)
+        # the frozen MusicGen inside, counted once: not the official code's extra q/k/v_proj copies or the LoRA
+        extra = re.compile(r"\.(self_attn|cross_attention)\.[qkv]_proj\.|\.lora_")
+        base = sum(t.numel() for n, t in state.items() if n.startswith("model.peft_model.lm.") and not extra.search(n))
         counts.update({"adapter": adapter, "cross_attention_qkv": cross, "decoder_inside_checkpoint": base})
         counts["adapter_percent_of_base"] = round(100.0 * adapter / base, 2) if base else None
         report["fusion"] = facts
