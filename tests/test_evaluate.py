@@ -1,0 +1,144 @@
+"""imusic eval: reference rows that are right by construction, the report files, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from engine.errors import ConfigError, DataError
+from engine.evaluate import codec_roundtrip, evaluate, markdown, score_rows, summarize
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from engine.data.render import default_soundfonts
+    from engine.data.synth import synthesize
+
+    if not default_soundfonts():
+        pytest.skip("no General MIDI soundfont on this machine")
+    out = tmp_path_factory.mktemp("eval_data") / "data"
+    synthesize(out, 5, seed=11, seconds=3.0, sample_rate=RATE, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report_dir(synth_data, tiny_editor, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_report")
+    evaluate(
+        synth_data,
+        ["extract", "remove", "add"],
+        out,
+        editor=tiny_editor,
+        limit=2,
+        spectrograms=1,
+        seconds=1.0,
+        clips_per_song=2,
+        progress=False,
+    )
+    return out
+
+
+def _hand_made_clip(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(mixture, stem): a tone stem under a noise bed, 1 s at 16 kHz."""
+    t = np.arange(RATE) / RATE
+    stem = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    bed = (0.1 * np.random.default_rng(seed).standard_normal(RATE)).astype(np.float32)
+    return stem + bed, stem
+
+
+def test_on_a_hand_made_extract_the_oracle_is_huge_and_the_identity_gains_nothing():
+    mixture, stem = _hand_made_clip()
+    rows = score_rows(mixture, stem, {"model": 0.5 * stem}, RATE)
+    assert rows["oracle"]["si_sdr"] > 60 and rows["oracle"]["mel_ssim"] == pytest.approx(1.0)
+    assert rows["identity"]["si_sdri"] == pytest.approx(0.0, abs=1e-9)
+    # A scaled copy of the target is as good as the oracle for SI-SDR (scale-invariant), not for the mel metrics.
+    assert rows["model"]["si_sdr"] > 60
+    assert 1.0 < rows["model"]["log_mel_distance"] <= 20 * math.log10(2) + 1e-6  # 6 dB where above the floor
+
+
+def test_summary_is_the_mean_over_clips_per_row():
+    clips = []
+    for value in (1.0, 3.0):
+        row = {metric: value for metric in ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance")}
+        clips.append({"model": row, "identity": row})
+    summary = summarize(clips)
+    assert summary["model"]["n"] == 2 and summary["model"]["si_sdr"] == pytest.approx(2.0)
+    assert summary["identity"]["si_sdr_std"] == pytest.approx(1.0)
+
+
+def test_codec_ceiling_is_the_target_through_the_models_codec(tiny_editor):
+    import torch
+
+    _, stem = _hand_made_clip()
+    ceiling = codec_roundtrip(tiny_editor.model.codec, stem)
+    codec = tiny_editor.model.codec
+    direct = codec.decode(codec.encode(torch.from_numpy(stem)[None, None]))[0, 0].numpy()[: stem.shape[0]]
+    assert ceiling.shape == stem.shape
+    np.testing.assert_allclose(ceiling, direct, atol=1e-6)
+
+
+def test_every_task_has_the_model_and_the_three_reference_rows(report_dir):
+    report = json.loads((report_dir / "report.json").read_text())
+    assert list(report["tasks"]) == ["extract", "remove", "add"]
+    for part in report["tasks"].values():
+        assert set(part["summary"]) == {"model", "identity", "codec ceiling", "oracle"}
+        assert part["summary"]["model"]["n"] == 2
+
+
+def test_reference_rows_of_a_real_run_are_right_by_construction(report_dir):
+    report = json.loads((report_dir / "report.json").read_text())
+    for part in report["tasks"].values():
+        for clip in part["examples"]:
+            assert clip["identity"]["si_sdri"] == pytest.approx(0.0, abs=1e-9)
+            assert clip["oracle"]["si_sdr"] > 60
+            assert clip["oracle"]["mel_ssim"] == pytest.approx(1.0)
+            assert clip["oracle"]["log_mel_distance"] == pytest.approx(0.0, abs=1e-9)
+            assert clip["codec ceiling"]["si_sdr"] < clip["oracle"]["si_sdr"]
+
+
+def test_the_markdown_report_has_a_table_per_task_and_says_what_was_skipped(report_dir):
+    text = (report_dir / "report.md").read_text()
+    for task in ("extract", "remove", "add"):
+        assert f"## {task} (2 clips)" in text
+    for row in ("| model |", "| identity |", "| codec ceiling |", "| oracle |"):
+        assert text.count(row) == 3
+    assert "FAD" in text and "CLAP" in text  # computed, or skipped with a note
+
+
+def test_spectrograms_are_written_for_the_first_k_clips_of_each_task(report_dir):
+    pngs = sorted(p.name for p in (report_dir / "spectrograms").glob("*.png"))
+    assert [name.split("_")[0] for name in pngs] == ["add", "extract", "remove"]
+
+
+def test_markdown_shows_infinite_values_as_infinity():
+    row = {"n": 1, "si_sdr": math.inf, "si_sdri": 0.0, "mel_ssim": 1.0, "log_mel_distance": 0.0}
+    report = {
+        "model": {"model": "m"},
+        "data": "d",
+        "settings": {"seconds": 5.0},
+        "tasks": {"extract": {"summary": {"model": row}}},
+    }
+    assert "| model | ∞ |" in markdown(report)
+
+
+def test_an_unknown_task_is_a_config_error_naming_the_tasks(synth_data, tiny_editor, tmp_path):
+    with pytest.raises(ConfigError, match="add, remove, extract"):
+        evaluate(synth_data, ["separate"], tmp_path, editor=tiny_editor, progress=False)
+
+
+def test_a_data_set_without_test_songs_is_a_data_error(tiny_editor, tmp_path):
+    with pytest.raises(DataError, match="no data set"):
+        evaluate(tmp_path / "missing", ["extract"], tmp_path / "out", editor=tiny_editor, progress=False)
+
+
+def test_imusic_eval_command_line_reports_an_unknown_task_in_one_line(synth_data, tiny_model_dir, tmp_path, capsys):
+    from bridge.cli import main
+
+    argv = ["eval", "--data", str(synth_data), "--model", str(tiny_model_dir), "--task", "separate"]
+    assert main([*argv, "-o", str(tmp_path / "out"), "--quiet"]) == 1
+    assert "unknown task" in capsys.readouterr().err
