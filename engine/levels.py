@@ -100,10 +100,12 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     A final static gain covers any residue from the smoothing, so the ceiling always holds.
     """
     audio = _as_2d(audio)
-    if true_peak_db(audio, sample_rate) <= ceiling_db:
+    if audio.size == 0:
+        return audio.astype(np.float32), False
+    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked
+    if db(float(peaks.max())) <= ceiling_db:
         return audio.astype(np.float32), False
     ceiling = 10 ** (ceiling_db / 20)
-    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked
     needed = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
     ramp = max(1, int(_RAMP_S * sample_rate))
     hold = max(1, int(_HOLD_S * sample_rate))
