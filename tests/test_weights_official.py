@@ -141,3 +141,10 @@ def test_plain_pickle_builtins_round_trip():
 
     data = pickle.dumps({"a": [1, 2.5, (3, "x")], "b": {4, 5}})
     assert RestrictedUnpickler(io.BytesIO(data)).load() == {"a": [1, 2.5, (3, "x")], "b": {4, 5}}
+
+
+def test_legacy_non_zip_checkpoint_is_read_too(tmp_path):
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(3.0)}, "epoch": 1}, path, _use_new_zipfile_serialization=False)
+    data = read_checkpoint(path)
+    assert torch.equal(data["state_dict"]["w"], torch.arange(3.0))
