@@ -56,6 +56,7 @@ class EngineServer:
         journal_dir: str | Path | None = None,
         allow_roots: list[str | Path] | None = None,
         player: Any = None,
+        preview_device: str | int | None = None,
         max_queue: int = 64,
         warm_up: bool = True,
         max_region_s: float = MAX_REGION_S,
@@ -68,6 +69,7 @@ class EngineServer:
         self.journal_dir = Path(journal_dir) if journal_dir else default_journal_dir()
         self.roots = [Path(r).expanduser().resolve() for r in (allow_roots or default_roots())]
         self.player = player
+        self.preview_device = preview_device
         self.max_queue = max_queue
         self.warm_up = warm_up
         self.max_region_s = max_region_s
@@ -352,7 +354,7 @@ class EngineServer:
         if self.player is None:
             from bridge.playback import get_player
 
-            self.player = get_player()  # PlaybackUnavailable (an ImusicError) says how to fix it
+            self.player = get_player(self.preview_device)  # PlaybackUnavailable (an ImusicError) says how to fix it
         self.player.play(audio, sample_rate)  # non-blocking: the server keeps serving while it plays
         self._send(sender, protocol.PREVIEWING, job_id, which, audio.shape[1] / sample_rate)
 
@@ -381,6 +383,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="a folder the server may read and write (repeatable; default: your home and the temp folder)",
     )
+    parser.add_argument("--preview-device", default=None, help="output for /imusic/preview (name or index)")
     parser.add_argument("--max-queue", type=int, default=64, help="jobs waiting at most (default 64)")
     parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up edit before saying ready")
 
@@ -406,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         journal_dir=args.journal,
         allow_roots=args.allow_root,
+        preview_device=args.preview_device,
         max_queue=args.max_queue,
         warm_up=not args.no_warm_up,
     )
