@@ -137,6 +137,45 @@ class FakeReaper:
         track.items.append(item)
         return item
 
+    @classmethod
+    def from_rpp(cls, path: str, *, resource_path: str = "", media_dir: str = "") -> FakeReaper:
+        """A session holding the project a .rpp file describes (read with the `rpp` package).
+
+        Read: track NAME and SEL, the time SELECTION, item POSITION, LENGTH, SEL, SOFFS, PLAYRATE (rate, preserve
+        pitch, semitones), the take NAME and its SOURCE: file sources, SECTION (MODE bit 2 = reversed) around a
+        parent, MIDI, EMPTY. An item's first take is its active take. File names are reported as the project wrote
+        them (relative names stay relative), the way REAPER reports a source it could not resolve.
+        """
+        import rpp
+
+        with open(path, encoding="utf-8") as handle:
+            project = rpp.loads(handle.read())
+        session = cls(resource_path, path, media_dir or os.path.join(os.path.dirname(path), "Media"))
+        selection = project.find("SELECTION")
+        if selection is not None:
+            session.time_selection = (float(selection[1]), float(selection[2]))
+        project_dir = os.path.dirname(path)
+        for track_element in project.findall("TRACK"):
+            track = session.add_track(
+                _value(track_element, "NAME", ""), selected=_value(track_element, "SEL", "0") == "1"
+            )
+            for item_element in track_element.findall("ITEM"):
+                rate = item_element.find("PLAYRATE")
+                source_element = item_element.find("SOURCE")
+                session.add_item(
+                    track,
+                    position=float(_value(item_element, "POSITION", "0")),
+                    length=float(_value(item_element, "LENGTH", "0")),
+                    start_offset=float(_value(item_element, "SOFFS", "0")),
+                    playrate=float(rate[1]) if rate is not None else 1.0,
+                    preserve_pitch=rate is not None and rate[2] == "1",
+                    pitch=float(rate[3]) if rate is not None else 0.0,
+                    take_name=_value(item_element, "NAME", ""),
+                    selected=_value(item_element, "SEL", "0") == "1",
+                    source=_rpp_source(source_element, project_dir) if source_element is not None else None,
+                )
+        return session
+
     def reverse(self, item: Item) -> None:
         """What Item > Reverse does to a take: wrap its source in a reversed SECTION of the same extent."""
         take = item.take
@@ -425,6 +464,27 @@ class FakeReaper:
         self._item(item).values["B_UISEL"] = 1.0 if selected else 0.0
 
 
+def _value(element, key: str, default: str) -> str:
+    line = element.find(key)
+    return line[1] if line is not None and len(line) > 1 else default
+
+
+def _rpp_source(element, project_dir: str) -> Source:
+    kind = element.attrib[0] if element.attrib else "EMPTY"
+    if kind == "SECTION":
+        parent = _rpp_source(element.find("SOURCE"), project_dir)
+        return Source(
+            type="SECTION",
+            parent=parent,
+            section_offset=float(_value(element, "STARTPOS", "0")),
+            section_length=float(_value(element, "LENGTH", str(parent.length))),
+            section_reversed=bool(int(_value(element, "MODE", "0")) & 2),
+        )
+    filename = _value(element, "FILE", "")
+    on_disk = filename if os.path.isabs(filename) else os.path.join(project_dir, filename)
+    return Source(type=kind, filename=filename, length=_audio_length(on_disk) if filename else 0.0)
+
+
 def _audio_length(filename: str) -> float:
     """Seconds of an audio file, 0 when it cannot be read (REAPER then shows the source offline)."""
     try:
@@ -453,6 +513,12 @@ class Harness:
         self.reaper = FakeReaper(str(self.resource), str(tmp / "project" / "song.rpp"), str(self.media))
         self.reaper.install()
         self.tick_seconds: list[float] = []
+
+    def load_project(self, rpp_path: str) -> FakeReaper:
+        """Replace the session with the project a .rpp file describes."""
+        self.reaper = FakeReaper.from_rpp(rpp_path, resource_path=str(self.resource), media_dir=str(self.media))
+        self.reaper.install()
+        return self.reaper
 
     def run(self, script: str) -> None:
         self.reaper.run_script(str(self.resource / "Scripts" / "imusic" / script))

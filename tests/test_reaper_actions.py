@@ -410,3 +410,173 @@ def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, sourc
     harness.settle()
     (result,) = reaper.tracks[1].items
     assert Path(result.take.source.filename).parent == tmp_path / "project" / "Media" / "imusic"
+
+
+# ------------------------------------------------------------------------------------------------ a saved project
+
+PROJECT = """<REAPER_PROJECT 0.1 "7.27/linux-x86_64" 1732500000
+  <NOTES 0 2
+  >
+  RIPPLE 0
+  GROUPOVERRIDE 0 0 0
+  AUTOXFADE 129
+  ENVATTACH 3
+  TEMPO 120 4 4
+  PLAYRATE 1 0 0.25 4
+  SELECTION 0 0
+  SELECTION2 0 0
+  MASTERAUTOMODE 0
+  MASTER_VOLUME 1 0 -1 -1 1
+  <TRACK {6A1F1D2E-1111-4C4B-9E1A-0A0B0C0D0E01}
+    NAME Drums
+    PEAKCOL 16576
+    VOLPAN 1 0 -1 -1 1
+    SEL {drums_sel}
+    <FXCHAIN
+      SHOW 0
+      DOCKED 0
+    >
+    <ITEM
+      POSITION 2
+      SNAPOFFS 0
+      LENGTH 2.5
+      LOOP 1
+      ALLTAKES 0
+      FADEIN 1 0.01 0 1 0 0 0
+      FADEOUT 1 0.01 0 1 0 0 0
+      MUTE 0 0
+      SEL {drums_sel}
+      IGUID {1C0D2E3F-2222-4A5B-8C9D-0E1F2A3B4C01}
+      IID 1
+      NAME band.wav
+      VOLPAN 1 0 1 -1
+      SOFFS 1.25
+      PLAYRATE 1 1 0 -1 0 0.0025
+      CHANMODE 0
+      GUID {2D1E3F40-3333-4B6C-9DAE-1F2A3B4C5D01}
+      <SOURCE WAVE
+        FILE "Audio/band.wav"
+      >
+    >
+  >
+  <TRACK {6A1F1D2E-1111-4C4B-9E1A-0A0B0C0D0E02}
+    NAME Bass
+    SEL {bass_sel}
+    <ITEM
+      POSITION 6
+      LENGTH 4
+      LOOP 0
+      SEL {bass_sel}
+      NAME "band.wav slow"
+      SOFFS 0.5
+      PLAYRATE 0.5 0 0 -1 0 0.0025
+      <SOURCE WAVE
+        FILE "Audio/band.wav"
+      >
+    >
+  >
+  <TRACK {6A1F1D2E-1111-4C4B-9E1A-0A0B0C0D0E03}
+    NAME Keys
+    SEL 0
+    <ITEM
+      POSITION 0
+      LENGTH 2
+      SEL {keys_sel}
+      NAME "band.wav reversed"
+      SOFFS 0
+      PLAYRATE 1 1 0 -1 0 0.0025
+      <SOURCE SECTION
+        LENGTH 8
+        MODE 2
+        STARTPOS 0
+        OVERLAP 0.01
+        <SOURCE WAVE
+          FILE "Audio/band.wav"
+        >
+      >
+    >
+    <ITEM
+      POSITION 4
+      LENGTH 2
+      SEL {vox_sel}
+      NAME "band.wav up an octave"
+      PLAYRATE 1 1 12 -1 0 0.0025
+      <SOURCE WAVE
+        FILE "Audio/band.wav"
+      >
+    >
+  >
+  <TRACK {6A1F1D2E-1111-4C4B-9E1A-0A0B0C0D0E04}
+    NAME Synth
+    <ITEM
+      POSITION 0
+      LENGTH 4
+      SEL {midi_sel}
+      NAME chords
+      <SOURCE MIDI
+        HASDATA 1 960 QN
+        E 0 90 3c 60
+        E 960 80 3c 00
+        E 0 b0 7b 00
+      >
+    >
+    <ITEM
+      POSITION 8
+      LENGTH 2
+      SEL {win_sel}
+      NAME imported
+      <SOURCE WAVE
+        FILE "C:\\Users\\me\\Music\\stems\\bass.wav"
+      >
+    >
+  >
+>
+"""
+
+
+def write_project(tmp_path: Path, source_file, **selected: int) -> Path:
+    """The sample project with the named items selected (drums, bass, keys, vox, midi, win), its audio beside it."""
+    folder = tmp_path / "project"
+    (folder / "Audio").mkdir(parents=True, exist_ok=True)
+    (folder / "Audio" / "band.wav").write_bytes(source_file[0].read_bytes())
+    text = PROJECT
+    for name in ("drums", "bass", "keys", "vox", "midi", "win"):
+        text = text.replace("{" + name + "_sel}", str(selected.get(name, 0)))
+    path = folder / "song.rpp"
+    path.write_text(text)
+    return path
+
+
+def test_a_saved_project_with_relative_paths_and_a_resampled_item_is_edited_as_heard(
+    harness, source_file, sent, tmp_path
+):
+    reaper = harness.load_project(str(write_project(tmp_path, source_file, drums=1, bass=1)))
+    harness.run("imusic_remove_drums.py")
+    harness.settle()
+    assert reaper.messages == []
+    names = [t.name for t in reaper.tracks]
+    assert names == ["Drums", "Drums \u00b7 remove drums", "Bass", "Bass \u00b7 remove drums", "Keys", "Synth"]
+    drums_result = reaper.tracks[1].items[0]
+    bass_result = reaper.tracks[3].items[0]
+    assert (drums_result.position, drums_result.length) == (2.0, 2.5)
+    assert (bass_result.position, bass_result.length, bass_result.take.values["D_PLAYRATE"]) == (6.0, 4.0, 0.5)
+    copied = (tmp_path / "project" / "Audio" / "band.wav", source_file[1])
+    assert_region_is_source(sent[0], copied, offset=1.25, seconds=2.5)
+    assert_region_is_source(sent[1], copied, offset=0.5, seconds=2.0)
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("keys", '"band.wav reversed" at 0:00.000 on Keys is reversed'),
+        ("vox", "pitch-shifted (+12 semitones)"),
+        ("midi", '"chords" at 0:00.000 on Synth is MIDI'),
+        ("win", "offline or missing: C:\\Users\\me\\Music\\stems\\bass.wav"),
+    ],
+)
+def test_items_of_a_saved_project_that_cannot_be_edited_as_heard_are_refused(
+    harness, source_file, tmp_path, item, message
+):
+    harness.load_project(str(write_project(tmp_path, source_file, **{item: 1})))
+    harness.run("imusic_extract_bass.py")
+    assert_unchanged(harness, message)
