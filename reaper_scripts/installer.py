@@ -283,7 +283,14 @@ def _python_notes(resource: Path) -> list[str]:
     """How to enable Python in REAPER, unless reaper.ini shows it is already set up."""
     ini = resource / "reaper.ini"
     text = ini.read_text(encoding="utf-8", errors="replace") if ini.exists() else ""
-    if "pythonlibdll64=" in text and "pythonlibpath64=" in text:
+    settings = dict(
+        (key.strip().lower(), value.strip())
+        for key, sep, value in (line.partition("=") for line in text.splitlines())
+        if sep
+    )
+    # "Enable Python for use with ReaScript" is reascript=1; the library is pythonlibdll64 (a full path on Windows,
+    # a file name inside pythonlibpath64 elsewhere).
+    if settings.get("reascript") == "1" and settings.get("pythonlibdll64"):
         return []
     lib = libpython()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"

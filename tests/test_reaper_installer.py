@@ -212,8 +212,14 @@ def test_install_prints_how_to_enable_python_when_reaper_ini_lacks_it(resource, 
 
 
 def test_no_python_hint_once_reaper_ini_points_to_a_python(resource):
-    (resource / "reaper.ini").write_text("[REAPER]\npythonlibpath64=/usr/lib\npythonlibdll64=libpython3.11.so\n")
+    ini = "[reaper]\r\nreascript=1\r\npythonlibpath64=/usr/lib\r\npythonlibdll64=libpython3.11.so\r\n"
+    (resource / "reaper.ini").write_bytes(ini.encode())
     assert install(resource).notes == []
+
+
+def test_the_python_hint_stays_while_python_is_disabled(resource):
+    (resource / "reaper.ini").write_text("[reaper]\nreascript=0\npythonlibdll64=libpython3.11.so\n")
+    assert "Enable Python for use with ReaScript" in install(resource).notes[0]
 
 
 def test_cli_uninstall_round_trip(resource, capsys):
