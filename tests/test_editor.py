@@ -70,6 +70,11 @@ def test_odd_lengths_come_back_sample_exact(editor):
     assert editor.edit(audio, 44100, "add piano", seed=0).audio.shape == (1, 13001)
 
 
+def test_a_few_samples_still_come_back_as_a_few_samples(editor):
+    audio = np.array([[0.1, -0.1, 0.1]], dtype=np.float32)
+    assert editor.edit(audio, 8000, "add drums", seed=0).audio.shape == (1, 3)
+
+
 def test_integer_pcm_is_accepted(editor):
     pcm = (_music(0.3, 16000) * 32767).astype(np.int16)
     assert editor.edit(pcm, 16000, "add piano", seed=0).audio.shape == pcm.shape
