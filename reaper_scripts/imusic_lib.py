@@ -361,14 +361,20 @@ def tick() -> None:
     now = _LAST_TICK = time.monotonic()
     cancelled = _cancelled_ids(R)
     for session in list(_SESSIONS):
-        outcome = session.step(now, cancelled)
-        if outcome == "silent":
-            _drop(session)
-            host, port = engine_address()
-            _message(NOT_RUNNING.format(host=host, port=port))
-        elif outcome == "done":
-            _drop(session)
-            finish(R, session)
+        try:
+            outcome = session.step(now, cancelled)
+            if outcome == "silent":
+                _drop(session)
+                host, port = engine_address()
+                _message(NOT_RUNNING.format(host=host, port=port))
+            elif outcome == "done":
+                _drop(session)
+                finish(R, session)
+        except Exception as exc:  # a bug must cost one action, not the loop that watches every other one
+            if session in _SESSIONS:
+                _drop(session)
+            label = planning.edit_label(session.instruction)
+            _message(f"Instruct: {label} stopped on an internal error: {type(exc).__name__}: {exc}")
     _remember_jobs(R)
     if _SESSIONS:
         _defer_tick(R)

@@ -116,6 +116,9 @@ def libpython() -> str:
 
 
 def _line_ending(data: bytes) -> bytes:
+    """The file's own line ending; for a new file, the platform's (REAPER writes CRLF on Windows)."""
+    if not data:
+        return b"\r\n" if os.name == "nt" else b"\n"
     return b"\r\n" if b"\r\n" in data else b"\n"
 
 

@@ -131,3 +131,27 @@ def test_a_result_file_that_vanished_is_reported_not_inserted(tmp_path, source, 
     finally:
         harness.close()
         engine.close()
+
+
+def test_a_bug_while_finishing_one_action_leaves_the_other_actions_running(tmp_path, source, monkeypatch):
+    engine = ScriptedEngine(lambda address, args, count: finish_edit(args) if address == protocol.EDIT else [])
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        harness.run("imusic_extract_drums.py")
+        library = harness.library
+        real_finish = library.finish
+
+        def finish_once_broken(R, session):
+            if session.instruction == "extract drums":
+                raise RuntimeError("boom")
+            real_finish(R, session)
+
+        monkeypatch.setattr(library, "finish", finish_once_broken)
+        harness.run("imusic_remove_drums.py")
+        harness.settle(timeout=10)
+        (message,) = [m for m, _, _ in harness.reaper.messages]
+        assert message == "Instruct: extract drums stopped on an internal error: RuntimeError: boom"
+        assert [t.name for t in harness.reaper.tracks] == ["Mix", "Mix \u00b7 remove drums"]
+    finally:
+        harness.close()
+        engine.close()
