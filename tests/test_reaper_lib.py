@@ -155,3 +155,27 @@ def test_a_bug_while_finishing_one_action_leaves_the_other_actions_running(tmp_p
     finally:
         harness.close()
         engine.close()
+
+
+def test_a_lost_done_reply_is_recovered_by_asking_for_the_jobs_state(tmp_path, source, monkeypatch):
+    def answer(address, args, count):
+        if address == protocol.EDIT:
+            finish_edit(args)  # the result is written, but the /done datagram is "lost"
+            answer.output = args[5]
+            return [(protocol.ACCEPTED, [args[0], 0])]
+        if address == protocol.STATUS:
+            return [(protocol.STATE, [args[0], protocol.DONE_STATE, 1.0, answer.output])]
+        return []
+
+    engine = ScriptedEngine(answer)
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        harness.run("imusic_add_bass.py")
+        harness.library.RESEND_EVERY_S = 0.1
+        harness.settle(timeout=10)
+        assert harness.reaper.messages == []
+        (result,) = harness.reaper.tracks[1].items
+        assert result.take.source.filename == answer.output
+    finally:
+        harness.close()
+        engine.close()
