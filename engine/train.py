@@ -32,6 +32,8 @@ CKPT_VERSION = 1
 CKPT_DIR = "checkpoints"
 HISTORY = "history.json"
 CURVES = "curves.png"
+# What a resumed run may change; everything else is the saved run's.
+RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "log_every")
 
 
 @dataclass
@@ -520,12 +522,16 @@ def train(
     *,
     resume: bool = False,
     resume_from: str | Path | None = None,
+    changes: Sequence[str] = RESUME_CHANGES,
     progress: bool = True,
     stop_after: int | None = None,
     export: bool = True,
 ) -> RunResult:
-    """Run (or continue) training into `run_dir`. `stop_after` ends the call after that global step (tests use it to
-    simulate an interruption); the schedule still follows `cfg.steps`."""
+    """Run (or continue) training into `run_dir`.
+
+    On resume the saved configuration defines the run; only the fields named in `changes` are taken from `cfg`.
+    `stop_after` ends the call after that global step (tests use it to simulate an interruption); the schedule still
+    follows `cfg.steps`."""
     import torch
 
     from engine.device import parse_device
@@ -543,10 +549,8 @@ def train(
         earlier = [p for p in existing if p.name < chosen.name]
         payload = load_checkpoint(chosen, earlier[-1] if earlier else None)
         saved = TrainConfig.from_dict(payload["config"])
-        # The saved run defines the run; only how long it goes and how often it reports may change.
-        cfg = TrainConfig.from_dict(
-            {**asdict(saved), **{k: getattr(cfg, k) for k in ("steps", "ckpt_every", "val_every", "log_every")}}
-        )
+        # The saved run defines the run; only how long it goes, how often it reports and where it runs may change.
+        cfg = TrainConfig.from_dict({**asdict(saved), **{k: getattr(cfg, k) for k in changes}})
     elif existing:
         raise ConfigError(f"{run_dir} already holds a run ({existing[-1].name}); pass --resume or choose a new folder")
     cfg.check()
@@ -683,60 +687,67 @@ def train(
 # ---- command line ---------------------------------------------------------------------------------------------------
 
 
+# (flag, TrainConfig field, type, help); every default is TrainConfig's, so `--resume` can tell what was given.
+_OPTIONS: list[tuple[str, str, type, str]] = [
+    ("--stage", "stage", str, "what to train: {stages} (default {default})"),
+    ("--steps", "steps", int, "optimizer steps (default {default})"),
+    ("--batch", "batch", int, "clips per micro-batch (default {default})"),
+    ("--accum", "accum", int, "micro-batches per optimizer step (default {default})"),
+    ("--lr", "lr", float, "peak learning rate (default {default:g})"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (default {default:g})"),
+    ("--warmup", "warmup", int, "linear warm-up steps before the cosine decay (default {default})"),
+    ("--grad-clip", "grad_clip", float, "gradient norm clip, 0 = off (default {default:g})"),
+    ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps, last 2 kept (default {default})"),
+    ("--val-every", "val_every", int, "validation loss every M steps (default {default})"),
+    ("--val-clips", "val_clips", int, "validation clips (default {default})"),
+    ("--seconds", "seconds", float, "clip length in seconds (default {default:g})"),
+    ("--classes", "classes", str, "stem classes: 4stems, all, or a comma list (default {default})"),
+    ("--device", "device", str, "cuda, cuda:1, mps, cpu (default: the best available)"),
+    ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
+    ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
+]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic train` options (defaults: the official adapter hyper-parameters)."""
-    d = TrainConfig()
-    parser.add_argument("--data", required=True, help="stem data set folder (Slakh, MoisesDB or plain folders)")
-    parser.add_argument(
-        "--base", required=True, help="base model: our model dir, transformers/audiocraft dir, hub name"
-    )
+    defaults = TrainConfig()
+    parser.add_argument("--data", help="stem data set folder (Slakh, MoisesDB or plain folders of stems)")
+    parser.add_argument("--base", help="base model: our model dir, a transformers/audiocraft dir, or a cached hub name")
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, result)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN_DIR")
     parser.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
-    parser.add_argument("--stage", default=d.stage, help=f"what to train: {', '.join(STAGES)} (default {d.stage})")
-    parser.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    parser.add_argument("--batch", type=int, default=d.batch, help=f"clips per micro-batch (default {d.batch})")
-    parser.add_argument("--accum", type=int, default=d.accum, help=f"micro-batches per step (default {d.accum})")
-    parser.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr:g})")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay (default 0.05)")
-    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"warm-up steps (default {d.warmup})")
-    parser.add_argument("--grad-clip", type=float, default=d.grad_clip, help="gradient norm clip, 0 = off (default 2)")
-    parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint every N steps (default 100)")
-    parser.add_argument("--val-every", type=int, default=d.val_every, help="validation loss every M steps")
-    parser.add_argument("--val-clips", type=int, default=d.val_clips, help="validation clips (default 16)")
-    parser.add_argument("--seconds", type=float, default=d.seconds, help="clip length in seconds (default 5)")
-    parser.add_argument("--classes", default=d.classes, help="4stems, all, or a comma list of stem classes")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, mps, cpu (default: the best available)")
-    parser.add_argument("--precision", default=d.precision, help="auto, fp32, bf16, fp16 (default auto)")
-    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and the clip draws")
+    for flag, name, kind, text in _OPTIONS:
+        default = getattr(defaults, name)
+        parser.add_argument(flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(STAGES)))
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, then print where the result is."""
+    """Train (or resume), then print where the result is."""
     from engine.device import default_device
 
-    cfg = TrainConfig(
-        data=str(args.data),
-        base=str(args.base),
-        stage=args.stage,
-        steps=args.steps,
-        batch=args.batch,
-        accum=args.accum,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        grad_clip=args.grad_clip,
-        ckpt_every=args.ckpt_every,
-        val_every=args.val_every,
-        val_clips=args.val_clips,
-        seconds=args.seconds,
-        classes=args.classes,
-        seed=args.seed,
-        device=args.device or str(default_device()),
-        precision=args.precision,
+    resuming = bool(args.resume or args.resume_from)
+    if not resuming and not (args.data and args.base):
+        raise ConfigError("--data and --base are required for a new run (a resumed run remembers them)")
+    given = {name: getattr(args, name) for _, name, _, _ in _OPTIONS if getattr(args, name) is not None}
+    if args.data:
+        given["data"] = str(args.data)
+    if args.base:
+        given["base"] = str(args.base)
+    if not resuming and "device" not in given:
+        given["device"] = str(default_device())
+    ignored = sorted(set(given) - set(RESUME_CHANGES)) if resuming else []
+    if ignored:
+        print(f"imusic train: resuming keeps the run's own {', '.join(ignored)}", file=sys.stderr)
+    changes = [name for name in RESUME_CHANGES if name in given]
+    result = train(
+        TrainConfig(**given),
+        args.output,
+        resume=args.resume,
+        resume_from=args.resume_from,
+        changes=changes,
+        progress=not args.quiet,
     )
-    result = train(cfg, args.output, resume=args.resume, resume_from=args.resume_from, progress=not args.quiet)
     last = result.history["train"][-1][1] if result.history["train"] else float("nan")
     print(f"trained {result.step} steps, last loss {last:.4f}; curves: {result.run_dir / CURVES}")
     for what, path in result.outputs.items():
