@@ -171,3 +171,9 @@ def test_real_player_plays_a_short_clip_on_the_default_device():
     player.play(tone(0.2, 48000), 48000)
     assert player.wait(timeout=5.0)
     assert not player.is_playing
+
+
+@pytest.mark.skipif(bool(_real_output_devices()), reason="this machine has an output device")
+def test_real_get_player_without_an_output_device_says_how_to_fix_it():
+    with pytest.raises(PlaybackUnavailable, match="no audio output device.*pip install sounddevice"):
+        playback.get_player()

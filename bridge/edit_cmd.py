@@ -1,0 +1,157 @@
+"""`imusic edit`: edit one audio file (or a region of it) in-process, write the result atomically, optionally play it.
+
+    imusic edit song.wav "extract drums" -o drums.wav [--start 10 --end 20] [--seed N] [--takes N] [--raw]
+                [--play | --ab] [--output-device NAME|INDEX] [--model PATH] [--device cpu|cuda] [--force]
+
+Without -o the result goes to `results/<input>.<edit>.wav` beside the input under a name not yet taken. The result is
+never written over the input, and an existing OUT is replaced only with --force. Playback problems (no sound card,
+no PortAudio) are one line on stderr: the edit itself has already succeeded and the exit code stays 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, ImusicError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="audio file to edit (wav, aiff, flac, mp3, ogg)")
+    parser.add_argument("instruction", help='what to do, e.g. "extract drums", "no bass", "add piano"')
+    parser.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside INPUT)")
+    parser.add_argument("--start", type=float, default=0.0, help="start of the region, seconds (default 0)")
+    parser.add_argument("--end", type=float, default=None, help="end of the region, seconds (default: end of file)")
+    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random, printed)")
+    parser.add_argument("--takes", type=int, default=1, help="generate N takes and keep the best")
+    parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never the input)")
+    listen = parser.add_mutually_exclusive_group()
+    listen.add_argument("--play", action="store_true", help="play the result when done")
+    listen.add_argument(
+        "--ab", action="store_true", help="alternate source and result every 4 s until a key is pressed"
+    )
+    parser.add_argument("--output-device", default=None, help="audio output for --play/--ab, by name or index")
+    parser.add_argument("--model", default=None, help="model directory or checkpoint (default: the embedded model)")
+    parser.add_argument("--adapter", default=None, help="adapter directory to load on top of the model")
+    parser.add_argument("--device", default=None, help="torch device for the model (default: the best available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's best)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def choose_output(input_path: Path, instruction: str, output: str | None, force: bool) -> Path:
+    """Where the result goes; ConfigError for the input itself, or an existing file without --force."""
+    from bridge.audio_io import unique_result_path
+
+    if not output or Path(output).is_dir() or output.endswith(("/", os.sep)):
+        return unique_result_path(input_path, instruction, output or None)  # a fresh name: nothing to refuse
+    target = Path(output).expanduser()
+    if target.suffix.lower() != ".wav":
+        raise ConfigError(f"results are written as WAV: name the output {target.with_suffix('.wav').name}")
+    if _same_file(target, input_path) or target.resolve() == input_path.resolve():
+        raise ConfigError(f"{target} is the input file: choose another output, the input is never overwritten")
+    if target.exists() and not force:
+        raise ConfigError(f"{target} exists: choose another name or pass --force to replace it")
+    return target
+
+
+def _progress_bar(enabled: bool) -> tuple[Any, Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=100,
+        file=sys.stderr,
+        disable=not enabled,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        desc="editing",
+    )
+
+    def progress(fraction: float, stage: str) -> None:
+        bar.set_description_str(stage or "editing", refresh=False)
+        bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
+
+    return bar, progress
+
+
+def _describe(result: Any, seconds: float) -> str:
+    levels = (result.info or {}).get("levels") or {}
+    parts = [f"seed {result.seed}", f"{seconds:.1f} s"]
+    if "result_lufs" in levels:
+        parts.append(f"{levels['result_lufs']:.1f} LUFS")
+    if "gain_db" in levels:
+        parts.append(f"gain {levels['gain_db']:+.1f} dB")
+    if levels.get("limited"):
+        parts.append("peak-limited")
+    return ", ".join(parts)
+
+
+def audition(source: Any, result: Any, sample_rate: int, *, ab: bool, device: str | None) -> None:
+    """Play the result (or A/B it against the source); playback problems are one line on stderr, never fatal."""
+    from bridge import playback
+
+    try:
+        player = playback.get_player(device)
+        with playback.KeyWatcher() as keys:
+            if ab:
+                sys.stderr.write("A/B: source and result alternate every 4 s; press a key to stop\n")
+                playback.play_ab(
+                    player,
+                    source,
+                    result,
+                    sample_rate,
+                    should_stop=keys.pressed,
+                    on_segment=lambda label, start, end: sys.stderr.write(f"  {label:6s} {start:6.1f}-{end:.1f} s\n"),
+                )
+            else:
+                sys.stderr.write("playing the result; press a key to stop\n")
+                playback.play_clip(player, result, sample_rate, keys.pressed)
+    except ImusicError as exc:
+        sys.stderr.write(f"imusic edit: playback unavailable: {exc}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the paths, read the region, load the model, edit, write atomically, then play if asked."""
+    from bridge.audio_io import read_region, write_atomic
+
+    if args.takes < 1:
+        raise ConfigError("--takes must be at least 1")
+    input_path = Path(args.input).expanduser()
+    output = choose_output(input_path, args.instruction, args.output, args.force)
+    end = -1.0 if args.end is None else args.end  # audio_io: a negative end means the end of the file
+    audio, sample_rate = read_region(input_path, args.start, end)  # [C, N]; bad files fail before the model loads
+
+    from engine.editor import Editor
+
+    editor = Editor.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
+    editor.parse(args.instruction)  # an unknown instruction fails here, before any compute
+    bar, progress = _progress_bar(enabled=not args.no_progress and sys.stderr.isatty())
+    started = time.monotonic()
+    try:
+        result = editor.edit(
+            audio, sample_rate, args.instruction, seed=args.seed, takes=args.takes, raw=args.raw, progress=progress
+        )
+    finally:
+        bar.close()
+    seconds = time.monotonic() - started
+    try:
+        written = write_atomic(output, result.audio, sample_rate, overwrite=args.force)
+    except FileExistsError:
+        raise ConfigError(f"{output} appeared while editing: choose another name or pass --force") from None
+    except PermissionError as exc:
+        raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+    print(written)
+    sys.stderr.write(f"{result.instruction.label}: {_describe(result, seconds)}\n")
+    if args.play or args.ab:
+        audition(audio, result.audio, sample_rate, ab=args.ab, device=args.output_device)
+    return 0

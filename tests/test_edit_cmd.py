@@ -1,0 +1,127 @@
+"""`imusic edit`: one file in, one result out (atomically, never over the input), optional audition."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge import playback
+from bridge.cli import main
+from bridge.playback import FakePlayer
+
+RATE = 22050
+
+
+@pytest.fixture
+def song(tmp_path) -> Path:
+    path = tmp_path / "song.wav"
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.1 * rng.standard_normal((int(1.5 * RATE), 2))).astype(np.float32), RATE)
+    return path
+
+
+@pytest.fixture
+def no_keys(monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # nobody presses a key
+
+
+def edit(song: Path, model: Path, *extra: str) -> int:
+    return main(["edit", str(song), "extract drums", "--model", str(model), "--device", "cpu", "--seed", "1", *extra])
+
+
+def test_writes_the_region_at_the_sources_rate_and_channels(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--start", "0.25", "--end", "1.25") == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    info = sf.info(out)
+    assert (info.samplerate, info.channels, info.frames) == (RATE, 2, RATE)
+    assert info.subtype == "FLOAT"
+
+
+def test_default_output_goes_to_results_beside_the_input_under_a_fresh_name(song, tiny_model_dir, capsys):
+    assert edit(song, tiny_model_dir) == 0
+    assert edit(song, tiny_model_dir) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).parent for p in printed] == [song.parent / "results"] * 2
+    assert printed[0] != printed[1]
+
+
+def test_refuses_to_write_over_the_input(song, tiny_model_dir, capsys):
+    before = song.read_bytes()
+    assert edit(song, tiny_model_dir, "-o", str(song), "--force") == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert song.read_bytes() == before
+
+
+def test_refuses_an_existing_output_unless_forced(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "taken.wav"
+    out.write_bytes(b"keep me")
+    assert edit(song, tiny_model_dir, "-o", str(out)) == 1
+    assert "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--force") == 0
+    assert sf.info(out).frames == int(1.5 * RATE)
+
+
+def test_unknown_instruction_is_one_line_and_writes_nothing(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "x.wav"
+    code = main(["edit", str(song), "make it groovier", "-o", str(out), "--model", str(tiny_model_dir)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "make it groovier" in err
+    assert not out.exists()
+
+
+def test_unreadable_input_fails_before_a_model_is_loaded(tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    assert main(["edit", str(bad), "extract drums", "--model", "/nonexistent/model"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_output_must_be_a_wav_file(song, tmp_path, capsys):
+    assert main(["edit", str(song), "extract drums", "-o", str(tmp_path / "out.mp3")]) == 1
+    assert "out.wav" in capsys.readouterr().err
+
+
+def test_play_plays_the_written_result(song, tmp_path, tiny_model_dir, monkeypatch, no_keys):
+    player = FakePlayer(time_scale=0.0)
+    monkeypatch.setattr(playback, "get_player", lambda device=None: player)
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--play") == 0
+    (clip, rate), *_ = player.played
+    written, written_rate = sf.read(out, dtype="float32", always_2d=True)
+    assert rate == written_rate == RATE
+    np.testing.assert_array_equal(clip, written.T)
+
+
+def test_ab_alternates_source_and_result_on_the_chosen_device(tmp_path, tiny_model_dir, monkeypatch, no_keys):
+    rate = 8000
+    song = tmp_path / "long.wav"
+    sf.write(song, (0.1 * np.random.default_rng(1).standard_normal((5 * rate, 1))).astype(np.float32), rate, "FLOAT")
+    player, chosen = FakePlayer(time_scale=0.0), []
+    monkeypatch.setattr(playback, "get_player", lambda device=None: chosen.append(device) or player)
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--ab", "--output-device", "Scarlett") == 0
+    assert chosen == ["Scarlett"]
+    source = sf.read(song, dtype="float32", always_2d=True)[0].T
+    result = sf.read(out, dtype="float32", always_2d=True)[0].T
+    (first, _), (second, _) = player.played  # 0-4 s as it was, then 4-5 s as edited
+    np.testing.assert_array_equal(first, source[:, : 4 * rate])
+    np.testing.assert_array_equal(second, result[:, 4 * rate :])
+
+
+def test_no_sound_card_is_one_line_and_the_edit_still_succeeds(song, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    def unavailable(device=None):
+        raise playback.PlaybackUnavailable(f"no audio output device found; connect one, or {playback.INSTALL_HINT}")
+
+    monkeypatch.setattr(playback, "get_player", unavailable)
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--play") == 0
+    err = capsys.readouterr().err
+    assert "playback unavailable" in err and "pip install sounddevice" in err and "libportaudio2" in err
+    assert out.exists()
