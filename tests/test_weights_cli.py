@@ -221,6 +221,8 @@ def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, of
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = load_model("instruct-musicgen", device="cpu", dtype="fp32")
     assert model.card.has_adapter
+    explicit = load_model("musicgen-large", adapter="ldzhangyx/instruct-MusicGen", device="cpu", dtype="fp32")
+    assert torch.equal(explicit.lm.fusion.gates, model.lm.fusion.gates)
     assert model.card.name == "facebook/musicgen-large"
     assert "musicgen-large" in model.card.provenance["path"]
     assert model.card.provenance["adapter"].endswith("finetuned.ckpt")

@@ -2,7 +2,9 @@
 
 Sources: our model directory (model_card.json + base/ + adapter/), a transformers MusicGen directory, an audiocraft
 directory (state_dict.bin + compression_state_dict.bin), or a hub name already in the local Hugging Face cache.
-Adapters: our adapter directory (adapter.json + adapter.safetensors) or the official `finetuned.ckpt`.
+Adapters: our adapter directory (adapter.json + adapter.safetensors) or the official `finetuned.ckpt` (a path or a
+cached hub name); the official adapter given alone as `source` goes on the cached facebook/musicgen-large.
+`save_model_dir` writes our model directory from loaded parts (what training produces).
 """
 
 from __future__ import annotations
@@ -120,9 +122,7 @@ def load_model(
         raise CheckpointError(f"{path} is an adapter, not a model: pass it as the adapter and give a base model")
 
     card_data: dict[str, Any] = {}
-    adapter_path: Path | None = Path(adapter).expanduser() if adapter is not None else None
-    if adapter_path is not None and not adapter_path.exists():
-        raise CheckpointError(f"no adapter at {adapter_path}: the path does not exist")
+    adapter_path = _resolve_adapter(adapter) if adapter is not None else None
     base = path
     if layout == "imusic":
         card_data = read_model_card(path)
@@ -170,6 +170,19 @@ def load_model(
         **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
     )
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _resolve_adapter(adapter: str | Path) -> Path:
+    """A local path for an adapter: as given, or a hub name's cached snapshot (its finetuned.ckpt if it has one)."""
+    path = Path(adapter).expanduser()
+    if path.exists():
+        return path
+    from engine.weights import hub
+
+    if not hub.looks_like_hub_name(str(adapter)):
+        raise CheckpointError(f"no adapter at {path}: the path does not exist")
+    snapshot = hub.cached_snapshot(str(adapter))
+    return snapshot / "finetuned.ckpt" if (snapshot / "finetuned.ckpt").is_file() else snapshot
 
 
 def _display_name(path: Path) -> str:
