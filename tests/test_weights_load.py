@@ -311,3 +311,14 @@ def test_legacy_weight_norm_names_load_at_full_precision(model_copy):
     model = load_model(model_copy, device="cpu", dtype="bf16")
     expected = state["audio_encoder.decoder.layers.0.conv.parametrizations.weight.original1"]
     assert torch.equal(model.codec.model.decoder.layers[0].conv.parametrizations.weight.original1, expected)
+
+
+def test_tiny_model_dir_is_reproducible_from_its_seed(tiny_model_dir, tmp_path):
+    from engine.testing import build_tiny_model_dir
+
+    again = build_tiny_model_dir(tmp_path / "again", seed=0)
+    other = build_tiny_model_dir(tmp_path / "other", seed=1)
+    for part in ("base/model.safetensors", "adapter/adapter.safetensors"):
+        first, second, third = (load_file(str(d / part)) for d in (tiny_model_dir, again, other))
+        assert all(torch.equal(first[n], second[n]) for n in first), part
+        assert any(not torch.equal(first[n], third[n]) for n in first), part
