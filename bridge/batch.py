@@ -915,7 +915,11 @@ def run(args: argparse.Namespace) -> int:
         model = backend.model_info.get("model")
         settings = {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw)}
         manifest.data.update(
-            session=str(session.resolve()), output=str(out.resolve()), edits=[t for t, _ in labels], model=model
+            session=str(session.resolve()),
+            output=str(out.resolve()),
+            edits=[t for t, _ in labels],
+            model=model,
+            engine=_jsonable(backend.model_info),  # device, dtype, server or Ray workers of the latest run
         )
         summary = run_batch(
             pairs,
