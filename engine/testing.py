@@ -29,40 +29,11 @@ TINY_FFN = 128
 TINY_COND_FRAMES = 501
 
 # Words the tiny tokenizer knows: the official instruction words, our stems, and words for describing mixes.
-TINY_WORDS = [
-    "music",
-    "piece",
-    "instruct",
-    "add",
-    "no",
-    "only",
-    "remove",
-    "extract",
-    "drums",
-    "bass",
-    "piano",
-    "guitar",
-    "strings",
-    "vocals",
-    "synth",
-    "organ",
-    "brass",
-    "and",
-    "with",
-    "without",
-    "the",
-    "a",
-    "of",
-    "mix",
-    "full",
-    "song",
-    "just",
-    "plus",
-    "lead",
-    "pad",
-    "percussion",
-    "keys",
-]
+_WORD_LINES = (
+    "music piece instruct add no only remove extract drums bass piano guitar strings vocals synth organ brass",
+    "and with without the a of mix full song just plus lead pad percussion keys",
+)
+TINY_WORDS = tuple(word for line in _WORD_LINES for word in line.split())
 
 
 def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD):
