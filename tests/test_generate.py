@@ -72,6 +72,13 @@ def test_sample_top_p_keeps_the_smallest_set_holding_p():
     assert set(drawn.tolist()) == {0, 1}
 
 
+def test_sample_follows_the_softmax_distribution():
+    target = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    drawn = sample(target.log().repeat(20000, 1), top_k=0, generator=torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(drawn, minlength=4).float() / drawn.numel()
+    assert torch.allclose(frequencies, target, atol=0.015)
+
+
 def test_low_temperature_concentrates_on_the_argmax():
     logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(200, 1)
     drawn = sample(logits, top_k=0, temperature=0.05, generator=torch.Generator().manual_seed(0))
