@@ -19,7 +19,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,11 +281,120 @@ class AdapterStage(Stage):
         return {"adapter": str(adapter_dir), "model": str(model_dir)}
 
 
+def _is_codec_dir(path: Path) -> bool:
+    """A bare EnCodec directory (what `--stage codec` writes): config.json of model_type "encodec"."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == "encodec"
+    except (OSError, ValueError):
+        return False
+
+
+def base_vocabulary() -> list[str]:
+    """Words a small base model's tokenizer knows: caption words of every stem class and the instruction template."""
+    from engine.bundle import OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+    from engine.data.stems import FOUR_STEMS, GM_FAMILIES, caption_word
+
+    words = ["<pad>", "</s>", "<unk>"]
+    text = " ".join([OFFICIAL_TEMPLATE, *OFFICIAL_VERBS.values(), "and", "silence", "vocals", "other", "percussion"])
+    classes = [*FOUR_STEMS, *GM_FAMILIES]  # Drums is no General MIDI family (channel 10), so it is named apart
+    names = [caption_word(cls) for cls in classes] + [cls.lower() for cls in classes]
+    for word in [*text.lower().replace("{verb}", " ").replace("{stem}", " ").split(), *" ".join(names).split()]:
+        word = word.strip(".:,()")
+        if word and word not in words:
+            words.append(word)
+    return [*words, ".", ":", ",", "(", ")", "-", "'"]
+
+
+def build_base_template(
+    codec_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    layers: int = 4,
+    dim: int = 256,
+    heads: int = 4,
+    text_dim: int = 128,
+    text_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A transformers MusicGen directory around a trained codec: random decoder and small T5, word-level tokenizer.
+
+    The embedded default model is built this way (codec stage -> this template -> base stage -> adapter stage).
+    The word-level tokenizer knows the caption and instruction words (`base_vocabulary`); others map to <unk>.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import (
+        EncodecModel,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        PreTrainedTokenizerFast,
+        T5Config,
+    )
+
+    from engine.codec import Codec
+    from engine.weights.transformers_layout import quiet_transformers
+
+    if text_dim == dim:
+        # transformers' MusicGen drops enc_to_dec_proj when the widths match; our decoder always has text_proj.
+        raise ConfigError(f"--text-dim must differ from --dim (both {dim})")
+    with quiet_transformers():
+        codec_model = EncodecModel.from_pretrained(str(codec_dir), local_files_only=True)
+    num_codebooks = Codec(codec_model).num_codebooks
+    card = int(codec_model.config.codebook_size)
+    vocab = {word: index for index, word in enumerate(base_vocabulary())}
+    text = T5Config(
+        vocab_size=len(vocab),
+        d_model=text_dim,
+        d_kv=text_dim // 4,
+        d_ff=2 * text_dim,
+        num_layers=text_layers,
+        num_heads=4,
+        relative_attention_num_buckets=16,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=card,
+        num_hidden_layers=layers,
+        hidden_size=dim,
+        num_attention_heads=heads,
+        ffn_dim=4 * dim,
+        num_codebooks=num_codebooks,
+        pad_token_id=card,
+        bos_token_id=card,
+        max_position_embeddings=2048,
+        dropout=0.0,
+    )
+    with quiet_transformers():
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(
+            MusicgenConfig(text_encoder=text, audio_encoder=codec_model.config, decoder=decoder)
+        )
+        model.audio_encoder.load_state_dict(codec_model.state_dict())
+        backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 class BaseStage(Stage):
     """A base text-to-music model from scratch: decoder + text encoder + text_proj, codes from the frozen codec.
 
     --base gives the architecture, tokenizer and codec (a transformers-layout directory, or our model dir with one);
-    the decoder and text encoder weights are re-initialised. Captions name what sounds ("drums and bass").
+    the decoder and text encoder weights are re-initialised. Given a bare codec directory (the codec stage's output),
+    a template is built around it first (`build_base_template`, sizes from TrainConfig.extra). Captions name what
+    sounds ("drums and bass").
     """
 
     name = "base"
@@ -298,6 +407,13 @@ class BaseStage(Stage):
         from engine.weights.transformers_layout import load_hf_musicgen, load_tokenizer
 
         self.cfg = cfg
+        if _is_codec_dir(Path(cfg.base).expanduser()):
+            template = Path(cfg.extra.get("run_dir", ".")) / "template"
+            if not (template / "config.json").is_file():
+                sizes = {k: int(v) for k, v in cfg.extra.items() if k in ("layers", "dim", "heads", "text_dim")}
+                build_base_template(Path(cfg.base).expanduser(), template, seed=cfg.seed, **sizes)
+            cfg = replace(cfg, base=str(template))
+            self.cfg = cfg
         self.base_path, self.base_card, _ = _base_parts(cfg.base)
         if detect_layout(self.base_path) != "transformers":
             raise ConfigError("--stage base needs a transformers-layout --base (its config, tokenizer and codec)")
@@ -559,6 +675,8 @@ def train(
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)
+    # Stages that build files of their own (the base stage's template) keep them inside the run folder.
+    cfg = replace(cfg, extra={**cfg.extra, "run_dir": str(run_dir)})
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
     try:
@@ -719,6 +837,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, name, kind, text in _OPTIONS:
         default = getattr(defaults, name)
         parser.add_argument(flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(STAGES)))
+    sizes = parser.add_argument_group("new base model from a codec directory (--stage base --base CODEC_DIR)")
+    sizes.add_argument("--layers", type=int, help="decoder layers (default 4)")
+    sizes.add_argument("--dim", type=int, help="decoder width (default 256)")
+    sizes.add_argument("--heads", type=int, help="decoder attention heads (default 4)")
+    sizes.add_argument("--text-dim", type=int, help="text encoder width (default 128)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -734,9 +857,11 @@ def run(args: argparse.Namespace) -> int:
         given["data"] = str(args.data)
     if args.base:
         given["base"] = str(args.base)
+    extra = {name: getattr(args, name) for name in ("layers", "dim", "heads", "text_dim")}
+    given["extra"] = {name: value for name, value in extra.items() if value is not None}
     if not resuming and "device" not in given:
         given["device"] = str(default_device())
-    ignored = sorted(set(given) - set(RESUME_CHANGES)) if resuming else []
+    ignored = sorted(name for name in set(given) - set(RESUME_CHANGES) if given[name]) if resuming else []
     if ignored:
         print(f"imusic train: resuming keeps the run's own {', '.join(ignored)}", file=sys.stderr)
     changes = [name for name in RESUME_CHANGES if name in given]

@@ -183,3 +183,20 @@ def test_imusic_train_command_line_reports_an_unknown_stage_in_one_line(config, 
     argv = ["train", "--data", config.data, "--base", config.base, "-o", str(tmp_path / "run"), "--stage", "nope"]
     assert main(argv) == 1
     assert "unknown stage 'nope'" in capsys.readouterr().err
+
+
+def test_base_stage_builds_from_a_bare_codec_then_adapters_train_on_the_result(config, tmp_path):
+    from engine.testing import tiny_musicgen
+    from engine.weights import load_model
+
+    tiny_musicgen().audio_encoder.save_pretrained(tmp_path / "codec")
+    sizes = {"layers": 1, "dim": 32, "heads": 2, "text_dim": 16}
+    base_cfg = replace(config, stage="base", base=str(tmp_path / "codec"), steps=1, lr=1e-3, extra=sizes)
+    base = train(base_cfg, tmp_path / "base_run", progress=False)
+    loaded = load_model(base.outputs["model"], device="cpu", dtype=torch.float32)
+    assert (loaded.lm.cfg.num_layers, loaded.lm.cfg.dim, loaded.text.dim) == (1, 32, 16)
+    ids = loaded.text.tokenizer("Music piece. Instruct: Only Drums. drums, bass and mallets")["input_ids"]
+    assert 2 not in ids  # every caption and instruction word is in the vocabulary (2 = <unk>)
+    adapters = train(replace(config, base=base.outputs["model"], steps=1), tmp_path / "adapter_run", progress=False)
+    edited = load_model(adapters.outputs["model"], device="cpu", dtype=torch.float32)
+    assert edited.card.has_adapter and edited.lm.cfg.dim == 32
