@@ -16,6 +16,7 @@ resident model per worker. Heavy imports (torch, ray) happen inside functions: `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -492,7 +493,8 @@ class ServerBackend:
         self.model_info = {"model": model, "device": device, "server": address, "server_version": version}
         self.seed, self.takes = seed, takes
         self.per_file_progress = True
-        self.checked: set[str] = set()
+        self.submitted: set[str] = set()
+        self.early: dict[str, Any] = {}  # job id -> a final reply read while checking the edits
 
     def parse(self, text: str) -> Any:
         # Only the server knows its model's stems; it refuses an unknown instruction when the job arrives, and the
@@ -501,25 +503,70 @@ class ServerBackend:
 
         return parse_instruction(text, None)
 
-    def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
-        from bridge.client import RemoteError
+    def _submit(self, pair: Pair, job_id: str) -> None:
+        pair.output.parent.mkdir(parents=True, exist_ok=True)
+        # An output file the manifest does not vouch for is a leftover: the server must not pick another name.
+        pair.output.unlink(missing_ok=True)
+        self.client.submit(
+            str(pair.source.path),
+            pair.source.start_s,
+            _end(pair.source),
+            pair.edit,
+            output_path=str(pair.output),
+            seed=self.seed,
+            takes=self.takes,
+            job_id=job_id,
+        )
 
+    def _check_edits_on_server(self, pairs: list[Pair], job_ids: dict[str, str]) -> None:
+        """Submit the first pair of every edit and wait for accepted/error: only the server knows its model's stems,
+        and it checks the instruction before queueing. One it refuses stops the batch before the rest is sent."""
+        from bridge import protocol
+        from bridge.client import NoReply
+
+        firsts = list({pair.label: pair for pair in reversed(pairs)}.values())[::-1]
+        for pair in firsts:
+            self._submit(pair, job_ids[pair.key])
+        refused = None
+        for pair in firsts:
+            job_id = job_ids[pair.key]
+            try:
+                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=30.0)
+            except NoReply:
+                raise ResourceError("the server stopped answering; is `imusic serve` still running?") from None
+            if reply.address == protocol.ERROR and reply.code in FATAL_REMOTE_CODES and refused is None:
+                refused = f"the server refused '{pair.edit}': {reply.message}"
+            elif reply.is_final:
+                self.early[job_id] = reply  # already over (a bad file, a very short job): wait() would not see it
+        if refused is not None:
+            for pair in firsts:
+                with contextlib.suppress(ImusicError):
+                    self.client.cancel(job_ids[pair.key])
+            raise ConfigError(refused)
+        self.submitted = {job_ids[p.key] for p in firsts}
+
+    def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
+        from bridge import protocol
+        from bridge.client import JobResult, RemoteError
+
+        # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
+        nonce = os.urandom(4).hex()
+        job_ids = {pair.key: f"batch-{nonce}-{i}" for i, pair in enumerate(pairs)}
+        if pairs:
+            self._check_edits_on_server(pairs, job_ids)
         for pair in pairs:
             started = time.monotonic()
-            pair.output.parent.mkdir(parents=True, exist_ok=True)
-            # An output file the manifest does not vouch for is a leftover: the server must not pick another name.
-            pair.output.unlink(missing_ok=True)
+            job_id = job_ids[pair.key]
             try:
-                result = self.client.edit(
-                    str(pair.source.path),
-                    pair.source.start_s,
-                    _end(pair.source),
-                    pair.edit,
-                    output_path=str(pair.output),
-                    seed=self.seed,
-                    takes=self.takes,
-                    on_progress=lambda f, _stage, p=pair: progress(p, f),
-                )
+                early = self.early.pop(job_id, None)
+                if early is not None and early.address == protocol.ERROR:
+                    raise RemoteError(early.message, early.code, job_id)
+                if early is not None:
+                    result = JobResult(job_id, early.output_path, early.info)
+                else:
+                    if job_id not in self.submitted:
+                        self._submit(pair, job_id)
+                    result = self.client.wait(job_id, on_progress=lambda f, _stage, p=pair: progress(p, f))
             except RemoteError as exc:
                 if exc.code in FATAL_REMOTE_CODES:
                     raise ConfigError(f"the server refused '{pair.edit}' on {pair.source.rel}: {exc}") from None

@@ -1,0 +1,82 @@
+"""`imusic batch --server`: the jobs go to a running engine server (real sockets on loopback, the tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge.cli import main
+from bridge.server import EngineServer
+
+
+@pytest.fixture
+def server(tmp_path, tiny_editor):
+    server = EngineServer(
+        editor=tiny_editor, port=0, journal_dir=tmp_path / "journal", allow_roots=[tmp_path], warm_up=False
+    )
+    server.start()
+    assert server.wait_ready(30)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def session(tmp_path):
+    root = tmp_path / "session"
+    rng = np.random.default_rng(0)
+    for name, rate, channels in [("a.wav", 22050, 2), ("sub/b.wav", 16000, 1)]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(root / name, (0.1 * rng.standard_normal((rate // 2, channels))).astype(np.float32), rate)
+    return root
+
+
+def test_batch_through_the_server_renders_every_pair_and_resumes(server, session, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "--edit", "no bass", "-o", str(out)]
+    argv += ["--server", f"127.0.0.1:{server.port}", "--seed", "2"]
+    assert main(argv) == 0
+    assert "4 rendered" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"]["server"] == f"127.0.0.1:{server.port}"
+    record = manifest["pairs"]["sub/b | remove bass"]
+    assert record["status"] == "done" and record["output"] == "sub/b.remove_bass.wav"
+    assert "result_lufs" in record["levels"]
+    result, source = sf.info(out / "sub" / "b.remove_bass.wav"), sf.info(session / "sub" / "b.wav")
+    assert (result.samplerate, result.channels, result.frames) == (source.samplerate, source.channels, source.frames)
+
+    assert main(argv) == 0
+    assert "0 rendered, 4 already done" in capsys.readouterr().out
+
+
+def test_an_edit_the_server_model_does_not_know_stops_the_batch_with_one_line(server, session, tmp_path, capsys):
+    argv = ["batch", str(session), "--edit", "extract kazoo", "-o", str(tmp_path / "out")]
+    assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kazoo" in err
+
+
+def test_a_stem_only_the_server_model_lacks_stops_the_batch_before_the_rest(server, session, tmp_path, capsys):
+    # "vocals" is a word the client knows; the tiny model's card has no vocals: only the server can tell.
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "--edit", "extract vocals", "-o", str(out)]
+    assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vocals" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not [k for k, e in manifest["pairs"].items() if e["status"] == "done" and k.startswith("sub/")]
+
+
+def test_a_bad_file_fails_its_pairs_and_the_rest_is_done_through_the_server(server, session, tmp_path, capsys):
+    (session / "0_broken.wav").write_bytes(b"RIFF" + bytes(100))
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out")]
+    assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1
+    assert "2 rendered, 0 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_no_server_listening_is_one_clear_line(session, tmp_path, capsys):
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out"), "--server", "127.0.0.1:9"]
+    assert main(argv) == 1
+    assert "no imusic server answers at 127.0.0.1:9" in capsys.readouterr().err
