@@ -33,7 +33,7 @@ CKPT_DIR = "checkpoints"
 HISTORY = "history.json"
 CURVES = "curves.png"
 # What a resumed run may change; everything else is the saved run's.
-RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "log_every")
+RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "log_every", "workers")
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     device: str | None = None
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere
     log_every: int = 10
+    workers: int | None = None  # clip-loading processes; None: none on CPU, up to 4 on accelerators
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.val_clips < 0:
             raise ConfigError("warm-up, gradient clip, weight decay and validation clips must not be negative")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must not be negative, got {self.workers}")
         if not self.seconds > 0:
             raise ConfigError(f"--seconds must be positive, got {self.seconds}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -521,20 +524,81 @@ class BatchSampler:
         self.size, self.seed, self.epoch, self.position = size, seed, epoch, position
         self._order = np.random.default_rng([seed, epoch]).permutation(size)
 
-    def next(self, count: int, on_epoch: Callable[[int], None] | None = None) -> list[int]:
+    def next_keys(self, count: int) -> list[tuple[int, int]]:
+        """The next `count` items as (epoch, index): the epoch decides a training clip's random draw."""
         out = []
         while len(out) < count:
             if self.position >= self.size:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-                if on_epoch is not None:
-                    on_epoch(self.epoch)
-            out.append(int(self._order[self.position]))
+            out.append((self.epoch, int(self._order[self.position])))
             self.position += 1
         return out
 
+    def copy(self) -> BatchSampler:
+        return BatchSampler(self.size, self.seed, self.epoch, self.position)
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
+
+
+class _Keyed:
+    """A data set addressed by (epoch, index): loader workers hold copies, so the epoch travels with each request."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+        return key, self.data[index]
+
+
+class _KeyBatches:
+    """Endless micro-batches of keys for a DataLoader (a copy of the run's sampler, running ahead of it)."""
+
+    def __init__(self, sampler: BatchSampler, batch: int) -> None:
+        self.sampler, self.batch = sampler, batch
+
+    def __iter__(self):
+        while True:
+            yield self.sampler.next_keys(self.batch)
+
+
+class ClipFeeder:
+    """Micro-batches of clips in sampler order. With workers, clips are decoded ahead in other processes (audio
+    decoding and resampling would otherwise stall a GPU); the run's own sampler still advances one batch at a time,
+    so checkpoints record exactly what was trained on."""
+
+    def __init__(self, data, sampler: BatchSampler, batch: int, workers: int = 0, seed: int = 0) -> None:
+        self.keyed, self.sampler, self.batch = _Keyed(data), sampler, batch
+        self._batches = None
+        if workers > 0:
+            import torch
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(
+                self.keyed,
+                batch_sampler=_KeyBatches(sampler.copy(), batch),
+                num_workers=workers,
+                collate_fn=list,
+                # Worker seeds from their own generator: the run's torch RNG stream stays as without workers.
+                generator=torch.Generator().manual_seed(seed),
+            )
+            self._batches = iter(loader)
+
+    def next(self) -> list:
+        keys = self.sampler.next_keys(self.batch)
+        if self._batches is None:
+            return [self.keyed[key][1] for key in keys]
+        pairs = next(self._batches)
+        if [tuple(key) for key, _ in pairs] != keys:
+            raise RuntimeError("internal error: the clip loader ran out of step with the sampler")
+        return [item for _, item in pairs]
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -705,8 +769,8 @@ def train(
         history = payload["history"]
         step = int(payload["step"])
         _set_rng_state(payload["rng"])
-    if hasattr(train_data, "set_epoch"):
-        train_data.set_epoch(sampler.epoch)
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(4, os.cpu_count() or 1))
+    feeder = ClipFeeder(train_data, sampler, cfg.batch, workers, cfg.seed)
 
     def autocast():
         if autocast_dtype is None:
@@ -761,7 +825,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(cfg.accum):
-                items = [train_data[i] for i in sampler.next(cfg.batch, train_data.set_epoch)]
+                items = feeder.next()
                 with autocast():
                     loss = stage.loss(items)
                 if not torch.isfinite(loss):
@@ -823,6 +887,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--device", "device", str, "cuda, cuda:1, mps, cpu (default: the best available)"),
     ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
     ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
+    ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 4 on GPU)"),
 ]
 
 

@@ -81,6 +81,12 @@ def test_resume_gives_the_same_loss_curve_as_an_uninterrupted_run(config, tmp_pa
     assert [v for _, v in resumed.history["val"]] == pytest.approx([v for _, v in whole.history["val"]], abs=1e-6)
 
 
+def test_clip_loading_workers_do_not_change_the_run(config, tmp_path):
+    alone = train(replace(config, steps=2, workers=0), tmp_path / "alone", progress=False, export=False)
+    helped = train(replace(config, steps=2, workers=1), tmp_path / "helped", progress=False, export=False)
+    assert helped.history["train"] == alone.history["train"]
+
+
 def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(config, tmp_path):
     from engine.weights import load_model
     from engine.weights.adapter_format import load_adapter
