@@ -169,6 +169,7 @@ def evaluate(
     model: str | Path | None = None,
     adapter: str | Path | None = None,
     device: str | None = None,
+    dtype: str | None = None,
     limit: int | None = None,
     spectrograms: int = 0,
     seconds: float = 5.0,
@@ -191,7 +192,7 @@ def evaluate(
     if editor is None:
         from engine.editor import Editor
 
-        editor = Editor.load(model, adapter=adapter, device=device)
+        editor = Editor.load(model, adapter=adapter, device=device, dtype=dtype)
     tasks = check_tasks(tasks, editor.vocab.operations)
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -353,6 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
     parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: the best available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the device's fast one)")
     parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")
@@ -368,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         adapter=args.adapter,
         device=args.device,
+        dtype=args.dtype,
         limit=args.limit,
         spectrograms=args.spectrograms,
         seconds=args.seconds,

@@ -816,7 +816,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = None
-    if progress:
+    # A live bar on a terminal; plain lines every log_every steps in a log file (nohup, cluster jobs).
+    log_lines = progress and not sys.stderr.isatty()
+    if progress and not log_lines:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
@@ -850,6 +852,10 @@ def train(
                     history["val"].append((step, val))
                     if bar is not None:
                         bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{val:.4f}")
+            if log_lines and (step % cfg.log_every == 0 or step == last):
+                val_text = f" val {history['val'][-1][1]:.4f}" if history["val"] else ""
+                lr_now = history["lr"][-1][1]
+                print(f"step {step}/{cfg.steps} loss {step_loss:.4f}{val_text} lr {lr_now:.3g}", file=sys.stderr)
             if step % cfg.ckpt_every == 0 or step == last:
                 checkpoint()
                 write_history()

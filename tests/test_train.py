@@ -87,6 +87,13 @@ def test_clip_loading_workers_do_not_change_the_run(config, tmp_path):
     assert helped.history["train"] == alone.history["train"]
 
 
+def test_without_a_terminal_progress_is_a_log_line_every_log_every_steps(config, tmp_path, capsys):
+    train(replace(config, steps=2, log_every=1), tmp_path / "run", progress=True, export=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert "loss" in lines[-1] and "val" in lines[-1]
+
+
 def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(config, tmp_path):
     from engine.weights import load_model
     from engine.weights.adapter_format import load_adapter
