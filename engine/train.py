@@ -43,7 +43,7 @@ class TrainConfig:
     data: str = ""
     base: str = ""
     stage: str = "adapters"
-    steps: int = 1000
+    steps: int = 10000  # official: cosine schedule over 10k steps (instructmusicgenadapter_module.py)
     batch: int = 8
     accum: int = 4
     lr: float = 1e-4
@@ -602,7 +602,8 @@ class ClipFeeder:
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total` (transformers'
+    get_cosine_schedule_with_warmup, as the official run, except that step 0 already gets a small rate)."""
     if step < warmup:
         return (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, total - warmup)
@@ -753,7 +754,7 @@ def train(
     params = stage.parameters()
     if not params:
         raise ConfigError(f"stage {cfg.stage} has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # default betas, as official
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     sampler = BatchSampler(len(train_data), cfg.seed)
@@ -894,6 +895,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
     ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
     ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 4 on GPU)"),
+    ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),
 ]
 
 
