@@ -101,6 +101,33 @@ def test_reference_rows_of_a_real_run_are_right_by_construction(report_dir):
             assert clip["codec ceiling"]["si_sdr"] < clip["oracle"]["si_sdr"]
 
 
+class _EchoEditor:
+    """The real tiny editor's model and card, but every edit returns its input: the model row must equal identity."""
+
+    def __init__(self, editor) -> None:
+        self.model, self.card, self.vocab, self.sample_rate = (
+            editor.model,
+            editor.card,
+            editor.vocab,
+            editor.sample_rate,
+        )
+        self.info = editor.info
+
+    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(audio=np.array(audio, dtype=np.float32))
+
+
+def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_data, tiny_editor, tmp_path):
+    report = evaluate(
+        synth_data, ["extract"], tmp_path, editor=_EchoEditor(tiny_editor), limit=2, seconds=1.0, progress=False
+    )
+    summary = report["tasks"]["extract"]["summary"]
+    for metric in ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance"):
+        assert summary["model"][metric] == summary["identity"][metric]
+
+
 def test_the_markdown_report_has_a_table_per_task_and_says_what_was_skipped(report_dir):
     text = (report_dir / "report.md").read_text()
     for task in ("extract", "remove", "add"):
