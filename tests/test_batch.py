@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -435,3 +436,26 @@ def test_cli_refuses_an_empty_session_before_loading_a_model(tmp_path, capsys):
 def test_cli_without_edits_is_refused(session, tmp_path, capsys):
     assert main(["batch", str(session), "-o", str(tmp_path / "out")]) == 1
     assert "--edit" in capsys.readouterr().err
+
+
+def test_takes_and_raw_reach_the_engine_and_the_manifest(session, tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    assert main(batch_args(session, out, tiny_model_dir, "--takes", "2", "--raw")) == 0
+    record = json.loads((out / "manifest.json").read_text())["pairs"]["mix | remove bass"]
+    assert record["settings"] == {"model": "tiny-random", "seed": 3, "takes": 2, "raw": True}
+    assert (record["info"]["takes"], record["info"]["raw"]) == (2, True)
+
+
+def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    assert main(batch_args(session, out, tiny_model_dir)) == 0
+    assert main(batch_args(session, out, tiny_model_dir, "--raw")) == 0
+    assert "4 rendered, 0 already done" in capsys.readouterr().out.split("mix ")[-1]
+    manifest = json.loads((out / "manifest.json").read_text())["pairs"]
+    assert all(entry["settings"]["raw"] for entry in manifest.values())
+
+
+def test_command_modules_import_without_torch():
+    code = "import sys, bridge.batch, bridge.edit_cmd, bridge.playback; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
