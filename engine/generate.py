@@ -109,9 +109,41 @@ def generate(
 
     `cond_codes` [B, K, Tc] (Tc + 1 <= the adapter's cond_frames) feed the audio fusion. CFG is on when
     cfg_coef != 1 and there is text. `static` None picks the compiled static step on CUDA, eager elsewhere.
-    Raises Cancelled when should_stop() turns true (polled between steps).
+    Raises Cancelled when should_stop() turns true (polled between steps). A small model decodes on one CPU thread
+    (`decode_threads`): torch's thread count is set for the call and restored after.
     """
     batch = _check_inputs(lm, text_states, text_mask, num_frames, cond_codes, prompt_codes)
+    threads = decode_threads(lm)
+    previous = torch.get_num_threads()
+    if threads and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        return _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k,
+                         top_p, temperature, generator, progress, should_stop, static)  # fmt: skip
+    finally:
+        if threads and threads != previous:
+            torch.set_num_threads(previous)
+
+
+# Below this many weight bytes read per decode step, a CPU decode runs on one thread: its ops act on [B, 1, D]
+# tensors, where waking and joining a second OpenMP thread costs more than the op (measured on 2 shared cores:
+# LayerNorm / GELU / softmax on [2, 1, 64] take 1-7 us on one thread, 20-200 us on two).
+SINGLE_THREAD_BYTES = 64 * 2**20
+
+
+def decode_threads(lm: MusicGenLM) -> int | None:
+    """Threads for a CPU decode of this model: 1 for small models, None (leave torch's setting) otherwise."""
+    if lm.device.type != "cpu":
+        return None
+    cfg = lm.cfg
+    per_layer = 6 * cfg.dim * cfg.dim + 2 * cfg.dim * cfg.ffn_dim
+    weights = cfg.num_layers * per_layer + cfg.num_codebooks * cfg.dim * cfg.card
+    element = torch.empty((), dtype=lm.dtype).element_size()
+    return 1 if weights * element < SINGLE_THREAD_BYTES else None
+
+
+def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k, top_p,
+              temperature, generator, progress, should_stop, static) -> torch.Tensor:  # fmt: skip
     cfg = lm.cfg
     device = lm.device
     num_codebooks, special = cfg.num_codebooks, cfg.special_token

@@ -199,3 +199,26 @@ def test_condition_audio_on_a_base_model_raises_a_config_error(lm):
     states, mask = _text()
     with pytest.raises(ConfigError):
         generate(lm, states, mask, num_frames=4, cond_codes=torch.zeros(2, 4, 3, dtype=torch.long))
+
+
+def test_small_models_decode_on_one_thread_and_restore_the_setting(lm):
+    from engine.generate import decode_threads
+
+    states, mask = _text()
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generate(lm, states, mask, num_frames=3, progress=lambda step, total: seen.append(torch.get_num_threads()))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert decode_threads(lm) == 1 and set(seen) == {1}
+
+
+def test_large_models_keep_the_callers_threads():
+    from engine.generate import decode_threads
+
+    # 2 layers of 1024 wide with 2048-way heads: ~144 MB of fp32 weights read per step, worth a second thread
+    wide = MusicGenLM(LMConfig(num_layers=2, dim=1024, num_heads=16, ffn_dim=4096, card=2048, text_dim=16))
+    assert decode_threads(wide) is None
