@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ConfigError, DataError, InstructionError
+from engine.errors import AudioError, ConfigError, DataError, InstructionError
 
 TASKS = ("add", "remove", "extract")
 ROWS = ("model", "identity", "codec ceiling", "oracle")
@@ -216,6 +216,8 @@ def evaluate(
 
             bar = tqdm(total=count, desc=f"eval {task}", unit="clip", dynamic_ncols=True)
         for index in range(count):
+            if bar is not None:
+                bar.update(1)
             clip = clips[index]
             try:
                 prompt = format_prompt(task, clip.stem_name, editor.card)
@@ -223,7 +225,11 @@ def evaluate(
                 skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                 continue
             instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
-            result = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw)
+            try:
+                result = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw)
+            except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
+                skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
+                continue
             output = result.audio[0]  # [N]
             ceiling = codec_roundtrip(editor.model.codec, clip.target)
             scores = score_rows(clip.input, clip.target, {"model": output, "codec ceiling": ceiling}, rate)
@@ -252,8 +258,6 @@ def evaluate(
                     out_dir / "spectrograms" / name,
                     title=f"{prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
                 )
-            if bar is not None:
-                bar.update(1)
         if bar is not None:
             bar.close()
         if not examples:

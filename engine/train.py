@@ -784,14 +784,15 @@ def train(
         if val_data is None or cfg.val_clips == 0:
             return None
         stage.module.eval()
-        count = min(len(val_data), cfg.val_clips)
+        # Evenly spread over the split (items are grouped by song), the same clips every time.
+        chosen = sorted({int(i) for i in np.linspace(0, len(val_data) - 1, min(len(val_data), cfg.val_clips))})
         total = 0.0
         with torch.no_grad(), autocast():
-            for start in range(0, count, cfg.batch):
-                items = [val_data[i] for i in range(start, min(count, start + cfg.batch))]
+            for start in range(0, len(chosen), cfg.batch):
+                items = [val_data[i] for i in chosen[start : start + cfg.batch]]
                 total += float(stage.loss(items)) * len(items)
         stage.module.train()
-        return total / count
+        return total / len(chosen)
 
     def checkpoint() -> Path:
         state = {
