@@ -20,7 +20,7 @@ import numpy as np
 
 from engine.errors import ConfigError, ResourceError
 
-INSTALL_HINT = "install it with `pip install sounddevice` (and `apt install libportaudio2` on Debian/Ubuntu)"
+INSTALL_HINT = "pip install sounddevice (on Debian/Ubuntu also: apt install libportaudio2)"
 AB_SEGMENT_SECONDS = 4.0
 
 
@@ -207,7 +207,9 @@ def resolve_device(device: str | int | None, devices: list[dict]) -> int | None:
     """Pick an output device by index or by (case-insensitive, partial) name; None = the system default."""
     if device is None or device == "":
         if not devices:
-            raise PlaybackUnavailable(f"no audio output device found; connect one, or {INSTALL_HINT}")
+            raise PlaybackUnavailable(
+                f"no audio output device found: connect one (playback uses PortAudio: {INSTALL_HINT})"
+            )
         return None
     if isinstance(device, int) or str(device).strip().isdigit():
         index = int(device)
@@ -362,9 +364,10 @@ def run(args: argparse.Namespace, player: Player | None = None) -> int:
         raise ConfigError("give a FILE to play, or --list-devices")
     from bridge.audio_io import read_region
 
-    audio, sample_rate = read_region(args.file, args.start, args.end)
     if player is None:
-        player = get_player(args.device)
+        player = get_player(args.device)  # before reading: no sound card is the first thing to hear about
+    end = -1.0 if args.end is None else args.end  # audio_io: a negative end is the end of the file
+    audio, sample_rate = read_region(args.file, args.start, end)
     seconds = audio.shape[-1] / sample_rate
     sys.stderr.write(f"playing {args.file} ({seconds:.1f} s); press a key to stop\n")
     started = time.monotonic()

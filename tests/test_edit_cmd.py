@@ -117,7 +117,7 @@ def test_ab_alternates_source_and_result_on_the_chosen_device(tmp_path, tiny_mod
 
 def test_no_sound_card_is_one_line_and_the_edit_still_succeeds(song, tmp_path, tiny_model_dir, monkeypatch, capsys):
     def unavailable(device=None):
-        raise playback.PlaybackUnavailable(f"no audio output device found; connect one, or {playback.INSTALL_HINT}")
+        raise playback.PlaybackUnavailable(f"no audio output device found: connect one ({playback.INSTALL_HINT})")
 
     monkeypatch.setattr(playback, "get_player", unavailable)
     out = tmp_path / "drums.wav"

@@ -140,7 +140,6 @@ def test_play_ab_stops_when_a_key_is_pressed():
 def test_imusic_play_plays_the_requested_region(tmp_path, monkeypatch):
     import soundfile as sf
 
-    pytest.importorskip("bridge.audio_io")
     rate = 8000
     path = tmp_path / "clip.wav"
     sf.write(path, tone(2.0, rate).T, rate, subtype="FLOAT")
@@ -150,6 +149,18 @@ def test_imusic_play_plays_the_requested_region(tmp_path, monkeypatch):
     assert playback.run(args, player=player) == 0
     clip, played_rate = player.played[0]
     assert played_rate == rate and clip.shape == (2, rate)
+
+
+def test_imusic_play_without_an_end_plays_to_the_end_of_the_file(tmp_path, monkeypatch):
+    import soundfile as sf
+
+    path = tmp_path / "clip.wav"
+    sf.write(path, tone(0.5, 8000, channels=1).T, 8000)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    player = FakePlayer(time_scale=0.0)
+    args = argparse.Namespace(file=str(path), start=0.0, end=None, device=None, list_devices=False)
+    assert playback.run(args, player=player) == 0
+    assert player.played[0][0].shape == (1, 4000)
 
 
 def test_imusic_play_without_a_file_is_a_usage_error():
