@@ -130,6 +130,28 @@ class SoundDevicePlayer(Player):
             # More channels than the device has: fold down to what it can play rather than refuse to audition.
             frames = np.ascontiguousarray(frames.mean(axis=1, keepdims=True).repeat(max_channels, axis=1))
         self.stop()
+        try:
+            stream, done = self._open(frames, int(sample_rate))
+        except self._sd.PortAudioError:
+            # Hardware devices often take only their own rate (no resampling plug-in in between): convert, retry.
+            device_rate = int(info["default_samplerate"])
+            if device_rate == int(sample_rate):
+                raise PlaybackUnavailable(f"cannot open output device {info['name']!r} at {sample_rate} Hz") from None
+            from math import gcd
+
+            from scipy.signal import resample_poly
+
+            g = gcd(device_rate, int(sample_rate))
+            frames = resample_poly(frames, device_rate // g, int(sample_rate) // g, axis=0).astype(np.float32)
+            try:
+                stream, done = self._open(np.ascontiguousarray(frames), device_rate)
+            except self._sd.PortAudioError as exc:
+                raise PlaybackUnavailable(f"cannot open output device {info['name']!r}: {exc}") from None
+        with self._lock:
+            self._stream, self._done = stream, done
+
+    def _open(self, frames: np.ndarray, sample_rate: int) -> tuple[Any, threading.Event]:
+        """Start a stream that plays `frames` [N, C] once from a callback; returns (stream, finished event)."""
         done = threading.Event()
         position = [0]
 
@@ -142,20 +164,20 @@ class SoundDevicePlayer(Player):
                 raise self._sd.CallbackStop
             position[0] = start + frame_count
 
+        stream = self._sd.OutputStream(
+            samplerate=sample_rate,
+            channels=frames.shape[1],
+            dtype="float32",
+            device=self.device,
+            callback=callback,
+            finished_callback=done.set,
+        )
         try:
-            stream = self._sd.OutputStream(
-                samplerate=int(sample_rate),
-                channels=frames.shape[1],
-                dtype="float32",
-                device=self.device,
-                callback=callback,
-                finished_callback=done.set,
-            )
             stream.start()
-        except self._sd.PortAudioError as exc:
-            raise PlaybackUnavailable(f"cannot open the output device: {exc}") from None
-        with self._lock:
-            self._stream, self._done = stream, done
+        except BaseException:
+            stream.close()
+            raise
+        return stream, done
 
     def stop(self) -> None:
         with self._lock:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import builtins
 import io
+import sys
+import threading
 import time
 
 import numpy as np
@@ -188,3 +190,88 @@ def test_real_player_plays_a_short_clip_on_the_default_device():
 def test_real_get_player_without_an_output_device_says_how_to_fix_it():
     with pytest.raises(PlaybackUnavailable, match="no audio output device.*pip install sounddevice"):
         playback.get_player()
+
+
+class _FakeSoundDevice:
+    """Stands in for the sounddevice module: streams run their callback on a thread, block by block, as PortAudio
+    does, and keep what they were fed. `rates` are the sample rates the device accepts."""
+
+    class PortAudioError(Exception):
+        pass
+
+    class CallbackStop(Exception):  # noqa: N818 (sounddevice's name)
+        pass
+
+    def __init__(self, channels: int = 2, rates: tuple[int, ...] = (8000, 48000), default_rate: int = 48000):
+        self.channels, self.rates, self.default_rate = channels, rates, default_rate
+        self.streams: list = []
+        self.default = type("Default", (), {"device": [-1, 0]})()
+        module = self
+
+        class OutputStream:
+            def __init__(self, samplerate, channels, dtype, device, callback, finished_callback):
+                if samplerate not in module.rates:
+                    raise module.PortAudioError("Invalid sample rate")
+                self.samplerate, self.channels, self.callback = samplerate, channels, callback
+                self.finished, self.fed, self.aborted = finished_callback, [], threading.Event()
+                module.streams.append(self)
+
+            def start(self):
+                threading.Thread(target=self._run, daemon=True).start()
+
+            def _run(self):
+                while not self.aborted.is_set():
+                    out = np.full((256, self.channels), np.nan, np.float32)
+                    try:
+                        self.callback(out, 256, None, None)
+                    except module.CallbackStop:
+                        self.fed.append(out)
+                        break
+                    self.fed.append(out)
+                    time.sleep(0.001)
+                self.finished()
+
+            def abort(self):
+                self.aborted.set()
+
+            def close(self):
+                pass
+
+        self.OutputStream = OutputStream
+
+    def query_devices(self, device=None, kind=None):
+        info = {"name": "Fake Out", "max_output_channels": self.channels, "default_samplerate": self.default_rate}
+        return info if kind else [info]
+
+
+def test_sounddevice_player_feeds_every_sample_then_reports_the_end(monkeypatch):
+    fake = _FakeSoundDevice()
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    player = playback.get_player()
+    clip = tone(0.1, 8000)  # 800 frames: three full blocks and a partial one
+    player.play(clip, 8000)
+    assert player.wait(timeout=5.0) and not player.is_playing
+    fed = np.concatenate(fake.streams[0].fed)
+    np.testing.assert_array_equal(fed[:800], clip.T)
+    assert np.all(fed[800:] == 0)  # the tail of the last block is silence, not garbage
+
+
+def test_sounddevice_player_folds_channels_the_device_lacks_and_resamples_to_a_rate_it_takes(monkeypatch):
+    fake = _FakeSoundDevice(channels=1, rates=(48000,))
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    player = playback.get_player()
+    player.play(tone(0.1, 8000, channels=2), 8000)
+    assert player.wait(timeout=5.0)
+    stream = fake.streams[-1]
+    assert (stream.samplerate, stream.channels) == (48000, 1)
+    assert sum(len(block) for block in stream.fed) >= 4800
+
+
+def test_sounddevice_player_stop_aborts_the_stream(monkeypatch):
+    fake = _FakeSoundDevice()
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    player = playback.get_player()
+    player.play(tone(30.0, 8000), 8000)
+    assert player.is_playing
+    player.stop()
+    assert not player.is_playing and fake.streams[0].aborted.is_set()
