@@ -37,12 +37,16 @@ def sinusoids(num_positions: int, dim: int, device: torch.device | str | None = 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """[B, T, H * Dh] -> [B, H, T, Dh]"""
     batch, steps, width = x.shape
+    if steps == 1:  # one decode step: the same memory read as [B, H, 1, Dh], no transpose needed
+        return x.view(batch, num_heads, 1, width // num_heads)
     return x.view(batch, steps, num_heads, width // num_heads).transpose(1, 2)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """[B, H, T, Dh] -> [B, T, H * Dh]"""
     batch, heads, steps, head_dim = x.shape
+    if steps == 1:
+        return x.reshape(batch, 1, heads * head_dim)
     return x.transpose(1, 2).reshape(batch, steps, heads * head_dim)
 
 
