@@ -121,11 +121,45 @@ class _EchoEditor:
 
 def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_data, tiny_editor, tmp_path):
     report = evaluate(
-        synth_data, ["extract"], tmp_path, editor=_EchoEditor(tiny_editor), limit=2, seconds=1.0, progress=False
+        synth_data,
+        ["extract"],
+        tmp_path,
+        editor=_EchoEditor(tiny_editor),
+        limit=2,
+        seconds=1.0,
+        clips_per_song=2,
+        progress=False,
     )
     summary = report["tasks"]["extract"]["summary"]
     for metric in ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance"):
         assert summary["model"][metric] == summary["identity"][metric]
+
+
+class _RefusingEditor(_EchoEditor):
+    """Refuses the first clip it is given (as the Editor does with unusable audio), echoes the rest."""
+
+    def __init__(self, editor) -> None:
+        super().__init__(editor)
+        self.calls = 0
+
+    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False):
+        from engine.errors import AudioError
+
+        self.calls += 1
+        if self.calls == 1:
+            raise AudioError("the input is silent")
+        return super().edit(audio, sample_rate, instruction, seed=seed, raw=raw)
+
+
+def test_a_clip_the_editor_refuses_is_skipped_with_its_reason(synth_data, tiny_editor, tmp_path):
+    editor = _RefusingEditor(tiny_editor)
+    report = evaluate(
+        synth_data, ["remove"], tmp_path, editor=editor, limit=2, seconds=1.0, clips_per_song=2, progress=False
+    )
+    part = report["tasks"]["remove"]
+    assert part["summary"]["model"]["n"] == 1
+    assert part["skipped"][0]["reason"] == "the input is silent"
+    assert "1 clip(s) skipped: the input is silent" in (tmp_path / "report.md").read_text()
 
 
 def test_the_markdown_report_has_a_table_per_task_and_says_what_was_skipped(report_dir):

@@ -154,6 +154,21 @@ def test_an_unknown_stage_is_a_config_error(config, tmp_path):
         train(replace(config, stage="vocoder"), tmp_path / "run", progress=False)
 
 
+def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda(config):
+    from engine.train import _precision
+
+    cpu = torch.device("cpu")
+    assert _precision(config, cpu) == (None, False)
+    assert _precision(replace(config, precision="bf16"), cpu) == (torch.bfloat16, False)
+    with pytest.raises(ConfigError, match="CUDA"):
+        _precision(replace(config, precision="fp16"), cpu)
+
+
+def test_bf16_autocast_training_runs_on_cpu(config, tmp_path):
+    result = train(replace(config, steps=1, precision="bf16"), tmp_path / "bf16", progress=False, export=False)
+    assert torch.isfinite(torch.tensor(result.history["train"][0][1]))
+
+
 def test_the_schedule_warms_up_then_decays_to_zero():
     factors = [lr_factor(step, 10, 100) for step in range(100)]
     assert factors[0] < factors[5] < factors[9] < 1.0
