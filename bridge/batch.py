@@ -627,9 +627,9 @@ class RayBackend:
                 "--ray needs Ray: pip install 'instruct-musicgen-daw[cluster]' (or pip install ray)"
             ) from None
         self.ray = ray
-        init: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False}
+        init: dict[str, Any] = {"address": address, "log_to_driver": False}
         if address == "local":  # a private single-machine instance: size it here, nothing else shares it
-            init["num_cpus"] = workers or 1
+            init.update(num_cpus=workers or 1, include_dashboard=False)
         try:
             ray.init(**init)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -661,11 +661,10 @@ class RayBackend:
         ray = self.ray
         queue = list(pairs)
         idle = list(self.actors) * 2  # two jobs in flight per actor: the next input is ready when one finishes
-        pending: dict[Any, tuple[Pair, Any, Any, int, float]] = {}
+        pending: dict[Any, tuple[Pair, Any, Any, int]] = {}
         while queue or pending:
             while queue and idle:
                 pair, actor = queue.pop(0), idle.pop(0)
-                started = time.monotonic()
                 try:
                     audio, rate = read_region(pair.source.path, pair.source.start_s, _end(pair.source))
                 except (ImusicError, OSError, ValueError) as exc:
@@ -673,11 +672,11 @@ class RayBackend:
                     yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
                     continue
                 ref = actor.edit.remote(audio, rate, pair.edit, self.options)
-                pending[ref] = (pair, actor, audio.shape, rate, started)
+                pending[ref] = (pair, actor, audio.shape, rate)
             if not pending:
                 continue
             done, _ = ray.wait(list(pending), num_returns=1)
-            pair, actor, shape, rate, started = pending.pop(done[0])
+            pair, actor, shape, rate = pending.pop(done[0])
             idle.append(actor)
             try:
                 reply = ray.get(done[0])
@@ -687,14 +686,14 @@ class RayBackend:
             if reply[0] != "ok":
                 yield Outcome(pair, error=AudioError(reply[2]) if reply[1] == "AudioError" else ImusicError(reply[2]))
                 continue
-            _, audio, seed, info, _seconds = reply
+            _, audio, seed, info, seconds = reply  # the worker's own time: queueing behind another job is not it
             if audio.shape != shape:
                 yield Outcome(pair, error=AudioError(f"the engine returned {audio.shape} for an input of {shape}"))
                 continue
             pair.output.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(str(pair.output), audio, rate, overwrite=True)
             progress(pair, 1.0)
-            yield Outcome(pair, pair.output, info, seed, time.monotonic() - started)
+            yield Outcome(pair, pair.output, info, seed, seconds)
 
     def close(self) -> None:
         self.ray.shutdown()
