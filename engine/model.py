@@ -50,6 +50,17 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(batch, steps, heads * head_dim)
 
 
+def _norm(module: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    # the functional call skips nn.Module dispatch: a decode step makes hundreds of these calls
+    return F.layer_norm(x, module.normalized_shape, module.weight, module.bias, module.eps)
+
+
+def _linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if type(module) is nn.Linear:
+        return F.linear(x, module.weight, module.bias)
+    return module(x)  # LoRALinear
+
+
 class Attention(nn.Module):
     """Multi-head attention projections (q, k, v, out; no bias). q/k/v stay separate so LoRA and loaders fit."""
 
@@ -69,7 +80,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(ffn_dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return F.linear(F.gelu(F.linear(x, self.fc1.weight)), self.fc2.weight)
 
 
 class KVCache(nn.Module):
@@ -137,13 +148,13 @@ class DecoderLayer(nn.Module):
         """x [B, T, D] at positions start.. -> [B, T, D]; writes this layer's cache when ctx has one."""
         steps = x.shape[1]
         attn = self.self_attn
-        h = self.norm1(x)
+        h = _norm(self.norm1, x)
         if ctx.qkv is not None:
             q, k, v = (split_heads(t, attn.num_heads) for t in F.linear(h, ctx.qkv[index]).chunk(3, dim=-1))
         else:
-            q = split_heads(attn.q(h), attn.num_heads)  # [B, H, T, Dh]
-            k = split_heads(attn.k(h), attn.num_heads)
-            v = split_heads(attn.v(h), attn.num_heads)
+            q = split_heads(_linear(attn.q, h), attn.num_heads)  # [B, H, T, Dh]
+            k = split_heads(_linear(attn.k, h), attn.num_heads)
+            v = split_heads(_linear(attn.v, h), attn.num_heads)
         cache = None if ctx.cache is None else ctx.cache[index]
         if isinstance(start, torch.Tensor):
             # static decode: fixed shapes, write at `start` positions, attend to the whole cache under a mask
@@ -181,17 +192,17 @@ class DecoderLayer(nn.Module):
                 frames = torch.arange(start, start + steps, device=x.device).clamp_(max=last)
             q_cond = prefix.q.index_select(2, frames)  # [B, H, T, Dh]
             a = a + prefix.gate.to(a.dtype) * F.scaled_dot_product_attention(q + q_cond, prefix.k, prefix.v)
-        x = x + attn.out(merge_heads(a))
+        x = x + _linear(attn.out, merge_heads(a))
 
         if ctx.cross is not None:
             cross = self.cross_attn
-            h = self.norm_cross(x)
-            q = split_heads(cross.q(h), cross.num_heads)
+            h = _norm(self.norm_cross, x)
+            q = split_heads(_linear(cross.q, h), cross.num_heads)
             k, v = ctx.cross[index]
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.cross_bias)
-            x = x + cross.out(merge_heads(a))
+            x = x + _linear(cross.out, merge_heads(a))
 
-        return x + self.ffn(self.norm2(x))
+        return x + self.ffn.forward(_norm(self.norm2, x))
 
 
 class MusicGenLM(nn.Module):
@@ -307,7 +318,7 @@ class MusicGenLM(nn.Module):
             x = layer(x, start, ctx, i)
         if last_only and steps > 1:
             x = x[:, -1:]
-        x = self.norm_out(x)
+        x = _norm(self.norm_out, x)
         if ctx.heads is not None:
             batch, steps, _ = x.shape
             logits = F.linear(x, ctx.heads).view(batch, steps, self.cfg.num_codebooks, self.cfg.card)
