@@ -334,10 +334,10 @@ def markdown(report: dict) -> str:
                         text += f" ± {_cell(std)}"
                     cells.append(text)
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
-        for note in part.get("notes", []):
-            lines += ["", f"- {note}"]
+        notes = [f"- {note}" for note in part.get("notes", [])]
         if part.get("skipped"):
-            lines += ["", f"- {len(part['skipped'])} clip(s) skipped: {part['skipped'][0]['reason']}"]
+            notes.append(f"- {len(part['skipped'])} clip(s) skipped: {part['skipped'][0]['reason']}")
+        lines += [""] + notes if notes else []
     return "\n".join(lines) + "\n"
 
 
