@@ -178,7 +178,7 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         static = device.type == "cuda"
     max_len = steps - 1
     ctx.cache = lm.new_cache(rows, max_len)
-    lm.prepare_decode(ctx, max_len)
+    lm.prepare_decode(ctx, max_len, fuse=decode_threads(lm) == 1)
     step_fn = _static_step(lm, ctx, max_len) if static else None
 
     # one pattern buffer per CFG half, [halves, B, K, S]; a write broadcasts to both; the model reads the flat view

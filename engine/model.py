@@ -325,18 +325,22 @@ class MusicGenLM(nn.Module):
             return logits.transpose(1, 2)  # [B, K, T, card]
         return torch.stack([head(x) for head in self.heads], dim=1)
 
-    def prepare_decode(self, ctx: Context, max_len: int) -> None:
-        """Derive decode-only weights into ctx (stacked q/k/v, stacked heads, position table in the model dtype).
+    def prepare_decode(self, ctx: Context, max_len: int, fuse: bool = True) -> None:
+        """Derive decode-only data into ctx: the position table in the model dtype and, with `fuse`, stacked q/k/v,
+        heads and embedding tables (fewer, larger ops per step: worth it where per-op overhead dominates).
 
-        Copies, made once per generation: they never go stale when the model trains between calls.
+        The stacked weights are copies, made once per generation: they never go stale when the model trains between
+        calls, but they cost memory, so large models (bandwidth-bound anyway) skip them.
         """
         with torch.no_grad():
+            ctx.pos_table = self.positions(0, max_len).to(self.dtype)
+            if not fuse:
+                return
             ctx.qkv = [
                 torch.cat([layer.self_attn.q.weight, layer.self_attn.k.weight, layer.self_attn.v.weight])
                 for layer in self.layers
             ]
             ctx.heads = torch.cat([head.weight for head in self.heads])
-            ctx.pos_table = self.positions(0, max_len).to(self.dtype)
             ctx.emb_table = torch.cat([emb.weight for emb in self.emb])
             rows = self.cfg.card + 1
             ctx.emb_offsets = torch.arange(self.cfg.num_codebooks, device=self.device)[None, :, None] * rows

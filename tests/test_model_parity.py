@@ -238,3 +238,13 @@ def test_audiocraft_separate_cross_attention_projections_win(ours_from_full):
     trained_q = torch.randn(DIM, DIM)
     state["transformer.layers.1.cross_attention.q_proj.weight"] = trained_q
     assert torch.equal(lm_state_from_audiocraft(state)["layers.1.cross_attn.q.weight"], trained_q)
+
+
+def test_unfused_decode_path_matches_transformers_too(hf_full, ours_from_full, monkeypatch):
+    # models too big for stacked decode weights (and for one thread) take the plain path: same tokens
+    import engine.generate as gen
+
+    monkeypatch.setattr(gen, "decode_threads", lambda lm: None)
+    ids, mask, states = _text(hf_full)
+    ref = _hf_generate_codes(hf_full, ids, mask, num_frames=12, guidance=3.0)
+    assert torch.equal(generate(ours_from_full, states, mask, num_frames=12, cfg_coef=3.0, top_k=1), ref)
