@@ -1,0 +1,463 @@
+"""`imusic demo`: the main job end to end, as a producer would see it, on one command.
+
+1. Render a held-out song with `engine.data.synth` (song seed HELD_OUT_SEED + --seed: training sets use small seeds,
+   so this song was never heard in training) at 44.1 kHz stereo, like a producer's file: OUT/input.wav, and its
+   true stems OUT/truth/<stem>.wav (the input is exactly their sum).
+2. Start the real `imusic serve` as a subprocess on a loopback port (journal OUT/.journal, allowed root OUT, log
+   OUT/server.log) and wait until its ping says ready.
+3. Send the edits through bridge.client, as a REAPER action does, one job per edit for the whole clip.
+4. Write the results (OUT/<edit>.wav) and a before/after picture (OUT/before_after.png).
+5. Stop the server with SIGTERM and print a summary table and where everything is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ConfigError, ResourceError
+
+# Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
+# by (seed, track number), so seeds from here on give songs no training stage used.
+HELD_OUT_SEED = 1_000_003
+DEMO_RATE = 44100  # a producer's file, not the model's rate: the engine resamples both ways
+DEFAULT_EDITS = ("extract drums", "remove bass", "extract bass", "add piano")
+OFFICIAL_STEMS = ("drums", "bass", "piano", "guitar")
+READY_TIMEOUT_S = 600.0  # loading + warm-up of a large model on a CPU can take minutes
+STOP_TIMEOUT_S = 30.0
+LOG_TAIL_LINES = 8
+# Stereo placement of the stems (linear pan, L = (1 - p) s, R = (1 + p) s: the channel mean is the stem itself, so the
+# model's mono view of input.wav is exactly the song's mix). Drums and bass stay in the centre, as in most mixes.
+_CENTRED = ("drums", "bass")
+_MAX_PAN = 0.35
+
+
+# ------------------------------------------------------------------------------------------------------------- model
+
+
+def check_model(model: str | None) -> Path:
+    """The model's local path; CheckpointError (one clear line) when it is missing. Imports no torch."""
+    from engine.weights import resolve_source
+
+    return resolve_source(model)
+
+
+def model_stems(path: Path) -> list[str]:
+    """Stems the model can edit, lower case, from its adapter description; the official four when unknown."""
+    for meta in (path / "adapter" / "adapter.json", path / "adapter.json", path / "model_card.json"):
+        try:
+            stems = json.loads(meta.read_text(encoding="utf-8")).get("stems")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(stems, list) and stems:
+            return [str(stem).lower() for stem in stems]
+    return list(OFFICIAL_STEMS)
+
+
+def choose_edits(stems: list[str], song_stems: list[str]) -> list[str]:
+    """The default edits this model supports; "add" names a stem the song lacks when there is one."""
+    edits = [edit for edit in DEFAULT_EDITS if not edit.startswith("add ") and edit.split()[-1] in stems]
+    missing = [stem for stem in stems if stem not in song_stems]
+    add = missing[0] if missing else ("piano" if "piano" in stems else (stems[0] if stems else ""))
+    if add:
+        edits.append(f"add {add}")
+    return edits
+
+
+def result_name(edit: str) -> str:
+    """The file name of an edit's result: "extract drums" -> "extract_drums"."""
+    return re.sub(r"[^a-z0-9]+", "_", edit.lower()).strip("_")[:60] or "edit"
+
+
+# -------------------------------------------------------------------------------------------------------- the clip
+
+
+@dataclass
+class Clip:
+    """The held-out song: its stereo mix [2, N] and true stems [2, N] by stem name, at `sample_rate`."""
+
+    audio: np.ndarray
+    sample_rate: int
+    stems: dict[str, np.ndarray]
+    song_seed: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def render_clip(seconds: float, seed: int) -> Clip:
+    """Synthesize one song with the held-out seed at DEMO_RATE and place its stems in stereo."""
+    import soundfile as sf
+
+    from engine.data.stems import caption_word
+    from engine.data.synth import synthesize
+    from engine.data.yamlio import read_yaml
+
+    song_seed = HELD_OUT_SEED + seed
+    frames = int(round(seconds * DEMO_RATE))
+    with tempfile.TemporaryDirectory(prefix="imusic-demo-") as tmp:
+        synthesize(Path(tmp) / "song", 1, seed=song_seed, seconds=seconds, sample_rate=DEMO_RATE, progress=False)
+        track = Path(tmp) / "song" / "Track00001"
+        meta = read_yaml(track / "metadata.yaml")
+        mono: dict[str, np.ndarray] = {}
+        for name, entry in meta["stems"].items():
+            if not entry.get("audio_rendered"):
+                continue
+            audio, _ = sf.read(str(track / "stems" / f"{name}.flac"), dtype="float32", always_2d=True)
+            audio = audio.mean(axis=1)[:frames]  # [n]
+            audio = np.pad(audio, (0, frames - audio.shape[0]))
+            # Two parts of one class (two guitars) are one stem to a producer.
+            stem = result_name(caption_word(entry["inst_class"]))
+            mono[stem] = mono.get(stem, 0) + audio
+    rng = np.random.default_rng([song_seed, 7])
+    stems: dict[str, np.ndarray] = {}
+    for stem, audio in mono.items():
+        pan = 0.0 if stem in _CENTRED else float(rng.uniform(-_MAX_PAN, _MAX_PAN))
+        stems[stem] = np.stack([(1.0 - pan) * audio, (1.0 + pan) * audio]).astype(np.float32)  # [2, N]
+    mix = np.sum(list(stems.values()), axis=0) if stems else np.zeros((2, frames), np.float32)
+    peak = float(np.abs(mix).max()) if mix.size else 0.0
+    if peak > 0.95:  # panning can push a channel over full scale: scale mix and stems together
+        scale = np.float32(0.95 / peak)
+        stems = {stem: audio * scale for stem, audio in stems.items()}
+        mix = mix * scale
+    info = {"seconds": seconds, "tempo": meta.get("tempo"), "style": meta.get("style"), "key": meta.get("key")}
+    return Clip(mix.astype(np.float32), DEMO_RATE, stems, song_seed, info)
+
+
+def write_clip(clip: Clip, out: Path) -> Path:
+    """OUT/input.wav and OUT/truth/<stem>.wav as 24-bit WAV (what a DAW exports); returns the input path."""
+    import soundfile as sf
+
+    truth = out / "truth"
+    truth.mkdir(parents=True, exist_ok=True)
+    for stem, audio in clip.stems.items():
+        sf.write(str(truth / f"{stem}.wav"), audio.T, clip.sample_rate, subtype="PCM_24")
+    path = out / "input.wav"
+    sf.write(str(path), clip.audio.T, clip.sample_rate, subtype="PCM_24")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ the server
+
+
+class ServerProcess:
+    """`imusic serve` in a subprocess, its output in a log file; stopped with SIGTERM as a user's Ctrl-C would."""
+
+    def __init__(self, model: str | None, out: Path, port: int, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.log_path = out / "server.log"
+        command = [sys.executable, "-m", "bridge.cli", "serve", "--host", host, "--port", str(port)]
+        command += ["--journal", str(out / ".journal"), "--allow-root", str(out)]
+        if model is not None:
+            command += ["--model", str(model)]
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+            )
+        self.port = port
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def check_alive(self, doing: str) -> None:
+        """ResourceError with the server's last log lines if it has exited."""
+        code = self.process.poll()
+        if code is not None:
+            tail = self.log_tail()
+            raise ResourceError(
+                f"the engine server stopped (exit code {code}) {doing}; its last lines ({self.log_path}):\n{tail}"
+            )
+
+    def wait_listening(self, timeout: float) -> int:
+        """The port the server bound (it may have been asked for port 0)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive("before it listened")
+            found = re.search(r"listening on \S+?:(\d+);", self.log_tail(50))
+            if found:
+                self.port = int(found.group(1))
+                return self.port
+            if time.monotonic() > deadline:
+                raise ResourceError(f"the engine server did not start within {timeout:g} s; see {self.log_path}")
+            time.sleep(0.05)
+
+    def wait_ready(self, client: Any, timeout: float) -> Any:
+        """Ping until the server says ready (model loaded and warmed up); returns the pong reply."""
+        from bridge import protocol
+        from bridge.client import NoReply
+
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_alive("while loading the model")
+            try:
+                pong = client.ping(timeout=1.0)
+                if pong.state == protocol.READY:
+                    return pong
+            except NoReply:
+                pass  # busy starting; asked again below
+            if time.monotonic() > deadline:
+                raise ResourceError(
+                    f"the engine server was not ready within {timeout:g} s; its last lines:\n{self.log_tail()}"
+                )
+            time.sleep(0.25)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM (graceful: the server finishes its journal), then kill after `timeout` s; returns the exit code."""
+        if self.process.poll() is None:
+            if os.name == "nt":
+                self.process.terminate()  # Windows has no SIGTERM to send a child; this ends it at once
+            else:
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                print(f"imusic demo: the server did not stop within {timeout:g} s; killed it", file=sys.stderr)
+        return self.process.returncode
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# ------------------------------------------------------------------------------------------------------- the edits
+
+
+@dataclass
+class Row:
+    """One edit's outcome for the summary table."""
+
+    edit: str
+    status: str  # "done" or the error code
+    seconds: float | None = None
+    lufs: float | None = None
+    path: Path | None = None
+    message: str = ""
+
+
+class _Bar:
+    """A tqdm bar for one job, fed by the client's progress callback (fraction 0-1, stage)."""
+
+    def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=100,
+            desc=f"{label:<16}",
+            file=sys.stderr,
+            bar_format="{desc} {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}",
+        )
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.bar.set_postfix_str(stage, refresh=False)
+        self.bar.refresh()
+
+    def close(self, done: bool) -> None:
+        if done:
+            self(1.0, "done")
+        self.bar.close()
+
+
+def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, out: Path, seed: int) -> Row:
+    """One edit of the whole clip through the client; an engine error becomes an error row, not an exception."""
+    from bridge.client import NoReply, RemoteError
+
+    target = out / f"{result_name(edit)}.wav"
+    target.unlink(missing_ok=True)  # the server never writes over a file; a rerun of the demo replaces its results
+    bar = _Bar(edit)
+    done = False
+    try:
+        job_id = client.submit(str(input_path), 0.0, -1.0, edit, output_path=str(target), seed=seed)
+        while True:
+            try:
+                result = client.wait(job_id, timeout=5.0, on_progress=bar)
+                break
+            except NoReply:
+                server.check_alive(f"during '{edit}'")  # a silent server is busy or gone: find out which
+        done = True
+    except RemoteError as exc:
+        return Row(edit, exc.code or "error", message=str(exc))
+    except KeyboardInterrupt:
+        from bridge import protocol
+
+        client.send(protocol.CANCEL, job_id)
+        raise
+    finally:
+        bar.close(done)
+    info = result.info
+    bridge_info = info.get("bridge") or {}
+    levels = info.get("levels") or {}
+    seconds = bridge_info.get("job_s", (info.get("timings") or {}).get("total"))
+    return Row(edit, "done", _number(seconds), _number(levels.get("result_lufs")), Path(result.output_path))
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# ---------------------------------------------------------------------------------------------- picture and table
+
+
+def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
+    """Input and each result's mel spectrogram, stacked and labelled (engine.plots); None when nothing finished."""
+    from bridge import audio_io
+    from engine.plots import plot_spectrograms
+
+    panels = [("input", clip.audio)]
+    for row in rows:
+        if row.path is not None:
+            audio, rate = audio_io.read_region(row.path, 0.0, -1.0)
+            if rate != clip.sample_rate:  # the server keeps the input's rate; anything else would misdraw time
+                raise ResourceError(f"{row.path} is at {rate} Hz, the input at {clip.sample_rate} Hz")
+            panels.append((row.edit, audio))
+    if len(panels) == 1:
+        return None
+    return plot_spectrograms(panels, clip.sample_rate, path, title="imusic demo: before / after (log-mel, 16 kHz)")
+
+
+def summary_table(rows: list[Row]) -> str:
+    """A plain-text table: edit, status, seconds, LUFS, file."""
+    header = ("edit", "status", "seconds", "LUFS", "file")
+    lines = [
+        (
+            row.edit,
+            row.status,
+            "-" if row.seconds is None else f"{row.seconds:.2f}",
+            "-" if row.lufs is None else f"{row.lufs:.1f}",
+            str(row.path) if row.path else row.message,
+        )
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(cells[:4], widths, strict=True)) + "  " + cells[4]
+        for cells in [header, *lines]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic demo [--model PATH] [-o OUT] [--seconds S] [--seed N] [--edit "..." ...] [--port N]`"""
+    parser.add_argument("--model", default=None, help="model directory or hub name (default: the embedded model)")
+    parser.add_argument("-o", "--out", default="demo_out", help="output folder (default ./demo_out)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the held-out clip (default 10)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help=f"song and edit seed (song seed {HELD_OUT_SEED:_} + N; default 0)"
+    )
+    parser.add_argument(
+        "--edit",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help='an edit to make (repeatable; default: "extract drums", "remove bass", "extract bass", "add ...")',
+    )
+    parser.add_argument("--port", type=int, default=0, help="server UDP port (default: a free one)")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=READY_TIMEOUT_S,
+        help=f"seconds to wait for the model to load (default {READY_TIMEOUT_S:g})",
+    )
+
+
+def _clear_previous(out: Path, names: list[str]) -> None:
+    # Only what the demo itself writes: a rerun into the same folder starts clean, nothing else is touched.
+    for name in ["input.wav", "before_after.png", "server.log", *names]:
+        (out / name).unlink(missing_ok=True)
+    if (out / ".journal").is_dir():
+        shutil.rmtree(out / ".journal")  # a fresh server must not resume an earlier run's jobs
+    if (out / "truth").is_dir():
+        for stem in (out / "truth").glob("*.wav"):
+            stem.unlink()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; 0 when every edit finished, 1 otherwise (the results that did finish are still written)."""
+    if not 1.0 <= args.seconds <= 600.0:
+        raise ConfigError(f"--seconds must be between 1 and 600, got {args.seconds:g}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
+    model_path = check_model(args.model)  # first: a missing model is one line, before any work
+    out = Path(args.out).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {out}: {exc}") from None
+    edits = [edit.strip() for edit in args.edit or [] if edit.strip()]
+    if args.edit is not None and not edits:
+        raise ConfigError("--edit needs an instruction, e.g. --edit 'extract drums'")
+
+    started = time.perf_counter()
+    print(f"imusic demo: rendering a held-out {args.seconds:g} s song (seed {HELD_OUT_SEED + args.seed})...")
+    clip = render_clip(args.seconds, args.seed)
+    if not edits:
+        edits = choose_edits(model_stems(model_path), list(clip.stems))
+    names = [f"{result_name(edit)}.wav" for edit in edits]
+    if len(set(names)) != len(names):
+        raise ConfigError("two edits would write the same file; give each --edit once")
+    _clear_previous(out, names)
+    input_path = write_clip(clip, out)
+
+    from bridge.client import Client
+
+    server = ServerProcess(args.model, out, args.port)
+    rows: list[Row] = []
+    try:
+        port = server.wait_listening(timeout=120.0)
+        print(f"imusic demo: engine server (pid {server.pid}) on {server.host}:{port}; loading the model...")
+        with Client(server.host, port) as client:
+            pong = server.wait_ready(client, args.ready_timeout)
+            version, model_name, device = (list(pong.args) + ["", "", ""])[:3]
+            print(f"imusic demo: server ready: model {model_name} on {device} (imusic {version})")
+            for edit in edits:
+                rows.append(run_edit(client, server, input_path, edit, out, args.seed))
+    finally:
+        code = server.stop()
+    if code not in (0, None):
+        print(f"imusic demo: the server exited with code {code}; see {server.log_path}", file=sys.stderr)
+    picture = write_picture(clip, rows, out / "before_after.png")
+
+    print()
+    print(summary_table(rows))
+    print()
+    stems = ", ".join(clip.stems) or "none"
+    print(f"input    {input_path}  ({clip.sample_rate} Hz stereo, {args.seconds:g} s, song seed {clip.song_seed})")
+    print(f"truth    {out / 'truth'}  ({stems})")
+    if picture is not None:
+        print(f"picture  {picture}")
+    print(f"log      {server.log_path}")
+    print(
+        f"imusic demo: {sum(r.status == 'done' for r in rows)} of {len(rows)} edits done in "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    failed = [row for row in rows if row.status != "done"]
+    for row in failed:
+        print(f"imusic demo: '{row.edit}' failed ({row.status}): {row.message}", file=sys.stderr)
+    return 1 if failed else 0
