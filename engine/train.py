@@ -230,10 +230,15 @@ class AdapterStage(Stage):
             from engine.weights.transformers_layout import load_parts
         else:
             from engine.weights.audiocraft_layout import load_parts
+        # Under autocast the frozen base is stored in the autocast dtype (half the memory of a 3.3B decoder); the
+        # adapters, the only weights the optimizer updates, stay fp32 masters.
+        frozen_dtype = _precision(cfg, torch.device(device))[0] or torch.float32
         torch.manual_seed(cfg.seed)  # fresh adapters (gates and LoRA B at zero) from a seeded init
-        self.lm, self.codec, self.text = load_parts(self.base_path, fusion=fusion, device=device, dtype=torch.float32)
+        self.lm, self.codec, self.text = load_parts(self.base_path, fusion=fusion, device=device, dtype=frozen_dtype)
         self.fusion = fusion
         self.lm.freeze_base()
+        for param in self.lm.adapter_parameters():
+            param.data = param.data.float()
         self.lm.train()
         self.module = self.lm
         frames = self.codec.num_frames(int(round(cfg.seconds * self.codec.sample_rate)))

@@ -169,6 +169,15 @@ def test_bf16_autocast_training_runs_on_cpu(config, tmp_path):
     assert torch.isfinite(torch.tensor(result.history["train"][0][1]))
 
 
+def test_under_autocast_the_frozen_base_is_half_precision_and_the_adapters_fp32(config):
+    from engine.train import STAGES
+
+    stage = STAGES["adapters"](replace(config, precision="bf16"), torch.device("cpu"))
+    dtypes = {name: p.dtype for name, p in stage.lm.named_parameters()}
+    assert dtypes["layers.0.self_attn.q.weight"] == torch.bfloat16
+    assert {dtypes[name] for name in dtypes if name.startswith("fusion.") or ".lora_" in name} == {torch.float32}
+
+
 def test_the_schedule_warms_up_then_decays_to_zero():
     factors = [lr_factor(step, 10, 100) for step in range(100)]
     assert factors[0] < factors[5] < factors[9] < 1.0
