@@ -1,7 +1,8 @@
 """The OSC protocol between clients (REAPER, `imusic send`, any OSC controller) and the engine server.
 
 Addresses, argument order and types, reply shapes, error codes and limits live here, and only here; server and
-client both import this module. No torch, no numpy: REAPER scripts import it. docs/PROTOCOL.md documents the same.
+client both import this module. No torch, no numpy: REAPER scripts import it.
+README.md ("OSC protocol") documents the same.
 
 Requests (client -> server), optional arguments in brackets:
     /imusic/edit          job_id input_path start_s end_s instruction [output_path] [seed] [takes]

@@ -3,7 +3,7 @@ the address and port they came from.
 
 One receiving thread runs the dispatcher (validate, journal, enqueue, reply: nothing slow), one worker thread owns
 the model (bridge.jobs). Paths are checked against the allowed roots after resolving symlinks; nothing a message
-names is ever executed. See docs/PROTOCOL.md for every address and argument.
+names is ever executed. See README.md ("OSC protocol") for every address and argument.
 """
 
 from __future__ import annotations
