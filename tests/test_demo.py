@@ -1,0 +1,172 @@
+"""`imusic demo` as a user runs it: a held-out clip, the real server in a subprocess, edits through the client.
+
+The tiny random model shows the mechanics (files, lengths, rates, picture, summary, server lifecycle), not that an
+edit sounds right.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from bridge import demo
+
+IMUSIC = [sys.executable, "-m", "bridge.cli"]
+SECONDS = 3
+EDITS = ("extract drums", "remove bass")
+
+
+@pytest.fixture(scope="module")
+def demo_run(tiny_model_dir, tmp_path_factory):
+    """One end-to-end demo run on the tiny model: (completed process, output folder)."""
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    command = IMUSIC + ["demo", "--model", str(tiny_model_dir), "-o", str(out), "--seconds", str(SECONDS)]
+    for edit in EDITS:
+        command += ["--edit", edit]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    return proc, out
+
+
+def test_demo_succeeds_and_prints_a_row_per_edit(demo_run):
+    proc, out = demo_run
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines() if "  done  " in line}
+    assert set(rows) == set(EDITS)
+    for edit in EDITS:
+        name = edit.replace(" ", "_")
+        assert str(out / f"{name}.wav") in rows[edit]
+        # seconds and LUFS come from the /done metadata: numbers, not placeholders
+        assert re.search(r"done\s+\d+\.\d\d\s+-?\d+\.\d\s", rows[edit]), rows[edit]
+    assert "2 of 2 edits done" in proc.stdout
+
+
+def test_input_is_a_44k_stereo_clip_of_the_requested_length(demo_run):
+    _, out = demo_run
+    info = sf.info(str(out / "input.wav"))
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, SECONDS * 44100)
+
+
+def test_truth_stems_sum_to_the_input(demo_run):
+    _, out = demo_run
+    stems = sorted((out / "truth").glob("*.wav"))
+    assert {"drums", "bass"} <= {path.stem for path in stems}
+    mix, rate = sf.read(str(out / "input.wav"), dtype="float32")
+    total = sum(sf.read(str(path), dtype="float32")[0] for path in stems)
+    assert rate == 44100 and total.shape == mix.shape
+    # 24-bit files: each stem and the mix carry one quantisation step of error at most
+    assert np.abs(total - mix).max() < (len(stems) + 1) * 2.0**-23
+    assert np.abs(mix).max() > 0.01  # the song is audible
+
+
+def test_each_result_has_the_input_rate_channels_and_length(demo_run):
+    _, out = demo_run
+    for edit in EDITS:
+        info = sf.info(str(out / f"{edit.replace(' ', '_')}.wav"))
+        assert (info.samplerate, info.channels, info.frames) == (44100, 2, SECONDS * 44100), edit
+
+
+def test_before_after_picture_has_a_panel_for_the_input_and_each_result(demo_run):
+    import matplotlib.image
+
+    _, out = demo_run
+    path = out / "before_after.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height = matplotlib.image.imread(str(path)).shape[0]
+    # engine.plots stacks 2.2 inches per panel at 100 dpi: input + 2 results = 3 panels
+    assert height == round(2.2 * (1 + len(EDITS)) * 100)
+
+
+def test_server_process_is_gone_and_its_port_free_afterwards(demo_run):
+    proc, _ = demo_run
+    found = re.search(r"engine server \(pid (\d+)\) on 127\.0\.0\.1:(\d+)", proc.stdout)
+    assert found, proc.stdout
+    pid, port = int(found.group(1)), int(found.group(2))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", port))  # OSError if the server still held it
+
+
+def test_server_was_stopped_gracefully_with_its_journal_in_the_output_folder(demo_run):
+    _, out = demo_run
+    log = (out / "server.log").read_text()
+    assert "ready: model tiny-random" in log and "stopped" in log
+    assert (out / ".journal").is_dir()
+
+
+def test_missing_model_is_one_clear_line_and_exit_code_1(tmp_path):
+    proc = subprocess.run(
+        IMUSIC + ["demo", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("imusic demo: error:") and "nope" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing rendered, no server started
+
+
+def test_missing_embedded_model_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    from bridge.cli import main
+
+    monkeypatch.setattr("engine.weights.DEFAULT_MODEL_DIR", tmp_path / "default")
+    assert main(["demo", "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedded default model is not installed" in err[0]
+
+
+def test_a_server_that_dies_while_loading_is_reported_with_its_last_lines(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model_card.json").write_text('{"name": "broken"}')  # no base/: the server fails to load it
+    proc = subprocess.run(
+        IMUSIC + ["demo", "--model", str(broken), "-o", str(tmp_path / "out"), "--seconds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "engine server stopped" in proc.stderr and "missing base/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---- the pure parts ---------------------------------------------------------------------------------------------
+
+
+def test_default_edits_use_only_the_model_stems():
+    edits = demo.choose_edits(["drums", "guitar"], song_stems=["drums", "bass", "guitar"])
+    assert all(edit.split()[-1] in ("drums", "guitar") for edit in edits)
+    assert "extract drums" in edits and not any("bass" in edit for edit in edits)
+
+
+def test_default_add_names_a_stem_the_song_lacks():
+    edits = demo.choose_edits(["drums", "bass", "piano", "guitar"], song_stems=["drums", "bass", "piano"])
+    assert edits == ["extract drums", "remove bass", "extract bass", "add guitar"]
+
+
+def test_model_stems_come_from_the_adapter_description(tiny_model_dir, tmp_path):
+    assert demo.model_stems(Path(tiny_model_dir)) == ["drums", "bass", "piano", "guitar"]
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter.json").write_text('{"stems": ["Drums", "Vocals"]}')
+    assert demo.model_stems(tmp_path) == ["drums", "vocals"]
+
+
+def test_result_file_names_follow_the_edit():
+    assert demo.result_name("Extract the Drums!") == "extract_the_drums"
+
+
+def test_summary_shows_a_dash_for_what_an_error_row_lacks():
+    rows = [demo.Row("extract drums", "done", 1.234, -18.04, Path("/o/extract_drums.wav")), demo.Row("x", "bad")]
+    lines = demo.summary_table(rows).splitlines()
+    assert lines[0].split() == ["edit", "status", "seconds", "LUFS", "file"]
+    assert lines[1].split() == ["extract", "drums", "done", "1.23", "-18.0", "/o/extract_drums.wav"]
+    assert lines[2].split()[:4] == ["x", "bad", "-", "-"]
