@@ -415,8 +415,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--edit needs an instruction, e.g. --edit 'extract drums'")
 
     started = time.perf_counter()
+    stages: dict[str, float] = {}  # seconds per stage, for the last line
     print(f"imusic demo: rendering a held-out {args.seconds:g} s song (seed {HELD_OUT_SEED + args.seed})...")
     clip = render_clip(args.seconds, args.seed)
+    stages["render"] = time.perf_counter() - started
     if not edits:
         edits = choose_edits(model_stems(model_path), list(clip.stems))
     names = [f"{result_name(edit)}.wav" for edit in edits]
@@ -427,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
 
     from bridge.client import Client
 
+    mark = time.perf_counter()
     server = ServerProcess(args.model, out, args.port)
     rows: list[Row] = []
     try:
@@ -436,13 +439,17 @@ def run(args: argparse.Namespace) -> int:
             pong = server.wait_ready(client, args.ready_timeout)
             version, model_name, device = (list(pong.args) + ["", "", ""])[:3]
             print(f"imusic demo: server ready: model {model_name} on {device} (imusic {version})")
+            stages["server ready"], mark = time.perf_counter() - mark, time.perf_counter()
             for edit in edits:
                 rows.append(run_edit(client, server, input_path, edit, out, args.seed))
+            stages["edits"] = time.perf_counter() - mark
     finally:
         code = server.stop()
     if code not in (0, None):
         print(f"imusic demo: the server exited with code {code}; see {server.log_path}", file=sys.stderr)
+    mark = time.perf_counter()
     picture = write_picture(clip, rows, out / "before_after.png")
+    stages["picture"] = time.perf_counter() - mark
 
     print()
     print(summary_table(rows))
@@ -455,7 +462,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"log      {server.log_path}")
     print(
         f"imusic demo: {sum(r.status == 'done' for r in rows)} of {len(rows)} edits done in "
-        f"{time.perf_counter() - started:.1f} s"
+        f"{time.perf_counter() - started:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in stages.items())})"
     )
     failed = [row for row in rows if row.status != "done"]
     for row in failed:
