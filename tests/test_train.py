@@ -241,7 +241,7 @@ def test_base_stage_builds_from_a_bare_codec_then_adapters_train_on_the_result(c
 
 @pytest.mark.slow
 def test_validation_loss_falls_over_a_short_adapter_run(config, tmp_path):
-    # Measured on 2 shared CPU cores: ~75 s; validation loss 4.05 -> 3.85 (uniform over 64 codes: ln 64 = 4.16).
+    # Measured on 2 shared CPU cores: 50-75 s; validation loss 4.05 -> 3.85 (uniform over 64 codes: ln 64 = 4.16).
     run = replace(config, steps=150, batch=4, accum=1, lr=3e-3, warmup=10, val_every=25, val_clips=8, seconds=2.0)
     result = train(run, tmp_path / "run", progress=False, export=False)
     val = [loss for _, loss in result.history["val"]]
