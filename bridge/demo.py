@@ -288,7 +288,7 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, ou
     target = out / f"{result_name(edit)}.wav"
     target.unlink(missing_ok=True)  # the server never writes over a file; a rerun of the demo replaces its results
     bar = _Bar(edit)
-    done = False
+    done, job_id = False, None
     try:
         job_id = client.submit(str(input_path), 0.0, -1.0, edit, output_path=str(target), seed=seed)
         while True:
@@ -303,7 +303,8 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, ou
     except KeyboardInterrupt:
         from bridge import protocol
 
-        client.send(protocol.CANCEL, job_id)
+        if job_id is not None:
+            client.send(protocol.CANCEL, job_id)  # the server also gets Ctrl-C from the terminal; this covers the rest
         raise
     finally:
         bar.close(done)

@@ -139,6 +139,19 @@ def test_a_server_that_dies_while_loading_is_reported_with_its_last_lines(tmp_pa
     assert "Traceback" not in proc.stderr
 
 
+def test_an_edit_the_model_refuses_is_an_error_row_and_the_others_still_run(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    command = IMUSIC + ["demo", "--model", str(tiny_model_dir), "-o", str(out), "--seconds", "1"]
+    proc = subprocess.run(
+        command + ["--edit", "extract vocals", "--edit", "extract drums"], capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 1
+    refused = next(line for line in proc.stdout.splitlines() if line.startswith("extract vocals"))
+    assert "bad_instruction" in refused and not (out / "extract_vocals.wav").exists()
+    assert "1 of 2 edits done" in proc.stdout and (out / "extract_drums.wav").is_file()
+    assert "'extract vocals' failed" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # ---- the pure parts ---------------------------------------------------------------------------------------------
 
 
