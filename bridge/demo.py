@@ -456,7 +456,12 @@ def run(args: argparse.Namespace) -> int:
     print(summary_table(rows))
     print()
     stems = ", ".join(clip.stems) or "none"
-    print(f"input    {input_path}  ({clip.sample_rate} Hz stereo, {args.seconds:g} s, song seed {clip.song_seed})")
+    song = ", ".join(str(v) for v in (clip.info.get("style"), clip.info.get("key")) if v)
+    tempo = f", {clip.info['tempo']:g} bpm" if isinstance(clip.info.get("tempo"), (int, float)) else ""
+    print(
+        f"input    {input_path}  ({clip.sample_rate} Hz stereo, {args.seconds:g} s, song seed {clip.song_seed}"
+        f"{'; ' + song if song else ''}{tempo})"
+    )
     print(f"truth    {out / 'truth'}  ({stems})")
     if picture is not None:
         print(f"picture  {picture}")
