@@ -353,3 +353,52 @@ def export_codec(model, out_dir: Path) -> Path:
         layer.codebook.inited.fill_(1.0)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def held_out_songs(data: Path, seed: int = 0) -> list[str]:
+    """Top-level folder names of the validation and test songs (the same split as every other stage uses)."""
+    from engine.data.datasets import split_songs
+    from engine.data.layouts import scan
+
+    catalog = scan(data)
+    splits = split_songs(catalog.songs, seed=seed)
+    root = Path(catalog.root)
+    return sorted({song.path.relative_to(root).parts[0] for name in ("validation", "test") for song in splits[name]})
+
+
+def run_stage(args) -> int:
+    """`imusic train --stage codec`: the codec stage, with the run's settings remembered for `--resume`."""
+    run_dir = Path(args.output).expanduser()
+    saved = run_dir / "codec_train_config.json"
+    if args.resume or args.resume_from:
+        if not saved.exists():
+            raise CheckpointError(f"nothing to resume in {run_dir}: no codec_train_config.json")
+        cfg = CodecTrainConfig(**_config_from_json(saved))
+        data = Path(cfg.extra["data"])
+    else:
+        if not args.data:
+            raise DataError("--data is required for a new codec run")
+        if (run_dir / "codec_ckpt.pt").exists():
+            raise DataError(f"{run_dir} already holds a codec run: use --resume, or another -o")
+        data = Path(args.data).expanduser()
+        cfg = CodecTrainConfig(extra={"data": str(data)})
+        for flag, name in (("batch", "batch_size"), ("lr", "lr"), ("seconds", "segment_seconds"), ("seed", "seed")):
+            if getattr(args, flag, None) is not None:
+                setattr(cfg, name, getattr(args, flag))
+        if getattr(args, "warmup", None) is not None:
+            cfg.warmup_steps = args.warmup
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.ckpt_every is not None:
+        cfg.ckpt_every = args.ckpt_every
+    out = train_codec(
+        data, run_dir, cfg, exclude_songs=held_out_songs(data), resume=bool(args.resume), quiet=args.quiet
+    )
+    print(f"codec: {out}  (log: {run_dir / 'codec_log.jsonl'})")
+    return 0
+
+
+def _config_from_json(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    known = CodecTrainConfig.__dataclass_fields__
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}

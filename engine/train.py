@@ -3,7 +3,7 @@
 One generic loop (AdamW, warm-up + cosine, gradient accumulation, clipping, mixed precision on GPU, atomic
 checkpoints with exact resume, validation loss, a PNG of the curves) drives a *stage*: a small object that knows
 which parameters train, how a batch of clips becomes a loss, and what the finished run writes. Stages are looked up
-by name in `STAGES`; `register_stage` adds one (the codec stage plugs in there).
+by name in `STAGES`; `register_stage` adds one. (`--stage codec` runs its own loop: engine.codec_train.)
 
 Audio is encoded by the frozen codec on the fly, one batch at a time: clips are random draws (a new offset, subset
 and stem every epoch), so per-clip code caches would rarely hit. Text encodings are cached per distinct prompt
@@ -884,7 +884,7 @@ def train(
 
 # (flag, TrainConfig field, type, help); every default is TrainConfig's, so `--resume` can tell what was given.
 _OPTIONS: list[tuple[str, str, type, str]] = [
-    ("--stage", "stage", str, "what to train: {stages} (default {default})"),
+    ("--stage", "stage", str, "what to train: {stages}, codec (default {default})"),
     ("--steps", "steps", int, "optimizer steps (default {default})"),
     ("--batch", "batch", int, "clips per micro-batch (default {default})"),
     ("--accum", "accum", int, "micro-batches per optimizer step (default {default})"),
@@ -927,6 +927,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), then print where the result is."""
     from engine.device import default_device
+
+    if args.stage == "codec":  # stage 1 of the embedded model: its own loop (EMA codebooks, Adam), engine.codec_train
+        from engine.codec_train import run_stage
+
+        return run_stage(args)
 
     resuming = bool(args.resume or args.resume_from)
     if not resuming and not (args.data and args.base):

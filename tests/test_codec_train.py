@@ -82,3 +82,29 @@ def test_corrupted_checkpoint_on_resume_is_named(tones, tmp_path):
     (run / "codec_ckpt.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="codec_ckpt.pt"):
         train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, resume=True)
+
+
+def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
+    from bridge.cli import main
+    from engine.codec_train import held_out_songs
+    from engine.data.synth import synthesize
+
+    data = tmp_path / "synth"
+    synthesize(data, 10, seed=3, seconds=2.0, sample_rate=16000, progress=False)
+    held = held_out_songs(data)
+    assert held and len(held) < 10
+    run = tmp_path / "run"
+    common = ["train", "--stage", "codec", "-o", str(run), "--quiet"]
+    assert main([*common, "--data", str(data), "--steps", "4", "--batch", "2", "--seconds", "0.5"]) == 0
+    assert (run / "codec" / "config.json").exists()
+    assert main([*common, "--resume", "--steps", "6"]) == 0
+    import torch
+
+    state = torch.load(run / "codec_ckpt.pt", weights_only=False)
+    assert state["step"] == 6 and state["config"]["batch_size"] == 2  # the run's own settings were kept
+    with pytest.raises(DataError, match="already holds a codec run"):
+        from argparse import Namespace
+
+        from engine.codec_train import run_stage
+
+        run_stage(Namespace(output=str(run), resume=False, resume_from=None, data=str(data), steps=2, ckpt_every=None))
