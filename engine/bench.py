@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     if "small" in results:
         r = results["small"]
         cfg = r["cfg"]
-        bandwidth = copy_bandwidth(cfg.dim, cfg.ffn_dim, r["step_bytes"], fast, args.repeats)
+        bandwidth = copy_bandwidth(cfg.dim, cfg.ffn_dim, r["step_bytes"], fast, max(5, args.repeats))
         floor = r["step_bytes"] / (bandwidth * 1e9)
         print(f"copy bandwidth ({name}, batch-2 linears over {r['step_bytes'] / 1e9:.2f} GB): {bandwidth:.1f} GB/s; "
               f"small floor {floor * 1e3:.1f} ms/step; ours at {floor / r['ours_fast']:.0%} of the floor")  # fmt: skip
