@@ -7,7 +7,7 @@ APT_STAMP := $(VENV)/.apt-installed
 APT_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup apt test test-slow lint format demo clean
+.PHONY: setup apt test test-slow lint format demo clean default-model model-data model-codec
 
 $(APT_STAMP):
 	@mkdir -p $(VENV)
@@ -43,3 +43,18 @@ format: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- the embedded default model, stage by stage (each resumable: re-run the same target after a cut) ----------------
+MODEL_WORK ?= .cache/default-model
+MODEL_DATA := $(MODEL_WORK)/synth16k
+
+model-data: setup
+	$(BIN)/imusic data synth --tracks 400 --seconds 30 --sample-rate 16000 --seed 0 -o $(MODEL_DATA) --quiet \
+	  $$( [ -f $(MODEL_DATA)/dataset.json ] && echo --resume )
+
+model-codec: model-data
+	if [ -f $(MODEL_WORK)/codec/codec_ckpt.pt ]; then \
+	  $(BIN)/imusic train --stage codec --resume -o $(MODEL_WORK)/codec --quiet; \
+	else \
+	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/codec --steps 6000 --quiet; \
+	fi
