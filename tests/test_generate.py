@@ -243,3 +243,69 @@ def test_static_step_traces_as_one_graph_and_matches_the_full_pass(fused, fuse):
         parts = [fused.run(seq[..., :2], ctx, 0)]
         parts += [step(seq[..., s : s + 1], torch.tensor([s])) for s in range(2, 9)]
     torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
+
+
+def _open_adapters(model: MusicGenLM) -> None:
+    # trained-looking adapters: open gates and non-zero LoRA B, so that every folded path carries signal
+    with torch.no_grad():
+        model.fusion.gates.fill_(0.8)
+        for layer in model.layers:
+            layer.cross_attn.q.lora_b.normal_(0.0, 0.2)
+            layer.cross_attn.v.lora_b.normal_(0.0, 0.2)
+
+
+def test_one_token_decode_steps_equal_the_full_pass_with_adapters_padding_and_cfg():
+    # the eager step of small models (ctx.plan: folded cross-attention, prescaled weights) against the plain pass;
+    # row 1 has text padding, row 2 is the CFG null condition (no text at all)
+    torch.manual_seed(0)
+    model = MusicGenLM(CFG, FusionConfig(lora_rank=4, cond_frames=21)).eval()
+    _open_adapters(model)
+    states = torch.randn(3, 5, CFG.text_dim)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    states[2] = 0
+    seq = torch.randint(0, CFG.card + 1, (3, 4, 12))
+    cond = torch.randint(0, CFG.card, (3, 4, 6))  # shorter than the sequence: late steps use the last frame
+    with torch.inference_mode():
+        full = model(seq, states, mask, cond)
+        ctx = model.context(states, mask, cond)
+        ctx.cache = model.new_cache(3, 12)
+        model.prepare_decode(ctx, 12, fuse=True)
+        assert ctx.plan is not None
+        parts = [model.run(seq[..., :2], ctx, 0)] + [model.run(seq[..., s : s + 1], ctx, s) for s in range(2, 12)]
+    torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
+
+
+def test_one_token_decode_steps_without_text_equal_the_full_pass(lm):
+    seq = torch.randint(0, CFG.card + 1, (2, 4, 8))
+    with torch.inference_mode():
+        full = lm(seq)
+        ctx = lm.context(None, None)
+        ctx.cache = lm.new_cache(2, 8)
+        lm.prepare_decode(ctx, 8, fuse=True)
+        parts = [lm.run(seq[..., s : s + 1], ctx, s) for s in range(8)]
+    torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
+
+
+def test_decode_follows_weights_changed_in_place_between_generations():
+    # stacked/prescaled decode weights are remembered across calls; an in-place change must not be served stale
+    import copy
+
+    torch.manual_seed(0)
+    model = MusicGenLM(CFG).eval()
+    states, mask = _text()
+    generate(model, states, mask, num_frames=6, top_k=1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(("heads.", "emb.", "layers.0.self_attn", "layers.1.ffn")):
+                param.mul_(-1.5)
+    again = generate(model, states, mask, num_frames=6, top_k=1)
+    fresh = generate(copy.deepcopy(model), states, mask, num_frames=6, top_k=1)
+    assert torch.equal(again, fresh)
+
+
+def test_decode_weights_are_remembered_while_the_model_is_unchanged(lm):
+    states, mask = _text()
+    generate(lm, states, mask, num_frames=3, top_k=1)
+    first = {name: value for name, (_, value) in lm._derived.items()}
+    generate(lm, states, mask, num_frames=3, top_k=1)
+    assert first and all(lm._derived[name][1] is value for name, value in first.items())
