@@ -166,9 +166,9 @@ def step_bytes(cfg, dtype) -> int:
     """Weight bytes one decode step reads: self-attn q,k,v,out + cross q,out + FFN per layer, plus the heads."""
     import torch
 
-    element = torch.tensor([], dtype=dtype).element_size()
-    per_layer = 6 * cfg.dim * cfg.dim + 2 * cfg.dim * cfg.ffn_dim
-    return element * (cfg.num_layers * per_layer + cfg.num_codebooks * cfg.dim * cfg.card)
+    from engine.device import decode_weight_count
+
+    return torch.tensor([], dtype=dtype).element_size() * decode_weight_count(cfg)
 
 
 def argmax_agreement(lm_fp32, lm_low, *, frames: int, text_len: int) -> float:

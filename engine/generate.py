@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 
 from engine import delay
+from engine.device import decode_weight_count
 from engine.errors import Cancelled, ConfigError
 from engine.model import Context, MusicGenLM
 
@@ -135,11 +136,8 @@ def decode_threads(lm: MusicGenLM) -> int | None:
     """Threads for a CPU decode of this model: 1 for small models, None (leave torch's setting) otherwise."""
     if lm.device.type != "cpu":
         return None
-    cfg = lm.cfg
-    per_layer = 6 * cfg.dim * cfg.dim + 2 * cfg.dim * cfg.ffn_dim
-    weights = cfg.num_layers * per_layer + cfg.num_codebooks * cfg.dim * cfg.card
     element = torch.empty((), dtype=lm.dtype).element_size()
-    return 1 if weights * element < SINGLE_THREAD_BYTES else None
+    return 1 if decode_weight_count(lm.cfg) * element < SINGLE_THREAD_BYTES else None
 
 
 def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k, top_p,

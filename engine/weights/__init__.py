@@ -144,6 +144,8 @@ def load_model(
         from engine.weights.audiocraft_layout import load_parts
     else:
         raise CheckpointError(f"{base} is not a base model (found a {layout} layout)")
+    if dtype is None:
+        dt = _automatic_dtype(dev, base, layout)
     lm, codec, text = load_parts(base, fusion=fusion, device=dev, dtype=dt)
 
     if adapter_state is not None:
@@ -170,6 +172,18 @@ def load_model(
         **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
     )
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _automatic_dtype(device, base: Path, layout: str):
+    """The device's fast dtype for this decoder's size (a CPU keeps small decoders in fp32: engine.device)."""
+    from engine.device import decode_weight_count, default_dtype
+
+    count = None
+    if layout == "transformers":  # the size is in config.json; audiocraft models (all >= 300M) count as big
+        from engine.weights.transformers_layout import lm_config, read_config
+
+        count = decode_weight_count(lm_config(read_config(base)))
+    return default_dtype(device, count)
 
 
 def _resolve_adapter(adapter: str | Path) -> Path:
