@@ -124,7 +124,14 @@ def _spread_codebooks(codec, seed: int) -> None:
     tones = torch.sin(2 * torch.pi * torch.tensor([110.0, 440.0, 1760.0])[:, None] * time)[:, None]
     noise = torch.randn(1, 1, time.numel(), generator=generator) * torch.linspace(0.01, 0.5, time.numel())
     wav = torch.cat([tones * 0.3, noise])
-    residual = codec.encoder(wav).permute(0, 2, 1).reshape(-1, codec.config.hidden_size)  # [frames, D]
+    # One thread: a convolution's float sums depend on how the work is split, and the same seed must give the same
+    # bytes whatever thread count the caller (or a test run) has set.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        residual = codec.encoder(wav).permute(0, 2, 1).reshape(-1, codec.config.hidden_size)  # [frames, D]
+    finally:
+        torch.set_num_threads(threads)
     for layer in codec.quantizer.layers:
         book = layer.codebook
         pick = torch.randint(0, residual.shape[0], (book.embed.shape[0],), generator=generator)
