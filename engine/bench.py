@@ -162,13 +162,19 @@ def copy_bandwidth(dim: int, ffn_dim: int, total_bytes: float, dtype, repeats: i
     return count * dim * ffn_dim * element / seconds / 1e9
 
 
-def step_bytes(cfg, dtype) -> int:
-    """Weight bytes one decode step reads: self-attn q,k,v,out + cross q,out + FFN per layer, plus the heads."""
+def step_bytes(cfg, dtype, text_len: int | None = None, rows: int = 2) -> int:
+    """Weight bytes one decode step reads: self-attn q,k,v,out + cross q,out + FFN per layer, plus the heads.
+
+    With `text_len`, the cross q/out projections count as the folded tensors the loop reads instead when it folds
+    them (rows * heads * text_len <= dim: engine.model.MusicGenLM.prepare_decode)."""
     import torch
 
     from engine.device import decode_weight_count
 
-    return torch.tensor([], dtype=dtype).element_size() * decode_weight_count(cfg)
+    count = decode_weight_count(cfg)
+    if text_len is not None and rows * cfg.num_heads * text_len <= cfg.dim:
+        count += cfg.num_layers * (2 * rows * cfg.num_heads * text_len * cfg.dim - 2 * cfg.dim * cfg.dim)
+    return torch.tensor([], dtype=dtype).element_size() * count
 
 
 def argmax_agreement(lm_fp32, lm_low, *, frames: int, text_len: int) -> float:
@@ -210,7 +216,7 @@ def run_shape(shape: str, args, fast) -> dict:
         result["argmax_agree"] = argmax_agreement(lm_fp32, lm, frames=min(frames, 50), text_len=args.text_len)
     else:
         result["ours_fast"], result["theirs_fast"] = result["ours_fp32"], result["theirs_fp32"]
-    result["step_bytes"] = step_bytes(lm.cfg, fast)
+    result["step_bytes"] = step_bytes(lm.cfg, fast, args.text_len)
     result["cfg"] = lm.cfg
     del hf, lm
     return result

@@ -309,3 +309,35 @@ def test_decode_weights_are_remembered_while_the_model_is_unchanged(lm):
     first = {name: value for name, (_, value) in lm._derived.items()}
     generate(lm, states, mask, num_frames=3, top_k=1)
     assert first and all(lm._derived[name][1] is value for name, value in first.items())
+
+
+def _teacher_forced_steps(model, states, mask, seq, fuse):
+    with torch.inference_mode():
+        ctx = model.context(states, mask)
+        ctx.cache = model.new_cache(seq.shape[0], seq.shape[-1])
+        model.prepare_decode(ctx, seq.shape[-1], fuse=fuse)
+        parts = [model.run(seq[..., :3], ctx, 0)]
+        parts += [model.run(seq[..., s : s + 1], ctx, s) for s in range(3, seq.shape[-1])]
+    return ctx, torch.cat(parts, dim=2)
+
+
+def test_large_model_decode_folds_the_cross_attention_for_a_short_text():
+    # the plain (unstacked) decode path folds the cross-attention through the text when that reads fewer bytes:
+    # 2 rows x 4 heads x 5 tokens = 40 folded rows per tensor, fewer than the 64 of each projection: folded, same result
+    torch.manual_seed(0)
+    model = MusicGenLM(LMConfig(num_layers=2, dim=64, num_heads=4, ffn_dim=64, card=32, text_dim=16)).eval()
+    states, mask = torch.randn(2, 5, 16), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    seq = torch.randint(0, 33, (2, 4, 9))
+    ctx, steps = _teacher_forced_steps(model, states, mask, seq, fuse=False)
+    assert ctx.cross_folded is not None and ctx.plan is None
+    torch.testing.assert_close(steps, model(seq, states, mask), atol=1e-5, rtol=0)
+
+
+def test_large_model_decode_keeps_the_projections_for_a_long_text():
+    torch.manual_seed(0)
+    model = MusicGenLM(LMConfig(num_layers=2, dim=64, num_heads=4, ffn_dim=64, card=32, text_dim=16)).eval()
+    states, mask = torch.randn(2, 9, 16), torch.ones(2, 9, dtype=torch.bool)  # 2 x 4 x 9 = 72 rows > 64
+    seq = torch.randint(0, 33, (2, 4, 9))
+    ctx, steps = _teacher_forced_steps(model, states, mask, seq, fuse=False)
+    assert ctx.cross_folded is None
+    torch.testing.assert_close(steps, model(seq, states, mask), atol=1e-5, rtol=0)
