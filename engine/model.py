@@ -9,6 +9,9 @@ Three ways to run it, all through `MusicGenLM.run`:
 - eager decode with a preallocated KV cache, `start` a Python int (CPU: attends to the filled part only);
 - static decode, `start` a LongTensor of positions: every shape is fixed by the cache, so the step can be captured
   as a CUDA graph / torch.compile(mode="reduce-overhead").
+Small models (overhead-bound) get a planned one-token step from `prepare_decode(fuse=True)`: 2-D rows, stacked and
+prescaled weights (remembered across generations), the cross-attention folded through the text; run() takes it for
+single eager steps. tests/test_generate.py pins it to the full pass.
 """
 
 from __future__ import annotations
