@@ -20,8 +20,8 @@ Design choices (documented here because producers see them):
   fits the instruction and the input, and it costs one forward pass per take. Every score goes into `info`.
 - Seeds: `seed=None` draws one and reports it (`EditResult.seed`); the same seed, model, device and dtype give the
   same result.
-- Out of memory on an accelerator: retry with the takes generated one at a time, then with half, then a quarter
-  of the window; then ResourceError.
+- Out of memory (an accelerator's, or the CPU allocator's): retry with the takes generated one at a time, then with
+  half, then a quarter of the window; then ResourceError.
 """
 
 from __future__ import annotations
@@ -381,8 +381,10 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    """Out-of-memory errors that are not torch.OutOfMemoryError (MPS raises a RuntimeError saying so)."""
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    """Out-of-memory errors that are not torch.OutOfMemoryError (MPS raises a RuntimeError saying so; torch's CPU
+    allocator says "DefaultCPUAllocator: can't allocate memory")."""
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:

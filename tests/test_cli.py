@@ -37,3 +37,24 @@ def test_console_script_runs_as_module():
     proc = subprocess.run([sys.executable, "-m", "bridge.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout.startswith("imusic ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "message"),
+    [
+        (["weights", "info"], "imusic weights info", "the following arguments are required: path"),
+        (["edit", "song.wav"], "imusic edit", "the following arguments are required: instruction"),
+        (["weights", "frobnicate"], "imusic weights", "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_missing_argument_or_unknown_action_is_one_error_line_and_exit_2(capsys, argv, prog, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: {prog}")
+    # the usage, then exactly one error line, and no traceback
+    last = err.splitlines()[-1]
+    assert last.startswith(f"{prog}: error: ") and message in last
+    assert sum(line.startswith(prog + ": error") for line in err.splitlines()) == 1
+    assert "Traceback" not in err

@@ -295,12 +295,21 @@ def test_model_without_an_editing_adapter_is_refused(tiny_editor):
 
 
 # ---- out of memory ----------------------------------------------------------------------------------------------
-def test_out_of_memory_retries_with_smaller_windows(editor, monkeypatch):
+@pytest.mark.parametrize(
+    "error",
+    [
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("MPS backend out of memory (MPS allocated: 1.00 GB)"),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to"),
+    ],
+    ids=["cuda", "mps", "cpu"],
+)
+def test_out_of_memory_retries_with_smaller_windows(editor, monkeypatch, error):
     real = generate_mod.generate
 
     def small_memory(lm, text_states, text_mask, **kwargs):
         if kwargs["num_frames"] > 25:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise error
         return real(lm, text_states, text_mask, **kwargs)
 
     monkeypatch.setattr(generate_mod, "generate", small_memory)
@@ -317,6 +326,19 @@ def test_out_of_memory_that_persists_is_a_resource_error(editor, monkeypatch):
     monkeypatch.setattr(generate_mod, "generate", no_memory)
     with pytest.raises(ResourceError, match="out of memory"):
         editor.edit(_music(1.0, 16000), 16000, "add bass", takes=2)
+
+
+def test_other_runtime_errors_are_not_retried(editor, monkeypatch):
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(generate_mod, "generate", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        editor.edit(_music(1.0, 16000), 16000, "add bass")
+    assert len(calls) == 1
 
 
 # ---- resampling -------------------------------------------------------------------------------------------------

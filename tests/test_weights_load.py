@@ -322,3 +322,45 @@ def test_tiny_model_dir_is_reproducible_from_its_seed(tiny_model_dir, tmp_path):
         first, second, third = (load_file(str(d / part)) for d in (tiny_model_dir, again, other))
         assert all(torch.equal(first[n], second[n]) for n in first), part
         assert any(not torch.equal(first[n], third[n]) for n in first), part
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "garbage_bin"])
+def test_corrupt_base_weights_are_a_checkpoint_error(model_copy, damage):
+    weights = model_copy / "base" / "model.safetensors"
+    if damage == "garbage":
+        weights.write_bytes(b"not a safetensors file" * 100)
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        weights.unlink()
+        (model_copy / "base" / "pytorch_model.bin").write_bytes(b"not a torch pickle" * 100)
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint in"):
+        load_model(model_copy, device="cpu")
+
+
+def test_info_on_corrupt_safetensors_is_one_line(model_copy, capsys):
+    from bridge.cli import main
+
+    (model_copy / "base" / "model.safetensors").write_bytes(b"not a safetensors file" * 100)
+    assert main(["weights", "info", str(model_copy)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable safetensors file" in err
+
+
+def test_the_editors_vocabulary_comes_from_the_checkpoint(model_copy):
+    from engine.editor import Editor
+    from engine.errors import InstructionError
+
+    meta_path = model_copy / "adapter" / "adapter.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(stems=["Vocals", "Drums"], instruction_template="{verb} the {stem}")
+    meta["instruction_verbs"] = {"extract": "Isolate", "remove": "Drop"}
+    meta_path.write_text(json.dumps(meta))
+    editor = Editor.load(model_copy, device="cpu")
+    assert editor.info["stems"] == ["vocals", "drums"] and editor.info["operations"] == ["remove", "extract"]
+    assert editor.parse("vox only").prompt == "Isolate the Vocals"
+    assert editor.parse("remove the drums").prompt == "Drop the Drums"
+    with pytest.raises(InstructionError, match="no piano stem.*vocals, drums"):
+        editor.parse("remove the piano")
+    with pytest.raises(InstructionError, match="cannot read 'add'"):
+        editor.parse("add drums")

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from engine.bundle import LoadedModel
+    from engine.config import FusionConfig
 
 MODEL_CARD = "model_card.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
@@ -98,8 +102,8 @@ def load_model(
     device: Any = None,
     dtype: Any = None,
     *,
-    fusion=None,
-):
+    fusion: FusionConfig | None = None,
+) -> LoadedModel:
     """Load a model ready to edit (LoadedModel). See the module docstring for what `source` and `adapter` accept.
 
     `fusion` (a FusionConfig, for training): when no adapter is loaded, attach fresh adapters of this shape,

@@ -76,14 +76,17 @@ def _file_sizes(path: Path) -> dict[str, int]:
 
 def _safetensors_shapes(files: Iterable[Path]) -> dict[str, tuple[tuple[int, ...], str]]:
     """name -> (shape, dtype) from safetensors headers, without reading any tensor data."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     shapes = {}
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
-                sl = handle.get_slice(name)
-                shapes[name] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
+                    sl = handle.get_slice(name)
+                    shapes[name] = (tuple(sl.get_shape()), str(sl.get_dtype()))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{file} is not a readable safetensors file: {exc}") from None
     return shapes
 
 

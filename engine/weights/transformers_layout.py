@@ -12,11 +12,19 @@ import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
+
+    from engine.codec import Codec
+    from engine.config import FusionConfig, LMConfig
+    from engine.model import MusicGenLM
+    from engine.text import TextEncoder
 
 CONFIG = "config.json"
 WEIGHT_FILES = (
@@ -99,7 +107,7 @@ def weight_files(path: str | Path) -> list[Path]:
     return found
 
 
-def lm_config(config: dict[str, Any]):
+def lm_config(config: dict[str, Any]) -> LMConfig:
     """Our LMConfig from a transformers MusicgenConfig dict."""
     from engine.errors import ConfigError
     from engine.weights.convert import lm_config_from_transformers
@@ -127,8 +135,11 @@ def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
         )
 
 
-def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32):
+def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32) -> MusicgenForConditionalGeneration:
     """transformers MusicgenForConditionalGeneration from a directory, with missing/mismatched weights refused."""
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import MusicgenForConditionalGeneration
 
     path = Path(path)
@@ -139,13 +150,15 @@ def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32):
             model, info = MusicgenForConditionalGeneration.from_pretrained(
                 path, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True, local_files_only=True
             )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot read the checkpoint in {path}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError, EOFError) as exc:
+        # a corrupt or truncated weight file (safetensors header, torch pickle) is the producer's bad input
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        raise CheckpointError(f"cannot read the checkpoint in {path}: {lines[0]}") from None
     _check_loading_info(path, info)
     return model.eval()
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The text tokenizer saved beside the weights (T5's spiece.model / tokenizer.json, or our word-level one)."""
     from transformers import AutoTokenizer
 
@@ -161,7 +174,7 @@ def load_tokenizer(path: str | Path):
         raise CheckpointError(f"cannot read the tokenizer in {path}: {str(exc).splitlines()[0]}") from None
 
 
-def decoder_state(hf_model) -> dict[str, torch.Tensor]:
+def decoder_state(hf_model: MusicgenForConditionalGeneration) -> dict[str, torch.Tensor]:
     """The decoder's tensors in transformers naming (decoder.* and enc_to_dec_proj.*), shared, not copied."""
     state = {}
     for name, tensor in hf_model.state_dict().items():
@@ -171,8 +184,12 @@ def decoder_state(hf_model) -> dict[str, torch.Tensor]:
 
 
 def load_parts(
-    path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-):
+    path: str | Path,
+    *,
+    fusion: FusionConfig | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[MusicGenLM, Codec, TextEncoder]:
     """Read a transformers directory into (lm, codec, text): our decoder, Codec, TextEncoder, all on `device`."""
     from engine.bundle import build_lm
     from engine.codec import Codec
@@ -238,7 +255,13 @@ def _reload_full_precision(module, prefix: str, path: Path) -> None:
     module.load_state_dict(usable, strict=False)
 
 
-def load_lm(path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+def load_lm(
+    path: str | Path,
+    *,
+    fusion: FusionConfig | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MusicGenLM:
     """Only the decoder of a transformers directory, as our MusicGenLM."""
     lm, _, _ = load_parts(path, fusion=fusion, device=device, dtype=dtype)
     return lm
