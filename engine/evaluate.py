@@ -205,6 +205,9 @@ def evaluate(
     }
     for task in tasks:
         clips = _test_clips(data, task, rate, seconds, classes, seed, clips_per_song)
+        # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
+        report["data_problems"] = dict(clips.catalog.problem_counts())
+        skipped_songs = [{"song": song_id, "reason": reason} for song_id, reason in clips.skipped]
         count = len(clips) if limit is None else min(limit, len(clips))
         examples, skipped, captions = [], [], []
         audio_dirs = {kind: out_dir / "audio" / task / kind for kind in ("input", "output", "target")}
@@ -271,7 +274,16 @@ def evaluate(
             import shutil
 
             shutil.rmtree(out_dir / "audio" / task, ignore_errors=True)
-        report["tasks"][task] = {"summary": summary, "examples": examples, "skipped": skipped, "notes": notes}
+        if skipped_songs:
+            first = skipped_songs[0]
+            notes.append(f"{len(skipped_songs)} test song(s) skipped ({first['song']}: {first['reason']})")
+        report["tasks"][task] = {
+            "summary": summary,
+            "examples": examples,
+            "skipped": skipped,
+            "skipped_songs": skipped_songs,
+            "notes": notes,
+        }
     _write_json(out_dir / REPORT_JSON, report)
     (out_dir / REPORT_MD).write_text(markdown(report))
     return report
@@ -315,6 +327,10 @@ def markdown(report: dict) -> str:
         "identity is already close on spectral metrics: judge those against the codec ceiling; extract must beat "
         "identity clearly.",
     ]
+    problems = report.get("data_problems") or {}
+    if problems:
+        counts = ", ".join(f"{count} x {reason}" for reason, count in problems.items())
+        lines += ["", f"Stem files skipped while reading the data set: {counts}."]
     for task, part in report["tasks"].items():
         summary = part["summary"]
         extra = [m for m in ("fad", "kl", "clap") if m in summary.get("model", {})]

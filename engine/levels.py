@@ -259,8 +259,8 @@ def _reach(
 ) -> tuple[np.ndarray, float, bool]:
     """Gain `audio` from `current` to `target` LUFS, limiting to the ceiling; returns (audio, net gain dB, limited).
 
-    The JUCE limiter compresses (and so raises loudness), so the gain is corrected and the limiter re-run a few
-    times; each round can only lower the peaks, so the ceiling always holds.
+    Limiting lowers the loudness a little, so the gain is corrected and the limiter re-run a few times (at most
+    MAX_EXTRA_GAIN_DB past the plain gain); `limit` always ends at or under the ceiling, so every round holds it.
     """
     gain_db = target - current
     best: tuple[float, np.ndarray, float, bool] | None = None  # (miss in LU, audio, gain, limited)

@@ -88,6 +88,28 @@ def test_dataset_json_records_the_run_and_names_what_sounds(synth_dir):
     assert "drums" in song["caption"] and "bass" in song["caption"]
 
 
+@pytest.mark.skipif(len(default_soundfonts()) < 2, reason="only one General MIDI soundfont on this machine")
+def test_stems_are_rendered_through_every_soundfont_and_record_which(synth_dir):
+    fonts = {Path(p).name for p in json.loads((synth_dir / "dataset.json").read_text())["soundfonts"]}
+    used = {
+        entry["plugin_name"]
+        for track in sorted(p for p in synth_dir.iterdir() if p.is_dir())
+        for entry in read_yaml(track / "metadata.yaml")["stems"].values()
+    }
+    assert len(fonts) >= 2 and used == fonts
+
+
+def test_a_progress_bar_counts_the_tracks(tmp_path, capsys):
+    synthesize(tmp_path / "bar", 1, seed=1, seconds=1.0, sample_rate=RATE, progress=True)
+    err = capsys.readouterr().err
+    assert "synth" in err and "1/1" in err
+
+
+def test_no_progress_bar_when_asked(tmp_path, capsys):
+    synthesize(tmp_path / "quiet", 1, seed=1, seconds=1.0, sample_rate=RATE, progress=False)
+    assert "1/1" not in capsys.readouterr().err
+
+
 def test_metadata_stores_caption_words_per_stem(synth_dir):
     meta = read_yaml(synth_dir / "Track00001" / "metadata.yaml")
     words = {entry["class_name"] for entry in meta["stems"].values()}

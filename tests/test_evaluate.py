@@ -192,9 +192,45 @@ def test_an_unknown_task_is_a_config_error_naming_the_tasks(synth_data, tiny_edi
         evaluate(synth_data, ["separate"], tmp_path, editor=tiny_editor, progress=False)
 
 
-def test_a_data_set_without_test_songs_is_a_data_error(tiny_editor, tmp_path):
+def test_a_missing_data_folder_is_a_data_error(tiny_editor, tmp_path):
     with pytest.raises(DataError, match="no data set"):
         evaluate(tmp_path / "missing", ["extract"], tmp_path / "out", editor=tiny_editor, progress=False)
+
+
+def _folder_song(folder, classes=("drums", "bass")) -> None:
+    """A plain-folder song of 2 s at 16 kHz: noise drums, a sine bass."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    t = np.arange(2 * RATE) / RATE
+    audio = {
+        "drums": 0.3 * np.random.default_rng(len(str(folder))).standard_normal(t.size).clip(-1, 1),
+        "bass": 0.5 * np.sin(2 * np.pi * 110 * t),
+    }
+    for name in classes:
+        sf.write(str(folder / f"{name}.wav"), audio[name].astype(np.float32), RATE)
+
+
+def test_unreadable_stems_and_unusable_test_songs_are_counted_in_the_report(tiny_editor, tmp_path):
+    data = tmp_path / "data"
+    for split, song in (("train", "a"), ("validation", "b"), ("test", "c")):
+        _folder_song(data / split / song)
+    _folder_song(data / "test" / "solo", classes=("drums",))
+    (data / "train" / "a" / "guitar.wav").write_bytes(b"not audio at all")
+    report = evaluate(data, ["extract"], tmp_path / "out", editor=_EchoEditor(tiny_editor), seconds=1.0, progress=False)
+    part = report["tasks"]["extract"]
+    assert part["summary"]["model"]["n"] == 1 and {clip["song"] for clip in part["examples"]} == {"c"}
+    assert report["data_problems"] == {"unreadable stem file": 1}
+    assert part["skipped_songs"] == [{"song": "solo", "reason": "only 1 stem class(es) usable (Drums)"}]
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "1 x unreadable stem file" in text and "1 test song(s) skipped (solo: only 1 stem class" in text
+
+
+def test_a_data_set_too_small_for_the_split_is_a_data_error_naming_the_need(tiny_editor, tmp_path):
+    for song in ("a", "b"):
+        _folder_song(tmp_path / "data" / song)
+    with pytest.raises(DataError, match="2 usable song.*at least 3"):
+        evaluate(tmp_path / "data", ["remove"], tmp_path / "out", editor=tiny_editor, seconds=1.0, progress=False)
 
 
 def test_imusic_eval_command_line_reports_an_unknown_task_in_one_line(synth_data, tiny_model_dir, tmp_path, capsys):
