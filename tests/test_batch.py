@@ -84,6 +84,22 @@ def test_finds_audio_recursively_and_ignores_other_and_hidden_files(session):
     assert rels == ["mix", "stems/bass"]
 
 
+def test_finds_every_format_pedalboard_reads_whatever_the_case_of_the_extension(tmp_path):
+    for name in ("a.wav", "b.aiff", "c.aif", "d.flac", "e.mp3", "f.ogg", "g.WAV", "h.Flac", "i.mid", "j.rpp"):
+        (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(b"")
+    assert [s.path.name for s in find_audio_files(tmp_path / "in")] == [
+        "a.wav",
+        "b.aiff",
+        "c.aif",
+        "d.flac",
+        "e.mp3",
+        "f.ogg",
+        "g.WAV",
+        "h.Flac",
+    ]
+
+
 def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp_path):
     write_tone(tmp_path / "song.wav", 0.1, 8000, 1)
     write_tone(tmp_path / "song.flac", 0.1, 8000, 1)

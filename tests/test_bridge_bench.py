@@ -27,6 +27,16 @@ def test_overhead_is_total_time_minus_model_time():
     assert 0 < figures["overhead"] < 1
 
 
+def test_imusic_bench_engine_on_the_tiny_model_prints_bridge_overhead_last(tiny_model_dir, capsys):
+    from bridge.cli import main
+
+    argv = ["bench", "engine", "--model", str(tiny_model_dir), "--seconds", "1", "--jobs", "1", "--channels", "1"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("job 1/1: total ") and "model " in lines[0]
+    assert re.fullmatch(r"bridge overhead: \d+\.\d%", lines[-1])
+
+
 @pytest.mark.slow
 def test_bench_engine_on_the_tiny_model(request):
     pytest.importorskip("engine.editor")

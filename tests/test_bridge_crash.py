@@ -85,16 +85,20 @@ def test_kill_9_during_a_queue_then_restart_completes_every_accepted_job_once(tm
     assert len(edits) <= len(ids) + 1  # at most the job cut by the kill ran twice
 
 
-def test_sigterm_stops_gracefully_and_the_interrupted_job_resumes(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_stops_gracefully_and_the_interrupted_job_resumes(tmp_path, stop_signal):
     root = tmp_path / "root"
     song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
     process, port = launch(tmp_path, root)
     with Client("127.0.0.1", port) as client:
-        ids = [client.submit(str(song), 0.0, 1.0, "extract drums") for _ in range(4)]
+        ids = [client.submit(str(song), 0.0, 1.0, f"extract drums #{i}") for i in range(4)]
         for job_id in ids:
             client.wait_for(lambda r, j=job_id: r.address == protocol.ACCEPTED and r.job_id == j, 10)
-    process.send_signal(signal.SIGTERM)
+        assert client.status(ids[-1], 5).state == protocol.QUEUED  # still pending when the signal arrives
+    process.send_signal(stop_signal)
     assert process.wait(15) == 0
+    stopped = (tmp_path / "first.stderr").read_text()
+    assert "Traceback" not in stopped and "KeyboardInterrupt" not in stopped
 
     process, port = launch(tmp_path, root, port=port, name="second")
     try:
@@ -104,3 +108,6 @@ def test_sigterm_stops_gracefully_and_the_interrupted_job_resumes(tmp_path):
         process.send_signal(signal.SIGTERM)
         process.wait(10)
     assert len(outputs) == 4
+    edits = (tmp_path / "edits.log").read_text().splitlines()
+    assert sorted(set(edits)) == [f"extract drums #{i}" for i in range(4)]  # every job ran to its end
+    assert len(edits) <= 5  # at most the job the signal caught finished its last step and ran again

@@ -426,6 +426,44 @@ def test_the_journal_is_written_before_the_job_is_acknowledged(server, client, s
     client.wait(job_id, timeout=TIMEOUT)
 
 
+def test_the_accepted_event_is_fsynced_before_accepted_is_sent(server, client, song, monkeypatch):
+    """Order on the dispatcher thread: the journal line is on disk (fsync) before /imusic/accepted leaves."""
+    events: list[str] = []
+    journal = server.journal_dir / "jobs.jsonl"
+    real_fsync, real_send = os.fsync, server._send
+
+    def fsync(fd):
+        real_fsync(fd)
+        if threading.current_thread().name == "imusic-osc":
+            events.append("fsync:" + journal.read_text().splitlines()[-1])
+
+    def send(to, address, *args):
+        if address == protocol.ACCEPTED:
+            events.append("accepted")
+        real_send(to, address, *args)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(server, "_send", send)
+    job_id = client.submit(str(song), 0.0, 1.0, "extract drums", job_id="durable-1")
+    client.wait(job_id, timeout=TIMEOUT)
+    first_accepted = events.index("accepted")
+    synced = [e for e in events[:first_accepted] if e.startswith("fsync:")]
+    assert synced and '"e":"accepted"' in synced[-1] and '"id":"durable-1"' in synced[-1], events
+
+
+def test_by_default_only_the_home_and_temp_folders_are_allowed(tmp_path):
+    import tempfile
+
+    from bridge.protocol import RequestError
+
+    server = EngineServer(editor=FakeEditor(), journal_dir=tmp_path / "journal")
+    assert server.roots == [Path.home().resolve(), Path(tempfile.gettempdir()).resolve()]
+    assert server.allowed_path(str(tmp_path / "a.wav"), "input") == (tmp_path / "a.wav").resolve()
+    with pytest.raises(RequestError) as exc:
+        server.allowed_path(os.path.abspath(os.sep), "input")  # the file system root is neither
+    assert exc.value.code == protocol.FORBIDDEN_PATH
+
+
 def test_two_servers_cannot_share_one_journal(server, tmp_path, root):
     from engine.errors import ConfigError
 

@@ -163,6 +163,28 @@ def test_extract_drums_puts_the_edit_of_exactly_the_item_on_a_new_track_under_it
     assert_region_is_source(call, source_file, offset=1.25, seconds=2.5)
 
 
+def test_every_hotkey_action_sends_its_own_edit_and_lands_under_the_source(harness, source_file, sent):
+    from reaper_scripts.planning import PRESET_ACTIONS
+
+    reaper = harness.reaper
+    mix = reaper.add_track("Mix")
+    reaper.add_track("After")
+    reaper.add_item(mix, position=1.0, length=0.5, start_offset=3.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    for number, action in enumerate(PRESET_ACTIONS, start=1):
+        harness.run(action.script_name)
+        harness.settle()
+        assert reaper.messages == [], (action.script_name, reaper.messages)
+        assert sent[-1][3] == action.instruction and len(sent) == number
+        assert_region_is_source(sent[-1], source_file, offset=3.0, seconds=0.5)
+        new = reaper.tracks[1]  # each result track goes directly under Mix, above the earlier ones
+        assert new.name == f"Mix \u00b7 {action.instruction}"
+        (result,) = new.items
+        assert (result.position, result.length) == (1.0, 0.5)
+        assert soundfile.info(result.take.source.filename).frames == frames(0.5)
+        assert reaper.undo_points[-1] == f"Instruct: {action.instruction}" and len(reaper.undo_points) == number
+    assert [t.name for t in reaper.tracks][-1] == "After" and len(reaper.tracks) == 2 + len(PRESET_ACTIONS)
+
+
 def test_the_deferred_loop_never_blocks_reaper(harness, source_file):
     reaper = harness.reaper
     track = reaper.add_track("Mix")
