@@ -475,6 +475,10 @@ class InProcessBackend:
 class ServerBackend:
     """Jobs sent to a running `imusic serve`; the server reads the region and writes the result itself."""
 
+    # A server that says nothing about a running job for this long has died or hangs (it answers status queries
+    # every few seconds even while busy): the batch stops with a clear error instead of waiting forever.
+    silence_limit_s = 60.0
+
     def __init__(self, address: str, *, seed: int | None, takes: int) -> None:
         from bridge import protocol
         from bridge.client import Client, NoReply
@@ -547,7 +551,7 @@ class ServerBackend:
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
         from bridge import protocol
-        from bridge.client import JobResult, RemoteError
+        from bridge.client import JobResult, NoReply, RemoteError
 
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
         nonce = os.urandom(4).hex()
@@ -566,7 +570,14 @@ class ServerBackend:
                 else:
                     if job_id not in self.submitted:
                         self._submit(pair, job_id)
-                    result = self.client.wait(job_id, on_progress=lambda f, _stage, p=pair: progress(p, f))
+                    result = self.client.wait(
+                        job_id,
+                        on_progress=lambda f, _stage, p=pair: progress(p, f),
+                        give_up_after=self.silence_limit_s,
+                    )
+            except NoReply as exc:
+                # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
+                raise ResourceError(f"{exc}; rerun the same batch command to resume") from None
             except RemoteError as exc:
                 if exc.code in FATAL_REMOTE_CODES:
                     raise ConfigError(f"the server refused '{pair.edit}' on {pair.source.rel}: {exc}") from None

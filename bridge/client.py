@@ -221,15 +221,17 @@ class Client:
         timeout: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
         resend_after: float = 1.0,
+        give_up_after: float | None = None,
     ) -> JobResult:
         """Block until the job is done; RemoteError if it failed or was cancelled, NoReply on timeout.
 
         Until the job is accepted, the last submit() of it is resent every `resend_after` seconds (harmless: job ids
         are idempotent), which covers a lost datagram or a server that was restarting; once accepted, a silent
-        server is asked for the job's state every few seconds instead.
+        server is asked for the job's state every few seconds instead. `give_up_after`: NoReply once the server has
+        said nothing at all about the job for that many seconds (it died or hangs; None waits for a restart).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_heard = time.monotonic()
+        last_heard = last_reply = time.monotonic()
         last = getattr(self, "_last_edit", None)
         adopted = last is None or last[0] != job_id  # a job this client did not submit: nothing to resend
         accepted = adopted
@@ -238,11 +240,16 @@ class Client:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
+            if give_up_after is not None and time.monotonic() - last_reply > give_up_after:
+                raise NoReply(
+                    f"the engine at {self.server[0]}:{self.server[1]} has not answered about job {job_id} for "
+                    f"{give_up_after:g} s: it stopped or hangs (see its log)"
+                )
             for reply in self._take(job_id) or self._read(0.2):
                 if reply.job_id != job_id:
                     self._backlog.append(reply)
                     continue
-                last_heard = time.monotonic()
+                last_heard = last_reply = time.monotonic()
                 if reply.address == protocol.ACCEPTED:
                     accepted = True
                 elif reply.address == protocol.PROGRESS:
@@ -349,9 +356,9 @@ def _print_reply(reply: Reply, as_json: bool) -> None:
 class _ProgressBar:
     """A one-line progress bar on stderr (redrawn in place on a terminal, one line per stage otherwise)."""
 
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # looked up now: stderr may have been replaced
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.last_stage = None
 
     def __call__(self, fraction: float, stage: str) -> None:

@@ -80,3 +80,36 @@ def test_no_server_listening_is_one_clear_line(session, tmp_path, capsys):
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out"), "--server", "127.0.0.1:9"]
     assert main(argv) == 1
     assert "no imusic server answers at 127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny_editor, session, monkeypatch, capsys):
+    import threading
+    import time as clock
+
+    from bridge import batch
+
+    class SlowEditor:
+        """The tiny editor, after a pause long enough to stop the server while a job runs."""
+
+        def __getattr__(self, name):
+            return getattr(tiny_editor, name)
+
+        def edit(self, *args, **kwargs):
+            started.set()
+            clock.sleep(1.0)
+            return tiny_editor.edit(*args, **kwargs)
+
+    started = threading.Event()
+    server = EngineServer(
+        editor=SlowEditor(), port=0, journal_dir=tmp_path / "journal", allow_roots=[tmp_path], warm_up=False
+    )
+    server.start()
+    assert server.wait_ready(30)
+    threading.Thread(target=lambda: started.wait(30) and server.stop(), daemon=True).start()
+    monkeypatch.setattr(batch.ServerBackend, "silence_limit_s", 2.0)
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out")]
+    began = clock.monotonic()
+    assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1
+    assert clock.monotonic() - began < 30
+    err = capsys.readouterr().err
+    assert "has not answered" in err and "rerun" in err and "Traceback" not in err

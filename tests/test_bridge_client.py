@@ -147,6 +147,17 @@ def test_send_edit_waits_and_prints_the_result_path(server, root, capsys):
     assert out.exists() and out.parent == root / "results"
 
 
+def test_send_edit_shows_progress_on_stderr_up_to_100_percent(server, root, capsys):
+    server.worker.editor.steps, server.worker.editor.step_s = 4, 0.02
+    song = write_wav(root / "song.wav")
+    assert send(server, "edit", str(song), "extract drums") == 0
+    captured = capsys.readouterr()
+    lines = [line.split(maxsplit=1) for line in captured.err.splitlines()]  # not a terminal: one line per stage
+    assert [stage for _, stage in lines] == ["started", "editing", "decoding", "writing"]
+    assert lines[-1][0] == "100.0%"
+    assert Path(captured.out.strip()).exists()
+
+
 def test_send_edit_no_wait_prints_the_job_id_once_accepted(server, root, capsys):
     song = write_wav(root / "song.wav")
     assert send(server, "edit", str(song), "extract drums", "--no-wait", "--job-id", "mine-1") == 0
