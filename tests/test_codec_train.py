@@ -108,3 +108,23 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
         from engine.codec_train import run_stage
 
         run_stage(Namespace(output=str(run), resume=False, resume_from=None, data=str(data), steps=2, ckpt_every=None))
+
+
+def test_codebooks_start_only_after_the_unquantised_warm_up(tones, tmp_path):
+    import torch
+
+    cfg = _tiny_cfg(4)
+    cfg.quantize_after = 3
+    train_codec(tones, tmp_path / "warm", cfg, threads=1, quiet=True, stop_after=3)
+    state = torch.load(tmp_path / "warm" / "codec_ckpt.pt", weights_only=False)
+    assert not state["rvq_initialised"]  # three steps of plain autoencoding: the codebooks were never touched
+    assert all(json_row["commit"] == 0.0 for json_row in _rows(tmp_path / "warm"))
+    train_codec(tones, tmp_path / "warm", cfg, threads=1, quiet=True, resume=True)
+    state = torch.load(tmp_path / "warm" / "codec_ckpt.pt", weights_only=False)
+    assert state["rvq_initialised"] and _rows(tmp_path / "warm")[-1]["commit"] > 0.0
+
+
+def _rows(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "codec_log.jsonl").read_text().splitlines()]
