@@ -6,8 +6,10 @@ which parameters train, how a batch of clips becomes a loss, and what the finish
 by name in `STAGES`; `register_stage` adds one. (`--stage codec` runs its own loop: engine.codec_train.)
 
 Audio is encoded by the frozen codec on the fly, one batch at a time: clips are random draws (a new offset, subset
-and stem every epoch), so per-clip code caches would rarely hit. Text encodings are cached per distinct prompt
-(an edit data set has only ops x stems of them). Keep top-level imports light: torch is imported inside functions.
+and stem every epoch), so per-clip code caches would rarely hit. Where the codec costs as much as the model (a small
+model on a CPU), `--pool N` draws N epochs of training clips once, encodes them once (saved in the run folder) and
+trains over that fixed pool instead. Text encodings are cached per distinct prompt (an edit data set has only
+ops x stems of them). Keep top-level imports light: torch is imported inside functions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import math
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -61,6 +64,8 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere
     log_every: int = 10
     workers: int | None = None  # clip-loading processes; None: none on CPU, up to 4 on accelerators
+    pool: int = 0  # epochs of training clips drawn and encoded once (0: fresh draws encoded at every step)
+    window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (10 s: 500 frames)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -74,10 +79,14 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.val_clips < 0:
             raise ConfigError("warm-up, gradient clip, weight decay and validation clips must not be negative")
+        if self.pool < 0:
+            raise ConfigError(f"--pool must not be negative, got {self.pool}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must not be negative, got {self.workers}")
         if not self.seconds > 0:
             raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+        if self.window < 0:
+            raise ConfigError(f"--window must not be negative, got {self.window}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.stage not in STAGES:
@@ -122,13 +131,32 @@ class Stage:
         """Indexable clips of a split (with `set_epoch` for fresh training draws)."""
         raise NotImplementedError
 
-    def loss(self, items: Sequence[Any]):
-        """Scalar loss tensor of a list of dataset items."""
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
+        """Dataset items through the frozen parts (the codec): what `loss_codes` trains on."""
         raise NotImplementedError
+
+    def loss_codes(self, records: Sequence[Encoded]):
+        """Scalar loss tensor of encoded items."""
+        raise NotImplementedError
+
+    def loss(self, items: Sequence[Any]):
+        """Scalar loss tensor of a list of dataset items (raw clips, or records of a code pool)."""
+        if not all(isinstance(item, Encoded) for item in items):
+            items = self.encode(items)
+        return self.loss_codes(items)
 
     def export(self, run_dir: Path, info: dict) -> dict[str, str]:
         """Write the finished result into run_dir; returns {what: path}."""
         raise NotImplementedError
+
+
+@dataclass
+class Encoded:
+    """One training item after the frozen codec: target codes [K, F], condition codes [K, F] or None, its text."""
+
+    codes: Any
+    cond: Any
+    text: str
 
 
 STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = {}
@@ -172,9 +200,17 @@ def _open_split(cfg: TrainConfig, split: str, sample_rate: int, kind: str = "edi
     # Several clips per song and per epoch: small data sets still fill batches; the draws differ per item.
     per_song = max(1, math.ceil(cfg.batch * cfg.accum / max(1, len(catalog.songs))))
     try:
-        return cls(catalog, split, _clip_config(cfg, sample_rate), seed=cfg.seed, clips_per_song=per_song)
+        data = cls(catalog, split, _clip_config(cfg, sample_rate), seed=cfg.seed, clips_per_song=per_song)
     except DataError as exc:
         raise DataError(f"data set {cfg.data} is too small for training: {exc}") from None
+    if split == "train":  # once per run: what the scan could not use, counted (the details: `imusic data info`)
+        problems = ", ".join(f"{count} x {reason}" for reason, count in sorted(catalog.problem_counts().items()))
+        if problems:
+            print(f"imusic train: skipped stem files: {problems}", file=sys.stderr)
+        if data.skipped:
+            song, reason = data.skipped[0]
+            print(f"imusic train: skipped {len(data.skipped)} song(s) of the split ({song}: {reason})", file=sys.stderr)
+    return data
 
 
 class _TextCache:
@@ -200,6 +236,12 @@ class _TextCache:
         return states.to(self.text.device), mask.to(self.text.device)
 
 
+def _frame_rate(hf_config: dict) -> float:
+    """Codec frames per second of a transformers MusicGen config (audio_encoder: sampling rate / hop)."""
+    codec = hf_config.get("audio_encoder", {})
+    return float(codec.get("sampling_rate", 32000)) / math.prod(codec.get("upsampling_ratios", [8, 5, 4, 4]))
+
+
 def _encode_audio(codec, clips: Sequence[np.ndarray]):
     import torch
 
@@ -223,13 +265,16 @@ class AdapterStage(Stage):
 
         self.cfg = cfg
         self.base_path, self.base_card, existing = _base_parts(cfg.base)
-        # Same adapter shape as the base's own adapter when it has one; the official shape otherwise.
-        fusion = read_adapter(existing)[1]["fusion"] if existing is not None else FusionConfig()
         layout = detect_layout(self.base_path)
         if layout == "transformers":
-            from engine.weights.transformers_layout import load_parts
+            from engine.weights.transformers_layout import load_parts, read_config
         else:
             from engine.weights.audiocraft_layout import load_parts
+        # Same adapter shape as the base's own adapter when it has one, else the official one; --window resizes it.
+        fusion = read_adapter(existing)[1]["fusion"] if existing is not None else FusionConfig()
+        if cfg.window:
+            frame_rate = _frame_rate(read_config(self.base_path)) if layout == "transformers" else 50.0
+            fusion = replace(fusion, cond_frames=int(round(cfg.window * frame_rate)) + 1)
         # Under autocast the frozen base is stored in the autocast dtype (half the memory of a 3.3B decoder); the
         # adapters, the only weights the optimizer updates, stay fp32 masters.
         frozen_dtype = _precision(cfg, torch.device(device))[0] or torch.float32
@@ -259,11 +304,18 @@ class AdapterStage(Stage):
             self.stems = tuple(sorted({cls for plan in data.plans for cls in plan.targets}))
         return data
 
-    def loss(self, items: Sequence[Any]):
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
         prompts = [self.template.format(verb=self.verbs[clip.op], stem=clip.stem_name, op=clip.op) for clip in items]
-        text_states, text_mask = self.texts(prompts)  # [B, S, dim], [B, S]
         codes = _encode_audio(self.codec, [clip.target for clip in items])  # [B, K, F]
         cond_codes = _encode_audio(self.codec, [clip.input for clip in items])  # [B, K, F]
+        return [Encoded(c, cond, prompt) for c, cond, prompt in zip(codes, cond_codes, prompts, strict=True)]
+
+    def loss_codes(self, records: Sequence[Encoded]):
+        import torch
+
+        text_states, text_mask = self.texts([r.text for r in records])  # [B, S, dim], [B, S]
+        codes = torch.stack([r.codes for r in records]).long().to(self.codec.device)  # [B, K, F]
+        cond_codes = torch.stack([r.cond for r in records]).long().to(self.codec.device)  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, cond_codes)
         return loss
 
@@ -460,9 +512,15 @@ class BaseStage(Stage):
         states = self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
         return states * mask[..., None].to(states.dtype), mask.bool()  # padded states zeroed, as TextEncoder
 
-    def loss(self, items: Sequence[Any]):
-        text_states, text_mask = self._encode_text([clip.caption for clip in items])
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
         codes = _encode_audio(self.codec, [clip.audio for clip in items])  # [B, K, F]
+        return [Encoded(c, None, clip.caption) for c, clip in zip(codes, items, strict=True)]
+
+    def loss_codes(self, records: Sequence[Encoded]):
+        import torch
+
+        text_states, text_mask = self._encode_text([r.text for r in records])
+        codes = torch.stack([r.codes for r in records]).long().to(self.device)  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, None)
         return loss
 
@@ -606,6 +664,59 @@ class ClipFeeder:
         return [item for _, item in pairs]
 
 
+POOL_FILE = "code_pool.pt"
+
+
+class CodePool:
+    """Training clips encoded once: `epochs` epochs of the data set's random draws, in draw order.
+
+    Saved as `code_pool.pt` in the run folder (int16 codes) so that a resumed run trains on the same pool without
+    encoding it again; a pool made from other settings is refused rather than silently reused."""
+
+    def __init__(self, records: list[Encoded]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Encoded:
+        return self.records[index]
+
+    @classmethod
+    def build(cls, stage: Stage, data, epochs: int, run_dir: Path, batch: int, key: dict, log: bool) -> CodePool:
+        import torch
+
+        path = Path(run_dir) / POOL_FILE
+        if path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unpickling/zip error means the same thing to the user
+                raise CheckpointError(f"code pool {path} is unreadable ({exc}); delete it to encode it again") from None
+            if saved.get("key") != key:
+                raise CheckpointError(f"code pool {path} was made with other settings; delete it to encode it again")
+            conds = saved["cond"] if saved["cond"] is not None else [None] * len(saved["texts"])
+            return cls([Encoded(c, cond, t) for c, cond, t in zip(saved["codes"], conds, saved["texts"], strict=True)])
+        total = epochs * len(data)
+        records: list[Encoded] = []
+        for epoch in range(epochs):
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
+            for start in range(0, len(data), batch):
+                encoded = stage.encode([data[i] for i in range(start, min(len(data), start + batch))])
+                for r in encoded:  # int16: a pool of thousands of clips stays a few MB
+                    records.append(Encoded(r.codes.short(), None if r.cond is None else r.cond.short(), r.text))
+            if log:
+                print(f"code pool: {len(records)}/{total} clips encoded", file=sys.stderr)
+        conds = None if records[0].cond is None else torch.stack([r.cond for r in records])
+        payload = {"key": key, "codes": torch.stack([r.codes for r in records]), "cond": conds}
+        payload["texts"] = [r.text for r in records]
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return cls(records)
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to zero at `total` (transformers'
     get_cosine_schedule_with_warmup, as the official run, except that step 0 already gets a small rate)."""
@@ -723,6 +834,7 @@ def train(
     from engine.device import parse_device
     from engine.plots import plot_curves
 
+    started = time.monotonic()  # wall time includes loading and encoding the code pool
     run_dir = Path(run_dir).expanduser()
     existing = list_checkpoints(run_dir)
     payload = None
@@ -749,6 +861,9 @@ def train(
     cfg = replace(cfg, extra={**cfg.extra, "run_dir": str(run_dir)})
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
+    if cfg.pool:
+        key = {k: v for k, v in asdict(cfg).items() if k not in (*RESUME_CHANGES, "extra")}
+        train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, log=progress)
     try:
         val_data = stage.dataset("validation")
     except DataError as exc:
@@ -776,6 +891,8 @@ def train(
         step = int(payload["step"])
         _set_rng_state(payload["rng"])
     workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(4, os.cpu_count() or 1))
+    if cfg.pool:
+        workers = 0  # the pool is in memory: nothing to decode ahead
     feeder = ClipFeeder(train_data, sampler, cfg.batch, workers, cfg.seed)
 
     def autocast():
@@ -800,6 +917,8 @@ def train(
         return total / len(chosen)
 
     def checkpoint() -> Path:
+        # Wall time of the whole run, summed over its sessions (a resumed run adds its own).
+        history["wall_seconds"] = wall_before + (time.monotonic() - started)
         state = {
             "format": CKPT_FORMAT,
             "version": CKPT_VERSION,
@@ -822,6 +941,7 @@ def train(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    wall_before = float(history.get("wall_seconds", 0.0))
     bar = None
     # A live bar on a terminal; plain lines every log_every steps in a log file (nohup, cluster jobs).
     log_lines = progress and not sys.stderr.isatty()
@@ -901,6 +1021,8 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
     ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
     ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 4 on GPU)"),
+    ("--window", "window", float, "adapter condition window in seconds (default: the base's, else 10 s)"),
+    ("--pool", "pool", int, "encode N epochs of training clips once and train on that pool (default 0: fresh draws)"),
     ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),
 ]
 
@@ -921,6 +1043,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument("--dim", type=int, help="decoder width (default 256)")
     sizes.add_argument("--heads", type=int, help="decoder attention heads (default 4)")
     sizes.add_argument("--text-dim", type=int, help="text encoder width (default 128)")
+    codec = parser.add_argument_group("codec stage (--stage codec)")
+    codec.add_argument(
+        "--quantize-after", type=int, help="steps trained without quantisation before the codebooks start (default 0)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

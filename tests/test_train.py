@@ -87,6 +87,55 @@ def test_clip_loading_workers_do_not_change_the_run(config, tmp_path):
     assert helped.history["train"] == alone.history["train"]
 
 
+def test_a_pooled_item_has_the_loss_of_the_clip_it_was_encoded_from(config):
+    from engine.train import STAGES, Encoded
+
+    stage = STAGES["adapters"](config, torch.device("cpu"))
+    items = [stage.dataset("train")[i] for i in range(2)]
+    records = stage.encode(items)
+    assert all(isinstance(r, Encoded) and r.cond is not None for r in records)
+    stored = [Encoded(r.codes.short(), r.cond.short(), r.text) for r in records]  # as the pool keeps them
+    with torch.no_grad():
+        assert float(stage.loss(stored)) == pytest.approx(float(stage.loss(items)), abs=1e-6)
+
+
+def test_a_pooled_run_encodes_once_and_resumes_exactly(config, tmp_path):
+    from engine.train import POOL_FILE
+
+    pooled = replace(config, pool=2)
+    whole = train(pooled, tmp_path / "whole", progress=False, export=False)
+    saved = torch.load(tmp_path / "whole" / POOL_FILE, weights_only=True)
+    assert saved["codes"].dtype == torch.int16 and saved["codes"].shape[0] == len(saved["texts"]) > 0
+    train(pooled, tmp_path / "cut", progress=False, stop_after=2, export=False)
+    (tmp_path / "cut" / POOL_FILE).touch()  # the resumed run must read the saved pool, not encode a new one
+    before = (tmp_path / "cut" / POOL_FILE).stat().st_mtime_ns
+    resumed = train(pooled, tmp_path / "cut", resume=True, progress=False, export=False)
+    assert (tmp_path / "cut" / POOL_FILE).stat().st_mtime_ns == before
+    assert resumed.history["train"] == whole.history["train"]
+
+
+def test_a_pool_made_with_other_settings_is_refused(config, tmp_path):
+    from engine.train import POOL_FILE
+
+    train(replace(config, pool=1, steps=2), tmp_path / "a", progress=False, export=False)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / POOL_FILE).write_bytes((tmp_path / "a" / POOL_FILE).read_bytes())
+    with pytest.raises(CheckpointError, match="other settings"):
+        train(replace(config, pool=1, steps=2, seed=5), tmp_path / "b", progress=False, export=False)
+
+
+def test_unreadable_stems_are_skipped_and_counted_by_train(config, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(config.data, data)
+    stem = sorted(data.glob("*/stems/*.flac"))[0]
+    stem.write_bytes(b"not audio at all")
+    result = train(replace(config, data=str(data), steps=1), tmp_path / "run", progress=False, export=False)
+    assert result.step == 1
+    assert "skipped stem files: 1 x unreadable stem file" in capsys.readouterr().err
+
+
 def test_without_a_terminal_progress_is_a_log_line_every_log_every_steps(config, tmp_path, capsys):
     train(replace(config, steps=2, log_every=1), tmp_path / "run", progress=True, export=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
@@ -109,6 +158,16 @@ def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(
         assert torch.equal(own[name], tensor), name
     # Training moved the gates away from their zero init: the adapter now changes the output.
     assert float(state["fusion.gates"].abs().sum()) > 0
+
+
+def test_window_sets_the_condition_window_of_a_new_adapter(config, tmp_path):
+    from engine.weights import load_model
+
+    result = train(replace(config, steps=1, window=1.0), tmp_path / "run", progress=False)
+    loaded = load_model(result.outputs["model"], device="cpu", dtype=torch.float32)
+    assert loaded.card.window_seconds == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="longer than the adapter's window"):
+        train(replace(config, steps=1, window=0.5), tmp_path / "short", progress=False)
 
 
 def test_a_run_keeps_the_last_two_checkpoints_and_draws_its_curves(config, tmp_path):
