@@ -96,8 +96,11 @@ class Clip:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def render_clip(seconds: float, seed: int) -> Clip:
-    """Synthesize one song with the held-out seed at DEMO_RATE and place its stems in stereo."""
+def render_clip(seconds: float, seed: int, keep: list[str] | None = None) -> Clip:
+    """Synthesize one song with the held-out seed at DEMO_RATE and place its stems in stereo.
+
+    `keep`: the stems the model knows (its training mixes held only those); the song's other parts are left out,
+    unless that would leave nothing."""
     import soundfile as sf
 
     from engine.data.stems import caption_word
@@ -120,6 +123,8 @@ def render_clip(seconds: float, seed: int) -> Clip:
             # Two parts of one class (two guitars) are one stem to a producer.
             stem = result_name(caption_word(entry["inst_class"]))
             mono[stem] = mono.get(stem, 0) + audio
+    if keep and any(stem in keep for stem in mono):
+        mono = {stem: audio for stem, audio in mono.items() if stem in keep}
     rng = np.random.default_rng([song_seed, 7])
     stems: dict[str, np.ndarray] = {}
     for stem, audio in mono.items():
@@ -418,7 +423,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     stages: dict[str, float] = {}  # seconds per stage, for the last line
     print(f"imusic demo: rendering a held-out {args.seconds:g} s song (seed {HELD_OUT_SEED + args.seed})...")
-    clip = render_clip(args.seconds, args.seed)
+    clip = render_clip(args.seconds, args.seed, keep=model_stems(model_path))
     stages["render"] = time.perf_counter() - started
     if not edits:
         edits = choose_edits(model_stems(model_path), list(clip.stems))

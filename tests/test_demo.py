@@ -183,3 +183,13 @@ def test_summary_shows_a_dash_for_what_an_error_row_lacks():
     assert lines[0].split() == ["edit", "status", "seconds", "LUFS", "file"]
     assert lines[1].split() == ["extract", "drums", "done", "1.23", "-18.0", "/o/extract_drums.wav"]
     assert lines[2].split()[:4] == ["x", "bad", "-", "-"]
+
+
+def test_the_held_out_song_keeps_only_the_stems_the_model_knows():
+    everything = demo.render_clip(2.0, 0)
+    assert len(everything.stems) >= 2
+    kept = sorted(everything.stems)[:2]
+    clip = demo.render_clip(2.0, 0, keep=kept)
+    assert sorted(clip.stems) == kept
+    np.testing.assert_allclose(clip.audio, np.sum(list(clip.stems.values()), axis=0), atol=1e-6)
+    assert sorted(demo.render_clip(2.0, 0, keep=["no such stem"]).stems) == sorted(everything.stems)
