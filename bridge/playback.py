@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -367,7 +367,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--list-devices", action="store_true", help="list the output devices and exit")
 
 
-def print_devices(out=None) -> None:
+def print_devices(out: TextIO | None = None) -> None:
     out = out or sys.stdout
     devices = list_output_devices()
     if not devices:

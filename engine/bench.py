@@ -15,8 +15,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import MusicgenForConditionalGeneration
+
+    from engine.config import LMConfig
+    from engine.model import MusicGenLM
 
 SHAPES = ("tiny", "small")
 
@@ -39,7 +47,7 @@ def _dtype(name: str):
 TEXT_VOCAB, TEXT_DIM = 100, 32
 
 
-def build_pair(shape: str, seed: int = 0):
+def build_pair(shape: str, seed: int = 0) -> tuple[MusicgenForConditionalGeneration, MusicGenLM]:
     """(transformers MusicgenForConditionalGeneration, our MusicGenLM) sharing one set of random fp32 decoder weights.
 
     The text encoder (T5) and codec (EnCodec) around the decoder are tiny: only the decoder is being timed, and the
@@ -99,7 +107,15 @@ def _time(fn, repeats: int) -> float:
     return best
 
 
-def time_pair(hf, lm, *, frames: int, text_len: int, repeats: int, greedy: bool = False) -> dict:
+def time_pair(
+    hf: MusicgenForConditionalGeneration,
+    lm: MusicGenLM,
+    *,
+    frames: int,
+    text_len: int,
+    repeats: int,
+    greedy: bool = False,
+) -> dict:
     """Seconds per decode step for ours and transformers (both with CFG 3.0, text encoder included in both)."""
     import torch
 
@@ -135,7 +151,7 @@ def time_pair(hf, lm, *, frames: int, text_len: int, repeats: int, greedy: bool 
     }
 
 
-def greedy_agreement(hf, lm, *, frames: int, text_len: int) -> float:
+def greedy_agreement(hf: MusicgenForConditionalGeneration, lm: MusicGenLM, *, frames: int, text_len: int) -> float:
     """Fraction of greedy (CFG) tokens on which ours and transformers agree (fp32: expect 1.0)."""
     res = time_pair(hf, lm, frames=frames, text_len=text_len, repeats=1, greedy=True)
     theirs, ours = res["theirs_codes"], res["ours_codes"]
@@ -144,7 +160,7 @@ def greedy_agreement(hf, lm, *, frames: int, text_len: int) -> float:
     return float((theirs == ours).float().mean())
 
 
-def copy_bandwidth(dim: int, ffn_dim: int, total_bytes: float, dtype, repeats: int) -> float:
+def copy_bandwidth(dim: int, ffn_dim: int, total_bytes: float, dtype: torch.dtype, repeats: int) -> float:
     """GB/s of batch-2 linears over distinct weights totalling `total_bytes` (the decode step's access pattern)."""
     import torch
 
@@ -162,7 +178,7 @@ def copy_bandwidth(dim: int, ffn_dim: int, total_bytes: float, dtype, repeats: i
     return count * dim * ffn_dim * element / seconds / 1e9
 
 
-def step_bytes(cfg, dtype, text_len: int | None = None, rows: int = 2) -> int:
+def step_bytes(cfg: LMConfig, dtype: torch.dtype, text_len: int | None = None, rows: int = 2) -> int:
     """Weight bytes one decode step reads: self-attn q,k,v,out + cross q,out + FFN per layer, plus the heads.
 
     With `text_len`, the cross q/out projections count as the folded tensors the loop reads instead when it folds
@@ -177,7 +193,7 @@ def step_bytes(cfg, dtype, text_len: int | None = None, rows: int = 2) -> int:
     return torch.tensor([], dtype=dtype).element_size() * count
 
 
-def argmax_agreement(lm_fp32, lm_low, *, frames: int, text_len: int) -> float:
+def argmax_agreement(lm_fp32: MusicGenLM, lm_low: MusicGenLM, *, frames: int, text_len: int) -> float:
     """Teacher-forced argmax agreement of the low-precision model with fp32 over the valid pattern positions."""
     import torch
 
@@ -196,7 +212,7 @@ def argmax_agreement(lm_fp32, lm_low, *, frames: int, text_len: int) -> float:
     return float((ref == low)[valid].float().mean())
 
 
-def run_shape(shape: str, args, fast) -> dict:
+def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype) -> dict:
     import copy
 
     import torch

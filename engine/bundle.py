@@ -8,9 +8,15 @@ named as trained, "Drums", "Bass", "Piano", "Guitar"; engine/instructions.py for
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError, InstructionError
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.config import FusionConfig, LMConfig
+    from engine.model import MusicGenLM
 
 OPERATIONS = ("add", "remove", "extract")
 OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
@@ -87,7 +93,15 @@ class LoadedModel:
         }
 
 
-def build_lm(cfg, fusion, state: dict, *, device="cpu", dtype=None, strict: bool = True):
+def build_lm(
+    cfg: LMConfig,
+    fusion: FusionConfig | None,
+    state: dict,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    strict: bool = True,
+) -> MusicGenLM:
     """Our MusicGenLM from a state dict in our naming, moving (not copying) the tensors into it.
 
     The module is built on the meta device so a 3.3B-parameter decoder is never allocated twice; parameters the state

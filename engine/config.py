@@ -6,6 +6,7 @@ No torch import here: the CLI and the weights inspector read configs without loa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from engine.errors import ConfigError
 
@@ -121,7 +122,7 @@ PRESETS: dict[str, LMConfig] = {
 }
 
 
-def preset(name: str, **overrides) -> LMConfig:
+def preset(name: str, **overrides: Any) -> LMConfig:
     """A named preset, optionally with fields replaced (e.g. `preset("tiny", card=64)`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(PRESETS)}")

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.errors import ConfigError
+
+if TYPE_CHECKING:
+    from engine.config import LMConfig
 
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -34,7 +38,7 @@ _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CPU_BF16_MIN_BYTES = 64 * 2**20
 
 
-def decode_weight_count(cfg) -> int:
+def decode_weight_count(cfg: LMConfig) -> int:
     """Weights one decode step of an LMConfig reads: self-attention q, k, v, out, cross q, out and the FFN per layer,
     plus the heads (cross k/v are computed once per text; embeddings are a gather)."""
     per_layer = 6 * cfg.dim * cfg.dim + 2 * cfg.dim * cfg.ffn_dim

@@ -19,11 +19,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
+
+if TYPE_CHECKING:
+    from engine.codec import Codec
+    from engine.editor import Editor
 
 TASKS = ("add", "remove", "extract")
 ROWS = ("model", "identity", "codec ceiling", "oracle")
@@ -57,7 +61,7 @@ def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[
     return out
 
 
-def codec_roundtrip(codec, audio: np.ndarray) -> np.ndarray:
+def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
     """Mono audio [N] at the codec's rate, encoded and decoded by the codec: [N] (the codec ceiling)."""
     import torch
 
@@ -165,7 +169,7 @@ def evaluate(
     tasks: Sequence[str],
     out_dir: str | Path,
     *,
-    editor=None,
+    editor: Editor | None = None,
     model: str | Path | None = None,
     adapter: str | Path | None = None,
     device: str | None = None,

@@ -346,7 +346,12 @@ class MusicGenLM(nn.Module):
             raise ConfigError("this model has no audio-fusion adapter: it cannot take condition audio")
         return self.fusion.prefixes(self, cond_codes)
 
-    def context(self, text_states, text_mask, cond_codes=None) -> Context:
+    def context(
+        self,
+        text_states: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        cond_codes: torch.Tensor | None = None,
+    ) -> Context:
         ctx = self.text_context(text_states, text_mask)
         ctx.prefix = self.cond_prefix(cond_codes)
         return ctx

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+
+if TYPE_CHECKING:
+    from transformers import EncodecModel, MusicgenConfig, MusicgenForConditionalGeneration, PreTrainedTokenizerFast
 
 TINY_SAMPLE_RATE = 16000
 TINY_CARD = 64
@@ -36,7 +40,7 @@ _WORD_LINES = (
 TINY_WORDS = tuple(word for line in _WORD_LINES for word in line.split())
 
 
-def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD):
+def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD) -> MusicgenConfig:
     """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, tiny decoder."""
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
@@ -88,7 +92,7 @@ def _tiny_vocab() -> dict[str, int]:
     return vocab
 
 
-def tiny_tokenizer():
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer (lower-cased, punctuation split, `</s>` appended as T5 does); nothing downloaded."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -100,7 +104,7 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_musicgen(seed: int = 0, **config_kwargs):
+def tiny_musicgen(seed: int = 0, **config_kwargs: int) -> MusicgenForConditionalGeneration:
     """A random transformers MusicgenForConditionalGeneration of the tiny shape (seeded, deterministic)."""
     from transformers import MusicgenForConditionalGeneration
 
@@ -143,7 +147,9 @@ def _spread_codebooks(codec, seed: int) -> None:
         residual = residual - book.embed[codes]
 
 
-def write_transformers_layout(path: str | Path, seed: int = 0, model=None, **config_kwargs) -> Path:
+def write_transformers_layout(
+    path: str | Path, seed: int = 0, model: MusicgenForConditionalGeneration | None = None, **config_kwargs: int
+) -> Path:
     """Write a facebook/musicgen-* style directory: config.json, model.safetensors, tokenizer files."""
     from engine.weights.transformers_layout import quiet_transformers
 
@@ -349,7 +355,7 @@ def write_official_ckpt(path: str | Path, state: dict[str, torch.Tensor]) -> Pat
     return path
 
 
-def write_tiny_official_ckpt(path: str | Path, base_dir: str | Path, seed: int = 0, **kwargs) -> Path:
+def write_tiny_official_ckpt(path: str | Path, base_dir: str | Path, seed: int = 0, **kwargs: Any) -> Path:
     """A fake finetuned.ckpt around the tiny base model in `base_dir` (transformers layout)."""
     from safetensors.torch import load_file
 
@@ -359,7 +365,7 @@ def write_tiny_official_ckpt(path: str | Path, base_dir: str | Path, seed: int =
     return write_official_ckpt(path, official_state_dict(base, TINY_LAYERS, TINY_DIM, seed=seed, **kwargs))
 
 
-def audiocraft_codec_state(codec) -> dict[str, torch.Tensor]:
+def audiocraft_codec_state(codec: EncodecModel) -> dict[str, torch.Tensor]:
     """transformers EncodecModel -> audiocraft EnCodec names (weight_g / weight_v), for test checkpoints."""
     import re
 
@@ -385,7 +391,9 @@ def audiocraft_codec_state(codec) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_audiocraft_layout(path: str | Path, seed: int = 0, model=None) -> Path:
+def write_audiocraft_layout(
+    path: str | Path, seed: int = 0, model: MusicgenForConditionalGeneration | None = None
+) -> Path:
     """Write an audiocraft-style directory (state_dict.bin + compression_state_dict.bin) of the tiny model."""
     import yaml
 
@@ -440,7 +448,11 @@ def write_audiocraft_layout(path: str | Path, seed: int = 0, model=None) -> Path
 
 
 def write_t5_to_hub_cache(
-    cache_dir: str | Path, model=None, seed: int = 0, repo: str = "google-t5/t5-base", commit: str = "0" * 40
+    cache_dir: str | Path,
+    model: MusicgenForConditionalGeneration | None = None,
+    seed: int = 0,
+    repo: str = "google-t5/t5-base",
+    commit: str = "0" * 40,
 ) -> Path:
     """Put the tiny T5 encoder (and its tokenizer) into a Hugging Face cache under `repo`, as a download would."""
     from engine.weights.transformers_layout import quiet_transformers

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PATHS_FILE = os.path.join(_HERE, "imusic_paths.json")
@@ -115,7 +116,7 @@ def _media_dir(R) -> str:
     return os.path.join(tempfile.gettempdir(), "imusic-reaper")
 
 
-def read_item(R, item: str, project_dir: str) -> planning.ItemView:
+def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
     """An item and its active take as plain values (a SECTION source is followed to its file)."""
     track = R.RPR_GetMediaItem_Track(item)
     geometry = {
@@ -170,7 +171,7 @@ def read_item(R, item: str, project_dir: str) -> planning.ItemView:
     return view
 
 
-def read_selection(R) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
+def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
     """Selected items; without any, the items under the time selection on selected tracks (clipped to it).
 
     Returns ([(track pointer, view)], clip range or None).
@@ -233,7 +234,7 @@ class Session:
         self.last_heard = self.started
         self.last_asked = self.started
 
-    def handle(self, reply) -> None:
+    def handle(self, reply: protocol.Reply) -> None:
         job = self.jobs.get(reply.job_id)
         if job is None or job.final:
             return
@@ -389,7 +390,7 @@ def _drop(session: Session) -> None:
         session.client.close()
 
 
-def finish(R, session: Session) -> None:
+def finish(R: Any, session: Session) -> None:
     """Insert every result of a session in one undo point; one message for the jobs that failed."""
     done = [job for job in session.jobs.values() if job.result_path]
     failed = [job for job in session.jobs.values() if job.code and job.code != protocol.CANCELLED]
@@ -404,7 +405,7 @@ def finish(R, session: Session) -> None:
         _message(f"Instruct: {label} failed for\n" + "\n".join(lines))
 
 
-def insert_results(R, instruction: str, jobs: list[_Job]) -> None:
+def insert_results(R: Any, instruction: str, jobs: list[_Job]) -> None:
     """One new track per source track, directly under it, holding each result at its item's position."""
     label = planning.edit_label(instruction)
     groups: dict[str, list[_Job]] = {}

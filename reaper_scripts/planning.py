@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import AudioError, InstructionError
@@ -123,7 +124,7 @@ def plan_job(
     *,
     clip: tuple[float, float] | None = None,
     max_seconds: float = DEFAULT_MAX_SECONDS,
-    file_exists=os.path.isfile,
+    file_exists: Callable[[str], bool] = os.path.isfile,
 ) -> JobPlan:
     """Which file region an item (optionally clipped to a timeline range) sends; AudioError if none is faithful.
 
@@ -202,7 +203,7 @@ def plan_jobs(
     *,
     clip: tuple[float, float] | None = None,
     max_seconds: float = DEFAULT_MAX_SECONDS,
-    file_exists=os.path.isfile,
+    file_exists: Callable[[str], bool] = os.path.isfile,
 ) -> list[JobPlan]:
     """Plan every item, or none: one AudioError naming each item that cannot be edited faithfully."""
     if not items:

@@ -10,6 +10,7 @@ cached hub name); the official adapter given alone as `source` goes on the cache
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,10 @@ from engine.errors import CheckpointError
 
 if TYPE_CHECKING:
     from engine.bundle import LoadedModel
+    from engine.codec import Codec
     from engine.config import FusionConfig
+    from engine.model import MusicGenLM
+    from engine.text import TextEncoder
 
 MODEL_CARD = "model_card.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
@@ -265,12 +269,12 @@ def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
 
 def save_model_dir(
     path: str | Path,
-    lm,
-    codec,
-    text,
+    lm: MusicGenLM,
+    codec: Codec,
+    text: TextEncoder,
     *,
     name: str,
-    stems=None,
+    stems: Iterable[str] | None = None,
     template: str | None = None,
     verbs: dict[str, str] | None = None,
     provenance: dict[str, Any] | None = None,

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from engine.config import FusionConfig
 
 ADAPTER_JSON = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -24,7 +27,7 @@ VERSION = 1
 def save_adapter(
     path: str | Path,
     state: Mapping[str, torch.Tensor],
-    fusion,
+    fusion: FusionConfig | Mapping[str, Any],
     *,
     stems: Iterable[str],
     template: str,
@@ -96,7 +99,7 @@ def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     return state, meta
 
 
-def fusion_config(meta: Mapping[str, Any]):
+def fusion_config(meta: Mapping[str, Any]) -> FusionConfig:
     """The FusionConfig stored in an adapter description."""
     from engine.config import FusionConfig
 

@@ -18,11 +18,19 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from transformers import EncodecConfig, EncodecModel, PreTrainedTokenizerBase, T5EncoderModel
+
+    from engine.codec import Codec
+    from engine.config import FusionConfig, LMConfig
+    from engine.model import MusicGenLM
+    from engine.text import TextEncoder
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -58,7 +66,7 @@ def read_package(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 # ---- LM --------------------------------------------------------------------------------------------------------
 
 
-def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]):
+def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> LMConfig:
     """Our LMConfig from an audiocraft LM state (shapes) and its xp.cfg (head count)."""
     from engine.config import LMConfig
 
@@ -118,7 +126,7 @@ def codec_state_from_audiocraft(state: dict[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
+def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> EncodecConfig:
     """transformers EncodecConfig from audiocraft's compression xp.cfg (seanet / rvq sections)."""
     from transformers import EncodecConfig
 
@@ -161,7 +169,7 @@ def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]):
     )
 
 
-def load_codec_model(path: Path):
+def load_codec_model(path: Path) -> EncodecModel:
     """transformers EncodecModel holding the weights of compression_state_dict.bin."""
     from transformers import EncodecModel
 
@@ -192,7 +200,7 @@ def load_codec_model(path: Path):
 # ---- text ------------------------------------------------------------------------------------------------------
 
 
-def load_t5(name: str, cache_dir: str | Path | None = None):
+def load_t5(name: str, cache_dir: str | Path | None = None) -> tuple[T5EncoderModel, PreTrainedTokenizerBase]:
     """(T5EncoderModel, tokenizer) of the T5 an audiocraft LM names, from the local Hugging Face cache."""
     from transformers import T5EncoderModel
 
@@ -215,8 +223,12 @@ def load_t5(name: str, cache_dir: str | Path | None = None):
 
 
 def load_parts(
-    path: str | Path, *, fusion=None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-):
+    path: str | Path,
+    *,
+    fusion: FusionConfig | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[MusicGenLM, Codec, TextEncoder]:
     """Read an audiocraft directory into (lm, codec, text), like transformers_layout.load_parts."""
     from engine.bundle import build_lm
     from engine.codec import Codec
