@@ -7,7 +7,8 @@ APT_STAMP := $(VENV)/.apt-installed
 APT_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup apt test test-slow lint format demo clean default-model model-data model-codec
+.PHONY: setup apt test test-slow lint format demo clean default-model model-data model-codec model-base model-adapters \
+	model-eval
 
 $(APT_STAMP):
 	@mkdir -p $(VENV)
@@ -47,14 +48,53 @@ clean:
 # ---- the embedded default model, stage by stage (each resumable: re-run the same target after a cut) ----------------
 MODEL_WORK ?= .cache/default-model
 MODEL_DATA := $(MODEL_WORK)/synth16k
+CODEC_STEPS ?= 5000
+BASE_STEPS ?= 2500
+ADAPTER_STEPS ?= 1500
 
 model-data: setup
 	$(BIN)/imusic data synth --tracks 400 --seconds 30 --sample-rate 16000 --seed 0 -o $(MODEL_DATA) --quiet \
 	  $$( [ -f $(MODEL_DATA)/dataset.json ] && echo --resume )
 
 model-codec: model-data
-	if [ -f $(MODEL_WORK)/codec/codec_ckpt.pt ]; then \
+	if [ -f $(MODEL_WORK)/codec/codec/config.json ]; then echo "codec: done ($(MODEL_WORK)/codec/codec)"; \
+	elif [ -f $(MODEL_WORK)/codec/codec_ckpt.pt ]; then \
 	  $(BIN)/imusic train --stage codec --resume -o $(MODEL_WORK)/codec --quiet; \
 	else \
-	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/codec --steps 6000 --quiet; \
+	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/codec --steps $(CODEC_STEPS) \
+	    --quantize-after 1000 --quiet; \
 	fi
+
+# Stage 2: a text-to-music base model from scratch on the frozen codec (clips encoded once into a pool, bf16 autocast).
+model-base: model-codec
+	if [ -f $(MODEL_WORK)/base/model/model_card.json ]; then echo "base: done ($(MODEL_WORK)/base/model)"; \
+	elif [ -d $(MODEL_WORK)/base/checkpoints ]; then $(BIN)/imusic train --resume -o $(MODEL_WORK)/base; \
+	else \
+	  $(BIN)/imusic train --stage base --base $(MODEL_WORK)/codec/codec --data $(MODEL_DATA) -o $(MODEL_WORK)/base \
+	    --layers 4 --dim 256 --heads 4 --text-dim 128 --steps $(BASE_STEPS) --batch 16 --accum 1 --lr 1e-3 \
+	    --warmup 100 --grad-clip 1.0 --precision bf16 --pool 16 --classes all --ckpt-every 100 --val-every 200 \
+	    --log-every 25; \
+	fi
+
+# Stage 3: the Instruct adapters (audio fusion on every layer + LoRA on cross-attention q, v) on the frozen base.
+model-adapters: model-base
+	if [ -f $(MODEL_WORK)/adapters/model/model_card.json ]; then echo "adapters: done ($(MODEL_WORK)/adapters/model)"; \
+	elif [ -d $(MODEL_WORK)/adapters/checkpoints ]; then $(BIN)/imusic train --resume -o $(MODEL_WORK)/adapters; \
+	else \
+	  $(BIN)/imusic train --stage adapters --base $(MODEL_WORK)/base/model --data $(MODEL_DATA) \
+	    -o $(MODEL_WORK)/adapters --window 5 --steps $(ADAPTER_STEPS) --batch 16 --accum 1 --lr 1e-3 --warmup 100 \
+	    --precision bf16 --pool 12 --ckpt-every 100 --val-every 200 --log-every 25; \
+	fi
+
+# Held-out test songs, every task, against the identity / codec / oracle rows; spectrograms of a few examples.
+model-eval: model-adapters
+	$(BIN)/imusic eval --data $(MODEL_DATA) --model $(MODEL_WORK)/adapters/model --task extract --task remove \
+	  --task add --clips-per-song 2 --spectrograms 3 --seed 0 -o $(MODEL_WORK)/eval --quiet
+
+# Copy the result into the package with its model card (sizes, data, stages, wall time, losses, evaluation).
+default-model: model-eval
+	$(BIN)/python -m engine.default_model --work $(MODEL_WORK) -o engine/assets/default --docs docs/embedded_model
+
+# The main job on the embedded default model: a held-out song, edits through the real server and client.
+demo: setup
+	$(BIN)/imusic demo -o demo_out

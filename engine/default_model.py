@@ -1,0 +1,193 @@
+"""Assemble the embedded default model (engine/assets/default/) from the three training runs, with its model card.
+
+`python -m engine.default_model --work .cache/default-model -o engine/assets/default` (what `make default-model`
+runs) copies the adapter run's model directory (base in transformers layout + our adapter), and writes
+model_card.json: sizes, data, every stage's settings, steps, wall time and final losses, and the evaluation summary.
+The evaluation report itself (Markdown, JSON, spectrogram PNGs) is copied to docs/embedded_model/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import CheckpointError, ImusicError
+
+CARD = "model_card.json"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def _last(rows: list, default: Any = None) -> Any:
+    return rows[-1][1] if rows else default
+
+
+def codec_summary(run: Path) -> dict[str, Any]:
+    """Settings, steps, wall time and final losses of the codec stage (engine.codec_train's run folder)."""
+    cfg = _read_json(run / "codec_train_config.json")
+    rows = [json.loads(line) for line in (run / "codec_log.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:
+        raise CheckpointError(f"{run} holds no codec training log")
+    tail = rows[-max(1, min(8, len(rows))) :]  # the last ~200 steps: single log rows are noisy
+    final = {k: round(sum(r[k] for r in tail) / len(tail), 4) for k in ("loss", "l1", "stft", "commit")}
+    return {
+        "command": "make model-codec",
+        "settings": {k: v for k, v in cfg.items() if k != "extra"},
+        "steps": rows[-1]["step"],
+        "wall_seconds": rows[-1]["seconds"],
+        "final_losses": final,
+    }
+
+
+def train_summary(run: Path, target: str) -> dict[str, Any]:
+    """Settings, steps, wall time and final losses of an `imusic train` run (history.json)."""
+    history = _read_json(run / "history.json")
+    cfg = dict(history.get("config") or {})
+    cfg.pop("extra", None)
+    return {
+        "command": f"make {target}",
+        "settings": cfg,
+        "steps": history["train"][-1][0] if history.get("train") else 0,
+        "wall_seconds": round(float(history.get("wall_seconds", 0.0)), 1),
+        "final_train_loss": round(float(_last(history.get("train", []), float("nan"))), 4),
+        "final_val_loss": round(float(_last(history.get("val", []), float("nan"))), 4),
+    }
+
+
+def parameter_counts(model_dir: Path) -> dict[str, int]:
+    """Parameters of each part, read from the safetensors headers (no model is built)."""
+    from safetensors import safe_open
+
+    counts = {"decoder": 0, "text_encoder": 0, "codec": 0, "adapter": 0}
+    with safe_open(str(model_dir / "base" / "model.safetensors"), "pt") as f:
+        for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+            numel = 1
+            for size in f.get_slice(name).get_shape():
+                numel *= size
+            part = "text_encoder" if name.startswith("text_encoder.") else "codec"
+            part = part if name.startswith(("text_encoder.", "audio_encoder.")) else "decoder"
+            counts[part] += numel
+    with safe_open(str(model_dir / "adapter" / "adapter.safetensors"), "pt") as f:
+        for name in f.keys():  # noqa: SIM118
+            numel = 1
+            for size in f.get_slice(name).get_shape():
+                numel *= size
+            counts["adapter"] += numel
+    return counts
+
+
+def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
+    """Copy the finished model into `out` and write its model card; returns the card."""
+    work = Path(work)
+    model = work / "adapters" / "model"
+    for needed in (model / "base" / "model.safetensors", model / "adapter" / "adapter.safetensors"):
+        if not needed.is_file():
+            raise CheckpointError(f"the adapter stage has not finished: {needed} is missing (run make model-adapters)")
+    data = _read_json(work / "synth16k" / "dataset.json")
+    eval_dir = work / "eval"
+    report = _read_json(eval_dir / "report.json") if (eval_dir / "report.json").is_file() else None
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model, tmp, copy_function=shutil.copy2)  # real copies: the run folder holds hard links
+    base_cfg = _read_json(tmp / "base" / "config.json")
+    adapter_meta = _read_json(tmp / "adapter" / "adapter.json")
+    own_card = _read_json(tmp / CARD)
+    codec_cfg = base_cfg["audio_encoder"]
+    decoder_cfg = base_cfg["decoder"]
+    card: dict[str, Any] = {
+        "format": "imusic-model",
+        "version": 1,
+        "name": "imusic-embedded-small",
+        "description": (
+            "The project's own small Instruct-MusicGen, trained on 2 CPU cores on synthetic General MIDI stems: "
+            "a codec, a text-to-music base model and the Instruct adapters (audio fusion + text LoRA). It shows the "
+            "whole method working end to end; it is not a substitute for MusicGen weights."
+        ),
+        "stems": own_card.get("stems") or adapter_meta.get("stems"),
+        "sizes": {
+            "parameters": parameter_counts(tmp),
+            "codec": {
+                "sample_rate": codec_cfg["sampling_rate"],
+                "hop": _prod(codec_cfg["upsampling_ratios"]),
+                "codebooks": adapter_meta.get("base", {}).get("num_codebooks") or decoder_cfg.get("num_codebooks"),
+                "codebook_size": codec_cfg["codebook_size"],
+            },
+            "decoder": {
+                "layers": decoder_cfg["num_hidden_layers"],
+                "dim": decoder_cfg["hidden_size"],
+                "heads": decoder_cfg["num_attention_heads"],
+                "ffn_dim": decoder_cfg["ffn_dim"],
+            },
+            "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
+            "adapter": adapter_meta.get("fusion"),
+        },
+        "data": {
+            "command": "make model-data",
+            "generator": "imusic data synth",
+            "settings": {k: data[k] for k in ("tracks", "seconds", "sample_rate", "seed", "soundfonts") if k in data},
+            "split": "by song, deterministic (engine.data.datasets.split_songs); validation and test songs are held "
+            "out of every stage (codec included)",
+        },
+        "stages": {
+            "codec": codec_summary(work / "codec"),
+            "base": train_summary(work / "base", "model-base"),
+            "adapters": train_summary(work / "adapters", "model-adapters"),
+        },
+        "provenance": own_card.get("provenance", {}),
+    }
+    card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
+    if report is not None:
+        card["evaluation"] = {
+            "command": "make model-eval",
+            "report": "docs/embedded_model/report.md",
+            "summary": {task: part["summary"] for task, part in report.get("tasks", {}).items()},
+        }
+    (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    if docs is not None and report is not None:
+        docs.mkdir(parents=True, exist_ok=True)
+        for item in eval_dir.iterdir():
+            if item.suffix in (".md", ".json", ".png"):
+                shutil.copy2(item, docs / item.name)
+        if (eval_dir / "spectrograms").is_dir():
+            shutil.copytree(eval_dir / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
+    return card
+
+
+def _prod(values: list[int]) -> int:
+    total = 1
+    for value in values:
+        total *= int(value)
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.default_model", description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=".cache/default-model", help="folder of the training runs")
+    parser.add_argument("-o", "--output", default="engine/assets/default", help="where the model goes")
+    parser.add_argument("--docs", default="docs/embedded_model", help="where the evaluation report is copied")
+    args = parser.parse_args(argv)
+    try:
+        card = assemble(Path(args.work), Path(args.output), Path(args.docs))
+    except ImusicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
+    print(f"model: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

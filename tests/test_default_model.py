@@ -1,0 +1,64 @@
+"""engine.default_model: the embedded model is assembled from the three runs, with a model card that loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from engine.default_model import assemble, main
+
+
+@pytest.fixture()
+def work(tmp_path, tiny_model_dir):
+    """A training work folder as the Makefile leaves it (data, codec, base and adapter runs, evaluation)."""
+    work = tmp_path / "work"
+    shutil.copytree(tiny_model_dir, work / "adapters" / "model")
+    (work / "synth16k").mkdir(parents=True)
+    (work / "synth16k" / "dataset.json").write_text(json.dumps({"tracks": 7, "seconds": 30.0, "sample_rate": 16000}))
+    (work / "codec").mkdir()
+    (work / "codec" / "codec_train_config.json").write_text(json.dumps({"steps": 50, "extra": {"data": "x"}}))
+    rows = [
+        {"loss": 3.0 - 0.1 * i, "l1": 0.05, "stft": 2.0, "commit": 0.01, "step": 25 * i, "seconds": 10.0 * i}
+        for i in range(1, 3)
+    ]
+    (work / "codec" / "codec_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for stage, losses in (("base", [5.0, 4.0]), ("adapters", [3.0, 2.5])):
+        history = {"config": {"stage": stage, "steps": 2, "extra": {"run_dir": "x"}}, "wall_seconds": 12.5}
+        history.update(train=[[1, losses[0]], [2, losses[1]]], val=[[2, losses[1] + 0.1]], lr=[])
+        (work / stage).mkdir(exist_ok=True)
+        (work / stage / "history.json").write_text(json.dumps(history))
+    (work / "eval").mkdir()
+    report = {"tasks": {"extract": {"summary": {"model": {"log_mel_distance": 1.0}}}}}
+    (work / "eval" / "report.json").write_text(json.dumps(report))
+    (work / "eval" / "report.md").write_text("| row |\n")
+    return work
+
+
+def test_the_assembled_model_loads_and_its_card_records_every_stage(work, tmp_path):
+    from engine.weights import load_model
+
+    out = tmp_path / "default"
+    card = assemble(work, out, tmp_path / "docs")
+    saved = json.loads((out / "model_card.json").read_text())
+    assert saved == json.loads(json.dumps(card))
+    assert set(saved["stages"]) == {"codec", "base", "adapters"}
+    assert saved["stages"]["base"]["final_train_loss"] == 4.0 and saved["stages"]["adapters"]["final_val_loss"] == 2.6
+    assert saved["stages"]["codec"]["steps"] == 50 and saved["wall_seconds_total"] == 20.0 + 12.5 + 12.5
+    assert saved["data"]["settings"]["tracks"] == 7
+    counts = saved["sizes"]["parameters"]
+    assert min(counts.values()) > 0
+    assert saved["evaluation"]["summary"]["extract"]["model"]["log_mel_distance"] == 1.0
+    assert (tmp_path / "docs" / "report.md").is_file()
+    loaded = load_model(out, device="cpu")
+    assert loaded.card.has_adapter
+    assert sum(p.numel() for p in loaded.lm.adapter_parameters()) == counts["adapter"]
+
+
+def test_an_unfinished_adapter_stage_is_one_clear_line(work, tmp_path, capsys):
+    shutil.rmtree(work / "adapters" / "model" / "adapter")
+    assert main(["--work", str(work), "-o", str(tmp_path / "default"), "--docs", str(tmp_path / "docs")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "make model-adapters" in err
+    assert not (tmp_path / "default").exists()
