@@ -50,7 +50,7 @@ MODEL_WORK ?= .cache/default-model
 MODEL_DATA := $(MODEL_WORK)/synth16k
 CODEC_STEPS ?= 5000
 BASE_STEPS ?= 2500
-ADAPTER_STEPS ?= 1500
+ADAPTER_STEPS ?= 1200
 
 model-data: setup
 	$(BIN)/imusic data synth --tracks 400 --seconds 30 --sample-rate 16000 --seed 0 -o $(MODEL_DATA) --quiet \
@@ -72,7 +72,7 @@ model-base: model-codec
 	else \
 	  $(BIN)/imusic train --stage base --base $(MODEL_WORK)/codec/codec --data $(MODEL_DATA) -o $(MODEL_WORK)/base \
 	    --layers 4 --dim 256 --heads 4 --text-dim 128 --steps $(BASE_STEPS) --batch 16 --accum 1 --lr 1e-3 \
-	    --warmup 100 --grad-clip 1.0 --precision bf16 --pool 16 --classes all --ckpt-every 100 --val-every 200 \
+	    --warmup 100 --grad-clip 1.0 --precision bf16 --pool 16 --ckpt-every 100 --val-every 200 \
 	    --log-every 25; \
 	fi
 
