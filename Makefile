@@ -83,7 +83,7 @@ model-adapters: model-base
 	else \
 	  $(BIN)/imusic train --stage adapters --base $(MODEL_WORK)/base/model --data $(MODEL_DATA) \
 	    -o $(MODEL_WORK)/adapters --window 5 --steps $(ADAPTER_STEPS) --batch 16 --accum 1 --lr 1e-3 --warmup 100 \
-	    --precision bf16 --pool 12 --ckpt-every 100 --val-every 200 --log-every 25; \
+	    --precision bf16 --pool 8 --ckpt-every 100 --val-every 200 --log-every 25; \
 	fi
 
 # Held-out test songs, every task, against the identity / codec / oracle rows; spectrograms of a few examples.

@@ -63,25 +63,21 @@ def train_summary(run: Path, target: str) -> dict[str, Any]:
     }
 
 
-def parameter_counts(model_dir: Path) -> dict[str, int]:
-    """Parameters of each part, read from the safetensors headers (no model is built)."""
+def _tensor_sizes(file: Path) -> dict[str, int]:
+    """name -> element count of every tensor in a safetensors file, from its header (no tensor is read)."""
     from safetensors import safe_open
 
+    with safe_open(str(file), "pt") as handle:
+        return {name: _prod(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+def parameter_counts(model_dir: Path) -> dict[str, int]:
+    """Parameters of each part of our model directory (decoder, text encoder, codec, adapter)."""
     counts = {"decoder": 0, "text_encoder": 0, "codec": 0, "adapter": 0}
-    with safe_open(str(model_dir / "base" / "model.safetensors"), "pt") as f:
-        for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-            numel = 1
-            for size in f.get_slice(name).get_shape():
-                numel *= size
-            part = "text_encoder" if name.startswith("text_encoder.") else "codec"
-            part = part if name.startswith(("text_encoder.", "audio_encoder.")) else "decoder"
-            counts[part] += numel
-    with safe_open(str(model_dir / "adapter" / "adapter.safetensors"), "pt") as f:
-        for name in f.keys():  # noqa: SIM118
-            numel = 1
-            for size in f.get_slice(name).get_shape():
-                numel *= size
-            counts["adapter"] += numel
+    for name, numel in _tensor_sizes(model_dir / "base" / "model.safetensors").items():
+        part = {"text_encoder": "text_encoder", "audio_encoder": "codec"}.get(name.split(".", 1)[0], "decoder")
+        counts[part] += numel
+    counts["adapter"] = sum(_tensor_sizes(model_dir / "adapter" / "adapter.safetensors").values())
     return counts
 
 
@@ -166,7 +162,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     return card
 
 
-def _prod(values: list[int]) -> int:
+def _prod(values) -> int:
     total = 1
     for value in values:
         total *= int(value)
