@@ -65,6 +65,7 @@ class TrainConfig:
     log_every: int = 10
     workers: int | None = None  # clip-loading processes; None: none on CPU, up to 4 on accelerators
     pool: int = 0  # epochs of training clips drawn and encoded once (0: fresh draws encoded at every step)
+    gate_lr: float = 0.0  # peak learning rate of the audio-fusion gates (0: --lr); zero-init gates open slowly
     window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (10 s: 500 frames)
     extra: dict = field(default_factory=dict)
 
@@ -77,6 +78,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.gate_lr < 0:
+            raise ConfigError(f"--gate-lr must not be negative, got {self.gate_lr}")
         if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.val_clips < 0:
             raise ConfigError("warm-up, gradient clip, weight decay and validation clips must not be negative")
         if self.pool < 0:
@@ -665,6 +668,9 @@ class ClipFeeder:
 
 
 POOL_FILE = "code_pool.pt"
+# The settings a pool's content depends on (the draws and the frozen codec): a run that changes only the optimizer
+# (lr, steps, warm-up, ...) may start from a copy of another run's pool.
+POOL_KEY = ("data", "base", "stage", "seconds", "classes", "seed", "batch", "accum", "pool")
 
 
 class CodePool:
@@ -862,7 +868,7 @@ def train(
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
     if cfg.pool:
-        key = {k: v for k, v in asdict(cfg).items() if k not in (*RESUME_CHANGES, "extra")}
+        key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY}
         train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, log=progress)
     try:
         val_data = stage.dataset("validation")
@@ -874,7 +880,12 @@ def train(
     params = stage.parameters()
     if not params:
         raise ConfigError(f"stage {cfg.stage} has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # default betas, as official
+    groups: list[dict] = [{"params": params}]
+    if cfg.gate_lr:  # the scalar gates in a group of their own (no weight decay), on the same schedule
+        gate_ids = {id(p) for n, p in stage.module.named_parameters() if n.endswith("fusion.gates")}
+        groups = [{"params": [p for p in params if id(p) not in gate_ids]}]
+        groups.append({"params": [p for p in params if id(p) in gate_ids], "lr": cfg.gate_lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)  # default betas, as official
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps))
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     sampler = BatchSampler(len(train_data), cfg.seed)
@@ -1009,6 +1020,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--batch", "batch", int, "clips per micro-batch (default {default})"),
     ("--accum", "accum", int, "micro-batches per optimizer step (default {default})"),
     ("--lr", "lr", float, "peak learning rate (default {default:g})"),
+    ("--gate-lr", "gate_lr", float, "peak learning rate of the fusion gates (default: --lr)"),
     ("--weight-decay", "weight_decay", float, "AdamW weight decay (default {default:g})"),
     ("--warmup", "warmup", int, "linear warm-up steps before the cosine decay (default {default})"),
     ("--grad-clip", "grad_clip", float, "gradient norm clip, 0 = off (default {default:g})"),

@@ -122,6 +122,11 @@ def test_a_pool_made_with_other_settings_is_refused(config, tmp_path):
     (tmp_path / "b" / POOL_FILE).write_bytes((tmp_path / "a" / POOL_FILE).read_bytes())
     with pytest.raises(CheckpointError, match="other settings"):
         train(replace(config, pool=1, steps=2, seed=5), tmp_path / "b", progress=False, export=False)
+    # Optimizer settings do not change what the pool holds: a copy serves a run with another learning rate.
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / POOL_FILE).write_bytes((tmp_path / "a" / POOL_FILE).read_bytes())
+    train(replace(config, pool=1, steps=2, lr=5e-3), tmp_path / "c", progress=False, export=False)
+    assert (tmp_path / "c" / POOL_FILE).read_bytes() == (tmp_path / "a" / POOL_FILE).read_bytes()
 
 
 def test_unreadable_stems_are_skipped_and_counted_by_train(config, tmp_path, capsys):
@@ -158,6 +163,14 @@ def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(
         assert torch.equal(own[name], tensor), name
     # Training moved the gates away from their zero init: the adapter now changes the output.
     assert float(state["fusion.gates"].abs().sum()) > 0
+
+
+def test_gate_lr_gives_the_fusion_gates_a_learning_rate_of_their_own(config, tmp_path):
+    result = train(replace(config, steps=1, gate_lr=0.5), tmp_path / "run", progress=False, export=False)
+    state = torch.load(list_checkpoints(result.run_dir)[-1], weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and len(groups[1]["params"]) == 1 and groups[1]["weight_decay"] == 0.0
+    assert groups[1]["initial_lr"] == 0.5 and groups[0]["initial_lr"] == config.lr
 
 
 def test_window_sets_the_condition_window_of_a_new_adapter(config, tmp_path):
