@@ -89,7 +89,7 @@ model-adapters: model-base
 
 # Held-out test songs, every task, against the identity / codec / oracle rows; spectrograms of a few examples.
 model-eval: model-adapters
-	$(BIN)/imusic eval --data $(MODEL_DATA) --model $(MODEL_WORK)/adapters/model --task extract --task remove \
+	[ -f $(MODEL_WORK)/eval/report.json ] || $(BIN)/imusic eval --data $(MODEL_DATA) --model $(MODEL_WORK)/adapters/model --task extract --task remove \
 	  --task add --clips-per-song 2 --spectrograms 3 --seed 0 -o $(MODEL_WORK)/eval --quiet
 
 # Copy the result into the package with its model card (sizes, data, stages, wall time, losses, evaluation).

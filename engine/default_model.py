@@ -142,6 +142,8 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
         "provenance": own_card.get("provenance", {}),
     }
     card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
+    # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
+    card["stages"]["adapters"]["fusion_gates"] = [round(g, 5) for g in _gates(tmp / "adapter" / "adapter.safetensors")]
     if report is not None:
         card["evaluation"] = {
             "command": "make model-eval",
@@ -160,6 +162,13 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
         if (eval_dir / "spectrograms").is_dir():
             shutil.copytree(eval_dir / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
     return card
+
+
+def _gates(file: Path) -> list[float]:
+    from safetensors import safe_open
+
+    with safe_open(str(file), "pt") as handle:
+        return [float(g) for g in handle.get_tensor("fusion.gates")] if "fusion.gates" in handle.keys() else []  # noqa: SIM118
 
 
 def _prod(values) -> int:

@@ -47,6 +47,7 @@ def test_the_assembled_model_loads_and_its_card_records_every_stage(work, tmp_pa
     assert saved["stages"]["base"]["final_train_loss"] == 4.0 and saved["stages"]["adapters"]["final_val_loss"] == 2.6
     assert saved["stages"]["codec"]["steps"] == 50 and saved["wall_seconds_total"] == 20.0 + 12.5 + 12.5
     assert saved["data"]["settings"]["tracks"] == 7
+    assert len(saved["stages"]["adapters"]["fusion_gates"]) > 0  # the tiny model's random gates, recorded
     counts = saved["sizes"]["parameters"]
     assert min(counts.values()) > 0
     assert saved["evaluation"]["summary"]["extract"]["model"]["log_mel_distance"] == 1.0
