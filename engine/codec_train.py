@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class CodecTrainConfig:
         return self.sample_rate / math.prod(self.upsampling_ratios)
 
 
-def encodec_config(cfg: CodecTrainConfig):
+def encodec_config(cfg: CodecTrainConfig) -> Any:
     """The transformers EncodecConfig for this codec (bandwidth chosen so that exactly num_codebooks are used)."""
     from transformers import EncodecConfig
 
@@ -219,7 +220,7 @@ class RVQTrainer:
             codebook.cluster_size[dead] = 1.0
 
 
-def stft_loss(output, target, sizes: Sequence[int]):
+def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
     """Multi-resolution STFT loss: log-magnitude L1 plus spectral convergence, averaged over resolutions."""
     import torch
 
@@ -353,7 +354,7 @@ def train_codec(
     return export_codec(model, run_dir / "codec")
 
 
-def export_codec(model, out_dir: Path) -> Path:
+def export_codec(model: Any, out_dir: Path) -> Path:
     """Write the codec in transformers layout (config.json + model.safetensors)."""
     out_dir = Path(out_dir)
     model.eval()
@@ -374,7 +375,7 @@ def held_out_songs(data: Path, seed: int = 0) -> list[str]:
     return sorted({song.path.relative_to(root).parts[0] for name in ("validation", "test") for song in splits[name]})
 
 
-def run_stage(args) -> int:
+def run_stage(args: Any) -> int:
     """`imusic train --stage codec`: the codec stage, with the run's settings remembered for `--resume`."""
     run_dir = Path(args.output).expanduser()
     saved = run_dir / "codec_train_config.json"

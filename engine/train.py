@@ -130,7 +130,7 @@ class Stage:
             for name, tensor in state.items():
                 own[name].copy_(tensor)
 
-    def dataset(self, split: str):
+    def dataset(self, split: str) -> Any:
         """Indexable clips of a split (with `set_epoch` for fresh training draws)."""
         raise NotImplementedError
 
@@ -138,11 +138,11 @@ class Stage:
         """Dataset items through the frozen parts (the codec): what `loss_codes` trains on."""
         raise NotImplementedError
 
-    def loss_codes(self, records: Sequence[Encoded]):
+    def loss_codes(self, records: Sequence[Encoded]) -> Any:
         """Scalar loss tensor of encoded items."""
         raise NotImplementedError
 
-    def loss(self, items: Sequence[Any]):
+    def loss(self, items: Sequence[Any]) -> Any:
         """Scalar loss tensor of a list of dataset items (raw clips, or records of a code pool)."""
         if not all(isinstance(item, Encoded) for item in items):
             items = self.encode(items)
@@ -300,7 +300,7 @@ class AdapterStage(Stage):
         self.stems: tuple[str, ...] = OFFICIAL_STEMS
         self.texts = _TextCache(self.text)
 
-    def dataset(self, split: str):
+    def dataset(self, split: str) -> Any:
         data = _open_split(self.cfg, split, self.codec.sample_rate)
         if split == "train":
             # The stems instructions may name: every class some training song can target, in a stable order.
@@ -313,7 +313,7 @@ class AdapterStage(Stage):
         cond_codes = _encode_audio(self.codec, [clip.input for clip in items])  # [B, K, F]
         return [Encoded(c, cond, prompt) for c, cond, prompt in zip(codes, cond_codes, prompts, strict=True)]
 
-    def loss_codes(self, records: Sequence[Encoded]):
+    def loss_codes(self, records: Sequence[Encoded]) -> Any:
         import torch
 
         text_states, text_mask = self.texts([r.text for r in records])  # [B, S, dim], [B, S]
@@ -497,7 +497,7 @@ class BaseStage(Stage):
         self.module = torch.nn.ModuleDict({"lm": self.lm, "text": self.text_model})
         self.tokens: dict[str, list[int]] = {}
 
-    def dataset(self, split: str):
+    def dataset(self, split: str) -> Any:
         return _open_split(self.cfg, split, self.codec.sample_rate, kind="caption")
 
     def _encode_text(self, captions: Sequence[str]):
@@ -519,7 +519,7 @@ class BaseStage(Stage):
         codes = _encode_audio(self.codec, [clip.audio for clip in items])  # [B, K, F]
         return [Encoded(c, None, clip.caption) for c, clip in zip(codes, items, strict=True)]
 
-    def loss_codes(self, records: Sequence[Encoded]):
+    def loss_codes(self, records: Sequence[Encoded]) -> Any:
         import torch
 
         text_states, text_mask = self._encode_text([r.text for r in records])
@@ -689,7 +689,7 @@ class CodePool:
         return self.records[index]
 
     @classmethod
-    def build(cls, stage: Stage, data, epochs: int, run_dir: Path, batch: int, key: dict, log: bool) -> CodePool:
+    def build(cls, stage: Stage, data: Any, epochs: int, run_dir: Path, batch: int, key: dict, log: bool) -> CodePool:
         import torch
 
         path = Path(run_dir) / POOL_FILE
