@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def _tensor_sizes(file: Path) -> dict[str, int]:
     from safetensors import safe_open
 
     with safe_open(str(file), "pt") as handle:
-        return {name: _prod(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+        return {name: math.prod(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
 
 
 def parameter_counts(model_dir: Path) -> dict[str, int]:
@@ -114,8 +115,8 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
             "parameters": parameter_counts(tmp),
             "codec": {
                 "sample_rate": codec_cfg["sampling_rate"],
-                "hop": _prod(codec_cfg["upsampling_ratios"]),
-                "codebooks": adapter_meta.get("base", {}).get("num_codebooks") or decoder_cfg.get("num_codebooks"),
+                "hop": math.prod(codec_cfg["upsampling_ratios"]),
+                "codebooks": decoder_cfg.get("num_codebooks"),
                 "codebook_size": codec_cfg["codebook_size"],
             },
             "decoder": {
@@ -169,13 +170,6 @@ def _gates(file: Path) -> list[float]:
 
     with safe_open(str(file), "pt") as handle:
         return [float(g) for g in handle.get_tensor("fusion.gates")] if "fusion.gates" in handle.keys() else []  # noqa: SIM118
-
-
-def _prod(values) -> int:
-    total = 1
-    for value in values:
-        total *= int(value)
-    return total
 
 
 def main(argv: list[str] | None = None) -> int:
