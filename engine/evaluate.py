@@ -149,7 +149,16 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     sf.write(str(path), resample(audio, rate, EVAL_RATE).astype(np.float32), EVAL_RATE, subtype="FLOAT")
 
 
-def _test_clips(data: str | Path, task: str, sample_rate: int, seconds: float, classes: str, seed: int, per_song: int):
+def _test_clips(
+    data: str | Path,
+    task: str,
+    sample_rate: int,
+    seconds: float,
+    classes: str,
+    seed: int,
+    per_song: int,
+    split: str = "test",
+):
     from engine.data.datasets import ClipConfig, StemDataset
     from engine.data.layouts import scan
 
@@ -159,7 +168,7 @@ def _test_clips(data: str | Path, task: str, sample_rate: int, seconds: float, c
     class_set = classes if classes in ("4stems", "all") else tuple(c.strip() for c in classes.split(","))
     config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=class_set, ops=(task,))
     try:
-        return StemDataset(scan(root), "test", config, seed=seed, clips_per_song=per_song)
+        return StemDataset(scan(root), split, config, seed=seed, clips_per_song=per_song)
     except DataError as exc:
         raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None
 
@@ -184,14 +193,20 @@ def evaluate(
     save_audio: bool = False,
     optional_metrics: bool = True,
     progress: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir."""
+    """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir.
+
+    `split="validation"` scores the validation songs instead: for choosing settings without looking at the test set.
+    """
     from engine.instructions import Instruction, format_prompt
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     if spectrograms < 0:
         raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
+    if split not in ("test", "validation"):
+        raise ConfigError(f"--split must be test or validation, got {split!r}")
     tasks = check_tasks(tasks)
     if editor is None:
         from engine.editor import Editor
@@ -204,11 +219,11 @@ def evaluate(
     report: dict[str, Any] = {
         "model": editor.info,
         "data": str(data),
-        "settings": {"seconds": seconds, "classes": classes, "seed": seed, "raw": raw, "limit": limit},
+        "settings": {"seconds": seconds, "classes": classes, "seed": seed, "raw": raw, "limit": limit, "split": split},
         "tasks": {},
     }
     for task in tasks:
-        clips = _test_clips(data, task, rate, seconds, classes, seed, clips_per_song)
+        clips = _test_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)
         # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
         report["data_problems"] = dict(clips.catalog.problem_counts())
         skipped_songs = [{"song": song_id, "reason": reason} for song_id, reason in clips.skipped]
@@ -324,7 +339,8 @@ def markdown(report: dict) -> str:
         "# imusic eval",
         "",
         f"Model **{info.get('model')}** ({info.get('device')}, {info.get('dtype')}); data `{report['data']}`, "
-        f"test split, {report['settings']['seconds']:g} s clips; all metrics at 16 kHz.",
+        f"{report['settings'].get('split', 'test')} split, {report['settings']['seconds']:g} s clips; "
+        "all metrics at 16 kHz.",
         "",
         "Rows: *identity* = output is the input (SI-SDRi 0 by definition); *codec ceiling* = the target through the "
         "model's codec (the best a token model can reach); *oracle* = output is the target. For add and remove the "
@@ -366,7 +382,7 @@ def markdown(report: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic eval` options."""
-    parser.add_argument("--data", required=True, help="stem data set folder; its test split is used")
+    parser.add_argument("--data", required=True, help="stem data set folder; its test split is used (see --split)")
     parser.add_argument("--model", default=None, help="model dir / transformers / audiocraft dir (default: embedded)")
     parser.add_argument("--adapter", default=None, help="adapter dir or finetuned.ckpt (default: the model's own)")
     parser.add_argument("--task", action="append", required=True, help="add, remove or extract; repeat for several")
@@ -377,6 +393,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", default="4stems", help="4stems, all, or a comma list of stem classes")
     parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
+    parser.add_argument(
+        "--split", default="test", choices=("test", "validation"), help="songs to score (validation: for tuning)"
+    )
     parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: the best available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the device's fast one)")
     parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
@@ -405,6 +424,7 @@ def run(args: argparse.Namespace) -> int:
         save_audio=args.save_audio,
         optional_metrics=not args.no_network_metrics,
         progress=not args.quiet,
+        split=args.split,
     )
     print(markdown(report))
     print(f"report: {Path(args.output) / REPORT_MD}", file=sys.stderr)

@@ -33,7 +33,8 @@ The official checkpoint names map one to one: cp_transformer.{pos_emb, merge_lin
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -136,3 +137,126 @@ def adapter_parameter_count(cfg: LMConfig, fusion: FusionConfig) -> tuple[int, i
     with torch.device("meta"):
         lm = MusicGenLM(cfg, fusion)
     return lm.num_parameters(adapters=True), lm.num_parameters(adapters=False)
+
+
+# ---- a start that trains at small scale (not the official init; see `align_prefix`) ---------------------------------
+
+
+def zero_output_init(lm: MusicGenLM, noise: float = 0.0, seed: int = 0) -> None:
+    """merge_linear = 0 and pos_emb chosen so that every fused layer's condition input h is exactly 0.
+
+    With h = 0 the prefix queries, keys and values are 0 (the projections have no bias), so the prefix adds nothing
+    whatever the gates: the model is unchanged, but unlike zero gates every adapter weight gets a gradient. With M = 0
+    the condition stream does not depend on the audio, so the cancelling table is computed once here. `noise` adds a
+    seeded Gaussian of that std to the table (the positional pattern `align_prefix` starts from).
+    """
+    fusion = lm.fusion
+    if fusion is None:
+        raise ConfigError("this model has no audio-fusion adapter")
+    with torch.no_grad():
+        for linear in fusion.merge_linear:
+            linear.weight.zero_()
+        fusion.pos_emb.zero_()
+        o = torch.zeros(1, 1, fusion.pos_emb.shape[-1], dtype=fusion.pos_emb.dtype, device=fusion.pos_emb.device)
+        for j in range(fusion.num_fused):
+            layer = lm.layers[fusion.first_layer + j]
+            fusion.pos_emb[j + 1] = -layer.norm1(o.to(layer.norm1.weight.dtype))[0, 0].to(fusion.pos_emb.dtype)
+            o = o + layer.ffn(layer.norm2(o.to(layer.norm2.weight.dtype))).to(o.dtype)  # attention output is 0
+        if noise:
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            fusion.pos_emb.add_(torch.randn(fusion.pos_emb.shape, generator=gen).to(fusion.pos_emb) * noise)
+
+
+def prefix_alignment(
+    lm: MusicGenLM, queries: dict[int, torch.Tensor], cond_codes: torch.Tensor, width: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, list[float], list[float]]:
+    """How well each fused layer's prefix attention lines step s up with condition frame s.
+
+    `queries`: the main stream's self-attention queries per layer ([B, H, T, Dh], from a run with zero gates).
+    Returns (-mean log attention mass on frames s - width .. s + width, summed over fused layers; the mean squared
+    prefix values, summed over fused layers; per-layer mass; per-layer mean squared value), the first two
+    differentiable.
+    """
+    prefixes: list[PrefixKV | None] = lm.fusion.prefixes(lm, cond_codes)
+    loss = cond_codes.new_zeros((), dtype=torch.float32)
+    value_loss = cond_codes.new_zeros((), dtype=torch.float32)
+    masses, values = [], []
+    for index, prefix in enumerate(prefixes):
+        if prefix is None:
+            continue
+        q = queries[index]
+        steps, frames = q.shape[2], prefix.k.shape[2]
+        centre = torch.arange(steps, device=q.device).clamp(max=frames - 2)
+        scores = (q + prefix.q.index_select(2, centre)).float() @ prefix.k.float().transpose(-1, -2)
+        log_w = (scores * q.shape[-1] ** -0.5).log_softmax(-1)  # [B, H, T, Tc + 1]
+        near = (torch.arange(frames, device=q.device)[None, :] - centre[:, None]).abs() <= width
+        log_mass = torch.logsumexp(log_w.masked_fill(~near, float("-inf")), dim=-1)
+        loss = loss - log_mass.mean()
+        value_loss = value_loss + prefix.v.float().pow(2).mean()
+        masses.append(float(log_mass.detach().exp().mean()))
+        values.append(float(prefix.v.detach().float().pow(2).mean()))
+    return loss, value_loss, masses, values
+
+
+def align_prefix(
+    lm: MusicGenLM,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]],
+    *,
+    lr: float = 0.05,
+    value_weight: float = 1.0,
+    noise: float = 0.5,
+    seed: int = 0,
+    log: Callable[[int, float, list[float], list[float]], None] | None = None,
+) -> dict[str, Any]:
+    """Start the audio fusion in time with the music, then let training fill in the content.
+
+    Measured on the embedded model's base (docs/embedded_model/fusion.md): with the official init (randn pos_emb,
+    default merge_linear, zero gates) the prefix attention of every layer fell on one arbitrary frame (entropy ~0.5
+    nats over 251 frames, 2 % of its mass within a frame of the step), so opening a gate only added noise, the gates
+    stayed shut and no adapter weight learnt to carry the audio. Here, before training: merge_linear = 0 (no
+    content yet) and pos_emb is fitted (Adam, `lr`) so that step s attends to condition frames s - 1 .. s + 1 while
+    the prefix values stay small (`value_weight` times their mean square): the gates can then open without noise.
+
+    `batches` yields (codes [B, K, T], text_states, text_mask, cond_codes [B, K, T]) for as many steps as wanted.
+    The gates are held at zero during the fit (the main stream then does not depend on the prefix); the caller sets
+    them afterwards. Returns {"steps", "loss", "mass", "value"} of the last step and "mass_before", "value_before"
+    of the adapter as it came (per fused layer).
+    """
+    from engine import delay
+
+    fusion = lm.fusion
+    optimizer = torch.optim.Adam([fusion.pos_emb], lr=lr)
+    gates = fusion.gates.detach().clone()
+    was_training = lm.training
+    lm.eval()
+    result: dict[str, Any] = {"steps": 0}
+    # a base stored in bf16/fp16 (training under autocast) runs under autocast here too
+    low = lm.dtype if lm.dtype in (torch.bfloat16, torch.float16) else None
+    try:
+        with torch.no_grad():
+            fusion.gates.zero_()
+        for step, (codes, text_states, text_mask, cond_codes) in enumerate(batches, start=1):
+            with torch.autocast(lm.device.type, dtype=low or torch.bfloat16, enabled=low is not None):
+                with torch.no_grad():
+                    ctx = lm.text_context(text_states, text_mask)
+                    ctx.queries = {}
+                    inputs = delay.build(codes, lm.special_token)[..., : codes.shape[-1]]
+                    lm.run(inputs, ctx)
+                    if step == 1:  # the alignment the adapter came with (the official init for a new one)
+                        _, _, result["mass_before"], result["value_before"] = prefix_alignment(
+                            lm, ctx.queries, cond_codes
+                        )
+                        zero_output_init(lm, noise=noise, seed=seed)
+                loss, value_loss, masses, values = prefix_alignment(lm, ctx.queries, cond_codes)
+            total = loss + value_weight * value_loss
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            result.update(steps=step, loss=float(loss.detach()), mass=masses, value=values)
+            if log is not None:
+                log(step, result["loss"], masses, values)
+    finally:
+        with torch.no_grad():
+            fusion.gates.copy_(gates)
+        lm.train(was_training)
+    return result

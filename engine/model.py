@@ -153,6 +153,8 @@ class Context:
     # per layer (scores_t [B, D, H*S], bias [B, 1, H*S], values [B, H*S, D]): the cross-attention folded through the
     # text (MusicGenLM._fold_cross); set by prepare_decode where it reads fewer bytes than the q/out projections
     cross_folded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    # when a dict, every layer stores its self-attention queries [B, H, T, Dh] under its index (fusion.align_prefix)
+    queries: dict[int, torch.Tensor] | None = None
 
 
 @dataclass
@@ -206,6 +208,8 @@ class DecoderLayer(nn.Module):
             q = split_heads(_linear(attn.q, h), attn.num_heads)  # [B, H, T, Dh]
             k = split_heads(_linear(attn.k, h), attn.num_heads)
             v = split_heads(_linear(attn.v, h), attn.num_heads)
+        if ctx.queries is not None:
+            ctx.queries[index] = q.detach()
         cache = None if ctx.cache is None else ctx.cache[index]
         if isinstance(start, torch.Tensor):
             # static decode: fixed shapes, write at `start` positions, attend to the whole cache under a mask

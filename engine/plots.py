@@ -93,3 +93,25 @@ def plot_spectrograms(
         return _save_atomically(fig, Path(path))
     finally:
         plt.close(fig)
+
+
+def plot_val_curves(
+    runs: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "validation loss"
+) -> Path:
+    """One PNG comparing runs: each run's validation loss against the step, labelled by its key."""
+    if not runs or not all(runs.values()):
+        raise ValueError("plot_val_curves needs at least one run, each with at least one (step, loss) point")
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(8, 4.5))
+    for label, points in runs.items():
+        steps, losses = zip(*points, strict=True)
+        axis.plot(steps, losses, marker="o", markersize=3, label=label)
+    axis.set_xlabel("step")
+    axis.set_ylabel("validation loss (nats / token)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    out = _save_atomically(fig, path)
+    plt.close(fig)
+    return out

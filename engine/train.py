@@ -67,6 +67,11 @@ class TrainConfig:
     pool: int = 0  # epochs of training clips drawn and encoded once (0: fresh draws encoded at every step)
     gate_lr: float = 0.0  # peak learning rate of the audio-fusion gates (0: --lr); zero-init gates open slowly
     window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (10 s: 500 frames)
+    # Adapters: 0 = the official init (zero gates). N > 0: fusion.align_prefix for N batches before step 1 (merge_linear
+    # 0, pos_emb fitted so that the prefix attention follows the music in time), then the gates start at gate_init.
+    align_steps: int = 0
+    gate_init: float = 0.0
+    fused_layers: int | None = None  # adapters: audio fusion on the top N layers (None: the base adapter's, else all)
     extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
@@ -90,6 +95,12 @@ class TrainConfig:
             raise ConfigError(f"--seconds must be positive, got {self.seconds}")
         if self.window < 0:
             raise ConfigError(f"--window must not be negative, got {self.window}")
+        if self.align_steps < 0:
+            raise ConfigError(f"--align-steps must not be negative, got {self.align_steps}")
+        if (self.align_steps or self.gate_init or self.fused_layers is not None) and self.stage != "adapters":
+            raise ConfigError("--align-steps, --gate-init and --fused-layers are for --stage adapters only")
+        if self.fused_layers is not None and self.fused_layers < 1:
+            raise ConfigError(f"--fused-layers must be at least 1, got {self.fused_layers}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.stage not in STAGES:
@@ -147,6 +158,10 @@ class Stage:
         if not all(isinstance(item, Encoded) for item in items):
             items = self.encode(items)
         return self.loss_codes(items)
+
+    def prepare(self, batches: Callable[[], list[Encoded]]) -> dict | None:
+        """Once, before the first step of a fresh run (not on resume): `batches()` gives a batch of encoded clips."""
+        return None
 
     def export(self, run_dir: Path, info: dict) -> dict[str, str]:
         """Write the finished result into run_dir; returns {what: path}."""
@@ -278,6 +293,8 @@ class AdapterStage(Stage):
         if cfg.window:
             frame_rate = _frame_rate(read_config(self.base_path)) if layout == "transformers" else 50.0
             fusion = replace(fusion, cond_frames=int(round(cfg.window * frame_rate)) + 1)
+        if cfg.fused_layers is not None:  # the top N layers only (checked against the base when the model is built)
+            fusion = replace(fusion, fused_layers=cfg.fused_layers)
         # Under autocast the frozen base is stored in the autocast dtype (half the memory of a 3.3B decoder); the
         # adapters, the only weights the optimizer updates, stay fp32 masters.
         frozen_dtype = _precision(cfg, torch.device(device))[0] or torch.float32
@@ -321,6 +338,36 @@ class AdapterStage(Stage):
         cond_codes = torch.stack([r.cond for r in records]).long().to(self.codec.device)  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, cond_codes)
         return loss
+
+    def prepare(self, batches: Callable[[], list[Encoded]]) -> dict | None:
+        """--align-steps: fit the prefix's positional table first (fusion.align_prefix), then set the gates."""
+        import torch
+
+        from engine.fusion import align_prefix
+
+        if not self.cfg.align_steps:
+            if self.cfg.gate_init:
+                with torch.no_grad():
+                    self.lm.fusion.gates.fill_(self.cfg.gate_init)
+            return None
+
+        def feed():
+            for _ in range(self.cfg.align_steps):
+                records = batches()
+                text_states, text_mask = self.texts([r.text for r in records])
+                codes = torch.stack([r.codes for r in records]).long().to(self.codec.device)
+                cond = torch.stack([r.cond for r in records]).long().to(self.codec.device)
+                yield codes, text_states, text_mask, cond
+
+        def log(step: int, loss: float, mass: list[float], value: list[float]) -> None:
+            if step % 25 == 0 or step == self.cfg.align_steps:
+                shown = ", ".join(f"{m:.2f}" for m in mass)
+                print(f"align {step}/{self.cfg.align_steps}: attention mass near the step {shown}", file=sys.stderr)
+
+        result = align_prefix(self.lm, feed(), seed=self.cfg.seed, log=log)
+        with torch.no_grad():
+            self.lm.fusion.gates.fill_(self.cfg.gate_init)
+        return result
 
     def export(self, run_dir: Path, info: dict) -> dict[str, str]:
         from engine.weights.adapter_format import save_adapter
@@ -946,6 +993,17 @@ def train(
         }
         return save_checkpoint(run_dir, step, state, cfg.keep)
 
+    if payload is None:  # a fresh run: the stage's one-off start (the adapters' prefix alignment)
+        align_sampler, keyed = BatchSampler(len(train_data), cfg.seed + 1), _Keyed(train_data)
+
+        def align_batch() -> list[Encoded]:
+            items = [keyed[key][1] for key in align_sampler.next_keys(cfg.batch)]
+            return items if cfg.pool else stage.encode(items)
+
+        prepared = stage.prepare(align_batch)
+        if prepared is not None:
+            history["prepare"] = prepared
+
     def write_history() -> None:
         (run_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), **history}, indent=1))
         plot_curves(history["train"], run_dir / CURVES, val=history["val"], lr=history["lr"], title=cfg.stage)
@@ -1033,6 +1091,9 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
     ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
     ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 4 on GPU)"),
+    ("--align-steps", "align_steps", int, "adapters: fit the prefix alignment for N batches first (0: official init)"),
+    ("--gate-init", "gate_init", float, "adapters: initial fusion gates (default 0, official)"),
+    ("--fused-layers", "fused_layers", int, "adapters: audio fusion on the top N layers only (default: all)"),
     ("--window", "window", float, "adapter condition window in seconds (default: the base's, else 10 s)"),
     ("--pool", "pool", int, "encode N epochs of training clips once and train on that pool (default 0: fresh draws)"),
     ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),

@@ -239,3 +239,23 @@ def test_imusic_eval_command_line_reports_an_unknown_task_in_one_line(synth_data
     argv = ["eval", "--data", str(synth_data), "--model", str(tiny_model_dir), "--task", "separate"]
     assert main([*argv, "-o", str(tmp_path / "out"), "--quiet"]) == 1
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_val_curves_compare_runs_in_one_png_and_refuse_an_empty_run(tmp_path):
+    from engine.plots import plot_val_curves
+
+    out = plot_val_curves({"a": [(100, 3.6), (200, 3.5)], "b": [(100, 3.7)]}, tmp_path / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one"):
+        plot_val_curves({"a": []}, tmp_path / "empty.png")
+
+
+def test_the_validation_split_scores_other_songs_than_the_test_split(synth_data, tiny_editor, tmp_path):
+    kwargs = {"editor": _EchoEditor(tiny_editor), "limit": 2, "seconds": 1.0, "progress": False}
+    test = evaluate(synth_data, ["extract"], tmp_path / "test", **kwargs)
+    val = evaluate(synth_data, ["extract"], tmp_path / "val", split="validation", **kwargs)
+    songs = {name: {e["song"] for e in r["tasks"]["extract"]["examples"]} for name, r in (("t", test), ("v", val))}
+    assert songs["t"] and songs["v"] and not songs["t"] & songs["v"]
+    assert val["settings"]["split"] == "validation" and "validation split" in markdown(val)
+    with pytest.raises(ConfigError, match="--split must be test or validation"):
+        evaluate(synth_data, ["extract"], tmp_path / "bad", split="train", **kwargs)

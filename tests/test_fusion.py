@@ -263,3 +263,70 @@ def test_empty_condition_audio_is_refused():
     seq, text, mask, _ = _inputs()
     with pytest.raises(ConfigError, match="empty"):
         fused(seq, text, mask, torch.zeros(2, 4, 0, dtype=torch.long))
+
+
+# ---- the small-scale start: zero-output init and the prefix alignment -----------------------------------------------
+
+
+def test_zero_output_init_leaves_the_model_unchanged_at_any_gate_yet_trains_merge_linear():
+    from engine.fusion import zero_output_init
+
+    base, fused = _pair()
+    zero_output_init(fused)
+    with torch.no_grad():
+        fused.fusion.gates.fill_(0.7)
+    seq, text, mask, cond = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(seq, text, mask, cond), base(seq, text, mask), atol=1e-5, rtol=0)
+    codes = torch.randint(0, CFG.card, (2, 4, 10))
+    fused.freeze_base()
+    loss, _ = fused.loss(codes, text, mask, cond)
+    loss.backward()
+    # Unlike zero gates (no gradient past the gate), every merge_linear and the positional table learn.
+    assert all(float(m.weight.grad.abs().sum()) > 0 for m in fused.fusion.merge_linear)
+    assert float(fused.fusion.pos_emb.grad.abs().sum()) > 0
+
+
+def test_official_zero_gates_give_merge_linear_no_gradient():
+    _, fused = _pair()
+    fused.freeze_base()
+    seq, text, mask, cond = _inputs()
+    loss, _ = fused.loss(torch.randint(0, CFG.card, (2, 4, 10)), text, mask, cond)
+    loss.backward()
+    assert all(m.weight.grad is None or float(m.weight.grad.abs().sum()) == 0 for m in fused.fusion.merge_linear)
+
+
+def test_align_prefix_puts_the_attention_of_step_s_on_condition_frame_s():
+    from engine.fusion import align_prefix, prefix_alignment
+
+    _, fused = _pair()
+    torch.manual_seed(3)
+    batches = [
+        (torch.randint(0, CFG.card, (4, 4, 20)), torch.randn(4, 5, CFG.text_dim), None,
+         torch.randint(0, CFG.card, (4, 4, 20)))
+        for _ in range(4)
+    ]  # fmt: skip
+
+    def mass() -> float:
+        from engine.model import Context
+
+        codes, text, _, cond = batches[0]
+        ctx = fused.text_context(text, None)
+        ctx.queries = {}
+        with torch.no_grad():
+            fused.run(delay.build(codes, fused.special_token)[..., :20], ctx)
+            _, _, masses, _ = prefix_alignment(fused, ctx.queries, cond)
+        assert isinstance(ctx, Context) and len(masses) == FUSION.fused_layers
+        return sum(masses) / len(masses)
+
+    before = mass()
+    with torch.no_grad():
+        fused.fusion.gates.fill_(0.25)
+    result = align_prefix(fused, (batches[i % 4] for i in range(150)), lr=0.05)
+    assert result["steps"] == 150
+    # The gates are left as they were: the caller decides where they start.
+    assert torch.equal(fused.fusion.gates, torch.full_like(fused.fusion.gates, 0.25))
+    # 3 of 21 frames is 0.14 for uniform attention; the fit must put most of the mass there.
+    after = mass()
+    assert after > 0.6 and after > 2 * before, (before, after)
+    assert all(not m.weight.detach().any() for m in fused.fusion.merge_linear)  # content comes in training

@@ -318,3 +318,36 @@ def test_validation_loss_falls_over_a_short_adapter_run(config, tmp_path):
     result = train(run, tmp_path / "run", progress=False, export=False)
     val = [loss for _, loss in result.history["val"]]
     assert val[-1] < val[0] - 0.1
+
+
+def test_align_steps_fit_the_prefix_first_and_the_gates_start_at_gate_init(config, tmp_path):
+    cfg = replace(config, steps=1, accum=1, lr=1e-7, gate_lr=1e-7, align_steps=3, gate_init=0.25)
+    result = train(cfg, tmp_path / "run", progress=False, export=False)
+    prepared = result.history["prepare"]
+    assert prepared["steps"] == 3 and len(prepared["mass"]) == len(prepared["value"]) >= 1
+    state = torch.load(list_checkpoints(result.run_dir)[-1], weights_only=True)["trainable"]
+    gates = next(v for k, v in state.items() if k.endswith("fusion.gates"))
+    torch.testing.assert_close(gates, torch.full_like(gates, 0.25), atol=1e-5, rtol=0)
+    merge = [v for k, v in state.items() if "merge_linear" in k]
+    assert merge and all(float(m.abs().max()) < 1e-5 for m in merge)  # zero at the start, one tiny step since
+
+
+def test_align_steps_and_gate_init_are_refused_outside_the_adapter_stage(config, tmp_path):
+    with pytest.raises(ConfigError, match="--align-steps"):
+        train(replace(config, stage="base", align_steps=2), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="--align-steps must not be negative"):
+        train(replace(config, align_steps=-1), tmp_path / "neg", progress=False)
+
+
+def test_fused_layers_puts_the_audio_fusion_on_the_top_layers_only(config, tmp_path):
+    from engine.weights import load_model
+
+    result = train(replace(config, steps=1, fused_layers=1), tmp_path / "run", progress=False)
+    loaded = load_model(result.outputs["model"], device="cpu", dtype=torch.float32)
+    fusion = loaded.lm.fusion
+    assert fusion.num_fused == 1 and len(fusion.merge_linear) == 1
+    assert fusion.first_layer == loaded.lm.cfg.num_layers - 1
+    with pytest.raises(ConfigError, match="--fused-layers must be at least 1"):
+        train(replace(config, fused_layers=0), tmp_path / "zero", progress=False)
+    with pytest.raises(ConfigError, match="exceeds the model's"):
+        train(replace(config, fused_layers=99), tmp_path / "many", progress=False)
