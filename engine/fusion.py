@@ -192,9 +192,10 @@ def prefix_alignment(
         near = (torch.arange(frames, device=q.device)[None, :] - centre[:, None]).abs() <= width
         log_mass = torch.logsumexp(log_w.masked_fill(~near, float("-inf")), dim=-1)
         loss = loss - log_mass.mean()
-        value_loss = value_loss + prefix.v.float().pow(2).mean()
+        value_sq = prefix.v.float().pow(2).mean()
+        value_loss = value_loss + value_sq
         masses.append(float(log_mass.detach().exp().mean()))
-        values.append(float(prefix.v.detach().float().pow(2).mean()))
+        values.append(float(value_sq.detach()))
     return loss, value_loss, masses, values
 
 
