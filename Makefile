@@ -49,6 +49,8 @@ clean:
 MODEL_WORK ?= .cache/default-model
 MODEL_DATA := $(MODEL_WORK)/synth16k
 CODEC_STEPS ?= 5000
+CODEC_WAVE_STEPS ?= 4000
+CODEC_LEVEL_STEPS ?= 1500
 BASE_STEPS ?= 2500
 ADAPTER_STEPS ?= 900
 
@@ -56,14 +58,24 @@ model-data: setup
 	$(BIN)/imusic data synth --tracks 400 --seconds 30 --sample-rate 16000 --seed 0 -o $(MODEL_DATA) --quiet \
 	  $$( [ -f $(MODEL_DATA)/dataset.json ] && echo --resume )
 
-model-codec: model-data
-	if [ -f $(MODEL_WORK)/codec/codec/config.json ]; then echo "codec: done ($(MODEL_WORK)/codec/codec)"; \
-	elif [ -f $(MODEL_WORK)/codec/codec_ckpt.pt ]; then \
-	  $(BIN)/imusic train --stage codec --resume -o $(MODEL_WORK)/codec --quiet; \
+# Stage 1, the codec, in four runs (each resumable; each later one starts from the one before, with a fresh schedule):
+# 5000 steps of L1 + multi-resolution STFT, 5000 more of the same, 4000 with the waveform's normalised MSE added, then
+# 1500 without it. The first two alone left a decoder that turns every tone into a 50 Hz buzz; the MSE brings the
+# pitch back but dulls the level, which the last run restores (docs/embedded_model/codec.md).
+define codec_run
+	if [ -f $(MODEL_WORK)/$(1)/codec/config.json ]; then echo "$(1): done ($(MODEL_WORK)/$(1)/codec)"; \
+	elif [ -f $(MODEL_WORK)/$(1)/codec_ckpt.pt ]; then \
+	  $(BIN)/imusic train --stage codec --resume -o $(MODEL_WORK)/$(1) --quiet; \
 	else \
-	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/codec --steps $(CODEC_STEPS) \
-	    --quantize-after 1000 --quiet; \
+	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/$(1) $(2) --quiet; \
 	fi
+endef
+
+model-codec: model-data
+	$(call codec_run,codec_1,--steps $(CODEC_STEPS) --quantize-after 1000)
+	$(call codec_run,codec_2,--init-codec $(MODEL_WORK)/codec_1/codec --steps $(CODEC_STEPS))
+	$(call codec_run,codec_3,--init-codec $(MODEL_WORK)/codec_2/codec --wave-mse 2.0 --steps $(CODEC_WAVE_STEPS))
+	$(call codec_run,codec,--init-codec $(MODEL_WORK)/codec_3/codec --steps $(CODEC_LEVEL_STEPS))
 
 # Stage 2: a text-to-music base model from scratch on the frozen codec (clips encoded once into a pool, bf16 autocast).
 model-base: model-codec

@@ -3,8 +3,11 @@
 The network is transformers' `EncodecModel` (so the trained codec loads like any EnCodec checkpoint); what
 transformers leaves out is training, written here: residual vector quantisation with EMA codebooks (k-means-like
 init from the first batch, dead codes re-seeded from the batch), a straight-through estimator, and a
-reconstruction loss of time-domain L1 plus multi-resolution STFT (log-magnitude L1 + spectral convergence).
-No adversarial loss: it would triple the cost per step on 2 CPU cores; the price is a slightly dull top end.
+reconstruction loss of time-domain L1 plus multi-resolution STFT (log-magnitude L1 + spectral convergence), and
+optionally the waveform's normalised MSE (`wave_mse_weight`), the only phase-sensitive term: without it the decoder
+learnt to return every tone as a buzz at the frame rate (docs/embedded_model/codec.md). A run can start from an
+exported codec (`init_from`) with a fresh optimiser and schedule, so that a recipe can chain runs of different losses.
+No adversarial loss: it would triple the cost per step on 2 CPU cores; the price is a dull, noisy top end.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ class CodecTrainConfig:
     commit_weight: float = 1.0
     stft_weight: float = 1.0
     stft_sizes: tuple[int, ...] = (128, 256, 512, 1024)
+    # Weight of the waveform's normalised MSE (error power over signal power). The STFT terms ignore phase, and with
+    # them alone the decoder settled on a buzz at the frame rate: a pure tone came back as harmonics of 50 Hz. A
+    # phase-sensitive term pulls it out of that (docs/embedded_model/codec.md).
+    wave_mse_weight: float = 0.0
     # An EMA count below this re-seeds the code from the batch. With 8 x 1 s batches (400 vectors for 512 codes) most
     # counts sit near 0.8, so a threshold of 1 re-seeded nearly every code at every step; 0.05 means ~300 steps unused.
     dead_code_threshold: float = 0.05
@@ -263,11 +270,13 @@ def train_codec(
     threads: int | None = None,
     quiet: bool = False,
     stop_after: int | None = None,
+    init_from: Path | None = None,
 ) -> Path | None:
     """Train (or resume) the codec; returns the exported transformers-layout directory `run_dir/codec`.
 
     `stop_after` ends this run after that many steps (checkpointed, None returned): a session-sized slice of a
-    longer schedule, continued later with `resume=True`.
+    longer schedule, continued later with `resume=True`. `init_from` (a codec directory this stage exported, of the
+    same sizes) starts a new run from its weights and codebooks with a fresh optimiser and schedule.
     """
     import torch
     from tqdm import tqdm
@@ -288,6 +297,9 @@ def train_codec(
     sampler = ClipSampler(files, cfg.sample_rate, cfg.segment_seconds, seed=cfg.seed)
     rvq = RVQTrainer(model, cfg.ema_decay, cfg.dead_code_threshold)
     step = 0
+    if init_from is not None and not (resume and ckpt_path.exists()):
+        _load_initial(model, Path(init_from))
+        rvq.initialised = True  # the codebooks come trained: no re-seeding from the first batch
     if resume and ckpt_path.exists():
         try:
             state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -319,13 +331,14 @@ def train_codec(
         output = model.decoder(quantized)[..., : audio.shape[-1]]
         l1 = (output - audio).abs().mean()
         spectral = stft_loss(output, audio, cfg.stft_sizes)
-        loss = l1 + cfg.stft_weight * spectral + cfg.commit_weight * commit
+        nmse = (output - audio).pow(2).mean() / (audio.pow(2).mean() + 1e-8)
+        loss = l1 + cfg.stft_weight * spectral + cfg.commit_weight * commit + cfg.wave_mse_weight * nmse
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
-        for name, value in (("loss", loss), ("l1", l1), ("stft", spectral), ("commit", commit)):
+        for name, value in (("loss", loss), ("l1", l1), ("stft", spectral), ("commit", commit), ("nmse", nmse)):
             running[name] = running.get(name, 0.0) + float(value.detach())
         bar.update(1)
         if step % cfg.log_every == 0:
@@ -352,6 +365,20 @@ def train_codec(
     if step < cfg.steps:
         return None
     return export_codec(model, run_dir / "codec")
+
+
+def _load_initial(model: Any, source: Path) -> None:
+    """Copy a trained codec's weights (codebooks included) into `model`; sizes must match exactly."""
+    from transformers import EncodecModel
+
+    if not (source / "config.json").is_file():
+        raise CheckpointError(f"{source} is not a codec directory (no config.json): give what --stage codec exported")
+    trained = EncodecModel.from_pretrained(source)
+    ours, theirs = model.state_dict(), trained.state_dict()
+    wrong = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
+    if wrong or len(ours) != len(theirs):
+        raise CheckpointError(f"the codec in {source} has other sizes than this run (first mismatch: {wrong[:1]})")
+    model.load_state_dict(theirs)
 
 
 def export_codec(model: Any, out_dir: Path) -> Path:
@@ -398,15 +425,46 @@ def run_stage(args: Any) -> int:
             cfg.warmup_steps = args.warmup
         if getattr(args, "quantize_after", None) is not None:
             cfg.quantize_after = args.quantize_after
+        if getattr(args, "wave_mse", None) is not None:
+            cfg.wave_mse_weight = args.wave_mse
+        if getattr(args, "init_codec", None):
+            init = Path(args.init_codec).expanduser()
+            source = init / "codec_train_config.json" if (init / "codec_train_config.json").exists() else None
+            if source is None and (init.parent / "codec_train_config.json").exists():
+                source = init.parent / "codec_train_config.json"
+            if source is not None:  # the sizes of the codec it continues, whatever the defaults are now
+                sizes = _config_from_json(source)
+                for name in _SIZE_FIELDS:
+                    setattr(cfg, name, sizes[name])
+            cfg.extra["init_from"] = str(init)
     if args.steps is not None:
         cfg.steps = args.steps
     if args.ckpt_every is not None:
         cfg.ckpt_every = args.ckpt_every
+    init = cfg.extra.get("init_from")
     out = train_codec(
-        data, run_dir, cfg, exclude_songs=held_out_songs(data), resume=bool(args.resume), quiet=args.quiet
+        data,
+        run_dir,
+        cfg,
+        exclude_songs=held_out_songs(data),
+        resume=bool(args.resume),
+        quiet=args.quiet,
+        init_from=Path(init) if init else None,
     )
     print(f"codec: {out}  (log: {run_dir / 'codec_log.jsonl'})")
     return 0
+
+
+# The fields that fix the network's shapes (a run started from another codec takes them from it).
+_SIZE_FIELDS = (
+    "sample_rate",
+    "num_filters",
+    "hidden_size",
+    "upsampling_ratios",
+    "codebook_size",
+    "num_codebooks",
+    "num_lstm_layers",
+)
 
 
 def _config_from_json(path: Path) -> dict:

@@ -32,21 +32,39 @@ def _last(rows: list, default: Any = None) -> Any:
     return rows[-1][1] if rows else default
 
 
-def codec_summary(run: Path) -> dict[str, Any]:
-    """Settings, steps, wall time and final losses of the codec stage (engine.codec_train's run folder)."""
+def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Settings, steps, wall time and final losses of the codec stage (engine.codec_train's run folder).
+
+    A run started from another codec (`--init-codec`, recorded as extra.init_from) lists that run under
+    "continues", recursively, and its steps and wall time count in the totals.
+    """
     cfg = _read_json(run / "codec_train_config.json")
     rows = [json.loads(line) for line in (run / "codec_log.jsonl").read_text().splitlines() if line.strip()]
     if not rows:
         raise CheckpointError(f"{run} holds no codec training log")
     tail = rows[-max(1, min(8, len(rows))) :]  # the last ~200 steps: single log rows are noisy
-    final = {k: round(sum(r[k] for r in tail) / len(tail), 4) for k in ("loss", "l1", "stft", "commit")}
-    return {
+    keys = [k for k in ("loss", "l1", "stft", "commit", "nmse") if all(k in r for r in tail)]
+    final = {k: round(sum(r[k] for r in tail) / len(tail), 4) for k in keys}
+    summary = {
         "command": "make model-codec",
         "settings": {k: v for k, v in cfg.items() if k != "extra"},
         "steps": rows[-1]["step"],
         "wall_seconds": rows[-1]["seconds"],
         "final_losses": final,
     }
+    parent = (cfg.get("extra") or {}).get("init_from")
+    if parent:
+        parent_run = Path(parent).parent  # the run folder holding the exported codec directory
+        if parent_run.resolve() in _seen or run.resolve() == parent_run.resolve():
+            raise CheckpointError(f"the codec runs' init_from records form a loop at {parent_run}")
+        if not (parent_run / "codec_train_config.json").is_file():
+            raise CheckpointError(f"{run} started from {parent}, whose run folder {parent_run} is missing")
+        earlier = codec_summary(parent_run, (*_seen, run.resolve()))
+        summary["continues"] = earlier
+        summary["total_steps"] = earlier.get("total_steps", earlier["steps"]) + summary["steps"]
+        summary["stage_wall_seconds"] = summary["wall_seconds"]
+        summary["wall_seconds"] = round(earlier["wall_seconds"] + summary["wall_seconds"], 1)
+    return summary
 
 
 def train_summary(run: Path, target: str) -> dict[str, Any]:

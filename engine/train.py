@@ -1120,6 +1120,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     codec.add_argument(
         "--quantize-after", type=int, help="steps trained without quantisation before the codebooks start (default 0)"
     )
+    codec.add_argument(
+        "--wave-mse", type=float, metavar="WEIGHT", help="weight of the waveform's normalised MSE loss (default 0)"
+    )
+    codec.add_argument(
+        "--init-codec",
+        metavar="CODEC_DIR",
+        help="start from this exported codec's weights and codebooks (same sizes), with a new optimiser and schedule",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

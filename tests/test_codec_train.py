@@ -128,3 +128,70 @@ def _rows(run: Path) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (run / "codec_log.jsonl").read_text().splitlines()]
+
+
+def test_a_run_can_start_from_a_trained_codec(tones, tmp_path):
+    import torch
+    from transformers import EncodecModel
+
+    first = train_codec(tones, tmp_path / "first", _tiny_cfg(4), threads=1, quiet=True)
+    cfg = _tiny_cfg(1)
+    cfg.lr = 0.0  # no optimiser movement: the network weights must be exactly the ones it started from
+    second = train_codec(tones, tmp_path / "second", cfg, threads=1, quiet=True, init_from=first)
+    before, after = EncodecModel.from_pretrained(first).state_dict(), EncodecModel.from_pretrained(second).state_dict()
+    network = [k for k in before if "quantizer" not in k]
+    assert network and all(torch.equal(before[k], after[k]) for k in network)
+    fresh = EncodecModel.from_pretrained(train_codec(tones, tmp_path / "fresh", cfg, threads=1, quiet=True))
+    assert not all(torch.equal(before[k], fresh.state_dict()[k]) for k in network)  # the check can fail
+    state = torch.load(tmp_path / "second" / "codec_ckpt.pt", weights_only=False)
+    assert state["rvq_initialised"]  # trained codebooks are kept, not re-seeded from the first batch
+    # Codebooks moved by their EMA update (and dead codes re-seeded), from the trained values, not from a fresh draw.
+    key = "quantizer.layers.0.codebook.embed"
+    moved = (after[key] - before[key]).abs().amax(dim=1)  # per code
+    assert float((moved < 0.01 * before[key].abs().max()).float().mean()) > 0.5
+
+
+def test_starting_from_a_codec_of_other_sizes_is_named(tones, tmp_path):
+    first = train_codec(tones, tmp_path / "first", _tiny_cfg(2), threads=1, quiet=True)
+    cfg = _tiny_cfg(1)
+    cfg.num_filters = 8
+    with pytest.raises(CheckpointError, match="other sizes"):
+        train_codec(tones, tmp_path / "second", cfg, threads=1, quiet=True, init_from=first)
+    with pytest.raises(CheckpointError, match="not a codec directory"):
+        train_codec(tones, tmp_path / "third", cfg, threads=1, quiet=True, init_from=tmp_path)
+
+
+def test_imusic_train_init_codec_takes_the_sizes_of_the_codec_it_continues(tones, tmp_path):
+    import torch
+
+    from bridge.cli import main
+
+    data = tmp_path / "five"  # the stage holds validation and test songs out: it needs at least three songs
+    rng = np.random.default_rng(1)
+    t = np.arange(8000) / 16000
+    for song in range(5):
+        (data / f"song_{song}").mkdir(parents=True)
+        for i in range(2):
+            wave = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t)
+            sf.write(data / f"song_{song}" / f"stem{i}.flac", wave.astype(np.float32), 16000)
+    first = tmp_path / "first"
+    train_codec(tones, first, _tiny_cfg(2), threads=1, quiet=True)
+    run = tmp_path / "run"
+    args = ["train", "--stage", "codec", "--data", str(data), "-o", str(run), "--quiet", "--steps", "2"]
+    assert main([*args, "--batch", "2", "--seconds", "0.2", "--init-codec", str(first / "codec")]) == 0
+    config = torch.load(run / "codec_ckpt.pt", weights_only=False)["config"]
+    assert config["num_filters"] == 4 and config["codebook_size"] == 16  # from the first run, not the defaults
+    assert config["extra"]["init_from"] == str(first / "codec")
+
+
+def test_the_waveform_mse_term_enters_the_loss_with_its_weight(tones, tmp_path):
+    cfg = _tiny_cfg(2)
+    cfg.wave_mse_weight = 3.0
+    train_codec(tones, tmp_path / "run", cfg, threads=1, quiet=True)
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "codec_log.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert row["nmse"] > 0
+        parts = row["l1"] + row["stft"] + row["commit"] + 3.0 * row["nmse"]
+        assert row["loss"] == pytest.approx(parts, rel=1e-5)

@@ -63,3 +63,39 @@ def test_an_unfinished_adapter_stage_is_one_clear_line(work, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "make model-adapters" in err
     assert not (tmp_path / "default").exists()
+
+
+def _codec_run(run, seconds, init_from=None, nmse=None):
+    run.mkdir(parents=True)
+    extra = {"data": "x", **({"init_from": str(init_from)} if init_from else {})}
+    (run / "codec_train_config.json").write_text(json.dumps({"steps": 50, "extra": extra}))
+    row = {"loss": 2.0, "l1": 0.05, "stft": 1.5, "commit": 0.01, "step": 50, "seconds": seconds}
+    if nmse is not None:
+        row["nmse"] = nmse
+    (run / "codec_log.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def test_a_codec_continued_from_earlier_runs_records_the_whole_chain(tmp_path):
+    from engine.default_model import codec_summary
+
+    _codec_run(tmp_path / "first", 100.0)
+    _codec_run(tmp_path / "second", 40.0, tmp_path / "first" / "codec")
+    _codec_run(tmp_path / "third", 30.0, tmp_path / "second" / "codec", nmse=0.5)
+    summary = codec_summary(tmp_path / "third")
+    assert summary["wall_seconds"] == 170.0 and summary["stage_wall_seconds"] == 30.0
+    assert summary["total_steps"] == 150 and summary["final_losses"]["nmse"] == 0.5
+    assert summary["continues"]["continues"]["wall_seconds"] == 100.0
+    assert "nmse" not in summary["continues"]["final_losses"]  # a run that did not log it reports none
+
+
+def test_a_missing_or_looping_codec_chain_is_named(tmp_path):
+    from engine.default_model import codec_summary
+    from engine.errors import CheckpointError
+
+    _codec_run(tmp_path / "orphan", 10.0, tmp_path / "gone" / "codec")
+    with pytest.raises(CheckpointError, match="is missing"):
+        codec_summary(tmp_path / "orphan")
+    _codec_run(tmp_path / "a", 10.0, tmp_path / "b" / "codec")
+    _codec_run(tmp_path / "b", 10.0, tmp_path / "a" / "codec")
+    with pytest.raises(CheckpointError, match="loop"):
+        codec_summary(tmp_path / "a")
