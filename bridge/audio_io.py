@@ -7,6 +7,7 @@ never over the input or another file unless asked. The server and `imusic batch`
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from collections.abc import Iterable
@@ -104,6 +105,35 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
     if not np.isfinite(audio).all():
         raise AudioError(f"{info.path.name} holds NaN or infinite samples in {start_s:g}-{end_s:g} s")
     return np.ascontiguousarray(audio[:, : stop - start]), info.sample_rate
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's process) or we cannot tell: leave its file alone
+    return True
+
+
+def sweep_partials(path: str | Path) -> list[Path]:
+    """Remove the temporary files `write_atomic` left beside `path` in a process that no longer runs (kill -9).
+
+    Only names of the form `.{stem}.{pid}.{hex}.partial.wav` whose pid is dead are removed: a live writer's file,
+    and every other file, is left alone. Returns what was removed.
+    """
+    path = Path(path)
+    removed = []
+    prefix = f".{path.stem}."
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*.partial.wav"):
+        middle = candidate.name[len(prefix) : -len(".partial.wav")].split(".")
+        if len(middle) != 2 or not middle[0].isdigit():
+            continue
+        if not _pid_alive(int(middle[0])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
 
 
 def write_atomic(path: str | Path, audio: np.ndarray, sample_rate: int, overwrite: bool = False) -> Path:

@@ -112,6 +112,11 @@ class EngineServer:
         pending = self.book.restore()
         if pending:
             self._log(f"resuming {len(pending)} job(s) from the journal")
+        for job in pending:  # a killed server's half-written results (hidden temporary names) go before the rerun
+            if job.output_path:
+                with contextlib.suppress(OSError):
+                    for leftover in audio_io.sweep_partials(job.output_path):
+                        self._log(f"removed {leftover.name}, left by the interrupted run of job {job.id}")
         self.worker = Worker(self.book, self.load_editor, self._notify, warm_up=self.warm_up)
         self.worker.start()
         self._receiver = threading.Thread(target=self._receive_loop, name="imusic-osc", daemon=True)

@@ -162,3 +162,28 @@ def test_read_region_seeks_and_reads_only_the_region(tmp_path, monkeypatch):
     region, _ = read_region(path, 15.0, 16.0)
     assert region.shape == (2, 44100)
     assert reads == [(15 * 44100, 44100)]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_sweep_removes_only_a_dead_writers_temporary_files(tmp_path):
+    from bridge.audio_io import sweep_partials
+
+    final = tmp_path / "song [take 1].extract drums.wav"  # glob metacharacters in the name
+    final.write_bytes(b"keep")
+    stem = final.stem
+    dead = tmp_path / f".{stem}.{_dead_pid()}.0badc0de.partial.wav"
+    live = tmp_path / f".{stem}.{os.getpid()}.12345678.partial.wav"
+    other = tmp_path / f".another.{_dead_pid()}.0badc0de.partial.wav"
+    odd = tmp_path / f".{stem}.notapid.partial.wav"
+    for path in (dead, live, other, odd):
+        path.write_bytes(b"half")
+    assert sweep_partials(final) == [dead]
+    assert not dead.exists() and live.exists() and other.exists() and odd.exists() and final.read_bytes() == b"keep"

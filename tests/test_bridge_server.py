@@ -609,3 +609,28 @@ def test_the_server_answers_while_loading_and_runs_jobs_sent_meanwhile_once_read
     finally:
         loaded.set()
         server.stop()
+
+
+def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, root, song):
+    """kill -9 mid-write leaves a hidden temporary file beside the result; the rerun of that job sweeps it."""
+    import subprocess
+    import sys
+
+    from bridge.jobs import Job, JobBook, Journal
+
+    target = root / "song.extract drums.wav"
+    first = JobBook(Journal(tmp_path / "journal"), 8)
+    first.restore()
+    first.submit(Job("crashed-1", str(song), 0.0, 1.0, "extract drums", "", "", ("127.0.0.1", 9)), lambda r: str(target))
+    first.journal.close()  # the job was accepted and never finished
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    leftover = root / f".{target.stem}.{process.pid}.0badc0de.partial.wav"
+    leftover.write_bytes(b"half a file")
+    mine = root / f".{target.stem}.{os.getpid()}.12345678.partial.wav"  # a live writer's: not ours to remove
+    mine.write_bytes(b"being written")
+    server = start_server(tmp_path, root)
+    try:
+        assert not leftover.exists() and mine.exists()
+    finally:
+        server.stop()
