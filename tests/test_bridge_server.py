@@ -621,7 +621,8 @@ def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, roo
     target = root / "song.extract drums.wav"
     first = JobBook(Journal(tmp_path / "journal"), 8)
     first.restore()
-    first.submit(Job("crashed-1", str(song), 0.0, 1.0, "extract drums", "", "", ("127.0.0.1", 9)), lambda r: str(target))
+    job = Job("crashed-1", str(song), 0.0, 1.0, "extract drums", "", "", ("127.0.0.1", 9))
+    first.submit(job, lambda reserved: str(target))
     first.journal.close()  # the job was accepted and never finished
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
