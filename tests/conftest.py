@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny random model in our model-directory format, and an Editor on it.
+"""Shared fixtures: a tiny random model in our model-directory format, an Editor on it, a small synthetic data set.
 
 The tiny model tests mechanics only (shapes, alignment, protocol); it never shows that an edit works.
 """
@@ -27,3 +27,16 @@ def tiny_editor(tiny_model_dir):
     from engine.editor import Editor
 
     return Editor.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """Five 3 s songs of `imusic data synth` at 16 kHz (seed 11): enough for every split, task and clip."""
+    from engine.data.render import default_soundfonts
+    from engine.data.synth import synthesize
+
+    if not default_soundfonts():
+        pytest.skip("no General MIDI soundfont on this machine")
+    out = tmp_path_factory.mktemp("synth_data") / "data"
+    synthesize(out, 5, seed=11, seconds=3.0, sample_rate=16000, progress=False)
+    return out

@@ -36,18 +36,6 @@ def test_silence_is_reported_not_a_crash():
     assert rows[0]["power_near_tone"] == 0.0
 
 
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    from engine.data.render import default_soundfonts
-    from engine.data.synth import synthesize
-
-    if not default_soundfonts():
-        pytest.skip("no General MIDI soundfont on this machine")
-    out = tmp_path_factory.mktemp("codec_report") / "data"
-    synthesize(out, 5, seed=11, seconds=3.0, sample_rate=RATE, progress=False)
-    return out
-
-
 def test_a_perfect_codec_has_a_perfect_ceiling_and_identity_stays_behind(synth_data):
     table = ceiling(lambda audio: audio, synth_data, RATE, ("extract", "remove"), "test", limit=2, seconds=1.0)
     for task in ("extract", "remove"):

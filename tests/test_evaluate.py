@@ -15,18 +15,6 @@ RATE = 16000
 
 
 @pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    from engine.data.render import default_soundfonts
-    from engine.data.synth import synthesize
-
-    if not default_soundfonts():
-        pytest.skip("no General MIDI soundfont on this machine")
-    out = tmp_path_factory.mktemp("eval_data") / "data"
-    synthesize(out, 5, seed=11, seconds=3.0, sample_rate=RATE, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def report_dir(synth_data, tiny_editor, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_report")
     evaluate(
