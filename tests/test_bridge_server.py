@@ -325,8 +325,10 @@ def test_a_full_queue_refuses_with_queue_full(tmp_path, root, song):
         with Client("127.0.0.1", server.port) as client:
             ids = [client.submit(str(song), 0.0, 1.0, "extract drums") for _ in range(4)]
             replies = [client.wait_for(lambda r, i=i: r.job_id == i, TIMEOUT) for i in ids]
-            kinds = [r.kind for r in replies]
-            assert kinds.count("error") >= 1 and replies[-1].code == protocol.QUEUE_FULL
+            # Which submission meets the full queue depends on when the worker takes the next job (a loaded CI
+            # machine can free a slot between two sends): at least one is refused, and every refusal says why.
+            refused = [r for r in replies if r.kind == "error"]
+            assert refused and all(r.code == protocol.QUEUE_FULL for r in refused)
             for job_id in ids:
                 client.send(protocol.CANCEL, job_id)
     finally:
