@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from engine.default_model import assemble, main
+from engine.default_model import assemble, beats_identity, main
 
 
 @pytest.fixture()
@@ -30,7 +30,8 @@ def work(tmp_path, tiny_model_dir):
         (work / stage).mkdir(exist_ok=True)
         (work / stage / "history.json").write_text(json.dumps(history))
     (work / "eval").mkdir()
-    report = {"tasks": {"extract": {"summary": {"model": {"log_mel_distance": 1.0}}}}}
+    rows = {"model": {"log_mel_distance": 1.0, "mel_ssim": 0.3}, "identity": {"log_mel_distance": 2.0, "mel_ssim": 0.4}}
+    report = {"tasks": {"extract": {"summary": rows}}}
     (work / "eval" / "report.json").write_text(json.dumps(report))
     (work / "eval" / "report.md").write_text("| row |\n")
     return work
@@ -51,6 +52,7 @@ def test_the_assembled_model_loads_and_its_card_records_every_stage(work, tmp_pa
     counts = saved["sizes"]["parameters"]
     assert min(counts.values()) > 0
     assert saved["evaluation"]["summary"]["extract"]["model"]["log_mel_distance"] == 1.0
+    assert saved["evaluation"]["beats_identity"] == {"extract": {"mel_ssim": False, "log_mel_distance": True}}
     assert (tmp_path / "docs" / "report.md").is_file()
     loaded = load_model(out, device="cpu")
     assert loaded.card.has_adapter
@@ -99,3 +101,18 @@ def test_a_missing_or_looping_codec_chain_is_named(tmp_path):
     _codec_run(tmp_path / "b", 10.0, tmp_path / "a" / "codec")
     with pytest.raises(CheckpointError, match="loop"):
         codec_summary(tmp_path / "a")
+
+
+def test_beats_identity_compares_each_metric_in_its_own_direction_and_skips_what_is_missing():
+    summary = {
+        "extract": {
+            "model": {"mel_ssim": 0.5, "log_mel_distance": 9.0},
+            "identity": {"mel_ssim": 0.4, "log_mel_distance": 8.0},
+        },
+        "remove": {"model": {"mel_ssim": 0.1}, "identity": {"mel_ssim": 0.6, "log_mel_distance": 9.0}},
+        "add": {"model": {"mel_ssim": 0.1}},
+    }
+    assert beats_identity(summary) == {
+        "extract": {"mel_ssim": True, "log_mel_distance": False},
+        "remove": {"mel_ssim": False},
+    }
