@@ -2,7 +2,8 @@
 
 Every accepted job is appended to the journal (JSON lines, fsync) before the server acknowledges it; replaying the
 journal after a crash or `kill -9` gives back every job: finished ones answer status, pending ones run again. A job
-id names one request forever, so a resent request never runs twice.
+id names one request forever, so a resent request never runs twice. A cancel of a running job is journalled when it
+is asked for: if the server dies before the job ends, the restart records it as cancelled instead of running it again.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class Job:
 
     def to_record(self) -> dict[str, Any]:
         record = asdict(self)
-        record.pop("cancel_requested")
+        if not record["cancel_requested"]:  # only a running job's pending cancel needs to outlive a crash
+            record.pop("cancel_requested")
         return record
 
     @classmethod
@@ -187,6 +189,8 @@ class Journal:
             job.error_code, job.error_message = event["code"], event["message"]
         elif kind == "reply_to":
             job.reply_to = (str(event["host"]), int(event["port"]))
+        elif kind == "cancel_requested":
+            job.cancel_requested = True
 
     def compact(self, jobs: dict[str, Job]) -> None:
         """Rewrite the journal as one snapshot line per job (pending jobs and the newest finished ones), atomically."""
@@ -247,7 +251,12 @@ class JobBook:
         with self._cond:
             self.jobs = self.journal.load()
             self.journal.compact(self.jobs)
-            pending = [job for job in self.jobs.values() if not job.is_final]
+            pending = []
+            for job in [job for job in self.jobs.values() if not job.is_final]:
+                if job.cancel_requested:  # cancelled while running, and the server died before the job ended
+                    self.fail(job, Cancelled.code, "cancelled (the server stopped before the job ended)", True)
+                    continue
+                pending.append(job)
             for job in pending:
                 job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "resumed after restart"
                 self.queue.append(job.id)
@@ -377,6 +386,10 @@ class JobBook:
                 job.cancel_requested = True
                 self.fail(job, Cancelled.code, "cancelled before it started", cancelled=True)
             elif job.state == protocol.RUNNING:
+                try:  # journalled at once: a crash before the job ends must not run it again on restart
+                    self.journal.append({"e": "cancel_requested", "id": job_id})
+                except OSError as exc:
+                    print(f"imusic serve: journal write failed for the cancel of job {job_id}: {exc}", file=sys.stderr)
                 job.cancel_requested = True
                 job.state = protocol.CANCELLING
                 self.cancel_event.set()

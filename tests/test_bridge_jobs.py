@@ -43,6 +43,32 @@ def test_replay_gives_back_finished_and_pending_jobs(tmp_path):
     assert second.get("b").attempts == 1  # its second run may replace its own half-written result
 
 
+def test_a_running_job_cancelled_before_a_crash_stays_cancelled_after_the_restart(tmp_path):
+    first = book(tmp_path)
+    first.submit(make_job("a"), choose("a"))
+    first.submit(make_job("b"), choose("b"))
+    running = first.next_job(0.1)
+    assert first.cancel("a") is running and running.state == protocol.CANCELLING
+    first.journal.close()  # the process dies before the worker notices the cancel
+
+    second = book(tmp_path)
+    assert second.get("a").state == protocol.CANCELLED and second.get("a").error_code == "cancelled"
+    assert list(second.queue) == ["b"]  # only the job nobody cancelled runs again
+    second.journal.close()
+    third = book(tmp_path)  # and the verdict itself is journalled
+    assert third.get("a").state == protocol.CANCELLED and list(third.queue) == ["b"]
+
+
+def test_a_pending_cancel_survives_compaction(tmp_path):
+    first = book(tmp_path)
+    first.submit(make_job("a"), choose("a"))
+    first.next_job(0.1)
+    first.cancel("a")
+    first.journal.compact(first.jobs)  # rewritten as snapshots: the cancel request must be in a's snapshot
+    first.journal.close()
+    assert book(tmp_path).get("a").state == protocol.CANCELLED
+
+
 def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path):
     first = book(tmp_path)
     first.submit(make_job("a"), choose("a"))
