@@ -19,7 +19,9 @@ from bridge.client import Client
 HERE = Path(__file__).resolve().parent
 
 
-def launch(tmp_path: Path, root: Path, port: int = 0, name: str = "first") -> tuple[subprocess.Popen, int]:
+def launch(
+    tmp_path: Path, root: Path, port: int = 0, name: str = "first", extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, int]:
     port_file = tmp_path / f"{name}.port"
     log = open(tmp_path / f"{name}.stderr", "w")  # noqa: SIM115 (closed with the process)
     process = subprocess.Popen(
@@ -38,6 +40,7 @@ def launch(tmp_path: Path, root: Path, port: int = 0, name: str = "first") -> tu
             "0.05",
             "--log",
             str(tmp_path / "edits.log"),
+            *extra,
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -83,6 +86,34 @@ def test_kill_9_during_a_queue_then_restart_completes_every_accepted_job_once(tm
     edits = (tmp_path / "edits.log").read_text().splitlines()
     assert set(edits) == {f"extract drums #{i}" for i in range(12)}
     assert len(edits) <= len(ids) + 1  # at most the job cut by the kill ran twice
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs kill -9")
+def test_a_running_job_cancelled_just_before_kill_9_is_not_run_again_after_the_restart(tmp_path):
+    root = tmp_path / "root"
+    song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
+    # The editor ignores cancel and takes 4 x 3 s: the kill lands while the job is still "cancelling".
+    process, port = launch(tmp_path, root, extra=("--step-s", "3.0", "--deaf"))
+    try:
+        with Client("127.0.0.1", port) as client:
+            job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+            client.wait_for(lambda r: r.address == protocol.PROGRESS and r.job_id == job_id, 10)
+            time.sleep(1.0)  # past reading the input (whose progress would see the cancel): inside the deaf edit
+            assert client.cancel(job_id, 5).state == protocol.CANCELLING
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+        process, port = launch(tmp_path, root, port=port, name="second")
+        with Client("127.0.0.1", port) as client:
+            state = client.status(job_id, 5)
+            assert state.state == protocol.CANCELLED and "server stopped" in state.args[3], state.args  # detail
+            time.sleep(0.5)  # a rerun would have started by now (steps of 0.05 s)
+            assert client.status(job_id, 5).state == protocol.CANCELLED
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    assert not (tmp_path / "edits.log").exists()  # the edit never completed, before or after the restart
+    assert not [p for p in (root / "results").glob("*") if not p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

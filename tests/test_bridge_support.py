@@ -26,8 +26,11 @@ STEMS = ("drums", "bass", "piano", "guitar")
 class FakeEditor:
     """Editor-shaped: parse(), info, edit() with progress and cancel; output = 0.5 x input, after `steps` sleeps."""
 
-    def __init__(self, steps: int = 4, step_s: float = 0.0, log_path: str | None = None, gain: float = 0.5) -> None:
+    def __init__(
+        self, steps: int = 4, step_s: float = 0.0, log_path: str | None = None, gain: float = 0.5, deaf: bool = False
+    ) -> None:
         self.steps, self.step_s, self.log_path, self.gain = steps, step_s, log_path, gain
+        self.deaf = deaf  # neither checks cancel nor reports progress: a cancel cannot end it early
         self.calls: list[str] = []
         self._lock = threading.Lock()
         self.started = threading.Event()  # set when an edit begins (tests cancel running jobs on it)
@@ -53,11 +56,11 @@ class FakeEditor:
         parsed = self.parse(instruction)
         self.started.set()
         for step in range(self.steps):
-            if cancel is not None and cancel.is_set():
+            if cancel is not None and cancel.is_set() and not self.deaf:
                 raise Cancelled("cancelled")
             if self.step_s:
                 time.sleep(self.step_s)
-            if progress is not None:
+            if progress is not None and not self.deaf:
                 progress((step + 1) / self.steps, "decoding")
         with self._lock:
             self.calls.append(instruction)
@@ -99,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", action="append", required=True)
     parser.add_argument("--step-s", type=float, default=0.05)
     parser.add_argument("--log", default=None)
+    parser.add_argument("--deaf", action="store_true", help="edits ignore cancel (FakeEditor.deaf)")
     args = parser.parse_args(argv)
-    editor = FakeEditor(steps=4, step_s=args.step_s, log_path=args.log)
+    editor = FakeEditor(steps=4, step_s=args.step_s, log_path=args.log, deaf=args.deaf)
     server = EngineServer(
         editor=editor, port=args.port, journal_dir=args.journal, allow_roots=args.root, max_queue=1000, warm_up=False
     )
