@@ -256,10 +256,9 @@ class JobBook:
                 if job.cancel_requested:  # cancelled while running, and the server died before the job ended
                     self.fail(job, Cancelled.code, "cancelled (the server stopped before the job ended)", True)
                     continue
-                pending.append(job)
-            for job in pending:
                 job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "resumed after restart"
                 self.queue.append(job.id)
+                pending.append(job)
             self._cond.notify_all()
             return pending
 

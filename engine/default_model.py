@@ -190,14 +190,16 @@ def beats_identity(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
 
     Tasks or metrics missing from either row are left out: the card says only what was measured.
     """
+    from engine.evaluate import LOWER_IS_BETTER
+
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
         model, identity = rows.get("model", {}), rows.get("identity", {})
         one = {}
-        if "mel_ssim" in model and "mel_ssim" in identity:
-            one["mel_ssim"] = bool(model["mel_ssim"] > identity["mel_ssim"])
-        if "log_mel_distance" in model and "log_mel_distance" in identity:
-            one["log_mel_distance"] = bool(model["log_mel_distance"] < identity["log_mel_distance"])
+        for metric in ("mel_ssim", "log_mel_distance"):  # the issue's bar
+            if metric in model and metric in identity:
+                gain = model[metric] - identity[metric]
+                one[metric] = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
         if one:
             verdict[task] = one
     return verdict

@@ -41,6 +41,7 @@ METRIC_TITLES = {
     "kl": "KL ↓",
     "clap": "CLAP ↑",
 }
+LOWER_IS_BETTER = frozenset(m for m, title in METRIC_TITLES.items() if title.endswith("↓"))  # the rest: higher
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 
