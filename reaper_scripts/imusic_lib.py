@@ -69,6 +69,18 @@ def _api():
     return reaper_python
 
 
+def _host(name: str):
+    """A function REAPER gives only to the running script's globals (RPR_defer, RPR_atexit, RPR_runloop).
+
+    They are not members of reaper_python: REAPER injects them into the action's own namespace, which is
+    `__main__` while an action or its deferred code runs.
+    """
+    function = getattr(sys.modules.get("__main__"), name, None)
+    if function is None:
+        raise RuntimeError(f"{name} is missing: run this from a REAPER action (Actions > ReaScript)")
+    return function
+
+
 def _is_null(pointer) -> bool:
     """REAPER gives null objects as '(Type*)0x0000000000000000'."""
     if not pointer:
@@ -135,6 +147,7 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
         "playrate": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
         "pitch": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PITCH"),
         "preserve_pitch": bool(R.RPR_GetMediaItemTakeInfo_Value(take, "B_PPITCH")),
+        "channel_mode": int(R.RPR_GetMediaItemTakeInfo_Value(take, "I_CHANMODE")),
     }
     source = R.RPR_GetMediaItemTake_Source(take)
     if _is_null(source):
@@ -157,6 +170,7 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
     filename = R.RPR_GetMediaSourceFileName(source, "", 4096)[1]
     source_length = R.RPR_GetMediaSourceLength(source, False)[0]
     view = planning.ItemView(
+        source_channels=int(R.RPR_GetMediaSourceNumChannels(source)),
         source_type="SECTION" if section else kind,
         parent_type=kind if section else "",
         source_path=planning.resolve_source_path(filename, project_dir),
@@ -295,11 +309,11 @@ _SESSIONS: list[Session] = []
 _LAST_TICK = 0.0  # when the deferred loop last ran or was deferred (0: no loop)
 
 
-def _defer_tick(R) -> None:
+def _defer_tick() -> None:
     global _LAST_TICK
     _LAST_TICK = time.monotonic()
     # Deferred code runs in a fresh namespace: reach this module through sys.modules, whatever it is called.
-    R.RPR_defer(f"import sys\nsys.modules[{__name__!r}].tick()")
+    _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].tick()")
 
 
 def _remember_jobs(R) -> None:
@@ -346,13 +360,13 @@ def run_edit(instruction: str) -> None:
         return
     _SESSIONS.append(Session(instruction, client, jobs))
     _remember_jobs(R)
-    _ensure_loop(R)
+    _ensure_loop()
 
 
-def _ensure_loop(R) -> None:
+def _ensure_loop() -> None:
     """Start the deferred loop unless one is ticking (REAPER may have terminated an old one: then start anew)."""
     if time.monotonic() - _LAST_TICK > LOOP_STALE_S:
-        _defer_tick(R)
+        _defer_tick()
 
 
 def tick() -> None:
@@ -378,7 +392,7 @@ def tick() -> None:
             _message(f"Instruct: {label} stopped on an internal error: {type(exc).__name__}: {exc}")
     _remember_jobs(R)
     if _SESSIONS:
-        _defer_tick(R)
+        _defer_tick()
     else:
         _LAST_TICK = 0.0
         R.RPR_DeleteExtState(EXT_SECTION, "cancelled", False)
@@ -439,8 +453,7 @@ def _add_result_item(R, track: str, job: _Job, label: str) -> None:
     R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
-    R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", job.plan.playrate)
-    R.RPR_SetMediaItemTakeInfo_Value(take, "B_PPITCH", 0.0)
+    R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)
     take_name = f"{job.view.take_name} \u00b7 {label}" if job.view.take_name else label
     R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", take_name, True)
 
@@ -487,7 +500,6 @@ _STATUS: dict = {}
 
 def run_status() -> None:
     """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
-    R = _api()
     from bridge.client import Client
 
     host, port = engine_address()
@@ -502,16 +514,15 @@ def run_status() -> None:
     if old is not None:
         old.close()
     _STATUS.update(client=client, started=time.monotonic(), pong=None, server=None)
-    _defer_status(R)
+    _defer_status()
 
 
-def _defer_status(R) -> None:
-    R.RPR_defer(f"import sys\nsys.modules[{__name__!r}].status_tick()")
+def _defer_status() -> None:
+    _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].status_tick()")
 
 
 def status_tick() -> None:
     """Deferred half of run_status: wait (without blocking) for the pong, then show one message."""
-    R = _api()
     client = _STATUS.get("client")
     if client is None:
         return
@@ -522,7 +533,7 @@ def status_tick() -> None:
             _STATUS["server"] = list(reply.args)
     answered = _STATUS["pong"] is not None and _STATUS["server"] is not None
     if not answered and time.monotonic() - _STATUS["started"] < ACCEPT_TIMEOUT_S:
-        _defer_status(R)
+        _defer_status()
         return
     client.close()
     pong, server = _STATUS["pong"], _STATUS["server"]

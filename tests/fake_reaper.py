@@ -5,13 +5,16 @@ It follows the binding's shapes, since a fake with friendlier shapes would test 
   (`RPR_GetMediaSourceFileName(src, "", 4096)` -> `(src, filename, 4096)`);
 - objects are strings such as "(MediaItem*)0x00000000deadbeef"; null pointers are "(MediaItem_Take*)0x0000000000000000";
 - `RPR_InsertTrackAtIndex` returns nothing; `RPR_defer` takes a string of Python code, run later in a fresh namespace
-  that holds only the RPR_* functions (REAPER gives deferred code no locals of the script that deferred it).
+  that holds only the RPR_* functions (REAPER gives deferred code no locals of the script that deferred it);
+- `RPR_defer`, `RPR_atexit` and `RPR_runloop` are host functions: REAPER puts them in the running script's globals
+  (`__main__` while it runs) and nowhere else; the `reaper_python` module does not have them.
 
 Only the calls the actions make are modelled, plus what tests need to build projects and look at them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
@@ -19,6 +22,9 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# Host functions: in the running script's globals only, never members of reaper_python.
+HOST_ONLY = frozenset({"RPR_defer", "RPR_atexit", "RPR_runloop"})
 
 _addresses = itertools.count(0x7F3A10000000, 0x40)
 
@@ -42,6 +48,7 @@ class Source:
     section_offset: float = 0.0
     section_length: float = 0.0
     section_reversed: bool = False
+    channels: int = 0  # 0: as many as the file has
     ptr: str = field(default_factory=lambda: _pointer("PCM_source"))
 
 
@@ -95,6 +102,7 @@ class FakeReaper:
         self.tracks: list[Track] = []
         self.time_selection = (0.0, 0.0)
         self.deferred: list[str] = []
+        self.at_exit: list[str] = []
         self.messages: list[tuple[str, str, int]] = []  # (message, title, type) of every message box
         self.console: list[str] = []
         self.user_inputs: list[tuple[bool, str]] = []  # queued answers to RPR_GetUserInputs
@@ -123,6 +131,7 @@ class FakeReaper:
         playrate: float = 1.0,
         pitch: float = 0.0,
         preserve_pitch: bool = False,
+        channel_mode: int = 0,
         take_name: str = "",
         selected: bool = True,
     ) -> Item:
@@ -131,7 +140,11 @@ class FakeReaper:
         if source is not None:
             take = Take(source=source, name=take_name)
             take.values.update(
-                D_STARTOFFS=start_offset, D_PLAYRATE=playrate, D_PITCH=pitch, B_PPITCH=1.0 if preserve_pitch else 0.0
+                D_STARTOFFS=start_offset,
+                D_PLAYRATE=playrate,
+                D_PITCH=pitch,
+                B_PPITCH=1.0 if preserve_pitch else 0.0,
+                I_CHANMODE=float(channel_mode),
             )
             item.takes.append(take)
         track.items.append(item)
@@ -170,6 +183,7 @@ class FakeReaper:
                     playrate=float(rate[1]) if rate is not None else 1.0,
                     preserve_pitch=rate is not None and rate[2] == "1",
                     pitch=float(rate[3]) if rate is not None else 0.0,
+                    channel_mode=int(_value(item_element, "CHANMODE", "0")),
                     take_name=_value(item_element, "NAME", ""),
                     selected=_value(item_element, "SEL", "0") == "1",
                     source=_rpp_source(source_element, project_dir) if source_element is not None else None,
@@ -185,14 +199,26 @@ class FakeReaper:
         )
 
     def namespace(self) -> dict:
-        """The RPR_* names REAPER puts in a script's globals."""
+        """The RPR_* names REAPER puts in a script's globals: the API and the host functions."""
         return {name: getattr(self, name) for name in dir(self) if name.startswith("RPR_")}
 
     def as_module(self) -> types.ModuleType:
         """A `reaper_python` module: what `from reaper_python import *` gives a module imported by a script."""
         module = types.ModuleType("reaper_python")
-        module.__dict__.update(self.namespace())
+        module.__dict__.update({k: v for k, v in self.namespace().items() if k not in HOST_ONLY})
         return module
+
+    @contextlib.contextmanager
+    def _as_main(self):
+        """Run code as REAPER does: in a `__main__` module whose globals hold the API and the host functions."""
+        main = types.ModuleType("__main__")
+        main.__dict__.update(self.namespace())
+        saved = sys.modules.get("__main__")
+        sys.modules["__main__"] = main
+        try:
+            yield main.__dict__
+        finally:
+            sys.modules["__main__"] = saved
 
     def install(self) -> None:
         sys.modules["reaper_python"] = self.as_module()
@@ -201,13 +227,15 @@ class FakeReaper:
         """Run an action file as REAPER does: its globals hold the API, __name__ is __main__."""
         with open(path, encoding="utf-8") as handle:
             code = compile(handle.read(), path, "exec")
-        exec(code, {"__name__": "__main__", **self.namespace()})
+        with self._as_main() as script_globals:
+            exec(code, script_globals)
 
     def run_deferred(self) -> int:
         """Run one round of deferred code (REAPER runs it on its next timer tick); returns how many ran."""
         pending, self.deferred = self.deferred, []
         for code in pending:
-            exec(compile(code, "<deferred>", "exec"), {"__name__": "__main__", **self.namespace()})
+            with self._as_main() as deferred_globals:
+                exec(compile(code, "<deferred>", "exec"), deferred_globals)
         return len(pending)
 
     # -------------------------------------------------------------------------------------------------- lookups
@@ -346,6 +374,12 @@ class FakeReaper:
         length = source.section_length if source.type == "SECTION" else source.length
         return (length, src, False)
 
+    def RPR_GetMediaSourceNumChannels(self, src: str) -> int:
+        source = self._source(src)
+        while source.type == "SECTION" and source.parent is not None:
+            source = source.parent
+        return source.channels or _audio_channels(source.filename)
+
     def RPR_GetMediaSourceParent(self, src: str) -> str:
         parent = self._source(src).parent
         return parent.ptr if parent is not None else null("PCM_source")
@@ -395,6 +429,14 @@ class FakeReaper:
         if not isinstance(code, str):
             raise TypeError("RPR_defer takes a string of Python code")
         self.deferred.append(code)
+
+    def RPR_atexit(self, code: str) -> None:
+        if not isinstance(code, str):
+            raise TypeError("RPR_atexit takes a string of Python code")
+        self.at_exit.append(code)
+
+    def RPR_runloop(self, code: str) -> None:
+        self.RPR_defer(code)
 
     def RPR_UpdateArrange(self) -> None:
         self.arrange_updates += 1
@@ -483,6 +525,16 @@ def _rpp_source(element, project_dir: str) -> Source:
     filename = _value(element, "FILE", "")
     on_disk = filename if os.path.isabs(filename) else os.path.join(project_dir, filename)
     return Source(type=kind, filename=filename, length=_audio_length(on_disk) if filename else 0.0)
+
+
+def _audio_channels(filename: str) -> int:
+    """Channels of an audio file, 0 when it cannot be read."""
+    try:
+        import soundfile
+
+        return soundfile.info(filename).channels
+    except Exception:
+        return 0
 
 
 def _audio_length(filename: str) -> float:

@@ -36,18 +36,42 @@ def plan(view: ItemView, **kwargs) -> planning.JobPlan:
 def test_a_plain_item_sends_the_file_region_at_its_take_offset():
     job = plan(item())
     assert (job.source_path, job.start_s, job.end_s) == ("/audio/mix.wav", 3.0, 7.0)
-    assert (job.position, job.length, job.playrate, job.track_number) == (10.0, 4.0, 1.0, 2)
+    assert (job.position, job.length, job.track_number) == (10.0, 4.0, 2)
 
 
-def test_a_resampled_item_sends_length_times_rate_and_keeps_its_rate_for_the_result():
-    job = plan(item(playrate=0.5, preserve_pitch=False))
-    assert (job.start_s, job.end_s) == (3.0, 5.0)
-    assert (job.length, job.playrate) == (4.0, 0.5)
+def test_a_resampled_item_is_refused_since_it_is_heard_at_another_pitch():
+    with pytest.raises(AudioError, match="rate 0.5, resampled: you hear it at another pitch.*Glue"):
+        plan(item(playrate=0.5, preserve_pitch=False))
 
 
 def test_a_time_stretched_item_is_refused():
     with pytest.raises(AudioError, match="time-stretched"):
         plan(item(playrate=2.0, preserve_pitch=True))
+
+
+@pytest.mark.parametrize(
+    ("mode", "name"),
+    [
+        (1, "reverse stereo"),
+        (2, r"mono \(downmix\)"),
+        (3, r"mono \(left\)"),
+        (4, r"mono \(right\)"),
+        (7, r"mono \(channel 3\)"),
+    ],
+)
+def test_a_take_channel_mode_on_a_multichannel_file_is_refused_naming_it(mode, name):
+    with pytest.raises(AudioError, match=f"channel mode {name}"):
+        plan(item(channel_mode=mode, source_channels=2))
+
+
+def test_a_take_channel_mode_of_unknown_channels_is_refused():
+    with pytest.raises(AudioError, match="channel mode"):
+        plan(item(channel_mode=2, source_channels=0))
+
+
+def test_a_take_channel_mode_on_a_mono_file_plays_the_file_and_is_sent():
+    job = plan(item(channel_mode=3, source_channels=1))
+    assert (job.start_s, job.end_s) == (3.0, 7.0)
 
 
 def test_a_pitch_shifted_item_is_refused():
@@ -110,11 +134,11 @@ def test_an_item_longer_than_the_engine_allows_is_refused_with_the_limit():
         plan(item(), max_seconds=3.0)
 
 
-def test_the_time_selection_clips_the_region_and_maps_it_through_the_rate():
-    job = plan(item(playrate=2.0, preserve_pitch=False, source_length=100.0), clip=(11.0, 20.0))
+def test_the_time_selection_clips_the_region_from_the_take_offset():
+    job = plan(item(length=8.0, source_length=100.0), clip=(11.0, 14.0))
     assert (job.position, job.length) == (11.0, 3.0)
-    # 1 s into the item at rate 2 is 2 s into the take: the file region is [3 + 2, 3 + 2 + 3 * 2]
-    assert (job.start_s, job.end_s) == (5.0, 11.0)
+    # 1 s into the item is 1 s into the take: the file region is [3 + 1, 3 + 1 + 3]
+    assert (job.start_s, job.end_s) == (4.0, 7.0)
 
 
 def test_an_item_outside_the_time_selection_is_refused():
