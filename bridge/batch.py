@@ -26,9 +26,10 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
+from bridge.sources import Source, collect_sources, find_audio_files, read_rpp  # noqa: F401 (re-exported)
 from engine.errors import (
     AudioError,
     CheckpointError,
@@ -39,7 +40,6 @@ from engine.errors import (
     ResourceError,
 )
 
-AUDIO_EXTENSIONS = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "imusic-batch/1"
 # Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
@@ -47,18 +47,6 @@ FATAL_REMOTE_CODES = ("bad_instruction", "forbidden_path", "unavailable", "bad_c
 
 
 # --- what to render ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Source:
-    """One audio region to edit: a whole file (folder mode) or the part of a file an .rpp item plays."""
-
-    path: Path  # the audio file
-    rel: str  # unique id inside the session, also the output's place under OUT (posix, no extension)
-    start_s: float = 0.0
-    end_s: float | None = None  # None = to the end of the file
-    meta: dict = field(default_factory=dict, hash=False, compare=False)  # .rpp: track, position, ... for the manifest
-    problem: str | None = None  # why this source cannot be rendered (unsupported item, missing file)
 
 
 @dataclass
@@ -73,177 +61,9 @@ class Pair:
         return f"{self.source.rel} | {self.label}"
 
 
-def _safe_name(text: str, limit: int = 80) -> str:
-    """A file-system-safe name: no separators, reserved characters or control characters; never empty."""
-    text = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", text).strip(" .")
-    return text[:limit] or "untitled"
-
-
 def slug(label: str) -> str:
     """File-name form of an edit label: "extract drums" -> "extract_drums"."""
     return re.sub(r"[^0-9A-Za-z]+", "_", label).strip("_").lower() or "edit"
-
-
-def find_audio_files(folder: Path) -> list[Source]:
-    """Every audio file under `folder` (recursive, sorted), hidden files and folders excluded."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
-                continue
-            path = Path(root) / name
-            found.append(path)
-    rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
-    # song.wav and song.flac in one folder must not share outputs: keep the extension where stems collide.
-    return [
-        Source(path=p, rel=rel if rels.count(rel) == 1 else p.relative_to(folder).as_posix())
-        for p, rel in zip(found, rels, strict=True)
-    ]
-
-
-def _fields(node: Any) -> list[str]:
-    # rpp gives a one-word line as a plain string and a longer one as a list.
-    return [node] if isinstance(node, str) else list(node)
-
-
-def _resolve_media(name: str, project_dir: Path) -> Path | None:
-    """Find a media file the way REAPER does: as written, relative to the project, or by name in the project."""
-    candidates = []
-    if PureWindowsPath(name).drive or "\\" in name:
-        win = PureWindowsPath(name)
-        if not win.drive:
-            candidates.append(project_dir.joinpath(*win.parts))
-        candidates += [project_dir / win.name, project_dir / "Audio" / win.name, project_dir / "Media" / win.name]
-    else:
-        path = Path(name).expanduser()
-        candidates.append(path if path.is_absolute() else project_dir / path)
-        candidates += [project_dir / path.name, project_dir / "Audio" / path.name, project_dir / "Media" / path.name]
-    return next((c for c in candidates if c.is_file()), None)
-
-
-def _take_sections(item: Any) -> list[list[Any]]:
-    """Split an ITEM's children into takes: the first take's lines, then one list per TAKE marker."""
-    takes: list[list[Any]] = [[]]
-    for child in item.children:
-        if not hasattr(child, "tag") and _fields(child)[0] == "TAKE":
-            takes.append([child])
-        else:
-            takes[-1].append(child)
-    return takes
-
-
-def _active_take(item: Any) -> list[Any]:
-    takes = _take_sections(item)
-    for take in takes[1:]:
-        if "SEL" in _fields(take[0])[1:]:
-            return take
-    return takes[0]
-
-
-def _value(lines: list[Any], key: str) -> list[str] | None:
-    for line in lines:
-        if not hasattr(line, "tag"):
-            fields = _fields(line)
-            if fields[0] == key:
-                return fields[1:]
-    return None
-
-
-def read_rpp(project: Path) -> list[Source]:
-    """The audio items of a REAPER project, as regions of their source files (the active take of each item).
-
-    Items whose sound is not the file's own samples (play rate, pitch shift, reversed or section sources, channel
-    modes) and non-audio items (MIDI, video, empty) come back with `problem` set: they are reported, never
-    silently edited as something else.
-    """
-    import rpp
-
-    try:
-        root = rpp.loads(project.read_text(encoding="utf-8", errors="replace"))
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"{project.name} is not a REAPER project file REAPER wrote: {exc}") from None
-    if getattr(root, "tag", None) != "REAPER_PROJECT":
-        raise DataError(f"{project.name} is not a REAPER project file (no REAPER_PROJECT header)")
-    sources = []
-    for t_index, track in enumerate(root.findall("TRACK"), start=1):
-        track_name = (_value(track.children, "NAME") or [""])[0] or f"Track {t_index}"
-        track_dir = f"{t_index:02d} {_safe_name(track_name)}"
-        for i_index, item in enumerate(track.findall("ITEM"), start=1):
-            item_lines = [c for c in item.children if not hasattr(c, "tag")]
-            position = float((_value(item_lines, "POSITION") or ["0"])[0])
-            length = float((_value(item_lines, "LENGTH") or ["0"])[0])
-            take = _active_take(item)
-            take_name = (_value(take, "NAME") or [""])[0]
-            soffs = float((_value(take, "SOFFS") or ["0"])[0])
-            playrate = _value(take, "PLAYRATE") or ["1", "1", "0"]
-            rate, pitch = float(playrate[0]), float(playrate[2]) if len(playrate) > 2 else 0.0
-            chanmode = int(float((_value(take, "CHANMODE") or ["0"])[0]))
-            source_node = next((c for c in take if getattr(c, "tag", None) == "SOURCE"), None)
-            kind = source_node.attrib[0] if source_node is not None and source_node.attrib else "EMPTY"
-            file_name = (_value(source_node.children, "FILE") or [""])[0] if source_node is not None else ""
-            label = Path(PureWindowsPath(file_name).name if "\\" in file_name else file_name).stem or take_name
-            meta = {
-                "track": track_name,
-                "track_index": t_index,
-                "item_index": i_index,
-                "position_s": position,
-                "length_s": length,
-                "take_offset_s": soffs,
-                "play_rate": rate,
-                "pitch": pitch,
-                "source_type": kind,
-                "source_file": file_name,
-            }
-            problem = None
-            path = None
-            if kind in ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT"):
-                problem = f"{kind.lower()} item, not audio"
-            elif kind == "SECTION":
-                problem = "section or reversed source: render it in REAPER first (Apply track FX / Glue)"
-            elif abs(rate - 1.0) > 1e-9 or abs(pitch) > 1e-9:
-                problem = (
-                    f"plays at rate {rate:g}, pitch {pitch:+g} st, which is not the file's own audio: "
-                    "glue it in REAPER first"
-                )
-            elif chanmode != 0:
-                problem = "uses a take channel mode (mono/left/right/reversed): glue it in REAPER first"
-            else:
-                path = _resolve_media(file_name, project.parent) if file_name else None
-                if path is None:
-                    problem = f"source file not found: {file_name or '(none)'}"
-            if length <= 0 and problem is None:
-                problem = "item has no length"
-            rel = f"{track_dir}/{i_index:02d} {_safe_name(label)}"
-            sources.append(
-                Source(
-                    path=path or project.parent / (file_name or "missing"),
-                    rel=rel,
-                    start_s=soffs,
-                    end_s=soffs + length * rate,
-                    meta=meta,
-                    problem=problem,
-                )
-            )
-    return sources
-
-
-def collect_sources(session: Path) -> list[Source]:
-    """Sources of a session folder or a .rpp file; DataError when there is nothing to render."""
-    if not session.exists():
-        raise ConfigError(f"{session} does not exist")
-    if session.is_file():
-        if session.suffix.lower() != ".rpp":
-            raise ConfigError(f"{session.name}: give a session folder or a REAPER project (.rpp)")
-        sources = read_rpp(session)
-        if not sources:
-            raise DataError(f"{session.name} has no media items")
-        return sources
-    sources = find_audio_files(session)
-    if not sources:
-        exts = ", ".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
-        raise DataError(f"no audio files ({exts}) found under {session}")
-    return sources
 
 
 def check_output_folder(session: Path, out: Path) -> None:

@@ -524,7 +524,9 @@ def _rpp_source(element, project_dir: str) -> Source:
         )
     filename = _value(element, "FILE", "")
     on_disk = filename if os.path.isabs(filename) else os.path.join(project_dir, filename)
-    return Source(type=kind, filename=filename, length=_audio_length(on_disk) if filename else 0.0)
+    if not filename:
+        return Source(type=kind)
+    return Source(type=kind, filename=filename, length=_audio_length(on_disk), channels=_audio_channels(on_disk))
 
 
 def _audio_channels(filename: str) -> int:

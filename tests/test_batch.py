@@ -213,8 +213,8 @@ def test_rpp_uses_the_selected_take_and_finds_windows_paths_in_the_project_folde
 def test_rpp_items_that_are_not_the_files_own_audio_are_reported_not_edited(project):
     odd = read_rpp(project)[2:]
     assert "rate 0.5" in odd[0].problem
-    assert "midi" in odd[1].problem
-    assert "not found" in odd[2].problem
+    assert "is MIDI" in odd[1].problem
+    assert "offline or missing: " in odd[2].problem and odd[2].problem.endswith("Audio/gone.wav")
 
 
 def test_rpp_that_is_not_a_project_is_refused(tmp_path):

@@ -1,0 +1,246 @@
+"""What a batch renders: the audio files of a session folder, or the audio items of a saved REAPER project (.rpp).
+
+An .rpp item becomes the same `ItemView` the REAPER actions read from a running REAPER, and goes through the same
+rule (bridge/reaper_items.py `plan_job`): an item gives the same file region, or the same refusal, in a hotkey
+action and in a batch of the saved project.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PureWindowsPath
+from typing import Any
+
+from bridge.reaper_items import ItemView, plan_job, resolve_source_path
+from engine.errors import AudioError, ConfigError, DataError, ImusicError
+
+AUDIO_EXTENSIONS = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
+# Sources that are not audio files; any other type is a file source whose header tells what it holds.
+_NOT_FILES = ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One audio region to edit: a whole file (folder mode) or the part of a file an .rpp item plays."""
+
+    path: Path  # the audio file
+    rel: str  # unique id inside the session, also the output's place under OUT (posix, no extension)
+    start_s: float = 0.0
+    end_s: float | None = None  # None = to the end of the file
+    meta: dict = field(default_factory=dict, hash=False, compare=False)  # .rpp: track, position, ... for the manifest
+    problem: str | None = None  # why this source cannot be rendered (unsupported item, missing file)
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-system-safe name: no separators, reserved characters or control characters; never empty."""
+    text = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", text).strip(" .")
+    return text[:limit] or "untitled"
+
+
+def find_audio_files(folder: Path) -> list[Source]:
+    """Every audio file under `folder` (recursive, sorted), hidden files and folders excluded."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
+                continue
+            found.append(Path(root) / name)
+    rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
+    # song.wav and song.flac in one folder must not share outputs: keep the extension where stems collide.
+    return [
+        Source(path=p, rel=rel if rels.count(rel) == 1 else p.relative_to(folder).as_posix())
+        for p, rel in zip(found, rels, strict=True)
+    ]
+
+
+# --- .rpp projects -------------------------------------------------------------------------------------------------
+
+
+def _fields(node: Any) -> list[str]:
+    # rpp gives a one-word line as a plain string and a longer one as a list.
+    return [node] if isinstance(node, str) else list(node)
+
+
+def _resolve_media(name: str, project_dir: Path) -> Path | None:
+    """Find a media file the way REAPER does: as written, relative to the project, or by name in the project."""
+    candidates = []
+    if PureWindowsPath(name).drive or "\\" in name:
+        win = PureWindowsPath(name)
+        if not win.drive:
+            candidates.append(project_dir.joinpath(*win.parts))
+        candidates += [project_dir / win.name, project_dir / "Audio" / win.name, project_dir / "Media" / win.name]
+    else:
+        path = Path(name).expanduser()
+        candidates.append(path if path.is_absolute() else project_dir / path)
+        candidates += [project_dir / path.name, project_dir / "Audio" / path.name, project_dir / "Media" / path.name]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _take_sections(item: Any) -> list[list[Any]]:
+    """Split an ITEM's children into takes: the first take's lines, then one list per TAKE marker."""
+    takes: list[list[Any]] = [[]]
+    for child in item.children:
+        if not hasattr(child, "tag") and _fields(child)[0] == "TAKE":
+            takes.append([child])
+        else:
+            takes[-1].append(child)
+    return takes
+
+
+def _active_take(item: Any) -> list[Any]:
+    takes = _take_sections(item)
+    for take in takes[1:]:
+        if "SEL" in _fields(take[0])[1:]:
+            return take
+    return takes[0]
+
+
+def _line(lines: list[Any], key: str) -> list[str]:
+    """The values of the first line starting with `key` ([] when absent)."""
+    for line in lines:
+        if not hasattr(line, "tag") and _fields(line)[0] == key:
+            return _fields(line)[1:]
+    return []
+
+
+def _value(lines: list[Any], key: str, default: str = "") -> str:
+    """The first value of the line starting with `key` (`default` when absent)."""
+    return (_line(lines, key) or [default])[0]
+
+
+def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
+    """ItemView fields of a take's SOURCE (SECTIONs followed to their file), its file name and the file found."""
+    if node is None:
+        return {"has_take": False, "source_type": "EMPTY"}, "", None
+    kind = node.attrib[0] if node.attrib else "EMPTY"
+    fields: dict[str, Any] = {"source_type": kind}
+    if kind == "SECTION":
+        offset, length, backwards = 0.0, None, False
+        while kind == "SECTION":  # sections can nest: offsets add up, each reverse flips the direction
+            offset += float(_value(node.children, "STARTPOS", "0"))
+            if _value(node.children, "LENGTH"):
+                section = float(_value(node.children, "LENGTH"))
+                length = section if length is None else min(length, section)
+            backwards ^= bool(int(float(_value(node.children, "MODE", "0"))) & 2)
+            node = next((c for c in node.children if getattr(c, "tag", None) == "SOURCE"), None)
+            kind = node.attrib[0] if node is not None and node.attrib else "EMPTY"
+        fields.update(parent_type=kind, section_offset=offset, reversed=backwards)
+        fields["section_length"] = length
+    file_name = _value(node.children, "FILE") if node is not None else ""
+    path = _resolve_media(file_name, project_dir) if file_name and kind not in _NOT_FILES else None
+    if path is not None:
+        from bridge.audio_io import probe
+
+        try:
+            info = probe(path)
+        except (ImusicError, OSError, ValueError):
+            path = None  # unreadable: reported below as a missing source
+        else:
+            fields.update(source_length=info.duration, source_channels=info.num_channels)
+            if fields["source_type"] == "SECTION" and fields["section_length"] is None:
+                fields["section_length"] = info.duration  # a section without LENGTH runs to the end of its file
+    # Not found: named as the actions name it (resolved against the project folder), so both give one message.
+    fields["source_path"] = str(path) if path is not None else resolve_source_path(file_name, str(project_dir))
+    fields["is_midi"] = kind == "MIDI"
+    return fields, file_name, path
+
+
+def _never(_: str) -> bool:
+    return False
+
+
+def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path) -> tuple[ItemView, str, Path | None]:
+    """The ItemView of an .rpp ITEM (its active take), the name its file is written as, and the file found."""
+    lines = [c for c in item.children if not hasattr(c, "tag")]
+    take = _active_take(item)
+    rate, preserve, pitch = (_line(take, "PLAYRATE") + ["1", "1", "0"][len(_line(take, "PLAYRATE")) :])[:3]
+    source = next((c for c in take if getattr(c, "tag", None) == "SOURCE"), None)
+    source_fields, file_name, path = _source_view(source, project_dir)
+    view = ItemView(
+        position=float(_value(lines, "POSITION", "0")),
+        length=float(_value(lines, "LENGTH", "0")),
+        track_number=track_number,
+        track_name=track_name,
+        take_name=_value(take, "NAME"),
+        start_offset=float(_value(take, "SOFFS", "0")),
+        playrate=float(rate),
+        preserve_pitch=preserve == "1",
+        pitch=float(pitch),
+        channel_mode=int(float(_value(take, "CHANMODE", "0"))),
+        **source_fields,
+    )
+    return view, file_name, path
+
+
+def read_rpp(project: Path) -> list[Source]:
+    """The audio items of a REAPER project, as regions of their source files (the active take of each item).
+
+    Each item is planned by the REAPER actions' own rule; an item it refuses (not the file's own samples, not audio,
+    file missing) comes back with `problem` set to the reason: reported, never silently edited as something else.
+    """
+    import rpp
+
+    try:
+        root = rpp.loads(project.read_text(encoding="utf-8", errors="replace"))
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{project.name} is not a REAPER project file REAPER wrote: {exc}") from None
+    if getattr(root, "tag", None) != "REAPER_PROJECT":
+        raise DataError(f"{project.name} is not a REAPER project file (no REAPER_PROJECT header)")
+    sources = []
+    for t_index, track in enumerate(root.findall("TRACK"), start=1):
+        track_name = _value(track.children, "NAME") or f"Track {t_index}"
+        track_dir = f"{t_index:02d} {safe_name(track_name)}"
+        for i_index, item in enumerate(track.findall("ITEM"), start=1):
+            view, file_name, path = _item_view(item, track_name, t_index, project.parent)
+            problem, start, end = None, view.start_offset, view.start_offset + view.length
+            try:
+                plan = plan_job(view, max_seconds=float("inf"), file_exists=bool if path else _never)
+                start, end = plan.start_s, plan.end_s
+            except AudioError as exc:
+                problem = str(exc)
+            label = Path(PureWindowsPath(file_name).name if "\\" in file_name else file_name).stem or view.take_name
+            meta = {
+                "track": track_name,
+                "track_index": t_index,
+                "item_index": i_index,
+                "position_s": view.position,
+                "length_s": view.length,
+                "take_offset_s": view.start_offset,
+                "play_rate": view.playrate,
+                "pitch": view.pitch,
+                "channel_mode": view.channel_mode,
+                "source_type": view.source_type,
+                "source_file": file_name,
+            }
+            sources.append(
+                Source(
+                    path=path or project.parent / (file_name or "missing"),
+                    rel=f"{track_dir}/{i_index:02d} {safe_name(label)}",
+                    start_s=start,
+                    end_s=end,
+                    meta=meta,
+                    problem=problem,
+                )
+            )
+    return sources
+
+
+def collect_sources(session: Path) -> list[Source]:
+    """Sources of a session folder or a .rpp file; DataError when there is nothing to render."""
+    if not session.exists():
+        raise ConfigError(f"{session} does not exist")
+    if session.is_file():
+        if session.suffix.lower() != ".rpp":
+            raise ConfigError(f"{session.name}: give a session folder or a REAPER project (.rpp)")
+        sources = read_rpp(session)
+        if not sources:
+            raise DataError(f"{session.name} has no media items")
+        return sources
+    sources = find_audio_files(session)
+    if not sources:
+        exts = ", ".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
+        raise DataError(f"no audio files ({exts}) found under {session}")
+    return sources

@@ -1,0 +1,95 @@
+"""One REAPER item rule: a saved project's items give the same region (or the same refusal) in the actions and batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+from fake_reaper import FakeReaper
+
+from bridge.sources import read_rpp
+from engine.errors import AudioError
+from reaper_scripts import planning
+
+SR = 22050
+
+# One item per rule: (take lines, source block). The file Audio/st.wav is stereo 4 s, Audio/mono.wav mono 4 s.
+ITEMS = {
+    "plain with offset": (
+        "SOFFS 0.5\n      PLAYRATE 1 1 0 -1 0 0.0025",
+        '<SOURCE WAVE\n        FILE "Audio/st.wav"\n      >',
+    ),
+    "forward section": (
+        "SOFFS 0.25",
+        '<SOURCE SECTION\n        LENGTH 2\n        STARTPOS 1\n        <SOURCE WAVE\n          FILE "Audio/st.wav"\n'
+        "        >\n      >",
+    ),
+    "reversed section": (
+        "SOFFS 0",
+        "<SOURCE SECTION\n        LENGTH 4\n        MODE 2\n        STARTPOS 0\n        <SOURCE WAVE\n"
+        '          FILE "Audio/st.wav"\n        >\n      >',
+    ),
+    "resampled": ("PLAYRATE 0.5 0 0 -1 0 0.0025", '<SOURCE WAVE\n        FILE "Audio/st.wav"\n      >'),
+    "stretched": ("PLAYRATE 2 1 0 -1 0 0.0025", '<SOURCE WAVE\n        FILE "Audio/st.wav"\n      >'),
+    "pitched": ("PLAYRATE 1 1 -12 -1 0 0.0025", '<SOURCE WAVE\n        FILE "Audio/st.wav"\n      >'),
+    "left of stereo": ("CHANMODE 3", '<SOURCE WAVE\n        FILE "Audio/st.wav"\n      >'),
+    "downmix of mono": ("CHANMODE 2", '<SOURCE WAVE\n        FILE "Audio/mono.wav"\n      >'),
+    "missing": ("SOFFS 0", '<SOURCE WAVE\n        FILE "Audio/gone.wav"\n      >'),
+    "midi": ("SOFFS 0", "<SOURCE MIDI\n        HASDATA 1 960 QN\n      >"),
+}
+
+
+def project_text() -> str:
+    items = "".join(
+        f'    <ITEM\n      POSITION {i}\n      LENGTH 1.5\n      SEL 1\n      NAME "{name}"\n'
+        f"      {take}\n      {source}\n    >\n"
+        for i, (name, (take, source)) in enumerate(ITEMS.items())
+    )
+    return f'<REAPER_PROJECT 0.1 "7.27/linux-x86_64" 1732500000\n  <TRACK\n    NAME Band\n{items}  >\n>\n'
+
+
+@pytest.fixture
+def project(tmp_path):
+    audio = np.random.default_rng(1).uniform(-0.5, 0.5, size=(4 * SR, 2)).astype(np.float32)
+    (tmp_path / "Audio").mkdir()
+    soundfile.write(tmp_path / "Audio" / "st.wav", audio, SR)
+    soundfile.write(tmp_path / "Audio" / "mono.wav", audio[:, 0], SR)
+    path = tmp_path / "song.rpp"
+    path.write_text(project_text())
+    return path
+
+
+def action_plans(project) -> list[tuple[float, float] | str]:
+    """What the REAPER actions plan for each item: read from a (fake) running REAPER, planned by their rule."""
+    from reaper_scripts import imusic_lib as lib
+
+    reaper = FakeReaper.from_rpp(str(project))
+    outcomes = []
+    for item in reaper.tracks[0].items:
+        view = lib.read_item(reaper, item.ptr, str(project.parent))
+        try:
+            plan = planning.plan_job(view)
+            outcomes.append((round(plan.start_s, 6), round(plan.end_s, 6)))
+        except AudioError as exc:
+            outcomes.append(str(exc))
+    return outcomes
+
+
+def batch_plans(project) -> list[tuple[float, float] | str]:
+    return [s.problem or (round(s.start_s, 6), round(s.end_s, 6)) for s in read_rpp(project)]
+
+
+def test_an_item_gives_the_same_region_or_refusal_in_the_actions_and_in_batch(project):
+    batch = batch_plans(project)
+    assert batch == action_plans(project)
+    outcome = dict(zip(ITEMS, batch, strict=True))
+    assert outcome["plain with offset"] == (0.5, 2.0)
+    assert outcome["forward section"] == (1.25, 2.75)
+    assert outcome["downmix of mono"] == (0.0, 1.5)
+    assert "is reversed" in outcome["reversed section"]
+    assert "rate 0.5, resampled" in outcome["resampled"]
+    assert "rate 2, time-stretched" in outcome["stretched"]
+    assert "pitch-shifted (-12 semitones)" in outcome["pitched"]
+    assert "channel mode mono (left)" in outcome["left of stereo"]
+    assert "offline or missing: " in outcome["missing"] and "gone.wav" in outcome["missing"]
+    assert "is MIDI" in outcome["midi"]
