@@ -543,6 +543,12 @@ class Summary:
     seconds: float = 0.0
     rows: dict[str, dict[str, str]] = field(default_factory=dict)  # source rel -> label -> cell
     errors: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # source rel -> why it cannot be rendered
+
+    @property
+    def exit_code(self) -> int:
+        """1 when a pair failed, or when nothing at all is (or was) rendered; 0 otherwise."""
+        return 1 if self.failed or self.not_retried or not (self.done or self.skipped) else 0
 
 
 def _duration(source: Source) -> float | None:
@@ -555,6 +561,31 @@ def _duration(source: Source) -> float | None:
         return probe(source.path).duration
     except (ImusicError, OSError, ValueError):
         return None  # an unreadable file: its pairs are still tried, and fail with the reader's message
+
+
+def triage(
+    pairs: list[Pair], manifest: Manifest, out: Path, settings: dict, summary: Summary, *, retry_failed: bool = False
+) -> list[Pair]:
+    """Sort pairs into refused, done before, failed before (counted in `summary`, with their table cells) and the
+    ones to render now (returned). Reads the manifest, writes nothing."""
+    todo: list[Pair] = []
+    for pair in pairs:
+        row = summary.rows.setdefault(pair.source.rel, {})
+        entry = manifest.pairs.get(pair.key)
+        if pair.source.problem:
+            summary.unsupported += 1
+            row[pair.label] = "refused"
+            summary.refused[pair.source.rel] = pair.source.problem
+        elif is_done(entry, pair, out, settings):
+            summary.skipped += 1
+            row[pair.label] = "done before"
+        elif entry and entry.get("status") == "failed" and not retry_failed and entry.get("settings") == settings:
+            summary.not_retried += 1
+            row[pair.label] = "failed before"
+            summary.errors.append(f"{pair.key}: {entry.get('error')} (earlier run; --retry-failed to retry)")
+        else:
+            todo.append(pair)
+    return todo
 
 
 def run_batch(
@@ -572,26 +603,14 @@ def run_batch(
     from tqdm import tqdm
 
     summary = Summary()
-    todo: list[Pair] = []
+    todo = triage(pairs, manifest, out, settings, summary, retry_failed=retry_failed)
     for pair in pairs:
-        row = summary.rows.setdefault(pair.source.rel, {})
         entry = manifest.pairs.get(pair.key)
-        if pair.source.problem:
-            summary.unsupported += 1
-            row[pair.label] = "unsupported"
-            if not entry or entry.get("error") != pair.source.problem:
-                manifest.pairs[pair.key] = _jsonable(_entry(pair, out, settings, "unsupported", pair.source.problem))
-            continue
-        if is_done(entry, pair, out, settings):
-            summary.skipped += 1
-            row[pair.label] = "done before"
-        elif entry and entry.get("status") == "failed" and not retry_failed and entry.get("settings") == settings:
-            summary.not_retried += 1
-            row[pair.label] = "failed before"
-            summary.errors.append(f"{pair.key}: {entry.get('error')} (earlier run; --retry-failed to retry)")
-        else:
-            todo.append(pair)
+        if pair.source.problem and (not entry or entry.get("error") != pair.source.problem):
+            manifest.pairs[pair.key] = _jsonable(_entry(pair, out, settings, "unsupported", pair.source.problem))
     manifest.save()
+    if not todo:
+        return summary
 
     durations = {p.source.rel: _duration(p.source) for p in todo}
     known = [d for d in durations.values() if d is not None]
@@ -703,8 +722,9 @@ def _entry(
     return entry
 
 
-def format_summary(summary: Summary, labels: list[str], out: Path) -> str:
-    """The table printed at the end: one row per input, one column per edit."""
+def format_summary(summary: Summary, labels: list[str], out: Path, headline: str | None = None) -> str:
+    """The table printed at the end: one row per input, one column per edit, then the totals (or `headline`) and
+    every error and refusal with its reason."""
     name_width = min(48, max([len("input")] + [len(r) for r in summary.rows]))
     widths = [max(len(label), 13) for label in labels]
     lines = ["  ".join(["input".ljust(name_width)] + [lab.ljust(w) for lab, w in zip(labels, widths, strict=True)])]
@@ -717,12 +737,14 @@ def format_summary(summary: Summary, labels: list[str], out: Path) -> str:
             )
         )
     lines.append(
-        f"{summary.done} rendered, {summary.skipped} already done, {summary.failed} failed"
+        headline
+        or f"{summary.done} rendered, {summary.skipped} already done, {summary.failed} failed"
         + (f", {summary.not_retried} failed earlier (not retried)" if summary.not_retried else "")
-        + (f", {summary.unsupported} unsupported" if summary.unsupported else "")
+        + (f", {summary.unsupported} refused" if summary.unsupported else "")
         + f" in {summary.seconds:.1f} s; results in {out}, manifest {out / MANIFEST_NAME}"
     )
     lines += [f"  {error}" for error in summary.errors]
+    lines += [f"  {rel}: refused: {reason}" for rel, reason in summary.refused.items()]
     return "\n".join(lines)
 
 
@@ -744,6 +766,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
     parser.add_argument("--retry-failed", action="store_true", help="retry pairs that failed in an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be rendered, skipped and refused (and why); no model"
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--server",
@@ -771,6 +796,39 @@ def _load_backend(args: argparse.Namespace) -> Any:
     return InProcessBackend(Editor.load(**load), seed=args.seed, takes=args.takes, raw=args.raw)
 
 
+def _card_vocabulary(model: str | None) -> tuple[Callable[[str], Any], str | None]:
+    """Parse edits and name the model without loading it: the model card where it is a model directory, else the
+    generic vocabulary (the model itself decides when it loads)."""
+    from engine.instructions import parse_instruction
+    from engine.weights import is_model_dir, read_model_card, resolve_source
+
+    card = None
+    with contextlib.suppress(ImusicError, OSError):
+        path = resolve_source(model)
+        card = read_model_card(path) if is_model_dir(path) else None
+    return (lambda text: parse_instruction(text, card)), (card or {}).get("name")
+
+
+def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
+    """`imusic batch --dry-run`: what a run would render, skip and refuse, and why; no model, nothing written."""
+    parse, model = _card_vocabulary(args.model)
+    labels = check_edits(args.edit, parse)
+    pairs = plan_pairs(sources, labels, out)
+    manifest = Manifest(out / MANIFEST_NAME)  # read only: a dry run never saves it
+    settings = {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw)}
+    summary = Summary()
+    todo = triage(pairs, manifest, out, settings, summary, retry_failed=args.retry_failed)
+    for pair in todo:
+        summary.rows[pair.source.rel][pair.label] = "to render"
+    headline = (
+        f"dry run: {len(todo)} to render, {summary.skipped} already done, {summary.unsupported} refused"
+        + (f", {summary.not_retried} failed earlier (not retried)" if summary.not_retried else "")
+        + "; no model was loaded, nothing was written"
+    )
+    print(format_summary(summary, [label for _, label in labels], out, headline=headline))
+    return 0 if todo or summary.skipped else 1
+
+
 def run(args: argparse.Namespace) -> int:
     """`imusic batch`: check everything that can be checked, load the model once, render, print the table."""
     session = Path(args.session).expanduser()
@@ -781,23 +839,30 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError('give at least one --edit, e.g. --edit "extract drums"')
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.
     sources = collect_sources(session)
+    if args.dry_run:
+        return dry_run(args, sources, out)
     check_output_folder(session, out)
     lock = claim_output_folder(out)
     manifest = Manifest(out / MANIFEST_NAME)
     backend = None
     try:
-        backend = _load_backend(args)
-        labels = check_edits(args.edit, backend.parse)
+        if all(source.problem for source in sources):
+            # Nothing can be rendered: say why at once instead of loading a model for nothing.
+            parse, model = _card_vocabulary(args.model)
+        else:
+            backend = _load_backend(args)
+            parse, model = backend.parse, backend.model_info.get("model")
+        labels = check_edits(args.edit, parse)
         pairs = plan_pairs(sources, labels, out)
-        model = backend.model_info.get("model")
         settings = {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw)}
         manifest.data.update(
             session=str(session.resolve()),
             output=str(out.resolve()),
             edits=[t for t, _ in labels],
             model=model,
-            engine=_jsonable(backend.model_info),  # device, dtype, server or Ray workers of the latest run
         )
+        if backend is not None:
+            manifest.data["engine"] = _jsonable(backend.model_info)  # device, dtype, server or Ray workers
         summary = run_batch(
             pairs,
             backend,
@@ -812,4 +877,4 @@ def run(args: argparse.Namespace) -> int:
             backend.close()
         lock.close()
     print(format_summary(summary, [label for _, label in labels], out))
-    return 1 if summary.failed or summary.not_retried else 0
+    return summary.exit_code

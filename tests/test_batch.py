@@ -454,6 +454,65 @@ def test_cli_without_edits_is_refused(session, tmp_path, capsys):
     assert "--edit" in capsys.readouterr().err
 
 
+def _no_model_load(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("engine.editor.Editor.load", refuse)
+
+
+def test_cli_dry_run_on_a_project_whose_media_are_missing_says_why_without_a_model(
+    project, tmp_path, monkeypatch, capsys
+):
+    (project.parent / "Audio" / "loop.wav").unlink()
+    (project.parent / "keys.flac").unlink()
+    _no_model_load(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["batch", str(project), "--edit", "extract drums", "-o", str(out), "--dry-run"]) == 1
+    printed = capsys.readouterr().out
+    assert "dry run: 0 to render, 0 already done, 5 refused" in printed
+    assert "01 Drum Bus/01 loop: refused: " in printed and "offline or missing" in printed
+    assert "02 Odd items/01 loop: refused: " in printed and "rate 0.5" in printed
+    assert not out.exists()
+
+
+def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tmp_path, monkeypatch, capsys):
+    _no_model_load(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["batch", str(session), *[a for e in EDITS for a in ("--edit", e)], "-o", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "dry run: 4 to render, 0 already done, 0 refused" in printed
+    assert printed.count("to render") == 5  # four cells and the headline
+    assert not out.exists()
+
+
+def test_cli_with_nothing_renderable_exits_1_with_the_reasons_and_loads_no_model(
+    project, tmp_path, monkeypatch, capsys
+):
+    (project.parent / "Audio" / "loop.wav").unlink()
+    (project.parent / "keys.flac").unlink()
+    _no_model_load(monkeypatch)
+    out = tmp_path / "out"
+    assert main(["batch", str(project), "--edit", "extract drums", "-o", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "0 rendered, 0 already done, 0 failed, 5 refused" in printed
+    assert "02 Odd items/02 untitled: refused: " in printed and "is MIDI" in printed
+    manifest = json.loads((out / "manifest.json").read_text())["pairs"]
+    assert manifest["01 Drum Bus/01 loop | extract drums"]["status"] == "unsupported"
+
+
+def test_the_table_gives_each_refused_items_reason(project, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    pairs = plan_pairs(collect_sources(project), check_edits(["extract drums"], tiny_editor.parse), out)
+    out.mkdir()
+    backend = InProcessBackend(tiny_editor, seed=3, takes=1, raw=False)
+    summary = run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {})
+    table = batch.format_summary(summary, ["extract drums"], out)
+    assert "02 Odd items/01 loop  " in table and "refused" in table
+    assert "02 Odd items/03 gone: refused: " in table and "offline or missing" in table
+    assert summary.exit_code == 0  # two items were rendered
+
+
 def test_takes_and_raw_reach_the_engine_and_the_manifest(session, tmp_path, tiny_model_dir):
     out = tmp_path / "out"
     assert main(batch_args(session, out, tiny_model_dir, "--takes", "2", "--raw")) == 0
