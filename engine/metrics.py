@@ -1,4 +1,4 @@
-"""Edit-quality metrics that need no pretrained network: SI-SDR, SI-SDRi, mel SSIM, log-mel distance, FAD maths.
+"""Edit-quality metrics that need no pretrained network: SI-SDR, SI-SDRi, mel SSIM, log-mel distance, ILD error, FAD.
 
 Pure numpy/scipy, no torch. The recipes follow the official evaluation (evaluation/main.py of Instruct-MusicGen) so
 that our numbers can be read beside the paper's:
@@ -196,12 +196,53 @@ def frechet_distance(embeddings_a: np.ndarray, embeddings_b: np.ndarray) -> floa
     return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(covmean))
 
 
+# Inter-channel level differences are clipped to this many dB, so that a channel that is silent in one bin stays finite.
+ILD_LIMIT_DB = 30.0
+# Mel bins more than this far under the reference's loudest one do not count in the ILD error.
+ILD_RANGE_DB = 60.0
+
+
+def _channel_mels(audio: np.ndarray, rate: int) -> np.ndarray:
+    """Per-channel 16 kHz power mel spectrograms: `[C, n_mels, frames]`."""
+    return np.stack([mel_spectrogram(channel, rate) for channel in _as_2d(audio)])
+
+
+def ild_error(estimate: np.ndarray, reference: np.ndarray, rate: int) -> float:
+    """Stereo-image error: mean |ILD(estimate) - ILD(reference)| in dB over the mel bins of the reference's energy.
+
+    The ILD of channel c in a 16 kHz mel bin is its power over the mean power of the channels, in dB (clipped to
+    +-ILD_LIMIT_DB); bins within ILD_RANGE_DB of the reference's loudest count, weighted by the reference's power.
+    A mono signal has no level difference (ILD 0 dB everywhere: it plays centred), so mono against mono scores 0 and
+    a dual-mono output against a panned reference scores the reference's own image. Two different channel counts
+    above one cannot be compared: ValueError.
+    """
+    est, ref = _channel_mels(estimate, rate), _channel_mels(reference, rate)
+    if est.shape[0] > 1 and ref.shape[0] > 1 and est.shape[0] != ref.shape[0]:
+        raise ValueError(f"cannot compare the images of {est.shape[0]} and {ref.shape[0]} channels")
+    frames = min(est.shape[2], ref.shape[2])
+    est, ref = est[..., :frames], ref[..., :frames]
+
+    def ild(power: np.ndarray) -> np.ndarray:
+        mean = power.mean(axis=0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = 10.0 * np.log10(np.maximum(power, LOG_MEL_FLOOR) / np.maximum(mean, LOG_MEL_FLOOR))
+        return np.clip(level, -ILD_LIMIT_DB, ILD_LIMIT_DB)
+
+    weight = ref.mean(axis=0)  # [n_mels, frames]
+    if not np.any(weight > 0):
+        return 0.0
+    live = weight >= weight.max() * 10 ** (-ILD_RANGE_DB / 10)
+    difference = np.abs(ild(est) - ild(ref)).mean(axis=0)  # broadcasts a mono side's zeros
+    return float(np.sum(difference[live] * weight[live]) / np.sum(weight[live]))
+
+
 def edit_metrics(output: np.ndarray, input_audio: np.ndarray, target: np.ndarray, rate: int) -> dict[str, float]:
-    """All network-free metrics of one edit at 16 kHz: si_sdr, si_sdri, mel_ssim, log_mel_distance."""
+    """All network-free metrics of one edit at 16 kHz: si_sdr, si_sdri, mel_ssim, log_mel_distance, ild_error."""
     out16, in16, tgt16 = (resample(x, rate) for x in (output, input_audio, target))
     return {
         "si_sdr": si_sdr(out16, tgt16),
         "si_sdri": si_sdr_improvement(out16, in16, tgt16),
         "mel_ssim": mel_ssim(out16, tgt16, EVAL_RATE),
         "log_mel_distance": log_mel_distance(out16, tgt16, EVAL_RATE),
+        "ild_error": ild_error(out16, tgt16, EVAL_RATE),
     }

@@ -116,3 +116,25 @@ def test_edit_metrics_of_the_oracle_and_the_identity():
     assert oracle["log_mel_distance"] == pytest.approx(0.0, abs=1e-9)
     assert identity["si_sdri"] == pytest.approx(0.0, abs=1e-9)
     assert identity["si_sdr"] < oracle["si_sdr"]
+
+
+def test_ild_error_is_zero_for_mono_and_the_image_for_dual_mono():
+    t = np.arange(16000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    stereo = np.stack([0.9 * tone, 0.3 * tone])  # panned left
+    assert metrics.ild_error(tone, tone, 16000) == 0.0
+    assert metrics.ild_error(stereo, stereo, 16000) == pytest.approx(0.0, abs=1e-9)
+    # Each channel lies 10*log10(0.81 / 0.45) and 10*log10(0.09 / 0.45) dB from the mean power; dual mono has 0.
+    expected = (abs(10 * np.log10(0.81 / 0.45)) + abs(10 * np.log10(0.09 / 0.45))) / 2
+    assert metrics.ild_error(stereo.mean(axis=0), stereo, 16000) == pytest.approx(expected, rel=1e-3)
+    assert metrics.ild_error(np.stack([tone, tone]), stereo, 16000) == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="2 and 3 channels"):
+        metrics.ild_error(stereo, np.vstack([stereo, stereo[:1]]), 16000)
+
+
+def test_edit_metrics_include_the_stereo_image_error():
+    t = np.arange(16000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    stereo = np.stack([0.9 * tone, 0.3 * tone])
+    scores = metrics.edit_metrics(np.stack([tone, tone]) * 0.6, stereo, stereo, 16000)
+    assert scores["ild_error"] > 4 and metrics.edit_metrics(stereo, stereo, stereo, 16000)["ild_error"] < 1e-9

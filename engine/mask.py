@@ -1,0 +1,200 @@
+"""Edits that keep the producer's own recording: the model's output steers a time-frequency mask on the original.
+
+Re-synthesis (mode "resynth", the paper's behaviour) hands back the model's output: mono, band-limited to the codec's
+rate, copied to every channel. Mode "mask" uses that output only as an estimate of *where* in time and frequency the
+wanted part lies, and builds the result from the original region itself, at its own rate and channel count:
+
+- extract / remove: the model's output is the target (the stem, or the mix without it). One soft ratio mask
+  M = clip(P_est / P_mix, 0, 1) ** exponent, floored at `floor`, is computed from smoothed powers: P_est of the
+  estimate, P_mix of the mean of the original's channels, which is what the model heard (a mean of the channels'
+  powers was tried: it reads wide, decorrelated content as louder than the model's copy of it and cuts it). One
+  mask for every channel keeps the stereo image. M is applied to every channel's STFT (the original's phase is
+  kept) and the frames are overlap-added back. For remove
+  the output is the mix without the stem, so its mask is the complement of the stem's: 1 - P_stem / P_mix.
+- add: the result is the original plus the added part alone, so nothing of the original is resynthesised. The added
+  part is estimated in the same frame as a spectral subtraction on the generated mix G: A = G * clip((P_G - P_mix) /
+  P_G, 0, 1) ** exponent, with G's own phase (the new part is not in the original, so the original's phase at those
+  bins belongs to other instruments; G's phase is the only one the new part has). A is mono, added to every channel
+  (centred); where the generated mix holds nothing beyond the original, A is exactly zero and so is every change.
+- level: the model's output level is arbitrary, and a ratio mask is not. Before masking, the estimate is scaled so
+  that it sits at its level in the original: over the bins that hold energy, an energy-weighted quantile of
+  P_mix / P_est; a low one (0.25) for extract and remove, where the target dominates the bins it is in, a high one
+  (0.75) for add, where the generated mix holds the original plus more (the argument of engine.levels).
+- above the estimate's band (the model runs at the codec's rate, often under the input's): the estimate has nothing
+  there, so the mask of each frame is extended from the top of the estimate's band (the mean of its mask over
+  75-100 % of the reliable band, 90 % of the estimate's Nyquist): hi-hats above 8 kHz go with drums whose top band
+  they share. For add nothing is added above the band.
+
+Long regions are processed in blocks of STFT frames, each computed with enough neighbouring frames for the
+smoothing, and overlap-added into one output: the result is the same as processing the region at once (no seams).
+Pure numpy (and scipy.ndimage for the smoothing); no torch. The mode names are defined here for the bridge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import ConfigError
+
+MODES = ("mask", "resynth")
+# Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
+OP_MODES = {"extract": MODES, "remove": MODES, "add": MODES}
+MODE_POLICIES = {
+    "mask": "one time-frequency mask from the model's output applied to every input channel (rate, phase and "
+    "stereo image of the original kept)",
+    "mask_add": "the original plus the added part (model output minus what the input holds), the added part "
+    "mono on every channel",
+    "resynth": "mono model output copied to every channel",
+}
+
+
+def check_mode(op: str, mode: str | None) -> str:
+    """The mode to use for `op` (its default for None); ConfigError in one line naming the modes that apply."""
+    applicable = OP_MODES.get(op, MODES)
+    if mode is None:
+        return applicable[0]
+    name = str(mode).strip().lower()
+    if name not in applicable:
+        raise ConfigError(f"mode {mode!r} does not apply to {op}: use {' or '.join(applicable)}")
+    return name
+
+
+def channel_policy(op: str, mode: str) -> str:
+    """How the result's channels are made, for the edit's info."""
+    return MODE_POLICIES["mask_add" if mode == "mask" and op == "add" else mode]
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """The mask's design; the defaults were chosen on validation songs (docs/embedded_model/mask.md)."""
+
+    window_s: float = 0.064  # STFT frame (rounded to a power of two of samples); hop a quarter of it
+    smooth_s: float = 0.05  # box smoothing of the powers over time (full width)
+    smooth_hz: float = 50.0  # box smoothing of the powers over frequency (full width)
+    exponent: float = 1.0  # 1: power ratio (Wiener-like); 0.5: magnitude ratio
+    floor: float = 0.0  # lowest mask value for extract/remove (a little of everything stays)
+    calibrate: bool = True  # scale the estimate to its level in the original first
+    block_frames: int = 1024  # STFT frames processed at once (memory), any value gives the same result
+
+
+DEFAULT_SETTINGS = MaskSettings()
+_QUANTILE = {"extract": 0.25, "remove": 0.25, "add": 0.75}
+_EPS = 1e-20
+
+
+def apply_edit(
+    original: np.ndarray,
+    rate: int,
+    estimate: np.ndarray,
+    estimate_rate: int,
+    op: str,
+    settings: MaskSettings = DEFAULT_SETTINGS,
+) -> np.ndarray:
+    """The mask-mode result [C, N] float32 at `rate`: `original` [C, N] (or [N]) edited as `estimate` says.
+
+    `estimate` is the model's output ([N'] or [C', N'], channels averaged) at `estimate_rate`; it is resampled to
+    `rate` and trimmed or padded to N samples. See the module docstring for what each operation does.
+    """
+    from engine.resample import resample
+
+    if op not in _QUANTILE:
+        raise ConfigError(f"unknown operation {op!r}: use {', '.join(_QUANTILE)}")
+    x = np.atleast_2d(np.asarray(original, dtype=np.float64))
+    est = np.atleast_2d(np.asarray(estimate, dtype=np.float32)).mean(axis=0)
+    est = resample(est, int(estimate_rate), int(rate), x.shape[-1]).astype(np.float64)
+    band_hz = 0.9 * estimate_rate / 2 if estimate_rate < rate else None
+    return _masked(x, est, int(rate), op, settings, band_hz).astype(np.float32)
+
+
+def ideal_mask(
+    original: np.ndarray, target: np.ndarray, rate: int, op: str, settings: MaskSettings = DEFAULT_SETTINGS
+) -> np.ndarray:
+    """The same mask computed from the true target (at the original's rate): the mask mode's own ceiling."""
+    return apply_edit(original, rate, target, rate, op, settings)
+
+
+def _stft_size(rate: int, window_s: float) -> int:
+    return max(16, 2 ** int(round(math.log2(max(window_s * rate, 16)))))
+
+
+def _masked(x: np.ndarray, est: np.ndarray, rate: int, op: str, s: MaskSettings, band_hz: float | None) -> np.ndarray:
+    from scipy.ndimage import uniform_filter
+
+    channels, n = x.shape
+    n_fft = _stft_size(rate, s.window_s)
+    hop, pad = n_fft // 4, n_fft // 2
+    frames = 1 + math.ceil((n + 2 * pad - n_fft) / hop)
+    length = (frames - 1) * hop + n_fft
+    xp = np.zeros((channels, length))
+    xp[:, pad : pad + n] = x
+    ep = np.zeros(length)
+    ep[pad : pad + n] = est
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
+    t_width = max(1, int(round(s.smooth_s * rate / hop)))
+    f_width = max(1, int(round(s.smooth_hz * n_fft / rate)))
+    margin = t_width  # frames of context either side of a block: more than the smoothing reaches
+
+    def spectra(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.arange(lo, hi) * hop
+        index = starts[:, None] + np.arange(n_fft)[None, :]  # [T, n_fft]
+        return np.fft.rfft(xp[:, index] * window, axis=-1), np.fft.rfft(ep[index] * window, axis=-1)
+
+    def smooth(power: np.ndarray) -> np.ndarray:  # [T, F]
+        return uniform_filter(power, size=(t_width, f_width), mode="nearest")
+
+    gain = _level_gain(spectra, frames, s.block_frames, op) if s.calibrate else 1.0
+    out = np.zeros((channels if op != "add" else 1, length))
+    norm = np.zeros(length)
+    for a in range(0, frames, max(1, s.block_frames)):
+        b = min(frames, a + max(1, s.block_frames))
+        lo, hi = max(0, a - margin), min(frames, b + margin)
+        spec_x, spec_e = spectra(lo, hi)  # [C, T, F], [T, F]
+        spec_e = spec_e * gain
+        p_mix = smooth(np.abs(spec_x.mean(axis=0)) ** 2)
+        p_est = smooth(np.abs(spec_e) ** 2)
+        if op == "add":
+            mask = np.clip((p_est - p_mix) / (p_est + _EPS), 0.0, 1.0) ** s.exponent
+        else:
+            mask = np.maximum(np.clip(p_est / (p_mix + _EPS), 0.0, 1.0) ** s.exponent, s.floor)
+        if band_hz is not None:
+            above = freqs > band_hz
+            if op == "add":
+                mask[:, above] = 0.0
+            else:
+                top = (freqs >= 0.75 * band_hz) & ~above
+                mask[:, above] = mask[:, top].mean(axis=1, keepdims=True) if top.any() else s.floor
+        keep = slice(a - lo, b - lo)
+        source = spec_e[None, keep] if op == "add" else spec_x[:, keep]
+        wave = np.fft.irfft(source * mask[None, keep], n=n_fft, axis=-1) * window  # [C, T, n_fft]
+        for offset, frame in enumerate(range(a, b)):
+            start = frame * hop
+            out[:, start : start + n_fft] += wave[:, offset]
+            norm[start : start + n_fft] += window**2
+    result = out[:, pad : pad + n] / np.maximum(norm[pad : pad + n], 1e-12)
+    return x + result if op == "add" else result
+
+
+def _level_gain(spectra, frames: int, block: int, op: str) -> float:
+    """Amplitude gain that puts the estimate at its level in the original (module docstring); 1.0 when undefined."""
+    stride = max(1, frames // 2000)  # at most ~2000 frames measured: plenty for one number
+    mix_parts, est_parts = [], []
+    for a in range(0, frames, max(1, block)):
+        spec_x, spec_e = spectra(a, min(frames, a + max(1, block)))
+        mix_parts.append(np.abs(spec_x[:, ::stride].mean(axis=0)) ** 2)
+        est_parts.append(np.abs(spec_e[::stride]) ** 2)
+    p_mix, p_est = np.concatenate(mix_parts).ravel(), np.concatenate(est_parts).ravel()
+    weight = p_mix if op == "add" else p_est  # the bins where the estimate is expected to match the original
+    if not np.any(weight > 0):
+        return 1.0
+    live = (weight > np.percentile(weight[weight > 0], 99.0) * 1e-3) & (p_mix > 0) & (p_est > 0)
+    if not np.any(live):
+        return 1.0
+    ratios = p_mix[live] / p_est[live]
+    order = np.argsort(ratios)
+    cumulative = np.cumsum(weight[live][order])
+    ratio = ratios[order][np.searchsorted(cumulative, _QUANTILE[op] * cumulative[-1])]
+    return float(np.clip(math.sqrt(ratio), 1e-2, 1e2))

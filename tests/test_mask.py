@@ -1,0 +1,100 @@
+"""engine.mask: the mask mode's pure functions on synthetic mixes whose parts are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import mask, metrics
+from engine.errors import ConfigError
+
+
+def _parts(rate: int, seconds: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(stem, bed) stereo [2, N]: a tremolo tone panned left, a noise bed panned right."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 2 * t))
+    noise = 0.1 * np.random.default_rng(seed).standard_normal(t.size)
+    return np.stack([0.9 * tone, 0.3 * tone]), np.stack([0.2 * noise, 1.0 * noise])
+
+
+@pytest.mark.parametrize("op, part", [("extract", 0), ("remove", 1)])
+def test_the_ideal_mask_recovers_the_target_with_its_stereo_image(op, part):
+    stem, bed = _parts(44100)
+    mix, target = stem + bed, (stem, bed)[part]
+    out = mask.ideal_mask(mix, target, 44100, op)
+    assert metrics.si_sdr(out, target) > 20
+    assert metrics.si_sdr_improvement(out, mix, target) > 10
+    dual_mono = np.repeat(target.mean(axis=0, keepdims=True), 2, axis=0)
+    assert metrics.ild_error(out, target, 44100) < 0.5 < 4 < metrics.ild_error(dual_mono, target, 44100)
+
+
+def test_the_ideal_add_puts_the_stem_on_top_of_the_untouched_original():
+    stem, bed = _parts(32000)
+    out = mask.ideal_mask(bed, bed + stem, 32000, "add")
+    assert metrics.si_sdr(out, bed + stem) > 15 > metrics.si_sdr(bed, bed + stem) + 20
+
+
+def test_an_estimate_that_is_the_input_keeps_the_input_for_extract_and_add():
+    stem, bed = _parts(22050, seconds=1.0)
+    mix = stem + bed
+    np.testing.assert_allclose(mask.apply_edit(mix, 22050, mix.mean(axis=0), 22050, "extract"), mix, atol=1e-6)
+    np.testing.assert_allclose(mask.apply_edit(mix, 22050, mix.mean(axis=0), 22050, "add"), mix, atol=1e-6)
+
+
+def test_add_leaves_the_original_samples_where_nothing_is_added():
+    rate = 16000
+    _, bed = _parts(rate, seconds=3.0)
+    t = np.arange(bed.shape[-1]) / rate
+    new = np.where(t >= 2.0, 0.5 * np.sin(2 * np.pi * 660 * t), 0.0)  # the added part starts at 2 s
+    out = mask.apply_edit(bed, rate, bed.mean(axis=0) + new, rate, "add")
+    early = t < 1.5  # more than a frame and the smoothing before the added part
+    np.testing.assert_allclose(out[:, early], bed[:, early], atol=1e-6)
+    late = t >= 2.2
+    assert np.abs(out[:, late] - bed[:, late]).max() > 0.3
+
+
+@pytest.mark.parametrize("rate", [8000, 44100, 96000])
+@pytest.mark.parametrize("channels", [1, 2, 6])
+@pytest.mark.parametrize("samples", [3, 1001, 20011])
+def test_any_rate_channels_and_length_come_back_exactly(rate, channels, samples):
+    original = np.random.default_rng(samples).standard_normal((channels, samples)).astype(np.float32) * 0.1
+    estimate = original.mean(axis=0)[: max(1, samples // 2)]  # at half the rate: a codec-rate output
+    for op in ("extract", "remove", "add"):
+        out = mask.apply_edit(original, rate, estimate, rate // 2, op)
+        assert out.shape == original.shape and out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+def test_a_long_region_is_the_same_whatever_the_block_size():
+    rate = 16000
+    stem, bed = _parts(rate, seconds=20.0)
+    mix = stem + bed
+    small = mask.apply_edit(mix, rate, stem.mean(axis=0), rate, "extract", mask.MaskSettings(block_frames=37))
+    whole = mask.apply_edit(mix, rate, stem.mean(axis=0), rate, "extract", mask.MaskSettings(block_frames=10**6))
+    np.testing.assert_allclose(small, whole, atol=1e-7)  # no seam at the 37-frame joins
+    assert metrics.si_sdr(small, stem) > 20
+
+
+def test_bands_above_the_estimates_rate_follow_the_top_of_its_band():
+    rate = 48000
+    t = np.arange(rate) / rate
+    hats = 0.1 * np.sin(2 * np.pi * 6500 * t) + 0.1 * np.sin(2 * np.pi * 14000 * t)  # one part, two bands
+    bass = 0.4 * np.sin(2 * np.pi * 80 * t)
+    low_rate = 16000  # the estimate of the hats from a 16 kHz model: nothing above 8 kHz
+    estimate = metrics.resample(0.1 * np.sin(2 * np.pi * 6500 * t), rate, low_rate)
+    out = mask.apply_edit((hats + bass)[None], rate, estimate, low_rate, "extract")[0]
+    spectrum = np.abs(np.fft.rfft(out))
+    freqs = np.fft.rfftfreq(out.size, 1 / rate)
+    near = lambda f: spectrum[np.abs(freqs - f) < 20].max()  # noqa: E731
+    assert near(14000) > 0.5 * near(6500) and near(80) < 0.1 * near(6500)
+    added = mask.apply_edit(bass[None], rate, estimate, low_rate, "add")[0] - bass
+    added_spectrum = np.abs(np.fft.rfft(added * np.hanning(added.size)))  # windowed: no leakage from the clip's ends
+    assert added_spectrum[freqs > 9000].max() < 1e-4 * added_spectrum.max()  # add adds nothing above the band
+
+
+def test_modes_default_per_operation_and_a_wrong_one_is_refused_naming_those_that_apply():
+    assert mask.check_mode("extract", None) == "mask" and mask.check_mode("add", None) == "mask"
+    assert mask.check_mode("remove", " Resynth ") == "resynth"
+    with pytest.raises(ConfigError, match="'stems' does not apply to remove: use mask or resynth"):
+        mask.check_mode("remove", "stems")
+    assert "added part" in mask.channel_policy("add", "mask")
+    assert "copied" in mask.channel_policy("extract", "resynth")
