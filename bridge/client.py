@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge import protocol
-from bridge.protocol import Reply
+from bridge import protocol, tracking
+from bridge.protocol import EditRequest, Reply
 from engine.errors import ConfigError, ImusicError
 
 
@@ -84,6 +84,7 @@ class Client:
         self._sock.bind((_local_bind_host(host), 0))
         self._sock.setblocking(False)
         self._backlog: list[Reply] = []  # replies read during a blocking wait that the wait did not consume
+        self.tracker = tracking.ReplyTracker()  # every edit this client submitted, by job id
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -199,21 +200,45 @@ class Client:
         """Send /imusic/edit and return the job id at once. end_s < 0 means "to the end of the file"."""
         job_id = job_id or protocol.new_job_id()
         _check_job_id(job_id)
-        input_path = os.path.abspath(os.path.expanduser(input_path))  # the server refuses relative paths
-        output = os.path.abspath(os.path.expanduser(output_path)) if output_path else ""
-        self.send(
-            protocol.EDIT,
-            job_id,
-            input_path,
-            float(start_s),
-            float(end_s),
-            instruction,
-            output,
-            -1 if seed is None else int(seed),
-            int(takes),
+        request = EditRequest(
+            job_id=job_id,
+            input_path=os.path.abspath(os.path.expanduser(input_path)),  # the server refuses relative paths
+            start_s=float(start_s),
+            end_s=float(end_s),
+            instruction=instruction,
+            output_path=os.path.abspath(os.path.expanduser(output_path)) if output_path else "",
+            seed=seed,
+            takes=int(takes),
         )
-        self._last_edit = (job_id, input_path, float(start_s), float(end_s), instruction, output, seed, takes)
-        return job_id
+        return self.send_edit(request)
+
+    def send_edit(self, request: EditRequest) -> str:
+        """Send an edit request as it is (again, after a timeout, is harmless) and track it; returns its job id."""
+        self.send(protocol.EDIT, *request.to_args())
+        self.tracker.submit(request, time.monotonic())
+        return request.job_id
+
+    def follow(self, replies: list[Reply] | None = None) -> list[Reply]:
+        """Non-blocking: feed replies (default: poll()) to the tracker and resend or ask what it says is due.
+        Returns the replies that concern none of the tracked jobs."""
+        now = time.monotonic()
+        others = [reply for reply in (self.poll() if replies is None else replies) if not self._track(reply, now)]
+        self._act(self.tracker.tick(now))
+        return others
+
+    def _track(self, reply: Reply, now: float) -> bool:
+        """Feed a reply to the tracker; False when it concerns none of the tracked jobs."""
+        if reply.job_id not in self.tracker.jobs:
+            return False
+        self.tracker.handle(reply, now)
+        return True
+
+    def _act(self, actions: list[tuple[str, str]]) -> None:
+        for action, job_id in actions:
+            if action == tracking.RESEND:
+                self.send(protocol.EDIT, *self.tracker.jobs[job_id].request.to_args())
+            else:
+                self.send(protocol.STATUS, job_id)
 
     def wait(
         self,
@@ -225,58 +250,38 @@ class Client:
     ) -> JobResult:
         """Block until the job is done; RemoteError if it failed or was cancelled, NoReply on timeout.
 
-        Until the job is accepted, the last submit() of it is resent every `resend_after` seconds (harmless: job ids
-        are idempotent), which covers a lost datagram or a server that was restarting; once accepted, a silent
-        server is asked for the job's state every few seconds instead. `give_up_after`: NoReply once the server has
-        said nothing at all about the job for that many seconds (it died or hangs; None waits for a restart).
+        Until the job is accepted, its edit request is resent every `resend_after` seconds (harmless: job ids are
+        idempotent), which covers a lost datagram or a server that was restarting; once accepted, a silent server is
+        asked for the job's state every few seconds instead. A job this client did not submit is only asked about.
+        `give_up_after`: NoReply once the server has said nothing at all about the job for that many seconds (it died
+        or hangs; None waits for a restart).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        last_heard = last_reply = time.monotonic()
-        last = getattr(self, "_last_edit", None)
-        adopted = last is None or last[0] != job_id  # a job this client did not submit: nothing to resend
-        accepted = adopted
-        if adopted:
+        self.tracker.resend_after, self.tracker.status_after = resend_after, 5 * resend_after
+        if job_id not in self.tracker.jobs:
+            self.tracker.watch(job_id, time.monotonic())
             self.send(protocol.STATUS, job_id)  # replies go to its submitter; learn its state by asking
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
+        job = self.tracker.jobs[job_id]
+        while not job.final:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
-            if give_up_after is not None and time.monotonic() - last_reply > give_up_after:
+            if give_up_after is not None and now - job.heard > give_up_after:
                 raise NoReply(
                     f"the engine at {self.server[0]}:{self.server[1]} has not answered about job {job_id} for "
                     f"{give_up_after:g} s: it stopped or hangs (see its log)"
                 )
             for reply in self._take(job_id) or self._read(0.2):
                 if reply.job_id != job_id:
-                    self._backlog.append(reply)
+                    self._backlog.append(reply)  # another job's: its own wait() or poll() takes it
                     continue
-                last_heard = last_reply = time.monotonic()
-                if reply.address == protocol.ACCEPTED:
-                    accepted = True
-                elif reply.address == protocol.PROGRESS:
-                    accepted = True
-                    if on_progress is not None:
-                        on_progress(reply.fraction, reply.stage)
-                elif reply.address == protocol.DONE or (
-                    reply.address == protocol.STATE and reply.state == protocol.DONE_STATE
-                ):
-                    return JobResult(job_id, reply.output_path, reply.info)
-                elif reply.address == protocol.ERROR:
-                    raise RemoteError(reply.message, reply.code, job_id)
-                elif reply.address == protocol.STATE and reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
-                    code = reply.message.split(":", 1)[0] if ":" in reply.message else reply.state
-                    raise RemoteError(reply.message or f"job {job_id} {reply.state}", code, job_id)
-                elif reply.address == protocol.STATE and reply.state == protocol.UNKNOWN:
-                    if adopted:
-                        raise RemoteError(f"the engine has no job {job_id}", protocol.UNKNOWN_JOB, job_id)
-                    accepted = False  # a server started without our journal: send the job again
-                    self.submit(*last[1:], job_id=job_id)
-            silent = time.monotonic() - last_heard
-            if not accepted and silent > resend_after:
-                self.submit(*last[1:], job_id=job_id)
-                last_heard = time.monotonic()
-            elif accepted and silent > (1 if adopted else 5) * resend_after:
-                self.send(protocol.STATUS, job_id)
-                last_heard = time.monotonic()
+                self._track(reply, time.monotonic())
+                if on_progress is not None and reply.address == protocol.PROGRESS:
+                    on_progress(reply.fraction, reply.stage)
+            self._act(self.tracker.tick(time.monotonic(), [job_id]))
+        if job.code:
+            raise RemoteError(job.error or f"job {job_id} {job.code}", job.code, job_id)
+        return JobResult(job_id, job.output_path, job.info)
 
     def _take(self, job_id: str) -> list[Reply]:
         mine = [r for r in self._backlog if r.job_id == job_id]

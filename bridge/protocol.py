@@ -174,6 +174,57 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
 }
 
 
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit as the wire carries it (/imusic/edit): the one shape of an edit request everywhere.
+
+    The REAPER actions, the client, the server, its journal and batch all hold this; two requests are the same job
+    exactly when they are equal. `seed` None draws one; `output_path` "" lets the server choose.
+    """
+
+    job_id: str
+    input_path: str
+    start_s: float
+    end_s: float  # < 0: to the end of the file
+    instruction: str
+    output_path: str = ""
+    seed: int | None = None
+    takes: int = 1
+
+    def to_args(self) -> tuple[Any, ...]:
+        """The /imusic/edit arguments, in wire order."""
+        seed = -1 if self.seed is None else int(self.seed)
+        return (
+            self.job_id,
+            self.input_path,
+            float(self.start_s),
+            float(self.end_s),
+            self.instruction,
+            self.output_path,
+            seed,
+            int(self.takes),
+        )
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> EditRequest:
+        """From parse_request(EDIT, ...)'s values (or a journal record of them)."""
+        seed = values.get("seed", -1)
+        return cls(
+            job_id=str(values["job_id"]),
+            input_path=str(values["input_path"]),
+            start_s=float(values["start_s"]),
+            end_s=float(values["end_s"]),
+            instruction=str(values["instruction"]),
+            output_path=str(values.get("output_path") or ""),
+            seed=None if seed is None or int(seed) < 0 else int(seed),
+            takes=int(values.get("takes", 1)),
+        )
+
+    def values(self) -> dict[str, Any]:
+        """By wire name, as parse_request returns them (seed -1 for "draw one")."""
+        return {spec.name: value for spec, value in zip(REQUESTS[EDIT], self.to_args(), strict=True)}
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -40,7 +40,7 @@ def _load_settings() -> dict:
 
 SETTINGS = _load_settings()
 
-from bridge import protocol  # noqa: E402
+from bridge import protocol, tracking  # noqa: E402
 from engine.errors import ImusicError  # noqa: E402
 from reaper_scripts import planning  # noqa: E402
 
@@ -214,90 +214,79 @@ def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[f
 
 
 class _Job:
-    def __init__(
-        self, job_id: str, track: str, view: planning.ItemView, plan: planning.JobPlan, output: str, instruction: str
-    ) -> None:
-        self.job_id = job_id
+    """One region of an action: where it came from, what was sent, and what the engine said (its tracked state)."""
+
+    def __init__(self, track: str, view: planning.ItemView, plan: planning.JobPlan, request: protocol.EditRequest):
         self.track = track
         self.view = view
         self.plan = plan
-        self.output = output
-        # What client.submit() is given, kept to resend it unchanged.
-        self.request = (plan.source_path, plan.start_s, plan.end_s, instruction, output)
-        self.accepted = False
-        self.fraction = 0.0
-        self.stage = ""
-        self.result_path = ""
-        self.error = ""  # the engine's words
-        self.code = ""
+        self.request = request
+        self.state: tracking.TrackedJob | None = None  # set when it is sent
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def result_path(self) -> str:
+        return self.state.output_path if self.state and not self.state.code else ""
+
+    @property
+    def code(self) -> str:
+        return self.state.code if self.state else ""
+
+    @property
+    def error(self) -> str:
+        return self.state.error if self.state else ""
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.state and self.state.accepted)
+
+    @property
+    def fraction(self) -> float:
+        return self.state.fraction if self.state else 0.0
 
     @property
     def final(self) -> bool:
-        return bool(self.result_path or self.code)
+        return bool(self.state and self.state.final)
 
 
 class Session:
-    """The jobs of one action run, its client socket, and what to insert when they end."""
+    """The jobs of one action run, and its client, whose reply tracker follows them; what to insert when they end."""
 
     def __init__(self, instruction: str, client, jobs: list[_Job]) -> None:
         self.instruction = instruction
         self.client = client
         self.jobs = {job.job_id: job for job in jobs}
         self.started = time.monotonic()
-        self.heard = False  # any reply about our jobs yet
-        self.last_heard = self.started
-        self.last_asked = self.started
 
-    def handle(self, reply: protocol.Reply) -> None:
-        job = self.jobs.get(reply.job_id)
-        if job is None or job.final:
-            return
-        self.heard = True
-        self.last_heard = time.monotonic()
-        if reply.address in (protocol.ACCEPTED, protocol.PROGRESS):
-            job.accepted = True
-            if reply.address == protocol.PROGRESS:
-                job.fraction, job.stage = reply.fraction, reply.stage
-        elif reply.address == protocol.DONE or (reply.address == protocol.STATE and reply.state == protocol.DONE_STATE):
-            job.result_path = reply.output_path or job.output
-        elif reply.address == protocol.ERROR:
-            job.code, job.error = reply.code or "error", reply.message
-        elif reply.address == protocol.STATE:
-            job.accepted = True
-            if reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
-                job.code, job.error = reply.state, reply.message or reply.state
-            elif reply.state == protocol.UNKNOWN:
-                job.code, job.error = "unknown_job", "the engine lost this job (was it restarted?)"
+    def send(self) -> None:
+        """Submit every job (OSError when the socket cannot send)."""
+        for job in self.jobs.values():
+            self.client.send_edit(job.request)
+            job.state = self.client.tracker.jobs[job.job_id]
 
     def step(self, now: float, cancelled: set[str]) -> str:
         """Read replies and keep the jobs alive; returns "running", "done" or "silent" (the engine never answered)."""
-        try:
-            replies = self.client.poll()
-        except OSError:
-            replies = []
-        for reply in replies:
-            self.handle(reply)
+        self.client.tracker.resend_after = self.client.tracker.status_after = RESEND_EVERY_S
         for job in self.pending:
             if job.job_id in cancelled:
-                job.code, job.error = protocol.CANCELLED, "cancelled"
+                self.client.tracker.end(job.job_id, protocol.CANCELLED, "cancelled")
+        # Replies in, then whatever the tracker says is due: an unanswered edit is resent (job ids make that
+        # harmless; it covers a lost datagram or a restarting engine), an accepted one is asked for its state.
+        with contextlib.suppress(OSError):
+            self.client.follow()
         pending = self.pending
         if not pending:
             return "done"
-        if not self.heard and now - self.started > ACCEPT_TIMEOUT_S:
+        states = [job.state for job in self.jobs.values()]
+        if not any(state.replies for state in states) and now - self.started > ACCEPT_TIMEOUT_S:
             return "silent"
-        if now - self.last_heard > LOST_AFTER_S:
+        if now - max(state.heard for state in states) > LOST_AFTER_S:
             for job in pending:
-                job.code, job.error = "no_reply", LOST.format(seconds=LOST_AFTER_S)
+                self.client.tracker.end(job.job_id, "no_reply", LOST.format(seconds=LOST_AFTER_S))
             return "done"
-        if now - self.last_asked > RESEND_EVERY_S and now - self.last_heard > RESEND_EVERY_S:
-            # Job ids are idempotent on the engine: resending an edit never runs it twice, and covers a lost
-            # datagram or an engine that was restarting; an accepted job is only asked for its state.
-            self.last_asked = now
-            for job in pending:
-                if job.accepted:
-                    self.client.send(protocol.STATUS, job.job_id)
-                else:
-                    self.client.submit(*job.request, job_id=job.job_id)
         return "running"
 
     @property
@@ -349,16 +338,18 @@ def run_edit(instruction: str) -> None:
     for (track, view), plan in zip(selection, plans, strict=True):
         job_id = "rpr-" + protocol.new_job_id()
         output = planning.output_path(media_dir, plan.source_path, instruction, job_id)
-        jobs.append(_Job(job_id, track, view, plan, output, instruction))
+        request = protocol.EditRequest(job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output)
+        jobs.append(_Job(track, view, plan, request))
+    session = Session(instruction, client, jobs)
     try:
         for job in jobs:
-            os.makedirs(os.path.dirname(job.output), exist_ok=True)
-            client.submit(*job.request, job_id=job.job_id)
+            os.makedirs(os.path.dirname(job.request.output_path), exist_ok=True)
+        session.send()
     except OSError as exc:
         client.close()
         _message(f"Cannot send to the imusic engine at {host}:{port}: {exc}")
         return
-    _SESSIONS.append(Session(instruction, client, jobs))
+    _SESSIONS.append(session)
     _remember_jobs(R)
     _ensure_loop()
 

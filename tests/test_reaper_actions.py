@@ -98,13 +98,13 @@ def harness(tmp_path, engine_port):
 def sent(monkeypatch) -> list[tuple]:
     """Every (input_path, start_s, end_s, instruction) the actions submit, passed on to the real client."""
     calls = []
-    real_submit = Client.submit
+    real_send_edit = Client.send_edit
 
-    def spy(self, input_path, start_s, end_s, instruction, *args, **kwargs):
-        calls.append((input_path, start_s, end_s, instruction))
-        return real_submit(self, input_path, start_s, end_s, instruction, *args, **kwargs)
+    def spy(self, request):
+        calls.append((request.input_path, request.start_s, request.end_s, request.instruction))
+        return real_send_edit(self, request)
 
-    monkeypatch.setattr(Client, "submit", spy)
+    monkeypatch.setattr(Client, "send_edit", spy)
     return calls
 
 

@@ -1,0 +1,133 @@
+"""What a requester knows of its jobs, from the replies alone: one state machine for the client and the REAPER actions.
+
+Pure: a reply goes in (`handle`), the clock goes in (`tick`), and out come the requests to send again. No socket,
+no sleeping, no torch; `Client.wait` (blocking) and the REAPER actions' deferred loop (non-blocking) both drive it.
+
+Per job: submitted -> accepted (an /accepted, /progress or /state about it) -> final (done, error, cancelled).
+UDP may drop any datagram and a server may restart, so while a job is not final:
+- not yet accepted and silent for `resend_after` seconds: resend the edit (job ids make resends harmless);
+- accepted and silent for `status_after` seconds: ask for its state;
+- the server says it has no such job (state `unknown`): resend the edit, if we have it; a job we only watch
+  (`watch`, submitted by someone else) ends with `unknown_job`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge import protocol
+from bridge.protocol import EditRequest, Reply
+
+RESEND = "resend"
+STATUS = "status"
+
+
+@dataclass
+class TrackedJob:
+    """One job as its requester sees it."""
+
+    job_id: str
+    request: EditRequest | None  # None: a job this requester did not submit (only its state can be asked)
+    heard: float  # when a reply about it last arrived (or it was submitted)
+    asked: float  # when it was last sent or asked about
+    accepted: bool = False
+    fraction: float = 0.0
+    stage: str = ""
+    output_path: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    code: str = ""  # the wire error code, or "cancelled", when the job failed or was cancelled
+    error: str = ""  # the engine's words
+    replies: int = 0  # how many replies about it arrived
+
+    @property
+    def final(self) -> bool:
+        return bool(self.output_path or self.code)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.output_path) and not self.code
+
+
+class ReplyTracker:
+    """The jobs of one requester, keyed by job id; any pending one can be resent."""
+
+    def __init__(self, resend_after: float = 1.0, status_after: float = 5.0) -> None:
+        self.resend_after = resend_after
+        self.status_after = status_after
+        self.jobs: dict[str, TrackedJob] = {}
+
+    def submit(self, request: EditRequest, now: float) -> TrackedJob:
+        """A request was just sent (again): track it; its own earlier replies still count."""
+        job = self.jobs.get(request.job_id)
+        if job is None or job.request != request:
+            job = self.jobs[request.job_id] = TrackedJob(request.job_id, request, heard=now, asked=now)
+        job.asked = now
+        return job
+
+    def watch(self, job_id: str, now: float) -> TrackedJob:
+        """Follow a job someone else submitted: its state is asked for, it is never resent."""
+        if job_id not in self.jobs:
+            self.jobs[job_id] = TrackedJob(job_id, None, heard=now, asked=now, accepted=True)
+        return self.jobs[job_id]
+
+    def handle(self, reply: Reply, now: float) -> TrackedJob | None:
+        """Take one reply into account; returns the job it concerned (None: not one of ours, or already final)."""
+        job = self.jobs.get(reply.job_id)
+        if job is None or job.final:
+            return None
+        job.heard = now
+        job.replies += 1
+        if reply.address in (protocol.ACCEPTED, protocol.PROGRESS):
+            job.accepted = True
+            if reply.address == protocol.PROGRESS:
+                job.fraction, job.stage = reply.fraction, reply.stage
+        elif reply.address == protocol.DONE or (reply.address == protocol.STATE and reply.state == protocol.DONE_STATE):
+            job.accepted = True
+            job.output_path = reply.output_path or (job.request.output_path if job.request else "")
+            job.info = reply.info
+        elif reply.address == protocol.ERROR:
+            job.code, job.error = reply.code or "error", reply.message
+        elif reply.address == protocol.STATE:
+            if reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
+                message = reply.message or reply.state
+                # An error state's detail reads "code: message"; a cancelled job's is its state.
+                job.code = message.split(":", 1)[0] if ":" in message else reply.state
+                job.error = message
+            elif reply.state == protocol.UNKNOWN:
+                if job.request is None:
+                    job.code, job.error = protocol.UNKNOWN_JOB, f"the engine has no job {job.job_id}"
+                else:
+                    # A server started without our journal: the next tick sends it again.
+                    job.accepted = False
+                    job.heard = job.asked = now - self.resend_after
+            else:
+                job.accepted = True
+                job.fraction = reply.fraction
+        return job
+
+    def end(self, job_id: str, code: str, error: str) -> None:
+        """End a pending job from this side (cancelled by the user, given up on)."""
+        job = self.jobs.get(job_id)
+        if job is not None and not job.final:
+            job.code, job.error = code, error
+
+    def tick(self, now: float, job_ids: list[str] | None = None) -> list[tuple[str, str]]:
+        """What to send now for the pending jobs (all, or those named): (RESEND, job_id) or (STATUS, job_id)."""
+        actions = []
+        for job in self.pending(job_ids):
+            silent = now - max(job.heard, job.asked)
+            # A watched job has nothing else to go on than its state: ask as often as an edit would be resent.
+            status_after = self.status_after if job.request is not None else self.resend_after
+            if not job.accepted and job.request is not None and silent >= self.resend_after:
+                actions.append((RESEND, job.job_id))
+            elif job.accepted and silent >= status_after:
+                actions.append((STATUS, job.job_id))
+            else:
+                continue
+            job.asked = now
+        return actions
+
+    def pending(self, job_ids: list[str] | None = None) -> list[TrackedJob]:
+        jobs = self.jobs.values() if job_ids is None else [self.jobs[i] for i in job_ids if i in self.jobs]
+        return [job for job in jobs if not job.final]

@@ -1,0 +1,167 @@
+"""One edit request shape and one reply state machine, under the client and the REAPER actions alike."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from bridge import protocol
+from bridge.client import Client
+from bridge.protocol import EditRequest, Reply
+from bridge.tracking import RESEND, STATUS, ReplyTracker
+
+
+def request(job_id: str = "a", **overrides) -> EditRequest:
+    values = dict(job_id=job_id, input_path="/in.wav", start_s=1.0, end_s=3.0, instruction="extract drums")
+    values.update(overrides)
+    return EditRequest(**values)
+
+
+# ------------------------------------------------------------------------------------------------ the request
+
+
+def test_an_edit_request_round_trips_through_the_wire_and_the_journal_values():
+    sent = request(output_path="/out.wav", seed=7, takes=2)
+    assert EditRequest.from_values(protocol.parse_request(protocol.EDIT, list(sent.to_args()))) == sent
+    assert EditRequest.from_values(sent.values()) == sent
+
+
+def test_a_random_seed_is_none_in_the_request_and_minus_one_on_the_wire():
+    assert request().to_args()[6] == -1
+    assert EditRequest.from_values(protocol.parse_request(protocol.EDIT, ["a", "/in.wav", 1, 3, "x"])).seed is None
+
+
+def test_two_requests_are_the_same_job_exactly_when_they_are_equal():
+    assert request() == request()
+    assert request() != request(takes=2)
+    assert request() != request(output_path="/elsewhere.wav")
+
+
+# ------------------------------------------------------------------------------------------------ the tracker
+
+
+def test_an_unanswered_edit_is_resent_and_an_accepted_one_is_asked_about():
+    tracker = ReplyTracker(resend_after=1.0, status_after=5.0)
+    tracker.submit(request(), now=0.0)
+    assert tracker.tick(0.5) == []
+    assert tracker.tick(1.0) == [(RESEND, "a")]
+    assert tracker.tick(1.5) == []  # just resent
+    tracker.handle(Reply(protocol.ACCEPTED, ["a", 0]), now=2.0)
+    assert tracker.tick(6.0) == []
+    assert tracker.tick(7.0) == [(STATUS, "a")]
+
+
+def test_any_pending_job_can_be_resent_not_only_the_last_one():
+    tracker = ReplyTracker(resend_after=1.0)
+    tracker.submit(request("a"), now=0.0)
+    tracker.submit(request("b"), now=0.0)
+    tracker.handle(Reply(protocol.ACCEPTED, ["b", 0]), now=0.5)
+    assert tracker.tick(1.0) == [(RESEND, "a")]
+    assert tracker.jobs["a"].request == request("a")
+
+
+def test_progress_done_and_the_result_path_are_followed():
+    tracker = ReplyTracker()
+    tracker.submit(request(output_path="/asked.wav"), now=0.0)
+    tracker.handle(Reply(protocol.PROGRESS, ["a", 0.5, "generate"]), now=1.0)
+    job = tracker.jobs["a"]
+    assert (job.accepted, job.fraction, job.stage, job.final) == (True, 0.5, "generate", False)
+    tracker.handle(Reply(protocol.DONE, ["a", "/out.wav", '{"seed": 3}']), now=2.0)
+    assert (job.done, job.output_path, job.info) == (True, "/out.wav", {"seed": 3})
+    assert tracker.tick(100.0) == [] and tracker.pending() == []
+
+
+def test_a_done_state_without_a_path_falls_back_to_the_requested_output():
+    tracker = ReplyTracker()
+    tracker.submit(request(output_path="/asked.wav"), now=0.0)
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.DONE_STATE, 1.0, ""]), now=1.0)
+    assert tracker.jobs["a"].output_path == "/asked.wav"
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (Reply(protocol.ERROR, ["a", "bad_audio", "the selection is silent"]), "bad_audio"),
+        (Reply(protocol.STATE, ["a", protocol.ERROR_STATE, 0.0, "bad_audio: the selection is silent"]), "bad_audio"),
+        (Reply(protocol.STATE, ["a", protocol.CANCELLED, 0.0, ""]), protocol.CANCELLED),
+    ],
+)
+def test_errors_and_cancellations_end_the_job_with_the_wire_code(reply, code):
+    tracker = ReplyTracker()
+    tracker.submit(request(), now=0.0)
+    tracker.handle(reply, now=1.0)
+    job = tracker.jobs["a"]
+    assert (job.final, job.done, job.code) == (True, False, code)
+    assert job.error
+
+
+def test_a_server_that_lost_a_submitted_job_gets_it_again():
+    tracker = ReplyTracker(resend_after=1.0)
+    tracker.submit(request(), now=0.0)
+    tracker.handle(Reply(protocol.ACCEPTED, ["a", 0]), now=0.5)
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.UNKNOWN, 0.0, ""]), now=3.0)
+    assert tracker.tick(3.0) == [(RESEND, "a")]
+
+
+def test_a_watched_job_is_only_asked_about_and_ends_when_the_server_does_not_know_it():
+    tracker = ReplyTracker(resend_after=1.0, status_after=5.0)
+    tracker.watch("z", now=0.0)
+    assert tracker.tick(1.0) == [(STATUS, "z")]
+    tracker.handle(Reply(protocol.STATE, ["z", protocol.UNKNOWN, 0.0, ""]), now=1.5)
+    assert tracker.jobs["z"].code == protocol.UNKNOWN_JOB
+
+
+def test_replies_about_other_jobs_and_after_the_end_change_nothing():
+    tracker = ReplyTracker()
+    tracker.submit(request(), now=0.0)
+    assert tracker.handle(Reply(protocol.DONE, ["other", "/x.wav", "{}"]), now=1.0) is None
+    tracker.end("a", protocol.CANCELLED, "cancelled")
+    assert tracker.handle(Reply(protocol.DONE, ["a", "/x.wav", "{}"]), now=2.0) is None
+    assert tracker.jobs["a"].code == protocol.CANCELLED and not tracker.jobs["a"].done
+
+
+# ------------------------------------------------------------------------------------------------ the client
+
+
+class DropFirstEdits:
+    """A UDP endpoint that ignores the first edit of each job, then answers /accepted and /done."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.edits: list[list] = []
+
+    def serve_once(self) -> None:
+        try:
+            datagram, sender = self.sock.recvfrom(65536)
+        except TimeoutError:
+            return
+        for address, args in protocol.decode(datagram):
+            if address != protocol.EDIT:
+                continue
+            self.edits.append(args)
+            if sum(edit[0] == args[0] for edit in self.edits) > 1:
+                for reply in ((protocol.ACCEPTED, args[0], 0), (protocol.DONE, args[0], args[5], "{}")):
+                    self.sock.sendto(protocol.encode(*reply), sender)
+
+
+def test_a_client_with_several_jobs_resends_the_earlier_one_it_waits_for(tmp_path):
+    import threading
+
+    engine, stop = DropFirstEdits(), threading.Event()
+    thread = threading.Thread(target=lambda: [engine.serve_once() for _ in iter(lambda: stop.is_set(), True)])
+    thread.start()
+    try:
+        with Client("127.0.0.1", engine.port) as client:
+            first = client.submit("/in.wav", 0, 1, "extract drums", str(tmp_path / "1.wav"), job_id="first")
+            client.submit("/in.wav", 1, 2, "remove bass", str(tmp_path / "2.wav"), job_id="second")
+            result = client.wait(first, timeout=5, resend_after=0.1)
+    finally:
+        stop.set()
+        thread.join()
+    assert result.output_path == str(tmp_path / "1.wav")
+    resent = [edit for edit in engine.edits if edit[0] == "first"]
+    assert len(resent) >= 2 and all(edit[4] == "extract drums" and edit[2] == 0.0 for edit in resent)
