@@ -318,7 +318,6 @@ class ServerBackend:
         self.seed, self.takes = seed, takes
         self.per_file_progress = True
         self.submitted: set[str] = set()
-        self.early: dict[str, Any] = {}  # job id -> a final reply read while checking the edits
 
     def parse(self, text: str) -> Any:
         # Only the server knows its model's stems; it refuses an unknown instruction when the job arrives, and the
@@ -360,8 +359,7 @@ class ServerBackend:
                 raise ResourceError("the server stopped answering; is `imusic serve` still running?") from None
             if reply.address == protocol.ERROR and reply.code in FATAL_REMOTE_CODES and refused is None:
                 refused = f"the server refused '{pair.edit}': {reply.message}"
-            elif reply.is_final:
-                self.early[job_id] = reply  # already over (a bad file, a very short job): wait() would not see it
+            self.client.tracker.handle(reply, time.monotonic())  # a job already over is over for wait() too
         if refused is not None:
             for pair in firsts:
                 with contextlib.suppress(ImusicError):
@@ -370,8 +368,7 @@ class ServerBackend:
         self.submitted = {job_ids[p.key] for p in firsts}
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
-        from bridge import protocol
-        from bridge.client import JobResult, NoReply, RemoteError
+        from bridge.client import NoReply, RemoteError
 
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
         nonce = os.urandom(4).hex()
@@ -382,19 +379,11 @@ class ServerBackend:
             started = time.monotonic()
             job_id = job_ids[pair.key]
             try:
-                early = self.early.pop(job_id, None)
-                if early is not None and early.address == protocol.ERROR:
-                    raise RemoteError(early.message, early.code, job_id)
-                if early is not None:
-                    result = JobResult(job_id, early.output_path, early.info)
-                else:
-                    if job_id not in self.submitted:
-                        self._submit(pair, job_id)
-                    result = self.client.wait(
-                        job_id,
-                        on_progress=lambda f, _stage, p=pair: progress(p, f),
-                        give_up_after=self.silence_limit_s,
-                    )
+                if job_id not in self.submitted:
+                    self._submit(pair, job_id)
+                result = self.client.wait(
+                    job_id, on_progress=lambda f, _stage, p=pair: progress(p, f), give_up_after=self.silence_limit_s
+                )
             except NoReply as exc:
                 # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
                 raise ResourceError(f"{exc}; rerun the same batch command to resume") from None

@@ -7,7 +7,10 @@ Python API (stable; REAPER actions and batch use it):
     client.ping(timeout=2.0) -> Reply              # Reply.args = [version, model, device, state]; NoReply if silent
     job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
                            job_id=None)            # sends /imusic/edit and returns at once (no waiting)
+    client.send_edit(EditRequest(...)) -> job_id   # the same, for a request built elsewhere (REAPER actions, batch)
     client.poll() -> list[Reply]                   # NON-BLOCKING: every reply that has arrived (REAPER defer loop)
+    client.follow() -> list[Reply]                 # NON-BLOCKING: poll(), track replies, resend/ask what is due;
+                                                   # returns the replies about no submitted job
     client.wait(job_id, timeout=None, on_progress=None) -> JobResult   # blocking; RemoteError on /imusic/error
     client.edit(...same as submit..., timeout=None, on_progress=None) -> JobResult   # submit + wait, resends safely
     client.status(job_id=None) -> Reply            # /imusic/state (a job) or /imusic/server_status (the server)
@@ -17,8 +20,9 @@ Python API (stable; REAPER actions and batch use it):
 
 Reply (bridge.protocol.Reply): .address, .args, .kind ("accepted", "progress", "done", "error", ...), .job_id,
 .fraction, .stage, .output_path, .info (dict), .code, .message, .state, .is_final.
-JobResult: job_id, output_path, info. A REAPER action calls submit() once, then poll() from each deferred run and
-looks for replies with its job id; a reply whose .is_final is True ends the job.
+JobResult: job_id, output_path, info. Every submitted edit is kept in `client.tracker` (bridge/tracking.py), keyed by
+job id: its state (accepted, fraction, output_path, code) follows the replies, and any pending job can be resent. A
+REAPER action calls send_edit() once per job, then follow() from each deferred run and reads the tracker.
 
 Resending an edit with the same job id never runs it twice (the server answers with the job's current state), so
 submit() may be repeated after a timeout without harm.
