@@ -2,22 +2,34 @@
 
 What install adds is recorded in Scripts/imusic/imusic_manifest.json; uninstall removes exactly that. reaper-kb.ini
 is handled as bytes: our lines are appended with the file's own line ending, every other byte stays as it was, and
-each change is written to a temporary file and renamed over the original after a backup copy is made. Installing
-twice changes nothing.
+each change is written to a temporary file (with the file's permission mode) and renamed over the original after a
+backup copy is made. Installing twice changes nothing.
+
+Install and uninstall are all or nothing: every folder and file they will write is checked first (a read-only
+reaper-kb.ini is refused, not made writable), and if a write still fails, what was already written is undone before
+one ConfigError line says which file and why.
+
+--hotkeys binds a default shortcut only where it can tell the chord is free: not one of REAPER's factory shortcuts
+(reaper_scripts.factory_keys, which also says where they come from), not bound by the user (main, global and
+global + text sections), and not a factory shortcut the user removed on purpose (`KEY <mods> <key> 0 0`: an empty
+chord the user chose to keep empty, so we leave it empty too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import stat
 import sys
 import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.errors import ConfigError
+from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
 from reaper_scripts.planning import PRESET_ACTIONS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -34,10 +46,17 @@ CLAIMING_SECTIONS = (MAIN_SECTION, 102, 103)
 # REAPER's KEY modifier bits: 1 = virtual key code, 4 = Shift, 8 = Ctrl (Cmd on macOS), 16 = Alt (Option).
 VIRT, SHIFT, CTRL, ALT = 1, 4, 8, 16
 CTRL_ALT_SHIFT = VIRT | CTRL | ALT | SHIFT
-CTRL_ALT = VIRT | CTRL | ALT
 ALT_SHIFT = VIRT | ALT | SHIFT
-STEM_KEYS = {"drums": "D", "bass": "B", "piano": "P", "guitar": "G"}
-OPERATION_MODIFIERS = {"extract": CTRL_ALT_SHIFT, "remove": CTRL_ALT, "add": ALT_SHIFT}
+# Default shortcuts, all free of REAPER's factory map: extract = Ctrl+Alt+Shift + the stem's letter, remove =
+# Ctrl+Alt+Shift + the stem's number, add = Alt+Shift + the stem's number. Ctrl+Alt alone is avoided: most of its
+# letters are factory shortcuts, and on European layouts Ctrl+Alt is AltGr, which types characters.
+STEM_LETTERS = {"drums": "D", "bass": "B", "piano": "P", "guitar": "G"}
+STEM_NUMBERS = {"drums": "1", "bass": "2", "piano": "3", "guitar": "4"}
+OPERATION_KEYS = {
+    "extract": (CTRL_ALT_SHIFT, STEM_LETTERS),
+    "remove": (CTRL_ALT_SHIFT, STEM_NUMBERS),
+    "add": (ALT_SHIFT, STEM_NUMBERS),
+}
 
 
 @dataclass(frozen=True)
@@ -47,7 +66,7 @@ class Action:
     script: str
     description: str
     modifiers: int
-    key: str  # one letter or digit: its Windows virtual key code is its ASCII code
+    key: str  # one capital letter or digit: its Windows virtual key code is its ASCII code
 
     @property
     def command_id(self) -> str:
@@ -61,6 +80,11 @@ class Action:
         return f"KEY {self.modifiers} {ord(self.key)} _{self.command_id} {MAIN_SECTION}"
 
     @property
+    def chord(self) -> tuple[int, int]:
+        """(modifier bits, key code), as in reaper_scripts.factory_keys."""
+        return self.modifiers, ord(self.key)
+
+    @property
     def shortcut(self) -> str:
         names = [name for bit, name in ((CTRL, "Ctrl"), (ALT, "Alt"), (SHIFT, "Shift")) if self.modifiers & bit]
         return "+".join([*names, self.key])
@@ -69,7 +93,12 @@ class Action:
 ACTIONS: tuple[Action, ...] = (
     Action("imusic_edit.py", "Instruct: edit selected items...", CTRL_ALT_SHIFT, "E"),
     *(
-        Action(a.script_name, f"Instruct: {a.instruction}", OPERATION_MODIFIERS[a.operation], STEM_KEYS[a.stem])
+        Action(
+            a.script_name,
+            f"Instruct: {a.instruction}",
+            OPERATION_KEYS[a.operation][0],
+            OPERATION_KEYS[a.operation][1][a.stem],
+        )
         for a in PRESET_ACTIONS
     ),
     Action("imusic_cancel.py", "Instruct: cancel running edits", CTRL_ALT_SHIFT, "X"),
@@ -174,21 +203,138 @@ def remove_lines(data: bytes, lines: list[str], added_final_newline: bool = Fals
     return result
 
 
-def write_atomic(path: Path, data: bytes, backup: bool = True) -> None:
-    """Write via a temporary file and a rename; the previous content is kept in <name>.imusic-backup."""
-    if backup and path.exists():
-        backup_path = path.with_name(path.name + BACKUP_SUFFIX)
-        _replace_with(backup_path, path.read_bytes())
-    _replace_with(path, data)
+def hotkey_refusal(action: Action, keys: dict[tuple[int, int, int], str]) -> str | None:
+    """Why the action's default shortcut must not be bound, or None when it is free (or already ours).
+
+    keys is bound_keys() of the user's reaper-kb.ini. The user's own lines come first: a chord they bound, or a factory
+    shortcut they removed on purpose (command 0), is theirs. Then REAPER's factory map, then the proof of freedom.
+    """
+    modifiers, key = action.chord
+    for section in CLAIMING_SECTIONS:
+        owner = keys.get((modifiers, key, section))
+        if owner is None or owner == "_" + action.command_id:
+            continue
+        if owner == "0":
+            return (
+                f"you removed REAPER's default shortcut on this key (KEY {modifiers} {key} 0 {section}); "
+                "it stays empty as you chose"
+            )
+        return f"already bound to {owner}"
+    if action.chord in FACTORY_MAIN:
+        return "one of REAPER's factory shortcuts"
+    if action.chord not in KNOWN_FREE:
+        return "not known to be free of REAPER's factory shortcuts"
+    return None
 
 
-def _replace_with(path: Path, data: bytes) -> None:
+def _replace_with(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write via a temporary file renamed over path; an existing file keeps its permission mode, else `mode`.
+
+    The temporary file is removed again if anything fails.
+    """
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _backup_path(path: Path) -> Path:
+    return path.with_name(path.name + BACKUP_SUFFIX)
+
+
+def _read_only(path: Path) -> bool:
+    """A file marked read-only (no owner write bit, Windows' read-only attribute) or that we may not write."""
+    return not path.stat().st_mode & stat.S_IWUSR or not os.access(path, os.W_OK)
+
+
+def _existing_parent(path: Path) -> Path:
+    """Where a file at path is written: its folder, or the nearest existing ancestor that will hold the new folders."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
+def _check_writable(paths: list[Path], kb_path: Path, doing: str) -> None:
+    """Refuse, before anything is written, what the planned writes cannot do; one line says which path and why."""
+    if kb_path in paths and kb_path.exists() and _read_only(kb_path):
+        raise ConfigError(
+            f"{kb_path} is read-only: nothing was {doing}; make it writable (imusic does not change its permissions) "
+            "and run again"
+        )
+    for path in paths:
+        folder = _existing_parent(path)
+        if not folder.is_dir():
+            raise ConfigError(f"cannot create {path}: {folder} is not a folder; nothing was {doing}")
+        # Windows' read-only attribute on a folder does not stop writing in it: there the writes themselves tell.
+        if os.name != "nt" and not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write in {folder} (permission denied): nothing was {doing}")
+
+
+class _Changes:
+    """Every folder and file one install or uninstall writes, undone in reverse order if a later step fails."""
+
+    def __init__(self) -> None:
+        self._undo: list[tuple[Path, bytes | None, int | None]] = []  # path, previous bytes (None: new), its mode
+        self._made_dirs: list[Path] = []
+
+    def mkdir(self, folder: Path) -> None:
+        missing = []
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for path in reversed(missing):
+            path.mkdir()
+            self._made_dirs.append(path)
+
+    def write(self, path: Path, data: bytes, mode: int | None = None) -> None:
+        previous = path.read_bytes() if path.exists() else None
+        previous_mode = stat.S_IMODE(path.stat().st_mode) if previous is not None else None
+        self._undo.append((path, previous, previous_mode))
+        _replace_with(path, data, mode)
+
+    def unlink(self, path: Path) -> None:
+        previous, previous_mode = path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
+        self._undo.append((path, previous, previous_mode))
+        path.unlink()
+
+    def undo(self) -> list[str]:
+        """Put back what was changed; returns the paths that could not be put back."""
+        failed = []
+        for path, previous, mode in reversed(self._undo):
+            try:
+                if previous is None:
+                    path.unlink(missing_ok=True)
+                elif not path.exists() or path.read_bytes() != previous:
+                    _replace_with(path, previous, mode)
+            except OSError:
+                failed.append(str(path))
+        for folder in reversed(self._made_dirs):
+            try:
+                folder.rmdir()
+            except OSError:
+                failed.append(str(folder))
+        return failed
+
+
+def _failed(changes: _Changes, exc: OSError, doing: str) -> ConfigError:
+    """Undo the changes; the one-line error for a write that failed."""
+    left = changes.undo()
+    where = exc.filename or "a file"
+    reason = exc.strerror or str(exc)
+    tail = f"could not undo {', '.join(left)}" if left else f"nothing was {doing}"
+    return ConfigError(f"cannot write {where} ({reason}): {tail}")
 
 
 # ------------------------------------------------------------------------------------------------ install
@@ -226,7 +372,10 @@ def install(
     port: int | None = None,
     paths: dict | None = None,
 ) -> Report:
-    """Copy the scripts to <resource>/Scripts/imusic/ and register them (and, with hotkeys, free default keys)."""
+    """Copy the scripts to <resource>/Scripts/imusic/ and register them (and, with hotkeys, free default keys).
+
+    All or nothing: ConfigError (one line) and no change at all when a folder or reaper-kb.ini cannot be written.
+    """
     resource = Path(resource)
     if not resource.is_dir():
         raise ConfigError(
@@ -234,58 +383,92 @@ def install(
             "(REAPER shows it under Options > Show REAPER resource path in explorer/finder)"
         )
     report = Report()
-    folder = resource / "Scripts" / SUBDIR
-    scripts_existed = folder.parent.is_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest = _read_manifest(folder)
-    manifest.setdefault("created_scripts_dir", not scripts_existed)
     settings = dict(paths if paths is not None else import_paths())
     if host:
         settings["host"] = host
     if port:
         settings["port"] = int(port)
+    try:
+        writes = _install_plan(resource, settings, hotkeys, report)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename} ({exc.strerror}): nothing was installed") from exc
+    kb_path = resource / KB_FILE
+    _check_writable([path for path, _, _ in writes], kb_path, "installed")
+    changes = _Changes()
+    try:
+        changes.mkdir(resource / "Scripts" / SUBDIR)
+        for path, data, mode in writes:
+            changes.write(path, data, mode)
+    except OSError as exc:
+        raise _failed(changes, exc, "installed") from exc
+    report.changed = [str(p) for p, _, _ in writes if p.name not in (MANIFEST, _backup_path(kb_path).name)]
+    report.notes += _python_notes(resource)
+    return report
 
+
+def _install_plan(
+    resource: Path, settings: dict, hotkeys: bool, report: Report
+) -> list[tuple[Path, bytes, int | None]]:
+    """Every file install will write, in order, as (path, bytes, mode if new); nothing is written here.
+
+    The scripts first, then reaper-kb.ini's backup and new content, the manifest last. The hotkeys bound and the ones
+    refused (with the reason) go to the report.
+    """
+    folder = resource / "Scripts" / SUBDIR
+    manifest = _read_manifest(folder)
+    manifest.setdefault("created_scripts_dir", not folder.parent.is_dir())
+    writes: list[tuple[Path, bytes, int | None]] = []
     for name, data in _source_files(settings).items():
         target = folder / name
-        if not target.exists() or target.read_bytes() != data:
-            _replace_with(target, data)
-            report.changed.append(str(target))
+        if not target.is_file() or target.read_bytes() != data:
+            writes.append((target, data, None))
         if name not in manifest["files"]:
             manifest["files"].append(name)
-
     kb_path = resource / KB_FILE
     original = kb_path.read_bytes() if kb_path.exists() else b""
     if not kb_path.exists():
         manifest["created_kb"] = True
+    # Shortcuts an earlier version bound by default (some on REAPER's factory chords) are ours to take back.
+    current = {action.key_line() for action in ACTIONS}
+    stale = [line for line in manifest["kb_lines"] if line.startswith("KEY ") and line not in current]
+    base = remove_lines(original, stale) if stale else original
+    for line in stale:
+        manifest["kb_lines"].remove(line)
+        report.notes.append(
+            f"removed the shortcut an earlier install bound ({line}): it is no longer a default, and REAPER's own "
+            "shortcut on that key, if it has one, works again"
+        )
     wanted = [action.scr_line() for action in ACTIONS]
     if hotkeys:
-        taken = bound_keys(original)
+        taken = bound_keys(base)
         for action in ACTIONS:
-            owners = [taken.get((action.modifiers, ord(action.key), section)) for section in CLAIMING_SECTIONS]
-            owner = next((o for o in owners if o is not None and o != "_" + action.command_id), None)
-            if owner is None:
+            refusal = hotkey_refusal(action, taken)
+            if refusal is None:
                 wanted.append(action.key_line())
                 report.bound.append(f"{action.shortcut}  {action.description}")
             else:
-                report.skipped_keys.append(f"{action.shortcut} ({action.description}): already bound to {owner}")
-    updated, added, fixed_end = append_lines(original, wanted)
-    if added:
-        write_atomic(kb_path, updated, backup=bool(original))
-        report.changed.append(str(kb_path))
+                report.skipped_keys.append(f"{action.shortcut} ({action.description}): {refusal}")
+    updated, added, fixed_end = append_lines(base, wanted)
+    if updated != original:
+        if original:
+            writes.append((_backup_path(kb_path), original, stat.S_IMODE(kb_path.stat().st_mode)))
+        writes.append((kb_path, updated, None))
         manifest["kb_lines"] += [line for line in added if line not in manifest["kb_lines"]]
         manifest["added_final_newline"] = manifest["added_final_newline"] or fixed_end
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
     manifest_path = folder / MANIFEST
-    if not manifest_path.exists() or manifest_path.read_bytes() != manifest_bytes:
-        _replace_with(manifest_path, manifest_bytes)
-    report.notes += _python_notes(resource)
-    return report
+    if not manifest_path.is_file() or manifest_path.read_bytes() != manifest_bytes:
+        writes.append((manifest_path, manifest_bytes, None))
+    return writes
 
 
 def _python_notes(resource: Path) -> list[str]:
     """How to enable Python in REAPER, unless reaper.ini shows it is already set up."""
     ini = resource / "reaper.ini"
-    text = ini.read_text(encoding="utf-8", errors="replace") if ini.exists() else ""
+    try:
+        text = ini.read_text(encoding="utf-8", errors="replace") if ini.exists() else ""
+    except OSError:
+        text = ""
     settings = dict(
         (key.strip().lower(), value.strip())
         for key, sep, value in (line.partition("=") for line in text.splitlines())
@@ -311,7 +494,10 @@ def _python_notes(resource: Path) -> list[str]:
 
 
 def uninstall(resource: Path) -> Report:
-    """Remove exactly what install added, as recorded in its manifest."""
+    """Remove exactly what install added, as recorded in its manifest, and the backup of reaper-kb.ini it made.
+
+    All or nothing like install: the manifest goes last, so a failed uninstall can be run again.
+    """
     resource = Path(resource)
     folder = resource / "Scripts" / SUBDIR
     report = Report()
@@ -320,30 +506,55 @@ def uninstall(resource: Path) -> Report:
         return report
     manifest = _read_manifest(folder)
     kb_path = resource / KB_FILE
+    try:
+        writes = _uninstall_plan(folder, kb_path, manifest)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename} ({exc.strerror}): nothing was uninstalled") from exc
+    _check_writable([path for path, _ in writes], kb_path, "uninstalled")
+    changes = _Changes()
+    try:
+        for path, data in writes:
+            if data is None:
+                changes.unlink(path)
+            else:
+                changes.write(path, data)
+    except OSError as exc:
+        raise _failed(changes, exc, "uninstalled") from exc
+    report.changed = [str(path) for path, _ in writes]
+    _remove_empty_folders(folder, manifest.get("created_scripts_dir", False))
+    return report
+
+
+def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[Path, bytes | None]]:
+    """Every file uninstall changes (new bytes) or removes (None), in order; the manifest last."""
+    writes: list[tuple[Path, bytes | None]] = []
     if kb_path.exists() and manifest["kb_lines"]:
         data = kb_path.read_bytes()
         updated = remove_lines(data, manifest["kb_lines"], manifest.get("added_final_newline", False))
         if manifest.get("created_kb") and not updated.strip():
-            kb_path.unlink()
-            report.changed.append(str(kb_path))
+            writes.append((kb_path, None))
         elif updated != data:
-            write_atomic(kb_path, updated)
-            report.changed.append(str(kb_path))
-    for name in [*manifest["files"], MANIFEST]:
-        path = folder / name
-        if path.exists():
-            path.unlink()
-            report.changed.append(str(path))
-    pycache = folder / "__pycache__"
-    if pycache.is_dir():
-        for cached in pycache.glob("imusic_*.pyc"):
-            cached.unlink()
-        if not any(pycache.iterdir()):
-            pycache.rmdir()
-    for created, path in ((True, folder), (manifest.get("created_scripts_dir", False), folder.parent)):
-        if created and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-    return report
+            writes.append((kb_path, updated))
+    if _backup_path(kb_path).is_file():
+        writes.append((_backup_path(kb_path), None))
+    writes += [(folder / name, None) for name in manifest["files"] if (folder / name).is_file()]
+    return [*writes, (folder / MANIFEST, None)]
+
+
+def _remove_empty_folders(folder: Path, created_scripts_dir: bool) -> None:
+    """Our __pycache__ entries, then Scripts/imusic/ and (if install made it) Scripts/, when they are empty."""
+    try:
+        pycache = folder / "__pycache__"
+        if pycache.is_dir():
+            for cached in pycache.glob("imusic_*.pyc"):
+                cached.unlink()
+            if not any(pycache.iterdir()):
+                pycache.rmdir()
+        for created, path in ((True, folder), (created_scripts_dir, folder.parent)):
+            if created and path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+    except OSError:
+        pass  # leftovers that are not ours to worry about: the actions are already gone
 
 
 # ------------------------------------------------------------------------------------------------ command line
@@ -363,7 +574,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Install or uninstall; prints what changed. ConfigError (exit 1) when REAPER's folder is missing."""
+    """Install or uninstall; prints what changed and which shortcuts were bound or left alone (and why).
+
+    ConfigError (exit 1, one line) when REAPER's folder is missing or a file cannot be written: nothing is changed then.
+    """
     resource = args.resource_path or default_resource_path()
     if args.reaper_command == "install":
         report = install(resource, hotkeys=args.hotkeys, host=args.host, port=args.port)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,8 @@ SCRIPTS = Path(installer.__file__).parent
 
 
 def sample_kb(eol: str, final_newline: bool = True, taken: str = "KEY 29 68 _SWS_AWTOGGLECLICKTRACK 0") -> bytes:
-    """A reaper-kb.ini as real users have: custom actions, other scripts, many key bindings, one on Ctrl+Alt+Shift+D."""
+    """A reaper-kb.ini as real users have: custom actions, other scripts, thousands of key and MIDI bindings, one on
+    Ctrl+Alt+Shift+D (extract drums' default)."""
     lines = [
         'ACT 0 0 "7a3c2be1d4f04e0a9f2b2c6bd1f0a001" "Custom: Glue and normalize" 40362 40108',
         'SCR 4 0 RS5e0b4ac0a3b7a6a0fd91f7a0e8c5c0a5b0a8c2d1 "Custom: X-Raym_Trim items.lua" "X-Raym/Trim items.lua"',
@@ -32,7 +34,10 @@ def sample_kb(eol: str, final_newline: bool = True, taken: str = "KEY 29 68 _SWS
         "KEY 17 66 40157 102",
         "KEY 255 6008 989 0",
     ]
-    lines += [f"KEY {1 + 4 * (i % 8)} {48 + i % 10} {41000 + i} {0 if i % 3 else 32060}" for i in range(2000)]
+    lines += [
+        f"KEY {1 + 4 * (i % 8)} {112 + i % 12} {41000 + i} {0 if i % 3 else 32060}" for i in range(1000)
+    ]  # F-keys
+    lines += [f"KEY {176 + i % 16} {i % 128} {42000 + i} {0 if i % 5 else 32060}" for i in range(1000)]  # MIDI CCs
     text = eol.join(lines) + (eol if final_newline else "")
     return text.encode()
 
@@ -110,7 +115,7 @@ def test_hotkeys_bind_free_keys_and_never_a_key_the_user_bound(resource):
     remove_bass = next(a for a in ACTIONS if a.script == "imusic_remove_bass.py")
     assert f"KEY 29 68 _{extract_drums.command_id} 0" not in data  # Ctrl+Alt+Shift+D is the user's
     assert data.count("KEY 29 68 ") == 1
-    assert f"KEY 25 66 _{remove_bass.command_id} 0\n" in data  # Ctrl+Alt+B was free
+    assert f"KEY 29 50 _{remove_bass.command_id} 0\n" in data  # Ctrl+Alt+Shift+2 was free
     assert report.skipped_keys == [
         "Ctrl+Alt+Shift+D (Instruct: extract drums): already bound to _SWS_AWTOGGLECLICKTRACK"
     ]
@@ -118,9 +123,9 @@ def test_hotkeys_bind_free_keys_and_never_a_key_the_user_bound(resource):
 
 
 def test_a_global_hotkey_on_a_default_shortcut_is_a_collision_too(resource):
-    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n", taken="KEY 25 66 40001 102"))
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n", taken="KEY 29 50 40001 102"))
     report = install(resource, hotkeys=True)
-    assert report.skipped_keys == ["Ctrl+Alt+B (Instruct: remove bass): already bound to 40001"]
+    assert report.skipped_keys == ["Ctrl+Alt+Shift+2 (Instruct: remove bass): already bound to 40001"]
 
 
 def test_default_shortcuts_are_distinct():
@@ -248,3 +253,235 @@ def test_the_kb_file_is_written_through_a_rename(resource, monkeypatch):
     monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(Path(b).name), real_replace(a, b)))
     install(resource)
     assert "reaper-kb.ini" in renames
+
+
+# ------------------------------------------------------------------------------------------------ REAPER's factory map
+
+# Shortcuts REAPER ships (its factory key map, never written to reaper-kb.ini): Ctrl+Alt+B, Ctrl+Alt+P, Ctrl+Alt+G,
+# Alt+Shift+G, Ctrl+S (save), Space (play/stop), R (record) as (modifier bits, key code).
+SHIPPED = {(25, 66), (25, 80), (25, 71), (21, 71), (9, 83), (1, 32), (1, 82)}
+
+
+def users_kb_over_factory() -> bytes:
+    """What REAPER saves for a user who reworked its factory key map: factory chords overridden and removed (with the
+    marks REAPER writes), their own bindings, MIDI; REAPER's untouched defaults are, as always, not in the file."""
+    lines = [
+        'ACT 0 0 "0c1f0a4e5b6d7e8f9a0b1c2d3e4f5a6b" "Custom: Render stems" 40289 41824',
+        "KEY 1 82 1013 0\t\t # Main : R : OVERRIDE DEFAULT : Transport: Record",
+        "KEY 9 83 40026 0\t\t # Main : Ctrl+S : OVERRIDE DEFAULT : File: Save project",
+        "KEY 25 71 0 0\t\t # Main : Ctrl+Alt+G : DISABLED DEFAULT",
+        "KEY 21 84 0 0\t\t # Main : Alt+Shift+T : DISABLED DEFAULT",
+        "KEY 29 77 40364 0\t\t # Main : Ctrl+Alt+Shift+M : Options: Toggle metronome",
+        "KEY 21 48 _RS5e0b4ac0a3b7a6a0fd91f7a0e8c5c0a5b0a8c2d1 0\t\t # Main : Alt+Shift+0 : Script: Trim items.lua",
+        "KEY 176 7 40157 0\t\t # Main : MIDI Chan 1 CC 7 : Markers: Insert marker at current position",
+    ]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def added_chords(before: bytes, after: bytes) -> set[tuple[int, int]]:
+    assert after.startswith(before)
+    return {
+        (int(line.split()[1]), int(line.split()[2]))
+        for line in after[len(before) :].decode().splitlines()
+        if line.startswith("KEY ")
+    }
+
+
+def test_hotkeys_never_take_reapers_factory_shortcuts(resource):
+    from reaper_scripts.factory_keys import FACTORY_MAIN
+
+    original = users_kb_over_factory()
+    (resource / "reaper-kb.ini").write_bytes(original)
+    report = install(resource, hotkeys=True)
+    chords = added_chords(original, (resource / "reaper-kb.ini").read_bytes())
+    assert chords, "no shortcut bound at all"
+    assert not chords & SHIPPED
+    assert not chords & FACTORY_MAIN
+    assert len(chords) == len(report.bound) == len(ACTIONS)
+
+
+def test_the_factory_map_holds_the_shortcuts_reaper_ships_and_none_it_calls_free():
+    from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
+
+    assert SHIPPED <= FACTORY_MAIN
+    assert len(FACTORY_MAIN) > 250
+    assert not FACTORY_MAIN & KNOWN_FREE
+
+
+def test_every_default_shortcut_is_known_free_of_the_factory_map():
+    from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
+
+    for action in ACTIONS:
+        assert action.chord in KNOWN_FREE, action.shortcut
+        assert action.chord not in FACTORY_MAIN, action.shortcut
+
+
+def with_action(monkeypatch, modifiers: int, key: str) -> installer.Action:
+    """ACTIONS plus one whose default shortcut is the given chord."""
+    extra = installer.Action("imusic_status.py", "Instruct: probe", modifiers, key)
+    monkeypatch.setattr(installer, "ACTIONS", (*installer.ACTIONS, extra))
+    return extra
+
+
+def test_a_factory_shortcut_is_refused_even_when_the_file_does_not_mention_it(resource, monkeypatch):
+    with_action(monkeypatch, installer.VIRT | installer.CTRL | installer.ALT, "B")  # Ctrl+Alt+B, in REAPER since 5.x
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
+    report = install(resource, hotkeys=True)
+    assert "KEY 25 66 " not in (resource / "reaper-kb.ini").read_text()
+    assert "Ctrl+Alt+B (Instruct: probe): one of REAPER's factory shortcuts" in report.skipped_keys
+
+
+def test_a_chord_not_known_to_be_free_is_refused(resource, monkeypatch):
+    with_action(monkeypatch, installer.CTRL_ALT_SHIFT, "\x74")  # Ctrl+Alt+Shift+F5: no published key map shows it
+    report = install(resource, hotkeys=True)
+    assert "KEY 29 116 " not in (resource / "reaper-kb.ini").read_text()
+    assert report.skipped_keys[-1].endswith("not known to be free of REAPER's factory shortcuts")
+
+
+def test_a_shortcut_the_user_removed_on_purpose_stays_empty(resource):
+    """KEY <mods> <key> 0 0 is the user's choice to have no action on that chord, not a binding to command 0."""
+    removed = "KEY 29 68 0 0\t\t # Main : Ctrl+Alt+Shift+D : DISABLED DEFAULT"
+    original = sample_kb("\n", taken=removed)
+    (resource / "reaper-kb.ini").write_bytes(original)
+    report = install(resource, hotkeys=True)
+    assert (29, 68) not in added_chords(original, (resource / "reaper-kb.ini").read_bytes())
+    [skipped] = report.skipped_keys
+    assert skipped.startswith("Ctrl+Alt+Shift+D (Instruct: extract drums): you removed REAPER's default shortcut")
+    assert "stays empty as you chose" in skipped
+    assert "bound to 0" not in skipped
+
+
+def test_the_cli_says_which_shortcuts_were_left_alone_and_why(resource, capsys):
+    (resource / "reaper-kb.ini").write_bytes(users_kb_over_factory() + b"KEY 29 80 0 0\r\nKEY 21 51 40001 103\r\n")
+    assert main(["reaper", "install", "--resource-path", str(resource), "--hotkeys"]) == 0
+    out = capsys.readouterr().out
+    assert "  shortcut Ctrl+Alt+Shift+D  Instruct: extract drums" in out
+    assert "  not bound: Ctrl+Alt+Shift+P (Instruct: extract piano): you removed REAPER's default shortcut" in out
+    assert "  not bound: Alt+Shift+3 (Instruct: add piano): already bound to 40001" in out
+
+
+# ------------------------------------------------------------------------------------------------ all or nothing
+
+
+def tree(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under folder."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def deny_writes(path: Path, monkeypatch) -> None:
+    """Make a folder unwritable: chmod, and as root (whom chmod does not stop) os.access says so too."""
+    path.chmod(0o555)  # the restore_modes fixture makes it writable again
+    if getattr(os, "geteuid", lambda: -1)() == 0:
+        real_access = os.access
+
+        def access(target, wanted, *args, **kwargs):
+            if Path(target) == path and wanted & os.W_OK:
+                return False
+            return real_access(target, wanted, *args, **kwargs)
+
+        monkeypatch.setattr(os, "access", access)
+
+
+@pytest.fixture
+def restore_modes(resource):
+    yield
+    for path in [resource, *resource.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o755)
+
+
+@pytest.mark.parametrize("unwritable", [".", "Scripts"])
+def test_an_unwritable_folder_changes_nothing_and_says_so_in_one_line(resource, monkeypatch, restore_modes, unwritable):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    before = tree(resource)
+    deny_writes(resource / unwritable if unwritable != "." else resource, monkeypatch)
+    with pytest.raises(ConfigError) as caught:
+        install(resource, hotkeys=True)
+    message = str(caught.value)
+    assert "\n" not in message and "permission denied" in message and "nothing was installed" in message
+    assert tree(resource) == before  # no script copied, no manifest, no backup, no temporary file
+
+
+def test_a_read_only_kb_file_is_refused_and_stays_read_only(resource, capsys):
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(sample_kb("\n"))
+    kb.chmod(0o444)
+    before = tree(resource)
+    assert main(["reaper", "install", "--resource-path", str(resource), "--hotkeys"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reaper-kb.ini is read-only" in err and "nothing was installed" in err
+    assert tree(resource) == before
+    assert stat.S_IMODE(kb.stat().st_mode) == 0o444
+
+
+def test_install_keeps_the_kb_files_permission_mode(resource):
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(sample_kb("\n"))
+    kb.chmod(0o600)
+    install(resource, hotkeys=True)
+    assert stat.S_IMODE(kb.stat().st_mode) == 0o600
+    assert stat.S_IMODE((resource / "reaper-kb.ini.imusic-backup").stat().st_mode) == 0o600
+    uninstall(resource)
+    assert stat.S_IMODE(kb.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("installed_before", [False, True])
+def test_a_write_that_fails_halfway_is_undone(resource, monkeypatch, installed_before):
+    """Scripts copied, then reaper-kb.ini cannot be renamed into place: everything goes back as it was."""
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    if installed_before:
+        install(resource)  # a later install with --hotkeys has lines to add, and a backup to replace
+    before = tree(resource)
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(target).name == "reaper-kb.ini":
+            raise PermissionError(13, "Permission denied", str(target))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ConfigError, match=r"reaper-kb.ini \(Permission denied\): nothing was installed"):
+        install(resource, hotkeys=True)
+    assert tree(resource) == before
+
+
+def test_uninstall_removes_the_backup_it_made_and_leaves_the_folder_as_it_was(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    before = tree(resource)
+    install(resource, hotkeys=True)
+    install(resource, hotkeys=True, port=9555)  # a reinstall rewrites the settings; the backup stays one file
+    assert (resource / "reaper-kb.ini.imusic-backup").exists()
+    uninstall(resource)
+    assert tree(resource) == before
+
+
+def test_uninstall_refuses_a_read_only_kb_file_and_removes_nothing(resource):
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(sample_kb("\n"))
+    install(resource, hotkeys=True)
+    kb.chmod(0o444)
+    before = tree(resource)
+    with pytest.raises(ConfigError, match="is read-only: nothing was uninstalled"):
+        uninstall(resource)
+    assert tree(resource) == before
+
+
+def test_a_reinstall_takes_back_an_earlier_versions_shortcut_on_a_factory_key(resource):
+    """Earlier versions bound remove bass to Ctrl+Alt+B, one of REAPER's factory shortcuts: a reinstall removes it."""
+    original = sample_kb("\r\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
+    install(resource, hotkeys=True)
+    remove_bass = next(a for a in ACTIONS if a.script == "imusic_remove_bass.py")
+    old_line = f"KEY 25 66 _{remove_bass.command_id} 0"  # what such an install added and recorded
+    with open(resource / "reaper-kb.ini", "ab") as handle:
+        handle.write(old_line.encode() + b"\r\n")
+    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["kb_lines"].append(old_line)
+    manifest_path.write_text(json.dumps(manifest))
+    report = install(resource, hotkeys=True)
+    data = (resource / "reaper-kb.ini").read_text()
+    assert old_line not in data and f"KEY 29 50 _{remove_bass.command_id} 0" in data
+    assert any(old_line in note for note in report.notes)
+    uninstall(resource)
+    assert (resource / "reaper-kb.ini").read_bytes() == original
