@@ -7,11 +7,16 @@ One edit, step by step:
    by `overlap_seconds` (engine/windows.py). For each window: encode its input as the audio condition, generate
    with the previous window's generated overlap forced as the prompt (continuation), decode.
 4. join the decoded windows with raised-cosine crossfades over the overlaps, resample back, trim to N samples.
-5. copy the mono result to every input channel, and set its level (engine/levels.py) unless raw=True.
+5. make the result's channels per the mode (engine/mask.py), and set its level (engine/levels.py) unless raw=True:
+   - "mask" (the default): the model's output steers a time-frequency mask on the original region (extract keeps
+     what the output explains, remove the rest; add puts the added part alone on top of the original), so the
+     result keeps the original's rate, channels, stereo image and the band above the codec's;
+   - "resynth" (the paper's behaviour): the mono model output copied to every input channel.
 
 Design choices (documented here because producers see them):
-- Channels: the model is mono, so the result is mono copied to each of the input's channels; for "add" the model's
-  output is the whole new mix (it cannot be split into "input + new part"), so it is copied the same way.
+- Channels: the model is mono. In mode "mask" one mask (from the channels' mean, what the model heard) applies to
+  every channel, and add's new part is added, centred, to every channel; in mode "resynth" the mono output is copied
+  to each of the input's channels.
 - Silence: "add" on a silent selection is allowed (generate the stem from nothing, levelled to DEFAULT_TARGET_LUFS);
   "remove" and "extract" on silence raise AudioError (there is nothing to take away or isolate).
 - Best of N (takes > 1): each window generates N takes in one batch; the take with the highest mean token
@@ -39,6 +44,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import Instruction, parse_instruction, vocabulary
+from engine.mask import channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
@@ -159,10 +165,15 @@ class Editor:
         raw: bool = False,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        mode: str | None = None,
     ) -> EditResult:
-        """Edit `audio` [C, N] at `sample_rate` per `instruction`; the result has the same rate, shape and timing."""
+        """Edit `audio` [C, N] at `sample_rate` per `instruction`; the result has the same rate, shape and timing.
+
+        `mode` is one of engine.mask.MODES that applies to the operation (None: the operation's default, "mask").
+        """
         started = time.perf_counter()
         parsed = instruction if isinstance(instruction, Instruction) else self.parse(instruction)
+        mode = check_mode(parsed.op, mode)
         audio = _check_audio(audio, sample_rate, parsed.op)
         if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
             raise ConfigError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
@@ -182,8 +193,15 @@ class Editor:
         with self._lock:
             out, details = self._edit_with_retries(model_audio, parsed, seed, takes, progress, cancel, timings)
 
-        edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
-        edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
+        t0 = time.perf_counter()
+        if mode == "mask":
+            from engine.mask import apply_edit
+
+            edited = apply_edit(audio, sample_rate, out, self.sample_rate, parsed.op)  # [C, N] from the original
+        else:
+            edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
+            edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
+        timings["mask" if mode == "mask" else "resample"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         from engine.levels import match_level
 
@@ -211,7 +229,8 @@ class Editor:
                 "seconds": audio.shape[-1] / sample_rate,
             },
             "model_sample_rate": self.sample_rate,
-            "channel_policy": "mono model output copied to every channel",
+            "mode": mode,
+            "channel_policy": channel_policy(parsed.op, mode),
             "raw": raw,
             "levels": levels,
             "timings": {k: round(v, 4) for k, v in timings.items()},

@@ -52,11 +52,11 @@ MODE_POLICIES = {
 
 
 def check_mode(op: str, mode: str | None) -> str:
-    """The mode to use for `op` (its default for None); ConfigError in one line naming the modes that apply."""
+    """The mode to use for `op` (its default for None or ""); ConfigError in one line naming the modes that apply."""
     applicable = OP_MODES.get(op, MODES)
-    if mode is None:
+    name = "" if mode is None else str(mode).strip().lower()
+    if not name:
         return applicable[0]
-    name = str(mode).strip().lower()
     if name not in applicable:
         raise ConfigError(f"mode {mode!r} does not apply to {op}: use {' or '.join(applicable)}")
     return name

@@ -60,9 +60,10 @@ def test_output_has_the_inputs_rate_channels_and_length(editor, sr, channels, se
     assert np.all(np.isfinite(result.audio))
 
 
-def test_mono_model_output_is_copied_to_every_channel(editor):
-    result = editor.edit(_music(0.5, 44100, channels=2), 44100, "extract bass", seed=0)
+def test_resynth_copies_the_mono_model_output_to_every_channel(editor):
+    result = editor.edit(_music(0.5, 44100, channels=2), 44100, "extract bass", seed=0, mode="resynth")
     np.testing.assert_array_equal(result.audio[0], result.audio[1])
+    assert result.info["mode"] == "resynth" and "copied" in result.info["channel_policy"]
 
 
 def test_odd_lengths_come_back_sample_exact(editor):
@@ -117,7 +118,7 @@ def test_windows_are_placed_at_their_time_in_the_output(tiny_editor, monkeypatch
     monkeypatch.setattr(generate_mod, "generate", echo)
     audio = _music(2.5, sr)
     windowed = Editor(tiny_editor.model, window_seconds=1.0, overlap_seconds=0.3)
-    out = windowed.edit(audio, sr, "remove bass", raw=True, seed=0).audio[0]
+    out = windowed.edit(audio, sr, "remove bass", raw=True, seed=0, mode="resynth").audio[0]
     codec = tiny_editor.model.codec
     at_codec_rate = torch.from_numpy(resample(audio[0], sr, codec.sample_rate))[None, None]
     whole = codec.decode(codec.encode(at_codec_rate))[0, 0, : at_codec_rate.shape[-1]].numpy()
@@ -206,6 +207,52 @@ def test_best_of_n_scores_every_take_of_every_window(editor, monkeypatch):
 def test_impossible_take_counts_are_refused(editor, takes):
     with pytest.raises(ConfigError, match="takes"):
         editor.edit(_music(0.3, 16000), 16000, "add piano", takes=takes)
+
+
+# ---- modes -------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, op", [("extract bass", "extract"), ("remove drums", "remove"), ("add piano", "add")])
+def test_the_default_mode_is_mask_for_every_operation_and_the_info_names_it(editor, text, op):
+    info = editor.edit(_music(0.5, 16000), 16000, text, seed=0).info
+    assert info["operation"] == op and info["mode"] == "mask"
+    assert ("added part" in info["channel_policy"]) == (op == "add")
+    assert "copied" not in info["channel_policy"]
+
+
+def test_mask_mode_keeps_the_stereo_image_of_the_input(editor):
+    audio = _music(1.5, 44100, channels=2)  # the right channel is the left at 0.7
+    out = editor.edit(audio, 44100, "extract bass", seed=0, raw=True).audio
+    assert not np.array_equal(out[0], out[1])
+    np.testing.assert_allclose(out[1], 0.7 * out[0], atol=1e-5)  # one mask for both channels: the same pan
+
+
+def test_mask_mode_add_keeps_the_input_and_adds_one_part_to_every_channel(editor):
+    audio = _music(1.0, 22050, channels=2)
+    out = editor.edit(audio, 22050, "add drums", seed=0, raw=True).audio
+    added = out - audio
+    np.testing.assert_allclose(added[0], added[1], atol=1e-6)  # the new part is centred
+    assert not np.array_equal(out[0], out[1])  # the input's own image stays
+
+
+def test_mask_and_resynth_share_the_generation_and_differ_in_the_result(editor):
+    audio = _music(1.0, 16000)
+    mask = editor.edit(audio, 16000, "remove bass", seed=3, raw=True)
+    resynth = editor.edit(audio, 16000, "remove bass", seed=3, raw=True, mode="resynth")
+    assert mask.info["window_plan"] == resynth.info["window_plan"] and mask.seed == resynth.seed
+    assert not np.allclose(mask.audio, resynth.audio)
+
+
+@pytest.mark.parametrize("mode", ["stems", "MASKED", "re-synth"])
+def test_a_mode_that_does_not_apply_is_refused_before_any_work_naming_the_modes(editor, monkeypatch, mode):
+    monkeypatch.setattr(generate_mod, "generate", lambda *a, **k: pytest.fail("generated before checking the mode"))
+    with pytest.raises(ConfigError, match=r"^mode .* does not apply to extract: use mask or resynth$"):
+        editor.edit(_music(0.3, 16000), 16000, "extract bass", mode=mode)
+
+
+def test_mask_mode_on_a_long_region_across_windows_keeps_length_and_rate(editor):
+    audio = _music(3.7, 48000, channels=2)  # four 1 s windows at the codec's rate
+    result = editor.edit(audio, 48000, "remove bass", seed=0)
+    assert result.info["windows"] >= 4 and result.audio.shape == audio.shape
+    assert np.all(np.isfinite(result.audio)) and result.info["mode"] == "mask"
 
 
 # ---- levels and info --------------------------------------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_bands_above_the_estimates_rate_follow_the_top_of_its_band():
 
 
 def test_modes_default_per_operation_and_a_wrong_one_is_refused_naming_those_that_apply():
-    assert mask.check_mode("extract", None) == "mask" and mask.check_mode("add", None) == "mask"
+    assert mask.check_mode("extract", None) == "mask" and mask.check_mode("add", "") == "mask"
     assert mask.check_mode("remove", " Resynth ") == "resynth"
     with pytest.raises(ConfigError, match="'stems' does not apply to remove: use mask or resynth"):
         mask.check_mode("remove", "stems")
