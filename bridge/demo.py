@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import instructions
 from engine.errors import ConfigError, ResourceError
 
 # Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
@@ -35,7 +36,7 @@ from engine.errors import ConfigError, ResourceError
 HELD_OUT_SEED = 1_000_003
 DEMO_RATE = 44100  # a producer's file, not the model's rate: the engine resamples both ways
 DEFAULT_EDITS = ("extract drums", "remove bass", "extract bass", "add piano")
-OFFICIAL_STEMS = ("drums", "bass", "piano", "guitar")
+OFFICIAL_STEMS = tuple(stem.lower() for stem in instructions.OFFICIAL_STEMS)
 READY_TIMEOUT_S = 600.0  # loading + warm-up of a large model on a CPU can take minutes
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 8

@@ -11,17 +11,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError, InstructionError
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS
 
 if TYPE_CHECKING:
     import torch
 
     from engine.config import FusionConfig, LMConfig
     from engine.model import MusicGenLM
-
-OPERATIONS = ("add", "remove", "extract")
-OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
-OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
-OFFICIAL_STEMS = ("Drums", "Bass", "Piano", "Guitar")
 
 
 @dataclass

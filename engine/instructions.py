@@ -20,11 +20,12 @@ from typing import Any
 
 from engine.errors import InstructionError
 
+# The operations and the official stems, defined here only (no torch: the client, REAPER and batch import them).
 OPERATIONS = ("add", "remove", "extract")
-
+OFFICIAL_STEMS = ("Drums", "Bass", "Piano", "Guitar")
 # The official Slakh format (ldzhangyx/instruct-MusicGen, src/data/slakh_datamodule.py); used when a card has none.
-DEFAULT_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
-DEFAULT_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
+OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
+OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
 
 # Operation phrases, as the sequence of non-instrument, non-filler words left in the instruction (in order).
 # "take the drums out" leaves ("take", "out"); "keep only guitar" leaves ("keep", "only").
@@ -188,8 +189,8 @@ def vocabulary(card: Any) -> Vocabulary:
         # No card (a client that does not know the server's model): every instrument of the synonym table, so the
         # words can be checked now; the model's own card decides when the job arrives.
         stems = [group[0].capitalize() for group in _SYNONYM_GROUPS]
-    template = _field(card, "instruction_template", "template") or DEFAULT_TEMPLATE
-    verbs = _field(card, "instruction_verbs", "verbs") or DEFAULT_VERBS
+    template = _field(card, "instruction_template", "template") or OFFICIAL_TEMPLATE
+    verbs = _field(card, "instruction_verbs", "verbs") or OFFICIAL_VERBS
     verbs = {op: str(v) for op, v in dict(verbs).items() if op in OPERATIONS}
     if not verbs:
         raise InstructionError("this model's card lists no operations (add / remove / extract)")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
 
 if TYPE_CHECKING:
     from transformers import EncodecModel, MusicgenConfig, MusicgenForConditionalGeneration, PreTrainedTokenizerFast

@@ -277,8 +277,8 @@ class AdapterStage(Stage):
     def __init__(self, cfg: TrainConfig, device) -> None:
         import torch
 
-        from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
         from engine.config import FusionConfig
+        from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
         from engine.weights import detect_layout, read_adapter
 
         self.cfg = cfg
@@ -401,8 +401,8 @@ def _is_codec_dir(path: Path) -> bool:
 
 def base_vocabulary() -> list[str]:
     """Words a small base model's tokenizer knows: caption words of every stem class and the instruction template."""
-    from engine.bundle import OFFICIAL_TEMPLATE, OFFICIAL_VERBS
     from engine.data.stems import FOUR_STEMS, GM_FAMILIES, caption_word
+    from engine.instructions import OFFICIAL_TEMPLATE, OFFICIAL_VERBS
 
     words = ["<pad>", "</s>", "<unk>"]
     text = " ".join([OFFICIAL_TEMPLATE, *OFFICIAL_VERBS.values(), "and", "silence", "vocals", "other", "percussion"])

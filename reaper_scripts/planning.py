@@ -24,10 +24,12 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
     resolve_source_path,
     track_label,
 )
+from engine import instructions
 from engine.errors import InstructionError
 
-OPERATIONS = ("extract", "remove", "add")
-STEMS = ("drums", "bass", "piano", "guitar")
+# The engine's operations in the actions' menu order (extract, remove, add) and the official stems, as typed.
+OPERATIONS = tuple(reversed(instructions.OPERATIONS))
+STEMS = tuple(stem.lower() for stem in instructions.OFFICIAL_STEMS)
 NAME_SEPARATOR = " \u00b7 "  # "Bass · extract drums"
 MAX_LABEL_CHARS = 48
 

@@ -33,8 +33,8 @@ import soundfile as sf
 from engine.data.layouts import Catalog, Song, StemFile
 from engine.data.stems import FOUR_STEMS, canonical_class, caption, is_targetable
 from engine.errors import ConfigError, DataError
+from engine.instructions import OPERATIONS as OPS
 
-OPS = ("add", "remove", "extract")
 SPLITS = ("train", "validation", "test", "all")
 # Official Slakh instruction text (the published checkpoint was trained on it).
 INSTRUCTION_TEMPLATES = {

@@ -286,7 +286,7 @@ def save_model_dir(
     from safetensors.torch import save_file
     from transformers import MusicgenConfig, MusicgenDecoderConfig
 
-    from engine.bundle import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+    from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
     from engine.weights.adapter_format import save_adapter
     from engine.weights.convert import lm_config_to_transformers, lm_state_to_transformers
     from engine.weights.transformers_layout import quiet_transformers
