@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import files
+from bridge.files import jsonable, write_json_atomic
 from bridge.sources import Source, collect_sources, find_audio_files, read_rpp  # noqa: F401 (re-exported)
 from engine.errors import (
     AudioError,
@@ -63,7 +64,7 @@ class Pair:
 
 def slug(label: str) -> str:
     """File-name form of an edit label: "extract drums" -> "extract_drums"."""
-    return re.sub(r"[^0-9A-Za-z]+", "_", label).strip("_").lower() or "edit"
+    return files.slug(label, limit=80, separator="_")
 
 
 def check_output_folder(session: Path, out: Path) -> None:
@@ -137,33 +138,6 @@ def check_edits(edits: list[str], parse: Callable[[str], Any]) -> list[tuple[str
 # --- the manifest ------------------------------------------------------------------------------------------------
 
 
-def _jsonable(value: Any) -> Any:
-    """Numpy scalars and arrays, paths and the like as plain JSON values."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "tolist"):
-        return _jsonable(value.tolist())
-    return str(value)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file in the same folder, fsync, then rename over `path` (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class Manifest:
     """OUT/manifest.json: one record per (input, edit) pair, keyed by Pair.key."""
 
@@ -184,7 +158,7 @@ class Manifest:
         return self.data["pairs"]
 
     def record(self, key: str, entry: dict) -> None:
-        self.pairs[key] = _jsonable(entry)
+        self.pairs[key] = jsonable(entry)
         self.save()
 
     def save(self) -> None:
@@ -409,7 +383,7 @@ class RayEditWorker:
         self.editor = Editor.load(**load)
 
     def info(self) -> dict:
-        return _jsonable(dict(self.editor.info))
+        return jsonable(dict(self.editor.info))
 
     def parse(self, text: str) -> tuple[str, str]:
         # Exceptions are returned, not raised: the driver gets our own error class back, not a Ray wrapper.
@@ -424,7 +398,7 @@ class RayEditWorker:
             result = self.editor.edit(audio, sample_rate, text, **options)
         except ImusicError as exc:
             return ("error", type(exc).__name__, str(exc))
-        return ("ok", result.audio, result.seed, _jsonable(dict(result.info or {})), time.monotonic() - started)
+        return ("ok", result.audio, result.seed, jsonable(dict(result.info or {})), time.monotonic() - started)
 
 
 @dataclass(frozen=True)
@@ -596,7 +570,7 @@ def run_batch(
     for pair in pairs:
         entry = manifest.pairs.get(pair.key)
         if pair.source.problem and (not entry or entry.get("error") != pair.source.problem):
-            manifest.pairs[pair.key] = _jsonable(_entry(pair, out, settings, "unsupported", pair.source.problem))
+            manifest.pairs[pair.key] = jsonable(_entry(pair, out, settings, "unsupported", pair.source.problem))
     manifest.save()
     if not todo:
         return summary
@@ -851,7 +825,7 @@ def run(args: argparse.Namespace) -> int:
             model=model,
         )
         if backend is not None:
-            manifest.data["engine"] = _jsonable(backend.model_info)  # device, dtype, server or Ray workers
+            manifest.data["engine"] = jsonable(backend.model_info)  # device, dtype, server or Ray workers
         summary = run_batch(
             pairs,
             backend,

@@ -18,7 +18,6 @@ chord the user chose to keep empty, so we leave it empty too).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +27,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge.files import write_bytes_atomic
 from engine.errors import ConfigError
 from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
 from reaper_scripts.planning import PRESET_ACTIONS
@@ -227,28 +227,6 @@ def hotkey_refusal(action: Action, keys: dict[tuple[int, int, int], str]) -> str
     return None
 
 
-def _replace_with(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Write via a temporary file renamed over path; an existing file keeps its permission mode, else `mode`.
-
-    The temporary file is removed again if anything fails.
-    """
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def _backup_path(path: Path) -> Path:
     return path.with_name(path.name + BACKUP_SUFFIX)
 
@@ -302,7 +280,7 @@ class _Changes:
         previous = path.read_bytes() if path.exists() else None
         previous_mode = stat.S_IMODE(path.stat().st_mode) if previous is not None else None
         self._undo.append((path, previous, previous_mode))
-        _replace_with(path, data, mode)
+        write_bytes_atomic(path, data, mode)
 
     def unlink(self, path: Path) -> None:
         previous, previous_mode = path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
@@ -317,7 +295,7 @@ class _Changes:
                 if previous is None:
                     path.unlink(missing_ok=True)
                 elif not path.exists() or path.read_bytes() != previous:
-                    _replace_with(path, previous, mode)
+                    write_bytes_atomic(path, previous, mode)
             except OSError:
                 failed.append(str(path))
         for folder in reversed(self._made_dirs):

@@ -10,9 +10,9 @@ too; this module adds what only the actions decide: names, where results go, mes
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
+from bridge.files import slug
 from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for the actions and tests)
     DEFAULT_MAX_SECONDS,
     EPSILON,
@@ -89,15 +89,10 @@ def result_insert_index(source_track_number: int | None, track_count: int) -> in
     return min(source_track_number, track_count)
 
 
-def _slug(text: str, limit: int = 40) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
-    return slug[:limit].strip("-") or "edit"
-
-
 def output_path(media_dir: str, source_path: str, instruction: str, job_id: str) -> str:
     """Where the engine writes a result: <project media folder>/imusic/<source>-<edit>-<job>.wav."""
     stem = os.path.splitext(os.path.basename(source_path.replace("\\", "/")))[0]
-    name = f"{_slug(stem)}-{_slug(instruction)}-{_slug(job_id, 24)}.wav"
+    name = f"{slug(stem)}-{slug(instruction)}-{slug(job_id, 24)}.wav"
     return os.path.join(media_dir, "imusic", name)
 
 
