@@ -19,7 +19,9 @@ wanted part lies, and builds the result from the original region itself, at its 
 - level: the model's output level is arbitrary, and a ratio mask is not. Before masking, the estimate is scaled so
   that it sits at its level in the original: over the bins that hold energy, an energy-weighted quantile of
   P_mix / P_est; a low one (0.25) for extract and remove, where the target dominates the bins it is in, a high one
-  (0.75) for add, where the generated mix holds the original plus more (the argument of engine.levels).
+  (0.75) for add, where the generated mix holds the original plus more (the argument of engine.levels). An output
+  that shares little with the original (the model invented it) could drive that quantile tens of dB down and the mask
+  to silence, so the scaled estimate is kept at most STEM_FLOOR_LU (engine.levels) under the original's power.
 - above the estimate's band (the model runs at the codec's rate, often under the input's): the estimate has nothing
   there, so the mask of each frame is extended from the top of the estimate's band (the mean of its mask over
   75-100 % of the reliable band, 90 % of the estimate's Nyquist): hi-hats above 8 kHz go with drums whose top band
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ConfigError
+from engine.levels import STEM_FLOOR_LU
 
 MODES = ("mask", "resynth")
 # Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
@@ -197,4 +200,5 @@ def _level_gain(spectra, frames: int, block: int, op: str) -> float:
     order = np.argsort(ratios)
     cumulative = np.cumsum(weight[live][order])
     ratio = ratios[order][np.searchsorted(cumulative, _QUANTILE[op] * cumulative[-1])]
-    return float(np.clip(math.sqrt(ratio), 1e-2, 1e2))
+    lowest = p_mix.sum() / p_est.sum() * 10 ** (-STEM_FLOOR_LU / 10)  # a part at most this far under the whole
+    return float(np.clip(math.sqrt(max(ratio, lowest)), 1e-2, 1e2))
