@@ -1,10 +1,16 @@
 """`imusic eval`: run the Editor over the test split for each task and write a Markdown and a JSON table.
 
-Each task's table holds the model beside three reference rows, so that it reads without the paper:
+Each task's table holds the model in both edit modes (engine/mask.py) beside four reference rows, so that it reads
+without the paper:
+- model: the Editor's default mode, "mask" (the model's output steers a mask on the input; add: input + added part);
+- resynth: the same model and seed in mode "resynth" (the paper's behaviour: the model's output is the result);
 - identity: output = input (what doing nothing scores; SI-SDRi is 0 by definition);
-- codec ceiling: the target encoded and decoded by the model's own codec (the best any token model can do);
+- codec ceiling: the target encoded and decoded by the model's own codec (the best re-synthesis can do);
+- ideal mask: the mask computed from the true target, then levelled as the Editor does (the best mask mode can do);
 - oracle: output = target (the top of every scale).
-Network-free metrics (engine.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance, all at 16 kHz) always run.
+Every clip is generated twice (once per mode, same seed: the same generation), so an evaluation costs twice the
+model time of one mode. Network-free metrics (engine.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the
+stereo image's ILD error, all at 16 kHz) always run; the clips of engine.data are mono, so there the ILD error is 0.
 FAD / KL (audioldm_eval, as the official evaluation) and CLAP (frechet_audio_distance's CLAPScore) run when the user
 has those packages and their networks; otherwise the report says they were skipped and why.
 Keep top-level imports light: torch and the model are imported inside functions.
@@ -30,13 +36,14 @@ if TYPE_CHECKING:
     from engine.editor import Editor
 
 TASKS = ("add", "remove", "extract")
-ROWS = ("model", "identity", "codec ceiling", "oracle")
-METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance")
+ROWS = ("model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle")
+METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error")
 METRIC_TITLES = {
     "si_sdr": "SI-SDR (dB) ↑",
     "si_sdri": "SI-SDRi (dB) ↑",
     "mel_ssim": "mel SSIM ↑",
     "log_mel_distance": "log-mel dist. (dB) ↓",
+    "ild_error": "ILD err. (dB) ↓",
     "fad": "FAD ↓",
     "kl": "KL ↓",
     "clap": "CLAP ↑",
@@ -74,6 +81,17 @@ def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
     return out
 
 
+def ideal_mask_row(input_audio: np.ndarray, target: np.ndarray, rate: int, task: str, raw: bool) -> np.ndarray:
+    """The ideal mask's output [N]: the mask from the true target, levelled as the Editor levels (unless raw)."""
+    from engine.levels import match_level
+    from engine.mask import ideal_mask
+
+    out = ideal_mask(input_audio[None], target, rate, task)
+    if not raw:
+        out, _ = match_level(out, input_audio[None], rate, task)
+    return out[0]
+
+
 def score_rows(
     input_audio: np.ndarray, target: np.ndarray, outputs: dict[str, np.ndarray], sample_rate: int
 ) -> dict[str, dict[str, float]]:
@@ -91,7 +109,7 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
     for row in rows:
         stats: dict[str, float] = {"n": sum(1 for ex in examples if row in ex)}
         for metric in METRICS:
-            values = np.array([ex[row][metric] for ex in examples if row in ex], dtype=np.float64)
+            values = np.array([ex[row].get(metric, np.nan) for ex in examples if row in ex], dtype=np.float64)
             finite = values[np.isfinite(values)]
             stats[metric] = float(finite.mean()) if finite.size else float("nan")
             stats[f"{metric}_std"] = float(finite.std()) if finite.size else float("nan")
@@ -250,12 +268,18 @@ def evaluate(
             instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
             try:
                 result = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw)
+                resynth = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw, mode="resynth")
             except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
                 skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                 continue
             output = result.audio[0]  # [N]
-            ceiling = codec_roundtrip(editor.model.codec, clip.target)
-            scores = score_rows(clip.input, clip.target, {"model": output, "codec ceiling": ceiling}, rate)
+            rows = {
+                "model": output,
+                "resynth": resynth.audio[0],
+                "codec ceiling": codec_roundtrip(editor.model.codec, clip.target),
+                "ideal mask": ideal_mask_row(clip.input, clip.target, rate, task, raw),
+            }
+            scores = score_rows(clip.input, clip.target, rows, rate)
             examples.append(
                 {
                     "song": clip.song_id,
@@ -276,7 +300,7 @@ def evaluate(
 
                 name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
                 plot_spectrograms(
-                    [("input", clip.input), ("output", output), ("target", clip.target)],
+                    [("input", clip.input), ("mask", output), ("resynth", rows["resynth"]), ("target", clip.target)],
                     rate,
                     out_dir / "spectrograms" / name,
                     title=f"{prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
@@ -343,10 +367,13 @@ def markdown(report: dict) -> str:
         f"{report['settings'].get('split', 'test')} split, {report['settings']['seconds']:g} s clips; "
         "all metrics at 16 kHz.",
         "",
-        "Rows: *identity* = output is the input (SI-SDRi 0 by definition); *codec ceiling* = the target through the "
-        "model's codec (the best a token model can reach); *oracle* = output is the target. For add and remove the "
-        "identity is already close on spectral metrics: judge those against the codec ceiling; extract must beat "
-        "identity clearly.",
+        "Rows: *model* = the editor's default mode, mask (the model's output steers a time-frequency mask on the "
+        "input; add: the input plus the added part alone); *resynth* = the same model and seed re-synthesising the "
+        "result (the paper's behaviour); *identity* = output is the input (SI-SDRi 0 by definition); *codec ceiling* "
+        "= the target through the model's codec (the best re-synthesis can reach); *ideal mask* = the mask computed "
+        "from the true target (the best the mask mode can reach); *oracle* = output is the target. For add and "
+        "remove the identity is already close on spectral metrics: judge those against the ceilings; extract must "
+        "beat identity clearly. ILD err. is the stereo image's error (0 for mono clips).",
     ]
     problems = report.get("data_problems") or {}
     if problems:

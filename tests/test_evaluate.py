@@ -74,8 +74,9 @@ def test_every_task_has_the_model_and_the_three_reference_rows(report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     assert list(report["tasks"]) == ["extract", "remove", "add"]
     for part in report["tasks"].values():
-        assert set(part["summary"]) == {"model", "identity", "codec ceiling", "oracle"}
-        assert part["summary"]["model"]["n"] == 2
+        assert set(part["summary"]) == {"model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle"}
+        assert part["summary"]["model"]["n"] == 2 and part["summary"]["resynth"]["n"] == 2
+        assert all("ild_error" in row for row in part["summary"].values())
 
 
 def test_reference_rows_of_a_real_run_are_right_by_construction(report_dir):
@@ -87,6 +88,23 @@ def test_reference_rows_of_a_real_run_are_right_by_construction(report_dir):
             assert clip["oracle"]["mel_ssim"] == pytest.approx(1.0)
             assert clip["oracle"]["log_mel_distance"] == pytest.approx(0.0, abs=1e-9)
             assert clip["codec ceiling"]["si_sdr"] < clip["oracle"]["si_sdr"]
+            assert clip["ideal mask"]["si_sdr"] < clip["oracle"]["si_sdr"]
+            assert all(row["ild_error"] == 0.0 for name, row in clip.items() if isinstance(row, dict))  # mono clips
+
+
+def test_the_ideal_mask_row_gains_over_doing_nothing_on_every_task(report_dir):
+    report = json.loads((report_dir / "report.json").read_text())
+    for part in report["tasks"].values():
+        ideal, identity = part["summary"]["ideal mask"], part["summary"]["identity"]
+        assert ideal["si_sdri"] > 3
+        assert ideal["mel_ssim"] > identity["mel_ssim"] and ideal["log_mel_distance"] < identity["log_mel_distance"]
+
+
+def test_the_model_row_is_the_default_mask_mode_and_the_resynth_row_the_same_generation(report_dir):
+    report = json.loads((report_dir / "report.json").read_text())
+    for part in report["tasks"].values():
+        for clip in part["examples"]:
+            assert clip["model"] != clip["resynth"]
 
 
 class _EchoEditor:
@@ -101,7 +119,7 @@ class _EchoEditor:
         )
         self.info = editor.info
 
-    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False):
+    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False, mode=None):
         from types import SimpleNamespace
 
         return SimpleNamespace(audio=np.array(audio, dtype=np.float32))
@@ -119,8 +137,8 @@ def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_
         progress=False,
     )
     summary = report["tasks"]["extract"]["summary"]
-    for metric in ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance"):
-        assert summary["model"][metric] == summary["identity"][metric]
+    for metric in ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error"):
+        assert summary["model"][metric] == summary["identity"][metric] == summary["resynth"][metric]
 
 
 class _RefusingEditor(_EchoEditor):
@@ -130,13 +148,13 @@ class _RefusingEditor(_EchoEditor):
         super().__init__(editor)
         self.calls = 0
 
-    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False):
+    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False, mode=None):
         from engine.errors import AudioError
 
         self.calls += 1
         if self.calls == 1:
             raise AudioError("the input is silent")
-        return super().edit(audio, sample_rate, instruction, seed=seed, raw=raw)
+        return super().edit(audio, sample_rate, instruction, seed=seed, raw=raw, mode=mode)
 
 
 def test_a_clip_the_editor_refuses_is_skipped_with_its_reason(synth_data, tiny_editor, tmp_path):
@@ -154,8 +172,9 @@ def test_the_markdown_report_has_a_table_per_task_and_says_what_was_skipped(repo
     text = (report_dir / "report.md").read_text()
     for task in ("extract", "remove", "add"):
         assert f"## {task} (2 clips)" in text
-    for row in ("| model |", "| identity |", "| codec ceiling |", "| oracle |"):
+    for row in ("| model |", "| resynth |", "| identity |", "| codec ceiling |", "| ideal mask |", "| oracle |"):
         assert text.count(row) == 3
+    assert "ILD err. (dB)" in text
     assert "FAD" in text and "CLAP" in text  # computed, or skipped with a note
 
 
