@@ -218,24 +218,15 @@ def _end(source: Source) -> float:
 
 
 def _edit_pair(editor: Any, pair: Pair, options: dict, progress: Callable[[float, str], None] | None) -> Outcome:
-    """Read the region, edit it, check it, write it atomically: one pair, in this process."""
-    from bridge.audio_io import read_region, write_atomic
+    """One pair, in this process: the one edit path (read, edit, conform, write atomically)."""
+    from bridge.editing import edit_region
 
     started = time.monotonic()
-    audio, sample_rate = read_region(pair.source.path, pair.source.start_s, _end(pair.source))  # [C, N]
-    result = editor.edit(audio, sample_rate, pair.edit, progress=progress, **options)
-    if result.audio.shape != audio.shape or result.sample_rate != sample_rate:
-        raise AudioError(
-            f"the engine returned {tuple(result.audio.shape)} at {result.sample_rate} Hz for an input of "
-            f"{tuple(audio.shape)} at {sample_rate} Hz"
-        )
-    pair.output.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(str(pair.output), result.audio, sample_rate, overwrite=True)
-    info = dict(result.info or {})
-    info.setdefault("sample_rate", sample_rate)
-    info.setdefault("channels", int(audio.shape[0]))
-    info.setdefault("samples", int(audio.shape[1]))
-    return Outcome(pair, pair.output, info, result.seed, time.monotonic() - started)
+    done = edit_region(
+        editor, pair.source.path, pair.source.start_s, _end(pair.source), pair.edit, pair.output,
+        options=options, overwrite=True, progress=progress,
+    )  # fmt: skip
+    return Outcome(pair, done.output_path, done.info, done.seed, time.monotonic() - started)
 
 
 class InProcessBackend:
@@ -398,7 +389,8 @@ class RayEditWorker:
             result = self.editor.edit(audio, sample_rate, text, **options)
         except ImusicError as exc:
             return ("error", type(exc).__name__, str(exc))
-        return ("ok", result.audio, result.seed, jsonable(dict(result.info or {})), time.monotonic() - started)
+        info = jsonable(dict(result.info or {}))
+        return ("ok", result.audio, result.sample_rate, result.seed, info, time.monotonic() - started)
 
 
 @dataclass(frozen=True)
@@ -450,7 +442,8 @@ class RayBackend:
         return _Label(value)
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
-        from bridge.audio_io import read_region, write_atomic
+        from bridge.audio_io import read_region
+        from bridge.editing import write_result
 
         ray = self.ray
         queue = list(pairs)
@@ -466,11 +459,11 @@ class RayBackend:
                     yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
                     continue
                 ref = actor.edit.remote(audio, rate, pair.edit, self.options)
-                pending[ref] = (pair, actor, audio.shape, rate)
+                pending[ref] = (pair, actor, audio, rate)
             if not pending:
                 continue
             done, _ = ray.wait(list(pending), num_returns=1)
-            pair, actor, shape, rate = pending.pop(done[0])
+            pair, actor, source, rate = pending.pop(done[0])
             idle.append(actor)
             try:
                 reply = ray.get(done[0])
@@ -480,14 +473,14 @@ class RayBackend:
             if reply[0] != "ok":
                 yield Outcome(pair, error=AudioError(reply[2]) if reply[1] == "AudioError" else ImusicError(reply[2]))
                 continue
-            _, audio, seed, info, seconds = reply  # the worker's own time: queueing behind another job is not it
-            if audio.shape != shape:
-                yield Outcome(pair, error=AudioError(f"the engine returned {audio.shape} for an input of {shape}"))
+            _, audio, result_rate, seed, info, seconds = reply  # the worker's time: queueing behind a job is not it
+            try:
+                written, info = write_result(pair.output, audio, result_rate, source, rate, info, overwrite=True)
+            except (ImusicError, OSError) as exc:
+                yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
                 continue
-            pair.output.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(str(pair.output), audio, rate, overwrite=True)
             progress(pair, 1.0)
-            yield Outcome(pair, pair.output, info, seed, seconds)
+            yield Outcome(pair, written, info, seed, seconds)
 
     def close(self) -> None:
         self.ray.shutdown()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +83,9 @@ def _progress_bar(enabled: bool) -> tuple[Any, Any]:
     return bar, progress
 
 
-def _describe(result: Any, seconds: float) -> str:
-    levels = (result.info or {}).get("levels") or {}
-    parts = [f"seed {result.seed}", f"{seconds:.1f} s"]
+def _describe(seed: int | None, info: dict, seconds: float) -> str:
+    levels = info.get("levels") or {}
+    parts = [f"seed {seed}", f"{seconds:.1f} s"]
     if "result_lufs" in levels:
         parts.append(f"{levels['result_lufs']:.1f} LUFS")
     if "gain_db" in levels:
@@ -121,37 +120,38 @@ def audition(source: Any, result: Any, sample_rate: int, *, ab: bool, device: st
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the paths, read the region, load the model, edit, write atomically, then play if asked."""
-    from bridge.audio_io import read_region, write_atomic
+    """Check the paths and the region, load the model, edit through the one edit path, then play if asked."""
+    from bridge import audio_io
+    from bridge.editing import edit_region
 
     if args.takes < 1:
         raise ConfigError("--takes must be at least 1")
     input_path = Path(args.input).expanduser()
     output = choose_output(input_path, args.instruction, args.output, args.force)
     end = -1.0 if args.end is None else args.end  # audio_io: a negative end means the end of the file
-    audio, sample_rate = read_region(input_path, args.start, end)  # [C, N]; bad files fail before the model loads
+    audio_io.region_frames(audio_io.probe(input_path), args.start, end)  # bad files fail before the model loads
 
     from engine.editor import Editor
 
     editor = Editor.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
-    editor.parse(args.instruction)  # an unknown instruction fails here, before any compute
+    label = editor.parse(args.instruction).label  # an unknown instruction fails here, before any compute
     bar, progress = _progress_bar(enabled=not args.no_progress and sys.stderr.isatty())
-    started = time.monotonic()
+    options = {"seed": args.seed, "takes": args.takes, "raw": args.raw}
     try:
-        result = editor.edit(
-            audio, sample_rate, args.instruction, seed=args.seed, takes=args.takes, raw=args.raw, progress=progress
-        )
-    finally:
-        bar.close()
-    seconds = time.monotonic() - started
-    try:
-        written = write_atomic(output, result.audio, sample_rate, overwrite=args.force)
+        done = edit_region(
+            editor, input_path, args.start, end, args.instruction, output,
+            options=options, overwrite=args.force, progress=progress,
+        )  # fmt: skip
     except FileExistsError:
         raise ConfigError(f"{output} appeared while editing: choose another name or pass --force") from None
     except PermissionError as exc:
         raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
-    print(written)
-    sys.stderr.write(f"{result.instruction.label}: {_describe(result, seconds)}\n")
+    finally:
+        bar.close()
+    print(done.output_path)
+    sys.stderr.write(f"{label}: {_describe(done.seed, done.info, done.seconds)}\n")
     if args.play or args.ab:
-        audition(audio, result.audio, sample_rate, ab=args.ab, device=args.output_device)
+        source, sample_rate = audio_io.read_region(input_path, args.start, end)
+        result, _ = audio_io.read_region(done.output_path, 0.0, -1.0)
+        audition(source, result, sample_rate, ab=args.ab, device=args.output_device)
     return 0

@@ -1,0 +1,100 @@
+"""One edit of a file region, the same way everywhere: read the region, edit it, hold the result to the input's
+shape, write it atomically, report JSON-safe info. The server's worker, every batch backend and `imusic edit` call
+this; the Ray backend, whose model runs elsewhere, calls its two halves around the remote edit.
+
+The shape rule: the Editor promises the input's rate, channels and length. A result at another rate is refused
+(AudioError: nothing sensible can be written); a result of another shape is a bug, but the producer still gets a
+file aligned with the source (cut or padded with silence to the input's shape) and `info["warnings"]` says so.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge import audio_io
+from bridge.files import jsonable
+from engine.errors import AudioError, Cancelled
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class RegionEdit:
+    """What one edit of a region produced: the file written and the engine's info (JSON-safe)."""
+
+    output_path: Path
+    seed: int | None
+    info: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0  # the edit itself (the model's time), without reading and writing
+
+
+def conform(result_audio: Any, result_rate: int, audio: Any, sample_rate: int) -> tuple[Any, list[str]]:
+    """The result held to the input's shape (see the module's shape rule); returns (audio [C, N], warnings)."""
+    import numpy as np
+
+    output = np.asarray(result_audio, dtype=np.float32)
+    if int(result_rate) != int(sample_rate):
+        raise AudioError(f"the engine returned audio at {result_rate} Hz for an input at {sample_rate} Hz")
+    if output.ndim == 1:
+        output = output[None]
+    if output.shape == audio.shape:
+        return output, []
+    fixed = np.zeros(audio.shape, dtype=np.float32)
+    channels, frames = min(output.shape[0], audio.shape[0]), min(output.shape[-1], audio.shape[-1])
+    fixed[:channels, :frames] = output.reshape(-1, output.shape[-1])[:channels, :frames]
+    warning = f"the engine returned {tuple(output.shape)} for an input of {tuple(audio.shape)}: fitted to the input"
+    return fixed, [warning]
+
+
+def write_result(
+    path: str | Path, result_audio: Any, result_rate: int, audio: Any, sample_rate: int, info: dict, overwrite: bool
+) -> tuple[Path, dict]:
+    """Conform, then write atomically (FileExistsError when `path` exists and not `overwrite`); returns the path
+    written and the info with the region's facts and any shape warning, JSON-safe."""
+    output, warnings = conform(result_audio, result_rate, audio, sample_rate)
+    info = dict(info or {})
+    if warnings:
+        info["warnings"] = [*info.get("warnings", []), *warnings]
+    info.setdefault("sample_rate", int(sample_rate))
+    info.setdefault("channels", int(audio.shape[0]))
+    info.setdefault("samples", int(audio.shape[-1]))
+    written = audio_io.write_atomic(path, output, sample_rate, overwrite=overwrite)
+    return Path(written), jsonable(info)
+
+
+def edit_region(
+    editor: Any,
+    source: str | Path,
+    start_s: float,
+    end_s: float,
+    instruction: str,
+    output_path: str | Path,
+    *,
+    options: dict | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> RegionEdit:
+    """Read [start_s, end_s) of `source` (end_s < 0: to its end), edit it with `editor.edit(..., **options)`, write
+    the result to `output_path`. info["region"] holds the read/edit/write times."""
+    started = time.perf_counter()
+    audio, sample_rate = audio_io.read_region(source, start_s, end_s)  # [C, N]
+    read_s = time.perf_counter() - started
+    edit_started = time.perf_counter()
+    result = editor.edit(audio, sample_rate, instruction, progress=progress, cancel=cancel, **(options or {}))
+    edit_s = time.perf_counter() - edit_started
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
+    if progress is not None:
+        progress(1.0, "writing")
+    write_started = time.perf_counter()
+    written, info = write_result(
+        output_path, result.audio, result.sample_rate, audio, sample_rate, result.info, overwrite
+    )
+    info["region"] = {"read_s": read_s, "edit_s": edit_s, "write_s": time.perf_counter() - write_started}
+    return RegionEdit(written, getattr(result, "seed", None), info, edit_s)

@@ -1,0 +1,74 @@
+"""The one edit path (bridge/editing.py): read, edit, one shape rule, atomic write, JSON-safe info."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_bridge_support import FakeEditor, write_wav
+
+from bridge.editing import conform, edit_region
+from engine.errors import AudioError, Cancelled
+
+
+class ShapeEditor(FakeEditor):
+    """Returns a result one channel short and 10 samples long, with numpy values in its info."""
+
+    def edit(self, audio, sample_rate, instruction, **kwargs):
+        return SimpleNamespace(
+            audio=np.ones((audio.shape[0] - 1, 10), np.float32),
+            sample_rate=sample_rate,
+            seed=np.int64(7),
+            info={"gain_db": np.float32(-3.0), "lufs": float("nan")},
+        )
+
+
+def test_a_region_is_read_edited_and_written_at_the_inputs_rate_and_shape(tmp_path):
+    source = write_wav(tmp_path / "in.wav", seconds=2.0, sample_rate=22050, channels=2)
+    done = edit_region(FakeEditor(), source, 0.5, 1.5, "extract drums", tmp_path / "out" / "r.wav", options={"seed": 3})
+    written, rate = sf.read(done.output_path, always_2d=True)
+    original, _ = sf.read(source, always_2d=True)
+    assert rate == 22050 and written.shape == (22050, 2)
+    np.testing.assert_allclose(written, 0.5 * original[11025:33075], atol=1e-6)
+    assert done.seed == 3
+    assert (done.info["sample_rate"], done.info["channels"], done.info["samples"]) == (22050, 2, 22050)
+    assert set(done.info["region"]) == {"read_s", "edit_s", "write_s"}
+
+
+def test_an_existing_output_is_kept_unless_overwrite(tmp_path):
+    source = write_wav(tmp_path / "in.wav")
+    target = tmp_path / "r.wav"
+    target.write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        edit_region(FakeEditor(), source, 0.0, -1.0, "extract drums", target)
+    assert target.read_bytes() == b"mine"
+    edit_region(FakeEditor(), source, 0.0, -1.0, "extract drums", target, overwrite=True)
+    assert sf.info(target).frames == 16000
+
+
+def test_a_misshapen_result_is_fitted_to_the_input_with_a_warning_and_json_safe_info(tmp_path):
+    source = write_wav(tmp_path / "in.wav", channels=2)
+    done = edit_region(ShapeEditor(), source, 0.0, -1.0, "extract drums", tmp_path / "r.wav")
+    written, _ = sf.read(done.output_path, always_2d=True)
+    assert written.shape == (16000, 2)
+    assert written[:10, 0].tolist() == [1.0] * 10 and not written[10:].any() and not written[:, 1].any()
+    assert "fitted to the input" in done.info["warnings"][0]
+    assert done.info["gain_db"] == -3.0 and type(done.info["gain_db"]) is float and done.info["lufs"] is None
+
+
+def test_a_result_at_another_rate_is_refused():
+    audio = np.zeros((1, 100), np.float32)
+    with pytest.raises(AudioError, match="at 16000 Hz for an input at 44100 Hz"):
+        conform(audio, 16000, audio, 44100)
+
+
+def test_a_cancel_during_the_edit_writes_nothing(tmp_path):
+    source = write_wav(tmp_path / "in.wav")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        edit_region(FakeEditor(deaf=True), source, 0.0, -1.0, "extract drums", tmp_path / "r.wav", cancel=cancel)
+    assert not (tmp_path / "r.wav").exists()
