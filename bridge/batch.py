@@ -113,8 +113,11 @@ def plan_pairs(sources: list[Source], labels: list[tuple[str, str]], out: Path) 
     return pairs
 
 
-def check_edits(edits: list[str], parse: Callable[[str], Any]) -> list[tuple[str, str]]:
-    """Parse every edit before any work: unknown ones and duplicates (same operation and stem) are refused."""
+def check_edits(edits: list[str], parse: Callable[[str], Any], mode: str = "") -> list[tuple[str, str]]:
+    """Parse every edit before any work: unknown ones, duplicates (same operation and stem) and a mode that does not
+    apply to one of them are refused."""
+    from engine.mask import check_mode
+
     if not edits:
         raise ConfigError("give at least one --edit")
     labels: list[tuple[str, str]] = []
@@ -126,6 +129,7 @@ def check_edits(edits: list[str], parse: Callable[[str], Any]) -> list[tuple[str
             problems.append(f"'{text}': {exc}")
             continue
         label = instruction.label
+        check_mode(instruction.op, mode)
         earlier = next((t for t, lab in labels if lab == label), None)
         if earlier is not None:
             raise ConfigError(f"--edit '{text}' repeats --edit '{earlier}' (both mean '{label}'): give each edit once")
@@ -232,9 +236,9 @@ def _edit_pair(editor: Any, pair: Pair, options: dict, progress: Callable[[float
 class InProcessBackend:
     """The model loaded once in this process."""
 
-    def __init__(self, editor: Any, *, seed: int | None, takes: int, raw: bool) -> None:
+    def __init__(self, editor: Any, *, seed: int | None, takes: int, raw: bool, mode: str = "") -> None:
         self.editor = editor
-        self.options = {"seed": seed, "takes": takes, "raw": raw}
+        self.options = {"seed": seed, "takes": takes, "raw": raw, "mode": mode}
         self.model_info = dict(editor.info)
         self.per_file_progress = True
 
@@ -264,7 +268,7 @@ class ServerBackend:
     # every few seconds even while busy): the batch stops with a clear error instead of waiting forever.
     silence_limit_s = 60.0
 
-    def __init__(self, address: str, *, seed: int | None, takes: int) -> None:
+    def __init__(self, address: str, *, seed: int | None, takes: int, mode: str = "") -> None:
         from bridge import protocol
         from bridge.client import Client, NoReply
 
@@ -280,7 +284,7 @@ class ServerBackend:
             raise ConfigError(f"no imusic server answers at {address}: start one with `imusic serve`") from None
         version, model, device = (pong.args + ["", "", ""])[:3]
         self.model_info = {"model": model, "device": device, "server": address, "server_version": version}
-        self.seed, self.takes = seed, takes
+        self.seed, self.takes, self.mode = seed, takes, mode
         self.per_file_progress = True
         self.submitted: set[str] = set()
 
@@ -303,6 +307,7 @@ class ServerBackend:
             output_path=str(pair.output),
             seed=self.seed,
             takes=self.takes,
+            mode=self.mode,
             job_id=job_id,
         )
 
@@ -405,7 +410,9 @@ class RayBackend:
     model (--model path, or the embedded default) must exist on every worker.
     """
 
-    def __init__(self, address: str, load: dict, *, workers: int | None, seed: int | None, takes: int, raw: bool):
+    def __init__(
+        self, address: str, load: dict, *, workers: int | None, seed: int | None, takes: int, raw: bool, mode: str = ""
+    ):
         try:
             import ray
         except ImportError:
@@ -432,7 +439,7 @@ class RayBackend:
             raise CheckpointError(f"the Ray workers could not load the model: {exc}") from None
         self.model_info["workers"] = count
         self.model_info["gpus"] = gpus
-        self.options = {"seed": seed, "takes": takes, "raw": raw}
+        self.options = {"seed": seed, "takes": takes, "raw": raw, "mode": mode}
         self.per_file_progress = False
 
     def parse(self, text: str) -> Any:
@@ -719,6 +726,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's best)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed for every edit (default: random)")
     parser.add_argument("--takes", type=int, default=1, help="generate N takes per edit and keep the best")
+    parser.add_argument(
+        "--mode", default="", help="mask (the edit keeps the recording; the default) or resynth (the model's output)"
+    )
     parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
     parser.add_argument("--retry-failed", action="store_true", help="retry pairs that failed in an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -743,13 +753,20 @@ def _load_backend(args: argparse.Namespace) -> Any:
     if args.server:
         if args.raw:
             raise ConfigError("--raw is not available with --server (the server always matches levels)")
-        return ServerBackend(args.server, seed=args.seed, takes=args.takes)
+        return ServerBackend(args.server, seed=args.seed, takes=args.takes, mode=args.mode)
     load = {"source": args.model, "adapter": args.adapter, "device": args.device, "dtype": args.dtype}
     if args.ray:
-        return RayBackend(args.ray, load, workers=args.workers, seed=args.seed, takes=args.takes, raw=args.raw)
+        return RayBackend(
+            args.ray, load, workers=args.workers, seed=args.seed, takes=args.takes, raw=args.raw, mode=args.mode
+        )
     from engine.editor import Editor
 
-    return InProcessBackend(Editor.load(**load), seed=args.seed, takes=args.takes, raw=args.raw)
+    return InProcessBackend(Editor.load(**load), seed=args.seed, takes=args.takes, raw=args.raw, mode=args.mode)
+
+
+def _settings(args: argparse.Namespace, model: str | None) -> dict:
+    """What a result depends on besides its input: a pair done with other settings is rendered again."""
+    return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": args.mode}
 
 
 def _card_vocabulary(model: str | None) -> tuple[Callable[[str], Any], str | None]:
@@ -768,10 +785,10 @@ def _card_vocabulary(model: str | None) -> tuple[Callable[[str], Any], str | Non
 def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     """`imusic batch --dry-run`: what a run would render, skip and refuse, and why; no model, nothing written."""
     parse, model = _card_vocabulary(args.model)
-    labels = check_edits(args.edit, parse)
+    labels = check_edits(args.edit, parse, args.mode)
     pairs = plan_pairs(sources, labels, out)
     manifest = Manifest(out / MANIFEST_NAME)  # read only: a dry run never saves it
-    settings = {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw)}
+    settings = _settings(args, model)
     summary = Summary()
     todo = triage(pairs, manifest, out, settings, summary, retry_failed=args.retry_failed)
     for pair in todo:
@@ -808,9 +825,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             backend = _load_backend(args)
             parse, model = backend.parse, backend.model_info.get("model")
-        labels = check_edits(args.edit, parse)
+        labels = check_edits(args.edit, parse, args.mode)
         pairs = plan_pairs(sources, labels, out)
-        settings = {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw)}
+        settings = _settings(args, model)
         manifest.data.update(
             session=str(session.resolve()),
             output=str(out.resolve()),

@@ -6,7 +6,7 @@ Python API (stable; REAPER actions and batch use it):
     client = Client(host="127.0.0.1", port=9137)   # one UDP socket on an ephemeral port, kept between calls
     client.ping(timeout=2.0) -> Reply              # Reply.args = [version, model, device, state]; NoReply if silent
     job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
-                           job_id=None)            # sends /imusic/edit and returns at once (no waiting)
+                           job_id=None, mode="")   # sends /imusic/edit and returns at once (no waiting)
     client.send_edit(EditRequest(...)) -> job_id   # the same, for a request built elsewhere (REAPER actions, batch)
     client.poll() -> list[Reply]                   # NON-BLOCKING: every reply that has arrived (REAPER defer loop)
     client.follow() -> list[Reply]                 # NON-BLOCKING: poll(), track replies, resend/ask what is due;
@@ -200,8 +200,10 @@ class Client:
         seed: int | None = None,
         takes: int = 1,
         job_id: str | None = None,
+        mode: str = "",
     ) -> str:
-        """Send /imusic/edit and return the job id at once. end_s < 0 means "to the end of the file"."""
+        """Send /imusic/edit and return the job id at once. end_s < 0 means "to the end of the file"; mode "" is the
+        operation's default."""
         job_id = job_id or protocol.new_job_id()
         _check_job_id(job_id)
         request = EditRequest(
@@ -213,6 +215,7 @@ class Client:
             output_path=os.path.abspath(os.path.expanduser(output_path)) if output_path else "",
             seed=seed,
             takes=int(takes),
+            mode=mode or "",
         )
         return self.send_edit(request)
 
@@ -305,9 +308,10 @@ class Client:
         job_id: str | None = None,
         timeout: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
+        mode: str = "",
     ) -> JobResult:
         """submit() then wait(): the blocking call for scripts and the CLI."""
-        job_id = self.submit(input_path, start_s, end_s, instruction, output_path, seed, takes, job_id)
+        job_id = self.submit(input_path, start_s, end_s, instruction, output_path, seed, takes, job_id, mode)
         return self.wait(job_id, timeout=timeout, on_progress=on_progress)
 
 
@@ -347,6 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside input)")
     edit.add_argument("--seed", type=int, default=None)
     edit.add_argument("--takes", type=int, default=1, help="generate N takes and keep the best")
+    edit.add_argument("--mode", default="", help="mask (keeps the recording) or resynth (default: mask)")
     edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")
     edit.add_argument("--no-wait", action="store_true", help="print the job id once accepted and return")
     preview = sub.add_parser("preview", help="play a finished job on the engine machine's output")
@@ -409,7 +414,7 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
     if _local_bind_host(args.host) == "127.0.0.1" and not os.path.exists(args.input):
         raise ConfigError(f"no such file: {args.input}")  # said here; a remote engine says it for its own disk
     job_id = client.submit(
-        args.input, args.start, args.end, args.instruction, args.output, args.seed, args.takes, args.job_id
+        args.input, args.start, args.end, args.instruction, args.output, args.seed, args.takes, args.job_id, args.mode
     )
     accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in (protocol.ACCEPTED, protocol.ERROR), short)
     if accepted.address == protocol.ERROR:

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end", type=float, default=None, help="end of the region, seconds (default: end of file)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random, printed)")
     parser.add_argument("--takes", type=int, default=1, help="generate N takes and keep the best")
+    parser.add_argument(
+        "--mode",
+        default=None,
+        help="mask: the edit keeps your recording (its rate, channels and sound), the default; "
+        "resynth: the model's own output, as in the paper",
+    )
     parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never the input)")
     listen = parser.add_mutually_exclusive_group()
@@ -85,7 +91,8 @@ def _progress_bar(enabled: bool) -> tuple[Any, Any]:
 
 def _describe(seed: int | None, info: dict, seconds: float) -> str:
     levels = info.get("levels") or {}
-    parts = [f"seed {seed}", f"{seconds:.1f} s"]
+    parts = [f"mode {info['mode']}"] if info.get("mode") else []
+    parts += [f"seed {seed}", f"{seconds:.1f} s"]
     if "result_lufs" in levels:
         parts.append(f"{levels['result_lufs']:.1f} LUFS")
     if "gain_db" in levels:
@@ -132,11 +139,13 @@ def run(args: argparse.Namespace) -> int:
     audio_io.region_frames(audio_io.probe(input_path), args.start, end)  # bad files fail before the model loads
 
     from engine.editor import Editor
+    from engine.mask import check_mode
 
     editor = Editor.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
-    label = editor.parse(args.instruction).label  # an unknown instruction fails here, before any compute
+    parsed = editor.parse(args.instruction)  # an unknown instruction or mode fails here, before any compute
+    check_mode(parsed.op, args.mode)
     bar, progress = _progress_bar(enabled=not args.no_progress and sys.stderr.isatty())
-    options = {"seed": args.seed, "takes": args.takes, "raw": args.raw}
+    options = {"seed": args.seed, "takes": args.takes, "raw": args.raw, "mode": args.mode}
     try:
         done = edit_region(
             editor, input_path, args.start, end, args.instruction, output,
@@ -149,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     print(done.output_path)
-    sys.stderr.write(f"{label}: {_describe(done.seed, done.info, done.seconds)}\n")
+    sys.stderr.write(f"{parsed.label}: {_describe(done.seed, done.info, done.seconds)}\n")
     if args.play or args.ab:
         source, sample_rate = audio_io.read_region(input_path, args.start, end)
         result, _ = audio_io.read_region(done.output_path, 0.0, -1.0)

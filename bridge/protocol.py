@@ -5,7 +5,7 @@ client both import this module. No torch, no numpy: REAPER scripts import it.
 README.md ("OSC protocol") documents the same.
 
 Requests (client -> server), optional arguments in brackets:
-    /imusic/edit          job_id input_path start_s end_s instruction [output_path] [seed] [takes]
+    /imusic/edit          job_id input_path start_s end_s instruction [output_path] [seed] [takes] [mode]
     /imusic/cancel        job_id
     /imusic/status        [job_id]
     /imusic/ping
@@ -89,6 +89,7 @@ MAX_JOB_ID = 128
 MAX_PATH = 4096
 MAX_INSTRUCTION = 1000
 MAX_TAKES = 16
+MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
@@ -165,6 +166,7 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
         Arg("output_path", "str", optional=True, default=""),
         Arg("seed", "int", optional=True, default=-1),
         Arg("takes", "int", optional=True, default=1),
+        Arg("mode", "str", optional=True, default="", max_len=MAX_MODE),
     ),
     CANCEL: (Arg("job_id", "job_id"),),
     STATUS: (Arg("job_id", "job_id", optional=True, default=""),),
@@ -179,7 +181,8 @@ class EditRequest:
     """One edit as the wire carries it (/imusic/edit): the one shape of an edit request everywhere.
 
     The REAPER actions, the client, the server, its journal and batch all hold this; two requests are the same job
-    exactly when they are equal. `seed` None draws one; `output_path` "" lets the server choose.
+    exactly when they are equal. `seed` None draws one; `output_path` "" lets the server choose; `mode` "" is the
+    operation's default ("mask": the edit keeps the recording; "resynth": the model's output as it is).
     """
 
     job_id: str
@@ -190,6 +193,7 @@ class EditRequest:
     output_path: str = ""
     seed: int | None = None
     takes: int = 1
+    mode: str = ""
 
     def to_args(self) -> tuple[Any, ...]:
         """The /imusic/edit arguments, in wire order."""
@@ -203,6 +207,7 @@ class EditRequest:
             self.output_path,
             seed,
             int(self.takes),
+            self.mode,
         )
 
     @classmethod
@@ -218,6 +223,7 @@ class EditRequest:
             output_path=str(values.get("output_path") or ""),
             seed=None if seed is None or int(seed) < 0 else int(seed),
             takes=int(values.get("takes", 1)),
+            mode=str(values.get("mode") or ""),
         )
 
     def values(self) -> dict[str, Any]:

@@ -59,7 +59,12 @@ NOT_RUNNING = (
     "The imusic engine is not answering on {host}:{port}.\n\n"
     "Start it in a terminal with:\n    imusic serve\n\nthen run the action again."
 )
-CAPTION = "Instruction (e.g. extract drums, remove bass, add piano):,extrawidth=220"
+# Two fields, separated by "|" (an instruction may hold commas): the instruction and the mode.
+CAPTIONS = (
+    "Instruction (e.g. extract drums, remove bass, add piano):,"
+    "Mode (mask keeps your recording; resynth = the model's own audio):,separator=|,extrawidth=220"
+)
+DEFAULT_MODE = "mask"
 
 
 def _api():
@@ -100,6 +105,11 @@ def engine_address() -> tuple[str, int]:
 
 def _max_seconds() -> float:
     return float(os.environ.get("IMUSIC_MAX_SECONDS") or SETTINGS.get("max_seconds") or planning.DEFAULT_MAX_SECONDS)
+
+
+def _mode() -> str:
+    """The edit mode of the hotkey actions: IMUSIC_MODE, then `mode` in imusic_paths.json, else "" (the default)."""
+    return (os.environ.get("IMUSIC_MODE") or SETTINGS.get("mode") or "").strip()
 
 
 def _message(text: str) -> None:
@@ -315,8 +325,10 @@ def _cancelled_ids(R) -> set[str]:
     return {i for i in R.RPR_GetExtState(EXT_SECTION, "cancelled").split(",") if i}
 
 
-def run_edit(instruction: str) -> None:
-    """The body of every edit action: plan the selection, submit one job per region, start the deferred loop."""
+def run_edit(instruction: str, mode: str = "") -> None:
+    """The body of every edit action: plan the selection, submit one job per region, start the deferred loop.
+
+    `mode` "" is the engine's default for the operation; the engine refuses a mode that does not apply."""
     R = _api()
     try:
         instruction = planning.normalize_instruction(instruction)
@@ -338,7 +350,9 @@ def run_edit(instruction: str) -> None:
     for (track, view), plan in zip(selection, plans, strict=True):
         job_id = "rpr-" + protocol.new_job_id()
         output = planning.output_path(media_dir, plan.source_path, instruction, job_id)
-        request = protocol.EditRequest(job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output)
+        request = protocol.EditRequest(
+            job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=mode
+        )
         jobs.append(_Job(track, view, plan, request))
     session = Session(instruction, client, jobs)
     try:
@@ -455,15 +469,17 @@ def _add_result_item(R, track: str, job: _Job, label: str) -> None:
 def run_prompted() -> None:
     """ "Instruct: edit selected items...": ask for an instruction, then run it."""
     R = _api()
-    ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 1, CAPTION, "", 512)
+    defaults = f"|{_mode() or DEFAULT_MODE}"
+    ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 2, CAPTIONS, defaults, 1024)
     if not ok:
         return  # the user pressed Cancel
-    run_edit(values)
+    instruction, _, mode = values.partition("|")
+    run_edit(instruction, mode.strip())
 
 
 def run_preset(operation: str, stem: str) -> None:
-    """A hotkey action: one fixed (operation, stem)."""
-    run_edit(f"{operation} {stem}")
+    """A hotkey action: one fixed (operation, stem), in the installer's mode (the engine's default if unset)."""
+    run_edit(f"{operation} {stem}", _mode())
 
 
 def run_cancel() -> None:

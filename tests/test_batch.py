@@ -517,8 +517,23 @@ def test_takes_and_raw_reach_the_engine_and_the_manifest(session, tmp_path, tiny
     out = tmp_path / "out"
     assert main(batch_args(session, out, tiny_model_dir, "--takes", "2", "--raw")) == 0
     record = json.loads((out / "manifest.json").read_text())["pairs"]["mix | remove bass"]
-    assert record["settings"] == {"model": "tiny-random", "seed": 3, "takes": 2, "raw": True}
-    assert (record["info"]["takes"], record["info"]["raw"]) == (2, True)
+    assert record["settings"] == {"model": "tiny-random", "seed": 3, "takes": 2, "raw": True, "mode": ""}
+    assert (record["info"]["takes"], record["info"]["raw"], record["info"]["mode"]) == (2, True, "mask")
+
+
+def test_the_mode_reaches_the_engine_and_the_manifest(session, tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    assert main(batch_args(session, out, tiny_model_dir, "--mode", "resynth")) == 0
+    record = json.loads((out / "manifest.json").read_text())["pairs"]["mix | remove bass"]
+    assert (record["settings"]["mode"], record["info"]["mode"]) == ("resynth", "resynth")
+
+
+def test_a_mode_that_does_not_apply_is_refused_before_any_work(session, tmp_path, monkeypatch, capsys):
+    _no_model_load(monkeypatch)
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--mode", "karaoke", "--dry-run"]
+    assert main(argv) == 1
+    assert "mode 'karaoke' does not apply to extract: use mask or resynth" in capsys.readouterr().err
 
 
 def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys):

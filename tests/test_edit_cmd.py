@@ -42,6 +42,30 @@ def test_writes_the_region_at_the_sources_rate_and_channels(song, tmp_path, tiny
     assert info.subtype == "FLOAT"
 
 
+def test_the_mask_mode_is_the_default_and_keeps_the_stereo_image(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out)) == 0
+    assert "mode mask" in capsys.readouterr().err
+    result, _ = sf.read(out, always_2d=True)
+    assert not np.allclose(result[:, 0], result[:, 1])  # the input's channels differ: so do the result's
+
+
+def test_resynth_gives_the_models_output_on_every_channel(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--mode", "resynth") == 0
+    assert "mode resynth" in capsys.readouterr().err
+    result, _ = sf.read(out, always_2d=True)
+    np.testing.assert_array_equal(result[:, 0], result[:, 1])
+
+
+def test_an_unknown_mode_is_one_line_naming_the_modes_and_writes_nothing(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out), "--mode", "karaoke") == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mask or resynth" in err
+    assert not out.exists()
+
+
 def test_default_output_goes_to_results_beside_the_input_under_a_fresh_name(song, tiny_model_dir, capsys):
     assert edit(song, tiny_model_dir) == 0
     assert edit(song, tiny_model_dir) == 0

@@ -266,6 +266,26 @@ def test_the_prompted_action_sends_what_the_user_typed(harness, source_file, sen
     assert reaper.undo_points == ["Instruct: remove bass"]
 
 
+def test_the_prompted_action_sends_the_mode_the_user_chose(harness, source_file, monkeypatch):
+    requests = []
+    real_send_edit = Client.send_edit
+    monkeypatch.setattr(
+        Client, "send_edit", lambda self, request: requests.append(request) or real_send_edit(self, request)
+    )
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.reaper.user_inputs.append((True, "extract drums|resynth"))
+    harness.run("imusic_edit.py")
+    harness.reaper.user_inputs.append((True, "remove bass"))
+    harness.run("imusic_edit.py")
+    harness.run("imusic_add_piano.py")
+    assert [(r.instruction, r.mode) for r in requests] == [
+        ("extract drums", "resynth"),
+        ("remove bass", ""),
+        ("add piano", ""),
+    ]
+
+
 def test_cancelling_the_prompt_does_nothing(harness, source_file):
     reaper = harness.reaper
     track = reaper.add_track("Mix")
