@@ -49,6 +49,7 @@ def test_edit_arguments_get_their_defaults_and_numbers_are_coerced():
         "output_path": "",
         "seed": -1,
         "takes": 1,
+        "mode": "",
     }
     assert protocol.parse_request(protocol.EDIT, [7, "/a", 0, 1, "x", "", 3.0, 2.0])["seed"] == 3
     assert protocol.parse_request(protocol.CANCEL, [7])["job_id"] == "7"
