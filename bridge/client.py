@@ -328,22 +328,38 @@ def _check_job_id(job_id: str) -> None:
 # ------------------------------------------------------------------------------------------------------ command line
 
 
+def _connection_options(parser: argparse.ArgumentParser, host: str) -> None:
+    """--host --port --timeout --json; `host` is the default host, or argparse.SUPPRESS for no defaults at all."""
+    suppress = host is argparse.SUPPRESS
+    port = argparse.SUPPRESS if suppress else int(os.environ.get("IMUSIC_PORT", protocol.DEFAULT_PORT))
+    parser.add_argument("--host", default=host, help="engine host")
+    parser.add_argument("--port", type=int, default=port, help="engine port")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS if suppress else None,
+        help="seconds to wait for an answer (edit: no limit)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print replies as JSON"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic send ping|status|cancel|edit|preview|stop-preview ...`"""
-    parser.add_argument("--host", default=os.environ.get("IMUSIC_HOST", protocol.DEFAULT_HOST), help="engine host")
-    parser.add_argument(
-        "--port", type=int, default=int(os.environ.get("IMUSIC_PORT", protocol.DEFAULT_PORT)), help="engine port"
-    )
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer (edit: no limit)")
-    parser.add_argument("--json", action="store_true", help="print replies as JSON lines")
+    _connection_options(parser, os.environ.get("IMUSIC_HOST", protocol.DEFAULT_HOST))
+    # The same options after the request (`imusic send ping --port 9200`): no default there, so an option given
+    # before the request is not reset.
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_options(after, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="request", metavar="REQUEST", parser_class=type(parser))
     sub.required = True
-    sub.add_parser("ping", help="is the engine there? prints version, model, device, state")
-    status = sub.add_parser("status", help="the server's state, or one job's")
+    sub.add_parser("ping", parents=[after], help="is the engine there? prints version, model, device, state")
+    status = sub.add_parser("status", parents=[after], help="the server's state, or one job's")
     status.add_argument("job_id", nargs="?", default=None)
-    cancel = sub.add_parser("cancel", help="cancel a queued or running job")
+    cancel = sub.add_parser("cancel", parents=[after], help="cancel a queued or running job")
     cancel.add_argument("job_id")
-    edit = sub.add_parser("edit", help="edit a region of an audio file on the engine")
+    edit = sub.add_parser("edit", parents=[after], help="edit a region of an audio file on the engine")
     edit.add_argument("input", help="audio file (wav, aiff, flac, mp3, ogg) on the engine machine")
     edit.add_argument("instruction", help='e.g. "extract drums", "remove bass", "add piano"')
     edit.add_argument("--start", type=float, default=0.0, help="region start in seconds (default 0)")
@@ -354,10 +370,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--mode", default="", help="mask (keeps the recording) or resynth (default: mask)")
     edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")
     edit.add_argument("--no-wait", action="store_true", help="print the job id once accepted and return")
-    preview = sub.add_parser("preview", help="play a finished job on the engine machine's output")
+    preview = sub.add_parser("preview", parents=[after], help="play a finished job on the engine machine's output")
     preview.add_argument("job_id")
     preview.add_argument("which", nargs="?", default="result", choices=("result", "source"))
-    sub.add_parser("stop-preview", help="stop the preview")
+    sub.add_parser("stop-preview", parents=[after], help="stop the preview")
 
 
 def _print_reply(reply: Reply, as_json: bool) -> None:

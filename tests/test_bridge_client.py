@@ -187,6 +187,14 @@ def test_send_to_a_silent_port_says_no_reply(capsys):
     assert "no reply" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_send_options_work_before_and_after_the_request(server, capsys, where):
+    options = ["--port", str(server.port), "--json"]
+    argv = ["send", *options, "ping"] if where == "before" else ["send", "ping", *options]
+    assert main(argv) == 0
+    assert '"address": "/imusic/pong"' in capsys.readouterr().out
+
+
 def test_a_malformed_job_id_is_refused_before_sending(server):
     from engine.errors import ConfigError
 
