@@ -769,22 +769,19 @@ def _settings(args: argparse.Namespace, model: str | None) -> dict:
     return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": args.mode}
 
 
-def _card_vocabulary(model: str | None) -> tuple[Callable[[str], Any], str | None]:
-    """Parse edits and name the model without loading it: the model card where it is a model directory, else the
-    generic vocabulary (the model itself decides when it loads)."""
+def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None]:
+    """Parse edits and name the model without loading it (engine.weights.peek_card); where only loading tells, every
+    instrument the engine knows (the model itself decides when it loads)."""
     from engine.instructions import parse_instruction
-    from engine.weights import is_model_dir, read_model_card, resolve_source
+    from engine.weights import peek_card
 
-    card = None
-    with contextlib.suppress(ImusicError, OSError):
-        path = resolve_source(model)
-        card = read_model_card(path) if is_model_dir(path) else None
+    card = peek_card(args.model, args.adapter)
     return (lambda text: parse_instruction(text, card)), (card or {}).get("name")
 
 
 def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     """`imusic batch --dry-run`: what a run would render, skip and refuse, and why; no model, nothing written."""
-    parse, model = _card_vocabulary(args.model)
+    parse, model = _card_vocabulary(args)
     labels = check_edits(args.edit, parse, args.mode)
     pairs = plan_pairs(sources, labels, out)
     manifest = Manifest(out / MANIFEST_NAME)  # read only: a dry run never saves it
@@ -821,7 +818,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if all(source.problem for source in sources):
             # Nothing can be rendered: say why at once instead of loading a model for nothing.
-            parse, model = _card_vocabulary(args.model)
+            parse, model = _card_vocabulary(args)
         else:
             backend = _load_backend(args)
             parse, model = backend.parse, backend.model_info.get("model")

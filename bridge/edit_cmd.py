@@ -137,9 +137,14 @@ def run(args: argparse.Namespace) -> int:
     output = choose_output(input_path, args.instruction, args.output, args.force)
     end = -1.0 if args.end is None else args.end  # audio_io: a negative end means the end of the file
     audio_io.region_frames(audio_io.probe(input_path), args.start, end)  # bad files fail before the model loads
+    from engine.instructions import parse_instruction
+    from engine.mask import check_mode
+    from engine.weights import peek_card
+
+    # The instruction and the mode are checked against the model's card before its weights load (seconds).
+    check_mode(parse_instruction(args.instruction, peek_card(args.model, args.adapter)).op, args.mode)
 
     from engine.editor import Editor
-    from engine.mask import check_mode
 
     editor = Editor.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
     parsed = editor.parse(args.instruction)  # an unknown instruction or mode fails here, before any compute

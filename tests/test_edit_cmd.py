@@ -100,6 +100,19 @@ def test_unknown_instruction_is_one_line_and_writes_nothing(song, tmp_path, tiny
     assert not out.exists()
 
 
+def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("engine.editor.Editor.load", refuse)
+    out = tmp_path / "x.wav"
+    assert main(["edit", str(song), "extract kazoo", "-o", str(out)]) == 1  # the embedded default model's card
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "kazoo" in err and "drums" in err
+    assert main(["edit", str(song), "extract drums", "-o", str(out), "--mode", "karaoke"]) == 1
+    assert "mask or resynth" in capsys.readouterr().err
+
+
 def test_unreadable_input_fails_before_a_model_is_loaded(tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")

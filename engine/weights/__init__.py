@@ -100,6 +100,20 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     return card
 
 
+def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any] | None:
+    """What a model understands (stems, instruction format, name), read without loading any weights: the adapter's
+    adapter.json where one is given, else our model directory's card; None where only loading can tell
+    (transformers, audiocraft, hub names, the official checkpoint) or the files cannot be read."""
+    try:
+        if adapter is not None:
+            path = Path(adapter).expanduser() / "adapter.json"
+            return json.loads(path.read_text()) if path.is_file() else None
+        path = resolve_source(source)
+        return read_model_card(path) if is_model_dir(path) else None
+    except (CheckpointError, OSError, ValueError):
+        return None
+
+
 def load_model(
     source: str | Path | None = None,
     adapter: str | Path | None = None,
