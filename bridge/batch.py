@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import files
+from bridge.cli import takes_option
 from bridge.files import jsonable, write_json_atomic
 from bridge.sources import Source, collect_sources, find_audio_files, read_rpp  # noqa: F401 (re-exported)
 from engine.errors import (
@@ -725,7 +726,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device for the model (default: the best available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's best)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed for every edit (default: random)")
-    parser.add_argument("--takes", type=int, default=1, help="generate N takes per edit and keep the best")
+    parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes per edit and keep the best")
     parser.add_argument(
         "--mode", default="", help="mask (the edit keeps the recording; the default) or resynth (the model's output)"
     )
@@ -803,8 +804,6 @@ def run(args: argparse.Namespace) -> int:
     """`imusic batch`: check everything that can be checked, load the model once, render, print the table."""
     session = Path(args.session).expanduser()
     out = Path(args.output).expanduser()
-    if args.takes < 1:
-        raise ConfigError("--takes must be at least 1")
     if not args.edit:
         raise ConfigError('give at least one --edit, e.g. --edit "extract drums"')
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.

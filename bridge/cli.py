@@ -39,6 +39,19 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def takes_option(text: str) -> int:
+    """argparse type of --takes: a whole number from 1 to protocol.MAX_TAKES (else a usage error, exit 2)."""
+    from bridge.protocol import MAX_TAKES
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_TAKES:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_TAKES}, got {value}")
+    return value
+
+
 def _chosen_command(argv: Sequence[str]) -> str | None:
     for token in argv:
         if not token.startswith("-"):

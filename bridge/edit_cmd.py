@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bridge.cli import takes_option
 from engine.errors import ConfigError, ImusicError
 
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", type=float, default=0.0, help="start of the region, seconds (default 0)")
     parser.add_argument("--end", type=float, default=None, help="end of the region, seconds (default: end of file)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random, printed)")
-    parser.add_argument("--takes", type=int, default=1, help="generate N takes and keep the best")
+    parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
     parser.add_argument(
         "--mode",
         default=None,
@@ -131,10 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from bridge import audio_io
     from bridge.editing import edit_region
 
-    if args.takes < 1:
-        raise ConfigError("--takes must be at least 1")
     input_path = Path(args.input).expanduser()
     output = choose_output(input_path, args.instruction, args.output, args.force)
+    if not output.parent.is_dir():
+        sys.stderr.write(f"imusic edit: the folder {output.parent} does not exist: it will be created\n")
     end = -1.0 if args.end is None else args.end  # audio_io: a negative end means the end of the file
     audio_io.region_frames(audio_io.probe(input_path), args.start, end)  # bad files fail before the model loads
     from engine.instructions import parse_instruction

@@ -113,6 +113,20 @@ def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, 
     assert "mask or resynth" in capsys.readouterr().err
 
 
+def test_takes_out_of_range_is_a_usage_error(song, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edit", str(song), "extract drums", "--takes", "0"])
+    assert exit_info.value.code == 2
+    assert "--takes: must be from 1 to 16, got 0" in capsys.readouterr().err
+
+
+def test_an_output_in_a_missing_folder_says_the_folder_is_created(song, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "new" / "drums.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out)) == 0
+    assert f"the folder {out.parent} does not exist: it will be created" in capsys.readouterr().err
+    assert out.is_file()
+
+
 def test_unreadable_input_fails_before_a_model_is_loaded(tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")
