@@ -14,7 +14,7 @@ No torch here: the OSC server validates instructions before queueing a job.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -300,9 +300,3 @@ def parse_instruction(text: str, card: Any) -> Instruction:
             raise InstructionError(f"what should happen to the {stem.lower()}? {vocab.supported()}")
         raise InstructionError(f"cannot read {' '.join(op_words)!r} in {text.strip()!r}: {vocab.supported()}")
     return Instruction(op=op, stem=stem, prompt=format_prompt(op, stem, card), text=text.strip())
-
-
-def supported_phrases(card: Any) -> dict[str, Iterable[str]]:
-    """Operation phrases and stems this card accepts (for help texts and the server's status)."""
-    vocab = vocabulary(card)
-    return {"operations": {op: list(_OP_PHRASES[op]) for op in vocab.operations}, "stems": list(vocab.stems)}

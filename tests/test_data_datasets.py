@@ -161,17 +161,6 @@ def test_training_clips_repeat_within_an_epoch_and_change_across_epochs(synth_ca
     assert draws() != epoch0
 
 
-def test_torch_wrapper_batches_clips(synth_catalog):
-    from torch.utils.data import DataLoader
-
-    from engine.data.torch_data import ClipDataset, collate_clips
-
-    data = ClipDataset(StemDataset(synth_catalog, "all", _config(seconds=0.5)))
-    batch = next(iter(DataLoader(data, batch_size=2, collate_fn=collate_clips)))
-    assert batch["input"].shape == batch["target"].shape == (2, 1, RATE // 2)
-    assert len(batch["instruction"]) == 2 and batch["offset"].shape == (2,)
-
-
 # ---- re-draws on near-silent clips, on a hand-made folder data set ----------------------------------------------
 
 

@@ -16,7 +16,7 @@ Our departures: the Slakh silence rule and Slakh instruction text ("Music piece.
 layout (the official MoisesDB loader checks only peaks and writes "Instruction:"), class names spelled as Slakh's,
 and every item drawn from its own seeded generator instead of the global `random`.
 
-The core is numpy only; `engine.data.torch_data` wraps it for PyTorch. Audio is decoded window by window
+The core is numpy only (training feeds it to torch in engine/train.py). Audio is decoded window by window
 (soundfile seek) and resampled with a polyphase filter, so random access never reads whole files.
 """
 
@@ -518,18 +518,3 @@ class CaptionDataset(StemDataset):
             redraws=redraws,
             quiet=quiet,
         )
-
-
-def open_dataset(
-    root: str,
-    split: str = "train",
-    config: ClipConfig | None = None,
-    *,
-    layout: str = "auto",
-    seed: int = 0,
-    clips_per_song: int = 1,
-) -> StemDataset:
-    """Scan a data folder and return the clips of one split."""
-    from engine.data.layouts import scan
-
-    return StemDataset(scan(root, layout), split, config, seed=seed, clips_per_song=clips_per_song)

@@ -55,17 +55,6 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def is_transformers_dir(path: str | Path) -> bool:
-    """True when `path` looks like a transformers MusicGen directory (config.json naming a musicgen model)."""
-    config = Path(path) / CONFIG
-    if not config.is_file():
-        return False
-    try:
-        return str(json.loads(config.read_text()).get("model_type", "")).startswith("musicgen")
-    except (OSError, ValueError):
-        return False
-
-
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a transformers MusicGen directory, checked for the parts we need."""
     path = Path(path)
