@@ -101,7 +101,7 @@ class AudioFusion(nn.Module):
         """cond_codes [B, K, Tc] -> per model layer a PrefixKV with [B, H, Tc + 1, Dh] tensors (None if not fused)."""
         from engine.model import PrefixKV, merge_heads, split_heads
 
-        lm._check_codes(cond_codes, "condition codes")
+        lm.check_codes(cond_codes, "condition codes")
         batch, _, num_codes = cond_codes.shape
         frames = num_codes + 1
         if num_codes < 1:

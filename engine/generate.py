@@ -73,11 +73,11 @@ def _check_inputs(lm: MusicGenLM, text_states, text_mask, num_frames, cond_codes
                 f"text mask {tuple(text_mask.shape)} does not match text states {tuple(text_states.shape)}"
             )
     if cond_codes is not None:
-        lm._check_codes(cond_codes, "condition codes")
+        lm.check_codes(cond_codes, "condition codes")
         if cond_codes.shape[0] != 1:
             batches.add(cond_codes.shape[0])
     if prompt_codes is not None:
-        lm._check_codes(prompt_codes, "prompt codes")
+        lm.check_codes(prompt_codes, "prompt codes")
         batches.add(prompt_codes.shape[0])
         if prompt_codes.shape[-1] > num_frames:
             raise ConfigError(f"the prompt ({prompt_codes.shape[-1]} frames) is longer than num_frames ({num_frames})")

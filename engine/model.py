@@ -600,7 +600,7 @@ class MusicGenLM(nn.Module):
         condition frame s (the condition's T frames plus its appended special token give T + 1 frames).
         """
         batch, num_codebooks, num_frames = codes.shape
-        self._check_codes(codes, "codes")
+        self.check_codes(codes, "codes")
         seq = delay.build(codes, self.special_token)  # [B, K, T + K]
         inputs, targets = seq[..., :num_frames], seq[..., 1 : num_frames + 1]  # [B, K, T] each
         valid = delay.valid_mask(num_frames, num_codebooks, codes.device)[:, 1 : num_frames + 1]  # [K, T]
@@ -615,7 +615,8 @@ class MusicGenLM(nn.Module):
         per_codebook = torch.stack(per_codebook)
         return per_codebook.mean(), per_codebook
 
-    def _check_codes(self, codes: torch.Tensor, name: str) -> None:
+    def check_codes(self, codes: torch.Tensor, name: str) -> None:
+        """DataError unless `codes` is [B, num_codebooks, T] with every code in [0, card)."""
         if codes.dim() != 3 or codes.shape[1] != self.cfg.num_codebooks:
             raise DataError(f"{name} must be [B, {self.cfg.num_codebooks}, T], got {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.card):
