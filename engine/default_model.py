@@ -150,7 +150,9 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
         "data": {
             "command": "make model-data",
             "generator": "imusic data synth",
-            "settings": {k: data[k] for k in ("tracks", "seconds", "sample_rate", "seed", "soundfonts") if k in data},
+            "settings": _portable(
+                {k: data[k] for k in ("tracks", "seconds", "sample_rate", "seed", "soundfonts") if k in data}
+            ),
             "split": "by song, deterministic (engine.data.datasets.split_songs); validation and test songs are held "
             "out of every stage (codec included)",
         },
@@ -230,3 +232,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _portable(settings: dict) -> dict:
+    """Settings as a shipped card may hold them: soundfonts by file name, not by a path of the build machine."""
+    if "soundfonts" in settings:
+        settings = {**settings, "soundfonts": [Path(str(font)).name for font in settings["soundfonts"]]}
+    return settings

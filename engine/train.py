@@ -41,7 +41,7 @@ RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "lo
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run. Adapter defaults are the official hyper-parameters (DESIGN.md)."""
+    """Everything that defines a run. Adapter defaults are the official hyper-parameters (docs/ARCHITECTURE.md)."""
 
     data: str = ""
     base: str = ""

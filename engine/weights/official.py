@@ -13,7 +13,7 @@ Key mapping (model.py / transformer_cc.py of the official code, PEFT naming):
                                                   -> layers.{i}.cross_attn.{q,v}.lora_{a,b}
     ...cross_attention.{q,k,v}_proj[.base_layer].weight -> layers.{i}.cross_attn.{q,k,v}.weight
 The cross-attention q/k/v are separate Linear layers in the official code, whose values exist only in this file
-(docs: DESIGN.md), so they travel with the adapter and replace the base model's.
+(docs/ARCHITECTURE.md, "The method"), so they travel with the adapter and replace the base model's.
 """
 
 from __future__ import annotations
