@@ -3,11 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 APT_STAMP := $(VENV)/.apt-installed
 APT_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup apt test test-slow lint format demo clean default-model model-data model-codec model-base model-adapters \
+.PHONY: setup setup-test apt test test-slow lint format demo clean default-model model-data model-codec model-base model-adapters \
 	model-eval
 
 $(APT_STAMP):
@@ -18,28 +19,34 @@ $(APT_STAMP):
 	else echo "apt-get not found: install $(APT_PACKAGES) with your package manager"; fi
 	@touch $@
 
+# torch first, the build that fits this machine (bridge/torch_setup.py says which and why), then the project.
 $(STAMP): pyproject.toml | $(APT_STAMP)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	# torch first, from the local CPU build: no CUDA wheels are pulled
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/python -m bridge.torch_setup
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+# The test tools (pytest, ruff, ray for the cluster backend) only where tests run: the demo needs none of them.
+$(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
 apt: $(APT_STAMP)
 setup: $(STAMP)
+setup-test: $(TEST_STAMP)
 
-test: setup
+test: setup-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
-test-slow: setup
+test-slow: setup-test
 	$(BIN)/python -m pytest -q -m slow
 
-lint: setup
+lint: setup-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-format: setup
+format: setup-test
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
 clean:
