@@ -21,6 +21,9 @@ import numpy as np
 from engine.errors import ConfigError, ResourceError
 
 INSTALL_HINT = "pip install sounddevice (on Debian/Ubuntu also: apt install libportaudio2)"
+NO_DEVICE = (
+    "no audio output device found: connect or enable one (`imusic play --list-devices` lists what PortAudio sees)"
+)
 AB_SEGMENT_SECONDS = 4.0
 
 
@@ -229,9 +232,8 @@ def resolve_device(device: str | int | None, devices: list[dict]) -> int | None:
     """Pick an output device by index or by (case-insensitive, partial) name; None = the system default."""
     if device is None or device == "":
         if not devices:
-            raise PlaybackUnavailable(
-                f"no audio output device found: connect one (playback uses PortAudio: {INSTALL_HINT})"
-            )
+            # sounddevice and PortAudio are there (they listed the devices): the cause is the missing device alone.
+            raise PlaybackUnavailable(NO_DEVICE)
         return None
     if isinstance(device, int) or str(device).strip().isdigit():
         index = int(device)

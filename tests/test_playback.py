@@ -80,9 +80,10 @@ def test_unknown_device_lists_what_exists():
         resolve_device(9, DEVICES)
 
 
-def test_default_device_with_no_devices_says_how_to_fix_it():
-    with pytest.raises(PlaybackUnavailable, match="no audio output device.*pip install sounddevice"):
+def test_default_device_with_no_devices_says_how_to_fix_it_without_naming_installed_packages():
+    with pytest.raises(PlaybackUnavailable, match="no audio output device found: connect or enable one") as info:
         resolve_device(None, [])
+    assert "pip install" not in str(info.value)
 
 
 def test_missing_sounddevice_is_one_clear_error(monkeypatch):
@@ -188,7 +189,7 @@ def test_real_player_plays_a_short_clip_on_the_default_device():
 
 @pytest.mark.skipif(bool(_real_output_devices()), reason="this machine has an output device")
 def test_real_get_player_without_an_output_device_says_how_to_fix_it():
-    with pytest.raises(PlaybackUnavailable, match="no audio output device.*pip install sounddevice"):
+    with pytest.raises(PlaybackUnavailable, match="no audio output device found: connect or enable one"):
         playback.get_player()
 
 
