@@ -1,7 +1,7 @@
 """What a REAPER item plays, as a region of its source file: the one rule for the actions and for batch.
 
 The REAPER actions read an `ItemView` from the running REAPER (reaper_scripts/imusic_lib.py); `imusic batch` reads
-the same view from a saved .rpp (bridge/batch.py). Both call `plan_job`, so an item gives the same region, or the
+the same view from a saved .rpp (bridge/sources.py). Both call `plan_job`, so an item gives the same region, or the
 same refusal, whichever way it reaches the engine. Plain values only: no REAPER, no torch, no file reading.
 
 What is sent is what the producer hears from the take, or nothing. The source region of an item is

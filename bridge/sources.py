@@ -33,6 +33,25 @@ class Source:
     problem: str | None = None  # why this source cannot be rendered (unsupported item, missing file)
 
 
+@dataclass
+class Pair:
+    """One (source, edit) of a batch and where its result goes."""
+
+    source: Source
+    edit: str  # the instruction as typed
+    label: str  # Instruction.label, e.g. "extract drums"
+    output: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.source.rel} | {self.label}"
+
+    @property
+    def end_s(self) -> float:
+        """The region's end for audio_io (a negative end: to the end of the file)."""
+        return -1.0 if self.source.end_s is None else self.source.end_s
+
+
 def safe_name(text: str, limit: int = 80) -> str:
     """A file-system-safe name: no separators, reserved characters or control characters; never empty."""
     text = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", text).strip(" .")

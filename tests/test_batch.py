@@ -13,19 +13,11 @@ import pytest
 import soundfile as sf
 
 from bridge import batch
-from bridge.batch import (
-    InProcessBackend,
-    Manifest,
-    check_edits,
-    check_output_folder,
-    claim_output_folder,
-    collect_sources,
-    find_audio_files,
-    plan_pairs,
-    read_rpp,
-    run_batch,
-)
+from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
+from bridge.batch_backends import InProcessBackend
 from bridge.cli import main
+from bridge.manifest import Manifest
+from bridge.sources import collect_sources, find_audio_files, read_rpp
 from engine.errors import ConfigError, DataError, InstructionError
 
 EDITS = ["extract drums", "no bass"]

@@ -86,7 +86,7 @@ def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny
     import threading
     import time as clock
 
-    from bridge import batch
+    from bridge import batch_backends
 
     class SlowEditor:
         """The tiny editor, after a pause long enough to stop the server while a job runs."""
@@ -106,7 +106,7 @@ def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny
     server.start()
     assert server.wait_ready(30)
     threading.Thread(target=lambda: started.wait(30) and server.stop(), daemon=True).start()
-    monkeypatch.setattr(batch.ServerBackend, "silence_limit_s", 2.0)
+    monkeypatch.setattr(batch_backends.ServerBackend, "silence_limit_s", 2.0)
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out")]
     began = clock.monotonic()
     assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1

@@ -1,0 +1,308 @@
+"""Where a batch's edits run: in this process, on a running `imusic serve`, or on a Ray cluster.
+
+Each backend has `parse(text)`, `model_info`, `per_file_progress`, `run(pairs, progress) -> Iterator[Outcome]` and
+`close()`. Heavy imports (torch, ray) happen inside functions: `imusic batch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.files import jsonable
+from bridge.sources import Pair
+from engine.errors import AudioError, CheckpointError, ConfigError, ImusicError, InstructionError, ResourceError
+
+# Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
+FATAL_REMOTE_CODES = ("bad_instruction", "forbidden_path", "unavailable", "bad_checkpoint", "bad_config")
+
+
+@dataclass
+class Outcome:
+    """What a backend reports for one pair: the written output and the edit's info, or an error."""
+
+    pair: Pair
+    output: Path | None = None
+    info: dict = field(default_factory=dict)
+    seed: int | None = None
+    seconds: float = 0.0
+    error: ImusicError | None = None
+
+
+def _edit_pair(editor: Any, pair: Pair, options: dict, progress: Callable[[float, str], None] | None) -> Outcome:
+    """One pair, in this process: the one edit path (read, edit, conform, write atomically)."""
+    from bridge.editing import edit_region
+
+    started = time.monotonic()
+    done = edit_region(
+        editor, pair.source.path, pair.source.start_s, pair.end_s, pair.edit, pair.output,
+        options=options, overwrite=True, progress=progress,
+    )  # fmt: skip
+    return Outcome(pair, done.output_path, done.info, done.seed, time.monotonic() - started)
+
+
+class InProcessBackend:
+    """The model loaded once in this process."""
+
+    def __init__(self, editor: Any, *, seed: int | None, takes: int, raw: bool, mode: str = "") -> None:
+        self.editor = editor
+        self.options = {"seed": seed, "takes": takes, "raw": raw, "mode": mode}
+        self.model_info = dict(editor.info)
+        self.per_file_progress = True
+
+    def parse(self, text: str) -> Any:
+        return self.editor.parse(text)
+
+    def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
+        for pair in pairs:
+            try:
+                yield _edit_pair(self.editor, pair, self.options, lambda f, _stage, p=pair: progress(p, f))
+            except ImusicError as exc:
+                if isinstance(exc, ResourceError):
+                    raise
+                yield Outcome(pair, error=exc)
+            except (OSError, ValueError, RuntimeError) as exc:
+                # A file the reader chokes on, or a bug on one input: report this pair, keep rendering the others.
+                yield Outcome(pair, error=AudioError(f"{type(exc).__name__}: {exc}"))
+
+    def close(self) -> None:
+        pass
+
+
+class ServerBackend:
+    """Jobs sent to a running `imusic serve`; the server reads the region and writes the result itself."""
+
+    # A server that says nothing about a running job for this long has died or hangs (it answers status queries
+    # every few seconds even while busy): the batch stops with a clear error instead of waiting forever.
+    silence_limit_s = 60.0
+
+    def __init__(self, address: str, *, seed: int | None, takes: int, mode: str = "") -> None:
+        from bridge import protocol
+        from bridge.client import Client, NoReply
+
+        host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
+        try:
+            self.client = Client(host or protocol.DEFAULT_HOST, int(port or protocol.DEFAULT_PORT))
+        except ValueError:
+            raise ConfigError(f"--server {address}: give [HOST:]PORT, e.g. 127.0.0.1:{protocol.DEFAULT_PORT}") from None
+        try:
+            pong = self.client.ping(timeout=3.0)
+        except NoReply:
+            self.client.close()
+            raise ConfigError(f"no imusic server answers at {address}: start one with `imusic serve`") from None
+        version, model, device = (pong.args + ["", "", ""])[:3]
+        self.model_info = {"model": model, "device": device, "server": address, "server_version": version}
+        self.seed, self.takes, self.mode = seed, takes, mode
+        self.per_file_progress = True
+        self.submitted: set[str] = set()
+
+    def parse(self, text: str) -> Any:
+        # Only the server knows its model's stems; it refuses an unknown instruction when the job arrives, and the
+        # batch stops at once on that error (see FATAL_REMOTE_CODES). Here we only read the words.
+        from engine.instructions import parse_instruction
+
+        return parse_instruction(text, None)
+
+    def _submit(self, pair: Pair, job_id: str) -> None:
+        pair.output.parent.mkdir(parents=True, exist_ok=True)
+        # An output file the manifest does not vouch for is a leftover: the server must not pick another name.
+        pair.output.unlink(missing_ok=True)
+        self.client.submit(
+            str(pair.source.path),
+            pair.source.start_s,
+            pair.end_s,
+            pair.edit,
+            output_path=str(pair.output),
+            seed=self.seed,
+            takes=self.takes,
+            mode=self.mode,
+            job_id=job_id,
+        )
+
+    def _check_edits_on_server(self, pairs: list[Pair], job_ids: dict[str, str]) -> None:
+        """Submit the first pair of every edit and wait for accepted/error: only the server knows its model's stems,
+        and it checks the instruction before queueing. One it refuses stops the batch before the rest is sent."""
+        from bridge import protocol
+        from bridge.client import NoReply
+
+        firsts = list({pair.label: pair for pair in reversed(pairs)}.values())[::-1]
+        for pair in firsts:
+            self._submit(pair, job_ids[pair.key])
+        refused = None
+        for pair in firsts:
+            job_id = job_ids[pair.key]
+            try:
+                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=30.0)
+            except NoReply:
+                raise ResourceError("the server stopped answering; is `imusic serve` still running?") from None
+            if reply.address == protocol.ERROR and reply.code in FATAL_REMOTE_CODES and refused is None:
+                refused = f"the server refused '{pair.edit}': {reply.message}"
+            self.client.tracker.handle(reply, time.monotonic())  # a job already over is over for wait() too
+        if refused is not None:
+            for pair in firsts:
+                with contextlib.suppress(ImusicError):
+                    self.client.cancel(job_ids[pair.key])
+            raise ConfigError(refused)
+        self.submitted = {job_ids[p.key] for p in firsts}
+
+    def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
+        from bridge.client import NoReply, RemoteError
+
+        # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
+        nonce = os.urandom(4).hex()
+        job_ids = {pair.key: f"batch-{nonce}-{i}" for i, pair in enumerate(pairs)}
+        if pairs:
+            self._check_edits_on_server(pairs, job_ids)
+        for pair in pairs:
+            started = time.monotonic()
+            job_id = job_ids[pair.key]
+            try:
+                if job_id not in self.submitted:
+                    self._submit(pair, job_id)
+                result = self.client.wait(
+                    job_id, on_progress=lambda f, _stage, p=pair: progress(p, f), give_up_after=self.silence_limit_s
+                )
+            except NoReply as exc:
+                # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
+                raise ResourceError(f"{exc}; rerun the same batch command to resume") from None
+            except RemoteError as exc:
+                if exc.code in FATAL_REMOTE_CODES:
+                    raise ConfigError(f"the server refused '{pair.edit}' on {pair.source.rel}: {exc}") from None
+                yield Outcome(pair, error=exc)
+                continue
+            info = dict(result.info or {})
+            yield Outcome(pair, Path(result.output_path), info, info.get("seed"), time.monotonic() - started)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RayEditWorker:
+    """A Ray actor holding one resident model (created with ray.remote(...)(RayEditWorker) in RayBackend)."""
+
+    def __init__(self, load: dict) -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        from engine.editor import Editor
+
+        self.editor = Editor.load(**load)
+
+    def info(self) -> dict:
+        return jsonable(dict(self.editor.info))
+
+    def parse(self, text: str) -> tuple[str, Any]:
+        # Exceptions are returned, not raised: the driver gets our own error class back, not a Ray wrapper.
+        try:
+            parsed = self.editor.parse(text)
+        except InstructionError as exc:
+            return ("error", str(exc))
+        return ("ok", (parsed.label, parsed.op))
+
+    def edit(self, audio: Any, sample_rate: int, text: str, options: dict) -> tuple:
+        started = time.monotonic()
+        try:
+            result = self.editor.edit(audio, sample_rate, text, **options)
+        except ImusicError as exc:
+            return ("error", type(exc).__name__, str(exc))
+        info = jsonable(dict(result.info or {}))
+        return ("ok", result.audio, result.sample_rate, result.seed, info, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class _Label:
+    label: str
+    op: str
+
+
+class RayBackend:
+    """(input, edit) pairs spread over a Ray cluster: one actor per GPU (or per CPU worker), each with one model.
+
+    The driver reads each region and writes each result, so workers need no access to the session's files; only the
+    model (--model path, or the embedded default) must exist on every worker.
+    """
+
+    def __init__(
+        self, address: str, load: dict, *, workers: int | None, seed: int | None, takes: int, raw: bool, mode: str = ""
+    ):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "--ray needs Ray: pip install 'instruct-musicgen-daw[cluster]' (or pip install ray)"
+            ) from None
+        self.ray = ray
+        init: dict[str, Any] = {"address": address, "log_to_driver": False}
+        if address == "local":  # a private single-machine instance: size it here, nothing else shares it
+            init.update(num_cpus=workers or 1, include_dashboard=False)
+        try:
+            ray.init(**init)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"cannot join the Ray cluster at {address}: {exc}") from None
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        count = workers or max(gpus, 1)
+        resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+        actor_class = ray.remote(**resources)(RayEditWorker)
+        self.actors = [actor_class.remote(load) for _ in range(count)]
+        try:
+            self.model_info = ray.get(self.actors[0].info.remote())
+        except ray.exceptions.RayError as exc:
+            self.close()
+            raise CheckpointError(f"the Ray workers could not load the model: {exc}") from None
+        self.model_info["workers"] = count
+        self.model_info["gpus"] = gpus
+        self.options = {"seed": seed, "takes": takes, "raw": raw, "mode": mode}
+        self.per_file_progress = False
+
+    def parse(self, text: str) -> Any:
+        status, value = self.ray.get(self.actors[0].parse.remote(text))
+        if status != "ok":
+            raise InstructionError(value)
+        return _Label(*value)
+
+    def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
+        from bridge.audio_io import read_region
+        from bridge.editing import write_result
+
+        ray = self.ray
+        queue = list(pairs)
+        idle = list(self.actors) * 2  # two jobs in flight per actor: the next input is ready when one finishes
+        pending: dict[Any, tuple[Pair, Any, Any, int]] = {}
+        while queue or pending:
+            while queue and idle:
+                pair, actor = queue.pop(0), idle.pop(0)
+                try:
+                    audio, rate = read_region(pair.source.path, pair.source.start_s, pair.end_s)
+                except (ImusicError, OSError, ValueError) as exc:
+                    idle.append(actor)
+                    yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
+                    continue
+                ref = actor.edit.remote(audio, rate, pair.edit, self.options)
+                pending[ref] = (pair, actor, audio, rate)
+            if not pending:
+                continue
+            done, _ = ray.wait(list(pending), num_returns=1)
+            pair, actor, source, rate = pending.pop(done[0])
+            idle.append(actor)
+            try:
+                reply = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                yield Outcome(pair, error=ResourceError(f"a Ray worker failed: {exc}"))
+                continue
+            if reply[0] != "ok":
+                yield Outcome(pair, error=AudioError(reply[2]) if reply[1] == "AudioError" else ImusicError(reply[2]))
+                continue
+            _, audio, result_rate, seed, info, seconds = reply  # the worker's time: queueing behind a job is not it
+            try:
+                written, info = write_result(pair.output, audio, result_rate, source, rate, info, overwrite=True)
+            except (ImusicError, OSError) as exc:
+                yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
+                continue
+            progress(pair, 1.0)
+            yield Outcome(pair, written, info, seed, seconds)
+
+    def close(self) -> None:
+        self.ray.shutdown()

@@ -1,0 +1,75 @@
+"""OUT/manifest.json of a batch: one record per (input, edit) pair, and the rule for "already done"."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bridge.files import jsonable, write_json_atomic
+from bridge.sources import Pair
+from engine.errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "imusic-batch/1"
+
+
+class Manifest:
+    """OUT/manifest.json: one record per (input, edit) pair, keyed by Pair.key."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"format": MANIFEST_FORMAT, "pairs": {}}
+        if path.exists():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DataError(f"{path} is unreadable ({exc}); move it away to start this batch afresh") from None
+            if not isinstance(loaded, dict) or loaded.get("format") != MANIFEST_FORMAT:
+                raise DataError(f"{path} is not an imusic batch manifest; choose another output folder")
+            self.data = loaded
+
+    @property
+    def pairs(self) -> dict[str, dict]:
+        return self.data["pairs"]
+
+    def record(self, key: str, entry: dict) -> None:
+        self.pairs[key] = jsonable(entry)
+        self.save()
+
+    def save(self) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_json_atomic(self.path, self.data)
+
+
+def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006 (per-process cache)
+    """SHA-256 of a file, cached per (path, size, mtime) for the life of the process."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _cache[key] = digest.hexdigest()
+    return _cache[key]
+
+
+def is_done(entry: dict | None, pair: Pair, out: Path, settings: dict) -> bool:
+    """A pair is done when the manifest says so AND its output file, its input and the settings all still match."""
+    if not entry or entry.get("status") != "done":
+        return False
+    output = out / entry.get("output", "")
+    try:
+        if not output.is_file() or output.stat().st_size != entry.get("output_size"):
+            return False
+        if pair.source.path.stat().st_size != entry.get("input_size"):
+            return False
+        if file_sha256(pair.source.path) != entry.get("input_sha256"):
+            return False
+    except OSError:
+        return False
+    region = [pair.source.start_s, pair.source.end_s]
+    return entry.get("settings") == settings and entry.get("region") == region
