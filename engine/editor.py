@@ -44,7 +44,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import Instruction, parse_instruction, vocabulary
-from engine.mask import channel_policy, check_mode
+from engine.mask import MaskSettings, channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
@@ -92,7 +92,8 @@ class Editor:
     """Edits audio with one loaded model; construct with `Editor.load(...)` or `Editor(loaded_model)`.
 
     `window_seconds` (default and maximum: the adapter's window) and `overlap_seconds` set the windowing;
-    `cfg_coef`, `top_k`, `temperature` the sampling (official inference: CFG 3.0, top-k 100).
+    `cfg_coef`, `top_k`, `temperature` the sampling (official inference: CFG 3.0, top-k 100); `mask_settings`
+    ({operation: engine.mask.MaskSettings}) replace the mask mode's defaults for the operations it names.
     """
 
     def __init__(
@@ -104,8 +105,10 @@ class Editor:
         cfg_coef: float = 3.0,
         top_k: int = 100,
         temperature: float = 1.0,
+        mask_settings: dict[str, MaskSettings] | None = None,
     ) -> None:
         self.model = model
+        self.mask_settings = dict(mask_settings or {})
         self.card = model.card
         if getattr(model.lm, "fusion", None) is None:
             raise CheckpointError(
@@ -197,7 +200,8 @@ class Editor:
         if mode == "mask":
             from engine.mask import apply_edit
 
-            edited = apply_edit(audio, sample_rate, out, self.sample_rate, parsed.op)  # [C, N] from the original
+            settings = self.mask_settings.get(parsed.op)
+            edited = apply_edit(audio, sample_rate, out, self.sample_rate, parsed.op, settings)  # [C, N], the original
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
             edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel

@@ -81,12 +81,14 @@ def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
     return out
 
 
-def ideal_mask_row(input_audio: np.ndarray, target: np.ndarray, rate: int, task: str, raw: bool) -> np.ndarray:
+def ideal_mask_row(
+    input_audio: np.ndarray, target: np.ndarray, rate: int, task: str, raw: bool, settings: Any = None
+) -> np.ndarray:
     """The ideal mask's output [N]: the mask from the true target, levelled as the Editor levels (unless raw)."""
     from engine.levels import match_level
     from engine.mask import ideal_mask
 
-    out = ideal_mask(input_audio[None], target, rate, task)
+    out = ideal_mask(input_audio[None], target, rate, task, settings)
     if not raw:
         out, _ = match_level(out, input_audio[None], rate, task)
     return out[0]
@@ -235,6 +237,7 @@ def evaluate(
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     rate = editor.sample_rate
+    mask_settings = getattr(editor, "mask_settings", None) or {}  # the ideal mask uses the editor's mask design
     report: dict[str, Any] = {
         "model": editor.info,
         "data": str(data),
@@ -277,7 +280,7 @@ def evaluate(
                 "model": output,
                 "resynth": resynth.audio[0],
                 "codec ceiling": codec_roundtrip(editor.model.codec, clip.target),
-                "ideal mask": ideal_mask_row(clip.input, clip.target, rate, task, raw),
+                "ideal mask": ideal_mask_row(clip.input, clip.target, rate, task, raw, mask_settings.get(task)),
             }
             scores = score_rows(clip.input, clip.target, rows, rate)
             examples.append(

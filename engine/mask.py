@@ -83,7 +83,12 @@ class MaskSettings:
     block_frames: int = 1024  # STFT frames processed at once (memory), any value gives the same result
 
 
-DEFAULT_SETTINGS = MaskSettings()
+# Per operation, chosen on validation songs with the embedded default model (docs/embedded_model/mask.md).
+DEFAULT_SETTINGS = {
+    "extract": MaskSettings(),
+    "remove": MaskSettings(),
+    "add": MaskSettings(),
+}
 _QUANTILE = {"extract": 0.25, "remove": 0.25, "add": 0.75}
 _EPS = 1e-20
 
@@ -94,12 +99,13 @@ def apply_edit(
     estimate: np.ndarray,
     estimate_rate: int,
     op: str,
-    settings: MaskSettings = DEFAULT_SETTINGS,
+    settings: MaskSettings | None = None,
 ) -> np.ndarray:
     """The mask-mode result [C, N] float32 at `rate`: `original` [C, N] (or [N]) edited as `estimate` says.
 
     `estimate` is the model's output ([N'] or [C', N'], channels averaged) at `estimate_rate`; it is resampled to
-    `rate` and trimmed or padded to N samples. See the module docstring for what each operation does.
+    `rate` and trimmed or padded to N samples. `settings` default to the operation's DEFAULT_SETTINGS. See the
+    module docstring for what each operation does.
     """
     from engine.resample import resample
 
@@ -109,11 +115,12 @@ def apply_edit(
     est = np.atleast_2d(np.asarray(estimate, dtype=np.float32)).mean(axis=0)
     est = resample(est, int(estimate_rate), int(rate), x.shape[-1]).astype(np.float64)
     band_hz = 0.9 * estimate_rate / 2 if estimate_rate < rate else None
+    settings = DEFAULT_SETTINGS[op] if settings is None else settings
     return _masked(x, est, int(rate), op, settings, band_hz).astype(np.float32)
 
 
 def ideal_mask(
-    original: np.ndarray, target: np.ndarray, rate: int, op: str, settings: MaskSettings = DEFAULT_SETTINGS
+    original: np.ndarray, target: np.ndarray, rate: int, op: str, settings: MaskSettings | None = None
 ) -> np.ndarray:
     """The same mask computed from the true target (at the original's rate): the mask mode's own ceiling."""
     return apply_edit(original, rate, target, rate, op, settings)

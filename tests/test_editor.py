@@ -241,6 +241,16 @@ def test_mask_and_resynth_share_the_generation_and_differ_in_the_result(editor):
     assert not np.allclose(mask.audio, resynth.audio)
 
 
+def test_mask_settings_given_to_the_editor_replace_the_defaults_of_their_operation(tiny_editor):
+    from engine.mask import MaskSettings
+
+    keep_all = Editor(tiny_editor.model, window_seconds=1.0, mask_settings={"extract": MaskSettings(floor=1.0)})
+    audio = _music(0.8, 44100, channels=2)
+    out = keep_all.edit(audio, 44100, "extract bass", seed=0, raw=True).audio  # a mask of ones: the input itself
+    np.testing.assert_allclose(out, audio, atol=1e-5)
+    assert not np.allclose(keep_all.edit(audio, 44100, "remove bass", seed=0, raw=True).audio, audio, atol=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["stems", "MASKED", "re-synth"])
 def test_a_mode_that_does_not_apply_is_refused_before_any_work_naming_the_modes(editor, monkeypatch, mode):
     monkeypatch.setattr(generate_mod, "generate", lambda *a, **k: pytest.fail("generated before checking the mode"))
