@@ -3,24 +3,44 @@
 Inside, audio is float32 [channels, samples] at the file's own rate. Results are 32-bit float WAV (no clipping: an
 edit that overshoots full scale keeps its peaks for the DAW to handle), written under a temporary name and renamed,
 never over the input or another file unless asked. The server and `imusic batch` share these functions.
+
+Only regular files are opened (a FIFO would block its reader until someone writes to it), and `probe` reads through
+a budget of bytes, calls and seconds: a 2 GB file of zeros named .wav is refused in a fraction of a second instead of
+being scanned to its end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
+import io
 import os
 import re
-from collections.abc import Iterable
+import stat
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.errors import AudioError
+from engine.errors import AudioError, ImusicError
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
 RESULTS_DIR = "results"
+# What `probe` may spend on one file before it gives up: real headers (wav, aiff, flac, mp3, ogg) take a few KB and
+# well under 100 calls; a decoder hunting for a header in gigabytes of zeros would take minutes.
+PROBE_MAX_BYTES = 32 << 20
+PROBE_MAX_CALLS = 100_000  # reads and seeks: a WAV parser walking empty chunks seeks 8 bytes at a time
+PROBE_TIMEOUT_S = 2.0
+
+
+class UnsafeDestination(ImusicError):
+    """The folder a result is written to left the allowed roots (a folder on its path became a symlink)."""
+
+    code = "forbidden_path"  # bridge.protocol.FORBIDDEN_PATH
 
 
 @dataclass(frozen=True)
@@ -37,24 +57,144 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _refuse_unless_regular(path: Path, status: os.stat_result) -> None:
+    if not stat.S_ISREG(status.st_mode):
+        raise AudioError(f"{path} is {_kind(status.st_mode)}, not an audio file")
+
+
+def check_regular_file(path: str | Path) -> os.stat_result:
+    """os.stat of an input that may be opened: AudioError for missing files, folders, FIFOs, devices, sockets.
+
+    Never opens the file, so it never blocks (a FIFO blocks its reader in open() until a writer comes).
+    """
+    path = Path(path)
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
+    _refuse_unless_regular(path, status)
+    return status
+
+
 def _open(path: str | Path):
     from pedalboard.io import AudioFile
 
     path = Path(path)
-    if path.is_dir():
-        raise AudioError(f"{path} is a folder, not an audio file")
-    if not path.exists():
-        raise AudioError(f"no such file: {path}")
+    check_regular_file(path)
     try:
         return AudioFile(str(path))
     except (ValueError, RuntimeError, OSError) as exc:
         raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
 
 
-def probe(path: str | Path) -> AudioInfo:
-    """Rate, channel count and length of an audio file (header only); AudioError if it is not readable audio."""
-    with _open(path) as f:
-        info = AudioInfo(Path(path), int(round(f.samplerate)), int(f.num_channels), int(f.frames))
+class _BudgetSpent(Exception):
+    """Raised inside the decoder's read or seek once `probe` has spent its budget on a file."""
+
+
+class _BoundedReader(io.RawIOBase):
+    """A read-only view of an open file that stops the decoder (an exception in read or seek) past its budget."""
+
+    def __init__(self, raw: io.FileIO, path: Path, max_bytes: int, max_calls: int, timeout_s: float) -> None:
+        super().__init__()
+        self._raw, self._path = raw, path
+        self._max_bytes, self._max_calls = max_bytes, max_calls
+        self._deadline = time.monotonic() + timeout_s
+        self.bytes_read = 0
+        self.calls = 0
+        self.spent = False
+
+    def __repr__(self) -> str:
+        return repr(str(self._path))
+
+    def _spend(self) -> None:
+        self.calls += 1
+        if self.calls > self._max_calls or self.bytes_read >= self._max_bytes or time.monotonic() > self._deadline:
+            self.spent = True
+        if self.spent:
+            raise _BudgetSpent
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._spend()
+        view = memoryview(buffer).cast("B")
+        got = self._raw.readinto(view[: max(0, min(len(view), self._max_bytes - self.bytes_read))]) or 0
+        self.bytes_read += got
+        return got
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._spend()
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+
+def _open_regular_fd(path: Path) -> int:
+    """A read descriptor of a regular file. Opened without blocking (a FIFO swapped in after a check is refused here,
+    not waited on), then checked with fstat: what was checked is what is read."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise AudioError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise AudioError(f"{path} is a folder, not an audio file") from None
+    except OSError as exc:
+        raise AudioError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        _refuse_unless_regular(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def probe(
+    path: str | Path,
+    *,
+    max_bytes: int = PROBE_MAX_BYTES,
+    max_calls: int = PROBE_MAX_CALLS,
+    timeout_s: float = PROBE_TIMEOUT_S,
+) -> AudioInfo:
+    """Rate, channel count and length of an audio file (header only); AudioError if it is not readable audio.
+
+    Bounded: regular files only, and the decoder reads through a budget (bytes, calls, seconds); a file whose header
+    is not found within it is not audio we can use. The file is never read to its end.
+    """
+    from pedalboard.io import AudioFile
+
+    path = Path(path)
+    with os.fdopen(_open_regular_fd(path), "rb", buffering=0) as raw:
+        reader = _BoundedReader(raw, path, max_bytes, max_calls, timeout_s)
+        try:
+            with AudioFile(reader) as f:
+                info = AudioInfo(path, int(round(f.samplerate)), int(f.num_channels), int(f.frames))
+        except (_BudgetSpent, ValueError, RuntimeError, OSError) as exc:
+            if reader.spent:
+                raise AudioError(
+                    f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): no usable audio header after reading "
+                    f"{reader.bytes_read} bytes ({reader.calls} reads and seeks); gave up"
+                ) from None
+            raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
     if info.frames <= 0 or info.num_channels <= 0 or info.sample_rate <= 0:
         raise AudioError(f"{path} holds no audio")
     return info
@@ -136,39 +276,168 @@ def sweep_partials(path: str | Path) -> list[Path]:
     return removed
 
 
-def write_atomic(path: str | Path, audio: np.ndarray, sample_rate: int, overwrite: bool = False) -> Path:
+def _partial_name(path: Path) -> str:
+    return f".{path.stem}.{os.getpid()}.{os.urandom(4).hex()}.partial.wav"
+
+
+def _inside(folder: Path, roots: Sequence[Path]) -> Path | None:
+    """The root `folder` lies in (both absolute, symlinks already resolved), or None."""
+    for root in roots:
+        if folder == root or folder.is_relative_to(root):
+            return Path(root)
+    return None
+
+
+def _outside(folder: Path, roots: Sequence[Path], why: str) -> UnsafeDestination:
+    allowed = ", ".join(str(r) for r in roots)
+    return UnsafeDestination(
+        f"refusing to write the result into {folder}: {why}, which leads outside the folders this server may use "
+        f"({allowed}); nothing was written"
+    )
+
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_folder(folder: Path, roots: Sequence[Path] | None) -> int:
+    """A descriptor of `folder`, created if missing. With `roots`: reached from the root it lies in one name at a time,
+    each opened with O_NOFOLLOW, so the descriptor is of a folder that is really inside that root at this moment,
+    whatever symlinks were swapped in on the way since the path was checked."""
+    if roots is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.open(folder, _DIR_FLAGS)
+    folder = Path(os.path.abspath(folder))
+    root = _inside(folder, roots)
+    if root is None:
+        raise _outside(folder, roots, "it is not inside an allowed folder")
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        walked = root
+        for name in folder.relative_to(root).parts:
+            walked = walked / name
+            try:
+                child = os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o777, dir_fd=fd)
+                child = os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise _outside(folder, roots, f"{walked} is now a symbolic link or not a folder") from None
+                raise
+            os.close(fd)
+            fd = child
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _exists_in(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _write_wav(handle, audio: np.ndarray, sample_rate: int) -> None:
+    from pedalboard.io import AudioFile
+
+    with AudioFile(
+        handle, "w", samplerate=float(sample_rate), num_channels=audio.shape[0], bit_depth=32, format="wav"
+    ) as f:
+        f.write(np.ascontiguousarray(audio))
+
+
+def write_atomic(
+    path: str | Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    overwrite: bool = False,
+    roots: Sequence[str | Path] | None = None,
+) -> Path:
     """Write audio [C, N] as a 32-bit float WAV: to a temporary name beside `path`, fsync, then rename.
 
     With overwrite=False an existing file is never replaced (FileExistsError), even by a racing writer.
+    With `roots` (absolute, symlinks resolved): the folder is checked when the file is created, not before: the
+    temporary file and the rename both happen in a descriptor of the folder reached without following symlinks from
+    the root it lies in; UnsafeDestination if a folder on the way became a symlink or left the roots.
     """
-    from pedalboard.io import AudioFile
-
     path = Path(path)
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[None, :]
     if audio.ndim != 2 or audio.shape[0] < 1:
         raise AudioError(f"cannot write audio shaped {tuple(audio.shape)}; expected [channels, samples]")
+    checked = [Path(r) for r in roots] if roots is not None else None
+    if {os.open, os.mkdir, os.stat, os.link, os.rename, os.unlink} <= os.supports_dir_fd and _NOFOLLOW:
+        return _write_in_folder(path, audio, sample_rate, overwrite, checked)
+    return _write_by_path(path, audio, sample_rate, overwrite, checked)  # Windows: no dir_fd
+
+
+def _write_in_folder(
+    path: Path, audio: np.ndarray, sample_rate: int, overwrite: bool, roots: list[Path] | None
+) -> Path:
+    dir_fd = _open_folder(path.parent, roots)
+    try:
+        name, temporary = path.name, _partial_name(path)
+        if not overwrite and _exists_in(name, dir_fd):
+            raise FileExistsError(f"{path} exists")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(temporary, flags, 0o666, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                _write_wav(handle, audio, sample_rate)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if overwrite:
+                os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            else:
+                try:  # fails if the name exists: no window where another file could be replaced
+                    os.link(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except FileExistsError:
+                    raise
+                except OSError:  # file systems without hard links (FAT, some network shares): check, then rename
+                    if _exists_in(name, dir_fd):
+                        raise FileExistsError(f"{path} exists") from None
+                    os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            with contextlib.suppress(OSError):
+                os.fsync(dir_fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def _check_real_folder(folder: Path, roots: list[Path] | None) -> None:
+    if roots is not None and _inside(Path(os.path.realpath(folder)), roots) is None:
+        raise _outside(folder, roots, f"it resolves to {os.path.realpath(folder)}")
+
+
+def _write_by_path(path: Path, audio: np.ndarray, sample_rate: int, overwrite: bool, roots: list[Path] | None) -> Path:
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.{os.urandom(4).hex()}.partial.wav")
+    _check_real_folder(path.parent, roots)
+    temporary = path.with_name(_partial_name(path))
     try:
-        with AudioFile(
-            str(temporary), "w", samplerate=float(sample_rate), num_channels=audio.shape[0], bit_depth=32
-        ) as f:
-            f.write(np.ascontiguousarray(audio))
-        with open(temporary, "rb+") as f:
-            os.fsync(f.fileno())
+        with open(temporary, "xb") as handle:
+            _write_wav(handle, audio, sample_rate)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _check_real_folder(path.parent, roots)  # again, right before the rename
         if overwrite:
             os.replace(temporary, path)
         else:
             try:
-                os.link(temporary, path)  # fails if path exists: no window where another file could be replaced
+                os.link(temporary, path)
             except FileExistsError:
                 raise
             except (NotImplementedError, OSError):
-                # file systems without hard links (FAT, some network shares): check, then rename
                 if path.exists():
                     raise FileExistsError(f"{path} exists") from None
                 os.replace(temporary, path)

@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,8 +420,18 @@ def warm_up_instruction(editor: Any) -> str | None:
     return None
 
 
-def run_job(job: Job, editor: Any, cancel: threading.Event, progress: Callable[[float, str], None]) -> dict:
-    """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings)."""
+def run_job(
+    job: Job,
+    editor: Any,
+    cancel: threading.Event,
+    progress: Callable[[float, str], None],
+    roots: Sequence[Path] | None = None,
+) -> dict:
+    """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings).
+
+    With `roots`, the result's folder is checked against them when the file is created (UnsafeDestination, code
+    forbidden_path, if it no longer leads inside them), not only when the job was accepted.
+    """
     started = time.perf_counter()
     audio, sample_rate = audio_io.read_region(job.source, job.start_s, job.end_s)  # [C, N]
     read_s = time.perf_counter() - started
@@ -446,10 +456,10 @@ def run_job(job: Job, editor: Any, cancel: threading.Event, progress: Callable[[
     target = Path(job.output_path)
     try:
         # A second attempt (after a crash) may find its own earlier result at the reserved path: replace that.
-        audio_io.write_atomic(target, output, sample_rate, overwrite=job.attempts > 1)
+        audio_io.write_atomic(target, output, sample_rate, overwrite=job.attempts > 1, roots=roots)
     except FileExistsError:
         target = audio_io.unique_result_path(job.source, job.instruction, target)
-        audio_io.write_atomic(target, output, sample_rate)
+        audio_io.write_atomic(target, output, sample_rate, roots=roots)
     except OSError as exc:
         raise ConfigError(f"cannot write the result to {target}: {exc}") from None
     job.output_path = str(target)
@@ -478,9 +488,11 @@ class Worker(threading.Thread):
         notify: Notify,
         warm_up: bool = True,
         progress_interval: float = 0.1,
+        roots: Sequence[Path] | None = None,
     ) -> None:
         super().__init__(name="imusic-worker", daemon=True)
         self.book = book
+        self.roots = roots  # results are written only inside these (checked at write time)
         self.load_editor = load_editor
         self.notify = notify
         self.warm_up = warm_up
@@ -545,7 +557,7 @@ class Worker(threading.Thread):
 
         self.notify(job, protocol.PROGRESS, (0.0, "started"))
         try:
-            info = run_job(job, self.editor, cancel, progress)
+            info = run_job(job, self.editor, cancel, progress, self.roots)
         except Cancelled:
             if job.cancel_requested:
                 self.book.fail(job, Cancelled.code, "cancelled", cancelled=True)

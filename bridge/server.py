@@ -1,32 +1,97 @@
 """`imusic serve`: the engine server. The model stays resident; edit jobs arrive over OSC (UDP) and are answered to
 the address and port they came from.
 
-One receiving thread runs the dispatcher (validate, journal, enqueue, reply: nothing slow), one worker thread owns
-the model (bridge.jobs). Paths are checked against the allowed roots after resolving symlinks; nothing a message
-names is ever executed. See README.md ("OSC protocol") for every address and argument.
+One receiving thread runs the dispatcher: it checks what is cheap (types, paths against the allowed roots after
+resolving symlinks, os.stat: inputs must be regular files), answers pings, status and cancels, and hands the rest on.
+It never opens a file a message names. One checking thread probes each new edit's input (header only, within a budget:
+bridge.audio_io.probe), then journals and acknowledges it, in arrival order; one preview thread reads and plays; one
+worker thread owns the model (bridge.jobs) and writes results after checking their folder again at write time.
+Nothing a message names is ever executed. See README.md ("OSC protocol") for every address and argument.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+import math
 import os
 import signal
 import socket
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from bridge import __version__, audio_io, protocol
 from bridge.jobs import Job, JobBook, Journal, Worker, info_json
 from bridge.protocol import RequestError
-from engine.errors import ConfigError, ImusicError
+from engine.errors import Cancelled, ConfigError, ImusicError
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
+LOG_BURST = 10  # log lines a sender can cause (per packet) in one LOG_WINDOW_S; the rest are counted, not written
+LOG_WINDOW_S = 10.0
+MAX_LOG_MESSAGE = 2000  # characters of one such line (a traceback, a packet's repr)
+CHECKING = "checking the input"  # /imusic/state detail of an edit whose input is being probed (not accepted yet)
+NOT_ACCEPTED = "cancelled before it was accepted"
+
+
+class RateLimiter:
+    """At most `burst` messages per `window_s` seconds are let through; the rest are counted, and the count is handed
+    to the first message let through once the window has passed (or to flush()). Thread-safe."""
+
+    def __init__(self, burst: int = LOG_BURST, window_s: float = LOG_WINDOW_S, clock=time.monotonic) -> None:
+        self.burst, self.window_s, self.clock = burst, window_s, clock
+        self._lock = threading.Lock()
+        self._window_started = -math.inf
+        self._admitted = 0
+        self._dropped = 0
+
+    def admit(self) -> tuple[bool, int]:
+        """(let this message through?, how many were dropped before it and not yet reported)."""
+        with self._lock:
+            now, reported = self.clock(), 0
+            if now - self._window_started >= self.window_s:
+                self._window_started, self._admitted = now, 0
+                reported, self._dropped = self._dropped, 0
+            if self._admitted < self.burst:
+                self._admitted += 1
+                return True, reported
+            self._dropped += 1
+            return False, reported
+
+    def flush(self) -> int:
+        """Dropped messages not reported yet (and forget them)."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, 0
+            return dropped
+
+
+class _PythonOscLogFilter(logging.Filter):
+    """python-osc logs a warning per odd packet (unknown type tags, unknown bundle content: a flood of them grows the
+    log without bound). Its records go to the server's rate-limited log instead of the logging handlers."""
+
+    def __init__(self, server: EngineServer) -> None:
+        super().__init__()
+        self.server = server
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from_python_osc = record.name.startswith("pythonosc") or (
+            os.path.basename(os.path.dirname(record.pathname or "")) == "pythonosc"
+        )
+        if not from_python_osc:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a malformed record must not break the receive thread)
+            message = str(record.msg)
+        self.server._log_noisy(f"python-osc: {protocol.clip_message(message[:300])}")
+        return False
 
 
 def default_journal_dir() -> Path:
@@ -80,6 +145,13 @@ class EngineServer:
         self.stopped = threading.Event()  # set once stop() has begun
         self.shutdown_requested = threading.Event()  # set by SIGINT/SIGTERM; serve_forever then stops
         self._receiver: threading.Thread | None = None
+        self._noisy = RateLimiter()  # what a sender can make us log once per packet
+        self._osc_log_filter = _PythonOscLogFilter(self)
+        self._checker: ThreadPoolExecutor | None = None  # probes new edits' inputs, then accepts them, in order
+        self._previewer: ThreadPoolExecutor | None = None  # reads and plays previews, in order
+        self._checking: dict[str, Job] = {}  # new edits handed to the checker and not yet accepted or refused
+        self._cancel_on_accept: set[str] = set()  # of those, the ones a cancel arrived for
+        self._checking_lock = threading.Lock()
         self.handlers: dict[str, Callable[[dict[str, Any], tuple[str, int]], None]] = {
             protocol.EDIT: self.on_edit,
             protocol.CANCEL: self.on_cancel,
@@ -114,10 +186,15 @@ class EngineServer:
             self._log(f"resuming {len(pending)} job(s) from the journal")
         for job in pending:  # a killed server's half-written results (hidden temporary names) go before the rerun
             if job.output_path:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ImusicError):
+                    self.allowed_path(str(Path(job.output_path).parent), "output")  # a folder swapped for a link
                     for leftover in audio_io.sweep_partials(job.output_path):
                         self._log(f"removed {leftover.name}, left by the interrupted run of job {job.id}")
-        self.worker = Worker(self.book, self.load_editor, self._notify, warm_up=self.warm_up)
+        for logger in (logging.getLogger(), logging.getLogger("pythonosc")):
+            logger.addFilter(self._osc_log_filter)
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="imusic-check")
+        self._previewer = ThreadPoolExecutor(1, thread_name_prefix="imusic-preview")
+        self.worker = Worker(self.book, self.load_editor, self._notify, warm_up=self.warm_up, roots=self.roots)
         self.worker.start()
         self._receiver = threading.Thread(target=self._receive_loop, name="imusic-osc", daemon=True)
         self._receiver.start()
@@ -150,6 +227,13 @@ class EngineServer:
             self.worker.join(timeout)  # an editor that ignores cancel is abandoned: its job reruns on restart
         if self._receiver is not None and self._receiver is not threading.current_thread():
             self._receiver.join(2.0)
+        for executor in (self._checker, self._previewer):
+            if executor is not None:  # a waiting edit is refused (unavailable); a running probe ends within its budget
+                executor.shutdown(wait=True)
+        for logger in (logging.getLogger(), logging.getLogger("pythonosc")):
+            logger.removeFilter(self._osc_log_filter)
+        if dropped := self._noisy.flush():
+            self._log(f"{dropped} more message(s) like the ones above were not logged")
         if self.player is not None:
             with contextlib.suppress(Exception):  # shutting down anyway
                 self.player.stop()
@@ -177,13 +261,24 @@ class EngineServer:
     def _log(self, message: str) -> None:
         print(f"imusic serve: {message}", file=self.log, flush=True)
 
+    def _log_noisy(self, message: str) -> None:
+        """Log what a sender can cause once per packet: at most LOG_BURST lines per LOG_WINDOW_S, each one cut short."""
+        admitted, dropped = self._noisy.admit()
+        if dropped:
+            self._log(
+                f"{dropped} more message(s) like the ones above were not logged "
+                f"(at most {self._noisy.burst} per {self._noisy.window_s:g} s)"
+            )
+        if admitted:
+            self._log(message if len(message) <= MAX_LOG_MESSAGE else message[: MAX_LOG_MESSAGE - 3] + "...")
+
     def _send(self, to: tuple[str, int] | None, address: str, *args: Any) -> None:
         if to is None or self.sock is None:
             return
         try:
             self.sock.sendto(protocol.encode(address, *args), to)
         except OSError as exc:  # the requester went away; the job and its journal entry are unaffected
-            self._log(f"could not reply to {to[0]}:{to[1]} ({exc})")
+            self._log_noisy(f"could not reply to {to[0]}:{to[1]} ({exc})")
 
     def _notify(self, job: Job, address: str, args: tuple) -> None:
         self._send(job.reply_to, address, job.id, *args)
@@ -218,7 +313,7 @@ class EngineServer:
             except ImusicError as exc:
                 self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
             except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-                traceback.print_exc(file=self.log)
+                self._log_noisy(traceback.format_exc().rstrip())
                 self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
 
     # ------------------------------------------------------------------------------------------------ paths
@@ -266,19 +361,40 @@ class EngineServer:
             return
         job = self.book.get(job_id)
         if job is None:
+            if self._is_checking(job_id):
+                self._send(sender, protocol.STATE, job_id, protocol.QUEUED, 0.0, CHECKING)
+                return
             self._send(sender, protocol.STATE, job_id, protocol.UNKNOWN, 0.0, "no such job")
             return
         self._send(sender, protocol.STATE, job.id, job.state, float(job.fraction), job.detail())
 
+    def _is_checking(self, job_id: str, cancel: bool = False, cancelled: bool = False) -> bool:
+        """Whether a new edit with this id is being checked (and, with `cancelled`, was cancelled meanwhile);
+        `cancel` marks it cancelled."""
+        with self._checking_lock:
+            if job_id not in self._checking:
+                return False
+            if cancel:
+                self._cancel_on_accept.add(job_id)
+            return job_id in self._cancel_on_accept if cancelled else True
+
     def on_cancel(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
-        was_final = (job := self.book.get(values["job_id"])) is not None and job.is_final
-        job = self.book.cancel(values["job_id"])
+        job_id = values["job_id"]
+        if self.book.get(job_id) is None and self._is_checking(job_id, cancel=True):
+            # Not accepted yet: it never will be. The checker refuses it (its requester gets /imusic/error cancelled)
+            # and, like every refused edit, it is not journalled.
+            self._send(sender, protocol.STATE, job_id, protocol.CANCELLED, 0.0, f"{Cancelled.code}: {NOT_ACCEPTED}")
+            return
+        was_final = (job := self.book.get(job_id)) is not None and job.is_final
+        job = self.book.cancel(job_id)
         self._send(sender, protocol.STATE, job.id, job.state, float(job.fraction), job.detail())
         if job.state == protocol.CANCELLED and not was_final:
             # A queued job ends here; its requester (maybe another client) learns it as it learns any end.
             self._notify(job, protocol.ERROR, (job.error_code, job.error_message))
 
     def on_edit(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        """Cheap checks here; the input's audio header is probed on the checking thread, which then accepts the job
+        (journal, /imusic/accepted) or refuses it (/imusic/error), in the order the edits arrived."""
         if self.stopped.is_set():
             raise RequestError("the server is stopping; send the job again once it is back", protocol.UNAVAILABLE)
         job_id = values["job_id"] or protocol.new_job_id()
@@ -295,12 +411,86 @@ class EngineServer:
             takes=values["takes"],
             reply_to=sender,
         )
-        if self.book.find_existing(job) is None:  # a resend is answered from the book, even if its input has gone
-            self._validate_edit(job)
+        if self.book.find_existing(job) is not None:  # a resend is answered from the book, even if its input has gone
+            self._accept(job)
+            return
+        with self._checking_lock:
+            checking = self._checking.get(job.id)
+            if checking is not None:  # a resend of an edit still being checked: its answer goes to the latest sender
+                if not checking.same_request(job):
+                    raise RequestError(
+                        f"job id {job.id} was already used for a different edit; use a new id",
+                        protocol.JOB_CONFLICT,
+                        job.id,
+                    )
+                checking.reply_to = sender
+                return
+            if len(self._checking) >= self.max_queue:
+                raise RequestError(
+                    f"{len(self._checking)} edits are still being checked; try again in a moment",
+                    protocol.QUEUE_FULL,
+                    job.id,
+                )
+        self._validate_edit(job)
+        with self._checking_lock:
+            self._checking[job.id] = job
+        try:
+            self._hand_on(self._checker, job.id, self._check_and_accept, job)
+        except RequestError:
+            with self._checking_lock:
+                self._checking.pop(job.id, None)
+            raise
+
+    @staticmethod
+    def _hand_on(executor: ThreadPoolExecutor | None, job_id: str, function: Callable, *args: Any) -> None:
+        try:
+            if executor is None:
+                raise RuntimeError("not started")
+            executor.submit(function, *args)
+        except RuntimeError:  # shut down meanwhile
+            raise RequestError(
+                "the server is stopping; send the request again once it is back", protocol.UNAVAILABLE, job_id
+            ) from None
+
+    def _check_and_accept(self, job: Job) -> None:
+        """On the checking thread: probe the input, then accept the job or refuse it; any failure is an error reply.
+
+        A cancel that arrived while it was checked refuses it (code cancelled), whatever the check found."""
+        try:
+            try:
+                if self.stopped.is_set():
+                    raise RequestError(
+                        "the server is stopping; send the job again once it is back", protocol.UNAVAILABLE
+                    )
+                if not self._is_checking(job.id, cancelled=True):
+                    self._validate_edit(job, self._check_audio)
+            except ImusicError:
+                if not self._is_checking(job.id, cancelled=True):
+                    raise
+            with self._checking_lock:  # a cancel is either seen here or finds the job in the book
+                if job.id not in self._cancel_on_accept:
+                    self._accept(job)
+                    return
+            raise Cancelled(NOT_ACCEPTED)
+        except ImusicError as exc:
+            self._error(job.reply_to, getattr(exc, "job_id", "") or job.id, exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
+            self._log_noisy(traceback.format_exc().rstrip())
+            self._error(
+                job.reply_to, job.id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
+            )
+        finally:
+            with self._checking_lock:
+                self._checking.pop(job.id, None)
+                self._cancel_on_accept.discard(job.id)
+
+    def _accept(self, job: Job) -> Job:
+        """Journal and queue the job (or find it already known), answer /imusic/accepted, and a known job's end."""
         job, is_new, position = self.book.submit(job, lambda reserved: self._choose_output(job, reserved))
-        self._send(sender, protocol.ACCEPTED, job.id, position)
+        self._send(job.reply_to, protocol.ACCEPTED, job.id, position)
         if not is_new:
-            self._resend_outcome(job, sender)
+            self._resend_outcome(job, job.reply_to)
+        return job
 
     def _resend_outcome(self, job: Job, sender: tuple[str, int]) -> None:
         if job.state == protocol.DONE_STATE:
@@ -308,14 +498,15 @@ class EngineServer:
         elif job.state in (protocol.ERROR_STATE, protocol.CANCELLED):
             self._send(sender, protocol.ERROR, job.id, job.error_code, job.error_message)
 
-    def _validate_edit(self, job: Job) -> None:
+    def _validate_edit(self, job: Job, check: Callable[[Job], None] | None = None) -> None:
         try:
-            self._check_edit(job)
+            (check or self._check_edit)(job)
         except RequestError as exc:
             exc.job_id = job.id
             raise
 
     def _check_edit(self, job: Job) -> None:
+        """On the receiving thread: nothing that opens the input (os.stat only)."""
         if not 1 <= job.takes <= protocol.MAX_TAKES:
             raise RequestError(f"takes must be between 1 and {protocol.MAX_TAKES}, got {job.takes}")
         if not job.instruction:
@@ -324,7 +515,11 @@ class EngineServer:
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal
         if job.requested_output:
             self.allowed_path(job.requested_output, "output")
-        info = audio_io.probe(source)  # AudioError for folders, missing and non-audio files
+        audio_io.check_regular_file(source)  # AudioError for missing files, folders, FIFOs, devices
+
+    def _check_audio(self, job: Job) -> None:
+        """On the checking thread: the input's header (bounded in bytes and time), the region, the instruction."""
+        info = audio_io.probe(job.source)  # AudioError for non-audio files, and for FIFOs swapped in since the stat
         start, stop = audio_io.region_frames(info, job.start_s, job.end_s)
         if (stop - start) / info.sample_rate > self.max_region_s:
             raise RequestError(
@@ -352,6 +547,9 @@ class EngineServer:
             raise RequestError(
                 f"job {job_id} is {job.state}; only finished jobs can be previewed", protocol.NOT_FINISHED, job_id
             )
+        self._hand_on(self._previewer, job_id, self._in_preview_thread, sender, job_id, self._play, job, which, sender)
+
+    def _play(self, job: Job, which: str, sender: tuple[str, int]) -> None:
         if which == "result":
             audio, sample_rate = audio_io.read_region(job.output_path, 0.0, -1.0)
         else:
@@ -361,12 +559,28 @@ class EngineServer:
 
             self.player = get_player(self.preview_device)  # PlaybackUnavailable (an ImusicError) says how to fix it
         self.player.play(audio, sample_rate)  # non-blocking: the server keeps serving while it plays
-        self._send(sender, protocol.PREVIEWING, job_id, which, audio.shape[1] / sample_rate)
+        self._send(sender, protocol.PREVIEWING, job.id, which, audio.shape[1] / sample_rate)
 
     def on_stop_preview(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
+        # On the preview thread too: after any preview sent before it.
+        self._hand_on(self._previewer, "", self._in_preview_thread, sender, "", self._stop_preview, sender)
+
+    def _stop_preview(self, sender: tuple[str, int]) -> None:
         if self.player is not None:
             self.player.stop()
         self._send(sender, protocol.PREVIEW_STOPPED)
+
+    def _in_preview_thread(self, sender: tuple[str, int], job_id: str, action: Callable, *args: Any) -> None:
+        """Reading a result (up to an hour of audio) and opening an output device are not for the receiving thread."""
+        try:
+            if self.stopped.is_set():
+                raise RequestError("the server is stopping", protocol.UNAVAILABLE, job_id)
+            action(*args)
+        except ImusicError as exc:
+            self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
+            self._log_noisy(traceback.format_exc().rstrip())
+            self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
 
 
 # ------------------------------------------------------------------------------------------------------ command line

@@ -429,14 +429,15 @@ def test_the_journal_is_written_before_the_job_is_acknowledged(server, client, s
 
 
 def test_the_accepted_event_is_fsynced_before_accepted_is_sent(server, client, song, monkeypatch):
-    """Order on the dispatcher thread: the journal line is on disk (fsync) before /imusic/accepted leaves."""
+    """Order on the thread that accepts (the checking thread, after probing the input): the journal line is on disk
+    (fsync) before /imusic/accepted leaves."""
     events: list[str] = []
     journal = server.journal_dir / "jobs.jsonl"
     real_fsync, real_send = os.fsync, server._send
 
     def fsync(fd):
         real_fsync(fd)
-        if threading.current_thread().name == "imusic-osc":
+        if threading.current_thread().name.startswith(("imusic-osc", "imusic-check")):
             events.append("fsync:" + journal.read_text().splitlines()[-1])
 
     def send(to, address, *args):

@@ -1,0 +1,410 @@
+"""The engine server against hostile inputs (issue #17, items 2, 3 and 8): nothing a request names may stall the
+receiving thread (FIFOs, huge files that are not audio), a result folder swapped for a symlink after acceptance does
+not send the result outside the allowed folders, and a flood of odd packets does not grow the log without bound.
+
+The FIFO and huge-file tests talk to a server in a subprocess (tests/test_bridge_support.py): a server stuck in a
+blocking open() holds Python's GIL, and an in-process test would hang with it instead of failing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from test_bridge_support import FakeEditor, write_wav
+
+from bridge import audio_io, protocol
+from bridge.client import Client, RemoteError
+from bridge.playback import FakePlayer
+from bridge.server import EngineServer, RateLimiter
+from engine.errors import AudioError
+
+HERE = Path(__file__).resolve().parent
+TIMEOUT = 10.0
+PING_WITHIN_S = 0.2
+HUGE = 2 << 30  # 2 GiB, sparse: nothing is written to disk
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    folder = tmp_path / "root"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def song(root) -> Path:
+    return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)
+
+
+def start_server(tmp_path, root, editor=None, **kwargs) -> EngineServer:
+    server = EngineServer(
+        editor=editor or FakeEditor(),
+        port=0,
+        journal_dir=tmp_path / "journal",
+        allow_roots=[root],
+        warm_up=False,
+        **kwargs,
+    )
+    server.start()
+    assert server.wait_ready(TIMEOUT)
+    return server
+
+
+@pytest.fixture
+def server(tmp_path, root):
+    server = start_server(tmp_path, root, player=FakePlayer(time_scale=1.0))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    """A FakeEditor server in a subprocess, shared by this module's tests: .port, .root, .edits (its edit log)."""
+    base = tmp_path_factory.mktemp("remote")
+    root = base / "root"
+    root.mkdir()
+    port_file, edits = base / "port", base / "edits.log"
+    log = open(base / "stderr", "w")  # noqa: SIM115 (closed with the process)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "test_bridge_support.py"),
+            *("--port-file", str(port_file), "--journal", str(base / "journal"), "--root", str(root)),
+            *("--log", str(edits)),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=HERE.parent,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"server did not start: {(base / 'stderr').read_text()}")
+            time.sleep(0.05)
+        yield SimpleNamespace(port=int(port_file.read_text()), root=root, edits=edits)
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+
+
+def sparse_file(path: Path, size: int = HUGE, head: bytes = b"") -> Path:
+    with open(path, "wb") as f:
+        f.write(head)
+    os.truncate(path, size)
+    return path
+
+
+def release_fifo_readers(path: Path) -> None:
+    """A reader blocked in open() of a FIFO gets end-of-file (what a server stuck on it needs to go on)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return  # no reader waiting
+    os.close(fd)
+
+
+def pings_until(port: int, done: threading.Event, limit_s: float = TIMEOUT) -> list[float]:
+    """Ping from a socket of its own every 20 ms until `done`; the round-trip times (a hung server fails fast)."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + limit_s
+    with Client("127.0.0.1", port) as pinger:
+        while not done.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            pinger.ping(max(1.0, 5 * PING_WITHIN_S))  # NoReply: the server does not answer at all
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.02)
+    return latencies
+
+
+def edit_while_pinging(port: int, path: Path, job_id: str) -> tuple[protocol.Reply, list[float]]:
+    """Send an edit of `path` and ping meanwhile; returns the edit's first reply and the ping round-trip times."""
+    done = threading.Event()
+    replies: list[protocol.Reply] = []
+
+    def edit() -> None:
+        try:
+            with Client("127.0.0.1", port) as client:
+                client.submit(str(path), 0.0, 1.0, "extract drums", job_id=job_id)
+                replies.append(client.wait_for(lambda r: r.job_id == job_id, TIMEOUT))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=edit)
+    thread.start()
+    try:
+        latencies = pings_until(port, done)
+    finally:
+        done.set()
+        thread.join(TIMEOUT + 1)
+    assert replies, f"no reply about {job_id}"
+    return replies[0], latencies
+
+
+# ----------------------------------------------------------------------------------------------- item 2
+
+
+def test_a_fifo_input_is_refused_and_pings_keep_being_answered(remote):
+    fifo = remote.root / "pipe.wav"
+    os.mkfifo(fifo)
+    try:
+        reply, latencies = edit_while_pinging(remote.port, fifo, "fifo-1")
+    finally:
+        release_fifo_readers(fifo)
+    assert reply.address == protocol.ERROR and reply.code == "bad_audio", reply
+    assert "FIFO" in reply.message
+    assert latencies and max(latencies) < PING_WITHIN_S, latencies
+    assert not remote.edits.exists()  # nothing was edited
+
+
+@pytest.mark.parametrize(
+    "name,head",
+    [
+        ("zeros.wav", b""),  # pedalboard scans all of it for a header: 14 s per 2 GB
+        ("riff.wav", b"RIFF\xff\xff\xff\x7fWAVE"),  # a WAV header over empty chunks: minutes per 2 GB, 8 bytes a seek
+        ("form.aiff", b"FORM\x7f\xff\xff\xffAIFF"),
+    ],
+)
+def test_a_huge_file_that_is_not_audio_is_refused_quickly_and_pings_keep_being_answered(remote, name, head):
+    huge = sparse_file(remote.root / name, head=head)
+    started = time.monotonic()
+    reply, latencies = edit_while_pinging(remote.port, huge, f"huge-{name}")
+    assert reply.address == protocol.ERROR and reply.code == "bad_audio", reply
+    assert time.monotonic() - started < audio_io.PROBE_TIMEOUT_S + 3.0
+    assert latencies and max(latencies) < PING_WITHIN_S, latencies
+    assert not remote.edits.exists()
+
+
+def test_probe_gives_up_within_its_budget_without_reading_the_whole_file(tmp_path):
+    for head in (b"", b"RIFF\xff\xff\xff\x7fWAVE", b"OggS\x00\x02" + b"\x00" * 20, b"fLaC\x00\x00\x00\x22"):
+        huge = sparse_file(tmp_path / "huge.wav", head=head)
+        started = time.monotonic()
+        with pytest.raises(AudioError, match="cannot read"):
+            audio_io.probe(huge)
+        assert time.monotonic() - started < audio_io.PROBE_TIMEOUT_S + 1.0, head
+
+
+def test_probe_refuses_fifos_folders_and_missing_files_without_opening_them_blocking(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    try:
+        for path, words in [(fifo, "FIFO"), (tmp_path, "folder"), (tmp_path / "nope.wav", "no such file")]:
+            with pytest.raises(AudioError, match=words):
+                audio_io.probe(path)
+            with pytest.raises(AudioError, match=words):
+                audio_io.check_regular_file(path)
+            with pytest.raises(AudioError, match=words):
+                audio_io.read_region(path, 0.0, 1.0)
+    finally:
+        release_fifo_readers(fifo)
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".aiff", ".ogg", ".mp3"])
+def test_the_bounded_probe_reads_what_pedalboard_reads_from_the_path(tmp_path, suffix):
+    from pedalboard.io import AudioFile
+
+    path = tmp_path / f"a{suffix}"
+    with AudioFile(str(path), "w", 44100, 2) as f:
+        f.write((np.random.default_rng(0).standard_normal((2, 44100 * 2)) * 0.1).astype(np.float32))
+    with AudioFile(str(path)) as f:
+        expected = (int(f.samplerate), int(f.num_channels), int(f.frames))
+    info = audio_io.probe(path)
+    assert (info.sample_rate, info.num_channels, info.frames) == expected
+
+
+def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(server, song, monkeypatch):
+    """The probe runs on the checking thread: while it is held, the server answers, and a cancel sent meanwhile
+    refuses the edit (it is never accepted, so never run)."""
+    release = threading.Event()
+    real_probe = audio_io.probe
+
+    def held_probe(path, **kwargs):
+        release.wait(TIMEOUT)
+        return real_probe(path, **kwargs)
+
+    monkeypatch.setattr(audio_io, "probe", held_probe)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            client.submit(str(song), 0.0, 1.0, "extract drums", job_id="held-1")
+            assert client.ping(PING_WITHIN_S).state == protocol.READY
+            state = client.status("held-1", TIMEOUT)
+            assert (state.state, state.message) == (protocol.QUEUED, "checking the input")
+            assert client.cancel("held-1", TIMEOUT).state == protocol.CANCELLED
+            release.set()
+            refused = client.wait_for(lambda r: r.job_id == "held-1", TIMEOUT)
+            assert (refused.address, refused.code) == (protocol.ERROR, "cancelled"), refused
+            assert client.ping(TIMEOUT).state == protocol.READY
+            assert client.poll() == []  # no /imusic/accepted after the refusal
+    finally:
+        release.set()
+    assert server.book.get("held-1") is None
+    assert server.worker.editor.calls == []
+
+
+def test_edits_are_accepted_in_the_order_they_arrived(server, song):
+    server.worker.editor.steps, server.worker.editor.step_s = 4, 0.05
+    with Client("127.0.0.1", server.port) as client:
+        ids = [client.submit(str(song), 0.0, 1.0, "extract drums", job_id=f"order-{i}") for i in range(5)]
+        for job_id in ids:
+            client.wait(job_id, timeout=TIMEOUT)
+    lines = (server.journal_dir / "jobs.jsonl").read_text().splitlines()
+    accepted = [line.split('"id":"', 1)[1].split('"', 1)[0] for line in lines if '"e":"accepted"' in line]
+    assert accepted == ids
+
+
+def test_a_preview_is_read_off_the_receiving_thread(server, song, monkeypatch):
+    with Client("127.0.0.1", server.port) as client:
+        result = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+        release = threading.Event()
+        real_read = audio_io.read_region
+
+        def held_read(*args, **kwargs):
+            release.wait(TIMEOUT)
+            return real_read(*args, **kwargs)
+
+        monkeypatch.setattr(audio_io, "read_region", held_read)
+        try:
+            client.send(protocol.PREVIEW, result.job_id, "result")
+            assert client.ping(PING_WITHIN_S).state == protocol.READY
+            client.send(protocol.STOP_PREVIEW)  # answered after the preview it follows
+            release.set()
+            first = client.wait_for(lambda r: r.address in (protocol.PREVIEWING, protocol.PREVIEW_STOPPED), TIMEOUT)
+            second = client.wait_for(lambda r: r.address in (protocol.PREVIEWING, protocol.PREVIEW_STOPPED), TIMEOUT)
+        finally:
+            release.set()
+    assert (first.address, second.address) == (protocol.PREVIEWING, protocol.PREVIEW_STOPPED)
+    assert not server.player.is_playing
+
+
+# ----------------------------------------------------------------------------------------------- item 3
+
+
+def _everything_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("folder_existed", [True, False])
+def test_a_result_folder_swapped_for_a_symlink_after_acceptance_is_refused(tmp_path, root, song, folder_existed):
+    """An existing output folder moved away and replaced by a link, or the default results folder (made when the
+    result is written) made a link first: the job ends with forbidden_path, nothing lands outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if folder_existed:
+        results = root / "out"
+        results.mkdir()
+    else:
+        results = root / audio_io.RESULTS_DIR
+    editor = FakeEditor(steps=20, step_s=0.02)
+    server = start_server(tmp_path, root, editor=editor)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            output = str(results) if folder_existed else None
+            job_id = client.submit(str(song), 0.0, 1.0, "extract drums", output_path=output)
+            accepted = client.wait_for(lambda r: r.job_id == job_id, TIMEOUT)
+            assert accepted.address == protocol.ACCEPTED, accepted
+            assert editor.started.wait(TIMEOUT)
+            if folder_existed:
+                results.rename(root / "out-moved")
+            results.symlink_to(outside, target_is_directory=True)
+            with pytest.raises(RemoteError) as exc:
+                client.wait(job_id, timeout=TIMEOUT)
+            state = client.status(job_id, TIMEOUT)
+        assert exc.value.code == protocol.FORBIDDEN_PATH
+        assert "symbolic link" in str(exc.value) and "nothing was written" in str(exc.value)
+        assert state.state == protocol.ERROR_STATE
+        assert _everything_under(outside) == []  # neither the result nor its temporary file
+        if folder_existed:
+            assert _everything_under(root / "out-moved") == []
+    finally:
+        server.stop()
+
+
+def test_write_atomic_with_roots_refuses_a_symlinked_folder_and_writes_nothing(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "a").mkdir()
+    (root / "a" / "b").symlink_to(outside, target_is_directory=True)
+    audio = np.zeros((1, 100), np.float32)
+    with pytest.raises(audio_io.UnsafeDestination, match="symbolic link"):
+        audio_io.write_atomic(root / "a" / "b" / "out.wav", audio, 16000, roots=[root])
+    with pytest.raises(audio_io.UnsafeDestination, match="not inside"):
+        audio_io.write_atomic(outside / "out.wav", audio, 16000, roots=[root])
+    assert os.listdir(outside) == []
+
+
+def test_write_atomic_with_roots_creates_missing_folders_inside_them(tmp_path):
+    import soundfile as sf
+
+    audio = np.array([[0.0, 1.5, -2.25, 0.5]], dtype=np.float32)
+    path = audio_io.write_atomic(tmp_path / "new" / "deeper" / "out.wav", audio, 32000, roots=[tmp_path])
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == 32000 and sf.info(path).subtype == "FLOAT"
+    np.testing.assert_array_equal(data.T, audio)
+    assert os.listdir(path.parent) == ["out.wav"]
+    with pytest.raises(FileExistsError):
+        audio_io.write_atomic(path, audio, 32000, roots=[tmp_path])
+    audio_io.write_atomic(path, np.zeros((2, 4), np.float32), 32000, overwrite=True, roots=[tmp_path])
+    assert sf.info(path).channels == 2 and os.listdir(path.parent) == ["out.wav"]
+
+
+# ----------------------------------------------------------------------------------------------- item 8
+
+
+def _odd_packets(count: int) -> list[bytes]:
+    """Packets python-osc warns about: an unknown type tag, and a bundle holding something that is not OSC."""
+    unknown_tag = b"/flood\x00\x00,X\x00\x00"
+    odd_bundle = b"#bundle\x00" + b"\x00" * 8 + struct.pack(">i", 8) + b"garbage!"
+    return [unknown_tag if i % 2 else odd_bundle for i in range(count)]
+
+
+def test_a_flood_of_odd_packets_leaves_a_bounded_log(tmp_path, root):
+    server_log = io.StringIO()
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    logging.getLogger().addHandler(handler)
+    server = start_server(tmp_path, root, log=server_log)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
+            for i, packet in enumerate(_odd_packets(4000)):
+                flood.sendto(packet, ("127.0.0.1", server.port))
+                if i % 500 == 499:
+                    time.sleep(0.01)  # let the server keep up (a full socket buffer drops packets, not log lines)
+        with Client("127.0.0.1", server.port) as client:
+            assert client.ping(TIMEOUT).state == protocol.READY
+            time.sleep(0.2)
+            assert client.ping(TIMEOUT).state == protocol.READY
+    finally:
+        server.stop()
+        logging.getLogger().removeHandler(handler)
+    written = server_log.getvalue() + captured.getvalue()
+    assert len(written) < 8000, f"{len(written)} characters logged:\n{written[:2000]}"
+    assert "python-osc: " in server_log.getvalue()
+    assert "were not logged" in server_log.getvalue()
+
+
+def test_the_rate_limiter_lets_a_burst_through_per_window_and_counts_the_rest():
+    now = [0.0]
+    limiter = RateLimiter(burst=3, window_s=10.0, clock=lambda: now[0])
+    assert [limiter.admit() for _ in range(5)] == [(True, 0)] * 3 + [(False, 0)] * 2
+    now[0] = 9.9
+    assert limiter.admit() == (False, 0)
+    now[0] = 10.0
+    assert limiter.admit() == (True, 3)  # the next window reports what the last one dropped
+    assert limiter.flush() == 0
+    for _ in range(4):
+        limiter.admit()
+    assert limiter.flush() == 2
