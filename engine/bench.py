@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import MusicgenForConditionalGeneration
 
-    from engine.config import LMConfig
-    from engine.model import MusicGenLM
+    from engine.model.config import LMConfig
+    from engine.model.lm import MusicGenLM
 
 SHAPES = ("tiny", "small")
 
@@ -62,8 +62,8 @@ def build_pair(shape: str, seed: int = 0) -> tuple[MusicgenForConditionalGenerat
         T5Config,
     )
 
-    from engine.config import preset
-    from engine.model import MusicGenLM
+    from engine.model.config import preset
+    from engine.model.lm import MusicGenLM
     from engine.weights.convert import (
         lm_config_from_transformers,
         lm_config_to_transformers,
@@ -119,7 +119,7 @@ def time_pair(
     """Seconds per decode step for ours and transformers (both with CFG 3.0, text encoder included in both)."""
     import torch
 
-    from engine.generate import generate
+    from engine.model.generate import generate
 
     cfg = lm.cfg
     torch.manual_seed(1)
@@ -182,7 +182,7 @@ def step_bytes(cfg: LMConfig, dtype: torch.dtype, text_len: int | None = None, r
     """Weight bytes one decode step reads: self-attn q,k,v,out + cross q,out + FFN per layer, plus the heads.
 
     With `text_len`, the cross q/out projections count as the folded tensors the loop reads instead when it folds
-    them (rows * heads * text_len <= dim: engine.model.MusicGenLM.prepare_decode)."""
+    them (rows * heads * text_len <= dim: engine.model.fast_decode.prepare_decode)."""
     import torch
 
     from engine.device import decode_weight_count
@@ -197,7 +197,7 @@ def argmax_agreement(lm_fp32: MusicGenLM, lm_low: MusicGenLM, *, frames: int, te
     """Teacher-forced argmax agreement of the low-precision model with fp32 over the valid pattern positions."""
     import torch
 
-    from engine import delay
+    from engine.model import delay
 
     cfg = lm_fp32.cfg
     torch.manual_seed(2)
@@ -258,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
     fast = _dtype(args.dtype)
     name = "bf16" if fast == torch.bfloat16 else "fp32"
     print(f"decode benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, CFG 3.0, top-k 250")
-    print("(our loop decodes models under 64 MB of weights per step on one thread: engine.generate.decode_threads)")
+    print(
+        "(our loop decodes models under 64 MB of weights per step on one thread: engine.model.generate.decode_threads)"
+    )
     results = {}
     for shape in shapes:
         r = results[shape] = run_shape(shape, args, fast)

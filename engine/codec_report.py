@@ -89,9 +89,9 @@ def ceiling(
 
 def codec_roundtrip_fn(codec_dir: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """A bare codec directory (what `imusic train --stage codec` exports) -> (audio [N] -> audio [N], rate)."""
-    from engine.codec import Codec
     from engine.errors import CheckpointError
     from engine.evaluate import codec_roundtrip
+    from engine.model.codec import Codec
     from engine.weights.transformers_layout import quiet_transformers
 
     path = Path(codec_dir).expanduser()

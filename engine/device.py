@@ -17,7 +17,7 @@ import torch
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
-    from engine.config import LMConfig
+    from engine.model.config import LMConfig
 
 _DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,

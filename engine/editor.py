@@ -280,7 +280,7 @@ class Editor:
         """One attempt at the windowed edit at the codec rate: model_audio [M] -> edited [M], details for info."""
         import torch
 
-        from engine import generate as generate_mod
+        from engine.model import generate as generate_mod
 
         model = self.model
         lm, codec = model.lm, model.codec

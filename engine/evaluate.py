@@ -32,8 +32,8 @@ import numpy as np
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
 
 if TYPE_CHECKING:
-    from engine.codec import Codec
     from engine.editor import Editor
+    from engine.model.codec import Codec
 
 TASKS = ("add", "remove", "extract")
 ROWS = ("model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle")

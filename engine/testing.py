@@ -195,7 +195,7 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
 
 def _tiny_adapter_state(base_dir: Path, seed: int):
     """Random adapter weights for the tiny base: (FusionConfig, state in our naming)."""
-    from engine.config import FusionConfig
+    from engine.model.config import FusionConfig
     from engine.weights.transformers_layout import load_lm
 
     fusion_cfg = FusionConfig(cond_frames=TINY_COND_FRAMES)

@@ -277,8 +277,8 @@ class AdapterStage(Stage):
     def __init__(self, cfg: TrainConfig, device) -> None:
         import torch
 
-        from engine.config import FusionConfig
         from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+        from engine.model.config import FusionConfig
         from engine.weights import detect_layout, read_adapter
 
         self.cfg = cfg
@@ -343,7 +343,7 @@ class AdapterStage(Stage):
         """--align-steps: fit the prefix's positional table first (fusion.align_prefix), then set the gates."""
         import torch
 
-        from engine.fusion import align_prefix
+        from engine.model.fusion import align_prefix
 
         if not self.cfg.align_steps:
             if self.cfg.gate_init:
@@ -442,7 +442,7 @@ def build_base_template(
         T5Config,
     )
 
-    from engine.codec import Codec
+    from engine.model.codec import Codec
     from engine.weights.transformers_layout import quiet_transformers
 
     if text_dim == dim:
@@ -512,7 +512,7 @@ class BaseStage(Stage):
     def __init__(self, cfg: TrainConfig, device) -> None:
         import torch
 
-        from engine.model import MusicGenLM
+        from engine.model.lm import MusicGenLM
         from engine.weights import detect_layout
         from engine.weights.transformers_layout import load_hf_musicgen, load_tokenizer
 
@@ -527,7 +527,7 @@ class BaseStage(Stage):
         self.base_path, self.base_card, _ = _base_parts(cfg.base)
         if detect_layout(self.base_path) != "transformers":
             raise ConfigError("--stage base needs a transformers-layout --base (its config, tokenizer and codec)")
-        from engine.codec import Codec
+        from engine.model.codec import Codec
         from engine.weights.transformers_layout import lm_config, read_config
 
         self.hf_config = read_config(self.base_path)

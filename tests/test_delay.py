@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import delay
+from engine.model import delay
 
 SPECIAL = 9
 

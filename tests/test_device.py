@@ -108,7 +108,7 @@ def test_an_explicit_dtype_wins_over_the_size_rule(no_gpu, monkeypatch):
 
 
 def test_decode_weight_count_counts_the_weights_a_step_reads():
-    from engine.config import preset
+    from engine.model.config import preset
 
     cfg = preset("small")  # 24 x 1024, FFN 4096, 4 heads of 2048 codes
     per_layer = 6 * 1024 * 1024 + 2 * 1024 * 4096  # self q,k,v,out + cross q,out; fc1 + fc2

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import engine.generate as generate_mod
+import engine.model.generate as generate_mod
 from engine.editor import Editor, EditResult
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, InstructionError, ResourceError
 from engine.instructions import Instruction
@@ -34,7 +34,7 @@ def _music(seconds: float, sr: int, channels: int = 1, seed: int = 0) -> np.ndar
 
 
 class _Recorder:
-    """Wraps engine.generate.generate, recording every call's arguments and result."""
+    """Wraps engine.model.generate.generate, recording every call's arguments and result."""
 
     def __init__(self):
         self.calls: list[dict] = []

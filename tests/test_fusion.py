@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from engine import delay
-from engine.config import FusionConfig, LMConfig, preset
 from engine.errors import CheckpointError, ConfigError
-from engine.fusion import LoRALinear, adapter_parameter_count
-from engine.model import MusicGenLM
+from engine.model import delay
+from engine.model.config import FusionConfig, LMConfig, preset
+from engine.model.fusion import LoRALinear
+from engine.model.lm import MusicGenLM, adapter_parameter_count
 
 CFG = LMConfig(num_layers=3, dim=32, num_heads=4, ffn_dim=64, num_codebooks=4, card=32, text_dim=16)
 FUSION = FusionConfig(fused_layers=2, lora_rank=4, lora_alpha=8, cond_frames=21)
@@ -269,7 +269,7 @@ def test_empty_condition_audio_is_refused():
 
 
 def test_zero_output_init_leaves_the_model_unchanged_at_any_gate_yet_trains_merge_linear():
-    from engine.fusion import zero_output_init
+    from engine.model.fusion import zero_output_init
 
     base, fused = _pair()
     zero_output_init(fused)
@@ -297,7 +297,7 @@ def test_official_zero_gates_give_merge_linear_no_gradient():
 
 
 def test_align_prefix_puts_the_attention_of_step_s_on_condition_frame_s():
-    from engine.fusion import align_prefix, prefix_alignment
+    from engine.model.fusion import align_prefix, prefix_alignment
 
     _, fused = _pair()
     torch.manual_seed(3)
@@ -308,7 +308,7 @@ def test_align_prefix_puts_the_attention_of_step_s_on_condition_frame_s():
     ]  # fmt: skip
 
     def mass() -> float:
-        from engine.model import Context
+        from engine.model.lm import Context
 
         codes, text, _, cond = batches[0]
         ctx = fused.text_context(text, None)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.config import FusionConfig, LMConfig
 from engine.errors import Cancelled, ConfigError, DataError
-from engine.generate import generate, sample
-from engine.model import MusicGenLM
+from engine.model.config import FusionConfig, LMConfig
+from engine.model.fast_decode import prepare_decode
+from engine.model.generate import generate, sample
+from engine.model.lm import MusicGenLM
 
 CFG = LMConfig(num_layers=2, dim=32, num_heads=4, ffn_dim=64, num_codebooks=4, card=32, text_dim=16)
 
@@ -202,7 +203,7 @@ def test_condition_audio_on_a_base_model_raises_a_config_error(lm):
 
 
 def test_small_models_decode_on_one_thread_and_restore_the_setting(lm):
-    from engine.generate import decode_threads
+    from engine.model.generate import decode_threads
 
     states, mask = _text()
     seen = []
@@ -217,7 +218,7 @@ def test_small_models_decode_on_one_thread_and_restore_the_setting(lm):
 
 
 def test_large_models_keep_the_callers_threads():
-    from engine.generate import decode_threads
+    from engine.model.generate import decode_threads
 
     # 2 layers of 1024 wide with 2048-way heads: ~144 MB of fp32 weights read per step, worth a second thread
     wide = MusicGenLM(LMConfig(num_layers=2, dim=1024, num_heads=16, ffn_dim=4096, card=2048, text_dim=16))
@@ -228,7 +229,7 @@ def test_large_models_keep_the_callers_threads():
 def test_static_step_traces_as_one_graph_and_matches_the_full_pass(fused, fuse):
     # CUDA graphs need the step captured whole: dynamo must trace it without a graph break (checked on CPU with the
     # eager backend; the GPU path compiles the same function with mode="reduce-overhead")
-    from engine.generate import _static_step
+    from engine.model.generate import static_step
 
     states, mask = _text()
     torch.manual_seed(3)
@@ -238,8 +239,8 @@ def test_static_step_traces_as_one_graph_and_matches_the_full_pass(fused, fuse):
         full = fused(seq, states, mask, cond)
         ctx = fused.context(states, mask, cond)
         ctx.cache = fused.new_cache(2, 9)
-        fused.prepare_decode(ctx, 9, fuse=fuse)
-        step = torch.compile(_static_step(fused, ctx, 9), backend="eager", fullgraph=True, dynamic=False)
+        prepare_decode(fused, ctx, 9, fuse=fuse)
+        step = torch.compile(static_step(fused, ctx, 9), backend="eager", fullgraph=True, dynamic=False)
         parts = [fused.run(seq[..., :2], ctx, 0)]
         parts += [step(seq[..., s : s + 1], torch.tensor([s])) for s in range(2, 9)]
     torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
@@ -269,7 +270,7 @@ def test_one_token_decode_steps_equal_the_full_pass_with_adapters_padding_and_cf
         full = model(seq, states, mask, cond)
         ctx = model.context(states, mask, cond)
         ctx.cache = model.new_cache(3, 12)
-        model.prepare_decode(ctx, 12, fuse=True)
+        prepare_decode(model, ctx, 12, fuse=True)
         assert ctx.plan is not None
         parts = [model.run(seq[..., :2], ctx, 0)] + [model.run(seq[..., s : s + 1], ctx, s) for s in range(2, 12)]
     torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
@@ -281,7 +282,7 @@ def test_one_token_decode_steps_without_text_equal_the_full_pass(lm):
         full = lm(seq)
         ctx = lm.context(None, None)
         ctx.cache = lm.new_cache(2, 8)
-        lm.prepare_decode(ctx, 8, fuse=True)
+        prepare_decode(lm, ctx, 8, fuse=True)
         parts = [lm.run(seq[..., s : s + 1], ctx, s) for s in range(8)]
     torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
 
@@ -306,16 +307,16 @@ def test_decode_follows_weights_changed_in_place_between_generations():
 def test_decode_weights_are_remembered_while_the_model_is_unchanged(lm):
     states, mask = _text()
     generate(lm, states, mask, num_frames=3, top_k=1)
-    first = {name: value for name, (_, value) in lm._derived.items()}
+    first = {name: value for name, (_, value) in lm.derived.entries.items()}
     generate(lm, states, mask, num_frames=3, top_k=1)
-    assert first and all(lm._derived[name][1] is value for name, value in first.items())
+    assert first and all(lm.derived.entries[name][1] is value for name, value in first.items())
 
 
 def _teacher_forced_steps(model, states, mask, seq, fuse):
     with torch.inference_mode():
         ctx = model.context(states, mask)
         ctx.cache = model.new_cache(seq.shape[0], seq.shape[-1])
-        model.prepare_decode(ctx, seq.shape[-1], fuse=fuse)
+        prepare_decode(model, ctx, seq.shape[-1], fuse=fuse)
         parts = [model.run(seq[..., :3], ctx, 0)]
         parts += [model.run(seq[..., s : s + 1], ctx, s) for s in range(3, seq.shape[-1])]
     return ctx, torch.cat(parts, dim=2)

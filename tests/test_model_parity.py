@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError, ConfigError
-from engine.generate import generate
-from engine.model import MusicGenLM
+from engine.model.generate import generate
+from engine.model.lm import MusicGenLM
 from engine.weights.convert import (
     lm_config_from_transformers,
     lm_config_to_transformers,
@@ -242,7 +242,7 @@ def test_audiocraft_separate_cross_attention_projections_win(ours_from_full):
 
 def test_unfused_decode_path_matches_transformers_too(hf_full, ours_from_full, monkeypatch):
     # models too big for stacked decode weights (and for one thread) take the plain path: same tokens
-    import engine.generate as gen
+    import engine.model.generate as gen
 
     monkeypatch.setattr(gen, "decode_threads", lambda lm: None)
     ids, mask, states = _text(hf_full)

@@ -261,7 +261,7 @@ def test_save_model_dir_round_trips(tiny_model_dir, tmp_path):
 
 
 def test_fresh_adapters_start_as_the_official_init_and_change_nothing(tiny_model_dir):
-    from engine.config import FusionConfig
+    from engine.model.config import FusionConfig
 
     base = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32")
     fresh = load_model(tiny_model_dir / "base", device="cpu", dtype="fp32", fusion=FusionConfig(lora_rank=4))
@@ -278,7 +278,7 @@ def test_fresh_adapters_start_as_the_official_init_and_change_nothing(tiny_model
 
 
 def test_model_card_round_trips_through_a_dict(tiny_model_dir):
-    from engine.bundle import ModelCard
+    from engine.model.bundle import ModelCard
 
     card = load_model(tiny_model_dir, device="cpu").card
     data = json.loads(json.dumps(card.to_dict()))
@@ -287,8 +287,8 @@ def test_model_card_round_trips_through_a_dict(tiny_model_dir):
 
 
 def test_model_card_refuses_an_operation_it_lacks():
-    from engine.bundle import ModelCard
     from engine.errors import InstructionError
+    from engine.model.bundle import ModelCard
 
     card = ModelCard(name="x", sample_rate=16000, frame_rate=50.0, num_codebooks=4, card=64, verbs={"extract": "Only"})
     assert card.operations == ("extract",)

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from engine.bundle import LoadedModel
-    from engine.codec import Codec
-    from engine.config import FusionConfig
-    from engine.model import MusicGenLM
-    from engine.text import TextEncoder
+    from engine.model.bundle import LoadedModel
+    from engine.model.codec import Codec
+    from engine.model.config import FusionConfig
+    from engine.model.lm import MusicGenLM
+    from engine.model.text import TextEncoder
 
 MODEL_CARD = "model_card.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
@@ -126,8 +126,8 @@ def load_model(
 
     `fusion` (a FusionConfig, for training): when no adapter is loaded, attach fresh adapters of this shape,
     initialised as the official code does (zero gates and LoRA B, so the model still behaves as its base)."""
-    from engine.bundle import LoadedModel, ModelCard
     from engine.device import pick
+    from engine.model.bundle import LoadedModel, ModelCard
 
     dev, dt = pick(device, dtype)
     path = resolve_source(source)

@@ -16,7 +16,7 @@ import torch
 from engine.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from engine.config import FusionConfig
+    from engine.model.config import FusionConfig
 
 ADAPTER_JSON = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -101,7 +101,7 @@ def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[
 
 def fusion_config(meta: Mapping[str, Any]) -> FusionConfig:
     """The FusionConfig stored in an adapter description."""
-    from engine.config import FusionConfig
+    from engine.model.config import FusionConfig
 
     try:
         return FusionConfig.from_dict(dict(meta["fusion"]))

@@ -27,10 +27,10 @@ from engine.errors import CheckpointError
 if TYPE_CHECKING:
     from transformers import EncodecConfig, EncodecModel, PreTrainedTokenizerBase, T5EncoderModel
 
-    from engine.codec import Codec
-    from engine.config import FusionConfig, LMConfig
-    from engine.model import MusicGenLM
-    from engine.text import TextEncoder
+    from engine.model.codec import Codec
+    from engine.model.config import FusionConfig, LMConfig
+    from engine.model.lm import MusicGenLM
+    from engine.model.text import TextEncoder
 
 LM_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -68,7 +68,7 @@ def read_package(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> LMConfig:
     """Our LMConfig from an audiocraft LM state (shapes) and its xp.cfg (head count)."""
-    from engine.config import LMConfig
+    from engine.model.config import LMConfig
 
     try:
         num_codebooks = sum(1 for name in state if re.fullmatch(r"emb\.\d+\.weight", name))
@@ -230,9 +230,9 @@ def load_parts(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[MusicGenLM, Codec, TextEncoder]:
     """Read an audiocraft directory into (lm, codec, text), like transformers_layout.load_parts."""
-    from engine.bundle import build_lm
-    from engine.codec import Codec
-    from engine.text import TextEncoder
+    from engine.model.bundle import build_lm
+    from engine.model.codec import Codec
+    from engine.model.text import TextEncoder
     from engine.weights.convert import lm_state_from_audiocraft
 
     path = Path(path)

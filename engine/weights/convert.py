@@ -4,7 +4,7 @@
   MusicgenForConditionalGeneration: "decoder.model.decoder.*", "decoder.lm_heads.*", "enc_to_dec_proj.*") <-> ours;
 - audiocraft LM (state_dict.bin 'best_state': "emb.*", "transformer.layers.*" with q/k/v stacked in in_proj_weight,
   "out_norm", "linears", "condition_provider.conditioners.description.output_proj") -> ours.
-Our names: docs/ARCHITECTURE.md (engine/model.py).
+Our names: docs/ARCHITECTURE.md (engine/model/lm.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 
 import torch
 
-from engine.config import LMConfig
 from engine.errors import CheckpointError, ConfigError
+from engine.model.config import LMConfig
 
 # per-layer renames, transformers -> ours
 _HF_LAYER = {

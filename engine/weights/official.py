@@ -212,8 +212,8 @@ def map_official_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
 
 def read_official_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state in our naming, info: fusion config, official stems / template / verbs, provenance) of finetuned.ckpt."""
-    from engine.config import FusionConfig
     from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+    from engine.model.config import FusionConfig
 
     state, facts = map_official_state(official_state_dict(path))
     fused = facts["fused_layers"]

@@ -21,10 +21,10 @@ from engine.errors import CheckpointError
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
 
-    from engine.codec import Codec
-    from engine.config import FusionConfig, LMConfig
-    from engine.model import MusicGenLM
-    from engine.text import TextEncoder
+    from engine.model.codec import Codec
+    from engine.model.config import FusionConfig, LMConfig
+    from engine.model.lm import MusicGenLM
+    from engine.model.text import TextEncoder
 
 CONFIG = "config.json"
 WEIGHT_FILES = (
@@ -180,9 +180,9 @@ def load_parts(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[MusicGenLM, Codec, TextEncoder]:
     """Read a transformers directory into (lm, codec, text): our decoder, Codec, TextEncoder, all on `device`."""
-    from engine.bundle import build_lm
-    from engine.codec import Codec
-    from engine.text import TextEncoder
+    from engine.model.bundle import build_lm
+    from engine.model.codec import Codec
+    from engine.model.text import TextEncoder
     from engine.weights.convert import lm_state_from_transformers
 
     path = Path(path)

@@ -19,10 +19,11 @@ from collections.abc import Callable
 
 import torch
 
-from engine import delay
 from engine.device import decode_weight_count
 from engine.errors import Cancelled, ConfigError
-from engine.model import Context, MusicGenLM
+from engine.model import delay
+from engine.model.fast_decode import prepare_decode
+from engine.model.lm import Context, MusicGenLM
 
 
 def sample(
@@ -176,8 +177,8 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         static = device.type == "cuda"
     max_len = steps - 1
     ctx.cache = lm.new_cache(rows, max_len)
-    lm.prepare_decode(ctx, max_len, fuse=decode_threads(lm) == 1)
-    step_fn = _static_step(lm, ctx, max_len) if static else None
+    prepare_decode(lm, ctx, max_len, fuse=decode_threads(lm) == 1)
+    step_fn = static_step(lm, ctx, max_len) if static else None
 
     # one pattern buffer per CFG half, [halves, B, K, S]; a write broadcasts to both; the model reads the flat view
     halves = 2 if use_cfg else 1
@@ -218,7 +219,7 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
     return delay.revert(seq)
 
 
-def _static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One decode step with fixed shapes: tokens [rows, K, 1], position [1] -> logits [rows, K, 1, card].
 
     The causal mask table and the position table are built before any capture; on CUDA the step is compiled with

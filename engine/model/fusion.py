@@ -40,11 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.config import FusionConfig, LMConfig
 from engine.errors import ConfigError
+from engine.model import delay
+from engine.model.attention import PrefixKV, merge_heads, split_heads
+from engine.model.config import FusionConfig, LMConfig
 
 if TYPE_CHECKING:
-    from engine.model import MusicGenLM, PrefixKV
+    from engine.model.lm import MusicGenLM
 
 
 class LoRALinear(nn.Module):
@@ -99,8 +101,6 @@ class AudioFusion(nn.Module):
 
     def prefixes(self, lm: MusicGenLM, cond_codes: torch.Tensor) -> list[PrefixKV | None]:
         """cond_codes [B, K, Tc] -> per model layer a PrefixKV with [B, H, Tc + 1, Dh] tensors (None if not fused)."""
-        from engine.model import PrefixKV, merge_heads, split_heads
-
         lm.check_codes(cond_codes, "condition codes")
         batch, _, num_codes = cond_codes.shape
         frames = num_codes + 1
@@ -128,15 +128,6 @@ class AudioFusion(nn.Module):
             o = o + layer.ffn(layer.norm2(o))
             out[index] = PrefixKV(q, k, v, self.gates[j])
         return out
-
-
-def adapter_parameter_count(cfg: LMConfig, fusion: FusionConfig) -> tuple[int, int]:
-    """(adapter parameters, base parameters) of a configuration, built on the meta device (nothing allocated)."""
-    from engine.model import MusicGenLM
-
-    with torch.device("meta"):
-        lm = MusicGenLM(cfg, fusion)
-    return lm.num_parameters(adapters=True), lm.num_parameters(adapters=False)
 
 
 # ---- a start that trains at small scale (not the official init; see `align_prefix`) ---------------------------------
@@ -223,8 +214,6 @@ def align_prefix(
     them afterwards. Returns {"steps", "loss", "mass", "value"} of the last step and "mass_before", "value_before"
     of the adapter as it came (per fused layer).
     """
-    from engine import delay
-
     fusion = lm.fusion
     optimizer = torch.optim.Adam([fusion.pos_emb], lr=lr)
     gates = fusion.gates.detach().clone()

@@ -16,8 +16,8 @@ from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERB
 if TYPE_CHECKING:
     import torch
 
-    from engine.config import FusionConfig, LMConfig
-    from engine.model import MusicGenLM
+    from engine.model.config import FusionConfig, LMConfig
+    from engine.model.lm import MusicGenLM
 
 
 @dataclass
@@ -105,7 +105,7 @@ def build_lm(
     """
     import torch
 
-    from engine.model import MusicGenLM
+    from engine.model.lm import MusicGenLM
 
     with torch.device("meta"):
         lm = MusicGenLM(cfg, fusion)
