@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,18 +52,34 @@ def conform(result_audio: Any, result_rate: int, audio: Any, sample_rate: int) -
 
 
 def write_result(
-    path: str | Path, result_audio: Any, result_rate: int, audio: Any, sample_rate: int, info: dict, overwrite: bool
+    path: str | Path,
+    result_audio: Any,
+    result_rate: int,
+    audio: Any,
+    sample_rate: int,
+    info: dict,
+    *,
+    overwrite: bool = False,
+    on_exists: Callable[[Path], Path] | None = None,
+    roots: Sequence[str | Path] | None = None,
 ) -> tuple[Path, dict]:
-    """Conform, then write atomically (FileExistsError when `path` exists and not `overwrite`); returns the path
-    written and the info with the region's facts and any shape warning, JSON-safe."""
+    """Conform, then write atomically; returns the path written and the info (JSON-safe) with any shape warning and
+    the region's facts in info["bridge"].
+
+    An existing `path` is replaced only with `overwrite`; else `on_exists(path)` names another (FileExistsError
+    without it). `roots`: the folder is checked against them when the file is created (audio_io.write_atomic)."""
     output, warnings = conform(result_audio, result_rate, audio, sample_rate)
     info = dict(info or {})
     if warnings:
         info["warnings"] = [*info.get("warnings", []), *warnings]
-    info.setdefault("sample_rate", int(sample_rate))
-    info.setdefault("channels", int(audio.shape[0]))
-    info.setdefault("samples", int(audio.shape[-1]))
-    written = audio_io.write_atomic(path, output, sample_rate, overwrite=overwrite)
+    facts = {"sample_rate": int(sample_rate), "channels": int(audio.shape[0]), "frames": int(audio.shape[-1])}
+    info["bridge"] = {**info.get("bridge", {}), **facts}
+    try:
+        written = audio_io.write_atomic(path, output, sample_rate, overwrite=overwrite, roots=roots)
+    except FileExistsError:
+        if on_exists is None:
+            raise
+        written = audio_io.write_atomic(on_exists(Path(path)), output, sample_rate, roots=roots)
     return Path(written), jsonable(info)
 
 
@@ -77,11 +93,14 @@ def edit_region(
     *,
     options: dict | None = None,
     overwrite: bool = False,
+    on_exists: Callable[[Path], Path] | None = None,
+    roots: Sequence[str | Path] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> RegionEdit:
     """Read [start_s, end_s) of `source` (end_s < 0: to its end), edit it with `editor.edit(..., **options)`, write
-    the result to `output_path`. info["region"] holds the read/edit/write times."""
+    the result to `output_path` (see write_result). info["bridge"] holds the region's facts and the read, edit and
+    write times."""
     started = time.perf_counter()
     audio, sample_rate = audio_io.read_region(source, start_s, end_s)  # [C, N]
     read_s = time.perf_counter() - started
@@ -94,7 +113,8 @@ def edit_region(
         progress(1.0, "writing")
     write_started = time.perf_counter()
     written, info = write_result(
-        output_path, result.audio, result.sample_rate, audio, sample_rate, result.info, overwrite
-    )
-    info["region"] = {"read_s": read_s, "edit_s": edit_s, "write_s": time.perf_counter() - write_started}
+        output_path, result.audio, result.sample_rate, audio, sample_rate, result.info,
+        overwrite=overwrite, on_exists=on_exists, roots=roots,
+    )  # fmt: skip
+    info["bridge"].update(read_s=read_s, edit_s=edit_s, write_s=time.perf_counter() - write_started)
     return RegionEdit(written, getattr(result, "seed", None), info, edit_s)

@@ -9,7 +9,6 @@ is asked for: if the server dies before the job ends, the restart records it as 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import threading
@@ -24,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from bridge import audio_io, protocol
-from bridge.protocol import RequestError
+from bridge.editing import edit_region
+from bridge.files import jsonable
+from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ImusicError
 
 JOURNAL_NAME = "jobs.jsonl"
@@ -35,17 +36,10 @@ MAX_INFO_CHARS = 8000  # /done's info JSON must fit a datagram beside the paths
 
 @dataclass
 class Job:
-    """One edit request and what became of it."""
+    """One edit request (as the wire carried it) and what became of it."""
 
-    id: str
-    input_path: str
-    start_s: float
-    end_s: float
-    instruction: str
-    requested_output: str  # as the client sent it ("" = default)
-    output_path: str  # the result path reserved for this job at acceptance
-    seed: int | None = None
-    takes: int = 1
+    request: EditRequest
+    output_path: str = ""  # the result path reserved for this job at acceptance
     reply_to: tuple[str, int] | None = None
     source_path: str = ""  # input_path with symlinks resolved, as checked against the allowed roots
     state: str = protocol.QUEUED
@@ -58,10 +52,34 @@ class Job:
     attempts: int = 0  # how many times a worker started it (more than one after a crash)
     cancel_requested: bool = False
 
+    @property
+    def id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def input_path(self) -> str:
+        return self.request.input_path
+
+    @property
+    def start_s(self) -> float:
+        return self.request.start_s
+
+    @property
+    def end_s(self) -> float:
+        return self.request.end_s
+
+    @property
+    def instruction(self) -> str:
+        return self.request.instruction
+
+    @property
+    def requested_output(self) -> str:
+        """As the client sent it ("" = the server chooses)."""
+        return self.request.output_path
+
     def same_request(self, other: Job) -> bool:
         """True if `other` asks for exactly what this job asks for (a resend, not a conflict)."""
-        fields = ("input_path", "start_s", "end_s", "instruction", "requested_output", "seed", "takes")
-        return all(getattr(self, name) == getattr(other, name) for name in fields)
+        return self.request == other.request
 
     @property
     def source(self) -> str:
@@ -81,13 +99,20 @@ class Job:
         return self.stage
 
     def to_record(self) -> dict[str, Any]:
-        record = asdict(self)
+        record = {"id": self.id, **asdict(self)}  # the id first: a journal line reads as whose it is
         if not record["cancel_requested"]:  # only a running job's pending cancel needs to outlive a crash
             record.pop("cancel_requested")
         return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Job:
+        record = dict(record)
+        if "request" in record:
+            record["request"] = EditRequest(**record["request"])
+        else:  # a journal written before requests were one object: the request's fields stood at the top
+            record["request"] = EditRequest.from_values(
+                {**record, "job_id": record["id"], "output_path": record.get("requested_output", "")}
+            )
         names = cls.__dataclass_fields__
         job = cls(**{k: v for k, v in record.items() if k in names})
         if job.reply_to is not None:
@@ -95,29 +120,12 @@ class Job:
         return job
 
 
-def _jsonable(value: Any) -> Any:
-    """EditResult.info as plain JSON: numpy scalars to numbers, arrays to lists, non-finite floats to null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def info_json(info: dict[str, Any]) -> str:
     """The result metadata as a JSON string that fits in /imusic/done (large entries are dropped, not cut)."""
-    text = json.dumps(_jsonable(info), separators=(",", ":"))
+    text = json.dumps(jsonable(info), separators=(",", ":"))
     if len(text) <= MAX_INFO_CHARS:
         return text
-    small = {k: v for k, v in _jsonable(info).items() if len(json.dumps(v)) < 400}
+    small = {k: v for k, v in jsonable(info).items() if len(json.dumps(v)) < 400}
     small["truncated"] = True
     return json.dumps(small, separators=(",", ":"))[:MAX_INFO_CHARS]
 
@@ -433,49 +441,25 @@ def run_job(
     forbidden_path, if it no longer leads inside them), not only when the job was accepted.
     """
     started = time.perf_counter()
-    audio, sample_rate = audio_io.read_region(job.source, job.start_s, job.end_s)  # [C, N]
-    read_s = time.perf_counter() - started
     progress(0.0, "editing")
-    edit_started = time.perf_counter()
-    result = editor.edit(
-        audio, sample_rate, job.instruction, seed=job.seed, takes=job.takes, progress=progress, cancel=cancel
-    )
-    edit_s = time.perf_counter() - edit_started
-    if cancel.is_set():
-        raise Cancelled("cancelled")
-    output = np.asarray(result.audio, dtype=np.float32)
-    if output.shape != audio.shape:
-        # The Editor promises the input's shape; a mismatch is a bug, but the producer still gets an aligned file.
-        print(f"imusic serve: job {job.id}: result shaped {output.shape}, input {audio.shape}; fixed", file=sys.stderr)
-        fixed = np.zeros_like(audio)
-        channels, frames = min(output.shape[0], audio.shape[0]), min(output.shape[-1], audio.shape[1])
-        fixed[:channels, :frames] = output.reshape(-1, output.shape[-1])[:channels, :frames]
-        output = fixed
-    progress(1.0, "writing")
-    write_started = time.perf_counter()
-    target = Path(job.output_path)
+    options = {"seed": job.request.seed, "takes": job.request.takes, "mode": job.request.mode or None}
     try:
-        # A second attempt (after a crash) may find its own earlier result at the reserved path: replace that.
-        audio_io.write_atomic(target, output, sample_rate, overwrite=job.attempts > 1, roots=roots)
-    except FileExistsError:
-        target = audio_io.unique_result_path(job.source, job.instruction, target)
-        audio_io.write_atomic(target, output, sample_rate, roots=roots)
+        done = edit_region(
+            editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,
+            options=options,
+            overwrite=job.attempts > 1,  # a second attempt (after a crash) may find its own earlier result there
+            on_exists=lambda taken: audio_io.unique_result_path(job.source, job.instruction, taken),
+            roots=roots, progress=progress, cancel=cancel,
+        )  # fmt: skip
     except OSError as exc:
-        raise ConfigError(f"cannot write the result to {target}: {exc}") from None
-    job.output_path = str(target)
-    info = dict(getattr(result, "info", {}) or {})
-    info["bridge"] = {
-        "read_s": read_s,
-        "edit_s": edit_s,
-        "write_s": time.perf_counter() - write_started,
-        "job_s": time.perf_counter() - started,
-        "queued_s": max(0.0, time.time() - job.accepted_at - (time.perf_counter() - started)),
-        "sample_rate": sample_rate,
-        "channels": int(audio.shape[0]),
-        "frames": int(audio.shape[1]),
-        "attempt": job.attempts,
-    }
-    return _jsonable(info)
+        raise ConfigError(f"cannot write the result to {job.output_path}: {exc}") from None
+    job.output_path = str(done.output_path)
+    done.info["bridge"].update(
+        job_s=time.perf_counter() - started,
+        queued_s=max(0.0, time.time() - job.accepted_at - (time.perf_counter() - started)),
+        attempt=job.attempts,
+    )
+    return done.info
 
 
 class Worker(threading.Thread):

@@ -25,13 +25,15 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bridge import __version__, audio_io, protocol
 from bridge.jobs import Job, JobBook, Journal, Worker, info_json
-from bridge.protocol import RequestError
+from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ImusicError
+from engine.mask import MODES, check_mode
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
 LOG_BURST = 10  # log lines a sender can cause (per packet) in one LOG_WINDOW_S; the rest are counted, not written
@@ -397,20 +399,14 @@ class EngineServer:
         (journal, /imusic/accepted) or refuses it (/imusic/error), in the order the edits arrived."""
         if self.stopped.is_set():
             raise RequestError("the server is stopping; send the job again once it is back", protocol.UNAVAILABLE)
-        job_id = values["job_id"] or protocol.new_job_id()
-        seed = values["seed"]
-        job = Job(
-            id=job_id,
-            input_path=values["input_path"],
-            start_s=values["start_s"],
-            end_s=values["end_s"],
-            instruction=values["instruction"].strip(),
-            requested_output=values["output_path"],
-            output_path="",
-            seed=None if seed < 0 else seed,
-            takes=values["takes"],
-            reply_to=sender,
+        request = EditRequest.from_values(values)
+        request = replace(
+            request,
+            job_id=request.job_id or protocol.new_job_id(),
+            instruction=request.instruction.strip(),
+            mode=request.mode.strip().lower(),
         )
+        job = Job(request, reply_to=sender)
         if self.book.find_existing(job) is not None:  # a resend is answered from the book, even if its input has gone
             self._accept(job)
             return
@@ -507,10 +503,12 @@ class EngineServer:
 
     def _check_edit(self, job: Job) -> None:
         """On the receiving thread: nothing that opens the input (os.stat only)."""
-        if not 1 <= job.takes <= protocol.MAX_TAKES:
-            raise RequestError(f"takes must be between 1 and {protocol.MAX_TAKES}, got {job.takes}")
+        if not 1 <= job.request.takes <= protocol.MAX_TAKES:
+            raise RequestError(f"takes must be between 1 and {protocol.MAX_TAKES}, got {job.request.takes}")
         if not job.instruction:
             raise RequestError("the instruction is empty; say what to do, e.g. 'extract drums'")
+        if job.request.mode and job.request.mode not in MODES:
+            raise RequestError(f"unknown mode {job.request.mode!r}: use {' or '.join(MODES)} (or nothing: the default)")
         source = self.allowed_path(job.input_path, "input")
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal
         if job.requested_output:
@@ -527,8 +525,9 @@ class EngineServer:
                 f"{self.max_region_s:.0f} s (were samples sent as seconds?)"
             )
         editor = self.worker.editor if self.worker else None
-        if editor is not None:
-            editor.parse(job.instruction)  # InstructionError lists what is supported; before loading, the worker checks
+        if editor is not None:  # before the model is loaded, the worker checks these
+            parsed = editor.parse(job.instruction)  # InstructionError lists what is supported
+            check_mode(parsed.op, job.request.mode)  # ConfigError names the modes that apply
 
     def _choose_output(self, job: Job, reserved: set[str]) -> str:
         # Named beside the path the user gave (a symlinked media folder keeps its results), never over the real file.

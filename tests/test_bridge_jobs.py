@@ -9,11 +9,11 @@ from test_bridge_support import FakeEditor
 
 from bridge import protocol
 from bridge.jobs import Job, JobBook, Journal, info_json, warm_up_instruction
-from bridge.protocol import RequestError
+from bridge.protocol import EditRequest, RequestError
 
 
 def make_job(job_id: str, instruction: str = "extract drums") -> Job:
-    return Job(job_id, "/in.wav", 0.0, 1.0, instruction, "", "", reply_to=("127.0.0.1", 5000))
+    return Job(EditRequest(job_id, "/in.wav", 0.0, 1.0, instruction), reply_to=("127.0.0.1", 5000))
 
 
 def book(tmp_path, max_queue: int = 8) -> JobBook:

@@ -174,6 +174,34 @@ def test_a_job_id_reused_for_another_edit_is_refused(client, song):
     assert expect_error(client, protocol.JOB_CONFLICT).job_id == "same"
 
 
+def test_the_mode_reaches_the_engine_and_a_resend_with_another_mode_is_another_edit(server, client, song):
+    client.edit(str(song), 0.0, 1.0, "extract drums", job_id="m1", mode="resynth", timeout=TIMEOUT)
+    client.edit(str(song), 0.0, 1.0, "extract drums", job_id="m2", timeout=TIMEOUT)
+    assert server.worker.editor.modes == ["resynth", None]  # "" on the wire: the engine's default
+    client.submit(str(song), 0.0, 1.0, "extract drums", job_id="m1", mode="mask")
+    assert expect_error(client, protocol.JOB_CONFLICT).job_id == "m1"
+
+
+def test_an_unknown_mode_is_refused_naming_the_modes(client, song):
+    client.submit(str(song), 0.0, 1.0, "extract drums", job_id="k1", mode="karaoke")
+    reply = expect_error(client, protocol.BAD_REQUEST)
+    assert "unknown mode 'karaoke': use mask or resynth" in reply.message
+
+
+def test_the_journal_keeps_the_whole_request_mode_included(tmp_path, root, song):
+    first = start_server(tmp_path, root, editor=FakeEditor(step_s=0.2))
+    with Client("127.0.0.1", first.port) as client:
+        client.submit(str(song), 0.0, 1.0, "extract drums", job_id="kept", mode="resynth", seed=5, takes=2)
+        client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
+    first.stop()
+    second = start_server(tmp_path, root)
+    try:
+        job = second.book.get("kept")
+        assert job.request == protocol.EditRequest("kept", str(song), 0.0, 1.0, "extract drums", "", 5, 2, "resynth")
+    finally:
+        second.stop()
+
+
 # ----------------------------------------------------------------------------------------------- cancel
 
 
@@ -620,11 +648,12 @@ def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, roo
     import sys
 
     from bridge.jobs import Job, JobBook, Journal
+    from bridge.protocol import EditRequest
 
     target = root / "song.extract drums.wav"
     first = JobBook(Journal(tmp_path / "journal"), 8)
     first.restore()
-    job = Job("crashed-1", str(song), 0.0, 1.0, "extract drums", "", "", ("127.0.0.1", 9))
+    job = Job(EditRequest("crashed-1", str(song), 0.0, 1.0, "extract drums"), reply_to=("127.0.0.1", 9))
     first.submit(job, lambda reserved: str(target))
     first.journal.close()  # the job was accepted and never finished
     process = subprocess.Popen([sys.executable, "-c", "pass"])

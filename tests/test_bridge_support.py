@@ -32,6 +32,7 @@ class FakeEditor:
         self.steps, self.step_s, self.log_path, self.gain = steps, step_s, log_path, gain
         self.deaf = deaf  # neither checks cancel nor reports progress: a cancel cannot end it early
         self.calls: list[str] = []
+        self.modes: list[str | None] = []  # the mode of each edit, as the engine was asked
         self._lock = threading.Lock()
         self.started = threading.Event()  # set when an edit begins (tests cancel running jobs on it)
 
@@ -52,7 +53,9 @@ class FakeEditor:
             raise InstructionError(f"cannot parse {text!r}; try e.g. 'extract drums' ({', '.join(STEMS)})")
         return SimpleNamespace(op=words[0], stem=words[1], prompt=text)
 
-    def edit(self, audio, sample_rate, instruction, *, seed=None, takes=1, raw=False, progress=None, cancel=None):
+    def edit(
+        self, audio, sample_rate, instruction, *, seed=None, takes=1, raw=False, mode=None, progress=None, cancel=None
+    ):
         parsed = self.parse(instruction)
         self.started.set()
         for step in range(self.steps):
@@ -64,6 +67,7 @@ class FakeEditor:
                 progress((step + 1) / self.steps, "decoding")
         with self._lock:
             self.calls.append(instruction)
+            self.modes.append(mode)
             if self.log_path:
                 with open(self.log_path, "a") as f:
                     f.write(instruction + "\n")
