@@ -16,7 +16,6 @@ import errno
 import glob
 import io
 import os
-import re
 import stat
 import time
 from collections.abc import Iterable, Sequence
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bridge.files import slug
 from engine.errors import AudioError, ImusicError
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
@@ -459,12 +459,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def slug(text: str, limit: int = 40) -> str:
-    """A file-name-safe short form of an instruction: 'Extract the drums!' -> 'extract-the-drums'."""
-    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return words[:limit].rstrip("-") or "edit"
 
 
 def unique_result_path(

@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 from pedalboard.io import AudioFile
 
-from bridge.audio_io import probe, read_region, slug, unique_result_path, write_atomic
+from bridge.audio_io import probe, read_region, unique_result_path, write_atomic
+from bridge.files import slug
 from engine.errors import AudioError
 
 
