@@ -113,7 +113,7 @@ model-eval: model-adapters
 
 # Copy the result into the package with its model card (sizes, data, stages, wall time, losses, evaluation).
 default-model: model-eval
-	$(BIN)/python -m engine.default_model --work $(MODEL_WORK) -o engine/assets/default --docs docs/embedded_model
+	$(BIN)/python -m engine.train.default_model --work $(MODEL_WORK) -o engine/assets/default --docs docs/embedded_model
 
 # The main job on the embedded default model: a held-out song, edits through the real server and client.
 demo: setup

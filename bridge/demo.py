@@ -1,7 +1,7 @@
 """`imusic demo`: the main job end to end, as a producer would see it, on one command.
 
-1. Render a held-out song with `engine.data.synth` (song seed HELD_OUT_SEED + --seed: training sets use small seeds,
-   so this song was never heard in training) at 44.1 kHz stereo, like a producer's file: OUT/input.wav, and its
+1. Render a held-out song with `engine.train.data.synth` (song seed HELD_OUT_SEED + --seed: training sets use small
+   seeds, so this song was never heard in training) at 44.1 kHz stereo, like a producer's file: OUT/input.wav, and its
    true stems OUT/truth/<stem>.wav (the input is exactly their sum).
 2. Start the real `imusic serve` as a subprocess on a loopback port (journal OUT/.journal, allowed root OUT, log
    OUT/server.log) and wait until its ping says ready.
@@ -104,9 +104,9 @@ def render_clip(seconds: float, seed: int, keep: list[str] | None = None) -> Cli
     unless that would leave nothing."""
     import soundfile as sf
 
-    from engine.data.stems import caption_word
-    from engine.data.synth import synthesize
-    from engine.data.yamlio import read_yaml
+    from engine.train.data.stems import caption_word
+    from engine.train.data.synth import synthesize
+    from engine.train.data.yamlio import read_yaml
 
     song_seed = HELD_OUT_SEED + seed
     frames = int(round(seconds * DEMO_RATE))

@@ -180,8 +180,8 @@ def _test_clips(
     per_song: int,
     split: str = "test",
 ):
-    from engine.data.datasets import ClipConfig, StemDataset
-    from engine.data.layouts import scan
+    from engine.train.data.datasets import ClipConfig, StemDataset
+    from engine.train.data.layouts import scan
 
     root = Path(data).expanduser()
     if not root.is_dir():

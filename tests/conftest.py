@@ -32,8 +32,8 @@ def tiny_editor(tiny_model_dir):
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
     """Five 3 s songs of `imusic data synth` at 16 kHz (seed 11): enough for every split, task and clip."""
-    from engine.data.render import default_soundfonts
-    from engine.data.synth import synthesize
+    from engine.train.data.render import default_soundfonts
+    from engine.train.data.synth import synthesize
 
     if not default_soundfonts():
         pytest.skip("no General MIDI soundfont on this machine")

@@ -60,7 +60,7 @@ def test_bad_input_is_named(tmp_path, capsys):
 
 
 def test_the_command_reads_an_exported_codec(tmp_path, capsys):
-    from engine.codec_train import CodecTrainConfig, train_codec
+    from engine.train.codec_train import CodecTrainConfig, train_codec
 
     data = tmp_path / "tones" / "song"
     data.mkdir(parents=True)

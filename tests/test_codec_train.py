@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.codec_train import CodecTrainConfig, train_codec
 from engine.errors import CheckpointError, DataError
+from engine.train.codec_train import CodecTrainConfig, train_codec
 
 
 def _tiny_cfg(steps: int) -> CodecTrainConfig:
@@ -65,7 +65,7 @@ def test_resume_continues_exactly(tones, tmp_path):
 
 
 def test_held_out_songs_are_never_read(tones, tmp_path):
-    from engine.codec_train import find_audio_files
+    from engine.train.codec_train import find_audio_files
 
     files = find_audio_files(tones, exclude_songs=["song_b"])
     assert files and all("song_b" not in f.parts for f in files)
@@ -86,8 +86,8 @@ def test_corrupted_checkpoint_on_resume_is_named(tones, tmp_path):
 
 def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
     from bridge.cli import main
-    from engine.codec_train import held_out_songs
-    from engine.data.synth import synthesize
+    from engine.train.codec_train import held_out_songs
+    from engine.train.data.synth import synthesize
 
     data = tmp_path / "synth"
     synthesize(data, 10, seed=3, seconds=2.0, sample_rate=16000, progress=False)
@@ -105,7 +105,7 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
     with pytest.raises(DataError, match="already holds a codec run"):
         from argparse import Namespace
 
-        from engine.codec_train import run_stage
+        from engine.train.codec_train import run_stage
 
         run_stage(Namespace(output=str(run), resume=False, resume_from=None, data=str(data), steps=2, ckpt_every=None))
 

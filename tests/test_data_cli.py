@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bridge.cli import main
-from engine.data.render import default_soundfonts
+from engine.train.data.render import default_soundfonts
 
 needs_soundfont = pytest.mark.skipif(not default_soundfonts(), reason="no General MIDI soundfont on this machine")
 
@@ -41,7 +41,7 @@ def test_synth_without_tracks_is_a_usage_error(tmp_path):
 
 
 def test_data_command_module_does_not_import_torch():
-    code = "import sys, engine.data.cli; print('torch' in sys.modules)"
+    code = "import sys, engine.train.data.cli; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
 

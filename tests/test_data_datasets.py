@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.data.datasets import ClipConfig, StemDataset, read_window, split_songs
-from engine.data.layouts import StemFile, scan
-from engine.data.render import default_soundfonts
-from engine.data.stems import FOUR_STEMS, caption_word
-from engine.data.synth import synthesize
 from engine.errors import ConfigError, DataError
+from engine.train.data.datasets import ClipConfig, StemDataset, read_window, split_songs
+from engine.train.data.layouts import StemFile, scan
+from engine.train.data.render import default_soundfonts
+from engine.train.data.stems import FOUR_STEMS, caption_word
+from engine.train.data.synth import synthesize
 
 RATE = 16000
 
@@ -229,7 +229,7 @@ def test_a_data_set_of_only_unusable_songs_is_a_data_error(tmp_path):
 
 
 def _songs(count: int):
-    from engine.data.layouts import Song
+    from engine.train.data.layouts import Song
 
     stem = StemFile("x", "Drums", Path("x.wav"), RATE, RATE, 1)
     return [Song(f"song{i:03d}", Path(f"song{i:03d}"), [stem]) for i in range(count)]
@@ -299,7 +299,7 @@ def test_window_past_the_end_of_a_file_is_zero_padded(tmp_path):
 
 
 def test_caption_clips_are_the_named_classes_summed_from_the_files(synth_catalog):
-    from engine.data.datasets import CaptionDataset
+    from engine.train.data.datasets import CaptionDataset
 
     data = CaptionDataset(synth_catalog, "all", _config(), clips_per_song=12, random_clips=True)
     kinds = set()
@@ -316,7 +316,7 @@ def test_caption_clips_are_the_named_classes_summed_from_the_files(synth_catalog
 def test_export_writes_the_official_test_data_layout(synth_catalog, tmp_path):
     import json
 
-    from engine.data.export import export_clips
+    from engine.train.data.export import export_clips
 
     data = StemDataset(synth_catalog, "all", _config(ops=("remove",)), random_clips=False)
     assert export_clips(data, tmp_path / "out", progress=False) == len(data)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.data.layouts import scan
-from engine.data.stems import caption, class_from_filename, gm_class, is_mix_name
-from engine.data.yamlio import dump_yaml
 from engine.errors import DataError
+from engine.train.data.layouts import scan
+from engine.train.data.stems import caption, class_from_filename, gm_class, is_mix_name
+from engine.train.data.yamlio import dump_yaml
 
 RATE = 8000
 
@@ -65,7 +65,7 @@ def test_slakh_split_folders_assign_each_song_its_split(tmp_path):
 
 
 def test_slakh_omitted_songs_are_in_no_split(tmp_path):
-    from engine.data.datasets import split_songs
+    from engine.train.data.datasets import split_songs
 
     for split, name in (("train", "Track00001"), ("validation", "Track01501"), ("test", "Track01901")):
         _slakh_track(tmp_path / split, name, {"S00": "Drums", "S01": "Bass"})
@@ -164,7 +164,7 @@ def test_a_missing_folder_is_a_data_error(tmp_path):
 
 
 def test_yaml_fallback_reads_slakh_style_metadata():
-    from engine.data.yamlio import parse_simple_yaml
+    from engine.train.data.yamlio import parse_simple_yaml
 
     text = (
         "UUID: 1a2b\naudio_dir: stems\nnormalization_factor: -13.5\nstems:\n  S00:\n    audio_rendered: true\n"

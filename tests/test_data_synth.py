@@ -11,10 +11,10 @@ import pretty_midi
 import pytest
 import soundfile as sf
 
-from engine.data.render import default_soundfonts
-from engine.data.synth import synthesize
-from engine.data.yamlio import parse_simple_yaml, read_yaml
 from engine.errors import ConfigError, DataError
+from engine.train.data.render import default_soundfonts
+from engine.train.data.synth import synthesize
+from engine.train.data.yamlio import parse_simple_yaml, read_yaml
 
 RATE = 16000
 SECONDS = 3.0

@@ -1,4 +1,4 @@
-"""engine.default_model: the embedded model is assembled from the three runs, with a model card that loads."""
+"""engine.train.default_model: the embedded model is assembled from the three runs, with a model card that loads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from engine.default_model import assemble, beats_identity, main
+from engine.train.default_model import assemble, beats_identity, main
 
 
 @pytest.fixture()
@@ -78,7 +78,7 @@ def _codec_run(run, seconds, init_from=None, nmse=None):
 
 
 def test_a_codec_continued_from_earlier_runs_records_the_whole_chain(tmp_path):
-    from engine.default_model import codec_summary
+    from engine.train.default_model import codec_summary
 
     _codec_run(tmp_path / "first", 100.0)
     _codec_run(tmp_path / "second", 40.0, tmp_path / "first" / "codec")
@@ -91,8 +91,8 @@ def test_a_codec_continued_from_earlier_runs_records_the_whole_chain(tmp_path):
 
 
 def test_a_missing_or_looping_codec_chain_is_named(tmp_path):
-    from engine.default_model import codec_summary
     from engine.errors import CheckpointError
+    from engine.train.default_model import codec_summary
 
     _codec_run(tmp_path / "orphan", 10.0, tmp_path / "gone" / "codec")
     with pytest.raises(CheckpointError, match="is missing"):

@@ -9,15 +9,17 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.train import TrainConfig, list_checkpoints, lr_factor, train
+from engine.train.checkpoints import list_checkpoints
+from engine.train.config import TrainConfig
+from engine.train.loop import lr_factor, train
 
 RATE = 16000
 
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    from engine.data.render import default_soundfonts
-    from engine.data.synth import synthesize
+    from engine.train.data.render import default_soundfonts
+    from engine.train.data.synth import synthesize
 
     if not default_soundfonts():
         pytest.skip("no General MIDI soundfont on this machine")
@@ -45,7 +47,7 @@ def config(synth_data, tiny_model_dir) -> TrainConfig:
 
 
 def test_a_few_adapter_steps_lower_the_loss_on_a_fixed_batch(config):
-    from engine.train import STAGES
+    from engine.train.loop import STAGES
 
     stage = STAGES["adapters"](config, torch.device("cpu"))
     data = stage.dataset("train")
@@ -63,7 +65,7 @@ def test_a_few_adapter_steps_lower_the_loss_on_a_fixed_batch(config):
 
 
 def test_adapter_training_updates_only_adapter_parameters(config):
-    from engine.train import STAGES
+    from engine.train.loop import STAGES
 
     stage = STAGES["adapters"](config, torch.device("cpu"))
     trained = {name for name, p in stage.module.named_parameters() if p.requires_grad}
@@ -88,7 +90,8 @@ def test_clip_loading_workers_do_not_change_the_run(config, tmp_path):
 
 
 def test_a_pooled_item_has_the_loss_of_the_clip_it_was_encoded_from(config):
-    from engine.train import STAGES, Encoded
+    from engine.train.loop import STAGES
+    from engine.train.stages import Encoded
 
     stage = STAGES["adapters"](config, torch.device("cpu"))
     items = [stage.dataset("train")[i] for i in range(2)]
@@ -100,7 +103,7 @@ def test_a_pooled_item_has_the_loss_of_the_clip_it_was_encoded_from(config):
 
 
 def test_a_pooled_run_encodes_once_and_resumes_exactly(config, tmp_path):
-    from engine.train import POOL_FILE
+    from engine.train.feeding import POOL_FILE
 
     pooled = replace(config, pool=2)
     whole = train(pooled, tmp_path / "whole", progress=False, export=False)
@@ -115,7 +118,7 @@ def test_a_pooled_run_encodes_once_and_resumes_exactly(config, tmp_path):
 
 
 def test_a_pool_made_with_other_settings_is_refused(config, tmp_path):
-    from engine.train import POOL_FILE
+    from engine.train.feeding import POOL_FILE
 
     train(replace(config, pool=1, steps=2), tmp_path / "a", progress=False, export=False)
     (tmp_path / "b").mkdir()
@@ -214,7 +217,7 @@ def test_a_folder_holding_a_run_is_not_overwritten_without_resume(config, tmp_pa
 
 
 def test_a_data_set_too_small_for_training_is_a_data_error(config, tmp_path):
-    from engine.data.synth import synthesize
+    from engine.train.data.synth import synthesize
 
     synthesize(tmp_path / "short", 2, seed=3, seconds=0.5, sample_rate=RATE, progress=False)
     with pytest.raises(DataError, match="too small"):
@@ -227,13 +230,13 @@ def test_an_unknown_stage_is_a_config_error(config, tmp_path):
 
 
 def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda(config):
-    from engine.train import _precision
+    from engine.train.config import precision
 
     cpu = torch.device("cpu")
-    assert _precision(config, cpu) == (None, False)
-    assert _precision(replace(config, precision="bf16"), cpu) == (torch.bfloat16, False)
+    assert precision(config, cpu) == (None, False)
+    assert precision(replace(config, precision="bf16"), cpu) == (torch.bfloat16, False)
     with pytest.raises(ConfigError, match="CUDA"):
-        _precision(replace(config, precision="fp16"), cpu)
+        precision(replace(config, precision="fp16"), cpu)
 
 
 def test_bf16_autocast_training_runs_on_cpu(config, tmp_path):
@@ -242,7 +245,7 @@ def test_bf16_autocast_training_runs_on_cpu(config, tmp_path):
 
 
 def test_under_autocast_the_frozen_base_is_half_precision_and_the_adapters_fp32(config):
-    from engine.train import STAGES
+    from engine.train.loop import STAGES
 
     stage = STAGES["adapters"](replace(config, precision="bf16"), torch.device("cpu"))
     dtypes = {name: p.dtype for name, p in stage.lm.named_parameters()}

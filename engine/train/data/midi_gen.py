@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pretty_midi
 
-from engine.data.stems import gm_class, gm_programs
+from engine.train.data.stems import gm_class, gm_programs
 
 # Drum notes (General MIDI percussion map).
 KICK, SNARE, CLAP, CLOSED_HAT, PEDAL_HAT, OPEN_HAT, CRASH, RIDE = 36, 38, 39, 42, 44, 46, 49, 51

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-from engine.data.stems import canonical_class, class_from_filename, is_mix_name
-from engine.data.yamlio import read_yaml
 from engine.errors import DataError
+from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
+from engine.train.data.yamlio import read_yaml
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".mp3")
 # Slakh2100-redux also has `omitted/` (duplicate songs left out of every split).

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import soundfile as sf
 
-from engine.data.datasets import StemDataset
 from engine.errors import DataError
+from engine.train.data.datasets import StemDataset
 
 
 def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) -> int:

@@ -1,6 +1,6 @@
 """Assemble the embedded default model (engine/assets/default/) from the three training runs, with its model card.
 
-`python -m engine.default_model --work .cache/default-model -o engine/assets/default` (what `make default-model`
+`python -m engine.train.default_model --work .cache/default-model -o engine/assets/default` (what `make default-model`
 runs) copies the adapter run's model directory (base in transformers layout + our adapter), and writes
 model_card.json: sizes, data, every stage's settings, steps, wall time and final losses, and the evaluation summary.
 The evaluation report itself (Markdown, JSON, spectrogram PNGs) is copied to docs/embedded_model/.
@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from engine.errors import CheckpointError, ImusicError
+from engine.evaluate import LOWER_IS_BETTER
 
 CARD = "model_card.json"
 
@@ -33,7 +36,7 @@ def _last(rows: list, default: Any = None) -> Any:
 
 
 def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Settings, steps, wall time and final losses of the codec stage (engine.codec_train's run folder).
+    """Settings, steps, wall time and final losses of the codec stage (engine.train.codec_train's run folder).
 
     A run started from another codec (`--init-codec`, recorded as extra.init_from) lists that run under
     "continues", recursively, and its steps and wall time count in the totals.
@@ -84,8 +87,6 @@ def train_summary(run: Path, target: str) -> dict[str, Any]:
 
 def _tensor_sizes(file: Path) -> dict[str, int]:
     """name -> element count of every tensor in a safetensors file, from its header (no tensor is read)."""
-    from safetensors import safe_open
-
     with safe_open(str(file), "pt") as handle:
         return {name: math.prod(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
 
@@ -153,8 +154,8 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
             "settings": _portable(
                 {k: data[k] for k in ("tracks", "seconds", "sample_rate", "seed", "soundfonts") if k in data}
             ),
-            "split": "by song, deterministic (engine.data.datasets.split_songs); validation and test songs are held "
-            "out of every stage (codec included)",
+            "split": "by song, deterministic (engine.train.data.datasets.split_songs); validation and test songs are "
+            "held out of every stage (codec included)",
         },
         "stages": {
             "codec": codec_summary(work / "codec"),
@@ -192,8 +193,6 @@ def beats_identity(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
 
     Tasks or metrics missing from either row are left out: the card says only what was measured.
     """
-    from engine.evaluate import LOWER_IS_BETTER
-
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
         model, identity = rows.get("model", {}), rows.get("identity", {})
@@ -208,14 +207,12 @@ def beats_identity(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
 
 
 def _gates(file: Path) -> list[float]:
-    from safetensors import safe_open
-
     with safe_open(str(file), "pt") as handle:
         return [float(g) for g in handle.get_tensor("fusion.gates")] if "fusion.gates" in handle.keys() else []  # noqa: SIM118
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.default_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.train.default_model", description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=".cache/default-model", help="folder of the training runs")
     parser.add_argument("-o", "--output", default="engine/assets/default", help="where the model goes")
     parser.add_argument("--docs", default="docs/embedded_model", help="where the evaluation report is copied")

@@ -16,7 +16,7 @@ Our departures: the Slakh silence rule and Slakh instruction text ("Music piece.
 layout (the official MoisesDB loader checks only peaks and writes "Instruction:"), class names spelled as Slakh's,
 and every item drawn from its own seeded generator instead of the global `random`.
 
-The core is numpy only (training feeds it to torch in engine/train.py). Audio is decoded window by window
+The core is numpy only (training feeds it to torch in engine/train/). Audio is decoded window by window
 (soundfile seek) and resampled with a polyphase filter, so random access never reads whole files.
 """
 
@@ -30,10 +30,10 @@ from functools import lru_cache
 import numpy as np
 import soundfile as sf
 
-from engine.data.layouts import Catalog, Song, StemFile
-from engine.data.stems import FOUR_STEMS, canonical_class, caption, is_targetable
 from engine.errors import ConfigError, DataError
 from engine.instructions import OPERATIONS as OPS
+from engine.train.data.layouts import Catalog, Song, StemFile
+from engine.train.data.stems import FOUR_STEMS, canonical_class, caption, is_targetable
 
 SPLITS = ("train", "validation", "test", "all")
 # Official Slakh instruction text (the published checkpoint was trained on it).

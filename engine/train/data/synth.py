@@ -18,11 +18,11 @@ import numpy as np
 import pretty_midi
 import soundfile as sf
 
-from engine.data.midi_gen import generate_song, load_midi_song, part_class
-from engine.data.render import FluidRenderer, active_rms, apply_effects, default_soundfonts, random_effects
-from engine.data.stems import caption, caption_word
-from engine.data.yamlio import dump_yaml, read_yaml
 from engine.errors import ConfigError, DataError
+from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
+from engine.train.data.render import FluidRenderer, active_rms, apply_effects, default_soundfonts, random_effects
+from engine.train.data.stems import caption, caption_word
+from engine.train.data.yamlio import dump_yaml, read_yaml
 
 FORMAT_VERSION = 1
 # Level of each stem's sounding part before its random gain (dBFS RMS); drums and bass sit a little forward.
@@ -49,7 +49,7 @@ class SynthReport:
 
 
 def _split_suggestion(ids: list[str], seed: int) -> dict[str, list[str]]:
-    from engine.data.datasets import split_ids
+    from engine.train.data.datasets import split_ids
 
     if len(ids) < 3:
         return {"train": list(ids), "validation": [], "test": []}

@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from engine.data.datasets import ClipConfig, StemDataset
-    from engine.data.export import export_clips
-    from engine.data.layouts import scan
+    from engine.train.data.datasets import ClipConfig, StemDataset
+    from engine.train.data.export import export_clips
+    from engine.train.data.layouts import scan
 
     classes = args.classes if args.classes in ("4stems", "all") else tuple(args.classes.split(","))
     config = ClipConfig(sample_rate=args.sample_rate, seconds=args.seconds, classes=classes, ops=tuple(args.ops))
@@ -99,7 +99,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from engine.data.synth import synthesize
+    from engine.train.data.synth import synthesize
 
     report = synthesize(
         args.output,
@@ -126,7 +126,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def summarize(data_dir: str, layout: str = "auto") -> dict:
     """Layout, songs per split, stems and songs per class, hours, and what was skipped."""
-    from engine.data.layouts import scan
+    from engine.train.data.layouts import scan
 
     catalog = scan(data_dir, layout)
     classes: dict[str, dict[str, float]] = {}

@@ -1,5 +1,5 @@
 """Stem data: synthesis of Slakh-layout data sets (`imusic data synth`) and (input, target, instruction) triples.
 
-Kept import-light (no torch, nothing heavy at import): `engine.data.cli` is imported by the `imusic` entry point.
+Kept import-light (no torch, nothing heavy at import): `engine.train.data.cli` is imported by the `imusic` entry point.
 Use the submodules: `layouts.scan`, `datasets.StemDataset`, `synth.synthesize`.
 """

@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
+from engine.train.data.datasets import split_songs
+from engine.train.data.layouts import scan
 
 AUDIO_SUFFIXES = (".flac", ".wav", ".aiff", ".aif", ".ogg", ".mp3")
 
@@ -112,8 +118,6 @@ class ClipSampler:
     """Random fixed-length mono clips from a list of files, decoded with a seek (never the whole file)."""
 
     def __init__(self, files: Sequence[Path], sample_rate: int, seconds: float, seed: int = 0):
-        import soundfile as sf
-
         self.files = list(files)
         self.sample_rate = sample_rate
         self.length = int(round(seconds * sample_rate))
@@ -126,8 +130,6 @@ class ClipSampler:
             self.frames.append(info.frames)
 
     def clip(self) -> np.ndarray:
-        import soundfile as sf
-
         for _ in range(20):  # re-draw near-silent clips
             index = self.rng.randrange(len(self.files))
             start = self.rng.randrange(max(1, self.frames[index] - self.length))
@@ -163,9 +165,6 @@ class RVQTrainer:
         self.initialised = False
 
     def __call__(self, latents, train: bool):
-        import torch
-        import torch.nn.functional as F
-
         batch, dim, frames = latents.shape
         flat = latents.permute(0, 2, 1).reshape(-1, dim)  # [B*F, D]
         residual = flat
@@ -192,8 +191,6 @@ class RVQTrainer:
         return out, commit / len(self.codebooks), torch.stack(codes, dim=1)  # [B,D,F], [], [B,K,F]
 
     def _init_from(self, flat) -> None:
-        import torch
-
         residual = flat
         for codebook in self.codebooks:
             size = codebook.embed.shape[0]
@@ -207,8 +204,6 @@ class RVQTrainer:
         self.initialised = True
 
     def _ema_update(self, codebook, residual, index) -> None:
-        import torch
-
         size = codebook.embed.shape[0]
         onehot = torch.zeros(residual.shape[0], size, dtype=residual.dtype)
         onehot.scatter_(1, index[:, None], 1.0)
@@ -229,8 +224,6 @@ class RVQTrainer:
 
 def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
     """Multi-resolution STFT loss: log-magnitude L1 plus spectral convergence, averaged over resolutions."""
-    import torch
-
     total = output.new_zeros(())
     out = output.squeeze(1)
     ref = target.squeeze(1)
@@ -253,8 +246,6 @@ def _lr_at(step: int, cfg: CodecTrainConfig) -> float:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    import torch
-
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -278,9 +269,7 @@ def train_codec(
     longer schedule, continued later with `resume=True`. `init_from` (a codec directory this stage exported, of the
     same sizes) starts a new run from its weights and codebooks with a fresh optimiser and schedule.
     """
-    import torch
-    from tqdm import tqdm
-    from transformers import EncodecModel
+    from transformers import EncodecModel  # heavy: only the codec stage needs it
 
     if threads:
         torch.set_num_threads(threads)
@@ -393,9 +382,6 @@ def export_codec(model: Any, out_dir: Path) -> Path:
 
 def held_out_songs(data: Path, seed: int = 0) -> list[str]:
     """Top-level folder names of the validation and test songs (the same split as every other stage uses)."""
-    from engine.data.datasets import split_songs
-    from engine.data.layouts import scan
-
     catalog = scan(data)
     splits = split_songs(catalog.songs, seed=seed)
     root = Path(catalog.root)

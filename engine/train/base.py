@@ -1,0 +1,120 @@
+"""The base stage: a text-to-music model from scratch (decoder + text encoder), codes from a frozen codec."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import CheckpointError, ConfigError
+from engine.model.codec import Codec
+from engine.model.lm import MusicGenLM
+from engine.train.config import TrainConfig
+from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
+from engine.train.template import build_base_template
+from engine.weights import detect_layout
+from engine.weights.convert import lm_state_to_transformers
+from engine.weights.transformers_layout import (
+    lm_config,
+    load_hf_musicgen,
+    load_tokenizer,
+    quiet_transformers,
+    read_config,
+)
+
+
+def is_codec_dir(path: Path) -> bool:
+    """A bare EnCodec directory (what `--stage codec` writes): config.json of model_type "encodec"."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == "encodec"
+    except (OSError, ValueError):
+        return False
+
+
+class BaseStage(Stage):
+    """A base text-to-music model from scratch: decoder + text encoder + text_proj, codes from the frozen codec.
+
+    --base gives the architecture, tokenizer and codec (a transformers-layout directory, or our model dir with one);
+    the decoder and text encoder weights are re-initialised. Given a bare codec directory (the codec stage's output),
+    a template is built around it first (`build_base_template`, sizes from TrainConfig.extra). Captions name what
+    sounds ("drums and bass").
+    """
+
+    name = "base"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | str) -> None:
+        self.cfg = cfg
+        if is_codec_dir(Path(cfg.base).expanduser()):
+            template = Path(cfg.extra.get("run_dir", ".")) / "template"
+            if not (template / "config.json").is_file():
+                sizes = {k: int(v) for k, v in cfg.extra.items() if k in ("layers", "dim", "heads", "text_dim")}
+                build_base_template(Path(cfg.base).expanduser(), template, seed=cfg.seed, **sizes)
+            cfg = replace(cfg, base=str(template))
+            self.cfg = cfg
+        self.base_path, self.base_card, _ = base_parts(cfg.base)
+        if detect_layout(self.base_path) != "transformers":
+            raise ConfigError("--stage base needs a transformers-layout --base (its config, tokenizer and codec)")
+        self.hf_config = read_config(self.base_path)
+        hf_model = load_hf_musicgen(self.base_path)
+        self.tokenizer = load_tokenizer(self.base_path)
+        self.device = torch.device(device)
+        torch.manual_seed(cfg.seed)
+        self.lm = MusicGenLM(lm_config(self.hf_config)).to(self.device)
+        # A fresh text encoder of the same architecture (T5EncoderModel initialises itself randomly).
+        self.text_model = type(hf_model.text_encoder)(hf_model.text_encoder.config).to(self.device)
+        self.codec = Codec(hf_model.audio_encoder, num_codebooks=self.lm.cfg.num_codebooks, device=self.device)
+        self.lm.train()
+        self.text_model.train()
+        self.module = torch.nn.ModuleDict({"lm": self.lm, "text": self.text_model})
+        self.tokens: dict[str, list[int]] = {}
+
+    def dataset(self, split: str) -> Any:
+        return open_split(self.cfg, split, self.codec.sample_rate, kind="caption")
+
+    def _encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        for caption in set(captions) - set(self.tokens):
+            self.tokens[caption] = self.tokenizer(caption)["input_ids"]
+        width = max(len(self.tokens[c]) for c in captions)
+        ids = torch.full((len(captions), width), int(self.tokenizer.pad_token_id or 0), dtype=torch.long)
+        mask = torch.zeros(len(captions), width, dtype=torch.long)
+        for row, caption in enumerate(captions):
+            ids[row, : len(self.tokens[caption])] = torch.tensor(self.tokens[caption])
+            mask[row, : len(self.tokens[caption])] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        states = self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
+        return states * mask[..., None].to(states.dtype), mask.bool()  # padded states zeroed, as TextEncoder
+
+    def encode(self, items: Sequence[Any]) -> list[Encoded]:
+        codes = encode_audio(self.codec, [clip.audio for clip in items])  # [B, K, F]
+        return [Encoded(c, None, clip.caption) for c, clip in zip(codes, items, strict=True)]
+
+    def loss_codes(self, records: Sequence[Encoded]) -> Any:
+        text_states, text_mask = self._encode_text([r.text for r in records])
+        codes = torch.stack([r.codes for r in records]).long().to(self.device)  # [B, K, F]
+        loss, _ = self.lm.loss(codes, text_states, text_mask, None)
+        return loss
+
+    def export(self, run_dir: Path, info: dict) -> dict[str, str]:
+        hf_model = load_hf_musicgen(self.base_path)
+        hf_model.text_encoder.load_state_dict(self.text_model.state_dict())
+        decoder = lm_state_to_transformers({n: t.detach().cpu() for n, t in self.lm.state_dict().items()})
+        result = hf_model.load_state_dict(decoder, strict=False)
+        wrong = [n for n in result.missing_keys if n.startswith(("decoder.", "enc_to_dec_proj."))]
+        if wrong or result.unexpected_keys:
+            raise CheckpointError(f"internal error: the trained decoder does not map onto {self.base_path}: {wrong}")
+        model_dir = replace_dir(run_dir / "model")
+        with quiet_transformers():
+            hf_model.save_pretrained(model_dir / "base")
+            self.tokenizer.save_pretrained(model_dir / "base")
+        card = {
+            "format": "imusic-model",
+            "version": 1,
+            "name": f"base-{run_dir.name}",
+            "provenance": {"trained_by": "imusic train --stage base", "architecture_from": str(self.base_path), **info},
+        }
+        (model_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+        return {"model": str(model_dir)}

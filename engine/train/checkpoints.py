@@ -1,0 +1,72 @@
+"""Training checkpoints: atomic writes of everything an exact resume needs, the last few kept, and careful reads."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import CheckpointError
+
+CKPT_FORMAT = "imusic-train-checkpoint"
+CKPT_VERSION = 1
+CKPT_DIR = "checkpoints"
+
+
+def rng_state() -> dict:
+    """Every random generator a run draws from (Python, numpy, torch, CUDA), for an exact resume."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    # Plain lists and numbers (no numpy arrays), so that checkpoints load with torch.load(weights_only=True).
+    numpy_state = [name, key.tolist(), int(pos), int(has_gauss), float(gauss)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CKPT_DIR
+    return sorted(folder.glob("step_*.pt")) if folder.is_dir() else []
+
+
+def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
+    """Write step_NNNNNNNN.pt atomically (temporary file, then rename) and keep only the last `keep`."""
+    folder = Path(run_dir) / CKPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    tmp = folder / f".{path.name}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path, previous: Path | None = None) -> dict:
+    """Read a checkpoint; CheckpointError naming the file (and the previous checkpoint to fall back to)."""
+    fallback = (
+        f"; the previous checkpoint is {previous}: resume from it with --resume-from {previous}"
+        if previous is not None
+        else "; no earlier checkpoint is left: start a new run"
+    )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling/zip error means the same thing to the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({first}){fallback}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not an imusic training checkpoint{fallback}")
+    return payload

@@ -1,0 +1,108 @@
+"""`imusic train`: train the editing adapters of a base model (or a base model / codec from scratch) on a stem data
+set. The options map one to one onto TrainConfig (config.py); the loop is loop.py, the codec stage codec_train.py."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine.device import default_device
+from engine.errors import ConfigError
+from engine.train.codec_train import run_stage
+from engine.train.config import RESUME_CHANGES, TrainConfig
+from engine.train.loop import CURVES, STAGES, train
+
+# (flag, TrainConfig field, type, help); every default is TrainConfig's, so `--resume` can tell what was given.
+_OPTIONS: list[tuple[str, str, type, str]] = [
+    ("--stage", "stage", str, "what to train: {stages}, codec (default {default})"),
+    ("--steps", "steps", int, "optimizer steps (default {default})"),
+    ("--batch", "batch", int, "clips per micro-batch (default {default})"),
+    ("--accum", "accum", int, "micro-batches per optimizer step (default {default})"),
+    ("--lr", "lr", float, "peak learning rate (default {default:g})"),
+    ("--gate-lr", "gate_lr", float, "peak learning rate of the fusion gates (default: --lr)"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (default {default:g})"),
+    ("--warmup", "warmup", int, "linear warm-up steps before the cosine decay (default {default})"),
+    ("--grad-clip", "grad_clip", float, "gradient norm clip, 0 = off (default {default:g})"),
+    ("--ckpt-every", "ckpt_every", int, "checkpoint every N steps, last 2 kept (default {default})"),
+    ("--val-every", "val_every", int, "validation loss every M steps (default {default})"),
+    ("--val-clips", "val_clips", int, "validation clips (default {default})"),
+    ("--seconds", "seconds", float, "clip length in seconds (default {default:g})"),
+    ("--classes", "classes", str, "stem classes: 4stems, all, or a comma list (default {default})"),
+    ("--device", "device", str, "cuda, cuda:1, mps, cpu (default: the best available)"),
+    ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
+    ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
+    ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 4 on GPU)"),
+    ("--align-steps", "align_steps", int, "adapters: fit the prefix alignment for N batches first (0: official init)"),
+    ("--gate-init", "gate_init", float, "adapters: initial fusion gates (default 0, official)"),
+    ("--fused-layers", "fused_layers", int, "adapters: audio fusion on the top N layers only (default: all)"),
+    ("--window", "window", float, "adapter condition window in seconds (default: the base's, else 10 s)"),
+    ("--pool", "pool", int, "encode N epochs of training clips once and train on that pool (default 0: fresh draws)"),
+    ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic train` options (defaults: the official adapter hyper-parameters)."""
+    defaults = TrainConfig()
+    parser.add_argument("--data", help="stem data set folder (Slakh, MoisesDB or plain folders of stems)")
+    parser.add_argument("--base", help="base model: our model dir, a transformers/audiocraft dir, or a cached hub name")
+    parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, result)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN_DIR")
+    parser.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
+    for flag, name, kind, text in _OPTIONS:
+        default = getattr(defaults, name)
+        parser.add_argument(flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(STAGES)))
+    sizes = parser.add_argument_group("new base model from a codec directory (--stage base --base CODEC_DIR)")
+    sizes.add_argument("--layers", type=int, help="decoder layers (default 4)")
+    sizes.add_argument("--dim", type=int, help="decoder width (default 256)")
+    sizes.add_argument("--heads", type=int, help="decoder attention heads (default 4)")
+    sizes.add_argument("--text-dim", type=int, help="text encoder width (default 128)")
+    codec = parser.add_argument_group("codec stage (--stage codec)")
+    codec.add_argument(
+        "--quantize-after", type=int, help="steps trained without quantisation before the codebooks start (default 0)"
+    )
+    codec.add_argument(
+        "--wave-mse", type=float, metavar="WEIGHT", help="weight of the waveform's normalised MSE loss (default 0)"
+    )
+    codec.add_argument(
+        "--init-codec",
+        metavar="CODEC_DIR",
+        help="start from this exported codec's weights and codebooks (same sizes), with a new optimiser and schedule",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (or resume), then print where the result is."""
+    if args.stage == "codec":  # stage 1 of the embedded model: its own loop (EMA codebooks, Adam), codec_train.py
+        return run_stage(args)
+
+    resuming = bool(args.resume or args.resume_from)
+    if not resuming and not (args.data and args.base):
+        raise ConfigError("--data and --base are required for a new run (a resumed run remembers them)")
+    given = {name: getattr(args, name) for _, name, _, _ in _OPTIONS if getattr(args, name) is not None}
+    if args.data:
+        given["data"] = str(args.data)
+    if args.base:
+        given["base"] = str(args.base)
+    extra = {name: getattr(args, name) for name in ("layers", "dim", "heads", "text_dim")}
+    given["extra"] = {name: value for name, value in extra.items() if value is not None}
+    if not resuming and "device" not in given:
+        given["device"] = str(default_device())
+    ignored = sorted(name for name in set(given) - set(RESUME_CHANGES) if given[name]) if resuming else []
+    if ignored:
+        print(f"imusic train: resuming keeps the run's own {', '.join(ignored)}", file=sys.stderr)
+    changes = [name for name in RESUME_CHANGES if name in given]
+    result = train(
+        TrainConfig(**given),
+        args.output,
+        resume=args.resume,
+        resume_from=args.resume_from,
+        changes=changes,
+        progress=not args.quiet,
+    )
+    last = result.history["train"][-1][1] if result.history["train"] else float("nan")
+    print(f"trained {result.step} steps, last loss {last:.4f}; curves: {result.run_dir / CURVES}")
+    for what, path in result.outputs.items():
+        print(f"{what}: {path}")
+    return 0

@@ -1,0 +1,97 @@
+"""What defines a training run (`TrainConfig`) and what follows from it alone (its mixed precision)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from engine.errors import ConfigError
+
+# What a resumed run may change; everything else is the saved run's.
+RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "log_every", "workers")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Adapter defaults are the official hyper-parameters (docs/ARCHITECTURE.md)."""
+
+    data: str = ""
+    base: str = ""
+    stage: str = "adapters"
+    steps: int = 10000  # official: cosine schedule over 10k steps (instructmusicgenadapter_module.py)
+    batch: int = 8
+    accum: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 2.0
+    ckpt_every: int = 100
+    val_every: int = 100
+    val_clips: int = 16
+    keep: int = 2
+    seconds: float = 5.0
+    classes: str = "4stems"
+    seed: int = 0
+    device: str | None = None
+    precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere
+    log_every: int = 10
+    workers: int | None = None  # clip-loading processes; None: none on CPU, up to 4 on accelerators
+    pool: int = 0  # epochs of training clips drawn and encoded once (0: fresh draws encoded at every step)
+    gate_lr: float = 0.0  # peak learning rate of the audio-fusion gates (0: --lr); zero-init gates open slowly
+    window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (10 s: 500 frames)
+    # Adapters: 0 = the official init (zero gates). N > 0: fusion.align_prefix for N batches before step 1 (merge_linear
+    # 0, pos_emb fitted so that the prefix attention follows the music in time), then the gates start at gate_init.
+    align_steps: int = 0
+    gate_init: float = 0.0
+    fused_layers: int | None = None  # adapters: audio fusion on the top N layers (None: the base adapter's, else all)
+    extra: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        """ConfigError for settings no run can use."""
+        positive = {"steps": self.steps, "batch": self.batch, "accum": self.accum, "ckpt_every": self.ckpt_every}
+        positive.update({"val_every": self.val_every, "keep": self.keep, "log_every": self.log_every})
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.gate_lr < 0:
+            raise ConfigError(f"--gate-lr must not be negative, got {self.gate_lr}")
+        if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.val_clips < 0:
+            raise ConfigError("warm-up, gradient clip, weight decay and validation clips must not be negative")
+        if self.pool < 0:
+            raise ConfigError(f"--pool must not be negative, got {self.pool}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must not be negative, got {self.workers}")
+        if not self.seconds > 0:
+            raise ConfigError(f"--seconds must be positive, got {self.seconds}")
+        if self.window < 0:
+            raise ConfigError(f"--window must not be negative, got {self.window}")
+        if self.align_steps < 0:
+            raise ConfigError(f"--align-steps must not be negative, got {self.align_steps}")
+        if (self.align_steps or self.gate_init or self.fused_layers is not None) and self.stage != "adapters":
+            raise ConfigError("--align-steps, --gate-init and --fused-layers are for --stage adapters only")
+        if self.fused_layers is not None and self.fused_layers < 1:
+            raise ConfigError(f"--fused-layers must be at least 1, got {self.fused_layers}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler) of a run on `device`."""
+    choice = cfg.precision
+    if choice == "auto":
+        if device.type != "cuda":
+            return None, False
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if choice == "fp32":
+        return None, False
+    if choice == "fp16" and device.type != "cuda":
+        raise ConfigError("--precision fp16 needs a CUDA device (use bf16 or fp32)")
+    return (torch.bfloat16, False) if choice == "bf16" else (torch.float16, True)

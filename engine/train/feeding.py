@@ -1,0 +1,156 @@
+"""What the loop trains on, in a reproducible order: the batch sampler, the clip feeder, and the code pool.
+
+The sampler's state (epoch, position) is all a checkpoint needs to draw exactly the batches an uninterrupted run would.
+Where the codec costs as much as the model (a small model on a CPU), `--pool N` draws N epochs of training clips once,
+encodes them once (saved in the run folder) and trains over that fixed pool instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from engine.errors import CheckpointError
+from engine.train.stages import Encoded, Stage
+
+
+class BatchSampler:
+    """Deterministic stream of item indices: epoch e is a permutation seeded by (seed, e). State = (epoch, position),
+    so a resumed run draws exactly the batches an uninterrupted one would."""
+
+    def __init__(self, size: int, seed: int, epoch: int = 0, position: int = 0) -> None:
+        self.size, self.seed, self.epoch, self.position = size, seed, epoch, position
+        self._order = np.random.default_rng([seed, epoch]).permutation(size)
+
+    def next_keys(self, count: int) -> list[tuple[int, int]]:
+        """The next `count` items as (epoch, index): the epoch decides a training clip's random draw."""
+        out = []
+        while len(out) < count:
+            if self.position >= self.size:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+            out.append((self.epoch, int(self._order[self.position])))
+            self.position += 1
+        return out
+
+    def copy(self) -> BatchSampler:
+        return BatchSampler(self.size, self.seed, self.epoch, self.position)
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "size": self.size, "seed": self.seed}
+
+
+class Keyed:
+    """A data set addressed by (epoch, index): loader workers hold copies, so the epoch travels with each request."""
+
+    def __init__(self, data) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+        return key, self.data[index]
+
+
+class _KeyBatches:
+    """Endless micro-batches of keys for a DataLoader (a copy of the run's sampler, running ahead of it)."""
+
+    def __init__(self, sampler: BatchSampler, batch: int) -> None:
+        self.sampler, self.batch = sampler, batch
+
+    def __iter__(self):
+        while True:
+            yield self.sampler.next_keys(self.batch)
+
+
+class ClipFeeder:
+    """Micro-batches of clips in sampler order. With workers, clips are decoded ahead in other processes (audio
+    decoding and resampling would otherwise stall a GPU); the run's own sampler still advances one batch at a time,
+    so checkpoints record exactly what was trained on."""
+
+    def __init__(self, data, sampler: BatchSampler, batch: int, workers: int = 0, seed: int = 0) -> None:
+        self.keyed, self.sampler, self.batch = Keyed(data), sampler, batch
+        self._batches = None
+        if workers > 0:
+            loader = DataLoader(
+                self.keyed,
+                batch_sampler=_KeyBatches(sampler.copy(), batch),
+                num_workers=workers,
+                collate_fn=list,
+                # Worker seeds from their own generator: the run's torch RNG stream stays as without workers.
+                generator=torch.Generator().manual_seed(seed),
+            )
+            self._batches = iter(loader)
+
+    def next(self) -> list:
+        keys = self.sampler.next_keys(self.batch)
+        if self._batches is None:
+            return [self.keyed[key][1] for key in keys]
+        pairs = next(self._batches)
+        if [tuple(key) for key, _ in pairs] != keys:
+            raise RuntimeError("internal error: the clip loader ran out of step with the sampler")
+        return [item for _, item in pairs]
+
+
+POOL_FILE = "code_pool.pt"
+# The settings a pool's content depends on (the draws and the frozen codec): a run that changes only the optimizer
+# (lr, steps, warm-up, ...) may start from a copy of another run's pool.
+POOL_KEY = ("data", "base", "stage", "seconds", "classes", "seed", "batch", "accum", "pool")
+
+
+class CodePool:
+    """Training clips encoded once: `epochs` epochs of the data set's random draws, in draw order.
+
+    Saved as `code_pool.pt` in the run folder (int16 codes) so that a resumed run trains on the same pool without
+    encoding it again; a pool made from other settings is refused rather than silently reused."""
+
+    def __init__(self, records: list[Encoded]) -> None:
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Encoded:
+        return self.records[index]
+
+    @classmethod
+    def build(cls, stage: Stage, data: Any, epochs: int, run_dir: Path, batch: int, key: dict, log: bool) -> CodePool:
+        path = Path(run_dir) / POOL_FILE
+        if path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unpickling/zip error means the same thing to the user
+                raise CheckpointError(f"code pool {path} is unreadable ({exc}); delete it to encode it again") from None
+            if saved.get("key") != key:
+                raise CheckpointError(f"code pool {path} was made with other settings; delete it to encode it again")
+            conds = saved["cond"] if saved["cond"] is not None else [None] * len(saved["texts"])
+            return cls([Encoded(c, cond, t) for c, cond, t in zip(saved["codes"], conds, saved["texts"], strict=True)])
+        total = epochs * len(data)
+        records: list[Encoded] = []
+        for epoch in range(epochs):
+            if hasattr(data, "set_epoch"):
+                data.set_epoch(epoch)
+            for start in range(0, len(data), batch):
+                encoded = stage.encode([data[i] for i in range(start, min(len(data), start + batch))])
+                for r in encoded:  # int16: a pool of thousands of clips stays a few MB
+                    records.append(Encoded(r.codes.short(), None if r.cond is None else r.cond.short(), r.text))
+            if log:
+                print(f"code pool: {len(records)}/{total} clips encoded", file=sys.stderr)
+        conds = None if records[0].cond is None else torch.stack([r.cond for r in records])
+        payload = {"key": key, "codes": torch.stack([r.codes for r in records]), "cond": conds}
+        payload["texts"] = [r.text for r in records]
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return cls(records)

@@ -1,0 +1,307 @@
+"""The training loop of `imusic train`: one generic loop drives a stage (stages.py) looked up by name in `STAGES`.
+
+AdamW, warm-up + cosine, gradient accumulation, clipping, mixed precision on GPU, atomic checkpoints with exact
+resume (checkpoints.py), validation loss and a PNG of the curves. `register_stage` adds a stage. (`--stage codec`
+runs its own loop: codec_train.py.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from engine.device import parse_device
+from engine.errors import CheckpointError, ConfigError, DataError
+from engine.plots import plot_curves
+from engine.train.adapters import AdapterStage
+from engine.train.base import BaseStage
+from engine.train.checkpoints import (
+    CKPT_FORMAT,
+    CKPT_VERSION,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from engine.train.config import RESUME_CHANGES, TrainConfig, precision
+from engine.train.feeding import POOL_KEY, BatchSampler, ClipFeeder, CodePool, Keyed
+from engine.train.stages import Encoded, Stage
+
+HISTORY = "history.json"
+CURVES = "curves.png"
+
+STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = {"adapters": AdapterStage, "base": BaseStage}
+
+
+def register_stage(name: str, factory: Callable[[TrainConfig, Any], Stage]) -> None:
+    """Make `imusic train --stage NAME` build its stage with `factory(config, device)`."""
+    STAGES[name] = factory
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total` (transformers'
+    get_cosine_schedule_with_warmup, as the official run, except that step 0 already gets a small rate)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class RunResult:
+    step: int
+    history: dict
+    outputs: dict[str, str]
+    run_dir: Path
+
+
+class Trainer:
+    """One session of a run: the optimizer, schedule, scaler, sampler and history around a stage, and what a step, a
+    validation pass and a checkpoint do with them. `train` builds one, restores or prepares it, then calls `run`."""
+
+    def __init__(self, cfg: TrainConfig, stage: Stage, device: torch.device, train_data, val_data, run_dir: Path):
+        self.cfg, self.stage, self.device, self.run_dir = cfg, stage, device, run_dir
+        self.train_data, self.val_data = train_data, val_data
+        self.autocast_dtype, self.use_scaler = precision(cfg, device)
+        self.params = stage.parameters()
+        if not self.params:
+            raise ConfigError(f"stage {cfg.stage} has no trainable parameters")
+        groups: list[dict] = [{"params": self.params}]
+        if cfg.gate_lr:  # the scalar gates in a group of their own (no weight decay), on the same schedule
+            gate_ids = {id(p) for n, p in stage.module.named_parameters() if n.endswith("fusion.gates")}
+            groups = [{"params": [p for p in self.params if id(p) not in gate_ids]}]
+            gates = [p for p in self.params if id(p) in gate_ids]
+            groups.append({"params": gates, "lr": cfg.gate_lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)  # default betas, official
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup, cfg.steps)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        self.sampler = BatchSampler(len(train_data), cfg.seed)
+        self.history: dict[str, Any] = {"train": [], "val": [], "lr": []}
+        self.step = 0
+        self.wall_before = 0.0  # wall time of the run's earlier sessions
+
+    def restore(self, payload: dict) -> None:
+        """Continue from a checkpoint: trained tensors, optimizer, schedule, scaler, sampler, history, RNG."""
+        self.stage.load_trainable_state(payload["trainable"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if payload.get("scaler"):
+            self.scaler.load_state_dict(payload["scaler"])
+        sampled = payload["sampler"]
+        self.sampler = BatchSampler(len(self.train_data), self.cfg.seed, sampled["epoch"], sampled["position"])
+        self.history = payload["history"]
+        self.step = int(payload["step"])
+        self.wall_before = float(self.history.get("wall_seconds", 0.0))
+        set_rng_state(payload["rng"])
+
+    def prepare(self) -> None:
+        """A fresh run's one-off start (the adapters' prefix alignment), on batches of its own sampler."""
+        cfg = self.cfg
+        align_sampler, keyed = BatchSampler(len(self.train_data), cfg.seed + 1), Keyed(self.train_data)
+
+        def align_batch() -> list[Encoded]:
+            items = [keyed[key][1] for key in align_sampler.next_keys(cfg.batch)]
+            return items if cfg.pool else self.stage.encode(items)
+
+        prepared = self.stage.prepare(align_batch)
+        if prepared is not None:
+            self.history["prepare"] = prepared
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, feeder: ClipFeeder) -> float:
+        """One optimizer step over `accum` micro-batches; returns its mean loss."""
+        cfg = self.cfg
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(cfg.accum):
+            items = feeder.next()
+            with self.autocast():
+                loss = self.stage.loss(items)
+            if not torch.isfinite(loss):
+                raise DataError(f"the loss became {float(loss)} at step {self.step + 1}: lower --lr or check the data")
+            self.scaler.scale(loss / cfg.accum).backward()
+            step_loss += float(loss.detach()) / cfg.accum
+        self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.history["lr"].append((self.step, self.optimizer.param_groups[0]["lr"]))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self.history["train"].append((self.step, step_loss))
+        return step_loss
+
+    def validation_loss(self) -> float | None:
+        cfg, val_data = self.cfg, self.val_data
+        if val_data is None or cfg.val_clips == 0:
+            return None
+        self.stage.module.eval()
+        # Evenly spread over the split (items are grouped by song), the same clips every time.
+        chosen = sorted({int(i) for i in np.linspace(0, len(val_data) - 1, min(len(val_data), cfg.val_clips))})
+        total = 0.0
+        with torch.no_grad(), self.autocast():
+            for start in range(0, len(chosen), cfg.batch):
+                items = [val_data[i] for i in chosen[start : start + cfg.batch]]
+                total += float(self.stage.loss(items)) * len(items)
+        self.stage.module.train()
+        return total / len(chosen)
+
+    def checkpoint(self, started: float) -> Path:
+        # Wall time of the whole run, summed over its sessions (a resumed run adds its own).
+        self.history["wall_seconds"] = self.wall_before + (time.monotonic() - started)
+        state = {
+            "format": CKPT_FORMAT,
+            "version": CKPT_VERSION,
+            "stage": self.cfg.stage,
+            "step": self.step,
+            "config": asdict(self.cfg),
+            "trainable": self.stage.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_scaler else None,
+            "sampler": self.sampler.state(),
+            "rng": rng_state(),
+            "history": self.history,
+        }
+        return save_checkpoint(self.run_dir, self.step, state, self.cfg.keep)
+
+    def write_history(self) -> None:
+        cfg, history = self.cfg, self.history
+        (self.run_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), **history}, indent=1))
+        plot_curves(history["train"], self.run_dir / CURVES, val=history["val"], lr=history["lr"], title=cfg.stage)
+
+    def run(self, feeder: ClipFeeder, last: int, started: float, progress: bool) -> None:
+        """Steps up to `last`: validation every val_every, checkpoint and curves every ckpt_every and at the end."""
+        cfg, history = self.cfg, self.history
+        bar = None
+        # A live bar on a terminal; plain lines every log_every steps in a log file (nohup, cluster jobs).
+        log_lines = progress and not sys.stderr.isatty()
+        if progress and not log_lines:
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
+        try:
+            while self.step < last:
+                step_loss = self.train_step(feeder)
+                step = self.step
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{step_loss:.4f}")
+                if step % cfg.val_every == 0 or step == cfg.steps:
+                    val = self.validation_loss()
+                    if val is not None:
+                        history["val"].append((step, val))
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{val:.4f}")
+                if log_lines and (step % cfg.log_every == 0 or step == last):
+                    val_text = f" val {history['val'][-1][1]:.4f}" if history["val"] else ""
+                    lr_now = history["lr"][-1][1]
+                    print(f"step {step}/{cfg.steps} loss {step_loss:.4f}{val_text} lr {lr_now:.3g}", file=sys.stderr)
+                if step % cfg.ckpt_every == 0 or step == last:
+                    self.checkpoint(started)
+                    self.write_history()
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _resolved_config(
+    cfg: TrainConfig, run_dir: Path, resume: bool, resume_from: str | Path | None, changes: Sequence[str]
+) -> tuple[TrainConfig, dict | None]:
+    """(the run's configuration, the checkpoint to continue from or None) for a new or a resumed run."""
+    existing = list_checkpoints(run_dir)
+    if resume or resume_from is not None:
+        chosen = Path(resume_from) if resume_from is not None else (existing[-1] if existing else None)
+        if chosen is None:
+            raise CheckpointError(f"nothing to resume in {run_dir}: it holds no checkpoint")
+        if not chosen.is_file():
+            raise CheckpointError(f"no checkpoint at {chosen}")
+        earlier = [p for p in existing if p.name < chosen.name]
+        payload = load_checkpoint(chosen, earlier[-1] if earlier else None)
+        saved = TrainConfig.from_dict(payload["config"])
+        # The saved run defines the run; only how long it goes, how often it reports and where it runs may change.
+        return TrainConfig.from_dict({**asdict(saved), **{k: getattr(cfg, k) for k in changes}}), payload
+    if existing:
+        raise ConfigError(f"{run_dir} already holds a run ({existing[-1].name}); pass --resume or choose a new folder")
+    return cfg, None
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    resume_from: str | Path | None = None,
+    changes: Sequence[str] = RESUME_CHANGES,
+    progress: bool = True,
+    stop_after: int | None = None,
+    export: bool = True,
+) -> RunResult:
+    """Run (or continue) training into `run_dir`.
+
+    On resume the saved configuration defines the run; only the fields named in `changes` are taken from `cfg`.
+    `stop_after` ends the call after that global step (tests use it to simulate an interruption); the schedule still
+    follows `cfg.steps`."""
+    started = time.monotonic()  # wall time includes loading and encoding the code pool
+    run_dir = Path(run_dir).expanduser()
+    cfg, payload = _resolved_config(cfg, run_dir, resume, resume_from, changes)
+    cfg.check()
+    if cfg.stage not in STAGES:
+        raise ConfigError(f"unknown stage {cfg.stage!r}: use {', '.join(STAGES)}")
+
+    device = parse_device(cfg.device) or torch.device("cpu")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    torch.manual_seed(cfg.seed)
+    # Stages that build files of their own (the base stage's template) keep them inside the run folder.
+    cfg = replace(cfg, extra={**cfg.extra, "run_dir": str(run_dir)})
+    stage = STAGES[cfg.stage](cfg, device)
+    train_data = stage.dataset("train")
+    if cfg.pool:
+        key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY}
+        train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, log=progress)
+    try:
+        val_data = stage.dataset("validation")
+    except DataError as exc:
+        val_data = None
+        print(f"imusic train: no validation loss ({exc})", file=sys.stderr)
+
+    trainer = Trainer(cfg, stage, device, train_data, val_data, run_dir)
+    if payload is not None:
+        trainer.restore(payload)
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(4, os.cpu_count() or 1))
+    if cfg.pool:
+        workers = 0  # the pool is in memory: nothing to decode ahead
+    feeder = ClipFeeder(train_data, trainer.sampler, cfg.batch, workers, cfg.seed)
+    if payload is None:
+        trainer.prepare()
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer.run(feeder, cfg.steps if stop_after is None else min(cfg.steps, stop_after), started, progress)
+    outputs: dict[str, str] = {}
+    if export and trainer.step >= cfg.steps:
+        stage.module.eval()
+        info = {"steps": trainer.step, "data": str(cfg.data), "seed": cfg.seed}
+        if trainer.history["val"]:
+            info["final_val_loss"] = trainer.history["val"][-1][1]
+        outputs = stage.export(run_dir, info)
+    return RunResult(step=trainer.step, history=trainer.history, outputs=outputs, run_dir=run_dir)

@@ -1,0 +1,111 @@
+"""A transformers MusicGen template around a trained codec: where the embedded model's base stage starts.
+
+The codec stage writes a bare EnCodec directory; the base stage needs a whole MusicGen directory (decoder, text
+encoder, tokenizer) to take its architecture from. `build_base_template` makes one with a random decoder, a small T5
+and a word-level tokenizer that knows the caption and instruction words (`base_vocabulary`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.errors import ConfigError
+from engine.instructions import OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+from engine.model.codec import Codec
+from engine.train.data.stems import FOUR_STEMS, GM_FAMILIES, caption_word
+from engine.weights.transformers_layout import quiet_transformers
+
+
+def base_vocabulary() -> list[str]:
+    """Words a small base model's tokenizer knows: caption words of every stem class and the instruction template."""
+    words = ["<pad>", "</s>", "<unk>"]
+    text = " ".join([OFFICIAL_TEMPLATE, *OFFICIAL_VERBS.values(), "and", "silence", "vocals", "other", "percussion"])
+    classes = [*FOUR_STEMS, *GM_FAMILIES]  # Drums is no General MIDI family (channel 10), so it is named apart
+    names = [caption_word(cls) for cls in classes] + [cls.lower() for cls in classes]
+    for word in [*text.lower().replace("{verb}", " ").replace("{stem}", " ").split(), *" ".join(names).split()]:
+        word = word.strip(".:,()")
+        if word and word not in words:
+            words.append(word)
+    return [*words, ".", ":", ",", "(", ")", "-", "'"]
+
+
+def build_base_template(
+    codec_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    layers: int = 4,
+    dim: int = 256,
+    heads: int = 4,
+    text_dim: int = 128,
+    text_layers: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A transformers MusicGen directory around a trained codec: random decoder and small T5, word-level tokenizer.
+
+    The embedded default model is built this way (codec stage -> this template -> base stage -> adapter stage).
+    The word-level tokenizer knows the caption and instruction words (`base_vocabulary`); others map to <unk>.
+    """
+    # transformers and tokenizers are imported here: only this path of `imusic train` needs them at all
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import (
+        EncodecModel,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        PreTrainedTokenizerFast,
+        T5Config,
+    )
+
+    if text_dim == dim:
+        # transformers' MusicGen drops enc_to_dec_proj when the widths match; our decoder always has text_proj.
+        raise ConfigError(f"--text-dim must differ from --dim (both {dim})")
+    with quiet_transformers():
+        codec_model = EncodecModel.from_pretrained(str(codec_dir), local_files_only=True)
+    num_codebooks = Codec(codec_model).num_codebooks
+    card = int(codec_model.config.codebook_size)
+    vocab = {word: index for index, word in enumerate(base_vocabulary())}
+    text = T5Config(
+        vocab_size=len(vocab),
+        d_model=text_dim,
+        d_kv=text_dim // 4,
+        d_ff=2 * text_dim,
+        num_layers=text_layers,
+        num_heads=4,
+        relative_attention_num_buckets=16,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    decoder = MusicgenDecoderConfig(
+        vocab_size=card,
+        num_hidden_layers=layers,
+        hidden_size=dim,
+        num_attention_heads=heads,
+        ffn_dim=4 * dim,
+        num_codebooks=num_codebooks,
+        pad_token_id=card,
+        bos_token_id=card,
+        max_position_embeddings=2048,
+        dropout=0.0,
+    )
+    with quiet_transformers():
+        torch.manual_seed(seed)
+        model = MusicgenForConditionalGeneration(
+            MusicgenConfig(text_encoder=text, audio_encoder=codec_model.config, decoder=decoder)
+        )
+        model.audio_encoder.load_state_dict(codec_model.state_dict())
+        backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+        backend.normalizer = normalizers.Lowercase()
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+        )
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    return out_dir
