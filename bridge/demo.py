@@ -30,6 +30,7 @@ import numpy as np
 
 from engine import instructions
 from engine.errors import ConfigError, ResourceError
+from engine.mask import MODES
 
 # Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
 # by (seed, track number), so seeds from here on give songs no training stage used.
@@ -256,6 +257,7 @@ class Row:
     """One edit's outcome for the summary table."""
 
     edit: str
+    mode: str  # "mask" (keeps the recording) or "resynth" (the model's output)
     status: str  # "done" or the error code
     seconds: float | None = None
     lufs: float | None = None
@@ -287,16 +289,21 @@ class _Bar:
         self.bar.close()
 
 
-def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, out: Path, seed: int) -> Row:
+def result_file(edit: str, mode: str) -> str:
+    """`extract_drums.wav` for the default mode (mask), `extract_drums.resynth.wav` for the other."""
+    return f"{result_name(edit)}.wav" if mode == MODES[0] else f"{result_name(edit)}.{mode}.wav"
+
+
+def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, mode: str, out: Path, seed: int) -> Row:
     """One edit of the whole clip through the client; an engine error becomes an error row, not an exception."""
     from bridge.client import NoReply, RemoteError
 
-    target = out / f"{result_name(edit)}.wav"
+    target = out / result_file(edit, mode)
     target.unlink(missing_ok=True)  # the server never writes over a file; a rerun of the demo replaces its results
-    bar = _Bar(edit)
+    bar = _Bar(f"{edit} ({mode})")
     done, job_id = False, None
     try:
-        job_id = client.submit(str(input_path), 0.0, -1.0, edit, output_path=str(target), seed=seed)
+        job_id = client.submit(str(input_path), 0.0, -1.0, edit, output_path=str(target), seed=seed, mode=mode)
         while True:
             try:
                 result = client.wait(job_id, timeout=5.0, on_progress=bar)
@@ -305,7 +312,7 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, ou
                 server.check_alive(f"during '{edit}'")  # a silent server is busy or gone: find out which
         done = True
     except RemoteError as exc:
-        return Row(edit, exc.code or "error", message=str(exc))
+        return Row(edit, mode, exc.code or "error", message=str(exc))
     except KeyboardInterrupt:
         from bridge import protocol
 
@@ -318,7 +325,7 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, ou
     bridge_info = info.get("bridge") or {}
     levels = info.get("levels") or {}
     seconds = bridge_info.get("job_s", (info.get("timings") or {}).get("total"))
-    return Row(edit, "done", _number(seconds), _number(levels.get("result_lufs")), Path(result.output_path))
+    return Row(edit, mode, "done", _number(seconds), _number(levels.get("result_lufs")), Path(result.output_path))
 
 
 def _number(value: Any) -> float | None:
@@ -328,29 +335,49 @@ def _number(value: Any) -> float | None:
 # ---------------------------------------------------------------------------------------------- picture and table
 
 
-def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
-    """Input and each result's mel spectrogram, stacked and labelled (engine.plots); None when nothing finished."""
-    from bridge import audio_io
-    from engine.plots import plot_spectrograms
-
-    panels = [("input", clip.audio)]
-    for row in rows:
-        if row.path is not None:
-            audio, rate = audio_io.read_region(row.path, 0.0, -1.0)
-            if rate != clip.sample_rate:  # the server keeps the input's rate; anything else would misdraw time
-                raise ResourceError(f"{row.path} is at {rate} Hz, the input at {clip.sample_rate} Hz")
-            panels.append((row.edit, audio))
-    if len(panels) == 1:
+def truth(clip: Clip, edit: str) -> np.ndarray | None:
+    """What a perfect edit of the clip gives: the stem (extract), the mix without it (remove); None where the demo has
+    no rendering of it (add: the added part was never rendered)."""
+    op, _, stem = edit.partition(" ")
+    if stem not in clip.stems:
         return None
-    return plot_spectrograms(panels, clip.sample_rate, path, title="imusic demo: before / after (log-mel, 16 kHz)")
+    if op == "extract":
+        return clip.stems[stem]
+    if op == "remove":
+        return clip.audio - clip.stems[stem]
+    return None
+
+
+def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
+    """The input, then one row per edit: the true result beside each mode's result (engine.plots); None when nothing
+    finished."""
+    from bridge import audio_io
+    from engine.plots import plot_spectrogram_grid
+
+    grid: list[tuple[str, list[tuple[str, np.ndarray | None]]]] = [("input", [("input (stereo mix)", clip.audio)])]
+    for edit in dict.fromkeys(row.edit for row in rows):
+        cells: list[tuple[str, np.ndarray | None]] = [("truth", truth(clip, edit))]
+        for row in (row for row in rows if row.edit == edit):
+            audio = None
+            if row.path is not None:
+                audio, rate = audio_io.read_region(row.path, 0.0, -1.0)
+                if rate != clip.sample_rate:  # the server keeps the input's rate; anything else would misdraw time
+                    raise ResourceError(f"{row.path} is at {rate} Hz, the input at {clip.sample_rate} Hz")
+            cells.append((f"{row.mode}" + ("" if audio is not None else f": {row.status}"), audio))
+        grid.append((edit, cells))
+    if not any(row.path is not None for row in rows):
+        return None
+    title = "imusic demo: before / after, each edit's truth and both modes (log-mel, 16 kHz)"
+    return plot_spectrogram_grid(grid, clip.sample_rate, path, title=title)
 
 
 def summary_table(rows: list[Row]) -> str:
-    """A plain-text table: edit, status, seconds, LUFS, file."""
-    header = ("edit", "status", "seconds", "LUFS", "file")
+    """A plain-text table: edit, mode, status, seconds, LUFS, file."""
+    header = ("edit", "mode", "status", "seconds", "LUFS", "file")
     lines = [
         (
             row.edit,
+            row.mode,
             row.status,
             "-" if row.seconds is None else f"{row.seconds:.2f}",
             "-" if row.lufs is None else f"{row.lufs:.1f}",
@@ -358,9 +385,9 @@ def summary_table(rows: list[Row]) -> str:
         )
         for row in rows
     ]
-    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(4)]
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(5)]
     return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(cells[:4], widths, strict=True)) + "  " + cells[4]
+        "  ".join(cell.ljust(width) for cell, width in zip(cells[:5], widths, strict=True)) + "  " + cells[5]
         for cells in [header, *lines]
     )
 
@@ -428,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
     stages["render"] = time.perf_counter() - started
     if not edits:
         edits = choose_edits(model_stems(model_path), list(clip.stems))
-    names = [f"{result_name(edit)}.wav" for edit in edits]
+    names = [result_file(edit, mode) for edit in edits for mode in MODES]
     if len(set(names)) != len(names):
         raise ConfigError("two edits would write the same file; give each --edit once")
     _clear_previous(out, names)
@@ -448,7 +475,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"imusic demo: server ready: model {model_name} on {device} (imusic {version})")
             stages["server ready"], mark = time.perf_counter() - mark, time.perf_counter()
             for edit in edits:
-                rows.append(run_edit(client, server, input_path, edit, out, args.seed))
+                for mode in MODES:  # the default (mask: keeps the recording), then the paper's re-synthesis
+                    rows.append(run_edit(client, server, input_path, edit, mode, out, args.seed))
             stages["edits"] = time.perf_counter() - mark
     finally:
         code = server.stop()
@@ -473,10 +501,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"picture  {picture}")
     print(f"log      {server.log_path}")
     print(
-        f"imusic demo: {sum(r.status == 'done' for r in rows)} of {len(rows)} edits done in "
+        f"imusic demo: {sum(r.status == 'done' for r in rows)} of {len(rows)} results done "
+        f"({len(edits)} edits x {len(MODES)} modes) in "
         f"{time.perf_counter() - started:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in stages.items())})"
     )
     failed = [row for row in rows if row.status != "done"]
     for row in failed:
-        print(f"imusic demo: '{row.edit}' failed ({row.status}): {row.message}", file=sys.stderr)
+        print(f"imusic demo: '{row.edit}' ({row.mode}) failed ({row.status}): {row.message}", file=sys.stderr)
     return 1 if failed else 0

@@ -95,6 +95,73 @@ def plot_spectrograms(
         plt.close(fig)
 
 
+def stereo_label(audio: np.ndarray) -> str:
+    """How wide a clip is, for a panel's corner: side-to-mid level in dB, or "dual mono" / "mono"."""
+    audio = np.atleast_2d(audio)
+    if audio.shape[0] < 2:
+        return "mono"
+    mid = float(np.mean((audio[0] + audio[1]) ** 2))
+    side = float(np.mean((audio[0] - audio[1]) ** 2))
+    if side <= 1e-12 * max(mid, 1e-12):
+        return "dual mono (no stereo image)"
+    return f"side/mid {10.0 * np.log10(side / max(mid, 1e-20)):+.1f} dB"
+
+
+def plot_spectrogram_grid(
+    rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray | None]]]],
+    sample_rate: int,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """A PNG grid of 16 kHz log-mel spectrograms: one row per (label, cells), one column per cell (label, audio or
+    None for "not available"); every panel says how wide its stereo image is. One colour scale for all panels."""
+    from engine.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
+
+    plt = _pyplot()
+    columns = max(len(cells) for _, cells in rows)
+    mels = {
+        (r, c): 10.0 * np.log10(np.maximum(mel_spectrogram(audio, sample_rate), 1e-10))
+        for r, (_, cells) in enumerate(rows)
+        for c, (_, audio) in enumerate(cells)
+        if audio is not None
+    }
+    top = max(float(m.max()) for m in mels.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(4.2 * columns + 1, 2.2 * len(rows)), squeeze=False)
+    image = None
+    for r, (row_label, cells) in enumerate(rows):
+        for c in range(columns):
+            axis = axes[r, c]
+            if c >= len(cells):
+                axis.axis("off")
+                continue
+            label, audio = cells[c]
+            axis.set_title(label, fontsize=9)
+            if audio is None:
+                axis.text(0.5, 0.5, "not available", ha="center", va="center", transform=axis.transAxes)
+                axis.set_xticks([])
+                axis.set_yticks([])
+                continue
+            mel_db = mels[(r, c)]
+            seconds = mel_db.shape[1] * MEL_HOP / EVAL_RATE
+            extent = (0, seconds, 0, mel_db.shape[0])
+            image = axis.imshow(mel_db, origin="lower", aspect="auto", extent=extent, vmin=top - 80, vmax=top)
+            axis.text(0.01, 0.97, stereo_label(audio), transform=axis.transAxes, va="top", fontsize=7, color="white")
+            if c == 0:
+                axis.set_ylabel(f"{row_label}\nmel band")
+            if r == len(rows) - 1:
+                axis.set_xlabel("seconds")
+            else:
+                axis.tick_params(labelbottom=False)  # one time axis at the bottom: titles above stay readable
+    if title:
+        fig.suptitle(title)
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="dB")
+    try:
+        return _save_atomically(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
 def plot_val_curves(
     runs: dict[str, Sequence[tuple[int, float]]], path: str | Path, title: str = "validation loss"
 ) -> Path:

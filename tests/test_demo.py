@@ -35,17 +35,22 @@ def demo_run(tiny_model_dir, tmp_path_factory):
     return proc, out
 
 
-def test_demo_succeeds_and_prints_a_row_per_edit(demo_run):
+def test_demo_succeeds_and_prints_a_row_per_edit_and_mode(demo_run):
     proc, out = demo_run
     assert proc.returncode == 0, proc.stderr
-    rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines() if "  done  " in line}
-    assert set(rows) == set(EDITS)
+    rows = {
+        tuple(cell.strip() for cell in re.split(r"\s{2,}", line)[:2]): line
+        for line in proc.stdout.splitlines()
+        if "  done  " in line
+    }
+    assert set(rows) == {(edit, mode) for edit in EDITS for mode in ("mask", "resynth")}
     for edit in EDITS:
         name = edit.replace(" ", "_")
-        assert str(out / f"{name}.wav") in rows[edit]
+        assert str(out / f"{name}.wav") in rows[(edit, "mask")]
+        assert str(out / f"{name}.resynth.wav") in rows[(edit, "resynth")]
         # seconds and LUFS come from the /done metadata: numbers, not placeholders
-        assert re.search(r"done\s+\d+\.\d\d\s+-?\d+\.\d\s", rows[edit]), rows[edit]
-    assert "2 of 2 edits done" in proc.stdout
+        assert re.search(r"done\s+\d+\.\d\d\s+-?\d+\.\d\s", rows[(edit, "mask")]), rows[(edit, "mask")]
+    assert "4 of 4 results done (2 edits x 2 modes)" in proc.stdout
 
 
 def test_input_is_a_44k_stereo_clip_of_the_requested_length(demo_run):
@@ -69,19 +74,36 @@ def test_truth_stems_sum_to_the_input(demo_run):
 def test_each_result_has_the_input_rate_channels_and_length(demo_run):
     _, out = demo_run
     for edit in EDITS:
-        info = sf.info(str(out / f"{edit.replace(' ', '_')}.wav"))
-        assert (info.samplerate, info.channels, info.frames) == (44100, 2, SECONDS * 44100), edit
+        for suffix in ("", ".resynth"):
+            info = sf.info(str(out / f"{edit.replace(' ', '_')}{suffix}.wav"))
+            assert (info.samplerate, info.channels, info.frames) == (44100, 2, SECONDS * 44100), edit
 
 
-def test_before_after_picture_has_a_panel_for_the_input_and_each_result(demo_run):
+def test_the_mask_result_keeps_the_stereo_image_and_resynth_is_dual_mono(demo_run):
+    _, out = demo_run
+    mask, _ = sf.read(str(out / "remove_bass.wav"), dtype="float32")
+    resynth, _ = sf.read(str(out / "remove_bass.resynth.wav"), dtype="float32")
+    assert np.abs(mask[:, 0] - mask[:, 1]).max() > 1e-3  # the input's guitar and piano are panned
+    np.testing.assert_array_equal(resynth[:, 0], resynth[:, 1])
+
+
+def test_before_after_picture_has_a_row_for_the_input_and_each_edit_with_truth_and_both_modes(demo_run):
     import matplotlib.image
 
     _, out = demo_run
     path = out / "before_after.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    height = matplotlib.image.imread(str(path)).shape[0]
-    # engine.plots stacks 2.2 inches per panel at 100 dpi: input + 2 results = 3 panels
-    assert height == round(2.2 * (1 + len(EDITS)) * 100)
+    height, width = matplotlib.image.imread(str(path)).shape[:2]
+    # engine.plots: 2.2 inches per row and 4.2 per column (+1 for the scale) at 100 dpi: input + 2 edits, 3 columns
+    assert (height, width) == (round(2.2 * (1 + len(EDITS)) * 100), round((4.2 * 3 + 1) * 100))
+
+
+def test_the_truth_of_an_edit_is_what_a_perfect_edit_gives():
+    mix = np.ones((2, 4), np.float32)
+    clip = demo.Clip(mix, 44100, {"drums": 0.25 * mix, "bass": 0.75 * mix}, 0)
+    np.testing.assert_array_equal(demo.truth(clip, "extract drums"), 0.25 * mix)
+    np.testing.assert_array_equal(demo.truth(clip, "remove bass"), 0.25 * mix)
+    assert demo.truth(clip, "add piano") is None and demo.truth(clip, "extract piano") is None
 
 
 def test_server_process_is_gone_and_its_port_free_afterwards(demo_run):
@@ -148,8 +170,8 @@ def test_an_edit_the_model_refuses_is_an_error_row_and_the_others_still_run(tiny
     assert proc.returncode == 1
     refused = next(line for line in proc.stdout.splitlines() if line.startswith("extract vocals"))
     assert "bad_instruction" in refused and not (out / "extract_vocals.wav").exists()
-    assert "1 of 2 edits done" in proc.stdout and (out / "extract_drums.wav").is_file()
-    assert "'extract vocals' failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "2 of 4 results done" in proc.stdout and (out / "extract_drums.wav").is_file()
+    assert "'extract vocals' (mask) failed" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ---- the pure parts ---------------------------------------------------------------------------------------------
@@ -178,11 +200,19 @@ def test_result_file_names_follow_the_edit():
 
 
 def test_summary_shows_a_dash_for_what_an_error_row_lacks():
-    rows = [demo.Row("extract drums", "done", 1.234, -18.04, Path("/o/extract_drums.wav")), demo.Row("x", "bad")]
+    rows = [
+        demo.Row("extract drums", "mask", "done", 1.234, -18.04, Path("/o/extract_drums.wav")),
+        demo.Row("x", "mask", "bad"),
+    ]
     lines = demo.summary_table(rows).splitlines()
-    assert lines[0].split() == ["edit", "status", "seconds", "LUFS", "file"]
-    assert lines[1].split() == ["extract", "drums", "done", "1.23", "-18.0", "/o/extract_drums.wav"]
-    assert lines[2].split()[:4] == ["x", "bad", "-", "-"]
+    assert lines[0].split() == ["edit", "mode", "status", "seconds", "LUFS", "file"]
+    assert lines[1].split() == ["extract", "drums", "mask", "done", "1.23", "-18.0", "/o/extract_drums.wav"]
+    assert lines[2].split()[:5] == ["x", "mask", "bad", "-", "-"]
+
+
+def test_result_files_name_the_mode_except_the_default():
+    assert demo.result_file("extract drums", "mask") == "extract_drums.wav"
+    assert demo.result_file("extract drums", "resynth") == "extract_drums.resynth.wav"
 
 
 def test_the_held_out_song_keeps_only_the_stems_the_model_knows():
