@@ -615,6 +615,10 @@ def run(args: argparse.Namespace) -> int:
     for root in args.allow_root or []:
         if not Path(root).expanduser().is_dir():
             raise ConfigError(f"--allow-root {root} is not a folder")
+    from engine.weights import detect_layout, resolve_source
+
+    # A model that is not there is one line before anything listens (loading itself happens after start).
+    detect_layout(resolve_source(args.model))
 
     def load_editor():
         from engine.editor import Editor
@@ -644,5 +648,7 @@ def run(args: argparse.Namespace) -> int:
 
     threading.Thread(target=announce, daemon=True).start()
     server.serve_forever()
-    server._log("stopped; pending jobs resume on the next start")
+    queued, running = server.book.counts()
+    pending = queued + bool(running)
+    server._log(f"stopped; {pending} pending job(s) resume on the next start" if pending else "stopped")
     return 0

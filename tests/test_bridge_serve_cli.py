@@ -49,7 +49,7 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(tiny_model_dir, tmp_p
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
     assert code == 0, log.read_text()
-    assert "stopped" in log.read_text()
+    assert log.read_text().rstrip().endswith("imusic serve: stopped")  # nothing was pending: no word of resuming
 
 
 def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):
@@ -62,16 +62,17 @@ def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("imusic serve: error:") and "Traceback" not in proc.stderr
+    assert "listening" not in proc.stderr  # refused before the socket was opened
 
 
-def test_serve_refuses_a_port_in_use(tmp_path):
+def test_serve_refuses_a_port_in_use(tmp_path, tiny_model_dir):
     import socket
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         proc = subprocess.run(
-            IMUSIC + ["serve", "--port", str(port), "--journal", str(tmp_path / "j"), "--model", str(tmp_path)],
+            IMUSIC + ["serve", "--port", str(port), "--journal", str(tmp_path / "j"), "--model", str(tiny_model_dir)],
             capture_output=True,
             text=True,
             timeout=60,
