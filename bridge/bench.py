@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="imusic-bench-model-") as folder:
         source = args.model
         if source is None:
-            from engine.testing import build_tiny_model_dir
+            from engine.tools.tiny_models import build_tiny_model_dir
 
             source = build_tiny_model_dir(Path(folder) / "tiny", seed=0)
             print("model: tiny random model (mechanics only)", flush=True)

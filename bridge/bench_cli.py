@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 BENCHES = {
-    "decode": ("engine.bench", "decode speed: our loop vs transformers' generate, same weights, one process"),
+    "decode": ("engine.tools.bench", "decode speed: our loop vs transformers' generate, same weights, one process"),
     "engine": ("bridge.bench", "bridge overhead: request to first progress, total time minus model time"),
 }
 

@@ -1,4 +1,4 @@
-"""`imusic bench decode` (engine/bench.py): figures printed, summary last line, same tokens as transformers."""
+"""`imusic bench decode` (engine/tools/bench.py): figures printed, summary last line, same tokens as transformers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from engine import bench
 from engine.errors import ConfigError
+from engine.tools import bench
 
 
 def _run(capsys, *argv: str) -> list[str]:

@@ -253,7 +253,7 @@ def test_unfused_decode_path_matches_transformers_too(hf_full, ours_from_full, m
 def test_parity_through_the_transformers_layout_loader(tmp_path):
     """The same check end to end: a tiny MusicgenForConditionalGeneration saved with save_pretrained, read back by
     load_model (config.json + model.safetensors + tokenizer), against transformers on the same weights."""
-    from engine.testing import tiny_musicgen, write_transformers_layout
+    from engine.tools.tiny_models import tiny_musicgen, write_transformers_layout
     from engine.weights import load_model
 
     hf_model = tiny_musicgen(seed=5)

@@ -298,7 +298,7 @@ def test_imusic_train_command_line_reports_an_unknown_stage_in_one_line(config, 
 
 
 def test_base_stage_builds_from_a_bare_codec_then_adapters_train_on_the_result(config, tmp_path):
-    from engine.testing import tiny_musicgen
+    from engine.tools.tiny_models import tiny_musicgen
     from engine.weights import load_model
 
     tiny_musicgen().audio_encoder.save_pretrained(tmp_path / "codec")

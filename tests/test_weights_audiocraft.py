@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError
-from engine.testing import tiny_musicgen, write_audiocraft_layout, write_t5_to_hub_cache, write_transformers_layout
+from engine.tools.tiny_models import (
+    tiny_musicgen,
+    write_audiocraft_layout,
+    write_t5_to_hub_cache,
+    write_transformers_layout,
+)
 from engine.weights import detect_layout, load_model
 
 

@@ -10,7 +10,7 @@ import torch
 
 from bridge.cli import main
 from engine.errors import CheckpointError
-from engine.testing import write_tiny_official_ckpt
+from engine.tools.tiny_models import write_tiny_official_ckpt
 from engine.weights import load_model
 
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -186,14 +186,14 @@ def test_info_on_transformers_layout_counts_each_part(tiny_model_dir, capsys):
 
 
 def test_info_on_audiocraft_layout(tmp_path, capsys):
-    from engine.testing import write_audiocraft_layout
+    from engine.tools.tiny_models import write_audiocraft_layout
 
     directory = write_audiocraft_layout(tmp_path / "ac")
     assert main(["weights", "info", str(directory), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["layout"] == "audiocraft"
     # the same tiny weights as the transformers layout: the same decoder and codec counts
-    from engine.testing import tiny_musicgen
+    from engine.tools.tiny_models import tiny_musicgen
 
     hf_model = tiny_musicgen(seed=0)
     decoder = sum(p.numel() for n, p in hf_model.named_parameters() if n.startswith(("decoder.", "enc_to_dec_proj.")))

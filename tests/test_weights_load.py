@@ -188,7 +188,7 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
 
 
 def test_sharded_safetensors_load_like_one_file(tiny_model_dir, tmp_path):
-    from engine.testing import tiny_musicgen
+    from engine.tools.tiny_models import tiny_musicgen
     from engine.weights.transformers_layout import quiet_transformers
 
     sharded = tmp_path / "sharded"
@@ -204,7 +204,7 @@ def test_sharded_safetensors_load_like_one_file(tiny_model_dir, tmp_path):
 
 
 def test_missing_shard_is_named(tiny_model_dir, tmp_path):
-    from engine.testing import tiny_musicgen
+    from engine.tools.tiny_models import tiny_musicgen
     from engine.weights.transformers_layout import quiet_transformers
 
     sharded = shutil.copytree(tiny_model_dir / "base", tmp_path / "sharded")
@@ -314,7 +314,7 @@ def test_legacy_weight_norm_names_load_at_full_precision(model_copy):
 
 
 def test_tiny_model_dir_is_reproducible_from_its_seed(tiny_model_dir, tmp_path):
-    from engine.testing import build_tiny_model_dir
+    from engine.tools.tiny_models import build_tiny_model_dir
 
     again = build_tiny_model_dir(tmp_path / "again", seed=0)
     other = build_tiny_model_dir(tmp_path / "other", seed=1)

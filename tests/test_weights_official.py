@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError
-from engine.testing import official_state_dict, write_official_ckpt, write_tiny_official_ckpt
+from engine.tools.tiny_models import official_state_dict, write_official_ckpt, write_tiny_official_ckpt
 from engine.weights import load_model
 from engine.weights.official import map_official_state, read_checkpoint, read_official_adapter
 from engine.weights.official import official_state_dict as read_state

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from engine.testing import tiny_musicgen, write_transformers_layout
+from engine.tools.tiny_models import tiny_musicgen, write_transformers_layout
 
 # Runs in a fresh process so that its peak memory is the load's, not the test's (which built the model).
 _LOAD = """

@@ -175,7 +175,7 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
         "version": 1,
         "name": "tiny-random",
         "description": "random tiny model for tests: 16 kHz, 50 Hz, 4 codebooks of 64, 2 x 64 decoder",
-        "provenance": {"source": "engine.testing.build_tiny_model_dir", "seed": seed},
+        "provenance": {"source": "engine.tools.tiny_models.build_tiny_model_dir", "seed": seed},
     }
     (path / "model_card.json").write_text(json.dumps(card, indent=2))
     from engine.weights.adapter_format import save_adapter
@@ -188,7 +188,7 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
         stems=OFFICIAL_STEMS,
         template=OFFICIAL_TEMPLATE,
         verbs=OFFICIAL_VERBS,
-        provenance={"source": "engine.testing.build_tiny_model_dir", "seed": seed, "trained": False},
+        provenance={"source": "engine.tools.tiny_models.build_tiny_model_dir", "seed": seed, "trained": False},
     )
     return path
 
