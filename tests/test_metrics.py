@@ -138,3 +138,18 @@ def test_edit_metrics_include_the_stereo_image_error():
     stereo = np.stack([0.9 * tone, 0.3 * tone])
     scores = metrics.edit_metrics(np.stack([tone, tone]) * 0.6, stereo, stereo, 16000)
     assert scores["ild_error"] > 4 and metrics.edit_metrics(stereo, stereo, stereo, 16000)["ild_error"] < 1e-9
+
+
+def test_every_mel_filter_covers_a_frequency_bin():
+    # 4 of 128 filters were empty at a 400-point FFT: dark stripes in every picture, bands missing from the metrics.
+    from engine.metrics import mel_filterbank
+
+    assert (mel_filterbank().sum(axis=0) > 0).all()
+
+
+def test_a_low_tone_lights_the_lowest_mel_bands():
+    from engine.metrics import mel_spectrogram
+
+    t = np.arange(16000) / 16000
+    mel = mel_spectrogram(np.sin(2 * np.pi * 30.0 * t), 16000)  # 30 Hz: inside the lowest filters
+    assert mel[:3].mean() > 1e-3 * mel.max()
