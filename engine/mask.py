@@ -72,7 +72,8 @@ def channel_policy(op: str, mode: str) -> str:
 
 @dataclass(frozen=True)
 class MaskSettings:
-    """The mask's design; the defaults were chosen on validation songs (docs/embedded_model/mask.md)."""
+    """The mask's design. These defaults are a smoothed power-ratio (Wiener-like) mask; what each operation uses
+    by default is DEFAULT_SETTINGS, chosen on validation songs (docs/embedded_model/mask.md)."""
 
     window_s: float = 0.064  # STFT frame (rounded to a power of two of samples); hop a quarter of it
     smooth_s: float = 0.05  # box smoothing of the powers over time (full width)
