@@ -1,10 +1,18 @@
-"""`imusic bench engine`: what the bridge costs on top of the model.
+"""`imusic bench engine`: what the bridge costs on top of the model, or (`--shape`) the engine's real-time factor.
 
-A server runs in this process on loopback with the model resident; a client sends edit jobs of a region (10 s by
-default) and times each: request to first progress, request to done, and the model's own time (the server's
-`edit_s`, the Editor.edit call). Overhead = (total - model time) / total, summed over the jobs: reading the region,
-journalling (fsync), writing the result, OSC both ways and queue hand-offs. The last line printed is
-`bridge overhead: X.X%` (target: under 2% of job time for a 10 s region).
+Bridge overhead (default): a server runs in this process on loopback with the model resident; a client sends edit
+jobs of a region (10 s by default) and times each: request to first progress, request to done, and the model's own
+time (the server's `edit_s`, the Editor.edit call). Overhead = (total - model time) / total, summed over the jobs:
+reading the region, journalling (fsync), writing the result, OSC both ways and queue hand-offs. The last line printed
+is `bridge overhead: X.X%` (target: under 2% of job time for a 10 s region).
+
+Real-time factor (`--shape tiny|small|medium|large`): a random-weight model of that MusicGen shape (the real codec
+and text encoder shapes: engine.tools.tiny_models.random_loaded_model) is built in memory on `--device`, and
+Editor.edit is called directly on a 30 s stereo 44.1 kHz numpy region (windows, codec, mask and levels included; no
+file I/O, so no audio library is needed). The first edit is timed apart (CUDA graphs captured or compiled, kernels
+chosen); RTF = edit seconds / region seconds over the later edits (best), with where the time goes: encode, decode
+steps (generate, with ms per decode step), codec decode, mask and levels. The last line is
+`real-time factor: X.XXX`. `--step` picks the CUDA decode step (engine.model.generate.CUDA_STEP by default).
 """
 
 from __future__ import annotations
@@ -17,16 +25,27 @@ import time
 from pathlib import Path
 from typing import Any
 
+SHAPES = ("tiny", "small", "medium", "large")
+STEPS = ("compile", "graph", "eager")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model directory (default: a tiny random model, built here)")
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--seconds", type=float, default=10.0, help="region length (default 10 s)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="region length (default 10 s; 30 s with --shape)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=5, help="jobs to time (default 5)")
     parser.add_argument("--sample-rate", type=int, default=44100, help="rate of the test file (default 44100)")
     parser.add_argument("--channels", type=int, default=2, help="channels of the test file (default 2)")
+    parser.add_argument("--shape", default=None, choices=SHAPES,
+                        help="time the Editor's real-time factor on a random model of this shape instead")  # fmt: skip
+    parser.add_argument("--edits", type=int, default=2, help="edits with --shape: the first is timed apart (default 2)")
+    parser.add_argument("--step", default=None, choices=STEPS,
+                        help="CUDA decode step with --shape (default: the engine's, generate.CUDA_STEP)")  # fmt: skip
+    parser.add_argument("--takes", type=int, default=1, help="takes per edit with --shape (default 1)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="with --shape: write the figures to this file")
 
 
 def _write_test_file(path: Path, seconds: float, sample_rate: int, channels: int) -> Path:
@@ -108,14 +127,169 @@ def measure(
     return figures
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load the model (a tiny random one unless --model), then measure; prints `bridge overhead: X.X%` last."""
-    from engine.editor import Editor
+def test_region(seconds: float, sample_rate: int, channels: int):
+    """A stereo-ish test region [C, N] float32: a 110 Hz tone with noise, the channels slightly different."""
+    import numpy as np
 
-    if args.jobs < 1 or args.seconds <= 0:
+    rng = np.random.default_rng(0)
+    frames = int(round(seconds * sample_rate))
+    t = np.arange(frames) / sample_rate
+    tone = 0.2 * np.sin(2 * np.pi * 110.0 * t)
+    return np.stack([tone + 0.05 * rng.standard_normal(frames) for _ in range(channels)]).astype(np.float32)
+
+
+def decode_steps(editor: Any, samples: int, sample_rate: int) -> int:
+    """Decoder passes one edit of `samples` at `sample_rate` makes (per take batch): the windows' free steps."""
+    from engine.model import delay
+    from engine.windows import plan_windows
+
+    model_len = max(1, int(round(samples * editor.sample_rate / sample_rate)))
+    total = editor.model.codec.num_frames(model_len)
+    overlap = min(editor.overlap_frames, editor.window_frames // 2)
+    windows = plan_windows(total, editor.window_frames, overlap)
+    num_codebooks = editor.model.lm.cfg.num_codebooks
+    return sum(delay.num_steps(w.length, num_codebooks) - w.prompt - 1 for w in windows)
+
+
+def measure_rtf(
+    editor: Any,
+    seconds: float = 30.0,
+    sample_rate: int = 44100,
+    channels: int = 2,
+    edits: int = 2,
+    takes: int = 1,
+    out: Any = None,
+) -> dict[str, Any]:
+    """Time `edits` Editor.edit calls on a `seconds` region; the first apart (warm-up), RTF over the rest (best).
+
+    Returns the figures: rtf, first_edit_s, edit_s, the time split of the best edit (encode, generate, decode, mask
+    or resample, levels, other), decode_steps and ms_per_step (generate seconds / decode steps)."""
+    from bridge.jobs import warm_up_instruction
+
+    out = out or sys.stdout
+    instruction = warm_up_instruction(editor)
+    if instruction is None:
         from engine.errors import ConfigError
 
+        raise ConfigError("the model accepts none of add/remove/extract <stem>; cannot benchmark it")
+    audio = test_region(seconds, sample_rate, channels)
+    steps = decode_steps(editor, audio.shape[-1], sample_rate)
+    runs = []
+    for index in range(edits):
+        _sync(editor)
+        started = time.perf_counter()
+        result = editor.edit(audio, sample_rate, instruction, seed=index, takes=takes)
+        _sync(editor)
+        wall = time.perf_counter() - started
+        timings = dict(result.info["timings"])
+        runs.append((wall, timings))
+        print(f"edit {index + 1}/{edits} ({instruction}, {seconds:g} s, {channels} ch, {sample_rate} Hz): "
+              f"{wall:.2f} s = {wall / seconds:.3f} x real time; " + _split(timings), file=out, flush=True)  # fmt: skip
+    timed = runs[1:] or runs
+    wall, timings = min(timed, key=lambda run: run[0])
+    known = sum(v for k, v in timings.items() if k != "total")
+    figures: dict[str, Any] = {
+        "seconds": seconds,
+        "sample_rate": sample_rate,
+        "channels": channels,
+        "takes": takes,
+        "instruction": instruction,
+        "edits": edits,
+        "first_edit_s": runs[0][0],
+        "edit_s": wall,
+        "rtf": wall / seconds,
+        "timings": {**timings, "other": max(0.0, wall - known)},
+        "decode_steps": steps,
+        "ms_per_step": timings.get("generate", 0.0) / max(steps, 1) * 1e3,
+        "windows": result.info.get("windows"),
+    }
+    print(f"where the time goes ({'best later edit' if len(runs) > 1 else 'the only edit'}): "
+          + _split(figures["timings"])
+          + f"; {steps} decode steps, {figures['ms_per_step']:.2f} ms/step (generate / steps)", file=out)  # fmt: skip
+    if len(runs) > 1:
+        print(f"first edit {runs[0][0]:.2f} s (capture / compile / first-call costs included)", file=out)
+    print(f"real-time factor: {figures['rtf']:.3f}", file=out, flush=True)
+    return figures
+
+
+def _split(timings: dict[str, float]) -> str:
+    order = ["encode", "generate", "decode", "mask", "resample", "levels", "other"]
+    return ", ".join(f"{name} {timings[name]:.2f} s" for name in order if name in timings)
+
+
+def _sync(editor: Any) -> None:
+    device = getattr(getattr(editor, "model", None), "device", None)
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def run_rtf(args: argparse.Namespace) -> int:
+    """`--shape`: build a random model of the shape on the device and print its real-time factor last."""
+    import datetime
+    import json
+
+    import torch
+
+    from engine.editor import Editor
+    from engine.errors import ConfigError
+    from engine.model import generate as generate_mod
+    from engine.tools.bench import device_name, resolve_device
+    from engine.tools.tiny_models import random_loaded_model
+
+    if args.model is not None:
+        raise ConfigError("--shape builds a random model: give --shape or --model, not both")
+    if args.edits < 1 or args.takes < 1:
+        raise ConfigError("--edits and --takes must be at least 1")
+    seconds = 30.0 if args.seconds is None else args.seconds
+    if seconds <= 0:
+        raise ConfigError("--seconds must be positive")
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    model = random_loaded_model(args.shape, device=device, dtype=args.dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    build_s = time.perf_counter() - started
+    editor = Editor(model)
+    cfg = model.lm.cfg
+    # off CUDA every step mode is the eager loop (generate's static modes are for CUDA graphs)
+    step = "eager" if device.type != "cuda" else (args.step or str(generate_mod.CUDA_STEP or "eager"))
+    dtype = str(model.dtype).removeprefix("torch.")
+    print(f"engine real-time factor on {device_name(device)}: random {args.shape} ({cfg.num_layers} x {cfg.dim}) "
+          f"{dtype}, built in {build_s:.1f} s; decode step {step}; torch {torch.__version__}", flush=True)  # fmt: skip
+    previous = generate_mod.CUDA_STEP
+    generate_mod.CUDA_STEP = False if step == "eager" else step
+    try:
+        figures = measure_rtf(editor, seconds, args.sample_rate, args.channels, args.edits, args.takes)
+    finally:
+        generate_mod.CUDA_STEP = previous
+    if args.json:
+        figures.update(shape=args.shape, device=device_name(device), dtype=dtype, step=step, build_s=build_s,
+                       torch=torch.__version__, date=datetime.date.today().isoformat())  # fmt: skip
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2, default=str))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model (a tiny random one unless --model), then measure; prints `bridge overhead: X.X%` last.
+
+    With --shape: the real-time factor instead (`run_rtf`), `real-time factor: X.XXX` last."""
+    from engine.errors import ConfigError
+
+    if getattr(args, "shape", None) is not None:
+        return run_rtf(args)
+    from engine.editor import Editor
+
+    args.seconds = 10.0 if args.seconds is None else args.seconds
+    if args.jobs < 1 or args.seconds <= 0:
         raise ConfigError("--jobs must be at least 1 and --seconds positive")
+    if str(args.device).lower().startswith("cuda"):
+        from engine.tools.bench import resolve_device
+
+        resolve_device(args.device)  # the one-line refusal when this machine has no CUDA
     with tempfile.TemporaryDirectory(prefix="imusic-bench-model-") as folder:
         source = args.model
         if source is None:

@@ -7,7 +7,11 @@ import importlib
 
 BENCHES = {
     "decode": ("engine.tools.bench", "decode speed: our loop vs transformers' generate, same weights, one process"),
-    "engine": ("bridge.bench", "bridge overhead: request to first progress, total time minus model time"),
+    "engine": (
+        "bridge.bench",
+        "bridge overhead: request to first progress, total time minus model time; with --shape the Editor's "
+        "real-time factor on a random model of that shape",
+    ),
 }
 
 

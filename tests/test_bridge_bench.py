@@ -45,3 +45,87 @@ def test_bench_engine_on_the_tiny_model(request):
     figures = measure(editor, seconds=10.0, jobs=2, out=out)
     assert out.getvalue().strip().splitlines()[-1].startswith("bridge overhead: ")
     assert figures["model_s"] > 0
+
+
+# ---- --shape: the Editor's real-time factor on a random model ------------------------------------------------------
+
+
+def test_bench_engine_shape_prints_the_time_split_and_the_rtf_last(capsys, tmp_path):
+    import json
+
+    from bridge.cli import main
+
+    path = tmp_path / "engine.json"
+    argv = ["bench", "engine", "--shape", "tiny", "--seconds", "2", "--edits", "2", "--json", str(path)]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("engine real-time factor on ") and "random tiny (2 x 64)" in lines[0]
+    assert "decode step eager" in lines[0]  # off CUDA every step mode is the eager loop
+    assert lines[1].startswith("edit 1/2 (") and "2 ch, 44100 Hz" in lines[1]
+    assert re.search(
+        r"where the time goes .*encode \d+\.\d\d s, generate .*decode .*levels .*decode steps", "\n".join(lines)
+    )
+    assert re.fullmatch(r"real-time factor: \d+\.\d{3}", lines[-1])
+    figures = json.loads(path.read_text())
+    assert figures["rtf"] == pytest.approx(figures["edit_s"] / 2.0)
+    assert figures["rtf"] == pytest.approx(float(lines[-1].split()[-1]), abs=6e-4)
+    assert {"encode", "generate", "decode", "levels", "other"} <= set(figures["timings"])
+    assert figures["decode_steps"] == 100 + 4 - 1  # one 2 s window at 50 Hz: 100 frames + the delay, no prompt
+    assert figures["shape"] == "tiny" and figures["step"] == "eager" and figures["channels"] == 2
+
+
+def test_decode_steps_follow_the_windows():
+    from types import SimpleNamespace
+
+    from bridge.bench import decode_steps
+
+    codec = SimpleNamespace(num_frames=lambda n: -(-n // 640))
+    lm = SimpleNamespace(cfg=SimpleNamespace(num_codebooks=4))
+    editor = SimpleNamespace(sample_rate=32000, overlap_frames=100, window_frames=500,
+                             model=SimpleNamespace(codec=codec, lm=lm))  # fmt: skip
+    # 30 s = 1500 frames: windows 0-500, 400-900, 800-1300, 1200-1500 (prompts 0, 100, 100, 100)
+    assert decode_steps(editor, 30 * 44100, 44100) == 503 + 403 + 403 + 203
+
+
+def test_bench_engine_refuses_cuda_without_cuda_in_one_line(capsys):
+    import torch
+
+    from bridge.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for argv in (["bench", "engine", "--shape", "small", "--device", "cuda"], ["bench", "engine", "--device", "cuda"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("imusic bench: error: no CUDA device here (torch ")
+
+
+def test_bench_engine_shape_and_model_together_are_refused(tiny_model_dir, capsys):
+    from bridge.cli import main
+
+    assert main(["bench", "engine", "--shape", "tiny", "--model", str(tiny_model_dir)]) == 1
+    assert "--shape" in capsys.readouterr().err
+
+
+def test_random_loaded_model_has_the_real_codec_and_text_shapes():
+    from engine.tools.tiny_models import ENCODEC_32KHZ, T5_BASE
+
+    # the shapes MusicGen ships: 32 kHz codec with hop 640 (50 Hz) and 4 x 2048 at 2.2 kbps, t5-base text states
+    assert ENCODEC_32KHZ["sampling_rate"] // 640 == 50 and ENCODEC_32KHZ["codebook_size"] == 2048
+    assert T5_BASE["d_model"] == 768
+
+
+@pytest.mark.slow
+def test_random_small_model_edits_through_the_editor():
+    import numpy as np
+
+    from engine.editor import Editor
+    from engine.tools.tiny_models import random_loaded_model
+
+    model = random_loaded_model("small", dtype="fp32")
+    assert model.codec.sample_rate == 32000 and model.codec.frame_rate == 50 and model.codec.num_codebooks == 4
+    assert model.lm.cfg.text_dim == 768 and model.lm.fusion is not None
+    editor = Editor(model, window_seconds=0.5)
+    audio = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
+    result = editor.edit(audio, 44100, "extract drums", seed=0)
+    assert result.audio.shape == audio.shape

@@ -10,7 +10,9 @@ Guided logits = uncond + cfg_coef * (cond - uncond).
 
 Two step modes: eager (CPU default: the cache is sliced to its filled length, least arithmetic) and static
 (positions passed as a tensor, the whole cache attended under a mask: fixed shapes, so on CUDA the step is compiled
-with torch.compile(mode="reduce-overhead"), i.e. replayed as a CUDA graph).
+with torch.compile(mode="reduce-overhead"), i.e. replayed as a CUDA graph). `static="graph"` instead captures the
+uncompiled static step into one CUDA graph (no compile time; what `imusic bench decode --device cuda` compares);
+`CUDA_STEP` is the mode a CUDA decode uses when `static` is None.
 """
 
 from __future__ import annotations
@@ -105,12 +107,13 @@ def generate(
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    static: bool | None = None,
+    static: bool | str | None = None,
 ) -> torch.Tensor:
     """Generate codes [B, K, num_frames]. `prompt_codes` [B, K, Tp] are forced as the first Tp frames.
 
     `cond_codes` [B, K, Tc] (Tc + 1 <= the adapter's cond_frames) feed the audio fusion. CFG is on when
-    cfg_coef != 1 and there is text. `static` None picks the compiled static step on CUDA, eager elsewhere.
+    cfg_coef != 1 and there is text. `static`: None picks `CUDA_STEP` on CUDA, eager elsewhere; True or "compile" the
+    compiled static step, "graph" the static step captured as a CUDA graph (both the plain static step off CUDA).
     Raises Cancelled when should_stop() turns true (polled between steps). A small model decodes on one CPU thread
     (`decode_threads`): torch's thread count is set for the call and restored after.
     """
@@ -174,11 +177,18 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
     rows = 2 * batch if use_cfg else batch
 
     if static is None:
-        static = device.type == "cuda"
+        static = CUDA_STEP if device.type == "cuda" else False
+    if static not in (True, False, "compile", "graph"):
+        raise ConfigError(f"static must be None, True, False, 'compile' or 'graph', got {static!r}")
     max_len = steps - 1
     ctx.cache = lm.new_cache(rows, max_len)
     prepare_decode(lm, ctx, max_len, fuse=decode_threads(lm) == 1)
-    step_fn = static_step(lm, ctx, max_len) if static else None
+    step_fn = None
+    if static:
+        step_fn = static_step(lm, ctx, max_len, graph="capture" if static == "graph" else "compile")
+        # every step's position as a device tensor, made once: a fresh torch.tensor per step is a host-to-device
+        # copy that waits for the GPU each step
+        step_positions = torch.arange(steps, device=device)
 
     # one pattern buffer per CFG half, [halves, B, K, S]; a write broadcasts to both; the model reads the flat view
     halves = 2 if use_cfg else 1
@@ -210,20 +220,25 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
         tokens = flat[..., step : step + 1]
-        if static:
-            position = torch.tensor([step], device=device)
-            logits = step_fn(tokens, position)
-        else:
-            logits = lm.run(tokens, ctx, step, last_only=True)
+        position = step_positions[step : step + 1] if static else step
+        logits = step_fn(tokens, position) if static else lm.run(tokens, ctx, position, last_only=True)
     seq = both[0]
     return delay.revert(seq)
 
 
-def static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+# The step a CUDA decode uses when generate() is not told: "compile" (torch.compile, mode="reduce-overhead") or
+# "graph" (the uncompiled static step captured as one CUDA graph).
+CUDA_STEP = "compile"
+
+
+def static_step(
+    lm: MusicGenLM, ctx: Context, max_len: int, graph: str = "compile"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """One decode step with fixed shapes: tokens [rows, K, 1], position [1] -> logits [rows, K, 1, card].
 
     The causal mask table and the position table are built before any capture; on CUDA the step is compiled with
-    mode="reduce-overhead" (CUDA graphs; the cache is updated in place by index_copy_, so replays see it).
+    mode="reduce-overhead" (`graph="compile"`: CUDA graphs; the cache is updated in place by index_copy_, so replays
+    see it), or captured uncompiled as one CUDA graph (`graph="capture"`, see `captured_step`).
     """
     ctx.causal_mask = torch.ones(max_len, max_len, dtype=torch.bool, device=lm.device).tril_()
     lm.positions(0, max_len)
@@ -231,6 +246,8 @@ def static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.T
     def step(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         return lm.run(tokens, ctx, position, last_only=True)
 
+    if lm.device.type == "cuda" and graph == "capture":
+        return captured_step(step)
     if lm.device.type == "cuda":
         # The caches are mutated in place by the graph: mark them static so that CUDA-graph replays write the real
         # buffers (a non-static mutated input makes inductor skip graphs or copy the input each replay).
@@ -239,3 +256,33 @@ def static_step(lm: MusicGenLM, ctx: Context, max_len: int) -> Callable[[torch.T
             torch._dynamo.mark_static_address(cache.v)
         return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
     return step
+
+
+def captured_step(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    """`step` captured as one CUDA graph on its first call and replayed after: inputs are copied into the captured
+    buffers, the returned logits are the graph's own buffer (overwritten by the next call; read them before it).
+
+    The static step is idempotent (it rewrites the KV-cache slot of its position from the same tokens), so the
+    warm-up runs before capture do no harm."""
+    state: dict[str, torch.Tensor | torch.cuda.CUDAGraph] = {}
+
+    def run(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        if not state:
+            tokens_in, position_in = tokens.clone(), position.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # library handles and workspaces are made outside the capture
+                    step(tokens_in, position_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = step(tokens_in, position_in)
+            state.update(graph=graph, tokens=tokens_in, position=position_in, logits=logits)
+        else:
+            state["tokens"].copy_(tokens)
+            state["position"].copy_(position)
+        state["graph"].replay()
+        return state["logits"]
+
+    return run

@@ -1,21 +1,31 @@
 """`imusic bench decode`: our decode loop against transformers' generate on the same random weights, one process.
 
-For each shape (tiny 2 x 64, small 24 x 1024; card 2048, 4 codebooks, CFG on, top-k 250 sampling):
-- ms/step of our loop and of transformers' MusicgenForCausalLM.generate in the same dtype (the loop's own merit),
-  and of transformers in fp32 (what a user gets by default);
-- greedy token agreement of the two in fp32 (a check that both decode the same model);
-- copy bandwidth of batch-2 linears over distinct weights, measured in the same run, and the small shape's fraction
-  of the floor it implies (bytes of weights read per step / bandwidth);
-- teacher-forced argmax agreement, bf16 against fp32.
-The last line is `decode speedup vs transformers: X.XX` for the small shape: our loop in the fast dtype against
-transformers' default fp32 (the line above it gives the same-dtype figure too).
+For each shape (tiny 2 x 64, small 24 x 1024, medium 48 x 1536, large 48 x 2048; card 2048, 4 codebooks, CFG 3.0,
+top-k 250 sampling) and each batch (1, and 4: the 4-take batch; CFG doubles the rows):
+- ms/step and tokens/s (batch x codebooks / step time) of our loop and of transformers'
+  MusicgenForConditionalGeneration.generate in the same dtype; on CPU also both in fp32 (transformers' default);
+- on CUDA our loop in each step mode asked for (`--steps`): `eager` (the cache sliced per step), `graph` (the static
+  step captured as one CUDA graph, no compile) and `compile` (torch.compile mode="reduce-overhead", the engine's
+  default on CUDA: engine.model.generate.CUDA_STEP); the first call of each is timed apart (capture / compile);
+- greedy token agreement of ours and transformers in fp32 (both decode the same model);
+- teacher-forced argmax agreement, the fast dtype against fp32 on the same (rounded) weights;
+- on CUDA, greedy tokens of the graph and compiled steps against the eager step ("n/a (CPU)" on CPU);
+- the step's floor: the bytes it must read (weights, folded cross-attention, the KV cache) at the higher of two
+  bandwidths measured in the same run: a device copy (bytes read + written) and batch-2 linears over distinct weights
+  (the decode step's access pattern).
+A shape whose estimated memory does not fit the device is skipped with its reason (as is one that runs out).
+`--json PATH` writes every figure. The last line is `decode speedup vs transformers: X.XX`: on CPU the small shape
+(or the last one), ours in the fast dtype against transformers' default fp32; on CUDA the worst same-dtype speedup
+over the shapes and batches timed (ours in its fastest step mode).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
 
@@ -26,16 +36,117 @@ if TYPE_CHECKING:
     from engine.model.config import LMConfig
     from engine.model.lm import MusicGenLM
 
-SHAPES = ("tiny", "small")
+SHAPES = ("tiny", "small", "medium", "large")
+STEP_MODES = ("eager", "graph", "compile")
+TEXT_VOCAB, TEXT_DIM = 100, 32
+GB = 1e9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--shapes", default="tiny,small", help="comma-separated presets to time (tiny, small)")
-    parser.add_argument("--frames", type=int, default=None, help="frames to generate (default: 100 tiny, 20 small)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--shapes", default="tiny,small", help=f"comma-separated presets to time ({', '.join(SHAPES)})")
+    parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on CPU, 1,4 on CUDA)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames to generate (default: CPU 100 tiny, 20 otherwise; CUDA 64)")  # fmt: skip
+    parser.add_argument("--steps", default="eager,graph,compile",
+                        help="our step modes on CUDA (eager, graph, compile); CPU times its eager step")  # fmt: skip
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="fast dtype to compare")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     parser.add_argument("--text-len", type=int, default=12, help="text tokens the cross-attention sees")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write every figure to this JSON file")
+
+
+# ---- devices and memory -----------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch.device to bench on; ConfigError (one line) when it is CUDA and this machine has none."""
+    import torch
+
+    text = str(name).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            if torch.version.cuda is None:
+                why = f"torch {torch.__version__} built without CUDA"
+            else:
+                why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+            raise ConfigError(f"no CUDA device here ({why})")
+        device = torch.device(text)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"no CUDA device {text} here: {torch.cuda.device_count()} GPU(s) visible")
+        return device
+    raise ConfigError(f"bench runs on cpu or cuda[:N], got {name!r}")
+
+
+def device_name(device: torch.device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    return f"{platform.processor() or platform.machine()} CPU"
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still allocate: CUDA's free memory, or the machine's available RAM."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def parameter_count(cfg: LMConfig) -> int:
+    """Parameters of the plain decoder of `cfg` (counted on the meta device: nothing allocated)."""
+    import torch
+
+    from engine.model.lm import MusicGenLM
+
+    with torch.device("meta"):
+        return MusicGenLM(cfg).num_parameters()
+
+
+def memory_needed(params: int, cfg: LMConfig, batch: int, frames: int, fast_bytes: int) -> int:
+    """Bytes the decode bench of one shape holds at its peak, an upper bound: the fp32 weights it is built in, the
+    transformers and our copies in the fast dtype, the fp32 copy of the rounded weights (argmax agreement), the KV
+    caches of both loops (CFG rows) and 4 GB of bandwidth buffers and workspace."""
+    rows = 2 * batch
+    steps = frames + cfg.num_codebooks
+    cache = 2 * rows * cfg.num_layers * steps * cfg.dim * 4  # k and v, fp32 at worst, ours and theirs
+    return params * (4 + 2 * fast_bytes + 4) + 2 * cache + 4 * 10**9
+
+
+def fit_reason(needed: int, free: int, what: str) -> str | None:
+    """None when `needed` bytes fit in `free`; else why `what` is skipped (the decision, apart for tests)."""
+    if needed <= free:
+        return None
+    return f"{what} needs about {needed / GB:.1f} GB, the device has {free / GB:.1f} GB free"
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
 
 
 def _dtype(name: str):
@@ -44,14 +155,14 @@ def _dtype(name: str):
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
-TEXT_VOCAB, TEXT_DIM = 100, 32
-
-
-def build_pair(shape: str, seed: int = 0) -> tuple[MusicgenForConditionalGeneration, MusicGenLM]:
-    """(transformers MusicgenForConditionalGeneration, our MusicGenLM) sharing one set of random fp32 decoder weights.
+def build_pair(
+    shape: str, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[MusicgenForConditionalGeneration, MusicGenLM]:
+    """(transformers MusicgenForConditionalGeneration, our MusicGenLM) sharing one set of random fp32 decoder weights,
+    built directly on `device` (no host copy: a large shape is made in seconds on a GPU).
 
     The text encoder (T5) and codec (EnCodec) around the decoder are tiny: only the decoder is being timed, and the
-    codec's decode of the generated codes is skipped (see `time_pair`).
+    codec's decode of the generated codes is skipped (see `_skip_decode`).
     """
     import torch
     from transformers import (
@@ -69,6 +180,7 @@ def build_pair(shape: str, seed: int = 0) -> tuple[MusicgenForConditionalGenerat
         lm_config_to_transformers,
         lm_state_from_transformers,
     )
+    from engine.weights.transformers_layout import quiet_transformers
 
     base = preset(shape)
     decoder = MusicgenDecoderConfig(**lm_config_to_transformers(base), dropout=0.0)
@@ -78,7 +190,8 @@ def build_pair(shape: str, seed: int = 0) -> tuple[MusicgenForConditionalGenerat
         codebook_dim=16, target_bandwidths=[8.0], sampling_rate=1600,
     )  # fmt: skip
     torch.manual_seed(seed)
-    hf = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder))
+    with quiet_transformers(), torch.device(device):
+        hf = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=text, audio_encoder=codec, decoder=decoder))
     hf = hf.eval()
     hf.audio_encoder.decode = _skip_decode
     cfg = lm_config_from_transformers(decoder.to_dict(), text_dim=TEXT_DIM)
@@ -98,84 +211,152 @@ def _skip_decode(codes, audio_scales=None, **kwargs):
     return _Decoded(codes[0])
 
 
-def _time(fn, repeats: int) -> float:
+# ---- timing -------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, repeats: int, device: torch.device | None = None) -> float:
+    """Best wall time of `repeats` calls of fn (the device drained before and after each)."""
+    import torch
+
+    device = device or torch.device("cpu")
     best = float("inf")
     for _ in range(repeats):
+        _sync(device)
         start = time.perf_counter()
         fn()
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def time_pair(
-    hf: MusicgenForConditionalGeneration,
-    lm: MusicGenLM,
-    *,
-    frames: int,
-    text_len: int,
-    repeats: int,
-    greedy: bool = False,
-) -> dict:
-    """Seconds per decode step for ours and transformers (both with CFG 3.0, text encoder included in both)."""
+def _inputs(batch: int, text_len: int, device: torch.device):
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, TEXT_VOCAB, (1, text_len), generator=generator).repeat(batch, 1).to(device)
+    mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
+    return ids, mask
+
+
+def run_ours(hf, lm, ids, mask, *, frames: int, greedy: bool, static: Any):
+    """Our generate (text encoder included, CFG 3.0) -> codes [B, K, frames]."""
     import torch
 
     from engine.model.generate import generate
 
-    cfg = lm.cfg
-    torch.manual_seed(1)
-    ids = torch.randint(0, TEXT_VOCAB, (1, text_len))
-    mask = torch.ones(1, text_len, dtype=torch.long)
-    steps = frames + cfg.num_codebooks - 1  # decoder forward passes of one generation
-    out = {}
-
-    def ours():
-        with torch.inference_mode():
-            states = hf.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        out["ours"] = generate(lm, states, mask, num_frames=frames, cfg_coef=3.0, top_k=1 if greedy else 250,
-                               generator=torch.Generator().manual_seed(0))  # fmt: skip
-
-    def theirs():
-        with torch.inference_mode():
-            out["theirs"] = hf.generate(
-                input_ids=ids, attention_mask=mask, guidance_scale=3.0, do_sample=not greedy,
-                top_k=None if greedy else 250, max_new_tokens=steps, num_return_sequences=1,
-            )  # fmt: skip
-
-    ours()
-    theirs()  # warm-up (allocations, first-call dispatch)
-    return {
-        "ours": _time(ours, repeats) / steps,
-        "theirs": _time(theirs, repeats) / steps,
-        "ours_codes": out["ours"],
-        "theirs_codes": out["theirs"],
-    }
+    with torch.inference_mode():
+        states = hf.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    generator = torch.Generator(device=lm.device).manual_seed(0)
+    return generate(lm, states, mask, num_frames=frames, cfg_coef=3.0, top_k=1 if greedy else 250,
+                    generator=generator, static=static)  # fmt: skip
 
 
-def greedy_agreement(hf: MusicgenForConditionalGeneration, lm: MusicGenLM, *, frames: int, text_len: int) -> float:
-    """Fraction of greedy (CFG) tokens on which ours and transformers agree (fp32: expect 1.0)."""
-    res = time_pair(hf, lm, frames=frames, text_len=text_len, repeats=1, greedy=True)
-    theirs, ours = res["theirs_codes"], res["ours_codes"]
-    if theirs.shape != ours.shape:
+def run_theirs(hf, ids, mask, *, steps: int, greedy: bool):
+    """transformers' generate (CFG 3.0, the same number of decoder passes) -> codes [B, K, frames]."""
+    import torch
+
+    with torch.inference_mode():
+        return hf.generate(
+            input_ids=ids, attention_mask=mask, guidance_scale=3.0, do_sample=not greedy,
+            top_k=None if greedy else 250, max_new_tokens=steps, num_return_sequences=1,
+        )  # fmt: skip
+
+
+def _static(mode: str, device: torch.device):
+    """generate()'s `static` for a step mode; off CUDA every mode is the eager loop."""
+    if device.type != "cuda" or mode == "eager":
+        return False
+    return "graph" if mode == "graph" else "compile"
+
+
+def agreement(a, b) -> float:
+    """Fraction of equal tokens of two code tensors (0 when their shapes differ)."""
+    if tuple(a.shape) != tuple(b.shape):
         return 0.0
-    return float((theirs == ours).float().mean())
+    return float((a.cpu() == b.cpu()).float().mean())
 
 
-def copy_bandwidth(dim: int, ffn_dim: int, total_bytes: float, dtype: torch.dtype, repeats: int) -> float:
+def greedy_agreement(hf, lm, *, frames: int, text_len: int, batch: int = 1) -> float:
+    """Fraction of greedy (CFG) tokens on which ours (eager step) and transformers agree (fp32: expect 1.0)."""
+    ids, mask = _inputs(batch, text_len, lm.device)
+    steps = frames + lm.cfg.num_codebooks - 1
+    ours = run_ours(hf, lm, ids, mask, frames=frames, greedy=True, static=False)
+    theirs = run_theirs(hf, ids, mask, steps=steps, greedy=True)
+    return agreement(ours, theirs)
+
+
+def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, modes: list[str]) -> dict:
+    """Seconds per decode step of transformers and of each of our step modes at `batch` (CFG doubles the rows).
+
+    Each measurement's first call is a warm-up (allocation, first dispatch; a capture or compile for the graph and
+    compile modes), timed apart as `first_call_s`."""
+    device = lm.device
+    ids, mask = _inputs(batch, text_len, device)
+    steps = frames + lm.cfg.num_codebooks - 1  # decoder forward passes of one generation
+    out: dict[str, Any] = {"batch": batch, "rows": 2 * batch, "steps": steps}
+
+    def measure(name: str, fn) -> None:
+        first = _time(fn, 1, device)
+        best = _time(fn, repeats, device)
+        out[name] = {"ms_per_step": best / steps * 1e3, "tokens_per_s": batch * lm.cfg.num_codebooks * steps / best,
+                     "first_call_s": first}  # fmt: skip
+
+    measure("transformers", lambda: run_theirs(hf, ids, mask, steps=steps, greedy=False))
+    for mode in modes:
+        static = _static(mode, device)
+        measure(mode, lambda static=static: run_ours(hf, lm, ids, mask, frames=frames, greedy=False, static=static))
+    if device.type == "cuda" and len(modes) > 1 and "eager" in modes:
+        # the same greedy tokens from every step mode (in the timed shapes: no new compile)
+        eager = run_ours(hf, lm, ids, mask, frames=frames, greedy=True, static=False)
+        out["tokens_vs_eager"] = {
+            mode: agreement(
+                run_ours(hf, lm, ids, mask, frames=frames, greedy=True, static=_static(mode, device)), eager
+            )
+            for mode in modes
+            if mode != "eager"
+        }
+    return out
+
+
+def copy_bandwidth(
+    dim: int, ffn_dim: int, total_bytes: float, dtype: torch.dtype, repeats: int, device: Any = "cpu"
+) -> float:
     """GB/s of batch-2 linears over distinct weights totalling `total_bytes` (the decode step's access pattern)."""
     import torch
 
+    device = torch.device(device)
     element = torch.tensor([], dtype=dtype).element_size()
     count = max(1, int(total_bytes // (dim * ffn_dim * element)))
-    weights = [torch.randn(ffn_dim, dim).to(dtype) for _ in range(count)]
-    x = torch.randn(2, dim, dtype=dtype)
+    weights = [torch.empty(ffn_dim, dim, dtype=dtype, device=device).normal_() for _ in range(count)]
+    x = torch.randn(2, dim, dtype=dtype, device=device)
 
     def sweep():
         for w in weights:
             torch.nn.functional.linear(x, w)
 
     sweep()
-    seconds = _time(sweep, repeats)
-    return count * dim * ffn_dim * element / seconds / 1e9
+    seconds = _time(sweep, repeats, device)
+    return count * dim * ffn_dim * element / seconds / GB
+
+
+def device_copy_bandwidth(total_bytes: float, repeats: int, device: Any = "cpu") -> float:
+    """GB/s of one device-to-device copy of `total_bytes` (bytes read + written, as STREAM's copy counts them)."""
+    import torch
+
+    device = torch.device(device)
+    count = max(1, int(total_bytes // 4))
+    src = torch.empty(count, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    seconds = _time(lambda: dst.copy_(src), repeats, device)
+    return 2 * count * 4 / seconds / GB
 
 
 def step_bytes(cfg: LMConfig, dtype: torch.dtype, text_len: int | None = None, rows: int = 2) -> int:
@@ -193,6 +374,15 @@ def step_bytes(cfg: LMConfig, dtype: torch.dtype, text_len: int | None = None, r
     return torch.tensor([], dtype=dtype).element_size() * count
 
 
+def cache_bytes(cfg: LMConfig, dtype: torch.dtype, rows: int, steps: int) -> int:
+    """KV-cache bytes a step reads on average over a generation of `steps` steps (keys and values, every layer)."""
+    import torch
+
+    mean_positions = (steps + 1) / 2
+    element = torch.tensor([], dtype=dtype).element_size()
+    return int(2 * rows * cfg.num_layers * mean_positions * cfg.dim * element)
+
+
 def argmax_agreement(lm_fp32: MusicGenLM, lm_low: MusicGenLM, *, frames: int, text_len: int) -> float:
     """Teacher-forced argmax agreement of the low-precision model with fp32 over the valid pattern positions."""
     import torch
@@ -200,90 +390,295 @@ def argmax_agreement(lm_fp32: MusicGenLM, lm_low: MusicGenLM, *, frames: int, te
     from engine.model import delay
 
     cfg = lm_fp32.cfg
-    torch.manual_seed(2)
-    codes = torch.randint(0, cfg.card, (1, cfg.num_codebooks, frames))
-    seq = delay.build(codes, cfg.card)[..., :frames]
-    states = torch.randn(1, text_len, cfg.text_dim)
-    mask = torch.ones(1, text_len, dtype=torch.long)
-    valid = delay.valid_mask(frames, cfg.num_codebooks)[:, 1 : frames + 1]
+    device = lm_fp32.device
+    generator = torch.Generator().manual_seed(2)
+    codes = torch.randint(0, cfg.card, (1, cfg.num_codebooks, frames), generator=generator)
+    seq = delay.build(codes, cfg.card)[..., :frames].to(device)
+    states = torch.randn(1, text_len, cfg.text_dim, generator=generator).to(device)
+    mask = torch.ones(1, text_len, dtype=torch.long, device=device)
+    valid = delay.valid_mask(frames, cfg.num_codebooks)[:, 1 : frames + 1].to(device)
     with torch.inference_mode():
         ref = lm_fp32(seq, states, mask).argmax(-1)[0]
         low = lm_low(seq, states, mask).argmax(-1)[0]
     return float((ref == low)[valid].float().mean())
 
 
-def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype) -> dict:
+# ---- one shape ----------------------------------------------------------------------------------------------------
+
+
+def default_frames(shape: str, device: torch.device) -> int:
+    if device.type == "cuda":
+        return 64
+    return 100 if shape == "tiny" else 20
+
+
+def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: torch.device, batches: list[int],
+              modes: list[str]) -> dict:  # fmt: skip
+    """Every figure of one shape: build, fp32 correctness, timings per batch (fast dtype; also fp32 on CPU)."""
     import copy
 
     import torch
 
-    frames = args.frames or (100 if shape == "tiny" else 20)
-    hf, lm = build_pair(shape)
-    result = {"shape": shape, "frames": frames}
-    result["greedy_agree_fp32"] = greedy_agreement(hf, lm, frames=min(frames, 20), text_len=args.text_len)
-    fp32 = time_pair(hf, lm, frames=frames, text_len=args.text_len, repeats=args.repeats)
-    result["ours_fp32"], result["theirs_fp32"] = fp32["ours"], fp32["theirs"]
+    frames = args.frames or default_frames(shape, device)
+    started = time.perf_counter()
+    hf, lm = build_pair(shape, device=device)
+    _sync(device)
+    result: dict[str, Any] = {"shape": shape, "frames": frames, "build_s": time.perf_counter() - started}
+    cfg = lm.cfg
+    result["layers"], result["dim"] = cfg.num_layers, cfg.dim
+    result["parameters"] = sum(p.numel() for p in lm.parameters())
+    check_frames = min(frames, 20)
+    result["greedy_agree_fp32"] = greedy_agreement(hf, lm, frames=check_frames, text_len=args.text_len)
+    if device.type == "cuda" and "graph" in modes:
+        ids, mask = _inputs(1, args.text_len, device)
+        eager = run_ours(hf, lm, ids, mask, frames=check_frames, greedy=True, static=False)
+        graph = run_ours(hf, lm, ids, mask, frames=check_frames, greedy=True, static="graph")
+        result["graph_vs_eager_fp32"] = agreement(graph, eager)
+    if device.type == "cpu" and fast != torch.float32:
+        # transformers' default is fp32: on CPU time both loops in it too (the README's "vs default" figure)
+        fp32 = time_batch(hf, lm, batch=batches[0], frames=frames, text_len=args.text_len, repeats=args.repeats,
+                          modes=["eager"])  # fmt: skip
+        result["fp32"] = {batches[0]: fp32}
     if fast != torch.float32:
         hf, lm = hf.to(fast), lm.to(fast)
-        low = time_pair(hf, lm, frames=frames, text_len=args.text_len, repeats=args.repeats)
-        result["ours_fast"], result["theirs_fast"] = low["ours"], low["theirs"]
         # the same (rounded) weights computed in fp32: the difference is the arithmetic only
         lm_fp32 = copy.deepcopy(lm).float()
         result["argmax_agree"] = argmax_agreement(lm_fp32, lm, frames=min(frames, 50), text_len=args.text_len)
-    else:
-        result["ours_fast"], result["theirs_fast"] = result["ours_fp32"], result["theirs_fp32"]
-    result["step_bytes"] = step_bytes(lm.cfg, fast, args.text_len)
-    result["cfg"] = lm.cfg
+        del lm_fp32
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    result["fast"] = {}
+    for batch in batches:
+        try:
+            result["fast"][batch] = time_batch(hf, lm, batch=batch, frames=frames, text_len=args.text_len,
+                                               repeats=args.repeats, modes=modes)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - out of memory skips the batch, anything else is raised
+            if not _is_oom(exc):
+                raise
+            result["fast"][batch] = {"skipped": f"out of memory at batch {batch}: {str(exc).splitlines()[0]}"}
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if device.type == "cpu" and fast == torch.float32:
+        result["fp32"] = {batches[0]: result["fast"][batches[0]]}
+    for batch in batches:
+        rows = 2 * batch
+        steps = frames + cfg.num_codebooks - 1
+        if "skipped" not in result["fast"][batch]:
+            result["fast"][batch]["step_bytes"] = step_bytes(cfg, fast, args.text_len, rows) + cache_bytes(
+                cfg, fast, rows, steps
+            )
+    result["cfg"] = cfg
     del hf, lm
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return result
 
 
-def _compare(ours_dtype: str, ours: float, theirs_dtype: str, theirs: float) -> str:
-    return (
-        f"  ours {ours_dtype} {ours * 1e3:8.2f} ms/step   transformers {theirs_dtype} {theirs * 1e3:8.2f} ms/step"
-        f"   speedup {theirs / ours:.2f}"
-    )
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+
+def _line(label: str, figures: dict, reference: dict | None = None, first: bool = False) -> str:
+    text = f"    {label:<22} {figures['ms_per_step']:9.2f} ms/step {figures['tokens_per_s']:10.0f} tokens/s"
+    if reference is not None:
+        text += f"   speedup {reference['ms_per_step'] / figures['ms_per_step']:5.2f}"
+    if first:
+        text += f"   (first call {figures['first_call_s']:.1f} s)"
+    return text
+
+
+def _fastest(entry: dict, modes: list[str]) -> tuple[str, dict] | None:
+    timed = [(mode, entry[mode]) for mode in modes if mode in entry]
+    return min(timed, key=lambda item: item[1]["ms_per_step"]) if timed else None
+
+
+def _parse_list(text: str | None, what: str) -> list[str]:
+    items = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not items:
+        raise ConfigError(f"{what} is empty")
+    return items
+
+
+def _print_shape(r: dict, name: str, fast_is_fp32: bool, modes: list[str], device: torch.device) -> None:
+    print(f"[{r['shape']}] {r['layers']} x {r['dim']}, {r['parameters'] / 1e6:.0f} M parameters, {r['frames']} "
+          f"frames (built in {r['build_s']:.1f} s):")  # fmt: skip
+    for batch, entry in r.get("fp32", {}).items() if not fast_is_fp32 else ():
+        print(f"  batch {batch} fp32 ({entry['rows']} rows with CFG):")
+        print(_line("transformers fp32", entry["transformers"]))
+        print(_line("ours fp32", entry["eager"], entry["transformers"]))
+    for batch, entry in r["fast"].items():
+        if "skipped" in entry:
+            print(f"  batch {batch}: skipped: {entry['skipped']}")
+            continue
+        print(f"  batch {batch} {name} ({entry['rows']} rows with CFG):")
+        print(_line(f"transformers {name}", entry["transformers"]))
+        for mode in modes:
+            label = f"ours {name}" if device.type == "cpu" else f"ours {name} {mode}"
+            print(_line(label, entry[mode], entry["transformers"], first=mode != "eager"))
+        if "fp32" in r and batch in r["fp32"] and not fast_is_fp32:
+            speedup = r["fp32"][batch]["transformers"]["ms_per_step"] / entry["eager"]["ms_per_step"]
+            print(f"    ours {name} vs transformers fp32 (default): speedup {speedup:.2f}")
+        for mode, value in entry.get("tokens_vs_eager", {}).items():
+            print(f"    greedy tokens, {mode} step vs eager step ({name}): {value:.4f} agree")
+        if "floor_ms" in entry:
+            print(f"    reads {entry['step_bytes'] / GB:.3f} GB/step: floor {entry['floor_ms']:.3f} ms/step; ours "
+                  f"({entry['fastest']}) at {entry['x_floor']:.2f}x the floor, {entry['speedup_same_dtype']:.2f}x "
+                  f"transformers {name}")  # fmt: skip
+    if "argmax_agree" in r:
+        print(f"  teacher-forced argmax agreement {name} vs fp32: {r['argmax_agree']:.4f}")
+    print(f"  greedy token agreement with transformers (fp32, CFG): {r['greedy_agree_fp32']:.4f}")
+    if "graph_vs_eager_fp32" in r:
+        print(f"  greedy tokens, CUDA-graph step vs eager step (fp32): {r['graph_vs_eager_fp32']:.4f} agree")
+    elif device.type == "cpu":
+        print("  CUDA-graph step vs eager step: n/a (CPU)")
+
+
+def add_floor(r: dict, bandwidth_gb_s: float, modes: list[str]) -> bool:
+    """Put the floor (bytes read per step at the measured bandwidth) and the speedups into each timed batch of a
+    shape's figures; True when a step ran under its floor (the bandwidth sample was disturbed)."""
+    disturbed = False
+    for entry in r["fast"].values():
+        if "skipped" in entry:
+            continue
+        floor_ms = entry["step_bytes"] / (bandwidth_gb_s * GB) * 1e3
+        mode, best = _fastest(entry, modes)
+        entry["floor_ms"] = floor_ms
+        entry["fastest"] = mode
+        entry["x_floor"] = best["ms_per_step"] / floor_ms
+        entry["speedup_same_dtype"] = entry["transformers"]["ms_per_step"] / best["ms_per_step"]
+        disturbed |= floor_ms > best["ms_per_step"]
+    return disturbed
 
 
 def run(args: argparse.Namespace) -> int:
+    import datetime
+    import traceback
+
     import torch
 
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    from engine.model.config import preset
+
+    shapes = _parse_list(args.shapes, "--shapes")
     unknown = [s for s in shapes if s not in SHAPES]
-    if unknown or not shapes:
+    if unknown:
         raise ConfigError(f"bench decode times the shapes {', '.join(SHAPES)}; got {args.shapes!r}")
     if args.frames is not None and args.frames < 1:
         raise ConfigError("--frames must be at least 1")
+    if args.repeats < 1:
+        raise ConfigError("--repeats must be at least 1")
+    device = resolve_device(args.device)
+    try:
+        batches = [int(b) for b in _parse_list(args.batches or ("1,4" if device.type == "cuda" else "1"), "--batches")]
+    except ValueError:
+        raise ConfigError(f"--batches takes whole numbers, got {args.batches!r}") from None
+    if any(b < 1 for b in batches):
+        raise ConfigError("--batches must be at least 1")
+    modes = _parse_list(args.steps, "--steps") if device.type == "cuda" else ["eager"]
+    if any(m not in STEP_MODES for m in modes):
+        raise ConfigError(f"--steps takes {', '.join(STEP_MODES)}; got {args.steps!r}")
     torch.set_num_threads(max(1, args.threads))
     fast = _dtype(args.dtype)
     name = "bf16" if fast == torch.bfloat16 else "fp32"
-    print(f"decode benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, CFG 3.0, top-k 250")
-    print(
-        "(our loop decodes models under 64 MB of weights per step on one thread: engine.model.generate.decode_threads)"
-    )
-    results = {}
+    fast_bytes = torch.tensor([], dtype=fast).element_size()
+    import transformers
+
+    figures: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dtype": name,
+        "cfg_coef": 3.0,
+        "top_k": 250,
+        "batches": batches,
+        "steps": modes,
+        "shapes": {},
+    }
+    print(f"decode benchmark on {figures['device']}: torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, {name}, CFG 3.0, top-k 250, batches {batches}", flush=True)  # fmt: skip
+    if device.type == "cpu":
+        print(f"({torch.get_num_threads()} threads; our loop decodes models under 64 MB of weights per step on one "
+              "thread: engine.model.generate.decode_threads)")  # fmt: skip
+
+    def dump() -> None:
+        if args.json:
+            path = Path(args.json)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(figures, indent=2, default=str))
+
+    # the floor's bandwidth first (a later failure keeps it): over as many bytes as the largest step reads, at most 2 GB
+    largest = max((preset(shape) for shape in shapes), key=lambda c: step_bytes(c, fast))
+    total = min(max(step_bytes(largest, fast), 32 * 2**20), 2 * 10**9)
+    reps = max(5, args.repeats)
+    sweep = copy_bandwidth(largest.dim, largest.ffn_dim, total, fast, reps, device)
+    copy_bw = device_copy_bandwidth(total, reps, device)
+    bandwidth = max(sweep, copy_bw)
+    figures["bandwidth"] = {"copy_gb_s": copy_bw, "linear_sweep_gb_s": sweep, "used_gb_s": bandwidth,
+                            "bytes": total}  # fmt: skip
+    print(f"bandwidth over {total / GB:.2f} GB: device copy {copy_bw:.1f} GB/s (read + written), batch-2 linears "
+          f"({name}) {sweep:.1f} GB/s; the floor uses {bandwidth:.1f} GB/s", flush=True)  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    dump()
+
+    results: dict[str, dict] = {}
+    failed = []
+    disturbed = False
     for shape in shapes:
-        r = results[shape] = run_shape(shape, args, fast)
-        cfg = r["cfg"]
-        print(f"[{shape}] {cfg.num_layers} x {cfg.dim}, {r['frames']} frames:")
-        print(_compare("fp32", r["ours_fp32"], "fp32", r["theirs_fp32"]))
-        if fast != torch.float32:
-            print(_compare(name, r["ours_fast"], name, r["theirs_fast"]))
-            print(f"  ours {name} vs transformers fp32 (default): speedup {r['theirs_fp32'] / r['ours_fast']:.2f}")
-            print(f"  teacher-forced argmax agreement {name} vs fp32: {r['argmax_agree']:.4f}")
-        print(f"  greedy token agreement with transformers (fp32, CFG): {r['greedy_agree_fp32']:.4f}")
-    if "small" in results:
-        r = results["small"]
-        cfg = r["cfg"]
-        bandwidth = copy_bandwidth(cfg.dim, cfg.ffn_dim, r["step_bytes"], fast, max(5, args.repeats))
-        floor = r["step_bytes"] / (bandwidth * 1e9)
-        print(f"copy bandwidth ({name}, batch-2 linears over {r['step_bytes'] / 1e9:.2f} GB): {bandwidth:.1f} GB/s; "
-              f"small floor {floor * 1e3:.1f} ms/step; ours at {floor / r['ours_fast']:.0%} of the floor")  # fmt: skip
-        if floor > r["ours_fast"]:
-            # a decode cannot beat the speed of reading its weights: the sweep was slowed by other processes
-            print("  (the bandwidth sample was disturbed by other load on this machine: rerun when it is quiet)")
-    final = results["small"] if "small" in results else results[shapes[-1]]
-    print(f"({final['shape']}: ours {name} vs transformers fp32 default; same dtype: "
-          f"{final['theirs_fast'] / final['ours_fast']:.2f})")  # fmt: skip
-    print(f"decode speedup vs transformers: {final['theirs_fp32'] / final['ours_fast']:.2f}")
-    return 0
+        cfg = preset(shape)
+        frames = args.frames or default_frames(shape, device)
+        needed = memory_needed(parameter_count(cfg), cfg, max(batches), frames, fast_bytes)
+        reason = fit_reason(needed, free_memory(device), f"{shape} ({cfg.num_layers} x {cfg.dim})")
+        if reason is None:
+            try:
+                results[shape] = run_shape(shape, args, fast, device, batches, modes)
+            except Exception as exc:  # noqa: BLE001 - one shape's failure must not lose the others' figures
+                if _is_oom(exc):
+                    reason = f"{shape}: out of memory ({str(exc).splitlines()[0][:160]})"
+                else:
+                    traceback.print_exc()
+                    failed.append(shape)
+                    figures["shapes"][shape] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    print(f"[{shape}] failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                    dump()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if shape in failed:
+                    continue
+        if reason is not None:
+            print(f"[{shape}] skipped: {reason}", flush=True)
+            figures["shapes"][shape] = {"skipped": reason}
+            dump()
+            continue
+        r = results[shape]
+        disturbed |= add_floor(r, bandwidth, modes)
+        _print_shape(r, name, fast == torch.float32, modes, device)
+        figures["shapes"][shape] = {k: v for k, v in r.items() if k != "cfg"}
+        dump()
+        print(flush=True)
+
+    if not results:
+        print("no shape could be timed on this device")
+        dump()
+        return 1
+    if disturbed:
+        # a decode cannot beat the speed of reading its weights: the sample was slowed by other processes
+        print("(a step ran under its floor: the bandwidth sample was disturbed by other load; rerun when quiet)")
+    if device.type == "cpu":
+        final = results["small"] if "small" in results else results[list(results)[-1]]
+        batch = next(iter(final["fp32"]))
+        ours = final["fast"][batch]["eager"]["ms_per_step"]
+        same = final["fast"][batch]["transformers"]["ms_per_step"] / ours
+        speedup = final["fp32"][batch]["transformers"]["ms_per_step"] / ours
+        print(f"({final['shape']}: ours {name} vs transformers fp32 default; same dtype: {same:.2f})")
+    else:
+        timed = [(e["speedup_same_dtype"], shape, batch, e["fastest"]) for shape, r in results.items()
+                 for batch, e in r["fast"].items() if "skipped" not in e]  # fmt: skip
+        if not timed:
+            print("no batch could be timed on this device")
+            return 1
+        speedup, shape, batch, mode = min(timed)
+        print(f"(worst same-dtype speedup: {shape} batch {batch}, ours {mode} vs transformers {name})")
+    figures["speedup"] = speedup
+    dump()
+    print(f"decode speedup vs transformers: {speedup:.2f}", flush=True)
+    return 1 if failed else 0

@@ -466,3 +466,96 @@ def write_t5_to_hub_cache(
     (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
     (repo_dir / "refs" / "main").write_text(commit)
     return snapshot
+
+
+# ---- random models of the real shapes, in memory ---------------------------------------------------------------------
+
+# facebook/encodec_32khz, MusicGen's codec: 32 kHz, hop 640 (50 Hz), 4 codebooks of 2048 at 2.2 kbps
+ENCODEC_32KHZ = {
+    "sampling_rate": 32000,
+    "audio_channels": 1,
+    "codebook_size": 2048,
+    "codebook_dim": 128,
+    "hidden_size": 128,
+    "num_filters": 64,
+    "num_residual_layers": 1,
+    "upsampling_ratios": [8, 5, 4, 4],
+    "num_lstm_layers": 2,
+    "kernel_size": 7,
+    "last_kernel_size": 7,
+    "residual_kernel_size": 3,
+    "dilation_growth_rate": 2,
+    "compress": 2,
+    "use_causal_conv": False,
+    "use_conv_shortcut": False,
+    "pad_mode": "reflect",
+    "norm_type": "weight_norm",
+    "normalize": False,
+    "chunk_length_s": None,
+    "overlap": None,
+    "trim_right_ratio": 1.0,
+    "target_bandwidths": [2.2],
+}
+# google-t5/t5-base's encoder (MusicGen's text encoder), with the tiny word-level vocabulary
+T5_BASE = {"d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12, "feed_forward_proj": "relu"}
+
+
+def random_loaded_model(
+    shape: str = "tiny",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    fusion: Any = None,
+):
+    """A LoadedModel with random weights, built in memory on `device` (nothing written, nothing downloaded).
+
+    `shape` is an engine.model.config preset. The tiny shape gets the tiny codec (16 kHz, 50 Hz) and T5 of
+    `tiny_musicgen_config` with codebooks of 2048; the real shapes get MusicGen's codec (EnCodec 32 kHz, 4 x 2048)
+    and a t5-base encoder, so an edit costs what it costs with the published weights (random values: mechanics and
+    timing only). The decoder carries Instruct-MusicGen adapters (`fusion`, default FusionConfig()) with nonzero
+    gates. Every part is constructed on `device`; the decoder then moves to `dtype` (default: engine.device's pick).
+    """
+    from transformers import EncodecConfig, EncodecModel, T5Config, T5EncoderModel
+
+    from engine.device import decode_weight_count, pick
+    from engine.model.bundle import LoadedModel, ModelCard
+    from engine.model.codec import Codec
+    from engine.model.config import FusionConfig, preset
+    from engine.model.lm import MusicGenLM
+    from engine.model.text import TextEncoder
+    from engine.weights.transformers_layout import quiet_transformers
+
+    fusion = fusion if fusion is not None else FusionConfig()
+    with quiet_transformers():
+        if shape == "tiny":
+            base = tiny_musicgen_config(card=2048)
+            codec_cfg, text_cfg = base.audio_encoder, base.text_encoder
+        else:
+            codec_cfg = EncodecConfig(**ENCODEC_32KHZ)
+            text_cfg = T5Config(vocab_size=len(_tiny_vocab()), pad_token_id=0, eos_token_id=1, **T5_BASE)
+    cfg = preset(shape, text_dim=int(text_cfg.d_model), card=int(codec_cfg.codebook_size))
+    dev, dt = pick(device, dtype, decode_weight_count(cfg))
+    torch.manual_seed(seed)
+    with quiet_transformers(), torch.device(dev):
+        codec_model = EncodecModel(codec_cfg)
+        text_model = T5EncoderModel(text_cfg)
+        lm = MusicGenLM(cfg, fusion)
+    with torch.no_grad():
+        if lm.fusion is not None:
+            lm.fusion.gates.fill_(0.1)  # nonzero: the audio condition changes the output, as a trained adapter's
+        for module in lm.modules():
+            if hasattr(module, "lora_b"):
+                module.lora_b.normal_(0.0, 0.01)
+    lm = lm.to(dtype=dt).eval()
+    codec = Codec(codec_model, num_codebooks=cfg.num_codebooks, device=dev)
+    text = TextEncoder(text_model, tiny_tokenizer(), device=dev, dtype=dt, out_dtype=dt)
+    card = ModelCard(
+        name=f"random-{shape}",
+        sample_rate=codec.sample_rate,
+        frame_rate=codec.frame_rate,
+        num_codebooks=cfg.num_codebooks,
+        card=cfg.card,
+        cond_frames=fusion.cond_frames,
+        provenance={"source": "engine.tools.tiny_models.random_loaded_model", "shape": shape, "seed": seed},
+    )
+    return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
