@@ -9,7 +9,7 @@ APT_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup setup-test apt test test-slow lint format demo clean default-model model-data model-codec model-base model-adapters \
-	model-eval
+	model-eval model-gpu model-gpu-carry model-gpu-install
 
 $(APT_STAMP):
 	@mkdir -p $(VENV)
@@ -118,3 +118,28 @@ default-model: model-eval
 # The main job on the embedded default model: a held-out song, edits through the real server and client.
 demo: setup
 	$(BIN)/imusic demo -o demo_out
+
+# ---- the embedded model on an accelerator in one recipe (docs/embedded_model/gpu_recipe.md) --------------------------
+# model-gpu-carry: the wheels the bare accelerator machine lacks (Python 3.12 there), into the ignored .carry/wheels.
+# model-gpu: the recipe here (cuda when there is one), within BUDGET_MINUTES. model-gpu-install: a returned run's files
+# (GPU_PACKS) into engine/assets/default and docs/embedded_model.
+CARRY := .carry
+BUDGET_MINUTES ?= 8.5
+GPU_PACKS ?= $(CARRY)/packs
+GPU_WHEELS := tinysoundfont==0.3.7 soundfile==0.13.1 cffi==2.0.0 pycparser==2.22 pedalboard==0.9.26 mido==1.3.3 \
+	pyloudnorm==0.2.0 importlib_resources==6.5.2
+
+model-gpu-carry: setup
+	mkdir -p $(CARRY)/wheels
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d $(CARRY)/wheels $(GPU_WHEELS)
+	$(BIN)/pip wheel -q --no-deps pretty_midi==0.2.11 -w $(CARRY)/wheels
+	du -ch $(CARRY)/wheels/*.whl | tail -1
+
+model-gpu: setup
+	$(BIN)/imusic train --recipe embedded --budget-minutes $(BUDGET_MINUTES) -o $(MODEL_WORK)/gpu \
+	  --export $(MODEL_WORK)/gpu-out $$( [ -d $(GPU_PACKS) ] && echo --from-packs $(GPU_PACKS) )
+
+model-gpu-install: setup
+	$(BIN)/python -m engine.train.recipe install $(GPU_PACKS) -o engine/assets/default --docs docs/embedded_model

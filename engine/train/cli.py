@@ -70,10 +70,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="start from this exported codec's weights and codebooks (same sizes), with a new optimiser and schedule",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--recipe",
+        metavar="NAME",
+        help="build a whole model instead: 'embedded' runs data, codec, base, adapters, eval and packing within "
+        "--budget-minutes (engine/train/recipe.py; docs/embedded_model/gpu_recipe.md)",
+    )
+    from engine.train.recipe import add_run_arguments
+
+    add_run_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), then print where the result is."""
+    if getattr(args, "recipe", None):  # the whole embedded model, stage after stage, within a time budget
+        from engine.train.recipe import run_from_args
+
+        return run_from_args(args)
     if args.stage == "codec":  # stage 1 of the embedded model: its own loop (EMA codebooks, Adam), codec_train.py
         return run_stage(args)
 

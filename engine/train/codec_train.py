@@ -66,6 +66,8 @@ class CodecTrainConfig:
     ckpt_every: int = 250
     log_every: int = 25
     seed: int = 0
+    device: str = "cpu"  # where the codec trains (cuda on an accelerator machine); the result is the same format
+    preload: bool = False  # decode every training file into memory once (int16) instead of a seek per clip
     extra: dict = field(default_factory=dict)
 
     @property
@@ -117,7 +119,7 @@ def find_audio_files(root: Path, exclude_songs: Sequence[str] = ()) -> list[Path
 class ClipSampler:
     """Random fixed-length mono clips from a list of files, decoded with a seek (never the whole file)."""
 
-    def __init__(self, files: Sequence[Path], sample_rate: int, seconds: float, seed: int = 0):
+    def __init__(self, files: Sequence[Path], sample_rate: int, seconds: float, seed: int = 0, preload: bool = False):
         self.files = list(files)
         self.sample_rate = sample_rate
         self.length = int(round(seconds * sample_rate))
@@ -128,13 +130,24 @@ class ClipSampler:
             if info.samplerate != sample_rate:
                 raise DataError(f"{path} is at {info.samplerate} Hz; the codec trains at {sample_rate} Hz")
             self.frames.append(info.frames)
+        self.audio: list[np.ndarray] | None = None
+        if preload:  # the same clips as the seeks would give, read once by parallel threads (libsndfile frees the GIL)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+                self.audio = list(pool.map(_read_int16_mono, self.files))
+
+    def _read(self, index: int, start: int) -> np.ndarray:
+        if self.audio is not None:
+            return self.audio[index][start : start + self.length].astype(np.float32) / np.float32(32768.0)
+        audio, _ = sf.read(str(self.files[index]), start=start, frames=self.length, dtype="float32", always_2d=True)
+        return audio.mean(axis=1)
 
     def clip(self) -> np.ndarray:
         for _ in range(20):  # re-draw near-silent clips
             index = self.rng.randrange(len(self.files))
             start = self.rng.randrange(max(1, self.frames[index] - self.length))
-            audio, _ = sf.read(str(self.files[index]), start=start, frames=self.length, dtype="float32", always_2d=True)
-            audio = audio.mean(axis=1)
+            audio = self._read(index, start)
             if len(audio) < self.length:
                 audio = np.pad(audio, (0, self.length - len(audio)))
             if np.sqrt(np.mean(audio**2)) > 1e-3:
@@ -149,6 +162,11 @@ class ClipSampler:
 
     def set_state(self, state: object) -> None:
         self.rng.setstate(_as_tuple(state))
+
+
+def _read_int16_mono(path: Path) -> np.ndarray:
+    audio, _ = sf.read(str(path), dtype="int16", always_2d=True)
+    return audio[:, 0].copy() if audio.shape[1] == 1 else audio.mean(axis=1).astype(np.int16)
 
 
 def _as_tuple(value):
@@ -194,7 +212,7 @@ class RVQTrainer:
         residual = flat
         for codebook in self.codebooks:
             size = codebook.embed.shape[0]
-            pick = torch.randint(0, residual.shape[0], (size,))
+            pick = torch.randint(0, residual.shape[0], (size,)).to(residual.device)
             init = residual[pick]
             codebook.embed.copy_(init)
             codebook.embed_avg.copy_(init)
@@ -205,7 +223,7 @@ class RVQTrainer:
 
     def _ema_update(self, codebook, residual, index) -> None:
         size = codebook.embed.shape[0]
-        onehot = torch.zeros(residual.shape[0], size, dtype=residual.dtype)
+        onehot = torch.zeros(residual.shape[0], size, dtype=residual.dtype, device=residual.device)
         onehot.scatter_(1, index[:, None], 1.0)
         counts = onehot.sum(0)
         codebook.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -216,7 +234,7 @@ class RVQTrainer:
         dead = codebook.cluster_size < self.dead_threshold
         n_dead = int(dead.sum())
         if n_dead:
-            fresh = residual[torch.randint(0, residual.shape[0], (n_dead,))]
+            fresh = residual[torch.randint(0, residual.shape[0], (n_dead,)).to(residual.device)]
             codebook.embed[dead] = fresh
             codebook.embed_avg[dead] = fresh
             codebook.cluster_size[dead] = 1.0
@@ -228,7 +246,7 @@ def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
     out = output.squeeze(1)
     ref = target.squeeze(1)
     for n_fft in sizes:
-        window = torch.hann_window(n_fft)
+        window = torch.hann_window(n_fft, device=out.device)
         kwargs = dict(n_fft=n_fft, hop_length=n_fft // 4, window=window, return_complex=True)
         mag_out = torch.stft(out, **kwargs).abs()
         mag_ref = torch.stft(ref, **kwargs).abs()
@@ -262,12 +280,15 @@ def train_codec(
     quiet: bool = False,
     stop_after: int | None = None,
     init_from: Path | None = None,
+    deadline: float | None = None,
 ) -> Path | None:
     """Train (or resume) the codec; returns the exported transformers-layout directory `run_dir/codec`.
 
     `stop_after` ends this run after that many steps (checkpointed, None returned): a session-sized slice of a
     longer schedule, continued later with `resume=True`. `init_from` (a codec directory this stage exported, of the
-    same sizes) starts a new run from its weights and codebooks with a fresh optimiser and schedule.
+    same sizes) starts a new run from its weights and codebooks with a fresh optimiser and schedule. `deadline` (a
+    time.time() value) shortens the schedule, from measured step times, so that the run ends and exports by then
+    (engine/train/budget.py); the steps it ran are recorded in the log and config (`cfg.steps`).
     """
     from transformers import EncodecModel  # heavy: only the codec stage needs it
 
@@ -279,11 +300,15 @@ def train_codec(
     log_path = run_dir / "codec_log.jsonl"
 
     torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     model = EncodecModel(encodec_config(cfg))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     files = find_audio_files(data, exclude_songs)
-    sampler = ClipSampler(files, cfg.sample_rate, cfg.segment_seconds, seed=cfg.seed)
+    sampler = ClipSampler(files, cfg.sample_rate, cfg.segment_seconds, seed=cfg.seed, preload=cfg.preload)
     rvq = RVQTrainer(model, cfg.ema_decay, cfg.dead_code_threshold)
     step = 0
     if init_from is not None and not (resume and ckpt_path.exists()):
@@ -302,7 +327,15 @@ def train_codec(
         torch.set_rng_state(state["torch_rng"])
     elif not resume:
         log_path.unlink(missing_ok=True)
+    model.to(device)
+    for group in optimizer.state.values():  # a resumed optimiser's moments follow the model
+        for name, value in group.items():
+            if torch.is_tensor(value) and name != "step":
+                group[name] = value.to(device)
     (run_dir / "codec_train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    from engine.train.budget import StepBudget
+
+    budget = StepBudget(deadline, step)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="codec", disable=quiet, dynamic_ncols=True)
     started = time.time()
@@ -311,7 +344,7 @@ def train_codec(
     while step < last_step:
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        audio = torch.from_numpy(sampler.batch(cfg.batch_size))
+        audio = torch.from_numpy(sampler.batch(cfg.batch_size)).to(device)
         latents = model.encoder(audio)
         if step < cfg.quantize_after:
             quantized, commit = latents, latents.new_zeros(())
@@ -327,6 +360,11 @@ def train_codec(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         step += 1
+        shorter = budget.fit(step, cfg.steps)
+        if shorter < cfg.steps:  # the deadline: a shorter cosine, ending by then
+            cfg.steps = shorter
+            last_step = min(last_step, shorter)
+            bar.total = shorter
         for name, value in (("loss", loss), ("l1", l1), ("stft", spectral), ("commit", commit), ("nmse", nmse)):
             running[name] = running.get(name, 0.0) + float(value.detach())
         bar.update(1)
@@ -351,6 +389,7 @@ def train_codec(
                 ckpt_path,
             )
     bar.close()
+    (run_dir / "codec_train_config.json").write_text(json.dumps(asdict(cfg), indent=2))  # the steps it ran
     if step < cfg.steps:
         return None
     return export_codec(model, run_dir / "codec")

@@ -191,8 +191,9 @@ class Trainer:
         (self.run_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), **history}, indent=1))
         plot_curves(history["train"], self.run_dir / CURVES, val=history["val"], lr=history["lr"], title=cfg.stage)
 
-    def run(self, feeder: ClipFeeder, last: int, started: float, progress: bool) -> None:
-        """Steps up to `last`: validation every val_every, checkpoint and curves every ckpt_every and at the end."""
+    def run(self, feeder: ClipFeeder, last: int, started: float, progress: bool, budget: Any = None) -> None:
+        """Steps up to `last`: validation every val_every, checkpoint and curves every ckpt_every and at the end.
+        `budget` (budget.StepBudget) shortens cfg.steps, the cosine's end, so that the run ends by its deadline."""
         cfg, history = self.cfg, self.history
         bar = None
         # A live bar on a terminal; plain lines every log_every steps in a log file (nohup, cluster jobs).
@@ -203,6 +204,9 @@ class Trainer:
             while self.step < last:
                 step_loss = self.train_step(feeder)
                 step = self.step
+                if budget is not None:
+                    cfg.steps = budget.fit(step, cfg.steps)
+                    last = min(last, cfg.steps)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -255,12 +259,14 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     export: bool = True,
+    deadline: float | None = None,
 ) -> RunResult:
     """Run (or continue) training into `run_dir`.
 
     On resume the saved configuration defines the run; only the fields named in `changes` are taken from `cfg`.
     `stop_after` ends the call after that global step (tests use it to simulate an interruption); the schedule still
-    follows `cfg.steps`."""
+    follows `cfg.steps`. `deadline` (a time.time() value) shortens `cfg.steps` from measured step times so that the run
+    ends and exports by then (budget.StepBudget)."""
     started = time.monotonic()  # wall time includes loading and encoding the code pool
     run_dir = Path(run_dir).expanduser()
     cfg, payload = _resolved_config(cfg, run_dir, resume, resume_from, changes)
@@ -296,7 +302,12 @@ def train(
         trainer.prepare()
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer.run(feeder, cfg.steps if stop_after is None else min(cfg.steps, stop_after), started, progress)
+    budget = None
+    if deadline is not None:
+        from engine.train.budget import StepBudget
+
+        budget = StepBudget(deadline, trainer.step)
+    trainer.run(feeder, cfg.steps if stop_after is None else min(cfg.steps, stop_after), started, progress, budget)
     outputs: dict[str, str] = {}
     if export and trainer.step >= cfg.steps:
         stage.module.eval()

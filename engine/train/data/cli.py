@@ -1,6 +1,7 @@
 """`imusic data`: synthesize a stem data set, or summarise one.
 
     imusic data synth --tracks N -o DIR [--seed S] [--seconds L] [--sample-rate SR] [--soundfont PATH ...] [--midi DIR]
+                      [--renderer auto|fluidsynth|tinysoundfont] [--workers N]
     imusic data info DIR [--layout auto|slakh|moisesdb|folder] [--json]
     imusic data export DIR -o OUT [--split test] [--ops add remove extract] [--classes 4stems|all] ...
 
@@ -42,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="render your own .mid files instead (in name order, cycling when --tracks is larger; each cut to "
         "--seconds; programs re-drawn within each instrument's class)",
     )
+    synth.add_argument(
+        "--renderer",
+        default="auto",
+        choices=("auto", "fluidsynth", "tinysoundfont"),
+        help="MIDI renderer: FluidSynth (system library) or the tinysoundfont wheel (none needed); auto: FluidSynth "
+        "where it loads, else tinysoundfont",
+    )
+    synth.add_argument("--workers", type=int, default=1, help="tracks made in parallel processes (default 1)")
     synth.add_argument("--resume", action="store_true", help="finish an interrupted run in the same folder")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -111,6 +120,8 @@ def _synth(args: argparse.Namespace) -> int:
         midi_dir=args.midi,
         progress=not args.quiet,
         resume=args.resume,
+        renderer=args.renderer,
+        workers=args.workers,
     )
     if report.resumed:
         print(f"kept {report.resumed} finished track(s) from the earlier run")

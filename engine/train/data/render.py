@@ -1,4 +1,10 @@
-"""MIDI part -> mono audio through General MIDI soundfonts (FluidSynth), plus light per-stem effects.
+"""MIDI part -> mono audio through General MIDI soundfonts, plus light per-stem effects.
+
+Two renderers with one interface (`render(part, font_index, seconds)`): `FluidRenderer` (FluidSynth, a system
+library) and `TinyRenderer` (the `tinysoundfont` wheel, TinySoundFont compiled in: no system library, so it runs on
+a bare accelerator machine that gets only carried wheels). `make_renderer(backend, ...)` picks one; "auto" prefers
+FluidSynth where its library loads, else tinysoundfont. The two differ in timbre (their own envelopes and filters),
+not in shape or level: every stem is scaled to a target RMS afterwards (synth.py), whatever the renderer's gain.
 
 One FluidSynth instance holds every soundfont for the whole run (FluidR3 takes ~0.4 s to load); each part is
 rendered alone after a full reset, in float (no dither), so the same part always gives the same samples.
@@ -136,6 +142,124 @@ class FluidRenderer:
             if self.synth.get_active_voice_count() == 0:
                 break
             self._write(self.synth.synth, 1024, scratch.ctypes.data, 0, 1, scratch.ctypes.data, 0, 1)
+
+
+class TinyRenderer:
+    """Renders one MIDI part at a time to mono float32 at `sample_rate` through TinySoundFont (`tinysoundfont`).
+
+    Each soundfont's bytes are read once; every part gets a fresh synth holding only the soundfont it plays (parsing
+    TimGM6mb.sf2 from memory takes ~10 ms, FluidR3_GM.sf2 ~1 s), so a part sounds the same whatever came before it:
+    one synth re-used with its channel reset still carried something from part to part (a drum part differed by
+    up to 0.004). A renderer can therefore serve many tracks (synth.py keeps one per process).
+    """
+
+    GAIN_DB = -12.0  # about FluidRenderer's level at gain 0.4 (TimGM6mb); stems are levelled afterwards anyway
+
+    def __init__(self, soundfonts: list[str | Path], sample_rate: int) -> None:
+        try:
+            import tinysoundfont
+        except ImportError as exc:
+            raise ResourceError(
+                "tinysoundfont is not installed: pip install --no-deps tinysoundfont (its pyaudio requirement is for "
+                "playback only)"
+            ) from exc
+        if not soundfonts:
+            raise ConfigError("no soundfont: pass --soundfont PATH (a General MIDI .sf2)")
+        self._tsf = tinysoundfont
+        self.sample_rate = int(sample_rate)
+        self.soundfonts = [Path(path) for path in soundfonts]
+        self._fonts: list[bytes] = []
+        for path in self.soundfonts:
+            if not path.is_file():
+                raise ConfigError(f"soundfont {path} does not exist")
+            data = path.read_bytes()
+            if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
+                raise ConfigError(f"soundfont {path} could not be loaded (not a .sf2/.sf3 file)")
+            self._fonts.append(data)
+
+    def close(self) -> None:
+        self._fonts = []
+
+    def __enter__(self) -> TinyRenderer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def render(self, part: pretty_midi.Instrument, font_index: int, seconds: float) -> np.ndarray:
+        """Mono float32 [round(seconds * rate)] of one part through soundfont `font_index`."""
+        synth = self._tsf.Synth(gain=self.GAIN_DB, samplerate=self.sample_rate)
+        font_id = synth.sfload(self._fonts[font_index], max_voices=256)
+        channel = 9 if part.is_drum else 0
+        try:  # drum mode looks the kit up in bank 128 (falling back to the standard kit)
+            synth.program_select(channel, font_id, 0, int(part.program), is_drums=bool(part.is_drum))
+        except RuntimeError:  # this soundfont lacks the program
+            synth.program_select(channel, font_id, 0, 0, is_drums=bool(part.is_drum))
+        total = int(round(seconds * self.sample_rate))
+        events: list[tuple[int, int, int, int]] = []  # (sample, order, a, b); note-offs before note-ons
+        for note in part.notes:
+            start = int(round(note.start * self.sample_rate))
+            if start >= total:
+                continue
+            events.append((start, 2, note.pitch, note.velocity))
+            events.append((int(round(note.end * self.sample_rate)), 0, note.pitch, 0))
+        for change in part.control_changes:
+            events.append((int(round(change.time * self.sample_rate)), 1, 1000 + change.number, change.value))
+        for bend in part.pitch_bends:
+            events.append((int(round(bend.time * self.sample_rate)), 1, -1, bend.pitch))
+        events.sort()
+        out = np.zeros((total, 2), np.float32)
+        position = 0
+
+        def advance(until: int) -> None:
+            nonlocal position
+            if until > position:
+                block = synth.generate_simple(until - position)
+                out[position:until] = np.frombuffer(block, np.float32).reshape(-1, 2)
+                position = until
+
+        for sample, order, a, b in events:
+            if sample >= total:
+                break
+            advance(sample)
+            if order == 2:
+                synth.noteon(channel, a, b)
+            elif order == 0:
+                synth.noteoff(channel, a)
+            elif a == -1:
+                synth.pitchbend(channel, int(np.clip(b + 8192, 0, 16383)))  # pretty_midi: -8192..8191
+            else:
+                synth.control_change(channel, a - 1000, b)
+        advance(total)
+        return 0.5 * (out[:, 0] + out[:, 1])
+
+
+RENDERERS = ("auto", "fluidsynth", "tinysoundfont")
+
+
+def fluidsynth_available() -> bool:
+    """Whether the FluidSynth C library loads (the pyfluidsynth package alone is not enough)."""
+    try:
+        import fluidsynth  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """The renderer `backend` names: "auto" is fluidsynth where its library loads, else tinysoundfont."""
+    if backend not in RENDERERS:
+        raise ConfigError(f"unknown renderer {backend!r}: use {', '.join(RENDERERS)}")
+    if backend == "auto":
+        return "fluidsynth" if fluidsynth_available() else "tinysoundfont"
+    return backend
+
+
+def make_renderer(backend: str, soundfonts: list[str | Path], sample_rate: int) -> FluidRenderer | TinyRenderer:
+    """A renderer of `backend` (see RENDERERS) over `soundfonts` at `sample_rate`."""
+    if resolve_backend(backend) == "fluidsynth":
+        return FluidRenderer(soundfonts, sample_rate)
+    return TinyRenderer(soundfonts, sample_rate)
 
 
 # ---- effects ------------------------------------------------------------------------------------------------------

@@ -20,7 +20,16 @@ import soundfile as sf
 
 from engine.errors import ConfigError, DataError
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
-from engine.train.data.render import FluidRenderer, active_rms, apply_effects, default_soundfonts, random_effects
+from engine.train.data.render import (
+    FluidRenderer,
+    TinyRenderer,
+    active_rms,
+    apply_effects,
+    default_soundfonts,
+    make_renderer,
+    random_effects,
+    resolve_backend,
+)
 from engine.train.data.stems import caption, caption_word
 from engine.train.data.yamlio import dump_yaml, read_yaml
 
@@ -90,7 +99,7 @@ def _write_track(
     length: float,
     info: dict,
     rng: np.random.Generator,
-    renderer: FluidRenderer,
+    renderer: FluidRenderer | TinyRenderer,
     soundfont_names: list[str],
 ) -> tuple[int, float, list[str]]:
     rate = renderer.sample_rate
@@ -162,6 +171,7 @@ def _check_resumable(out: Path, settings: dict) -> None:
         earlier = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DataError(f"{path} is not readable JSON: {exc}") from exc
+    earlier.setdefault("renderer", "fluidsynth")  # data sets from before the renderer was recorded
     changed = [key for key, value in settings.items() if earlier.get(key) != value]
     if changed:
         raise DataError(f"cannot resume {out}: settings differ from the earlier run ({', '.join(changed)})")
@@ -175,6 +185,48 @@ def _finished_track(track_dir: Path) -> dict:
     return {"classes": classes, "caption": caption(classes), "seconds": meta["seconds"], **info}
 
 
+_TINY: dict[tuple, TinyRenderer] = {}  # this process's tinysoundfont renderers, by (soundfonts, sample rate)
+
+
+@dataclass
+class _TrackJob:
+    """Makes one track (by number) in a worker process; returns (track id, (stems, seconds, song) or None, why not,
+    CPU seconds)."""
+
+    out: Path
+    seed: int
+    seconds: float
+    midi_files: list[Path]
+    fonts: list[Path]
+    names: list[str]
+    sample_rate: int
+    backend: str
+
+    def __call__(self, index: int) -> tuple[str, tuple[int, float, dict] | None, str, float]:
+        track_id = f"Track{index:05d}"
+        started = time.process_time()
+        try:
+            parts, length, info, rng = _track_parts(index, self.seed, self.seconds, self.midi_files)
+        except Exception as exc:  # a user's MIDI file can fail to parse in many ways; skip and report it
+            return track_id, None, f"unreadable MIDI: {exc}", 0.0
+        if not parts:
+            return track_id, None, "MIDI file without notes", 0.0
+        if self.backend == "tinysoundfont":  # resets itself before every part: one per process serves every track
+            key = (tuple(self.fonts), self.sample_rate)
+            if key not in _TINY:
+                _TINY[key] = TinyRenderer(self.fonts, self.sample_rate)
+            count, length, classes = _write_track(self.out / track_id, parts, length, info, rng, _TINY[key], self.names)
+        else:
+            # A fresh synth per track: FluidSynth voices keep a little state from one note to the next (the first
+            # block of a re-used voice differs), so a track is only reproducible on its own if it starts from a new one.
+            with make_renderer(self.backend, self.fonts, self.sample_rate) as renderer:
+                count, length, classes = _write_track(
+                    self.out / track_id, parts, length, info, rng, renderer, self.names
+                )
+        song = {"classes": classes, "caption": caption(classes), "seconds": round(length, 6), **info}
+        return track_id, (count, length, song), "", time.process_time() - started
+
+
 def synthesize(
     out_dir: str | Path,
     tracks: int,
@@ -186,11 +238,16 @@ def synthesize(
     midi_dir: str | Path | None = None,
     progress: bool = True,
     resume: bool = False,
+    renderer: str = "auto",
+    workers: int = 1,
 ) -> SynthReport:
     """Write a Slakh-layout data set of `tracks` songs into `out_dir` (new or empty).
 
     With `resume`, `out_dir` must hold a run with the same settings: finished tracks are kept (a track is finished
     when its metadata.yaml exists, written last) and the others are made again, identical to an uninterrupted run.
+    `renderer` is "fluidsynth", "tinysoundfont" or "auto" (render.resolve_backend); the one used is recorded in
+    dataset.json. `workers` > 1 makes tracks in that many processes: each track draws from its own seeded generator,
+    so the files are the same whatever the number of workers.
     """
     if tracks < 1:
         raise ConfigError("--tracks must be at least 1")
@@ -198,6 +255,9 @@ def synthesize(
         raise ConfigError("--seconds must be positive")
     if not 8000 <= sample_rate <= 96000:
         raise ConfigError(f"--sample-rate {sample_rate} is outside 8000-96000 Hz")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    backend = resolve_backend(renderer)
     out = Path(out_dir).expanduser()
     fonts = [Path(p).expanduser() for p in soundfonts] if soundfonts else default_soundfonts()
     if not fonts:
@@ -214,6 +274,7 @@ def synthesize(
         "seconds": seconds,
         "soundfonts": [str(font) for font in fonts],
         "midi_dir": str(midi_dir) if midi_dir is not None else None,
+        "renderer": backend,
     }
     if resume:
         _check_resumable(out, settings)
@@ -235,7 +296,8 @@ def synthesize(
     from tqdm import tqdm
 
     names = [font.name for font in fonts]
-    for index in tqdm(range(1, tracks + 1), desc="synth", unit="track", disable=not progress):
+    todo: list[int] = []
+    for index in range(1, tracks + 1):
         track_id = f"Track{index:05d}"
         if resume and (out / track_id / "metadata.yaml").is_file():
             songs[track_id] = _finished_track(out / track_id)
@@ -244,24 +306,36 @@ def synthesize(
             continue
         if resume and (out / track_id).exists():
             shutil.rmtree(out / track_id)  # a track cut short by the interruption; made again below
-        started = time.process_time()
-        try:
-            parts, length, info, rng = _track_parts(index, seed, seconds, midi_files)
-        except Exception as exc:  # a user's MIDI file can fail to parse in many ways; skip and report it
-            report.skipped.append((track_id, f"unreadable MIDI: {exc}"))
-            continue
-        if not parts:
-            report.skipped.append((track_id, "MIDI file without notes"))
-            continue
-        # A fresh synth per track: FluidSynth voices keep a little state from one note to the next (the first block
-        # of a re-used voice differs), so a track is only reproducible on its own if it starts from a new synth.
-        with FluidRenderer(fonts, sample_rate) as renderer:
-            count, length, classes = _write_track(out / track_id, parts, length, info, rng, renderer, names)
-        report.render_cpu_seconds += time.process_time() - started
-        report.tracks += 1
-        report.stems += count
-        report.stem_seconds += count * length
-        songs[track_id] = {"classes": classes, "caption": caption(classes), "seconds": round(length, 6), **info}
+        todo.append(index)
+    job = _TrackJob(out, seed, seconds, midi_files, fonts, names, sample_rate, backend)
+    bar = tqdm(total=tracks, initial=report.resumed, desc="synth", unit="track", disable=not progress)
+    if workers == 1 or len(todo) < 2:
+        results = map(job, todo)
+        pool = None
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may hold threads or an initialised accelerator that a fork would copy half-way
+        pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(job, todo, chunksize=max(1, min(8, len(todo) // (4 * workers))))
+    try:
+        for track_id, made, problem, cpu in results:
+            bar.update(1)
+            report.render_cpu_seconds += cpu
+            if made is None:
+                report.skipped.append((track_id, problem))
+                continue
+            count, length, song = made
+            report.tracks += 1
+            report.stems += count
+            report.stem_seconds += count * length
+            songs[track_id] = song
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    songs = dict(sorted(songs.items()))
     meta = {
         **settings,
         "complete": True,

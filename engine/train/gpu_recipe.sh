@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The embedded model's recipe on an accelerator machine, as one device command (docs/embedded_model/gpu_recipe.md):
+#
+#   bash engine/train/gpu_recipe.sh "$OUT" [BUDGET_MINUTES]        (from the repo root; carry .carry)
+#
+# Installs the carried wheels (.carry/wheels, made here by `make model-gpu-carry`) with --no-deps into /tmp/site,
+# checks the recipe end to end at tiny scale on the GPU (seconds; PREFLIGHT=0 skips it), then runs the full recipe
+# within BUDGET_MINUTES (default 8.5: with the install and the preflight it ends inside a 600 s command), unbuffered. Each stage's packs and card.json land in OUT as the stage ends, and the
+# whole log is OUT/run.log, so a run cut at any point returns what it finished. With .carry/packs (an earlier run's
+# returned files) the finished stages are restored and skipped. OUT receives at most 7 files, each <= 15 MiB:
+# run.log, card.json, codec.tar.00, base.tar.00, base.tar.01, adapters.tar.00, eval.tar.00.
+set -u -o pipefail
+OUT=${1:?usage: bash engine/train/gpu_recipe.sh OUT [BUDGET_MINUTES]}
+BUDGET=${2:-${BUDGET_MINUTES:-8.5}}
+RUN=${RUN_DIR:-/tmp/imusic-run}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+echo "gpu_recipe: $(date -u +%FT%TZ) budget ${BUDGET} min, run dir $RUN, out $OUT"
+
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+if [ "${WHEELS:-1}" = 1 ]; then  # WHEELS=0: the packages are there already (the CPU test of this script)
+  shopt -s nullglob
+  wheels=(.carry/wheels/*.whl)
+  if [ ${#wheels[@]} -eq 0 ]; then
+    echo "gpu_recipe: no wheels in .carry/wheels: run 'make model-gpu-carry' here and carry .carry" >&2
+    exit 2
+  fi
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${wheels[@]}" \
+    || { echo "gpu_recipe: installing the carried wheels failed" >&2; exit 2; }
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+"$PY" -c "import torch, transformers, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+'transformers', transformers.__version__, 'numpy', numpy.__version__)"
+
+if [ "${PREFLIGHT:-1}" = 1 ]; then
+  echo "gpu_recipe: preflight (tiny scale on $DEVICE)"
+  rm -rf /tmp/imusic-preflight
+  "$PY" -m engine.train.recipe run -o /tmp/imusic-preflight --scale tiny --budget-minutes 2 --device "$DEVICE" --quiet \
+    || { echo "gpu_recipe: the tiny recipe failed on this machine: not starting the full run" >&2; exit 3; }
+fi
+
+from=()
+if [ -n "$(ls .carry/packs/*.tar.* 2>/dev/null)" ]; then from=(--from-packs .carry/packs); fi
+"$PY" -m engine.train.recipe run -o "$RUN" --scale "${SCALE:-full}" --budget-minutes "$BUDGET" --device "$DEVICE" \
+  --export "$OUT" --quiet "${from[@]}"
+status=$?
+echo "gpu_recipe: recipe exit $status; returned:"
+ls -la "$OUT"
+exit $status

@@ -1,0 +1,138 @@
+"""Packing a stage's results so that they fit what an accelerator run can return (at most 8 files of 16 MiB).
+
+`pack_dir` writes a deterministic tar of the chosen files of a folder, with every floating-point tensor of every
+.safetensors file stored in bf16 (the original dtype recorded in the file's metadata), split into parts of at most
+PART_BYTES: `NAME.tar.00`, `NAME.tar.01`, ... `unpack_parts` joins and extracts them and restores the recorded dtypes,
+so the unpacked files load exactly as before except that their values are rounded to bf16. Packing what was unpacked
+gives the same bytes again (tests/test_gpu_recipe.py).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_bytes
+
+from engine.errors import CheckpointError
+
+PART_BYTES = 15 * 1024 * 1024  # under the 16 MiB a returned file may have, with room for a tar header
+META_KEY = "imusic_packed_dtypes"
+_FLOATS = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64"}
+_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
+
+
+def _chosen(root: Path, include: Sequence[str], exclude: Sequence[str]) -> list[Path]:
+    files = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(root).as_posix()
+        if include and not any(fnmatch.fnmatch(rel, pattern) for pattern in include):
+            continue
+        if any(fnmatch.fnmatch(rel, pattern) for pattern in exclude):
+            continue
+        files.append(path)
+    return files
+
+
+def to_bf16_bytes(path: Path) -> bytes:
+    """A safetensors file with its float tensors in bf16 and their original dtypes in the metadata."""
+    tensors, dtypes = {}, {}
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        for name in sorted(handle.keys()):  # noqa: SIM118
+            tensor = handle.get_tensor(name)
+            if tensor.dtype in _FLOATS:
+                dtypes[name] = _FLOATS[tensor.dtype]
+                tensor = tensor.to(torch.bfloat16)
+            tensors[name] = tensor.contiguous()
+    metadata[META_KEY] = json.dumps(dtypes, sort_keys=True)
+    return save_bytes(tensors, metadata=metadata)
+
+
+def from_bf16_file(path: Path) -> None:
+    """Undo `to_bf16_bytes` in place: the recorded tensors back in their original dtype (values stay bf16-exact)."""
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata() or {})
+        if META_KEY not in metadata:
+            return
+        dtypes = json.loads(metadata.pop(META_KEY))
+        tensors = {}
+        for name in handle.keys():  # noqa: SIM118
+            tensor = handle.get_tensor(name)
+            tensors[name] = tensor.to(_BY_NAME[dtypes[name]]) if name in dtypes else tensor
+    path.write_bytes(save_bytes(tensors, metadata=metadata or None))
+
+
+def pack_dir(
+    root: Path,
+    out_dir: Path,
+    name: str,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    part_bytes: int = PART_BYTES,
+) -> list[Path]:
+    """Pack the chosen files of `root` into out_dir/NAME.tar.NN parts; returns the parts written (old ones removed)."""
+    root, out_dir = Path(root), Path(out_dir)
+    files = _chosen(root, include, exclude)
+    if not files:
+        raise CheckpointError(f"nothing to pack in {root}")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in files:
+            data = to_bf16_bytes(path) if path.suffix == ".safetensors" else path.read_bytes()
+            info = tarfile.TarInfo(path.relative_to(root).as_posix())
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
+    blob = buffer.getvalue()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob(f"{name}.tar.*"):
+        old.unlink()
+    parts = []
+    for index, start in enumerate(range(0, len(blob), part_bytes)):
+        part = out_dir / f"{name}.tar.{index:02d}"
+        tmp = part.with_name(part.name + ".tmp")
+        tmp.write_bytes(blob[start : start + part_bytes])
+        tmp.replace(part)
+        parts.append(part)
+    return parts
+
+
+def parts_of(folder: Path, name: str) -> list[Path]:
+    """The parts NAME.tar.00, .01, ... in `folder`, in order (empty when there are none)."""
+    return sorted(Path(folder).glob(f"{name}.tar.[0-9][0-9]"))
+
+
+def unpack_parts(parts: Sequence[Path], dest: Path) -> list[Path]:
+    """Join and extract packed parts into `dest` (created), restoring tensor dtypes; returns the files written."""
+    if not parts:
+        raise CheckpointError("no packed parts to unpack")
+    numbers = [int(Path(p).name.rsplit(".", 1)[1]) for p in parts]
+    if numbers != list(range(len(parts))):
+        raise CheckpointError(f"packed parts are incomplete: {[Path(p).name for p in parts]}")
+    blob = b"".join(Path(p).read_bytes() for p in parts)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
+            for member in tar.getmembers():
+                target = (dest / member.name).resolve()
+                if not member.isfile() or dest.resolve() not in target.parents:
+                    raise CheckpointError(f"packed file {member.name!r} would land outside {dest}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+                if target.suffix == ".safetensors":
+                    from_bf16_file(target)
+                written.append(target)
+    except tarfile.TarError as exc:
+        raise CheckpointError(f"packed parts {Path(parts[0]).name}... are damaged: {exc}") from None
+    return written

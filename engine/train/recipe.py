@@ -1,0 +1,605 @@
+"""The embedded model's recipe in one call within a wall-clock budget: data, codec, base, adapters, eval, pack.
+
+    imusic train --recipe embedded --budget-minutes 11 -o RUN_DIR [--device cuda] [--scale tiny|full]
+    python -m engine.train.recipe run --budget-minutes 11 -o RUN_DIR ...      (the same, without the imusic script)
+    python -m engine.train.recipe install PACKS_DIR -o engine/assets/default --docs docs/embedded_model
+
+Every stage is the project's own (synth.synthesize, codec_train.train_codec, loop.train for base and adapters,
+evaluate.evaluate); the recipe only chooses their settings per scale (SCALES), gives each a deadline from the budget
+(budget.split_budget; cumulative, so time a stage leaves over goes to the next) and records what it did. A stage
+that ends writes RUN_DIR/STAGE/recipe.json (recipe id, settings, device, wall time) and packs its results into
+RUN_DIR/packed/ (pack.py: bf16, parts <= 15 MiB), copied at once to --export (the device's $OUT). A stage whose
+recipe.json is there already is skipped; one from another recipe (other id) stops the run with a message, and so
+does a later stage whose input stage is missing. --from-packs restores finished stages from an earlier run's packs,
+so a run cut by its budget continues on a fresh machine; the data are rendered again (seeded: the same songs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import CheckpointError, ConfigError, ImusicError
+from engine.train.budget import STAGE_ORDER, split_budget
+
+RECIPE = "embedded"
+MARKER = "recipe.json"
+CARD = "card.json"
+LOG = "recipe.log"
+
+# What each scale trains. "full" is planned for one H200 (docs/embedded_model/gpu_recipe.md); its step counts are
+# ceilings: the deadline shortens each schedule to the time the stage has. "tiny" is the same recipe in seconds on a
+# CPU (tests/test_gpu_recipe.py). Sizes are the shipped model's (decoder 4 x 256, text 128, codec 4 x 512 codes).
+SCALES: dict[str, dict[str, Any]] = {
+    "full": {
+        "data": {"tracks": 1600, "seconds": 30.0, "sample_rate": 16000, "renderer": "auto"},
+        "codec": {
+            "batch_size": 64,
+            "segment_seconds": 1.0,
+            "lr": 1e-3,
+            "warmup_steps": 200,
+            "preload": True,
+            "log_every": 50,
+            # Two runs as the CPU recipe's last two: the waveform MSE brings the pitch back, the short run without
+            # it restores the level (docs/embedded_model/codec.md). share: of the codec stage's time.
+            "phases": [
+                {"share": 0.8, "steps": 30000, "quantize_after": 500, "wave_mse_weight": 2.0},
+                {"share": 0.2, "steps": 8000, "wave_mse_weight": 0.0},
+            ],
+        },
+        "base": {
+            "layers": 4,
+            "dim": 256,
+            "heads": 4,
+            "text_dim": 128,
+            "steps": 30000,
+            "batch": 64,
+            "lr": 1e-3,
+            "warmup": 200,
+            "grad_clip": 1.0,
+            "precision": "bf16",
+            "pool": 4,
+            "ckpt_every": 1000,
+            "val_every": 250,
+            "log_every": 50,
+        },
+        "adapters": {
+            "window": 5.0,
+            "steps": 20000,
+            "batch": 64,
+            "lr": 3e-3,
+            "gate_lr": 1e-2,
+            "warmup": 100,
+            "precision": "bf16",
+            "pool": 4,
+            "ckpt_every": 1000,
+            "val_every": 250,
+            "log_every": 50,
+        },
+        "eval": {"tasks": ["extract", "remove", "add"], "clips_per_song": 2, "spectrograms": 3, "limit": None},
+    },
+    "tiny": {
+        "data": {"tracks": 6, "seconds": 4.0, "sample_rate": 16000, "renderer": "auto"},
+        "codec": {
+            "batch_size": 2,
+            "segment_seconds": 0.5,
+            "lr": 1e-3,
+            "warmup_steps": 1,
+            "preload": True,
+            "log_every": 1,
+            "phases": [
+                {"share": 0.5, "steps": 3, "quantize_after": 1, "wave_mse_weight": 2.0},
+                {"share": 0.5, "steps": 2, "wave_mse_weight": 0.0},
+            ],
+        },
+        "base": {
+            "layers": 1,
+            "dim": 32,
+            "heads": 2,
+            "text_dim": 16,
+            "steps": 3,
+            "batch": 2,
+            "lr": 1e-3,
+            "warmup": 1,
+            "grad_clip": 1.0,
+            "precision": "auto",
+            "pool": 1,
+            "ckpt_every": 3,
+            "val_every": 3,
+            "val_clips": 2,
+            "log_every": 1,
+            "seconds": 2.0,
+        },
+        "adapters": {
+            "window": 2.0,
+            "steps": 3,
+            "batch": 2,
+            "lr": 3e-3,
+            "gate_lr": 1e-2,
+            "warmup": 1,
+            "precision": "auto",
+            "pool": 1,
+            "ckpt_every": 3,
+            "val_every": 3,
+            "val_clips": 2,
+            "log_every": 1,
+            "seconds": 2.0,
+        },
+        "eval": {"tasks": ["extract", "remove"], "clips_per_song": 1, "spectrograms": 0, "limit": 1, "seconds": 2.0},
+    },
+}
+
+# The least time (s) a stage needs to do anything (one song, one step, one clip), per scale: a budget that cannot give
+# a stage this is refused before anything starts. The full scale's include loading and encoding the code pools.
+SMALLEST_STEP = {
+    "full": {"data": 15.0, "codec": 20.0, "base": 30.0, "adapters": 30.0, "eval": 20.0, "pack": 2.0},
+    "tiny": {"data": 1.0, "codec": 1.0, "base": 2.0, "adapters": 2.0, "eval": 2.0, "pack": 0.2},
+}
+
+# What each stage's pack holds (pack.py patterns relative to RUN_DIR/STAGE); checkpoints and code pools stay behind.
+PACKED = {
+    "codec": (["*/codec_log.jsonl", "*/codec_train_config.json", "codec/*", MARKER], []),
+    "base": (["model/*", "history.json", "curves.png", MARKER], []),
+    "adapters": (["adapter/*", "model/*", "history.json", "curves.png", MARKER], ["model/base/*"]),
+    "eval": (["*.md", "*.json", "*.png", "spectrograms/*"], []),
+}
+
+
+def recipe_id(scale: str, settings: dict) -> str:
+    """A short hash of the recipe's name, scale and settings: stage outputs from another recipe are refused."""
+    text = json.dumps({"recipe": RECIPE, "scale": scale, "settings": settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def device_name(device: str) -> str:
+    """The accelerator's name (or the CPU's) for the model card."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+@dataclass
+class Recipe:
+    """One recipe run into `run_dir`."""
+
+    run_dir: Path
+    budget_minutes: float
+    device: str = "cpu"
+    scale: str = "full"
+    stages: tuple[str, ...] = STAGE_ORDER
+    export: Path | None = None
+    from_packs: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise ConfigError(f"unknown --scale {self.scale!r}: use {', '.join(SCALES)}")
+        unknown = [name for name in self.stages if name not in STAGE_ORDER]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {', '.join(unknown)}: use {', '.join(STAGE_ORDER)}")
+        self.run_dir = Path(self.run_dir).expanduser()
+        self.settings = SCALES[self.scale]
+        self.id = recipe_id(self.scale, self.settings)
+        self.started = time.time()
+
+    # ---- bookkeeping -------------------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        line = f"[recipe {time.time() - self.started:7.1f}s] {text}"
+        print(line, flush=True)
+        with (self.run_dir / LOG).open("a") as log:
+            log.write(line + "\n")
+
+    def marker(self, stage: str) -> dict | None:
+        """The stage's recipe.json, or None; ConfigError when it is from another recipe."""
+        path = self.run_dir / stage / MARKER
+        if not path.is_file():
+            return None
+        try:
+            done = json.loads(path.read_text())
+        except ValueError as exc:
+            raise CheckpointError(f"{path} is unreadable ({exc}): remove {path.parent} to make it again") from None
+        if done.get("recipe_id") != self.id:
+            raise ConfigError(
+                f"{path.parent} was made by another recipe ({done.get('recipe')} id {done.get('recipe_id')}, scale "
+                f"{done.get('scale')}), not this one ({RECIPE} id {self.id}, scale {self.scale}): use a new RUN_DIR "
+                f"or remove {path.parent}"
+            )
+        return done
+
+    def finish(self, stage: str, seconds: float, info: dict) -> dict:
+        record = {
+            "recipe": RECIPE,
+            "recipe_id": self.id,
+            "scale": self.scale,
+            "stage": stage,
+            "settings": self.settings.get(stage, {}),
+            "device": self.device,
+            "device_name": device_name(self.device),
+            "wall_seconds": round(seconds, 1),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **info,
+        }
+        path = self.run_dir / stage / MARKER
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        return record
+
+    def pack(self, stage: str) -> list[Path]:
+        from engine.train.pack import pack_dir
+
+        if stage not in PACKED:
+            return []
+        include, exclude = PACKED[stage]
+        parts = pack_dir(self.run_dir / stage, self.run_dir / "packed", stage, include=include, exclude=exclude)
+        self.export_files(parts)
+        return parts
+
+    def export_files(self, files: list[Path]) -> None:
+        if self.export is None:
+            return
+        self.export.mkdir(parents=True, exist_ok=True)
+        for old in self.export.glob(f"{files[0].name.split('.tar.')[0]}.tar.*") if files else []:
+            old.unlink()
+        for path in files:
+            shutil.copy2(path, self.export / path.name)
+
+    # ---- the run ------------------------------------------------------------------------------------------------
+
+    def restore_packs(self) -> None:
+        """Unpack the finished stages an earlier run returned (--from-packs) where RUN_DIR lacks them."""
+        from engine.train.pack import parts_of, unpack_parts
+
+        for stage in ("codec", "base", "adapters", "eval"):
+            parts = parts_of(self.from_packs, stage)
+            if not parts or self.marker(stage) is not None:
+                continue
+            shutil.rmtree(self.run_dir / stage, ignore_errors=True)
+            unpack_parts(parts, self.run_dir / stage)
+            if self.marker(stage) is None:  # also refuses packs of another recipe
+                raise CheckpointError(f"the {stage} pack in {self.from_packs} holds no {MARKER}")
+            if stage == "adapters":
+                self._link_base()
+            self.say(f"{stage}: restored from {self.from_packs}")
+
+    def _link_base(self) -> None:
+        from engine.train.stages import link_tree
+
+        base = self.run_dir / "base" / "model" / "base"
+        target = self.run_dir / "adapters" / "model" / "base"
+        if base.is_dir() and not target.exists():
+            link_tree(base, target)
+
+    def plan(self) -> tuple[list[str], dict[str, float]]:
+        """(stages to run, cumulative deadline per stage); ConfigError for a missing input or a too-small budget."""
+        todo = [s for s in STAGE_ORDER if (s in self.stages or s == "pack") and self.marker(s) is None]
+        for stage in todo:
+            absent = [s for s in STAGE_ORDER[: STAGE_ORDER.index(stage)] if s not in todo and self.marker(s) is None]
+            if absent:
+                raise ConfigError(
+                    f"the {absent[0]} stage is missing from {self.run_dir} (the {stage} stage needs it): run it first "
+                    f"(--stages {absent[0]}) or restore it from an earlier run's packs (--from-packs DIR)"
+                )
+        if todo[:1] == ["data"] and all(s == "pack" for s in todo[1:]):
+            todo = todo[1:]  # every stage that reads the data is done: nothing to render it for
+        plan = split_budget(self.budget_minutes, SMALLEST_STEP[self.scale], tuple(todo))
+        deadlines, clock = {}, self.started
+        for stage in todo:
+            clock += plan.seconds[stage]
+            deadlines[stage] = clock
+        return todo, deadlines
+
+    def run(self) -> dict:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.from_packs is not None:
+            self.restore_packs()
+        todo, deadlines = self.plan()
+        self.say(
+            f"{RECIPE} recipe {self.id}, scale {self.scale}, device {self.device} ({device_name(self.device)}), "
+            f"budget {self.budget_minutes:g} min; to run: {', '.join(todo) or 'nothing'}"
+        )
+        for stage in todo:
+            left = deadlines[stage] - time.time()
+            self.say(f"{stage}: start ({left:.0f} s until its deadline)")
+            if (self.run_dir / stage).exists() and stage != "pack":
+                shutil.rmtree(self.run_dir / stage)  # a stage cut short earlier: made again
+            began = time.time()
+            info = getattr(self, f"_stage_{stage}")(deadlines[stage])
+            record = self.finish(stage, time.time() - began, info)
+            parts = self.pack(stage)
+            packed = f"; packed {', '.join(p.name for p in parts)}" if parts else ""
+            self.say(f"{stage}: done in {record['wall_seconds']} s{packed}")
+        card = self.card()
+        self.say(f"done: {self.run_dir / CARD}")
+        return card
+
+    # ---- the stages ---------------------------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data" / "synth"
+
+    def _stage_data(self, deadline: float) -> dict:
+        from engine.train.data.render import default_soundfonts
+        from engine.train.data.synth import synthesize
+
+        cfg = self.settings["data"]
+        fonts = default_soundfonts()[:1]  # TimGM6mb only: a second test set in another soundfont stays unseen
+        report = synthesize(
+            self.data_dir,
+            cfg["tracks"],
+            seed=0,
+            seconds=cfg["seconds"],
+            sample_rate=cfg["sample_rate"],
+            soundfonts=fonts,
+            renderer=cfg["renderer"],
+            workers=os.cpu_count() or 1,
+            progress=self.progress,
+        )
+        dataset = json.loads((self.data_dir / "dataset.json").read_text())
+        split = {name: len(ids) for name, ids in dataset["split"].items()}
+        return {
+            "tracks": report.tracks,
+            "stems": report.stems,
+            "stem_hours": round(report.stem_seconds / 3600, 2),
+            "renderer": dataset["renderer"],
+            "soundfonts": [Path(f).name for f in dataset["soundfonts"]],
+            "split": split,
+            "workers": os.cpu_count(),
+        }
+
+    def _stage_codec(self, deadline: float) -> dict:
+        from engine.train.codec_train import CodecTrainConfig, held_out_songs, train_codec
+
+        cfg = self.settings["codec"]
+        common = {k: v for k, v in cfg.items() if k != "phases"}
+        held_out = held_out_songs(self.data_dir)
+        stage_dir, began = self.run_dir / "codec", time.time()
+        total_share = sum(phase["share"] for phase in cfg["phases"])
+        init, phases, clock = None, [], began
+        for number, phase in enumerate(cfg["phases"]):
+            clock += (deadline - began) * phase["share"] / total_share
+            settings = {**common, **{k: v for k, v in phase.items() if k != "share"}, "device": self.device}
+            run_cfg = CodecTrainConfig(**settings, extra={"data": str(self.data_dir), "phase": number})
+            if init is not None:
+                run_cfg.extra["init_from"] = str(init)
+            run = stage_dir / f"phase{number}"
+            phase_began = time.time()
+            out = train_codec(
+                self.data_dir,
+                run,
+                run_cfg,
+                exclude_songs=held_out,
+                quiet=not self.progress,
+                init_from=init,
+                deadline=clock,
+            )
+            log = run / "codec_log.jsonl"
+            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+            phases.append(
+                {
+                    "steps": run_cfg.steps,
+                    "steps_planned": phase["steps"],
+                    "wall_seconds": round(time.time() - phase_began, 1),
+                    "final": {k: round(v, 4) for k, v in (rows[-1] if rows else {}).items() if k != "seconds"},
+                }
+            )
+            self.say(f"codec phase {number}: {run_cfg.steps} steps (planned {phase['steps']})")
+            init = out
+        shutil.copytree(init, stage_dir / "codec")
+        return {"phases": phases, "held_out_songs": len(held_out)}
+
+    def _train(self, stage: str, base: Path, deadline: float) -> dict:
+        from engine.train.config import TrainConfig
+        from engine.train.loop import train
+
+        cfg = dict(self.settings[stage])
+        extra = {k: cfg.pop(k) for k in ("layers", "dim", "heads", "text_dim") if k in cfg}
+        config = TrainConfig(
+            data=str(self.data_dir), base=str(base), stage=stage, device=self.device, extra=extra, **cfg
+        )
+        result = train(config, self.run_dir / stage, progress=self.progress, deadline=deadline)
+        history = result.history
+        if not result.outputs:
+            raise CheckpointError(f"the {stage} stage ended without exporting its model")
+        return {
+            "steps": result.step,
+            "steps_planned": self.settings[stage]["steps"],
+            "final_train_loss": round(history["train"][-1][1], 4) if history["train"] else None,
+            "final_val_loss": round(history["val"][-1][1], 4) if history["val"] else None,
+        }
+
+    def _stage_base(self, deadline: float) -> dict:
+        return self._train("base", self.run_dir / "codec" / "codec", deadline)
+
+    def _stage_adapters(self, deadline: float) -> dict:
+        info = self._train("adapters", self.run_dir / "base" / "model", deadline)
+        from engine.train.default_model import _gates
+
+        gates = _gates(self.run_dir / "adapters" / "adapter" / "adapter.safetensors")
+        info["fusion_gates"] = [round(g, 5) for g in gates]
+        return info
+
+    def _stage_eval(self, deadline: float) -> dict:
+        from engine.evaluate import evaluate
+
+        cfg = dict(self.settings["eval"])
+        tasks = cfg.pop("tasks")
+        report = evaluate(
+            self.data_dir,
+            tasks,
+            self.run_dir / "eval",
+            model=self.run_dir / "adapters" / "model",
+            device=self.device,
+            progress=self.progress,
+            optional_metrics=False,
+            **cfg,
+        )
+        from engine.train.default_model import beats_identity
+
+        summary = {task: part["summary"] for task, part in report.get("tasks", {}).items()}
+        return {"summary": summary, "beats_identity": beats_identity(summary)}
+
+    def _stage_pack(self, deadline: float) -> dict:
+        return {"files": sorted(p.name for p in (self.run_dir / "packed").glob("*.tar.*"))}
+
+    def card(self) -> dict:
+        """card.json: every finished stage's record (device, wall time, settings, steps, losses), the plan's shares."""
+        from engine.train.budget import RESERVE_SECONDS, SHARES
+
+        stages = {stage: self.marker(stage) for stage in STAGE_ORDER}
+        card = {
+            "recipe": RECIPE,
+            "recipe_id": self.id,
+            "scale": self.scale,
+            "budget_minutes": self.budget_minutes,
+            "budget_shares": SHARES,
+            "budget_reserve_seconds": RESERVE_SECONDS,
+            "stages": {k: v for k, v in stages.items() if v is not None},
+            "missing": [k for k, v in stages.items() if v is None],
+            "wall_seconds_total": round(sum(v["wall_seconds"] for v in stages.values() if v), 1),
+        }
+        (self.run_dir / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        if self.export is not None:
+            shutil.copy2(self.run_dir / CARD, self.export / CARD)
+        return card
+
+
+# ---- this side: install a returned run -------------------------------------------------------------------------------
+
+
+def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None = None) -> dict:
+    """Unpack an accelerator run's packs (codec, base, adapters, eval, card.json) into the model folder `out`
+    (base/, adapter/, model_card.json: the loader's layout, tensors back in fp32) and the report into `docs`."""
+    import tempfile
+
+    from engine.train.default_model import parameter_counts
+    from engine.train.pack import parts_of, unpack_parts
+
+    packs = Path(packs)
+    missing = [stage for stage in ("base", "adapters") if not parts_of(packs, stage)]
+    if missing:
+        raise CheckpointError(f"{packs} lacks the {' and '.join(missing)} pack(s): the run has not finished them")
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        work_dir = Path(tmp)
+        for stage in ("codec", "base", "adapters", "eval"):
+            if parts_of(packs, stage):
+                unpack_parts(parts_of(packs, stage), work_dir / stage)
+        ids = {json.loads((work_dir / s / MARKER).read_text())["recipe_id"] for s in ("base", "adapters")}
+        if len(ids) != 1:
+            raise ConfigError(f"the base and adapters packs in {packs} come from different recipes ({sorted(ids)})")
+        staged = out.with_name(f".{out.name}.tmp")
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(work_dir / "base" / "model" / "base", staged / "base")
+        shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
+        run_card = json.loads((packs / CARD).read_text()) if (packs / CARD).is_file() else {}
+        own = json.loads((work_dir / "adapters" / "model" / "model_card.json").read_text())
+        card = {
+            "format": "imusic-model",
+            "version": 1,
+            "name": "imusic-embedded-small",
+            "description": (
+                "The project's own small Instruct-MusicGen, trained by `imusic train --recipe embedded` on one "
+                "accelerator on synthetic General MIDI stems: a codec, a text-to-music base model and the Instruct "
+                "adapters. Whether its edits beat leaving the audio unchanged is in `evaluation.beats_identity`."
+            ),
+            "stems": own.get("stems"),
+            "sizes": {"parameters": parameter_counts(staged)},
+            "recipe": {k: v for k, v in run_card.items() if k != "stages"},
+            "stages": run_card.get("stages", {}),
+            "provenance": own.get("provenance", {}),
+        }
+        evaluation = run_card.get("stages", {}).get("eval")
+        if evaluation:
+            card["evaluation"] = {
+                "report": "docs/embedded_model/report.md",
+                "summary": evaluation.get("summary"),
+                "beats_identity": evaluation.get("beats_identity"),
+            }
+        (staged / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staged.rename(out)
+        if docs is not None and (work_dir / "eval").is_dir():
+            docs.mkdir(parents=True, exist_ok=True)
+            for item in (work_dir / "eval").iterdir():
+                if item.suffix in (".md", ".json", ".png") and item.name != MARKER:
+                    shutil.copy2(item, docs / item.name)
+            if (work_dir / "eval" / "spectrograms").is_dir():
+                shutil.copytree(work_dir / "eval" / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
+    return card
+
+
+# ---- command line --------------------------------------------------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options (shared by `imusic train --recipe` and `python -m engine.train.recipe run`)."""
+    group = parser.add_argument_group("the embedded model's recipe (--recipe embedded)")
+    group.add_argument("--budget-minutes", type=float, help="wall-clock budget of the whole recipe run")
+    group.add_argument("--scale", default=None, choices=tuple(SCALES), help="full (accelerator) or tiny (test)")
+    group.add_argument("--stages", default=None, help=f"comma list of stages (default: {','.join(STAGE_ORDER)})")
+    group.add_argument("--from-packs", metavar="DIR", help="restore finished stages from an earlier run's packs")
+    group.add_argument("--export", metavar="DIR", help="copy each stage's packs and card.json here as it ends")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the recipe from parsed options (`imusic train --recipe embedded ...`)."""
+    if getattr(args, "recipe", RECIPE) != RECIPE:
+        raise ConfigError(f"unknown --recipe {args.recipe!r}: use {RECIPE}")
+    if args.budget_minutes is None:
+        raise ConfigError("--budget-minutes is required with --recipe")
+    from engine.device import default_device
+
+    recipe = Recipe(
+        run_dir=Path(args.output),
+        budget_minutes=args.budget_minutes,
+        device=str(args.device or default_device()),
+        scale=args.scale or "full",
+        stages=tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGE_ORDER,
+        export=Path(args.export) if args.export else None,
+        from_packs=Path(args.from_packs) if args.from_packs else None,
+        progress=not args.quiet,
+    )
+    card = recipe.run()
+    print(json.dumps({k: card[k] for k in ("recipe_id", "wall_seconds_total", "missing")}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.train.recipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the recipe (as `imusic train --recipe embedded`)")
+    run.add_argument("-o", "--output", required=True, metavar="RUN_DIR")
+    run.add_argument("--device", default=None, help="cuda, cpu (default: the best available)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars (log lines only)")
+    add_run_arguments(run)
+    inst = sub.add_parser("install", help="unpack a returned run into the model folder and its report into docs")
+    inst.add_argument("packs", metavar="PACKS_DIR")
+    inst.add_argument("-o", "--output", default="engine/assets/default")
+    inst.add_argument("--docs", default="docs/embedded_model")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_from_args(args)
+        card = install(Path(args.packs), Path(args.output), Path(args.docs) if args.docs else None)
+        print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
+        return 0
+    except ImusicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""The embedded model's recipe (engine/train/recipe.py) and its device script, at tiny scale on the CPU: the budget
+split, refusals, packing, and the whole recipe end to end through engine/train/gpu_recipe.sh as the device runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.errors import CheckpointError, ConfigError
+from engine.train.budget import RESERVE_SECONDS, SHARES, STAGE_ORDER, StepBudget, split_budget
+from engine.train.pack import PART_BYTES, pack_dir, parts_of, unpack_parts
+from engine.train.recipe import MARKER, SMALLEST_STEP, Recipe, recipe_id
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+
+
+# ---- budget ----------------------------------------------------------------------------------------------------------
+
+
+def test_the_budget_is_split_by_shares_after_the_reserve():
+    assert abs(sum(SHARES.values()) - 1.0) < 1e-9 and tuple(SHARES) == STAGE_ORDER
+    plan = split_budget(11, SMALLEST_STEP["full"])
+    assert plan.total == 660
+    assert abs(sum(plan.seconds.values()) - (660 - RESERVE_SECONDS)) < 1e-6
+    assert plan.seconds["codec"] > plan.seconds["base"] > plan.seconds["adapters"] > plan.seconds["data"]
+    # stages already done give their share to the rest
+    later = split_budget(11, SMALLEST_STEP["full"], ("adapters", "eval", "pack"))
+    assert set(later.seconds) == {"adapters", "eval", "pack"}
+    assert later.seconds["adapters"] > 2 * plan.seconds["adapters"]
+
+
+def test_a_budget_too_small_for_one_step_is_refused_before_anything_starts(tmp_path):
+    with pytest.raises(ConfigError, match="too small for one step.*codec.*give at least"):
+        split_budget(0.5, SMALLEST_STEP["full"])
+    with pytest.raises(ConfigError, match="must be positive"):
+        split_budget(0, SMALLEST_STEP["tiny"])
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="too small"):
+        Recipe(run, budget_minutes=0.4, scale="tiny", progress=False).run()
+    assert not (run / "data").exists()  # nothing was started
+
+
+def test_the_step_budget_shortens_the_schedule_to_the_deadline_and_never_below_the_step():
+    assert StepBudget(None, 0).fit(10, 1000) == 1000
+    budget = StepBudget(time.time() + 1.0, 0, every=1)
+    budget.started -= 1.0  # two steps took a second: 1 s left gives about two more
+    steps = budget.fit(2, 1000)
+    assert 2 <= steps <= 4
+    late = StepBudget(time.time() - 1, 0)
+    assert late.fit(7, 1000) == 7  # past the deadline: stop at this step
+
+
+# ---- packing ---------------------------------------------------------------------------------------------------------
+
+
+def test_pack_unpack_round_trip_is_bf16_exact_and_parts_fit_the_limit(tmp_path):
+    assert PART_BYTES <= 16 * MIB
+    src = tmp_path / "stage"
+    (src / "model").mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "w": torch.randn(300, 400, generator=generator),
+        "half": torch.randn(50, generator=generator).half(),
+        "count": torch.arange(10, dtype=torch.int64),
+    }
+    save_file(tensors, str(src / "model" / "model.safetensors"), metadata={"format": "pt"})
+    (src / "model" / "config.json").write_text('{"a": 1}')
+    (src / "checkpoints").mkdir()
+    (src / "checkpoints" / "big.pt").write_bytes(b"x" * 1000)
+    limit = 64 * 1024
+    parts = pack_dir(src, tmp_path / "packed", "base", exclude=["checkpoints/*"], part_bytes=limit)
+    assert len(parts) > 1 and all(p.stat().st_size <= limit for p in parts)
+    assert parts == parts_of(tmp_path / "packed", "base")
+    # bf16 halves the float32 bytes
+    assert sum(p.stat().st_size for p in parts) < 0.6 * (src / "model" / "model.safetensors").stat().st_size
+
+    out = tmp_path / "out"
+    unpack_parts(parts, out)
+    assert not (out / "checkpoints").exists()
+    assert (out / "model" / "config.json").read_text() == '{"a": 1}'
+    back = load_file(str(out / "model" / "model.safetensors"))
+    for name, original in tensors.items():
+        assert back[name].dtype == original.dtype
+        if original.is_floating_point():
+            expected = original.to(torch.bfloat16).view(torch.int16)
+            assert torch.equal(back[name].to(torch.bfloat16).view(torch.int16), expected)  # bit-exact in bf16
+            assert torch.equal(back[name], original.to(torch.bfloat16).to(original.dtype))
+        else:
+            assert torch.equal(back[name], original)
+    again = pack_dir(out, tmp_path / "again", "base", part_bytes=limit)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in parts]
+
+
+def test_missing_or_damaged_parts_are_refused(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(5000))
+    parts = pack_dir(src, tmp_path / "p", "codec", part_bytes=2048)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        unpack_parts(parts[1:], tmp_path / "x")
+    parts[-1].write_bytes(b"")
+    parts[0].write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError):
+        unpack_parts(parts, tmp_path / "y")
+
+
+# ---- refusals of the recipe --------------------------------------------------------------------------------------
+
+
+def test_stage_outputs_of_another_recipe_are_refused(tmp_path):
+    run = tmp_path / "run"
+    (run / "codec").mkdir(parents=True)
+    other = recipe_id("full", {"something": "else"})
+    (run / "codec" / MARKER).write_text(json.dumps({"recipe": "embedded", "recipe_id": other, "scale": "full"}))
+    with pytest.raises(ConfigError, match=f"codec was made by another recipe .*{other}"):
+        Recipe(run, budget_minutes=3, scale="tiny", progress=False).run()
+    assert not (run / "data").exists()
+
+
+def test_a_missing_input_stage_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="the data stage is missing .*the base stage needs it"):
+        Recipe(tmp_path / "run", budget_minutes=3, scale="tiny", stages=("base",), progress=False).run()
+    with pytest.raises(ConfigError, match="unknown stage"):
+        Recipe(tmp_path / "run", budget_minutes=3, scale="tiny", stages=("mixing",), progress=False)
+    with pytest.raises(ConfigError, match="unknown --scale"):
+        Recipe(tmp_path / "run", budget_minutes=3, scale="huge", progress=False)
+
+
+def test_the_recipe_id_follows_the_settings():
+    from engine.train.recipe import SCALES
+
+    assert recipe_id("tiny", SCALES["tiny"]) == recipe_id("tiny", json.loads(json.dumps(SCALES["tiny"])))
+    assert recipe_id("tiny", SCALES["tiny"]) != recipe_id("full", SCALES["full"])
+
+
+# ---- the whole recipe, through the device script --------------------------------------------------------------------
+
+
+def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
+    out, run = tmp_path / "OUT", tmp_path / "run"
+    env = {
+        **os.environ,
+        "WHEELS": "0",
+        "PREFLIGHT": "0",
+        "SCALE": "tiny",
+        "DEVICE": "cpu",
+        "PYTHON": sys.executable,
+        "RUN_DIR": str(run),
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        ["bash", "engine/train/gpu_recipe.sh", str(out), "3"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    returned = sorted(p.name for p in out.iterdir())
+    assert returned == sorted(
+        ["run.log", "card.json", "codec.tar.00", "base.tar.00", "adapters.tar.00", "eval.tar.00"]
+    ), returned
+    assert len(returned) <= 8 and all((out / n).stat().st_size <= 16 * MIB for n in returned)
+    card = json.loads((out / "card.json").read_text())
+    assert card["missing"] == [] and set(card["stages"]) == set(STAGE_ORDER)
+    for stage in STAGE_ORDER:
+        record = card["stages"][stage]
+        assert record["recipe_id"] == card["recipe_id"] and record["device"] == "cpu" and record["wall_seconds"] >= 0
+    assert card["stages"]["base"]["steps"] == 3 and card["stages"]["data"]["tracks"] == 6
+    assert "summary" in card["stages"]["eval"]
+    log = (out / "run.log").read_text()
+    assert "adapters: done" in log and "pack: done" in log
+
+    # a second run on a "fresh machine" restores every trained stage from the returned files and trains nothing
+    again = subprocess.run(
+        [sys.executable, "-m", "engine.train.recipe", "run", "-o", str(tmp_path / "run2"), "--scale", "tiny",
+         "--budget-minutes", "3", "--device", "cpu", "--quiet", "--from-packs", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "to run: pack" in again.stdout and "codec: restored" in again.stdout
+
+    # this side: the returned files become the model folder the editor loads
+    from engine.editor import Editor
+    from engine.train.recipe import install
+
+    model = tmp_path / "default"
+    card = install(out, model, tmp_path / "docs")
+    assert card["stages"]["adapters"]["steps"] == 3 and card["sizes"]["parameters"]["adapter"] > 0
+    assert (tmp_path / "docs" / "report.md").is_file()
+    editor = Editor.load(model, device="cpu")
+    assert editor.sample_rate == 16000
