@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml | $(APT_STAMP)
 # The test tools (pytest, ruff, ray for the cluster backend) only where tests run: the demo needs none of them.
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e '.[test]'
+	# the GPU recipe's renderer, tested here at tiny scale; --no-deps: its pyaudio requirement is for playback only
+	$(BIN)/pip install -q --no-deps tinysoundfont
 	@touch $@
 
 apt: $(APT_STAMP)
