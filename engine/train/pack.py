@@ -53,8 +53,10 @@ def to_bf16_bytes(path: Path) -> bytes:
                 dtypes[name] = _FLOATS[tensor.dtype]
                 tensor = tensor.to(torch.bfloat16)
             tensors[name] = tensor.contiguous()
-    metadata[META_KEY] = json.dumps(dtypes, sort_keys=True)
-    return save_bytes(tensors, metadata=metadata)
+    # One metadata key only: safetensors writes several in a per-process random order, and a pack must be
+    # byte-for-byte reproducible. The file's own metadata travels inside it and comes back on unpacking.
+    packed = json.dumps({"dtypes": dtypes, "metadata": metadata}, sort_keys=True)
+    return save_bytes(tensors, metadata={META_KEY: packed})
 
 
 def from_bf16_file(path: Path) -> None:
@@ -63,7 +65,8 @@ def from_bf16_file(path: Path) -> None:
         metadata = dict(handle.metadata() or {})
         if META_KEY not in metadata:
             return
-        dtypes = json.loads(metadata.pop(META_KEY))
+        packed = json.loads(metadata.pop(META_KEY))
+        dtypes, metadata = packed["dtypes"], {**metadata, **packed["metadata"]}
         tensors = {}
         for name in handle.keys():  # noqa: SIM118
             tensor = handle.get_tensor(name)
