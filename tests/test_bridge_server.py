@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_bridge_support import FakeEditor, write_wav
+from test_bridge_support import FakeEditor, start_server, write_wav
 
 from bridge import protocol
 from bridge.client import Client, JobResult, NoReply, RemoteError
@@ -35,20 +35,6 @@ def root(tmp_path) -> Path:
 @pytest.fixture
 def song(root) -> Path:
     return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)
-
-
-def start_server(tmp_path, root, editor=None, **kwargs) -> EngineServer:
-    server = EngineServer(
-        editor=editor or FakeEditor(),
-        port=0,
-        journal_dir=tmp_path / "journal",
-        allow_roots=[root],
-        warm_up=False,
-        **kwargs,
-    )
-    server.start()
-    assert server.wait_ready(TIMEOUT)
-    return server
 
 
 @pytest.fixture

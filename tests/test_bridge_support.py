@@ -83,6 +83,23 @@ class FakeEditor:
         )
 
 
+def start_server(tmp_path: Path, root: Path, editor=None, timeout: float = 10.0, **kwargs):
+    """An in-process EngineServer on a free port, allowed `root`, a FakeEditor unless given; ready when returned."""
+    from bridge.server import EngineServer
+
+    server = EngineServer(
+        editor=editor or FakeEditor(),
+        port=0,
+        journal_dir=tmp_path / "journal",
+        allow_roots=[root],
+        warm_up=False,
+        **kwargs,
+    )
+    server.start()
+    assert server.wait_ready(timeout)
+    return server
+
+
 def write_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
     """A noise file; sample i of channel c is reproducible from the seed."""
     import soundfile as sf
