@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "batch": ("bridge.batch", "render every audio file of a session folder with every requested edit"),
     "data": ("engine.train.data.cli", "stem data sets: synthesize, inspect"),
     "train": ("engine.train.cli", "train adapters (or a base model / codec from scratch)"),
-    "eval": ("engine.evaluate", "evaluate edits on a test set: SI-SDR, mel SSIM, log-mel distance"),
+    "eval": ("engine.eval.evaluate", "evaluate edits on a test set: SI-SDR, mel SSIM, log-mel distance"),
     "weights": ("engine.weights.cli", "download, inspect and convert checkpoints"),
     "reaper": ("reaper_scripts.installer", "install or uninstall the REAPER actions"),
     "bench": ("bridge.bench_cli", "benchmarks: decode speed, bridge overhead"),

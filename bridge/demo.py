@@ -349,10 +349,10 @@ def truth(clip: Clip, edit: str) -> np.ndarray | None:
 
 
 def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
-    """The input, then one row per edit: the true result beside each mode's result (engine.plots); None when nothing
-    finished."""
+    """The input, then one row per edit: the true result beside each mode's result (engine.eval.plots); None when
+    nothing finished."""
     from bridge import audio_io
-    from engine.plots import plot_spectrogram_grid
+    from engine.eval.plots import plot_spectrogram_grid
 
     grid: list[tuple[str, list[tuple[str, np.ndarray | None]]]] = [("input", [("input (stereo mix)", clip.audio)])]
     for edit in dict.fromkeys(row.edit for row in rows):

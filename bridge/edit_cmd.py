@@ -94,9 +94,9 @@ def _describe(seed: int | None, info: dict, seconds: float) -> str:
     levels = info.get("levels") or {}
     parts = [f"mode {info['mode']}"] if info.get("mode") else []
     parts += [f"seed {seed}", f"{seconds:.1f} s"]
-    if "result_lufs" in levels:
+    if isinstance(levels.get("result_lufs"), (int, float)):  # None for a silent result
         parts.append(f"{levels['result_lufs']:.1f} LUFS")
-    if "gain_db" in levels:
+    if isinstance(levels.get("gain_db"), (int, float)):
         parts.append(f"gain {levels['gain_db']:+.1f} dB")
     if levels.get("limited"):
         parts.append("peak-limited")

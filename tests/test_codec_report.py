@@ -1,12 +1,12 @@
-"""engine.codec_report: the pitch check and the codec ceiling against identity, before any model is trained."""
+"""engine.eval.codec_report: the pitch check and the codec ceiling against identity, before any model is trained."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.codec_report import ceiling, main, markdown, tone_pitch
 from engine.errors import DataError
+from engine.eval.codec_report import ceiling, main, markdown, tone_pitch
 
 RATE = 16000
 

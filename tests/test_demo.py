@@ -94,7 +94,7 @@ def test_before_after_picture_has_a_row_for_the_input_and_each_edit_with_truth_a
     path = out / "before_after.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width = matplotlib.image.imread(str(path)).shape[:2]
-    # engine.plots: 2.2 inches per row and 4.2 per column (+1 for the scale) at 100 dpi: input + 2 edits, 3 columns
+    # engine.eval.plots: 2.2 inches per row and 4.2 per column (+1 for the scale) at 100 dpi: input + 2 edits, 3 columns
     assert (height, width) == (round(2.2 * (1 + len(EDITS)) * 100), round((4.2 * 3 + 1) * 100))
 
 

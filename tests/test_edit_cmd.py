@@ -176,3 +176,12 @@ def test_no_sound_card_is_one_line_and_the_edit_still_succeeds(song, tmp_path, t
     err = capsys.readouterr().err
     assert "playback unavailable" in err and "pip install sounddevice" in err and "libportaudio2" in err
     assert out.exists()
+
+
+def test_the_summary_of_a_silent_result_says_what_it_knows():
+    from bridge.edit_cmd import _describe
+
+    assert (
+        _describe(3, {"mode": "mask", "levels": {"result_lufs": None, "gain_db": None}}, 1.0)
+        == "mode mask, seed 3, 1.0 s"
+    )

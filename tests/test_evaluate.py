@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError, DataError
-from engine.evaluate import codec_roundtrip, evaluate, markdown, score_rows, summarize
+from engine.eval.evaluate import codec_roundtrip, evaluate, markdown, score_rows, summarize
 
 RATE = 16000
 
@@ -249,7 +249,7 @@ def test_imusic_eval_command_line_reports_an_unknown_task_in_one_line(synth_data
 
 
 def test_val_curves_compare_runs_in_one_png_and_refuse_an_empty_run(tmp_path):
-    from engine.plots import plot_val_curves
+    from engine.eval.plots import plot_val_curves
 
     out = plot_val_curves({"a": [(100, 3.6), (200, 3.5)], "b": [(100, 3.7)]}, tmp_path / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

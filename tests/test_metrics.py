@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine import metrics
+from engine.eval import metrics
 
 RATE = 16000
 
@@ -142,13 +142,13 @@ def test_edit_metrics_include_the_stereo_image_error():
 
 def test_every_mel_filter_covers_a_frequency_bin():
     # 4 of 128 filters were empty at a 400-point FFT: dark stripes in every picture, bands missing from the metrics.
-    from engine.metrics import mel_filterbank
+    from engine.eval.metrics import mel_filterbank
 
     assert (mel_filterbank().sum(axis=0) > 0).all()
 
 
 def test_a_low_tone_lights_the_lowest_mel_bands():
-    from engine.metrics import mel_spectrogram
+    from engine.eval.metrics import mel_spectrogram
 
     t = np.arange(16000) / 16000
     mel = mel_spectrogram(np.sin(2 * np.pi * 30.0 * t), 16000)  # 30 Hz: inside the lowest filters

@@ -19,7 +19,7 @@ from typing import Any
 from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
-from engine.evaluate import LOWER_IS_BETTER
+from engine.eval.evaluate import LOWER_IS_BETTER
 
 CARD = "model_card.json"
 

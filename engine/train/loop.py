@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from engine.device import parse_device
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.plots import plot_curves
+from engine.eval.plots import plot_curves
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (

@@ -432,7 +432,7 @@ class Recipe:
         return info
 
     def _stage_eval(self, deadline: float) -> dict:
-        from engine.evaluate import evaluate
+        from engine.eval.evaluate import evaluate
 
         cfg = dict(self.settings["eval"])
         tasks = cfg.pop("tasks")

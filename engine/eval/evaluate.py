@@ -9,7 +9,7 @@ without the paper:
 - ideal mask: the mask computed from the true target, then levelled as the Editor does (the best mask mode can do);
 - oracle: output = target (the top of every scale).
 Every clip is generated twice (once per mode, same seed: the same generation), so an evaluation costs twice the
-model time of one mode. Network-free metrics (engine.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the
+model time of one mode. Network-free metrics (engine.eval.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the
 stereo image's ILD error, all at 16 kHz) always run; the clips of engine.data are mono, so there the ILD error is 0.
 FAD / KL (audioldm_eval, as the official evaluation) and CLAP (frechet_audio_distance's CLAPScore) run when the user
 has those packages and their networks; otherwise the report says they were skipped and why.
@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
+from engine.instructions import OPERATIONS
 
 if TYPE_CHECKING:
     from engine.editor import Editor
     from engine.model.codec import Codec
 
-TASKS = ("add", "remove", "extract")
+TASKS = OPERATIONS  # an evaluation task is an edit operation
 ROWS = ("model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle")
 METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error")
 METRIC_TITLES = {
@@ -98,7 +99,7 @@ def score_rows(
     input_audio: np.ndarray, target: np.ndarray, outputs: dict[str, np.ndarray], sample_rate: int
 ) -> dict[str, dict[str, float]]:
     """Metrics of every row's output ({row: audio}) against the target, plus the identity and oracle rows."""
-    from engine.metrics import edit_metrics
+    from engine.eval.metrics import edit_metrics
 
     rows = {"identity": input_audio, **outputs, "oracle": target}
     return {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
@@ -164,13 +165,13 @@ def _networks_installed() -> bool:
 def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     import soundfile as sf
 
-    from engine.metrics import EVAL_RATE, resample
+    from engine.eval.metrics import EVAL_RATE, resample
 
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), resample(audio, rate, EVAL_RATE).astype(np.float32), EVAL_RATE, subtype="FLOAT")
 
 
-def _test_clips(
+def held_out_clips(
     data: str | Path,
     task: str,
     sample_rate: int,
@@ -245,7 +246,7 @@ def evaluate(
         "tasks": {},
     }
     for task in tasks:
-        clips = _test_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)
+        clips = held_out_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)
         # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
         report["data_problems"] = dict(clips.catalog.problem_counts())
         skipped_songs = [{"song": song_id, "reason": reason} for song_id, reason in clips.skipped]
@@ -299,7 +300,7 @@ def evaluate(
                 for kind, audio in (("input", clip.input), ("output", output), ("target", clip.target)):
                     _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
             if len(examples) <= spectrograms:
-                from engine.plots import plot_spectrograms
+                from engine.eval.plots import plot_spectrograms
 
                 name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
                 plot_spectrograms(

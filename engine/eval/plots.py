@@ -72,7 +72,7 @@ def plot_spectrograms(
     title: str = "",
 ) -> Path:
     """Write a PNG with one 16 kHz log-mel spectrogram per (label, audio) pair, stacked (e.g. input, output, target)."""
-    from engine.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
+    from engine.eval.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
 
     plt = _pyplot()
     mels_db = [10.0 * np.log10(np.maximum(mel_spectrogram(audio, sample_rate), 1e-10)) for _, audio in clips]
@@ -115,7 +115,7 @@ def plot_spectrogram_grid(
 ) -> Path:
     """A PNG grid of 16 kHz log-mel spectrograms: one row per (label, cells), one column per cell (label, audio or
     None for "not available"); every panel says how wide its stereo image is. One colour scale for all panels."""
-    from engine.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
+    from engine.eval.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
 
     plt = _pyplot()
     columns = max(len(cells) for _, cells in rows)

@@ -1,6 +1,6 @@
 """What a codec can carry, measured before any language model is trained on it.
 
-`python -m engine.codec_report CODEC_DIR --data DIR [--split validation]` prints two checks:
+`python -m engine.eval.codec_report CODEC_DIR --data DIR [--split validation]` prints two checks:
 - pitch: pure tones through the codec, the strongest output frequency and the share of output power within 3 % of
   the tone. A codec whose decoder only learnt the spectral envelope gives back a buzz at its frame rate (every tone
   comes out as harmonics of 50 Hz): no model on top of it can return a melody.
@@ -65,12 +65,12 @@ def ceiling(
     seconds: float = 5.0,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{task: {row: {log_mel_distance, mel_ssim, n}}} for the identity and codec rows on `split`'s clips."""
-    from engine.evaluate import _test_clips, check_tasks
-    from engine.metrics import log_mel_distance, mel_ssim
+    from engine.eval.evaluate import check_tasks, held_out_clips
+    from engine.eval.metrics import log_mel_distance, mel_ssim
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for task in check_tasks(tasks):
-        clips = _test_clips(data, task, rate, seconds, "4stems", seed, clips_per_song, split)
+        clips = held_out_clips(data, task, rate, seconds, "4stems", seed, clips_per_song, split)
         scores: dict[str, list[tuple[float, float]]] = {"identity": [], "codec": []}
         for index in range(min(limit, len(clips))):
             clip = clips[index]
@@ -90,7 +90,7 @@ def ceiling(
 def codec_roundtrip_fn(codec_dir: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """A bare codec directory (what `imusic train --stage codec` exports) -> (audio [N] -> audio [N], rate)."""
     from engine.errors import CheckpointError
-    from engine.evaluate import codec_roundtrip
+    from engine.eval.evaluate import codec_roundtrip
     from engine.model.codec import Codec
     from engine.weights.transformers_layout import quiet_transformers
 
@@ -116,7 +116,7 @@ def markdown(pitch: list[dict[str, float]], table: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.codec_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.eval.codec_report", description=__doc__.splitlines()[0])
     parser.add_argument("codec", help="codec directory (config.json + model.safetensors)")
     parser.add_argument("--data", help="stem data set for the ceiling rows (left out: pitch check only)")
     parser.add_argument("--split", default="validation", choices=("validation", "test"))
