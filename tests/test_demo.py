@@ -140,7 +140,7 @@ def test_missing_model_is_one_clear_line_and_exit_code_1(tmp_path):
 def test_missing_embedded_model_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
     from bridge.cli import main
 
-    monkeypatch.setattr("engine.weights.DEFAULT_MODEL_DIR", tmp_path / "default")
+    monkeypatch.setattr("engine.weights.loader.DEFAULT_MODEL_DIR", tmp_path / "default")
     assert main(["demo", "-o", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "embedded default model is not installed" in err[0]

@@ -106,7 +106,7 @@ def test_tiny_model_loads_in_under_two_seconds(tiny_model_dir):
 
 
 def test_missing_default_model_says_so(monkeypatch, tmp_path):
-    import engine.weights as weights
+    import engine.weights.loader as weights
 
     monkeypatch.setattr(weights, "DEFAULT_MODEL_DIR", tmp_path / "nothing")
     with pytest.raises(CheckpointError, match="embedded default model is not installed"):

@@ -1,0 +1,345 @@
+"""Loading models from every layout we read: `load_model(source, adapter, device, dtype) -> LoadedModel`.
+
+Sources: our model directory (model_card.json + base/ + adapter/), a transformers MusicGen directory, an audiocraft
+directory (state_dict.bin + compression_state_dict.bin), or a hub name already in the local Hugging Face cache.
+Adapters: our adapter directory (adapter.json + adapter.safetensors) or the official `finetuned.ckpt` (a path or a
+cached hub name); the official adapter given alone as `source` goes on the cached facebook/musicgen-large.
+`save_model_dir` writes our model directory from loaded parts (what training produces).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from engine.model.bundle import LoadedModel
+    from engine.model.codec import Codec
+    from engine.model.config import FusionConfig
+    from engine.model.lm import MusicGenLM
+    from engine.model.text import TextEncoder
+
+MODEL_CARD = "model_card.json"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
+
+
+def default_model_dir() -> Path:
+    """Where the embedded default model lives (engine/assets/default/)."""
+    return DEFAULT_MODEL_DIR
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """True for our model directory format."""
+    path = Path(path)
+    return (path / MODEL_CARD).is_file()
+
+
+def detect_layout(path: str | Path) -> str:
+    """'imusic', 'transformers', 'audiocraft', 'official' (finetuned.ckpt) or 'adapter', from the files present."""
+    from engine.weights import adapter_format, audiocraft_layout, transformers_layout
+
+    path = Path(path)
+    if path.is_file():
+        if path.suffix == ".ckpt":
+            return "official"
+        if path.name == adapter_format.ADAPTER_WEIGHTS:
+            return "adapter"
+        raise CheckpointError(f"{path} is a file; give the directory that holds the model (or a finetuned.ckpt)")
+    if not path.is_dir():
+        raise CheckpointError(f"no model at {path}: the path does not exist")
+    if is_model_dir(path):
+        return "imusic"
+    if adapter_format.is_adapter_dir(path):
+        return "adapter"
+    if (path / transformers_layout.CONFIG).is_file():
+        return "transformers"
+    if audiocraft_layout.is_audiocraft_dir(path):
+        return "audiocraft"
+    raise CheckpointError(
+        f"{path} holds no model we can read: expected {MODEL_CARD} (imusic), config.json (transformers) or "
+        f"state_dict.bin + compression_state_dict.bin (audiocraft)"
+    )
+
+
+def resolve_source(source: str | Path | None) -> Path:
+    """A local path for `source`: None -> the embedded default; a path as is; a hub name -> its cached snapshot."""
+    if source is None:
+        path = default_model_dir()
+        if not is_model_dir(path):
+            raise CheckpointError(
+                f"the embedded default model is not installed ({path} has no {MODEL_CARD}); "
+                "give a model with --model PATH, or train one (imusic train)"
+            )
+        return path
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    text = str(source)
+    from engine.weights import hub
+
+    if hub.looks_like_hub_name(text):
+        return hub.cached_snapshot(text)
+    raise CheckpointError(f"no model at {path}: the path does not exist")
+
+
+def read_model_card(path: str | Path) -> dict[str, Any]:
+    """model_card.json of our model directory."""
+    card_path = Path(path) / MODEL_CARD
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"model directory {path} is missing {MODEL_CARD}") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{card_path} is not readable JSON: {exc}") from None
+    if not isinstance(card, dict):
+        raise CheckpointError(f"{card_path} must hold a JSON object")
+    return card
+
+
+def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any] | None:
+    """What a model understands (stems, instruction format, name), read without loading any weights: the adapter's
+    adapter.json where one is given, else our model directory's card; None where only loading can tell
+    (transformers, audiocraft, hub names, the official checkpoint) or the files cannot be read."""
+    try:
+        if adapter is not None:
+            path = Path(adapter).expanduser() / "adapter.json"
+            return json.loads(path.read_text()) if path.is_file() else None
+        path = resolve_source(source)
+        return read_model_card(path) if is_model_dir(path) else None
+    except (CheckpointError, OSError, ValueError):
+        return None
+
+
+def load_model(
+    source: str | Path | None = None,
+    adapter: str | Path | None = None,
+    device: Any = None,
+    dtype: Any = None,
+    *,
+    fusion: FusionConfig | None = None,
+) -> LoadedModel:
+    """Load a model ready to edit (LoadedModel). See the module docstring for what `source` and `adapter` accept.
+
+    `fusion` (a FusionConfig, for training): when no adapter is loaded, attach fresh adapters of this shape,
+    initialised as the official code does (zero gates and LoRA B, so the model still behaves as its base)."""
+    from engine.device import pick
+    from engine.model.bundle import LoadedModel, ModelCard
+
+    dev, dt = pick(device, dtype)
+    path = resolve_source(source)
+    if path.is_dir() and (path / "finetuned.ckpt").is_file() and not (path / "config.json").is_file():
+        path = path / "finetuned.ckpt"  # the official hub repository holds only the adapter checkpoint
+    layout = detect_layout(path)
+    if layout == "official" and adapter is None:
+        # the official adapter alone: put it on the base it was trained on, from the local cache
+        from engine.weights.official import OFFICIAL_BASE
+
+        adapter, path = path, resolve_source(OFFICIAL_BASE)
+        layout = detect_layout(path)
+    if layout in ("official", "adapter"):
+        raise CheckpointError(f"{path} is an adapter, not a model: pass it as the adapter and give a base model")
+
+    card_data: dict[str, Any] = {}
+    adapter_path = _resolve_adapter(adapter) if adapter is not None else None
+    base = path
+    if layout == "imusic":
+        card_data = read_model_card(path)
+        base = path / "base"
+        if not base.is_dir():
+            raise CheckpointError(f"model directory {path} is missing base/")
+        if adapter_path is None and (path / "adapter").exists():
+            adapter_path = path / "adapter"
+        layout = detect_layout(base)
+
+    adapter_state, adapter_info = read_adapter(adapter_path) if adapter_path is not None else (None, None)
+    if adapter_info and fusion is not None and adapter_info["fusion"] != fusion:
+        raise CheckpointError(f"the adapter {adapter_path} has its own fusion config; do not pass another one")
+    fusion = adapter_info["fusion"] if adapter_info else fusion
+
+    if layout == "transformers":
+        from engine.weights.transformers_layout import load_parts
+    elif layout == "audiocraft":
+        from engine.weights.audiocraft_layout import load_parts
+    else:
+        raise CheckpointError(f"{base} is not a base model (found a {layout} layout)")
+    if dtype is None:
+        dt = _automatic_dtype(dev, base, layout)
+    lm, codec, text = load_parts(base, fusion=fusion, device=dev, dtype=dt)
+
+    if adapter_state is not None:
+        _apply_adapter(lm, adapter_state, adapter_info, adapter_path)
+
+    stems = adapter_info["stems"] if adapter_info else card_data.get("stems")
+    card = ModelCard(
+        name=str(card_data.get("name") or _display_name(path)),
+        sample_rate=codec.sample_rate,
+        frame_rate=codec.frame_rate,
+        num_codebooks=lm.cfg.num_codebooks,
+        card=lm.cfg.card,
+        has_adapter=adapter_state is not None,
+        cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
+        provenance={
+            **dict(card_data.get("provenance") or {}),
+            "path": str(path),
+            "layout": "imusic" if card_data else layout,
+            "adapter": str(adapter_path) if adapter_path else None,
+            **({"adapter_provenance": adapter_info.get("provenance")} if adapter_info else {}),
+        },
+        **({"stems": tuple(stems)} if stems else {}),
+        **({"template": adapter_info["template"]} if adapter_info and adapter_info.get("template") else {}),
+        **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
+    )
+    return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _automatic_dtype(device, base: Path, layout: str):
+    """The device's fast dtype for this decoder's size (a CPU keeps small decoders in fp32: engine.device)."""
+    from engine.device import decode_weight_count, default_dtype
+
+    count = None
+    if layout == "transformers":  # the size is in config.json; audiocraft models (all >= 300M) count as big
+        from engine.weights.transformers_layout import lm_config, read_config
+
+        count = decode_weight_count(lm_config(read_config(base)))
+    return default_dtype(device, count)
+
+
+def _resolve_adapter(adapter: str | Path) -> Path:
+    """A local path for an adapter: as given, or a hub name's cached snapshot (its finetuned.ckpt if it has one)."""
+    path = Path(adapter).expanduser()
+    if path.exists():
+        return path
+    from engine.weights import hub
+
+    if not hub.looks_like_hub_name(str(adapter)):
+        raise CheckpointError(f"no adapter at {path}: the path does not exist")
+    snapshot = hub.cached_snapshot(str(adapter))
+    return snapshot / "finetuned.ckpt" if (snapshot / "finetuned.ckpt").is_file() else snapshot
+
+
+def _display_name(path: Path) -> str:
+    """A model's name from its path: the hub id for a Hugging Face cache snapshot, else the directory name."""
+    parts = path.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/")
+    return path.name
+
+
+def read_adapter(path: Path) -> tuple[dict, dict]:
+    """(state in our naming, info with fusion / stems / template / verbs / provenance) of an adapter path."""
+    from engine.weights import adapter_format
+
+    layout = detect_layout(path)
+    if layout == "official":
+        from engine.weights.official import read_official_adapter
+
+        return read_official_adapter(path)
+    if layout == "adapter":
+        directory = path.parent if path.is_file() else path
+        state, meta = adapter_format.load_adapter(directory)
+        info = {
+            "fusion": adapter_format.fusion_config(meta),
+            "stems": meta.get("stems"),
+            "template": meta.get("instruction_template"),
+            "verbs": meta.get("instruction_verbs"),
+            "provenance": meta.get("provenance", {}),
+        }
+        return state, info
+    raise CheckpointError(f"{path} is not an adapter: expected adapter.json + adapter.safetensors, or a finetuned.ckpt")
+
+
+def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
+    """Load adapter tensors; base tensors an adapter carries (the official cross-attention q/k/v) replace the base's."""
+    import torch
+
+    adapter_state = {n: t for n, t in state.items() if lm.is_adapter_name(n)}
+    base_state = {n: t for n, t in state.items() if not lm.is_adapter_name(n)}
+    try:
+        lm.load_adapter_state_dict(adapter_state)
+    except CheckpointError as exc:
+        hint = f"; it was trained on {info['base_hint']}" if info.get("base_hint") else ""
+        cfg = lm.cfg
+        raise CheckpointError(
+            f"adapter {path} does not fit this base model ({cfg.num_layers} layers x {cfg.dim}){hint}: {exc}"
+        ) from None
+    if base_state:
+        own = lm.state_dict()
+        for name, tensor in base_state.items():
+            if name not in own:
+                raise CheckpointError(f"adapter {path} holds {name}, which this model does not have")
+            if tuple(own[name].shape) != tuple(tensor.shape):
+                raise CheckpointError(
+                    f"adapter {path} does not fit this model: {name} has shape {tuple(tensor.shape)}, "
+                    f"expected {tuple(own[name].shape)}"
+                )
+        with torch.no_grad():
+            for name, tensor in base_state.items():
+                own[name].copy_(tensor)
+
+
+def save_model_dir(
+    path: str | Path,
+    lm: MusicGenLM,
+    codec: Codec,
+    text: TextEncoder,
+    *,
+    name: str,
+    stems: Iterable[str] | None = None,
+    template: str | None = None,
+    verbs: dict[str, str] | None = None,
+    provenance: dict[str, Any] | None = None,
+    description: str = "",
+) -> Path:
+    """Write our model directory (model_card.json + base/ in transformers layout + adapter/ when `lm` has adapters)
+    from loaded parts: what a training run hands to load_model, and how the embedded default is produced."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import MusicgenConfig, MusicgenDecoderConfig
+
+    from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+    from engine.weights.adapter_format import save_adapter
+    from engine.weights.convert import lm_config_to_transformers, lm_state_to_transformers
+    from engine.weights.transformers_layout import quiet_transformers
+
+    path = Path(path)
+    base = path / "base"
+    base.mkdir(parents=True, exist_ok=True)
+    base_state = {n: t for n, t in lm.state_dict().items() if not lm.is_adapter_name(n)}
+    tensors: dict[str, torch.Tensor] = dict(lm_state_to_transformers(base_state, layout="conditional"))
+    tensors.update({f"text_encoder.{n}": t for n, t in text.model.state_dict().items()})
+    tensors.update({f"audio_encoder.{n}": t for n, t in codec.model.state_dict().items()})
+    # safetensors refuses tensors sharing memory (T5's tied embeddings): store plain contiguous copies
+    tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}
+    with quiet_transformers():
+        decoder = MusicgenDecoderConfig(**lm_config_to_transformers(lm.cfg), dropout=0.0)
+        config = MusicgenConfig(text_encoder=text.model.config, audio_encoder=codec.model.config, decoder=decoder)
+        config.architectures = ["MusicgenForConditionalGeneration"]
+        config.save_pretrained(base)
+        text.tokenizer.save_pretrained(base)
+    save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
+    if lm.fusion_cfg is not None:
+        save_adapter(
+            path / "adapter",
+            lm.adapter_state_dict(),
+            lm.fusion_cfg,
+            stems=stems or OFFICIAL_STEMS,
+            template=template or OFFICIAL_TEMPLATE,
+            verbs=verbs or OFFICIAL_VERBS,
+            base={"num_layers": lm.cfg.num_layers, "dim": lm.cfg.dim, "card": lm.cfg.card},
+            provenance=provenance,
+        )
+    card = {
+        "format": "imusic-model",
+        "version": 1,
+        "name": name,
+        "description": description,
+        "provenance": dict(provenance or {}),
+    }
+    if stems and lm.fusion_cfg is None:
+        card["stems"] = list(stems)
+    (path / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    return path
