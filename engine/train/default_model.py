@@ -166,7 +166,9 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     }
     card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
     # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
-    card["stages"]["adapters"]["fusion_gates"] = [round(g, 5) for g in _gates(tmp / "adapter" / "adapter.safetensors")]
+    card["stages"]["adapters"]["fusion_gates"] = [
+        round(g, 5) for g in fusion_gates(tmp / "adapter" / "adapter.safetensors")
+    ]
     if report is not None:
         card["evaluation"] = {
             "command": "make model-eval",
@@ -206,7 +208,8 @@ def beats_identity(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
     return verdict
 
 
-def _gates(file: Path) -> list[float]:
+def fusion_gates(file: Path) -> list[float]:
+    """The audio-fusion gates of an adapter file (zero at init; near zero means the edits barely use the audio)."""
     with safe_open(str(file), "pt") as handle:
         return [float(g) for g in handle.get_tensor("fusion.gates")] if "fusion.gates" in handle.keys() else []  # noqa: SIM118
 

@@ -425,9 +425,9 @@ class Recipe:
 
     def _stage_adapters(self, deadline: float) -> dict:
         info = self._train("adapters", self.run_dir / "base" / "model", deadline)
-        from engine.train.default_model import _gates
+        from engine.train.default_model import fusion_gates
 
-        gates = _gates(self.run_dir / "adapters" / "adapter" / "adapter.safetensors")
+        gates = fusion_gates(self.run_dir / "adapters" / "adapter" / "adapter.safetensors")
         info["fusion_gates"] = [round(g, 5) for g in gates]
         return info
 
