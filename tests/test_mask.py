@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import mask, metrics
+from engine import mask
+from engine.eval import metrics
 from engine.errors import ConfigError
 
 
