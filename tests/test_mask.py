@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from engine import mask
-from engine.eval import metrics
 from engine.errors import ConfigError
+from engine.eval import metrics
 
 
 def _parts(rate: int, seconds: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
