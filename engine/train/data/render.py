@@ -30,6 +30,23 @@ def default_soundfonts() -> list[Path]:
     return [path for path in fonts if path.is_file()]
 
 
+def midi_events(part: pretty_midi.Instrument, sample_rate: int, total: int) -> list[tuple[int, int, int, int]]:
+    """A part's notes, controllers and pitch bends as (sample, order, a, b), sorted: at one sample, note-offs (order
+    0) go before controllers and bends (1) and note-ons (2); a >= 1000 is controller a - 1000, a == -1 a bend."""
+    events: list[tuple[int, int, int, int]] = []
+    for note in part.notes:
+        start = int(round(note.start * sample_rate))
+        if start >= total:
+            continue
+        events.append((start, 2, note.pitch, note.velocity))
+        events.append((int(round(note.end * sample_rate)), 0, note.pitch, 0))
+    for change in part.control_changes:
+        events.append((int(round(change.time * sample_rate)), 1, 1000 + change.number, change.value))
+    for bend in part.pitch_bends:
+        events.append((int(round(bend.time * sample_rate)), 1, -1, bend.pitch))
+    return sorted(events)
+
+
 class FluidRenderer:
     """Renders one MIDI part at a time to mono float32 at `sample_rate`."""
 
@@ -98,18 +115,7 @@ class FluidRenderer:
         if synth.program_select(channel, font_id, bank, int(part.program)) != 0:
             synth.program_select(channel, font_id, bank, 0)  # this soundfont lacks the program (or kit)
         total = int(round(seconds * self.sample_rate))
-        events: list[tuple[int, int, int, int]] = []  # (sample, order, a, b); note-offs before note-ons
-        for note in part.notes:
-            start = int(round(note.start * self.sample_rate))
-            if start >= total:
-                continue
-            events.append((start, 2, note.pitch, note.velocity))
-            events.append((int(round(note.end * self.sample_rate)), 0, note.pitch, 0))
-        for change in part.control_changes:
-            events.append((int(round(change.time * self.sample_rate)), 1, 1000 + change.number, change.value))
-        for bend in part.pitch_bends:
-            events.append((int(round(bend.time * self.sample_rate)), 1, -1, bend.pitch))
-        events.sort()
+        events = midi_events(part, self.sample_rate, total)
         left = np.zeros(total + 8192, np.float32)
         right = np.zeros(total + 8192, np.float32)
         position = 0
@@ -196,18 +202,7 @@ class TinyRenderer:
         except RuntimeError:  # this soundfont lacks the program
             synth.program_select(channel, font_id, 0, 0, is_drums=bool(part.is_drum))
         total = int(round(seconds * self.sample_rate))
-        events: list[tuple[int, int, int, int]] = []  # (sample, order, a, b); note-offs before note-ons
-        for note in part.notes:
-            start = int(round(note.start * self.sample_rate))
-            if start >= total:
-                continue
-            events.append((start, 2, note.pitch, note.velocity))
-            events.append((int(round(note.end * self.sample_rate)), 0, note.pitch, 0))
-        for change in part.control_changes:
-            events.append((int(round(change.time * self.sample_rate)), 1, 1000 + change.number, change.value))
-        for bend in part.pitch_bends:
-            events.append((int(round(bend.time * self.sample_rate)), 1, -1, bend.pitch))
-        events.sort()
+        events = midi_events(part, self.sample_rate, total)
         out = np.zeros((total, 2), np.float32)
         position = 0
 
