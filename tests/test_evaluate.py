@@ -141,6 +141,47 @@ def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_
         assert summary["model"][metric] == summary["identity"][metric] == summary["resynth"][metric]
 
 
+def test_stereo_sessions_score_the_image_dual_mono_resynth_loses_it_and_the_mask_keeps_the_inputs(
+    synth_data, tiny_editor, tmp_path
+):
+    report = evaluate(
+        synth_data,
+        ["remove"],
+        tmp_path,
+        editor=tiny_editor,
+        limit=2,
+        seconds=1.0,
+        clips_per_song=2,
+        progress=False,
+        stereo=True,
+        save_audio=True,
+    )
+    assert report["settings"]["stereo"] is True
+    summary = report["tasks"]["remove"]["summary"]
+    # the target is panned: dual-mono re-synthesis has an image error; the oracle has none
+    assert summary["resynth"]["ild_error"] > 1.0 and summary["oracle"]["ild_error"] == 0.0
+    assert summary["model"]["ild_error"] < summary["resynth"]["ild_error"]
+    import soundfile
+
+    assert soundfile.info(tmp_path / "audio" / "remove" / "input" / "0.wav").channels == 2
+
+
+def test_a_stereo_clip_pans_the_stem_left_and_the_rest_right_and_keeps_the_operations_sums():
+    from types import SimpleNamespace
+
+    from engine.eval.evaluate import stereo_clip
+
+    stem, rest = np.ones(8, np.float32), 2 * np.ones(8, np.float32)
+    clip = SimpleNamespace(input=stem + rest, stem=stem, target=rest)
+    source, target = stereo_clip(clip, "remove", seed=0)
+    assert source.shape == target.shape == (2, 8)
+    assert target[1, 0] > target[0, 0]  # the rest sits right
+    np.testing.assert_allclose(source - target, stereo_clip(clip, "extract", seed=0)[1], atol=1e-6)
+    add_source, add_target = stereo_clip(SimpleNamespace(input=rest, stem=stem, target=rest + stem), "add", seed=0)
+    np.testing.assert_allclose(add_source, target, atol=1e-6)
+    np.testing.assert_allclose(add_target, source, atol=1e-6)
+
+
 class _RefusingEditor(_EchoEditor):
     """Refuses the first clip it is given (as the Editor does with unusable audio), echoes the rest."""
 

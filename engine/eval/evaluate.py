@@ -70,9 +70,28 @@ def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[
     return out
 
 
+def stereo_clip(clip: Any, task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A mono clip made a stereo session, (input [2, N], target [2, N]): the named stem panned left and the rest
+    right (constant power, positions drawn from `seed`), so the target has an image an edit can keep or lose."""
+    rng = np.random.default_rng(seed)
+    stem_pan, rest_pan = rng.uniform(0.1, 0.45), rng.uniform(0.55, 0.9)  # 0 = left, 1 = right
+
+    def pan(audio: np.ndarray, position: float) -> np.ndarray:
+        return np.stack([np.sqrt(1.0 - position) * audio, np.sqrt(position) * audio]).astype(np.float32)
+
+    rest = clip.input if task == "add" else clip.input - clip.stem
+    stem, rest = pan(clip.stem, stem_pan), pan(rest, rest_pan)
+    target = {"extract": stem, "remove": rest, "add": stem + rest}[task]
+    return (rest if task == "add" else stem + rest), target
+
+
 def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
-    """Mono audio [N] at the codec's rate, encoded and decoded by the codec: [N] (the codec ceiling)."""
+    """Audio [N] (or [C, N], each channel alone) at the codec's rate, encoded and decoded by the codec: the same
+    shape (the codec ceiling)."""
     import torch
+
+    if np.ndim(audio) == 2:
+        return np.stack([codec_roundtrip(codec, channel) for channel in audio])
 
     wav = torch.from_numpy(np.asarray(audio, dtype=np.float32))[None, None]  # [1, 1, N]
     decoded = codec.decode(codec.encode(wav))[0, 0].cpu().numpy()  # [F * hop]
@@ -85,14 +104,16 @@ def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
 def ideal_mask_row(
     input_audio: np.ndarray, target: np.ndarray, rate: int, task: str, raw: bool, settings: Any = None
 ) -> np.ndarray:
-    """The ideal mask's output [N]: the mask from the true target, levelled as the Editor levels (unless raw)."""
+    """The ideal mask's output ([N] or [C, N] as the input): the mask from the true target, levelled as the Editor
+    levels (unless raw)."""
     from engine.levels import match_level
     from engine.mask import ideal_mask
 
-    out = ideal_mask(input_audio[None], target, rate, task, settings)
+    audio = np.atleast_2d(input_audio)
+    out = ideal_mask(audio, target, rate, task, settings)
     if not raw:
-        out, _ = match_level(out, input_audio[None], rate, task)
-    return out[0]
+        out, _ = match_level(out, audio, rate, task)
+    return out if np.ndim(input_audio) == 2 else out[0]
 
 
 def score_rows(
@@ -168,7 +189,8 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     from engine.eval.metrics import EVAL_RATE, resample
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), resample(audio, rate, EVAL_RATE).astype(np.float32), EVAL_RATE, subtype="FLOAT")
+    data = resample(audio, rate, EVAL_RATE).astype(np.float32)  # [N] or [C, N]
+    sf.write(str(path), data.T if data.ndim == 2 else data, EVAL_RATE, subtype="FLOAT")
 
 
 def held_out_clips(
@@ -216,10 +238,12 @@ def evaluate(
     optional_metrics: bool = True,
     progress: bool = True,
     split: str = "test",
+    stereo: bool = False,
 ) -> dict[str, Any]:
     """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir.
 
     `split="validation"` scores the validation songs instead: for choosing settings without looking at the test set.
+    `stereo`: each mono clip is made a stereo session (stereo_clip) so that the ILD error measures the image.
     """
     from engine.instructions import Instruction, format_prompt
 
@@ -242,7 +266,15 @@ def evaluate(
     report: dict[str, Any] = {
         "model": editor.info,
         "data": str(data),
-        "settings": {"seconds": seconds, "classes": classes, "seed": seed, "raw": raw, "limit": limit, "split": split},
+        "settings": {
+            "seconds": seconds,
+            "classes": classes,
+            "seed": seed,
+            "raw": raw,
+            "limit": limit,
+            "split": split,
+            "stereo": stereo,
+        },
         "tasks": {},
     }
     for task in tasks:
@@ -270,20 +302,24 @@ def evaluate(
                 skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                 continue
             instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
+            # [N] mono clips, or [2, N] stereo sessions made from them
+            source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
             try:
-                result = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw)
-                resynth = editor.edit(clip.input[None], rate, instruction, seed=seed + index, raw=raw, mode="resynth")
+                result = editor.edit(np.atleast_2d(source), rate, instruction, seed=seed + index, raw=raw)
+                resynth = editor.edit(
+                    np.atleast_2d(source), rate, instruction, seed=seed + index, raw=raw, mode="resynth"
+                )
             except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
                 skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                 continue
-            output = result.audio[0]  # [N]
+            output = result.audio if stereo else result.audio[0]
             rows = {
                 "model": output,
-                "resynth": resynth.audio[0],
-                "codec ceiling": codec_roundtrip(editor.model.codec, clip.target),
-                "ideal mask": ideal_mask_row(clip.input, clip.target, rate, task, raw, mask_settings.get(task)),
+                "resynth": resynth.audio if stereo else resynth.audio[0],
+                "codec ceiling": codec_roundtrip(editor.model.codec, target),
+                "ideal mask": ideal_mask_row(source, target, rate, task, raw, mask_settings.get(task)),
             }
-            scores = score_rows(clip.input, clip.target, rows, rate)
+            scores = score_rows(source, target, rows, rate)
             examples.append(
                 {
                     "song": clip.song_id,
@@ -297,14 +333,14 @@ def evaluate(
             captions.append(prompt)
             if want_audio:
                 number = len(examples) - 1
-                for kind, audio in (("input", clip.input), ("output", output), ("target", clip.target)):
+                for kind, audio in (("input", source), ("output", output), ("target", target)):
                     _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
             if len(examples) <= spectrograms:
                 from engine.eval.plots import plot_spectrograms
 
                 name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
                 plot_spectrograms(
-                    [("input", clip.input), ("mask", output), ("resynth", rows["resynth"]), ("target", clip.target)],
+                    [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
                     rate,
                     out_dir / "spectrograms" / name,
                     title=f"{prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
@@ -434,6 +470,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--stereo",
+        action="store_true",
+        help="score stereo sessions: the named stem panned left, the rest right (the ILD error measures the image)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -457,6 +498,7 @@ def run(args: argparse.Namespace) -> int:
         optional_metrics=not args.no_network_metrics,
         progress=not args.quiet,
         split=args.split,
+        stereo=args.stereo,
     )
     print(markdown(report))
     print(f"report: {Path(args.output) / REPORT_MD}", file=sys.stderr)
