@@ -40,3 +40,19 @@ def synth_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth_data") / "data"
     synthesize(out, 5, seed=11, seconds=3.0, sample_rate=16000, progress=False)
     return out
+
+
+@pytest.fixture
+def root(tmp_path):
+    """A folder the bridge tests' servers may read and write (their only allowed root)."""
+    folder = tmp_path / "root"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def song(root):
+    """2 s of stereo noise at 16 kHz inside `root`."""
+    from test_bridge_support import write_wav
+
+    return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)

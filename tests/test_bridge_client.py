@@ -19,12 +19,6 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture
-def root(tmp_path) -> Path:
-    (tmp_path / "root").mkdir()
-    return tmp_path / "root"
-
-
-@pytest.fixture
 def server(tmp_path, root):
     server = EngineServer(
         editor=FakeEditor(), port=0, journal_dir=tmp_path / "journal", allow_roots=[root], warm_up=False

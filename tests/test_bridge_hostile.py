@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_bridge_support import FakeEditor, start_server, write_wav
+from test_bridge_support import FakeEditor, start_server
 
 from bridge import audio_io, protocol
 from bridge.client import Client, RemoteError
@@ -34,18 +34,6 @@ HERE = Path(__file__).resolve().parent
 TIMEOUT = 10.0
 PING_WITHIN_S = 0.2
 HUGE = 2 << 30  # 2 GiB, sparse: nothing is written to disk
-
-
-@pytest.fixture
-def root(tmp_path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def song(root) -> Path:
-    return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)
 
 
 @pytest.fixture

@@ -26,18 +26,6 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture
-def root(tmp_path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def song(root) -> Path:
-    return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)
-
-
-@pytest.fixture
 def server(tmp_path, root):
     server = start_server(tmp_path, root, player=FakePlayer(time_scale=1.0))
     yield server
