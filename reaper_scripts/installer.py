@@ -11,8 +11,8 @@ one ConfigError line says which file and why.
 
 --hotkeys binds a default shortcut only where it can tell the chord is free: not one of REAPER's factory shortcuts
 (reaper_scripts.factory_keys, which also says where they come from), not bound by the user (main, global and
-global + text sections), and not a factory shortcut the user removed on purpose (`KEY <mods> <key> 0 0`: an empty
-chord the user chose to keep empty, so we leave it empty too).
+global + text sections), not a factory shortcut the user removed on purpose (`KEY <mods> <key> 0 0`: an empty
+chord the user chose to keep empty, so we leave it empty too), and not for an action the user already gave a key.
 """
 
 from __future__ import annotations
@@ -86,8 +86,22 @@ class Action:
 
     @property
     def shortcut(self) -> str:
-        names = [name for bit, name in ((CTRL, "Ctrl"), (ALT, "Alt"), (SHIFT, "Shift")) if self.modifiers & bit]
-        return "+".join([*names, self.key])
+        return chord_name(*self.chord)
+
+
+def chord_name(modifiers: int, key: int) -> str:
+    """'Ctrl+Alt+Shift+D' for a KEY line's modifiers and (Windows virtual) key code; anything else as REAPER's code."""
+    # Without the virtual-key bit the key is a character; 32 and up are MIDI, OSC and mousewheel sources.
+    if not modifiers & VIRT or modifiers >= 32:
+        return f"KEY {modifiers} {key}"
+    names = [name for bit, name in ((CTRL, "Ctrl"), (ALT, "Alt"), (SHIFT, "Shift")) if modifiers & bit]
+    if 48 <= key <= 57 or 65 <= key <= 90:  # digits and capital letters are their own codes
+        plain = chr(key)
+    elif 112 <= key <= 135:
+        plain = f"F{key - 111}"
+    else:
+        plain = f"key {key}"
+    return "+".join([*names, plain])
 
 
 ACTIONS: tuple[Action, ...] = (
@@ -206,10 +220,18 @@ def remove_lines(data: bytes, lines: list[str], added_final_newline: bool = Fals
 def hotkey_refusal(action: Action, keys: dict[tuple[int, int, int], str]) -> str | None:
     """Why the action's default shortcut must not be bound, or None when it is free (or already ours).
 
-    keys is bound_keys() of the user's reaper-kb.ini. The user's own lines come first: a chord they bound, or a factory
-    shortcut they removed on purpose (command 0), is theirs. Then REAPER's factory map, then the proof of freedom.
+    keys is bound_keys() of the user's reaper-kb.ini. The user's own lines come first: a shortcut they gave this action
+    themselves (it keeps theirs alone), a chord they bound, or a factory shortcut they removed on purpose (command 0),
+    is theirs. Then REAPER's factory map, then the proof of freedom.
     """
     modifiers, key = action.chord
+    own = [chord for chord, owner in keys.items() if owner == "_" + action.command_id]
+    theirs = sorted(chord for chord in own if chord != (modifiers, key, MAIN_SECTION))
+    if theirs and (modifiers, key, MAIN_SECTION) not in own:  # an earlier install's default, kept, is ours
+        named = ", ".join(
+            f"{chord_name(m, k)} (section {s})" if s != MAIN_SECTION else chord_name(m, k) for m, k, s in theirs
+        )
+        return f"you bound this action to {named} yourself; that stays its only shortcut"
     for section in CLAIMING_SECTIONS:
         owner = keys.get((modifiers, key, section))
         if owner is None or owner == "_" + action.command_id:

@@ -128,6 +128,41 @@ def test_a_global_hotkey_on_a_default_shortcut_is_a_collision_too(resource):
     assert report.skipped_keys == ["Ctrl+Alt+Shift+2 (Instruct: remove bass): already bound to 40001"]
 
 
+def test_an_action_the_user_bound_themselves_gets_no_second_shortcut(resource):
+    """A user who gave extract drums a key of their own (F5 here) keeps it as the only one: no default is added."""
+    extract_drums = next(a for a in ACTIONS if a.script == "imusic_extract_drums.py")
+    original = sample_kb("\n", taken="KEY 1 33 40044 0") + f"KEY 1 116 _{extract_drums.command_id} 0\n".encode()
+    (resource / "reaper-kb.ini").write_bytes(original)
+    report = install(resource, hotkeys=True)
+    data = (resource / "reaper-kb.ini").read_text()
+    assert data.count(f"_{extract_drums.command_id} ") == 1  # the user's F5 line, nothing else
+    assert report.skipped_keys == [
+        "Ctrl+Alt+Shift+D (Instruct: extract drums): you bound this action to F5 yourself; that stays its only shortcut"
+    ]
+    assert len(report.bound) == len(ACTIONS) - 1
+    uninstall(resource)
+    assert (resource / "reaper-kb.ini").read_bytes() == original
+
+
+def test_a_reinstall_keeps_our_default_beside_a_key_the_user_added_later(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\n", taken="KEY 1 33 40044 0"))
+    install(resource, hotkeys=True)
+    extract_drums = next(a for a in ACTIONS if a.script == "imusic_extract_drums.py")
+    with open(resource / "reaper-kb.ini", "ab") as handle:
+        handle.write(f"KEY 17 74 _{extract_drums.command_id} 0\n".encode())  # the user's Alt+J
+    report = install(resource, hotkeys=True)
+    data = (resource / "reaper-kb.ini").read_text()
+    assert f"{extract_drums.key_line()}\n" in data and f"KEY 17 74 _{extract_drums.command_id} 0" in data
+    assert report.skipped_keys == []
+
+
+def test_chord_names_read_as_reaper_shows_them():
+    assert installer.chord_name(29, 68) == "Ctrl+Alt+Shift+D"
+    assert installer.chord_name(1, 116) == "F5"
+    assert installer.chord_name(17, 49) == "Alt+1"
+    assert installer.chord_name(176, 7) == "KEY 176 7"  # a MIDI CC, not a keyboard chord
+
+
 def test_default_shortcuts_are_distinct():
     slots = [(a.modifiers, a.key) for a in ACTIONS]
     assert len(set(slots)) == len(slots)
