@@ -5,7 +5,8 @@ and why, then runs pip:
 - a torch already importable there is kept, whatever its build (a user's CUDA or ROCm build stays);
 - an NVIDIA GPU (`nvidia-smi -L` lists one): PyPI's default Linux build, which is the CUDA one;
 - otherwise the CPU build: a CPU wheel already in pip's find-links folders (no download), else PyTorch's CPU index
-  (download.pytorch.org/whl/cpu), never PyPI's default build, which on Linux pulls several GB of CUDA libraries.
+  (download.pytorch.org/whl/cpu, or the mirror of it that IMUSIC_TORCH_CPU_INDEX names), never PyPI's default build,
+  which on Linux pulls several GB of CUDA libraries.
   macOS and Windows: PyPI's build is already the CPU (and MPS) one.
 Standard library only: it runs before anything is installed.
 """
@@ -23,6 +24,7 @@ import sys
 from dataclasses import dataclass
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CPU_INDEX_ENV = "IMUSIC_TORCH_CPU_INDEX"  # a mirror of PyTorch's CPU index (a company proxy, an offline copy)
 REQUIREMENT = "torch>=2.4"  # the project's own floor (pyproject.toml)
 
 
@@ -83,7 +85,7 @@ def local_cpu_wheel(folders: list[str], python_tag: str) -> str | None:
     return ".".join(map(str, max(versions))) if versions else None
 
 
-def choose(installed: str | None, gpu: bool, cpu_wheel: str | None, system: str) -> Choice:
+def choose(installed: str | None, gpu: bool, cpu_wheel: str | None, system: str, cpu_index: str = CPU_INDEX) -> Choice:
     """The decision, from plain facts (tested without any of them being true here)."""
     if installed:
         return Choice(f"torch {installed} is already installed: kept", ())
@@ -95,7 +97,7 @@ def choose(installed: str | None, gpu: bool, cpu_wheel: str | None, system: str)
         return Choice(
             f"no GPU: the CPU build torch {cpu_wheel} from the local wheel folder", ("install", f"torch=={cpu_wheel}")
         )
-    return Choice(f"no GPU: the CPU build from {CPU_INDEX}", ("install", REQUIREMENT, "--index-url", CPU_INDEX))
+    return Choice(f"no GPU: the CPU build from {cpu_index}", ("install", REQUIREMENT, "--index-url", cpu_index))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,14 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="say what would be installed, install nothing")
     args = parser.parse_args(argv)
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    cpu_index = os.environ.get(CPU_INDEX_ENV, "").strip() or CPU_INDEX
     choice = choose(
-        installed_torch(sys.executable), has_nvidia_gpu(), local_cpu_wheel(find_links(), tag), platform.system()
+        installed_torch(sys.executable),
+        has_nvidia_gpu(),
+        local_cpu_wheel(find_links(), tag),
+        platform.system(),
+        cpu_index,
     )
     command = [sys.executable, "-m", "pip", *choice.pip_args] if choice.pip_args else []
     print(f"torch set-up: {choice.reason}" + (f"\n  {' '.join(command)}" if command else ""), flush=True)
     if args.dry_run or not command:
         return 0
-    return subprocess.run([*command, "-q"]).returncode
+    returncode = subprocess.run([*command, "-q"]).returncode
+    if returncode != 0:
+        print(
+            f"torch set-up: pip could not install torch (exit {returncode}); install a torch build yourself and run "
+            f"again (it is kept), or name a reachable mirror of PyTorch's CPU index in {CPU_INDEX_ENV}",
+            file=sys.stderr,
+        )
+    return returncode
 
 
 if __name__ == "__main__":

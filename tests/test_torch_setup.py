@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 from bridge import torch_setup
@@ -40,12 +41,38 @@ def test_the_local_wheel_must_match_this_python(tmp_path):
 
 
 def test_the_command_says_what_it_chose_and_dry_run_installs_nothing(monkeypatch, capsys):
-    monkeypatch.setattr(torch_setup, "installed_torch", lambda python: None)
-    monkeypatch.setattr(torch_setup, "has_nvidia_gpu", lambda: False)
-    monkeypatch.setattr(torch_setup, "find_links", lambda: [])
-    monkeypatch.setattr(torch_setup.platform, "system", lambda: "Linux")
+    fake_cpu_only_linux(monkeypatch)
     monkeypatch.setattr(torch_setup.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
     assert torch_setup.main(["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("torch set-up: no GPU: the CPU build from https://download.pytorch.org/whl/cpu")
     assert f"{sys.executable} -m pip install torch>=2.4 --index-url {CPU_INDEX}" in out
+
+
+def fake_cpu_only_linux(monkeypatch) -> None:
+    monkeypatch.setattr(torch_setup, "installed_torch", lambda python: None)
+    monkeypatch.setattr(torch_setup, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(torch_setup, "find_links", lambda: [])
+    monkeypatch.setattr(torch_setup.platform, "system", lambda: "Linux")
+    monkeypatch.delenv("IMUSIC_TORCH_CPU_INDEX", raising=False)
+
+
+def test_a_mirror_of_the_cpu_index_can_be_named(monkeypatch, capsys):
+    fake_cpu_only_linux(monkeypatch)
+    monkeypatch.setenv("IMUSIC_TORCH_CPU_INDEX", "http://mirror.example/whl/cpu")
+    assert torch_setup.main(["--dry-run"]) == 0
+    assert "pip install torch>=2.4 --index-url http://mirror.example/whl/cpu" in capsys.readouterr().out
+
+
+def test_a_failed_install_says_what_to_do_next(monkeypatch, capsys):
+    fake_cpu_only_linux(monkeypatch)
+    ran = []
+    monkeypatch.setattr(
+        torch_setup.subprocess,
+        "run",
+        lambda command, **k: ran.append(command) or subprocess.CompletedProcess(command, 1),
+    )
+    assert torch_setup.main([]) == 1
+    assert ran and ran[0][-3:] == ["--index-url", CPU_INDEX, "-q"]
+    err = capsys.readouterr().err
+    assert "pip could not install torch (exit 1)" in err and "IMUSIC_TORCH_CPU_INDEX" in err
