@@ -18,7 +18,7 @@ import io
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,15 +90,20 @@ def check_regular_file(path: str | Path) -> os.stat_result:
     return status
 
 
-def _open(path: str | Path):
+@contextlib.contextmanager
+def _open(path: str | Path) -> Iterator:
+    """pedalboard's reader over a descriptor that `_open_regular_fd` checked: a file swapped for a FIFO or a device
+    after an earlier check is refused here, never waited on."""
     from pedalboard.io import AudioFile
 
     path = Path(path)
-    check_regular_file(path)
-    try:
-        return AudioFile(str(path))
-    except (ValueError, RuntimeError, OSError) as exc:
-        raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
+    with os.fdopen(_open_regular_fd(path), "rb") as handle:
+        try:
+            reader = AudioFile(handle)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
+        with reader as f:
+            yield f
 
 
 class _BudgetSpent(Exception):

@@ -188,3 +188,34 @@ def test_sweep_removes_only_a_dead_writers_temporary_files(tmp_path):
         path.write_bytes(b"half")
     assert sweep_partials(final) == [dead]
     assert not dead.exists() and live.exists() and other.exists() and odd.exists() and final.read_bytes() == b"keep"
+
+
+def test_read_region_refuses_a_fifo_swapped_in_after_the_check_without_waiting(tmp_path, monkeypatch):
+    """The path passed every earlier check, then became a FIFO: the read is refused at once (a blocking open would
+    hang the worker until some writer came)."""
+    import os
+    import threading
+
+    from bridge import audio_io
+    from engine.errors import AudioError
+
+    fifo = tmp_path / "swapped.wav"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(audio_io, "check_regular_file", lambda path: None)  # the earlier check, before the swap
+    outcome: list[BaseException | None] = []
+
+    def read() -> None:
+        try:
+            read_region(fifo, 0.0, 1.0)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(5.0)
+    if thread.is_alive():  # blocked in open(): give it a writer so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5.0)
+        pytest.fail("read_region blocked on a FIFO")
+    assert isinstance(outcome[0], AudioError) and "FIFO" in str(outcome[0])
