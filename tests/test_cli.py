@@ -58,3 +58,24 @@ def test_missing_argument_or_unknown_action_is_one_error_line_and_exit_2(capsys,
     assert last.startswith(f"{prog}: error: ") and message in last
     assert sum(line.startswith(prog + ": error") for line in err.splitlines()) == 1
     assert "Traceback" not in err
+
+
+def test_no_command_help_imports_torch():
+    # `--help` must answer at once: torch (1-2 s to import) is loaded only where a command runs
+    code = (
+        "import contextlib, io, sys\n"
+        "from bridge.cli import COMMANDS, main\n"
+        "for name in COMMANDS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main([name, '--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    if 'torch' in sys.modules:\n"
+        "        print(name)\n"
+        "        break\n"
+        "else:\n"
+        "    print('none')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "none", f"`imusic {proc.stdout.strip()} --help` imported torch"

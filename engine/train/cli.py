@@ -6,11 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.device import default_device
 from engine.errors import ConfigError
-from engine.train.codec_train import run_stage
-from engine.train.config import RESUME_CHANGES, TrainConfig
-from engine.train.loop import CURVES, STAGES, train
+from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig
 
 # (flag, TrainConfig field, type, help); every default is TrainConfig's, so `--resume` can tell what was given.
 _OPTIONS: list[tuple[str, str, type, str]] = [
@@ -51,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
     for flag, name, kind, text in _OPTIONS:
         default = getattr(defaults, name)
-        parser.add_argument(flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(STAGES)))
+        parser.add_argument(
+            flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(LOOP_STAGES))
+        )
     sizes = parser.add_argument_group("new base model from a codec directory (--stage base --base CODEC_DIR)")
     sizes.add_argument("--layers", type=int, help="decoder layers (default 4)")
     sizes.add_argument("--dim", type=int, help="decoder width (default 256)")
@@ -88,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
 
         return run_from_args(args)
     if args.stage == "codec":  # stage 1 of the embedded model: its own loop (EMA codebooks, Adam), codec_train.py
+        from engine.train.codec_train import run_stage
+
         return run_stage(args)
+    from engine.device import default_device
+    from engine.train.loop import CURVES, train
 
     resuming = bool(args.resume or args.resume_from)
     if not resuming and not (args.data and args.base):

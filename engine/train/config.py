@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-
-import torch
+from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 
+if TYPE_CHECKING:  # torch is imported where a run starts, so `imusic train --help` never pays for it
+    import torch
+
+# The stages the generic loop trains (loop.STAGES maps each to its class); the codec has its own loop.
+LOOP_STAGES = ("adapters", "base")
 # What a resumed run may change; everything else is the saved run's.
 RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "log_every", "workers")
 
@@ -85,6 +89,8 @@ class TrainConfig:
 
 def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, use GradScaler) of a run on `device`."""
+    import torch
+
     choice = cfg.precision
     if choice == "auto":
         if device.type != "cuda":

@@ -37,14 +37,14 @@ from engine.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from engine.train.config import RESUME_CHANGES, TrainConfig, precision
+from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig, precision
 from engine.train.feeding import POOL_KEY, BatchSampler, ClipFeeder, CodePool, Keyed
 from engine.train.stages import Encoded, Stage
 
 HISTORY = "history.json"
 CURVES = "curves.png"
 
-STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = {"adapters": AdapterStage, "base": BaseStage}
+STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = dict(zip(LOOP_STAGES, (AdapterStage, BaseStage), strict=True))
 
 
 def register_stage(name: str, factory: Callable[[TrainConfig, Any], Stage]) -> None:
