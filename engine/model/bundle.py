@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError, InstructionError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS
+from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
     import torch
@@ -109,23 +110,10 @@ def build_lm(
 
     with torch.device("meta"):
         lm = MusicGenLM(cfg, fusion)
-    expected = lm.state_dict()
     adapter_names = _adapter_names(lm)
-    base_missing = [name for name in expected if name not in state and name not in adapter_names]
-    if strict and base_missing:
-        more = f" and {len(base_missing) - 5} more" if len(base_missing) > 5 else ""
-        raise CheckpointError(
-            f"the checkpoint is missing {len(base_missing)} decoder weights: {', '.join(base_missing[:5])}{more}"
-        )
-    for name, tensor in state.items():
-        if name in expected and tuple(expected[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"the checkpoint does not fit the model: {name} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name].shape)}"
-            )
-    unknown = [name for name in state if name not in expected]
-    if unknown:
-        raise CheckpointError(f"the checkpoint holds weights the model does not have: {', '.join(sorted(unknown)[:5])}")
+    # adapters a base-only checkpoint lacks are made below; without `strict`, any missing weight is
+    may_miss = adapter_names.__contains__ if strict else (lambda name: True)
+    check_state_fits(state, lm.state_dict(), "the checkpoint", "the decoder", may_miss=may_miss)
     lm.load_state_dict(state, strict=False, assign=True)
     _materialize(lm, device)
     lm.to(device=device, dtype=dtype) if dtype is not None else lm.to(device=device)

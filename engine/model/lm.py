@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import CheckpointError, ConfigError, DataError
+from engine.errors import ConfigError, DataError
 from engine.model import delay, fast_decode
 from engine.model.attention import Attention, PrefixKV, merge_heads, split_heads
 from engine.model.config import FusionConfig, LMConfig
@@ -367,19 +367,9 @@ class MusicGenLM(nn.Module):
 
     def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load adapter tensors only; every adapter tensor of this model must be present, with its shape."""
-        own = self.adapter_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"adapter does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-                f" ({len(missing)} missing, {len(unexpected)} unexpected)"
-            )
-        for name, tensor in state.items():
-            if tuple(tensor.shape) != tuple(own[name].shape):
-                raise CheckpointError(
-                    f"adapter tensor {name} has shape {tuple(tensor.shape)}, the model expects {tuple(own[name].shape)}"
-                )
+        from engine.model.fit import check_state_fits
+
+        check_state_fits(state, self.adapter_state_dict(), "the adapter", "this model's adapters")
         self.load_state_dict(state, strict=False)
 
     def freeze_base(self) -> None:

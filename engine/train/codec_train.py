@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
+from engine.model.fit import check_state_fits
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
 
@@ -402,10 +403,8 @@ def _load_initial(model: Any, source: Path) -> None:
     if not (source / "config.json").is_file():
         raise CheckpointError(f"{source} is not a codec directory (no config.json): give what --stage codec exported")
     trained = EncodecModel.from_pretrained(source)
-    ours, theirs = model.state_dict(), trained.state_dict()
-    wrong = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
-    if wrong or len(ours) != len(theirs):
-        raise CheckpointError(f"the codec in {source} has other sizes than this run (first mismatch: {wrong[:1]})")
+    theirs = trained.state_dict()
+    check_state_fits(theirs, model.state_dict(), f"the codec in {source}", "the codec this run builds")
     model.load_state_dict(theirs)
 
 

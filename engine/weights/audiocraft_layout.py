@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
     from transformers import EncodecConfig, EncodecModel, PreTrainedTokenizerBase, T5EncoderModel
@@ -181,18 +182,7 @@ def load_codec_model(path: Path) -> EncodecModel:
     # built for real, not on the meta device: EnCodec has non-persistent buffers, and it is small (~60M parameters)
     with quiet_transformers():
         model = EncodecModel(config)
-    expected = model.state_dict()
-    missing = [n for n in expected if n not in renamed]
-    if missing:
-        raise CheckpointError(f"{path / CODEC_FILE} is missing {len(missing)} codec weights: {', '.join(missing[:5])}")
-    for name, tensor in renamed.items():
-        if name not in expected:
-            raise CheckpointError(f"{path / CODEC_FILE} holds {name}, which its xp.cfg does not describe")
-        if tuple(expected[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{path / CODEC_FILE} does not match its xp.cfg: {name} has shape {tuple(tensor.shape)}, "
-                f"expected {tuple(expected[name].shape)}"
-            )
+    check_state_fits(renamed, model.state_dict(), str(path / CODEC_FILE), "the codec its xp.cfg describes")
     model.load_state_dict(renamed)
     return model.float().eval()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
+from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
     from engine.model.bundle import LoadedModel
@@ -268,14 +269,7 @@ def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
         ) from None
     if base_state:
         own = lm.state_dict()
-        for name, tensor in base_state.items():
-            if name not in own:
-                raise CheckpointError(f"adapter {path} holds {name}, which this model does not have")
-            if tuple(own[name].shape) != tuple(tensor.shape):
-                raise CheckpointError(
-                    f"adapter {path} does not fit this model: {name} has shape {tuple(tensor.shape)}, "
-                    f"expected {tuple(own[name].shape)}"
-                )
+        check_state_fits(base_state, own, f"adapter {path}", may_miss=lambda name: True)  # it replaces some only
         with torch.no_grad():
             for name, tensor in base_state.items():
                 own[name].copy_(tensor)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.model.fit import refuse_misfit
 
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
@@ -35,7 +36,6 @@ WEIGHT_FILES = (
 )
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 # How many key names an error message lists before "and N more".
-SHOW_KEYS = 5
 
 
 @contextlib.contextmanager
@@ -108,20 +108,12 @@ def lm_config(config: dict[str, Any]) -> LMConfig:
 
 
 def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        more = f" and {len(missing) - SHOW_KEYS} more" if len(missing) > SHOW_KEYS else ""
-        raise CheckpointError(
-            f"checkpoint {path} is missing {len(missing)} weights: {', '.join(missing[:SHOW_KEYS])}{more}"
-        )
-    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda item: item[0])
-    if mismatched:
-        name, found, expected = mismatched[0]
-        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-        raise CheckpointError(
-            f"checkpoint {path} does not match its config.json: {name} has shape {tuple(found)}, "
-            f"expected {tuple(expected)}{more}"
-        )
+    refuse_misfit(
+        f"checkpoint {path}",
+        "its config.json",
+        missing=info.get("missing_keys") or (),
+        wrong_shapes=info.get("mismatched_keys") or (),
+    )
 
 
 def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32) -> MusicgenForConditionalGeneration:
