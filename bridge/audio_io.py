@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.files import slug
 from engine.errors import AudioError, ImusicError
+from engine.files import slug
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010

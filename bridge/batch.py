@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import files
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
 from bridge.cli import takes_option
-from bridge.files import jsonable
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done
 from bridge.sources import Pair, Source, collect_sources
+from engine import files
 from engine.errors import (
     ConfigError,
     ImusicError,
     InstructionError,
 )
+from engine.files import jsonable
 
 # --- what to render ----------------------------------------------------------------------------------------------
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bridge import audio_io
-from bridge.files import jsonable
 from engine.errors import AudioError, Cancelled
+from engine.files import jsonable
 
 Progress = Callable[[float, str], None]
 

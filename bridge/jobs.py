@@ -24,9 +24,9 @@ import numpy as np
 
 from bridge import audio_io, protocol
 from bridge.editing import edit_region
-from bridge.files import jsonable
 from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ImusicError
+from engine.files import jsonable
 
 JOURNAL_NAME = "jobs.jsonl"
 KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bridge.files import jsonable, write_json_atomic
 from bridge.sources import Pair
 from engine.errors import DataError
+from engine.files import jsonable, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "imusic-batch/1"

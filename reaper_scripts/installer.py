@@ -27,8 +27,8 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.files import write_bytes_atomic
 from engine.errors import ConfigError
+from engine.files import write_bytes_atomic
 from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
 from reaper_scripts.planning import PRESET_ACTIONS
 

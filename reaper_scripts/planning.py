@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from bridge.files import slug
 from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for the actions and tests)
     DEFAULT_MAX_SECONDS,
     EPSILON,
@@ -26,6 +25,7 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
 )
 from engine import instructions
 from engine.errors import InstructionError
+from engine.files import slug
 
 # The engine's operations in the actions' menu order (extract, remove, add) and the official stems, as typed.
 OPERATIONS = tuple(reversed(instructions.OPERATIONS))

@@ -10,8 +10,8 @@ import soundfile as sf
 from pedalboard.io import AudioFile
 
 from bridge.audio_io import probe, read_region, unique_result_path, write_atomic
-from bridge.files import slug
 from engine.errors import AudioError
+from engine.files import slug
 
 
 def ramp_file(path, sample_rate=44100, channels=2, seconds=3.0, **kwargs):

@@ -19,9 +19,7 @@ Keep top-level imports light: torch and the model are imported inside functions.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
+from engine.files import write_bytes_atomic, write_json_atomic
 from engine.instructions import OPERATIONS
 
 if TYPE_CHECKING:
@@ -368,25 +367,9 @@ def evaluate(
             "skipped_songs": skipped_songs,
             "notes": notes,
         }
-    _write_json(out_dir / REPORT_JSON, report)
-    (out_dir / REPORT_MD).write_text(markdown(report))
+    write_json_atomic(out_dir / REPORT_JSON, report, sort_keys=False)
+    write_bytes_atomic(out_dir / REPORT_MD, markdown(report).encode("utf-8"))
     return report
-
-
-def _write_json(path: Path, report: dict) -> None:
-    # inf/nan are not JSON: write them as strings a reader can still recognise.
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean(report), indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
 
 
 def _cell(value: Any) -> str:

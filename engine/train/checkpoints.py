@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError
+from engine.files import atomic_path
 
 CKPT_FORMAT = "imusic-train-checkpoint"
 CKPT_VERSION = 1
@@ -47,9 +47,8 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
     folder = Path(run_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
-    tmp = folder / f".{path.name}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

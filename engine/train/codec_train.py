@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
+from engine.files import atomic_path
 from engine.model.fit import check_state_fits
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
@@ -265,9 +266,8 @@ def _lr_at(step: int, cfg: CodecTrainConfig) -> float:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train_codec(

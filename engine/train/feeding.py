@@ -7,7 +7,6 @@ encodes them once (saved in the run folder) and trains over that fixed pool inst
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from engine.errors import CheckpointError
+from engine.files import atomic_path
 from engine.train.stages import Encoded, Stage
 
 
@@ -150,7 +150,6 @@ class CodePool:
         payload = {"key": key, "codes": torch.stack([r.codes for r in records]), "cond": conds}
         payload["texts"] = [r.text for r in records]
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
         return cls(records)

@@ -1,0 +1,57 @@
+"""engine.files: the one atomic writer (and its JSON form) for everything but audio and the journal."""
+
+import json
+import math
+import os
+import stat
+
+import pytest
+
+from engine.files import atomic_path, jsonable, write_bytes_atomic, write_json_atomic
+
+
+def test_atomic_path_replaces_the_file_only_when_the_block_ends(tmp_path):
+    target = tmp_path / "report.png"
+    target.write_bytes(b"old")
+    with atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png"  # savefig picks the format from the suffix
+        tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old"  # not under the final name while being written
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.png"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_an_existing_file_keeps_its_mode_and_a_new_one_gets_the_umask_default(tmp_path):
+    kept = tmp_path / "kept.json"
+    kept.write_text("{}")
+    os.chmod(kept, 0o640)
+    write_bytes_atomic(kept, b"[]")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    umask = os.umask(0o022)
+    try:
+        write_bytes_atomic(tmp_path / "new.json", b"[]")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_json_is_json_safe_non_finite_floats_become_null(tmp_path):
+    class Scalar:  # what a numpy scalar looks like to jsonable
+        def tolist(self):
+            return 1.5
+
+    data = {"nan": math.nan, "inf": [math.inf, 2.0], "scalar": Scalar(), "path": tmp_path}
+    assert jsonable(data) == {"nan": None, "inf": [None, 2.0], "scalar": 1.5, "path": str(tmp_path)}
+    write_json_atomic(tmp_path / "r.json", {"b": 1, "a": "é"}, sort_keys=False)
+    text = (tmp_path / "r.json").read_text(encoding="utf-8")
+    assert json.loads(text) == {"b": 1, "a": "é"} and text.index('"b"') < text.index('"a"') and "é" in text
