@@ -190,18 +190,21 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     return card
 
 
-def beats_identity(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
-    """Per task, whether the model row beats the identity row on mel SSIM (higher) and log-mel distance (lower).
+def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dict[str, bool]]:
+    """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row on mel SSIM (higher) and
+    log-mel distance (lower).
 
-    Tasks or metrics missing from either row are left out: the card says only what was measured.
+    Tasks or metrics missing from either row, or not a finite number there (null in a report), are left out: the
+    card says only what was measured.
     """
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
-        model, identity = rows.get("model", {}), rows.get("identity", {})
+        model, identity = rows.get(row, {}), rows.get("identity", {})
         one = {}
         for metric in ("mel_ssim", "log_mel_distance"):  # the issue's bar
-            if metric in model and metric in identity:
-                gain = model[metric] - identity[metric]
+            mine, base = model.get(metric), identity.get(metric)
+            if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and math.isfinite(mine - base):
+                gain = mine - base
                 one[metric] = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
         if one:
             verdict[task] = one

@@ -1,0 +1,207 @@
+"""The shipped model against the bars it must meet (issue #16), as one table a user can re-run.
+
+    python -m engine.eval.acceptance --report docs/embedded_model/report.json [--second-report R2.json]
+                                     [--model engine/assets/default] [-o acceptance.md] [--no-timing]
+
+Bars, each read off `imusic eval` reports (report.json) or measured here:
+- extract and remove: the model's row (the editor's default mode) beats the identity (the input unchanged) on both
+  mel SSIM and log-mel distance; add: the model comes closer to the target than the input on log-mel distance;
+- the codec ceiling (the target through the model's codec) beats the identity on every task and both metrics;
+- the same on a second test set (`--second-report`: songs rendered with a soundfont no stage trained on);
+- a 10 s stereo 44.1 kHz edit on this machine takes at most 5 s (median of `--repeats` edits after one warm-up,
+  model already loaded, the editor's default mode);
+- the model folder (what the package ships for it) stays under 40 MB.
+
+Prints the table and "N of M bars met"; a bar whose figures are not in the report says so instead of a verdict.
+Exit 0 whatever the verdict (this is a measurement), 1 on unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ImusicError
+
+TASKS = ("extract", "remove", "add")
+METRICS = ("mel_ssim", "log_mel_distance")
+TITLES = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel dist."}
+EDIT_SECONDS = 10.0
+EDIT_BUDGET_SECONDS = 5.0
+SIZE_LIMIT_MB = 40.0
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One bar: what it asks, what was measured, whether it is met (None: not measured)."""
+
+    name: str
+    measured: str
+    met: bool | None
+
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """{task: {row: {metric: value}}} of an `imusic eval` report.json (ImusicError naming a missing or other file)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ImusicError(f"no such report: {path} (imusic eval writes report.json in its output folder)") from None
+    except (OSError, ValueError) as exc:
+        raise ImusicError(f"cannot read {path} as an imusic eval report: {exc}") from None
+    tasks = report.get("tasks") if isinstance(report, dict) else None
+    if not isinstance(tasks, dict):
+        raise ImusicError(f"{path} is not an imusic eval report (no 'tasks')")
+    return {task: part.get("summary", {}) for task, part in tasks.items() if isinstance(part, dict)}
+
+
+def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
+    mine, base = rows.get(row, {}).get(metric), rows.get("identity", {}).get(metric)
+    if mine is None or base is None:
+        return f"{TITLES[metric]} not measured"
+    return f"{TITLES[metric]} {mine:.3g} vs {base:.3g}"
+
+
+def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
+    """The model and codec-ceiling bars of one test set."""
+    from engine.train.default_model import beats_identity
+
+    model, ceiling = beats_identity(summary, "model"), beats_identity(summary, "codec ceiling")
+    bars = []
+    for task, metrics in (("extract", METRICS), ("remove", METRICS), ("add", ("log_mel_distance",))):
+        verdicts = [model.get(task, {}).get(m) for m in metrics]
+        measured = "; ".join(_pair(summary.get(task, {}), "model", m) for m in metrics)
+        what = " and ".join(TITLES[m] for m in metrics)
+        bars.append(Bar(f"{label}: {task} beats identity on {what}", measured, _all(verdicts)))
+    checks = {f"{task} {TITLES[m]}": ceiling.get(task, {}).get(m) for task in TASKS for m in METRICS}
+    losing = [name for name, won in checks.items() if won is False]
+    unmeasured = [name for name, won in checks.items() if won is None]
+    measured = "wins on all"
+    if losing or unmeasured:
+        measured = f"loses on {', '.join(losing)}" if losing else f"not measured: {', '.join(unmeasured)}"
+    bars.append(Bar(f"{label}: codec ceiling beats identity on every task and metric", measured, _all(checks.values())))
+    return bars
+
+
+def _all(verdicts: Iterable[bool | None]) -> bool | None:
+    """False when any verdict is False, None when any is missing, else True."""
+    verdicts = list(verdicts)
+    return False if False in verdicts else None if None in verdicts else True
+
+
+def test_audio(seconds: float, rate: int = 44100) -> Any:
+    """A stereo region as a producer sends it: a few notes and a noise hat, left and right a little apart."""
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    rng = np.random.default_rng(0)
+    tones = sum(0.1 * np.sin(2 * np.pi * f * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) for f in (110.0, 220.0, 330.0))
+    hat = 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 4 * t) > 0.9)
+    return np.stack([tones + hat, 0.8 * tones + 1.2 * hat]).astype(np.float32)
+
+
+def time_edits(
+    model: str | Path | None, seconds: float = EDIT_SECONDS, repeats: int = 3, instruction: str = ""
+) -> dict[str, Any]:
+    """Median wall time of `repeats` edits of a `seconds`-long stereo 44.1 kHz region after one warm-up edit."""
+    import torch
+
+    from engine.editor import Editor
+
+    editor = Editor.load(model)
+    stems = editor.card.stems
+    instruction = instruction or f"extract {stems[0].lower() if stems else 'drums'}"
+    audio = test_audio(seconds)
+    editor.edit(audio, 44100, instruction, seed=0)  # warm-up: first-call costs are not what a hotkey waits for
+    times = []
+    for seed in range(1, repeats + 1):
+        start = time.perf_counter()
+        editor.edit(audio, 44100, instruction, seed=seed)
+        times.append(time.perf_counter() - start)
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "threads": torch.get_num_threads(),
+        "edit": instruction,
+    }
+
+
+def folder_megabytes(path: str | Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
+
+
+def machine_bars(
+    model: str | Path,
+    *,
+    timing: bool = True,
+    seconds: float = EDIT_SECONDS,
+    budget_s: float = EDIT_BUDGET_SECONDS,
+    repeats: int = 3,
+    size_limit_mb: float = SIZE_LIMIT_MB,
+) -> list[Bar]:
+    """The edit-time and size bars of the model folder `model`."""
+    bars = []
+    if timing:
+        timed = time_edits(model, seconds, repeats)
+        bars.append(
+            Bar(
+                f"a {seconds:g} s edit takes at most {budget_s:g} s here",
+                f"{timed['median_s']:.2f} s (median of {repeats}, {timed['threads']} threads, {timed['edit']})",
+                timed["median_s"] <= budget_s,
+            )
+        )
+    else:
+        bars.append(Bar(f"a {seconds:g} s edit takes at most {budget_s:g} s here", "not timed (--no-timing)", None))
+    size = folder_megabytes(model)
+    bars.append(Bar(f"the model folder is under {size_limit_mb:g} MB", f"{size:.1f} MB", size < size_limit_mb))
+    return bars
+
+
+def table(bars: Sequence[Bar]) -> str:
+    mark = {True: "yes", False: "**no**", None: "not measured"}
+    lines = ["| bar | measured | met |", "|---|---|---|"]
+    lines += [f"| {b.name} | {b.measured} | {mark[b.met]} |" for b in bars]
+    met = sum(b.met is True for b in bars)
+    return "\n".join(lines) + f"\n\n{met} of {len(bars)} bars met.\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.eval.acceptance", description=__doc__.splitlines()[0])
+    parser.add_argument("--report", required=True, help="report.json of `imusic eval` on the held-out test songs")
+    parser.add_argument("--second-report", help="report.json on a second test set (a soundfont no stage trained on)")
+    parser.add_argument("--model", default=None, help="model folder (default: the embedded default model)")
+    parser.add_argument("--no-timing", action="store_true", help="skip the edit-time bar (no model load)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed edits after the warm-up (default 3)")
+    parser.add_argument("-o", "--output", help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+    try:
+        from engine.weights.loader import default_model_dir
+
+        model = Path(args.model) if args.model else default_model_dir()
+        bars = report_bars(read_summary(args.report), "test songs")
+        if args.second_report:
+            bars += report_bars(read_summary(args.second_report), "second test set")
+        else:
+            bars.append(Bar("second test set: the same bars", "no --second-report given", None))
+        bars += machine_bars(model, timing=not args.no_timing, repeats=args.repeats)
+    except ImusicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = table(bars)
+    print(text, end="")
+    if args.output:
+        from engine.files import write_bytes_atomic
+
+        write_bytes_atomic(args.output, text.encode("utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

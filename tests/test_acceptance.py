@@ -1,0 +1,80 @@
+"""engine.eval.acceptance: the shipped model against its bars, from eval reports and measurements here."""
+
+import json
+
+import pytest
+
+from engine.errors import ImusicError
+from engine.eval.acceptance import Bar, machine_bars, main, read_summary, report_bars, table
+
+
+def _row(ssim, lmd):
+    return {"n": 4, "mel_ssim": ssim, "log_mel_distance": lmd}
+
+
+def _summary(extract_model, ceiling_remove):
+    identity = _row(0.5, 10.0)
+    return {
+        "extract": {"model": extract_model, "identity": identity, "codec ceiling": _row(0.6, 5.0)},
+        "remove": {"model": _row(0.4, 12.0), "identity": identity, "codec ceiling": ceiling_remove},
+        "add": {"model": _row(0.3, 9.0), "identity": identity, "codec ceiling": _row(0.7, 4.0)},
+    }
+
+
+def _report(path, summary):
+    path.write_text(json.dumps({"tasks": {task: {"summary": rows} for task, rows in summary.items()}}))
+    return path
+
+
+def test_each_bar_is_judged_from_the_rows():
+    bars = {b.name: b for b in report_bars(_summary(_row(0.6, 8.0), _row(0.45, 6.0)), "test")}
+    assert bars["test: extract beats identity on mel SSIM and log-mel dist."].met is True
+    remove = bars["test: remove beats identity on mel SSIM and log-mel dist."]
+    assert remove.met is False and remove.measured == "mel SSIM 0.4 vs 0.5; log-mel dist. 12 vs 10"
+    assert bars["test: add beats identity on log-mel dist."].met is True  # add is judged on log-mel distance only
+    ceiling = bars["test: codec ceiling beats identity on every task and metric"]
+    assert ceiling.met is False and ceiling.measured == "loses on remove mel SSIM"
+
+
+def test_a_bar_without_its_figures_is_not_measured_rather_than_failed():
+    summary = _summary({"n": 4, "mel_ssim": 0.6}, _row(0.6, 6.0))
+    summary["add"]["model"]["log_mel_distance"] = None  # null in a report: a metric with no finite value
+    bars = {b.name: b for b in report_bars(summary, "t")}
+    assert bars["t: extract beats identity on mel SSIM and log-mel dist."].met is None
+    assert "log-mel dist. not measured" in bars["t: extract beats identity on mel SSIM and log-mel dist."].measured
+    assert bars["t: add beats identity on log-mel dist."].met is None
+    assert bars["t: codec ceiling beats identity on every task and metric"].met is True
+
+
+def test_unreadable_reports_are_named(tmp_path):
+    with pytest.raises(ImusicError, match="no such report"):
+        read_summary(tmp_path / "missing.json")
+    (tmp_path / "other.json").write_text('{"clips": []}')
+    with pytest.raises(ImusicError, match="not an imusic eval report"):
+        read_summary(tmp_path / "other.json")
+
+
+def test_the_table_counts_what_is_met():
+    text = table([Bar("a", "1", True), Bar("b", "2", False), Bar("c", "-", None)])
+    assert "| b | 2 | **no** |" in text and "| c | - | not measured |" in text
+    assert text.rstrip().endswith("1 of 3 bars met.")
+
+
+def test_edit_time_and_size_are_measured_on_the_model(tiny_model_dir):
+    timed, size = machine_bars(tiny_model_dir, seconds=1.0, budget_s=60.0, repeats=1, size_limit_mb=40.0)
+    assert timed.met is True and "median of 1" in timed.measured
+    assert size.met is True and size.measured.endswith(" MB")
+    _, too_big = machine_bars(tiny_model_dir, timing=False, size_limit_mb=1e-6)
+    assert too_big.met is False
+
+
+def test_command_writes_the_table(tmp_path, tiny_model_dir, capsys):
+    report = _report(tmp_path / "report.json", _summary(_row(0.6, 8.0), _row(0.6, 6.0)))
+    out = tmp_path / "acceptance.md"
+    argv = ["--report", str(report), "--second-report", str(report), "--model", str(tiny_model_dir), "--no-timing"]
+    assert main([*argv, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_text() == printed
+    assert "second test set: remove beats identity" in printed and printed.rstrip().endswith("bars met.")
+    assert main(["--report", str(tmp_path / "nope.json"), "--no-timing"]) == 1
+    assert "no such report" in capsys.readouterr().err
