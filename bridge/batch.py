@@ -132,6 +132,7 @@ class Summary:
     rows: dict[str, dict[str, str]] = field(default_factory=dict)  # source rel -> label -> cell
     errors: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)  # source rel -> why it cannot be rendered
+    notes: dict[str, list[str]] = field(default_factory=dict)  # a result's warning -> the pairs it came with
 
     @property
     def exit_code(self) -> int:
@@ -260,6 +261,8 @@ def run_batch(
                 entry = _entry(pair, out, settings, "done", None, outcome)
                 summary.done += 1
                 row[pair.label] = f"done {outcome.seconds:.1f}s"
+                for note in outcome.info.get("warnings") or ():
+                    summary.notes.setdefault(str(note), []).append(pair.key)
             else:
                 entry = _entry(pair, out, settings, "failed", str(outcome.error), outcome)
                 summary.failed += 1
@@ -333,6 +336,8 @@ def format_summary(summary: Summary, labels: list[str], out: Path, headline: str
     )
     lines += [f"  {error}" for error in summary.errors]
     lines += [f"  {rel}: refused: {reason}" for rel, reason in summary.refused.items()]
+    for note, keys in summary.notes.items():  # one line per distinct note: the card's own verdict is said once
+        lines.append(f"  {keys[0]}: note: {note}" if len(keys) == 1 else f"  note ({len(keys)} results): {note}")
     return "\n".join(lines)
 
 

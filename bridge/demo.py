@@ -263,6 +263,7 @@ class Row:
     lufs: float | None = None
     path: Path | None = None
     message: str = ""
+    notes: tuple[str, ...] = ()  # the result's warnings (info["warnings"]), e.g. the model card's own verdict
 
 
 class _Bar:
@@ -325,7 +326,10 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, mo
     bridge_info = info.get("bridge") or {}
     levels = info.get("levels") or {}
     seconds = bridge_info.get("job_s", (info.get("timings") or {}).get("total"))
-    return Row(edit, mode, "done", _number(seconds), _number(levels.get("result_lufs")), Path(result.output_path))
+    notes = tuple(str(note) for note in info.get("warnings") or ())
+    return Row(
+        edit, mode, "done", _number(seconds), _number(levels.get("result_lufs")), Path(result.output_path), notes=notes
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -488,6 +492,8 @@ def run(args: argparse.Namespace) -> int:
 
     print()
     print(summary_table(rows))
+    for note in dict.fromkeys(note for row in rows for note in row.notes):
+        print(f"note: {note}")
     print()
     stems = ", ".join(clip.stems) or "none"
     song = ", ".join(str(v) for v in (clip.info.get("style"), clip.info.get("key")) if v)

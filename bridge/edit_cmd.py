@@ -165,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     print(done.output_path)
     sys.stderr.write(f"{parsed.label}: {_describe(done.seed, done.info, done.seconds)}\n")
+    for note in done.info.get("warnings") or ():
+        sys.stderr.write(f"imusic edit: note: {note}\n")
     if args.play or args.ab:
         source, sample_rate = audio_io.read_region(input_path, args.start, end)
         result, _ = audio_io.read_region(done.output_path, 0.0, -1.0)

@@ -643,6 +643,8 @@ def run(args: argparse.Namespace) -> int:
             if server.wait_ready():
                 info = server._editor_info()
                 server._log(f"ready: model {info.get('model', '?')} on {info.get('device', '?')}")
+                for note in (info.get("shortfalls") or {}).values():
+                    server._log(f"note: {note}")
         except BaseException:  # noqa: BLE001 (serve_forever reports it)
             pass
 

@@ -154,6 +154,8 @@ class Editor:
             "window_seconds": self.window_frames / self.frame_rate,
             "stems": [s.lower() for s in self.vocab.stems],
             "operations": list(self.vocab.operations),
+            # operations whose edits the model's own evaluation says lose to the unchanged input: the note for each
+            "shortfalls": {op: note for op in self.vocab.operations if (note := self.card.shortfall(op))},
         }
 
     # ---- the edit ---------------------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ class Editor:
             raise ConfigError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         sample_rate = int(sample_rate)
-        warnings: list[str] = []
+        warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
 
         from engine.resample import resample
 

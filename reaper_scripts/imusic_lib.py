@@ -419,9 +419,13 @@ def finish(R: Any, session: Session) -> None:
         insert_results(R, session.instruction, done)
     lines = [f"{job.view.describe()}: {job.error or job.code}" for job in failed]
     lines += [f"{job.view.describe()}: the result file is missing: {job.result_path}" for job in missing]
+    label = planning.edit_label(session.instruction)
     if lines:
-        label = planning.edit_label(session.instruction)
         _message(f"Instruct: {label} failed for\n" + "\n".join(lines))
+    notes, shown = planning.new_notes((job.state.info for job in done), R.RPR_GetExtState(EXT_SECTION, "notes"))
+    if notes:
+        R.RPR_SetExtState(EXT_SECTION, "notes", shown, False)
+        _message(f"Instruct: {label}: a note from the engine (shown once per REAPER session)\n\n" + "\n\n".join(notes))
 
 
 def insert_results(R: Any, instruction: str, jobs: list[_Job]) -> None:

@@ -9,7 +9,9 @@ too; this module adds what only the actions decide: names, where results go, mes
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for the actions and tests)
@@ -115,3 +117,18 @@ def status_text(
     else:
         lines.append("No edits from this REAPER are running.")
     return "\n".join(lines)
+
+
+def new_notes(infos: Iterable[dict], shown: str) -> tuple[list[str], str]:
+    """The engine's notes on finished results (each info's "warnings", e.g. the model card's own verdict that its
+    edits lose to the unchanged input) not yet shown in this REAPER session, and the updated `shown` record (short
+    digests, comma-separated, kept in a non-persistent ExtState): a note is shown once per session, not per hotkey."""
+    seen = {key for key in shown.split(",") if key}
+    notes = []
+    for info in infos:
+        for note in (info or {}).get("warnings") or ():
+            key = hashlib.sha1(str(note).encode("utf-8")).hexdigest()[:12]
+            if key not in seen:
+                seen.add(key)
+                notes.append(str(note))
+    return notes, ",".join(sorted(seen))

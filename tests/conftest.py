@@ -56,3 +56,23 @@ def song(root):
     from test_bridge_support import write_wav
 
     return write_wav(root / "song.wav", seconds=2.0, sample_rate=16000, channels=2)
+
+
+@pytest.fixture(scope="session")
+def judged_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with an evaluation in its card, as the shipped model has: extract loses to the unchanged input
+    on mel SSIM, remove wins, add loses on mel SSIM only (add is judged on log-mel distance)."""
+    import json
+    import shutil
+
+    path = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("judged") / "model")
+    card = json.loads((path / "model_card.json").read_text())
+    card["evaluation"] = {
+        "beats_identity": {
+            "extract": {"mel_ssim": False, "log_mel_distance": True},
+            "remove": {"mel_ssim": True, "log_mel_distance": True},
+            "add": {"mel_ssim": False, "log_mel_distance": True},
+        }
+    }
+    (path / "model_card.json").write_text(json.dumps(card))
+    return path

@@ -541,3 +541,13 @@ def test_command_modules_import_without_torch():
     code = "import sys, bridge.batch, bridge.edit_cmd, bridge.playback; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"
+
+
+def test_the_summary_says_each_distinct_note_once_with_where_it_came_from(tmp_path):
+    summary = batch.Summary(done=3, rows={"a.wav": {"x": "done 1.0s"}})
+    summary.notes = {"the card says extract loses": ["a.wav|x", "b.wav|x", "c.wav|x"]}
+    summary.notes["the source is silent"] = ["b.wav|x"]
+    text = batch.format_summary(summary, ["x"], tmp_path)
+    assert "  note (3 results): the card says extract loses" in text
+    assert "  b.wav|x: note: the source is silent" in text
+    assert text.count("the card says extract loses") == 1

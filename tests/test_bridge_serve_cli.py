@@ -14,7 +14,7 @@ import pytest
 IMUSIC = [sys.executable, "-m", "bridge.cli"]
 
 
-def test_serve_loads_warms_up_answers_and_stops_on_sigterm(tiny_model_dir, tmp_path):
+def test_serve_loads_warms_up_answers_and_stops_on_sigterm(judged_model_dir, tmp_path):
     pytest.importorskip("engine.editor")
     log = tmp_path / "serve.log"
     with open(log, "w") as sink:
@@ -23,7 +23,7 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(tiny_model_dir, tmp_p
             + [
                 "serve",
                 "--model",
-                str(tiny_model_dir),
+                str(judged_model_dir),
                 "--port",
                 "0",
                 "--device",
@@ -50,6 +50,9 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(tiny_model_dir, tmp_p
         code = process.wait(30)
     assert code == 0, log.read_text()
     assert log.read_text().rstrip().endswith("imusic serve: stopped")  # nothing was pending: no word of resuming
+    # the model card's own verdict, said once at start: extract loses to the unchanged input, the rest do not
+    notes = [line for line in log.read_text().splitlines() if "note: " in line]
+    assert len(notes) == 1 and "its extract edits do not beat leaving the audio unchanged" in notes[0]
 
 
 def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):

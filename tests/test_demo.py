@@ -25,10 +25,10 @@ EDITS = ("extract drums", "remove bass")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tiny_model_dir, tmp_path_factory):
-    """One end-to-end demo run on the tiny model: (completed process, output folder)."""
+def demo_run(judged_model_dir, tmp_path_factory):
+    """One end-to-end demo run on the tiny model (its card judging extract a loss): (completed process, folder)."""
     out = tmp_path_factory.mktemp("demo") / "demo_out"
-    command = IMUSIC + ["demo", "--model", str(tiny_model_dir), "-o", str(out), "--seconds", str(SECONDS)]
+    command = IMUSIC + ["demo", "--model", str(judged_model_dir), "-o", str(out), "--seconds", str(SECONDS)]
     for edit in EDITS:
         command += ["--edit", edit]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=240)
@@ -51,6 +51,13 @@ def test_demo_succeeds_and_prints_a_row_per_edit_and_mode(demo_run):
         # seconds and LUFS come from the /done metadata: numbers, not placeholders
         assert re.search(r"done\s+\d+\.\d\d\s+-?\d+\.\d\s", rows[(edit, "mask")]), rows[(edit, "mask")]
     assert "4 of 4 results done (2 edits x 2 modes)" in proc.stdout
+
+
+def test_the_models_own_verdict_is_said_once_under_the_table(demo_run):
+    proc, _ = demo_run
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note: ")]
+    verdicts = [line for line in notes if "extract edits do not beat leaving the audio unchanged" in line]
+    assert len(verdicts) == 1  # two extract results (mask, resynth), one note; remove wins on its card: none
 
 
 def test_input_is_a_44k_stereo_clip_of_the_requested_length(demo_run):

@@ -185,3 +185,9 @@ def test_the_summary_of_a_silent_result_says_what_it_knows():
         _describe(3, {"mode": "mask", "levels": {"result_lufs": None, "gain_db": None}}, 1.0)
         == "mode mask, seed 3, 1.0 s"
     )
+
+
+def test_the_models_own_verdict_on_the_operation_is_printed_as_a_note(song, tmp_path, judged_model_dir, capsys):
+    assert edit(song, judged_model_dir, "-o", str(tmp_path / "x.wav")) == 0
+    err = capsys.readouterr().err
+    assert "imusic edit: note: " in err and "extract edits do not beat leaving the audio unchanged" in err

@@ -414,3 +414,21 @@ def test_full_ten_second_window_and_a_half(tiny_editor):
     audio = _music(25.0, 48000, 2)
     result = tiny_editor.edit(audio, 48000, "extract drums", seed=0)
     assert result.audio.shape == audio.shape and result.info["windows"] == 3
+
+
+def test_a_model_whose_card_says_an_operation_loses_to_the_input_says_so_with_each_such_edit(judged_model_dir):
+    editor = Editor.load(judged_model_dir, device="cpu")
+    assert set(editor.info["shortfalls"]) == {"extract"}  # add is judged on log-mel distance, where it wins
+    note = editor.info["shortfalls"]["extract"]
+    assert "extract edits do not beat leaving the audio unchanged" in note and "mel SSIM" in note
+    audio = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32) * 0.1
+    assert note in editor.edit(audio, 16000, "extract drums", seed=0).info["warnings"]
+    assert editor.edit(audio, 16000, "remove drums", seed=0).info["warnings"] == []
+
+
+def test_a_card_without_an_evaluation_or_with_a_malformed_one_says_nothing(tiny_editor):
+    from engine.weights.loader import _card_verdict
+
+    assert tiny_editor.info["shortfalls"] == {}
+    assert _card_verdict({"evaluation": ["not", "a", "dict"]}) == {}
+    assert _card_verdict({"evaluation": {"beats_identity": {"extract": {"mel_ssim": "no"}}}}) == {"extract": {}}

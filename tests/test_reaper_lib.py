@@ -6,6 +6,7 @@ protocol (bridge.protocol) and misbehaves on purpose; tests/test_reaper_actions.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable
@@ -176,6 +177,31 @@ def test_a_lost_done_reply_is_recovered_by_asking_for_the_jobs_state(tmp_path, s
         assert harness.reaper.messages == []
         (result,) = harness.reaper.tracks[1].items
         assert result.take.source.filename == answer.output
+    finally:
+        harness.close()
+        engine.close()
+
+
+def test_the_engines_note_on_a_result_is_shown_once_per_reaper_session(tmp_path, source, monkeypatch):
+    note = "tiny's own evaluation: its extract edits do not beat leaving the audio unchanged"
+
+    def answer(address, args, count):
+        if address == protocol.EDIT:
+            job_id, output = args[0], args[5]
+            soundfile.write(output, np.zeros((32000, 1), np.float32), 32000)
+            info = json.dumps({"warnings": [note]})
+            return [(protocol.ACCEPTED, [job_id, 0]), (protocol.DONE, [job_id, output, info])]
+        return []
+
+    engine = ScriptedEngine(answer)
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        for _ in range(2):  # the same hotkey twice: the result lands both times, the note is said once
+            harness.run("imusic_extract_drums.py")
+            harness.settle(timeout=10)
+        assert [t.name for t in harness.reaper.tracks].count("Mix \u00b7 extract drums") == 2
+        (message,) = [m for m, _, _ in harness.reaper.messages]
+        assert note in message and "once per REAPER session" in message
     finally:
         harness.close()
         engine.close()

@@ -225,3 +225,13 @@ def test_one_preset_action_per_operation_and_stem():
     names = {a.script_name for a in planning.PRESET_ACTIONS}
     assert len(names) == 12
     assert "imusic_remove_bass.py" in names
+
+
+def test_new_notes_are_the_ones_not_shown_yet_in_this_session():
+    infos = [{"warnings": ["card says extract loses"]}, {"warnings": ["card says extract loses", "source silent"]}, {}]
+    notes, shown = planning.new_notes(infos, "")
+    assert notes == ["card says extract loses", "source silent"]
+    again, shown_again = planning.new_notes([{"warnings": ["source silent"]}, None], shown)
+    assert again == [] and shown_again == shown
+    later, _ = planning.new_notes([{"warnings": ["another"]}], shown)
+    assert later == ["another"]

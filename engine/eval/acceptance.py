@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError
+from engine.model.bundle import EDIT_BARS
 
 TASKS = ("extract", "remove", "add")
 METRICS = ("mel_ssim", "log_mel_distance")
@@ -75,7 +76,8 @@ def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
 
     model, ceiling = beats_identity(summary, "model"), beats_identity(summary, "codec ceiling")
     bars = []
-    for task, metrics in (("extract", METRICS), ("remove", METRICS), ("add", ("log_mel_distance",))):
+    for task in TASKS:
+        metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use
         verdicts = [model.get(task, {}).get(m) for m in metrics]
         measured = "; ".join(_pair(summary.get(task, {}), "model", m) for m in metrics)
         what = " and ".join(TITLES[m] for m in metrics)

@@ -21,6 +21,17 @@ if TYPE_CHECKING:
     from engine.model.lm import MusicGenLM
 
 
+# When an edit counts as working: it beats the unchanged input on these metrics of the model's own evaluation
+# (model_card.json `evaluation.beats_identity`). Add is judged on log-mel distance only: the input already holds
+# everything but the new part, so its mel SSIM to the target starts high.
+EDIT_BARS: dict[str, tuple[str, ...]] = {
+    "extract": ("mel_ssim", "log_mel_distance"),
+    "remove": ("mel_ssim", "log_mel_distance"),
+    "add": ("log_mel_distance",),
+}
+METRIC_WORDS = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel distance"}
+
+
 @dataclass
 class ModelCard:
     """Facts about a loaded model that editing, the server and the CLI need."""
@@ -36,6 +47,20 @@ class ModelCard:
     cond_frames: int = 501
     has_adapter: bool = True
     provenance: dict[str, Any] = field(default_factory=dict)
+    # {operation: {metric: beats the unchanged input?}} from the card's own evaluation; {} when it has none
+    beats_identity: dict[str, dict[str, bool]] = field(default_factory=dict)
+
+    def shortfall(self, op: str) -> str:
+        """One line for the producer when this model's own evaluation says its `op` edits lose to leaving the audio
+        unchanged (on any metric of EDIT_BARS); "" when they do not, or when the card has no evaluation."""
+        verdict = self.beats_identity.get(op) or {}
+        losing = [METRIC_WORDS[m] for m in EDIT_BARS.get(op, ()) if verdict.get(m) is False]
+        if not losing:
+            return ""
+        return (
+            f"{self.name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged on its held-out "
+            f"test songs ({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
+        )
 
     @property
     def window_seconds(self) -> float:

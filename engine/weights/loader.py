@@ -182,6 +182,7 @@ def load_model(
         num_codebooks=lm.cfg.num_codebooks,
         card=lm.cfg.card,
         has_adapter=adapter_state is not None,
+        beats_identity=_card_verdict(card_data),
         cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
         provenance={
             **dict(card_data.get("provenance") or {}),
@@ -195,6 +196,19 @@ def load_model(
         **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
     )
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _card_verdict(card_data: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """The card's `evaluation.beats_identity` ({operation: {metric: bool}}), {} when absent or malformed."""
+    evaluation = card_data.get("evaluation") if isinstance(card_data, dict) else None
+    verdict = evaluation.get("beats_identity") if isinstance(evaluation, dict) else None
+    if not isinstance(verdict, dict):
+        return {}
+    return {
+        str(op): {str(m): won for m, won in metrics.items() if isinstance(won, bool)}
+        for op, metrics in verdict.items()
+        if isinstance(metrics, dict)
+    }
 
 
 def _automatic_dtype(device, base: Path, layout: str):
