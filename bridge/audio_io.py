@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AudioError, ImusicError
-from engine.files import slug
+from engine.files import pid_alive, slug
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -252,16 +252,6 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
     return np.ascontiguousarray(audio[:, : stop - start]), info.sample_rate
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists (another user's process) or we cannot tell: leave its file alone
-    return True
-
-
 def sweep_partials(path: str | Path) -> list[Path]:
     """Remove the temporary files `write_atomic` left beside `path` in a process that no longer runs (kill -9).
 
@@ -275,7 +265,7 @@ def sweep_partials(path: str | Path) -> list[Path]:
         middle = candidate.name[len(prefix) : -len(".partial.wav")].split(".")
         if len(middle) != 2 or not middle[0].isdigit():
             continue
-        if not _pid_alive(int(middle[0])):
+        if not pid_alive(int(middle[0])):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

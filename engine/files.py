@@ -13,28 +13,65 @@ import math
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+TEMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # .{name}.{pid}.{8 hex}.tmp
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs here (True when it cannot be told: its files are then left alone). On Windows,
+    os.kill(pid, 0) would terminate the process, so nothing is asked there and every pid counts as running."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's process) or we cannot tell
+    return True
+
+
+def sweep_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files `atomic_path` left in `folder` from processes that no longer run (kill -9 in the
+    middle of a write). Only names of its form whose pid is dead go; a live writer's file and every other file stay."""
+    removed = []
+    for candidate in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        match = _TEMP_NAME.match(candidate.name)
+        if match and not pid_alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
-    """A temporary path beside `path` for any writer (torch.save, savefig, write_bytes); when the block ends without
-    an error the file is fsynced and renamed over `path`, else removed: `path` is either the old file or the new one.
+    """A temporary path beside `path` for any writer (torch.save, savefig with an explicit format, write_bytes);
+    when the block ends without an error the file is fsynced and renamed over `path`, else removed: `path` is
+    either the old file or the new one.
 
-    The temporary name keeps `path`'s suffix (savefig picks the format from it). An existing file keeps its
-    permission mode (else `mode`, else the default for new files).
+    The temporary name is `.{name}.{pid}.{8 hex}.tmp` (hidden, never a final name's suffix, so nothing that lists
+    reports or pictures picks it up); temporaries that writers killed mid-write left in the folder are swept first.
+    An existing file keeps its permission mode (else `mode`, else the default for new files).
     """
     path = Path(path)
+    sweep_temps(path.parent)
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
+        try:
+            os.close(os.open(tmp, flags, 0o600))
+            break
+        except FileExistsError:
+            continue
     try:
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
+        yield tmp
+        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))  # writable: Windows refuses fsync otherwise
         try:
             os.fsync(fd)
         finally:
@@ -42,7 +79,7 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
         if mode is None:
             umask = os.umask(0)
             os.umask(umask)
-            mode = 0o666 & ~umask  # what open() would have given a new file (mkstemp makes it 0600)
+            mode = 0o666 & ~umask  # what open() would have given a new file (the temporary is 0600)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

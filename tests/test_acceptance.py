@@ -46,6 +46,14 @@ def test_a_bar_without_its_figures_is_not_measured_rather_than_failed():
     assert bars["t: codec ceiling beats identity on every task and metric"].met is True
 
 
+def test_figures_an_older_report_wrote_as_text_are_not_measured():
+    summary = _summary(_row(0.6, 8.0), _row(0.6, 6.0))
+    summary["extract"]["model"]["mel_ssim"] = "nan"  # reports before 2026-12-05 wrote non-finite values as text
+    bars = {b.name: b for b in report_bars(summary, "t")}
+    extract = bars["t: extract beats identity on mel SSIM and log-mel dist."]
+    assert extract.met is None and extract.measured.startswith("mel SSIM not measured")
+
+
 def test_unreadable_reports_are_named(tmp_path):
     with pytest.raises(ImusicError, match="no such report"):
         read_summary(tmp_path / "missing.json")
@@ -66,6 +74,8 @@ def test_edit_time_and_size_are_measured_on_the_model(tiny_model_dir):
     assert size.met is True and size.measured.endswith(" MB")
     _, too_big = machine_bars(tiny_model_dir, timing=False, size_limit_mb=1e-6)
     assert too_big.met is False
+    with pytest.raises(ImusicError, match="is not a model folder"):  # not "0.0 MB: met"
+        machine_bars(tiny_model_dir / "nowhere", timing=False)
 
 
 def test_command_writes_the_table(tmp_path, tiny_model_dir, capsys):

@@ -275,8 +275,12 @@ def test_temporary_files_of_a_killed_run_are_swept_up(tmp_path):
     (tmp_path / "sub").mkdir()
     leftover = tmp_path / "sub" / ".mix.extract_drums.123.abcd.partial.wav"
     leftover.write_bytes(b"half")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    manifest_temp = tmp_path / f".manifest.json.{dead.pid}.0badc0de.tmp"  # engine.files.atomic_path's temporary
+    manifest_temp.write_bytes(b"{ half")
     claim_output_folder(tmp_path).close()
-    assert not leftover.exists()
+    assert not leftover.exists() and not manifest_temp.exists()
 
 
 def test_a_corrupt_manifest_is_not_overwritten_silently(tmp_path):

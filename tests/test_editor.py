@@ -432,3 +432,8 @@ def test_a_card_without_an_evaluation_or_with_a_malformed_one_says_nothing(tiny_
     assert tiny_editor.info["shortfalls"] == {}
     assert _card_verdict({"evaluation": ["not", "a", "dict"]}) == {}
     assert _card_verdict({"evaluation": {"beats_identity": {"extract": {"mel_ssim": "no"}}}}) == {"extract": {}}
+
+
+def test_the_cards_verdict_is_not_applied_to_an_adapter_given_on_top(judged_model_dir):
+    editor = Editor.load(judged_model_dir, adapter=judged_model_dir / "adapter", device="cpu")
+    assert editor.info["shortfalls"] == {}  # the card judged the folder's own adapter, not the one passed

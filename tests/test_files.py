@@ -4,17 +4,20 @@ import json
 import math
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
-from engine.files import atomic_path, jsonable, write_bytes_atomic, write_json_atomic
+from engine.files import atomic_path, jsonable, sweep_temps, write_bytes_atomic, write_json_atomic
 
 
 def test_atomic_path_replaces_the_file_only_when_the_block_ends(tmp_path):
     target = tmp_path / "report.png"
     target.write_bytes(b"old")
     with atomic_path(target) as tmp:
-        assert tmp.parent == tmp_path and tmp.suffix == ".png"  # savefig picks the format from the suffix
+        # hidden, and never a final name's suffix: nothing that lists reports or pictures picks it up
+        assert tmp.parent == tmp_path and tmp.name.startswith(".report.png.") and tmp.suffix == ".tmp"
         tmp.write_bytes(b"new")
         assert target.read_bytes() == b"old"  # not under the final name while being written
     assert target.read_bytes() == b"new"
@@ -55,3 +58,21 @@ def test_json_is_json_safe_non_finite_floats_become_null(tmp_path):
     write_json_atomic(tmp_path / "r.json", {"b": 1, "a": "é"}, sort_keys=False)
     text = (tmp_path / "r.json").read_text(encoding="utf-8")
     assert json.loads(text) == {"b": 1, "a": "é"} and text.index('"b"') < text.index('"a"') and "é" in text
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no process check on Windows: every temporary is kept there")
+def test_a_write_sweeps_the_temporaries_of_killed_writers_and_nothing_else(tmp_path):
+    dead = tmp_path / f".step_00000100.pt.{_dead_pid()}.0badc0de.tmp"  # a save killed at an earlier step
+    live = tmp_path / f".step_00000100.pt.{os.getpid()}.12345678.tmp"  # a writer still running
+    odd = tmp_path / ".notes.tmp"  # not one of ours
+    for path in (dead, live, odd):
+        path.write_bytes(b"half")
+    write_bytes_atomic(tmp_path / "step_00000200.pt", b"new")
+    assert not dead.exists() and live.exists() and odd.exists()
+    assert (tmp_path / "step_00000200.pt").read_bytes() == b"new"
+    assert sweep_temps(tmp_path) == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -63,9 +64,13 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     return {task: part.get("summary", {}) for task, part in tasks.items() if isinstance(part, dict)}
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
     mine, base = rows.get(row, {}).get(metric), rows.get("identity", {}).get(metric)
-    if mine is None or base is None:
+    if not (_finite(mine) and _finite(base)):  # missing, null, or "nan" as older reports wrote it
         return f"{TITLES[metric]} not measured"
     return f"{TITLES[metric]} {mine:.3g} vs {base:.3g}"
 
@@ -148,7 +153,11 @@ def machine_bars(
     repeats: int = 3,
     size_limit_mb: float = SIZE_LIMIT_MB,
 ) -> list[Bar]:
-    """The edit-time and size bars of the model folder `model`."""
+    """The edit-time and size bars of the model folder `model` (ImusicError when it is not one)."""
+    from engine.weights.loader import is_model_dir
+
+    if not is_model_dir(Path(model)):
+        raise ImusicError(f"{model} is not a model folder (model_card.json, base/, adapter/): nothing to time or size")
     bars = []
     if timing:
         timed = time_edits(model, seconds, repeats)

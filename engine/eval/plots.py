@@ -24,7 +24,7 @@ def _save_atomically(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png")
     return path
 
 

@@ -136,7 +136,7 @@ def build_lm(
     with torch.device("meta"):
         lm = MusicGenLM(cfg, fusion)
     adapter_names = _adapter_names(lm)
-    # adapters a base-only checkpoint lacks are made below; without `strict`, any missing weight is
+    # adapters a base-only checkpoint lacks are made below; without `strict`, any missing weight is made there too
     may_miss = adapter_names.__contains__ if strict else (lambda name: True)
     check_state_fits(state, lm.state_dict(), "the checkpoint", "the decoder", may_miss=may_miss)
     lm.load_state_dict(state, strict=False, assign=True)

@@ -182,7 +182,8 @@ def load_model(
         num_codebooks=lm.cfg.num_codebooks,
         card=lm.cfg.card,
         has_adapter=adapter_state is not None,
-        beats_identity=_card_verdict(card_data),
+        # the card judges the folder's own adapter: with another adapter given, its verdict says nothing
+        beats_identity=_card_verdict(card_data) if adapter is None else {},
         cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
         provenance={
             **dict(card_data.get("provenance") or {}),

@@ -35,7 +35,6 @@ WEIGHT_FILES = (
     "pytorch_model.bin.index.json",
 )
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
-# How many key names an error message lists before "and N more".
 
 
 @contextlib.contextmanager
