@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.errors import ImusicError
+
 TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # .{name}.{pid}.{8 hex}.tmp
 
@@ -92,6 +94,22 @@ def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -
     """`data` written through `atomic_path`: never half-written, nothing left behind on failure."""
     with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
+
+
+def read_json_object(path: str | Path, missing: str, error: type[Exception] = ImusicError) -> dict[str, Any]:
+    """The JSON object a file holds: `error(missing)` when the file is not there, `error` naming the file when it is
+    unreadable, not JSON, or holds anything but an object. One rule for every description file a user may hand us
+    (model cards, adapter.json, config.json, eval reports)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(missing) from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, bad UTF-8, bad JSON
+        raise error(f"{path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 def jsonable(value: Any) -> Any:

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from engine.files import atomic_path, jsonable, sweep_temps, write_bytes_atomic, write_json_atomic
+from engine.errors import CheckpointError, ImusicError
+from engine.files import atomic_path, jsonable, read_json_object, sweep_temps, write_bytes_atomic, write_json_atomic
 
 
 def test_atomic_path_replaces_the_file_only_when_the_block_ends(tmp_path):
@@ -76,3 +77,19 @@ def test_a_write_sweeps_the_temporaries_of_killed_writers_and_nothing_else(tmp_p
     assert not dead.exists() and live.exists() and odd.exists()
     assert (tmp_path / "step_00000200.pt").read_bytes() == b"new"
     assert sweep_temps(tmp_path) == []
+
+
+def test_read_json_object_names_what_is_wrong_with_the_file(tmp_path):
+    good = tmp_path / "card.json"
+    good.write_text('{"name": "x"}')
+    assert read_json_object(good, "unused") == {"name": "x"}
+    with pytest.raises(CheckpointError, match="^the model folder has no card$"):
+        read_json_object(tmp_path / "nope.json", "the model folder has no card", CheckpointError)
+    (tmp_path / "bad.json").write_text("{ truncated")
+    with pytest.raises(ImusicError, match=r"bad\.json is not readable JSON"):
+        read_json_object(tmp_path / "bad.json", "unused")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ImusicError, match="must hold a JSON object, not a list"):
+        read_json_object(tmp_path / "list.json", "unused")
+    with pytest.raises(ImusicError, match="is not readable JSON"):  # a folder where a file should be
+        read_json_object(tmp_path, "unused")

@@ -19,7 +19,6 @@ Exit 0 whatever the verdict (this is a measurement), 1 on unreadable input.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -51,14 +50,10 @@ class Bar:
 
 def read_summary(path: str | Path) -> dict[str, Any]:
     """{task: {row: {metric: value}}} of an `imusic eval` report.json (ImusicError naming a missing or other file)."""
-    path = Path(path)
-    try:
-        report = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ImusicError(f"no such report: {path} (imusic eval writes report.json in its output folder)") from None
-    except (OSError, ValueError) as exc:
-        raise ImusicError(f"cannot read {path} as an imusic eval report: {exc}") from None
-    tasks = report.get("tasks") if isinstance(report, dict) else None
+    from engine.files import read_json_object
+
+    missing = f"no such report: {path} (imusic eval writes report.json in its output folder)"
+    tasks = read_json_object(path, missing).get("tasks")
     if not isinstance(tasks, dict):
         raise ImusicError(f"{path} is not an imusic eval report (no 'tasks')")
     return {task: part.get("summary", {}) for task, part in tasks.items() if isinstance(part, dict)}

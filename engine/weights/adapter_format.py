@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.files import read_json_object
 
 if TYPE_CHECKING:
     from engine.model.config import FusionConfig
@@ -66,13 +67,8 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
     """Read and check `adapter.json` of an adapter directory."""
     path = Path(path)
     meta_path = path / ADAPTER_JSON
-    if not meta_path.is_file():
-        raise CheckpointError(f"adapter directory {path} has no {ADAPTER_JSON}")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{meta_path} is not readable JSON: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_json_object(meta_path, f"adapter directory {path} has no {ADAPTER_JSON}", CheckpointError)
+    if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not an imusic adapter description (format {FORMAT!r} expected)")
     if int(meta.get("version", 0)) > VERSION:
         raise CheckpointError(f"{meta_path} has format version {meta['version']}; this imusic reads up to {VERSION}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
+from engine.files import read_json_object
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -89,16 +90,7 @@ def resolve_source(source: str | Path | None) -> Path:
 
 def read_model_card(path: str | Path) -> dict[str, Any]:
     """model_card.json of our model directory."""
-    card_path = Path(path) / MODEL_CARD
-    try:
-        card = json.loads(card_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"model directory {path} is missing {MODEL_CARD}") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{card_path} is not readable JSON: {exc}") from None
-    if not isinstance(card, dict):
-        raise CheckpointError(f"{card_path} must hold a JSON object")
-    return card
+    return read_json_object(Path(path) / MODEL_CARD, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
 
 
 def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.files import read_json_object
 from engine.model.fit import refuse_misfit
 
 if TYPE_CHECKING:
@@ -58,12 +59,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a transformers MusicGen directory, checked for the parts we need."""
     path = Path(path)
     config_path = path / CONFIG
-    if not config_path.is_file():
-        raise CheckpointError(f"model directory {path} is missing {CONFIG}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{config_path} is not readable JSON: {exc}") from None
+    config = read_json_object(config_path, f"model directory {path} is missing {CONFIG}", CheckpointError)
     model_type = config.get("model_type")
     if model_type == "musicgen_melody":
         raise CheckpointError(
