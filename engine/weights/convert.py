@@ -38,6 +38,42 @@ _HF_LAYER = {
 }
 _HF_LAYER_INV = {ours: theirs for theirs, ours in _HF_LAYER.items()}
 
+# The rest of the decoder, transformers (MusicgenForCausalLM) name <-> ours: one table, read in both directions.
+# {n} is a codebook or layer number, {part} a per-layer name of _HF_LAYER's, {wb} weight or bias.
+_HF_NAMES = (
+    ("model.decoder.embed_tokens.{n}.weight", "emb.{n}.weight"),
+    ("model.decoder.layers.{n}.{part}", "layers.{n}.{part}"),
+    ("model.decoder.layer_norm.{wb}", "norm_out.{wb}"),
+    ("lm_heads.{n}.weight", "heads.{n}.weight"),
+    ("enc_to_dec_proj.{wb}", "text_proj.{wb}"),
+)
+_FIELDS = {"n": r"(?P<n>\d+)", "part": r"(?P<part>.+)", "wb": r"(?P<wb>weight|bias)"}
+
+
+def _template_re(template: str) -> re.Pattern:
+    pattern = re.escape(template)
+    for name, group in _FIELDS.items():
+        pattern = pattern.replace(re.escape("{" + name + "}"), group)
+    return re.compile(pattern)
+
+
+_TO_OURS = [(_template_re(theirs), ours) for theirs, ours in _HF_NAMES]
+_TO_HF = [(_template_re(ours), theirs) for theirs, ours in _HF_NAMES]
+
+
+def _rename(name: str, table: list[tuple[re.Pattern, str]], parts: Mapping[str, str]) -> str | None:
+    """`name` in the other naming (per-layer parts through `parts`), None when it has no counterpart there."""
+    for pattern, template in table:
+        if m := pattern.fullmatch(name):
+            fields = m.groupdict()
+            if "part" in fields:
+                if fields["part"] not in parts:
+                    return None
+                fields["part"] = parts[fields["part"]]
+            return template.format(**fields)
+    return None
+
+
 # per-layer renames, audiocraft -> ours (q/k/v handled apart: stacked in in_proj_weight)
 _AC_LAYER = {
     "self_attn.out_proj.weight": "self_attn.out.weight",
@@ -111,25 +147,14 @@ def lm_state_from_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, t
     state = _strip_decoder_prefix(state)
     out: dict[str, torch.Tensor] = {}
     unknown = []
-    layer_re = re.compile(r"model\.decoder\.layers\.(\d+)\.(.+)")
     for name, tensor in state.items():
         if name.endswith("embed_positions.weights"):
             continue  # sinusoidal table, recomputed
-        if m := re.fullmatch(r"model\.decoder\.embed_tokens\.(\d+)\.weight", name):
-            out[f"emb.{m[1]}.weight"] = tensor
-        elif m := layer_re.fullmatch(name):
-            if m[2] not in _HF_LAYER:
-                unknown.append(name)
-                continue
-            out[f"layers.{m[1]}.{_HF_LAYER[m[2]]}"] = tensor
-        elif m := re.fullmatch(r"model\.decoder\.layer_norm\.(weight|bias)", name):
-            out[f"norm_out.{m[1]}"] = tensor
-        elif m := re.fullmatch(r"lm_heads\.(\d+)\.weight", name):
-            out[f"heads.{m[1]}.weight"] = tensor
-        elif m := re.fullmatch(r"enc_to_dec_proj\.(weight|bias)", name):
-            out[f"text_proj.{m[1]}"] = tensor
-        else:
+        ours = _rename(name, _TO_OURS, _HF_LAYER)
+        if ours is None:
             unknown.append(name)
+        else:
+            out[ours] = tensor
     if unknown:
         raise CheckpointError(
             f"unexpected tensors in a transformers MusicGen decoder: {', '.join(sorted(unknown)[:5])}"
@@ -154,21 +179,14 @@ def lm_state_to_transformers(state: Mapping[str, torch.Tensor], layout: str = "c
     for name, tensor in state.items():
         if name.startswith("fusion.") or ".lora_" in name:
             raise CheckpointError(f"{name} is an adapter tensor; transformers' MusicGen has no place for it")
-        if m := re.fullmatch(r"emb\.(\d+)\.weight", name):
-            out[f"{prefix}model.decoder.embed_tokens.{m[1]}.weight"] = tensor
-        elif m := re.fullmatch(r"layers\.(\d+)\.(.+)", name):
-            if m[2] not in _HF_LAYER_INV:
-                raise CheckpointError(f"{name} has no transformers counterpart")
-            out[f"{prefix}model.decoder.layers.{m[1]}.{_HF_LAYER_INV[m[2]]}"] = tensor
-        elif m := re.fullmatch(r"norm_out\.(weight|bias)", name):
-            out[f"{prefix}model.decoder.layer_norm.{m[1]}"] = tensor
-        elif m := re.fullmatch(r"heads\.(\d+)\.weight", name):
-            out[f"{prefix}lm_heads.{m[1]}.weight"] = tensor
-        elif m := re.fullmatch(r"text_proj\.(weight|bias)", name):
-            if layout == "conditional":
-                out[f"enc_to_dec_proj.{m[1]}"] = tensor
-        else:
+        theirs = _rename(name, _TO_HF, _HF_LAYER_INV)
+        if theirs is None:
             raise CheckpointError(f"{name} has no transformers counterpart")
+        if theirs.startswith("enc_to_dec_proj."):  # the text projection lives beside the decoder, not in it
+            if layout == "conditional":
+                out[theirs] = tensor
+        else:
+            out[prefix + theirs] = tensor
     return out
 
 
