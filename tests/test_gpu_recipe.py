@@ -175,6 +175,14 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert "summary" in card["stages"]["eval"]
     log = (out / "run.log").read_text()
     assert "adapters: done" in log and "pack: done" in log
+    # the bars the run can judge are in its log and card at once, each met, not met or not measured
+    bars = card["stages"]["eval"]["bars"]
+    assert [b["bar"] for b in bars][:3] == [
+        "test songs: extract beats identity on mel SSIM and log-mel dist.",
+        "test songs: remove beats identity on mel SSIM and log-mel dist.",
+        "test songs: add beats identity on log-mel dist.",
+    ]
+    assert all(b["met"] in (True, False, None) and f"eval: {b['bar']}: " in log for b in bars)
 
     # a second run on a "fresh machine" restores every trained stage from the returned files and trains nothing
     again = subprocess.run(
@@ -195,3 +203,6 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert (tmp_path / "docs" / "report.md").is_file()
     editor = Editor.load(model, device="cpu")
     assert editor.sample_rate == 16000
+    # the installed card's own verdict is what the editor's notes come from
+    verdict = card["evaluation"]["beats_identity"]
+    assert editor.card.beats_identity == verdict

@@ -446,10 +446,19 @@ class Recipe:
             optional_metrics=False,
             **cfg,
         )
+        from engine.eval.acceptance import report_bars
         from engine.train.default_model import beats_identity
 
         summary = {task: part["summary"] for task, part in report.get("tasks", {}).items()}
-        return {"summary": summary, "beats_identity": beats_identity(summary)}
+        bars = report_bars(summary, "test songs")  # the bars that this run can judge, in the log at once
+        for bar in bars:
+            verdict = {True: "met", False: "NOT met", None: "not measured"}[bar.met]
+            self.say(f"eval: {bar.name}: {verdict} ({bar.measured})")
+        return {
+            "summary": summary,
+            "beats_identity": beats_identity(summary),
+            "bars": [{"bar": b.name, "measured": b.measured, "met": b.met} for b in bars],
+        }
 
     def _stage_pack(self, deadline: float) -> dict:
         return {"files": sorted(p.name for p in (self.run_dir / "packed").glob("*.tar.*"))}
