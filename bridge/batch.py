@@ -398,27 +398,38 @@ def _settings(args: argparse.Namespace, model: str | None) -> dict:
     return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": args.mode}
 
 
-def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None]:
-    """Parse edits and name the model without loading it (engine.weights.peek_card); where only loading tells, every
-    instrument the engine knows (the model itself decides when it loads)."""
+def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None, Callable[[str], str]]:
+    """Parse edits, name the model and say its card's notes without loading it (engine.weights.peek_card); where only
+    loading tells, every instrument the engine knows (the model itself decides when it loads) and no notes."""
     from engine.instructions import parse_instruction
+    from engine.model.bundle import shortfall_note
     from engine.weights import peek_card
+    from engine.weights.loader import card_verdict
 
     card = peek_card(args.model, args.adapter)
-    return (lambda text: parse_instruction(text, card)), (card or {}).get("name")
+    name = (card or {}).get("name")
+    verdict = card_verdict(card) if args.adapter is None else {}  # a card judges its own adapter only
+
+    def note(text: str) -> str:
+        return shortfall_note(str(name), verdict, parse_instruction(text, card).op) if name else ""
+
+    return (lambda text: parse_instruction(text, card)), name, note
 
 
 def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     """`imusic batch --dry-run`: what a run would render, skip and refuse, and why; no model, nothing written."""
-    parse, model = _card_vocabulary(args)
+    parse, model, note = _card_vocabulary(args)
     labels = check_edits(args.edit, parse, args.mode)
     pairs = plan_pairs(sources, labels, out)
     manifest = Manifest(out / MANIFEST_NAME)  # read only: a dry run never saves it
     settings = _settings(args, model)
     summary = Summary()
     todo = triage(pairs, manifest, out, settings, summary, retry_failed=args.retry_failed)
+    notes = {text: note(text) for text, _ in labels}
     for pair in todo:
         summary.rows[pair.source.rel][pair.label] = "to render"
+        if notes[pair.edit]:  # the card's own verdict, before hours of rendering
+            summary.notes.setdefault(notes[pair.edit], []).append(pair.key)
     headline = (
         f"dry run: {len(todo)} to render, {summary.skipped} already done, {summary.unsupported} refused"
         + (f", {summary.not_retried} failed earlier (not retried)" if summary.not_retried else "")
@@ -445,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if all(source.problem for source in sources):
             # Nothing can be rendered: say why at once instead of loading a model for nothing.
-            parse, model = _card_vocabulary(args)
+            parse, model, _ = _card_vocabulary(args)
         else:
             backend = _load_backend(args)
             parse, model = backend.parse, backend.model_info.get("model")

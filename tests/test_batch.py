@@ -555,3 +555,14 @@ def test_the_summary_says_each_distinct_note_once_with_where_it_came_from(tmp_pa
     assert "  note (3 results): the card says extract loses" in text
     assert "  b.wav|x: note: the source is silent" in text
     assert text.count("the card says extract loses") == 1
+
+
+def test_a_dry_run_says_the_model_cards_own_verdict_before_anything_renders(
+    session, tmp_path, judged_model_dir, monkeypatch, capsys
+):
+    _no_model_load(monkeypatch)
+    argv = ["batch", str(session), "--edit", "extract drums", "--edit", "remove bass", "--model", str(judged_model_dir)]
+    assert main([*argv, "-o", str(tmp_path / "out"), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    (line,) = [line for line in printed.splitlines() if "note" in line]  # extract loses on the card, remove wins
+    assert line.startswith("  note (2 results): ") and "its extract edits do not beat" in line

@@ -427,11 +427,11 @@ def test_a_model_whose_card_says_an_operation_loses_to_the_input_says_so_with_ea
 
 
 def test_a_card_without_an_evaluation_or_with_a_malformed_one_says_nothing(tiny_editor):
-    from engine.weights.loader import _card_verdict
+    from engine.weights.loader import card_verdict
 
     assert tiny_editor.info["shortfalls"] == {}
-    assert _card_verdict({"evaluation": ["not", "a", "dict"]}) == {}
-    assert _card_verdict({"evaluation": {"beats_identity": {"extract": {"mel_ssim": "no"}}}}) == {"extract": {}}
+    assert card_verdict({"evaluation": ["not", "a", "dict"]}) == {}
+    assert card_verdict({"evaluation": {"beats_identity": {"extract": {"mel_ssim": "no"}}}}) == {"extract": {}}
 
 
 def test_the_cards_verdict_is_not_applied_to_an_adapter_given_on_top(judged_model_dir):

@@ -32,6 +32,19 @@ EDIT_BARS: dict[str, tuple[str, ...]] = {
 METRIC_WORDS = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel distance"}
 
 
+def shortfall_note(name: str, beats_identity: dict[str, dict[str, bool]], op: str) -> str:
+    """The note for `op` when a card's evaluation says its edits lose to the unchanged input on any metric of
+    EDIT_BARS, else "". Read from a loaded ModelCard or, before loading, from model_card.json (batch --dry-run)."""
+    verdict = beats_identity.get(op) or {}
+    losing = [METRIC_WORDS[m] for m in EDIT_BARS.get(op, ()) if verdict.get(m) is False]
+    if not losing:
+        return ""
+    return (
+        f"{name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged on its held-out test songs "
+        f"({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
+    )
+
+
 @dataclass
 class ModelCard:
     """Facts about a loaded model that editing, the server and the CLI need."""
@@ -52,15 +65,8 @@ class ModelCard:
 
     def shortfall(self, op: str) -> str:
         """One line for the producer when this model's own evaluation says its `op` edits lose to leaving the audio
-        unchanged (on any metric of EDIT_BARS); "" when they do not, or when the card has no evaluation."""
-        verdict = self.beats_identity.get(op) or {}
-        losing = [METRIC_WORDS[m] for m in EDIT_BARS.get(op, ()) if verdict.get(m) is False]
-        if not losing:
-            return ""
-        return (
-            f"{self.name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged on its held-out "
-            f"test songs ({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
-        )
+        unchanged (shortfall_note); "" when they do not, or when the card has no evaluation."""
+        return shortfall_note(self.name, self.beats_identity, op)
 
     @property
     def window_seconds(self) -> float:

@@ -175,7 +175,7 @@ def load_model(
         card=lm.cfg.card,
         has_adapter=adapter_state is not None,
         # the card judges the folder's own adapter: with another adapter given, its verdict says nothing
-        beats_identity=_card_verdict(card_data) if adapter is None else {},
+        beats_identity=card_verdict(card_data) if adapter is None else {},
         cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
         provenance={
             **dict(card_data.get("provenance") or {}),
@@ -191,7 +191,7 @@ def load_model(
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
 
 
-def _card_verdict(card_data: dict[str, Any]) -> dict[str, dict[str, bool]]:
+def card_verdict(card_data: dict[str, Any] | None) -> dict[str, dict[str, bool]]:
     """The card's `evaluation.beats_identity` ({operation: {metric: bool}}), {} when absent or malformed."""
     evaluation = card_data.get("evaluation") if isinstance(card_data, dict) else None
     verdict = evaluation.get("beats_identity") if isinstance(evaluation, dict) else None
