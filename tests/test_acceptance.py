@@ -28,10 +28,10 @@ def _report(path, summary):
 
 def test_each_bar_is_judged_from_the_rows():
     bars = {b.name: b for b in report_bars(_summary(_row(0.6, 8.0), _row(0.45, 6.0)), "test")}
-    assert bars["test: extract beats identity on mel SSIM and log-mel dist."].met is True
-    remove = bars["test: remove beats identity on mel SSIM and log-mel dist."]
-    assert remove.met is False and remove.measured == "mel SSIM 0.4 vs 0.5; log-mel dist. 12 vs 10"
-    assert bars["test: add beats identity on log-mel dist."].met is True  # add is judged on log-mel distance only
+    assert bars["test: extract beats identity on mel SSIM and log-mel distance"].met is True
+    remove = bars["test: remove beats identity on mel SSIM and log-mel distance"]
+    assert remove.met is False and remove.measured == "mel SSIM 0.4 vs 0.5; log-mel distance 12 vs 10"
+    assert bars["test: add beats identity on log-mel distance"].met is True  # add is judged on log-mel distance only
     ceiling = bars["test: codec ceiling beats identity on every task and metric"]
     assert ceiling.met is False and ceiling.measured == "loses on remove mel SSIM"
 
@@ -40,9 +40,9 @@ def test_a_bar_without_its_figures_is_not_measured_rather_than_failed():
     summary = _summary({"n": 4, "mel_ssim": 0.6}, _row(0.6, 6.0))
     summary["add"]["model"]["log_mel_distance"] = None  # null in a report: a metric with no finite value
     bars = {b.name: b for b in report_bars(summary, "t")}
-    assert bars["t: extract beats identity on mel SSIM and log-mel dist."].met is None
-    assert "log-mel dist. not measured" in bars["t: extract beats identity on mel SSIM and log-mel dist."].measured
-    assert bars["t: add beats identity on log-mel dist."].met is None
+    extract = bars["t: extract beats identity on mel SSIM and log-mel distance"]
+    assert extract.met is None and "log-mel distance not measured" in extract.measured
+    assert bars["t: add beats identity on log-mel distance"].met is None
     assert bars["t: codec ceiling beats identity on every task and metric"].met is True
 
 
@@ -50,7 +50,7 @@ def test_figures_an_older_report_wrote_as_text_are_not_measured():
     summary = _summary(_row(0.6, 8.0), _row(0.6, 6.0))
     summary["extract"]["model"]["mel_ssim"] = "nan"  # reports before 2026-12-05 wrote non-finite values as text
     bars = {b.name: b for b in report_bars(summary, "t")}
-    extract = bars["t: extract beats identity on mel SSIM and log-mel dist."]
+    extract = bars["t: extract beats identity on mel SSIM and log-mel distance"]
     assert extract.met is None and extract.measured.startswith("mel SSIM not measured")
 
 

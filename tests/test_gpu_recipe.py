@@ -178,9 +178,9 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     # the bars the run can judge are in its log and card at once, each met, not met or not measured
     bars = card["stages"]["eval"]["bars"]
     assert [b["bar"] for b in bars][:3] == [
-        "test songs: extract beats identity on mel SSIM and log-mel dist.",
-        "test songs: remove beats identity on mel SSIM and log-mel dist.",
-        "test songs: add beats identity on log-mel dist.",
+        "test songs: extract beats identity on mel SSIM and log-mel distance",
+        "test songs: remove beats identity on mel SSIM and log-mel distance",
+        "test songs: add beats identity on log-mel distance",
     ]
     assert all(b["met"] in (True, False, None) and f"eval: {b['bar']}: " in log for b in bars)
 

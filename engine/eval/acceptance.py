@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError
-from engine.model.bundle import EDIT_BARS
+from engine.model.bundle import EDIT_BARS, METRIC_WORDS
 
 TASKS = ("extract", "remove", "add")
 METRICS = ("mel_ssim", "log_mel_distance")
-TITLES = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel dist."}
 EDIT_SECONDS = 10.0
 EDIT_BUDGET_SECONDS = 5.0
 SIZE_LIMIT_MB = 40.0
@@ -66,8 +65,8 @@ def _finite(value: Any) -> bool:
 def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
     mine, base = rows.get(row, {}).get(metric), rows.get("identity", {}).get(metric)
     if not (_finite(mine) and _finite(base)):  # missing, null, or "nan" as older reports wrote it
-        return f"{TITLES[metric]} not measured"
-    return f"{TITLES[metric]} {mine:.3g} vs {base:.3g}"
+        return f"{METRIC_WORDS[metric]} not measured"
+    return f"{METRIC_WORDS[metric]} {mine:.3g} vs {base:.3g}"
 
 
 def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
@@ -80,9 +79,9 @@ def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
         metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use
         verdicts = [model.get(task, {}).get(m) for m in metrics]
         measured = "; ".join(_pair(summary.get(task, {}), "model", m) for m in metrics)
-        what = " and ".join(TITLES[m] for m in metrics)
+        what = " and ".join(METRIC_WORDS[m] for m in metrics)
         bars.append(Bar(f"{label}: {task} beats identity on {what}", measured, _all(verdicts)))
-    checks = {f"{task} {TITLES[m]}": ceiling.get(task, {}).get(m) for task in TASKS for m in METRICS}
+    checks = {f"{task} {METRIC_WORDS[m]}": ceiling.get(task, {}).get(m) for task in TASKS for m in METRICS}
     losing = [name for name, won in checks.items() if won is False]
     unmeasured = [name for name, won in checks.items() if won is None]
     measured = "wins on all"
