@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import io
 import os
 import stat
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AudioError, ImusicError
-from engine.files import pid_alive, slug
+from engine.files import slug, sweep_temps
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -253,22 +252,10 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
 
 
 def sweep_partials(path: str | Path) -> list[Path]:
-    """Remove the temporary files `write_atomic` left beside `path` in a process that no longer runs (kill -9).
-
-    Only names of the form `.{stem}.{pid}.{hex}.partial.wav` whose pid is dead are removed: a live writer's file,
-    and every other file, is left alone. Returns what was removed.
-    """
+    """Remove the temporary files `write_atomic` left beside `path` (`.{stem}.{pid}.{hex}.partial.wav`) in a process
+    that no longer runs (kill -9); a live writer's file and every other file stay. Returns what was removed."""
     path = Path(path)
-    removed = []
-    prefix = f".{path.stem}."
-    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*.partial.wav"):
-        middle = candidate.name[len(prefix) : -len(".partial.wav")].split(".")
-        if len(middle) != 2 or not middle[0].isdigit():
-            continue
-        if not pid_alive(int(middle[0])):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
+    return sweep_temps(path.parent, name=path.stem, suffix=".partial.wav")
 
 
 def _partial_name(path: Path) -> str:

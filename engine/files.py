@@ -20,7 +20,6 @@ from typing import Any
 from engine.errors import ImusicError
 
 TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # .{name}.{pid}.{8 hex}.tmp
 
 
 def pid_alive(pid: int) -> bool:
@@ -37,12 +36,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_temps(folder: str | Path) -> list[Path]:
-    """Remove the temporary files `atomic_path` left in `folder` from processes that no longer run (kill -9 in the
-    middle of a write). Only names of its form whose pid is dead go; a live writer's file and every other file stay."""
+def sweep_temps(folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX) -> list[Path]:
+    """Remove the temporary files `.{name}.{pid}.{8 hex}{suffix}` that writers killed mid-write (kill -9) left in
+    `folder`: `atomic_path`'s (any name, `.tmp`) or one target's (`name`; audio results use `.partial.wav`). Only
+    names of that form whose pid is dead go; a live writer's file and every other file stay. Returns what went."""
+    pattern = re.compile(rf"^\.{re.escape(name) if name else '.+'}\.(\d+)\.[0-9a-f]{{8}}{re.escape(suffix)}$")
     removed = []
-    for candidate in Path(folder).glob(f".*{TEMP_SUFFIX}"):
-        match = _TEMP_NAME.match(candidate.name)
+    for candidate in Path(folder).glob(f".*{suffix}"):
+        match = pattern.match(candidate.name)
         if match and not pid_alive(int(match.group(1))):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)

@@ -31,8 +31,8 @@ from typing import Any
 from engine.errors import ImusicError
 from engine.model.bundle import EDIT_BARS, METRIC_WORDS
 
-TASKS = ("extract", "remove", "add")
-METRICS = ("mel_ssim", "log_mel_distance")
+TASKS = tuple(EDIT_BARS)  # extract, remove, add
+METRICS = tuple(METRIC_WORDS)  # mel SSIM, log-mel distance
 EDIT_SECONDS = 10.0
 EDIT_BUDGET_SECONDS = 5.0
 SIZE_LIMIT_MB = 40.0
@@ -97,7 +97,7 @@ def _all(verdicts: Iterable[bool | None]) -> bool | None:
     return False if False in verdicts else None if None in verdicts else True
 
 
-def test_audio(seconds: float, rate: int = 44100) -> Any:
+def sample_region(seconds: float, rate: int = 44100) -> Any:
     """A stereo region as a producer sends it: a few notes and a noise hat, left and right a little apart."""
     import numpy as np
 
@@ -119,7 +119,7 @@ def time_edits(
     editor = Editor.load(model)
     stems = editor.card.stems
     instruction = instruction or f"extract {stems[0].lower() if stems else 'drums'}"
-    audio = test_audio(seconds)
+    audio = sample_region(seconds)
     editor.edit(audio, 44100, instruction, seed=0)  # warm-up: first-call costs are not what a hotkey waits for
     times = []
     for seed in range(1, repeats + 1):

@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
 from engine.eval.evaluate import LOWER_IS_BETTER
+from engine.model.bundle import METRIC_WORDS
 
 CARD = "model_card.json"
 
@@ -201,7 +202,7 @@ def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dic
     for task, rows in summary.items():
         model, identity = rows.get(row, {}), rows.get("identity", {})
         one = {}
-        for metric in ("mel_ssim", "log_mel_distance"):  # the bar
+        for metric in METRIC_WORDS:  # the metrics the bars are judged on
             mine, base = model.get(metric), identity.get(metric)
             if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and math.isfinite(mine - base):
                 gain = mine - base
