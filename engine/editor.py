@@ -35,7 +35,7 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,15 +176,39 @@ class Editor:
 
         `mode` is one of engine.mask.MODES that applies to the operation (None: the operation's default, "mask").
         """
+        results = self.edit_modes(
+            audio, sample_rate, instruction, (mode,), seed=seed, takes=takes, raw=raw, progress=progress, cancel=cancel
+        )
+        return next(iter(results.values()))
+
+    def edit_modes(
+        self,
+        audio: np.ndarray,
+        sample_rate: int,
+        instruction: str | Instruction,
+        modes: Sequence[str | None],
+        *,
+        seed: int | None = None,
+        takes: int = 1,
+        raw: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> dict[str, EditResult]:
+        """`edit` in several modes from one generation: {mode: result}, in the order given (None: the default mode).
+
+        The model runs once; each mode only makes its result from the same model output (what an evaluation that
+        compares the modes needs: the same tokens, half the time). Every result's info carries the shared timings
+        of the generation and its own mode's."""
         started = time.perf_counter()
         parsed = instruction if isinstance(instruction, Instruction) else self.parse(instruction)
-        mode = check_mode(parsed.op, mode)
+        modes = list(dict.fromkeys(check_mode(parsed.op, mode) for mode in modes))
+        if not modes:
+            raise ConfigError("edit_modes needs at least one mode")
         audio = _check_audio(audio, sample_rate, parsed.op)
         if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
             raise ConfigError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         sample_rate = int(sample_rate)
-        warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
 
         from engine.resample import resample
 
@@ -197,8 +221,25 @@ class Editor:
         timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
         with self._lock:
             out, details = self._edit_with_retries(model_audio, parsed, seed, takes, progress, cancel, timings)
+        generated = time.perf_counter()
+        results = {
+            mode: self._finish(audio, sample_rate, out, parsed, mode, raw, seed, takes, dict(timings), details)
+            for mode in modes
+        }
+        for result in results.values():  # the generation's time is every mode's; the finishing time each its own
+            timing = result.info["timings"]
+            timing["total"] = round(generated - started + timing["total"], 4)
+        if progress is not None:
+            progress(1.0, "done")
+        return results
 
-        t0 = time.perf_counter()
+    def _finish(self, audio, sample_rate, out, parsed, mode, raw, seed, takes, timings, details) -> EditResult:
+        """The result of one mode from the model's output `out` [M] at the codec rate: channels, levels, info."""
+        from engine.levels import match_level
+        from engine.resample import resample
+
+        started = time.perf_counter()
+        warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
         if mode == "mask":
             from engine.mask import apply_edit
 
@@ -207,18 +248,14 @@ class Editor:
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
             edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
-        timings["mask" if mode == "mask" else "resample"] = time.perf_counter() - t0
+        timings["mask" if mode == "mask" else "resample"] = time.perf_counter() - started
         t0 = time.perf_counter()
-        from engine.levels import match_level
-
         edited, levels = match_level(edited, audio, sample_rate, parsed.op, raw=raw)
         timings["levels"] = time.perf_counter() - t0
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - started  # edit_modes adds the shared generation's time
         warnings.extend(levels.get("warnings", []))
         if not np.all(np.isfinite(edited)):
             raise ResourceError("the model produced invalid samples (NaN/inf); try another seed or dtype fp32")
-        if progress is not None:
-            progress(1.0, "done")
         info = {
             "model": self.card.name,
             "device": str(self.model.device),

@@ -241,6 +241,28 @@ def test_mask_and_resynth_share_the_generation_and_differ_in_the_result(editor):
     assert not np.allclose(mask.audio, resynth.audio)
 
 
+def test_edit_modes_generates_once_and_gives_what_each_single_edit_gives(editor, monkeypatch):
+    audio = _music(2.5, 44100, channels=2)
+    singles = {mode: editor.edit(audio, 44100, "extract bass", seed=5, mode=mode) for mode in ("mask", "resynth")}
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    both = editor.edit_modes(audio, 44100, "extract bass", (None, "resynth", "mask"), seed=5)
+    assert list(both) == ["mask", "resynth"]  # None is the default (mask), named once
+    assert len(recorder.calls) == 3  # one generation per window (three 1 s windows), not one per mode
+    for mode, result in both.items():
+        np.testing.assert_array_equal(result.audio, singles[mode].audio)
+        assert result.info["mode"] == mode and result.info["seed"] == 5
+        timing = result.info["timings"]
+        assert timing["total"] >= timing["generate"] > 0
+
+
+def test_edit_modes_refuses_no_mode_and_a_mode_that_does_not_apply(editor):
+    with pytest.raises(ConfigError, match="at least one mode"):
+        editor.edit_modes(_music(0.5, 16000), 16000, "extract bass", ())
+    with pytest.raises(ConfigError, match="does not apply"):
+        editor.edit_modes(_music(0.5, 16000), 16000, "extract bass", ("mask", "stretch"))
+
+
 def test_mask_settings_given_to_the_editor_replace_the_defaults_of_their_operation(tiny_editor):
     from engine.mask import MaskSettings
 

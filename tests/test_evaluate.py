@@ -119,10 +119,10 @@ class _EchoEditor:
         )
         self.info = editor.info
 
-    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False, mode=None):
+    def edit_modes(self, audio, sample_rate, instruction, modes, *, seed=None, raw=False):
         from types import SimpleNamespace
 
-        return SimpleNamespace(audio=np.array(audio, dtype=np.float32))
+        return {mode: SimpleNamespace(audio=np.array(audio, dtype=np.float32)) for mode in modes}
 
 
 def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_data, tiny_editor, tmp_path):
@@ -189,13 +189,13 @@ class _RefusingEditor(_EchoEditor):
         super().__init__(editor)
         self.calls = 0
 
-    def edit(self, audio, sample_rate, instruction, *, seed=None, raw=False, mode=None):
+    def edit_modes(self, audio, sample_rate, instruction, modes, *, seed=None, raw=False):
         from engine.errors import AudioError
 
         self.calls += 1
         if self.calls == 1:
             raise AudioError("the input is silent")
-        return super().edit(audio, sample_rate, instruction, seed=seed, raw=raw, mode=mode)
+        return super().edit_modes(audio, sample_rate, instruction, modes, seed=seed, raw=raw)
 
 
 def test_a_clip_the_editor_refuses_is_skipped_with_its_reason(synth_data, tiny_editor, tmp_path):

@@ -304,10 +304,10 @@ def evaluate(
             # [N] mono clips, or [2, N] stereo sessions made from them
             source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
             try:
-                result = editor.edit(np.atleast_2d(source), rate, instruction, seed=seed + index, raw=raw)
-                resynth = editor.edit(
-                    np.atleast_2d(source), rate, instruction, seed=seed + index, raw=raw, mode="resynth"
-                )
+                # one generation, both modes: the default (the model row) and the paper's re-synthesis
+                result, resynth = editor.edit_modes(
+                    np.atleast_2d(source), rate, instruction, (None, "resynth"), seed=seed + index, raw=raw
+                ).values()
             except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
                 skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                 continue
