@@ -25,8 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.editor import DECODE_STEPS
+
 SHAPES = ("tiny", "small", "medium", "large")
-STEPS = ("compile", "graph", "eager")
+STEPS = tuple(step for step in DECODE_STEPS if step)  # compile, graph, eager
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,19 +253,14 @@ def run_rtf(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     build_s = time.perf_counter() - started
-    editor = Editor(model)
     cfg = model.lm.cfg
     # off CUDA every step mode is the eager loop (generate's static modes are for CUDA graphs)
     step = "eager" if device.type != "cuda" else (args.step or str(generate_mod.CUDA_STEP or "eager"))
+    editor = Editor(model, decode_step=step)
     dtype = str(model.dtype).removeprefix("torch.")
     print(f"engine real-time factor on {device_name(device)}: random {args.shape} ({cfg.num_layers} x {cfg.dim}) "
           f"{dtype}, built in {build_s:.1f} s; decode step {step}; torch {torch.__version__}", flush=True)  # fmt: skip
-    previous = generate_mod.CUDA_STEP
-    generate_mod.CUDA_STEP = False if step == "eager" else step
-    try:
-        figures = measure_rtf(editor, seconds, args.sample_rate, args.channels, args.edits, args.takes)
-    finally:
-        generate_mod.CUDA_STEP = previous
+    figures = measure_rtf(editor, seconds, args.sample_rate, args.channels, args.edits, args.takes)
     if args.json:
         figures.update(shape=args.shape, device=device_name(device), dtype=dtype, step=step, build_s=build_s,
                        torch=torch.__version__, date=datetime.date.today().isoformat())  # fmt: skip

@@ -53,6 +53,8 @@ SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
 MAX_TAKES = 16
+# The CUDA decode step an Editor may be given -> generate()'s `static`: None = generate's own choice (CUDA_STEP)
+DECODE_STEPS: dict[str | None, bool | str | None] = {None: None, "eager": False, "graph": "graph", "compile": "compile"}
 _ENCODE_MARGIN_S = 1.0  # context either side of a window when encoding it, so codes at its edges are not edge-biased
 
 
@@ -94,6 +96,8 @@ class Editor:
     `window_seconds` (default and maximum: the adapter's window) and `overlap_seconds` set the windowing;
     `cfg_coef`, `top_k`, `temperature` the sampling (official inference: CFG 3.0, top-k 100); `mask_settings`
     ({operation: engine.mask.MaskSettings}) replace the mask mode's defaults for the operations it names.
+    `decode_step` the CUDA decode step (DECODE_STEPS; None: engine.model.generate.CUDA_STEP; off CUDA every step is
+    the eager one).
     """
 
     def __init__(
@@ -106,7 +110,11 @@ class Editor:
         top_k: int = 100,
         temperature: float = 1.0,
         mask_settings: dict[str, MaskSettings] | None = None,
+        decode_step: str | None = None,
     ) -> None:
+        if decode_step not in DECODE_STEPS:
+            raise ConfigError(f"decode_step must be one of {', '.join(map(str, DECODE_STEPS))}, got {decode_step!r}")
+        self.decode_step = decode_step
         self.model = model
         self.mask_settings = dict(mask_settings or {})
         self.card = model.card
@@ -132,12 +140,18 @@ class Editor:
 
     @classmethod
     def load(
-        cls, source: str | Path | None = None, adapter: str | Path | None = None, device: Any = None, dtype: Any = None
+        cls,
+        source: str | Path | None = None,
+        adapter: str | Path | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        **options: Any,
     ) -> Editor:
-        """Load a model (engine.weights.load_model: default, model dir, transformers/audiocraft dir, hub name)."""
+        """Load a model (engine.weights.load_model: default, model dir, transformers/audiocraft dir, hub name);
+        `options` go to the Editor (decode_step, window_seconds, ...)."""
         from engine.weights import load_model
 
-        return cls(load_model(source, adapter=adapter, device=device, dtype=dtype))
+        return cls(load_model(source, adapter=adapter, device=device, dtype=dtype), **options)
 
     def parse(self, text: str) -> Instruction:
         """Parse an instruction for this model (InstructionError naming what is supported when it does not parse)."""
@@ -199,36 +213,76 @@ class Editor:
         The model runs once; each mode only makes its result from the same model output (what an evaluation that
         compares the modes needs: the same tokens, half the time). Every result's info carries the shared timings
         of the generation and its own mode's."""
-        started = time.perf_counter()
-        parsed = instruction if isinstance(instruction, Instruction) else self.parse(instruction)
-        modes = list(dict.fromkeys(check_mode(parsed.op, mode) for mode in modes))
-        if not modes:
-            raise ConfigError("edit_modes needs at least one mode")
-        audio = _check_audio(audio, sample_rate, parsed.op)
         if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
             raise ConfigError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        return self._edit([audio], sample_rate, [instruction], modes, [seed], takes, raw, progress, cancel)[0]
+
+    def edit_batch(
+        self,
+        audios: Sequence[np.ndarray],
+        sample_rate: int,
+        instructions: Sequence[str | Instruction],
+        modes: Sequence[str | None] = (None,),
+        *,
+        seeds: Sequence[int],
+        raw: bool = False,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[dict[str, EditResult]]:
+        """Several edits of regions of one length in one batch: for each, what `edit_modes` gives with its seed.
+
+        The model generates every item's rows together (a decode step of a small model costs about the same for one
+        row as for dozens, on a GPU above all); each item draws from its own seed's generator, so an item comes out
+        as it would alone, but for rounding in the batched arithmetic (which can change a sampled token now and
+        then). An item whose audio or instruction is unusable fails the whole call before any generation (check
+        items with `edit_modes` to find it). Out of memory: the items are generated one at a time, then in smaller
+        windows."""
+        if not (len(audios) == len(instructions) == len(seeds)) or not audios:
+            raise ConfigError(
+                f"edit_batch needs as many instructions and seeds as audios, and at least one: got {len(audios)} "
+                f"audio(s), {len(instructions)} instruction(s), {len(seeds)} seed(s)"
+            )
+        return self._edit(audios, sample_rate, instructions, modes, [int(s) for s in seeds], 1, raw, progress, cancel)
+
+    def _edit(self, audios, sample_rate, instructions, modes, seeds, takes, raw, progress, cancel):
+        """The one edit path: items (audio [C, N], instruction, seed) of one length -> [{mode: EditResult}]."""
+        started = time.perf_counter()
+        parsed = [item if isinstance(item, Instruction) else self.parse(item) for item in instructions]
+        chosen = [list(dict.fromkeys(check_mode(item.op, mode) for mode in modes)) for item in parsed]
+        if not chosen[0]:
+            raise ConfigError("an edit needs at least one mode")
+        audios = [_check_audio(audio, sample_rate, item.op) for audio, item in zip(audios, parsed, strict=True)]
+        if len({audio.shape[-1] for audio in audios}) > 1:
+            raise ConfigError("edit_batch needs regions of one length (samples); give other lengths their own batch")
         sample_rate = int(sample_rate)
 
         from engine.resample import resample
 
-        mono = audio.mean(axis=0)  # [N]
-        if audio.shape[0] > 1 and np.abs(mono).max() <= SILENCE_PEAK and parsed.op != "add":
-            raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
-        model_len = max(1, int(round(audio.shape[-1] * self.sample_rate / sample_rate)))
-        model_audio = resample(mono, sample_rate, self.sample_rate, model_len)  # [M] at the codec rate
+        model_audio = []
+        for audio, item in zip(audios, parsed, strict=True):
+            mono = audio.mean(axis=0)  # [N]
+            if audio.shape[0] > 1 and np.abs(mono).max() <= SILENCE_PEAK and item.op != "add":
+                raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
+            model_len = max(1, int(round(audio.shape[-1] * self.sample_rate / sample_rate)))
+            model_audio.append(resample(mono, sample_rate, self.sample_rate, model_len))  # [M] at the codec rate
 
         timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
         with self._lock:
-            out, details = self._edit_with_retries(model_audio, parsed, seed, takes, progress, cancel, timings)
+            outs, details = self._edit_with_retries(
+                np.stack(model_audio), parsed, seeds, takes, progress, cancel, timings
+            )
         generated = time.perf_counter()
-        results = {
-            mode: self._finish(audio, sample_rate, out, parsed, mode, raw, seed, takes, dict(timings), details)
-            for mode in modes
-        }
-        for result in results.values():  # the generation's time is every mode's; the finishing time each its own
-            timing = result.info["timings"]
-            timing["total"] = round(generated - started + timing["total"], 4)
+        results = []
+        for audio, item, out, seed, item_modes in zip(audios, parsed, outs, seeds, chosen, strict=True):
+            done = {
+                mode: self._finish(audio, sample_rate, out, item, mode, raw, seed, takes, dict(timings), details)
+                for mode in item_modes
+            }
+            for result in done.values():  # the generation's time is every mode's; the finishing time each its own
+                timing = result.info["timings"]
+                timing["total"] = round(generated - started + timing["total"], 4)
+            results.append(done)
         if progress is not None:
             progress(1.0, "done")
         return results
@@ -284,15 +338,16 @@ class Editor:
             audio=edited.astype(np.float32), sample_rate=sample_rate, instruction=parsed, seed=seed, info=info
         )
 
-    def _edit_with_retries(self, model_audio, parsed, seed, takes, progress, cancel, timings):
-        """Run the windowed edit; on out-of-memory retry with smaller batches and windows, then ResourceError."""
+    def _edit_with_retries(self, model_audio, parsed, seeds, takes, progress, cancel, timings):
+        """Run the windowed edit; on out-of-memory retry with the rows one at a time, then smaller windows, then
+        ResourceError."""
         import torch
 
         oom_types = tuple(
             {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
         )
         attempts = [(self.window_frames, False)]
-        if takes > 1:
+        if takes > 1 or len(seeds) > 1:
             attempts.append((self.window_frames, True))
         for divisor in (2, 4):
             if self.window_frames // divisor >= max(8, int(self.frame_rate / 4)):  # below ~0.25 s it is no edit
@@ -301,9 +356,11 @@ class Editor:
         last_error: BaseException | None = None
         for retry, (window, one_by_one) in enumerate(attempts):
             try:
-                out, details = self._run(model_audio, parsed, seed, takes, window, one_by_one, tracker, cancel, timings)
+                outs, details = self._run(
+                    model_audio, parsed, seeds, takes, window, one_by_one, tracker, cancel, timings
+                )
                 details["retries"] = retry
-                return out, details
+                return outs, details
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried; everything else re-raised
                 if not (isinstance(exc, oom_types) or _is_oom(exc)):
                     raise
@@ -315,8 +372,11 @@ class Editor:
             "take at a time: close other programs using it, or load the model in a smaller dtype (bf16/fp16)"
         ) from last_error
 
-    def _run(self, model_audio, parsed, seed, takes, window_frames, one_by_one, tracker, cancel, timings):
-        """One attempt at the windowed edit at the codec rate: model_audio [M] -> edited [M], details for info."""
+    def _run(self, model_audio, parsed, seeds, takes, window_frames, one_by_one, tracker, cancel, timings):
+        """One attempt at the windowed edit at the codec rate: model_audio [B, M] -> edited [B, M], details for info.
+
+        Item b generates from its own seed's generator; with takes > 1 (one item) its takes share that generator.
+        `one_by_one`: a generate call per row (item or take) instead of one for all."""
         import torch
 
         from engine.model import generate as generate_mod
@@ -324,29 +384,35 @@ class Editor:
         model = self.model
         lm, codec = model.lm, model.codec
         num_codebooks = lm.cfg.num_codebooks
+        items = model_audio.shape[0]
         total_frames = codec.num_frames(model_audio.shape[-1])
         overlap = min(self.overlap_frames, window_frames // 2)
         windows = plan_windows(total_frames, window_frames, overlap)
-        padded = np.zeros(total_frames * self.hop, dtype=np.float32)
-        padded[: model_audio.shape[-1]] = model_audio
+        padded = np.zeros((items, total_frames * self.hop), dtype=np.float32)
+        padded[:, : model_audio.shape[-1]] = model_audio
 
         # Work units for progress: generation steps dominate; encode/decode are a fraction of a step per frame.
         units = [(0.05 * w.length, (w.new + num_codebooks) * 1.0, 0.1 * w.length) for w in windows]
         tracker.total = tracker.done + sum(map(sum, units)) or 1.0
 
-        text_states, text_mask = model.text.encode([parsed.prompt])  # [1, S, D], [1, S]
-        generator = torch.Generator(device=lm.device).manual_seed(seed)
+        text_states, text_mask = model.text.encode([item.prompt for item in parsed])  # [B, S, D], [B, S]
+        generators = [torch.Generator(device=lm.device).manual_seed(seed) for seed in seeds]
         stop = cancel.is_set if cancel is not None else None
         margin = int(round(_ENCODE_MARGIN_S * self.frame_rate))
+        # (item indices, rows per item) of each generate call in a window
+        if items > 1:
+            calls = [([b], 1) for b in range(items)] if one_by_one else [(list(range(items)), 1)]
+        else:
+            calls = [([0], 1)] * takes if one_by_one else [([0], takes)]
 
         segments: list[np.ndarray] = []
         scores: list[list[float]] = []
-        previous: torch.Tensor | None = None  # [1, K, L] codes of the previous window (the chosen take)
+        previous: torch.Tensor | None = None  # [B, K, L] codes of the previous window (the chosen takes)
         for w, (enc_units, gen_units, dec_units) in zip(windows, units, strict=True):
             _check_cancel(cancel)
             t0 = time.perf_counter()
             tracker.at(0.0, "encode")
-            cond = self._encode_window(padded, w, total_frames, margin)  # [1, K, L]
+            cond = self._encode_window(padded, w, total_frames, margin)  # [B, K, L]
             timings["encode"] += time.perf_counter() - t0
             tracker.advance(enc_units, "encode")
 
@@ -356,26 +422,27 @@ class Editor:
             if w.prompt:
                 prompt = previous[..., previous.shape[-1] - w.prompt :]  # the overlap, as generated last time
 
-            batches = [1] * takes if one_by_one else [takes]
             candidates = []
-            for index, rows in enumerate(batches):
+            for index, (rows, copies) in enumerate(calls):
+                pick = torch.tensor(rows, device=text_states.device).repeat_interleave(copies)
                 candidates.append(
                     generate_mod.generate(
                         lm,
-                        text_states.expand(rows, -1, -1),
-                        text_mask.expand(rows, -1),
+                        text_states[pick],
+                        text_mask[pick],
                         num_frames=w.length,
-                        cond_codes=cond,
-                        prompt_codes=None if prompt is None else prompt.expand(rows, -1, -1),
+                        cond_codes=cond[pick.to(cond.device)],
+                        prompt_codes=None if prompt is None else prompt[pick.to(prompt.device)],
                         cfg_coef=self.cfg_coef,
                         top_k=self.top_k,
                         temperature=self.temperature,
-                        generator=generator,
-                        progress=_step_progress(tracker, gen_units, index, len(batches)),
+                        generator=generators[rows[0]] if len(rows) == 1 else [generators[b] for b in rows],
+                        progress=_step_progress(tracker, gen_units, index, len(calls)),
                         should_stop=stop,
+                        static=DECODE_STEPS[self.decode_step],
                     )
                 )
-            codes = torch.cat(candidates)  # [takes, K, L]
+            codes = torch.cat(candidates)  # [B, K, L], or [takes, K, L] for one item
             if takes > 1:
                 window_scores = self._score_takes(codes, text_states, text_mask, cond)
                 best = int(np.argmax(window_scores))
@@ -388,12 +455,13 @@ class Editor:
             _check_cancel(cancel)
             t0 = time.perf_counter()
             tracker.at(0.0, "decode")
-            wav = codec.decode(codes)[0, 0].float().cpu().numpy()  # [L * hop]
-            segments.append(wav[: w.length * self.hop])
+            wav = codec.decode(codes)[:, 0].float().cpu().numpy()  # [B, L * hop]
+            segments.append(wav[:, : w.length * self.hop])
             timings["decode"] += time.perf_counter() - t0
             tracker.advance(dec_units, "decode")
 
-        joined = join(segments, [w.start * self.hop for w in windows], total_frames * self.hop)
+        starts = [w.start * self.hop for w in windows]
+        joined = np.stack([join([seg[b] for seg in segments], starts, total_frames * self.hop) for b in range(items)])
         details = {
             "windows": len(windows),
             "window_seconds": window_frames / self.frame_rate,
@@ -403,16 +471,17 @@ class Editor:
         if takes > 1:
             details["take_scores"] = scores
             details["take_choice"] = "highest mean token log-likelihood under the model, per window"
-        return joined[: model_audio.shape[-1]], details
+        return joined[:, : model_audio.shape[-1]], details
 
     def _encode_window(self, padded: np.ndarray, w: Window, total_frames: int, margin: int):
-        """Condition codes [1, K, w.length] for a window, encoded with up to `margin` frames of context each side."""
+        """Condition codes [B, K, w.length] for a window of padded [B, samples], encoded with up to `margin` frames
+        of context each side."""
         import torch
 
         first = max(0, w.start - margin)
         last = min(total_frames, w.end + margin)
-        chunk = torch.from_numpy(padded[first * self.hop : last * self.hop])[None, None]  # [1, 1, samples]
-        codes = self.model.codec.encode(chunk)  # [1, K, last - first]
+        chunk = torch.from_numpy(np.ascontiguousarray(padded[:, first * self.hop : last * self.hop]))[:, None]
+        codes = self.model.codec.encode(chunk)  # [B, K, last - first]
         offset = w.start - first
         return codes[..., offset : offset + w.length].to(self.model.lm.device)
 

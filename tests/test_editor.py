@@ -263,6 +263,75 @@ def test_edit_modes_refuses_no_mode_and_a_mode_that_does_not_apply(editor):
         editor.edit_modes(_music(0.5, 16000), 16000, "extract bass", ("mask", "stretch"))
 
 
+# ---- batches of edits (what an evaluation runs) -------------------------------------------------------------------
+_BATCH = [("extract bass", 11), ("remove drums", 12), ("add piano", 13)]
+
+
+def test_a_batch_generates_every_item_together_and_each_comes_out_as_alone(editor, monkeypatch):
+    audios = [_music(2.5, 44100, channels=2, seed=i) for i in range(len(_BATCH))]
+    alone = [
+        editor.edit_modes(a, 44100, text, ("mask", "resynth"), seed=seed)
+        for a, (text, seed) in zip(audios, _BATCH, strict=True)
+    ]
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    batch = editor.edit_batch(
+        audios, 44100, [text for text, _ in _BATCH], ("mask", "resynth"), seeds=[seed for _, seed in _BATCH]
+    )
+    assert len(recorder.calls) == 3  # one call per window (three 1 s windows) for all three items
+    assert all(call["codes"].shape[0] == len(_BATCH) for call in recorder.calls)
+    for single, batched, (text, seed) in zip(alone, batch, _BATCH, strict=True):
+        assert list(batched) == ["mask", "resynth"]
+        for mode in batched:
+            assert batched[mode].info["seed"] == seed and batched[mode].info["operation"] == text.split()[0]
+            assert batched[mode].audio.shape == (2, audios[0].shape[-1])
+            np.testing.assert_allclose(batched[mode].audio, single[mode].audio, atol=1e-4)
+
+
+def test_out_of_memory_in_a_batch_retries_the_items_one_at_a_time_with_the_same_results(editor, monkeypatch):
+    audios = [_music(1.0, 16000, seed=i) for i in range(2)]
+    texts, seeds = ["extract bass", "remove drums"], [1, 2]
+    alone = [editor.edit(a, 16000, t, seed=s) for a, t, s in zip(audios, texts, seeds, strict=True)]
+    real = generate_mod.generate
+
+    def tight(lm, text_states, text_mask, **kwargs):
+        if text_states.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(lm, text_states, text_mask, **kwargs)
+
+    monkeypatch.setattr(generate_mod, "generate", tight)
+    batch = editor.edit_batch(audios, 16000, texts, seeds=seeds)
+    for single, batched in zip(alone, batch, strict=True):
+        (result,) = batched.values()
+        assert result.info["retries"] == 1
+        np.testing.assert_allclose(result.audio, single.audio, atol=1e-6)  # the codec still decodes both at once
+
+
+def test_a_batch_of_other_lengths_or_counts_is_refused_before_any_work(editor, monkeypatch):
+    monkeypatch.setattr(generate_mod, "generate", lambda *a, **k: pytest.fail("generated"))
+    with pytest.raises(ConfigError, match="one length"):
+        editor.edit_batch([_music(1.0, 16000), _music(1.5, 16000)], 16000, ["extract bass"] * 2, seeds=[0, 1])
+    with pytest.raises(ConfigError, match="as many instructions and seeds"):
+        editor.edit_batch([_music(1.0, 16000)], 16000, ["extract bass"] * 2, seeds=[0])
+    with pytest.raises(AudioError):
+        editor.edit_batch([_music(1.0, 16000), np.zeros((1, 16000))], 16000, ["extract bass"] * 2, seeds=[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("step", "static"), [(None, None), ("eager", False), ("graph", "graph"), ("compile", "compile")]
+)
+def test_the_editors_decode_step_reaches_every_generation(tiny_editor, monkeypatch, step, static):
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    Editor(tiny_editor.model, decode_step=step).edit(_music(0.5, 16000), 16000, "extract bass", seed=0)
+    assert [call["static"] for call in recorder.calls] == [static]  # off CUDA every one of them runs the eager step
+
+
+def test_an_unknown_decode_step_is_refused_naming_the_steps(tiny_editor):
+    with pytest.raises(ConfigError, match="eager, graph, compile"):
+        Editor(tiny_editor.model, decode_step="fast")
+
+
 def test_mask_settings_given_to_the_editor_replace_the_defaults_of_their_operation(tiny_editor):
     from engine.mask import MaskSettings
 

@@ -124,6 +124,10 @@ class _EchoEditor:
 
         return {mode: SimpleNamespace(audio=np.array(audio, dtype=np.float32)) for mode in modes}
 
+    def edit_batch(self, audios, sample_rate, instructions, modes, *, seeds, raw=False):
+        items = zip(audios, instructions, seeds, strict=True)
+        return [self.edit_modes(a, sample_rate, i, modes, seed=s) for a, i, s in items]
+
 
 def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_data, tiny_editor, tmp_path):
     report = evaluate(
@@ -207,6 +211,78 @@ def test_a_clip_the_editor_refuses_is_skipped_with_its_reason(synth_data, tiny_e
     assert part["summary"]["model"]["n"] == 1
     assert part["skipped"][0]["reason"] == "the input is silent"
     assert "1 clip(s) skipped: the input is silent" in (tmp_path / "report.md").read_text()
+
+
+class _BatchRefusingEditor(_RefusingEditor):
+    """Refuses a batch (one of its clips is unusable) and then its first clip alone."""
+
+    def edit_batch(self, audios, sample_rate, instructions, modes, *, seeds, raw=False):
+        from engine.errors import AudioError
+
+        raise AudioError("the input is silent")
+
+
+def test_a_batch_with_a_clip_the_editor_refuses_scores_the_others_one_by_one(synth_data, tiny_editor, tmp_path):
+    report = evaluate(
+        synth_data,
+        ["remove"],
+        tmp_path,
+        editor=_BatchRefusingEditor(tiny_editor),
+        limit=3,
+        batch=3,
+        seconds=1.0,
+        clips_per_song=3,
+        progress=False,
+    )
+    part = report["tasks"]["remove"]
+    assert part["summary"]["model"]["n"] == 2 and len(part["skipped"]) == 1
+    assert [clip["seed"] for clip in part["examples"]] == [1, 2]
+
+
+def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_editor, tmp_path):
+    runs = {
+        batch: evaluate(
+            synth_data,
+            ["extract"],
+            tmp_path / str(batch),
+            editor=tiny_editor,
+            limit=3,
+            batch=batch,
+            seconds=1.0,
+            clips_per_song=3,
+            progress=False,
+            optional_metrics=False,
+        )
+        for batch in (1, 2)
+    }
+    one, two = (runs[b]["tasks"]["extract"] for b in (1, 2))
+    assert runs[2]["settings"]["batch"] == 2 and one["clips"] == two["clips"] == {"scored": 3, "planned": 3}
+    for a, b in zip(one["examples"], two["examples"], strict=True):
+        assert (a["song"], a["offset"], a["stem"], a["seed"]) == (b["song"], b["offset"], b["stem"], b["seed"])
+        assert a["identity"] == b["identity"] and a["codec ceiling"] == b["codec ceiling"]
+    with pytest.raises(ConfigError, match="--batch"):
+        evaluate(synth_data, ["extract"], tmp_path, editor=tiny_editor, batch=0, progress=False)
+
+
+def test_a_spent_deadline_scores_one_batch_per_task_and_says_so(synth_data, tiny_editor, tmp_path):
+    import time
+
+    report = evaluate(
+        synth_data,
+        ["extract", "remove"],
+        tmp_path,
+        editor=_EchoEditor(tiny_editor),
+        batch=2,
+        seconds=1.0,
+        clips_per_song=3,
+        progress=False,
+        optional_metrics=False,
+        deadline=time.time() - 1.0,
+    )
+    for part in report["tasks"].values():
+        assert part["clips"]["scored"] == 2 < part["clips"]["planned"]
+        assert part["summary"]["model"]["n"] == 2
+    assert "stopped by the time budget after 2 of" in (tmp_path / "report.md").read_text()
 
 
 def test_the_markdown_report_has_a_table_per_task_and_says_what_was_skipped(report_dir):

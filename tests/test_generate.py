@@ -80,6 +80,19 @@ def test_sample_follows_the_softmax_distribution():
     assert torch.allclose(frequencies, target, atol=0.015)
 
 
+def test_sample_with_a_generator_per_row_draws_each_row_as_it_would_alone():
+    logits = torch.randn(3, 4, 50, generator=torch.Generator().manual_seed(1))  # [rows, K, card]
+    seeds = (5, 6, 7)
+    alone = [
+        sample(logits[i : i + 1], top_k=20, generator=torch.Generator().manual_seed(s)) for i, s in enumerate(seeds)
+    ]
+    together = sample(logits, top_k=20, generator=[torch.Generator().manual_seed(s) for s in seeds])
+    assert torch.equal(together, torch.cat(alone))
+    assert not torch.equal(alone[0], sample(logits[:1], top_k=20, generator=torch.Generator().manual_seed(6)))
+    with pytest.raises(ConfigError, match="cannot split 3 rows"):
+        sample(logits, top_k=20, generator=[torch.Generator(), torch.Generator()])
+
+
 def test_low_temperature_concentrates_on_the_argmax():
     logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(200, 1)
     drawn = sample(logits, top_k=0, temperature=0.05, generator=torch.Generator().manual_seed(0))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,6 +217,31 @@ def held_out_clips(
         raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None
 
 
+def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipped: list) -> list:
+    """Each clip of a batch edited in the default mode and in resynth from one generation: [(result, resynth)], None
+    for a clip the editor refuses (recorded in `skipped`). One batch; if one clip is unusable, clip by clip."""
+    if not group:
+        return []
+    sources = [np.atleast_2d(item[3]) for item in group]
+    modes = (None, "resynth")
+    try:
+        if len(group) > 1 and len({source.shape for source in sources}) == 1:
+            done = editor.edit_batch(
+                sources, rate, [item[2] for item in group], modes, seeds=[seed + item[0] for item in group], raw=raw
+            )
+            return [tuple(edits.values()) for edits in done]
+    except (AudioError, InstructionError):
+        pass  # one clip of the batch is unusable: find it below, clip by clip
+    out: list = []
+    for (index, clip, instruction, _, _), source in zip(group, sources, strict=True):
+        try:
+            out.append(tuple(editor.edit_modes(source, rate, instruction, modes, seed=seed + index, raw=raw).values()))
+        except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
+            skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
+            out.append(None)
+    return out
+
+
 def evaluate(
     data: str | Path,
     tasks: Sequence[str],
@@ -238,16 +264,24 @@ def evaluate(
     progress: bool = True,
     split: str = "test",
     stereo: bool = False,
+    batch: int = 1,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir.
 
     `split="validation"` scores the validation songs instead: for choosing settings without looking at the test set.
     `stereo`: each mono clip is made a stereo session (stereo_clip) so that the ILD error measures the image.
+    `batch`: clips edited together (Editor.edit_batch; each with its own seed, as alone but for rounding).
+    `deadline` (a time.time() value): each task gets an equal share of the time left and stops taking clips when
+    it is spent (after its first batch, whatever the time); the report says how many of the planned clips were
+    scored.
     """
     from engine.instructions import Instruction, format_prompt
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
+    if not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"--batch must be a whole number of at least 1, got {batch!r}")
     if spectrograms < 0:
         raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
     if split not in ("test", "validation"):
@@ -273,10 +307,11 @@ def evaluate(
             "limit": limit,
             "split": split,
             "stereo": stereo,
+            "batch": batch,
         },
         "tasks": {},
     }
-    for task in tasks:
+    for task_number, task in enumerate(tasks):
         clips = held_out_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)
         # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
         report["data_problems"] = dict(clips.catalog.problem_counts())
@@ -291,59 +326,67 @@ def evaluate(
             from tqdm import tqdm
 
             bar = tqdm(total=count, desc=f"eval {task}", unit="clip", dynamic_ncols=True)
-        for index in range(count):
+        # the time this task may take: an equal share of what is left to the tasks still to score
+        task_deadline = (
+            None if deadline is None else time.time() + (deadline - time.time()) / (len(tasks) - task_number)
+        )
+        scored = 0
+        # at least one batch per task, so that a report exists however short the time
+        while scored < count and (not scored or task_deadline is None or time.time() < task_deadline):
+            group = []  # (index, clip, instruction, source, target) of one batch
+            for index in range(scored, min(count, scored + batch)):
+                clip = clips[index]
+                try:
+                    prompt = format_prompt(task, clip.stem_name, editor.card)
+                except InstructionError as exc:
+                    skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
+                    continue
+                instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
+                # [N] mono clips, or [2, N] stereo sessions made from them
+                source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
+                group.append((index, clip, instruction, source, target))
             if bar is not None:
-                bar.update(1)
-            clip = clips[index]
-            try:
-                prompt = format_prompt(task, clip.stem_name, editor.card)
-            except InstructionError as exc:
-                skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
-                continue
-            instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
-            # [N] mono clips, or [2, N] stereo sessions made from them
-            source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
-            try:
-                # one generation, both modes: the default (the model row) and the paper's re-synthesis
-                result, resynth = editor.edit_modes(
-                    np.atleast_2d(source), rate, instruction, (None, "resynth"), seed=seed + index, raw=raw
-                ).values()
-            except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
-                skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
-                continue
-            output = result.audio if stereo else result.audio[0]
-            rows = {
-                "model": output,
-                "resynth": resynth.audio if stereo else resynth.audio[0],
-                "codec ceiling": codec_roundtrip(editor.model.codec, target),
-                "ideal mask": ideal_mask_row(source, target, rate, task, raw, mask_settings.get(task)),
-            }
-            scores = score_rows(source, target, rows, rate)
-            examples.append(
-                {
-                    "song": clip.song_id,
-                    "offset": clip.offset,
-                    "stem": clip.stem_name,
-                    "instruction": prompt,
-                    "seed": seed + index,
-                    **scores,
+                bar.update(min(count, scored + batch) - scored)
+            scored = min(count, scored + batch)
+            for (index, clip, instruction, source, target), edits in zip(
+                group, _edit_group(editor, group, rate, seed, raw, skipped), strict=True
+            ):
+                if edits is None:
+                    continue
+                result, resynth = edits
+                output = result.audio if stereo else result.audio[0]
+                rows = {
+                    "model": output,
+                    "resynth": resynth.audio if stereo else resynth.audio[0],
+                    "codec ceiling": codec_roundtrip(editor.model.codec, target),
+                    "ideal mask": ideal_mask_row(source, target, rate, task, raw, mask_settings.get(task)),
                 }
-            )
-            captions.append(prompt)
-            if want_audio:
-                number = len(examples) - 1
-                for kind, audio in (("input", source), ("output", output), ("target", target)):
-                    _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
-            if len(examples) <= spectrograms:
-                from engine.eval.plots import plot_spectrograms
-
-                name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
-                plot_spectrograms(
-                    [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
-                    rate,
-                    out_dir / "spectrograms" / name,
-                    title=f"{prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
+                scores = score_rows(source, target, rows, rate)
+                examples.append(
+                    {
+                        "song": clip.song_id,
+                        "offset": clip.offset,
+                        "stem": clip.stem_name,
+                        "instruction": instruction.prompt,
+                        "seed": seed + index,
+                        **scores,
+                    }
                 )
+                captions.append(instruction.prompt)
+                if want_audio:
+                    number = len(examples) - 1
+                    for kind, audio in (("input", source), ("output", output), ("target", target)):
+                        _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
+                if len(examples) <= spectrograms:
+                    from engine.eval.plots import plot_spectrograms
+
+                    name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
+                    plot_spectrograms(
+                        [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
+                        rate,
+                        out_dir / "spectrograms" / name,
+                        title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
+                    )
         if bar is not None:
             bar.close()
         if not examples:
@@ -360,12 +403,15 @@ def evaluate(
         if skipped_songs:
             first = skipped_songs[0]
             notes.append(f"{len(skipped_songs)} test song(s) skipped ({first['song']}: {first['reason']})")
+        if scored < count:
+            notes.append(f"stopped by the time budget after {scored} of {count} clips")
         report["tasks"][task] = {
             "summary": summary,
             "examples": examples,
             "skipped": skipped,
             "skipped_songs": skipped_songs,
             "notes": notes,
+            "clips": {"scored": scored, "planned": count},
         }
     write_json_atomic(out_dir / REPORT_JSON, report, sort_keys=False)
     write_bytes_atomic(out_dir / REPORT_MD, markdown(report).encode("utf-8"))
@@ -439,6 +485,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", action="append", required=True, help="add, remove or extract; repeat for several")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="where report.md/.json go")
     parser.add_argument("--limit", type=int, default=None, help="at most N clips per task")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="clips edited together (each with its own seed; faster on a GPU)"
+    )
     parser.add_argument("--spectrograms", type=int, default=0, metavar="K", help="before/after PNGs of K clips")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5, as the paper)")
     parser.add_argument("--classes", default="4stems", help="4stems, all, or a comma list of stem classes")
@@ -471,6 +520,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         limit=args.limit,
+        batch=args.batch,
         spectrograms=args.spectrograms,
         seconds=args.seconds,
         classes=args.classes,

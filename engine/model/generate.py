@@ -17,7 +17,7 @@ uncompiled static step into one CUDA graph (no compile time; what `imusic bench 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -34,11 +34,13 @@ def sample(
     top_k: int = 250,
     top_p: float = 0.0,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """logits [..., card] (float) -> token ids [...]. temperature <= 0 or top_k == 1 means greedy (argmax).
 
-    top_k then top_p (nucleus) filtering, both when set; then one categorical draw from `generator`.
+    top_k then top_p (nucleus) filtering, both when set; then one categorical draw from `generator`. A sequence of G
+    generators splits the leading dimension into G equal parts, each drawn from its own generator (a batch of edits
+    whose rows draw as they would alone).
     """
     if temperature <= 0 or top_k == 1:
         return logits.argmax(dim=-1)
@@ -57,7 +59,13 @@ def sample(
     # one categorical draw per row as the exponential race argmax(p / E), E = -log U ~ Exp(1) (what multinomial does
     # for one sample, with no host sync on GPU), written argmax(log U / p): uniform draws cost a fifth of
     # exponential_ here, and a dropped token (p = 0) gets -inf
-    uniform = torch.rand(probs.shape, generator=generator, device=probs.device)
+    if generator is None or isinstance(generator, torch.Generator):
+        uniform = torch.rand(probs.shape, generator=generator, device=probs.device)
+    else:
+        if not generator or shape[0] % len(generator):
+            raise ConfigError(f"{len(generator)} generators cannot split {shape[0]} rows into equal parts")
+        part = (probs.shape[0] // len(generator), probs.shape[1])
+        uniform = torch.cat([torch.rand(part, generator=g, device=probs.device) for g in generator])
     choice = (uniform.log_() / probs).argmax(dim=-1, keepdim=True)  # [N, 1] position among the k best
     return order.gather(-1, choice).view(shape[:-1])
 
@@ -104,7 +112,7 @@ def generate(
     top_k: int = 250,
     top_p: float = 0.0,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     static: bool | str | None = None,
@@ -114,6 +122,7 @@ def generate(
     `cond_codes` [B, K, Tc] (Tc + 1 <= the adapter's cond_frames) feed the audio fusion. CFG is on when
     cfg_coef != 1 and there is text. `static`: None picks `CUDA_STEP` on CUDA, eager elsewhere; True or "compile" the
     compiled static step, "graph" the static step captured as a CUDA graph (both the plain static step off CUDA).
+    `generator`: one for every row, or one per row (B of them: each row draws as it would alone; see `sample`).
     Raises Cancelled when should_stop() turns true (polled between steps). A small model decodes on one CPU thread
     (`decode_threads`): torch's thread count is set for the call and restored after.
     """
