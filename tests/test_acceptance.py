@@ -30,7 +30,7 @@ def test_each_bar_is_judged_from_the_rows():
     bars = {b.name: b for b in report_bars(_summary(_row(0.6, 8.0), _row(0.45, 6.0)), "test")}
     assert bars["test: extract beats identity on mel SSIM and log-mel distance"].met is True
     remove = bars["test: remove beats identity on mel SSIM and log-mel distance"]
-    assert remove.met is False and remove.measured == "mel SSIM 0.4 vs 0.5; log-mel distance 12 vs 10"
+    assert remove.met is False and remove.measured == "mel SSIM 0.4 vs 0.5; log-mel distance 12 vs 10 (4 clips)"
     assert bars["test: add beats identity on log-mel distance"].met is True  # add is judged on log-mel distance only
     ceiling = bars["test: codec ceiling beats identity on every task and metric"]
     assert ceiling.met is False and ceiling.measured == "loses on remove mel SSIM"

@@ -79,6 +79,9 @@ def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
         metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use
         verdicts = [model.get(task, {}).get(m) for m in metrics]
         measured = "; ".join(_pair(summary.get(task, {}), "model", m) for m in metrics)
+        clips = summary.get(task, {}).get("model", {}).get("n")
+        if _finite(clips):  # how many clips the means are of: a run cut by its time budget scores fewer
+            measured += f" ({int(clips)} clips)"
         what = " and ".join(METRIC_WORDS[m] for m in metrics)
         bars.append(Bar(f"{label}: {task} beats identity on {what}", measured, _all(verdicts)))
     checks = {f"{task} {METRIC_WORDS[m]}": ceiling.get(task, {}).get(m) for task in TASKS for m in METRICS}

@@ -272,9 +272,9 @@ def evaluate(
     `split="validation"` scores the validation songs instead: for choosing settings without looking at the test set.
     `stereo`: each mono clip is made a stereo session (stereo_clip) so that the ILD error measures the image.
     `batch`: clips edited together (Editor.edit_batch; each with its own seed, as alone but for rounding).
-    `deadline` (a time.time() value): each task gets an equal share of the time left and stops taking clips when
-    it is spent (after its first batch, whatever the time); the report says how many of the planned clips were
-    scored.
+    `deadline` (a time.time() value): each task gets an equal share of the time left, and takes another batch only
+    while one more (as long as the last) ends within it (the first batch whatever the time); the report says how
+    many of the planned clips were scored.
     """
     from engine.instructions import Instruction, format_prompt
 
@@ -330,9 +330,11 @@ def evaluate(
         task_deadline = (
             None if deadline is None else time.time() + (deadline - time.time()) / (len(tasks) - task_number)
         )
-        scored = 0
-        # at least one batch per task, so that a report exists however short the time
-        while scored < count and (not scored or task_deadline is None or time.time() < task_deadline):
+        scored, batch_seconds = 0, 0.0
+        # at least one batch per task, so that a report exists however short the time; then another only when it
+        # should end (as long as the last one took) by the task's deadline
+        while scored < count and (not scored or task_deadline is None or time.time() + batch_seconds <= task_deadline):
+            batch_started = time.time()
             group = []  # (index, clip, instruction, source, target) of one batch
             for index in range(scored, min(count, scored + batch)):
                 clip = clips[index]
@@ -387,6 +389,7 @@ def evaluate(
                         out_dir / "spectrograms" / name,
                         title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
                     )
+            batch_seconds = time.time() - batch_started
         if bar is not None:
             bar.close()
         if not examples:
