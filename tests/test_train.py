@@ -117,6 +117,19 @@ def test_a_pooled_run_encodes_once_and_resumes_exactly(config, tmp_path):
     assert resumed.history["train"] == whole.history["train"]
 
 
+def test_a_pool_read_by_worker_processes_is_the_pool_read_here(config, tmp_path):
+    from engine.train.feeding import CodePool
+    from engine.train.loop import STAGES
+
+    stage = STAGES["adapters"](config, torch.device("cpu"))
+    pools = [
+        CodePool.build(stage, stage.dataset("train"), 2, tmp_path / str(w), 3, {}, log=False, workers=w) for w in (0, 2)
+    ]
+    assert len(pools[0]) == len(pools[1]) == 2 * len(stage.dataset("train"))
+    for here, there in zip(pools[0].records, pools[1].records, strict=True):
+        assert torch.equal(here.codes, there.codes) and torch.equal(here.cond, there.cond) and here.text == there.text
+
+
 def test_a_pool_made_with_other_settings_is_refused(config, tmp_path):
     from engine.train.feeding import POOL_FILE
 

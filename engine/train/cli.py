@@ -28,7 +28,7 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--device", "device", str, "cuda, cuda:1, mps, cpu (default: the best available)"),
     ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
     ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
-    ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 4 on GPU)"),
+    ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 8 on GPU)"),
     ("--align-steps", "align_steps", int, "adapters: fit the prefix alignment for N batches first (0: official init)"),
     ("--gate-init", "gate_init", float, "adapters: initial fusion gates (default 0, official)"),
     ("--fused-layers", "fused_layers", int, "adapters: audio fusion on the top N layers only (default: all)"),

@@ -40,7 +40,7 @@ class TrainConfig:
     device: str | None = None
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere
     log_every: int = 10
-    workers: int | None = None  # clip-loading processes; None: none on CPU, up to 4 on accelerators
+    workers: int | None = None  # clip-loading processes; None: none on CPU, up to 8 on accelerators
     pool: int = 0  # epochs of training clips drawn and encoded once (0: fresh draws encoded at every step)
     gate_lr: float = 0.0  # peak learning rate of the audio-fusion gates (0: --lr); zero-init gates open slowly
     window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (10 s: 500 frames)

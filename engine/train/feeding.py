@@ -124,7 +124,12 @@ class CodePool:
         return self.records[index]
 
     @classmethod
-    def build(cls, stage: Stage, data: Any, epochs: int, run_dir: Path, batch: int, key: dict, log: bool) -> CodePool:
+    def build(
+        cls, stage: Stage, data: Any, epochs: int, run_dir: Path, batch: int, key: dict, log: bool, workers: int = 0
+    ) -> CodePool:
+        """The pool of `run_dir`, or a new one: `epochs` epochs of `data` read in order (by `workers` processes
+        when > 0: every item is seeded by its (epoch, index), so the pool is the same for any count) and encoded a
+        batch at a time in this process."""
         path = Path(run_dir) / POOL_FILE
         if path.is_file():
             try:
@@ -136,15 +141,24 @@ class CodePool:
             conds = saved["cond"] if saved["cond"] is not None else [None] * len(saved["texts"])
             return cls([Encoded(c, cond, t) for c, cond, t in zip(saved["codes"], conds, saved["texts"], strict=True)])
         total = epochs * len(data)
+        keyed = Keyed(data)
+        batches = [
+            [(epoch, i) for i in range(start, min(len(data), start + batch))]
+            for epoch in range(epochs)
+            for start in range(0, len(data), batch)
+        ]
+        if workers > 0:  # clips decoded in other processes while this one encodes (on a GPU, reading is the cost)
+            clips = iter(DataLoader(keyed, batch_sampler=batches, num_workers=workers, collate_fn=list))
+        else:
+            clips = ([keyed[k] for k in keys] for keys in batches)
         records: list[Encoded] = []
-        for epoch in range(epochs):
-            if hasattr(data, "set_epoch"):
-                data.set_epoch(epoch)
-            for start in range(0, len(data), batch):
-                encoded = stage.encode([data[i] for i in range(start, min(len(data), start + batch))])
-                for r in encoded:  # int16: a pool of thousands of clips stays a few MB
-                    records.append(Encoded(r.codes.short(), None if r.cond is None else r.cond.short(), r.text))
-            if log:
+        for keys in batches:
+            pairs = next(clips)
+            if [tuple(k) for k, _ in pairs] != keys:
+                raise RuntimeError("internal error: the pool's clip loader ran out of order")
+            for r in stage.encode([item for _, item in pairs]):  # int16: a pool of thousands of clips stays a few MB
+                records.append(Encoded(r.codes.short(), None if r.cond is None else r.cond.short(), r.text))
+            if log and keys[-1][1] == len(data) - 1:  # an epoch's last batch
                 print(f"code pool: {len(records)}/{total} clips encoded", file=sys.stderr)
         conds = None if records[0].cond is None else torch.stack([r.cond for r in records])
         payload = {"key": key, "codes": torch.stack([r.codes for r in records]), "cond": conds}

@@ -282,9 +282,11 @@ def train(
     cfg = replace(cfg, extra={**cfg.extra, "run_dir": str(run_dir)})
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
+    # processes that read clips: none on a CPU (they would compete with the model for its cores), else up to 8
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
     if cfg.pool:
         key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY}
-        train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, log=progress)
+        train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, progress, workers)
     try:
         val_data = stage.dataset("validation")
     except DataError as exc:
@@ -294,7 +296,6 @@ def train(
     trainer = Trainer(cfg, stage, device, train_data, val_data, run_dir)
     if payload is not None:
         trainer.restore(payload)
-    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(4, os.cpu_count() or 1))
     if cfg.pool:
         workers = 0  # the pool is in memory: nothing to decode ahead
     feeder = ClipFeeder(train_data, trainer.sampler, cfg.batch, workers, cfg.seed)
