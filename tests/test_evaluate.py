@@ -129,17 +129,14 @@ class _EchoEditor:
         return [self.edit_modes(a, sample_rate, i, modes, seed=s) for a, i, s in items]
 
 
+def _short_eval(data, editor, out, tasks=("extract",), **options):
+    """evaluate() on 1 s clips, 3 per song, without a progress bar or network metrics, unless `options` say."""
+    options = {"seconds": 1.0, "clips_per_song": 3, "progress": False, "optional_metrics": False, **options}
+    return evaluate(data, list(tasks), out, editor=editor, **options)
+
+
 def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_data, tiny_editor, tmp_path):
-    report = evaluate(
-        synth_data,
-        ["extract"],
-        tmp_path,
-        editor=_EchoEditor(tiny_editor),
-        limit=2,
-        seconds=1.0,
-        clips_per_song=2,
-        progress=False,
-    )
+    report = _short_eval(synth_data, _EchoEditor(tiny_editor), tmp_path, limit=2, optional_metrics=True)
     summary = report["tasks"]["extract"]["summary"]
     for metric in ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error"):
         assert summary["model"][metric] == summary["identity"][metric] == summary["resynth"][metric]
@@ -223,38 +220,14 @@ class _BatchRefusingEditor(_RefusingEditor):
 
 
 def test_a_batch_with_a_clip_the_editor_refuses_scores_the_others_one_by_one(synth_data, tiny_editor, tmp_path):
-    report = evaluate(
-        synth_data,
-        ["remove"],
-        tmp_path,
-        editor=_BatchRefusingEditor(tiny_editor),
-        limit=3,
-        batch=3,
-        seconds=1.0,
-        clips_per_song=3,
-        progress=False,
-    )
+    report = _short_eval(synth_data, _BatchRefusingEditor(tiny_editor), tmp_path, ["remove"], limit=3, batch=3)
     part = report["tasks"]["remove"]
     assert part["summary"]["model"]["n"] == 2 and len(part["skipped"]) == 1
     assert [clip["seed"] for clip in part["examples"]] == [1, 2]
 
 
 def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_editor, tmp_path):
-    runs = {
-        batch: evaluate(
-            synth_data,
-            ["extract"],
-            tmp_path / str(batch),
-            editor=tiny_editor,
-            limit=3,
-            batch=batch,
-            seconds=1.0,
-            clips_per_song=3,
-            progress=False,
-            optional_metrics=False,
-        )
-        for batch in (1, 2)
-    }
+    runs = {b: _short_eval(synth_data, tiny_editor, tmp_path / str(b), limit=3, batch=b) for b in (1, 2)}
     one, two = (runs[b]["tasks"]["extract"] for b in (1, 2))
     assert runs[2]["settings"]["batch"] == 2 and one["clips"] == two["clips"] == {"scored": 3, "planned": 3}
     for a, b in zip(one["examples"], two["examples"], strict=True):
@@ -267,18 +240,8 @@ def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_e
 def test_a_spent_deadline_scores_one_batch_per_task_and_says_so(synth_data, tiny_editor, tmp_path):
     import time
 
-    report = evaluate(
-        synth_data,
-        ["extract", "remove"],
-        tmp_path,
-        editor=_EchoEditor(tiny_editor),
-        batch=2,
-        seconds=1.0,
-        clips_per_song=3,
-        progress=False,
-        optional_metrics=False,
-        deadline=time.time() - 1.0,
-    )
+    tasks = ["extract", "remove"]
+    report = _short_eval(synth_data, _EchoEditor(tiny_editor), tmp_path, tasks, batch=2, deadline=time.time() - 1.0)
     for part in report["tasks"].values():
         assert part["clips"]["scored"] == 2 < part["clips"]["planned"]
         assert part["summary"]["model"]["n"] == 2
