@@ -343,6 +343,8 @@ class Editor:
         ResourceError."""
         import torch
 
+        from engine.model import static_decode
+
         oom_types = tuple(
             {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
         )
@@ -365,6 +367,7 @@ class Editor:
                 if not (isinstance(exc, oom_types) or _is_oom(exc)):
                     raise
                 last_error = exc
+                static_decode.release(self.model.lm)  # the static decode's caches, sized for the failed attempt
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
         raise ResourceError(

@@ -52,6 +52,7 @@ def test_tiny_decode_bench_prints_its_figures_and_the_summary_line(capsys, tmp_p
         assert entry[name]["ms_per_step"] > 0 and entry[name]["first_call_s"] > 0
         # tokens/s: batch x codebooks per step
         assert entry[name]["tokens_per_s"] == pytest.approx(4 / entry[name]["ms_per_step"] * 1e3, rel=1e-6)
+    assert entry["eager"]["new_length_s"] > 0  # ours at another length: what an edit's next window costs
     assert entry["floor_ms"] > 0 and entry["step_bytes"] > 0
     assert {"copy_gb_s", "linear_sweep_gb_s", "used_gb_s"} <= set(figures["bandwidth"])
 

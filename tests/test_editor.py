@@ -300,7 +300,9 @@ def test_out_of_memory_in_a_batch_retries_the_items_one_at_a_time_with_the_same_
         return real(lm, text_states, text_mask, **kwargs)
 
     monkeypatch.setattr(generate_mod, "generate", tight)
+    editor.model.lm.static_workspaces["held"] = "a static decode's caches"
     batch = editor.edit_batch(audios, 16000, texts, seeds=seeds)
+    assert editor.model.lm.static_workspaces == {}  # released before the retry: sized for the failed attempt
     for single, batched in zip(alone, batch, strict=True):
         (result,) = batched.values()
         assert result.info["retries"] == 1

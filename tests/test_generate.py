@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine.errors import Cancelled, ConfigError, DataError
+from engine.model import static_decode
 from engine.model.config import FusionConfig, LMConfig
 from engine.model.fast_decode import prepare_decode
 from engine.model.generate import generate, sample
@@ -241,22 +242,22 @@ def test_large_models_keep_the_callers_threads():
 @pytest.mark.parametrize("fuse", [False, True])
 def test_static_step_traces_as_one_graph_and_matches_the_full_pass(fused, fuse):
     # CUDA graphs need the step captured whole: dynamo must trace it without a graph break (checked on CPU with the
-    # eager backend; the GPU path compiles the same function with mode="reduce-overhead")
-    from engine.model.generate import static_step
-
+    # eager backend; the GPU path compiles the same function with mode="reduce-overhead"). The step runs in a
+    # workspace: text padded with masked tokens, condition padded to the adapter's window, a longer cache.
     states, mask = _text()
     torch.manual_seed(3)
     seq = torch.randint(0, CFG.card + 1, (2, 4, 9))
     cond = torch.randint(0, CFG.card, (2, 4, 5))
     with torch.inference_mode():
         full = fused(seq, states, mask, cond)
-        ctx = fused.context(states, mask, cond)
-        ctx.cache = fused.new_cache(2, 9)
-        prepare_decode(fused, ctx, 9, fuse=fuse)
-        step = torch.compile(static_step(fused, ctx, 9), backend="eager", fullgraph=True, dynamic=False)
-        parts = [fused.run(seq[..., :2], ctx, 0)]
+        call = fused.context(*static_decode.pad_text(states, mask), cond)
+        work = static_decode.workspace(fused, call, 2, 9, "compile", fuse)
+        assert work.ctx.prefix[0].num_frames == 21 and work.ctx.cache[0].max_len == 23  # padded, not the call's
+        step = torch.compile(work.step, backend="eager", fullgraph=True, dynamic=False)
+        parts = [fused.run(seq[..., :2], work.ctx, 0)]
         parts += [step(seq[..., s : s + 1], torch.tensor([s])) for s in range(2, 9)]
     torch.testing.assert_close(torch.cat(parts, dim=2), full, atol=1e-5, rtol=0)
+    static_decode.release(fused)
 
 
 def _open_adapters(model: MusicGenLM) -> None:

@@ -42,19 +42,31 @@ class Attention(nn.Module):
 
 @dataclass
 class PrefixKV:
-    """One fused layer's condition prefix: q/k/v [B, H, Tc+1, Dh] from the condition pass, and its gate."""
+    """One fused layer's condition prefix: q/k/v [B, H, L, Dh] from the condition pass (L = Tc + 1 frames), and its
+    gate. A static decode pads it to the adapter's whole window (static_decode.py): `mask` [1, 1, 1, L] bool keeps
+    the real frames in the prefix attention and `last` [1] long holds the last code frame, both None when unpadded."""
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     gate: torch.Tensor
+    mask: torch.Tensor | None = None
+    last: torch.Tensor | None = None
 
     @property
     def num_frames(self) -> int:
         return self.q.shape[2]
 
+    def frames(self, positions: torch.Tensor) -> torch.Tensor:
+        """The condition frame each decoder position reads its query from: the position, clamped to the last code
+        frame (fusion.py)."""
+        if self.last is not None:
+            return torch.minimum(positions, self.last)
+        return positions.clamp(max=max(self.num_frames - 2, 0))
+
     def repeat(self, times: int) -> PrefixKV:
         """Batch-repeated copy (classifier-free guidance duplicates the prefix into both halves)."""
         return PrefixKV(
-            self.q.repeat(times, 1, 1, 1), self.k.repeat(times, 1, 1, 1), self.v.repeat(times, 1, 1, 1), self.gate
-        )
+            self.q.repeat(times, 1, 1, 1), self.k.repeat(times, 1, 1, 1), self.v.repeat(times, 1, 1, 1), self.gate,
+            self.mask, self.last,
+        )  # fmt: skip

@@ -234,10 +234,11 @@ def decode_step(lm: MusicGenLM, seq: torch.Tensor, ctx: Context, position: int) 
         a = torch.bmm(weights, cache_v[:, :, :end].flatten(0, 1))  # [B*H, 1, Dh]
         prefix = None if ctx.prefix is None else ctx.prefix[index]
         if prefix is not None:
-            frame = min(position, max(prefix.num_frames - 2, 0))  # condition frame of this step (fusion.py)
+            last = max(prefix.num_frames - 2, 0) if prefix.last is None else int(prefix.last)
+            frame = min(position, last)  # condition frame of this step (fusion.py)
             q_cond = prefix.q[:, :, frame : frame + 1] * head_dim**-0.5
             q_all = q.view(batch, heads, 1, head_dim) + q_cond
-            extra = F.scaled_dot_product_attention(q_all, prefix.k, prefix.v, scale=1.0)
+            extra = F.scaled_dot_product_attention(q_all, prefix.k, prefix.v, attn_mask=prefix.mask, scale=1.0)
             a = a.view(batch, heads, 1, head_dim) + prefix.gate.to(a.dtype) * extra
         x = torch.addmm(x, a.reshape(batch, dim), layer.out_t)
         if layer.cross_scores_t is not None:

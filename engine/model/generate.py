@@ -12,7 +12,8 @@ Two step modes: eager (CPU default: the cache is sliced to its filled length, le
 (positions passed as a tensor, the whole cache attended under a mask: fixed shapes, so on CUDA the step is compiled
 with torch.compile(mode="reduce-overhead"), i.e. replayed as a CUDA graph). `static="graph"` instead captures the
 uncompiled static step into one CUDA graph (no compile time; what `imusic bench decode --device cuda` compares);
-`CUDA_STEP` is the mode a CUDA decode uses when `static` is None.
+`CUDA_STEP` is the mode a CUDA decode uses when `static` is None. A static decode runs in the model's workspace for
+its layout (static_decode.py), so that windows and instructions of any length replay one compiled step.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import torch
 
 from engine.device import decode_weight_count
 from engine.errors import Cancelled, ConfigError
-from engine.model import delay
+from engine.model import delay, static_decode
 from engine.model.fast_decode import prepare_decode
-from engine.model.lm import Context, MusicGenLM
+from engine.model.lm import MusicGenLM
 
 
 def sample(
@@ -171,6 +172,12 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
     use_cfg = cfg_coef != 1.0 and text_states is not None
     if text_states is not None and text_mask is None:
         text_mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=text_states.device)
+    if static is None:
+        static = CUDA_STEP if device.type == "cuda" else False
+    if static not in (True, False, "compile", "graph"):
+        raise ConfigError(f"static must be None, True, False, 'compile' or 'graph', got {static!r}")
+    if static and text_states is not None:
+        text_states, text_mask = static_decode.pad_text(text_states, text_mask)  # one text shape per few tokens
     if use_cfg:
         null_states = torch.zeros_like(text_states)
         null_mask = torch.zeros_like(text_mask)
@@ -185,19 +192,21 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         ctx.prefix = [p if p is None else p.repeat(2) for p in prefix] if use_cfg else prefix
     rows = 2 * batch if use_cfg else batch
 
-    if static is None:
-        static = CUDA_STEP if device.type == "cuda" else False
-    if static not in (True, False, "compile", "graph"):
-        raise ConfigError(f"static must be None, True, False, 'compile' or 'graph', got {static!r}")
     max_len = steps - 1
-    ctx.cache = lm.new_cache(rows, max_len)
-    prepare_decode(lm, ctx, max_len, fuse=decode_threads(lm) == 1)
+    fuse = decode_threads(lm) == 1
     step_fn = None
     if static:
-        step_fn = static_step(lm, ctx, max_len, graph="capture" if static == "graph" else "compile")
+        # the model's workspace for this layout (static_decode.py): the same shapes and buffers, and the step
+        # compiled or captured once, for every window of every edit
+        graph = "capture" if static == "graph" else "compile"
+        work = static_decode.workspace(lm, ctx, rows, max_len, graph, fuse)
+        ctx, step_fn = work.ctx, work.step
         # every step's position as a device tensor, made once: a fresh torch.tensor per step is a host-to-device
         # copy that waits for the GPU each step
         step_positions = torch.arange(steps, device=device)
+    else:
+        ctx.cache = lm.new_cache(rows, max_len)
+        prepare_decode(lm, ctx, max_len, fuse=fuse)
 
     # one pattern buffer per CFG half, [halves, B, K, S]; a write broadcasts to both; the model reads the flat view
     halves = 2 if use_cfg else 1
@@ -229,8 +238,12 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         if should_stop is not None and should_stop():
             raise Cancelled("generation cancelled")
         tokens = flat[..., step : step + 1]
-        position = step_positions[step : step + 1] if static else step
-        logits = step_fn(tokens, position) if static else lm.run(tokens, ctx, position, last_only=True)
+        if static:
+            # contiguous: the view's strides depend on the generation's length, and a compiled step specialises on
+            # strides as on shapes
+            logits = step_fn(tokens.contiguous(), step_positions[step : step + 1])
+        else:
+            logits = lm.run(tokens, ctx, step, last_only=True)
     seq = both[0]
     return delay.revert(seq)
 
@@ -238,60 +251,3 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
 # The step a CUDA decode uses when generate() is not told: "compile" (torch.compile, mode="reduce-overhead") or
 # "graph" (the uncompiled static step captured as one CUDA graph).
 CUDA_STEP = "compile"
-
-
-def static_step(
-    lm: MusicGenLM, ctx: Context, max_len: int, graph: str = "compile"
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One decode step with fixed shapes: tokens [rows, K, 1], position [1] -> logits [rows, K, 1, card].
-
-    The causal mask table and the position table are built before any capture; on CUDA the step is compiled with
-    mode="reduce-overhead" (`graph="compile"`: CUDA graphs; the cache is updated in place by index_copy_, so replays
-    see it), or captured uncompiled as one CUDA graph (`graph="capture"`, see `captured_step`).
-    """
-    ctx.causal_mask = torch.ones(max_len, max_len, dtype=torch.bool, device=lm.device).tril_()
-    lm.positions(0, max_len)
-
-    def step(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        return lm.run(tokens, ctx, position, last_only=True)
-
-    if lm.device.type == "cuda" and graph == "capture":
-        return captured_step(step)
-    if lm.device.type == "cuda":
-        # The caches are mutated in place by the graph: mark them static so that CUDA-graph replays write the real
-        # buffers (a non-static mutated input makes inductor skip graphs or copy the input each replay).
-        for cache in ctx.cache:
-            torch._dynamo.mark_static_address(cache.k)
-            torch._dynamo.mark_static_address(cache.v)
-        return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
-    return step
-
-
-def captured_step(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
-    """`step` captured as one CUDA graph on its first call and replayed after: inputs are copied into the captured
-    buffers, the returned logits are the graph's own buffer (overwritten by the next call; read them before it).
-
-    The static step is idempotent (it rewrites the KV-cache slot of its position from the same tokens), so the
-    warm-up runs before capture do no harm."""
-    state: dict[str, torch.Tensor | torch.cuda.CUDAGraph] = {}
-
-    def run(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        if not state:
-            tokens_in, position_in = tokens.clone(), position.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # library handles and workspaces are made outside the capture
-                    step(tokens_in, position_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = step(tokens_in, position_in)
-            state.update(graph=graph, tokens=tokens_in, position=position_in, logits=logits)
-        else:
-            state["tokens"].copy_(tokens)
-            state["position"].copy_(position)
-        state["graph"].replay()
-        return state["logits"]
-
-    return run

@@ -150,13 +150,12 @@ class DecoderLayer(nn.Module):
             # Instruct-MusicGen audio fusion: step s adds the condition query of frame s, clamped to the last code
             # frame (fusion.py), and attends, non-causally, to the whole condition window; gated, before the
             # output projection.
-            last = max(prefix.num_frames - 2, 0)
-            if isinstance(start, torch.Tensor):
-                frames = start.clamp(max=last)
-            else:
-                frames = torch.arange(start, start + steps, device=x.device).clamp_(max=last)
-            q_cond = prefix.q.index_select(2, frames)  # [B, H, T, Dh]
-            a = a + prefix.gate.to(a.dtype) * F.scaled_dot_product_attention(q + q_cond, prefix.k, prefix.v)
+            positions = start
+            if not isinstance(start, torch.Tensor):
+                positions = torch.arange(start, start + steps, device=x.device)
+            q_cond = prefix.q.index_select(2, prefix.frames(positions))  # [B, H, T, Dh]
+            extra = F.scaled_dot_product_attention(q + q_cond, prefix.k, prefix.v, attn_mask=prefix.mask)
+            a = a + prefix.gate.to(a.dtype) * extra
         x = x + _linear(attn.out, merge_heads(a))
 
         if ctx.cross_folded is not None:
@@ -194,6 +193,7 @@ class MusicGenLM(nn.Module):
             add_lora(self, fusion)
         self._positions: torch.Tensor | None = None
         self.derived = fast_decode.DerivedWeights()  # the fast decode path's weight copies
+        self.static_workspaces: dict = {}  # static decode's buffers and steps, per layout (static_decode.py)
 
     # ---- properties -------------------------------------------------------------------------------------------
     @property

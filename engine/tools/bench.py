@@ -6,7 +6,9 @@ top-k 250 sampling) and each batch (1, and 4: the 4-take batch; CFG doubles the 
   MusicgenForConditionalGeneration.generate in the same dtype; on CPU also both in fp32 (transformers' default);
 - on CUDA our loop in each step mode asked for (`--steps`): `eager` (the cache sliced per step), `graph` (the static
   step captured as one CUDA graph, no compile) and `compile` (torch.compile mode="reduce-overhead", the engine's
-  default on CUDA: engine.model.generate.CUDA_STEP); the first call of each is timed apart (capture / compile);
+  default on CUDA: engine.model.generate.CUDA_STEP); the first call of each is timed apart (capture / compile), and
+  so is a first call at another length (`new_length_s`: an edit's next window or region, which must not compile
+  again: static_decode.py);
 - greedy token agreement of ours and transformers in fp32 (both decode the same model);
 - teacher-forced argmax agreement, the fast dtype against fp32 on the same (rounded) weights;
 - on CUDA, greedy tokens of the graph and compiled steps against the eager step ("n/a (CPU)" on CPU);
@@ -302,16 +304,23 @@ def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, 
     steps = frames + lm.cfg.num_codebooks - 1  # decoder forward passes of one generation
     out: dict[str, Any] = {"batch": batch, "rows": 2 * batch, "steps": steps}
 
-    def measure(name: str, fn) -> None:
+    def measure(name: str, fn, other=None) -> None:
         first = _time(fn, 1, device)
         best = _time(fn, repeats, device)
         out[name] = {"ms_per_step": best / steps * 1e3, "tokens_per_s": batch * lm.cfg.num_codebooks * steps / best,
                      "first_call_s": first}  # fmt: skip
+        if other is not None:
+            out[name]["new_length_s"] = _time(other, 1, device)
 
     measure("transformers", lambda: run_theirs(hf, ids, mask, steps=steps, greedy=False))
+    other_frames = max(1, frames - frames // 4)  # a shorter window: the same compiled step, if nothing recompiles
     for mode in modes:
         static = _static(mode, device)
-        measure(mode, lambda static=static: run_ours(hf, lm, ids, mask, frames=frames, greedy=False, static=static))
+        measure(
+            mode,
+            lambda static=static: run_ours(hf, lm, ids, mask, frames=frames, greedy=False, static=static),
+            lambda static=static: run_ours(hf, lm, ids, mask, frames=other_frames, greedy=False, static=static),
+        )
     if device.type == "cuda" and len(modes) > 1 and "eager" in modes:
         # the same greedy tokens from every step mode (in the timed shapes: no new compile)
         eager = run_ours(hf, lm, ids, mask, frames=frames, greedy=True, static=False)
@@ -482,7 +491,10 @@ def _line(label: str, figures: dict, reference: dict | None = None, first: bool 
     if reference is not None:
         text += f"   speedup {reference['ms_per_step'] / figures['ms_per_step']:5.2f}"
     if first:
-        text += f"   (first call {figures['first_call_s']:.1f} s)"
+        text += f"   (first call {figures['first_call_s']:.1f} s"
+        if "new_length_s" in figures:
+            text += f", first at a new length {figures['new_length_s']:.2f} s"
+        text += ")"
     return text
 
 
