@@ -112,3 +112,18 @@ def test_the_compiled_step_is_compiled_once_for_every_window_and_instruction(fus
     assert len(compiled) == 1
     assert counters["stats"]["unique_graphs"] == 1  # traced once: no recompile for any later length
     torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_step_once_and_it_decodes_as_eager(fused, monkeypatch):
+    # the real backend (inductor, CPU codegen; mode="reduce-overhead" as on CUDA, whose graphs CPU skips): ~25 s for
+    # the one compile (less from inductor's disk cache), which every window and instruction length used to pay again
+    monkeypatch.setattr(static_decode, "graphs_on", lambda device: True)
+    torch._dynamo.reset()
+    counters.clear()
+    for frames, tokens, cond_frames, prompt in CALLS[:3]:
+        states, mask, kwargs = _inputs(frames, tokens, cond_frames, prompt)
+        static = generate(fused, states, mask, top_k=1, static="compile", **kwargs)
+        assert torch.equal(static, generate(fused, states, mask, top_k=1, static=False, **kwargs))
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
