@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import CheckpointError, ConfigError
 from engine.train.budget import RESERVE_SECONDS, SHARES, STAGE_ORDER, StepBudget, split_budget
-from engine.train.pack import PART_BYTES, pack_dir, parts_of, unpack_parts
+from engine.train.pack import META_KEY, PART_BYTES, pack_dir, parts_of, unpack_parts
 from engine.train.recipe import MARKER, SMALLEST_STEP, Recipe, recipe_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,8 +201,17 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     card = install(out, model, tmp_path / "docs")
     assert card["stages"]["adapters"]["steps"] == 3 and card["sizes"]["parameters"]["adapter"] > 0
     assert (tmp_path / "docs" / "report.md").is_file()
+    from safetensors import safe_open
+
+    shipped = sorted(model.rglob("*.safetensors"))
+    assert [f.parent.name for f in shipped] == ["adapter", "base"]
+    for path in shipped:  # stored in bf16 (what the run returned, half the bytes), plain files any loader reads
+        with safe_open(str(path), "pt") as handle:
+            assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
+            assert META_KEY not in (handle.metadata() or {})
     editor = Editor.load(model, device="cpu")
     assert editor.sample_rate == 16000
+    assert {p.dtype for p in editor.model.lm.parameters()} == {torch.float32}  # cast on loading
     # the installed card's own verdict is what the editor's notes come from
     verdict = card["evaluation"]["beats_identity"]
     assert editor.card.beats_identity == verdict

@@ -4,7 +4,8 @@
 .safetensors file stored in bf16 (the original dtype recorded in the file's metadata), split into parts of at most
 PART_BYTES: `NAME.tar.00`, `NAME.tar.01`, ... `unpack_parts` joins and extracts them and restores the recorded dtypes,
 so the unpacked files load exactly as before except that their values are rounded to bf16. Packing what was unpacked
-gives the same bytes again (tests/test_gpu_recipe.py).
+gives the same bytes again (tests/test_gpu_recipe.py). A model the package ships is unpacked without the restore:
+its files stay bf16 (the same values in half the bytes; the loader casts them to the model's dtype).
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def to_bf16_bytes(path: Path) -> bytes:
     return save_bytes(tensors, metadata={META_KEY: packed})
 
 
-def from_bf16_file(path: Path) -> None:
-    """Undo `to_bf16_bytes` in place: the recorded tensors back in their original dtype (values stay bf16-exact)."""
+def from_bf16_file(path: Path, restore: bool = True) -> None:
+    """Undo `to_bf16_bytes` in place: the file's own metadata back and, with `restore`, the recorded tensors in their
+    original dtype (values stay bf16-exact); without it they stay bf16, half the bytes (loaders cast them)."""
     with safe_open(str(path), "pt") as handle:
         metadata = dict(handle.metadata() or {})
         if META_KEY not in metadata:
@@ -70,7 +72,7 @@ def from_bf16_file(path: Path) -> None:
         tensors = {}
         for name in handle.keys():  # noqa: SIM118
             tensor = handle.get_tensor(name)
-            tensors[name] = tensor.to(_BY_NAME[dtypes[name]]) if name in dtypes else tensor
+            tensors[name] = tensor.to(_BY_NAME[dtypes[name]]) if restore and name in dtypes else tensor
     path.write_bytes(save_bytes(tensors, metadata=metadata or None))
 
 
@@ -114,8 +116,9 @@ def parts_of(folder: Path, name: str) -> list[Path]:
     return sorted(Path(folder).glob(f"{name}.tar.[0-9][0-9]"))
 
 
-def unpack_parts(parts: Sequence[Path], dest: Path) -> list[Path]:
-    """Join and extract packed parts into `dest` (created), restoring tensor dtypes; returns the files written."""
+def unpack_parts(parts: Sequence[Path], dest: Path, restore: bool = True) -> list[Path]:
+    """Join and extract packed parts into `dest` (created), restoring tensor dtypes (`restore`; else the floats stay
+    bf16: plain safetensors files of half the size); returns the files written."""
     if not parts:
         raise CheckpointError("no packed parts to unpack")
     numbers = [int(Path(p).name.rsplit(".", 1)[1]) for p in parts]
@@ -134,7 +137,7 @@ def unpack_parts(parts: Sequence[Path], dest: Path) -> list[Path]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(tar.extractfile(member).read())
                 if target.suffix == ".safetensors":
-                    from_bf16_file(target)
+                    from_bf16_file(target, restore)
                 written.append(target)
     except tarfile.TarError as exc:
         raise CheckpointError(f"packed parts {Path(parts[0]).name}... are damaged: {exc}") from None

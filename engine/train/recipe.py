@@ -511,7 +511,9 @@ class Recipe:
 
 def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None = None) -> dict:
     """Unpack an accelerator run's packs (codec, base, adapters, eval, card.json) into the model folder `out`
-    (base/, adapter/, model_card.json: the loader's layout, tensors back in fp32) and the report into `docs`."""
+    (base/, adapter/, model_card.json: the loader's layout) and the report into `docs`. The model's tensors stay in
+    bf16 on disk: the values the run returned, in half the bytes of fp32 (what ships stays far under 40 MB and every
+    byte committed stays in the repository forever); the loader casts them to the dtype the model runs in."""
     import tempfile
 
     from engine.train.default_model import parameter_counts
@@ -525,7 +527,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
         work_dir = Path(tmp)
         for stage in ("codec", "base", "adapters", "eval"):
             if parts_of(packs, stage):
-                unpack_parts(parts_of(packs, stage), work_dir / stage)
+                unpack_parts(parts_of(packs, stage), work_dir / stage, restore=stage not in ("base", "adapters"))
         ids = {json.loads((work_dir / s / MARKER).read_text())["recipe_id"] for s in ("base", "adapters")}
         if len(ids) != 1:
             raise ConfigError(f"the base and adapters packs in {packs} come from different recipes ({sorted(ids)})")
