@@ -66,7 +66,10 @@ def test_bench_engine_shape_prints_the_time_split_and_the_rtf_last(capsys, tmp_p
         r"where the time goes .*encode \d+\.\d\d s, generate .*decode .*levels .*decode steps", "\n".join(lines)
     )
     assert re.fullmatch(r"real-time factor: \d+\.\d{3}", lines[-1])
+    assert any(re.fullmatch(r"a region of another length \(1\.2 s\): \d+\.\d\d s = \d+\.\d{3} x real time", line)
+               for line in lines)  # fmt: skip
     figures = json.loads(path.read_text())
+    assert figures["other_length"]["seconds"] == 1.2 and figures["other_length"]["edit_s"] > 0
     assert figures["rtf"] == pytest.approx(figures["edit_s"] / 2.0)
     assert figures["rtf"] == pytest.approx(float(lines[-1].split()[-1]), abs=6e-4)
     assert {"encode", "generate", "decode", "levels", "other"} <= set(figures["timings"])
