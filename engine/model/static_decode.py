@@ -17,6 +17,8 @@ sizes below), made once and reused by every later generation of that layout (at 
 - the step itself: compiled (mode="reduce-overhead"), captured as one CUDA graph, or plain off CUDA.
 Each generation copies its text and condition into the buffers in place and zeroes the cache (`Workspace.load`);
 positions past its own are masked. `release(lm)` frees them all (the editor does before an out-of-memory retry).
+A workspace serves one generation at a time: a model's static decodes must not run in two threads at once (the
+server, the editor and batch each run one generation per model at a time).
 """
 
 from __future__ import annotations
