@@ -126,7 +126,7 @@ class Editor:
         self.sample_rate = int(model.codec.sample_rate)
         self.hop = int(model.codec.hop_length)
         self.frame_rate = float(model.codec.frame_rate)
-        self.max_window_frames = int(model.lm.fusion_cfg.cond_frames) - 1  # +1 special token = cond_frames
+        self.max_window_frames = model.lm.fusion_cfg.window_frames
         frames = self.max_window_frames if window_seconds is None else int(round(window_seconds * self.frame_rate))
         if not 1 <= frames <= self.max_window_frames:
             raise ConfigError(

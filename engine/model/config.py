@@ -84,6 +84,11 @@ class FusionConfig:
             raise ConfigError(f"FusionConfig.cond_frames must be an integer >= 2, got {self.cond_frames!r}")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
+    @property
+    def window_frames(self) -> int:
+        """Codec frames of input one window conditions on: cond_frames less the appended special token."""
+        return self.cond_frames - 1
+
     def num_fused(self, num_layers: int) -> int:
         """How many of the model's top layers carry the audio-fusion prefix."""
         if self.fused_layers is None:

@@ -106,10 +106,10 @@ class AudioFusion(nn.Module):
         frames = num_codes + 1
         if num_codes < 1:
             raise ConfigError("the condition audio is empty: it needs at least one frame")
-        if frames > self.cfg.cond_frames:
+        if num_codes > self.cfg.window_frames:
             raise ConfigError(
                 f"condition audio of {num_codes} frames is longer than the adapter's window "
-                f"({self.cfg.cond_frames - 1} frames); edit it in windows"
+                f"({self.cfg.window_frames} frames); edit it in windows"
             )
         special = cond_codes.new_full((batch, cond_codes.shape[1], 1), self.special_token)
         cond_emb = lm.embed(torch.cat([cond_codes, special], dim=-1))  # [B, Tc+1, D]

@@ -46,7 +46,7 @@ def capacity(lm: MusicGenLM, max_len: int) -> int:
     """Cache positions of the workspace for a generation that needs `max_len`: the adapter's longest window when it
     holds it (every window of an edit shares one workspace), else `max_len` rounded up to CAPACITY_STEP."""
     if lm.fusion_cfg is not None:
-        window = delay.num_steps(int(lm.fusion_cfg.cond_frames) - 1, lm.cfg.num_codebooks) - 1
+        window = delay.num_steps(lm.fusion_cfg.window_frames, lm.cfg.num_codebooks) - 1
         if max_len <= window:
             return window
     return -(-max_len // CAPACITY_STEP) * CAPACITY_STEP

@@ -86,10 +86,10 @@ class AdapterStage(Stage):
         self.lm.train()
         self.module = self.lm
         frames = self.codec.num_frames(int(round(cfg.seconds * self.codec.sample_rate)))
-        if frames + 1 > fusion.cond_frames:
+        if frames > fusion.window_frames:
             raise ConfigError(
                 f"--seconds {cfg.seconds:g} is longer than the adapter's window "
-                f"({(fusion.cond_frames - 1) / self.codec.frame_rate:g} s)"
+                f"({fusion.window_frames / self.codec.frame_rate:g} s)"
             )
         # The official instruction text; the adapter records it so that the Editor asks in the same words.
         self.template, self.verbs = OFFICIAL_TEMPLATE, dict(OFFICIAL_VERBS)
