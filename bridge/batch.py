@@ -395,7 +395,10 @@ def _load_backend(args: argparse.Namespace) -> Any:
 
 def _settings(args: argparse.Namespace, model: str | None) -> dict:
     """What a result depends on besides its input: a pair done with other settings is rendered again."""
-    return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": args.mode}
+    from engine.mask import canonical_mode
+
+    mode = canonical_mode(args.mode)  # "--mode MASK", "--mode mask" and no --mode: the same results
+    return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": mode}
 
 
 def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None, Callable[[str], str]]:

@@ -33,7 +33,7 @@ from bridge import __version__, audio_io, protocol
 from bridge.jobs import Job, JobBook, Journal, Worker, info_json
 from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ImusicError
-from engine.mask import MODES, check_mode
+from engine.mask import MODES, check_mode, mode_name
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
 LOG_BURST = 10  # log lines a sender can cause (per packet) in one LOG_WINDOW_S; the rest are counted, not written
@@ -404,7 +404,7 @@ class EngineServer:
             request,
             job_id=request.job_id or protocol.new_job_id(),
             instruction=request.instruction.strip(),
-            mode=request.mode.strip().lower(),
+            mode=mode_name(request.mode),
         )
         job = Job(request, reply_to=sender)
         if self.book.find_existing(job) is not None:  # a resend is answered from the book, even if its input has gone

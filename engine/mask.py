@@ -54,15 +54,28 @@ MODE_POLICIES = {
 }
 
 
+def mode_name(mode: str | None) -> str:
+    """A mode as a user or client wrote it, in the one spelling every layer compares: stripped, lower case ("" for
+    none, which means each operation's default)."""
+    return "" if mode is None else str(mode).strip().lower()
+
+
 def check_mode(op: str, mode: str | None) -> str:
     """The mode to use for `op` (its default for None or ""); ConfigError in one line naming the modes that apply."""
     applicable = OP_MODES.get(op, MODES)
-    name = "" if mode is None else str(mode).strip().lower()
+    name = mode_name(mode)
     if not name:
         return applicable[0]
     if name not in applicable:
         raise ConfigError(f"mode {mode!r} does not apply to {op}: use {' or '.join(applicable)}")
     return name
+
+
+def canonical_mode(mode: str | None) -> str:
+    """`mode` as a result's settings record it: "" where it is every operation's default (named or not), else its
+    name; "MASK", "mask" and nothing then compare equal."""
+    name = mode_name(mode)
+    return "" if all(check_mode(op, name) == check_mode(op, "") for op in OP_MODES) else name
 
 
 def channel_policy(op: str, mode: str) -> str:

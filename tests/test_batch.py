@@ -541,6 +541,13 @@ def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys
     assert all(entry["settings"]["raw"] for entry in manifest.values())
 
 
+def test_the_default_mode_named_in_any_case_is_the_same_setting_as_no_mode(session, tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out"
+    assert main(batch_args(session, out, tiny_model_dir)) == 0
+    assert main(batch_args(session, out, tiny_model_dir, "--mode", " MASK")) == 0
+    assert "0 rendered, 4 already done" in capsys.readouterr().out.split("mix ")[-1]
+
+
 def test_command_modules_import_without_torch():
     code = "import sys, bridge.batch, bridge.edit_cmd, bridge.playback; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -156,6 +156,11 @@ def test_the_mode_reaches_the_engine_and_a_resend_with_another_mode_is_another_e
     assert expect_error(client, protocol.JOB_CONFLICT).job_id == "m1"
 
 
+def test_a_mode_is_read_whatever_its_case_and_spaces(server, client, song):
+    result = client.edit(str(song), 0.0, 1.0, "extract drums", job_id="c1", mode=" Resynth", timeout=TIMEOUT)
+    assert result.output_path and server.worker.editor.modes == ["resynth"]
+
+
 def test_an_unknown_mode_is_refused_naming_the_modes(client, song):
     client.submit(str(song), 0.0, 1.0, "extract drums", job_id="k1", mode="karaoke")
     reply = expect_error(client, protocol.BAD_REQUEST)

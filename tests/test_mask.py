@@ -101,3 +101,8 @@ def test_modes_default_per_operation_and_a_wrong_one_is_refused_naming_those_tha
         mask.check_mode("remove", "stems")
     assert "added part" in mask.channel_policy("add", "mask")
     assert "copied" in mask.channel_policy("extract", "resynth")
+
+
+def test_a_results_mode_setting_is_empty_for_the_default_however_it_is_written():
+    assert mask.canonical_mode(None) == mask.canonical_mode("mask") == mask.canonical_mode(" MASK ") == ""
+    assert mask.canonical_mode("Resynth") == "resynth"
