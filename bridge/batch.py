@@ -368,9 +368,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--server",
         nargs="?",
-        const="127.0.0.1:9137",
+        const="",
         metavar="[HOST:]PORT",
-        help="send the jobs to a running `imusic serve` (default 127.0.0.1:9137)",
+        help="send the jobs to a running `imusic serve` (default: IMUSIC_HOST / IMUSIC_PORT, else 127.0.0.1:9137)",
     )
     where.add_argument(
         "--ray", metavar="ADDRESS", help="spread the edits over a Ray cluster ('auto', 'ray://host:10001', or 'local')"
@@ -379,7 +379,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_backend(args: argparse.Namespace) -> Any:
-    if args.server:
+    if args.server is not None:
         if args.raw:
             raise ConfigError("--raw is not available with --server (the server always matches levels)")
         return ServerBackend(args.server, seed=args.seed, takes=args.takes, mode=args.mode)

@@ -86,10 +86,13 @@ class ServerBackend:
         from bridge.client import Client, NoReply
 
         host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
+        default_host, default_port = protocol.engine_address()
         try:
-            self.client = Client(host or protocol.DEFAULT_HOST, int(port or protocol.DEFAULT_PORT))
+            host, port = host or default_host, int(port or default_port)
+            self.client = Client(host, port)
         except ValueError:
             raise ConfigError(f"--server {address}: give [HOST:]PORT, e.g. 127.0.0.1:{protocol.DEFAULT_PORT}") from None
+        address = f"{host}:{port}"
         try:
             pong = self.client.ping(timeout=3.0)
         except NoReply:

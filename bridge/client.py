@@ -332,7 +332,7 @@ def _check_job_id(job_id: str) -> None:
 def _connection_options(parser: argparse.ArgumentParser, host: str) -> None:
     """--host --port --timeout --json; `host` is the default host, or argparse.SUPPRESS for no defaults at all."""
     suppress = host is argparse.SUPPRESS
-    port = argparse.SUPPRESS if suppress else int(os.environ.get("IMUSIC_PORT", protocol.DEFAULT_PORT))
+    port = argparse.SUPPRESS if suppress else protocol.engine_address()[1]
     parser.add_argument("--host", default=host, help="engine host")
     parser.add_argument("--port", type=int, default=port, help="engine port")
     parser.add_argument(
@@ -348,7 +348,7 @@ def _connection_options(parser: argparse.ArgumentParser, host: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic send ping|status|cancel|edit|preview|stop-preview ...`"""
-    _connection_options(parser, os.environ.get("IMUSIC_HOST", protocol.DEFAULT_HOST))
+    _connection_options(parser, protocol.engine_address()[0])
     # The same options after the request (`imusic send ping --port 9200`): no default there, so an option given
     # before the request is not reset.
     after = argparse.ArgumentParser(add_help=False)

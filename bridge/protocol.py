@@ -31,12 +31,26 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import ImusicError
+from engine.errors import ConfigError, ImusicError
 
 PROTOCOL_VERSION = "1"
 DEFAULT_HOST = "127.0.0.1"
 # An unassigned port far from the 8000/9000 that REAPER's own OSC surfaces tend to use.
 DEFAULT_PORT = 9137
+
+
+def engine_address(settings: dict | None = None) -> tuple[str, int]:
+    """Where clients find the engine: IMUSIC_HOST / IMUSIC_PORT, then `settings` (the REAPER installer's "host",
+    "port"), then DEFAULT_HOST:DEFAULT_PORT. Every client reads it here (the server listens where --host/--port say).
+    """
+    settings = settings or {}
+    host = os.environ.get("IMUSIC_HOST") or settings.get("host") or DEFAULT_HOST
+    port = os.environ.get("IMUSIC_PORT") or settings.get("port") or DEFAULT_PORT
+    try:
+        return str(host), int(port)
+    except ValueError:
+        raise ConfigError(f"the engine's port must be a number, got {port!r} (IMUSIC_PORT or the settings)") from None
+
 
 PREFIX = "/imusic"
 # requests

@@ -97,10 +97,8 @@ def _is_null(pointer) -> bool:
 
 
 def engine_address() -> tuple[str, int]:
-    """Host and port of the engine: the installer's settings, then IMUSIC_HOST / IMUSIC_PORT, then the default."""
-    host = os.environ.get("IMUSIC_HOST") or SETTINGS.get("host") or protocol.DEFAULT_HOST
-    port = int(os.environ.get("IMUSIC_PORT") or SETTINGS.get("port") or protocol.DEFAULT_PORT)
-    return host, port
+    """Host and port of the engine: IMUSIC_HOST / IMUSIC_PORT, then the installer's settings, then the default."""
+    return protocol.engine_address(SETTINGS)
 
 
 def _max_seconds() -> float:

@@ -51,6 +51,14 @@ def test_batch_through_the_server_renders_every_pair_and_resumes(server, session
     assert "0 rendered, 4 already done" in capsys.readouterr().out
 
 
+def test_server_without_an_address_finds_the_engine_where_the_other_clients_do(server, session, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMUSIC_PORT", str(server.port))
+    out = tmp_path / "out"
+    assert main(["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"]["server"] == f"127.0.0.1:{server.port}"
+
+
 def test_an_edit_the_server_model_does_not_know_stops_the_batch_with_one_line(server, session, tmp_path, capsys):
     argv = ["batch", str(session), "--edit", "extract kazoo", "-o", str(tmp_path / "out")]
     assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1

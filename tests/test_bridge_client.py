@@ -14,6 +14,7 @@ from bridge import __version__, protocol
 from bridge.cli import main
 from bridge.client import Client
 from bridge.server import EngineServer
+from engine.errors import ConfigError
 
 TIMEOUT = 10.0
 
@@ -47,6 +48,18 @@ def test_edit_arguments_get_their_defaults_and_numbers_are_coerced():
     }
     assert protocol.parse_request(protocol.EDIT, [7, "/a", 0, 1, "x", "", 3.0, 2.0])["seed"] == 3
     assert protocol.parse_request(protocol.CANCEL, [7])["job_id"] == "7"
+
+
+def test_clients_find_the_engine_in_the_environment_then_the_settings_then_the_default(monkeypatch):
+    monkeypatch.delenv("IMUSIC_HOST", raising=False)
+    monkeypatch.delenv("IMUSIC_PORT", raising=False)
+    assert protocol.engine_address() == (protocol.DEFAULT_HOST, protocol.DEFAULT_PORT)
+    assert protocol.engine_address({"host": "10.0.0.2", "port": 9200}) == ("10.0.0.2", 9200)
+    monkeypatch.setenv("IMUSIC_PORT", "9300")
+    assert protocol.engine_address({"host": "10.0.0.2", "port": 9200}) == ("10.0.0.2", 9300)
+    monkeypatch.setenv("IMUSIC_PORT", "ninety")
+    with pytest.raises(ConfigError, match="port must be a number, got 'ninety'"):
+        protocol.engine_address()
 
 
 def test_a_non_integral_seed_is_refused():
