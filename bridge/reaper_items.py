@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 from engine.errors import AudioError
 
-# REAPER source types whose file samples the engine can read (pedalboard reads WAV/AIFF/FLAC/MP3/OGG).
-AUDIO_SOURCE_TYPES = frozenset({"WAVE", "AIFF", "FLAC", "MP3", "VORBIS", "OGG", "OPUS", "WAVPACK"})
+# REAPER source types whose files the engine reads (engine.files.AUDIO_SUFFIXES: WAV, AIFF, FLAC, MP3, OGG Vorbis).
+# REAPER's OPUS and WAVPACK sources are refused here, before anything is sent: pedalboard cannot open them.
+AUDIO_SOURCE_TYPES = frozenset({"WAVE", "AIFF", "FLAC", "MP3", "VORBIS", "OGG"})
 # Seconds compared as equal: well under one sample at 192 kHz, above REAPER's float noise in saved geometry.
 EPSILON = 1e-6
 DEFAULT_MAX_SECONDS = 600.0

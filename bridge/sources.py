@@ -15,8 +15,8 @@ from typing import Any
 
 from bridge.reaper_items import ItemView, plan_job, resolve_source_path
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
+from engine.files import AUDIO_SUFFIXES
 
-AUDIO_EXTENSIONS = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
 # Sources that are not audio files; any other type is a file source whose header tells what it holds.
 _NOT_FILES = ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT")
 
@@ -64,7 +64,7 @@ def find_audio_files(folder: Path) -> list[Source]:
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
+            if name.startswith(".") or not name.lower().endswith(AUDIO_SUFFIXES):
                 continue
             found.append(Path(root) / name)
     rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
@@ -260,6 +260,6 @@ def collect_sources(session: Path) -> list[Source]:
         return sources
     sources = find_audio_files(session)
     if not sources:
-        exts = ", ".join(e.lstrip(".") for e in AUDIO_EXTENSIONS)
+        exts = ", ".join(e.lstrip(".") for e in AUDIO_SUFFIXES)
         raise DataError(f"no audio files ({exts}) found under {session}")
     return sources

@@ -20,6 +20,9 @@ from typing import Any
 from engine.errors import ImusicError
 
 TEMP_SUFFIX = ".tmp"
+# The audio files the project reads, by name: what pedalboard (regions, sessions) and libsndfile (training data)
+# both read on every platform. OPUS and WavPack are not among them (pedalboard cannot open them on Linux).
+AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
 
 
 def pid_alive(pid: int) -> bool:

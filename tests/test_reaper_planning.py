@@ -99,6 +99,12 @@ def test_a_midi_item_is_refused():
         plan(item(is_midi=True, source_type="MIDI"))
 
 
+@pytest.mark.parametrize("kind", ["OPUS", "WAVPACK"])
+def test_a_file_source_the_engine_cannot_open_is_refused_before_it_is_sent(kind):
+    with pytest.raises(AudioError, match=f"is a {kind} source; only audio files"):
+        plan(item(source_type=kind, source_path="/audio/mix.opus"))
+
+
 def test_an_item_without_a_take_is_refused():
     with pytest.raises(AudioError, match="no take"):
         plan(item(has_take=False, source_type="EMPTY"))

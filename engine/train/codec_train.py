@@ -29,12 +29,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
-from engine.files import atomic_path
+from engine.files import AUDIO_SUFFIXES, atomic_path
 from engine.model.fit import check_state_fits
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
-
-AUDIO_SUFFIXES = (".flac", ".wav", ".aiff", ".aif", ".ogg", ".mp3")
 
 
 @dataclass

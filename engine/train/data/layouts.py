@@ -20,10 +20,10 @@ from pathlib import Path
 import soundfile as sf
 
 from engine.errors import DataError
+from engine.files import AUDIO_SUFFIXES
 from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
 from engine.train.data.yamlio import read_yaml
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aif", ".aiff", ".mp3")
 # Slakh2100-redux also has `omitted/` (duplicate songs left out of every split).
 SPLIT_DIRS = {
     "train": "train",
@@ -198,7 +198,7 @@ def _scan_moisesdb(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
 
 def _audio_files(folder: Path) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     except OSError:
         return []
 
