@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError
+from engine.instructions import MAX_TAKES  # noqa: F401 (the wire's limit is the Editor's)
 
 PROTOCOL_VERSION = "1"
 DEFAULT_HOST = "127.0.0.1"
@@ -102,7 +103,6 @@ MAX_PACKET = 65507
 MAX_JOB_ID = 128
 MAX_PATH = 4096
 MAX_INSTRUCTION = 1000
-MAX_TAKES = 16
 MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
-from engine.instructions import Instruction, parse_instruction, vocabulary
+from engine.instructions import MAX_TAKES, Instruction, parse_instruction, vocabulary
 from engine.mask import MaskSettings, channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
 
@@ -52,7 +52,6 @@ Progress = Callable[[float, str], None]
 SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
-MAX_TAKES = 16
 # The CUDA decode step an Editor may be given -> generate()'s `static`: None = generate's own choice (CUDA_STEP)
 DECODE_STEPS: dict[str | None, bool | str | None] = {None: None, "eager": False, "graph": "graph", "compile": "compile"}
 _ENCODE_MARGIN_S = 1.0  # context either side of a window when encoding it, so codes at its edges are not edge-biased

@@ -26,6 +26,8 @@ OFFICIAL_STEMS = ("Drums", "Bass", "Piano", "Guitar")
 # The official Slakh format (ldzhangyx/instruct-MusicGen, src/data/slakh_datamodule.py); used when a card has none.
 OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
 OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
+# The most takes (generations, best kept) one edit may ask for: the Editor, the wire and every CLI check this one.
+MAX_TAKES = 16
 
 # Operation phrases, as the sequence of non-instrument, non-filler words left in the instruction (in order).
 # "take the drums out" leaves ("take", "out"); "keep only guitar" leaves ("keep", "only").
