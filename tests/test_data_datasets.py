@@ -252,6 +252,22 @@ def test_split_is_deterministic_and_ignores_file_order():
     assert first == second
 
 
+def test_the_clip_seed_does_not_move_songs_between_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(12):  # a folder data set: no split of its own, so the seeded hash order decides
+        (tmp_path / f"song{i:02d}").mkdir()
+        for stem in ("drums", "bass"):
+            sf.write(str(tmp_path / f"song{i:02d}" / f"{stem}.wav"), 0.3 * rng.standard_normal(RATE), RATE)
+    catalog = scan(tmp_path)
+
+    def songs(split: str, seed: int) -> set[str]:
+        return {plan.song.song_id for plan in StemDataset(catalog, split, _config(seconds=0.5), seed=seed).plans}
+
+    for split in ("train", "validation", "test"):
+        assert songs(split, 0) == songs(split, 7)
+    assert songs("test", 7).isdisjoint(songs("train", 0))
+
+
 def test_a_data_set_too_small_for_the_split_is_a_data_error():
     with pytest.raises(DataError, match="at least 3"):
         split_songs(_songs(2), 0.1, 0.1)

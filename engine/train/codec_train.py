@@ -416,10 +416,10 @@ def export_codec(model: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def held_out_songs(data: Path, seed: int = 0) -> list[str]:
+def held_out_songs(data: Path) -> list[str]:
     """Top-level folder names of the validation and test songs (the same split as every other stage uses)."""
     catalog = scan(data)
-    splits = split_songs(catalog.songs, seed=seed)
+    splits = split_songs(catalog.songs)
     root = Path(catalog.root)
     return sorted({song.path.relative_to(root).parts[0] for name in ("validation", "test") for song in splits[name]})
 

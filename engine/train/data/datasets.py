@@ -226,8 +226,13 @@ def split_ids(ids: list[str], valid_fraction: float = 0.1, test_fraction: float 
     }
 
 
+# The split's seed, apart from any clip seed: `imusic train --seed 1` must hold out the same songs that the codec
+# stage and `imusic eval` hold out (data sets without their own split: MoisesDB, plain folders).
+SPLIT_SEED = 0
+
+
 def split_songs(
-    songs: list[Song], valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+    songs: list[Song], valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = SPLIT_SEED
 ) -> dict[str, list[Song]]:
     """Deterministic split by song: the data set's own split when every song has one, else a seeded hash order.
 
@@ -296,7 +301,7 @@ class StemDataset:
             self.rule = "moisesdb" if catalog.layout == "moisesdb" else "slakh"
         songs = [song for song in catalog.songs if song.split != "omitted"]
         if split != "all":
-            songs = split_songs(songs, valid_fraction, test_fraction, seed)[split]
+            songs = split_songs(songs, valid_fraction, test_fraction)[split]  # SPLIT_SEED, not the clips' seed
         self.skipped: list[tuple[str, str]] = []
         self.plans: list[_SongPlan] = []
         for song in songs:
