@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -58,14 +57,13 @@ def check_model(model: str | None) -> Path:
 
 
 def model_stems(path: Path) -> list[str]:
-    """Stems the model can edit, lower case, from its adapter description; the official four when unknown."""
-    for meta in (path / "adapter" / "adapter.json", path / "adapter.json", path / "model_card.json"):
-        try:
-            stems = json.loads(meta.read_text(encoding="utf-8")).get("stems")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(stems, list) and stems:
-            return [str(stem).lower() for stem in stems]
+    """Stems the model can edit, lower case, as loading will read them (engine.weights.peek_card); the official four
+    when unknown."""
+    from engine.weights import peek_card
+
+    stems = (peek_card(path) or {}).get("stems")
+    if isinstance(stems, list) and stems:
+        return [str(stem).lower() for stem in stems]
     return list(OFFICIAL_STEMS)
 
 

@@ -197,6 +197,8 @@ def test_default_add_names_a_stem_the_song_lacks():
 
 def test_model_stems_come_from_the_adapter_description(tiny_model_dir, tmp_path):
     assert demo.model_stems(Path(tiny_model_dir)) == ["drums", "bass", "piano", "guitar"]
+    (tmp_path / "model_card.json").write_text('{"stems": ["Drums", "Bass"]}')
+    assert demo.model_stems(tmp_path) == ["drums", "bass"]
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter.json").write_text('{"stems": ["Drums", "Vocals"]}')
     assert demo.model_stems(tmp_path) == ["drums", "vocals"]

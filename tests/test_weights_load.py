@@ -365,3 +365,29 @@ def test_the_editors_vocabulary_comes_from_the_checkpoint(model_copy):
         editor.parse("remove the piano")
     with pytest.raises(InstructionError, match="cannot read 'add'"):
         editor.parse("add drums")
+
+
+def test_peeking_reads_the_vocabulary_that_loading_reads(model_copy, tmp_path):
+    from engine.instructions import parse_instruction, vocabulary
+    from engine.weights import peek_card
+
+    card_path, meta_path = model_copy / "model_card.json", model_copy / "adapter" / "adapter.json"
+    card = json.loads(card_path.read_text())
+    card.pop("stems", None)  # as `imusic weights convert --base` writes it: the stems are the adapter's
+    card["evaluation"] = {"beats_identity": {"extract": {"mel_ssim": False}}}
+    card_path.write_text(json.dumps(card))
+    meta = json.loads(meta_path.read_text())
+    meta.update(stems=["Vocals", "Drums"], instruction_template="{verb} the {stem}")
+    meta_path.write_text(json.dumps(meta))
+
+    peeked, loaded = peek_card(model_copy), load_model(model_copy, device="cpu").card
+    assert vocabulary(peeked).stems == loaded.stems == ("Vocals", "Drums")
+    assert parse_instruction("only vocals", peeked).prompt == "Only the Vocals"
+    assert peeked["evaluation"] == card["evaluation"]  # the folder's own adapter: its card's verdict holds
+
+    other = shutil.copytree(model_copy / "adapter", tmp_path / "other")
+    meta.update(stems=["Bass"])
+    (other / "adapter.json").write_text(json.dumps(meta))
+    peeked = peek_card(model_copy, other)
+    assert vocabulary(peeked).stems == load_model(model_copy, other, device="cpu").card.stems == ("Bass",)
+    assert "evaluation" not in peeked  # another adapter: the card's verdict says nothing about it

@@ -94,17 +94,37 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
 
 
 def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any] | None:
-    """What a model understands (stems, instruction format, name), read without loading any weights: the adapter's
-    adapter.json where one is given, else our model directory's card; None where only loading can tell
-    (transformers, audiocraft, hub names, the official checkpoint) or the files cannot be read."""
+    """What a model understands (stems, instruction format, name), read without loading any weights and by
+    load_model's rule: the adapter's stems, template and verbs (the adapter given, else our model directory's own
+    adapter/) over the card's; the card's name, and its evaluation only for the folder's own adapter. None where
+    only loading can tell (transformers, audiocraft, hub names, the official checkpoint) or nothing can be read."""
+    card, path = None, None
     try:
-        if adapter is not None:
-            path = Path(adapter).expanduser() / "adapter.json"
-            return json.loads(path.read_text()) if path.is_file() else None
         path = resolve_source(source)
-        return read_model_card(path) if is_model_dir(path) else None
+        card = read_model_card(path) if is_model_dir(path) else None
     except (CheckpointError, OSError, ValueError):
+        pass
+    if adapter is not None:
+        adapter_dir = Path(adapter).expanduser()
+    else:
+        adapter_dir = path / "adapter" if card is not None and path is not None else None
+    meta = None
+    if adapter_dir is not None:
+        try:
+            meta = json.loads((adapter_dir / "adapter.json").read_text())
+        except (OSError, ValueError):
+            meta = None
+    if not isinstance(meta, dict):
+        meta = None
+    if card is None and meta is None:
         return None
+    peeked = dict(card or {})
+    if adapter is not None:
+        peeked.pop("evaluation", None)  # the card judged the folder's own adapter, not this one
+    for key in ("stems", "instruction_template", "instruction_verbs"):
+        if meta and meta.get(key):
+            peeked[key] = meta[key]
+    return peeked
 
 
 def load_model(
