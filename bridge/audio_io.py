@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AudioError, ImusicError
-from engine.files import slug, sweep_temps
+from engine.files import PARTIAL_SUFFIX, slug, sweep_temps, temp_name
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -255,11 +255,11 @@ def sweep_partials(path: str | Path) -> list[Path]:
     """Remove the temporary files `write_atomic` left beside `path` (`.{stem}.{pid}.{hex}.partial.wav`) in a process
     that no longer runs (kill -9); a live writer's file and every other file stay. Returns what was removed."""
     path = Path(path)
-    return sweep_temps(path.parent, name=path.stem, suffix=".partial.wav")
+    return sweep_temps(path.parent, name=path.stem, suffix=PARTIAL_SUFFIX)
 
 
 def _partial_name(path: Path) -> str:
-    return f".{path.stem}.{os.getpid()}.{os.urandom(4).hex()}.partial.wav"
+    return temp_name(path.stem, PARTIAL_SUFFIX)
 
 
 def _inside(folder: Path, roots: Sequence[Path]) -> Path | None:

@@ -36,7 +36,7 @@ from engine.errors import (
     ImusicError,
     InstructionError,
 )
-from engine.files import jsonable, sweep_temps
+from engine.files import PARTIAL_SUFFIX, jsonable, sweep_temps
 
 # --- what to render ----------------------------------------------------------------------------------------------
 
@@ -75,7 +75,7 @@ def claim_output_folder(out: Path) -> Any:
     except OSError:
         handle.close()
         raise ConfigError(f"another imusic batch is writing to {out}; wait for it or choose another folder") from None
-    for leftover in out.rglob(".*.partial.wav"):  # audio_io.write_atomic's temporary names
+    for leftover in out.rglob(f".*{PARTIAL_SUFFIX}"):  # audio_io.write_atomic's temporary names
         leftover.unlink(missing_ok=True)
     sweep_temps(out)  # a killed run's half-written manifest (the folder is ours now: its writer is gone)
     return handle

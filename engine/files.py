@@ -20,6 +20,7 @@ from typing import Any
 from engine.errors import ImusicError
 
 TEMP_SUFFIX = ".tmp"
+PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_io.write_atomic's: an audio result while it is being written
 # The audio files the project reads, by name: what pedalboard (regions, sessions) and libsndfile (training data)
 # both read on every platform. OPUS and WavPack are not among them (pedalboard cannot open them on Linux).
 AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
@@ -37,6 +38,12 @@ def pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # it exists (another user's process) or we cannot tell
     return True
+
+
+def temp_name(name: str, suffix: str = TEMP_SUFFIX) -> str:
+    """A fresh temporary file name for `name`'s writer, of the one form `sweep_temps` knows:
+    `.{name}.{pid}.{8 hex}{suffix}` (hidden; the pid tells a killed writer's leftover from a live one's)."""
+    return f".{name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
 
 
 def sweep_temps(folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX) -> list[Path]:
@@ -69,7 +76,7 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
         mode = stat.S_IMODE(path.stat().st_mode)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
+        tmp = path.with_name(temp_name(path.name))
         try:
             os.close(os.open(tmp, flags, 0o600))
             break

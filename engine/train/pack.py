@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save as save_bytes
 
 from engine.errors import CheckpointError
+from engine.files import atomic_path
 
 PART_BYTES = 15 * 1024 * 1024  # under the 16 MiB a returned file may have, with room for a tar header
 META_KEY = "imusic_packed_dtypes"
@@ -104,9 +105,8 @@ def pack_dir(
     parts = []
     for index, start in enumerate(range(0, len(blob), part_bytes)):
         part = out_dir / f"{name}.tar.{index:02d}"
-        tmp = part.with_name(part.name + ".tmp")
-        tmp.write_bytes(blob[start : start + part_bytes])
-        tmp.replace(part)
+        with atomic_path(part) as tmp:
+            tmp.write_bytes(blob[start : start + part_bytes])
         parts.append(part)
     return parts
 
