@@ -3,4 +3,6 @@
 Client modules never import torch.
 """
 
-__version__ = "0.1.0"
+from engine import __version__  # written once, in engine/__init__.py (the package metadata reads it too)
+
+__all__ = ["__version__"]

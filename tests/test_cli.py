@@ -39,6 +39,15 @@ def test_console_script_runs_as_module():
     assert proc.stdout.startswith("imusic ")
 
 
+def test_the_version_is_one_number_for_the_package_the_cli_and_the_wire():
+    import importlib.metadata
+
+    import bridge
+    import engine
+
+    assert importlib.metadata.version("instruct-musicgen-daw") == engine.__version__ == bridge.__version__
+
+
 @pytest.mark.parametrize(
     ("argv", "prog", "message"),
     [
