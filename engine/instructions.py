@@ -248,6 +248,16 @@ def _template_words(vocab: Vocabulary) -> set[str]:
     return set(_words(fixed))
 
 
+def render_prompt(template: str, verbs: Mapping[str, str], op: str, stem: str) -> str:
+    """The prompt text of (op, stem) in a template and verbs: the one formatting that training, the data export and
+    inference share, e.g. (OFFICIAL_TEMPLATE, OFFICIAL_VERBS, "extract", "Drums") -> "Music piece. Instruct: Only
+    Drums."."""
+    try:
+        return template.format(verb=verbs[op], stem=stem, op=op)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InstructionError(f"the model card's instruction template {template!r} is malformed") from exc
+
+
 def format_prompt(op: str, stem: str, card: Any) -> str:
     """The exact prompt text for (op, stem) in the checkpoint's trained format."""
     vocab = vocabulary(card)
@@ -255,10 +265,7 @@ def format_prompt(op: str, stem: str, card: Any) -> str:
         raise InstructionError(f"this model cannot {op}: {vocab.supported()}")
     if stem not in vocab.stems:
         raise InstructionError(f"this model has no {stem.lower()} stem: {vocab.supported()}")
-    try:
-        return vocab.template.format(verb=vocab.verbs[op], stem=stem, op=op)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise InstructionError(f"the model card's instruction template {vocab.template!r} is malformed") from exc
+    return render_prompt(vocab.template, vocab.verbs, op, stem)
 
 
 def parse_instruction(text: str, card: Any) -> Instruction:

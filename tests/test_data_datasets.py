@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
-from engine.train.data.datasets import ClipConfig, StemDataset, read_window, split_songs
+from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes, read_window, split_songs
 from engine.train.data.layouts import StemFile, scan
 from engine.train.data.render import default_soundfonts
 from engine.train.data.stems import FOUR_STEMS, caption_word
@@ -352,3 +352,9 @@ def test_a_stem_deleted_after_the_scan_is_a_data_error_naming_it(tmp_path):
     (tmp_path / "song" / "bass.wav").unlink()
     with pytest.raises(DataError, match="bass.wav"):
         data[0]
+
+
+def test_a_class_set_reads_the_same_from_every_command_line():
+    assert parse_classes(" 4stems") == "4stems" and parse_classes("all") == "all"
+    assert parse_classes("Drums, Bass,") == ("Drums", "Bass")
+    assert ClipConfig(classes=parse_classes("drums, bass")).class_set() == ("Drums", "Bass")

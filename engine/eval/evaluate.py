@@ -203,14 +203,13 @@ def held_out_clips(
     per_song: int,
     split: str = "test",
 ):
-    from engine.train.data.datasets import ClipConfig, StemDataset
+    from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
     from engine.train.data.layouts import scan
 
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DataError(f"no data set at {root}: the folder does not exist")
-    class_set = classes if classes in ("4stems", "all") else tuple(c.strip() for c in classes.split(","))
-    config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=class_set, ops=(task,))
+    config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=parse_classes(classes), ops=(task,))
     try:
         return StemDataset(scan(root), split, config, seed=seed, clips_per_song=per_song)
     except DataError as exc:

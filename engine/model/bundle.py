@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError, InstructionError
-from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS, render_prompt
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class ModelCard:
         """The exact instruction text the model was trained with, e.g. ("extract", "Drums") -> "... Only Drums."."""
         if op not in self.verbs:
             raise InstructionError(f"this model cannot {op}; it supports {', '.join(self.operations)}")
-        return self.template.format(verb=self.verbs[op], stem=stem, op=op)
+        return render_prompt(self.template, self.verbs, op, stem)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import ConfigError
-from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.model.config import FusionConfig
 from engine.model.fusion import align_prefix
 from engine.train.config import TrainConfig, precision
@@ -104,7 +104,7 @@ class AdapterStage(Stage):
         return data
 
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
-        prompts = [self.template.format(verb=self.verbs[clip.op], stem=clip.stem_name, op=clip.op) for clip in items]
+        prompts = [render_prompt(self.template, self.verbs, clip.op, clip.stem_name) for clip in items]
         codes = encode_audio(self.codec, [clip.target for clip in items])  # [B, K, F]
         cond_codes = encode_audio(self.codec, [clip.input for clip in items])  # [B, K, F]
         return [Encoded(c, cond, prompt) for c, cond, prompt in zip(codes, cond_codes, prompts, strict=True)]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, DataError
-from engine.train.data.datasets import CaptionDataset, ClipConfig, StemDataset
+from engine.train.data.datasets import CaptionDataset, ClipConfig, StemDataset, parse_classes
 from engine.train.data.layouts import scan
 from engine.weights import detect_layout, read_model_card, resolve_source
 
@@ -103,8 +103,7 @@ def base_parts(base: str) -> tuple[Path, dict, Path | None]:
 
 
 def _clip_config(cfg: TrainConfig, sample_rate: int) -> ClipConfig:
-    classes = cfg.classes if cfg.classes in ("4stems", "all") else tuple(c.strip() for c in cfg.classes.split(","))
-    return ClipConfig(sample_rate=sample_rate, seconds=cfg.seconds, classes=classes)
+    return ClipConfig(sample_rate=sample_rate, seconds=cfg.seconds, classes=parse_classes(cfg.classes))
 
 
 def open_split(cfg: TrainConfig, split: str, sample_rate: int, kind: str = "edit") -> StemDataset | CaptionDataset:

@@ -86,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from engine.train.data.datasets import ClipConfig, StemDataset
+    from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
     from engine.train.data.export import export_clips
     from engine.train.data.layouts import scan
 
-    classes = args.classes if args.classes in ("4stems", "all") else tuple(args.classes.split(","))
+    classes = parse_classes(args.classes)
     config = ClipConfig(sample_rate=args.sample_rate, seconds=args.seconds, classes=classes, ops=tuple(args.ops))
     data = StemDataset(
         scan(args.data_dir, args.layout),

@@ -31,22 +31,25 @@ import numpy as np
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
+from engine.instructions import OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.instructions import OPERATIONS as OPS
 from engine.train.data.layouts import Catalog, Song, StemFile
 from engine.train.data.stems import FOUR_STEMS, canonical_class, caption, is_targetable
 
 SPLITS = ("train", "validation", "test", "all")
-# Official Slakh instruction text (the published checkpoint was trained on it).
-INSTRUCTION_TEMPLATES = {
-    "add": "Music piece. Instruct: Add {stem}.",
-    "remove": "Music piece. Instruct: No {stem}.",
-    "extract": "Music piece. Instruct: Only {stem}.",
-}
 
 
 def instruction_text(op: str, stem: str) -> str:
     """The official training text: ("add", "Drums") -> "Music piece. Instruct: Add Drums."."""
-    return INSTRUCTION_TEMPLATES[op].format(stem=stem)
+    return render_prompt(OFFICIAL_TEMPLATE, OFFICIAL_VERBS, op, stem)
+
+
+def parse_classes(text: str) -> str | tuple[str, ...]:
+    """A command line's class set for ClipConfig.classes: "4stems", "all", or "Drums, Bass" as a tuple of names."""
+    text = text.strip()
+    if text in ("4stems", "all"):
+        return text
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-FOUR_STEMS: tuple[str, ...] = ("Drums", "Bass", "Piano", "Guitar")
+from engine.instructions import OFFICIAL_STEMS
+
+FOUR_STEMS: tuple[str, ...] = OFFICIAL_STEMS  # the official checkpoint's four, in its order
 
 # General MIDI program families, 8 programs each, named as in Slakh2100's metadata.yaml.
 GM_FAMILIES: tuple[str, ...] = (
