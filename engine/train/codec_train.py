@@ -400,7 +400,10 @@ def _load_initial(model: Any, source: Path) -> None:
 
     if not (source / "config.json").is_file():
         raise CheckpointError(f"{source} is not a codec directory (no config.json): give what --stage codec exported")
-    trained = EncodecModel.from_pretrained(source)
+    from engine.weights.transformers_layout import quiet_transformers
+
+    with quiet_transformers():
+        trained = EncodecModel.from_pretrained(source)
     theirs = trained.state_dict()
     check_state_fits(theirs, model.state_dict(), f"the codec in {source}", "the codec this run builds")
     model.load_state_dict(theirs)
@@ -412,7 +415,10 @@ def export_codec(model: Any, out_dir: Path) -> Path:
     model.eval()
     for layer in model.quantizer.layers:
         layer.codebook.inited.fill_(1.0)
-    model.save_pretrained(out_dir)
+    from engine.weights.transformers_layout import quiet_transformers
+
+    with quiet_transformers():  # no progress bar in a training log
+        model.save_pretrained(out_dir)
     return out_dir
 
 

@@ -106,6 +106,7 @@ def build_base_template(
         )
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        with quiet_transformers():
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
     return out_dir
