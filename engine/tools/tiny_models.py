@@ -11,7 +11,6 @@ Everything here is random: it tests mechanics (shapes, key names, alignment), ne
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,14 +169,14 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     write_transformers_layout(path / "base", seed=seed)
-    card = {
-        "format": "imusic-model",
-        "version": 1,
-        "name": "tiny-random",
-        "description": "random tiny model for tests: 16 kHz, 50 Hz, 4 codebooks of 64, 2 x 64 decoder",
-        "provenance": {"source": "engine.tools.tiny_models.build_tiny_model_dir", "seed": seed},
-    }
-    (path / "model_card.json").write_text(json.dumps(card, indent=2))
+    from engine.weights.loader import new_model_card, write_model_card
+
+    card = new_model_card(
+        "tiny-random",
+        description="random tiny model for tests: 16 kHz, 50 Hz, 4 codebooks of 64, 2 x 64 decoder",
+        provenance={"source": "engine.tools.tiny_models.build_tiny_model_dir", "seed": seed},
+    )
+    write_model_card(path, card)
     from engine.weights.adapter_format import save_adapter
 
     fusion_cfg, state = _tiny_adapter_state(path / "base", seed)

@@ -5,7 +5,6 @@ Text encodings are cached per distinct prompt: an edit data set has only ops x s
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from engine.train.config import TrainConfig, precision
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, link_tree, open_split, replace_dir
 from engine.weights import audiocraft_layout, detect_layout, read_adapter, transformers_layout
 from engine.weights.adapter_format import save_adapter
+from engine.weights.loader import new_model_card, write_model_card
 
 if TYPE_CHECKING:
     from engine.model.text import TextEncoder
@@ -151,12 +151,10 @@ class AdapterStage(Stage):
         model_dir = replace_dir(run_dir / "model")
         link_tree(self.base_path, model_dir / "base")
         save_adapter(model_dir / "adapter", self.lm.adapter_state_dict(), self.fusion, provenance=provenance, **kwargs)
-        card = {
-            "format": "imusic-model",
-            "version": 1,
-            "name": f"{self.base_card.get('name') or Path(self.base_path).name}-{run_dir.name}",
-            "stems": list(self.stems),
-            "provenance": {**dict(self.base_card.get("provenance") or {}), "base": str(self.base_path), **info},
-        }
-        (model_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+        card = new_model_card(
+            f"{self.base_card.get('name') or Path(self.base_path).name}-{run_dir.name}",
+            stems=list(self.stems),
+            provenance={**dict(self.base_card.get("provenance") or {}), "base": str(self.base_path), **info},
+        )
+        write_model_card(model_dir, card)
         return {"adapter": str(adapter_dir), "model": str(model_dir)}

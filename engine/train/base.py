@@ -18,6 +18,7 @@ from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_s
 from engine.train.template import build_base_template
 from engine.weights import detect_layout
 from engine.weights.convert import lm_state_to_transformers
+from engine.weights.loader import new_model_card, write_model_card
 from engine.weights.transformers_layout import (
     lm_config,
     load_hf_musicgen,
@@ -110,11 +111,6 @@ class BaseStage(Stage):
         with quiet_transformers():
             hf_model.save_pretrained(model_dir / "base")
             self.tokenizer.save_pretrained(model_dir / "base")
-        card = {
-            "format": "imusic-model",
-            "version": 1,
-            "name": f"base-{run_dir.name}",
-            "provenance": {"trained_by": "imusic train --stage base", "architecture_from": str(self.base_path), **info},
-        }
-        (model_dir / "model_card.json").write_text(json.dumps(card, indent=2))
+        provenance = {"trained_by": "imusic train --stage base", "architecture_from": str(self.base_path), **info}
+        write_model_card(model_dir, new_model_card(f"base-{run_dir.name}", provenance=provenance))
         return {"model": str(model_dir)}

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from engine.errors import CheckpointError, ImusicError
 from engine.eval.evaluate import LOWER_IS_BETTER
 from engine.model.bundle import METRIC_WORDS
+from engine.weights.loader import new_model_card, write_model_card
 
 CARD = "model_card.json"
 
@@ -121,18 +122,16 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     own_card = _read_json(tmp / CARD)
     codec_cfg = base_cfg["audio_encoder"]
     decoder_cfg = base_cfg["decoder"]
-    card: dict[str, Any] = {
-        "format": "imusic-model",
-        "version": 1,
-        "name": "imusic-embedded-small",
-        "description": (
+    card: dict[str, Any] = new_model_card(
+        "imusic-embedded-small",
+        description=(
             "The project's own small Instruct-MusicGen, trained on 2 CPU cores on synthetic General MIDI stems: "
             "a codec, a text-to-music base model and the Instruct adapters (audio fusion + text LoRA). It runs the "
             "whole method end to end; whether its edits beat leaving the audio unchanged is measured in "
             "`evaluation.beats_identity`. It is not a substitute for MusicGen weights."
         ),
-        "stems": own_card.get("stems") or adapter_meta.get("stems"),
-        "sizes": {
+        stems=own_card.get("stems") or adapter_meta.get("stems"),
+        sizes={
             "parameters": parameter_counts(tmp),
             "codec": {
                 "sample_rate": codec_cfg["sampling_rate"],
@@ -149,7 +148,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
             "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
             "adapter": adapter_meta.get("fusion"),
         },
-        "data": {
+        data={
             "command": "make model-data",
             "generator": "imusic data synth",
             "settings": _portable(
@@ -158,13 +157,13 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
             "split": "by song, deterministic (engine.train.data.datasets.split_songs); validation and test songs are "
             "held out of every stage (codec included)",
         },
-        "stages": {
+        stages={
             "codec": codec_summary(work / "codec"),
             "base": train_summary(work / "base", "model-base"),
             "adapters": train_summary(work / "adapters", "model-adapters"),
         },
-        "provenance": own_card.get("provenance", {}),
-    }
+        provenance=own_card.get("provenance", {}),
+    )
     card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
     # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
     card["stages"]["adapters"]["fusion_gates"] = [
@@ -177,7 +176,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
             "summary": {task: part["summary"] for task, part in report.get("tasks", {}).items()},
         }
         card["evaluation"]["beats_identity"] = beats_identity(card["evaluation"]["summary"])
-    (tmp / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    write_model_card(tmp, card)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

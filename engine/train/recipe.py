@@ -537,21 +537,21 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
         shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
         run_card = json.loads((packs / CARD).read_text()) if (packs / CARD).is_file() else {}
         own = json.loads((work_dir / "adapters" / "model" / "model_card.json").read_text())
-        card = {
-            "format": "imusic-model",
-            "version": 1,
-            "name": "imusic-embedded-small",
-            "description": (
+        from engine.weights.loader import new_model_card, write_model_card
+
+        card = new_model_card(
+            "imusic-embedded-small",
+            description=(
                 "The project's own small Instruct-MusicGen, trained by `imusic train --recipe embedded` on one "
                 "accelerator on synthetic General MIDI stems: a codec, a text-to-music base model and the Instruct "
                 "adapters. Whether its edits beat leaving the audio unchanged is in `evaluation.beats_identity`."
             ),
-            "stems": own.get("stems"),
-            "sizes": {"parameters": parameter_counts(staged)},
-            "recipe": {k: v for k, v in run_card.items() if k != "stages"},
-            "stages": run_card.get("stages", {}),
-            "provenance": own.get("provenance", {}),
-        }
+            stems=own.get("stems"),
+            sizes={"parameters": parameter_counts(staged)},
+            recipe={k: v for k, v in run_card.items() if k != "stages"},
+            stages=run_card.get("stages", {}),
+            provenance=own.get("provenance", {}),
+        )
         evaluation = run_card.get("stages", {}).get("eval")
         if evaluation:
             card["evaluation"] = {
@@ -559,7 +559,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 "summary": evaluation.get("summary"),
                 "beats_identity": evaluation.get("beats_identity"),
             }
-        (staged / "model_card.json").write_text(json.dumps(card, indent=2, default=str) + "\n")
+        write_model_card(staged, card)
         if out.exists():
             shutil.rmtree(out)
         staged.rename(out)

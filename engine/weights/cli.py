@@ -288,13 +288,12 @@ def convert(
         for file in base_path.iterdir():
             if file.is_file():
                 _link_or_copy(file, output / "base" / file.name)
-        card = {
-            "format": "imusic-model",
-            "version": 1,
-            "name": name or f"instruct-{base_path.name}",
-            "provenance": {"base": str(base), "adapter": str(adapter)},
-        }
-        (output / "model_card.json").write_text(json.dumps(card, indent=2))
+        from engine.weights.loader import new_model_card, write_model_card
+
+        card = new_model_card(
+            name or f"instruct-{base_path.name}", provenance={"base": str(base), "adapter": str(adapter)}
+        )
+        write_model_card(output, card)
     return output
 
 

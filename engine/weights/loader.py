@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
-from engine.files import read_json_object
+from engine.files import jsonable, read_json_object, write_bytes_atomic
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from engine.model.text import TextEncoder
 
 MODEL_CARD = "model_card.json"
+MODEL_FORMAT, MODEL_VERSION = "imusic-model", 1
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 
 
@@ -86,6 +87,18 @@ def resolve_source(source: str | Path | None) -> Path:
     if hub.looks_like_hub_name(text):
         return hub.cached_snapshot(text)
     raise CheckpointError(f"no model at {path}: the path does not exist")
+
+
+def new_model_card(name: str, **fields: Any) -> dict[str, Any]:
+    """A model card: format, version and name first, then `fields` (description, stems, provenance, ...)."""
+    return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "name": name, **fields}
+
+
+def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
+    """`card` as folder/model_card.json, atomically (indented JSON, JSON-safe values)."""
+    path = Path(folder) / MODEL_CARD
+    write_bytes_atomic(path, (json.dumps(jsonable(card), indent=2, default=str) + "\n").encode("utf-8"))
+    return path
 
 
 def read_model_card(path: str | Path) -> dict[str, Any]:
@@ -353,14 +366,8 @@ def save_model_dir(
             base={"num_layers": lm.cfg.num_layers, "dim": lm.cfg.dim, "card": lm.cfg.card},
             provenance=provenance,
         )
-    card = {
-        "format": "imusic-model",
-        "version": 1,
-        "name": name,
-        "description": description,
-        "provenance": dict(provenance or {}),
-    }
+    card = new_model_card(name, description=description, provenance=dict(provenance or {}))
     if stems and lm.fusion_cfg is None:
         card["stems"] = list(stems)
-    (path / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    write_model_card(path, card)
     return path
