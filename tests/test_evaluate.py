@@ -237,6 +237,15 @@ def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_e
         evaluate(synth_data, ["extract"], tmp_path, editor=tiny_editor, batch=0, progress=False)
 
 
+def test_scoring_in_worker_processes_gives_the_same_report(synth_data, tiny_editor, tmp_path):
+    here = _short_eval(synth_data, tiny_editor, tmp_path / "here", ["remove"], limit=3, batch=2)
+    pooled = _short_eval(synth_data, tiny_editor, tmp_path / "pool", ["remove"], limit=3, batch=2, workers=2)
+    assert pooled["tasks"]["remove"]["examples"] == here["tasks"]["remove"]["examples"]
+    assert list(pooled["tasks"]["remove"]["examples"][0]) == list(here["tasks"]["remove"]["examples"][0])
+    with pytest.raises(ConfigError, match="--workers"):
+        evaluate(synth_data, ["extract"], tmp_path, editor=tiny_editor, workers=-1, progress=False)
+
+
 def test_a_spent_deadline_scores_one_batch_per_task_and_says_so(synth_data, tiny_editor, tmp_path):
     import time
 

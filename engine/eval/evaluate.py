@@ -126,6 +126,30 @@ def score_rows(
     return {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
 
 
+def score_clip(
+    source: np.ndarray,
+    target: np.ndarray,
+    rows: dict[str, np.ndarray],
+    rate: int,
+    task: str,
+    raw: bool,
+    mask_setting: Any = None,
+) -> dict[str, dict[str, float]]:
+    """One clip's metrics for every row, the ideal mask's row made here: numpy only, so that a pool of processes
+    can score clips while the model (and the codec ceiling) stays in the calling process."""
+    rows = {**rows, "ideal mask": ideal_mask_row(source, target, rate, task, raw, mask_setting)}
+    return score_rows(source, target, rows, rate)
+
+
+def _scoring_process() -> None:
+    """A scoring worker: one BLAS thread each (the pool is the parallelism)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Mean and standard deviation per row and metric over examples (non-finite values are counted apart)."""
     summary: dict[str, dict[str, float]] = {}
@@ -265,6 +289,7 @@ def evaluate(
     stereo: bool = False,
     batch: int = 1,
     deadline: float | None = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir.
 
@@ -274,6 +299,8 @@ def evaluate(
     `deadline` (a time.time() value): each task gets an equal share of the time left, and takes another batch only
     while one more (as long as the last) ends within it (the first batch whatever the time); the report says how
     many of the planned clips were scored.
+    `workers`: processes that score clips (the metrics and the ideal mask) while this one edits; 0 scores here.
+    The figures are the same either way.
     """
     from engine.instructions import Instruction, format_prompt
 
@@ -285,6 +312,8 @@ def evaluate(
         raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
     if split not in ("test", "validation"):
         raise ConfigError(f"--split must be test or validation, got {split!r}")
+    if not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"--workers must be a whole number of at least 0, got {workers!r}")
     tasks = check_tasks(tasks)
     if editor is None:
         from engine.editor import Editor
@@ -310,111 +339,128 @@ def evaluate(
         },
         "tasks": {},
     }
-    for task_number, task in enumerate(tasks):
-        clips = held_out_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)
-        # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
-        report["data_problems"] = dict(clips.catalog.problem_counts())
-        skipped_songs = [{"song": song_id, "reason": reason} for song_id, reason in clips.skipped]
-        count = len(clips) if limit is None else min(limit, len(clips))
-        examples, skipped, captions = [], [], []
-        audio_dirs = {kind: out_dir / "audio" / task / kind for kind in ("input", "output", "target")}
-        # The network metrics read WAV folders, as the official evaluation does; write them only when they can run.
-        want_audio = save_audio or (optional_metrics and _networks_installed())
-        bar = None
-        if progress:
-            from tqdm import tqdm
+    pool = None
+    if workers:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-            bar = tqdm(total=count, desc=f"eval {task}", unit="clip", dynamic_ncols=True)
-        # the time this task may take: an equal share of what is left to the tasks still to score
-        task_deadline = (
-            None if deadline is None else time.time() + (deadline - time.time()) / (len(tasks) - task_number)
-        )
-        scored, batch_seconds = 0, 0.0
-        # at least one batch per task, so that a report exists however short the time; then another only when it
-        # should end (as long as the last one took) by the task's deadline
-        while scored < count and (not scored or task_deadline is None or time.time() + batch_seconds <= task_deadline):
-            batch_started = time.time()
-            group = []  # (index, clip, instruction, source, target) of one batch
-            for index in range(scored, min(count, scored + batch)):
-                clip = clips[index]
-                try:
-                    prompt = format_prompt(task, clip.stem_name, editor.card)
-                except InstructionError as exc:
-                    skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
-                    continue
-                instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
-                # [N] mono clips, or [2, N] stereo sessions made from them
-                source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
-                group.append((index, clip, instruction, source, target))
-            if bar is not None:
-                bar.update(min(count, scored + batch) - scored)
-            scored = min(count, scored + batch)
-            for (index, clip, instruction, source, target), edits in zip(
-                group, _edit_group(editor, group, rate, seed, raw, skipped), strict=True
+        # spawn, not fork: the parent may hold CUDA state, which a forked child must not touch
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_scoring_process)
+    try:
+        for task_number, task in enumerate(tasks):
+            clips = held_out_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)
+            # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
+            report["data_problems"] = dict(clips.catalog.problem_counts())
+            skipped_songs = [{"song": song_id, "reason": reason} for song_id, reason in clips.skipped]
+            count = len(clips) if limit is None else min(limit, len(clips))
+            examples, skipped, captions = [], [], []
+            audio_dirs = {kind: out_dir / "audio" / task / kind for kind in ("input", "output", "target")}
+            # The network metrics read WAV folders, as the official evaluation does; write them only when they can run.
+            want_audio = save_audio or (optional_metrics and _networks_installed())
+            bar = None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=count, desc=f"eval {task}", unit="clip", dynamic_ncols=True)
+            # the time this task may take: an equal share of what is left to the tasks still to score
+            task_deadline = (
+                None if deadline is None else time.time() + (deadline - time.time()) / (len(tasks) - task_number)
+            )
+            scored, batch_seconds = 0, 0.0
+            # at least one batch per task, so that a report exists however short the time; then another only when it
+            # should end (as long as the last one took) by the task's deadline
+            while scored < count and (
+                not scored or task_deadline is None or time.time() + batch_seconds <= task_deadline
             ):
-                if edits is None:
-                    continue
-                result, resynth = edits
-                output = result.audio if stereo else result.audio[0]
-                rows = {
-                    "model": output,
-                    "resynth": resynth.audio if stereo else resynth.audio[0],
-                    "codec ceiling": codec_roundtrip(editor.model.codec, target),
-                    "ideal mask": ideal_mask_row(source, target, rate, task, raw, mask_settings.get(task)),
-                }
-                scores = score_rows(source, target, rows, rate)
-                examples.append(
-                    {
-                        "song": clip.song_id,
-                        "offset": clip.offset,
-                        "stem": clip.stem_name,
-                        "instruction": instruction.prompt,
-                        "seed": seed + index,
-                        **scores,
+                batch_started = time.time()
+                group = []  # (index, clip, instruction, source, target) of one batch
+                for index in range(scored, min(count, scored + batch)):
+                    clip = clips[index]
+                    try:
+                        prompt = format_prompt(task, clip.stem_name, editor.card)
+                    except InstructionError as exc:
+                        skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
+                        continue
+                    instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
+                    # [N] mono clips, or [2, N] stereo sessions made from them
+                    source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
+                    group.append((index, clip, instruction, source, target))
+                if bar is not None:
+                    bar.update(min(count, scored + batch) - scored)
+                scored = min(count, scored + batch)
+                edited = []  # per clip: what it was, its rows, and its scores (a future while a worker scores)
+                for (index, clip, instruction, source, target), edits in zip(
+                    group, _edit_group(editor, group, rate, seed, raw, skipped), strict=True
+                ):
+                    if edits is None:
+                        continue
+                    result, resynth = edits
+                    rows = {
+                        "model": result.audio if stereo else result.audio[0],
+                        "resynth": resynth.audio if stereo else resynth.audio[0],
+                        "codec ceiling": codec_roundtrip(editor.model.codec, target),  # the model's device: here
                     }
-                )
-                captions.append(instruction.prompt)
-                if want_audio:
-                    number = len(examples) - 1
-                    for kind, audio in (("input", source), ("output", output), ("target", target)):
-                        _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
-                if len(examples) <= spectrograms:
-                    from engine.eval.plots import plot_spectrograms
-
-                    name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
-                    plot_spectrograms(
-                        [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
-                        rate,
-                        out_dir / "spectrograms" / name,
-                        title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
+                    job = (source, target, rows, rate, task, raw, mask_settings.get(task))
+                    scores = pool.submit(score_clip, *job) if pool is not None else score_clip(*job)
+                    edited.append((index, clip, instruction, source, target, rows, scores))
+                for index, clip, instruction, source, target, rows, scores in edited:
+                    output = rows["model"]
+                    examples.append(
+                        {
+                            "song": clip.song_id,
+                            "offset": clip.offset,
+                            "stem": clip.stem_name,
+                            "instruction": instruction.prompt,
+                            "seed": seed + index,
+                            **(scores.result() if pool is not None else scores),
+                        }
                     )
-            batch_seconds = time.time() - batch_started
-        if bar is not None:
-            bar.close()
-        if not examples:
-            raise DataError(f"no {task} example could be evaluated: {skipped[0]['reason'] if skipped else 'none'}")
-        summary = summarize(examples)
-        notes = []
-        if optional_metrics:
-            extra, notes = _optional_metrics(audio_dirs, captions, str(editor.model.device))
-            summary["model"].update(extra)
-        if not save_audio and want_audio:
-            import shutil
+                    captions.append(instruction.prompt)
+                    if want_audio:
+                        number = len(examples) - 1
+                        for kind, audio in (("input", source), ("output", output), ("target", target)):
+                            _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
+                    if len(examples) <= spectrograms:
+                        from engine.eval.plots import plot_spectrograms
 
-            shutil.rmtree(out_dir / "audio" / task, ignore_errors=True)
-        if skipped_songs:
-            first = skipped_songs[0]
-            notes.append(f"{len(skipped_songs)} test song(s) skipped ({first['song']}: {first['reason']})")
-        if scored < count:
-            notes.append(f"stopped by the time budget after {scored} of {count} clips")
-        report["tasks"][task] = {
-            "summary": summary,
-            "examples": examples,
-            "skipped": skipped,
-            "skipped_songs": skipped_songs,
-            "notes": notes,
-            "clips": {"scored": scored, "planned": count},
-        }
+                        name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
+                        plot_spectrograms(
+                            [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
+                            rate,
+                            out_dir / "spectrograms" / name,
+                            title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
+                        )
+                batch_seconds = time.time() - batch_started
+            if bar is not None:
+                bar.close()
+            if not examples:
+                raise DataError(f"no {task} example could be evaluated: {skipped[0]['reason'] if skipped else 'none'}")
+            summary = summarize(examples)
+            notes = []
+            if optional_metrics:
+                extra, notes = _optional_metrics(audio_dirs, captions, str(editor.model.device))
+                summary["model"].update(extra)
+            if not save_audio and want_audio:
+                import shutil
+
+                shutil.rmtree(out_dir / "audio" / task, ignore_errors=True)
+            if skipped_songs:
+                first = skipped_songs[0]
+                notes.append(f"{len(skipped_songs)} test song(s) skipped ({first['song']}: {first['reason']})")
+            if scored < count:
+                notes.append(f"stopped by the time budget after {scored} of {count} clips")
+            report["tasks"][task] = {
+                "summary": summary,
+                "examples": examples,
+                "skipped": skipped,
+                "skipped_songs": skipped_songs,
+                "notes": notes,
+                "clips": {"scored": scored, "planned": count},
+            }
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     write_json_atomic(out_dir / REPORT_JSON, report, sort_keys=False)
     write_bytes_atomic(out_dir / REPORT_MD, markdown(report).encode("utf-8"))
     return report
@@ -490,6 +536,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=1, help="clips edited together (each with its own seed; faster on a GPU)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="processes scoring clips while the model edits (default 0: no pool)"
+    )
     parser.add_argument("--spectrograms", type=int, default=0, metavar="K", help="before/after PNGs of K clips")
     parser.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5, as the paper)")
     parser.add_argument("--classes", default="4stems", help="4stems, all, or a comma list of stem classes")
@@ -523,6 +572,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         limit=args.limit,
         batch=args.batch,
+        workers=args.workers,
         spectrograms=args.spectrograms,
         seconds=args.seconds,
         classes=args.classes,

@@ -93,6 +93,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "spectrograms": 3,
             "limit": None,
             "batch": 32,
+            "workers": 14,  # scoring processes (of 16 cores): the metrics no longer wait on one core
         },  # fmt: skip
     },
     "tiny": {
@@ -149,6 +150,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "limit": 2,
             "seconds": 2.0,
             "batch": 2,
+            "workers": 1,  # the pool's path, checked at the least cost
         },  # fmt: skip
     },
 }
