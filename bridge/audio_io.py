@@ -244,7 +244,10 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
     missing = (stop - start) - audio.shape[1]
     if missing > 0:
         if missing > END_TOLERANCE_S * info.sample_rate + 4096:  # mp3 frames are estimates to within a frame
-            raise AudioError(f"{info.path.name} ended {missing / info.sample_rate:.3f} s before the region did")
+            raise AudioError(
+                f"{info.path.name} holds less audio than its header says (it ended {missing / info.sample_rate:.3f} s "
+                "before the region did): the file is damaged or cut short"
+            )
         audio = np.pad(audio, ((0, 0), (0, missing)))
     if not np.isfinite(audio).all():
         raise AudioError(f"{info.path.name} holds NaN or infinite samples in {start_s:g}-{end_s:g} s")

@@ -219,3 +219,11 @@ def test_read_region_refuses_a_fifo_swapped_in_after_the_check_without_waiting(t
         thread.join(5.0)
         pytest.fail("read_region blocked on a FIFO")
     assert isinstance(outcome[0], AudioError) and "FIFO" in str(outcome[0])
+
+
+def test_a_file_holding_less_than_its_header_says_is_named_as_damaged(tmp_path):
+    path = tmp_path / "odd.mp3"  # an MPEG frame header, then noise: the header promises audio that is not there
+    frame = b"\xff\xfb\x90\x64" + bytes(np.random.default_rng(0).integers(0, 256, 413, dtype=np.uint8))
+    path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + frame * 3 + bytes(20000))
+    with pytest.raises(AudioError, match="odd.mp3 holds less audio than its header says .* damaged or cut short"):
+        read_region(path, 0.0, -1.0)
