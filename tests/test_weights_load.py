@@ -391,3 +391,12 @@ def test_peeking_reads_the_vocabulary_that_loading_reads(model_copy, tmp_path):
     peeked = peek_card(model_copy, other)
     assert vocabulary(peeked).stems == load_model(model_copy, other, device="cpu").card.stems == ("Bass",)
     assert "evaluation" not in peeked  # another adapter: the card's verdict says nothing about it
+
+
+def test_peeking_leaves_to_loading_an_adapter_it_cannot_read(model_copy, tmp_path):
+    from engine.weights import peek_card
+
+    ckpt = tmp_path / "official" / "finetuned.ckpt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"not read by peeking")
+    assert peek_card(model_copy, ckpt) is None and peek_card(model_copy, ckpt.parent) is None

@@ -108,9 +108,10 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
 
 def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any] | None:
     """What a model understands (stems, instruction format, name), read without loading any weights and by
-    load_model's rule: the adapter's stems, template and verbs (the adapter given, else our model directory's own
-    adapter/) over the card's; the card's name, and its evaluation only for the folder's own adapter. None where
-    only loading can tell (transformers, audiocraft, hub names, the official checkpoint) or nothing can be read."""
+    load_model's rule: an adapter's stems, template and verbs (the adapter given, else our model directory's own
+    adapter/) replace the card's; the card's name, and its evaluation only for the folder's own adapter. None where
+    only loading can tell (transformers, audiocraft, hub names, the official checkpoint, an adapter without a
+    readable adapter.json) or nothing can be read."""
     card, path = None, None
     try:
         path = resolve_source(source)
@@ -118,25 +119,31 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
     except (CheckpointError, OSError, ValueError):
         pass
     if adapter is not None:
-        adapter_dir = Path(adapter).expanduser()
+        adapter_dir: Path | None = Path(adapter).expanduser()
+    elif card is not None and path is not None and (path / "adapter").exists():
+        adapter_dir = path / "adapter"
     else:
-        adapter_dir = path / "adapter" if card is not None and path is not None else None
+        adapter_dir = None
     meta = None
     if adapter_dir is not None:
         try:
             meta = json.loads((adapter_dir / "adapter.json").read_text())
         except (OSError, ValueError):
             meta = None
-    if not isinstance(meta, dict):
-        meta = None
+        if not isinstance(meta, dict):
+            return None  # an official checkpoint, a bare weights file, a hub name: loading decides its vocabulary
     if card is None and meta is None:
         return None
     peeked = dict(card or {})
     if adapter is not None:
         peeked.pop("evaluation", None)  # the card judged the folder's own adapter, not this one
-    for key in ("stems", "instruction_template", "instruction_verbs"):
-        if meta and meta.get(key):
-            peeked[key] = meta[key]
+    if meta is not None:
+        # as loading: the adapter's vocabulary, all of it (its format requires stems), the official format where it
+        # names none
+        for key in ("stems", "instruction_template", "instruction_verbs"):
+            peeked.pop(key, None)
+            if meta.get(key):
+                peeked[key] = meta[key]
     return peeked
 
 
