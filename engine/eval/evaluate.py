@@ -150,6 +150,47 @@ def _scoring_process() -> None:
     threadpool_limits(1)
 
 
+def _record(
+    edited: list,
+    examples: list,
+    captions: list,
+    task: str,
+    seed: int,
+    rate: int,
+    audio_dirs: dict[str, Path] | None,
+    plots: tuple[Path, int],
+) -> None:
+    """One batch's clips into `examples`, in order, waiting for a scoring worker's figures where one makes them; their
+    WAVs into `audio_dirs` (when given) and spectrograms of the first plots[1] examples into plots[0]."""
+    for index, clip, instruction, source, target, rows, scores in edited:
+        output = rows["model"]
+        scores = scores.result() if hasattr(scores, "result") else scores
+        examples.append(
+            {
+                "song": clip.song_id,
+                "offset": clip.offset,
+                "stem": clip.stem_name,
+                "instruction": instruction.prompt,
+                "seed": seed + index,
+                **scores,
+            }
+        )
+        captions.append(instruction.prompt)
+        number = len(examples) - 1
+        if audio_dirs is not None:
+            for kind, audio in (("input", source), ("output", output), ("target", target)):
+                _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
+        if number < plots[1]:
+            from engine.eval.plots import plot_spectrograms
+
+            plot_spectrograms(
+                [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
+                rate,
+                plots[0] / f"{task}_{number:03d}_{clip.song_id}.png",
+                title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
+            )
+
+
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Mean and standard deviation per row and metric over examples (non-finite values are counted apart)."""
     summary: dict[str, dict[str, float]] = {}
@@ -299,9 +340,9 @@ def evaluate(
     `deadline` (a time.time() value): each task gets an equal share of the time left, and takes another batch only
     while one more (as long as the last) ends within it (the first batch whatever the time); the report says how
     many of the planned clips were scored.
-    `workers`: processes that score clips (the metrics and the ideal mask: about 0.22 s a 5 s clip on one core);
-    0 scores here. The figures are the same either way. For many cores beside a GPU: on 2 cores the model's own
-    threads already use both and the pool was slower (1.25x the time of 32 clips). The processes are spawned, so a
+    `workers`: processes that score clips (the metrics and the ideal mask: about 0.22 s a 5 s clip on one core)
+    while the next batch is edited; 0 scores here. The figures are the same either way. For many cores beside a
+    GPU: on 2 cores the model's own threads already use both, and the pool was slower. The processes are spawned, so a
     script that calls this needs the usual `if __name__ == "__main__":` guard.
     """
     from engine.instructions import Instruction, format_prompt
@@ -369,7 +410,9 @@ def evaluate(
             task_deadline = (
                 None if deadline is None else time.time() + (deadline - time.time()) / (len(tasks) - task_number)
             )
+            plots = (out_dir / "spectrograms", spectrograms)
             scored, batch_seconds = 0, 0.0
+            pending: list = []  # the batch before: its scores are made (by the pool) while this one is edited
             # at least one batch per task, so that a report exists however short the time; then another only when it
             # should end (as long as the last one took) by the task's deadline
             while scored < count and (
@@ -406,34 +449,10 @@ def evaluate(
                     job = (source, target, rows, rate, task, raw, mask_settings.get(task))
                     scores = pool.submit(score_clip, *job) if pool is not None else score_clip(*job)
                     edited.append((index, clip, instruction, source, target, rows, scores))
-                for index, clip, instruction, source, target, rows, scores in edited:
-                    output = rows["model"]
-                    examples.append(
-                        {
-                            "song": clip.song_id,
-                            "offset": clip.offset,
-                            "stem": clip.stem_name,
-                            "instruction": instruction.prompt,
-                            "seed": seed + index,
-                            **(scores.result() if pool is not None else scores),
-                        }
-                    )
-                    captions.append(instruction.prompt)
-                    if want_audio:
-                        number = len(examples) - 1
-                        for kind, audio in (("input", source), ("output", output), ("target", target)):
-                            _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
-                    if len(examples) <= spectrograms:
-                        from engine.eval.plots import plot_spectrograms
-
-                        name = f"{task}_{len(examples) - 1:03d}_{clip.song_id}.png"
-                        plot_spectrograms(
-                            [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
-                            rate,
-                            out_dir / "spectrograms" / name,
-                            title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
-                        )
+                _record(pending, examples, captions, task, seed, rate, audio_dirs if want_audio else None, plots)
+                pending = edited
                 batch_seconds = time.time() - batch_started
+            _record(pending, examples, captions, task, seed, rate, audio_dirs if want_audio else None, plots)
             if bar is not None:
                 bar.close()
             if not examples:
