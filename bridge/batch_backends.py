@@ -86,9 +86,9 @@ class ServerBackend:
         from bridge.client import Client, NoReply
 
         host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
-        default_host, default_port = protocol.engine_address()
+        host = host or protocol.engine_host()  # what --server leaves out: where every client looks
         try:
-            host, port = host or default_host, int(port or default_port)
+            port = int(port) if port else protocol.engine_port()
             self.client = Client(host, port)
         except ValueError:
             raise ConfigError(f"--server {address}: give [HOST:]PORT, e.g. 127.0.0.1:{protocol.DEFAULT_PORT}") from None

@@ -329,12 +329,12 @@ def _check_job_id(job_id: str) -> None:
 # ------------------------------------------------------------------------------------------------------ command line
 
 
-def _connection_options(parser: argparse.ArgumentParser, host: str) -> None:
-    """--host --port --timeout --json; `host` is the default host, or argparse.SUPPRESS for no defaults at all."""
-    suppress = host is argparse.SUPPRESS
-    port = argparse.SUPPRESS if suppress else protocol.engine_address()[1]
-    parser.add_argument("--host", default=host, help="engine host")
-    parser.add_argument("--port", type=int, default=port, help="engine port")
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--host --port --timeout --json, with defaults or (defaults False) none at all. A host or port not given is
+    read when the request runs (protocol.engine_host / engine_port), where a bad IMUSIC_PORT is one line."""
+    suppress = not defaults
+    parser.add_argument("--host", default=argparse.SUPPRESS if suppress else None, help="engine host")
+    parser.add_argument("--port", type=int, default=argparse.SUPPRESS if suppress else None, help="engine port")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -348,11 +348,11 @@ def _connection_options(parser: argparse.ArgumentParser, host: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic send ping|status|cancel|edit|preview|stop-preview ...`"""
-    _connection_options(parser, protocol.engine_address()[0])
+    _connection_options(parser, defaults=True)
     # The same options after the request (`imusic send ping --port 9200`): no default there, so an option given
     # before the request is not reset.
     after = argparse.ArgumentParser(add_help=False)
-    _connection_options(after, argparse.SUPPRESS)
+    _connection_options(after, defaults=False)
     sub = parser.add_subparsers(dest="request", metavar="REQUEST", parser_class=type(parser))
     sub.required = True
     sub.add_parser("ping", parents=[after], help="is the engine there? prints version, model, device, state")
@@ -409,6 +409,8 @@ class _ProgressBar:
 
 def run(args: argparse.Namespace) -> int:
     """Run one `imusic send` request; 0 on success, 1 (via ImusicError) on an error reply or silence."""
+    args.host = args.host or protocol.engine_host()
+    args.port = args.port or protocol.engine_port()
     timeout = args.timeout
     short = 2.0 if timeout is None else timeout
     with Client(args.host, args.port) as client:

@@ -40,17 +40,25 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9137
 
 
-def engine_address(settings: dict | None = None) -> tuple[str, int]:
-    """Where clients find the engine: IMUSIC_HOST / IMUSIC_PORT, then `settings` (the REAPER installer's "host",
-    "port"), then DEFAULT_HOST:DEFAULT_PORT. Every client reads it here (the server listens where --host/--port say).
-    """
-    settings = settings or {}
-    host = os.environ.get("IMUSIC_HOST") or settings.get("host") or DEFAULT_HOST
-    port = os.environ.get("IMUSIC_PORT") or settings.get("port") or DEFAULT_PORT
+def engine_host(settings: dict | None = None) -> str:
+    """Where clients find the engine: IMUSIC_HOST, then `settings` (the REAPER installer's "host"), then DEFAULT_HOST.
+    Every client reads it here (the server listens where its --host says)."""
+    return str(os.environ.get("IMUSIC_HOST") or (settings or {}).get("host") or DEFAULT_HOST)
+
+
+def engine_port(settings: dict | None = None) -> int:
+    """The engine's port for clients: IMUSIC_PORT, then `settings` ("port"), then DEFAULT_PORT; ConfigError for a
+    value that is no port."""
+    port = os.environ.get("IMUSIC_PORT") or (settings or {}).get("port") or DEFAULT_PORT
     try:
-        return str(host), int(port)
-    except ValueError:
+        return int(port)
+    except (TypeError, ValueError):
         raise ConfigError(f"the engine's port must be a number, got {port!r} (IMUSIC_PORT or the settings)") from None
+
+
+def engine_address(settings: dict | None = None) -> tuple[str, int]:
+    """(engine_host, engine_port)."""
+    return engine_host(settings), engine_port(settings)
 
 
 PREFIX = "/imusic"

@@ -97,8 +97,13 @@ def _is_null(pointer) -> bool:
 
 
 def engine_address() -> tuple[str, int]:
-    """Host and port of the engine: IMUSIC_HOST / IMUSIC_PORT, then the installer's settings, then the default."""
-    return protocol.engine_address(SETTINGS)
+    """Host and port of the engine: IMUSIC_HOST / IMUSIC_PORT, then the installer's settings, then the default. A
+    value that is no port is said in a message, and the default is used."""
+    try:
+        return protocol.engine_address(SETTINGS)
+    except ImusicError as exc:
+        _message(f"{exc}; using {protocol.DEFAULT_HOST}:{protocol.DEFAULT_PORT}")
+        return protocol.DEFAULT_HOST, protocol.DEFAULT_PORT
 
 
 def _max_seconds() -> float:

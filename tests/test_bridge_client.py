@@ -60,6 +60,9 @@ def test_clients_find_the_engine_in_the_environment_then_the_settings_then_the_d
     monkeypatch.setenv("IMUSIC_PORT", "ninety")
     with pytest.raises(ConfigError, match="port must be a number, got 'ninety'"):
         protocol.engine_address()
+    monkeypatch.delenv("IMUSIC_PORT")
+    with pytest.raises(ConfigError, match=r"port must be a number, got \[9200\]"):
+        protocol.engine_port({"port": [9200]})
 
 
 def test_a_non_integral_seed_is_refused():
@@ -146,6 +149,13 @@ def send(server, *argv: str) -> int:
 def test_send_ping_prints_the_pong(server, capsys):
     assert send(server, "ping") == 0
     assert capsys.readouterr().out.split() == ["pong", __version__, "fake", "cpu", "ready"]
+
+
+def test_a_bad_imusic_port_is_one_line_and_a_given_port_does_not_read_it(server, monkeypatch, capsys):
+    monkeypatch.setenv("IMUSIC_PORT", "ninety")
+    assert main(["send", "ping"]) == 1
+    assert capsys.readouterr().err.strip().endswith("port must be a number, got 'ninety' (IMUSIC_PORT or the settings)")
+    assert send(server, "ping") == 0 and capsys.readouterr().out.startswith("pong")
 
 
 def test_send_edit_waits_and_prints_the_result_path(server, root, capsys):

@@ -205,3 +205,17 @@ def test_the_engines_note_on_a_result_is_shown_once_per_reaper_session(tmp_path,
     finally:
         harness.close()
         engine.close()
+
+
+def test_a_bad_imusic_port_in_reapers_environment_is_a_message_and_the_default_is_tried(tmp_path, source, monkeypatch):
+    engine = ScriptedEngine(lambda address, args, count: [])
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    monkeypatch.setenv("IMUSIC_PORT", "ninety")
+    try:
+        harness.run("imusic_status.py")
+        harness.settle(timeout=10)
+        first = harness.reaper.messages[0][0]
+        assert "port must be a number, got 'ninety'" in first and f"using 127.0.0.1:{protocol.DEFAULT_PORT}" in first
+    finally:
+        harness.close()
+        engine.close()
