@@ -140,6 +140,9 @@ def test_the_recipe_id_follows_the_settings():
 
     assert recipe_id("tiny", SCALES["tiny"]) == recipe_id("tiny", json.loads(json.dumps(SCALES["tiny"])))
     assert recipe_id("tiny", SCALES["tiny"]) != recipe_id("full", SCALES["full"])
+    faster = {**SCALES["full"], "eval": {**SCALES["full"]["eval"], "workers": 3}}  # speed only: the same outputs
+    other = {**SCALES["full"], "eval": {**SCALES["full"]["eval"], "batch": 8}}
+    assert recipe_id("full", faster) == recipe_id("full", SCALES["full"]) != recipe_id("full", other)
 
 
 # ---- the whole recipe, through the device script --------------------------------------------------------------------

@@ -171,9 +171,20 @@ PACKED = {
 }
 
 
+# Settings that change how fast a stage runs, not what it makes: left out of the recipe id.
+SPEED_ONLY = {"eval": ("workers",)}
+
+
 def recipe_id(scale: str, settings: dict) -> str:
-    """A short hash of the recipe's name, scale and settings: stage outputs from another recipe are refused."""
-    text = json.dumps({"recipe": RECIPE, "scale": scale, "settings": settings}, sort_keys=True, default=str)
+    """A short hash of the recipe's name, scale and the settings that shape its outputs: stage outputs from another
+    recipe are refused."""
+    shaping = {
+        stage: {k: v for k, v in values.items() if k not in SPEED_ONLY.get(stage, ())}
+        if isinstance(values, dict)
+        else values
+        for stage, values in settings.items()
+    }
+    text = json.dumps({"recipe": RECIPE, "scale": scale, "settings": shaping}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
