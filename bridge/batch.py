@@ -17,6 +17,7 @@ a Ray cluster) bridge/batch_backends.py. Heavy imports (torch, ray) happen insid
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -156,6 +157,13 @@ def triage(
 ) -> list[Pair]:
     """Sort pairs into refused, done before, failed before (counted in `summary`, with their table cells) and the
     ones to render now (returned). Reads the manifest, writes nothing."""
+    from engine.mask import canonical_mode
+
+    for entry in manifest.pairs.values():  # a mode recorded as written before (--mode mask): the setting it was
+        recorded = entry.get("settings") if isinstance(entry, dict) else None
+        if isinstance(recorded, dict) and recorded.get("mode"):
+            with contextlib.suppress(ConfigError):  # a mode unknown here: the settings differ, rendered again
+                recorded["mode"] = canonical_mode(recorded["mode"])
     todo: list[Pair] = []
     for pair in pairs:
         row = summary.rows.setdefault(pair.source.rel, {})

@@ -546,6 +546,12 @@ def test_the_default_mode_named_in_any_case_is_the_same_setting_as_no_mode(sessi
     assert main(batch_args(session, out, tiny_model_dir)) == 0
     assert main(batch_args(session, out, tiny_model_dir, "--mode", " MASK")) == 0
     assert "0 rendered, 4 already done" in capsys.readouterr().out.split("mix ")[-1]
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["pairs"].values():
+        entry["settings"]["mode"] = "mask"  # as earlier versions recorded --mode mask
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(batch_args(session, out, tiny_model_dir)) == 0
+    assert "0 rendered, 4 already done" in capsys.readouterr().out.split("mix ")[-1]
 
 
 def test_command_modules_import_without_torch():
