@@ -238,10 +238,20 @@ def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_e
 
 
 def test_scoring_in_worker_processes_gives_the_same_report(synth_data, tiny_editor, tmp_path):
-    here = _short_eval(synth_data, tiny_editor, tmp_path / "here", ["remove"], limit=3, batch=2)
-    pooled = _short_eval(synth_data, tiny_editor, tmp_path / "pool", ["remove"], limit=3, batch=2, workers=2)
-    assert pooled["tasks"]["remove"]["examples"] == here["tasks"]["remove"]["examples"]
-    assert list(pooled["tasks"]["remove"]["examples"][0]) == list(here["tasks"]["remove"]["examples"][0])
+    # An editor whose output is its input: a generation on a CPU that busy workers share can round differently
+    # (the BLAS picks its threads), and this test is about the scoring, not the model.
+    editor = _EchoEditor(tiny_editor)
+    here = _short_eval(synth_data, editor, tmp_path / "here", ["remove"], limit=3, batch=2)["tasks"]["remove"]
+    pooled = _short_eval(synth_data, editor, tmp_path / "pool", ["remove"], limit=3, batch=2, workers=2)
+    pooled = pooled["tasks"]["remove"]
+    assert len(pooled["examples"]) == len(here["examples"]) == 3
+    for a, b in zip(pooled["examples"], here["examples"], strict=True):
+        assert list(a) == list(b)  # the same fields and rows, in the same order
+        for key, value in a.items():
+            if isinstance(value, dict):  # a row's metrics: the codec ceiling's input is made here, by torch
+                assert value == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert value == b[key], key
     with pytest.raises(ConfigError, match="--workers"):
         evaluate(synth_data, ["extract"], tmp_path, editor=tiny_editor, workers=-1, progress=False)
 
