@@ -10,10 +10,11 @@ import pytest
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
+from engine.instructions import OFFICIAL_STEMS
 from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes, read_window, split_songs
 from engine.train.data.layouts import StemFile, scan
 from engine.train.data.render import default_soundfonts
-from engine.train.data.stems import FOUR_STEMS, caption_word
+from engine.train.data.stems import caption_word
 from engine.train.data.synth import synthesize
 
 RATE = 16000
@@ -112,12 +113,12 @@ def test_four_stem_option_keeps_only_drums_bass_piano_guitar(synth_catalog):
     data = StemDataset(synth_catalog, "all", _config(classes="4stems"), clips_per_song=5, random_clips=True)
     for index in range(len(data)):
         clip = data[index]
-        assert set(clip.input_classes) | set(clip.target_classes) <= set(FOUR_STEMS)
+        assert set(clip.input_classes) | set(clip.target_classes) <= set(OFFICIAL_STEMS)
 
 
 def test_the_data_set_lists_the_stems_instructions_can_name(synth_catalog):
     present = {cls for song in synth_catalog.songs for cls in song.classes()}
-    expected = sorted(present & set(FOUR_STEMS))
+    expected = sorted(present & set(OFFICIAL_STEMS))
     assert {"Drums", "Bass"} <= set(expected)
     assert StemDataset(synth_catalog, "all", _config(classes="4stems")).stems == expected
 

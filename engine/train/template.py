@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from engine.errors import ConfigError
-from engine.instructions import OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
 from engine.model.codec import Codec
-from engine.train.data.stems import FOUR_STEMS, GM_FAMILIES, caption_word
+from engine.train.data.stems import GM_FAMILIES, caption_word
 from engine.weights.transformers_layout import quiet_transformers
 
 
@@ -22,7 +22,7 @@ def base_vocabulary() -> list[str]:
     """Words a small base model's tokenizer knows: caption words of every stem class and the instruction template."""
     words = ["<pad>", "</s>", "<unk>"]
     text = " ".join([OFFICIAL_TEMPLATE, *OFFICIAL_VERBS.values(), "and", "silence", "vocals", "other", "percussion"])
-    classes = [*FOUR_STEMS, *GM_FAMILIES]  # Drums is no General MIDI family (channel 10), so it is named apart
+    classes = [*OFFICIAL_STEMS, *GM_FAMILIES]  # Drums is no General MIDI family (channel 10), so it is named apart
     names = [caption_word(cls) for cls in classes] + [cls.lower() for cls in classes]
     for word in [*text.lower().replace("{verb}", " ").replace("{stem}", " ").split(), *" ".join(names).split()]:
         word = word.strip(".:,()")

@@ -31,10 +31,10 @@ import numpy as np
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
-from engine.instructions import OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.instructions import OPERATIONS as OPS
 from engine.train.data.layouts import Catalog, Song, StemFile
-from engine.train.data.stems import FOUR_STEMS, canonical_class, caption, is_targetable
+from engine.train.data.stems import canonical_class, caption, is_targetable
 
 SPLITS = ("train", "validation", "test", "all")
 
@@ -90,7 +90,7 @@ class ClipConfig:
         if self.classes == "all":
             return None
         if self.classes == "4stems":
-            return FOUR_STEMS
+            return OFFICIAL_STEMS
         return tuple(canonical_class(name) for name in self.classes)
 
 

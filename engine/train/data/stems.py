@@ -9,10 +9,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from engine.instructions import OFFICIAL_STEMS
-
-FOUR_STEMS: tuple[str, ...] = OFFICIAL_STEMS  # the official checkpoint's four, in its order
-
 # General MIDI program families, 8 programs each, named as in Slakh2100's metadata.yaml.
 GM_FAMILIES: tuple[str, ...] = (
     "Piano",
