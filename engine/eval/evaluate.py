@@ -341,9 +341,9 @@ def evaluate(
     while one more (as long as the last) ends within it (the first batch whatever the time); the report says how
     many of the planned clips were scored.
     `workers`: processes that score clips (the metrics and the ideal mask: about 0.22 s a 5 s clip on one core)
-    while the next batch is edited; 0 scores here. The figures are the same either way. For many cores beside a
-    GPU: on 2 cores the model's own threads already use both, and the pool was slower. The processes are spawned, so a
-    script that calls this needs the usual `if __name__ == "__main__":` guard.
+    while the next batch is edited; 0 scores here. The same outputs get the same figures either way. For many cores
+    beside a GPU: on 2 cores the model's own threads already use both, and the pool was slower. The processes are
+    spawned, so a script that calls this needs the usual `if __name__ == "__main__":` guard.
     """
     from engine.instructions import Instruction, format_prompt
 
