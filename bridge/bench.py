@@ -247,10 +247,11 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     import torch
 
+    from engine.device import device_name
     from engine.editor import Editor
     from engine.errors import ConfigError
     from engine.model import generate as generate_mod
-    from engine.tools.bench import device_name, resolve_device
+    from engine.tools.bench import resolve_device
     from engine.tools.tiny_models import random_loaded_model
 
     if args.model is not None:

@@ -9,6 +9,8 @@ bytes), fp32 otherwise: a small decoder is bound by per-op overhead, and there b
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import sys
 from typing import TYPE_CHECKING
 
@@ -65,9 +67,11 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
         raise ConfigError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from exc
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
-                "device 'cuda' was asked for but no CUDA GPU is available (is a CUDA build of torch installed?)"
-            )
+            if torch.version.cuda is None:
+                why = f"torch {torch.__version__} built without CUDA"
+            else:
+                why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
+            raise ConfigError(f"no CUDA device here ({why})")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     elif dev.type == "mps":
@@ -76,6 +80,32 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     elif dev.type != "cpu":
         raise ConfigError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
     return dev
+
+
+def device_name(device: str | torch.device) -> str:
+    """The accelerator's name and memory, or the CPU's and its cores: for benchmark output and model cards."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(dev)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    if dev.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def free_memory(device: str | torch.device) -> int:
+    """Bytes the device can still allocate: CUDA's free memory, or the machine's available RAM."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 @functools.lru_cache(maxsize=1)

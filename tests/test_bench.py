@@ -132,7 +132,9 @@ def test_fit_decision_uses_the_estimate_against_free_memory():
 
 
 def test_a_shape_too_large_for_free_memory_is_skipped_with_its_reason(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(bench, "free_memory", lambda device: 10**6)
+    import engine.device
+
+    monkeypatch.setattr(engine.device, "free_memory", lambda device: 10**6)
     path = tmp_path / "decode.json"
     assert bench.run(_args("--shapes", "tiny", "--frames", "4", "--repeats", "1", "--json", str(path))) == 1
     out = capsys.readouterr().out

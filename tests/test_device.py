@@ -123,3 +123,10 @@ def test_load_model_picks_the_cpu_dtype_by_decoder_size(tiny_model_dir, no_gpu, 
     monkeypatch.setattr(device_mod, "CPU_BF16_MIN_BYTES", 0)
     model = load_model(tiny_model_dir)
     assert model.dtype == torch.bfloat16 and model.lm.emb[0].weight.dtype == torch.bfloat16
+
+
+def test_the_device_name_says_what_a_model_card_or_benchmark_ran_on(no_gpu):
+    import os
+
+    name = device_mod.device_name("cpu")
+    assert name.startswith("CPU (") and name.endswith(f", {os.cpu_count()} cores)")

@@ -49,6 +49,18 @@ def test_a_budget_too_small_for_one_step_is_refused_before_anything_starts(tmp_p
     assert not (run / "data").exists()  # nothing was started
 
 
+def test_a_cuda_run_on_a_machine_without_cuda_is_refused_in_one_line_before_anything_starts(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from engine.train.recipe import main
+
+    run = tmp_path / "run"
+    assert main(["run", "-o", str(run), "--device", "cuda", "--budget-minutes", "1", "--scale", "tiny"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no CUDA device here (torch ")
+    assert not run.exists()
+
+
 def test_the_step_budget_shortens_the_schedule_to_the_deadline_and_never_below_the_step():
     assert StepBudget(None, 0).fit(10, 1000) == 1000
     budget = StepBudget(time.time() + 1.0, 0, every=1)

@@ -63,53 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch.device to bench on; ConfigError (one line) when it is CUDA and this machine has none."""
-    import torch
+    """The torch.device to bench on (engine.device.parse_device's checks: one line when CUDA is asked for and absent);
+    the benchmarks time CPU and CUDA only."""
+    from engine.device import parse_device
 
-    text = str(name).strip().lower()
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            if torch.version.cuda is None:
-                why = f"torch {torch.__version__} built without CUDA"
-            else:
-                why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU"
-            raise ConfigError(f"no CUDA device here ({why})")
-        device = torch.device(text)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"no CUDA device {text} here: {torch.cuda.device_count()} GPU(s) visible")
-        return device
-    raise ConfigError(f"bench runs on cpu or cuda[:N], got {name!r}")
-
-
-def device_name(device: torch.device) -> str:
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
-    return f"{platform.processor() or platform.machine()} CPU"
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes the device can still allocate: CUDA's free memory, or the machine's available RAM."""
-    import torch
-
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    device = parse_device(str(name).strip().lower())
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"bench runs on cpu or cuda[:N], got {name!r}")
+    return device
 
 
 def parameter_count(cfg: LMConfig) -> int:
@@ -149,12 +110,6 @@ def _is_oom(exc: BaseException) -> bool:
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
-
-
-def _dtype(name: str):
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
 
 
 def build_pair(
@@ -569,6 +524,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from engine.device import device_name, free_memory, parse_dtype
     from engine.model.config import preset
 
     shapes = _parse_list(args.shapes, "--shapes")
@@ -590,7 +546,7 @@ def run(args: argparse.Namespace) -> int:
     if any(m not in STEP_MODES for m in modes):
         raise ConfigError(f"--steps takes {', '.join(STEP_MODES)}; got {args.steps!r}")
     torch.set_num_threads(max(1, args.threads))
-    fast = _dtype(args.dtype)
+    fast = parse_dtype(args.dtype)
     name = "bf16" if fast == torch.bfloat16 else "fp32"
     fast_bytes = torch.tensor([], dtype=fast).element_size()
     import transformers

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -188,15 +187,6 @@ def recipe_id(scale: str, settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def device_name(device: str) -> str:
-    """The accelerator's name (or the CPU's) for the model card."""
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 @dataclass
 class Recipe:
     """One recipe run into `run_dir`."""
@@ -247,6 +237,8 @@ class Recipe:
         return done
 
     def finish(self, stage: str, seconds: float, info: dict) -> dict:
+        from engine.device import device_name
+
         record = {
             "recipe": RECIPE,
             "recipe_id": self.id,
@@ -329,6 +321,8 @@ class Recipe:
         return todo, deadlines
 
     def run(self) -> dict:
+        from engine.device import device_name
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.from_packs is not None:
             self.restore_packs()
@@ -605,12 +599,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown --recipe {args.recipe!r}: use {RECIPE}")
     if args.budget_minutes is None:
         raise ConfigError("--budget-minutes is required with --recipe")
-    from engine.device import default_device
+    from engine.device import default_device, parse_device
 
     recipe = Recipe(
         run_dir=Path(args.output),
         budget_minutes=args.budget_minutes,
-        device=str(args.device or default_device()),
+        device=str(parse_device(args.device) or default_device()),
         scale=args.scale or "full",
         stages=tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGE_ORDER,
         export=Path(args.export) if args.export else None,
