@@ -4,7 +4,7 @@ Python API (stable; REAPER actions and batch use it):
 
     from bridge.client import Client, RemoteError, NoReply
     client = Client(host="127.0.0.1", port=9137)   # one UDP socket on an ephemeral port, kept between calls
-    client.ping(timeout=2.0) -> Reply              # Reply.args = [version, model, device, state]; NoReply if silent
+    client.ping(timeout=2.0) -> Reply              # Reply.args: version, model, device, state, notes; NoReply if silent
     job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
                            job_id=None, mode="")   # sends /imusic/edit and returns at once (no waiting)
     client.send_edit(EditRequest(...)) -> job_id   # the same, for a request built elsewhere (REAPER actions, batch)

@@ -387,6 +387,11 @@ class Reply:
         return ""
 
     @property
+    def notes(self) -> list[str]:
+        """/pong's notes on the loaded model (its own evaluation's shortfalls), one a line; [] for other replies."""
+        return [line for line in str(self._arg(4, "")).split("\n") if line] if self.address == PONG else []
+
+    @property
     def output_path(self) -> str:
         if self.address == DONE:
             return str(self._arg(1, ""))

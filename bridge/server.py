@@ -345,7 +345,8 @@ class EngineServer:
     def on_ping(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
         info = self._editor_info()
         model = str(info.get("model", ""))
-        self._send(sender, protocol.PONG, __version__, model, str(info.get("device", "")), self.state)
+        notes = "\n".join(str(note) for note in (info.get("shortfalls") or {}).values())
+        self._send(sender, protocol.PONG, __version__, model, str(info.get("device", "")), self.state, notes)
 
     def _editor_info(self) -> dict[str, Any]:
         editor = self.worker.editor if self.worker else None

@@ -542,7 +542,7 @@ def status_tick() -> None:
         return
     for reply in client.poll():
         if reply.address == protocol.PONG:
-            _STATUS["pong"] = list(reply.args)
+            _STATUS["pong"], _STATUS["notes"] = list(reply.args), reply.notes
         elif reply.address == protocol.SERVER_STATUS:
             _STATUS["server"] = list(reply.args)
     answered = _STATUS["pong"] is not None and _STATUS["server"] is not None
@@ -550,7 +550,7 @@ def status_tick() -> None:
         _defer_status()
         return
     client.close()
-    pong, server = _STATUS["pong"], _STATUS["server"]
+    pong, server, notes = _STATUS["pong"], _STATUS["server"], _STATUS.get("notes", [])
     _STATUS.clear()
     host, port = engine_address()
     if pong is None:
@@ -562,4 +562,4 @@ def status_tick() -> None:
         for job in session.jobs.values()
         if not job.final
     ]
-    _message(planning.status_text(pong, server, running, host, port))
+    _message(planning.status_text(pong, server, running, host, port, notes))

@@ -99,13 +99,19 @@ def output_path(media_dir: str, source_path: str, instruction: str, job_id: str)
 
 
 def status_text(
-    pong: list, server: list | None, running: list[tuple[str, str, float, bool]], host: str, port: int
+    pong: list,
+    server: list | None,
+    running: list[tuple[str, str, float, bool]],
+    host: str,
+    port: int,
+    notes: Iterable[str] = (),
 ) -> str:
-    """The "engine status" message from /imusic/pong [version, model, device, state], /imusic/server_status
-    [state, queued, running_job_id, version, model] (None if it did not come) and this REAPER's running edits
-    [(item, instruction, fraction, accepted)]."""
+    """The "engine status" message from /imusic/pong [version, model, device, state, ...] and its notes on the model
+    (protocol.Reply.notes), /imusic/server_status [state, queued, running_job_id, version, model] (None if it did not
+    come) and this REAPER's running edits [(item, instruction, fraction, accepted)]."""
     version, model, device, state = (list(pong) + ["?"] * 4)[:4]
     lines = [f"Engine at {host}:{port}: {state}", f"Model: {model} on {device} (imusic {version})"]
+    lines.extend(f"Note: {note}" for note in notes)
     if server is not None and len(server) > 1:
         lines.append(f"Jobs queued on the engine: {server[1]}")
     if running:

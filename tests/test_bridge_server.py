@@ -56,9 +56,21 @@ def expect_error(client: Client, code: str) -> protocol.Reply:
 def test_ping_answers_pong_with_version_model_device_and_ready(client):
     reply = client.ping(TIMEOUT)
     assert reply.address == protocol.PONG
-    version, model, device, state = reply.args
-    assert (model, device, state) == ("fake", "cpu", protocol.READY)
-    assert version
+    version, model, device, state, notes = reply.args
+    assert (model, device, state, notes) == ("fake", "cpu", protocol.READY, "")
+    assert version and reply.notes == []
+
+
+def test_pong_carries_the_models_own_notes_on_the_edits_it_cannot_do_yet(tmp_path, root, judged_model_dir):
+    from engine.editor import Editor
+
+    server = start_server(tmp_path, root, editor=Editor.load(judged_model_dir, device="cpu"))
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            reply = client.ping(TIMEOUT)
+    finally:
+        server.stop()
+    assert len(reply.notes) == 1 and "its extract edits do not beat leaving the audio unchanged" in reply.notes[0]
 
 
 def test_server_status_reports_state_queue_and_running_job(client):

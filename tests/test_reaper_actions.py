@@ -351,6 +351,25 @@ def test_engine_status_shows_the_model_device_and_state(harness):
     assert "tiny-random on cpu" in message
 
 
+def test_engine_status_carries_the_models_own_note_on_what_it_cannot_do_yet(
+    harness, judged_model_dir, monkeypatch, tmp_path
+):
+    from test_bridge_support import start_server
+
+    from engine.editor import Editor
+
+    server = start_server(tmp_path / "judged", tmp_path, editor=Editor.load(judged_model_dir, device="cpu"))
+    try:
+        monkeypatch.setenv("IMUSIC_PORT", str(server.port))
+        harness.run("imusic_status.py")
+        harness.settle()
+    finally:
+        server.stop()
+    (message,) = [m for m, _, _ in harness.reaper.messages]
+    notes = [line for line in message.splitlines() if line.startswith("Note: ")]
+    assert len(notes) == 1 and "extract edits do not beat leaving the audio unchanged" in notes[0]
+
+
 def test_without_a_running_engine_the_actions_say_how_to_start_it(harness, source_file, monkeypatch):
     monkeypatch.setenv("IMUSIC_PORT", str(free_udp_port()))
     monkeypatch.syspath_prepend(str(harness.resource / "Scripts" / "imusic"))

@@ -225,6 +225,13 @@ def test_the_status_message_names_the_model_device_and_running_edits():
     assert "tiny on cpu" in text
     assert "queued on the engine: 2" in text
     assert 'extract drums: "mix" at 0:10.000 on Band (25%)' in text
+    assert "Note" not in text
+
+
+def test_the_status_message_carries_the_engines_notes_on_its_model_one_a_line():
+    notes = ["tiny's own evaluation: its extract edits do not beat ...", "its remove edits ..."]
+    text = planning.status_text(["0.1.0", "tiny", "cpu", "ready", "\n".join(notes)], None, [], "h", 1, notes)
+    assert [line for line in text.splitlines() if line.startswith("Note: ")] == [f"Note: {n}" for n in notes]
 
 
 def test_one_preset_action_per_operation_and_stem():
