@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from engine.errors import CheckpointError, ConfigError
 from engine.train.budget import RESERVE_SECONDS, SHARES, STAGE_ORDER, StepBudget, split_budget
 from engine.train.pack import META_KEY, PART_BYTES, pack_dir, parts_of, unpack_parts
-from engine.train.recipe import MARKER, SMALLEST_STEP, Recipe, recipe_id
+from engine.train.recipe import MARKER, Recipe
+from engine.train.recipe_settings import SMALLEST_STEP, recipe_id
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -148,7 +149,7 @@ def test_a_missing_input_stage_is_named(tmp_path):
 
 
 def test_the_recipe_id_follows_the_settings():
-    from engine.train.recipe import SCALES
+    from engine.train.recipe_settings import SCALES
 
     assert recipe_id("tiny", SCALES["tiny"]) == recipe_id("tiny", json.loads(json.dumps(SCALES["tiny"])))
     assert recipe_id("tiny", SCALES["tiny"]) != recipe_id("full", SCALES["full"])
