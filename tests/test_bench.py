@@ -10,7 +10,7 @@ import re
 import pytest
 
 from engine.errors import ConfigError
-from engine.tools import bench
+from engine.tools import bench, costs
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -119,16 +119,16 @@ def test_fit_decision_uses_the_estimate_against_free_memory():
     from engine.model.config import preset
 
     gb = 10**9
-    assert bench.fit_reason(10 * gb, 20 * gb, "small") is None
-    reason = bench.fit_reason(30 * gb, 20 * gb, "large (48 x 2048)")
+    assert costs.fit_reason(10 * gb, 20 * gb, "small") is None
+    reason = costs.fit_reason(30 * gb, 20 * gb, "large (48 x 2048)")
     assert reason == "large (48 x 2048) needs about 30.0 GB, the device has 20.0 GB free"
     # musicgen-large: ~3.3 B parameters; bf16 bench estimate fits an H200 (139 GiB), not a 24 GB card
     cfg = preset("large")
-    params = bench.parameter_count(cfg)
+    params = costs.parameter_count(cfg)
     assert 3.2e9 < params < 3.4e9
-    needed = bench.memory_needed(params, cfg, 4, 64, 2)
+    needed = costs.memory_needed(params, cfg, 4, 64, 2)
     assert 24 * gb < needed < 139 * 2**30
-    assert bench.memory_needed(bench.parameter_count(preset("small")), preset("small"), 4, 64, 2) < needed
+    assert costs.memory_needed(costs.parameter_count(preset("small")), preset("small"), 4, 64, 2) < needed
 
 
 def test_a_shape_too_large_for_free_memory_is_skipped_with_its_reason(capsys, monkeypatch, tmp_path):
@@ -157,11 +157,11 @@ def test_step_bytes_count_the_folded_cross_attention_and_the_cache():
     from engine.model.config import preset
 
     cfg = preset("small")
-    plain = bench.step_bytes(cfg, torch.bfloat16)
-    folded = bench.step_bytes(cfg, torch.bfloat16, text_len=12, rows=2)
+    plain = costs.step_bytes(cfg, torch.bfloat16)
+    folded = costs.step_bytes(cfg, torch.bfloat16, text_len=12, rows=2)
     assert folded < plain  # 2 rows x 16 heads x 12 tokens < 1024: the folded tensors are smaller than q/out
-    assert bench.step_bytes(cfg, torch.bfloat16, text_len=12, rows=8) == plain  # 8 x 16 x 12 > 1024: not folded
-    assert bench.cache_bytes(cfg, torch.bfloat16, rows=8, steps=67) == 4 * bench.cache_bytes(
+    assert costs.step_bytes(cfg, torch.bfloat16, text_len=12, rows=8) == plain  # 8 x 16 x 12 > 1024: not folded
+    assert costs.cache_bytes(cfg, torch.bfloat16, rows=8, steps=67) == 4 * costs.cache_bytes(
         cfg, torch.bfloat16, rows=2, steps=67
     )
 

@@ -30,18 +30,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
+from engine.tools.costs import (
+    GB,
+    add_floor,
+    best_seconds,
+    cache_bytes,
+    copy_bandwidth,
+    device_copy_bandwidth,
+    fit_reason,
+    is_oom,
+    memory_needed,
+    parameter_count,
+    step_bytes,
+    synchronize,
+)
 
 if TYPE_CHECKING:
     import torch
     from transformers import MusicgenForConditionalGeneration
 
-    from engine.model.config import LMConfig
     from engine.model.lm import MusicGenLM
 
 SHAPES = ("tiny", "small", "medium", "large")
 STEP_MODES = ("eager", "graph", "compile")
 TEXT_VOCAB, TEXT_DIM = 100, 32
-GB = 1e9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,42 +83,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"bench runs on cpu or cuda[:N], got {name!r}")
     return device
-
-
-def parameter_count(cfg: LMConfig) -> int:
-    """Parameters of the plain decoder of `cfg` (counted on the meta device: nothing allocated)."""
-    import torch
-
-    from engine.model.lm import MusicGenLM
-
-    with torch.device("meta"):
-        return MusicGenLM(cfg).num_parameters()
-
-
-def memory_needed(params: int, cfg: LMConfig, batch: int, frames: int, fast_bytes: int) -> int:
-    """Bytes the decode bench of one shape holds at its peak, an upper bound: the fp32 weights it is built in, the
-    transformers and our copies in the fast dtype, the fp32 copy of the rounded weights (argmax agreement), the KV
-    caches of both loops (CFG rows) and 4 GB of bandwidth buffers and workspace."""
-    rows = 2 * batch
-    steps = frames + cfg.num_codebooks
-    cache = 2 * rows * cfg.num_layers * steps * cfg.dim * 4  # k and v, fp32 at worst, ours and theirs
-    return params * (4 + 2 * fast_bytes + 4) + 2 * cache + 4 * 10**9
-
-
-def fit_reason(needed: int, free: int, what: str) -> str | None:
-    """None when `needed` bytes fit in `free`; else why `what` is skipped (the decision, apart for tests)."""
-    if needed <= free:
-        return None
-    return f"{what} needs about {needed / GB:.1f} GB, the device has {free / GB:.1f} GB free"
-
-
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
-        return True
-    message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 # ---- models -------------------------------------------------------------------------------------------------------
@@ -169,28 +145,6 @@ def _skip_decode(codes, audio_scales=None, **kwargs):
 
 
 # ---- timing -------------------------------------------------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time(fn, repeats: int, device: torch.device | None = None) -> float:
-    """Best wall time of `repeats` calls of fn (the device drained before and after each)."""
-    import torch
-
-    device = device or torch.device("cpu")
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def _inputs(batch: int, text_len: int, device: torch.device):
@@ -260,12 +214,12 @@ def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, 
     out: dict[str, Any] = {"batch": batch, "rows": 2 * batch, "steps": steps}
 
     def measure(name: str, fn, other=None) -> None:
-        first = _time(fn, 1, device)
-        best = _time(fn, repeats, device)
+        first = best_seconds(fn, 1, device)
+        best = best_seconds(fn, repeats, device)
         out[name] = {"ms_per_step": best / steps * 1e3, "tokens_per_s": batch * lm.cfg.num_codebooks * steps / best,
                      "first_call_s": first}  # fmt: skip
         if other is not None:
-            out[name]["new_length_s"] = _time(other, 1, device)
+            out[name]["new_length_s"] = best_seconds(other, 1, device)
 
     measure("transformers", lambda: run_theirs(hf, ids, mask, steps=steps, greedy=False))
     other_frames = max(1, frames - frames // 4)  # a shorter window: the same compiled step, if nothing recompiles
@@ -289,64 +243,6 @@ def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, 
             if mode != "eager"
         }
     return out
-
-
-def copy_bandwidth(
-    dim: int, ffn_dim: int, total_bytes: float, dtype: torch.dtype, repeats: int, device: Any = "cpu"
-) -> float:
-    """GB/s of batch-2 linears over distinct weights totalling `total_bytes` (the decode step's access pattern)."""
-    import torch
-
-    device = torch.device(device)
-    element = torch.tensor([], dtype=dtype).element_size()
-    count = max(1, int(total_bytes // (dim * ffn_dim * element)))
-    weights = [torch.empty(ffn_dim, dim, dtype=dtype, device=device).normal_() for _ in range(count)]
-    x = torch.randn(2, dim, dtype=dtype, device=device)
-
-    def sweep():
-        for w in weights:
-            torch.nn.functional.linear(x, w)
-
-    sweep()
-    seconds = _time(sweep, repeats, device)
-    return count * dim * ffn_dim * element / seconds / GB
-
-
-def device_copy_bandwidth(total_bytes: float, repeats: int, device: Any = "cpu") -> float:
-    """GB/s of one device-to-device copy of `total_bytes` (bytes read + written, as STREAM's copy counts them)."""
-    import torch
-
-    device = torch.device(device)
-    count = max(1, int(total_bytes // 4))
-    src = torch.empty(count, dtype=torch.float32, device=device).fill_(1.0)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    seconds = _time(lambda: dst.copy_(src), repeats, device)
-    return 2 * count * 4 / seconds / GB
-
-
-def step_bytes(cfg: LMConfig, dtype: torch.dtype, text_len: int | None = None, rows: int = 2) -> int:
-    """Weight bytes one decode step reads: self-attn q,k,v,out + cross q,out + FFN per layer, plus the heads.
-
-    With `text_len`, the cross q/out projections count as the folded tensors the loop reads instead when it folds
-    them (rows * heads * text_len <= dim: engine.model.fast_decode.prepare_decode)."""
-    import torch
-
-    from engine.device import decode_weight_count
-
-    count = decode_weight_count(cfg)
-    if text_len is not None and rows * cfg.num_heads * text_len <= cfg.dim:
-        count += cfg.num_layers * (2 * rows * cfg.num_heads * text_len * cfg.dim - 2 * cfg.dim * cfg.dim)
-    return torch.tensor([], dtype=dtype).element_size() * count
-
-
-def cache_bytes(cfg: LMConfig, dtype: torch.dtype, rows: int, steps: int) -> int:
-    """KV-cache bytes a step reads on average over a generation of `steps` steps (keys and values, every layer)."""
-    import torch
-
-    mean_positions = (steps + 1) / 2
-    element = torch.tensor([], dtype=dtype).element_size()
-    return int(2 * rows * cfg.num_layers * mean_positions * cfg.dim * element)
 
 
 def argmax_agreement(lm_fp32: MusicGenLM, lm_low: MusicGenLM, *, frames: int, text_len: int) -> float:
@@ -388,7 +284,7 @@ def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: t
     frames = args.frames or default_frames(shape, device)
     started = time.perf_counter()
     hf, lm = build_pair(shape, device=device)
-    _sync(device)
+    synchronize(device)
     result: dict[str, Any] = {"shape": shape, "frames": frames, "build_s": time.perf_counter() - started}
     cfg = lm.cfg
     result["layers"], result["dim"] = cfg.num_layers, cfg.dim
@@ -419,7 +315,7 @@ def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: t
             result["fast"][batch] = time_batch(hf, lm, batch=batch, frames=frames, text_len=args.text_len,
                                                repeats=args.repeats, modes=modes)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - out of memory skips the batch, anything else is raised
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             result["fast"][batch] = {"skipped": f"out of memory at batch {batch}: {str(exc).splitlines()[0]}"}
             if device.type == "cuda":
@@ -453,11 +349,6 @@ def _line(label: str, figures: dict, reference: dict | None = None, first: bool 
             text += f", first at a new length {figures['new_length_s']:.2f} s"
         text += ")"
     return text
-
-
-def _fastest(entry: dict, modes: list[str]) -> tuple[str, dict] | None:
-    timed = [(mode, entry[mode]) for mode in modes if mode in entry]
-    return min(timed, key=lambda item: item[1]["ms_per_step"]) if timed else None
 
 
 def _parse_list(text: str | None, what: str) -> list[str]:
@@ -499,23 +390,6 @@ def _print_shape(r: dict, name: str, fast_is_fp32: bool, modes: list[str], devic
         print(f"  greedy tokens, CUDA-graph step vs eager step (fp32): {r['graph_vs_eager_fp32']:.4f} agree")
     elif device.type == "cpu":
         print("  CUDA-graph step vs eager step: n/a (CPU)")
-
-
-def add_floor(r: dict, bandwidth_gb_s: float, modes: list[str]) -> bool:
-    """Put the floor (bytes read per step at the measured bandwidth) and the speedups into each timed batch of a
-    shape's figures; True when a step ran under its floor (the bandwidth sample was disturbed)."""
-    disturbed = False
-    for entry in r["fast"].values():
-        if "skipped" in entry:
-            continue
-        floor_ms = entry["step_bytes"] / (bandwidth_gb_s * GB) * 1e3
-        mode, best = _fastest(entry, modes)
-        entry["floor_ms"] = floor_ms
-        entry["fastest"] = mode
-        entry["x_floor"] = best["ms_per_step"] / floor_ms
-        entry["speedup_same_dtype"] = entry["transformers"]["ms_per_step"] / best["ms_per_step"]
-        disturbed |= floor_ms > best["ms_per_step"]
-    return disturbed
 
 
 def run(args: argparse.Namespace) -> int:
@@ -602,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 results[shape] = run_shape(shape, args, fast, device, batches, modes)
             except Exception as exc:  # noqa: BLE001 - one shape's failure must not lose the others' figures
-                if _is_oom(exc):
+                if is_oom(exc):
                     reason = f"{shape}: out of memory ({str(exc).splitlines()[0][:160]})"
                 else:
                     traceback.print_exc()
