@@ -73,8 +73,8 @@ def measure(
 ) -> dict[str, float]:
     """Run `jobs` edits through a loopback server on `editor`; returns the timings (seconds) and the overhead."""
     from bridge.client import Client
-    from bridge.jobs import warm_up_instruction
     from bridge.server import EngineServer
+    from bridge.worker import warm_up_instruction
 
     out = out or sys.stdout
     instruction = warm_up_instruction(editor)
@@ -167,7 +167,7 @@ def measure_rtf(
 
     Returns the figures: rtf, first_edit_s, edit_s, the time split of the best edit (encode, generate, decode, mask
     or resample, levels, other), decode_steps and ms_per_step (generate seconds / decode steps)."""
-    from bridge.jobs import warm_up_instruction
+    from bridge.worker import warm_up_instruction
 
     out = out or sys.stdout
     instruction = warm_up_instruction(editor)

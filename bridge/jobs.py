@@ -1,4 +1,4 @@
-"""Edit jobs: the on-disk journal, the bounded queue, and the one worker thread that owns the model.
+"""Edit jobs: the on-disk journal and the bounded queue (bridge/worker.py runs them).
 
 Every accepted job is appended to the journal (JSON lines, fsync) before the server acknowledges it; replaying the
 journal after a crash or `kill -9` gives back every job: finished ones answer status, pending ones run again. A job
@@ -13,19 +13,15 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from bridge import audio_io, protocol
-from bridge.editing import edit_region
+from bridge import protocol
 from bridge.protocol import EditRequest, RequestError
-from engine.errors import Cancelled, ConfigError, ImusicError
+from engine.errors import Cancelled, ConfigError
 from engine.files import jsonable
 
 JOURNAL_NAME = "jobs.jsonl"
@@ -407,172 +403,3 @@ class JobBook:
         with self._cond:
             self.cancel_event.set()
             self._cond.notify_all()
-
-
-# ------------------------------------------------------------------------------------------------------------ worker
-
-Notify = Callable[[Job, str, tuple], None]  # (job, reply address, reply args after the job id)
-
-
-def warm_up_instruction(editor: Any) -> str | None:
-    """An instruction the editor accepts, built from what it says it supports (for the warm-up edit)."""
-    info = getattr(editor, "info", {}) or {}
-    for operation in list(info.get("operations", [])) + ["extract", "remove", "add"]:
-        for stem in list(info.get("stems", [])) + ["drums"]:
-            text = f"{operation} {stem}"
-            try:
-                editor.parse(text)
-                return text
-            except ImusicError:
-                continue
-    return None
-
-
-def run_job(
-    job: Job,
-    editor: Any,
-    cancel: threading.Event,
-    progress: Callable[[float, str], None],
-    roots: Sequence[Path] | None = None,
-) -> dict:
-    """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings).
-
-    With `roots`, the result's folder is checked against them when the file is created (UnsafeDestination, code
-    forbidden_path, if it no longer leads inside them), not only when the job was accepted.
-    """
-    started = time.perf_counter()
-    progress(0.0, "editing")
-    options = {"seed": job.request.seed, "takes": job.request.takes, "mode": job.request.mode or None}
-    try:
-        done = edit_region(
-            editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,
-            options=options,
-            overwrite=job.attempts > 1,  # a second attempt (after a crash) may find its own earlier result there
-            on_exists=lambda taken: audio_io.unique_result_path(job.source, job.instruction, taken),
-            roots=roots, progress=progress, cancel=cancel,
-        )  # fmt: skip
-    except OSError as exc:
-        raise ConfigError(f"cannot write the result to {job.output_path}: {exc}") from None
-    job.output_path = str(done.output_path)
-    done.info["bridge"].update(
-        job_s=time.perf_counter() - started,
-        queued_s=max(0.0, time.time() - job.accepted_at - (time.perf_counter() - started)),
-        attempt=job.attempts,
-    )
-    return done.info
-
-
-class Worker(threading.Thread):
-    """The one thread that loads the model, warms it up, and runs jobs one at a time. It never dies of a job."""
-
-    def __init__(
-        self,
-        book: JobBook,
-        load_editor: Callable[[], Any],
-        notify: Notify,
-        warm_up: bool = True,
-        progress_interval: float = 0.1,
-        roots: Sequence[Path] | None = None,
-    ) -> None:
-        super().__init__(name="imusic-worker", daemon=True)
-        self.book = book
-        self.roots = roots  # results are written only inside these (checked at write time)
-        self.load_editor = load_editor
-        self.notify = notify
-        self.warm_up = warm_up
-        self.progress_interval = progress_interval
-        self.editor: Any = None
-        self.state = protocol.LOADING
-        self.load_error: BaseException | None = None
-        self.ready = threading.Event()  # set when ready, or when loading failed (then load_error is set)
-        self.stopping = threading.Event()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.book.interrupt_running()
-
-    def run(self) -> None:
-        try:
-            self.editor = self.load_editor()
-            if self.warm_up:
-                self.state = protocol.WARMING
-                self._warm_up()
-        except BaseException as exc:  # noqa: BLE001 (reported by the server, which stops)
-            self.load_error = exc
-            self.state = protocol.STOPPING
-            self.ready.set()
-            return
-        self.state = protocol.READY
-        self.ready.set()
-        while not self.stopping.is_set():
-            job = self.book.next_job(timeout=0.2)
-            if job is None:
-                continue
-            if self.stopping.is_set():
-                self.book.requeue(job)
-                break
-            self._run_one(job)
-
-    def _warm_up(self) -> None:
-        instruction = warm_up_instruction(self.editor)
-        if instruction is None:
-            print("imusic serve: no instruction to warm up with; first edit will be slower", file=sys.stderr)
-            return
-        sample_rate = int((getattr(self.editor, "info", {}) or {}).get("sample_rate", 32000))
-        noise = np.random.default_rng(0).standard_normal((1, sample_rate)).astype(np.float32) * 0.05  # 1 s
-        try:
-            self.editor.edit(noise, sample_rate, instruction, seed=0)
-        except ImusicError as exc:
-            print(f"imusic serve: warm-up edit failed ({exc}); serving anyway", file=sys.stderr)
-
-    def _run_one(self, job: Job) -> None:
-        cancel = self.book.cancel_event
-        last = [0.0, ""]
-
-        def progress(fraction: float, stage: str) -> None:
-            # Throttled: a fast model reports every step, and REAPER only needs a smooth bar.
-            job.fraction, job.stage = float(fraction), str(stage)[:200]
-            now = time.monotonic()
-            if stage != last[1] or fraction >= 1.0 or now - last[0] >= self.progress_interval:
-                last[0], last[1] = now, job.stage
-                self.notify(job, protocol.PROGRESS, (float(fraction), job.stage))
-            if cancel.is_set():
-                raise Cancelled("cancelled")
-
-        self.notify(job, protocol.PROGRESS, (0.0, "started"))
-        try:
-            info = run_job(job, self.editor, cancel, progress, self.roots)
-        except Cancelled:
-            if job.cancel_requested:
-                self.book.fail(job, Cancelled.code, "cancelled", cancelled=True)
-                self.notify(job, protocol.ERROR, (Cancelled.code, "cancelled"))
-            else:
-                self.book.requeue(job)  # shutdown: it stays pending in the journal
-            return
-        except ImusicError as exc:
-            self._failed(job, exc.code, str(exc))
-            return
-        except MemoryError:
-            self._failed(job, "resources", "out of memory while editing; try a shorter region")
-            return
-        except Exception as exc:  # noqa: BLE001 (a bug must cost one job, not the server)
-            traceback.print_exc(file=sys.stderr)
-            self._failed(job, protocol.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); see the server log")
-            return
-        try:
-            self.book.finish(job, job.output_path, info)
-        except OSError as exc:
-            # The result is on disk but the journal could not say so (disk full?): report it, the job reruns later.
-            self._failed(job, "resources", f"result written to {job.output_path} but the journal failed: {exc}")
-            return
-        self.notify(job, protocol.DONE, (job.output_path, info_json(info)))
-
-    def _failed(self, job: Job, code: str, message: str) -> None:
-        message = protocol.clip_message(message)
-        try:
-            self.book.fail(job, code, message)
-        except OSError as exc:  # journal unwritable: the job stays pending on disk and reruns after a restart
-            print(f"imusic serve: journal write failed for job {job.id}: {exc}", file=sys.stderr)
-            job.state, job.error_code, job.error_message = protocol.ERROR_STATE, code, message
-            self.book._clear_running(job)
-        self.notify(job, protocol.ERROR, (code, message))

@@ -5,7 +5,7 @@ One receiving thread runs the dispatcher: it checks what is cheap (types, paths 
 resolving symlinks, os.stat: inputs must be regular files), answers pings, status and cancels, and hands the rest on.
 It never opens a file a message names. One checking thread probes each new edit's input (header only, within a budget:
 bridge.audio_io.probe), then journals and acknowledges it, in arrival order; one preview thread reads and plays; one
-worker thread owns the model (bridge.jobs) and writes results after checking their folder again at write time.
+worker thread owns the model (bridge.worker) and writes results after checking their folder again at write time.
 Nothing a message names is ever executed. See README.md ("OSC protocol") for every address and argument.
 """
 
@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge import __version__, audio_io, protocol
-from bridge.jobs import Job, JobBook, Journal, Worker, info_json
+from bridge.jobs import Job, JobBook, Journal, info_json
 from bridge.protocol import EditRequest, RequestError
+from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError
 from engine.mask import MODES, check_mode, mode_name
 

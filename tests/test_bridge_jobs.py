@@ -8,8 +8,9 @@ import pytest
 from test_bridge_support import FakeEditor
 
 from bridge import protocol
-from bridge.jobs import Job, JobBook, Journal, info_json, warm_up_instruction
+from bridge.jobs import Job, JobBook, Journal, info_json
 from bridge.protocol import EditRequest, RequestError
+from bridge.worker import warm_up_instruction
 
 
 def make_job(job_id: str, instruction: str = "extract drums") -> Job:
