@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,69 +30,14 @@ from typing import Any
 from bridge import __version__, audio_io, protocol
 from bridge.jobs import Job, JobBook, Journal, info_json
 from bridge.protocol import EditRequest, RequestError
+from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError
 from engine.mask import MODES, check_mode, mode_name
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
-LOG_BURST = 10  # log lines a sender can cause (per packet) in one LOG_WINDOW_S; the rest are counted, not written
-LOG_WINDOW_S = 10.0
-MAX_LOG_MESSAGE = 2000  # characters of one such line (a traceback, a packet's repr)
 CHECKING = "checking the input"  # /imusic/state detail of an edit whose input is being probed (not accepted yet)
 NOT_ACCEPTED = "cancelled before it was accepted"
-
-
-class RateLimiter:
-    """At most `burst` messages per `window_s` seconds are let through; the rest are counted, and the count is handed
-    to the first message let through once the window has passed (or to flush()). Thread-safe."""
-
-    def __init__(self, burst: int = LOG_BURST, window_s: float = LOG_WINDOW_S, clock=time.monotonic) -> None:
-        self.burst, self.window_s, self.clock = burst, window_s, clock
-        self._lock = threading.Lock()
-        self._window_started = -math.inf
-        self._admitted = 0
-        self._dropped = 0
-
-    def admit(self) -> tuple[bool, int]:
-        """(let this message through?, how many were dropped before it and not yet reported)."""
-        with self._lock:
-            now, reported = self.clock(), 0
-            if now - self._window_started >= self.window_s:
-                self._window_started, self._admitted = now, 0
-                reported, self._dropped = self._dropped, 0
-            if self._admitted < self.burst:
-                self._admitted += 1
-                return True, reported
-            self._dropped += 1
-            return False, reported
-
-    def flush(self) -> int:
-        """Dropped messages not reported yet (and forget them)."""
-        with self._lock:
-            dropped, self._dropped = self._dropped, 0
-            return dropped
-
-
-class _PythonOscLogFilter(logging.Filter):
-    """python-osc logs a warning per odd packet (unknown type tags, unknown bundle content: a flood of them grows the
-    log without bound). Its records go to the server's rate-limited log instead of the logging handlers."""
-
-    def __init__(self, server: EngineServer) -> None:
-        super().__init__()
-        self.server = server
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from_python_osc = record.name.startswith("pythonosc") or (
-            os.path.basename(os.path.dirname(record.pathname or "")) == "pythonosc"
-        )
-        if not from_python_osc:
-            return True
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 (a malformed record must not break the receive thread)
-            message = str(record.msg)
-        self.server._log_noisy(f"python-osc: {protocol.clip_message(message[:300])}")
-        return False
 
 
 def default_journal_dir() -> Path:
@@ -141,15 +84,14 @@ class EngineServer:
         self.max_queue = max_queue
         self.warm_up = warm_up
         self.max_region_s = max_region_s
-        self.log = log or sys.stderr
+        self.logs = ServerLog(log or sys.stderr)
         self.sock: socket.socket | None = None
         self.book: JobBook | None = None
         self.worker: Worker | None = None
         self.stopped = threading.Event()  # set once stop() has begun
         self.shutdown_requested = threading.Event()  # set by SIGINT/SIGTERM; serve_forever then stops
         self._receiver: threading.Thread | None = None
-        self._noisy = RateLimiter()  # what a sender can make us log once per packet
-        self._osc_log_filter = _PythonOscLogFilter(self)
+        self._osc_log_filter = PythonOscLogFilter(self.logs)
         self._checker: ThreadPoolExecutor | None = None  # probes new edits' inputs, then accepts them, in order
         self._previewer: ThreadPoolExecutor | None = None  # reads and plays previews, in order
         self._checking: dict[str, Job] = {}  # new edits handed to the checker and not yet accepted or refused
@@ -186,13 +128,13 @@ class EngineServer:
         self.port = self.sock.getsockname()[1]
         pending = self.book.restore()
         if pending:
-            self._log(f"resuming {len(pending)} job(s) from the journal")
+            self.logs.say(f"resuming {len(pending)} job(s) from the journal")
         for job in pending:  # a killed server's half-written results (hidden temporary names) go before the rerun
             if job.output_path:
                 with contextlib.suppress(OSError, ImusicError):
                     self.allowed_path(str(Path(job.output_path).parent), "output")  # a folder swapped for a link
                     for leftover in audio_io.sweep_partials(job.output_path):
-                        self._log(f"removed {leftover.name}, left by the interrupted run of job {job.id}")
+                        self.logs.say(f"removed {leftover.name}, left by the interrupted run of job {job.id}")
         for logger in (logging.getLogger(), logging.getLogger("pythonosc")):
             logger.addFilter(self._osc_log_filter)
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="imusic-check")
@@ -235,8 +177,7 @@ class EngineServer:
                 executor.shutdown(wait=True)
         for logger in (logging.getLogger(), logging.getLogger("pythonosc")):
             logger.removeFilter(self._osc_log_filter)
-        if dropped := self._noisy.flush():
-            self._log(f"{dropped} more message(s) like the ones above were not logged")
+        self.logs.flush()
         if self.player is not None:
             with contextlib.suppress(Exception):  # shutting down anyway
                 self.player.stop()
@@ -261,27 +202,13 @@ class EngineServer:
 
     # ------------------------------------------------------------------------------------------------ the wire
 
-    def _log(self, message: str) -> None:
-        print(f"imusic serve: {message}", file=self.log, flush=True)
-
-    def _log_noisy(self, message: str) -> None:
-        """Log what a sender can cause once per packet: at most LOG_BURST lines per LOG_WINDOW_S, each one cut short."""
-        admitted, dropped = self._noisy.admit()
-        if dropped:
-            self._log(
-                f"{dropped} more message(s) like the ones above were not logged "
-                f"(at most {self._noisy.burst} per {self._noisy.window_s:g} s)"
-            )
-        if admitted:
-            self._log(message if len(message) <= MAX_LOG_MESSAGE else message[: MAX_LOG_MESSAGE - 3] + "...")
-
     def _send(self, to: tuple[str, int] | None, address: str, *args: Any) -> None:
         if to is None or self.sock is None:
             return
         try:
             self.sock.sendto(protocol.encode(address, *args), to)
         except OSError as exc:  # the requester went away; the job and its journal entry are unaffected
-            self._log_noisy(f"could not reply to {to[0]}:{to[1]} ({exc})")
+            self.logs.noisy(f"could not reply to {to[0]}:{to[1]} ({exc})")
 
     def _notify(self, job: Job, address: str, args: tuple) -> None:
         self._send(job.reply_to, address, job.id, *args)
@@ -316,7 +243,7 @@ class EngineServer:
             except ImusicError as exc:
                 self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
             except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-                self._log_noisy(traceback.format_exc().rstrip())
+                self.logs.noisy(traceback.format_exc().rstrip())
                 self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
 
     # ------------------------------------------------------------------------------------------------ paths
@@ -473,7 +400,7 @@ class EngineServer:
         except ImusicError as exc:
             self._error(job.reply_to, getattr(exc, "job_id", "") or job.id, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-            self._log_noisy(traceback.format_exc().rstrip())
+            self.logs.noisy(traceback.format_exc().rstrip())
             self._error(
                 job.reply_to, job.id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
             )
@@ -580,7 +507,7 @@ class EngineServer:
         except ImusicError as exc:
             self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-            self._log_noisy(traceback.format_exc().rstrip())
+            self.logs.noisy(traceback.format_exc().rstrip())
             self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
 
 
@@ -638,15 +565,15 @@ def run(args: argparse.Namespace) -> int:
         warm_up=not args.no_warm_up,
     )
     server.start()
-    server._log(f"listening on {server.host}:{server.port}; journal {server.journal_dir}; loading the model...")
+    server.logs.say(f"listening on {server.host}:{server.port}; journal {server.journal_dir}; loading the model...")
 
     def announce() -> None:
         try:
             if server.wait_ready():
                 info = server._editor_info()
-                server._log(f"ready: model {info.get('model', '?')} on {info.get('device', '?')}")
+                server.logs.say(f"ready: model {info.get('model', '?')} on {info.get('device', '?')}")
                 for note in (info.get("shortfalls") or {}).values():
-                    server._log(f"note: {note}")
+                    server.logs.say(f"note: {note}")
         except BaseException:  # noqa: BLE001 (serve_forever reports it)
             pass
 
@@ -654,5 +581,5 @@ def run(args: argparse.Namespace) -> int:
     server.serve_forever()
     queued, running = server.book.counts()
     pending = queued + bool(running)
-    server._log(f"stopped; {pending} pending job(s) resume on the next start" if pending else "stopped")
+    server.logs.say(f"stopped; {pending} pending job(s) resume on the next start" if pending else "stopped")
     return 0

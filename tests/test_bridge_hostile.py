@@ -27,7 +27,7 @@ from test_bridge_support import FakeEditor, start_server
 from bridge import audio_io, protocol
 from bridge.client import Client, RemoteError
 from bridge.playback import FakePlayer
-from bridge.server import RateLimiter
+from bridge.server_log import RateLimiter
 from engine.errors import AudioError
 
 HERE = Path(__file__).resolve().parent
