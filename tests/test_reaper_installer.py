@@ -13,7 +13,7 @@ import pytest
 
 from bridge.cli import main
 from engine.errors import ConfigError
-from reaper_scripts import installer
+from reaper_scripts import installer, keymap
 from reaper_scripts.installer import ACTIONS, install, uninstall
 
 SCRIPTS = Path(installer.__file__).parent
@@ -157,10 +157,10 @@ def test_a_reinstall_keeps_our_default_beside_a_key_the_user_added_later(resourc
 
 
 def test_chord_names_read_as_reaper_shows_them():
-    assert installer.chord_name(29, 68) == "Ctrl+Alt+Shift+D"
-    assert installer.chord_name(1, 116) == "F5"
-    assert installer.chord_name(17, 49) == "Alt+1"
-    assert installer.chord_name(176, 7) == "KEY 176 7"  # a MIDI CC, not a keyboard chord
+    assert keymap.chord_name(29, 68) == "Ctrl+Alt+Shift+D"
+    assert keymap.chord_name(1, 116) == "F5"
+    assert keymap.chord_name(17, 49) == "Alt+1"
+    assert keymap.chord_name(176, 7) == "KEY 176 7"  # a MIDI CC, not a keyboard chord
 
 
 def test_default_shortcuts_are_distinct():
@@ -351,15 +351,15 @@ def test_every_default_shortcut_is_known_free_of_the_factory_map():
         assert action.chord not in FACTORY_MAIN, action.shortcut
 
 
-def with_action(monkeypatch, modifiers: int, key: str) -> installer.Action:
+def with_action(monkeypatch, modifiers: int, key: str) -> keymap.Action:
     """ACTIONS plus one whose default shortcut is the given chord."""
-    extra = installer.Action("imusic_status.py", "Instruct: probe", modifiers, key)
+    extra = keymap.Action("imusic_status.py", "Instruct: probe", modifiers, key)
     monkeypatch.setattr(installer, "ACTIONS", (*installer.ACTIONS, extra))
     return extra
 
 
 def test_a_factory_shortcut_is_refused_even_when_the_file_does_not_mention_it(resource, monkeypatch):
-    with_action(monkeypatch, installer.VIRT | installer.CTRL | installer.ALT, "B")  # Ctrl+Alt+B, in REAPER since 5.x
+    with_action(monkeypatch, keymap.VIRT | keymap.CTRL | keymap.ALT, "B")  # Ctrl+Alt+B, in REAPER since 5.x
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
     report = install(resource, hotkeys=True)
     assert "KEY 25 66 " not in (resource / "reaper-kb.ini").read_text()
@@ -367,7 +367,7 @@ def test_a_factory_shortcut_is_refused_even_when_the_file_does_not_mention_it(re
 
 
 def test_a_chord_not_known_to_be_free_is_refused(resource, monkeypatch):
-    with_action(monkeypatch, installer.CTRL_ALT_SHIFT, "\x74")  # Ctrl+Alt+Shift+F5: no published key map shows it
+    with_action(monkeypatch, keymap.CTRL_ALT_SHIFT, "\x74")  # Ctrl+Alt+Shift+F5: no published key map shows it
     report = install(resource, hotkeys=True)
     assert "KEY 29 116 " not in (resource / "reaper-kb.ini").read_text()
     assert report.skipped_keys[-1].endswith("not known to be free of REAPER's factory shortcuts")

@@ -1,0 +1,190 @@
+"""reaper-kb.ini, REAPER's action and key file: the actions' SCR and KEY lines and their default shortcuts, the file
+edited as bytes (our lines appended with its own line ending, removed without touching any other byte), and the rule
+for binding a default shortcut only where the chord is free (installer.py writes the file).
+
+A chord is free when it is not one of REAPER's factory shortcuts (reaper_scripts.factory_keys, which also says where
+they come from), not bound by the user (main, global and global + text sections), not a factory shortcut the user
+removed on purpose (`KEY <mods> <key> 0 0`: an empty chord the user chose to keep empty, so we leave it empty too),
+and the action has no key the user gave it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
+from reaper_scripts.planning import PRESET_ACTIONS
+
+SUBDIR = "imusic"  # under <resource>/Scripts/
+MAIN_SECTION = 0  # REAPER's main action section
+# A key bound here already does something in the arrange view: global hotkeys (102) and global + text fields (103).
+CLAIMING_SECTIONS = (MAIN_SECTION, 102, 103)
+
+# REAPER's KEY modifier bits: 1 = virtual key code, 4 = Shift, 8 = Ctrl (Cmd on macOS), 16 = Alt (Option).
+VIRT, SHIFT, CTRL, ALT = 1, 4, 8, 16
+CTRL_ALT_SHIFT = VIRT | CTRL | ALT | SHIFT
+ALT_SHIFT = VIRT | ALT | SHIFT
+# Default shortcuts, all free of REAPER's factory map: extract = Ctrl+Alt+Shift + the stem's letter, remove =
+# Ctrl+Alt+Shift + the stem's number, add = Alt+Shift + the stem's number. Ctrl+Alt alone is avoided: most of its
+# letters are factory shortcuts, and on European layouts Ctrl+Alt is AltGr, which types characters.
+STEM_LETTERS = {"drums": "D", "bass": "B", "piano": "P", "guitar": "G"}
+STEM_NUMBERS = {"drums": "1", "bass": "2", "piano": "3", "guitar": "4"}
+OPERATION_KEYS = {
+    "extract": (CTRL_ALT_SHIFT, STEM_LETTERS),
+    "remove": (CTRL_ALT_SHIFT, STEM_NUMBERS),
+    "add": (ALT_SHIFT, STEM_NUMBERS),
+}
+
+
+@dataclass(frozen=True)
+class Action:
+    """One installed script and its default shortcut."""
+
+    script: str
+    description: str
+    modifiers: int
+    key: str  # one capital letter or digit: its Windows virtual key code is its ASCII code
+
+    @property
+    def command_id(self) -> str:
+        """'RS' + 40 hex digits, REAPER's form; derived from the path so reinstalling keeps users' own bindings."""
+        return "RS" + hashlib.sha1(f"imusic/{self.script}".encode()).hexdigest()
+
+    def scr_line(self) -> str:
+        return f'SCR 4 {MAIN_SECTION} {self.command_id} "Custom: {self.script}" "{SUBDIR}/{self.script}"'
+
+    def key_line(self) -> str:
+        return f"KEY {self.modifiers} {ord(self.key)} _{self.command_id} {MAIN_SECTION}"
+
+    @property
+    def chord(self) -> tuple[int, int]:
+        """(modifier bits, key code), as in reaper_scripts.factory_keys."""
+        return self.modifiers, ord(self.key)
+
+    @property
+    def shortcut(self) -> str:
+        return chord_name(*self.chord)
+
+
+def chord_name(modifiers: int, key: int) -> str:
+    """'Ctrl+Alt+Shift+D' for a KEY line's modifiers and (Windows virtual) key code; anything else as REAPER's code."""
+    # Without the virtual-key bit the key is a character; 32 and up are MIDI, OSC and mousewheel sources.
+    if not modifiers & VIRT or modifiers >= 32:
+        return f"KEY {modifiers} {key}"
+    names = [name for bit, name in ((CTRL, "Ctrl"), (ALT, "Alt"), (SHIFT, "Shift")) if modifiers & bit]
+    if 48 <= key <= 57 or 65 <= key <= 90:  # digits and capital letters are their own codes
+        plain = chr(key)
+    elif 112 <= key <= 135:
+        plain = f"F{key - 111}"
+    else:
+        plain = f"key {key}"
+    return "+".join([*names, plain])
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action("imusic_edit.py", "Instruct: edit selected items...", CTRL_ALT_SHIFT, "E"),
+    *(
+        Action(
+            a.script_name,
+            f"Instruct: {a.instruction}",
+            OPERATION_KEYS[a.operation][0],
+            OPERATION_KEYS[a.operation][1][a.stem],
+        )
+        for a in PRESET_ACTIONS
+    ),
+    Action("imusic_cancel.py", "Instruct: cancel running edits", CTRL_ALT_SHIFT, "X"),
+    Action("imusic_status.py", "Instruct: engine status", CTRL_ALT_SHIFT, "I"),
+)
+
+
+def _line_ending(data: bytes) -> bytes:
+    """The file's own line ending; for a new file, the platform's (REAPER writes CRLF on Windows)."""
+    if not data:
+        return b"\r\n" if os.name == "nt" else b"\n"
+    return b"\r\n" if b"\r\n" in data else b"\n"
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Lines without their endings."""
+    return [line.rstrip(b"\r") for line in data.split(b"\n")] if data else []
+
+
+def bound_keys(data: bytes) -> dict[tuple[int, int, int], str]:
+    """(modifiers, key, section) -> command of every KEY line in a reaper-kb.ini."""
+    keys = {}
+    for line in _lines(data):
+        parts = line.decode("utf-8", "replace").split()
+        if len(parts) >= 5 and parts[0] == "KEY":
+            try:
+                keys[(int(parts[1]), int(parts[2]), int(parts[4]))] = parts[3]
+            except ValueError:
+                continue
+    return keys
+
+
+def append_lines(data: bytes, lines: list[str]) -> tuple[bytes, list[str], bool]:
+    """The file with those lines appended (those already present are skipped).
+
+    Returns (new bytes, lines added, whether a final line ending had to be added first).
+    """
+    present = set(_lines(data))
+    new = [line for line in lines if line.encode() not in present]
+    if not new:
+        return data, [], False
+    eol = _line_ending(data)
+    fixed_end = bool(data) and not data.endswith(b"\n")
+    head = data + eol if fixed_end else data
+    return head + b"".join(line.encode() + eol for line in new), new, fixed_end
+
+
+def remove_lines(data: bytes, lines: list[str], added_final_newline: bool = False) -> bytes:
+    """The file without one occurrence of each of those lines; every other byte is kept."""
+    wanted = [line.encode() for line in lines]
+    kept = []
+    for chunk in data.splitlines(keepends=True):
+        body = chunk.rstrip(b"\r\n")
+        if body in wanted:
+            wanted.remove(body)
+            continue
+        kept.append(chunk)
+    result = b"".join(kept)
+    if added_final_newline:
+        for eol in (b"\r\n", b"\n"):
+            if result.endswith(eol):
+                result = result[: -len(eol)]
+                break
+    return result
+
+
+def hotkey_refusal(action: Action, keys: dict[tuple[int, int, int], str]) -> str | None:
+    """Why the action's default shortcut must not be bound, or None when it is free (or already ours).
+
+    keys is bound_keys() of the user's reaper-kb.ini. The user's own lines come first: a shortcut they gave this action
+    themselves (it keeps theirs alone), a chord they bound, or a factory shortcut they removed on purpose (command 0),
+    is theirs. Then REAPER's factory map, then the proof of freedom.
+    """
+    modifiers, key = action.chord
+    own = [chord for chord, owner in keys.items() if owner == "_" + action.command_id]
+    theirs = sorted(chord for chord in own if chord != (modifiers, key, MAIN_SECTION))
+    if theirs and (modifiers, key, MAIN_SECTION) not in own:  # an earlier install's default, kept, is ours
+        named = ", ".join(
+            f"{chord_name(m, k)} (section {s})" if s != MAIN_SECTION else chord_name(m, k) for m, k, s in theirs
+        )
+        return f"you bound this action to {named} yourself; that stays its only shortcut"
+    for section in CLAIMING_SECTIONS:
+        owner = keys.get((modifiers, key, section))
+        if owner is None or owner == "_" + action.command_id:
+            continue
+        if owner == "0":
+            return (
+                f"you removed REAPER's default shortcut on this key (KEY {modifiers} {key} 0 {section}); "
+                "it stays empty as you chose"
+            )
+        return f"already bound to {owner}"
+    if action.chord in FACTORY_MAIN:
+        return "one of REAPER's factory shortcuts"
+    if action.chord not in KNOWN_FREE:
+        return "not known to be free of REAPER's factory shortcuts"
+    return None
