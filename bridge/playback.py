@@ -140,12 +140,9 @@ class SoundDevicePlayer(Player):
             device_rate = int(info["default_samplerate"])
             if device_rate == int(sample_rate):
                 raise PlaybackUnavailable(f"cannot open output device {info['name']!r} at {sample_rate} Hz") from None
-            from math import gcd
+            from engine.resample import resample
 
-            from scipy.signal import resample_poly
-
-            g = gcd(device_rate, int(sample_rate))
-            frames = resample_poly(frames, device_rate // g, int(sample_rate) // g, axis=0).astype(np.float32)
+            frames = resample(frames.T, int(sample_rate), device_rate).T  # frames are [N, C]
             try:
                 stream, done = self._open(np.ascontiguousarray(frames), device_rate)
             except self._sd.PortAudioError as exc:

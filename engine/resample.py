@@ -17,17 +17,22 @@ def resampled_length(num_samples: int, from_rate: int, to_rate: int) -> int:
     return int(round(num_samples * to_rate / from_rate))
 
 
-def resample(audio: np.ndarray, from_rate: int, to_rate: int, length: int | None = None) -> np.ndarray:
-    """audio [..., N] at `from_rate` -> [..., length] at `to_rate` (default length: resampled_length); float32."""
+def resample(
+    audio: np.ndarray, from_rate: int, to_rate: int, length: int | None = None, dtype: type = np.float32
+) -> np.ndarray:
+    """audio [..., N] at `from_rate` -> [..., length] at `to_rate` (default length: resampled_length), in `dtype`
+    (float32; the metrics ask for float64)."""
     from scipy.signal import resample_poly
 
-    audio = np.asarray(audio, dtype=np.float32)
+    if from_rate <= 0 or to_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    audio = np.asarray(audio, dtype=dtype)
     n = audio.shape[-1]
     if length is None:
         length = resampled_length(n, from_rate, to_rate)
     if from_rate != to_rate and n > 0:
         g = math.gcd(int(from_rate), int(to_rate))
-        audio = resample_poly(audio, int(to_rate) // g, int(from_rate) // g, axis=-1).astype(np.float32)
+        audio = resample_poly(audio, int(to_rate) // g, int(from_rate) // g, axis=-1).astype(dtype)
     if audio.shape[-1] >= length:
         return np.ascontiguousarray(audio[..., :length])
     pad = [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])]

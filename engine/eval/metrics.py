@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from engine.resample import resample as resample_audio
+
 EVAL_RATE = 16000
 # torchmetrics computes SI-SDR in the input dtype; the official audio is float32, so its epsilon sets the ceiling.
 SI_SDR_EPS = float(np.finfo(np.float32).eps)
@@ -61,16 +63,8 @@ def _match(estimate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def resample(audio: np.ndarray, rate: int, new_rate: int = EVAL_RATE) -> np.ndarray:
-    """Resample `[N]` or `[C, N]` audio with a polyphase filter (scipy); float64 out, same rank as in."""
-    from scipy.signal import resample_poly
-
-    array = np.asarray(audio, dtype=np.float64)
-    if rate == new_rate:
-        return array
-    if rate <= 0 or new_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {rate} -> {new_rate}")
-    divisor = math.gcd(int(rate), int(new_rate))
-    return resample_poly(array, new_rate // divisor, rate // divisor, axis=-1)
+    """`[N]` or `[C, N]` audio at the metrics' rate (engine.resample, time-aligned), in float64."""
+    return resample_audio(audio, int(rate), int(new_rate), dtype=np.float64)
 
 
 def si_sdr(estimate: np.ndarray, reference: np.ndarray) -> float:
