@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,6 +100,27 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """A fresh folder beside `path` (`.{name}.tmp`) to build a whole folder in (a model); when the block ends without
+    an error it takes `path`'s place (the old folder moved aside first, then removed), else it is removed: `path` is
+    the old folder or the complete new one, never part of one."""
+    path = Path(path)
+    staged, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
+    for leftover in (staged, old):  # of a run killed before it ended
+        shutil.rmtree(leftover, ignore_errors=True)
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if path.exists():
+        path.rename(old)
+    staged.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:

@@ -10,7 +10,15 @@ import sys
 import pytest
 
 from engine.errors import CheckpointError, ImusicError
-from engine.files import atomic_path, jsonable, read_json_object, sweep_temps, write_bytes_atomic, write_json_atomic
+from engine.files import (
+    atomic_path,
+    jsonable,
+    read_json_object,
+    staged_dir,
+    sweep_temps,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 
 def test_atomic_path_replaces_the_file_only_when_the_block_ends(tmp_path):
@@ -33,6 +41,31 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
         raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_staged_folder_takes_the_old_ones_place_only_when_it_is_complete(tmp_path):
+    model = tmp_path / "default"
+    (model / "base").mkdir(parents=True)
+    (model / "base" / "weights").write_bytes(b"old")
+    (tmp_path / ".default.tmp").mkdir()  # left by an install that was killed
+    with staged_dir(model) as staged:
+        assert staged.is_dir() and not any(staged.iterdir())  # fresh: the leftover is gone
+        (staged / "base").mkdir()
+        (staged / "base" / "weights").write_bytes(b"new")
+        assert (model / "base" / "weights").read_bytes() == b"old"  # the old model serves until the new is whole
+    assert (model / "base" / "weights").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
+
+
+def test_a_staged_folder_that_fails_keeps_the_old_one_and_leaves_nothing_behind(tmp_path):
+    model = tmp_path / "default"
+    model.mkdir()
+    (model / "card.json").write_text("{}")
+    with pytest.raises(RuntimeError, match="disk full"), staged_dir(model) as staged:
+        (staged / "card.json").write_text('{"half"')
+        raise RuntimeError("disk full")
+    assert (model / "card.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
 
 
 def test_an_existing_file_keeps_its_mode_and_a_new_one_gets_the_umask_default(tmp_path):

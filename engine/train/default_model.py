@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
 from engine.eval.evaluate import LOWER_IS_BETTER
+from engine.files import staged_dir
 from engine.model.bundle import METRIC_WORDS
 from engine.weights.loader import new_model_card, write_model_card
 
@@ -114,80 +115,81 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     eval_dir = work / "eval"
     report = _read_json(eval_dir / "report.json") if (eval_dir / "report.json").is_file() else None
 
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model, tmp, copy_function=shutil.copy2)  # real copies: the run folder holds hard links
-    base_cfg = _read_json(tmp / "base" / "config.json")
-    adapter_meta = _read_json(tmp / "adapter" / "adapter.json")
-    own_card = _read_json(tmp / CARD)
-    codec_cfg = base_cfg["audio_encoder"]
-    decoder_cfg = base_cfg["decoder"]
-    card: dict[str, Any] = new_model_card(
-        "imusic-embedded-small",
-        description=(
-            "The project's own small Instruct-MusicGen, trained on 2 CPU cores on synthetic General MIDI stems: "
-            "a codec, a text-to-music base model and the Instruct adapters (audio fusion + text LoRA). It runs the "
-            "whole method end to end; whether its edits beat leaving the audio unchanged is measured in "
-            "`evaluation.beats_identity`. It is not a substitute for MusicGen weights."
-        ),
-        stems=own_card.get("stems") or adapter_meta.get("stems"),
-        sizes={
-            "parameters": parameter_counts(tmp),
-            "codec": {
-                "sample_rate": codec_cfg["sampling_rate"],
-                "hop": math.prod(codec_cfg["upsampling_ratios"]),
-                "codebooks": decoder_cfg.get("num_codebooks"),
-                "codebook_size": codec_cfg["codebook_size"],
-            },
-            "decoder": {
-                "layers": decoder_cfg["num_hidden_layers"],
-                "dim": decoder_cfg["hidden_size"],
-                "heads": decoder_cfg["num_attention_heads"],
-                "ffn_dim": decoder_cfg["ffn_dim"],
-            },
-            "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
-            "adapter": adapter_meta.get("fusion"),
-        },
-        data={
-            "command": "make model-data",
-            "generator": "imusic data synth",
-            "settings": _portable(
-                {k: data[k] for k in ("tracks", "seconds", "sample_rate", "seed", "soundfonts") if k in data}
+    with staged_dir(out) as tmp:
+        shutil.copytree(model, tmp, copy_function=shutil.copy2, dirs_exist_ok=True)  # the run holds hard links
+        base_cfg = _read_json(tmp / "base" / "config.json")
+        adapter_meta = _read_json(tmp / "adapter" / "adapter.json")
+        own_card = _read_json(tmp / CARD)
+        codec_cfg = base_cfg["audio_encoder"]
+        decoder_cfg = base_cfg["decoder"]
+        card: dict[str, Any] = new_model_card(
+            "imusic-embedded-small",
+            description=(
+                "The project's own small Instruct-MusicGen, trained on 2 CPU cores on synthetic General MIDI stems: "
+                "a codec, a text-to-music base model and the Instruct adapters (audio fusion + text LoRA). It runs the "
+                "whole method end to end; whether its edits beat leaving the audio unchanged is measured in "
+                "`evaluation.beats_identity`. It is not a substitute for MusicGen weights."
             ),
-            "split": "by song, deterministic (engine.train.data.datasets.split_songs); validation and test songs are "
-            "held out of every stage (codec included)",
-        },
-        stages={
-            "codec": codec_summary(work / "codec"),
-            "base": train_summary(work / "base", "model-base"),
-            "adapters": train_summary(work / "adapters", "model-adapters"),
-        },
-        provenance=own_card.get("provenance", {}),
-    )
-    card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
-    # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
-    card["stages"]["adapters"]["fusion_gates"] = [
-        round(g, 5) for g in fusion_gates(tmp / "adapter" / "adapter.safetensors")
-    ]
-    if report is not None:
-        card["evaluation"] = {
-            "command": "make model-eval",
-            "report": "docs/embedded_model/report.md",
-            "summary": {task: part["summary"] for task, part in report.get("tasks", {}).items()},
-        }
-        card["evaluation"]["beats_identity"] = beats_identity(card["evaluation"]["summary"])
-    write_model_card(tmp, card)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+            stems=own_card.get("stems") or adapter_meta.get("stems"),
+            sizes={
+                "parameters": parameter_counts(tmp),
+                "codec": {
+                    "sample_rate": codec_cfg["sampling_rate"],
+                    "hop": math.prod(codec_cfg["upsampling_ratios"]),
+                    "codebooks": decoder_cfg.get("num_codebooks"),
+                    "codebook_size": codec_cfg["codebook_size"],
+                },
+                "decoder": {
+                    "layers": decoder_cfg["num_hidden_layers"],
+                    "dim": decoder_cfg["hidden_size"],
+                    "heads": decoder_cfg["num_attention_heads"],
+                    "ffn_dim": decoder_cfg["ffn_dim"],
+                },
+                "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
+                "adapter": adapter_meta.get("fusion"),
+            },
+            data={
+                "command": "make model-data",
+                "generator": "imusic data synth",
+                "settings": _portable(
+                    {k: data[k] for k in ("tracks", "seconds", "sample_rate", "seed", "soundfonts") if k in data}
+                ),
+                "split": "by song, deterministic (engine.train.data.datasets.split_songs); validation and test songs "
+                "are held out of every stage (codec included)",
+            },
+            stages={
+                "codec": codec_summary(work / "codec"),
+                "base": train_summary(work / "base", "model-base"),
+                "adapters": train_summary(work / "adapters", "model-adapters"),
+            },
+            provenance=own_card.get("provenance", {}),
+        )
+        card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
+        # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
+        card["stages"]["adapters"]["fusion_gates"] = [
+            round(g, 5) for g in fusion_gates(tmp / "adapter" / "adapter.safetensors")
+        ]
+        if report is not None:
+            card["evaluation"] = {
+                "command": "make model-eval",
+                "report": "docs/embedded_model/report.md",
+                "summary": {task: part["summary"] for task, part in report.get("tasks", {}).items()},
+            }
+            card["evaluation"]["beats_identity"] = beats_identity(card["evaluation"]["summary"])
+        write_model_card(tmp, card)
     if docs is not None and report is not None:
-        docs.mkdir(parents=True, exist_ok=True)
-        for item in eval_dir.iterdir():
-            if item.suffix in (".md", ".json", ".png"):
-                shutil.copy2(item, docs / item.name)
-        if (eval_dir / "spectrograms").is_dir():
-            shutil.copytree(eval_dir / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
+        publish_report(eval_dir, docs)
     return card
+
+
+def publish_report(eval_dir: Path, docs: Path, skip: tuple[str, ...] = ()) -> None:
+    """Copy an evaluation's report (.md, .json, .png but the names in `skip`) and its spectrograms/ into `docs`."""
+    docs.mkdir(parents=True, exist_ok=True)
+    for item in eval_dir.iterdir():
+        if item.suffix in (".md", ".json", ".png") and item.name not in skip:
+            shutil.copy2(item, docs / item.name)
+    if (eval_dir / "spectrograms").is_dir():
+        shutil.copytree(eval_dir / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
 
 
 def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dict[str, bool]]:

@@ -379,7 +379,8 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     byte committed stays in the repository forever); the loader casts them to the dtype the model runs in."""
     import tempfile
 
-    from engine.train.default_model import parameter_counts
+    from engine.files import staged_dir
+    from engine.train.default_model import parameter_counts, publish_report
     from engine.train.pack import parts_of, unpack_parts
 
     packs = Path(packs)
@@ -394,45 +395,36 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
         ids = {json.loads((work_dir / s / MARKER).read_text())["recipe_id"] for s in ("base", "adapters")}
         if len(ids) != 1:
             raise ConfigError(f"the base and adapters packs in {packs} come from different recipes ({sorted(ids)})")
-        staged = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.copytree(work_dir / "base" / "model" / "base", staged / "base")
-        shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
-        run_card = json.loads((packs / CARD).read_text()) if (packs / CARD).is_file() else {}
-        own = json.loads((work_dir / "adapters" / "model" / "model_card.json").read_text())
-        from engine.weights.loader import new_model_card, write_model_card
+        with staged_dir(out) as staged:
+            shutil.copytree(work_dir / "base" / "model" / "base", staged / "base")
+            shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
+            run_card = json.loads((packs / CARD).read_text()) if (packs / CARD).is_file() else {}
+            own = json.loads((work_dir / "adapters" / "model" / "model_card.json").read_text())
+            from engine.weights.loader import new_model_card, write_model_card
 
-        card = new_model_card(
-            "imusic-embedded-small",
-            description=(
-                "The project's own small Instruct-MusicGen, trained by `imusic train --recipe embedded` on one "
-                "accelerator on synthetic General MIDI stems: a codec, a text-to-music base model and the Instruct "
-                "adapters. Whether its edits beat leaving the audio unchanged is in `evaluation.beats_identity`."
-            ),
-            stems=own.get("stems"),
-            sizes={"parameters": parameter_counts(staged)},
-            recipe={k: v for k, v in run_card.items() if k != "stages"},
-            stages=run_card.get("stages", {}),
-            provenance=own.get("provenance", {}),
-        )
-        evaluation = run_card.get("stages", {}).get("eval")
-        if evaluation:
-            card["evaluation"] = {
-                "report": "docs/embedded_model/report.md",
-                "summary": evaluation.get("summary"),
-                "beats_identity": evaluation.get("beats_identity"),
-            }
-        write_model_card(staged, card)
-        if out.exists():
-            shutil.rmtree(out)
-        staged.rename(out)
+            card = new_model_card(
+                "imusic-embedded-small",
+                description=(
+                    "The project's own small Instruct-MusicGen, trained by `imusic train --recipe embedded` on one "
+                    "accelerator on synthetic General MIDI stems: a codec, a text-to-music base model and the Instruct "
+                    "adapters. Whether its edits beat leaving the audio unchanged is in `evaluation.beats_identity`."
+                ),
+                stems=own.get("stems"),
+                sizes={"parameters": parameter_counts(staged)},
+                recipe={k: v for k, v in run_card.items() if k != "stages"},
+                stages=run_card.get("stages", {}),
+                provenance=own.get("provenance", {}),
+            )
+            evaluation = run_card.get("stages", {}).get("eval")
+            if evaluation:
+                card["evaluation"] = {
+                    "report": "docs/embedded_model/report.md",
+                    "summary": evaluation.get("summary"),
+                    "beats_identity": evaluation.get("beats_identity"),
+                }
+            write_model_card(staged, card)
         if docs is not None and (work_dir / "eval").is_dir():
-            docs.mkdir(parents=True, exist_ok=True)
-            for item in (work_dir / "eval").iterdir():
-                if item.suffix in (".md", ".json", ".png") and item.name != MARKER:
-                    shutil.copy2(item, docs / item.name)
-            if (work_dir / "eval" / "spectrograms").is_dir():
-                shutil.copytree(work_dir / "eval" / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
+            publish_report(work_dir / "eval", docs, skip=(MARKER,))
     return card
 
 
