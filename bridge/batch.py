@@ -412,10 +412,9 @@ def _settings(args: argparse.Namespace, model: str | None) -> dict:
 def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None, Callable[[str], str]]:
     """Parse edits, name the model and say its card's notes without loading it (engine.weights.peek_card); where only
     loading tells, every instrument the engine knows (the model itself decides when it loads) and no notes."""
+    from engine.eval.verdict import card_verdict, shortfall_note
     from engine.instructions import parse_instruction
-    from engine.model.bundle import shortfall_note
     from engine.weights import peek_card
-    from engine.weights.loader import card_verdict
 
     card = peek_card(args.model, args.adapter)
     name = (card or {}).get("name")

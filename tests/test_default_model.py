@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from engine.train.default_model import assemble, beats_identity, main
+from engine.eval.verdict import beats_identity
+from engine.train.default_model import assemble, main
 
 
 @pytest.fixture()

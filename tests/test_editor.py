@@ -520,7 +520,7 @@ def test_a_model_whose_card_says_an_operation_loses_to_the_input_says_so_with_ea
 
 
 def test_a_card_without_an_evaluation_or_with_a_malformed_one_says_nothing(tiny_editor):
-    from engine.weights.loader import card_verdict
+    from engine.eval.verdict import card_verdict
 
     assert tiny_editor.info["shortfalls"] == {}
     assert card_verdict({"evaluation": ["not", "a", "dict"]}) == {}

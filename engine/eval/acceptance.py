@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError
-from engine.model.bundle import EDIT_BARS, METRIC_WORDS
+from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 
 TASKS = tuple(EDIT_BARS)  # extract, remove, add
 METRICS = tuple(METRIC_WORDS)  # mel SSIM, log-mel distance
@@ -71,7 +71,6 @@ def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
 
 def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
     """The model and codec-ceiling bars of one test set."""
-    from engine.train.default_model import beats_identity
 
     model, ceiling = beats_identity(summary, "model"), beats_identity(summary, "codec ceiling")
     bars = []

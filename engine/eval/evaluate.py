@@ -19,7 +19,6 @@ Keep top-level imports light: torch and the model are imported inside functions.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
+from engine.eval.report import REPORT_JSON, REPORT_MD, markdown, summarize
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.instructions import OPERATIONS
 
@@ -37,21 +37,6 @@ if TYPE_CHECKING:
     from engine.model.codec import Codec
 
 TASKS = OPERATIONS  # an evaluation task is an edit operation
-ROWS = ("model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle")
-METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error")
-METRIC_TITLES = {
-    "si_sdr": "SI-SDR (dB) ↑",
-    "si_sdri": "SI-SDRi (dB) ↑",
-    "mel_ssim": "mel SSIM ↑",
-    "log_mel_distance": "log-mel dist. (dB) ↓",
-    "ild_error": "ILD err. (dB) ↓",
-    "fad": "FAD ↓",
-    "kl": "KL ↓",
-    "clap": "CLAP ↑",
-}
-LOWER_IS_BETTER = frozenset(m for m, title in METRIC_TITLES.items() if title.endswith("↓"))  # the rest: higher
-REPORT_MD = "report.md"
-REPORT_JSON = "report.json"
 
 
 def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[str]:
@@ -189,21 +174,6 @@ def _record(
                 plots[0] / f"{task}_{number:03d}_{clip.song_id}.png",
                 title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
             )
-
-
-def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation per row and metric over examples (non-finite values are counted apart)."""
-    summary: dict[str, dict[str, float]] = {}
-    rows = [row for row in ROWS if any(row in ex for ex in examples)]
-    for row in rows:
-        stats: dict[str, float] = {"n": sum(1 for ex in examples if row in ex)}
-        for metric in METRICS:
-            values = np.array([ex[row].get(metric, np.nan) for ex in examples if row in ex], dtype=np.float64)
-            finite = values[np.isfinite(values)]
-            stats[metric] = float(finite.mean()) if finite.size else float("nan")
-            stats[f"{metric}_std"] = float(finite.std()) if finite.size else float("nan")
-        summary[row] = stats
-    return summary
 
 
 def _optional_metrics(audio_dirs: dict[str, Path], captions: Sequence[str], device: str) -> tuple[dict, list[str]]:
@@ -485,62 +455,6 @@ def evaluate(
     write_json_atomic(out_dir / REPORT_JSON, report, sort_keys=False)
     write_bytes_atomic(out_dir / REPORT_MD, markdown(report).encode("utf-8"))
     return report
-
-
-def _cell(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float) and math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
-
-
-def markdown(report: dict) -> str:
-    """The report as Markdown: one table per task (model beside identity, codec ceiling, oracle), then notes."""
-    info = report["model"]
-    lines = [
-        "# imusic eval",
-        "",
-        f"Model **{info.get('model')}** ({info.get('device')}, {info.get('dtype')}); data `{report['data']}`, "
-        f"{report['settings'].get('split', 'test')} split, {report['settings']['seconds']:g} s clips; "
-        "all metrics at 16 kHz.",
-        "",
-        "Rows: *model* = the editor's default mode, mask (the model's output steers a time-frequency mask on the "
-        "input; add: the input plus the added part alone); *resynth* = the same model and seed re-synthesising the "
-        "result (the paper's behaviour); *identity* = output is the input (SI-SDRi 0 by definition); *codec ceiling* "
-        "= the target through the model's codec (the best re-synthesis can reach); *ideal mask* = the mask computed "
-        "from the true target (the best the mask mode can reach); *oracle* = output is the target. For add and "
-        "remove the identity is already close on spectral metrics: judge those against the ceilings; extract must "
-        "beat identity clearly. ILD err. is the stereo image's error (0 for mono clips).",
-    ]
-    problems = report.get("data_problems") or {}
-    if problems:
-        counts = ", ".join(f"{count} x {reason}" for reason, count in problems.items())
-        lines += ["", f"Stem files skipped while reading the data set: {counts}."]
-    for task, part in report["tasks"].items():
-        summary = part["summary"]
-        extra = [m for m in ("fad", "kl", "clap") if m in summary.get("model", {})]
-        columns = [*METRICS, *extra]
-        n = int(summary["model"]["n"]) if "model" in summary else 0
-        lines += ["", f"## {task} ({n} clips)", ""]
-        lines.append("| row | " + " | ".join(METRIC_TITLES[m] for m in columns) + " |")
-        lines.append("|---|" + "---:|" * len(columns))
-        for row in ROWS:
-            if row in summary:
-                cells = []
-                for m in columns:
-                    value = summary[row].get(m)
-                    std = summary[row].get(f"{m}_std")
-                    text = _cell(value)
-                    if std is not None and not math.isnan(std) and row != "oracle":
-                        text += f" ± {_cell(std)}"
-                    cells.append(text)
-                lines.append(f"| {row} | " + " | ".join(cells) + " |")
-        notes = [f"- {note}" for note in part.get("notes", [])]
-        if part.get("skipped"):
-            notes.append(f"- {len(part['skipped'])} clip(s) skipped: {part['skipped'][0]['reason']}")
-        lines += [""] + notes if notes else []
-    return "\n".join(lines) + "\n"
 
 
 # ---- command line ---------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError, InstructionError
+from engine.eval.verdict import shortfall_note
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS, render_prompt
 from engine.model.fit import check_state_fits
 
@@ -19,30 +20,6 @@ if TYPE_CHECKING:
 
     from engine.model.config import FusionConfig, LMConfig
     from engine.model.lm import MusicGenLM
-
-
-# When an edit counts as working: it beats the unchanged input on these metrics of the model's own evaluation
-# (model_card.json `evaluation.beats_identity`). Add is judged on log-mel distance only: the input already holds
-# everything but the new part, so its mel SSIM to the target starts high.
-EDIT_BARS: dict[str, tuple[str, ...]] = {
-    "extract": ("mel_ssim", "log_mel_distance"),
-    "remove": ("mel_ssim", "log_mel_distance"),
-    "add": ("log_mel_distance",),
-}
-METRIC_WORDS = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel distance"}
-
-
-def shortfall_note(name: str, beats_identity: dict[str, dict[str, bool]], op: str) -> str:
-    """The note for `op` when a card's evaluation says its edits lose to the unchanged input on any metric of
-    EDIT_BARS, else "". Read from a loaded ModelCard or, before loading, from model_card.json (batch --dry-run)."""
-    verdict = beats_identity.get(op) or {}
-    losing = [METRIC_WORDS[m] for m in EDIT_BARS.get(op, ()) if verdict.get(m) is False]
-    if not losing:
-        return ""
-    return (
-        f"{name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged on its held-out test songs "
-        f"({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
-    )
 
 
 @dataclass

@@ -19,9 +19,9 @@ from typing import Any
 from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
-from engine.eval.evaluate import LOWER_IS_BETTER
+from engine.eval.report import publish_report
+from engine.eval.verdict import beats_identity
 from engine.files import staged_dir
-from engine.model.bundle import METRIC_WORDS
 from engine.weights.loader import new_model_card, write_model_card
 
 CARD = "model_card.json"
@@ -180,37 +180,6 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     if docs is not None and report is not None:
         publish_report(eval_dir, docs)
     return card
-
-
-def publish_report(eval_dir: Path, docs: Path, skip: tuple[str, ...] = ()) -> None:
-    """Copy an evaluation's report (.md, .json, .png but the names in `skip`) and its spectrograms/ into `docs`."""
-    docs.mkdir(parents=True, exist_ok=True)
-    for item in eval_dir.iterdir():
-        if item.suffix in (".md", ".json", ".png") and item.name not in skip:
-            shutil.copy2(item, docs / item.name)
-    if (eval_dir / "spectrograms").is_dir():
-        shutil.copytree(eval_dir / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
-
-
-def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dict[str, bool]]:
-    """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row on mel SSIM (higher) and
-    log-mel distance (lower).
-
-    Tasks or metrics missing from either row, or not a finite number there (null in a report), are left out: the
-    card says only what was measured.
-    """
-    verdict: dict[str, dict[str, bool]] = {}
-    for task, rows in summary.items():
-        model, identity = rows.get(row, {}), rows.get("identity", {})
-        one = {}
-        for metric in METRIC_WORDS:  # the metrics the bars are judged on
-            mine, base = model.get(metric), identity.get(metric)
-            if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and math.isfinite(mine - base):
-                gain = mine - base
-                one[metric] = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
-        if one:
-            verdict[task] = one
-    return verdict
 
 
 def fusion_gates(file: Path) -> list[float]:

@@ -329,7 +329,7 @@ class Recipe:
             **cfg,
         )
         from engine.eval.acceptance import report_bars
-        from engine.train.default_model import beats_identity
+        from engine.eval.verdict import beats_identity
 
         summary = {task: part["summary"] for task, part in report.get("tasks", {}).items()}
         for task, part in report.get("tasks", {}).items():
@@ -379,8 +379,9 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     byte committed stays in the repository forever); the loader casts them to the dtype the model runs in."""
     import tempfile
 
+    from engine.eval.report import publish_report
     from engine.files import staged_dir
-    from engine.train.default_model import parameter_counts, publish_report
+    from engine.train.default_model import parameter_counts
     from engine.train.pack import parts_of, unpack_parts
 
     packs = Path(packs)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
+from engine.eval.verdict import card_verdict
 from engine.files import jsonable, read_json_object, write_bytes_atomic
 from engine.model.fit import check_state_fits
 
@@ -229,19 +230,6 @@ def load_model(
         **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
     )
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
-
-
-def card_verdict(card_data: dict[str, Any] | None) -> dict[str, dict[str, bool]]:
-    """The card's `evaluation.beats_identity` ({operation: {metric: bool}}), {} when absent or malformed."""
-    evaluation = card_data.get("evaluation") if isinstance(card_data, dict) else None
-    verdict = evaluation.get("beats_identity") if isinstance(evaluation, dict) else None
-    if not isinstance(verdict, dict):
-        return {}
-    return {
-        str(op): {str(m): won for m, won in metrics.items() if isinstance(won, bool)}
-        for op, metrics in verdict.items()
-        if isinstance(metrics, dict)
-    }
 
 
 def _automatic_dtype(device, base: Path, layout: str):

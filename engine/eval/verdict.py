@@ -1,0 +1,67 @@
+"""When an edit counts as working: it beats leaving the audio unchanged (the identity row of the model's own
+evaluation) on the metrics its operation is judged on. The verdict is computed from a report's summary when a model is
+assembled, stored in its card (`evaluation.beats_identity`), read back at load, and turned into the note every front
+end shows with an edit that does not work yet."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from engine.eval.report import LOWER_IS_BETTER
+
+# The metrics each operation is judged on. Add is judged on log-mel distance only: the input already holds
+# everything but the new part, so its mel SSIM to the target starts high.
+EDIT_BARS: dict[str, tuple[str, ...]] = {
+    "extract": ("mel_ssim", "log_mel_distance"),
+    "remove": ("mel_ssim", "log_mel_distance"),
+    "add": ("log_mel_distance",),
+}
+METRIC_WORDS = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel distance"}
+
+
+def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dict[str, bool]]:
+    """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row on mel SSIM (higher) and
+    log-mel distance (lower).
+
+    Tasks or metrics missing from either row, or not a finite number there (null in a report), are left out: the
+    card says only what was measured.
+    """
+    verdict: dict[str, dict[str, bool]] = {}
+    for task, rows in summary.items():
+        model, identity = rows.get(row, {}), rows.get("identity", {})
+        one = {}
+        for metric in METRIC_WORDS:  # the metrics the bars are judged on
+            mine, base = model.get(metric), identity.get(metric)
+            if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and math.isfinite(mine - base):
+                gain = mine - base
+                one[metric] = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
+        if one:
+            verdict[task] = one
+    return verdict
+
+
+def card_verdict(card_data: dict[str, Any] | None) -> dict[str, dict[str, bool]]:
+    """The card's `evaluation.beats_identity` ({operation: {metric: bool}}), {} when absent or malformed."""
+    evaluation = card_data.get("evaluation") if isinstance(card_data, dict) else None
+    verdict = evaluation.get("beats_identity") if isinstance(evaluation, dict) else None
+    if not isinstance(verdict, dict):
+        return {}
+    return {
+        str(op): {str(m): won for m, won in metrics.items() if isinstance(won, bool)}
+        for op, metrics in verdict.items()
+        if isinstance(metrics, dict)
+    }
+
+
+def shortfall_note(name: str, verdicts: dict[str, dict[str, bool]], op: str) -> str:
+    """The note for `op` when a card's evaluation says its edits lose to the unchanged input on any metric of
+    EDIT_BARS, else "". Read from a loaded ModelCard or, before loading, from model_card.json (batch --dry-run)."""
+    verdict = verdicts.get(op) or {}
+    losing = [METRIC_WORDS[m] for m in EDIT_BARS.get(op, ()) if verdict.get(m) is False]
+    if not losing:
+        return ""
+    return (
+        f"{name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged on its held-out test songs "
+        f"({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
+    )
