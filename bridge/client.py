@@ -380,8 +380,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _print_reply(reply: Reply, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"address": reply.address, "args": reply.args}))
-    else:
-        print(" ".join(str(a) for a in [reply.kind, *reply.args]))
+        return
+    args = reply.args[:4] if reply.address == protocol.PONG else reply.args  # pong's notes: one line each, below
+    print(" ".join(str(a) for a in [reply.kind, *args]))
+    for note in reply.notes:
+        print(f"imusic send: note: {note}", file=sys.stderr)
 
 
 class _ProgressBar:

@@ -45,6 +45,7 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(judged_model_dir, tmp
         port = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()).group(1)
         ping = subprocess.run(IMUSIC + ["send", "--port", port, "ping"], capture_output=True, text=True, timeout=30)
         assert ping.returncode == 0 and ping.stdout.split()[-1] == "ready"
+        assert ping.stderr.startswith("imusic send: note: ") and "its extract edits do not beat" in ping.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
