@@ -87,11 +87,9 @@ class ServerBackend:
 
         host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
         host = host or protocol.engine_host()  # what --server leaves out: where every client looks
-        try:
-            port = int(port) if port else protocol.engine_port()
-            self.client = Client(host, port)
-        except ValueError:
-            raise ConfigError(f"--server {address}: give [HOST:]PORT, e.g. 127.0.0.1:{protocol.DEFAULT_PORT}") from None
+        port = protocol.port_number(port, f"--server {address}: give [HOST:]PORT; the port") if port else None
+        port = port or protocol.engine_port()
+        self.client = Client(host, port)
         address = f"{host}:{port}"
         try:
             pong = self.client.ping(timeout=3.0)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge import protocol
 from engine import instructions
 from engine.errors import ConfigError, ResourceError
 from engine.files import slug
@@ -208,7 +209,6 @@ class ServerProcess:
 
     def wait_ready(self, client: Any, timeout: float) -> Any:
         """Ping until the server says ready (model loaded and warmed up); returns the pong reply."""
-        from bridge import protocol
         from bridge.client import NoReply
 
         deadline = time.monotonic() + timeout
@@ -314,8 +314,6 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, mo
     except RemoteError as exc:
         return Row(edit, mode, exc.code or "error", message=str(exc))
     except KeyboardInterrupt:
-        from bridge import protocol
-
         if job_id is not None:
             client.send(protocol.CANCEL, job_id)  # the server also gets Ctrl-C from the terminal; this covers the rest
         raise
@@ -413,7 +411,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="TEXT",
         help='an edit to make (repeatable; default: "extract drums", "remove bass", "extract bass", "add ...")',
     )
-    parser.add_argument("--port", type=int, default=0, help="server UDP port (default: a free one)")
+    parser.add_argument(
+        "--port", type=protocol.listen_port_argument, default=0, help="server UDP port (default: a free one)"
+    )
     parser.add_argument(
         "--ready-timeout",
         type=float,

@@ -25,6 +25,7 @@ Replies (server -> the address and port the request came from):
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -46,14 +47,40 @@ def engine_host(settings: dict | None = None) -> str:
     return str(os.environ.get("IMUSIC_HOST") or (settings or {}).get("host") or DEFAULT_HOST)
 
 
+def port_number(value: Any, where: str, listen: bool = False) -> int:
+    """`value` as a UDP port (1-65535; 0 too for a server to `listen` on: any free port), else ConfigError naming
+    `where` it came from."""
+    lowest = 0 if listen else 1
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = -1
+    if not lowest <= port <= 65535 or isinstance(value, float) and value != port:
+        raise ConfigError(f"{where} must be a port number from {lowest} to 65535, got {value!r}")
+    return port
+
+
+def port_argument(text: str) -> int:
+    """argparse type of a client's --port: its error is argparse's one usage line."""
+    try:
+        return port_number(text, "the port")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_port_argument(text: str) -> int:
+    """argparse type of a server's --port (0: any free port)."""
+    try:
+        return port_number(text, "the port", listen=True)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def engine_port(settings: dict | None = None) -> int:
     """The engine's port for clients: IMUSIC_PORT, then `settings` ("port"), then DEFAULT_PORT; ConfigError for a
     value that is no port."""
     port = os.environ.get("IMUSIC_PORT") or (settings or {}).get("port") or DEFAULT_PORT
-    try:
-        return int(port)
-    except (TypeError, ValueError):
-        raise ConfigError(f"the engine's port must be a number, got {port!r} (IMUSIC_PORT or the settings)") from None
+    return port_number(port, "the engine's port (IMUSIC_PORT or the settings)")
 
 
 def engine_address(settings: dict | None = None) -> tuple[str, int]:

@@ -198,8 +198,8 @@ def plan_job(
     start, end = max(0.0, start), min(item.source_length, end)
     if end - start > max_seconds + EPSILON:
         raise AudioError(
-            f"{where} is {end - start:.1f} s long; the engine edits at most {max_seconds:g} s at a time. "
-            "Select a shorter item or set a time selection."
+            f"{where} is {end - start:.1f} s long; these actions edit at most {max_seconds:g} s at a time "
+            "(IMUSIC_MAX_SECONDS, or max_seconds in imusic_paths.json). Select a shorter item or set a time selection."
         )
     return JobPlan(item.source_path, start, end, position, length, item.track_number)
 

@@ -517,7 +517,12 @@ class EngineServer:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic serve [--host] [--port] [--model] [--adapter] [--device] [--dtype] [--journal] [--allow-root ...]`"""
     parser.add_argument("--host", default=protocol.DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=protocol.DEFAULT_PORT, help=f"UDP port ({protocol.DEFAULT_PORT})")
+    parser.add_argument(
+        "--port",
+        type=protocol.listen_port_argument,
+        default=protocol.DEFAULT_PORT,
+        help=f"UDP port ({protocol.DEFAULT_PORT})",
+    )
     parser.add_argument("--model", default=None, help="model directory or hub name (default: the embedded model)")
     parser.add_argument("--adapter", default=None, help="adapter directory to load over the model")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the fastest available)")

@@ -23,6 +23,7 @@ import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bridge import protocol
 from engine.errors import ConfigError
 from engine.files import write_bytes_atomic
 from reaper_scripts.keymap import ACTIONS, SUBDIR, append_lines, bound_keys, hotkey_refusal, remove_lines
@@ -391,7 +392,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--resource-path", type=Path, default=None, help="REAPER's resource folder (default: found)")
     install_parser.add_argument("--hotkeys", action="store_true", help="bind default shortcuts that are still free")
     install_parser.add_argument("--host", default=None, help="engine host the actions talk to (default 127.0.0.1)")
-    install_parser.add_argument("--port", type=int, default=None, help="engine port (default 9137)")
+    install_parser.add_argument(
+        "--port", type=protocol.port_argument, default=None, help=f"engine port (default {protocol.DEFAULT_PORT})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,11 +58,30 @@ def test_clients_find_the_engine_in_the_environment_then_the_settings_then_the_d
     monkeypatch.setenv("IMUSIC_PORT", "9300")
     assert protocol.engine_address({"host": "10.0.0.2", "port": 9200}) == ("10.0.0.2", 9300)
     monkeypatch.setenv("IMUSIC_PORT", "ninety")
-    with pytest.raises(ConfigError, match="port must be a number, got 'ninety'"):
+    with pytest.raises(ConfigError, match="port number from 1 to 65535, got 'ninety'"):
+        protocol.engine_address()
+    monkeypatch.setenv("IMUSIC_PORT", "70000")  # would be an OverflowError at the first send
+    with pytest.raises(ConfigError, match=r"IMUSIC_PORT or the settings\) must be a port number from 1 to 65535"):
         protocol.engine_address()
     monkeypatch.delenv("IMUSIC_PORT")
-    with pytest.raises(ConfigError, match=r"port must be a number, got \[9200\]"):
+    with pytest.raises(ConfigError, match=r"port number from 1 to 65535, got \[9200\]"):
         protocol.engine_port({"port": [9200]})
+
+
+def test_a_port_is_a_whole_number_up_to_65535_and_only_a_server_may_ask_for_any_free_one():
+    assert protocol.port_number("9137", "x") == 9137 and protocol.port_number(0, "x", listen=True) == 0
+    for bad in (0, -1, 65536, 9137.5, "9137.5", "", None):
+        with pytest.raises(ConfigError, match="x must be a port number from 1 to 65535"):
+            protocol.port_number(bad, "x")
+
+
+def test_a_port_out_of_range_on_the_command_line_is_a_usage_error(capsys):
+    from bridge.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["send", "--port", "70000", "ping"])
+    assert exit_info.value.code == 2
+    assert "must be a port number from 1 to 65535, got '70000'" in capsys.readouterr().err
 
 
 def test_a_non_integral_seed_is_refused():
@@ -154,7 +173,11 @@ def test_send_ping_prints_the_pong(server, capsys):
 def test_a_bad_imusic_port_is_one_line_and_a_given_port_does_not_read_it(server, monkeypatch, capsys):
     monkeypatch.setenv("IMUSIC_PORT", "ninety")
     assert main(["send", "ping"]) == 1
-    assert capsys.readouterr().err.strip().endswith("port must be a number, got 'ninety' (IMUSIC_PORT or the settings)")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("(IMUSIC_PORT or the settings) must be a port number from 1 to 65535, got 'ninety'")
+    )
     assert send(server, "ping") == 0 and capsys.readouterr().out.startswith("pong")
 
 

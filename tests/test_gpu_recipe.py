@@ -216,6 +216,9 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     model = tmp_path / "default"
     card = install(out, model, tmp_path / "docs")
     assert card["stages"]["adapters"]["steps"] == 3 and card["sizes"]["parameters"]["adapter"] > 0
+    # the same card as the CPU recipe's: the shapes of every part, as their configs give them
+    assert card["sizes"]["decoder"]["layers"] == 1 and card["sizes"]["codec"]["codebooks"] >= 1
+    assert card["stems"] and card["sizes"]["adapter"]["lora_rank"] >= 1
     assert (tmp_path / "docs" / "report.md").is_file()
     from safetensors import safe_open
 

@@ -215,7 +215,9 @@ def test_a_bad_imusic_port_in_reapers_environment_is_a_message_and_the_default_i
         harness.run("imusic_status.py")
         harness.settle(timeout=10)
         first = harness.reaper.messages[0][0]
-        assert "port must be a number, got 'ninety'" in first and f"using 127.0.0.1:{protocol.DEFAULT_PORT}" in first
+        assert (
+            "port number from 1 to 65535, got 'ninety'" in first and f"using 127.0.0.1:{protocol.DEFAULT_PORT}" in first
+        )
     finally:
         harness.close()
         engine.close()

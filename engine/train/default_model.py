@@ -22,9 +22,11 @@ from engine.errors import CheckpointError, ImusicError
 from engine.eval.report import publish_report
 from engine.eval.verdict import beats_identity
 from engine.files import staged_dir
-from engine.weights.loader import new_model_card, write_model_card
+from engine.weights.adapter_format import ADAPTER_JSON
+from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
 
-CARD = "model_card.json"
+EMBEDDED_NAME = "imusic-embedded-small"
+REPORT_LINK = "docs/embedded_model/report.md"  # where the card says its evaluation report is
 
 
 def _read_json(path: Path) -> Any:
@@ -104,6 +106,36 @@ def parameter_counts(model_dir: Path) -> dict[str, int]:
     return counts
 
 
+def model_sizes(model_dir: Path) -> dict[str, Any]:
+    """The card's `sizes` of a model folder (base/ in transformers layout + adapter/): parameters per part, and the
+    codec's, decoder's, text encoder's and adapter's shapes as their configs give them."""
+    base_cfg = _read_json(model_dir / "base" / "config.json")
+    codec_cfg, decoder_cfg = base_cfg["audio_encoder"], base_cfg["decoder"]
+    return {
+        "parameters": parameter_counts(model_dir),
+        "codec": {
+            "sample_rate": codec_cfg["sampling_rate"],
+            "hop": math.prod(codec_cfg["upsampling_ratios"]),
+            "codebooks": decoder_cfg.get("num_codebooks"),
+            "codebook_size": codec_cfg["codebook_size"],
+        },
+        "decoder": {
+            "layers": decoder_cfg["num_hidden_layers"],
+            "dim": decoder_cfg["hidden_size"],
+            "heads": decoder_cfg["num_attention_heads"],
+            "ffn_dim": decoder_cfg["ffn_dim"],
+        },
+        "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
+        "adapter": _read_json(model_dir / "adapter" / ADAPTER_JSON).get("fusion"),
+    }
+
+
+def model_stems(model_dir: Path) -> list[str] | None:
+    """The stems a model folder edits: its own card's, else its adapter's."""
+    card = _read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
+    return card.get("stems") or _read_json(model_dir / "adapter" / ADAPTER_JSON).get("stems")
+
+
 def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     """Copy the finished model into `out` and write its model card; returns the card."""
     work = Path(work)
@@ -117,37 +149,17 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
 
     with staged_dir(out) as tmp:
         shutil.copytree(model, tmp, copy_function=shutil.copy2, dirs_exist_ok=True)  # the run holds hard links
-        base_cfg = _read_json(tmp / "base" / "config.json")
-        adapter_meta = _read_json(tmp / "adapter" / "adapter.json")
-        own_card = _read_json(tmp / CARD)
-        codec_cfg = base_cfg["audio_encoder"]
-        decoder_cfg = base_cfg["decoder"]
+        own_card = _read_json(tmp / MODEL_CARD)
         card: dict[str, Any] = new_model_card(
-            "imusic-embedded-small",
+            EMBEDDED_NAME,
             description=(
                 "The project's own small Instruct-MusicGen, trained on 2 CPU cores on synthetic General MIDI stems: "
                 "a codec, a text-to-music base model and the Instruct adapters (audio fusion + text LoRA). It runs the "
                 "whole method end to end; whether its edits beat leaving the audio unchanged is measured in "
                 "`evaluation.beats_identity`. It is not a substitute for MusicGen weights."
             ),
-            stems=own_card.get("stems") or adapter_meta.get("stems"),
-            sizes={
-                "parameters": parameter_counts(tmp),
-                "codec": {
-                    "sample_rate": codec_cfg["sampling_rate"],
-                    "hop": math.prod(codec_cfg["upsampling_ratios"]),
-                    "codebooks": decoder_cfg.get("num_codebooks"),
-                    "codebook_size": codec_cfg["codebook_size"],
-                },
-                "decoder": {
-                    "layers": decoder_cfg["num_hidden_layers"],
-                    "dim": decoder_cfg["hidden_size"],
-                    "heads": decoder_cfg["num_attention_heads"],
-                    "ffn_dim": decoder_cfg["ffn_dim"],
-                },
-                "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
-                "adapter": adapter_meta.get("fusion"),
-            },
+            stems=model_stems(tmp),
+            sizes=model_sizes(tmp),
             data={
                 "command": "make model-data",
                 "generator": "imusic data synth",
@@ -172,7 +184,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
         if report is not None:
             card["evaluation"] = {
                 "command": "make model-eval",
-                "report": "docs/embedded_model/report.md",
+                "report": REPORT_LINK,
                 "summary": {task: part["summary"] for task, part in report.get("tasks", {}).items()},
             }
             card["evaluation"]["beats_identity"] = beats_identity(card["evaluation"]["summary"])

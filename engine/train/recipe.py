@@ -381,8 +381,9 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
 
     from engine.eval.report import publish_report
     from engine.files import staged_dir
-    from engine.train.default_model import parameter_counts
+    from engine.train.default_model import EMBEDDED_NAME, REPORT_LINK, model_sizes, model_stems
     from engine.train.pack import parts_of, unpack_parts
+    from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
 
     packs = Path(packs)
     missing = [stage for stage in ("base", "adapters") if not parts_of(packs, stage)]
@@ -400,18 +401,16 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
             shutil.copytree(work_dir / "base" / "model" / "base", staged / "base")
             shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
             run_card = json.loads((packs / CARD).read_text()) if (packs / CARD).is_file() else {}
-            own = json.loads((work_dir / "adapters" / "model" / "model_card.json").read_text())
-            from engine.weights.loader import new_model_card, write_model_card
-
+            own = json.loads((work_dir / "adapters" / "model" / MODEL_CARD).read_text())
             card = new_model_card(
-                "imusic-embedded-small",
+                EMBEDDED_NAME,
                 description=(
                     "The project's own small Instruct-MusicGen, trained by `imusic train --recipe embedded` on one "
                     "accelerator on synthetic General MIDI stems: a codec, a text-to-music base model and the Instruct "
                     "adapters. Whether its edits beat leaving the audio unchanged is in `evaluation.beats_identity`."
                 ),
-                stems=own.get("stems"),
-                sizes={"parameters": parameter_counts(staged)},
+                stems=own.get("stems") or model_stems(staged),
+                sizes=model_sizes(staged),
                 recipe={k: v for k, v in run_card.items() if k != "stages"},
                 stages=run_card.get("stages", {}),
                 provenance=own.get("provenance", {}),
@@ -419,7 +418,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
             evaluation = run_card.get("stages", {}).get("eval")
             if evaluation:
                 card["evaluation"] = {
-                    "report": "docs/embedded_model/report.md",
+                    "report": REPORT_LINK,
                     "summary": evaluation.get("summary"),
                     "beats_identity": evaluation.get("beats_identity"),
                 }
