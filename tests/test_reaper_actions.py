@@ -442,7 +442,7 @@ def test_an_item_longer_than_the_engine_allows_is_refused(harness, source_file, 
     track = harness.reaper.add_track("Mix")
     harness.reaper.add_item(track, position=0.0, length=6.0, source=Source("WAVE", str(source_file[0]), 8.0))
     harness.run("imusic_extract_drums.py")
-    assert_unchanged(harness, "the engine edits at most 5 s")
+    assert_unchanged(harness, "these actions edit at most 5 s")
 
 
 def test_one_bad_item_in_a_selection_sends_nothing(harness, source_file, sent):
