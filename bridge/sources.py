@@ -7,7 +7,6 @@ action and in a batch of the saved project.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -15,7 +14,7 @@ from typing import Any
 
 from bridge.reaper_items import ItemView, plan_job, resolve_source_path
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
-from engine.files import AUDIO_SUFFIXES
+from engine.files import AUDIO_SUFFIXES, audio_files
 
 # Sources that are not audio files; any other type is a file source whose header tells what it holds.
 _NOT_FILES = ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT")
@@ -60,13 +59,7 @@ def safe_name(text: str, limit: int = 80) -> str:
 
 def find_audio_files(folder: Path) -> list[Source]:
     """Every audio file under `folder` (recursive, sorted), hidden files and folders excluded."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(AUDIO_SUFFIXES):
-                continue
-            found.append(Path(root) / name)
+    found = audio_files(folder)
     rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
     # song.wav and song.flac in one folder must not share outputs: keep the extension where stems collide.
     return [

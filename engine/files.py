@@ -27,6 +27,21 @@ PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_io.write_atomic's: an audio resu
 AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
 
 
+def audio_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """The audio files (AUDIO_SUFFIXES) in `folder` (and below it, `recursive`: each folder's files, then its
+    subfolders, all sorted). Hidden files and folders are left out: temporaries of writers (`.x.partial.wav`), macOS
+    `._` resource forks, version-control folders."""
+    found: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found.extend(Path(root) / name for name in sorted(files) if _is_audio_name(name))
+    return found
+
+
+def _is_audio_name(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(AUDIO_SUFFIXES)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` runs here (True when it cannot be told: its files are then left alone). On Windows,
     os.kill(pid, 0) would terminate the process, so nothing is asked there and every pid counts as running."""

@@ -12,6 +12,7 @@ import pytest
 from engine.errors import CheckpointError, ImusicError
 from engine.files import (
     atomic_path,
+    audio_files,
     jsonable,
     read_json_object,
     staged_dir,
@@ -126,3 +127,12 @@ def test_read_json_object_names_what_is_wrong_with_the_file(tmp_path):
         read_json_object(tmp_path / "list.json", "unused")
     with pytest.raises(ImusicError, match="is not readable JSON"):  # a folder where a file should be
         read_json_object(tmp_path, "unused")
+
+
+def test_audio_files_leave_out_hidden_files_and_folders_and_other_kinds(tmp_path):
+    for name in ["b.wav", "a.FLAC", "notes.txt", ".a.wav.1234.partial.wav", "._b.wav", "song/x.mp3", ".git/y.wav"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path)] == ["a.FLAC", "b.wav", "song/x.mp3"]
+    assert [p.name for p in audio_files(tmp_path, recursive=False)] == ["a.FLAC", "b.wav"]
+    assert audio_files(tmp_path / "missing") == []

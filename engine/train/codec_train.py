@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
-from engine.files import AUDIO_SUFFIXES, atomic_path
+from engine.files import AUDIO_SUFFIXES, atomic_path, audio_files
 from engine.model.fit import check_state_fits
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
@@ -105,12 +105,7 @@ def encodec_config(cfg: CodecTrainConfig) -> Any:
 def find_audio_files(root: Path, exclude_songs: Sequence[str] = ()) -> list[Path]:
     """Every audio file under root, skipping songs (top-level folder names) held out for testing."""
     excluded = set(exclude_songs)
-    files = []
-    for path in sorted(Path(root).rglob("*")):
-        if path.suffix.lower() in AUDIO_SUFFIXES and path.is_file():
-            song = path.relative_to(root).parts[0]
-            if song not in excluded:
-                files.append(path)
+    files = [path for path in audio_files(root) if path.relative_to(root).parts[0] not in excluded]
     if not files:
         raise DataError(f"no audio files under {root} (looked for {', '.join(AUDIO_SUFFIXES)})")
     return files

@@ -20,7 +20,7 @@ from pathlib import Path
 import soundfile as sf
 
 from engine.errors import DataError
-from engine.files import AUDIO_SUFFIXES
+from engine.files import audio_files
 from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
 from engine.train.data.yamlio import read_yaml
 
@@ -197,10 +197,7 @@ def _scan_moisesdb(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
 
 
 def _audio_files(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-    except OSError:
-        return []
+    return audio_files(folder, recursive=False)  # os.walk: an unreadable folder holds nothing
 
 
 def _scan_folder(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
