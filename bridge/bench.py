@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.editor import DECODE_STEPS
+from engine.files import write_json_atomic
 
 SHAPES = ("tiny", "small", "medium", "large")
 STEPS = tuple(step for step in DECODE_STEPS if step)  # compile, graph, eager
@@ -243,7 +244,6 @@ def _sync(editor: Any) -> None:
 def run_rtf(args: argparse.Namespace) -> int:
     """`--shape`: build a random model of the shape on the device and print its real-time factor last."""
     import datetime
-    import json
 
     import torch
 
@@ -280,7 +280,7 @@ def run_rtf(args: argparse.Namespace) -> int:
                        torch=torch.__version__, date=datetime.date.today().isoformat())  # fmt: skip
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2, default=str))
+        write_json_atomic(path, figures, sort_keys=False)
     return 0
 
 

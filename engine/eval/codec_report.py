@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ImusicError
+from engine.files import write_json_atomic
 
 TONES_HZ = (110.0, 220.0, 440.0, 880.0)
 PITCH_TOLERANCE = 0.03  # a tone counts as returned when the output's strongest frequency lies within 3 %
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(markdown(pitch, table), end="")
     if args.json:
-        Path(args.json).write_text(json.dumps({"pitch": pitch, "ceiling": table, "split": args.split}, indent=2))
+        write_json_atomic(args.json, {"pitch": pitch, "ceiling": table, "split": args.split}, sort_keys=False)
     return 0
 
 

@@ -24,12 +24,12 @@ over the shapes and batches timed (ours in its fastest step mode).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
+from engine.files import write_json_atomic
 from engine.tools.costs import (
     GB,
     add_floor,
@@ -447,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             path = Path(args.json)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(figures, indent=2, default=str))
+            write_json_atomic(path, figures, sort_keys=False)
 
     # the floor's bandwidth first (a later failure keeps it): over as many bytes as the largest step reads, at most 2 GB
     largest = max((preset(shape) for shape in shapes), key=lambda c: step_bytes(c, fast))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
-from engine.files import AUDIO_SUFFIXES, atomic_path, audio_files
+from engine.files import AUDIO_SUFFIXES, atomic_path, audio_files, write_json_atomic
 from engine.model.fit import check_state_fits
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
@@ -326,7 +326,7 @@ def train_codec(
         for name, value in group.items():
             if torch.is_tensor(value) and name != "step":
                 group[name] = value.to(device)
-    (run_dir / "codec_train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    write_json_atomic(run_dir / "codec_train_config.json", asdict(cfg), sort_keys=False)
     from engine.train.budget import StepBudget
 
     budget = StepBudget(deadline, step)

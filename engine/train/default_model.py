@@ -37,7 +37,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _last(rows: list, default: Any = None) -> Any:
-    return rows[-1][1] if rows else default
+    """The last row's value; `default` when there is none (or it was not finite: JSON files hold it as null)."""
+    value = rows[-1][1] if rows else None
+    return default if value is None else value
 
 
 def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:

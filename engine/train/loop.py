@@ -8,7 +8,6 @@ runs its own loop: codec_train.py.)
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from engine.device import parse_device
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.plots import plot_curves
+from engine.files import write_json_atomic
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
@@ -188,7 +188,7 @@ class Trainer:
 
     def write_history(self) -> None:
         cfg, history = self.cfg, self.history
-        (self.run_dir / HISTORY).write_text(json.dumps({"config": asdict(cfg), **history}, indent=1))
+        write_json_atomic(self.run_dir / HISTORY, {"config": asdict(cfg), **history}, sort_keys=False)
         plot_curves(history["train"], self.run_dir / CURVES, val=history["val"], lr=history["lr"], title=cfg.stage)
 
     def run(self, feeder: ClipFeeder, last: int, started: float, progress: bool, budget: Any = None) -> None:

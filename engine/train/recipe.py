@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CheckpointError, ConfigError, ImusicError
+from engine.files import write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
 
@@ -109,7 +110,7 @@ class Recipe:
         }
         path = self.run_dir / stage / MARKER
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_json_atomic(path, record, sort_keys=False)
         return record
 
     def pack(self, stage: str) -> list[Path]:
@@ -363,7 +364,7 @@ class Recipe:
             "missing": [k for k, v in stages.items() if v is None],
             "wall_seconds_total": round(sum(v["wall_seconds"] for v in stages.values() if v), 1),
         }
-        (self.run_dir / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        write_json_atomic(self.run_dir / CARD, card, sort_keys=False)
         if self.export is not None:
             shutil.copy2(self.run_dir / CARD, self.export / CARD)
         return card

@@ -6,7 +6,6 @@ official checkpoint when they differ from the base), so an adapter is MBs, not t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
-from engine.files import read_json_object
+from engine.files import read_json_object, write_json_atomic
 
 if TYPE_CHECKING:
     from engine.model.config import FusionConfig
@@ -55,7 +54,7 @@ def save_adapter(
         "provenance": dict(provenance or {}),
     }
     save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    (path / ADAPTER_JSON).write_text(json.dumps(meta, indent=2))
+    write_json_atomic(path / ADAPTER_JSON, meta, sort_keys=False)
     return path
 
 

@@ -8,12 +8,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import soundfile as sf
 
 from engine.errors import DataError
+from engine.files import write_json_atomic
 from engine.train.data.datasets import StemDataset
 
 
@@ -62,5 +62,5 @@ def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) 
         "skipped_songs": [list(item) for item in data.skipped],
         "clips": records,
     }
-    (out / "clips.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "clips.json", meta, sort_keys=False)
     return len(records)

@@ -19,6 +19,7 @@ import pretty_midi
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
+from engine.files import write_json_atomic
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
     FluidRenderer,
@@ -290,7 +291,7 @@ def synthesize(
             raise DataError(f"no .mid files in {midi_root}")
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # settings first, so that an interrupted run can be resumed
-        (out / "dataset.json").write_text(json.dumps({**settings, "complete": False}, indent=2) + "\n")
+        write_json_atomic(out / "dataset.json", {**settings, "complete": False}, sort_keys=False)
     report = SynthReport(out)
     songs: dict[str, dict] = {}
     from tqdm import tqdm
@@ -343,7 +344,7 @@ def synthesize(
         "split": _split_suggestion(sorted(songs), seed),
         "songs": songs,
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out / "dataset.json", meta, sort_keys=False)
     if report.tracks == 0:
         raise DataError(f"no track could be made ({len(report.skipped)} skipped: {report.skipped[0][1]})")
     return report
