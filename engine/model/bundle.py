@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import CheckpointError, InstructionError
 from engine.eval.verdict import shortfall_note
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS, render_prompt
+from engine.model.config import is_adapter_name
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -86,17 +87,6 @@ class LoadedModel:
     device: Any
     dtype: Any
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Parameters per part, adapters counted apart from the decoder they extend."""
-        adapter = sum(p.numel() for p in self.lm.adapter_parameters()) if hasattr(self.lm, "adapter_parameters") else 0
-        decoder = sum(p.numel() for p in self.lm.parameters()) - adapter
-        return {
-            "decoder": decoder,
-            "adapter": adapter,
-            "codec": sum(p.numel() for p in self.codec.model.parameters()),
-            "text_encoder": sum(p.numel() for p in self.text.model.parameters()),
-        }
-
 
 def build_lm(
     cfg: LMConfig,
@@ -134,7 +124,7 @@ def _adapter_names(lm) -> set[str]:
             return set(lm.adapter_state_dict().keys())
         except Exception:  # noqa: BLE001 - a meta-device model may refuse; fall back to the naming rule
             pass
-    return {name for name in lm.state_dict() if name.startswith("fusion.") or ".lora_" in name}
+    return {name for name in lm.state_dict() if is_adapter_name(name)}
 
 
 def _materialize(lm, device) -> None:

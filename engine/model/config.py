@@ -54,6 +54,12 @@ class LMConfig:
         return cls(**data)
 
 
+def is_adapter_name(name: str) -> bool:
+    """Whether a state-dict name is an Instruct-MusicGen adapter tensor (audio fusion or a LoRA factor) in our
+    layout, not a weight of the decoder it extends."""
+    return name.startswith("fusion.") or ".lora_" in name
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """Instruct-MusicGen adapters: audio fusion on the top `fused_layers` layers (None = all) and text LoRA.

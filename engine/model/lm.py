@@ -26,7 +26,7 @@ from torch import nn
 from engine.errors import ConfigError, DataError
 from engine.model import delay, fast_decode
 from engine.model.attention import Attention, PrefixKV, merge_heads, split_heads
-from engine.model.config import FusionConfig, LMConfig
+from engine.model.config import FusionConfig, LMConfig, is_adapter_name
 from engine.model.fusion import AudioFusion, add_lora
 
 
@@ -355,9 +355,7 @@ class MusicGenLM(nn.Module):
             )
 
     # ---- adapters ---------------------------------------------------------------------------------------------
-    @staticmethod
-    def is_adapter_name(name: str) -> bool:
-        return name.startswith("fusion.") or ".lora_" in name
+    is_adapter_name = staticmethod(is_adapter_name)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if self.is_adapter_name(n)]

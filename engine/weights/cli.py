@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
+from engine.model.config import is_adapter_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,8 +187,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         SUBSTITUTED.clear()
         state = official_state_dict(path)
         mapped, facts = map_official_state(state)
-        adapter = sum(t.numel() for n, t in mapped.items() if n.startswith("fusion.") or ".lora_" in n)
-        cross = sum(t.numel() for n, t in mapped.items() if not (n.startswith("fusion.") or ".lora_" in n))
+        adapter = sum(t.numel() for n, t in mapped.items() if is_adapter_name(n))
+        cross = sum(t.numel() for n, t in mapped.items() if not is_adapter_name(n))
         # the frozen MusicGen inside, counted once: not the official code's extra q/k/v_proj copies or the LoRA
         extra = re.compile(r"\.(self_attn|cross_attention)\.[qkv]_proj\.|\.lora_")
         base = sum(t.numel() for n, t in state.items() if n.startswith("model.peft_model.lm.") and not extra.search(n))
@@ -198,7 +199,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     if adapter_dir is not None:
         meta = adapter_format.read_adapter_meta(adapter_dir)
         shapes = _safetensors_shapes([adapter_dir / adapter_format.ADAPTER_WEIGHTS])
-        counts["adapter"] = sum(_count({n: s}) for n, s in shapes.items() if n.startswith("fusion.") or ".lora_" in n)
+        counts["adapter"] = sum(_count({n: s}) for n, s in shapes.items() if is_adapter_name(n))
         counts["cross_attention_qkv"] = _count(shapes) - counts["adapter"]
         report["fusion"] = meta.get("fusion")
         report["stems"] = meta.get("stems")

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 
 from engine.errors import CheckpointError, ConfigError
-from engine.model.config import LMConfig
+from engine.model.config import LMConfig, is_adapter_name
 
 # per-layer renames, transformers -> ours
 _HF_LAYER = {
@@ -177,7 +177,7 @@ def lm_state_to_transformers(state: Mapping[str, torch.Tensor], layout: str = "c
     prefix = "decoder." if layout == "conditional" else ""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
-        if name.startswith("fusion.") or ".lora_" in name:
+        if is_adapter_name(name):
             raise CheckpointError(f"{name} is an adapter tensor; transformers' MusicGen has no place for it")
         theirs = _rename(name, _TO_HF, _HF_LAYER_INV)
         if theirs is None:
