@@ -263,6 +263,23 @@ def _save_atomic(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
+LOSS_KEYS = ("loss", "l1", "stft", "commit", "nmse")
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    """The logged rows of a codec run ([] when it logged nothing yet)."""
+    path = Path(run_dir) / LOG
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def final_losses(rows: Sequence[dict], last: int = 8) -> dict[str, float]:
+    """Each loss averaged over the last `last` logged rows (single rows are noisy), rounded for a card."""
+    tail = list(rows[-max(1, min(last, len(rows))) :])
+    keys = [k for k in LOSS_KEYS if tail and all(k in row for row in tail)]
+    return {k: round(sum(row[k] for row in tail) / len(tail), 4) for k in keys}
+
+
 def train_codec(
     data: Path,
     run_dir: Path,
@@ -291,7 +308,7 @@ def train_codec(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "codec_ckpt.pt"
-    log_path = run_dir / "codec_log.jsonl"
+    log_path = run_dir / LOG
 
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
@@ -474,7 +491,7 @@ def run_stage(args: Any) -> int:
         quiet=args.quiet,
         init_from=Path(init) if init else None,
     )
-    print(f"codec: {out}  (log: {run_dir / 'codec_log.jsonl'})")
+    print(f"codec: {out}  (log: {run_dir / LOG})")
     return 0
 
 

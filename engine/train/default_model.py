@@ -22,6 +22,7 @@ from engine.errors import CheckpointError, ImusicError
 from engine.eval.report import publish_report
 from engine.eval.verdict import beats_identity
 from engine.files import staged_dir
+from engine.train.codec_train import final_losses, read_log
 from engine.weights.adapter_format import ADAPTER_JSON
 from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
 
@@ -49,12 +50,10 @@ def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     "continues", recursively, and its steps and wall time count in the totals.
     """
     cfg = _read_json(run / "codec_train_config.json")
-    rows = [json.loads(line) for line in (run / "codec_log.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_log(run)
     if not rows:
         raise CheckpointError(f"{run} holds no codec training log")
-    tail = rows[-max(1, min(8, len(rows))) :]  # the last ~200 steps: single log rows are noisy
-    keys = [k for k in ("loss", "l1", "stft", "commit", "nmse") if all(k in r for r in tail)]
-    final = {k: round(sum(r[k] for r in tail) / len(tail), 4) for k in keys}
+    final = final_losses(rows)
     summary = {
         "command": "make model-codec",
         "settings": {k: v for k, v in cfg.items() if k != "extra"},

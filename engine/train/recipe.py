@@ -239,7 +239,7 @@ class Recipe:
         }
 
     def _stage_codec(self, deadline: float) -> dict:
-        from engine.train.codec_train import CodecTrainConfig, held_out_songs, train_codec
+        from engine.train.codec_train import CodecTrainConfig, final_losses, held_out_songs, read_log, train_codec
 
         cfg = self.settings["codec"]
         common = {k: v for k, v in cfg.items() if k != "phases"}
@@ -264,14 +264,13 @@ class Recipe:
                 init_from=init,
                 deadline=clock,
             )
-            log = run / "codec_log.jsonl"
-            rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+            rows = read_log(run)
             phases.append(
                 {
                     "steps": run_cfg.steps,
                     "steps_planned": phase["steps"],
                     "wall_seconds": round(time.time() - phase_began, 1),
-                    "final": {k: round(v, 4) for k, v in (rows[-1] if rows else {}).items() if k != "seconds"},
+                    "final_losses": final_losses(rows),
                 }
             )
             self.say(f"codec phase {number}: {run_cfg.steps} steps (planned {phase['steps']})")
