@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import AudioError, ImusicError
-from engine.files import PARTIAL_SUFFIX, slug, sweep_temps, temp_name
+from engine.files import PARTIAL_SUFFIX, result_file_name, sweep_temps, temp_name
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -458,7 +458,7 @@ def unique_result_path(
     ending in a separator): that name inside it; a file path: that name with a .wav suffix. Taken names get -2, -3...
     """
     input_path = Path(input_path)
-    name = f"{input_path.stem}.{slug(instruction)}.wav"
+    name = result_file_name(input_path.stem, instruction)
     if not output:
         candidate = input_path.parent / RESULTS_DIR / name
     elif str(output).endswith(("/", os.sep)) or Path(output).is_dir():

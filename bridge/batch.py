@@ -31,20 +31,14 @@ from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerB
 from bridge.cli import takes_option
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done
 from bridge.sources import Pair, Source, collect_sources
-from engine import files
 from engine.errors import (
     ConfigError,
     ImusicError,
     InstructionError,
 )
-from engine.files import PARTIAL_SUFFIX, jsonable, sweep_temps
+from engine.files import PARTIAL_SUFFIX, jsonable, result_file_name, sweep_temps
 
 # --- what to render ----------------------------------------------------------------------------------------------
-
-
-def slug(label: str) -> str:
-    """File-name form of an edit label: "extract drums" -> "extract_drums"."""
-    return files.slug(label, limit=80, separator="_")
 
 
 def check_output_folder(session: Path, out: Path) -> None:
@@ -87,7 +81,7 @@ def plan_pairs(sources: list[Source], labels: list[tuple[str, str]], out: Path) 
     pairs = []
     for source in sources:
         for text, label in labels:
-            name = f"{Path(source.rel).name}.{slug(label)}.wav"
+            name = result_file_name(Path(source.rel).name, label)
             pairs.append(Pair(source, text, label, out / Path(source.rel).parent / name))
     return pairs
 

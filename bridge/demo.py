@@ -30,7 +30,7 @@ import numpy as np
 from bridge import protocol
 from engine import instructions
 from engine.errors import ConfigError, ResourceError
-from engine.files import slug
+from engine.files import edit_slug
 from engine.mask import MODES
 
 # Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
@@ -81,7 +81,7 @@ def choose_edits(stems: list[str], song_stems: list[str]) -> list[str]:
 
 def result_name(edit: str) -> str:
     """The file name of an edit's result: "extract drums" -> "extract_drums"."""
-    return slug(edit, limit=60, separator="_")
+    return edit_slug(edit)
 
 
 # -------------------------------------------------------------------------------------------------------- the clip

@@ -181,6 +181,16 @@ def write_json_atomic(path: str | Path, data: Any, sort_keys: bool = True) -> No
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def edit_slug(edit: str) -> str:
+    """An edit's words in a file name: 'Extract the drums!' -> 'extract_the_drums'."""
+    return slug(edit, limit=60, separator="_")
+
+
+def result_file_name(source: str, edit: str, tag: str = "") -> str:
+    """How every front end names a result: `<source>.<edit slug>[.<tag>].wav` (`tag`: a job id, slugged)."""
+    return ".".join([source, edit_slug(edit), *([slug(tag, 24)] if tag else [])]) + ".wav"
+
+
 def slug(text: str, limit: int = 40, separator: str = "-") -> str:
     """A file-name-safe short form: 'Extract the drums!' -> 'extract-the-drums' ("edit" when nothing is left)."""
     words = re.sub(r"[^a-z0-9]+", separator, text.lower()).strip(separator)

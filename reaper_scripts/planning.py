@@ -27,7 +27,7 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
 )
 from engine import instructions
 from engine.errors import InstructionError
-from engine.files import slug
+from engine.files import result_file_name
 
 # The engine's operations in the actions' menu order (extract, remove, add) and the official stems, as typed.
 OPERATIONS = tuple(reversed(instructions.OPERATIONS))
@@ -92,10 +92,9 @@ def result_insert_index(source_track_number: int | None, track_count: int) -> in
 
 
 def output_path(media_dir: str, source_path: str, instruction: str, job_id: str) -> str:
-    """Where the engine writes a result: <project media folder>/imusic/<source>-<edit>-<job>.wav."""
+    """Where the engine writes a result: <project media folder>/imusic/<source>.<edit>.<job>.wav."""
     stem = os.path.splitext(os.path.basename(source_path.replace("\\", "/")))[0]
-    name = f"{slug(stem)}-{slug(instruction)}-{slug(job_id, 24)}.wav"
-    return os.path.join(media_dir, "imusic", name)
+    return os.path.join(media_dir, "imusic", result_file_name(stem, instruction, job_id))
 
 
 def status_text(

@@ -111,19 +111,19 @@ def test_write_atomic_leaves_no_temporary_files_and_creates_the_folder(tmp_path)
 
 def test_unique_result_path_defaults_to_a_results_folder_beside_the_input(tmp_path):
     path = unique_result_path(tmp_path / "song.flac", "Extract the Drums!")
-    assert path == tmp_path / "results" / "song.extract-the-drums.wav"
+    assert path == tmp_path / "results" / "song.extract_the_drums.wav"
 
 
 def test_unique_result_path_skips_existing_and_reserved_names_and_the_input(tmp_path):
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "song.remove-bass.wav").write_bytes(b"")
-    reserved = [tmp_path / "results" / "song.remove-bass-2.wav"]
-    assert unique_result_path(tmp_path / "song.wav", "remove bass", reserved=reserved).name == "song.remove-bass-3.wav"
+    (tmp_path / "results" / "song.remove_bass.wav").write_bytes(b"")
+    reserved = [tmp_path / "results" / "song.remove_bass-2.wav"]
+    assert unique_result_path(tmp_path / "song.wav", "remove bass", reserved=reserved).name == "song.remove_bass-3.wav"
     assert unique_result_path(tmp_path / "song.wav", "x", output=tmp_path / "song.wav").name == "song-2.wav"
 
 
 def test_unique_result_path_puts_results_inside_a_given_folder_and_forces_wav(tmp_path):
-    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path).name == "a.add-piano.wav"
+    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path).name == "a.add_piano.wav"
     assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path / "x.flac").name == "x.wav"
 
 

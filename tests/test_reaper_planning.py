@@ -198,7 +198,7 @@ def test_a_result_whose_source_track_was_deleted_goes_last():
 def test_results_are_written_in_the_project_media_folder_one_file_per_job():
     first = planning.output_path("/proj/Media", "C:\\songs\\My Mix.wav", "extract drums", "rpr-1")
     second = planning.output_path("/proj/Media", "C:\\songs\\My Mix.wav", "extract drums", "rpr-2")
-    assert first == "/proj/Media/imusic/my-mix-extract-drums-rpr-1.wav"
+    assert first == "/proj/Media/imusic/My Mix.extract_drums.rpr-1.wav"  # named as every front end names results
     assert first != second
 
 
