@@ -75,7 +75,7 @@ def choose_edits(stems: list[str], song_stems: list[str]) -> list[str]:
     missing = [stem for stem in stems if stem not in song_stems]
     add = missing[0] if missing else ("piano" if "piano" in stems else (stems[0] if stems else ""))
     if add:
-        edits.append(f"add {add}")
+        edits.append(instructions.instruction_text("add", add))
     return edits
 
 

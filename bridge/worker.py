@@ -17,7 +17,7 @@ from bridge import audio_io, protocol
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError
-from engine.instructions import OFFICIAL_STEMS, OPERATIONS
+from engine.instructions import OFFICIAL_STEMS, OPERATIONS, instruction_text
 
 Notify = Callable[[Job, str, tuple], None]  # (job, reply address, reply args after the job id)
 
@@ -26,8 +26,8 @@ def warm_up_instruction(editor: Any) -> str | None:
     """An instruction the editor accepts, built from what it says it supports (for the warm-up edit)."""
     info = getattr(editor, "info", {}) or {}
     for operation in [*info.get("operations", []), *OPERATIONS]:
-        for stem in [*info.get("stems", []), *(s.lower() for s in OFFICIAL_STEMS)]:
-            text = f"{operation} {stem}"
+        for stem in [*info.get("stems", []), *OFFICIAL_STEMS]:
+            text = instruction_text(operation, stem)
             try:
                 editor.parse(text)
                 return text

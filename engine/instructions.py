@@ -150,7 +150,12 @@ class Instruction:
     @property
     def label(self) -> str:
         """Short human name, e.g. "extract drums" (track names, file names)."""
-        return f"{self.op} {self.stem.lower()}"
+        return instruction_text(self.op, self.stem)
+
+
+def instruction_text(op: str, stem: str) -> str:
+    """The plain words of an edit, as a producer types them and every front end shows them: "extract drums"."""
+    return f"{op} {stem.lower()}"
 
 
 @dataclass(frozen=True)

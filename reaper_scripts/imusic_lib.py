@@ -41,6 +41,7 @@ def _load_settings() -> dict:
 SETTINGS = _load_settings()
 
 from bridge import protocol, tracking  # noqa: E402
+from engine import instructions  # noqa: E402
 from engine.errors import ImusicError  # noqa: E402
 from reaper_scripts import planning  # noqa: E402
 
@@ -486,7 +487,7 @@ def run_prompted() -> None:
 
 def run_preset(operation: str, stem: str) -> None:
     """A hotkey action: one fixed (operation, stem), in the installer's mode (the engine's default if unset)."""
-    run_edit(f"{operation} {stem}", _mode())
+    run_edit(instructions.instruction_text(operation, stem), _mode())
 
 
 def run_cancel() -> None:

@@ -45,7 +45,7 @@ class PresetAction:
 
     @property
     def instruction(self) -> str:
-        return f"{self.operation} {self.stem}"
+        return instructions.instruction_text(self.operation, self.stem)
 
     @property
     def script_name(self) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 from engine.errors import ImusicError
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
+from engine.instructions import instruction_text
 
 TASKS = tuple(EDIT_BARS)  # extract, remove, add
 METRICS = tuple(METRIC_WORDS)  # mel SSIM, log-mel distance
@@ -120,7 +121,7 @@ def time_edits(
 
     editor = Editor.load(model)
     stems = editor.card.stems
-    instruction = instruction or f"extract {stems[0].lower() if stems else 'drums'}"
+    instruction = instruction or instruction_text("extract", stems[0] if stems else "drums")
     audio = sample_region(seconds)
     editor.edit(audio, 44100, instruction, seed=0)  # warm-up: first-call costs are not what a hotkey waits for
     times = []
