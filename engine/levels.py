@@ -36,6 +36,7 @@ _OVERSAMPLE = 4
 _STEM_QUANTILE = 0.25  # of mix-to-stem ratios; chosen on synthesized stems (see estimate_stem_gain_db)
 _RAMP_S = 0.005  # limiter attack/release ramp
 _HOLD_S = 0.05  # limiter hold after a peak
+_OVERSAMPLE_BELOW = 192000  # rates at and above this are their own true peak (BS.1770 oversamples to >= 192 kHz)
 
 
 def _as_2d(audio: np.ndarray) -> np.ndarray:
@@ -76,17 +77,10 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
 
 def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
     """True peak in dBTP: the peak of the 4x oversampled signal (inter-sample peaks count); -inf for silence."""
-    from scipy.signal import resample_poly
-
     audio = _as_2d(audio)
     if audio.size == 0:
         return -math.inf
-    peak = float(np.max(np.abs(audio)))
-    if peak == 0.0:
-        return -math.inf
-    if sample_rate < 192000 and audio.shape[-1] > 1:
-        peak = max(peak, float(np.max(np.abs(resample_poly(audio, _OVERSAMPLE, 1, axis=-1)))))
-    return db(peak)
+    return db(float(_sample_true_peaks(audio, sample_rate).max()))
 
 
 def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB) -> tuple[np.ndarray, bool]:
@@ -137,7 +131,7 @@ def _sample_true_peaks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     peaks = np.abs(audio).max(axis=0)
-    if sample_rate < 192000 and audio.shape[-1] > 1:
+    if sample_rate < _OVERSAMPLE_BELOW and audio.shape[-1] > 1:
         over = np.abs(resample_poly(audio, _OVERSAMPLE, 1, axis=-1)).max(axis=0)
         over = maximum_filter1d(over, size=2 * _OVERSAMPLE + 1, mode="nearest")
         peaks = np.maximum(peaks, over[::_OVERSAMPLE][: peaks.size])

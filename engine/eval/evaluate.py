@@ -184,7 +184,9 @@ def _optional_metrics(audio_dirs: dict[str, Path], captions: Sequence[str], devi
         import torch
         from audioldm_eval import EvaluationHelper  # official evaluation's FAD (VGGish) and KL (PANNs)
 
-        helper = EvaluationHelper(16000, torch.device(device))
+        from engine.eval.metrics import EVAL_RATE
+
+        helper = EvaluationHelper(EVAL_RATE, torch.device(device))
         found = helper.main(str(audio_dirs["output"]), str(audio_dirs["target"]), limit_num=None)
         for key, value in (found or {}).items():
             low = key.lower()

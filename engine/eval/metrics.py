@@ -42,6 +42,11 @@ SSIM_DATA_RANGE = 1.0
 LOG_MEL_FLOOR = 1e-10
 
 
+def to_db(power: np.ndarray) -> np.ndarray:
+    """Power (a mel spectrogram) in dB, floored at LOG_MEL_FLOOR: what log-mel distance and the pictures compare."""
+    return 10.0 * np.log10(np.maximum(power, LOG_MEL_FLOOR))
+
+
 def _as_2d(audio: np.ndarray) -> np.ndarray:
     """[N] or [C, N] -> float64 [C, N]."""
     array = np.asarray(audio, dtype=np.float64)
@@ -166,8 +171,7 @@ def log_mel_distance(estimate: np.ndarray, reference: np.ndarray, rate: int) -> 
     est = mel_spectrogram(estimate, rate)
     ref = mel_spectrogram(reference, rate)
     frames = min(est.shape[1], ref.shape[1])
-    est_db = 10.0 * np.log10(np.maximum(est[:, :frames], LOG_MEL_FLOOR))
-    ref_db = 10.0 * np.log10(np.maximum(ref[:, :frames], LOG_MEL_FLOOR))
+    est_db, ref_db = to_db(est[:, :frames]), to_db(ref[:, :frames])
     return float(np.mean(np.abs(est_db - ref_db)))
 
 

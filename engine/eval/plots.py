@@ -72,10 +72,10 @@ def plot_spectrograms(
     title: str = "",
 ) -> Path:
     """Write a PNG with one 16 kHz log-mel spectrogram per (label, audio) pair, stacked (e.g. input, output, target)."""
-    from engine.eval.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
+    from engine.eval.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram, to_db
 
     plt = _pyplot()
-    mels_db = [10.0 * np.log10(np.maximum(mel_spectrogram(audio, sample_rate), 1e-10)) for _, audio in clips]
+    mels_db = [to_db(mel_spectrogram(audio, sample_rate)) for _, audio in clips]
     # One colour scale for all panels, so that a louder or quieter result reads as such.
     top = max(float(m.max()) for m in mels_db)
     fig, axes = plt.subplots(len(clips), 1, figsize=(9, 2.2 * len(clips)), sharex=True, squeeze=False)
@@ -115,12 +115,12 @@ def plot_spectrogram_grid(
 ) -> Path:
     """A PNG grid of 16 kHz log-mel spectrograms: one row per (label, cells), one column per cell (label, audio or
     None for "not available"); every panel says how wide its stereo image is. One colour scale for all panels."""
-    from engine.eval.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram
+    from engine.eval.metrics import EVAL_RATE, MEL_HOP, mel_spectrogram, to_db
 
     plt = _pyplot()
     columns = max(len(cells) for _, cells in rows)
     mels = {
-        (r, c): 10.0 * np.log10(np.maximum(mel_spectrogram(audio, sample_rate), 1e-10))
+        (r, c): to_db(mel_spectrogram(audio, sample_rate))
         for r, (_, cells) in enumerate(rows)
         for c, (_, audio) in enumerate(cells)
         if audio is not None
