@@ -16,7 +16,11 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `synth` and `info` subcommands."""
+    """Add the `synth`, `info` and `export` subcommands."""
+    from engine.instructions import OPERATIONS
+    from engine.train.data.datasets import SPLITS
+    from engine.train.data.layouts import LAYOUTS
+
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(parser))
     sub.required = True
     synth = sub.add_parser(
@@ -56,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     info = sub.add_parser("info", help="summary of a data set: layout, songs, stems per class, hours")
     info.add_argument("data_dir", metavar="DIR")
-    info.add_argument("--layout", default="auto", choices=("auto", "slakh", "moisesdb", "folder"))
+    info.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     export = sub.add_parser(
@@ -65,14 +69,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     export.add_argument("data_dir", metavar="DIR")
     export.add_argument("-o", "--output", required=True, help="new (or empty) folder for the clips")
-    export.add_argument("--split", default="test", choices=("train", "validation", "test", "all"))
-    export.add_argument("--ops", nargs="+", default=["add", "remove", "extract"], choices=("add", "remove", "extract"))
+    export.add_argument("--split", default="test", choices=SPLITS)
+    export.add_argument("--ops", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
     export.add_argument("--classes", default="4stems", help="4stems, all, or comma-separated class names")
     export.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5)")
     export.add_argument("--sample-rate", type=int, default=32000, help="clip sample rate (default 32000)")
     export.add_argument("--clips-per-song", type=int, default=1)
     export.add_argument("--seed", type=int, default=0)
-    export.add_argument("--layout", default="auto", choices=("auto", "slakh", "moisesdb", "folder"))
+    export.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
     export.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
