@@ -10,8 +10,8 @@ import torch
 
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.train.checkpoints import list_checkpoints
-from engine.train.config import TrainConfig
-from engine.train.loop import lr_factor, train
+from engine.train.config import TrainConfig, lr_factor
+from engine.train.loop import train
 
 RATE = 16000
 
@@ -272,6 +272,8 @@ def test_the_schedule_warms_up_then_decays_to_zero():
     assert factors[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
     assert lr_factor(100, 10, 100) == pytest.approx(0.0)
+    assert lr_factor(100, 10, 100, floor=0.1) == pytest.approx(0.1)  # the codec's
+    assert lr_factor(10, 10, 100, floor=0.1) == pytest.approx(1.0)
 
 
 def test_base_stage_trains_decoder_and_text_encoder_and_writes_a_loadable_base(config, tmp_path):

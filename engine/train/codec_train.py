@@ -31,6 +31,7 @@ from tqdm import tqdm
 from engine.errors import CheckpointError, DataError
 from engine.files import AUDIO_SUFFIXES, atomic_path, audio_files, write_json_atomic
 from engine.model.fit import check_state_fits
+from engine.train.config import lr_factor
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
 
@@ -251,18 +252,12 @@ def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
     return total / len(sizes)
 
 
-def _lr_at(step: int, cfg: CodecTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
 def _save_atomic(obj, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
+LR_FLOOR = 0.1  # the codec's cosine ends at a tenth of its rate, not at zero
 LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
 LOSS_KEYS = ("loss", "l1", "stft", "commit", "nmse")
 
@@ -354,7 +349,7 @@ def train_codec(
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     while step < last_step:
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.steps, floor=LR_FLOOR)
         audio = torch.from_numpy(sampler.batch(cfg.batch_size)).to(device)
         latents = model.encoder(audio)
         if step < cfg.quantize_after:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,16 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """The learning rate's factor at `step`: linear warm-up over `warmup` steps, then a cosine from 1 down to `floor`
+    at `total` (transformers' get_cosine_schedule_with_warmup, as the official run, with floor 0, except that step 0
+    already gets a small rate). Every trainer of the project (the stages, the codec) follows it."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:

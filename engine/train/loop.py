@@ -8,7 +8,6 @@ runs its own loop: codec_train.py.)
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import sys
@@ -37,7 +36,7 @@ from engine.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig, precision
+from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig, lr_factor, precision
 from engine.train.feeding import POOL_KEY, BatchSampler, ClipFeeder, CodePool, Keyed
 from engine.train.stages import Encoded, Stage
 
@@ -50,15 +49,6 @@ STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = dict(zip(LOOP_STAGES, (
 def register_stage(name: str, factory: Callable[[TrainConfig, Any], Stage]) -> None:
     """Make `imusic train --stage NAME` build its stage with `factory(config, device)`."""
     STAGES[name] = factory
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total` (transformers'
-    get_cosine_schedule_with_warmup, as the official run, except that step 0 already gets a small rate)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 @dataclass
