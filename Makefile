@@ -73,7 +73,7 @@ model-data: setup
 # pitch back but dulls the level, which the last run restores (docs/embedded_model/codec.md).
 define codec_run
 	if [ -f $(MODEL_WORK)/$(1)/codec/config.json ]; then echo "$(1): done ($(MODEL_WORK)/$(1)/codec)"; \
-	elif [ -f $(MODEL_WORK)/$(1)/codec_ckpt.pt ]; then \
+	elif [ -d $(MODEL_WORK)/$(1)/checkpoints ]; then \
 	  $(BIN)/imusic train --stage codec --resume -o $(MODEL_WORK)/$(1) --quiet; \
 	else \
 	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/$(1) $(2) --quiet; \

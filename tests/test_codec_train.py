@@ -79,8 +79,8 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 def test_corrupted_checkpoint_on_resume_is_named(tones, tmp_path):
     run = tmp_path / "run"
     train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, stop_after=3)
-    (run / "codec_ckpt.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="codec_ckpt.pt"):
+    (latest := _latest(run)).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=f"checkpoint {latest} is corrupted or unreadable"):
         train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, resume=True)
 
 
@@ -98,9 +98,8 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
     assert main([*common, "--data", str(data), "--steps", "4", "--batch", "2", "--seconds", "0.5"]) == 0
     assert (run / "codec" / "config.json").exists()
     assert main([*common, "--resume", "--steps", "6"]) == 0
-    import torch
 
-    state = torch.load(run / "codec_ckpt.pt", weights_only=False)
+    state = _checkpoint(run)
     assert state["step"] == 6 and state["config"]["batch_size"] == 2  # the run's own settings were kept
     with pytest.raises(DataError, match="already holds a codec run"):
         from argparse import Namespace
@@ -111,17 +110,29 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
 
 
 def test_codebooks_start_only_after_the_unquantised_warm_up(tones, tmp_path):
-    import torch
 
     cfg = _tiny_cfg(4)
     cfg.quantize_after = 3
     train_codec(tones, tmp_path / "warm", cfg, threads=1, quiet=True, stop_after=3)
-    state = torch.load(tmp_path / "warm" / "codec_ckpt.pt", weights_only=False)
+    state = _checkpoint(tmp_path / "warm")
     assert not state["rvq_initialised"]  # three steps of plain autoencoding: the codebooks were never touched
     assert all(json_row["commit"] == 0.0 for json_row in _rows(tmp_path / "warm"))
     train_codec(tones, tmp_path / "warm", cfg, threads=1, quiet=True, resume=True)
-    state = torch.load(tmp_path / "warm" / "codec_ckpt.pt", weights_only=False)
+    state = _checkpoint(tmp_path / "warm")
     assert state["rvq_initialised"] and _rows(tmp_path / "warm")[-1]["commit"] > 0.0
+
+
+def _latest(run: Path) -> Path:
+    from engine.train.checkpoints import list_checkpoints
+
+    return list_checkpoints(run)[-1]
+
+
+def _checkpoint(run: Path) -> dict:
+    """The run's last checkpoint, read as a resume reads it (weights only)."""
+    from engine.train.checkpoints import load_checkpoint
+
+    return load_checkpoint(_latest(run))
 
 
 def _rows(run: Path) -> list[dict]:
@@ -143,7 +154,7 @@ def test_a_run_can_start_from_a_trained_codec(tones, tmp_path):
     assert network and all(torch.equal(before[k], after[k]) for k in network)
     fresh = EncodecModel.from_pretrained(train_codec(tones, tmp_path / "fresh", cfg, threads=1, quiet=True))
     assert not all(torch.equal(before[k], fresh.state_dict()[k]) for k in network)  # the check can fail
-    state = torch.load(tmp_path / "second" / "codec_ckpt.pt", weights_only=False)
+    state = _checkpoint(tmp_path / "second")
     assert state["rvq_initialised"]  # trained codebooks are kept, not re-seeded from the first batch
     # Codebooks moved by their EMA update (and dead codes re-seeded), from the trained values, not from a fresh draw.
     key = "quantizer.layers.0.codebook.embed"
@@ -162,7 +173,6 @@ def test_starting_from_a_codec_of_other_sizes_is_named(tones, tmp_path):
 
 
 def test_imusic_train_init_codec_takes_the_sizes_of_the_codec_it_continues(tones, tmp_path):
-    import torch
 
     from bridge.cli import main
 
@@ -179,7 +189,7 @@ def test_imusic_train_init_codec_takes_the_sizes_of_the_codec_it_continues(tones
     run = tmp_path / "run"
     args = ["train", "--stage", "codec", "--data", str(data), "-o", str(run), "--quiet", "--steps", "2"]
     assert main([*args, "--batch", "2", "--seconds", "0.2", "--init-codec", str(first / "codec")]) == 0
-    config = torch.load(run / "codec_ckpt.pt", weights_only=False)["config"]
+    config = _checkpoint(run)["config"]
     assert config["num_filters"] == 4 and config["codebook_size"] == 16  # from the first run, not the defaults
     assert config["extra"]["init_from"] == str(first / "codec")
 

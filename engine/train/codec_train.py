@@ -29,8 +29,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from engine.errors import CheckpointError, DataError
-from engine.files import AUDIO_SUFFIXES, atomic_path, audio_files, write_json_atomic
+from engine.files import AUDIO_SUFFIXES, audio_files, write_json_atomic
 from engine.model.fit import check_state_fits
+from engine.train.checkpoints import (
+    CKPT_FORMAT,
+    CKPT_VERSION,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from engine.train.config import lr_factor
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
@@ -252,11 +261,6 @@ def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
     return total / len(sizes)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 LR_FLOOR = 0.1  # the codec's cosine ends at a tenth of its rate, not at zero
 LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
 LOSS_KEYS = ("loss", "l1", "stft", "commit", "nmse")
@@ -302,7 +306,7 @@ def train_codec(
         torch.set_num_threads(threads)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "codec_ckpt.pt"
+    checkpoints = list_checkpoints(run_dir)
     log_path = run_dir / LOG
 
     torch.manual_seed(cfg.seed)
@@ -317,20 +321,17 @@ def train_codec(
     sampler = ClipSampler(files, cfg.sample_rate, cfg.segment_seconds, seed=cfg.seed, preload=cfg.preload)
     rvq = RVQTrainer(model, cfg.ema_decay, cfg.dead_code_threshold)
     step = 0
-    if init_from is not None and not (resume and ckpt_path.exists()):
+    if init_from is not None and not (resume and checkpoints):
         _load_initial(model, Path(init_from))
         rvq.initialised = True  # the codebooks come trained: no re-seeding from the first batch
-    if resume and ckpt_path.exists():
-        try:
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # a truncated or corrupted file
-            raise CheckpointError(f"cannot read {ckpt_path}: {exc}") from exc
+    if resume and checkpoints:
+        state = load_checkpoint(checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
         rvq.initialised = state["rvq_initialised"]
         sampler.set_state(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state["rng"])
     elif not resume:
         log_path.unlink(missing_ok=True)
     model.to(device)
@@ -382,20 +383,21 @@ def train_codec(
             bar.set_postfix(loss=f"{row['loss']:.3f}", stft=f"{row['stft']:.3f}")
             running = {}
         if step % cfg.ckpt_every == 0 or step == last_step:
-            _save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "rvq_initialised": rvq.initialised,
-                    "sampler": sampler.state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "config": asdict(cfg),
-                },
-                ckpt_path,
-            )
+            payload = {
+                "format": CKPT_FORMAT,
+                "version": CKPT_VERSION,
+                "stage": "codec",
+                "step": step,
+                "config": asdict(cfg),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rvq_initialised": rvq.initialised,
+                "sampler": sampler.state(),
+                "rng": rng_state(),
+            }
+            save_checkpoint(run_dir, step, payload, keep=1)
     bar.close()
-    (run_dir / "codec_train_config.json").write_text(json.dumps(asdict(cfg), indent=2))  # the steps it ran
+    write_json_atomic(run_dir / "codec_train_config.json", asdict(cfg), sort_keys=False)  # the steps it ran
     if step < cfg.steps:
         return None
     return export_codec(model, run_dir / "codec")
@@ -449,7 +451,7 @@ def run_stage(args: Any) -> int:
     else:
         if not args.data:
             raise DataError("--data is required for a new codec run")
-        if (run_dir / "codec_ckpt.pt").exists():
+        if list_checkpoints(run_dir):
             raise DataError(f"{run_dir} already holds a codec run: use --resume, or another -o")
         data = Path(args.data).expanduser()
         cfg = CodecTrainConfig(extra={"data": str(data)})
