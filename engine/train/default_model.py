@@ -100,9 +100,12 @@ def _tensor_sizes(file: Path) -> dict[str, int]:
 def parameter_counts(model_dir: Path) -> dict[str, int]:
     """Parameters of each part of our model directory (decoder, text encoder, codec, adapter)."""
     counts = {"decoder": 0, "text_encoder": 0, "codec": 0, "adapter": 0}
-    for name, numel in _tensor_sizes(model_dir / "base" / "model.safetensors").items():
-        part = {"text_encoder": "text_encoder", "audio_encoder": "codec"}.get(name.split(".", 1)[0], "decoder")
-        counts[part] += numel
+    from engine.weights.transformers_layout import safetensors_files
+
+    for file in safetensors_files(model_dir / "base"):
+        for name, numel in _tensor_sizes(file).items():
+            part = {"text_encoder": "text_encoder", "audio_encoder": "codec"}.get(name.split(".", 1)[0], "decoder")
+            counts[part] += numel
     counts["adapter"] = sum(_tensor_sizes(model_dir / "adapter" / "adapter.safetensors").values())
     return counts
 

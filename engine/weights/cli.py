@@ -124,11 +124,7 @@ def _transformers_counts(path: Path) -> dict[str, Any]:
 
     config = tl.read_config(path)
     files = tl.weight_files(path)
-    safetensors = [f for f in files if f.suffix == ".safetensors"]
-    index = [f for f in files if f.name == "model.safetensors.index.json"]
-    if index:
-        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
-        safetensors = [path / s for s in shards]
+    safetensors = tl.safetensors_files(path)
     if safetensors:
         shapes = _safetensors_shapes(safetensors)
     else:

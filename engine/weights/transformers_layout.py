@@ -91,6 +91,17 @@ def weight_files(path: str | Path) -> list[Path]:
     return found
 
 
+def safetensors_files(path: str | Path) -> list[Path]:
+    """The .safetensors files holding a transformers directory's weights: model.safetensors, or the shards its index
+    names ([] when it holds only a pytorch_model.bin)."""
+    path = Path(path)
+    names = {f.name for f in weight_files(path)}  # checks the index and that every shard is there
+    if "model.safetensors.index.json" in names:
+        index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
+        return sorted({path / shard for shard in index.values()})
+    return [path / "model.safetensors"] if "model.safetensors" in names else []
+
+
 def lm_config(config: dict[str, Any]) -> LMConfig:
     """Our LMConfig from a transformers MusicgenConfig dict."""
     from engine.errors import ConfigError
