@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 from engine.errors import CheckpointError, InstructionError
 from engine.eval.verdict import shortfall_note
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS, render_prompt
-from engine.model.config import is_adapter_name
+from engine.model.config import FusionConfig, is_adapter_name
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
     import torch
 
-    from engine.model.config import FusionConfig, LMConfig
+    from engine.model.config import LMConfig
     from engine.model.lm import MusicGenLM
 
 
@@ -35,7 +35,7 @@ class ModelCard:
     stems: tuple[str, ...] = OFFICIAL_STEMS
     template: str = OFFICIAL_TEMPLATE
     verbs: dict[str, str] = field(default_factory=lambda: dict(OFFICIAL_VERBS))
-    cond_frames: int = 501
+    cond_frames: int = FusionConfig.cond_frames  # the official adapter's window
     has_adapter: bool = True
     provenance: dict[str, Any] = field(default_factory=dict)
     # {operation: {metric: beats the unchanged input?}} from the card's own evaluation; {} when it has none
