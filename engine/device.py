@@ -108,6 +108,15 @@ def free_memory(device: str | torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception means the device ran out of memory: torch.OutOfMemoryError (CUDA), or a RuntimeError
+    saying so (MPS; torch's CPU allocator says "DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError)):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU has bf16 matrix instructions (AVX-512 BF16 or AMX), read from /proc/cpuinfo."""

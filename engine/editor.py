@@ -342,11 +342,9 @@ class Editor:
         ResourceError."""
         import torch
 
+        from engine.device import is_out_of_memory
         from engine.model import static_decode
 
-        oom_types = tuple(
-            {getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError}
-        )
         attempts = [(self.window_frames, False)]
         if takes > 1 or len(seeds) > 1:
             attempts.append((self.window_frames, True))
@@ -363,7 +361,7 @@ class Editor:
                 details["retries"] = retry
                 return outs, details
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried; everything else re-raised
-                if not (isinstance(exc, oom_types) or _is_oom(exc)):
+                if not is_out_of_memory(exc):
                     raise
                 last_error = exc
                 static_decode.release(self.model.lm)  # the static decode's caches, sized for the failed attempt
@@ -511,13 +509,6 @@ def _step_progress(tracker: _Progress, units: float, index: int, count: int) -> 
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("edit cancelled")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """Out-of-memory errors that are not torch.OutOfMemoryError (MPS raises a RuntimeError saying so; torch's CPU
-    allocator says "DefaultCPUAllocator: can't allocate memory")."""
-    message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:

@@ -38,7 +38,6 @@ from engine.tools.costs import (
     copy_bandwidth,
     device_copy_bandwidth,
     fit_reason,
-    is_oom,
     memory_needed,
     parameter_count,
     step_bytes,
@@ -281,6 +280,8 @@ def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: t
 
     import torch
 
+    from engine.device import is_out_of_memory
+
     frames = args.frames or default_frames(shape, device)
     started = time.perf_counter()
     hf, lm = build_pair(shape, device=device)
@@ -315,7 +316,7 @@ def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: t
             result["fast"][batch] = time_batch(hf, lm, batch=batch, frames=frames, text_len=args.text_len,
                                                repeats=args.repeats, modes=modes)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - out of memory skips the batch, anything else is raised
-            if not is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             result["fast"][batch] = {"skipped": f"out of memory at batch {batch}: {str(exc).splitlines()[0]}"}
             if device.type == "cuda":
@@ -398,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from engine.device import device_name, free_memory, parse_dtype
+    from engine.device import device_name, free_memory, is_out_of_memory, parse_dtype
     from engine.model.config import preset
 
     shapes = _parse_list(args.shapes, "--shapes")
@@ -476,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 results[shape] = run_shape(shape, args, fast, device, batches, modes)
             except Exception as exc:  # noqa: BLE001 - one shape's failure must not lose the others' figures
-                if is_oom(exc):
+                if is_out_of_memory(exc):
                     reason = f"{shape}: out of memory ({str(exc).splitlines()[0][:160]})"
                 else:
                     traceback.print_exc()

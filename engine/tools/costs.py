@@ -122,15 +122,6 @@ def fit_reason(needed: int, free: int, what: str) -> str | None:
     return f"{what} needs about {needed / GB:.1f} GB, the device has {free / GB:.1f} GB free"
 
 
-def is_oom(exc: BaseException) -> bool:
-    import torch
-
-    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
-        return True
-    message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
-
-
 def fastest(entry: dict, modes: list[str]) -> tuple[str, dict] | None:
     """(mode, figures) of the step mode with the lowest ms/step among `modes` in a batch's figures; None if none ran."""
     timed = [(mode, entry[mode]) for mode in modes if mode in entry]
