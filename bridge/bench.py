@@ -130,17 +130,6 @@ def measure(
     return figures
 
 
-def test_region(seconds: float, sample_rate: int, channels: int):
-    """A stereo-ish test region [C, N] float32: a 110 Hz tone with noise, the channels slightly different."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    frames = int(round(seconds * sample_rate))
-    t = np.arange(frames) / sample_rate
-    tone = 0.2 * np.sin(2 * np.pi * 110.0 * t)
-    return np.stack([tone + 0.05 * rng.standard_normal(frames) for _ in range(channels)]).astype(np.float32)
-
-
 def decode_steps(editor: Any, samples: int, sample_rate: int) -> int:
     """Decoder passes one edit of `samples` at `sample_rate` makes (per take batch): the windows' free steps."""
     from engine.model import delay
@@ -169,6 +158,7 @@ def measure_rtf(
     Returns the figures: rtf, first_edit_s, edit_s, the time split of the best edit (encode, generate, decode, mask
     or resample, levels, other), decode_steps and ms_per_step (generate seconds / decode steps)."""
     from bridge.worker import warm_up_instruction
+    from engine.eval.acceptance import sample_region
 
     out = out or sys.stdout
     instruction = warm_up_instruction(editor)
@@ -176,7 +166,7 @@ def measure_rtf(
         from engine.errors import ConfigError
 
         raise ConfigError("the model accepts none of add/remove/extract <stem>; cannot benchmark it")
-    audio = test_region(seconds, sample_rate, channels)
+    audio = sample_region(seconds, sample_rate, channels)
     steps = decode_steps(editor, audio.shape[-1], sample_rate)
     runs = []
     for index in range(edits):
@@ -192,7 +182,7 @@ def measure_rtf(
     # a region of another length, as a producer's next selection: its windows must replay the step already compiled
     # or captured (engine/model/static_decode.py), not pay a first call again
     other_seconds = round(seconds * 0.6, 3)
-    other = test_region(other_seconds, sample_rate, channels)
+    other = sample_region(other_seconds, sample_rate, channels)
     _sync(editor)
     started = time.perf_counter()
     editor.edit(other, sample_rate, instruction, seed=edits, takes=takes)
@@ -234,11 +224,11 @@ def _split(timings: dict[str, float]) -> str:
 
 
 def _sync(editor: Any) -> None:
-    device = getattr(getattr(editor, "model", None), "device", None)
-    if getattr(device, "type", None) == "cuda":
-        import torch
+    from engine.tools.costs import synchronize
 
-        torch.cuda.synchronize(device)
+    device = getattr(getattr(editor, "model", None), "device", None)
+    if device is not None:
+        synchronize(device)
 
 
 def run_rtf(args: argparse.Namespace) -> int:

@@ -100,15 +100,16 @@ def _all(verdicts: Iterable[bool | None]) -> bool | None:
     return False if False in verdicts else None if None in verdicts else True
 
 
-def sample_region(seconds: float, rate: int = 44100) -> Any:
-    """A stereo region as a producer sends it: a few notes and a noise hat, left and right a little apart."""
+def sample_region(seconds: float, rate: int = 44100, channels: int = 2) -> Any:
+    """A region as a producer sends it, [C, N] float32: a few notes and a noise hat, each channel a little apart (what
+    the timing bars and `imusic bench engine` edit)."""
     import numpy as np
 
-    t = np.arange(int(seconds * rate)) / rate
+    t = np.arange(int(round(seconds * rate))) / rate
     rng = np.random.default_rng(0)
     tones = sum(0.1 * np.sin(2 * np.pi * f * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) for f in (110.0, 220.0, 330.0))
     hat = 0.05 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 4 * t) > 0.9)
-    return np.stack([tones + hat, 0.8 * tones + 1.2 * hat]).astype(np.float32)
+    return np.stack([(1 - 0.2 * c) * tones + (1 + 0.2 * c) * hat for c in range(channels)]).astype(np.float32)
 
 
 def time_edits(
