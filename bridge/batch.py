@@ -29,7 +29,7 @@ from typing import Any
 
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
 from bridge.cli import takes_option
-from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done
+from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
 from bridge.sources import Pair, Source, collect_sources
 from engine.errors import (
     ConfigError,
@@ -169,6 +169,12 @@ def triage(
         elif is_done(entry, pair, out, settings):
             summary.skipped += 1
             row[pair.label] = "done before"
+        elif pair.output.exists() and not written_here(entry, pair, out):
+            summary.unsupported += 1
+            row[pair.label] = "refused"
+            summary.refused[f"{pair.source.rel} ({pair.label})"] = (
+                f"{pair.output} exists and this batch did not write it; it is left alone: move it, or choose another -o"
+            )
         elif entry and entry.get("status") == "failed" and not retry_failed and entry.get("settings") == settings:
             summary.not_retried += 1
             row[pair.label] = "failed before"

@@ -57,6 +57,12 @@ def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str
     return _cache[key]
 
 
+def written_here(entry: dict | None, pair: Pair, out: Path) -> bool:
+    """Whether the file at the pair's output is one this batch wrote (the manifest records the pair done there): only
+    such a file may be replaced, damaged or not. Any other file there is the user's and is never overwritten."""
+    return bool(entry) and entry.get("status") == "done" and out / entry.get("output", "") == pair.output
+
+
 def is_done(entry: dict | None, pair: Pair, out: Path, settings: dict) -> bool:
     """A pair is done when the manifest says so AND its output file, its input and the settings all still match."""
     if not entry or entry.get("status") != "done":

@@ -340,6 +340,19 @@ def test_a_changed_input_or_a_damaged_output_is_rendered_again(session, tmp_path
     assert summary.rows["stems/bass"]["remove bass"].startswith("done ")
 
 
+def test_a_file_in_the_output_folder_that_the_batch_did_not_write_is_never_overwritten(session, tmp_path, tiny_editor):
+    out = tmp_path / "out"
+    theirs = out / "mix.extract_drums.wav"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"MY PRECIOUS MIX")
+    summary = run_in_process(session, out, tiny_editor)
+    assert theirs.read_bytes() == b"MY PRECIOUS MIX"
+    assert summary.rows["mix"]["extract drums"] == "refused" and summary.done == 3
+    assert "mix.extract_drums.wav exists and this batch did not write it" in summary.refused["mix (extract drums)"]
+    again = run_in_process(session, out, tiny_editor)  # still refused on a rerun: the manifest never claimed it
+    assert theirs.read_bytes() == b"MY PRECIOUS MIX" and again.rows["mix"]["extract drums"] == "refused"
+
+
 def test_a_corrupt_file_is_reported_and_the_others_are_done(session, tmp_path, tiny_editor):
     (session / "stems" / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
     out = tmp_path / "out"
