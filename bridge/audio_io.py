@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,10 +100,37 @@ def _open(path: str | Path) -> Iterator:
     with os.fdopen(_open_regular_fd(path), "rb") as handle:
         try:
             reader = AudioFile(handle)
+            _refuse_cut_short(path, int(reader.frames), handle)
         except (ValueError, RuntimeError, OSError) as exc:
             raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
         with reader as f:
             yield f
+
+
+_UNCOMPRESSED = (".wav", ".wave", ".aif", ".aiff")
+
+
+def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
+    """AudioError for a WAV or AIFF file that holds fewer samples than its header announces (cut short in a copy or a
+    download): pedalboard trusts the header, padding the missing part with silence or allocating for its length.
+    libsndfile counts what the file really holds; `handle` (an open binary file) is read from its start and left
+    there. A file libsndfile cannot parse is left to pedalboard's own errors."""
+    import soundfile as sf
+
+    if path.suffix.lower() not in _UNCOMPRESSED:
+        return
+    try:
+        handle.seek(0)
+        held = sf.info(handle).frames
+    except Exception:  # noqa: BLE001 - a format libsndfile does not know: nothing to compare
+        return
+    finally:
+        handle.seek(0)
+    if frames - held > 1024:  # more than a block of padding short
+        raise AudioError(
+            f"{path.name} holds less audio than its header says ({held} of {frames} samples per channel): the file "
+            "is damaged or cut short"
+        )
 
 
 class _BudgetSpent(Exception):
@@ -192,6 +220,7 @@ def probe(
         try:
             with AudioFile(reader) as f:
                 info = AudioInfo(path, int(round(f.samplerate)), int(f.num_channels), int(f.frames))
+                _refuse_cut_short(path, info.frames, raw)
         except (_BudgetSpent, ValueError, RuntimeError, OSError) as exc:
             if reader.spent:
                 raise AudioError(

@@ -227,3 +227,22 @@ def test_a_file_holding_less_than_its_header_says_is_named_as_damaged(tmp_path):
     path.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + frame * 3 + bytes(20000))
     with pytest.raises(AudioError, match="odd.mp3 holds less audio than its header says .* damaged or cut short"):
         read_region(path, 0.0, -1.0)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_a_wav_cut_short_is_refused_by_probe_and_read_not_padded_with_silence(tmp_path, subtype):
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, np.full((16000 * 20, 2), 0.1, np.float32), 16000, subtype=subtype)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:8192])  # a copy stopped early: the header still says 20 s
+    for call in (lambda: probe(cut), lambda: read_region(cut, 0.0, 1.0)):
+        with pytest.raises(AudioError, match=r"cut.wav holds less audio than its header says \(\d+ of 320000"):
+            call()
+    assert probe(whole).frames == 320000 and read_region(whole, 19.0, -1.0)[0].shape == (2, 16000)
+
+
+def test_codecs_with_fewer_bytes_per_sample_than_they_decode_to_are_not_mistaken_for_cut_files(tmp_path):
+    for subtype in ("ULAW", "IMA_ADPCM", "PCM_U8"):
+        path = tmp_path / f"{subtype}.wav"
+        sf.write(path, np.full((16000, 2), 0.1, np.float32), 16000, subtype=subtype)
+        assert probe(path).frames >= 16000 and read_region(path, 0.0, 0.5)[0].shape == (2, 8000)
