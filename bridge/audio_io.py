@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import math
 import os
 import stat
 import time
@@ -238,6 +239,8 @@ def region_frames(info: AudioInfo, start_s: float, end_s: float) -> tuple[int, i
 
     AudioError for a region that is empty, negative, or lies past the end of the file (beyond END_TOLERANCE_S).
     """
+    if not (math.isfinite(start_s) and math.isfinite(end_s)):
+        raise AudioError(f"the region's start and end must be finite numbers of seconds, got {start_s}-{end_s}")
     if start_s < 0:
         raise AudioError(f"the region starts before the file does ({start_s:g} s)")
     if end_s < 0:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
-from bridge.cli import takes_option
+from bridge.cli import seed_option, takes_option
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
 from bridge.sources import Pair, Source, collect_sources
 from engine.errors import (
@@ -361,7 +361,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None, help="adapter directory to load on top of the model")
     parser.add_argument("--device", default=None, help="torch device for the model (default: the best available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's best)")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed for every edit (default: random)")
+    parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed for every edit (default: random)")
     parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes per edit and keep the best")
     parser.add_argument(
         "--mode", default="", help="mask (the edit keeps the recording; the default) or resynth (the model's output)"

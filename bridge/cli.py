@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,30 @@ def takes_option(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
     if not 1 <= value <= MAX_TAKES:
         raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_TAKES}, got {value}")
+    return value
+
+
+def seed_option(text: str) -> int:
+    """argparse type of --seed: a whole number from 0 to protocol.MAX_SEED (the wire's; the engine draws below it)."""
+    from bridge.protocol import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED}, got {value}")
+    return value
+
+
+def seconds_option(text: str) -> float:
+    """argparse type of a time in seconds (--start, --end, --timeout): a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
     return value
 
 

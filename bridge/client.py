@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import protocol, tracking
-from bridge.cli import takes_option
+from bridge.cli import seconds_option, seed_option, takes_option
 from bridge.protocol import EditRequest, Reply
 from engine.errors import ConfigError, ImusicError
 
@@ -108,7 +108,10 @@ class Client:
     # ------------------------------------------------------------------------------------------------ the socket
 
     def send(self, address: str, *args: Any) -> None:
-        """Send one request (see bridge.protocol for addresses and arguments)."""
+        """Send one request (see bridge.protocol for addresses and arguments), checked first by the server's own rules
+        (RequestError naming the argument: a request the server would refuse, or one no datagram can carry)."""
+        if address in protocol.REQUESTS:
+            protocol.parse_request(address, list(args))
         self._sock.sendto(protocol.encode(address, *args), self.server)
 
     def _read(self, timeout: float) -> list[Reply]:
@@ -339,7 +342,7 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_option,
         default=argparse.SUPPRESS if suppress else None,
         help="seconds to wait for an answer (edit: no limit)",
     )
@@ -365,10 +368,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit = sub.add_parser("edit", parents=[after], help="edit a region of an audio file on the engine")
     edit.add_argument("input", help="audio file (wav, aiff, flac, mp3, ogg) on the engine machine")
     edit.add_argument("instruction", help='e.g. "extract drums", "remove bass", "add piano"')
-    edit.add_argument("--start", type=float, default=0.0, help="region start in seconds (default 0)")
-    edit.add_argument("--end", type=float, default=-1.0, help="region end in seconds (default: end of file)")
+    edit.add_argument("--start", type=seconds_option, default=0.0, help="region start in seconds (default 0)")
+    edit.add_argument("--end", type=seconds_option, default=-1.0, help="region end in seconds (default: end of file)")
     edit.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside input)")
-    edit.add_argument("--seed", type=int, default=None)
+    edit.add_argument("--seed", type=seed_option, default=None)
     edit.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
     edit.add_argument("--mode", default="", help="mask (keeps the recording) or resynth (default: mask)")
     edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import takes_option
+from bridge.cli import seconds_option, seed_option, takes_option
 from engine.errors import ConfigError, ImusicError
 
 
@@ -24,9 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="audio file to edit (wav, aiff, flac, mp3, ogg)")
     parser.add_argument("instruction", help='what to do, e.g. "extract drums", "no bass", "add piano"')
     parser.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside INPUT)")
-    parser.add_argument("--start", type=float, default=0.0, help="start of the region, seconds (default 0)")
-    parser.add_argument("--end", type=float, default=None, help="end of the region, seconds (default: end of file)")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: random, printed)")
+    parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
+    parser.add_argument(
+        "--end", type=seconds_option, default=None, help="end of the region, seconds (default: end of file)"
+    )
+    parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed (default: random, printed)")
     parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
     parser.add_argument(
         "--mode",

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from bridge.cli import seconds_option
 from engine.errors import ConfigError, ResourceError
 
 INSTALL_HINT = "pip install sounddevice (on Debian/Ubuntu also: apt install libportaudio2)"
@@ -360,8 +361,10 @@ def play_clip(player: Player, audio: np.ndarray, sample_rate: int, should_stop: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", help="audio file to play (wav, aiff, flac, mp3, ogg)")
-    parser.add_argument("--start", type=float, default=0.0, help="start of the region, seconds (default 0)")
-    parser.add_argument("--end", type=float, default=None, help="end of the region, seconds (default: end of file)")
+    parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
+    parser.add_argument(
+        "--end", type=seconds_option, default=None, help="end of the region, seconds (default: end of file)"
+    )
     parser.add_argument("--device", default=None, help="output device, by name (or part of it) or index")
     parser.add_argument("--list-devices", action="store_true", help="list the output devices and exit")
 

@@ -138,6 +138,7 @@ MAX_PACKET = 65507
 MAX_JOB_ID = 128
 MAX_PATH = 4096
 MAX_INSTRUCTION = 1000
+MAX_SEED = 2**31 - 1  # seeds travel as OSC int32; -1 asks the engine to draw one
 MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -300,6 +301,8 @@ def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise RequestError(f"{where} must be an integer, got {_short(value)}")
+        if not -(2**31) <= value < 2**31:
+            raise RequestError(f"{where} must fit OSC's 32-bit integer, got {value}")
         return value
     if spec.kind == "job_id":
         if isinstance(value, int) and not isinstance(value, bool):

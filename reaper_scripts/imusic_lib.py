@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -28,6 +29,8 @@ def _load_settings() -> dict:
             settings = json.load(handle)
     except (OSError, ValueError):
         return {}
+    if not isinstance(settings, dict):  # a hand-edited file: the defaults, not a failure at every action
+        return {}
     # The project goes first (our packages), python-osc's folder last (REAPER's own Python keeps its packages).
     for path in reversed(settings.get("prepend", [])):
         if path not in sys.path:
@@ -42,7 +45,7 @@ SETTINGS = _load_settings()
 
 from bridge import protocol, tracking  # noqa: E402
 from engine import instructions  # noqa: E402
-from engine.errors import ImusicError  # noqa: E402
+from engine.errors import ConfigError, ImusicError  # noqa: E402
 from reaper_scripts import planning  # noqa: E402
 
 TITLE = "imusic"
@@ -108,12 +111,24 @@ def engine_address() -> tuple[str, int]:
 
 
 def _max_seconds() -> float:
-    return float(os.environ.get("IMUSIC_MAX_SECONDS") or SETTINGS.get("max_seconds") or planning.DEFAULT_MAX_SECONDS)
+    """The longest region the actions send: IMUSIC_MAX_SECONDS, then `max_seconds` in imusic_paths.json, else
+    planning.DEFAULT_MAX_SECONDS; ConfigError (shown as a message) for a value that is no positive number."""
+    value = os.environ.get("IMUSIC_MAX_SECONDS") or SETTINGS.get("max_seconds") or planning.DEFAULT_MAX_SECONDS
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(
+            f"the longest region to edit must be a positive number of seconds, got {value!r} (IMUSIC_MAX_SECONDS or "
+            "max_seconds in imusic_paths.json)"
+        )
+    return seconds
 
 
 def _mode() -> str:
     """The edit mode of the hotkey actions: IMUSIC_MODE, then `mode` in imusic_paths.json, else "" (the default)."""
-    return (os.environ.get("IMUSIC_MODE") or SETTINGS.get("mode") or "").strip()
+    return str(os.environ.get("IMUSIC_MODE") or SETTINGS.get("mode") or "").strip()
 
 
 def _message(text: str) -> None:
@@ -359,11 +374,16 @@ def run_edit(instruction: str, mode: str = "") -> None:
         )
         jobs.append(_Job(track, view, plan, request))
     session = Session(instruction, client, jobs)
+    folder = os.path.dirname(jobs[0].request.output_path) if jobs else media_dir
     try:
-        for job in jobs:
-            os.makedirs(os.path.dirname(job.request.output_path), exist_ok=True)
-        session.send()
+        os.makedirs(folder, exist_ok=True)
     except OSError as exc:
+        client.close()
+        _message(f"Cannot make the folder for the results, {folder}: {exc.strerror or exc}")
+        return
+    try:
+        session.send()
+    except (ImusicError, OSError) as exc:
         client.close()
         _message(f"Cannot send to the imusic engine at {host}:{port}: {exc}")
         return

@@ -246,3 +246,11 @@ def test_codecs_with_fewer_bytes_per_sample_than_they_decode_to_are_not_mistaken
         path = tmp_path / f"{subtype}.wav"
         sf.write(path, np.full((16000, 2), 0.1, np.float32), 16000, subtype=subtype)
         assert probe(path).frames >= 16000 and read_region(path, 0.0, 0.5)[0].shape == (2, 8000)
+
+
+def test_a_region_that_is_not_a_finite_number_of_seconds_is_named(tmp_path):
+    path = tmp_path / "song.wav"
+    sf.write(path, np.zeros((16000, 1), np.float32), 16000)
+    for start, end in ((float("nan"), 1.0), (0.0, float("inf"))):
+        with pytest.raises(AudioError, match="start and end must be finite numbers of seconds"):
+            read_region(path, start, end)

@@ -247,3 +247,29 @@ def test_a_malformed_job_id_is_refused_before_sending(server):
             with pytest.raises(ConfigError, match="job id"):
                 call()
         assert client.poll() == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["edit", "in.wav", "extract drums", "--start", "nan"], "argument --start: must be a finite number of seconds"),
+        (["edit", "in.wav", "extract drums", "--seed", "99999999999"], "argument --seed: must be from 0 to 2147483647"),
+        (["batch", ".", "--edit", "extract drums", "-o", "o", "--seed", "-2"], "argument --seed: must be from 0 to"),
+        (["send", "--timeout", "inf", "ping"], "argument --timeout: must be a finite number of seconds"),
+        (["send", "edit", "in.wav", "extract drums", "--end", "nan"], "argument --end: must be a finite number"),
+    ],
+)
+def test_numbers_no_edit_can_use_are_usage_errors(argv, says, capsys):
+    from bridge.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_request_the_server_would_refuse_is_refused_before_it_is_sent():
+    with Client("127.0.0.1", 9) as client:  # the discard port: nothing is listening, nothing may be sent
+        with pytest.raises(protocol.RequestError, match=r"argument 5 \(instruction\) is 70000 characters long"):
+            client.submit("/tmp/in.wav", 0.0, 1.0, "x" * 70000)
+        with pytest.raises(protocol.RequestError, match="must fit OSC's 32-bit integer, got 4294967296"):
+            client.submit("/tmp/in.wav", 0.0, 1.0, "extract drums", seed=2**32)

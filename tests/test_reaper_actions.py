@@ -445,6 +445,26 @@ def test_an_item_longer_than_the_engine_allows_is_refused(harness, source_file, 
     assert_unchanged(harness, "these actions edit at most 5 s")
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "nan"])
+def test_a_longest_region_setting_that_is_no_positive_number_is_a_message(harness, source_file, monkeypatch, value):
+    monkeypatch.setenv("IMUSIC_MAX_SECONDS", value)
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, f"must be a positive number of seconds, got '{value}' (IMUSIC_MAX_SECONDS")
+
+
+def test_a_media_folder_that_cannot_hold_the_results_is_named_not_blamed_on_the_engine(harness, source_file, sent):
+    blocker = Path(harness.reaper.media_dir)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the media folder should be")  # so its imusic/ folder cannot be made
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    assert_unchanged(harness, f"Cannot make the folder for the results, {blocker / 'imusic'}")
+    assert sent == []
+
+
 def test_one_bad_item_in_a_selection_sends_nothing(harness, source_file, sent):
     reaper = harness.reaper
     track = reaper.add_track("Mix")
