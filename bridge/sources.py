@@ -7,6 +7,7 @@ action and in a batch of the saved project.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -164,6 +165,17 @@ def _never(_: str) -> bool:
     return False
 
 
+def _number(text: str, field_name: str) -> float:
+    """A number field of an .rpp line; DataError naming the field when it is none (or not finite)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"its {field_name} is {text!r}, not a number REAPER writes")
+    return value
+
+
 def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path) -> tuple[ItemView, str, Path | None]:
     """The ItemView of an .rpp ITEM (its active take), the name its file is written as, and the file found."""
     lines = [c for c in item.children if not hasattr(c, "tag")]
@@ -172,16 +184,16 @@ def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path)
     source = next((c for c in take if getattr(c, "tag", None) == "SOURCE"), None)
     source_fields, file_name, path = _source_view(source, project_dir)
     view = ItemView(
-        position=float(_value(lines, "POSITION", "0")),
-        length=float(_value(lines, "LENGTH", "0")),
+        position=_number(_value(lines, "POSITION", "0"), "POSITION"),
+        length=_number(_value(lines, "LENGTH", "0"), "LENGTH"),
         track_number=track_number,
         track_name=track_name,
         take_name=_value(take, "NAME"),
-        start_offset=float(_value(take, "SOFFS", "0")),
-        playrate=float(rate),
+        start_offset=_number(_value(take, "SOFFS", "0"), "SOFFS"),
+        playrate=_number(rate, "PLAYRATE"),
         preserve_pitch=preserve == "1",
-        pitch=float(pitch),
-        channel_mode=int(float(_value(take, "CHANMODE", "0"))),
+        pitch=_number(pitch, "PLAYRATE's pitch"),
+        channel_mode=int(_number(_value(take, "CHANMODE", "0"), "CHANMODE")),
         **source_fields,
     )
     return view, file_name, path
@@ -206,7 +218,12 @@ def read_rpp(project: Path) -> list[Source]:
         track_name = _value(track.children, "NAME") or f"Track {t_index}"
         track_dir = f"{t_index:02d} {safe_name(track_name)}"
         for i_index, item in enumerate(track.findall("ITEM"), start=1):
-            view, file_name, path = _item_view(item, track_name, t_index, project.parent)
+            try:
+                view, file_name, path = _item_view(item, track_name, t_index, project.parent)
+            except DataError as exc:  # a hand-edited or damaged item: reported, the others still render
+                rel = f"{track_dir}/{i_index:02d} item"
+                sources.append(Source(path=project, rel=rel, problem=f"item {i_index} on {track_name}: {exc}"))
+                continue
             problem, start, end = None, view.start_offset, view.start_offset + view.length
             try:
                 plan = plan_job(view, max_seconds=float("inf"), file_exists=bool if path else _never)

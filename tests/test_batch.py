@@ -209,6 +209,17 @@ def test_rpp_items_that_are_not_the_files_own_audio_are_reported_not_edited(proj
     assert "offline or missing: " in odd[2].problem and odd[2].problem.endswith("Audio/gone.wav")
 
 
+@pytest.mark.parametrize(("field", "value"), [("POSITION 2.5", "POSITION abc"), ("LENGTH 0.5", "LENGTH nan")])
+def test_an_rpp_item_with_a_field_that_is_no_number_is_reported_and_the_others_still_render(project, field, value):
+    text = project.read_text()
+    assert field in text
+    project.write_text(text.replace(field, value, 1))
+    sources = read_rpp(project)
+    assert len(sources) == 5 and sources[0].problem.startswith("item 1 on Drum Bus: its ")
+    assert f"is '{value.split()[1]}', not a number REAPER writes" in sources[0].problem
+    assert sources[1].problem is None  # the next item is planned as before
+
+
 def test_rpp_that_is_not_a_project_is_refused(tmp_path):
     path = tmp_path / "broken.rpp"
     path.write_text("this is not a project\n")
