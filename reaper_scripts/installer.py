@@ -172,11 +172,34 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
 
+def _kb_file(resource: Path) -> Path:
+    """reaper-kb.ini, followed through a symbolic link (a key map kept with one's dotfiles): the file itself is
+    edited, the link stays a link."""
+    path = resource / KB_FILE
+    return path.resolve() if path.is_symlink() else path
+
+
 def _read_manifest(folder: Path) -> dict:
+    """What an earlier install added (none when it has no manifest); ConfigError for a manifest that is damaged: what
+    to remove cannot be known from it, so nothing is changed."""
+    fresh = {"files": [], "kb_lines": [], "added_final_newline": False, "created_kb": False}
+    path = folder / MANIFEST
+    if not path.exists():
+        return fresh
     try:
-        return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"files": [], "kb_lines": [], "added_final_newline": False, "created_kb": False}
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        manifest = exc
+    lists_ok = isinstance(manifest, dict) and all(
+        isinstance(manifest.get(key, []), list) and all(isinstance(v, str) for v in manifest.get(key, []))
+        for key in ("files", "kb_lines")
+    )
+    if not lists_ok:
+        raise ConfigError(
+            f"{path} is damaged, so what an earlier install added is unknown; nothing was changed. Remove "
+            f"{folder} and the lines naming imusic_ from reaper-kb.ini (Actions > Show action list), then install again"
+        )
+    return {**fresh, **manifest}
 
 
 def _source_files(settings: dict) -> dict[str, bytes]:
@@ -214,7 +237,7 @@ def install(
         writes = _install_plan(resource, settings, hotkeys, report)
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename} ({exc.strerror}): nothing was installed") from exc
-    kb_path = resource / KB_FILE
+    kb_path = _kb_file(resource)
     _check_writable([path for path, _, _ in writes], kb_path, "installed")
     changes = _Changes()
     try:
@@ -246,7 +269,7 @@ def _install_plan(
             writes.append((target, data, None))
         if name not in manifest["files"]:
             manifest["files"].append(name)
-    kb_path = resource / KB_FILE
+    kb_path = _kb_file(resource)
     original = kb_path.read_bytes() if kb_path.exists() else b""
     if not kb_path.exists():
         manifest["created_kb"] = True
@@ -327,7 +350,7 @@ def uninstall(resource: Path) -> Report:
         report.notes.append(f"nothing to uninstall: no {MANIFEST} in {folder}")
         return report
     manifest = _read_manifest(folder)
-    kb_path = resource / KB_FILE
+    kb_path = _kb_file(resource)
     try:
         writes = _uninstall_plan(folder, kb_path, manifest)
     except OSError as exc:

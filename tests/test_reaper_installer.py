@@ -198,6 +198,30 @@ def test_uninstall_without_install_changes_nothing(resource):
     assert report.changed == []
 
 
+def test_a_reaper_kb_ini_kept_elsewhere_behind_a_link_is_edited_and_stays_a_link(resource, tmp_path):
+    kept = tmp_path / "dotfiles" / "reaper-kb.ini"
+    kept.parent.mkdir()
+    kept.write_bytes(sample_kb("\n"))
+    (resource / "reaper-kb.ini").symlink_to(kept)
+    install(resource)
+    assert (resource / "reaper-kb.ini").is_symlink() and (resource / "reaper-kb.ini").resolve() == kept
+    assert b"imusic/imusic_extract_drums.py" in kept.read_bytes()
+    uninstall(resource)
+    assert kept.read_bytes() == sample_kb("\n") and (resource / "reaper-kb.ini").is_symlink()
+
+
+@pytest.mark.parametrize("text", ["[]", '{"files": 3}', '{"kb_lines": [1]}', "{not json"])
+def test_a_damaged_manifest_changes_nothing_and_says_what_to_do(resource, text):
+    install(resource)
+    manifest = resource / "Scripts" / "imusic" / "imusic_manifest.json"
+    manifest.write_text(text)
+    before = (resource / "reaper-kb.ini").read_bytes()
+    for action in (install, uninstall):
+        with pytest.raises(ConfigError, match="imusic_manifest.json is damaged.*nothing was changed"):
+            action(resource)
+    assert (resource / "reaper-kb.ini").read_bytes() == before and manifest.read_text() == text
+
+
 def test_a_missing_resource_folder_says_where_to_find_it(tmp_path):
     with pytest.raises(ConfigError, match="Show REAPER resource path"):
         install(tmp_path / "nope")
