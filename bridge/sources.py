@@ -59,14 +59,20 @@ def safe_name(text: str, limit: int = 80) -> str:
 
 
 def find_audio_files(folder: Path) -> list[Source]:
-    """Every audio file under `folder` (recursive, sorted), hidden files and folders excluded."""
-    found = audio_files(folder)
+    """Every audio file under `folder` (recursive, sorted), hidden files and folders excluded; a folder that cannot be
+    read or is a link comes back as a Source with its `problem`, so that the table says what was left out."""
+    skipped: list[tuple[Path, str]] = []
+    found = audio_files(folder, skipped=skipped)
     rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
     # song.wav and song.flac in one folder must not share outputs: keep the extension where stems collide.
-    return [
+    sources = [
         Source(path=p, rel=rel if rels.count(rel) == 1 else p.relative_to(folder).as_posix())
         for p, rel in zip(found, rels, strict=True)
     ]
+    for path, why in skipped:
+        rel = path.relative_to(folder).as_posix() + "/"
+        sources.append(Source(path=path, rel=rel, problem=f"folder {rel} {why}: its files were left out"))
+    return sources
 
 
 # --- .rpp projects -------------------------------------------------------------------------------------------------

@@ -27,12 +27,23 @@ PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_io.write_atomic's: an audio resu
 AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
 
 
-def audio_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+def audio_files(
+    folder: str | Path, recursive: bool = True, skipped: list[tuple[Path, str]] | None = None
+) -> list[Path]:
     """The audio files (AUDIO_SUFFIXES) in `folder` (and below it, `recursive`: each folder's files, then its
     subfolders, all sorted). Hidden files and folders are left out: temporaries of writers (`.x.partial.wav`), macOS
-    `._` resource forks, version-control folders."""
+    `._` resource forks, version-control folders. Folders that could not be read, and links to folders (not followed:
+    a link can loop), are added to `skipped` as (folder, why) when it is given."""
     found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(exc: OSError) -> None:
+        if skipped is not None:
+            skipped.append((Path(exc.filename), f"cannot be read ({exc.strerror or exc})"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
+        if skipped is not None and recursive:
+            links = sorted(d for d in dirs if not d.startswith(".") and os.path.islink(os.path.join(root, d)))
+            skipped.extend((Path(root) / d, "is a link to a folder, which is not followed") for d in links)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
         found.extend(Path(root) / name for name in sorted(files) if _is_audio_name(name))
     return found

@@ -98,6 +98,16 @@ def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp
     assert sorted(s.rel for s in find_audio_files(tmp_path)) == ["song.flac", "song.wav"]
 
 
+def test_a_linked_folder_is_not_followed_and_the_table_says_so(session, tmp_path):
+    library = tmp_path / "library"
+    write_tone(library / "loop.wav", 0.2, 16000, 1)
+    (session / "samples").symlink_to(library, target_is_directory=True)
+    sources = collect_sources(session)
+    assert [s.rel for s in sources if s.problem is None] == ["mix", "stems/bass"]
+    (linked,) = [s for s in sources if s.problem]
+    assert linked.rel == "samples/" and "is a link to a folder, which is not followed" in linked.problem
+
+
 def test_a_folder_without_audio_is_refused(tmp_path):
     (tmp_path / "readme.txt").write_text("hello")
     with pytest.raises(DataError, match="no audio files .*found"):
