@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from engine.errors import (
     ImusicError,
     InstructionError,
 )
-from engine.files import PARTIAL_SUFFIX, jsonable, result_file_name, sweep_temps
+from engine.files import PARTIAL_SUFFIX, jsonable, result_file_name, sweep_temps, writable_folder
 
 # --- what to render ----------------------------------------------------------------------------------------------
 
@@ -47,14 +46,7 @@ def check_output_folder(session: Path, out: Path) -> None:
     out_resolved = out.resolve()
     if session_dir is not None and (out_resolved == session_dir or session_dir in out_resolved.parents):
         raise ConfigError(f"the output folder {out} is inside the session folder {session}: choose one outside it")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        # A real write, not os.access: access() says yes to root on read-only folders and knows nothing of mounts.
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".imusic-write-test-"):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError(f"cannot write to the output folder {out}: {reason}") from None
+    writable_folder(out)
 
 
 def claim_output_folder(out: Path) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge.cli import seconds_option, seed_option, takes_option
 from engine.errors import ConfigError, ImusicError
+from engine.files import writable_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,10 +137,12 @@ def run(args: argparse.Namespace) -> int:
 
     input_path = Path(args.input).expanduser()
     output = choose_output(input_path, args.instruction, args.output, args.force)
-    if not output.parent.is_dir():
-        sys.stderr.write(f"imusic edit: the folder {output.parent} does not exist: it will be created\n")
     end = -1.0 if args.end is None else args.end  # audio_io: a negative end means the end of the file
     audio_io.region_frames(audio_io.probe(input_path), args.start, end)  # bad files fail before the model loads
+    made = not output.parent.is_dir()
+    writable_folder(output.parent)  # a read-only folder, or a file in the way, is said before the model loads
+    if made:
+        sys.stderr.write(f"imusic edit: made the folder {output.parent}\n")
     from engine.instructions import parse_instruction
     from engine.mask import check_mode
     from engine.weights import peek_card

@@ -149,6 +149,25 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def writable_folder(folder: str | Path) -> None:
+    """Make `folder` if needed and prove it takes a file (a real write: os.access says yes to root on read-only
+    folders and knows nothing of mounts); ConfigError naming the folder and the reason otherwise."""
+    import tempfile
+
+    from engine.errors import ConfigError
+
+    folder = Path(folder)
+    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{existing} is a file, not a folder: choose another place for the output")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".imusic-write-test-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
     """`data` written through `atomic_path`: never half-written, nothing left behind on failure."""
     with atomic_path(path, mode) as tmp:

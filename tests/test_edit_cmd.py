@@ -123,7 +123,7 @@ def test_takes_out_of_range_is_a_usage_error(song, tmp_path, capsys):
 def test_an_output_in_a_missing_folder_says_the_folder_is_created(song, tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "new" / "drums.wav"
     assert edit(song, tiny_model_dir, "-o", str(out)) == 0
-    assert f"the folder {out.parent} does not exist: it will be created" in capsys.readouterr().err
+    assert f"imusic edit: made the folder {out.parent}" in capsys.readouterr().err
     assert out.is_file()
 
 
@@ -191,3 +191,26 @@ def test_the_models_own_verdict_on_the_operation_is_printed_as_a_note(song, tmp_
     assert edit(song, judged_model_dir, "-o", str(tmp_path / "x.wav")) == 0
     err = capsys.readouterr().err
     assert "imusic edit: note: " in err and "extract edits do not beat leaving the audio unchanged" in err
+
+
+def test_an_output_under_a_file_or_in_a_read_only_folder_is_refused_before_the_model_loads(
+    tmp_path, monkeypatch, capsys
+):
+    import tempfile
+
+    from bridge.cli import main
+
+    source = tmp_path / "song.wav"
+    sf.write(source, np.zeros((16000, 1), np.float32), 16000)
+    loads = []
+    monkeypatch.setattr("engine.editor.Editor.load", lambda *a, **k: loads.append(a))
+    assert main(["edit", str(source), "extract drums", "-o", str(source / "out.wav")]) == 1
+    assert f"{source} is a file, not a folder" in capsys.readouterr().err
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)  # a read-only folder, even for root
+    assert main(["edit", str(source), "extract drums", "-o", str(tmp_path / "out.wav")]) == 1
+    assert f"cannot write to the output folder {tmp_path}: Permission denied" in capsys.readouterr().err
+    assert loads == [] and source.read_bytes()
