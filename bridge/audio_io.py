@@ -340,6 +340,10 @@ def _open_folder(folder: Path, roots: Sequence[Path] | None) -> int:
                     os.mkdir(name, 0o777, dir_fd=fd)
                 child = os.open(name, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
             except OSError as exc:
+                if exc.errno == errno.ENOTDIR and not os.path.islink(walked):
+                    raise AudioError(
+                        f"cannot write the result into {folder}: {walked} is a file, not a folder; nothing was written"
+                    ) from None
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                     raise _outside(folder, roots, f"{walked} is now a symbolic link or not a folder") from None
                 raise

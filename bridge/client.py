@@ -108,10 +108,7 @@ class Client:
     # ------------------------------------------------------------------------------------------------ the socket
 
     def send(self, address: str, *args: Any) -> None:
-        """Send one request (see bridge.protocol for addresses and arguments), checked first by the server's own rules
-        (RequestError naming the argument: a request the server would refuse, or one no datagram can carry)."""
-        if address in protocol.REQUESTS:
-            protocol.parse_request(address, list(args))
+        """Send one request as it is (see bridge.protocol for addresses and arguments)."""
         self._sock.sendto(protocol.encode(address, *args), self.server)
 
     def _read(self, timeout: float) -> list[Reply]:
@@ -224,7 +221,10 @@ class Client:
         return self.send_edit(request)
 
     def send_edit(self, request: EditRequest) -> str:
-        """Send an edit request as it is (again, after a timeout, is harmless) and track it; returns its job id."""
+        """Send an edit request (again, after a timeout, is harmless) and track it; returns its job id. It is checked
+        first by the server's own rules: RequestError naming the argument the server would refuse, or no datagram
+        could carry (a 70 000-character instruction)."""
+        protocol.parse_request(protocol.EDIT, list(request.to_args()))
         self.send(protocol.EDIT, *request.to_args())
         self.tracker.submit(request, time.monotonic())
         return request.job_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -118,10 +119,13 @@ class EngineServer:
         except OSError as exc:
             self.sock.close()
             journal.close()
-            raise ConfigError(
-                f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
-                "is another imusic server running? pick another --port"
-            ) from None
+            if exc.errno == errno.EADDRINUSE:
+                hint = "is another imusic server running? pick another --port"
+            elif isinstance(exc, socket.gaierror):
+                hint = f"no address is known for the name {self.host!r}: check --host"
+            else:
+                hint = f"check that {self.host} is an address of this machine (--host)"
+            raise ConfigError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); {hint}") from None
         self.sock.settimeout(0.2)  # the receive loop checks for shutdown this often
         with contextlib.suppress(OSError):  # room for bursts (a batch submitting hundreds of jobs at once)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)

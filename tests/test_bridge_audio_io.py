@@ -254,3 +254,10 @@ def test_a_region_that_is_not_a_finite_number_of_seconds_is_named(tmp_path):
     for start, end in ((float("nan"), 1.0), (0.0, float("inf"))):
         with pytest.raises(AudioError, match="start and end must be finite numbers of seconds"):
             read_region(path, start, end)
+
+
+def test_a_file_where_the_results_folder_should_be_is_named_as_such(tmp_path):
+    (tmp_path / "song.wav").write_bytes(b"the user's song")
+    with pytest.raises(AudioError, match=r"song.wav is a file, not a folder; nothing was written"):
+        write_atomic(tmp_path / "song.wav" / "out.wav", np.zeros((1, 10), np.float32), 16000, roots=[tmp_path])
+    assert (tmp_path / "song.wav").read_bytes() == b"the user's song"

@@ -21,6 +21,7 @@ from bridge import protocol
 from bridge.client import Client, JobResult, NoReply, RemoteError
 from bridge.playback import FakePlayer
 from bridge.server import EngineServer
+from engine.errors import ConfigError
 
 TIMEOUT = 10.0
 
@@ -658,3 +659,10 @@ def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, roo
         assert not leftover.exists() and mine.exists()
     finally:
         server.stop()
+
+
+def test_a_host_name_that_resolves_to_nothing_is_said_as_such(tmp_path, root):
+    server = EngineServer(editor=FakeEditor(), host="nosuch.invalid", port=0, journal_dir=tmp_path / "j",
+                          allow_roots=[root], warm_up=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="no address is known for the name 'nosuch.invalid': check --host"):
+        server.start()
