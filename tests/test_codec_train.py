@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.errors import CheckpointError, DataError
+from engine.errors import CheckpointError, ConfigError, DataError
 from engine.train.codec_train import CodecTrainConfig, train_codec
 
 
@@ -205,3 +205,37 @@ def test_the_waveform_mse_term_enters_the_loss_with_its_weight(tones, tmp_path):
         assert row["nmse"] > 0
         parts = row["l1"] + row["stft"] + row["commit"] + 3.0 * row["nmse"]
         assert row["loss"] == pytest.approx(parts, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"steps": 0}, "--steps must be at least 1"),
+        ({"batch_size": 0}, "--batch must be at least 1"),
+        ({"segment_seconds": -1.0}, "--seconds must be a positive number"),
+        ({"lr": float("nan")}, "--lr must be a number, got nan"),
+        ({"ckpt_every": 0}, "--ckpt-every must be at least 1"),
+    ],
+)
+def test_codec_settings_no_run_can_use_are_refused(tones, tmp_path, change, says):
+    cfg = _tiny_cfg(2)
+    for name, value in change.items():
+        setattr(cfg, name, value)
+    with pytest.raises(ConfigError, match=says):
+        train_codec(tones, tmp_path / "run", cfg, threads=1, quiet=True)
+
+
+def test_the_codec_stage_refuses_resume_from_and_honours_device(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from engine.train import codec_train
+
+    seen = {}
+    monkeypatch.setattr(codec_train, "train_codec", lambda data, run, cfg, **kw: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(codec_train, "held_out_songs", lambda data: [])
+    args = dict(output=str(tmp_path / "run"), resume=False, resume_from=None, data=str(tmp_path), steps=2,
+                ckpt_every=None, quiet=True, device="cpu")  # fmt: skip
+    codec_train.run_stage(Namespace(**args))
+    assert seen["cfg"].device == "cpu"
+    with pytest.raises(ConfigError, match="resumes from it: use --resume"):
+        codec_train.run_stage(Namespace(**{**args, "resume_from": "x.pt"}))

@@ -234,3 +234,9 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     # the installed card's own verdict is what the editor's notes come from
     verdict = card["evaluation"]["beats_identity"]
     assert editor.card.beats_identity == verdict
+    # a card.json (or eval pack) from another run beside these packs is refused, and the installed model stays
+    other = json.loads((out / "card.json").read_text())
+    (out / "card.json").write_text(json.dumps({**other, "recipe_id": "000000other"}))
+    with pytest.raises(ConfigError, match=r"come from different recipe runs \(.*card.json 000000other\)"):
+        install(out, model, tmp_path / "docs")
+    assert Editor.load(model, device="cpu").card.beats_identity == verdict

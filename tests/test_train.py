@@ -369,3 +369,31 @@ def test_fused_layers_puts_the_audio_fusion_on_the_top_layers_only(config, tmp_p
         train(replace(config, fused_layers=0), tmp_path / "zero", progress=False)
     with pytest.raises(ConfigError, match="exceeds the model's"):
         train(replace(config, fused_layers=99), tmp_path / "many", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"lr": float("nan")}, "--lr must be a positive number, got nan"),
+        ({"gate_lr": float("nan")}, "--gate-lr must be a number"),
+        ({"grad_clip": float("nan")}, "--grad-clip must be a number, not negative, got nan"),
+        ({"weight_decay": -1.0}, "--weight-decay must be a number, not negative"),
+        ({"window": float("nan")}, "--window must be a number"),
+        ({"seconds": float("inf")}, "--seconds must be a positive number"),
+    ],
+)
+def test_settings_that_are_no_number_are_refused_before_a_run(config, change, says):
+    with pytest.raises(ConfigError, match=says):
+        replace(config, **change).check()
+
+
+def test_resume_from_another_runs_checkpoint_is_refused_and_changes_nothing(config, tmp_path):
+    from engine.train.checkpoints import list_checkpoints
+
+    train(replace(config, steps=2), tmp_path / "a", progress=False, export=False)
+    train(replace(config, steps=2), tmp_path / "b", progress=False, export=False)
+    before = sorted(p.name for p in (tmp_path / "b").rglob("*"))
+    foreign = list_checkpoints(tmp_path / "a")[-1]
+    with pytest.raises(CheckpointError, match="is not a checkpoint of the run in .*give its folder as -o"):
+        train(replace(config, steps=3), tmp_path / "b", resume_from=foreign, progress=False, export=False)
+    assert sorted(p.name for p in (tmp_path / "b").rglob("*")) == before

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.errors import CheckpointError, DataError
+from engine.device import parse_device
+from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_SUFFIXES, audio_files, write_json_atomic
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
@@ -83,6 +84,20 @@ class CodecTrainConfig:
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / math.prod(self.upsampling_ratios)
+
+    def check(self) -> None:
+        """ConfigError for settings no codec run can use (NaN included: it fails every comparison)."""
+        whole = {"steps": self.steps, "batch": self.batch_size, "ckpt_every": self.ckpt_every}
+        whole["log_every"] = self.log_every
+        for name, value in whole.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.warmup_steps < 0 or self.quantize_after < 0:
+            raise ConfigError("--warmup and --quantize-after must not be negative")
+        for flag, value, lowest in (("--lr", self.lr, 0.0), ("--seconds", self.segment_seconds, None),
+                                    ("--wave-mse", self.wave_mse_weight, 0.0)):  # fmt: skip
+            if not (math.isfinite(value) and (value > 0 if lowest is None else value >= lowest)):
+                raise ConfigError(f"{flag} must be a {'positive ' if lowest is None else ''}number, got {value}")
 
 
 def encodec_config(cfg: CodecTrainConfig) -> Any:
@@ -309,6 +324,7 @@ def train_codec(
     checkpoints = list_checkpoints(run_dir)
     log_path = run_dir / LOG
 
+    cfg.check()
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     if device.type == "cuda":
@@ -443,7 +459,9 @@ def run_stage(args: Any) -> int:
     """`imusic train --stage codec`: the codec stage, with the run's settings remembered for `--resume`."""
     run_dir = Path(args.output).expanduser()
     saved = run_dir / "codec_train_config.json"
-    if args.resume or args.resume_from:
+    if args.resume_from:
+        raise ConfigError("the codec stage keeps its last checkpoint only and resumes from it: use --resume")
+    if args.resume:
         if not saved.exists():
             raise CheckpointError(f"nothing to resume in {run_dir}: no codec_train_config.json")
         cfg = CodecTrainConfig(**_config_from_json(saved))
@@ -478,6 +496,8 @@ def run_stage(args: Any) -> int:
         cfg.steps = args.steps
     if args.ckpt_every is not None:
         cfg.ckpt_every = args.ckpt_every
+    if getattr(args, "device", None):
+        cfg.device = str(parse_device(args.device))  # where it trains may change on a resume, as for every stage
     init = cfg.extra.get("init_from")
     out = train_codec(
         data,

@@ -59,22 +59,27 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.gate_lr < 0:
-            raise ConfigError(f"--gate-lr must not be negative, got {self.gate_lr}")
-        if self.warmup < 0 or self.grad_clip < 0 or self.weight_decay < 0 or self.val_clips < 0:
-            raise ConfigError("warm-up, gradient clip, weight decay and validation clips must not be negative")
+        # `not x >= 0`, with isfinite: NaN fails every comparison, so `x < 0` would let it through
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.gate_lr) and self.gate_lr >= 0):
+            raise ConfigError(f"--gate-lr must be a number, not negative, got {self.gate_lr}")
+        for name in ("warmup", "grad_clip", "weight_decay", "val_clips"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number, not negative, got {value}")
         if self.pool < 0:
             raise ConfigError(f"--pool must not be negative, got {self.pool}")
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must not be negative, got {self.workers}")
-        if not self.seconds > 0:
-            raise ConfigError(f"--seconds must be positive, got {self.seconds}")
-        if self.window < 0:
-            raise ConfigError(f"--window must not be negative, got {self.window}")
+        if not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ConfigError(f"--seconds must be a positive number, got {self.seconds}")
+        if not (math.isfinite(self.window) and self.window >= 0):
+            raise ConfigError(f"--window must be a number, not negative, got {self.window}")
         if self.align_steps < 0:
             raise ConfigError(f"--align-steps must not be negative, got {self.align_steps}")
+        if not math.isfinite(self.gate_init):
+            raise ConfigError(f"--gate-init must be a number, got {self.gate_init}")
         if (self.align_steps or self.gate_init or self.fused_layers is not None) and self.stage != "adapters":
             raise ConfigError("--align-steps, --gate-init and --fused-layers are for --stage adapters only")
         if self.fused_layers is not None and self.fused_layers < 1:

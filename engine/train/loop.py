@@ -28,6 +28,7 @@ from engine.files import write_json_atomic
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
+    CKPT_DIR,
     CKPT_FORMAT,
     CKPT_VERSION,
     list_checkpoints,
@@ -229,6 +230,12 @@ def _resolved_config(
             raise CheckpointError(f"nothing to resume in {run_dir}: it holds no checkpoint")
         if not chosen.is_file():
             raise CheckpointError(f"no checkpoint at {chosen}")
+        own = (run_dir / CKPT_DIR).resolve()
+        if chosen.resolve().parent != own:  # another run's checkpoint would overwrite this folder's run with its own
+            raise CheckpointError(
+                f"{chosen} is not a checkpoint of the run in {run_dir}: --resume-from picks one of {own}'s; "
+                "to continue another run, give its folder as -o"
+            )
         earlier = [p for p in existing if p.name < chosen.name]
         payload = load_checkpoint(chosen, earlier[-1] if earlier else None)
         saved = TrainConfig.from_dict(payload["config"])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CheckpointError, ConfigError, ImusicError
-from engine.files import write_json_atomic
+from engine.files import read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
 
@@ -394,14 +394,26 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
         for stage in ("codec", "base", "adapters", "eval"):
             if parts_of(packs, stage):
                 unpack_parts(parts_of(packs, stage), work_dir / stage, restore=stage not in ("base", "adapters"))
-        ids = {json.loads((work_dir / s / MARKER).read_text())["recipe_id"] for s in ("base", "adapters")}
-        if len(ids) != 1:
-            raise ConfigError(f"the base and adapters packs in {packs} come from different recipes ({sorted(ids)})")
+        # Every part installed together must come from one recipe (an --export folder reused by a later run that was
+        # cut before its eval would otherwise publish the earlier run's evaluation beside the new model).
+        ids = {
+            stage: read_json_object(
+                work_dir / stage / MARKER, f"the {stage} pack in {packs} holds no {MARKER}: not a recipe stage's pack",
+                CheckpointError,
+            ).get("recipe_id")
+            for stage in ("base", "adapters", "eval")
+            if (work_dir / stage).is_dir()
+        }  # fmt: skip
+        run_card = read_json_object(packs / CARD, "", CheckpointError) if (packs / CARD).is_file() else {}
+        if "recipe_id" in run_card:
+            ids[CARD] = run_card["recipe_id"]
+        if len(set(ids.values())) != 1:
+            parts = ", ".join(f"{part} {recipe}" for part, recipe in ids.items())
+            raise ConfigError(f"the packs in {packs} come from different recipe runs ({parts}): install one run's")
         with staged_dir(out) as staged:
             shutil.copytree(work_dir / "base" / "model" / "base", staged / "base")
             shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
-            run_card = json.loads((packs / CARD).read_text()) if (packs / CARD).is_file() else {}
-            own = json.loads((work_dir / "adapters" / "model" / MODEL_CARD).read_text())
+            own = read_json_object(work_dir / "adapters" / "model" / MODEL_CARD, "no model card", CheckpointError)
             card = new_model_card(
                 EMBEDDED_NAME,
                 description=(
