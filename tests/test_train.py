@@ -329,6 +329,21 @@ def test_base_stage_builds_from_a_bare_codec_then_adapters_train_on_the_result(c
     assert edited.card.has_adapter and edited.lm.cfg.dim == 32
 
 
+def test_a_template_left_by_an_attempt_with_other_sizes_is_built_again(config, tmp_path):
+    from engine.tools.tiny_models import tiny_musicgen
+    from engine.train.base import BaseStage
+    from engine.weights.transformers_layout import read_config
+
+    tiny_musicgen().audio_encoder.save_pretrained(tmp_path / "codec")
+    run = tmp_path / "run"
+    first = {"layers": 1, "dim": 32, "heads": 2, "text_dim": 16, "run_dir": str(run)}
+    BaseStage(replace(config, stage="base", base=str(tmp_path / "codec"), extra=first), "cpu")
+    second = {**first, "layers": 2, "dim": 48}  # the rerun after, say, a data error: other sizes
+    BaseStage(replace(config, stage="base", base=str(tmp_path / "codec"), extra=second), "cpu")
+    decoder = read_config(run / "template")["decoder"]
+    assert (decoder["num_hidden_layers"], decoder["hidden_size"]) == (2, 48)
+
+
 @pytest.mark.slow
 def test_validation_loss_falls_over_a_short_adapter_run(config, tmp_path):
     # Measured on 2 shared CPU cores: 50-75 s; validation loss 4.05 -> 3.85 (uniform over 64 codes: ln 64 = 4.16).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from engine.errors import CheckpointError, ConfigError
+from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
 from engine.train.config import TrainConfig
@@ -36,6 +38,9 @@ def is_codec_dir(path: Path) -> bool:
         return False
 
 
+TEMPLATE_RECORD = "built_from.json"  # beside the template: the codec, sizes and seed it was built from
+
+
 class BaseStage(Stage):
     """A base text-to-music model from scratch: decoder + text encoder + text_proj, codes from the frozen codec.
 
@@ -51,9 +56,16 @@ class BaseStage(Stage):
         self.cfg = cfg
         if is_codec_dir(Path(cfg.base).expanduser()):
             template = Path(cfg.extra.get("run_dir", ".")) / "template"
-            if not (template / "config.json").is_file():
-                sizes = {k: int(v) for k, v in cfg.extra.items() if k in ("layers", "dim", "heads", "text_dim")}
+            sizes = {k: int(v) for k, v in cfg.extra.items() if k in ("layers", "dim", "heads", "text_dim")}
+            # What the template is built from: a template left by an earlier attempt with other sizes or another
+            # codec is built again, never reused (its sizes would silently become the model's).
+            recipe = {"codec": str(Path(cfg.base).expanduser().resolve()), "sizes": sizes, "seed": cfg.seed}
+            record = template / TEMPLATE_RECORD
+            built = read_json_object(record, "", ConfigError) if record.is_file() else None
+            if not (template / "config.json").is_file() or (built is not None and built != recipe):
+                shutil.rmtree(template, ignore_errors=True)
                 build_base_template(Path(cfg.base).expanduser(), template, seed=cfg.seed, **sizes)
+                write_json_atomic(record, recipe)
             cfg = replace(cfg, base=str(template))
             self.cfg = cfg
         self.base_path, self.base_card, _ = base_parts(cfg.base)
