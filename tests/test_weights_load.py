@@ -188,6 +188,24 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
         load_model(model_copy, device="cpu")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("version", "x", "format version that is no whole number: 'x'"),
+        ("stems", "Bass", "'stems' must be a list of stem names, got 'Bass'"),
+        ("stems", [], "'stems' must be a list of stem names"),
+        ("fusion", 3, "'fusion' must be an object"),
+    ],
+)
+def test_a_damaged_adapter_json_is_named_field_by_field(model_copy, field, value, says):
+    from engine.weights.adapter_format import read_adapter_meta
+
+    meta_path = model_copy / "adapter" / "adapter.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), field: value}))
+    with pytest.raises(CheckpointError, match=says):
+        read_adapter_meta(model_copy / "adapter")
+
+
 def test_sharded_safetensors_load_like_one_file(tiny_model_dir, tmp_path):
     from engine.tools.tiny_models import tiny_musicgen
     from engine.weights.transformers_layout import quiet_transformers

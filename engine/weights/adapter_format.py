@@ -69,11 +69,19 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
     meta = read_json_object(meta_path, f"adapter directory {path} has no {ADAPTER_JSON}", CheckpointError)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not an imusic adapter description (format {FORMAT!r} expected)")
-    if int(meta.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{meta_path} has format version {meta['version']}; this imusic reads up to {VERSION}")
+    version = meta.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{meta_path} has a format version that is no whole number: {version!r}")
+    if version > VERSION:
+        raise CheckpointError(f"{meta_path} has format version {version}; this imusic reads up to {VERSION}")
     for key in ("fusion", "stems"):
         if key not in meta:
             raise CheckpointError(f"{meta_path} lacks the field {key!r}")
+    if not isinstance(meta["fusion"], dict):
+        raise CheckpointError(f"{meta_path}: 'fusion' must be an object of adapter settings")
+    stems = meta["stems"]
+    if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
+        raise CheckpointError(f"{meta_path}: 'stems' must be a list of stem names, got {stems!r}")
     return meta
 
 
