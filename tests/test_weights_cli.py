@@ -172,6 +172,15 @@ def test_convert_refuses_to_overwrite(official_ckpt, tmp_path, capsys):
     assert (tmp_path / "full" / "x").read_text() == "keep me"
 
 
+def test_convert_with_a_missing_base_writes_nothing_so_the_rerun_works(tiny_model_dir, official_ckpt, tmp_path, capsys):
+    out = tmp_path / "converted"
+    assert main(["weights", "convert", str(official_ckpt), "-o", str(out), "--base", str(tmp_path / "nowhere")]) == 1
+    assert not out.exists() and not any(p.name.startswith(".converted") for p in tmp_path.iterdir())
+    assert main(["weights", "convert", str(official_ckpt), "-o", str(out), "--base", str(tiny_model_dir / "base")]) == 0
+    assert main(["weights", "convert", str(official_ckpt), "-o", str(official_ckpt)]) == 1
+    assert "is a file; give a new directory" in capsys.readouterr().err
+
+
 def test_info_on_transformers_layout_counts_each_part(tiny_model_dir, capsys):
     from safetensors.torch import load_file
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
+from engine.files import staged_dir
 from engine.model.config import is_adapter_name
 
 
@@ -262,35 +263,39 @@ def convert(
     if not adapter.exists():
         raise CheckpointError(f"no adapter at {adapter}: the path does not exist")
     output = Path(output).expanduser()
+    if output.exists() and not output.is_dir():
+        raise CheckpointError(f"{output} is a file; give a new directory for the converted adapter")
     if output.exists() and any(output.iterdir()):
         raise CheckpointError(f"{output} exists and is not empty; choose a new directory")
     state, info = read_adapter(adapter)
-    adapter_out = output / "adapter" if base is not None else output
-    save_adapter(
-        adapter_out,
-        state,
-        info["fusion"],
-        stems=info["stems"],
-        template=info["template"],
-        verbs=info["verbs"],
-        provenance={**dict(info.get("provenance") or {}), "converted_from": str(adapter)},
-    )
-    if base is not None:
+    base_path = None
+    if base is not None:  # checked before anything is written
         from engine.weights import transformers_layout as tl
 
         base_path = resolve_source(base)
         tl.read_config(base_path)
         tl.weight_files(base_path)
-        (output / "base").mkdir(parents=True, exist_ok=True)
-        for file in base_path.iterdir():
-            if file.is_file():
-                _link_or_copy(file, output / "base" / file.name)
-        from engine.weights.loader import new_model_card, write_model_card
-
-        card = new_model_card(
-            name or f"instruct-{base_path.name}", provenance={"base": str(base), "adapter": str(adapter)}
+    with staged_dir(output) as staged:  # a failure leaves no half-written folder behind
+        save_adapter(
+            staged / "adapter" if base_path is not None else staged,
+            state,
+            info["fusion"],
+            stems=info["stems"],
+            template=info["template"],
+            verbs=info["verbs"],
+            provenance={**dict(info.get("provenance") or {}), "converted_from": str(adapter)},
         )
-        write_model_card(output, card)
+        if base_path is not None:
+            (staged / "base").mkdir(parents=True, exist_ok=True)
+            for file in base_path.iterdir():
+                if file.is_file():
+                    _link_or_copy(file, staged / "base" / file.name)
+            from engine.weights.loader import new_model_card, write_model_card
+
+            card = new_model_card(
+                name or f"instruct-{base_path.name}", provenance={"base": str(base), "adapter": str(adapter)}
+            )
+            write_model_card(staged, card)
     return output
 
 
