@@ -149,6 +149,16 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def output_folder(path: str | Path) -> Path:
+    """The -o of a command that writes a folder (a run, a report, a data set); ConfigError when it names a file."""
+    from engine.errors import ConfigError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file; -o takes a folder")
+    return path
+
+
 def writable_folder(folder: str | Path) -> None:
     """Make `folder` if needed and prove it takes a file (a real write: os.access says yes to root on read-only
     folders and knows nothing of mounts); ConfigError naming the folder and the reason otherwise."""

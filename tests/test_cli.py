@@ -95,3 +95,22 @@ def test_no_command_help_imports_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "none", f"`imusic {proc.stdout.strip()} --help` imported torch"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--stage", "codec", "--data", "{tmp}", "-o", "{file}"],
+        ["train", "--recipe", "embedded", "--budget-minutes", "1", "--scale", "tiny", "-o", "{file}"],
+        ["eval", "--data", "{tmp}", "--task", "extract", "-o", "{file}"],
+        ["data", "synth", "--tracks", "2", "-o", "{file}"],
+    ],
+)
+def test_a_folder_output_that_names_a_file_is_one_line(argv, tmp_path, capsys):
+    from bridge.cli import main
+
+    file = tmp_path / "a-file"
+    file.write_text("mine")
+    assert main([a.format(tmp=tmp_path, file=file) for a in argv]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{file} is a file; -o takes a folder")
+    assert file.read_text() == "mine"

@@ -499,6 +499,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the Markdown table."""
+    from engine.files import output_folder
+
+    output_folder(args.output)
     report = evaluate(
         args.data,
         args.task,

@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), then print where the result is."""
+    from engine.files import output_folder
+
+    output_folder(args.output)  # every stage and the recipe write a run folder there
     if getattr(args, "recipe", None):  # the whole embedded model, stage after stage, within a time budget
         from engine.train.recipe import run_from_args
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CheckpointError, ConfigError, ImusicError
-from engine.files import read_json_object, write_json_atomic
+from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
 
@@ -462,7 +462,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from engine.device import default_device, parse_device
 
     recipe = Recipe(
-        run_dir=Path(args.output),
+        run_dir=output_folder(args.output),
         budget_minutes=args.budget_minutes,
         device=str(parse_device(args.device) or default_device()),
         scale=args.scale or "full",

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from engine.files import output_folder
     from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
     from engine.train.data.export import export_clips
     from engine.train.data.layouts import scan
@@ -104,7 +105,7 @@ def _export(args: argparse.Namespace) -> int:
         clips_per_song=args.clips_per_song,
         random_clips=False,
     )
-    count = export_clips(data, args.output, progress=not args.quiet)
+    count = export_clips(data, output_folder(args.output), progress=not args.quiet)
     print(f"wrote {count} clip(s) of the {args.split} split to {args.output}")
     if data.skipped:
         print(f"skipped {len(data.skipped)} song(s) that cannot give a clip", file=sys.stderr)
@@ -112,10 +113,11 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from engine.files import output_folder
     from engine.train.data.synth import synthesize
 
     report = synthesize(
-        args.output,
+        output_folder(args.output),
         args.tracks,
         seed=args.seed,
         seconds=args.seconds,
