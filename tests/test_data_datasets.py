@@ -359,3 +359,11 @@ def test_a_class_set_reads_the_same_from_every_command_line():
     assert parse_classes(" 4stems") == "4stems" and parse_classes("all") == "all"
     assert parse_classes("Drums, Bass,") == ("Drums", "Bass")
     assert ClipConfig(classes=parse_classes("drums, bass")).class_set() == ("Drums", "Bass")
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_clip_length_that_is_no_positive_number_is_refused(seconds):
+    from engine.train.data.datasets import ClipConfig
+
+    with pytest.raises(ConfigError, match="clip length must be positive numbers"):
+        ClipConfig(seconds=seconds)

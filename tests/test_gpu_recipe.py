@@ -42,8 +42,9 @@ def test_the_budget_is_split_by_shares_after_the_reserve():
 def test_a_budget_too_small_for_one_step_is_refused_before_anything_starts(tmp_path):
     with pytest.raises(ConfigError, match="too small for one step.*codec.*give at least"):
         split_budget(0.5, SMALLEST_STEP["full"])
-    with pytest.raises(ConfigError, match="must be positive"):
-        split_budget(0, SMALLEST_STEP["tiny"])
+    for minutes in (0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="must be a positive number"):
+            split_budget(minutes, SMALLEST_STEP["tiny"])
     run = tmp_path / "run"
     with pytest.raises(ConfigError, match="too small"):
         Recipe(run, budget_minutes=0.4, scale="tiny", progress=False).run()

@@ -8,6 +8,7 @@ The schedule is only ever shortened, never lengthened, and never below what has 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -39,8 +40,8 @@ def split_budget(minutes: float, smallest_step: dict[str, float], stages: tuple[
     `smallest_step` gives, per stage, the least time it needs to do anything at all (one step, one song, one clip):
     a budget whose share for some stage is below that raises ConfigError before anything starts.
     """
-    if not minutes > 0:
-        raise ConfigError(f"--budget-minutes must be positive, got {minutes}")
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--budget-minutes must be a positive number, got {minutes}")
     total = 60.0 * minutes
     usable = total - RESERVE_SECONDS
     weight = sum(SHARES[name] for name in stages)

@@ -69,8 +69,9 @@ class ClipConfig:
     max_redraws: int = 10
 
     def __post_init__(self) -> None:
-        if self.sample_rate <= 0 or self.seconds <= 0:
-            raise ConfigError("sample rate and clip length must be positive")
+        if not (self.sample_rate > 0 and math.isfinite(self.seconds) and self.seconds > 0):
+            raise ConfigError(f"sample rate and clip length must be positive numbers, got {self.sample_rate} Hz and "
+                              f"{self.seconds} s")  # fmt: skip
         bad = [op for op in self.ops if op not in OPS]
         if bad or not self.ops:
             raise ConfigError(f"unknown operation(s) {bad}: use {', '.join(OPS)}")
