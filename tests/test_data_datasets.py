@@ -367,3 +367,10 @@ def test_a_clip_length_that_is_no_positive_number_is_refused(seconds):
 
     with pytest.raises(ConfigError, match="clip length must be positive numbers"):
         ClipConfig(seconds=seconds)
+
+
+def test_a_class_no_song_has_is_named_with_the_classes_there(synth_data):
+    from engine.train.data.layouts import scan
+
+    with pytest.raises(ConfigError, match=r"has the stem class\(es\) Foo; its classes are .*Bass"):
+        StemDataset(scan(synth_data), "all", ClipConfig(classes=("Bass", "foo")))

@@ -314,6 +314,14 @@ class StemDataset:
                 self.skipped.append((song.song_id, reason))
             else:
                 self.plans.append(plan)
+        present = {stem.cls for song in catalog.songs for stem in song.stems}
+        named = self.config.class_set() if isinstance(self.config.classes, tuple) else ()  # the user's own list
+        unknown = sorted(set(named) - present)
+        if unknown:  # a typo in --classes reads as "too few classes" otherwise
+            raise ConfigError(
+                f"no song in {catalog.root} has the stem class(es) {', '.join(unknown)}; its classes are "
+                f"{', '.join(sorted(present)) or 'none'}"
+            )
         if not self.plans:
             reasons = "; ".join(f"{song_id}: {reason}" for song_id, reason in self.skipped[:5])
             raise DataError(
