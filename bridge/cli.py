@@ -40,30 +40,29 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def takes_option(text: str) -> int:
-    """argparse type of --takes: a whole number from 1 to protocol.MAX_TAKES (else a usage error, exit 2)."""
-    from bridge.protocol import MAX_TAKES
-
+def _whole_number(text: str, lowest: int, highest: int) -> int:
+    """`text` as a whole number in [lowest, highest], else argparse's usage error (exit 2)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_TAKES:
-        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_TAKES}, got {value}")
+    if not lowest <= value <= highest:
+        raise argparse.ArgumentTypeError(f"must be from {lowest} to {highest}, got {value}")
     return value
+
+
+def takes_option(text: str) -> int:
+    """argparse type of --takes: a whole number from 1 to protocol.MAX_TAKES."""
+    from bridge.protocol import MAX_TAKES
+
+    return _whole_number(text, 1, MAX_TAKES)
 
 
 def seed_option(text: str) -> int:
     """argparse type of --seed: a whole number from 0 to protocol.MAX_SEED (the wire's; the engine draws below it)."""
     from bridge.protocol import MAX_SEED
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_SEED}, got {value}")
-    return value
+    return _whole_number(text, 0, MAX_SEED)
 
 
 def seconds_option(text: str) -> float:
