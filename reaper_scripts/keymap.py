@@ -111,6 +111,18 @@ def _lines(data: bytes) -> list[bytes]:
     return [line.rstrip(b"\r") for line in data.split(b"\n")] if data else []
 
 
+def _identity(line: bytes) -> bytes:
+    """What makes a line the same line after REAPER rewrote the file: an SCR line's type, flags, section and command
+    (REAPER drops the quotes around a path without spaces), a KEY line's five fields (REAPER appends a `# Main : ...`
+    comment); any other line as it stands, its trailing blanks aside."""
+    fields = line.split(b"#", 1)[0].split() if line.startswith(b"KEY") else line.split()
+    if fields[:1] == [b"SCR"] and len(fields) >= 4:
+        return b" ".join(fields[:4])
+    if fields[:1] == [b"KEY"] and len(fields) >= 5:
+        return b" ".join(fields[:5])
+    return line.rstrip()
+
+
 def bound_keys(data: bytes) -> dict[tuple[int, int, int], str]:
     """(modifiers, key, section) -> command of every KEY line in a reaper-kb.ini."""
     keys = {}
@@ -125,12 +137,12 @@ def bound_keys(data: bytes) -> dict[tuple[int, int, int], str]:
 
 
 def append_lines(data: bytes, lines: list[str]) -> tuple[bytes, list[str], bool]:
-    """The file with those lines appended (those already present are skipped).
+    """The file with those lines appended (those already present, in our form or as REAPER rewrote them, are skipped).
 
     Returns (new bytes, lines added, whether a final line ending had to be added first).
     """
-    present = set(_lines(data))
-    new = [line for line in lines if line.encode() not in present]
+    present = {_identity(line) for line in _lines(data)}
+    new = [line for line in lines if _identity(line.encode()) not in present]
     if not new:
         return data, [], False
     eol = _line_ending(data)
@@ -140,11 +152,12 @@ def append_lines(data: bytes, lines: list[str]) -> tuple[bytes, list[str], bool]
 
 
 def remove_lines(data: bytes, lines: list[str], added_final_newline: bool = False) -> bytes:
-    """The file without one occurrence of each of those lines; every other byte is kept."""
-    wanted = [line.encode() for line in lines]
+    """The file without one occurrence of each of those lines (in our form or as REAPER rewrote them); every other
+    byte is kept."""
+    wanted = [_identity(line.encode()) for line in lines]
     kept = []
     for chunk in data.splitlines(keepends=True):
-        body = chunk.rstrip(b"\r\n")
+        body = _identity(chunk.rstrip(b"\r\n"))
         if body in wanted:
             wanted.remove(body)
             continue

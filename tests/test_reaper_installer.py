@@ -107,6 +107,40 @@ def test_uninstall_keeps_lines_the_user_added_after_install(resource):
     assert (resource / "reaper-kb.ini").read_bytes() == sample_kb("\r\n") + b"KEY 1 112 40001 0\r\n"
 
 
+def reaper_rewrite(data: bytes) -> bytes:
+    """reaper-kb.ini as REAPER saves it back: a script path without spaces loses its quotes, and every KEY line gets a
+    comment naming the section and the chord."""
+    out = []
+    for line in data.decode().split("\r\n"):
+        if line.startswith("SCR ") and line.endswith('"') and " " not in line.rsplit(' "', 1)[1]:
+            head, path = line.rsplit(' "', 1)
+            line = f"{head} {path[:-1]}"
+        elif line.startswith("KEY ") and "#" not in line:
+            line += "\t\t # Main : some chord : some action"
+        out.append(line)
+    return "\r\n".join(out).encode()
+
+
+def test_uninstall_finds_our_lines_after_reaper_rewrote_the_file(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    install(resource, hotkeys=True)
+    rewritten = reaper_rewrite((resource / "reaper-kb.ini").read_bytes())
+    assert b'"imusic/imusic_edit.py"' not in rewritten and b" imusic/imusic_edit.py" in rewritten
+    (resource / "reaper-kb.ini").write_bytes(rewritten)
+    uninstall(resource)
+    assert (resource / "reaper-kb.ini").read_bytes() == reaper_rewrite(sample_kb("\r\n"))
+
+
+def test_a_reinstall_after_reaper_rewrote_the_file_adds_no_second_copy(resource):
+    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+    install(resource, hotkeys=True)
+    rewritten = reaper_rewrite((resource / "reaper-kb.ini").read_bytes())
+    (resource / "reaper-kb.ini").write_bytes(rewritten)
+    report = install(resource, hotkeys=True)
+    assert (resource / "reaper-kb.ini").read_bytes() == rewritten
+    assert report.changed == []
+
+
 def test_hotkeys_bind_free_keys_and_never_a_key_the_user_bound(resource):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
     report = install(resource, hotkeys=True)
