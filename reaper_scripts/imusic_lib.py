@@ -63,9 +63,10 @@ NOT_RUNNING = (
     "The imusic engine is not answering on {host}:{port}.\n\n"
     "Start it in a terminal with:\n    imusic serve\n\nthen run the action again."
 )
-# Two fields, separated by "|" (an instruction may hold commas): the instruction and the mode.
+# Two fields, their values separated by "|" (an instruction may hold commas): the instruction and the mode. REAPER
+# splits the captions on every comma whatever the separator, so no caption may hold one.
 CAPTIONS = (
-    "Instruction (e.g. extract drums, remove bass, add piano):,"
+    "Instruction (e.g. extract drums; remove bass; add piano):,"
     "Mode (mask keeps your recording; resynth = the model's own audio):,separator=|,extrawidth=220"
 )
 DEFAULT_MODE = "mask"
@@ -284,10 +285,11 @@ class _Job:
 class Session:
     """The jobs of one action run, and its client, whose reply tracker follows them; what to insert when they end."""
 
-    def __init__(self, instruction: str, client, jobs: list[_Job]) -> None:
+    def __init__(self, instruction: str, client, jobs: list[_Job], project: str = "") -> None:
         self.instruction = instruction
         self.client = client
         self.jobs = {job.job_id: job for job in jobs}
+        self.project = project  # the project tab it came from: its results go there and nowhere else
         self.started = time.monotonic()
 
     def send(self) -> None:
@@ -334,6 +336,20 @@ def _defer_tick() -> None:
     _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].tick()")
 
 
+def _active_project(R) -> str:
+    return str(R.RPR_EnumProjects(-1, "", 4096)[0])
+
+
+def _project_open(R, project: str) -> bool:
+    """Whether that project is still open in some tab."""
+    index = 0
+    while not _is_null(pointer := R.RPR_EnumProjects(index, "", 4096)[0]):
+        if str(pointer) == project:
+            return True
+        index += 1
+    return False
+
+
 def _remember_jobs(R) -> None:
     """Job ids of every running action, for the cancel and status actions (which run as separate scripts)."""
     ids = [job.job_id for session in _SESSIONS for job in session.pending]
@@ -373,7 +389,7 @@ def run_edit(instruction: str, mode: str = "") -> None:
             job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=mode
         )
         jobs.append(_Job(track, view, plan, request))
-    session = Session(instruction, client, jobs)
+    session = Session(instruction, client, jobs, _active_project(R))
     folder = os.path.dirname(jobs[0].request.output_path) if jobs else media_dir
     try:
         os.makedirs(folder, exist_ok=True)
@@ -411,6 +427,11 @@ def tick() -> None:
                 _drop(session)
                 host, port = engine_address()
                 _message(NOT_RUNNING.format(host=host, port=port))
+            elif outcome == "done" and _active_project(R) != session.project:
+                # REAPER inserts tracks in the active tab only: the results wait until their project is active again
+                if not _project_open(R, session.project):
+                    _drop(session)
+                    _project_closed(session)
             elif outcome == "done":
                 _drop(session)
                 finish(R, session)
@@ -450,6 +471,14 @@ def finish(R: Any, session: Session) -> None:
     if notes:
         R.RPR_SetExtState(EXT_SECTION, "notes", shown, False)
         _message(f"Instruct: {label}: a note from the engine (shown once per REAPER session)\n\n" + "\n\n".join(notes))
+
+
+def _project_closed(session: Session) -> None:
+    """The session's project was closed before its results came: say where they are."""
+    done = [job.result_path for job in session.jobs.values() if job.result_path]
+    label = planning.edit_label(session.instruction)
+    where = ("; the results are in:\n" + "\n".join(done)) if done else ""
+    _message(f"Instruct: {label}: the project it came from was closed before the edit ended{where}")
 
 
 def insert_results(R: Any, instruction: str, jobs: list[_Job]) -> None:

@@ -95,7 +95,9 @@ class FakeReaper:
     """One REAPER session with one project. Build it with add_track / add_item, then run actions against it."""
 
     def __init__(self, resource_path: str = "", project_path: str = "", media_dir: str = "") -> None:
-        self.project = _pointer("ReaProject")
+        self.project = _pointer("ReaProject")  # the active tab; the tests switch it (the tracks are only this one's)
+        self.open_projects = [self.project]
+        self.input_captions: list[str] = []  # the labels of the last GetUserInputs dialog, as REAPER shows them
         self.resource_path = resource_path
         self.project_path = project_path  # the .rpp file, "" while unsaved
         self.media_dir = media_dir
@@ -278,7 +280,11 @@ class FakeReaper:
         return self.resource_path
 
     def RPR_EnumProjects(self, idx: int, projfn: str, projfn_sz: int):
-        return (self.project, idx, self.project_path, projfn_sz)
+        """idx -1 (or 0x40000000): the active tab; 0, 1, ...: the open tabs in order, then a null pointer."""
+        if idx in (-1, 0x40000000):
+            return (self.project, idx, self.project_path, projfn_sz)
+        tabs = self.open_projects
+        return (tabs[idx] if 0 <= idx < len(tabs) else null("ReaProject"), idx, self.project_path, projfn_sz)
 
     def RPR_GetProjectPath(self, buf: str, buf_sz: int):
         return (self.media_dir, buf_sz)
@@ -415,6 +421,8 @@ class FakeReaper:
 
     # --------------------------------------------------------------------------------------- the API: user interface
     def RPR_GetUserInputs(self, title: str, num_inputs: int, captions_csv: str, retvals_csv: str, retvals_sz: int):
+        # REAPER splits the captions on every comma (separator= sets only the values'); options are name=value
+        self.input_captions = [c for c in captions_csv.split(",") if not c.startswith(("separator=", "extrawidth="))]
         ok, text = self.user_inputs.pop(0) if self.user_inputs else (False, "")
         return (ok, title, num_inputs, captions_csv, text if ok else retvals_csv, retvals_sz)
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import fake_reaper
 import numpy as np
 import pytest
 import soundfile
@@ -284,6 +285,10 @@ def test_the_prompted_action_sends_the_mode_the_user_chose(harness, source_file,
         ("remove bass", ""),
         ("add piano", ""),
     ]
+    # as REAPER labels the two fields (it splits the captions on every comma)
+    (instruction_label, mode_label) = harness.reaper.input_captions
+    assert instruction_label.startswith("Instruction (e.g. extract drums") and "remove bass" in instruction_label
+    assert mode_label.startswith("Mode (mask keeps your recording")
 
 
 def test_cancelling_the_prompt_does_nothing(harness, source_file):
@@ -506,6 +511,47 @@ def test_results_whose_source_track_was_deleted_meanwhile_go_last(harness, sourc
     harness.settle()
     assert [t.name for t in reaper.tracks] == ["Keeps", "Doomed \u00b7 extract drums"]
     assert [(i.position, i.length) for i in reaper.tracks[1].items] == [(1.0, 1.0)]
+
+
+def _tick_until_the_result_is_written(harness) -> None:
+    deadline = time.monotonic() + 60
+    while not harness.results() or any(session.pending for session in harness.library._SESSIONS):
+        assert time.monotonic() < deadline, "the edit never ended"
+        harness.reaper.run_deferred()
+        time.sleep(0.02)
+
+
+def test_results_wait_for_their_project_tab_when_the_user_switched_to_another(harness, source_file):
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    home, other = reaper.project, fake_reaper._pointer("ReaProject")
+    reaper.open_projects.append(other)
+    reaper.project = other  # the user opens another song's tab while the engine works
+    _tick_until_the_result_is_written(harness)
+    for _ in range(5):
+        reaper.run_deferred()
+    assert reaper.changes == [] and reaper.undo_points == [] and reaper.deferred
+    reaper.project = home
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Bass", "Bass \u00b7 extract drums"]
+    assert reaper.messages == []
+
+
+def test_results_whose_project_was_closed_are_named_not_put_in_another_project(harness, source_file):
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    other = fake_reaper._pointer("ReaProject")
+    reaper.open_projects, reaper.project = [other], other  # the user closes the song
+    harness.settle()
+    assert reaper.changes == [] and reaper.undo_points == []
+    ((message, _, _),) = reaper.messages
+    assert "the project it came from was closed" in message
+    (result,) = harness.results()
+    assert str(result) in message
 
 
 def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, source_file, tmp_path):
