@@ -61,6 +61,9 @@ class ItemView:
     section_offset: float = 0.0  # SECTION start in the parent file
     section_length: float | None = None  # SECTION length, None when the take is not a section
     parent_type: str = ""  # type of the parent source for a SECTION
+    stretch_markers: int = 0  # GetTakeNumStretchMarkers
+    pitch_envelope: bool = False  # a take "Pitch" envelope with points
+    plays_all_takes: bool = False  # B_ALLTAKESPLAY on an item of several takes
 
     def describe(self) -> str:
         """How a message names this item for the user."""
@@ -142,6 +145,12 @@ def _refusal(item: ItemView) -> str | None:
     if abs(rate - 1.0) > EPSILON:
         how = "time-stretched (preserve pitch on)" if item.preserve_pitch else "resampled: you hear it at another pitch"
         return f"plays at rate {rate:g}, {how}: glue the item first (Item > Glue) so the edit {HEARS}."
+    if item.stretch_markers:
+        return f"has stretch markers (the file is warped there): glue the item first (Item > Glue) so the edit {HEARS}."
+    if item.pitch_envelope:
+        return f"has a take pitch envelope: glue the item first (Item > Glue) so the edit {HEARS}."
+    if item.plays_all_takes:
+        return "plays all its takes at once: glue the item first (Item > Glue), or let it play only the active take."
     if item.channel_mode != 0 and item.source_channels != 1:
         return (
             f"uses the take channel mode {channel_mode_name(item.channel_mode)}: glue the item first (Item > Glue), "

@@ -57,8 +57,9 @@ RESEND_EVERY_S = 1.0
 # Give up on jobs after this much silence from the engine (it sends progress while it works).
 LOST_AFTER_S = 60.0
 LOST = "the engine stopped answering for {seconds:g} s (was it stopped?); start `imusic serve` and run the action again"
-# A deferred loop that has not ticked for this long is gone (REAPER terminated the script instance).
-LOOP_STALE_S = 1.0
+# set_action_options (REAPER 7.03+): 1 = a re-run of a running action ends the running instance without asking,
+# 2 = and then starts the new one. The deferred loop moves to the newest instance, so ending an older one loses nothing.
+RERUN_REPLACES = 1 | 2
 NOT_RUNNING = (
     "The imusic engine is not answering on {host}:{port}.\n\n"
     "Start it in a terminal with:\n    imusic serve\n\nthen run the action again."
@@ -178,6 +179,9 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
         "pitch": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PITCH"),
         "preserve_pitch": bool(R.RPR_GetMediaItemTakeInfo_Value(take, "B_PPITCH")),
         "channel_mode": int(R.RPR_GetMediaItemTakeInfo_Value(take, "I_CHANMODE")),
+        "stretch_markers": int(R.RPR_GetTakeNumStretchMarkers(take)),
+        "pitch_envelope": _has_points(R, R.RPR_GetTakeEnvelopeByName(take, "Pitch")),
+        "plays_all_takes": bool(R.RPR_GetMediaItemInfo_Value(item, "B_ALLTAKESPLAY")) and R.RPR_CountTakes(item) > 1,
     }
     source = R.RPR_GetMediaItemTake_Source(take)
     if _is_null(source):
@@ -215,8 +219,21 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
     return view
 
 
+def _has_points(R: Any, envelope: str) -> bool:
+    return not _is_null(envelope) and R.RPR_CountEnvelopePoints(envelope) > 0
+
+
+def _heard(R: Any, track: str, item: str) -> bool:
+    """Whether the item plays: not muted, and not on a lane that does not play (REAPER 7's fixed item lanes)."""
+    if R.RPR_GetMediaItemInfo_Value(item, "B_MUTE"):
+        return False
+    lane_plays = R.RPR_GetMediaItemInfo_Value(item, "C_LANEPLAYS")
+    return lane_plays != -1 and not (R.RPR_GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and lane_plays == 0)
+
+
 def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
-    """Selected items; without any, the items under the time selection on selected tracks (clipped to it).
+    """Selected items; without any, the items heard under the time selection on selected tracks (clipped to it):
+    muted items and lanes that do not play are left out there.
 
     Returns ([(track pointer, view)], clip range or None).
     """
@@ -235,7 +252,7 @@ def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[f
             item = R.RPR_GetTrackMediaItem(track, i)
             position = R.RPR_GetMediaItemInfo_Value(item, "D_POSITION")
             length = R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH")
-            if planning.clip_to_range(position, length, start, end) is not None:
+            if planning.clip_to_range(position, length, start, end) is not None and _heard(R, track, item):
                 found.append((track, read_item(R, item, project_dir)))
     return found, (start, end)
 
@@ -326,14 +343,20 @@ class Session:
 
 
 _SESSIONS: list[Session] = []
-_LAST_TICK = 0.0  # when the deferred loop last ran or was deferred (0: no loop)
+_LOOP = 0  # which deferred loop goes on: the one the newest action started (an older one ends at its next tick)
 
 
 def _defer_tick() -> None:
-    global _LAST_TICK
-    _LAST_TICK = time.monotonic()
     # Deferred code runs in a fresh namespace: reach this module through sys.modules, whatever it is called.
-    _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].tick()")
+    _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].tick({_LOOP})")
+
+
+def _allow_rerun(R) -> None:
+    """Let the user run an action again while an earlier run of it waits on the engine (no "already running" dialog);
+    REAPER before 7.03 has no such option and asks."""
+    set_options = getattr(R, "RPR_set_action_options", None)
+    if set_options is not None:
+        set_options(RERUN_REPLACES)
 
 
 def _active_project(R) -> str:
@@ -365,6 +388,9 @@ def run_edit(instruction: str, mode: str = "") -> None:
 
     `mode` "" is the engine's default for the operation; the engine refuses a mode that does not apply."""
     R = _api()
+    _allow_rerun(R)
+    if _SESSIONS:
+        _ensure_loop()  # REAPER may have ended the instance that ran the loop to start this one
     try:
         instruction = planning.normalize_instruction(instruction)
         selection, clip = read_selection(R)
@@ -409,16 +435,19 @@ def run_edit(instruction: str, mode: str = "") -> None:
 
 
 def _ensure_loop() -> None:
-    """Start the deferred loop unless one is ticking (REAPER may have terminated an old one: then start anew)."""
-    if time.monotonic() - _LAST_TICK > LOOP_STALE_S:
-        _defer_tick()
+    """Run the deferred loop in this action's script instance: REAPER ends an older instance when its action is run
+    again (or the user terminates it), and the loop with it."""
+    global _LOOP
+    _LOOP += 1
+    _defer_tick()
 
 
-def tick() -> None:
+def tick(loop: int | None = None) -> None:
     """One deferred round: read every reply that has arrived, finish sessions whose jobs all ended, defer again."""
-    global _LAST_TICK
+    if loop is not None and loop != _LOOP:
+        return  # a newer action runs the loop now
     R = _api()
-    now = _LAST_TICK = time.monotonic()
+    now = time.monotonic()
     cancelled = _cancelled_ids(R)
     for session in list(_SESSIONS):
         try:
@@ -444,7 +473,6 @@ def tick() -> None:
     if _SESSIONS:
         _defer_tick()
     else:
-        _LAST_TICK = 0.0
         R.RPR_DeleteExtState(EXT_SECTION, "cancelled", False)
 
 
@@ -497,6 +525,10 @@ def insert_results(R: Any, instruction: str, jobs: list[_Job]) -> None:
             index = planning.result_insert_index(number, R.RPR_CountTracks(0))
             R.RPR_InsertTrackAtIndex(index, True)
             new_track = R.RPR_GetTrack(0, index)
+            depth = R.RPR_GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") if alive else 0
+            if number is not None and depth < 0:  # the source closes its folder: the result takes over, inside it
+                R.RPR_SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", 0)
+                R.RPR_SetMediaTrackInfo_Value(new_track, "I_FOLDERDEPTH", depth)
             R.RPR_GetSetMediaTrackInfo_String(new_track, "P_NAME", name, True)
             for job in group:
                 _add_result_item(R, new_track, job, label)
@@ -513,6 +545,7 @@ def _add_result_item(R, track: str, job: _Job, label: str) -> None:
     R.RPR_SetMediaItemTake_Source(take, source)
     R.RPR_SetMediaItemInfo_Value(item, "D_POSITION", job.plan.position)
     R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
+    R.RPR_SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)  # a result a few samples short must not loop its start
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)
@@ -564,6 +597,7 @@ _STATUS: dict = {}
 
 def run_status() -> None:
     """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
+    _allow_rerun(_api())
     from bridge.client import Client
 
     host, port = engine_address()

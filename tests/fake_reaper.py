@@ -33,6 +33,12 @@ def _pointer(kind: str) -> str:
     return f"({kind}*)0x{next(_addresses):016X}"
 
 
+class Deferred(str):
+    """Deferred code, and the script instance (the action file) it belongs to."""
+
+    owner = ""
+
+
 def null(kind: str) -> str:
     return f"({kind}*)0x{0:016X}"
 
@@ -59,6 +65,8 @@ class Take:
     values: dict = field(
         default_factory=lambda: {"D_STARTOFFS": 0.0, "D_PLAYRATE": 1.0, "D_PITCH": 0.0, "B_PPITCH": 0.0}
     )
+    stretch_markers: int = 0
+    envelopes: dict = field(default_factory=dict)  # take envelope name ("Pitch", ...) -> its number of points
     ptr: str = field(default_factory=lambda: _pointer("MediaItem_Take"))
 
 
@@ -88,6 +96,7 @@ class Track:
     name: str = ""
     selected: bool = False
     items: list[Item] = field(default_factory=list)
+    values: dict = field(default_factory=lambda: {"I_FOLDERDEPTH": 0.0, "I_FREEMODE": 0.0})
     ptr: str = field(default_factory=lambda: _pointer("MediaTrack"))
 
 
@@ -103,7 +112,10 @@ class FakeReaper:
         self.media_dir = media_dir
         self.tracks: list[Track] = []
         self.time_selection = (0.0, 0.0)
-        self.deferred: list[str] = []
+        self.deferred: list[Deferred] = []
+        self.action_options: dict[str, int] = {}  # script -> set_action_options flags of its running instance
+        self.instance_prompts: list[str] = []  # scripts whose re-run met REAPER's "already running" dialog
+        self._running = ""  # the script whose code runs now
         self.at_exit: list[str] = []
         self.messages: list[tuple[str, str, int]] = []  # (message, title, type) of every message box
         self.console: list[str] = []
@@ -226,18 +238,38 @@ class FakeReaper:
         sys.modules["reaper_python"] = self.as_module()
 
     def run_script(self, path: str) -> None:
-        """Run an action file as REAPER does: its globals hold the API, __name__ is __main__."""
+        """Run an action file as REAPER does: its globals hold the API, __name__ is __main__.
+
+        An instance of it still running (deferred code pending) is what REAPER asks about ("terminate / new
+        instance"), unless that instance set action options: 1 terminates it without asking, 2 then starts anew."""
+        if any(code.owner == path for code in self.deferred):
+            flags = self.action_options.get(path, 0)
+            if not flags & 1:
+                self.instance_prompts.append(path)
+                return
+            self.deferred = [code for code in self.deferred if code.owner != path]
+            if not flags & 2:
+                return
+        self.action_options.pop(path, None)
         with open(path, encoding="utf-8") as handle:
             code = compile(handle.read(), path, "exec")
-        with self._as_main() as script_globals:
-            exec(code, script_globals)
+        self._running = path
+        try:
+            with self._as_main() as script_globals:
+                exec(code, script_globals)
+        finally:
+            self._running = ""
 
     def run_deferred(self) -> int:
         """Run one round of deferred code (REAPER runs it on its next timer tick); returns how many ran."""
         pending, self.deferred = self.deferred, []
         for code in pending:
-            with self._as_main() as deferred_globals:
-                exec(compile(code, "<deferred>", "exec"), deferred_globals)
+            self._running = code.owner
+            try:
+                with self._as_main() as deferred_globals:
+                    exec(compile(code, "<deferred>", "exec"), deferred_globals)
+            finally:
+                self._running = ""
         return len(pending)
 
     # -------------------------------------------------------------------------------------------------- lookups
@@ -327,7 +359,7 @@ class FakeReaper:
             return float(self.tracks.index(self._track(track)) + 1)
         if parm == "I_SELECTED":
             return float(self._track(track).selected)
-        return 0.0
+        return float(self._track(track).values.get(parm, 0.0))
 
     def RPR_GetSetMediaTrackInfo_String(self, track: str, parm: str, value: str, set_new: bool):
         target = self._track(track)
@@ -348,6 +380,20 @@ class FakeReaper:
 
     def RPR_GetMediaItemTakeInfo_Value(self, take: str, parm: str) -> float:
         return float(self._take(take).values.get(parm, 0.0))
+
+    def RPR_CountTakes(self, item: str) -> int:
+        return len(self._item(item).takes)
+
+    def RPR_GetTakeNumStretchMarkers(self, take: str) -> int:
+        return self._take(take).stretch_markers
+
+    def RPR_GetTakeEnvelopeByName(self, take: str, envname: str) -> str:
+        target = self._take(take)
+        return f"(TrackEnvelope*){target.ptr}:{envname}" if envname in target.envelopes else null("TrackEnvelope")
+
+    def RPR_CountEnvelopePoints(self, envelope: str) -> int:
+        take_ptr, name = envelope.removeprefix("(TrackEnvelope*)").rsplit(":", 1)
+        return self._take(take_ptr).envelopes[name]
 
     def RPR_GetSetMediaItemTakeInfo_String(self, take: str, parm: str, value: str, set_new: bool):
         target = self._take(take)
@@ -436,7 +482,12 @@ class FakeReaper:
     def RPR_defer(self, code: str) -> None:
         if not isinstance(code, str):
             raise TypeError("RPR_defer takes a string of Python code")
-        self.deferred.append(code)
+        deferred = Deferred(code)
+        deferred.owner = self._running
+        self.deferred.append(deferred)
+
+    def RPR_set_action_options(self, flag: int) -> None:
+        self.action_options[self._running] = int(flag)
 
     def RPR_atexit(self, code: str) -> None:
         if not isinstance(code, str):
@@ -507,6 +558,8 @@ class FakeReaper:
         self.changes.append(f"track {parm}")
         if parm == "I_SELECTED":
             self._track(track).selected = bool(value)
+        else:
+            self._track(track).values[parm] = float(value)
         return True
 
     def RPR_SetMediaItemSelected(self, item: str, selected: bool) -> None:

@@ -153,6 +153,7 @@ def test_extract_drums_puts_the_edit_of_exactly_the_item_on_a_new_track_under_it
     (result,) = reaper.tracks[1].items
     assert (result.position, result.length) == (2.0, 2.5)
     assert result.take.values["D_STARTOFFS"] == 0.0 and result.take.values["D_PLAYRATE"] == 1.0
+    assert result.values["B_LOOPSRC"] == 0.0
     assert result.take.name == "extract drums"
     info = soundfile.info(result.take.source.filename)
     assert (info.frames, info.samplerate, info.channels) == (frames(2.5), SR, 2)
@@ -226,6 +227,38 @@ def test_an_item_that_does_not_play_its_files_own_samples_is_refused(harness, so
     assert_unchanged(harness, message)
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda item: setattr(item.take, "stretch_markers", 3), "has stretch markers"),
+        (lambda item: item.take.envelopes.update(Pitch=2), "has a take pitch envelope"),
+        (
+            lambda item: (
+                item.takes.append(fake_reaper.Take(source=item.take.source)),
+                item.values.update(B_ALLTAKESPLAY=1),
+            ),
+            "plays all its takes at once",
+        ),
+    ],
+)
+def test_a_warped_or_comped_item_is_refused(harness, source_file, change, message):
+    track = harness.reaper.add_track("Loop")
+    item = harness.reaper.add_item(track, position=1.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    change(item)
+    harness.run("imusic_add_piano.py")
+    assert_unchanged(harness, message)
+
+
+def test_an_empty_pitch_envelope_and_one_take_playing_all_takes_are_edited(harness, source_file, sent):
+    track = harness.reaper.add_track("Loop")
+    item = harness.reaper.add_item(track, position=1.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    item.take.envelopes["Pitch"] = 0
+    item.values["B_ALLTAKESPLAY"] = 1.0
+    harness.run("imusic_add_piano.py")
+    harness.settle()
+    assert harness.reaper.messages == [] and len(sent) == 1
+
+
 def test_a_channel_mode_on_a_mono_source_plays_the_file_and_is_edited(harness, source_file, sent, tmp_path):
     mono = tmp_path / "mono.wav"
     soundfile.write(mono, source_file[1][0], SR, subtype="FLOAT")
@@ -253,6 +286,39 @@ def test_the_time_selection_on_selected_tracks_is_edited_when_no_item_is_selecte
     assert (result.position, result.length) == (11.5, 2.5)
     assert soundfile.info(result.take.source.filename).frames == frames(2.5)
     assert_region_is_source(sent[0], source_file, offset=2.5, seconds=2.5)
+
+
+def test_the_time_selection_leaves_out_muted_items_and_lanes_that_do_not_play(harness, source_file, sent):
+    reaper = harness.reaper
+    comp = reaper.add_track("Comp", selected=True)
+    comp.values["I_FREEMODE"] = 2  # REAPER 7 fixed item lanes
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    playing = reaper.add_item(comp, position=0.0, length=4.0, source=source, selected=False)
+    silent_lane = reaper.add_item(comp, position=0.0, length=4.0, start_offset=2.0, source=source, selected=False)
+    muted = reaper.add_item(comp, position=0.0, length=4.0, start_offset=3.0, source=source, selected=False)
+    playing.values["C_LANEPLAYS"], silent_lane.values["C_LANEPLAYS"] = 1.0, 0.0
+    muted.values.update(C_LANEPLAYS=2.0, B_MUTE=1.0)
+    reaper.time_selection = (1.0, 2.0)
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    assert reaper.messages == []
+    (call,) = sent
+    assert_region_is_source(call, source_file, offset=1.0, seconds=1.0)
+
+
+def test_a_result_under_the_last_track_of_a_folder_stays_in_the_folder(harness, source_file):
+    reaper = harness.reaper
+    bus = reaper.add_track("Drum bus")
+    kick = reaper.add_track("Kick")
+    after = reaper.add_track("After")
+    bus.values["I_FOLDERDEPTH"], kick.values["I_FOLDERDEPTH"] = 1.0, -1.0
+    reaper.add_item(kick, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Drum bus", "Kick", "Kick \u00b7 extract drums", "After"]
+    depths = [t.values["I_FOLDERDEPTH"] for t in reaper.tracks]
+    assert depths == [1.0, 0.0, -1.0, 0.0]
+    assert after is reaper.tracks[3]
 
 
 def test_the_prompted_action_sends_what_the_user_typed(harness, source_file, sent):
@@ -487,7 +553,6 @@ def test_a_deferred_loop_that_reaper_terminated_is_started_again_by_the_next_act
     first = reaper.add_item(drums, position=0.0, length=1.0, source=source)
     harness.run("imusic_extract_drums.py")
     reaper.deferred.clear()  # REAPER terminated the script instance: its deferred code never runs
-    time.sleep(harness.library.LOOP_STALE_S + 0.1)
     first.values["B_UISEL"] = 0.0
     reaper.add_item(bass, position=2.0, length=1.0, source=source)
     harness.run("imusic_extract_bass.py")
@@ -499,6 +564,36 @@ def test_a_deferred_loop_that_reaper_terminated_is_started_again_by_the_next_act
         "Bass \u00b7 extract bass",
     ]
     assert reaper.undo_points == ["Instruct: extract drums", "Instruct: extract bass"]
+
+
+def test_the_same_action_run_again_while_it_waits_edits_both_without_reapers_already_running_dialog(
+    harness, source_file
+):
+    reaper = harness.reaper
+    drums = reaper.add_track("Drums")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    first = reaper.add_item(drums, position=0.0, length=1.0, source=source)
+    harness.run("imusic_extract_drums.py")
+    reaper.run_deferred()
+    first.values["B_UISEL"] = 0.0
+    reaper.add_item(drums, position=3.0, length=1.0, source=source)
+    harness.run("imusic_extract_drums.py")  # REAPER ends the waiting instance (and its loop), then runs this one
+    harness.settle()
+    assert reaper.instance_prompts == []
+    assert [t.name for t in reaper.tracks] == ["Drums", "Drums \u00b7 extract drums", "Drums \u00b7 extract drums"]
+    assert sorted(item.position for track in reaper.tracks[1:] for item in track.items) == [0.0, 3.0]
+
+
+def test_a_rerun_that_sends_nothing_keeps_the_waiting_edits_alive(harness, source_file):
+    reaper = harness.reaper
+    drums = reaper.add_track("Drums")
+    first = reaper.add_item(drums, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    first.values["B_UISEL"] = 0.0
+    harness.run("imusic_extract_drums.py")  # nothing selected: a message, and the first edit goes on
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Drums", "Drums \u00b7 extract drums"]
+    assert len(reaper.messages) == 1 and reaper.instance_prompts == []
 
 
 def test_results_whose_source_track_was_deleted_meanwhile_go_last(harness, source_file):
