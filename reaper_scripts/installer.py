@@ -63,12 +63,22 @@ def import_paths() -> dict:
     return {"prepend": [project_root], "append": [] if osc_dir == project_root else [osc_dir]}
 
 
-def libpython() -> str:
-    """The shared Python library REAPER must load (Preferences > Plug-ins > ReaScript), '' if there is none."""
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    name = sysconfig.get_config_var("LDLIBRARY") or ""
-    path = Path(libdir) / name
-    return str(path) if name and path.exists() and not name.endswith(".a") else ""
+def libpython(
+    config=sysconfig.get_config_var, base_prefix: str = sys.base_prefix, windows: bool = os.name == "nt"
+) -> str:
+    """The shared Python library REAPER must load (Preferences > Plug-ins > ReaScript), '' if there is none.
+
+    Where it lies differs: on Windows python3XY.dll beside python.exe (sysconfig names none there); in a macOS
+    framework build the framework's own `Python` file; elsewhere LDLIBRARY in LIBDIR (a static .a is no use)."""
+    version = f"{sys.version_info.major}{sys.version_info.minor}"
+    if windows:
+        candidates = [Path(base_prefix) / f"python{version}.dll"]
+    else:
+        framework = config("PYTHONFRAMEWORK") or ""
+        libdir, name = config("LIBDIR") or "", config("LDLIBRARY") or ""
+        candidates = [Path(base_prefix) / framework] if framework else []
+        candidates += [Path(libdir) / name] if libdir and name and not name.endswith(".a") else []
+    return next((str(path) for path in candidates if path.is_file()), "")
 
 
 def _backup_path(path: Path) -> Path:

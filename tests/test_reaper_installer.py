@@ -320,6 +320,27 @@ def test_the_python_hint_stays_while_python_is_disabled(resource):
     assert "Enable Python for use with ReaScript" in install(resource).notes[0]
 
 
+def test_the_shared_python_library_is_found_where_each_platform_keeps_it(tmp_path):
+    version = f"{sys.version_info.major}{sys.version_info.minor}"
+    windows = tmp_path / "Python"  # python.org's Windows layout: the DLL beside python.exe, sysconfig names none
+    windows.mkdir()
+    (windows / f"python{version}.dll").write_bytes(b"")
+    assert installer.libpython(lambda name: None, str(windows), windows=True) == str(windows / f"python{version}.dll")
+    framework = tmp_path / "Python.framework" / "Versions" / "3.x"  # python.org's macOS framework build
+    (framework / "lib").mkdir(parents=True)
+    (framework / "Python").write_bytes(b"")
+    config = {"PYTHONFRAMEWORK": "Python", "LIBDIR": str(framework / "lib"), "LDLIBRARY": "Python.framework/Python"}
+    assert installer.libpython(config.get, str(framework), windows=False) == str(framework / "Python")
+    linux = tmp_path / "usr" / "lib"
+    linux.mkdir(parents=True)
+    (linux / "libpython3.so.1.0").write_bytes(b"")
+    config = {"LIBDIR": str(linux), "LDLIBRARY": "libpython3.so.1.0"}
+    assert installer.libpython(config.get, str(tmp_path), windows=False) == str(linux / "libpython3.so.1.0")
+    static = {"LIBDIR": str(linux), "LDLIBRARY": "libpython3.a"}
+    assert installer.libpython(static.get, str(tmp_path), windows=False) == ""
+    assert installer.libpython(lambda name: None, str(tmp_path), windows=True) == ""
+
+
 def test_cli_uninstall_round_trip(resource, capsys):
     original = sample_kb("\r\n")
     (resource / "reaper-kb.ini").write_bytes(original)
