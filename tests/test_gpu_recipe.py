@@ -173,9 +173,10 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
         "PYTHON": sys.executable,
         "RUN_DIR": str(run),
         "OMP_NUM_THREADS": "1",
+        "LIMIT_S": "230",  # no budget given: what the command's limit leaves, less the margin (about 3 min here)
     }
     result = subprocess.run(
-        ["bash", "engine/train/gpu_recipe.sh", str(out), "3"], cwd=ROOT, env=env, capture_output=True, text=True
+        ["bash", "engine/train/gpu_recipe.sh", str(out)], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     returned = sorted(p.name for p in out.iterdir())
@@ -192,6 +193,9 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert "summary" in card["stages"]["eval"]
     log = (out / "run.log").read_text()
     assert "adapters: done" in log and "pack: done" in log
+    budget = float(log.split("its budget: ", 1)[1].split()[0])
+    assert 2.5 < budget <= 3.0
+    assert "gpu_recipe: recipe exit 0; returned:" in log and log.rstrip().endswith("run.log")  # the log's end is in it
     # the bars the run can judge are in its log and card at once, each met, not met or not measured
     bars = card["stages"]["eval"]["bars"]
     assert [b["bar"] for b in bars][:3] == [

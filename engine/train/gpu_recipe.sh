@@ -5,17 +5,22 @@
 #
 # Installs the carried wheels (.carry/wheels, made here by `make model-gpu-carry`) with --no-deps into /tmp/site,
 # checks the recipe end to end at tiny scale on the GPU (seconds; PREFLIGHT=0 skips it), then runs the full recipe
-# within BUDGET_MINUTES (default 8.5: with the install and the preflight it ends inside a 600 s command), unbuffered. Each stage's packs and card.json land in OUT as the stage ends, and the
+# within BUDGET_MINUTES, unbuffered. Without one, the budget is what is left of the device command's limit LIMIT_S
+# (default 600: the run's timeout_s; set it lower when the device has less time left) after the install and the
+# preflight, less a 50 s margin for the recipe's start-up, its last export and its overruns. Each stage's packs and card.json land in OUT as the stage ends, and the
 # whole log is OUT/run.log, so a run cut at any point returns what it finished. With .carry/packs (an earlier run's
 # returned files) the finished stages are restored and skipped. OUT receives at most 7 files, each <= 15 MiB:
 # run.log, card.json, codec.tar.00, base.tar.00, base.tar.01, adapters.tar.00, eval.tar.00.
 set -u -o pipefail
 OUT=${1:?usage: bash engine/train/gpu_recipe.sh OUT [BUDGET_MINUTES]}
-BUDGET=${2:-${BUDGET_MINUTES:-8.5}}
+BUDGET=${2:-${BUDGET_MINUTES:-}}
+LIMIT=${LIMIT_S:-600}
 RUN=${RUN_DIR:-/tmp/imusic-run}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
-echo "gpu_recipe: $(date -u +%FT%TZ) budget ${BUDGET} min, run dir $RUN, out $OUT"
+TEE=$!
+trap 'exec >&- 2>&-; wait "$TEE" 2>/dev/null' EXIT  # the log's last lines reach run.log before the command ends
+echo "gpu_recipe: $(date -u +%FT%TZ) budget ${BUDGET:-what is left of ${LIMIT} s} min, run dir $RUN, out $OUT"
 
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
@@ -42,6 +47,10 @@ if [ "${PREFLIGHT:-1}" = 1 ]; then
     || { echo "gpu_recipe: the tiny recipe failed on this machine: not starting the full run" >&2; exit 3; }
 fi
 
+if [ -z "$BUDGET" ]; then
+  BUDGET=$(awk -v limit="$LIMIT" -v used="$SECONDS" 'BEGIN { printf "%.2f", (limit - used - 50) / 60 }')
+  echo "gpu_recipe: ${SECONDS} s used before the full run; its budget: ${BUDGET} min"
+fi
 from=()
 if [ -n "$(ls .carry/packs/*.tar.* 2>/dev/null)" ]; then from=(--from-packs .carry/packs); fi
 "$PY" -m engine.train.recipe run -o "$RUN" --scale "${SCALE:-full}" --budget-minutes "$BUDGET" --device "$DEVICE" \
