@@ -162,6 +162,26 @@ def test_a_run_can_start_from_a_trained_codec(tones, tmp_path):
     assert float((moved < 0.01 * before[key].abs().max()).float().mean()) > 0.5
 
 
+def test_a_run_started_from_a_codec_that_never_quantised_seeds_its_codebooks_from_the_first_batch(
+    tones, tmp_path, monkeypatch
+):
+    from transformers import EncodecModel
+
+    from engine.train.codec_train import RVQTrainer
+
+    cfg = _tiny_cfg(2)
+    cfg.quantize_after = 500  # the first phase ends (its deadline) before it quantises: all-zero codebooks
+    first = train_codec(tones, tmp_path / "first", cfg, threads=1, quiet=True)
+    assert not EncodecModel.from_pretrained(first).state_dict()["quantizer.layers.0.codebook.embed"].abs().sum()
+    seeded = []
+    real = RVQTrainer._init_from
+    monkeypatch.setattr(RVQTrainer, "_init_from", lambda self, flat: seeded.append(flat.shape) or real(self, flat))
+    second = train_codec(tones, tmp_path / "second", _tiny_cfg(1), threads=1, quiet=True, init_from=first)
+    assert len(seeded) == 1  # each stage from the residual of the ones before, as a fresh run (not dead-code luck)
+    train_codec(tones, tmp_path / "third", _tiny_cfg(1), threads=1, quiet=True, init_from=second)
+    assert len(seeded) == 1  # trained codebooks are kept
+
+
 def test_starting_from_a_codec_of_other_sizes_is_named(tones, tmp_path):
     first = train_codec(tones, tmp_path / "first", _tiny_cfg(2), threads=1, quiet=True)
     cfg = _tiny_cfg(1)

@@ -356,3 +356,13 @@ def test_large_model_decode_keeps_the_projections_for_a_long_text():
     ctx, steps = _teacher_forced_steps(model, states, mask, seq, fuse=False)
     assert ctx.cross_folded is None
     torch.testing.assert_close(steps, model(seq, states, mask), atol=1e-5, rtol=0)
+
+
+def test_the_text_padding_bias_stays_finite_when_autocast_casts_it_to_half_precision():
+    lm = MusicGenLM(LMConfig(num_layers=1, dim=16, num_heads=2, ffn_dim=32, card=8, text_dim=8))
+    mask = torch.tensor([[True, False], [False, False]])  # the second row: all padding, the CFG null condition
+    ctx = lm.text_context(torch.randn(2, 2, 8), mask)
+    for dtype in (torch.bfloat16, torch.float16):
+        bias = ctx.cross_bias.to(dtype)
+        assert torch.isfinite(bias).all(), dtype  # a row of -inf would be NaN after the softmax
+        assert torch.equal(bias.softmax(-1)[1, 0, 0], torch.full((2,), 0.5, dtype=dtype))

@@ -386,6 +386,27 @@ def test_fused_layers_puts_the_audio_fusion_on_the_top_layers_only(config, tmp_p
         train(replace(config, fused_layers=99), tmp_path / "many", progress=False)
 
 
+def test_text_dropout_trains_dropped_clips_on_the_null_condition_that_cfg_decodes_against(config):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from engine.train.base import BaseStage
+
+    stage = BaseStage(replace(config, stage="base", text_dropout=0.999999), "cpu")
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, (2, stage.codec.sample_rate)).astype(np.float32)
+    records = stage.encode([SimpleNamespace(audio=clip, caption="rock, drums and bass") for clip in noise])
+    codes = torch.stack([r.codes for r in records]).long()
+    null_states = torch.zeros(2, 1, stage.lm.cfg.text_dim)
+    null_loss, _ = stage.lm.loss(codes, null_states, torch.zeros(2, 1, dtype=torch.bool), None)
+    with torch.no_grad():
+        dropped = stage.loss_codes(records)
+        stage.lm.eval()  # validation: the captions stay
+        kept = stage.loss_codes(records)
+    assert torch.allclose(dropped, null_loss, atol=1e-5)
+    assert not torch.allclose(kept, null_loss, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [
@@ -395,6 +416,8 @@ def test_fused_layers_puts_the_audio_fusion_on_the_top_layers_only(config, tmp_p
         ({"weight_decay": -1.0}, "--weight-decay must be a number, not negative"),
         ({"window": float("nan")}, "--window must be a number"),
         ({"seconds": float("inf")}, "--seconds must be a positive number"),
+        ({"text_dropout": 1.0}, "--text-dropout must be at least 0 and below 1, got 1.0"),
+        ({"text_dropout": float("nan")}, "--text-dropout must be at least 0 and below 1"),
     ],
 )
 def test_settings_that_are_no_number_are_refused_before_a_run(config, change, says):

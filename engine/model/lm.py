@@ -29,6 +29,11 @@ from engine.model.attention import Attention, PrefixKV, merge_heads, split_heads
 from engine.model.config import FusionConfig, LMConfig, is_adapter_name
 from engine.model.fusion import AudioFusion, add_lora
 
+# The attention bias of text padding: finite in fp32, bf16 and fp16 alike, so that a row that is all padding (the CFG
+# null condition) stays uniform over zeros when autocast casts the bias down (finfo(float32).min becomes -inf in bf16,
+# and a row of -inf is NaN); exp of it is 0 next to any real score.
+MASKED = torch.finfo(torch.float16).min
+
 
 def sinusoids(num_positions: int, dim: int, device: torch.device | str | None = None) -> torch.Tensor:
     """[num_positions, dim] float32: cos half then sin half (transformers' MusicgenSinusoidalPositionalEmbedding)."""
@@ -241,7 +246,7 @@ class MusicGenLM(nn.Module):
             # an all-padding row (the CFG null condition) then attends uniformly to zeros: output 0.
             states = states * mask[..., None].to(states.dtype)
             bias = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-            bias = bias.masked_fill(~mask.bool(), torch.finfo(self.dtype).min)[:, None, None, :]
+            bias = bias.masked_fill(~mask.bool(), MASKED)[:, None, None, :]
         cross = []
         for layer in self.layers:
             heads = layer.cross_attn.num_heads

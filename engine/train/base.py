@@ -107,6 +107,11 @@ class BaseStage(Stage):
 
     def loss_codes(self, records: Sequence[Encoded]) -> Any:
         text_states, text_mask = self._encode_text([r.text for r in records])
+        if self.lm.training and self.cfg.text_dropout > 0:
+            # the null condition, as generate.py's CFG half: zero states under an empty mask
+            dropped = torch.rand(len(records)) < self.cfg.text_dropout
+            text_mask = text_mask & ~dropped.to(text_mask.device)[:, None]
+            text_states = text_states * text_mask[..., None].to(text_states.dtype)
         codes = torch.stack([r.codes for r in records]).long().to(self.device)  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, None)
         return loss

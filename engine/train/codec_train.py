@@ -339,7 +339,9 @@ def train_codec(
     step = 0
     if init_from is not None and not (resume and checkpoints):
         _load_initial(model, Path(init_from))
-        rvq.initialised = True  # the codebooks come trained: no re-seeding from the first batch
+        # Trained codebooks are kept; all-zero ones (the earlier run ended before it began quantising) are seeded
+        # from the first batch as in a fresh run.
+        rvq.initialised = any(bool(codebook.embed.abs().sum()) for codebook in rvq.codebooks)
     if resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None)
         model.load_state_dict(state["model"])

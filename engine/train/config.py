@@ -49,6 +49,9 @@ class TrainConfig:
     # 0, pos_emb fitted so that the prefix attention follows the music in time), then the gates start at gate_init.
     align_steps: int = 0
     gate_init: float = 0.0
+    # base: the share of training clips whose caption is replaced by the null condition (zero text, empty mask: what
+    # classifier-free guidance decodes against); audiocraft's MusicGen trains with 0.2 and decodes with CFG 3.0.
+    text_dropout: float = 0.0
     fused_layers: int | None = None  # adapters: audio fusion on the top N layers (None: the base adapter's, else all)
     extra: dict = field(default_factory=dict)
 
@@ -68,6 +71,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number, not negative, got {value}")
+        if not (math.isfinite(self.text_dropout) and 0 <= self.text_dropout < 1):
+            raise ConfigError(f"--text-dropout must be at least 0 and below 1, got {self.text_dropout}")
         if self.pool < 0:
             raise ConfigError(f"--pool must not be negative, got {self.pool}")
         if self.workers is not None and self.workers < 0:
