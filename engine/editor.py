@@ -303,7 +303,7 @@ class Editor:
             edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
         timings["mask" if mode == "mask" else "resample"] = time.perf_counter() - started
         t0 = time.perf_counter()
-        edited, levels = match_level(edited, audio, sample_rate, parsed.op, raw=raw)
+        edited, levels = match_level(edited, audio, sample_rate, parsed.op, mode=mode, raw=raw)
         timings["levels"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started  # edit_modes adds the shared generation's time
         warnings.extend(levels.get("warnings", []))

@@ -1,12 +1,19 @@
 """Levels of edit results: land where a producer expects, without touching a fader, and never clip.
 
-Policy (issue 10, part 2), applied at the input's rate and channel layout after the edit:
-- add / remove: the result's integrated loudness (ITU-R BS.1770-4 via pyloudnorm) is matched to the source region's.
-- extract: the stem keeps the level it has in the mix. That level is estimated, since the true stem is unknown:
-  in the time-frequency bins where the extracted stem has energy, the stem is assumed to dominate the mix, so a
-  low energy-weighted quantile of mix-to-stem power ratios over those bins is the gain that puts the stem back at
-  its level in the mix (estimate_stem_gain_db has the measured accuracy). The estimate is capped at the mix's own
-  loudness (a part is never louder than the whole) and floored STEM_FLOOR_LU below it.
+Policy (issue 10, part 2; remove and the mask mode revised since), applied at the input's rate and channel layout
+after the edit:
+- mask mode (the result is the recording's own samples, masked, or the recording plus an added part): no gain at
+  all, so a removed stem leaves the rest of the mix at the level it had and an extracted stem sits at its level in
+  the mix; the limiter acts only above the source's own true peak (or the ceiling, whichever is higher).
+- resynth mode (the model's audio, at a level of its own):
+  - add: the result's integrated loudness (ITU-R BS.1770-4 via pyloudnorm) is matched to the source region's;
+  - extract and remove: the result is a part of the mix (the stem, or the mix without it) and keeps the level it has
+    in the mix. That level is estimated, since the true part is unknown: in the time-frequency bins where the result
+    has energy, the part is assumed to dominate the mix, so a low energy-weighted quantile of mix-to-part power
+    ratios over those bins is the gain that puts it back at its level in the mix (estimate_stem_gain_db has the
+    measured accuracy). The estimate is capped at the mix's own loudness (a part is never louder than the whole)
+    and floored STEM_FLOOR_LU below it. (Matching a remove result to the whole mix's loudness, the first policy,
+    pushed the rest of a mix up by as much as the removed stem was loud: +19 dB on a bass-heavy mix.)
 - add on a silent source (the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS.
 - never clipped: true peak (4x oversampled, BS.1770 annex 2) at most `ceiling_db` (-1 dBTP) after any gain, with
   a look-ahead true-peak limiter where the gain alone would exceed it (see `limit` for why not pedalboard's).
@@ -191,10 +198,12 @@ def match_level(
     sample_rate: int,
     op: str,
     *,
+    mode: str = "resynth",
     raw: bool = False,
     ceiling_db: float = TRUE_PEAK_CEILING_DB,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Apply the level policy (module docstring) to an edit result [C, N]; returns (audio, info for the reply).
+    """Apply the level policy (module docstring) of `mode` ("mask" or "resynth") to an edit result [C, N]; returns
+    (audio, info for the reply).
 
     `source` is the region the user selected, at the same rate. `info` says which policy was used, the measured
     loudness of source, model output and final result (LUFS, None for silence), the gain and the true peak.
@@ -217,8 +226,13 @@ def match_level(
     elif not math.isfinite(model_lufs):
         info["policy"] = "silent"
         info["warnings"].append("the model returned silence; no gain applied")
+    elif mode == "mask":
+        # the recording's own level; peaks above the ceiling only where the source itself had them
+        ceiling = max(ceiling_db, true_peak_db(source, sample_rate))
+        out, limited = limit(result, sample_rate, ceiling)
+        info.update(policy="recording", limited=limited)
     else:
-        if op == "extract":
+        if op in ("extract", "remove"):
             gain = estimate_stem_gain_db(result, source, sample_rate)
             estimate = model_lufs + gain if gain is not None else source_lufs
             # A stem more than STEM_FLOOR_LU under its mix would be inaudible in it: an estimate that low means the

@@ -360,14 +360,22 @@ def test_mask_mode_on_a_long_region_across_windows_keeps_length_and_rate(editor)
 
 # ---- levels and info --------------------------------------------------------------------------------------------
 def test_info_reports_model_edit_windows_timings_and_levels(editor):
-    result = editor.edit(_music(1.5, 22050, 2), 22050, "take out the bass", seed=0)
+    from engine.levels import true_peak_db
+
+    audio = _music(1.5, 22050, 2)
+    result = editor.edit(audio, 22050, "take out the bass", seed=0)
     info = result.info
     assert info["operation"] == "remove" and info["stem"] == "Bass"
     assert info["prompt"] == "Music piece. Instruct: No Bass."
     assert info["input"] == {"sample_rate": 22050, "channels": 2, "samples": 33075, "seconds": 1.5}
     assert set(info["timings"]) >= {"encode", "generate", "decode", "levels", "total"}
-    assert info["levels"]["policy"] in {"match_source", "silent"}
-    assert info["levels"]["true_peak_db"] is None or info["levels"]["true_peak_db"] <= -1.0
+    # mask mode: the recording's own level, peaks no higher than its own (or -1 dBTP)
+    assert info["levels"]["policy"] in {"recording", "silent"} and info["levels"]["gain_db"] == 0.0
+    ceiling = max(-1.0, true_peak_db(audio, 22050)) + 0.05
+    assert info["levels"]["true_peak_db"] is None or info["levels"]["true_peak_db"] <= ceiling
+    resynth = editor.edit(audio, 22050, "take out the bass", seed=0, mode="resynth").info["levels"]
+    assert resynth["policy"] in {"stem_in_mix", "silent"}
+    assert resynth["true_peak_db"] is None or resynth["true_peak_db"] <= -1.0
     assert isinstance(result.instruction, Instruction) and result.instruction.label == "remove bass"
 
 

@@ -73,12 +73,11 @@ def test_limiter_leaves_audio_under_the_ceiling_untouched():
     np.testing.assert_array_equal(out, quiet)
 
 
-@pytest.mark.parametrize("op", ["add", "remove"])
 @pytest.mark.parametrize("model_gain", [0.05, 0.5, 3.0])
-def test_add_and_remove_match_the_source_loudness_within_1_lu(op, model_gain):
+def test_add_matches_the_source_loudness_within_1_lu(model_gain):
     source = _music_like(seed=1) * 0.8
     result = _music_like(seed=2) * model_gain  # the model's output at some arbitrary level
-    out, info = match_level(result, source, SR, op)
+    out, info = match_level(result, source, SR, "add")
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
     assert true_peak_db(out, SR) <= -1.0
     assert info["policy"] == "match_source"
@@ -95,7 +94,7 @@ def _with_transients(seed: int, amp: float) -> np.ndarray:
 def test_matching_a_hot_source_is_limited_and_never_clips():
     source = _with_transients(seed=1, amp=1.0)  # true peak above 0 dBFS
     result = _with_transients(seed=2, amp=0.1)
-    out, info = match_level(result, source, SR, "remove")
+    out, info = match_level(result, source, SR, "add")
     assert info["limited"] is True
     assert true_peak_db(out, SR) <= -1.0
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
@@ -103,7 +102,7 @@ def test_matching_a_hot_source_is_limited_and_never_clips():
 
 def test_an_unreachable_loudness_is_reported_and_the_ceiling_still_holds():
     source = _music_like(seed=1) * 3.2  # dense bursts far above full scale: louder than -1 dBTP allows
-    out, info = match_level(_music_like(seed=2) * 0.1, source, SR, "remove")
+    out, info = match_level(_music_like(seed=2) * 0.1, source, SR, "add")
     assert true_peak_db(out, SR) <= -1.0
     assert integrated_loudness(out, SR) < integrated_loudness(source, SR) - 1.0
     assert any("instead of" in w for w in info["warnings"])
@@ -129,6 +128,41 @@ def test_extract_puts_the_stem_back_at_its_level_in_the_mix():
     assert info["policy"] == "stem_in_mix"
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(bass, SR), abs=1.0)
     assert integrated_loudness(out, SR) < integrated_loudness(mix, SR)
+
+
+def _bass_and_hats() -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(3 * SR) / SR
+    rng = np.random.default_rng(0)
+    bass = (0.5 * np.sin(2 * np.pi * 55 * t))[None].astype(np.float32)
+    hats = (0.15 * np.diff(rng.standard_normal(t.size + 1)) * ((t * 4) % 1 < 0.1))[None].astype(np.float32)
+    return bass, hats
+
+
+def test_remove_leaves_the_rest_of_the_mix_at_its_level_in_the_mix():
+    bass, hats = _bass_and_hats()
+    mix = bass + hats  # a bass-heavy mix: the rest is far quieter than the whole
+    rest = hats * 0.05  # the model's mix-without-bass, far too quiet
+    out, info = match_level(rest, mix, SR, "remove")
+    assert info["policy"] == "stem_in_mix"
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(hats, SR), abs=1.5)
+    assert integrated_loudness(hats, SR) < integrated_loudness(mix, SR) - 6  # what matching the mix would have done
+
+
+@pytest.mark.parametrize("op", ["extract", "remove", "add"])
+def test_in_mask_mode_the_recordings_level_is_kept(op):
+    bass, hats = _bass_and_hats()
+    result = {"extract": bass, "remove": hats, "add": bass + hats}[op]  # the recording's own samples
+    out, info = match_level(result, bass + hats, SR, op, mode="mask")
+    assert info["policy"] == "recording" and info["gain_db"] == 0.0 and not info["limited"]
+    np.testing.assert_array_equal(out, result)
+
+
+def test_in_mask_mode_only_peaks_above_the_sources_own_are_limited():
+    source = _with_transients(seed=1, amp=1.0)  # its own true peak is above 0 dBFS
+    out, info = match_level(source, source, SR, "remove", mode="mask")
+    assert not info["limited"]  # as hot as the recording, not hotter: left alone
+    out, info = match_level(source * 2.0, source, SR, "add", mode="mask")
+    assert info["limited"] and true_peak_db(out, SR) <= true_peak_db(source, SR) + 0.05
 
 
 def test_extract_never_makes_the_stem_louder_than_the_mix():
@@ -167,7 +201,7 @@ def test_raw_keeps_the_model_output_as_is_and_still_reports_levels():
 def test_short_results_are_matched_too():
     source = _tone(220, 0.3, 0.5)
     result = _tone(220, 0.3, 0.02)
-    out, _ = match_level(result, source, SR, "remove")
+    out, _ = match_level(result, source, SR, "add")
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
 
 

@@ -153,3 +153,18 @@ def test_a_low_tone_lights_the_lowest_mel_bands():
     t = np.arange(16000) / 16000
     mel = mel_spectrogram(np.sin(2 * np.pi * 30.0 * t), 16000)  # 30 Hz: inside the lowest filters
     assert mel[:3].mean() > 1e-3 * mel.max()
+
+
+def test_the_zero_padded_mel_power_stays_on_the_400_point_ffts_scale():
+    # mel SSIM (data range 1) reads absolute power: padding the FFT to 1024 points must not raise it 2.56 times
+    noise = np.random.default_rng(0).standard_normal(metrics.EVAL_RATE).astype(np.float32) * 0.1
+    ours = metrics.mel_spectrogram(noise)
+    pad = metrics.MEL_N_FFT // 2
+    padded = np.pad(noise, pad, mode="reflect")
+    starts = np.arange(ours.shape[1]) * metrics.MEL_HOP
+    frames = padded[starts[:, None] + np.arange(metrics.MEL_N_FFT)[None, :]]
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(metrics.MEL_N_FFT) / metrics.MEL_N_FFT)
+    plain = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2 @ metrics.mel_filterbank(n_fft=metrics.MEL_N_FFT)
+    upper = slice(32, None)  # bands wide enough to hold several 400-point bins
+    ratio = ours[upper].mean() / plain.T[upper].mean()
+    assert ratio == pytest.approx(1.0, abs=0.05)

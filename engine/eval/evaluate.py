@@ -97,7 +97,7 @@ def ideal_mask_row(
     audio = np.atleast_2d(input_audio)
     out = ideal_mask(audio, target, rate, task, settings)
     if not raw:
-        out, _ = match_level(out, audio, rate, task)
+        out, _ = match_level(out, audio, rate, task, mode="mask")
     return out if np.ndim(input_audio) == 2 else out[0]
 
 

@@ -123,7 +123,11 @@ def mel_spectrogram(audio: np.ndarray, rate: int = EVAL_RATE) -> np.ndarray:
     starts = np.arange(n_frames) * MEL_HOP
     frames = padded[starts[:, None] + np.arange(MEL_N_FFT)[None, :]]  # [frames, n_fft]
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(MEL_N_FFT) / MEL_N_FFT)
-    power = np.abs(np.fft.rfft(frames * window, n=MEL_FFT_SIZE, axis=1)) ** 2  # [frames, MEL_FFT_SIZE // 2 + 1]
+    # zero-padded bins sample the same spectrum more densely: a frame's power sums to MEL_FFT_SIZE / MEL_N_FFT times
+    # the 400-point FFT's (Parseval), so it is scaled back. Mel SSIM (data range 1) reads absolute power: on the
+    # official recipe's scale (the 400-point FFT's), its figures stay comparable with the paper's.
+    spectrum = np.fft.rfft(frames * window, n=MEL_FFT_SIZE, axis=1)  # [frames, MEL_FFT_SIZE // 2 + 1]
+    power = np.abs(spectrum) ** 2 * (MEL_N_FFT / MEL_FFT_SIZE)
     return (power @ mel_filterbank()).T  # [n_mels, frames]
 
 
