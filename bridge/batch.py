@@ -161,7 +161,7 @@ def triage(
         elif is_done(entry, pair, out, settings):
             summary.skipped += 1
             row[pair.label] = "done before"
-        elif pair.output.exists() and not written_here(entry, pair, out):
+        elif pair.output.exists() and not written_here(entry, pair, out, manifest.claimed):
             summary.unsupported += 1
             row[pair.label] = "refused"
             summary.refused[f"{pair.source.rel} ({pair.label})"] = (
@@ -204,6 +204,7 @@ def run_batch(
     known = [d for d in durations.values() if d is not None]
     fallback = sum(known) / len(known) if known else 1.0
     weight = {p.key: durations[p.source.rel] or fallback for p in todo}  # seconds of audio: the ETA's unit
+    manifest.claim([pair.output.relative_to(out).as_posix() for pair in todo])
     stream = progress_stream if progress_stream is not None else sys.stderr
     if show_progress is None:  # bars on a terminal only: logs of scheduled runs stay readable
         show_progress = bool(getattr(stream, "isatty", lambda: False)())
@@ -268,7 +269,7 @@ def run_batch(
                 row[pair.label] = "FAILED"
                 summary.errors.append(f"{pair.key}: {outcome.error}")
                 tqdm.write(f"failed: {pair.key}: {outcome.error}", file=stream)
-            manifest.record(pair.key, entry)
+            manifest.record(pair.key, entry, claimed=pair.output.relative_to(out).as_posix())
     finally:
         per_file.close()
         overall.close()

@@ -152,6 +152,7 @@ class ServerBackend:
         self.submitted = {job_ids[p.key] for p in firsts}
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
+        from bridge import protocol
         from bridge.client import NoReply, RemoteError
 
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
@@ -168,6 +169,12 @@ class ServerBackend:
                 result = self.client.wait(
                     job_id, on_progress=lambda f, _stage, p=pair: progress(p, f), give_up_after=self.silence_limit_s
                 )
+            except KeyboardInterrupt:
+                # Ctrl-C stops the server's work on this batch too (a rerun resumes what is not done)
+                for pending in {job_id, *self.submitted}:
+                    with contextlib.suppress(ImusicError, OSError):
+                        self.client.send(protocol.CANCEL, pending)
+                raise
             except NoReply as exc:
                 # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
                 raise ResourceError(f"{exc}; rerun the same batch command to resume") from None

@@ -35,8 +35,22 @@ class Manifest:
     def pairs(self) -> dict[str, dict]:
         return self.data["pairs"]
 
-    def record(self, key: str, entry: dict) -> None:
+    @property
+    def claimed(self) -> list[str]:
+        """Outputs (relative to OUT) this batch is about to write: free when claimed, so whatever is found there
+        after a cut (a result written before its record, or by a server that finished a job after Ctrl-C) is ours."""
+        return self.data.setdefault("claimed", [])
+
+    def claim(self, outputs: list[str]) -> None:
+        self.claimed.extend(o for o in outputs if o not in self.claimed)
+        self.save()
+
+    def record(self, key: str, entry: dict, claimed: str | None = None) -> None:
+        """The pair's outcome; its output name (`claimed`, when the result went elsewhere) is claimed no more."""
         self.pairs[key] = jsonable(entry)
+        for output in {claimed or entry.get("output"), entry.get("output")}:
+            if output in self.claimed:
+                self.claimed.remove(output)
         self.save()
 
     def save(self) -> None:
@@ -57,9 +71,12 @@ def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str
     return _cache[key]
 
 
-def written_here(entry: dict | None, pair: Pair, out: Path) -> bool:
-    """Whether the file at the pair's output is one this batch wrote (the manifest records the pair done there): only
-    such a file may be replaced, damaged or not. Any other file there is the user's and is never overwritten."""
+def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] = ()) -> bool:
+    """Whether the file at the pair's output is one this batch wrote (the manifest records the pair done there, or
+    claimed the name while it was free): only such a file may be replaced, damaged or not. Any other file there is
+    the user's and is never overwritten."""
+    if pair.output.relative_to(out).as_posix() in claimed:
+        return True
     return bool(entry) and entry.get("status") == "done" and out / entry.get("output", "") == pair.output
 
 

@@ -374,6 +374,28 @@ def test_a_file_in_the_output_folder_that_the_batch_did_not_write_is_never_overw
     assert theirs.read_bytes() == b"MY PRECIOUS MIX" and again.rows["mix"]["extract drums"] == "refused"
 
 
+def test_a_batch_cut_after_a_result_was_written_but_before_it_was_recorded_resumes_it(
+    session, tmp_path, tiny_editor, monkeypatch
+):
+    out = tmp_path / "out"
+    real_entry = batch._entry
+
+    def cut_after_the_first_write(pair, out, settings, status, error, outcome=None):
+        if status == "done":
+            raise KeyboardInterrupt  # Ctrl-C (or kill -9) between the result's rename and the manifest's record
+        return real_entry(pair, out, settings, status, error, outcome)
+
+    monkeypatch.setattr(batch, "_entry", cut_after_the_first_write)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(session, out, tiny_editor)
+    monkeypatch.setattr(batch, "_entry", real_entry)
+    (written,) = [p for p in out.rglob("*.wav")]
+    resumed = run_in_process(session, out, tiny_editor)
+    assert resumed.refused == {} and resumed.done == 4
+    assert written.exists()
+    assert json.loads((out / "manifest.json").read_text())["claimed"] == []
+
+
 def test_a_corrupt_file_is_reported_and_the_others_are_done(session, tmp_path, tiny_editor):
     (session / "stems" / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
     out = tmp_path / "out"

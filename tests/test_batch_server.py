@@ -121,3 +121,30 @@ def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny
     assert clock.monotonic() - began < 30
     err = capsys.readouterr().err
     assert "has not answered" in err and "rerun" in err and "Traceback" not in err
+
+
+def test_ctrl_c_cancels_the_servers_job_and_a_rerun_renders_everything(server, session, tmp_path, capsys, monkeypatch):
+    import time
+
+    from bridge import protocol
+    from bridge.client import Client
+
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server", f"127.0.0.1:{server.port}"]
+    sent, real_send, real_wait = [], Client.send, Client.wait
+
+    def interrupted(self, job_id, **kwargs):
+        time.sleep(1.0)  # the server works on (and may finish) the job meanwhile
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        Client, "send", lambda self, address, *args: sent.append((address, args)) or real_send(self, address, *args)
+    )
+    monkeypatch.setattr(Client, "wait", interrupted)
+    assert main(argv) == 130  # "imusic: interrupted"
+    assert [args[0] for address, args in sent if address == protocol.CANCEL]  # the server was told to stop
+    monkeypatch.setattr(Client, "wait", real_wait)
+    time.sleep(1.0)  # a result the server finished after the cut lands in OUT: the batch's own, not the user's
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "2 rendered" in printed and "refused" not in printed
