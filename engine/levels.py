@@ -159,7 +159,8 @@ def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -> float | None:
-    """Gain (dB) that puts an extracted stem at the level it has in the mix; None when the stem is silent.
+    """Gain (dB) that puts an extracted stem at the level it has in the mix; None when the stem is silent or the clip
+    too short to tell (under 64 samples).
 
     Energy-weighted low quantile (_STEM_QUANTILE) of 10*log10(P_mix / P_stem) over the bins that hold the stem's
     energy (within 30 dB of its loudest bins): where the stem dominates the mix that ratio is exactly the missing
@@ -169,6 +170,8 @@ def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -
     noisy 0.20 LU (3.7); stem leaking 30 % of the other parts 1.1 LU (8.0, too loud). The median (q = 0.5) gave
     0.38 / 0.42 / 2.05 LU. Tuned on synthesized stems with simulated outputs, not yet on a trained model's.
     """
+    if min(stem.shape[-1], mix.shape[-1]) < 64:  # a few samples hold no spectrum to compare
+        return None
     p_stem = _power_spectrogram(stem, sample_rate)
     p_mix = _power_spectrogram(mix, sample_rate)
     frames = min(p_stem.shape[1], p_mix.shape[1])

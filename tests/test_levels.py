@@ -234,3 +234,11 @@ def test_extract_that_shares_nothing_with_the_mix_is_not_buried():
     out, info = match_level(invented, mix, SR, "extract")
     assert info["target_lufs"] >= info["source_lufs"] - STEM_FLOOR_LU - 0.01
     assert integrated_loudness(out, SR) == pytest.approx(info["target_lufs"], abs=1.0)
+
+
+@pytest.mark.parametrize("samples", [1, 10, 63, 64, 300])
+@pytest.mark.parametrize("op", ["extract", "remove"])
+def test_a_region_of_a_few_samples_is_levelled_without_error(samples, op):
+    source = _music_like(seed=1)[:, 1000 : 1000 + samples]
+    out, info = match_level(source * 0.1, source, SR, op)
+    assert out.shape == source.shape and np.all(np.isfinite(out))
