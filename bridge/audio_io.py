@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError, ImusicError
-from engine.files import PARTIAL_SUFFIX, result_file_name, sweep_temps, temp_name
+from engine.files import (
+    PARTIAL_SUFFIX,
+    check_result_name,
+    result_file_name,
+    sweep_temps,
+    temp_name,
+    writable_folder,
+)
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -501,6 +508,8 @@ def unique_result_path(
         candidate = Path(output) / name
     else:
         candidate = Path(output).with_suffix(".wav")
+        check_result_name(candidate)
+    writable_folder(candidate.parent, make=False)  # a file in the way is said now, not after the edit
     taken = {os.path.normcase(os.path.abspath(p)) for p in reserved}
     taken.add(os.path.normcase(os.path.abspath(input_path)))
     stem, n = candidate.stem, 1

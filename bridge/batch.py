@@ -40,13 +40,14 @@ from engine.files import PARTIAL_SUFFIX, jsonable, result_file_name, sweep_temps
 # --- what to render ----------------------------------------------------------------------------------------------
 
 
-def check_output_folder(session: Path, out: Path) -> None:
-    """Refuse an output folder inside a session folder (a rerun would edit its own results) or one we cannot write."""
+def check_output_folder(session: Path, out: Path, make: bool = True) -> None:
+    """Refuse an output folder inside a session folder (a rerun would edit its own results) or one we cannot write
+    (make=False: a dry run, which makes nothing)."""
     session_dir = session.resolve() if session.is_dir() else None
     out_resolved = out.resolve()
     if session_dir is not None and (out_resolved == session_dir or session_dir in out_resolved.parents):
         raise ConfigError(f"the output folder {out} is inside the session folder {session}: choose one outside it")
-    writable_folder(out)
+    writable_folder(out, make)
 
 
 def claim_output_folder(out: Path) -> Any:
@@ -450,9 +451,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError('give at least one --edit, e.g. --edit "extract drums"')
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.
     sources = collect_sources(session)
+    check_output_folder(session, out, make=not args.dry_run)
     if args.dry_run:
         return dry_run(args, sources, out)
-    check_output_folder(session, out)
     lock = claim_output_folder(out)
     manifest = Manifest(out / MANIFEST_NAME)
     backend = None

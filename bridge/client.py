@@ -213,7 +213,7 @@ class Client:
             start_s=float(start_s),
             end_s=float(end_s),
             instruction=instruction,
-            output_path=os.path.abspath(os.path.expanduser(output_path)) if output_path else "",
+            output_path=_absolute_output(output_path) if output_path else "",
             seed=seed,
             takes=int(takes),
             mode=mode or "",
@@ -317,6 +317,13 @@ class Client:
         """submit() then wait(): the blocking call for scripts and the CLI."""
         job_id = self.submit(input_path, start_s, end_s, instruction, output_path, seed, takes, job_id, mode)
         return self.wait(job_id, timeout=timeout, on_progress=on_progress)
+
+
+def _absolute_output(path: str) -> str:
+    """An absolute output path that still ends in a separator when it did: "a folder, made if need be" (abspath drops
+    it, and the server would write a file named after the folder)."""
+    absolute = os.path.abspath(os.path.expanduser(path))
+    return absolute + os.sep if path.endswith(("/", os.sep)) and not absolute.endswith(os.sep) else absolute
 
 
 def _about(job_id: str, address: str) -> Callable[[Reply], bool]:
@@ -425,7 +432,10 @@ def run(args: argparse.Namespace) -> int:
         if args.request == "ping":
             _print_reply(client.ping(short), args.json)
         elif args.request == "status":
-            _print_reply(client.status(args.job_id, short), args.json)
+            reply = client.status(args.job_id, short)
+            _print_reply(reply, args.json)
+            if args.job_id and reply.args[1:2] == [protocol.UNKNOWN]:
+                return 1  # no such job, as `send cancel` says of it
         elif args.request == "cancel":
             _print_reply(client.cancel(args.job_id, short), args.json)
         elif args.request == "preview":

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ImusicError
+from engine.errors import ConfigError, ImusicError
 
 TEMP_SUFFIX = ".tmp"
 PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_io.write_atomic's: an audio result while it is being written
@@ -151,7 +151,6 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
 
 def output_folder(path: str | Path) -> Path:
     """The -o of a command that writes a folder (a run, a report, a data set); ConfigError when it names a file."""
-    from engine.errors import ConfigError
 
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
@@ -159,17 +158,20 @@ def output_folder(path: str | Path) -> Path:
     return path
 
 
-def writable_folder(folder: str | Path) -> None:
+def writable_folder(folder: str | Path, make: bool = True) -> None:
     """Make `folder` if needed and prove it takes a file (a real write: os.access says yes to root on read-only
-    folders and knows nothing of mounts); ConfigError naming the folder and the reason otherwise."""
+    folders and knows nothing of mounts); ConfigError naming the folder and the reason otherwise. make=False (a dry
+    run) writes nothing: the nearest existing folder must be one we may write to."""
     import tempfile
-
-    from engine.errors import ConfigError
 
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"{existing} is a file, not a folder: choose another place for the output")
+    if not make:
+        if existing is not None and not os.access(existing, os.W_OK):
+            raise ConfigError(f"cannot write to the output folder {folder}: {existing} is not writable")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".imusic-write-test-"):
@@ -226,9 +228,27 @@ def edit_slug(edit: str) -> str:
     return slug(edit, limit=60, separator="_")
 
 
+# A result's name leaves room for its writer's temporary name beside it (`temp_name`: about 30 bytes more) under
+# the 255-byte name limit of common file systems.
+MAX_RESULT_NAME_BYTES = 220
+
+
 def result_file_name(source: str, edit: str, tag: str = "") -> str:
-    """How every front end names a result: `<source>.<edit slug>[.<tag>].wav` (`tag`: a job id, slugged)."""
-    return ".".join([source, edit_slug(edit), *([slug(tag, 24)] if tag else [])]) + ".wav"
+    """How every front end names a result: `<source>.<edit slug>[.<tag>].wav` (`tag`: a job id, slugged); a source
+    name too long for that is shortened to fit MAX_RESULT_NAME_BYTES."""
+    tail = "." + ".".join([edit_slug(edit), *([slug(tag, 24)] if tag else [])]) + ".wav"
+    room = MAX_RESULT_NAME_BYTES - len(tail.encode())
+    return source.encode()[:room].decode(errors="ignore") + tail
+
+
+def check_result_name(path: str | Path) -> None:
+    """ConfigError for a result file name too long to be written beside its temporary file."""
+    size = len(Path(path).name.encode())
+    if size > MAX_RESULT_NAME_BYTES:
+        raise ConfigError(
+            f"the output file name is {size} bytes long; at most {MAX_RESULT_NAME_BYTES} fit (its temporary file "
+            f"needs room beside it): choose a shorter name, {Path(path).name[:40]}..."
+        )
 
 
 def slug(text: str, limit: int = 40, separator: str = "-") -> str:

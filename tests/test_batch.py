@@ -538,6 +538,18 @@ def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tm
     assert not out.exists()
 
 
+@pytest.mark.parametrize("where", ["a file", "inside the session"])
+def test_a_dry_run_refuses_an_output_folder_the_real_run_would_refuse(session, tmp_path, monkeypatch, capsys, where):
+    _no_model_load(monkeypatch)
+    out = tmp_path / "afile" if where == "a file" else session / "results"
+    if where == "a file":
+        out.write_bytes(b"not a folder")
+    assert main(["batch", str(session), "--edit", "extract drums", "-o", str(out), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert ("is a file, not a folder" if where == "a file" else "is inside the session folder") in err
+    assert where == "a file" or not out.exists()
+
+
 def test_cli_with_nothing_renderable_exits_1_with_the_reasons_and_loads_no_model(
     project, tmp_path, monkeypatch, capsys
 ):

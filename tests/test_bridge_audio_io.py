@@ -10,7 +10,7 @@ import soundfile as sf
 from pedalboard.io import AudioFile
 
 from bridge.audio_io import probe, read_region, unique_result_path, write_atomic
-from engine.errors import AudioError
+from engine.errors import AudioError, ConfigError
 from engine.files import slug
 
 
@@ -120,6 +120,26 @@ def test_unique_result_path_skips_existing_and_reserved_names_and_the_input(tmp_
     reserved = [tmp_path / "results" / "song.remove_bass-2.wav"]
     assert unique_result_path(tmp_path / "song.wav", "remove bass", reserved=reserved).name == "song.remove_bass-3.wav"
     assert unique_result_path(tmp_path / "song.wav", "x", output=tmp_path / "song.wav").name == "song-2.wav"
+
+
+def test_a_result_of_a_very_long_input_name_is_named_short_enough_to_be_written(tmp_path):
+    source = tmp_path / ("\u00e9" * 120 + ".wav")  # 240 bytes in UTF-8: the name as it stands would not fit
+    path = unique_result_path(source, "extract drums")
+    assert path.name.endswith(".extract_drums.wav") and len(path.name.encode()) <= 220
+    path.parent.mkdir()
+    write_atomic(path, np.zeros((1, 100), dtype=np.float32), 8000)  # its temporary name fits beside it
+    assert path.is_file()
+
+
+def test_an_output_name_too_long_to_write_is_refused_before_the_edit(tmp_path):
+    with pytest.raises(ConfigError, match="the output file name is 240 bytes long; at most 220 fit"):
+        unique_result_path(tmp_path / "a.wav", "extract drums", output=tmp_path / ("y" * 236 + ".wav"))
+
+
+def test_an_output_under_a_file_is_refused_before_the_edit(tmp_path):
+    (tmp_path / "afile").write_bytes(b"")
+    with pytest.raises(ConfigError, match="afile is a file, not a folder"):
+        unique_result_path(tmp_path / "a.wav", "extract drums", output=tmp_path / "afile" / "x.wav")
 
 
 def test_unique_result_path_puts_results_inside_a_given_folder_and_forces_wav(tmp_path):

@@ -188,6 +188,13 @@ def test_send_edit_waits_and_prints_the_result_path(server, root, capsys):
     assert out.exists() and out.parent == root / "results"
 
 
+def test_send_edit_into_a_new_folder_named_with_a_trailing_slash_puts_the_result_inside_it(server, root, capsys):
+    song = write_wav(root / "song.wav", seconds=1.0)
+    assert send(server, "edit", str(song), "extract drums", "-o", str(root / "takes") + "/") == 0
+    out = Path(capsys.readouterr().out.strip())
+    assert out == root / "takes" / "song.extract_drums.wav" and out.is_file()
+
+
 def test_send_edit_shows_progress_on_stderr_up_to_100_percent(server, root, capsys):
     server.worker.editor.steps, server.worker.editor.step_s = 4, 0.02
     song = write_wav(root / "song.wav")
@@ -210,7 +217,7 @@ def test_send_edit_no_wait_prints_the_job_id_once_accepted(server, root, capsys)
 def test_send_status_and_cancel_print_states(server, capsys):
     assert send(server, "status") == 0
     assert capsys.readouterr().out.startswith("server_status ready")
-    assert send(server, "status", "nobody") == 0
+    assert send(server, "status", "nobody") == 1  # no such job: as `send cancel` of it
     assert capsys.readouterr().out.startswith("state nobody unknown")
 
 
