@@ -60,6 +60,31 @@ def test_the_assembled_model_loads_and_its_card_records_every_stage(work, tmp_pa
     assert sum(p.numel() for p in loaded.lm.adapter_parameters()) == counts["adapter"]
 
 
+def test_a_re_measurement_replaces_only_the_cards_evaluation_and_the_report(work, tmp_path, capsys):
+    out = tmp_path / "default"
+    card = assemble(work, out, tmp_path / "docs")
+    weights = {p.name: p.read_bytes() for p in out.rglob("*.safetensors")}
+    again = tmp_path / "again"
+    again.mkdir()
+    rows = {"model": {"log_mel_distance": 3.0, "mel_ssim": 0.5}, "identity": {"log_mel_distance": 2.0, "mel_ssim": 0.4}}
+    report = {"model": {"model": card["name"]}, "tasks": {"extract": {"summary": rows}}}
+    (again / "report.json").write_text(json.dumps(report))
+    (again / "report.md").write_text("| new row |\n")
+    argv = ["-o", str(out), "--docs", str(tmp_path / "docs"), "--evaluation", str(again), "--command", "imusic eval X"]
+    assert main(argv) == 0
+    saved = json.loads((out / "model_card.json").read_text())
+    assert saved["evaluation"]["beats_identity"] == {"extract": {"mel_ssim": True, "log_mel_distance": False}}
+    assert saved["evaluation"]["command"] == "imusic eval X"
+    assert {k: v for k, v in saved.items() if k != "evaluation"} == {
+        k: v for k, v in json.loads(json.dumps(card)).items() if k != "evaluation"
+    }
+    assert {p.name: p.read_bytes() for p in out.rglob("*.safetensors")} == weights
+    assert (tmp_path / "docs" / "report.md").read_text() == "| new row |\n"
+    report["model"]["model"] = "someone-else"
+    (again / "report.json").write_text(json.dumps(report))
+    assert main(argv) == 1 and "not " in capsys.readouterr().err
+
+
 def test_an_unfinished_adapter_stage_is_one_clear_line(work, tmp_path, capsys):
     shutil.rmtree(work / "adapters" / "model" / "adapter")
     assert main(["--work", str(work), "-o", str(tmp_path / "default"), "--docs", str(tmp_path / "docs")]) == 1
