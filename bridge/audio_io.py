@@ -98,18 +98,60 @@ def check_regular_file(path: str | Path) -> os.stat_result:
     return status
 
 
-@contextlib.contextmanager
-def _open(path: str | Path) -> Iterator:
-    """pedalboard's reader over a descriptor that `_open_regular_fd` checked: a file swapped for a FIFO or a device
-    after an earlier check is refused here, never waited on."""
+class _GaplessMp3:
+    """An MP3 read through libsndfile (mpg123), with pedalboard's reader interface: libsndfile drops the encoder's
+    delay and padding that the LAME header records, as DAWs do, where pedalboard keeps them (a result 25 ms late and
+    1332 samples long at 44.1 kHz)."""
+
+    def __init__(self, handle: Any) -> None:
+        import soundfile as sf
+
+        self._file = sf.SoundFile(handle)
+        self.samplerate, self.num_channels, self.frames = self._file.samplerate, self._file.channels, self._file.frames
+
+    def seek(self, frame: int) -> None:
+        self._file.seek(frame)
+
+    def read(self, frames: int) -> np.ndarray:
+        return self._file.read(frames, dtype="float32", always_2d=True).T  # [C, n]
+
+    def __enter__(self) -> _GaplessMp3:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+def _gapless(path: Path) -> bool:
+    """Whether `path` is an MP3 that libsndfile here can read (1.1 and later)."""
+    if path.suffix.lower() != ".mp3":
+        return False
+    import soundfile as sf
+
+    return "MP3" in sf.available_formats()
+
+
+def _reader(handle: Any, path: Path) -> Any:
     from pedalboard.io import AudioFile
 
+    if _gapless(path):
+        try:
+            return _GaplessMp3(handle)
+        except RuntimeError:  # an MP3 libsndfile cannot parse: pedalboard's reader names what is wrong with it
+            handle.seek(0)
+    return AudioFile(handle)
+
+
+@contextlib.contextmanager
+def _open(path: str | Path) -> Iterator:
+    """The file's reader (pedalboard's; libsndfile's for MP3) over a descriptor that `_open_regular_fd` checked: a file
+    swapped for a FIFO or a device after an earlier check is refused here, never waited on."""
     path = Path(path)
     with os.fdopen(_open_regular_fd(path), "rb") as handle:
         try:
-            reader = AudioFile(handle)
+            reader = _reader(handle, path)
             _refuse_cut_short(path, int(reader.frames), handle)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except (ValueError, RuntimeError, OSError, TypeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
             raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
         with reader as f:
             yield f
@@ -220,13 +262,11 @@ def probe(
     Bounded: regular files only, and the decoder reads through a budget (bytes, calls, seconds); a file whose header
     is not found within it is not audio we can use. The file is never read to its end.
     """
-    from pedalboard.io import AudioFile
-
     path = Path(path)
     with os.fdopen(_open_regular_fd(path), "rb", buffering=0) as raw:
         reader = _BoundedReader(raw, path, max_bytes, max_calls, timeout_s)
         try:
-            with AudioFile(reader) as f:
+            with _reader(reader, path) as f:
                 info = AudioInfo(path, int(round(f.samplerate)), int(f.num_channels), int(f.frames))
                 _refuse_cut_short(path, info.frames, raw)
         except (_BudgetSpent, ValueError, RuntimeError, OSError) as exc:

@@ -46,6 +46,20 @@ def test_compressed_and_other_formats_read_the_region_length_exactly(tmp_path, s
         assert abs(float(np.mean(region[0])) - float(np.mean(audio[0, 22050:66150]))) < tolerance
 
 
+def test_an_mp3_reads_without_its_encoders_delay_as_a_daw_shows_it(tmp_path):
+    rate = 44100
+    clicks = np.zeros((2, 3 * rate), dtype=np.float32)
+    clicks[:, rate] = 0.9  # one click at exactly 1 s
+    path = tmp_path / "click.mp3"
+    sf.write(path, clicks.T, rate, format="MP3")  # LAME: its header records the encoder's delay and padding
+    assert probe(path).frames == 3 * rate
+    whole, _ = read_region(path, 0.0, -1.0)
+    assert whole.shape == (2, 3 * rate)
+    assert abs(int(np.argmax(np.abs(whole[0]))) - rate) <= 2  # pedalboard put it 1105 samples (25 ms) late
+    region, _ = read_region(path, 0.5, 1.5)
+    assert abs(int(np.argmax(np.abs(region[0]))) - rate // 2) <= 2
+
+
 def test_read_region_to_the_end_of_the_file(tmp_path):
     path = tmp_path / "a.wav"
     audio = ramp_file(path, 16000, 1, seconds=2.0, bit_depth=32)
