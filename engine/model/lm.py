@@ -354,10 +354,11 @@ class MusicGenLM(nn.Module):
         """DataError unless `codes` is [B, num_codebooks, T] with every code in [0, card)."""
         if codes.dim() != 3 or codes.shape[1] != self.cfg.num_codebooks:
             raise DataError(f"{name} must be [B, {self.cfg.num_codebooks}, T], got {tuple(codes.shape)}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.card):
-            raise DataError(
-                f"{name} must lie in [0, {self.cfg.card}); got values {int(codes.min())}..{int(codes.max())}"
-            )
+        if not codes.numel():
+            return
+        low, high = (int(v) for v in torch.stack(torch.aminmax(codes)).tolist())  # one device sync, not two
+        if low < 0 or high >= self.cfg.card:
+            raise DataError(f"{name} must lie in [0, {self.cfg.card}); got values {low}..{high}")
 
     # ---- adapters ---------------------------------------------------------------------------------------------
     is_adapter_name = staticmethod(is_adapter_name)

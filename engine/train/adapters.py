@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 
 class _TextCache:
-    """Frozen text encoder outputs per distinct prompt, padded into batches ([B, S, dim], mask [B, S])."""
+    """Frozen text encoder outputs per distinct prompt, padded into batches ([B, S, dim], mask [B, S]). Kept on the
+    CPU and moved as one batch: rows copied one by one from an accelerator would each wait for it."""
 
     def __init__(self, text: TextEncoder) -> None:
         self.text = text
@@ -38,7 +39,7 @@ class _TextCache:
     def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         for prompt in set(prompts) - set(self.cache):
             states, mask = self.text.encode([prompt])
-            self.cache[prompt] = (states[0], mask[0])
+            self.cache[prompt] = (states[0].cpu(), mask[0].cpu())
         width = max(self.cache[p][0].shape[0] for p in prompts)
         states = torch.zeros(len(prompts), width, self.text.dim, dtype=self.cache[prompts[0]][0].dtype)
         mask = torch.zeros(len(prompts), width, dtype=torch.bool)
