@@ -84,7 +84,7 @@ def test_corrupted_checkpoint_on_resume_is_named(tones, tmp_path):
         train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, resume=True)
 
 
-def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
+def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path, capsys):
     from bridge.cli import main
     from engine.train.codec_train import held_out_songs
     from engine.train.data.synth import synthesize
@@ -97,7 +97,11 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path):
     common = ["train", "--stage", "codec", "-o", str(run), "--quiet"]
     assert main([*common, "--data", str(data), "--steps", "4", "--batch", "2", "--seconds", "0.5"]) == 0
     assert (run / "codec" / "config.json").exists()
-    assert main([*common, "--resume", "--steps", "6"]) == 0
+    capsys.readouterr()
+    assert main([*common, "--resume", "--steps", "6", "--batch", "8", "--precision", "bf16"]) == 0
+    assert "the codec stage does not use --precision, --batch here" in capsys.readouterr().err
+    assert main(["train", "-o", str(run), "--resume", "--quiet"]) == 1  # --stage codec forgotten
+    assert "holds a codec run: resume it with --stage codec --resume" in capsys.readouterr().err
 
     state = _checkpoint(run)
     assert state["step"] == 6 and state["config"]["batch_size"] == 2  # the run's own settings were kept

@@ -298,7 +298,11 @@ def test_imusic_train_command_line_runs_then_resumes_without_repeating_the_setti
     argv += ["--steps", "1", "--batch", "2", "--accum", "1", "--seconds", "1", "--val-clips", "1", "--quiet"]
     assert main(argv) == 0
     assert "adapter:" in capsys.readouterr().out
-    assert main(["train", "-o", str(run_dir), "--resume", "--steps", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["train", "-o", str(run_dir), "--resume", "--steps", "2", "--quiet", "--lr", "0.1", "--dim", "64"]) == 0
+    assert "resuming keeps the run's own --layers/--dim/--heads/--text-dim, --lr" in capsys.readouterr().err
+    assert main(["train", "-o", str(tmp_path / "empty"), "--resume", "--lr", "0.1"]) == 1
+    assert "keeps the run's own" not in capsys.readouterr().err  # nothing to resume: that is the one line
     history = json.loads((run_dir / "history.json").read_text())
     assert [step for step, _ in history["train"]] == [1, 2]
     assert history["config"]["batch"] == 2 and history["config"]["seconds"] == 1.0

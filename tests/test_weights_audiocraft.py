@@ -112,3 +112,26 @@ def test_lm_missing_keys_are_named(same_model_two_layouts, tmp_path, t5_in_cache
     torch.save(package, broken / "state_dict.bin")
     with pytest.raises(CheckpointError, match=r"heads\.2\.weight"):
         load_model(broken, device="cpu")
+
+
+def test_the_codec_frame_rate_of_an_audiocraft_folder_is_read_from_its_xp_cfg(same_model_two_layouts, tmp_path):
+    import math
+    import shutil
+
+    import yaml
+
+    from engine.weights import audiocraft_layout
+
+    audio = same_model_two_layouts[2].config.audio_encoder
+    assert audiocraft_layout.frame_rate(same_model_two_layouts[1]) == audio.sampling_rate / math.prod(
+        audio.upsampling_ratios
+    )
+    other = shutil.copytree(same_model_two_layouts[1], tmp_path / "other")
+    package = torch.load(other / audiocraft_layout.CODEC_FILE, weights_only=False)
+    cfg = yaml.safe_load(package["xp.cfg"])
+    cfg["sample_rate"] = 2 * audio.sampling_rate  # a codec of another rate: not MusicGen's 50 Hz
+    package["xp.cfg"] = yaml.safe_dump(cfg)
+    torch.save(package, other / audiocraft_layout.CODEC_FILE)
+    assert audiocraft_layout.frame_rate(other) == pytest.approx(
+        2 * audio.sampling_rate / math.prod(audio.upsampling_ratios)
+    )

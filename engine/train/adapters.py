@@ -69,9 +69,10 @@ class AdapterStage(Stage):
         # Same adapter shape as the base's own adapter when it has one, else the official one; --window resizes it.
         fusion = read_adapter(existing)[1]["fusion"] if existing is not None else FusionConfig()
         if cfg.window:
-            frame_rate = (
-                _frame_rate(transformers_layout.read_config(self.base_path)) if layout == "transformers" else 50.0
-            )
+            if layout == "transformers":
+                frame_rate = _frame_rate(transformers_layout.read_config(self.base_path))
+            else:
+                frame_rate = audiocraft_layout.frame_rate(self.base_path)
             fusion = replace(fusion, cond_frames=int(round(cfg.window * frame_rate)) + 1)
         if cfg.fused_layers is not None:  # the top N layers only (checked against the base when the model is built)
             fusion = replace(fusion, fused_layers=cfg.fused_layers)

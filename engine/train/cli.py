@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.train.checkpoints import list_checkpoints
 from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig
+
+SIZE_FLAGS = "--layers/--dim/--heads/--text-dim"  # a new base's sizes (TrainConfig.extra)
 
 # (flag, TrainConfig field, type, help); every default is TrainConfig's, so `--resume` can tell what was given.
 _OPTIONS: list[tuple[str, str, type, str]] = [
@@ -110,8 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if not resuming and "device" not in given:
         given["device"] = str(default_device())
     ignored = sorted(name for name in set(given) - set(RESUME_CHANGES) if given[name]) if resuming else []
-    if ignored:
-        print(f"imusic train: resuming keeps the run's own {', '.join(ignored)}", file=sys.stderr)
+    if ignored and (args.resume_from or list_checkpoints(Path(args.output).expanduser())):
+        flags = [SIZE_FLAGS if name == "extra" else f"--{name.replace('_', '-')}" for name in ignored]
+        print(f"imusic train: resuming keeps the run's own {', '.join(flags)}", file=sys.stderr)
     changes = [name for name in RESUME_CHANGES if name in given]
     result = train(
         TrainConfig(**given),

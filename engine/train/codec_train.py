@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -463,6 +464,18 @@ def run_stage(args: Any) -> int:
     saved = run_dir / "codec_train_config.json"
     if args.resume_from:
         raise ConfigError("the codec stage keeps its last checkpoint only and resumes from it: use --resume")
+    unused = [
+        f"--{name.replace('_', '-')}"
+        for name in ("precision", "accum", "grad_clip", "weight_decay", "val_every", "val_clips", "pool", "workers")
+        + ("gate_lr", "window", "align_steps", "gate_init", "fused_layers", "text_dropout", "classes", "log_every")
+        if getattr(args, name, None) is not None
+    ]
+    if args.resume:  # the run's own settings stand; only how long it goes, how often it saves and where it runs move
+        unused += [f"--{flag}" for flag in ("batch", "lr", "seconds", "seed", "warmup") if getattr(args, flag, None)]
+        unused += ["--wave-mse"] * (getattr(args, "wave_mse", None) is not None)
+        unused += ["--quantize-after"] * (getattr(args, "quantize_after", None) is not None)
+    if unused:
+        print(f"imusic train: the codec stage does not use {', '.join(unused)} here", file=sys.stderr)
     if args.resume:
         if not saved.exists():
             raise CheckpointError(f"nothing to resume in {run_dir}: no codec_train_config.json")

@@ -22,6 +22,7 @@ from engine.errors import CheckpointError, ImusicError
 from engine.eval.report import publish_report
 from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
+from engine.model.config import is_adapter_name
 from engine.train.codec_train import final_losses, read_log
 from engine.weights.adapter_format import ADAPTER_JSON
 from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
@@ -106,7 +107,9 @@ def parameter_counts(model_dir: Path) -> dict[str, int]:
         for name, numel in _tensor_sizes(file).items():
             part = {"text_encoder": "text_encoder", "audio_encoder": "codec"}.get(name.split(".", 1)[0], "decoder")
             counts[part] += numel
-    counts["adapter"] = sum(_tensor_sizes(model_dir / "adapter" / "adapter.safetensors").values())
+    adapter = _tensor_sizes(model_dir / "adapter" / "adapter.safetensors")
+    # a converted official adapter file also carries base weights it was saved with: only adapter tensors count
+    counts["adapter"] = sum(numel for name, numel in adapter.items() if is_adapter_name(name))
     return counts
 
 

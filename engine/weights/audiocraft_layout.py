@@ -170,6 +170,13 @@ def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> Encod
     )
 
 
+def frame_rate(path: str | Path) -> float:
+    """Codec frames per second of an audiocraft MusicGen folder (its compression xp.cfg: sample rate / hop)."""
+    state, cfg = read_package(Path(path) / CODEC_FILE)
+    config = encodec_config(cfg, state)
+    return config.sampling_rate / math.prod(config.upsampling_ratios)
+
+
 def load_codec_model(path: Path) -> EncodecModel:
     """transformers EncodecModel holding the weights of compression_state_dict.bin."""
     from transformers import EncodecModel
