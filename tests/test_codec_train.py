@@ -263,3 +263,20 @@ def test_the_codec_stage_refuses_resume_from_and_honours_device(tmp_path, monkey
     assert seen["cfg"].device == "cpu"
     with pytest.raises(ConfigError, match="resumes from it: use --resume"):
         codec_train.run_stage(Namespace(**{**args, "resume_from": "x.pt"}))
+
+
+def test_preloaded_training_audio_is_decoded_once_for_the_phases_of_a_stage(tones, monkeypatch):
+    from engine.train import codec_train
+
+    files = sorted(tones.rglob("*.flac"))
+    decoded = []
+    real = codec_train._read_int16_mono
+    monkeypatch.setattr(codec_train, "_read_int16_mono", lambda path: decoded.append(path) or real(path))
+    codec_train.forget_preloaded()
+    first = codec_train.ClipSampler(files, 16000, 0.2, preload=True)
+    second = codec_train.ClipSampler(files, 16000, 0.2, seed=1, preload=True)
+    assert len(decoded) == len(files) and second.audio is first.audio
+    codec_train.forget_preloaded()
+    codec_train.ClipSampler(files, 16000, 0.2, preload=True)
+    assert len(decoded) == 2 * len(files)
+    codec_train.forget_preloaded()

@@ -239,7 +239,14 @@ class Recipe:
         }
 
     def _stage_codec(self, deadline: float) -> dict:
-        from engine.train.codec_train import CodecTrainConfig, final_losses, held_out_songs, read_log, train_codec
+        from engine.train.codec_train import (
+            CodecTrainConfig,
+            final_losses,
+            forget_preloaded,
+            held_out_songs,
+            read_log,
+            train_codec,
+        )
 
         cfg = self.settings["codec"]
         common = {k: v for k, v in cfg.items() if k != "phases"}
@@ -275,6 +282,7 @@ class Recipe:
             )
             self.say(f"codec phase {number}: {run_cfg.steps} steps (planned {phase['steps']})")
             init = out
+        forget_preloaded()  # the later stages read their own clips
         shutil.copytree(init, stage_dir / "codec")
         return {"phases": phases, "held_out_songs": len(held_out)}
 
