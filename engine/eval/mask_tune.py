@@ -1,0 +1,128 @@
+"""Choosing the mask mode's settings (engine.mask.DEFAULT_SETTINGS) on validation songs, as
+docs/embedded_model/mask.md describes:
+
+    python -m engine.eval.mask_tune --data DATA --task remove [--clips-per-song 8] [-o result.json]
+
+The model generates once per clip (resynth, raw, seeded by the clip's index as the evaluation seeds it); every
+candidate mask is then computed from those outputs, levelled as the Editor levels the mask mode, and scored with the
+evaluation's metrics at the data's rate. The objective is the sum of two terms, each mel SSIM - log-mel distance / 100:
+the mask from the model's output, and the ideal mask (the same settings applied to the true target), so that the
+settings stay able to use a better model's output while they must work with this one. Coordinate descent over the
+candidate values of each setting, from the operation's current settings. Only the validation split is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ImusicError
+from engine.mask import DEFAULT_SETTINGS, MaskSettings
+
+CANDIDATES: dict[str, tuple] = {
+    "window_s": (0.032, 0.064, 0.128),
+    "smooth_s": (0.0, 0.05, 0.1, 0.25),
+    "smooth_hz": (0.0, 100.0, 500.0),
+    "exponent": (0.125, 0.25, 0.5, 1.0, 2.0),
+    "floor": (0.0, 0.05, 0.1, 0.2, 0.35, 0.5),
+    "calibrate": (False, True),
+}
+
+
+def model_outputs(
+    editor: Any, data: str | Path, task: str, per_song: int, seed: int = 0, seconds: float = 5.0
+) -> list[tuple]:
+    """(input, target, model output) of every validation clip of `task`, all [N] at the data's rate."""
+    from engine.eval.evaluate import held_out_clips
+    from engine.instructions import Instruction, format_prompt
+
+    rate = editor.sample_rate
+    clips = held_out_clips(data, task, rate, seconds, "4stems", seed, per_song, split="validation")
+    out = []
+    for index in range(len(clips)):
+        clip = clips[index]
+        prompt = format_prompt(task, clip.stem_name, editor.card)
+        instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
+        result = editor.edit_modes(clip.input, rate, instruction, ["resynth"], seed=seed + index, raw=True)
+        out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
+    return out
+
+
+def score(clips: list[tuple], rate: int, task: str, settings: MaskSettings) -> dict[str, float]:
+    """Mean mel SSIM and log-mel distance of the mask from the model's output and of the ideal mask, and the
+    objective (their sum of mel SSIM - log-mel distance / 100)."""
+    from engine.eval.evaluate import ideal_mask_row
+    from engine.eval.metrics import edit_metrics
+    from engine.levels import match_level
+    from engine.mask import apply_edit
+
+    rows: dict[str, list[dict]] = {"mask": [], "ideal mask": []}
+    for source, target, estimate in clips:
+        masked = apply_edit(source, rate, estimate, rate, task, settings)
+        masked, _ = match_level(masked, source[None], rate, task, mode="mask")
+        rows["mask"].append(edit_metrics(masked[0], source, target, rate))
+        ideal = ideal_mask_row(source, target, rate, task, False, settings)
+        rows["ideal mask"].append(edit_metrics(ideal, source, target, rate))
+    result: dict[str, float] = {}
+    for name, scores in rows.items():
+        result[f"{name} mel_ssim"] = float(np.mean([s["mel_ssim"] for s in scores]))
+        result[f"{name} log_mel_distance"] = float(np.mean([s["log_mel_distance"] for s in scores]))
+    result["objective"] = sum(result[f"{n} mel_ssim"] - result[f"{n} log_mel_distance"] / 100 for n in rows)
+    return result
+
+
+def descend(clips: list[tuple], rate: int, task: str, start: MaskSettings, passes: int = 2, log=print) -> dict:
+    """Coordinate descent over CANDIDATES from `start`: each setting in turn takes its best value, others fixed."""
+    best, best_score = start, score(clips, rate, task, start)
+    log(f"start {asdict(start)}: {best_score['objective']:.4f}")
+    tried = {repr(start): best_score}
+    for _ in range(passes):
+        moved = False
+        for name, values in CANDIDATES.items():
+            for value in values:
+                candidate = replace(best, **{name: value})
+                if repr(candidate) not in tried:
+                    tried[repr(candidate)] = score(clips, rate, task, candidate)
+                    log(f"  {name}={value}: {tried[repr(candidate)]['objective']:.4f}")
+                if tried[repr(candidate)]["objective"] > best_score["objective"] + 1e-6:
+                    best, best_score, moved = candidate, tried[repr(candidate)], True
+        if not moved:
+            break
+    return {"task": task, "clips": len(clips), "start": asdict(start), "start_score": tried[repr(start)],
+            "best": asdict(best), "best_score": best_score}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.eval.mask_tune", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="a stem data set (its validation split is read)")
+    parser.add_argument("--task", required=True, choices=sorted(DEFAULT_SETTINGS))
+    parser.add_argument("--model", help="model folder (default: the embedded default model)")
+    parser.add_argument("--clips-per-song", type=int, default=8)
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=5.0, help="clip length, as imusic eval's")
+    parser.add_argument("-o", "--output", help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    try:
+        from engine.editor import Editor
+
+        editor = Editor.load(args.model, device="cpu")
+        clips = model_outputs(editor, args.data, args.task, args.clips_per_song, seconds=args.seconds)
+        result = descend(clips, editor.sample_rate, args.task, DEFAULT_SETTINGS[args.task], args.passes)
+    except ImusicError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

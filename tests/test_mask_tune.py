@@ -1,0 +1,60 @@
+"""engine.eval.mask_tune: the mask mode's settings chosen on validation songs by coordinate descent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from engine.eval import mask_tune
+from engine.mask import DEFAULT_SETTINGS, MaskSettings
+
+
+@pytest.fixture
+def few_candidates(monkeypatch):
+    monkeypatch.setattr(mask_tune, "CANDIDATES", {"floor": (0.0, 0.5), "exponent": (0.5, 2.0)})
+
+
+def test_the_descent_ends_on_the_best_settings_it_tried_never_below_its_start(synth_data, tiny_editor, few_candidates):
+    rate = tiny_editor.sample_rate
+    clips = mask_tune.model_outputs(tiny_editor, synth_data, "remove", 1, seconds=1.0)
+    assert clips and all(source.shape == target.shape == output.shape for source, target, output in clips)
+    lines = []
+    result = mask_tune.descend(clips, rate, "remove", DEFAULT_SETTINGS["remove"], passes=1, log=lines.append)
+    assert result["best_score"]["objective"] >= result["start_score"]["objective"]
+    again = mask_tune.score(clips, rate, "remove", MaskSettings(**result["best"]))
+    assert again["objective"] == pytest.approx(result["best_score"]["objective"])
+    tried = [float(line.rsplit(": ", 1)[1]) for line in lines]
+    assert result["best_score"]["objective"] == pytest.approx(max(tried), abs=1e-4)
+
+
+def test_the_clips_are_the_validation_splits_only(synth_data, tiny_editor):
+    from engine.eval.evaluate import held_out_clips
+
+    validation = held_out_clips(synth_data, "extract", tiny_editor.sample_rate, 1.0, "4stems", 0, 1, "validation")
+    test = held_out_clips(synth_data, "extract", tiny_editor.sample_rate, 1.0, "4stems", 0, 1, "test")
+    clips = mask_tune.model_outputs(tiny_editor, synth_data, "extract", 1, seconds=1.0)
+    inputs = [source.tobytes() for source, _, _ in clips]
+    assert inputs == [validation[i].input.tobytes() for i in range(len(validation))]
+    assert not set(inputs) & {test[i].input.tobytes() for i in range(len(test))}
+
+
+def test_the_command_writes_its_choice(synth_data, tiny_model_dir, tmp_path, few_candidates, capsys):
+    out = tmp_path / "remove.json"
+    argv = [
+        "--data",
+        str(synth_data),
+        "--task",
+        "remove",
+        "--model",
+        str(tiny_model_dir),
+        "--clips-per-song",
+        "1",
+        "--seconds",
+        "1",
+    ]
+    assert mask_tune.main([*argv, "--passes", "1", "-o", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["task"] == "remove" and set(saved["best"]) == set(MaskSettings.__dataclass_fields__)
+    assert mask_tune.main(["--data", str(tmp_path / "none"), "--task", "remove", "--model", str(tiny_model_dir)]) == 1
+    assert "error:" in capsys.readouterr().err
