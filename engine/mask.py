@@ -97,13 +97,14 @@ class MaskSettings:
     block_frames: int = 1024  # STFT frames processed at once (memory), any value gives the same result
 
 
-# Per operation, chosen on validation songs with the embedded default model (docs/embedded_model/mask.md).
-# No frequency smoothing won on every task, and no time smoothing on extract and remove (the powers of 64-128 ms
-# frames are smooth enough); add's 32 ms frames gain from 0.1 s. Remove alone gains from the level calibration,
-# and from a floor that keeps 5 % of the stem (its leftovers read as less damage than holes).
+# Per operation, chosen on validation songs with the embedded default model (docs/embedded_model/mask.md; the
+# command: python -m engine.eval.mask_tune). Extract and add: no frequency smoothing, no time smoothing on extract's
+# 64 ms frames, 0.1 s on add's 32 ms ones. Remove was chosen again (2026-12-06) once the mask mode kept the
+# recording's level: 32 ms frames, 100 Hz of frequency smoothing, a magnitude ratio, no floor and no calibration
+# (with the old loudness matching, the calibration and the floor had hidden how much it removed).
 DEFAULT_SETTINGS = {
     "extract": MaskSettings(window_s=0.064, smooth_s=0.0, smooth_hz=0.0, exponent=0.5, calibrate=False),
-    "remove": MaskSettings(window_s=0.128, smooth_s=0.0, smooth_hz=0.0, exponent=1.0, floor=0.05),
+    "remove": MaskSettings(window_s=0.032, smooth_s=0.0, smooth_hz=100.0, exponent=0.5, floor=0.0, calibrate=False),
     "add": MaskSettings(window_s=0.032, smooth_s=0.1, smooth_hz=0.0, exponent=2.0, calibrate=False),
 }
 _QUANTILE = {"extract": 0.25, "remove": 0.25, "add": 0.75}
