@@ -319,9 +319,10 @@ class Client:
         return self.wait(job_id, timeout=timeout, on_progress=on_progress)
 
 
-def _absolute_output(path: str) -> str:
+def _absolute_output(path: str | os.PathLike) -> str:
     """An absolute output path that still ends in a separator when it did: "a folder, made if need be" (abspath drops
     it, and the server would write a file named after the folder)."""
+    path = os.fspath(path)
     absolute = os.path.abspath(os.path.expanduser(path))
     return absolute + os.sep if path.endswith(("/", os.sep)) and not absolute.endswith(os.sep) else absolute
 

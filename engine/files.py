@@ -238,7 +238,13 @@ def result_file_name(source: str, edit: str, tag: str = "") -> str:
     name too long for that is shortened to fit MAX_RESULT_NAME_BYTES."""
     tail = "." + ".".join([edit_slug(edit), *([slug(tag, 24)] if tag else [])]) + ".wav"
     room = MAX_RESULT_NAME_BYTES - len(tail.encode())
-    return source.encode()[:room].decode(errors="ignore") + tail
+    if len(source.encode()) <= room:
+        return source + tail
+    # shortened: the end of a name ("take 1", "take 2") is often what tells it apart, so a hash of the whole stays
+    import hashlib
+
+    mark = "~" + hashlib.sha1(source.encode()).hexdigest()[:8]
+    return source.encode()[: room - len(mark)].decode(errors="ignore") + mark + tail
 
 
 def check_result_name(path: str | Path) -> None:

@@ -229,7 +229,7 @@ def match_level(
     elif not math.isfinite(model_lufs):
         info["policy"] = "silent"
         info["warnings"].append("the model returned silence; no gain applied")
-    elif mode == "mask":
+    elif mode == "mask" and math.isfinite(source_lufs):  # add on silence: nothing to keep, the default level
         # the recording's own level; peaks above the ceiling only where the source itself had them
         ceiling = max(ceiling_db, true_peak_db(source, sample_rate))
         out, limited = limit(result, sample_rate, ceiling)

@@ -351,6 +351,14 @@ def _defer_tick() -> None:
     _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].tick({_LOOP})")
 
 
+def _keep_loop(R) -> None:
+    """The start of every action that edits: allow its re-run, and take over the deferred loop of earlier edits
+    (REAPER may have ended the instance that ran it to start this one)."""
+    _allow_rerun(R)
+    if _SESSIONS:
+        _ensure_loop()
+
+
 def _allow_rerun(R) -> None:
     """Let the user run an action again while an earlier run of it waits on the engine (no "already running" dialog);
     REAPER before 7.03 has no such option and asks."""
@@ -388,9 +396,7 @@ def run_edit(instruction: str, mode: str = "") -> None:
 
     `mode` "" is the engine's default for the operation; the engine refuses a mode that does not apply."""
     R = _api()
-    _allow_rerun(R)
-    if _SESSIONS:
-        _ensure_loop()  # REAPER may have ended the instance that ran the loop to start this one
+    _keep_loop(R)
     try:
         instruction = planning.normalize_instruction(instruction)
         selection, clip = read_selection(R)
@@ -502,11 +508,13 @@ def finish(R: Any, session: Session) -> None:
 
 
 def _project_closed(session: Session) -> None:
-    """The session's project was closed before its results came: say where they are."""
+    """The session's project was closed before its results came: say where they are, and what failed."""
     done = [job.result_path for job in session.jobs.values() if job.result_path]
+    failed = [job for job in session.jobs.values() if job.code and job.code != protocol.CANCELLED]
     label = planning.edit_label(session.instruction)
     where = ("; the results are in:\n" + "\n".join(done)) if done else ""
-    _message(f"Instruct: {label}: the project it came from was closed before the edit ended{where}")
+    lines = "".join(f"\n{job.view.describe()} failed: {job.error or job.code}" for job in failed)
+    _message(f"Instruct: {label}: the project it came from was closed before the edit ended{where}{lines}")
 
 
 def insert_results(R: Any, instruction: str, jobs: list[_Job]) -> None:
@@ -559,6 +567,7 @@ def _add_result_item(R, track: str, job: _Job, label: str) -> None:
 def run_prompted() -> None:
     """ "Instruct: edit selected items...": ask for an instruction, then run it."""
     R = _api()
+    _keep_loop(R)  # before the dialog: Cancel there must not leave earlier edits without their loop
     defaults = f"|{_mode() or DEFAULT_MODE}"
     ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 2, CAPTIONS, defaults, 1024)
     if not ok:

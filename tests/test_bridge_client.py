@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -280,3 +281,10 @@ def test_a_request_the_server_would_refuse_is_refused_before_it_is_sent():
             client.submit("/tmp/in.wav", 0.0, 1.0, "x" * 70000)
         with pytest.raises(protocol.RequestError, match="must fit OSC's 32-bit integer, got 4294967296"):
             client.submit("/tmp/in.wav", 0.0, 1.0, "extract drums", seed=2**32)
+
+
+def test_an_output_path_object_is_taken_as_a_string_is():
+    from bridge.client import _absolute_output
+
+    assert _absolute_output(Path("out") / "a.wav") == os.path.abspath("out/a.wav")
+    assert _absolute_output("new/") == os.path.abspath("new") + os.sep

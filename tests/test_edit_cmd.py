@@ -113,6 +113,15 @@ def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, 
     assert "mask or resynth" in capsys.readouterr().err
 
 
+def test_an_output_name_too_long_to_write_is_refused_before_the_model_loads(song, tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("engine.editor.Editor.load", refuse)
+    assert main(["edit", str(song), "extract drums", "-o", str(tmp_path / ("y" * 236 + ".wav"))]) == 1
+    assert "the output file name is 240 bytes long" in capsys.readouterr().err
+
+
 def test_takes_out_of_range_is_a_usage_error(song, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["edit", str(song), "extract drums", "--takes", "0"])

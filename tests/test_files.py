@@ -136,3 +136,12 @@ def test_audio_files_leave_out_hidden_files_and_folders_and_other_kinds(tmp_path
     assert [p.relative_to(tmp_path).as_posix() for p in audio_files(tmp_path)] == ["a.FLAC", "b.wav", "song/x.mp3"]
     assert [p.name for p in audio_files(tmp_path, recursive=False)] == ["a.FLAC", "b.wav"]
     assert audio_files(tmp_path / "missing") == []
+
+
+def test_shortened_result_names_of_sources_that_differ_only_at_the_end_stay_apart():
+    from engine.files import MAX_RESULT_NAME_BYTES, result_file_name
+
+    one, two = (result_file_name("Session " + "x" * 190 + f" take {n}", "extract drums") for n in (1, 2))
+    assert one != two and one.endswith(".extract_drums.wav")
+    assert max(len(one.encode()), len(two.encode())) <= MAX_RESULT_NAME_BYTES
+    assert result_file_name("song", "extract drums") == "song.extract_drums.wav"  # short names stay as they are

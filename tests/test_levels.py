@@ -242,3 +242,10 @@ def test_a_region_of_a_few_samples_is_levelled_without_error(samples, op):
     source = _music_like(seed=1)[:, 1000 : 1000 + samples]
     out, info = match_level(source * 0.1, source, SR, op)
     assert out.shape == source.shape and np.all(np.isfinite(out))
+
+
+def test_in_mask_mode_an_add_on_silence_lands_at_the_default_level():
+    source = np.zeros((1, 2 * SR), dtype=np.float32)
+    out, info = match_level(_music_like() * 0.01, source, SR, "add", mode="mask")
+    assert info["policy"] == "default_target"
+    assert integrated_loudness(out, SR) == pytest.approx(DEFAULT_TARGET_LUFS, abs=1.0)

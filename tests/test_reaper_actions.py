@@ -584,6 +584,19 @@ def test_the_same_action_run_again_while_it_waits_edits_both_without_reapers_alr
     assert sorted(item.position for track in reaper.tracks[1:] for item in track.items) == [0.0, 3.0]
 
 
+def test_the_prompted_action_run_again_and_cancelled_keeps_the_waiting_edits_alive(harness, source_file):
+    reaper = harness.reaper
+    mix = reaper.add_track("Mix")
+    reaper.add_item(mix, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    reaper.user_inputs.append((True, "extract drums"))
+    harness.run("imusic_edit.py")
+    reaper.user_inputs.append((False, ""))
+    harness.run("imusic_edit.py")  # REAPER ends the waiting instance and its loop; the user cancels the new dialog
+    harness.settle()
+    assert reaper.instance_prompts == []
+    assert [t.name for t in reaper.tracks] == ["Mix", "Mix \u00b7 extract drums"]
+
+
 def test_a_rerun_that_sends_nothing_keeps_the_waiting_edits_alive(harness, source_file):
     reaper = harness.reaper
     drums = reaper.add_track("Drums")

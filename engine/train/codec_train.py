@@ -485,7 +485,11 @@ def run_stage(args: Any) -> int:
         if getattr(args, name, None) is not None
     ]
     if args.resume:  # the run's own settings stand; only how long it goes, how often it saves and where it runs move
-        unused += [f"--{flag}" for flag in ("batch", "lr", "seconds", "seed", "warmup") if getattr(args, flag, None)]
+        unused += [
+            f"--{flag.replace('_', '-')}"
+            for flag in ("batch", "lr", "seconds", "seed", "warmup", "data", "init_codec")
+            if getattr(args, flag, None) is not None
+        ]
         unused += ["--wave-mse"] * (getattr(args, "wave_mse", None) is not None)
         unused += ["--quantize-after"] * (getattr(args, "quantize_after", None) is not None)
     if unused:
