@@ -187,14 +187,18 @@ def test_probe_refuses_fifos_folders_and_missing_files_without_opening_them_bloc
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".aiff", ".ogg", ".mp3"])
-def test_the_bounded_probe_reads_what_pedalboard_reads_from_the_path(tmp_path, suffix):
+def test_the_bounded_probe_reads_what_the_unbounded_reader_reads_from_the_path(tmp_path, suffix):
+    import soundfile as sf
     from pedalboard.io import AudioFile
 
     path = tmp_path / f"a{suffix}"
     with AudioFile(str(path), "w", 44100, 2) as f:
         f.write((np.random.default_rng(0).standard_normal((2, 44100 * 2)) * 0.1).astype(np.float32))
-    with AudioFile(str(path)) as f:
-        expected = (int(f.samplerate), int(f.num_channels), int(f.frames))
+    if suffix == ".mp3":  # read through libsndfile, without the encoder's delay and padding (audio_io._GaplessMp3)
+        expected = (sf.info(str(path)).samplerate, sf.info(str(path)).channels, sf.info(str(path)).frames)
+    else:
+        with AudioFile(str(path)) as f:
+            expected = (int(f.samplerate), int(f.num_channels), int(f.frames))
     info = audio_io.probe(path)
     assert (info.sample_rate, info.num_channels, info.frames) == expected
 

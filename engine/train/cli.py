@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
-from engine.train.checkpoints import list_checkpoints
 from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig
 
 SIZE_FLAGS = "--layers/--dim/--heads/--text-dim"  # a new base's sizes (TrainConfig.extra)
@@ -114,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if not resuming and "device" not in given:
         given["device"] = str(default_device())
     ignored = sorted(name for name in set(given) - set(RESUME_CHANGES) if given[name]) if resuming else []
+    from engine.train.checkpoints import list_checkpoints
+
     if ignored and (args.resume_from or list_checkpoints(Path(args.output).expanduser())):
         flags = [SIZE_FLAGS if name == "extra" else f"--{name.replace('_', '-')}" for name in ignored]
         print(f"imusic train: resuming keeps the run's own {', '.join(flags)}", file=sys.stderr)
