@@ -1,6 +1,7 @@
-"""Shared code of the imusic REAPER actions: read the selection, send jobs, poll them deferred, insert results.
+"""Shared code of the imusic REAPER actions: send jobs for the selection, poll them deferred, insert the results.
 
-The decisions live in reaper_scripts.planning (plain functions); this file only talks to REAPER and to the engine.
+The decisions live in reaper_scripts.planning (plain functions), what is read from and written into REAPER in
+reaper_scripts.project; this file holds the actions, their sessions and the deferred loop.
 REAPER's embedded Python imports it from Scripts/imusic/, where `imusic reaper install` also writes
 imusic_paths.json: the project's import path (for reaper_scripts, bridge.client, engine.errors) and python-osc's.
 
@@ -46,7 +47,7 @@ SETTINGS = _load_settings()
 from bridge import protocol, tracking  # noqa: E402
 from engine import instructions  # noqa: E402
 from engine.errors import ConfigError, ImusicError  # noqa: E402
-from reaper_scripts import planning  # noqa: E402
+from reaper_scripts import planning, project  # noqa: E402
 
 TITLE = "imusic"
 EXT_SECTION = "imusic"
@@ -92,16 +93,6 @@ def _host(name: str):
     return function
 
 
-def _is_null(pointer) -> bool:
-    """REAPER gives null objects as '(Type*)0x0000000000000000'."""
-    if not pointer:
-        return True
-    try:
-        return int(str(pointer).rsplit("0x", 1)[-1].rstrip(")"), 16) == 0
-    except ValueError:
-        return False
-
-
 def engine_address() -> tuple[str, int]:
     """Host and port of the engine: IMUSIC_HOST / IMUSIC_PORT, then the installer's settings, then the default. A
     value that is no port is said in a message, and the default is used."""
@@ -135,126 +126,6 @@ def _mode() -> str:
 
 def _message(text: str) -> None:
     _api().RPR_ShowMessageBox(text, TITLE, 0)
-
-
-# ------------------------------------------------------------------------------------------------ reading REAPER
-
-
-def _project_dir(R) -> str:
-    project_file = R.RPR_EnumProjects(-1, "", 4096)[2]
-    return os.path.dirname(project_file) if project_file else ""
-
-
-def _media_dir(R) -> str:
-    """The project's recording folder (REAPER's default folder when the project is unsaved)."""
-    folder = R.RPR_GetProjectPath("", 4096)[0]
-    if folder and os.path.isabs(folder):
-        return folder
-    # REAPER reports a folder relative to the project file when the recording path is set that way.
-    project_dir = _project_dir(R)
-    if project_dir:
-        return os.path.join(project_dir, folder)
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), "imusic-reaper")
-
-
-def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
-    """An item and its active take as plain values (a SECTION source is followed to its file)."""
-    track = R.RPR_GetMediaItem_Track(item)
-    geometry = {
-        "position": R.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
-        "length": R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
-        "track_number": int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
-        "track_name": R.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", "", False)[3],
-    }
-    take = R.RPR_GetActiveTake(item)
-    if _is_null(take):
-        return planning.ItemView(has_take=False, source_type="EMPTY", **geometry)
-    values = {
-        "take_name": R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", "", False)[3],
-        "is_midi": bool(R.RPR_TakeIsMIDI(take)),
-        "start_offset": R.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
-        "playrate": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
-        "pitch": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PITCH"),
-        "preserve_pitch": bool(R.RPR_GetMediaItemTakeInfo_Value(take, "B_PPITCH")),
-        "channel_mode": int(R.RPR_GetMediaItemTakeInfo_Value(take, "I_CHANMODE")),
-        "stretch_markers": int(R.RPR_GetTakeNumStretchMarkers(take)),
-        "pitch_envelope": _has_points(R, R.RPR_GetTakeEnvelopeByName(take, "Pitch")),
-        "plays_all_takes": bool(R.RPR_GetMediaItemInfo_Value(item, "B_ALLTAKESPLAY")) and R.RPR_CountTakes(item) > 1,
-    }
-    source = R.RPR_GetMediaItemTake_Source(take)
-    if _is_null(source):
-        return planning.ItemView(source_type="EMPTY", **geometry, **values)
-    kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
-    section = None
-    if kind == "SECTION":
-        # Sections can nest; offsets add up and each reverse flips the direction.
-        offset, length, backwards = 0.0, None, False
-        while kind == "SECTION":
-            _, _, section_offset, section_length, reverse = R.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, False)
-            offset += section_offset
-            length = section_length if length is None else min(length, section_length)
-            backwards ^= bool(reverse)
-            source = R.RPR_GetMediaSourceParent(source)
-            if _is_null(source):
-                return planning.ItemView(source_type="EMPTY", **geometry, **values)
-            kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
-        section = (offset, length, backwards)
-    filename = R.RPR_GetMediaSourceFileName(source, "", 4096)[1]
-    source_length = R.RPR_GetMediaSourceLength(source, False)[0]
-    view = planning.ItemView(
-        source_channels=int(R.RPR_GetMediaSourceNumChannels(source)),
-        source_type="SECTION" if section else kind,
-        parent_type=kind if section else "",
-        source_path=planning.resolve_source_path(filename, project_dir),
-        source_length=source_length,
-        **geometry,
-        **values,
-    )
-    if section:
-        from dataclasses import replace
-
-        view = replace(view, section_offset=section[0], section_length=section[1], reversed=section[2])
-    return view
-
-
-def _has_points(R: Any, envelope: str) -> bool:
-    return not _is_null(envelope) and R.RPR_CountEnvelopePoints(envelope) > 0
-
-
-def _heard(R: Any, track: str, item: str) -> bool:
-    """Whether the item plays: not muted, and not on a lane that does not play (REAPER 7's fixed item lanes)."""
-    if R.RPR_GetMediaItemInfo_Value(item, "B_MUTE"):
-        return False
-    lane_plays = R.RPR_GetMediaItemInfo_Value(item, "C_LANEPLAYS")
-    return lane_plays != -1 and not (R.RPR_GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and lane_plays == 0)
-
-
-def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
-    """Selected items; without any, the items heard under the time selection on selected tracks (clipped to it):
-    muted items and lanes that do not play are left out there.
-
-    Returns ([(track pointer, view)], clip range or None).
-    """
-    project_dir = _project_dir(R)
-    count = R.RPR_CountSelectedMediaItems(0)
-    if count:
-        items = [R.RPR_GetSelectedMediaItem(0, i) for i in range(count)]
-        return [(R.RPR_GetMediaItem_Track(item), read_item(R, item, project_dir)) for item in items], None
-    _, _, start, end, _ = R.RPR_GetSet_LoopTimeRange(False, False, 0.0, 0.0, False)
-    if end - start <= planning.EPSILON:
-        return [], None
-    found = []
-    for t in range(R.RPR_CountSelectedTracks(0)):
-        track = R.RPR_GetSelectedTrack(0, t)
-        for i in range(R.RPR_CountTrackMediaItems(track)):
-            item = R.RPR_GetTrackMediaItem(track, i)
-            position = R.RPR_GetMediaItemInfo_Value(item, "D_POSITION")
-            length = R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH")
-            if planning.clip_to_range(position, length, start, end) is not None and _heard(R, track, item):
-                found.append((track, read_item(R, item, project_dir)))
-    return found, (start, end)
 
 
 # ------------------------------------------------------------------------------------------------ sessions
@@ -367,20 +238,6 @@ def _allow_rerun(R) -> None:
         set_options(RERUN_REPLACES)
 
 
-def _active_project(R) -> str:
-    return str(R.RPR_EnumProjects(-1, "", 4096)[0])
-
-
-def _project_open(R, project: str) -> bool:
-    """Whether that project is still open in some tab."""
-    index = 0
-    while not _is_null(pointer := R.RPR_EnumProjects(index, "", 4096)[0]):
-        if str(pointer) == project:
-            return True
-        index += 1
-    return False
-
-
 def _remember_jobs(R) -> None:
     """Job ids of every running action, for the cancel and status actions (which run as separate scripts)."""
     ids = [job.job_id for session in _SESSIONS for job in session.pending]
@@ -399,7 +256,7 @@ def run_edit(instruction: str, mode: str = "") -> None:
     _keep_loop(R)
     try:
         instruction = planning.normalize_instruction(instruction)
-        selection, clip = read_selection(R)
+        selection, clip = project.read_selection(R)
         plans = planning.plan_jobs([view for _, view in selection], clip=clip, max_seconds=_max_seconds())
     except ImusicError as exc:
         _message(str(exc))
@@ -412,7 +269,7 @@ def run_edit(instruction: str, mode: str = "") -> None:
     except (ImusicError, OSError) as exc:
         _message(f"Cannot reach the imusic engine at {host}:{port}: {exc}")
         return
-    media_dir = _media_dir(R)
+    media_dir = project.media_dir(R)
     jobs = []
     for (track, view), plan in zip(selection, plans, strict=True):
         job_id = "rpr-" + protocol.new_job_id()
@@ -421,7 +278,7 @@ def run_edit(instruction: str, mode: str = "") -> None:
             job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=mode
         )
         jobs.append(_Job(track, view, plan, request))
-    session = Session(instruction, client, jobs, _active_project(R))
+    session = Session(instruction, client, jobs, project.active_project(R))
     folder = os.path.dirname(jobs[0].request.output_path) if jobs else media_dir
     try:
         os.makedirs(folder, exist_ok=True)
@@ -462,9 +319,9 @@ def tick(loop: int | None = None) -> None:
                 _drop(session)
                 host, port = engine_address()
                 _message(NOT_RUNNING.format(host=host, port=port))
-            elif outcome == "done" and _active_project(R) != session.project:
+            elif outcome == "done" and project.active_project(R) != session.project:
                 # REAPER inserts tracks in the active tab only: the results wait until their project is active again
-                if not _project_open(R, session.project):
+                if not project.project_open(R, session.project):
                     _drop(session)
                     _project_closed(session)
             elif outcome == "done":
@@ -495,7 +352,7 @@ def finish(R: Any, session: Session) -> None:
     missing = [job for job in done if not os.path.isfile(job.result_path)]
     done = [job for job in done if job not in missing]
     if done:
-        insert_results(R, session.instruction, done)
+        project.insert_results(R, session.instruction, done)
     lines = [f"{job.view.describe()}: {job.error or job.code}" for job in failed]
     lines += [f"{job.view.describe()}: the result file is missing: {job.result_path}" for job in missing]
     label = planning.edit_label(session.instruction)
@@ -515,50 +372,6 @@ def _project_closed(session: Session) -> None:
     where = ("; the results are in:\n" + "\n".join(done)) if done else ""
     lines = "".join(f"\n{job.view.describe()} failed: {job.error or job.code}" for job in failed)
     _message(f"Instruct: {label}: the project it came from was closed before the edit ended{where}{lines}")
-
-
-def insert_results(R: Any, instruction: str, jobs: list[_Job]) -> None:
-    """One new track per source track, directly under it, holding each result at its item's position."""
-    label = planning.edit_label(instruction)
-    groups: dict[str, list[_Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.track, []).append(job)
-    R.RPR_Undo_BeginBlock()
-    try:
-        for track, group in groups.items():
-            alive = R.RPR_ValidatePtr2(0, track, "MediaTrack*")
-            number = int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) if alive else None
-            name_number = number if number is not None else group[0].plan.track_number
-            name = planning.result_track_name(group[0].view.track_name, name_number, instruction)
-            index = planning.result_insert_index(number, R.RPR_CountTracks(0))
-            R.RPR_InsertTrackAtIndex(index, True)
-            new_track = R.RPR_GetTrack(0, index)
-            depth = R.RPR_GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") if alive else 0
-            if number is not None and depth < 0:  # the source closes its folder: the result takes over, inside it
-                R.RPR_SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", 0)
-                R.RPR_SetMediaTrackInfo_Value(new_track, "I_FOLDERDEPTH", depth)
-            R.RPR_GetSetMediaTrackInfo_String(new_track, "P_NAME", name, True)
-            for job in group:
-                _add_result_item(R, new_track, job, label)
-        R.RPR_TrackList_AdjustWindows(False)
-        R.RPR_UpdateArrange()
-    finally:
-        R.RPR_Undo_EndBlock(planning.undo_description(instruction), -1)
-
-
-def _add_result_item(R, track: str, job: _Job, label: str) -> None:
-    item = R.RPR_AddMediaItemToTrack(track)
-    take = R.RPR_AddTakeToMediaItem(item)
-    source = R.RPR_PCM_Source_CreateFromFile(job.result_path)
-    R.RPR_SetMediaItemTake_Source(take, source)
-    R.RPR_SetMediaItemInfo_Value(item, "D_POSITION", job.plan.position)
-    R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
-    R.RPR_SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)  # a result a few samples short must not loop its start
-    # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
-    R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
-    R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)
-    take_name = f"{job.view.take_name} \u00b7 {label}" if job.view.take_name else label
-    R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", take_name, True)
 
 
 # ------------------------------------------------------------------------------------------------ the other actions

@@ -1,0 +1,196 @@
+"""What the REAPER actions read from REAPER and write into it: the selected items as plain values, the project's
+folders and tabs, and the result tracks. Functions of REAPER's API module `R` (reaper_python, a fake one in tests);
+the decisions are reaper_scripts.planning's, the actions' state imusic_lib's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from reaper_scripts import planning
+
+
+def is_null(pointer) -> bool:
+    """REAPER gives null objects as '(Type*)0x0000000000000000'."""
+    if not pointer:
+        return True
+    try:
+        return int(str(pointer).rsplit("0x", 1)[-1].rstrip(")"), 16) == 0
+    except ValueError:
+        return False
+
+
+def project_folder(R) -> str:
+    project_file = R.RPR_EnumProjects(-1, "", 4096)[2]
+    return os.path.dirname(project_file) if project_file else ""
+
+
+def media_dir(R) -> str:
+    """The project's recording folder (REAPER's default folder when the project is unsaved)."""
+    folder = R.RPR_GetProjectPath("", 4096)[0]
+    if folder and os.path.isabs(folder):
+        return folder
+    # REAPER reports a folder relative to the project file when the recording path is set that way.
+    project_dir = project_folder(R)
+    if project_dir:
+        return os.path.join(project_dir, folder)
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "imusic-reaper")
+
+
+def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
+    """An item and its active take as plain values (a SECTION source is followed to its file)."""
+    track = R.RPR_GetMediaItem_Track(item)
+    geometry = {
+        "position": R.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
+        "length": R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
+        "track_number": int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
+        "track_name": R.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", "", False)[3],
+    }
+    take = R.RPR_GetActiveTake(item)
+    if is_null(take):
+        return planning.ItemView(has_take=False, source_type="EMPTY", **geometry)
+    values = {
+        "take_name": R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", "", False)[3],
+        "is_midi": bool(R.RPR_TakeIsMIDI(take)),
+        "start_offset": R.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
+        "playrate": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
+        "pitch": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PITCH"),
+        "preserve_pitch": bool(R.RPR_GetMediaItemTakeInfo_Value(take, "B_PPITCH")),
+        "channel_mode": int(R.RPR_GetMediaItemTakeInfo_Value(take, "I_CHANMODE")),
+        "stretch_markers": int(R.RPR_GetTakeNumStretchMarkers(take)),
+        "pitch_envelope": _has_points(R, R.RPR_GetTakeEnvelopeByName(take, "Pitch")),
+        "plays_all_takes": bool(R.RPR_GetMediaItemInfo_Value(item, "B_ALLTAKESPLAY")) and R.RPR_CountTakes(item) > 1,
+    }
+    source = R.RPR_GetMediaItemTake_Source(take)
+    if is_null(source):
+        return planning.ItemView(source_type="EMPTY", **geometry, **values)
+    kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
+    section = None
+    if kind == "SECTION":
+        # Sections can nest; offsets add up and each reverse flips the direction.
+        offset, length, backwards = 0.0, None, False
+        while kind == "SECTION":
+            _, _, section_offset, section_length, reverse = R.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, False)
+            offset += section_offset
+            length = section_length if length is None else min(length, section_length)
+            backwards ^= bool(reverse)
+            source = R.RPR_GetMediaSourceParent(source)
+            if is_null(source):
+                return planning.ItemView(source_type="EMPTY", **geometry, **values)
+            kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
+        section = (offset, length, backwards)
+    filename = R.RPR_GetMediaSourceFileName(source, "", 4096)[1]
+    source_length = R.RPR_GetMediaSourceLength(source, False)[0]
+    view = planning.ItemView(
+        source_channels=int(R.RPR_GetMediaSourceNumChannels(source)),
+        source_type="SECTION" if section else kind,
+        parent_type=kind if section else "",
+        source_path=planning.resolve_source_path(filename, project_dir),
+        source_length=source_length,
+        **geometry,
+        **values,
+    )
+    if section:
+        from dataclasses import replace
+
+        view = replace(view, section_offset=section[0], section_length=section[1], reversed=section[2])
+    return view
+
+
+def _has_points(R: Any, envelope: str) -> bool:
+    return not is_null(envelope) and R.RPR_CountEnvelopePoints(envelope) > 0
+
+
+def _heard(R: Any, track: str, item: str) -> bool:
+    """Whether the item plays: not muted, and not on a lane that does not play (REAPER 7's fixed item lanes)."""
+    if R.RPR_GetMediaItemInfo_Value(item, "B_MUTE"):
+        return False
+    lane_plays = R.RPR_GetMediaItemInfo_Value(item, "C_LANEPLAYS")
+    return lane_plays != -1 and not (R.RPR_GetMediaTrackInfo_Value(track, "I_FREEMODE") == 2 and lane_plays == 0)
+
+
+def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
+    """Selected items; without any, the items heard under the time selection on selected tracks (clipped to it):
+    muted items and lanes that do not play are left out there.
+
+    Returns ([(track pointer, view)], clip range or None).
+    """
+    project_dir = project_folder(R)
+    count = R.RPR_CountSelectedMediaItems(0)
+    if count:
+        items = [R.RPR_GetSelectedMediaItem(0, i) for i in range(count)]
+        return [(R.RPR_GetMediaItem_Track(item), read_item(R, item, project_dir)) for item in items], None
+    _, _, start, end, _ = R.RPR_GetSet_LoopTimeRange(False, False, 0.0, 0.0, False)
+    if end - start <= planning.EPSILON:
+        return [], None
+    found = []
+    for t in range(R.RPR_CountSelectedTracks(0)):
+        track = R.RPR_GetSelectedTrack(0, t)
+        for i in range(R.RPR_CountTrackMediaItems(track)):
+            item = R.RPR_GetTrackMediaItem(track, i)
+            position = R.RPR_GetMediaItemInfo_Value(item, "D_POSITION")
+            length = R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH")
+            if planning.clip_to_range(position, length, start, end) is not None and _heard(R, track, item):
+                found.append((track, read_item(R, item, project_dir)))
+    return found, (start, end)
+
+
+def active_project(R) -> str:
+    return str(R.RPR_EnumProjects(-1, "", 4096)[0])
+
+
+def project_open(R, project: str) -> bool:
+    """Whether that project is still open in some tab."""
+    index = 0
+    while not is_null(pointer := R.RPR_EnumProjects(index, "", 4096)[0]):
+        if str(pointer) == project:
+            return True
+        index += 1
+    return False
+
+
+def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
+    """One new track per source track, directly under it, holding each result at its item's position."""
+    label = planning.edit_label(instruction)
+    groups: dict[str, list[Any]] = {}
+    for job in jobs:
+        groups.setdefault(job.track, []).append(job)
+    R.RPR_Undo_BeginBlock()
+    try:
+        for track, group in groups.items():
+            alive = R.RPR_ValidatePtr2(0, track, "MediaTrack*")
+            number = int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) if alive else None
+            name_number = number if number is not None else group[0].plan.track_number
+            name = planning.result_track_name(group[0].view.track_name, name_number, instruction)
+            index = planning.result_insert_index(number, R.RPR_CountTracks(0))
+            R.RPR_InsertTrackAtIndex(index, True)
+            new_track = R.RPR_GetTrack(0, index)
+            depth = R.RPR_GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") if alive else 0
+            if number is not None and depth < 0:  # the source closes its folder: the result takes over, inside it
+                R.RPR_SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", 0)
+                R.RPR_SetMediaTrackInfo_Value(new_track, "I_FOLDERDEPTH", depth)
+            R.RPR_GetSetMediaTrackInfo_String(new_track, "P_NAME", name, True)
+            for job in group:
+                _add_result_item(R, new_track, job, label)
+        R.RPR_TrackList_AdjustWindows(False)
+        R.RPR_UpdateArrange()
+    finally:
+        R.RPR_Undo_EndBlock(planning.undo_description(instruction), -1)
+
+
+def _add_result_item(R, track: str, job: Any, label: str) -> None:
+    item = R.RPR_AddMediaItemToTrack(track)
+    take = R.RPR_AddTakeToMediaItem(item)
+    source = R.RPR_PCM_Source_CreateFromFile(job.result_path)
+    R.RPR_SetMediaItemTake_Source(take, source)
+    R.RPR_SetMediaItemInfo_Value(item, "D_POSITION", job.plan.position)
+    R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
+    R.RPR_SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)  # a result a few samples short must not loop its start
+    # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
+    R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
+    R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)
+    take_name = f"{job.view.take_name} \u00b7 {label}" if job.view.take_name else label
+    R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", take_name, True)
