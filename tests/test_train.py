@@ -181,6 +181,24 @@ def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(
     assert float(state["fusion.gates"].abs().sum()) > 0
 
 
+def test_keep_best_exports_the_weights_of_the_best_validation_loss_not_the_last(config, tmp_path, monkeypatch):
+    from engine.train import loop
+    from engine.weights.adapter_format import load_adapter
+
+    losses = iter([3.0, 1.0, 2.0])  # step 2 is the best; the last (step 3) is worse
+    monkeypatch.setattr(loop.Trainer, "validation_loss", lambda self: next(losses))
+    cfg = replace(config, steps=3, val_every=1, ckpt_every=1, keep=3, keep_best=True)
+    result = train(cfg, tmp_path / "run", progress=False)
+    exported, meta = load_adapter(result.outputs["adapter"])
+    steps = {int(p.stem.split("_")[1]): p for p in list_checkpoints(result.run_dir)}
+    best, last = (torch.load(steps[n], weights_only=True)["trainable"] for n in (2, 3))
+    shared = [name for name in exported if name in best]
+    assert shared and all(torch.equal(exported[name], best[name]) for name in shared)
+    assert not all(torch.equal(exported[name], last[name]) for name in shared)  # the check can fail
+    assert result.history["exported"] == {"step": 2, "val_loss": 1.0}
+    assert meta["provenance"]["exported_step"] == 2
+
+
 def test_gate_lr_gives_the_fusion_gates_a_learning_rate_of_their_own(config, tmp_path):
     result = train(replace(config, steps=1, gate_lr=0.5), tmp_path / "run", progress=False, export=False)
     state = torch.load(list_checkpoints(result.run_dir)[-1], weights_only=True)

@@ -52,6 +52,9 @@ class TrainConfig:
     # base: the share of training clips whose caption is replaced by the null condition (zero text, empty mask: what
     # classifier-free guidance decodes against); audiocraft's MusicGen trains with 0.2 and decodes with CFG 3.0.
     text_dropout: float = 0.0
+    # export the weights of the best validation loss seen in this call instead of the last ones (a resumed run
+    # tracks its best from the resume on)
+    keep_best: bool = False
     fused_layers: int | None = None  # adapters: audio fusion on the top N layers (None: the base adapter's, else all)
     extra: dict = field(default_factory=dict)
 

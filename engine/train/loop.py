@@ -84,6 +84,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.sampler = BatchSampler(len(train_data), cfg.seed)
         self.history: dict[str, Any] = {"train": [], "val": [], "lr": []}
+        # keep_best: (step, validation loss, trained tensors on the CPU) of the best validation so far in this call
+        self.best: tuple[int, float, dict] | None = None
         self.step = 0
         self.wall_before = 0.0  # wall time of the run's earlier sessions
 
@@ -205,6 +207,9 @@ class Trainer:
                     val = self.validation_loss()
                     if val is not None:
                         history["val"].append((step, val))
+                        if cfg.keep_best and (self.best is None or val < self.best[1]):
+                            state = {name: t.cpu() for name, t in self.stage.trainable_state().items()}
+                            self.best = (step, val, state)
                         if bar is not None:
                             bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{val:.4f}")
                 if log_lines and (step % cfg.log_every == 0 or step == last):
@@ -314,5 +319,12 @@ def train(
         info = {"steps": trainer.step, "data": str(cfg.data), "seed": cfg.seed}
         if trainer.history["val"]:
             info["final_val_loss"] = trainer.history["val"][-1][1]
+        if trainer.best is not None and trainer.best[1] < trainer.history["val"][-1][1]:
+            # keep_best: the weights of the best validation loss, not the last (a pool seen many times overfits)
+            best_step, best_val, state = trainer.best
+            stage.load_trainable_state({name: t.to(device) for name, t in state.items()})
+            info.update(exported_step=best_step, exported_val_loss=best_val)
+            trainer.history["exported"] = {"step": best_step, "val_loss": best_val}
+            trainer.write_history()
         outputs = stage.export(run_dir, info)
     return RunResult(step=trainer.step, history=trainer.history, outputs=outputs, run_dir=run_dir)

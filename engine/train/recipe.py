@@ -304,6 +304,7 @@ class Recipe:
             "steps_planned": self.settings[stage]["steps"],
             "final_train_loss": round(history["train"][-1][1], 4) if history["train"] else None,
             "final_val_loss": round(history["val"][-1][1], 4) if history["val"] else None,
+            "exported": history.get("exported", "the last step"),
         }
 
     def _stage_base(self, deadline: float) -> dict:

@@ -41,6 +41,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "warmup": 200,
             "grad_clip": 1.0,
             "precision": "bf16",
+            "keep_best": True,  # export the best validation loss's weights (the pool is seen many times)
             "text_dropout": 0.2,  # the null text CFG decodes against (audiocraft's MusicGen: 0.2)
             # epochs of clips in the code pool: 8 x 1280 songs, about 9 s to read with 8 readers; a pool of 4 would
             # be seen 50-150 times in the stage's share at the GPU's step rate (estimated, not measured yet)
@@ -58,6 +59,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "gate_lr": 1e-2,
             "warmup": 100,
             "precision": "bf16",
+            "keep_best": True,  # export the best validation loss's weights (the pool is seen many times)
             "pool": 6,
             "ckpt_every": 1000,
             "val_every": 250,
@@ -100,6 +102,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "warmup": 1,
             "grad_clip": 1.0,
             "precision": "auto",
+            "keep_best": True,
             "text_dropout": 0.2,
             "pool": 1,
             "ckpt_every": 3,
@@ -117,6 +120,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "gate_lr": 1e-2,
             "warmup": 1,
             "precision": "auto",
+            "keep_best": True,
             "pool": 1,
             "ckpt_every": 3,
             "val_every": 3,
