@@ -48,6 +48,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "pool": 8,
             "ckpt_every": 1000,
             "val_every": 250,
+            "val_clips": 64,  # the best-validation export must not pick noise (16 by default)
             "log_every": 50,
         },
         "adapters": {
@@ -63,6 +64,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "pool": 6,
             "ckpt_every": 1000,
             "val_every": 250,
+            "val_clips": 64,  # the best-validation export must not pick noise (16 by default)
             "log_every": 50,
         },
         # Scored within the stage's deadline (evaluate stops taking clips when a task's share is spent), one clip per
