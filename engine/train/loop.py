@@ -8,6 +8,7 @@ runs its own loop: codec_train.py.)
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import sys
@@ -130,10 +131,11 @@ class Trainer:
             items = feeder.next()
             with self.autocast():
                 loss = self.stage.loss(items)
-            if not torch.isfinite(loss):
-                raise DataError(f"the loss became {float(loss)} at step {self.step + 1}: lower --lr or check the data")
+            value = float(loss.detach())  # the one wait for the device per micro-batch
+            if not math.isfinite(value):
+                raise DataError(f"the loss became {value} at step {self.step + 1}: lower --lr or check the data")
             self.scaler.scale(loss / cfg.accum).backward()
-            step_loss += float(loss.detach()) / cfg.accum
+            step_loss += value / cfg.accum
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
