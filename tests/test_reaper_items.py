@@ -61,7 +61,7 @@ def project(tmp_path):
 
 def action_plans(project) -> list[tuple[float, float] | str]:
     """What the REAPER actions plan for each item: read from a (fake) running REAPER, planned by their rule."""
-    from reaper_scripts import imusic_lib as lib
+    from reaper_scripts import project as lib
 
     reaper = FakeReaper.from_rpp(str(project))
     outcomes = []
