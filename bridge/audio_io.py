@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import math
 import os
@@ -124,8 +125,12 @@ class _GaplessMp3:
 
 def _gapless(path: Path) -> bool:
     """Whether `path` is an MP3 that libsndfile here can read (1.1 and later)."""
-    if path.suffix.lower() != ".mp3":
-        return False
+    return path.suffix.lower() == ".mp3" and _libsndfile_reads_mp3()
+
+
+@functools.lru_cache(maxsize=1)
+def _libsndfile_reads_mp3() -> bool:
+    """Asked of libsndfile once per process, not at every region read."""
     import soundfile as sf
 
     return "MP3" in sf.available_formats()

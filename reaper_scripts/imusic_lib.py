@@ -254,6 +254,11 @@ def run_edit(instruction: str, mode: str = "") -> None:
     `mode` "" is the engine's default for the operation; the engine refuses a mode that does not apply."""
     R = _api()
     _keep_loop(R)
+    _send_edit(R, instruction, mode)
+
+
+def _send_edit(R: Any, instruction: str, mode: str) -> None:
+    """run_edit once the action holds the loop: plan, submit, watch."""
     try:
         instruction = planning.normalize_instruction(instruction)
         selection, clip = project.read_selection(R)
@@ -386,7 +391,7 @@ def run_prompted() -> None:
     if not ok:
         return  # the user pressed Cancel
     instruction, _, mode = values.partition("|")
-    run_edit(instruction, mode.strip())
+    _send_edit(R, instruction, mode.strip())  # the loop is this action's already
 
 
 def run_preset(operation: str, stem: str) -> None:
