@@ -36,6 +36,7 @@ from engine.errors import (
     InstructionError,
 )
 from engine.files import PARTIAL_SUFFIX, jsonable, result_file_name, sweep_temps, writable_folder
+from engine.weights.loader import add_model_arguments
 
 # --- what to render ----------------------------------------------------------------------------------------------
 
@@ -351,10 +352,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--edit", action="append", default=[], metavar="TEXT", help='an edit, e.g. "extract drums" (repeatable)'
     )
     parser.add_argument("-o", "--output", required=True, help="output folder (mirrors the session's tree)")
-    parser.add_argument("--model", default=None, help="model directory or checkpoint (default: the embedded model)")
-    parser.add_argument("--adapter", default=None, help="adapter directory to load on top of the model")
-    parser.add_argument("--device", default=None, help="torch device for the model (default: the best available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's best)")
+    add_model_arguments(parser)
     parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed for every edit (default: random)")
     parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes per edit and keep the best")
     parser.add_argument(

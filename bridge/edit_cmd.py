@@ -19,6 +19,7 @@ from typing import Any
 from bridge.cli import seconds_option, seed_option, takes_option
 from engine.errors import ConfigError, ImusicError
 from engine.files import writable_folder
+from engine.weights.loader import add_model_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,10 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ab", action="store_true", help="alternate source and result every 4 s until a key is pressed"
     )
     parser.add_argument("--output-device", default=None, help="audio output for --play/--ab, by name or index")
-    parser.add_argument("--model", default=None, help="model directory or checkpoint (default: the embedded model)")
-    parser.add_argument("--adapter", default=None, help="adapter directory to load on top of the model")
-    parser.add_argument("--device", default=None, help="torch device for the model (default: the best available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the device's best)")
+    add_model_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -35,6 +35,7 @@ from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError
 from engine.mask import MODES, check_mode, mode_name
+from engine.weights.loader import add_model_arguments
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
 CHECKING = "checking the input"  # /imusic/state detail of an edit whose input is being probed (not accepted yet)
@@ -527,10 +528,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=protocol.DEFAULT_PORT,
         help=f"UDP port ({protocol.DEFAULT_PORT})",
     )
-    parser.add_argument("--model", default=None, help="model directory or hub name (default: the embedded model)")
-    parser.add_argument("--adapter", default=None, help="adapter directory to load over the model")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the fastest available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the device's fast one)")
+    add_model_arguments(parser)
     parser.add_argument("--journal", default=None, help=f"job journal folder (default {default_journal_dir()})")
     parser.add_argument(
         "--allow-root",

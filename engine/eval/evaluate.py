@@ -31,6 +31,7 @@ from engine.errors import AudioError, ConfigError, DataError, InstructionError
 from engine.eval.report import REPORT_JSON, REPORT_MD, markdown, summarize
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.instructions import OPERATIONS
+from engine.weights.loader import add_model_arguments
 
 if TYPE_CHECKING:
     from engine.editor import Editor
@@ -465,8 +466,7 @@ def evaluate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic eval` options."""
     parser.add_argument("--data", required=True, help="stem data set folder; its test split is used (see --split)")
-    parser.add_argument("--model", default=None, help="model dir / transformers / audiocraft dir (default: embedded)")
-    parser.add_argument("--adapter", default=None, help="adapter dir or finetuned.ckpt (default: the model's own)")
+    add_model_arguments(parser)
     parser.add_argument("--task", action="append", required=True, help="add, remove or extract; repeat for several")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="where report.md/.json go")
     parser.add_argument("--limit", type=int, default=None, help="at most N clips per task")
@@ -484,8 +484,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="test", choices=("test", "validation"), help="songs to score (validation: for tuning)"
     )
-    parser.add_argument("--device", default=None, help="cuda, mps, cpu (default: the best available)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the device's fast one)")
     parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ImusicError
+from engine.files import write_json_atomic
 from engine.mask import DEFAULT_SETTINGS, MaskSettings
 
 CANDIDATES: dict[str, tuple] = {
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        write_json_atomic(args.output, result, sort_keys=False)
     return 0
 
 

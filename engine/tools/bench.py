@@ -115,7 +115,7 @@ def build_pair(
     from engine.weights.transformers_layout import quiet_transformers
 
     base = preset(shape)
-    decoder = MusicgenDecoderConfig(**lm_config_to_transformers(base), dropout=0.0)
+    decoder = MusicgenDecoderConfig(**lm_config_to_transformers(base))
     text = T5Config(vocab_size=TEXT_VOCAB, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
     codec = EncodecConfig(
         codebook_size=base.card, hidden_size=16, num_filters=4, upsampling_ratios=[4, 2], num_residual_layers=1,

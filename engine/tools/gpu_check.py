@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.files import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     report["environment"] = _environment(log, args.tiny)
 
     def save() -> None:
-        (out / "bench.json").write_text(json.dumps(report, indent=2, default=str))
+        write_json_atomic(out / "bench.json", report, sort_keys=False)  # whole after a kill mid-run
 
     save()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as folder:

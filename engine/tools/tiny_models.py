@@ -43,6 +43,9 @@ def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, car
     """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, tiny decoder."""
     from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
 
+    from engine.model.config import LMConfig
+    from engine.weights.convert import lm_config_to_transformers
+
     text = T5Config(
         vocab_size=len(_tiny_vocab()),
         d_model=TINY_TEXT_DIM,
@@ -69,18 +72,9 @@ def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, car
         num_lstm_layers=1,
         codebook_dim=32,
     )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=card,
-        num_hidden_layers=num_layers,
-        hidden_size=dim,
-        num_attention_heads=TINY_HEADS,
-        ffn_dim=TINY_FFN if dim == TINY_DIM else 2 * dim,
-        num_codebooks=TINY_CODEBOOKS,
-        pad_token_id=card,
-        bos_token_id=card,
-        max_position_embeddings=2048,
-        dropout=0.0,
-    )
+    ffn_dim = TINY_FFN if dim == TINY_DIM else 2 * dim
+    shape = LMConfig(num_layers, dim, TINY_HEADS, ffn_dim, TINY_CODEBOOKS, card, text_dim=TINY_TEXT_DIM)
+    decoder = MusicgenDecoderConfig(**lm_config_to_transformers(shape))
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
 

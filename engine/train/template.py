@@ -14,7 +14,9 @@ import torch
 from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
 from engine.model.codec import Codec
+from engine.model.config import LMConfig
 from engine.train.data.stems import GM_FAMILIES, caption_word
+from engine.weights.convert import lm_config_to_transformers
 from engine.weights.transformers_layout import quiet_transformers
 
 
@@ -79,18 +81,8 @@ def build_base_template(
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    decoder = MusicgenDecoderConfig(
-        vocab_size=card,
-        num_hidden_layers=layers,
-        hidden_size=dim,
-        num_attention_heads=heads,
-        ffn_dim=4 * dim,
-        num_codebooks=num_codebooks,
-        pad_token_id=card,
-        bos_token_id=card,
-        max_position_embeddings=2048,
-        dropout=0.0,
-    )
+    shape = LMConfig(layers, dim, heads, 4 * dim, num_codebooks=num_codebooks, card=card, text_dim=text_dim)
+    decoder = MusicgenDecoderConfig(**lm_config_to_transformers(shape))
     with quiet_transformers():
         torch.manual_seed(seed)
         model = MusicgenForConditionalGeneration(

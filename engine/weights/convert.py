@@ -128,6 +128,8 @@ def lm_config_to_transformers(cfg: LMConfig) -> dict:
         "activation_function": "gelu",
         "scale_embedding": False,
         "audio_channels": 1,
+        "max_position_embeddings": 2048,
+        "dropout": 0.0,  # our decoder has none; transformers' default is 0.1
     }
 
 

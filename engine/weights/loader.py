@@ -90,6 +90,24 @@ def resolve_source(source: str | Path | None) -> Path:
     raise CheckpointError(f"no model at {path}: the path does not exist")
 
 
+def add_model_arguments(parser: Any) -> None:
+    """--model, --adapter, --device and --dtype as every command that loads a model takes them (what load_model and
+    resolve_source accept, said once)."""
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model: a directory (ours, transformers or audiocraft layout), a cached hub name such as "
+        "facebook/musicgen-small, or the official finetuned.ckpt on its cached base (default: the embedded model)",
+    )
+    parser.add_argument(
+        "--adapter",
+        default=None,
+        help="adapter over the model: a directory, a finetuned.ckpt or a cached hub name (default: the model's own)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the fastest available)")
+    parser.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: the device's fast one)")
+
+
 def new_model_card(name: str, **fields: Any) -> dict[str, Any]:
     """A model card: format, version and name first, then `fields` (description, stems, provenance, ...)."""
     return {"format": MODEL_FORMAT, "version": MODEL_VERSION, "name": name, **fields}
@@ -344,7 +362,7 @@ def save_model_dir(
     # safetensors refuses tensors sharing memory (T5's tied embeddings): store plain contiguous copies
     tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}
     with quiet_transformers():
-        decoder = MusicgenDecoderConfig(**lm_config_to_transformers(lm.cfg), dropout=0.0)
+        decoder = MusicgenDecoderConfig(**lm_config_to_transformers(lm.cfg))
         config = MusicgenConfig(text_encoder=text.model.config, audio_encoder=codec.model.config, decoder=decoder)
         config.architectures = ["MusicgenForConditionalGeneration"]
         config.save_pretrained(base)

@@ -19,7 +19,7 @@ import pretty_midi
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
-from engine.files import write_json_atomic
+from engine.files import write_bytes_atomic, write_json_atomic
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
     FluidRenderer,
@@ -159,7 +159,8 @@ def _write_track(
         **info,
         "stems": entries,
     }
-    (track_dir / "metadata.yaml").write_text(dump_yaml(meta), encoding="utf-8")
+    # last and atomically: --resume counts a track whose metadata.yaml exists as finished
+    write_bytes_atomic(track_dir / "metadata.yaml", dump_yaml(meta).encode("utf-8"))
     rendered_classes = [entry["inst_class"] for entry in entries.values() if entry["audio_rendered"]]
     return sum(1 for e in entries.values() if e["audio_rendered"]), length, rendered_classes
 
