@@ -29,8 +29,8 @@ import numpy as np
 from engine.errors import AudioError, ImusicError
 from engine.files import (
     PARTIAL_SUFFIX,
-    check_result_name,
     result_file_name,
+    result_file_path,
     sweep_temps,
     temp_name,
     writable_folder,
@@ -543,7 +543,8 @@ def unique_result_path(
     """Where a result goes, never an existing file, the input, or a path in `reserved` (results still being made).
 
     output None or "": `<input folder>/results/<input stem>.<instruction slug>.wav`; an existing folder (or a path
-    ending in a separator): that name inside it; a file path: that name with a .wav suffix. Taken names get -2, -3...
+    ending in a separator): that name inside it; a file path: as engine.files.result_file_path has it (x.flac is
+    refused, x becomes x.wav). Taken names get -2, -3...
     """
     input_path = Path(input_path)
     name = result_file_name(input_path.stem, instruction)
@@ -552,8 +553,7 @@ def unique_result_path(
     elif str(output).endswith(("/", os.sep)) or Path(output).is_dir():
         candidate = Path(output) / name
     else:
-        candidate = Path(output).with_suffix(".wav")
-        check_result_name(candidate)
+        candidate = result_file_path(output)
     writable_folder(candidate.parent, make=False)  # a file in the way is said now, not after the edit
     taken = {os.path.normcase(os.path.abspath(p)) for p in reserved}
     taken.add(os.path.normcase(os.path.abspath(input_path)))

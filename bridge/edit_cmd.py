@@ -60,14 +60,11 @@ def _same_file(a: Path, b: Path) -> bool:
 def choose_output(input_path: Path, instruction: str, output: str | None, force: bool) -> Path:
     """Where the result goes; ConfigError for the input itself, or an existing file without --force."""
     from bridge.audio_io import unique_result_path
-    from engine.files import check_result_name
+    from engine.files import result_file_path
 
     if not output or Path(output).is_dir() or output.endswith(("/", os.sep)):
         return unique_result_path(input_path, instruction, output or None)  # a fresh name: nothing to refuse
-    target = Path(output).expanduser()
-    if target.suffix.lower() != ".wav":
-        raise ConfigError(f"results are written as WAV: name the output {target.with_suffix('.wav').name}")
-    check_result_name(target)
+    target = result_file_path(Path(output).expanduser())
     if _same_file(target, input_path) or target.resolve() == input_path.resolve():
         raise ConfigError(f"{target} is the input file: choose another output, the input is never overwritten")
     if target.exists() and not force:

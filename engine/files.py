@@ -247,14 +247,23 @@ def result_file_name(source: str, edit: str, tag: str = "") -> str:
     return source.encode()[: room - len(mark)].decode(errors="ignore") + mark + tail
 
 
-def check_result_name(path: str | Path) -> None:
-    """ConfigError for a result file name too long to be written beside its temporary file."""
-    size = len(Path(path).name.encode())
+def result_file_path(output: str | Path) -> Path:
+    """A result file a user named: results are WAV, so `x.wav` stays, `x` or `x.take2` gets `.wav` added, and another
+    audio format (`x.flac`) is a ConfigError naming the WAV name to use, as is a name too long to be written beside
+    its temporary file. One rule for `imusic edit -o` and the server's output path."""
+    path = Path(output)
+    suffix = path.suffix.lower()
+    if suffix in AUDIO_SUFFIXES and suffix != ".wav":
+        raise ConfigError(f"results are written as WAV: name the output {path.with_suffix('.wav').name}")
+    if suffix != ".wav":
+        path = path.with_name(path.name + ".wav")
+    size = len(path.name.encode())
     if size > MAX_RESULT_NAME_BYTES:
         raise ConfigError(
             f"the output file name is {size} bytes long; at most {MAX_RESULT_NAME_BYTES} fit (its temporary file "
-            f"needs room beside it): choose a shorter name, {Path(path).name[:40]}..."
+            f"needs room beside it): choose a shorter name, {path.name[:40]}..."
         )
+    return path
 
 
 def slug(text: str, limit: int = 40, separator: str = "-") -> str:

@@ -156,9 +156,15 @@ def test_an_output_under_a_file_is_refused_before_the_edit(tmp_path):
         unique_result_path(tmp_path / "a.wav", "extract drums", output=tmp_path / "afile" / "x.wav")
 
 
-def test_unique_result_path_puts_results_inside_a_given_folder_and_forces_wav(tmp_path):
+def test_unique_result_path_puts_results_inside_a_given_folder_as_wav(tmp_path):
     assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path).name == "a.add_piano.wav"
-    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path / "x.flac").name == "x.wav"
+    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path / "x.WAV").name == "x.WAV"
+    assert unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path / "x.take2").name == "x.take2.wav"
+
+
+def test_an_output_named_in_another_audio_format_is_refused_with_the_wav_name(tmp_path):
+    with pytest.raises(ConfigError, match="results are written as WAV: name the output x.wav"):
+        unique_result_path(tmp_path / "a.mp3", "add piano", output=tmp_path / "x.flac")
 
 
 def test_slug_keeps_names_short_and_safe():

@@ -128,6 +128,13 @@ def test_output_path_is_honoured_and_never_overwrites(client, song, root):
     assert target.read_bytes() == b"not mine to overwrite"
 
 
+def test_an_output_path_in_another_audio_format_is_refused_with_the_wav_name(server, client, song, root):
+    with pytest.raises(RemoteError) as exc:
+        client.edit(str(song), 0.0, 1.0, "extract drums", output_path=str(root / "mine.flac"), timeout=TIMEOUT)
+    assert exc.value.code == "bad_config" and "mine.wav" in str(exc.value)
+    assert server.worker.editor.calls == [] and not (root / "mine.flac").exists()
+
+
 def test_two_jobs_on_one_region_get_distinct_results(client, song):
     first = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
     second = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)

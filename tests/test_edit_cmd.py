@@ -148,6 +148,12 @@ def test_output_must_be_a_wav_file(song, tmp_path, capsys):
     assert "out.wav" in capsys.readouterr().err
 
 
+def test_an_output_named_without_a_suffix_is_written_as_wav(song, tmp_path, tiny_model_dir):
+    assert edit(song, tiny_model_dir, "-o", str(tmp_path / "drums")) == 0
+    assert sf.info(str(tmp_path / "drums.wav")).format == "WAV"
+    assert not (tmp_path / "drums").exists()
+
+
 def test_play_plays_the_written_result(song, tmp_path, tiny_model_dir, monkeypatch, no_keys):
     player = FakePlayer(time_scale=0.0)
     monkeypatch.setattr(playback, "get_player", lambda device=None: player)

@@ -145,3 +145,17 @@ def test_shortened_result_names_of_sources_that_differ_only_at_the_end_stay_apar
     assert one != two and one.endswith(".extract_drums.wav")
     assert max(len(one.encode()), len(two.encode())) <= MAX_RESULT_NAME_BYTES
     assert result_file_name("song", "extract drums") == "song.extract_drums.wav"  # short names stay as they are
+
+
+def test_a_result_named_as_a_file_is_wav_whatever_suffix_it_was_given():
+    from engine.errors import ConfigError
+    from engine.files import MAX_RESULT_NAME_BYTES, result_file_path
+
+    assert result_file_path("out/drums.wav").name == "drums.wav"
+    assert result_file_path("out/drums.Wav").name == "drums.Wav"
+    assert result_file_path("out/drums").name == "drums.wav"
+    assert result_file_path("out/drums.take2").name == "drums.take2.wav"  # not drums.wav: no name is lost
+    with pytest.raises(ConfigError, match="name the output drums.wav"):
+        result_file_path("out/drums.aiff")
+    with pytest.raises(ConfigError, match="bytes long"):
+        result_file_path("x" * MAX_RESULT_NAME_BYTES)  # fits alone, not with .wav added
