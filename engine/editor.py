@@ -45,6 +45,7 @@ import numpy as np
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_TAKES, Instruction, parse_instruction, vocabulary
 from engine.mask import MaskSettings, channel_policy, check_mode
+from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
@@ -105,8 +106,8 @@ class Editor:
         *,
         window_seconds: float | None = None,
         overlap_seconds: float = 2.0,
-        cfg_coef: float = 3.0,
-        top_k: int = 100,
+        cfg_coef: float = CFG_COEF,
+        top_k: int = EDIT_TOP_K,
         temperature: float = 1.0,
         mask_settings: dict[str, MaskSettings] | None = None,
         decode_step: str | None = None,

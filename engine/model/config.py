@@ -10,6 +10,11 @@ from typing import Any
 
 from engine.errors import ConfigError
 
+# Decoding defaults (engine.model.generate); the Editor samples with Instruct-MusicGen's own top-k, EDIT_TOP_K.
+CFG_COEF = 3.0  # classifier-free guidance, MusicGen's and Instruct-MusicGen's
+TOP_K = 250  # MusicGen's top-k (transformers' and audiocraft's default)
+EDIT_TOP_K = 100  # the official Instruct-MusicGen inference's top-k
+
 
 @dataclass(frozen=True)
 class LMConfig:

@@ -25,6 +25,7 @@ import torch
 from engine.device import decode_weight_count
 from engine.errors import Cancelled, ConfigError
 from engine.model import delay, static_decode
+from engine.model.config import CFG_COEF, TOP_K
 from engine.model.fast_decode import prepare_decode
 from engine.model.lm import MusicGenLM
 
@@ -32,7 +33,7 @@ from engine.model.lm import MusicGenLM
 def sample(
     logits: torch.Tensor,
     *,
-    top_k: int = 250,
+    top_k: int = TOP_K,
     top_p: float = 0.0,
     temperature: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
@@ -109,8 +110,8 @@ def generate(
     num_frames: int,
     cond_codes: torch.Tensor | None = None,
     prompt_codes: torch.Tensor | None = None,
-    cfg_coef: float = 3.0,
-    top_k: int = 250,
+    cfg_coef: float = CFG_COEF,
+    top_k: int = TOP_K,
     top_p: float = 0.0,
     temperature: float = 1.0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,

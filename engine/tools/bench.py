@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
 from engine.files import write_json_atomic
+from engine.model.config import CFG_COEF, TOP_K
 from engine.tools.costs import (
     GB,
     add_floor,
@@ -164,18 +165,18 @@ def run_ours(hf, lm, ids, mask, *, frames: int, greedy: bool, static: Any):
     with torch.inference_mode():
         states = hf.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     generator = torch.Generator(device=lm.device).manual_seed(0)
-    return generate(lm, states, mask, num_frames=frames, cfg_coef=3.0, top_k=1 if greedy else 250,
+    return generate(lm, states, mask, num_frames=frames, cfg_coef=CFG_COEF, top_k=1 if greedy else TOP_K,
                     generator=generator, static=static)  # fmt: skip
 
 
 def run_theirs(hf, ids, mask, *, steps: int, greedy: bool):
-    """transformers' generate (CFG 3.0, the same number of decoder passes) -> codes [B, K, frames]."""
+    """transformers' generate (the same CFG and top-k, the same number of decoder passes) -> codes [B, K, frames]."""
     import torch
 
     with torch.inference_mode():
         return hf.generate(
-            input_ids=ids, attention_mask=mask, guidance_scale=3.0, do_sample=not greedy,
-            top_k=None if greedy else 250, max_new_tokens=steps, num_return_sequences=1,
+            input_ids=ids, attention_mask=mask, guidance_scale=CFG_COEF, do_sample=not greedy,
+            top_k=None if greedy else TOP_K, max_new_tokens=steps, num_return_sequences=1,
         )  # fmt: skip
 
 
@@ -432,8 +433,8 @@ def run(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "dtype": name,
-        "cfg_coef": 3.0,
-        "top_k": 250,
+        "cfg_coef": CFG_COEF,
+        "top_k": TOP_K,
         "batches": batches,
         "steps": modes,
         "shapes": {},
