@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bridge.cli import takes_option
 from engine.editor import DECODE_STEPS
 from engine.files import write_json_atomic
 
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edits", type=int, default=2, help="edits with --shape: the first is timed apart (default 2)")
     parser.add_argument("--step", default=None, choices=STEPS,
                         help="CUDA decode step with --shape (default: the engine's, generate.CUDA_STEP)")  # fmt: skip
-    parser.add_argument("--takes", type=int, default=1, help="takes per edit with --shape (default 1)")
+    parser.add_argument("--takes", type=takes_option, default=1, help="takes per edit with --shape (default 1)")
     parser.add_argument("--json", default=None, metavar="PATH", help="with --shape: write the figures to this file")
 
 
@@ -246,8 +247,8 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         raise ConfigError("--shape builds a random model: give --shape or --model, not both")
-    if args.edits < 1 or args.takes < 1:
-        raise ConfigError("--edits and --takes must be at least 1")
+    if args.edits < 1:
+        raise ConfigError("--edits must be at least 1")
     seconds = 30.0 if args.seconds is None else args.seconds
     if seconds <= 0:
         raise ConfigError("--seconds must be positive")

@@ -34,6 +34,7 @@ from bridge.protocol import EditRequest, RequestError
 from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError
+from engine.instructions import check_takes
 from engine.mask import MODES, check_mode, mode_name
 from engine.weights.loader import add_model_arguments
 
@@ -437,8 +438,7 @@ class EngineServer:
 
     def _check_edit(self, job: Job) -> None:
         """On the receiving thread: nothing that opens the input (os.stat only)."""
-        if not 1 <= job.request.takes <= protocol.MAX_TAKES:
-            raise RequestError(f"takes must be between 1 and {protocol.MAX_TAKES}, got {job.request.takes}")
+        check_takes(job.request.takes, RequestError)
         if not job.instruction:
             raise RequestError("the instruction is empty; say what to do, e.g. 'extract drums'")
         if job.request.mode and job.request.mode not in MODES:

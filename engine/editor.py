@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
-from engine.instructions import MAX_TAKES, Instruction, parse_instruction, vocabulary
+from engine.instructions import Instruction, check_takes, parse_instruction, vocabulary
 from engine.mask import MaskSettings, channel_policy, check_mode
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.windows import Window, join, plan_windows
@@ -213,8 +213,7 @@ class Editor:
         The model runs once; each mode only makes its result from the same model output (what an evaluation that
         compares the modes needs: the same tokens, half the time). Every result's info carries the shared timings
         of the generation and its own mode's."""
-        if not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
-            raise ConfigError(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
+        check_takes(takes)
         seed = secrets.randbelow(2**31) if seed is None else int(seed)
         return self._edit([audio], sample_rate, [instruction], modes, [seed], takes, raw, progress, cancel)[0]
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import InstructionError
+from engine.errors import ConfigError, InstructionError
 
 # The operations and the official stems, defined here only (no torch: the client, REAPER and batch import them).
 OPERATIONS = ("add", "remove", "extract")
@@ -28,6 +28,14 @@ OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
 OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
 # The most takes (generations, best kept) one edit may ask for: the Editor, the wire and every CLI check this one.
 MAX_TAKES = 16
+
+
+def check_takes(takes: object, error: type[Exception] = ConfigError) -> int:
+    """`takes` when it is a whole number from 1 to MAX_TAKES, else `error` saying so (one message everywhere)."""
+    if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+        raise error(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
+    return takes
+
 
 # Operation phrases, as the sequence of non-instrument, non-filler words left in the instruction (in order).
 # "take the drums out" leaves ("take", "out"); "keep only guitar" leaves ("keep", "only").

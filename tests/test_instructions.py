@@ -147,3 +147,20 @@ def test_without_a_card_every_instrument_we_have_words_for_parses(card):
     assert parse_instruction("drums only", card).prompt == "Music piece. Instruct: Only Drums."
     with pytest.raises(InstructionError, match="no instrument"):
         parse_instruction("extract the theremin", card)
+
+
+@pytest.mark.parametrize("takes", [0, 17, -1, 2.0, "2", True, None])
+def test_takes_outside_1_to_max_or_not_whole_are_refused_in_one_message(takes):
+    from engine.errors import ConfigError
+    from engine.instructions import MAX_TAKES, check_takes
+
+    with pytest.raises(ConfigError, match=f"takes must be a whole number from 1 to {MAX_TAKES}"):
+        check_takes(takes)
+
+
+def test_check_takes_returns_the_takes_and_raises_the_callers_error():
+    from engine.instructions import MAX_TAKES, check_takes
+
+    assert check_takes(1) == 1 and check_takes(MAX_TAKES) == MAX_TAKES
+    with pytest.raises(KeyError):
+        check_takes(0, KeyError)
