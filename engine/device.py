@@ -82,6 +82,14 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity: a VM or container may show the host's count in
+    os.cpu_count()), for sizing worker pools."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def device_name(device: str | torch.device) -> str:
     """The accelerator's name and memory, or the CPU's and its cores: for benchmark output and model cards."""
     dev = torch.device(device)
@@ -90,7 +98,7 @@ def device_name(device: str | torch.device) -> str:
         return f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
     if dev.type == "mps":
         return "Apple MPS"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"CPU ({platform.processor() or platform.machine()}, {usable_cores()} cores)"
 
 
 def free_memory(device: str | torch.device) -> int:

@@ -267,6 +267,16 @@ def test_a_spent_deadline_scores_one_batch_per_task_and_says_so(synth_data, tiny
     assert "stopped by the time budget after 2 of" in (tmp_path / "report.md").read_text()
 
 
+def test_a_task_that_starts_after_its_deadline_scores_one_small_batch(synth_data, tiny_editor, tmp_path, monkeypatch):
+    import time
+
+    from engine.eval import evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "LATE_BATCH", 1)
+    report = _short_eval(synth_data, _EchoEditor(tiny_editor), tmp_path, ["remove"], batch=2, deadline=time.time() - 1)
+    assert report["tasks"]["remove"]["clips"]["scored"] == 1
+
+
 def test_the_markdown_report_has_a_table_per_task_and_says_what_was_skipped(report_dir):
     text = (report_dir / "report.md").read_text()
     for task in ("extract", "remove", "add"):

@@ -149,7 +149,8 @@ def _environment(log: Log, tiny: bool) -> dict[str, Any]:
 
 
 def _vendor_path(work: Path, log: Log) -> str | None:
-    """A folder to put on PYTHONPATH holding pyloudnorm when this Python lacks it (copied from a carried .venv)."""
+    """What to put on PYTHONPATH for pyloudnorm when this Python lacks it: a copy from a carried .venv, or the
+    carried wheel (.carry, as issue #16's run carries it)."""
     try:
         import pyloudnorm  # noqa: F401
     except ImportError:
@@ -161,6 +162,9 @@ def _vendor_path(work: Path, log: Log) -> str | None:
         shutil.copytree(found, target / "pyloudnorm", dirs_exist_ok=True)
         log(f"pyloudnorm: not installed; using the copy from {found.relative_to(ROOT)}")
         return str(target)
+    for wheel in sorted(ROOT.glob(".carry/wheels/pyloudnorm-*.whl")):  # `make model-gpu-carry`'s: pure Python,
+        log(f"pyloudnorm: not installed; importing it from the carried {wheel.relative_to(ROOT)}")  # imports as a zip
+        return str(wheel)
     log("pyloudnorm: not installed and no copy carried: the engine stages will fail at the levels step")
     return None
 

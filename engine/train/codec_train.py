@@ -12,9 +12,9 @@ No adversarial loss: it would triple the cost per step on 2 CPU cores; the price
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.device import parse_device
+from engine.device import parse_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_SUFFIXES, audio_files, write_json_atomic
 from engine.model.fit import check_state_fits
@@ -169,7 +169,7 @@ class ClipSampler:
         ):  # the same clips as the seeks would give, read once by parallel threads (libsndfile frees the GIL)
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+            with ThreadPoolExecutor(min(32, usable_cores())) as pool:
                 self.audio = _PRELOADED[key] = list(pool.map(_read_int16_mono, self.files))
 
     def _read(self, index: int, start: int) -> np.ndarray:
@@ -309,6 +309,23 @@ def final_losses(rows: Sequence[dict], last: int = 8) -> dict[str, float]:
     return {k: round(sum(row[k] for row in tail) / len(tail), 4) for k in keys}
 
 
+def _restoring_tf32(function):
+    """The process's TF32 flags as they were after `function` returns or raises: the codec stage turns TF32 on for
+    its own matmuls and convolutions on CUDA, and the stages after it in the same process (the recipe's base export,
+    its fp32 evaluation) must not inherit that."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        try:
+            return function(*args, **kwargs)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+    return wrapper
+
+
+@_restoring_tf32
 def train_codec(
     data: Path,
     run_dir: Path,

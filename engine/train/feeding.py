@@ -20,6 +20,10 @@ from engine.errors import CheckpointError
 from engine.files import atomic_path
 from engine.train.stages import Encoded, Stage
 
+# A worker that has not handed over a batch in this long is stuck (workers fork from a process holding a CUDA context
+# and threads): an error the log shows, not a run that hangs until the device command is killed.
+LOADER_TIMEOUT_S = 120.0
+
 
 class BatchSampler:
     """Deterministic stream of item indices: epoch e is a permutation seeded by (seed, e). State = (epoch, position),
@@ -88,6 +92,7 @@ class ClipFeeder:
                 batch_sampler=_KeyBatches(sampler.copy(), batch),
                 num_workers=workers,
                 collate_fn=list,
+                timeout=LOADER_TIMEOUT_S,
                 # Worker seeds from their own generator: the run's torch RNG stream stays as without workers.
                 generator=torch.Generator().manual_seed(seed),
             )
@@ -150,7 +155,9 @@ class CodePool:
             for start in range(0, len(data), batch)
         ]
         if workers > 0:  # clips decoded in other processes while this one encodes (on a GPU, reading is the cost)
-            clips = iter(DataLoader(keyed, batch_sampler=batches, num_workers=workers, collate_fn=list))
+            clips = iter(
+                DataLoader(keyed, batch_sampler=batches, num_workers=workers, collate_fn=list, timeout=LOADER_TIMEOUT_S)
+            )
         else:
             clips = ([keyed[k] for k in keys] for keys in batches)
         records: list[Encoded] = []

@@ -4,10 +4,11 @@
 #   bash engine/train/gpu_recipe.sh "$OUT" [BUDGET_MINUTES]        (from the repo root; carry .carry)
 #
 # Installs the carried wheels (.carry/wheels, made here by `make model-gpu-carry`) with --no-deps into /tmp/site,
-# checks the recipe end to end at tiny scale on the GPU (seconds; PREFLIGHT=0 skips it), then runs the full recipe
-# within BUDGET_MINUTES, unbuffered. Without one, the budget is what is left of the device command's limit LIMIT_S
-# (default 600: the run's timeout_s; set it lower when the device has less time left) after the install and the
-# preflight, less a 50 s margin for the recipe's start-up, its last export and its overruns. Each stage's packs and card.json land in OUT as the stage ends, and the
+# checks the recipe end to end at tiny scale on the GPU (seconds, at most PREFLIGHT_S; PREFLIGHT=0 skips it; a failure
+# is logged, not fatal), then runs the full recipe within BUDGET_MINUTES, unbuffered. Without one, the budget is what
+# is left of the device command's limit LIMIT_S (default 600: the run's timeout_s; set it lower when the device has
+# less time left) after the install and the preflight, less MARGIN_S (70 s) for the recipe's start-up, its last
+# export and its overruns. Each stage's packs and card.json land in OUT as the stage ends, and the
 # whole log is OUT/run.log, so a run cut at any point returns what it finished. With .carry/packs (an earlier run's
 # returned files) the finished stages are restored and skipped. OUT receives at most 7 files, each <= 15 MiB:
 # run.log, card.json, codec.tar.00, base.tar.00, base.tar.01, adapters.tar.00, eval.tar.00.
@@ -15,6 +16,7 @@ set -u -o pipefail
 OUT=${1:?usage: bash engine/train/gpu_recipe.sh OUT [BUDGET_MINUTES]}
 BUDGET=${2:-${BUDGET_MINUTES:-}}
 LIMIT=${LIMIT_S:-600}
+MARGIN=${MARGIN_S:-70}  # the recipe's start-up, its last export, the eval's first batches and overruns
 RUN=${RUN_DIR:-/tmp/imusic-run}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
@@ -40,15 +42,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PY" -c "import torch, transformers, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 'transformers', transformers.__version__, 'numpy', numpy.__version__)"
 
+preflight=""
 if [ "${PREFLIGHT:-1}" = 1 ]; then
-  echo "gpu_recipe: preflight (tiny scale on $DEVICE)"
+  # Bounded, and not a gate: each full-scale stage exports as it ends, so a fault that only a later stage (or only the
+  # tiny scale) meets still lets the stages before it come back; the log says the preflight failed and where.
+  echo "gpu_recipe: preflight (tiny scale on $DEVICE, at most ${PREFLIGHT_S:-150} s)"
   rm -rf /tmp/imusic-preflight
-  "$PY" -m engine.train.recipe run -o /tmp/imusic-preflight --scale tiny --budget-minutes 2 --device "$DEVICE" --quiet \
-    || { echo "gpu_recipe: the tiny recipe failed on this machine: not starting the full run" >&2; exit 3; }
+  timeout "${PREFLIGHT_S:-150}" "$PY" -m engine.train.recipe run -o /tmp/imusic-preflight --scale tiny \
+    --budget-minutes 2 --device "$DEVICE" --quiet \
+    || { preflight=$?; echo "gpu_recipe: PREFLIGHT FAILED (exit $preflight, above); running the full recipe anyway" >&2; }
 fi
 
 if [ -z "$BUDGET" ]; then
-  BUDGET=$(awk -v limit="$LIMIT" -v used="$SECONDS" 'BEGIN { printf "%.2f", (limit - used - 50) / 60 }')
+  BUDGET=$(awk -v limit="$LIMIT" -v used="$SECONDS" -v margin="$MARGIN" \
+    'BEGIN { printf "%.2f", (limit - used - margin) / 60 }')
   echo "gpu_recipe: ${SECONDS} s used before the full run; its budget: ${BUDGET} min"
 fi
 from=()
@@ -56,6 +63,6 @@ if [ -n "$(ls .carry/packs/*.tar.* 2>/dev/null)" ]; then from=(--from-packs .car
 "$PY" -m engine.train.recipe run -o "$RUN" --scale "${SCALE:-full}" --budget-minutes "$BUDGET" --device "$DEVICE" \
   --export "$OUT" --quiet "${from[@]}"
 status=$?
-echo "gpu_recipe: recipe exit $status; returned:"
+echo "gpu_recipe: recipe exit $status${preflight:+; preflight exit $preflight}; returned:"
 ls -la "$OUT"
 exit $status

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import sys
 import time
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.device import parse_device
+from engine.device import parse_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.plots import plot_curves
 from engine.files import write_json_atomic
@@ -289,7 +288,7 @@ def train(
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
     # processes that read clips: none on a CPU (they would compete with the model for its cores), else up to 8
-    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, os.cpu_count() or 1))
+    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, usable_cores()))
     if cfg.pool:
         key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY}
         train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, progress, workers)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -197,6 +196,7 @@ class Recipe:
             info = getattr(self, f"_stage_{stage}")(deadlines[stage])
             record = self.finish(stage, time.time() - began, info)
             parts = self.pack(stage)
+            self.card()  # after every stage: a run cut later still returns the records of what it finished
             packed = f"; packed {', '.join(p.name for p in parts)}" if parts else ""
             self.say(f"{stage}: done in {record['wall_seconds']} s{packed}")
         card = self.card()
@@ -210,6 +210,7 @@ class Recipe:
         return self.run_dir / "data" / "synth"
 
     def _stage_data(self, deadline: float) -> dict:
+        from engine.device import usable_cores
         from engine.train.data.render import default_soundfonts
         from engine.train.data.synth import synthesize
 
@@ -223,7 +224,7 @@ class Recipe:
             sample_rate=cfg["sample_rate"],
             soundfonts=fonts,
             renderer=cfg["renderer"],
-            workers=os.cpu_count() or 1,
+            workers=usable_cores(),
             progress=self.progress,
         )
         dataset = json.loads((self.data_dir / "dataset.json").read_text())
@@ -235,7 +236,7 @@ class Recipe:
             "renderer": dataset["renderer"],
             "soundfonts": [Path(f).name for f in dataset["soundfonts"]],
             "split": split,
-            "workers": os.cpu_count(),
+            "workers": usable_cores(),
         }
 
     def _stage_codec(self, deadline: float) -> dict:
@@ -326,7 +327,9 @@ class Recipe:
         tasks = cfg.pop("tasks")
         # The eager decode step: the CUDA-graph and compiled steps are measured apart (imusic bench, issue #18); this
         # run must not depend on them, and a batch of 32 clips makes the step's overhead small beside the scoring.
-        editor = Editor.load(self.run_dir / "adapters" / "model", device=self.device, decode_step="eager")
+        # fp32, as `make model-acceptance` scores the installed model on the CPU: the bars in the log are that verdict
+        model = self.run_dir / "adapters" / "model"
+        editor = Editor.load(model, device=self.device, dtype="float32", decode_step="eager")
         report = evaluate(
             self.data_dir,
             tasks,
@@ -372,9 +375,9 @@ class Recipe:
             "missing": [k for k, v in stages.items() if v is None],
             "wall_seconds_total": round(sum(v["wall_seconds"] for v in stages.values() if v), 1),
         }
-        write_json_atomic(self.run_dir / CARD, card, sort_keys=False)
-        if self.export is not None:
-            shutil.copy2(self.run_dir / CARD, self.export / CARD)
+        for folder in (self.run_dir, self.export):
+            if folder is not None:
+                write_json_atomic(folder / CARD, card, sort_keys=False)  # whole, whenever the run is cut
         return card
 
 
