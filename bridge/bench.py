@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -242,8 +243,11 @@ def run_rtf(args: argparse.Namespace) -> int:
     from engine.editor import Editor
     from engine.errors import ConfigError
     from engine.model import generate as generate_mod
+    from engine.model.static_decode import FastStepFailed
     from engine.tools.bench import resolve_device
     from engine.tools.tiny_models import random_loaded_model
+
+    warnings.simplefilter("error", FastStepFailed)  # a fallback would time the plain step under --step's name
 
     if args.model is not None:
         raise ConfigError("--shape builds a random model: give --shape or --model, not both")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -127,3 +129,35 @@ def test_inductor_compiles_the_step_once_and_it_decodes_as_eager(fused, monkeypa
         assert torch.equal(static, generate(fused, states, mask, top_k=1, static=False, **kwargs))
     assert counters["stats"]["unique_graphs"] == 1
     torch._dynamo.reset()
+
+
+def test_a_fast_step_that_fails_gives_way_to_the_plain_step_for_good_with_one_warning():
+    calls = []
+
+    def fast(tokens, position):
+        calls.append("fast")
+        raise RuntimeError("inductor: no compiler for this CPU\nmore lines")
+
+    def plain(tokens, position):
+        calls.append("plain")
+        return tokens + position
+
+    step = static_decode.falling_back(fast, plain, "torch.compile")
+    one = torch.ones(1)
+    with pytest.warns(static_decode.FastStepFailed, match=r"torch.compile failed \(RuntimeError: inductor: no comp"):
+        assert step(one, one) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a second warning would fail here
+        assert step(one, one) == 2
+    assert calls == ["fast", "plain", "plain"]
+
+
+def test_running_out_of_memory_in_the_fast_step_is_left_to_the_editors_retries():
+    def fast(tokens, position):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    step = static_decode.falling_back(fast, lambda t, p: t, "the CUDA-graph capture")
+    with pytest.raises(torch.OutOfMemoryError):
+        step(torch.ones(1), torch.ones(1))
+    with pytest.raises(torch.OutOfMemoryError):  # still the fast step: memory may be there next time
+        step(torch.ones(1), torch.ones(1))

@@ -23,6 +23,7 @@ server, the editor and batch each run one generation per model at a time).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -205,10 +206,43 @@ def build_step(lm: MusicGenLM, ctx: Context, graph: str, static: list[torch.Tens
     if not graphs_on(lm.device):
         return step
     if graph == "capture":
-        return captured_step(step)
+        return falling_back(captured_step(step), step, "the CUDA-graph capture")
     for tensor in static:
         torch._dynamo.mark_static_address(tensor)
-    return compile_step(step)
+    return falling_back(compile_step(step), step, "torch.compile")
+
+
+class FastStepFailed(RuntimeWarning):
+    """A compiled or captured decode step failed and the plain step took over (benchmarks turn it into an error)."""
+
+
+def falling_back(fast: Step, plain: Step, what: str) -> Step:
+    """`fast` until it fails with anything but running out of memory (which the Editor's retries handle); then, for
+    good, `plain`, with one FastStepFailed warning naming the error. A compiler or graph fault in a producer's torch
+    then costs speed, not every edit. Re-running the position plainly is exact: the step rewrites the KV-cache slot
+    of its position from the same tokens."""
+    from engine.device import is_out_of_memory
+
+    state: dict[str, Step | None] = {"fast": fast}
+
+    def run(tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        current = state["fast"]
+        if current is not None:
+            try:
+                return current(tokens, position)
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                state["fast"] = None
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+                warnings.warn(
+                    f"{what} failed ({type(exc).__name__}: {first}); decoding with the plain step",
+                    FastStepFailed,
+                    stacklevel=2,
+                )
+        return plain(tokens, position)
+
+    return run
 
 
 def graphs_on(device: torch.device) -> bool:

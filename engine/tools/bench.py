@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -402,7 +403,11 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.device import device_name, free_memory, is_out_of_memory, parse_dtype
     from engine.model.config import preset
+    from engine.model.static_decode import FastStepFailed
 
+    # a compiled or captured step that fails falls back to the plain one in an edit; here that would time the plain
+    # step under the fast one's name: an error of that shape instead
+    warnings.simplefilter("error", FastStepFailed)
     shapes = _parse_list(args.shapes, "--shapes")
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
