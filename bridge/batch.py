@@ -83,7 +83,7 @@ def plan_pairs(sources: list[Source], labels: list[tuple[str, str]], out: Path) 
 def check_edits(edits: list[str], parse: Callable[[str], Any], mode: str = "") -> list[tuple[str, str]]:
     """Parse every edit before any work: unknown ones, duplicates (same operation and stem) and a mode that does not
     apply to one of them are refused."""
-    from engine.mask import check_mode
+    from engine.modes import check_mode
 
     if not edits:
         raise ConfigError("give at least one --edit")
@@ -145,7 +145,7 @@ def triage(
 ) -> list[Pair]:
     """Sort pairs into refused, done before, failed before (counted in `summary`, with their table cells) and the
     ones to render now (returned). Reads the manifest, writes nothing."""
-    from engine.mask import canonical_mode
+    from engine.modes import canonical_mode
 
     for entry in manifest.pairs.values():  # a mode recorded as written before (--mode mask): the setting it was
         recorded = entry.get("settings") if isinstance(entry, dict) else None
@@ -395,7 +395,7 @@ def _load_backend(args: argparse.Namespace) -> Any:
 
 def _settings(args: argparse.Namespace, model: str | None) -> dict:
     """What a result depends on besides its input: a pair done with other settings is rendered again."""
-    from engine.mask import canonical_mode
+    from engine.modes import canonical_mode
 
     mode = canonical_mode(args.mode)  # "--mode MASK", "--mode mask" and no --mode: the same results
     return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": mode}

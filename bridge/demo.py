@@ -31,7 +31,7 @@ from bridge import protocol
 from engine import instructions
 from engine.errors import ConfigError, ResourceError
 from engine.files import edit_slug
-from engine.mask import MODES
+from engine.modes import MODES
 
 # Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
 # by (seed, track number), so seeds from here on give songs no training stage used.
@@ -437,8 +437,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every edit finished, 1 otherwise (the results that did finish are still written)."""
     if not 1.0 <= args.seconds <= 600.0:
         raise ConfigError(f"--seconds must be between 1 and 600, got {args.seconds:g}")
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
     model_path = check_model(args.model)  # first: a missing model is one line, before any work

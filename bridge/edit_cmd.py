@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if made:
         sys.stderr.write(f"imusic edit: made the folder {output.parent}\n")
     from engine.instructions import parse_instruction
-    from engine.mask import check_mode
+    from engine.modes import check_mode
     from engine.weights import peek_card
 
     # The instruction and the mode are checked against the model's card before its weights load (seconds).

@@ -35,7 +35,7 @@ from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError
 from engine.instructions import check_takes
-from engine.mask import MODES, check_mode, mode_name
+from engine.modes import MODES, check_mode, mode_name
 from engine.weights.loader import add_model_arguments
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
@@ -544,8 +544,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; a model that fails to load is a one-line error."""
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_queue < 1:
         raise ConfigError(f"--max-queue must be at least 1, got {args.max_queue}")
     for root in args.allow_root or []:

@@ -44,8 +44,9 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import Instruction, check_takes, parse_instruction, vocabulary
-from engine.mask import MaskSettings, channel_policy, check_mode
+from engine.mask import MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
+from engine.modes import channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
@@ -188,7 +189,7 @@ class Editor:
     ) -> EditResult:
         """Edit `audio` [C, N] at `sample_rate` per `instruction`; the result has the same rate, shape and timing.
 
-        `mode` is one of engine.mask.MODES that applies to the operation (None: the operation's default, "mask").
+        `mode` is one of engine.modes.MODES that applies to the operation (None: the operation's default, "mask").
         """
         results = self.edit_modes(
             audio, sample_rate, instruction, (mode,), seed=seed, takes=takes, raw=raw, progress=progress, cancel=cancel

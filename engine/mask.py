@@ -29,7 +29,8 @@ wanted part lies, and builds the result from the original region itself, at its 
 
 Long regions are processed in blocks of STFT frames, each computed with enough neighbouring frames for the
 smoothing, and overlap-added into one output: the result is the same as processing the region at once (no seams).
-Pure numpy (and scipy.ndimage for the smoothing); no torch. The mode names are defined here for the bridge.
+Pure numpy (and scipy.ndimage for the smoothing); no torch. The modes themselves (names, defaults, checks) are
+engine.modes.
 """
 
 from __future__ import annotations
@@ -41,46 +42,6 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.levels import STEM_FLOOR_LU
-
-MODES = ("mask", "resynth")
-# Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
-OP_MODES = {"extract": MODES, "remove": MODES, "add": MODES}
-MODE_POLICIES = {
-    "mask": "one time-frequency mask from the model's output applied to every input channel (rate, phase and "
-    "stereo image of the original kept)",
-    "mask_add": "the original plus the added part (model output minus what the input holds), the added part "
-    "mono on every channel",
-    "resynth": "mono model output copied to every channel",
-}
-
-
-def mode_name(mode: str | None) -> str:
-    """A mode as a user or client wrote it, in the one spelling every layer compares: stripped, lower case ("" for
-    none, which means each operation's default)."""
-    return "" if mode is None else str(mode).strip().lower()
-
-
-def check_mode(op: str, mode: str | None) -> str:
-    """The mode to use for `op` (its default for None or ""); ConfigError in one line naming the modes that apply."""
-    applicable = OP_MODES.get(op, MODES)
-    name = mode_name(mode)
-    if not name:
-        return applicable[0]
-    if name not in applicable:
-        raise ConfigError(f"mode {mode!r} does not apply to {op}: use {' or '.join(applicable)}")
-    return name
-
-
-def canonical_mode(mode: str | None) -> str:
-    """`mode` as a result's settings record it: "" where it is every operation's default (named or not), else its
-    name; "MASK", "mask" and nothing then compare equal."""
-    name = mode_name(mode)
-    return "" if all(check_mode(op, name) == check_mode(op, "") for op in OP_MODES) else name
-
-
-def channel_policy(op: str, mode: str) -> str:
-    """How the result's channels are made, for the edit's info."""
-    return MODE_POLICIES["mask_add" if mode == "mask" and op == "add" else mode]
 
 
 @dataclass(frozen=True)

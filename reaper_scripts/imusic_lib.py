@@ -47,6 +47,7 @@ SETTINGS = _load_settings()
 from bridge import protocol, tracking  # noqa: E402
 from engine import instructions  # noqa: E402
 from engine.errors import ConfigError, ImusicError  # noqa: E402
+from engine.modes import DEFAULT_MODE  # noqa: E402
 from reaper_scripts import planning, project  # noqa: E402
 
 TITLE = "imusic"
@@ -71,7 +72,6 @@ CAPTIONS = (
     "Instruction (e.g. extract drums; remove bass; add piano):,"
     "Mode (mask keeps your recording; resynth = the model's own audio):,separator=|,extrawidth=220"
 )
-DEFAULT_MODE = "mask"
 
 
 def _api():

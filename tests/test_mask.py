@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from engine import mask
-from engine.errors import ConfigError
 from engine.eval import metrics
 
 
@@ -92,17 +91,3 @@ def test_bands_above_the_estimates_rate_follow_the_top_of_its_band():
     added = mask.apply_edit(bass[None], rate, estimate, low_rate, "add")[0] - bass
     added_spectrum = np.abs(np.fft.rfft(added * np.hanning(added.size)))  # windowed: no leakage from the clip's ends
     assert added_spectrum[freqs > 9000].max() < 1e-4 * added_spectrum.max()  # add adds nothing above the band
-
-
-def test_modes_default_per_operation_and_a_wrong_one_is_refused_naming_those_that_apply():
-    assert mask.check_mode("extract", None) == "mask" and mask.check_mode("add", "") == "mask"
-    assert mask.check_mode("remove", " Resynth ") == "resynth"
-    with pytest.raises(ConfigError, match="'stems' does not apply to remove: use mask or resynth"):
-        mask.check_mode("remove", "stems")
-    assert "added part" in mask.channel_policy("add", "mask")
-    assert "copied" in mask.channel_policy("extract", "resynth")
-
-
-def test_a_results_mode_setting_is_empty_for_the_default_however_it_is_written():
-    assert mask.canonical_mode(None) == mask.canonical_mode("mask") == mask.canonical_mode(" MASK ") == ""
-    assert mask.canonical_mode("Resynth") == "resynth"
