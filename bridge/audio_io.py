@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge.protocol import FORBIDDEN_PATH
 from engine.errors import AudioError, ImusicError
 from engine.files import (
     PARTIAL_SUFFIX,
@@ -49,7 +50,7 @@ PROBE_TIMEOUT_S = 2.0
 class UnsafeDestination(ImusicError):
     """The folder a result is written to left the allowed roots (a folder on its path became a symlink)."""
 
-    code = "forbidden_path"  # bridge.protocol.FORBIDDEN_PATH
+    code = FORBIDDEN_PATH
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import protocol
 from bridge.sources import Pair
 from engine.errors import AudioError, CheckpointError, ConfigError, ImusicError, InstructionError, ResourceError
 from engine.files import jsonable
 
 # Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
-FATAL_REMOTE_CODES = ("bad_instruction", "forbidden_path", "unavailable", "bad_checkpoint", "bad_config")
+FATAL_REMOTE_CODES = (
+    InstructionError.code,
+    protocol.FORBIDDEN_PATH,
+    protocol.UNAVAILABLE,
+    CheckpointError.code,
+    ConfigError.code,
+)
 
 
 @dataclass

@@ -49,7 +49,7 @@ from engine.errors import ConfigError, ImusicError
 class NoReply(ImusicError):
     """The server did not answer in time (not running, wrong port, or busy loading)."""
 
-    code = "no_reply"
+    code = protocol.NO_REPLY
 
 
 class RemoteError(ImusicError):
@@ -183,7 +183,7 @@ class Client:
         """Cancel a queued or running job; returns its /imusic/state (cancelled, cancelling, or already final)."""
         return self._request(protocol.CANCEL, (job_id,), _about(job_id, protocol.STATE), timeout)
 
-    def preview(self, job_id: str, which: str = "result", timeout: float = 2.0) -> Reply:
+    def preview(self, job_id: str, which: str = protocol.PREVIEW_WHICH[0], timeout: float = 2.0) -> Reply:
         """Play a finished job's result (or its source region) on the engine machine's output."""
         return self._request(protocol.PREVIEW, (job_id, which), _about(job_id, protocol.PREVIEWING), timeout)
 
@@ -333,7 +333,7 @@ def _about(job_id: str, address: str) -> Callable[[Reply], bool]:
 
 
 def _check_job_id(job_id: str) -> None:
-    if not (0 < len(job_id) <= protocol.MAX_JOB_ID and protocol.JOB_ID_PATTERN.match(job_id)):
+    if not protocol.is_job_id(job_id):
         raise ConfigError(f"job id {job_id[:40]!r} is not valid: 1-{protocol.MAX_JOB_ID} letters, digits and . _ : -")
 
 
@@ -386,7 +386,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--no-wait", action="store_true", help="print the job id once accepted and return")
     preview = sub.add_parser("preview", parents=[after], help="play a finished job on the engine machine's output")
     preview.add_argument("job_id")
-    preview.add_argument("which", nargs="?", default="result", choices=("result", "source"))
+    preview.add_argument("which", nargs="?", default=protocol.PREVIEW_WHICH[0], choices=protocol.PREVIEW_WHICH)
     sub.add_parser("stop-preview", parents=[after], help="stop the preview")
 
 

@@ -132,6 +132,7 @@ QUEUE_FULL = "queue_full"
 NOT_FINISHED = "not_finished"  # preview of a job that has no result yet
 UNAVAILABLE = "unavailable"  # the server is stopping, or preview has no output device
 INTERNAL = "internal"  # a bug: the server logged a traceback and keeps serving
+NO_REPLY = "no_reply"  # never on the wire: a client's code for a server that did not answer
 
 # Limits: a UDP datagram holds at most 65507 bytes; anything near that is hostile, not a producer's request.
 MAX_PACKET = 65507
@@ -142,6 +143,13 @@ MAX_SEED = 2**31 - 1  # seeds travel as OSC int32; -1 asks the engine to draw on
 MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+PREVIEW_WHICH = ("result", "source")  # what /imusic/preview plays of a job, the default first
+
+
+def is_job_id(text: str) -> bool:
+    """Whether `text` is a usable job id: 1 to MAX_JOB_ID letters, digits and . _ : -, starting with a letter or
+    digit (the empty id of a status request for the whole server is checked apart)."""
+    return 0 < len(text) <= MAX_JOB_ID and bool(JOB_ID_PATTERN.match(text))
 
 
 class RequestError(ImusicError):
@@ -221,7 +229,7 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
     CANCEL: (Arg("job_id", "job_id"),),
     STATUS: (Arg("job_id", "job_id", optional=True, default=""),),
     PING: (),
-    PREVIEW: (Arg("job_id", "job_id"), Arg("which", "str", optional=True, default="result", max_len=16)),
+    PREVIEW: (Arg("job_id", "job_id"), Arg("which", "str", optional=True, default=PREVIEW_WHICH[0], max_len=16)),
     STOP_PREVIEW: (),
 }
 
@@ -354,7 +362,7 @@ def request_job_id(address: str, args: list[Any]) -> str:
         and not isinstance(args[0], bool)
     ):
         job_id = str(args[0])
-        if len(job_id) <= MAX_JOB_ID and JOB_ID_PATTERN.match(job_id):
+        if is_job_id(job_id):
             return job_id
     return ""
 

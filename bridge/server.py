@@ -471,8 +471,9 @@ class EngineServer:
 
     def on_preview(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
         job_id, which = values["job_id"], values["which"]
-        if which not in ("source", "result"):
-            raise RequestError(f"preview plays 'source' or 'result', not {which!r}", job_id=job_id)
+        if which not in protocol.PREVIEW_WHICH:
+            played = " or ".join(repr(w) for w in protocol.PREVIEW_WHICH)
+            raise RequestError(f"preview plays {played}, not {which!r}", job_id=job_id)
         job = self.book.get(job_id)
         if job is None:
             raise RequestError(f"no job with id {job_id}", protocol.UNKNOWN_JOB, job_id)

@@ -16,7 +16,7 @@ import numpy as np
 from bridge import audio_io, protocol
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
-from engine.errors import Cancelled, ConfigError, ImusicError
+from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
 from engine.instructions import OFFICIAL_STEMS, OPERATIONS, instruction_text
 
 Notify = Callable[[Job, str, tuple], None]  # (job, reply address, reply args after the job id)
@@ -161,7 +161,7 @@ class Worker(threading.Thread):
             self._failed(job, exc.code, str(exc))
             return
         except MemoryError:
-            self._failed(job, "resources", "out of memory while editing; try a shorter region")
+            self._failed(job, ResourceError.code, "out of memory while editing; try a shorter region")
             return
         except Exception as exc:  # noqa: BLE001 (a bug must cost one job, not the server)
             traceback.print_exc(file=sys.stderr)
@@ -171,7 +171,7 @@ class Worker(threading.Thread):
             self.book.finish(job, job.output_path, info)
         except OSError as exc:
             # The result is on disk but the journal could not say so (disk full?): report it, the job reruns later.
-            self._failed(job, "resources", f"result written to {job.output_path} but the journal failed: {exc}")
+            self._failed(job, ResourceError.code, f"result written to {job.output_path} but the journal failed: {exc}")
             return
         self.notify(job, protocol.DONE, (job.output_path, info_json(info)))
 

@@ -46,7 +46,7 @@ SETTINGS = _load_settings()
 
 from bridge import protocol, tracking  # noqa: E402
 from engine import instructions  # noqa: E402
-from engine.errors import ConfigError, ImusicError  # noqa: E402
+from engine.errors import Cancelled, ConfigError, ImusicError  # noqa: E402
 from engine.modes import DEFAULT_MODE  # noqa: E402
 from reaper_scripts import planning, project  # noqa: E402
 
@@ -191,7 +191,7 @@ class Session:
         self.client.tracker.resend_after = self.client.tracker.status_after = RESEND_EVERY_S
         for job in self.pending:
             if job.job_id in cancelled:
-                self.client.tracker.end(job.job_id, protocol.CANCELLED, "cancelled")
+                self.client.tracker.end(job.job_id, Cancelled.code, "cancelled")
         # Replies in, then whatever the tracker says is due: an unanswered edit is resent (job ids make that
         # harmless; it covers a lost datagram or a restarting engine), an accepted one is asked for its state.
         with contextlib.suppress(OSError):
@@ -204,7 +204,7 @@ class Session:
             return "silent"
         if now - max(state.heard for state in states) > LOST_AFTER_S:
             for job in pending:
-                self.client.tracker.end(job.job_id, "no_reply", LOST.format(seconds=LOST_AFTER_S))
+                self.client.tracker.end(job.job_id, protocol.NO_REPLY, LOST.format(seconds=LOST_AFTER_S))
             return "done"
         return "running"
 
