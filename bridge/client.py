@@ -315,7 +315,10 @@ class Client:
         mode: str = "",
     ) -> JobResult:
         """submit() then wait(): the blocking call for scripts and the CLI."""
-        job_id = self.submit(input_path, start_s, end_s, instruction, output_path, seed, takes, job_id, mode)
+        job_id = self.submit(
+            input_path, start_s, end_s, instruction, output_path=output_path, seed=seed, takes=takes, job_id=job_id,
+            mode=mode,
+        )  # fmt: skip
         return self.wait(job_id, timeout=timeout, on_progress=on_progress)
 
 
@@ -452,8 +455,9 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
     if _local_bind_host(args.host) == "127.0.0.1" and not os.path.exists(args.input):
         raise ConfigError(f"no such file: {args.input}")  # said here; a remote engine says it for its own disk
     job_id = client.submit(
-        args.input, args.start, args.end, args.instruction, args.output, args.seed, args.takes, args.job_id, args.mode
-    )
+        args.input, args.start, args.end, args.instruction, output_path=args.output, seed=args.seed, takes=args.takes,
+        job_id=args.job_id, mode=args.mode,
+    )  # fmt: skip
     accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in (protocol.ACCEPTED, protocol.ERROR), short)
     if accepted.address == protocol.ERROR:
         raise RemoteError(accepted.message, accepted.code, job_id)
