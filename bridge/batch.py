@@ -35,7 +35,7 @@ from engine.errors import (
     ImusicError,
     InstructionError,
 )
-from engine.files import PARTIAL_SUFFIX, jsonable, result_file_name, sweep_temps, writable_folder
+from engine.files import PARTIAL_SUFFIX, jsonable, lock_folder, result_file_name, sweep_temps, writable_folder
 from engine.weights.loader import add_model_arguments
 
 # --- what to render ----------------------------------------------------------------------------------------------
@@ -54,18 +54,11 @@ def check_output_folder(session: Path, out: Path, make: bool = True) -> None:
 def claim_output_folder(out: Path) -> Any:
     """Lock OUT for this run (two batches writing one manifest would lose records) and sweep up the temporary files
     a killed run left behind. Returns the open lock file; the lock ends when it is closed or the process dies."""
-    handle = open(out / ".imusic-batch.lock", "a+")  # noqa: SIM115 (held for the whole run)
-    try:
-        import fcntl
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except ImportError:
-        pass  # Windows: no advisory lock; one batch per output folder is then the user's care
-    except OSError:
-        handle.close()
-        raise ConfigError(f"another imusic batch is writing to {out}; wait for it or choose another folder") from None
-    for leftover in out.rglob(f".*{PARTIAL_SUFFIX}"):  # audio_io.write_atomic's temporary names
-        leftover.unlink(missing_ok=True)
+    busy = f"another imusic batch is writing to {out}; wait for it or choose another folder"
+    handle = lock_folder(out / ".imusic-batch.lock", busy)
+    # audio_io.write_atomic's temporary files of killed writers (a live server's, writing here too, stay)
+    for folder in {leftover.parent for leftover in out.rglob(f".*{PARTIAL_SUFFIX}")}:
+        sweep_temps(folder, suffix=PARTIAL_SUFFIX)
     sweep_temps(out)  # a killed run's half-written manifest (the folder is ours now: its writer is gone)
     return handle
 

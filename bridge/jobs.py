@@ -22,7 +22,7 @@ from typing import Any
 from bridge import protocol
 from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError
-from engine.files import jsonable
+from engine.files import jsonable, lock_folder
 
 JOURNAL_NAME = "jobs.jsonl"
 KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency
@@ -145,19 +145,8 @@ class Journal:
         self.events = 0  # appended since the last compaction
 
     def _take_folder_lock(self):
-        handle = open(self.folder / "server.lock", "a+")  # noqa: SIM115 (held for the server's lifetime)
-        try:
-            import fcntl
-
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:
-            pass  # Windows: no advisory lock; one server per journal is then the user's care
-        except OSError:
-            handle.close()
-            raise ConfigError(
-                f"another imusic server is using the journal {self.folder}; stop it or pass --journal DIR"
-            ) from None
-        return handle
+        busy = f"another imusic server is using the journal {self.folder}; stop it or pass --journal DIR"
+        return lock_folder(self.folder / "server.lock", busy)  # held for the server's lifetime
 
     def load(self) -> dict[str, Job]:
         """Replay the journal: every job with its last known state (a torn last line from a crash is skipped)."""

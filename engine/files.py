@@ -87,6 +87,23 @@ def sweep_temps(folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX) -
     return removed
 
 
+def lock_folder(lock_path: str | Path, busy: str) -> Any:
+    """An exclusive advisory lock on `lock_path` (created if need be), held while the returned open file is: it ends
+    when the file is closed or the process dies, however it dies. ConfigError(`busy`) when another process holds it.
+    On Windows (no fcntl) nothing is locked and one writer per folder is the user's care."""
+    handle = open(lock_path, "a+")  # noqa: SIM115 (held as long as the caller holds the lock)
+    try:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:
+        pass
+    except OSError:
+        handle.close()
+        raise ConfigError(busy) from None
+    return handle
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
     """A temporary path beside `path` for any writer (torch.save, savefig with an explicit format, write_bytes);

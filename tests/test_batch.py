@@ -292,16 +292,19 @@ def test_two_batches_cannot_write_one_output_folder(tmp_path):
         first.close()
 
 
-def test_temporary_files_of_a_killed_run_are_swept_up(tmp_path):
+def test_temporary_files_of_a_killed_run_are_swept_up_and_a_live_writers_stay(tmp_path):
     (tmp_path / "sub").mkdir()
-    leftover = tmp_path / "sub" / ".mix.extract_drums.123.abcd.partial.wav"
-    leftover.write_bytes(b"half")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    leftover = tmp_path / "sub" / f".mix.extract_drums.{dead.pid}.0123abcd.partial.wav"  # audio_io.write_atomic's
+    leftover.write_bytes(b"half")
+    live = tmp_path / "sub" / f".mix.remove_bass.{os.getpid()}.0123abcd.partial.wav"  # a server writing here now
+    live.write_bytes(b"being written")
     manifest_temp = tmp_path / f".manifest.json.{dead.pid}.0badc0de.tmp"  # engine.files.atomic_path's temporary
     manifest_temp.write_bytes(b"{ half")
     claim_output_folder(tmp_path).close()
     assert not leftover.exists() and not manifest_temp.exists()
+    assert live.read_bytes() == b"being written"
 
 
 def test_a_corrupt_manifest_is_not_overwritten_silently(tmp_path):
