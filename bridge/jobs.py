@@ -91,7 +91,7 @@ class Job:
         if self.state == protocol.DONE_STATE:
             return self.output_path
         if self.state in (protocol.ERROR_STATE, protocol.CANCELLED):
-            return f"{self.error_code}: {self.error_message}"
+            return protocol.error_detail(self.error_code, self.error_message)
         return self.stage
 
     def to_record(self) -> dict[str, Any]:

@@ -367,6 +367,16 @@ def request_job_id(address: str, args: list[Any]) -> str:
     return ""
 
 
+def error_detail(code: str, message: str) -> str:
+    """The /imusic/state detail of a job that ended in an error or was cancelled: "code: message"."""
+    return f"{code}: {message}"
+
+
+def detail_code(detail: str, default: str) -> str:
+    """The code an error_detail() starts with (`default` for a detail without one)."""
+    return detail.split(":", 1)[0] if ":" in detail else default
+
+
 def clip_message(message: str) -> str:
     """An error message cut so that a reply always fits one datagram."""
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."

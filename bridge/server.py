@@ -320,7 +320,8 @@ class EngineServer:
         if self.book.get(job_id) is None and self._is_checking(job_id, cancel=True):
             # Not accepted yet: it never will be. The checker refuses it (its requester gets /imusic/error cancelled)
             # and, like every refused edit, it is not journalled.
-            self._send(sender, protocol.STATE, job_id, protocol.CANCELLED, 0.0, f"{Cancelled.code}: {NOT_ACCEPTED}")
+            detail = protocol.error_detail(Cancelled.code, NOT_ACCEPTED)
+            self._send(sender, protocol.STATE, job_id, protocol.CANCELLED, 0.0, detail)
             return
         was_final = (job := self.book.get(job_id)) is not None and job.is_final
         job = self.book.cancel(job_id)

@@ -91,8 +91,7 @@ class ReplyTracker:
         elif reply.address == protocol.STATE:
             if reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
                 message = reply.message or reply.state
-                # An error state's detail reads "code: message"; a cancelled job's is its state.
-                job.code = message.split(":", 1)[0] if ":" in message else reply.state
+                job.code = protocol.detail_code(message, reply.state)
                 job.error = message
             elif reply.state == protocol.UNKNOWN:
                 if job.request is None:
