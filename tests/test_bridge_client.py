@@ -288,3 +288,10 @@ def test_an_output_path_object_is_taken_as_a_string_is():
 
     assert _absolute_output(Path("out") / "a.wav") == os.path.abspath("out/a.wav")
     assert _absolute_output("new/") == os.path.abspath("new") + os.sep
+
+
+def test_an_error_detail_gives_back_its_code_and_a_bare_detail_the_default():
+    detail = protocol.error_detail("bad_audio", "not audio: x.txt")
+    assert detail == "bad_audio: not audio: x.txt"
+    assert protocol.detail_code(detail, protocol.CANCELLED) == "bad_audio"
+    assert protocol.detail_code("cancelled", protocol.CANCELLED) == protocol.CANCELLED
