@@ -35,7 +35,7 @@ from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError
 from engine.instructions import check_takes
-from engine.modes import MODES, check_mode, mode_name
+from engine.modes import check_mode, check_mode_name, mode_name
 from engine.weights.loader import add_model_arguments
 
 MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
@@ -442,8 +442,7 @@ class EngineServer:
         check_takes(job.request.takes, RequestError)
         if not job.instruction:
             raise RequestError("the instruction is empty; say what to do, e.g. 'extract drums'")
-        if job.request.mode and job.request.mode not in MODES:
-            raise RequestError(f"unknown mode {job.request.mode!r}: use {' or '.join(MODES)} (or nothing: the default)")
+        check_mode_name(job.request.mode, RequestError)
         source = self.allowed_path(job.input_path, "input")
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal
         if job.requested_output:

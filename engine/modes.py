@@ -30,10 +30,20 @@ def mode_name(mode: str | None) -> str:
     return "" if mode is None else str(mode).strip().lower()
 
 
-def check_mode(op: str, mode: str | None) -> str:
-    """The mode to use for `op` (its default for None or ""); ConfigError in one line naming the modes that apply."""
-    applicable = OP_MODES.get(op, MODES)
+def check_mode_name(mode: str | None, error: type[Exception] = ConfigError) -> str:
+    """mode_name(mode) when it is one of MODES or none, else `error` naming them (one message everywhere: the server
+    says it when a request arrives, before the instruction is parsed)."""
     name = mode_name(mode)
+    if name and name not in MODES:
+        raise error(f"unknown mode {mode!r}: use {' or '.join(MODES)} (or nothing: the default)")
+    return name
+
+
+def check_mode(op: str, mode: str | None) -> str:
+    """The mode to use for `op` (its default for None or ""); ConfigError in one line naming the modes that exist
+    (check_mode_name), or those that apply to `op`."""
+    applicable = OP_MODES.get(op, MODES)
+    name = check_mode_name(mode)
     if not name:
         return applicable[0]
     if name not in applicable:

@@ -595,12 +595,12 @@ def test_the_mode_reaches_the_engine_and_the_manifest(session, tmp_path, tiny_mo
     assert (record["settings"]["mode"], record["info"]["mode"]) == ("resynth", "resynth")
 
 
-def test_a_mode_that_does_not_apply_is_refused_before_any_work(session, tmp_path, monkeypatch, capsys):
+def test_an_unknown_mode_is_refused_before_any_work(session, tmp_path, monkeypatch, capsys):
     _no_model_load(monkeypatch)
     out = tmp_path / "out"
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--mode", "karaoke", "--dry-run"]
     assert main(argv) == 1
-    assert "mode 'karaoke' does not apply to extract: use mask or resynth" in capsys.readouterr().err
+    assert "unknown mode 'karaoke': use mask or resynth (or nothing: the default)" in capsys.readouterr().err
 
 
 def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys):

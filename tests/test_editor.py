@@ -256,10 +256,10 @@ def test_edit_modes_generates_once_and_gives_what_each_single_edit_gives(editor,
         assert timing["total"] >= timing["generate"] > 0
 
 
-def test_edit_modes_refuses_no_mode_and_a_mode_that_does_not_apply(editor):
+def test_edit_modes_refuses_no_mode_and_an_unknown_mode(editor):
     with pytest.raises(ConfigError, match="at least one mode"):
         editor.edit_modes(_music(0.5, 16000), 16000, "extract bass", ())
-    with pytest.raises(ConfigError, match="does not apply"):
+    with pytest.raises(ConfigError, match="unknown mode .stretch."):
         editor.edit_modes(_music(0.5, 16000), 16000, "extract bass", ("mask", "stretch"))
 
 
@@ -345,9 +345,9 @@ def test_mask_settings_given_to_the_editor_replace_the_defaults_of_their_operati
 
 
 @pytest.mark.parametrize("mode", ["stems", "MASKED", "re-synth"])
-def test_a_mode_that_does_not_apply_is_refused_before_any_work_naming_the_modes(editor, monkeypatch, mode):
+def test_an_unknown_mode_is_refused_before_any_work_naming_the_modes(editor, monkeypatch, mode):
     monkeypatch.setattr(generate_mod, "generate", lambda *a, **k: pytest.fail("generated before checking the mode"))
-    with pytest.raises(ConfigError, match=r"^mode .* does not apply to extract: use mask or resynth$"):
+    with pytest.raises(ConfigError, match=r"^unknown mode .*: use mask or resynth \(or nothing: the default\)$"):
         editor.edit(_music(0.3, 16000), 16000, "extract bass", mode=mode)
 
 
