@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
-from bridge.cli import seed_option, takes_option
+from bridge.cli import EditOptions, add_edit_options
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
 from bridge.sources import Pair, Source, collect_sources
 from engine.errors import (
@@ -346,12 +346,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-o", "--output", required=True, help="output folder (mirrors the session's tree)")
     add_model_arguments(parser)
-    parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed for every edit (default: random)")
-    parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes per edit and keep the best")
-    parser.add_argument(
-        "--mode", default="", help="mask (the edit keeps the recording; the default) or resynth (the model's output)"
-    )
-    parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
+    add_edit_options(parser)
     parser.add_argument("--retry-failed", action="store_true", help="retry pairs that failed in an earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -372,18 +367,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_backend(args: argparse.Namespace) -> Any:
+    options = EditOptions.from_args(args)
     if args.server is not None:
-        if args.raw:
-            raise ConfigError("--raw is not available with --server (the server always matches levels)")
-        return ServerBackend(args.server, seed=args.seed, takes=args.takes, mode=args.mode)
+        return ServerBackend(args.server, options)
     load = {"source": args.model, "adapter": args.adapter, "device": args.device, "dtype": args.dtype}
     if args.ray:
-        return RayBackend(
-            args.ray, load, workers=args.workers, seed=args.seed, takes=args.takes, raw=args.raw, mode=args.mode
-        )
+        return RayBackend(args.ray, load, options, workers=args.workers)
     from engine.editor import Editor
 
-    return InProcessBackend(Editor.load(**load), seed=args.seed, takes=args.takes, raw=args.raw, mode=args.mode)
+    return InProcessBackend(Editor.load(**load), options)
 
 
 def _settings(args: argparse.Namespace, model: str | None) -> dict:
@@ -391,7 +383,7 @@ def _settings(args: argparse.Namespace, model: str | None) -> dict:
     from engine.modes import canonical_mode
 
     mode = canonical_mode(args.mode)  # "--mode MASK", "--mode mask" and no --mode: the same results
-    return {"model": model, "seed": args.seed, "takes": args.takes, "raw": bool(args.raw), "mode": mode}
+    return {"model": model, **EditOptions.from_args(args).kwargs(), "mode": mode}
 
 
 def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None, Callable[[str], str]]:

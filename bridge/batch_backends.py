@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import protocol
+from bridge.cli import EditOptions
 from bridge.sources import Pair
 from engine.errors import AudioError, CheckpointError, ConfigError, ImusicError, InstructionError, ResourceError
 from engine.files import jsonable
@@ -41,7 +42,7 @@ class Outcome:
     error: ImusicError | None = None
 
 
-def _edit_pair(editor: Any, pair: Pair, options: dict, progress: Callable[[float, str], None] | None) -> Outcome:
+def _edit_pair(editor: Any, pair: Pair, options: EditOptions, progress: Callable[[float, str], None] | None) -> Outcome:
     """One pair, in this process: the one edit path (read, edit, conform, write atomically)."""
     from bridge.editing import edit_region
 
@@ -56,9 +57,9 @@ def _edit_pair(editor: Any, pair: Pair, options: dict, progress: Callable[[float
 class InProcessBackend:
     """The model loaded once in this process."""
 
-    def __init__(self, editor: Any, *, seed: int | None, takes: int, raw: bool, mode: str = "") -> None:
+    def __init__(self, editor: Any, options: EditOptions) -> None:
         self.editor = editor
-        self.options = {"seed": seed, "takes": takes, "raw": raw, "mode": mode}
+        self.options = options
         self.model_info = dict(editor.info)
         self.per_file_progress = True
 
@@ -88,7 +89,9 @@ class ServerBackend:
     # every few seconds even while busy): the batch stops with a clear error instead of waiting forever.
     silence_limit_s = 60.0
 
-    def __init__(self, address: str, *, seed: int | None, takes: int, mode: str = "") -> None:
+    def __init__(self, address: str, options: EditOptions) -> None:
+        if options.raw:
+            raise ConfigError("--raw is not available with --server (the server always matches levels)")
         from bridge import protocol
         from bridge.client import Client, NoReply
 
@@ -105,7 +108,7 @@ class ServerBackend:
             raise ConfigError(f"no imusic server answers at {address}: start one with `imusic serve`") from None
         version, model, device = (pong.args + ["", "", ""])[:3]
         self.model_info = {"model": model, "device": device, "server": address, "server_version": version}
-        self.seed, self.takes, self.mode = seed, takes, mode
+        self.options = options
         self.per_file_progress = True
         self.submitted: set[str] = set()
 
@@ -126,9 +129,9 @@ class ServerBackend:
             pair.end_s,
             pair.edit,
             output_path=str(pair.output),
-            seed=self.seed,
-            takes=self.takes,
-            mode=self.mode,
+            seed=self.options.seed,
+            takes=self.options.takes,
+            mode=self.options.mode or "",
             job_id=job_id,
         )
 
@@ -217,10 +220,10 @@ class RayEditWorker:
             return ("error", str(exc))
         return ("ok", (parsed.label, parsed.op))
 
-    def edit(self, audio: Any, sample_rate: int, text: str, options: dict) -> tuple:
+    def edit(self, audio: Any, sample_rate: int, text: str, options: EditOptions) -> tuple:
         started = time.monotonic()
         try:
-            result = self.editor.edit(audio, sample_rate, text, **options)
+            result = self.editor.edit(audio, sample_rate, text, **options.kwargs())
         except ImusicError as exc:
             return ("error", type(exc).__name__, str(exc))
         info = jsonable(dict(result.info or {}))
@@ -240,9 +243,7 @@ class RayBackend:
     model (--model path, or the embedded default) must exist on every worker.
     """
 
-    def __init__(
-        self, address: str, load: dict, *, workers: int | None, seed: int | None, takes: int, raw: bool, mode: str = ""
-    ):
+    def __init__(self, address: str, load: dict, options: EditOptions, *, workers: int | None):
         try:
             import ray
         except ImportError:
@@ -269,7 +270,7 @@ class RayBackend:
             raise CheckpointError(f"the Ray workers could not load the model: {exc}") from None
         self.model_info["workers"] = count
         self.model_info["gpus"] = gpus
-        self.options = {"seed": seed, "takes": takes, "raw": raw, "mode": mode}
+        self.options = options
         self.per_file_progress = False
 
     def parse(self, text: str) -> Any:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import protocol, tracking
-from bridge.cli import seconds_option, seed_option, takes_option
+from bridge.cli import add_edit_options, seconds_option
 from bridge.protocol import EditRequest, Reply
 from engine.errors import ConfigError, ImusicError
 
@@ -382,9 +382,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit.add_argument("--start", type=seconds_option, default=0.0, help="region start in seconds (default 0)")
     edit.add_argument("--end", type=seconds_option, default=-1.0, help="region end in seconds (default: end of file)")
     edit.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside input)")
-    edit.add_argument("--seed", type=seed_option, default=None)
-    edit.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
-    edit.add_argument("--mode", default="", help="mask (keeps the recording) or resynth (default: mask)")
+    add_edit_options(edit, raw=False)  # the server levels every result: no --raw over the wire
     edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")
     edit.add_argument("--no-wait", action="store_true", help="print the job id once accepted and return")
     preview = sub.add_parser("preview", parents=[after], help="play a finished job on the engine machine's output")

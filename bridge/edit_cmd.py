@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import seconds_option, seed_option, takes_option
+from bridge.cli import EditOptions, add_edit_options, seconds_option
 from engine.errors import ConfigError, ImusicError
 from engine.files import writable_folder
 from engine.weights.loader import add_model_arguments
@@ -30,15 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--end", type=seconds_option, default=None, help="end of the region, seconds (default: end of file)"
     )
-    parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed (default: random, printed)")
-    parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
-    parser.add_argument(
-        "--mode",
-        default=None,
-        help="mask: the edit keeps your recording (its rate, channels and sound), the default; "
-        "resynth: the model's own output, as in the paper",
-    )
-    parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
+    add_edit_options(parser)
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never the input)")
     listen = parser.add_mutually_exclusive_group()
     listen.add_argument("--play", action="store_true", help="play the result when done")
@@ -153,11 +145,10 @@ def run(args: argparse.Namespace) -> int:
     parsed = editor.parse(args.instruction)  # an unknown instruction or mode fails here, before any compute
     check_mode(parsed.op, args.mode)
     bar, progress = _progress_bar(enabled=not args.no_progress and sys.stderr.isatty())
-    options = {"seed": args.seed, "takes": args.takes, "raw": args.raw, "mode": args.mode}
     try:
         done = edit_region(
             editor, input_path, args.start, end, args.instruction, output,
-            options=options, overwrite=args.force, progress=progress,
+            options=EditOptions.from_args(args), overwrite=args.force, progress=progress,
         )  # fmt: skip
     except FileExistsError:
         raise ConfigError(f"{output} appeared while editing: choose another name or pass --force") from None

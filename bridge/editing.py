@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import audio_io
+from bridge.cli import EditOptions
 from engine.errors import AudioError, Cancelled
 from engine.files import jsonable
 
@@ -91,21 +92,22 @@ def edit_region(
     instruction: str,
     output_path: str | Path,
     *,
-    options: dict | None = None,
+    options: EditOptions | None = None,
     overwrite: bool = False,
     on_exists: Callable[[Path], Path] | None = None,
     roots: Sequence[str | Path] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> RegionEdit:
-    """Read [start_s, end_s) of `source` (end_s < 0: to its end), edit it with `editor.edit(..., **options)`, write
-    the result to `output_path` (see write_result). info["bridge"] holds the region's facts and the read, edit and
-    write times."""
+    """Read [start_s, end_s) of `source` (end_s < 0: to its end), edit it with `options` (the defaults without),
+    write the result to `output_path` (see write_result). info["bridge"] holds the region's facts and the read, edit
+    and write times."""
     started = time.perf_counter()
     audio, sample_rate = audio_io.read_region(source, start_s, end_s)  # [C, N]
     read_s = time.perf_counter() - started
     edit_started = time.perf_counter()
-    result = editor.edit(audio, sample_rate, instruction, progress=progress, cancel=cancel, **(options or {}))
+    choices = (options or EditOptions()).kwargs()
+    result = editor.edit(audio, sample_rate, instruction, progress=progress, cancel=cancel, **choices)
     edit_s = time.perf_counter() - edit_started
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled")

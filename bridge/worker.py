@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from bridge import audio_io, protocol
+from bridge.cli import EditOptions
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
@@ -50,7 +51,7 @@ def run_job(
     """
     started = time.perf_counter()
     progress(0.0, "editing")
-    options = {"seed": job.request.seed, "takes": job.request.takes, "mode": job.request.mode or None}
+    options = EditOptions(job.request.seed, job.request.takes, mode=job.request.mode or None)
     try:
         done = edit_region(
             editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,

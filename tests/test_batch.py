@@ -15,7 +15,7 @@ import soundfile as sf
 from bridge import batch
 from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
 from bridge.batch_backends import InProcessBackend
-from bridge.cli import main
+from bridge.cli import EditOptions, main
 from bridge.manifest import Manifest
 from bridge.sources import collect_sources, find_audio_files, read_rpp
 from engine.errors import ConfigError, DataError, InstructionError
@@ -62,7 +62,7 @@ def run_in_process(session: Path, out: Path, editor, *, retry_failed: bool = Fal
     pairs = plan_pairs(collect_sources(session), labels, out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": editor.info["model"], "seed": 3, "takes": 1, "raw": False}
-    backend = InProcessBackend(editor, seed=3, takes=1, raw=False)
+    backend = InProcessBackend(editor, EditOptions(seed=3))
     return run_batch(pairs, backend, Manifest(out / "manifest.json"), out, settings, retry_failed=retry_failed)
 
 
@@ -439,7 +439,7 @@ def test_progress_shows_an_overall_bar_with_time_left(session, tmp_path, tiny_ed
     labels = check_edits(EDITS, tiny_editor.parse)
     pairs = plan_pairs(collect_sources(session), labels, out)
     out.mkdir()
-    backend = InProcessBackend(tiny_editor, seed=3, takes=1, raw=False)
+    backend = InProcessBackend(tiny_editor, EditOptions(seed=3))
     run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {}, progress_stream=stream, show_progress=True)
     text = stream.getvalue()
     assert "batch (4 edits)" in text and "s audio" in text
@@ -452,7 +452,7 @@ def test_rpp_items_are_rendered_at_their_region_and_unsupported_ones_reported(pr
     labels = check_edits(["extract drums"], tiny_editor.parse)
     pairs = plan_pairs(collect_sources(project), labels, out)
     out.mkdir()
-    backend = InProcessBackend(tiny_editor, seed=3, takes=1, raw=False)
+    backend = InProcessBackend(tiny_editor, EditOptions(seed=3))
     summary = run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {})
     assert (summary.done, summary.unsupported, summary.failed) == (2, 3, 0)
     first = sf.info(out / "01 Drum Bus" / "01 loop.extract_drums.wav")
@@ -572,7 +572,7 @@ def test_the_table_gives_each_refused_items_reason(project, tmp_path, tiny_edito
     out = tmp_path / "out"
     pairs = plan_pairs(collect_sources(project), check_edits(["extract drums"], tiny_editor.parse), out)
     out.mkdir()
-    backend = InProcessBackend(tiny_editor, seed=3, takes=1, raw=False)
+    backend = InProcessBackend(tiny_editor, EditOptions(seed=3))
     summary = run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {})
     table = batch.format_summary(summary, ["extract drums"], out)
     assert "02 Odd items/01 loop  " in table and "refused" in table

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from test_bridge_support import FakeEditor, write_wav
 
+from bridge.cli import EditOptions
 from bridge.editing import conform, edit_region
 from engine.errors import AudioError, Cancelled
 
@@ -28,7 +29,8 @@ class ShapeEditor(FakeEditor):
 
 def test_a_region_is_read_edited_and_written_at_the_inputs_rate_and_shape(tmp_path):
     source = write_wav(tmp_path / "in.wav", seconds=2.0, sample_rate=22050, channels=2)
-    done = edit_region(FakeEditor(), source, 0.5, 1.5, "extract drums", tmp_path / "out" / "r.wav", options={"seed": 3})
+    out = tmp_path / "out" / "r.wav"
+    done = edit_region(FakeEditor(), source, 0.5, 1.5, "extract drums", out, options=EditOptions(seed=3))
     written, rate = sf.read(done.output_path, always_2d=True)
     original, _ = sf.read(source, always_2d=True)
     assert rate == 22050 and written.shape == (22050, 2)

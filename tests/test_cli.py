@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bridge.cli import COMMANDS, main
+from bridge.cli import COMMANDS, EditOptions, build_parser, main
 
 
 def test_unknown_subcommand_exits_2_with_usage(capsys):
@@ -114,3 +114,27 @@ def test_a_folder_output_that_names_a_file_is_one_line(argv, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path, file=file) for a in argv]) == 1
     assert capsys.readouterr().err.strip().endswith(f"{file} is a file; -o takes a folder")
     assert file.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["edit", "in.wav", "extract drums", "--seed", "3", "--takes", "2", "--mode", "resynth", "--raw"],
+         EditOptions(3, 2, True, "resynth")),
+        (["batch", "session", "-o", "out", "--edit", "remove bass", "--mode", "mask"],
+         EditOptions(None, 1, False, "mask")),
+        (["batch", "session", "-o", "out", "--edit", "remove bass"], EditOptions()),
+        (["send", "edit", "in.wav", "add piano", "--seed", "0"], EditOptions(seed=0)),
+    ],
+)  # fmt: skip
+def test_every_editing_command_reads_the_same_edit_options(argv, expected):
+    args = build_parser(argv).parse_args(argv)
+    assert EditOptions.from_args(args) == expected
+
+
+def test_send_edit_has_no_raw_option(capsys):
+    argv = ["send", "edit", "in.wav", "add piano", "--raw"]
+    with pytest.raises(SystemExit) as exc:
+        build_parser(argv).parse_args(argv)
+    assert exc.value.code == 2
+    assert "--raw" in capsys.readouterr().err
