@@ -160,6 +160,12 @@ class Instruction:
         """Short human name, e.g. "extract drums" (track names, file names)."""
         return instruction_text(self.op, self.stem)
 
+    @classmethod
+    def for_card(cls, op: str, stem: str, card: Any) -> Instruction:
+        """The edit (op, stem) in the prompt format of the checkpoint `card` describes, as if typed in plain words
+        (evaluation and tuning build their edits so); InstructionError where the card lacks either."""
+        return cls(op, stem, format_prompt(op, stem, card), instruction_text(op, stem))
+
 
 def instruction_text(op: str, stem: str) -> str:
     """The plain words of an edit, as a producer types them and every front end shows them: "extract drums"."""

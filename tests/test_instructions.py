@@ -72,6 +72,14 @@ def test_the_exact_trained_prompt_parses_back_to_itself():
         assert (parsed.op, parsed.stem, parsed.prompt) == (op, "Guitar", prompt)
 
 
+def test_an_edit_built_for_a_card_is_the_edit_its_plain_words_parse_to():
+    built = Instruction.for_card("remove", "Bass", SLAKH)
+    assert built == parse_instruction("remove bass", SLAKH)
+    assert (built.prompt, built.label) == ("Music piece. Instruct: No Bass.", "remove bass")
+    with pytest.raises(InstructionError, match="no vocals stem"):
+        Instruction.for_card("extract", "Vocals", SLAKH)
+
+
 def test_instruction_keeps_the_users_words_and_a_short_label():
     parsed = parse_instruction("Isolate the Drums", SLAKH)
     assert isinstance(parsed, Instruction)

@@ -319,7 +319,7 @@ def evaluate(
     beside a GPU: on 2 cores the model's own threads already use both, and the pool was slower. The processes are
     spawned, so a script that calls this needs the usual `if __name__ == "__main__":` guard.
     """
-    from engine.instructions import Instruction, format_prompt
+    from engine.instructions import Instruction
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
@@ -400,11 +400,10 @@ def evaluate(
                 for index in range(scored, min(count, scored + size)):
                     clip = clips[index]
                     try:
-                        prompt = format_prompt(task, clip.stem_name, editor.card)
+                        instruction = Instruction.for_card(task, clip.stem_name, editor.card)
                     except InstructionError as exc:
                         skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                         continue
-                    instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
                     # [N] mono clips, or [2, N] stereo sessions made from them
                     source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
                     group.append((index, clip, instruction, source, target))

@@ -41,15 +41,14 @@ def model_outputs(
 ) -> list[tuple]:
     """(input, target, model output) of every validation clip of `task`, all [N] at the data's rate."""
     from engine.eval.evaluate import held_out_clips
-    from engine.instructions import Instruction, format_prompt
+    from engine.instructions import Instruction
 
     rate = editor.sample_rate
     clips = held_out_clips(data, task, rate, seconds, "4stems", seed, per_song, split="validation")
     out = []
     for index in range(len(clips)):
         clip = clips[index]
-        prompt = format_prompt(task, clip.stem_name, editor.card)
-        instruction = Instruction(task, clip.stem_name, prompt, f"{task} {clip.stem_name.lower()}")
+        instruction = Instruction.for_card(task, clip.stem_name, editor.card)
         result = editor.edit_modes(clip.input, rate, instruction, ["resynth"], seed=seed + index, raw=True)
         out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
     return out

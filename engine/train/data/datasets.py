@@ -39,7 +39,7 @@ from engine.train.data.stems import canonical_class, caption, is_targetable
 SPLITS = ("train", "validation", "test", "all")
 
 
-def instruction_text(op: str, stem: str) -> str:
+def official_prompt(op: str, stem: str) -> str:
     """The official training text: ("add", "Drums") -> "Music piece. Instruct: Add Drums."."""
     return render_prompt(OFFICIAL_TEMPLATE, OFFICIAL_VERBS, op, stem)
 
@@ -449,7 +449,7 @@ class StemDataset:
             offset=start / config.sample_rate,
             offset_samples=start,
             sample_rate=config.sample_rate,
-            instruction=instruction_text(op, target_cls),
+            instruction=official_prompt(op, target_cls),
             input_classes=tuple(in_classes),
             target_classes=tuple(out_classes),
             redraws=redraws,
