@@ -92,11 +92,12 @@ def codec_roundtrip_fn(codec_dir: str | Path) -> tuple[Callable[[np.ndarray], np
     from engine.errors import CheckpointError
     from engine.eval.evaluate import codec_roundtrip
     from engine.model.codec import Codec
+    from engine.weights.names import CONFIG, WEIGHTS
     from engine.weights.transformers_layout import quiet_transformers
 
     path = Path(codec_dir).expanduser()
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise CheckpointError(f"{path} is not a codec directory: it needs config.json and model.safetensors")
+    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path} is not a codec directory: it needs {CONFIG} and {WEIGHTS}")
     from transformers import EncodecModel
 
     with quiet_transformers():

@@ -353,8 +353,9 @@ def write_tiny_official_ckpt(path: str | Path, base_dir: str | Path, seed: int =
     from safetensors.torch import load_file
 
     from engine.weights.convert import lm_state_from_transformers
+    from engine.weights.names import WEIGHTS
 
-    base = lm_state_from_transformers(load_file(str(Path(base_dir) / "model.safetensors")))
+    base = lm_state_from_transformers(load_file(str(Path(base_dir) / WEIGHTS)))
     return write_official_ckpt(path, official_state_dict(base, TINY_LAYERS, TINY_DIM, seed=seed, **kwargs))
 
 

@@ -21,6 +21,7 @@ from engine.train.template import build_base_template
 from engine.weights import detect_layout
 from engine.weights.convert import lm_state_to_transformers
 from engine.weights.loader import new_model_card, write_model_card
+from engine.weights.names import CONFIG
 from engine.weights.transformers_layout import (
     lm_config,
     load_hf_musicgen,
@@ -33,7 +34,7 @@ from engine.weights.transformers_layout import (
 def is_codec_dir(path: Path) -> bool:
     """A bare EnCodec directory (what `--stage codec` writes): config.json of model_type "encodec"."""
     try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type") == "encodec"
+        return json.loads((Path(path) / CONFIG).read_text()).get("model_type") == "encodec"
     except (OSError, ValueError):
         return False
 
@@ -62,7 +63,7 @@ class BaseStage(Stage):
             recipe = {"codec": str(Path(cfg.base).expanduser().resolve()), "sizes": sizes, "seed": cfg.seed}
             record = template / TEMPLATE_RECORD
             built = read_json_object(record, "", ConfigError) if record.is_file() else None
-            if not (template / "config.json").is_file() or (built is not None and built != recipe):
+            if not (template / CONFIG).is_file() or (built is not None and built != recipe):
                 shutil.rmtree(template, ignore_errors=True)
                 build_base_template(Path(cfg.base).expanduser(), template, seed=cfg.seed, **sizes)
                 write_json_atomic(record, recipe)

@@ -45,6 +45,7 @@ from engine.train.checkpoints import (
 from engine.train.config import lr_factor
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
+from engine.weights.names import CONFIG
 
 
 @dataclass
@@ -457,8 +458,8 @@ def _load_initial(model: Any, source: Path) -> None:
     """Copy a trained codec's weights (codebooks included) into `model`; sizes must match exactly."""
     from transformers import EncodecModel
 
-    if not (source / "config.json").is_file():
-        raise CheckpointError(f"{source} is not a codec directory (no config.json): give what --stage codec exported")
+    if not (source / CONFIG).is_file():
+        raise CheckpointError(f"{source} is not a codec directory (no {CONFIG}): give what --stage codec exported")
     from engine.weights.transformers_layout import quiet_transformers
 
     with quiet_transformers():

@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
 
+HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
+CURVES = "curves.png"  # the picture of them
+
 if TYPE_CHECKING:  # torch is imported where a run starts, so `imusic train --help` never pays for it
     import torch
 

@@ -19,13 +19,16 @@ from typing import Any
 from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
-from engine.eval.report import publish_report
+from engine.eval.report import REPORT_JSON, publish_report
 from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.train.codec_train import final_losses, read_log
-from engine.weights.adapter_format import ADAPTER_JSON
+from engine.train.config import HISTORY
+from engine.train.data import DATASET_JSON
 from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
+from engine.weights.names import ADAPTER_JSON, ADAPTER_WEIGHTS, CONFIG, WEIGHTS
+from engine.weights.transformers_layout import safetensors_files
 
 EMBEDDED_NAME = "imusic-embedded-small"
 REPORT_LINK = "docs/embedded_model/report.md"  # where the card says its evaluation report is
@@ -79,7 +82,7 @@ def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def train_summary(run: Path, target: str) -> dict[str, Any]:
     """Settings, steps, wall time and final losses of an `imusic train` run (history.json)."""
-    history = _read_json(run / "history.json")
+    history = _read_json(run / HISTORY)
     cfg = dict(history.get("config") or {})
     cfg.pop("extra", None)
     return {
@@ -101,13 +104,11 @@ def _tensor_sizes(file: Path) -> dict[str, int]:
 def parameter_counts(model_dir: Path) -> dict[str, int]:
     """Parameters of each part of our model directory (decoder, text encoder, codec, adapter)."""
     counts = {"decoder": 0, "text_encoder": 0, "codec": 0, "adapter": 0}
-    from engine.weights.transformers_layout import safetensors_files
-
     for file in safetensors_files(model_dir / "base"):
         for name, numel in _tensor_sizes(file).items():
             part = {"text_encoder": "text_encoder", "audio_encoder": "codec"}.get(name.split(".", 1)[0], "decoder")
             counts[part] += numel
-    adapter = _tensor_sizes(model_dir / "adapter" / "adapter.safetensors")
+    adapter = _tensor_sizes(model_dir / "adapter" / ADAPTER_WEIGHTS)
     # a converted official adapter file also carries base weights it was saved with: only adapter tensors count
     counts["adapter"] = sum(numel for name, numel in adapter.items() if is_adapter_name(name))
     return counts
@@ -116,7 +117,7 @@ def parameter_counts(model_dir: Path) -> dict[str, int]:
 def model_sizes(model_dir: Path) -> dict[str, Any]:
     """The card's `sizes` of a model folder (base/ in transformers layout + adapter/): parameters per part, and the
     codec's, decoder's, text encoder's and adapter's shapes as their configs give them."""
-    base_cfg = _read_json(model_dir / "base" / "config.json")
+    base_cfg = _read_json(model_dir / "base" / CONFIG)
     codec_cfg, decoder_cfg = base_cfg["audio_encoder"], base_cfg["decoder"]
     return {
         "parameters": parameter_counts(model_dir),
@@ -147,12 +148,12 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     """Copy the finished model into `out` and write its model card; returns the card."""
     work = Path(work)
     model = work / "adapters" / "model"
-    for needed in (model / "base" / "model.safetensors", model / "adapter" / "adapter.safetensors"):
+    for needed in (model / "base" / WEIGHTS, model / "adapter" / ADAPTER_WEIGHTS):
         if not needed.is_file():
             raise CheckpointError(f"the adapter stage has not finished: {needed} is missing (run make model-adapters)")
-    data = _read_json(work / "synth16k" / "dataset.json")
+    data = _read_json(work / "synth16k" / DATASET_JSON)
     eval_dir = work / "eval"
-    report = _read_json(eval_dir / "report.json") if (eval_dir / "report.json").is_file() else None
+    report = _read_json(eval_dir / REPORT_JSON) if (eval_dir / REPORT_JSON).is_file() else None
 
     with staged_dir(out) as tmp:
         shutil.copytree(model, tmp, copy_function=shutil.copy2, dirs_exist_ok=True)  # the run holds hard links
@@ -186,7 +187,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
         card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
         # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
         card["stages"]["adapters"]["fusion_gates"] = [
-            round(g, 5) for g in fusion_gates(tmp / "adapter" / "adapter.safetensors")
+            round(g, 5) for g in fusion_gates(tmp / "adapter" / ADAPTER_WEIGHTS)
         ]
         if report is not None:
             card["evaluation"] = evaluation(report, "make model-eval")
@@ -213,7 +214,7 @@ def refresh_evaluation(model_dir: Path, eval_dir: Path, docs: Path | None, comma
     """Put a new evaluation of a shipped model (an `imusic eval` folder) into its card and its report into `docs`;
     nothing else of the model changes."""
     card = read_json_object(model_dir / MODEL_CARD, f"{model_dir} holds no {MODEL_CARD}", CheckpointError)
-    report = read_json_object(eval_dir / "report.json", f"{eval_dir} holds no report.json", CheckpointError)
+    report = read_json_object(eval_dir / REPORT_JSON, f"{eval_dir} holds no {REPORT_JSON}", CheckpointError)
     if report.get("model", {}).get("model") != card.get("name"):
         raise CheckpointError(
             f"{eval_dir} evaluated {report.get('model', {}).get('model')!r}, not {card.get('name')!r}"

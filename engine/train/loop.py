@@ -37,12 +37,9 @@ from engine.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig, lr_factor, precision
+from engine.train.config import CURVES, HISTORY, LOOP_STAGES, RESUME_CHANGES, TrainConfig, lr_factor, precision
 from engine.train.feeding import POOL_KEY, BatchSampler, ClipFeeder, CodePool, Keyed
 from engine.train.stages import Encoded, Stage
-
-HISTORY = "history.json"
-CURVES = "curves.png"
 
 STAGES: dict[str, Callable[[TrainConfig, Any], Stage]] = dict(zip(LOOP_STAGES, (AdapterStage, BaseStage), strict=True))
 

@@ -28,7 +28,10 @@ from pathlib import Path
 from engine.errors import CheckpointError, ConfigError, ImusicError
 from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
+from engine.train.config import CURVES, HISTORY
+from engine.train.data import DATASET_JSON
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
+from engine.weights.names import ADAPTER_WEIGHTS
 
 MARKER = "recipe.json"
 CARD = "card.json"
@@ -37,8 +40,8 @@ LOG = "recipe.log"
 # What each stage's pack holds (pack.py patterns relative to RUN_DIR/STAGE); checkpoints and code pools stay behind.
 PACKED = {
     "codec": (["*/codec_log.jsonl", "*/codec_train_config.json", "codec/*", MARKER], []),
-    "base": (["model/*", "history.json", "curves.png", MARKER], []),
-    "adapters": (["adapter/*", "model/*", "history.json", "curves.png", MARKER], ["model/base/*"]),
+    "base": (["model/*", HISTORY, CURVES, MARKER], []),
+    "adapters": (["adapter/*", "model/*", HISTORY, CURVES, MARKER], ["model/base/*"]),
     "eval": (["*.md", "*.json", "*.png", "spectrograms/*"], []),
 }
 
@@ -227,7 +230,7 @@ class Recipe:
             workers=usable_cores(),
             progress=self.progress,
         )
-        dataset = json.loads((self.data_dir / "dataset.json").read_text())
+        dataset = json.loads((self.data_dir / DATASET_JSON).read_text())
         split = {name: len(ids) for name, ids in dataset["split"].items()}
         return {
             "tracks": report.tracks,
@@ -315,7 +318,7 @@ class Recipe:
         info = self._train("adapters", self.run_dir / "base" / "model", deadline)
         from engine.train.default_model import fusion_gates
 
-        gates = fusion_gates(self.run_dir / "adapters" / "adapter" / "adapter.safetensors")
+        gates = fusion_gates(self.run_dir / "adapters" / "adapter" / ADAPTER_WEIGHTS)
         info["fusion_gates"] = [round(g, 5) for g in gates]
         return info
 

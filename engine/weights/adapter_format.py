@@ -14,12 +14,11 @@ import torch
 
 from engine.errors import CheckpointError
 from engine.files import read_json_object, write_json_atomic
+from engine.weights.names import ADAPTER_JSON, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from engine.model.config import FusionConfig
 
-ADAPTER_JSON = "adapter.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
 FORMAT = "imusic-adapter"
 VERSION = 1
 

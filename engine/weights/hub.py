@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from engine.errors import CheckpointError
+from engine.weights.names import CONFIG, OFFICIAL_CKPT, WEIGHTS, WEIGHTS_INDEX
 
 # Short names a producer can type; full "owner/name" ids work too.
 ALIASES: dict[str, str] = {
@@ -21,18 +22,18 @@ ALIASES: dict[str, str] = {
 }
 OFFICIAL_ADAPTER_REPO = "ldzhangyx/instruct-MusicGen"
 TRANSFORMERS_FILES = [
-    "config.json",
+    CONFIG,
     "generation_config.json",
-    "model.safetensors",
+    WEIGHTS,
     "model-*.safetensors",
-    "model.safetensors.index.json",
+    WEIGHTS_INDEX,
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "spiece.model",
     "preprocessor_config.json",
 ]
-OFFICIAL_FILES = ["finetuned.ckpt", "README.md"]
+OFFICIAL_FILES = [OFFICIAL_CKPT, "README.md"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 

@@ -18,6 +18,7 @@ from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
 from engine.files import jsonable, read_json_object, write_bytes_atomic
 from engine.model.fit import check_state_fits
+from engine.weights.names import ADAPTER_JSON, CONFIG, OFFICIAL_CKPT, WEIGHTS
 
 if TYPE_CHECKING:
     from engine.model.bundle import LoadedModel
@@ -146,7 +147,7 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
     meta = None
     if adapter_dir is not None:
         try:
-            meta = json.loads((adapter_dir / "adapter.json").read_text())
+            meta = json.loads((adapter_dir / ADAPTER_JSON).read_text())
         except (OSError, ValueError):
             meta = None
         if not isinstance(meta, dict):
@@ -183,8 +184,8 @@ def load_model(
 
     dev, dt = pick(device, dtype)
     path = resolve_source(source)
-    if path.is_dir() and (path / "finetuned.ckpt").is_file() and not (path / "config.json").is_file():
-        path = path / "finetuned.ckpt"  # the official hub repository holds only the adapter checkpoint
+    if path.is_dir() and (path / OFFICIAL_CKPT).is_file() and not (path / CONFIG).is_file():
+        path = path / OFFICIAL_CKPT  # the official hub repository holds only the adapter checkpoint
     layout = detect_layout(path)
     if layout == "official" and adapter is None:
         # the official adapter alone: put it on the base it was trained on, from the local cache
@@ -272,7 +273,7 @@ def _resolve_adapter(adapter: str | Path) -> Path:
     if not hub.looks_like_hub_name(str(adapter)):
         raise CheckpointError(f"no adapter at {path}: the path does not exist")
     snapshot = hub.cached_snapshot(str(adapter))
-    return snapshot / "finetuned.ckpt" if (snapshot / "finetuned.ckpt").is_file() else snapshot
+    return snapshot / OFFICIAL_CKPT if (snapshot / OFFICIAL_CKPT).is_file() else snapshot
 
 
 def _display_name(path: Path) -> str:
@@ -367,7 +368,7 @@ def save_model_dir(
         config.architectures = ["MusicgenForConditionalGeneration"]
         config.save_pretrained(base)
         text.tokenizer.save_pretrained(base)
-    save_file(tensors, str(base / "model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors, str(base / WEIGHTS), metadata={"format": "pt"})
     if lm.fusion_cfg is not None:
         save_adapter(
             path / "adapter",

@@ -19,6 +19,7 @@ import torch
 from engine.errors import CheckpointError
 from engine.files import read_json_object
 from engine.model.fit import refuse_misfit
+from engine.weights.names import CONFIG, WEIGHTS, WEIGHTS_INDEX
 
 if TYPE_CHECKING:
     from transformers import MusicgenForConditionalGeneration, PreTrainedTokenizerBase
@@ -28,10 +29,9 @@ if TYPE_CHECKING:
     from engine.model.lm import MusicGenLM
     from engine.model.text import TextEncoder
 
-CONFIG = "config.json"
 WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
+    WEIGHTS,
+    WEIGHTS_INDEX,
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
@@ -81,25 +81,33 @@ def weight_files(path: str | Path) -> list[Path]:
     if not found:
         raise CheckpointError(f"model directory {path} is missing its weights: expected {' or '.join(WEIGHT_FILES)}")
     for index in (p for p in found if p.name.endswith(".index.json")):
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{index} is not a valid shard index: {exc}") from None
+        shards = set(_weight_map(index).values())
         missing = sorted(s for s in shards if not (path / s).is_file())
         if missing:
             raise CheckpointError(f"model directory {path} is missing the weight shard {missing[0]}")
     return found
 
 
-def safetensors_files(path: str | Path) -> list[Path]:
-    """The .safetensors files holding a transformers directory's weights: model.safetensors, or the shards its index
-    names ([] when it holds only a pytorch_model.bin)."""
+def _weight_map(index: Path) -> dict[str, str]:
+    """Tensor name -> shard file, from a shard index (CheckpointError if it is not one)."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise ValueError("its weight_map is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{index} is not a valid shard index: {exc}") from None
+    return {str(name): str(shard) for name, shard in weight_map.items()}
+
+
+def safetensors_files(path: str | Path, prefix: str = "") -> list[Path]:
+    """The .safetensors files holding a transformers directory's weights (those under `prefix`): WEIGHTS, or the
+    shards its index names ([] when it holds only a pytorch_model.bin)."""
     path = Path(path)
     names = {f.name for f in weight_files(path)}  # checks the index and that every shard is there
-    if "model.safetensors.index.json" in names:
-        index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
-        return sorted({path / shard for shard in index.values()})
-    return [path / "model.safetensors"] if "model.safetensors" in names else []
+    if WEIGHTS_INDEX in names:
+        weight_map = _weight_map(path / WEIGHTS_INDEX)
+        return sorted({path / shard for name, shard in weight_map.items() if name.startswith(prefix)})
+    return [path / WEIGHTS] if WEIGHTS in names else []
 
 
 def lm_config(config: dict[str, Any]) -> LMConfig:
@@ -207,14 +215,7 @@ def _stored_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
 
     out: dict[str, torch.Tensor] = {}
     files = weight_files(path)
-    names = {f.name for f in files}
-    if "model.safetensors.index.json" in names:
-        index = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"]
-        shards = sorted({path / shard for name, shard in index.items() if name.startswith(prefix)})
-    elif "model.safetensors" in names:
-        shards = [path / "model.safetensors"]
-    else:
-        shards = []
+    shards = safetensors_files(path, prefix)
     for shard in shards:
         with safe_open(str(shard), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable

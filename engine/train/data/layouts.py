@@ -21,6 +21,7 @@ import soundfile as sf
 
 from engine.errors import DataError
 from engine.files import audio_files
+from engine.train.data import DATASET_JSON
 from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
 from engine.train.data.yamlio import read_yaml
 
@@ -257,7 +258,7 @@ def scan(root: str | Path, layout: str = "auto") -> Catalog:
 
 
 def _read_dataset_json(root: Path) -> dict:
-    path = root / "dataset.json"
+    path = root / DATASET_JSON
     if not path.is_file():
         return {}
     try:

@@ -20,6 +20,7 @@ import soundfile as sf
 
 from engine.errors import ConfigError, DataError
 from engine.files import write_bytes_atomic, write_json_atomic
+from engine.train.data import DATASET_JSON
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
     FluidRenderer,
@@ -166,7 +167,7 @@ def _write_track(
 
 
 def _check_resumable(out: Path, settings: dict) -> None:
-    path = out / "dataset.json"
+    path = out / DATASET_JSON
     if not path.is_file():
         raise DataError(f"nothing to resume in {out}: no dataset.json from an earlier `imusic data synth`")
     try:
@@ -292,7 +293,7 @@ def synthesize(
             raise DataError(f"no .mid files in {midi_root}")
     out.mkdir(parents=True, exist_ok=True)
     if not resume:  # settings first, so that an interrupted run can be resumed
-        write_json_atomic(out / "dataset.json", {**settings, "complete": False}, sort_keys=False)
+        write_json_atomic(out / DATASET_JSON, {**settings, "complete": False}, sort_keys=False)
     report = SynthReport(out)
     songs: dict[str, dict] = {}
     from tqdm import tqdm
@@ -345,7 +346,7 @@ def synthesize(
         "split": _split_suggestion(sorted(songs), seed),
         "songs": songs,
     }
-    write_json_atomic(out / "dataset.json", meta, sort_keys=False)
+    write_json_atomic(out / DATASET_JSON, meta, sort_keys=False)
     if report.tracks == 0:
         raise DataError(f"no track could be made ({len(report.skipped)} skipped: {report.skipped[0][1]})")
     return report
