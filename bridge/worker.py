@@ -19,6 +19,7 @@ from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
 from engine.instructions import OFFICIAL_STEMS, OPERATIONS, instruction_text
+from engine.model.config import SAMPLE_RATE
 
 Notify = Callable[[Job, str, tuple], None]  # (job, reply address, reply args after the job id)
 
@@ -127,7 +128,7 @@ class Worker(threading.Thread):
         if instruction is None:
             print("imusic serve: no instruction to warm up with; first edit will be slower", file=sys.stderr)
             return
-        sample_rate = int((getattr(self.editor, "info", {}) or {}).get("sample_rate", 32000))
+        sample_rate = int((getattr(self.editor, "info", {}) or {}).get("sample_rate", SAMPLE_RATE))
         noise = np.random.default_rng(0).standard_normal((1, sample_rate)).astype(np.float32) * 0.05  # 1 s
         try:
             self.editor.edit(noise, sample_rate, instruction, seed=0)

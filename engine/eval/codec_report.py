@@ -21,6 +21,7 @@ import numpy as np
 
 from engine.errors import ImusicError
 from engine.files import write_json_atomic
+from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 TONES_HZ = (110.0, 220.0, 440.0, 880.0)
 PITCH_TOLERANCE = 0.03  # a tone counts as returned when the output's strongest frequency lies within 3 %
@@ -62,7 +63,7 @@ def ceiling(
     clips_per_song: int = 2,
     limit: int = 20,
     seed: int = 0,
-    seconds: float = 5.0,
+    seconds: float = CLIP_SECONDS,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{task: {row: {log_mel_distance, mel_ssim, n}}} for the identity and codec rows on `split`'s clips."""
     from engine.eval.evaluate import check_tasks, held_out_clips
@@ -70,7 +71,7 @@ def ceiling(
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for task in check_tasks(tasks):
-        clips = held_out_clips(data, task, rate, seconds, "4stems", seed, clips_per_song, split)
+        clips = held_out_clips(data, task, rate, seconds, FOUR_STEMS, seed, clips_per_song, split)
         scores: dict[str, list[tuple[float, float]]] = {"identity": [], "codec": []}
         for index in range(min(limit, len(clips))):
             clip = clips[index]

@@ -31,6 +31,7 @@ from engine.errors import AudioError, ConfigError, DataError, InstructionError
 from engine.eval.report import REPORT_JSON, REPORT_MD, markdown, summarize
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.instructions import OPERATIONS
+from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
 from engine.weights.loader import add_model_arguments
 
 if TYPE_CHECKING:
@@ -292,8 +293,8 @@ def evaluate(
     dtype: str | None = None,
     limit: int | None = None,
     spectrograms: int = 0,
-    seconds: float = 5.0,
-    classes: str = "4stems",
+    seconds: float = CLIP_SECONDS,
+    classes: str = FOUR_STEMS,
     clips_per_song: int = 1,
     seed: int = 0,
     raw: bool = False,
@@ -480,8 +481,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=0, help="processes scoring clips while the model edits (default 0: no pool)"
     )
     parser.add_argument("--spectrograms", type=int, default=0, metavar="K", help="before/after PNGs of K clips")
-    parser.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5, as the paper)")
-    parser.add_argument("--classes", default="4stems", help="4stems, all, or a comma list of stem classes")
+    parser.add_argument(
+        "--seconds", type=float, default=CLIP_SECONDS, help=f"clip length (default {CLIP_SECONDS:g}, as the paper)"
+    )
+    parser.add_argument(
+        "--classes", default=FOUR_STEMS, help=f"{', '.join(CLASS_SETS)}, or a comma list of stem classes"
+    )
     parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
     parser.add_argument(

@@ -25,6 +25,7 @@ import numpy as np
 from engine.errors import ImusicError
 from engine.files import write_json_atomic
 from engine.mask import DEFAULT_SETTINGS, MaskSettings
+from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 CANDIDATES: dict[str, tuple] = {
     "window_s": (0.032, 0.064, 0.128),
@@ -37,14 +38,14 @@ CANDIDATES: dict[str, tuple] = {
 
 
 def model_outputs(
-    editor: Any, data: str | Path, task: str, per_song: int, seed: int = 0, seconds: float = 5.0
+    editor: Any, data: str | Path, task: str, per_song: int, seed: int = 0, seconds: float = CLIP_SECONDS
 ) -> list[tuple]:
     """(input, target, model output) of every validation clip of `task`, all [N] at the data's rate."""
     from engine.eval.evaluate import held_out_clips
     from engine.instructions import Instruction
 
     rate = editor.sample_rate
-    clips = held_out_clips(data, task, rate, seconds, "4stems", seed, per_song, split="validation")
+    clips = held_out_clips(data, task, rate, seconds, FOUR_STEMS, seed, per_song, split="validation")
     out = []
     for index in range(len(clips)):
         clip = clips[index]
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model folder (default: the embedded default model)")
     parser.add_argument("--clips-per-song", type=int, default=8)
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=5.0, help="clip length, as imusic eval's")
+    parser.add_argument("--seconds", type=float, default=CLIP_SECONDS, help="clip length, as imusic eval's")
     parser.add_argument("-o", "--output", help="write the result as JSON here")
     args = parser.parse_args(argv)
     try:

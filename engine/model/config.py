@@ -10,6 +10,8 @@ from typing import Any
 
 from engine.errors import ConfigError
 
+SAMPLE_RATE = 32000  # MusicGen's (its EnCodec's): stem data and clips default to it
+
 # Decoding defaults (engine.model.generate); the Editor samples with Instruct-MusicGen's own top-k, EDIT_TOP_K.
 CFG_COEF = 3.0  # classifier-free guidance, MusicGen's and Instruct-MusicGen's
 TOP_K = 250  # MusicGen's top-k (transformers' and audiocraft's default)

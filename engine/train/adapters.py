@@ -16,7 +16,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
-from engine.model.config import FusionConfig
+from engine.model.config import SAMPLE_RATE, FusionConfig
 from engine.model.fusion import align_prefix
 from engine.train.config import TrainConfig, precision
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, link_tree, open_split, replace_dir
@@ -53,7 +53,7 @@ class _TextCache:
 def _frame_rate(hf_config: dict) -> float:
     """Codec frames per second of a transformers MusicGen config (audio_encoder: sampling rate / hop)."""
     codec = hf_config.get("audio_encoder", {})
-    return float(codec.get("sampling_rate", 32000)) / math.prod(codec.get("upsampling_ratios", [8, 5, 4, 4]))
+    return float(codec.get("sampling_rate", SAMPLE_RATE)) / math.prod(codec.get("upsampling_ratios", [8, 5, 4, 4]))
 
 
 class AdapterStage(Stage):

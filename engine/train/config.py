@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
+from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
@@ -38,8 +39,8 @@ class TrainConfig:
     val_every: int = 100
     val_clips: int = 16
     keep: int = 2
-    seconds: float = 5.0
-    classes: str = "4stems"
+    seconds: float = CLIP_SECONDS
+    classes: str = FOUR_STEMS
     seed: int = 0
     device: str | None = None
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.model.config import SAMPLE_RATE
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> Encod
         raise CheckpointError("only weight-normalised EnCodec models (as MusicGen's) can be read")
     if encodec.get("renormalize"):
         raise CheckpointError("renormalising EnCodec models are not supported (MusicGen's codec does not renormalise)")
-    sample_rate = int(cfg.get("sample_rate") or encodec.get("sample_rate") or 32000)
+    sample_rate = int(cfg.get("sample_rate") or encodec.get("sample_rate") or SAMPLE_RATE)
     ratios = list(seanet.get("ratios", [8, 5, 4, 2]))
     bins = int(rvq.get("bins", state["quantizer.vq.layers.0._codebook.embed"].shape[0]))
     n_q = int(rvq.get("n_q") or sum(1 for n in state if n.endswith("._codebook.embed")))

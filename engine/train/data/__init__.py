@@ -5,3 +5,8 @@ Use the submodules: `layouts.scan`, `datasets.StemDataset`, `synth.synthesize`.
 """
 
 DATASET_JSON = "dataset.json"  # a data set's description at its root (settings, splits, "complete")
+
+# Clip defaults, one for training, evaluation, tuning and export alike (datasets.ClipConfig's):
+CLIP_SECONDS = 5.0  # the official training clips' length
+FOUR_STEMS = "4stems"  # the class set of the official model's four stems (engine.instructions.OFFICIAL_STEMS)
+CLASS_SETS = (FOUR_STEMS, "all")  # named class sets; a list of class names is the other kind

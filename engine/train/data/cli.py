@@ -18,6 +18,8 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `synth`, `info` and `export` subcommands."""
     from engine.instructions import OPERATIONS
+    from engine.model.config import SAMPLE_RATE
+    from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
     from engine.train.data.datasets import SPLITS
     from engine.train.data.layouts import LAYOUTS
 
@@ -33,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("-o", "--output", required=True, help="new (or empty) folder for the data set")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
     synth.add_argument("--seconds", type=float, default=30.0, help="length of each song in seconds (default 30)")
-    synth.add_argument("--sample-rate", type=int, default=32000, help="sample rate of the stems (default 32000)")
+    synth.add_argument(
+        "--sample-rate", type=int, default=SAMPLE_RATE, help=f"sample rate of the stems (default {SAMPLE_RATE})"
+    )
     synth.add_argument(
         "--soundfont",
         nargs="+",
@@ -71,9 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("-o", "--output", required=True, help="new (or empty) folder for the clips")
     export.add_argument("--split", default="test", choices=SPLITS)
     export.add_argument("--ops", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
-    export.add_argument("--classes", default="4stems", help="4stems, all, or comma-separated class names")
-    export.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5)")
-    export.add_argument("--sample-rate", type=int, default=32000, help="clip sample rate (default 32000)")
+    export.add_argument(
+        "--classes", default=FOUR_STEMS, help=f"{', '.join(CLASS_SETS)}, or comma-separated class names"
+    )
+    export.add_argument("--seconds", type=float, default=CLIP_SECONDS, help=f"clip length (default {CLIP_SECONDS:g})")
+    export.add_argument(
+        "--sample-rate", type=int, default=SAMPLE_RATE, help=f"clip sample rate (default {SAMPLE_RATE})"
+    )
     export.add_argument("--clips-per-song", type=int, default=1)
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))

@@ -33,6 +33,8 @@ import soundfile as sf
 from engine.errors import ConfigError, DataError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.instructions import OPERATIONS as OPS
+from engine.model.config import SAMPLE_RATE
+from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
 from engine.train.data.layouts import Catalog, Song, StemFile
 from engine.train.data.stems import canonical_class, caption, is_targetable
 
@@ -47,7 +49,7 @@ def official_prompt(op: str, stem: str) -> str:
 def parse_classes(text: str) -> str | tuple[str, ...]:
     """A command line's class set for ClipConfig.classes: "4stems", "all", or "Drums, Bass" as a tuple of names."""
     text = text.strip()
-    if text in ("4stems", "all"):
+    if text in CLASS_SETS:
         return text
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -56,9 +58,9 @@ def parse_classes(text: str) -> str | tuple[str, ...]:
 class ClipConfig:
     """How clips are cut and drawn. `classes` is "4stems", "all", or a tuple of class names."""
 
-    sample_rate: int = 32000
-    seconds: float = 5.0
-    classes: str | tuple[str, ...] = "4stems"
+    sample_rate: int = SAMPLE_RATE
+    seconds: float = CLIP_SECONDS
+    classes: str | tuple[str, ...] = FOUR_STEMS
     ops: tuple[str, ...] = OPS
     rule: str = "auto"  # "slakh", "moisesdb", or "auto" (MoisesDB's rule for MoisesDB, Slakh's otherwise)
     exclude: tuple[str, ...] = ("Vocals",)  # MusicGen was trained without vocals; the official loader drops them
@@ -79,8 +81,8 @@ class ClipConfig:
             raise ConfigError(f"unknown sampling rule {self.rule!r}: use auto, slakh or moisesdb")
         if self.gain not in ("official", "none"):
             raise ConfigError(f"unknown gain mode {self.gain!r}: use official or none")
-        if isinstance(self.classes, str) and self.classes not in ("4stems", "all"):
-            raise ConfigError(f"unknown class set {self.classes!r}: use 4stems, all, or a list of classes")
+        if isinstance(self.classes, str) and self.classes not in CLASS_SETS:
+            raise ConfigError(f"unknown class set {self.classes!r}: use {', '.join(CLASS_SETS)}, or a list of classes")
 
     @property
     def num_samples(self) -> int:
@@ -90,7 +92,7 @@ class ClipConfig:
         """Allowed classes, None for all."""
         if self.classes == "all":
             return None
-        if self.classes == "4stems":
+        if self.classes == FOUR_STEMS:
             return OFFICIAL_STEMS
         return tuple(canonical_class(name) for name in self.classes)
 

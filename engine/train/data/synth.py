@@ -20,6 +20,7 @@ import soundfile as sf
 
 from engine.errors import ConfigError, DataError
 from engine.files import write_bytes_atomic, write_json_atomic
+from engine.model.config import SAMPLE_RATE
 from engine.train.data import DATASET_JSON
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
@@ -236,7 +237,7 @@ def synthesize(
     *,
     seed: int = 0,
     seconds: float = 30.0,
-    sample_rate: int = 32000,
+    sample_rate: int = SAMPLE_RATE,
     soundfonts: list[str | Path] | None = None,
     midi_dir: str | Path | None = None,
     progress: bool = True,
