@@ -26,7 +26,16 @@ from pathlib import Path
 from bridge import protocol
 from engine.errors import ConfigError
 from engine.files import write_bytes_atomic
-from reaper_scripts.keymap import ACTIONS, SUBDIR, append_lines, bound_keys, hotkey_refusal, remove_lines
+from reaper_scripts.keymap import (
+    ACTIONS,
+    SUBDIR,
+    Action,
+    append_lines,
+    bound_keys,
+    hotkey_refusal,
+    remove_lines,
+)
+from reaper_scripts.planning import PRESET_ACTIONS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARY = "imusic_lib.py"
@@ -212,8 +221,47 @@ def _read_manifest(folder: Path) -> dict:
     return {**fresh, **manifest}
 
 
+# The twelve one-stem actions differ only in their instruction: each is written from this at install time.
+_PRESET_SCRIPT = '''# @description {description}
+# @version {version}
+# @author imusic
+# @about
+#   {about} each selected item (or the time selection on
+#   selected tracks); the result lands on a new track under the source.
+#   Needs the imusic engine running (`imusic serve`); installed by `imusic reaper install`.
+# @provides
+#   [nomain] imusic_lib.py
+"""REAPER action: {description}. The body only loads the shared library and calls it."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.join(RPR_GetResourcePath(), "Scripts", "imusic"))  # noqa: F821 (REAPER's global)
+import imusic_lib  # noqa: E402
+
+imusic_lib.run_preset("{operation}", "{stem}")
+'''
+_PRESET_ABOUT = {"extract": "Keep only the {stem} of", "remove": "Remove the {stem} from", "add": "Add {stem} to"}
+_PRESETS = {preset.script_name: preset for preset in PRESET_ACTIONS}
+
+
+def action_source(action: Action) -> bytes:
+    """What the installed file of `action` holds: a one-stem action written from _PRESET_SCRIPT, any other copied
+    from this package."""
+    from engine import __version__
+
+    preset = _PRESETS.get(action.script)
+    if preset is None:
+        return (PACKAGE_DIR / action.script).read_bytes()
+    about = _PRESET_ABOUT[preset.operation].format(stem=preset.stem)
+    text = _PRESET_SCRIPT.format(
+        description=action.description, version=__version__, about=about, operation=preset.operation, stem=preset.stem
+    )
+    return text.encode()
+
+
 def _source_files(settings: dict) -> dict[str, bytes]:
-    files = {action.script: (PACKAGE_DIR / action.script).read_bytes() for action in ACTIONS}
+    files = {action.script: action_source(action) for action in ACTIONS}
     files[LIBRARY] = (PACKAGE_DIR / LIBRARY).read_bytes()
     files[SETTINGS_FILE] = (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode()
     return files

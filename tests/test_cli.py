@@ -42,16 +42,15 @@ def test_console_script_runs_as_module():
 def test_the_version_is_one_number_for_the_package_the_cli_and_the_wire():
     import importlib.metadata
     import re
-    from pathlib import Path
 
     import bridge
     import engine
-    import reaper_scripts
+    from reaper_scripts.installer import ACTIONS, action_source
 
     assert importlib.metadata.version("instruct-musicgen-daw") == engine.__version__ == bridge.__version__
-    # the REAPER actions' ReaPack headers carry it too (ReaPack reads them): a release bumps them with it
-    actions = [p for p in Path(reaper_scripts.__file__).parent.glob("imusic_*.py") if "@description" in p.read_text()]
-    versions = {path.name: re.findall(r"^# @version (\S+)$", path.read_text(), re.M) for path in actions}
+    # the REAPER actions' ReaPack headers carry it too (ReaPack reads them): a release bumps the copied ones with it
+
+    versions = {a.script: re.findall(r"^# @version (\S+)$", action_source(a).decode(), re.M) for a in ACTIONS}
     assert versions and versions == {name: [engine.__version__] for name in versions}
 
 

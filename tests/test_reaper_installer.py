@@ -67,7 +67,7 @@ def test_install_registers_every_action_with_the_files_line_endings(resource, eo
     for action in ACTIONS:
         line = f'SCR 4 0 {action.command_id} "Custom: {action.script}" "imusic/{action.script}"{eol}'
         assert line in added
-        assert (resource / "Scripts" / "imusic" / action.script).read_bytes() == (SCRIPTS / action.script).read_bytes()
+        assert (resource / "Scripts" / "imusic" / action.script).read_bytes() == installer.action_source(action)
     assert (resource / "Scripts" / "imusic" / "imusic_lib.py").exists()
 
 
@@ -352,7 +352,7 @@ def test_cli_uninstall_round_trip(resource, capsys):
 
 def test_every_action_file_has_the_metadata_header_and_only_calls_the_library():
     for action in ACTIONS:
-        text = (SCRIPTS / action.script).read_text()
+        text = installer.action_source(action).decode()
         for tag in ("@description", "@version", "@author", "@about", "@provides"):
             assert f"# {tag}" in text, (action.script, tag)
         assert f"# @description {action.description}\n" in text
@@ -599,3 +599,13 @@ def test_a_reinstall_takes_back_an_earlier_versions_shortcut_on_a_factory_key(re
     assert any(old_line in note for note in report.notes)
     uninstall(resource)
     assert (resource / "reaper-kb.ini").read_bytes() == original
+
+
+def test_a_one_stem_action_is_written_from_its_instruction_and_runs_it():
+    by_script = {action.script: action for action in ACTIONS}
+    text = installer.action_source(by_script["imusic_remove_bass.py"]).decode()
+    assert "# @description Instruct: remove bass\n" in text
+    assert "#   Remove the bass from each selected item" in text
+    assert text.rstrip().endswith('imusic_lib.run_preset("remove", "bass")')
+    compile(text, "imusic_remove_bass.py", "exec")  # REAPER runs it as Python
+    assert not (SCRIPTS / "imusic_remove_bass.py").exists()  # the package holds no copy that could drift
