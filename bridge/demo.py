@@ -38,7 +38,6 @@ from engine.modes import MODES
 HELD_OUT_SEED = 1_000_003
 DEMO_RATE = 44100  # a producer's file, not the model's rate: the engine resamples both ways
 DEFAULT_EDITS = ("extract drums", "remove bass", "extract bass", "add piano")
-OFFICIAL_STEMS = tuple(stem.lower() for stem in instructions.OFFICIAL_STEMS)
 READY_TIMEOUT_S = 600.0  # loading + warm-up of a large model on a CPU can take minutes
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 8
@@ -66,7 +65,7 @@ def model_stems(path: Path) -> list[str]:
     stems = (peek_card(path) or {}).get("stems")
     if isinstance(stems, list) and stems:
         return [str(stem).lower() for stem in stems]
-    return list(OFFICIAL_STEMS)
+    return list(instructions.OFFICIAL_STEM_WORDS)
 
 
 def choose_edits(stems: list[str], song_stems: list[str]) -> list[str]:

@@ -23,6 +23,10 @@ from engine.errors import ConfigError, InstructionError
 # The operations and the official stems, defined here only (no torch: the client, REAPER and batch import them).
 OPERATIONS = ("add", "remove", "extract")
 OFFICIAL_STEMS = ("Drums", "Bass", "Piano", "Guitar")
+# The same as a producer types them ("extract drums"), and the operations in the order menus offer them (extract
+# first): what the REAPER presets, their help and the demo's edits are made from.
+OFFICIAL_STEM_WORDS = tuple(stem.lower() for stem in OFFICIAL_STEMS)
+MENU_OPERATIONS = ("extract", "remove", "add")
 # The official Slakh format (ldzhangyx/instruct-MusicGen, src/data/slakh_datamodule.py); used when a card has none.
 OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
 OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}

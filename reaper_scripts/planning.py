@@ -29,9 +29,6 @@ from engine import instructions
 from engine.errors import InstructionError
 from engine.files import result_file_name
 
-# The engine's operations in the actions' menu order (extract, remove, add) and the official stems, as typed.
-OPERATIONS = tuple(reversed(instructions.OPERATIONS))
-STEMS = tuple(stem.lower() for stem in instructions.OFFICIAL_STEMS)
 NAME_SEPARATOR = " \u00b7 "  # "Bass · extract drums"
 MAX_LABEL_CHARS = 48
 
@@ -52,7 +49,9 @@ class PresetAction:
         return f"imusic_{self.operation}_{self.stem}.py"
 
 
-PRESET_ACTIONS = tuple(PresetAction(op, stem) for op in OPERATIONS for stem in STEMS)
+PRESET_ACTIONS = tuple(
+    PresetAction(op, stem) for op in instructions.MENU_OPERATIONS for stem in instructions.OFFICIAL_STEM_WORDS
+)
 
 
 def normalize_instruction(text: str) -> str:
@@ -61,7 +60,8 @@ def normalize_instruction(text: str) -> str:
     if not cleaned:
         raise InstructionError(
             "Type an instruction such as: extract drums, remove bass, add piano "
-            f"(operations: {', '.join(OPERATIONS)}; stems: {', '.join(STEMS)})."
+            f"(operations: {', '.join(instructions.MENU_OPERATIONS)}; "
+            f"stems: {', '.join(instructions.OFFICIAL_STEM_WORDS)})."
         )
     return cleaned
 

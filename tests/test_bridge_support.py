@@ -18,9 +18,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from engine.errors import Cancelled, InstructionError
-
-OPERATIONS = ("add", "remove", "extract")
-STEMS = ("drums", "bass", "piano", "guitar")
+from engine.instructions import OFFICIAL_STEM_WORDS as STEMS
+from engine.instructions import OPERATIONS
 
 
 class FakeEditor:

@@ -172,3 +172,10 @@ def test_check_takes_returns_the_takes_and_raises_the_callers_error():
     assert check_takes(1) == 1 and check_takes(MAX_TAKES) == MAX_TAKES
     with pytest.raises(KeyError):
         check_takes(0, KeyError)
+
+
+def test_the_menu_offers_every_operation_once_and_the_typed_stems_are_the_official_ones():
+    from engine import instructions
+
+    assert sorted(instructions.MENU_OPERATIONS) == sorted(instructions.OPERATIONS)
+    assert tuple(s.lower() for s in instructions.OFFICIAL_STEMS) == instructions.OFFICIAL_STEM_WORDS
