@@ -58,7 +58,7 @@ def safe_name(text: str, limit: int = 80) -> str:
     return text[:limit] or "untitled"
 
 
-def find_audio_files(folder: Path) -> list[Source]:
+def folder_sources(folder: Path) -> list[Source]:
     """Every audio file under `folder` (recursive, sorted), hidden files and folders excluded; a folder that cannot be
     read or is a link comes back as a Source with its `problem`, so that the table says what was left out."""
     skipped: list[tuple[Path, str]] = []
@@ -274,7 +274,7 @@ def collect_sources(session: Path) -> list[Source]:
         if not sources:
             raise DataError(f"{session.name} has no media items")
         return sources
-    sources = find_audio_files(session)
+    sources = folder_sources(session)
     if not sources:
         exts = ", ".join(e.lstrip(".") for e in AUDIO_SUFFIXES)
         raise DataError(f"no audio files ({exts}) found under {session}")

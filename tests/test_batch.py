@@ -17,7 +17,7 @@ from bridge.batch import check_edits, check_output_folder, claim_output_folder, 
 from bridge.batch_backends import InProcessBackend
 from bridge.cli import EditOptions, main
 from bridge.manifest import Manifest
-from bridge.sources import collect_sources, find_audio_files, read_rpp
+from bridge.sources import collect_sources, folder_sources, read_rpp
 from engine.errors import ConfigError, DataError, InstructionError
 
 EDITS = ["extract drums", "no bass"]
@@ -72,7 +72,7 @@ def run_in_process(session: Path, out: Path, editor, *, retry_failed: bool = Fal
 def test_finds_audio_recursively_and_ignores_other_and_hidden_files(session):
     (session / ".cache").mkdir()
     write_tone(session / ".cache" / "hidden.wav", 0.1, 8000, 1)
-    rels = [s.rel for s in find_audio_files(session)]
+    rels = [s.rel for s in folder_sources(session)]
     assert rels == ["mix", "stems/bass"]
 
 
@@ -80,7 +80,7 @@ def test_finds_every_format_pedalboard_reads_whatever_the_case_of_the_extension(
     for name in ("a.wav", "b.aiff", "c.aif", "d.flac", "e.mp3", "f.ogg", "g.WAV", "h.Flac", "i.mid", "j.rpp"):
         (tmp_path / "in" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "in" / name).write_bytes(b"")
-    assert [s.path.name for s in find_audio_files(tmp_path / "in")] == [
+    assert [s.path.name for s in folder_sources(tmp_path / "in")] == [
         "a.wav",
         "b.aiff",
         "c.aif",
@@ -95,7 +95,7 @@ def test_finds_every_format_pedalboard_reads_whatever_the_case_of_the_extension(
 def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp_path):
     write_tone(tmp_path / "song.wav", 0.1, 8000, 1)
     write_tone(tmp_path / "song.flac", 0.1, 8000, 1)
-    assert sorted(s.rel for s in find_audio_files(tmp_path)) == ["song.flac", "song.wav"]
+    assert sorted(s.rel for s in folder_sources(tmp_path)) == ["song.flac", "song.wav"]
 
 
 def test_a_linked_folder_is_not_followed_and_the_table_says_so(session, tmp_path):

@@ -65,9 +65,9 @@ def test_resume_continues_exactly(tones, tmp_path):
 
 
 def test_held_out_songs_are_never_read(tones, tmp_path):
-    from engine.train.codec_train import find_audio_files
+    from engine.train.codec_train import training_audio_files
 
-    files = find_audio_files(tones, exclude_songs=["song_b"])
+    files = training_audio_files(tones, exclude_songs=["song_b"])
     assert files and all("song_b" not in f.parts for f in files)
 
 

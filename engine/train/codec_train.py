@@ -129,7 +129,7 @@ def encodec_config(cfg: CodecTrainConfig) -> Any:
     )
 
 
-def find_audio_files(root: Path, exclude_songs: Sequence[str] = ()) -> list[Path]:
+def training_audio_files(root: Path, exclude_songs: Sequence[str] = ()) -> list[Path]:
     """Every audio file under root, skipping songs (top-level folder names) held out for testing."""
     excluded = set(exclude_songs)
     files = [path for path in audio_files(root) if path.relative_to(root).parts[0] not in excluded]
@@ -366,7 +366,7 @@ def train_codec(
     model = EncodecModel(encodec_config(cfg))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    files = find_audio_files(data, exclude_songs)
+    files = training_audio_files(data, exclude_songs)
     sampler = ClipSampler(files, cfg.sample_rate, cfg.segment_seconds, seed=cfg.seed, preload=cfg.preload)
     rvq = RVQTrainer(model, cfg.ema_decay, cfg.dead_code_threshold)
     step = 0
