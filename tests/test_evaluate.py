@@ -170,7 +170,7 @@ def test_stereo_sessions_score_the_image_dual_mono_resynth_loses_it_and_the_mask
 def test_a_stereo_clip_pans_the_stem_left_and_the_rest_right_and_keeps_the_operations_sums():
     from types import SimpleNamespace
 
-    from engine.eval.evaluate import stereo_clip
+    from engine.eval.clips import stereo_clip
 
     stem, rest = np.ones(8, np.float32), 2 * np.ones(8, np.float32)
     clip = SimpleNamespace(input=stem + rest, stem=stem, target=rest)

@@ -29,7 +29,7 @@ def test_the_descent_ends_on_the_best_settings_it_tried_never_below_its_start(sy
 
 
 def test_the_clips_are_the_validation_splits_only(synth_data, tiny_editor):
-    from engine.eval.evaluate import held_out_clips
+    from engine.eval.clips import held_out_clips
 
     validation = held_out_clips(synth_data, "extract", tiny_editor.sample_rate, 1.0, "4stems", 0, 1, "validation")
     test = held_out_clips(synth_data, "extract", tiny_editor.sample_rate, 1.0, "4stems", 0, 1, "test")

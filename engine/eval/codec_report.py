@@ -66,7 +66,7 @@ def ceiling(
     seconds: float = CLIP_SECONDS,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """{task: {row: {log_mel_distance, mel_ssim, n}}} for the identity and codec rows on `split`'s clips."""
-    from engine.eval.evaluate import check_tasks, held_out_clips
+    from engine.eval.clips import check_tasks, held_out_clips
     from engine.eval.metrics import log_mel_distance, mel_ssim
 
     out: dict[str, dict[str, dict[str, float]]] = {}

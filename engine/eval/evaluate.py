@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
+from engine.eval.clips import check_tasks, held_out_clips, stereo_clip
 from engine.eval.report import REPORT_JSON, REPORT_MD, markdown, summarize
 from engine.files import write_bytes_atomic, write_json_atomic
-from engine.instructions import OPERATIONS
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
 from engine.weights.loader import add_model_arguments
 
@@ -38,39 +38,7 @@ if TYPE_CHECKING:
     from engine.editor import Editor
     from engine.model.codec import Codec
 
-TASKS = OPERATIONS  # an evaluation task is an edit operation
 LATE_BATCH = 8  # clips in the first batch of a task that starts after its deadline (imusic eval with a deadline)
-
-
-def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[str]:
-    """The tasks in order without repeats; ConfigError naming what is supported for an unknown one."""
-    if not tasks:
-        raise ConfigError(f"no task given: use --task with one of {', '.join(TASKS)}")
-    out: list[str] = []
-    for task in tasks:
-        name = str(task).strip().lower()
-        if name not in TASKS:
-            raise ConfigError(f"unknown task {task!r}: use {', '.join(TASKS)}")
-        if name not in supported:
-            raise ConfigError(f"this model cannot {name}: it supports {', '.join(supported)}")
-        if name not in out:
-            out.append(name)
-    return out
-
-
-def stereo_clip(clip: Any, task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A mono clip made a stereo session, (input [2, N], target [2, N]): the named stem panned left and the rest
-    right (constant power, positions drawn from `seed`), so the target has an image an edit can keep or lose."""
-    rng = np.random.default_rng(seed)
-    stem_pan, rest_pan = rng.uniform(0.1, 0.45), rng.uniform(0.55, 0.9)  # 0 = left, 1 = right
-
-    def pan(audio: np.ndarray, position: float) -> np.ndarray:
-        return np.stack([np.sqrt(1.0 - position) * audio, np.sqrt(position) * audio]).astype(np.float32)
-
-    rest = clip.input if task == "add" else clip.input - clip.stem
-    stem, rest = pan(clip.stem, stem_pan), pan(rest, rest_pan)
-    target = {"extract": stem, "remove": rest, "add": stem + rest}[task]
-    return (rest if task == "add" else stem + rest), target
 
 
 def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
@@ -231,29 +199,6 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = resample(audio, rate, EVAL_RATE).astype(np.float32)  # [N] or [C, N]
     sf.write(str(path), data.T if data.ndim == 2 else data, EVAL_RATE, subtype="FLOAT")
-
-
-def held_out_clips(
-    data: str | Path,
-    task: str,
-    sample_rate: int,
-    seconds: float,
-    classes: str,
-    seed: int,
-    per_song: int,
-    split: str = "test",
-):
-    from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
-    from engine.train.data.layouts import scan
-
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DataError(f"no data set at {root}: the folder does not exist")
-    config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=parse_classes(classes), ops=(task,))
-    try:
-        return StemDataset(scan(root), split, config, seed=seed, clips_per_song=per_song)
-    except DataError as exc:
-        raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None
 
 
 def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipped: list) -> list:

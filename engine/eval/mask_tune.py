@@ -41,7 +41,7 @@ def model_outputs(
     editor: Any, data: str | Path, task: str, per_song: int, seed: int = 0, seconds: float = CLIP_SECONDS
 ) -> list[tuple]:
     """(input, target, model output) of every validation clip of `task`, all [N] at the data's rate."""
-    from engine.eval.evaluate import held_out_clips
+    from engine.eval.clips import held_out_clips
     from engine.instructions import Instruction
 
     rate = editor.sample_rate
