@@ -114,3 +114,20 @@ def test_codec_keeps_full_precision_weights_when_the_model_runs_in_bf16(tiny_mod
     assert not torch.equal(expected, expected.bfloat16().float())  # the test would catch a bf16 round trip
     assert weight.dtype == torch.float32
     assert torch.equal(weight, expected)
+
+
+@pytest.mark.parametrize(("codebooks", "card"), [(4, 512), (9, 512), (12, 512), (4, 2048), (10, 2048), (3, 1024)])
+def test_an_encodec_config_has_exactly_the_codebooks_asked_and_encodes_with_all_of_them(codebooks, card):
+    # transformers' own rule turns the last bandwidth into the layer count; these used to come out one too many
+    from transformers import EncodecModel
+
+    from engine.model.codec import Codec, encodec_config
+
+    config = encodec_config(
+        codebooks, sampling_rate=16000, upsampling_ratios=[4, 5, 4, 4], codebook_size=card, hidden_size=16,
+        codebook_dim=16, num_filters=4, num_lstm_layers=1,
+    )  # fmt: skip
+    assert config.num_quantizers == codebooks
+    codec = Codec(EncodecModel(config))
+    assert codec.num_codebooks == codebooks
+    assert codec.encode(torch.randn(1, 1, 1600)).shape[1] == codebooks

@@ -13,6 +13,29 @@ import torch
 from engine.errors import AudioError, CheckpointError
 
 
+def encodec_config(num_codebooks: int, **fields):
+    """transformers' EncodecConfig(**fields) with exactly `num_codebooks` RVQ layers, and a target bandwidth that
+    encodes with all of them.
+
+    transformers derives the layer count from the last target bandwidth, by a rule that changed between its versions
+    (bandwidth / (frame rate x 10) before, / (frame rate x ceil(log2 codebook size)) since): the bandwidth is the one
+    the installed version's own config turns into `num_codebooks` (CheckpointError if none does)."""
+    from transformers import EncodecConfig
+
+    shape = EncodecConfig(**fields)
+    frame_rate = math.ceil(shape.sampling_rate / math.prod(shape.upsampling_ratios))  # the quantizer's (rounded up)
+    # encode() uses floor(bandwidth / (frame rate x log2 codebook size)) codebooks: a hair above, never a rounding below
+    exact = num_codebooks * math.log2(shape.codebook_size) * frame_rate / 1000 * (1 + 1e-9)
+    for bits in (math.ceil(math.log2(shape.codebook_size)), 10):
+        layers = num_codebooks * frame_rate * bits / 1000
+        # the first for encode() without a bandwidth, the last for the layer count
+        bandwidths = [exact] if math.isclose(exact, layers, rel_tol=1e-6) else [exact, layers]
+        config = EncodecConfig(**fields, target_bandwidths=bandwidths)
+        if config.num_quantizers == num_codebooks:
+            return config
+    raise CheckpointError(f"this transformers version cannot make an EnCodec config with {num_codebooks} codebooks")
+
+
 class Codec:
     """EnCodec wrapper: `encode(wav [B,1,N]) -> codes [B,K,F]`, `decode(codes [B,K,F]) -> wav [B,1,F*hop]`."""
 

@@ -41,8 +41,9 @@ TINY_WORDS = tuple(word for line in _WORD_LINES for word in line.split())
 
 def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD) -> MusicgenConfig:
     """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, tiny decoder."""
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, T5Config
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
 
+    from engine.model.codec import encodec_config
     from engine.model.config import LMConfig
     from engine.weights.convert import lm_config_to_transformers
 
@@ -59,14 +60,11 @@ def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, car
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    bits = max(1, (card - 1).bit_length())
-    # num_quantizers = 1000 * bandwidth // (frame_rate * bits): choose the bandwidth giving exactly 4 codebooks.
-    bandwidth = TINY_CODEBOOKS * 50 * bits / 1000
-    audio = EncodecConfig(
+    audio = encodec_config(
+        TINY_CODEBOOKS,
         sampling_rate=TINY_SAMPLE_RATE,
         upsampling_ratios=[8, 5, 4, 2],  # hop 320 -> 50 Hz at 16 kHz
         codebook_size=card,
-        target_bandwidths=[bandwidth],
         hidden_size=32,
         num_filters=8,
         num_lstm_layers=1,

@@ -103,15 +103,11 @@ class CodecTrainConfig:
 
 
 def encodec_config(cfg: CodecTrainConfig) -> Any:
-    """The transformers EncodecConfig for this codec (bandwidth chosen so that exactly num_codebooks are used)."""
-    from transformers import EncodecConfig
+    """The transformers EncodecConfig for this codec, with exactly num_codebooks (engine.model.codec.encodec_config)."""
+    from engine.model.codec import encodec_config as with_codebooks
 
-    bits = math.log2(cfg.codebook_size)
-    bandwidth_kbps = cfg.num_codebooks * bits * cfg.frame_rate / 1000.0
-    # transformers sizes the RVQ as target_bandwidth*1000 // (frame_rate * 10): pick the bandwidth list so the
-    # layer count is num_codebooks, and keep the exact bandwidth for encode() in the first entry.
-    layers_bw = cfg.num_codebooks * cfg.frame_rate * 10 / 1000.0
-    return EncodecConfig(
+    return with_codebooks(
+        cfg.num_codebooks,
         sampling_rate=cfg.sample_rate,
         audio_channels=1,
         num_filters=cfg.num_filters,
@@ -119,7 +115,6 @@ def encodec_config(cfg: CodecTrainConfig) -> Any:
         codebook_dim=cfg.hidden_size,
         upsampling_ratios=list(cfg.upsampling_ratios),
         codebook_size=cfg.codebook_size,
-        target_bandwidths=[bandwidth_kbps, layers_bw],
         num_lstm_layers=cfg.num_lstm_layers,
         normalize=False,
         chunk_length_s=None,

@@ -130,7 +130,7 @@ def codec_state_from_audiocraft(state: dict[str, torch.Tensor]) -> dict[str, tor
 
 def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> EncodecConfig:
     """transformers EncodecConfig from audiocraft's compression xp.cfg (seanet / rvq sections)."""
-    from transformers import EncodecConfig
+    from engine.model.codec import encodec_config as encodec_with_codebooks
 
     seanet = dict(cfg.get("seanet") or {})
     rvq = dict(cfg.get("rvq") or {})
@@ -143,10 +143,8 @@ def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> Encod
     ratios = list(seanet.get("ratios", [8, 5, 4, 2]))
     bins = int(rvq.get("bins", state["quantizer.vq.layers.0._codebook.embed"].shape[0]))
     n_q = int(rvq.get("n_q") or sum(1 for n in state if n.endswith("._codebook.embed")))
-    frame_rate = math.ceil(sample_rate / math.prod(ratios))
-    # transformers derives the codebook count from the bandwidth: n_q = 1000 * bw // (frame_rate * log2(bins))
-    bandwidth = n_q * frame_rate * math.ceil(math.log2(bins)) / 1000
-    return EncodecConfig(
+    return encodec_with_codebooks(
+        n_q,
         sampling_rate=sample_rate,
         audio_channels=int(cfg.get("channels", 1)),
         hidden_size=int(seanet.get("dimension", 128)),
@@ -166,7 +164,6 @@ def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> Encod
         use_conv_shortcut=not bool(seanet.get("true_skip", True)),
         codebook_size=bins,
         codebook_dim=int(seanet.get("dimension", 128)),
-        target_bandwidths=[bandwidth],
         normalize=False,
     )
 
