@@ -17,7 +17,15 @@ from typing import Any
 from bridge import protocol
 from bridge.cli import EditOptions
 from bridge.sources import Pair
-from engine.errors import AudioError, CheckpointError, ConfigError, ImusicError, InstructionError, ResourceError
+from engine.errors import (
+    AudioError,
+    CheckpointError,
+    ConfigError,
+    ImusicError,
+    InstructionError,
+    ResourceError,
+    error_from_code,
+)
 from engine.files import jsonable
 
 # Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
@@ -225,7 +233,7 @@ class RayEditWorker:
         try:
             result = self.editor.edit(audio, sample_rate, text, **options.kwargs())
         except ImusicError as exc:
-            return ("error", type(exc).__name__, str(exc))
+            return ("error", exc.code, str(exc))
         info = jsonable(dict(result.info or {}))
         return ("ok", result.audio, result.sample_rate, result.seed, info, time.monotonic() - started)
 
@@ -309,7 +317,10 @@ class RayBackend:
                 yield Outcome(pair, error=ResourceError(f"a Ray worker failed: {exc}"))
                 continue
             if reply[0] != "ok":
-                yield Outcome(pair, error=AudioError(reply[2]) if reply[1] == "AudioError" else ImusicError(reply[2]))
+                error = error_from_code(reply[1], reply[2])
+                if isinstance(error, ResourceError):  # as in this process: out of memory stops the batch
+                    raise error
+                yield Outcome(pair, error=error)
                 continue
             _, audio, result_rate, seed, info, seconds = reply  # the worker's time: queueing behind a job is not it
             try:

@@ -50,3 +50,17 @@ class ResourceError(ImusicError):
     """The machine ran out of something (GPU memory, disk) and a retry did not help."""
 
     code = "resources"
+
+
+def error_from_code(code: str, message: str) -> ImusicError:
+    """The error another process reported by its `code` (and message), as this module's class with that code: a Ray
+    worker's ResourceError is a ResourceError again on the driver. Another code keeps its code on a plain ImusicError."""
+    for cls in _CLASSES:
+        if cls.code == code:
+            return cls(message)
+    error = ImusicError(message)
+    error.code = code
+    return error
+
+
+_CLASSES = tuple(cls for cls in list(globals().values()) if isinstance(cls, type) and issubclass(cls, ImusicError))

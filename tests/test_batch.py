@@ -650,3 +650,22 @@ def test_a_dry_run_says_the_model_cards_own_verdict_before_anything_renders(
     printed = capsys.readouterr().out
     (line,) = [line for line in printed.splitlines() if "note" in line]  # extract loses on the card, remove wins
     assert line.startswith("  note (2 results): ") and "its extract edits do not beat" in line
+
+
+def test_a_ray_workers_error_comes_back_as_its_own_class_by_code():
+    from bridge.batch_backends import RayEditWorker
+    from engine.errors import AudioError, ImusicError, ResourceError, error_from_code
+
+    class Exhausted:
+        def edit(self, *args, **kwargs):
+            raise ResourceError("CUDA out of memory after 3 tries")
+
+    worker = RayEditWorker.__new__(RayEditWorker)  # without loading a model: only its edit's reply is tested
+    worker.editor = Exhausted()
+    reply = worker.edit(np.zeros((1, 100), np.float32), 16000, "extract drums", EditOptions())
+    assert reply[:2] == ("error", ResourceError.code)
+    error = error_from_code(*reply[1:])
+    assert isinstance(error, ResourceError) and str(error) == "CUDA out of memory after 3 tries"  # stops the batch
+    assert type(error_from_code(AudioError.code, "silent")) is AudioError
+    unknown = error_from_code("forbidden_path", "outside the allowed folders")
+    assert type(unknown) is ImusicError and unknown.code == "forbidden_path"
