@@ -35,9 +35,9 @@ _DTYPES: dict[str, torch.dtype] = {
 # /proc/cpuinfo flags that mean bf16 matrix products run in hardware, not emulated.
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
-# A CPU decode reading fewer fp32 weight bytes per step than this runs in fp32 even where bf16 is native: the same
-# bound below which generate.decode_threads decodes on one thread (per-op overhead, not bandwidth, sets the speed).
-CPU_BF16_MIN_BYTES = 64 * 2**20
+# A decoder reading fewer fp32 weight bytes per step than this is small: on a CPU per-op overhead, not bandwidth, sets
+# its speed, so it decodes in fp32 even where bf16 is native (default_dtype) and on one thread (generate.decode_threads).
+SMALL_DECODER_BYTES = 64 * 2**20
 
 
 def decode_weight_count(cfg: LMConfig) -> int:
@@ -45,6 +45,12 @@ def decode_weight_count(cfg: LMConfig) -> int:
     plus the heads (cross k/v are computed once per text; embeddings are a gather)."""
     per_layer = 6 * cfg.dim * cfg.dim + 2 * cfg.dim * cfg.ffn_dim
     return cfg.num_layers * per_layer + cfg.num_codebooks * cfg.dim * cfg.card
+
+
+def small_decoder(weight_count: int) -> bool:
+    """Whether a decoder reading `weight_count` weights per step is small (SMALL_DECODER_BYTES, counted in fp32 whatever
+    its dtype: one size decides both its precision and its threads)."""
+    return weight_count * 4 < SMALL_DECODER_BYTES
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -148,7 +154,7 @@ def default_dtype(device: torch.device, weight_count: int | None = None) -> torc
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    if weight_count is not None and weight_count * 4 < CPU_BF16_MIN_BYTES:
+    if weight_count is not None and small_decoder(weight_count):
         return torch.float32
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -84,16 +86,29 @@ def test_cpu_bf16_flag_matches_proc_cpuinfo():
 def test_cpu_keeps_a_small_decoder_in_fp32_even_with_native_bf16(no_gpu, monkeypatch):
     # small decoders are bound by per-op overhead, where bf16 ops are slower (measured: tiny 0.43 vs 0.86 ms/step)
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
-    small = device_mod.CPU_BF16_MIN_BYTES // 4 - 1
+    small = device_mod.SMALL_DECODER_BYTES // 4 - 1
     assert device_mod.pick(weight_count=small) == (torch.device("cpu"), torch.float32)
 
 
 def test_cpu_runs_a_big_decoder_in_bf16_where_native(no_gpu, monkeypatch):
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
-    big = device_mod.CPU_BF16_MIN_BYTES // 4
+    big = device_mod.SMALL_DECODER_BYTES // 4
     assert device_mod.pick(weight_count=big) == (torch.device("cpu"), torch.bfloat16)
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
     assert device_mod.pick(weight_count=big) == (torch.device("cpu"), torch.float32)
+
+
+def test_one_size_decides_a_cpu_decoders_precision_and_its_threads(no_gpu, monkeypatch):
+    # a decoder of 1.5x the bound used to get bf16 (counted in fp32 bytes) and one thread (counted in bf16 bytes)
+    from engine.model import generate
+
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    bound = device_mod.SMALL_DECODER_BYTES // 4
+    for count in (bound - 1, bound, bound * 3 // 2):
+        lm = SimpleNamespace(device=torch.device("cpu"), cfg="cfg")
+        monkeypatch.setattr(generate, "decode_weight_count", lambda cfg, count=count: count)
+        fp32 = device_mod.pick(weight_count=count)[1] == torch.float32
+        assert fp32 == (generate.decode_threads(lm) == 1) == (count < bound)
 
 
 def test_a_small_decoder_on_a_gpu_keeps_the_gpu_precision(monkeypatch):
@@ -120,7 +135,7 @@ def test_load_model_picks_the_cpu_dtype_by_decoder_size(tiny_model_dir, no_gpu, 
 
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
     assert load_model(tiny_model_dir).dtype == torch.float32  # the tiny test model is far under the bound
-    monkeypatch.setattr(device_mod, "CPU_BF16_MIN_BYTES", 0)
+    monkeypatch.setattr(device_mod, "SMALL_DECODER_BYTES", 0)
     model = load_model(tiny_model_dir)
     assert model.dtype == torch.bfloat16 and model.lm.emb[0].weight.dtype == torch.bfloat16
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from engine.device import decode_weight_count
+from engine.device import decode_weight_count, small_decoder
 from engine.errors import Cancelled, ConfigError
 from engine.model import delay, static_decode
 from engine.model.config import CFG_COEF, TOP_K
@@ -141,18 +141,14 @@ def generate(
             torch.set_num_threads(previous)
 
 
-# Below this many weight bytes read per decode step, a CPU decode runs on one thread: its ops act on [B, 1, D]
-# tensors, where waking and joining a second OpenMP thread costs more than the op (measured on 2 shared cores:
-# LayerNorm / GELU / softmax on [2, 1, 64] take 1-7 us on one thread, 20-200 us on two).
-SINGLE_THREAD_BYTES = 64 * 2**20
-
-
 def decode_threads(lm: MusicGenLM) -> int | None:
-    """Threads for a CPU decode of this model: 1 for small models, None (leave torch's setting) otherwise."""
+    """Threads for a CPU decode of this model: 1 for a small decoder (engine.device.small_decoder), None (leave torch's
+    setting) otherwise. Its ops act on [B, 1, D] tensors, where waking and joining a second OpenMP thread costs more
+    than the op (measured on 2 shared cores: LayerNorm / GELU / softmax on [2, 1, 64] take 1-7 us on one thread,
+    20-200 us on two)."""
     if lm.device.type != "cpu":
         return None
-    element = torch.empty((), dtype=lm.dtype).element_size()
-    return 1 if decode_weight_count(lm.cfg) * element < SINGLE_THREAD_BYTES else None
+    return 1 if small_decoder(decode_weight_count(lm.cfg)) else None
 
 
 def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k, top_p,
