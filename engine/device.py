@@ -35,8 +35,9 @@ _DTYPES: dict[str, torch.dtype] = {
 # /proc/cpuinfo flags that mean bf16 matrix products run in hardware, not emulated.
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
-# A decoder reading fewer fp32 weight bytes per step than this is small: on a CPU per-op overhead, not bandwidth, sets
-# its speed, so it decodes in fp32 even where bf16 is native (default_dtype) and on one thread (generate.decode_threads).
+# A decoder reading fewer fp32 weight bytes per step than this is small: on a CPU per-op overhead, not bandwidth,
+# sets its speed, so it decodes in fp32 even where bf16 is native (default_dtype) and on one thread
+# (generate.decode_threads).
 SMALL_DECODER_BYTES = 64 * 2**20
 
 

@@ -54,7 +54,7 @@ class ResourceError(ImusicError):
 
 def error_from_code(code: str, message: str) -> ImusicError:
     """The error another process reported by its `code` (and message), as this module's class with that code: a Ray
-    worker's ResourceError is a ResourceError again on the driver. Another code keeps its code on a plain ImusicError."""
+    worker's ResourceError is a ResourceError again on the driver. Another code stays on a plain ImusicError."""
     for cls in _CLASSES:
         if cls.code == code:
             return cls(message)
