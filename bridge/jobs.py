@@ -230,7 +230,7 @@ class Journal:
 class JobBook:
     """Every job by id, the queue of pending ones, and the journal behind both. Thread-safe."""
 
-    def __init__(self, journal: Journal, max_queue: int = 64) -> None:
+    def __init__(self, journal: Journal, max_queue: int = protocol.MAX_QUEUE) -> None:
         self.journal = journal
         self.max_queue = max_queue
         self.jobs: dict[str, Job] = {}

@@ -143,6 +143,8 @@ MAX_SEED = 2**31 - 1  # seeds travel as OSC int32; -1 asks the engine to draw on
 MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+MAX_REGION_S = 3600.0  # one hour: a longer region is almost certainly a mistake (samples sent as seconds)
+MAX_QUEUE = 64  # jobs waiting, by default (imusic serve --max-queue)
 PREVIEW_WHICH = ("result", "source")  # what /imusic/preview plays of a job, the default first
 
 

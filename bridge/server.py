@@ -38,7 +38,6 @@ from engine.instructions import check_takes
 from engine.modes import check_mode, check_mode_name, mode_name
 from engine.weights.loader import add_model_arguments
 
-MAX_REGION_S = 3600.0  # one hour: longer requests are almost certainly a mistake (seconds vs samples)
 CHECKING = "checking the input"  # /imusic/state detail of an edit whose input is being probed (not accepted yet)
 NOT_ACCEPTED = "cancelled before it was accepted"
 
@@ -71,9 +70,9 @@ class EngineServer:
         allow_roots: list[str | Path] | None = None,
         player: Any = None,
         preview_device: str | int | None = None,
-        max_queue: int = 64,
+        max_queue: int = protocol.MAX_QUEUE,
         warm_up: bool = True,
-        max_region_s: float = MAX_REGION_S,
+        max_region_s: float = protocol.MAX_REGION_S,
         log: Any = None,
     ) -> None:
         if load_editor is None and editor is None:
@@ -539,7 +538,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder the server may read and write (repeatable; default: your home and the temp folder)",
     )
     parser.add_argument("--preview-device", default=None, help="output for /imusic/preview (name or index)")
-    parser.add_argument("--max-queue", type=int, default=64, help="jobs waiting at most (default 64)")
+    parser.add_argument(
+        "--max-queue", type=int, default=protocol.MAX_QUEUE, help=f"jobs waiting at most (default {protocol.MAX_QUEUE})"
+    )
     parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up edit before saying ready")
 
 

@@ -105,16 +105,17 @@ def engine_address() -> tuple[str, int]:
 
 def _max_seconds() -> float:
     """The longest region the actions send: IMUSIC_MAX_SECONDS, then `max_seconds` in imusic_paths.json, else
-    planning.DEFAULT_MAX_SECONDS; ConfigError (shown as a message) for a value that is no positive number."""
+    planning.DEFAULT_MAX_SECONDS; ConfigError (shown as a message) for a value that is no positive number or more than
+    the server accepts (protocol.MAX_REGION_S)."""
     value = os.environ.get("IMUSIC_MAX_SECONDS") or SETTINGS.get("max_seconds") or planning.DEFAULT_MAX_SECONDS
     try:
         seconds = float(value)
     except (TypeError, ValueError):
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not (math.isfinite(seconds) and 0 < seconds <= protocol.MAX_REGION_S):
         raise ConfigError(
-            f"the longest region to edit must be a positive number of seconds, got {value!r} (IMUSIC_MAX_SECONDS or "
-            "max_seconds in imusic_paths.json)"
+            f"the longest region to edit must be a number of seconds from 0 to {protocol.MAX_REGION_S:g} (the engine's "
+            f"limit), got {value!r} (IMUSIC_MAX_SECONDS or max_seconds in imusic_paths.json)"
         )
     return seconds
 
