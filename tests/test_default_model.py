@@ -142,3 +142,14 @@ def test_beats_identity_compares_each_metric_in_its_own_direction_and_skips_what
         "extract": {"mel_ssim": True, "log_mel_distance": False},
         "remove": {"mel_ssim": False},
     }
+
+
+def test_a_model_folders_stems_are_the_ones_loading_uses_its_adapters_first(tmp_path):
+    from engine.train.default_model import model_stems
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "model_card.json").write_text(json.dumps({"name": "m", "stems": ["Drums", "Bass"]}))
+    (tmp_path / "adapter" / "adapter.json").write_text(json.dumps({"stems": ["Piano"]}))
+    assert model_stems(tmp_path) == ["Piano"]  # as load_model: the adapter's vocabulary replaces the card's
+    (tmp_path / "adapter" / "adapter.json").unlink()
+    assert model_stems(tmp_path) is None  # an adapter only loading can read: no guess

@@ -26,7 +26,7 @@ from engine.model.config import is_adapter_name
 from engine.train.codec_train import final_losses, read_log
 from engine.train.config import HISTORY
 from engine.train.data import DATASET_JSON
-from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
+from engine.weights.loader import MODEL_CARD, new_model_card, peek_card, write_model_card
 from engine.weights.names import ADAPTER_JSON, ADAPTER_WEIGHTS, CONFIG, WEIGHTS
 from engine.weights.transformers_layout import safetensors_files
 
@@ -139,9 +139,8 @@ def model_sizes(model_dir: Path) -> dict[str, Any]:
 
 
 def model_stems(model_dir: Path) -> list[str] | None:
-    """The stems a model folder edits: its own card's, else its adapter's."""
-    card = _read_json(model_dir / MODEL_CARD) if (model_dir / MODEL_CARD).is_file() else {}
-    return card.get("stems") or _read_json(model_dir / "adapter" / ADAPTER_JSON).get("stems")
+    """The stems a model folder edits, by loading's rule (engine.weights.peek_card: its adapter's, else its card's)."""
+    return (peek_card(model_dir) or {}).get("stems")
 
 
 def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
