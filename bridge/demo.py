@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -195,12 +194,14 @@ class ServerProcess:
 
     def wait_listening(self, timeout: float) -> int:
         """The port the server bound (it may have been asked for port 0)."""
+        from bridge.server import listening_port
+
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive("before it listened")
-            found = re.search(r"listening on \S+?:(\d+);", self.log_tail(50))
-            if found:
-                self.port = int(found.group(1))
+            port = listening_port(self.log_tail(50))
+            if port is not None:
+                self.port = port
                 return self.port
             if time.monotonic() > deadline:
                 raise ResourceError(f"the engine server did not start within {timeout:g} s; see {self.log_path}")

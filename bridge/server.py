@@ -16,6 +16,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -544,6 +545,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-warm-up", action="store_true", help="skip the warm-up edit before saying ready")
 
 
+# The line `imusic serve` logs once its socket is bound; imusic demo (which may ask for port 0) reads the port from it.
+LISTENING = "listening on {host}:{port}; journal {journal}; loading the model..."
+_LISTENING_PORT = re.compile(r"listening on \S+?:(\d+); journal ")
+
+
+def listening_port(log_text: str) -> int | None:
+    """The port of the last LISTENING line in a server's log text, None before there is one."""
+    found = _LISTENING_PORT.findall(log_text)
+    return int(found[-1]) if found else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; a model that fails to load is a one-line error."""
     if args.max_queue < 1:
@@ -572,7 +584,7 @@ def run(args: argparse.Namespace) -> int:
         warm_up=not args.no_warm_up,
     )
     server.start()
-    server.logs.say(f"listening on {server.host}:{server.port}; journal {server.journal_dir}; loading the model...")
+    server.logs.say(LISTENING.format(host=server.host, port=server.port, journal=server.journal_dir))
 
     def announce() -> None:
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bridge.server import listening_port
 
 IMUSIC = [sys.executable, "-m", "bridge.cli"]
 
@@ -42,7 +43,7 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(judged_model_dir, tmp
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text()).group(1)
+        port = str(listening_port(log.read_text()))
         ping = subprocess.run(IMUSIC + ["send", "--port", port, "ping"], capture_output=True, text=True, timeout=30)
         assert ping.returncode == 0 and ping.stdout.split()[-1] == "ready"
         assert ping.stderr.startswith("imusic send: note: ") and "its extract edits do not beat" in ping.stderr
@@ -83,3 +84,11 @@ def test_serve_refuses_a_port_in_use(tmp_path, tiny_model_dir):
         )
     assert proc.returncode == 1 and "another imusic server" in proc.stderr
     assert Path(tmp_path / "j").is_dir()
+
+
+def test_the_listening_line_names_the_port_the_demo_reads_back():
+    from bridge.server import LISTENING
+
+    log = "loading\n" + LISTENING.format(host="127.0.0.1", port=53211, journal="/tmp/j; x") + "\nready: model tiny\n"
+    assert listening_port(log) == 53211
+    assert listening_port("loading the model...") is None
