@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
-from bridge.cli import EditOptions, add_edit_options
+from bridge.cli import add_edit_options
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
+from bridge.protocol import EditOptions
 from bridge.sources import Pair, Source, collect_sources
 from engine.errors import (
     ConfigError,

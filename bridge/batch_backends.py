@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import protocol
-from bridge.cli import EditOptions
+from bridge.protocol import EditOptions
 from bridge.sources import Pair
 from engine.errors import (
     AudioError,

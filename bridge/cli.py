@@ -11,7 +11,6 @@ import importlib
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 from engine.errors import ImusicError
 
@@ -77,30 +76,10 @@ def seconds_option(text: str) -> float:
     return value
 
 
-@dataclass(frozen=True)
-class EditOptions:
-    """The choices of one edit besides its audio and instruction: Editor.edit's keyword arguments, as every command,
-    batch backend and the server's worker pass them (`mode` "" or None: the operation's default)."""
-
-    seed: int | None = None
-    takes: int = 1
-    raw: bool = False
-    mode: str | None = None
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> EditOptions:
-        """From the options add_edit_options() added (a command without --raw never skips levelling)."""
-        return cls(args.seed, args.takes, bool(getattr(args, "raw", False)), args.mode or None)
-
-    def kwargs(self) -> dict:
-        """For Editor.edit(audio, rate, instruction, **kwargs)."""
-        return asdict(self)
-
-
 def add_edit_options(parser: argparse.ArgumentParser, *, raw: bool = True) -> None:
     """The choices of an edit besides its audio and instruction, one spelling for every command that edits
     (`imusic edit`, `imusic batch`, `imusic send edit`): --seed, --takes, --mode and (`raw`) --raw.
-    EditOptions.from_args reads them back."""
+    bridge.protocol.EditOptions.from_args reads them back."""
     parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed (default: random, printed)")
     parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
     parser.add_argument(

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import EditOptions, add_edit_options, seconds_option
+from bridge.cli import add_edit_options, seconds_option
+from bridge.protocol import EditOptions
 from engine.errors import ConfigError, ImusicError
 from engine.files import writable_folder
 from engine.weights.loader import add_model_arguments

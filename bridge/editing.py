@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import audio_io
-from bridge.cli import EditOptions
+from bridge.protocol import EditOptions
 from engine.errors import AudioError, Cancelled
 from engine.files import jsonable
 

@@ -29,7 +29,7 @@ import argparse
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError
@@ -237,6 +237,27 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
 
 
 @dataclass(frozen=True)
+class EditOptions:
+    """The choices of one edit besides its audio and instruction: Editor.edit's keyword arguments, as every command,
+    batch backend and the server's worker pass them (`mode` "" or None: the operation's default). The wire carries
+    all but `raw` (EditRequest.options): the server always matches levels."""
+
+    seed: int | None = None
+    takes: int = 1
+    raw: bool = False
+    mode: str | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> EditOptions:
+        """From the options bridge.cli.add_edit_options() added (a command without --raw never skips levelling)."""
+        return cls(args.seed, args.takes, bool(getattr(args, "raw", False)), args.mode or None)
+
+    def kwargs(self) -> dict:
+        """For Editor.edit(audio, rate, instruction, **kwargs)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class EditRequest:
     """One edit as the wire carries it (/imusic/edit): the one shape of an edit request everywhere.
 
@@ -254,6 +275,10 @@ class EditRequest:
     seed: int | None = None
     takes: int = 1
     mode: str = ""
+
+    def options(self) -> EditOptions:
+        """The edit's choices, as Editor.edit takes them."""
+        return EditOptions(self.seed, self.takes, mode=self.mode or None)
 
     def to_args(self) -> tuple[Any, ...]:
         """The /imusic/edit arguments, in wire order."""

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from bridge import audio_io, protocol
-from bridge.cli import EditOptions
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
@@ -52,7 +51,7 @@ def run_job(
     """
     started = time.perf_counter()
     progress(0.0, "editing")
-    options = EditOptions(job.request.seed, job.request.takes, mode=job.request.mode or None)
+    options = job.request.options()
     try:
         done = edit_region(
             editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,

@@ -15,8 +15,9 @@ import soundfile as sf
 from bridge import batch
 from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
 from bridge.batch_backends import InProcessBackend
-from bridge.cli import EditOptions, main
+from bridge.cli import main
 from bridge.manifest import Manifest
+from bridge.protocol import EditOptions
 from bridge.sources import collect_sources, folder_sources, read_rpp
 from engine.errors import ConfigError, DataError, InstructionError
 

@@ -295,3 +295,9 @@ def test_an_error_detail_gives_back_its_code_and_a_bare_detail_the_default():
     assert detail == "bad_audio: not audio: x.txt"
     assert protocol.detail_code(detail, protocol.CANCELLED) == "bad_audio"
     assert protocol.detail_code("cancelled", protocol.CANCELLED) == protocol.CANCELLED
+
+
+def test_a_wire_request_gives_the_edit_choices_the_engine_takes():
+    request = protocol.EditRequest("j1", "/a.wav", 0.0, -1.0, "extract drums", seed=7, takes=2, mode="resynth")
+    assert request.options() == protocol.EditOptions(seed=7, takes=2, raw=False, mode="resynth")
+    assert protocol.EditRequest("j2", "/a.wav", 0.0, -1.0, "add piano").options() == protocol.EditOptions()

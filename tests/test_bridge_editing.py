@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 from test_bridge_support import FakeEditor, write_wav
 
-from bridge.cli import EditOptions
 from bridge.editing import conform, edit_region
+from bridge.protocol import EditOptions
 from engine.errors import AudioError, Cancelled
 
 

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from bridge.cli import COMMANDS, EditOptions, build_parser, main
+from bridge.cli import COMMANDS, build_parser, main
+from bridge.protocol import EditOptions
 
 
 def test_unknown_subcommand_exits_2_with_usage(capsys):
