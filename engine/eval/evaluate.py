@@ -29,7 +29,7 @@ import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
 from engine.eval.clips import check_tasks, held_out_clips, stereo_clip
-from engine.eval.report import REPORT_JSON, REPORT_MD, markdown, summarize
+from engine.eval.report import REPORT_JSON, REPORT_MD, SPECTROGRAMS, markdown, summarize
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
 from engine.weights.loader import add_model_arguments
@@ -330,7 +330,7 @@ def evaluate(
             task_deadline = (
                 None if deadline is None else time.time() + (deadline - time.time()) / (len(tasks) - task_number)
             )
-            plots = (out_dir / "spectrograms", spectrograms)
+            plots = (out_dir / SPECTROGRAMS, spectrograms)
             scored, batch_seconds = 0, 0.0
             pending: list = []  # the batch before: its scores are made (by the pool) while this one is edited
             # at least one batch per task, so that a report exists however short the time; then another only when it

@@ -26,6 +26,7 @@ METRIC_TITLES = {
 LOWER_IS_BETTER = frozenset(m for m, title in METRIC_TITLES.items() if title.endswith("↓"))  # the rest: higher
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
+SPECTROGRAMS = "spectrograms"  # the folder of a report's pictures, beside it
 
 
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -100,10 +101,10 @@ def markdown(report: dict) -> str:
 
 
 def publish_report(eval_dir: Path, docs: Path, skip: tuple[str, ...] = ()) -> None:
-    """Copy an evaluation's report (.md, .json, .png but the names in `skip`) and its spectrograms/ into `docs`."""
+    """Copy an evaluation's report (.md, .json, .png but the names in `skip`) and its SPECTROGRAMS into `docs`."""
     docs.mkdir(parents=True, exist_ok=True)
     for item in eval_dir.iterdir():
         if item.suffix in (".md", ".json", ".png") and item.name not in skip:
             shutil.copy2(item, docs / item.name)
-    if (eval_dir / "spectrograms").is_dir():
-        shutil.copytree(eval_dir / "spectrograms", docs / "spectrograms", dirs_exist_ok=True)
+    if (eval_dir / SPECTROGRAMS).is_dir():
+        shutil.copytree(eval_dir / SPECTROGRAMS, docs / SPECTROGRAMS, dirs_exist_ok=True)

@@ -42,7 +42,7 @@ from engine.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from engine.train.config import lr_factor
+from engine.train.config import CODEC_EXPORT, CODEC_LOG, CODEC_SETTINGS, lr_factor
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
 from engine.weights.names import CONFIG
@@ -288,13 +288,12 @@ def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
 
 
 LR_FLOOR = 0.1  # the codec's cosine ends at a tenth of its rate, not at zero
-LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
 LOSS_KEYS = ("loss", "l1", "stft", "commit", "nmse")
 
 
 def read_log(run_dir: Path) -> list[dict]:
     """The logged rows of a codec run ([] when it logged nothing yet)."""
-    path = Path(run_dir) / LOG
+    path = Path(run_dir) / CODEC_LOG
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
@@ -350,7 +349,7 @@ def train_codec(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = list_checkpoints(run_dir)
-    log_path = run_dir / LOG
+    log_path = run_dir / CODEC_LOG
 
     cfg.check()
     torch.manual_seed(cfg.seed)
@@ -385,7 +384,7 @@ def train_codec(
         for name, value in group.items():
             if torch.is_tensor(value) and name != "step":
                 group[name] = value.to(device)
-    write_json_atomic(run_dir / "codec_train_config.json", asdict(cfg), sort_keys=False)
+    write_json_atomic(run_dir / CODEC_SETTINGS, asdict(cfg), sort_keys=False)
     from engine.train.budget import StepBudget
 
     budget = StepBudget(deadline, step)
@@ -443,10 +442,10 @@ def train_codec(
             }
             save_checkpoint(run_dir, step, payload, keep=1)
     bar.close()
-    write_json_atomic(run_dir / "codec_train_config.json", asdict(cfg), sort_keys=False)  # the steps it ran
+    write_json_atomic(run_dir / CODEC_SETTINGS, asdict(cfg), sort_keys=False)  # the steps it ran
     if step < cfg.steps:
         return None
-    return export_codec(model, run_dir / "codec")
+    return export_codec(model, run_dir / CODEC_EXPORT)
 
 
 def _load_initial(model: Any, source: Path) -> None:
@@ -488,7 +487,7 @@ def held_out_songs(data: Path) -> list[str]:
 def run_stage(args: Any) -> int:
     """`imusic train --stage codec`: the codec stage, with the run's settings remembered for `--resume`."""
     run_dir = Path(args.output).expanduser()
-    saved = run_dir / "codec_train_config.json"
+    saved = run_dir / CODEC_SETTINGS
     if args.resume_from:
         raise ConfigError("the codec stage keeps its last checkpoint only and resumes from it: use --resume")
     unused = [
@@ -509,7 +508,7 @@ def run_stage(args: Any) -> int:
         print(f"imusic train: the codec stage does not use {', '.join(unused)} here", file=sys.stderr)
     if args.resume:
         if not saved.exists():
-            raise CheckpointError(f"nothing to resume in {run_dir}: no codec_train_config.json")
+            raise CheckpointError(f"nothing to resume in {run_dir}: no {CODEC_SETTINGS}")
         cfg = CodecTrainConfig(**_config_from_json(saved))
         data = Path(cfg.extra["data"])
     else:
@@ -530,9 +529,9 @@ def run_stage(args: Any) -> int:
             cfg.wave_mse_weight = args.wave_mse
         if getattr(args, "init_codec", None):
             init = Path(args.init_codec).expanduser()
-            source = init / "codec_train_config.json" if (init / "codec_train_config.json").exists() else None
-            if source is None and (init.parent / "codec_train_config.json").exists():
-                source = init.parent / "codec_train_config.json"
+            source = init / CODEC_SETTINGS if (init / CODEC_SETTINGS).exists() else None
+            if source is None and (init.parent / CODEC_SETTINGS).exists():
+                source = init.parent / CODEC_SETTINGS
             if source is not None:  # the sizes of the codec it continues, whatever the defaults are now
                 sizes = _config_from_json(source)
                 for name in _SIZE_FIELDS:
@@ -554,7 +553,7 @@ def run_stage(args: Any) -> int:
         quiet=args.quiet,
         init_from=Path(init) if init else None,
     )
-    print(f"codec: {out}  (log: {run_dir / LOG})")
+    print(f"codec: {out}  (log: {run_dir / CODEC_LOG})")
     return 0
 
 

@@ -11,6 +11,10 @@ from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
+# A codec run's files (engine/train/codec_train.py): its log, its settings, and the folder of the codec it exports.
+CODEC_LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
+CODEC_SETTINGS = "codec_train_config.json"
+CODEC_EXPORT = "codec"
 
 if TYPE_CHECKING:  # torch is imported where a run starts, so `imusic train --help` never pays for it
     import torch

@@ -24,7 +24,7 @@ from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.train.codec_train import final_losses, read_log
-from engine.train.config import HISTORY
+from engine.train.config import CODEC_SETTINGS, HISTORY
 from engine.train.data import DATASET_JSON
 from engine.weights.loader import MODEL_CARD, new_model_card, peek_card, write_model_card
 from engine.weights.names import ADAPTER_JSON, ADAPTER_WEIGHTS, CONFIG, WEIGHTS
@@ -53,7 +53,7 @@ def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     A run started from another codec (`--init-codec`, recorded as extra.init_from) lists that run under
     "continues", recursively, and its steps and wall time count in the totals.
     """
-    cfg = _read_json(run / "codec_train_config.json")
+    cfg = _read_json(run / CODEC_SETTINGS)
     rows = read_log(run)
     if not rows:
         raise CheckpointError(f"{run} holds no codec training log")
@@ -70,7 +70,7 @@ def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         parent_run = Path(parent).parent  # the run folder holding the exported codec directory
         if parent_run.resolve() in _seen or run.resolve() == parent_run.resolve():
             raise CheckpointError(f"the codec runs' init_from records form a loop at {parent_run}")
-        if not (parent_run / "codec_train_config.json").is_file():
+        if not (parent_run / CODEC_SETTINGS).is_file():
             raise CheckpointError(f"{run} started from {parent}, whose run folder {parent_run} is missing")
         earlier = codec_summary(parent_run, (*_seen, run.resolve()))
         summary["continues"] = earlier

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import CheckpointError, ConfigError, ImusicError
+from engine.eval.report import SPECTROGRAMS
 from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
-from engine.train.config import CURVES, HISTORY
+from engine.train.config import CODEC_EXPORT, CODEC_LOG, CODEC_SETTINGS, CURVES, HISTORY
 from engine.train.data import DATASET_JSON
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
 from engine.weights.names import ADAPTER_WEIGHTS
@@ -39,10 +40,10 @@ LOG = "recipe.log"
 
 # What each stage's pack holds (pack.py patterns relative to RUN_DIR/STAGE); checkpoints and code pools stay behind.
 PACKED = {
-    "codec": (["*/codec_log.jsonl", "*/codec_train_config.json", "codec/*", MARKER], []),
+    "codec": ([f"*/{CODEC_LOG}", f"*/{CODEC_SETTINGS}", f"{CODEC_EXPORT}/*", MARKER], []),
     "base": (["model/*", HISTORY, CURVES, MARKER], []),
     "adapters": (["adapter/*", "model/*", HISTORY, CURVES, MARKER], ["model/base/*"]),
-    "eval": (["*.md", "*.json", "*.png", "spectrograms/*"], []),
+    "eval": (["*.md", "*.json", "*.png", f"{SPECTROGRAMS}/*"], []),
 }
 
 
@@ -287,7 +288,7 @@ class Recipe:
             self.say(f"codec phase {number}: {run_cfg.steps} steps (planned {phase['steps']})")
             init = out
         forget_preloaded()  # the later stages read their own clips
-        shutil.copytree(init, stage_dir / "codec")
+        shutil.copytree(init, stage_dir / CODEC_EXPORT)  # what the pack keeps and the base stage reads
         return {"phases": phases, "held_out_songs": len(held_out)}
 
     def _train(self, stage: str, base: Path, deadline: float) -> dict:
@@ -312,7 +313,7 @@ class Recipe:
         }
 
     def _stage_base(self, deadline: float) -> dict:
-        return self._train("base", self.run_dir / "codec" / "codec", deadline)
+        return self._train("base", self.run_dir / "codec" / CODEC_EXPORT, deadline)
 
     def _stage_adapters(self, deadline: float) -> dict:
         info = self._train("adapters", self.run_dir / "base" / "model", deadline)
