@@ -158,9 +158,11 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
 
     The adapter has nonzero random gates and LoRA weights so that audio and text fusion change the output.
     """
+    from engine.weights.names import ADAPTER_DIR, BASE_DIR
+
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    write_transformers_layout(path / "base", seed=seed)
+    write_transformers_layout(path / BASE_DIR, seed=seed)
     from engine.weights.loader import new_model_card, write_model_card
 
     card = new_model_card(
@@ -171,9 +173,9 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
     write_model_card(path, card)
     from engine.weights.adapter_format import save_adapter
 
-    fusion_cfg, state = _tiny_adapter_state(path / "base", seed)
+    fusion_cfg, state = _tiny_adapter_state(path / BASE_DIR, seed)
     save_adapter(
-        path / "adapter",
+        path / ADAPTER_DIR,
         state,
         fusion_cfg,
         stems=OFFICIAL_STEMS,

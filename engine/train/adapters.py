@@ -18,11 +18,12 @@ from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.model.config import SAMPLE_RATE, FusionConfig
 from engine.model.fusion import align_prefix
-from engine.train.config import TrainConfig, precision
+from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, link_tree, open_split, replace_dir
 from engine.weights import audiocraft_layout, detect_layout, read_adapter, transformers_layout
 from engine.weights.adapter_format import save_adapter
 from engine.weights.loader import new_model_card, write_model_card
+from engine.weights.names import ADAPTER_DIR, BASE_DIR
 
 if TYPE_CHECKING:
     from engine.model.text import TextEncoder
@@ -148,11 +149,12 @@ class AdapterStage(Stage):
         provenance = {"trained_by": "imusic train --stage adapters", **info}
         base_ref = {"path": str(self.base_path), "num_layers": self.lm.cfg.num_layers, "dim": self.lm.cfg.dim}
         kwargs = {"stems": self.stems, "template": self.template, "verbs": self.verbs, "base": base_ref}
-        adapter_dir = replace_dir(run_dir / "adapter")
-        save_adapter(adapter_dir, self.lm.adapter_state_dict(), self.fusion, provenance=provenance, **kwargs)
-        model_dir = replace_dir(run_dir / "model")
-        link_tree(self.base_path, model_dir / "base")
-        save_adapter(model_dir / "adapter", self.lm.adapter_state_dict(), self.fusion, provenance=provenance, **kwargs)
+        state = self.lm.adapter_state_dict()
+        adapter_dir = replace_dir(run_dir / RUN_ADAPTER)
+        save_adapter(adapter_dir, state, self.fusion, provenance=provenance, **kwargs)
+        model_dir = replace_dir(run_dir / RUN_MODEL)
+        link_tree(self.base_path, model_dir / BASE_DIR)
+        save_adapter(model_dir / ADAPTER_DIR, state, self.fusion, provenance=provenance, **kwargs)
         card = new_model_card(
             f"{self.base_card.get('name') or Path(self.base_path).name}-{run_dir.name}",
             stems=list(self.stems),

@@ -15,13 +15,13 @@ from engine.errors import CheckpointError, ConfigError
 from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
-from engine.train.config import TrainConfig
+from engine.train.config import RUN_MODEL, TrainConfig
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
 from engine.train.template import build_base_template
 from engine.weights import detect_layout
 from engine.weights.convert import lm_state_to_transformers
 from engine.weights.loader import new_model_card, write_model_card
-from engine.weights.names import CONFIG
+from engine.weights.names import BASE_DIR, CONFIG
 from engine.weights.transformers_layout import (
     lm_config,
     load_hf_musicgen,
@@ -125,10 +125,10 @@ class BaseStage(Stage):
         wrong = [n for n in result.missing_keys if n.startswith(("decoder.", "enc_to_dec_proj."))]
         if wrong or result.unexpected_keys:
             raise CheckpointError(f"internal error: the trained decoder does not map onto {self.base_path}: {wrong}")
-        model_dir = replace_dir(run_dir / "model")
+        model_dir = replace_dir(run_dir / RUN_MODEL)
         with quiet_transformers():
-            hf_model.save_pretrained(model_dir / "base")
-            self.tokenizer.save_pretrained(model_dir / "base")
+            hf_model.save_pretrained(model_dir / BASE_DIR)
+            self.tokenizer.save_pretrained(model_dir / BASE_DIR)
         provenance = {"trained_by": "imusic train --stage base", "architecture_from": str(self.base_path), **info}
         write_model_card(model_dir, new_model_card(f"base-{run_dir.name}", provenance=provenance))
         return {"model": str(model_dir)}

@@ -11,6 +11,8 @@ from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
+RUN_MODEL = "model"  # the model folder a base or adapter run exports (engine.weights.names: base/, adapter/, card)
+RUN_ADAPTER = "adapter"  # an adapter run's adapter alone
 # A codec run's files (engine/train/codec_train.py): its log, its settings, and the folder of the codec it exports.
 CODEC_LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
 CODEC_SETTINGS = "codec_train_config.json"

@@ -24,10 +24,10 @@ from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.train.codec_train import final_losses, read_log
-from engine.train.config import CODEC_SETTINGS, HISTORY
+from engine.train.config import CODEC_SETTINGS, HISTORY, RUN_MODEL
 from engine.train.data import DATASET_JSON
-from engine.weights.loader import MODEL_CARD, new_model_card, peek_card, write_model_card
-from engine.weights.names import ADAPTER_JSON, ADAPTER_WEIGHTS, CONFIG, WEIGHTS
+from engine.weights.loader import new_model_card, peek_card, write_model_card
+from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
 from engine.weights.transformers_layout import safetensors_files
 
 EMBEDDED_NAME = "imusic-embedded-small"
@@ -104,11 +104,11 @@ def _tensor_sizes(file: Path) -> dict[str, int]:
 def parameter_counts(model_dir: Path) -> dict[str, int]:
     """Parameters of each part of our model directory (decoder, text encoder, codec, adapter)."""
     counts = {"decoder": 0, "text_encoder": 0, "codec": 0, "adapter": 0}
-    for file in safetensors_files(model_dir / "base"):
+    for file in safetensors_files(model_dir / BASE_DIR):
         for name, numel in _tensor_sizes(file).items():
             part = {"text_encoder": "text_encoder", "audio_encoder": "codec"}.get(name.split(".", 1)[0], "decoder")
             counts[part] += numel
-    adapter = _tensor_sizes(model_dir / "adapter" / ADAPTER_WEIGHTS)
+    adapter = _tensor_sizes(model_dir / ADAPTER_DIR / ADAPTER_WEIGHTS)
     # a converted official adapter file also carries base weights it was saved with: only adapter tensors count
     counts["adapter"] = sum(numel for name, numel in adapter.items() if is_adapter_name(name))
     return counts
@@ -117,7 +117,7 @@ def parameter_counts(model_dir: Path) -> dict[str, int]:
 def model_sizes(model_dir: Path) -> dict[str, Any]:
     """The card's `sizes` of a model folder (base/ in transformers layout + adapter/): parameters per part, and the
     codec's, decoder's, text encoder's and adapter's shapes as their configs give them."""
-    base_cfg = _read_json(model_dir / "base" / CONFIG)
+    base_cfg = _read_json(model_dir / BASE_DIR / CONFIG)
     codec_cfg, decoder_cfg = base_cfg["audio_encoder"], base_cfg["decoder"]
     return {
         "parameters": parameter_counts(model_dir),
@@ -134,7 +134,7 @@ def model_sizes(model_dir: Path) -> dict[str, Any]:
             "ffn_dim": decoder_cfg["ffn_dim"],
         },
         "text_encoder": {k: base_cfg["text_encoder"][k] for k in ("d_model", "num_layers", "vocab_size")},
-        "adapter": _read_json(model_dir / "adapter" / ADAPTER_JSON).get("fusion"),
+        "adapter": _read_json(model_dir / ADAPTER_DIR / ADAPTER_JSON).get("fusion"),
     }
 
 
@@ -146,8 +146,8 @@ def model_stems(model_dir: Path) -> list[str] | None:
 def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
     """Copy the finished model into `out` and write its model card; returns the card."""
     work = Path(work)
-    model = work / "adapters" / "model"
-    for needed in (model / "base" / WEIGHTS, model / "adapter" / ADAPTER_WEIGHTS):
+    model = work / "adapters" / RUN_MODEL
+    for needed in (model / BASE_DIR / WEIGHTS, model / ADAPTER_DIR / ADAPTER_WEIGHTS):
         if not needed.is_file():
             raise CheckpointError(f"the adapter stage has not finished: {needed} is missing (run make model-adapters)")
     data = _read_json(work / "synth16k" / DATASET_JSON)
@@ -186,7 +186,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
         card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
         # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
         card["stages"]["adapters"]["fusion_gates"] = [
-            round(g, 5) for g in fusion_gates(tmp / "adapter" / ADAPTER_WEIGHTS)
+            round(g, 5) for g in fusion_gates(tmp / ADAPTER_DIR / ADAPTER_WEIGHTS)
         ]
         if report is not None:
             card["evaluation"] = evaluation(report, "make model-eval")

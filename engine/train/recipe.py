@@ -29,10 +29,10 @@ from engine.errors import CheckpointError, ConfigError, ImusicError
 from engine.eval.report import SPECTROGRAMS
 from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
-from engine.train.config import CODEC_EXPORT, CODEC_LOG, CODEC_SETTINGS, CURVES, HISTORY
+from engine.train.config import CODEC_EXPORT, CODEC_LOG, CODEC_SETTINGS, CURVES, HISTORY, RUN_ADAPTER, RUN_MODEL
 from engine.train.data import DATASET_JSON
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
-from engine.weights.names import ADAPTER_WEIGHTS
+from engine.weights.names import ADAPTER_DIR, ADAPTER_WEIGHTS, BASE_DIR
 
 MARKER = "recipe.json"
 CARD = "card.json"
@@ -41,8 +41,8 @@ LOG = "recipe.log"
 # What each stage's pack holds (pack.py patterns relative to RUN_DIR/STAGE); checkpoints and code pools stay behind.
 PACKED = {
     "codec": ([f"*/{CODEC_LOG}", f"*/{CODEC_SETTINGS}", f"{CODEC_EXPORT}/*", MARKER], []),
-    "base": (["model/*", HISTORY, CURVES, MARKER], []),
-    "adapters": (["adapter/*", "model/*", HISTORY, CURVES, MARKER], ["model/base/*"]),
+    "base": ([f"{RUN_MODEL}/*", HISTORY, CURVES, MARKER], []),
+    "adapters": ([f"{RUN_ADAPTER}/*", f"{RUN_MODEL}/*", HISTORY, CURVES, MARKER], [f"{RUN_MODEL}/{BASE_DIR}/*"]),
     "eval": (["*.md", "*.json", "*.png", f"{SPECTROGRAMS}/*"], []),
 }
 
@@ -156,8 +156,8 @@ class Recipe:
     def _link_base(self) -> None:
         from engine.train.stages import link_tree
 
-        base = self.run_dir / "base" / "model" / "base"
-        target = self.run_dir / "adapters" / "model" / "base"
+        base = self.run_dir / "base" / RUN_MODEL / BASE_DIR
+        target = self.run_dir / "adapters" / RUN_MODEL / BASE_DIR
         if base.is_dir() and not target.exists():
             link_tree(base, target)
 
@@ -316,10 +316,10 @@ class Recipe:
         return self._train("base", self.run_dir / "codec" / CODEC_EXPORT, deadline)
 
     def _stage_adapters(self, deadline: float) -> dict:
-        info = self._train("adapters", self.run_dir / "base" / "model", deadline)
+        info = self._train("adapters", self.run_dir / "base" / RUN_MODEL, deadline)
         from engine.train.default_model import fusion_gates
 
-        gates = fusion_gates(self.run_dir / "adapters" / "adapter" / ADAPTER_WEIGHTS)
+        gates = fusion_gates(self.run_dir / "adapters" / RUN_ADAPTER / ADAPTER_WEIGHTS)
         info["fusion_gates"] = [round(g, 5) for g in gates]
         return info
 
@@ -332,7 +332,7 @@ class Recipe:
         # The eager decode step: the CUDA-graph and compiled steps are measured apart (imusic bench, issue #18); this
         # run must not depend on them, and a batch of 32 clips makes the step's overhead small beside the scoring.
         # fp32, as `make model-acceptance` scores the installed model on the CPU: the bars in the log are that verdict
-        model = self.run_dir / "adapters" / "model"
+        model = self.run_dir / "adapters" / RUN_MODEL
         editor = Editor.load(model, device=self.device, dtype="float32", decode_step="eager")
         report = evaluate(
             self.data_dir,
@@ -399,7 +399,8 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     from engine.files import staged_dir
     from engine.train.default_model import EMBEDDED_NAME, REPORT_LINK, model_sizes, model_stems
     from engine.train.pack import parts_of, unpack_parts
-    from engine.weights.loader import MODEL_CARD, new_model_card, write_model_card
+    from engine.weights.loader import new_model_card, write_model_card
+    from engine.weights.names import MODEL_CARD
 
     packs = Path(packs)
     missing = [stage for stage in ("base", "adapters") if not parts_of(packs, stage)]
@@ -427,9 +428,9 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
             parts = ", ".join(f"{part} {recipe}" for part, recipe in ids.items())
             raise ConfigError(f"the packs in {packs} come from different recipe runs ({parts}): install one run's")
         with staged_dir(out) as staged:
-            shutil.copytree(work_dir / "base" / "model" / "base", staged / "base")
-            shutil.copytree(work_dir / "adapters" / "model" / "adapter", staged / "adapter")
-            own = read_json_object(work_dir / "adapters" / "model" / MODEL_CARD, "no model card", CheckpointError)
+            shutil.copytree(work_dir / "base" / RUN_MODEL / BASE_DIR, staged / BASE_DIR)
+            shutil.copytree(work_dir / "adapters" / RUN_MODEL / ADAPTER_DIR, staged / ADAPTER_DIR)
+            own = read_json_object(work_dir / "adapters" / RUN_MODEL / MODEL_CARD, "no model card", CheckpointError)
             card = new_model_card(
                 EMBEDDED_NAME,
                 description=(

@@ -24,6 +24,7 @@ from engine.errors import CheckpointError, DataError
 from engine.train.data.datasets import CaptionDataset, ClipConfig, StemDataset, parse_classes
 from engine.train.data.layouts import scan
 from engine.weights import detect_layout, read_model_card, resolve_source
+from engine.weights.loader import model_parts
 
 if TYPE_CHECKING:
     from engine.model.codec import Codec
@@ -95,8 +96,8 @@ def base_parts(base: str) -> tuple[Path, dict, Path | None]:
     path = resolve_source(base)
     layout = detect_layout(path)
     if layout == "imusic":
-        adapter = path / "adapter"
-        return path / "base", read_model_card(path), adapter if adapter.exists() else None
+        base, adapter = model_parts(path)
+        return base, read_model_card(path), adapter
     if layout in ("transformers", "audiocraft"):
         return path, {}, None
     raise CheckpointError(f"{path} is an adapter, not a base model: give the model it was trained on as --base")

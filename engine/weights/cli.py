@@ -145,6 +145,7 @@ def _transformers_counts(path: Path) -> dict[str, Any]:
 def describe(path: str | Path) -> dict[str, Any]:
     """What a checkpoint holds: layout, files with sizes, parameter counts (adapter and its % of the base)."""
     from engine.weights import adapter_format, detect_layout, read_model_card
+    from engine.weights.loader import model_parts
 
     path = Path(path).expanduser()
     if not path.exists():
@@ -158,8 +159,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     if layout == "imusic":
         card = read_model_card(path)
         report["name"] = card.get("name")
-        counts.update(_transformers_counts(path / "base"))
-        adapter_dir = path / "adapter" if (path / "adapter").exists() else None
+        base_dir, adapter_dir = model_parts(path)
+        counts.update(_transformers_counts(base_dir))
     elif layout == "transformers":
         counts.update(_transformers_counts(path))
     elif layout == "audiocraft":
@@ -258,6 +259,7 @@ def convert(
     """Write our adapter directory from `adapter` (finetuned.ckpt or adapter dir); with `base`, a whole model dir."""
     from engine.weights import read_adapter, resolve_source
     from engine.weights.adapter_format import save_adapter
+    from engine.weights.names import ADAPTER_DIR, BASE_DIR
 
     adapter = Path(adapter).expanduser()
     if not adapter.exists():
@@ -277,7 +279,7 @@ def convert(
         tl.weight_files(base_path)
     with staged_dir(output) as staged:  # a failure leaves no half-written folder behind
         save_adapter(
-            staged / "adapter" if base_path is not None else staged,
+            staged / ADAPTER_DIR if base_path is not None else staged,
             state,
             info["fusion"],
             stems=info["stems"],
@@ -286,10 +288,10 @@ def convert(
             provenance={**dict(info.get("provenance") or {}), "converted_from": str(adapter)},
         )
         if base_path is not None:
-            (staged / "base").mkdir(parents=True, exist_ok=True)
+            (staged / BASE_DIR).mkdir(parents=True, exist_ok=True)
             for file in base_path.iterdir():
                 if file.is_file():
-                    _link_or_copy(file, staged / "base" / file.name)
+                    _link_or_copy(file, staged / BASE_DIR / file.name)
             from engine.weights.loader import new_model_card, write_model_card
 
             card = new_model_card(

@@ -18,7 +18,7 @@ from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
 from engine.files import jsonable, read_json_object, write_bytes_atomic
 from engine.model.fit import check_state_fits
-from engine.weights.names import ADAPTER_JSON, CONFIG, OFFICIAL_CKPT, WEIGHTS
+from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
 
 if TYPE_CHECKING:
     from engine.model.bundle import LoadedModel
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from engine.model.lm import MusicGenLM
     from engine.model.text import TextEncoder
 
-MODEL_CARD = "model_card.json"
 MODEL_FORMAT, MODEL_VERSION = "imusic-model", 1
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "default"
 
@@ -41,6 +40,13 @@ def is_model_dir(path: str | Path) -> bool:
     """True for our model directory format."""
     path = Path(path)
     return (path / MODEL_CARD).is_file()
+
+
+def model_parts(path: str | Path) -> tuple[Path, Path | None]:
+    """(its base model, its adapter or None) of our model folder `path`."""
+    path = Path(path)
+    adapter = path / ADAPTER_DIR
+    return path / BASE_DIR, adapter if adapter.exists() else None
 
 
 def detect_layout(path: str | Path) -> str:
@@ -140,10 +146,8 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
         pass
     if adapter is not None:
         adapter_dir: Path | None = Path(adapter).expanduser()
-    elif card is not None and path is not None and (path / "adapter").exists():
-        adapter_dir = path / "adapter"
     else:
-        adapter_dir = None
+        adapter_dir = model_parts(path)[1] if card is not None and path is not None else None
     meta = None
     if adapter_dir is not None:
         try:
@@ -201,11 +205,10 @@ def load_model(
     base = path
     if layout == "imusic":
         card_data = read_model_card(path)
-        base = path / "base"
+        base, own_adapter = model_parts(path)
         if not base.is_dir():
-            raise CheckpointError(f"model directory {path} is missing base/")
-        if adapter_path is None and (path / "adapter").exists():
-            adapter_path = path / "adapter"
+            raise CheckpointError(f"model directory {path} is missing {BASE_DIR}/")
+        adapter_path = adapter_path or own_adapter
         layout = detect_layout(base)
 
     adapter_state, adapter_info = read_adapter(adapter_path) if adapter_path is not None else (None, None)
@@ -354,7 +357,7 @@ def save_model_dir(
     from engine.weights.transformers_layout import quiet_transformers
 
     path = Path(path)
-    base = path / "base"
+    base = path / BASE_DIR
     base.mkdir(parents=True, exist_ok=True)
     base_state = {n: t for n, t in lm.state_dict().items() if not lm.is_adapter_name(n)}
     tensors: dict[str, torch.Tensor] = dict(lm_state_to_transformers(base_state, layout="conditional"))
@@ -371,7 +374,7 @@ def save_model_dir(
     save_file(tensors, str(base / WEIGHTS), metadata={"format": "pt"})
     if lm.fusion_cfg is not None:
         save_adapter(
-            path / "adapter",
+            path / ADAPTER_DIR,
             lm.adapter_state_dict(),
             lm.fusion_cfg,
             stems=stems or OFFICIAL_STEMS,

@@ -3,6 +3,11 @@ before any weights load. Each layout's module (adapter_format, transformers_layo
 
 from __future__ import annotations
 
+# Our model folder (loader): its card, its base model (a transformers folder) and its adapter (an adapter folder).
+MODEL_CARD = "model_card.json"
+BASE_DIR = "base"
+ADAPTER_DIR = "adapter"
+
 # Our adapter folder (adapter_format): its description and its tensors.
 ADAPTER_JSON = "adapter.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
