@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError
+from engine.eval.report import report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 from engine.instructions import instruction_text
 
@@ -53,10 +54,10 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     from engine.files import read_json_object
 
     missing = f"no such report: {path} (imusic eval writes report.json in its output folder)"
-    tasks = read_json_object(path, missing).get("tasks")
-    if not isinstance(tasks, dict):
+    report = read_json_object(path, missing)
+    if not isinstance(report.get("tasks"), dict):
         raise ImusicError(f"{path} is not an imusic eval report (no 'tasks')")
-    return {task: part.get("summary", {}) for task, part in tasks.items() if isinstance(part, dict)}
+    return report_summary(report)
 
 
 def _finite(value: Any) -> bool:

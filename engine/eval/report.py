@@ -100,6 +100,14 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_summary(report: dict) -> dict[str, dict]:
+    """{task: {row: {metric: value}}}: the summary of each task of an `imusic eval` report (its REPORT_JSON)."""
+    tasks = report.get("tasks")
+    if not isinstance(tasks, dict):
+        return {}
+    return {task: part.get("summary", {}) for task, part in tasks.items() if isinstance(part, dict)}
+
+
 def publish_report(eval_dir: Path, docs: Path, skip: tuple[str, ...] = ()) -> None:
     """Copy an evaluation's report (.md, .json, .png but the names in `skip`) and its SPECTROGRAMS into `docs`."""
     docs.mkdir(parents=True, exist_ok=True)

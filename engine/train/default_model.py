@@ -19,7 +19,7 @@ from typing import Any
 from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
-from engine.eval.report import REPORT_JSON, publish_report
+from engine.eval.report import REPORT_JSON, publish_report, report_summary
 from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
@@ -197,9 +197,10 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
 
 
 def evaluation(report: dict, command: str) -> dict:
-    """The card's `evaluation` from an `imusic eval` report: its summary per task and, per task and metric, whether
-    the model beats leaving the audio unchanged (what every front end's note is made from)."""
-    summary = {task: part["summary"] for task, part in report.get("tasks", {}).items()}
+    """The card's `evaluation` from an `imusic eval` report (what `command` made): its summary per task and, per task
+    and metric, whether the model beats leaving the audio unchanged (what every front end's note is made from). The
+    CPU build, a refreshed evaluation and the accelerator recipe's install all write it so."""
+    summary = report_summary(report)
     return {
         "command": command,
         "report": REPORT_LINK,

@@ -345,9 +345,10 @@ class Recipe:
             **cfg,
         )
         from engine.eval.acceptance import report_bars
+        from engine.eval.report import report_summary
         from engine.eval.verdict import beats_identity
 
-        summary = {task: part["summary"] for task, part in report.get("tasks", {}).items()}
+        summary = report_summary(report)
         for task, part in report.get("tasks", {}).items():
             self.say(f"eval: {task}: {part['clips']['scored']} of {part['clips']['planned']} test clips scored")
         bars = report_bars(summary, "test songs")  # the issue's bars that this run can judge, in the log at once
@@ -395,9 +396,9 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     byte committed stays in the repository forever); the loader casts them to the dtype the model runs in."""
     import tempfile
 
-    from engine.eval.report import publish_report
+    from engine.eval.report import REPORT_JSON, publish_report
     from engine.files import staged_dir
-    from engine.train.default_model import EMBEDDED_NAME, REPORT_LINK, model_sizes, model_stems
+    from engine.train.default_model import EMBEDDED_NAME, evaluation, model_sizes, model_stems
     from engine.train.pack import parts_of, unpack_parts
     from engine.weights.loader import new_model_card, write_model_card
     from engine.weights.names import MODEL_CARD
@@ -444,13 +445,10 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 stages=run_card.get("stages", {}),
                 provenance=own.get("provenance", {}),
             )
-            evaluation = run_card.get("stages", {}).get("eval")
-            if evaluation:
-                card["evaluation"] = {
-                    "report": REPORT_LINK,
-                    "summary": evaluation.get("summary"),
-                    "beats_identity": evaluation.get("beats_identity"),
-                }
+            report = work_dir / "eval" / REPORT_JSON
+            if report.is_file():
+                own_report = read_json_object(report, "", CheckpointError)
+                card["evaluation"] = evaluation(own_report, "imusic train --recipe embedded (its eval stage)")
             write_model_card(staged, card)
         if docs is not None and (work_dir / "eval").is_dir():
             publish_report(work_dir / "eval", docs, skip=(MARKER,))
