@@ -28,7 +28,7 @@ import numpy as np
 
 from bridge import protocol
 from engine import instructions
-from engine.errors import ConfigError, ResourceError
+from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.files import edit_slug
 from engine.modes import MODES
 
@@ -337,16 +337,17 @@ def _number(value: Any) -> float | None:
 
 
 def truth(clip: Clip, edit: str) -> np.ndarray | None:
-    """What a perfect edit of the clip gives: the stem (extract), the mix without it (remove); None where the demo has
-    no rendering of it (add: the added part was never rendered)."""
-    op, _, stem = edit.partition(" ")
-    if stem not in clip.stems:
+    """What a perfect edit of the clip gives (engine.instructions.edit_pair): the stem (extract), the mix without it
+    (remove); None where the demo has no rendering of it (add: the added part was never rendered; a stem the song
+    lacks; words the official vocabulary does not parse)."""
+    try:
+        parsed = instructions.parse_instruction(edit, None)
+    except InstructionError:
         return None
-    if op == "extract":
-        return clip.stems[stem]
-    if op == "remove":
-        return clip.audio - clip.stems[stem]
-    return None
+    stem = clip.stems.get(parsed.stem.lower())
+    if stem is None or parsed.op == "add":
+        return None
+    return instructions.edit_pair(parsed.op, stem, clip.audio - stem)[1]
 
 
 def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:

@@ -171,6 +171,20 @@ class Instruction:
         return cls(op, stem, format_prompt(op, stem, card), instruction_text(op, stem))
 
 
+def edit_pair(op: str, stem: Any, rest: Any) -> tuple[Any, Any]:
+    """What an operation means on audio, as (input, what a perfect edit gives), from a stem and the rest of the mix
+    (arrays of one shape): extract (mix, stem), remove (mix, rest), add (rest, mix). Training clips, evaluation's
+    stereo sessions and the demo's truth picture are all made by it."""
+    mix = stem + rest
+    if op == "extract":
+        return mix, stem
+    if op == "remove":
+        return mix, rest
+    if op == "add":
+        return rest, mix
+    raise InstructionError(f"unknown operation {op!r}: use {', '.join(OPERATIONS)}")
+
+
 def instruction_text(op: str, stem: str) -> str:
     """The plain words of an edit, as a producer types them and every front end shows them: "extract drums"."""
     return f"{op} {stem.lower()}"

@@ -111,6 +111,10 @@ def test_the_truth_of_an_edit_is_what_a_perfect_edit_gives():
     np.testing.assert_array_equal(demo.truth(clip, "extract drums"), 0.25 * mix)
     np.testing.assert_array_equal(demo.truth(clip, "remove bass"), 0.25 * mix)
     assert demo.truth(clip, "add piano") is None and demo.truth(clip, "extract piano") is None
+    # the words a producer types, read as the engine reads them
+    np.testing.assert_array_equal(demo.truth(clip, "Drums only"), 0.25 * mix)
+    np.testing.assert_array_equal(demo.truth(clip, "take the bass out"), 0.25 * mix)
+    assert demo.truth(clip, "make it louder") is None
 
 
 def test_server_process_is_gone_and_its_port_free_afterwards(demo_run):

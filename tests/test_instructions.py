@@ -179,3 +179,18 @@ def test_the_menu_offers_every_operation_once_and_the_typed_stems_are_the_offici
 
     assert sorted(instructions.MENU_OPERATIONS) == sorted(instructions.OPERATIONS)
     assert tuple(s.lower() for s in instructions.OFFICIAL_STEMS) == instructions.OFFICIAL_STEM_WORDS
+
+
+def test_an_operation_on_audio_is_its_input_and_what_a_perfect_edit_gives():
+    import numpy as np
+
+    from engine.instructions import edit_pair
+
+    stem, rest = np.array([1.0, 0.0]), np.array([0.0, 2.0])
+    mix = stem + rest
+    for op, (source, target) in {"extract": (mix, stem), "remove": (mix, rest), "add": (rest, mix)}.items():
+        got = edit_pair(op, stem, rest)
+        np.testing.assert_array_equal(got[0], source)
+        np.testing.assert_array_equal(got[1], target)
+    with pytest.raises(InstructionError, match="unknown operation 'mute'"):
+        edit_pair("mute", stem, rest)

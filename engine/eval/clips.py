@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError, DataError
-from engine.instructions import OPERATIONS
+from engine.instructions import OPERATIONS, edit_pair
 
 TASKS = OPERATIONS  # an evaluation task is an edit operation
 
@@ -41,9 +41,7 @@ def stereo_clip(clip: Any, task: str, seed: int) -> tuple[np.ndarray, np.ndarray
         return np.stack([np.sqrt(1.0 - position) * audio, np.sqrt(position) * audio]).astype(np.float32)
 
     rest = clip.input if task == "add" else clip.input - clip.stem
-    stem, rest = pan(clip.stem, stem_pan), pan(rest, rest_pan)
-    target = {"extract": stem, "remove": rest, "add": stem + rest}[task]
-    return (rest if task == "add" else stem + rest), target
+    return edit_pair(task, pan(clip.stem, stem_pan), pan(rest, rest_pan))
 
 
 def held_out_clips(

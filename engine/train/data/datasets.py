@@ -31,7 +31,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
-from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, edit_pair, render_prompt
 from engine.instructions import OPERATIONS as OPS
 from engine.model.config import SAMPLE_RATE
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
@@ -415,10 +415,7 @@ class StemDataset:
             start = int(rng.integers(slots + 1)) * plan.step
             context = mix_window([s for cls in others for s in plan.groups[cls]], start, length, config.sample_rate)
             stem = mix_window(plan.groups[target_cls], start, length, config.sample_rate)
-            with_stem = context + stem
-            before, after = (context, with_stem) if op == "add" else (with_stem, context)
-            if op == "extract":
-                after = stem
+            before, after = edit_pair(op, stem, context)
             quiet = bool(self._too_quiet(before, after, stem))
             if not quiet:
                 break
@@ -431,16 +428,11 @@ class StemDataset:
             gain /= peak
         gain = np.float32(gain)
         context, stem = context * gain, stem * gain
-        with_stem = context + stem
-        if op == "add":
-            clip_in, clip_out = context, with_stem
-            in_classes, out_classes = others, [*others, target_cls]
-        elif op == "remove":
-            clip_in, clip_out = with_stem, context
-            in_classes, out_classes = [*others, target_cls], others
-        else:
-            clip_in, clip_out = with_stem, stem
-            in_classes, out_classes = [*others, target_cls], [target_cls]
+        clip_in, clip_out = edit_pair(op, stem, context)
+        with_target = [*others, target_cls]  # the classes each side holds, in the mix's order
+        in_classes, out_classes = {"add": (others, with_target), "remove": (with_target, others)}.get(
+            op, (with_target, [target_cls])
+        )
         return Clip(
             input=clip_in,
             target=clip_out,
