@@ -29,6 +29,7 @@ import numpy as np
 from bridge.protocol import FORBIDDEN_PATH
 from engine.errors import AudioError, ImusicError
 from engine.files import (
+    AUDIO_FORMATS,
     PARTIAL_SUFFIX,
     result_file_name,
     result_file_path,
@@ -158,7 +159,7 @@ def _open(path: str | Path) -> Iterator:
             reader = _reader(handle, path)
             _refuse_cut_short(path, int(reader.frames), handle)
         except (ValueError, RuntimeError, OSError, TypeError) as exc:  # soundfile's LibsndfileError is a RuntimeError
-            raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
+            raise AudioError(f"cannot read {path} as audio ({AUDIO_FORMATS}): {exc}") from None
         with reader as f:
             yield f
 
@@ -278,10 +279,10 @@ def probe(
         except (_BudgetSpent, ValueError, RuntimeError, OSError) as exc:
             if reader.spent:
                 raise AudioError(
-                    f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): no usable audio header after reading "
+                    f"cannot read {path} as audio ({AUDIO_FORMATS}): no usable audio header after reading "
                     f"{reader.bytes_read} bytes ({reader.calls} reads and seeks); gave up"
                 ) from None
-            raise AudioError(f"cannot read {path} as audio (wav, aiff, flac, mp3, ogg): {exc}") from None
+            raise AudioError(f"cannot read {path} as audio ({AUDIO_FORMATS}): {exc}") from None
     if info.frames <= 0 or info.num_channels <= 0 or info.sample_rate <= 0:
         raise AudioError(f"{path} holds no audio")
     return info

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge import protocol
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
 from bridge.cli import add_edit_options
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
@@ -359,7 +360,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="?",
         const="",
         metavar="[HOST:]PORT",
-        help="send the jobs to a running `imusic serve` (default: IMUSIC_HOST / IMUSIC_PORT, else 127.0.0.1:9137)",
+        help="send the jobs to a running `imusic serve` (default: IMUSIC_HOST / IMUSIC_PORT, else "
+        f"{protocol.DEFAULT_HOST}:{protocol.DEFAULT_PORT})",
     )
     where.add_argument(
         "--ray", metavar="ADDRESS", help="spread the edits over a Ray cluster ('auto', 'ray://host:10001', or 'local')"

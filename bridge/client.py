@@ -44,6 +44,7 @@ from bridge import protocol, tracking
 from bridge.cli import add_edit_options, seconds_option
 from bridge.protocol import EditRequest, Reply
 from engine.errors import ConfigError, ImusicError
+from engine.files import AUDIO_FORMATS
 
 
 class NoReply(ImusicError):
@@ -377,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cancel = sub.add_parser("cancel", parents=[after], help="cancel a queued or running job")
     cancel.add_argument("job_id")
     edit = sub.add_parser("edit", parents=[after], help="edit a region of an audio file on the engine")
-    edit.add_argument("input", help="audio file (wav, aiff, flac, mp3, ogg) on the engine machine")
+    edit.add_argument("input", help=f"audio file ({AUDIO_FORMATS}) on the engine machine")
     edit.add_argument("instruction", help='e.g. "extract drums", "remove bass", "add piano"')
     edit.add_argument("--start", type=seconds_option, default=0.0, help="region start in seconds (default 0)")
     edit.add_argument("--end", type=seconds_option, default=-1.0, help="region end in seconds (default: end of file)")

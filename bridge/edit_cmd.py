@@ -19,12 +19,14 @@ from typing import Any
 from bridge.cli import add_edit_options, seconds_option
 from bridge.protocol import EditOptions
 from engine.errors import ConfigError, ImusicError
-from engine.files import writable_folder
+from engine.files import AUDIO_FORMATS, writable_folder
 from engine.weights.loader import add_model_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="audio file to edit (wav, aiff, flac, mp3, ogg)")
+    from bridge.playback import AB_SEGMENT_SECONDS
+
+    parser.add_argument("input", help=f"audio file to edit ({AUDIO_FORMATS})")
     parser.add_argument("instruction", help='what to do, e.g. "extract drums", "no bass", "add piano"')
     parser.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside INPUT)")
     parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
@@ -36,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listen = parser.add_mutually_exclusive_group()
     listen.add_argument("--play", action="store_true", help="play the result when done")
     listen.add_argument(
-        "--ab", action="store_true", help="alternate source and result every 4 s until a key is pressed"
+        "--ab",
+        action="store_true",
+        help=f"alternate source and result every {AB_SEGMENT_SECONDS:g} s until a key is pressed",
     )
     parser.add_argument("--output-device", default=None, help="audio output for --play/--ab, by name or index")
     add_model_arguments(parser)
@@ -104,7 +108,9 @@ def audition(source: Any, result: Any, sample_rate: int, *, ab: bool, device: st
         player = playback.get_player(device)
         with playback.KeyWatcher() as keys:
             if ab:
-                sys.stderr.write("A/B: source and result alternate every 4 s; press a key to stop\n")
+                sys.stderr.write(
+                    f"A/B: source and result alternate every {playback.AB_SEGMENT_SECONDS:g} s; press a key to stop\n"
+                )
                 playback.play_ab(
                     player,
                     source,

@@ -20,6 +20,7 @@ import numpy as np
 
 from bridge.cli import seconds_option
 from engine.errors import ConfigError, ResourceError
+from engine.files import AUDIO_FORMATS
 
 INSTALL_HINT = "pip install sounddevice (on Debian/Ubuntu also: apt install libportaudio2)"
 NO_DEVICE = (
@@ -360,7 +361,7 @@ def play_clip(player: Player, audio: np.ndarray, sample_rate: int, should_stop: 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", nargs="?", help="audio file to play (wav, aiff, flac, mp3, ogg)")
+    parser.add_argument("file", nargs="?", help=f"audio file to play ({AUDIO_FORMATS})")
     parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
     parser.add_argument(
         "--end", type=seconds_option, default=None, help="end of the region, seconds (default: end of file)"

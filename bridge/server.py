@@ -522,7 +522,9 @@ class EngineServer:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic serve [--host] [--port] [--model] [--adapter] [--device] [--dtype] [--journal] [--allow-root ...]`"""
-    parser.add_argument("--host", default=protocol.DEFAULT_HOST, help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host", default=protocol.DEFAULT_HOST, help=f"address to listen on (default {protocol.DEFAULT_HOST})"
+    )
     parser.add_argument(
         "--port",
         type=protocol.listen_port_argument,

@@ -25,6 +25,7 @@ PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_io.write_atomic's: an audio resu
 # The audio files the project reads, by name: what pedalboard (regions, sessions) and libsndfile (training data)
 # both read on every platform. OPUS and WavPack are not among them (pedalboard cannot open them on Linux).
 AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
+AUDIO_FORMATS = "wav, aiff, flac, mp3, ogg"  # the same, as help and messages name them
 
 
 def audio_files(

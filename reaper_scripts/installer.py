@@ -472,7 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for p in (install_parser, uninstall_parser):
         p.add_argument("--resource-path", type=Path, default=None, help="REAPER's resource folder (default: found)")
     install_parser.add_argument("--hotkeys", action="store_true", help="bind default shortcuts that are still free")
-    install_parser.add_argument("--host", default=None, help="engine host the actions talk to (default 127.0.0.1)")
+    install_parser.add_argument(
+        "--host", default=None, help=f"engine host the actions talk to (default {protocol.DEFAULT_HOST})"
+    )
     install_parser.add_argument(
         "--port", type=protocol.port_argument, default=None, help=f"engine port (default {protocol.DEFAULT_PORT})"
     )
