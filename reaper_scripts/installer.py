@@ -221,41 +221,64 @@ def _read_manifest(folder: Path) -> dict:
     return {**fresh, **manifest}
 
 
-# The twelve one-stem actions differ only in their instruction: each is written from this at install time.
-_PRESET_SCRIPT = '''# @description {description}
+# Every action is the same few lines around one call into imusic_lib: each is written from this at install time
+# (the package holds no copies that could drift apart).
+_ACTION_SCRIPT = '''# @description {description}
 # @version {version}
 # @author imusic
 # @about
-#   {about} each selected item (or the time selection on
-#   selected tracks); the result lands on a new track under the source.
+{about}
 #   Needs the imusic engine running (`imusic serve`); installed by `imusic reaper install`.
 # @provides
-#   [nomain] imusic_lib.py
+#   [nomain] {library}
 """REAPER action: {description}. The body only loads the shared library and calls it."""
 
 import os
 import sys
 
-sys.path.insert(0, os.path.join(RPR_GetResourcePath(), "Scripts", "imusic"))  # noqa: F821 (REAPER's global)
-import imusic_lib  # noqa: E402
+sys.path.insert(0, os.path.join(RPR_GetResourcePath(), "Scripts", "{subdir}"))  # noqa: F821 (REAPER's global)
+import {module}  # noqa: E402
 
-imusic_lib.run_preset("{operation}", "{stem}")
+{module}.{call}
 '''
+# script -> (what it does, as ReaPack's @about lines, and its call into the library)
+_ACTION_BODIES = {
+    "imusic_edit.py": (
+        "Ask for an instruction (extract / remove / add a stem) and apply it to each selected item\n"
+        "(or the time selection on selected tracks).",
+        "run_prompted()",
+    ),
+    "imusic_cancel.py": (
+        "Cancel every edit the imusic actions started; their results are not inserted.",
+        "run_cancel()",
+    ),
+    "imusic_status.py": (
+        "Show whether the imusic engine is running, its model and device, and the edits in progress.",
+        "run_status()",
+    ),
+}
 _PRESET_ABOUT = {"extract": "Keep only the {stem} of", "remove": "Remove the {stem} from", "add": "Add {stem} to"}
-_PRESETS = {preset.script_name: preset for preset in PRESET_ACTIONS}
+for _preset in PRESET_ACTIONS:
+    _ACTION_BODIES[_preset.script_name] = (
+        f"{_PRESET_ABOUT[_preset.operation].format(stem=_preset.stem)} each selected item (or the time selection on\n"
+        "selected tracks); the result lands on a new track under the source.",
+        f'run_preset("{_preset.operation}", "{_preset.stem}")',
+    )
 
 
 def action_source(action: Action) -> bytes:
-    """What the installed file of `action` holds: a one-stem action written from _PRESET_SCRIPT, any other copied
-    from this package."""
+    """What the installed file of `action` holds: _ACTION_SCRIPT around its call into the library."""
     from engine import __version__
 
-    preset = _PRESETS.get(action.script)
-    if preset is None:
-        return (PACKAGE_DIR / action.script).read_bytes()
-    about = _PRESET_ABOUT[preset.operation].format(stem=preset.stem)
-    text = _PRESET_SCRIPT.format(
-        description=action.description, version=__version__, about=about, operation=preset.operation, stem=preset.stem
+    about, call = _ACTION_BODIES[action.script]
+    text = _ACTION_SCRIPT.format(
+        description=action.description,
+        version=__version__,
+        about="\n".join(f"#   {line}" for line in about.splitlines()),
+        library=LIBRARY,
+        module=Path(LIBRARY).stem,
+        subdir=SUBDIR,
+        call=call,
     )
     return text.encode()
 

@@ -608,4 +608,6 @@ def test_a_one_stem_action_is_written_from_its_instruction_and_runs_it():
     assert "#   Remove the bass from each selected item" in text
     assert text.rstrip().endswith('imusic_lib.run_preset("remove", "bass")')
     compile(text, "imusic_remove_bass.py", "exec")  # REAPER runs it as Python
-    assert not (SCRIPTS / "imusic_remove_bass.py").exists()  # the package holds no copy that could drift
+    assert not list(SCRIPTS.glob("imusic_*_*.py"))  # the package holds no copies that could drift
+    status = installer.action_source(by_script["imusic_status.py"]).decode()
+    assert status.rstrip().endswith("imusic_lib.run_status()") and '"Scripts", "imusic"' in status
