@@ -17,6 +17,7 @@ from typing import Any
 from bridge import protocol
 from bridge.protocol import EditOptions
 from bridge.sources import Pair
+from bridge.tracking import GIVE_UP_AFTER_S
 from engine.errors import (
     AudioError,
     CheckpointError,
@@ -93,9 +94,7 @@ class InProcessBackend:
 class ServerBackend:
     """Jobs sent to a running `imusic serve`; the server reads the region and writes the result itself."""
 
-    # A server that says nothing about a running job for this long has died or hangs (it answers status queries
-    # every few seconds even while busy): the batch stops with a clear error instead of waiting forever.
-    silence_limit_s = 60.0
+    silence_limit_s = GIVE_UP_AFTER_S  # then the batch stops with a clear error instead of waiting forever
 
     def __init__(self, address: str, options: EditOptions) -> None:
         if options.raw:

@@ -21,6 +21,9 @@ from bridge.protocol import EditRequest, Reply
 
 RESEND = "resend"
 STATUS = "status"
+# A server that has said nothing about a running job for this long has died or hangs (it answers status queries every
+# few seconds even while busy): a batch stops and the REAPER actions give their jobs up, each with a clear message.
+GIVE_UP_AFTER_S = 60.0
 
 
 @dataclass

@@ -57,7 +57,7 @@ ACCEPT_TIMEOUT_S = 3.0
 # Resend an unanswered edit, or ask for an accepted job's state, after this much silence (UDP may drop a reply).
 RESEND_EVERY_S = 1.0
 # Give up on jobs after this much silence from the engine (it sends progress while it works).
-LOST_AFTER_S = 60.0
+LOST_AFTER_S = tracking.GIVE_UP_AFTER_S
 LOST = "the engine stopped answering for {seconds:g} s (was it stopped?); start `imusic serve` and run the action again"
 # set_action_options (REAPER 7.03+): 1 = a re-run of a running action ends the running instance without asking,
 # 2 = and then starts the new one. The deferred loop moves to the newest instance, so ending an older one loses nothing.
