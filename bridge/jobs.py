@@ -275,11 +275,7 @@ class JobBook:
             if known is None:
                 return None
             if not known.same_request(job):
-                raise RequestError(
-                    f"job id {job.id} was already used for a different edit; use a new id",
-                    protocol.JOB_CONFLICT,
-                    job.id,
-                )
+                raise protocol.job_conflict(job.id)
             return known
 
     def submit(self, job: Job, choose_output: Callable[[set[str]], str]) -> tuple[Job, bool, int]:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError
-from engine.instructions import MAX_TAKES  # noqa: F401 (the wire's limit is the Editor's)
+from engine.instructions import MAX_SEED, MAX_TAKES  # noqa: F401 (the wire's limits are the Editor's)
 
 PROTOCOL_VERSION = "1"
 DEFAULT_HOST = "127.0.0.1"
@@ -139,7 +139,6 @@ MAX_PACKET = 65507
 MAX_JOB_ID = 128
 MAX_PATH = 4096
 MAX_INSTRUCTION = 1000
-MAX_SEED = 2**31 - 1  # seeds travel as OSC int32; -1 asks the engine to draw one
 MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -392,6 +391,11 @@ def request_job_id(address: str, args: list[Any]) -> str:
         if is_job_id(job_id):
             return job_id
     return ""
+
+
+def job_conflict(job_id: str) -> RequestError:
+    """The refusal of an edit whose job id was already used for another edit (while checked, queued or done)."""
+    return RequestError(f"job id {job_id} was already used for a different edit; use a new id", JOB_CONFLICT, job_id)
 
 
 def error_detail(code: str, message: str) -> str:

@@ -350,11 +350,7 @@ class EngineServer:
             checking = self._checking.get(job.id)
             if checking is not None:  # a resend of an edit still being checked: its answer goes to the latest sender
                 if not checking.same_request(job):
-                    raise RequestError(
-                        f"job id {job.id} was already used for a different edit; use a new id",
-                        protocol.JOB_CONFLICT,
-                        job.id,
-                    )
+                    raise protocol.job_conflict(job.id)
                 checking.reply_to = sender
                 return
             if len(self._checking) >= self.max_queue:

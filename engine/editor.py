@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
-from engine.instructions import Instruction, check_takes, parse_instruction, vocabulary
+from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
 from engine.mask import MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import channel_policy, check_mode
@@ -215,7 +215,7 @@ class Editor:
         compares the modes needs: the same tokens, half the time). Every result's info carries the shared timings
         of the generation and its own mode's."""
         check_takes(takes)
-        seed = secrets.randbelow(2**31) if seed is None else int(seed)
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else int(seed)
         return self._edit([audio], sample_rate, [instruction], modes, [seed], takes, raw, progress, cancel)[0]
 
     def edit_batch(

@@ -32,6 +32,8 @@ OFFICIAL_TEMPLATE = "Music piece. Instruct: {verb} {stem}."
 OFFICIAL_VERBS = {"add": "Add", "remove": "No", "extract": "Only"}
 # The most takes (generations, best kept) one edit may ask for: the Editor, the wire and every CLI check this one.
 MAX_TAKES = 16
+# The largest seed: seeds travel as OSC int32 (the wire's -1 asks the engine to draw one); the Editor draws up to it.
+MAX_SEED = 2**31 - 1
 
 
 def check_takes(takes: object, error: type[Exception] = ConfigError) -> int:
