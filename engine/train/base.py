@@ -15,7 +15,7 @@ from engine.errors import CheckpointError, ConfigError
 from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
-from engine.train.config import RUN_MODEL, TrainConfig
+from engine.train.config import BASE_SIZES, RUN_MODEL, TrainConfig
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
 from engine.train.template import build_base_template
 from engine.weights import detect_layout
@@ -57,7 +57,7 @@ class BaseStage(Stage):
         self.cfg = cfg
         if is_codec_dir(Path(cfg.base).expanduser()):
             template = Path(cfg.extra.get("run_dir", ".")) / "template"
-            sizes = {k: int(v) for k, v in cfg.extra.items() if k in ("layers", "dim", "heads", "text_dim")}
+            sizes = {k: int(v) for k, v in cfg.extra.items() if k in BASE_SIZES}
             # What the template is built from: a template left by an earlier attempt with other sizes or another
             # codec is built again, never reused (its sizes would silently become the model's).
             recipe = {"codec": str(Path(cfg.base).expanduser().resolve()), "sizes": sizes, "seed": cfg.seed}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
-from engine.train.config import LOOP_STAGES, RESUME_CHANGES, TrainConfig
+from engine.train.config import BASE_SIZES, LOOP_STAGES, RESUME_CHANGES, TrainConfig
 
 SIZE_FLAGS = "--layers/--dim/--heads/--text-dim"  # a new base's sizes (TrainConfig.extra)
 
@@ -56,10 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(LOOP_STAGES))
         )
     sizes = parser.add_argument_group("new base model from a codec directory (--stage base --base CODEC_DIR)")
-    sizes.add_argument("--layers", type=int, help="decoder layers (default 4)")
-    sizes.add_argument("--dim", type=int, help="decoder width (default 256)")
-    sizes.add_argument("--heads", type=int, help="decoder attention heads (default 4)")
-    sizes.add_argument("--text-dim", type=int, help="text encoder width (default 128)")
+    for name, what in (("layers", "decoder layers"), ("dim", "decoder width"), ("heads", "decoder attention heads"),
+                       ("text_dim", "text encoder width")):  # fmt: skip
+        sizes.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"{what} (default {BASE_SIZES[name]})")
     codec = parser.add_argument_group("codec stage (--stage codec)")
     codec.add_argument(
         "--quantize-after", type=int, help="steps trained without quantisation before the codebooks start (default 0)"
@@ -98,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
         return run_stage(args)
     from engine.device import default_device
-    from engine.train.loop import CURVES, train
+    from engine.train.config import CURVES
+    from engine.train.loop import train
 
     resuming = bool(args.resume or args.resume_from)
     if not resuming and not (args.data and args.base):
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         given["data"] = str(args.data)
     if args.base:
         given["base"] = str(args.base)
-    extra = {name: getattr(args, name) for name in ("layers", "dim", "heads", "text_dim")}
+    extra = {name: getattr(args, name) for name in BASE_SIZES}
     given["extra"] = {name: value for name, value in extra.items() if value is not None}
     if not resuming and "device" not in given:
         given["device"] = str(default_device())

@@ -11,6 +11,8 @@ from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
+# A new base model's sizes when a base stage starts from a codec alone (engine.train.template), by their option names
+BASE_SIZES = {"layers": 4, "dim": 256, "heads": 4, "text_dim": 128}
 RUN_MODEL = "model"  # the model folder a base or adapter run exports (engine.weights.names: base/, adapter/, card)
 RUN_ADAPTER = "adapter"  # an adapter run's adapter alone
 # A codec run's files (engine/train/codec_train.py): its log, its settings, and the folder of the codec it exports.

@@ -29,7 +29,16 @@ from engine.errors import CheckpointError, ConfigError, ImusicError
 from engine.eval.report import SPECTROGRAMS
 from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
-from engine.train.config import CODEC_EXPORT, CODEC_LOG, CODEC_SETTINGS, CURVES, HISTORY, RUN_ADAPTER, RUN_MODEL
+from engine.train.config import (
+    BASE_SIZES,
+    CODEC_EXPORT,
+    CODEC_LOG,
+    CODEC_SETTINGS,
+    CURVES,
+    HISTORY,
+    RUN_ADAPTER,
+    RUN_MODEL,
+)
 from engine.train.data import DATASET_JSON
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
 from engine.weights.names import ADAPTER_DIR, ADAPTER_WEIGHTS, BASE_DIR
@@ -296,7 +305,7 @@ class Recipe:
         from engine.train.loop import train
 
         cfg = dict(self.settings[stage])
-        extra = {k: cfg.pop(k) for k in ("layers", "dim", "heads", "text_dim") if k in cfg}
+        extra = {k: cfg.pop(k) for k in BASE_SIZES if k in cfg}
         config = TrainConfig(
             data=str(self.data_dir), base=str(base), stage=stage, device=self.device, extra=extra, **cfg
         )

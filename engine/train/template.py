@@ -15,6 +15,7 @@ from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
 from engine.model.codec import Codec
 from engine.model.config import LMConfig
+from engine.train.config import BASE_SIZES
 from engine.train.data.stems import GM_FAMILIES, caption_word
 from engine.weights.convert import lm_config_to_transformers
 from engine.weights.transformers_layout import quiet_transformers
@@ -37,10 +38,10 @@ def build_base_template(
     codec_dir: str | Path,
     out_dir: str | Path,
     *,
-    layers: int = 4,
-    dim: int = 256,
-    heads: int = 4,
-    text_dim: int = 128,
+    layers: int = BASE_SIZES["layers"],
+    dim: int = BASE_SIZES["dim"],
+    heads: int = BASE_SIZES["heads"],
+    text_dim: int = BASE_SIZES["text_dim"],
     text_layers: int = 2,
     seed: int = 0,
 ) -> Path:
