@@ -270,6 +270,14 @@ def test_precision_is_fp32_on_cpu_by_default_and_fp16_needs_cuda(config):
         precision(replace(config, precision="fp16"), cpu)
 
 
+@pytest.mark.parametrize(("bf16", "expected"), [(True, (torch.bfloat16, False)), (False, (torch.float16, True))])
+def test_auto_precision_on_a_gpu_is_its_fast_dtype_with_a_scaler_for_fp16(config, monkeypatch, bf16, expected):
+    from engine.train.config import precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert precision(config, torch.device("cuda")) == expected
+
+
 def test_bf16_autocast_training_runs_on_cpu(config, tmp_path):
     result = train(replace(config, steps=1, precision="bf16"), tmp_path / "bf16", progress=False, export=False)
     assert torch.isfinite(torch.tensor(result.history["train"][0][1]))

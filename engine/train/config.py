@@ -127,11 +127,13 @@ def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | Non
     """(autocast dtype or None, use GradScaler) of a run on `device`."""
     import torch
 
+    from engine.device import default_dtype
+
     choice = cfg.precision
     if choice == "auto":
         if device.type != "cuda":
             return None, False
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        choice = "bf16" if default_dtype(device) == torch.bfloat16 else "fp16"  # the GPU's own fast precision
     if choice == "fp32":
         return None, False
     if choice == "fp16" and device.type != "cuda":
