@@ -11,6 +11,7 @@ import math
 import torch
 
 from engine.errors import AudioError, CheckpointError
+from engine.model.config import frame_rate
 
 
 def encodec_config(num_codebooks: int, **fields):
@@ -49,7 +50,7 @@ class Codec:
         self.model = model.eval().requires_grad_(False)
         self.sample_rate: int = int(cfg.sampling_rate)
         self.hop_length: int = int(math.prod(cfg.upsampling_ratios))
-        self.frame_rate: float = self.sample_rate / self.hop_length
+        self.frame_rate: float = frame_rate(self.sample_rate, cfg.upsampling_ratios)
         self.card: int = int(cfg.codebook_size)
         self.num_codebooks, self._bandwidth = _bandwidth_for(model, num_codebooks)
         # The codec stays in fp32: it is small next to the LM and its LSTM/convs lose audible quality in 16 bits.

@@ -5,12 +5,20 @@ No torch import here: the CLI and the weights inspector read configs without loa
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from engine.errors import ConfigError
 
 SAMPLE_RATE = 32000  # MusicGen's (its EnCodec's): stem data and clips default to it
+
+
+def frame_rate(sample_rate: float, upsampling_ratios: Sequence[int]) -> float:
+    """Codec frames per second: the sample rate over the hop (the product of the codec's up-sampling ratios)."""
+    return float(sample_rate) / math.prod(upsampling_ratios)
+
 
 # Decoding defaults (engine.model.generate); the Editor samples with Instruct-MusicGen's own top-k, EDIT_TOP_K.
 CFG_COEF = 3.0  # classifier-free guidance, MusicGen's and Instruct-MusicGen's

@@ -5,7 +5,6 @@ Text encodings are cached per distinct prompt: an edit data set has only ops x s
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -16,7 +15,7 @@ import torch
 
 from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
-from engine.model.config import SAMPLE_RATE, FusionConfig
+from engine.model.config import FusionConfig
 from engine.model.fusion import align_prefix
 from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, link_tree, open_split, replace_dir
@@ -51,12 +50,6 @@ class _TextCache:
         return states.to(self.text.device), mask.to(self.text.device)
 
 
-def _frame_rate(hf_config: dict) -> float:
-    """Codec frames per second of a transformers MusicGen config (audio_encoder: sampling rate / hop)."""
-    codec = hf_config.get("audio_encoder", {})
-    return float(codec.get("sampling_rate", SAMPLE_RATE)) / math.prod(codec.get("upsampling_ratios", [8, 5, 4, 4]))
-
-
 class AdapterStage(Stage):
     """Audio fusion + LoRA on a frozen base: target codes given input codes and the instruction (official recipe)."""
 
@@ -70,10 +63,9 @@ class AdapterStage(Stage):
         # Same adapter shape as the base's own adapter when it has one, else the official one; --window resizes it.
         fusion = read_adapter(existing)[1]["fusion"] if existing is not None else FusionConfig()
         if cfg.window:
-            if layout == "transformers":
-                frame_rate = _frame_rate(transformers_layout.read_config(self.base_path))
-            else:
-                frame_rate = audiocraft_layout.frame_rate(self.base_path)
+            frame_rate = (transformers_layout if layout == "transformers" else audiocraft_layout).frame_rate(
+                self.base_path
+            )
             fusion = replace(fusion, cond_frames=int(round(cfg.window * frame_rate)) + 1)
         if cfg.fused_layers is not None:  # the top N layers only (checked against the base when the model is built)
             fusion = replace(fusion, fused_layers=cfg.fused_layers)

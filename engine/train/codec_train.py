@@ -32,6 +32,7 @@ from tqdm import tqdm
 from engine.device import parse_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_SUFFIXES, audio_files, write_json_atomic
+from engine.model.config import frame_rate as codec_frame_rate
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
     CKPT_FORMAT,
@@ -85,7 +86,7 @@ class CodecTrainConfig:
 
     @property
     def frame_rate(self) -> float:
-        return self.sample_rate / math.prod(self.upsampling_ratios)
+        return codec_frame_rate(self.sample_rate, self.upsampling_ratios)
 
     def check(self) -> None:
         """ConfigError for settings no codec run can use (NaN included: it fails every comparison)."""

@@ -15,7 +15,6 @@ order as audiocraft's SEANet (layer i of audiocraft's `encoder.model` is layer i
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ import torch
 
 from engine.errors import CheckpointError
 from engine.model.config import SAMPLE_RATE
+from engine.model.config import frame_rate as codec_frame_rate
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ def frame_rate(path: str | Path) -> float:
     """Codec frames per second of an audiocraft MusicGen folder (its compression xp.cfg: sample rate / hop)."""
     state, cfg = read_package(Path(path) / CODEC_FILE)
     config = encodec_config(cfg, state)
-    return config.sampling_rate / math.prod(config.upsampling_ratios)
+    return codec_frame_rate(config.sampling_rate, config.upsampling_ratios)
 
 
 def load_codec_model(path: Path) -> EncodecModel:

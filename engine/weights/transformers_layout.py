@@ -18,6 +18,7 @@ import torch
 
 from engine.errors import CheckpointError
 from engine.files import read_json_object
+from engine.model.config import frame_rate as codec_frame_rate
 from engine.model.fit import refuse_misfit
 from engine.weights.names import CONFIG, WEIGHTS, WEIGHTS_INDEX
 
@@ -97,6 +98,12 @@ def _weight_map(index: Path) -> dict[str, str]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{index} is not a valid shard index: {exc}") from None
     return {str(name): str(shard) for name, shard in weight_map.items()}
+
+
+def frame_rate(path: str | Path) -> float:
+    """Codec frames per second of a transformers MusicGen folder (its audio_encoder config: sample rate / hop)."""
+    codec = read_config(path)["audio_encoder"]
+    return codec_frame_rate(codec["sampling_rate"], codec["upsampling_ratios"])
 
 
 def safetensors_files(path: str | Path, prefix: str = "") -> list[Path]:
