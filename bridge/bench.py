@@ -135,12 +135,8 @@ def measure(
 def decode_steps(editor: Any, samples: int, sample_rate: int) -> int:
     """Decoder passes one edit of `samples` at `sample_rate` makes (per take batch): the windows' free steps."""
     from engine.model import delay
-    from engine.windows import plan_windows
 
-    model_len = max(1, int(round(samples * editor.sample_rate / sample_rate)))
-    total = editor.model.codec.num_frames(model_len)
-    overlap = min(editor.overlap_frames, editor.window_frames // 2)
-    windows = plan_windows(total, editor.window_frames, overlap)
+    windows = editor.windows(max(1, int(round(samples * editor.sample_rate / sample_rate))))
     num_codebooks = editor.model.lm.cfg.num_codebooks
     return sum(delay.num_steps(w.length, num_codebooks) - w.prompt - 1 for w in windows)
 

@@ -373,6 +373,13 @@ class Editor:
             "take at a time: close other programs using it, or load the model in a smaller dtype (bf16/fp16)"
         ) from last_error
 
+    def windows(self, model_samples: int, window_frames: int | None = None) -> list:
+        """The windows (engine.windows.Window) an edit of `model_samples` at the model's rate runs in, with windows of
+        `window_frames` (default: this Editor's; the out-of-memory retries use shorter ones)."""
+        window_frames = window_frames or self.window_frames
+        overlap = min(self.overlap_frames, window_frames // 2)
+        return plan_windows(self.model.codec.num_frames(model_samples), window_frames, overlap)
+
     def _run(self, model_audio, parsed, seeds, takes, window_frames, one_by_one, tracker, cancel, timings):
         """One attempt at the windowed edit at the codec rate: model_audio [B, M] -> edited [B, M], details for info.
 
@@ -388,7 +395,7 @@ class Editor:
         items = model_audio.shape[0]
         total_frames = codec.num_frames(model_audio.shape[-1])
         overlap = min(self.overlap_frames, window_frames // 2)
-        windows = plan_windows(total_frames, window_frames, overlap)
+        windows = self.windows(model_audio.shape[-1], window_frames)
         padded = np.zeros((items, total_frames * self.hop), dtype=np.float32)
         padded[:, : model_audio.shape[-1]] = model_audio
 
