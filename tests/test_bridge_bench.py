@@ -78,14 +78,17 @@ def test_bench_engine_shape_prints_the_time_split_and_the_rtf_last(capsys, tmp_p
 
 
 def test_decode_steps_follow_the_windows():
+    import functools
     from types import SimpleNamespace
 
     from bridge.bench import decode_steps
+    from engine.editor import Editor
 
     codec = SimpleNamespace(num_frames=lambda n: -(-n // 640))
     lm = SimpleNamespace(cfg=SimpleNamespace(num_codebooks=4))
     editor = SimpleNamespace(sample_rate=32000, overlap_frames=100, window_frames=500,
                              model=SimpleNamespace(codec=codec, lm=lm))  # fmt: skip
+    editor.windows = functools.partial(Editor.windows, editor)  # the Editor's own plan, on these sizes
     # 30 s = 1500 frames: windows 0-500, 400-900, 800-1300, 1200-1500 (prompts 0, 100, 100, 100)
     assert decode_steps(editor, 30 * 44100, 44100) == 503 + 403 + 403 + 203
 
