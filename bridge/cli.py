@@ -18,7 +18,7 @@ from engine.errors import ImusicError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bridge.demo", "the main job on the embedded default model: render, edit through the server, show"),
     "serve": ("bridge.server", "run the engine server (model resident, OSC on 127.0.0.1)"),
-    "send": ("bridge.client", "talk to a running server: ping, status, cancel, edit (no torch import)"),
+    "send": ("bridge.send", "talk to a running server: ping, status, cancel, edit (no torch import)"),
     "edit": ("bridge.edit_cmd", "edit one audio file in-process"),
     "play": ("bridge.playback", "preview an audio file on an output device"),
     "batch": ("bridge.batch", "render every audio file of a session folder with every requested edit"),

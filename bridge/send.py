@@ -1,0 +1,152 @@
+"""`imusic send ping|status|cancel|edit|preview|stop-preview`: talk to a running server from a terminal, through
+bridge.client.Client. No torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from bridge import protocol
+from bridge.cli import add_edit_options, seconds_option
+from bridge.client import Client, RemoteError, local_bind_host
+from bridge.protocol import Reply
+from engine.errors import ConfigError
+from engine.files import AUDIO_FORMATS
+
+
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--host --port --timeout --json, with defaults or (defaults False) none at all. A host or port not given is
+    read when the request runs (protocol.engine_host / engine_port), where a bad IMUSIC_PORT is one line."""
+    suppress = not defaults
+    parser.add_argument("--host", default=argparse.SUPPRESS if suppress else None, help="engine host")
+    parser.add_argument(
+        "--port", type=protocol.port_argument, default=argparse.SUPPRESS if suppress else None, help="engine port"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=seconds_option,
+        default=argparse.SUPPRESS if suppress else None,
+        help="seconds to wait for an answer (edit: no limit)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print replies as JSON"
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`imusic send ping|status|cancel|edit|preview|stop-preview ...`"""
+    _connection_options(parser, defaults=True)
+    # The same options after the request (`imusic send ping --port 9200`): no default there, so an option given
+    # before the request is not reset.
+    after = argparse.ArgumentParser(add_help=False)
+    _connection_options(after, defaults=False)
+    sub = parser.add_subparsers(dest="request", metavar="REQUEST", parser_class=type(parser))
+    sub.required = True
+    sub.add_parser("ping", parents=[after], help="is the engine there? prints version, model, device, state")
+    status = sub.add_parser("status", parents=[after], help="the server's state, or one job's")
+    status.add_argument("job_id", nargs="?", default=None)
+    cancel = sub.add_parser("cancel", parents=[after], help="cancel a queued or running job")
+    cancel.add_argument("job_id")
+    edit = sub.add_parser("edit", parents=[after], help="edit a region of an audio file on the engine")
+    edit.add_argument("input", help=f"audio file ({AUDIO_FORMATS}) on the engine machine")
+    edit.add_argument("instruction", help='e.g. "extract drums", "remove bass", "add piano"')
+    edit.add_argument("--start", type=seconds_option, default=0.0, help="region start in seconds (default 0)")
+    edit.add_argument("--end", type=seconds_option, default=-1.0, help="region end in seconds (default: end of file)")
+    edit.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside input)")
+    add_edit_options(edit, raw=False)  # the server levels every result: no --raw over the wire
+    edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")
+    edit.add_argument("--no-wait", action="store_true", help="print the job id once accepted and return")
+    preview = sub.add_parser("preview", parents=[after], help="play a finished job on the engine machine's output")
+    preview.add_argument("job_id")
+    preview.add_argument("which", nargs="?", default=protocol.PREVIEW_WHICH[0], choices=protocol.PREVIEW_WHICH)
+    sub.add_parser("stop-preview", parents=[after], help="stop the preview")
+
+
+def _print_reply(reply: Reply, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"address": reply.address, "args": reply.args}))
+        return
+    args = reply.args[:4] if reply.address == protocol.PONG else reply.args  # pong's notes: one line each, below
+    print(" ".join(str(a) for a in [reply.kind, *args]))
+    for note in reply.notes:
+        print(f"imusic send: note: {note}", file=sys.stderr)
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per stage otherwise)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # looked up now: stderr may have been replaced
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last_stage = None
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.tty:
+            filled = int(fraction * 30)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage[:30]:<30}")
+            self.stream.flush()
+        elif stage != self.last_stage:
+            self.stream.write(f"{fraction * 100:5.1f}% {stage}\n")
+        self.last_stage = stage
+
+    def close(self) -> None:
+        if self.tty and self.last_stage is not None:
+            self.stream.write("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `imusic send` request; 0 on success, 1 (via ImusicError) on an error reply or silence."""
+    args.host = args.host or protocol.engine_host()
+    args.port = args.port or protocol.engine_port()
+    timeout = args.timeout
+    short = 2.0 if timeout is None else timeout
+    with Client(args.host, args.port) as client:
+        if args.request == "ping":
+            _print_reply(client.ping(short), args.json)
+        elif args.request == "status":
+            reply = client.status(args.job_id, short)
+            _print_reply(reply, args.json)
+            if args.job_id and reply.args[1:2] == [protocol.UNKNOWN]:
+                return 1  # no such job, as `send cancel` says of it
+        elif args.request == "cancel":
+            _print_reply(client.cancel(args.job_id, short), args.json)
+        elif args.request == "preview":
+            _print_reply(client.preview(args.job_id, args.which, short), args.json)
+        elif args.request == "stop-preview":
+            _print_reply(client.stop_preview(short), args.json)
+        elif args.request == "edit":
+            return _run_edit(client, args, short)
+    return 0
+
+
+def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
+    if local_bind_host(args.host) == "127.0.0.1" and not os.path.exists(args.input):
+        raise ConfigError(f"no such file: {args.input}")  # said here; a remote engine says it for its own disk
+    job_id = client.submit(
+        args.input, args.start, args.end, args.instruction, output_path=args.output, seed=args.seed, takes=args.takes,
+        job_id=args.job_id, mode=args.mode,
+    )  # fmt: skip
+    accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in (protocol.ACCEPTED, protocol.ERROR), short)
+    if accepted.address == protocol.ERROR:
+        raise RemoteError(accepted.message, accepted.code, job_id)
+    if args.no_wait:
+        print(job_id)
+        return 0
+    bar = _ProgressBar()
+    try:
+        result = client.wait(job_id, timeout=args.timeout, on_progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        client.send(protocol.CANCEL, job_id)
+        sys.stderr.write(f"cancel sent for job {job_id}\n")
+        return 130
+    bar.close()
+    if args.json:
+        print(json.dumps({"job_id": job_id, "output_path": result.output_path, "info": result.info}))
+    else:
+        print(result.output_path)
+    return 0
