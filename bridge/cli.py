@@ -11,6 +11,7 @@ import importlib
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from engine.errors import ImusicError
 
@@ -90,6 +91,40 @@ def add_edit_options(parser: argparse.ArgumentParser, *, raw: bool = True) -> No
     )
     if raw:
         parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
+
+
+class JobProgress:
+    """A job's progress on stderr, fed (fraction 0-1, stage) by the Editor or the client: one bar redrawn in place on a
+    terminal, one line per stage elsewhere (a log stays readable), nothing when not `enabled`. `imusic edit`, `imusic
+    send edit` and the demo show their jobs with it."""
+
+    def __init__(self, label: str = "", *, enabled: bool = True, stream: Any = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr  # looked up now: stderr may have been replaced
+        self.label, self.enabled, self.last_stage = label, enabled, None
+        self.bar = None
+        if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=100, desc=label or None, file=self.stream,
+                            bar_format="{desc} {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}")  # fmt: skip
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self.bar is not None:
+            self.bar.n = int(round(100 * fraction))
+            self.bar.set_postfix_str(stage, refresh=False)
+            self.bar.refresh()
+        elif self.enabled and stage != self.last_stage:
+            self.stream.write(f"{self.label + ': ' if self.label else ''}{fraction * 100:5.1f}% {stage}\n")
+        self.last_stage = stage
+
+    def close(self, done: bool = False) -> None:
+        """End the display (with `done`, at 100% first)."""
+        if done and self.last_stage != "done":
+            self(1.0, "done")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _chosen_command(argv: Sequence[str]) -> str | None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from bridge import protocol
+from bridge.cli import JobProgress
 from engine import instructions
 from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.files import edit_slug
@@ -265,30 +266,6 @@ class Row:
     notes: tuple[str, ...] = ()  # the result's warnings (info["warnings"]), e.g. the model card's own verdict
 
 
-class _Bar:
-    """A tqdm bar for one job, fed by the client's progress callback (fraction 0-1, stage)."""
-
-    def __init__(self, label: str) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(
-            total=100,
-            desc=f"{label:<16}",
-            file=sys.stderr,
-            bar_format="{desc} {percentage:3.0f}%|{bar:30}| {elapsed} {postfix}",
-        )
-
-    def __call__(self, fraction: float, stage: str) -> None:
-        self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
-        self.bar.set_postfix_str(stage, refresh=False)
-        self.bar.refresh()
-
-    def close(self, done: bool) -> None:
-        if done:
-            self(1.0, "done")
-        self.bar.close()
-
-
 def result_file(edit: str, mode: str) -> str:
     """`extract_drums.wav` for the default mode (mask), `extract_drums.resynth.wav` for the other."""
     return f"{result_name(edit)}.wav" if mode == MODES[0] else f"{result_name(edit)}.{mode}.wav"
@@ -300,7 +277,7 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, mo
 
     target = out / result_file(edit, mode)
     target.unlink(missing_ok=True)  # the server never writes over a file; a rerun of the demo replaces its results
-    bar = _Bar(f"{edit} ({mode})")
+    bar = JobProgress(f"{edit} ({mode})")
     done, job_id = False, None
     try:
         job_id = client.submit(str(input_path), 0.0, -1.0, edit, output_path=str(target), seed=seed, mode=mode)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import add_edit_options, seconds_option
+from bridge.cli import JobProgress, add_edit_options, seconds_option
 from bridge.protocol import EditOptions
 from engine.errors import ConfigError, ImusicError
 from engine.files import AUDIO_FORMATS, writable_folder
@@ -67,24 +67,6 @@ def choose_output(input_path: Path, instruction: str, output: str | None, force:
     if target.exists() and not force:
         raise ConfigError(f"{target} exists: choose another name or pass --force to replace it")
     return target
-
-
-def _progress_bar(enabled: bool) -> tuple[Any, Any]:
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=100,
-        file=sys.stderr,
-        disable=not enabled,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
-        desc="editing",
-    )
-
-    def progress(fraction: float, stage: str) -> None:
-        bar.set_description_str(stage or "editing", refresh=False)
-        bar.update(max(0.0, round(100 * fraction, 1) - bar.n))
-
-    return bar, progress
 
 
 def _describe(seed: int | None, info: dict, seconds: float) -> str:
@@ -151,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     editor = Editor.load(args.model, adapter=args.adapter, device=args.device, dtype=args.dtype)
     parsed = editor.parse(args.instruction)  # an unknown instruction or mode fails here, before any compute
     check_mode(parsed.op, args.mode)
-    bar, progress = _progress_bar(enabled=not args.no_progress and sys.stderr.isatty())
+    progress = JobProgress("editing", enabled=not args.no_progress and sys.stderr.isatty())
     try:
         done = edit_region(
             editor, input_path, args.start, end, args.instruction, output,
@@ -162,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     except PermissionError as exc:
         raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
     finally:
-        bar.close()
+        progress.close()
     print(done.output_path)
     sys.stderr.write(f"{parsed.label}: {_describe(done.seed, done.info, done.seconds)}\n")
     for note in done.info.get("warnings") or ():

@@ -7,10 +7,9 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
 
 from bridge import protocol
-from bridge.cli import add_edit_options, seconds_option
+from bridge.cli import JobProgress, add_edit_options, seconds_option
 from bridge.client import Client, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
@@ -75,29 +74,6 @@ def _print_reply(reply: Reply, as_json: bool) -> None:
         print(f"imusic send: note: {note}", file=sys.stderr)
 
 
-class _ProgressBar:
-    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per stage otherwise)."""
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr  # looked up now: stderr may have been replaced
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.last_stage = None
-
-    def __call__(self, fraction: float, stage: str) -> None:
-        fraction = min(max(fraction, 0.0), 1.0)
-        if self.tty:
-            filled = int(fraction * 30)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage[:30]:<30}")
-            self.stream.flush()
-        elif stage != self.last_stage:
-            self.stream.write(f"{fraction * 100:5.1f}% {stage}\n")
-        self.last_stage = stage
-
-    def close(self) -> None:
-        if self.tty and self.last_stage is not None:
-            self.stream.write("\n")
-
-
 def run(args: argparse.Namespace) -> int:
     """Run one `imusic send` request; 0 on success, 1 (via ImusicError) on an error reply or silence."""
     args.host = args.host or protocol.engine_host()
@@ -136,7 +112,7 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
     if args.no_wait:
         print(job_id)
         return 0
-    bar = _ProgressBar()
+    bar = JobProgress()
     try:
         result = client.wait(job_id, timeout=args.timeout, on_progress=bar)
     except KeyboardInterrupt:

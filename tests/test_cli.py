@@ -138,3 +138,34 @@ def test_send_edit_has_no_raw_option(capsys):
         build_parser(argv).parse_args(argv)
     assert exc.value.code == 2
     assert "--raw" in capsys.readouterr().err
+
+
+def test_a_jobs_progress_is_a_line_per_stage_in_a_log_a_bar_on_a_terminal_and_nothing_when_off():
+    import io
+
+    from bridge.cli import JobProgress
+
+    log = io.StringIO()
+    progress = JobProgress("extract drums (mask)", stream=log)
+    for fraction, stage in ((0.0, "started"), (0.2, "editing"), (0.5, "editing"), (1.0, "writing")):
+        progress(fraction, stage)
+    progress.close(done=True)
+    assert log.getvalue().splitlines() == [
+        "extract drums (mask):   0.0% started", "extract drums (mask):  20.0% editing",
+        "extract drums (mask): 100.0% writing", "extract drums (mask): 100.0% done",
+    ]  # fmt: skip
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = JobProgress("editing", stream=screen)
+    bar(0.5, "decoding")
+    bar.close()
+    assert "editing  50%" in screen.getvalue() and "decoding" in screen.getvalue()
+    quiet = io.StringIO()
+    off = JobProgress("editing", enabled=False, stream=quiet)
+    off(0.5, "decoding")
+    off.close(done=True)
+    assert quiet.getvalue() == ""
