@@ -182,8 +182,21 @@ def _number(text: str, field_name: str) -> float:
     return value
 
 
+def _stretch_markers(take: list[Any]) -> int:
+    """How many stretch markers a take has: its SM line holds them as "pos srcpos [rate]" joined by " + "."""
+    markers = _line(take, "SM")
+    return " ".join(markers).count("+") + 1 if markers else 0
+
+
+def _has_pitch_envelope(take: list[Any]) -> bool:
+    """Whether a take has a pitch envelope with points (a PITCHENV block with PT lines), as the actions ask REAPER."""
+    return any(getattr(node, "tag", None) == "PITCHENV" and _line(node.children, "PT") for node in take)
+
+
 def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path) -> tuple[ItemView, str, Path | None]:
-    """The ItemView of an .rpp ITEM (its active take), the name its file is written as, and the file found."""
+    """The ItemView of an .rpp ITEM (its active take), the name its file is written as, and the file found: every
+    field the REAPER actions read from REAPER itself (reaper_scripts/project.read_item), so that one rule refuses
+    the same items in both."""
     lines = [c for c in item.children if not hasattr(c, "tag")]
     take = _active_take(item)
     rate, preserve, pitch = (_line(take, "PLAYRATE") + ["1", "1", "0"][len(_line(take, "PLAYRATE")) :])[:3]
@@ -200,6 +213,9 @@ def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path)
         preserve_pitch=preserve == "1",
         pitch=_number(pitch, "PLAYRATE's pitch"),
         channel_mode=int(_number(_value(take, "CHANMODE", "0"), "CHANMODE")),
+        stretch_markers=_stretch_markers(take),
+        pitch_envelope=_has_pitch_envelope(take),
+        plays_all_takes=_value(lines, "ALLTAKES", "0") == "1" and len(_take_sections(item)) > 1,
         **source_fields,
     )
     return view, file_name, path

@@ -231,6 +231,74 @@ def test_an_rpp_item_with_a_field_that_is_no_number_is_reported_and_the_others_s
     assert sources[1].problem is None  # the next item is planned as before
 
 
+WARPED_RPP = """<REAPER_PROJECT 0.1 "7.0/linux-x86_64" 1700000000
+  <TRACK
+    NAME Takes
+    <ITEM
+      POSITION 0
+      LENGTH 0.5
+      SOFFS 0
+      PLAYRATE 1 1 0 -1 0 0.0025
+      SM 0 0 + 0.25 0.3 + 0.5 0.5
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+    >
+    <ITEM
+      POSITION 1
+      LENGTH 0.5
+      SOFFS 0
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+      <PITCHENV
+        ACT 1 -1
+        PT 0 0 0
+        PT 0.5 2 0
+      >
+    >
+    <ITEM
+      POSITION 2
+      LENGTH 0.5
+      ALLTAKES 1
+      SOFFS 0
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+      TAKE
+      SOFFS 0.1
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+    >
+    <ITEM
+      POSITION 3
+      LENGTH 0.5
+      ALLTAKES 1
+      SOFFS 0
+      <SOURCE WAVE
+        FILE "Audio/loop.wav"
+      >
+      <PITCHENV
+        ACT 1 -1
+      >
+    >
+  >
+>
+"""
+
+
+def test_rpp_items_the_reaper_actions_refuse_are_refused_by_batch_too(project):
+    # stretch markers, a pitch envelope with points, all takes playing: the .rpp says what REAPER's API says
+    warped = project.with_name("warped.rpp")
+    warped.write_text(WARPED_RPP)
+    sources = read_rpp(warped)
+    assert "has stretch markers" in sources[0].problem
+    assert "has a take pitch envelope" in sources[1].problem
+    assert "plays all its takes at once" in sources[2].problem
+    assert sources[3].problem is None  # one take (ALLTAKES changes nothing) and an envelope without points
+
+
 def test_rpp_that_is_not_a_project_is_refused(tmp_path):
     path = tmp_path / "broken.rpp"
     path.write_text("this is not a project\n")
