@@ -115,7 +115,7 @@ model-eval: model-adapters
 
 # Copy the result into the package with its model card (sizes, data, stages, wall time, losses, evaluation).
 default-model: model-eval
-	$(BIN)/python -m engine.train.default_model --work $(MODEL_WORK) -o engine/assets/default --docs docs/embedded_model
+	$(BIN)/python -m engine.train.default_model --work $(MODEL_WORK)  # into engine/assets/default and docs/embedded_model
 
 # The shipped model against its bars (engine/eval/acceptance.py): the test songs' report, a second test set rendered
 # with a General MIDI soundfont no stage trained on (MuseScore General, Debian's musescore-general-soundfont-small),
@@ -161,4 +161,4 @@ model-gpu: setup
 	  --export $(MODEL_WORK)/gpu-out $$( [ -d $(GPU_PACKS) ] && echo --from-packs $(GPU_PACKS) )
 
 model-gpu-install: setup
-	$(BIN)/python -m engine.train.recipe install $(GPU_PACKS) -o engine/assets/default --docs docs/embedded_model
+	$(BIN)/python -m engine.train.recipe install $(GPU_PACKS)  # into engine/assets/default and docs/embedded_model

@@ -287,3 +287,21 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     with pytest.raises(ConfigError, match=r"come from different recipe runs \(.*card.json 000000other\)"):
         install(out, model, tmp_path / "docs")
     assert Editor.load(model, device="cpu").card.beats_identity == verdict
+
+
+def test_install_defaults_to_the_shipped_model_folder_and_these_docs_from_any_folder(tmp_path, monkeypatch):
+    from engine.train import recipe
+    from engine.train.default_model import EMBEDDED_DOCS, REPORT_LINK
+    from engine.weights.loader import DEFAULT_MODEL_DIR
+
+    seen = {}
+
+    def fake_install(packs, out, docs):
+        seen.update(out=out, docs=docs)
+        return {"name": "m", "sizes": {"parameters": {}}}
+
+    monkeypatch.setattr(recipe, "install", fake_install)
+    monkeypatch.chdir(tmp_path)  # not the repository: relative defaults would land here
+    assert recipe.main(["install", str(tmp_path / "packs")]) == 0
+    assert seen == {"out": DEFAULT_MODEL_DIR, "docs": EMBEDDED_DOCS}
+    assert (EMBEDDED_DOCS.parent.parent / REPORT_LINK) == EMBEDDED_DOCS / "report.md"

@@ -19,19 +19,23 @@ from typing import Any
 from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError
-from engine.eval.report import REPORT_JSON, publish_report, report_summary
+from engine.eval.report import REPORT_JSON, REPORT_MD, publish_report, report_summary
 from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.train.codec_train import final_losses, read_log
 from engine.train.config import CODEC_SETTINGS, HISTORY, RUN_MODEL
 from engine.train.data import DATASET_JSON
-from engine.weights.loader import new_model_card, peek_card, write_model_card
+from engine.weights.loader import DEFAULT_MODEL_DIR, new_model_card, peek_card, write_model_card
 from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
 from engine.weights.transformers_layout import safetensors_files
 
 EMBEDDED_NAME = "imusic-embedded-small"
-REPORT_LINK = "docs/embedded_model/report.md"  # where the card says its evaluation report is
+# Where the embedded model's evaluation report is published: this checkout's docs/embedded_model (the commands default
+# to it wherever they are run from), and the same place as the card links it, relative to the repository.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EMBEDDED_DOCS = REPO_ROOT / "docs" / "embedded_model"
+REPORT_LINK = f"{EMBEDDED_DOCS.relative_to(REPO_ROOT).as_posix()}/{REPORT_MD}"
 
 
 def _read_json(path: Path) -> Any:
@@ -235,8 +239,8 @@ def fusion_gates(file: Path) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.train.default_model", description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=".cache/default-model", help="folder of the training runs")
-    parser.add_argument("-o", "--output", default="engine/assets/default", help="where the model goes")
-    parser.add_argument("--docs", default="docs/embedded_model", help="where the evaluation report is copied")
+    parser.add_argument("-o", "--output", default=str(DEFAULT_MODEL_DIR), help="where the model goes")
+    parser.add_argument("--docs", default=str(EMBEDDED_DOCS), help="where the evaluation report is copied")
     parser.add_argument(
         "--evaluation",
         metavar="EVAL_DIR",

@@ -510,8 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(run)
     inst = sub.add_parser("install", help="unpack a returned run into the model folder and its report into docs")
     inst.add_argument("packs", metavar="PACKS_DIR")
-    inst.add_argument("-o", "--output", default="engine/assets/default")
-    inst.add_argument("--docs", default="docs/embedded_model")
+    from engine.train.default_model import EMBEDDED_DOCS
+    from engine.weights.loader import DEFAULT_MODEL_DIR
+
+    inst.add_argument("-o", "--output", default=str(DEFAULT_MODEL_DIR), help="the model folder (default: the shipped)")
+    inst.add_argument("--docs", default=str(EMBEDDED_DOCS), help="where its report goes (default: this checkout's)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
