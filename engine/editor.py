@@ -46,7 +46,7 @@ from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, R
 from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
 from engine.mask import MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
-from engine.modes import channel_policy, check_mode
+from engine.modes import MASK, channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
@@ -294,7 +294,7 @@ class Editor:
 
         started = time.perf_counter()
         warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
-        if mode == "mask":
+        if mode == MASK:
             from engine.mask import apply_edit
 
             settings = self.mask_settings.get(parsed.op)
@@ -302,7 +302,7 @@ class Editor:
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
             edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
-        timings["mask" if mode == "mask" else "resample"] = time.perf_counter() - started
+        timings["mask" if mode == MASK else "resample"] = time.perf_counter() - started
         t0 = time.perf_counter()
         edited, levels = match_level(edited, audio, sample_rate, parsed.op, mode=mode, raw=raw)
         timings["levels"] = time.perf_counter() - t0

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.modes import MASK
+
 DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R128's -23 is for finished programmes)
 TRUE_PEAK_CEILING_DB = -1.0
 STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's loudness
@@ -201,12 +203,12 @@ def match_level(
     sample_rate: int,
     op: str,
     *,
-    mode: str = "resynth",
+    mode: str,
     raw: bool = False,
     ceiling_db: float = TRUE_PEAK_CEILING_DB,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Apply the level policy (module docstring) of `mode` ("mask" or "resynth") to an edit result [C, N]; returns
-    (audio, info for the reply).
+    """Apply the level policy (module docstring) of `mode` (engine.modes: MASK or RESYNTH, no default: the caller
+    says which) to an edit result [C, N]; returns (audio, info for the reply).
 
     `source` is the region the user selected, at the same rate. `info` says which policy was used, the measured
     loudness of source, model output and final result (LUFS, None for silence), the gain and the true peak.
@@ -229,7 +231,7 @@ def match_level(
     elif not math.isfinite(model_lufs):
         info["policy"] = "silent"
         info["warnings"].append("the model returned silence; no gain applied")
-    elif mode == "mask" and math.isfinite(source_lufs):  # add on silence: nothing to keep, the default level
+    elif mode == MASK and math.isfinite(source_lufs):  # add on silence: nothing to keep, the default level
         # the recording's own level; peaks above the ceiling only where the source itself had them
         ceiling = max(ceiling_db, true_peak_db(source, sample_rate))
         out, limited = limit(result, sample_rate, ceiling)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from engine.errors import ConfigError
 
-DEFAULT_MODE = "mask"  # every operation's, and what the REAPER prompt offers first
-MODES = (DEFAULT_MODE, "resynth")
+MASK = "mask"
+RESYNTH = "resynth"
+DEFAULT_MODE = MASK  # every operation's, and what the REAPER prompt offers first
+MODES = (DEFAULT_MODE, RESYNTH)
 # Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
 OP_MODES = {"extract": MODES, "remove": MODES, "add": MODES}
 MODE_POLICIES = {
@@ -60,4 +62,4 @@ def canonical_mode(mode: str | None) -> str:
 
 def channel_policy(op: str, mode: str) -> str:
     """How the result's channels are made, for the edit's info."""
-    return MODE_POLICIES["mask_add" if mode == "mask" and op == "add" else mode]
+    return MODE_POLICIES["mask_add" if mode == MASK and op == "add" else mode]

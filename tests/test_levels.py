@@ -16,6 +16,7 @@ from engine.levels import (
     match_level,
     true_peak_db,
 )
+from engine.modes import MASK, RESYNTH
 
 SR = 44100
 
@@ -77,7 +78,7 @@ def test_limiter_leaves_audio_under_the_ceiling_untouched():
 def test_add_matches_the_source_loudness_within_1_lu(model_gain):
     source = _music_like(seed=1) * 0.8
     result = _music_like(seed=2) * model_gain  # the model's output at some arbitrary level
-    out, info = match_level(result, source, SR, "add")
+    out, info = match_level(result, source, SR, "add", mode=RESYNTH)
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
     assert true_peak_db(out, SR) <= -1.0
     assert info["policy"] == "match_source"
@@ -94,7 +95,7 @@ def _with_transients(seed: int, amp: float) -> np.ndarray:
 def test_matching_a_hot_source_is_limited_and_never_clips():
     source = _with_transients(seed=1, amp=1.0)  # true peak above 0 dBFS
     result = _with_transients(seed=2, amp=0.1)
-    out, info = match_level(result, source, SR, "add")
+    out, info = match_level(result, source, SR, "add", mode=RESYNTH)
     assert info["limited"] is True
     assert true_peak_db(out, SR) <= -1.0
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
@@ -102,7 +103,7 @@ def test_matching_a_hot_source_is_limited_and_never_clips():
 
 def test_an_unreachable_loudness_is_reported_and_the_ceiling_still_holds():
     source = _music_like(seed=1) * 3.2  # dense bursts far above full scale: louder than -1 dBTP allows
-    out, info = match_level(_music_like(seed=2) * 0.1, source, SR, "add")
+    out, info = match_level(_music_like(seed=2) * 0.1, source, SR, "add", mode=RESYNTH)
     assert true_peak_db(out, SR) <= -1.0
     assert integrated_loudness(out, SR) < integrated_loudness(source, SR) - 1.0
     assert any("instead of" in w for w in info["warnings"])
@@ -112,7 +113,7 @@ def test_stereo_source_and_result_are_matched_on_all_channels():
     mono = _music_like(seed=3)
     source = np.concatenate([mono * 0.9, mono * 0.4])
     result = np.repeat(_music_like(seed=4) * 0.1, 2, axis=0)
-    out, _ = match_level(result, source, SR, "add")
+    out, _ = match_level(result, source, SR, "add", mode=RESYNTH)
     assert out.shape == (2, source.shape[1])
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
 
@@ -124,7 +125,7 @@ def test_extract_puts_the_stem_back_at_its_level_in_the_mix():
     hats = (0.3 * np.diff(rng.standard_normal(t.size + 1)) * ((t * 4) % 1 < 0.1))[None]  # high-passed noise
     mix = (bass + hats).astype(np.float32)
     extracted = (bass * 0.05).astype(np.float32)  # the model's stem, far too quiet
-    out, info = match_level(extracted, mix, SR, "extract")
+    out, info = match_level(extracted, mix, SR, "extract", mode=RESYNTH)
     assert info["policy"] == "stem_in_mix"
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(bass, SR), abs=1.0)
     assert integrated_loudness(out, SR) < integrated_loudness(mix, SR)
@@ -142,7 +143,7 @@ def test_remove_leaves_the_rest_of_the_mix_at_its_level_in_the_mix():
     bass, hats = _bass_and_hats()
     mix = bass + hats  # a bass-heavy mix: the rest is far quieter than the whole
     rest = hats * 0.05  # the model's mix-without-bass, far too quiet
-    out, info = match_level(rest, mix, SR, "remove")
+    out, info = match_level(rest, mix, SR, "remove", mode=RESYNTH)
     assert info["policy"] == "stem_in_mix"
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(hats, SR), abs=1.5)
     assert integrated_loudness(hats, SR) < integrated_loudness(mix, SR) - 6  # what matching the mix would have done
@@ -152,30 +153,30 @@ def test_remove_leaves_the_rest_of_the_mix_at_its_level_in_the_mix():
 def test_in_mask_mode_the_recordings_level_is_kept(op):
     bass, hats = _bass_and_hats()
     result = {"extract": bass, "remove": hats, "add": bass + hats}[op]  # the recording's own samples
-    out, info = match_level(result, bass + hats, SR, op, mode="mask")
+    out, info = match_level(result, bass + hats, SR, op, mode=MASK)
     assert info["policy"] == "recording" and info["gain_db"] == 0.0 and not info["limited"]
     np.testing.assert_array_equal(out, result)
 
 
 def test_in_mask_mode_only_peaks_above_the_sources_own_are_limited():
     source = _with_transients(seed=1, amp=1.0)  # its own true peak is above 0 dBFS
-    out, info = match_level(source, source, SR, "remove", mode="mask")
+    out, info = match_level(source, source, SR, "remove", mode=MASK)
     assert not info["limited"]  # as hot as the recording, not hotter: left alone
-    out, info = match_level(source * 2.0, source, SR, "add", mode="mask")
+    out, info = match_level(source * 2.0, source, SR, "add", mode=MASK)
     assert info["limited"] and true_peak_db(out, SR) <= true_peak_db(source, SR) + 0.05
 
 
 def test_extract_never_makes_the_stem_louder_than_the_mix():
     mix = _music_like(seed=5) * 0.3
     extracted = _music_like(seed=6) * 2.0  # nothing like the mix: the estimate is unreliable
-    out, info = match_level(extracted, mix, SR, "extract")
+    out, info = match_level(extracted, mix, SR, "extract", mode=RESYNTH)
     assert info["target_lufs"] <= info["source_lufs"]
     assert true_peak_db(out, SR) <= -1.0
 
 
 def test_a_silent_result_gets_no_gain_and_a_warning():
     source = _music_like() * 0.5
-    out, info = match_level(np.zeros_like(source), source, SR, "remove")
+    out, info = match_level(np.zeros_like(source), source, SR, "remove", mode=RESYNTH)
     np.testing.assert_array_equal(out, 0.0)
     assert info["policy"] == "silent"
     assert info["gain_db"] == 0.0
@@ -184,7 +185,7 @@ def test_a_silent_result_gets_no_gain_and_a_warning():
 
 def test_add_on_a_silent_source_lands_at_the_default_level():
     source = np.zeros((1, 2 * SR), dtype=np.float32)
-    out, info = match_level(_music_like() * 0.01, source, SR, "add")
+    out, info = match_level(_music_like() * 0.01, source, SR, "add", mode=RESYNTH)
     assert info["policy"] == "default_target"
     assert integrated_loudness(out, SR) == pytest.approx(DEFAULT_TARGET_LUFS, abs=1.0)
 
@@ -192,7 +193,7 @@ def test_add_on_a_silent_source_lands_at_the_default_level():
 def test_raw_keeps_the_model_output_as_is_and_still_reports_levels():
     source = _music_like(seed=1) * 0.8
     result = _music_like(seed=2) * 0.05
-    out, info = match_level(result, source, SR, "add", raw=True)
+    out, info = match_level(result, source, SR, "add", raw=True, mode=RESYNTH)
     np.testing.assert_array_equal(out, result)
     assert info["policy"] == "raw"
     assert info["result_lufs"] == pytest.approx(integrated_loudness(result, SR), abs=0.01)
@@ -201,21 +202,21 @@ def test_raw_keeps_the_model_output_as_is_and_still_reports_levels():
 def test_short_results_are_matched_too():
     source = _tone(220, 0.3, 0.5)
     result = _tone(220, 0.3, 0.02)
-    out, _ = match_level(result, source, SR, "add")
+    out, _ = match_level(result, source, SR, "add", mode=RESYNTH)
     assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
 
 
 @pytest.mark.parametrize("sr", [8000, 48000])
 def test_levels_work_at_other_sample_rates(sr):
     source = _music_like(sr=sr) * 0.7
-    out, _ = match_level(_music_like(sr=sr, seed=9) * 0.1, source, sr, "add")
+    out, _ = match_level(_music_like(sr=sr, seed=9) * 0.1, source, sr, "add", mode=RESYNTH)
     assert integrated_loudness(out, sr) == pytest.approx(integrated_loudness(source, sr), abs=1.0)
     assert true_peak_db(out, sr) <= -1.0
 
 
 def test_info_is_json_serialisable_even_for_silence():
     source = np.zeros((1, SR), dtype=np.float32)
-    _, info = match_level(np.zeros_like(source), source, SR, "add")
+    _, info = match_level(np.zeros_like(source), source, SR, "add", mode=RESYNTH)
     json.dumps(info, allow_nan=False)
 
 
@@ -231,7 +232,7 @@ def test_limiter_only_touches_the_neighbourhood_of_a_peak():
 def test_extract_that_shares_nothing_with_the_mix_is_not_buried():
     mix = _tone(110, 2.0, 0.5)
     invented = _tone(5000, 2.0, 0.5)  # energy where the mix has none: the estimate alone would bury it
-    out, info = match_level(invented, mix, SR, "extract")
+    out, info = match_level(invented, mix, SR, "extract", mode=RESYNTH)
     assert info["target_lufs"] >= info["source_lufs"] - STEM_FLOOR_LU - 0.01
     assert integrated_loudness(out, SR) == pytest.approx(info["target_lufs"], abs=1.0)
 
@@ -240,12 +241,12 @@ def test_extract_that_shares_nothing_with_the_mix_is_not_buried():
 @pytest.mark.parametrize("op", ["extract", "remove"])
 def test_a_region_of_a_few_samples_is_levelled_without_error(samples, op):
     source = _music_like(seed=1)[:, 1000 : 1000 + samples]
-    out, info = match_level(source * 0.1, source, SR, op)
+    out, info = match_level(source * 0.1, source, SR, op, mode=RESYNTH)
     assert out.shape == source.shape and np.all(np.isfinite(out))
 
 
 def test_in_mask_mode_an_add_on_silence_lands_at_the_default_level():
     source = np.zeros((1, 2 * SR), dtype=np.float32)
-    out, info = match_level(_music_like() * 0.01, source, SR, "add", mode="mask")
+    out, info = match_level(_music_like() * 0.01, source, SR, "add", mode=MASK)
     assert info["policy"] == "default_target"
     assert integrated_loudness(out, SR) == pytest.approx(DEFAULT_TARGET_LUFS, abs=1.0)

@@ -31,6 +31,7 @@ from engine.errors import AudioError, ConfigError, DataError, InstructionError
 from engine.eval.clips import check_tasks, held_out_clips, stereo_clip
 from engine.eval.report import REPORT_JSON, REPORT_MD, SPECTROGRAMS, markdown, summarize
 from engine.files import write_bytes_atomic, write_json_atomic
+from engine.modes import DEFAULT_MODE, MASK, RESYNTH
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
 from engine.weights.loader import add_model_arguments
 
@@ -68,7 +69,7 @@ def ideal_mask_row(
     audio = np.atleast_2d(input_audio)
     out = ideal_mask(audio, target, rate, task, settings)
     if not raw:
-        out, _ = match_level(out, audio, rate, task, mode="mask")
+        out, _ = match_level(out, audio, rate, task, mode=MASK)
     return out if np.ndim(input_audio) == 2 else out[0]
 
 
@@ -207,7 +208,7 @@ def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipp
     if not group:
         return []
     sources = [np.atleast_2d(item[3]) for item in group]
-    modes = (None, "resynth")
+    modes = (DEFAULT_MODE, RESYNTH)  # two rows from one generation: the model as shipped, and the paper's
     try:
         if len(group) > 1 and len({source.shape for source in sources}) == 1:
             done = editor.edit_batch(

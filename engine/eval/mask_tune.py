@@ -25,6 +25,7 @@ import numpy as np
 from engine.errors import ImusicError
 from engine.files import write_json_atomic
 from engine.mask import DEFAULT_SETTINGS, MaskSettings
+from engine.modes import MASK, RESYNTH
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 CANDIDATES: dict[str, tuple] = {
@@ -50,7 +51,7 @@ def model_outputs(
     for index in range(len(clips)):
         clip = clips[index]
         instruction = Instruction.for_card(task, clip.stem_name, editor.card)
-        result = editor.edit_modes(clip.input, rate, instruction, ["resynth"], seed=seed + index, raw=True)
+        result = editor.edit_modes(clip.input, rate, instruction, [RESYNTH], seed=seed + index, raw=True)
         out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
     return out
 
@@ -66,7 +67,7 @@ def score(clips: list[tuple], rate: int, task: str, settings: MaskSettings) -> d
     rows: dict[str, list[dict]] = {"mask": [], "ideal mask": []}
     for source, target, estimate in clips:
         masked = apply_edit(source, rate, estimate, rate, task, settings)
-        masked, _ = match_level(masked, source[None], rate, task, mode="mask")
+        masked, _ = match_level(masked, source[None], rate, task, mode=MASK)
         rows["mask"].append(edit_metrics(masked[0], source, target, rate))
         ideal = ideal_mask_row(source, target, rate, task, False, settings)
         rows["ideal mask"].append(edit_metrics(ideal, source, target, rate))

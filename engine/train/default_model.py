@@ -23,6 +23,7 @@ from engine.eval.report import REPORT_JSON, REPORT_MD, publish_report, report_su
 from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
+from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.codec_train import final_losses, read_log
 from engine.train.config import CODEC_SETTINGS, HISTORY, RUN_MODEL
 from engine.train.data import DATASET_JSON
@@ -208,7 +209,7 @@ def evaluation(report: dict, command: str) -> dict:
     return {
         "command": command,
         "report": REPORT_LINK,
-        "mode": "mask (the default); the resynth row is the paper's re-synthesis",
+        "mode": f"{DEFAULT_MODE} (the default); the {RESYNTH} row is the paper's re-synthesis",
         "summary": summary,
         "beats_identity": beats_identity(summary),
     }
