@@ -95,9 +95,11 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path, cap
     assert held and len(held) < 10
     run = tmp_path / "run"
     common = ["train", "--stage", "codec", "-o", str(run), "--quiet"]
-    assert main([*common, "--data", str(data), "--steps", "4", "--batch", "2", "--seconds", "0.5"]) == 0
+    new_run = ["--data", str(data), "--steps", "4", "--batch", "2", "--seconds", "0.5", "--log-every", "2"]
+    assert main([*common, *new_run]) == 0
     assert (run / "codec" / "config.json").exists()
-    capsys.readouterr()
+    assert "does not use" not in capsys.readouterr().err  # every one of those flags is the codec stage's too
+    assert len(_rows(run)) == 2  # a log row every 2 steps, as asked
     assert main([*common, "--resume", "--steps", "6", "--batch", "8", "--precision", "bf16"]) == 0
     assert "the codec stage does not use --precision, --batch here" in capsys.readouterr().err
     assert main(["train", "-o", str(run), "--resume", "--quiet"]) == 1  # --stage codec forgotten

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
-from engine.train.config import BASE_SIZES, LOOP_STAGES, RESUME_CHANGES, TrainConfig
+from engine.train.config import (
+    BASE_SIZES,
+    CODEC_FLAGS,
+    CODEC_RESUME_FLAGS,
+    LOOP_STAGES,
+    RESUME_CHANGES,
+    CodecTrainConfig,
+    TrainConfig,
+)
 
 SIZE_FLAGS = "--layers/--dim/--heads/--text-dim"  # a new base's sizes (TrainConfig.extra)
 
@@ -59,12 +67,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, what in (("layers", "decoder layers"), ("dim", "decoder width"), ("heads", "decoder attention heads"),
                        ("text_dim", "text encoder width")):  # fmt: skip
         sizes.add_argument(f"--{name.replace('_', '-')}", type=int, help=f"{what} (default {BASE_SIZES[name]})")
-    codec = parser.add_argument_group("codec stage (--stage codec)")
-    codec.add_argument(
-        "--quantize-after", type=int, help="steps trained without quantisation before the codebooks start (default 0)"
+    codec_defaults = CodecTrainConfig()
+    shared = ", ".join(
+        f"--{flag.replace('_', '-')} {getattr(codec_defaults, name):g}"
+        for flag, name in CODEC_FLAGS.items()
+        if flag not in ("quantize_after", "wave_mse")
+    )
+    codec = parser.add_argument_group(
+        "codec stage (--stage codec)",
+        f"besides these, the codec stage reads, with its own defaults: {shared}; a resumed run takes only "
+        f"{', '.join('--' + f.replace('_', '-') for f in CODEC_RESUME_FLAGS)}",
     )
     codec.add_argument(
-        "--wave-mse", type=float, metavar="WEIGHT", help="weight of the waveform's normalised MSE loss (default 0)"
+        "--quantize-after",
+        type=int,
+        help=f"steps trained without quantisation before the codebooks start (default {codec_defaults.quantize_after})",
+    )
+    codec.add_argument(
+        "--wave-mse",
+        type=float,
+        metavar="WEIGHT",
+        help=f"weight of the waveform's normalised MSE loss (default {codec_defaults.wave_mse_weight:g})",
     )
     codec.add_argument(
         "--init-codec",

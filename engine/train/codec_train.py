@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,6 @@ from tqdm import tqdm
 from engine.device import parse_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_SUFFIXES, audio_files, write_json_atomic
-from engine.model.config import frame_rate as codec_frame_rate
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
     CKPT_FORMAT,
@@ -43,64 +41,18 @@ from engine.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from engine.train.config import CODEC_EXPORT, CODEC_LOG, CODEC_SETTINGS, lr_factor
+from engine.train.config import (
+    CODEC_EXPORT,
+    CODEC_FLAGS,
+    CODEC_LOG,
+    CODEC_RESUME_FLAGS,
+    CODEC_SETTINGS,
+    CodecTrainConfig,
+    lr_factor,
+)
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
 from engine.weights.names import CONFIG
-
-
-@dataclass
-class CodecTrainConfig:
-    sample_rate: int = 16000
-    num_filters: int = 16
-    hidden_size: int = 128
-    upsampling_ratios: tuple[int, ...] = (4, 5, 4, 4)  # hop 320 -> 50 Hz at 16 kHz
-    codebook_size: int = 512
-    num_codebooks: int = 4
-    num_lstm_layers: int = 1
-    segment_seconds: float = 1.0
-    batch_size: int = 8
-    lr: float = 1e-3  # 3e-4 left the reconstruction flat for 600 steps here; 1e-3 starts learning in ~150
-    steps: int = 10000
-    warmup_steps: int = 200
-    ema_decay: float = 0.99
-    commit_weight: float = 1.0
-    stft_weight: float = 1.0
-    stft_sizes: tuple[int, ...] = (128, 256, 512, 1024)
-    # Weight of the waveform's normalised MSE (error power over signal power). The STFT terms ignore phase, and with
-    # them alone the decoder settled on a buzz at the frame rate: a pure tone came back as harmonics of 50 Hz. A
-    # phase-sensitive term pulls it out of that (docs/embedded_model/codec.md).
-    wave_mse_weight: float = 0.0
-    # An EMA count below this re-seeds the code from the batch. With 8 x 1 s batches (400 vectors for 512 codes) most
-    # counts sit near 0.8, so a threshold of 1 re-seeded nearly every code at every step; 0.05 means ~300 steps unused.
-    dead_code_threshold: float = 0.05
-    # The first steps train encoder and decoder without quantisation: the codebooks are then initialised from the
-    # latents of an encoder that has learnt something, not from a random one (faster start on a CPU budget).
-    quantize_after: int = 0
-    ckpt_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    device: str = "cpu"  # where the codec trains (cuda on an accelerator machine); the result is the same format
-    preload: bool = False  # decode every training file into memory once (int16) instead of a seek per clip
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def frame_rate(self) -> float:
-        return codec_frame_rate(self.sample_rate, self.upsampling_ratios)
-
-    def check(self) -> None:
-        """ConfigError for settings no codec run can use (NaN included: it fails every comparison)."""
-        whole = {"steps": self.steps, "batch": self.batch_size, "ckpt_every": self.ckpt_every}
-        whole["log_every"] = self.log_every
-        for name, value in whole.items():
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.warmup_steps < 0 or self.quantize_after < 0:
-            raise ConfigError("--warmup and --quantize-after must not be negative")
-        for flag, value, lowest in (("--lr", self.lr, 0.0), ("--seconds", self.segment_seconds, None),
-                                    ("--wave-mse", self.wave_mse_weight, 0.0)):  # fmt: skip
-            if not (math.isfinite(value) and (value > 0 if lowest is None else value >= lowest)):
-                raise ConfigError(f"{flag} must be a {'positive ' if lowest is None else ''}number, got {value}")
 
 
 def encodec_config(cfg: CodecTrainConfig) -> Any:
@@ -494,17 +446,15 @@ def run_stage(args: Any) -> int:
     unused = [
         f"--{name.replace('_', '-')}"
         for name in ("precision", "accum", "grad_clip", "weight_decay", "val_every", "val_clips", "pool", "workers")
-        + ("gate_lr", "window", "align_steps", "gate_init", "fused_layers", "text_dropout", "classes", "log_every")
+        + ("gate_lr", "window", "align_steps", "gate_init", "fused_layers", "text_dropout", "classes")
         if getattr(args, name, None) is not None
     ]
     if args.resume:  # the run's own settings stand; only how long it goes, how often it saves and where it runs move
         unused += [
             f"--{flag.replace('_', '-')}"
-            for flag in ("batch", "lr", "seconds", "seed", "warmup", "data", "init_codec")
+            for flag in (*(f for f in CODEC_FLAGS if f not in CODEC_RESUME_FLAGS), "data", "init_codec")
             if getattr(args, flag, None) is not None
         ]
-        unused += ["--wave-mse"] * (getattr(args, "wave_mse", None) is not None)
-        unused += ["--quantize-after"] * (getattr(args, "quantize_after", None) is not None)
     if unused:
         print(f"imusic train: the codec stage does not use {', '.join(unused)} here", file=sys.stderr)
     if args.resume:
@@ -519,15 +469,9 @@ def run_stage(args: Any) -> int:
             raise DataError(f"{run_dir} already holds a codec run: use --resume, or another -o")
         data = Path(args.data).expanduser()
         cfg = CodecTrainConfig(extra={"data": str(data)})
-        for flag, name in (("batch", "batch_size"), ("lr", "lr"), ("seconds", "segment_seconds"), ("seed", "seed")):
+        for flag, name in CODEC_FLAGS.items():
             if getattr(args, flag, None) is not None:
                 setattr(cfg, name, getattr(args, flag))
-        if getattr(args, "warmup", None) is not None:
-            cfg.warmup_steps = args.warmup
-        if getattr(args, "quantize_after", None) is not None:
-            cfg.quantize_after = args.quantize_after
-        if getattr(args, "wave_mse", None) is not None:
-            cfg.wave_mse_weight = args.wave_mse
         if getattr(args, "init_codec", None):
             init = Path(args.init_codec).expanduser()
             source = init / CODEC_SETTINGS if (init / CODEC_SETTINGS).exists() else None
@@ -538,10 +482,9 @@ def run_stage(args: Any) -> int:
                 for name in _SIZE_FIELDS:
                     setattr(cfg, name, sizes[name])
             cfg.extra["init_from"] = str(init)
-    if args.steps is not None:
-        cfg.steps = args.steps
-    if args.ckpt_every is not None:
-        cfg.ckpt_every = args.ckpt_every
+    for flag in CODEC_RESUME_FLAGS:  # how long it goes and how often it saves and logs move on a resume too
+        if getattr(args, flag, None) is not None:
+            setattr(cfg, CODEC_FLAGS[flag], getattr(args, flag))
     if getattr(args, "device", None):
         cfg.device = str(parse_device(args.device))  # where it trains may change on a resume, as for every stage
     init = cfg.extra.get("init_from")

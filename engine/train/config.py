@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
+from engine.model.config import frame_rate as codec_frame_rate
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
@@ -139,3 +140,75 @@ def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | Non
     if choice == "fp16" and device.type != "cuda":
         raise ConfigError("--precision fp16 needs a CUDA device (use bf16 or fp32)")
     return (torch.bfloat16, False) if choice == "bf16" else (torch.float16, True)
+
+
+@dataclass
+class CodecTrainConfig:
+    """Everything that defines a codec run (`imusic train --stage codec`, engine/train/codec_train.py)."""
+
+    sample_rate: int = 16000
+    num_filters: int = 16
+    hidden_size: int = 128
+    upsampling_ratios: tuple[int, ...] = (4, 5, 4, 4)  # hop 320 -> 50 Hz at 16 kHz
+    codebook_size: int = 512
+    num_codebooks: int = 4
+    num_lstm_layers: int = 1
+    segment_seconds: float = 1.0
+    batch_size: int = 8
+    lr: float = 1e-3  # 3e-4 left the reconstruction flat for 600 steps here; 1e-3 starts learning in ~150
+    steps: int = 10000
+    warmup_steps: int = 200
+    ema_decay: float = 0.99
+    commit_weight: float = 1.0
+    stft_weight: float = 1.0
+    stft_sizes: tuple[int, ...] = (128, 256, 512, 1024)
+    # Weight of the waveform's normalised MSE (error power over signal power). The STFT terms ignore phase, and with
+    # them alone the decoder settled on a buzz at the frame rate: a pure tone came back as harmonics of 50 Hz. A
+    # phase-sensitive term pulls it out of that (docs/embedded_model/codec.md).
+    wave_mse_weight: float = 0.0
+    # An EMA count below this re-seeds the code from the batch. With 8 x 1 s batches (400 vectors for 512 codes) most
+    # counts sit near 0.8, so a threshold of 1 re-seeded nearly every code at every step; 0.05 means ~300 steps unused.
+    dead_code_threshold: float = 0.05
+    # The first steps train encoder and decoder without quantisation: the codebooks are then initialised from the
+    # latents of an encoder that has learnt something, not from a random one (faster start on a CPU budget).
+    quantize_after: int = 0
+    ckpt_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    device: str = "cpu"  # where the codec trains (cuda on an accelerator machine); the result is the same format
+    preload: bool = False  # decode every training file into memory once (int16) instead of a seek per clip
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def frame_rate(self) -> float:
+        return codec_frame_rate(self.sample_rate, self.upsampling_ratios)
+
+    def check(self) -> None:
+        """ConfigError for settings no codec run can use (NaN included: it fails every comparison)."""
+        whole = {"steps": self.steps, "batch": self.batch_size, "ckpt_every": self.ckpt_every}
+        whole["log_every"] = self.log_every
+        for name, value in whole.items():
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.warmup_steps < 0 or self.quantize_after < 0:
+            raise ConfigError("--warmup and --quantize-after must not be negative")
+        for flag, value, lowest in (("--lr", self.lr, 0.0), ("--seconds", self.segment_seconds, None),
+                                    ("--wave-mse", self.wave_mse_weight, 0.0)):  # fmt: skip
+            if not (math.isfinite(value) and (value > 0 if lowest is None else value >= lowest)):
+                raise ConfigError(f"{flag} must be a {'positive ' if lowest is None else ''}number, got {value}")
+
+
+# `imusic train` flag (argparse dest) -> CodecTrainConfig field, for the options the codec stage reads
+CODEC_FLAGS = {
+    "steps": "steps",
+    "batch": "batch_size",
+    "lr": "lr",
+    "warmup": "warmup_steps",
+    "seconds": "segment_seconds",
+    "seed": "seed",
+    "ckpt_every": "ckpt_every",
+    "log_every": "log_every",
+    "quantize_after": "quantize_after",
+    "wave_mse": "wave_mse_weight",
+}
+CODEC_RESUME_FLAGS = ("steps", "ckpt_every", "log_every")  # what a resumed codec run still takes from the command line
