@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge import protocol
 from bridge.protocol import EditRequest, Reply
+from engine.errors import Cancelled, ImusicError
 
 RESEND = "resend"
 STATUS = "status"
@@ -94,7 +95,9 @@ class ReplyTracker:
         elif reply.address == protocol.STATE:
             if reply.state in (protocol.ERROR_STATE, protocol.CANCELLED):
                 message = reply.message or reply.state
-                job.code = protocol.detail_code(message, reply.state)
+                # a detail without its code: the code of a cancellation, or of an error of no named kind
+                default = Cancelled.code if reply.state == protocol.CANCELLED else ImusicError.code
+                job.code = protocol.detail_code(message, default)
                 job.error = message
             elif reply.state == protocol.UNKNOWN:
                 if job.request is None:

@@ -354,7 +354,7 @@ def _drop(session: Session) -> None:
 def finish(R: Any, session: Session) -> None:
     """Insert every result of a session in one undo point; one message for the jobs that failed."""
     done = [job for job in session.jobs.values() if job.result_path]
-    failed = [job for job in session.jobs.values() if job.code and job.code != protocol.CANCELLED]
+    failed = [job for job in session.jobs.values() if job.code and job.code != Cancelled.code]
     missing = [job for job in done if not os.path.isfile(job.result_path)]
     done = [job for job in done if job not in missing]
     if done:
@@ -373,7 +373,7 @@ def finish(R: Any, session: Session) -> None:
 def _project_closed(session: Session) -> None:
     """The session's project was closed before its results came: say where they are, and what failed."""
     done = [job.result_path for job in session.jobs.values() if job.result_path]
-    failed = [job for job in session.jobs.values() if job.code and job.code != protocol.CANCELLED]
+    failed = [job for job in session.jobs.values() if job.code and job.code != Cancelled.code]
     label = planning.edit_label(session.instruction)
     where = ("; the results are in:\n" + "\n".join(done)) if done else ""
     lines = "".join(f"\n{job.view.describe()} failed: {job.error or job.code}" for job in failed)
