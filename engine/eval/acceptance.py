@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError
-from engine.eval.report import report_summary
+from engine.eval.report import CEILING_ROW, IDENTITY_ROW, MODEL_ROW, report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 from engine.instructions import instruction_text
 
@@ -65,7 +65,7 @@ def _finite(value: Any) -> bool:
 
 
 def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
-    mine, base = rows.get(row, {}).get(metric), rows.get("identity", {}).get(metric)
+    mine, base = rows.get(row, {}).get(metric), rows.get(IDENTITY_ROW, {}).get(metric)
     if not (_finite(mine) and _finite(base)):  # missing, null, or "nan" as older reports wrote it
         return f"{METRIC_WORDS[metric]} not measured"
     return f"{METRIC_WORDS[metric]} {mine:.3g} vs {base:.3g}"
@@ -74,7 +74,7 @@ def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
 def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
     """The model and codec-ceiling bars of one test set."""
 
-    model, ceiling = beats_identity(summary, "model"), beats_identity(summary, "codec ceiling")
+    model, ceiling = beats_identity(summary, MODEL_ROW), beats_identity(summary, CEILING_ROW)
     bars = []
     for task in TASKS:
         metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use

@@ -29,7 +29,19 @@ import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
 from engine.eval.clips import check_tasks, held_out_clips, stereo_clip
-from engine.eval.report import REPORT_JSON, REPORT_MD, SPECTROGRAMS, markdown, summarize
+from engine.eval.report import (
+    CEILING_ROW,
+    IDEAL_MASK_ROW,
+    IDENTITY_ROW,
+    MODEL_ROW,
+    ORACLE_ROW,
+    REPORT_JSON,
+    REPORT_MD,
+    RESYNTH_ROW,
+    SPECTROGRAMS,
+    markdown,
+    summarize,
+)
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.modes import DEFAULT_MODE, MASK, RESYNTH
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
@@ -79,7 +91,7 @@ def score_rows(
     """Metrics of every row's output ({row: audio}) against the target, plus the identity and oracle rows."""
     from engine.eval.metrics import edit_metrics
 
-    rows = {"identity": input_audio, **outputs, "oracle": target}
+    rows = {IDENTITY_ROW: input_audio, **outputs, ORACLE_ROW: target}
     return {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
 
 
@@ -94,7 +106,7 @@ def score_clip(
 ) -> dict[str, dict[str, float]]:
     """One clip's metrics for every row, the ideal mask's row made here: numpy only, so that a pool of processes
     can score clips while the model (and the codec ceiling) stays in the calling process."""
-    rows = {**rows, "ideal mask": ideal_mask_row(source, target, rate, task, raw, mask_setting)}
+    rows = {**rows, IDEAL_MASK_ROW: ideal_mask_row(source, target, rate, task, raw, mask_setting)}
     return score_rows(source, target, rows, rate)
 
 
@@ -120,7 +132,7 @@ def _record(
     """One batch's clips into `examples`, in order, waiting for a scoring worker's figures where one makes them; their
     WAVs into `audio_dirs` (when given) and spectrograms of the first plots[1] examples into plots[0]."""
     for index, clip, instruction, source, target, rows, scores in edited:
-        output = rows["model"]
+        output = rows[MODEL_ROW]
         scores = scores.result() if hasattr(scores, "result") else scores
         examples.append(
             {
@@ -141,7 +153,7 @@ def _record(
             from engine.eval.plots import plot_spectrograms
 
             plot_spectrograms(
-                [("input", source), ("mask", output), ("resynth", rows["resynth"]), ("target", target)],
+                [("input", source), ("mask", output), ("resynth", rows[RESYNTH_ROW]), ("target", target)],
                 rate,
                 plots[0] / f"{task}_{number:03d}_{clip.song_id}.png",
                 title=f"{instruction.prompt}  ({clip.song_id} @ {clip.offset:.1f} s)",
@@ -365,9 +377,9 @@ def evaluate(
                         continue
                     result, resynth = edits
                     rows = {
-                        "model": result.audio if stereo else result.audio[0],
-                        "resynth": resynth.audio if stereo else resynth.audio[0],
-                        "codec ceiling": codec_roundtrip(editor.model.codec, target),  # the model's device: here
+                        MODEL_ROW: result.audio if stereo else result.audio[0],
+                        RESYNTH_ROW: resynth.audio if stereo else resynth.audio[0],
+                        CEILING_ROW: codec_roundtrip(editor.model.codec, target),  # the model's device: here
                     }
                     job = (source, target, rows, rate, task, raw, mask_settings.get(task))
                     scores = pool.submit(score_clip, *job) if pool is not None else score_clip(*job)
@@ -384,7 +396,7 @@ def evaluate(
             notes = []
             if optional_metrics:
                 extra, notes = _optional_metrics(audio_dirs, captions, str(editor.model.device))
-                summary["model"].update(extra)
+                summary[MODEL_ROW].update(extra)
             if not save_audio and want_audio:
                 import shutil
 

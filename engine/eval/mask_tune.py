@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ImusicError
+from engine.eval.report import IDEAL_MASK_ROW
 from engine.files import write_json_atomic
 from engine.mask import DEFAULT_SETTINGS, MaskSettings
 from engine.modes import MASK, RESYNTH
@@ -64,13 +65,13 @@ def score(clips: list[tuple], rate: int, task: str, settings: MaskSettings) -> d
     from engine.levels import match_level
     from engine.mask import apply_edit
 
-    rows: dict[str, list[dict]] = {"mask": [], "ideal mask": []}
+    rows: dict[str, list[dict]] = {"mask": [], IDEAL_MASK_ROW: []}
     for source, target, estimate in clips:
         masked = apply_edit(source, rate, estimate, rate, task, settings)
         masked, _ = match_level(masked, source[None], rate, task, mode=MASK)
         rows["mask"].append(edit_metrics(masked[0], source, target, rate))
         ideal = ideal_mask_row(source, target, rate, task, False, settings)
-        rows["ideal mask"].append(edit_metrics(ideal, source, target, rate))
+        rows[IDEAL_MASK_ROW].append(edit_metrics(ideal, source, target, rate))
     result: dict[str, float] = {}
     for name, scores in rows.items():
         result[f"{name} mel_ssim"] = float(np.mean([s["mel_ssim"] for s in scores]))

@@ -11,7 +11,11 @@ from typing import Any
 
 import numpy as np
 
-ROWS = ("model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle")
+# The rows of every task's table, in their order (module docstring of engine/eval/evaluate.py says what each is); a row
+# named otherwise is dropped by summarize(), so every writer and reader names them from here.
+MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW = "model", "resynth", "identity"
+CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW = "codec ceiling", "ideal mask", "oracle"
+ROWS = (MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW, CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW)
 METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error")
 METRIC_TITLES = {
     "si_sdr": "SI-SDR (dB) ↑",
@@ -78,7 +82,7 @@ def markdown(report: dict) -> str:
         summary = part["summary"]
         extra = [m for m in ("fad", "kl", "clap") if m in summary.get("model", {})]
         columns = [*METRICS, *extra]
-        n = int(summary["model"]["n"]) if "model" in summary else 0
+        n = int(summary[MODEL_ROW]["n"]) if MODEL_ROW in summary else 0
         lines += ["", f"## {task} ({n} clips)", ""]
         lines.append("| row | " + " | ".join(METRIC_TITLES[m] for m in columns) + " |")
         lines.append("|---|" + "---:|" * len(columns))
@@ -89,7 +93,7 @@ def markdown(report: dict) -> str:
                     value = summary[row].get(m)
                     std = summary[row].get(f"{m}_std")
                     text = _cell(value)
-                    if std is not None and not math.isnan(std) and row != "oracle":
+                    if std is not None and not math.isnan(std) and row != ORACLE_ROW:
                         text += f" ± {_cell(std)}"
                     cells.append(text)
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.eval.report import LOWER_IS_BETTER
+from engine.eval.report import IDENTITY_ROW, LOWER_IS_BETTER, MODEL_ROW
 
 # The metrics each operation is judged on. Add is judged on log-mel distance only: the input already holds
 # everything but the new part, so its mel SSIM to the target starts high.
@@ -20,7 +20,7 @@ EDIT_BARS: dict[str, tuple[str, ...]] = {
 METRIC_WORDS = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel distance"}
 
 
-def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dict[str, bool]]:
+def beats_identity(summary: dict[str, Any], row: str = MODEL_ROW) -> dict[str, dict[str, bool]]:
     """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row on mel SSIM (higher) and
     log-mel distance (lower).
 
@@ -29,7 +29,7 @@ def beats_identity(summary: dict[str, Any], row: str = "model") -> dict[str, dic
     """
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
-        model, identity = rows.get(row, {}), rows.get("identity", {})
+        model, identity = rows.get(row, {}), rows.get(IDENTITY_ROW, {})
         one = {}
         for metric in METRIC_WORDS:  # the metrics the bars are judged on
             mine, base = model.get(metric), identity.get(metric)
