@@ -212,7 +212,15 @@ def _rank_key(song_id: str, seed: int) -> str:
     return hashlib.sha1(f"{seed}:{song_id}".encode()).hexdigest()
 
 
-def split_ids(ids: list[str], valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0) -> dict:
+# The shares of songs held out for validation and for test, wherever a data set is split by song (synthesis suggests
+# it, StemDataset and the codec stage use it): one pair, or the codec would train on songs evaluation tests on.
+VALID_FRACTION = 0.1
+TEST_FRACTION = 0.1
+
+
+def split_ids(
+    ids: list[str], valid_fraction: float = VALID_FRACTION, test_fraction: float = TEST_FRACTION, seed: int = 0
+) -> dict:
     """Song ids -> {"train", "validation", "test"}: a seeded hash order, independent of the input order."""
     if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
         raise ConfigError("validation and test fractions must be in [0, 1) and leave songs for training")
@@ -238,7 +246,10 @@ SPLIT_SEED = 0
 
 
 def split_songs(
-    songs: list[Song], valid_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = SPLIT_SEED
+    songs: list[Song],
+    valid_fraction: float = VALID_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
 ) -> dict[str, list[Song]]:
     """Deterministic split by song: the data set's own split when every song has one, else a seeded hash order.
 
@@ -286,8 +297,8 @@ class StemDataset:
         *,
         seed: int = 0,
         clips_per_song: int = 1,
-        valid_fraction: float = 0.1,
-        test_fraction: float = 0.1,
+        valid_fraction: float = VALID_FRACTION,
+        test_fraction: float = TEST_FRACTION,
         random_clips: bool | None = None,
     ) -> None:
         if split not in SPLITS:

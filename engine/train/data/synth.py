@@ -65,7 +65,7 @@ def _split_suggestion(ids: list[str], seed: int) -> dict[str, list[str]]:
 
     if len(ids) < 3:
         return {"train": list(ids), "validation": [], "test": []}
-    return split_ids(ids, 0.1, 0.1, seed)
+    return split_ids(ids, seed=seed)  # the held-out shares every split by song uses
 
 
 def _track_parts(
