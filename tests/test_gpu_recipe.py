@@ -114,6 +114,17 @@ def test_pack_unpack_round_trip_is_bf16_exact_and_parts_fit_the_limit(tmp_path):
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in parts]
 
 
+def test_more_than_a_hundred_parts_are_found_in_number_order_and_unpack(tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(120_000))
+    parts = pack_dir(src, tmp_path / "p", "codec", part_bytes=1024)
+    assert len(parts) > 100 and parts[100].name == "codec.tar.100"
+    assert parts_of(tmp_path / "p", "codec") == parts  # .100 after .99, not after .10
+    unpack_parts(parts, tmp_path / "x", restore=False)
+    assert (tmp_path / "x" / "a.bin").read_bytes() == (src / "a.bin").read_bytes()
+
+
 def test_missing_or_damaged_parts_are_refused(tmp_path):
     src = tmp_path / "s"
     src.mkdir()

@@ -112,8 +112,9 @@ def pack_dir(
 
 
 def parts_of(folder: Path, name: str) -> list[Path]:
-    """The parts NAME.tar.00, .01, ... in `folder`, in order (empty when there are none)."""
-    return sorted(Path(folder).glob(f"{name}.tar.[0-9][0-9]"))
+    """The parts NAME.tar.00, .01, ... (.100 past a hundred) in `folder`, in number order ([] when there are none)."""
+    parts = [p for p in Path(folder).glob(f"{name}.tar.*") if p.name.rsplit(".", 1)[1].isdigit()]
+    return sorted(parts, key=lambda p: int(p.name.rsplit(".", 1)[1]))
 
 
 def unpack_parts(parts: Sequence[Path], dest: Path, restore: bool = True) -> list[Path]:
