@@ -113,8 +113,8 @@ class ServerBackend:
         except NoReply:
             self.client.close()
             raise ConfigError(f"no imusic server answers at {address}: start one with `imusic serve`") from None
-        version, model, device = (pong.args + ["", "", ""])[:3]
-        self.model_info = {"model": model, "device": device, "server": address, "server_version": version}
+        self.model_info = {"model": pong.model, "device": pong.device, "server": address}
+        self.model_info["server_version"] = pong.version
         self.options = options
         self.per_file_progress = True
         self.submitted: set[str] = set()

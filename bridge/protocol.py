@@ -466,6 +466,26 @@ class Reply:
         return ""
 
     @property
+    def version(self) -> str:
+        """The engine's version, in /pong and /server_status."""
+        return str(self._arg({PONG: 0, SERVER_STATUS: 3}.get(self.address, len(self.args)), ""))
+
+    @property
+    def model(self) -> str:
+        """The loaded model's name, in /pong and /server_status."""
+        return str(self._arg({PONG: 1, SERVER_STATUS: 4}.get(self.address, len(self.args)), ""))
+
+    @property
+    def device(self) -> str:
+        """Where the model runs, in /pong."""
+        return str(self._arg(2, "")) if self.address == PONG else ""
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting, in /server_status."""
+        return int(self._arg(1, 0)) if self.address == SERVER_STATUS else 0
+
+    @property
     def notes(self) -> list[str]:
         """/pong's notes on the loaded model (its own evaluation's shortfalls), one a line; [] for other replies."""
         return [line for line in str(self._arg(4, "")).split("\n") if line] if self.address == PONG else []

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.request == "status":
             reply = client.status(args.job_id, short)
             _print_reply(reply, args.json)
-            if args.job_id and reply.args[1:2] == [protocol.UNKNOWN]:
+            if args.job_id and reply.state == protocol.UNKNOWN:
                 return 1  # no such job, as `send cancel` says of it
         elif args.request == "cancel":
             _print_reply(client.cancel(args.job_id, short), args.json)
