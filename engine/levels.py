@@ -178,18 +178,23 @@ def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -
     p_mix = _power_spectrogram(mix, sample_rate)
     frames = min(p_stem.shape[1], p_mix.shape[1])
     p_stem, p_mix = p_stem[:, :frames], p_mix[:, :frames]
-    if not np.any(p_stem > 0):
+    ratio = weighted_power_ratio(p_mix, p_stem, p_stem, _STEM_QUANTILE)
+    return None if ratio is None else float(10 * np.log10(ratio))
+
+
+def weighted_power_ratio(p_whole: np.ndarray, p_part: np.ndarray, weight: np.ndarray, quantile: float) -> float | None:
+    """The `quantile` of the bins' power ratios whole / part, each bin counted by its `weight` (arrays of one shape),
+    over the live bins: weight above 1e-3 of its 99th percentile, both powers above zero. None when no bin is live.
+    The stem-level estimate here and the mask mode's level calibration (engine.mask) read a level this one way."""
+    if not np.any(weight > 0):
         return None
-    reference = np.percentile(p_stem[p_stem > 0], 99.0)
-    mask = (p_stem > reference * 1e-3) & (p_mix > 0)
-    if not np.any(mask):
+    live = (weight > np.percentile(weight[weight > 0], 99.0) * 1e-3) & (p_whole > 0) & (p_part > 0)
+    if not np.any(live):
         return None
-    ratios = 10 * np.log10(p_mix[mask] / p_stem[mask])
-    weights = p_stem[mask]
+    ratios = p_whole[live] / p_part[live]
     order = np.argsort(ratios)
-    cumulative = np.cumsum(weights[order])
-    median = ratios[order][np.searchsorted(cumulative, _STEM_QUANTILE * cumulative[-1])]
-    return float(median)
+    cumulative = np.cumsum(weight[live][order])
+    return float(ratios[order][np.searchsorted(cumulative, quantile * cumulative[-1])])
 
 
 def _finite(value: float) -> float | None:

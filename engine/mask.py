@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import ConfigError
-from engine.levels import STEM_FLOOR_LU
+from engine.instructions import OPERATIONS
+from engine.levels import STEM_FLOOR_LU, weighted_power_ratio
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ def apply_edit(
     """
     from engine.resample import resample
 
-    if op not in _QUANTILE:
-        raise ConfigError(f"unknown operation {op!r}: use {', '.join(_QUANTILE)}")
+    if op not in OPERATIONS:
+        raise ConfigError(f"unknown operation {op!r}: use {', '.join(OPERATIONS)}")
     x = np.atleast_2d(np.asarray(original, dtype=np.float64))
     est = np.atleast_2d(np.asarray(estimate, dtype=np.float32)).mean(axis=0)
     est = resample(est, int(estimate_rate), int(rate), x.shape[-1]).astype(np.float64)
@@ -177,14 +178,8 @@ def _level_gain(spectra, frames: int, block: int, op: str) -> float:
         est_parts.append(np.abs(spec_e[::stride]) ** 2)
     p_mix, p_est = np.concatenate(mix_parts).ravel(), np.concatenate(est_parts).ravel()
     weight = p_mix if op == "add" else p_est  # the bins where the estimate is expected to match the original
-    if not np.any(weight > 0):
+    ratio = weighted_power_ratio(p_mix, p_est, weight, _QUANTILE[op])
+    if ratio is None:
         return 1.0
-    live = (weight > np.percentile(weight[weight > 0], 99.0) * 1e-3) & (p_mix > 0) & (p_est > 0)
-    if not np.any(live):
-        return 1.0
-    ratios = p_mix[live] / p_est[live]
-    order = np.argsort(ratios)
-    cumulative = np.cumsum(weight[live][order])
-    ratio = ratios[order][np.searchsorted(cumulative, _QUANTILE[op] * cumulative[-1])]
     lowest = p_mix.sum() / p_est.sum() * 10 ** (-STEM_FLOOR_LU / 10)  # a part at most this far under the whole
     return float(np.clip(math.sqrt(max(ratio, lowest)), 1e-2, 1e2))
