@@ -104,26 +104,25 @@ def render_clip(seconds: float, seed: int, keep: list[str] | None = None) -> Cli
     unless that would leave nothing."""
     import soundfile as sf
 
+    from engine.train.data.layouts import scan
     from engine.train.data.stems import caption_word
     from engine.train.data.synth import synthesize
-    from engine.train.data.yamlio import read_yaml
 
     song_seed = HELD_OUT_SEED + seed
     frames = int(round(seconds * DEMO_RATE))
+    mono: dict[str, np.ndarray] = {}
+    meta: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="imusic-demo-") as tmp:
         synthesize(Path(tmp) / "song", 1, seed=song_seed, seconds=seconds, sample_rate=DEMO_RATE, progress=False)
-        track = Path(tmp) / "song" / "Track00001"
-        meta = read_yaml(track / "metadata.yaml")
-        mono: dict[str, np.ndarray] = {}
-        for name, entry in meta["stems"].items():
-            if not entry.get("audio_rendered"):
-                continue
-            audio, _ = sf.read(str(track / "stems" / f"{name}.flac"), dtype="float32", always_2d=True)
-            audio = audio.mean(axis=1)[:frames]  # [n]
-            audio = np.pad(audio, (0, frames - audio.shape[0]))
-            # Two parts of one class (two guitars) are one stem to a producer.
-            stem = result_name(caption_word(entry["inst_class"]))
-            mono[stem] = mono.get(stem, 0) + audio
+        for song in scan(Path(tmp) / "song", "slakh").songs:  # read as every data tool reads the layout: one song
+            meta = song.info
+            for stem_file in song.stems:
+                audio, _ = sf.read(str(stem_file.path), dtype="float32", always_2d=True)
+                audio = audio.mean(axis=1)[:frames]  # [n]
+                audio = np.pad(audio, (0, frames - audio.shape[0]))
+                # Two parts of one class (two guitars) are one stem to a producer.
+                stem = result_name(caption_word(stem_file.cls))
+                mono[stem] = mono.get(stem, 0) + audio
     if keep and any(stem in keep for stem in mono):
         mono = {stem: audio for stem, audio in mono.items() if stem in keep}
     rng = np.random.default_rng([song_seed, 7])
