@@ -12,6 +12,8 @@ from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
+# The embedded model's sample rate: its codec's default, and the rate its data are rendered at
+EMBEDDED_RATE = 16000
 # A new base model's sizes when a base stage starts from a codec alone (engine.train.template), by their option names
 BASE_SIZES = {"layers": 4, "dim": 256, "heads": 4, "text_dim": 128}
 RUN_MODEL = "model"  # the model folder a base or adapter run exports (engine.weights.names: base/, adapter/, card)
@@ -146,7 +148,7 @@ def precision(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | Non
 class CodecTrainConfig:
     """Everything that defines a codec run (`imusic train --stage codec`, engine/train/codec_train.py)."""
 
-    sample_rate: int = 16000
+    sample_rate: int = EMBEDDED_RATE
     num_filters: int = 16
     hidden_size: int = 128
     upsampling_ratios: tuple[int, ...] = (4, 5, 4, 4)  # hop 320 -> 50 Hz at 16 kHz

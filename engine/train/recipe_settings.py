@@ -7,6 +7,8 @@ import hashlib
 import json
 from typing import Any
 
+from engine.train.config import BASE_SIZES, EMBEDDED_RATE
+
 RECIPE = "embedded"
 
 # What each scale trains. "full" is planned for one H200 (docs/embedded_model/gpu_recipe.md); its step counts are
@@ -14,7 +16,7 @@ RECIPE = "embedded"
 # CPU (tests/test_gpu_recipe.py). Sizes are the shipped model's (decoder 4 x 256, text 128, codec 4 x 512 codes).
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
-        "data": {"tracks": 1600, "seconds": 30.0, "sample_rate": 16000, "renderer": "auto"},
+        "data": {"tracks": 1600, "seconds": 30.0, "sample_rate": EMBEDDED_RATE, "renderer": "auto"},
         "codec": {
             "batch_size": 64,
             "segment_seconds": 1.0,
@@ -30,10 +32,7 @@ SCALES: dict[str, dict[str, Any]] = {
             ],
         },
         "base": {
-            "layers": 4,
-            "dim": 256,
-            "heads": 4,
-            "text_dim": 128,
+            **BASE_SIZES,  # the shipped model's sizes
             "steps": 30000,
             "batch": 64,
             "accum": 1,  # one optimizer step per batch of 64 (TrainConfig's official default is 4 micro-batches)
@@ -79,7 +78,7 @@ SCALES: dict[str, dict[str, Any]] = {
         },  # fmt: skip
     },
     "tiny": {
-        "data": {"tracks": 6, "seconds": 4.0, "sample_rate": 16000, "renderer": "auto"},
+        "data": {"tracks": 6, "seconds": 4.0, "sample_rate": EMBEDDED_RATE, "renderer": "auto"},
         "codec": {
             "batch_size": 2,
             "segment_seconds": 0.5,
