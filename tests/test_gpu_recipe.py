@@ -291,6 +291,7 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert editor.card.beats_identity == verdict
     # the same evaluation record as the CPU build writes (default_model.evaluation), made from the run's own report
     assert set(card["evaluation"]) == {"command", "report", "mode", "summary", "beats_identity"}
+    assert card["wall_seconds_total"] > 0 and "wall_seconds_total" not in card["recipe"]  # where the CPU card has it
     assert card["evaluation"]["summary"] == json.loads((out / "card.json").read_text())["stages"]["eval"]["summary"]
     # a card.json (or eval pack) from another run beside these packs is refused, and the installed model stays
     other = json.loads((out / "card.json").read_text())

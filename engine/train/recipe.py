@@ -450,8 +450,9 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 ),
                 stems=own.get("stems") or model_stems(staged),
                 sizes=model_sizes(staged),
-                recipe={k: v for k, v in run_card.items() if k != "stages"},
+                recipe={k: v for k, v in run_card.items() if k not in ("stages", "wall_seconds_total")},
                 stages=run_card.get("stages", {}),
+                wall_seconds_total=run_card.get("wall_seconds_total"),  # where the CPU build's card has it too
                 provenance=own.get("provenance", {}),
             )
             report = work_dir / "eval" / REPORT_JSON
