@@ -101,6 +101,7 @@ class JobProgress:
     def __init__(self, label: str = "", *, enabled: bool = True, stream: Any = None) -> None:
         self.stream = stream if stream is not None else sys.stderr  # looked up now: stderr may have been replaced
         self.label, self.enabled, self.last_stage = label, enabled, None
+        self.shown: set[str] = set()  # the stages shown so far
         self.bar = None
         if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
             from tqdm import tqdm
@@ -117,10 +118,11 @@ class JobProgress:
         elif self.enabled and stage != self.last_stage:
             self.stream.write(f"{self.label + ': ' if self.label else ''}{fraction * 100:5.1f}% {stage}\n")
         self.last_stage = stage
+        self.shown.add(stage)
 
     def close(self, done: bool = False) -> None:
-        """End the display (with `done`, at 100% first)."""
-        if done and self.last_stage != "done":
+        """End the display (with `done`, at 100% first, unless the job's own last stages said so already)."""
+        if done and "done" not in self.shown:
             self(1.0, "done")
         if self.bar is not None:
             self.bar.close()

@@ -150,6 +150,8 @@ def test_a_jobs_progress_is_a_line_per_stage_in_a_log_a_bar_on_a_terminal_and_no
     for fraction, stage in ((0.0, "started"), (0.2, "editing"), (0.5, "editing"), (1.0, "writing")):
         progress(fraction, stage)
     progress.close(done=True)
+    progress(1.0, "done")  # a job whose own last stage is "done" (the Editor's) is not said done twice
+    progress.close(done=True)
     assert log.getvalue().splitlines() == [
         "extract drums (mask):   0.0% started", "extract drums (mask):  20.0% editing",
         "extract drums (mask): 100.0% writing", "extract drums (mask): 100.0% done",
