@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from bridge import protocol
+from bridge import protocol, tracking
 from bridge.cli import JobProgress, add_edit_options, seconds_option
 from bridge.client import Client, RemoteError, local_bind_host
 from bridge.protocol import Reply
@@ -28,7 +28,7 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
         "--timeout",
         type=seconds_option,
         default=argparse.SUPPRESS if suppress else None,
-        help="seconds to wait for an answer (edit: no limit)",
+        help="seconds to wait for an answer (edit: no limit while the server answers; a minute of silence ends it)",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print replies as JSON"
@@ -114,7 +114,8 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         return 0
     bar = JobProgress()
     try:
-        result = client.wait(job_id, timeout=args.timeout, on_progress=bar)
+        # a server that died or hangs is said in one line, as batch and the REAPER actions say it, not waited on forever
+        result = client.wait(job_id, timeout=args.timeout, on_progress=bar, give_up_after=tracking.GIVE_UP_AFTER_S)
     except KeyboardInterrupt:
         bar.close()
         client.send(protocol.CANCEL, job_id)

@@ -301,3 +301,37 @@ def test_a_wire_request_gives_the_edit_choices_the_engine_takes():
     request = protocol.EditRequest("j1", "/a.wav", 0.0, -1.0, "extract drums", seed=7, takes=2, mode="resynth")
     assert request.options() == protocol.EditOptions(seed=7, takes=2, raw=False, mode="resynth")
     assert protocol.EditRequest("j2", "/a.wav", 0.0, -1.0, "add piano").options() == protocol.EditOptions()
+
+
+def test_send_edit_gives_up_in_one_line_on_a_server_that_accepts_and_goes_silent(tmp_path, monkeypatch, capsys):
+    import socket
+    import threading
+
+    from bridge import tracking
+    from bridge.cli import main
+
+    monkeypatch.setattr(tracking, "GIVE_UP_AFTER_S", 0.5)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.settimeout(10)
+
+    def accept_once_then_say_nothing():
+        data, sender = silent.recvfrom(65536)
+        (address, args), *_ = protocol.decode(data)
+        assert address == protocol.EDIT
+        silent.sendto(protocol.encode(protocol.ACCEPTED, args[0], 0), sender)
+        try:
+            while True:
+                silent.recvfrom(65536)  # resends and status questions: never answered
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept_once_then_say_nothing, daemon=True)
+    thread.start()
+    song = write_wav(tmp_path / "song.wav", seconds=1.0)
+    try:
+        code = main(["send", "--port", str(silent.getsockname()[1]), "edit", str(song), "extract drums"])
+    finally:
+        silent.close()
+    assert code == 1
+    assert "has not answered about job" in capsys.readouterr().err
