@@ -128,6 +128,8 @@ def test_an_encodec_config_has_exactly_the_codebooks_asked_and_encodes_with_all_
         codebook_dim=16, num_filters=4, num_lstm_layers=1,
     )  # fmt: skip
     assert config.num_quantizers == codebooks
+    if codebooks < 9 and card == 512:  # transformers' older rule (bandwidth / (frame rate x 10)) reads it the same
+        assert int(1000 * config.target_bandwidths[-1] // (config.frame_rate * 10)) == codebooks
     codec = Codec(EncodecModel(config))
     assert codec.num_codebooks == codebooks
     assert codec.encode(torch.randn(1, 1, 1600)).shape[1] == codebooks

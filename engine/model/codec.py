@@ -20,14 +20,15 @@ def encodec_config(num_codebooks: int, **fields):
 
     transformers derives the layer count from the last target bandwidth, by a rule that changed between its versions
     (bandwidth / (frame rate x 10) before, / (frame rate x ceil(log2 codebook size)) since): the bandwidth is the one
-    the installed version's own config turns into `num_codebooks` (CheckpointError if none does)."""
+    the installed version's own config turns into `num_codebooks`, the old rule's first (a config written here then
+    reads the same under both wherever one bandwidth can: below 9 codebooks of 512), CheckpointError if none does."""
     from transformers import EncodecConfig
 
     shape = EncodecConfig(**fields)
     frame_rate = math.ceil(shape.sampling_rate / math.prod(shape.upsampling_ratios))  # the quantizer's (rounded up)
     # encode() uses floor(bandwidth / (frame rate x log2 codebook size)) codebooks: a hair above, never a rounding below
     exact = num_codebooks * math.log2(shape.codebook_size) * frame_rate / 1000 * (1 + 1e-9)
-    for bits in (math.ceil(math.log2(shape.codebook_size)), 10):
+    for bits in (10, math.ceil(math.log2(shape.codebook_size))):
         layers = num_codebooks * frame_rate * bits / 1000
         # the first for encode() without a bandwidth, the last for the layer count
         bandwidths = [exact] if math.isclose(exact, layers, rel_tol=1e-6) else [exact, layers]
