@@ -171,3 +171,17 @@ def test_a_jobs_progress_is_a_line_per_stage_in_a_log_a_bar_on_a_terminal_and_no
     off(0.5, "decoding")
     off.close(done=True)
     assert quiet.getvalue() == ""
+
+
+def test_the_modules_read_before_any_model_loads_import_neither_torch_nor_numpy():
+    # the recipe runs first on a bare accelerator machine and the CLI reads names from these: each stays light
+    modules = ["engine.train.recipe", "engine.train.config", "engine.weights.names", "engine.weights.loader",
+               "engine.eval.report", "bridge.send", "bridge.cli", "reaper_scripts.installer"]  # fmt: skip
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print('torch' in sys.modules, 'numpy' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]

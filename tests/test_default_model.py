@@ -151,5 +151,7 @@ def test_a_model_folders_stems_are_the_ones_loading_uses_its_adapters_first(tmp_
     (tmp_path / "model_card.json").write_text(json.dumps({"name": "m", "stems": ["Drums", "Bass"]}))
     (tmp_path / "adapter" / "adapter.json").write_text(json.dumps({"stems": ["Piano"]}))
     assert model_stems(tmp_path) == ["Piano"]  # as load_model: the adapter's vocabulary replaces the card's
+    (tmp_path / "model_card.json").unlink()
+    assert model_stems(tmp_path) == ["Piano"]  # a folder being assembled, its card not written yet
     (tmp_path / "adapter" / "adapter.json").unlink()
     assert model_stems(tmp_path) is None  # an adapter only loading can read: no guess

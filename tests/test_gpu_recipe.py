@@ -303,7 +303,8 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
 
 def test_install_defaults_to_the_shipped_model_folder_and_these_docs_from_any_folder(tmp_path, monkeypatch):
     from engine.train import recipe
-    from engine.train.default_model import EMBEDDED_DOCS, REPORT_LINK
+    from engine.train.config import EMBEDDED_DOCS
+    from engine.train.default_model import REPORT_LINK
     from engine.weights.loader import DEFAULT_MODEL_DIR
 
     seen = {}
@@ -317,3 +318,12 @@ def test_install_defaults_to_the_shipped_model_folder_and_these_docs_from_any_fo
     assert recipe.main(["install", str(tmp_path / "packs")]) == 0
     assert seen == {"out": DEFAULT_MODEL_DIR, "docs": EMBEDDED_DOCS}
     assert (EMBEDDED_DOCS.parent.parent / REPORT_LINK) == EMBEDDED_DOCS / "report.md"
+
+
+def test_the_run_card_is_written_into_an_export_folder_that_does_not_exist_yet(tmp_path):
+    from engine.train.recipe import CARD, Recipe
+
+    recipe = Recipe(run_dir=tmp_path / "run", budget_minutes=1, scale="tiny", export=tmp_path / "out" / "new")
+    recipe.run_dir.mkdir(parents=True)
+    recipe.card()  # after the data stage, before any pack made the folder
+    assert (tmp_path / "out" / "new" / CARD).is_file()

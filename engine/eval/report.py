@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 # The rows of every task's table, in their order (module docstring of engine/eval/evaluate.py says what each is); a row
 # named otherwise is dropped by summarize(), so every writer and reader names them from here.
 MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW = "model", "resynth", "identity"
@@ -35,6 +33,8 @@ SPECTROGRAMS = "spectrograms"  # the folder of a report's pictures, beside it
 
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Mean and standard deviation per row and metric over examples (non-finite values are counted apart)."""
+    import numpy as np  # here: the report's names are read by modules that must stay light (the recipe, the loader)
+
     summary: dict[str, dict[str, float]] = {}
     rows = [row for row in ROWS if any(row in ex for ex in examples)]
     for row in rows:

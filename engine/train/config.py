@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import ConfigError
@@ -12,6 +13,9 @@ from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
+# Where the embedded model's evaluation report is published: this checkout's docs/embedded_model (its build and install
+# commands default to it wherever they are run from)
+EMBEDDED_DOCS = Path(__file__).resolve().parents[2] / "docs" / "embedded_model"
 # The embedded model's sample rate: its codec's default, and the rate its data are rendered at
 EMBEDDED_RATE = 16000
 # A new base model's sizes when a base stage starts from a codec alone (engine.train.template), by their option names

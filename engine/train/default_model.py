@@ -25,18 +25,15 @@ from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.codec_train import final_losses, read_log
-from engine.train.config import CODEC_SETTINGS, HISTORY, RUN_MODEL
+from engine.train.config import CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL
 from engine.train.data import DATASET_JSON
-from engine.weights.loader import DEFAULT_MODEL_DIR, new_model_card, peek_card, write_model_card
+from engine.weights.loader import DEFAULT_MODEL_DIR, model_parts, new_model_card, peek_card, write_model_card
 from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
 from engine.weights.transformers_layout import safetensors_files
 
 EMBEDDED_NAME = "imusic-embedded-small"
-# Where the embedded model's evaluation report is published: this checkout's docs/embedded_model (the commands default
-# to it wherever they are run from), and the same place as the card links it, relative to the repository.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-EMBEDDED_DOCS = REPO_ROOT / "docs" / "embedded_model"
-REPORT_LINK = f"{EMBEDDED_DOCS.relative_to(REPO_ROOT).as_posix()}/{REPORT_MD}"
+# The embedded model's report as its card links it: EMBEDDED_DOCS, relative to the repository.
+REPORT_LINK = f"{EMBEDDED_DOCS.relative_to(EMBEDDED_DOCS.parents[1]).as_posix()}/{REPORT_MD}"
 
 
 def _read_json(path: Path) -> Any:
@@ -144,8 +141,9 @@ def model_sizes(model_dir: Path) -> dict[str, Any]:
 
 
 def model_stems(model_dir: Path) -> list[str] | None:
-    """The stems a model folder edits, by loading's rule (engine.weights.peek_card: its adapter's, else its card's)."""
-    return (peek_card(model_dir) or {}).get("stems")
+    """The stems a model folder edits, by loading's rule (engine.weights.peek_card: its adapter's, else its card's),
+    also while the folder is being assembled and has no card yet."""
+    return (peek_card(model_dir, model_parts(model_dir)[1]) or {}).get("stems")
 
 
 def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:

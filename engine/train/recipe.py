@@ -391,6 +391,7 @@ class Recipe:
         }
         for folder in (self.run_dir, self.export):
             if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)  # the export folder may not exist before its first pack
                 write_json_atomic(folder / CARD, card, sort_keys=False)  # whole, whenever the run is cut
         return card
 
@@ -511,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(run)
     inst = sub.add_parser("install", help="unpack a returned run into the model folder and its report into docs")
     inst.add_argument("packs", metavar="PACKS_DIR")
-    from engine.train.default_model import EMBEDDED_DOCS
+    from engine.train.config import EMBEDDED_DOCS
     from engine.weights.loader import DEFAULT_MODEL_DIR
 
     inst.add_argument("-o", "--output", default=str(DEFAULT_MODEL_DIR), help="the model folder (default: the shipped)")
