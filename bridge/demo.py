@@ -317,7 +317,7 @@ def truth(clip: Clip, edit: str) -> np.ndarray | None:
     (remove); None where the demo has no rendering of it (add: the added part was never rendered; a stem the song
     lacks; words the official vocabulary does not parse)."""
     try:
-        parsed = instructions.parse_instruction(edit, None)
+        parsed = instructions.parse_instruction(edit, {"stems": list(clip.stems)})  # the song's own stems
     except InstructionError:
         return None
     stem = clip.stems.get(parsed.stem.lower())

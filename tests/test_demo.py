@@ -115,6 +115,8 @@ def test_the_truth_of_an_edit_is_what_a_perfect_edit_gives():
     np.testing.assert_array_equal(demo.truth(clip, "Drums only"), 0.25 * mix)
     np.testing.assert_array_equal(demo.truth(clip, "take the bass out"), 0.25 * mix)
     assert demo.truth(clip, "make it louder") is None
+    odd = demo.Clip(mix, 44100, {"theremin": 0.5 * mix, "bass": 0.5 * mix}, 0)  # a stem outside the official four
+    np.testing.assert_array_equal(demo.truth(odd, "extract theremin"), 0.5 * mix)
 
 
 def test_server_process_is_gone_and_its_port_free_afterwards(demo_run):
