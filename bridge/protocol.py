@@ -465,20 +465,25 @@ class Reply:
             return str(self._arg(0, ""))
         return ""
 
+    def _named(self, positions: dict[str, int]) -> str:
+        """The argument at this reply's position in `positions` (address -> index), "" for another reply."""
+        index = positions.get(self.address)
+        return "" if index is None else str(self._arg(index, ""))
+
     @property
     def version(self) -> str:
         """The engine's version, in /pong and /server_status."""
-        return str(self._arg({PONG: 0, SERVER_STATUS: 3}.get(self.address, len(self.args)), ""))
+        return self._named({PONG: 0, SERVER_STATUS: 3})
 
     @property
     def model(self) -> str:
         """The loaded model's name, in /pong and /server_status."""
-        return str(self._arg({PONG: 1, SERVER_STATUS: 4}.get(self.address, len(self.args)), ""))
+        return self._named({PONG: 1, SERVER_STATUS: 4})
 
     @property
     def device(self) -> str:
         """Where the model runs, in /pong."""
-        return str(self._arg(2, "")) if self.address == PONG else ""
+        return self._named({PONG: 2})
 
     @property
     def queued(self) -> int:

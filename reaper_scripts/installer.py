@@ -258,12 +258,17 @@ _ACTION_BODIES = {
     ),
 }
 _PRESET_ABOUT = {"extract": "Keep only the {stem} of", "remove": "Remove the {stem} from", "add": "Add {stem} to"}
-for _preset in PRESET_ACTIONS:
-    _ACTION_BODIES[_preset.script_name] = (
-        f"{_PRESET_ABOUT[_preset.operation].format(stem=_preset.stem)} each selected item (or the time selection on\n"
-        "selected tracks); the result lands on a new track under the source.",
-        f'run_preset("{_preset.operation}", "{_preset.stem}")',
+_ACTION_BODIES.update(
+    (
+        preset.script_name,
+        (
+            f"{_PRESET_ABOUT[preset.operation].format(stem=preset.stem)} each selected item (or the time selection on\n"
+            "selected tracks); the result lands on a new track under the source.",
+            f'run_preset("{preset.operation}", "{preset.stem}")',
+        ),
     )
+    for preset in PRESET_ACTIONS
+)
 
 
 def action_source(action: Action) -> bytes:
