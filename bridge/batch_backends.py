@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import protocol
+from bridge import protocol, tracking
 from bridge.protocol import EditOptions
 from bridge.sources import Pair
-from bridge.tracking import GIVE_UP_AFTER_S
 from engine.errors import (
     AudioError,
     CheckpointError,
@@ -29,6 +28,8 @@ from engine.errors import (
 )
 from engine.files import jsonable
 
+# The server journals each of a batch's first jobs before it answers: a slow disk gets longer than a ping.
+FIRST_ANSWER_S = 30.0
 # Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
 FATAL_REMOTE_CODES = (
     InstructionError.code,
@@ -94,12 +95,11 @@ class InProcessBackend:
 class ServerBackend:
     """Jobs sent to a running `imusic serve`; the server reads the region and writes the result itself."""
 
-    silence_limit_s = GIVE_UP_AFTER_S  # then the batch stops with a clear error instead of waiting forever
+    silence_limit_s = tracking.GIVE_UP_AFTER_S  # then the batch stops with a clear error instead of waiting forever
 
     def __init__(self, address: str, options: EditOptions) -> None:
         if options.raw:
             raise ConfigError("--raw is not available with --server (the server always matches levels)")
-        from bridge import protocol
         from bridge.client import Client, NoReply
 
         host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
@@ -109,10 +109,10 @@ class ServerBackend:
         self.client = Client(host, port)
         address = f"{host}:{port}"
         try:
-            pong = self.client.ping(timeout=3.0)
+            pong = self.client.ping()
         except NoReply:
             self.client.close()
-            raise ConfigError(f"no imusic server answers at {address}: start one with `imusic serve`") from None
+            raise ConfigError(tracking.not_answering(host, port)) from None
         self.model_info = {"model": pong.model, "device": pong.device, "server": address}
         self.model_info["server_version"] = pong.version
         self.options = options
@@ -145,7 +145,6 @@ class ServerBackend:
     def _check_edits_on_server(self, pairs: list[Pair], job_ids: dict[str, str]) -> None:
         """Submit the first pair of every edit and wait for accepted/error: only the server knows its model's stems,
         and it checks the instruction before queueing. One it refuses stops the batch before the rest is sent."""
-        from bridge import protocol
         from bridge.client import NoReply
 
         firsts = list({pair.label: pair for pair in reversed(pairs)}.values())[::-1]
@@ -155,9 +154,9 @@ class ServerBackend:
         for pair in firsts:
             job_id = job_ids[pair.key]
             try:
-                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=30.0)
+                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=FIRST_ANSWER_S)
             except NoReply:
-                raise ResourceError("the server stopped answering; is `imusic serve` still running?") from None
+                raise ResourceError(tracking.stopped_answering(*self.client.server, FIRST_ANSWER_S, job_id)) from None
             if reply.address == protocol.ERROR and reply.code in FATAL_REMOTE_CODES and refused is None:
                 refused = f"the server refused '{pair.edit}': {reply.message}"
             self.client.tracker.handle(reply, time.monotonic())  # a job already over is over for wait() too
@@ -169,7 +168,6 @@ class ServerBackend:
         self.submitted = {job_ids[p.key] for p in firsts}
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
-        from bridge import protocol
         from bridge.client import NoReply, RemoteError
 
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.

@@ -4,7 +4,7 @@ Python API (stable; REAPER actions and batch use it):
 
     from bridge.client import Client, RemoteError, NoReply
     client = Client(host="127.0.0.1", port=9137)   # one UDP socket on an ephemeral port, kept between calls
-    client.ping(timeout=2.0) -> Reply              # Reply.args: version, model, device, state, notes; NoReply if silent
+    client.ping() -> Reply                         # Reply.args: version, model, device, state, notes; NoReply if silent
     job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
                            job_id=None, mode="")   # sends /imusic/edit and returns at once (no waiting)
     client.send_edit(EditRequest(...)) -> job_id   # the same, for a request built elsewhere (REAPER actions, batch)
@@ -144,10 +144,7 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise NoReply(
-                    f"no reply from the engine at {self.server[0]}:{self.server[1]} within {timeout:g} s: "
-                    "is `imusic serve` running on that port?"
-                )
+                raise NoReply(f"{tracking.not_answering(*self.server)} (waited {timeout:g} s)")
             for i, reply in enumerate(replies := self._read(min(remaining, 0.5))):
                 if match(reply):
                     self._backlog.extend(replies[i + 1 :])
@@ -163,11 +160,11 @@ class Client:
 
     # ------------------------------------------------------------------------------------------------ requests
 
-    def ping(self, timeout: float = 2.0) -> Reply:
+    def ping(self, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         """/imusic/ping -> /imusic/pong version model device state."""
         return self._request(protocol.PING, (), lambda r: r.address in (protocol.PONG, protocol.ERROR), timeout)
 
-    def status(self, job_id: str | None = None, timeout: float = 2.0) -> Reply:
+    def status(self, job_id: str | None = None, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         """A job's /imusic/state, or the server's /imusic/server_status when job_id is None."""
         if job_id:
             return self._request(protocol.STATUS, (job_id,), _about(job_id, protocol.STATE), timeout)
@@ -175,15 +172,17 @@ class Client:
             protocol.STATUS, (), lambda r: r.address in (protocol.SERVER_STATUS, protocol.ERROR), timeout
         )
 
-    def cancel(self, job_id: str, timeout: float = 2.0) -> Reply:
+    def cancel(self, job_id: str, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         """Cancel a queued or running job; returns its /imusic/state (cancelled, cancelling, or already final)."""
         return self._request(protocol.CANCEL, (job_id,), _about(job_id, protocol.STATE), timeout)
 
-    def preview(self, job_id: str, which: str = protocol.PREVIEW_WHICH[0], timeout: float = 2.0) -> Reply:
+    def preview(
+        self, job_id: str, which: str = protocol.PREVIEW_WHICH[0], timeout: float = tracking.ANSWER_WITHIN_S
+    ) -> Reply:
         """Play a finished job's result (or its source region) on the engine machine's output."""
         return self._request(protocol.PREVIEW, (job_id, which), _about(job_id, protocol.PREVIEWING), timeout)
 
-    def stop_preview(self, timeout: float = 2.0) -> Reply:
+    def stop_preview(self, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         match = lambda r: r.address in (protocol.PREVIEW_STOPPED, protocol.ERROR)  # noqa: E731
         return self._request(protocol.STOP_PREVIEW, (), match, timeout)
 
@@ -274,10 +273,7 @@ class Client:
             if deadline is not None and now >= deadline:
                 raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
             if give_up_after is not None and now - job.heard > give_up_after:
-                raise NoReply(
-                    f"the engine at {self.server[0]}:{self.server[1]} has not answered about job {job_id} for "
-                    f"{give_up_after:g} s: it stopped or hangs (see its log)"
-                )
+                raise NoReply(tracking.stopped_answering(*self.server, give_up_after, job_id))
             for reply in self._take(job_id) or self._read(0.2):
                 if reply.job_id != job_id:
                     self._backlog.append(reply)  # another job's: its own wait() or poll() takes it

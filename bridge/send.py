@@ -28,7 +28,8 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
         "--timeout",
         type=seconds_option,
         default=argparse.SUPPRESS if suppress else None,
-        help="seconds to wait for an answer (edit: no limit while the server answers; a minute of silence ends it)",
+        help=f"seconds to wait for an answer (default {tracking.ANSWER_WITHIN_S:g}; edit: no limit while the server "
+        f"answers, {tracking.GIVE_UP_AFTER_S:g} s of silence end it)",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print replies as JSON"
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     args.host = args.host or protocol.engine_host()
     args.port = args.port or protocol.engine_port()
     timeout = args.timeout
-    short = 2.0 if timeout is None else timeout
+    short = tracking.ANSWER_WITHIN_S if timeout is None else timeout
     with Client(args.host, args.port) as client:
         if args.request == "ping":
             _print_reply(client.ping(short), args.json)

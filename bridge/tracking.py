@@ -25,6 +25,23 @@ STATUS = "status"
 # A server that has said nothing about a running job for this long has died or hangs (it answers status queries every
 # few seconds even while busy): a batch stops and the REAPER actions give their jobs up, each with a clear message.
 GIVE_UP_AFTER_S = 60.0
+# How long a requester waits for the engine's first answer (a ping's pong, an edit's /accepted) before it says that no
+# engine is there. The receive thread answers at once even while a job runs; a server still loading answers too.
+ANSWER_WITHIN_S = 3.0
+
+
+def not_answering(host: str, port: int) -> str:
+    """What every front end says when no engine answers at host:port."""
+    return f"no imusic engine answers at {host}:{port}: start it in a terminal with `imusic serve`, then try again"
+
+
+def stopped_answering(host: str, port: int, seconds: float, job_id: str = "") -> str:
+    """What every front end says when an engine that took a job has said nothing about it for `seconds`."""
+    about = f" about job {job_id}" if job_id else ""
+    return (
+        f"the imusic engine at {host}:{port} has not answered{about} for {seconds:g} s: it stopped or hangs "
+        "(see its log); start `imusic serve` again"
+    )
 
 
 @dataclass

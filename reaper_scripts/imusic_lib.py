@@ -53,19 +53,14 @@ from reaper_scripts import planning, project  # noqa: E402
 TITLE = "imusic"
 EXT_SECTION = "imusic"
 # No /accepted within this many seconds: the engine is not there (or not on this port).
-ACCEPT_TIMEOUT_S = 3.0
+ACCEPT_TIMEOUT_S = tracking.ANSWER_WITHIN_S
 # Resend an unanswered edit, or ask for an accepted job's state, after this much silence (UDP may drop a reply).
 RESEND_EVERY_S = 1.0
 # Give up on jobs after this much silence from the engine (it sends progress while it works).
 LOST_AFTER_S = tracking.GIVE_UP_AFTER_S
-LOST = "the engine stopped answering for {seconds:g} s (was it stopped?); start `imusic serve` and run the action again"
 # set_action_options (REAPER 7.03+): 1 = a re-run of a running action ends the running instance without asking,
 # 2 = and then starts the new one. The deferred loop moves to the newest instance, so ending an older one loses nothing.
 RERUN_REPLACES = 1 | 2
-NOT_RUNNING = (
-    "The imusic engine is not answering on {host}:{port}.\n\n"
-    "Start it in a terminal with:\n    imusic serve\n\nthen run the action again."
-)
 # Two fields, their values separated by "|" (an instruction may hold commas): the instruction and the mode. REAPER
 # splits the captions on every comma whatever the separator, so no caption may hold one.
 CAPTIONS = (
@@ -205,7 +200,8 @@ class Session:
             return "silent"
         if now - max(state.heard for state in states) > LOST_AFTER_S:
             for job in pending:
-                self.client.tracker.end(job.job_id, protocol.NO_REPLY, LOST.format(seconds=LOST_AFTER_S))
+                lost = tracking.stopped_answering(*self.client.server, LOST_AFTER_S)
+                self.client.tracker.end(job.job_id, protocol.NO_REPLY, lost)
             return "done"
         return "running"
 
@@ -324,7 +320,7 @@ def tick(loop: int | None = None) -> None:
             if outcome == "silent":
                 _drop(session)
                 host, port = engine_address()
-                _message(NOT_RUNNING.format(host=host, port=port))
+                _message(tracking.not_answering(host, port))
             elif outcome == "done" and project.active_project(R) != session.project:
                 # REAPER inserts tracks in the active tab only: the results wait until their project is active again
                 if not project.project_open(R, session.project):
@@ -466,7 +462,7 @@ def status_tick() -> None:
     _STATUS.clear()
     host, port = engine_address()
     if pong is None:
-        _message(NOT_RUNNING.format(host=host, port=port))
+        _message(tracking.not_answering(host, port))
         return
     running = [
         (job.view.describe(), session.instruction, job.fraction, job.accepted)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bridge import tracking
 from bridge.cli import main
 from bridge.server import EngineServer
 
@@ -87,7 +88,7 @@ def test_a_bad_file_fails_its_pairs_and_the_rest_is_done_through_the_server(serv
 def test_no_server_listening_is_one_clear_line(session, tmp_path, capsys):
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out"), "--server", "127.0.0.1:9"]
     assert main(argv) == 1
-    assert "no imusic server answers at 127.0.0.1:9" in capsys.readouterr().err
+    assert tracking.not_answering("127.0.0.1", 9) in capsys.readouterr().err
 
 
 def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny_editor, session, monkeypatch, capsys):
