@@ -63,21 +63,16 @@ CODEC_LEVEL_STEPS ?= 1500
 BASE_STEPS ?= 2500
 ADAPTER_STEPS ?= 900
 
+# --once (data synth, train, eval): a finished step is left as it is, a cut one resumes, a new one starts.
 model-data: setup
-	$(BIN)/imusic data synth --tracks 400 --seconds 30 --sample-rate 16000 --seed 0 -o $(MODEL_DATA) --quiet \
-	  $$( [ -f $(MODEL_DATA)/dataset.json ] && echo --resume )
+	$(BIN)/imusic data synth --tracks 400 --seconds 30 --sample-rate 16000 --seed 0 -o $(MODEL_DATA) --quiet --once
 
 # Stage 1, the codec, in four runs (each resumable; each later one starts from the one before, with a fresh schedule):
 # 5000 steps of L1 + multi-resolution STFT, 5000 more of the same, 4000 with the waveform's normalised MSE added, then
 # 1500 without it. The first two alone left a decoder that turns every tone into a 50 Hz buzz; the MSE brings the
 # pitch back but dulls the level, which the last run restores (docs/embedded_model/codec.md).
 define codec_run
-	if [ -f $(MODEL_WORK)/$(1)/codec/config.json ]; then echo "$(1): done ($(MODEL_WORK)/$(1)/codec)"; \
-	elif [ -d $(MODEL_WORK)/$(1)/checkpoints ]; then \
-	  $(BIN)/imusic train --stage codec --resume -o $(MODEL_WORK)/$(1) --quiet; \
-	else \
-	  $(BIN)/imusic train --stage codec --data $(MODEL_DATA) -o $(MODEL_WORK)/$(1) $(2) --quiet; \
-	fi
+	$(BIN)/imusic train --stage codec --once --data $(MODEL_DATA) -o $(MODEL_WORK)/$(1) $(2) --quiet
 endef
 
 model-codec: model-data
@@ -88,29 +83,20 @@ model-codec: model-data
 
 # Stage 2: a text-to-music base model from scratch on the frozen codec (clips encoded once into a pool, bf16 autocast).
 model-base: model-codec
-	if [ -f $(MODEL_WORK)/base/model/model_card.json ]; then echo "base: done ($(MODEL_WORK)/base/model)"; \
-	elif [ -d $(MODEL_WORK)/base/checkpoints ]; then $(BIN)/imusic train --resume -o $(MODEL_WORK)/base; \
-	else \
-	  $(BIN)/imusic train --stage base --base $(MODEL_WORK)/codec/codec --data $(MODEL_DATA) -o $(MODEL_WORK)/base \
-	    --layers 4 --dim 256 --heads 4 --text-dim 128 --steps $(BASE_STEPS) --batch 16 --accum 1 --lr 1e-3 \
-	    --warmup 100 --grad-clip 1.0 --precision bf16 --pool 16 --ckpt-every 100 --val-every 200 \
-	    --log-every 25; \
-	fi
+	$(BIN)/imusic train --stage base --once --base $(MODEL_WORK)/codec/codec --data $(MODEL_DATA) \
+	  -o $(MODEL_WORK)/base --layers 4 --dim 256 --heads 4 --text-dim 128 --steps $(BASE_STEPS) --batch 16 --accum 1 \
+	  --lr 1e-3 --warmup 100 --grad-clip 1.0 --precision bf16 --pool 16 --ckpt-every 100 --val-every 200 --log-every 25
 
 # Stage 3: the Instruct adapters (audio fusion on every layer + LoRA on cross-attention q, v) on the frozen base.
 # At lr 1e-3 the zero-init gates had barely moved after 400 steps (validation loss flat): 3e-3, gates 1e-2.
 model-adapters: model-base
-	if [ -f $(MODEL_WORK)/adapters/model/model_card.json ]; then echo "adapters: done ($(MODEL_WORK)/adapters/model)"; \
-	elif [ -d $(MODEL_WORK)/adapters/checkpoints ]; then $(BIN)/imusic train --resume -o $(MODEL_WORK)/adapters; \
-	else \
-	  $(BIN)/imusic train --stage adapters --base $(MODEL_WORK)/base/model --data $(MODEL_DATA) \
-	    -o $(MODEL_WORK)/adapters --window 5 --steps $(ADAPTER_STEPS) --batch 16 --accum 1 --lr 3e-3 --gate-lr 1e-2 \
-	    --warmup 50 --precision bf16 --pool 8 --ckpt-every 100 --val-every 100 --log-every 25; \
-	fi
+	$(BIN)/imusic train --stage adapters --once --base $(MODEL_WORK)/base/model --data $(MODEL_DATA) \
+	  -o $(MODEL_WORK)/adapters --window 5 --steps $(ADAPTER_STEPS) --batch 16 --accum 1 --lr 3e-3 --gate-lr 1e-2 \
+	  --warmup 50 --precision bf16 --pool 8 --ckpt-every 100 --val-every 100 --log-every 25
 
 # Held-out test songs, every task, against the identity / codec / oracle rows; spectrograms of a few examples.
 model-eval: model-adapters
-	[ -f $(MODEL_WORK)/eval/report.json ] || $(BIN)/imusic eval --data $(MODEL_DATA) --model $(MODEL_WORK)/adapters/model --task extract --task remove \
+	$(BIN)/imusic eval --once --data $(MODEL_DATA) --model $(MODEL_WORK)/adapters/model --task extract --task remove \
 	  --task add --clips-per-song 2 --spectrograms 3 --seed 0 -o $(MODEL_WORK)/eval --quiet
 
 # Copy the result into the package with its model card (sizes, data, stages, wall time, losses, evaluation).
@@ -125,8 +111,8 @@ SECOND_TESTSET := .cache/testset-musescore
 model-acceptance: setup
 	@[ -f $(SECOND_SOUNDFONT) ] || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq musescore-general-soundfont-small >/dev/null; }
-	[ -f $(SECOND_TESTSET)/dataset.json ] || $(BIN)/imusic data synth --tracks 100 --seconds 20 --sample-rate 16000 \
-	  --seed 202 --soundfont $(SECOND_SOUNDFONT) --renderer fluidsynth --workers 2 -o $(SECOND_TESTSET) --quiet
+	$(BIN)/imusic data synth --tracks 100 --seconds 20 --sample-rate 16000 --seed 202 --soundfont $(SECOND_SOUNDFONT) \
+	  --renderer fluidsynth --workers 2 -o $(SECOND_TESTSET) --quiet --once
 	rm -rf .cache/eval-second
 	$(BIN)/imusic eval --data $(SECOND_TESTSET) --task extract --task remove --task add --clips-per-song 2 \
 	  --spectrograms 0 --seed 0 -o .cache/eval-second --quiet

@@ -282,3 +282,48 @@ def test_preloaded_training_audio_is_decoded_once_for_the_phases_of_a_stage(tone
     codec_train.ClipSampler(files, 16000, 0.2, preload=True)
     assert len(decoded) == 2 * len(files)
     codec_train.forget_preloaded()
+
+
+def test_train_once_resumes_a_cut_codec_run_then_leaves_the_finished_one_alone(tmp_path, capsys):
+    from bridge.cli import main
+    from engine.train.config import finished_file
+    from engine.train.data.synth import synthesize
+
+    data = tmp_path / "synth"
+    synthesize(data, 10, seed=3, seconds=2.0, sample_rate=16000, progress=False)
+    run = tmp_path / "run"
+    cfg = _tiny_cfg(6)
+    cfg.extra = {"data": str(data)}
+    assert train_codec(data, run, cfg, threads=1, quiet=True, stop_after=3) is None  # cut after 3 of 6 steps
+    assert not finished_file("codec", run).exists()
+    once = ["train", "--stage", "codec", "--once", "--data", str(data), "-o", str(run), "--quiet"]
+    assert main(once) == 0
+    assert _checkpoint(run)["step"] == 6  # resumed: the run's own 6 steps, not a new run's default
+    finished = finished_file("codec", run)
+    written = finished.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(once) == 0
+    assert capsys.readouterr().out.strip() == f"codec: done ({finished.parent})"
+    assert finished.stat().st_mtime_ns == written and _checkpoint(run)["step"] == 6
+    assert main([*once, "--resume"]) == 1  # --once decides by itself
+    assert "--once decides by itself whether to resume" in capsys.readouterr().err
+
+
+def test_a_codec_export_cut_while_written_leaves_no_codec_that_looks_finished(tones, tmp_path, monkeypatch):
+    from transformers import EncodecModel
+
+    from engine.train.config import finished_file
+
+    run = tmp_path / "run"
+    train_codec(tones, run, _tiny_cfg(3), threads=1, quiet=True)
+    before = finished_file("codec", run).read_bytes()
+
+    def cut(self, folder, **kwargs):
+        (Path(folder) / "config.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EncodecModel, "save_pretrained", cut)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec(tones, run, _tiny_cfg(3), threads=1, quiet=True, resume=True)
+    assert finished_file("codec", run).read_bytes() == before  # the earlier export, whole
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []

@@ -27,6 +27,25 @@ def test_synth_then_info_reports_layout_songs_and_classes(tmp_path, capsys):
     assert summary["hours"] == pytest.approx(2 * 2 / 3600, abs=1e-4)
 
 
+@needs_soundfont
+def test_synth_once_starts_then_finishes_a_cut_run_then_keeps_it(tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "data"
+    argv = ["data", "synth", "--tracks", "2", "-o", str(out), "--seconds", "2", "--sample-rate", "16000", "--quiet"]
+    assert main([*argv, "--once"]) == 0  # a new folder: started
+    assert "wrote 2 track(s)" in capsys.readouterr().out
+    first = (out / "Track00001" / "mix.flac").read_bytes()
+    shutil.rmtree(out / "Track00002")  # as if cut before the second track
+    assert main([*argv, "--once"]) == 0
+    assert "kept 1 finished track(s)" in capsys.readouterr().out
+    assert main([*argv, "--once"]) == 0
+    assert "kept 2 finished track(s)" in capsys.readouterr().out
+    assert (out / "Track00001" / "mix.flac").read_bytes() == first
+    assert main(argv) == 1  # without --once a folder with a data set is refused, as before
+    assert "is not empty" in capsys.readouterr().err
+
+
 def test_info_on_a_folder_in_no_known_layout_is_one_line_and_exit_1(tmp_path, capsys):
     (tmp_path / "readme.txt").write_text("no audio")
     assert main(["data", "info", str(tmp_path)]) == 1

@@ -375,3 +375,18 @@ def test_the_validation_split_scores_other_songs_than_the_test_split(synth_data,
     assert val["settings"]["split"] == "validation" and "validation split" in markdown(val)
     with pytest.raises(ConfigError, match="--split must be test or validation"):
         evaluate(synth_data, ["extract"], tmp_path / "bad", split="train", **kwargs)
+
+
+def test_imusic_eval_once_writes_a_report_then_leaves_it_alone(synth_data, tiny_model_dir, tmp_path, capsys):
+    from bridge.cli import main
+
+    out = tmp_path / "out"
+    argv = ["eval", "--once", "--data", str(synth_data), "--model", str(tiny_model_dir), "--task", "extract"]
+    argv += ["--limit", "1", "--seconds", "1", "-o", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = out / "report.md"
+    written = report.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"report: {report} (already there)" in capsys.readouterr().err
+    assert report.stat().st_mtime_ns == written

@@ -465,3 +465,27 @@ def test_resume_from_another_runs_checkpoint_is_refused_and_changes_nothing(conf
     with pytest.raises(CheckpointError, match="is not a checkpoint of the run in .*give its folder as -o"):
         train(replace(config, steps=3), tmp_path / "b", resume_from=foreign, progress=False, export=False)
     assert sorted(p.name for p in (tmp_path / "b").rglob("*")) == before
+
+
+def test_imusic_train_once_resumes_a_cut_run_then_leaves_the_finished_one_alone(config, tmp_path, capsys):
+    import shutil
+
+    from bridge.cli import main
+    from engine.train.config import finished_file
+
+    run_dir = tmp_path / "once"
+    train(replace(config, steps=2, ckpt_every=1, lr=0.0123), run_dir, progress=False)
+    list_checkpoints(run_dir)[-1].unlink()  # as if cut after step 1: one checkpoint, no exported model
+    shutil.rmtree(finished_file("adapters", run_dir).parent)
+    argv = ["train", "--stage", "adapters", "--once", "--data", config.data, "--base", config.base, "-o", str(run_dir)]
+    argv += ["--steps", "2", "--ckpt-every", "1", "--batch", "2", "--seconds", "1", "--val-clips", "1", "--quiet"]
+    assert main(argv) == 0
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [step for step, _ in history["train"]] == [1, 2]
+    assert history["config"]["lr"] == 0.0123  # resumed with the run's own settings, not started again
+    finished = finished_file("adapters", run_dir)
+    written = finished.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.strip() == f"adapters: done ({finished.parent})"
+    assert finished.stat().st_mtime_ns == written

@@ -454,6 +454,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--once", action="store_true", help="nothing to do if REPORT_DIR already holds a report")
     parser.add_argument(
         "--stereo",
         action="store_true",
@@ -466,6 +467,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.files import output_folder
 
     output_folder(args.output)
+    if args.once and (Path(args.output) / REPORT_MD).is_file():  # written last
+        print(f"report: {Path(args.output) / REPORT_MD} (already there)", file=sys.stderr)
+        return 0
     report = evaluate(
         args.data,
         args.task,

@@ -16,6 +16,7 @@ from engine.train.config import (
     RESUME_CHANGES,
     CodecTrainConfig,
     TrainConfig,
+    finished_file,
 )
 
 SIZE_FLAGS = "--layers/--dim/--heads/--text-dim"  # a new base's sizes (TrainConfig.extra)
@@ -58,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="RUN_DIR", help="run folder (checkpoints, result)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in RUN_DIR")
     parser.add_argument("--resume-from", metavar="CKPT", help="continue from this checkpoint file")
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="run the stage to its end once: nothing to do if RUN_DIR holds its finished result, resume if RUN_DIR "
+        "has checkpoints, else a new run (the make targets' way)",
+    )
     for flag, name, kind, text in _OPTIONS:
         default = getattr(defaults, name)
         parser.add_argument(
@@ -106,11 +113,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
+def _finished_once(args: argparse.Namespace) -> bool:
+    """--once: True if the stage's run folder holds its finished result; else --resume is set where it has
+    checkpoints."""
+    from engine.train.checkpoints import list_checkpoints
+
+    if args.resume or args.resume_from or getattr(args, "recipe", None):
+        raise ConfigError("--once decides by itself whether to resume; it is for one stage, without --resume/--recipe")
+    stage = args.stage or TrainConfig().stage
+    done = finished_file(stage, Path(args.output).expanduser())
+    if done.is_file():
+        print(f"{stage}: done ({done.parent})")
+        return True
+    args.resume = bool(list_checkpoints(Path(args.output).expanduser()))
+    return False
+
+
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), then print where the result is."""
     from engine.files import output_folder
 
     output_folder(args.output)  # every stage and the recipe write a run folder there
+    if getattr(args, "once", False) and _finished_once(args):
+        return 0
     if getattr(args, "recipe", None):  # the whole embedded model, stage after stage, within a time budget
         from engine.train.recipe import run_from_args
 

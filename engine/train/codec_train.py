@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from engine.device import parse_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.files import AUDIO_SUFFIXES, audio_files, write_json_atomic
+from engine.files import AUDIO_SUFFIXES, audio_files, staged_dir, write_json_atomic
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
     CKPT_FORMAT,
@@ -417,15 +417,16 @@ def _load_initial(model: Any, source: Path) -> None:
 
 
 def export_codec(model: Any, out_dir: Path) -> Path:
-    """Write the codec in transformers layout (config.json + model.safetensors)."""
+    """Write the codec in transformers layout (config.json + model.safetensors), the folder whole or not at all: a run
+    cut while it is written leaves no codec that looks finished (engine.train.config.finished_file)."""
     out_dir = Path(out_dir)
     model.eval()
     for layer in model.quantizer.layers:
         layer.codebook.inited.fill_(1.0)
     from engine.weights.transformers_layout import quiet_transformers
 
-    with quiet_transformers():  # no progress bar in a training log
-        model.save_pretrained(out_dir)
+    with staged_dir(out_dir) as staged, quiet_transformers():  # no progress bar in a training log
+        model.save_pretrained(staged)
     return out_dir
 
 

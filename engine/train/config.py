@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from engine.errors import ConfigError
 from engine.model.config import frame_rate as codec_frame_rate
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
+from engine.weights.names import MODEL_CARD, WEIGHTS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
@@ -26,6 +27,15 @@ RUN_ADAPTER = "adapter"  # an adapter run's adapter alone
 CODEC_LOG = "codec_log.jsonl"  # one JSON row per logged step: step, seconds and the losses
 CODEC_SETTINGS = "codec_train_config.json"
 CODEC_EXPORT = "codec"
+
+
+def finished_file(stage: str, run_dir: str | Path) -> Path:
+    """The file a stage writes last when it finishes, in its run folder (`imusic train --once` skips a stage that has
+    it): the exported codec's weights (its folder appears whole), or the exported model's card."""
+    if stage == "codec":
+        return Path(run_dir) / CODEC_EXPORT / WEIGHTS
+    return Path(run_dir) / RUN_MODEL / MODEL_CARD
+
 
 if TYPE_CHECKING:  # torch is imported where a run starts, so `imusic train --help` never pays for it
     import torch

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     synth.add_argument("--workers", type=int, default=1, help="tracks made in parallel processes (default 1)")
     synth.add_argument("--resume", action="store_true", help="finish an interrupted run in the same folder")
+    synth.add_argument(
+        "--once", action="store_true", help="finish the run in this folder if one was started, else start it"
+    )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
     info = sub.add_parser("info", help="summary of a data set: layout, songs, stems per class, hours")
@@ -122,8 +126,10 @@ def _export(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from engine.files import output_folder
+    from engine.train.data import DATASET_JSON
     from engine.train.data.synth import synthesize
 
+    started = (Path(args.output).expanduser() / DATASET_JSON).is_file()  # written first, before any track
     report = synthesize(
         output_folder(args.output),
         args.tracks,
@@ -133,7 +139,7 @@ def _synth(args: argparse.Namespace) -> int:
         soundfonts=args.soundfont,
         midi_dir=args.midi,
         progress=not args.quiet,
-        resume=args.resume,
+        resume=args.resume or (args.once and started),
         renderer=args.renderer,
         workers=args.workers,
     )
