@@ -71,7 +71,7 @@ def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
     synth = ["data", "synth", "--tracks", "3", "-o", str(data), "--seconds", "2", "--sample-rate", "16000", "--quiet"]
     assert main(synth) == 0
     argv = ["data", "export", str(data), "-o", str(tmp_path / "clips"), "--split", "test", "--seconds", "1"]
-    assert main([*argv, "--sample-rate", "16000", "--ops", "extract", "--quiet"]) == 0
+    assert main([*argv, "--sample-rate", "16000", "--task", "extract", "--quiet"]) == 0
     meta = json.loads((tmp_path / "clips" / "clips.json").read_text())
     suggested = json.loads((data / "dataset.json").read_text())["split"]["test"]
     assert {clip["song_id"] for clip in meta["clips"]} <= set(suggested)

@@ -3,7 +3,7 @@
     imusic data synth --tracks N -o DIR [--seed S] [--seconds L] [--sample-rate SR] [--soundfont PATH ...] [--midi DIR]
                       [--renderer auto|fluidsynth|tinysoundfont] [--workers N]
     imusic data info DIR [--layout auto|slakh|moisesdb|folder] [--json]
-    imusic data export DIR -o OUT [--split test] [--ops add remove extract] [--classes 4stems|all] ...
+    imusic data export DIR -o OUT [--split test] [--task extract ...] [--classes 4stems|all] ...
 
 Top-level imports stay light (argparse only): the work happens in modules imported by `run`.
 """
@@ -78,7 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("data_dir", metavar="DIR")
     export.add_argument("-o", "--output", required=True, help="new (or empty) folder for the clips")
     export.add_argument("--split", default="test", choices=SPLITS)
-    export.add_argument("--ops", nargs="+", default=list(OPERATIONS), choices=OPERATIONS)
+    export.add_argument(
+        "--task",
+        action="append",
+        choices=OPERATIONS,
+        help="add, remove or extract; repeat for several (as imusic eval; default: all three)",
+    )
     export.add_argument(
         "--classes", default=FOUR_STEMS, help=f"{', '.join(CLASS_SETS)}, or comma-separated class names"
     )
@@ -103,12 +108,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from engine.files import output_folder
+    from engine.instructions import OPERATIONS
     from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
     from engine.train.data.export import export_clips
     from engine.train.data.layouts import scan
 
     classes = parse_classes(args.classes)
-    config = ClipConfig(sample_rate=args.sample_rate, seconds=args.seconds, classes=classes, ops=tuple(args.ops))
+    config = ClipConfig(
+        sample_rate=args.sample_rate, seconds=args.seconds, classes=classes, ops=tuple(args.task or OPERATIONS)
+    )
     data = StemDataset(
         scan(args.data_dir, args.layout),
         args.split,
