@@ -58,7 +58,7 @@ def claim_output_folder(out: Path) -> Any:
     a killed run left behind. Returns the open lock file; the lock ends when it is closed or the process dies."""
     busy = f"another imusic batch is writing to {out}; wait for it or choose another folder"
     handle = lock_folder(out / ".imusic-batch.lock", busy)
-    # audio_io.write_atomic's temporary files of killed writers (a live server's, writing here too, stay)
+    # audio_write.write_atomic's temporary files of killed writers (a live server's, writing here too, stay)
     for folder in {leftover.parent for leftover in out.rglob(f".*{PARTIAL_SUFFIX}")}:
         sweep_temps(folder, suffix=PARTIAL_SUFFIX)
     sweep_temps(out)  # a killed run's half-written manifest (the folder is ours now: its writer is gone)
@@ -127,7 +127,7 @@ def _duration(source: Source) -> float | None:
     """Seconds of audio this source covers, from the file header; None when the header is unreadable."""
     if source.end_s is not None:
         return max(0.0, source.end_s - source.start_s)
-    from bridge.audio_io import probe
+    from bridge.audio_read import probe
 
     try:
         return probe(source.path).duration

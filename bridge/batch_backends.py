@@ -285,7 +285,7 @@ class RayBackend:
         return _Label(*value)
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
-        from bridge.audio_io import read_region
+        from bridge.audio_read import read_region
         from bridge.editing import write_result
 
         ray = self.ray

@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _write_test_file(path: Path, seconds: float, sample_rate: int, channels: int) -> Path:
     import numpy as np
 
-    from bridge.audio_io import write_atomic
+    from bridge.audio_write import write_atomic
 
     rng = np.random.default_rng(0)
     frames = int(round(seconds * sample_rate))

@@ -329,7 +329,7 @@ def truth(clip: Clip, edit: str) -> np.ndarray | None:
 def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
     """The input, then one row per edit: the true result beside each mode's result (engine.eval.plots); None when
     nothing finished."""
-    from bridge import audio_io
+    from bridge import audio_read
     from engine.eval.plots import plot_spectrogram_grid
 
     grid: list[tuple[str, list[tuple[str, np.ndarray | None]]]] = [("input", [("input (stereo mix)", clip.audio)])]
@@ -338,7 +338,7 @@ def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
         for row in (row for row in rows if row.edit == edit):
             audio = None
             if row.path is not None:
-                audio, rate = audio_io.read_region(row.path, 0.0, -1.0)
+                audio, rate = audio_read.read_region(row.path, 0.0, -1.0)
                 if rate != clip.sample_rate:  # the server keeps the input's rate; anything else would misdraw time
                     raise ResourceError(f"{row.path} is at {rate} Hz, the input at {clip.sample_rate} Hz")
             cells.append((f"{row.mode}" + ("" if audio is not None else f": {row.status}"), audio))

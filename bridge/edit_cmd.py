@@ -56,7 +56,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def choose_output(input_path: Path, instruction: str, output: str | None, force: bool) -> Path:
     """Where the result goes; ConfigError for the input itself, or an existing file without --force."""
-    from bridge.audio_io import unique_result_path
+    from bridge.audio_write import unique_result_path
     from engine.files import result_file_path
 
     if not output or Path(output).is_dir() or output.endswith(("/", os.sep)):
@@ -110,13 +110,13 @@ def audition(source: Any, result: Any, sample_rate: int, *, ab: bool, device: st
 
 def run(args: argparse.Namespace) -> int:
     """Check the paths and the region, load the model, edit through the one edit path, then play if asked."""
-    from bridge import audio_io
+    from bridge import audio_read
     from bridge.editing import edit_region
 
     input_path = Path(args.input).expanduser()
     output = choose_output(input_path, args.instruction, args.output, args.force)
-    end = -1.0 if args.end is None else args.end  # audio_io: a negative end means the end of the file
-    audio_io.region_frames(audio_io.probe(input_path), args.start, end)  # bad files fail before the model loads
+    end = -1.0 if args.end is None else args.end  # audio_read: a negative end means the end of the file
+    audio_read.region_frames(audio_read.probe(input_path), args.start, end)  # bad files fail before the model loads
     made = not output.parent.is_dir()
     writable_folder(output.parent)  # a read-only folder, or a file in the way, is said before the model loads
     if made:
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     for note in done.info.get("warnings") or ():
         sys.stderr.write(f"imusic edit: note: {note}\n")
     if args.play or args.ab:
-        source, sample_rate = audio_io.read_region(input_path, args.start, end)
-        result, _ = audio_io.read_region(done.output_path, 0.0, -1.0)
+        source, sample_rate = audio_read.read_region(input_path, args.start, end)
+        result, _ = audio_read.read_region(done.output_path, 0.0, -1.0)
         audition(source, result, sample_rate, ab=args.ab, device=args.output_device)
     return 0

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import audio_io
+from bridge import audio_read, audio_write
 from bridge.protocol import EditOptions
 from engine.errors import AudioError, Cancelled
 from engine.files import jsonable
@@ -68,7 +68,7 @@ def write_result(
     the region's facts in info["bridge"].
 
     An existing `path` is replaced only with `overwrite`; else `on_exists(path)` names another (FileExistsError
-    without it). `roots`: the folder is checked against them when the file is created (audio_io.write_atomic)."""
+    without it). `roots`: the folder is checked against them when the file is created (audio_write.write_atomic)."""
     output, warnings = conform(result_audio, result_rate, audio, sample_rate)
     info = dict(info or {})
     if warnings:
@@ -76,11 +76,11 @@ def write_result(
     facts = {"sample_rate": int(sample_rate), "channels": int(audio.shape[0]), "frames": int(audio.shape[-1])}
     info["bridge"] = {**info.get("bridge", {}), **facts}
     try:
-        written = audio_io.write_atomic(path, output, sample_rate, overwrite=overwrite, roots=roots)
+        written = audio_write.write_atomic(path, output, sample_rate, overwrite=overwrite, roots=roots)
     except FileExistsError:
         if on_exists is None:
             raise
-        written = audio_io.write_atomic(on_exists(Path(path)), output, sample_rate, roots=roots)
+        written = audio_write.write_atomic(on_exists(Path(path)), output, sample_rate, roots=roots)
     return Path(written), jsonable(info)
 
 
@@ -103,7 +103,7 @@ def edit_region(
     write the result to `output_path` (see write_result). info["bridge"] holds the region's facts and the read, edit
     and write times."""
     started = time.perf_counter()
-    audio, sample_rate = audio_io.read_region(source, start_s, end_s)  # [C, N]
+    audio, sample_rate = audio_read.read_region(source, start_s, end_s)  # [C, N]
     read_s = time.perf_counter() - started
     edit_started = time.perf_counter()
     choices = (options or EditOptions()).kwargs()

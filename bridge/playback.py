@@ -387,11 +387,11 @@ def run(args: argparse.Namespace, player: Player | None = None) -> int:
         return 0
     if not args.file:
         raise ConfigError("give a FILE to play, or --list-devices")
-    from bridge.audio_io import read_region
+    from bridge.audio_read import read_region
 
     if player is None:
         player = get_player(args.device)  # before reading: no sound card is the first thing to hear about
-    end = -1.0 if args.end is None else args.end  # audio_io: a negative end is the end of the file
+    end = -1.0 if args.end is None else args.end  # audio_read: a negative end is the end of the file
     audio, sample_rate = read_region(args.file, args.start, end)
     seconds = audio.shape[-1] / sample_rate
     sys.stderr.write(f"playing {args.file} ({seconds:.1f} s); press a key to stop\n")

@@ -4,7 +4,7 @@ the address and port they came from.
 One receiving thread runs the dispatcher: it checks what is cheap (types, paths against the allowed roots after
 resolving symlinks, os.stat: inputs must be regular files), answers pings, status and cancels, and hands the rest on.
 It never opens a file a message names. One checking thread probes each new edit's input (header only, within a budget:
-bridge.audio_io.probe), then journals and acknowledges it, in arrival order; one preview thread reads and plays; one
+bridge.audio_read.probe), then journals and acknowledges it, in arrival order; one preview thread reads and plays; one
 worker thread owns the model (bridge.worker) and writes results after checking their folder again at write time.
 Nothing a message names is ever executed. See README.md ("OSC protocol") for every address and argument.
 """
@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bridge import __version__, audio_io, protocol
+from bridge import __version__, audio_read, audio_write, protocol
 from bridge.jobs import Job, JobBook, Journal, info_json
 from bridge.protocol import EditRequest, RequestError
 from bridge.server_log import PythonOscLogFilter, ServerLog
@@ -139,7 +139,7 @@ class EngineServer:
             if job.output_path:
                 with contextlib.suppress(OSError, ImusicError):
                     self.allowed_path(str(Path(job.output_path).parent), "output")  # a folder swapped for a link
-                    for leftover in audio_io.sweep_partials(job.output_path):
+                    for leftover in audio_write.sweep_partials(job.output_path):
                         self.logs.say(f"removed {leftover.name}, left by the interrupted run of job {job.id}")
         for logger in (logging.getLogger(), logging.getLogger("pythonosc")):
             logger.addFilter(self._osc_log_filter)
@@ -443,12 +443,12 @@ class EngineServer:
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal
         if job.requested_output:
             self.allowed_path(job.requested_output, "output")
-        audio_io.check_regular_file(source)  # AudioError for missing files, folders, FIFOs, devices
+        audio_read.check_regular_file(source)  # AudioError for missing files, folders, FIFOs, devices
 
     def _check_audio(self, job: Job) -> None:
         """On the checking thread: the input's header (bounded in bytes and time), the region, the instruction."""
-        info = audio_io.probe(job.source)  # AudioError for non-audio files, and for FIFOs swapped in since the stat
-        start, stop = audio_io.region_frames(info, job.start_s, job.end_s)
+        info = audio_read.probe(job.source)  # AudioError for non-audio files, and for FIFOs swapped in since the stat
+        start, stop = audio_read.region_frames(info, job.start_s, job.end_s)
         if (stop - start) / info.sample_rate > self.max_region_s:
             raise RequestError(
                 f"the region is {(stop - start) / info.sample_rate:.0f} s long; the limit is "
@@ -462,7 +462,7 @@ class EngineServer:
     def _choose_output(self, job: Job, reserved: set[str]) -> str:
         # Named beside the path the user gave (a symlinked media folder keeps its results), never over the real file.
         taken = reserved | {job.source}
-        target = audio_io.unique_result_path(job.input_path, job.instruction, job.requested_output or None, taken)
+        target = audio_write.unique_result_path(job.input_path, job.instruction, job.requested_output or None, taken)
         return str(self.allowed_path(str(target), "output"))  # checked with its folder's symlinks resolved
 
     def on_preview(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
@@ -481,9 +481,9 @@ class EngineServer:
 
     def _play(self, job: Job, which: str, sender: tuple[str, int]) -> None:
         if which == "result":
-            audio, sample_rate = audio_io.read_region(job.output_path, 0.0, -1.0)
+            audio, sample_rate = audio_read.read_region(job.output_path, 0.0, -1.0)
         else:
-            audio, sample_rate = audio_io.read_region(job.source, job.start_s, job.end_s)
+            audio, sample_rate = audio_read.read_region(job.source, job.start_s, job.end_s)
         if self.player is None:
             from bridge.playback import get_player
 

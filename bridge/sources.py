@@ -48,7 +48,7 @@ class Pair:
 
     @property
     def end_s(self) -> float:
-        """The region's end for audio_io (a negative end: to the end of the file)."""
+        """The region's end for audio_read (a negative end: to the end of the file)."""
         return -1.0 if self.source.end_s is None else self.source.end_s
 
 
@@ -151,7 +151,7 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
     file_name = _value(node.children, "FILE") if node is not None else ""
     path = _resolve_media(file_name, project_dir) if file_name and kind not in _NOT_FILES else None
     if path is not None:
-        from bridge.audio_io import probe
+        from bridge.audio_read import probe
 
         try:
             info = probe(path)

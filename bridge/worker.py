@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge import audio_io, protocol
+from bridge import audio_write, protocol
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
@@ -57,7 +57,7 @@ def run_job(
             editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,
             options=options,
             overwrite=job.attempts > 1,  # a second attempt (after a crash) may find its own earlier result there
-            on_exists=lambda taken: audio_io.unique_result_path(job.source, job.instruction, taken),
+            on_exists=lambda taken: audio_write.unique_result_path(job.source, job.instruction, taken),
             roots=roots, progress=progress, cancel=cancel,
         )  # fmt: skip
     except OSError as exc:

@@ -1,6 +1,6 @@
 """Files the project writes: atomically (never half-written, never under a final name while being written), with
 JSON-safe values and file-name-safe slugs. One copy of each rule for the server, batch, the CLI, the installer and
-the engine's reports, checkpoints and pictures (audio keeps its own writer in bridge/audio_io.py: results go through
+the engine's reports, checkpoints and pictures (audio keeps its own writer in bridge/audio_write.py: results go through
 a checked folder descriptor, the journal its own under a lock). No torch, no numpy import (numpy values are
 recognised by their methods): the client side imports it.
 """
@@ -21,7 +21,7 @@ from typing import Any
 from engine.errors import ConfigError, ImusicError
 
 TEMP_SUFFIX = ".tmp"
-PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_io.write_atomic's: an audio result while it is being written
+PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_write.write_atomic's: an audio result while it is being written
 # The audio files the project reads, by name: what pedalboard (regions, sessions) and libsndfile (training data)
 # both read on every platform. OPUS and WavPack are not among them (pedalboard cannot open them on Linux).
 AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")

@@ -365,7 +365,7 @@ def test_temporary_files_of_a_killed_run_are_swept_up_and_a_live_writers_stay(tm
     (tmp_path / "sub").mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    leftover = tmp_path / "sub" / f".mix.extract_drums.{dead.pid}.0123abcd.partial.wav"  # audio_io.write_atomic's
+    leftover = tmp_path / "sub" / f".mix.extract_drums.{dead.pid}.0123abcd.partial.wav"  # audio_write.write_atomic's
     leftover.write_bytes(b"half")
     live = tmp_path / "sub" / f".mix.remove_bass.{os.getpid()}.0123abcd.partial.wav"  # a server writing here now
     live.write_bytes(b"being written")

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from test_bridge_support import FakeEditor, start_server
 
-from bridge import audio_io, protocol
+from bridge import audio_read, audio_write, protocol
 from bridge.client import Client, RemoteError
 from bridge.playback import FakePlayer
 from bridge.server_log import RateLimiter
@@ -157,7 +157,7 @@ def test_a_huge_file_that_is_not_audio_is_refused_quickly_and_pings_keep_being_a
     started = time.monotonic()
     reply, latencies = edit_while_pinging(remote.port, huge, f"huge-{name}")
     assert reply.address == protocol.ERROR and reply.code == "bad_audio", reply
-    assert time.monotonic() - started < audio_io.PROBE_TIMEOUT_S + 3.0
+    assert time.monotonic() - started < audio_read.PROBE_TIMEOUT_S + 3.0
     assert latencies and max(latencies) < PING_WITHIN_S, latencies
     assert not remote.edits.exists()
 
@@ -167,8 +167,8 @@ def test_probe_gives_up_within_its_budget_without_reading_the_whole_file(tmp_pat
         huge = sparse_file(tmp_path / "huge.wav", head=head)
         started = time.monotonic()
         with pytest.raises(AudioError, match="cannot read"):
-            audio_io.probe(huge)
-        assert time.monotonic() - started < audio_io.PROBE_TIMEOUT_S + 1.0, head
+            audio_read.probe(huge)
+        assert time.monotonic() - started < audio_read.PROBE_TIMEOUT_S + 1.0, head
 
 
 def test_probe_refuses_fifos_folders_and_missing_files_without_opening_them_blocking(tmp_path):
@@ -177,11 +177,11 @@ def test_probe_refuses_fifos_folders_and_missing_files_without_opening_them_bloc
     try:
         for path, words in [(fifo, "FIFO"), (tmp_path, "folder"), (tmp_path / "nope.wav", "no such file")]:
             with pytest.raises(AudioError, match=words):
-                audio_io.probe(path)
+                audio_read.probe(path)
             with pytest.raises(AudioError, match=words):
-                audio_io.check_regular_file(path)
+                audio_read.check_regular_file(path)
             with pytest.raises(AudioError, match=words):
-                audio_io.read_region(path, 0.0, 1.0)
+                audio_read.read_region(path, 0.0, 1.0)
     finally:
         release_fifo_readers(fifo)
 
@@ -194,12 +194,12 @@ def test_the_bounded_probe_reads_what_the_unbounded_reader_reads_from_the_path(t
     path = tmp_path / f"a{suffix}"
     with AudioFile(str(path), "w", 44100, 2) as f:
         f.write((np.random.default_rng(0).standard_normal((2, 44100 * 2)) * 0.1).astype(np.float32))
-    if suffix == ".mp3":  # read through libsndfile, without the encoder's delay and padding (audio_io._GaplessMp3)
+    if suffix == ".mp3":  # read through libsndfile, without the encoder's delay and padding (audio_read._GaplessMp3)
         expected = (sf.info(str(path)).samplerate, sf.info(str(path)).channels, sf.info(str(path)).frames)
     else:
         with AudioFile(str(path)) as f:
             expected = (int(f.samplerate), int(f.num_channels), int(f.frames))
-    info = audio_io.probe(path)
+    info = audio_read.probe(path)
     assert (info.sample_rate, info.num_channels, info.frames) == expected
 
 
@@ -207,13 +207,13 @@ def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(ser
     """The probe runs on the checking thread: while it is held, the server answers, and a cancel sent meanwhile
     refuses the edit (it is never accepted, so never run)."""
     release = threading.Event()
-    real_probe = audio_io.probe
+    real_probe = audio_read.probe
 
     def held_probe(path, **kwargs):
         release.wait(TIMEOUT)
         return real_probe(path, **kwargs)
 
-    monkeypatch.setattr(audio_io, "probe", held_probe)
+    monkeypatch.setattr(audio_read, "probe", held_probe)
     try:
         with Client("127.0.0.1", server.port) as client:
             client.submit(str(song), 0.0, 1.0, "extract drums", job_id="held-1")
@@ -247,13 +247,13 @@ def test_a_preview_is_read_off_the_receiving_thread(server, song, monkeypatch):
     with Client("127.0.0.1", server.port) as client:
         result = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
         release = threading.Event()
-        real_read = audio_io.read_region
+        real_read = audio_read.read_region
 
         def held_read(*args, **kwargs):
             release.wait(TIMEOUT)
             return real_read(*args, **kwargs)
 
-        monkeypatch.setattr(audio_io, "read_region", held_read)
+        monkeypatch.setattr(audio_read, "read_region", held_read)
         try:
             client.send(protocol.PREVIEW, result.job_id, "result")
             assert client.ping(PING_WITHIN_S).state == protocol.READY
@@ -284,7 +284,7 @@ def test_a_result_folder_swapped_for_a_symlink_after_acceptance_is_refused(tmp_p
         results = root / "out"
         results.mkdir()
     else:
-        results = root / audio_io.RESULTS_DIR
+        results = root / audio_write.RESULTS_DIR
     editor = FakeEditor(steps=20, step_s=0.02)
     server = start_server(tmp_path, root, editor=editor)
     try:
@@ -317,10 +317,10 @@ def test_write_atomic_with_roots_refuses_a_symlinked_folder_and_writes_nothing(t
     (root / "a").mkdir()
     (root / "a" / "b").symlink_to(outside, target_is_directory=True)
     audio = np.zeros((1, 100), np.float32)
-    with pytest.raises(audio_io.UnsafeDestination, match="symbolic link"):
-        audio_io.write_atomic(root / "a" / "b" / "out.wav", audio, 16000, roots=[root])
-    with pytest.raises(audio_io.UnsafeDestination, match="not inside"):
-        audio_io.write_atomic(outside / "out.wav", audio, 16000, roots=[root])
+    with pytest.raises(audio_write.UnsafeDestination, match="symbolic link"):
+        audio_write.write_atomic(root / "a" / "b" / "out.wav", audio, 16000, roots=[root])
+    with pytest.raises(audio_write.UnsafeDestination, match="not inside"):
+        audio_write.write_atomic(outside / "out.wav", audio, 16000, roots=[root])
     assert os.listdir(outside) == []
 
 
@@ -328,14 +328,14 @@ def test_write_atomic_with_roots_creates_missing_folders_inside_them(tmp_path):
     import soundfile as sf
 
     audio = np.array([[0.0, 1.5, -2.25, 0.5]], dtype=np.float32)
-    path = audio_io.write_atomic(tmp_path / "new" / "deeper" / "out.wav", audio, 32000, roots=[tmp_path])
+    path = audio_write.write_atomic(tmp_path / "new" / "deeper" / "out.wav", audio, 32000, roots=[tmp_path])
     data, rate = sf.read(path, dtype="float32", always_2d=True)
     assert rate == 32000 and sf.info(path).subtype == "FLOAT"
     np.testing.assert_array_equal(data.T, audio)
     assert os.listdir(path.parent) == ["out.wav"]
     with pytest.raises(FileExistsError):
-        audio_io.write_atomic(path, audio, 32000, roots=[tmp_path])
-    audio_io.write_atomic(path, np.zeros((2, 4), np.float32), 32000, overwrite=True, roots=[tmp_path])
+        audio_write.write_atomic(path, audio, 32000, roots=[tmp_path])
+    audio_write.write_atomic(path, np.zeros((2, 4), np.float32), 32000, overwrite=True, roots=[tmp_path])
     assert sf.info(path).channels == 2 and os.listdir(path.parent) == ["out.wav"]
 
 

@@ -19,7 +19,7 @@ import pytest
 import soundfile
 from fake_reaper import Harness, Source
 
-from bridge import audio_io, tracking
+from bridge import audio_read, tracking
 from bridge.client import Client, NoReply
 
 SR = 44100
@@ -118,7 +118,7 @@ def assert_region_is_source(sent_call, source, offset: float, seconds: float) ->
     path, audio = source
     input_path, start_s, end_s, _ = sent_call
     assert Path(input_path) == path
-    region, rate = audio_io.read_region(input_path, start_s, end_s)
+    region, rate = audio_read.read_region(input_path, start_s, end_s)
     assert rate == SR
     expected = audio[:, frames(offset) : frames(offset) + frames(seconds)]
     assert region.shape == expected.shape

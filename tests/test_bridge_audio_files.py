@@ -1,4 +1,5 @@
-"""bridge.audio_io: exact regions of any readable file, atomic float WAV results, unique result names."""
+"""bridge.audio_read and audio_write: exact regions of any readable file, atomic float WAV results, unique result
+names."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 import soundfile as sf
 from pedalboard.io import AudioFile
 
-from bridge.audio_io import probe, read_region, unique_result_path, write_atomic
+from bridge.audio_read import probe, read_region
+from bridge.audio_write import unique_result_path, write_atomic
 from engine.errors import AudioError, ConfigError
 from engine.files import slug
 
@@ -215,7 +217,7 @@ def _dead_pid() -> int:
 
 
 def test_sweep_removes_only_a_dead_writers_temporary_files(tmp_path):
-    from bridge.audio_io import sweep_partials
+    from bridge.audio_write import sweep_partials
 
     final = tmp_path / "song [take 1].extract drums.wav"  # glob metacharacters in the name
     final.write_bytes(b"keep")
@@ -236,12 +238,12 @@ def test_read_region_refuses_a_fifo_swapped_in_after_the_check_without_waiting(t
     import os
     import threading
 
-    from bridge import audio_io
+    from bridge import audio_read
     from engine.errors import AudioError
 
     fifo = tmp_path / "swapped.wav"
     os.mkfifo(fifo)
-    monkeypatch.setattr(audio_io, "check_regular_file", lambda path: None)  # the earlier check, before the swap
+    monkeypatch.setattr(audio_read, "check_regular_file", lambda path: None)  # the earlier check, before the swap
     outcome: list[BaseException | None] = []
 
     def read() -> None:
