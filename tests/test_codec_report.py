@@ -68,8 +68,8 @@ def test_the_command_reads_an_exported_codec(tmp_path, capsys):
 
     t = np.arange(RATE) / RATE
     sf.write(data / "a.flac", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), RATE)
-    cfg = CodecTrainConfig(num_filters=4, hidden_size=16, codebook_size=16, segment_seconds=0.2, batch_size=2)
-    cfg.steps, cfg.warmup_steps, cfg.stft_sizes = 2, 1, (64, 128)
+    cfg = CodecTrainConfig(num_filters=4, hidden_size=16, codebook_size=16, seconds=0.2, batch=2)
+    cfg.steps, cfg.warmup, cfg.stft_sizes = 2, 1, (64, 128)
     codec = train_codec(tmp_path / "tones", tmp_path / "run", cfg, threads=1, quiet=True)
     out = tmp_path / "report.json"
     assert main([str(codec), "--json", str(out)]) == 0

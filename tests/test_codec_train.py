@@ -15,10 +15,10 @@ def _tiny_cfg(steps: int) -> CodecTrainConfig:
         num_filters=4,
         hidden_size=16,
         codebook_size=16,
-        segment_seconds=0.2,
-        batch_size=2,
+        seconds=0.2,
+        batch=2,
         steps=steps,
-        warmup_steps=1,
+        warmup=1,
         ckpt_every=3,
         log_every=1,
         lr=3e-3,
@@ -106,7 +106,7 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path, cap
     assert "holds a codec run: resume it with --stage codec --resume" in capsys.readouterr().err
 
     state = _checkpoint(run)
-    assert state["step"] == 6 and state["config"]["batch_size"] == 2  # the run's own settings were kept
+    assert state["step"] == 6 and state["config"]["batch"] == 2  # the run's own settings were kept
     with pytest.raises(DataError, match="already holds a codec run"):
         from argparse import Namespace
 
@@ -237,8 +237,8 @@ def test_the_waveform_mse_term_enters_the_loss_with_its_weight(tones, tmp_path):
     ("change", "says"),
     [
         ({"steps": 0}, "--steps must be at least 1"),
-        ({"batch_size": 0}, "--batch must be at least 1"),
-        ({"segment_seconds": -1.0}, "--seconds must be a positive number"),
+        ({"batch": 0}, "--batch must be at least 1"),
+        ({"seconds": -1.0}, "--seconds must be a positive number"),
         ({"lr": float("nan")}, "--lr must be a number, got nan"),
         ({"ckpt_every": 0}, "--ckpt-every must be at least 1"),
     ],
@@ -327,3 +327,20 @@ def test_a_codec_export_cut_while_written_leaves_no_codec_that_looks_finished(to
         train_codec(tones, run, _tiny_cfg(3), threads=1, quiet=True, resume=True)
     assert finished_file("codec", run).read_bytes() == before  # the earlier export, whole
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_codec_run_saved_under_the_earlier_setting_names_resumes_with_its_own_settings(tones, tmp_path):
+    import json
+
+    from engine.train.config import CODEC_SETTINGS
+
+    run = tmp_path / "run"
+    cfg = _tiny_cfg(6)
+    cfg.batch, cfg.warmup, cfg.seconds = 3, 2, 0.3  # none of them the default
+    train_codec(tones, run, cfg, threads=1, quiet=True, stop_after=3)
+    saved = json.loads((run / CODEC_SETTINGS).read_text())
+    for old, new in (("batch_size", "batch"), ("warmup_steps", "warmup"), ("segment_seconds", "seconds")):
+        saved[old] = saved.pop(new)  # as a run from before the rename wrote it
+    restored = CodecTrainConfig.from_dict(saved)
+    assert (restored.batch, restored.warmup, restored.seconds) == (3, 2, 0.3)
+    assert restored == CodecTrainConfig.from_dict(json.loads((run / CODEC_SETTINGS).read_text()))

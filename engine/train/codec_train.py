@@ -314,7 +314,7 @@ def train_codec(
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     files = training_audio_files(data, exclude_songs)
-    sampler = ClipSampler(files, cfg.sample_rate, cfg.segment_seconds, seed=cfg.seed, preload=cfg.preload)
+    sampler = ClipSampler(files, cfg.sample_rate, cfg.seconds, seed=cfg.seed, preload=cfg.preload)
     rvq = RVQTrainer(model, cfg.ema_decay, cfg.dead_code_threshold)
     step = 0
     if init_from is not None and not (resume and checkpoints):
@@ -348,8 +348,8 @@ def train_codec(
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     while step < last_step:
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, cfg.steps, floor=LR_FLOOR)
-        audio = torch.from_numpy(sampler.batch(cfg.batch_size)).to(device)
+            group["lr"] = cfg.lr * lr_factor(step, cfg.warmup, cfg.steps, floor=LR_FLOOR)
+        audio = torch.from_numpy(sampler.batch(cfg.batch)).to(device)
         latents = model.encoder(audio)
         if step < cfg.quantize_after:
             quantized, commit = latents, latents.new_zeros(())
@@ -461,7 +461,7 @@ def run_stage(args: Any) -> int:
     if args.resume:
         if not saved.exists():
             raise CheckpointError(f"nothing to resume in {run_dir}: no {CODEC_SETTINGS}")
-        cfg = CodecTrainConfig(**_config_from_json(saved))
+        cfg = CodecTrainConfig.from_dict(json.loads(saved.read_text()))
         data = Path(cfg.extra["data"])
     else:
         if not args.data:
@@ -479,9 +479,9 @@ def run_stage(args: Any) -> int:
             if source is None and (init.parent / CODEC_SETTINGS).exists():
                 source = init.parent / CODEC_SETTINGS
             if source is not None:  # the sizes of the codec it continues, whatever the defaults are now
-                sizes = _config_from_json(source)
+                sizes = CodecTrainConfig.from_dict(json.loads(source.read_text()))
                 for name in _SIZE_FIELDS:
-                    setattr(cfg, name, sizes[name])
+                    setattr(cfg, name, getattr(sizes, name))
             cfg.extra["init_from"] = str(init)
     for flag in CODEC_RESUME_FLAGS:  # how long it goes and how often it saves and logs move on a resume too
         if getattr(args, flag, None) is not None:
@@ -512,9 +512,3 @@ _SIZE_FIELDS = (
     "num_codebooks",
     "num_lstm_layers",
 )
-
-
-def _config_from_json(path: Path) -> dict:
-    data = json.loads(path.read_text())
-    known = CodecTrainConfig.__dataclass_fields__
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
 from engine.model.config import frame_rate as codec_frame_rate
@@ -126,8 +126,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A saved run's settings (history.json, a checkpoint's)."""
+        return _from_saved(cls, data)
+
+
+def _from_saved(cls: type, data: dict, renamed: dict[str, str] | None = None) -> Any:
+    """A config dataclass from saved JSON: fields it no longer has are dropped, renamed ones read under their new
+    name, JSON lists are tuples again."""
+    known = {f.name for f in fields(cls)}
+    named = {(renamed or {}).get(k, k): v for k, v in data.items()}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in named.items() if k in known})
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
@@ -169,11 +177,11 @@ class CodecTrainConfig:
     codebook_size: int = 512
     num_codebooks: int = 4
     num_lstm_layers: int = 1
-    segment_seconds: float = 1.0
-    batch_size: int = 8
+    seconds: float = 1.0  # clip length
+    batch: int = 8
     lr: float = 1e-3  # 3e-4 left the reconstruction flat for 600 steps here; 1e-3 starts learning in ~150
     steps: int = 10000
-    warmup_steps: int = 200
+    warmup: int = 200
     ema_decay: float = 0.99
     commit_weight: float = 1.0
     stft_weight: float = 1.0
@@ -199,28 +207,36 @@ class CodecTrainConfig:
     def frame_rate(self) -> float:
         return codec_frame_rate(self.sample_rate, self.upsampling_ratios)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> CodecTrainConfig:
+        """A saved run's settings (codec_train_config.json), earlier names included."""
+        return _from_saved(cls, data, CODEC_RENAMED)
+
     def check(self) -> None:
         """ConfigError for settings no codec run can use (NaN included: it fails every comparison)."""
-        whole = {"steps": self.steps, "batch": self.batch_size, "ckpt_every": self.ckpt_every}
+        whole = {"steps": self.steps, "batch": self.batch, "ckpt_every": self.ckpt_every}
         whole["log_every"] = self.log_every
         for name, value in whole.items():
             if value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.warmup_steps < 0 or self.quantize_after < 0:
+        if self.warmup < 0 or self.quantize_after < 0:
             raise ConfigError("--warmup and --quantize-after must not be negative")
-        for flag, value, lowest in (("--lr", self.lr, 0.0), ("--seconds", self.segment_seconds, None),
+        for flag, value, lowest in (("--lr", self.lr, 0.0), ("--seconds", self.seconds, None),
                                     ("--wave-mse", self.wave_mse_weight, 0.0)):  # fmt: skip
             if not (math.isfinite(value) and (value > 0 if lowest is None else value >= lowest)):
                 raise ConfigError(f"{flag} must be a {'positive ' if lowest is None else ''}number, got {value}")
 
 
+# What codec runs saved under other names before the codec's settings took the adapter stage's (a run from then still
+# resumes with its own batch, warm-up and clip length)
+CODEC_RENAMED = {"batch_size": "batch", "warmup_steps": "warmup", "segment_seconds": "seconds"}
 # `imusic train` flag (argparse dest) -> CodecTrainConfig field, for the options the codec stage reads
 CODEC_FLAGS = {
     "steps": "steps",
-    "batch": "batch_size",
+    "batch": "batch",
     "lr": "lr",
-    "warmup": "warmup_steps",
-    "seconds": "segment_seconds",
+    "warmup": "warmup",
+    "seconds": "seconds",
     "seed": "seed",
     "ckpt_every": "ckpt_every",
     "log_every": "log_every",

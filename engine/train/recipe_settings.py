@@ -18,10 +18,10 @@ SCALES: dict[str, dict[str, Any]] = {
     "full": {
         "data": {"tracks": 1600, "seconds": 30.0, "sample_rate": EMBEDDED_RATE, "renderer": "auto"},
         "codec": {
-            "batch_size": 64,
-            "segment_seconds": 1.0,
+            "batch": 64,
+            "seconds": 1.0,
             "lr": 1e-3,
-            "warmup_steps": 200,
+            "warmup": 200,
             "preload": True,
             "log_every": 50,
             # Two runs as the CPU recipe's last two: the waveform MSE brings the pitch back, the short run without
@@ -80,10 +80,10 @@ SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
         "data": {"tracks": 6, "seconds": 4.0, "sample_rate": EMBEDDED_RATE, "renderer": "auto"},
         "codec": {
-            "batch_size": 2,
-            "segment_seconds": 0.5,
+            "batch": 2,
+            "seconds": 0.5,
             "lr": 1e-3,
-            "warmup_steps": 1,
+            "warmup": 1,
             "preload": True,
             "log_every": 1,
             "phases": [
