@@ -489,3 +489,11 @@ def test_imusic_train_once_resumes_a_cut_run_then_leaves_the_finished_one_alone(
     assert main(argv) == 0
     assert capsys.readouterr().out.strip() == f"adapters: done ({finished.parent})"
     assert finished.stat().st_mtime_ns == written
+
+
+def test_history_losses_are_the_last_rows_rounded_and_none_where_a_run_logged_none():
+    from engine.train.config import history_losses
+
+    history = {"train": [[1, 5.123456], [2, 4.987654]], "val": [[2, None]]}
+    assert history_losses(history) == {"final_train_loss": 4.9877, "final_val_loss": None}
+    assert history_losses({}) == {"final_train_loss": None, "final_val_loss": None}

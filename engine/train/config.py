@@ -14,6 +14,19 @@ from engine.weights.names import MODEL_CARD, WEIGHTS
 
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
+
+
+def history_losses(history: dict) -> dict[str, float | None]:
+    """A run's last training and validation loss (its history, as history.json holds it), rounded; None where it
+    logged none (or a non-finite one, which JSON holds as null)."""
+
+    def last(rows: list) -> float | None:
+        value = rows[-1][1] if rows else None
+        return None if value is None else round(float(value), 4)
+
+    return {"final_train_loss": last(history.get("train") or []), "final_val_loss": last(history.get("val") or [])}
+
+
 # Where the embedded model's evaluation report is published: this checkout's docs/embedded_model (its build and install
 # commands default to it wherever they are run from)
 EMBEDDED_DOCS = Path(__file__).resolve().parents[2] / "docs" / "embedded_model"

@@ -25,7 +25,7 @@ from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.codec_train import final_losses, read_log
-from engine.train.config import CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL
+from engine.train.config import CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL, history_losses
 from engine.train.data import DATASET_JSON
 from engine.weights.loader import DEFAULT_MODEL_DIR, model_parts, new_model_card, peek_card, write_model_card
 from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
@@ -36,17 +36,8 @@ EMBEDDED_NAME = "imusic-embedded-small"
 REPORT_LINK = f"{EMBEDDED_DOCS.relative_to(EMBEDDED_DOCS.parents[1]).as_posix()}/{REPORT_MD}"
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-
-
-def _last(rows: list, default: Any = None) -> Any:
-    """The last row's value; `default` when there is none (or it was not finite: JSON files hold it as null)."""
-    value = rows[-1][1] if rows else None
-    return default if value is None else value
+def _read_json(path: Path) -> dict[str, Any]:
+    return read_json_object(path, f"{path} is missing", CheckpointError)
 
 
 def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -92,8 +83,7 @@ def train_summary(run: Path, target: str) -> dict[str, Any]:
         "settings": cfg,
         "steps": history["train"][-1][0] if history.get("train") else 0,
         "wall_seconds": round(float(history.get("wall_seconds", 0.0)), 1),
-        "final_train_loss": round(float(_last(history.get("train", []), float("nan"))), 4),
-        "final_val_loss": round(float(_last(history.get("val", []), float("nan"))), 4),
+        **history_losses(history),
     }
 
 

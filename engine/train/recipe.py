@@ -38,6 +38,7 @@ from engine.train.config import (
     HISTORY,
     RUN_ADAPTER,
     RUN_MODEL,
+    history_losses,
 )
 from engine.train.data import DATASET_JSON
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
@@ -316,8 +317,7 @@ class Recipe:
         return {
             "steps": result.step,
             "steps_planned": self.settings[stage]["steps"],
-            "final_train_loss": round(history["train"][-1][1], 4) if history["train"] else None,
-            "final_val_loss": round(history["val"][-1][1], 4) if history["val"] else None,
+            **history_losses(history),
             "exported": history.get("exported", "the last step"),
         }
 
