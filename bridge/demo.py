@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +25,7 @@ import numpy as np
 
 from bridge import protocol
 from bridge.cli import JobProgress
+from bridge.serve_process import ServerProcess
 from engine import instructions
 from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.files import edit_slug
@@ -39,8 +37,6 @@ HELD_OUT_SEED = 1_000_003
 DEMO_RATE = 44100  # a producer's file, not the model's rate: the engine resamples both ways
 DEFAULT_EDITS = ("extract drums", "remove bass", "extract bass", "add piano")
 READY_TIMEOUT_S = 600.0  # loading + warm-up of a large model on a CPU can take minutes
-STOP_TIMEOUT_S = 30.0
-LOG_TAIL_LINES = 8
 # Stereo placement of the stems (linear pan, L = (1 - p) s, R = (1 + p) s: the channel mean is the stem itself, so the
 # model's mono view of input.wav is exactly the song's mix). Drums and bass stay in the centre, as in most mixes.
 _CENTRED = ("drums", "bass")
@@ -151,101 +147,6 @@ def write_clip(clip: Clip, out: Path) -> Path:
     path = out / "input.wav"
     sf.write(str(path), clip.audio.T, clip.sample_rate, subtype="PCM_24")
     return path
-
-
-# ------------------------------------------------------------------------------------------------------ the server
-
-
-class ServerProcess:
-    """`imusic serve` in a subprocess, its output in a log file; stopped with SIGTERM as a user's Ctrl-C would."""
-
-    def __init__(self, model: str | None, out: Path, port: int, host: str = "127.0.0.1") -> None:
-        self.host = host
-        self.log_path = out / "server.log"
-        command = [sys.executable, "-m", "bridge.cli", "serve", "--host", host, "--port", str(port)]
-        command += ["--journal", str(out / ".journal"), "--allow-root", str(out)]
-        if model is not None:
-            command += ["--model", str(model)]
-        with open(self.log_path, "w", encoding="utf-8") as log:
-            self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
-            )
-        self.port = port
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.strip().splitlines()[-lines:])
-
-    def check_alive(self, doing: str) -> None:
-        """ResourceError with the server's last log lines if it has exited."""
-        code = self.process.poll()
-        if code is not None:
-            tail = self.log_tail()
-            raise ResourceError(
-                f"the engine server stopped (exit code {code}) {doing}; its last lines ({self.log_path}):\n{tail}"
-            )
-
-    def wait_listening(self, timeout: float) -> int:
-        """The port the server bound (it may have been asked for port 0)."""
-        from bridge.server import listening_port
-
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive("before it listened")
-            port = listening_port(self.log_tail(50))
-            if port is not None:
-                self.port = port
-                return self.port
-            if time.monotonic() > deadline:
-                raise ResourceError(f"the engine server did not start within {timeout:g} s; see {self.log_path}")
-            time.sleep(0.05)
-
-    def wait_ready(self, client: Any, timeout: float) -> Any:
-        """Ping until the server says ready (model loaded and warmed up); returns the pong reply."""
-        from bridge.client import NoReply
-
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive("while loading the model")
-            try:
-                pong = client.ping(timeout=1.0)
-                if pong.state == protocol.READY:
-                    return pong
-            except NoReply:
-                pass  # busy starting; asked again below
-            if time.monotonic() > deadline:
-                raise ResourceError(
-                    f"the engine server was not ready within {timeout:g} s; its last lines:\n{self.log_tail()}"
-                )
-            time.sleep(0.25)
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM (graceful: the server finishes its journal), then kill after `timeout` s; returns the exit code."""
-        if self.process.poll() is None:
-            if os.name == "nt":
-                self.process.terminate()  # Windows has no SIGTERM to send a child; this ends it at once
-            else:
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                print(f"imusic demo: the server did not stop within {timeout:g} s; killed it", file=sys.stderr)
-        return self.process.returncode
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
 
 
 # ------------------------------------------------------------------------------------------------------- the edits

@@ -6,9 +6,7 @@ the result lands, its name, length and position, one undo point, and that bad in
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,8 @@ import soundfile
 from fake_reaper import Harness, Source
 
 from bridge import audio_read, tracking
-from bridge.client import Client, NoReply
+from bridge.client import Client
+from bridge.serve_process import ServerProcess
 
 SR = 44100
 SOURCE_SECONDS = 8.0
@@ -40,42 +39,16 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def engine_port(root, tiny_model_dir, tmp_path_factory):
     """A real `imusic serve` with the tiny model, on a free loopback port, for the whole module."""
-    port = free_udp_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "bridge.cli", "serve", "--model", str(tiny_model_dir), "--port", str(port)]
-    command += [
-        "--no-warm-up",
-        "--device",
-        "cpu",
-        "--journal",
-        str(root / "journal"),
-        "--allow-root",
-        str(tmp_path_factory.getbasetemp()),
-    ]
-    with open(root / "serve.log", "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        try:
-            _wait_ready(proc, port, root / "serve.log")
-            yield port
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _wait_ready(proc: subprocess.Popen, port: int, log: Path) -> None:
-    deadline = time.monotonic() + 120
-    with Client("127.0.0.1", port) as client:
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if client.ping(timeout=1.0).state == "ready":
-                    return
-            except NoReply:
-                pass
-            assert time.monotonic() < deadline, "imusic serve did not get ready"
+    options = ["--no-warm-up", "--device", "cpu"]
+    roots = [tmp_path_factory.getbasetemp()]
+    server = ServerProcess(tiny_model_dir, root, free_udp_port(), roots=roots, options=options, env=env)
+    try:
+        with Client(server.host, server.wait_listening(120)) as client:
+            server.wait_ready(client, 120)
+        yield server.port
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
