@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_bridge_support import write_wav
+from test_bridge_support import launch_fake_server, write_wav
 
 from bridge import protocol
 from bridge.client import Client
@@ -19,47 +17,11 @@ from bridge.client import Client
 HERE = Path(__file__).resolve().parent
 
 
-def launch(
-    tmp_path: Path, root: Path, port: int = 0, name: str = "first", extra: tuple[str, ...] = ()
-) -> tuple[subprocess.Popen, int]:
-    port_file = tmp_path / f"{name}.port"
-    log = open(tmp_path / f"{name}.stderr", "w")  # noqa: SIM115 (closed with the process)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "test_bridge_support.py"),
-            "--port",
-            str(port),
-            "--port-file",
-            str(port_file),
-            "--journal",
-            str(tmp_path / "journal"),
-            "--root",
-            str(root),
-            "--step-s",
-            "0.05",
-            "--log",
-            str(tmp_path / "edits.log"),
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=HERE.parent,
-    )
-    deadline = time.monotonic() + 30
-    while not port_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"server did not start: {(tmp_path / f'{name}.stderr').read_text()}")
-        time.sleep(0.05)
-    return process, int(port_file.read_text())
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs kill -9")
 def test_kill_9_during_a_queue_then_restart_completes_every_accepted_job_once(tmp_path):
     root = tmp_path / "root"
     song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
-    process, port = launch(tmp_path, root)
+    process, port = launch_fake_server(tmp_path, root, name="first")
     try:
         with Client("127.0.0.1", port) as client:
             ids = []
@@ -72,7 +34,7 @@ def test_kill_9_during_a_queue_then_restart_completes_every_accepted_job_once(tm
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
 
-        process, port = launch(tmp_path, root, port=port, name="second")
+        process, port = launch_fake_server(tmp_path, root, port=port, name="second")
         with Client("127.0.0.1", port) as client:
             assert client.status(ids[1], 5).output_path == before.output_path
             outputs = [client.wait(job_id, timeout=60).output_path for job_id in ids]
@@ -93,7 +55,7 @@ def test_a_running_job_cancelled_just_before_kill_9_is_not_run_again_after_the_r
     root = tmp_path / "root"
     song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
     # The editor ignores cancel and takes 4 x 3 s: the kill lands while the job is still "cancelling".
-    process, port = launch(tmp_path, root, extra=("--step-s", "3.0", "--deaf"))
+    process, port = launch_fake_server(tmp_path, root, "--step-s", "3.0", "--deaf", name="first")
     try:
         with Client("127.0.0.1", port) as client:
             job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
@@ -103,7 +65,7 @@ def test_a_running_job_cancelled_just_before_kill_9_is_not_run_again_after_the_r
         os.kill(process.pid, signal.SIGKILL)
         process.wait(10)
 
-        process, port = launch(tmp_path, root, port=port, name="second")
+        process, port = launch_fake_server(tmp_path, root, port=port, name="second")
         with Client("127.0.0.1", port) as client:
             state = client.status(job_id, 5)
             assert state.state == protocol.CANCELLED and "server stopped" in state.args[3], state.args  # detail
@@ -120,7 +82,7 @@ def test_a_running_job_cancelled_just_before_kill_9_is_not_run_again_after_the_r
 def test_a_stop_signal_stops_gracefully_and_the_interrupted_job_resumes(tmp_path, stop_signal):
     root = tmp_path / "root"
     song = write_wav(root / "song.wav", seconds=1.0, sample_rate=16000, channels=1)
-    process, port = launch(tmp_path, root)
+    process, port = launch_fake_server(tmp_path, root, name="first")
     with Client("127.0.0.1", port) as client:
         ids = [client.submit(str(song), 0.0, 1.0, f"extract drums #{i}") for i in range(4)]
         for job_id in ids:
@@ -131,7 +93,7 @@ def test_a_stop_signal_stops_gracefully_and_the_interrupted_job_resumes(tmp_path
     stopped = (tmp_path / "first.stderr").read_text()
     assert "Traceback" not in stopped and "KeyboardInterrupt" not in stopped
 
-    process, port = launch(tmp_path, root, port=port, name="second")
+    process, port = launch_fake_server(tmp_path, root, port=port, name="second")
     try:
         with Client("127.0.0.1", port) as client:
             outputs = {client.wait(job_id, timeout=60).output_path for job_id in ids}

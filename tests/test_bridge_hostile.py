@@ -13,8 +13,6 @@ import logging
 import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_bridge_support import FakeEditor, start_server
+from test_bridge_support import FakeEditor, launch_fake_server, start_server
 
 from bridge import audio_read, audio_write, protocol
 from bridge.client import Client, RemoteError
@@ -49,30 +47,12 @@ def remote(tmp_path_factory):
     base = tmp_path_factory.mktemp("remote")
     root = base / "root"
     root.mkdir()
-    port_file, edits = base / "port", base / "edits.log"
-    log = open(base / "stderr", "w")  # noqa: SIM115 (closed with the process)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "test_bridge_support.py"),
-            *("--port-file", str(port_file), "--journal", str(base / "journal"), "--root", str(root)),
-            *("--log", str(edits)),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=HERE.parent,
-    )
+    process, port = launch_fake_server(base, root)
     try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {(base / 'stderr').read_text()}")
-            time.sleep(0.05)
-        yield SimpleNamespace(port=int(port_file.read_text()), root=root, edits=edits)
+        yield SimpleNamespace(port=port, root=root, edits=base / "edits.log")
     finally:
         process.kill()
         process.wait()
-        log.close()
 
 
 def sparse_file(path: Path, size: int = HUGE, head: bytes = b"") -> Path:

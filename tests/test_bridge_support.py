@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -97,6 +98,31 @@ def start_server(tmp_path: Path, root: Path, editor=None, timeout: float = 10.0,
     server.start()
     assert server.wait_ready(timeout)
     return server
+
+
+def launch_fake_server(
+    folder: Path, root: Path, *options: str, port: int = 0, name: str = "server"
+) -> tuple[subprocess.Popen, int]:
+    """This file's server (a FakeEditor) in a subprocess, as a user's `imusic serve` would run: journal folder/journal,
+    edit log folder/edits.log, output folder/NAME.stderr, results allowed under `root`; returned once it listens,
+    with its port. The caller stops it (kill -9 or SIGTERM)."""
+    port_file = folder / f"{name}.port"
+    port_file.unlink(missing_ok=True)
+    output = folder / f"{name}.stderr"
+    command = [sys.executable, str(Path(__file__).resolve()), "--port", str(port), "--port-file", str(port_file)]
+    command += ["--journal", str(folder / "journal"), "--root", str(root), "--log", str(folder / "edits.log")]
+    with open(output, "w") as log:
+        process = subprocess.Popen(
+            [*command, *options], stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1]
+        )
+    deadline = time.monotonic() + 30
+    while not port_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"the fake server did not start: {output.read_text()}")
+        time.sleep(0.05)
+    return process, int(port_file.read_text())
 
 
 def write_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
