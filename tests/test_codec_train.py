@@ -297,7 +297,9 @@ def test_train_once_resumes_a_cut_codec_run_then_leaves_the_finished_one_alone(t
     assert train_codec(data, run, cfg, threads=1, quiet=True, stop_after=3) is None  # cut after 3 of 6 steps
     assert not finished_file("codec", run).exists()
     once = ["train", "--stage", "codec", "--once", "--data", str(data), "-o", str(run), "--quiet"]
-    assert main(once) == 0
+    assert main([*once, "--batch", "2", "--wave-mse", "1.5"]) == 0
+    # the batch given again is the run's own: no news; the other MSE weight is not taken, and said
+    assert "the codec stage does not use --wave-mse here" in capsys.readouterr().err
     assert _checkpoint(run)["step"] == 6  # resumed: the run's own 6 steps, not a new run's default
     finished = finished_file("codec", run)
     written = finished.stat().st_mtime_ns

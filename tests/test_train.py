@@ -480,6 +480,7 @@ def test_imusic_train_once_resumes_a_cut_run_then_leaves_the_finished_one_alone(
     argv = ["train", "--stage", "adapters", "--once", "--data", config.data, "--base", config.base, "-o", str(run_dir)]
     argv += ["--steps", "2", "--ckpt-every", "1", "--batch", "2", "--seconds", "1", "--val-clips", "1", "--quiet"]
     assert main(argv) == 0
+    assert "resuming keeps" not in capsys.readouterr().err  # every setting given again is the run's own
     history = json.loads((run_dir / "history.json").read_text())
     assert [step for step, _ in history["train"]] == [1, 2]
     assert history["config"]["lr"] == 0.0123  # resumed with the run's own settings, not started again
@@ -497,3 +498,12 @@ def test_history_losses_are_the_last_rows_rounded_and_none_where_a_run_logged_no
     history = {"train": [[1, 5.123456], [2, 4.987654]], "val": [[2, None]]}
     assert history_losses(history) == {"final_train_loss": 4.9877, "final_val_loss": None}
     assert history_losses({}) == {"final_train_loss": None, "final_val_loss": None}
+
+
+def test_a_setting_given_again_is_the_runs_own_when_it_names_the_same_value_path_or_sizes(tmp_path, monkeypatch):
+    from engine.train.config import same_setting
+
+    monkeypatch.chdir(tmp_path)
+    assert same_setting("data", str(tmp_path / "data")) and not same_setting("data", str(tmp_path / "other"))
+    assert same_setting({"dim": 64}, {"dim": 64, "layers": 2}) and not same_setting({"dim": 64}, {})
+    assert same_setting([4, 5], (4, 5)) and same_setting(2, 2) and not same_setting(0.5, 1.0)

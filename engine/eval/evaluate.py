@@ -467,8 +467,9 @@ def run(args: argparse.Namespace) -> int:
     from engine.files import output_folder
 
     output_folder(args.output)
-    if args.once and (Path(args.output) / REPORT_MD).is_file():  # written last
-        print(f"report: {Path(args.output) / REPORT_MD} (already there)", file=sys.stderr)
+    written = Path(args.output).expanduser() / REPORT_MD  # the report's last file
+    if args.once and written.is_file():
+        print(f"report: {written} (already there)", file=sys.stderr)
         return 0
     report = evaluate(
         args.data,

@@ -17,6 +17,7 @@ from engine.train.config import (
     CodecTrainConfig,
     TrainConfig,
     finished_file,
+    same_setting,
 )
 
 SIZE_FLAGS = "--layers/--dim/--heads/--text-dim"  # a new base's sizes (TrainConfig.extra)
@@ -113,6 +114,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
+def _saved_settings(run_dir: Path) -> dict | None:
+    """The settings a run folder's run saved with its last checkpoint (its history), or None where it has none."""
+    import json
+
+    from engine.train.config import HISTORY
+
+    try:
+        saved = json.loads((run_dir / HISTORY).read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
 def _finished_once(args: argparse.Namespace) -> bool:
     """--once: True if the stage's run folder holds its finished result; else --resume is set where it has
     checkpoints."""
@@ -160,10 +174,15 @@ def run(args: argparse.Namespace) -> int:
     given["extra"] = {name: value for name, value in extra.items() if value is not None}
     if not resuming and "device" not in given:
         given["device"] = str(default_device())
-    ignored = sorted(name for name in set(given) - set(RESUME_CHANGES) if given[name]) if resuming else []
     from engine.train.checkpoints import list_checkpoints
 
-    if ignored and (args.resume_from or list_checkpoints(Path(args.output).expanduser())):
+    saved = _saved_settings(Path(args.output).expanduser()) if resuming else None
+    ignored = sorted(
+        name
+        for name in set(given) - set(RESUME_CHANGES)
+        if given[name] and not (saved is not None and same_setting(given[name], saved.get(name)))
+    )
+    if resuming and ignored and (args.resume_from or list_checkpoints(Path(args.output).expanduser())):
         flags = [SIZE_FLAGS if name == "extra" else f"--{name.replace('_', '-')}" for name in ignored]
         print(f"imusic train: resuming keeps the run's own {', '.join(flags)}", file=sys.stderr)
     changes = [name for name in RESUME_CHANGES if name in given]

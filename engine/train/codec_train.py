@@ -49,6 +49,7 @@ from engine.train.config import (
     CODEC_SETTINGS,
     CodecTrainConfig,
     lr_factor,
+    same_setting,
 )
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
@@ -450,20 +451,23 @@ def run_stage(args: Any) -> int:
         + ("gate_lr", "window", "align_steps", "gate_init", "fused_layers", "text_dropout", "classes")
         if getattr(args, name, None) is not None
     ]
-    if args.resume:  # the run's own settings stand; only how long it goes, how often it saves and where it runs move
-        unused += [
-            f"--{flag.replace('_', '-')}"
-            for flag in (*(f for f in CODEC_FLAGS if f not in CODEC_RESUME_FLAGS), "data", "init_codec")
-            if getattr(args, flag, None) is not None
-        ]
-    if unused:
-        print(f"imusic train: the codec stage does not use {', '.join(unused)} here", file=sys.stderr)
     if args.resume:
         if not saved.exists():
             raise CheckpointError(f"nothing to resume in {run_dir}: no {CODEC_SETTINGS}")
         cfg = CodecTrainConfig.from_dict(json.loads(saved.read_text()))
         data = Path(cfg.extra["data"])
-    else:
+        # The run's own settings stand; only how long it goes, how often it saves and where it runs move. A setting
+        # given again with the run's own value (what `--once` in a make target does) is no news.
+        own = {**{flag: getattr(cfg, CODEC_FLAGS[flag]) for flag in CODEC_FLAGS}, "data": cfg.extra.get("data")}
+        own["init_codec"] = cfg.extra.get("init_from")
+        unused += [
+            f"--{flag.replace('_', '-')}"
+            for flag in (*(f for f in CODEC_FLAGS if f not in CODEC_RESUME_FLAGS), "data", "init_codec")
+            if getattr(args, flag, None) is not None and not same_setting(getattr(args, flag), own[flag])
+        ]
+    if unused:
+        print(f"imusic train: the codec stage does not use {', '.join(unused)} here", file=sys.stderr)
+    if not args.resume:
         if not args.data:
             raise DataError("--data is required for a new codec run")
         if list_checkpoints(run_dir):

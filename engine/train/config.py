@@ -16,6 +16,18 @@ HISTORY = "history.json"  # a training run's settings and figures per step, in i
 CURVES = "curves.png"  # the picture of them
 
 
+def same_setting(given: Any, saved: Any) -> bool:
+    """Whether a setting given again for a resumed run is the run's own: paths compare resolved, a dict (a base's
+    sizes) as the part of the saved one it names, a list as a tuple."""
+    if isinstance(given, dict):
+        return isinstance(saved, dict) and all(saved.get(k) == v for k, v in given.items())
+    if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
+        return tuple(given) == tuple(saved)
+    if isinstance(given, str) and isinstance(saved, str) and given != saved:
+        return Path(given).expanduser().resolve() == Path(saved).expanduser().resolve()
+    return given == saved
+
+
 def history_losses(history: dict) -> dict[str, float | None]:
     """A run's last training and validation loss (its history, as history.json holds it), rounded; None where it
     logged none (or a non-finite one, which JSON holds as null)."""
