@@ -10,7 +10,7 @@ import sys
 
 from bridge import protocol, tracking
 from bridge.cli import JobProgress, add_edit_options, seconds_option
-from bridge.client import Client, RemoteError, local_bind_host
+from bridge.client import Client, NoReply, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
 from engine.files import AUDIO_FORMATS
@@ -107,7 +107,15 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         args.input, args.start, args.end, args.instruction, output_path=args.output, seed=args.seed, takes=args.takes,
         job_id=args.job_id, mode=args.mode,
     )  # fmt: skip
-    accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in (protocol.ACCEPTED, protocol.ERROR), short)
+    answer = (protocol.ACCEPTED, protocol.ERROR)
+    try:
+        accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in answer, short)
+    except NoReply:
+        client.ping()  # NoReply again: no engine there, said as everywhere; a pong: it is there but slow to accept
+        raise NoReply(
+            f"the engine at {args.host}:{args.port} answers but did not accept job {job_id} within {short:g} s (busy "
+            f"writing its journal?); it may still run it: ask with `imusic send status {job_id}`"
+        ) from None
     if accepted.address == protocol.ERROR:
         raise RemoteError(accepted.message, accepted.code, job_id)
     if args.no_wait:

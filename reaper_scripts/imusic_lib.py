@@ -200,7 +200,7 @@ class Session:
             return "silent"
         if now - max(state.heard for state in states) > LOST_AFTER_S:
             for job in pending:
-                lost = tracking.stopped_answering(*self.client.server, LOST_AFTER_S)
+                lost = f"{tracking.stopped_answering(*self.client.server, LOST_AFTER_S)}, then run the action again"
                 self.client.tracker.end(job.job_id, protocol.NO_REPLY, lost)
             return "done"
         return "running"

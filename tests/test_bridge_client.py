@@ -335,3 +335,35 @@ def test_send_edit_gives_up_in_one_line_on_a_server_that_accepts_and_goes_silent
         silent.close()
     assert code == 1
     assert "has not answered about job" in capsys.readouterr().err
+
+
+def test_send_edit_to_an_engine_that_answers_pings_but_does_not_accept_says_so_not_start_it(tmp_path, capsys):
+    import socket
+    import threading
+
+    slow = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    slow.bind(("127.0.0.1", 0))
+    slow.settimeout(10)
+
+    def answer_pings_only():
+        try:
+            while True:
+                data, sender = slow.recvfrom(65536)
+                for address, _args in protocol.decode(data):
+                    if address == protocol.PING:
+                        slow.sendto(protocol.encode(protocol.PONG, "0", "m", "cpu", protocol.READY), sender)
+        except OSError:
+            pass
+
+    threading.Thread(target=answer_pings_only, daemon=True).start()
+    song = write_wav(tmp_path / "song.wav", seconds=1.0)
+    port = slow.getsockname()[1]
+    try:
+        code = main(["send", "--host", "127.0.0.1", "--port", str(port), "--timeout", "0.3", "edit", str(song), "x y"])
+    finally:
+        slow.close()
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"the engine at 127.0.0.1:{port} answers but did not accept job" in err and "imusic send status" in err
+    assert main(["send", "--host", "127.0.0.1", "--port", "9", "--timeout", "0.3", "edit", str(song), "x y"]) == 1
+    assert tracking.not_answering("127.0.0.1", 9) in capsys.readouterr().err  # nobody there: as everywhere

@@ -14,8 +14,6 @@ from test_bridge_support import launch_fake_server, write_wav
 from bridge import protocol
 from bridge.client import Client
 
-HERE = Path(__file__).resolve().parent
-
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs kill -9")
 def test_kill_9_during_a_queue_then_restart_completes_every_accepted_job_once(tmp_path):

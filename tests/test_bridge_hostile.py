@@ -28,7 +28,6 @@ from bridge.playback import FakePlayer
 from bridge.server_log import RateLimiter
 from engine.errors import AudioError
 
-HERE = Path(__file__).resolve().parent
 TIMEOUT = 10.0
 PING_WITHIN_S = 0.2
 HUGE = 2 << 30  # 2 GiB, sparse: nothing is written to disk

@@ -101,9 +101,11 @@ def test_imusic_train_stage_codec_runs_resumes_and_holds_songs_out(tmp_path, cap
     assert "does not use" not in capsys.readouterr().err  # every one of those flags is the codec stage's too
     assert len(_rows(run)) == 2  # a log row every 2 steps, as asked
     assert main([*common, "--resume", "--steps", "6", "--batch", "8", "--precision", "bf16"]) == 0
-    assert "the codec stage does not use --precision, --batch here" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the codec stage does not use --precision, --batch here" in err
+    assert "resuming with --steps 6 (the run had 4)" in err
     assert main(["train", "-o", str(run), "--resume", "--quiet"]) == 1  # --stage codec forgotten
-    assert "holds a codec run: resume it with --stage codec --resume" in capsys.readouterr().err
+    assert "holds a codec run: give --stage codec" in capsys.readouterr().err
 
     state = _checkpoint(run)
     assert state["step"] == 6 and state["config"]["batch"] == 2  # the run's own settings were kept

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bridge.cli import main
+from engine.instructions import OPERATIONS
 from engine.train.data.render import default_soundfonts
 
 needs_soundfont = pytest.mark.skipif(not default_soundfonts(), reason="no General MIDI soundfont on this machine")
@@ -36,11 +37,16 @@ def test_synth_once_starts_then_finishes_a_cut_run_then_keeps_it(tmp_path, capsy
     assert main([*argv, "--once"]) == 0  # a new folder: started
     assert "wrote 2 track(s)" in capsys.readouterr().out
     first = (out / "Track00001" / "mix.flac").read_bytes()
-    shutil.rmtree(out / "Track00002")  # as if cut before the second track
+    shutil.rmtree(out / "Track00002")  # as if cut before the second track: the record still says it is not complete
+    record = json.loads((out / "dataset.json").read_text())
+    (out / "dataset.json").write_text(json.dumps({**record, "complete": False}))
     assert main([*argv, "--once"]) == 0
     assert "kept 1 finished track(s)" in capsys.readouterr().out
+    assert json.loads((out / "dataset.json").read_text())["complete"]
+    written = (out / "dataset.json").stat().st_mtime_ns
     assert main([*argv, "--once"]) == 0
-    assert "kept 2 finished track(s)" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip() == f"data: done ({out})"  # finished: left as it is
+    assert (out / "dataset.json").stat().st_mtime_ns == written
     assert (out / "Track00001" / "mix.flac").read_bytes() == first
     assert main(argv) == 1  # without --once a folder with a data set is refused, as before
     assert "is not empty" in capsys.readouterr().err
@@ -76,3 +82,8 @@ def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
     suggested = json.loads((data / "dataset.json").read_text())["split"]["test"]
     assert {clip["song_id"] for clip in meta["clips"]} <= set(suggested)
     assert meta["clips"] and all(clip["op"] == "extract" for clip in meta["clips"])
+    for tasks, expected in ((["--task", "add", "--task", "remove"], {"add", "remove"}), ([], set(OPERATIONS))):
+        out = ["-o", str(tmp_path / f"clips{len(tasks)}"), "--sample-rate", "16000", "--quiet"]
+        assert main([*argv[:3], *argv[5:], *out, *tasks, "--clips-per-song", "9"]) == 0
+        clips = json.loads((tmp_path / f"clips{len(tasks)}" / "clips.json").read_text())["clips"]
+        assert {clip["op"] for clip in clips} == expected  # repeated --task as imusic eval; none: every operation

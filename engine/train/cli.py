@@ -17,6 +17,7 @@ from engine.train.config import (
     CodecTrainConfig,
     TrainConfig,
     finished_file,
+    resume_moves,
     same_setting,
 )
 
@@ -186,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         flags = [SIZE_FLAGS if name == "extra" else f"--{name.replace('_', '-')}" for name in ignored]
         print(f"imusic train: resuming keeps the run's own {', '.join(flags)}", file=sys.stderr)
     changes = [name for name in RESUME_CHANGES if name in given]
+    if saved is not None and (moves := resume_moves({name: given[name] for name in changes}, saved)):
+        print(f"imusic train: {moves}", file=sys.stderr)
     result = train(
         TrainConfig(**given),
         args.output,

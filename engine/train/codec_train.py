@@ -49,6 +49,7 @@ from engine.train.config import (
     CODEC_SETTINGS,
     CodecTrainConfig,
     lr_factor,
+    resume_moves,
     same_setting,
 )
 from engine.train.data.datasets import split_songs
@@ -487,9 +488,11 @@ def run_stage(args: Any) -> int:
                 for name in _SIZE_FIELDS:
                     setattr(cfg, name, getattr(sizes, name))
             cfg.extra["init_from"] = str(init)
-    for flag in CODEC_RESUME_FLAGS:  # how long it goes and how often it saves and logs move on a resume too
-        if getattr(args, flag, None) is not None:
-            setattr(cfg, CODEC_FLAGS[flag], getattr(args, flag))
+    moved = {flag: getattr(args, flag) for flag in CODEC_RESUME_FLAGS if getattr(args, flag, None) is not None}
+    if args.resume and (moves := resume_moves(moved, {flag: getattr(cfg, CODEC_FLAGS[flag]) for flag in moved})):
+        print(f"imusic train: {moves}", file=sys.stderr)
+    for flag, value in moved.items():  # how long it goes and how often it saves and logs move on a resume too
+        setattr(cfg, CODEC_FLAGS[flag], value)
     if getattr(args, "device", None):
         cfg.device = str(parse_device(args.device))  # where it trains may change on a resume, as for every stage
     init = cfg.extra.get("init_from")

@@ -28,6 +28,14 @@ def same_setting(given: Any, saved: Any) -> bool:
     return given == saved
 
 
+def resume_moves(given: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The note for a resumed run whose schedule or reporting the command line moves (steps, checkpoint and log
+    intervals, device: what a resume may change), "" when nothing given differs from the run's own."""
+    moved = [f"--{k.replace('_', '-')} {v} (the run had {saved.get(k)})" for k, v in given.items()
+             if not same_setting(v, saved.get(k))]  # fmt: skip
+    return f"resuming with {', '.join(moved)}" if moved else ""
+
+
 def history_losses(history: dict) -> dict[str, float | None]:
     """A run's last training and validation loss (its history, as history.json holds it), rounded; None where it
     logged none (or a non-finite one, which JSON holds as null)."""

@@ -242,7 +242,7 @@ def _resolved_config(
         earlier = [p for p in existing if p.name < chosen.name]
         payload = load_checkpoint(chosen, earlier[-1] if earlier else None)
         if payload.get("stage") == "codec":
-            raise ConfigError(f"{run_dir} holds a codec run: resume it with --stage codec --resume")
+            raise ConfigError(f"{run_dir} holds a codec run: give --stage codec")
         saved = TrainConfig.from_dict(payload["config"])
         # The saved run defines the run; only how long it goes, how often it reports and where it runs may change.
         return TrainConfig.from_dict({**asdict(saved), **{k: getattr(cfg, k) for k in changes}}), payload

@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--workers", type=int, default=1, help="tracks made in parallel processes (default 1)")
     synth.add_argument("--resume", action="store_true", help="finish an interrupted run in the same folder")
     synth.add_argument(
-        "--once", action="store_true", help="finish the run in this folder if one was started, else start it"
+        "--once",
+        action="store_true",
+        help="leave a finished data set in this folder alone, finish one that was cut, else start one",
     )
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -137,7 +139,14 @@ def _synth(args: argparse.Namespace) -> int:
     from engine.train.data import DATASET_JSON
     from engine.train.data.synth import synthesize
 
-    started = (Path(args.output).expanduser() / DATASET_JSON).is_file()  # written first, before any track
+    record = Path(args.output).expanduser() / DATASET_JSON  # written first (complete: false), again at the end
+    if args.once and record.is_file():
+        from engine.errors import DataError
+        from engine.files import read_json_object
+
+        if read_json_object(record, "", DataError).get("complete"):
+            print(f"data: done ({record.parent})")
+            return 0
     report = synthesize(
         output_folder(args.output),
         args.tracks,
@@ -147,7 +156,7 @@ def _synth(args: argparse.Namespace) -> int:
         soundfonts=args.soundfont,
         midi_dir=args.midi,
         progress=not args.quiet,
-        resume=args.resume or (args.once and started),
+        resume=args.resume or (args.once and record.is_file()),
         renderer=args.renderer,
         workers=args.workers,
     )
