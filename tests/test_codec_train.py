@@ -348,3 +348,28 @@ def test_a_codec_run_saved_under_the_earlier_setting_names_resumes_with_its_own_
     restored = CodecTrainConfig.from_dict(saved)
     assert (restored.batch, restored.warmup, restored.seconds) == (3, 2, 0.3)
     assert restored == CodecTrainConfig.from_dict(json.loads((run / CODEC_SETTINGS).read_text()))
+
+
+def test_codes_nobody_chose_are_reseeded_from_the_batch_and_the_others_keep_their_place():
+    import torch
+    from transformers import EncodecModel
+
+    from engine.train.codec_train import RVQTrainer, encodec_config
+
+    cfg = _tiny_cfg(1)
+    trainer = RVQTrainer(EncodecModel(encodec_config(cfg)), decay=0.99, dead_threshold=0.5)
+    codebook = trainer.codebooks[0]
+    size, dim = codebook.embed.shape
+    torch.manual_seed(0)
+    codebook.embed.copy_(torch.randn(size, dim) * 100)  # far from every latent: only the batch can land there
+    codebook.embed_avg.copy_(codebook.embed)  # each code the mean of what it was chosen for (count 1)
+    codebook.cluster_size.fill_(1.0)
+    codebook.cluster_size[:3] = 0.0  # three codes nobody chose lately
+    before = codebook.embed.clone()
+    residual = torch.randn(64, dim)
+    trainer._ema_update(codebook, residual, torch.full((64,), 5, dtype=torch.long))  # the whole batch chose code 5
+    assert all(any(torch.equal(row, r) for r in residual) for row in codebook.embed[:3])  # drawn from this batch
+    assert torch.all(codebook.cluster_size[:3] == 1.0)
+    # the others moved only by the EMA (code 5 towards the batch, the rest by the decay), none was re-drawn
+    assert not any(any(torch.equal(row, r) for r in residual) for row in codebook.embed[3:])
+    assert torch.allclose(codebook.embed[6:], before[6:], rtol=0.05)

@@ -217,13 +217,13 @@ class RVQTrainer:
         total = codebook.cluster_size.sum()
         smoothed = (codebook.cluster_size + 1e-5) / (total + size * 1e-5) * total
         codebook.embed.copy_(codebook.embed_avg / smoothed[:, None])
-        dead = codebook.cluster_size < self.dead_threshold
-        n_dead = int(dead.sum())
-        if n_dead:
-            fresh = residual[torch.randint(0, residual.shape[0], (n_dead,)).to(residual.device)]
-            codebook.embed[dead] = fresh
-            codebook.embed_avg[dead] = fresh
-            codebook.cluster_size[dead] = 1.0
+        # Codes nobody chose for a while are re-seeded from this batch. Without a branch on how many there are: asking
+        # would wait for the accelerator at every step of every codebook.
+        dead = codebook.cluster_size < self.dead_threshold  # [C]
+        fresh = residual[torch.randint(0, residual.shape[0], (size,), device=residual.device)]  # [C, D]
+        codebook.embed.copy_(torch.where(dead[:, None], fresh, codebook.embed))
+        codebook.embed_avg.copy_(torch.where(dead[:, None], fresh, codebook.embed_avg))
+        codebook.cluster_size.masked_fill_(dead, 1.0)
 
 
 def stft_loss(output: Any, target: Any, sizes: Sequence[int]) -> Any:
@@ -346,7 +346,8 @@ def train_codec(
 
     bar = tqdm(total=cfg.steps, initial=step, desc="codec", disable=quiet, dynamic_ncols=True)
     started = time.time()
-    running = {}
+    # The losses add up on the device and are read at log steps only: reading one is a wait for the accelerator.
+    running = torch.zeros(len(LOSS_KEYS), device=device)
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     while step < last_step:
         for group in optimizer.param_groups:
@@ -372,16 +373,15 @@ def train_codec(
             cfg.steps = shorter
             last_step = min(last_step, shorter)
             bar.total = shorter
-        for name, value in (("loss", loss), ("l1", l1), ("stft", spectral), ("commit", commit), ("nmse", nmse)):
-            running[name] = running.get(name, 0.0) + float(value.detach())
+        running += torch.stack([loss, l1, spectral, commit, nmse]).detach()  # in LOSS_KEYS' order
         bar.update(1)
         if step % cfg.log_every == 0:
-            row = {k: v / cfg.log_every for k, v in running.items()}
+            row = dict(zip(LOSS_KEYS, (running / cfg.log_every).tolist(), strict=True))
             row.update(step=step, seconds=round(time.time() - started, 1))
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=f"{row['loss']:.3f}", stft=f"{row['stft']:.3f}")
-            running = {}
+            running.zero_()
         if step % cfg.ckpt_every == 0 or step == last_step:
             payload = {
                 "format": CKPT_FORMAT,
