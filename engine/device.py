@@ -108,6 +108,16 @@ def device_name(device: str | torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {usable_cores()} cores)"
 
 
+def to_device(tensor: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """`tensor` on `device` without waiting for it: a CPU tensor bound for CUDA goes through pinned memory,
+    asynchronously (a copy from pageable memory first waits for everything queued on the device); elsewhere a plain
+    move. The training loops feed every batch through it."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def free_memory(device: str | torch.device) -> int:
     """Bytes the device can still allocate: CUDA's free memory, or the machine's available RAM."""
     dev = torch.device(device)

@@ -509,3 +509,23 @@ def test_a_setting_given_again_is_the_runs_own_when_it_names_the_same_value_path
     assert same_setting("data", str(tmp_path / "data")) and not same_setting("data", str(tmp_path / "other"))
     assert same_setting({"dim": 64}, {"dim": 64, "layers": 2}) and not same_setting({"dim": 64}, {})
     assert same_setting([4, 5], (4, 5)) and same_setting(2, 2) and not same_setting(0.5, 1.0)
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_naming_its_step_before_anything_is_saved(
+    config, tmp_path, monkeypatch
+):
+    from engine.train.stages import Stage
+
+    real, calls = Stage.loss, []
+
+    def turns_nan_at_the_second_step(self, items):
+        calls.append(1)
+        loss = real(self, items)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(Stage, "loss", turns_nan_at_the_second_step)
+    run_dir = tmp_path / "nan"
+    cfg = replace(config, steps=4, accum=1, ckpt_every=4, val_every=4, log_every=4)  # losses read at step 4 only
+    with pytest.raises(DataError, match="the loss became nan at step 2"):
+        train(cfg, run_dir, progress=False)
+    assert list_checkpoints(run_dir) == [] and not (run_dir / "model").exists()

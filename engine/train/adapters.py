@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from engine.device import to_device
 from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.model.config import FusionConfig
@@ -47,7 +48,7 @@ class _TextCache:
             one, one_mask = self.cache[prompt]
             states[row, : one.shape[0]] = one
             mask[row, : one.shape[0]] = one_mask
-        return states.to(self.text.device), mask.to(self.text.device)
+        return to_device(states, self.text.device), to_device(mask, self.text.device)
 
 
 class AdapterStage(Stage):
@@ -106,8 +107,8 @@ class AdapterStage(Stage):
 
     def loss_codes(self, records: Sequence[Encoded]) -> Any:
         text_states, text_mask = self.texts([r.text for r in records])  # [B, S, dim], [B, S]
-        codes = torch.stack([r.codes for r in records]).long().to(self.codec.device)  # [B, K, F]
-        cond_codes = torch.stack([r.cond for r in records]).long().to(self.codec.device)  # [B, K, F]
+        codes = to_device(torch.stack([r.codes for r in records]), self.codec.device).long()  # [B, K, F]
+        cond_codes = to_device(torch.stack([r.cond for r in records]), self.codec.device).long()  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, cond_codes)
         return loss
 

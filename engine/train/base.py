@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from engine.device import to_device
 from engine.errors import CheckpointError, ConfigError
 from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
@@ -98,7 +99,7 @@ class BaseStage(Stage):
         for row, caption in enumerate(captions):
             ids[row, : len(self.tokens[caption])] = torch.tensor(self.tokens[caption])
             mask[row, : len(self.tokens[caption])] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids, mask = to_device(ids, self.device), to_device(mask, self.device)
         states = self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
         return states * mask[..., None].to(states.dtype), mask.bool()  # padded states zeroed, as TextEncoder
 
@@ -111,9 +112,9 @@ class BaseStage(Stage):
         if self.lm.training and self.cfg.text_dropout > 0:
             # the null condition, as generate.py's CFG half: zero states under an empty mask
             dropped = torch.rand(len(records)) < self.cfg.text_dropout
-            text_mask = text_mask & ~dropped.to(text_mask.device)[:, None]
+            text_mask = text_mask & ~to_device(dropped, text_mask.device)[:, None]
             text_states = text_states * text_mask[..., None].to(text_states.dtype)
-        codes = torch.stack([r.codes for r in records]).long().to(self.device)  # [B, K, F]
+        codes = to_device(torch.stack([r.codes for r in records]), self.device).long()  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, None)
         return loss
 

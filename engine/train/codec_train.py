@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.device import parse_device, usable_cores
+from engine.device import parse_device, to_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_SUFFIXES, audio_files, staged_dir, write_json_atomic
 from engine.model.fit import check_state_fits
@@ -352,7 +352,7 @@ def train_codec(
     while step < last_step:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, cfg.warmup, cfg.steps, floor=LR_FLOOR)
-        audio = torch.from_numpy(sampler.batch(cfg.batch)).to(device)
+        audio = to_device(torch.from_numpy(sampler.batch(cfg.batch)), device)
         latents = model.encoder(audio)
         if step < cfg.quantize_after:
             quantized, commit = latents, latents.new_zeros(())

@@ -85,6 +85,9 @@ class Trainer:
         self.best: tuple[int, float, dict] | None = None
         self.step = 0
         self.wall_before = 0.0  # wall time of the run's earlier sessions
+        # Steps whose loss is still on the device: read in one wait every log, validation or checkpoint step
+        # (read_losses), not at every step (a wait for the accelerator stalls the queue of work behind it).
+        self.unread: list[tuple[int, torch.Tensor]] = []
 
     def restore(self, payload: dict) -> None:
         """Continue from a checkpoint: trained tensors, optimizer, schedule, scaler, sampler, history, RNG."""
@@ -118,20 +121,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, feeder: ClipFeeder) -> float:
-        """One optimizer step over `accum` micro-batches; returns its mean loss."""
+    def train_step(self, feeder: ClipFeeder) -> None:
+        """One optimizer step over `accum` micro-batches; its mean loss stays on the device until read_losses."""
         cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
+        step_loss = None
         for _ in range(cfg.accum):
             items = feeder.next()
             with self.autocast():
                 loss = self.stage.loss(items)
-            value = float(loss.detach())  # the one wait for the device per micro-batch
-            if not math.isfinite(value):
-                raise DataError(f"the loss became {value} at step {self.step + 1}: lower --lr or check the data")
             self.scaler.scale(loss / cfg.accum).backward()
-            step_loss += value / cfg.accum
+            part = loss.detach().float() / cfg.accum
+            step_loss = part if step_loss is None else step_loss + part
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
@@ -140,8 +141,20 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        self.history["train"].append((self.step, step_loss))
-        return step_loss
+        self.unread.append((self.step, step_loss))
+
+    def read_losses(self) -> float:
+        """The unread steps' losses into the history, in one wait for the device; returns the last step's. DataError at
+        the first one that is not finite: the run stops before it validates or checkpoints weights trained on it."""
+        if self.unread:
+            steps = [step for step, _ in self.unread]
+            values = torch.stack([loss for _, loss in self.unread]).tolist()
+            self.unread = []
+            for step, value in zip(steps, values, strict=True):
+                if not math.isfinite(value):
+                    raise DataError(f"the loss became {value} at step {step}: lower --lr or check the data")
+                self.history["train"].append((step, value))
+        return self.history["train"][-1][1]
 
     def validation_loss(self) -> float | None:
         cfg, val_data = self.cfg, self.val_data
@@ -193,15 +206,21 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
         try:
             while self.step < last:
-                step_loss = self.train_step(feeder)
+                self.train_step(feeder)
                 step = self.step
                 if budget is not None:
                     cfg.steps = budget.fit(step, cfg.steps)
                     last = min(last, cfg.steps)
                 if bar is not None:
                     bar.update(1)
+                validate = step % cfg.val_every == 0 or step == cfg.steps
+                save = step % cfg.ckpt_every == 0 or step == last
+                if not (validate or save or step % cfg.log_every == 0):
+                    continue
+                step_loss = self.read_losses()
+                if bar is not None:
                     bar.set_postfix(loss=f"{step_loss:.4f}")
-                if step % cfg.val_every == 0 or step == cfg.steps:
+                if validate:
                     val = self.validation_loss()
                     if val is not None:
                         history["val"].append((step, val))
@@ -214,7 +233,7 @@ class Trainer:
                     val_text = f" val {history['val'][-1][1]:.4f}" if history["val"] else ""
                     lr_now = history["lr"][-1][1]
                     print(f"step {step}/{cfg.steps} loss {step_loss:.4f}{val_text} lr {lr_now:.3g}", file=sys.stderr)
-                if step % cfg.ckpt_every == 0 or step == last:
+                if save:
                     self.checkpoint(started)
                     self.write_history()
         finally:
