@@ -44,6 +44,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
+from engine.levels import is_silent
 from engine.mask import MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import MASK, channel_policy, check_mode
@@ -51,7 +52,6 @@ from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
 
-SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
 # The CUDA decode step an Editor may be given -> generate()'s `static`: None = generate's own choice (CUDA_STEP)
@@ -262,7 +262,7 @@ class Editor:
         model_audio = []
         for audio, item in zip(audios, parsed, strict=True):
             mono = audio.mean(axis=0)  # [N]
-            if audio.shape[0] > 1 and np.abs(mono).max() <= SILENCE_PEAK and item.op != "add":
+            if audio.shape[0] > 1 and is_silent(mono) and item.op != "add":
                 raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
             model_len = max(1, int(round(audio.shape[-1] * self.sample_rate / sample_rate)))
             model_audio.append(resample(mono, sample_rate, self.sample_rate, model_len))  # [M] at the codec rate
@@ -549,6 +549,6 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
         )
     if not np.all(np.isfinite(audio)):
         raise AudioError("the audio contains NaN or infinite samples: render or bounce the region again")
-    if float(np.max(np.abs(audio))) <= SILENCE_PEAK and op != "add":
+    if is_silent(audio) and op != "add":
         raise AudioError(f"the selection is silent: there is nothing to {op}")
     return audio.astype(np.float32)

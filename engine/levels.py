@@ -14,7 +14,9 @@ after the edit:
     measured accuracy). The estimate is capped at the mix's own loudness (a part is never louder than the whole)
     and floored STEM_FLOOR_LU below it. (Matching a remove result to the whole mix's loudness, the first policy,
     pushed the rest of a mix up by as much as the removed stem was loud: +19 dB on a bass-heavy mix.)
-- add on a silent source (the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS.
+- add on a silent source (is_silent: the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS. A
+  source above silence but too quiet for a loudness (below the BS.1770 gate) is edited like any other: mask mode keeps
+  its level, resynth keeps the model's (extract, remove) or lands at DEFAULT_TARGET_LUFS (add).
 - never clipped: true peak (4x oversampled, BS.1770 annex 2) at most `ceiling_db` (-1 dBTP) after any gain, with
   a look-ahead true-peak limiter where the gain alone would exceed it (see `limit` for why not pedalboard's).
 - a silent model result gets no gain and a warning (no division by zero); raw=True keeps the model output as is.
@@ -38,7 +40,8 @@ DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R12
 TRUE_PEAK_CEILING_DB = -1.0
 STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's loudness
 MAX_EXTRA_GAIN_DB = 6.0  # how far past the plain gain the limiter rounds may push to reach a target
-ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; we call it silence
+ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; too quiet to measure a level from
+SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
 _BLOCK_SECONDS = 0.4
 _SHORT_TILE_SECONDS = 2.0
 _OVERSAMPLE = 4
@@ -51,6 +54,12 @@ _OVERSAMPLE_BELOW = 192000  # rates at and above this are their own true peak (B
 def _as_2d(audio: np.ndarray) -> np.ndarray:
     audio = np.asarray(audio, dtype=np.float64)
     return audio[None] if audio.ndim == 1 else audio
+
+
+def is_silent(audio: np.ndarray) -> bool:
+    """Silence, as every part of the engine means it: no sample above SILENCE_PEAK. Audio above it may still be too
+    quiet to have a loudness (below the BS.1770 gate): it is edited, and its level is kept (match_level)."""
+    return float(np.max(np.abs(audio), initial=0.0)) <= SILENCE_PEAK
 
 
 def db(value: float) -> float:
@@ -236,7 +245,7 @@ def match_level(
     elif not math.isfinite(model_lufs):
         info["policy"] = "silent"
         info["warnings"].append("the model returned silence; no gain applied")
-    elif mode == MASK and math.isfinite(source_lufs):  # add on silence: nothing to keep, the default level
+    elif mode == MASK and not is_silent(source):  # add on silence: nothing to keep, the default level
         # the recording's own level; peaks above the ceiling only where the source itself had them
         ceiling = max(ceiling_db, true_peak_db(source, sample_rate))
         out, limited = limit(result, sample_rate, ceiling)
@@ -256,9 +265,11 @@ def match_level(
         else:
             target = DEFAULT_TARGET_LUFS
             info["policy"] = "default_target"
-        if not math.isfinite(target):  # extract from a silent source: nothing to match, keep the model's level
+        if not math.isfinite(target):  # a source too quiet to measure: nothing to match, keep the model's level
             target = model_lufs
-            info["warnings"].append("the source is silent; the model's level is kept")
+            info["warnings"].append(
+                f"the source is too quiet to measure (below {ABSOLUTE_GATE_LUFS:g} LUFS); the model's level is kept"
+            )
         out, gain_db, limited = _reach(result, sample_rate, target, model_lufs, ceiling_db)
         info.update(target_lufs=_finite(target), gain_db=round(gain_db, 2), limited=limited)
     result_lufs = integrated_loudness(out, sample_rate)

@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from engine.errors import AudioError
 from engine.levels import (
     DEFAULT_TARGET_LUFS,
     STEM_FLOOR_LU,
     integrated_loudness,
+    is_silent,
     limit,
     match_level,
     true_peak_db,
@@ -250,3 +252,26 @@ def test_in_mask_mode_an_add_on_silence_lands_at_the_default_level():
     out, info = match_level(_music_like() * 0.01, source, SR, "add", mode=MASK)
     assert info["policy"] == "default_target"
     assert integrated_loudness(out, SR) == pytest.approx(DEFAULT_TARGET_LUFS, abs=1.0)
+
+
+def test_in_mask_mode_a_source_too_quiet_to_measure_but_not_silent_keeps_its_level():
+    # -66 dBFS clicks: above the engine's silence (editable), below the loudness gate (no LUFS to match)
+    source = np.zeros_like(_music_like(), dtype=np.float32)
+    source[0, :: SR // 4] = 5e-4
+    assert not is_silent(source) and integrated_loudness(source, SR) == -math.inf
+    added = source + _music_like() * 0.05  # the added part alone is measurable
+    out, info = match_level(added, source, SR, "add", mode=MASK)
+    assert info["policy"] == "recording" and info["gain_db"] == 0.0
+    np.testing.assert_array_equal(out, added)  # no +33 dB: the mode applies no gain, as everywhere else
+    resynth, info = match_level(_music_like() * 0.01, source, SR, "extract", mode=RESYNTH)
+    assert any("too quiet to measure" in w for w in info["warnings"])
+
+
+def test_silence_is_one_rule_for_the_editor_and_the_levels():
+    from engine.editor import _check_audio
+
+    quiet = np.full((1, 1000), 1e-5, dtype=np.float32)
+    assert is_silent(quiet) and not is_silent(quiet * 1.01)
+    with pytest.raises(AudioError, match="silent"):
+        _check_audio(quiet, SR, "extract")
+    _check_audio(quiet * 1.01, SR, "extract")
