@@ -179,6 +179,12 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def training_device(device: str | torch.device | None) -> torch.device:
+    """Where a training run goes: the device asked for (checked), else the best available (default_device). One rule
+    for every stage, the codec's included, from the command line, the recipe and the Python API."""
+    return parse_device(device) or default_device()
+
+
 def pick(
     device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, weight_count: int | None = None
 ) -> tuple[torch.device, torch.dtype]:

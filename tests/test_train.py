@@ -529,3 +529,20 @@ def test_a_loss_that_is_not_finite_stops_the_run_naming_its_step_before_anything
     with pytest.raises(DataError, match="the loss became nan at step 2"):
         train(cfg, run_dir, progress=False)
     assert list_checkpoints(run_dir) == [] and not (run_dir / "model").exists()
+
+
+def test_every_training_stage_goes_to_the_best_available_device_unless_told(monkeypatch):
+    from argparse import Namespace
+
+    import engine.device
+    from engine.train import codec_train
+
+    monkeypatch.setattr(engine.device, "default_device", lambda: torch.device("meta"))  # stands for "the GPU here"
+    assert engine.device.training_device(None) == torch.device("meta")
+    assert engine.device.training_device("cpu") == torch.device("cpu")
+    seen = {}
+    monkeypatch.setattr(codec_train, "train_codec", lambda data, run_dir, cfg, **kw: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(codec_train, "held_out_songs", lambda data: [])
+    args = Namespace(output="/nonexistent/run", resume=False, resume_from=None, data="/x", quiet=True)
+    codec_train.run_stage(args)  # a new codec run without --device: trained where the other stages train
+    assert seen["cfg"].device == "meta"

@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.train.codec_train import run_stage
 
         return run_stage(args)
-    from engine.device import default_device
+    from engine.device import training_device
     from engine.train.config import CURVES
     from engine.train.loop import train
 
@@ -173,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
         given["base"] = str(args.base)
     extra = {name: getattr(args, name) for name in BASE_SIZES}
     given["extra"] = {name: value for name, value in extra.items() if value is not None}
-    if not resuming and "device" not in given:
-        given["device"] = str(default_device())
+    if not resuming or "device" in given:  # a resumed run keeps its device unless another is asked for
+        given["device"] = str(training_device(given.get("device")))
     from engine.train.checkpoints import list_checkpoints
 
     saved = _saved_settings(Path(args.output).expanduser()) if resuming else None

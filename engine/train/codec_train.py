@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from engine.device import parse_device, to_device, usable_cores
+from engine.device import to_device, training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_SUFFIXES, audio_files, staged_dir, write_json_atomic
 from engine.model.fit import check_state_fits
@@ -308,7 +308,7 @@ def train_codec(
 
     cfg.check()
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
+    device = training_device(cfg.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -493,8 +493,8 @@ def run_stage(args: Any) -> int:
         print(f"imusic train: {moves}", file=sys.stderr)
     for flag, value in moved.items():  # how long it goes and how often it saves and logs move on a resume too
         setattr(cfg, CODEC_FLAGS[flag], value)
-    if getattr(args, "device", None):
-        cfg.device = str(parse_device(args.device))  # where it trains may change on a resume, as for every stage
+    if getattr(args, "device", None) or not args.resume:  # where it trains may change on a resume, as for every stage
+        cfg.device = str(training_device(getattr(args, "device", None)))
     init = cfg.extra.get("init_from")
     out = train_codec(
         data,

@@ -232,7 +232,7 @@ class CodecTrainConfig:
     ckpt_every: int = 250
     log_every: int = 25
     seed: int = 0
-    device: str = "cpu"  # where the codec trains (cuda on an accelerator machine); the result is the same format
+    device: str | None = None  # where the codec trains (None: the best available); the result is the same format
     preload: bool = False  # decode every training file into memory once (int16) instead of a seek per clip
     extra: dict = field(default_factory=dict)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine.device import parse_device, usable_cores
+from engine.device import training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.plots import plot_curves
 from engine.files import write_json_atomic
@@ -295,7 +295,7 @@ def train(
     if cfg.stage not in STAGES:
         raise ConfigError(f"unknown stage {cfg.stage!r}: use {', '.join(STAGES)}")
 
-    device = parse_device(cfg.device) or torch.device("cpu")
+    device = training_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     torch.manual_seed(cfg.seed)

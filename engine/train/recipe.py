@@ -485,12 +485,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown --recipe {args.recipe!r}: use {RECIPE}")
     if args.budget_minutes is None:
         raise ConfigError("--budget-minutes is required with --recipe")
-    from engine.device import default_device, parse_device
+    from engine.device import training_device
 
     recipe = Recipe(
         run_dir=output_folder(args.output),
         budget_minutes=args.budget_minutes,
-        device=str(parse_device(args.device) or default_device()),
+        device=str(training_device(args.device)),
         scale=args.scale or "full",
         stages=tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGE_ORDER,
         export=Path(args.export) if args.export else None,
