@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import ImusicError
+from engine.errors import ImusicError, report_error
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -162,8 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except ImusicError as exc:
-        sys.stderr.write(f"imusic {args.command}: error: {exc}\n")
-        return 1
+        return report_error(exc, f"imusic {args.command}")
     except KeyboardInterrupt:
         sys.stderr.write("imusic: interrupted\n")
         return 130

@@ -52,6 +52,19 @@ class ResourceError(ImusicError):
     code = "resources"
 
 
+# The exit code of a command that ended on an ImusicError (argparse's usage errors are 2, Ctrl-C is 130).
+ERROR_EXIT = 1
+
+
+def report_error(exc: ImusicError, command: str) -> int:
+    """Say a producer's error in one line on stderr, `{command}: error: ...`; returns ERROR_EXIT. Every entry point
+    (`imusic ...`, the `python -m` tools) ends this way."""
+    import sys
+
+    sys.stderr.write(f"{command}: error: {exc}\n")
+    return ERROR_EXIT
+
+
 def error_from_code(code: str, message: str) -> ImusicError:
     """The error another process reported by its `code` (and message), as this module's class with that code: a Ray
     worker's ResourceError is a ResourceError again on the driver. Another code stays on a plain ImusicError."""

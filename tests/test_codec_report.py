@@ -53,7 +53,7 @@ def test_a_codec_that_loses_the_audio_falls_below_identity(synth_data):
 
 
 def test_bad_input_is_named(tmp_path, capsys):
-    assert main([str(tmp_path)]) == 2
+    assert main([str(tmp_path)]) == 1  # a missing codec is an error, not a usage mistake (2)
     assert "not a codec directory" in capsys.readouterr().err
     with pytest.raises(DataError, match="does not exist"):
         ceiling(lambda a: a, tmp_path / "nowhere", RATE, ("remove",), "test")

@@ -59,7 +59,7 @@ def test_a_cuda_run_on_a_machine_without_cuda_is_refused_in_one_line_before_anyt
     run = tmp_path / "run"
     assert main(["run", "-o", str(run), "--device", "cuda", "--budget-minutes", "1", "--scale", "tiny"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: no CUDA device here (torch ")
+    assert len(err) == 1 and err[0].startswith("python -m engine.train.recipe: error: no CUDA device here (torch ")
     assert not run.exists()
 
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ImusicError
+from engine.errors import ImusicError, report_error
 from engine.eval.report import CEILING_ROW, IDENTITY_ROW, MODEL_ROW, report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 from engine.instructions import instruction_text
@@ -202,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bars.append(Bar("second test set: the same bars", "no --second-report given", None))
         bars += machine_bars(model, timing=not args.no_timing, repeats=args.repeats)
     except ImusicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc, "python -m engine.eval.acceptance")
     text = table(bars)
     print(text, end="")
     if args.output:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ImusicError
+from engine.errors import ImusicError, report_error
 from engine.files import write_json_atomic
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
@@ -132,8 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = args.tasks or ("extract", "remove")
         table = ceiling(roundtrip, args.data, rate, tasks, args.split, limit=args.limit) if args.data else {}
     except ImusicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc, "python -m engine.eval.codec_report")
     print(markdown(pitch, table), end="")
     if args.json:
         write_json_atomic(args.json, {"pitch": pitch, "ceiling": table, "split": args.split}, sort_keys=False)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ImusicError
+from engine.errors import ImusicError, report_error
 from engine.eval.report import IDEAL_MASK_ROW
 from engine.files import write_json_atomic
 from engine.mask import DEFAULT_SETTINGS, MaskSettings
@@ -118,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         clips = model_outputs(editor, args.data, args.task, args.clips_per_song, seconds=args.seconds)
         result = descend(clips, editor.sample_rate, args.task, DEFAULT_SETTINGS[args.task], args.passes)
     except ImusicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc, "python -m engine.eval.mask_tune")
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

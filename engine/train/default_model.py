@@ -18,7 +18,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from engine.errors import CheckpointError, ImusicError
+from engine.errors import CheckpointError, ImusicError, report_error
 from engine.eval.report import REPORT_JSON, REPORT_MD, publish_report, report_summary
 from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         card = assemble(Path(args.work), Path(args.output), Path(args.docs))
     except ImusicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc, "python -m engine.train.default_model")
     print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
     print(f"model: {args.output}")
     return 0

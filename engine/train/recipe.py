@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CheckpointError, ConfigError, ImusicError
+from engine.errors import CheckpointError, ConfigError, ImusicError, report_error
 from engine.eval.report import SPECTROGRAMS
 from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
@@ -525,8 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
         return 0
     except ImusicError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return report_error(exc, "python -m engine.train.recipe")
 
 
 if __name__ == "__main__":
