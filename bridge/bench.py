@@ -28,6 +28,7 @@ from typing import Any
 
 from bridge.cli import takes_option
 from engine.editor import DECODE_STEPS
+from engine.eval.acceptance import REGION_CHANNELS, REGION_RATE
 from engine.files import write_json_atomic
 
 SHAPES = ("tiny", "small", "medium", "large")
@@ -42,8 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=None,
                         help="region length (default 10 s; 30 s with --shape)")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=5, help="jobs to time (default 5)")
-    parser.add_argument("--sample-rate", type=int, default=44100, help="rate of the test file (default 44100)")
-    parser.add_argument("--channels", type=int, default=2, help="channels of the test file (default 2)")
+    parser.add_argument(
+        "--sample-rate", type=int, default=REGION_RATE, help=f"rate of the test file (default {REGION_RATE})"
+    )
+    parser.add_argument(
+        "--channels", type=int, default=REGION_CHANNELS, help=f"channels of the test file (default {REGION_CHANNELS})"
+    )
     parser.add_argument("--shape", default=None, choices=SHAPES,
                         help="time the Editor's real-time factor on a random model of this shape instead")  # fmt: skip
     parser.add_argument("--edits", type=int, default=2, help="edits with --shape: the first is timed apart (default 2)")
@@ -70,17 +75,17 @@ def measure(
     editor: Any,
     seconds: float = 10.0,
     jobs: int = 5,
-    sample_rate: int = 44100,
-    channels: int = 2,
+    sample_rate: int = REGION_RATE,
+    channels: int = REGION_CHANNELS,
     out: Any = None,
 ) -> dict[str, float]:
     """Run `jobs` edits through a loopback server on `editor`; returns the timings (seconds) and the overhead."""
     from bridge.client import Client
     from bridge.server import EngineServer
-    from bridge.worker import warm_up_instruction
+    from engine.instructions import typical_instruction
 
     out = out or sys.stdout
-    instruction = warm_up_instruction(editor)
+    instruction = typical_instruction(editor)
     if instruction is None:
         from engine.errors import ConfigError
 
@@ -144,8 +149,8 @@ def decode_steps(editor: Any, samples: int, sample_rate: int) -> int:
 def measure_rtf(
     editor: Any,
     seconds: float = 30.0,
-    sample_rate: int = 44100,
-    channels: int = 2,
+    sample_rate: int = REGION_RATE,
+    channels: int = REGION_CHANNELS,
     edits: int = 2,
     takes: int = 1,
     out: Any = None,
@@ -155,11 +160,11 @@ def measure_rtf(
 
     Returns the figures: rtf, first_edit_s, edit_s, the time split of the best edit (encode, generate, decode, mask
     or resample, levels, other), decode_steps and ms_per_step (generate seconds / decode steps)."""
-    from bridge.worker import warm_up_instruction
     from engine.eval.acceptance import sample_region
+    from engine.instructions import typical_instruction
 
     out = out or sys.stdout
-    instruction = warm_up_instruction(editor)
+    instruction = typical_instruction(editor)
     if instruction is None:
         from engine.errors import ConfigError
 

@@ -28,13 +28,14 @@ from bridge.cli import JobProgress
 from bridge.serve_process import ServerProcess
 from engine import instructions
 from engine.errors import ConfigError, InstructionError, ResourceError
+from engine.eval.acceptance import REGION_RATE
 from engine.files import edit_slug
 from engine.modes import MODES
 
 # Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
 # by (seed, track number), so seeds from here on give songs no training stage used.
 HELD_OUT_SEED = 1_000_003
-DEMO_RATE = 44100  # a producer's file, not the model's rate: the engine resamples both ways
+DEMO_RATE = REGION_RATE  # a producer's file, not the model's rate: the engine resamples both ways
 DEFAULT_EDITS = ("extract drums", "remove bass", "extract bass", "add piano")
 READY_TIMEOUT_S = 600.0  # loading + warm-up of a large model on a CPU can take minutes
 # Stereo placement of the stems (linear pan, L = (1 - p) s, R = (1 + p) s: the channel mean is the stem itself, so the

@@ -17,24 +17,10 @@ from bridge import audio_write, protocol
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
-from engine.instructions import OFFICIAL_STEMS, OPERATIONS, instruction_text
+from engine.instructions import typical_instruction
 from engine.model.config import SAMPLE_RATE
 
 Notify = Callable[[Job, str, tuple], None]  # (job, reply address, reply args after the job id)
-
-
-def warm_up_instruction(editor: Any) -> str | None:
-    """An instruction the editor accepts, built from what it says it supports (for the warm-up edit)."""
-    info = getattr(editor, "info", {}) or {}
-    for operation in [*info.get("operations", []), *OPERATIONS]:
-        for stem in [*info.get("stems", []), *OFFICIAL_STEMS]:
-            text = instruction_text(operation, stem)
-            try:
-                editor.parse(text)
-                return text
-            except ImusicError:
-                continue
-    return None
 
 
 def run_job(
@@ -123,7 +109,7 @@ class Worker(threading.Thread):
             self._run_one(job)
 
     def _warm_up(self) -> None:
-        instruction = warm_up_instruction(self.editor)
+        instruction = typical_instruction(self.editor)
         if instruction is None:
             print("imusic serve: no instruction to warm up with; first edit will be slower", file=sys.stderr)
             return

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import ConfigError, InstructionError
+from engine.errors import ConfigError, ImusicError, InstructionError
 
 # The operations and the official stems, defined here only (no torch: the client, REAPER and batch import them).
 OPERATIONS = ("add", "remove", "extract")
@@ -190,6 +190,22 @@ def edit_pair(op: str, stem: Any, rest: Any) -> tuple[Any, Any]:
 def instruction_text(op: str, stem: str) -> str:
     """The plain words of an edit, as a producer types them and every front end shows them: "extract drums"."""
     return f"{op} {stem.lower()}"
+
+
+def typical_instruction(editor: Any) -> str | None:
+    """The edit a producer's first hotkey most likely sends, in words `editor` accepts (its parse and info): extract
+    before the other operations, its own stems first. What the server warms up with and every timing measures (the
+    acceptance bar, `imusic bench`); None when it accepts none."""
+    info = getattr(editor, "info", {}) or {}
+    for operation in dict.fromkeys(["extract", *info.get("operations", []), *OPERATIONS]):
+        for stem in dict.fromkeys([*info.get("stems", []), *OFFICIAL_STEMS]):
+            text = instruction_text(operation, stem)
+            try:
+                editor.parse(text)
+            except ImusicError:
+                continue
+            return text
+    return None
 
 
 @dataclass(frozen=True)

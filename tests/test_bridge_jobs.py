@@ -10,7 +10,7 @@ from test_bridge_support import FakeEditor
 from bridge import protocol
 from bridge.jobs import Job, JobBook, Journal, info_json
 from bridge.protocol import EditRequest, RequestError
-from bridge.worker import warm_up_instruction
+from engine.errors import InstructionError
 
 
 def make_job(job_id: str, instruction: str = "extract drums") -> Job:
@@ -147,8 +147,18 @@ def test_info_json_always_fits_a_datagram():
     assert len(text) <= 8000 and data["levels"] == {"lufs": -14.0} and data["nan"] is None and data["truncated"]
 
 
-def test_warm_up_uses_an_instruction_the_editor_accepts():
-    assert warm_up_instruction(FakeEditor()) == "add drums"
+def test_warm_up_and_timings_use_the_edit_a_first_hotkey_most_likely_sends_in_words_the_editor_accepts():
+    from engine.instructions import typical_instruction
+
+    assert typical_instruction(FakeEditor()) == "extract drums"
+
+    class AddsBassOnly(FakeEditor):
+        def parse(self, text):
+            if text != "add bass":
+                raise InstructionError("no")
+            return super().parse(text)
+
+    assert typical_instruction(AddsBassOnly()) == "add bass"
 
 
 def test_a_long_running_server_compacts_its_journal_and_keeps_appending(tmp_path, monkeypatch):

@@ -27,14 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ImusicError, report_error
+from engine.errors import CheckpointError, ImusicError, report_error
 from engine.eval.report import CEILING_ROW, IDENTITY_ROW, MODEL_ROW, report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
-from engine.instructions import instruction_text
+from engine.instructions import OPERATIONS, typical_instruction
 
 TASKS = tuple(EDIT_BARS)  # extract, remove, add
 METRICS = tuple(METRIC_WORDS)  # mel SSIM, log-mel distance
 EDIT_SECONDS = 10.0
+# A region as a producer sends it: what the timing bars, `imusic bench` and the demo's song are made of
+REGION_RATE = 44100
+REGION_CHANNELS = 2
 EDIT_BUDGET_SECONDS = 5.0
 SIZE_LIMIT_MB = 40.0
 
@@ -100,7 +103,7 @@ def _all(verdicts: Iterable[bool | None]) -> bool | None:
     return False if False in verdicts else None if None in verdicts else True
 
 
-def sample_region(seconds: float, rate: int = 44100, channels: int = 2) -> Any:
+def sample_region(seconds: float, rate: int = REGION_RATE, channels: int = REGION_CHANNELS) -> Any:
     """A region as a producer sends it, [C, N] float32: a few notes and a noise hat, each channel a little apart (what
     the timing bars and `imusic bench engine` edit)."""
     import numpy as np
@@ -115,20 +118,22 @@ def sample_region(seconds: float, rate: int = 44100, channels: int = 2) -> Any:
 def time_edits(
     model: str | Path | None, seconds: float = EDIT_SECONDS, repeats: int = 3, instruction: str = ""
 ) -> dict[str, Any]:
-    """Median wall time of `repeats` edits of a `seconds`-long stereo 44.1 kHz region after one warm-up edit."""
+    """Median wall time of `repeats` edits of a `seconds`-long producer's region (sample_region) after one warm-up
+    edit; the edit is the one a first hotkey most likely sends (typical_instruction) unless given."""
     import torch
 
     from engine.editor import Editor
 
     editor = Editor.load(model)
-    stems = editor.card.stems
-    instruction = instruction or instruction_text("extract", stems[0] if stems else "drums")
+    instruction = instruction or typical_instruction(editor)
+    if instruction is None:
+        raise CheckpointError(f"{model} accepts none of {', '.join(OPERATIONS)} on any stem: nothing to time")
     audio = sample_region(seconds)
-    editor.edit(audio, 44100, instruction, seed=0)  # warm-up: first-call costs are not what a hotkey waits for
+    editor.edit(audio, REGION_RATE, instruction, seed=0)  # warm-up: first-call costs are not what a hotkey waits for
     times = []
     for seed in range(1, repeats + 1):
         start = time.perf_counter()
-        editor.edit(audio, 44100, instruction, seed=seed)
+        editor.edit(audio, REGION_RATE, instruction, seed=seed)
         times.append(time.perf_counter() - start)
     return {
         "median_s": statistics.median(times),
