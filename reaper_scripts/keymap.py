@@ -14,6 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from engine.instructions import OFFICIAL_STEM_WORDS
 from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
 from reaper_scripts.planning import PRESET_ACTIONS
 
@@ -29,8 +30,10 @@ ALT_SHIFT = VIRT | ALT | SHIFT
 # Default shortcuts, all free of REAPER's factory map: extract = Ctrl+Alt+Shift + the stem's letter, remove =
 # Ctrl+Alt+Shift + the stem's number, add = Alt+Shift + the stem's number. Ctrl+Alt alone is avoided: most of its
 # letters are factory shortcuts, and on European layouts Ctrl+Alt is AltGr, which types characters.
-STEM_LETTERS = {"drums": "D", "bass": "B", "piano": "P", "guitar": "G"}
-STEM_NUMBERS = {"drums": "1", "bass": "2", "piano": "3", "guitar": "4"}
+# Derived from the one list of stems (engine.instructions.OFFICIAL_STEM_WORDS: drums D 1, bass B 2, piano P 3, guitar
+# G 4), so a stem added there gets keys too; tests/test_reaper_installer.py checks that all of them stay free.
+STEM_LETTERS = {stem: stem[0].upper() for stem in OFFICIAL_STEM_WORDS}
+STEM_NUMBERS = {stem: str(number) for number, stem in enumerate(OFFICIAL_STEM_WORDS, start=1)}
 OPERATION_KEYS = {
     "extract": (CTRL_ALT_SHIFT, STEM_LETTERS),
     "remove": (CTRL_ALT_SHIFT, STEM_NUMBERS),
