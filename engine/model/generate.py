@@ -28,6 +28,7 @@ from engine.model import delay, static_decode
 from engine.model.config import CFG_COEF, TOP_K
 from engine.model.fast_decode import prepare_decode
 from engine.model.lm import MusicGenLM
+from engine.model.text import null_condition
 
 
 def sample(
@@ -176,8 +177,7 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
     if static and text_states is not None:
         text_states, text_mask = static_decode.pad_text(text_states, text_mask)  # one text shape per few tokens
     if use_cfg:
-        null_states = torch.zeros_like(text_states)
-        null_mask = torch.zeros_like(text_mask)
+        null_states, null_mask = null_condition(text_states, text_mask)
         ctx = lm.text_context(torch.cat([text_states, null_states]), torch.cat([text_mask, null_mask]))
     else:
         ctx = lm.text_context(text_states, text_mask)

@@ -14,6 +14,18 @@ from engine.errors import InstructionError
 MAX_TOKENS = 512
 
 
+def zero_padding(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text states [B, S, dim] zeroed where `mask` [B, S] is false (padding, or a dropped text), and the mask as bool:
+    what the decoder's cross-attention reads, from this encoder and from the base stage's trainable copy alike."""
+    return states * mask[..., None].to(states.dtype), mask.bool()
+
+
+def null_condition(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The condition without a text, shaped as `states` and `mask`: zero states under an empty mask. Classifier-free
+    guidance decodes against it (engine.model.generate); text dropout trains on it (engine.train.base)."""
+    return torch.zeros_like(states), torch.zeros_like(mask)
+
+
 class TextEncoder:
     """T5 encoder wrapper: `encode(texts) -> (states [B,S,dim], mask [B,S] bool)`."""
 
@@ -44,9 +56,8 @@ class TextEncoder:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         ids = batch["input_ids"].to(self.device)  # [B, S]
         mask = batch["attention_mask"].to(self.device)  # [B, S]
-        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
-        states = states * mask[..., None].to(states.dtype)
-        return states.to(self.out_dtype), mask.bool()
+        states, mask = zero_padding(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        return states.to(self.out_dtype), mask  # [B, S, dim], [B, S]
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens `text` becomes (with the end-of-sequence token)."""

@@ -16,6 +16,7 @@ from engine.errors import CheckpointError, ConfigError
 from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
+from engine.model.text import null_condition, zero_padding
 from engine.train.config import BASE_SIZES, RUN_MODEL, TrainConfig
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
 from engine.train.template import build_base_template
@@ -100,8 +101,7 @@ class BaseStage(Stage):
             ids[row, : len(self.tokens[caption])] = torch.tensor(self.tokens[caption])
             mask[row, : len(self.tokens[caption])] = 1
         ids, mask = to_device(ids, self.device), to_device(mask, self.device)
-        states = self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, S, dim]
-        return states * mask[..., None].to(states.dtype), mask.bool()  # padded states zeroed, as TextEncoder
+        return zero_padding(self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
         codes = encode_audio(self.codec, [clip.audio for clip in items])  # [B, K, F]
@@ -109,11 +109,11 @@ class BaseStage(Stage):
 
     def loss_codes(self, records: Sequence[Encoded]) -> Any:
         text_states, text_mask = self._encode_text([r.text for r in records])
-        if self.lm.training and self.cfg.text_dropout > 0:
-            # the null condition, as generate.py's CFG half: zero states under an empty mask
-            dropped = torch.rand(len(records)) < self.cfg.text_dropout
-            text_mask = text_mask & ~to_device(dropped, text_mask.device)[:, None]
-            text_states = text_states * text_mask[..., None].to(text_states.dtype)
+        if self.lm.training and self.cfg.text_dropout > 0:  # dropped rows train on the null condition CFG decodes with
+            dropped = to_device(torch.rand(len(records)) < self.cfg.text_dropout, text_mask.device)[:, None, None]
+            null_states, null_mask = null_condition(text_states, text_mask)
+            text_states = torch.where(dropped, null_states, text_states)
+            text_mask = torch.where(dropped[..., 0], null_mask, text_mask)
         codes = to_device(torch.stack([r.codes for r in records]), self.device).long()  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, None)
         return loss
