@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.errors import ImusicError, report_error
 from engine.files import write_json_atomic
-from engine.train.data import CLIP_SECONDS, FOUR_STEMS
+from engine.train.data import CLIP_SECONDS, FOUR_STEMS, HELD_OUT
 
 TONES_HZ = (110.0, 220.0, 440.0, 880.0)
 PITCH_TOLERANCE = 0.03  # a tone counts as returned when the output's strongest frequency lies within 3 %
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.eval.codec_report", description=__doc__.splitlines()[0])
     parser.add_argument("codec", help="codec directory (config.json + model.safetensors)")
     parser.add_argument("--data", help="stem data set for the ceiling rows (left out: pitch check only)")
-    parser.add_argument("--split", default="validation", choices=("validation", "test"))
+    parser.add_argument("--split", default="validation", choices=HELD_OUT)
     parser.add_argument("--task", action="append", dest="tasks", help="task (repeatable; default extract, remove)")
     parser.add_argument("--limit", type=int, default=20, help="clips per task (default 20)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")

@@ -44,7 +44,7 @@ from engine.eval.report import (
 )
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.modes import DEFAULT_MODE, MASK, RESYNTH
-from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
+from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, HELD_OUT
 from engine.weights.loader import add_model_arguments
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ def evaluate(
         raise ConfigError(f"--batch must be a whole number of at least 1, got {batch!r}")
     if spectrograms < 0:
         raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
-    if split not in ("test", "validation"):
+    if split not in HELD_OUT:
         raise ConfigError(f"--split must be test or validation, got {split!r}")
     if not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers must be a whole number of at least 0, got {workers!r}")
@@ -447,9 +447,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
-    parser.add_argument(
-        "--split", default="test", choices=("test", "validation"), help="songs to score (validation: for tuning)"
-    )
+    parser.add_argument("--split", default="test", choices=HELD_OUT, help="songs to score (validation: for tuning)")
     parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")

@@ -52,6 +52,7 @@ from engine.train.config import (
     resume_moves,
     same_setting,
 )
+from engine.train.data import HELD_OUT
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
 from engine.weights.names import CONFIG
@@ -437,7 +438,7 @@ def held_out_songs(data: Path) -> list[str]:
     catalog = scan(data)
     splits = split_songs(catalog.songs)
     root = Path(catalog.root)
-    return sorted({song.path.relative_to(root).parts[0] for name in ("validation", "test") for song in splits[name]})
+    return sorted({song.path.relative_to(root).parts[0] for name in HELD_OUT for song in splits[name]})
 
 
 def run_stage(args: Any) -> int:

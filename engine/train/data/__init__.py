@@ -10,3 +10,7 @@ DATASET_JSON = "dataset.json"  # a data set's description at its root (settings,
 CLIP_SECONDS = 5.0  # the official training clips' length
 FOUR_STEMS = "4stems"  # the class set of the official model's four stems (engine.instructions.OFFICIAL_STEMS)
 CLASS_SETS = (FOUR_STEMS, "all")  # named class sets; a list of class names is the other kind
+
+# Songs are split, each into exactly one (datasets.split_songs); the held-out ones no stage trains on, codec included.
+SONG_SPLITS = ("train", "validation", "test")
+HELD_OUT = ("validation", "test")

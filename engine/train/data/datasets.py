@@ -34,11 +34,11 @@ from engine.errors import ConfigError, DataError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, edit_pair, render_prompt
 from engine.instructions import OPERATIONS as OPS
 from engine.model.config import SAMPLE_RATE
-from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
+from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, SONG_SPLITS
 from engine.train.data.layouts import Catalog, Song, StemFile
 from engine.train.data.stems import canonical_class, caption, is_targetable
 
-SPLITS = ("train", "validation", "test", "all")
+SPLITS = (*SONG_SPLITS, "all")  # what a dataset may be opened as
 
 
 def official_prompt(op: str, stem: str) -> str:
@@ -259,10 +259,8 @@ def split_songs(
     by_id = {song.song_id: song for song in songs}
     if len(by_id) != len(songs):
         raise DataError("two songs share one id; song ids must be unique for a split by song")
-    if songs and all(song.split in ("train", "validation", "test") for song in songs):
-        assigned = {
-            name: sorted(s.song_id for s in songs if s.split == name) for name in ("train", "validation", "test")
-        }
+    if songs and all(song.split in SONG_SPLITS for song in songs):
+        assigned = {name: sorted(s.song_id for s in songs if s.split == name) for name in SONG_SPLITS}
     else:
         assigned = split_ids(sorted(by_id), valid_fraction, test_fraction, seed)
     return {name: [by_id[song_id] for song_id in ids] for name, ids in assigned.items()}

@@ -21,7 +21,7 @@ import soundfile as sf
 from engine.errors import ConfigError, DataError
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.model.config import SAMPLE_RATE
-from engine.train.data import DATASET_JSON
+from engine.train.data import DATASET_JSON, SONG_SPLITS
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
     FluidRenderer,
@@ -64,7 +64,7 @@ def _split_suggestion(ids: list[str], seed: int) -> dict[str, list[str]]:
     from engine.train.data.datasets import split_ids
 
     if len(ids) < 3:
-        return {"train": list(ids), "validation": [], "test": []}
+        return {name: list(ids) if name == "train" else [] for name in SONG_SPLITS}
     return split_ids(ids, seed=seed)  # the held-out shares every split by song uses
 
 
