@@ -35,6 +35,10 @@ SPLIT_DIRS = {
     "omitted": "omitted",
 }
 LAYOUTS = ("slakh", "moisesdb", "folder")
+# A Slakh2100 track's files (what `imusic data synth` writes too): its metadata, its stems' folder and its mix
+SLAKH_METADATA = "metadata.yaml"
+SLAKH_STEMS = "stems"
+SLAKH_MIX = "mix.flac"
 
 
 @dataclass(frozen=True)
@@ -145,16 +149,16 @@ def _find(root: Path, name: str, max_depth: int) -> list[Path]:
 
 def _scan_slakh(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
     songs: list[Song] = []
-    for meta_path in _find(root, "metadata.yaml", 2):
+    for meta_path in _find(root, SLAKH_METADATA, 2):
         track = meta_path.parent
-        if not (track / "stems").is_dir() and not (track / "mix.flac").is_file():
+        if not (track / SLAKH_STEMS).is_dir() and not (track / SLAKH_MIX).is_file():
             continue
         try:
             meta = read_yaml(meta_path)
         except Exception:
-            problems.append((str(meta_path), "unreadable metadata.yaml"))
+            problems.append((str(meta_path), f"unreadable {SLAKH_METADATA}"))
             continue
-        audio_dir = track / str(meta.get("audio_dir") or "stems")
+        audio_dir = track / str(meta.get("audio_dir") or SLAKH_STEMS)
         stems: list[StemFile] = []
         for name, entry in (meta.get("stems") or {}).items():
             if not isinstance(entry, dict) or not entry.get("audio_rendered", True):

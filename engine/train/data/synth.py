@@ -22,6 +22,7 @@ from engine.errors import ConfigError, DataError
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.model.config import SAMPLE_RATE
 from engine.train.data import DATASET_JSON, SONG_SPLITS
+from engine.train.data.layouts import SLAKH_METADATA, SLAKH_MIX, SLAKH_STEMS
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
     FluidRenderer,
@@ -139,21 +140,21 @@ def _write_track(
     mix = np.sum(stems, axis=0) if stems else np.zeros(int(round(length * rate)), np.float32)
     peak = max([float(np.max(np.abs(mix)))] + [float(np.max(np.abs(s))) for s in stems])
     scale = np.float32(min(1.0, _MIX_PEAK / peak)) if peak > 0 else np.float32(1.0)
-    (track_dir / "stems").mkdir(parents=True, exist_ok=True)
+    (track_dir / SLAKH_STEMS).mkdir(parents=True, exist_ok=True)
     (track_dir / "MIDI").mkdir(exist_ok=True)
     everything = pretty_midi.PrettyMIDI(initial_tempo=float(info.get("tempo", 120.0)))
     for (name, entry), part, audio in zip(entries.items(), parts, stems, strict=True):
         if entry["audio_rendered"]:
-            sf.write(str(track_dir / "stems" / f"{name}.flac"), audio * scale, rate, subtype="PCM_16")
+            sf.write(str(track_dir / SLAKH_STEMS / f"{name}.flac"), audio * scale, rate, subtype="PCM_16")
         single = pretty_midi.PrettyMIDI(initial_tempo=float(info.get("tempo", 120.0)))
         single.instruments.append(part)
         single.write(str(track_dir / "MIDI" / f"{name}.mid"))
         everything.instruments.append(part)
     everything.write(str(track_dir / "all_src.mid"))
-    sf.write(str(track_dir / "mix.flac"), mix * scale, rate, subtype="PCM_16")
+    sf.write(str(track_dir / SLAKH_MIX), mix * scale, rate, subtype="PCM_16")
     meta = {
         "UUID": track_dir.name,
-        "audio_dir": "stems",
+        "audio_dir": SLAKH_STEMS,
         "midi_dir": "MIDI",
         "sample_rate": rate,
         "seconds": round(length, 6),
@@ -162,7 +163,7 @@ def _write_track(
         "stems": entries,
     }
     # last and atomically: --resume counts a track whose metadata.yaml exists as finished
-    write_bytes_atomic(track_dir / "metadata.yaml", dump_yaml(meta).encode("utf-8"))
+    write_bytes_atomic(track_dir / SLAKH_METADATA, dump_yaml(meta).encode("utf-8"))
     rendered_classes = [entry["inst_class"] for entry in entries.values() if entry["audio_rendered"]]
     return sum(1 for e in entries.values() if e["audio_rendered"]), length, rendered_classes
 
@@ -182,7 +183,7 @@ def _check_resumable(out: Path, settings: dict) -> None:
 
 
 def _finished_track(track_dir: Path) -> dict:
-    meta = read_yaml(track_dir / "metadata.yaml")
+    meta = read_yaml(track_dir / SLAKH_METADATA)
     classes = [entry["inst_class"] for entry in meta["stems"].values() if entry.get("audio_rendered")]
     keys = ("style", "tempo", "key", "beats_per_bar", "progression", "form", "bridge", "source_midi")
     info = {key: value for key, value in meta.items() if key in keys}  # metadata.yaml keeps the run's key order
@@ -303,7 +304,7 @@ def synthesize(
     todo: list[int] = []
     for index in range(1, tracks + 1):
         track_id = f"Track{index:05d}"
-        if resume and (out / track_id / "metadata.yaml").is_file():
+        if resume and (out / track_id / SLAKH_METADATA).is_file():
             songs[track_id] = _finished_track(out / track_id)
             report.tracks += 1
             report.resumed += 1
