@@ -103,7 +103,7 @@ def render_clip(seconds: float, seed: int, keep: list[str] | None = None) -> Cli
 
     from engine.train.data.layouts import scan
     from engine.train.data.stems import caption_word
-    from engine.train.data.synth import synthesize
+    from engine.train.data.synth import MIX_PEAK, synthesize
 
     song_seed = HELD_OUT_SEED + seed
     frames = int(round(seconds * DEMO_RATE))
@@ -129,8 +129,8 @@ def render_clip(seconds: float, seed: int, keep: list[str] | None = None) -> Cli
         stems[stem] = np.stack([(1.0 - pan) * audio, (1.0 + pan) * audio]).astype(np.float32)  # [2, N]
     mix = np.sum(list(stems.values()), axis=0) if stems else np.zeros((2, frames), np.float32)
     peak = float(np.abs(mix).max()) if mix.size else 0.0
-    if peak > 0.95:  # panning can push a channel over full scale: scale mix and stems together
-        scale = np.float32(0.95 / peak)
+    if peak > MIX_PEAK:  # panning can push a channel over full scale: scale mix and stems together
+        scale = np.float32(MIX_PEAK / peak)
         stems = {stem: audio * scale for stem, audio in stems.items()}
         mix = mix * scale
     info = {"seconds": seconds, "tempo": meta.get("tempo"), "style": meta.get("style"), "key": meta.get("key")}

@@ -11,6 +11,10 @@ CLIP_SECONDS = 5.0  # the official training clips' length
 FOUR_STEMS = "4stems"  # the class set of the official model's four stems (engine.instructions.OFFICIAL_STEMS)
 CLASS_SETS = (FOUR_STEMS, "all")  # named class sets; a list of class names is the other kind
 
+# `imusic data synth` defaults: each song's length, and the MIDI renderers (engine.train.data.render)
+SONG_SECONDS = 30.0
+RENDERERS = ("auto", "fluidsynth", "tinysoundfont")
+
 # Songs are split, each into exactly one (datasets.split_songs); the held-out ones no stage trains on, codec included.
 SONG_SPLITS = ("train", "validation", "test")
 HELD_OUT = ("validation", "test")

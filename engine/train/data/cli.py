@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `synth`, `info` and `export` subcommands."""
     from engine.instructions import OPERATIONS
     from engine.model.config import SAMPLE_RATE
-    from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS
+    from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, RENDERERS, SONG_SECONDS
     from engine.train.data.datasets import SPLITS
     from engine.train.data.layouts import LAYOUTS
 
@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--tracks", type=int, required=True, help="number of songs to make")
     synth.add_argument("-o", "--output", required=True, help="new (or empty) folder for the data set")
     synth.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
-    synth.add_argument("--seconds", type=float, default=30.0, help="length of each song in seconds (default 30)")
+    synth.add_argument(
+        "--seconds", type=float, default=SONG_SECONDS, help=f"length of each song in seconds (default {SONG_SECONDS:g})"
+    )
     synth.add_argument(
         "--sample-rate", type=int, default=SAMPLE_RATE, help=f"sample rate of the stems (default {SAMPLE_RATE})"
     )
@@ -55,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument(
         "--renderer",
         default="auto",
-        choices=("auto", "fluidsynth", "tinysoundfont"),
+        choices=RENDERERS,
         help="MIDI renderer: FluidSynth (system library) or the tinysoundfont wheel (none needed); auto: FluidSynth "
         "where it loads, else tinysoundfont",
     )

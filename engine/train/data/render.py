@@ -20,6 +20,7 @@ import numpy as np
 import pretty_midi
 
 from engine.errors import ConfigError, ResourceError
+from engine.train.data import RENDERERS
 
 DEBIAN_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 
@@ -227,9 +228,6 @@ class TinyRenderer:
                 synth.control_change(channel, a - 1000, b)
         advance(total)
         return 0.5 * (out[:, 0] + out[:, 1])
-
-
-RENDERERS = ("auto", "fluidsynth", "tinysoundfont")
 
 
 def fluidsynth_available() -> bool:

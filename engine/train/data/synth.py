@@ -21,7 +21,7 @@ import soundfile as sf
 from engine.errors import ConfigError, DataError
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.model.config import SAMPLE_RATE
-from engine.train.data import DATASET_JSON, SONG_SPLITS
+from engine.train.data import DATASET_JSON, SONG_SECONDS, SONG_SPLITS
 from engine.train.data.layouts import SLAKH_METADATA, SLAKH_MIX, SLAKH_STEMS
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
@@ -41,7 +41,7 @@ FORMAT_VERSION = 1
 # Level of each stem's sounding part before its random gain (dBFS RMS); drums and bass sit a little forward.
 _LEVEL_DB = {"Drums": -18.0, "Bass": -19.0}
 _DEFAULT_LEVEL_DB = -21.0
-_MIX_PEAK = 0.95
+MIX_PEAK = 0.95  # a mix, and the demo's stereo song, peak at most here (its stems scaled with it)
 
 
 @dataclass
@@ -139,7 +139,7 @@ def _write_track(
     # Peak-safe mix: one factor for every stem, so mix.flac stays the sum of the stems.
     mix = np.sum(stems, axis=0) if stems else np.zeros(int(round(length * rate)), np.float32)
     peak = max([float(np.max(np.abs(mix)))] + [float(np.max(np.abs(s))) for s in stems])
-    scale = np.float32(min(1.0, _MIX_PEAK / peak)) if peak > 0 else np.float32(1.0)
+    scale = np.float32(min(1.0, MIX_PEAK / peak)) if peak > 0 else np.float32(1.0)
     (track_dir / SLAKH_STEMS).mkdir(parents=True, exist_ok=True)
     (track_dir / "MIDI").mkdir(exist_ok=True)
     everything = pretty_midi.PrettyMIDI(initial_tempo=float(info.get("tempo", 120.0)))
@@ -237,7 +237,7 @@ def synthesize(
     tracks: int,
     *,
     seed: int = 0,
-    seconds: float = 30.0,
+    seconds: float = SONG_SECONDS,
     sample_rate: int = SAMPLE_RATE,
     soundfonts: list[str | Path] | None = None,
     midi_dir: str | Path | None = None,
