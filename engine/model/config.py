@@ -84,6 +84,8 @@ class FusionConfig:
     asserted). Keep True to match the published adapter; False lets every condition frame see the whole window.
     """
 
+    # The defaults are the published adapter's (its model.py: peft.LoraConfig(r=32, lora_alpha=64) on q and v; a
+    # 501-frame condition): its checkpoint stores the rank, targets and frames, not alpha, which comes from here.
     fused_layers: int | None = None
     lora_rank: int = 32
     lora_alpha: float = 64

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+from engine.model.config import FusionConfig
 
 if TYPE_CHECKING:
     from transformers import EncodecModel, MusicgenConfig, MusicgenForConditionalGeneration, PreTrainedTokenizerFast
@@ -29,7 +30,7 @@ TINY_LAYERS = 2
 TINY_DIM = 64
 TINY_HEADS = 4
 TINY_FFN = 128
-TINY_COND_FRAMES = 501
+TINY_COND_FRAMES = FusionConfig().cond_frames  # the published adapter's condition window
 
 # Words the tiny tokenizer knows: the official instruction words, our stems, and words for describing mixes.
 _WORD_LINES = (

@@ -28,7 +28,6 @@ import torch
 
 from engine.errors import CheckpointError
 
-OFFICIAL_LORA_ALPHA = 64  # model.py: peft.LoraConfig(r=32, lora_alpha=64); not stored in the checkpoint
 OFFICIAL_BASE = "facebook/musicgen-large"
 
 _CP = "model.cp_transformer."
@@ -217,11 +216,12 @@ def read_official_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], di
 
     state, facts = map_official_state(official_state_dict(path))
     fused = facts["fused_layers"]
+    published = FusionConfig()  # alpha is not in the checkpoint; its defaults are the published adapter's
     fusion = FusionConfig(
         fused_layers=None if fused == facts["num_layers"] else fused,
         lora_rank=facts["lora_rank"],
-        lora_alpha=OFFICIAL_LORA_ALPHA,
-        lora_targets=facts["lora_targets"] or ("q", "v"),
+        lora_alpha=published.lora_alpha,
+        lora_targets=facts["lora_targets"] or published.lora_targets,
         cond_frames=facts["cond_frames"],
     )
     info = {
