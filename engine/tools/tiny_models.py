@@ -189,7 +189,6 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
 
 def _tiny_adapter_state(base_dir: Path, seed: int):
     """Random adapter weights for the tiny base: (FusionConfig, state in our naming)."""
-    from engine.model.config import FusionConfig
     from engine.weights.transformers_layout import load_lm
 
     fusion_cfg = FusionConfig(cond_frames=TINY_COND_FRAMES)
@@ -515,7 +514,7 @@ def random_loaded_model(
     from engine.device import decode_weight_count, pick
     from engine.model.bundle import LoadedModel, ModelCard
     from engine.model.codec import Codec
-    from engine.model.config import FusionConfig, preset
+    from engine.model.config import preset
     from engine.model.lm import MusicGenLM
     from engine.model.text import TextEncoder
     from engine.weights.transformers_layout import quiet_transformers
