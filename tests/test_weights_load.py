@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import CheckpointError
+from engine.instructions import format_prompt
 from engine.weights import load_model
 
 
@@ -26,9 +27,9 @@ def test_our_model_dir_loads_with_its_card(tiny_model_dir):
     assert card.name == "tiny-random"
     assert (card.sample_rate, card.frame_rate, card.num_codebooks, card.card) == (16000, 50.0, 4, 64)
     assert card.stems == ("Drums", "Bass", "Piano", "Guitar")
-    assert card.prompt("extract", "Drums") == "Music piece. Instruct: Only Drums."
-    assert card.prompt("remove", "Bass") == "Music piece. Instruct: No Bass."
-    assert card.prompt("add", "Piano") == "Music piece. Instruct: Add Piano."
+    assert format_prompt("extract", "Drums", card) == "Music piece. Instruct: Only Drums."
+    assert format_prompt("remove", "Bass", card) == "Music piece. Instruct: No Bass."
+    assert format_prompt("add", "Piano", card) == "Music piece. Instruct: Add Piano."
     assert card.has_adapter
     assert card.window_seconds == pytest.approx(10.0)  # 501 condition frames = 500 frames + the special token
     assert model.device == torch.device("cpu") and model.dtype == torch.float32
@@ -307,12 +308,13 @@ def test_model_card_round_trips_through_a_dict(tiny_model_dir):
 
 def test_model_card_refuses_an_operation_it_lacks():
     from engine.errors import InstructionError
+    from engine.instructions import vocabulary
     from engine.model.bundle import ModelCard
 
     card = ModelCard(name="x", sample_rate=16000, frame_rate=50.0, num_codebooks=4, card=64, verbs={"extract": "Only"})
-    assert card.operations == ("extract",)
+    assert vocabulary(card).operations == ("extract",)
     with pytest.raises(InstructionError, match="cannot add"):
-        card.prompt("add", "Drums")
+        format_prompt("add", "Drums", card)
 
 
 def test_legacy_weight_norm_names_load_at_full_precision(model_copy):

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import CheckpointError, InstructionError
+from engine.errors import CheckpointError
 from engine.eval.verdict import shortfall_note
-from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, OPERATIONS, render_prompt
-from engine.model.config import FusionConfig, is_adapter_name
+from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+from engine.model.config import FusionConfig, is_adapter_name, window_frames
 from engine.model.fit import check_state_fits
 
 if TYPE_CHECKING:
@@ -48,18 +48,8 @@ class ModelCard:
 
     @property
     def window_seconds(self) -> float:
-        """Longest input one window can condition on: cond_frames include the appended special token."""
-        return (self.cond_frames - 1) / self.frame_rate
-
-    @property
-    def operations(self) -> tuple[str, ...]:
-        return tuple(op for op in OPERATIONS if op in self.verbs)
-
-    def prompt(self, op: str, stem: str) -> str:
-        """The exact instruction text the model was trained with, e.g. ("extract", "Drums") -> "... Only Drums."."""
-        if op not in self.verbs:
-            raise InstructionError(f"this model cannot {op}; it supports {', '.join(self.operations)}")
-        return render_prompt(self.template, self.verbs, op, stem)
+        """Longest input one window can condition on (engine.model.config.window_frames)."""
+        return window_frames(self.cond_frames) / self.frame_rate
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -75,6 +75,16 @@ def is_adapter_name(name: str) -> bool:
     return name.startswith("fusion.") or ".lora_" in name
 
 
+def window_frames(cond_frames: int) -> int:
+    """Codec frames of input an adapter's condition holds: its cond_frames less the appended special token."""
+    return cond_frames - 1
+
+
+def cond_frames_for(seconds: float, frame_rate: float) -> int:
+    """The cond_frames of an adapter whose condition window is `seconds` long (window_frames, inverted)."""
+    return int(round(seconds * frame_rate)) + 1
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """Instruct-MusicGen adapters: audio fusion on the top `fused_layers` layers (None = all) and text LoRA.
@@ -109,8 +119,8 @@ class FusionConfig:
 
     @property
     def window_frames(self) -> int:
-        """Codec frames of input one window conditions on: cond_frames less the appended special token."""
-        return self.cond_frames - 1
+        """Codec frames of input one window conditions on (window_frames)."""
+        return window_frames(self.cond_frames)
 
     def num_fused(self, num_layers: int) -> int:
         """How many of the model's top layers carry the audio-fusion prefix."""

@@ -16,7 +16,7 @@ import torch
 from engine.device import to_device
 from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
-from engine.model.config import FusionConfig
+from engine.model.config import FusionConfig, cond_frames_for
 from engine.model.fusion import align_prefix
 from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
 from engine.train.stages import Encoded, Stage, base_parts, encode_audio, link_tree, open_split, replace_dir
@@ -67,7 +67,7 @@ class AdapterStage(Stage):
             frame_rate = (transformers_layout if layout == "transformers" else audiocraft_layout).frame_rate(
                 self.base_path
             )
-            fusion = replace(fusion, cond_frames=int(round(cfg.window * frame_rate)) + 1)
+            fusion = replace(fusion, cond_frames=cond_frames_for(cfg.window, frame_rate))
         if cfg.fused_layers is not None:  # the top N layers only (checked against the base when the model is built)
             fusion = replace(fusion, fused_layers=cfg.fused_layers)
         # Under autocast the frozen base is stored in the autocast dtype (half the memory of a 3.3B decoder); the
