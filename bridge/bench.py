@@ -141,9 +141,9 @@ def decode_steps(editor: Any, samples: int, sample_rate: int) -> int:
     """Decoder passes one edit of `samples` at `sample_rate` makes (per take batch): the windows' free steps."""
     from engine.model import delay
 
-    windows = editor.windows(max(1, int(round(samples * editor.sample_rate / sample_rate))))
+    windows = editor.windows(editor.model_length(samples, sample_rate))
     num_codebooks = editor.model.lm.cfg.num_codebooks
-    return sum(delay.num_steps(w.length, num_codebooks) - w.prompt - 1 for w in windows)
+    return sum(delay.decode_steps(w.length, num_codebooks, w.prompt) for w in windows)
 
 
 def measure_rtf(

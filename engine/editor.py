@@ -264,7 +264,7 @@ class Editor:
             mono = audio.mean(axis=0)  # [N]
             if audio.shape[0] > 1 and is_silent(mono) and item.op != "add":
                 raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
-            model_len = max(1, int(round(audio.shape[-1] * self.sample_rate / sample_rate)))
+            model_len = self.model_length(audio.shape[-1], sample_rate)
             model_audio.append(resample(mono, sample_rate, self.sample_rate, model_len))  # [M] at the codec rate
 
         timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
@@ -372,6 +372,12 @@ class Editor:
             f"out of memory on {self.model.device} even with {attempts[-1][0] / self.frame_rate:g} s windows and one "
             "take at a time: close other programs using it, or load the model in a smaller dtype (bf16/fp16)"
         ) from last_error
+
+    def model_length(self, samples: int, sample_rate: int) -> int:
+        """Samples a region of `samples` at `sample_rate` has at the model's rate (at least one)."""
+        from engine.resample import resampled_length
+
+        return max(1, resampled_length(samples, sample_rate, self.sample_rate))
 
     def windows(self, model_samples: int, window_frames: int | None = None) -> list:
         """The windows (engine.windows.Window) an edit of `model_samples` at the model's rate runs in, with windows of

@@ -89,6 +89,7 @@ def test_decode_steps_follow_the_windows():
     editor = SimpleNamespace(sample_rate=32000, overlap_frames=100, window_frames=500,
                              model=SimpleNamespace(codec=codec, lm=lm))  # fmt: skip
     editor.windows = functools.partial(Editor.windows, editor)  # the Editor's own plan, on these sizes
+    editor.model_length = functools.partial(Editor.model_length, editor)
     # 30 s = 1500 frames: windows 0-500, 400-900, 800-1300, 1200-1500 (prompts 0, 100, 100, 100)
     assert decode_steps(editor, 30 * 44100, 44100) == 503 + 403 + 403 + 203
 

@@ -19,6 +19,12 @@ def num_steps(num_frames: int, num_codebooks: int) -> int:
     return num_frames + num_codebooks
 
 
+def decode_steps(num_frames: int, num_codebooks: int, prompt_frames: int) -> int:
+    """Steps generate.py samples one at a time after the prefill: the pattern's steps past the prompt's
+    (steps 0..prompt_frames are known and go through the model at once)."""
+    return num_steps(num_frames, num_codebooks) - (prompt_frames + 1)
+
+
 def valid_mask(num_frames: int, num_codebooks: int, device: torch.device | str | None = None) -> torch.Tensor:
     """[K, T + K] bool: True where a step holds a real code (not the special token)."""
     steps = torch.arange(num_steps(num_frames, num_codebooks), device=device)

@@ -222,7 +222,7 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         both[..., step] = tokens
 
     prefill = prompt_len + 1  # steps 0..Tp are fully known
-    total = steps - prefill
+    total = delay.decode_steps(num_frames, num_codebooks, prompt_len)  # = steps - prefill
     if total <= 0:
         return delay.revert(seq)
     logits = lm.run(flat[..., :prefill], ctx, 0, last_only=True)
