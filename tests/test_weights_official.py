@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.errors import CheckpointError
+from engine.instructions import format_prompt
 from engine.tools.tiny_models import official_state_dict, write_official_ckpt, write_tiny_official_ckpt
 from engine.weights import load_model
 from engine.weights.official import map_official_state, read_checkpoint, read_official_adapter
@@ -80,7 +81,7 @@ def test_loads_as_adapter_of_a_base_model(tiny_model_dir, official_ckpt):
     lm_state = model.lm.state_dict()
     for name in ("fusion.pos_emb", "fusion.gates", "layers.0.cross_attn.q.lora_b"):
         assert torch.equal(lm_state[name], expected[name]), name
-    assert model.card.prompt("extract", "Drums") == "Music piece. Instruct: Only Drums."
+    assert format_prompt("extract", "Drums", model.card) == "Music piece. Instruct: Only Drums."
     assert model.card.has_adapter
 
 
