@@ -59,9 +59,10 @@ def choose_output(input_path: Path, instruction: str, output: str | None, force:
     from bridge.audio_write import unique_result_path
     from engine.files import result_file_path
 
+    output = os.path.expanduser(output) if output else None  # "~/stems/" keeps its separator: still a folder
     if not output or Path(output).is_dir() or output.endswith(("/", os.sep)):
-        return unique_result_path(input_path, instruction, output or None)  # a fresh name: nothing to refuse
-    target = result_file_path(Path(output).expanduser())
+        return unique_result_path(input_path, instruction, output)  # a fresh name: nothing to refuse
+    target = result_file_path(output)
     if _same_file(target, input_path) or target.resolve() == input_path.resolve():
         raise ConfigError(f"{target} is the input file: choose another output, the input is never overwritten")
     if target.exists() and not force:

@@ -229,3 +229,15 @@ def test_an_output_under_a_file_or_in_a_read_only_folder_is_refused_before_the_m
     assert main(["edit", str(source), "extract drums", "-o", str(tmp_path / "out.wav")]) == 1
     assert f"cannot write to the output folder {tmp_path}: Permission denied" in capsys.readouterr().err
     assert loads == [] and source.read_bytes()
+
+
+def test_an_output_folder_under_home_is_a_folder_there_not_a_folder_named_tilde(song, tmp_path, monkeypatch):
+    from bridge.edit_cmd import choose_output
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home" / "stems").mkdir(parents=True)
+    into_folder = choose_output(song, "extract drums", "~/stems/", force=False)
+    assert into_folder.parent == tmp_path / "home" / "stems" and into_folder.suffix == ".wav"
+    assert choose_output(song, "extract drums", "~/drums", force=False) == tmp_path / "home" / "drums.wav"
+    assert not (tmp_path / "~").exists()
