@@ -260,6 +260,7 @@ class JobBook:
             return self.jobs.get(job_id)
 
     def reserved_outputs(self) -> set[str]:
+        """The result paths of the jobs not finished yet: no other result may take one."""
         with self._cond:
             return {job.output_path for job in self.jobs.values() if not job.is_final}
 
@@ -299,8 +300,7 @@ class JobBook:
                     protocol.QUEUE_FULL,
                     job.id,
                 )
-            reserved = {j.output_path for j in self.jobs.values() if not j.is_final}
-            job.output_path = choose_output(reserved)
+            job.output_path = choose_output(self.reserved_outputs())
             job.accepted_at = time.time()
             job.state = protocol.QUEUED
             self.journal.append({"e": "accepted", "job": job.to_record()})

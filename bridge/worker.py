@@ -29,11 +29,13 @@ def run_job(
     cancel: threading.Event,
     progress: Callable[[float, str], None],
     roots: Sequence[Path] | None = None,
+    reserved: Callable[[], set[str]] = set,
 ) -> dict:
     """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings).
 
     With `roots`, the result's folder is checked against them when the file is created (UnsafeDestination, code
-    forbidden_path, if it no longer leads inside them), not only when the job was accepted.
+    forbidden_path, if it no longer leads inside them), not only when the job was accepted. A result name taken
+    meanwhile gives way to a fresh one that no pending job has reserved either (`reserved`: their names, when asked).
     """
     started = time.perf_counter()
     progress(0.0, "editing")
@@ -43,7 +45,7 @@ def run_job(
             editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,
             options=options,
             overwrite=job.attempts > 1,  # a second attempt (after a crash) may find its own earlier result there
-            on_exists=lambda taken: audio_write.unique_result_path(job.source, job.instruction, taken),
+            on_exists=lambda taken: audio_write.unique_result_path(job.source, job.instruction, taken, reserved()),
             roots=roots, progress=progress, cancel=cancel,
         )  # fmt: skip
     except OSError as exc:
@@ -136,7 +138,7 @@ class Worker(threading.Thread):
 
         self.notify(job, protocol.PROGRESS, (0.0, "started"))
         try:
-            info = run_job(job, self.editor, cancel, progress, self.roots)
+            info = run_job(job, self.editor, cancel, progress, self.roots, self.book.reserved_outputs)
         except Cancelled:
             if job.cancel_requested:
                 self.book.fail(job, Cancelled.code, "cancelled", cancelled=True)

@@ -175,3 +175,19 @@ def test_a_long_running_server_compacts_its_journal_and_keeps_appending(tmp_path
     assert len(lines) < 4 * 3 + 1
     replayed = book(tmp_path)
     assert [replayed.get(n).state for n in "abcde"] == [protocol.DONE_STATE] * 4 + [protocol.QUEUED]
+
+
+def test_a_result_name_taken_meanwhile_gives_way_to_one_no_pending_job_has_reserved(tmp_path):
+    import threading
+
+    from test_bridge_support import write_wav
+
+    from bridge.worker import run_job
+
+    song = write_wav(tmp_path / "song.wav")
+    job = Job(EditRequest("a", str(song), 0.0, 1.0, "extract drums"), output_path=str(tmp_path / "x.wav"))
+    (tmp_path / "x.wav").write_bytes(b"someone else's file, written after the job was accepted")
+    queued = {str(tmp_path / "x-2.wav")}  # another job's result name, reserved at its acceptance
+    run_job(job, FakeEditor(), threading.Event(), lambda f, s: None, reserved=lambda: queued | {job.output_path})
+    assert job.output_path == str(tmp_path / "x-3.wav")
+    assert (tmp_path / "x.wav").read_bytes().startswith(b"someone else's")
