@@ -28,8 +28,6 @@ from engine.errors import (
 )
 from engine.files import jsonable
 
-# The server journals each of a batch's first jobs before it answers: a slow disk gets longer than a ping.
-FIRST_ANSWER_S = 30.0
 # Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
 FATAL_REMOTE_CODES = (
     InstructionError.code,
@@ -154,9 +152,10 @@ class ServerBackend:
         for pair in firsts:
             job_id = job_ids[pair.key]
             try:
-                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=FIRST_ANSWER_S)
+                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=tracking.ACCEPT_WITHIN_S)
             except NoReply:
-                raise ResourceError(tracking.stopped_answering(*self.client.server, FIRST_ANSWER_S, job_id)) from None
+                silence = tracking.stopped_answering(*self.client.server, tracking.ACCEPT_WITHIN_S, job_id)
+                raise ResourceError(silence) from None
             if reply.address == protocol.ERROR and reply.code in FATAL_REMOTE_CODES and refused is None:
                 refused = f"the server refused '{pair.edit}': {reply.message}"
             self.client.tracker.handle(reply, time.monotonic())  # a job already over is over for wait() too

@@ -28,6 +28,9 @@ GIVE_UP_AFTER_S = 60.0
 # How long a requester waits for the engine's first answer (a ping's pong, an edit's /accepted) before it says that no
 # engine is there. The receive thread answers at once even while a job runs; a server still loading answers too.
 ANSWER_WITHIN_S = 3.0
+# How long an engine that answers pings may take to accept an edit: it journals each job (fsync) before it answers
+# /accepted, and a slow or busy disk takes longer than a ping.
+ACCEPT_WITHIN_S = 30.0
 
 
 def not_answering(host: str, port: int) -> str:

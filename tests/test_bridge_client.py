@@ -337,33 +337,43 @@ def test_send_edit_gives_up_in_one_line_on_a_server_that_accepts_and_goes_silent
     assert "has not answered about job" in capsys.readouterr().err
 
 
-def test_send_edit_to_an_engine_that_answers_pings_but_does_not_accept_says_so_not_start_it(tmp_path, capsys):
+def test_send_edit_waits_for_a_slow_acceptance_from_an_engine_that_answers_and_says_when_none_comes(
+    tmp_path, capsys, monkeypatch
+):
     import socket
     import threading
 
+    monkeypatch.setattr(tracking, "ACCEPT_WITHIN_S", 2.0)
     slow = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     slow.bind(("127.0.0.1", 0))
     slow.settimeout(10)
+    accept = {"after_s": 0.8}
 
-    def answer_pings_only():
+    def answer_pings_accept_late():
         try:
             while True:
                 data, sender = slow.recvfrom(65536)
-                for address, _args in protocol.decode(data):
+                for address, args in protocol.decode(data):
                     if address == protocol.PING:
                         slow.sendto(protocol.encode(protocol.PONG, "0", "m", "cpu", protocol.READY), sender)
+                    elif address == protocol.EDIT and accept["after_s"] is not None:
+                        time.sleep(accept["after_s"])  # journaling on a slow disk
+                        slow.sendto(protocol.encode(protocol.ACCEPTED, args[0], 0), sender)
+                        slow.sendto(protocol.encode(protocol.DONE, args[0], str(tmp_path / "r.wav"), "{}"), sender)
         except OSError:
             pass
 
-    threading.Thread(target=answer_pings_only, daemon=True).start()
+    threading.Thread(target=answer_pings_accept_late, daemon=True).start()
     song = write_wav(tmp_path / "song.wav", seconds=1.0)
-    port = slow.getsockname()[1]
+    argv = ["send", "--host", "127.0.0.1", "--port", str(slow.getsockname()[1]), "--timeout", "0.3", "edit"]
     try:
-        code = main(["send", "--host", "127.0.0.1", "--port", str(port), "--timeout", "0.3", "edit", str(song), "x y"])
+        assert main([*argv, str(song), "x y"]) == 0  # accepted after 0.8 s: more than a ping's wait, still fine
+        assert capsys.readouterr().out.strip() == str(tmp_path / "r.wav")
+        accept["after_s"] = None  # now it answers pings only
+        assert main([*argv, str(song), "x y"]) == 1
     finally:
         slow.close()
-    assert code == 1
     err = capsys.readouterr().err
-    assert f"the engine at 127.0.0.1:{port} answers but did not accept job" in err and "imusic send status" in err
+    assert "answers but did not accept job" in err and "within 2 s" in err and "imusic send status" in err
     assert main(["send", "--host", "127.0.0.1", "--port", "9", "--timeout", "0.3", "edit", str(song), "x y"]) == 1
     assert tracking.not_answering("127.0.0.1", 9) in capsys.readouterr().err  # nobody there: as everywhere
