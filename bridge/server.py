@@ -34,8 +34,8 @@ from bridge.jobs import Job, JobBook, Journal, info_json
 from bridge.protocol import EditRequest, RequestError
 from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
-from engine.errors import Cancelled, ConfigError, ImusicError
-from engine.instructions import check_takes
+from engine.errors import Cancelled, ConfigError, ImusicError, InstructionError
+from engine.instructions import check_not_empty, check_takes
 from engine.modes import check_mode, check_mode_name, mode_name
 from engine.weights.loader import add_model_arguments
 
@@ -436,8 +436,7 @@ class EngineServer:
     def _check_edit(self, job: Job) -> None:
         """On the receiving thread: nothing that opens the input (os.stat only)."""
         check_takes(job.request.takes, RequestError)
-        if not job.instruction:
-            raise RequestError("the instruction is empty; say what to do, e.g. 'extract drums'")
+        check_not_empty(job.instruction, None, lambda message: RequestError(message, InstructionError.code))
         check_mode_name(job.request.mode, RequestError)
         source = self.allowed_path(job.input_path, "input")
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal

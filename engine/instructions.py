@@ -323,11 +323,18 @@ def format_prompt(op: str, stem: str, card: Any) -> str:
     return render_prompt(vocab.template, vocab.verbs, op, stem)
 
 
+def check_not_empty(text: Any, card: Any = None, error: type[Exception] = InstructionError) -> str:
+    """`text` stripped; `error` (code bad_instruction) when there are no words in it, listing what the model takes.
+    One rule for the server's early check (no model loaded: every known stem) and for parsing."""
+    if not isinstance(text, str) or not text.strip():
+        raise error(f"the instruction is empty: {vocabulary(card).supported()}")
+    return text.strip()
+
+
 def parse_instruction(text: str, card: Any) -> Instruction:
     """Parse plain words into an Instruction for the checkpoint described by `card`; InstructionError if unclear."""
+    check_not_empty(text, card)
     vocab = vocabulary(card)
-    if not isinstance(text, str) or not text.strip():
-        raise InstructionError(f"the instruction is empty: {vocab.supported()}")
     words = _words(text)
     stem_phrases = _stem_phrases(vocab)
     fillers = _FILLERS | _template_words(vocab)

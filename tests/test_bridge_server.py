@@ -268,6 +268,7 @@ HOSTILE = {
     "negative start": lambda r, s: (_edit(s, -1.0, 1.0), "bad_audio"),
     "empty region": lambda r, s: (_edit(s, 1.0, 1.0), "bad_audio"),
     "unknown instruction": lambda r, s: (_edit(s, 0.0, 1.0, "make it jazzier"), "bad_instruction"),
+    "empty instruction": lambda r, s: (_edit(s, 0.0, 1.0, "   "), "bad_instruction"),  # as any unclear instruction
     "takes zero": lambda r, s: (_edit(s, 0.0, 1.0, "extract drums", "", -1, 0), protocol.BAD_REQUEST),
     "preview unknown job": lambda r, s: ((protocol.PREVIEW, "ghost"), protocol.UNKNOWN_JOB),
     "preview of neither source nor result": lambda r, s: ((protocol.PREVIEW, "ghost", "bass"), "bad_request"),
