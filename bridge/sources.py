@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
-from bridge.reaper_items import ItemView, plan_job, resolve_source_path
+from bridge.reaper_items import ItemView, plan_job, resolve_source_path, track_label
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
 from engine.files import AUDIO_SUFFIXES, audio_files
 
@@ -237,7 +237,7 @@ def read_rpp(project: Path) -> list[Source]:
         raise DataError(f"{project.name} is not a REAPER project file (no REAPER_PROJECT header)")
     sources = []
     for t_index, track in enumerate(root.findall("TRACK"), start=1):
-        track_name = _value(track.children, "NAME") or f"Track {t_index}"
+        track_name = track_label(_value(track.children, "NAME") or "", t_index)
         track_dir = f"{t_index:02d} {safe_name(track_name)}"
         for i_index, item in enumerate(track.findall("ITEM"), start=1):
             try:

@@ -207,6 +207,12 @@ def test_rpp_item_is_the_region_its_take_plays(project):
     assert first.rel == "01 Drum Bus/01 loop"
 
 
+def test_an_unnamed_rpp_track_is_named_as_reaper_shows_it_as_the_actions_name_it(project):
+    project.write_text(RPP.replace('NAME "Drum Bus"', 'NAME "  "', 1))  # a blank name: REAPER shows "Track 1"
+    first = read_rpp(project)[0]
+    assert first.meta["track"] == "Track 1" and first.rel == "01 Track 1/01 loop"
+
+
 def test_rpp_uses_the_selected_take_and_finds_windows_paths_in_the_project_folder(project):
     second = read_rpp(project)[1]
     assert second.path == project.parent / "keys.flac"
