@@ -25,7 +25,7 @@ import numpy as np
 
 from bridge import protocol
 from bridge.cli import JobProgress
-from bridge.serve_process import ServerProcess
+from bridge.serve_process import JOURNAL_NAME, LOG_NAME, ServerProcess
 from engine import instructions
 from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.eval.acceptance import REGION_RATE
@@ -303,10 +303,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _clear_previous(out: Path, names: list[str]) -> None:
     # Only what the demo itself writes: a rerun into the same folder starts clean, nothing else is touched.
-    for name in ["input.wav", "before_after.png", "server.log", *names]:
+    for name in ["input.wav", "before_after.png", LOG_NAME, *names]:
         (out / name).unlink(missing_ok=True)
-    if (out / ".journal").is_dir():
-        shutil.rmtree(out / ".journal")  # a fresh server must not resume an earlier run's jobs
+    if (out / JOURNAL_NAME).is_dir():
+        shutil.rmtree(out / JOURNAL_NAME)  # a fresh server must not resume an earlier run's jobs
     if (out / "truth").is_dir():
         for stem in (out / "truth").glob("*.wav"):
             stem.unlink()

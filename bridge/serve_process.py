@@ -19,6 +19,8 @@ from engine.errors import ResourceError
 
 STOP_TIMEOUT_S = 30.0
 LOG_TAIL_LINES = 8
+LOG_NAME = "server.log"  # in the server's folder: its output
+JOURNAL_NAME = ".journal"  # in the server's folder: its jobs (a new server there resumes the pending ones)
 
 
 class ServerProcess:
@@ -37,9 +39,9 @@ class ServerProcess:
     ) -> None:
         self.host = host
         self.port = port
-        self.log_path = folder / "server.log"
+        self.log_path = folder / LOG_NAME
         command = [sys.executable, "-m", "bridge.cli", "serve", "--host", host, "--port", str(port)]
-        command += ["--journal", str(folder / ".journal")]
+        command += ["--journal", str(folder / JOURNAL_NAME)]
         for root in roots or (folder,):
             command += ["--allow-root", str(root)]
         if model is not None:
