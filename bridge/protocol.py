@@ -413,6 +413,11 @@ def clip_message(message: str) -> str:
     return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
 
 
+def internal_error(exc: BaseException) -> str:
+    """The wire's words for a bug of ours (code INTERNAL): what it was, and where the traceback is."""
+    return clip_message(f"internal error ({type(exc).__name__}: {exc}); see the server log")
+
+
 def new_job_id() -> str:
     """A fresh job id (random, 24 hex digits): resending the same id never runs a job twice."""
     return os.urandom(12).hex()

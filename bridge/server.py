@@ -250,7 +250,7 @@ class EngineServer:
                 self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
             except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
                 self.logs.noisy(traceback.format_exc().rstrip())
-                self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
+                self._error(sender, job_id, protocol.INTERNAL, protocol.internal_error(exc))
 
     # ------------------------------------------------------------------------------------------------ paths
 
@@ -404,9 +404,7 @@ class EngineServer:
             self._error(job.reply_to, getattr(exc, "job_id", "") or job.id, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
             self.logs.noisy(traceback.format_exc().rstrip())
-            self._error(
-                job.reply_to, job.id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log"
-            )
+            self._error(job.reply_to, job.id, protocol.INTERNAL, protocol.internal_error(exc))
         finally:
             with self._checking_lock:
                 self._checking.pop(job.id, None)
@@ -509,7 +507,7 @@ class EngineServer:
             self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
             self.logs.noisy(traceback.format_exc().rstrip())
-            self._error(sender, job_id, protocol.INTERNAL, f"internal error ({type(exc).__name__}); see server log")
+            self._error(sender, job_id, protocol.INTERNAL, protocol.internal_error(exc))
 
 
 # ------------------------------------------------------------------------------------------------------ command line

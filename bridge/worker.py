@@ -154,7 +154,7 @@ class Worker(threading.Thread):
             return
         except Exception as exc:  # noqa: BLE001 (a bug must cost one job, not the server)
             traceback.print_exc(file=sys.stderr)
-            self._failed(job, protocol.INTERNAL, f"internal error ({type(exc).__name__}: {exc}); see the server log")
+            self._failed(job, protocol.INTERNAL, protocol.internal_error(exc))
             return
         try:
             self.book.finish(job, job.output_path, info)

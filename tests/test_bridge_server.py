@@ -674,3 +674,9 @@ def test_a_host_name_that_resolves_to_nothing_is_said_as_such(tmp_path, root):
                           allow_roots=[root], warm_up=False)  # fmt: skip
     with pytest.raises(ConfigError, match="no address is known for the name 'nosuch.invalid': check --host"):
         server.start()
+
+
+def test_a_bug_of_ours_is_said_the_same_way_wherever_it_happens_and_fits_a_datagram():
+    message = protocol.internal_error(ValueError("x" * 10_000))
+    assert message.startswith("internal error (ValueError: xxx") and len(message) <= protocol.MAX_MESSAGE
+    assert protocol.internal_error(KeyError("k")) == "internal error (KeyError: 'k'); see the server log"
