@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import AudioError
+from engine.files import AUDIO_FORMATS
 
 # REAPER source types whose files the engine reads (engine.files.AUDIO_SUFFIXES: WAV, AIFF, FLAC, MP3, OGG Vorbis).
 # REAPER's OPUS and WAVPACK sources are refused here, before anything is sent: pedalboard cannot open them.
@@ -160,7 +161,7 @@ def _refusal(item: ItemView) -> str | None:
     if kind in ("", "EMPTY"):
         return "has an empty take: nothing to edit."
     if kind not in AUDIO_SOURCE_TYPES:
-        return f"is a {kind} source; only audio files (WAV, AIFF, FLAC, MP3, OGG) can be edited."
+        return f"is a {kind} source; only audio files ({AUDIO_FORMATS.upper()}) can be edited."
     return None
 
 
