@@ -53,7 +53,7 @@ class Action:
     @property
     def command_id(self) -> str:
         """'RS' + 40 hex digits, REAPER's form; derived from the path so reinstalling keeps users' own bindings."""
-        return "RS" + hashlib.sha1(f"imusic/{self.script}".encode()).hexdigest()
+        return "RS" + hashlib.sha1(f"{SUBDIR}/{self.script}".encode()).hexdigest()
 
     def scr_line(self) -> str:
         return f'SCR 4 {MAIN_SECTION} {self.command_id} "Custom: {self.script}" "{SUBDIR}/{self.script}"'
