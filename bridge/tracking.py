@@ -25,8 +25,9 @@ STATUS = "status"
 # A server that has said nothing about a running job for this long has died or hangs (it answers status queries every
 # few seconds even while busy): a batch stops and the REAPER actions give their jobs up, each with a clear message.
 GIVE_UP_AFTER_S = 60.0
-# How long a requester waits for the engine's first answer (a ping's pong, an edit's /accepted) before it says that no
-# engine is there. The receive thread answers at once even while a job runs; a server still loading answers too.
+# How long a requester waits for the engine's first answer (a ping's pong; for the REAPER actions, any reply to their
+# edits) before it says that no engine is there. The receive thread answers at once even while a job runs, and a
+# server still loading answers too.
 ANSWER_WITHIN_S = 3.0
 # How long an engine that answers pings may take to accept an edit: it journals each job (fsync) before it answers
 # /accepted, and a slow or busy disk takes longer than a ping.
