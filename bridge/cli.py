@@ -77,6 +77,17 @@ def seconds_option(text: str) -> float:
     return value
 
 
+def add_region_options(parser: argparse.ArgumentParser) -> None:
+    """--start and --end of the region a command edits or plays, in seconds; --end defaults to the end of the file
+    (bridge.protocol.TO_END), one spelling for `imusic edit`, `imusic send edit` and `imusic play`."""
+    from bridge.protocol import TO_END
+
+    parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
+    parser.add_argument(
+        "--end", type=seconds_option, default=TO_END, help="end of the region, seconds (default: end of file)"
+    )
+
+
 def add_edit_options(parser: argparse.ArgumentParser, *, raw: bool = True) -> None:
     """The choices of an edit besides its audio and instruction, one spelling for every command that edits
     (`imusic edit`, `imusic batch`, `imusic send edit`): --seed, --takes, --mode and (`raw`) --raw.

@@ -181,7 +181,8 @@ def run_edit(client: Any, server: ServerProcess, input_path: Path, edit: str, mo
     bar = JobProgress(f"{edit} ({mode})")
     done, job_id = False, None
     try:
-        job_id = client.submit(str(input_path), 0.0, -1.0, edit, output_path=str(target), seed=seed, mode=mode)
+        whole = (str(input_path), 0.0, protocol.TO_END)
+        job_id = client.submit(*whole, edit, output_path=str(target), seed=seed, mode=mode)
         while True:
             try:
                 result = client.wait(job_id, timeout=5.0, on_progress=bar)
@@ -240,7 +241,7 @@ def write_picture(clip: Clip, rows: list[Row], path: Path) -> Path | None:
         for row in (row for row in rows if row.edit == edit):
             audio = None
             if row.path is not None:
-                audio, rate = audio_read.read_region(row.path, 0.0, -1.0)
+                audio, rate = audio_read.read_region(row.path, 0.0, protocol.TO_END)
                 if rate != clip.sample_rate:  # the server keeps the input's rate; anything else would misdraw time
                     raise ResourceError(f"{row.path} is at {rate} Hz, the input at {clip.sample_rate} Hz")
             cells.append((f"{row.mode}" + ("" if audio is not None else f": {row.status}"), audio))

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import JobProgress, add_edit_options, seconds_option
-from bridge.protocol import EditOptions
+from bridge.cli import JobProgress, add_edit_options, add_region_options
+from bridge.protocol import TO_END, EditOptions
 from engine.errors import ConfigError, ImusicError
 from engine.files import AUDIO_FORMATS, writable_folder
 from engine.weights.loader import add_model_arguments
@@ -29,10 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help=f"audio file to edit ({AUDIO_FORMATS})")
     parser.add_argument("instruction", help='what to do, e.g. "extract drums", "no bass", "add piano"')
     parser.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside INPUT)")
-    parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
-    parser.add_argument(
-        "--end", type=seconds_option, default=None, help="end of the region, seconds (default: end of file)"
-    )
+    add_region_options(parser)
     add_edit_options(parser)
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists (never the input)")
     listen = parser.add_mutually_exclusive_group()
@@ -116,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     input_path = Path(args.input).expanduser()
     output = choose_output(input_path, args.instruction, args.output, args.force)
-    end = -1.0 if args.end is None else args.end  # audio_read: a negative end means the end of the file
-    audio_read.region_frames(audio_read.probe(input_path), args.start, end)  # bad files fail before the model loads
+    # bad files fail before the model loads
+    audio_read.region_frames(audio_read.probe(input_path), args.start, args.end)
     made = not output.parent.is_dir()
     writable_folder(output.parent)  # a read-only folder, or a file in the way, is said before the model loads
     if made:
@@ -137,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     progress = JobProgress("editing", enabled=not args.no_progress and sys.stderr.isatty())
     try:
         done = edit_region(
-            editor, input_path, args.start, end, args.instruction, output,
+            editor, input_path, args.start, args.end, args.instruction, output,
             options=EditOptions.from_args(args), overwrite=args.force, progress=progress,
         )  # fmt: skip
     except FileExistsError:
@@ -151,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     for note in done.info.get("warnings") or ():
         sys.stderr.write(f"imusic edit: note: {note}\n")
     if args.play or args.ab:
-        source, sample_rate = audio_read.read_region(input_path, args.start, end)
-        result, _ = audio_read.read_region(done.output_path, 0.0, -1.0)
+        source, sample_rate = audio_read.read_region(input_path, args.start, args.end)
+        result, _ = audio_read.read_region(done.output_path, 0.0, TO_END)
         audition(source, result, sample_rate, ab=args.ab, device=args.output_device)
     return 0

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from bridge.cli import seconds_option
+from bridge.cli import add_region_options
 from engine.errors import ConfigError, ResourceError
 from engine.files import AUDIO_FORMATS
 
@@ -362,10 +362,7 @@ def play_clip(player: Player, audio: np.ndarray, sample_rate: int, should_stop: 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", help=f"audio file to play ({AUDIO_FORMATS})")
-    parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
-    parser.add_argument(
-        "--end", type=seconds_option, default=None, help="end of the region, seconds (default: end of file)"
-    )
+    add_region_options(parser)
     parser.add_argument("--device", default=None, help="output device, by name (or part of it) or index")
     parser.add_argument("--list-devices", action="store_true", help="list the output devices and exit")
 
@@ -391,8 +388,7 @@ def run(args: argparse.Namespace, player: Player | None = None) -> int:
 
     if player is None:
         player = get_player(args.device)  # before reading: no sound card is the first thing to hear about
-    end = -1.0 if args.end is None else args.end  # audio_read: a negative end is the end of the file
-    audio, sample_rate = read_region(args.file, args.start, end)
+    audio, sample_rate = read_region(args.file, args.start, args.end)
     seconds = audio.shape[-1] / sample_rate
     sys.stderr.write(f"playing {args.file} ({seconds:.1f} s); press a key to stop\n")
     started = time.monotonic()

@@ -153,6 +153,10 @@ def is_job_id(text: str) -> bool:
     return 0 < len(text) <= MAX_JOB_ID and bool(JOB_ID_PATTERN.match(text))
 
 
+# A region's end that means "to the end of the file" (any negative end does, on the wire and in every reader).
+TO_END = -1.0
+
+
 class RequestError(ImusicError):
     """A request that cannot be served as sent; `code` is one of the wire error codes above."""
 
@@ -268,7 +272,7 @@ class EditRequest:
     job_id: str
     input_path: str
     start_s: float
-    end_s: float  # < 0: to the end of the file
+    end_s: float  # < 0 (TO_END): to the end of the file
     instruction: str
     output_path: str = ""
     seed: int | None = None

@@ -10,7 +10,7 @@ import sys
 import time
 
 from bridge import protocol, tracking
-from bridge.cli import JobProgress, add_edit_options, seconds_option
+from bridge.cli import JobProgress, add_edit_options, add_region_options, seconds_option
 from bridge.client import Client, NoReply, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
@@ -54,8 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     edit = sub.add_parser("edit", parents=[after], help="edit a region of an audio file on the engine")
     edit.add_argument("input", help=f"audio file ({AUDIO_FORMATS}) on the engine machine")
     edit.add_argument("instruction", help='e.g. "extract drums", "remove bass", "add piano"')
-    edit.add_argument("--start", type=seconds_option, default=0.0, help="region start in seconds (default 0)")
-    edit.add_argument("--end", type=seconds_option, default=-1.0, help="region end in seconds (default: end of file)")
+    add_region_options(edit)
     edit.add_argument("-o", "--output", default=None, help="result file or folder (default: results/ beside input)")
     add_edit_options(edit, raw=False)  # the server levels every result: no --raw over the wire
     edit.add_argument("--job-id", default=None, help="resending the same id never runs the job twice")

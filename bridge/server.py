@@ -478,7 +478,7 @@ class EngineServer:
 
     def _play(self, job: Job, which: str, sender: tuple[str, int]) -> None:
         if which == "result":
-            audio, sample_rate = audio_read.read_region(job.output_path, 0.0, -1.0)
+            audio, sample_rate = audio_read.read_region(job.output_path, 0.0, protocol.TO_END)
         else:
             audio, sample_rate = audio_read.read_region(job.source, job.start_s, job.end_s)
         if self.player is None:

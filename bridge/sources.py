@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
+from bridge.protocol import TO_END
 from bridge.reaper_items import ItemView, plan_job, resolve_source_path, track_label
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
 from engine.files import AUDIO_SUFFIXES, audio_files
@@ -49,7 +50,7 @@ class Pair:
     @property
     def end_s(self) -> float:
         """The region's end for audio_read (a negative end: to the end of the file)."""
-        return -1.0 if self.source.end_s is None else self.source.end_s
+        return TO_END if self.source.end_s is None else self.source.end_s
 
 
 def safe_name(text: str, limit: int = 80) -> str:

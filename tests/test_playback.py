@@ -161,7 +161,9 @@ def test_imusic_play_without_an_end_plays_to_the_end_of_the_file(tmp_path, monke
     sf.write(path, tone(0.5, 8000, channels=1).T, 8000)
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     player = FakePlayer(time_scale=0.0)
-    args = argparse.Namespace(file=str(path), start=0.0, end=None, device=None, list_devices=False)
+    parser = argparse.ArgumentParser()
+    playback.add_arguments(parser)
+    args = parser.parse_args([str(path)])  # no --end, as typed
     assert playback.run(args, player=player) == 0
     assert player.played[0][0].shape == (1, 4000)
 
