@@ -37,8 +37,9 @@ def _partial_name(path: Path) -> str:
     return temp_name(path.stem, PARTIAL_SUFFIX)
 
 
-def _inside(folder: Path, roots: Sequence[Path]) -> Path | None:
-    """The root `folder` lies in (both absolute, symlinks already resolved), or None."""
+def root_of(folder: Path, roots: Sequence[Path]) -> Path | None:
+    """The allowed root `folder` lies in (both absolute, symlinks already resolved), or None: the one test of "inside
+    the folders this server may use", for the paths a request names and for the folder a result is written in."""
     for root in roots:
         if folder == root or folder.is_relative_to(root):
             return Path(root)
@@ -65,7 +66,7 @@ def _open_folder(folder: Path, roots: Sequence[Path] | None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         return os.open(folder, _DIR_FLAGS)
     folder = Path(os.path.abspath(folder))
-    root = _inside(folder, roots)
+    root = root_of(folder, roots)
     if root is None:
         raise _outside(folder, roots, "it is not inside an allowed folder")
     fd = os.open(root, _DIR_FLAGS)
@@ -175,7 +176,7 @@ def _write_in_folder(
 
 
 def _check_real_folder(folder: Path, roots: list[Path] | None) -> None:
-    if roots is not None and _inside(Path(os.path.realpath(folder)), roots) is None:
+    if roots is not None and root_of(Path(os.path.realpath(folder)), roots) is None:
         raise _outside(folder, roots, f"it resolves to {os.path.realpath(folder)}")
 
 

@@ -265,7 +265,7 @@ class EngineServer:
             resolved = path.resolve(strict=False)
         except (OSError, RuntimeError) as exc:  # symlink loops, permissions
             raise RequestError(f"cannot resolve the {what} path {raw}: {exc}", protocol.FORBIDDEN_PATH) from None
-        if not any(resolved == root or resolved.is_relative_to(root) for root in self.roots):
+        if audio_write.root_of(resolved, self.roots) is None:
             roots = ", ".join(str(r) for r in self.roots)
             raise RequestError(
                 f"the {what} path {resolved} is outside the folders this server may use ({roots}); "
