@@ -12,6 +12,7 @@ from engine.train.config import (
     BASE_SIZES,
     CODEC_FLAGS,
     CODEC_RESUME_FLAGS,
+    HISTORY,
     LOOP_STAGES,
     RESUME_CHANGES,
     CodecTrainConfig,
@@ -119,8 +120,6 @@ def _saved_settings(run_dir: Path) -> dict | None:
     """The settings a run folder's run saved with its last checkpoint (its history), or None where it has none."""
     import json
 
-    from engine.train.config import HISTORY
-
     try:
         saved = json.loads((run_dir / HISTORY).read_text()).get("config")
     except (OSError, ValueError, AttributeError):
@@ -135,12 +134,12 @@ def _finished_once(args: argparse.Namespace) -> bool:
 
     if args.resume or args.resume_from or getattr(args, "recipe", None):
         raise ConfigError("--once decides by itself whether to resume; it is for one stage, without --resume/--recipe")
-    stage = args.stage or TrainConfig().stage
-    done = finished_file(stage, Path(args.output).expanduser())
+    stage, run_dir = args.stage or TrainConfig().stage, Path(args.output).expanduser()
+    done = finished_file(stage, run_dir)
     if done.is_file():
         print(f"{stage}: done ({done.parent})")
         return True
-    args.resume = bool(list_checkpoints(Path(args.output).expanduser()))
+    args.resume = bool(list_checkpoints(run_dir))
     return False
 
 
@@ -177,13 +176,14 @@ def run(args: argparse.Namespace) -> int:
         given["device"] = str(training_device(given.get("device")))
     from engine.train.checkpoints import list_checkpoints
 
-    saved = _saved_settings(Path(args.output).expanduser()) if resuming else None
+    run_dir = Path(args.output).expanduser()
+    saved = _saved_settings(run_dir) if resuming else None
     ignored = sorted(
         name
         for name in set(given) - set(RESUME_CHANGES)
         if given[name] and not (saved is not None and same_setting(given[name], saved.get(name)))
     )
-    if resuming and ignored and (args.resume_from or list_checkpoints(Path(args.output).expanduser())):
+    if resuming and ignored and (args.resume_from or list_checkpoints(run_dir)):
         flags = [SIZE_FLAGS if name == "extra" else f"--{name.replace('_', '-')}" for name in ignored]
         print(f"imusic train: resuming keeps the run's own {', '.join(flags)}", file=sys.stderr)
     changes = [name for name in RESUME_CHANGES if name in given]
