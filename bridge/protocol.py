@@ -41,10 +41,30 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9137
 
 
+# The settings the REAPER installer writes beside the actions (host, port, max_seconds, mode, and the import paths).
+SETTINGS_FILE = "imusic_paths.json"
+
+
+def setting_variable(name: str) -> str:
+    """The environment variable that sets a client's setting `name`: IMUSIC_<NAME>."""
+    return "IMUSIC_" + name.upper()
+
+
+def where_set(name: str) -> str:
+    """How a producer sets `name`, for messages: "IMUSIC_PORT, or port in imusic_paths.json"."""
+    return f"{setting_variable(name)}, or {name} in {SETTINGS_FILE}"
+
+
+def setting(name: str, settings: dict | None, default: Any) -> Any:
+    """A client's setting: its environment variable, then `settings` (SETTINGS_FILE's contents), then `default`. An
+    empty value counts as unset. Every client setting is read here; each caller checks the value it gets."""
+    return os.environ.get(setting_variable(name)) or (settings or {}).get(name) or default
+
+
 def engine_host(settings: dict | None = None) -> str:
     """Where clients find the engine: IMUSIC_HOST, then `settings` (the REAPER installer's "host"), then DEFAULT_HOST.
     Every client reads it here (the server listens where its --host says)."""
-    return str(os.environ.get("IMUSIC_HOST") or (settings or {}).get("host") or DEFAULT_HOST)
+    return str(setting("host", settings, DEFAULT_HOST))
 
 
 def port_number(value: Any, where: str, listen: bool = False) -> int:
@@ -79,8 +99,8 @@ def listen_port_argument(text: str) -> int:
 def engine_port(settings: dict | None = None) -> int:
     """The engine's port for clients: IMUSIC_PORT, then `settings` ("port"), then DEFAULT_PORT; ConfigError for a
     value that is no port."""
-    port = os.environ.get("IMUSIC_PORT") or (settings or {}).get("port") or DEFAULT_PORT
-    return port_number(port, "the engine's port (IMUSIC_PORT or the settings)")
+    source = setting_variable("port") if settings is None else where_set("port")  # only REAPER has the file
+    return port_number(setting("port", settings, DEFAULT_PORT), f"the engine's port ({source})")
 
 
 def engine_address(settings: dict | None = None) -> tuple[str, int]:

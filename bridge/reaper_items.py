@@ -24,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bridge import protocol
 from engine.errors import AudioError
 from engine.files import AUDIO_FORMATS
 
@@ -209,7 +210,7 @@ def plan_job(
     if end - start > max_seconds + EPSILON:
         raise AudioError(
             f"{where} is {end - start:.1f} s long; these actions edit at most {max_seconds:g} s at a time "
-            "(IMUSIC_MAX_SECONDS, or max_seconds in imusic_paths.json). Select a shorter item or set a time selection."
+            f"({protocol.where_set('max_seconds')}). Select a shorter item or set a time selection."
         )
     return JobPlan(item.source_path, start, end, position, length, item.track_number)
 

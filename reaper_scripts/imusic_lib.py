@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+# protocol.SETTINGS_FILE, named here again: this file is read to find the project's import path, before any import.
 _PATHS_FILE = os.path.join(_HERE, "imusic_paths.json")
 
 
@@ -99,10 +100,10 @@ def engine_address() -> tuple[str, int]:
 
 
 def _max_seconds() -> float:
-    """The longest region the actions send: IMUSIC_MAX_SECONDS, then `max_seconds` in imusic_paths.json, else
+    """The longest region the actions send: the `max_seconds` setting (protocol.setting), else
     planning.DEFAULT_MAX_SECONDS; ConfigError (shown as a message) for a value that is no positive number or more than
     the server accepts (protocol.MAX_REGION_S)."""
-    value = os.environ.get("IMUSIC_MAX_SECONDS") or SETTINGS.get("max_seconds") or planning.DEFAULT_MAX_SECONDS
+    value = protocol.setting("max_seconds", SETTINGS, planning.DEFAULT_MAX_SECONDS)
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -110,14 +111,14 @@ def _max_seconds() -> float:
     if not (math.isfinite(seconds) and 0 < seconds <= protocol.MAX_REGION_S):
         raise ConfigError(
             f"the longest region to edit must be a number of seconds from 0 to {protocol.MAX_REGION_S:g} (the engine's "
-            f"limit), got {value!r} (IMUSIC_MAX_SECONDS or max_seconds in imusic_paths.json)"
+            f"limit), got {value!r} ({protocol.where_set('max_seconds')})"
         )
     return seconds
 
 
 def _mode() -> str:
-    """The edit mode of the hotkey actions: IMUSIC_MODE, then `mode` in imusic_paths.json, else "" (the default)."""
-    return str(os.environ.get("IMUSIC_MODE") or SETTINGS.get("mode") or "").strip()
+    """The edit mode of the hotkey actions: the `mode` setting (protocol.setting), else "" (the default)."""
+    return str(protocol.setting("mode", SETTINGS, "")).strip()
 
 
 def _message(text: str) -> None:

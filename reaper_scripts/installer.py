@@ -39,7 +39,7 @@ from reaper_scripts.planning import PRESET_ACTIONS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 LIBRARY = "imusic_lib.py"
-SETTINGS_FILE = "imusic_paths.json"
+SETTINGS_FILE = protocol.SETTINGS_FILE
 MANIFEST = "imusic_manifest.json"
 KB_FILE = "reaper-kb.ini"
 BACKUP_SUFFIX = ".imusic-backup"

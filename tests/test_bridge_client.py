@@ -62,11 +62,24 @@ def test_clients_find_the_engine_in_the_environment_then_the_settings_then_the_d
     with pytest.raises(ConfigError, match="port number from 1 to 65535, got 'ninety'"):
         protocol.engine_address()
     monkeypatch.setenv("IMUSIC_PORT", "70000")  # would be an OverflowError at the first send
-    with pytest.raises(ConfigError, match=r"IMUSIC_PORT or the settings\) must be a port number from 1 to 65535"):
+    with pytest.raises(ConfigError, match=r"\(IMUSIC_PORT\) must be a port number from 1 to 65535, got '70000'"):
         protocol.engine_address()
+    with pytest.raises(ConfigError, match=r"IMUSIC_PORT, or port in imusic_paths.json\) must be a port number from 1"):
+        protocol.engine_address({})
     monkeypatch.delenv("IMUSIC_PORT")
     with pytest.raises(ConfigError, match=r"port number from 1 to 65535, got \[9200\]"):
         protocol.engine_port({"port": [9200]})
+
+
+def test_a_client_setting_is_the_environment_then_the_settings_file_then_the_default(monkeypatch):
+    monkeypatch.delenv("IMUSIC_MODE", raising=False)
+    assert protocol.setting("mode", None, "mask") == "mask"
+    assert protocol.setting("mode", {"mode": "resynth"}, "mask") == "resynth"
+    monkeypatch.setenv("IMUSIC_MODE", "")  # an empty variable is unset, as a blank field in the file
+    assert protocol.setting("mode", {"mode": "resynth", "port": 1}, "mask") == "resynth"
+    monkeypatch.setenv("IMUSIC_MODE", "mask")
+    assert protocol.setting("mode", {"mode": "resynth"}, "") == "mask"
+    assert protocol.where_set("max_seconds") == "IMUSIC_MAX_SECONDS, or max_seconds in imusic_paths.json"
 
 
 def test_a_port_is_a_whole_number_up_to_65535_and_only_a_server_may_ask_for_any_free_one():
@@ -177,7 +190,7 @@ def test_a_bad_imusic_port_is_one_line_and_a_given_port_does_not_read_it(server,
     assert (
         capsys.readouterr()
         .err.strip()
-        .endswith("(IMUSIC_PORT or the settings) must be a port number from 1 to 65535, got 'ninety'")
+        .endswith("the engine's port (IMUSIC_PORT) must be a port number from 1 to 65535, got 'ninety'")
     )
     assert send(server, "ping") == 0 and capsys.readouterr().out.startswith("pong")
 
