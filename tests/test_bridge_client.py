@@ -245,7 +245,9 @@ def test_send_errors_are_one_line_and_exit_1(server, root, capsys):
 
 def test_send_to_a_silent_port_says_that_no_engine_answers_there(capsys):
     assert main(["send", "--host", "127.0.0.1", "--port", "9", "--timeout", "0.3", "ping"]) == 1
-    assert tracking.not_answering("127.0.0.1", 9) in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no imusic engine answers at 127.0.0.1:9" in err and "`imusic serve`" in err  # the words, and what to do
+    assert tracking.not_answering("127.0.0.1", 9) in err  # the same words as every front end
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

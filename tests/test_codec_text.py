@@ -97,9 +97,10 @@ def test_outputs_can_feed_training(tiny):
     # no inference-mode tensors: the trainer backpropagates through an LM fed with these
     states, mask = tiny.text.encode(["Music piece. Instruct: Only Drums."])
     codes = tiny.codec.encode(torch.randn(1, 1, 3200) * 0.1)
+    assert not states.is_inference() and not codes.is_inference()
     weight = torch.ones((), requires_grad=True)
-    (states.sum() * weight + codes.float().sum() * weight).backward()
-    assert weight.grad is not None
+    (states.sum() * weight + codes.float().sum() * weight).backward()  # an inference tensor cannot be saved for it
+    assert weight.grad == pytest.approx(float(states.sum() + codes.float().sum()), rel=1e-5)
 
 
 def test_codec_keeps_full_precision_weights_when_the_model_runs_in_bf16(tiny_model_dir):

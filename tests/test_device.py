@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -72,15 +73,32 @@ def test_unknown_device_is_a_config_error():
         device_mod.pick(device="tpu")
 
 
-def test_cpu_bf16_flag_matches_proc_cpuinfo():
+@pytest.mark.parametrize(
+    "cpuinfo, native",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx2\n", True),
+        ("processor\t: 0\nflags\t\t: fpu amx_tile amx_bf16\n", True),
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx2\n", False),  # AVX-512 alone has no bf16 matrix ops
+        ("model name\t: avx512_bf16 in a name\nflags\t\t: fpu sse2\n", False),  # only the flags line counts
+        (OSError("no /proc"), False),
+    ],
+)
+def test_cpu_bf16_is_read_from_the_flags_line_of_proc_cpuinfo(monkeypatch, cpuinfo, native):
+    import io
+
+    def fake_open(path, *args, **kwargs):
+        assert path == "/proc/cpuinfo"
+        if isinstance(cpuinfo, OSError):
+            raise cpuinfo
+        return io.StringIO(cpuinfo)
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(device_mod, "open", fake_open, raising=False)
     device_mod.cpu_has_native_bf16.cache_clear()
     try:
-        with open("/proc/cpuinfo") as handle:
-            text = handle.read()
-    except OSError:
-        pytest.skip("no /proc/cpuinfo")
-    expected = "avx512_bf16" in text or "amx_bf16" in text
-    assert device_mod.cpu_has_native_bf16() is expected
+        assert device_mod.cpu_has_native_bf16() is native
+    finally:
+        device_mod.cpu_has_native_bf16.cache_clear()
 
 
 def test_cpu_keeps_a_small_decoder_in_fp32_even_with_native_bf16(no_gpu, monkeypatch):

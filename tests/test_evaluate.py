@@ -59,15 +59,40 @@ def test_summary_is_the_mean_over_clips_per_row():
     assert summary["identity"]["si_sdr_std"] == pytest.approx(1.0)
 
 
-def test_codec_ceiling_is_the_target_through_the_models_codec(tiny_editor):
-    import torch
+class _DoublingCodec:
+    """A codec whose "codes" are the wave and whose decode doubles it, `extra` samples longer (or shorter)."""
 
+    def __init__(self, extra: int):
+        self.extra = extra
+
+    def encode(self, wav):
+        return wav
+
+    def decode(self, codes):
+        import torch
+
+        doubled = 2 * codes
+        if self.extra >= 0:
+            return torch.cat([doubled, torch.ones(*codes.shape[:-1], self.extra)], dim=-1)
+        return doubled[..., : self.extra]
+
+
+def test_codec_ceiling_is_the_target_through_the_codec_cut_or_padded_to_its_length():
+    audio = np.linspace(-0.5, 0.5, 100, dtype=np.float32)
+    longer = codec_roundtrip(_DoublingCodec(7), audio)  # decoders return whole frames: the tail is cut
+    np.testing.assert_allclose(longer, 2 * audio)
+    shorter = codec_roundtrip(_DoublingCodec(-10), audio)  # a short decode: zeros after it, the input's length
+    np.testing.assert_allclose(shorter[:90], 2 * audio[:90])
+    assert shorter.shape == (100,) and not shorter[90:].any()
+    stereo = codec_roundtrip(_DoublingCodec(3), np.stack([audio, -audio]))  # each channel alone
+    np.testing.assert_allclose(stereo, np.stack([2 * audio, -2 * audio]))
+
+
+def test_codec_ceiling_through_the_models_codec_has_the_targets_length(tiny_editor):
     _, stem = _hand_made_clip()
-    ceiling = codec_roundtrip(tiny_editor.model.codec, stem)
-    codec = tiny_editor.model.codec
-    direct = codec.decode(codec.encode(torch.from_numpy(stem)[None, None]))[0, 0].numpy()[: stem.shape[0]]
-    assert ceiling.shape == stem.shape
-    np.testing.assert_allclose(ceiling, direct, atol=1e-6)
+    odd = stem[: stem.shape[0] - 77]  # not a whole number of the codec's frames
+    ceiling = codec_roundtrip(tiny_editor.model.codec, odd)
+    assert ceiling.shape == odd.shape and np.isfinite(ceiling).all() and np.abs(ceiling).max() > 0
 
 
 def test_every_task_has_the_model_and_the_three_reference_rows(report_dir):
@@ -105,6 +130,30 @@ def test_the_model_row_is_the_default_mask_mode_and_the_resynth_row_the_same_gen
     for part in report["tasks"].values():
         for clip in part["examples"]:
             assert clip["model"] != clip["resynth"]
+
+
+def test_each_clip_is_generated_once_for_both_rows_with_its_own_seed(synth_data, tiny_editor, tmp_path):
+    from engine.modes import DEFAULT_MODE, RESYNTH
+
+    calls = []
+
+    class Marked(_EchoEditor):
+        """The default mode returns the input, resynth the input backwards: which row holds which is plain."""
+
+        def edit_modes(self, audio, sample_rate, instruction, modes, *, seed=None, raw=False):
+            from types import SimpleNamespace
+
+            calls.append((tuple(modes), seed))
+            audio = np.array(audio, dtype=np.float32)
+            return {DEFAULT_MODE: SimpleNamespace(audio=audio), RESYNTH: SimpleNamespace(audio=audio[..., ::-1].copy())}
+
+    for batch in (1, 2):
+        calls.clear()
+        report = _short_eval(synth_data, Marked(tiny_editor), tmp_path / str(batch), limit=2, batch=batch, seed=5)
+        assert calls == [((DEFAULT_MODE, RESYNTH), 5), ((DEFAULT_MODE, RESYNTH), 6)]  # one generation per clip
+        summary = report["tasks"]["extract"]["summary"]
+        assert summary["model"]["mel_ssim"] == summary["identity"]["mel_ssim"]  # the model row is the default mode
+        assert summary["resynth"]["mel_ssim"] != summary["identity"]["mel_ssim"]
 
 
 class _EchoEditor:

@@ -218,8 +218,10 @@ def test_levels_work_at_other_sample_rates(sr):
 
 def test_info_is_json_serialisable_even_for_silence():
     source = np.zeros((1, SR), dtype=np.float32)
-    _, info = match_level(np.zeros_like(source), source, SR, "add", mode=RESYNTH)
-    json.dumps(info, allow_nan=False)
+    out, info = match_level(np.zeros_like(source), source, SR, "add", mode=RESYNTH)
+    decoded = json.loads(json.dumps(info, allow_nan=False))  # no -inf LUFS or NaN gain on the wire
+    assert decoded["policy"] == "silent" and decoded["gain_db"] == 0.0 and not np.abs(out).any()
+    assert decoded["source_lufs"] is None and decoded["model_lufs"] is None and decoded["result_lufs"] is None
 
 
 def test_limiter_only_touches_the_neighbourhood_of_a_peak():
