@@ -627,7 +627,6 @@ class Harness:
         self.media = tmp / "project" / "Media"
         self.reaper = FakeReaper(str(self.resource), str(tmp / "project" / "song.rpp"), str(self.media))
         self.reaper.install()
-        self.tick_seconds: list[float] = []
 
     def load_project(self, rpp_path: str) -> FakeReaper:
         """Replace the session with the project a .rpp file describes."""
@@ -644,9 +643,7 @@ class Harness:
         while self.reaper.deferred:
             if time.monotonic() > deadline:
                 raise AssertionError("the deferred loop never ended")
-            started = time.perf_counter()
             self.reaper.run_deferred()
-            self.tick_seconds.append(time.perf_counter() - started)
             time.sleep(0.02)
 
     def results(self) -> list[Path]:

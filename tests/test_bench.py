@@ -67,12 +67,6 @@ def test_the_four_take_batch_is_timed_with_cfg_rows(capsys, tmp_path):
     assert fast["4"]["rows"] == 8 and fast["4"]["step_bytes"] > fast["1"]["step_bytes"]  # the cache grows with rows
 
 
-def test_our_loop_is_faster_than_transformers_on_the_tiny_shape(capsys):
-    # the target is >= 3x in a quiet process; the test machine is shared, so only the direction is pinned here
-    lines = _run(capsys, "--shapes", "tiny", "--frames", "30", "--repeats", "3", "--threads", "1", "--dtype", "float32")
-    assert _speedups(lines, "fp32")[0] > 1.0
-
-
 @pytest.mark.parametrize(
     "argv",
     [

@@ -29,7 +29,8 @@ from bridge.server_log import RateLimiter
 from engine.errors import AudioError
 
 TIMEOUT = 10.0
-PING_WITHIN_S = 0.2
+# A ping's wait: well under TIMEOUT, for which held work blocks, so an answer shows the receiving thread is free.
+ANSWER_S = 1.0
 HUGE = 2 << 30  # 2 GiB, sparse: nothing is written to disk
 
 
@@ -70,21 +71,20 @@ def release_fifo_readers(path: Path) -> None:
     os.close(fd)
 
 
-def pings_until(port: int, done: threading.Event, limit_s: float = TIMEOUT) -> list[float]:
-    """Ping from a socket of its own every 20 ms until `done`; the round-trip times (a hung server fails fast)."""
-    latencies: list[float] = []
+def pings_until(port: int, done: threading.Event, limit_s: float = TIMEOUT) -> int:
+    """Ping from a socket of its own every 20 ms until `done`; how many were answered (NoReply: one was not)."""
+    answered = 0
     deadline = time.monotonic() + limit_s
     with Client("127.0.0.1", port) as pinger:
         while not done.is_set() and time.monotonic() < deadline:
-            started = time.monotonic()
-            pinger.ping(max(1.0, 5 * PING_WITHIN_S))  # NoReply: the server does not answer at all
-            latencies.append(time.monotonic() - started)
+            pinger.ping(ANSWER_S)
+            answered += 1
             time.sleep(0.02)
-    return latencies
+    return answered
 
 
-def edit_while_pinging(port: int, path: Path, job_id: str) -> tuple[protocol.Reply, list[float]]:
-    """Send an edit of `path` and ping meanwhile; returns the edit's first reply and the ping round-trip times."""
+def edit_while_pinging(port: int, path: Path, job_id: str) -> tuple[protocol.Reply, int]:
+    """Send an edit of `path` and ping meanwhile; returns the edit's first reply and how many pings were answered."""
     done = threading.Event()
     replies: list[protocol.Reply] = []
 
@@ -99,12 +99,12 @@ def edit_while_pinging(port: int, path: Path, job_id: str) -> tuple[protocol.Rep
     thread = threading.Thread(target=edit)
     thread.start()
     try:
-        latencies = pings_until(port, done)
+        answered = pings_until(port, done)
     finally:
         done.set()
         thread.join(TIMEOUT + 1)
     assert replies, f"no reply about {job_id}"
-    return replies[0], latencies
+    return replies[0], answered
 
 
 # ----------------------------------------------------------------------------------------------- item 2
@@ -114,12 +114,12 @@ def test_a_fifo_input_is_refused_and_pings_keep_being_answered(remote):
     fifo = remote.root / "pipe.wav"
     os.mkfifo(fifo)
     try:
-        reply, latencies = edit_while_pinging(remote.port, fifo, "fifo-1")
+        reply, answered = edit_while_pinging(remote.port, fifo, "fifo-1")
     finally:
         release_fifo_readers(fifo)
     assert reply.address == protocol.ERROR and reply.code == "bad_audio", reply
     assert "FIFO" in reply.message
-    assert latencies and max(latencies) < PING_WITHIN_S, latencies
+    assert answered  # every ping meanwhile was answered (ping raises NoReply otherwise)
     assert not remote.edits.exists()  # nothing was edited
 
 
@@ -133,21 +133,25 @@ def test_a_fifo_input_is_refused_and_pings_keep_being_answered(remote):
 )
 def test_a_huge_file_that_is_not_audio_is_refused_quickly_and_pings_keep_being_answered(remote, name, head):
     huge = sparse_file(remote.root / name, head=head)
-    started = time.monotonic()
-    reply, latencies = edit_while_pinging(remote.port, huge, f"huge-{name}")
+    reply, answered = edit_while_pinging(remote.port, huge, f"huge-{name}")
     assert reply.address == protocol.ERROR and reply.code == "bad_audio", reply
-    assert time.monotonic() - started < audio_read.PROBE_TIMEOUT_S + 3.0
-    assert latencies and max(latencies) < PING_WITHIN_S, latencies
+    assert "no usable audio header" in reply.message and "gave up" in reply.message  # the probe's budget ended it
+    assert answered  # and every ping meanwhile was answered (ping raises NoReply otherwise)
     assert not remote.edits.exists()
 
 
 def test_probe_gives_up_within_its_budget_without_reading_the_whole_file(tmp_path):
+    import re
+
     for head in (b"", b"RIFF\xff\xff\xff\x7fWAVE", b"OggS\x00\x02" + b"\x00" * 20, b"fLaC\x00\x00\x00\x22"):
         huge = sparse_file(tmp_path / "huge.wav", head=head)
-        started = time.monotonic()
-        with pytest.raises(AudioError, match="cannot read"):
+        with pytest.raises(AudioError, match="no usable audio header after reading") as refused:
             audio_read.probe(huge)
-        assert time.monotonic() - started < audio_read.PROBE_TIMEOUT_S + 1.0, head
+        read, calls = map(int, re.search(r"reading (\d+) bytes \((\d+) reads", str(refused.value)).groups())
+        assert read <= audio_read.PROBE_MAX_BYTES < HUGE and calls <= audio_read.PROBE_MAX_CALLS + 1, head
+    # the seconds budget alone ends it too (a slow disk): with no time at all, it gives up at the first read
+    with pytest.raises(AudioError, match=r"gave up"):
+        audio_read.probe(huge, max_bytes=HUGE, max_calls=10**9, timeout_s=0.0)
 
 
 def test_probe_refuses_fifos_folders_and_missing_files_without_opening_them_blocking(tmp_path):
@@ -196,7 +200,7 @@ def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(ser
     try:
         with Client("127.0.0.1", server.port) as client:
             client.submit(str(song), 0.0, 1.0, "extract drums", job_id="held-1")
-            assert client.ping(PING_WITHIN_S).state == protocol.READY
+            assert client.ping(ANSWER_S).state == protocol.READY
             state = client.status("held-1", TIMEOUT)
             assert (state.state, state.message) == (protocol.QUEUED, "checking the input")
             assert client.cancel("held-1", TIMEOUT).state == protocol.CANCELLED
@@ -235,7 +239,7 @@ def test_a_preview_is_read_off_the_receiving_thread(server, song, monkeypatch):
         monkeypatch.setattr(audio_read, "read_region", held_read)
         try:
             client.send(protocol.PREVIEW, result.job_id, "result")
-            assert client.ping(PING_WITHIN_S).state == protocol.READY
+            assert client.ping(ANSWER_S).state == protocol.READY
             client.send(protocol.STOP_PREVIEW)  # answered after the preview it follows
             release.set()
             first = client.wait_for(lambda r: r.address in (protocol.PREVIEWING, protocol.PREVIEW_STOPPED), TIMEOUT)

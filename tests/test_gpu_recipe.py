@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -63,14 +62,21 @@ def test_a_cuda_run_on_a_machine_without_cuda_is_refused_in_one_line_before_anyt
     assert not run.exists()
 
 
-def test_the_step_budget_shortens_the_schedule_to_the_deadline_and_never_below_the_step():
+def test_the_step_budget_shortens_the_schedule_to_the_deadline_and_never_below_the_step(monkeypatch):
+    import engine.train.budget as budget_module
+
+    now = [1000.0]
+    monkeypatch.setattr(budget_module.time, "time", lambda: now[0])
     assert StepBudget(None, 0).fit(10, 1000) == 1000
-    budget = StepBudget(time.time() + 1.0, 0, every=1)
-    budget.started -= 1.0  # two steps took a second: 1 s left gives about two more
-    steps = budget.fit(2, 1000)
-    assert 2 <= steps <= 4
-    late = StepBudget(time.time() - 1, 0)
-    assert late.fit(7, 1000) == 7  # past the deadline: stop at this step
+    budget = StepBudget(1010.0, 0, every=1)
+    now[0] = 1002.0  # two steps took 2 s; 8 s left, less the 3 % margin, hold 7 more
+    assert budget.fit(2, 1000) == 9
+    assert budget.fit(2, 5) == 5  # never past the schedule
+    now[0] = 1011.0
+    assert budget.fit(7, 1000) == 7  # past the deadline: stop at this step
+    resumed = StepBudget(1020.0, 100, every=1)  # a resumed session measures its own steps from step 100
+    now[0] = 1015.0
+    assert resumed.fit(104, 1000) == 104 + int(0.97 * 5 / 1.0)
 
 
 # ---- packing ---------------------------------------------------------------------------------------------------------
