@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 APT_STAMP := $(VENV)/.apt-installed
-APT_PACKAGES := fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
+APT_PACKAGES := python3-venv fluidsynth fluid-soundfont-gm libsndfile1 libportaudio2
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup setup-test apt test test-slow lint format demo clean default-model model-data model-codec model-base model-adapters \
