@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from bridge.cli import takes_option
-from engine.editor import DECODE_STEPS
+from engine.editor import STEP_NAMES
 from engine.eval.acceptance import REGION_CHANNELS, REGION_RATE
 from engine.files import write_json_atomic
+from engine.model.config import PRESETS
 
-SHAPES = ("tiny", "small", "medium", "large")
-STEPS = tuple(step for step in DECODE_STEPS if step)  # compile, graph, eager
+SHAPES = tuple(PRESETS)  # tiny, small, medium, large
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shape", default=None, choices=SHAPES,
                         help="time the Editor's real-time factor on a random model of this shape instead")  # fmt: skip
     parser.add_argument("--edits", type=int, default=2, help="edits with --shape: the first is timed apart (default 2)")
-    parser.add_argument("--step", default=None, choices=STEPS,
+    parser.add_argument("--step", default=None, choices=STEP_NAMES,
                         help="CUDA decode step with --shape (default: the engine's, generate.CUDA_STEP)")  # fmt: skip
     parser.add_argument("--takes", type=takes_option, default=1, help="takes per edit with --shape (default 1)")
     parser.add_argument("--json", default=None, metavar="PATH", help="with --shape: write the figures to this file")

@@ -56,6 +56,7 @@ MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
 # The CUDA decode step an Editor may be given -> generate()'s `static`: None = generate's own choice (CUDA_STEP)
 DECODE_STEPS: dict[str | None, bool | str | None] = {None: None, "eager": False, "graph": "graph", "compile": "compile"}
+STEP_NAMES = tuple(step for step in DECODE_STEPS if step)  # the steps a producer or a benchmark may name
 _ENCODE_MARGIN_S = 1.0  # context either side of a window when encoding it, so codes at its edges are not edge-biased
 
 

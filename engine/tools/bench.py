@@ -29,9 +29,10 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.editor import DECODE_STEPS, STEP_NAMES
 from engine.errors import ConfigError
 from engine.files import write_json_atomic
-from engine.model.config import CFG_COEF, TOP_K
+from engine.model.config import CFG_COEF, PRESETS, TOP_K
 from engine.tools.costs import (
     GB,
     add_floor,
@@ -52,8 +53,7 @@ if TYPE_CHECKING:
 
     from engine.model.lm import MusicGenLM
 
-SHAPES = ("tiny", "small", "medium", "large")
-STEP_MODES = ("eager", "graph", "compile")
+SHAPES = tuple(PRESETS)  # tiny, small, medium, large
 TEXT_VOCAB, TEXT_DIM = 100, 32
 
 
@@ -63,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1 on CPU, 1,4 on CUDA)")
     parser.add_argument("--frames", type=int, default=None,
                         help="frames to generate (default: CPU 100 tiny, 20 otherwise; CUDA 64)")  # fmt: skip
-    parser.add_argument("--steps", default="eager,graph,compile",
-                        help="our step modes on CUDA (eager, graph, compile); CPU times its eager step")  # fmt: skip
+    parser.add_argument("--steps", default=",".join(STEP_NAMES),
+                        help=f"our step modes on CUDA ({', '.join(STEP_NAMES)}); CPU times its eager step")  # fmt: skip
     parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"), help="fast dtype to compare")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
@@ -182,10 +182,8 @@ def run_theirs(hf, ids, mask, *, steps: int, greedy: bool):
 
 
 def _static(mode: str, device: torch.device):
-    """generate()'s `static` for a step mode; off CUDA every mode is the eager loop."""
-    if device.type != "cuda" or mode == "eager":
-        return False
-    return "graph" if mode == "graph" else "compile"
+    """generate()'s `static` for a step mode, as the Editor maps it (DECODE_STEPS); off CUDA every mode is eager."""
+    return DECODE_STEPS[mode] if device.type == "cuda" else False
 
 
 def agreement(a, b) -> float:
@@ -424,8 +422,8 @@ def run(args: argparse.Namespace) -> int:
     if any(b < 1 for b in batches):
         raise ConfigError("--batches must be at least 1")
     modes = _parse_list(args.steps, "--steps") if device.type == "cuda" else ["eager"]
-    if any(m not in STEP_MODES for m in modes):
-        raise ConfigError(f"--steps takes {', '.join(STEP_MODES)}; got {args.steps!r}")
+    if any(m not in STEP_NAMES for m in modes):
+        raise ConfigError(f"--steps takes {', '.join(STEP_NAMES)}; got {args.steps!r}")
     torch.set_num_threads(max(1, args.threads))
     fast = parse_dtype(args.dtype)
     name = "bf16" if fast == torch.bfloat16 else "fp32"
