@@ -122,32 +122,14 @@ class TrainConfig:
 
     def check(self) -> None:
         """ConfigError for settings no run can use."""
-        positive = {"steps": self.steps, "batch": self.batch, "accum": self.accum, "ckpt_every": self.ckpt_every}
-        positive.update({"val_every": self.val_every, "keep": self.keep, "log_every": self.log_every})
-        for name, value in positive.items():
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        # `not x >= 0`, with isfinite: NaN fails every comparison, so `x < 0` would let it through
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if not (math.isfinite(self.gate_lr) and self.gate_lr >= 0):
-            raise ConfigError(f"--gate-lr must be a number, not negative, got {self.gate_lr}")
-        for name in ("warmup", "grad_clip", "weight_decay", "val_clips"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a number, not negative, got {value}")
+        at_least(1, self, "steps", "batch", "accum", "ckpt_every", "val_every", "keep", "log_every")
+        at_least(0, self, "pool", "align_steps", "val_clips", "warmup")
+        if self.workers is not None:
+            at_least(0, self, "workers")
+        numbers(self, "lr", "seconds", positive=True)
+        numbers(self, "gate_lr", "grad_clip", "weight_decay", "window", positive=False)
         if not (math.isfinite(self.text_dropout) and 0 <= self.text_dropout < 1):
             raise ConfigError(f"--text-dropout must be at least 0 and below 1, got {self.text_dropout}")
-        if self.pool < 0:
-            raise ConfigError(f"--pool must not be negative, got {self.pool}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"--workers must not be negative, got {self.workers}")
-        if not (math.isfinite(self.seconds) and self.seconds > 0):
-            raise ConfigError(f"--seconds must be a positive number, got {self.seconds}")
-        if not (math.isfinite(self.window) and self.window >= 0):
-            raise ConfigError(f"--window must be a number, not negative, got {self.window}")
-        if self.align_steps < 0:
-            raise ConfigError(f"--align-steps must not be negative, got {self.align_steps}")
         if not math.isfinite(self.gate_init):
             raise ConfigError(f"--gate-init must be a number, got {self.gate_init}")
         if (self.align_steps or self.gate_init or self.fused_layers is not None) and self.stage != "adapters":
@@ -246,18 +228,35 @@ class CodecTrainConfig:
         return _from_saved(cls, data, CODEC_RENAMED)
 
     def check(self) -> None:
-        """ConfigError for settings no codec run can use (NaN included: it fails every comparison)."""
-        whole = {"steps": self.steps, "batch": self.batch, "ckpt_every": self.ckpt_every}
-        whole["log_every"] = self.log_every
-        for name, value in whole.items():
-            if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.warmup < 0 or self.quantize_after < 0:
-            raise ConfigError("--warmup and --quantize-after must not be negative")
-        for flag, value, lowest in (("--lr", self.lr, 0.0), ("--seconds", self.seconds, None),
-                                    ("--wave-mse", self.wave_mse_weight, 0.0)):  # fmt: skip
-            if not (math.isfinite(value) and (value > 0 if lowest is None else value >= lowest)):
-                raise ConfigError(f"{flag} must be a {'positive ' if lowest is None else ''}number, got {value}")
+        """ConfigError for settings no codec run can use (the same rules and words as TrainConfig.check)."""
+        at_least(1, self, "steps", "batch", "ckpt_every", "log_every")
+        at_least(0, self, "warmup", "quantize_after")
+        numbers(self, "lr", "seconds", positive=True)
+        numbers(self, "wave_mse_weight", positive=False, flags={"wave_mse_weight": "--wave-mse"})
+
+
+def _flag(name: str, flags: dict[str, str] | None = None) -> str:
+    """The command-line flag of a setting: `ckpt_every` -> `--ckpt-every` (or its own in `flags`)."""
+    return (flags or {}).get(name) or "--" + name.replace("_", "-")
+
+
+def at_least(lowest: int, config: Any, *names: str) -> None:
+    """ConfigError naming the flag of the first setting of `config` below `lowest` (a count of steps, clips...)."""
+    for name in names:
+        value = getattr(config, name)
+        if not value >= lowest:  # `not >=`: NaN fails every comparison
+            says = "must not be negative" if lowest == 0 else f"must be at least {lowest}"
+            raise ConfigError(f"{_flag(name)} {says}, got {value}")
+
+
+def numbers(config: Any, *names: str, positive: bool, flags: dict[str, str] | None = None) -> None:
+    """ConfigError naming the flag of the first setting that is not a finite number above 0 (`positive`), or at or
+    above 0 (a learning rate, a clip length, a weight)."""
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and (value > 0 if positive else value >= 0)):
+            says = "a positive number" if positive else "a number, not negative"
+            raise ConfigError(f"{_flag(name, flags)} must be {says}, got {value}")
 
 
 # What codec runs saved under other names before the codec's settings took the adapter stage's (a run from then still
