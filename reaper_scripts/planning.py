@@ -26,7 +26,6 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
     track_label,
 )
 from engine import instructions
-from engine.errors import InstructionError
 from engine.files import result_file_name
 
 NAME_SEPARATOR = " \u00b7 "  # "Bass · extract drums"
@@ -55,15 +54,9 @@ PRESET_ACTIONS = tuple(
 
 
 def normalize_instruction(text: str) -> str:
-    """The instruction a user typed, trimmed; InstructionError when it is empty."""
-    cleaned = " ".join(text.split())
-    if not cleaned:
-        raise InstructionError(
-            "Type an instruction such as: extract drums, remove bass, add piano "
-            f"(operations: {', '.join(instructions.MENU_OPERATIONS)}; "
-            f"stems: {', '.join(instructions.OFFICIAL_STEM_WORDS)})."
-        )
-    return cleaned
+    """The instruction a user typed, its words joined by single spaces; InstructionError when it is empty, in the
+    engine's words (instructions.check_not_empty)."""
+    return " ".join(instructions.check_not_empty(text).split())
 
 
 def edit_label(instruction: str) -> str:

@@ -202,9 +202,11 @@ def test_results_are_written_in_the_project_media_folder_one_file_per_job():
     assert first != second
 
 
-def test_an_empty_instruction_is_refused_with_examples():
-    with pytest.raises(InstructionError, match="extract drums"):
+def test_an_empty_instruction_is_refused_with_what_to_say_in_the_engines_words():
+    with pytest.raises(InstructionError, match=r"^the instruction is empty: say add X .* extract X / X only") as empty:
         planning.normalize_instruction("   ")
+    assert "drums, bass, piano, guitar" in str(empty.value)
+    assert planning.normalize_instruction("  extract \t drums ") == "extract drums"
 
 
 def test_relative_source_names_are_resolved_against_the_project_folder():
