@@ -288,3 +288,16 @@ def slug(text: str, limit: int = 40, separator: str = "-") -> str:
     """A file-name-safe short form: 'Extract the drums!' -> 'extract-the-drums' ("edit" when nothing is left)."""
     words = re.sub(r"[^a-z0-9]+", separator, text.lower()).strip(separator)
     return words[:limit].rstrip(separator) or "edit"
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """Hard-link the files of a model folder (GBs for real models) into `target`, copying where links are not
+    possible (another file system): a base shared by several model folders without a second copy on disk."""
+    target.mkdir(parents=True, exist_ok=True)
+    for file in Path(source).iterdir():
+        real = file.resolve()  # hub snapshots hold symlinks into blobs/
+        if real.is_file():
+            try:
+                os.link(real, target / file.name)
+            except OSError:
+                shutil.copy2(real, target / file.name)

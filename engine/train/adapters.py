@@ -15,11 +15,12 @@ import torch
 
 from engine.device import to_device
 from engine.errors import ConfigError
+from engine.files import link_tree
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.model.config import FusionConfig, cond_frames_for
 from engine.model.fusion import align_prefix
 from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
-from engine.train.stages import Encoded, Stage, base_parts, encode_audio, link_tree, open_split, replace_dir
+from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
 from engine.weights import audiocraft_layout, detect_layout, read_adapter, transformers_layout
 from engine.weights.adapter_format import save_adapter
 from engine.weights.loader import new_model_card, write_model_card

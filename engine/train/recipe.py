@@ -164,7 +164,7 @@ class Recipe:
             self.say(f"{stage}: restored from {self.from_packs}")
 
     def _link_base(self) -> None:
-        from engine.train.stages import link_tree
+        from engine.files import link_tree
 
         base = self.run_dir / "base" / RUN_MODEL / BASE_DIR
         target = self.run_dir / "adapters" / RUN_MODEL / BASE_DIR

@@ -9,7 +9,6 @@ run that wants them anyway uses a code pool, feeding.py).
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -143,15 +142,3 @@ def replace_dir(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
-
-
-def link_tree(source: Path, target: Path) -> None:
-    """Hard-link the base's files (GBs for real models) into target; copy where links are not possible."""
-    target.mkdir(parents=True, exist_ok=True)
-    for file in Path(source).iterdir():
-        real = file.resolve()  # hub snapshots hold symlinks into blobs/
-        if real.is_file():
-            try:
-                os.link(real, target / file.name)
-            except OSError:
-                shutil.copy2(real, target / file.name)

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
-from engine.files import staged_dir
+from engine.files import link_tree, staged_dir
 from engine.model.config import is_adapter_name
 
 
@@ -288,10 +286,7 @@ def convert(
             provenance={**dict(info.get("provenance") or {}), "converted_from": str(adapter)},
         )
         if base_path is not None:
-            (staged / BASE_DIR).mkdir(parents=True, exist_ok=True)
-            for file in base_path.iterdir():
-                if file.is_file():
-                    _link_or_copy(file, staged / BASE_DIR / file.name)
+            link_tree(base_path, staged / BASE_DIR)
             from engine.weights.loader import new_model_card, write_model_card
 
             card = new_model_card(
@@ -299,12 +294,3 @@ def convert(
             )
             write_model_card(staged, card)
     return output
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link GB-sized weights where the file system allows (no second copy on disk); copy otherwise."""
-    source = source.resolve()  # hub snapshots hold symlinks into blobs/
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
