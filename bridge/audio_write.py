@@ -223,6 +223,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def names_folder(output: str | Path) -> bool:
+    """Whether an output a user gave names a folder to put the result in: an existing folder, or a path ending in a
+    separator (a folder not made yet)."""
+    return str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+
+
 def unique_result_path(
     input_path: str | Path,
     instruction: str,
@@ -239,7 +245,7 @@ def unique_result_path(
     name = result_file_name(input_path.stem, instruction)
     if not output:
         candidate = input_path.parent / RESULTS_DIR / name
-    elif str(output).endswith(("/", os.sep)) or Path(output).is_dir():
+    elif names_folder(output):
         candidate = Path(output) / name
     else:
         candidate = result_file_path(output)

@@ -53,11 +53,11 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def choose_output(input_path: Path, instruction: str, output: str | None, force: bool) -> Path:
     """Where the result goes; ConfigError for the input itself, or an existing file without --force."""
-    from bridge.audio_write import unique_result_path
+    from bridge.audio_write import names_folder, unique_result_path
     from engine.files import result_file_path
 
     output = os.path.expanduser(output) if output else None  # "~/stems/" keeps its separator: still a folder
-    if not output or Path(output).is_dir() or output.endswith(("/", os.sep)):
+    if not output or names_folder(output):
         return unique_result_path(input_path, instruction, output)  # a fresh name: nothing to refuse
     target = result_file_path(output)
     if _same_file(target, input_path) or target.resolve() == input_path.resolve():
