@@ -339,9 +339,13 @@ class EditRequest:
         return {spec.name: value for spec, value in zip(REQUESTS[EDIT], self.to_args(), strict=True)}
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+def shorten(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, "..." marking the cut (messages, log lines, echoed values)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    return shorten(repr(value), limit)
 
 
 def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
@@ -434,7 +438,7 @@ def detail_code(detail: str, default: str) -> str:
 
 def clip_message(message: str) -> str:
     """An error message cut so that a reply always fits one datagram."""
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+    return shorten(message, MAX_MESSAGE)
 
 
 def internal_error(exc: BaseException) -> str:

@@ -68,7 +68,7 @@ class ServerLog:
                 f"(at most {self.limiter.burst} per {self.limiter.window_s:g} s)"
             )
         if admitted:
-            self.say(message if len(message) <= MAX_LOG_MESSAGE else message[: MAX_LOG_MESSAGE - 3] + "...")
+            self.say(protocol.shorten(message, MAX_LOG_MESSAGE))
 
     def flush(self) -> None:
         """Report the lines not logged since the last report (on stopping)."""
