@@ -51,9 +51,14 @@ _HOLD_S = 0.05  # limiter hold after a peak
 _OVERSAMPLE_BELOW = 192000  # rates at and above this are their own true peak (BS.1770 oversamples to >= 192 kHz)
 
 
-def _as_2d(audio: np.ndarray) -> np.ndarray:
-    audio = np.asarray(audio, dtype=np.float64)
-    return audio[None] if audio.ndim == 1 else audio
+def as_channels(audio: np.ndarray) -> np.ndarray:
+    """[N] or [C, N] -> float64 [C, N] (levels and metrics work in float64); ValueError for another shape."""
+    array = np.asarray(audio, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2:
+        raise ValueError(f"audio must be [N] or [C, N], got shape {array.shape}")
+    return array
 
 
 def is_silent(audio: np.ndarray) -> bool:
@@ -71,7 +76,7 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
     """Integrated loudness in LUFS of audio [C, N] (or [N]); -inf for silence (nothing above the absolute gate)."""
     import pyloudnorm
 
-    audio = _as_2d(audio)
+    audio = as_channels(audio)
     if audio.size == 0 or not np.any(audio):
         return -math.inf
     block = int(round(_BLOCK_SECONDS * sample_rate))
@@ -95,7 +100,7 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
 
 def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
     """True peak in dBTP: the peak of the 4x oversampled signal (inter-sample peaks count); -inf for silence."""
-    audio = _as_2d(audio)
+    audio = as_channels(audio)
     if audio.size == 0:
         return -math.inf
     return db(float(_sample_true_peaks(audio, sample_rate).max()))
@@ -111,7 +116,7 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     compresses 4:1 above -10 dBFS before its own threshold, so it changes the sound of everything loud.
     A final static gain covers any residue from the smoothing, so the ceiling always holds.
     """
-    audio = _as_2d(audio)
+    audio = as_channels(audio)
     if audio.size == 0:
         return audio.astype(np.float32), False
     peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked
@@ -161,7 +166,7 @@ def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     from scipy.ndimage import uniform_filter1d
     from scipy.signal import stft
 
-    mono = _as_2d(audio).mean(axis=0)
+    mono = as_channels(audio).mean(axis=0)
     nperseg = int(2 ** math.ceil(math.log2(max(16, 0.064 * sample_rate))))
     nperseg = min(nperseg, max(16, mono.size))
     _, _, spec = stft(mono, fs=sample_rate, nperseg=nperseg, noverlap=nperseg // 2, boundary="even")
@@ -227,7 +232,7 @@ def match_level(
     `source` is the region the user selected, at the same rate. `info` says which policy was used, the measured
     loudness of source, model output and final result (LUFS, None for silence), the gain and the true peak.
     """
-    result = _as_2d(result)
+    result = as_channels(result)
     source_lufs = integrated_loudness(source, sample_rate)
     model_lufs = integrated_loudness(result, sample_rate)
     info: dict[str, Any] = {

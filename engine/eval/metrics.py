@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from engine.levels import as_channels
 from engine.resample import resample as resample_audio
 
 EVAL_RATE = 16000
@@ -47,19 +48,9 @@ def to_db(power: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(power, LOG_MEL_FLOOR))
 
 
-def _as_2d(audio: np.ndarray) -> np.ndarray:
-    """[N] or [C, N] -> float64 [C, N]."""
-    array = np.asarray(audio, dtype=np.float64)
-    if array.ndim == 1:
-        array = array[None, :]
-    if array.ndim != 2:
-        raise ValueError(f"audio must be [N] or [C, N], got shape {array.shape}")
-    return array
-
-
 def _match(estimate: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both to [C, N] with the same channel count and the shorter length (the official code trims the output)."""
-    est, ref = _as_2d(estimate), _as_2d(reference)
+    est, ref = as_channels(estimate), as_channels(reference)
     if est.shape[0] != ref.shape[0]:
         # A mono reference against a stereo output (or the reverse): compare the channel means.
         est, ref = est.mean(axis=0, keepdims=True), ref.mean(axis=0, keepdims=True)
@@ -115,7 +106,7 @@ def mel_spectrogram(audio: np.ndarray, rate: int = EVAL_RATE) -> np.ndarray:
 
     Centred frames with reflect padding and a periodic Hann window, as torchaudio's MelSpectrogram defaults.
     """
-    mono = _as_2d(resample(audio, rate)).mean(axis=0)  # [N]
+    mono = as_channels(resample(audio, rate)).mean(axis=0)  # [N]
     pad = MEL_N_FFT // 2
     # Clips under 12.5 ms are too short to reflect-pad: zero-pad those.
     padded = np.pad(mono, pad, mode="reflect" if mono.shape[0] > pad else "constant")
@@ -206,7 +197,7 @@ ILD_RANGE_DB = 60.0
 
 def _channel_mels(audio: np.ndarray, rate: int) -> np.ndarray:
     """Per-channel 16 kHz power mel spectrograms: `[C, n_mels, frames]`."""
-    return np.stack([mel_spectrogram(channel, rate) for channel in _as_2d(audio)])
+    return np.stack([mel_spectrogram(channel, rate) for channel in as_channels(audio)])
 
 
 def ild_error(estimate: np.ndarray, reference: np.ndarray, rate: int) -> float:

@@ -55,6 +55,7 @@ class LMConfig:
 
     @property
     def special_token(self) -> int:
+        """The token past the codebook (id `card`): the delay pattern's padding and the condition's last frame."""
         return self.card
 
     def to_dict(self) -> dict:
@@ -129,10 +130,6 @@ class FusionConfig:
         if self.fused_layers > num_layers:
             raise ConfigError(f"FusionConfig.fused_layers={self.fused_layers} exceeds the model's {num_layers} layers")
         return self.fused_layers
-
-    @property
-    def lora_scale(self) -> float:
-        return float(self.lora_alpha) / self.lora_rank if self.lora_rank else 0.0
 
     def to_dict(self) -> dict:
         data = asdict(self)

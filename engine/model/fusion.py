@@ -93,7 +93,7 @@ class AudioFusion(nn.Module):
         self.cfg = fusion
         self.num_fused = fusion.num_fused(cfg.num_layers)
         self.first_layer = cfg.num_layers - self.num_fused
-        self.special_token = cfg.card
+        self.special_token = cfg.special_token
         # official init: randn positional table, default Linear init, zero gates
         self.pos_emb = nn.Parameter(torch.randn(self.num_fused + 1, fusion.cond_frames, cfg.dim))
         self.merge_linear = nn.ModuleList([nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(self.num_fused)])

@@ -211,7 +211,7 @@ class MusicGenLM(nn.Module):
 
     @property
     def special_token(self) -> int:
-        return self.cfg.card
+        return self.cfg.special_token
 
     # ---- inputs -----------------------------------------------------------------------------------------------
     def positions(self, start: int | torch.Tensor, steps: int) -> torch.Tensor:

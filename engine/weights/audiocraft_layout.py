@@ -202,7 +202,7 @@ def load_t5(name: str, cache_dir: str | Path | None = None) -> tuple[T5EncoderMo
     from engine.weights import hub
     from engine.weights.transformers_layout import load_tokenizer, quiet_transformers
 
-    if name not in ("t5-base", "google-t5/t5-base"):
+    if name not in hub.T5_REPOS:
         path = hub.cached_snapshot(name, cache_dir=cache_dir)
     else:
         path = hub.find_t5(cache_dir=cache_dir)

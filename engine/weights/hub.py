@@ -108,13 +108,16 @@ def download(name: str, cache_dir: str | Path | None = None, endpoint: str | Non
     return Path(path)
 
 
+# T5-base's hub ids: newer caches hold it as google-t5/t5-base, older ones under the legacy id (models--t5-base).
+T5_REPOS = ("google-t5/t5-base", "t5-base")
+
+
 def find_t5(cache_dir: str | Path | None = None) -> Path:
     """The cached T5-base (audiocraft checkpoints name it instead of shipping it)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    # Newer caches hold it as google-t5/t5-base, older ones under the legacy id t5-base (models--t5-base).
-    for repo in ("google-t5/t5-base", "t5-base"):
+    for repo in T5_REPOS:
         try:
             return Path(snapshot_download(repo, cache_dir=cache_dir, local_files_only=True))
         except (LocalEntryNotFoundError, FileNotFoundError):
