@@ -87,11 +87,6 @@ class Client:
         self._backlog: list[Reply] = []  # replies read during a blocking wait that the wait did not consume
         self.tracker = tracking.ReplyTracker()  # every edit this client submitted, by job id
 
-    @property
-    def local_address(self) -> tuple[str, int]:
-        """The (host, port) the server replies to."""
-        return self._sock.getsockname()
-
     def close(self) -> None:
         self._sock.close()
 

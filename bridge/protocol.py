@@ -35,7 +35,6 @@ from typing import Any
 from engine.errors import ConfigError, ImusicError
 from engine.instructions import MAX_SEED, MAX_TAKES  # noqa: F401 (the wire's limits are the Editor's)
 
-PROTOCOL_VERSION = "1"
 DEFAULT_HOST = "127.0.0.1"
 # An unassigned port far from the 8000/9000 that REAPER's own OSC surfaces tend to use.
 DEFAULT_PORT = 9137

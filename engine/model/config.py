@@ -58,17 +58,6 @@ class LMConfig:
         """The token past the codebook (id `card`): the delay pattern's padding and the condition's last frame."""
         return self.card
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LMConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown LMConfig fields: {sorted(unknown)}")
-        return cls(**data)
-
 
 def is_adapter_name(name: str) -> bool:
     """Whether a state-dict name is an Instruct-MusicGen adapter tensor (audio fusion or a LoRA factor) in our

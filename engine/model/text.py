@@ -58,7 +58,3 @@ class TextEncoder:
         mask = batch["attention_mask"].to(self.device)  # [B, S]
         states, mask = zero_padding(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
         return states.to(self.out_dtype), mask  # [B, S, dim], [B, S]
-
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens `text` becomes (with the end-of-sequence token)."""
-        return len(self.tokenizer(text)["input_ids"])

@@ -30,9 +30,6 @@ class Plan:
     total: float
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
-        return {"total_seconds": round(self.total, 1), "stages": {k: round(v, 1) for k, v in self.seconds.items()}}
-
 
 def split_budget(minutes: float, smallest_step: dict[str, float], stages: tuple[str, ...] = STAGE_ORDER) -> Plan:
     """Split `minutes` over `stages` by SHARES (renormalised over the stages that still have to run).

@@ -167,7 +167,6 @@ def lm_state_from_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, t
 
 
 # engineer B's loaders call it by this name
-transformers_to_ours = lm_state_from_transformers
 
 
 def lm_state_to_transformers(state: Mapping[str, torch.Tensor], layout: str = "conditional") -> dict[str, torch.Tensor]:
