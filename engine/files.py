@@ -235,6 +235,20 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def from_saved(cls: type, data: dict, *, renamed: dict[str, str] | None = None, strict: bool = False) -> Any:
+    """A dataclass from its saved JSON: names in `renamed` are read under their new name, JSON lists are tuples again.
+    A field the class does not have is dropped (a run saved by an older version), or with `strict` a ConfigError
+    naming it (weights' metadata must not load half-read)."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(cls)}
+    named = {(renamed or {}).get(k, k): v for k, v in data.items()}
+    unknown = sorted(set(named) - known)
+    if strict and unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields: {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in named.items() if k in known})
+
+
 def write_json_atomic(path: str | Path, data: Any, sort_keys: bool = True) -> None:
     """JSON (indented, JSON-safe values: non-finite floats are null) written atomically."""
     text = json.dumps(jsonable(data), indent=1, sort_keys=sort_keys, ensure_ascii=False)

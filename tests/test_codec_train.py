@@ -241,8 +241,8 @@ def test_the_waveform_mse_term_enters_the_loss_with_its_weight(tones, tmp_path):
         ({"steps": 0}, "--steps must be at least 1"),
         ({"batch": 0}, "--batch must be at least 1"),
         ({"seconds": -1.0}, "--seconds must be a positive number"),
-        ({"lr": float("nan")}, "--lr must be a positive number, got nan"),
-        ({"lr": 0.0}, "--lr must be a positive number, got 0.0"),  # as for the other stages: it would learn nothing
+        ({"lr": float("nan")}, "--lr must be a number, not negative, got nan"),
+        ({"lr": -1e-3}, "--lr must be a number, not negative, got -0.001"),  # 0 is a run: only the codebooks learn
         ({"wave_mse_weight": -1.0}, "--wave-mse must be a number, not negative, got -1.0"),
         ({"quantize_after": -1}, "--quantize-after must not be negative, got -1"),
         ({"ckpt_every": 0}, "--ckpt-every must be at least 1"),

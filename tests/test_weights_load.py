@@ -289,15 +289,6 @@ def test_fresh_adapters_start_as_the_official_init_and_change_nothing(tiny_model
     torch.testing.assert_close(lm(seq, states, mask, cond_codes=cond), base.lm(seq, states, mask))
 
 
-def test_model_card_round_trips_through_a_dict(tiny_model_dir):
-    from engine.model.bundle import ModelCard
-
-    card = load_model(tiny_model_dir, device="cpu").card
-    data = json.loads(json.dumps(card.to_dict()))
-    assert data["window_seconds"] == pytest.approx(10.0)
-    assert ModelCard.from_dict(data) == card
-
-
 def test_model_card_refuses_an_operation_it_lacks():
     from engine.errors import InstructionError
     from engine.instructions import vocabulary
@@ -412,3 +403,19 @@ def test_peeking_leaves_to_loading_an_adapter_it_cannot_read(model_copy, tmp_pat
     ckpt.parent.mkdir()
     ckpt.write_bytes(b"not read by peeking")
     assert peek_card(model_copy, ckpt) is None and peek_card(model_copy, ckpt.parent) is None
+
+
+def test_saved_settings_read_back_leniently_for_runs_and_strictly_for_weights():
+    from dataclasses import asdict
+
+    from engine.model.config import FusionConfig
+    from engine.train.config import TrainConfig
+
+    fusion = FusionConfig(lora_rank=8, lora_targets=("q", "k", "v"))
+    saved = json.loads(json.dumps(fusion.to_dict()))  # lists on disk
+    assert FusionConfig.from_dict(saved) == fusion
+    with pytest.raises(ConfigError, match=r"unknown FusionConfig fields: \['newer'\]"):  # an adapter from a newer version
+        FusionConfig.from_dict({**saved, "newer": 1})
+    run = TrainConfig(steps=7, stage="base")
+    old_run = {**json.loads(json.dumps(asdict(run))), "setting_since_removed": 3}  # a run saved by an older version
+    assert TrainConfig.from_dict(old_run) == run

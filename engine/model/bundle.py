@@ -7,7 +7,7 @@ named as trained, "Drums", "Bass", "Piano", "Guitar"; engine/instructions.py for
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
@@ -50,20 +50,6 @@ class ModelCard:
     def window_seconds(self) -> float:
         """Longest input one window can condition on (engine.model.config.window_frames)."""
         return window_frames(self.cond_frames) / self.frame_rate
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["stems"] = list(self.stems)
-        data["window_seconds"] = self.window_seconds
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
-        known = {f for f in cls.__dataclass_fields__}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        if "stems" in kwargs:
-            kwargs["stems"] = tuple(kwargs["stems"])
-        return cls(**kwargs)
 
 
 @dataclass

@@ -127,14 +127,10 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FusionConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown FusionConfig fields: {sorted(unknown)}")
-        data = dict(data)
-        if "lora_targets" in data:
-            data["lora_targets"] = tuple(data["lora_targets"])
-        return cls(**data)
+        """An adapter file's fusion settings; ConfigError for a field this version does not know."""
+        from engine.files import from_saved
+
+        return from_saved(cls, data, strict=True)
 
 
 # MusicGen sizes (audiocraft / transformers facebook/musicgen-*); `tiny` is for tests and benchmarks.

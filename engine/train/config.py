@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConfigError
+from engine.files import from_saved
 from engine.model.config import frame_rate as codec_frame_rate
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 from engine.weights.names import MODEL_CARD, WEIGHTS
@@ -142,15 +143,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """A saved run's settings (history.json, a checkpoint's)."""
-        return _from_saved(cls, data)
-
-
-def _from_saved(cls: type, data: dict, renamed: dict[str, str] | None = None) -> Any:
-    """A config dataclass from saved JSON: fields it no longer has are dropped, renamed ones read under their new
-    name, JSON lists are tuples again."""
-    known = {f.name for f in fields(cls)}
-    named = {(renamed or {}).get(k, k): v for k, v in data.items()}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in named.items() if k in known})
+        return from_saved(cls, data)
 
 
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
@@ -225,14 +218,15 @@ class CodecTrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> CodecTrainConfig:
         """A saved run's settings (codec_train_config.json), earlier names included."""
-        return _from_saved(cls, data, CODEC_RENAMED)
+        return from_saved(cls, data, renamed=CODEC_RENAMED)
 
     def check(self) -> None:
         """ConfigError for settings no codec run can use (the same rules and words as TrainConfig.check)."""
         at_least(1, self, "steps", "batch", "ckpt_every", "log_every")
         at_least(0, self, "warmup", "quantize_after")
-        numbers(self, "lr", "seconds", positive=True)
-        numbers(self, "wave_mse_weight", positive=False, flags={"wave_mse_weight": "--wave-mse"})
+        numbers(self, "seconds", positive=True)
+        # --lr 0 is a run: the EMA codebooks still fit the data while the network stays as it started
+        numbers(self, "lr", "wave_mse_weight", positive=False, flags={"wave_mse_weight": "--wave-mse"})
 
 
 def _flag(name: str, flags: dict[str, str] | None = None) -> str:
