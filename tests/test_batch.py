@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_bridge_support import dead_pid, write_wav
 
 from bridge import batch
 from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
@@ -24,18 +25,12 @@ from engine.errors import ConfigError, DataError, InstructionError
 EDITS = ["extract drums", "no bass"]
 
 
-def write_tone(path: Path, seconds: float, rate: int, channels: int, seed: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sf.write(path, (0.1 * rng.standard_normal((int(seconds * rate), channels))).astype(np.float32), rate)
-
-
 @pytest.fixture
 def session(tmp_path) -> Path:
     """A small session: stereo wav at 22.05 kHz, a mono flac in a subfolder at 16 kHz, a text file to ignore."""
     root = tmp_path / "session"
-    write_tone(root / "mix.wav", 1.0, 22050, 2, seed=1)
-    write_tone(root / "stems" / "bass.flac", 0.5, 16000, 1, seed=2)
+    write_wav(root / "mix.wav", 1.0, 22050, 2, seed=1, subtype="PCM_16")
+    write_wav(root / "stems" / "bass.flac", 0.5, 16000, 1, seed=2, subtype="PCM_16")
     (root / "notes.txt").write_text("not audio")
     return root
 
@@ -72,7 +67,7 @@ def run_in_process(session: Path, out: Path, editor, *, retry_failed: bool = Fal
 
 def test_finds_audio_recursively_and_ignores_other_and_hidden_files(session):
     (session / ".cache").mkdir()
-    write_tone(session / ".cache" / "hidden.wav", 0.1, 8000, 1)
+    write_wav(session / ".cache" / "hidden.wav", 0.1, 8000, 1, subtype="PCM_16")
     rels = [s.rel for s in folder_sources(session)]
     assert rels == ["mix", "stems/bass"]
 
@@ -94,14 +89,14 @@ def test_finds_every_format_pedalboard_reads_whatever_the_case_of_the_extension(
 
 
 def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp_path):
-    write_tone(tmp_path / "song.wav", 0.1, 8000, 1)
-    write_tone(tmp_path / "song.flac", 0.1, 8000, 1)
+    write_wav(tmp_path / "song.wav", 0.1, 8000, 1, subtype="PCM_16")
+    write_wav(tmp_path / "song.flac", 0.1, 8000, 1, subtype="PCM_16")
     assert sorted(s.rel for s in folder_sources(tmp_path)) == ["song.flac", "song.wav"]
 
 
 def test_a_linked_folder_is_not_followed_and_the_table_says_so(session, tmp_path):
     library = tmp_path / "library"
-    write_tone(library / "loop.wav", 0.2, 16000, 1)
+    write_wav(library / "loop.wav", 0.2, 16000, 1, subtype="PCM_16")
     (session / "samples").symlink_to(library, target_is_directory=True)
     sources = collect_sources(session)
     assert [s.rel for s in sources if s.problem is None] == ["mix", "stems/bass"]
@@ -191,8 +186,8 @@ RPP = """<REAPER_PROJECT 0.1 "7.0/linux-x86_64" 1700000000
 @pytest.fixture
 def project(tmp_path) -> Path:
     folder = tmp_path / "song"
-    write_tone(folder / "Audio" / "loop.wav", 1.0, 22050, 2)
-    write_tone(folder / "keys.flac", 1.0, 16000, 1)
+    write_wav(folder / "Audio" / "loop.wav", 1.0, 22050, 2, subtype="PCM_16")
+    write_wav(folder / "keys.flac", 1.0, 16000, 1, subtype="PCM_16")
     path = folder / "song.rpp"
     path.write_text(RPP)
     return path
@@ -369,13 +364,12 @@ def test_two_batches_cannot_write_one_output_folder(tmp_path):
 
 def test_temporary_files_of_a_killed_run_are_swept_up_and_a_live_writers_stay(tmp_path):
     (tmp_path / "sub").mkdir()
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    leftover = tmp_path / "sub" / f".mix.extract_drums.{dead.pid}.0123abcd.partial.wav"  # audio_write.write_atomic's
+    dead = dead_pid()
+    leftover = tmp_path / "sub" / f".mix.extract_drums.{dead}.0123abcd.partial.wav"  # audio_write.write_atomic's
     leftover.write_bytes(b"half")
     live = tmp_path / "sub" / f".mix.remove_bass.{os.getpid()}.0123abcd.partial.wav"  # a server writing here now
     live.write_bytes(b"being written")
-    manifest_temp = tmp_path / f".manifest.json.{dead.pid}.0badc0de.tmp"  # engine.files.atomic_path's temporary
+    manifest_temp = tmp_path / f".manifest.json.{dead}.0badc0de.tmp"  # engine.files.atomic_path's temporary
     manifest_temp.write_bytes(b"{ half")
     claim_output_folder(tmp_path).close()
     assert not leftover.exists() and not manifest_temp.exists()
@@ -430,7 +424,8 @@ def test_a_rerun_skips_finished_pairs_without_touching_their_files(session, tmp_
 def test_a_changed_input_or_a_damaged_output_is_rendered_again(session, tmp_path, tiny_editor):
     out = tmp_path / "out"
     run_in_process(session, out, tiny_editor)
-    write_tone(session / "mix.wav", 1.0, 22050, 2, seed=99)  # same size, other samples: only the hash tells
+    # same size, other samples: only the hash tells
+    write_wav(session / "mix.wav", 1.0, 22050, 2, seed=99, subtype="PCM_16")
     with open(out / "stems" / "bass.remove_bass.wav", "ab") as f:
         f.write(b"\0" * 16)
     summary = run_in_process(session, out, tiny_editor)
@@ -492,7 +487,7 @@ def test_failures_are_retried_only_when_asked(session, tmp_path, tiny_editor):
     run_in_process(session, out, tiny_editor)
     again = run_in_process(session, out, tiny_editor)
     assert (again.done, again.not_retried) == (0, 2)
-    write_tone(broken, 0.3, 8000, 1)  # the user repaired the file
+    write_wav(broken, 0.3, 8000, 1, subtype="PCM_16")  # the user repaired the file
     retried = run_in_process(session, out, tiny_editor, retry_failed=True)
     assert (retried.done, retried.failed) == (2, 0)
 
@@ -584,19 +579,11 @@ def test_cli_without_edits_is_refused(session, tmp_path, capsys):
     assert "--edit" in capsys.readouterr().err
 
 
-def _no_model_load(monkeypatch) -> None:
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr("engine.editor.Editor.load", refuse)
-
-
 def test_cli_dry_run_on_a_project_whose_media_are_missing_says_why_without_a_model(
-    project, tmp_path, monkeypatch, capsys
+    project, tmp_path, capsys, no_model_load
 ):
     (project.parent / "Audio" / "loop.wav").unlink()
     (project.parent / "keys.flac").unlink()
-    _no_model_load(monkeypatch)
     out = tmp_path / "out"
     assert main(["batch", str(project), "--edit", "extract drums", "-o", str(out), "--dry-run"]) == 1
     printed = capsys.readouterr().out
@@ -606,8 +593,7 @@ def test_cli_dry_run_on_a_project_whose_media_are_missing_says_why_without_a_mod
     assert not out.exists()
 
 
-def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tmp_path, monkeypatch, capsys):
-    _no_model_load(monkeypatch)
+def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tmp_path, capsys, no_model_load):
     out = tmp_path / "out"
     assert main(["batch", str(session), *[a for e in EDITS for a in ("--edit", e)], "-o", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
@@ -617,8 +603,7 @@ def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tm
 
 
 @pytest.mark.parametrize("where", ["a file", "inside the session"])
-def test_a_dry_run_refuses_an_output_folder_the_real_run_would_refuse(session, tmp_path, monkeypatch, capsys, where):
-    _no_model_load(monkeypatch)
+def test_a_dry_run_refuses_an_output_folder_the_real_run_would_refuse(session, tmp_path, capsys, where, no_model_load):
     out = tmp_path / "afile" if where == "a file" else session / "results"
     if where == "a file":
         out.write_bytes(b"not a folder")
@@ -629,11 +614,10 @@ def test_a_dry_run_refuses_an_output_folder_the_real_run_would_refuse(session, t
 
 
 def test_cli_with_nothing_renderable_exits_1_with_the_reasons_and_loads_no_model(
-    project, tmp_path, monkeypatch, capsys
+    project, tmp_path, capsys, no_model_load
 ):
     (project.parent / "Audio" / "loop.wav").unlink()
     (project.parent / "keys.flac").unlink()
-    _no_model_load(monkeypatch)
     out = tmp_path / "out"
     assert main(["batch", str(project), "--edit", "extract drums", "-o", str(out)]) == 1
     printed = capsys.readouterr().out
@@ -670,8 +654,7 @@ def test_the_mode_reaches_the_engine_and_the_manifest(session, tmp_path, tiny_mo
     assert (record["settings"]["mode"], record["info"]["mode"]) == ("resynth", "resynth")
 
 
-def test_an_unknown_mode_is_refused_before_any_work(session, tmp_path, monkeypatch, capsys):
-    _no_model_load(monkeypatch)
+def test_an_unknown_mode_is_refused_before_any_work(session, tmp_path, capsys, no_model_load):
     out = tmp_path / "out"
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--mode", "karaoke", "--dry-run"]
     assert main(argv) == 1
@@ -717,9 +700,8 @@ def test_the_summary_says_each_distinct_note_once_with_where_it_came_from(tmp_pa
 
 
 def test_a_dry_run_says_the_model_cards_own_verdict_before_anything_renders(
-    session, tmp_path, judged_model_dir, monkeypatch, capsys
+    session, tmp_path, judged_model_dir, capsys, no_model_load
 ):
-    _no_model_load(monkeypatch)
     argv = ["batch", str(session), "--edit", "extract drums", "--edit", "remove bass", "--model", str(judged_model_dir)]
     assert main([*argv, "-o", str(tmp_path / "out"), "--dry-run"]) == 0
     printed = capsys.readouterr().out

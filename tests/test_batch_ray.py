@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+from test_bridge_support import write_wav
 
 from bridge.cli import main
 
@@ -16,11 +17,8 @@ EDITS = ["--edit", "extract drums", "--edit", "no bass"]
 
 
 def make_session(root):
-    rng = np.random.default_rng(0)
-    for name, rate, channels in [("a.wav", 22050, 2), ("sub/b.flac", 16000, 1)]:
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, (0.1 * rng.standard_normal((rate, channels))).astype(np.float32), rate)
+    write_wav(root / "a.wav", 1.0, 22050, 2, seed=0, subtype="PCM_16")
+    write_wav(root / "sub" / "b.flac", 1.0, 16000, 1, seed=1, subtype="PCM_16")
 
 
 def test_ray_batch_on_a_local_instance_matches_the_in_process_results(tmp_path, tiny_model_dir, capsys):

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
+from test_bridge_support import write_wav
 
 from bridge.cli import main
 
@@ -21,11 +21,8 @@ EDITS = ["extract drums", "remove bass"]
 
 
 def make_session(root: Path) -> None:
-    rng = np.random.default_rng(0)
     for i in range(FILES):
-        path = root / f"part{i // 3}" / f"take{i}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(path, (0.1 * rng.standard_normal((16000, 2))).astype(np.float32), 16000)
+        write_wav(root / f"part{i // 3}" / f"take{i}.wav", 1.0, 16000, 2, seed=i, subtype="PCM_16")
 
 
 def batch_command(session: Path, out: Path, model: Path) -> list[str]:

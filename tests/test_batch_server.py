@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import soundfile as sf
+from test_bridge_support import write_wav
 
 from bridge import tracking
 from bridge.cli import main
-from bridge.server import EngineServer
 
 
 @pytest.fixture
-def server(tmp_path, tiny_editor):
-    server = EngineServer(
-        editor=tiny_editor, port=0, journal_dir=tmp_path / "journal", allow_roots=[tmp_path], warm_up=False
-    )
-    server.start()
-    assert server.wait_ready(30)
-    yield server
-    server.stop()
+def server(serve, tiny_editor, tmp_path):
+    return serve(editor=tiny_editor, root=tmp_path)
 
 
 @pytest.fixture
 def session(tmp_path):
     root = tmp_path / "session"
-    rng = np.random.default_rng(0)
-    for name, rate, channels in [("a.wav", 22050, 2), ("sub/b.wav", 16000, 1)]:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(root / name, (0.1 * rng.standard_normal((rate // 2, channels))).astype(np.float32), rate)
+    write_wav(root / "a.wav", 0.5, 22050, 2, seed=0, subtype="PCM_16")
+    write_wav(root / "sub" / "b.wav", 0.5, 16000, 1, seed=1, subtype="PCM_16")
     return root
 
 
@@ -91,7 +82,9 @@ def test_no_server_listening_is_one_clear_line(session, tmp_path, capsys):
     assert tracking.not_answering("127.0.0.1", 9) in capsys.readouterr().err
 
 
-def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny_editor, session, monkeypatch, capsys):
+def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(
+    serve, tmp_path, tiny_editor, session, monkeypatch, capsys
+):
     import threading
     import time as clock
 
@@ -109,11 +102,7 @@ def test_a_server_that_dies_mid_job_stops_the_batch_with_one_line(tmp_path, tiny
             return tiny_editor.edit(*args, **kwargs)
 
     started = threading.Event()
-    server = EngineServer(
-        editor=SlowEditor(), port=0, journal_dir=tmp_path / "journal", allow_roots=[tmp_path], warm_up=False
-    )
-    server.start()
-    assert server.wait_ready(30)
+    server = serve(editor=SlowEditor(), root=tmp_path)
     threading.Thread(target=lambda: started.wait(30) and server.stop(), daemon=True).start()
     monkeypatch.setattr(batch_backends.ServerBackend, "silence_limit_s", 2.0)
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out")]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from pedalboard.io import AudioFile
+from test_bridge_support import dead_pid
 
 from bridge.audio_read import probe, read_region
 from bridge.audio_write import unique_result_path, write_atomic
@@ -207,24 +208,15 @@ def test_read_region_seeks_and_reads_only_the_region(tmp_path, monkeypatch):
     assert reads == [(15 * 44100, 44100)]
 
 
-def _dead_pid() -> int:
-    import subprocess
-    import sys
-
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
 def test_sweep_removes_only_a_dead_writers_temporary_files(tmp_path):
     from bridge.audio_write import sweep_partials
 
     final = tmp_path / "song [take 1].extract drums.wav"  # glob metacharacters in the name
     final.write_bytes(b"keep")
     stem = final.stem
-    dead = tmp_path / f".{stem}.{_dead_pid()}.0badc0de.partial.wav"
+    dead = tmp_path / f".{stem}.{dead_pid()}.0badc0de.partial.wav"
     live = tmp_path / f".{stem}.{os.getpid()}.12345678.partial.wav"
-    other = tmp_path / f".another.{_dead_pid()}.0badc0de.partial.wav"
+    other = tmp_path / f".another.{dead_pid()}.0badc0de.partial.wav"
     odd = tmp_path / f".{stem}.notapid.partial.wav"
     for path in (dead, live, other, odd):
         path.write_bytes(b"half")

@@ -15,22 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_bridge_support import FakeEditor, start_server, write_wav
+from test_bridge_support import FakeEditor, dead_pid, start_server, write_wav
 
 from bridge import protocol
 from bridge.client import Client, JobResult, NoReply, RemoteError
-from bridge.playback import FakePlayer
 from bridge.server import EngineServer
 from engine.errors import ConfigError
 
 TIMEOUT = 10.0
-
-
-@pytest.fixture
-def server(tmp_path, root):
-    server = start_server(tmp_path, root, player=FakePlayer(time_scale=1.0))
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -644,8 +636,6 @@ def test_the_server_answers_while_loading_and_runs_jobs_sent_meanwhile_once_read
 
 def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, root, song):
     """kill -9 mid-write leaves a hidden temporary file beside the result; the rerun of that job sweeps it."""
-    import subprocess
-    import sys
 
     from bridge.jobs import Job, JobBook, Journal
     from bridge.protocol import EditRequest
@@ -656,9 +646,7 @@ def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, roo
     job = Job(EditRequest("crashed-1", str(song), 0.0, 1.0, "extract drums"), reply_to=("127.0.0.1", 9))
     first.submit(job, lambda reserved: str(target))
     first.journal.close()  # the job was accepted and never finished
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    leftover = root / f".{target.stem}.{process.pid}.0badc0de.partial.wav"
+    leftover = root / f".{target.stem}.{dead_pid()}.0badc0de.partial.wav"
     leftover.write_bytes(b"half a file")
     mine = root / f".{target.stem}.{os.getpid()}.12345678.partial.wav"  # a live writer's: not ours to remove
     mine.write_bytes(b"being written")

@@ -125,15 +125,29 @@ def launch_fake_server(
     return process, int(port_file.read_text())
 
 
-def write_wav(path: Path, seconds: float = 1.0, sample_rate: int = 16000, channels: int = 1, seed: int = 0) -> Path:
-    """A noise file; sample i of channel c is reproducible from the seed."""
+def write_wav(
+    path: Path,
+    seconds: float = 1.0,
+    sample_rate: int = 16000,
+    channels: int = 1,
+    seed: int = 0,
+    subtype: str = "FLOAT",
+) -> Path:
+    """A noise file (any format soundfile writes, by suffix); sample i of channel c is reproducible from the seed."""
     import soundfile as sf
 
     rng = np.random.default_rng(seed)
     audio = (rng.standard_normal((int(seconds * sample_rate), channels)) * 0.1).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), audio, sample_rate, subtype="FLOAT")
+    sf.write(str(path), audio, sample_rate, subtype=subtype)
     return path
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited and been reaped."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,9 @@ import pytest
 
 from bridge.cli import main
 from engine.instructions import OPERATIONS
-from engine.train.data.render import default_soundfonts
-
-needs_soundfont = pytest.mark.skipif(not default_soundfonts(), reason="no General MIDI soundfont on this machine")
 
 
-@needs_soundfont
+@pytest.mark.needs_soundfont
 def test_synth_then_info_reports_layout_songs_and_classes(tmp_path, capsys):
     out = tmp_path / "data"
     argv = ["data", "synth", "--tracks", "2", "-o", str(out), "--seconds", "2", "--sample-rate", "16000", "--quiet"]
@@ -28,7 +25,7 @@ def test_synth_then_info_reports_layout_songs_and_classes(tmp_path, capsys):
     assert summary["hours"] == pytest.approx(2 * 2 / 3600, abs=1e-4)
 
 
-@needs_soundfont
+@pytest.mark.needs_soundfont
 def test_synth_once_starts_then_finishes_a_cut_run_then_keeps_it(tmp_path, capsys):
     import shutil
 
@@ -71,7 +68,7 @@ def test_data_command_module_does_not_import_torch():
     assert proc.stdout.strip() == "False"
 
 
-@needs_soundfont
+@pytest.mark.needs_soundfont
 def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
     data = tmp_path / "data"
     synth = ["data", "synth", "--tracks", "3", "-o", str(data), "--seconds", "2", "--sample-rate", "16000", "--quiet"]

@@ -13,20 +13,14 @@ from engine.errors import ConfigError, DataError
 from engine.instructions import OFFICIAL_STEMS
 from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes, read_window, split_songs
 from engine.train.data.layouts import StemFile, scan
-from engine.train.data.render import default_soundfonts
 from engine.train.data.stems import caption_word
-from engine.train.data.synth import synthesize
 
 RATE = 16000
 
 
 @pytest.fixture(scope="module")
-def synth_catalog(tmp_path_factory):
-    if not default_soundfonts():
-        pytest.skip("no General MIDI soundfont on this machine")
-    out = tmp_path_factory.mktemp("clips") / "data"
-    synthesize(out, 3, seed=11, seconds=4.0, sample_rate=RATE, progress=False)
-    return scan(out)
+def synth_catalog(synth_songs):
+    return scan(synth_songs(3, 4.0, 11))
 
 
 def _config(**overrides) -> ClipConfig:

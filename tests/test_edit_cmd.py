@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_bridge_support import write_wav
 
 from bridge import playback
 from bridge.cli import main
@@ -18,10 +19,7 @@ RATE = 22050
 
 @pytest.fixture
 def song(tmp_path) -> Path:
-    path = tmp_path / "song.wav"
-    rng = np.random.default_rng(0)
-    sf.write(path, (0.1 * rng.standard_normal((int(1.5 * RATE), 2))).astype(np.float32), RATE)
-    return path
+    return write_wav(tmp_path / "song.wav", 1.5, RATE, 2, subtype="PCM_16")
 
 
 @pytest.fixture
@@ -100,11 +98,7 @@ def test_unknown_instruction_is_one_line_and_writes_nothing(song, tmp_path, tiny
     assert not out.exists()
 
 
-def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, tmp_path, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr("engine.editor.Editor.load", refuse)
+def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, tmp_path, capsys, no_model_load):
     out = tmp_path / "x.wav"
     assert main(["edit", str(song), "extract kazoo", "-o", str(out)]) == 1  # the embedded default model's card
     err = capsys.readouterr().err
@@ -113,11 +107,7 @@ def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, 
     assert "mask or resynth" in capsys.readouterr().err
 
 
-def test_an_output_name_too_long_to_write_is_refused_before_the_model_loads(song, tmp_path, monkeypatch, capsys):
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded")
-
-    monkeypatch.setattr("engine.editor.Editor.load", refuse)
+def test_an_output_name_too_long_to_write_is_refused_before_the_model_loads(song, tmp_path, capsys, no_model_load):
     assert main(["edit", str(song), "extract drums", "-o", str(tmp_path / ("y" * 236 + ".wav"))]) == 1
     assert "the output file name is 240 bytes long" in capsys.readouterr().err
 
@@ -167,8 +157,7 @@ def test_play_plays_the_written_result(song, tmp_path, tiny_model_dir, monkeypat
 
 def test_ab_alternates_source_and_result_on_the_chosen_device(tmp_path, tiny_model_dir, monkeypatch, no_keys):
     rate = 8000
-    song = tmp_path / "long.wav"
-    sf.write(song, (0.1 * np.random.default_rng(1).standard_normal((5 * rate, 1))).astype(np.float32), rate, "FLOAT")
+    song = write_wav(tmp_path / "long.wav", 5.0, rate, 1, seed=1)
     player, chosen = FakePlayer(time_scale=0.0), []
     monkeypatch.setattr(playback, "get_player", lambda device=None: chosen.append(device) or player)
     out = tmp_path / "drums.wav"

@@ -4,10 +4,9 @@ import json
 import math
 import os
 import stat
-import subprocess
-import sys
 
 import pytest
+from test_bridge_support import dead_pid
 
 from engine.errors import CheckpointError, ImusicError
 from engine.files import (
@@ -95,14 +94,9 @@ def test_json_is_json_safe_non_finite_floats_become_null(tmp_path):
     assert json.loads(text) == {"b": 1, "a": "é"} and text.index('"b"') < text.index('"a"') and "é" in text
 
 
-def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    return int(proc.stdout)
-
-
 @pytest.mark.skipif(os.name == "nt", reason="no process check on Windows: every temporary is kept there")
 def test_a_write_sweeps_the_temporaries_of_killed_writers_and_nothing_else(tmp_path):
-    dead = tmp_path / f".step_00000100.pt.{_dead_pid()}.0badc0de.tmp"  # a save killed at an earlier step
+    dead = tmp_path / f".step_00000100.pt.{dead_pid()}.0badc0de.tmp"  # a save killed at an earlier step
     live = tmp_path / f".step_00000100.pt.{os.getpid()}.12345678.tmp"  # a writer still running
     odd = tmp_path / ".notes.tmp"  # not one of ours
     for path in (dead, live, odd):

@@ -260,21 +260,10 @@ def test_static_step_traces_as_one_graph_and_matches_the_full_pass(fused, fuse):
     static_decode.release(fused)
 
 
-def _open_adapters(model: MusicGenLM) -> None:
-    # trained-looking adapters: open gates and non-zero LoRA B, so that every folded path carries signal
-    with torch.no_grad():
-        model.fusion.gates.fill_(0.8)
-        for layer in model.layers:
-            layer.cross_attn.q.lora_b.normal_(0.0, 0.2)
-            layer.cross_attn.v.lora_b.normal_(0.0, 0.2)
-
-
-def test_one_token_decode_steps_equal_the_full_pass_with_adapters_padding_and_cfg():
+def test_one_token_decode_steps_equal_the_full_pass_with_adapters_padding_and_cfg(adapted_lm):
     # the eager step of small models (ctx.plan: folded cross-attention, prescaled weights) against the plain pass;
     # row 1 has text padding, row 2 is the CFG null condition (no text at all)
-    torch.manual_seed(0)
-    model = MusicGenLM(CFG, FusionConfig(lora_rank=4, cond_frames=21)).eval()
-    _open_adapters(model)
+    model = adapted_lm(CFG)
     states = torch.randn(3, 5, CFG.text_dim)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
     states[2] = 0

@@ -16,18 +16,6 @@ from engine.train.loop import train
 RATE = 16000
 
 
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    from engine.train.data.render import default_soundfonts
-    from engine.train.data.synth import synthesize
-
-    if not default_soundfonts():
-        pytest.skip("no General MIDI soundfont on this machine")
-    out = tmp_path_factory.mktemp("train_data") / "data"
-    synthesize(out, 5, seed=11, seconds=3.0, sample_rate=RATE, progress=False)
-    return out
-
-
 @pytest.fixture()
 def config(synth_data, tiny_model_dir) -> TrainConfig:
     return TrainConfig(

@@ -28,22 +28,9 @@ def same_model_two_layouts(tmp_path_factory):
 
 
 @pytest.fixture
-def t5_in_cache(same_model_two_layouts, tmp_path, monkeypatch):
-    import huggingface_hub.constants as constants
-
-    cache = tmp_path / "hf_cache"
-    write_t5_to_hub_cache(cache, model=same_model_two_layouts[2])
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-@pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+def t5_in_cache(same_model_two_layouts, hub_cache):
+    write_t5_to_hub_cache(hub_cache.path, model=same_model_two_layouts[2])
+    return hub_cache
 
 
 def test_layout_is_detected(same_model_two_layouts):
@@ -78,7 +65,7 @@ def test_text_encoder_comes_from_the_cache(same_model_two_layouts, t5_in_cache):
     torch.testing.assert_close(hf_states, ac_states)
 
 
-def test_missing_t5_says_how_to_get_it(same_model_two_layouts, empty_cache):
+def test_missing_t5_says_how_to_get_it(same_model_two_layouts, hub_cache):
     with pytest.raises(CheckpointError, match="imusic weights download t5-base"):
         load_model(same_model_two_layouts[1], device="cpu")
 

@@ -10,31 +10,14 @@ import torch
 
 from bridge.cli import main
 from engine.errors import CheckpointError
-from engine.tools.tiny_models import write_tiny_official_ckpt
 from engine.weights import load_model
-
-FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture(scope="module")
-def official_ckpt(tiny_model_dir, tmp_path_factory):
-    return write_tiny_official_ckpt(tmp_path_factory.mktemp("official") / "finetuned.ckpt", tiny_model_dir / "base")
 
 
 @pytest.fixture
-def fake_hub(tiny_model_dir, tmp_path, monkeypatch):
-    """A Hugging Face cache holding "facebook/musicgen-small" (the tiny base), laid out as huggingface_hub does."""
-    cache = tmp_path / "hf_cache"
-    repo = cache / "models--facebook--musicgen-small"
-    shutil.copytree(tiny_model_dir / "base", repo / "snapshots" / FAKE_COMMIT)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(FAKE_COMMIT)
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
+def fake_hub(tiny_model_dir, hub_cache):
+    """The hub cache holding "facebook/musicgen-small" (the tiny base)."""
+    hub_cache.add("facebook/musicgen-small", tiny_model_dir / "base")
+    return hub_cache
 
 
 def test_info_on_our_model_dir_counts_parameters(tiny_model_dir, capsys):
@@ -83,13 +66,13 @@ def test_hub_name_resolves_from_the_local_cache(fake_hub):
     model = load_model("facebook/musicgen-small", device="cpu", dtype="fp32")
     assert model.card.sample_rate == 16000
     assert model.card.name == "facebook/musicgen-small"
-    assert FAKE_COMMIT in model.card.provenance["path"]
+    assert fake_hub.commit in model.card.provenance["path"]
 
 
 def test_alias_resolves_too(fake_hub):
     from engine.weights.hub import cached_snapshot
 
-    assert cached_snapshot("musicgen-small").name == FAKE_COMMIT
+    assert cached_snapshot("musicgen-small").name == fake_hub.commit
 
 
 def test_hub_name_not_in_cache_says_how_to_get_it(fake_hub):
@@ -99,7 +82,7 @@ def test_hub_name_not_in_cache_says_how_to_get_it(fake_hub):
 
 def test_download_of_a_cached_model_prints_its_path(fake_hub, capsys):
     assert main(["weights", "download", "musicgen-small"]) == 0
-    assert capsys.readouterr().out.strip().endswith(FAKE_COMMIT)
+    assert capsys.readouterr().out.strip().endswith(fake_hub.commit)
 
 
 def test_download_offline_fails_with_a_clear_message(fake_hub, capsys):
@@ -212,22 +195,9 @@ def test_info_on_audiocraft_layout(tmp_path, capsys):
     assert "state_dict.bin" in report["files"]
 
 
-def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, official_ckpt, tmp_path, monkeypatch):
-    import huggingface_hub.constants as constants
-
-    cache = tmp_path / "hf_cache"
-    for repo, files in (("facebook/musicgen-large", tiny_model_dir / "base"), ("ldzhangyx/instruct-MusicGen", None)):
-        repo_dir = cache / ("models--" + repo.replace("/", "--"))
-        snapshot = repo_dir / "snapshots" / FAKE_COMMIT
-        if files is not None:
-            shutil.copytree(files, snapshot)
-        else:
-            snapshot.mkdir(parents=True)
-            shutil.copy(official_ckpt, snapshot / "finetuned.ckpt")
-        (repo_dir / "refs").mkdir(parents=True)
-        (repo_dir / "refs" / "main").write_text(FAKE_COMMIT)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, official_ckpt, hub_cache):
+    hub_cache.add("facebook/musicgen-large", tiny_model_dir / "base")
+    shutil.copy(official_ckpt, hub_cache.add("ldzhangyx/instruct-MusicGen") / "finetuned.ckpt")
     model = load_model("instruct-musicgen", device="cpu", dtype="fp32")
     assert model.card.has_adapter
     explicit = load_model("musicgen-large", adapter="ldzhangyx/instruct-MusicGen", device="cpu", dtype="fp32")
@@ -237,10 +207,6 @@ def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, of
     assert model.card.provenance["adapter"].endswith("finetuned.ckpt")
 
 
-def test_official_adapter_without_cached_base_says_what_to_download(official_ckpt, tmp_path, monkeypatch):
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+def test_official_adapter_without_cached_base_says_what_to_download(official_ckpt, hub_cache):
     with pytest.raises(CheckpointError, match="imusic weights download facebook/musicgen-large"):
         load_model(official_ckpt, device="cpu")

@@ -10,15 +10,10 @@ import torch
 
 from engine.errors import CheckpointError
 from engine.instructions import format_prompt
-from engine.tools.tiny_models import official_state_dict, write_official_ckpt, write_tiny_official_ckpt
+from engine.tools.tiny_models import official_state_dict, write_official_ckpt
 from engine.weights import load_model
 from engine.weights.official import map_official_state, read_checkpoint, read_official_adapter
 from engine.weights.official import official_state_dict as read_state
-
-
-@pytest.fixture(scope="module")
-def official_ckpt(tiny_model_dir, tmp_path_factory):
-    return write_tiny_official_ckpt(tmp_path_factory.mktemp("official") / "finetuned.ckpt", tiny_model_dir / "base")
 
 
 def test_fake_checkpoint_references_the_official_classes(official_ckpt):
