@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine.errors import CheckpointError
+from engine.errors import CheckpointError, ConfigError
 from engine.instructions import format_prompt
 from engine.weights import load_model
 
@@ -414,7 +414,7 @@ def test_saved_settings_read_back_leniently_for_runs_and_strictly_for_weights():
     fusion = FusionConfig(lora_rank=8, lora_targets=("q", "k", "v"))
     saved = json.loads(json.dumps(fusion.to_dict()))  # lists on disk
     assert FusionConfig.from_dict(saved) == fusion
-    with pytest.raises(ConfigError, match=r"unknown FusionConfig fields: \['newer'\]"):  # an adapter from a newer version
+    with pytest.raises(ConfigError, match=r"unknown FusionConfig fields: \['newer'\]"):  # a newer version's adapter
         FusionConfig.from_dict({**saved, "newer": 1})
     run = TrainConfig(steps=7, stage="base")
     old_run = {**json.loads(json.dumps(asdict(run))), "setting_since_removed": 3}  # a run saved by an older version
