@@ -4,7 +4,7 @@ Sources: our model directory (model_card.json + base/ + adapter/), a transformer
 directory (state_dict.bin + compression_state_dict.bin), or a hub name already in the local Hugging Face cache.
 Adapters: our adapter directory (adapter.json + adapter.safetensors) or the official `finetuned.ckpt` (a path or a
 cached hub name); the official adapter given alone as `source` goes on the cached facebook/musicgen-large.
-`save_model_dir` writes our model directory from loaded parts (what training produces).
+`save_model_dir` writes our model directory from loaded parts (the same layout the training stages export).
 """
 
 from __future__ import annotations
@@ -346,7 +346,8 @@ def save_model_dir(
     description: str = "",
 ) -> Path:
     """Write our model directory (model_card.json + base/ in transformers layout + adapter/ when `lm` has adapters)
-    from loaded parts: what a training run hands to load_model, and how the embedded default is produced."""
+    from loaded parts, for a model built or changed in Python. The training stages export theirs from the
+    transformers template they trained on (engine/train/base.py, adapters.py); both load with load_model."""
     import torch
     from safetensors.torch import save_file
     from transformers import MusicgenConfig, MusicgenDecoderConfig
