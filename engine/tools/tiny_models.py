@@ -11,25 +11,26 @@ Everything here is random: it tests mechanics (shapes, key names, alignment), ne
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
-from engine.model.config import FusionConfig
+from engine.model.config import PRESETS, FusionConfig
 
 if TYPE_CHECKING:
     from transformers import EncodecModel, MusicgenConfig, MusicgenForConditionalGeneration, PreTrainedTokenizerFast
 
+# The test model's decoder is the "tiny" preset (what `bench decode --shapes tiny` times), on a codec of 64 codes.
+TINY = PRESETS["tiny"]
 TINY_SAMPLE_RATE = 16000
 TINY_CARD = 64
-TINY_CODEBOOKS = 4
-TINY_TEXT_DIM = 32
-TINY_LAYERS = 2
-TINY_DIM = 64
-TINY_HEADS = 4
-TINY_FFN = 128
+TINY_CODEBOOKS = TINY.num_codebooks
+TINY_TEXT_DIM = TINY.text_dim
+TINY_LAYERS = TINY.num_layers
+TINY_DIM = TINY.dim
 TINY_COND_FRAMES = FusionConfig().cond_frames  # the published adapter's condition window
 
 # Words the tiny tokenizer knows: the official instruction words, our stems, and words for describing mixes.
@@ -40,12 +41,14 @@ _WORD_LINES = (
 TINY_WORDS = tuple(word for line in _WORD_LINES for word in line.split())
 
 
-def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD) -> MusicgenConfig:
-    """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, tiny decoder."""
+def tiny_musicgen_config(
+    num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD, ffn_dim: int | None = None
+) -> MusicgenConfig:
+    """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, and the tiny
+    preset's decoder, or one of `num_layers` x `dim` (feed-forward `ffn_dim`, else 4 x dim as MusicGen's)."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     from engine.model.codec import encodec_config
-    from engine.model.config import LMConfig
     from engine.weights.convert import lm_config_to_transformers
 
     text = T5Config(
@@ -71,8 +74,7 @@ def tiny_musicgen_config(num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, car
         num_lstm_layers=1,
         codebook_dim=32,
     )
-    ffn_dim = TINY_FFN if dim == TINY_DIM else 2 * dim
-    shape = LMConfig(num_layers, dim, TINY_HEADS, ffn_dim, TINY_CODEBOOKS, card, text_dim=TINY_TEXT_DIM)
+    shape = replace(TINY, num_layers=num_layers, dim=dim, ffn_dim=ffn_dim or 4 * dim, card=card)
     decoder = MusicgenDecoderConfig(**lm_config_to_transformers(shape))
     return MusicgenConfig(text_encoder=text, audio_encoder=audio, decoder=decoder)
 
