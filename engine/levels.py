@@ -45,7 +45,7 @@ SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit
 _BLOCK_SECONDS = 0.4
 _SHORT_TILE_SECONDS = 2.0
 _OVERSAMPLE = 4
-_STEM_QUANTILE = 0.25  # of mix-to-stem ratios; chosen on synthesized stems (see estimate_stem_gain_db)
+STEM_QUANTILE = 0.25  # of mix-to-stem ratios; chosen on synthesized stems (see estimate_stem_gain_db)
 _RAMP_S = 0.005  # limiter attack/release ramp
 _HOLD_S = 0.05  # limiter hold after a peak
 _OVERSAMPLE_BELOW = 192000  # rates at and above this are their own true peak (BS.1770 oversamples to >= 192 kHz)
@@ -178,7 +178,7 @@ def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -
     """Gain (dB) that puts an extracted stem at the level it has in the mix; None when the stem is silent or the clip
     too short to tell (under 64 samples).
 
-    Energy-weighted low quantile (_STEM_QUANTILE) of 10*log10(P_mix / P_stem) over the bins that hold the stem's
+    Energy-weighted low quantile (STEM_QUANTILE) of 10*log10(P_mix / P_stem) over the bins that hold the stem's
     energy (within 30 dB of its loudest bins): where the stem dominates the mix that ratio is exactly the missing
     gain; where other parts share a bin it is too high, hence a low quantile rather than the median. Measured on
     54 ten-second clips of 6 synthesized tracks (imusic data synth, seed 7, 44.1 kHz; true stems known; outputs at
@@ -192,7 +192,7 @@ def estimate_stem_gain_db(stem: np.ndarray, mix: np.ndarray, sample_rate: int) -
     p_mix = _power_spectrogram(mix, sample_rate)
     frames = min(p_stem.shape[1], p_mix.shape[1])
     p_stem, p_mix = p_stem[:, :frames], p_mix[:, :frames]
-    ratio = weighted_power_ratio(p_mix, p_stem, p_stem, _STEM_QUANTILE)
+    ratio = weighted_power_ratio(p_mix, p_stem, p_stem, STEM_QUANTILE)
     return None if ratio is None else float(10 * np.log10(ratio))
 
 

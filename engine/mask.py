@@ -42,7 +42,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.instructions import OPERATIONS
-from engine.levels import STEM_FLOOR_LU, weighted_power_ratio
+from engine.levels import STEM_FLOOR_LU, STEM_QUANTILE, weighted_power_ratio
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,9 @@ DEFAULT_SETTINGS = {
     "remove": MaskSettings(window_s=0.032, smooth_s=0.0, smooth_hz=100.0, exponent=0.5, floor=0.0, calibrate=False),
     "add": MaskSettings(window_s=0.032, smooth_s=0.1, smooth_hz=0.0, exponent=2.0, calibrate=False),
 }
-_QUANTILE = {"extract": 0.25, "remove": 0.25, "add": 0.75}
+# The calibration's quantile: where the estimated part dominates the bins it is in (extract, remove) the one the level
+# estimate uses; for add, where the generated part shares its bins with the original, a high one.
+_QUANTILE = {"extract": STEM_QUANTILE, "remove": STEM_QUANTILE, "add": 0.75}
 _EPS = 1e-20
 
 
