@@ -77,14 +77,25 @@ def seconds_option(text: str) -> float:
     return value
 
 
+def position_option(text: str) -> float:
+    """argparse type of a place in a file (--start, --end): seconds from its start, not negative. The wire reads a
+    negative end as "to the end" (protocol.TO_END); typed, `--end -3` would look like "3 s before the end"."""
+    value = seconds_option(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be seconds from the start of the file, not negative, got {text!r} (leave --end out for the end)"
+        )
+    return value
+
+
 def add_region_options(parser: argparse.ArgumentParser) -> None:
     """--start and --end of the region a command edits or plays, in seconds; --end defaults to the end of the file
     (bridge.protocol.TO_END), one spelling for `imusic edit`, `imusic send edit` and `imusic play`."""
     from bridge.protocol import TO_END
 
-    parser.add_argument("--start", type=seconds_option, default=0.0, help="start of the region, seconds (default 0)")
+    parser.add_argument("--start", type=position_option, default=0.0, help="start of the region, seconds (default 0)")
     parser.add_argument(
-        "--end", type=seconds_option, default=TO_END, help="end of the region, seconds (default: end of file)"
+        "--end", type=position_option, default=TO_END, help="end of the region, seconds (default: end of file)"
     )
 
 

@@ -107,6 +107,17 @@ def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, 
     assert "mask or resynth" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["edit", "{song}", "extract drums"], ["send", "edit", "{song}", "extract drums"]])
+@pytest.mark.parametrize("option", ["--end", "--start"])
+def test_a_negative_region_time_is_a_usage_error_not_the_end_of_the_file(song, capsys, no_model_load, command, option):
+    with pytest.raises(SystemExit) as usage:
+        main([part.format(song=song) for part in command] + [option, "-3"])
+    assert usage.value.code == 2  # argparse's: nothing was sent, loaded or written
+    assert f"argument {option}: must be seconds from the start of the file, not negative, got '-3'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_an_output_name_too_long_to_write_is_refused_before_the_model_loads(song, tmp_path, capsys, no_model_load):
     assert main(["edit", str(song), "extract drums", "-o", str(tmp_path / ("y" * 236 + ".wav"))]) == 1
     assert "the output file name is 240 bytes long" in capsys.readouterr().err
