@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,30 @@ def synth_songs(tmp_path_factory):
 def synth_data(synth_songs):
     """Five 3 s songs of `imusic data synth` at 16 kHz (seed 11): enough for every split, task and clip."""
     return synth_songs(5, 3.0, 11)
+
+
+@pytest.fixture
+def read_only():
+    """`read_only(folder)`: `folder` refuses writes until the test ends, root included (whom modes do not stop: the
+    folder is made immutable instead); skips where that cannot be done."""
+    locked: list[tuple[Path, bool]] = []
+
+    def lock(folder: Path) -> Path:
+        folder.chmod(0o555)
+        immutable = False
+        if os.access(folder, os.W_OK):
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+            if not immutable:
+                folder.chmod(0o755)
+                pytest.skip("cannot make a read-only folder here")
+        locked.append((folder, immutable))
+        return folder
+
+    yield lock
+    for folder, immutable in reversed(locked):
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
 
 
 @pytest.fixture

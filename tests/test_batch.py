@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from test_bridge_support import dead_pid, write_wav
+from test_bridge_support import dead_pid, imported_by, write_wav
 
 from bridge import batch
 from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
@@ -333,19 +331,9 @@ def test_output_folder_inside_the_session_is_refused(session):
 
 
 @pytest.fixture
-def read_only_folder(tmp_path):
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    folder.chmod(0o555)
-    immutable = False
-    if os.access(folder, os.W_OK):  # root ignores modes: make the folder immutable instead
-        immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-        if not immutable:
-            pytest.skip("cannot make a read-only folder here")
-    yield folder
-    if immutable:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
-    folder.chmod(0o755)
+def read_only_folder(tmp_path, read_only):
+    (tmp_path / "locked").mkdir()
+    return read_only(tmp_path / "locked")
 
 
 def test_read_only_output_folder_is_refused_with_a_clear_message(session, read_only_folder):
@@ -684,9 +672,7 @@ def test_the_default_mode_named_in_any_case_is_the_same_setting_as_no_mode(sessi
 
 
 def test_command_modules_import_without_torch():
-    code = "import sys, bridge.batch, bridge.edit_cmd, bridge.playback; print('torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == "False"
+    assert "torch" not in imported_by("bridge.batch", "bridge.edit_cmd", "bridge.playback")
 
 
 def test_the_summary_says_each_distinct_note_once_with_where_it_came_from(tmp_path):

@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_bridge_support import FakeEditor, write_wav
+from test_bridge_support import ScriptedEngine, imported_by, write_wav
 
 from bridge import __version__, protocol, tracking
 from bridge.cli import main
 from bridge.client import Client
-from bridge.server import EngineServer
 from engine.errors import ConfigError
 
 TIMEOUT = 10.0
-
-
-@pytest.fixture
-def server(tmp_path, root):
-    server = EngineServer(
-        editor=FakeEditor(), port=0, journal_dir=tmp_path / "journal", allow_roots=[root], warm_up=False
-    )
-    server.start()
-    server.wait_ready(TIMEOUT)
-    yield server
-    server.stop()
 
 
 # ----------------------------------------------------------------------------------------------- protocol
@@ -131,12 +117,7 @@ def test_reply_accessors_read_the_documented_shapes():
 
 
 def test_importing_the_client_does_not_import_torch():
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import bridge.client"], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0
-    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "bridge.client" in modules and not any(m.split(".")[0] == "torch" for m in modules)
+    assert "torch" not in imported_by("bridge.client")
 
 
 def test_poll_never_waits_for_the_socket(server, monkeypatch):
@@ -321,75 +302,38 @@ def test_a_wire_request_gives_the_edit_choices_the_engine_takes():
 
 
 def test_send_edit_gives_up_in_one_line_on_a_server_that_accepts_and_goes_silent(tmp_path, monkeypatch, capsys):
-    import socket
-    import threading
-
-    from bridge import tracking
-    from bridge.cli import main
+    def accept_once_then_say_nothing(address, args, count):
+        return [(protocol.ACCEPTED, [args[0], 0])] if address == protocol.EDIT and count == 1 else []
 
     monkeypatch.setattr(tracking, "GIVE_UP_AFTER_S", 0.5)
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    silent.settimeout(10)
-
-    def accept_once_then_say_nothing():
-        data, sender = silent.recvfrom(65536)
-        (address, args), *_ = protocol.decode(data)
-        assert address == protocol.EDIT
-        silent.sendto(protocol.encode(protocol.ACCEPTED, args[0], 0), sender)
-        try:
-            while True:
-                silent.recvfrom(65536)  # resends and status questions: never answered
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=accept_once_then_say_nothing, daemon=True)
-    thread.start()
     song = write_wav(tmp_path / "song.wav", seconds=1.0)
-    try:
-        code = main(["send", "--port", str(silent.getsockname()[1]), "edit", str(song), "extract drums"])
-    finally:
-        silent.close()
-    assert code == 1
+    with ScriptedEngine(accept_once_then_say_nothing) as silent:
+        code = main(["send", "--port", str(silent.port), "edit", str(song), "extract drums"])
+    assert code == 1 and silent.requests[0][0] == protocol.EDIT
     assert "has not answered about job" in capsys.readouterr().err
 
 
 def test_send_edit_waits_for_a_slow_acceptance_from_an_engine_that_answers_and_says_when_none_comes(
     tmp_path, capsys, monkeypatch
 ):
-    import socket
-    import threading
-
-    monkeypatch.setattr(tracking, "ACCEPT_WITHIN_S", 2.0)
-    slow = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    slow.bind(("127.0.0.1", 0))
-    slow.settimeout(10)
     accept = {"after_s": 0.8}
 
-    def answer_pings_accept_late():
-        try:
-            while True:
-                data, sender = slow.recvfrom(65536)
-                for address, args in protocol.decode(data):
-                    if address == protocol.PING:
-                        slow.sendto(protocol.encode(protocol.PONG, "0", "m", "cpu", protocol.READY), sender)
-                    elif address == protocol.EDIT and accept["after_s"] is not None:
-                        time.sleep(accept["after_s"])  # journaling on a slow disk
-                        slow.sendto(protocol.encode(protocol.ACCEPTED, args[0], 0), sender)
-                        slow.sendto(protocol.encode(protocol.DONE, args[0], str(tmp_path / "r.wav"), "{}"), sender)
-        except OSError:
-            pass
+    def answer_pings_accept_late(address, args, count):
+        if address == protocol.PING:
+            return [(protocol.PONG, ["0", "m", "cpu", protocol.READY])]
+        if address == protocol.EDIT and accept["after_s"] is not None:
+            time.sleep(accept["after_s"])  # journaling on a slow disk
+            return [(protocol.ACCEPTED, [args[0], 0]), (protocol.DONE, [args[0], str(tmp_path / "r.wav"), "{}"])]
+        return []
 
-    threading.Thread(target=answer_pings_accept_late, daemon=True).start()
+    monkeypatch.setattr(tracking, "ACCEPT_WITHIN_S", 2.0)
     song = write_wav(tmp_path / "song.wav", seconds=1.0)
-    argv = ["send", "--host", "127.0.0.1", "--port", str(slow.getsockname()[1]), "--timeout", "0.3", "edit"]
-    try:
+    with ScriptedEngine(answer_pings_accept_late) as slow:
+        argv = ["send", "--host", "127.0.0.1", "--port", str(slow.port), "--timeout", "0.3", "edit"]
         assert main([*argv, str(song), "x y"]) == 0  # accepted after 0.8 s: more than a ping's wait, still fine
         assert capsys.readouterr().out.strip() == str(tmp_path / "r.wav")
         accept["after_s"] = None  # now it answers pings only
         assert main([*argv, str(song), "x y"]) == 1
-    finally:
-        slow.close()
     err = capsys.readouterr().err
     assert "answers but did not accept job" in err and "within 2 s" in err and "imusic send status" in err
     assert main(["send", "--host", "127.0.0.1", "--port", "9", "--timeout", "0.3", "edit", str(song), "x y"]) == 1

@@ -24,7 +24,6 @@ from test_bridge_support import FakeEditor, launch_fake_server, start_server
 
 from bridge import audio_read, audio_write, protocol
 from bridge.client import Client, RemoteError
-from bridge.playback import FakePlayer
 from bridge.server_log import RateLimiter
 from engine.errors import AudioError
 
@@ -32,13 +31,6 @@ TIMEOUT = 10.0
 # A ping's wait: well under TIMEOUT, for which held work blocks, so an answer shows the receiving thread is free.
 ANSWER_S = 1.0
 HUGE = 2 << 30  # 2 GiB, sparse: nothing is written to disk
-
-
-@pytest.fixture
-def server(tmp_path, root):
-    server = start_server(tmp_path, root, player=FakePlayer(time_scale=1.0))
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +250,7 @@ def _everything_under(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("folder_existed", [True, False])
-def test_a_result_folder_swapped_for_a_symlink_after_acceptance_is_refused(tmp_path, root, song, folder_existed):
+def test_a_result_folder_swapped_for_a_symlink_after_acceptance_is_refused(tmp_path, root, song, serve, folder_existed):
     """An existing output folder moved away and replaced by a link, or the default results folder (made when the
     result is written) made a link first: the job ends with forbidden_path, nothing lands outside."""
     outside = tmp_path / "outside"
@@ -269,28 +261,25 @@ def test_a_result_folder_swapped_for_a_symlink_after_acceptance_is_refused(tmp_p
     else:
         results = root / audio_write.RESULTS_DIR
     editor = FakeEditor(steps=20, step_s=0.02)
-    server = start_server(tmp_path, root, editor=editor)
-    try:
-        with Client("127.0.0.1", server.port) as client:
-            output = str(results) if folder_existed else None
-            job_id = client.submit(str(song), 0.0, 1.0, "extract drums", output_path=output)
-            accepted = client.wait_for(lambda r: r.job_id == job_id, TIMEOUT)
-            assert accepted.address == protocol.ACCEPTED, accepted
-            assert editor.started.wait(TIMEOUT)
-            if folder_existed:
-                results.rename(root / "out-moved")
-            results.symlink_to(outside, target_is_directory=True)
-            with pytest.raises(RemoteError) as exc:
-                client.wait(job_id, timeout=TIMEOUT)
-            state = client.status(job_id, TIMEOUT)
-        assert exc.value.code == protocol.FORBIDDEN_PATH
-        assert "symbolic link" in str(exc.value) and "nothing was written" in str(exc.value)
-        assert state.state == protocol.ERROR_STATE
-        assert _everything_under(outside) == []  # neither the result nor its temporary file
+    server = serve(editor=editor)
+    with Client("127.0.0.1", server.port) as client:
+        output = str(results) if folder_existed else None
+        job_id = client.submit(str(song), 0.0, 1.0, "extract drums", output_path=output)
+        accepted = client.wait_for(lambda r: r.job_id == job_id, TIMEOUT)
+        assert accepted.address == protocol.ACCEPTED, accepted
+        assert editor.started.wait(TIMEOUT)
         if folder_existed:
-            assert _everything_under(root / "out-moved") == []
-    finally:
-        server.stop()
+            results.rename(root / "out-moved")
+        results.symlink_to(outside, target_is_directory=True)
+        with pytest.raises(RemoteError) as exc:
+            client.wait(job_id, timeout=TIMEOUT)
+        state = client.status(job_id, TIMEOUT)
+    assert exc.value.code == protocol.FORBIDDEN_PATH
+    assert "symbolic link" in str(exc.value) and "nothing was written" in str(exc.value)
+    assert state.state == protocol.ERROR_STATE
+    assert _everything_under(outside) == []  # neither the result nor its temporary file
+    if folder_existed:
+        assert _everything_under(root / "out-moved") == []
 
 
 def test_write_atomic_with_roots_refuses_a_symlinked_folder_and_writes_nothing(tmp_path):

@@ -1,5 +1,6 @@
-"""Helpers for the bridge tests (no tests here): a fast fake Editor with the real Editor's interface, audio files,
-and a server entry point for subprocess tests (`python tests/test_bridge_support.py --port-file F ...`).
+"""Helpers for the tests (no tests here): a fast fake Editor with the real Editor's interface, a scripted UDP engine,
+audio files and songs, folder digests, a fresh interpreter's imports, and a server entry point for subprocess tests
+(`python tests/test_bridge_support.py --port-file F ...`).
 
 The fake stands in for the model only where the model is beside the point (protocol, queue, journal, load);
 tests/test_bridge_server.py also runs the real tiny Editor once engine.editor exists.
@@ -8,16 +9,20 @@ tests/test_bridge_server.py also runs the real tiny Editor once engine.editor ex
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
+from bridge import protocol
 from engine.errors import Cancelled, InstructionError
 from engine.instructions import OFFICIAL_STEM_WORDS as STEMS
 from engine.instructions import OPERATIONS
@@ -141,6 +146,80 @@ def write_wav(
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), audio, sample_rate, subtype=subtype)
     return path
+
+
+class ScriptedEngine:
+    """A UDP endpoint on loopback that answers each request with whatever `answer(address, args, count)` returns
+    (count: how many requests to that address with that first argument, the job id, so far, this one included);
+    `requests` holds every one, in order."""
+
+    def __init__(self, answer: Callable[[str, list, int], list[tuple[str, list]]]) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, list]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                datagram, sender = self.sock.recvfrom(protocol.MAX_PACKET)
+            except (TimeoutError, OSError):
+                continue
+            for address, args in protocol.decode(datagram):
+                self.requests.append((address, args))
+                count = sum(1 for a, r in self.requests if a == address and r[:1] == args[:1])
+                for reply_address, reply_args in self.answer(address, args, count):
+                    self.sock.sendto(protocol.encode(reply_address, *reply_args), sender)
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=2)
+        self.sock.close()
+
+    def __enter__(self) -> ScriptedEngine:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def write_folder_song(
+    folder: Path, seconds: float = 2.0, classes: tuple[str, ...] = ("drums", "bass"), bass_from: float | None = 0.0
+) -> Path:
+    """A plain-folder song at 16 kHz, one file per class: noise drums, a loud 110 Hz sine bass from `bass_from`
+    seconds on (None: silent throughout)."""
+    import soundfile as sf
+
+    rate, n = 16000, int(seconds * 16000)
+    audio = {"drums": (0.3 * np.random.default_rng(0).standard_normal(n)).clip(-1, 1), "bass": np.zeros(n)}
+    if bass_from is not None:
+        start = int(bass_from * rate)
+        audio["bass"][start:] = 0.5 * np.sin(2 * np.pi * 110 * np.arange(n - start) / rate)
+    folder.mkdir(parents=True)
+    for name in classes:
+        sf.write(str(folder / f"{name}.wav"), audio[name].astype(np.float32), rate)
+    return folder
+
+
+def tree_digest(folder: Path) -> dict[str, str | None]:
+    """Every file (the sha256 of its bytes) and folder (None) under `folder`, by relative path."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def imported_by(*modules: str) -> set[str]:
+    """Every module a fresh Python has loaded once it imported `modules` (each must import without error)."""
+    code = "import sys\n" + "".join(f"import {module}\n" for module in modules) + "print(*sys.modules)"
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr
+    return set(process.stdout.split())
 
 
 def dead_pid() -> int:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from test_bridge_support import ScriptedEngine
 
 from bridge import protocol
 from bridge.client import Client
@@ -124,44 +123,16 @@ def test_replies_about_other_jobs_and_after_the_end_change_nothing():
 # ------------------------------------------------------------------------------------------------ the client
 
 
-class DropFirstEdits:
-    """A UDP endpoint that ignores the first edit of each job, then answers /accepted and /done."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.05)
-        self.port = self.sock.getsockname()[1]
-        self.edits: list[list] = []
-
-    def serve_once(self) -> None:
-        try:
-            datagram, sender = self.sock.recvfrom(65536)
-        except TimeoutError:
-            return
-        for address, args in protocol.decode(datagram):
-            if address != protocol.EDIT:
-                continue
-            self.edits.append(args)
-            if sum(edit[0] == args[0] for edit in self.edits) > 1:
-                for reply in ((protocol.ACCEPTED, args[0], 0), (protocol.DONE, args[0], args[5], "{}")):
-                    self.sock.sendto(protocol.encode(*reply), sender)
-
-
 def test_a_client_with_several_jobs_resends_the_earlier_one_it_waits_for(tmp_path):
-    import threading
+    def drop_each_jobs_first_edit(address, args, count):
+        if address == protocol.EDIT and count > 1:
+            return [(protocol.ACCEPTED, [args[0], 0]), (protocol.DONE, [args[0], args[5], "{}"])]
+        return []
 
-    engine, stop = DropFirstEdits(), threading.Event()
-    thread = threading.Thread(target=lambda: [engine.serve_once() for _ in iter(lambda: stop.is_set(), True)])
-    thread.start()
-    try:
-        with Client("127.0.0.1", engine.port) as client:
-            first = client.submit("/in.wav", 0, 1, "extract drums", str(tmp_path / "1.wav"), job_id="first")
-            client.submit("/in.wav", 1, 2, "remove bass", str(tmp_path / "2.wav"), job_id="second")
-            result = client.wait(first, timeout=5, resend_after=0.1)
-    finally:
-        stop.set()
-        thread.join()
+    with ScriptedEngine(drop_each_jobs_first_edit) as engine, Client("127.0.0.1", engine.port) as client:
+        first = client.submit("/in.wav", 0, 1, "extract drums", str(tmp_path / "1.wav"), job_id="first")
+        client.submit("/in.wav", 1, 2, "remove bass", str(tmp_path / "2.wav"), job_id="second")
+        result = client.wait(first, timeout=5, resend_after=0.1)
     assert result.output_path == str(tmp_path / "1.wav")
-    resent = [edit for edit in engine.edits if edit[0] == "first"]
+    resent = [args for address, args in engine.requests if address == protocol.EDIT and args[0] == "first"]
     assert len(resent) >= 2 and all(edit[4] == "extract drums" and edit[2] == 0.0 for edit in resent)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from test_bridge_support import write_folder_song
 
 from engine.errors import ConfigError, DataError
 from engine.instructions import OFFICIAL_STEMS
@@ -159,23 +160,8 @@ def test_training_clips_repeat_within_an_epoch_and_change_across_epochs(synth_ca
 # ---- re-draws on near-silent clips, on a hand-made folder data set ----------------------------------------------
 
 
-def _folder_song(root: Path, seconds: float = 4.0, bass_from: float | None = 2.0) -> Path:
-    """Drums: noise all along; bass: a loud sine from `bass_from` seconds on (None: silent throughout)."""
-    rng = np.random.default_rng(0)
-    n = int(seconds * RATE)
-    song = root / "song"
-    song.mkdir(parents=True)
-    sf.write(str(song / "drums.wav"), (0.3 * rng.standard_normal(n)).clip(-1, 1).astype(np.float32), RATE)
-    bass = np.zeros(n, np.float32)
-    if bass_from is not None:
-        t = np.arange(n - int(bass_from * RATE)) / RATE
-        bass[int(bass_from * RATE) :] = 0.5 * np.sin(2 * np.pi * 110 * t)
-    sf.write(str(song / "bass.wav"), bass, RATE)
-    return song
-
-
 def test_clips_whose_stem_is_near_silent_are_redrawn(tmp_path):
-    _folder_song(tmp_path)
+    write_folder_song(tmp_path / "song", seconds=4.0, bass_from=2.0)
     data = StemDataset(scan(tmp_path), "all", _config(ops=("extract",), seconds=0.5), clips_per_song=40)
     clips = [data[i] for i in range(len(data))]
     bass = [clip for clip in clips if clip.stem_name == "Bass"]
@@ -186,7 +172,7 @@ def test_clips_whose_stem_is_near_silent_are_redrawn(tmp_path):
 
 
 def test_a_clip_still_silent_after_the_last_redraw_is_flagged(tmp_path):
-    _folder_song(tmp_path, bass_from=None)
+    write_folder_song(tmp_path / "song", seconds=4.0, bass_from=None)
     data = StemDataset(scan(tmp_path), "all", _config(ops=("extract",), seconds=0.5, max_redraws=3), clips_per_song=8)
     bass = [clip for clip in (data[i] for i in range(len(data))) if clip.stem_name == "Bass"]
     assert bass and all(clip.quiet and clip.redraws == 3 for clip in bass)
@@ -206,7 +192,7 @@ def test_moisesdb_rule_adds_to_all_other_stems(tmp_path):
 
 
 def test_songs_with_a_single_class_are_skipped_and_counted(tmp_path):
-    _folder_song(tmp_path / "a")
+    write_folder_song(tmp_path / "a" / "song", seconds=4.0, bass_from=2.0)
     (tmp_path / "b" / "solo").mkdir(parents=True)
     sf.write(str(tmp_path / "b" / "solo" / "drums.wav"), np.full(RATE * 2, 0.5, np.float32), RATE)
     catalog = scan(tmp_path / "a")
@@ -342,7 +328,7 @@ def test_export_writes_the_official_test_data_layout(synth_catalog, tmp_path):
 
 
 def test_a_stem_deleted_after_the_scan_is_a_data_error_naming_it(tmp_path):
-    _folder_song(tmp_path)
+    write_folder_song(tmp_path / "song", seconds=4.0, bass_from=2.0)
     data = StemDataset(scan(tmp_path), "all", _config(seconds=0.5))
     (tmp_path / "song" / "bass.wav").unlink()
     with pytest.raises(DataError, match="bass.wav"):

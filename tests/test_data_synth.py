@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pretty_midi
 import pytest
 import soundfile as sf
+from test_bridge_support import tree_digest
 
 from engine.errors import ConfigError, DataError
 from engine.train.data.render import default_soundfonts
@@ -19,7 +19,7 @@ from engine.train.data.yamlio import parse_simple_yaml, read_yaml
 RATE = 16000
 SECONDS = 3.0
 
-pytestmark = pytest.mark.skipif(not default_soundfonts(), reason="no General MIDI soundfont on this machine")
+pytestmark = pytest.mark.needs_soundfont
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +27,6 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "data"
     synthesize(out, 3, seed=7, seconds=SECONDS, sample_rate=RATE, progress=False)
     return out
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def test_writes_the_slakh_layout_for_every_track(synth_dir):
@@ -124,13 +116,13 @@ def test_metadata_reads_the_same_with_and_without_pyyaml(synth_dir):
 def test_same_seed_gives_identical_files(synth_dir, tmp_path):
     again = tmp_path / "again"
     synthesize(again, 3, seed=7, seconds=SECONDS, sample_rate=RATE, progress=False)
-    assert _digest(again) == _digest(synth_dir)
+    assert tree_digest(again) == tree_digest(synth_dir)
 
 
 def test_another_seed_gives_other_audio(synth_dir, tmp_path):
     other = tmp_path / "other"
     synthesize(other, 1, seed=8, seconds=SECONDS, sample_rate=RATE, progress=False)
-    assert _digest(other)["Track00001/mix.flac"] != _digest(synth_dir)["Track00001/mix.flac"]
+    assert tree_digest(other)["Track00001/mix.flac"] != tree_digest(synth_dir)["Track00001/mix.flac"]
 
 
 def test_renders_a_users_midi_files_with_their_instrument_classes(tmp_path):
@@ -185,7 +177,7 @@ def test_an_interrupted_run_resumes_to_identical_files(synth_dir, tmp_path):
     shutil.rmtree(partial / "Track00003")  # never started
     report = synthesize(partial, 3, seed=7, seconds=SECONDS, sample_rate=RATE, progress=False, resume=True)
     assert report.resumed == 1
-    assert _digest(partial) == _digest(synth_dir)
+    assert tree_digest(partial) == tree_digest(synth_dir)
 
 
 def test_resume_refuses_other_settings(synth_dir, tmp_path):

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from test_bridge_support import write_folder_song
 
 from engine.errors import ConfigError, DataError
 from engine.eval.evaluate import codec_roundtrip, evaluate, markdown, score_rows, summarize
@@ -362,25 +363,11 @@ def test_a_missing_data_folder_is_a_data_error(tiny_editor, tmp_path):
         evaluate(tmp_path / "missing", ["extract"], tmp_path / "out", editor=tiny_editor, progress=False)
 
 
-def _folder_song(folder, classes=("drums", "bass")) -> None:
-    """A plain-folder song of 2 s at 16 kHz: noise drums, a sine bass."""
-    import soundfile as sf
-
-    folder.mkdir(parents=True)
-    t = np.arange(2 * RATE) / RATE
-    audio = {
-        "drums": 0.3 * np.random.default_rng(len(str(folder))).standard_normal(t.size).clip(-1, 1),
-        "bass": 0.5 * np.sin(2 * np.pi * 110 * t),
-    }
-    for name in classes:
-        sf.write(str(folder / f"{name}.wav"), audio[name].astype(np.float32), RATE)
-
-
 def test_unreadable_stems_and_unusable_test_songs_are_counted_in_the_report(tiny_editor, tmp_path):
     data = tmp_path / "data"
     for split, song in (("train", "a"), ("validation", "b"), ("test", "c")):
-        _folder_song(data / split / song)
-    _folder_song(data / "test" / "solo", classes=("drums",))
+        write_folder_song(data / split / song)
+    write_folder_song(data / "test" / "solo", classes=("drums",))
     (data / "train" / "a" / "guitar.wav").write_bytes(b"not audio at all")
     report = evaluate(data, ["extract"], tmp_path / "out", editor=_EchoEditor(tiny_editor), seconds=1.0, progress=False)
     part = report["tasks"]["extract"]
@@ -393,7 +380,7 @@ def test_unreadable_stems_and_unusable_test_songs_are_counted_in_the_report(tiny
 
 def test_a_data_set_too_small_for_the_split_is_a_data_error_naming_the_need(tiny_editor, tmp_path):
     for song in ("a", "b"):
-        _folder_song(tmp_path / "data" / song)
+        write_folder_song(tmp_path / "data" / song)
     with pytest.raises(DataError, match="2 usable song.*at least 3"):
         evaluate(tmp_path / "data", ["remove"], tmp_path / "out", editor=tiny_editor, seconds=1.0, progress=False)
 

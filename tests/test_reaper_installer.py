@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_bridge_support import tree_digest
 
 from bridge.cli import main
 from engine.errors import ConfigError
@@ -49,10 +50,6 @@ def resource(tmp_path) -> Path:
     return folder
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("eol", ["\r\n", "\n"])
 def test_install_registers_every_action_with_the_files_line_endings(resource, eol):
     original = sample_kb(eol)
@@ -84,9 +81,9 @@ def test_command_ids_have_reapers_form_and_are_stable():
 def test_installing_twice_changes_nothing(resource):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
     install(resource, hotkeys=True)
-    before = snapshot(resource)
+    before = tree_digest(resource)
     report = install(resource, hotkeys=True)
-    assert snapshot(resource) == before
+    assert tree_digest(resource) == before
     assert report.changed == []
 
 
@@ -229,9 +226,9 @@ def test_a_scripts_folder_install_created_is_removed_again(tmp_path):
 
 def test_uninstall_without_install_changes_nothing(resource):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\n"))
-    before = snapshot(resource)
+    before = tree_digest(resource)
     report = uninstall(resource)
-    assert snapshot(resource) == before
+    assert tree_digest(resource) == before
     assert report.changed == []
 
 
@@ -480,54 +477,27 @@ def test_the_cli_says_which_shortcuts_were_left_alone_and_why(resource, capsys):
 # ------------------------------------------------------------------------------------------------ all or nothing
 
 
-def tree(folder: Path) -> dict[str, bytes | None]:
-    """Every file (its bytes) and folder (None) under folder."""
-    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
-
-
-def deny_writes(path: Path, monkeypatch) -> None:
-    """Make a folder unwritable: chmod, and as root (whom chmod does not stop) os.access says so too."""
-    path.chmod(0o555)  # the restore_modes fixture makes it writable again
-    if getattr(os, "geteuid", lambda: -1)() == 0:
-        real_access = os.access
-
-        def access(target, wanted, *args, **kwargs):
-            if Path(target) == path and wanted & os.W_OK:
-                return False
-            return real_access(target, wanted, *args, **kwargs)
-
-        monkeypatch.setattr(os, "access", access)
-
-
-@pytest.fixture
-def restore_modes(resource):
-    yield
-    for path in [resource, *resource.rglob("*")]:
-        if path.is_dir():
-            path.chmod(0o755)
-
-
 @pytest.mark.parametrize("unwritable", [".", "Scripts"])
-def test_an_unwritable_folder_changes_nothing_and_says_so_in_one_line(resource, monkeypatch, restore_modes, unwritable):
+def test_an_unwritable_folder_changes_nothing_and_says_so_in_one_line(resource, read_only, unwritable):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
-    before = tree(resource)
-    deny_writes(resource / unwritable if unwritable != "." else resource, monkeypatch)
+    before = tree_digest(resource)
+    read_only(resource / unwritable)
     with pytest.raises(ConfigError) as caught:
         install(resource, hotkeys=True)
     message = str(caught.value)
     assert "\n" not in message and "permission denied" in message and "nothing was installed" in message
-    assert tree(resource) == before  # no script copied, no manifest, no backup, no temporary file
+    assert tree_digest(resource) == before  # no script copied, no manifest, no backup, no temporary file
 
 
 def test_a_read_only_kb_file_is_refused_and_stays_read_only(resource, capsys):
     kb = resource / "reaper-kb.ini"
     kb.write_bytes(sample_kb("\n"))
     kb.chmod(0o444)
-    before = tree(resource)
+    before = tree_digest(resource)
     assert main(["reaper", "install", "--resource-path", str(resource), "--hotkeys"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "reaper-kb.ini is read-only" in err and "nothing was installed" in err
-    assert tree(resource) == before
+    assert tree_digest(resource) == before
     assert stat.S_IMODE(kb.stat().st_mode) == 0o444
 
 
@@ -548,7 +518,7 @@ def test_a_write_that_fails_halfway_is_undone(resource, monkeypatch, installed_b
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
     if installed_before:
         install(resource)  # a later install with --hotkeys has lines to add, and a backup to replace
-    before = tree(resource)
+    before = tree_digest(resource)
     real_replace = os.replace
 
     def replace(source, target):
@@ -559,17 +529,17 @@ def test_a_write_that_fails_halfway_is_undone(resource, monkeypatch, installed_b
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(ConfigError, match=r"reaper-kb.ini \(Permission denied\): nothing was installed"):
         install(resource, hotkeys=True)
-    assert tree(resource) == before
+    assert tree_digest(resource) == before
 
 
 def test_uninstall_removes_the_backup_it_made_and_leaves_the_folder_as_it_was(resource):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
-    before = tree(resource)
+    before = tree_digest(resource)
     install(resource, hotkeys=True)
     install(resource, hotkeys=True, port=9555)  # a reinstall rewrites the settings; the backup stays one file
     assert (resource / "reaper-kb.ini.imusic-backup").exists()
     uninstall(resource)
-    assert tree(resource) == before
+    assert tree_digest(resource) == before
 
 
 def test_uninstall_refuses_a_read_only_kb_file_and_removes_nothing(resource):
@@ -577,10 +547,10 @@ def test_uninstall_refuses_a_read_only_kb_file_and_removes_nothing(resource):
     kb.write_bytes(sample_kb("\n"))
     install(resource, hotkeys=True)
     kb.chmod(0o444)
-    before = tree(resource)
+    before = tree_digest(resource)
     with pytest.raises(ConfigError, match="is read-only: nothing was uninstalled"):
         uninstall(resource)
-    assert tree(resource) == before
+    assert tree_digest(resource) == before
 
 
 def test_a_reinstall_takes_back_an_earlier_versions_shortcut_on_a_factory_key(resource):

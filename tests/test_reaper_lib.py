@@ -7,48 +7,14 @@ protocol (bridge.protocol) and misbehaves on purpose; tests/test_reaper_actions.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 import soundfile
 from fake_reaper import Harness, Source
+from test_bridge_support import ScriptedEngine
 
 from bridge import protocol
-
-
-class ScriptedEngine:
-    """A UDP endpoint on loopback that answers each request with whatever `answer` returns."""
-
-    def __init__(self, answer: Callable[[str, list, int], list[tuple[str, list]]]) -> None:
-        self.answer = answer
-        self.requests: list[tuple[str, list]] = []
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.running = True
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while self.running:
-            try:
-                datagram, sender = self.sock.recvfrom(protocol.MAX_PACKET)
-            except (TimeoutError, OSError):
-                continue
-            for address, args in protocol.decode(datagram):
-                self.requests.append((address, args))
-                count = sum(1 for a, _ in self.requests if a == address)
-                for reply_address, reply_args in self.answer(address, args, count):
-                    self.sock.sendto(protocol.encode(reply_address, *reply_args), sender)
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(timeout=2)
-        self.sock.close()
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
 import pretty_midi
 import pytest
+from test_bridge_support import tree_digest
 
 from engine.errors import ConfigError
 from engine.train.data.midi_gen import part_class
@@ -72,19 +70,12 @@ def test_a_part_sounds_the_same_whatever_came_before():
 
 
 def test_the_data_set_is_the_same_for_any_number_of_workers(tmp_path):
-    def digest(folder: Path) -> dict[str, str]:
-        return {
-            str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*"))
-            if p.is_file()
-        }
-
     one = synthesize(tmp_path / "one", 4, seed=3, seconds=3.0, sample_rate=RATE, soundfonts=FONTS,
                      renderer="tinysoundfont", progress=False)  # fmt: skip
     two = synthesize(tmp_path / "two", 4, seed=3, seconds=3.0, sample_rate=RATE, soundfonts=FONTS,
                      renderer="tinysoundfont", workers=2, progress=False)  # fmt: skip
     assert one.tracks == two.tracks == 4
-    assert digest(tmp_path / "one") == digest(tmp_path / "two")
+    assert tree_digest(tmp_path / "one") == tree_digest(tmp_path / "two")
     assert '"renderer": "tinysoundfont"' in (tmp_path / "one" / "dataset.json").read_text()
 
 
