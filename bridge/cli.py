@@ -67,7 +67,7 @@ def seed_option(text: str) -> int:
 
 
 def seconds_option(text: str) -> float:
-    """argparse type of a time in seconds (--start, --end, --timeout): a finite number."""
+    """argparse type of a time in seconds (--timeout; --start and --end add their own rule): a finite number."""
     try:
         value = float(text)
     except ValueError:
@@ -77,15 +77,21 @@ def seconds_option(text: str) -> float:
     return value
 
 
-def position_option(text: str) -> float:
-    """argparse type of a place in a file (--start, --end): seconds from its start, not negative. The wire reads a
-    negative end as "to the end" (protocol.TO_END); typed, `--end -3` would look like "3 s before the end"."""
+def start_option(text: str) -> float:
+    """argparse type of --start: seconds from the start of the file, not negative."""
     value = seconds_option(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be seconds from the start of the file, not negative, got {text!r} (leave --end out for the end)"
-        )
+        raise argparse.ArgumentTypeError(f"must be seconds from the start of the file, not negative, got {text!r}")
     return value
+
+
+def end_option(text: str) -> float:
+    """argparse type of --end: as --start. The wire reads a negative end as "to the end" (protocol.TO_END); typed,
+    `--end -3` would look like "3 s before the end", so it is refused, saying how to ask for the end."""
+    try:
+        return start_option(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (leave --end out for the end of the file)") from None
 
 
 def add_region_options(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +99,9 @@ def add_region_options(parser: argparse.ArgumentParser) -> None:
     (bridge.protocol.TO_END), one spelling for `imusic edit`, `imusic send edit` and `imusic play`."""
     from bridge.protocol import TO_END
 
-    parser.add_argument("--start", type=position_option, default=0.0, help="start of the region, seconds (default 0)")
+    parser.add_argument("--start", type=start_option, default=0.0, help="start of the region, seconds (default 0)")
     parser.add_argument(
-        "--end", type=position_option, default=TO_END, help="end of the region, seconds (default: end of file)"
+        "--end", type=end_option, default=TO_END, help="end of the region, seconds (default: end of file)"
     )
 
 

@@ -63,10 +63,12 @@ def test_a_cuda_run_on_a_machine_without_cuda_is_refused_in_one_line_before_anyt
 
 
 def test_the_step_budget_shortens_the_schedule_to_the_deadline_and_never_below_the_step(monkeypatch):
+    from types import SimpleNamespace
+
     import engine.train.budget as budget_module
 
     now = [1000.0]
-    monkeypatch.setattr(budget_module.time, "time", lambda: now[0])
+    monkeypatch.setattr(budget_module, "time", SimpleNamespace(time=lambda: now[0]))  # this module's clock only
     assert StepBudget(None, 0).fit(10, 1000) == 1000
     budget = StepBudget(1010.0, 0, every=1)
     now[0] = 1002.0  # two steps took 2 s; 8 s left, less the 3 % margin, hold 7 more

@@ -171,8 +171,9 @@ def test_the_deferred_loop_starts_with_host_functions_that_only_the_scripts_glob
     assert harness.reaper.messages == [] and len(harness.reaper.tracks[1].items) == 1
 
 
-def test_the_deferred_loop_never_blocks_reaper(harness, source_file, monkeypatch):
-    """The action and every deferred round only look at the socket (select with no wait), never wait on it."""
+def test_the_action_and_its_deferred_rounds_never_wait_on_the_engine(harness, source_file, monkeypatch):
+    """REAPER's UI thread runs them: they only look at the socket (select with no wait), never wait on it, and never
+    sleep."""
     import select
 
     def blocking(*args, **kwargs):
@@ -187,6 +188,14 @@ def test_the_deferred_loop_never_blocks_reaper(harness, source_file, monkeypatch
         return real_select(readers, writers, errors, timeout)
 
     monkeypatch.setattr(select, "select", looking)
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        if sys._getframe(1).f_globals.get("__name__", "").startswith(("imusic_lib", "reaper_scripts", "bridge")):
+            raise AssertionError(f"a REAPER action slept {seconds} s")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     reaper = harness.reaper
     track = reaper.add_track("Mix")
     reaper.add_item(track, position=0.0, length=3.0, source=Source("WAVE", str(source_file[0]), 8.0))

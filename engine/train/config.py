@@ -238,7 +238,7 @@ def at_least(lowest: int, config: Any, *names: str) -> None:
     """ConfigError naming the flag of the first setting of `config` below `lowest` (a count of steps, clips...)."""
     for name in names:
         value = getattr(config, name)
-        if not value >= lowest:  # `not >=`: NaN fails every comparison
+        if not (math.isfinite(value) and value >= lowest):  # NaN fails every comparison, inf is no count
             says = "must not be negative" if lowest == 0 else f"must be at least {lowest}"
             raise ConfigError(f"{_flag(name)} {says}, got {value}")
 

@@ -166,9 +166,6 @@ def lm_state_from_transformers(state: Mapping[str, torch.Tensor]) -> dict[str, t
     return out
 
 
-# engineer B's loaders call it by this name
-
-
 def lm_state_to_transformers(state: Mapping[str, torch.Tensor], layout: str = "conditional") -> dict[str, torch.Tensor]:
     """Our base state -> transformers names. layout "conditional": MusicgenForConditionalGeneration decoder part
     ("decoder.*" + "enc_to_dec_proj.*"); "causal": MusicgenForCausalLM ("model.decoder.*", "lm_heads.*", with
