@@ -12,6 +12,12 @@ import math
 import numpy as np
 
 
+def polyphase_ratio(from_rate: int, to_rate: int) -> tuple[int, int]:
+    """(up, down): the smallest whole factors with from_rate * up / down == to_rate, as resample_poly takes them."""
+    divisor = math.gcd(int(from_rate), int(to_rate))
+    return int(to_rate) // divisor, int(from_rate) // divisor
+
+
 def resampled_length(num_samples: int, from_rate: int, to_rate: int) -> int:
     """Samples that `num_samples` at `from_rate` become at `to_rate` (rounded to the nearest sample)."""
     return int(round(num_samples * to_rate / from_rate))
@@ -31,8 +37,7 @@ def resample(
     if length is None:
         length = resampled_length(n, from_rate, to_rate)
     if from_rate != to_rate and n > 0:
-        g = math.gcd(int(from_rate), int(to_rate))
-        audio = resample_poly(audio, int(to_rate) // g, int(from_rate) // g, axis=-1).astype(dtype)
+        audio = resample_poly(audio, *polyphase_ratio(from_rate, to_rate), axis=-1).astype(dtype)
     if audio.shape[-1] >= length:
         return np.ascontiguousarray(audio[..., :length])
     pad = [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])]

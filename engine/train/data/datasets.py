@@ -34,6 +34,7 @@ from engine.errors import ConfigError, DataError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, edit_pair, render_prompt
 from engine.instructions import OPERATIONS as OPS
 from engine.model.config import SAMPLE_RATE
+from engine.resample import polyphase_ratio
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, SONG_SPLITS
 from engine.train.data.layouts import Catalog, Song, StemFile
 from engine.train.data.stems import canonical_class, caption, is_targetable
@@ -120,10 +121,7 @@ class Clip:
 # ---- audio windows -------------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=64)
-def _ratio(source_rate: int, target_rate: int) -> tuple[int, int]:
-    divisor = math.gcd(source_rate, target_rate)
-    return target_rate // divisor, source_rate // divisor  # (up, down)
+_ratio = lru_cache(maxsize=64)(polyphase_ratio)  # (up, down) of a stem's rate to the clips' rate
 
 
 def _resample(audio: np.ndarray, up: int, down: int) -> np.ndarray:
