@@ -54,14 +54,18 @@ def tone_pitch(
     return rows
 
 
+# What the report scores when not told: the tasks whose ceiling the codec caps, validation clips (never the test songs).
+TASKS, SPLIT, LIMIT = ("extract", "remove"), "validation", 20
+
+
 def ceiling(
     roundtrip: Callable[[np.ndarray], np.ndarray],
     data: str | Path,
     rate: int,
-    tasks: Sequence[str] = ("extract", "remove"),
-    split: str = "validation",
+    tasks: Sequence[str] = TASKS,
+    split: str = SPLIT,
     clips_per_song: int = 2,
-    limit: int = 20,
+    limit: int = LIMIT,
     seed: int = 0,
     seconds: float = CLIP_SECONDS,
 ) -> dict[str, dict[str, dict[str, float]]]:
@@ -121,15 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.eval.codec_report", description=__doc__.splitlines()[0])
     parser.add_argument("codec", help="codec directory (config.json + model.safetensors)")
     parser.add_argument("--data", help="stem data set for the ceiling rows (left out: pitch check only)")
-    parser.add_argument("--split", default="validation", choices=HELD_OUT)
-    parser.add_argument("--task", action="append", dest="tasks", help="task (repeatable; default extract, remove)")
-    parser.add_argument("--limit", type=int, default=20, help="clips per task (default 20)")
+    parser.add_argument("--split", default=SPLIT, choices=HELD_OUT)
+    parser.add_argument("--task", action="append", dest="tasks", help=f"task (repeatable; default {', '.join(TASKS)})")
+    parser.add_argument("--limit", type=int, default=LIMIT, help=f"clips per task (default {LIMIT})")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     try:
         roundtrip, rate = codec_roundtrip_fn(args.codec)
         pitch = tone_pitch(roundtrip, rate)
-        tasks = args.tasks or ("extract", "remove")
+        tasks = args.tasks or TASKS
         table = ceiling(roundtrip, args.data, rate, tasks, args.split, limit=args.limit) if args.data else {}
     except ImusicError as exc:
         return report_error(exc, "python -m engine.eval.codec_report")
