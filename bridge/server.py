@@ -242,15 +242,21 @@ class EngineServer:
             self._error(sender, "", exc.code, str(exc))
             return
         for address, args in messages:
-            job_id = protocol.request_job_id(address, args)
-            try:
-                values = protocol.parse_request(address, args)
+            with self._answering(sender, protocol.request_job_id(address, args)):
+                values = protocol.parse_request(address, args)  # first: an unknown address is said as one
                 self.handlers[address](values, sender)
-            except ImusicError as exc:
-                self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
-            except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-                self.logs.noisy(traceback.format_exc().rstrip())
-                self._error(sender, job_id, protocol.INTERNAL, protocol.internal_error(exc))
+
+    @contextlib.contextmanager
+    def _answering(self, sender: tuple[str, int], job_id: str):
+        """Whatever fails inside is the request's /imusic/error: an ImusicError in its own words, a bug as INTERNAL
+        (its traceback logged). A bug costs one request, never the server."""
+        try:
+            yield
+        except ImusicError as exc:
+            self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
+        except Exception as exc:  # noqa: BLE001
+            self.logs.noisy(traceback.format_exc().rstrip())
+            self._error(sender, job_id, protocol.INTERNAL, protocol.internal_error(exc))
 
     # ------------------------------------------------------------------------------------------------ paths
 
@@ -385,26 +391,22 @@ class EngineServer:
 
         A cancel that arrived while it was checked refuses it (code cancelled), whatever the check found."""
         try:
-            try:
-                if self.stopped.is_set():
-                    raise RequestError(
-                        "the server is stopping; send the job again once it is back", protocol.UNAVAILABLE
-                    )
-                if not self._is_checking(job.id, cancelled=True):
-                    self._validate_edit(job, self._check_audio)
-            except ImusicError:
-                if not self._is_checking(job.id, cancelled=True):
-                    raise
-            with self._checking_lock:  # a cancel is either seen here or finds the job in the book
-                if job.id not in self._cancel_on_accept:
-                    self._accept(job)
-                    return
-            raise Cancelled(NOT_ACCEPTED)
-        except ImusicError as exc:
-            self._error(job.reply_to, getattr(exc, "job_id", "") or job.id, exc.code, str(exc))
-        except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-            self.logs.noisy(traceback.format_exc().rstrip())
-            self._error(job.reply_to, job.id, protocol.INTERNAL, protocol.internal_error(exc))
+            with self._answering(job.reply_to, job.id):
+                try:
+                    if self.stopped.is_set():
+                        raise RequestError(
+                            "the server is stopping; send the job again once it is back", protocol.UNAVAILABLE
+                        )
+                    if not self._is_checking(job.id, cancelled=True):
+                        self._validate_edit(job, self._check_audio)
+                except ImusicError:
+                    if not self._is_checking(job.id, cancelled=True):
+                        raise
+                with self._checking_lock:  # a cancel is either seen here or finds the job in the book
+                    if job.id not in self._cancel_on_accept:
+                        self._accept(job)
+                        return
+                raise Cancelled(NOT_ACCEPTED)
         finally:
             with self._checking_lock:
                 self._checking.pop(job.id, None)
@@ -499,15 +501,10 @@ class EngineServer:
 
     def _in_preview_thread(self, sender: tuple[str, int], job_id: str, action: Callable, *args: Any) -> None:
         """Reading a result (up to an hour of audio) and opening an output device are not for the receiving thread."""
-        try:
+        with self._answering(sender, job_id):
             if self.stopped.is_set():
                 raise RequestError("the server is stopping", protocol.UNAVAILABLE, job_id)
             action(*args)
-        except ImusicError as exc:
-            self._error(sender, getattr(exc, "job_id", "") or job_id, exc.code, str(exc))
-        except Exception as exc:  # noqa: BLE001 (a bug must cost one request, not the server)
-            self.logs.noisy(traceback.format_exc().rstrip())
-            self._error(sender, job_id, protocol.INTERNAL, protocol.internal_error(exc))
 
 
 # ------------------------------------------------------------------------------------------------------ command line
