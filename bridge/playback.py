@@ -36,7 +36,12 @@ class PlaybackUnavailable(ResourceError):
 
 
 class Player:
-    """Plays one clip at a time. `play` returns at once; a new `play` replaces what is playing."""
+    """Plays one clip at a time. `play` returns at once; a new `play` replaces what is playing. A player sets its
+    `_done` event when its clip ends or is stopped; what is playing and the wait for it follow from that."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._done.set()  # nothing is playing
 
     def play(self, audio: np.ndarray, sample_rate: int) -> None:  # audio [C, N] float32
         raise NotImplementedError
@@ -46,11 +51,11 @@ class Player:
 
     @property
     def is_playing(self) -> bool:
-        raise NotImplementedError
+        return not self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the clip ends (or `timeout` seconds); True when nothing is playing any more."""
-        raise NotImplementedError
+        return self._done.wait(timeout)
 
 
 def _check_clip(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -72,12 +77,11 @@ class FakePlayer(Player):
     """
 
     def __init__(self, time_scale: float = 1.0, device: str | int | None = None) -> None:
+        super().__init__()
         self.time_scale = float(time_scale)
         self.device = device
         self.played: list[tuple[np.ndarray, int]] = []  # every clip handed to play(), in order
         self.stopped = 0  # how many times stop() cut a clip short
-        self._done = threading.Event()
-        self._done.set()
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
@@ -105,13 +109,6 @@ class FakePlayer(Player):
             self._cancel_timer()
             self._done.set()
 
-    @property
-    def is_playing(self) -> bool:
-        return not self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
-
 
 class SoundDevicePlayer(Player):
     """PortAudio output through sounddevice, one stream per clip, fed from a callback (never blocks the caller)."""
@@ -119,11 +116,10 @@ class SoundDevicePlayer(Player):
     def __init__(self, device: int | None = None) -> None:
         import sounddevice
 
+        super().__init__()
         self._sd = sounddevice
         self.device = device
         self._stream: Any = None
-        self._done = threading.Event()
-        self._done.set()
         self._lock = threading.Lock()
 
     def play(self, audio: np.ndarray, sample_rate: int) -> None:
@@ -188,13 +184,6 @@ class SoundDevicePlayer(Player):
         if stream is not None:
             stream.abort()
             stream.close()
-
-    @property
-    def is_playing(self) -> bool:
-        return not self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
 
 
 def _import_sounddevice():
