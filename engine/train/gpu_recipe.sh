@@ -22,7 +22,8 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 TEE=$!
 trap 'exec >&- 2>&-; wait "$TEE" 2>/dev/null' EXIT  # the log's last lines reach run.log before the command ends
-echo "gpu_recipe: $(date -u +%FT%TZ) budget ${BUDGET:+$BUDGET min}${BUDGET:-what is left of ${LIMIT} s}, run dir $RUN, out $OUT"
+if [ -n "$BUDGET" ]; then SAYS="$BUDGET min"; else SAYS="what is left of ${LIMIT} s"; fi
+echo "gpu_recipe: $(date -u +%FT%TZ) budget $SAYS, run dir $RUN, out $OUT"
 
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
