@@ -77,14 +77,15 @@ def _api():
     return reaper_python
 
 
-def _host(name: str):
-    """A function REAPER gives only to the running script's globals (RPR_defer, RPR_atexit, RPR_runloop).
+def _host(name: str, required: bool = True):
+    """A function REAPER gives the running script's globals (RPR_defer, RPR_atexit, RPR_runloop, and since 7.03
+    RPR_set_action_options); None when it is missing and not `required`.
 
     They are not members of reaper_python: REAPER injects them into the action's own namespace, which is
-    `__main__` while an action or its deferred code runs.
+    `__main__` while an action or its deferred code runs. The API module is looked at too, should a host put one there.
     """
-    function = getattr(sys.modules.get("__main__"), name, None)
-    if function is None:
+    function = getattr(sys.modules.get("__main__"), name, None) or getattr(_api(), name, None)
+    if function is None and required:
         raise RuntimeError(f"{name} is missing: run this from a REAPER action (Actions > ReaScript)")
     return function
 
@@ -215,9 +216,15 @@ _SESSIONS: list[Session] = []
 _LOOP = 0  # which deferred loop goes on: the one the newest action started (an older one ends at its next tick)
 
 
+def _deferred_call(call: str) -> str:
+    """Code for RPR_defer that calls `call` in this module. Deferred code runs in a fresh namespace, so it reaches
+    this module through sys.modules, whatever it is called; one expression, which runs whether the host evaluates or
+    executes the string."""
+    return f"__import__('sys').modules[{__name__!r}].{call}"
+
+
 def _defer_tick() -> None:
-    # Deferred code runs in a fresh namespace: reach this module through sys.modules, whatever it is called.
-    _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].tick({_LOOP})")
+    _host("RPR_defer")(_deferred_call(f"tick({_LOOP})"))
 
 
 def _keep_loop(R) -> None:
@@ -231,7 +238,7 @@ def _keep_loop(R) -> None:
 def _allow_rerun(R) -> None:
     """Let the user run an action again while an earlier run of it waits on the engine (no "already running" dialog);
     REAPER before 7.03 has no such option and asks."""
-    set_options = getattr(R, "RPR_set_action_options", None)
+    set_options = _host("RPR_set_action_options", required=False)
     if set_options is not None:
         set_options(RERUN_REPLACES)
 
@@ -441,7 +448,7 @@ def run_status() -> None:
 
 
 def _defer_status() -> None:
-    _host("RPR_defer")(f"import sys\nsys.modules[{__name__!r}].status_tick()")
+    _host("RPR_defer")(_deferred_call("status_tick()"))
 
 
 def status_tick() -> None:

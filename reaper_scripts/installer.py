@@ -359,16 +359,18 @@ def _install_plan(
     original = kb_path.read_bytes() if kb_path.exists() else b""
     if not kb_path.exists():
         manifest["created_kb"] = True
-    # Shortcuts an earlier version bound by default (some on REAPER's factory chords) are ours to take back.
-    current = {action.key_line() for action in ACTIONS}
-    stale = [line for line in manifest["kb_lines"] if line.startswith("KEY ") and line not in current]
+    # Lines an earlier version wrote that this one writes otherwise are ours to take back: shortcuts it bound by
+    # default (some on REAPER's factory chords), and action lines under an older name (rewritten below).
+    current = {line for action in ACTIONS for line in (action.scr_line(), action.key_line())}
+    stale = [line for line in manifest["kb_lines"] if line not in current]
     base = remove_lines(original, stale) if stale else original
     for line in stale:
         manifest["kb_lines"].remove(line)
-        report.notes.append(
-            f"removed the shortcut an earlier install bound ({line}): it is no longer a default, and REAPER's own "
-            "shortcut on that key, if it has one, works again"
-        )
+        if line.startswith("KEY "):
+            report.notes.append(
+                f"removed the shortcut an earlier install bound ({line}): it is no longer a default, and REAPER's "
+                "own shortcut on that key, if it has one, works again"
+            )
     wanted = [action.scr_line() for action in ACTIONS]
     if hotkeys:
         taken = bound_keys(base)

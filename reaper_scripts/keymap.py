@@ -56,7 +56,9 @@ class Action:
         return "RS" + hashlib.sha1(f"{SUBDIR}/{self.script}".encode()).hexdigest()
 
     def scr_line(self) -> str:
-        return f'SCR 4 {MAIN_SECTION} {self.command_id} "Custom: {self.script}" "{SUBDIR}/{self.script}"'
+        """The action's line: REAPER lists it under the quoted name (free text; REAPER's own loader puts the file
+        name there), so the Actions window shows "Instruct: ..."."""
+        return f'SCR 4 {MAIN_SECTION} {self.command_id} "Custom: {self.description}" "{SUBDIR}/{self.script}"'
 
     def key_line(self) -> str:
         return f"KEY {self.modifiers} {ord(self.key)} _{self.command_id} {MAIN_SECTION}"

@@ -23,8 +23,10 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Host functions: in the running script's globals only, never members of reaper_python.
-HOST_ONLY = frozenset({"RPR_defer", "RPR_atexit", "RPR_runloop"})
+# Host functions: in the running script's globals only, never members of reaper_python. set_action_options (REAPER
+# 7.03) is a script built-in like defer (EEL's set_action_options(), Lua's reaper.set_action_options beside
+# reaper.defer): the fake puts it with them, the stricter of the two places the library looks.
+HOST_ONLY = frozenset({"RPR_defer", "RPR_atexit", "RPR_runloop", "RPR_set_action_options"})
 
 _addresses = itertools.count(0x7F3A10000000, 0x40)
 
@@ -267,7 +269,8 @@ class FakeReaper:
             self._running = code.owner
             try:
                 with self._as_main() as deferred_globals:
-                    exec(compile(code, "<deferred>", "exec"), deferred_globals)
+                    # One expression: it runs alike whether the host evaluates or executes the string.
+                    eval(compile(code, "<deferred>", "eval"), deferred_globals)
             finally:
                 self._running = ""
         return len(pending)

@@ -62,7 +62,7 @@ def test_install_registers_every_action_with_the_files_line_endings(resource, eo
     if eol == "\n":
         assert "\r" not in added
     for action in ACTIONS:
-        line = f'SCR 4 0 {action.command_id} "Custom: {action.script}" "imusic/{action.script}"{eol}'
+        line = f'SCR 4 0 {action.command_id} "Custom: {action.description}" "imusic/{action.script}"{eol}'
         assert line in added
         assert (resource / "Scripts" / "imusic" / action.script).read_bytes() == installer.action_source(action)
     assert (resource / "Scripts" / "imusic" / "imusic_lib.py").exists()
@@ -572,6 +572,40 @@ def test_a_reinstall_takes_back_an_earlier_versions_shortcut_on_a_factory_key(re
     assert any(old_line in note for note in report.notes)
     uninstall(resource)
     assert (resource / "reaper-kb.ini").read_bytes() == original
+
+
+def test_the_actions_are_listed_under_their_instruct_names():
+    """REAPER's Actions window shows an SCR line's quoted name: searching "Instruct" finds every action."""
+    lines = {action.script: action.scr_line() for action in ACTIONS}
+    assert '"Custom: Instruct: extract drums" "imusic/imusic_extract_drums.py"' in lines["imusic_extract_drums.py"]
+    assert '"Custom: Instruct: engine status"' in lines["imusic_status.py"]
+
+
+def test_a_reinstall_renames_the_actions_an_earlier_version_listed_by_file_name(resource):
+    """Earlier versions listed each action as its file name: a reinstall rewrites that line, keeping its command id
+    (and so the user's own shortcuts), and an uninstall still restores the file."""
+    original = sample_kb("\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
+    install(resource)
+    kb = resource / "reaper-kb.ini"
+    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    older = {}  # this version's line -> what such an install wrote and recorded
+    for action in ACTIONS:
+        older[action.scr_line()] = f'SCR 4 0 {action.command_id} "Custom: {action.script}" "imusic/{action.script}"'
+    kb.write_text("".join(f"{older.get(line, line)}\n" for line in kb.read_text().splitlines()))
+    manifest["kb_lines"] = [older.get(line, line) for line in manifest["kb_lines"]]
+    manifest_path.write_text(json.dumps(manifest))
+    user_key = f"KEY 1 112 _{ACTIONS[0].command_id} 0"
+    with open(kb, "a") as handle:
+        handle.write(user_key + "\n")
+    install(resource)
+    data = kb.read_text()
+    for new, old in older.items():
+        assert old not in data and data.count(new) == 1
+    assert user_key in data
+    uninstall(resource)
+    assert kb.read_text() == original.decode() + user_key + "\n"
 
 
 def test_a_one_stem_action_is_written_from_its_instruction_and_runs_it():
