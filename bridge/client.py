@@ -100,7 +100,7 @@ class Client:
 
     def send(self, address: str, *args: Any) -> None:
         """Send one request as it is (see bridge.protocol for addresses and arguments)."""
-        self._sock.sendto(protocol.encode(address, *args), self.server)
+        protocol.send_datagram(self._sock, protocol.encode(address, *args), self.server)
 
     def _read(self, timeout: float) -> list[Reply]:
         """Replies that arrive within `timeout` seconds (0: only those already there)."""

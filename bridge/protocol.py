@@ -213,6 +213,15 @@ def encode(address: str, *args: Any) -> bytes:
     return builder.build().dgram
 
 
+def send_datagram(sock: Any, datagram: bytes, to: tuple[str, int]) -> None:
+    """sendto, past the reset Windows may report on a send for an earlier datagram that reached a closed port (a
+    requester or engine gone): that datagram was not sent, so it is sent again; a second error is this send's own."""
+    try:
+        sock.sendto(datagram, to)
+    except (ConnectionResetError, ConnectionRefusedError):
+        sock.sendto(datagram, to)
+
+
 def decode(datagram: bytes) -> list[tuple[str, list[Any]]]:
     """Messages of one datagram (a message or a bundle) as (address, args); RequestError if it does not parse."""
     from pythonosc.osc_packet import OscPacket, ParseError

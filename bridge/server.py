@@ -212,7 +212,7 @@ class EngineServer:
         if to is None or self.sock is None:
             return
         try:
-            self.sock.sendto(protocol.encode(address, *args), to)
+            protocol.send_datagram(self.sock, protocol.encode(address, *args), to)
         except OSError as exc:  # the requester went away; the job and its journal entry are unaffected
             self.logs.noisy(f"could not reply to {to[0]}:{to[1]} ({exc})")
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_bridge_support import ScriptedEngine, imported_by, write_wav
+from test_bridge_support import ResetOnce, ScriptedEngine, imported_by, write_wav
 
 from bridge import __version__, protocol, tracking
 from bridge.cli import main
@@ -234,6 +234,27 @@ def test_send_to_a_silent_port_says_that_no_engine_answers_there(capsys):
     err = capsys.readouterr().err
     assert "no imusic engine answers at 127.0.0.1:9" in err and "`imusic serve`" in err  # the words, and what to do
     assert tracking.not_answering("127.0.0.1", 9) in err  # the same words as every front end
+
+
+def test_a_reset_reported_on_a_send_is_an_earlier_datagrams_and_the_request_still_goes():
+    engine = ScriptedEngine(lambda address, args, count: [(protocol.PONG, [__version__])])
+    try:
+        with Client("127.0.0.1", engine.port) as client:
+            client._sock = ResetOnce(client._sock)
+            assert client.ping(timeout=TIMEOUT)
+            assert [address for address, _ in engine.requests] == [protocol.PING]
+            client._sock.resets = 2  # a reset on the retry too is this send's own: it is raised
+            with pytest.raises(ConnectionResetError):
+                client.send(protocol.PING)
+    finally:
+        engine.close()
+
+
+def test_the_server_answers_past_a_reset_reported_on_its_send(server):
+    server.sock = ResetOnce(server.sock)  # as on Windows, after a reply reached a requester that had gone
+    with Client("127.0.0.1", server.port) as client:
+        assert client.ping(timeout=TIMEOUT).address == protocol.PONG
+    assert server.sock.resets == 0
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -148,6 +148,22 @@ def write_wav(
     return path
 
 
+class ResetOnce:
+    """A socket whose next send raises the reset Windows reports there for an earlier datagram to a closed port."""
+
+    def __init__(self, sock) -> None:
+        self.sock, self.resets = sock, 1
+
+    def sendto(self, data: bytes, address) -> int:
+        if self.resets:
+            self.resets -= 1
+            raise ConnectionResetError(10054, "An existing connection was forcibly closed by the remote host")
+        return self.sock.sendto(data, address)
+
+    def __getattr__(self, name: str):
+        return getattr(self.sock, name)
+
+
 class ScriptedEngine:
     """A UDP endpoint on loopback that answers each request with whatever `answer(address, args, count)` returns
     (count: how many requests to that address with that first argument, the job id, so far, this one included);
