@@ -14,7 +14,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from bridge.protocol import TO_END
-from bridge.reaper_items import ItemView, plan_job, resolve_source_path, track_label
+from bridge.reaper_items import ItemView, nested_section, plan_job, resolve_source_path, track_label
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
 from engine.files import AUDIO_SUFFIXES, audio_files
 
@@ -138,17 +138,20 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
     kind = node.attrib[0] if node.attrib else "EMPTY"
     fields: dict[str, Any] = {"source_type": kind}
     if kind == "SECTION":
-        offset, length, backwards = 0.0, None, False
-        while kind == "SECTION":  # sections can nest: offsets add up, each reverse flips the direction
-            offset += float(_value(node.children, "STARTPOS", "0"))
-            if _value(node.children, "LENGTH"):
-                section = float(_value(node.children, "LENGTH"))
-                length = section if length is None else min(length, section)
-            backwards ^= bool(int(float(_value(node.children, "MODE", "0"))) & 2)
+        layers = []  # sections can nest: outermost first
+        while kind == "SECTION":
+            length = _value(node.children, "LENGTH")
+            layers.append(
+                (
+                    float(_value(node.children, "STARTPOS", "0")),
+                    float(length) if length else None,
+                    bool(int(float(_value(node.children, "MODE", "0"))) & 2),
+                )
+            )
             node = next((c for c in node.children if getattr(c, "tag", None) == "SOURCE"), None)
             kind = node.attrib[0] if node is not None and node.attrib else "EMPTY"
-        fields.update(parent_type=kind, section_offset=offset, reversed=backwards)
-        fields["section_length"] = length
+        offset, length, backwards = nested_section(layers)
+        fields.update(parent_type=kind, section_offset=offset, reversed=backwards, section_length=length)
     file_name = _value(node.children, "FILE") if node is not None else ""
     path = _resolve_media(file_name, project_dir) if file_name and kind not in _NOT_FILES else None
     if path is not None:
@@ -161,7 +164,8 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
         else:
             fields.update(source_length=info.duration, source_channels=info.num_channels)
             if fields["source_type"] == "SECTION" and fields["section_length"] is None:
-                fields["section_length"] = info.duration  # a section without LENGTH runs to the end of its file
+                # a section without LENGTH runs to the end of its file
+                fields["section_length"] = info.duration - fields["section_offset"]
     # Not found: named as the actions name it (resolved against the project folder), so both give one message.
     fields["source_path"] = str(path) if path is not None else resolve_source_path(file_name, str(project_dir))
     fields["is_midi"] = kind == "MIDI"

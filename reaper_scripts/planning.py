@@ -20,6 +20,7 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
     ItemView,
     JobPlan,
     clip_to_range,
+    nested_section,
     plan_job,
     plan_jobs,
     resolve_source_path,

@@ -70,18 +70,15 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
     kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
     section = None
     if kind == "SECTION":
-        # Sections can nest; offsets add up and each reverse flips the direction.
-        offset, length, backwards = 0.0, None, False
+        layers = []  # sections can nest: outermost first
         while kind == "SECTION":
             _, _, section_offset, section_length, reverse = R.RPR_PCM_Source_GetSectionInfo(source, 0.0, 0.0, False)
-            offset += section_offset
-            length = section_length if length is None else min(length, section_length)
-            backwards ^= bool(reverse)
+            layers.append((section_offset, section_length, reverse))
             source = R.RPR_GetMediaSourceParent(source)
             if is_null(source):
                 return planning.ItemView(source_type="EMPTY", **geometry, **values)
             kind = R.RPR_GetMediaSourceType(source, "", 64)[1]
-        section = (offset, length, backwards)
+        section = planning.nested_section(layers)
     filename = R.RPR_GetMediaSourceFileName(source, "", 4096)[1]
     source_length = R.RPR_GetMediaSourceLength(source, False)[0]
     view = planning.ItemView(

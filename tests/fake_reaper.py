@@ -579,11 +579,13 @@ def _rpp_source(element, project_dir: str) -> Source:
     kind = element.attrib[0] if element.attrib else "EMPTY"
     if kind == "SECTION":
         parent = _rpp_source(element.find("SOURCE"), project_dir)
+        start = float(_value(element, "STARTPOS", "0"))
+        parent_length = parent.section_length if parent.type == "SECTION" else parent.length
         return Source(
             type="SECTION",
             parent=parent,
-            section_offset=float(_value(element, "STARTPOS", "0")),
-            section_length=float(_value(element, "LENGTH", str(parent.length))),
+            section_offset=start,
+            section_length=float(_value(element, "LENGTH", str(parent_length - start))),
             section_reversed=bool(int(_value(element, "MODE", "0")) & 2),
         )
     filename = _value(element, "FILE", "")

@@ -13,6 +13,11 @@ from reaper_scripts import planning
 
 SR = 22050
 
+# A section 0.5 s into (and 2 s of) a section that starts 1 s into the file and lasts 2 s.
+NESTED = (
+    "<SOURCE SECTION\n        LENGTH 2\n        STARTPOS 0.5\n        <SOURCE SECTION\n          LENGTH 2\n"
+    '          STARTPOS 1\n          <SOURCE WAVE\n            FILE "Audio/st.wav"\n          >\n        >\n      >'
+)
 # One item per rule: (take lines, source block). The file Audio/st.wav is stereo 4 s, Audio/mono.wav mono 4 s.
 ITEMS = {
     "plain with offset": (
@@ -23,6 +28,18 @@ ITEMS = {
         "SOFFS 0.25",
         '<SOURCE SECTION\n        LENGTH 2\n        STARTPOS 1\n        <SOURCE WAVE\n          FILE "Audio/st.wav"\n'
         "        >\n      >",
+    ),
+    "nested section": (
+        "SOFFS 0",
+        NESTED,
+    ),
+    "nested section past its parent": (
+        "SOFFS 0.25",
+        NESTED,
+    ),
+    "section without length": (
+        "SOFFS 0",
+        '<SOURCE SECTION\n        STARTPOS 3\n        <SOURCE WAVE\n          FILE "Audio/st.wav"\n        >\n      >',
     ),
     "reversed section": (
         "SOFFS 0",
@@ -86,6 +103,10 @@ def test_an_item_gives_the_same_region_or_refusal_in_the_actions_and_in_batch(pr
     assert outcome["plain with offset"] == (0.5, 2.0)
     assert outcome["forward section"] == (1.25, 2.75)
     assert outcome["downmix of mono"] == (0.0, 1.5)
+    assert outcome["nested section"] == (1.5, 3.0)  # 0.5 s into a section that starts 1 s into the file
+    # the outer section is 2 s long, but only 1.5 s of the inner one lie after its start
+    assert "loops its section" in outcome["nested section past its parent"]
+    assert "loops its section" in outcome["section without length"]  # it holds the file's last second only
     assert "is reversed" in outcome["reversed section"]
     assert "rate 0.5, resampled" in outcome["resampled"]
     assert "rate 2, time-stretched" in outcome["stretched"]

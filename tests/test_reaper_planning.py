@@ -89,6 +89,14 @@ def test_a_forward_section_adds_its_offset_in_the_parent_file():
     assert (job.start_s, job.end_s) == (8.0, 12.0)
 
 
+def test_nested_sections_add_their_offsets_and_keep_what_every_layer_holds():
+    assert planning.nested_section([(5.0, 10.0, False)]) == (5.0, 10.0, False)
+    # 10 s from 2 s into a section that starts 3 s into the file and lasts 8 s: only 6 s of it are there
+    assert planning.nested_section([(2.0, 10.0, False), (3.0, 8.0, False)]) == (5.0, 6.0, False)
+    assert planning.nested_section([(2.0, 4.0, False), (3.0, 8.0, False)]) == (5.0, 4.0, False)
+    assert planning.nested_section([(1.0, None, True), (2.0, None, True)]) == (3.0, None, False)
+
+
 def test_an_item_that_loops_its_section_is_refused():
     with pytest.raises(AudioError, match="loops its section"):
         plan(item(source_type="SECTION", parent_type="WAVE", section_offset=5.0, section_length=5.0))
