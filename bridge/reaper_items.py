@@ -203,7 +203,10 @@ def plan_job(
     if clip is not None:
         clipped = clip_to_range(position, length, *clip)
         if clipped is None:
-            raise AudioError(f"{where} is outside the time selection.")
+            raise AudioError(
+                f"{where} is outside the time selection: select only items under it, or clear the time selection "
+                "to edit whole items."
+            )
         position, length = clipped
     if length <= EPSILON:
         raise AudioError(f"{where} has zero length.")

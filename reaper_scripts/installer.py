@@ -245,7 +245,7 @@ import {module}  # noqa: E402
 _ACTION_BODIES = {
     "imusic_edit.py": (
         "Ask for an instruction (extract / remove / add a stem) and apply it to each selected item\n"
-        "(or the time selection on selected tracks).",
+        "(within the time selection, if any), or to the time selection on selected tracks.",
         "run_prompted()",
     ),
     "imusic_cancel.py": (
@@ -262,8 +262,9 @@ _ACTION_BODIES.update(
     (
         preset.script_name,
         (
-            f"{_PRESET_ABOUT[preset.operation].format(stem=preset.stem)} each selected item (or the time selection on\n"
-            "selected tracks); the result lands on a new track under the source.",
+            f"{_PRESET_ABOUT[preset.operation].format(stem=preset.stem)} each selected item "
+            "(within the time selection, if any),\nor the time selection on selected tracks; the result lands on a new "
+            "track under the source.",
             f'run_preset("{preset.operation}", "{preset.stem}")',
         ),
     )

@@ -110,18 +110,20 @@ def _heard(R: Any, track: str, item: str) -> bool:
 
 
 def read_selection(R: Any) -> tuple[list[tuple[str, planning.ItemView]], tuple[float, float] | None]:
-    """Selected items; without any, the items heard under the time selection on selected tracks (clipped to it):
-    muted items and lanes that do not play are left out there.
+    """Selected items, clipped to the time selection when there is one (as REAPER's "within time selection" item
+    actions do); without any, the items heard under the time selection on selected tracks (clipped to it): muted
+    items and lanes that do not play are left out there.
 
     Returns ([(track pointer, view)], clip range or None).
     """
     project_dir = project_folder(R)
+    _, _, start, end, _ = R.RPR_GetSet_LoopTimeRange(False, False, 0.0, 0.0, False)
+    clip = (start, end) if end - start > planning.EPSILON else None
     count = R.RPR_CountSelectedMediaItems(0)
     if count:
         items = [R.RPR_GetSelectedMediaItem(0, i) for i in range(count)]
-        return [(R.RPR_GetMediaItem_Track(item), read_item(R, item, project_dir)) for item in items], None
-    _, _, start, end, _ = R.RPR_GetSet_LoopTimeRange(False, False, 0.0, 0.0, False)
-    if end - start <= planning.EPSILON:
+        return [(R.RPR_GetMediaItem_Track(item), read_item(R, item, project_dir)) for item in items], clip
+    if clip is None:
         return [], None
     found = []
     for t in range(R.RPR_CountSelectedTracks(0)):

@@ -284,6 +284,31 @@ def test_the_time_selection_on_selected_tracks_is_edited_when_no_item_is_selecte
     assert_region_is_source(sent[0], source_file, offset=2.5, seconds=2.5)
 
 
+def test_a_selected_item_is_clipped_to_the_time_selection_and_one_outside_it_stops_the_action(
+    harness, source_file, sent
+):
+    """A producer clicks an item (selecting it), then drags a time selection over the bar to edit: only that bar
+    goes; a selected item the time selection misses is refused with what to do, and nothing is sent."""
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    item = reaper.add_item(bass, position=10.0, length=6.0, start_offset=1.0, source=source, selected=True)
+    reaper.time_selection = (12.0, 13.5)
+    harness.run("imusic_remove_bass.py")
+    harness.settle()
+    assert reaper.messages == []
+    (result,) = reaper.tracks[1].items
+    assert (result.position, result.length) == (12.0, 1.5)
+    assert_region_is_source(sent[0], source_file, offset=3.0, seconds=1.5)
+    reaper.add_item(bass, position=30.0, length=2.0, source=source, selected=True)
+    assert item.values["B_UISEL"]  # still selected: the action stops for the other one
+    harness.run("imusic_remove_bass.py")
+    harness.settle()
+    assert len(sent) == 1
+    (message,) = reaper.messages
+    assert "at 0:30.000 on Bass is outside the time selection: select only items under it" in message[0]
+
+
 def test_the_time_selection_leaves_out_muted_items_and_lanes_that_do_not_play(harness, source_file, sent):
     reaper = harness.reaper
     comp = reaper.add_track("Comp", selected=True)
