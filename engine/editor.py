@@ -2,9 +2,12 @@
 
 One edit, step by step:
 1. parse the instruction against the model card (InstructionError before any work) and check the audio (AudioError).
-2. downmix to mono (the mean of the channels) and resample to the codec's rate (polyphase, engine/resample.py).
-3. plan windows of at most the adapter's window (cond_frames - 1 frames, ~10 s for the official adapter) that overlap
-   by `overlap_seconds` (engine/windows.py). For each window: encode its input as the audio condition, generate
+2. downmix to mono (the mean of the channels), resample to the codec's rate (polyphase, engine/resample.py) and
+   bring it to the level the adapter was trained at, where its card records one (engine.levels.model_input_gain;
+   the gain is undone on the model's output).
+3. plan windows of the adapter's trained clip length (5 s for the official adapter, whose 10 s of condition
+   positions were trained on 5 s clips; at most cond_frames - 1 frames) that overlap by `overlap_seconds`
+   (engine/windows.py). For each window: encode its input as the audio condition, generate
    with the previous window's generated overlap forced as the prompt (continuation), decode.
 4. join the decoded windows with raised-cosine crossfades over the overlaps, resample back, trim to N samples.
 5. make the result's channels per the mode (engine/mask.py), and set its level (engine/levels.py) unless raw=True:
@@ -129,7 +132,13 @@ class Editor:
         self.hop = int(model.codec.hop_length)
         self.frame_rate = float(model.codec.frame_rate)
         self.max_window_frames = model.lm.fusion_cfg.window_frames
-        frames = self.max_window_frames if window_seconds is None else int(round(window_seconds * self.frame_rate))
+        # The default window is the adapter's clip length where the card knows it: condition positions past it were
+        # never trained (the official adapter holds 10 s of them and trained on 5 s clips).
+        trained = self.card.trained_window_s
+        default = self.max_window_frames
+        if trained is not None:
+            default = max(1, min(default, int(round(trained * self.frame_rate))))
+        frames = default if window_seconds is None else int(round(window_seconds * self.frame_rate))
         if not 1 <= frames <= self.max_window_frames:
             raise ConfigError(
                 f"window_seconds must be between {1 / self.frame_rate:g} and "
@@ -258,26 +267,31 @@ class Editor:
             raise ConfigError("edit_batch needs regions of one length (samples); give other lengths their own batch")
         sample_rate = int(sample_rate)
 
+        from engine.levels import model_input_gain
         from engine.resample import resample
 
-        model_audio = []
+        model_audio, gains = [], []
         for audio, item in zip(audios, parsed, strict=True):
             mono = audio.mean(axis=0)  # [N]
             if audio.shape[0] > 1 and is_silent(mono) and item.op != "add":
                 raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
             model_len = self.model_length(audio.shape[-1], sample_rate)
-            model_audio.append(resample(mono, sample_rate, self.sample_rate, model_len))  # [M] at the codec rate
+            heard = resample(mono, sample_rate, self.sample_rate, model_len)  # [M] at the codec rate
+            gains.append(model_input_gain(heard, self.card.input_rms_db))
+            model_audio.append(heard * np.float32(gains[-1]))  # at the level the adapter was trained at
 
         timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
         with self._lock:
             outs, details = self._edit_with_retries(
                 np.stack(model_audio), parsed, seeds, takes, progress, cancel, timings
             )
+        outs = [out / np.float32(gain) for out, gain in zip(outs, gains, strict=True)]  # back at the input's scale
         generated = time.perf_counter()
         results = []
-        for audio, item, out, seed, item_modes in zip(audios, parsed, outs, seeds, chosen, strict=True):
+        for audio, item, out, seed, item_modes, gain in zip(audios, parsed, outs, seeds, chosen, gains, strict=True):
+            own = {**details, "model_input_gain_db": round(20 * math.log10(gain), 2)}
             done = {
-                mode: self._finish(audio, sample_rate, out, item, mode, raw, seed, takes, dict(timings), details)
+                mode: self._finish(audio, sample_rate, out, item, mode, raw, seed, takes, dict(timings), own)
                 for mode in item_modes
             }
             for result in done.values():  # the generation's time is every mode's; the finishing time each its own

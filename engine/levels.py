@@ -72,6 +72,27 @@ def db(value: float) -> float:
     return 20.0 * math.log10(value) if value > 0 else -math.inf
 
 
+def rms_db(audio: np.ndarray) -> float:
+    """RMS level in dBFS of audio [C, N] (or [N]) over all its samples; -inf for digital silence."""
+    array = as_channels(audio)
+    return db(float(np.sqrt(np.mean(np.square(array))))) if array.size else -math.inf
+
+
+def model_input_gain(mono: np.ndarray, target_rms_db: float | None) -> float:
+    """The gain that brings what the model hears (mono, at its codec's rate) to the level its adapter was trained at:
+    `target_rms_db`, the median RMS of its training inputs, but no sample above full scale (a training input's peak
+    never exceeds 1: the data's gain rule scales the whole clip down). 1.0 without a target or for silence.
+
+    A small codec's codes change almost completely with the input's level (12 dB quieter: 0.5 % of the codes alike),
+    and a recording's level is the producer's, so the model is fed at its training level; the Editor undoes the gain
+    on the model's output, so every later step sees the input's own scale."""
+    if target_rms_db is None or is_silent(mono):
+        return 1.0
+    gain = 10 ** ((target_rms_db - rms_db(mono)) / 20)
+    peak = float(np.max(np.abs(mono)))
+    return float(min(gain, 1.0 / peak))
+
+
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
     """Integrated loudness in LUFS of audio [C, N] (or [N]); -inf for silence (nothing above the absolute gate)."""
     import pyloudnorm

@@ -135,6 +135,42 @@ def test_default_window_is_the_adapters_full_window(tiny_editor):
     assert tiny_editor.info["window_seconds"] == pytest.approx(10.0)
 
 
+def test_the_default_window_is_the_adapters_trained_clip_length_where_the_card_knows_it(tiny_editor, monkeypatch):
+    monkeypatch.setattr(tiny_editor.card, "trained_window_s", 5.0)  # the official adapter's: 10 s of positions
+    editor = Editor(tiny_editor.model)
+    assert editor.window_frames == round(5.0 * editor.frame_rate) < editor.max_window_frames
+    assert Editor(tiny_editor.model, window_seconds=8.0).window_frames == round(8.0 * editor.frame_rate)
+
+
+def _identity_model(editor, monkeypatch) -> list[np.ndarray]:
+    """The editor's model replaced by one whose output is what it hears; returns the list of what it heard."""
+    heard = []
+
+    def identity(model_audio, *args):
+        heard.append(model_audio.copy())
+        return model_audio.copy(), {}
+
+    monkeypatch.setattr(editor, "_edit_with_retries", identity)
+    return heard
+
+
+def test_the_model_hears_a_region_at_its_adapters_training_level_and_the_gain_is_undone_after(tiny_editor, monkeypatch):
+    from engine.levels import rms_db
+
+    editor = Editor(tiny_editor.model)
+    heard = _identity_model(editor, monkeypatch)
+    sr = editor.sample_rate
+    quiet = (0.01 * np.random.default_rng(0).standard_normal((1, sr))).astype(np.float32)  # about -40 dBFS
+    plain = editor.edit(quiet, sr, "extract drums", raw=True, mode="resynth", seed=0)
+    assert rms_db(heard[-1]) == pytest.approx(rms_db(quiet), abs=0.01)  # a card without a level: as it is
+    assert plain.info["model_input_gain_db"] == 0.0
+    monkeypatch.setattr(editor.card, "input_rms_db", -18.0)
+    result = editor.edit(quiet, sr, "extract drums", raw=True, mode="resynth", seed=0)
+    assert rms_db(heard[-1]) == pytest.approx(-18.0, abs=0.01)
+    assert result.info["model_input_gain_db"] == pytest.approx(-18.0 - rms_db(quiet), abs=0.01)
+    np.testing.assert_allclose(result.audio[0], quiet[0], atol=1e-6)  # the output is back at the input's scale
+
+
 def test_window_longer_than_the_adapters_is_refused(tiny_editor):
     with pytest.raises(ConfigError, match="window_seconds"):
         Editor(tiny_editor.model, window_seconds=60.0)

@@ -16,6 +16,8 @@ from engine.levels import (
     is_silent,
     limit,
     match_level,
+    model_input_gain,
+    rms_db,
     true_peak_db,
 )
 from engine.modes import MASK, RESYNTH
@@ -277,3 +279,15 @@ def test_silence_is_one_rule_for_the_editor_and_the_levels():
     with pytest.raises(AudioError, match="silent"):
         _check_audio(quiet, SR, "extract")
     _check_audio(quiet * 1.01, SR, "extract")
+
+
+def test_the_model_input_gain_brings_the_rms_to_the_training_level_without_passing_full_scale():
+    noise = 0.01 * np.random.default_rng(0).standard_normal(16000)
+    assert rms_db(noise * model_input_gain(noise, -18.0)) == pytest.approx(-18.0, abs=1e-6)
+    assert rms_db(noise * model_input_gain(noise * 100, -18.0) * 100) == pytest.approx(-18.0, abs=1e-6)  # turned down
+    spiky = noise.copy()
+    spiky[100] = 0.5  # a peak 34 dB above the rest: brought to full scale, short of the target RMS
+    gain = model_input_gain(spiky, -18.0)
+    assert gain == pytest.approx(2.0) and rms_db(spiky * gain) < -18.0
+    assert model_input_gain(noise, None) == 1.0  # no level recorded (the official adapter)
+    assert model_input_gain(np.zeros(100), -18.0) == 1.0  # silence (add to nothing) is not scaled up

@@ -167,6 +167,13 @@ def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(
         assert torch.equal(own[name], tensor), name
     # Training moved the gates away from their zero init: the adapter now changes the output.
     assert float(state["fusion.gates"].abs().sum()) > 0
+    # What it trained on travels with it: the clips' length and the median level of the inputs it heard
+    assert meta["training"]["window_s"] == config.seconds
+    assert (loaded.card.trained_window_s, loaded.card.input_rms_db) == (
+        config.seconds,
+        meta["training"]["input_rms_db"],
+    )
+    assert -60.0 < meta["training"]["input_rms_db"] < 0.0
 
 
 def test_keep_best_exports_the_weights_of_the_best_validation_loss_not_the_last(config, tmp_path, monkeypatch):

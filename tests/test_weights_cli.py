@@ -121,8 +121,10 @@ def test_convert_official_to_our_adapter_format(tiny_model_dir, official_ckpt, t
     # adapters (+ the cross-attention q/k/v) only: far smaller than the checkpoint, which holds the whole LM
     assert (out / "adapter.safetensors").stat().st_size < official_ckpt.stat().st_size
     direct = load_model(tiny_model_dir / "base", adapter=official_ckpt, device="cpu", dtype="fp32").lm.state_dict()
-    converted = load_model(tiny_model_dir / "base", adapter=out, device="cpu", dtype="fp32").lm.state_dict()
+    converted_model = load_model(tiny_model_dir / "base", adapter=out, device="cpu", dtype="fp32")
+    converted = converted_model.lm.state_dict()
     assert all(torch.equal(direct[name], converted[name]) for name in direct)
+    assert converted_model.card.trained_window_s == 5.0  # what it trained on stays with it
 
 
 def test_convert_with_base_writes_a_model_dir_that_loads_alone(tiny_model_dir, official_ckpt, tmp_path):

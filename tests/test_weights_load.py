@@ -188,6 +188,9 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
         ("stems", "Bass", "'stems' must be a list of stem names, got 'Bass'"),
         ("stems", [], "'stems' must be a list of stem names"),
         ("fusion", 3, "'fusion' must be an object"),
+        ("training", "x", "'training' must be an object, got 'x'"),
+        ("training", {"input_rms_db": "loud"}, "training.input_rms_db must be a number, got 'loud'"),
+        ("training", {"window_s": 0}, "training.window_s must be above 0 s, got 0"),
     ],
 )
 def test_a_damaged_adapter_json_is_named_field_by_field(model_copy, field, value, says):

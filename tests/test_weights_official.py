@@ -72,6 +72,8 @@ def test_fusion_config_is_inferred_with_the_official_alpha(official_ckpt):
 
 def test_loads_as_adapter_of_a_base_model(tiny_model_dir, official_ckpt):
     model = load_model(tiny_model_dir / "base", adapter=official_ckpt, device="cpu", dtype="fp32")
+    # trained on 5 s clips (its pos_emb holds 10 s of positions), at a level nobody recorded
+    assert (model.card.trained_window_s, model.card.input_rms_db) == (5.0, None)
     expected, _ = map_official_state(read_state(official_ckpt))
     lm_state = model.lm.state_dict()
     for name in ("fusion.pos_emb", "fusion.gates", "layers.0.cross_attn.q.lora_b"):

@@ -40,6 +40,11 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     # {operation: {metric: beats the unchanged input?}} from the card's own evaluation; {} when it has none
     beats_identity: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # What the adapter was trained on (engine.weights.adapter_format.training_facts), None where unknown: the length of
+    # its clips (the Editor's default window: condition positions past it were never trained) and the median RMS of
+    # its inputs (the level the Editor feeds the model at: engine.levels.model_input_gain).
+    trained_window_s: float | None = None
+    input_rms_db: float | None = None
 
     def shortfall(self, op: str) -> str:
         """One line for the producer when this model's own evaluation says its `op` edits lose to leaving the audio

@@ -5,18 +5,21 @@ Text encodings are cached per distinct prompt: an edit data set has only ops x s
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from engine.device import to_device
 from engine.errors import ConfigError
 from engine.files import link_tree
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
+from engine.levels import rms_db
 from engine.model.config import FusionConfig, cond_frames_for
 from engine.model.fusion import align_prefix
 from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
@@ -28,6 +31,8 @@ from engine.weights.names import ADAPTER_DIR, BASE_DIR
 
 if TYPE_CHECKING:
     from engine.model.text import TextEncoder
+
+LEVEL_CLIPS = 256  # training inputs whose median RMS the adapter records (the level the Editor feeds the model at)
 
 
 class _TextCache:
@@ -142,7 +147,13 @@ class AdapterStage(Stage):
     def export(self, run_dir: Path, info: dict) -> dict[str, str]:
         provenance = {"trained_by": "imusic train --stage adapters", **info}
         base_ref = {"path": str(self.base_path), "num_layers": self.lm.cfg.num_layers, "dim": self.lm.cfg.dim}
-        kwargs = {"stems": self.stems, "template": self.template, "verbs": self.verbs, "base": base_ref}
+        kwargs = {
+            "stems": self.stems,
+            "template": self.template,
+            "verbs": self.verbs,
+            "base": base_ref,
+            "training": training_facts(self.cfg, self.codec.sample_rate),
+        }
         state = self.lm.adapter_state_dict()
         adapter_dir = replace_dir(run_dir / RUN_ADAPTER)
         save_adapter(adapter_dir, state, self.fusion, provenance=provenance, **kwargs)
@@ -156,3 +167,16 @@ class AdapterStage(Stage):
         )
         write_model_card(model_dir, card)
         return {"adapter": str(adapter_dir), "model": str(model_dir)}
+
+
+def training_facts(cfg: TrainConfig, sample_rate: int) -> dict[str, float]:
+    """What an adapter trained with `cfg` trained on (adapter.json `training`): its clips' length, and the median RMS
+    (dBFS) of LEVEL_CLIPS training inputs at the codec's `sample_rate`, spread over the split as the first epoch
+    draws them."""
+    data = open_split(cfg, "train", sample_rate)
+    picks = np.unique(np.linspace(0, len(data) - 1, min(LEVEL_CLIPS, len(data))).round().astype(int))
+    levels = [level for i in picks if math.isfinite(level := rms_db(data[int(i)].input))]
+    facts = {"window_s": float(cfg.seconds)}
+    if levels:
+        facts["input_rms_db"] = round(float(np.median(levels)), 2)
+    return facts

@@ -33,6 +33,7 @@ def save_adapter(
     verbs: Mapping[str, str],
     base: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an adapter directory (`adapter.json` + `adapter.safetensors`) at `path`; returns `path`."""
     from safetensors.torch import save_file
@@ -51,6 +52,7 @@ def save_adapter(
         "base": dict(base or {}),
         "num_parameters": int(sum(t.numel() for t in tensors.values())),
         "provenance": dict(provenance or {}),
+        "training": dict(training or {}),
     }
     save_file(tensors, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     write_json_atomic(path / ADAPTER_JSON, meta, sort_keys=False)
@@ -81,6 +83,7 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
     stems = meta["stems"]
     if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
         raise CheckpointError(f"{meta_path}: 'stems' must be a list of stem names, got {stems!r}")
+    training_facts(meta, str(meta_path))
     return meta
 
 
@@ -99,6 +102,31 @@ def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from None
     return state, meta
+
+
+# What an adapter was trained on, as `training` in adapter.json: its clips' length and its inputs' median RMS.
+TRAINING_FACTS = ("window_s", "input_rms_db")
+
+
+def training_facts(meta: Mapping[str, Any], where: str = ADAPTER_JSON) -> dict[str, float]:
+    """The numbers of TRAINING_FACTS an adapter description holds (adapters written before it hold none);
+    CheckpointError for one that is no finite number, or a window that is not positive."""
+    import math
+
+    training = meta.get("training") or {}
+    if not isinstance(training, Mapping):
+        raise CheckpointError(f"{where}: 'training' must be an object, got {training!r}")
+    facts = {}
+    for key in TRAINING_FACTS:
+        value = training.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise CheckpointError(f"{where}: training.{key} must be a number, got {value!r}")
+        if key == "window_s" and value <= 0:
+            raise CheckpointError(f"{where}: training.window_s must be above 0 s, got {value!r}")
+        facts[key] = float(value)
+    return facts
 
 
 def fusion_config(meta: Mapping[str, Any]) -> FusionConfig:

@@ -284,6 +284,7 @@ def convert(
             template=info["template"],
             verbs=info["verbs"],
             provenance={**dict(info.get("provenance") or {}), "converted_from": str(adapter)},
+            training=info.get("training"),
         )
         if base_path is not None:
             link_tree(base_path, staged / BASE_DIR)

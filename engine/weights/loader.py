@@ -230,6 +230,7 @@ def load_model(
         _apply_adapter(lm, adapter_state, adapter_info, adapter_path)
 
     stems = adapter_info["stems"] if adapter_info else card_data.get("stems")
+    training = adapter_info.get("training", {}) if adapter_info else {}
     card = ModelCard(
         name=str(card_data.get("name") or _display_name(path)),
         sample_rate=codec.sample_rate,
@@ -240,6 +241,8 @@ def load_model(
         # the card judges the folder's own adapter: with another adapter given, its verdict says nothing
         beats_identity=card_verdict(card_data) if adapter is None else {},
         cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
+        trained_window_s=training.get("window_s"),
+        input_rms_db=training.get("input_rms_db"),
         provenance={
             **dict(card_data.get("provenance") or {}),
             "path": str(path),
@@ -305,6 +308,7 @@ def read_adapter(path: Path) -> tuple[dict, dict]:
             "template": meta.get("instruction_template"),
             "verbs": meta.get("instruction_verbs"),
             "provenance": meta.get("provenance", {}),
+            "training": adapter_format.training_facts(meta, str(directory / ADAPTER_JSON)),
         }
         return state, info
     raise CheckpointError(f"{path} is not an adapter: expected adapter.json + adapter.safetensors, or a finetuned.ckpt")

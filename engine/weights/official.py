@@ -29,6 +29,7 @@ import torch
 from engine.errors import CheckpointError
 
 OFFICIAL_BASE = "facebook/musicgen-large"
+OFFICIAL_TRAINED_WINDOW_S = 5.0
 
 _CP = "model.cp_transformer."
 _LM = "model.peft_model.lm."
@@ -230,6 +231,9 @@ def read_official_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], di
         "template": OFFICIAL_TEMPLATE,
         "verbs": dict(OFFICIAL_VERBS),
         "provenance": {"source": str(path), "format": "official finetuned.ckpt", "base": OFFICIAL_BASE, **facts},
+        # The official run trained on 5 s clips (its data module's time_in_seconds) and edits in chunks of at most
+        # 5 s (its model config's sec): its pos_emb has rows for 10 s, but those past 5 s were never trained.
+        "training": {"window_s": OFFICIAL_TRAINED_WINDOW_S},
         "base_hint": OFFICIAL_BASE,
     }
     return state, info
