@@ -1,10 +1,11 @@
 """Overlapping windows over a long input and the crossfaded join of their outputs: pure functions of lengths.
 
 The model conditions on at most one adapter window of input (cond_frames - 1 codec frames: 10 s of positions for the
-official adapter, which trained on 5 s clips, so the Editor's windows are 5 s there). Longer audio is cut into windows of at most that length, each overlapping the previous one by `overlap`
-frames. Window i is generated with the previous window's generated tokens over the overlap forced as its first
-frames (generate(prompt_codes=...)), so the token streams agree there and the decoded audio of both windows is
-nearly the same signal; a raised-cosine crossfade across the overlap removes what codec edge effects remain.
+official adapter, which trained on 5 s clips, so the Editor's windows are 5 s there). Longer audio is cut into windows
+of at most that length, each overlapping the previous one by `overlap` frames. Window i is generated with the previous
+window's generated tokens over the overlap forced as its first frames (generate(prompt_codes=...)), so the token streams
+agree there and the decoded audio of both windows is nearly the same signal; a raised-cosine crossfade across the
+overlap removes what codec edge effects remain.
 No gaps and no clicks, unlike disjoint chunks (the official code leaves gaps past one window).
 
 Units: windows are planned in codec frames; `join` works in samples (frames x hop), like Demucs' apply.py.

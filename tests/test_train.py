@@ -434,6 +434,23 @@ def test_text_dropout_trains_dropped_clips_on_the_null_condition_that_cfg_decode
     assert not torch.allclose(kept, null_loss, atol=1e-3)
 
 
+def test_the_adapter_stage_drops_text_as_the_official_run_does_so_cfg_has_an_unconditioned_branch(config):
+    from engine.train.adapters import AdapterStage
+
+    stage = AdapterStage(replace(config, text_dropout=0.999999), "cpu")
+    records = stage.encode([stage.dataset("train")[i] for i in range(2)])
+    codes = torch.stack([r.codes for r in records]).long()
+    cond = torch.stack([r.cond for r in records]).long()
+    null_states = torch.zeros(2, 1, stage.lm.cfg.text_dim)
+    with torch.no_grad():
+        null_loss, _ = stage.lm.loss(codes, null_states, torch.zeros(2, 1, dtype=torch.bool), cond)
+        dropped = stage.loss_codes(records)
+        stage.lm.eval()  # validation: the instructions stay
+        kept = stage.loss_codes(records)
+    assert abs(float(dropped) - float(null_loss)) < 1e-6
+    assert abs(float(kept) - float(null_loss)) > 1e-5  # the instructions reach the loss (a tiny random base: faintly)
+
+
 @pytest.mark.parametrize(
     ("change", "says"),
     [

@@ -23,7 +23,7 @@ from engine.levels import rms_db
 from engine.model.config import FusionConfig, cond_frames_for
 from engine.model.fusion import align_prefix
 from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
-from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
+from engine.train.stages import Encoded, Stage, base_parts, drop_text, encode_audio, open_split, replace_dir
 from engine.weights import audiocraft_layout, detect_layout, read_adapter, transformers_layout
 from engine.weights.adapter_format import save_adapter
 from engine.weights.loader import new_model_card, write_model_card
@@ -113,6 +113,8 @@ class AdapterStage(Stage):
 
     def loss_codes(self, records: Sequence[Encoded]) -> Any:
         text_states, text_mask = self.texts([r.text for r in records])  # [B, S, dim], [B, S]
+        if self.lm.training:
+            text_states, text_mask = drop_text(text_states, text_mask, self.cfg.text_dropout)
         codes = to_device(torch.stack([r.codes for r in records]), self.codec.device).long()  # [B, K, F]
         cond_codes = to_device(torch.stack([r.cond for r in records]), self.codec.device).long()  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, cond_codes)

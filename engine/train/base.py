@@ -16,9 +16,9 @@ from engine.errors import CheckpointError, ConfigError
 from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
-from engine.model.text import null_condition, zero_padding
+from engine.model.text import zero_padding
 from engine.train.config import BASE_SIZES, RUN_MODEL, TrainConfig
-from engine.train.stages import Encoded, Stage, base_parts, encode_audio, open_split, replace_dir
+from engine.train.stages import Encoded, Stage, base_parts, drop_text, encode_audio, open_split, replace_dir
 from engine.train.template import build_base_template
 from engine.weights import detect_layout
 from engine.weights.convert import lm_state_to_transformers
@@ -109,11 +109,8 @@ class BaseStage(Stage):
 
     def loss_codes(self, records: Sequence[Encoded]) -> Any:
         text_states, text_mask = self._encode_text([r.text for r in records])
-        if self.lm.training and self.cfg.text_dropout > 0:  # dropped rows train on the null condition CFG decodes with
-            dropped = to_device(torch.rand(len(records)) < self.cfg.text_dropout, text_mask.device)[:, None, None]
-            null_states, null_mask = null_condition(text_states, text_mask)
-            text_states = torch.where(dropped, null_states, text_states)
-            text_mask = torch.where(dropped[..., 0], null_mask, text_mask)
+        if self.lm.training:
+            text_states, text_mask = drop_text(text_states, text_mask, self.cfg.text_dropout)
         codes = to_device(torch.stack([r.codes for r in records]), self.device).long()  # [B, K, F]
         loss, _ = self.lm.loss(codes, text_states, text_mask, None)
         return loss

@@ -48,7 +48,12 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--gate-init", "gate_init", float, "adapters: initial fusion gates (default 0, official)"),
     ("--fused-layers", "fused_layers", int, "adapters: audio fusion on the top N layers only (default: all)"),
     ("--window", "window", float, "adapter condition window in seconds (default: the base's, else 10 s)"),
-    ("--text-dropout", "text_dropout", float, "base: share of clips trained on the null text (CFG; default 0)"),
+    (
+        "--text-dropout",
+        "text_dropout",
+        float,
+        "share of clips trained on the null text (CFG; default 0)",
+    ),
     ("--pool", "pool", int, "encode N epochs of training clips once and train on that pool (default 0: fresh draws)"),
     ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),
 ]

@@ -59,6 +59,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "gate_lr": 1e-2,
             "warmup": 100,
             "precision": "bf16",
+            "text_dropout": 0.2,  # the official run's CFG dropout (audiocraft's MusicGen configs), as the base's
             "keep_best": True,  # export the best validation loss's weights (the pool is seen many times)
             "pool": 6,
             "ckpt_every": 1000,
@@ -121,6 +122,7 @@ SCALES: dict[str, dict[str, Any]] = {
             "gate_lr": 1e-2,
             "warmup": 1,
             "precision": "auto",
+            "text_dropout": 0.2,
             "keep_best": True,
             "pool": 1,
             "ckpt_every": 3,

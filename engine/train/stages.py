@@ -128,6 +128,19 @@ def open_split(cfg: TrainConfig, split: str, sample_rate: int, kind: str = "edit
     return data
 
 
+def drop_text(text_states: torch.Tensor, text_mask: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row replaced by the null condition with probability `share`: the rows that train the unconditioned branch
+    classifier-free guidance decodes against (the official run: audiocraft's cfg dropout, 0.2 in MusicGen's configs,
+    applied by its LM's forward in training)."""
+    from engine.model.text import null_condition
+
+    if share <= 0:
+        return text_states, text_mask
+    dropped = (torch.rand(text_states.shape[0]) < share).to(text_mask.device)[:, None, None]
+    null_states, null_mask = null_condition(text_states, text_mask)
+    return torch.where(dropped, null_states, text_states), torch.where(dropped[..., 0], null_mask, text_mask)
+
+
 def encode_audio(codec: Codec, clips: Sequence[np.ndarray]) -> torch.Tensor:
     """Clips through the frozen codec: codes [B, K, F]."""
     wav = torch.from_numpy(np.stack(clips).astype(np.float32))[:, None]  # [B, 1, N]
