@@ -192,6 +192,29 @@ def test_an_editor_that_returns_its_input_scores_exactly_the_identity_row(synth_
         assert summary["model"][metric] == summary["identity"][metric] == summary["resynth"][metric]
 
 
+def test_an_input_gain_scores_each_clip_as_a_quieter_recording_input_and_target_alike(
+    synth_data, tiny_editor, tmp_path
+):
+    heard = []
+
+    class Recording(_EchoEditor):
+        def edit_modes(self, audio, sample_rate, instruction, modes, *, seed=None, raw=False):
+            heard.append(np.array(audio))
+            return super().edit_modes(audio, sample_rate, instruction, modes, seed=seed, raw=raw)
+
+    plain = _short_eval(synth_data, Recording(tiny_editor), tmp_path / "0", limit=2)
+    quiet = _short_eval(synth_data, Recording(tiny_editor), tmp_path / "-12", limit=2, input_gain_db=-12.0)
+    for loud, soft in zip(heard[:2], heard[2:], strict=True):
+        np.testing.assert_allclose(soft, loud * 10 ** (-12 / 20), rtol=1e-6)
+    assert quiet["settings"]["input_gain_db"] == -12.0 and "inputs and targets at -12 dB" in markdown(quiet)
+    # the target is scaled with the input: doing nothing scores the same SI-SDR, and the level-blind metrics alike
+    assert quiet["tasks"]["extract"]["summary"]["identity"]["si_sdr"] == pytest.approx(
+        plain["tasks"]["extract"]["summary"]["identity"]["si_sdr"], abs=1e-3
+    )
+    with pytest.raises(ConfigError, match="--input-gain-db must be from -40 to 40 dB, got nan"):
+        _short_eval(synth_data, tiny_editor, tmp_path / "nan", input_gain_db=float("nan"))
+
+
 def test_stereo_sessions_score_the_image_dual_mono_resynth_loses_it_and_the_mask_keeps_the_inputs(
     synth_data, tiny_editor, tmp_path
 ):

@@ -19,6 +19,7 @@ Keep top-level imports light: torch and the model are imported inside functions.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -264,11 +265,14 @@ def evaluate(
     batch: int = 1,
     deadline: float | None = None,
     workers: int = 0,
+    input_gain_db: float = 0.0,
 ) -> dict[str, Any]:
     """Evaluate `editor` (or the model at `model`) on the test split; writes report.md and report.json in out_dir.
 
     `split="validation"` scores the validation songs instead: for choosing settings without looking at the test set.
     `stereo`: each mono clip is made a stereo session (stereo_clip) so that the ILD error measures the image.
+    `input_gain_db`: each clip as a recording at another level (its input and target scaled alike): how the edits
+    hold up away from the data's own level.
     `batch`: clips edited together (Editor.edit_batch; each with its own seed, as alone but for rounding).
     `deadline` (a time.time() value): each task gets an equal share of the time left, and takes another batch only
     while one more (as long as the last) ends within it (the first batch whatever the time); the report says how
@@ -290,6 +294,9 @@ def evaluate(
         raise ConfigError(f"--split must be test or validation, got {split!r}")
     if not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers must be a whole number of at least 0, got {workers!r}")
+    if not (math.isfinite(input_gain_db) and abs(input_gain_db) <= 40):
+        raise ConfigError(f"--input-gain-db must be from -40 to 40 dB, got {input_gain_db}")
+    scale = np.float32(10 ** (input_gain_db / 20))
     tasks = check_tasks(tasks)
     if editor is None:
         from engine.editor import Editor
@@ -312,6 +319,7 @@ def evaluate(
             "split": split,
             "stereo": stereo,
             "batch": batch,
+            "input_gain_db": input_gain_db,
         },
         "tasks": {},
     }
@@ -365,7 +373,7 @@ def evaluate(
                         continue
                     # [N] mono clips, or [2, N] stereo sessions made from them
                     source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
-                    group.append((index, clip, instruction, source, target))
+                    group.append((index, clip, instruction, source * scale, target * scale))
                 if bar is not None:
                     bar.update(min(count, scored + size) - scored)
                 scored = min(count, scored + size)
@@ -458,6 +466,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score stereo sessions: the named stem panned left, the rest right (the ILD error measures the image)",
     )
+    parser.add_argument(
+        "--input-gain-db",
+        type=float,
+        default=0.0,
+        help="score each clip as a recording at another level: input and target scaled by this many dB (default 0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -491,6 +505,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         split=args.split,
         stereo=args.stereo,
+        input_gain_db=args.input_gain_db,
     )
     print(markdown(report))
     print(f"report: {Path(args.output) / REPORT_MD}", file=sys.stderr)

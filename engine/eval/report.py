@@ -63,8 +63,9 @@ def markdown(report: dict) -> str:
         "# imusic eval",
         "",
         f"Model **{info.get('model')}** ({info.get('device')}, {info.get('dtype')}); data `{report['data']}`, "
-        f"{report['settings'].get('split', 'test')} split, {report['settings']['seconds']:g} s clips; "
-        "all metrics at 16 kHz.",
+        f"{report['settings'].get('split', 'test')} split, {report['settings']['seconds']:g} s clips"
+        + (f", inputs and targets at {gain:+g} dB" if (gain := report["settings"].get("input_gain_db")) else "")
+        + "; all metrics at 16 kHz.",
         "",
         "Rows: *model* = the editor's default mode, mask (the model's output steers a time-frequency mask on the "
         "input; add: the input plus the added part alone); *resynth* = the same model and seed re-synthesising the "
