@@ -254,10 +254,12 @@ class Client:
         Until the job is accepted, its edit request is resent every `resend_after` seconds (harmless: job ids are
         idempotent), which covers a lost datagram or a server that was restarting; once accepted, a silent server is
         asked for the job's state every few seconds instead. A job this client did not submit is only asked about.
-        `give_up_after`: NoReply once the server has said nothing at all about the job for that many seconds (it died
-        or hangs; None waits for a restart).
+        `give_up_after`: NoReply once the server has said nothing at all about the job for that many seconds of this
+        wait (it died or hangs; None waits for a restart). Silence before the wait does not count: a job queued behind
+        another that this client was waiting on was not asked about meanwhile.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting_since = time.monotonic()
+        deadline = None if timeout is None else waiting_since + timeout
         self.tracker.resend_after, self.tracker.status_after = resend_after, 5 * resend_after
         if job_id not in self.tracker.jobs:
             self.tracker.watch(job_id, time.monotonic())
@@ -267,7 +269,7 @@ class Client:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
-            if give_up_after is not None and now - job.heard > give_up_after:
+            if give_up_after is not None and now - max(job.heard, waiting_since) > give_up_after:
                 raise NoReply(tracking.stopped_answering(*self.server, give_up_after, job_id))
             for reply in self._take(job_id) or self._read(0.2):
                 if reply.job_id != job_id:

@@ -337,6 +337,25 @@ def test_send_edit_gives_up_in_one_line_on_a_server_that_accepts_and_goes_silent
     assert "has not answered about job" in capsys.readouterr().err
 
 
+def test_a_job_queued_behind_a_long_one_is_waited_for_not_given_up_on_for_the_silence_before_its_wait(tmp_path):
+    """batch --server submits an edit's jobs ahead: while it waits on a long first job, the next one is not asked
+    about, and its silence then is no sign of a dead engine."""
+    done = str(tmp_path / "b.wav")
+
+    def accept_then_answer_status(address, args, count):
+        if address == protocol.EDIT:
+            return [(protocol.ACCEPTED, [args[0], 0])]
+        if address == protocol.STATUS:
+            return [(protocol.DONE, [args[0], done, "{}"])]
+        return []
+
+    with ScriptedEngine(accept_then_answer_status) as engine, Client("127.0.0.1", engine.port) as client:
+        job = client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums")
+        time.sleep(0.6)  # the first job's four minutes, in short: nothing was asked about this one
+        result = client.wait(job, timeout=TIMEOUT, resend_after=0.05, give_up_after=0.5)
+    assert result.output_path == done
+
+
 def test_send_edit_waits_for_a_slow_acceptance_from_an_engine_that_answers_and_says_when_none_comes(
     tmp_path, capsys, monkeypatch
 ):
