@@ -44,7 +44,10 @@ def run_job(
         done = edit_region(
             editor, job.source, job.start_s, job.end_s, job.instruction, job.output_path,
             options=options,
-            overwrite=job.attempts > 1,  # a second attempt (after a crash) may find its own earlier result there
+            # Never over an existing file, not even on a second attempt after a crash: what is there may be the
+            # producer's own (placed while the engine was down); a result of this job's first attempt that made it
+            # to disk stays beside the new one, under its own name.
+            overwrite=False,
             on_exists=lambda taken: audio_write.unique_result_path(job.source, job.instruction, taken, reserved()),
             roots=roots, progress=progress, cancel=cancel,
         )  # fmt: skip

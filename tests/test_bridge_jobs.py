@@ -41,7 +41,7 @@ def test_replay_gives_back_finished_and_pending_jobs(tmp_path):
     second = book(tmp_path)
     assert second.get("a").state == protocol.DONE_STATE and second.get("a").info == {"levels": {"lufs": -14.0}}
     assert second.get("b").state == protocol.QUEUED and list(second.queue) == ["b"]
-    assert second.get("b").attempts == 1  # its second run may replace its own half-written result
+    assert second.get("b").attempts == 1  # the run the crash cut counts
 
 
 def test_a_running_job_cancelled_before_a_crash_stays_cancelled_after_the_restart(tmp_path):
@@ -191,3 +191,21 @@ def test_a_result_name_taken_meanwhile_gives_way_to_one_no_pending_job_has_reser
     run_job(job, FakeEditor(), threading.Event(), lambda f, s: None, reserved=lambda: queued | {job.output_path})
     assert job.output_path == str(tmp_path / "x-3.wav")
     assert (tmp_path / "x.wav").read_bytes().startswith(b"someone else's")
+
+
+def test_a_job_run_again_after_a_crash_never_replaces_a_file_at_its_result_name(tmp_path):
+    """The engine died mid-job; meanwhile the producer rendered the same edit by hand (`imusic edit` picks the same
+    free name): the restarted job writes beside it."""
+    import threading
+
+    from test_bridge_support import write_wav
+
+    from bridge.worker import run_job
+
+    song = write_wav(tmp_path / "song.wav")
+    job = Job(EditRequest("a", str(song), 0.0, 1.0, "extract drums"), output_path=str(tmp_path / "x.wav"))
+    job.attempts = 2
+    (tmp_path / "x.wav").write_bytes(b"the producer's own render")
+    run_job(job, FakeEditor(), threading.Event(), lambda f, s: None, reserved=lambda: {job.output_path})
+    assert job.output_path == str(tmp_path / "x-2.wav")
+    assert (tmp_path / "x.wav").read_bytes() == b"the producer's own render"
