@@ -73,11 +73,28 @@ def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str
 
 def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] = ()) -> bool:
     """Whether the file at the pair's output is one this batch wrote (the manifest records the pair done there, or
-    claimed the name while it was free): only such a file may be replaced, damaged or not. Any other file there is
-    the user's and is never overwritten."""
+    claimed the name while it was free and the file there has the shape of the pair's result): only such a file may
+    be replaced. Any other file there is the user's and is never overwritten."""
     if pair.output.relative_to(out).as_posix() in claimed:
-        return True
+        # A claim survives a cut (kill -9, Ctrl-C) that may come before the result is written: a file the user put
+        # there since is theirs unless it has the exact shape this pair's result has.
+        return _has_result_shape(pair)
     return bool(entry) and entry.get("status") == "done" and out / entry.get("output", "") == pair.output
+
+
+def _has_result_shape(pair: Pair) -> bool:
+    """Whether the file at the pair's output holds what its result holds: the source region's rate, channel count
+    and length, to the sample (every result keeps them)."""
+    from bridge.audio_read import probe, region_frames
+    from engine.errors import ImusicError
+
+    try:
+        source, found = probe(pair.source.path), probe(pair.output)
+        start, stop = region_frames(source, pair.source.start_s, pair.end_s)
+    except (ImusicError, OSError):
+        return False
+    expected = (source.sample_rate, source.num_channels, stop - start)
+    return (found.sample_rate, found.num_channels, found.frames) == expected
 
 
 def is_done(entry: dict | None, pair: Pair, out: Path, settings: dict) -> bool:

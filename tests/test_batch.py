@@ -457,6 +457,31 @@ def test_a_batch_cut_after_a_result_was_written_but_before_it_was_recorded_resum
     assert json.loads((out / "manifest.json").read_text())["claimed"] == []
 
 
+def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwritten(
+    session, tmp_path, tiny_editor, monkeypatch
+):
+    """A cut before the first result: every name still to render stays claimed; the producer then renders one
+    of those edits by hand under the same name. A rerun leaves that file alone (it has another shape than the pair's
+    result) and renders the rest."""
+    out = tmp_path / "out"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_entry", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(session, out, tiny_editor)
+    monkeypatch.undo()
+    for written in out.rglob("*.wav"):
+        written.unlink()  # as if the cut came before the result's rename
+    assert "mix.extract_drums.wav" in json.loads((out / "manifest.json").read_text())["claimed"]
+    theirs = write_wav(out / "mix.extract_drums.wav", seconds=0.5, sample_rate=8000, channels=1)
+    before = theirs.read_bytes()
+    resumed = run_in_process(session, out, tiny_editor)
+    assert theirs.read_bytes() == before and resumed.rows["mix"]["extract drums"] == "refused"
+    assert resumed.done == 3 and "this batch did not write it" in resumed.refused["mix (extract drums)"]
+
+
 def test_a_corrupt_file_is_reported_and_the_others_are_done(session, tmp_path, tiny_editor):
     (session / "stems" / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
     out = tmp_path / "out"
