@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from bridge.sources import Pair
@@ -59,8 +60,11 @@ class Manifest:
 
 
 def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006 (per-process cache)
-    """SHA-256 of a file, cached per (path, size, mtime) for the life of the process."""
+    """SHA-256 of a file, cached per (path, size, mtime) for the life of the process; OSError for anything but a
+    regular file (opening a FIFO would block until a writer came)."""
     stat = path.stat()
+    if not S_ISREG(stat.st_mode):
+        raise OSError(f"{path} is not a regular file")
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _cache:
         digest = hashlib.sha256()

@@ -482,6 +482,21 @@ def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwri
     assert resumed.done == 3 and "this batch did not write it" in resumed.refused["mix (extract drums)"]
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_in_the_session_fails_its_pairs_and_does_not_hang_the_batch(session, tmp_path, tiny_editor):
+    import threading
+
+    os.mkfifo(session / "stems" / "pipe.wav")  # opening it for reading would wait for a writer forever
+    out, finished = tmp_path / "out", []
+    runner = threading.Thread(target=lambda: finished.append(run_in_process(session, out, tiny_editor)), daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert finished, "the batch hangs on the named pipe"
+    (summary,) = finished
+    assert summary.done == 4 and summary.rows["stems/pipe"] == {"extract drums": "FAILED", "remove bass": "FAILED"}
+    assert any("FIFO" in error for error in summary.errors)
+
+
 def test_a_corrupt_file_is_reported_and_the_others_are_done(session, tmp_path, tiny_editor):
     (session / "stems" / "broken.wav").write_bytes(b"RIFF" + os.urandom(200))
     out = tmp_path / "out"
