@@ -64,12 +64,13 @@ def folder_sources(folder: Path) -> list[Source]:
     read or is a link comes back as a Source with its `problem`, so that the table says what was left out."""
     skipped: list[tuple[Path, str]] = []
     found = audio_files(folder, skipped=skipped)
+    full = [p.relative_to(folder).as_posix() for p in found]
     rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
-    # song.wav and song.flac in one folder must not share outputs: keep the extension where stems collide.
-    sources = [
-        Source(path=p, rel=rel if rels.count(rel) == 1 else p.relative_to(folder).as_posix())
-        for p, rel in zip(found, rels, strict=True)
-    ]
+    # song.wav and song.flac in one folder must not share outputs: keep the extension where names collide, until
+    # none does (song.wav.wav, without its extension, is the song.wav kept whole); full paths never collide.
+    while clashing := {rel for rel in rels if rels.count(rel) > 1}:
+        rels = [whole if rel in clashing else rel for rel, whole in zip(rels, full, strict=True)]
+    sources = [Source(path=p, rel=rel) for p, rel in zip(found, rels, strict=True)]
     for path, why in skipped:
         rel = path.relative_to(folder).as_posix() + "/"
         sources.append(Source(path=path, rel=rel, problem=f"folder {rel} {why}: its files were left out"))

@@ -90,6 +90,10 @@ def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp
     write_wav(tmp_path / "song.wav", 0.1, 8000, 1, subtype="PCM_16")
     write_wav(tmp_path / "song.flac", 0.1, 8000, 1, subtype="PCM_16")
     assert sorted(s.rel for s in folder_sources(tmp_path)) == ["song.flac", "song.wav"]
+    write_wav(tmp_path / "song.wav.wav", 0.1, 8000, 1, subtype="PCM_16")  # without its extension: "song.wav" too
+    write_wav(tmp_path / "take.wav", 0.1, 8000, 1, subtype="PCM_16")
+    rels = sorted(s.rel for s in folder_sources(tmp_path))
+    assert rels == ["song.flac", "song.wav", "song.wav.wav", "take"]
 
 
 def test_a_linked_folder_is_not_followed_and_the_table_says_so(session, tmp_path):
