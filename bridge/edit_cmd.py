@@ -57,13 +57,16 @@ def choose_output(input_path: Path, instruction: str, output: str | None, force:
     from engine.files import result_file_path
 
     output = os.path.expanduser(output) if output else None  # "~/stems/" keeps its separator: still a folder
-    if not output or names_folder(output):
-        return unique_result_path(input_path, instruction, output)  # a fresh name: nothing to refuse
-    target = result_file_path(output)
-    if _same_file(target, input_path) or target.resolve() == input_path.resolve():
-        raise ConfigError(f"{target} is the input file: choose another output, the input is never overwritten")
-    if target.exists() and not force:
-        raise ConfigError(f"{target} exists: choose another name or pass --force to replace it")
+    try:
+        if not output or names_folder(output):
+            return unique_result_path(input_path, instruction, output)  # a fresh name: nothing to refuse
+        target = result_file_path(output)
+        if _same_file(target, input_path) or target.resolve() == input_path.resolve():
+            raise ConfigError(f"{target} is the input file: choose another output, the input is never overwritten")
+        if target.exists() and not force:
+            raise ConfigError(f"{target} exists: choose another name or pass --force to replace it")
+    except (OSError, RuntimeError) as exc:  # a name too long for the file system, a loop of symbolic links
+        raise ConfigError(f"cannot write to {output}: {getattr(exc, 'strerror', None) or exc}") from None
     return target
 
 
@@ -139,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except FileExistsError:
         raise ConfigError(f"{output} appeared while editing: choose another name or pass --force") from None
-    except PermissionError as exc:
-        raise ConfigError(f"cannot write {output}: {exc.strerror}") from None
+    except OSError as exc:  # no permission, a full disk: nothing is left behind (the write is atomic)
+        raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None
     finally:
         progress.close()
     print(done.output_path)

@@ -123,6 +123,37 @@ def test_an_output_name_too_long_to_write_is_refused_before_the_model_loads(song
     assert "the output file name is 240 bytes long" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["x" * 300 + ".wav", "x" * 300 + "/"])
+def test_an_output_name_longer_than_the_file_system_takes_is_one_line(song, tmp_path, capsys, no_model_load, name):
+    (tmp_path / "out").mkdir()
+    assert main(["edit", str(song), "extract drums", "-o", str(tmp_path / "out") + "/" + name]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("imusic edit: error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_an_output_that_is_a_loop_of_symbolic_links_is_one_line(song, tmp_path, capsys, no_model_load):
+    (tmp_path / "loop1.wav").symlink_to(tmp_path / "loop2.wav")
+    (tmp_path / "loop2.wav").symlink_to(tmp_path / "loop1.wav")
+    assert main(["edit", str(song), "extract drums", "-o", str(tmp_path / "loop1.wav")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"imusic edit: error: cannot write to {tmp_path / 'loop1.wav'}") and "Traceback" not in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_file(song, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import errno
+
+    from bridge import audio_write
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audio_write, "_write_wav", full)
+    out = tmp_path / "x.wav"
+    assert edit(song, tiny_model_dir, "-o", str(out)) == 1
+    assert capsys.readouterr().err.strip() == f"imusic edit: error: cannot write {out}: No space left on device"
+    assert not [p for p in tmp_path.iterdir() if p == out or p.name.endswith(".partial.wav")]
+
+
 def test_takes_out_of_range_is_a_usage_error(song, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["edit", str(song), "extract drums", "--takes", "0"])
