@@ -67,13 +67,21 @@ def seed_option(text: str) -> int:
 
 
 def seconds_option(text: str) -> float:
-    """argparse type of a time in seconds (--timeout; --start and --end add their own rule): a finite number."""
+    """argparse type of a time in seconds: a finite number (--timeout, --start and --end add their own rule)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds, got {text!r}")
+    return value
+
+
+def wait_option(text: str) -> float:
+    """argparse type of --timeout: seconds to wait, more than 0 (0 would give up before any answer could come)."""
+    value = seconds_option(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
     return value
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 from bridge import protocol, tracking
-from bridge.cli import JobProgress, add_edit_options, add_region_options, seconds_option
+from bridge.cli import JobProgress, add_edit_options, add_region_options, wait_option
 from bridge.client import Client, NoReply, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
@@ -27,7 +27,7 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     )
     parser.add_argument(
         "--timeout",
-        type=seconds_option,
+        type=wait_option,
         default=argparse.SUPPRESS if suppress else None,
         help=f"seconds to wait for an answer (default {tracking.ANSWER_WITHIN_S:g}; edit: no limit while the server "
         f"answers, {tracking.GIVE_UP_AFTER_S:g} s of silence end it)",

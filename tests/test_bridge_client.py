@@ -286,6 +286,8 @@ def test_a_malformed_job_id_is_refused_before_sending(server):
         (["edit", "in.wav", "extract drums", "--seed", "99999999999"], "argument --seed: must be from 0 to 2147483647"),
         (["batch", ".", "--edit", "extract drums", "-o", "o", "--seed", "-2"], "argument --seed: must be from 0 to"),
         (["send", "--timeout", "inf", "ping"], "argument --timeout: must be a finite number of seconds"),
+        (["send", "--timeout", "0", "ping"], "argument --timeout: must be a number of seconds above 0, got '0'"),
+        (["send", "status", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, got '-1'"),
         (["send", "edit", "in.wav", "extract drums", "--end", "nan"], "argument --end: must be a finite number"),
     ],
 )
