@@ -154,7 +154,7 @@ class AdapterStage(Stage):
             "template": self.template,
             "verbs": self.verbs,
             "base": base_ref,
-            "training": training_facts(self.cfg, self.codec.sample_rate),
+            "training": measure_training(self.cfg, self.codec.sample_rate),
         }
         state = self.lm.adapter_state_dict()
         adapter_dir = replace_dir(run_dir / RUN_ADAPTER)
@@ -171,7 +171,7 @@ class AdapterStage(Stage):
         return {"adapter": str(adapter_dir), "model": str(model_dir)}
 
 
-def training_facts(cfg: TrainConfig, sample_rate: int) -> dict[str, float]:
+def measure_training(cfg: TrainConfig, sample_rate: int) -> dict[str, float]:
     """What an adapter trained with `cfg` trained on (adapter.json `training`): its clips' length, and the median RMS
     (dBFS) of LEVEL_CLIPS training inputs at the codec's `sample_rate`, spread over the split as the first epoch
     draws them."""
