@@ -78,19 +78,26 @@ def rms_db(audio: np.ndarray) -> float:
     return db(float(np.sqrt(np.mean(np.square(array))))) if array.size else -math.inf
 
 
+MAX_MODEL_INPUT_GAIN_DB = 24.0  # the training inputs' own spread is under 8 dB; a fade is not made loud
+LEVELLED_ABOVE_DB = -60.0  # RMS below which what the model hears is fed as it is (dither, an empty track: add)
+
+
 def model_input_gain(mono: np.ndarray, target_rms_db: float | None) -> float:
     """The gain that brings what the model hears (mono, at its codec's rate) to the level its adapter was trained at:
     `target_rms_db`, the median RMS of its training inputs, but no sample above full scale (a training input's peak
-    never exceeds 1: the data's gain rule scales the whole clip down). 1.0 without a target or for silence.
+    never exceeds 1: the data's gain rule scales the whole clip down) and at most MAX_MODEL_INPUT_GAIN_DB up. 1.0
+    without a target, and for audio below LEVELLED_ABOVE_DB (an empty track's dither: what an add puts on it comes
+    out at the model's own level, as on silence, not scaled down by a gain that had brought dither up to a mix's).
 
     A small codec's codes change almost completely with the input's level (12 dB quieter: 0.5 % of the codes alike),
     and a recording's level is the producer's, so the model is fed at its training level; the Editor undoes the gain
     on the model's output, so every later step sees the input's own scale."""
-    if target_rms_db is None or is_silent(mono):
+    level = rms_db(mono)
+    if target_rms_db is None or level < LEVELLED_ABOVE_DB:
         return 1.0
-    gain = 10 ** ((target_rms_db - rms_db(mono)) / 20)
+    gain_db = min(target_rms_db - level, MAX_MODEL_INPUT_GAIN_DB)
     peak = float(np.max(np.abs(mono)))
-    return float(min(gain, 1.0 / peak))
+    return float(min(10 ** (gain_db / 20), 1.0 / peak))
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:

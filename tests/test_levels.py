@@ -11,6 +11,7 @@ import pytest
 from engine.errors import AudioError
 from engine.levels import (
     DEFAULT_TARGET_LUFS,
+    MAX_MODEL_INPUT_GAIN_DB,
     STEM_FLOOR_LU,
     integrated_loudness,
     is_silent,
@@ -291,3 +292,7 @@ def test_the_model_input_gain_brings_the_rms_to_the_training_level_without_passi
     assert gain == pytest.approx(2.0) and rms_db(spiky * gain) < -18.0
     assert model_input_gain(noise, None) == 1.0  # no level recorded (the official adapter)
     assert model_input_gain(np.zeros(100), -18.0) == 1.0  # silence (add to nothing) is not scaled up
+    dither = 3e-5 * np.random.default_rng(1).uniform(-1, 1, 16000)  # an empty 16-bit track: "add piano" to it
+    assert model_input_gain(dither, -18.0) == 1.0
+    fade = noise * 10 ** (-10 / 20)  # a quiet passage at -50 dBFS: brought up by the most the gain may
+    assert 20 * math.log10(model_input_gain(fade, -18.0)) == pytest.approx(MAX_MODEL_INPUT_GAIN_DB)

@@ -191,6 +191,7 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
         ("training", "x", "'training' must be an object, got 'x'"),
         ("training", {"input_rms_db": "loud"}, "training.input_rms_db must be a number, got 'loud'"),
         ("training", {"window_s": 0}, "training.window_s must be above 0 s, got 0"),
+        ("training", {"input_rms_db": -1000}, "training.input_rms_db must be from -80 to 0 dBFS, got -1000"),
     ],
 )
 def test_a_damaged_adapter_json_is_named_field_by_field(model_copy, field, value, says):

@@ -125,6 +125,8 @@ def training_facts(meta: Mapping[str, Any], where: str = ADAPTER_JSON) -> dict[s
             raise CheckpointError(f"{where}: training.{key} must be a number, got {value!r}")
         if key == "window_s" and value <= 0:
             raise CheckpointError(f"{where}: training.window_s must be above 0 s, got {value!r}")
+        if key == "input_rms_db" and not -80 <= value <= 0:
+            raise CheckpointError(f"{where}: training.input_rms_db must be from -80 to 0 dBFS, got {value!r}")
         facts[key] = float(value)
     return facts
 
