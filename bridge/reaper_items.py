@@ -125,14 +125,15 @@ def clip_to_range(position: float, length: float, start: float, end: float) -> t
 def nested_section(layers: Iterable[tuple[float, float | None, bool]]) -> tuple[float, float | None, bool]:
     """A take's SECTION sources, outermost first, each (start in its parent, length or None, reversed), as one section
     of the file: (offset, length or None when no layer has one, reversed). Offsets add up; a layer starting at o in
-    a parent of length L has at most L - o of it; each reverse flips the direction (reversed takes are refused)."""
+    a parent of length L has at most L - o of it. Reversed when any layer is (reversed takes are refused): two
+    reversals play forward, but from other offsets than these sums."""
     offset, length, backwards = 0.0, None, False
     for start, section_length, reverse in layers:
         if section_length is not None:
             room = section_length - offset  # this layer's audio from where the outer ones begin in it
             length = room if length is None else min(length, room)
         offset += start
-        backwards ^= bool(reverse)
+        backwards = backwards or bool(reverse)
     return offset, length, backwards
 
 

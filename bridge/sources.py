@@ -138,8 +138,8 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
         return {"has_take": False, "source_type": "EMPTY"}, "", None
     kind = node.attrib[0] if node.attrib else "EMPTY"
     fields: dict[str, Any] = {"source_type": kind}
+    layers: list[tuple[float, float | None, bool]] = []  # SECTIONs, which can nest: outermost first
     if kind == "SECTION":
-        layers = []  # sections can nest: outermost first
         while kind == "SECTION":
             length = _value(node.children, "LENGTH")
             layers.append(
@@ -164,9 +164,12 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
             path = None  # unreadable: reported below as a missing source
         else:
             fields.update(source_length=info.duration, source_channels=info.num_channels)
-            if fields["source_type"] == "SECTION" and fields["section_length"] is None:
-                # a section without LENGTH runs to the end of its file
-                fields["section_length"] = info.duration - fields["section_offset"]
+            if layers:  # a section without LENGTH runs to the end of its parent: fill those in from the file up
+                parent, known = info.duration, []
+                for start, length, reverse in reversed(layers):
+                    parent = parent - start if length is None else length
+                    known.append((start, parent, reverse))
+                fields["section_length"] = nested_section(known[::-1])[1]
     # Not found: named as the actions name it (resolved against the project folder), so both give one message.
     fields["source_path"] = str(path) if path is not None else resolve_source_path(file_name, str(project_dir))
     fields["is_midi"] = kind == "MIDI"

@@ -37,6 +37,11 @@ ITEMS = {
         "SOFFS 0.25",
         NESTED,
     ),
+    "section with length around one without": (
+        "SOFFS 0",
+        "<SOURCE SECTION\n        LENGTH 3\n        STARTPOS 0\n        <SOURCE SECTION\n          STARTPOS 3\n"
+        '          <SOURCE WAVE\n            FILE "Audio/st.wav"\n          >\n        >\n      >',
+    ),
     "section without length": (
         "SOFFS 0",
         '<SOURCE SECTION\n        STARTPOS 3\n        <SOURCE WAVE\n          FILE "Audio/st.wav"\n        >\n      >',
@@ -107,6 +112,7 @@ def test_an_item_gives_the_same_region_or_refusal_in_the_actions_and_in_batch(pr
     # the outer section is 2 s long, but only 1.5 s of the inner one lie after its start
     assert "loops its section" in outcome["nested section past its parent"]
     assert "loops its section" in outcome["section without length"]  # it holds the file's last second only
+    assert "loops its section" in outcome["section with length around one without"]  # 3 s of a 1 s section
     assert "is reversed" in outcome["reversed section"]
     assert "rate 0.5, resampled" in outcome["resampled"]
     assert "rate 2, time-stretched" in outcome["stretched"]

@@ -94,7 +94,8 @@ def test_nested_sections_add_their_offsets_and_keep_what_every_layer_holds():
     # 10 s from 2 s into a section that starts 3 s into the file and lasts 8 s: only 6 s of it are there
     assert planning.nested_section([(2.0, 10.0, False), (3.0, 8.0, False)]) == (5.0, 6.0, False)
     assert planning.nested_section([(2.0, 4.0, False), (3.0, 8.0, False)]) == (5.0, 4.0, False)
-    assert planning.nested_section([(1.0, None, True), (2.0, None, True)]) == (3.0, None, False)
+    assert planning.nested_section([(1.0, None, False), (2.0, None, True)]) == (3.0, None, True)
+    assert planning.nested_section([(1.0, None, True), (2.0, None, True)])[2]  # forward again, but not from 3 s
 
 
 def test_an_item_that_loops_its_section_is_refused():
