@@ -34,6 +34,7 @@ from reaper_scripts.keymap import (
     bound_keys,
     hotkey_refusal,
     remove_lines,
+    renamed_by_user,
 )
 from reaper_scripts.planning import PRESET_ACTIONS
 
@@ -361,9 +362,10 @@ def _install_plan(
     if not kb_path.exists():
         manifest["created_kb"] = True
     # Lines an earlier version wrote that this one writes otherwise are ours to take back: shortcuts it bound by
-    # default (some on REAPER's factory chords), and action lines under an older name (rewritten below).
+    # default (some on REAPER's factory chords), and action lines under an older name (rewritten below) unless the
+    # user has named the action themselves.
     current = {line for action in ACTIONS for line in (action.scr_line(), action.key_line())}
-    stale = [line for line in manifest["kb_lines"] if line not in current]
+    stale = [line for line in manifest["kb_lines"] if line not in current and not renamed_by_user(original, line)]
     base = remove_lines(original, stale) if stale else original
     for line in stale:
         manifest["kb_lines"].remove(line)

@@ -128,6 +128,20 @@ def _identity(line: bytes) -> bytes:
     return line.rstrip()
 
 
+def renamed_by_user(data: bytes, line: str) -> bool:
+    """Whether the file holds our SCR `line`'s action under another name than the line gives it (the user renamed
+    it): a reinstall keeps their name."""
+    import re
+
+    name = re.compile(rb'^SCR\s+\S+\s+\S+\s+\S+\s+"([^"]*)"')
+    ours = name.match(line.encode())
+    for present in _lines(data):
+        if _identity(present) == _identity(line.encode()):
+            theirs = name.match(present)
+            return bool(ours and theirs and theirs[1] != ours[1])
+    return False
+
+
 def bound_keys(data: bytes) -> dict[tuple[int, int, int], str]:
     """(modifiers, key, section) -> command of every KEY line in a reaper-kb.ini."""
     keys = {}

@@ -583,7 +583,7 @@ def test_the_actions_are_listed_under_their_instruct_names():
 
 def test_a_reinstall_renames_the_actions_an_earlier_version_listed_by_file_name(resource):
     """Earlier versions listed each action as its file name: a reinstall rewrites that line, keeping its command id
-    (and so the user's own shortcuts), and an uninstall still restores the file."""
+    (and so the user's own shortcuts), but not a name the user gave; an uninstall still restores the file."""
     original = sample_kb("\n")
     (resource / "reaper-kb.ini").write_bytes(original)
     install(resource)
@@ -599,10 +599,15 @@ def test_a_reinstall_renames_the_actions_an_earlier_version_listed_by_file_name(
     user_key = f"KEY 1 112 _{ACTIONS[0].command_id} 0"
     with open(kb, "a") as handle:
         handle.write(user_key + "\n")
+    renamed = ACTIONS[1]  # the user named this one themselves (REAPER also drops the quotes around the path)
+    mine = f'SCR 4 0 {renamed.command_id} "Custom: my drum stem" imusic/{renamed.script}'
+    kb.write_text(kb.read_text().replace(older[renamed.scr_line()], mine))
     install(resource)
     data = kb.read_text()
     for new, old in older.items():
-        assert old not in data and data.count(new) == 1
+        if new != renamed.scr_line():
+            assert old not in data and data.count(new) == 1
+    assert mine in data and renamed.scr_line() not in data  # their name stays
     assert user_key in data
     uninstall(resource)
     assert kb.read_text() == original.decode() + user_key + "\n"
