@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.cli import JobProgress, add_edit_options, add_region_options
 from bridge.protocol import TO_END, EditOptions
-from engine.errors import ConfigError, ImusicError
+from engine.errors import AudioError, ConfigError, ImusicError
 from engine.files import AUDIO_FORMATS, writable_folder
 from engine.weights.loader import add_model_arguments
 
@@ -142,8 +142,10 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except FileExistsError:
         raise ConfigError(f"{output} appeared while editing: choose another name or pass --force") from None
-    except OSError as exc:  # no permission, a full disk: nothing is left behind (the write is atomic)
-        raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None
+    except OSError as exc:  # the input gone since it was checked; no permission or a full disk for the result
+        if exc.filename is not None and os.path.abspath(exc.filename) == os.path.abspath(input_path):
+            raise AudioError(f"cannot read {input_path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None  # the write is atomic
     finally:
         progress.close()
     print(done.output_path)

@@ -154,6 +154,21 @@ def test_a_full_disk_is_one_line_and_leaves_no_file(song, tmp_path, tiny_model_d
     assert not [p for p in tmp_path.iterdir() if p == out or p.name.endswith(".partial.wav")]
 
 
+def test_an_input_gone_while_the_model_loads_is_a_read_error_not_a_write_error(
+    song, tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    import errno
+
+    from bridge import audio_read
+
+    def gone(path, *args, **kwargs):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+
+    monkeypatch.setattr(audio_read, "read_region", gone)
+    assert edit(song, tiny_model_dir, "-o", str(tmp_path / "x.wav")) == 1
+    assert capsys.readouterr().err.strip() == f"imusic edit: error: cannot read {song}: No such file or directory"
+
+
 def test_takes_out_of_range_is_a_usage_error(song, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["edit", str(song), "extract drums", "--takes", "0"])
