@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Any
@@ -67,9 +68,10 @@ def folder_sources(folder: Path) -> list[Source]:
     full = [p.relative_to(folder).as_posix() for p in found]
     rels = [p.relative_to(folder).with_suffix("").as_posix() for p in found]
     # song.wav and song.flac in one folder must not share outputs: keep the extension where names collide, until
-    # none does (song.wav.wav, without its extension, is the song.wav kept whole); full paths never collide.
-    while clashing := {rel for rel in rels if rels.count(rel) > 1}:
-        rels = [whole if rel in clashing else rel for rel, whole in zip(rels, full, strict=True)]
+    # none does (song.wav.wav, without its extension, is the song.wav kept whole). Names that differ in case only
+    # collide too: macOS and Windows file systems hold one file for both.
+    while clashing := {key for key, n in Counter(rel.casefold() for rel in rels).items() if n > 1}:
+        rels = [whole if rel.casefold() in clashing else rel for rel, whole in zip(rels, full, strict=True)]
     sources = [Source(path=p, rel=rel) for p, rel in zip(found, rels, strict=True)]
     for path, why in skipped:
         rel = path.relative_to(folder).as_posix() + "/"

@@ -94,6 +94,9 @@ def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp
     write_wav(tmp_path / "take.wav", 0.1, 8000, 1, subtype="PCM_16")
     rels = sorted(s.rel for s in folder_sources(tmp_path))
     assert rels == ["song.flac", "song.wav", "song.wav.wav", "take"]
+    write_wav(tmp_path / "Take.flac", 0.1, 8000, 1, subtype="PCM_16")  # one file with take.wav's on macOS or Windows
+    rels = sorted(s.rel for s in folder_sources(tmp_path))
+    assert rels == ["Take.flac", "song.flac", "song.wav", "song.wav.wav", "take.wav"]
 
 
 def test_a_linked_folder_is_not_followed_and_the_table_says_so(session, tmp_path):
