@@ -98,7 +98,8 @@ class _Progress:
 class Editor:
     """Edits audio with one loaded model; construct with `Editor.load(...)` or `Editor(loaded_model)`.
 
-    `window_seconds` (default and maximum: the adapter's window) and `overlap_seconds` set the windowing;
+    `window_seconds` (default: the adapter's trained clip length where its card records one, else its window; maximum:
+    its window) and `overlap_seconds` set the windowing;
     `cfg_coef`, `top_k`, `temperature` the sampling (official inference: CFG 3.0, top-k 100); `mask_settings`
     ({operation: engine.mask.MaskSettings}) replace the mask mode's defaults for the operations it names.
     `decode_step` the CUDA decode step (DECODE_STEPS; None: engine.model.generate.CUDA_STEP; off CUDA every step is

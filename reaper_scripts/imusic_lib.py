@@ -227,15 +227,15 @@ def _defer_tick() -> None:
     _host("RPR_defer")(_deferred_call(f"tick({_LOOP})"))
 
 
-def _keep_loop(R) -> None:
+def _keep_loop() -> None:
     """The start of every action that edits: allow its re-run, and take over the deferred loop of earlier edits
     (REAPER may have ended the instance that ran it to start this one)."""
-    _allow_rerun(R)
+    _allow_rerun()
     if _SESSIONS:
         _ensure_loop()
 
 
-def _allow_rerun(R) -> None:
+def _allow_rerun() -> None:
     """Let the user run an action again while an earlier run of it waits on the engine (no "already running" dialog);
     REAPER before 7.03 has no such option and asks."""
     set_options = _host("RPR_set_action_options", required=False)
@@ -258,7 +258,7 @@ def run_edit(instruction: str, mode: str = "") -> None:
 
     `mode` "" is the engine's default for the operation; the engine refuses a mode that does not apply."""
     R = _api()
-    _keep_loop(R)
+    _keep_loop()
     _send_edit(R, instruction, mode)
 
 
@@ -390,7 +390,7 @@ def _project_closed(session: Session) -> None:
 def run_prompted() -> None:
     """ "Instruct: edit selected items...": ask for an instruction, then run it."""
     R = _api()
-    _keep_loop(R)  # before the dialog: Cancel there must not leave earlier edits without their loop
+    _keep_loop()  # before the dialog: Cancel there must not leave earlier edits without their loop
     defaults = f"|{_mode() or DEFAULT_MODE}"
     ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 2, CAPTIONS, defaults, 1024)
     if not ok:
@@ -429,7 +429,7 @@ _STATUS: dict = {}
 
 def run_status() -> None:
     """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
-    _allow_rerun(_api())
+    _allow_rerun()
     from bridge.client import Client
 
     host, port = engine_address()
