@@ -225,8 +225,11 @@ def _fsync_dir(folder: Path) -> None:
 
 def names_folder(output: str | Path) -> bool:
     """Whether an output a user gave names a folder to put the result in: an existing folder, or a path ending in a
-    separator (a folder not made yet)."""
-    return str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+    separator (a folder not made yet). A path the system cannot even look up (a name too long) names no folder."""
+    try:
+        return str(output).endswith(("/", os.sep)) or Path(output).is_dir()
+    except OSError:
+        return False
 
 
 def unique_result_path(

@@ -183,7 +183,10 @@ def writable_folder(folder: str | Path, make: bool = True) -> None:
     import tempfile
 
     folder = Path(folder)
-    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    try:
+        existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    except OSError as exc:  # a name longer than the file system takes
+        raise ConfigError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"{existing} is a file, not a folder: choose another place for the output")
     if not make:

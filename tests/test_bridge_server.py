@@ -127,6 +127,14 @@ def test_an_output_path_in_another_audio_format_is_refused_with_the_wav_name(ser
     assert server.worker.editor.calls == [] and not (root / "mine.flac").exists()
 
 
+@pytest.mark.parametrize("name", ["x" * 300 + ".wav", "x" * 300 + "/"])
+def test_an_output_name_longer_than_the_file_system_takes_is_refused_in_its_own_words(server, client, song, root, name):
+    with pytest.raises(RemoteError) as exc:
+        client.edit(str(song), 0.0, 1.0, "extract drums", output_path=str(root) + "/" + name, timeout=TIMEOUT)
+    assert exc.value.code == "bad_config" and "internal error" not in str(exc.value)
+    assert server.worker.editor.calls == []
+
+
 def test_two_jobs_on_one_region_get_distinct_results(client, song):
     first = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
     second = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
