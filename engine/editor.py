@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
-from engine.levels import is_silent
+from engine.levels import db, is_silent
 from engine.mask import MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import MASK, channel_policy, check_mode
@@ -290,7 +290,7 @@ class Editor:
         generated = time.perf_counter()
         results = []
         for audio, item, out, seed, item_modes, gain in zip(audios, parsed, outs, seeds, chosen, gains, strict=True):
-            own = {**details, "model_input_gain_db": round(20 * math.log10(gain), 2)}
+            own = {**details, "model_input_gain_db": round(db(gain), 2)}
             done = {
                 mode: self._finish(audio, sample_rate, out, item, mode, raw, seed, takes, dict(timings), own)
                 for mode in item_modes

@@ -83,7 +83,7 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
     stems = meta["stems"]
     if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
         raise CheckpointError(f"{meta_path}: 'stems' must be a list of stem names, got {stems!r}")
-    training_facts(meta, str(meta_path))
+    meta["training"] = training_facts(meta, str(meta_path))  # checked once, read as numbers from here on
     return meta
 
 

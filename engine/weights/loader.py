@@ -308,7 +308,7 @@ def read_adapter(path: Path) -> tuple[dict, dict]:
             "template": meta.get("instruction_template"),
             "verbs": meta.get("instruction_verbs"),
             "provenance": meta.get("provenance", {}),
-            "training": adapter_format.training_facts(meta, str(directory / ADAPTER_JSON)),
+            "training": meta["training"],
         }
         return state, info
     raise CheckpointError(f"{path} is not an adapter: expected adapter.json + adapter.safetensors, or a finetuned.ckpt")
