@@ -180,11 +180,28 @@ def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
         R.RPR_Undo_EndBlock(planning.undo_description(instruction), -1)
 
 
+# Steps of a peak build before giving up on it (each reads a part of the file; a result's build takes a few): a binding
+# that never reports the end must not hang REAPER. The waveform then comes when the user builds missing peaks.
+_PEAK_STEPS = 10_000
+
+
+def _build_peaks(R, source: str) -> None:
+    """Build the waveform of a source made by the API (REAPER builds none for it on its own), in REAPER's three
+    phases: begin (0: nothing to build), run until it returns 0 (the percentage left), finish."""
+    if not R.RPR_PCM_Source_BuildPeaks(source, 0):
+        return
+    for _ in range(_PEAK_STEPS):
+        if not R.RPR_PCM_Source_BuildPeaks(source, 1):
+            break
+    R.RPR_PCM_Source_BuildPeaks(source, 2)
+
+
 def _add_result_item(R, track: str, job: Any, label: str) -> None:
     item = R.RPR_AddMediaItemToTrack(track)
     take = R.RPR_AddTakeToMediaItem(item)
     source = R.RPR_PCM_Source_CreateFromFile(job.result_path)
     R.RPR_SetMediaItemTake_Source(take, source)
+    _build_peaks(R, source)
     R.RPR_SetMediaItemInfo_Value(item, "D_POSITION", job.plan.position)
     R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
     R.RPR_SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)  # a result a few samples short must not loop its start

@@ -57,6 +57,10 @@ class Source:
     section_length: float = 0.0
     section_reversed: bool = False
     channels: int = 0  # 0: as many as the file has
+    # Peaks: a source made by the API has none until PCM_Source_BuildPeaks builds them (REAPER draws no waveform and
+    # builds none on its own for it). peaks_left is the percentage a build still has to read.
+    peaks: bool = False
+    peaks_left: int = 100
     ptr: str = field(default_factory=lambda: _pointer("PCM_source"))
 
 
@@ -541,6 +545,20 @@ class FakeReaper:
         source = Source(type=kind, filename=filename, length=_audio_length(filename))
         self.sources_created.append(source)
         return source.ptr
+
+    def RPR_PCM_Source_BuildPeaks(self, src: str, mode: int) -> int:
+        """REAPER's three phases: 0 begins (0: nothing to build), 1 runs a step and returns the percentage left,
+        2 finishes; the peaks exist only once a finish follows a run that reached 0."""
+        source = self._source(src)
+        if mode == 0:
+            return 0 if source.peaks else 1
+        if mode == 1:
+            source.peaks_left = max(0, source.peaks_left - 40)
+            return source.peaks_left
+        if mode == 2:
+            source.peaks = source.peaks or source.peaks_left == 0
+            return 0
+        raise ValueError(f"PCM_Source_BuildPeaks mode {mode}")
 
     def RPR_SetMediaItemTake_Source(self, take: str, source: str) -> bool:
         self.changes.append("set take source")

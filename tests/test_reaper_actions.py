@@ -128,6 +128,7 @@ def test_extract_drums_puts_the_edit_of_exactly_the_item_on_a_new_track_under_it
     assert result.take.values["D_STARTOFFS"] == 0.0 and result.take.values["D_PLAYRATE"] == 1.0
     assert result.values["B_LOOPSRC"] == 0.0
     assert result.take.name == "extract drums"
+    assert result.take.source.peaks  # REAPER builds no peaks for a source the API made: no waveform without them
     info = soundfile.info(result.take.source.filename)
     assert (info.frames, info.samplerate, info.channels) == (frames(2.5), SR, 2)
     assert Path(result.take.source.filename).parent == harness.media / "imusic"
@@ -136,6 +137,25 @@ def test_extract_drums_puts_the_edit_of_exactly_the_item_on_a_new_track_under_it
     (call,) = sent
     assert call[3] == "extract drums"
     assert_region_is_source(call, source_file, offset=1.25, seconds=2.5)
+
+
+def test_a_peak_build_that_never_ends_does_not_hang_reaper_and_the_result_still_lands(harness, source_file):
+    reaper = harness.reaper
+    calls = []
+
+    def stuck(src, mode):  # a build that reports 50 % left on every step
+        calls.append(mode)
+        return 1 if mode == 0 else 50 if mode == 1 else 0
+
+    reaper.RPR_PCM_Source_BuildPeaks = stuck
+    reaper.install()  # the reaper_python module the library reads the API from
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    assert reaper.messages == []
+    assert len(reaper.tracks[1].items) == 1 and reaper.undo_points == ["Instruct: extract drums"]
+    assert calls[0] == 0 and calls[-1] == 2 and 1000 < calls.count(1) <= 10_000
 
 
 def test_every_hotkey_action_sends_its_own_edit_and_lands_under_the_source(harness, source_file, sent):
