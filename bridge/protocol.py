@@ -18,7 +18,7 @@ Replies (server -> the address and port the request came from):
     /imusic/error         job_id code message            (job_id "" when the request had none)
     /imusic/state         job_id state fraction detail   (answer to status job_id and to cancel)
     /imusic/server_status state queued running_job_id version model
-    /imusic/pong          version model device state
+    /imusic/pong          version model device state notes
     /imusic/previewing    job_id which duration_s
     /imusic/preview_stopped
 """
@@ -149,7 +149,7 @@ FORBIDDEN_PATH = "forbidden_path"  # outside the allowed roots, or not resolvabl
 JOB_CONFLICT = "job_conflict"  # a job id reused for a different request
 QUEUE_FULL = "queue_full"
 NOT_FINISHED = "not_finished"  # preview of a job that has no result yet
-UNAVAILABLE = "unavailable"  # the server is stopping, or preview has no output device
+UNAVAILABLE = "unavailable"  # the server is stopping (a preview without an output device is no_playback)
 INTERNAL = "internal"  # a bug: the server logged a traceback and keeps serving
 NO_REPLY = "no_reply"  # never on the wire: a client's code for a server that did not answer
 

@@ -16,12 +16,13 @@ wanted part lies, and builds the result from the original region itself, at its 
   P_G, 0, 1) ** exponent, with G's own phase (the new part is not in the original, so the original's phase at those
   bins belongs to other instruments; G's phase is the only one the new part has). A is mono, added to every channel
   (centred); where the generated mix holds nothing beyond the original, A is exactly zero and so is every change.
-- level: the model's output level is arbitrary, and a ratio mask is not. Before masking, the estimate is scaled so
-  that it sits at its level in the original: over the bins that hold energy, an energy-weighted quantile of
-  P_mix / P_est; a low one (0.25) for extract and remove, where the target dominates the bins it is in, a high one
-  (0.75) for add, where the generated mix holds the original plus more (the argument of engine.levels). An output
-  that shares little with the original (the model invented it) could drive that quantile tens of dB down and the mask
-  to silence, so the scaled estimate is kept at most STEM_FLOOR_LU (engine.levels) under the original's power.
+- level (only with `calibrate`, which no operation's default sets now: docs/embedded_model/mask.md): the model's
+  output level is arbitrary, and a ratio mask is not. Before masking, the estimate is scaled so that it sits at its
+  level in the original: over the bins that hold energy, an energy-weighted quantile of P_mix / P_est; a low one
+  (0.25) for extract and remove, where the target dominates the bins it is in, a high one (0.75) for add, where the
+  generated mix holds the original plus more (the argument of engine.levels). An output that shares little with the
+  original (the model invented it) could drive that quantile tens of dB down and the mask to silence, so the scaled
+  estimate is kept at most STEM_FLOOR_LU (engine.levels) under the original's power.
 - above the estimate's band (the model runs at the codec's rate, often under the input's): the estimate has nothing
   there, so the mask of each frame is extended from the top of the estimate's band (the mean of its mask over
   75-100 % of the reliable band, 90 % of the estimate's Nyquist): hi-hats above 8 kHz go with drums whose top band

@@ -174,6 +174,10 @@ def test_a_finished_run_writes_an_adapter_and_a_model_dir_that_load_model_reads(
         meta["training"]["input_rms_db"],
     )
     assert -60.0 < meta["training"]["input_rms_db"] < 0.0
+    # The model card says which stage made it; the base's own provenance stays apart, not overwritten by this run's
+    provenance = loaded.card.provenance
+    assert provenance["trained_by"] == "imusic train --stage adapters" and provenance["steps"] == 4
+    assert provenance["base"].startswith(config.base) and "base_provenance" in provenance
 
 
 def test_keep_best_exports_the_weights_of_the_best_validation_loss_not_the_last(config, tmp_path, monkeypatch):

@@ -8,9 +8,10 @@ without the paper:
 - codec ceiling: the target encoded and decoded by the model's own codec (the best re-synthesis can do);
 - ideal mask: the mask computed from the true target, then levelled as the Editor does (the best mask mode can do);
 - oracle: output = target (the top of every scale).
-Every clip is generated twice (once per mode, same seed: the same generation), so an evaluation costs twice the
-model time of one mode. Network-free metrics (engine.eval.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the
-stereo image's ILD error, all at 16 kHz) always run; the clips of engine.data are mono, so there the ILD error is 0.
+Each clip is generated once: both modes are made from that one generation (Editor.edit_modes), so the second mode
+costs no model time. Network-free metrics (engine.eval.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the
+stereo image's ILD error, all at 16 kHz) always run; the clips of engine.train.data are mono, so there the ILD error
+is 0.
 FAD / KL (audioldm_eval, as the official evaluation) and CLAP (frechet_audio_distance's CLAPScore) run when the user
 has those packages and their networks; otherwise the report says they were skipped and why.
 Keep top-level imports light: torch and the model are imported inside functions.

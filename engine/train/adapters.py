@@ -165,7 +165,11 @@ class AdapterStage(Stage):
         card = new_model_card(
             f"{self.base_card.get('name') or Path(self.base_path).name}-{run_dir.name}",
             stems=list(self.stems),
-            provenance={**dict(self.base_card.get("provenance") or {}), "base": str(self.base_path), **info},
+            provenance={
+                **provenance,
+                "base": str(self.base_path),
+                "base_provenance": dict(self.base_card.get("provenance") or {}),
+            },
         )
         write_model_card(model_dir, card)
         return {"adapter": str(adapter_dir), "model": str(model_dir)}
