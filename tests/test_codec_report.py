@@ -54,9 +54,15 @@ def test_a_codec_that_loses_the_audio_falls_below_identity(synth_data):
 
 def test_bad_input_is_named(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1  # a missing codec is an error, not a usage mistake (2)
-    assert "not a codec directory" in capsys.readouterr().err
+    assert "is not a codec folder" in capsys.readouterr().err
     with pytest.raises(DataError, match="does not exist"):
         ceiling(lambda a: a, tmp_path / "nowhere", RATE, ("remove",), "test")
+
+
+def test_a_model_folder_is_not_taken_for_a_codec(tiny_model_dir, capsys):
+    # A MusicGen folder holds a config.json too: loaded as a codec, every weight would be new and random, silently.
+    assert main([str(tiny_model_dir / "base")]) == 1
+    assert "is not a codec folder" in capsys.readouterr().err
 
 
 def test_the_command_reads_an_exported_codec(tmp_path, capsys):

@@ -55,6 +55,12 @@ def test_training_lowers_the_loss_and_exports_a_loadable_codec(tones, tmp_path):
     codec = EncodecModel.from_pretrained(out)
     codes = codec.encode(torch.zeros(1, 1, 3200), bandwidth=codec.config.target_bandwidths[0]).audio_codes
     assert codes.shape == (1, 1, 4, 10)  # 4 codebooks at 50 Hz
+    # Given where a model goes, the codec is named as what it is (its config.json is not a MusicGen model's)
+    from engine.errors import CheckpointError
+    from engine.weights import detect_layout
+
+    with pytest.raises(CheckpointError, match="is a codec .* not a model"):
+        detect_layout(out)
 
 
 def test_resume_continues_exactly(tones, tmp_path):
@@ -196,7 +202,7 @@ def test_starting_from_a_codec_of_other_sizes_is_named(tones, tmp_path):
     cfg.num_filters = 8
     with pytest.raises(CheckpointError, match=r"does not fit the codec this run builds: .* has shape"):
         train_codec(tones, tmp_path / "second", cfg, threads=1, quiet=True, init_from=first)
-    with pytest.raises(CheckpointError, match="not a codec directory"):
+    with pytest.raises(CheckpointError, match="is not a codec folder"):
         train_codec(tones, tmp_path / "third", cfg, threads=1, quiet=True, init_from=tmp_path)
 
 

@@ -94,19 +94,11 @@ def ceiling(
 
 def codec_roundtrip_fn(codec_dir: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """A bare codec directory (what `imusic train --stage codec` exports) -> (audio [N] -> audio [N], rate)."""
-    from engine.errors import CheckpointError
     from engine.eval.evaluate import codec_roundtrip
     from engine.model.codec import Codec
-    from engine.weights.names import CONFIG, WEIGHTS
-    from engine.weights.transformers_layout import quiet_transformers
+    from engine.weights.transformers_layout import load_codec_dir
 
-    path = Path(codec_dir).expanduser()
-    if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
-        raise CheckpointError(f"{path} is not a codec directory: it needs {CONFIG} and {WEIGHTS}")
-    from transformers import EncodecModel
-
-    with quiet_transformers():
-        codec = Codec(EncodecModel.from_pretrained(path))
+    codec = Codec(load_codec_dir(codec_dir))
     return (lambda audio: codec_roundtrip(codec, audio)), codec.sample_rate
 
 

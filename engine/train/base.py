@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,21 +24,13 @@ from engine.weights.convert import lm_state_to_transformers
 from engine.weights.loader import new_model_card, write_model_card
 from engine.weights.names import BASE_DIR, CONFIG
 from engine.weights.transformers_layout import (
+    is_codec_dir,
     lm_config,
     load_hf_musicgen,
     load_tokenizer,
     quiet_transformers,
     read_config,
 )
-
-
-def is_codec_dir(path: Path) -> bool:
-    """A bare EnCodec directory (what `--stage codec` writes): config.json of model_type "encodec"."""
-    try:
-        return json.loads((Path(path) / CONFIG).read_text()).get("model_type") == "encodec"
-    except (OSError, ValueError):
-        return False
-
 
 TEMPLATE_RECORD = "built_from.json"  # beside the template: the codec, sizes and seed it was built from
 

@@ -55,7 +55,6 @@ from engine.train.config import (
 from engine.train.data import HELD_OUT
 from engine.train.data.datasets import split_songs
 from engine.train.data.layouts import scan
-from engine.weights.names import CONFIG
 
 
 def encodec_config(cfg: CodecTrainConfig) -> Any:
@@ -406,14 +405,9 @@ def train_codec(
 
 def _load_initial(model: Any, source: Path) -> None:
     """Copy a trained codec's weights (codebooks included) into `model`; sizes must match exactly."""
-    from transformers import EncodecModel
+    from engine.weights.transformers_layout import load_codec_dir
 
-    if not (source / CONFIG).is_file():
-        raise CheckpointError(f"{source} is not a codec directory (no {CONFIG}): give what --stage codec exported")
-    from engine.weights.transformers_layout import quiet_transformers
-
-    with quiet_transformers():
-        trained = EncodecModel.from_pretrained(source)
+    trained = load_codec_dir(source)
     theirs = trained.state_dict()
     check_state_fits(theirs, model.state_dict(), f"the codec in {source}", "the codec this run builds")
     model.load_state_dict(theirs)

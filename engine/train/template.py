@@ -18,7 +18,7 @@ from engine.model.config import LMConfig
 from engine.train.config import BASE_SIZES
 from engine.train.data.stems import GM_FAMILIES, caption_word
 from engine.weights.convert import lm_config_to_transformers
-from engine.weights.transformers_layout import quiet_transformers
+from engine.weights.transformers_layout import load_codec_dir, quiet_transformers
 
 
 def base_vocabulary() -> list[str]:
@@ -53,7 +53,6 @@ def build_base_template(
     # transformers and tokenizers are imported here: only this path of `imusic train` needs them at all
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import (
-        EncodecModel,
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
@@ -64,8 +63,7 @@ def build_base_template(
     if text_dim == dim:
         # transformers' MusicGen drops enc_to_dec_proj when the widths match; our decoder always has text_proj.
         raise ConfigError(f"--text-dim must differ from --dim (both {dim})")
-    with quiet_transformers():
-        codec_model = EncodecModel.from_pretrained(str(codec_dir), local_files_only=True)
+    codec_model = load_codec_dir(codec_dir)
     num_codebooks = Codec(codec_model).num_codebooks
     card = int(codec_model.config.codebook_size)
     vocab = {word: index for index, word in enumerate(base_vocabulary())}

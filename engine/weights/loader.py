@@ -66,6 +66,11 @@ def detect_layout(path: str | Path) -> str:
         return "imusic"
     if adapter_format.is_adapter_dir(path):
         return "adapter"
+    if transformers_layout.is_codec_dir(path):
+        raise CheckpointError(
+            f"{path} is a codec (what `imusic train --stage codec` exports), not a model: train a base on it with "
+            "`imusic train --stage base --base` it"
+        )
     if (path / transformers_layout.CONFIG).is_file():
         return "transformers"
     if audiocraft_layout.is_audiocraft_dir(path):

@@ -56,6 +56,31 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def is_codec_dir(path: str | Path) -> bool:
+    """A bare EnCodec folder (what `imusic train --stage codec` exports): config.json of model_type "encodec"."""
+    try:
+        return json.loads((Path(path) / CONFIG).read_text()).get("model_type") == "encodec"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def load_codec_dir(path: str | Path) -> Any:
+    """The transformers EncodecModel of a codec folder, its weights checked to be there first: any other folder (a
+    MusicGen model's holds a config.json too) would load as a codec of random weights, silently."""
+    path = Path(path).expanduser()
+    if not is_codec_dir(path):
+        raise CheckpointError(
+            f"{path} is not a codec folder: it needs a {CONFIG} of model_type 'encodec' (what "
+            "`imusic train --stage codec` exports)"
+        )
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"the codec folder {path} has no {WEIGHTS}")
+    from transformers import EncodecModel
+
+    with quiet_transformers():
+        return EncodecModel.from_pretrained(str(path), local_files_only=True)
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a transformers MusicGen directory, checked for the parts we need."""
     path = Path(path)
