@@ -196,6 +196,41 @@ def test_a_run_started_from_a_codec_that_never_quantised_seeds_its_codebooks_fro
     assert len(seeded) == 1  # trained codebooks are kept
 
 
+def test_a_run_its_deadline_shortens_still_quantises_most_of_it(tones, tmp_path, monkeypatch):
+    import json
+
+    from transformers import EncodecModel
+
+    from engine.train.budget import StepBudget
+
+    monkeypatch.setattr(StepBudget, "fit", lambda self, step, steps: min(steps, 8))  # the deadline allows 8 steps
+    cfg = _tiny_cfg(40)
+    cfg.quantize_after = 30  # planned for 40 steps: past the 8 the deadline leaves
+    out = train_codec(tones, tmp_path / "run", cfg, threads=1, quiet=True, deadline=1e12)
+    ran = json.loads((tmp_path / "run" / "codec_train_config.json").read_text())
+    assert (ran["steps"], ran["quantize_after"]) == (8, 2)
+    assert EncodecModel.from_pretrained(out).state_dict()["quantizer.layers.0.codebook.embed"].abs().sum() > 0
+
+
+def test_a_codec_loss_that_is_not_finite_stops_the_run_before_a_codec_is_saved(tones, tmp_path, monkeypatch):
+    from engine.errors import DataError
+    from engine.train import codec_train
+
+    real, calls = codec_train.stft_loss, []
+
+    def nan_at_the_second_step(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(codec_train, "stft_loss", nan_at_the_second_step)
+    cfg = _tiny_cfg(4)
+    cfg.log_every = 4  # the losses are read at the checkpoint (step 3) first
+    with pytest.raises(DataError, match="non-finite by step 3"):
+        train_codec(tones, tmp_path / "run", cfg, threads=1, quiet=True)
+    assert not (tmp_path / "run" / "codec").exists() and not list((tmp_path / "run").glob("**/*.pt"))
+
+
 def test_starting_from_a_codec_of_other_sizes_is_named(tones, tmp_path):
     first = train_codec(tones, tmp_path / "first", _tiny_cfg(2), threads=1, quiet=True)
     cfg = _tiny_cfg(1)

@@ -70,15 +70,35 @@ def test_the_step_budget_shortens_the_schedule_to_the_deadline_and_never_below_t
     now = [1000.0]
     monkeypatch.setattr(budget_module, "time", SimpleNamespace(time=lambda: now[0]))  # this module's clock only
     assert StepBudget(None, 0).fit(10, 1000) == 1000
-    budget = StepBudget(1010.0, 0, every=1)
+    budget = StepBudget(1010.0, 0, every=1, warm=0)
     now[0] = 1002.0  # two steps took 2 s; 8 s left, less the 3 % margin, hold 7 more
     assert budget.fit(2, 1000) == 9
     assert budget.fit(2, 5) == 5  # never past the schedule
     now[0] = 1011.0
     assert budget.fit(7, 1000) == 7  # past the deadline: stop at this step
-    resumed = StepBudget(1020.0, 100, every=1)  # a resumed session measures its own steps from step 100
+    resumed = StepBudget(1020.0, 100, every=1, warm=0)  # a resumed session measures its own steps from step 100
     now[0] = 1015.0
     assert resumed.fit(104, 1000) == 104 + int(0.97 * 5 / 1.0)
+
+
+def test_a_stage_s_slow_first_steps_do_not_set_its_schedule(monkeypatch):
+    # On an accelerator a stage's first step loads libraries and kernels: seconds, against 40 ms for the steps after.
+    from types import SimpleNamespace
+
+    import engine.train.budget as budget_module
+
+    now = [1000.0]
+    monkeypatch.setattr(budget_module, "time", SimpleNamespace(time=lambda: now[0]))
+    budget = StepBudget(1075.0, 0, every=5)
+    fitted = 10_000
+    for step in range(1, 21):
+        now[0] += 3.0 if step == 1 else 0.04
+        fitted = budget.fit(step, fitted)
+    left = 1075.0 - now[0]
+    assert abs(fitted - (20 + 0.97 * left / 0.04)) < 3  # the rate of the steps after the warm ones: about 1750 steps
+    # The clock still stops the stage at the deadline, warm steps or not
+    now[0] = 1076.0
+    assert budget.fit(21, fitted) == 21
 
 
 # ---- packing ---------------------------------------------------------------------------------------------------------

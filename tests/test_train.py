@@ -547,6 +547,30 @@ def test_a_loss_that_is_not_finite_stops_the_run_naming_its_step_before_anything
     assert list_checkpoints(run_dir) == [] and not (run_dir / "model").exists()
 
 
+def test_with_keep_best_a_loss_that_is_not_finite_ends_the_run_exporting_the_best_weights_before_it(
+    config, tmp_path, monkeypatch
+):
+    from engine.train.stages import Stage
+    from engine.weights.adapter_format import load_adapter
+
+    real, steps = Stage.loss, []
+
+    def turns_nan_from_the_third_step(self, items):
+        loss = real(self, items)
+        if self.module.training:  # training steps only, not the validation's
+            steps.append(1)
+            return loss * float("nan") if len(steps) >= 3 else loss
+        return loss
+
+    monkeypatch.setattr(Stage, "loss", turns_nan_from_the_third_step)
+    cfg = replace(config, steps=6, accum=1, val_every=1, log_every=1, ckpt_every=6, keep_best=True)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.history["diverged_at"] == 3 and result.step == 3
+    state, meta = load_adapter(result.outputs["adapter"])
+    assert meta["provenance"]["exported_step"] in (1, 2)
+    assert all(bool(torch.isfinite(t).all()) for t in state.values())
+
+
 def test_every_training_stage_goes_to_the_best_available_device_unless_told(monkeypatch):
     from argparse import Namespace
 

@@ -371,10 +371,18 @@ def train_codec(
         shorter = budget.fit(step, cfg.steps)
         if shorter < cfg.steps:  # the deadline: a shorter cosine, ending by then
             cfg.steps = shorter
+            # and most of it quantised: a codec exported before its codebooks trained is no codec (its codes say
+            # nothing), so the unquantised start takes at most a quarter of the shortened run
+            cfg.quantize_after = min(cfg.quantize_after, shorter // 4)
             last_step = min(last_step, shorter)
             bar.total = shorter
         running += torch.stack([loss, l1, spectral, commit, nmse]).detach()  # in LOSS_KEYS' order
         bar.update(1)
+        save = step % cfg.ckpt_every == 0 or step == last_step
+        if (save or step % cfg.log_every == 0) and not bool(torch.isfinite(running).all()):
+            # read where the losses are read anyway, and before any weights are saved: a codec trained on a
+            # non-finite loss must not reach the stages that encode with it
+            raise DataError(f"the codec's loss became non-finite by step {step}: lower --lr or check the data")
         if step % cfg.log_every == 0:
             row = dict(zip(LOSS_KEYS, (running / cfg.log_every).tolist(), strict=True))
             row.update(step=step, seconds=round(time.time() - started, 1))
@@ -382,7 +390,7 @@ def train_codec(
                 log.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=f"{row['loss']:.3f}", stft=f"{row['stft']:.3f}")
             running.zero_()
-        if step % cfg.ckpt_every == 0 or step == last_step:
+        if save:
             payload = {
                 "format": CKPT_FORMAT,
                 "version": CKPT_VERSION,

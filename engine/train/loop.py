@@ -145,14 +145,15 @@ class Trainer:
 
     def read_losses(self) -> float:
         """The unread steps' losses into the history, in one wait for the device; returns the last step's. DataError at
-        the first one that is not finite: the run stops before it validates or checkpoints weights trained on it."""
+        the first one that is not finite (NonFiniteLoss): the run stops before it validates or checkpoints weights
+        trained on it."""
         if self.unread:
             steps = [step for step, _ in self.unread]
             values = torch.stack([loss for _, loss in self.unread]).tolist()
             self.unread = []
             for step, value in zip(steps, values, strict=True):
                 if not math.isfinite(value):
-                    raise DataError(f"the loss became {value} at step {step}: lower --lr or check the data")
+                    raise NonFiniteLoss(step, value)
                 self.history["train"].append((step, value))
         return self.history["train"][-1][1]
 
@@ -217,7 +218,18 @@ class Trainer:
                 save = step % cfg.ckpt_every == 0 or step == last
                 if not (validate or save or step % cfg.log_every == 0):
                     continue
-                step_loss = self.read_losses()
+                try:
+                    step_loss = self.read_losses()
+                except NonFiniteLoss as exc:
+                    if self.best is None:
+                        raise
+                    # keep_best holds weights from before it: the run ends here and exports those (a recipe's next
+                    # stage still gets a model), never the weights trained on the non-finite loss
+                    print(f"imusic train: {exc}; the run ends and exports its best validation weights "
+                          f"(step {self.best[0]})", file=sys.stderr)  # fmt: skip
+                    history["diverged_at"] = exc.step
+                    cfg.steps = step
+                    break
                 if bar is not None:
                     bar.set_postfix(loss=f"{step_loss:.4f}")
                 if validate:
@@ -239,6 +251,14 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+
+
+class NonFiniteLoss(DataError):
+    """A training loss that is not finite (read_losses)."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"the loss became {value} at step {step}: lower --lr or check the data")
+        self.step = step
 
 
 def _resolved_config(
@@ -336,7 +356,8 @@ def train(
         info = {"steps": trainer.step, "data": str(cfg.data), "seed": cfg.seed}
         if trainer.history["val"]:
             info["final_val_loss"] = trainer.history["val"][-1][1]
-        if trainer.best is not None and trainer.best[1] < trainer.history["val"][-1][1]:
+        diverged = "diverged_at" in trainer.history
+        if trainer.best is not None and (diverged or trainer.best[1] < trainer.history["val"][-1][1]):
             # keep_best: the weights of the best validation loss, not the last (a pool seen many times overfits)
             best_step, best_val, state = trainer.best
             stage.load_trainable_state({name: t.to(device) for name, t in state.items()})
