@@ -11,12 +11,12 @@ code, seconds, whether it timed out, and its figures (the JSON the bench wrote),
 Stages on the GPU (bf16, CFG on, random weights):
 1. decode: small, medium, large at batch 1 and 4; transformers' generate against our eager and CUDA-graph steps;
    fp32 greedy agreement with transformers, bf16 vs fp32 argmax agreement, graph vs eager tokens; the floor.
-2-4. engine: the Editor's real-time factor on a 30 s stereo 44.1 kHz region, small, medium, large, CUDA-graph step.
-5. decode-compile: small at batch 1 with the torch.compile step (the engine's current CUDA default): compile time,
-   steady speed, tokens against eager.
-6. engine-compile: the small shape's edit with the compiled step (first edit = what a producer's first hotkey costs).
-Estimated on an H200 (startup ~10 s per process): decode ~80 s (cap 120), engine ~15 / 25 / 35 s, decode-compile
-~45 s, engine-compile ~40 s: about 240 s if everything runs, so the last stage is the one the budget may cut.
+2. decode-compile: small at batch 1 with the torch.compile step (the engine's CUDA default): compile time, steady
+   speed, tokens against eager.
+3. engine-compile: the small shape's edit with the compiled step (first edit = what a producer's first hotkey costs).
+4-6. engine: the Editor's real-time factor on a 30 s stereo 44.1 kHz region, small, medium, large, CUDA-graph step.
+Estimated on an H200 (startup ~10 s per process): decode ~80 s (cap 120), decode-compile ~45 s, engine-compile
+~40 s, engine ~15 / 25 / 35 s: about 240 s if everything runs, so the last stages are the ones the budget may cut.
 
 Nothing here needs an audio library: the engine stages edit numpy audio in memory. pyloudnorm (levels) is pure
 Python; when it is missing, a copy found in the repository's .venv (carried with the tree) is put on the path.
@@ -60,17 +60,20 @@ def stages(tiny: bool, work: Path) -> list[dict[str, Any]]:
         path = work / f"{name}.json"
         out.append({"name": name, "argv": [*argv, "--json", str(path)], "cap": cap, "json": path})
 
+    # In order of importance, as a short budget skips the last ones: every shape's decode against transformers, then
+    # the compiled step (the engine's CUDA default, generate.CUDA_STEP, and the path most likely to fail on a first
+    # real GPU: Triton, Inductor), then the Editor's speed per shape with the captured graph.
     add("decode", ["bench", "decode", "--device", device, "--shapes", ",".join(shapes), "--batches", "1,4",
                    "--steps", "eager,graph", *decode_extra], 120)  # fmt: skip
-    caps = {"tiny": 40, "small": 40, "medium": 45, "large": 60}
-    for shape in engine_shapes:
-        add(f"engine-{shape}-graph", ["bench", "engine", "--device", device, "--shape", shape, "--step", "graph",
-                                      "--edits", "2", *engine_extra], caps[shape])  # fmt: skip
     first = engine_shapes[0]
     add("decode-compile", ["bench", "decode", "--device", device, "--shapes", shapes[0], "--batches", "1",
                            "--steps", "eager,graph,compile", *decode_extra], 90)  # fmt: skip
     add(f"engine-{first}-compile", ["bench", "engine", "--device", device, "--shape", first, "--step", "compile",
                                     "--edits", "2", *engine_extra], 75)  # fmt: skip
+    caps = {"tiny": 40, "small": 40, "medium": 45, "large": 60}
+    for shape in engine_shapes:
+        add(f"engine-{shape}-graph", ["bench", "engine", "--device", device, "--shape", shape, "--step", "graph",
+                                      "--edits", "2", *engine_extra], caps[shape])  # fmt: skip
     return out
 
 
