@@ -136,7 +136,8 @@ def drop_text(text_states: torch.Tensor, text_mask: torch.Tensor, share: float) 
 
     if share <= 0:
         return text_states, text_mask
-    dropped = (torch.rand(text_states.shape[0]) < share).to(text_mask.device)[:, None, None]
+    # drawn where the text is: a mask drawn on the host would be a copy the host waits on, every step
+    dropped = (torch.rand(text_states.shape[0], device=text_states.device) < share)[:, None, None]
     null_states, null_mask = null_condition(text_states, text_mask)
     return torch.where(dropped, null_states, text_states), torch.where(dropped[..., 0], null_mask, text_mask)
 
