@@ -206,7 +206,8 @@ def test_model_stems_come_from_the_adapter_description(tiny_model_dir, tmp_path)
     (tmp_path / "model_card.json").write_text('{"stems": ["Drums", "Bass"]}')
     assert demo.model_stems(tmp_path) == ["drums", "bass"]
     (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "adapter.json").write_text('{"stems": ["Drums", "Vocals"]}')
+    meta = '{"format": "imusic-adapter", "version": 1, "fusion": {}, "stems": ["Drums", "Vocals"]}'
+    (tmp_path / "adapter" / "adapter.json").write_text(meta)  # as loading reads it
     assert demo.model_stems(tmp_path) == ["drums", "vocals"]
 
 

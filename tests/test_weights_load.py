@@ -409,6 +409,19 @@ def test_peeking_leaves_to_loading_an_adapter_it_cannot_read(model_copy, tmp_pat
     assert peek_card(model_copy, ckpt) is None and peek_card(model_copy, ckpt.parent) is None
 
 
+def test_peeking_refuses_an_adapter_json_that_loading_refuses_in_its_words(model_copy, tmp_path):
+    from engine.weights import peek_card
+
+    other = shutil.copytree(model_copy / "adapter", tmp_path / "other")
+    meta = json.loads((other / "adapter.json").read_text())
+    (other / "adapter.json").write_text(json.dumps({**meta, "stems": "Drums"}))  # a string: its letters are no stems
+    with pytest.raises(CheckpointError, match="'stems' must be a list of stem names") as peeked:
+        peek_card(model_copy, other)
+    with pytest.raises(CheckpointError) as loaded:
+        load_model(model_copy, other, device="cpu")
+    assert str(peeked.value) == str(loaded.value)
+
+
 def test_saved_settings_read_back_leniently_for_runs_and_strictly_for_weights():
     from dataclasses import asdict
 

@@ -13,14 +13,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
-from engine.files import read_json_object, write_json_atomic
+from engine.files import write_json_atomic
+
+# adapter.json is read and checked torch-free, in adapter_meta (peek_card reads it before any weights load)
+from engine.weights.adapter_meta import (  # noqa: F401 (this module's readers, as before)
+    FORMAT,
+    TRAINING_FACTS,
+    VERSION,
+    is_adapter_dir,
+    read_adapter_meta,
+    training_facts,
+)
 from engine.weights.names import ADAPTER_JSON, ADAPTER_WEIGHTS
 
 if TYPE_CHECKING:
     from engine.model.config import FusionConfig
-
-FORMAT = "imusic-adapter"
-VERSION = 1
 
 
 def save_adapter(
@@ -59,34 +66,6 @@ def save_adapter(
     return path
 
 
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / ADAPTER_JSON).is_file()
-
-
-def read_adapter_meta(path: str | Path) -> dict[str, Any]:
-    """Read and check `adapter.json` of an adapter directory."""
-    path = Path(path)
-    meta_path = path / ADAPTER_JSON
-    meta = read_json_object(meta_path, f"adapter directory {path} has no {ADAPTER_JSON}", CheckpointError)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{meta_path} is not an imusic adapter description (format {FORMAT!r} expected)")
-    version = meta.get("version", 0)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckpointError(f"{meta_path} has a format version that is no whole number: {version!r}")
-    if version > VERSION:
-        raise CheckpointError(f"{meta_path} has format version {version}; this imusic reads up to {VERSION}")
-    for key in ("fusion", "stems"):
-        if key not in meta:
-            raise CheckpointError(f"{meta_path} lacks the field {key!r}")
-    if not isinstance(meta["fusion"], dict):
-        raise CheckpointError(f"{meta_path}: 'fusion' must be an object of adapter settings")
-    stems = meta["stems"]
-    if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
-        raise CheckpointError(f"{meta_path}: 'stems' must be a list of stem names, got {stems!r}")
-    meta["training"] = training_facts(meta, str(meta_path))  # checked once, read as numbers from here on
-    return meta
-
-
 def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """Read an adapter directory: returns (state dict, adapter.json contents)."""
     from safetensors import SafetensorError
@@ -102,33 +81,6 @@ def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from None
     return state, meta
-
-
-# What an adapter was trained on, as `training` in adapter.json: its clips' length and its inputs' median RMS.
-TRAINING_FACTS = ("window_s", "input_rms_db")
-
-
-def training_facts(meta: Mapping[str, Any], where: str = ADAPTER_JSON) -> dict[str, float]:
-    """The numbers of TRAINING_FACTS an adapter description holds (adapters written before it hold none);
-    CheckpointError for one that is no finite number, or a window that is not positive."""
-    import math
-
-    training = meta.get("training") or {}
-    if not isinstance(training, Mapping):
-        raise CheckpointError(f"{where}: 'training' must be an object, got {training!r}")
-    facts = {}
-    for key in TRAINING_FACTS:
-        value = training.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise CheckpointError(f"{where}: training.{key} must be a number, got {value!r}")
-        if key == "window_s" and value <= 0:
-            raise CheckpointError(f"{where}: training.window_s must be above 0 s, got {value!r}")
-        if key == "input_rms_db" and not -80 <= value <= 0:
-            raise CheckpointError(f"{where}: training.input_rms_db must be from -80 to 0 dBFS, got {value!r}")
-        facts[key] = float(value)
-    return facts
 
 
 def fusion_config(meta: Mapping[str, Any]) -> FusionConfig:

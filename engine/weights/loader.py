@@ -18,7 +18,8 @@ from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
 from engine.files import jsonable, read_json_object, write_bytes_atomic
 from engine.model.fit import check_state_fits
-from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
+from engine.weights.adapter_meta import is_adapter_dir, read_adapter_meta
+from engine.weights.names import ADAPTER_DIR, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
 
 if TYPE_CHECKING:
     from engine.model.bundle import LoadedModel
@@ -141,8 +142,9 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
     """What a model understands (stems, instruction format, name), read without loading any weights and by
     load_model's rule: an adapter's stems, template and verbs (the adapter given, else our model directory's own
     adapter/) replace the card's; the card's name, and its evaluation only for the folder's own adapter. None where
-    only loading can tell (transformers, audiocraft, hub names, the official checkpoint, an adapter without a
-    readable adapter.json) or nothing can be read."""
+    only loading can tell (transformers, audiocraft, hub names, the official checkpoint, a folder without an
+    adapter.json) or nothing can be read. An adapter.json that loading would refuse is refused here, in the same words
+    (adapter_meta.read_adapter_meta: CheckpointError), before anything is checked against it."""
     card, path = None, None
     try:
         path = resolve_source(source)
@@ -155,12 +157,9 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
         adapter_dir = model_parts(path)[1] if card is not None and path is not None else None
     meta = None
     if adapter_dir is not None:
-        try:
-            meta = json.loads((adapter_dir / ADAPTER_JSON).read_text())
-        except (OSError, ValueError):
-            meta = None
-        if not isinstance(meta, dict):
+        if not is_adapter_dir(adapter_dir):
             return None  # an official checkpoint, a bare weights file, a hub name: loading decides its vocabulary
+        meta = read_adapter_meta(adapter_dir)
     if card is None and meta is None:
         return None
     peeked = dict(card or {})
