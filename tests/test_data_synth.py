@@ -185,6 +185,9 @@ def test_resume_refuses_other_settings(synth_dir, tmp_path):
     shutil.copytree(synth_dir, tmp_path / "copy")
     with pytest.raises(DataError, match="seed"):
         synthesize(tmp_path / "copy", 3, seed=8, seconds=SECONDS, sample_rate=RATE, progress=False, resume=True)
+    (tmp_path / "copy" / "dataset.json").write_text("[1, 2]")  # JSON, but no description: named, no traceback
+    with pytest.raises(DataError, match="dataset.json must hold a JSON object, not a list"):
+        synthesize(tmp_path / "copy", 3, seconds=SECONDS, sample_rate=RATE, progress=False, resume=True)
 
 
 def test_an_unreadable_midi_file_is_skipped_and_reported(tmp_path):

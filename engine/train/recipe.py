@@ -40,7 +40,7 @@ from engine.train.config import (
     RUN_MODEL,
     history_losses,
 )
-from engine.train.data import DATASET_JSON
+from engine.train.data import DATASET_JSON, read_dataset_json
 from engine.train.recipe_settings import RECIPE, SCALES, SMALLEST_STEP, recipe_id
 from engine.weights.names import ADAPTER_DIR, ADAPTER_WEIGHTS, BASE_DIR
 
@@ -95,9 +95,9 @@ class Recipe:
         if not path.is_file():
             return None
         try:
-            done = json.loads(path.read_text())
-        except ValueError as exc:
-            raise CheckpointError(f"{path} is unreadable ({exc}): remove {path.parent} to make it again") from None
+            done = read_json_object(path, "", CheckpointError)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}: remove {path.parent} to make it again") from None
         if done.get("recipe_id") != self.id:
             raise ConfigError(
                 f"{path.parent} was made by another recipe ({done.get('recipe')} id {done.get('recipe_id')}, scale "
@@ -241,7 +241,7 @@ class Recipe:
             workers=usable_cores(),
             progress=self.progress,
         )
-        dataset = json.loads((self.data_dir / DATASET_JSON).read_text())
+        dataset = read_dataset_json(self.data_dir, f"the data stage wrote no {DATASET_JSON} in {self.data_dir}")
         split = {name: len(ids) for name, ids in dataset["split"].items()}
         return {
             "tracks": report.tracks,

@@ -6,6 +6,21 @@ Use the submodules: `layouts.scan`, `datasets.StemDataset`, `synth.synthesize`.
 
 DATASET_JSON = "dataset.json"  # a data set's description at its root (settings, splits, "complete")
 
+
+def read_dataset_json(root, missing: str) -> dict:
+    """The description `imusic data synth` wrote at a data set's root (DATASET_JSON): DataError(`missing`) where there
+    is none, DataError naming the file where it is unreadable or no JSON object. Sets from before the renderer was
+    recorded were rendered by fluidsynth, and say so here."""
+    from pathlib import Path
+
+    from engine.errors import DataError
+    from engine.files import read_json_object
+
+    record = read_json_object(Path(root) / DATASET_JSON, missing, DataError)
+    record.setdefault("renderer", "fluidsynth")
+    return record
+
+
 # Clip defaults, one for training, evaluation, tuning and export alike (datasets.ClipConfig's):
 CLIP_SECONDS = 5.0  # the official training clips' length
 FOUR_STEMS = "4stems"  # the class set of the official model's four stems (engine.instructions.OFFICIAL_STEMS)

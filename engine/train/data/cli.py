@@ -143,10 +143,9 @@ def _synth(args: argparse.Namespace) -> int:
 
     record = Path(args.output).expanduser() / DATASET_JSON  # written first (complete: false), again at the end
     if args.once and record.is_file():
-        from engine.errors import DataError
-        from engine.files import read_json_object
+        from engine.train.data import read_dataset_json
 
-        if read_json_object(record, "", DataError).get("complete"):
+        if read_dataset_json(record.parent, "").get("complete"):
             print(f"data: done ({record.parent})")
             return 0
     report = synthesize(

@@ -8,7 +8,6 @@ generator seeded by (seed, track number): the same seed gives the same files, an
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import soundfile as sf
 from engine.errors import ConfigError, DataError
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.model.config import SAMPLE_RATE
-from engine.train.data import DATASET_JSON, SONG_SECONDS, SONG_SPLITS
+from engine.train.data import DATASET_JSON, SONG_SECONDS, SONG_SPLITS, read_dataset_json
 from engine.train.data.layouts import SLAKH_METADATA, SLAKH_MIX, SLAKH_STEMS
 from engine.train.data.midi_gen import generate_song, load_midi_song, part_class
 from engine.train.data.render import (
@@ -169,14 +168,8 @@ def _write_track(
 
 
 def _check_resumable(out: Path, settings: dict) -> None:
-    path = out / DATASET_JSON
-    if not path.is_file():
-        raise DataError(f"nothing to resume in {out}: no dataset.json from an earlier `imusic data synth`")
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise DataError(f"{path} is not readable JSON: {exc}") from exc
-    earlier.setdefault("renderer", "fluidsynth")  # data sets from before the renderer was recorded
+    missing = f"nothing to resume in {out}: no {DATASET_JSON} from an earlier `imusic data synth`"
+    earlier = read_dataset_json(out, missing)
     changed = [key for key, value in settings.items() if earlier.get(key) != value]
     if changed:
         raise DataError(f"cannot resume {out}: settings differ from the earlier run ({', '.join(changed)})")
