@@ -138,15 +138,16 @@ def render_clip(seconds: float, seed: int, keep: list[str] | None = None) -> Cli
 
 
 def write_clip(clip: Clip, out: Path) -> Path:
-    """OUT/input.wav and OUT/truth/<stem>.wav as 24-bit WAV (what a DAW exports); returns the input path."""
-    import soundfile as sf
+    """OUT/input.wav and OUT/truth/<stem>.wav as 24-bit WAV (what a DAW exports), each written whole or not at all;
+    returns the input path."""
+    from engine.files import write_audio_atomic
 
     truth = out / "truth"
     truth.mkdir(parents=True, exist_ok=True)
     for stem, audio in clip.stems.items():
-        sf.write(str(truth / f"{stem}.wav"), audio.T, clip.sample_rate, subtype="PCM_24")
+        write_audio_atomic(truth / f"{stem}.wav", audio.T, clip.sample_rate, subtype="PCM_24")
     path = out / "input.wav"
-    sf.write(str(path), clip.audio.T, clip.sample_rate, subtype="PCM_24")
+    write_audio_atomic(path, clip.audio.T, clip.sample_rate, subtype="PCM_24")
     return path
 
 

@@ -146,6 +146,17 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
         raise
 
 
+def write_audio_atomic(path: str | Path, audio: Any, rate: int, subtype: str = "FLOAT") -> None:
+    """Audio ([N] or [N, C], soundfile's order) to `path` in the format its suffix names, through atomic_path: a
+    killed writer leaves the old file or none, never a truncated one under the final name. (The engine server's
+    results have their own writer, bridge.audio_write, which also keeps them inside the allowed folders.)"""
+    import soundfile as sf
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), audio, int(rate), subtype=subtype, format=path.suffix.lstrip(".").upper())
+
+
 @contextlib.contextmanager
 def staged_dir(path: str | Path) -> Iterator[Path]:
     """A fresh folder beside `path` (`.{name}.tmp`) to build a whole folder in (a model); when the block ends without

@@ -1,4 +1,5 @@
-"""engine.files: the one atomic writer (and its JSON form) for everything but audio and the journal."""
+"""engine.files: the one atomic writer (and its JSON and audio forms) for everything but server results and the
+journal."""
 
 import json
 import math
@@ -16,6 +17,7 @@ from engine.files import (
     read_json_object,
     staged_dir,
     sweep_temps,
+    write_audio_atomic,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -41,6 +43,21 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):
         raise RuntimeError("disk full")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_audio_is_written_whole_in_its_suffix_s_format_or_not_at_all(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    stereo = np.zeros((800, 2), np.float32)
+    write_audio_atomic(tmp_path / "a.wav", stereo, 8000, subtype="PCM_24")
+    write_audio_atomic(tmp_path / "b.flac", stereo[:, 0], 8000, subtype="PCM_16")
+    assert (sf.info(tmp_path / "a.wav").format, sf.info(tmp_path / "a.wav").subtype) == ("WAV", "PCM_24")
+    assert (sf.info(tmp_path / "b.flac").format, sf.info(tmp_path / "b.flac").channels) == ("FLAC", 1)
+    with pytest.raises(Exception, match="subtype"):  # the writer fails midway: the old file stays, nothing else
+        write_audio_atomic(tmp_path / "a.wav", stereo, 8000, subtype="NO_SUCH_SUBTYPE")
+    assert sf.info(tmp_path / "a.wav").subtype == "PCM_24"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.flac"]
 
 
 def test_a_staged_folder_takes_the_old_ones_place_only_when_it_is_complete(tmp_path):

@@ -207,13 +207,12 @@ def _networks_installed() -> bool:
 
 
 def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
-    import soundfile as sf
-
     from engine.eval.metrics import EVAL_RATE, resample
+    from engine.files import write_audio_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     data = resample(audio, rate, EVAL_RATE).astype(np.float32)  # [N] or [C, N]
-    sf.write(str(path), data.T if data.ndim == 2 else data, EVAL_RATE, subtype="FLOAT")
+    write_audio_atomic(path, data.T if data.ndim == 2 else data, EVAL_RATE)
 
 
 def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipped: list) -> list:

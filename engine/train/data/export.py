@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import soundfile as sf
-
 from engine.errors import DataError
-from engine.files import write_json_atomic
+from engine.files import write_audio_atomic, write_json_atomic
 from engine.train.data.datasets import StemDataset
 
 
@@ -33,8 +31,8 @@ def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) 
         folder = out / clip.op
         for sub in ("input", "ground_truth", "instruction"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        sf.write(str(folder / "input" / f"{number}.wav"), clip.input, clip.sample_rate, subtype="FLOAT")
-        sf.write(str(folder / "ground_truth" / f"{number}.wav"), clip.target, clip.sample_rate, subtype="FLOAT")
+        write_audio_atomic(folder / "input" / f"{number}.wav", clip.input, clip.sample_rate)
+        write_audio_atomic(folder / "ground_truth" / f"{number}.wav", clip.target, clip.sample_rate)
         (folder / "instruction" / f"{number}.txt").write_text(
             f"Instruction: {clip.instruction}\nStems: {', '.join(clip.input_classes)}\n", encoding="utf-8"
         )
