@@ -59,16 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _write_test_file(path: Path, seconds: float, sample_rate: int, channels: int) -> Path:
-    import numpy as np
-
+    """The region every timing edits (acceptance.sample_region), as the file a producer's region arrives in."""
     from bridge.audio_write import write_atomic
+    from engine.eval.acceptance import sample_region
 
-    rng = np.random.default_rng(0)
-    frames = int(round(seconds * sample_rate))
-    t = np.arange(frames) / sample_rate
-    tone = 0.2 * np.sin(2 * np.pi * 110.0 * t) + 0.05 * rng.standard_normal(frames)
-    audio = np.repeat(tone[None, :], channels, axis=0).astype(np.float32)  # [C, N]
-    return write_atomic(path, audio, sample_rate, overwrite=True)
+    return write_atomic(path, sample_region(seconds, sample_rate, channels), sample_rate, overwrite=True)
 
 
 def measure(
@@ -82,14 +77,10 @@ def measure(
     """Run `jobs` edits through a loopback server on `editor`; returns the timings (seconds) and the overhead."""
     from bridge.client import Client
     from bridge.server import EngineServer
-    from engine.instructions import typical_instruction
+    from engine.instructions import timed_instruction
 
     out = out or sys.stdout
-    instruction = typical_instruction(editor)
-    if instruction is None:
-        from engine.errors import ConfigError
-
-        raise ConfigError("the model accepts none of add/remove/extract <stem>; cannot benchmark it")
+    instruction = timed_instruction(editor)
     with tempfile.TemporaryDirectory(prefix="imusic-bench-") as folder:
         folder = Path(folder).resolve()
         song = _write_test_file(folder / "bench.wav", seconds, sample_rate, channels)
@@ -161,14 +152,10 @@ def measure_rtf(
     Returns the figures: rtf, first_edit_s, edit_s, the time split of the best edit (encode, generate, decode, mask
     or resample, levels, other), decode_steps and ms_per_step (generate seconds / decode steps)."""
     from engine.eval.acceptance import sample_region
-    from engine.instructions import typical_instruction
+    from engine.instructions import timed_instruction
 
     out = out or sys.stdout
-    instruction = typical_instruction(editor)
-    if instruction is None:
-        from engine.errors import ConfigError
-
-        raise ConfigError("the model accepts none of add/remove/extract <stem>; cannot benchmark it")
+    instruction = timed_instruction(editor)
     audio = sample_region(seconds, sample_rate, channels)
     steps = decode_steps(editor, audio.shape[-1], sample_rate)
     runs = []

@@ -208,6 +208,17 @@ def typical_instruction(editor: Any) -> str | None:
     return None
 
 
+def timed_instruction(editor: Any, given: str = "") -> str:
+    """The edit a timing measures: `given`, else typical_instruction; a ConfigError naming the model's vocabulary
+    when it accepts none (every benchmark and the acceptance bar need one edit it can do)."""
+    instruction = given or typical_instruction(editor)
+    if instruction is None:
+        raise ConfigError(
+            f"the model accepts none of {', '.join(f'{op} <stem>' for op in OPERATIONS)}: there is no edit to time"
+        )
+    return instruction
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """What a checkpoint understands, read from its model card."""

@@ -160,6 +160,20 @@ def test_warm_up_and_timings_use_the_edit_a_first_hotkey_most_likely_sends_in_wo
 
     assert typical_instruction(AddsBassOnly()) == "add bass"
 
+    class AcceptsNothing(FakeEditor):
+        def parse(self, text):
+            raise InstructionError("no")
+
+    # what every timing measures: the one given, else the typical one; a model with none is named, not a crash
+    from engine.errors import ConfigError
+    from engine.instructions import timed_instruction
+
+    assert timed_instruction(AddsBassOnly()) == "add bass" and timed_instruction(FakeEditor(), "remove bass") == (
+        "remove bass"
+    )
+    with pytest.raises(ConfigError, match="accepts none of add <stem>, remove <stem>, extract <stem>"):
+        timed_instruction(AcceptsNothing())
+
 
 def test_a_long_running_server_compacts_its_journal_and_keeps_appending(tmp_path, monkeypatch):
     import bridge.jobs

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import CheckpointError, ImusicError, report_error
+from engine.errors import ImusicError, report_error
 from engine.eval.report import CEILING_ROW, IDENTITY_ROW, MODEL_ROW, report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
-from engine.instructions import OPERATIONS, typical_instruction
+from engine.instructions import timed_instruction
 
 TASKS = tuple(EDIT_BARS)  # extract, remove, add
 METRICS = tuple(METRIC_WORDS)  # mel SSIM, log-mel distance
@@ -125,9 +125,7 @@ def time_edits(
     from engine.editor import Editor
 
     editor = Editor.load(model)
-    instruction = instruction or typical_instruction(editor)
-    if instruction is None:
-        raise CheckpointError(f"{model} accepts none of {', '.join(OPERATIONS)} on any stem: nothing to time")
+    instruction = timed_instruction(editor, instruction)
     audio = sample_region(seconds)
     editor.edit(audio, REGION_RATE, instruction, seed=0)  # warm-up: first-call costs are not what a hotkey waits for
     times = []
