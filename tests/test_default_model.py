@@ -93,10 +93,10 @@ def test_an_unfinished_adapter_stage_is_one_clear_line(work, tmp_path, capsys):
     assert not (tmp_path / "default").exists()
 
 
-def _codec_run(run, seconds, init_from=None, nmse=None):
+def _codec_run(run, seconds, init_from=None, nmse=None, **settings):
     run.mkdir(parents=True)
     extra = {"data": "x", **({"init_from": str(init_from)} if init_from else {})}
-    (run / "codec_train_config.json").write_text(json.dumps({"steps": 50, "extra": extra}))
+    (run / "codec_train_config.json").write_text(json.dumps({"steps": 50, **settings, "extra": extra}))
     row = {"loss": 2.0, "l1": 0.05, "stft": 1.5, "commit": 0.01, "step": 50, "seconds": seconds}
     if nmse is not None:
         row["nmse"] = nmse
@@ -114,6 +114,16 @@ def test_a_codec_continued_from_earlier_runs_records_the_whole_chain(tmp_path):
     assert summary["total_steps"] == 150 and summary["final_losses"]["nmse"] == 0.5
     assert summary["continues"]["continues"]["wall_seconds"] == 100.0
     assert "nmse" not in summary["continues"]["final_losses"]  # a run that did not log it reports none
+
+
+def test_a_codec_chain_reads_runs_as_training_reads_them_old_names_and_run_folders_included(tmp_path):
+    from engine.train.default_model import codec_summary
+
+    _codec_run(tmp_path / "old", 20.0, batch_size=8, segment_seconds=1.0)  # saved before the renames
+    _codec_run(tmp_path / "new", 10.0, tmp_path / "old", batch=16)  # continued from the run folder, not its codec/
+    summary = codec_summary(tmp_path / "new")
+    assert summary["settings"]["batch"] == 16 and summary["wall_seconds"] == 30.0
+    assert summary["continues"]["settings"] == {"steps": 50, "batch": 8, "seconds": 1.0}
 
 
 def test_a_missing_or_looping_codec_chain_is_named(tmp_path):
@@ -149,7 +159,8 @@ def test_a_model_folders_stems_are_the_ones_loading_uses_its_adapters_first(tmp_
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "model_card.json").write_text(json.dumps({"name": "m", "stems": ["Drums", "Bass"]}))
-    (tmp_path / "adapter" / "adapter.json").write_text(json.dumps({"stems": ["Piano"]}))
+    meta = {"format": "imusic-adapter", "version": 1, "fusion": {}, "stems": ["Piano"]}  # as loading reads it
+    (tmp_path / "adapter" / "adapter.json").write_text(json.dumps(meta))
     assert model_stems(tmp_path) == ["Piano"]  # as load_model: the adapter's vocabulary replaces the card's
     (tmp_path / "model_card.json").unlink()
     assert model_stems(tmp_path) == ["Piano"]  # a folder being assembled, its card not written yet

@@ -421,6 +421,15 @@ def _load_initial(model: Any, source: Path) -> None:
     model.load_state_dict(theirs)
 
 
+def codec_run_of(codec: Path) -> Path | None:
+    """The run folder a codec came from (the one holding its CODEC_SETTINGS): `codec` itself when a run folder is
+    given, else its parent (`codec` is the run's CODEC_EXPORT); None when neither holds them."""
+    for folder in (Path(codec), Path(codec).parent):
+        if (folder / CODEC_SETTINGS).is_file():
+            return folder
+    return None
+
+
 def export_codec(model: Any, out_dir: Path) -> Path:
     """Write the codec in transformers layout (config.json + model.safetensors), the folder whole or not at all: a run
     cut while it is written leaves no codec that looks finished (engine.train.config.finished_file)."""
@@ -483,11 +492,9 @@ def run_stage(args: Any) -> int:
                 setattr(cfg, name, getattr(args, flag))
         if getattr(args, "init_codec", None):
             init = Path(args.init_codec).expanduser()
-            source = init / CODEC_SETTINGS if (init / CODEC_SETTINGS).exists() else None
-            if source is None and (init.parent / CODEC_SETTINGS).exists():
-                source = init.parent / CODEC_SETTINGS
+            source = codec_run_of(init)
             if source is not None:  # the sizes of the codec it continues, whatever the defaults are now
-                sizes = CodecTrainConfig.from_dict(json.loads(source.read_text()))
+                sizes = CodecTrainConfig.from_dict(json.loads((source / CODEC_SETTINGS).read_text()))
                 for name in _SIZE_FIELDS:
                     setattr(cfg, name, getattr(sizes, name))
             cfg.extra["init_from"] = str(init)

@@ -24,8 +24,8 @@ from engine.eval.verdict import beats_identity
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.modes import DEFAULT_MODE, RESYNTH
-from engine.train.codec_train import final_losses, read_log
-from engine.train.config import CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL, history_losses
+from engine.train.codec_train import codec_run_of, final_losses, read_log
+from engine.train.config import CODEC_RENAMED, CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL, history_losses
 from engine.train.data import DATASET_JSON
 from engine.weights.loader import DEFAULT_MODEL_DIR, model_parts, new_model_card, peek_card, write_model_card
 from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
@@ -53,18 +53,19 @@ def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     final = final_losses(rows)
     summary = {
         "command": "make model-codec",
-        "settings": {k: v for k, v in cfg.items() if k != "extra"},
+        # as saved, under today's names (runs saved before the renames, e.g. batch_size, say batch here)
+        "settings": {CODEC_RENAMED.get(k, k): v for k, v in cfg.items() if k != "extra"},
         "steps": rows[-1]["step"],
         "wall_seconds": rows[-1]["seconds"],
         "final_losses": final,
     }
     parent = (cfg.get("extra") or {}).get("init_from")
     if parent:
-        parent_run = Path(parent).parent  # the run folder holding the exported codec directory
+        parent_run = codec_run_of(Path(parent))  # the run folder holding the exported codec directory
+        if parent_run is None:
+            raise CheckpointError(f"{run} started from {parent}, whose run folder is missing")
         if parent_run.resolve() in _seen or run.resolve() == parent_run.resolve():
             raise CheckpointError(f"the codec runs' init_from records form a loop at {parent_run}")
-        if not (parent_run / CODEC_SETTINGS).is_file():
-            raise CheckpointError(f"{run} started from {parent}, whose run folder {parent_run} is missing")
         earlier = codec_summary(parent_run, (*_seen, run.resolve()))
         summary["continues"] = earlier
         summary["total_steps"] = earlier.get("total_steps", earlier["steps"]) + summary["steps"]
