@@ -368,7 +368,7 @@ class JobBook:
         with self._cond:
             job = self.jobs.get(job_id)
             if job is None:
-                raise RequestError(f"no job with id {job_id}", protocol.UNKNOWN_JOB, job_id)
+                raise protocol.unknown_job(job_id)
             if job.state == protocol.QUEUED:
                 self.queue.remove(job_id)
                 job.cancel_requested = True

@@ -429,6 +429,16 @@ def request_job_id(address: str, args: list[Any]) -> str:
     return ""
 
 
+def server_stopping(job_id: str = "") -> RequestError:
+    """The refusal of anything sent while the server stops: nothing is lost, the request can come again."""
+    return RequestError("the server is stopping; send it again once the server is back", UNAVAILABLE, job_id)
+
+
+def unknown_job(job_id: str) -> RequestError:
+    """The answer about a job id this server has never seen (or has forgotten)."""
+    return RequestError(f"no job with id {job_id}", UNKNOWN_JOB, job_id)
+
+
 def job_conflict(job_id: str) -> RequestError:
     """The refusal of an edit whose job id was already used for another edit (while checked, queued or done)."""
     return RequestError(f"job id {job_id} was already used for a different edit; use a new id", JOB_CONFLICT, job_id)

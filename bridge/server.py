@@ -340,7 +340,7 @@ class EngineServer:
         """Cheap checks here; the input's audio header is probed on the checking thread, which then accepts the job
         (journal, /imusic/accepted) or refuses it (/imusic/error), in the order the edits arrived."""
         if self.stopped.is_set():
-            raise RequestError("the server is stopping; send the job again once it is back", protocol.UNAVAILABLE)
+            raise protocol.server_stopping()
         request = EditRequest.from_values(values)
         request = replace(
             request,
@@ -382,9 +382,7 @@ class EngineServer:
                 raise RuntimeError("not started")
             executor.submit(function, *args)
         except RuntimeError:  # shut down meanwhile
-            raise RequestError(
-                "the server is stopping; send the request again once it is back", protocol.UNAVAILABLE, job_id
-            ) from None
+            raise protocol.server_stopping(job_id) from None
 
     def _check_and_accept(self, job: Job) -> None:
         """On the checking thread: probe the input, then accept the job or refuse it; any failure is an error reply.
@@ -394,9 +392,7 @@ class EngineServer:
             with self._answering(job.reply_to, job.id):
                 try:
                     if self.stopped.is_set():
-                        raise RequestError(
-                            "the server is stopping; send the job again once it is back", protocol.UNAVAILABLE
-                        )
+                        raise protocol.server_stopping()
                     if not self._is_checking(job.id, cancelled=True):
                         self._validate_edit(job, self._check_audio)
                 except ImusicError:
@@ -471,7 +467,7 @@ class EngineServer:
             raise RequestError(f"preview plays {played}, not {which!r}", job_id=job_id)
         job = self.book.get(job_id)
         if job is None:
-            raise RequestError(f"no job with id {job_id}", protocol.UNKNOWN_JOB, job_id)
+            raise protocol.unknown_job(job_id)
         if job.state != protocol.DONE_STATE:
             raise RequestError(
                 f"job {job_id} is {job.state}; only finished jobs can be previewed", protocol.NOT_FINISHED, job_id
@@ -503,7 +499,7 @@ class EngineServer:
         """Reading a result (up to an hour of audio) and opening an output device are not for the receiving thread."""
         with self._answering(sender, job_id):
             if self.stopped.is_set():
-                raise RequestError("the server is stopping", protocol.UNAVAILABLE, job_id)
+                raise protocol.server_stopping(job_id)
             action(*args)
 
 

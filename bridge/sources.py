@@ -17,7 +17,7 @@ from typing import Any
 from bridge.protocol import TO_END
 from bridge.reaper_items import ItemView, nested_section, plan_job, resolve_source_path, track_label
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
-from engine.files import AUDIO_SUFFIXES, audio_files
+from engine.files import AUDIO_FORMATS, audio_files
 
 # Sources that are not audio files; any other type is a file source whose header tells what it holds.
 _NOT_FILES = ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT")
@@ -303,6 +303,5 @@ def collect_sources(session: Path) -> list[Source]:
         return sources
     sources = folder_sources(session)
     if not sources:
-        exts = ", ".join(e.lstrip(".") for e in AUDIO_SUFFIXES)
-        raise DataError(f"no audio files ({exts}) found under {session}")
+        raise DataError(f"no audio files ({AUDIO_FORMATS}) found under {session}")
     return sources

@@ -24,8 +24,10 @@ TEMP_SUFFIX = ".tmp"
 PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_write.write_atomic's: an audio result while it is being written
 # The audio files the project reads, by name: what pedalboard (regions, sessions) and libsndfile (training data)
 # both read on every platform. OPUS and WavPack are not among them (pedalboard cannot open them on Linux).
-AUDIO_SUFFIXES = (".wav", ".wave", ".aif", ".aiff", ".flac", ".mp3", ".ogg")
-AUDIO_FORMATS = "wav, aiff, flac, mp3, ogg"  # the same, as help and messages name them
+_FORMAT_SUFFIXES = {"wav": (".wav", ".wave"), "aiff": (".aif", ".aiff"), "flac": (".flac",), "mp3": (".mp3",),
+                    "ogg": (".ogg",)}  # fmt: skip
+AUDIO_SUFFIXES = tuple(suffix for suffixes in _FORMAT_SUFFIXES.values() for suffix in suffixes)
+AUDIO_FORMATS = ", ".join(_FORMAT_SUFFIXES)  # the same, as help and messages name them: "wav, aiff, flac, mp3, ogg"
 
 
 def audio_files(

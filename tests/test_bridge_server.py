@@ -238,6 +238,13 @@ def test_cancel_an_unknown_job_is_an_error(client):
     assert expect_error(client, protocol.UNKNOWN_JOB).job_id == "ghost"
 
 
+def test_an_edit_sent_while_the_server_stops_is_refused_as_unavailable_to_send_again(server, client, song):
+    server.stopped.set()  # stopping: what arrives now is answered, never dropped
+    client.send(*_edit(song))
+    reply = expect_error(client, protocol.UNAVAILABLE)
+    assert "send it again once the server is back" in reply.message
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from engine.device import to_device, training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.files import AUDIO_SUFFIXES, audio_files, staged_dir, write_json_atomic
+from engine.files import AUDIO_FORMATS, audio_files, staged_dir, write_json_atomic
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
     CKPT_FORMAT,
@@ -84,7 +84,7 @@ def training_audio_files(root: Path, exclude_songs: Sequence[str] = ()) -> list[
     excluded = set(exclude_songs)
     files = [path for path in audio_files(root) if path.relative_to(root).parts[0] not in excluded]
     if not files:
-        raise DataError(f"no audio files under {root} (looked for {', '.join(AUDIO_SUFFIXES)})")
+        raise DataError(f"no audio files ({AUDIO_FORMATS}) under {root}")
     return files
 
 

@@ -449,7 +449,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                     "accelerator on synthetic General MIDI stems: a codec, a text-to-music base model and the Instruct "
                     "adapters. Whether its edits beat leaving the audio unchanged is in `evaluation.beats_identity`."
                 ),
-                stems=own.get("stems") or model_stems(staged),
+                stems=model_stems(staged),  # by loading's rule, as the CPU build's card (default_model.assemble)
                 sizes=model_sizes(staged),
                 recipe={k: v for k, v in run_card.items() if k not in ("stages", "wall_seconds_total")},
                 stages=run_card.get("stages", {}),
