@@ -87,15 +87,10 @@ def _tiny_vocab() -> dict[str, int]:
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (lower-cased, punctuation split, `</s>` appended as T5 does); nothing downloaded."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    """The small base models' word-level tokenizer (engine.train.template) over the tiny vocabulary."""
+    from engine.train.template import word_level_tokenizer
 
-    backend = Tokenizer(models.WordLevel(vocab=_tiny_vocab(), unk_token="<unk>"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return word_level_tokenizer(_tiny_vocab())
 
 
 def tiny_musicgen(seed: int = 0, **config_kwargs: int) -> MusicgenForConditionalGeneration:

@@ -8,6 +8,7 @@ and a word-level tokenizer that knows the caption and instruction words (`base_v
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from engine.train.config import BASE_SIZES
 from engine.train.data.stems import GM_FAMILIES, caption_word
 from engine.weights.convert import lm_config_to_transformers
 from engine.weights.transformers_layout import load_codec_dir, quiet_transformers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 
 def base_vocabulary() -> list[str]:
@@ -32,6 +36,20 @@ def base_vocabulary() -> list[str]:
         if word and word not in words:
             words.append(word)
     return [*words, ".", ":", ",", "(", ")", "-", "'"]
+
+
+def word_level_tokenizer(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
+    """A T5-style word-level tokenizer over `vocab` (which holds <pad> 0, </s> 1, <unk>): lower-cased, split at
+    whitespace and punctuation, `</s>` appended as T5 does; built here, nothing downloaded. The small base models and
+    the tests' tiny ones (engine.tools.tiny_models) use it."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def build_base_template(
@@ -51,12 +69,10 @@ def build_base_template(
     The word-level tokenizer knows the caption and instruction words (`base_vocabulary`); others map to <unk>.
     """
     # transformers and tokenizers are imported here: only this path of `imusic train` needs them at all
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import (
         MusicgenConfig,
         MusicgenDecoderConfig,
         MusicgenForConditionalGeneration,
-        PreTrainedTokenizerFast,
         T5Config,
     )
 
@@ -88,13 +104,7 @@ def build_base_template(
             MusicgenConfig(text_encoder=text, audio_encoder=codec_model.config, decoder=decoder)
         )
         model.audio_encoder.load_state_dict(codec_model.state_dict())
-        backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-        backend.normalizer = normalizers.Lowercase()
-        backend.pre_tokenizer = pre_tokenizers.Whitespace()
-        backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-        )
+        tokenizer = word_level_tokenizer(vocab)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
