@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -569,6 +570,27 @@ def test_with_keep_best_a_loss_that_is_not_finite_ends_the_run_exporting_the_bes
     state, meta = load_adapter(result.outputs["adapter"])
     assert meta["provenance"]["exported_step"] in (1, 2)
     assert all(bool(torch.isfinite(t).all()) for t in state.values())
+
+
+def test_a_validation_loss_that_is_not_finite_is_never_the_best_and_ends_the_run_as_a_training_one_would(
+    config, tmp_path, monkeypatch
+):
+    from engine.train import loop
+
+    # weights can break on a step whose own loss was finite (bf16): only the validation says so
+    losses = iter([3.0, 2.0, float("nan")])
+    monkeypatch.setattr(loop.Trainer, "validation_loss", lambda self: next(losses))
+    cfg = replace(config, steps=6, accum=1, val_every=1, log_every=1, ckpt_every=6, keep_best=True)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.history["diverged_at"] == 3 and result.history["exported"] == {"step": 2, "val_loss": 2.0}
+    assert all(math.isfinite(val) for _, val in result.history["val"])
+    # resuming would replay the same steps into the same wall: refused, naming why
+    with pytest.raises(ConfigError, match="diverged at step 3 .* start a new run"):
+        train(cfg, tmp_path / "run", resume=True, progress=False)
+    # without keep_best there is nothing sound to export: the run stops, naming the step
+    losses = iter([float("nan")])
+    with pytest.raises(DataError, match="the validation loss became nan at step 1"):
+        train(replace(cfg, keep_best=False), tmp_path / "plain", progress=False)
 
 
 def test_every_training_stage_goes_to_the_best_available_device_unless_told(monkeypatch):

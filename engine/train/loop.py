@@ -24,7 +24,7 @@ from tqdm import tqdm
 from engine.device import training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.plots import plot_curves
-from engine.files import write_json_atomic
+from engine.files import read_json_object, write_json_atomic
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
@@ -220,6 +220,9 @@ class Trainer:
                     continue
                 try:
                     step_loss = self.read_losses()
+                    val = self.validation_loss() if validate else None
+                    if val is not None and not math.isfinite(val):  # weights can break on a finite training loss
+                        raise NonFiniteLoss(step, val, "validation loss")
                 except NonFiniteLoss as exc:
                     if self.best is None:
                         raise
@@ -232,15 +235,13 @@ class Trainer:
                     break
                 if bar is not None:
                     bar.set_postfix(loss=f"{step_loss:.4f}")
-                if validate:
-                    val = self.validation_loss()
-                    if val is not None:
-                        history["val"].append((step, val))
-                        if cfg.keep_best and (self.best is None or val < self.best[1]):
-                            state = {name: t.cpu() for name, t in self.stage.trainable_state().items()}
-                            self.best = (step, val, state)
-                        if bar is not None:
-                            bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{val:.4f}")
+                if val is not None:
+                    history["val"].append((step, val))
+                    if cfg.keep_best and (self.best is None or val < self.best[1]):
+                        state = {name: t.cpu() for name, t in self.stage.trainable_state().items()}
+                        self.best = (step, val, state)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{step_loss:.4f}", val=f"{val:.4f}")
                 if log_lines and (step % cfg.log_every == 0 or step == last):
                     val_text = f" val {history['val'][-1][1]:.4f}" if history["val"] else ""
                     lr_now = history["lr"][-1][1]
@@ -254,10 +255,10 @@ class Trainer:
 
 
 class NonFiniteLoss(DataError):
-    """A training loss that is not finite (read_losses)."""
+    """A training or validation loss that is not finite (read_losses, Trainer.run)."""
 
-    def __init__(self, step: int, value: float) -> None:
-        super().__init__(f"the loss became {value} at step {step}: lower --lr or check the data")
+    def __init__(self, step: int, value: float, what: str = "loss") -> None:
+        super().__init__(f"the {what} became {value} at step {step}: lower --lr or check the data")
         self.step = step
 
 
@@ -268,6 +269,13 @@ def _resolved_config(
     existing = list_checkpoints(run_dir)
     if resume or resume_from is not None:
         chosen = Path(resume_from) if resume_from is not None else (existing[-1] if existing else None)
+        recorded = run_dir / HISTORY
+        diverged = read_json_object(recorded, "", CheckpointError).get("diverged_at") if recorded.is_file() else None
+        if diverged is not None:  # its checkpoints replay the same data and draws: it would diverge there again
+            raise ConfigError(
+                f"the run in {run_dir} diverged at step {diverged} and exported its best weights; resuming it would "
+                "replay the same steps: start a new run (a lower --lr)"
+            )
         if chosen is None:
             raise CheckpointError(f"nothing to resume in {run_dir}: it holds no checkpoint")
         if not chosen.is_file():

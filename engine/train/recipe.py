@@ -319,6 +319,8 @@ class Recipe:
             "steps_planned": self.settings[stage]["steps"],
             **history_losses(history),
             "exported": history.get("exported", "the last step"),
+            # a loss that was not finite ended it early (loop.NonFiniteLoss): the card says so, not just a short run
+            **({"diverged_at": history["diverged_at"]} if "diverged_at" in history else {}),
         }
 
     def _stage_base(self, deadline: float) -> dict:
