@@ -351,14 +351,15 @@ class MusicGenLM(nn.Module):
         return per_codebook.mean(), per_codebook
 
     def check_codes(self, codes: torch.Tensor, name: str) -> None:
-        """DataError unless `codes` is [B, num_codebooks, T] with every code in [0, card). On CUDA the values are
-        checked by an asynchronous device assertion instead: reading them would make the host wait for all the work
-        queued before it, at every training step (the codes come from the codec, so this is a guard, not a filter)."""
+        """DataError unless `codes` is [B, num_codebooks, T] with every code in [0, card). While training on CUDA the
+        values are checked by an asynchronous device assertion instead: reading them would make the host wait for all
+        the work queued before it, at every step (the codes come from the codec, so there it is a guard). An edit
+        keeps the DataError: a device assertion would fail every later job of a running server too."""
         if codes.dim() != 3 or codes.shape[1] != self.cfg.num_codebooks:
             raise DataError(f"{name} must be [B, {self.cfg.num_codebooks}, T], got {tuple(codes.shape)}")
         if not codes.numel():
             return
-        if codes.is_cuda:
+        if codes.is_cuda and self.training:
             low, high = torch.aminmax(codes)
             torch._assert_async((low >= 0) & (high < self.cfg.card), f"{name} must lie in [0, {self.cfg.card})")
             return
