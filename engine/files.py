@@ -108,17 +108,19 @@ def lock_folder(lock_path: str | Path, busy: str) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+def atomic_path(path: str | Path, mode: int | None = None, sweep: bool = True) -> Iterator[Path]:
     """A temporary path beside `path` for any writer (torch.save, savefig with an explicit format, write_bytes);
     when the block ends without an error the file is fsynced and renamed over `path`, else removed: `path` is
     either the old file or the new one.
 
     The temporary name is `.{name}.{pid}.{8 hex}.tmp` (hidden, never a final name's suffix, so nothing that lists
     reports or pictures picks it up); temporaries that writers killed mid-write left in the folder are swept first.
-    An existing file keeps its permission mode (else `mode`, else the default for new files).
+    An existing file keeps its permission mode (else `mode`, else the default for new files). `sweep=False` for a
+    writer of many files into a folder it made empty (a sweep reads the whole folder: per file, that is quadratic).
     """
     path = Path(path)
-    sweep_temps(path.parent)
+    if sweep:
+        sweep_temps(path.parent)
     if path.exists():
         mode = stat.S_IMODE(path.stat().st_mode)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
@@ -148,14 +150,15 @@ def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
         raise
 
 
-def write_audio_atomic(path: str | Path, audio: Any, rate: int, subtype: str = "FLOAT") -> None:
+def write_audio_atomic(path: str | Path, audio: Any, rate: int, subtype: str = "FLOAT", sweep: bool = True) -> None:
     """Audio ([N] or [N, C], soundfile's order) to `path` in the format its suffix names, through atomic_path: a
     killed writer leaves the old file or none, never a truncated one under the final name. (The engine server's
-    results have their own writer, bridge.audio_write, which also keeps them inside the allowed folders.)"""
+    results have their own writer, bridge.audio_write, which also keeps them inside the allowed folders.) `sweep` as
+    atomic_path's."""
     import soundfile as sf
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sweep=sweep) as tmp:
         sf.write(str(tmp), audio, int(rate), subtype=subtype, format=path.suffix.lstrip(".").upper())
 
 

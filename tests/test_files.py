@@ -122,6 +122,10 @@ def test_a_write_sweeps_the_temporaries_of_killed_writers_and_nothing_else(tmp_p
     assert not dead.exists() and live.exists() and odd.exists()
     assert (tmp_path / "step_00000200.pt").read_bytes() == b"new"
     assert sweep_temps(tmp_path) == []
+    dead.write_bytes(b"half")
+    with atomic_path(tmp_path / "clip.wav", sweep=False) as tmp:  # a bulk writer into a folder it emptied
+        tmp.write_bytes(b"clip")
+    assert dead.exists() and (tmp_path / "clip.wav").read_bytes() == b"clip"
 
 
 def test_read_json_object_names_what_is_wrong_with_the_file(tmp_path):

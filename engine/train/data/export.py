@@ -31,8 +31,9 @@ def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) 
         folder = out / clip.op
         for sub in ("input", "ground_truth", "instruction"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        write_audio_atomic(folder / "input" / f"{number}.wav", clip.input, clip.sample_rate)
-        write_audio_atomic(folder / "ground_truth" / f"{number}.wav", clip.target, clip.sample_rate)
+        # the folder was empty when the export began: no killed writer's leftovers to sweep before each clip
+        write_audio_atomic(folder / "input" / f"{number}.wav", clip.input, clip.sample_rate, sweep=False)
+        write_audio_atomic(folder / "ground_truth" / f"{number}.wav", clip.target, clip.sample_rate, sweep=False)
         (folder / "instruction" / f"{number}.txt").write_text(
             f"Instruction: {clip.instruction}\nStems: {', '.join(clip.input_classes)}\n", encoding="utf-8"
         )
