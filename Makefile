@@ -9,7 +9,7 @@ APT_PACKAGES := python3-venv fluidsynth fluid-soundfont-gm libsndfile1 libportau
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup setup-test apt test test-slow lint format demo clean default-model model-data model-codec model-base model-adapters \
-	model-eval model-acceptance model-gpu model-gpu-carry model-gpu-install
+	model-mask-depth model-eval model-acceptance model-gpu model-gpu-carry model-gpu-install
 
 $(APT_STAMP):
 	@mkdir -p $(VENV)
@@ -94,8 +94,13 @@ model-adapters: model-base
 	  -o $(MODEL_WORK)/adapters --window 5 --steps $(ADAPTER_STEPS) --batch 16 --accum 1 --lr 3e-3 --gate-lr 1e-2 \
 	  --warmup 50 --precision bf16 --pool 8 --ckpt-every 100 --val-every 100 --log-every 25
 
+# How far the mask mode trusts this model's word on a remove (its card's mask_depth), chosen on validation songs.
+model-mask-depth: model-adapters
+	$(BIN)/python -m engine.eval.mask_tune --data $(MODEL_DATA) --task remove --depth --clips-per-song 2 \
+	  --model $(MODEL_WORK)/adapters/model --write-card -o $(MODEL_WORK)/mask_depth_remove.json
+
 # Held-out test songs, every task, against the identity / codec / oracle rows; spectrograms of a few examples.
-model-eval: model-adapters
+model-eval: model-mask-depth
 	$(BIN)/imusic eval --once --data $(MODEL_DATA) --model $(MODEL_WORK)/adapters/model --task extract --task remove \
 	  --task add --clips-per-song 2 --spectrograms 3 --seed 0 -o $(MODEL_WORK)/eval --quiet
 

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ import numpy as np
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
 from engine.levels import db, is_silent
-from engine.mask import MaskSettings
+from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import MASK, channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
@@ -281,19 +281,45 @@ class Editor:
             gains.append(model_input_gain(heard, self.card.input_rms_db))
             model_audio.append(heard * np.float32(gains[-1]))  # at the level the adapter was trained at
 
+        # What each item's modes need generated: its own instruction, or (a remove's mask) the extraction of its stem.
+        plans = [
+            {mode: self.generation(item, mode) for mode in modes} for item, modes in zip(parsed, chosen, strict=True)
+        ]
+        units = list(dict.fromkeys((i, made.prompt) for i, plan in enumerate(plans) for made, _ in plan.values()))
+        made_by = {(i, made.prompt): made for i, plan in enumerate(plans) for made, _ in plan.values()}
         timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
+        # one generation for every unit; takes (one item only) one call per unit, as takes share a generator
+        groups = [units] if takes == 1 else [[unit] for unit in units]
+        generated_out: dict[tuple[int, str], np.ndarray] = {}
         with self._lock:
-            outs, details = self._edit_with_retries(
-                np.stack(model_audio), parsed, seeds, takes, progress, cancel, timings
-            )
-        outs = [out / np.float32(gain) for out, gain in zip(outs, gains, strict=True)]  # back at the input's scale
+            for group in groups:
+                rows = [i for i, _ in group]
+                outs, details = self._edit_with_retries(
+                    np.stack([model_audio[i] for i in rows]), [made_by[unit] for unit in group],
+                    [seeds[i] for i in rows], takes, progress, cancel, timings,
+                )  # fmt: skip
+                for (i, prompt), out in zip(group, outs, strict=True):
+                    generated_out[(i, prompt)] = out / np.float32(gains[i])  # back at the input's scale
         generated = time.perf_counter()
         results = []
-        for audio, item, out, seed, item_modes, gain in zip(audios, parsed, outs, seeds, chosen, gains, strict=True):
+        for i, (audio, item, seed, gain) in enumerate(zip(audios, parsed, seeds, gains, strict=True)):
             own = {**details, "model_input_gain_db": round(db(gain), 2)}
             done = {
-                mode: self._finish(audio, sample_rate, out, item, mode, raw, seed, takes, dict(timings), own)
-                for mode in item_modes
+                mode: self._finish(
+                    audio,
+                    sample_rate,
+                    generated_out[(i, made.prompt)],
+                    item,
+                    made,
+                    settings,
+                    mode,
+                    raw,
+                    seed,
+                    takes,
+                    dict(timings),
+                    own,
+                )
+                for mode, (made, settings) in plans[i].items()
             }
             for result in done.values():  # the generation's time is every mode's; the finishing time each its own
                 timing = result.info["timings"]
@@ -303,8 +329,34 @@ class Editor:
             progress(1.0, "done")
         return results
 
-    def _finish(self, audio, sample_rate, out, parsed, mode, raw, seed, takes, timings, details) -> EditResult:
-        """The result of one mode from the model's output `out` [M] at the codec rate: channels, levels, info."""
+    def mask_settings_for(self, op: str) -> MaskSettings:
+        """The mask mode's settings for `op`: the Editor's own where it was given them, else the mask's defaults at
+        the depth this model's card trusts it to (ModelCard.mask_depth)."""
+        if op in self.mask_settings:
+            return self.mask_settings[op]
+        settings = DEFAULT_SETTINGS[op]
+        if op in self.card.mask_depth:
+            settings = replace(settings, depth=self.card.mask_depth[op])
+        return settings
+
+    def generation(self, item: Instruction, mode: str) -> tuple[Instruction, MaskSettings | None]:
+        """(what the model generates for `item` in `mode`, the mask settings that read it; None outside mask mode).
+        A remove's mask is steered by the model's extraction of the stem (engine.mask) where the settings say so and
+        the model can extract; else every mode generates the instruction itself."""
+        if mode != MASK:
+            return item, None
+        settings = self.mask_settings_for(item.op)
+        if settings.steer != STEER_EXTRACT:
+            return item, settings
+        if "extract" not in self.vocab.operations:
+            return item, replace(settings, steer="")  # the model's own removal steers it, as it can say no other
+        return Instruction.for_card("extract", item.stem, self.card), settings
+
+    def _finish(
+        self, audio, sample_rate, out, parsed, made, settings, mode, raw, seed, takes, timings, details
+    ) -> EditResult:
+        """The result of one mode from the model's output `out` [M] at the codec rate (generated for `made`, read with
+        the mask `settings` in mask mode): channels, levels, info."""
         from engine.levels import match_level
         from engine.resample import resample
 
@@ -313,7 +365,6 @@ class Editor:
         if mode == MASK:
             from engine.mask import apply_edit
 
-            settings = self.mask_settings.get(parsed.op)
             edited = apply_edit(audio, sample_rate, out, self.sample_rate, parsed.op, settings)  # [C, N], the original
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
@@ -332,7 +383,7 @@ class Editor:
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "operation": parsed.op,
             "stem": parsed.stem,
-            "prompt": parsed.prompt,
+            "prompt": made.prompt,  # what the model generated: a remove's mask is steered by the stem's extraction
             "seed": seed,
             "takes": takes,
             "input": {

@@ -56,8 +56,14 @@ def test_the_assembled_model_loads_and_its_card_records_every_stage(work, tmp_pa
     assert saved["evaluation"]["beats_identity"] == {"extract": {"mel_ssim": False, "log_mel_distance": True}}
     assert (tmp_path / "docs" / "report.md").is_file()
     loaded = load_model(out, device="cpu")
-    assert loaded.card.has_adapter
+    assert loaded.card.has_adapter and loaded.card.mask_depth == {}
     assert sum(p.numel() for p in loaded.lm.adapter_parameters()) == counts["adapter"]
+    # the remove depth chosen for the adapter (make model-mask-depth, into the run's card) goes with the model
+    from engine.eval.mask_tune import record_depth
+
+    record_depth(work / "adapters" / "model", "remove", 0.375)
+    assemble(work, out, tmp_path / "docs")
+    assert load_model(out, device="cpu").card.mask_depth == {"remove": 0.375}
 
 
 def test_a_re_measurement_replaces_only_the_cards_evaluation_and_the_report(work, tmp_path, capsys):

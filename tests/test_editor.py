@@ -315,7 +315,8 @@ def test_a_batch_generates_every_item_together_and_each_comes_out_as_alone(edito
         audios, 44100, [text for text, _ in _BATCH], ("mask", "resynth"), seeds=[seed for _, seed in _BATCH]
     )
     assert len(recorder.calls) == 3  # one call per window (three 1 s windows) for all three items
-    assert all(call["codes"].shape[0] == len(_BATCH) for call in recorder.calls)
+    # a row per generation: each item's own, and the remove's mask steered by the extraction of its stem besides
+    assert all(call["codes"].shape[0] == len(_BATCH) + 1 for call in recorder.calls)
     for single, batched, (text, seed) in zip(alone, batch, _BATCH, strict=True):
         assert list(batched) == ["mask", "resynth"]
         for mode in batched:
@@ -402,7 +403,10 @@ def test_info_reports_model_edit_windows_timings_and_levels(editor):
     result = editor.edit(audio, 22050, "take out the bass", seed=0)
     info = result.info
     assert info["operation"] == "remove" and info["stem"] == "Bass"
-    assert info["prompt"] == "Music piece. Instruct: No Bass."
+    # what the model generated: in mask mode a remove is steered by the extraction of the stem (engine.mask)
+    assert info["prompt"] == "Music piece. Instruct: Only Bass."
+    resynth = editor.edit(audio, 22050, "take out the bass", seed=0, mode="resynth")
+    assert resynth.info["prompt"] == "Music piece. Instruct: No Bass."
     assert info["input"] == {"sample_rate": 22050, "channels": 2, "samples": 33075, "seconds": 1.5}
     assert set(info["timings"]) >= {"encode", "generate", "decode", "levels", "total"}
     # mask mode: the recording's own level, peaks no higher than its own (or -1 dBTP)
@@ -574,3 +578,30 @@ def test_a_card_without_an_evaluation_or_with_a_malformed_one_says_nothing(tiny_
 def test_the_cards_verdict_is_not_applied_to_an_adapter_given_on_top(judged_model_dir):
     editor = Editor.load(judged_model_dir, adapter=judged_model_dir / "adapter", device="cpu")
     assert editor.info["shortfalls"] == {}  # the card judged the folder's own adapter, not the one passed
+
+
+# ---- a remove's mask, steered by the extraction ----------------------------------------------------------------
+def test_a_remove_s_mask_is_steered_by_the_stem_s_extraction_at_the_depth_its_card_trusts(editor, monkeypatch):
+    from dataclasses import replace
+
+    from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, apply_edit
+    from engine.modes import MASK, RESYNTH
+
+    item = editor.parse("remove bass")
+    made, settings = editor.generation(item, MASK)
+    assert (made.op, made.stem, settings.steer, settings.depth) == ("extract", "Bass", STEER_EXTRACT, 1.0)
+    assert editor.generation(item, RESYNTH) == (item, None)  # re-synthesis is the paper's: the removal itself
+    assert editor.generation(editor.parse("extract bass"), MASK)[0] == editor.parse("extract bass")
+
+    # the card's depth: how much of what the model says is the stem goes (-4 dB at 0.375 where all of a bin is)
+    monkeypatch.setattr(editor.card, "mask_depth", {"remove": 0.375})
+    assert editor.generation(item, MASK)[1] == replace(DEFAULT_SETTINGS["remove"], depth=0.375)
+    audio = _music(1.5, 22050, 2)
+    result = editor.edit(audio, 22050, "remove bass", seed=3)
+    extracted = editor.edit(audio, 22050, "extract bass", seed=3)  # the same generation steers both masks
+    assert result.info["prompt"] == extracted.info["prompt"]
+    np.testing.assert_allclose(result.audio, audio - 0.375 * extracted.audio, atol=2e-4)
+    # a model that cannot extract steers its removal by its own output
+    monkeypatch.setattr(editor, "vocab", replace(editor.vocab, verbs={"remove": "No"}))
+    made, settings = editor.generation(item, MASK)
+    assert made == item and settings.steer == "" and apply_edit(audio, 22050, audio[0], 22050, "remove", settings).shape

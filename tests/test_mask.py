@@ -91,3 +91,22 @@ def test_bands_above_the_estimates_rate_follow_the_top_of_its_band():
     added = mask.apply_edit(bass[None], rate, estimate, low_rate, "add")[0] - bass
     added_spectrum = np.abs(np.fft.rfft(added * np.hanning(added.size)))  # windowed: no leakage from the clip's ends
     assert added_spectrum[freqs > 9000].max() < 1e-4 * added_spectrum.max()  # add adds nothing above the band
+
+
+def test_a_steered_remove_cuts_depth_of_what_the_extraction_explains_and_nothing_else():
+    from dataclasses import replace
+
+    from engine.errors import ConfigError
+
+    stem, bed = _parts(22050, seconds=1.0)
+    mix = stem + bed
+    steered = replace(mask.DEFAULT_SETTINGS["extract"], steer=mask.STEER_EXTRACT)
+    extracted = mask.apply_edit(mix, 22050, stem.mean(axis=0), 22050, "extract")
+    for depth in (0.0, 0.375, 1.0):
+        removed = mask.apply_edit(mix, 22050, stem.mean(axis=0), 22050, "remove", replace(steered, depth=depth))
+        np.testing.assert_allclose(removed, mix - depth * extracted, atol=1e-5)
+    assert metrics.si_sdr(mix - extracted, bed) > 10  # at depth 1 the stem goes
+    with pytest.raises(ConfigError, match="only remove takes 'extract'"):
+        mask.apply_edit(mix, 22050, stem.mean(axis=0), 22050, "extract", steered)
+    with pytest.raises(ConfigError, match="depth must be from 0 to 1"):
+        mask.apply_edit(mix, 22050, stem.mean(axis=0), 22050, "remove", replace(steered, depth=1.5))

@@ -58,3 +58,28 @@ def test_the_command_writes_its_choice(synth_data, tiny_model_dir, tmp_path, few
     assert saved["task"] == "remove" and set(saved["best"]) == set(MaskSettings.__dataclass_fields__)
     assert mask_tune.main(["--data", str(tmp_path / "none"), "--task", "remove", "--model", str(tiny_model_dir)]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_depth_is_chosen_from_the_model_s_steered_output_against_the_unchanged_input(synth_data, tiny_editor):
+    from engine.modes import MASK
+
+    rate = tiny_editor.sample_rate
+    clips = mask_tune.model_outputs(tiny_editor, synth_data, "remove", 1, seconds=1.0)
+    result = mask_tune.choose_depth(clips, rate, "remove", DEFAULT_SETTINGS["remove"])
+    rows = result["depths"]
+    assert set(rows) == {str(d) for d in mask_tune.DEPTHS} and result["chosen"] in mask_tune.DEPTHS
+    best = max(row["objective"] for row in rows.values())
+    assert rows[str(result["chosen"])]["objective"] == best
+    for row in rows.values():
+        assert row["objective"] == pytest.approx(row["mel_ssim"] - row["log_mel_distance"] / 100)
+        assert len(row["mel_ssim vs identity"]) == 2
+    # the outputs are what the mask mode generates for a remove: the stem's extraction (Editor.generation)
+    made, _ = tiny_editor.generation(tiny_editor.parse("remove bass"), MASK)
+    assert made.op == "extract"
+
+
+def test_the_command_refuses_a_depth_for_add_in_one_line(synth_data, capsys):
+    assert mask_tune.main(["--data", str(synth_data), "--task", "add", "--depth"]) == 1
+    assert "--depth applies to extract and remove" in capsys.readouterr().err
+    assert mask_tune.main(["--data", str(synth_data), "--task", "remove", "--write-card"]) == 1
+    assert "--write-card needs --depth and the --model folder" in capsys.readouterr().err

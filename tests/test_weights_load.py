@@ -422,6 +422,19 @@ def test_peeking_refuses_an_adapter_json_that_loading_refuses_in_its_words(model
     assert str(peeked.value) == str(loaded.value)
 
 
+def test_a_card_s_mask_depth_is_read_checked_and_judges_only_the_folder_s_own_adapter(model_copy, tmp_path):
+    card_path = model_copy / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "mask_depth": {"remove": 0.375}}))
+    assert load_model(model_copy, device="cpu").card.mask_depth == {"remove": 0.375}
+    other = shutil.copytree(model_copy / "adapter", tmp_path / "other")
+    assert load_model(model_copy, other, device="cpu").card.mask_depth == {}  # chosen for another adapter's word
+    for bad in ({"remove": 1.5}, {"add": 0.5}, {"remove": "half"}, [0.5]):
+        card_path.write_text(json.dumps({**card, "mask_depth": bad}))
+        with pytest.raises(CheckpointError, match="mask_depth"):
+            load_model(model_copy, device="cpu")
+
+
 def test_saved_settings_read_back_leniently_for_runs_and_strictly_for_weights():
     from dataclasses import asdict
 

@@ -2,13 +2,21 @@
 docs/embedded_model/mask.md describes:
 
     python -m engine.eval.mask_tune --data DATA --task remove [--clips-per-song 8] [-o result.json]
+    python -m engine.eval.mask_tune --data DATA --task remove --depth [--write-card]   # the card's mask_depth
 
-The model generates once per clip (resynth, raw, seeded by the clip's index as the evaluation seeds it); every
+The model generates once per clip what the Editor's mask mode generates (Editor.generation: a remove's mask is
+steered by the extraction of the stem; resynth, raw, seeded by the clip's index as the evaluation seeds it); every
 candidate mask is then computed from those outputs, levelled as the Editor levels the mask mode, and scored with the
 evaluation's metrics at the data's rate. The objective is the sum of two terms, each mel SSIM - log-mel distance / 100:
 the mask from the model's output, and the ideal mask (the same settings applied to the true target), so that the
 settings stay able to use a better model's output while they must work with this one. Coordinate descent over the
 candidate values of each setting, from the operation's current settings. Only the validation split is read.
+
+`--depth` chooses instead how much of what the mask cuts this model is trusted to cut (MaskSettings.depth, recorded
+as the card's `mask_depth`): the depth of DEPTHS whose mask, from the model's output alone, scores best (mel SSIM -
+log-mel distance / 100), beside each depth's paired difference from the unchanged input (mean and standard error).
+`--write-card` records the chosen depth in the model folder's card (`make model-mask-depth` does so for the embedded
+model before its evaluation).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ImusicError, report_error
+from engine.errors import ConfigError, ImusicError, report_error
 from engine.eval.report import IDEAL_MASK_ROW
 from engine.files import write_json_atomic
 from engine.mask import DEFAULT_SETTINGS, MaskSettings
@@ -51,8 +59,8 @@ def model_outputs(
     out = []
     for index in range(len(clips)):
         clip = clips[index]
-        instruction = Instruction.for_card(task, clip.stem_name, editor.card)
-        result = editor.edit_modes(clip.input, rate, instruction, [RESYNTH], seed=seed + index, raw=True)
+        made, _ = editor.generation(Instruction.for_card(task, clip.stem_name, editor.card), MASK)
+        result = editor.edit_modes(clip.input, rate, made, [RESYNTH], seed=seed + index, raw=True)
         out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
     return out
 
@@ -101,6 +109,44 @@ def descend(clips: list[tuple], rate: int, task: str, start: MaskSettings, passe
             "best": asdict(best), "best_score": best_score}  # fmt: skip
 
 
+DEPTHS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+
+
+def choose_depth(clips: list[tuple], rate: int, task: str, settings: MaskSettings) -> dict[str, Any]:
+    """Each depth's mean mel SSIM and log-mel distance from the model's output, and its paired difference from the
+    unchanged input (mean, standard error); `chosen`: the depth with the best mel SSIM - log-mel distance / 100."""
+    from engine.eval.metrics import edit_metrics
+    from engine.mask import apply_edit
+
+    identity = [edit_metrics(source, source, target, rate) for source, target, _ in clips]
+    rows = {}
+    for depth in DEPTHS:
+        scores = [
+            edit_metrics(apply_edit(source, rate, estimate, rate, task, replace(settings, depth=depth))[0], source,
+                         target, rate)
+            for source, target, estimate in clips
+        ]  # fmt: skip
+        row: dict[str, Any] = {}
+        for metric in ("mel_ssim", "log_mel_distance"):
+            change = np.array([s[metric] - i[metric] for s, i in zip(scores, identity, strict=True)])
+            spread = float(change.std(ddof=1) / np.sqrt(len(change))) if len(change) > 1 else None
+            row[metric] = float(np.mean([s[metric] for s in scores]))
+            row[f"{metric} vs identity"] = [float(change.mean()), spread]
+        row["objective"] = row["mel_ssim"] - row["log_mel_distance"] / 100
+        rows[depth] = row
+    chosen = max(rows, key=lambda depth: rows[depth]["objective"])
+    return {"task": task, "clips": len(clips), "depths": {str(d): r for d, r in rows.items()}, "chosen": chosen}
+
+
+def record_depth(model_dir: Path, task: str, depth: float) -> None:
+    """Put `depth` for `task` into the model folder's card (`mask_depth`), the rest of the card as it was."""
+    from engine.weights.loader import MASK_DEPTH, read_model_card, write_model_card
+
+    card = read_model_card(model_dir)
+    card[MASK_DEPTH] = {**dict(card.get(MASK_DEPTH) or {}), task: float(depth)}
+    write_model_card(model_dir, card)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.eval.mask_tune", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="a stem data set (its validation split is read)")
@@ -109,14 +155,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips-per-song", type=int, default=8)
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=CLIP_SECONDS, help="clip length, as imusic eval's")
+    parser.add_argument(
+        "--depth", action="store_true", help="choose the model's mask depth (its card's mask_depth), not the design"
+    )
+    parser.add_argument("--write-card", action="store_true", help="with --depth: record it in --model's model card")
     parser.add_argument("-o", "--output", help="write the result as JSON here")
     args = parser.parse_args(argv)
     try:
         from engine.editor import Editor
 
+        if args.depth and args.task == "add":
+            raise ConfigError("--depth applies to extract and remove: add's mask keeps the whole original")
+        if args.write_card and not (args.depth and args.model):
+            raise ConfigError("--write-card needs --depth and the --model folder whose card it goes in")
         editor = Editor.load(args.model, device="cpu")
         clips = model_outputs(editor, args.data, args.task, args.clips_per_song, seconds=args.seconds)
-        result = descend(clips, editor.sample_rate, args.task, DEFAULT_SETTINGS[args.task], args.passes)
+        if args.depth:
+            result = choose_depth(clips, editor.sample_rate, args.task, DEFAULT_SETTINGS[args.task])
+            if args.write_card:
+                record_depth(Path(args.model), args.task, result["chosen"])
+        else:
+            result = descend(clips, editor.sample_rate, args.task, DEFAULT_SETTINGS[args.task], args.passes)
     except ImusicError as exc:
         return report_error(exc, "python -m engine.eval.mask_tune")
     text = json.dumps(result, indent=2)

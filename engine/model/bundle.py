@@ -45,6 +45,9 @@ class ModelCard:
     # its inputs (the level the Editor feeds the model at: engine.levels.model_input_gain).
     trained_window_s: float | None = None
     input_rms_db: float | None = None
+    # How much of what the mask mode cuts this model's output is trusted to cut, per operation (engine.mask
+    # MaskSettings.depth), chosen on validation songs for this model and adapter; {}: the mask's own (1)
+    mask_depth: dict[str, float] = field(default_factory=dict)
 
     def shortfall(self, op: str) -> str:
         """One line for the producer when this model's own evaluation says its `op` edits lose to leaving the audio

@@ -27,7 +27,14 @@ from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.codec_train import codec_run_of, final_losses, read_log
 from engine.train.config import CODEC_RENAMED, CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL, history_losses
 from engine.train.data import DATASET_JSON
-from engine.weights.loader import DEFAULT_MODEL_DIR, model_parts, new_model_card, peek_card, write_model_card
+from engine.weights.loader import (
+    DEFAULT_MODEL_DIR,
+    MASK_DEPTH,
+    model_parts,
+    new_model_card,
+    peek_card,
+    write_model_card,
+)
 from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
 from engine.weights.transformers_layout import safetensors_files
 
@@ -177,6 +184,8 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
             },
             provenance=own_card.get("provenance", {}),
         )
+        if own_card.get(MASK_DEPTH):  # chosen on validation songs for this adapter (make model-mask-depth)
+            card[MASK_DEPTH] = own_card[MASK_DEPTH]
         card["wall_seconds_total"] = round(sum(stage["wall_seconds"] for stage in card["stages"].values()), 1)
         # How far the audio-fusion gates opened (zero at init): near zero means the edits barely use the input audio.
         card["stages"]["adapters"]["fusion_gates"] = [

@@ -138,6 +138,27 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     return read_json_object(Path(path) / MODEL_CARD, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
 
 
+MASK_DEPTH = "mask_depth"  # model_card.json: {operation: depth} of the mask mode (ModelCard.mask_depth)
+
+
+def card_mask_depth(card_data: dict[str, Any], where: str | Path) -> dict[str, float]:
+    """A card's `mask_depth`, checked: extract and remove only, each a number from 0 to 1; {} where it has none."""
+    import math
+
+    depth = card_data.get(MASK_DEPTH) or {}
+    if not isinstance(depth, dict):
+        raise CheckpointError(f"{where}: {MASK_DEPTH} must be an object of operation: depth, got {depth!r}")
+    checked = {}
+    for op, value in depth.items():
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+        if op not in ("extract", "remove") or not 0.0 <= number <= 1.0:
+            raise CheckpointError(
+                f"{where}: {MASK_DEPTH}.{op} must be a number from 0 to 1 for extract or remove, got {value!r}"
+            )
+        checked[op] = float(number)
+    return checked
+
+
 def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> dict[str, Any] | None:
     """What a model understands (stems, instruction format, name), read without loading any weights and by
     load_model's rule: an adapter's stems, template and verbs (the adapter given, else our model directory's own
@@ -247,6 +268,7 @@ def load_model(
         cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
         trained_window_s=training.get("window_s"),
         input_rms_db=training.get("input_rms_db"),
+        mask_depth=card_mask_depth(card_data, path) if adapter is None else {},  # chosen for the folder's adapter
         provenance={
             **dict(card_data.get("provenance") or {}),
             "path": str(path),
