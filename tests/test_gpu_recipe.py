@@ -269,7 +269,11 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
         assert record["recipe_id"] == card["recipe_id"] and record["device"] == "cpu" and record["wall_seconds"] >= 0
     assert card["stages"]["base"]["steps"] == 3 and card["stages"]["data"]["tracks"] == 6
     assert "summary" in card["stages"]["eval"]
+    # remove's mask depth is chosen on validation clips before the test songs are scored with it
+    depth = card["stages"]["eval"]["mask_depth"]
+    assert depth["remove"] in (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0) and depth["validation_clips"] >= 1
     log = (out / "run.log").read_text()
+    assert "eval: remove's mask depth" in log
     assert "adapters: done" in log and "pack: done" in log
     budget = float(log.split("its budget: ", 1)[1].split()[0])
     assert 2.5 < budget <= 3.0
@@ -312,7 +316,7 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
             assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
             assert META_KEY not in (handle.metadata() or {})
     editor = Editor.load(model, device="cpu")
-    assert editor.sample_rate == 16000
+    assert editor.sample_rate == 16000 and editor.card.mask_depth == {"remove": depth["remove"]}
     assert {p.dtype for p in editor.model.lm.parameters()} == {torch.float32}  # cast on loading
     # the installed card's own verdict is what the editor's notes come from
     verdict = card["evaluation"]["beats_identity"]

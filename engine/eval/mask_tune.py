@@ -48,16 +48,26 @@ CANDIDATES: dict[str, tuple] = {
 
 
 def model_outputs(
-    editor: Any, data: str | Path, task: str, per_song: int, seed: int = 0, seconds: float = CLIP_SECONDS
+    editor: Any,
+    data: str | Path,
+    task: str,
+    per_song: int,
+    seed: int = 0,
+    seconds: float = CLIP_SECONDS,
+    limit: int | None = None,
 ) -> list[tuple]:
-    """(input, target, model output) of every validation clip of `task`, all [N] at the data's rate."""
+    """(input, target, model output) of every validation clip of `task` (at most `limit`, spread over the split), all
+    [N] at the data's rate."""
     from engine.eval.clips import held_out_clips
     from engine.instructions import Instruction
 
     rate = editor.sample_rate
     clips = held_out_clips(data, task, rate, seconds, FOUR_STEMS, seed, per_song, split="validation")
     out = []
-    for index in range(len(clips)):
+    picks = range(len(clips))
+    if limit is not None and limit < len(clips):
+        picks = sorted({int(i) for i in np.linspace(0, len(clips) - 1, max(1, limit)).round()})
+    for index in picks:
         clip = clips[index]
         made, _ = editor.generation(Instruction.for_card(task, clip.stem_name, editor.card), MASK)
         result = editor.edit_modes(clip.input, rate, made, [RESYNTH], seed=seed + index, raw=True)

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import CheckpointError, ConfigError, ImusicError, report_error
+from engine.errors import CheckpointError, ConfigError, DataError, ImusicError, report_error
 from engine.eval.report import SPECTROGRAMS
 from engine.files import output_folder, read_json_object, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
@@ -345,6 +345,7 @@ class Recipe:
         # fp32, as `make model-acceptance` scores the installed model on the CPU: the bars in the log are that verdict
         model = self.run_dir / "adapters" / RUN_MODEL
         editor = Editor.load(model, device=self.device, dtype="float32", decode_step="eager")
+        depth = self._remove_depth(editor, model, cfg) if "remove" in tasks else None
         report = evaluate(
             self.data_dir,
             tasks,
@@ -370,7 +371,33 @@ class Recipe:
             "summary": summary,
             "beats_identity": beats_identity(summary),
             "bars": [{"bar": b.name, "measured": b.measured, "met": b.met} for b in bars],
+            **({"mask_depth": depth} if depth is not None else {}),
         }
+
+    def _remove_depth(self, editor, model: Path, cfg: dict) -> dict | None:
+        """The new model's remove depth (its card's mask_depth), chosen on validation clips before the test songs are
+        scored with it, as `make model-mask-depth` chooses the CPU build's (engine.eval.mask_tune --depth); None, and
+        the mask's own depth, where the validation split has no clip to choose on."""
+        from engine.eval.mask_tune import choose_depth, model_outputs, record_depth
+        from engine.mask import DEFAULT_SETTINGS
+        from engine.train.data import CLIP_SECONDS
+
+        per_song, seconds = cfg.get("clips_per_song", 1), cfg.get("seconds", CLIP_SECONDS)
+        try:
+            clips = model_outputs(editor, self.data_dir, "remove", per_song, seconds=seconds, limit=DEPTH_CLIPS)
+        except DataError as exc:
+            self.say(f"eval: remove's mask depth not chosen ({exc}): the mask's own")
+            return None
+        chosen = choose_depth(clips, editor.sample_rate, "remove", DEFAULT_SETTINGS["remove"])
+        record_depth(model, "remove", chosen["chosen"])
+        editor.card.mask_depth = {**editor.card.mask_depth, "remove": chosen["chosen"]}
+        row = chosen["depths"][str(chosen["chosen"])]
+        self.say(
+            f"eval: remove's mask depth {chosen['chosen']} (of {len(clips)} validation clips; mel SSIM "
+            f"{row['mel_ssim vs identity'][0]:+.4f}, log-mel distance {row['log_mel_distance vs identity'][0]:+.2f} dB "
+            "against the unchanged input)"
+        )
+        return {"remove": chosen["chosen"], "validation_clips": len(clips)}
 
     def _stage_pack(self, deadline: float) -> dict:
         return {"files": sorted(p.name for p in (self.run_dir / "packed").glob("*.tar.*"))}
@@ -412,7 +439,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     from engine.files import staged_dir
     from engine.train.default_model import EMBEDDED_NAME, evaluation, model_sizes, model_stems
     from engine.train.pack import parts_of, unpack_parts
-    from engine.weights.loader import new_model_card, write_model_card
+    from engine.weights.loader import MASK_DEPTH, new_model_card, write_model_card
     from engine.weights.names import MODEL_CARD
 
     packs = Path(packs)
@@ -444,6 +471,9 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
             shutil.copytree(work_dir / "base" / RUN_MODEL / BASE_DIR, staged / BASE_DIR)
             shutil.copytree(work_dir / "adapters" / RUN_MODEL / ADAPTER_DIR, staged / ADAPTER_DIR)
             own = read_json_object(work_dir / "adapters" / RUN_MODEL / MODEL_CARD, "no model card", CheckpointError)
+            evaluated = work_dir / "eval" / MARKER
+            chosen = read_json_object(evaluated, "", CheckpointError).get(MASK_DEPTH) if evaluated.is_file() else None
+            depth = {op: value for op, value in (chosen or {}).items() if op in ("extract", "remove")}
             card = new_model_card(
                 EMBEDDED_NAME,
                 description=(
@@ -457,6 +487,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 stages=run_card.get("stages", {}),
                 wall_seconds_total=run_card.get("wall_seconds_total"),  # where the CPU build's card has it too
                 provenance=own.get("provenance", {}),
+                **({MASK_DEPTH: depth} if depth else {}),  # chosen on validation clips by the eval stage
             )
             report = work_dir / "eval" / REPORT_JSON
             if report.is_file():
@@ -466,6 +497,10 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
         if docs is not None and (work_dir / "eval").is_dir():
             publish_report(work_dir / "eval", docs, skip=(MARKER,))
     return card
+
+
+# Validation clips the eval stage chooses remove's mask depth on (generated one by one, before the test songs)
+DEPTH_CLIPS = 32
 
 
 # ---- command line --------------------------------------------------------------------------------------------------
