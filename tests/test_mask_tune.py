@@ -83,3 +83,14 @@ def test_the_command_refuses_a_depth_for_add_in_one_line(synth_data, capsys):
     assert "--depth applies to extract and remove" in capsys.readouterr().err
     assert mask_tune.main(["--data", str(synth_data), "--task", "remove", "--write-card"]) == 1
     assert "--write-card needs --depth and the --model folder" in capsys.readouterr().err
+
+
+def test_outputs_generated_in_batches_are_those_generated_one_by_one(synth_data, tiny_editor):
+    import numpy as np
+
+    alone = mask_tune.model_outputs(tiny_editor, synth_data, "remove", 3, seconds=1.0, limit=3)
+    together = mask_tune.model_outputs(tiny_editor, synth_data, "remove", 3, seconds=1.0, limit=3, batch=3)
+    assert len(alone) == len(together) == 3
+    for (source, target, output), (source2, target2, output2) in zip(alone, together, strict=True):
+        assert np.array_equal(source, source2) and np.array_equal(target, target2)
+        np.testing.assert_allclose(output, output2, atol=1e-3)

@@ -55,9 +55,11 @@ def model_outputs(
     seed: int = 0,
     seconds: float = CLIP_SECONDS,
     limit: int | None = None,
+    batch: int = 1,
 ) -> list[tuple]:
     """(input, target, model output) of every validation clip of `task` (at most `limit`, spread over the split), all
-    [N] at the data's rate."""
+    [N] at the data's rate. `batch` > 1 generates that many clips together (Editor.edit_batch: each from its own
+    seed, as alone but for rounding; what an accelerator wants)."""
     from engine.eval.clips import held_out_clips
     from engine.instructions import Instruction
 
@@ -67,11 +69,15 @@ def model_outputs(
     picks = range(len(clips))
     if limit is not None and limit < len(clips):
         picks = sorted({int(i) for i in np.linspace(0, len(clips) - 1, max(1, limit)).round()})
-    for index in picks:
-        clip = clips[index]
-        made, _ = editor.generation(Instruction.for_card(task, clip.stem_name, editor.card), MASK)
-        result = editor.edit_modes(clip.input, rate, made, [RESYNTH], seed=seed + index, raw=True)
-        out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
+    picks = list(picks)
+    for start in range(0, len(picks), max(1, batch)):
+        chosen = [(index, clips[index]) for index in picks[start : start + max(1, batch)]]
+        made = [editor.generation(Instruction.for_card(task, c.stem_name, editor.card), MASK)[0] for _, c in chosen]
+        results = editor.edit_batch(
+            [c.input for _, c in chosen], rate, made, [RESYNTH], seeds=[seed + i for i, _ in chosen], raw=True
+        )
+        for (_, clip), result in zip(chosen, results, strict=True):
+            out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
     return out
 
 

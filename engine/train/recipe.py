@@ -384,7 +384,9 @@ class Recipe:
 
         per_song, seconds = cfg.get("clips_per_song", 1), cfg.get("seconds", CLIP_SECONDS)
         try:
-            clips = model_outputs(editor, self.data_dir, "remove", per_song, seconds=seconds, limit=DEPTH_CLIPS)
+            clips = model_outputs(
+                editor, self.data_dir, "remove", per_song, seconds=seconds, limit=DEPTH_CLIPS, batch=cfg.get("batch", 1)
+            )
         except DataError as exc:
             self.say(f"eval: remove's mask depth not chosen ({exc}): the mask's own")
             return None
