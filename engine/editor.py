@@ -12,8 +12,8 @@ One edit, step by step:
 4. join the decoded windows with raised-cosine crossfades over the overlaps, resample back, trim to N samples.
 5. make the result's channels per the mode (engine/mask.py), and set its level (engine/levels.py) unless raw=True:
    - "mask" (the default): the model's output steers a time-frequency mask on the original region (extract keeps
-     what the output explains, remove the rest; add puts the added part alone on top of the original), so the
-     result keeps the original's rate, channels, stereo image and the band above the codec's;
+     what the output explains, remove what the stem's extraction does not; add puts the added part alone on top of
+     the original), so the result keeps the original's rate, channels, stereo image and the band above the codec's;
    - "resynth" (the paper's behaviour): the mono model output copied to every input channel.
 
 Design choices (documented here because producers see them):
@@ -220,11 +220,12 @@ class Editor:
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
     ) -> dict[str, EditResult]:
-        """`edit` in several modes from one generation: {mode: result}, in the order given (None: the default mode).
+        """`edit` in several modes, each generation made once: {mode: result}, in the order given (None: the default
+        mode).
 
-        The model runs once; each mode only makes its result from the same model output (what an evaluation that
-        compares the modes needs: the same tokens, half the time). Every result's info carries the shared timings
-        of the generation and its own mode's."""
+        Modes that read the same generation share it (what an evaluation that compares the modes needs: the same
+        tokens, half the time); a remove's mask reads the stem's extraction and its re-synthesis the removal, two
+        generations (`generation`). Every result's info carries the shared timings and its own mode's."""
         check_takes(takes)
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else int(seed)
         return self._edit([audio], sample_rate, [instruction], modes, [seed], takes, raw, progress, cancel)[0]
@@ -291,19 +292,23 @@ class Editor:
         # one generation for every unit; takes (one item only) one call per unit, as takes share a generator
         groups = [units] if takes == 1 else [[unit] for unit in units]
         generated_out: dict[tuple[int, str], np.ndarray] = {}
+        details_of: dict[tuple[int, str], dict] = {}  # each generation's own (windows, retries, take scores)
         with self._lock:
-            for group in groups:
+            for g, group in enumerate(groups):
                 rows = [i for i, _ in group]
+                share = progress  # several generations one after another: each its part of the one fraction
+                if progress is not None and len(groups) > 1:
+                    share = lambda f, stage, g=g: progress((g + f) / len(groups), stage)  # noqa: E731
                 outs, details = self._edit_with_retries(
                     np.stack([model_audio[i] for i in rows]), [made_by[unit] for unit in group],
-                    [seeds[i] for i in rows], takes, progress, cancel, timings,
+                    [seeds[i] for i in rows], takes, share, cancel, timings,
                 )  # fmt: skip
                 for (i, prompt), out in zip(group, outs, strict=True):
                     generated_out[(i, prompt)] = out / np.float32(gains[i])  # back at the input's scale
+                    details_of[(i, prompt)] = details
         generated = time.perf_counter()
         results = []
         for i, (audio, item, seed, gain) in enumerate(zip(audios, parsed, seeds, gains, strict=True)):
-            own = {**details, "model_input_gain_db": round(db(gain), 2)}
             done = {
                 mode: self._finish(
                     audio,
@@ -317,7 +322,7 @@ class Editor:
                     seed,
                     takes,
                     dict(timings),
-                    own,
+                    {**details_of[(i, made.prompt)], "model_input_gain_db": round(db(gain), 2)},
                 )
                 for mode, (made, settings) in plans[i].items()
             }

@@ -63,7 +63,7 @@ class MaskSettings:
     smooth_s: float = 0.05  # box smoothing of the powers over time (full width)
     smooth_hz: float = 50.0  # box smoothing of the powers over frequency (full width)
     exponent: float = 1.0  # 1: power ratio (Wiener-like); 0.5: magnitude ratio
-    floor: float = 0.0  # lowest mask value for extract/remove (a little of everything stays)
+    floor: float = 0.0  # lowest mask value for extract/remove (a little of everything stays; applied last)
     calibrate: bool = True  # scale the estimate to its level in the original first
     steer: str = ""  # remove only: "extract" = the estimate is the model's extraction of the stem; "": the op's own
     depth: float = 1.0  # extract/remove: how much of what the mask cuts is cut (1: all of it)

@@ -269,7 +269,7 @@ def test_mask_mode_add_keeps_the_input_and_adds_one_part_to_every_channel(editor
     assert not np.array_equal(out[0], out[1])  # the input's own image stays
 
 
-def test_mask_and_resynth_share_the_generation_and_differ_in_the_result(editor):
+def test_mask_and_resynth_plan_the_same_windows_and_differ_in_the_result(editor):
     audio = _music(1.0, 16000)
     mask = editor.edit(audio, 16000, "remove bass", seed=3, raw=True)
     resynth = editor.edit(audio, 16000, "remove bass", seed=3, raw=True, mode="resynth")
@@ -605,3 +605,17 @@ def test_a_remove_s_mask_is_steered_by_the_stem_s_extraction_at_the_depth_its_ca
     monkeypatch.setattr(editor, "vocab", replace(editor.vocab, verbs={"remove": "No"}))
     made, settings = editor.generation(item, MASK)
     assert made == item and settings.steer == "" and apply_edit(audio, 22050, audio[0], 22050, "remove", settings).shape
+
+
+def test_a_remove_in_both_modes_with_takes_reports_each_generation_s_own_details_and_monotone_progress(editor):
+    audio = _music(1.5, 22050, 2)
+    seen = []
+    both = editor.edit_modes(
+        audio, 22050, "remove bass", ("mask", "resynth"), seed=5, takes=2, progress=lambda f, s: seen.append(f)
+    )
+    assert seen == sorted(seen) and seen[-1] == 1.0  # two generations, one fraction that never goes back
+    for mode in ("mask", "resynth"):
+        alone = editor.edit(audio, 22050, "remove bass", seed=5, takes=2, mode=mode)
+        assert both[mode].info["prompt"] == alone.info["prompt"]
+        assert both[mode].info["take_scores"] == alone.info["take_scores"]  # its own generation's, not the other's
+        np.testing.assert_allclose(both[mode].audio, alone.audio, atol=1e-5)

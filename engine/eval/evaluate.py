@@ -8,9 +8,10 @@ without the paper:
 - codec ceiling: the target encoded and decoded by the model's own codec (the best re-synthesis can do);
 - ideal mask: the mask computed from the true target, then levelled as the Editor does (the best mask mode can do);
 - oracle: output = target (the top of every scale).
-Each clip is generated once: both modes are made from that one generation (Editor.edit_modes), so the second mode
-costs no model time. Network-free metrics (engine.eval.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the
-stereo image's ILD error, all at 16 kHz) always run; the clips of engine.train.data are mono, so there the ILD error
+Each clip is generated once for both modes (Editor.edit_modes), so the second mode costs no model time; but remove,
+whose mask reads the stem's extraction and whose re-synthesis the removal (two generations, in one batch).
+Network-free metrics (engine.eval.metrics: SI-SDR, SI-SDRi, mel SSIM, log-mel distance and the stereo image's ILD
+error, all at 16 kHz) always run; the clips of engine.train.data are mono, so there the ILD error
 is 0.
 FAD / KL (audioldm_eval, as the official evaluation) and CLAP (frechet_audio_distance's CLAPScore) run when the user
 has those packages and their networks; otherwise the report says they were skipped and why.
@@ -216,12 +217,13 @@ def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
 
 
 def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipped: list) -> list:
-    """Each clip of a batch edited in the default mode and in resynth from one generation: [(result, resynth)], None
+    """Each clip of a batch edited in the default mode and in resynth (one generation, two for a remove: Editor.
+    generation): [(result, resynth)], None
     for a clip the editor refuses (recorded in `skipped`). One batch; if one clip is unusable, clip by clip."""
     if not group:
         return []
     sources = [np.atleast_2d(item[3]) for item in group]
-    modes = (DEFAULT_MODE, RESYNTH)  # two rows from one generation: the model as shipped, and the paper's
+    modes = (DEFAULT_MODE, RESYNTH)  # two rows: the model as shipped, and the paper's
     try:
         if len(group) > 1 and len({source.shape for source in sources}) == 1:
             done = editor.edit_batch(

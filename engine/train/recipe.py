@@ -501,7 +501,8 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     return card
 
 
-# Validation clips the eval stage chooses remove's mask depth on (generated one by one, before the test songs)
+# Validation clips the eval stage chooses remove's mask depth on (generated in batches, before the test songs; taken
+# out of the eval's own time, so few)
 DEPTH_CLIPS = 32
 
 
