@@ -182,6 +182,9 @@ class Editor:
             "operations": list(self.vocab.operations),
             # operations whose edits the model's own evaluation says lose to the unchanged input: the note for each
             "shortfalls": {op: note for op in self.vocab.operations if (note := self.card.shortfall(op))},
+            # how much of what the mask mode cuts this model's card trusts it to cut ({}: all of it); an evaluation's
+            # report records it beside its figures
+            "mask_depth": dict(self.card.mask_depth),
         }
 
     # ---- the edit ---------------------------------------------------------------------------------------------

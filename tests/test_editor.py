@@ -570,7 +570,7 @@ def test_a_model_whose_card_says_an_operation_loses_to_the_input_says_so_with_ea
 def test_a_card_without_an_evaluation_or_with_a_malformed_one_says_nothing(tiny_editor):
     from engine.eval.verdict import card_verdict
 
-    assert tiny_editor.info["shortfalls"] == {}
+    assert tiny_editor.info["shortfalls"] == {} and tiny_editor.info["mask_depth"] == {}
     assert card_verdict({"evaluation": ["not", "a", "dict"]}) == {}
     assert card_verdict({"evaluation": {"beats_identity": {"extract": {"mel_ssim": "no"}}}}) == {"extract": {}}
 
@@ -596,6 +596,7 @@ def test_a_remove_s_mask_is_steered_by_the_stem_s_extraction_at_the_depth_its_ca
     # the card's depth: how much of what the model says is the stem goes (-4 dB at 0.375 where all of a bin is)
     monkeypatch.setattr(editor.card, "mask_depth", {"remove": 0.375})
     assert editor.generation(item, MASK)[1] == replace(DEFAULT_SETTINGS["remove"], depth=0.375)
+    assert editor.info["mask_depth"] == {"remove": 0.375}  # what status and an evaluation's report say
     audio = _music(1.5, 22050, 2)
     result = editor.edit(audio, 22050, "remove bass", seed=3)
     extracted = editor.edit(audio, 22050, "extract bass", seed=3)  # the same generation steers both masks
