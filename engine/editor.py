@@ -316,17 +316,17 @@ class Editor:
                 mode: self._finish(
                     audio,
                     sample_rate,
-                    generated_out[(i, made.prompt)],
                     item,
-                    made,
-                    settings,
                     mode,
-                    raw,
-                    seed,
-                    takes,
-                    dict(timings),
-                    {**details_of[(i, made.prompt)], "model_input_gain_db": round(db(gain), 2)},
-                )
+                    out=generated_out[(i, made.prompt)],
+                    made=made,
+                    settings=settings,
+                    raw=raw,
+                    seed=seed,
+                    takes=takes,
+                    timings=dict(timings),
+                    details={**details_of[(i, made.prompt)], "model_input_gain_db": round(db(gain), 2)},
+                )  # fmt: skip
                 for mode, (made, settings) in plans[i].items()
             }
             for result in done.values():  # the generation's time is every mode's; the finishing time each its own
@@ -361,7 +361,7 @@ class Editor:
         return Instruction.for_card("extract", item.stem, self.card), settings
 
     def _finish(
-        self, audio, sample_rate, out, parsed, made, settings, mode, raw, seed, takes, timings, details
+        self, audio, sample_rate, parsed, mode, *, out, made, settings, raw, seed, takes, timings, details
     ) -> EditResult:
         """The result of one mode from the model's output `out` [M] at the codec rate (generated for `made`, read with
         the mask `settings` in mask mode): channels, levels, info."""
