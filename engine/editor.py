@@ -289,8 +289,8 @@ class Editor:
         plans = [
             {mode: self.generation(item, mode) for mode in modes} for item, modes in zip(parsed, chosen, strict=True)
         ]
-        units = list(dict.fromkeys((i, made.prompt) for i, plan in enumerate(plans) for made, _ in plan.values()))
         made_by = {(i, made.prompt): made for i, plan in enumerate(plans) for made, _ in plan.values()}
+        units = list(made_by)  # each generation once, in order
         timings = {"encode": 0.0, "generate": 0.0, "decode": 0.0}
         # one generation for every unit; takes (one item only) one call per unit, as takes share a generator
         groups = [units] if takes == 1 else [[unit] for unit in units]

@@ -66,12 +66,12 @@ def model_outputs(
     rate = editor.sample_rate
     clips = held_out_clips(data, task, rate, seconds, FOUR_STEMS, seed, per_song, split="validation")
     out = []
-    picks = range(len(clips))
+    picks = list(range(len(clips)))
     if limit is not None and limit < len(clips):
         picks = sorted({int(i) for i in np.linspace(0, len(clips) - 1, max(1, limit)).round()})
-    picks = list(picks)
-    for start in range(0, len(picks), max(1, batch)):
-        chosen = [(index, clips[index]) for index in picks[start : start + max(1, batch)]]
+    batch = max(1, batch)
+    for start in range(0, len(picks), batch):
+        chosen = [(index, clips[index]) for index in picks[start : start + batch]]
         made = [editor.generation(Instruction.for_card(task, c.stem_name, editor.card), MASK)[0] for _, c in chosen]
         results = editor.edit_batch(
             [c.input for _, c in chosen], rate, made, [RESYNTH], seeds=[seed + i for i, _ in chosen], raw=True

@@ -345,7 +345,7 @@ class Recipe:
         # fp32, as `make model-acceptance` scores the installed model on the CPU: the bars in the log are that verdict
         model = self.run_dir / "adapters" / RUN_MODEL
         editor = Editor.load(model, device=self.device, dtype="float32", decode_step="eager")
-        depth = self._remove_depth(editor, model, cfg) if "remove" in tasks else None
+        depth = self._remove_depth(editor, model, cfg) if "remove" in tasks else {}
         report = evaluate(
             self.data_dir,
             tasks,
@@ -371,16 +371,18 @@ class Recipe:
             "summary": summary,
             "beats_identity": beats_identity(summary),
             "bars": [{"bar": b.name, "measured": b.measured, "met": b.met} for b in bars],
-            **({"mask_depth": depth} if depth is not None else {}),
+            **depth,
         }
 
-    def _remove_depth(self, editor, model: Path, cfg: dict) -> dict | None:
+    def _remove_depth(self, editor, model: Path, cfg: dict) -> dict:
         """The new model's remove depth (its card's mask_depth), chosen on validation clips before the test songs are
         scored with it, as `make model-mask-depth` chooses the CPU build's (engine.eval.mask_tune --depth); None, and
-        the mask's own depth, where the validation split has no clip to choose on."""
+        the mask's own depth, where the validation split has no clip to choose on. Returns the eval record's part:
+        `mask_depth` as a card holds it and `mask_depth_clips`, or {}."""
         from engine.eval.mask_tune import choose_depth, model_outputs, record_depth
         from engine.mask import DEFAULT_SETTINGS
         from engine.train.data import CLIP_SECONDS
+        from engine.weights.loader import MASK_DEPTH
 
         per_song, seconds = cfg.get("clips_per_song", 1), cfg.get("seconds", CLIP_SECONDS)
         try:
@@ -389,7 +391,7 @@ class Recipe:
             )
         except DataError as exc:
             self.say(f"eval: remove's mask depth not chosen ({exc}): the mask's own")
-            return None
+            return {}
         chosen = choose_depth(clips, editor.sample_rate, "remove", DEFAULT_SETTINGS["remove"])
         record_depth(model, "remove", chosen["chosen"])
         editor.card.mask_depth = {**editor.card.mask_depth, "remove": chosen["chosen"]}
@@ -399,7 +401,7 @@ class Recipe:
             f"{row['mel_ssim vs identity'][0]:+.4f}, log-mel distance {row['log_mel_distance vs identity'][0]:+.2f} dB "
             "against the unchanged input)"
         )
-        return {"remove": chosen["chosen"], "validation_clips": len(clips)}
+        return {MASK_DEPTH: {"remove": chosen["chosen"]}, "mask_depth_clips": len(clips)}
 
     def _stage_pack(self, deadline: float) -> dict:
         return {"files": sorted(p.name for p in (self.run_dir / "packed").glob("*.tar.*"))}
@@ -441,7 +443,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     from engine.files import staged_dir
     from engine.train.default_model import EMBEDDED_NAME, evaluation, model_sizes, model_stems
     from engine.train.pack import parts_of, unpack_parts
-    from engine.weights.loader import MASK_DEPTH, new_model_card, write_model_card
+    from engine.weights.loader import MASK_DEPTH, card_mask_depth, new_model_card, write_model_card
     from engine.weights.names import MODEL_CARD
 
     packs = Path(packs)
@@ -455,14 +457,15 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 unpack_parts(parts_of(packs, stage), work_dir / stage, restore=stage not in ("base", "adapters"))
         # Every part installed together must come from one recipe (an --export folder reused by a later run that was
         # cut before its eval would otherwise publish the earlier run's evaluation beside the new model).
-        ids = {
+        markers = {
             stage: read_json_object(
                 work_dir / stage / MARKER, f"the {stage} pack in {packs} holds no {MARKER}: not a recipe stage's pack",
                 CheckpointError,
-            ).get("recipe_id")
+            )
             for stage in ("base", "adapters", "eval")
             if (work_dir / stage).is_dir()
         }  # fmt: skip
+        ids = {stage: marker.get("recipe_id") for stage, marker in markers.items()}
         run_card = read_json_object(packs / CARD, "", CheckpointError) if (packs / CARD).is_file() else {}
         if "recipe_id" in run_card:
             ids[CARD] = run_card["recipe_id"]
@@ -473,9 +476,8 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
             shutil.copytree(work_dir / "base" / RUN_MODEL / BASE_DIR, staged / BASE_DIR)
             shutil.copytree(work_dir / "adapters" / RUN_MODEL / ADAPTER_DIR, staged / ADAPTER_DIR)
             own = read_json_object(work_dir / "adapters" / RUN_MODEL / MODEL_CARD, "no model card", CheckpointError)
-            evaluated = work_dir / "eval" / MARKER
-            chosen = read_json_object(evaluated, "", CheckpointError).get(MASK_DEPTH) if evaluated.is_file() else None
-            depth = {op: value for op, value in (chosen or {}).items() if op in ("extract", "remove")}
+            # chosen on validation clips by the eval stage, checked by loading's rule
+            depth = card_mask_depth(markers.get("eval", {}), work_dir / "eval" / MARKER)
             card = new_model_card(
                 EMBEDDED_NAME,
                 description=(
@@ -489,7 +491,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 stages=run_card.get("stages", {}),
                 wall_seconds_total=run_card.get("wall_seconds_total"),  # where the CPU build's card has it too
                 provenance=own.get("provenance", {}),
-                **({MASK_DEPTH: depth} if depth else {}),  # chosen on validation clips by the eval stage
+                **({MASK_DEPTH: depth} if depth else {}),
             )
             report = work_dir / "eval" / REPORT_JSON
             if report.is_file():
