@@ -77,6 +77,44 @@ def test_held_out_songs_are_never_read(tones, tmp_path):
     assert files and all("song_b" not in f.parts for f in files)
 
 
+def test_held_out_songs_are_song_folders_in_any_layout(tmp_path):
+    """MoisesDB keeps songs as PROVIDER/TRACK: what is held out is each held-out track, never a whole provider."""
+    import json
+
+    from engine.train.codec_train import held_out_songs, training_audio_files
+    from engine.train.data.layouts import scan
+
+    data = tmp_path / "moises"
+    wave = (0.3 * np.sin(2 * np.pi * 220 * np.arange(8000) / 8000)).astype(np.float32)
+    for number in range(12):
+        track = data / f"provider{number % 2}" / f"track{number:02d}"
+        for stem in ("drums", "bass"):
+            (track / stem).mkdir(parents=True)
+            sf.write(track / stem / f"{stem}{number}.wav", wave, 8000)
+        entries = [
+            {"stemName": stem, "id": stem, "tracks": [{"id": f"{stem}{number}", "extension": "wav", "trackType": stem}]}
+            for stem in ("drums", "bass")
+        ]
+        (track / "data.json").write_text(json.dumps({"song": f"s{number}", "stems": entries}))
+    assert scan(data).layout == "moisesdb"
+    held = held_out_songs(data)
+    assert held and all(len(Path(song).parts) == 2 for song in held)  # provider/track
+    files = training_audio_files(data, held)
+    tracks = {f.relative_to(data).parent.parent.as_posix() for f in files}
+    assert tracks == {f"provider{n % 2}/track{n:02d}" for n in range(12)} - set(held)
+    assert len(files) == 2 * len(tracks)
+
+
+def test_a_song_in_the_data_root_holds_only_the_files_directly_in_it(tones):
+    from engine.train.codec_train import training_audio_files
+
+    sf.write(tones / "loose_stem.flac", np.zeros(1600, np.float32), 16000)  # the plain layout's song "."
+    files = training_audio_files(tones, exclude_songs=["."])
+    assert sorted(f.relative_to(tones).as_posix() for f in files) == [
+        f"song_{song}/stem{i}.flac" for song in "ab" for i in range(2)
+    ]
+
+
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no audio files"):
         train_codec(tmp_path, tmp_path / "run", _tiny_cfg(2), quiet=True)

@@ -80,9 +80,16 @@ def encodec_config(cfg: CodecTrainConfig) -> Any:
 
 
 def training_audio_files(root: Path, exclude_songs: Sequence[str] = ()) -> list[Path]:
-    """Every audio file under root, skipping songs (top-level folder names) held out for testing."""
-    excluded = set(exclude_songs)
-    files = [path for path in audio_files(root) if path.relative_to(root).parts[0] not in excluded]
+    """Every audio file under root (stems and mixes), skipping the songs held out for testing: `exclude_songs` are
+    their folders relative to root (held_out_songs), each holding the files in it and below it; "." (a song whose
+    stems lie in root itself, the plain layout's) holds only the files directly in root."""
+    excluded = [Path(song).parts for song in exclude_songs]
+
+    def held_out(path: Path) -> bool:
+        parts = path.relative_to(root).parts  # the last part is the file's name
+        return any(parts[: len(song)] == song and (song or len(parts) == 1) for song in excluded)
+
+    files = [path for path in audio_files(root) if not held_out(path)]
     if not files:
         raise DataError(f"no audio files ({AUDIO_FORMATS}) under {root}")
     return files
@@ -445,11 +452,12 @@ def export_codec(model: Any, out_dir: Path) -> Path:
 
 
 def held_out_songs(data: Path) -> list[str]:
-    """Top-level folder names of the validation and test songs (the same split as every other stage uses)."""
+    """The folders of the validation and test songs relative to `data` (the same split as every other stage uses;
+    "provider/track" in MoisesDB's layout), as training_audio_files takes them."""
     catalog = scan(data)
     splits = split_songs(catalog.songs)
     root = Path(catalog.root)
-    return sorted({song.path.relative_to(root).parts[0] for name in HELD_OUT for song in splits[name]})
+    return sorted({song.path.relative_to(root).as_posix() for name in HELD_OUT for song in splits[name]})
 
 
 def run_stage(args: Any) -> int:
