@@ -256,6 +256,7 @@ def test_save_model_dir_round_trips(tiny_model_dir, tmp_path):
     from engine.weights import save_model_dir
 
     model = load_model(tiny_model_dir, device="cpu", dtype="fp32")
+    trained = {"window_s": 0.2, "input_rms_db": -20.0}  # what an adapter's training records: the Editor reads both
     out = save_model_dir(
         tmp_path / "saved",
         model.lm,
@@ -264,9 +265,17 @@ def test_save_model_dir_round_trips(tiny_model_dir, tmp_path):
         name="round-trip",
         stems=model.card.stems,
         provenance={"run": "test"},
+        training=trained,
     )
     again = load_model(out, device="cpu", dtype="fp32")
     assert again.card.name == "round-trip" and again.card.stems == model.card.stems
+    assert again.card.training_facts() == trained
+    resaved = save_model_dir(tmp_path / "resaved", again.lm, again.codec, again.text, name="again",
+                             training=again.card.training_facts())  # fmt: skip
+    assert load_model(resaved, device="cpu", dtype="fp32").card.training_facts() == trained
+    with pytest.raises(CheckpointError, match="training.window_s must be above 0"):
+        save_model_dir(tmp_path / "bad", model.lm, model.codec, model.text, name="bad", training={"window_s": 0})
+    assert not (tmp_path / "bad").exists()
     before, after = model.lm.state_dict(), again.lm.state_dict()
     assert set(before) == set(after)
     assert all(torch.equal(before[n], after[n]) for n in before)

@@ -49,6 +49,11 @@ class ModelCard:
     # MaskSettings.depth), chosen on validation songs for this model and adapter; {}: the mask's own (1)
     mask_depth: dict[str, float] = field(default_factory=dict)
 
+    def training_facts(self) -> dict[str, float]:
+        """The adapter's training facts as adapter.json records them (what engine.weights.save_model_dir takes)."""
+        facts = {"window_s": self.trained_window_s, "input_rms_db": self.input_rms_db}
+        return {key: value for key, value in facts.items() if value is not None}
+
     def shortfall(self, op: str) -> str:
         """One line for the producer when this model's own evaluation says its `op` edits lose to leaving the audio
         unchanged (shortfall_note); "" when they do not, or when the card has no evaluation."""

@@ -374,19 +374,24 @@ def save_model_dir(
     verbs: dict[str, str] | None = None,
     provenance: dict[str, Any] | None = None,
     description: str = "",
+    training: dict[str, Any] | None = None,
 ) -> Path:
     """Write our model directory (model_card.json + base/ in transformers layout + adapter/ when `lm` has adapters)
     from loaded parts, for a model built or changed in Python. The training stages export theirs from the
-    transformers template they trained on (engine/train/base.py, adapters.py); both load with load_model."""
+    transformers template they trained on (engine/train/base.py, adapters.py); both load with load_model.
+    `training`: what the adapter was trained on (adapter_meta.TRAINING_FACTS: its clip length `window_s`, its input
+    level `input_rms_db`), which sets the Editor's window and input level; a loaded model's are
+    `model.card.training_facts()`. Without it the adapter records none, and the Editor falls back to its defaults."""
     import torch
     from safetensors.torch import save_file
     from transformers import MusicgenConfig, MusicgenDecoderConfig
 
     from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
-    from engine.weights.adapter_format import save_adapter
+    from engine.weights.adapter_format import save_adapter, training_facts
     from engine.weights.convert import lm_config_to_transformers, lm_state_to_transformers
     from engine.weights.transformers_layout import quiet_transformers
 
+    facts = training_facts({"training": training or {}}, "save_model_dir's training")  # before anything is written
     path = Path(path)
     base = path / BASE_DIR
     base.mkdir(parents=True, exist_ok=True)
@@ -413,6 +418,7 @@ def save_model_dir(
             verbs=verbs or OFFICIAL_VERBS,
             base={"num_layers": lm.cfg.num_layers, "dim": lm.cfg.dim, "card": lm.cfg.card},
             provenance=provenance,
+            training=facts,
         )
     card = new_model_card(name, description=description, provenance=dict(provenance or {}))
     if stems and lm.fusion_cfg is None:
