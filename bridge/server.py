@@ -358,6 +358,9 @@ class EngineServer:
                 if not checking.same_request(job):
                     raise protocol.job_conflict(job.id)
                 checking.reply_to = sender
+                # and it hears now that the edit arrived: a requester that heard nothing would take a slow check
+                # (a disk spinning up) for no engine at all, and stop following a job the engine then runs
+                self._send(sender, protocol.STATE, job.id, protocol.QUEUED, 0.0, CHECKING)
                 return
             if len(self._checking) >= self.max_queue:
                 raise RequestError(

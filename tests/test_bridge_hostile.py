@@ -207,6 +207,42 @@ def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(ser
     assert server.worker.editor.calls == []
 
 
+def test_a_resend_of_an_edit_being_checked_is_answered_so_a_slow_check_is_no_missing_engine(server, song, monkeypatch):
+    """A check that takes longer than a requester waits for its first answer (a disk spinning up): each resend is
+    answered with the edit's state, so the REAPER actions do not say "no engine" and drop a job the engine then runs."""
+    from reaper_scripts import imusic_lib, planning
+
+    release = threading.Event()
+    real_probe = audio_read.probe
+
+    def held_probe(path, **kwargs):
+        release.wait(TIMEOUT)
+        return real_probe(path, **kwargs)
+
+    monkeypatch.setattr(audio_read, "probe", held_probe)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            view = planning.ItemView(position=0.0, length=1.0, track_number=1, source_path=str(song), source_length=1.0)
+            request = protocol.EditRequest("held-2", str(song), 0.0, 1.0, "extract drums")
+            job = imusic_lib._Job("t", view, planning.JobPlan(str(song), 0.0, 1.0, 0.0, 1.0, 1.0), request)
+            session = imusic_lib.Session("extract drums", client, [job])
+            session.send()
+            deadline = time.monotonic() + TIMEOUT
+            while not job.state.replies and time.monotonic() < deadline:  # the tracker resends after 1 s of silence
+                assert session.step(time.monotonic(), set()) == "running"
+                time.sleep(0.05)
+            assert job.state.replies and not job.final
+            # long past the wait for a first answer, the check still held: the engine is there, the job followed
+            assert session.step(session.started + 2 * imusic_lib.ACCEPT_TIMEOUT_S, set()) == "running"
+            release.set()
+            while not job.final and time.monotonic() < deadline:
+                session.step(time.monotonic(), set())
+                time.sleep(0.05)
+            assert job.state.done, (job.state.code, job.state.error)
+    finally:
+        release.set()
+
+
 def test_edits_are_accepted_in_the_order_they_arrived(server, song):
     server.worker.editor.steps, server.worker.editor.step_s = 4, 0.05
     with Client("127.0.0.1", server.port) as client:
