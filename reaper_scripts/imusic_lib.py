@@ -59,9 +59,6 @@ ACCEPT_TIMEOUT_S = tracking.ANSWER_WITHIN_S
 RESEND_EVERY_S = 1.0
 # Give up on jobs after this much silence from the engine (it sends progress while it works).
 LOST_AFTER_S = tracking.GIVE_UP_AFTER_S
-# set_action_options (REAPER 7.03+): 1 = a re-run of a running action ends the running instance without asking,
-# 2 = and then starts the new one. The deferred loop moves to the newest instance, so ending an older one loses nothing.
-RERUN_REPLACES = 1 | 2
 # Two fields, their values separated by "|" (an instruction may hold commas): the instruction and the mode. REAPER
 # splits the captions on every comma whatever the separator, so no caption may hold one.
 CAPTIONS = (
@@ -78,8 +75,8 @@ def _api():
 
 
 def _host(name: str, required: bool = True):
-    """A function REAPER gives the running script's globals (RPR_defer, RPR_atexit, RPR_runloop, and since 7.03
-    RPR_set_action_options); None when it is missing and not `required`.
+    """A function REAPER gives the running script's globals (RPR_defer, RPR_atexit, RPR_runloop); None when it is
+    missing and not `required`.
 
     They are not members of reaper_python: REAPER injects them into the action's own namespace, which is
     `__main__` while an action or its deferred code runs. The API module is looked at too, should a host put one there.
@@ -228,19 +225,11 @@ def _defer_tick() -> None:
 
 
 def _keep_loop() -> None:
-    """The start of every action that edits: allow its re-run, and take over the deferred loop of earlier edits
-    (REAPER may have ended the instance that ran it to start this one)."""
-    _allow_rerun()
+    """The start of every action that edits: take over the deferred loop of earlier edits (REAPER may have ended the
+    instance that ran it). A run of an action while an earlier run of it waits starts a new instance without REAPER's
+    question: its reaper-kb.ini line says so (reaper_scripts.keymap.SCRIPT_FLAGS)."""
     if _SESSIONS:
         _ensure_loop()
-
-
-def _allow_rerun() -> None:
-    """Let the user run an action again while an earlier run of it waits on the engine (no "already running" dialog);
-    REAPER before 7.03 has no such option and asks."""
-    set_options = _host("RPR_set_action_options", required=False)
-    if set_options is not None:
-        set_options(RERUN_REPLACES)
 
 
 def _remember_jobs(R) -> None:
@@ -360,11 +349,13 @@ def finish(R: Any, session: Session) -> None:
     done = [job for job in session.jobs.values() if job.result_path]
     failed = [job for job in session.jobs.values() if job.code and job.code != Cancelled.code]
     missing = [job for job in done if not os.path.isfile(job.result_path)]
-    done = [job for job in done if job not in missing]
+    unnamable = [job for job in done if planning.chunk_string(job.result_path) is None]
+    done = [job for job in done if job not in missing and job not in unnamable]
     if done:
         project.insert_results(R, session.instruction, done)
     lines = [f"{job.view.describe()}: {job.error or job.code}" for job in failed]
     lines += [f"{job.view.describe()}: the result file is missing: {job.result_path}" for job in missing]
+    lines += [f"{job.view.describe()}: {planning.UNCHUNKABLE}: {job.result_path}" for job in unnamable]
     label = planning.edit_label(session.instruction)
     if lines:
         _message(f"Instruct: {label} failed for\n" + "\n".join(lines))
@@ -429,7 +420,6 @@ _STATUS: dict = {}
 
 def run_status() -> None:
     """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
-    _allow_rerun()
     from bridge.client import Client
 
     host, port = engine_address()

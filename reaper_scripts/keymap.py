@@ -19,6 +19,13 @@ from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
 from reaper_scripts.planning import PRESET_ACTIONS
 
 SUBDIR = "imusic"  # under <resource>/Scripts/
+# An SCR line's flags: 4, a script; + 512, run again while an earlier run still waits (its deferred loop), start a new
+# instance without asking (REAPER writes 516 when a user answers "New instance" and ticks "Remember my answer"; 260,
+# "Terminate instances", ends the waiting run first). Each action returns at once and the edits' one deferred loop
+# moves to the newest run (imusic_lib), so a new instance loses nothing, where REAPER's question would stop the
+# producer at every second hotkey press. Python scripts have no set_action_options (REAPER 7.03 gives it to EEL and
+# Lua), so the line says it.
+SCRIPT_FLAGS = 4 | 512
 MAIN_SECTION = 0  # REAPER's main action section
 # A key bound here already does something in the arrange view: global hotkeys (102) and global + text fields (103).
 CLAIMING_SECTIONS = (MAIN_SECTION, 102, 103)
@@ -58,7 +65,8 @@ class Action:
     def scr_line(self) -> str:
         """The action's line: REAPER lists it under the quoted name (free text; REAPER's own loader puts the file
         name there), so the Actions window shows "Instruct: ..."."""
-        return f'SCR 4 {MAIN_SECTION} {self.command_id} "Custom: {self.description}" "{SUBDIR}/{self.script}"'
+        name, path = f"Custom: {self.description}", f"{SUBDIR}/{self.script}"
+        return f'SCR {SCRIPT_FLAGS} {MAIN_SECTION} {self.command_id} "{name}" "{path}"'
 
     def key_line(self) -> str:
         return f"KEY {self.modifiers} {ord(self.key)} _{self.command_id} {MAIN_SECTION}"
@@ -117,12 +125,13 @@ def _lines(data: bytes) -> list[bytes]:
 
 
 def _identity(line: bytes) -> bytes:
-    """What makes a line the same line after REAPER rewrote the file: an SCR line's type, flags, section and command
-    (REAPER drops the quotes around a path without spaces), a KEY line's five fields (REAPER appends a `# Main : ...`
-    comment); any other line as it stands, its trailing blanks aside."""
+    """What makes a line the same line after REAPER rewrote the file: an SCR line's type, section and command (REAPER
+    drops the quotes around a path without spaces, and rewrites the flags when the user answers its "already running"
+    question for good), a KEY line's five fields (REAPER appends a `# Main : ...` comment); any other line as it
+    stands, its trailing blanks aside."""
     fields = line.split(b"#", 1)[0].split() if line.startswith(b"KEY") else line.split()
     if fields[:1] == [b"SCR"] and len(fields) >= 4:
-        return b" ".join(fields[:4])
+        return b" ".join([fields[0], *fields[2:4]])
     if fields[:1] == [b"KEY"] and len(fields) >= 5:
         return b" ".join(fields[:5])
     return line.rstrip()

@@ -85,6 +85,31 @@ def result_insert_index(source_track_number: int | None, track_count: int) -> in
     return min(source_track_number, track_count)
 
 
+UNCHUNKABLE = "REAPER cannot hold this file name in a project (it has \" ' and ` or a line break)"
+
+
+def chunk_string(text: str) -> str | None:
+    """`text` as a string of a REAPER state chunk: in the first of the quotes " ' ` that it does not hold, as REAPER
+    writes them; None when it holds all three or a line break (no chunk can hold it)."""
+    if "\n" in text or "\r" in text:
+        return None
+    quote = next((q for q in "\"'`" if q not in text), None)
+    return None if quote is None else f"{quote}{text}{quote}"
+
+
+def result_item_chunk(position: float, length: float, path: str) -> str:
+    """The state chunk of a result item (RPR_SetItemStateChunk): at `position` for `length` seconds, not looping (a
+    result a few samples short must not repeat its start), one take of the WAV file at `path`. The actions make the
+    result's take this way because the Python binding checks every pointer it passes against the project and sends
+    NULL for one it does not find there, which a source made by PCM_Source_CreateFromFile is until a take uses it:
+    RPR_SetMediaItemTake_Source would leave the take empty. ValueError for a path no chunk can hold (chunk_string)."""
+    quoted = chunk_string(path)
+    if quoted is None:
+        raise ValueError(f"{UNCHUNKABLE}: {path}")
+    lines = ["<ITEM", f"POSITION {position:.14f}", f"LENGTH {length:.14f}", "LOOP 0", "<SOURCE WAVE", f"FILE {quoted}"]
+    return "\n".join([*lines, ">", ">"])
+
+
 def output_path(media_dir: str, source_path: str, instruction: str, job_id: str) -> str:
     """Where the engine writes a result: <project media folder>/imusic/<source>.<edit>.<job>.wav."""
     stem = os.path.splitext(os.path.basename(source_path.replace("\\", "/")))[0]

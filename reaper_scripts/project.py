@@ -160,7 +160,7 @@ def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
     R.RPR_Undo_BeginBlock()
     try:
         for track, group in groups.items():
-            alive = R.RPR_ValidatePtr2(0, track, "MediaTrack*")
+            alive = _in_project(R, track)
             number = int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) if alive else None
             name_number = number if number is not None else group[0].plan.track_number
             name = planning.result_track_name(group[0].view.track_name, name_number, instruction)
@@ -178,6 +178,13 @@ def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
         R.RPR_UpdateArrange()
     finally:
         R.RPR_Undo_EndBlock(planning.undo_description(instruction), -1)
+
+
+def _in_project(R, track: str) -> bool:
+    """Whether the track is still in the active project. Not RPR_ValidatePtr2: the Python binding passes its pointer
+    argument through its own check as a void*, a type REAPER's pointer check does not know, so it would always say
+    no."""
+    return any(str(R.RPR_GetTrack(0, i)) == str(track) for i in range(R.RPR_CountTracks(0)))
 
 
 # Steps of a peak build before giving up on it (each reads a part of the file; a result's build takes a few): a binding
@@ -198,13 +205,10 @@ def _build_peaks(R, source: str) -> None:
 
 def _add_result_item(R, track: str, job: Any, label: str) -> None:
     item = R.RPR_AddMediaItemToTrack(track)
-    take = R.RPR_AddTakeToMediaItem(item)
-    source = R.RPR_PCM_Source_CreateFromFile(job.result_path)
-    R.RPR_SetMediaItemTake_Source(take, source)
-    _build_peaks(R, source)
-    R.RPR_SetMediaItemInfo_Value(item, "D_POSITION", job.plan.position)
-    R.RPR_SetMediaItemInfo_Value(item, "D_LENGTH", job.plan.length)
-    R.RPR_SetMediaItemInfo_Value(item, "B_LOOPSRC", 0)  # a result a few samples short must not loop its start
+    chunk = planning.result_item_chunk(job.plan.position, job.plan.length, job.result_path)
+    R.RPR_SetItemStateChunk(item, chunk, False)
+    take = R.RPR_GetActiveTake(item)
+    _build_peaks(R, R.RPR_GetMediaItemTake_Source(take))  # the take's own source: one the binding lets through
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)

@@ -6,6 +6,10 @@ It follows the binding's shapes, since a fake with friendlier shapes would test 
 - objects are strings such as "(MediaItem*)0x00000000deadbeef"; null pointers are "(MediaItem_Take*)0x0000000000000000";
 - `RPR_InsertTrackAtIndex` returns nothing; `RPR_defer` takes a string of Python code, run later in a fresh namespace
   that holds only the RPR_* functions (REAPER gives deferred code no locals of the script that deferred it);
+- every pointer argument goes through the binding's check (reaper_python's rpr_packp asks RPR_ValidatePtr whether
+  the object is in the project, and passes NULL when it is not): a source made by `RPR_PCM_Source_CreateFromFile` is
+  in no project until a take uses it, so handing it to `RPR_SetMediaItemTake_Source` changes nothing; and
+  `RPR_ValidatePtr2` gets its pointer checked as a `void*`, which ValidatePtr does not know, so it always says no;
 - `RPR_defer`, `RPR_atexit` and `RPR_runloop` are host functions: REAPER puts them in the running script's globals
   (`__main__` while it runs) and nowhere else; the `reaper_python` module does not have them.
 
@@ -23,10 +27,9 @@ import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Host functions: in the running script's globals only, never members of reaper_python. set_action_options (REAPER
-# 7.03) is a script built-in like defer (EEL's set_action_options(), Lua's reaper.set_action_options beside
-# reaper.defer): the fake puts it with them, the stricter of the two places the library looks.
-HOST_ONLY = frozenset({"RPR_defer", "RPR_atexit", "RPR_runloop", "RPR_set_action_options"})
+# Host functions: in the running script's globals only, never members of reaper_python. Python scripts get no
+# set_action_options (REAPER 7.03 gives it to EEL and Lua only): what a re-run does is the script's reaper-kb.ini flags.
+HOST_ONLY = frozenset({"RPR_defer", "RPR_atexit", "RPR_runloop"})
 
 _addresses = itertools.count(0x7F3A10000000, 0x40)
 
@@ -119,7 +122,6 @@ class FakeReaper:
         self.tracks: list[Track] = []
         self.time_selection = (0.0, 0.0)
         self.deferred: list[Deferred] = []
-        self.action_options: dict[str, int] = {}  # script -> set_action_options flags of its running instance
         self.instance_prompts: list[str] = []  # scripts whose re-run met REAPER's "already running" dialog
         self._running = ""  # the script whose code runs now
         self.at_exit: list[str] = []
@@ -247,16 +249,16 @@ class FakeReaper:
         """Run an action file as REAPER does: its globals hold the API, __name__ is __main__.
 
         An instance of it still running (deferred code pending) is what REAPER asks about ("terminate / new
-        instance"), unless that instance set action options: 1 terminates it without asking, 2 then starts anew."""
+        instance"), unless its reaper-kb.ini line's flags answer for good: 512 starts a new instance beside it, 256
+        terminates it (and starts nothing)."""
         if any(code.owner == path for code in self.deferred):
-            flags = self.action_options.get(path, 0)
-            if not flags & 1:
+            flags = self._script_flags(path)
+            if flags & 256:
+                self.deferred = [code for code in self.deferred if code.owner != path]
+                return
+            if not flags & 512:
                 self.instance_prompts.append(path)
                 return
-            self.deferred = [code for code in self.deferred if code.owner != path]
-            if not flags & 2:
-                return
-        self.action_options.pop(path, None)
         with open(path, encoding="utf-8") as handle:
             code = compile(handle.read(), path, "exec")
         self._running = path
@@ -265,6 +267,22 @@ class FakeReaper:
                 exec(code, script_globals)
         finally:
             self._running = ""
+
+    def _script_flags(self, path: str) -> int:
+        """The flags of the script's SCR line in the resource folder's reaper-kb.ini (4, a plain script, if none)."""
+        import shlex
+
+        scripts = os.path.join(self.resource_path, "Scripts")
+        try:
+            with open(os.path.join(self.resource_path, "reaper-kb.ini"), encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            return 4
+        for line in lines:
+            fields = shlex.split(line) if line.startswith("SCR ") else []
+            if len(fields) >= 6 and os.path.normpath(os.path.join(scripts, fields[-1])) == os.path.normpath(path):
+                return int(fields[1])
+        return 4
 
     def run_deferred(self) -> int:
         """Run one round of deferred code (REAPER runs it on its next timer tick); returns how many ran."""
@@ -303,7 +321,8 @@ class FakeReaper:
         raise ValueError(f"not a MediaTrack: {ptr}")
 
     def _source(self, ptr: str) -> Source:
-        known = [take.source for item in self._all_items() for take in item.takes] + self.sources_created
+        """A source the project holds (a take's, or a parent of one): what the binding lets through."""
+        known = [take.source for item in self._all_items() for take in item.takes]
         for source in known:
             while source is not None:
                 if source.ptr == ptr:
@@ -456,12 +475,7 @@ class FakeReaper:
         return (is_set, is_loop, self.time_selection[0], self.time_selection[1], allow_autoseek)
 
     def RPR_ValidatePtr2(self, proj, pointer: str, ctypename: str) -> bool:
-        finders = {"MediaTrack*": self._track, "MediaItem*": self._item, "MediaItem_Take*": self._take}
-        try:
-            finders[ctypename](pointer)
-        except (KeyError, ValueError):
-            return False
-        return True
+        return False  # the binding checks `pointer` as a void*, which REAPER's check does not know: NULL, never valid
 
     def RPR_GetExtState(self, section: str, key: str) -> str:
         return self.ext_state.get((section, key), "")
@@ -492,9 +506,6 @@ class FakeReaper:
         deferred = Deferred(code)
         deferred.owner = self._running
         self.deferred.append(deferred)
-
-    def RPR_set_action_options(self, flag: int) -> None:
-        self.action_options[self._running] = int(flag)
 
     def RPR_atexit(self, code: str) -> None:
         if not isinstance(code, str):
@@ -549,7 +560,10 @@ class FakeReaper:
     def RPR_PCM_Source_BuildPeaks(self, src: str, mode: int) -> int:
         """REAPER's three phases: 0 begins (0: nothing to build), 1 runs a step and returns the percentage left,
         2 finishes; the peaks exist only once a finish follows a run that reached 0."""
-        source = self._source(src)
+        try:
+            source = self._source(src)
+        except ValueError:
+            return 0  # a source no take uses reaches REAPER as NULL
         if mode == 0:
             return 0 if source.peaks else 1
         if mode == 1:
@@ -561,8 +575,28 @@ class FakeReaper:
         raise ValueError(f"PCM_Source_BuildPeaks mode {mode}")
 
     def RPR_SetMediaItemTake_Source(self, take: str, source: str) -> bool:
+        try:
+            found = self._source(source)
+        except ValueError:
+            return False  # a source no take uses reaches REAPER as NULL: nothing changes
         self.changes.append("set take source")
-        self._take(take).source = self._source(source)
+        self._take(take).source = found
+        return True
+
+    def RPR_SetItemStateChunk(self, item: str, chunk: str, isundo: bool) -> bool:
+        """Read: POSITION, LENGTH, LOOP, the take NAME and its SOURCE (as a saved project's, `from_rpp`); the chunk's
+        take replaces the item's takes, as REAPER rebuilds an item from its chunk."""
+        import rpp
+
+        self.changes.append("set item chunk")
+        target, element = self._item(item), rpp.loads(chunk)
+        target.values["D_POSITION"] = float(_value(element, "POSITION", "0"))
+        target.values["D_LENGTH"] = float(_value(element, "LENGTH", "0"))
+        target.values["B_LOOPSRC"] = float(_value(element, "LOOP", "1"))
+        source = element.find("SOURCE")
+        project_dir = os.path.dirname(self.project_path)
+        take_source = _rpp_source(source, project_dir) if source is not None else Source(type="EMPTY")
+        target.takes, target.active = [Take(source=take_source, name=_value(element, "NAME", ""))], 0
         return True
 
     def RPR_SetMediaItemInfo_Value(self, item: str, parm: str, value: float) -> bool:

@@ -62,7 +62,8 @@ def test_install_registers_every_action_with_the_files_line_endings(resource, eo
     if eol == "\n":
         assert "\r" not in added
     for action in ACTIONS:
-        line = f'SCR 4 0 {action.command_id} "Custom: {action.description}" "imusic/{action.script}"{eol}'
+        # 516: a script (4) that starts a new instance when run again while it waits (512), without REAPER's question
+        line = f'SCR 516 0 {action.command_id} "Custom: {action.description}" "imusic/{action.script}"{eol}'
         assert line in added
         assert (resource / "Scripts" / "imusic" / action.script).read_bytes() == installer.action_source(action)
     assert (resource / "Scripts" / "imusic" / "imusic_lib.py").exists()
@@ -211,7 +212,7 @@ def test_a_backup_of_the_previous_file_is_kept(resource):
 
 def test_a_missing_reaper_kb_ini_is_created_and_removed_again(resource):
     install(resource)
-    assert (resource / "reaper-kb.ini").read_text().count("SCR 4 0 RS") == len(ACTIONS)
+    assert (resource / "reaper-kb.ini").read_text().count("SCR 516 0 RS") == len(ACTIONS)
     uninstall(resource)
     assert not (resource / "reaper-kb.ini").exists()
 
@@ -611,6 +612,38 @@ def test_a_reinstall_renames_the_actions_an_earlier_version_listed_by_file_name(
     assert user_key in data
     uninstall(resource)
     assert kb.read_text() == original.decode() + user_key + "\n"
+
+
+def test_an_action_line_whose_flags_reaper_rewrote_is_still_ours(resource):
+    """REAPER rewrites an SCR line's flags when the user answers its "already running" question for good ("Terminate
+    instances", 260): the line stays ours to keep on reinstall and to take back on uninstall."""
+    original = sample_kb("\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
+    install(resource)
+    kb = resource / "reaper-kb.ini"
+    first = ACTIONS[0].scr_line()
+    kb.write_text(kb.read_text().replace(first, first.replace("SCR 516 ", "SCR 260 ", 1)))
+    install(resource)
+    data = kb.read_text()
+    assert first.replace("SCR 516 ", "SCR 260 ", 1) in data and first not in data  # their answer stands, once
+    assert data.count(ACTIONS[0].command_id) == 1
+    uninstall(resource)
+    assert kb.read_bytes() == original
+
+
+def test_a_reinstall_over_an_earlier_versions_lines_gives_the_actions_the_new_instance_flag(resource):
+    """Earlier versions wrote `SCR 4` (REAPER asks what to do when an action runs again while it waits)."""
+    install(resource)
+    kb = resource / "reaper-kb.ini"
+    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    old = {action.scr_line(): action.scr_line().replace("SCR 516 ", "SCR 4 ", 1) for action in ACTIONS}
+    kb.write_text("".join(f"{old.get(line, line)}\n" for line in kb.read_text().splitlines()))
+    manifest["kb_lines"] = [old.get(line, line) for line in manifest["kb_lines"]]
+    manifest_path.write_text(json.dumps(manifest))
+    install(resource)
+    data = kb.read_text()
+    assert data.count("SCR 516 0 RS") == len(ACTIONS) and "SCR 4 " not in data
 
 
 def test_a_one_stem_action_is_written_from_its_instruction_and_runs_it():

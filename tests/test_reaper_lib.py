@@ -101,6 +101,41 @@ def test_a_result_file_that_vanished_is_reported_not_inserted(tmp_path, source, 
         engine.close()
 
 
+QUOTED_NAMES = ['it\'s "done".wav', "plain name.wav", 'a "quoted" name.wav', 'all "three" `quotes\'.wav']
+
+
+@pytest.mark.parametrize("name", QUOTED_NAMES)
+def test_the_result_file_becomes_the_new_items_take_whatever_quotes_its_name_holds(tmp_path, source, monkeypatch, name):
+    """The result's take is made from an item state chunk (the binding would pass a fresh source as NULL); a name no
+    chunk can hold is reported, not inserted as an empty take."""
+    written = tmp_path / name
+
+    def answer(address, args, count):
+        if address == protocol.EDIT:
+            soundfile.write(written, np.zeros((32000, 1), np.float32), 32000)
+            return [(protocol.ACCEPTED, [args[0], 0]), (protocol.DONE, [args[0], str(written), "{}"])]
+        return []
+
+    engine = ScriptedEngine(answer)
+    harness = make_harness(tmp_path, engine, source, monkeypatch)
+    try:
+        harness.run("imusic_extract_drums.py")
+        harness.settle(timeout=10)
+        if all(q in name for q in "\"'`"):
+            (message,) = [m for m, _, _ in harness.reaper.messages]
+            assert "REAPER cannot hold this file name in a project" in message and str(written) in message
+            assert harness.reaper.changes == []
+            return
+        assert harness.reaper.messages == []
+        (result,) = harness.reaper.tracks[1].items
+        assert (result.take.source.type, result.take.source.filename) == ("WAVE", str(written))
+        assert (result.position, result.length, result.values["B_LOOPSRC"]) == (0.0, 1.0, 0.0)
+        assert result.take.source.peaks  # the waveform was built from the take's own source
+    finally:
+        harness.close()
+        engine.close()
+
+
 def test_a_bug_while_finishing_one_action_leaves_the_other_actions_running(tmp_path, source, monkeypatch):
     engine = ScriptedEngine(lambda address, args, count: finish_edit(args) if address == protocol.EDIT else [])
     harness = make_harness(tmp_path, engine, source, monkeypatch)
