@@ -237,7 +237,9 @@ _ACTION_SCRIPT = '''# @description {description}
 import os
 import sys
 
-sys.path.insert(0, os.path.join(RPR_GetResourcePath(), "Scripts", "{subdir}"))  # noqa: F821 (REAPER's global)
+folder = os.path.join(RPR_GetResourcePath(), "Scripts", "{subdir}")  # noqa: F821 (REAPER's global)
+if folder not in sys.path:  # REAPER keeps one Python for every script: once, not once per run
+    sys.path.insert(0, folder)
 import {module}  # noqa: E402
 
 {module}.{call}

@@ -194,13 +194,14 @@ _PEAK_STEPS = 10_000
 
 def _build_peaks(R, source: str) -> None:
     """Build the waveform of a source made by the API (REAPER builds none for it on its own), in REAPER's three
-    phases: begin (0: nothing to build), run until it returns 0 (the percentage left), finish."""
+    phases: begin (0: nothing to build), run until it returns 0 (the percentage left), finish. A build given up on is
+    not finished: the API's documentation warns that finishing before the run reached 0 can leave broken peaks."""
     if not R.RPR_PCM_Source_BuildPeaks(source, 0):
         return
     for _ in range(_PEAK_STEPS):
         if not R.RPR_PCM_Source_BuildPeaks(source, 1):
-            break
-    R.RPR_PCM_Source_BuildPeaks(source, 2)
+            R.RPR_PCM_Source_BuildPeaks(source, 2)
+            return
 
 
 def _add_result_item(R, track: str, job: Any, label: str) -> None:
