@@ -439,6 +439,24 @@ def test_text_dropout_trains_dropped_clips_on_the_null_condition_that_cfg_decode
     assert not torch.allclose(kept, null_loss, atol=1e-3)
 
 
+def test_the_base_stage_trains_on_the_text_states_its_edits_will_read(config):
+    """The base stage's trainable text encoder reads the tokens inference gives it (engine.model.text.tokenize): a
+    caption past T5's MAX_TOKENS is cut there too, and a batch of mixed lengths pads as one caption alone."""
+    from engine.model.text import MAX_TOKENS, TextEncoder
+    from engine.train.base import BaseStage
+
+    stage = BaseStage(replace(config, stage="base"), "cpu")
+    stage.text_model.eval()
+    captions = ["rock, drums and bass", " ".join(["drums"] * (MAX_TOKENS + 40)), "piano"]
+    with torch.no_grad():
+        trained, trained_mask = stage._encode_text(captions)
+    encoder = TextEncoder(stage.text_model, stage.tokenizer)
+    edited, edited_mask = encoder.encode(captions)
+    assert trained.shape[1] == MAX_TOKENS
+    assert torch.equal(trained_mask, edited_mask)
+    torch.testing.assert_close(trained, edited)
+
+
 def test_the_adapter_stage_drops_text_as_the_official_run_does_so_cfg_has_an_unconditioned_branch(config):
     from engine.train.adapters import AdapterStage
 

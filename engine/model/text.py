@@ -14,6 +14,14 @@ from engine.errors import InstructionError
 MAX_TOKENS = 512
 
 
+def tokenize(tokenizer, texts: list[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [B, S] and attention mask [B, S] of `texts`: padded to the longest, at most MAX_TOKENS each. The one
+    way text becomes tokens, for the encoder at inference and for the base stage's trainable copy, so a base model is
+    trained on exactly the tokens its edits will give it."""
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
 def zero_padding(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Text states [B, S, dim] zeroed where `mask` [B, S] is false (padding, or a dropped text), and the mask as bool:
     what the decoder's cross-attention reads, from this encoder and from the base stage's trainable copy alike."""
@@ -53,8 +61,6 @@ class TextEncoder:
             texts = [texts]
         if not texts:
             raise InstructionError("no instruction text to encode")
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-        ids = batch["input_ids"].to(self.device)  # [B, S]
-        mask = batch["attention_mask"].to(self.device)  # [B, S]
+        ids, mask = tokenize(self.tokenizer, list(texts), self.device)  # [B, S], [B, S]
         states, mask = zero_padding(self.model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
         return states.to(self.out_dtype), mask  # [B, S, dim], [B, S]

@@ -15,7 +15,7 @@ from engine.errors import CheckpointError, ConfigError
 from engine.files import read_json_object, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
-from engine.model.text import zero_padding
+from engine.model.text import tokenize, zero_padding
 from engine.train.config import BASE_SIZES, RUN_MODEL, TrainConfig
 from engine.train.stages import Encoded, Stage, base_parts, drop_text, encode_audio, open_split, replace_dir
 from engine.train.template import build_base_template
@@ -77,20 +77,12 @@ class BaseStage(Stage):
         self.lm.train()
         self.text_model.train()
         self.module = torch.nn.ModuleDict({"lm": self.lm, "text": self.text_model})
-        self.tokens: dict[str, list[int]] = {}
 
     def dataset(self, split: str) -> Any:
         return open_split(self.cfg, split, self.codec.sample_rate, kind="caption")
 
     def _encode_text(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        for caption in set(captions) - set(self.tokens):
-            self.tokens[caption] = self.tokenizer(caption)["input_ids"]
-        width = max(len(self.tokens[c]) for c in captions)
-        ids = torch.full((len(captions), width), int(self.tokenizer.pad_token_id or 0), dtype=torch.long)
-        mask = torch.zeros(len(captions), width, dtype=torch.long)
-        for row, caption in enumerate(captions):
-            ids[row, : len(self.tokens[caption])] = torch.tensor(self.tokens[caption])
-            mask[row, : len(self.tokens[caption])] = 1
+        ids, mask = tokenize(self.tokenizer, list(captions))  # as the edits' encoder tokenizes (engine.model.text)
         ids, mask = to_device(ids, self.device), to_device(mask, self.device)
         return zero_padding(self.text_model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
