@@ -172,6 +172,15 @@ def test_corrupt_model_card_is_a_checkpoint_error(model_copy):
         load_model(model_copy, device="cpu")
 
 
+def test_a_card_whose_stems_are_not_a_list_of_names_is_refused_not_read_letter_by_letter(model_copy):
+    card_path = model_copy / "model_card.json"
+    card = json.loads(card_path.read_text())
+    for bad in ("Drums", ["Drums", 3], ["Drums", " "]):
+        card_path.write_text(json.dumps({**card, "stems": bad}))
+        with pytest.raises(CheckpointError, match="stems must be a list of instrument names"):
+            load_model(model_copy, device="cpu")
+
+
 def test_adapter_json_of_another_format_is_refused(model_copy):
     meta_path = model_copy / "adapter" / "adapter.json"
     meta = json.loads(meta_path.read_text())

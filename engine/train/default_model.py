@@ -33,9 +33,10 @@ from engine.weights.loader import (
     model_parts,
     new_model_card,
     peek_card,
+    read_model_card,
     write_model_card,
 )
-from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, MODEL_CARD, WEIGHTS
+from engine.weights.names import ADAPTER_DIR, ADAPTER_JSON, ADAPTER_WEIGHTS, BASE_DIR, CONFIG, WEIGHTS
 from engine.weights.transformers_layout import safetensors_files
 
 EMBEDDED_NAME = "imusic-embedded-small"
@@ -157,7 +158,7 @@ def assemble(work: Path, out: Path, docs: Path | None = None) -> dict[str, Any]:
 
     with staged_dir(out) as tmp:
         shutil.copytree(model, tmp, copy_function=shutil.copy2, dirs_exist_ok=True)  # the run holds hard links
-        own_card = _read_json(tmp / MODEL_CARD)
+        own_card = read_model_card(tmp)  # checked as loading checks it: its mask_depth goes on unread
         card: dict[str, Any] = new_model_card(
             EMBEDDED_NAME,
             description=(
@@ -216,7 +217,7 @@ def evaluation(report: dict, command: str) -> dict:
 def refresh_evaluation(model_dir: Path, eval_dir: Path, docs: Path | None, command: str) -> dict:
     """Put a new evaluation of a shipped model (an `imusic eval` folder) into its card and its report into `docs`;
     nothing else of the model changes."""
-    card = read_json_object(model_dir / MODEL_CARD, f"{model_dir} holds no {MODEL_CARD}", CheckpointError)
+    card = read_model_card(model_dir)
     report = read_json_object(eval_dir / REPORT_JSON, f"{eval_dir} holds no {REPORT_JSON}", CheckpointError)
     if report.get("model", {}).get("model") != card.get("name"):
         raise CheckpointError(

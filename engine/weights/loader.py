@@ -133,12 +133,19 @@ def write_model_card(folder: str | Path, card: dict[str, Any]) -> Path:
     return path
 
 
-def read_model_card(path: str | Path) -> dict[str, Any]:
-    """model_card.json of our model directory."""
-    return read_json_object(Path(path) / MODEL_CARD, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
-
-
 MASK_DEPTH = "mask_depth"  # model_card.json: {operation: depth} of the mask mode (ModelCard.mask_depth)
+
+
+def read_model_card(path: str | Path) -> dict[str, Any]:
+    """model_card.json of our model directory, its fields that loading reads checked here, once for every reader (the
+    loader, peek_card, the installs that copy a card on): `stems` a list of names, `mask_depth` (card_mask_depth)."""
+    where = Path(path) / MODEL_CARD
+    card = read_json_object(where, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
+    stems = card.get("stems")
+    if stems is not None and not (isinstance(stems, list) and all(isinstance(s, str) and s.strip() for s in stems)):
+        raise CheckpointError(f"{where}: stems must be a list of instrument names, got {stems!r}")
+    card_mask_depth(card, where)
+    return card
 
 
 def card_mask_depth(card_data: dict[str, Any], where: str | Path) -> dict[str, float]:
