@@ -398,7 +398,7 @@ def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], st
 
     card = peek_card(args.model, args.adapter)
     name = (card or {}).get("name")
-    verdict = card_verdict(card) if args.adapter is None else {}  # a card judges its own adapter only
+    verdict = card_verdict(card or {})  # peek_card keeps a verdict only for the folder's own adapter
 
     def note(text: str) -> str:
         return shortfall_note(str(name), verdict, parse_instruction(text, card).op) if name else ""

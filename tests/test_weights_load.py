@@ -447,6 +447,10 @@ def test_a_card_s_mask_depth_is_read_checked_and_judges_only_the_folder_s_own_ad
     assert load_model(model_copy, device="cpu").card.mask_depth == {"remove": 0.375}
     other = shutil.copytree(model_copy / "adapter", tmp_path / "other")
     assert load_model(model_copy, other, device="cpu").card.mask_depth == {}  # chosen for another adapter's word
+    from engine.weights import peek_card
+
+    assert peek_card(model_copy)["mask_depth"] == {"remove": 0.375}
+    assert "mask_depth" not in peek_card(model_copy, other)  # read without weights by the same rule
     for bad in ({"remove": 1.5}, {"add": 0.5}, {"remove": "half"}, [0.5]):
         card_path.write_text(json.dumps({**card, "mask_depth": bad}))
         with pytest.raises(CheckpointError, match="mask_depth"):

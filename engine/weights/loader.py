@@ -148,6 +148,17 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     return card
 
 
+# What a card says of its folder's own adapter (its evaluation's verdict, the mask depth chosen for its word): read only
+# when that adapter is the one loaded (own_adapter_view).
+OWN_ADAPTER_FIELDS = ("evaluation", MASK_DEPTH)
+
+
+def own_adapter_view(card: dict[str, Any], own_adapter: bool) -> dict[str, Any]:
+    """The card as it speaks of the adapter loaded: whole for the folder's own adapter, without OWN_ADAPTER_FIELDS for
+    another one (the card judged its own adapter, not that one). One rule for load_model and peek_card."""
+    return dict(card) if own_adapter else {k: v for k, v in card.items() if k not in OWN_ADAPTER_FIELDS}
+
+
 def card_mask_depth(card_data: dict[str, Any], where: str | Path) -> dict[str, float]:
     """A card's `mask_depth`, checked: extract and remove only, each a number from 0 to 1; {} where it has none."""
     import math
@@ -190,9 +201,7 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
         meta = read_adapter_meta(adapter_dir)
     if card is None and meta is None:
         return None
-    peeked = dict(card or {})
-    if adapter is not None:
-        peeked.pop("evaluation", None)  # the card judged the folder's own adapter, not this one
+    peeked = own_adapter_view(card or {}, adapter is None)
     if meta is not None:
         # as loading: the adapter's vocabulary, all of it (its format requires stems), the official format where it
         # names none
@@ -271,11 +280,11 @@ def load_model(
         card=lm.cfg.card,
         has_adapter=adapter_state is not None,
         # the card judges the folder's own adapter: with another adapter given, its verdict says nothing
-        beats_identity=card_verdict(card_data) if adapter is None else {},
+        beats_identity=card_verdict(own_adapter_view(card_data, adapter is None)),
         cond_frames=fusion.cond_frames if fusion is not None else ModelCard.cond_frames,
         trained_window_s=training.get("window_s"),
         input_rms_db=training.get("input_rms_db"),
-        mask_depth=card_mask_depth(card_data, path) if adapter is None else {},  # chosen for the folder's adapter
+        mask_depth=card_mask_depth(own_adapter_view(card_data, adapter is None), path),
         provenance={
             **dict(card_data.get("provenance") or {}),
             "path": str(path),
