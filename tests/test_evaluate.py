@@ -151,7 +151,8 @@ def test_each_clip_is_generated_once_for_both_rows_with_its_own_seed(synth_data,
     for batch in (1, 2):
         calls.clear()
         report = _short_eval(synth_data, Marked(tiny_editor), tmp_path / str(batch), limit=2, batch=batch, seed=5)
-        assert calls == [((DEFAULT_MODE, RESYNTH), 5), ((DEFAULT_MODE, RESYNTH), 6)]  # one generation per clip
+        # one generation per clip, seeded by its place in the split: clips 0 and 2 of 3 (a limit spreads them)
+        assert calls == [((DEFAULT_MODE, RESYNTH), 5), ((DEFAULT_MODE, RESYNTH), 7)]
         summary = report["tasks"]["extract"]["summary"]
         assert summary["model"]["mel_ssim"] == summary["identity"]["mel_ssim"]  # the model row is the default mode
         assert summary["resynth"]["mel_ssim"] != summary["identity"]["mel_ssim"]
@@ -308,6 +309,19 @@ def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_e
         assert a["identity"] == b["identity"] and a["codec ceiling"] == b["codec ceiling"]
     with pytest.raises(ConfigError, match="--batch"):
         evaluate(synth_data, ["extract"], tmp_path, editor=tiny_editor, batch=0, progress=False)
+
+
+def test_a_limit_scores_clips_spread_over_the_split_each_as_the_whole_split_scores_it(
+    synth_data, tiny_editor, tmp_path
+):
+    editor = _EchoEditor(tiny_editor)
+    whole = _short_eval(synth_data, editor, tmp_path / "all", ["remove"])["tasks"]["remove"]["examples"]
+    part = _short_eval(synth_data, editor, tmp_path / "two", ["remove"], limit=2)["tasks"]["remove"]["examples"]
+
+    def which(clip):
+        return clip["song"], clip["offset"], clip["stem"], clip["seed"], clip["identity"]
+
+    assert len(whole) == 3 and [which(c) for c in part] == [which(whole[0]), which(whole[2])]
 
 
 def test_scoring_in_worker_processes_gives_the_same_report(synth_data, tiny_editor, tmp_path):

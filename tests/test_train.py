@@ -626,3 +626,18 @@ def test_every_training_stage_goes_to_the_best_available_device_unless_told(monk
     args = Namespace(output="/nonexistent/run", resume=False, resume_from=None, data="/x", quiet=True)
     codec_train.run_stage(args)  # a new codec run without --device: trained where the other stages train
     assert seen["cfg"].device == "meta"
+
+
+def test_validation_loss_reads_clips_spread_over_the_split_as_every_other_pick_does():
+    import contextlib
+    from types import SimpleNamespace
+
+    from engine.train.loop import Trainer
+
+    seen = []
+    stage = SimpleNamespace(module=torch.nn.Identity(), loss=lambda items: seen.extend(items) or torch.tensor(1.0))
+    trainer = SimpleNamespace(
+        cfg=TrainConfig(val_clips=4, batch=8), val_data="abcdef", stage=stage, autocast=contextlib.nullcontext
+    )
+    assert Trainer.validation_loss(trainer) == 1.0
+    assert seen == ["a", "c", "d", "f"]  # engine.eval.clips.spread_indices(6, 4): items are grouped by song

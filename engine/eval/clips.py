@@ -31,6 +31,16 @@ def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[
     return out
 
 
+def spread_indices(count: int, picks: int) -> list[int]:
+    """`picks` indices of range(`count`), evenly spread from the first to the last (rounded to the nearest; all of
+    them when `picks` >= `count`): clips are grouped by song, so the first few would all be one song's."""
+    if picks >= count:
+        return list(range(count))
+    if picks < 1:
+        return []
+    return [int(i) for i in np.linspace(0, count - 1, picks).round()]
+
+
 def stereo_clip(clip: Any, task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A mono clip made a stereo session, (input [2, N], target [2, N]): the named stem panned left and the rest
     right (constant power, positions drawn from `seed`), so the target has an image an edit can keep or lose."""

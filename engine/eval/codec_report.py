@@ -69,15 +69,16 @@ def ceiling(
     seed: int = 0,
     seconds: float = CLIP_SECONDS,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{task: {row: {log_mel_distance, mel_ssim, n}}} for the identity and codec rows on `split`'s clips."""
-    from engine.eval.clips import check_tasks, held_out_clips
+    """{task: {row: {log_mel_distance, mel_ssim, n}}} for the identity and codec rows on `limit` of `split`'s clips,
+    spread over its songs."""
+    from engine.eval.clips import check_tasks, held_out_clips, spread_indices
     from engine.eval.metrics import log_mel_distance, mel_ssim
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for task in check_tasks(tasks):
         clips = held_out_clips(data, task, rate, seconds, FOUR_STEMS, seed, clips_per_song, split)
         scores: dict[str, list[tuple[float, float]]] = {"identity": [], "codec": []}
-        for index in range(min(limit, len(clips))):
+        for index in spread_indices(len(clips), limit):
             clip = clips[index]
             for row, audio in (("identity", clip.input), ("codec", roundtrip(clip.target))):
                 scores[row].append((log_mel_distance(audio, clip.target, rate), mel_ssim(audio, clip.target, rate)))
@@ -119,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data", help="stem data set for the ceiling rows (left out: pitch check only)")
     parser.add_argument("--split", default=SPLIT, choices=HELD_OUT)
     parser.add_argument("--task", action="append", dest="tasks", help=f"task (repeatable; default {', '.join(TASKS)})")
-    parser.add_argument("--limit", type=int, default=LIMIT, help=f"clips per task (default {LIMIT})")
+    parser.add_argument(
+        "--limit", type=int, default=LIMIT, help=f"clips per task, spread over the split's songs (default {LIMIT})"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError
-from engine.eval.clips import check_tasks, held_out_clips, stereo_clip
+from engine.eval.clips import check_tasks, held_out_clips, spread_indices, stereo_clip
 from engine.eval.report import (
     CEILING_ROW,
     IDEAL_MASK_ROW,
@@ -339,7 +339,9 @@ def evaluate(
             # Stems the scan could not read, and test songs that cannot give a clip: skipped, counted and reported.
             report["data_problems"] = dict(clips.catalog.problem_counts())
             skipped_songs = [{"song": song_id, "reason": reason} for song_id, reason in clips.skipped]
-            count = len(clips) if limit is None else min(limit, len(clips))
+            # a limit's clips spread over the split, each with the seed it has in a whole run
+            picks = spread_indices(len(clips), len(clips) if limit is None else limit)
+            count = len(picks)
             examples, skipped, captions = [], [], []
             audio_dirs = {kind: out_dir / "audio" / task / kind for kind in ("input", "output", "target")}
             # The network metrics read WAV folders, as the official evaluation does; write them only when they can run.
@@ -366,7 +368,7 @@ def evaluate(
                 if task_deadline is not None and batch_started >= task_deadline:
                     size = min(batch, LATE_BATCH)
                 group = []  # (index, clip, instruction, source, target) of one batch
-                for index in range(scored, min(count, scored + size)):
+                for index in picks[scored : scored + size]:
                     clip = clips[index]
                     try:
                         instruction = Instruction.for_card(task, clip.stem_name, editor.card)
@@ -441,7 +443,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--task", action="append", required=True, help="add, remove or extract; repeat for several")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="where report.md/.json go")
-    parser.add_argument("--limit", type=int, default=None, help="at most N clips per task")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most N clips per task, spread over the split's songs"
+    )
     parser.add_argument(
         "--batch", type=int, default=1, help="clips edited together (each with its own seed; faster on a GPU)"
     )

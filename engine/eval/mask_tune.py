@@ -60,15 +60,13 @@ def model_outputs(
     """(input, target, model output) of every validation clip of `task` (at most `limit`, spread over the split), all
     [N] at the data's rate. `batch` > 1 generates that many clips together (Editor.edit_batch: each from its own
     seed, as alone but for rounding; what an accelerator wants)."""
-    from engine.eval.clips import held_out_clips
+    from engine.eval.clips import held_out_clips, spread_indices
     from engine.instructions import Instruction
 
     rate = editor.sample_rate
     clips = held_out_clips(data, task, rate, seconds, FOUR_STEMS, seed, per_song, split="validation")
     out = []
-    picks = list(range(len(clips)))
-    if limit is not None and limit < len(clips):
-        picks = sorted({int(i) for i in np.linspace(0, len(clips) - 1, max(1, limit)).round()})
+    picks = spread_indices(len(clips), len(clips) if limit is None else max(1, limit))
     batch = max(1, batch)
     for start in range(0, len(picks), batch):
         chosen = [(index, clips[index]) for index in picks[start : start + batch]]

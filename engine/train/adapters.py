@@ -17,6 +17,7 @@ import torch
 
 from engine.device import to_device
 from engine.errors import ConfigError
+from engine.eval.clips import spread_indices
 from engine.files import link_tree
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, render_prompt
 from engine.levels import rms_db
@@ -180,8 +181,8 @@ def measure_training(cfg: TrainConfig, sample_rate: int) -> dict[str, float]:
     (dBFS) of LEVEL_CLIPS training inputs at the codec's `sample_rate`, spread over the split as the first epoch
     draws them."""
     data = open_split(cfg, "train", sample_rate)
-    picks = np.unique(np.linspace(0, len(data) - 1, min(LEVEL_CLIPS, len(data))).round().astype(int))
-    levels = [level for i in picks if math.isfinite(level := rms_db(data[int(i)].input))]
+    picks = spread_indices(len(data), LEVEL_CLIPS)
+    levels = [level for i in picks if math.isfinite(level := rms_db(data[i].input))]
     facts = {"window_s": float(cfg.seconds)}
     if levels:
         facts["input_rms_db"] = round(float(np.median(levels)), 2)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from engine.device import training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
+from engine.eval.clips import spread_indices
 from engine.eval.plots import plot_curves
 from engine.files import read_json_object, write_json_atomic
 from engine.train.adapters import AdapterStage
@@ -162,8 +163,7 @@ class Trainer:
         if val_data is None or cfg.val_clips == 0:
             return None
         self.stage.module.eval()
-        # Evenly spread over the split (items are grouped by song), the same clips every time.
-        chosen = sorted({int(i) for i in np.linspace(0, len(val_data) - 1, min(len(val_data), cfg.val_clips))})
+        chosen = spread_indices(len(val_data), cfg.val_clips)  # the same clips every time
         total = 0.0
         with torch.no_grad(), self.autocast():
             for start in range(0, len(chosen), cfg.batch):
