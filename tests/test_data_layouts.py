@@ -64,6 +64,17 @@ def test_slakh_split_folders_assign_each_song_its_split(tmp_path):
     assert splits == {"Track00001": "train", "Track01501": "validation", "Track01901": "test"}
 
 
+def test_a_dataset_json_suggests_each_songs_split_and_a_corrupt_one_is_named_not_passed_over(tmp_path):
+    _slakh_track(tmp_path, "Track00001", {"S00": "Drums", "S01": "Bass"})
+    assert scan(tmp_path).songs[0].split is None  # no dataset.json: the split is left to the hash
+    record = json.dumps({"split": {"test": ["Track00001"]}})
+    (tmp_path / "dataset.json").write_text(record)
+    assert scan(tmp_path).songs[0].split == "test"
+    (tmp_path / "dataset.json").write_text(record[:-1])  # cut short: the held-out songs must not change silently
+    with pytest.raises(DataError, match="dataset.json is not readable JSON"):
+        scan(tmp_path)
+
+
 def test_slakh_omitted_songs_are_in_no_split(tmp_path):
     from engine.train.data.datasets import split_songs
 

@@ -21,7 +21,7 @@ import soundfile as sf
 
 from engine.errors import DataError
 from engine.files import audio_files
-from engine.train.data import DATASET_JSON
+from engine.train.data import DATASET_JSON, read_dataset_json
 from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
 from engine.train.data.yamlio import read_yaml
 
@@ -254,22 +254,12 @@ def scan(root: str | Path, layout: str = "auto") -> Catalog:
                 problems.append((str(song.path), "no readable stems"))
             else:
                 usable.append(song)
-        meta = _read_dataset_json(root)
+        # strict where the file is there: a corrupt one must not silently trade its split for a hash split
+        meta = read_dataset_json(root, "") if (root / DATASET_JSON).exists() else {}
         _apply_suggested_split(usable, meta)
         return Catalog(root=root, layout=name, songs=usable, problems=problems, meta=meta)
     tried = "; ".join(_DESCRIPTIONS[name] for name in order)
     raise DataError(f"no stem data set found in {root}: tried {tried}")
-
-
-def _read_dataset_json(root: Path) -> dict:
-    path = root / DATASET_JSON
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _apply_suggested_split(songs: list[Song], meta: dict) -> None:
