@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.train.codec_train import CodecTrainConfig, train_codec
+from engine.train.codec_train import CODEC_LOG, CODEC_SETTINGS, CodecTrainConfig, read_log, train_codec
 
 
 def _tiny_cfg(steps: int) -> CodecTrainConfig:
@@ -40,9 +40,7 @@ def tones(tmp_path) -> Path:
 
 
 def _losses(run: Path) -> list[float]:
-    import json
-
-    return [json.loads(line)["loss"] for line in (run / "codec_log.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in _rows(run)]
 
 
 def test_training_lowers_the_loss_and_exports_a_loadable_codec(tones, tmp_path):
@@ -188,9 +186,9 @@ def _checkpoint(run: Path) -> dict:
 
 
 def _rows(run: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in (run / "codec_log.jsonl").read_text().splitlines()]
+    """The run's logged rows, read as the stage reads them; the run must have written its log."""
+    assert (run / CODEC_LOG).is_file()
+    return read_log(run)
 
 
 def test_a_run_can_start_from_a_trained_codec(tones, tmp_path):
@@ -245,7 +243,7 @@ def test_a_run_its_deadline_shortens_still_quantises_most_of_it(tones, tmp_path,
     cfg = _tiny_cfg(40)
     cfg.quantize_after = 30  # planned for 40 steps: past the 8 the deadline leaves
     out = train_codec(tones, tmp_path / "run", cfg, threads=1, quiet=True, deadline=1e12)
-    ran = json.loads((tmp_path / "run" / "codec_train_config.json").read_text())
+    ran = json.loads((tmp_path / "run" / CODEC_SETTINGS).read_text())
     assert (ran["steps"], ran["quantize_after"]) == (8, 2)
     assert EncodecModel.from_pretrained(out).state_dict()["quantizer.layers.0.codebook.embed"].abs().sum() > 0
 
@@ -305,10 +303,7 @@ def test_the_waveform_mse_term_enters_the_loss_with_its_weight(tones, tmp_path):
     cfg = _tiny_cfg(2)
     cfg.wave_mse_weight = 3.0
     train_codec(tones, tmp_path / "run", cfg, threads=1, quiet=True)
-    import json
-
-    rows = [json.loads(line) for line in (tmp_path / "run" / "codec_log.jsonl").read_text().splitlines()]
-    for row in rows:
+    for row in _rows(tmp_path / "run"):
         assert row["nmse"] > 0
         parts = row["l1"] + row["stft"] + row["commit"] + 3.0 * row["nmse"]
         assert row["loss"] == pytest.approx(parts, rel=1e-5)
@@ -349,6 +344,20 @@ def test_the_codec_stage_refuses_resume_from_and_honours_device(tmp_path, monkey
     assert seen["cfg"].device == "cpu"
     with pytest.raises(ConfigError, match="resumes from it: use --resume"):
         codec_train.run_stage(Namespace(**{**args, "resume_from": "x.pt"}))
+
+
+def test_the_codec_stage_names_every_train_option_it_does_not_use(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from engine.train import cli, codec_train
+
+    monkeypatch.setattr(codec_train, "train_codec", lambda data, run, cfg, **kw: None)
+    monkeypatch.setattr(codec_train, "held_out_songs", lambda data: [])
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    new_run = ["--stage", "codec", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "--steps", "2", "--quiet"]
+    codec_train.run_stage(parser.parse_args([*new_run, "--base", "b", "--layers", "8", "--pool", "2"]))
+    assert "the codec stage does not use --base, --pool, --layers here" in capsys.readouterr().err
 
 
 def test_preloaded_training_audio_is_decoded_once_for_the_phases_of_a_stage(tones, monkeypatch):

@@ -57,6 +57,9 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--pool", "pool", int, "encode N epochs of training clips once and train on that pool (default 0: fresh draws)"),
     ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),
 ]
+# The settings of a training run, as argparse names them: the codec stage names those it does not use from this, so
+# an option added here is covered there (codec_train.run_stage).
+TRAIN_OPTIONS = ("data", "base", *(name for _, name, _, _ in _OPTIONS), *BASE_SIZES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -466,11 +466,13 @@ def run_stage(args: Any) -> int:
     saved = run_dir / CODEC_SETTINGS
     if args.resume_from:
         raise ConfigError("the codec stage keeps its last checkpoint only and resumes from it: use --resume")
+    from engine.train.cli import TRAIN_OPTIONS
+
+    reads = {*CODEC_FLAGS, "data", "stage", "device"}
     unused = [
         f"--{name.replace('_', '-')}"
-        for name in ("precision", "accum", "grad_clip", "weight_decay", "val_every", "val_clips", "pool", "workers")
-        + ("gate_lr", "window", "align_steps", "gate_init", "fused_layers", "text_dropout", "classes")
-        if getattr(args, name, None) is not None
+        for name in TRAIN_OPTIONS
+        if name not in reads and getattr(args, name, None) is not None
     ]
     if args.resume:
         if not saved.exists():
