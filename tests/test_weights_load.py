@@ -181,6 +181,14 @@ def test_a_card_whose_stems_are_not_a_list_of_names_is_refused_not_read_letter_b
             load_model(model_copy, device="cpu")
 
 
+def test_an_adapter_on_a_base_it_does_not_fit_names_the_base_it_was_trained_on(tiny_model_dir, tmp_path):
+    from engine.tools.tiny_models import TINY_DIM, TINY_LAYERS, write_transformers_layout
+
+    wider = write_transformers_layout(tmp_path / "wider", num_layers=TINY_LAYERS, dim=2 * TINY_DIM)
+    with pytest.raises(CheckpointError, match=f"it was trained on a base of {TINY_LAYERS} layers x {TINY_DIM}"):
+        load_model(wider, tiny_model_dir / "adapter", device="cpu")
+
+
 def test_adapter_json_of_another_format_is_refused(model_copy):
     meta_path = model_copy / "adapter" / "adapter.json"
     meta = json.loads(meta_path.read_text())

@@ -169,9 +169,9 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
         provenance={"source": "engine.tools.tiny_models.build_tiny_model_dir", "seed": seed},
     )
     write_model_card(path, card)
-    from engine.weights.adapter_format import save_adapter
+    from engine.weights.adapter_format import base_reference, save_adapter
 
-    fusion_cfg, state = _tiny_adapter_state(path / BASE_DIR, seed)
+    fusion_cfg, state, base_cfg = _tiny_adapter_state(path / BASE_DIR, seed)
     save_adapter(
         path / ADAPTER_DIR,
         state,
@@ -179,13 +179,14 @@ def build_tiny_model_dir(path: str | Path, seed: int = 0) -> Path:
         stems=OFFICIAL_STEMS,
         template=OFFICIAL_TEMPLATE,
         verbs=OFFICIAL_VERBS,
+        base=base_reference(base_cfg),
         provenance={"source": "engine.tools.tiny_models.build_tiny_model_dir", "seed": seed, "trained": False},
     )
     return path
 
 
 def _tiny_adapter_state(base_dir: Path, seed: int):
-    """Random adapter weights for the tiny base: (FusionConfig, state in our naming)."""
+    """Random adapter weights for the tiny base: (FusionConfig, state in our naming, the base's LMConfig)."""
     from engine.weights.transformers_layout import load_lm
 
     fusion_cfg = FusionConfig(cond_frames=TINY_COND_FRAMES)
@@ -195,7 +196,7 @@ def _tiny_adapter_state(base_dir: Path, seed: int):
     for name, tensor in lm.adapter_state_dict().items():
         # Nonzero everywhere (gates and LoRA B start at zero when trained from scratch): fusion must matter.
         state[name] = torch.randn(tensor.shape, generator=generator, dtype=torch.float32) * 0.05 + 0.02
-    return fusion_cfg, state
+    return fusion_cfg, state, lm.cfg
 
 
 # ---- the audiocraft layout and the official checkpoint --------------------------------------------------------------

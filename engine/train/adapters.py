@@ -26,7 +26,7 @@ from engine.model.fusion import align_prefix
 from engine.train.config import RUN_ADAPTER, RUN_MODEL, TrainConfig, precision
 from engine.train.stages import Encoded, Stage, base_parts, drop_text, encode_audio, open_split, replace_dir
 from engine.weights import audiocraft_layout, detect_layout, read_adapter, transformers_layout
-from engine.weights.adapter_format import save_adapter
+from engine.weights.adapter_format import base_reference, save_adapter
 from engine.weights.loader import new_model_card, write_model_card
 from engine.weights.names import ADAPTER_DIR, BASE_DIR
 
@@ -149,7 +149,7 @@ class AdapterStage(Stage):
 
     def export(self, run_dir: Path, info: dict) -> dict[str, str]:
         provenance = {"trained_by": "imusic train --stage adapters", **info}
-        base_ref = {"path": str(self.base_path), "num_layers": self.lm.cfg.num_layers, "dim": self.lm.cfg.dim}
+        base_ref = base_reference(self.lm.cfg, self.base_path)
         kwargs = {
             "stems": self.stems,
             "template": self.template,

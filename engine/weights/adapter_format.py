@@ -66,6 +66,22 @@ def save_adapter(
     return path
 
 
+def base_reference(cfg: Any, path: str | Path | None = None) -> dict[str, Any]:
+    """adapter.json's `base`: the decoder the adapter was trained on (its layers, width and codebook size, and its
+    folder where known), which a loading error names when the adapter does not fit another base (base_hint)."""
+    where = {"path": str(path)} if path else {}
+    return {"num_layers": int(cfg.num_layers), "dim": int(cfg.dim), "card": int(cfg.card), **where}
+
+
+def base_hint(meta: dict[str, Any]) -> str:
+    """The base an adapter.json says its adapter was trained on, in words ("" where it says none)."""
+    base = meta.get("base") or {}
+    if not isinstance(base, dict) or not {"num_layers", "dim"} <= set(base):
+        return ""
+    where = f" ({base['path']})" if base.get("path") else ""
+    return f"a base of {base['num_layers']} layers x {base['dim']}{where}"
+
+
 def load_adapter(path: str | Path, device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """Read an adapter directory: returns (state dict, adapter.json contents)."""
     from safetensors import SafetensorError

@@ -351,6 +351,7 @@ def read_adapter(path: Path) -> tuple[dict, dict]:
             "verbs": meta.get("instruction_verbs"),
             "provenance": meta.get("provenance", {}),
             "training": meta["training"],
+            "base_hint": adapter_format.base_hint(meta),
         }
         return state, info
     raise CheckpointError(f"{path} is not an adapter: expected adapter.json + adapter.safetensors, or a finetuned.ckpt")
@@ -403,7 +404,7 @@ def save_model_dir(
     from transformers import MusicgenConfig, MusicgenDecoderConfig
 
     from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
-    from engine.weights.adapter_format import save_adapter, training_facts
+    from engine.weights.adapter_format import base_reference, save_adapter, training_facts
     from engine.weights.convert import lm_config_to_transformers, lm_state_to_transformers
     from engine.weights.transformers_layout import quiet_transformers
 
@@ -432,7 +433,7 @@ def save_model_dir(
             stems=stems or OFFICIAL_STEMS,
             template=template or OFFICIAL_TEMPLATE,
             verbs=verbs or OFFICIAL_VERBS,
-            base={"num_layers": lm.cfg.num_layers, "dim": lm.cfg.dim, "card": lm.cfg.card},
+            base=base_reference(lm.cfg),
             provenance=provenance,
             training=facts,
         )
