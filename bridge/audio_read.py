@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError
-from engine.files import AUDIO_FORMATS
+from engine.files import AUDIO_FORMATS, audio_format
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -109,7 +109,7 @@ class _GaplessMp3:
 
 def _gapless(path: Path) -> bool:
     """Whether `path` is an MP3 that libsndfile here can read (1.1 and later)."""
-    return path.suffix.lower() == ".mp3" and _libsndfile_reads_mp3()
+    return audio_format(path) == "mp3" and _libsndfile_reads_mp3()
 
 
 @functools.lru_cache(maxsize=1)
@@ -146,7 +146,7 @@ def _open(path: str | Path) -> Iterator:
             yield f
 
 
-_UNCOMPRESSED = (".wav", ".wave", ".aif", ".aiff")
+_UNCOMPRESSED = ("wav", "aiff")  # FORMAT_SUFFIXES keys whose header announces the sample count
 
 
 def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
@@ -156,7 +156,7 @@ def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
     there. A file libsndfile cannot parse is left to pedalboard's own errors."""
     import soundfile as sf
 
-    if path.suffix.lower() not in _UNCOMPRESSED:
+    if audio_format(path) not in _UNCOMPRESSED:
         return
     try:
         handle.seek(0)

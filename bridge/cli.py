@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import ImusicError, report_error
+from engine.errors import ConfigError, ImusicError, report_error
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,10 +53,18 @@ def _whole_number(text: str, lowest: int, highest: int) -> int:
 
 
 def takes_option(text: str) -> int:
-    """argparse type of --takes: a whole number from 1 to protocol.MAX_TAKES."""
-    from bridge.protocol import MAX_TAKES
+    """argparse type of --takes: the engine's rule in its words (instructions.check_takes), as argparse's usage
+    error."""
+    from engine.instructions import check_takes
 
-    return _whole_number(text, 1, MAX_TAKES)
+    try:
+        takes: object = int(text)
+    except ValueError:
+        takes = text  # check_takes names it as typed
+    try:
+        return check_takes(takes)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def seed_option(text: str) -> int:

@@ -4,7 +4,7 @@ Python API (stable; REAPER actions and batch use it):
 
     from bridge.client import Client, RemoteError, NoReply
     client = Client(host="127.0.0.1", port=9137)   # one UDP socket on an ephemeral port, kept between calls
-    client.ping() -> Reply                         # Reply.args: version, model, device, state, notes; NoReply if silent
+    client.ping() -> Reply                         # .version .model .device .state .notes; NoReply if silent
     job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
                            job_id=None, mode="")   # sends /imusic/edit and returns at once (no waiting)
     client.send_edit(EditRequest(...)) -> job_id   # the same, for a request built elsewhere (REAPER actions, batch)
@@ -19,7 +19,8 @@ Python API (stable; REAPER actions and batch use it):
     client.close()                                 # also a context manager
 
 Reply (bridge.protocol.Reply): .address, .args, .kind ("accepted", "progress", "done", "error", ...), .job_id,
-.fraction, .stage, .output_path, .info (dict), .code, .message, .state, .is_final.
+.fraction, .stage, .output_path, .info (dict), .code, .message, .state; /pong and /server_status: .version, .model,
+.device, .notes, .queued. Whether a reply ends its job is the tracker's rule (TrackedJob.final).
 JobResult: job_id, output_path, info. Every submitted edit is kept in `client.tracker` (bridge/tracking.py), keyed by
 job id: its state (accepted, fraction, output_path, code) follows the replies, and any pending job can be resent. A
 REAPER action calls send_edit() once per job, then follow() from each deferred run and reads the tracker.
@@ -195,8 +196,7 @@ class Client:
     ) -> str:
         """Send /imusic/edit and return the job id at once. end_s < 0 means "to the end of the file"; mode "" is the
         operation's default."""
-        job_id = job_id or protocol.new_job_id()
-        _check_job_id(job_id)
+        job_id = protocol.check_job_id(job_id or protocol.new_job_id(), error=ConfigError)
         request = EditRequest(
             job_id=job_id,
             input_path=os.path.abspath(os.path.expanduser(input_path)),  # the server refuses relative paths
@@ -320,10 +320,6 @@ def _absolute_output(path: str | os.PathLike) -> str:
 
 
 def _about(job_id: str, address: str) -> Callable[[Reply], bool]:
-    _check_job_id(job_id)  # the server could not name a malformed id in its error reply: refuse it here
+    # the server could not name a malformed id in its error reply: refuse it here, in the server's words
+    protocol.check_job_id(job_id, error=ConfigError)
     return lambda r: r.job_id == job_id and r.address in (address, protocol.ERROR)
-
-
-def _check_job_id(job_id: str) -> None:
-    if not protocol.is_job_id(job_id):
-        raise ConfigError(f"job id {job_id[:40]!r} is not valid: 1-{protocol.MAX_JOB_ID} letters, digits and . _ : -")

@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"imusic demo: engine server (pid {server.pid}) on {server.host}:{port}; loading the model...")
         with Client(server.host, port) as client:
             pong = server.wait_ready(client, args.ready_timeout)
-            version, model_name, device = (list(pong.args) + ["", "", ""])[:3]
+            version, model_name, device = pong.version, pong.model, pong.device
             print(f"imusic demo: server ready: model {model_name} on {device} (imusic {version})")
             stages["server ready"], mark = time.perf_counter() - mark, time.perf_counter()
             for edit in edits:

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -185,6 +186,16 @@ class RequestError(ImusicError):
         super().__init__(message)
         self.code = code
         self.job_id = job_id
+
+
+def check_job_id(text: str, where: str = "the job id", error: type[Exception] = RequestError) -> str:
+    """`text` when it is_job_id, else `error` (RequestError: a bad request) naming `where` it came from, in the one
+    wording of the rule: the server's for a request, a client's for its caller's id (ConfigError there)."""
+    if not is_job_id(text):
+        got = _short(text) if len(text) <= MAX_JOB_ID else f"{len(text)} characters"
+        rule = f"1 to {MAX_JOB_ID} letters, digits and . _ : -, starting with a letter or digit"
+        raise error(f"{where} must be {rule}; got {got}")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- encoding / decoding
@@ -379,11 +390,7 @@ def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
             value = str(value)  # simple controllers number their jobs
         if not isinstance(value, str):
             raise RequestError(f"{where} must be a string, got {_short(value)}")
-        if len(value) > MAX_JOB_ID:
-            raise RequestError(f"{where} is {len(value)} characters long; the limit is {MAX_JOB_ID}")
-        if value and not JOB_ID_PATTERN.match(value):
-            raise RequestError(f"{where} may hold only letters, digits and . _ : - , got {_short(value)}")
-        return value
+        return check_job_id(value, where) if value else value  # "": the server's own id (edit), the server (status)
     # str
     if not isinstance(value, str):
         raise RequestError(f"{where} must be a string, got {_short(value)}")
@@ -435,7 +442,8 @@ def server_stopping(job_id: str = "") -> RequestError:
 
 
 def unknown_job(job_id: str) -> RequestError:
-    """The answer about a job id this server has never seen (or has forgotten)."""
+    """The answer about a job id this server has never seen (or has forgotten): the error of a cancel or preview of
+    it, and (its message) the detail of its /imusic/state `unknown`."""
     return RequestError(f"no job with id {job_id}", UNKNOWN_JOB, job_id)
 
 
@@ -470,6 +478,28 @@ def new_job_id() -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ replies
+
+# The server's two answers about itself, by field in wire order: the builders below write them and Reply's accessors
+# read them, so each field has its place here only.
+PONG_FIELDS = ("version", "model", "device", "state", "notes")
+SERVER_STATUS_FIELDS = ("state", "queued", "running_job_id", "version", "model")
+_FIELDS = {PONG: PONG_FIELDS, SERVER_STATUS: SERVER_STATUS_FIELDS}
+
+
+def _in_order(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(values[name] for name in fields)
+
+
+def pong_args(version: str, model: str, device: str, state: str, notes: Iterable[str]) -> tuple[Any, ...]:
+    """/imusic/pong's arguments: `notes` (the model's own evaluation's shortfalls) travel one a line."""
+    values = {"version": version, "model": model, "device": device, "state": state, "notes": "\n".join(notes)}
+    return _in_order(PONG_FIELDS, values)
+
+
+def server_status_args(state: str, queued: int, running_job_id: str, version: str, model: str) -> tuple[Any, ...]:
+    """/imusic/server_status's arguments."""
+    values = {"state": state, "queued": queued, "running_job_id": running_job_id, "version": version, "model": model}
+    return _in_order(SERVER_STATUS_FIELDS, values)
 
 
 @dataclass
@@ -508,43 +538,42 @@ class Reply:
     @property
     def state(self) -> str:
         """Job state for /state, server state for /pong and /server_status."""
-        if self.address == STATE:
-            return str(self._arg(1, ""))
-        if self.address == PONG:
-            return str(self._arg(3, ""))
-        if self.address == SERVER_STATUS:
-            return str(self._arg(0, ""))
-        return ""
+        return str(self._arg(1, "") if self.address == STATE else self._field("state"))
 
-    def _named(self, positions: dict[str, int]) -> str:
-        """The argument at this reply's position in `positions` (address -> index), "" for another reply."""
-        index = positions.get(self.address)
-        return "" if index is None else str(self._arg(index, ""))
+    def _field(self, name: str, default: Any = "") -> Any:
+        """The argument named `name` in this reply's _FIELDS, `default` when absent or for another reply."""
+        fields = _FIELDS.get(self.address, ())
+        return self._arg(fields.index(name), default) if name in fields else default
 
     @property
     def version(self) -> str:
         """The engine's version, in /pong and /server_status."""
-        return self._named({PONG: 0, SERVER_STATUS: 3})
+        return str(self._field("version"))
 
     @property
     def model(self) -> str:
         """The loaded model's name, in /pong and /server_status."""
-        return self._named({PONG: 1, SERVER_STATUS: 4})
+        return str(self._field("model"))
 
     @property
     def device(self) -> str:
         """Where the model runs, in /pong."""
-        return self._named({PONG: 2})
+        return str(self._field("device"))
 
     @property
     def queued(self) -> int:
         """Jobs waiting, in /server_status."""
-        return int(self._arg(1, 0)) if self.address == SERVER_STATUS else 0
+        return int(self._field("queued", 0))
+
+    @property
+    def running_job_id(self) -> str:
+        """The job the worker runs ("" when idle), in /server_status."""
+        return str(self._field("running_job_id"))
 
     @property
     def notes(self) -> list[str]:
         """/pong's notes on the loaded model (its own evaluation's shortfalls), one a line; [] for other replies."""
-        return [line for line in str(self._arg(4, "")).split("\n") if line] if self.address == PONG else []
+        return [line for line in str(self._field("notes")).split("\n") if line]
 
     @property
     def output_path(self) -> str:
@@ -576,8 +605,3 @@ class Reply:
         if self.address == STATE:
             return str(self._arg(3, ""))
         return ""
-
-    @property
-    def is_final(self) -> bool:
-        """True for a reply that ends a job: done or error."""
-        return self.address in (DONE, ERROR)

@@ -26,11 +26,13 @@ from dataclasses import dataclass
 
 from bridge import protocol
 from engine.errors import AudioError
-from engine.files import AUDIO_FORMATS
+from engine.files import AUDIO_FORMATS, FORMAT_SUFFIXES
 
-# REAPER source types whose files the engine reads (engine.files.AUDIO_SUFFIXES: WAV, AIFF, FLAC, MP3, OGG Vorbis).
-# REAPER's OPUS and WAVPACK sources are refused here, before anything is sent: pedalboard cannot open them.
-AUDIO_SOURCE_TYPES = frozenset({"WAVE", "AIFF", "FLAC", "MP3", "VORBIS", "OGG"})
+# REAPER's source types (GetMediaSourceType) by the engine.files format their files are in. REAPER's OPUS and WAVPACK
+# sources have none: pedalboard cannot open them, so they are refused here, before anything is sent.
+SOURCE_TYPE_FORMATS = {"WAVE": "wav", "AIFF": "aiff", "FLAC": "flac", "MP3": "mp3", "VORBIS": "ogg", "OGG": "ogg"}
+# The source types whose files the engine reads: those of a format in the table.
+AUDIO_SOURCE_TYPES = frozenset(kind for kind, name in SOURCE_TYPE_FORMATS.items() if name in FORMAT_SUFFIXES)
 # Seconds compared as equal: well under one sample at 192 kHz, above REAPER's float noise in saved geometry.
 EPSILON = 1e-6
 DEFAULT_MAX_SECONDS = 600.0

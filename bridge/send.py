@@ -69,7 +69,8 @@ def _print_reply(reply: Reply, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"address": reply.address, "args": reply.args}))
         return
-    args = reply.args[:4] if reply.address == protocol.PONG else reply.args  # pong's notes: one line each, below
+    pong = reply.address == protocol.PONG  # its notes: one line each, below
+    args = [reply.version, reply.model, reply.device, reply.state] if pong else reply.args
     print(" ".join(str(a) for a in [reply.kind, *args]))
     for note in reply.notes:
         print(f"imusic send: note: {note}", file=sys.stderr)

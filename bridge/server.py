@@ -284,9 +284,11 @@ class EngineServer:
 
     def on_ping(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
         info = self._editor_info()
-        model = str(info.get("model", ""))
-        notes = "\n".join(str(note) for note in (info.get("shortfalls") or {}).values())
-        self._send(sender, protocol.PONG, __version__, model, str(info.get("device", "")), self.state, notes)
+        notes = [str(note) for note in (info.get("shortfalls") or {}).values()]
+        pong = protocol.pong_args(
+            __version__, str(info.get("model", "")), str(info.get("device", "")), self.state, notes
+        )
+        self._send(sender, protocol.PONG, *pong)
 
     def _editor_info(self) -> dict[str, Any]:
         editor = self.worker.editor if self.worker else None
@@ -300,14 +302,15 @@ class EngineServer:
         if not job_id:
             queued, running = self.book.counts()
             model = str(self._editor_info().get("model", ""))
-            self._send(sender, protocol.SERVER_STATUS, self.state, queued, running, __version__, model)
+            status = protocol.server_status_args(self.state, queued, running, __version__, model)
+            self._send(sender, protocol.SERVER_STATUS, *status)
             return
         job = self.book.get(job_id)
         if job is None:
             if self._is_checking(job_id):
                 self._send(sender, protocol.STATE, job_id, protocol.QUEUED, 0.0, CHECKING)
                 return
-            self._send(sender, protocol.STATE, job_id, protocol.UNKNOWN, 0.0, "no such job")
+            self._send(sender, protocol.STATE, job_id, protocol.UNKNOWN, 0.0, str(protocol.unknown_job(job_id)))
             return
         self._send(sender, protocol.STATE, job.id, job.state, float(job.fraction), job.detail())
 

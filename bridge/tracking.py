@@ -122,7 +122,9 @@ class ReplyTracker:
                 job.error = message
             elif reply.state == protocol.UNKNOWN:
                 if job.request is None:
-                    job.code, job.error = protocol.UNKNOWN_JOB, f"the engine has no job {job.job_id}"
+                    # the engine's words, as its cancel and preview of the id say them
+                    job.code = protocol.UNKNOWN_JOB
+                    job.error = reply.message or str(protocol.unknown_job(job.job_id))
                 else:
                     # A server started without our journal: the next tick sends it again.
                     job.accepted = False

@@ -24,10 +24,17 @@ TEMP_SUFFIX = ".tmp"
 PARTIAL_SUFFIX = ".partial.wav"  # bridge.audio_write.write_atomic's: an audio result while it is being written
 # The audio files the project reads, by name: what pedalboard (regions, sessions) and libsndfile (training data)
 # both read on every platform. OPUS and WavPack are not among them (pedalboard cannot open them on Linux).
-_FORMAT_SUFFIXES = {"wav": (".wav", ".wave"), "aiff": (".aif", ".aiff"), "flac": (".flac",), "mp3": (".mp3",),
-                    "ogg": (".ogg",)}  # fmt: skip
-AUDIO_SUFFIXES = tuple(suffix for suffixes in _FORMAT_SUFFIXES.values() for suffix in suffixes)
-AUDIO_FORMATS = ", ".join(_FORMAT_SUFFIXES)  # the same, as help and messages name them: "wav, aiff, flac, mp3, ogg"
+# The one table of them: every list of audio formats (suffixes, REAPER source types, readers' subsets) derives from it.
+FORMAT_SUFFIXES = {"wav": (".wav", ".wave"), "aiff": (".aif", ".aiff"), "flac": (".flac",), "mp3": (".mp3",),
+                   "ogg": (".ogg",)}  # fmt: skip
+AUDIO_SUFFIXES = tuple(suffix for suffixes in FORMAT_SUFFIXES.values() for suffix in suffixes)
+AUDIO_FORMATS = ", ".join(FORMAT_SUFFIXES)  # the same, as help and messages name them: "wav, aiff, flac, mp3, ogg"
+
+
+def audio_format(path: str | Path) -> str | None:
+    """The FORMAT_SUFFIXES key of `path`'s suffix ("wav" for x.WAVE), None for a name that is no audio file."""
+    suffix = Path(path).suffix.lower()
+    return next((name for name, suffixes in FORMAT_SUFFIXES.items() if suffix in suffixes), None)
 
 
 def audio_files(

@@ -329,8 +329,8 @@ def tick(loop: int | None = None) -> None:
         except Exception as exc:  # a bug must cost one action, not the loop that watches every other one
             if session in _SESSIONS:
                 _drop(session)
-            label = planning.edit_label(session.instruction)
-            _message(f"Instruct: {label} stopped on an internal error: {type(exc).__name__}: {exc}")
+            title = planning.undo_description(session.instruction)
+            _message(f"{title} stopped on an internal error: {type(exc).__name__}: {exc}")
     _remember_jobs(R)
     if _SESSIONS:
         _defer_tick()
@@ -356,23 +356,23 @@ def finish(R: Any, session: Session) -> None:
     lines = [f"{job.view.describe()}: {job.error or job.code}" for job in failed]
     lines += [f"{job.view.describe()}: the result file is missing: {job.result_path}" for job in missing]
     lines += [f"{job.view.describe()}: {planning.UNCHUNKABLE}: {job.result_path}" for job in unnamable]
-    label = planning.edit_label(session.instruction)
+    title = planning.undo_description(session.instruction)
     if lines:
-        _message(f"Instruct: {label} failed for\n" + "\n".join(lines))
+        _message(f"{title} failed for\n" + "\n".join(lines))
     notes, shown = planning.new_notes((job.state.info for job in done), R.RPR_GetExtState(EXT_SECTION, "notes"))
     if notes:
         R.RPR_SetExtState(EXT_SECTION, "notes", shown, False)
-        _message(f"Instruct: {label}: a note from the engine (shown once per REAPER session)\n\n" + "\n\n".join(notes))
+        _message(f"{title}: a note from the engine (shown once per REAPER session)\n\n" + "\n\n".join(notes))
 
 
 def _project_closed(session: Session) -> None:
     """The session's project was closed before its results came: say where they are, and what failed."""
     done = [job.result_path for job in session.jobs.values() if job.result_path]
     failed = [job for job in session.jobs.values() if job.code and job.code != Cancelled.code]
-    label = planning.edit_label(session.instruction)
+    title = planning.undo_description(session.instruction)
     where = ("; the results are in:\n" + "\n".join(done)) if done else ""
     lines = "".join(f"\n{job.view.describe()} failed: {job.error or job.code}" for job in failed)
-    _message(f"Instruct: {label}: the project it came from was closed before the edit ended{where}{lines}")
+    _message(f"{title}: the project it came from was closed before the edit ended{where}{lines}")
 
 
 # ------------------------------------------------------------------------------------------------ the other actions
@@ -448,15 +448,15 @@ def status_tick() -> None:
         return
     for reply in client.poll():
         if reply.address == protocol.PONG:
-            _STATUS["pong"], _STATUS["notes"] = list(reply.args), reply.notes
+            _STATUS["pong"] = reply
         elif reply.address == protocol.SERVER_STATUS:
-            _STATUS["server"] = list(reply.args)
+            _STATUS["server"] = reply
     answered = _STATUS["pong"] is not None and _STATUS["server"] is not None
     if not answered and time.monotonic() - _STATUS["started"] < ACCEPT_TIMEOUT_S:
         _defer_status()
         return
     client.close()
-    pong, server, notes = _STATUS["pong"], _STATUS["server"], _STATUS.get("notes", [])
+    pong, server = _STATUS["pong"], _STATUS["server"]
     _STATUS.clear()
     host, port = engine_address()
     if pong is None:
@@ -468,4 +468,4 @@ def status_tick() -> None:
         for job in session.jobs.values()
         if not job.final
     ]
-    _message(planning.status_text(pong, server, running, host, port, notes))
+    _message(planning.status_text(pong, server, running, host, port))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from engine.instructions import OFFICIAL_STEM_WORDS
 from reaper_scripts.factory_keys import FACTORY_MAIN, KNOWN_FREE
-from reaper_scripts.planning import PRESET_ACTIONS
+from reaper_scripts.planning import PRESET_ACTIONS, undo_description
 
 SUBDIR = "imusic"  # under <resource>/Scripts/
 # An SCR line's flags: 4, a script; + 512, run again while an earlier run still waits (its deferred loop), start a new
@@ -101,7 +101,7 @@ ACTIONS: tuple[Action, ...] = (
     *(
         Action(
             a.script_name,
-            f"Instruct: {a.instruction}",
+            undo_description(a.instruction),  # "Instruct: extract drums", as its undo point and messages say
             OPERATION_KEYS[a.operation][0],
             OPERATION_KEYS[a.operation][1][a.stem],
         )

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bridge.protocol import Reply
 from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for the actions and tests)
     DEFAULT_MAX_SECONDS,
     EPSILON,
@@ -74,7 +75,8 @@ def result_track_name(source_track_name: str, source_track_number: int, instruct
 
 
 def undo_description(instruction: str) -> str:
-    """The undo point's name for inserting results of one action."""
+    """What one action's edit is called: its undo point's name, and the head of the messages about it
+    ("Instruct: extract drums")."""
     return f"Instruct: {edit_label(instruction)}"
 
 
@@ -117,21 +119,20 @@ def output_path(media_dir: str, source_path: str, instruction: str, job_id: str)
 
 
 def status_text(
-    pong: list,
-    server: list | None,
+    pong: Reply,
+    server: Reply | None,
     running: list[tuple[str, str, float, bool]],
     host: str,
     port: int,
-    notes: Iterable[str] = (),
 ) -> str:
-    """The "engine status" message from /imusic/pong [version, model, device, state, ...] and its notes on the model
-    (protocol.Reply.notes), /imusic/server_status [state, queued, running_job_id, version, model] (None if it did not
-    come) and this REAPER's running edits [(item, instruction, fraction, accepted)]."""
-    version, model, device, state = (list(pong) + ["?"] * 4)[:4]
+    """The "engine status" message from the engine's /imusic/pong (with its notes on the model), its
+    /imusic/server_status (None if it did not come) and this REAPER's running edits [(item, instruction, fraction,
+    accepted)]."""
+    version, model, device, state = (value or "?" for value in (pong.version, pong.model, pong.device, pong.state))
     lines = [f"Engine at {host}:{port}: {state}", f"Model: {model} on {device} (imusic {version})"]
-    lines.extend(f"Note: {note}" for note in notes)
-    if server is not None and len(server) > 1:
-        lines.append(f"Jobs queued on the engine: {server[1]}")
+    lines.extend(f"Note: {note}" for note in pong.notes)
+    if server is not None:
+        lines.append(f"Jobs queued on the engine: {server.queued}")
     if running:
         lines.append("")
         lines.append("Edits from this REAPER:")

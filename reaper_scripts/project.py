@@ -213,5 +213,5 @@ def _add_result_item(R, track: str, job: Any, label: str) -> None:
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)
-    take_name = f"{job.view.take_name} \u00b7 {label}" if job.view.take_name else label
+    take_name = f"{job.view.take_name}{planning.NAME_SEPARATOR}{label}" if job.view.take_name else label
     R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", take_name, True)

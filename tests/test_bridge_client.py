@@ -11,7 +11,7 @@ from test_bridge_support import ResetOnce, ScriptedEngine, imported_by, write_wa
 
 from bridge import __version__, protocol, tracking
 from bridge.cli import main
-from bridge.client import Client
+from bridge.client import Client, RemoteError
 from engine.errors import ConfigError
 
 TIMEOUT = 10.0
@@ -107,10 +107,46 @@ def test_bundles_are_decoded_into_their_messages():
 
 def test_reply_accessors_read_the_documented_shapes():
     done = protocol.Reply(protocol.DONE, ["j", "/r.wav", '{"levels": {"lufs": -14}}'])
-    assert (done.job_id, done.output_path, done.info, done.is_final) == ("j", "/r.wav", {"levels": {"lufs": -14}}, True)
+    assert (done.job_id, done.output_path, done.info) == ("j", "/r.wav", {"levels": {"lufs": -14}})
     error = protocol.Reply(protocol.ERROR, ["j", "bad_audio", "too short"])
     assert (error.code, error.message, error.kind) == ("bad_audio", "too short", "error")
     assert protocol.Reply(protocol.DONE, ["j", "/r.wav", "not json"]).info == {}
+
+
+def test_a_pong_reads_back_what_its_builder_wrote():
+    pong = protocol.Reply(protocol.PONG, list(protocol.pong_args("0.1.0", "tiny", "cpu", "ready", ["a", "b"])))
+    assert (pong.version, pong.model, pong.device, pong.state, pong.notes) == (
+        "0.1.0",
+        "tiny",
+        "cpu",
+        "ready",
+        ["a", "b"],
+    )
+    assert protocol.Reply(protocol.PONG, list(protocol.pong_args("0.1.0", "", "", "loading", []))).notes == []
+
+
+def test_a_server_status_reads_back_what_its_builder_wrote():
+    args = protocol.server_status_args("ready", 2, "job-1", "0.1.0", "tiny")
+    status = protocol.Reply(protocol.SERVER_STATUS, list(args))
+    assert (status.state, status.queued, status.running_job_id, status.version, status.model) == (
+        "ready", 2, "job-1", "0.1.0", "tiny"
+    )  # fmt: skip
+    assert (status.device, status.notes) == ("", [])
+
+
+def test_a_bad_job_id_is_refused_in_the_same_words_by_the_server_and_the_client():
+    rule = "must be 1 to 128 letters, digits and . _ : -, starting with a letter or digit; got '-x'"
+    with pytest.raises(protocol.RequestError) as server_side:
+        protocol.parse_request(protocol.CANCEL, ["-x"])  # only allowed characters, but not first
+    with Client("127.0.0.1", 9) as client, pytest.raises(ConfigError) as client_side:
+        client.cancel("-x")
+    assert str(server_side.value) == f"/imusic/cancel: argument 1 (job_id) {rule}"
+    assert str(client_side.value) == f"the job id {rule}"
+
+
+def test_a_job_id_over_the_limit_is_named_by_its_length():
+    with pytest.raises(protocol.RequestError, match=r"\(job_id\) must be 1 to 128 .*; got 129 characters$"):
+        protocol.parse_request(protocol.STATUS, ["j" * 129])
 
 
 # ----------------------------------------------------------------------------------------------- light and fast
@@ -214,6 +250,18 @@ def test_send_edit_no_wait_prints_the_job_id_once_accepted(server, root, capsys)
         assert client.wait("mine-1", timeout=TIMEOUT).output_path
 
 
+def test_an_unknown_job_is_said_in_the_same_words_by_status_cancel_and_wait(server):
+    words = str(protocol.unknown_job("nope"))
+    with Client("127.0.0.1", server.port) as client:
+        assert client.status("nope", TIMEOUT).message == words
+        with pytest.raises(RemoteError) as cancelled:
+            client.cancel("nope", TIMEOUT)
+        with pytest.raises(RemoteError) as waited:
+            client.wait("nope", timeout=TIMEOUT)
+    assert (cancelled.value.code, str(cancelled.value)) == (protocol.UNKNOWN_JOB, words)
+    assert (waited.value.code, str(waited.value)) == (protocol.UNKNOWN_JOB, words)
+
+
 def test_send_status_and_cancel_print_states(server, capsys):
     assert send(server, "status") == 0
     assert capsys.readouterr().out.startswith("server_status ready")
@@ -279,6 +327,15 @@ def test_a_malformed_job_id_is_refused_before_sending(server):
         assert client.poll() == []
 
 
+def takes_words(takes: object) -> str:
+    """The engine's own refusal of `takes` (what the Editor and the server say of it)."""
+    from engine.instructions import check_takes
+
+    with pytest.raises(ConfigError) as refused:
+        check_takes(takes)
+    return str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -289,6 +346,8 @@ def test_a_malformed_job_id_is_refused_before_sending(server):
         (["send", "--timeout", "0", "ping"], "argument --timeout: must be a number of seconds above 0, got '0'"),
         (["send", "status", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, got '-1'"),
         (["send", "edit", "in.wav", "extract drums", "--end", "nan"], "argument --end: must be a finite number"),
+        (["edit", "in.wav", "extract drums", "--takes", "17"], "argument --takes: " + takes_words(17)),
+        (["send", "edit", "in.wav", "extract drums", "--takes", "two"], "argument --takes: " + takes_words("two")),
     ],
 )
 def test_numbers_no_edit_can_use_are_usage_errors(argv, says, capsys):

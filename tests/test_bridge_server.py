@@ -339,7 +339,8 @@ def test_garbage_datagrams_get_a_bad_request_reply(client, datagram):
 def test_a_datagram_of_maximum_size_is_refused_not_truncated(client):
     client.send(protocol.STATUS, "j" * 60000)
     reply = expect_error(client, protocol.BAD_REQUEST)
-    assert "limit" in reply.message
+    assert f"must be 1 to {protocol.MAX_JOB_ID} letters" in reply.message
+    assert reply.message.endswith("got 60000 characters")  # all of it arrived and was counted
 
 
 def test_an_editor_crash_costs_one_job_not_the_server(server, client, song):

@@ -111,6 +111,37 @@ def test_a_watched_job_is_only_asked_about_and_ends_when_the_server_does_not_kno
     assert tracker.jobs["z"].code == protocol.UNKNOWN_JOB
 
 
+def test_a_watched_job_the_server_does_not_know_ends_in_the_servers_own_words():
+    tracker = ReplyTracker()
+    tracker.watch("z", now=0.0)
+    tracker.handle(Reply(protocol.STATE, ["z", protocol.UNKNOWN, 0.0, "the engine's words"]), now=1.0)
+    assert tracker.jobs["z"].error == "the engine's words"
+
+
+def test_an_unknown_state_without_words_ends_the_job_in_the_words_of_the_servers_cancel():
+    tracker = ReplyTracker()
+    tracker.watch("z", now=0.0)
+    tracker.handle(Reply(protocol.STATE, ["z", protocol.UNKNOWN, 0.0, ""]), now=1.0)
+    assert tracker.jobs["z"].error == str(protocol.unknown_job("z"))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(protocol.DONE, ["a", "/out.wav", "{}"]),
+        Reply(protocol.ERROR, ["a", "bad_audio", "silent"]),
+        Reply(protocol.STATE, ["a", protocol.DONE_STATE, 1.0, "/out.wav"]),
+        Reply(protocol.STATE, ["a", protocol.ERROR_STATE, 0.0, "bad_audio: silent"]),
+        Reply(protocol.STATE, ["a", protocol.CANCELLED, 0.0, "cancelled: by a user"]),
+    ],
+)
+def test_a_job_ends_on_done_or_error_and_on_a_final_state_alike(reply):
+    tracker = ReplyTracker()
+    tracker.submit(request(), now=0.0)
+    tracker.handle(reply, now=1.0)
+    assert tracker.jobs["a"].final and tracker.pending() == []
+
+
 def test_replies_about_other_jobs_and_after_the_end_change_nothing():
     tracker = ReplyTracker()
     tracker.submit(request(), now=0.0)

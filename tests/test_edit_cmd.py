@@ -173,7 +173,7 @@ def test_takes_out_of_range_is_a_usage_error(song, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["edit", str(song), "extract drums", "--takes", "0"])
     assert exit_info.value.code == 2
-    assert "--takes: must be from 1 to 16, got 0" in capsys.readouterr().err
+    assert "--takes: takes must be a whole number from 1 to 16, got 0" in capsys.readouterr().err
 
 
 def test_an_output_in_a_missing_folder_says_the_folder_is_created(song, tmp_path, tiny_model_dir, capsys):

@@ -174,3 +174,12 @@ def test_a_result_named_as_a_file_is_wav_whatever_suffix_it_was_given():
         result_file_path("out/drums.aiff")
     with pytest.raises(ConfigError, match="bytes long"):
         result_file_path("x" * MAX_RESULT_NAME_BYTES)  # fits alone, not with .wav added
+
+
+def test_a_files_audio_format_is_read_from_its_suffix_in_the_one_table():
+    from engine.files import FORMAT_SUFFIXES, audio_format
+
+    assert [audio_format(f"take.{name}") for name in FORMAT_SUFFIXES] == list(FORMAT_SUFFIXES)
+    assert (audio_format("/a/Mix.WAVE"), audio_format("b.Aif"), audio_format("c.opus"), audio_format("wav")) == (
+        "wav", "aiff", None, None
+    )  # fmt: skip

@@ -120,3 +120,12 @@ def test_an_item_gives_the_same_region_or_refusal_in_the_actions_and_in_batch(pr
     assert "channel mode mono (left)" in outcome["left of stereo"]
     assert "offline or missing: " in outcome["missing"] and "gone.wav" in outcome["missing"]
     assert "is MIDI" in outcome["midi"]
+
+
+def test_every_audio_format_the_engine_reads_has_a_reaper_source_type_and_no_other_does():
+    from bridge.reaper_items import AUDIO_SOURCE_TYPES, SOURCE_TYPE_FORMATS
+    from engine.files import FORMAT_SUFFIXES
+
+    assert set(SOURCE_TYPE_FORMATS.values()) == set(FORMAT_SUFFIXES)
+    assert {"WAVE", "AIFF", "FLAC", "MP3", "VORBIS", "OGG"} == AUDIO_SOURCE_TYPES
+    assert not {"OPUS", "WAVPACK", "MIDI", "VIDEO", "SECTION"} & AUDIO_SOURCE_TYPES

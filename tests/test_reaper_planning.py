@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from bridge import protocol
+from bridge.protocol import Reply
 from engine.errors import AudioError, InstructionError
 from reaper_scripts import planning
 from reaper_scripts.planning import ItemView, plan_job, plan_jobs
@@ -224,10 +226,14 @@ def test_relative_source_names_are_resolved_against_the_project_folder():
     assert planning.resolve_source_path("D:\\Audio\\kick.wav", "/proj") == "D:\\Audio\\kick.wav"
 
 
+def pong(notes: tuple[str, ...] = (), model: str = "tiny") -> Reply:
+    return Reply(protocol.PONG, list(protocol.pong_args("0.1.0", model, "cpu" if model else "", "ready", notes)))
+
+
 def test_the_status_message_names_the_model_device_and_running_edits():
     text = planning.status_text(
-        ["0.1.0", "tiny", "cpu", "ready"],
-        ["ready", 2, "rpr-1", "0.1.0", "tiny"],
+        pong(),
+        Reply(protocol.SERVER_STATUS, list(protocol.server_status_args("ready", 2, "rpr-1", "0.1.0", "tiny"))),
         [('"mix" at 0:10.000 on Band', "extract drums", 0.25, True)],
         "127.0.0.1",
         9137,
@@ -241,8 +247,13 @@ def test_the_status_message_names_the_model_device_and_running_edits():
 
 def test_the_status_message_carries_the_engines_notes_on_its_model_one_a_line():
     notes = ["tiny's own evaluation: its extract edits do not beat ...", "its remove edits ..."]
-    text = planning.status_text(["0.1.0", "tiny", "cpu", "ready", "\n".join(notes)], None, [], "h", 1, notes)
+    text = planning.status_text(pong(notes), None, [], "h", 1)
     assert [line for line in text.splitlines() if line.startswith("Note: ")] == [f"Note: {n}" for n in notes]
+    assert "queued" not in text  # no server_status came
+
+
+def test_the_status_message_marks_what_a_loading_engine_cannot_say_yet():
+    assert "Model: ? on ? (imusic 0.1.0)" in planning.status_text(pong(model=""), None, [], "h", 1)
 
 
 def test_one_preset_action_per_operation_and_stem():
