@@ -316,6 +316,9 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
         with safe_open(str(path), "pt") as handle:
             assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.bfloat16}  # noqa: SIM118
             assert META_KEY not in (handle.metadata() or {})
+    # what ships names no folder of the machine that built it (the repository stands alone)
+    for path in [*model.rglob("*.json"), *(tmp_path / "docs").rglob("*.md")]:
+        assert str(tmp_path) not in path.read_text(), path
     editor = Editor.load(model, device="cpu")
     assert editor.sample_rate == 16000 and editor.card.mask_depth == {"remove": depth["remove"]}
     assert {p.dtype for p in editor.model.lm.parameters()} == {torch.float32}  # cast on loading

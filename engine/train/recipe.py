@@ -414,6 +414,7 @@ class Recipe:
         card = {
             "recipe": RECIPE,
             "recipe_id": self.id,
+            RUN_DIR_KEY: str(self.run_dir),  # what the install names the run's folders relative to (run_relative)
             "scale": self.scale,
             "budget_minutes": self.budget_minutes,
             "budget_shares": SHARES,
@@ -431,6 +432,27 @@ class Recipe:
 
 # ---- this side: install a returned run -------------------------------------------------------------------------------
 
+RUN_DIR_KEY = "run_dir"  # card.json: the run's folder on the machine that ran it
+
+
+def run_relative(files: list[Path], run_dir: str) -> None:
+    """Rewrite text files of an installed run so that they name the run's folders relative to the run ("data/synth",
+    "base/model/base"), as the CPU build's relative paths do, not by the path they had on the machine that ran it:
+    what ships names no machine's folder. Each file is rewritten atomically, and only where it names the run."""
+    import re
+
+    from engine.files import write_bytes_atomic
+
+    root = run_dir.rstrip("/")
+    if not root or root == ".":
+        return
+    bare = re.compile(re.escape(root) + r"(?=[\"'`\s),]|$)")  # the folder itself, not a longer name beginning so
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        portable = bare.sub(".", text.replace(root + "/", ""))
+        if portable != text:
+            write_bytes_atomic(path, portable.encode("utf-8"))
+
 
 def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None = None) -> dict:
     """Unpack an accelerator run's packs (codec, base, adapters, eval, card.json) into the model folder `out`
@@ -439,12 +461,11 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
     byte committed stays in the repository forever); the loader casts them to the dtype the model runs in."""
     import tempfile
 
-    from engine.eval.report import REPORT_JSON, publish_report
+    from engine.eval.report import REPORT_JSON, REPORT_MD, publish_report
     from engine.files import staged_dir
     from engine.train.default_model import EMBEDDED_NAME, evaluation, model_sizes, model_stems
     from engine.train.pack import parts_of, unpack_parts
-    from engine.weights.loader import MASK_DEPTH, card_mask_depth, new_model_card, write_model_card
-    from engine.weights.names import MODEL_CARD
+    from engine.weights.loader import MASK_DEPTH, card_mask_depth, new_model_card, read_model_card, write_model_card
 
     packs = Path(packs)
     missing = [stage for stage in ("base", "adapters") if not parts_of(packs, stage)]
@@ -475,7 +496,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
         with staged_dir(out) as staged:
             shutil.copytree(work_dir / "base" / RUN_MODEL / BASE_DIR, staged / BASE_DIR)
             shutil.copytree(work_dir / "adapters" / RUN_MODEL / ADAPTER_DIR, staged / ADAPTER_DIR)
-            own = read_json_object(work_dir / "adapters" / RUN_MODEL / MODEL_CARD, "no model card", CheckpointError)
+            own = read_model_card(work_dir / "adapters" / RUN_MODEL)
             # chosen on validation clips by the eval stage, checked by loading's rule
             depth = card_mask_depth(markers.get("eval", {}), work_dir / "eval" / MARKER)
             card = new_model_card(
@@ -487,7 +508,7 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 ),
                 stems=model_stems(staged),  # by loading's rule, as the CPU build's card (default_model.assemble)
                 sizes=model_sizes(staged),
-                recipe={k: v for k, v in run_card.items() if k not in ("stages", "wall_seconds_total")},
+                recipe={k: v for k, v in run_card.items() if k not in ("stages", "wall_seconds_total", RUN_DIR_KEY)},
                 stages=run_card.get("stages", {}),
                 wall_seconds_total=run_card.get("wall_seconds_total"),  # where the CPU build's card has it too
                 provenance=own.get("provenance", {}),
@@ -498,9 +519,12 @@ def install(packs: Path, out: Path, docs: Path | None = None, work: Path | None 
                 own_report = read_json_object(report, "", CheckpointError)
                 card["evaluation"] = evaluation(own_report, "imusic train --recipe embedded (its eval stage)")
             write_model_card(staged, card)
+            run_relative(sorted(staged.rglob("*.json")), str(run_card.get(RUN_DIR_KEY, "")))
         if docs is not None and (work_dir / "eval").is_dir():
             publish_report(work_dir / "eval", docs, skip=(MARKER,))
-    return card
+            run_relative([docs / name for name in (REPORT_JSON, REPORT_MD) if (docs / name).is_file()],
+                         str(run_card.get(RUN_DIR_KEY, "")))  # fmt: skip
+    return read_model_card(out)
 
 
 # Validation clips the eval stage chooses remove's mask depth on (generated in batches, before the test songs; taken
