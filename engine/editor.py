@@ -371,16 +371,18 @@ class Editor:
         started = time.perf_counter()
         warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
         if mode == MASK:
-            from engine.mask import apply_edit
+            from engine.mask import mask_result
 
-            edited = apply_edit(audio, sample_rate, out, self.sample_rate, parsed.op, settings)  # [C, N], the original
+            # [C, N] made of the original, at its level
+            edited, levels = mask_result(audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw)
+            timings["mask"] = time.perf_counter() - started
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
             edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
-        timings["mask" if mode == MASK else "resample"] = time.perf_counter() - started
-        t0 = time.perf_counter()
-        edited, levels = match_level(edited, audio, sample_rate, parsed.op, mode=mode, raw=raw)
-        timings["levels"] = time.perf_counter() - t0
+            timings["resample"] = time.perf_counter() - started
+            t0 = time.perf_counter()
+            edited, levels = match_level(edited, audio, sample_rate, parsed.op, mode=mode, raw=raw)
+            timings["levels"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started  # edit_modes adds the shared generation's time
         warnings.extend(levels.get("warnings", []))
         if not np.all(np.isfinite(edited)):

@@ -49,7 +49,8 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.instructions import OPERATIONS
-from engine.levels import STEM_FLOOR_LU, STEM_QUANTILE, weighted_power_ratio
+from engine.levels import STEM_FLOOR_LU, STEM_QUANTILE, match_level, weighted_power_ratio
+from engine.modes import MASK
 
 STEER_EXTRACT = "extract"  # MaskSettings.steer: the mask of a remove comes from the model's extraction of the stem
 
@@ -118,16 +119,39 @@ def apply_edit(
     return _masked(x, est, int(rate), op, settings, band_hz).astype(np.float32)
 
 
+def mask_result(
+    original: np.ndarray,
+    rate: int,
+    estimate: np.ndarray,
+    estimate_rate: int,
+    op: str,
+    settings: MaskSettings | None = None,
+    *,
+    raw: bool = False,
+) -> tuple[np.ndarray, dict]:
+    """What the mask mode hands back, (audio [C, N], level info): apply_edit's result under the mask mode's level
+    policy (engine.levels.match_level: the recording's own level, a true-peak ceiling; none when `raw`). The Editor,
+    the evaluation's ideal-mask row and the choice of the mask's settings and depth all finish a mask so."""
+    edited = apply_edit(original, rate, estimate, estimate_rate, op, settings)
+    return match_level(edited, np.atleast_2d(original), rate, op, mode=MASK, raw=raw)
+
+
+def ideal_estimate(
+    original: np.ndarray, target: np.ndarray, op: str, settings: MaskSettings | None = None
+) -> np.ndarray:
+    """What a perfect model would give the mask to read (at the original's rate): the true target, or for a remove
+    steered by the extraction the true stem (the original less the target), as the model's extraction stands for it."""
+    settings = DEFAULT_SETTINGS[op] if settings is None else settings
+    if op == "remove" and settings.steer == STEER_EXTRACT:
+        return np.atleast_2d(original).mean(axis=0) - np.atleast_2d(target).mean(axis=0)
+    return target
+
+
 def ideal_mask(
     original: np.ndarray, target: np.ndarray, rate: int, op: str, settings: MaskSettings | None = None
 ) -> np.ndarray:
-    """The same mask computed from the true target (at the original's rate): the mask mode's own ceiling. A remove
-    steered by the extraction is computed from the true stem (the original less the target), as the model's
-    extraction stands for it."""
-    settings = DEFAULT_SETTINGS[op] if settings is None else settings
-    if op == "remove" and settings.steer == STEER_EXTRACT:
-        target = np.atleast_2d(original).mean(axis=0) - np.atleast_2d(target).mean(axis=0)
-    return apply_edit(original, rate, target, rate, op, settings)
+    """The same mask computed from the true target (ideal_estimate): the mask mode's own ceiling, unlevelled."""
+    return apply_edit(original, rate, ideal_estimate(original, target, op, settings), rate, op, settings)
 
 
 def _stft_size(rate: int, window_s: float) -> int:

@@ -408,7 +408,9 @@ def test_info_reports_model_edit_windows_timings_and_levels(editor):
     resynth = editor.edit(audio, 22050, "take out the bass", seed=0, mode="resynth")
     assert resynth.info["prompt"] == "Music piece. Instruct: No Bass."
     assert info["input"] == {"sample_rate": 22050, "channels": 2, "samples": 33075, "seconds": 1.5}
-    assert set(info["timings"]) >= {"encode", "generate", "decode", "levels", "total"}
+    # the mask (with its level finish, engine.mask.mask_result) in mask mode; resampling, then levels, in resynth
+    assert set(info["timings"]) >= {"encode", "generate", "decode", "mask", "total"}
+    assert set(resynth.info["timings"]) >= {"encode", "generate", "decode", "resample", "levels", "total"}
     # mask mode: the recording's own level, peaks no higher than its own (or -1 dBTP)
     assert info["levels"]["policy"] in {"recording", "silent"} and info["levels"]["gain_db"] == 0.0
     ceiling = max(-1.0, true_peak_db(audio, 22050)) + 0.05

@@ -94,3 +94,29 @@ def test_outputs_generated_in_batches_are_those_generated_one_by_one(synth_data,
     for (source, target, output), (source2, target2, output2) in zip(alone, together, strict=True):
         assert np.array_equal(source, source2) and np.array_equal(target, target2)
         np.testing.assert_allclose(output, output2, atol=1e-3)
+
+
+def test_settings_and_depth_are_chosen_on_masks_finished_as_the_editor_finishes_them():
+    """A mask can push peaks past the recording's (a square wave's fundamental alone peaks higher than the square):
+    the Editor's finish limits them, and the choice scores what the Editor would hand back (engine.mask.mask_result)."""
+    import numpy as np
+
+    from engine.eval.metrics import edit_metrics
+    from engine.mask import apply_edit, mask_result
+
+    rate = 16000
+    t = np.arange(rate) / rate
+    square = (0.99 * np.sign(np.sin(2 * np.pi * 100 * t))).astype(np.float32)
+    fundamental = (0.99 * 4 / np.pi * np.sin(2 * np.pi * 100 * t)).astype(np.float32)
+    clips = [(square, fundamental, fundamental)]  # input, target, the model's estimate
+    finished, info = mask_result(square, rate, fundamental, rate, "extract")
+    assert (
+        info["limited"]
+        and np.abs(apply_edit(square, rate, fundamental, rate, "extract")).max() > np.abs(finished).max()
+    )
+    expected = edit_metrics(finished[0], square, fundamental, rate)
+    depth = mask_tune.choose_depth(clips, rate, "extract", DEFAULT_SETTINGS["extract"])
+    assert depth["depths"]["1.0"]["mel_ssim"] == pytest.approx(expected["mel_ssim"], abs=1e-9)
+    assert depth["depths"]["1.0"]["log_mel_distance"] == pytest.approx(expected["log_mel_distance"], abs=1e-9)
+    scored = mask_tune.score(clips, rate, "extract", DEFAULT_SETTINGS["extract"])
+    assert scored["mask mel_ssim"] == pytest.approx(expected["mel_ssim"], abs=1e-9)

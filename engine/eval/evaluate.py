@@ -46,7 +46,7 @@ from engine.eval.report import (
     summarize,
 )
 from engine.files import write_bytes_atomic, write_json_atomic
-from engine.modes import DEFAULT_MODE, MASK, RESYNTH
+from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, HELD_OUT
 from engine.weights.loader import add_model_arguments
 
@@ -76,15 +76,12 @@ def codec_roundtrip(codec: Codec, audio: np.ndarray) -> np.ndarray:
 def ideal_mask_row(
     input_audio: np.ndarray, target: np.ndarray, rate: int, task: str, raw: bool, settings: Any = None
 ) -> np.ndarray:
-    """The ideal mask's output ([N] or [C, N] as the input): the mask from the true target, levelled as the Editor
-    levels (unless raw)."""
-    from engine.levels import match_level
-    from engine.mask import ideal_mask
+    """The ideal mask's output ([N] or [C, N] as the input): the mask from the true target, finished as the Editor
+    finishes a mask (engine.mask.mask_result)."""
+    from engine.mask import ideal_estimate, mask_result
 
     audio = np.atleast_2d(input_audio)
-    out = ideal_mask(audio, target, rate, task, settings)
-    if not raw:
-        out, _ = match_level(out, audio, rate, task, mode=MASK)
+    out, _ = mask_result(audio, rate, ideal_estimate(audio, target, task, settings), rate, task, settings, raw=raw)
     return out if np.ndim(input_audio) == 2 else out[0]
 
 

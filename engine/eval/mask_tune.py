@@ -84,13 +84,11 @@ def score(clips: list[tuple], rate: int, task: str, settings: MaskSettings) -> d
     objective (their sum of mel SSIM - log-mel distance / 100)."""
     from engine.eval.evaluate import ideal_mask_row
     from engine.eval.metrics import edit_metrics
-    from engine.levels import match_level
-    from engine.mask import apply_edit
+    from engine.mask import mask_result
 
     rows: dict[str, list[dict]] = {"mask": [], IDEAL_MASK_ROW: []}
     for source, target, estimate in clips:
-        masked = apply_edit(source, rate, estimate, rate, task, settings)
-        masked, _ = match_level(masked, source[None], rate, task, mode=MASK)
+        masked, _ = mask_result(source, rate, estimate, rate, task, settings)  # as the Editor finishes it
         rows["mask"].append(edit_metrics(masked[0], source, target, rate))
         ideal = ideal_mask_row(source, target, rate, task, False, settings)
         rows[IDEAL_MASK_ROW].append(edit_metrics(ideal, source, target, rate))
@@ -130,16 +128,16 @@ def choose_depth(clips: list[tuple], rate: int, task: str, settings: MaskSetting
     """Each depth's mean mel SSIM and log-mel distance from the model's output, and its paired difference from the
     unchanged input (mean, standard error); `chosen`: the depth with the best mel SSIM - log-mel distance / 100."""
     from engine.eval.metrics import edit_metrics
-    from engine.mask import apply_edit
+    from engine.mask import mask_result
 
     identity = [edit_metrics(source, source, target, rate) for source, target, _ in clips]
     rows = {}
     for depth in DEPTHS:
+        at_depth = replace(settings, depth=depth)
         scores = [
-            edit_metrics(apply_edit(source, rate, estimate, rate, task, replace(settings, depth=depth))[0], source,
-                         target, rate)
+            edit_metrics(mask_result(source, rate, estimate, rate, task, at_depth)[0][0], source, target, rate)
             for source, target, estimate in clips
-        ]  # fmt: skip
+        ]  # as the Editor finishes a mask
         row: dict[str, Any] = {}
         for metric in ("mel_ssim", "log_mel_distance"):
             change = np.array([s[metric] - i[metric] for s, i in zip(scores, identity, strict=True)])
