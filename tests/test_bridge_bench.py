@@ -63,7 +63,7 @@ def test_bench_engine_shape_prints_the_time_split_and_the_rtf_last(capsys, tmp_p
     assert "decode step eager" in lines[0]  # off CUDA every step mode is the eager loop
     assert lines[1].startswith("edit 1/2 (") and "2 ch, 44100 Hz" in lines[1]
     assert re.search(
-        r"where the time goes .*encode \d+\.\d\d s, generate .*decode .*levels .*decode steps", "\n".join(lines)
+        r"where the time goes .*encode \d+\.\d\d s, generate .*decode .*mask .*decode steps", "\n".join(lines)
     )
     assert re.fullmatch(r"real-time factor: \d+\.\d{3}", lines[-1])
     assert any(re.fullmatch(r"a region of another length \(1\.2 s\): \d+\.\d\d s = \d+\.\d{3} x real time", line)
@@ -72,7 +72,7 @@ def test_bench_engine_shape_prints_the_time_split_and_the_rtf_last(capsys, tmp_p
     assert figures["other_length"]["seconds"] == 1.2 and figures["other_length"]["edit_s"] > 0
     assert figures["rtf"] == pytest.approx(figures["edit_s"] / 2.0)
     assert figures["rtf"] == pytest.approx(float(lines[-1].split()[-1]), abs=6e-4)
-    assert {"encode", "generate", "decode", "levels", "other"} <= set(figures["timings"])
+    assert {"encode", "generate", "decode", "mask", "other"} <= set(figures["timings"])
     assert figures["decode_steps"] == 100 + 4 - 1  # one 2 s window at 50 Hz: 100 frames + the delay, no prompt
     assert figures["shape"] == "tiny" and figures["step"] == "eager" and figures["channels"] == 2
 
