@@ -112,17 +112,19 @@ class ServerBackend:
             self.client.close()
             raise ConfigError(tracking.not_answering(host, port)) from None
         self.model_info = {"model": pong.model, "device": pong.device, "server": address}
+        self.stems = pong.stems  # the loaded model's instruments ([] while it loads: the built-in list is used)
         self.model_info["server_version"] = pong.version
         self.options = options
         self.per_file_progress = True
         self.submitted: set[str] = set()
 
     def parse(self, text: str) -> Any:
-        # Only the server knows its model's stems; it refuses an unknown instruction when the job arrives, and the
-        # batch stops at once on that error (see FATAL_REMOTE_CODES). Here we only read the words.
+        # With the stems the server's model knows (its pong), as an in-process batch parses with the model's card: the
+        # same labels, so the same file names and manifest keys, and a model's own instruments are not refused here.
+        # The server still checks each instruction when its job arrives (see FATAL_REMOTE_CODES).
         from engine.instructions import parse_instruction
 
-        return parse_instruction(text, None)
+        return parse_instruction(text, {"stems": self.stems} if self.stems else None)
 
     def _submit(self, pair: Pair, job_id: str) -> None:
         pair.output.parent.mkdir(parents=True, exist_ok=True)

@@ -481,7 +481,7 @@ def new_job_id() -> str:
 
 # The server's two answers about itself, by field in wire order: the builders below write them and Reply's accessors
 # read them, so each field has its place here only.
-PONG_FIELDS = ("version", "model", "device", "state", "notes")
+PONG_FIELDS = ("version", "model", "device", "state", "notes", "stems")
 SERVER_STATUS_FIELDS = ("state", "queued", "running_job_id", "version", "model")
 _FIELDS = {PONG: PONG_FIELDS, SERVER_STATUS: SERVER_STATUS_FIELDS}
 
@@ -490,10 +490,13 @@ def _in_order(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[Any, ...
     return tuple(values[name] for name in fields)
 
 
-def pong_args(version: str, model: str, device: str, state: str, notes: Iterable[str]) -> tuple[Any, ...]:
-    """/imusic/pong's arguments: `notes` (the model's own evaluation's shortfalls) travel one a line."""
+def pong_args(
+    version: str, model: str, device: str, state: str, notes: Iterable[str], stems: Iterable[str] = ()
+) -> tuple[Any, ...]:
+    """/imusic/pong's arguments: `notes` (the model's own evaluation's shortfalls) and `stems` (the instruments the
+    loaded model knows, what a client parses its edits with; none while it loads) travel one a line."""
     values = {"version": version, "model": model, "device": device, "state": state, "notes": "\n".join(notes)}
-    return _in_order(PONG_FIELDS, values)
+    return _in_order(PONG_FIELDS, {**values, "stems": "\n".join(stems)})
 
 
 def server_status_args(state: str, queued: int, running_job_id: str, version: str, model: str) -> tuple[Any, ...]:
@@ -574,6 +577,11 @@ class Reply:
     def notes(self) -> list[str]:
         """/pong's notes on the loaded model (its own evaluation's shortfalls), one a line; [] for other replies."""
         return [line for line in str(self._field("notes")).split("\n") if line]
+
+    @property
+    def stems(self) -> list[str]:
+        """/pong's instruments of the loaded model; [] while it loads (or from an older server)."""
+        return [line for line in str(self._field("stems")).split("\n") if line]
 
     @property
     def output_path(self) -> str:

@@ -285,8 +285,9 @@ class EngineServer:
     def on_ping(self, values: dict[str, Any], sender: tuple[str, int]) -> None:
         info = self._editor_info()
         notes = [str(note) for note in (info.get("shortfalls") or {}).values()]
+        stems = [str(stem) for stem in info.get("stems") or ()]
         pong = protocol.pong_args(
-            __version__, str(info.get("model", "")), str(info.get("device", "")), self.state, notes
+            __version__, str(info.get("model", "")), str(info.get("device", "")), self.state, notes, stems
         )
         self._send(sender, protocol.PONG, *pong)
 

@@ -58,15 +58,14 @@ def test_an_edit_the_server_model_does_not_know_stops_the_batch_with_one_line(se
     assert err.count("\n") == 1 and "kazoo" in err
 
 
-def test_a_stem_only_the_server_model_lacks_stops_the_batch_before_the_rest(server, session, tmp_path, capsys):
-    # "vocals" is a word the client knows; the tiny model's card has no vocals: only the server can tell.
+def test_a_stem_only_the_server_model_lacks_stops_the_batch_before_anything_is_sent(server, session, tmp_path, capsys):
+    # "vocals" is a word the client knows; the tiny model's card has no vocals: the server's pong names its stems.
     out = tmp_path / "out"
     argv = ["batch", str(session), "--edit", "extract drums", "--edit", "extract vocals", "-o", str(out)]
     assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vocals" in err
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert not [k for k, e in manifest["pairs"].items() if e["status"] == "done" and k.startswith("sub/")]
+    assert not (out / "manifest.json").exists()  # refused as an in-process batch refuses it: nothing was sent
 
 
 def test_a_bad_file_fails_its_pairs_and_the_rest_is_done_through_the_server(server, session, tmp_path, capsys):
@@ -138,3 +137,25 @@ def test_ctrl_c_cancels_the_servers_job_and_a_rerun_renders_everything(server, s
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "2 rendered" in printed and "refused" not in printed
+
+
+def test_the_server_models_own_instruments_are_parsed_as_an_in_process_batch_parses_them(serve, session, tmp_path):
+    """Its pong names the model's stems: an instrument the built-in list lacks is not refused before it is sent, and
+    labels (file names, manifest keys) are those an in-process batch of the same model gives."""
+    from test_bridge_support import FakeEditor
+
+    server = serve(editor=FakeEditor(stems=("percussion", "drums")), root=tmp_path)
+    out = tmp_path / "out"
+    argv = [
+        "batch",
+        str(session),
+        "--edit",
+        "extract percussion",
+        "-o",
+        str(out),
+        "--server",
+        f"127.0.0.1:{server.port}",
+    ]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pairs"]["a | extract percussion"]["output"] == "a.extract_percussion.wav"

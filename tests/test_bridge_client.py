@@ -114,15 +114,20 @@ def test_reply_accessors_read_the_documented_shapes():
 
 
 def test_a_pong_reads_back_what_its_builder_wrote():
-    pong = protocol.Reply(protocol.PONG, list(protocol.pong_args("0.1.0", "tiny", "cpu", "ready", ["a", "b"])))
-    assert (pong.version, pong.model, pong.device, pong.state, pong.notes) == (
+    args = protocol.pong_args("0.1.0", "tiny", "cpu", "ready", ["a", "b"], ["Drums", "Keys"])
+    pong = protocol.Reply(protocol.PONG, list(args))
+    assert (pong.version, pong.model, pong.device, pong.state, pong.notes, pong.stems) == (
         "0.1.0",
         "tiny",
         "cpu",
         "ready",
         ["a", "b"],
+        ["Drums", "Keys"],
     )
-    assert protocol.Reply(protocol.PONG, list(protocol.pong_args("0.1.0", "", "", "loading", []))).notes == []
+    loading = protocol.Reply(protocol.PONG, list(protocol.pong_args("0.1.0", "", "", "loading", [])))
+    assert loading.notes == [] and loading.stems == []
+    older = protocol.Reply(protocol.PONG, ["0.1.0", "tiny", "cpu", "ready", ""])  # a server from before stems
+    assert older.stems == [] and older.state == "ready"
 
 
 def test_a_server_status_reads_back_what_its_builder_wrote():

@@ -32,9 +32,15 @@ class FakeEditor:
     """Editor-shaped: parse(), info, edit() with progress and cancel; output = 0.5 x input, after `steps` sleeps."""
 
     def __init__(
-        self, steps: int = 4, step_s: float = 0.0, log_path: str | None = None, gain: float = 0.5, deaf: bool = False
+        self,
+        steps: int = 4,
+        step_s: float = 0.0,
+        log_path: str | None = None,
+        gain: float = 0.5,
+        deaf: bool = False,
+        stems: tuple[str, ...] = tuple(STEMS),
     ) -> None:
-        self.steps, self.step_s, self.log_path, self.gain = steps, step_s, log_path, gain
+        self.steps, self.step_s, self.log_path, self.gain, self.stems = steps, step_s, log_path, gain, stems
         self.deaf = deaf  # neither checks cancel nor reports progress: a cancel cannot end it early
         self.calls: list[str] = []
         self.modes: list[str | None] = []  # the mode of each edit, as the engine was asked
@@ -48,14 +54,14 @@ class FakeEditor:
             "device": "cpu",
             "dtype": "float32",
             "sample_rate": 16000,
-            "stems": list(STEMS),
+            "stems": list(self.stems),
             "operations": list(OPERATIONS),
         }
 
     def parse(self, text: str):
         words = text.lower().split()
-        if len(words) < 2 or words[0] not in OPERATIONS or words[1] not in STEMS:
-            raise InstructionError(f"cannot parse {text!r}; try e.g. 'extract drums' ({', '.join(STEMS)})")
+        if len(words) < 2 or words[0] not in OPERATIONS or words[1] not in self.stems:
+            raise InstructionError(f"cannot parse {text!r}; try e.g. 'extract drums' ({', '.join(self.stems)})")
         return SimpleNamespace(op=words[0], stem=words[1], prompt=text)
 
     def edit(
