@@ -14,7 +14,8 @@ the reason and how to make it editable (Item > Glue renders what is heard into a
 - a take channel mode other than normal (reverse stereo, mono downmix, left or right only, single channels) on a
   source with more than one channel; on a mono source those modes play the file's one channel unchanged;
 - MIDI, video, empty takes and other non-audio sources; missing files.
-Take FX and envelopes are not part of the region: results are dry.
+Take FX and envelopes are not part of the region: results are dry. The item's fades are what the producer hears at
+its edges: a result that keeps an edge of its item gets that edge's fade (JobPlan.fade_in / fade_out).
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ DEFAULT_MAX_SECONDS = 600.0
 # I_CHANMODE (CHANMODE in .rpp): 0 plays the file's channels as they are.
 HEARS = "hears what you hear"
 CHANNEL_MODES = {1: "reverse stereo", 2: "mono (downmix)", 3: "mono (left)", 4: "mono (right)"}
+
+
+@dataclass(frozen=True)
+class Fade:
+    """An item's fade at one edge, as REAPER holds it: length in seconds (D_FADEINLEN, or the auto-crossfade's
+    D_FADEINLEN_AUTO where that is set), shape (C_FADEINSHAPE) and curvature (D_FADEINDIR); the same for fade-outs."""
+
+    length: float = 0.0
+    shape: int = 0
+    curve: float = 0.0
+
+
+NO_FADE = Fade()
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,8 @@ class ItemView:
     stretch_markers: int = 0  # GetTakeNumStretchMarkers
     pitch_envelope: bool = False  # a take "Pitch" envelope with points
     plays_all_takes: bool = False  # B_ALLTAKESPLAY on an item of several takes
+    fade_in: Fade = NO_FADE
+    fade_out: Fade = NO_FADE
 
     def describe(self) -> str:
         """How a message names this item for the user."""
@@ -86,6 +102,9 @@ class JobPlan:
     position: float  # timeline position of the result item
     length: float  # timeline length of the result item (= end_s - start_s)
     track_number: int  # 1-based number of the source track when planned
+    # the item's fades where the result keeps its edges (a region clipped inside the item has none there)
+    fade_in: Fade = NO_FADE
+    fade_out: Fade = NO_FADE
 
     @property
     def duration(self) -> float:
@@ -232,7 +251,10 @@ def plan_job(
             f"{where} is {end - start:.1f} s long; these actions edit at most {max_seconds:g} s at a time "
             f"({protocol.where_set('max_seconds')}). Select a shorter item or set a time selection."
         )
-    return JobPlan(item.source_path, start, end, position, length, item.track_number)
+    fade_in = item.fade_in if abs(position - item.position) <= EPSILON else NO_FADE
+    keeps_end = abs(position + length - (item.position + item.length)) <= EPSILON
+    fade_out = item.fade_out if keeps_end else NO_FADE
+    return JobPlan(item.source_path, start, end, position, length, item.track_number, fade_in, fade_out)
 
 
 def plan_jobs(

@@ -18,6 +18,7 @@ from bridge.protocol import Reply
 from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for the actions and tests)
     DEFAULT_MAX_SECONDS,
     EPSILON,
+    Fade,
     ItemView,
     JobPlan,
     clip_to_range,

@@ -63,6 +63,8 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
         "stretch_markers": int(R.RPR_GetTakeNumStretchMarkers(take)),
         "pitch_envelope": _has_points(R, R.RPR_GetTakeEnvelopeByName(take, "Pitch")),
         "plays_all_takes": bool(R.RPR_GetMediaItemInfo_Value(item, "B_ALLTAKESPLAY")) and R.RPR_CountTakes(item) > 1,
+        "fade_in": _fade(R, item, "IN"),
+        "fade_out": _fade(R, item, "OUT"),
     }
     source = R.RPR_GetMediaItemTake_Source(take)
     if is_null(source):
@@ -95,6 +97,25 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
 
         view = replace(view, section_offset=section[0], section_length=section[1], reversed=section[2])
     return view
+
+
+# An item's fade parameters by edge: length, the auto-crossfade's length (-1 or 0 where none), shape, curvature.
+_FADE_PARAMS = {edge: (f"D_FADE{edge}LEN", f"D_FADE{edge}LEN_AUTO", f"C_FADE{edge}SHAPE", f"D_FADE{edge}DIR")
+                for edge in ("IN", "OUT")}  # fmt: skip
+
+
+def _fade(R: Any, item: str, edge: str) -> planning.Fade:
+    """The fade the producer hears at an edge of the item ("IN" or "OUT"): the auto-crossfade's where it has one."""
+    length, auto, shape, curve = (R.RPR_GetMediaItemInfo_Value(item, name) for name in _FADE_PARAMS[edge])
+    return planning.Fade(auto if auto > 0 else length, int(shape), curve)
+
+
+def _set_fade(R: Any, item: str, edge: str, fade: planning.Fade) -> None:
+    if fade.length > 0:
+        length, _, shape, curve = _FADE_PARAMS[edge]
+        R.RPR_SetMediaItemInfo_Value(item, length, fade.length)
+        R.RPR_SetMediaItemInfo_Value(item, shape, fade.shape)
+        R.RPR_SetMediaItemInfo_Value(item, curve, fade.curve)
 
 
 def _has_points(R: Any, envelope: str) -> bool:
@@ -210,6 +231,8 @@ def _add_result_item(R, track: str, job: Any, label: str) -> None:
     R.RPR_SetItemStateChunk(item, chunk, False)
     take = R.RPR_GetActiveTake(item)
     _build_peaks(R, R.RPR_GetMediaItemTake_Source(take))  # the take's own source: one the binding lets through
+    _set_fade(R, item, "IN", job.plan.fade_in)  # the source's fades where the result keeps its edges
+    _set_fade(R, item, "OUT", job.plan.fade_out)
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)

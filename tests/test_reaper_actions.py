@@ -139,6 +139,29 @@ def test_extract_drums_puts_the_edit_of_exactly_the_item_on_a_new_track_under_it
     assert_region_is_source(call, source_file, offset=1.25, seconds=2.5)
 
 
+def test_a_result_keeps_the_fades_of_the_item_edges_it_keeps(harness, source_file):
+    """What the producer hears at an item's edges is faded: a result of the whole item gets its fades (the
+    auto-crossfade's length where REAPER set one); a region clipped inside the item by a time selection gets none."""
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    whole = reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    whole.values.update(D_FADEINLEN=0.25, C_FADEINSHAPE=2.0, D_FADEINDIR=-0.5, D_FADEOUTLEN=0.1)
+    whole.values.update(D_FADEOUTLEN_AUTO=0.4, C_FADEOUTSHAPE=1.0)  # an auto-crossfade there, longer than its own
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    (result,) = reaper.tracks[1].items
+    fades = {k: result.values.get(k, 0.0) for k in ("D_FADEINLEN", "C_FADEINSHAPE", "D_FADEINDIR")}
+    assert fades == {"D_FADEINLEN": 0.25, "C_FADEINSHAPE": 2.0, "D_FADEINDIR": -0.5}
+    assert (result.values["D_FADEOUTLEN"], result.values["C_FADEOUTSHAPE"]) == (0.4, 1.0)
+
+    reaper.time_selection = (0.5, 2.0)  # the end of the item, not its start: its fade-out only
+    harness.run("imusic_remove_bass.py")
+    harness.settle()
+    (clipped,) = reaper.tracks[1].items if reaper.tracks[1].name.endswith("remove bass") else reaper.tracks[2].items
+    assert (clipped.position, clipped.length) == (0.5, 1.5)
+    assert clipped.values.get("D_FADEINLEN", 0.0) == 0.0 and clipped.values["D_FADEOUTLEN"] == 0.4
+
+
 def test_a_peak_build_that_never_ends_does_not_hang_reaper_and_the_result_still_lands(harness, source_file):
     reaper = harness.reaper
     calls = []
