@@ -464,3 +464,15 @@ def test_codes_nobody_chose_are_reseeded_from_the_batch_and_the_others_keep_thei
     # the others moved only by the EMA (code 5 towards the batch, the rest by the decay), none was re-drawn
     assert not any(any(torch.equal(row, r) for r in residual) for row in codebook.embed[3:])
     assert torch.allclose(codebook.embed[6:], before[6:], rtol=0.05)
+
+
+def test_a_checkpoint_of_another_stage_in_a_codec_run_is_named_not_loaded(tones, tmp_path):
+    import torch
+
+    from engine.train.checkpoints import checkpoint_payload
+
+    run = tmp_path / "run"
+    train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, stop_after=3)
+    torch.save(checkpoint_payload("base", 3, {}, trainable={}), _latest(run))
+    with pytest.raises(CheckpointError, match="is a checkpoint of the base stage, not of the codec stage"):
+        train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, resume=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,8 +55,15 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, previous: Path | None = None) -> dict:
-    """Read a checkpoint; CheckpointError naming the file (and the previous checkpoint to fall back to)."""
+def checkpoint_payload(stage: str, step: int, config: dict, **state: Any) -> dict:
+    """What every stage's checkpoint holds: the header (format, version, stage, step, the run's config) and its own
+    `state` (weights, optimiser, sampler, RNG, ...); load_checkpoint reads it back."""
+    return {"format": CKPT_FORMAT, "version": CKPT_VERSION, "stage": stage, "step": step, "config": config, **state}
+
+
+def load_checkpoint(path: Path, previous: Path | None = None, stage: str | None = None) -> dict:
+    """Read a checkpoint; CheckpointError naming the file (and the previous checkpoint to fall back to), or, where
+    `stage` is given, naming the stage a checkpoint of another stage belongs to."""
     fallback = (
         f"; the previous checkpoint is {previous}: resume from it with --resume-from {previous}"
         if previous is not None
@@ -68,4 +76,9 @@ def load_checkpoint(path: Path, previous: Path | None = None) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({first}){fallback}") from None
     if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path} is not an imusic training checkpoint{fallback}")
+    if stage is not None and payload.get("stage") != stage:
+        raise CheckpointError(
+            f"{path} is a checkpoint of the {payload.get('stage')} stage, not of the {stage} stage: give --stage "
+            f"{payload.get('stage')} to resume it"
+        )
     return payload

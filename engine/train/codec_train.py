@@ -33,8 +33,7 @@ from engine.errors import CheckpointError, ConfigError, DataError
 from engine.files import AUDIO_FORMATS, audio_files, staged_dir, write_json_atomic
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
-    CKPT_FORMAT,
-    CKPT_VERSION,
+    checkpoint_payload,
     list_checkpoints,
     load_checkpoint,
     rng_state,
@@ -332,7 +331,7 @@ def train_codec(
         # from the first batch as in a fresh run.
         rvq.initialised = any(bool(codebook.embed.abs().sum()) for codebook in rvq.codebooks)
     if resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None)
+        state = load_checkpoint(checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None, stage="codec")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -398,18 +397,16 @@ def train_codec(
             bar.set_postfix(loss=f"{row['loss']:.3f}", stft=f"{row['stft']:.3f}")
             running.zero_()
         if save:
-            payload = {
-                "format": CKPT_FORMAT,
-                "version": CKPT_VERSION,
-                "stage": "codec",
-                "step": step,
-                "config": asdict(cfg),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rvq_initialised": rvq.initialised,
-                "sampler": sampler.state(),
-                "rng": rng_state(),
-            }
+            payload = checkpoint_payload(
+                "codec",
+                step,
+                asdict(cfg),
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                rvq_initialised=rvq.initialised,
+                sampler=sampler.state(),
+                rng=rng_state(),
+            )
             save_checkpoint(run_dir, step, payload, keep=1)
     bar.close()
     write_json_atomic(run_dir / CODEC_SETTINGS, asdict(cfg), sort_keys=False)  # the steps it ran

@@ -30,8 +30,7 @@ from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
     CKPT_DIR,
-    CKPT_FORMAT,
-    CKPT_VERSION,
+    checkpoint_payload,
     list_checkpoints,
     load_checkpoint,
     rng_state,
@@ -175,20 +174,18 @@ class Trainer:
     def checkpoint(self, started: float) -> Path:
         # Wall time of the whole run, summed over its sessions (a resumed run adds its own).
         self.history["wall_seconds"] = self.wall_before + (time.monotonic() - started)
-        state = {
-            "format": CKPT_FORMAT,
-            "version": CKPT_VERSION,
-            "stage": self.cfg.stage,
-            "step": self.step,
-            "config": asdict(self.cfg),
-            "trainable": self.stage.trainable_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.use_scaler else None,
-            "sampler": self.sampler.state(),
-            "rng": rng_state(),
-            "history": self.history,
-        }
+        state = checkpoint_payload(
+            self.cfg.stage,
+            self.step,
+            asdict(self.cfg),
+            trainable=self.stage.trainable_state(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.use_scaler else None,
+            sampler=self.sampler.state(),
+            rng=rng_state(),
+            history=self.history,
+        )
         return save_checkpoint(self.run_dir, self.step, state, self.cfg.keep)
 
     def write_history(self) -> None:
