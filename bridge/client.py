@@ -4,7 +4,7 @@ Python API (stable; REAPER actions and batch use it):
 
     from bridge.client import Client, RemoteError, NoReply
     client = Client(host="127.0.0.1", port=9137)   # one UDP socket on an ephemeral port, kept between calls
-    client.ping() -> Reply                         # .version .model .device .state .notes; NoReply if silent
+    client.ping() -> Reply                         # .version .model .device .state .notes .stems; NoReply if silent
     job_id = client.submit(input_path, start_s, end_s, instruction, output_path=None, seed=None, takes=1,
                            job_id=None, mode="")   # sends /imusic/edit and returns at once (no waiting)
     client.send_edit(EditRequest(...)) -> job_id   # the same, for a request built elsewhere (REAPER actions, batch)
@@ -20,7 +20,7 @@ Python API (stable; REAPER actions and batch use it):
 
 Reply (bridge.protocol.Reply): .address, .args, .kind ("accepted", "progress", "done", "error", ...), .job_id,
 .fraction, .stage, .output_path, .info (dict), .code, .message, .state; /pong and /server_status: .version, .model,
-.device, .notes, .queued. Whether a reply ends its job is the tracker's rule (TrackedJob.final).
+.device, .notes, .stems, .queued, .running_job_id. Whether a reply ends its job is the tracker's rule (TrackedJob.final).
 JobResult: job_id, output_path, info. Every submitted edit is kept in `client.tracker` (bridge/tracking.py), keyed by
 job id: its state (accepted, fraction, output_path, code) follows the replies, and any pending job can be resent. A
 REAPER action calls send_edit() once per job, then follow() from each deferred run and reads the tracker.
