@@ -94,6 +94,9 @@ class ServerBackend:
     """Jobs sent to a running `imusic serve`; the server reads the region and writes the result itself."""
 
     silence_limit_s = tracking.GIVE_UP_AFTER_S  # then the batch stops with a clear error instead of waiting forever
+    # How long a batch waits for a server still loading its model: the model's instruments name the edits (parse), so
+    # a batch parses with them, not with the built-in list that a model of other stems would name otherwise.
+    ready_wait_s = 600.0
 
     def __init__(self, address: str, options: EditOptions) -> None:
         if options.raw:
@@ -111,12 +114,37 @@ class ServerBackend:
         except NoReply:
             self.client.close()
             raise ConfigError(tracking.not_answering(host, port)) from None
+        if pong.state in (protocol.LOADING, protocol.WARMING):
+            pong = self._wait_ready(pong)
         self.model_info = {"model": pong.model, "device": pong.device, "server": address}
-        self.stems = pong.stems  # the loaded model's instruments ([] while it loads: the built-in list is used)
+        self.stems = pong.stems  # the loaded model's instruments ([] from a server that names none: the built-in list)
         self.model_info["server_version"] = pong.version
         self.options = options
         self.per_file_progress = True
         self.submitted: set[str] = set()
+
+    def _wait_ready(self, pong: Any) -> Any:
+        """Ping until the server has its model (its pong then names the model's stems); the last pong when it is not
+        ready within ready_wait_s (the batch then parses with the built-in instruments, and says so)."""
+        import sys
+
+        from bridge.client import NoReply
+
+        sys.stderr.write(f"imusic batch: the engine is {pong.state} its model; waiting for it\n")
+        deadline = time.monotonic() + self.ready_wait_s
+        while pong.state in (protocol.LOADING, protocol.WARMING) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            try:
+                pong = self.client.ping()
+            except NoReply:
+                self.client.close()
+                raise ConfigError(tracking.not_answering(*self.client.server)) from None
+        if pong.state != protocol.READY:
+            sys.stderr.write(
+                f"imusic batch: the engine is still {pong.state} after {self.ready_wait_s:g} s: edits are named with "
+                "the instruments every model knows\n"
+            )
+        return pong
 
     def parse(self, text: str) -> Any:
         # With the stems the server's model knows (its pong), as an in-process batch parses with the model's card: the

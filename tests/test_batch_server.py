@@ -159,3 +159,28 @@ def test_the_server_models_own_instruments_are_parsed_as_an_in_process_batch_par
     assert main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pairs"]["a | extract percussion"]["output"] == "a.extract_percussion.wav"
+
+
+def test_a_server_still_loading_its_model_is_waited_for_so_edits_are_named_with_its_instruments(capsys):
+    from test_bridge_support import ScriptedEngine
+
+    from bridge import protocol
+    from bridge.batch_backends import ServerBackend
+    from bridge.protocol import EditOptions
+
+    def answer(address, args, count):
+        if address != protocol.PING:
+            return []
+        if count < 3:  # loading: no model yet, so no stems
+            return [(protocol.PONG, list(protocol.pong_args("0.1", "", "", protocol.LOADING, [])))]
+        return [(protocol.PONG, list(protocol.pong_args("0.1", "m", "cpu", protocol.READY, [], ["percussion"])))]
+
+    engine = ScriptedEngine(answer)
+    try:
+        backend = ServerBackend(f"127.0.0.1:{engine.port}", EditOptions())
+        assert backend.parse("extract percussion").label == "extract percussion"
+        assert backend.model_info["model"] == "m"
+        assert "the engine is loading its model; waiting for it" in capsys.readouterr().err
+        backend.close()
+    finally:
+        engine.close()
