@@ -32,6 +32,7 @@ from reaper_scripts.keymap import (
     Action,
     append_lines,
     bound_keys,
+    flags_set_by_user,
     hotkey_refusal,
     remove_lines,
     renamed_by_user,
@@ -364,10 +365,14 @@ def _install_plan(
     if not kb_path.exists():
         manifest["created_kb"] = True
     # Lines an earlier version wrote that this one writes otherwise are ours to take back: shortcuts it bound by
-    # default (some on REAPER's factory chords), and action lines under an older name (rewritten below) unless the
-    # user has named the action themselves.
+    # default (some on REAPER's factory chords), and action lines under an older name or flags (rewritten below)
+    # unless the user has named the action, or answered REAPER's "already running" question for it, themselves.
     current = {line for action in ACTIONS for line in (action.scr_line(), action.key_line())}
-    stale = [line for line in manifest["kb_lines"] if line not in current and not renamed_by_user(original, line)]
+    stale = [
+        line
+        for line in manifest["kb_lines"]
+        if line not in current and not renamed_by_user(original, line) and not flags_set_by_user(original, line)
+    ]
     base = remove_lines(original, stale) if stale else original
     for line in stale:
         manifest["kb_lines"].remove(line)

@@ -151,6 +151,16 @@ def renamed_by_user(data: bytes, line: str) -> bool:
     return False
 
 
+def flags_set_by_user(data: bytes, line: str) -> bool:
+    """Whether the file holds our SCR `line`'s action with other flags than the line gives it: REAPER rewrote them
+    when the user answered its "already running" question for good. A reinstall keeps their answer."""
+    ours = line.encode().split()
+    for present in _lines(data):
+        if ours[:1] == [b"SCR"] and _identity(present) == _identity(line.encode()):
+            return present.split()[1:2] != ours[1:2]
+    return False
+
+
 def bound_keys(data: bytes) -> dict[tuple[int, int, int], str]:
     """(modifiers, key, section) -> command of every KEY line in a reaper-kb.ini."""
     keys = {}

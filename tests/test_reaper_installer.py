@@ -632,7 +632,10 @@ def test_an_action_line_whose_flags_reaper_rewrote_is_still_ours(resource):
 
 
 def test_a_reinstall_over_an_earlier_versions_lines_gives_the_actions_the_new_instance_flag(resource):
-    """Earlier versions wrote `SCR 4` (REAPER asks what to do when an action runs again while it waits)."""
+    """Earlier versions wrote `SCR 4` (REAPER asks what to do when an action runs again while it waits); where the
+    user answered that question for good, REAPER rewrote the flags, and their answer stays."""
+    original = sample_kb("\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
     install(resource)
     kb = resource / "reaper-kb.ini"
     manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
@@ -641,9 +644,15 @@ def test_a_reinstall_over_an_earlier_versions_lines_gives_the_actions_the_new_in
     kb.write_text("".join(f"{old.get(line, line)}\n" for line in kb.read_text().splitlines()))
     manifest["kb_lines"] = [old.get(line, line) for line in manifest["kb_lines"]]
     manifest_path.write_text(json.dumps(manifest))
+    answered = old[ACTIONS[0].scr_line()].replace("SCR 4 ", "SCR 260 ", 1)  # "Terminate instances", remembered
+    kb.write_text(kb.read_text().replace(old[ACTIONS[0].scr_line()], answered))
     install(resource)
     data = kb.read_text()
-    assert data.count("SCR 516 0 RS") == len(ACTIONS) and "SCR 4 " not in data
+    assert answered in data and data.count(ACTIONS[0].command_id) == 1
+    assert data.count("SCR 516 0 RS") == len(ACTIONS) - 1
+    assert not [line for line in data.splitlines() if line.startswith("SCR 4 ") and '"imusic/' in line]
+    uninstall(resource)
+    assert kb.read_bytes() == original
 
 
 def test_a_one_stem_action_is_written_from_its_instruction_and_runs_it():
