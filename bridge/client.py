@@ -20,7 +20,8 @@ Python API (stable; REAPER actions and batch use it):
 
 Reply (bridge.protocol.Reply): .address, .args, .kind ("accepted", "progress", "done", "error", ...), .job_id,
 .fraction, .stage, .output_path, .info (dict), .code, .message, .state; /pong and /server_status: .version, .model,
-.device, .notes, .stems, .queued, .running_job_id. Whether a reply ends its job is the tracker's rule (TrackedJob.final).
+.device, .notes, .stems, .queued, .running_job_id. Whether a reply ends its job is the tracker's rule
+(TrackedJob.final).
 JobResult: job_id, output_path, info. Every submitted edit is kept in `client.tracker` (bridge/tracking.py), keyed by
 job id: its state (accepted, fraction, output_path, code) follows the replies, and any pending job can be resent. A
 REAPER action calls send_edit() once per job, then follow() from each deferred run and reads the tracker.

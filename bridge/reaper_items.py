@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bridge import protocol
 from engine.errors import AudioError
@@ -251,9 +251,11 @@ def plan_job(
             f"{where} is {end - start:.1f} s long; these actions edit at most {max_seconds:g} s at a time "
             f"({protocol.where_set('max_seconds')}). Select a shorter item or set a time selection."
         )
-    fade_in = item.fade_in if abs(position - item.position) <= EPSILON else NO_FADE
+    # at most the result's length: a fade longer than the result would be squeezed onto it, not heard as it was
+    fade_in = replace(item.fade_in, length=min(item.fade_in.length, length))
+    fade_in = fade_in if abs(position - item.position) <= EPSILON else NO_FADE
     keeps_end = abs(position + length - (item.position + item.length)) <= EPSILON
-    fade_out = item.fade_out if keeps_end else NO_FADE
+    fade_out = replace(item.fade_out, length=min(item.fade_out.length, length)) if keeps_end else NO_FADE
     return JobPlan(item.source_path, start, end, position, length, item.track_number, fade_in, fade_out)
 
 

@@ -161,6 +161,12 @@ def test_a_result_keeps_the_fades_of_the_item_edges_it_keeps(harness, source_fil
     assert (clipped.position, clipped.length) == (0.5, 1.5)
     assert clipped.values.get("D_FADEINLEN", 0.0) == 0.0 and clipped.values["D_FADEOUTLEN"] == 0.4
 
+    reaper.time_selection = (1.8, 2.0)  # shorter than the fade-out: it covers the result, not more
+    harness.run("imusic_extract_bass.py")
+    harness.settle()
+    (short,) = [t for t in reaper.tracks if t.name.endswith("extract bass")][0].items
+    assert short.length == pytest.approx(0.2) and short.values["D_FADEOUTLEN"] == pytest.approx(0.2)
+
 
 def test_a_peak_build_that_never_ends_does_not_hang_reaper_and_the_result_still_lands(harness, source_file):
     reaper = harness.reaper
