@@ -363,3 +363,28 @@ def test_the_run_card_is_written_into_an_export_folder_that_does_not_exist_yet(t
     recipe.run_dir.mkdir(parents=True)
     recipe.card()  # after the data stage, before any pack made the folder
     assert (tmp_path / "out" / "new" / CARD).is_file()
+
+
+def test_install_names_the_run_s_folders_relative_to_it_and_only_whole_components(tmp_path):
+    from engine.train.recipe import run_relative
+
+    root = "/tmp/imusic-run"
+    card = tmp_path / "model_card.json"
+    card.write_text(json.dumps({
+        "data": f"{root}/data/synth", "run": root, "slash": f"{root}/", "other": f"/mnt{root}/x",
+        "longer": f"{root}2/x", "dropout": 0.1, "layout": "imusic", "list": [f"{root}/base/model", 3],
+        "said": f"-o {root} --scale full", "quote": f'{root}/a "b"',
+    }))  # fmt: skip
+    report = tmp_path / "report.md"
+    report.write_text(f"data `{root}/data/synth`, and `/mnt{root}/x` stays\n")
+    run_relative([card, report], root)
+    assert json.loads(card.read_text()) == {
+        "data": "data/synth", "run": ".", "slash": "./", "other": f"/mnt{root}/x", "longer": f"{root}2/x",
+        "dropout": 0.1, "layout": "imusic", "list": ["base/model", 3], "said": "-o . --scale full",
+        "quote": 'a "b"',
+    }  # fmt: skip
+    assert report.read_text() == f"data `data/synth`, and `/mnt{root}/x` stays\n"
+    before = card.read_text()
+    for nothing in ("", "out", "/"):  # a relative run folder names no machine's folder; "/" is no run folder
+        run_relative([card], nothing)
+    assert card.read_text() == before

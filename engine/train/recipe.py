@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.errors import CheckpointError, ConfigError, DataError, ImusicError, report_error
 from engine.eval.report import SPECTROGRAMS
@@ -414,7 +415,8 @@ class Recipe:
         card = {
             "recipe": RECIPE,
             "recipe_id": self.id,
-            RUN_DIR_KEY: str(self.run_dir),  # what the install names the run's folders relative to (run_relative)
+            # what the install names the run's folders relative to (run_relative); a relative run folder names none
+            RUN_DIR_KEY: str(self.run_dir) if self.run_dir.is_absolute() else "",
             "scale": self.scale,
             "budget_minutes": self.budget_minutes,
             "budget_shares": SHARES,
@@ -438,18 +440,40 @@ RUN_DIR_KEY = "run_dir"  # card.json: the run's folder on the machine that ran i
 def run_relative(files: list[Path], run_dir: str) -> None:
     """Rewrite text files of an installed run so that they name the run's folders relative to the run ("data/synth",
     "base/model/base"), as the CPU build's relative paths do, not by the path they had on the machine that ran it:
-    what ships names no machine's folder. Each file is rewritten atomically, and only where it names the run."""
+    what ships names no machine's folder. `run_dir` is that absolute path ("" or a relative one: nothing to do). JSON
+    files are read, their strings rewritten and written back, so they stay JSON whatever the path holds; other files
+    (the report's Markdown) as text. Only whole path components match: "/mnt/tmp/run/x" and "/tmp/run2" are not under
+    "/tmp/run". Each file is rewritten atomically, and only where it names the run."""
     import re
 
     from engine.files import write_bytes_atomic
 
     root = run_dir.rstrip("/")
-    if not root or root == ".":
+    if not root.startswith("/") or root == "/":
         return
-    bare = re.compile(re.escape(root) + r"(?=[\"'`\s),]|$)")  # the folder itself, not a longer name beginning so
+    # the run folder as a whole component: under it ("root/x" -> "x") or itself ("root" -> ".")
+    named = re.compile(r"(?<![\w./-])" + re.escape(root) + r"(?:/(?=[\w.-])|(?![\w.-]))")
+
+    def relative(text: str) -> str:
+        return named.sub(lambda m: "" if m.group(0).endswith("/") else ".", text)
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return relative(value)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
     for path in files:
         text = path.read_text(encoding="utf-8")
-        portable = bare.sub(".", text.replace(root + "/", ""))
+        if path.suffix == ".json":
+            data = json.loads(text)
+            rewritten = walk(data)
+            portable = text if rewritten == data else json.dumps(rewritten, indent=2, ensure_ascii=False) + "\n"
+        else:
+            portable = relative(text)
         if portable != text:
             write_bytes_atomic(path, portable.encode("utf-8"))
 
