@@ -84,12 +84,13 @@ class ItemView:
     plays_all_takes: bool = False  # B_ALLTAKESPLAY on an item of several takes
     fade_in: Fade = NO_FADE
     fade_out: Fade = NO_FADE
+    position_text: str = ""  # the position as REAPER's ruler shows it (format_timestr_pos); "": m:ss.mmm
 
     def describe(self) -> str:
         """How a message names this item for the user."""
         track = track_label(self.track_name, self.track_number)
         take = f'"{self.take_name}"' if self.take_name else "item"
-        return f"{take} at {format_time(self.position)} on {track}"
+        return f"{take} at {self.position_text or format_time(self.position)} on {track}"
 
 
 @dataclass(frozen=True)

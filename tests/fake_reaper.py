@@ -121,6 +121,7 @@ class FakeReaper:
         self.media_dir = media_dir
         self.tracks: list[Track] = []
         self.time_selection = (0.0, 0.0)
+        self.start_offset = 0.0  # Project settings > Project start time: the ruler shows positions shifted by it
         self.deferred: list[Deferred] = []
         self.instance_prompts: list[str] = []  # scripts whose re-run met REAPER's "already running" dialog
         self._running = ""  # the script whose code runs now
@@ -467,6 +468,11 @@ class FakeReaper:
         if source.type != "SECTION":
             return (False, src, 0.0, source.length, False)
         return (True, src, source.section_offset, source.section_length, source.section_reversed)
+
+    def RPR_format_timestr_pos(self, tpos: float, buf: str, buf_sz: int, modeoverride: int):
+        """The ruler's text for a position: its default Minutes:Seconds mode, shifted by the project start time."""
+        minutes, rest = divmod(tpos + self.start_offset, 60.0)
+        return (tpos, f"{int(minutes)}:{rest:06.3f}", buf_sz, modeoverride)
 
     def RPR_GetSet_LoopTimeRange(self, is_set: bool, is_loop: bool, start: float, end: float, allow_autoseek: bool):
         if is_set:

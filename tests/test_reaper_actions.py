@@ -558,6 +558,14 @@ def test_a_midi_item_is_refused(harness):
     assert_unchanged(harness, '"chords" at 0:00.000 on Synth is MIDI')
 
 
+def test_a_message_names_an_items_place_as_the_ruler_shows_it(harness):
+    harness.reaper.start_offset = 60.0  # a project that starts at 1:00 on its ruler
+    track = harness.reaper.add_track("Synth")
+    harness.reaper.add_item(track, position=2.5, length=2.0, source=Source("MIDI"), take_name="chords")
+    harness.run("imusic_extract_piano.py")
+    assert_unchanged(harness, '"chords" at 1:02.500 on Synth is MIDI')
+
+
 def test_an_empty_item_is_refused(harness):
     track = harness.reaper.add_track("Mix")
     harness.reaper.add_item(track, position=0.0, length=2.0, source=None)
