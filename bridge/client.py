@@ -270,7 +270,8 @@ class Client:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
-            if give_up_after is not None and now - max(job.heard, waiting_since) > give_up_after:
+            verdict = self.tracker.verdict(now, [job_id], waiting_since, None, give_up_after)
+            if verdict == tracking.LOST:
                 raise NoReply(tracking.stopped_answering(*self.server, give_up_after, job_id))
             for reply in self._take(job_id) or self._read(0.2):
                 if reply.job_id != job_id:

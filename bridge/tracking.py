@@ -22,6 +22,10 @@ from engine.errors import Cancelled, ImusicError
 
 RESEND = "resend"
 STATUS = "status"
+# What an engine's silence about a requester's jobs means (ReplyTracker.verdict): nothing answers there at all, or
+# the engine that took them stopped or hangs.
+NO_ENGINE = "no engine"
+LOST = "lost"
 # A server that has said nothing about a running job for this long has died or hangs (it answers status queries every
 # few seconds even while busy): a batch stops and the REAPER actions give their jobs up, each with a clear message.
 GIVE_UP_AFTER_S = 60.0
@@ -155,6 +159,28 @@ class ReplyTracker:
                 continue
             job.asked = now
         return actions
+
+    def verdict(
+        self,
+        now: float,
+        job_ids: list[str],
+        since: float,
+        answer_within: float | None = ANSWER_WITHIN_S,
+        give_up_after: float | None = GIVE_UP_AFTER_S,
+    ) -> str:
+        """What the engine's silence about these jobs means, while one of them is pending: NO_ENGINE when none of them
+        has had a single reply `answer_within` s after `since` (when the requester began waiting), LOST when nothing
+        at all was heard about any of them for `give_up_after` s (counted from `since` at the earliest: silence
+        before a wait began is not the engine's), "" otherwise or when a limit is None. The one rule for the REAPER
+        actions and Client.wait, each of which says it in the words above (not_answering, stopped_answering)."""
+        jobs = [self.jobs[i] for i in job_ids if i in self.jobs]
+        if not any(not job.final for job in jobs):
+            return ""
+        if answer_within is not None and not any(job.replies for job in jobs) and now - since > answer_within:
+            return NO_ENGINE
+        if give_up_after is not None and now - max([since, *(job.heard for job in jobs)]) > give_up_after:
+            return LOST
+        return ""
 
     def pending(self, job_ids: list[str] | None = None) -> list[TrackedJob]:
         jobs = self.jobs.values() if job_ids is None else [self.jobs[i] for i in job_ids if i in self.jobs]

@@ -194,10 +194,10 @@ class Session:
         pending = self.pending
         if not pending:
             return "done"
-        states = [job.state for job in self.jobs.values()]
-        if not any(state.replies for state in states) and now - self.started > ACCEPT_TIMEOUT_S:
+        verdict = self.client.tracker.verdict(now, list(self.jobs), self.started, ACCEPT_TIMEOUT_S, LOST_AFTER_S)
+        if verdict == tracking.NO_ENGINE:
             return "silent"
-        if now - max(state.heard for state in states) > LOST_AFTER_S:
+        if verdict == tracking.LOST:
             for job in pending:
                 lost = f"{tracking.stopped_answering(*self.client.server, LOST_AFTER_S)}, then run the action again"
                 self.client.tracker.end(job.job_id, protocol.NO_REPLY, lost)

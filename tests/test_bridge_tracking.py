@@ -167,3 +167,23 @@ def test_a_client_with_several_jobs_resends_the_earlier_one_it_waits_for(tmp_pat
     assert result.output_path == str(tmp_path / "1.wav")
     resent = [args for address, args in engine.requests if address == protocol.EDIT and args[0] == "first"]
     assert len(resent) >= 2 and all(edit[4] == "extract drums" and edit[2] == 0.0 for edit in resent)
+
+
+def test_the_engines_silence_means_no_engine_before_any_reply_and_lost_after_a_long_one():
+    from bridge.tracking import LOST, NO_ENGINE
+
+    tracker = ReplyTracker()
+    tracker.submit(EditRequest("a", "/x.wav", 0.0, 1.0, "extract drums"), now=100.0)
+    tracker.submit(EditRequest("b", "/x.wav", 0.0, 1.0, "extract bass"), now=100.0)
+    both = ["a", "b"]
+    assert tracker.verdict(102.9, both, since=100.0, answer_within=3.0, give_up_after=60.0) == ""
+    assert tracker.verdict(103.1, both, since=100.0, answer_within=3.0, give_up_after=60.0) == NO_ENGINE
+    tracker.handle(Reply(protocol.ACCEPTED, ["b", 0]), now=101.0)  # one reply about either job: an engine is there
+    assert tracker.verdict(150.0, both, since=100.0, answer_within=3.0, give_up_after=60.0) == ""
+    assert tracker.verdict(161.1, both, since=100.0, answer_within=3.0, give_up_after=60.0) == LOST
+    # silence before the wait began is not the engine's; no limit, no verdict; jobs all ended, nothing to say
+    assert tracker.verdict(161.1, both, since=130.0, answer_within=3.0, give_up_after=60.0) == ""
+    assert tracker.verdict(999.0, both, since=100.0, answer_within=None, give_up_after=None) == ""
+    tracker.end("a", "cancelled", "cancelled")
+    tracker.end("b", "cancelled", "cancelled")
+    assert tracker.verdict(999.0, both, since=100.0) == ""
