@@ -463,3 +463,17 @@ def test_imusic_eval_once_writes_a_report_then_leaves_it_alone(synth_data, tiny_
     assert main(argv) == 0
     assert f"report: {report} (already there)" in capsys.readouterr().err
     assert report.stat().st_mtime_ns == written
+
+
+def test_a_data_set_that_cannot_be_read_is_named_for_what_is_wrong_not_for_lacking_clips(synth_data, tmp_path):
+    import shutil
+
+    from engine.errors import DataError
+    from engine.eval.clips import held_out_clips
+    from engine.train.data import DATASET_JSON
+
+    data = shutil.copytree(synth_data, tmp_path / "data")
+    (data / DATASET_JSON).write_text("{not json")
+    with pytest.raises(DataError) as caught:
+        held_out_clips(data, "extract", 16000, 1.0, "drums,bass,piano,guitar", 0, 1)
+    assert DATASET_JSON in str(caught.value) and "nothing to evaluate" not in str(caught.value)

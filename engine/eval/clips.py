@@ -73,7 +73,8 @@ def held_out_clips(
     if not root.is_dir():
         raise DataError(f"no data set at {root}: the folder does not exist")
     config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=parse_classes(classes), ops=(task,))
+    catalog = scan(root)  # a data set that cannot be read says so in its own words
     try:
-        return StemDataset(scan(root), split, config, seed=seed, clips_per_song=per_song)
+        return StemDataset(catalog, split, config, seed=seed, clips_per_song=per_song)
     except DataError as exc:
         raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None
