@@ -358,6 +358,21 @@ def test_the_codec_stage_names_every_train_option_it_does_not_use(tmp_path, monk
     new_run = ["--stage", "codec", "--data", str(tmp_path), "-o", str(tmp_path / "run"), "--steps", "2", "--quiet"]
     codec_train.run_stage(parser.parse_args([*new_run, "--base", "b", "--layers", "8", "--pool", "2"]))
     assert "the codec stage does not use --base, --pool, --layers here" in capsys.readouterr().err
+    codec_train.run_stage(parser.parse_args([*new_run, "--budget-minutes", "3"]))  # the recipe's, without --recipe
+    assert "the codec stage does not use --budget-minutes here" in capsys.readouterr().err
+
+
+def test_a_loop_stage_names_the_codec_s_and_the_recipe_s_options_it_does_not_use(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from bridge.cli import main
+    from engine.train import loop
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: SimpleNamespace(step=0, history={"train": []}, outputs={},
+                                                                     run_dir=tmp_path / "run"))  # fmt: skip
+    argv = ["train", "--stage", "adapters", "--data", str(tmp_path), "--base", "b", "-o", str(tmp_path / "run")]
+    assert main([*argv, "--quantize-after", "5", "--scale", "tiny", "--quiet"]) == 0
+    assert "the adapters stage does not use --quantize-after, --scale here" in capsys.readouterr().err
 
 
 def test_preloaded_training_audio_is_decoded_once_for_the_phases_of_a_stage(tones, monkeypatch):

@@ -60,6 +60,20 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
 # The settings of a training run, as argparse names them: the codec stage names those it does not use from this, so
 # an option added here is covered there (codec_train.run_stage).
 TRAIN_OPTIONS = ("data", "base", *(name for _, name, _, _ in _OPTIONS), *BASE_SIZES)
+# Options that one way of training alone reads: the codec stage's own, and the recipe's (--recipe).
+CODEC_ONLY = ("quantize_after", "wave_mse", "init_codec")
+RECIPE_OPTIONS = ("budget_minutes", "scale", "stages", "from_packs", "export")
+
+
+def given_flags(args: argparse.Namespace, names: tuple[str, ...] | list[str]) -> list[str]:
+    """The flags of `names` (argparse dests) given on this command line, as the user typed them."""
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) is not None]
+
+
+def say_unused(stage: str, flags: list[str]) -> None:
+    """One line naming the options a stage was given and does not read (they would otherwise vanish unsaid)."""
+    if flags:
+        print(f"imusic train: the {stage} stage does not use {', '.join(flags)} here", file=sys.stderr)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -170,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.train.config import CURVES
     from engine.train.loop import train
 
+    say_unused(args.stage or TrainConfig().stage, given_flags(args, (*CODEC_ONLY, *RECIPE_OPTIONS)))
     resuming = bool(args.resume or args.resume_from)
     if not resuming and not (args.data and args.base):
         raise ConfigError("--data and --base are required for a new run (a resumed run remembers them)")

@@ -463,14 +463,10 @@ def run_stage(args: Any) -> int:
     saved = run_dir / CODEC_SETTINGS
     if args.resume_from:
         raise ConfigError("the codec stage keeps its last checkpoint only and resumes from it: use --resume")
-    from engine.train.cli import TRAIN_OPTIONS
+    from engine.train.cli import RECIPE_OPTIONS, TRAIN_OPTIONS, given_flags, say_unused
 
     reads = {*CODEC_FLAGS, "data", "stage", "device"}
-    unused = [
-        f"--{name.replace('_', '-')}"
-        for name in TRAIN_OPTIONS
-        if name not in reads and getattr(args, name, None) is not None
-    ]
+    unused = given_flags(args, [name for name in (*TRAIN_OPTIONS, *RECIPE_OPTIONS) if name not in reads])
     if args.resume:
         if not saved.exists():
             raise CheckpointError(f"nothing to resume in {run_dir}: no {CODEC_SETTINGS}")
@@ -485,8 +481,7 @@ def run_stage(args: Any) -> int:
             for flag in (*(f for f in CODEC_FLAGS if f not in CODEC_RESUME_FLAGS), "data", "init_codec")
             if getattr(args, flag, None) is not None and not same_setting(getattr(args, flag), own[flag])
         ]
-    if unused:
-        print(f"imusic train: the codec stage does not use {', '.join(unused)} here", file=sys.stderr)
+    say_unused("codec", unused)
     if not args.resume:
         if not args.data:
             raise DataError("--data is required for a new codec run")
