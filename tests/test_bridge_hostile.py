@@ -178,9 +178,10 @@ def test_the_bounded_probe_reads_what_the_unbounded_reader_reads_from_the_path(t
     assert (info.sample_rate, info.num_channels, info.frames) == expected
 
 
-def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(server, song, monkeypatch):
-    """The probe runs on the checking thread: while it is held, the server answers, and a cancel sent meanwhile
-    refuses the edit (it is never accepted, so never run)."""
+@pytest.fixture
+def held_check(monkeypatch):
+    """The input's probe, on the server's checking thread, held until the test sets the event it returns (at most
+    TIMEOUT); set again when the test ends, so no thread is left waiting."""
     release = threading.Event()
     real_probe = audio_read.probe
 
@@ -189,58 +190,51 @@ def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(ser
         return real_probe(path, **kwargs)
 
     monkeypatch.setattr(audio_read, "probe", held_probe)
-    try:
-        with Client("127.0.0.1", server.port) as client:
-            client.submit(str(song), 0.0, 1.0, "extract drums", job_id="held-1")
-            assert client.ping(ANSWER_S).state == protocol.READY
-            state = client.status("held-1", TIMEOUT)
-            assert (state.state, state.message) == (protocol.QUEUED, "checking the input")
-            assert client.cancel("held-1", TIMEOUT).state == protocol.CANCELLED
-            release.set()
-            refused = client.wait_for(lambda r: r.job_id == "held-1", TIMEOUT)
-            assert (refused.address, refused.code) == (protocol.ERROR, "cancelled"), refused
-            assert client.ping(TIMEOUT).state == protocol.READY
-            assert client.poll() == []  # no /imusic/accepted after the refusal
-    finally:
-        release.set()
+    yield release
+    release.set()
+
+
+def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(server, song, held_check):
+    """The probe runs on the checking thread: while it is held, the server answers, and a cancel sent meanwhile
+    refuses the edit (it is never accepted, so never run)."""
+    with Client("127.0.0.1", server.port) as client:
+        client.submit(str(song), 0.0, 1.0, "extract drums", job_id="held-1")
+        assert client.ping(ANSWER_S).state == protocol.READY
+        state = client.status("held-1", TIMEOUT)
+        assert (state.state, state.message) == (protocol.QUEUED, "checking the input")
+        assert client.cancel("held-1", TIMEOUT).state == protocol.CANCELLED
+        held_check.set()
+        refused = client.wait_for(lambda r: r.job_id == "held-1", TIMEOUT)
+        assert (refused.address, refused.code) == (protocol.ERROR, "cancelled"), refused
+        assert client.ping(TIMEOUT).state == protocol.READY
+        assert client.poll() == []  # no /imusic/accepted after the refusal
     assert server.book.get("held-1") is None
     assert server.worker.editor.calls == []
 
 
-def test_a_resend_of_an_edit_being_checked_is_answered_so_a_slow_check_is_no_missing_engine(server, song, monkeypatch):
+def test_a_resend_of_an_edit_being_checked_is_answered_so_a_slow_check_is_no_missing_engine(server, song, held_check):
     """A check that takes longer than a requester waits for its first answer (a disk spinning up): each resend is
     answered with the edit's state, so the REAPER actions do not say "no engine" and drop a job the engine then runs."""
     from reaper_scripts import imusic_lib, planning
 
-    release = threading.Event()
-    real_probe = audio_read.probe
-
-    def held_probe(path, **kwargs):
-        release.wait(TIMEOUT)
-        return real_probe(path, **kwargs)
-
-    monkeypatch.setattr(audio_read, "probe", held_probe)
-    try:
-        with Client("127.0.0.1", server.port) as client:
-            view = planning.ItemView(position=0.0, length=1.0, track_number=1, source_path=str(song), source_length=1.0)
-            request = protocol.EditRequest("held-2", str(song), 0.0, 1.0, "extract drums")
-            job = imusic_lib._Job("t", view, planning.JobPlan(str(song), 0.0, 1.0, 0.0, 1.0, 1.0), request)
-            session = imusic_lib.Session("extract drums", client, [job])
-            session.send()
-            deadline = time.monotonic() + TIMEOUT
-            while not job.state.replies and time.monotonic() < deadline:  # the tracker resends after 1 s of silence
-                assert session.step(time.monotonic(), set()) == "running"
-                time.sleep(0.05)
-            assert job.state.replies and not job.final
-            # long past the wait for a first answer, the check still held: the engine is there, the job followed
-            assert session.step(session.started + 2 * imusic_lib.ACCEPT_TIMEOUT_S, set()) == "running"
-            release.set()
-            while not job.final and time.monotonic() < deadline:
-                session.step(time.monotonic(), set())
-                time.sleep(0.05)
-            assert job.state.done, (job.state.code, job.state.error)
-    finally:
-        release.set()
+    with Client("127.0.0.1", server.port) as client:
+        view = planning.ItemView(position=0.0, length=1.0, track_number=1, source_path=str(song), source_length=1.0)
+        request = protocol.EditRequest("held-2", str(song), 0.0, 1.0, "extract drums")
+        job = imusic_lib._Job("t", view, planning.JobPlan(str(song), 0.0, 1.0, 0.0, 1.0, 1.0), request)
+        session = imusic_lib.Session("extract drums", client, [job])
+        session.send()
+        deadline = time.monotonic() + TIMEOUT
+        while not job.state.replies and time.monotonic() < deadline:  # the tracker resends after 1 s of silence
+            assert session.step(time.monotonic(), set()) == "running"
+            time.sleep(0.05)
+        assert job.state.replies and not job.final
+        # long past the wait for a first answer, the check still held: the engine is there, the job followed
+        assert session.step(session.started + 2 * imusic_lib.ACCEPT_TIMEOUT_S, set()) == "running"
+        held_check.set()
+        while not job.final and time.monotonic() < deadline:
+            session.step(time.monotonic(), set())
+            time.sleep(0.05)
+        assert job.state.done, (job.state.code, job.state.error)
 
 
 def test_edits_are_accepted_in_the_order_they_arrived(server, song):

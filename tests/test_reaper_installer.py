@@ -582,6 +582,17 @@ def test_the_actions_are_listed_under_their_instruct_names():
     assert '"Custom: Instruct: engine status"' in lines["imusic_status.py"]
 
 
+def as_earlier_install(resource, older: dict[str, str]) -> None:
+    """Make this version's install look like an earlier version's: each line in `older` (this version's line -> the
+    earlier one) rewritten in reaper-kb.ini and in the install's manifest."""
+    kb = resource / "reaper-kb.ini"
+    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    kb.write_text("".join(f"{older.get(line, line)}\n" for line in kb.read_text().splitlines()))
+    manifest["kb_lines"] = [older.get(line, line) for line in manifest["kb_lines"]]
+    manifest_path.write_text(json.dumps(manifest))
+
+
 def test_a_reinstall_renames_the_actions_an_earlier_version_listed_by_file_name(resource):
     """Earlier versions listed each action as its file name: a reinstall rewrites that line, keeping its command id
     (and so the user's own shortcuts), but not a name the user gave; an uninstall still restores the file."""
@@ -589,14 +600,11 @@ def test_a_reinstall_renames_the_actions_an_earlier_version_listed_by_file_name(
     (resource / "reaper-kb.ini").write_bytes(original)
     install(resource)
     kb = resource / "reaper-kb.ini"
-    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    older = {}  # this version's line -> what such an install wrote and recorded
-    for action in ACTIONS:
-        older[action.scr_line()] = f'SCR 4 0 {action.command_id} "Custom: {action.script}" "imusic/{action.script}"'
-    kb.write_text("".join(f"{older.get(line, line)}\n" for line in kb.read_text().splitlines()))
-    manifest["kb_lines"] = [older.get(line, line) for line in manifest["kb_lines"]]
-    manifest_path.write_text(json.dumps(manifest))
+    older = {
+        action.scr_line(): f'SCR 4 0 {action.command_id} "Custom: {action.script}" "imusic/{action.script}"'
+        for action in ACTIONS
+    }  # this version's line -> what such an install wrote and recorded
+    as_earlier_install(resource, older)
     user_key = f"KEY 1 112 _{ACTIONS[0].command_id} 0"
     with open(kb, "a") as handle:
         handle.write(user_key + "\n")
@@ -638,12 +646,8 @@ def test_a_reinstall_over_an_earlier_versions_lines_gives_the_actions_the_new_in
     (resource / "reaper-kb.ini").write_bytes(original)
     install(resource)
     kb = resource / "reaper-kb.ini"
-    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
-    manifest = json.loads(manifest_path.read_text())
     old = {action.scr_line(): action.scr_line().replace("SCR 516 ", "SCR 4 ", 1) for action in ACTIONS}
-    kb.write_text("".join(f"{old.get(line, line)}\n" for line in kb.read_text().splitlines()))
-    manifest["kb_lines"] = [old.get(line, line) for line in manifest["kb_lines"]]
-    manifest_path.write_text(json.dumps(manifest))
+    as_earlier_install(resource, old)
     answered = old[ACTIONS[0].scr_line()].replace("SCR 4 ", "SCR 260 ", 1)  # "Terminate instances", remembered
     kb.write_text(kb.read_text().replace(old[ACTIONS[0].scr_line()], answered))
     install(resource)
