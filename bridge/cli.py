@@ -131,6 +131,7 @@ def add_edit_options(parser: argparse.ArgumentParser, *, raw: bool = True) -> No
         "--mode",
         default="",
         help="mask: the edit keeps your recording (its rate, channels and sound), the default; "
+        "layer (add only): the added part alone, to play beside your recording; "
         "resynth: the model's own output, as in the paper",
     )
     if raw:

@@ -50,7 +50,7 @@ from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instru
 from engine.levels import db, is_silent
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
-from engine.modes import MASK, channel_policy, check_mode
+from engine.modes import LAYER, MASKED_MODES, channel_policy, check_mode
 from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
@@ -351,7 +351,7 @@ class Editor:
         """(what the model generates for `item` in `mode`, the mask settings that read it; None outside mask mode).
         A remove's mask is steered by the model's extraction of the stem (engine.mask) where the settings say so and
         the model can extract; else every mode generates the instruction itself."""
-        if mode != MASK:
+        if mode not in MASKED_MODES:
             return item, None
         settings = self.mask_settings_for(item.op)
         if settings.steer != STEER_EXTRACT:
@@ -370,11 +370,13 @@ class Editor:
 
         started = time.perf_counter()
         warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
-        if mode == MASK:
+        if mode in MASKED_MODES:
             from engine.mask import mask_result
 
-            # [C, N] made of the original, at its level
-            edited, levels = mask_result(audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw)
+            # [C, N] made of the original at its level (the added part alone, in layer mode)
+            edited, levels = mask_result(
+                audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw, layer=mode == LAYER
+            )
             timings["mask"] = time.perf_counter() - started
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate

@@ -95,8 +95,11 @@ def apply_edit(
     estimate_rate: int,
     op: str,
     settings: MaskSettings | None = None,
+    *,
+    layer: bool = False,
 ) -> np.ndarray:
-    """The mask-mode result [C, N] float32 at `rate`: `original` [C, N] (or [N]) edited as `estimate` says.
+    """The mask-mode result [C, N] float32 at `rate`: `original` [C, N] (or [N]) edited as `estimate` says; with
+    `layer` (add only: engine.modes LAYER) the added part alone, on every channel, which the original plus it is.
 
     `estimate` is the model's output ([N'] or [C', N'], channels averaged) at `estimate_rate`; it is resampled to
     `rate` and trimmed or padded to N samples: for a remove whose settings steer it by the extraction, the model's
@@ -116,7 +119,9 @@ def apply_edit(
         raise ConfigError(f"mask steer {settings.steer!r} does not apply to {op}: only remove takes {STEER_EXTRACT!r}")
     if not 0.0 <= settings.depth <= 1.0:
         raise ConfigError(f"mask depth must be from 0 to 1, got {settings.depth}")
-    return _masked(x, est, int(rate), op, settings, band_hz).astype(np.float32)
+    if layer and op != "add":
+        raise ConfigError(f"only an add has a part of its own to hand back alone, not {op}")
+    return _masked(x, est, int(rate), op, settings, band_hz, layer).astype(np.float32)
 
 
 def mask_result(
@@ -128,11 +133,12 @@ def mask_result(
     settings: MaskSettings | None = None,
     *,
     raw: bool = False,
+    layer: bool = False,
 ) -> tuple[np.ndarray, dict]:
     """What the mask mode hands back, (audio [C, N], level info): apply_edit's result under the mask mode's level
     policy (engine.levels.match_level: the recording's own level, a true-peak ceiling; none when `raw`). The Editor,
     the evaluation's ideal-mask row and the choice of the mask's settings and depth all finish a mask so."""
-    edited = apply_edit(original, rate, estimate, estimate_rate, op, settings)
+    edited = apply_edit(original, rate, estimate, estimate_rate, op, settings, layer=layer)
     return match_level(edited, np.atleast_2d(original), rate, op, mode=MASK, raw=raw)
 
 
@@ -158,7 +164,9 @@ def _stft_size(rate: int, window_s: float) -> int:
     return max(16, 2 ** int(round(math.log2(max(window_s * rate, 16)))))
 
 
-def _masked(x: np.ndarray, est: np.ndarray, rate: int, op: str, s: MaskSettings, band_hz: float | None) -> np.ndarray:
+def _masked(
+    x: np.ndarray, est: np.ndarray, rate: int, op: str, s: MaskSettings, band_hz: float | None, layer: bool = False
+) -> np.ndarray:
     from scipy.ndimage import uniform_filter
 
     channels, n = x.shape
@@ -217,7 +225,9 @@ def _masked(x: np.ndarray, est: np.ndarray, rate: int, op: str, s: MaskSettings,
             out[:, start : start + n_fft] += wave[:, offset]
             norm[start : start + n_fft] += window**2
     result = out[:, pad : pad + n] / np.maximum(norm[pad : pad + n], 1e-12)
-    return x + result if op == "add" else result
+    if op == "add":  # the added part (one channel) on top of every channel, or alone on each (layer)
+        return np.repeat(result, channels, axis=0) if layer else x + result
+    return result
 
 
 def _level_gain(spectra, frames: int, block: int, op: str) -> float:

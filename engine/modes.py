@@ -2,6 +2,8 @@
 
 - "mask" (every operation's default): the producer's own recording, masked (extract, remove) or with the added part
   put on top (add);
+- "layer" (add only): the added part alone, the mask mode's add less the recording: on a track beside the recording
+  (what the REAPER actions make of an add) the two play what the mask mode gives, and the new part stays its own;
 - "resynth": the model's output itself, the paper's behaviour.
 
 No numpy or torch import: the CLI, the server's request checks and the REAPER actions read these.
@@ -13,16 +15,21 @@ from engine.errors import ConfigError
 
 MASK = "mask"
 RESYNTH = "resynth"
-DEFAULT_MODE = MASK  # every operation's, and what the REAPER prompt offers first
-MODES = (DEFAULT_MODE, RESYNTH)
+LAYER = "layer"
+DEFAULT_MODE = MASK  # every operation's
+MODES = (DEFAULT_MODE, RESYNTH, LAYER)
+# The modes that read the model's output through the mask (engine.mask): the Editor generates and finishes them so.
+MASKED_MODES = (MASK, LAYER)
 # Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
-OP_MODES = {"extract": MODES, "remove": MODES, "add": MODES}
+OP_MODES = {"extract": (MASK, RESYNTH), "remove": (MASK, RESYNTH), "add": (MASK, RESYNTH, LAYER)}
 MODE_POLICIES = {
     "mask": "one time-frequency mask from the model's output applied to every input channel (rate, phase and "
     "stereo image of the original kept)",
     "mask_add": "the original plus the added part (model output minus what the input holds), the added part "
     "mono on every channel",
     "resynth": "mono model output copied to every channel",
+    "layer": "the added part alone (model output minus what the input holds), mono on every channel: beside the "
+    "original it plays as the mask mode's add",
 }
 
 
@@ -37,7 +44,7 @@ def check_mode_name(mode: str | None, error: type[Exception] = ConfigError) -> s
     says it when a request arrives, before the instruction is parsed)."""
     name = mode_name(mode)
     if name and name not in MODES:
-        raise error(f"unknown mode {mode!r}: use {' or '.join(MODES)} (or nothing: the default)")
+        raise error(f"unknown mode {mode!r}: use {', '.join(MODES)} (or nothing: the default)")
     return name
 
 
@@ -57,7 +64,8 @@ def canonical_mode(mode: str | None) -> str:
     """`mode` as a result's settings record it: "" where it is every operation's default (named or not), else its
     name; "MASK", "mask" and nothing then compare equal."""
     name = mode_name(mode)
-    return "" if all(check_mode(op, name) == check_mode(op, "") for op in OP_MODES) else name
+    applies = [op for op, modes in OP_MODES.items() if not name or name in modes]  # "layer": an add's only
+    return "" if all(check_mode(op, name) == check_mode(op, "") for op in applies) else name
 
 
 def channel_policy(op: str, mode: str) -> str:

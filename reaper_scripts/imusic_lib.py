@@ -48,7 +48,6 @@ SETTINGS = _load_settings()
 from bridge import protocol, tracking  # noqa: E402
 from engine import instructions  # noqa: E402
 from engine.errors import Cancelled, ConfigError, ImusicError  # noqa: E402
-from engine.modes import DEFAULT_MODE  # noqa: E402
 from reaper_scripts import planning, project  # noqa: E402
 
 TITLE = "imusic"
@@ -63,7 +62,8 @@ LOST_AFTER_S = tracking.GIVE_UP_AFTER_S
 # splits the captions on every comma whatever the separator, so no caption may hold one.
 CAPTIONS = (
     "Instruction (e.g. extract drums; remove bass; add piano):,"
-    "Mode (mask keeps your recording; resynth = the model's own audio):,separator=|,extrawidth=220"
+    "Mode (empty keeps your recording: an add gives the new part alone; resynth = the model's audio):,"
+    "separator=|,extrawidth=260"
 )
 
 
@@ -269,12 +269,13 @@ def _send_edit(R: Any, instruction: str, mode: str) -> None:
         _message(f"Cannot reach the imusic engine at {host}:{port}: {exc}")
         return
     media_dir = project.media_dir(R)
+    sent_mode = planning.action_mode(instruction, mode)  # an add: the new part alone, on its track beside yours
     jobs = []
     for (track, view), plan in zip(selection, plans, strict=True):
         job_id = "rpr-" + protocol.new_job_id()
         output = planning.output_path(media_dir, plan.source_path, instruction, job_id)
         request = protocol.EditRequest(
-            job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=mode
+            job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=sent_mode
         )
         jobs.append(_Job(track, view, plan, request))
     session = Session(instruction, client, jobs, project.active_project(R))
@@ -382,7 +383,7 @@ def run_prompted() -> None:
     """ "Instruct: edit selected items...": ask for an instruction, then run it."""
     R = _api()
     _keep_loop()  # before the dialog: Cancel there must not leave earlier edits without their loop
-    defaults = f"|{_mode() or DEFAULT_MODE}"
+    defaults = f"|{_mode()}"  # empty: the actions' default (planning.action_mode)
     ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 2, CAPTIONS, defaults, 1024)
     if not ok:
         return  # the user pressed Cancel

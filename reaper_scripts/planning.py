@@ -29,7 +29,9 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
     track_label,
 )
 from engine import instructions
+from engine.errors import InstructionError
 from engine.files import result_file_name
+from engine.modes import LAYER
 
 NAME_SEPARATOR = " \u00b7 "  # "Bass · extract drums"
 MAX_LABEL_CHARS = 48
@@ -54,6 +56,21 @@ class PresetAction:
 PRESET_ACTIONS = tuple(
     PresetAction(op, stem) for op in instructions.MENU_OPERATIONS for stem in instructions.OFFICIAL_STEM_WORDS
 )
+
+
+def action_mode(instruction: str, mode: str) -> str:
+    """The mode an action sends: the one it was given (the installer's `mode` setting, or the prompt's field); where
+    none, for an add engine.modes.LAYER: its result is a new track beside the recording, so the two play the
+    recording with the added part, and the part stays a track of its own to mix (the mask mode's add there would
+    play the recording twice); else "" (the engine's default, mask). The operation is read with the engine's own
+    parser, which needs no model; words it cannot read leave the engine's default."""
+    if mode:
+        return mode
+    try:
+        op = instructions.parse_instruction(instruction, None).op
+    except InstructionError:
+        return ""
+    return LAYER if op == "add" else ""
 
 
 def normalize_instruction(text: str) -> str:

@@ -693,7 +693,7 @@ def test_an_unknown_mode_is_refused_before_any_work(session, tmp_path, capsys, n
     out = tmp_path / "out"
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--mode", "karaoke", "--dry-run"]
     assert main(argv) == 1
-    assert "unknown mode 'karaoke': use mask or resynth (or nothing: the default)" in capsys.readouterr().err
+    assert "unknown mode 'karaoke': use mask, resynth, layer (or nothing: the default)" in capsys.readouterr().err
 
 
 def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys):
@@ -759,3 +759,29 @@ def test_a_ray_workers_error_comes_back_as_its_own_class_by_code():
     assert type(error_from_code(AudioError.code, "silent")) is AudioError
     unknown = error_from_code("forbidden_path", "outside the allowed folders")
     assert type(unknown) is ImusicError and unknown.code == "forbidden_path"
+
+
+def test_a_batch_of_adds_in_layer_mode_renders_the_added_parts_and_refuses_it_for_other_edits(
+    session, tmp_path, tiny_model_dir, capsys
+):
+    out = tmp_path / "out"
+    argv = [
+        "batch",
+        str(session),
+        "--edit",
+        "add piano",
+        "--mode",
+        "layer",
+        "-o",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+    ]
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    pairs = manifest["pairs"].values()
+    assert pairs and all(p["status"] == "done" and p["settings"]["mode"] == "layer" for p in pairs)
+    assert all(p["info"]["mode"] == "layer" for p in pairs)
+    refused = ["batch", str(session), "--edit", "extract drums", "--mode", "layer", "-o", str(tmp_path / "x")]
+    assert main([*refused, "--model", str(tiny_model_dir)]) == 1
+    assert "mode 'layer' does not apply to extract" in capsys.readouterr().err

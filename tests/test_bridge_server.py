@@ -185,7 +185,7 @@ def test_a_mode_is_read_whatever_its_case_and_spaces(server, client, song):
 def test_an_unknown_mode_is_refused_naming_the_modes(client, song):
     client.submit(str(song), 0.0, 1.0, "extract drums", job_id="k1", mode="karaoke")
     reply = expect_error(client, protocol.BAD_REQUEST)
-    assert "unknown mode 'karaoke': use mask or resynth" in reply.message
+    assert "unknown mode 'karaoke': use mask, resynth, layer" in reply.message
 
 
 def test_the_journal_keeps_the_whole_request_mode_included(tmp_path, root, song):

@@ -60,7 +60,7 @@ def test_an_unknown_mode_is_one_line_naming_the_modes_and_writes_nothing(song, t
     out = tmp_path / "drums.wav"
     assert edit(song, tiny_model_dir, "-o", str(out), "--mode", "karaoke") == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "mask or resynth" in err
+    assert err.count("\n") == 1 and "mask, resynth, layer" in err
     assert not out.exists()
 
 
@@ -104,7 +104,7 @@ def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kazoo" in err and "drums" in err
     assert main(["edit", str(song), "extract drums", "-o", str(out), "--mode", "karaoke"]) == 1
-    assert "mask or resynth" in capsys.readouterr().err
+    assert "mask, resynth, layer" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["edit", "{song}", "extract drums"], ["send", "edit", "{song}", "extract drums"]])

@@ -269,6 +269,22 @@ def test_mask_mode_add_keeps_the_input_and_adds_one_part_to_every_channel(editor
     assert not np.array_equal(out[0], out[1])  # the input's own image stays
 
 
+def test_the_layer_mode_is_the_added_part_alone_from_the_same_generation_as_the_mask_add(editor, monkeypatch):
+    """Beside the recording (a REAPER track under it), the layer plays what the mask mode's add gives."""
+    audio = _music(1.0, 22050, channels=2)
+    recorder = _Recorder()
+    monkeypatch.setattr(generate_mod, "generate", recorder)
+    both = editor.edit_modes(audio, 22050, "add drums", ("mask", "layer"), seed=0, raw=True)
+    assert len(recorder.calls) == 1  # one generation read both ways
+    layer = both["layer"]
+    np.testing.assert_allclose(layer.audio + audio, both["mask"].audio, atol=1e-6)
+    np.testing.assert_allclose(layer.audio[0], layer.audio[1], atol=1e-7)  # the new part, centred
+    assert layer.audio.shape == audio.shape and layer.info["mode"] == "layer"
+    assert "alone" in layer.info["channel_policy"]
+    with pytest.raises(ConfigError, match="^mode 'layer' does not apply to extract: use mask or resynth$"):
+        editor.edit(audio, 22050, "extract drums", mode="layer")
+
+
 def test_mask_and_resynth_plan_the_same_windows_and_differ_in_the_result(editor):
     audio = _music(1.0, 16000)
     mask = editor.edit(audio, 16000, "remove bass", seed=3, raw=True)
@@ -384,7 +400,7 @@ def test_mask_settings_given_to_the_editor_replace_the_defaults_of_their_operati
 @pytest.mark.parametrize("mode", ["stems", "MASKED", "re-synth"])
 def test_an_unknown_mode_is_refused_before_any_work_naming_the_modes(editor, monkeypatch, mode):
     monkeypatch.setattr(generate_mod, "generate", lambda *a, **k: pytest.fail("generated before checking the mode"))
-    with pytest.raises(ConfigError, match=r"^unknown mode .*: use mask or resynth \(or nothing: the default\)$"):
+    with pytest.raises(ConfigError, match=r"^unknown mode .*: use mask, resynth, layer \(or nothing: the default\)$"):
         editor.edit(_music(0.3, 16000), 16000, "extract bass", mode=mode)
 
 

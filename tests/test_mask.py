@@ -110,3 +110,14 @@ def test_a_steered_remove_cuts_depth_of_what_the_extraction_explains_and_nothing
         mask.apply_edit(mix, 22050, stem.mean(axis=0), 22050, "extract", steered)
     with pytest.raises(ConfigError, match="depth must be from 0 to 1"):
         mask.apply_edit(mix, 22050, stem.mean(axis=0), 22050, "remove", replace(steered, depth=1.5))
+
+
+def test_the_layer_is_exactly_what_the_mask_add_puts_on_the_original_and_only_an_add_has_one():
+    stem, bed = _parts(32000, seconds=1.0)
+    generated = (bed + stem).mean(axis=0)
+    full = mask.apply_edit(bed, 32000, generated, 32000, "add")
+    layer = mask.apply_edit(bed, 32000, generated, 32000, "add", layer=True)
+    assert layer.shape == bed.shape and np.abs(layer).max() > 0.05
+    np.testing.assert_allclose(bed + layer, full, atol=1e-6)
+    with pytest.raises(mask.ConfigError, match="only an add has a part of its own"):
+        mask.apply_edit(bed, 32000, generated, 32000, "extract", layer=True)

@@ -10,7 +10,7 @@ from engine.errors import ConfigError
 def test_modes_default_per_operation_and_a_wrong_one_is_refused_naming_those_that_apply():
     assert modes.check_mode("extract", None) == "mask" and modes.check_mode("add", "") == "mask"
     assert modes.check_mode("remove", " Resynth ") == "resynth"
-    with pytest.raises(ConfigError, match="unknown mode 'stems': use mask or resynth"):
+    with pytest.raises(ConfigError, match="unknown mode 'stems': use mask, resynth, layer"):
         modes.check_mode("remove", "stems")
     assert "added part" in modes.channel_policy("add", "mask")
     assert "copied" in modes.channel_policy("extract", "resynth")
@@ -19,6 +19,7 @@ def test_modes_default_per_operation_and_a_wrong_one_is_refused_naming_those_tha
 def test_a_results_mode_setting_is_empty_for_the_default_however_it_is_written():
     assert modes.canonical_mode(None) == modes.canonical_mode("mask") == modes.canonical_mode(" MASK ") == ""
     assert modes.canonical_mode("Resynth") == "resynth"
+    assert modes.canonical_mode("layer") == "layer"  # an add's mode only: no other operation's default to compare
 
 
 def test_the_modes_import_without_numpy_for_the_reaper_actions():
@@ -34,5 +35,5 @@ def test_a_known_mode_that_does_not_apply_to_an_operation_is_refused_naming_thos
 @pytest.mark.parametrize("error", [ConfigError, ValueError])
 def test_an_unknown_mode_name_is_one_message_in_the_error_class_asked_for(error):
     assert modes.check_mode_name(" MASK ") == "mask" and modes.check_mode_name(None) == ""
-    with pytest.raises(error, match=r"^unknown mode 'karaoke': use mask or resynth \(or nothing: the default\)$"):
+    with pytest.raises(error, match=r"^unknown mode 'karaoke': use mask, resynth, layer \(or nothing: the default\)$"):
         modes.check_mode_name("karaoke", error)

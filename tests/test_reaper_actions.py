@@ -428,15 +428,22 @@ def test_the_prompted_action_sends_the_mode_the_user_chose(harness, source_file,
     harness.reaper.user_inputs.append((True, "remove bass"))
     harness.run("imusic_edit.py")
     harness.run("imusic_add_piano.py")
+    harness.reaper.user_inputs.append((True, "put some guitar in|"))
+    harness.run("imusic_edit.py")
+    harness.reaper.user_inputs.append((True, "add drums|mask"))  # asked for: the recording with the drums on it
+    harness.run("imusic_edit.py")
+    # an add's result is a track beside the recording: the new part alone (layer), unless a mode is asked for
     assert [(r.instruction, r.mode) for r in requests] == [
         ("extract drums", "resynth"),
         ("remove bass", ""),
-        ("add piano", ""),
+        ("add piano", "layer"),
+        ("put some guitar in", "layer"),
+        ("add drums", "mask"),
     ]
-    # as REAPER labels the two fields (it splits the captions on every comma)
+    # as REAPER labels the two fields (it splits the captions on every comma); the mode field starts empty
     (instruction_label, mode_label) = harness.reaper.input_captions
     assert instruction_label.startswith("Instruction (e.g. extract drums") and "remove bass" in instruction_label
-    assert mode_label.startswith("Mode (mask keeps your recording")
+    assert mode_label.startswith("Mode (empty keeps your recording: an add gives the new part alone")
 
 
 def test_cancelling_the_prompt_does_nothing(harness, source_file):
