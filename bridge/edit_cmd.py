@@ -20,6 +20,7 @@ from bridge.cli import JobProgress, add_edit_options, add_region_options
 from bridge.protocol import TO_END, EditOptions
 from engine.errors import AudioError, ConfigError, ImusicError
 from engine.files import AUDIO_FORMATS, writable_folder
+from engine.modes import LAYER
 from engine.weights.loader import add_model_arguments
 
 
@@ -155,5 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if args.play or args.ab:
         source, sample_rate = audio_read.read_region(input_path, args.start, args.end)
         result, _ = audio_read.read_region(done.output_path, 0.0, TO_END)
+        if done.info.get("mode") == LAYER:  # the added part alone: heard, as in a project, with the recording
+            result = source + result
         audition(source, result, sample_rate, ab=args.ab, device=args.output_device)
     return 0

@@ -95,6 +95,22 @@ class _Progress:
         self.at(0.0, stage)
 
 
+def _layer_notes(layer: np.ndarray, audio: np.ndarray, sample_rate: int, levels: dict) -> list[str]:
+    """The notes of a layer (the added part alone): nothing added is said so, not as a silent model; and where the
+    recording and the part together peak above the mask mode's ceiling (the recording's own peak, at least -1 dBTP)
+    the limiter that mode puts on their sum cannot act on two tracks: the producer hears it and lowers them."""
+    from engine.levels import TRUE_PEAK_CEILING_DB, true_peak_db
+
+    if levels.get("policy") == "silent":
+        return ["nothing was added: the model's output holds nothing beyond the recording"]
+    notes = [w for w in levels.get("warnings", []) if "silence" not in w]
+    together = true_peak_db(audio + layer, sample_rate)
+    ceiling = max(TRUE_PEAK_CEILING_DB, true_peak_db(audio, sample_rate))
+    if math.isfinite(together) and together > ceiling + 0.1:
+        notes.append(f"with the recording this part peaks at {together:+.1f} dBTP: lower the two tracks together")
+    return notes
+
+
 class Editor:
     """Edits audio with one loaded model; construct with `Editor.load(...)` or `Editor(loaded_model)`.
 
@@ -377,6 +393,8 @@ class Editor:
             edited, levels = mask_result(
                 audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw, layer=mode == LAYER
             )
+            if mode == LAYER:
+                levels["warnings"] = _layer_notes(edited, audio, sample_rate, levels)
             timings["mask"] = time.perf_counter() - started
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate

@@ -3,7 +3,8 @@
 - "mask" (every operation's default): the producer's own recording, masked (extract, remove) or with the added part
   put on top (add);
 - "layer" (add only): the added part alone, the mask mode's add less the recording: on a track beside the recording
-  (what the REAPER actions make of an add) the two play what the mask mode gives, and the new part stays its own;
+  (what the REAPER actions make of an add) the two play what the mask mode gives before its limiter (the Editor
+  notes where they peak higher together), and the new part stays its own;
 - "resynth": the model's output itself, the paper's behaviour.
 
 No numpy or torch import: the CLI, the server's request checks and the REAPER actions read these.
@@ -63,7 +64,7 @@ def check_mode(op: str, mode: str | None) -> str:
 def canonical_mode(mode: str | None) -> str:
     """`mode` as a result's settings record it: "" where it is every operation's default (named or not), else its
     name; "MASK", "mask" and nothing then compare equal."""
-    name = mode_name(mode)
+    name = check_mode_name(mode)  # a mode unknown here is an error, never taken for the default
     applies = [op for op, modes in OP_MODES.items() if not name or name in modes]  # "layer": an add's only
     return "" if all(check_mode(op, name) == check_mode(op, "") for op in applies) else name
 

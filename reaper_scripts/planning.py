@@ -29,7 +29,6 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
     track_label,
 )
 from engine import instructions
-from engine.errors import InstructionError
 from engine.files import result_file_name
 from engine.modes import LAYER
 
@@ -59,17 +58,18 @@ PRESET_ACTIONS = tuple(
 
 
 def action_mode(instruction: str, mode: str) -> str:
-    """The mode an action sends: the one it was given (the installer's `mode` setting, or the prompt's field); where
-    none, for an add engine.modes.LAYER: its result is a new track beside the recording, so the two play the
-    recording with the added part, and the part stays a track of its own to mix (the mask mode's add there would
-    play the recording twice); else "" (the engine's default, mask). The operation is read with the engine's own
-    parser, which needs no model; words it cannot read leave the engine's default."""
+    """The mode an action sends: the one it was given (the `mode` setting, or the prompt's field); where none, for
+    an add engine.modes.LAYER: its result is a new track beside the recording, so the two play the recording with
+    the added part, and the part stays a track of its own to mix (the mask mode's add there would play the recording
+    twice); else "" (the engine's default, mask). `layer` given for another operation means the same: an add's
+    layer, the default for the rest, so a `mode` setting of layer leaves extract and remove working. The operation
+    is read from the words with no model (instructions.operation_of: an instrument only the model knows still
+    counts); words that name none leave the engine's default."""
+    op = instructions.operation_of(instruction)
+    if mode == LAYER and op != "add":
+        return ""
     if mode:
         return mode
-    try:
-        op = instructions.parse_instruction(instruction, None).op
-    except InstructionError:
-        return ""
     return LAYER if op == "add" else ""
 
 

@@ -227,6 +227,18 @@ def test_ab_alternates_source_and_result_on_the_chosen_device(tmp_path, tiny_mod
     np.testing.assert_array_equal(second, result[:, 4 * rate :])
 
 
+def test_a_layer_is_auditioned_with_the_recording_it_goes_beside(song, tmp_path, tiny_model_dir, monkeypatch, no_keys):
+    player = FakePlayer(time_scale=0.0)
+    monkeypatch.setattr(playback, "get_player", lambda device=None: player)
+    out = tmp_path / "piano.wav"
+    assert main(["edit", str(song), "add piano", "-o", str(out), "--model", str(tiny_model_dir), "--mode", "layer",
+                 "--play"]) == 0  # fmt: skip
+    (clip, _), *_ = player.played
+    source = sf.read(song, dtype="float32", always_2d=True)[0].T
+    layer = sf.read(out, dtype="float32", always_2d=True)[0].T
+    np.testing.assert_allclose(clip, source + layer, atol=1e-4)  # what the project plays: both tracks
+
+
 def test_no_sound_card_is_one_line_and_the_edit_still_succeeds(song, tmp_path, tiny_model_dir, monkeypatch, capsys):
     def unavailable(device=None):
         raise playback.PlaybackUnavailable(f"no audio output device found: connect one ({playback.INSTALL_HINT})")

@@ -638,3 +638,20 @@ def test_a_remove_in_both_modes_with_takes_reports_each_generation_s_own_details
         assert both[mode].info["prompt"] == alone.info["prompt"]
         assert both[mode].info["take_scores"] == alone.info["take_scores"]  # its own generation's, not the other's
         np.testing.assert_allclose(both[mode].audio, alone.audio, atol=1e-5)
+
+
+def test_a_layer_says_when_nothing_was_added_and_when_it_peaks_high_with_the_recording():
+    from engine.editor import _layer_notes
+
+    rate = 16000
+    t = np.arange(rate) / rate
+    recording = np.stack([0.89 * np.sin(2 * np.pi * 220 * t)] * 2).astype(np.float32)  # about -1 dBTP
+    nothing = {"policy": "silent", "warnings": ["the model returned silence; no gain applied"]}
+    assert _layer_notes(np.zeros_like(recording), recording, rate, nothing) == [
+        "nothing was added: the model's output holds nothing beyond the recording"
+    ]
+    loud = recording.copy()  # in phase with the recording: together twice as high
+    (note,) = _layer_notes(loud, recording, rate, {"policy": "recording", "warnings": []})
+    assert note.startswith("with the recording this part peaks at +5.0 dBTP")
+    quiet = 0.01 * recording
+    assert _layer_notes(quiet, recording, rate, {"policy": "recording", "warnings": []}) == []

@@ -20,6 +20,8 @@ def test_a_results_mode_setting_is_empty_for_the_default_however_it_is_written()
     assert modes.canonical_mode(None) == modes.canonical_mode("mask") == modes.canonical_mode(" MASK ") == ""
     assert modes.canonical_mode("Resynth") == "resynth"
     assert modes.canonical_mode("layer") == "layer"  # an add's mode only: no other operation's default to compare
+    with pytest.raises(ConfigError, match="unknown mode 'karaoke'"):  # never taken for the default
+        modes.canonical_mode("karaoke")
 
 
 def test_the_modes_import_without_numpy_for_the_reaper_actions():

@@ -270,3 +270,19 @@ def test_new_notes_are_the_ones_not_shown_yet_in_this_session():
     assert again == [] and shown_again == shown
     later, _ = planning.new_notes([{"warnings": ["another"]}], shown)
     assert later == ["another"]
+
+
+@pytest.mark.parametrize(
+    "instruction, mode, sent",
+    [
+        ("add piano", "", "layer"),  # a new track beside the recording: the part alone
+        ("add kalimba", "", "layer"),  # an instrument only the model's card may know: still an add
+        ("add piano", "mask", "mask"),  # asked for: the mix with the part on it
+        ("extract drums", "", ""),  # the engine's default
+        ("extract drums", "layer", ""),  # a layer setting means an add's layer, not a refused extract
+        ("remove bass", "resynth", "resynth"),
+        ("kalimba", "", ""),  # no operation in the words: the engine says what is wrong
+    ],
+)
+def test_an_action_sends_an_adds_part_alone_unless_a_mode_is_asked_for(instruction, mode, sent):
+    assert planning.action_mode(instruction, mode) == sent
