@@ -97,17 +97,17 @@ class _Progress:
 
 def _layer_notes(layer: np.ndarray, audio: np.ndarray, sample_rate: int, levels: dict) -> list[str]:
     """The notes of a layer (the added part alone): nothing added is said so, not as a silent model; and where the
-    recording and the part together peak above the mask mode's ceiling (the recording's own peak, at least -1 dBTP)
-    the limiter that mode puts on their sum cannot act on two tracks: the producer hears it and lowers them."""
-    from engine.levels import TRUE_PEAK_CEILING_DB, true_peak_db
+    recording and the part together go over full scale (and over the recording's own peak), which the mask mode's
+    limiter on their sum would have caught and nothing can on two tracks, the producer is told to lower them."""
+    from engine.levels import true_peak_db
 
     if levels.get("policy") == "silent":
         return ["nothing was added: the model's output holds nothing beyond the recording"]
     notes = [w for w in levels.get("warnings", []) if "silence" not in w]
     together = true_peak_db(audio + layer, sample_rate)
-    ceiling = max(TRUE_PEAK_CEILING_DB, true_peak_db(audio, sample_rate))
-    if math.isfinite(together) and together > ceiling + 0.1:
-        notes.append(f"with the recording this part peaks at {together:+.1f} dBTP: lower the two tracks together")
+    if math.isfinite(together) and together > max(0.0, true_peak_db(audio, sample_rate)) + 0.1:
+        over = f"with the recording this part peaks at {together:+.1f} dBTP, over full scale"
+        notes.append(f"{over}: lower the two tracks together")
     return notes
 
 

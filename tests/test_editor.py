@@ -652,6 +652,6 @@ def test_a_layer_says_when_nothing_was_added_and_when_it_peaks_high_with_the_rec
     ]
     loud = recording.copy()  # in phase with the recording: together twice as high
     (note,) = _layer_notes(loud, recording, rate, {"policy": "recording", "warnings": []})
-    assert note.startswith("with the recording this part peaks at +5.0 dBTP")
-    quiet = 0.01 * recording
-    assert _layer_notes(quiet, recording, rate, {"policy": "recording", "warnings": []}) == []
+    assert note.startswith("with the recording this part peaks at +5.0 dBTP, over full scale")
+    for quiet in (0.01 * recording, 0.1 * recording):  # together under full scale: nothing to say
+        assert _layer_notes(quiet, recording, rate, {"policy": "recording", "warnings": []}) == []

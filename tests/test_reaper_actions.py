@@ -209,7 +209,9 @@ def test_every_hotkey_action_sends_its_own_edit_and_lands_under_the_source(harne
     for number, action in enumerate(PRESET_ACTIONS, start=1):
         harness.run(action.script_name)
         harness.settle()
-        assert reaper.messages == [], (action.script_name, reaper.messages)
+        # nothing but the engine's notes (on loud noise, the random model's added part can go over full scale)
+        failed = [m for m, _, _ in reaper.messages if "a note from the engine" not in m]
+        assert failed == [], (action.script_name, reaper.messages)
         assert sent[-1][3] == action.instruction and len(sent) == number
         assert_region_is_source(sent[-1], source_file, offset=3.0, seconds=0.5)
         new = reaper.tracks[1]  # each result track goes directly under Mix, above the earlier ones
@@ -311,7 +313,7 @@ def test_an_empty_pitch_envelope_and_one_take_playing_all_takes_are_edited(harne
     item = harness.reaper.add_item(track, position=1.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
     item.take.envelopes["Pitch"] = 0
     item.values["B_ALLTAKESPLAY"] = 1.0
-    harness.run("imusic_add_piano.py")
+    harness.run("imusic_extract_piano.py")
     harness.settle()
     assert harness.reaper.messages == [] and len(sent) == 1
 
