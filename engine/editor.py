@@ -103,7 +103,7 @@ def _layer_notes(layer: np.ndarray, audio: np.ndarray, sample_rate: int, levels:
 
     if levels.get("policy") == "silent":
         return ["nothing was added: the model's output holds nothing beyond the recording"]
-    notes = [w for w in levels.get("warnings", []) if "silence" not in w]
+    notes = list(levels.get("warnings", []))
     together = true_peak_db(audio + layer, sample_rate)
     if math.isfinite(together) and together > max(0.0, true_peak_db(audio, sample_rate)) + 0.1:
         over = f"with the recording this part peaks at {together:+.1f} dBTP, over full scale"

@@ -43,13 +43,14 @@ def media_dir(R) -> str:
 def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
     """An item and its active take as plain values (a SECTION source is followed to its file)."""
     track = R.RPR_GetMediaItem_Track(item)
+    position = R.RPR_GetMediaItemInfo_Value(item, "D_POSITION")
     geometry = {
-        "position": R.RPR_GetMediaItemInfo_Value(item, "D_POSITION"),
+        "position": position,
         "length": R.RPR_GetMediaItemInfo_Value(item, "D_LENGTH"),
         "track_number": int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")),
         "track_name": R.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", "", False)[3],
         # as the ruler shows it (its mode, the project's start offset), so a message names the place the user sees
-        "position_text": R.RPR_format_timestr_pos(R.RPR_GetMediaItemInfo_Value(item, "D_POSITION"), "", 64, -1)[1],
+        "position_text": R.RPR_format_timestr_pos(position, "", 64, -1)[1],
     }
     take = R.RPR_GetActiveTake(item)
     if is_null(take):
