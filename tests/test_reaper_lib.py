@@ -6,7 +6,9 @@ protocol (bridge.protocol) and misbehaves on purpose; tests/test_reaper_actions.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -24,11 +26,19 @@ def source(tmp_path) -> str:
     return str(path)
 
 
-def make_harness(tmp_path, engine: ScriptedEngine, source: str, monkeypatch) -> Harness:
+@contextlib.contextmanager
+def scripted_reaper(tmp_path, answer, source: str) -> Iterator[tuple[Harness, ScriptedEngine]]:
+    """A fake REAPER whose one item ("Mix", 1 s of `source`) the actions edit, against an engine that answers as
+    `answer(address, args, count)` says (test_bridge_support.ScriptedEngine); both closed when the test ends."""
+    engine = ScriptedEngine(answer)
     harness = Harness(tmp_path, engine.port)
-    track = harness.reaper.add_track("Mix")
-    harness.reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", source, 3.0))
-    return harness
+    try:
+        track = harness.reaper.add_track("Mix")
+        harness.reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", source, 3.0))
+        yield harness, engine
+    finally:
+        harness.close()
+        engine.close()
 
 
 def finish_edit(args: list) -> list[tuple[str, list]]:
@@ -44,9 +54,7 @@ def test_a_lost_edit_request_is_resent_and_the_job_completes(tmp_path, source, m
             return finish_edit(args)
         return []
 
-    engine = ScriptedEngine(answer)
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(tmp_path, answer, source) as (harness, engine):
         harness.run("imusic_extract_drums.py")
         harness.library.RESEND_EVERY_S = 0.2
         harness.settle(timeout=10)
@@ -54,18 +62,13 @@ def test_a_lost_edit_request_is_resent_and_the_job_completes(tmp_path, source, m
         assert len(edits) >= 2 and len({e[0] for e in edits}) == 1  # the same job id, sent again
         assert [t.name for t in harness.reaper.tracks] == ["Mix", "Mix \u00b7 extract drums"]
         assert harness.reaper.messages == []
-    finally:
-        harness.close()
-        engine.close()
 
 
 def test_an_engine_that_goes_quiet_after_accepting_ends_the_job_with_a_message(tmp_path, source, monkeypatch):
     def answer(address, args, count):
         return [(protocol.ACCEPTED, [args[0], 0])] if address == protocol.EDIT and count == 1 else []
 
-    engine = ScriptedEngine(answer)
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(tmp_path, answer, source) as (harness, engine):
         harness.run("imusic_extract_drums.py")
         harness.library.RESEND_EVERY_S = 0.1
         harness.library.LOST_AFTER_S = 0.6
@@ -77,9 +80,6 @@ def test_an_engine_that_goes_quiet_after_accepting_ends_the_job_with_a_message(t
         assert "has not answered for 0.6 s" in message
         assert message.endswith("start `imusic serve` again, then run the action again")
         assert harness.reaper.changes == []
-    finally:
-        harness.close()
-        engine.close()
 
 
 def test_a_result_file_that_vanished_is_reported_not_inserted(tmp_path, source, monkeypatch):
@@ -88,17 +88,12 @@ def test_a_result_file_that_vanished_is_reported_not_inserted(tmp_path, source, 
             return [(protocol.ACCEPTED, [args[0], 0]), (protocol.DONE, [args[0], str(tmp_path / "nowhere.wav"), "{}"])]
         return []
 
-    engine = ScriptedEngine(answer)
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(tmp_path, answer, source) as (harness, engine):
         harness.run("imusic_extract_drums.py")
         harness.settle(timeout=10)
         (message,) = [m for m, _, _ in harness.reaper.messages]
         assert "the result file is missing" in message
         assert harness.reaper.changes == []
-    finally:
-        harness.close()
-        engine.close()
 
 
 QUOTED_NAMES = ['it\'s "done".wav', "plain name.wav", 'a "quoted" name.wav', 'all "three" `quotes\'.wav']
@@ -116,9 +111,7 @@ def test_the_result_file_becomes_the_new_items_take_whatever_quotes_its_name_hol
             return [(protocol.ACCEPTED, [args[0], 0]), (protocol.DONE, [args[0], str(written), "{}"])]
         return []
 
-    engine = ScriptedEngine(answer)
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(tmp_path, answer, source) as (harness, engine):
         harness.run("imusic_extract_drums.py")
         harness.settle(timeout=10)
         if all(q in name for q in "\"'`"):
@@ -131,15 +124,12 @@ def test_the_result_file_becomes_the_new_items_take_whatever_quotes_its_name_hol
         assert (result.take.source.type, result.take.source.filename) == ("WAVE", str(written))
         assert (result.position, result.length, result.values["B_LOOPSRC"]) == (0.0, 1.0, 0.0)
         assert result.take.source.peaks  # the waveform was built from the take's own source
-    finally:
-        harness.close()
-        engine.close()
 
 
 def test_a_bug_while_finishing_one_action_leaves_the_other_actions_running(tmp_path, source, monkeypatch):
-    engine = ScriptedEngine(lambda address, args, count: finish_edit(args) if address == protocol.EDIT else [])
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(
+        tmp_path, lambda address, args, count: finish_edit(args) if address == protocol.EDIT else [], source
+    ) as (harness, engine):
         harness.run("imusic_extract_drums.py")
         library = harness.library
         real_finish = library.finish
@@ -155,9 +145,6 @@ def test_a_bug_while_finishing_one_action_leaves_the_other_actions_running(tmp_p
         (message,) = [m for m, _, _ in harness.reaper.messages]
         assert message == "Instruct: extract drums stopped on an internal error: RuntimeError: boom"
         assert [t.name for t in harness.reaper.tracks] == ["Mix", "Mix \u00b7 remove drums"]
-    finally:
-        harness.close()
-        engine.close()
 
 
 def test_a_lost_done_reply_is_recovered_by_asking_for_the_jobs_state(tmp_path, source, monkeypatch):
@@ -170,18 +157,13 @@ def test_a_lost_done_reply_is_recovered_by_asking_for_the_jobs_state(tmp_path, s
             return [(protocol.STATE, [args[0], protocol.DONE_STATE, 1.0, answer.output])]
         return []
 
-    engine = ScriptedEngine(answer)
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(tmp_path, answer, source) as (harness, engine):
         harness.run("imusic_add_bass.py")
         harness.library.RESEND_EVERY_S = 0.1
         harness.settle(timeout=10)
         assert harness.reaper.messages == []
         (result,) = harness.reaper.tracks[1].items
         assert result.take.source.filename == answer.output
-    finally:
-        harness.close()
-        engine.close()
 
 
 def test_the_engines_note_on_a_result_is_shown_once_per_reaper_session(tmp_path, source, monkeypatch):
@@ -195,31 +177,21 @@ def test_the_engines_note_on_a_result_is_shown_once_per_reaper_session(tmp_path,
             return [(protocol.ACCEPTED, [job_id, 0]), (protocol.DONE, [job_id, output, info])]
         return []
 
-    engine = ScriptedEngine(answer)
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    try:
+    with scripted_reaper(tmp_path, answer, source) as (harness, engine):
         for _ in range(2):  # the same hotkey twice: the result lands both times, the note is said once
             harness.run("imusic_extract_drums.py")
             harness.settle(timeout=10)
         assert [t.name for t in harness.reaper.tracks].count("Mix \u00b7 extract drums") == 2
         (message,) = [m for m, _, _ in harness.reaper.messages]
         assert note in message and "once per REAPER session" in message
-    finally:
-        harness.close()
-        engine.close()
 
 
 def test_a_bad_imusic_port_in_reapers_environment_is_a_message_and_the_default_is_tried(tmp_path, source, monkeypatch):
-    engine = ScriptedEngine(lambda address, args, count: [])
-    harness = make_harness(tmp_path, engine, source, monkeypatch)
-    monkeypatch.setenv("IMUSIC_PORT", "ninety")
-    try:
+    with scripted_reaper(tmp_path, lambda address, args, count: [], source) as (harness, engine):
+        monkeypatch.setenv("IMUSIC_PORT", "ninety")
         harness.run("imusic_status.py")
         harness.settle(timeout=10)
         first = harness.reaper.messages[0][0]
         assert (
             "port number from 1 to 65535, got 'ninety'" in first and f"using 127.0.0.1:{protocol.DEFAULT_PORT}" in first
         )
-    finally:
-        harness.close()
-        engine.close()
