@@ -178,22 +178,17 @@ class ServerBackend:
         firsts = list({pair.label: pair for pair in reversed(pairs)}.values())[::-1]
         for pair in firsts:
             self._submit(pair, job_ids[pair.key])
-        refused = None
-        for pair in firsts:
-            job_id = job_ids[pair.key]
-            try:
-                reply = self.client.wait_for(lambda r, j=job_id: r.job_id == j, timeout=tracking.ACCEPT_WITHIN_S)
-            except NoReply:
-                silence = tracking.stopped_answering(*self.client.server, tracking.ACCEPT_WITHIN_S, job_id)
-                raise ResourceError(silence) from None
-            if reply.address == protocol.ERROR and reply.code in FATAL_REMOTE_CODES and refused is None:
-                refused = f"the server refused '{pair.edit}': {reply.message}"
-            self.client.tracker.handle(reply, time.monotonic())  # a job already over is over for wait() too
-        if refused is not None:
+        try:
+            jobs = self.client.wait_accepted([job_ids[pair.key] for pair in firsts])
+        except NoReply as exc:
+            raise ResourceError(str(exc)) from None
+        refused = [(pair, job) for pair, job in zip(firsts, jobs, strict=True) if job.code in FATAL_REMOTE_CODES]
+        if refused:
             for pair in firsts:
                 with contextlib.suppress(ImusicError):
                     self.client.cancel(job_ids[pair.key])
-            raise ConfigError(refused)
+            pair, job = refused[0]
+            raise ConfigError(f"the server refused '{pair.edit}': {job.error}")
         self.submitted = {job_ids[p.key] for p in firsts}
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:

@@ -11,6 +11,7 @@ Python API (stable; REAPER actions and batch use it):
     client.poll() -> list[Reply]                   # NON-BLOCKING: every reply that has arrived (REAPER defer loop)
     client.follow() -> list[Reply]                 # NON-BLOCKING: poll(), track replies, resend/ask what is due;
                                                    # returns the replies about no submitted job
+    client.wait_accepted([job_id, ...]) -> list[TrackedJob]   # blocking until each is taken or refused (.code)
     client.wait(job_id, timeout=None, on_progress=None) -> JobResult   # blocking; RemoteError on /imusic/error
     client.edit(...same as submit..., timeout=None, on_progress=None) -> JobResult   # submit + wait, resends safely
     client.status(job_id=None) -> Reply            # /imusic/state (a job) or /imusic/server_status (the server)
@@ -284,6 +285,40 @@ class Client:
         if job.code:
             raise RemoteError(job.error or f"job {job_id} {job.code}", job.code, job_id)
         return JobResult(job_id, job.output_path, job.info)
+
+    def wait_accepted(
+        self,
+        job_ids: list[str],
+        answer_within: float = tracking.ANSWER_WITHIN_S,
+        accept_within: float | None = None,
+    ) -> list[tracking.TrackedJob]:
+        """Block until the engine has taken each of these submitted edits into its book, or refused it, and return
+        their tracked states (a job refused, or already over, is final: see its `code`). Unanswered edits are resent
+        (job ids make that harmless), and the engine answers a resend of an edit whose input it is still checking.
+
+        NoReply, in words the user can act on: nothing answered about any of them within `answer_within` s and no
+        engine answers a ping there; or the engine answers but has not taken them all within `accept_within` s of
+        the wait (it journals each job before it accepts it: a slow disk); None: tracking.ACCEPT_WITHIN_S."""
+        accept_within = tracking.ACCEPT_WITHIN_S if accept_within is None else accept_within
+        since = time.monotonic()
+        jobs = [self.tracker.jobs[job_id] for job_id in job_ids]
+        pinged = False
+        while not all(job.accepted or job.final for job in jobs):
+            now = time.monotonic()
+            if not pinged and self.tracker.verdict(now, job_ids, since, answer_within, None) == tracking.NO_ENGINE:
+                self.ping()  # NoReply: no engine there, said as everywhere; a pong: it is slow to accept
+                pinged = True
+            if now - since > accept_within:
+                waiting = [job.job_id for job in jobs if not (job.accepted or job.final)]
+                raise NoReply(
+                    f"the engine at {self.server[0]}:{self.server[1]} answers but did not accept "
+                    f"{'job' if len(waiting) == 1 else 'jobs'} {', '.join(waiting)} within {accept_within:g} s; it may "
+                    f"still run {'it' if len(waiting) == 1 else 'them'}: ask with `imusic send status {waiting[0]}`"
+                )
+            replies, self._backlog = self._backlog + self._read(0.2), []
+            self._backlog.extend(reply for reply in replies if not self._track(reply, time.monotonic()))
+            self._act(self.tracker.tick(time.monotonic(), job_ids))
+        return jobs
 
     def _take(self, job_id: str) -> list[Reply]:
         mine = [r for r in self._backlog if r.job_id == job_id]

@@ -138,6 +138,9 @@ QUEUED, RUNNING, CANCELLING, DONE_STATE, ERROR_STATE, CANCELLED, UNKNOWN = (
     "unknown",
 )
 FINAL_STATES = (DONE_STATE, ERROR_STATE, CANCELLED)
+# The /imusic/state detail of an edit whose input is still being probed: queued in words, but not accepted yet (not in
+# the server's book, so not resumed after a crash); a requester keeps resending it, and shows this while it waits.
+CHECKING = "checking the input"
 # server states, as reported by /imusic/pong and /imusic/server_status
 LOADING, WARMING, READY, STOPPING = "loading", "warming", "ready", "stopping"
 

@@ -7,11 +7,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from bridge import protocol, tracking
 from bridge.cli import JobProgress, add_edit_options, add_region_options, wait_option
-from bridge.client import Client, NoReply, RemoteError, local_bind_host
+from bridge.client import Client, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
 from engine.files import AUDIO_FORMATS
@@ -108,23 +107,9 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         args.input, args.start, args.end, args.instruction, output_path=args.output, seed=args.seed, takes=args.takes,
         job_id=args.job_id, mode=args.mode,
     )  # fmt: skip
-    answer = (protocol.ACCEPTED, protocol.ERROR)
-    started = time.monotonic()
-    try:
-        accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in answer, short)
-    except NoReply:
-        client.ping()  # NoReply again: no engine there, said as everywhere; a pong: it is there, slow to accept
-        patience = max(short, tracking.ACCEPT_WITHIN_S) - (time.monotonic() - started)
-        try:
-            accepted = client.wait_for(lambda r: r.job_id == job_id and r.address in answer, max(patience, 0.1))
-        except NoReply:
-            raise NoReply(
-                f"the engine at {args.host}:{args.port} answers but did not accept job {job_id} within "
-                f"{max(short, tracking.ACCEPT_WITHIN_S):g} s; it may still run it: ask with "
-                f"`imusic send status {job_id}`"
-            ) from None
-    if accepted.address == protocol.ERROR:
-        raise RemoteError(accepted.message, accepted.code, job_id)
+    (job,) = client.wait_accepted([job_id], short, max(short, tracking.ACCEPT_WITHIN_S))
+    if job.code:
+        raise RemoteError(job.error, job.code, job_id)
     if args.no_wait:
         print(job_id)
         return 0

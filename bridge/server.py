@@ -39,7 +39,6 @@ from engine.instructions import check_not_empty, check_takes
 from engine.modes import check_mode, check_mode_name, mode_name
 from engine.weights.loader import add_model_arguments
 
-CHECKING = "checking the input"  # /imusic/state detail of an edit whose input is being probed (not accepted yet)
 NOT_ACCEPTED = "cancelled before it was accepted"
 
 
@@ -309,7 +308,7 @@ class EngineServer:
         job = self.book.get(job_id)
         if job is None:
             if self._is_checking(job_id):
-                self._send(sender, protocol.STATE, job_id, protocol.QUEUED, 0.0, CHECKING)
+                self._send(sender, protocol.STATE, job_id, protocol.QUEUED, 0.0, protocol.CHECKING)
                 return
             self._send(sender, protocol.STATE, job_id, protocol.UNKNOWN, 0.0, str(protocol.unknown_job(job_id)))
             return
@@ -364,7 +363,7 @@ class EngineServer:
                 checking.reply_to = sender
                 # and it hears now that the edit arrived: a requester that heard nothing would take a slow check
                 # (a disk spinning up) for no engine at all, and stop following a job the engine then runs
-                self._send(sender, protocol.STATE, job.id, protocol.QUEUED, 0.0, CHECKING)
+                self._send(sender, protocol.STATE, job.id, protocol.QUEUED, 0.0, protocol.CHECKING)
                 return
             if len(self._checking) >= self.max_queue:
                 raise RequestError(

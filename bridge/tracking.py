@@ -3,7 +3,8 @@
 Pure: a reply goes in (`handle`), the clock goes in (`tick`), and out come the requests to send again. No socket,
 no sleeping, no torch; `Client.wait` (blocking) and the REAPER actions' deferred loop (non-blocking) both drive it.
 
-Per job: submitted -> accepted (an /accepted, /progress or /state about it) -> final (done, error, cancelled).
+Per job: submitted -> accepted (an /accepted, /progress or /state about it, except the /state of an edit whose input
+is still being checked) -> final (done, error, cancelled).
 UDP may drop any datagram and a server may restart, so while a job is not final:
 - not yet accepted and silent for `resend_after` seconds: resend the edit (job ids make resends harmless);
 - accepted and silent for `status_after` seconds: ask for its state;
@@ -134,8 +135,9 @@ class ReplyTracker:
                     job.accepted = False
                     job.heard = job.asked = now - self.resend_after
             else:
-                job.accepted = True
-                job.fraction = reply.fraction
+                # queued or running, in the server's book; or still being checked, not yet (it is resent meanwhile)
+                job.accepted = reply.message != protocol.CHECKING
+                job.fraction, job.stage = reply.fraction, reply.message
         return job
 
     def end(self, job_id: str, code: str, error: str) -> None:

@@ -153,12 +153,11 @@ class _Job:
         return self.state.error if self.state else ""
 
     @property
-    def accepted(self) -> bool:
-        return bool(self.state and self.state.accepted)
-
-    @property
-    def fraction(self) -> float:
-        return self.state.fraction if self.state else 0.0
+    def progress(self) -> str:
+        """What the status message says of it while it runs."""
+        if self.state is None:
+            return planning.job_progress(False, 0.0, "")
+        return planning.job_progress(self.state.accepted, self.state.fraction, self.state.stage)
 
     @property
     def final(self) -> bool:
@@ -464,7 +463,7 @@ def status_tick() -> None:
         _message(tracking.not_answering(host, port))
         return
     running = [
-        (job.view.describe(), session.instruction, job.fraction, job.accepted)
+        (job.view.describe(), session.instruction, job.progress)
         for session in _SESSIONS
         for job in session.jobs.values()
         if not job.final

@@ -139,13 +139,13 @@ def output_path(media_dir: str, source_path: str, instruction: str, job_id: str)
 def status_text(
     pong: Reply,
     server: Reply | None,
-    running: list[tuple[str, str, float, bool]],
+    running: list[tuple[str, str, str]],
     host: str,
     port: int,
 ) -> str:
     """The "engine status" message from the engine's /imusic/pong (with its notes on the model), its
-    /imusic/server_status (None if it did not come) and this REAPER's running edits [(item, instruction, fraction,
-    accepted)]."""
+    /imusic/server_status (None if it did not come) and this REAPER's running edits [(item, instruction, progress
+    as job_progress says it)]."""
     version, model, device, state = (value or "?" for value in (pong.version, pong.model, pong.device, pong.state))
     lines = [f"Engine at {host}:{port}: {state}", f"Model: {model} on {device} (imusic {version})"]
     lines.extend(f"Note: {note}" for note in pong.notes)
@@ -154,12 +154,18 @@ def status_text(
     if running:
         lines.append("")
         lines.append("Edits from this REAPER:")
-        for where, instruction, fraction, accepted in running:
-            progress = f"{fraction * 100:.0f}%" if accepted else "waiting for the engine"
-            lines.append(f"  {instruction}: {where} ({progress})")
+        lines.extend(f"  {instruction}: {where} ({progress})" for where, instruction, progress in running)
     else:
         lines.append("No edits from this REAPER are running.")
     return "\n".join(lines)
+
+
+def job_progress(accepted: bool, fraction: float, stage: str) -> str:
+    """A running edit as the status message shows it: its progress once the engine has taken it, else what it waits
+    for (the engine's word while it checks the input, e.g. a disk spinning up)."""
+    if accepted:
+        return f"{fraction * 100:.0f}%"
+    return stage or "waiting for the engine"
 
 
 def new_notes(infos: Iterable[dict], shown: str) -> tuple[list[str], str]:

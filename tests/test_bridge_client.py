@@ -422,6 +422,27 @@ def test_a_job_queued_behind_a_long_one_is_waited_for_not_given_up_on_for_the_si
     assert result.output_path == done
 
 
+def test_waiting_for_acceptance_resends_an_edit_the_engine_never_got_and_returns_refusals_as_ended_jobs(tmp_path):
+    """The first datagram of edit "a" is lost; "b" is refused. Both are settled in one wait: `imusic send edit` and
+    batch's first jobs wait this one way (before, they waited without resending, and a lost edit cost 30 s)."""
+
+    def lose_the_first_edit_refuse_b(address, args, count):
+        if address != protocol.EDIT or (args[0] == "a" and count == 1):
+            return []
+        if args[0] == "b":
+            return [(protocol.ERROR, ["b", "bad_instruction", "no such stem: kazoo"])]
+        return [(protocol.ACCEPTED, [args[0], 0])]
+
+    with ScriptedEngine(lose_the_first_edit_refuse_b) as engine, Client("127.0.0.1", engine.port) as client:
+        client.tracker.resend_after = 0.1
+        for job_id in ("a", "b"):
+            client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums", job_id=job_id)
+        a, b = client.wait_accepted(["a", "b"], answer_within=TIMEOUT, accept_within=TIMEOUT)
+    assert (a.accepted, a.final) == (True, False)
+    assert (b.code, b.error, b.final) == ("bad_instruction", "no such stem: kazoo", True)
+    assert [args[0] for address, args in engine.requests if address == protocol.EDIT].count("a") >= 2
+
+
 def test_send_edit_waits_for_a_slow_acceptance_from_an_engine_that_answers_and_says_when_none_comes(
     tmp_path, capsys, monkeypatch
 ):

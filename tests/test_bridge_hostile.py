@@ -228,6 +228,7 @@ def test_a_resend_of_an_edit_being_checked_is_answered_so_a_slow_check_is_no_mis
             assert session.step(time.monotonic(), set()) == "running"
             time.sleep(0.05)
         assert job.state.replies and not job.final
+        assert job.progress == protocol.CHECKING  # what the status action shows of it: not "0%" of an accepted job
         # long past the wait for a first answer, the check still held: the engine is there, the job followed
         assert session.step(session.started + 2 * imusic_lib.ACCEPT_TIMEOUT_S, set()) == "running"
         held_check.set()

@@ -51,6 +51,19 @@ def test_an_unanswered_edit_is_resent_and_an_accepted_one_is_asked_about():
     assert tracker.tick(7.0) == [(STATUS, "a")]
 
 
+def test_an_edit_still_being_checked_is_not_accepted_yet_and_is_resent_showing_the_engines_word():
+    """The engine answers a resend of an edit whose input it still probes, but the job is not in its book yet (a crash
+    would lose it): it is resent, not only asked about, until the engine accepts it."""
+    tracker = ReplyTracker(resend_after=1.0, status_after=5.0)
+    tracker.submit(request(), now=0.0)
+    job = tracker.handle(Reply(protocol.STATE, ["a", protocol.QUEUED, 0.0, protocol.CHECKING]), now=1.0)
+    assert (job.accepted, job.stage, job.replies) == (False, protocol.CHECKING, 1)
+    assert tracker.tick(2.0) == [(RESEND, "a")]
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.QUEUED, 0.0, "resumed after restart"]), now=2.5)
+    assert (job.accepted, job.stage) == (True, "resumed after restart")
+    assert tracker.tick(4.0) == [] and tracker.tick(7.5) == [(STATUS, "a")]
+
+
 def test_any_pending_job_can_be_resent_not_only_the_last_one():
     tracker = ReplyTracker(resend_after=1.0)
     tracker.submit(request("a"), now=0.0)

@@ -234,7 +234,7 @@ def test_the_status_message_names_the_model_device_and_running_edits():
     text = planning.status_text(
         pong(),
         Reply(protocol.SERVER_STATUS, list(protocol.server_status_args("ready", 2, "rpr-1", "0.1.0", "tiny"))),
-        [('"mix" at 0:10.000 on Band', "extract drums", 0.25, True)],
+        [('"mix" at 0:10.000 on Band', "extract drums", planning.job_progress(True, 0.25, "generate"))],
         "127.0.0.1",
         9137,
     )
@@ -243,6 +243,12 @@ def test_the_status_message_names_the_model_device_and_running_edits():
     assert "queued on the engine: 2" in text
     assert 'extract drums: "mix" at 0:10.000 on Band (25%)' in text
     assert "Note" not in text
+
+
+def test_a_running_edit_shows_its_progress_once_accepted_and_else_what_it_waits_for():
+    assert planning.job_progress(True, 0.25, "generate") == "25%"
+    assert planning.job_progress(False, 0.0, protocol.CHECKING) == "checking the input"
+    assert planning.job_progress(False, 0.0, "") == "waiting for the engine"
 
 
 def test_the_status_message_carries_the_engines_notes_on_its_model_one_a_line():
