@@ -611,6 +611,19 @@ def test_a_validation_loss_that_is_not_finite_is_never_the_best_and_ends_the_run
         train(replace(cfg, keep_best=False), tmp_path / "plain", progress=False)
 
 
+def test_a_run_folders_history_is_read_one_way_for_resuming_summing_up_and_the_cli(tmp_path):
+    from engine.train.config import HISTORY, read_history
+
+    assert read_history(tmp_path, required=False) == {}  # a run not started yet
+    with pytest.raises(CheckpointError, match="history.json is missing: the folder holds no finished training run"):
+        read_history(tmp_path)
+    (tmp_path / HISTORY).write_text('{"config": {"steps": 3}, "train": [[3, 2.5]]')  # cut mid-write by hand
+    with pytest.raises(CheckpointError, match="history.json is not readable JSON"):
+        read_history(tmp_path, required=False)
+    (tmp_path / HISTORY).write_text(json.dumps({"config": {"steps": 3}, "train": [[3, 2.5]]}))
+    assert read_history(tmp_path)["config"] == {"steps": 3}
+
+
 def test_every_training_stage_goes_to_the_best_available_device_unless_told(monkeypatch):
     from argparse import Namespace
 

@@ -12,12 +12,12 @@ from engine.train.config import (
     BASE_SIZES,
     CODEC_FLAGS,
     CODEC_RESUME_FLAGS,
-    HISTORY,
     LOOP_STAGES,
     RESUME_CHANGES,
     CodecTrainConfig,
     TrainConfig,
     finished_file,
+    read_history,
     resume_moves,
     same_setting,
 )
@@ -140,12 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _saved_settings(run_dir: Path) -> dict | None:
     """The settings a run folder's run saved with its last checkpoint (its history), or None where it has none."""
-    import json
-
-    try:
-        saved = json.loads((run_dir / HISTORY).read_text()).get("config")
-    except (OSError, ValueError, AttributeError):
-        return None
+    saved = read_history(run_dir, required=False).get("config")
     return saved if isinstance(saved, dict) else None
 
 

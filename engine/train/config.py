@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import ConfigError
-from engine.files import from_saved
+from engine.errors import CheckpointError, ConfigError
+from engine.files import from_saved, read_json_object
 from engine.model.config import frame_rate as codec_frame_rate
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 from engine.weights.names import MODEL_CARD, WEIGHTS
@@ -35,6 +35,16 @@ def resume_moves(given: dict[str, Any], saved: dict[str, Any]) -> str:
     moved = [f"--{k.replace('_', '-')} {v} (the run had {saved.get(k)})" for k, v in given.items()
              if not same_setting(v, saved.get(k))]  # fmt: skip
     return f"resuming with {', '.join(moved)}" if moved else ""
+
+
+def read_history(run_dir: Path, required: bool = True) -> dict[str, Any]:
+    """A training run's history.json (its settings under "config", its losses per step, wall time, where it diverged
+    or what it exported): CheckpointError naming the file when it is unreadable, or missing where `required`; {} for a
+    run folder without one otherwise (a run not started yet)."""
+    path = Path(run_dir) / HISTORY
+    if not required and not path.exists():
+        return {}
+    return read_json_object(path, f"{path} is missing: the folder holds no finished training run", CheckpointError)
 
 
 def history_losses(history: dict) -> dict[str, float | None]:

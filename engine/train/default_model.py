@@ -25,7 +25,7 @@ from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.codec_train import codec_run_of, final_losses, read_log
-from engine.train.config import CODEC_RENAMED, CODEC_SETTINGS, EMBEDDED_DOCS, HISTORY, RUN_MODEL, history_losses
+from engine.train.config import CODEC_RENAMED, CODEC_SETTINGS, EMBEDDED_DOCS, RUN_MODEL, history_losses, read_history
 from engine.train.data import DATASET_JSON
 from engine.weights.loader import (
     DEFAULT_MODEL_DIR,
@@ -84,7 +84,7 @@ def codec_summary(run: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def train_summary(run: Path, target: str) -> dict[str, Any]:
     """Settings, steps, wall time and final losses of an `imusic train` run (history.json)."""
-    history = _read_json(run / HISTORY)
+    history = read_history(run)
     cfg = dict(history.get("config") or {})
     cfg.pop("extra", None)
     return {

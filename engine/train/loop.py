@@ -25,7 +25,7 @@ from engine.device import training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.clips import spread_indices
 from engine.eval.plots import plot_curves
-from engine.files import read_json_object, write_json_atomic
+from engine.files import write_json_atomic
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
@@ -37,7 +37,16 @@ from engine.train.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from engine.train.config import CURVES, HISTORY, LOOP_STAGES, RESUME_CHANGES, TrainConfig, lr_factor, precision
+from engine.train.config import (
+    CURVES,
+    HISTORY,
+    LOOP_STAGES,
+    RESUME_CHANGES,
+    TrainConfig,
+    lr_factor,
+    precision,
+    read_history,
+)
 from engine.train.feeding import POOL_KEY, BatchSampler, ClipFeeder, CodePool, Keyed
 from engine.train.stages import Encoded, Stage
 
@@ -266,8 +275,7 @@ def _resolved_config(
     existing = list_checkpoints(run_dir)
     if resume or resume_from is not None:
         chosen = Path(resume_from) if resume_from is not None else (existing[-1] if existing else None)
-        recorded = run_dir / HISTORY
-        diverged = read_json_object(recorded, "", CheckpointError).get("diverged_at") if recorded.is_file() else None
+        diverged = read_history(run_dir, required=False).get("diverged_at")
         if diverged is not None:  # its checkpoints replay the same data and draws: it would diverge there again
             raise ConfigError(
                 f"the run in {run_dir} diverged at step {diverged} and exported its best weights; resuming it would "
