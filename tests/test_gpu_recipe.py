@@ -308,6 +308,7 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert card["sizes"]["decoder"]["layers"] == 1 and card["sizes"]["codec"]["codebooks"] >= 1
     assert card["stems"] and card["sizes"]["adapter"]["lora_rank"] >= 1
     assert (tmp_path / "docs" / "report.md").is_file()
+    assert f"Model **{card['name']}**" in (tmp_path / "docs" / "report.md").read_text()  # the installed model's name
     from safetensors import safe_open
 
     shipped = sorted(model.rglob("*.safetensors"))

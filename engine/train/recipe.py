@@ -329,7 +329,13 @@ class Recipe:
 
     def _stage_adapters(self, deadline: float) -> dict:
         info = self._train("adapters", self.run_dir / "base" / RUN_MODEL, deadline)
-        from engine.train.default_model import fusion_gates
+        from engine.train.default_model import EMBEDDED_NAME, fusion_gates
+        from engine.weights.loader import read_model_card, write_model_card
+
+        # the model this stage finishes is the embedded one: its evaluation and report name it so, not by the run's
+        # folders ("base-base-adapters")
+        model = self.run_dir / "adapters" / RUN_MODEL
+        write_model_card(model, {**read_model_card(model), "name": EMBEDDED_NAME})
 
         gates = fusion_gates(self.run_dir / "adapters" / RUN_ADAPTER / ADAPTER_WEIGHTS)
         info["fusion_gates"] = [round(g, 5) for g in gates]
