@@ -37,7 +37,16 @@ from engine.errors import (
     ImusicError,
     InstructionError,
 )
-from engine.files import PARTIAL_SUFFIX, jsonable, lock_folder, result_file_name, sweep_temps, writable_folder
+from engine.files import (
+    PARTIAL_SUFFIX,
+    check_text_path,
+    jsonable,
+    lock_folder,
+    result_file_name,
+    shown_path,
+    sweep_temps,
+    writable_folder,
+)
 from engine.weights.loader import add_model_arguments
 
 # --- what to render ----------------------------------------------------------------------------------------------
@@ -279,7 +288,7 @@ def _entry(
 ) -> dict:
     entry: dict[str, Any] = {
         "status": status,
-        "input": str(pair.source.path),
+        "input": shown_path(pair.source.path),  # a name of bytes that are not UTF-8 as \xNN: JSON is text
         "input_rel": pair.source.rel,
         "edit": pair.edit,
         "label": pair.label,
@@ -435,6 +444,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     if not args.edit:
         raise ConfigError('give at least one --edit, e.g. --edit "extract drums"')
+    check_text_path(session, "the session")
+    check_text_path(out, "the output folder")
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.
     sources = collect_sources(session)
     check_output_folder(session, out, make=not args.dry_run)

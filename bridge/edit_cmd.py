@@ -19,7 +19,7 @@ from typing import Any
 from bridge.cli import JobProgress, add_edit_options, add_region_options
 from bridge.protocol import TO_END, EditOptions
 from engine.errors import AudioError, ConfigError, ImusicError
-from engine.files import AUDIO_FORMATS, writable_folder
+from engine.files import AUDIO_FORMATS, check_text_path, writable_folder
 from engine.modes import LAYER
 from engine.weights.loader import add_model_arguments
 
@@ -115,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
     from bridge import audio_read
     from bridge.editing import edit_region
 
+    check_text_path(args.input, "the input file")
+    if args.output:
+        check_text_path(args.output, "the output")
     input_path = Path(args.input).expanduser()
     output = choose_output(input_path, args.instruction, args.output, args.force)
     # bad files fail before the model loads

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError
+from engine.files import check_text_path
 from engine.instructions import MAX_SEED, MAX_TAKES  # noqa: F401 (the wire's limits are the Editor's)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -399,6 +400,7 @@ def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
         raise RequestError(f"{where} must be a string, got {_short(value)}")
     if len(value) > spec.max_len:
         raise RequestError(f"{where} is {len(value)} characters long; the limit is {spec.max_len}")
+    check_text_path(value, where, RequestError)  # OSC strings are UTF-8: a file name of other bytes cannot travel
     return value
 
 

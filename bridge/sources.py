@@ -10,14 +10,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 from bridge.protocol import TO_END
 from bridge.reaper_items import ItemView, nested_section, plan_job, resolve_source_path, track_label
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
-from engine.files import AUDIO_FORMATS, audio_files
+from engine.files import AUDIO_FORMATS, audio_files, check_text_path, shown_path
 
 # Sources that are not audio files; any other type is a file source whose header tells what it holds.
 _NOT_FILES = ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT")
@@ -72,11 +72,20 @@ def folder_sources(folder: Path) -> list[Source]:
     # collide too: macOS and Windows file systems hold one file for both.
     while clashing := {key for key, n in Counter(rel.casefold() for rel in rels).items() if n > 1}:
         rels = [whole if rel.casefold() in clashing else rel for rel, whole in zip(rels, full, strict=True)]
-    sources = [Source(path=p, rel=rel) for p, rel in zip(found, rels, strict=True)]
+    sources = [Source(path=p, rel=rel, problem=_name_problem(rel)) for p, rel in zip(found, rels, strict=True)]
     for path, why in skipped:
-        rel = path.relative_to(folder).as_posix() + "/"
+        rel = shown_path(path.relative_to(folder).as_posix() + "/")
         sources.append(Source(path=path, rel=rel, problem=f"folder {rel} {why}: its files were left out"))
-    return sources
+    # a name that is not UTF-8 text is listed as the terminal can show it (its results could be named by nothing else)
+    return [replace(s, rel=shown_path(s.rel)) if s.problem else s for s in sources]
+
+
+def _name_problem(rel: str) -> str | None:
+    try:
+        check_text_path(rel, "its name")
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 # --- .rpp projects -------------------------------------------------------------------------------------------------

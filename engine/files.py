@@ -31,6 +31,30 @@ AUDIO_SUFFIXES = tuple(suffix for suffixes in FORMAT_SUFFIXES.values() for suffi
 AUDIO_FORMATS = ", ".join(FORMAT_SUFFIXES)  # the same, as help and messages name them: "wav, aiff, flac, mp3, ogg"
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """A path as any terminal and message can show it: bytes of a name that are not UTF-8 (on Linux a file name is
+    bytes; Python holds such bytes as lone surrogates, which no UTF-8 output takes) written as \\xNN."""
+    text = os.fsdecode(path)
+    try:
+        return text.encode("utf-8").decode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system gave: shown as Python writes it
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_text_path(path: str | os.PathLike, what: str = "the file", error: type[Exception] = ConfigError) -> None:
+    """`error` ("<what> <path> holds bytes ...") when a path is not UTF-8 text: OSC carries UTF-8 strings only, and
+    the audio libraries, the terminal and the JSON records refuse it too. Such a file is renamed, not guessed at."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = shown_path(path)
+        raise error(f"{what} {shown} holds bytes that are not UTF-8 text (shown as \\xNN): rename it") from None
+
+
 def audio_format(path: str | Path) -> str | None:
     """The FORMAT_SUFFIXES key of `path`'s suffix ("wav" for x.WAVE), None for a name that is no audio file."""
     suffix = Path(path).suffix.lower()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_bridge_support import dead_pid, imported_by, write_wav
+from test_bridge_support import dead_pid, imported_by, odd_byte_copy, write_wav
 
 from bridge import batch
 from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
@@ -427,6 +427,21 @@ def test_a_changed_input_or_a_damaged_output_is_rendered_again(session, tmp_path
     assert summary.done == 3 and summary.skipped == 1
     assert summary.rows["stems/bass"]["extract drums"] == "done before"
     assert summary.rows["stems/bass"]["remove bass"].startswith("done ")
+
+
+def test_a_file_whose_name_is_not_utf8_is_refused_by_name_and_the_rest_renders(session, tmp_path, tiny_editor, capsys):
+    """Linux names are bytes: one copied from an old Latin-1 drive is listed as the terminal shows it and refused
+    (OSC, the audio writer and the manifest take text only); it stopped the whole batch with a traceback before."""
+    odd_byte_copy(session / "mix.wav", session)
+    out = tmp_path / "out"
+    summary = run_in_process(session, out, tiny_editor)
+    assert summary.rows["caf\\xe9"] == {label: "refused" for _, label in check_edits(EDITS, tiny_editor.parse)}
+    assert "caf\\xe9 holds bytes that are not UTF-8 text" in summary.refused["caf\\xe9"]
+    assert summary.done == 4  # the session's own two files, both edits
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))  # saved: text JSON
+    assert manifest["pairs"]["caf\\xe9 | extract drums"]["status"] == "unsupported"
+    assert main(["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "dry"), "--dry-run"]) == 0
+    assert "caf\\xe9: refused: its name caf\\xe9 holds bytes" in capsys.readouterr().out
 
 
 def test_a_file_in_the_output_folder_that_the_batch_did_not_write_is_never_overwritten(session, tmp_path, tiny_editor):

@@ -136,6 +136,19 @@ def launch_fake_server(
     return process, int(port_file.read_text())
 
 
+def odd_byte_copy(source: Path, folder: Path) -> Path:
+    """A copy of `source` in `folder` under a name that is not UTF-8 (b"caf\\xe9.wav", Latin-1 as an old drive may
+    hold it); the test is skipped where the file system takes only UTF-8 names (macOS)."""
+    import pytest
+
+    path = Path(os.fsdecode(os.path.join(os.fsencode(folder), b"caf\xe9.wav")))
+    try:
+        path.write_bytes(source.read_bytes())
+    except (OSError, UnicodeError) as exc:
+        pytest.skip(f"this file system takes no such name: {exc}")
+    return path
+
+
 def write_wav(
     path: Path,
     seconds: float = 1.0,

@@ -31,6 +31,18 @@ def test_a_random_seed_is_none_in_the_request_and_minus_one_on_the_wire():
     assert EditRequest.from_values(protocol.parse_request(protocol.EDIT, ["a", "/in.wav", 1, 3, "x"])).seed is None
 
 
+def test_a_path_that_is_not_utf8_text_is_refused_before_sending_not_a_crash_in_the_osc_encoder():
+    import os
+
+    from bridge.protocol import RequestError
+
+    odd = os.fsdecode(b"/songs/caf\xe9.wav")
+    with pytest.raises(RequestError, match=r"input_path\) /songs/caf\\xe9.wav holds bytes that are not UTF-8"):
+        protocol.parse_request(protocol.EDIT, list(request(input_path=odd).to_args()))
+    with Client("127.0.0.1", 9) as client, pytest.raises(RequestError, match="not UTF-8"):
+        client.send_edit(request(input_path=odd))
+
+
 def test_two_requests_are_the_same_job_exactly_when_they_are_equal():
     assert request() == request()
     assert request() != request(takes=2)

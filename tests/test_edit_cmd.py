@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_bridge_support import write_wav
+from test_bridge_support import odd_byte_copy, write_wav
 
 from bridge import playback
 from bridge.cli import main
@@ -116,6 +116,18 @@ def test_a_negative_region_time_is_a_usage_error_not_the_end_of_the_file(song, c
     assert f"argument {option}: must be seconds from the start of the file, not negative, got '-3'" in (
         capsys.readouterr().err
     )
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_in_one_line_before_the_model_loads(
+    song, tmp_path, capsys, no_model_load
+):
+    odd = odd_byte_copy(song, tmp_path)
+    assert main(["edit", str(odd), "extract drums"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "caf\\xe9.wav holds bytes that are not UTF-8 text" in err
+    assert main(["edit", str(song), "extract drums", "-o", str(odd.with_name(odd.name + ".out.wav"))]) == 1
+    assert "the output " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != song.name) == [odd.name]  # nothing written
 
 
 def test_an_output_name_too_long_to_write_is_refused_before_the_model_loads(song, tmp_path, capsys, no_model_load):
