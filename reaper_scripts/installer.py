@@ -319,7 +319,10 @@ def install(
             "(REAPER shows it under Options > Show REAPER resource path in explorer/finder)"
         )
     report = Report()
-    settings = dict(paths if paths is not None else import_paths())
+    # what the producer set in the settings file (host, port, mode, max_seconds: as the docs tell them to) stays; the
+    # import paths are this checkout's
+    settings = {**_own_settings(resource / "Scripts" / SUBDIR / SETTINGS_FILE, report)}
+    settings.update(paths if paths is not None else import_paths())
     if host:
         settings["host"] = host
     if port:
@@ -340,6 +343,21 @@ def install(
     report.changed = [str(p) for p, _, _ in writes if p.name not in (MANIFEST, _backup_path(kb_path).name)]
     report.notes += _python_notes(resource)
     return report
+
+
+def _own_settings(path: Path, report: Report) -> dict:
+    """The settings file an earlier install wrote and the producer may have edited; {} when there is none, and {} with
+    a note when it is not a JSON object (the file is then written anew)."""
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = None
+    if not isinstance(settings, dict):
+        report.notes.append(f"{path} held no JSON object of settings: written anew, without settings of yours")
+        return {}
+    return settings
 
 
 def _install_plan(

@@ -287,6 +287,29 @@ def test_the_settings_file_records_the_engine_address(resource):
     assert str(SCRIPTS.parent) in settings["prepend"]
 
 
+def test_a_reinstall_keeps_the_settings_the_producer_wrote_and_the_options_given_override_them(resource):
+    """docs/REAPER.md tells a producer to set mode and max_seconds in this file: an upgrade must not wipe them."""
+    path = resource / "Scripts" / "imusic" / "imusic_paths.json"
+    install(resource, host="10.0.0.5", port=9555)
+    mine = {**json.loads(path.read_text()), "mode": "resynth", "max_seconds": 120, "prepend": ["/old/checkout"]}
+    path.write_text(json.dumps(mine))
+    install(resource)
+    settings = json.loads(path.read_text())
+    assert {k: settings[k] for k in ("host", "port", "mode", "max_seconds")} == {
+        "host": "10.0.0.5",
+        "port": 9555,
+        "mode": "resynth",
+        "max_seconds": 120,
+    }
+    assert settings["prepend"] == [str(SCRIPTS.parent)]  # the import path is this checkout's, always
+    install(resource, port=9600)
+    assert json.loads(path.read_text())["port"] == 9600
+    path.write_text("{not json")
+    report = install(resource)
+    assert any("held no JSON object of settings" in note for note in report.notes)
+    assert "mode" not in json.loads(path.read_text())
+
+
 def test_a_python_without_this_project_installed_imports_the_installed_library(resource, tmp_path):
     """REAPER's Python knows nothing of our venv: the settings file alone must make the library importable."""
     install(resource)
