@@ -34,6 +34,8 @@ from reaper_scripts.keymap import (
     bound_keys,
     flags_set_by_user,
     hotkey_refusal,
+    line_command,
+    our_lines,
     remove_lines,
     renamed_by_user,
 )
@@ -385,19 +387,30 @@ def _install_plan(
     # Lines an earlier version wrote that this one writes otherwise are ours to take back: shortcuts it bound by
     # default (some on REAPER's factory chords), and action lines under an older name or flags (rewritten below)
     # unless the user has named the action, or answered REAPER's "already running" question for it, themselves.
+    # Such a line stays on the manifest's retired list: REAPER, left open, writes it back when it quits, and the
+    # next install or uninstall takes it back again. Lines of an action this version no longer has (an earlier
+    # script name) are taken back whatever the manifest says, with their shortcuts.
     current = {line for action in ACTIONS for line in (action.scr_line(), action.key_line())}
+    retired = manifest.setdefault("retired_kb_lines", [])
+    candidates = manifest["kb_lines"] + [line for line in retired if line not in manifest["kb_lines"]]
     stale = [
         line
-        for line in manifest["kb_lines"]
+        for line in candidates
         if line not in current and not renamed_by_user(original, line) and not flags_set_by_user(original, line)
     ]
-    base = remove_lines(original, stale) if stale else original
+    dead = [line for line in our_lines(original) if line_command(line) not in {a.command_id for a in ACTIONS}]
+    gone = [line for line in stale if remove_lines(original, [line]) != original]  # present, so removed now
+    base = remove_lines(original, stale + dead) if stale or dead else original
     for line in stale:
-        manifest["kb_lines"].remove(line)
+        if line in manifest["kb_lines"]:
+            manifest["kb_lines"].remove(line)
+        if line not in retired:
+            retired.append(line)
+    for line in [*gone, *dead]:
         if line.startswith("KEY "):
             report.notes.append(
-                f"removed the shortcut an earlier install bound ({line}): it is no longer a default, and REAPER's "
-                "own shortcut on that key, if it has one, works again"
+                f"removed the shortcut an earlier install bound ({line.split('#', 1)[0].strip()}): it is no longer a "
+                "default, and REAPER's own shortcut on that key, if it has one, works again"
             )
     wanted = [action.scr_line() for action in ACTIONS]
     if hotkeys:
@@ -415,6 +428,7 @@ def _install_plan(
             writes.append((_backup_path(kb_path), original, stat.S_IMODE(kb_path.stat().st_mode)))
         writes.append((kb_path, updated, None))
         manifest["kb_lines"] += [line for line in added if line not in manifest["kb_lines"]]
+        manifest["retired_kb_lines"] = [line for line in retired if line not in manifest["kb_lines"]]
         manifest["added_final_newline"] = manifest["added_final_newline"] or fixed_end
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
     manifest_path = folder / MANIFEST
@@ -462,15 +476,15 @@ def uninstall(resource: Path) -> Report:
     resource = Path(resource)
     folder = resource / "Scripts" / SUBDIR
     report = Report()
-    if not (folder / MANIFEST).exists():
-        report.notes.append(f"nothing to uninstall: no {MANIFEST} in {folder}")
-        return report
     manifest = _read_manifest(folder)
     kb_path = _kb_file(resource)
     try:
         writes = _uninstall_plan(folder, kb_path, manifest)
     except OSError as exc:
         raise ConfigError(f"cannot read {exc.filename} ({exc.strerror}): nothing was uninstalled") from exc
+    if not writes:
+        report.notes.append(f"nothing to uninstall: no {MANIFEST} in {folder}, and no imusic action in {kb_path.name}")
+        return report
     _check_writable([path for path, _ in writes], kb_path, "uninstalled")
     changes = _Changes()
     try:
@@ -487,19 +501,27 @@ def uninstall(resource: Path) -> Report:
 
 
 def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[Path, bytes | None]]:
-    """Every file uninstall changes (new bytes) or removes (None), in order; the manifest last."""
+    """Every file uninstall changes (new bytes) or removes (None), in order; the manifest last. [] when nothing of
+    ours is there.
+
+    From reaper-kb.ini it removes every line of ours as it stands in the file (keymap.our_lines: our scripts' actions,
+    the shortcuts any install bound, the default ones), not only the manifest's: REAPER left open writes back what an
+    earlier uninstall or upgrade removed. A shortcut the user gave an action stays (REAPER keeps it for a reinstall)."""
     writes: list[tuple[Path, bytes | None]] = []
-    if kb_path.exists() and manifest["kb_lines"]:
+    if kb_path.exists():
         data = kb_path.read_bytes()
-        updated = remove_lines(data, manifest["kb_lines"], manifest.get("added_final_newline", False))
+        defaults = [action.key_line() for action in ACTIONS]
+        ours = our_lines(data, manifest["kb_lines"] + manifest.get("retired_kb_lines", []) + defaults)
+        updated = remove_lines(data, ours, manifest.get("added_final_newline", False)) if ours else data
         if manifest.get("created_kb") and not updated.strip():
             writes.append((kb_path, None))
         elif updated != data:
             writes.append((kb_path, updated))
-    if _backup_path(kb_path).is_file():
+    if _backup_path(kb_path).is_file() and (folder / MANIFEST).exists():
         writes.append((_backup_path(kb_path), None))
-    writes += [(folder / name, None) for name in manifest["files"] if (folder / name).is_file()]
-    return [*writes, (folder / MANIFEST, None)]
+    files = [*manifest["files"], *(name for name in _source_files({}) if name not in manifest["files"])]
+    writes += [(folder / name, None) for name in files if (folder / name).is_file()]
+    return [*writes, (folder / MANIFEST, None)] if (folder / MANIFEST).exists() else writes
 
 
 def _remove_empty_folders(folder: Path, created_scripts_dir: bool) -> None:
@@ -556,6 +578,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         report = uninstall(resource)
         print("imusic actions removed" if report.changed else "nothing changed")
+        if report.changed:
+            print("If REAPER was open, it writes its key map back when it quits: run uninstall again after that.")
     for note in report.notes:
         print(note)
     return 0

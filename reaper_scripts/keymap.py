@@ -137,6 +137,40 @@ def _identity(line: bytes) -> bytes:
     return line.rstrip()
 
 
+def line_command(line: str) -> str:
+    """The command an SCR or KEY line is about ("RS..." for our scripts; a KEY line's "_" dropped), "" for others."""
+    fields = line.split("#", 1)[0].split() if line.startswith("KEY") else line.split()
+    if fields[:1] == ["SCR"] and len(fields) >= 4:
+        return fields[3]
+    if fields[:1] == ["KEY"] and len(fields) >= 5:
+        return fields[3].removeprefix("_")
+    return ""
+
+
+def _script_path(line: str) -> str:
+    """The script an SCR line registers: its last field, quoted or not (REAPER drops quotes a path does not need)."""
+    body = line.rstrip()
+    if body.endswith('"'):
+        return body[body.rindex('"', 0, len(body) - 1) + 1 : -1]
+    return body.split()[-1] if body.split() else ""
+
+
+def our_lines(data: bytes, also: list[str] = ()) -> list[str]:
+    """The lines of a reaper-kb.ini that are ours, as they stand in the file: the SCR line of every script in our
+    folder (Scripts/imusic/, under any version's name) and every line the same as one of `also` (the manifest's, our
+    default shortcuts). A shortcut the user gave an action themselves is theirs: it stays for a later install. After
+    REAPER wrote back lines an uninstall or upgrade had removed (it rewrites the file when it quits), these are what
+    the next install or uninstall takes back."""
+    wanted = {_identity(line.encode()) for line in also}
+    ours = []
+    for raw in _lines(data):
+        line = raw.decode("utf-8", "replace")
+        script = line.startswith("SCR") and _script_path(line).replace("\\", "/").startswith(f"{SUBDIR}/")
+        if (script and line_command(line)) or _identity(raw) in wanted:
+            ours.append(line)
+    return ours
+
+
 def renamed_by_user(data: bytes, line: str) -> bool:
     """Whether the file holds our SCR `line`'s action under another name than the line gives it (the user renamed
     it): a reinstall keeps their name."""

@@ -598,6 +598,57 @@ def test_a_reinstall_takes_back_an_earlier_versions_shortcut_on_a_factory_key(re
     assert (resource / "reaper-kb.ini").read_bytes() == original
 
 
+def test_an_uninstall_while_reaper_is_open_is_finished_by_the_next_one(resource):
+    """REAPER keeps the key map in memory and writes it back when it quits: our lines return after an uninstall made
+    while it ran, with no manifest left to name them. A second uninstall finds them by what they are."""
+    original = sample_kb("\r\n")
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(original)
+    install(resource, hotkeys=True)
+    in_reapers_memory = reaper_rewrite(kb.read_bytes())
+    uninstall(resource)
+    kb.write_bytes(in_reapers_memory)  # REAPER quits
+    report = uninstall(resource)
+    assert kb.read_bytes() == reaper_rewrite(original) and report.changed
+    assert "nothing to uninstall" in " ".join(uninstall(resource).notes)
+
+
+def test_an_earlier_versions_shortcut_reaper_wrote_back_is_taken_back_by_every_later_install_and_uninstall(resource):
+    """An upgrade took back an earlier default on a factory chord; REAPER, left open, wrote it back. It must not then
+    pass for the user's own shortcut: the manifest keeps it as retired."""
+    original = sample_kb("\r\n")
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(original)
+    install(resource, hotkeys=True)
+    remove_bass = next(a for a in ACTIONS if a.script == "imusic_remove_bass.py")
+    old_line = f"KEY 25 66 _{remove_bass.command_id} 0"  # an earlier version's default (Ctrl+Alt+B)
+    with open(kb, "ab") as handle:
+        handle.write(old_line.encode() + b"\r\n")
+    manifest_path = resource / "Scripts" / "imusic" / "imusic_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "kb_lines": [*manifest["kb_lines"], old_line]}))
+    in_reapers_memory = kb.read_bytes()
+    install(resource, hotkeys=True)  # the upgrade
+    assert old_line not in kb.read_text()
+    kb.write_bytes(in_reapers_memory)  # REAPER quits
+    report = install(resource, hotkeys=True)
+    assert old_line not in kb.read_text() and any(old_line in note for note in report.notes)
+    assert not any("yourself" in refusal for refusal in report.skipped_keys)
+    kb.write_bytes(in_reapers_memory)
+    uninstall(resource)
+    assert kb.read_bytes() == original
+
+
+def test_an_action_an_earlier_version_had_and_this_one_has_not_is_taken_back(resource):
+    kb = resource / "reaper-kb.ini"
+    old = 'SCR 4 0 RS0123456789abcdef0123456789abcdef01234567 "Custom: imusic_old.py" imusic/imusic_old.py'
+    kb.write_bytes(sample_kb("\n") + old.encode() + b"\n")
+    install(resource)
+    assert "imusic_old.py" not in kb.read_text()
+    uninstall(resource)
+    assert kb.read_bytes() == sample_kb("\n")
+
+
 def test_the_actions_are_listed_under_their_instruct_names():
     """REAPER's Actions window shows an SCR line's quoted name: searching "Instruct" finds every action."""
     lines = {action.script: action.scr_line() for action in ACTIONS}
