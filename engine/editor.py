@@ -635,8 +635,11 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
     if audio is None:
         raise AudioError("no audio given")
     audio = np.asarray(audio)
-    if audio.dtype.kind in "iu":  # PCM integers: scale to [-1, 1)
+    if audio.dtype.kind == "i":  # PCM integers: scale to [-1, 1)
         audio = audio.astype(np.float64) / float(np.iinfo(audio.dtype).max + 1)
+    elif audio.dtype.kind == "u":  # unsigned PCM (8-bit WAV's) is offset binary: silence is the middle value
+        half = float(np.iinfo(audio.dtype).max // 2 + 1)
+        audio = (audio.astype(np.float64) - half) / half
     elif audio.dtype.kind != "f":
         raise AudioError(f"audio must hold numbers (float samples in [-1, 1]), got {audio.dtype}")
     if audio.ndim == 1:

@@ -81,6 +81,17 @@ def test_integer_pcm_is_accepted(editor):
     assert editor.edit(pcm, 16000, "add piano", seed=0).audio.shape == pcm.shape
 
 
+def test_unsigned_8_bit_pcm_is_offset_binary_its_middle_value_silence(editor):
+    """8-bit WAV samples are unsigned around 128: read as signed, its silence was a +0.5 offset (and not silent)."""
+    with pytest.raises(AudioError, match="silent"):
+        editor.edit(np.full((1, 8000), 128, dtype=np.uint8), 16000, "extract drums", seed=0)
+    music = _music(0.3, 16000)
+    pcm = np.clip(np.round(music * 128 + 128), 0, 255).astype(np.uint8)
+    from engine.editor import _check_audio
+
+    np.testing.assert_allclose(_check_audio(pcm, 16000, "add"), music, atol=1 / 128)
+
+
 # ---- windows and continuation -----------------------------------------------------------------------------------
 def test_long_input_is_cut_into_windows_no_longer_than_the_adapters(editor, monkeypatch):
     recorder = _Recorder()
