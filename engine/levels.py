@@ -277,7 +277,11 @@ def match_level(
         pass
     elif not math.isfinite(model_lufs):
         info["policy"] = "silent"
-        info["warnings"].append("the model returned silence; no gain applied")
+        info["warnings"].append(
+            "the result is too quiet to measure (under the loudness meter's -70 LUFS gate); no gain applied"
+            if np.any(result)
+            else "the model returned silence; no gain applied"
+        )
     elif mode == MASK and not is_silent(source):  # add on silence: nothing to keep, the default level
         # the recording's own level; peaks above the ceiling only where the source itself had them
         ceiling = max(ceiling_db, true_peak_db(source, sample_rate))

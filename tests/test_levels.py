@@ -188,6 +188,16 @@ def test_a_silent_result_gets_no_gain_and_a_warning():
     assert any("silence" in w for w in info["warnings"])
 
 
+def test_a_result_too_quiet_to_measure_is_not_called_silence():
+    """A -70 dBFS recording in mask mode: the result is the recording's own, just under the meter's gate."""
+    source = _music_like() * 10 ** (-75 / 20)
+    out, info = match_level(source * 0.5, source, SR, "extract", mode=MASK)
+    np.testing.assert_array_equal(out, source * 0.5)
+    assert info["warnings"] == [
+        "the result is too quiet to measure (under the loudness meter's -70 LUFS gate); no gain applied"
+    ]
+
+
 def test_add_on_a_silent_source_lands_at_the_default_level():
     source = np.zeros((1, 2 * SR), dtype=np.float32)
     out, info = match_level(_music_like() * 0.01, source, SR, "add", mode=RESYNTH)
