@@ -315,10 +315,15 @@ def install(
     All or nothing: ConfigError (one line) and no change at all when a folder or reaper-kb.ini cannot be written.
     """
     resource = Path(resource)
+    where = "REAPER shows it under Options > Show REAPER resource path in explorer/finder"
     if not resource.is_dir():
         raise ConfigError(
-            f"REAPER's resource folder {resource} does not exist: run REAPER once, or pass --resource-path "
-            "(REAPER shows it under Options > Show REAPER resource path in explorer/finder)"
+            f"REAPER's resource folder {resource} does not exist: run REAPER once, or pass --resource-path ({where})"
+        )
+    if not (resource / "reaper.ini").is_file():  # REAPER writes it there at its first start, a portable one too
+        raise ConfigError(
+            f"{resource} is not REAPER's resource folder (it holds no reaper.ini; REAPER's program folder is not it): "
+            f"pass the one {where}"
         )
     report = Report()
     # what the producer set in the settings file (host, port, mode, max_seconds: as the docs tell them to) stays; the
@@ -437,6 +442,20 @@ def _install_plan(
     return writes
 
 
+MIN_PYTHON = (3, 10)  # pyproject's requires-python: the actions' own code needs it
+
+
+def reaper_python_version(library: str) -> tuple[int, int] | None:
+    """The Python version a ReaScript library setting names (python39.dll, libpython3.11.so.1.0,
+    .../Python.framework/Versions/3.12/Python), None when its name does not say."""
+    import re
+
+    found = re.search(r"python(\d)\.?(\d{1,2})(?!\d)", library, re.IGNORECASE) or re.search(
+        r"Versions[/\\](\d)\.(\d{1,2})[/\\]", library
+    )
+    return (int(found[1]), int(found[2])) if found else None
+
+
 def _python_notes(resource: Path) -> list[str]:
     """How to enable Python in REAPER, unless reaper.ini shows it is already set up."""
     ini = resource / "reaper.ini"
@@ -451,10 +470,20 @@ def _python_notes(resource: Path) -> list[str]:
     )
     # "Enable Python for use with ReaScript" is reascript=1; the library is pythonlibdll64 (a full path on Windows,
     # a file name inside pythonlibpath64 elsewhere).
-    if settings.get("reascript") == "1" and settings.get("pythonlibdll64"):
-        return []
     lib = libpython()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if settings.get("reascript") == "1" and settings.get("pythonlibdll64"):
+        named = reaper_python_version(settings["pythonlibdll64"])
+        if named is None or named >= MIN_PYTHON:
+            return []
+        return [
+            f"REAPER is set to Python {named[0]}.{named[1]} (reaper.ini: pythonlibdll64={settings['pythonlibdll64']}); "
+            f"the actions need {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or later. In REAPER: Options > Preferences > Plug-ins > "
+            f"ReaScript: point it at Python {version}"
+            + (f" ('Custom path to Python dll directory' = {Path(lib).parent}, 'Force ReaScript to use specific "
+               f"Python dll' = {Path(lib).name})" if lib else "")
+            + "; then restart REAPER."
+        ]  # fmt: skip
     where = (
         f"'Custom path to Python dll directory' = {Path(lib).parent} and 'Force ReaScript to use specific Python "
         f"dll' = {Path(lib).name}"

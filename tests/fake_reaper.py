@@ -686,6 +686,7 @@ class Harness:
         self._saved_path = list(sys.path)
         self.resource = tmp / "REAPER"
         (self.resource / "Scripts").mkdir(parents=True)
+        (self.resource / "reaper.ini").write_text("[REAPER]\n")
         installer.install(self.resource, port=port)
         self.media = tmp / "project" / "Media"
         self.reaper = FakeReaper(str(self.resource), str(tmp / "project" / "song.rpp"), str(self.media))

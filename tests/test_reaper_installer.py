@@ -47,6 +47,7 @@ def sample_kb(eol: str, final_newline: bool = True, taken: str = "KEY 29 68 _SWS
 def resource(tmp_path) -> Path:
     folder = tmp_path / "REAPER"
     (folder / "Scripts").mkdir(parents=True)
+    (folder / "reaper.ini").write_text("[REAPER]\n")  # what REAPER writes at its first start
     return folder
 
 
@@ -220,9 +221,10 @@ def test_a_missing_reaper_kb_ini_is_created_and_removed_again(resource):
 def test_a_scripts_folder_install_created_is_removed_again(tmp_path):
     bare = tmp_path / "fresh REAPER"
     bare.mkdir()
+    (bare / "reaper.ini").write_text("[REAPER]\n")
     install(bare)
     uninstall(bare)
-    assert list(bare.iterdir()) == []
+    assert [p.name for p in bare.iterdir()] == ["reaper.ini"]
 
 
 def test_uninstall_without_install_changes_nothing(resource):
@@ -260,6 +262,35 @@ def test_a_damaged_manifest_changes_nothing_and_says_what_to_do(resource, text):
 def test_a_missing_resource_folder_says_where_to_find_it(tmp_path):
     with pytest.raises(ConfigError, match="Show REAPER resource path"):
         install(tmp_path / "nope")
+
+
+def test_a_folder_without_reaper_ini_is_not_taken_for_reapers_resource_folder(tmp_path):
+    program = tmp_path / "Program Files" / "REAPER (x64)"
+    program.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="holds no reaper.ini.*Show REAPER resource path"):
+        install(program)
+    assert list(program.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("library", "version"),
+    [
+        ("python39.dll", (3, 9)),
+        ("C:\\Python311\\python311.dll", (3, 11)),
+        ("libpython3.10.so.1.0", (3, 10)),
+        ("libpython3.12.dylib", (3, 12)),
+        ("/Library/Frameworks/Python.framework/Versions/3.9/Python", (3, 9)),
+        ("python3.dll", None),
+    ],
+)
+def test_the_python_a_reaper_ini_names_is_read_off_its_library(library, version):
+    assert installer.reaper_python_version(library) == version
+
+
+def test_a_reaper_set_to_a_python_too_old_for_the_actions_gets_a_note(resource):
+    (resource / "reaper.ini").write_text("[reaper]\nreascript=1\npythonlibdll64=python39.dll\n")
+    (note,) = install(resource).notes
+    assert "REAPER is set to Python 3.9" in note and "need 3.10 or later" in note
 
 
 @pytest.mark.parametrize(
