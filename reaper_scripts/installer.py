@@ -488,7 +488,8 @@ def _python_notes(resource: Path) -> list[str]:
         f"'Custom path to Python dll directory' = {Path(lib).parent} and 'Force ReaScript to use specific Python "
         f"dll' = {Path(lib).name}"
         if lib
-        else f"point it to a shared libpython {version} (this Python has none; install one built with --enable-shared)"
+        else f"point it to a shared libpython {version} (this Python has none; install one "
+        + ("from python.org, whose python3XY.dll REAPER loads)" if os.name == "nt" else "built with --enable-shared)")
     )
     return [
         "Python ReaScript may not be enabled yet. In REAPER: Options > Preferences > Plug-ins > ReaScript: tick "
