@@ -167,11 +167,12 @@ class _Job:
 class Session:
     """The jobs of one action run, and its client, whose reply tracker follows them; what to insert when they end."""
 
-    def __init__(self, instruction: str, client, jobs: list[_Job], project: str = "") -> None:
+    def __init__(self, instruction: str, client, jobs: list[_Job], project: str = "", song_file: str = "") -> None:
         self.instruction = instruction
         self.client = client
         self.jobs = {job.job_id: job for job in jobs}
         self.project = project  # the project tab it came from: its results go there and nowhere else
+        self.song_file = song_file  # the song open in that tab then ("" unsaved): another one there is not it
         self.started = time.monotonic()
 
     def send(self) -> None:
@@ -277,7 +278,8 @@ def _send_edit(R: Any, instruction: str, mode: str) -> None:
             job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=sent_mode
         )
         jobs.append(_Job(track, view, plan, request))
-    session = Session(instruction, client, jobs, project.active_project(R))
+    home = project.active_project(R)
+    session = Session(instruction, client, jobs, home, project.project_file(R, home) or "")
     folder = os.path.dirname(jobs[0].request.output_path) if jobs else media_dir
     try:
         os.makedirs(folder, exist_ok=True)
@@ -318,11 +320,13 @@ def tick(loop: int | None = None) -> None:
                 _drop(session)
                 host, port = engine_address()
                 _message(tracking.not_answering(host, port))
+            elif outcome == "done" and not project.same_song(
+                R, session.project, session.song_file, [job.track for job in session.jobs.values()]
+            ):
+                _drop(session)
+                _project_closed(session)
             elif outcome == "done" and project.active_project(R) != session.project:
-                # REAPER inserts tracks in the active tab only: the results wait until their project is active again
-                if not project.project_open(R, session.project):
-                    _drop(session)
-                    _project_closed(session)
+                pass  # REAPER inserts tracks in the active tab only: the results wait until their tab is active again
             elif outcome == "done":
                 _drop(session)
                 finish(R, session)
@@ -372,7 +376,8 @@ def _project_closed(session: Session) -> None:
     title = planning.undo_description(session.instruction)
     where = ("; the results are in:\n" + "\n".join(done)) if done else ""
     lines = "".join(f"\n{job.view.describe()} failed: {job.error or job.code}" for job in failed)
-    _message(f"{title}: the project it came from was closed before the edit ended{where}{lines}")
+    _message(f"{title}: the project it came from was closed before the edit ended (or another one opened in its "
+             f"tab){where}{lines}")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the other actions

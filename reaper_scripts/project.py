@@ -165,14 +165,24 @@ def active_project(R) -> str:
     return str(R.RPR_EnumProjects(-1, "", 4096)[0])
 
 
-def project_open(R, project: str) -> bool:
-    """Whether that project is still open in some tab."""
+def project_file(R, project: str) -> str | None:
+    """The file of the song open in that project's tab ("" while unsaved), None when no tab holds that project."""
     index = 0
-    while not is_null(pointer := R.RPR_EnumProjects(index, "", 4096)[0]):
-        if str(pointer) == project:
-            return True
+    while not is_null((found := R.RPR_EnumProjects(index, "", 4096))[0]):
+        if str(found[0]) == project:
+            return str(found[2])
         index += 1
-    return False
+    return None
+
+
+def same_song(R, project: str, song_file: str, tracks: list[str]) -> bool:
+    """Whether that project's tab still holds the song an action started in: a tab keeps its project when another
+    song is opened in it, or when File > Close project leaves an empty one. The same song has the same file, or
+    (saved under a name meanwhile) still holds one of the action's source tracks."""
+    now = project_file(R, project)
+    if now is None:
+        return False
+    return now == song_file or any(str(R.RPR_GetTrack(project, i)) in tracks for i in range(R.RPR_CountTracks(project)))
 
 
 def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:

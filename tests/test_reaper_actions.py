@@ -760,6 +760,36 @@ def test_results_whose_project_was_closed_are_named_not_put_in_another_project(h
     assert str(result) in message
 
 
+@pytest.mark.parametrize("unsaved", [False, True])
+def test_results_never_go_into_another_song_opened_in_their_projects_tab(harness, source_file, unsaved):
+    """A tab keeps its project when another song is opened in it (or File > Close project empties it): its pointer is
+    no proof the song is still there."""
+    reaper = harness.reaper
+    if unsaved:
+        reaper.project_path = ""
+    bass = reaper.add_track("Bass")
+    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    reaper.project_path = str(source_file[0].parent / "other" / "other.rpp")  # File > Open project, same tab
+    reaper.tracks = []
+    reaper.add_track("Vocals")
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Vocals"] and reaper.undo_points == []
+    ((message, _, _),) = reaper.messages
+    assert "another one opened in its tab" in message and str(harness.results()[0]) in message
+
+
+def test_results_still_land_in_a_song_saved_under_a_name_while_the_edit_ran(harness, source_file):
+    reaper = harness.reaper
+    reaper.project_path = ""
+    bass = reaper.add_track("Bass")
+    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    reaper.project_path = str(source_file[0].parent / "song.rpp")  # File > Save as, meanwhile
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Bass", "Bass \u00b7 extract drums"] and reaper.messages == []
+
+
 def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, source_file, tmp_path):
     reaper = harness.reaper
     reaper.media_dir = "Media"
