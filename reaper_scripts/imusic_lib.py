@@ -154,7 +154,9 @@ class _Job:
 
     @property
     def progress(self) -> str:
-        """What the status message says of it while it runs."""
+        """What the status message says of it."""
+        if self.final:
+            return "done" if self.result_path else ("cancelled" if self.code == Cancelled.code else "failed")
         if self.state is None:
             return planning.job_progress(False, 0.0, "")
         return planning.job_progress(self.state.accepted, self.state.fraction, self.state.stage)
@@ -233,8 +235,9 @@ def _keep_loop() -> None:
 
 
 def _remember_jobs(R) -> None:
-    """Job ids of every running action, for the cancel and status actions (which run as separate scripts)."""
-    ids = [job.job_id for session in _SESSIONS for job in session.pending]
+    """Job ids of every action under way (running, or done and waiting for its song's tab), for the cancel action
+    (which runs as a separate script)."""
+    ids = [job_id for session in _SESSIONS for job_id in session.jobs]
     R.RPR_SetExtState(EXT_SECTION, "jobs", ",".join(ids), False)
 
 
@@ -314,6 +317,9 @@ def tick(loop: int | None = None) -> None:
     now = time.monotonic()
     cancelled = _cancelled_ids(R)
     for session in list(_SESSIONS):
+        if cancelled.intersection(session.jobs):  # the cancel action: none of its results is inserted
+            _drop(session)
+            continue
         try:
             outcome = session.step(now, cancelled)
             if outcome == "silent":
@@ -401,7 +407,8 @@ def run_preset(operation: str, stem: str) -> None:
 
 
 def run_cancel() -> None:
-    """Cancel every edit the actions started; their results are not inserted."""
+    """Cancel every edit the actions started, also one done and waiting for its song's tab: no result of theirs is
+    inserted (the files of those that ended stay in the media folder)."""
     R = _api()
     ids = [i for i in R.RPR_GetExtState(EXT_SECTION, "jobs").split(",") if i]
     if not ids:
@@ -468,9 +475,9 @@ def status_tick() -> None:
         _message(tracking.not_answering(host, port))
         return
     running = [
-        (job.view.describe(), session.instruction, job.progress)
+        (job.view.describe(), session.instruction, job.progress + ("; waiting for its song's tab" if waits else ""))
         for session in _SESSIONS
+        for waits in [not session.pending]  # done: inserted when its song's tab is active again
         for job in session.jobs.values()
-        if not job.final
     ]
     _message(planning.status_text(pong, server, running, host, port))

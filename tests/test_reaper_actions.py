@@ -745,6 +745,29 @@ def test_results_wait_for_their_project_tab_when_the_user_switched_to_another(ha
     assert reaper.messages == []
 
 
+def test_results_waiting_for_their_tab_show_in_the_status_and_the_cancel_action_drops_them(harness, source_file):
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    home, other = reaper.project, fake_reaper._pointer("ReaProject")
+    reaper.open_projects.append(other)
+    reaper.project = other
+    _tick_until_the_result_is_written(harness)
+    harness.run("imusic_status.py")
+    deadline = time.monotonic() + 30
+    while not reaper.messages and time.monotonic() < deadline:
+        reaper.run_deferred()
+        time.sleep(0.02)
+    ((status, _, _),) = reaper.messages
+    assert "(done; waiting for its song's tab)" in status and "No edits" not in status
+    harness.run("imusic_cancel.py")
+    reaper.project = home
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Bass"] and reaper.undo_points == []
+    assert len(reaper.messages) == 1 and len(harness.results()) == 1  # the file stays in the media folder
+
+
 def test_results_whose_project_was_closed_are_named_not_put_in_another_project(harness, source_file):
     reaper = harness.reaper
     bass = reaper.add_track("Bass")
