@@ -201,7 +201,7 @@ def run_batch(
     for pair in pairs:
         entry = manifest.pairs.get(pair.key)
         if pair.source.problem and (not entry or entry.get("error") != pair.source.problem):
-            manifest.pairs[pair.key] = jsonable(_entry(pair, out, settings, "unsupported", pair.source.problem))
+            manifest.set(pair.key, _entry(pair, out, settings, "unsupported", pair.source.problem))
     manifest.save()
     if not todo:
         return summary
@@ -211,6 +211,16 @@ def run_batch(
     fallback = sum(known) / len(known) if known else 1.0
     weight = {p.key: durations[p.source.rel] or fallback for p in todo}  # seconds of audio: the ETA's unit
     manifest.claim([pair.output.relative_to(out).as_posix() for pair in todo])
+    # what each source was when the batch began: a result is recorded as made from it only if it is still that
+    stamps = {pair.key: _stamp(pair.source.path) for pair in todo}
+    if hasattr(backend, "earlier_jobs"):  # --server: end the jobs a cut run left on the server, record this run's
+        backend.earlier_jobs = list(manifest.server_jobs)
+
+        def submitting(job_ids: list[str]) -> None:
+            manifest.server_jobs.extend(job_ids)
+            manifest.save()
+
+        backend.on_submit = submitting
     stream = progress_stream if progress_stream is not None else sys.stderr
     if show_progress is None:  # bars on a terminal only: logs of scheduled runs stay readable
         show_progress = bool(getattr(stream, "isatty", lambda: False)())
@@ -263,7 +273,17 @@ def run_batch(
                 credited[pair.key] = weight[pair.key]
                 advance(rest)
             row = summary.rows[pair.source.rel]
-            if outcome.error is None:
+            if outcome.error is None and _stamp(pair.source.path) != stamps[pair.key]:
+                # made from a source that changed under it: recorded as such (its result stays the batch's to
+                # replace), and rendered again by the next run
+                changed = f"{pair.source.rel} changed while it was rendered: run the batch again to render it as it is"
+                entry = _entry(pair, out, settings, "changed", changed)
+                entry["earlier_output"] = os.path.relpath(outcome.output or pair.output, out)
+                summary.failed += 1
+                row[pair.label] = "FAILED"
+                summary.errors.append(f"{pair.key}: {changed}")
+                tqdm.write(f"failed: {pair.key}: {changed}", file=stream)
+            elif outcome.error is None:
                 entry = _entry(pair, out, settings, "done", None, outcome)
                 summary.done += 1
                 row[pair.label] = f"done {outcome.seconds:.1f}s"
@@ -276,11 +296,22 @@ def run_batch(
                 summary.errors.append(f"{pair.key}: {outcome.error}")
                 tqdm.write(f"failed: {pair.key}: {outcome.error}", file=stream)
             manifest.record(pair.key, entry, claimed=pair.output.relative_to(out).as_posix())
+        if manifest.data.pop("server_jobs", None) is not None:  # every job of the run ended: none to end next time
+            manifest.save()
     finally:
         per_file.close()
         overall.close()
         summary.seconds = time.monotonic() - started
     return summary
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """A source's size and modification time, None when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _entry(

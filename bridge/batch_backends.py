@@ -122,6 +122,8 @@ class ServerBackend:
         self.options = options
         self.per_file_progress = True
         self.submitted: set[str] = set()
+        self.earlier_jobs: list[str] = []  # a cut run's jobs, from the manifest: ended before this run submits
+        self.on_submit: Callable[[list[str]], None] | None = None  # records this run's job ids before they are sent
 
     def _wait_ready(self, pong: Any) -> Any:
         """Ping until the server has its model (its pong then names the model's stems); the last pong when it is not
@@ -170,6 +172,22 @@ class ServerBackend:
             job_id=job_id,
         )
 
+    # How long a cut run's job may take to end after its cancel (a job stops at its next progress report)
+    end_wait_s = 30.0
+
+    def _end_earlier_jobs(self) -> None:
+        """Cancel the jobs an earlier run of this batch left on the server (it was killed: Ctrl-C cancels its own),
+        and wait for each to end: still queued or running, one would render its pair once more and hold the result's
+        name, so that this run's job got another (`-2`)."""
+        from bridge.client import NoReply, RemoteError
+
+        for job_id in self.earlier_jobs:
+            with contextlib.suppress(ImusicError, OSError):
+                self.client.send(protocol.CANCEL, job_id)
+        for job_id in self.earlier_jobs:
+            with contextlib.suppress(RemoteError, NoReply, OSError):  # cancelled, unknown (long gone), done: ended
+                self.client.wait(job_id, timeout=self.end_wait_s)
+
     def _check_edits_on_server(self, pairs: list[Pair], job_ids: dict[str, str]) -> None:
         """Submit the first pair of every edit and wait for accepted/error: only the server knows its model's stems,
         and it checks the instruction before queueing. One it refuses stops the batch before the rest is sent."""
@@ -197,6 +215,9 @@ class ServerBackend:
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
         nonce = os.urandom(4).hex()
         job_ids = {pair.key: f"batch-{nonce}-{i}" for i, pair in enumerate(pairs)}
+        self._end_earlier_jobs()
+        if self.on_submit is not None:
+            self.on_submit(list(job_ids.values()))
         if pairs:
             self._check_edits_on_server(pairs, job_ids)
         for pair in pairs:

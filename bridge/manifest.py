@@ -46,13 +46,29 @@ class Manifest:
         self.claimed.extend(o for o in outputs if o not in self.claimed)
         self.save()
 
+    def set(self, key: str, entry: dict) -> None:
+        """The pair's entry (not saved yet). An entry that is not `done` keeps the name of the result an earlier run
+        wrote for the pair (`earlier_output`): that file stays the batch's to replace, when the pair is rendered again
+        (--retry-failed, a source fixed), instead of passing for the user's."""
+        previous = self.pairs.get(key) or {}
+        earlier = previous.get("output") if previous.get("status") == "done" else previous.get("earlier_output")
+        if entry.get("status") != "done" and earlier and "earlier_output" not in entry:
+            entry = {**entry, "earlier_output": earlier}
+        self.pairs[key] = jsonable(entry)
+
     def record(self, key: str, entry: dict, claimed: str | None = None) -> None:
         """The pair's outcome; its output name (`claimed`, when the result went elsewhere) is claimed no more."""
-        self.pairs[key] = jsonable(entry)
+        self.set(key, entry)
         for output in {claimed or entry.get("output"), entry.get("output")}:
             if output in self.claimed:
                 self.claimed.remove(output)
         self.save()
+
+    @property
+    def server_jobs(self) -> list[str]:
+        """Job ids a `--server` run submitted and has not seen end: a run cut by kill -9 leaves them queued or running
+        on the server, and the next run ends them before it submits its own (bridge.batch_backends.ServerBackend)."""
+        return self.data.setdefault("server_jobs", [])
 
     def save(self) -> None:
         self.data["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -83,7 +99,11 @@ def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] =
         # A claim survives a cut (kill -9, Ctrl-C) that may come before the result is written: a file the user put
         # there since is theirs unless it has the exact shape this pair's result has.
         return _has_result_shape(pair)
-    return bool(entry) and entry.get("status") == "done" and out / entry.get("output", "") == pair.output
+    if not entry:
+        return False
+    if entry.get("status") == "done" and out / entry.get("output", "") == pair.output:
+        return True
+    return bool(entry.get("earlier_output")) and out / entry["earlier_output"] == pair.output  # see Manifest.set
 
 
 def _has_result_shape(pair: Pair) -> bool:

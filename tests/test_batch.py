@@ -542,6 +542,46 @@ def test_failures_are_retried_only_when_asked(session, tmp_path, tiny_editor):
     assert (retried.done, retried.failed) == (2, 0)
 
 
+def test_a_pair_that_failed_after_it_was_done_is_rendered_again_over_its_own_earlier_result(
+    session, tmp_path, tiny_editor
+):
+    """Done, then its source broke (the pair failed, the earlier result stayed), then repaired: --retry-failed must
+    replace the batch's own earlier result, not refuse it as the user's."""
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    mix = (session / "mix.wav").read_bytes()
+    (session / "mix.wav").write_bytes(b"RIFF" + os.urandom(200))
+    broken = run_in_process(session, out, tiny_editor)
+    assert broken.failed == 2 and (out / "mix.extract_drums.wav").is_file()
+    (session / "mix.wav").write_bytes(mix)
+    retried = run_in_process(session, out, tiny_editor, retry_failed=True)
+    assert (retried.done, retried.failed, retried.unsupported) == (2, 0, 0), retried.refused
+    assert json.loads((out / "manifest.json").read_text())["pairs"]["mix | extract drums"]["status"] == "done"
+
+
+def test_a_source_changed_while_it_was_rendered_is_not_recorded_as_done_and_is_rendered_again(
+    session, tmp_path, tiny_editor, monkeypatch
+):
+    from bridge import batch_backends
+
+    out = tmp_path / "out"
+    real = batch_backends._edit_pair
+
+    def overwritten_meanwhile(editor, pair, options, progress):
+        outcome = real(editor, pair, options, progress)
+        if pair.source.rel == "mix":  # the producer bounces a new take over it while the batch renders
+            write_wav(session / "mix.wav", 1.5, 22050, 2, seed=7, subtype="PCM_16")
+        return outcome
+
+    monkeypatch.setattr(batch_backends, "_edit_pair", overwritten_meanwhile)
+    summary = run_in_process(session, out, tiny_editor)
+    assert summary.failed == 2 and all("mix changed while it was rendered" in e for e in summary.errors)
+    assert json.loads((out / "manifest.json").read_text())["pairs"]["mix | extract drums"]["status"] == "changed"
+    monkeypatch.setattr(batch_backends, "_edit_pair", real)
+    again = run_in_process(session, out, tiny_editor)
+    assert again.failed == 0 and again.rows["mix"]["extract drums"].startswith("done ")
+
+
 def test_summary_table_has_a_row_per_input_and_a_column_per_edit(session, tmp_path, tiny_editor):
     out = tmp_path / "out"
     summary = run_in_process(session, out, tiny_editor)

@@ -139,6 +139,54 @@ def test_ctrl_c_cancels_the_servers_job_and_a_rerun_renders_everything(server, s
     assert "2 rendered" in printed and "refused" not in printed
 
 
+def test_a_rerun_after_a_killed_batch_ends_its_jobs_on_the_server_first_and_keeps_the_result_names(
+    serve, tiny_editor, session, tmp_path, capsys, monkeypatch
+):
+    """kill -9 cancels nothing: the cut run's jobs stay queued on the server, and one still queued or running held its
+    result's name, so the rerun's job for the same pair was named `-2` and rendered twice."""
+    import time
+
+    from bridge.client import Client
+
+    class SlowEditor:
+        def __getattr__(self, name):
+            return getattr(tiny_editor, name)
+
+        def edit(self, *args, **kwargs):
+            time.sleep(0.5)
+            return tiny_editor.edit(*args, **kwargs)
+
+    class Killed(BaseException):
+        """kill -9, as far as this process can play it: no handler runs, nothing is cancelled."""
+
+    server = serve(editor=SlowEditor(), root=tmp_path)
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server", f"127.0.0.1:{server.port}"]
+    real_wait = Client.wait
+
+    def killed(self, job_id, **kwargs):
+        raise Killed
+
+    monkeypatch.setattr(Client, "wait", killed)
+    with pytest.raises(Killed):
+        main(argv)
+    left = json.loads((out / "manifest.json").read_text())["server_jobs"]
+    assert len(left) == 2  # both submitted, recorded before they were sent
+    monkeypatch.setattr(Client, "wait", real_wait)
+    assert main(argv) == 0
+    assert "2 rendered" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == [
+        "a.extract_drums.wav",
+        "sub/b.extract_drums.wav",
+    ]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "server_jobs" not in manifest
+    outputs = {entry["output"] for entry in manifest["pairs"].values()}
+    assert outputs == {"a.extract_drums.wav", "sub/b.extract_drums.wav"}
+    earlier = [server.book.get(job_id) for job_id in left]  # None: the cut came before it was sent
+    assert earlier[0] is not None and all(job is None or job.state in ("cancelled", "done") for job in earlier)
+
+
 def test_the_server_models_own_instruments_are_parsed_as_an_in_process_batch_parses_them(serve, session, tmp_path):
     """Its pong names the model's stems: an instrument the built-in list lacks is not refused before it is sent, and
     labels (file names, manifest keys) are those an in-process batch of the same model gives."""
