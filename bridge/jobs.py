@@ -8,6 +8,7 @@ is asked for: if the server dies before the job ends, the restart records it as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 
 from bridge import protocol
 from bridge.protocol import EditRequest, RequestError
-from engine.errors import Cancelled, ConfigError
+from engine.errors import Cancelled, ConfigError, ResourceError
 from engine.files import jsonable, lock_folder
 
 JOURNAL_NAME = "jobs.jsonl"
@@ -206,15 +207,24 @@ class Journal:
             del jobs[job_id]
 
     def append(self, event: dict[str, Any]) -> None:
-        """Write one event and fsync it: when this returns, the event survives a crash."""
-        line = json.dumps(event, separators=(",", ":")) + "\n"
+        """Write one event and fsync it: when this returns, the event survives a crash. OSError when it cannot be
+        written (a full disk), and then nothing of it is in the file, nor written later: the file is unbuffered, and
+        cut back to where the event began (a buffered line that failed went out with the next event's flush: a
+        refused edit ran after a restart)."""
+        line = memoryview((json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8"))
         with self._lock:
             if self._file is None:
-                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open between events)
-            self._file.write(line)
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open between events)
+            start = self._file.seek(0, os.SEEK_END)
+            try:
+                while line:
+                    line = line[self._file.write(line) or 0 :]
+                os.fsync(self._file.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._file.fileno(), start)
+                raise
             self.events += 1
-            self._file.flush()
-            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         with self._lock:
@@ -303,7 +313,15 @@ class JobBook:
             job.output_path = choose_output(self.reserved_outputs())
             job.accepted_at = time.time()
             job.state = protocol.QUEUED
-            self.journal.append({"e": "accepted", "job": job.to_record()})
+            try:
+                self.journal.append({"e": "accepted", "job": job.to_record()})
+            except OSError as exc:
+                raise RequestError(
+                    f"the job journal cannot be written ({exc.strerror or exc}): the edit was not accepted; free "
+                    f"space in {self.journal.path.parent} and send it again",
+                    ResourceError.code,
+                    job.id,
+                ) from None
             self.jobs[job.id] = job
             self.queue.append(job.id)
             self._cond.notify_all()

@@ -44,6 +44,30 @@ def test_replay_gives_back_finished_and_pending_jobs(tmp_path):
     assert second.get("b").attempts == 1  # the run the crash cut counts
 
 
+def test_an_edit_the_journal_could_not_take_is_refused_for_want_of_space_and_never_runs_later(tmp_path, monkeypatch):
+    """A full disk: the edit is refused as a resource error naming the cause, and no byte of its line reaches the
+    journal later (it went out with the next event's flush, and the refused edit ran after a restart)."""
+    import errno
+    import os
+
+    first = book(tmp_path)
+    real_fsync = os.fsync
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(RequestError) as refused:
+        first.submit(make_job("a"), choose("a"))
+    assert refused.value.code == "resources" and "No space left on device" in str(refused.value)
+    assert first.get("a") is None
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    first.submit(make_job("b"), choose("b"))  # space again
+    first.journal.close()
+    second = book(tmp_path)
+    assert second.get("a") is None and list(second.queue) == ["b"]
+
+
 def test_a_running_job_cancelled_before_a_crash_stays_cancelled_after_the_restart(tmp_path):
     first = book(tmp_path)
     first.submit(make_job("a"), choose("a"))
