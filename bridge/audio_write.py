@@ -21,7 +21,8 @@ RESULTS_DIR = "results"  # where a result goes by default: beside its input, in 
 
 
 class UnsafeDestination(ImusicError):
-    """The folder a result is written to left the allowed roots (a folder on its path became a symlink)."""
+    """The folder a result is written to left the allowed roots (a folder on its path became a symlink), or the input a
+    job reads is outside them (a job journalled by a server that had other roots)."""
 
     code = FORBIDDEN_PATH
 

@@ -3,6 +3,7 @@ at a time, edits each region and writes its result, and never dies of a job."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -38,6 +39,14 @@ def run_job(
     meanwhile gives way to a fresh one that no pending job has reserved either (`reserved`: their names, when asked).
     """
     started = time.perf_counter()
+    if roots is not None:  # a job from the journal of a server that had other --allow-root folders, or a link swapped
+        source = Path(os.path.realpath(job.source))
+        if audio_write.root_of(source, [Path(r) for r in roots]) is None:
+            allowed = ", ".join(str(r) for r in roots)
+            raise audio_write.UnsafeDestination(
+                f"refusing to read {source}: it is outside the folders this server may use ({allowed}); start the "
+                "server with --allow-root to add one, and send the edit again"
+            )
     progress(0.0, "editing")
     options = job.request.options()
     try:

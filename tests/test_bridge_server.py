@@ -456,6 +456,29 @@ def test_jobs_pending_at_shutdown_finish_after_restart_and_finished_ones_answer_
         server.stop()
 
 
+def test_a_journalled_job_whose_input_a_restarted_server_may_no_longer_read_fails_naming_it(tmp_path, root):
+    """The first server was allowed the input's folder, the second only the results': the job from the journal must
+    not read what a new request for it would be refused."""
+    private, results = root / "private", root / "results"
+    song = write_wav(private / "song.wav", seconds=1.0)
+    results.mkdir()
+    server = start_server(tmp_path, root, editor=FakeEditor(steps=20, step_s=0.05))
+    with Client("127.0.0.1", server.port) as client:
+        busy = client.submit(str(song), 0.0, 1.0, "extract drums", output_path=str(results / "busy.wav"))
+        queued = client.submit(str(song), 0.0, 1.0, "remove bass", output_path=str(results / "copy.wav"))
+        for job_id in (busy, queued):
+            client.wait_for(lambda r, j=job_id: r.address == protocol.ACCEPTED and r.job_id == j, TIMEOUT)
+    server.stop()
+    server = start_server(tmp_path, results, editor=FakeEditor())
+    try:
+        with Client("127.0.0.1", server.port) as client, pytest.raises(RemoteError) as refused:
+            client.wait(queued, timeout=TIMEOUT)
+        assert refused.value.code == protocol.FORBIDDEN_PATH and "refusing to read" in str(refused.value)
+        assert not (results / "copy.wav").exists()
+    finally:
+        server.stop()
+
+
 def test_the_journal_is_written_before_the_job_is_acknowledged(server, client, song):
     job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
     client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)
