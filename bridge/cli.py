@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except ImusicError as exc:
         return report_error(exc, f"imusic {args.command}")
+    except OSError as exc:  # the machine's own refusal that no check foresaw (a disk that filled up meanwhile)
+        where = f": {exc.filename}" if exc.filename else ""
+        return report_error(ImusicError(f"{exc.strerror or exc}{where}"), f"imusic {args.command}")
     except KeyboardInterrupt:
         sys.stderr.write("imusic: interrupted\n")
         return 130

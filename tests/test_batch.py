@@ -582,6 +582,31 @@ def test_a_source_changed_while_it_was_rendered_is_not_recorded_as_done_and_is_r
     assert again.failed == 0 and again.rows["mix"]["extract drums"].startswith("done ")
 
 
+def test_a_disk_that_fills_up_mid_batch_is_one_line_and_a_rerun_resumes(
+    session, tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    import errno
+
+    from bridge import manifest as manifest_module
+
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--model", str(tiny_model_dir)]
+    real_save, saves = manifest_module.Manifest.save, []
+
+    def filling_up(self):
+        saves.append(1)
+        if len(saves) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        real_save(self)
+
+    monkeypatch.setattr(manifest_module.Manifest, "save", filling_up)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == f"imusic batch: error: No space left on device: {out / 'manifest.json'}\n"
+    monkeypatch.setattr(manifest_module.Manifest, "save", real_save)
+    assert main(argv) == 0 and "refused" not in capsys.readouterr().out
+
+
 def test_summary_table_has_a_row_per_input_and_a_column_per_edit(session, tmp_path, tiny_editor):
     out = tmp_path / "out"
     summary = run_in_process(session, out, tiny_editor)
