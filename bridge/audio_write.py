@@ -15,7 +15,15 @@ import numpy as np
 
 from bridge.protocol import FORBIDDEN_PATH
 from engine.errors import AudioError, ImusicError
-from engine.files import PARTIAL_SUFFIX, result_file_name, result_file_path, sweep_temps, temp_name, writable_folder
+from engine.files import (
+    PARTIAL_SUFFIX,
+    fsync_folder,
+    result_file_name,
+    result_file_path,
+    sweep_temps,
+    temp_name,
+    writable_folder,
+)
 
 RESULTS_DIR = "results"  # where a result goes by default: beside its input, in this folder
 
@@ -204,24 +212,11 @@ def _write_by_path(path: Path, audio: np.ndarray, sample_rate: int, overwrite: b
                 if path.exists():
                     raise FileExistsError(f"{path} exists") from None
                 os.replace(temporary, path)
-        _fsync_dir(path.parent)
+        fsync_folder(path.parent)
     finally:
         if temporary.exists():
             temporary.unlink()
     return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on Windows; the rename is still atomic there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def names_folder(output: str | Path) -> bool:

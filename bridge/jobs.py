@@ -23,7 +23,7 @@ from typing import Any
 from bridge import protocol
 from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ResourceError
-from engine.files import jsonable, lock_folder
+from engine.files import fsync_folder, jsonable, lock_folder
 
 JOURNAL_NAME = "jobs.jsonl"
 KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency
@@ -202,6 +202,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temporary, self.path)
+            fsync_folder(self.path.parent)
             self.events = 0
         for job_id in [job_id for job_id in jobs if job_id not in keep]:
             del jobs[job_id]

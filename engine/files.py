@@ -138,6 +138,21 @@ def lock_folder(lock_path: str | Path, busy: str) -> Any:
     return handle
 
 
+def fsync_folder(folder: str | Path) -> None:
+    """Make a rename in `folder` durable (a power cut right after it must not undo it); where folders cannot be opened
+    (Windows), the rename is atomic as it stands."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, mode: int | None = None, sweep: bool = True) -> Iterator[Path]:
     """A temporary path beside `path` for any writer (torch.save, savefig with an explicit format, write_bytes);
@@ -175,6 +190,7 @@ def atomic_path(path: str | Path, mode: int | None = None, sweep: bool = True) -
             mode = 0o666 & ~umask  # what open() would have given a new file (the temporary is 0600)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -183,3 +183,17 @@ def test_a_files_audio_format_is_read_from_its_suffix_in_the_one_table():
     assert (audio_format("/a/Mix.WAVE"), audio_format("b.Aif"), audio_format("c.opus"), audio_format("wav")) == (
         "wav", "aiff", None, None
     )  # fmt: skip
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows opens no folder to fsync; its renames are atomic as they stand")
+def test_an_atomic_write_makes_its_rename_durable_by_syncing_the_folder(tmp_path, monkeypatch):
+    """A power cut right after the rename must not bring the old file back: the folder holding it is synced too."""
+    synced, real_fsync = [], os.fsync
+
+    def recording(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    write_bytes_atomic(tmp_path / "a.json", b"{}")
+    assert synced == [False, True]  # the file's data, then the folder's entry
