@@ -91,6 +91,7 @@ class EngineServer:
         self.book: JobBook | None = None
         self.worker: Worker | None = None
         self.stopped = threading.Event()  # set once stop() has begun
+        self._closing = False  # stop() ran
         self.shutdown_requested = threading.Event()  # set by SIGINT/SIGTERM; serve_forever then stops
         self._receiver: threading.Thread | None = None
         self._osc_log_filter = PythonOscLogFilter(self.logs)
@@ -168,9 +169,11 @@ class EngineServer:
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop receiving, interrupt the running job (it stays pending in the journal), close everything."""
-        if self.stopped.is_set():
+        """Stop receiving, interrupt the running job (it stays pending in the journal), close everything. Once: a
+        second call returns at once, while `stopped` set by anything else still has this close everything."""
+        if self._closing:
             return
+        self._closing = True
         self.stopped.set()
         if self.worker is not None:
             self.worker.stop()
