@@ -114,9 +114,11 @@ def _fade(R: Any, item: str, edge: str) -> planning.Fade:
 
 
 def _set_fade(R: Any, item: str, edge: str, fade: planning.Fade) -> None:
+    """The fade at an edge of a result item; none is set as none (length 0), over any default fade REAPER may give an
+    item it makes."""
+    length, _, shape, curve = _FADE_PARAMS[edge]
+    R.RPR_SetMediaItemInfo_Value(item, length, max(fade.length, 0.0))
     if fade.length > 0:
-        length, _, shape, curve = _FADE_PARAMS[edge]
-        R.RPR_SetMediaItemInfo_Value(item, length, fade.length)
         R.RPR_SetMediaItemInfo_Value(item, shape, fade.shape)
         R.RPR_SetMediaItemInfo_Value(item, curve, fade.curve)
 

@@ -122,6 +122,7 @@ class FakeReaper:
         self.tracks: list[Track] = []
         self.time_selection = (0.0, 0.0)
         self.start_offset = 0.0  # Project settings > Project start time: the ruler shows positions shifted by it
+        self.new_item_fade = 0.0  # a default fade REAPER may give an item a script makes (whether it does is unknown)
         self.deferred: list[Deferred] = []
         self.instance_prompts: list[str] = []  # scripts whose re-run met REAPER's "already running" dialog
         self._running = ""  # the script whose code runs now
@@ -546,6 +547,8 @@ class FakeReaper:
     def RPR_AddMediaItemToTrack(self, track: str) -> str:
         self.changes.append("add item")
         item = Item(track=self._track(track))
+        if self.new_item_fade:
+            item.values.update(D_FADEINLEN=self.new_item_fade, D_FADEOUTLEN=self.new_item_fade)
         item.track.items.append(item)
         return item.ptr
 

@@ -168,6 +168,17 @@ def test_a_result_keeps_the_fades_of_the_item_edges_it_keeps(harness, source_fil
     assert short.length == pytest.approx(0.2) and short.values["D_FADEOUTLEN"] == pytest.approx(0.2)
 
 
+def test_a_result_of_an_item_without_fades_has_none_whatever_fade_reaper_gives_new_items(harness, source_file):
+    reaper = harness.reaper
+    reaper.new_item_fade = 0.01  # Preferences > Media item defaults: a fade on every new item, if REAPER applies it
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    (result,) = reaper.tracks[1].items
+    assert (result.values["D_FADEINLEN"], result.values["D_FADEOUTLEN"]) == (0.0, 0.0)
+
+
 def test_a_peak_build_that_never_ends_does_not_hang_reaper_and_the_result_still_lands(harness, source_file):
     reaper = harness.reaper
     calls = []
