@@ -35,9 +35,9 @@ def media_dir(R) -> str:
     project_dir = project_folder(R)
     if project_dir:
         return os.path.join(project_dir, folder)
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), "imusic-reaper")
+    # An unsaved project with a relative recording path: REAPER's own default media folder in the home folder, not
+    # the system's temporary one (the project refers to its results: a reboot must not take them)
+    return os.path.join(os.path.expanduser("~"), "REAPER Media", folder)
 
 
 def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:

@@ -824,6 +824,22 @@ def test_results_still_land_in_a_song_saved_under_a_name_while_the_edit_ran(harn
     assert [t.name for t in reaper.tracks] == ["Bass", "Bass \u00b7 extract drums"] and reaper.messages == []
 
 
+def test_an_unsaved_project_with_a_relative_media_folder_keeps_its_results_in_the_home_folder_not_temp(
+    harness, source_file, tmp_path, monkeypatch
+):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
+    reaper = harness.reaper
+    reaper.project_path, reaper.media_dir = "", "Audio"
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    (result,) = reaper.tracks[1].items
+    assert Path(result.take.source.filename).parent == home / "REAPER Media" / "Audio" / "imusic"
+
+
 def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, source_file, tmp_path):
     reaper = harness.reaper
     reaper.media_dir = "Media"
