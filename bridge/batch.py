@@ -213,6 +213,9 @@ def run_batch(
     manifest.claim([pair.output.relative_to(out).as_posix() for pair in todo])
     # what each source was when the batch began: a result is recorded as made from it only if it is still that
     stamps = {pair.key: _stamp(pair.source.path) for pair in todo}
+    # a file at a pair's output now is the batch's own (triage refused the others): replaced; one that appears later is
+    # the user's, never overwritten
+    backend.replaceable = {pair.output for pair in todo if pair.output.exists()}
     if hasattr(backend, "earlier_jobs"):  # --server: end the jobs a cut run left on the server, record this run's
         backend.earlier_jobs = list(manifest.server_jobs)
 

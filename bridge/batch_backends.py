@@ -1,6 +1,7 @@
 """Where a batch's edits run: in this process, on a running `imusic serve`, or on a Ray cluster.
 
-Each backend has `parse(text)`, `model_info`, `per_file_progress`, `run(pairs, progress) -> Iterator[Outcome]` and
+Each backend has `parse(text)`, `model_info`, `per_file_progress`, `replaceable` (the outputs it may write over: the
+batch's own earlier results, set by bridge.batch.run_batch), `run(pairs, progress) -> Iterator[Outcome]` and
 `close()`. Heavy imports (torch, ray) happen inside functions: `imusic batch --help` stays fast.
 """
 
@@ -50,14 +51,22 @@ class Outcome:
     error: ImusicError | None = None
 
 
-def _edit_pair(editor: Any, pair: Pair, options: EditOptions, progress: Callable[[float, str], None] | None) -> Outcome:
-    """One pair, in this process: the one edit path (read, edit, conform, write atomically)."""
+def _appeared(path: Path) -> Path:
+    """on_exists of a result whose name was free when the batch began: a file put there since is the user's."""
+    raise ConfigError(f"a file appeared at {path} while the batch ran; it is left alone: move it and run again")
+
+
+def _edit_pair(
+    editor: Any, pair: Pair, options: EditOptions, progress: Callable[[float, str], None] | None, replace: bool
+) -> Outcome:
+    """One pair, in this process: the one edit path (read, edit, conform, write atomically). `replace`: the file at
+    the pair's output when the batch began is the batch's own (bridge.batch.triage decided), to be replaced."""
     from bridge.editing import edit_region
 
     started = time.monotonic()
     done = edit_region(
         editor, pair.source.path, pair.source.start_s, pair.end_s, pair.edit, pair.output,
-        options=options, overwrite=True, progress=progress,
+        options=options, overwrite=replace, on_exists=_appeared, progress=progress,
     )  # fmt: skip
     return Outcome(pair, done.output_path, done.info, done.seed, time.monotonic() - started)
 
@@ -70,6 +79,7 @@ class InProcessBackend:
         self.options = options
         self.model_info = dict(editor.info)
         self.per_file_progress = True
+        self.replaceable: set[Path] = set()  # outputs the batch's own results held when it began (run_batch sets it)
 
     def parse(self, text: str) -> Any:
         return self.editor.parse(text)
@@ -77,7 +87,8 @@ class InProcessBackend:
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
         for pair in pairs:
             try:
-                yield _edit_pair(self.editor, pair, self.options, lambda f, _stage, p=pair: progress(p, f))
+                replace = pair.output in self.replaceable
+                yield _edit_pair(self.editor, pair, self.options, lambda f, _stage, p=pair: progress(p, f), replace)
             except ImusicError as exc:
                 if isinstance(exc, ResourceError):
                     raise
@@ -123,6 +134,7 @@ class ServerBackend:
         self.per_file_progress = True
         self.submitted: set[str] = set()
         self.earlier_jobs: list[str] = []  # a cut run's jobs, from the manifest: ended before this run submits
+        self.replaceable: set[Path] = set()  # outputs the batch's own results held when it began (run_batch sets it)
         self.on_submit: Callable[[list[str]], None] | None = None  # records this run's job ids before they are sent
 
     def _wait_ready(self, pong: Any) -> Any:
@@ -158,8 +170,10 @@ class ServerBackend:
 
     def _submit(self, pair: Pair, job_id: str) -> None:
         pair.output.parent.mkdir(parents=True, exist_ok=True)
-        # An output file the manifest does not vouch for is a leftover: the server must not pick another name.
-        pair.output.unlink(missing_ok=True)
+        # The batch's own earlier result goes, so that the server does not pick another name; a file put there since
+        # the batch began is the user's: the server writes beside it (`-2`), never over it.
+        if pair.output in self.replaceable:
+            pair.output.unlink(missing_ok=True)
         self.client.submit(
             str(pair.source.path),
             pair.source.start_s,
@@ -322,6 +336,7 @@ class RayBackend:
         self.model_info["gpus"] = gpus
         self.options = options
         self.per_file_progress = False
+        self.replaceable: set[Path] = set()  # outputs the batch's own results held when it began (run_batch sets it)
 
     def parse(self, text: str) -> Any:
         status, value = self.ray.get(self.actors[0].parse.remote(text))
@@ -366,7 +381,10 @@ class RayBackend:
                 continue
             _, audio, result_rate, seed, info, seconds = reply  # the worker's time: queueing behind a job is not it
             try:
-                written, info = write_result(pair.output, audio, result_rate, source, rate, info, overwrite=True)
+                written, info = write_result(
+                    pair.output, audio, result_rate, source, rate, info,
+                    overwrite=pair.output in self.replaceable, on_exists=_appeared,
+                )  # fmt: skip
             except (ImusicError, OSError) as exc:
                 yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
                 continue

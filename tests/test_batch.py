@@ -567,8 +567,8 @@ def test_a_source_changed_while_it_was_rendered_is_not_recorded_as_done_and_is_r
     out = tmp_path / "out"
     real = batch_backends._edit_pair
 
-    def overwritten_meanwhile(editor, pair, options, progress):
-        outcome = real(editor, pair, options, progress)
+    def overwritten_meanwhile(editor, pair, options, progress, replace):
+        outcome = real(editor, pair, options, progress, replace)
         if pair.source.rel == "mix":  # the producer bounces a new take over it while the batch renders
             write_wav(session / "mix.wav", 1.5, 22050, 2, seed=7, subtype="PCM_16")
         return outcome
@@ -605,6 +605,28 @@ def test_a_disk_that_fills_up_mid_batch_is_one_line_and_a_rerun_resumes(
     assert err == f"imusic batch: error: No space left on device: {out / 'manifest.json'}\n"
     monkeypatch.setattr(manifest_module.Manifest, "save", real_save)
     assert main(argv) == 0 and "refused" not in capsys.readouterr().out
+
+
+def test_a_file_put_at_a_results_name_while_the_batch_runs_is_never_overwritten(
+    session, tmp_path, tiny_editor, monkeypatch
+):
+    """The name was free when the batch began; the producer saved a file there during the run."""
+    from bridge import batch_backends
+
+    out = tmp_path / "out"
+    real = batch_backends._edit_pair
+    theirs = out / "stems" / "bass.remove_bass.wav"
+
+    def meanwhile(editor, pair, options, progress, replace):
+        if pair.output == theirs:
+            theirs.write_bytes(b"MY OWN BOUNCE")
+        return real(editor, pair, options, progress, replace)
+
+    monkeypatch.setattr(batch_backends, "_edit_pair", meanwhile)
+    summary = run_in_process(session, out, tiny_editor)
+    assert theirs.read_bytes() == b"MY OWN BOUNCE"
+    assert summary.done == 3 and summary.failed == 1
+    assert any("a file appeared at" in error and "left alone" in error for error in summary.errors)
 
 
 def test_summary_table_has_a_row_per_input_and_a_column_per_edit(session, tmp_path, tiny_editor):
