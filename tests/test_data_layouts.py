@@ -144,6 +144,18 @@ def test_class_from_file_name(file_name, cls):
 
 def test_mix_files_are_recognised_by_name():
     assert is_mix_name("mix") and is_mix_name("Song Mixdown") and not is_mix_name("Drums")
+    assert is_mix_name("mixture") and is_mix_name("linear_mixture")  # MUSDB18-HQ, DSD100; MUSDB18
+
+
+def test_a_musdb18_hq_song_has_four_stems_and_its_mixture_is_no_stem(tmp_path):
+    """MUSDB18-HQ ships train/<song>/{mixture,drums,bass,other,vocals}.wav: its mixture was taken for an "Other" stem,
+    which put every other stem into the inputs twice."""
+    for name in ("mixture", "drums", "bass", "other", "vocals"):
+        _wav(tmp_path / "train" / "A Band - A Song" / f"{name}.wav")
+    (song,) = scan(tmp_path).songs
+    assert sorted((stem.name, stem.cls) for stem in song.stems) == [
+        ("bass", "Bass"), ("drums", "Drums"), ("other", "Other"), ("vocals", "Vocals")
+    ]  # fmt: skip
 
 
 def test_general_midi_programs_map_to_slakh_classes():

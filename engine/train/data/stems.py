@@ -56,8 +56,9 @@ _KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Synth Lead", ("lead", "synth", "synths", "arp")),
 )
 
-# Files in a song folder that are the mix, not a stem.
-_MIX_WORDS = {"mix", "mixdown", "master", "mastered", "full", "fullmix", "stereomix", "bounce", "reference"}
+# Files in a song folder that are the mix, not a stem ("mixture": MUSDB18-HQ's and DSD100's, "linear_mixture": MUSDB18's
+# stem-summed one).
+_MIX_WORDS = {"mix", "mixture", "mixdown", "master", "mastered", "full", "fullmix", "stereomix", "bounce", "reference"}
 
 
 def gm_class(program: int, is_drum: bool) -> str:
