@@ -354,3 +354,12 @@ def test_a_class_no_song_has_is_named_with_the_classes_there(synth_data):
 
     with pytest.raises(ConfigError, match=r"has the stem class\(es\) Foo; its classes are .*Bass"):
         StemDataset(scan(synth_data), "all", ClipConfig(classes=("Bass", "foo")))
+
+
+def test_a_class_list_naming_vocals_is_refused_saying_vocals_are_excluded():
+    """Vocals are left out of training (as the official loader does): named in --classes, they were dropped silently
+    ("Drums, Bass, Vocals" trained two stems; "Vocals, Drums" said only one class was usable)."""
+    with pytest.raises(ConfigError, match="Vocals cannot be trained: excluded from training"):
+        ClipConfig(classes=("Drums", "Bass", "vocals"))
+    assert ClipConfig(classes=("Drums", "Bass")).class_set() == ("Drums", "Bass")
+    assert ClipConfig(classes=("Drums", "Vocals"), exclude=()).class_set() == ("Drums", "Vocals")

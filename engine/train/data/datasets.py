@@ -84,6 +84,14 @@ class ClipConfig:
             raise ConfigError(f"unknown gain mode {self.gain!r}: use official or none")
         if isinstance(self.classes, str) and self.classes not in CLASS_SETS:
             raise ConfigError(f"unknown class set {self.classes!r}: use {', '.join(CLASS_SETS)}, or a list of classes")
+        excluded = {canonical_class(name) for name in self.exclude}
+        named = [name for name in (self.class_set() or ()) if name in excluded]
+        if named and not isinstance(self.classes, str):  # a class the user named would be dropped without a word
+            raise ConfigError(
+                f"{', '.join(named)} cannot be trained: excluded from training ({', '.join(sorted(excluded))}: "
+                "MusicGen was trained without vocals, and the official Instruct-MusicGen drops them); name other "
+                "classes"
+            )
 
     @property
     def num_samples(self) -> int:
