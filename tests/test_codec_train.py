@@ -491,3 +491,18 @@ def test_a_checkpoint_of_another_stage_in_a_codec_run_is_named_not_loaded(tones,
     torch.save(checkpoint_payload("base", 3, {}, trainable={}), _latest(run))
     with pytest.raises(CheckpointError, match="is a checkpoint of the base stage, not of the codec stage"):
         train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, resume=True)
+
+
+def test_a_stem_cut_short_after_its_header_is_named_by_the_codec_stage_not_a_decoder_traceback(tmp_path):
+    """The header promises 2 s, the file holds a third of its bytes: the scan reads headers only, so the codec stage
+    meets the damage when it decodes, and says which file it is."""
+    from engine.train import codec_train
+
+    path = tmp_path / "cut.flac"
+    sf.write(path, (np.random.default_rng(0).normal(size=32000) * 0.3).astype(np.float32), 16000)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(DataError, match="cut.flac: .*damaged or cut short"):
+        codec_train.ClipSampler([path], 16000, 0.2, preload=True)
+    sampler = codec_train.ClipSampler([path], 16000, 0.2)
+    with pytest.raises(DataError, match="cut.flac: .*damaged or cut short"):
+        sampler._read(0, 25000)  # a window past the damage

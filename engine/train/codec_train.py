@@ -132,7 +132,10 @@ class ClipSampler:
     def _read(self, index: int, start: int) -> np.ndarray:
         if self.audio is not None:
             return self.audio[index][start : start + self.length].astype(np.float32) / np.float32(32768.0)
-        audio, _ = sf.read(str(self.files[index]), start=start, frames=self.length, dtype="float32", always_2d=True)
+        try:
+            audio, _ = sf.read(str(self.files[index]), start=start, frames=self.length, dtype="float32", always_2d=True)
+        except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            raise _unreadable(self.files[index], exc) from None
         return audio.mean(axis=1)
 
     def clip(self) -> np.ndarray:
@@ -157,8 +160,16 @@ class ClipSampler:
 
 
 def _read_int16_mono(path: Path) -> np.ndarray:
-    audio, _ = sf.read(str(path), dtype="int16", always_2d=True)
+    try:
+        audio, _ = sf.read(str(path), dtype="int16", always_2d=True)
+    except (RuntimeError, OSError) as exc:
+        raise _unreadable(path, exc) from None
     return audio[:, 0].copy() if audio.shape[1] == 1 else audio.mean(axis=1).astype(np.int16)
+
+
+def _unreadable(path: Path, exc: Exception) -> DataError:
+    """A stem whose header read fine but whose audio does not decode (a cut or damaged file)."""
+    return DataError(f"cannot read {path}: {exc}; the file is damaged or cut short: replace it, or remove its song")
 
 
 def _as_tuple(value):
