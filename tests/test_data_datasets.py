@@ -224,6 +224,18 @@ def test_split_is_by_song_disjoint_and_complete():
     assert (len(parts["validation"]), len(parts["test"])) == (3, 3)
 
 
+def test_a_data_set_split_into_train_and_test_only_gets_validation_songs_from_its_train_songs():
+    """MUSDB18 ships train/ and test/: without a validation split a run had no validation loss and no keep-best."""
+    from dataclasses import replace
+
+    songs = [replace(song, split="test" if i < 10 else "train") for i, song in enumerate(_songs(30))]
+    parts = split_songs(songs, 0.1, 0.1, seed=0)
+    test = {song.song_id for song in parts["test"]}
+    assert test == {song.song_id for song in songs[:10]}  # the data set's own test songs, untouched
+    assert len(parts["validation"]) == 3 and len(parts["train"]) == 17
+    assert not {song.song_id for song in parts["validation"]} & {song.song_id for song in parts["train"]}
+
+
 def test_split_is_deterministic_and_ignores_file_order():
     songs = _songs(30)
     shuffled = songs[:]

@@ -257,7 +257,8 @@ def split_songs(
     test_fraction: float = TEST_FRACTION,
     seed: int = SPLIT_SEED,
 ) -> dict[str, list[Song]]:
-    """Deterministic split by song: the data set's own split when every song has one, else a seeded hash order.
+    """Deterministic split by song: the data set's own split when every song has one (validation songs taken from its
+    train songs when it has none), else a seeded hash order.
 
     Each song lands in exactly one split; the result depends only on song ids and the seed, never on file order.
     """
@@ -267,6 +268,11 @@ def split_songs(
         raise DataError("two songs share one id; song ids must be unique for a split by song")
     if songs and all(song.split in SONG_SPLITS for song in songs):
         assigned = {name: sorted(s.song_id for s in songs if s.split == name) for name in SONG_SPLITS}
+        n_valid = max(1, round(valid_fraction * len(songs))) if valid_fraction > 0 else 0
+        if not assigned["validation"] and 0 < n_valid < len(assigned["train"]):
+            # MUSDB18 ships train and test only: its validation songs come out of its train songs, in hash order
+            ordered = sorted(assigned["train"], key=lambda song_id: _rank_key(song_id, seed))
+            assigned["validation"], assigned["train"] = sorted(ordered[:n_valid]), sorted(ordered[n_valid:])
     else:
         assigned = split_ids(sorted(by_id), valid_fraction, test_fraction, seed)
     return {name: [by_id[song_id] for song_id in ids] for name, ids in assigned.items()}
