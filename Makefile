@@ -119,8 +119,8 @@ model-acceptance: setup
 	$(BIN)/imusic data synth --tracks 100 --seconds 20 --sample-rate 16000 --seed 202 --soundfont $(SECOND_SOUNDFONT) \
 	  --renderer fluidsynth --workers 2 -o $(SECOND_TESTSET) --quiet --once
 	rm -rf .cache/eval-second
-	$(BIN)/imusic eval --data $(SECOND_TESTSET) --task extract --task remove --task add --clips-per-song 2 \
-	  --spectrograms 0 --seed 0 -o .cache/eval-second --quiet
+	$(BIN)/imusic eval --data $(SECOND_TESTSET) --split all --task extract --task remove --task add \
+	  --clips-per-song 1 --limit 80 --spectrograms 0 --seed 0 -o .cache/eval-second --quiet
 	cp .cache/eval-second/report.md docs/embedded_model/second_testset.md
 	$(BIN)/python -m engine.eval.acceptance --report docs/embedded_model/report.json \
 	  --second-report .cache/eval-second/report.json -o docs/embedded_model/acceptance.md

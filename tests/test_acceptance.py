@@ -90,3 +90,24 @@ def test_command_writes_the_table(tmp_path, tiny_model_dir, capsys):
     assert "second test set: remove beats identity" in printed and printed.rstrip().endswith("bars met.")
     assert main(["--report", str(tmp_path / "nope.json"), "--no-timing"]) == 1
     assert "no such report" in capsys.readouterr().err
+
+
+def test_an_edit_that_does_no_more_than_a_fader_fails_the_level_bar_but_passes_the_identity_bar():
+    summary = _summary(_row(0.52, 9.5), _row(0.6, 6.0))
+    level = {
+        "n": 4,
+        "mel_ssim": 0.53,
+        "mel_ssim_gain_db": -1.0,
+        "log_mel_distance": 9.4,
+        "log_mel_distance_gain_db": -1.5,
+    }
+    for task in summary:
+        summary[task]["level only"] = level
+    bars = {b.name: b for b in report_bars(summary, "t")}
+    assert bars["t: extract beats identity on mel SSIM and log-mel distance"].met is True
+    fader = bars["t: extract beats a level change on mel SSIM and log-mel distance"]
+    assert fader.met is False
+    assert fader.measured == "mel SSIM 0.52 vs 0.53 (at -1 dB); log-mel distance 9.5 vs 9.4 (at -1.5 dB) (4 clips)"
+    assert "t: add beats a level change on log-mel distance" in bars
+    del summary["remove"]["level only"]  # a report from before the row: no level bar for it, nothing failed
+    assert not any(name.startswith("t: remove beats a level") for name in (b.name for b in report_bars(summary, "t")))

@@ -100,9 +100,14 @@ def test_every_task_has_the_model_and_the_three_reference_rows(report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     assert list(report["tasks"]) == ["extract", "remove", "add"]
     for part in report["tasks"].values():
-        assert set(part["summary"]) == {"model", "resynth", "identity", "codec ceiling", "ideal mask", "oracle"}
+        rows = {"model", "resynth", "identity", "level only", "codec ceiling", "ideal mask", "oracle"}
+        assert set(part["summary"]) == rows
         assert part["summary"]["model"]["n"] == 2 and part["summary"]["resynth"]["n"] == 2
-        assert all("ild_error" in row for row in part["summary"].values())
+        assert all("ild_error" in row for name, row in part["summary"].items() if name != "level only")
+        level = part["summary"]["level only"]  # the fader: mel SSIM and log-mel distance, each at its best gain
+        assert set(level) == {"n", "mel_ssim", "mel_ssim_std", "mel_ssim_gain_db", "log_mel_distance",
+                              "log_mel_distance_std", "log_mel_distance_gain_db"}  # fmt: skip
+        assert all("level grid" not in clip for clip in part["examples"])  # read, not kept
 
 
 def test_reference_rows_of_a_real_run_are_right_by_construction(report_dir):
@@ -446,8 +451,17 @@ def test_the_validation_split_scores_other_songs_than_the_test_split(synth_data,
     songs = {name: {e["song"] for e in r["tasks"]["extract"]["examples"]} for name, r in (("t", test), ("v", val))}
     assert songs["t"] and songs["v"] and not songs["t"] & songs["v"]
     assert val["settings"]["split"] == "validation" and "validation split" in markdown(val)
-    with pytest.raises(ConfigError, match="--split must be test or validation"):
+    with pytest.raises(ConfigError, match="--split must be test, validation or all"):
         evaluate(synth_data, ["extract"], tmp_path / "bad", split="train", **kwargs)
+
+
+def test_a_data_set_no_stage_trained_on_is_scored_over_all_its_songs(synth_data, tiny_editor, tmp_path):
+    """The second test set: its own 80/10/10 split kept 10 of its songs; every one of them is unseen."""
+    kwargs = {"editor": _EchoEditor(tiny_editor), "seconds": 1.0, "progress": False, "clips_per_song": 1}
+    test = evaluate(synth_data, ["extract"], tmp_path / "test", **kwargs)
+    every = evaluate(synth_data, ["extract"], tmp_path / "all", split="all", **kwargs)
+    count = {name: len(r["tasks"]["extract"]["examples"]) for name, r in (("test", test), ("all", every))}
+    assert count["all"] > count["test"] and "all split" in markdown(every)
 
 
 def test_imusic_eval_once_writes_a_report_then_leaves_it_alone(synth_data, tiny_model_dir, tmp_path, capsys):

@@ -168,3 +168,23 @@ def test_the_zero_padded_mel_power_stays_on_the_400_point_ffts_scale():
     upper = slice(32, None)  # bands wide enough to hold several 400-point bins
     ratio = ours[upper].mean() / plain.T[upper].mean()
     assert ratio == pytest.approx(1.0, abs=0.05)
+
+
+def test_log_mel_distance_is_not_made_of_inaudible_bins():
+    """Floored 80 dB under the reference's loudest bin: -80 dBFS of noise where the target is silent costs next to
+    nothing (with an absolute -100 dB floor it made most of the distance, and -65 dBFS of noise added to an input
+    'improved' it), while a real level error still counts in full where the target sounds."""
+    rng = np.random.default_rng(0)
+    t = np.arange(5 * RATE) / RATE
+    target = 0.3 * np.sin(2 * np.pi * 440 * t) * (t < 2.5)  # a note, then silence
+    leak = target + rng.normal(0, 1e-4, t.shape) * (t >= 2.5)  # -80 dBFS of hiss in the silent half
+    assert metrics.log_mel_distance(leak, target, RATE) < 0.2  # an absolute -100 dB floor gave about 20 dB
+    assert metrics.log_mel_distance(0.5 * target, target, RATE) > 1.0
+
+
+def test_the_level_grid_finds_the_gain_a_quieter_copy_needs():
+    target = _noise(12)
+    grid = metrics.level_grid(0.5 * target, target, RATE)
+    best = int(np.argmin(grid["log_mel_distance"]))
+    assert metrics.LEVEL_GAINS_DB[best] == 6.0 and grid["log_mel_distance"][best] == pytest.approx(0.0, abs=0.05)
+    assert int(np.argmax(grid["mel_ssim"])) == best and len(grid["mel_ssim"]) == len(metrics.LEVEL_GAINS_DB)

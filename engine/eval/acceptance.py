@@ -6,6 +6,8 @@
 Bars, each read off `imusic eval` reports (report.json) or measured here:
 - extract and remove: the model's row (the editor's default mode) beats the identity (the input unchanged) on both
   mel SSIM and log-mel distance; add: the model comes closer to the target than the input on log-mel distance;
+- the same against a level change alone (the report's "level only" row: the input at the one gain per task and metric
+  that scores best), a stricter bar than the issue's: an edit that does no more than a fader does not work;
 - the codec ceiling (the target through the model's codec) beats the identity on every task and both metrics;
 - the same on a second test set (`--second-report`: songs rendered with a soundfont no stage trained on);
 - a 10 s stereo 44.1 kHz edit on this machine takes at most 5 s (median of `--repeats` edits after one warm-up,
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError, report_error
-from engine.eval.report import CEILING_ROW, IDENTITY_ROW, MODEL_ROW, report_summary
+from engine.eval.report import CEILING_ROW, IDENTITY_ROW, LEVEL_ROW, MODEL_ROW, report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 from engine.instructions import timed_instruction
 
@@ -66,27 +68,31 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _pair(rows: dict[str, Any], row: str, metric: str) -> str:
-    mine, base = rows.get(row, {}).get(metric), rows.get(IDENTITY_ROW, {}).get(metric)
+def _pair(rows: dict[str, Any], row: str, metric: str, baseline: str = IDENTITY_ROW) -> str:
+    mine, base = rows.get(row, {}).get(metric), rows.get(baseline, {}).get(metric)
     if not (_finite(mine) and _finite(base)):  # missing, null, or "nan" as older reports wrote it
         return f"{METRIC_WORDS[metric]} not measured"
-    return f"{METRIC_WORDS[metric]} {mine:.3g} vs {base:.3g}"
+    gain = rows.get(baseline, {}).get(f"{metric}_gain_db")
+    return f"{METRIC_WORDS[metric]} {mine:.3g} vs {base:.3g}" + (f" (at {gain:+g} dB)" if _finite(gain) else "")
 
 
 def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
     """The model and codec-ceiling bars of one test set."""
 
     model, ceiling = beats_identity(summary, MODEL_ROW), beats_identity(summary, CEILING_ROW)
+    fader = beats_identity(summary, MODEL_ROW, LEVEL_ROW)
     bars = []
     for task in TASKS:
         metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use
-        verdicts = [model.get(task, {}).get(m) for m in metrics]
-        measured = "; ".join(_pair(summary.get(task, {}), "model", m) for m in metrics)
-        clips = summary.get(task, {}).get("model", {}).get("n")
-        if _finite(clips):  # how many clips the means are of: a run cut by its time budget scores fewer
-            measured += f" ({int(clips)} clips)"
         what = " and ".join(METRIC_WORDS[m] for m in metrics)
-        bars.append(Bar(f"{label}: {task} beats identity on {what}", measured, _all(verdicts)))
+        clips = summary.get(task, {}).get("model", {}).get("n")
+        counted = f" ({int(clips)} clips)" if _finite(clips) else ""  # a run cut by its time budget scores fewer
+        for baseline, verdict, words in ((IDENTITY_ROW, model, "identity"), (LEVEL_ROW, fader, "a level change")):
+            if baseline == LEVEL_ROW and summary.get(task) and LEVEL_ROW not in summary[task]:
+                continue  # a report from before the level-only row
+            verdicts = [verdict.get(task, {}).get(m) for m in metrics]
+            measured = "; ".join(_pair(summary.get(task, {}), "model", m, baseline) for m in metrics) + counted
+            bars.append(Bar(f"{label}: {task} beats {words} on {what}", measured, _all(verdicts)))
     checks = {f"{task} {METRIC_WORDS[m]}": ceiling.get(task, {}).get(m) for task in TASKS for m in METRICS}
     losing = [name for name, won in checks.items() if won is False]
     unmeasured = [name for name, won in checks.items() if won is None]

@@ -5,6 +5,7 @@ without the paper:
 - model: the Editor's default mode, "mask" (the model's output steers a mask on the input; add: input + added part);
 - resynth: the same model and seed in mode "resynth" (the paper's behaviour: the model's output is the result);
 - identity: output = input (what doing nothing scores; SI-SDRi is 0 by definition);
+- level only: the input at the one gain per task and metric that scores best (what a fader alone does);
 - codec ceiling: the target encoded and decoded by the model's own codec (the best re-synthesis can do);
 - ideal mask: the mask computed from the true target, then levelled as the Editor does (the best mask mode can do);
 - oracle: output = target (the top of every scale).
@@ -36,6 +37,7 @@ from engine.eval.report import (
     CEILING_ROW,
     IDEAL_MASK_ROW,
     IDENTITY_ROW,
+    LEVEL_GRID,
     MODEL_ROW,
     ORACLE_ROW,
     REPORT_JSON,
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
     from engine.editor import Editor
     from engine.model.codec import Codec
 
+# The splits a model is scored on: its held-out songs, or every song of a data set no stage trained on (the second
+# test set, rendered with a soundfont no stage heard)
+EVAL_SPLITS = (*HELD_OUT, "all")
 LATE_BATCH = 8  # clips in the first batch of a task that starts after its deadline (imusic eval with a deadline)
 
 
@@ -89,10 +94,11 @@ def score_rows(
     input_audio: np.ndarray, target: np.ndarray, outputs: dict[str, np.ndarray], sample_rate: int
 ) -> dict[str, dict[str, float]]:
     """Metrics of every row's output ({row: audio}) against the target, plus the identity and oracle rows."""
-    from engine.eval.metrics import edit_metrics
+    from engine.eval.metrics import edit_metrics, level_grid
 
     rows = {IDENTITY_ROW: input_audio, **outputs, ORACLE_ROW: target}
-    return {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
+    scores = {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
+    return {**scores, LEVEL_GRID: level_grid(input_audio, target, sample_rate)}
 
 
 def score_clip(
@@ -289,8 +295,8 @@ def evaluate(
         raise ConfigError(f"--batch must be a whole number of at least 1, got {batch!r}")
     if spectrograms < 0:
         raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
-    if split not in HELD_OUT:
-        raise ConfigError(f"--split must be test or validation, got {split!r}")
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"--split must be test, validation or all, got {split!r}")
     if not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers must be a whole number of at least 0, got {workers!r}")
     if not (math.isfinite(input_gain_db) and abs(input_gain_db) <= 40):
@@ -402,6 +408,8 @@ def evaluate(
             if not examples:
                 raise DataError(f"no {task} example could be evaluated: {skipped[0]['reason'] if skipped else 'none'}")
             summary = summarize(examples)
+            for example in examples:  # 74 numbers a clip: read by the summary's level-only row, not kept
+                example.pop(LEVEL_GRID, None)
             notes = []
             if optional_metrics:
                 extra, notes = _optional_metrics(audio_dirs, captions, str(editor.model.device))
@@ -458,7 +466,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
-    parser.add_argument("--split", default="test", choices=HELD_OUT, help="songs to score (validation: for tuning)")
+    parser.add_argument(
+        "--split", default="test", choices=EVAL_SPLITS,
+        help="songs to score (validation: for tuning; all: every song, for a data set no stage trained on)",
+    )  # fmt: skip
     parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")

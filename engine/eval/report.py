@@ -12,8 +12,10 @@ from typing import Any
 # The rows of every task's table, in their order (module docstring of engine/eval/evaluate.py says what each is); a row
 # named otherwise is dropped by summarize(), so every writer and reader names them from here.
 MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW = "model", "resynth", "identity"
+LEVEL_ROW = "level only"  # the identity at the one gain per task and metric that scores best (metrics.level_grid)
 CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW = "codec ceiling", "ideal mask", "oracle"
-ROWS = (MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW, CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW)
+ROWS = (MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW, LEVEL_ROW, CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW)
+LEVEL_GRID = "level grid"  # a clip's metrics.level_grid, read by summarize() for LEVEL_ROW and not kept in a report
 METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error")
 METRIC_TITLES = {
     "si_sdr": "SI-SDR (dB) ↑",
@@ -32,7 +34,9 @@ SPECTROGRAMS = "spectrograms"  # the folder of a report's pictures, beside it
 
 
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation per row and metric over examples (non-finite values are counted apart)."""
+    """Mean and standard deviation per row and metric over examples (non-finite values are counted apart); with the
+    examples' level grids, the LEVEL_ROW: per metric, the mean at the gain whose mean scores best, and that gain
+    (`<metric>_gain_db`)."""
     import numpy as np  # here: the report's names are read by modules that must stay light (the recipe, the loader)
 
     summary: dict[str, dict[str, float]] = {}
@@ -45,6 +49,18 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
             stats[metric] = float(finite.mean()) if finite.size else float("nan")
             stats[f"{metric}_std"] = float(finite.std()) if finite.size else float("nan")
         summary[row] = stats
+    grids = [ex[LEVEL_GRID] for ex in examples if LEVEL_GRID in ex]
+    if grids:
+        from engine.eval.metrics import LEVEL_GAINS_DB
+
+        stats = {"n": len(grids)}
+        for metric in grids[0]:
+            values = np.array([grid[metric] for grid in grids], dtype=np.float64)  # [clips, gains]
+            means = values.mean(axis=0)
+            best = int(np.argmin(means) if metric in LOWER_IS_BETTER else np.argmax(means))
+            stats[metric], stats[f"{metric}_std"] = float(means[best]), float(values[:, best].std())
+            stats[f"{metric}_gain_db"] = float(LEVEL_GAINS_DB[best])
+        summary[LEVEL_ROW] = stats
     return summary
 
 
@@ -71,9 +87,12 @@ def markdown(report: dict) -> str:
         "input; add: the input plus the added part alone); *resynth* = the same model and seed re-synthesising the "
         "result (the paper's behaviour); *identity* = output is the input (SI-SDRi 0 by definition); *codec ceiling* "
         "= the target through the model's codec (the best re-synthesis can reach); *ideal mask* = the mask computed "
-        "from the true target (the best the mask mode can reach); *oracle* = output is the target. For add and "
-        "remove the identity is already close on spectral metrics: judge those against the ceilings; extract must "
-        "beat identity clearly. ILD err. is the stereo image's error (0 for mono clips).",
+        "from the true target (the best the mask mode can reach); *oracle* = output is the target; *level only* = "
+        "the input at the one gain (-12 to +6 dB) that scores best on each metric over the task's clips: what a fader "
+        "alone does, the least an edit must beat. For add and remove the identity is already close on spectral "
+        "metrics: judge those against the ceilings; extract must beat identity clearly. ILD err. is the stereo "
+        "image's error (0 for mono clips). Log-mel distance floors both spectrograms 80 dB under the target's "
+        "loudest bin.",
     ]
     problems = report.get("data_problems") or {}
     if problems:
@@ -99,6 +118,13 @@ def markdown(report: dict) -> str:
                     cells.append(text)
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
         notes = [f"- {note}" for note in part.get("notes", [])]
+        level = summary.get(LEVEL_ROW, {})
+        if level:
+            gains = ", ".join(
+                f"{METRIC_TITLES[m].rsplit(' ', 1)[0]} at {level[f'{m}_gain_db']:+g} dB"
+                for m in METRICS if f"{m}_gain_db" in level
+            )  # fmt: skip
+            notes.insert(0, f"- level only: {gains}")
         if part.get("skipped"):
             notes.append(f"- {len(part['skipped'])} clip(s) skipped: {part['skipped'][0]['reason']}")
         lines += [""] + notes if notes else []

@@ -20,16 +20,18 @@ EDIT_BARS: dict[str, tuple[str, ...]] = {
 METRIC_WORDS = {"mel_ssim": "mel SSIM", "log_mel_distance": "log-mel distance"}
 
 
-def beats_identity(summary: dict[str, Any], row: str = MODEL_ROW) -> dict[str, dict[str, bool]]:
-    """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row on mel SSIM (higher) and
-    log-mel distance (lower).
+def beats_identity(
+    summary: dict[str, Any], row: str = MODEL_ROW, baseline: str = IDENTITY_ROW
+) -> dict[str, dict[str, bool]]:
+    """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row (or `baseline`, e.g. the
+    level-only row) on mel SSIM (higher) and log-mel distance (lower).
 
     Tasks or metrics missing from either row, or not a finite number there (null in a report), are left out: the
     card says only what was measured.
     """
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
-        model, identity = rows.get(row, {}), rows.get(IDENTITY_ROW, {})
+        model, identity = rows.get(row, {}), rows.get(baseline, {})
         one = {}
         for metric in METRIC_WORDS:  # the metrics the bars are judged on
             mine, base = model.get(metric), identity.get(metric)
