@@ -738,15 +738,23 @@ def _tick_until_the_result_is_written(harness) -> None:
         time.sleep(0.02)
 
 
-def test_results_wait_for_their_project_tab_when_the_user_switched_to_another(harness, source_file):
+def _done_while_another_tab_is_active(harness, source_file) -> str:
+    """An extract of an item on "Bass", the user in another song's tab while the engine works, until its result is
+    written; returns the action's own project (tab)."""
     reaper = harness.reaper
     bass = reaper.add_track("Bass")
     reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
     harness.run("imusic_extract_drums.py")
     home, other = reaper.project, fake_reaper._pointer("ReaProject")
     reaper.open_projects.append(other)
-    reaper.project = other  # the user opens another song's tab while the engine works
+    reaper.project = other
     _tick_until_the_result_is_written(harness)
+    return home
+
+
+def test_results_wait_for_their_project_tab_when_the_user_switched_to_another(harness, source_file):
+    reaper = harness.reaper
+    home = _done_while_another_tab_is_active(harness, source_file)
     for _ in range(5):
         reaper.run_deferred()
     assert reaper.changes == [] and reaper.undo_points == [] and reaper.deferred
@@ -758,13 +766,7 @@ def test_results_wait_for_their_project_tab_when_the_user_switched_to_another(ha
 
 def test_results_waiting_for_their_tab_show_in_the_status_and_the_cancel_action_drops_them(harness, source_file):
     reaper = harness.reaper
-    bass = reaper.add_track("Bass")
-    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
-    harness.run("imusic_extract_drums.py")
-    home, other = reaper.project, fake_reaper._pointer("ReaProject")
-    reaper.open_projects.append(other)
-    reaper.project = other
-    _tick_until_the_result_is_written(harness)
+    home = _done_while_another_tab_is_active(harness, source_file)
     harness.run("imusic_status.py")
     deadline = time.monotonic() + 30
     while not reaper.messages and time.monotonic() < deadline:
@@ -830,25 +832,24 @@ def test_an_unsaved_project_with_a_relative_media_folder_keeps_its_results_in_th
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("USERPROFILE", str(home))
-    reaper = harness.reaper
-    reaper.project_path, reaper.media_dir = "", "Audio"
-    track = reaper.add_track("Mix")
-    reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
-    harness.run("imusic_extract_drums.py")
-    harness.settle()
-    (result,) = reaper.tracks[1].items
-    assert Path(result.take.source.filename).parent == home / "REAPER Media" / "Audio" / "imusic"
+    harness.reaper.project_path = ""
+    assert _result_folder(harness, source_file, "Audio") == home / "REAPER Media" / "Audio" / "imusic"
 
 
 def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, source_file, tmp_path):
+    assert _result_folder(harness, source_file, "Media") == tmp_path / "project" / "Media" / "imusic"
+
+
+def _result_folder(harness, source_file, media_dir: str) -> Path:
+    """Where an extract's result lands when REAPER reports `media_dir` as the project's recording path."""
     reaper = harness.reaper
-    reaper.media_dir = "Media"
+    reaper.media_dir = media_dir
     track = reaper.add_track("Mix")
     reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
     harness.run("imusic_extract_drums.py")
     harness.settle()
     (result,) = reaper.tracks[1].items
-    assert Path(result.take.source.filename).parent == tmp_path / "project" / "Media" / "imusic"
+    return Path(result.take.source.filename).parent
 
 
 # ------------------------------------------------------------------------------------------------ a saved project
