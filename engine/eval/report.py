@@ -92,7 +92,7 @@ def markdown(report: dict) -> str:
         "alone does, the least an edit must beat. For add and remove the identity is already close on spectral "
         "metrics: judge those against the ceilings; extract must beat identity clearly. ILD err. is the stereo "
         "image's error (0 for mono clips). Log-mel distance floors both spectrograms 80 dB under the target's "
-        "loudest bin.",
+        "loudest bin. Cells are mean ± standard deviation over the clips (not the mean's standard error).",
     ]
     problems = report.get("data_problems") or {}
     if problems:
