@@ -160,6 +160,26 @@ def test_beats_identity_compares_each_metric_in_its_own_direction_and_skips_what
     }
 
 
+def test_a_cards_verdict_counts_an_edit_no_better_than_a_fader_as_not_working():
+    from engine.eval.verdict import beats_unchanged
+
+    summary = {
+        "remove": {
+            "model": {"mel_ssim": 0.61, "log_mel_distance": 8.7},
+            "identity": {"mel_ssim": 0.60, "log_mel_distance": 8.9},
+            "level only": {"mel_ssim": 0.62, "log_mel_distance": 8.8},  # -1 dB of the input does better on SSIM
+        },
+        "extract": {  # a report from before the level-only row: the identity alone decides
+            "model": {"mel_ssim": 0.45, "log_mel_distance": 13.0},
+            "identity": {"mel_ssim": 0.42, "log_mel_distance": 15.0},
+        },
+    }
+    assert beats_unchanged(summary) == {
+        "remove": {"mel_ssim": False, "log_mel_distance": True},
+        "extract": {"mel_ssim": True, "log_mel_distance": True},
+    }
+
+
 def test_a_model_folders_stems_are_the_ones_loading_uses_its_adapters_first(tmp_path):
     from engine.train.default_model import model_stems
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.eval.report import IDENTITY_ROW, LOWER_IS_BETTER, MODEL_ROW
+from engine.eval.report import IDENTITY_ROW, LEVEL_ROW, LOWER_IS_BETTER, MODEL_ROW
 
 # The metrics each operation is judged on. Add is judged on log-mel distance only: the input already holds
 # everything but the new part, so its mel SSIM to the target starts high.
@@ -43,6 +43,18 @@ def beats_identity(
     return verdict
 
 
+def beats_unchanged(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
+    """A model card's verdict (`evaluation.beats_identity`): per task and metric, whether the model beats leaving the
+    audio unchanged, at its own level and at any level (the level-only row, where the report has one): an edit that
+    does no more than a fader does not work."""
+    verdict = beats_identity(summary)
+    fader = beats_identity(summary, MODEL_ROW, LEVEL_ROW)
+    return {
+        task: {metric: won and fader.get(task, {}).get(metric, True) for metric, won in metrics.items()}
+        for task, metrics in verdict.items()
+    }
+
+
 def card_verdict(card_data: dict[str, Any] | None) -> dict[str, dict[str, bool]]:
     """The card's `evaluation.beats_identity` ({operation: {metric: bool}}), {} when absent or malformed."""
     evaluation = card_data.get("evaluation") if isinstance(card_data, dict) else None
@@ -64,6 +76,6 @@ def shortfall_note(name: str, verdicts: dict[str, dict[str, bool]], op: str) -> 
     if not losing:
         return ""
     return (
-        f"{name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged on its held-out test songs "
-        f"({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
+        f"{name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged (or a level change of it) on "
+        f"its held-out test songs ({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
     )

@@ -20,7 +20,7 @@ from safetensors import safe_open
 
 from engine.errors import CheckpointError, ImusicError, report_error
 from engine.eval.report import REPORT_JSON, REPORT_MD, publish_report, report_summary
-from engine.eval.verdict import beats_identity
+from engine.eval.verdict import beats_unchanged
 from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.modes import DEFAULT_MODE, RESYNTH
@@ -210,7 +210,7 @@ def evaluation(report: dict, command: str) -> dict:
         "report": REPORT_LINK,
         "mode": f"{DEFAULT_MODE} (the default); the {RESYNTH} row is the paper's re-synthesis",
         "summary": summary,
-        "beats_identity": beats_identity(summary),
+        "beats_identity": beats_unchanged(summary),
     }
 
 

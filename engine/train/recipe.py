@@ -365,7 +365,7 @@ class Recipe:
         )
         from engine.eval.acceptance import report_bars
         from engine.eval.report import report_summary
-        from engine.eval.verdict import beats_identity
+        from engine.eval.verdict import beats_unchanged
 
         summary = report_summary(report)
         for task, part in report.get("tasks", {}).items():
@@ -376,7 +376,7 @@ class Recipe:
             self.say(f"eval: {bar.name}: {verdict} ({bar.measured})")
         return {
             "summary": summary,
-            "beats_identity": beats_identity(summary),
+            "beats_identity": beats_unchanged(summary),
             "bars": [{"bar": b.name, "measured": b.measured, "met": b.met} for b in bars],
             **depth,
         }
