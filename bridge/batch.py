@@ -215,15 +215,18 @@ def run_batch(
     stamps = {pair.key: _stamp(pair.source.path) for pair in todo}
     # a file at a pair's output now is the batch's own (triage refused the others): replaced; one that appears later is
     # the user's, never overwritten
-    backend.replaceable = {pair.output for pair in todo if pair.output.exists()}
-    if hasattr(backend, "earlier_jobs"):  # --server: end the jobs a cut run left on the server, record this run's
-        backend.earlier_jobs = list(manifest.server_jobs)
+    server = hasattr(backend, "end_earlier_jobs")
+    if server:  # --server: end the jobs a cut run left there (one past its last progress report finishes, writing)
+        backend.end_earlier_jobs(list(manifest.server_jobs))
 
         def submitting(job_ids: list[str]) -> None:
             manifest.server_jobs.extend(job_ids)
             manifest.save()
 
         backend.on_submit = submitting
+    # a file at a pair's output now is the batch's own (triage refused the others): replaced; one put there later is
+    # the user's, never overwritten
+    backend.replaceable = {pair.output for pair in todo if pair.output.exists()}
     stream = progress_stream if progress_stream is not None else sys.stderr
     if show_progress is None:  # bars on a terminal only: logs of scheduled runs stay readable
         show_progress = bool(getattr(stream, "isatty", lambda: False)())
@@ -299,7 +302,9 @@ def run_batch(
                 summary.errors.append(f"{pair.key}: {outcome.error}")
                 tqdm.write(f"failed: {pair.key}: {outcome.error}", file=stream)
             manifest.record(pair.key, entry, claimed=pair.output.relative_to(out).as_posix())
-        if manifest.data.pop("server_jobs", None) is not None:  # every job of the run ended: none to end next time
+        if (
+            server and manifest.data.pop("server_jobs", None) is not None
+        ):  # every job of the run ended: none to end next time
             manifest.save()
     finally:
         per_file.close()

@@ -133,7 +133,6 @@ class ServerBackend:
         self.options = options
         self.per_file_progress = True
         self.submitted: set[str] = set()
-        self.earlier_jobs: list[str] = []  # a cut run's jobs, from the manifest: ended before this run submits
         self.replaceable: set[Path] = set()  # outputs the batch's own results held when it began (run_batch sets it)
         self.on_submit: Callable[[list[str]], None] | None = None  # records this run's job ids before they are sent
 
@@ -189,16 +188,17 @@ class ServerBackend:
     # How long a cut run's job may take to end after its cancel (a job stops at its next progress report)
     end_wait_s = 30.0
 
-    def _end_earlier_jobs(self) -> None:
+    def end_earlier_jobs(self, job_ids: list[str]) -> None:
         """Cancel the jobs an earlier run of this batch left on the server (it was killed: Ctrl-C cancels its own),
         and wait for each to end: still queued or running, one would render its pair once more and hold the result's
-        name, so that this run's job got another (`-2`)."""
+        name, so that this run's job got another (`-2`). Called before the batch looks at what its outputs hold: a
+        job past its last progress report finishes instead, and its file is then the batch's own to replace."""
         from bridge.client import NoReply, RemoteError
 
-        for job_id in self.earlier_jobs:
+        for job_id in job_ids:
             with contextlib.suppress(ImusicError, OSError):
                 self.client.send(protocol.CANCEL, job_id)
-        for job_id in self.earlier_jobs:
+        for job_id in job_ids:
             with contextlib.suppress(RemoteError, NoReply, OSError):  # cancelled, unknown (long gone), done: ended
                 self.client.wait(job_id, timeout=self.end_wait_s)
 
@@ -229,7 +229,6 @@ class ServerBackend:
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
         nonce = os.urandom(4).hex()
         job_ids = {pair.key: f"batch-{nonce}-{i}" for i, pair in enumerate(pairs)}
-        self._end_earlier_jobs()
         if self.on_submit is not None:
             self.on_submit(list(job_ids.values()))
         if pairs:

@@ -132,7 +132,7 @@ class ReplyTracker:
                     job.error = reply.message or str(protocol.unknown_job(job.job_id))
                 else:
                     # A server started without our journal: the next tick sends it again.
-                    job.accepted = False
+                    job.accepted, job.stage = False, ""
                     job.heard = job.asked = now - self.resend_after
             else:
                 # queued or running, in the server's book; or still being checked, not yet (it is resent meanwhile)

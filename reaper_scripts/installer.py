@@ -215,7 +215,7 @@ def _read_manifest(folder: Path) -> dict:
         manifest = exc
     lists_ok = isinstance(manifest, dict) and all(
         isinstance(manifest.get(key, []), list) and all(isinstance(v, str) for v in manifest.get(key, []))
-        for key in ("files", "kb_lines")
+        for key in ("files", "kb_lines", "retired_kb_lines")
     )
     if not lists_ok:
         raise ConfigError(

@@ -35,9 +35,9 @@ def media_dir(R) -> str:
     project_dir = project_folder(R)
     if project_dir:
         return os.path.join(project_dir, folder)
-    # An unsaved project with a relative recording path: REAPER's own default media folder in the home folder, not
-    # the system's temporary one (the project refers to its results: a reboot must not take them)
-    return os.path.join(os.path.expanduser("~"), "REAPER Media", folder)
+    # An unsaved project with a relative recording path: REAPER's own default media folder (Documents/REAPER
+    # Media), not the system's temporary one (the project refers to its results: a reboot must not take them)
+    return os.path.join(os.path.expanduser("~"), "Documents", "REAPER Media", folder)
 
 
 def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
@@ -184,7 +184,9 @@ def same_song(R, project: str, song_file: str, tracks: list[str]) -> bool:
     now = project_file(R, project)
     if now is None:
         return False
-    return now == song_file or any(str(R.RPR_GetTrack(project, i)) in tracks for i in range(R.RPR_CountTracks(project)))
+    if now == song_file and song_file:  # an unsaved song's "" is also every new or closed tab's: tracks decide it
+        return True
+    return any(str(R.RPR_GetTrack(project, i)) in tracks for i in range(R.RPR_CountTracks(project)))
 
 
 def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:

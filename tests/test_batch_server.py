@@ -139,8 +139,9 @@ def test_ctrl_c_cancels_the_servers_job_and_a_rerun_renders_everything(server, s
     assert "2 rendered" in printed and "refused" not in printed
 
 
+@pytest.mark.parametrize("earlier_job_finishes", [False, True])
 def test_a_rerun_after_a_killed_batch_ends_its_jobs_on_the_server_first_and_keeps_the_result_names(
-    serve, tiny_editor, session, tmp_path, capsys, monkeypatch
+    serve, tiny_editor, session, tmp_path, capsys, monkeypatch, earlier_job_finishes
 ):
     """kill -9 cancels nothing: the cut run's jobs stay queued on the server, and one still queued or running held its
     result's name, so the rerun's job for the same pair was named `-2` and rendered twice."""
@@ -173,6 +174,17 @@ def test_a_rerun_after_a_killed_batch_ends_its_jobs_on_the_server_first_and_keep
     left = json.loads((out / "manifest.json").read_text())["server_jobs"]
     assert len(left) == 2  # both submitted, recorded before they were sent
     monkeypatch.setattr(Client, "wait", real_wait)
+    if earlier_job_finishes:  # past its last progress report, it finishes instead of honouring the cancel
+        from bridge import batch_backends
+
+        real_end = batch_backends.ServerBackend.end_earlier_jobs
+
+        def too_late(self, job_ids):
+            with Client("127.0.0.1", server.port) as other:
+                other.wait(left[0], timeout=30)
+            real_end(self, job_ids)
+
+        monkeypatch.setattr(batch_backends.ServerBackend, "end_earlier_jobs", too_late)
     assert main(argv) == 0
     assert "2 rendered" in capsys.readouterr().out
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.wav")) == [

@@ -76,6 +76,14 @@ def test_an_edit_still_being_checked_is_not_accepted_yet_and_is_resent_showing_t
     assert tracker.tick(4.0) == [] and tracker.tick(7.5) == [(STATUS, "a")]
 
 
+def test_a_job_a_restarted_engine_does_not_know_shows_no_stage_of_its_earlier_run():
+    tracker = ReplyTracker()
+    tracker.submit(request(), now=0.0)
+    tracker.handle(Reply(protocol.PROGRESS, ["a", 0.4, "editing"]), now=1.0)
+    job = tracker.handle(Reply(protocol.STATE, ["a", protocol.UNKNOWN, 0.0, "no job with id a"]), now=2.0)
+    assert (job.accepted, job.stage) == (False, "")  # the REAPER status says "waiting for the engine" again
+
+
 def test_any_pending_job_can_be_resent_not_only_the_last_one():
     tracker = ReplyTracker(resend_after=1.0)
     tracker.submit(request("a"), now=0.0)

@@ -796,8 +796,8 @@ def test_results_whose_project_was_closed_are_named_not_put_in_another_project(h
     assert str(result) in message
 
 
-@pytest.mark.parametrize("unsaved", [False, True])
-def test_results_never_go_into_another_song_opened_in_their_projects_tab(harness, source_file, unsaved):
+@pytest.mark.parametrize(("unsaved", "then"), [(False, "opened"), (True, "opened"), (False, "new"), (True, "new")])
+def test_results_never_go_into_another_song_opened_in_their_projects_tab(harness, source_file, unsaved, then):
     """A tab keeps its project when another song is opened in it (or File > Close project empties it): its pointer is
     no proof the song is still there."""
     reaper = harness.reaper
@@ -806,7 +806,8 @@ def test_results_never_go_into_another_song_opened_in_their_projects_tab(harness
     bass = reaper.add_track("Bass")
     reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
     harness.run("imusic_extract_drums.py")
-    reaper.project_path = str(source_file[0].parent / "other" / "other.rpp")  # File > Open project, same tab
+    # File > Open project, same tab; or File > New / Close project (an unsaved song, as an unsaved source's "")
+    reaper.project_path = str(source_file[0].parent / "other" / "other.rpp") if then == "opened" else ""
     reaper.tracks = []
     reaper.add_track("Vocals")
     harness.settle()
@@ -833,7 +834,7 @@ def test_an_unsaved_project_with_a_relative_media_folder_keeps_its_results_in_th
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("USERPROFILE", str(home))
     harness.reaper.project_path = ""
-    assert _result_folder(harness, source_file, "Audio") == home / "REAPER Media" / "Audio" / "imusic"
+    assert _result_folder(harness, source_file, "Audio") == home / "Documents" / "REAPER Media" / "Audio" / "imusic"
 
 
 def test_a_relative_media_folder_is_taken_from_the_project_folder(harness, source_file, tmp_path):
