@@ -161,8 +161,10 @@ def atomic_path(path: str | Path, mode: int | None = None, sweep: bool = True) -
 
     The temporary name is `.{name}.{pid}.{8 hex}.tmp` (hidden, never a final name's suffix, so nothing that lists
     reports or pictures picks it up); temporaries that writers killed mid-write left in the folder are swept first.
-    An existing file keeps its permission mode (else `mode`, else the default for new files). `sweep=False` for a
-    writer of many files into a folder it made empty (a sweep reads the whole folder: per file, that is quadratic).
+    An existing file keeps its permission mode (else `mode`, else the default for new files). The rename is made
+    durable by syncing the folder. `sweep=False` for a writer of many files into a folder it made empty: no sweep (it
+    reads the whole folder: per file, that is quadratic) and no folder sync per file (no old file there for a power
+    cut to bring back).
     """
     path = Path(path)
     if sweep:
@@ -190,7 +192,8 @@ def atomic_path(path: str | Path, mode: int | None = None, sweep: bool = True) -
             mode = 0o666 & ~umask  # what open() would have given a new file (the temporary is 0600)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        fsync_folder(path.parent)
+        if sweep:
+            fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
