@@ -36,10 +36,11 @@ class UnsafeDestination(ImusicError):
 
 
 def sweep_partials(path: str | Path) -> list[Path]:
-    """Remove the temporary files `write_atomic` left beside `path` (`.{stem}.{pid}.{hex}.partial.wav`) in a process
-    that no longer runs (kill -9); a live writer's file and every other file stay. Returns what was removed."""
+    """Remove the temporary files `write_atomic` left beside `path` (`.{stem}.{pid}.{hex}.partial.wav`), or beside
+    the `{stem}-N.wav` its result gave way to (unique_result_path), in a process that no longer runs (kill -9); a live
+    writer's file and every other file stay. Returns what was removed."""
     path = Path(path)
-    return sweep_temps(path.parent, name=path.stem, suffix=PARTIAL_SUFFIX)
+    return sweep_temps(path.parent, name=path.stem, suffix=PARTIAL_SUFFIX, numbered=True)
 
 
 def _partial_name(path: Path) -> str:

@@ -107,11 +107,13 @@ def temp_name(name: str, suffix: str = TEMP_SUFFIX) -> str:
     return f".{name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
 
 
-def sweep_temps(folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX) -> list[Path]:
+def sweep_temps(folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX, numbered: bool = False) -> list[Path]:
     """Remove the temporary files `.{name}.{pid}.{8 hex}{suffix}` that writers killed mid-write (kill -9) left in
-    `folder`: `atomic_path`'s (any name, `.tmp`) or one target's (`name`; audio results use `.partial.wav`). Only
-    names of that form whose pid is dead go; a live writer's file and every other file stay. Returns what went."""
-    pattern = re.compile(rf"^\.{re.escape(name) if name else '.+'}\.(\d+)\.[0-9a-f]{{8}}{re.escape(suffix)}$")
+    `folder`: `atomic_path`'s (any name, `.tmp`) or one target's (`name`; audio results use `.partial.wav`), with
+    `numbered` also the names `{name}-2`, `{name}-3`... a result gives way to when its own is taken. Only names of
+    that form whose pid is dead go; a live writer's file and every other file stay. Returns what went."""
+    named = (re.escape(name) + (r"(?:-\d+)?" if numbered else "")) if name else ".+"
+    pattern = re.compile(rf"^\.{named}\.(\d+)\.[0-9a-f]{{8}}{re.escape(suffix)}$")
     removed = []
     for candidate in Path(folder).glob(f".*{suffix}"):
         match = pattern.match(candidate.name)

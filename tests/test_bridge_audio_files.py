@@ -236,13 +236,18 @@ def test_sweep_removes_only_a_dead_writers_temporary_files(tmp_path):
     final.write_bytes(b"keep")
     stem = final.stem
     dead = tmp_path / f".{stem}.{dead_pid()}.0badc0de.partial.wav"
+    # the name a result gives way to when its own was taken meanwhile (unique_result_path: -2, -3...)
+    dead_numbered = tmp_path / f".{stem}-12.{dead_pid()}.0badc0de.partial.wav"
     live = tmp_path / f".{stem}.{os.getpid()}.12345678.partial.wav"
     other = tmp_path / f".another.{dead_pid()}.0badc0de.partial.wav"
+    other_suffix = tmp_path / f".{stem}-x.{dead_pid()}.0badc0de.partial.wav"
     odd = tmp_path / f".{stem}.notapid.partial.wav"
-    for path in (dead, live, other, odd):
+    for path in (dead, dead_numbered, live, other, other_suffix, odd):
         path.write_bytes(b"half")
-    assert sweep_partials(final) == [dead]
-    assert not dead.exists() and live.exists() and other.exists() and odd.exists() and final.read_bytes() == b"keep"
+    assert sorted(sweep_partials(final)) == sorted([dead, dead_numbered])
+    assert not dead.exists() and not dead_numbered.exists()
+    assert live.exists() and other.exists() and other_suffix.exists() and odd.exists()
+    assert final.read_bytes() == b"keep"
 
 
 def test_read_region_refuses_a_fifo_swapped_in_after_the_check_without_waiting(tmp_path, monkeypatch):
