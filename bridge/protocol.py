@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError
-from engine.files import check_text_path
+from engine.files import check_text_path, shown_path
 from engine.instructions import MAX_SEED, MAX_TAKES  # noqa: F401 (the wire's limits are the Editor's)
 
 DEFAULT_HOST = "127.0.0.1"
@@ -206,7 +206,9 @@ def check_job_id(text: str, where: str = "the job id", error: type[Exception] = 
 
 
 def encode(address: str, *args: Any) -> bytes:
-    """One OSC message as a datagram: str s, int i, float d (doubles keep sample positions), bool, bytes b, None N."""
+    """One OSC message as a datagram: str s, int i, float d (doubles keep sample positions), bool, bytes b, None N.
+    A string holding a file name's bytes that are not UTF-8 (a resolved link's target, a root) goes with them as
+    \\xNN (engine.files.shown_path): OSC strings are UTF-8, and a reply must never fail to be built."""
     from pythonosc.osc_message_builder import OscMessageBuilder
 
     builder = OscMessageBuilder(address=address)
@@ -218,7 +220,7 @@ def encode(address: str, *args: Any) -> bytes:
         elif isinstance(value, float):
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_DOUBLE)
         elif isinstance(value, str):
-            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_STRING)
+            builder.add_arg(shown_path(value), OscMessageBuilder.ARG_TYPE_STRING)
         elif isinstance(value, bytes):
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_BLOB)
         elif value is None:
@@ -237,15 +239,63 @@ def send_datagram(sock: Any, datagram: bytes, to: tuple[str, int]) -> None:
         sock.sendto(datagram, to)
 
 
-def decode(datagram: bytes) -> list[tuple[str, list[Any]]]:
-    """Messages of one datagram (a message or a bundle) as (address, args); RequestError if it does not parse."""
-    from pythonosc.osc_packet import OscPacket, ParseError
+BUNDLE_HEAD = b"#bundle\0"
+MAX_BUNDLE_DEPTH = 8  # bundles inside bundles: a deeper one is refused (python-osc's own parse recurses without end)
+# The argument types python-osc reads; it skips any other tag without reading its bytes, and so misreads what follows.
+KNOWN_TYPE_TAGS = frozenset("ifdsbhtrmTFN[]")
 
+
+def decode(datagram: bytes) -> list[tuple[str, list[Any]]]:
+    """Messages of one datagram (a message or a bundle, time tags ignored) as (address, args); RequestError if it does
+    not parse, holds no message, or uses an argument type this server cannot read."""
+    from pythonosc.osc_message import OscMessage, ParseError
+    from pythonosc.parsing import osc_types
+
+    messages = []
     try:
-        packet = OscPacket(datagram)
-        return [(timed.message.address, list(timed.message.params)) for timed in packet.messages]
-    except (ParseError, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
+        for element in _message_elements(datagram):
+            address, index = osc_types.get_string(element, 0)
+            if index < len(element):
+                tags, _ = osc_types.get_string(element, index)
+                unknown = sorted(set(tags[1:]) - KNOWN_TYPE_TAGS) if tags.startswith(",") else []
+                if unknown:
+                    raise RequestError(
+                        f"{_short(address)}: OSC argument type {', '.join(repr(t) for t in unknown)} is not one this "
+                        "server reads (send s, i, f, d, T, F or N)"
+                    )
+            message = OscMessage(element)
+            messages.append((message.address, list(message.params)))
+    except (ParseError, osc_types.ParseError, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
         raise RequestError(f"not an OSC packet ({len(datagram)} bytes): {exc}") from None
+    if not messages:
+        raise RequestError(f"an OSC bundle with no message in it ({len(datagram)} bytes)")
+    return messages
+
+
+def _message_elements(datagram: bytes) -> list[bytes]:
+    """The messages of a datagram in order, bundles opened without recursion (at most MAX_BUNDLE_DEPTH deep), every
+    element's size checked first: python-osc's own bundle parse recurses without limit and loops for ever on a negative
+    element size, and the receiving thread must never hang or die of a datagram."""
+    found: list[bytes] = []
+    stack = [(datagram, 0)]
+    while stack:
+        data, depth = stack.pop()
+        if not data.startswith(BUNDLE_HEAD):
+            found.append(data)
+            continue
+        if depth >= MAX_BUNDLE_DEPTH:
+            raise RequestError(f"OSC bundles nested more than {MAX_BUNDLE_DEPTH} deep")
+        if len(data) < len(BUNDLE_HEAD) + 8:
+            raise RequestError(f"an OSC bundle of {len(data)} bytes, shorter than its header")
+        elements, at = [], len(BUNDLE_HEAD) + 8  # after the time tag
+        while at < len(data):
+            size = int.from_bytes(data[at : at + 4], "big", signed=True) if at + 4 <= len(data) else -1
+            if size <= 0 or size % 4 or at + 4 + size > len(data):
+                raise RequestError(f"an OSC bundle element at byte {at} has a bad size ({size}; {len(data)} in all)")
+            elements.append(data[at + 4 : at + 4 + size])
+            at += 4 + size
+        stack.extend((element, depth + 1) for element in reversed(elements))
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ request validation
@@ -260,6 +310,7 @@ class Arg:
     optional: bool = False
     default: Any = None
     max_len: int = MAX_PATH
+    empty: bool = True  # job_id: "" stands for something (edit: the server's own id; status: the server's status)
 
 
 REQUESTS: dict[str, tuple[Arg, ...]] = {
@@ -274,10 +325,10 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
         Arg("takes", "int", optional=True, default=1),
         Arg("mode", "str", optional=True, default="", max_len=MAX_MODE),
     ),
-    CANCEL: (Arg("job_id", "job_id"),),
+    CANCEL: (Arg("job_id", "job_id", empty=False),),
     STATUS: (Arg("job_id", "job_id", optional=True, default=""),),
     PING: (),
-    PREVIEW: (Arg("job_id", "job_id"), Arg("which", "str", optional=True, default=PREVIEW_WHICH[0], max_len=16)),
+    PREVIEW: (Arg("job_id", "job_id", empty=False), Arg("which", "str", optional=True, default=PREVIEW_WHICH[0], max_len=16)),
     STOP_PREVIEW: (),
 }
 
@@ -394,6 +445,8 @@ def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
             value = str(value)  # simple controllers number their jobs
         if not isinstance(value, str):
             raise RequestError(f"{where} must be a string, got {_short(value)}")
+        if not value and not spec.empty:
+            raise RequestError(f"{where} is empty: name the job")
         return check_job_id(value, where) if value else value  # "": the server's own id (edit), the server (status)
     # str
     if not isinstance(value, str):

@@ -123,6 +123,8 @@ class EngineServer:
             journal.close()
             if exc.errno == errno.EADDRINUSE:
                 hint = "is another imusic server running? pick another --port"
+            elif ":" in self.host:
+                hint = "the server listens on IPv4 only: give --host an IPv4 address such as 127.0.0.1"
             elif isinstance(exc, socket.gaierror):
                 hint = f"no address is known for the name {self.host!r}: check --host"
             else:
@@ -217,6 +219,8 @@ class EngineServer:
             protocol.send_datagram(self.sock, protocol.encode(address, *args), to)
         except OSError as exc:  # the requester went away; the job and its journal entry are unaffected
             self.logs.noisy(f"could not reply to {to[0]}:{to[1]} ({exc})")
+        except Exception:  # noqa: BLE001 (a reply that cannot be built is a bug: it must not end the thread sending it)
+            self.logs.noisy(f"could not build the {address} reply:\n{traceback.format_exc().rstrip()}")
 
     def _notify(self, job: Job, address: str, args: tuple) -> None:
         self._send(job.reply_to, address, job.id, *args)
@@ -234,7 +238,11 @@ class EngineServer:
                 if self.stopped.is_set():
                     return
                 continue  # e.g. Windows' ICMP "port unreachable" from an earlier reply
-            self.handle_datagram(datagram, sender)
+            try:
+                self.handle_datagram(datagram, sender)
+            except Exception as exc:  # noqa: BLE001 (a bug costs one datagram's answer, never the receiving thread)
+                self.logs.noisy(traceback.format_exc().rstrip())
+                self._error(sender, "", protocol.INTERNAL, protocol.internal_error(exc))
 
     def handle_datagram(self, datagram: bytes, sender: tuple[str, int]) -> None:
         """Decode, validate and dispatch; every failure becomes an /imusic/error to the sender."""
