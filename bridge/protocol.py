@@ -328,7 +328,10 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
     CANCEL: (Arg("job_id", "job_id", empty=False),),
     STATUS: (Arg("job_id", "job_id", optional=True, default=""),),
     PING: (),
-    PREVIEW: (Arg("job_id", "job_id", empty=False), Arg("which", "str", optional=True, default=PREVIEW_WHICH[0], max_len=16)),
+    PREVIEW: (
+        Arg("job_id", "job_id", empty=False),
+        Arg("which", "str", optional=True, default=PREVIEW_WHICH[0], max_len=16),
+    ),
     STOP_PREVIEW: (),
 }
 

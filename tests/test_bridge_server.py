@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -279,6 +280,10 @@ HOSTILE = {
     "empty instruction": lambda r, s: (_edit(s, 0.0, 1.0, "   "), "bad_instruction"),  # as any unclear instruction
     "takes zero": lambda r, s: (_edit(s, 0.0, 1.0, "extract drums", "", -1, 0), protocol.BAD_REQUEST),
     "preview unknown job": lambda r, s: ((protocol.PREVIEW, "ghost"), protocol.UNKNOWN_JOB),
+    "preview of no job id": lambda r, s: ((protocol.PREVIEW, ""), protocol.BAD_REQUEST),
+    "cancel of no job id": lambda r, s: ((protocol.CANCEL, ""), protocol.BAD_REQUEST),
+    "a link to a file whose name is not UTF-8": lambda r, s: (_edit(_link_to_non_utf8(r, "outside")), "forbidden_path"),
+    "a link to a non-audio file whose name is not UTF-8": lambda r, s: (_edit(_link_to_non_utf8(r)), "bad_audio"),
     "preview of neither source nor result": lambda r, s: ((protocol.PREVIEW, "ghost", "bass"), "bad_request"),
     "ping with arguments": lambda r, s: ((protocol.PING, 1, 2), protocol.BAD_REQUEST),
     "symlink loop": lambda r, s: (_edit(_symlink_loop(r)), protocol.FORBIDDEN_PATH),
@@ -302,6 +307,17 @@ def _escaping_link(root: Path) -> Path:
     link = root / "link.wav"
     link.symlink_to(_outside_file(root))
     return link
+
+
+def _link_to_non_utf8(root: Path, folder: str = "") -> Path:
+    """A link with a UTF-8 name to `caf\\xe9.wav` (a Latin-1 name) inside the roots or, with `folder`, outside them:
+    the error names the resolved file, and its reply must still be built."""
+    where = root.parent / folder if folder else root
+    where.mkdir(exist_ok=True)
+    target = Path(os.fsdecode(os.fsencode(str(where)) + b"/caf\xe9.wav"))
+    target.write_text("not audio")
+    (root / "link.wav").symlink_to(target)
+    return root / "link.wav"
 
 
 def _symlink_loop(root: Path) -> Path:
@@ -335,6 +351,67 @@ def test_garbage_datagrams_get_a_bad_request_reply(client, datagram):
     client._sock.sendto(datagram, client.server)
     expect_error(client, protocol.BAD_REQUEST)
     assert client.ping(TIMEOUT).state == protocol.READY
+
+
+def _bundle(*elements: bytes, size: int | None = None) -> bytes:
+    body = b"".join(struct.pack(">i", len(e) if size is None else size) + e for e in elements)
+    return b"#bundle\x00" + b"\x00" * 7 + b"\x01" + body
+
+
+def _nested(depth: int) -> bytes:
+    packet = protocol.encode(protocol.PING)
+    for _ in range(depth):
+        packet = _bundle(packet)
+    return packet
+
+
+ODD_BUNDLES = {
+    # python-osc's own parse: recursion until RecursionError ended the receiving thread; the server went deaf
+    "nested 3000 deep": (_nested(3000), "nested more than 8 deep"),
+    # python-osc's own parse stepped back by the size and looped for ever, the receiving thread at full CPU
+    "an element of negative size": (_bundle(b"", size=-4), "bad size (-4"),
+    "an element of zero size": (_bundle(b"", size=0), "bad size (0"),
+    "an element past the end": (_bundle(b"/x\x00\x00", size=64), "bad size (64"),
+    "no element": (_bundle(), "no message in it"),
+    # python-osc skips a tag it does not know without reading its bytes: the status ran as the server's status
+    "a char argument": (b"/imusic/status\x00\x00,cs\x00" + struct.pack(">i", 65) + b"j1\x00\x00", "'c' is not one"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_BUNDLES))
+def test_odd_bundles_and_type_tags_are_refused_and_the_server_keeps_receiving(server, client, case):
+    datagram, words = ODD_BUNDLES[case]
+    client._sock.sendto(datagram, client.server)
+    assert words in expect_error(client, protocol.BAD_REQUEST).message
+    assert client.ping(TIMEOUT).state == protocol.READY
+    assert server._receiver.is_alive()
+
+
+def test_a_bundle_nested_a_few_deep_is_answered_message_by_message(client):
+    client._sock.sendto(_bundle(_nested(3), protocol.encode(protocol.STATUS)), client.server)
+    addresses = [client.wait_for(lambda r: True, TIMEOUT).address for _ in range(2)]
+    assert addresses == [protocol.PONG, protocol.SERVER_STATUS]
+
+
+def test_a_reply_that_cannot_be_built_costs_its_answer_not_the_receiving_thread(server, client, monkeypatch):
+    encode = protocol.encode
+
+    def no_error_replies(address, *args):  # as a reply naming a non-UTF-8 file failed to be built
+        if address == protocol.ERROR:
+            raise ValueError("cannot build it")
+        return encode(address, *args)
+
+    monkeypatch.setattr(protocol, "encode", no_error_replies)
+    client.send(protocol.CANCEL, "ghost")  # answered with an error, which cannot be built
+    assert client.ping(TIMEOUT).state == protocol.READY
+    assert server._receiver.is_alive()
+
+
+def test_an_ipv6_host_is_told_the_server_listens_on_ipv4(tmp_path, root):
+    server = EngineServer(editor=FakeEditor(), host="::1", port=0, journal_dir=tmp_path / "j", allow_roots=[root],
+                          warm_up=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="IPv4 only"):
+        server.start()
 
 
 def test_a_datagram_of_maximum_size_is_refused_not_truncated(client):
