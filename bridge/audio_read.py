@@ -83,34 +83,36 @@ def check_regular_file(path: str | Path) -> os.stat_result:
     return status
 
 
-class _GaplessMp3:
-    """An MP3 read through libsndfile (mpg123), with pedalboard's reader interface: libsndfile drops the encoder's
-    delay and padding that the LAME header records, as DAWs do, where pedalboard keeps them (a result 25 ms late and
-    1332 samples long at 44.1 kHz)."""
+class _SndfileReader:
+    """A file read through libsndfile, with pedalboard's reader interface. For MP3 (mpg123; `preroll` MP3_PREROLL):
+    libsndfile drops the encoder's delay and padding that the LAME header records, as DAWs do, where pedalboard keeps
+    them (a result 25 ms late and 1332 samples long at 44.1 kHz). For the encodings pedalboard cannot open that
+    libsndfile reads (64-bit float, u-law and A-law WAVE_FORMAT_EXTENSIBLE; 8-bit, 64-bit float, u-law, A-law and
+    ADPCM AIFF): no preroll."""
 
     # Samples decoded before a seek target and dropped: mpg123 starts decoding cold where it seeks to, without the
     # frames before whose bit reservoir the target's frame draws on, and gives up to a frame or two of silence or
     # wrong samples there. 16 MPEG-1 frames of 1152 samples (measured: 4 frames left some starts wrong, 8 none, over
     # 60 starts of a test song; 0.4 s of decoding at 44.1 kHz). They are read in the same call as the region: every
     # soundfile read asks libsndfile where it is, a seek that starts the decoder cold again.
-    PREROLL = 16 * 1152
+    MP3_PREROLL = 16 * 1152
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, preroll: int = 0) -> None:
         import soundfile as sf
 
         self._file = sf.SoundFile(handle)
         self.samplerate, self.num_channels, self.frames = self._file.samplerate, self._file.channels, self._file.frames
-        self._drop = 0
+        self._preroll, self._drop = preroll, 0
 
     def seek(self, frame: int) -> None:
-        self._drop = min(frame, self.PREROLL)
+        self._drop = min(frame, self._preroll)
         self._file.seek(frame - self._drop)
 
     def read(self, frames: int) -> np.ndarray:
         drop, self._drop = self._drop, 0
         return self._file.read(drop + frames, dtype="float32", always_2d=True)[drop:].T  # [C, n]
 
-    def __enter__(self) -> _GaplessMp3:
+    def __enter__(self) -> _SndfileReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,14 +133,25 @@ def _libsndfile_reads_mp3() -> bool:
 
 
 def _reader(handle: Any, path: Path) -> Any:
+    """pedalboard's reader, or libsndfile's (_SndfileReader) for MP3 and for what pedalboard cannot open; an error
+    is pedalboard's, which names what is wrong with the file."""
     from pedalboard.io import AudioFile
 
     if _gapless(path):
         try:
-            return _GaplessMp3(handle)
+            return _SndfileReader(handle, _SndfileReader.MP3_PREROLL)
         except RuntimeError:  # an MP3 libsndfile cannot parse: pedalboard's reader names what is wrong with it
             handle.seek(0)
-    return AudioFile(handle)
+    try:
+        return AudioFile(handle)
+    except (ValueError, RuntimeError) as exc:
+        if getattr(handle, "spent", False):  # probe's budget (_BoundedReader) is spent: no second decoder
+            raise
+        handle.seek(0)
+        try:
+            return _SndfileReader(handle)
+        except (RuntimeError, TypeError, ValueError):  # soundfile's LibsndfileError is a RuntimeError
+            raise exc from None
 
 
 @contextlib.contextmanager
@@ -162,19 +175,22 @@ _UNCOMPRESSED = ("wav", "aiff")  # FORMAT_SUFFIXES keys whose header announces t
 def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
     """AudioError for a WAV or AIFF file that holds fewer samples than its header announces (cut short in a copy or a
     download): pedalboard trusts the header, padding the missing part with silence or allocating for its length.
-    libsndfile counts what the file really holds; `handle` (an open binary file) is read from its start and left
-    there. A file libsndfile cannot parse is left to pedalboard's own errors."""
+    libsndfile counts what the file really holds; `handle` (an open binary file, the reader's) is read from its start
+    and left where the reader had it: pedalboard's readers of some encodings (64-bit float, u-law, ADPCM) read on from
+    there, and read header bytes as samples from 0 (found by a review: left and right swapped, 6 samples early). A
+    file libsndfile cannot parse is left to pedalboard's own errors."""
     import soundfile as sf
 
     if audio_format(path) not in _UNCOMPRESSED:
         return
+    where = handle.tell()
     try:
         handle.seek(0)
         held = sf.info(handle).frames
     except Exception:  # noqa: BLE001 - a format libsndfile does not know: nothing to compare
         return
     finally:
-        handle.seek(0)
+        handle.seek(where)
     if frames - held > 1024:  # more than a block of padding short
         raise AudioError(
             f"{path.name} holds less audio than its header says ({held} of {frames} samples per channel): the file "

@@ -308,6 +308,30 @@ def test_codecs_with_fewer_bytes_per_sample_than_they_decode_to_are_not_mistaken
         assert probe(path).frames >= 16000 and read_region(path, 0.0, 0.5)[0].shape == (2, 8000)
 
 
+WAV_SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"]
+
+
+@pytest.mark.parametrize("container", ["WAV", "WAVEX", "AIFF"])
+@pytest.mark.parametrize("subtype", WAV_SUBTYPES)
+def test_every_encoding_reads_the_samples_libsndfile_reads(tmp_path, container, subtype):
+    """A region holds the file's own samples, channels in order, from its first sample (64-bit float WAV, which REAPER
+    renders, came back with left and right swapped and 6 samples early; u-law and ADPCM as noise)."""
+    n = np.arange(3 * 8000)
+    ramp = (n % 1000) / 1000.0 * 0.9
+    audio = np.stack([ramp, -ramp - 0.001], axis=1).astype(np.float32)
+    path = tmp_path / f"take.{'aiff' if container == 'AIFF' else 'wav'}"
+    try:
+        sf.write(path, audio, 8000, format=container, subtype=subtype)
+    except (ValueError, RuntimeError):  # soundfile's LibsndfileError: this container does not take this encoding
+        pytest.skip(f"{container} holds no {subtype}")
+    reference = sf.read(path, dtype="float32", always_2d=True)[0].T
+    for start in (0.0, 1.0):
+        region, rate = read_region(path, start, start + 1.0)
+        assert rate == 8000 and region.shape == (2, 8000)
+        first = int(start * 8000)
+        np.testing.assert_allclose(region, reference[:, first : first + 8000], atol=0.01)
+
+
 def test_a_region_that_is_not_a_finite_number_of_seconds_is_named(tmp_path):
     path = tmp_path / "song.wav"
     sf.write(path, np.zeros((16000, 1), np.float32), 16000)

@@ -170,7 +170,7 @@ def test_the_bounded_probe_reads_what_the_unbounded_reader_reads_from_the_path(t
     path = tmp_path / f"a{suffix}"
     with AudioFile(str(path), "w", 44100, 2) as f:
         f.write((np.random.default_rng(0).standard_normal((2, 44100 * 2)) * 0.1).astype(np.float32))
-    if suffix == ".mp3":  # read through libsndfile, without the encoder's delay and padding (audio_read._GaplessMp3)
+    if suffix == ".mp3":  # read through libsndfile, without the encoder's delay and padding (audio_read._SndfileReader)
         expected = (sf.info(str(path)).samplerate, sf.info(str(path)).channels, sf.info(str(path)).frames)
     else:
         with AudioFile(str(path)) as f:
