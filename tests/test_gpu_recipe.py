@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import CheckpointError, ConfigError
 from engine.train.budget import RESERVE_SECONDS, SHARES, STAGE_ORDER, StepBudget, split_budget
-from engine.train.pack import META_KEY, PART_BYTES, pack_dir, parts_of, unpack_parts
+from engine.train.pack import META_KEY, PART_BYTES, pack_dir, parts_of, unpack_parts, verify_parts
 from engine.train.recipe import MARKER, Recipe
 from engine.train.recipe_settings import SMALLEST_STEP, recipe_id
 
@@ -166,6 +166,40 @@ def test_missing_or_damaged_parts_are_refused(tmp_path):
         unpack_parts(parts, tmp_path / "y")
 
 
+def test_a_pack_without_its_last_part_or_cut_short_or_changed_is_refused_and_nothing_is_unpacked(tmp_path):
+    """A copy killed part way leaves the first parts whole and the last one absent or short: the tar module reads
+    such a pack up to where it ends without a word; the manifest catches it."""
+    src = tmp_path / "s"
+    (src / "model").mkdir(parents=True)
+    for index in range(6):
+        (src / "model" / f"f{index}.bin").write_bytes(os.urandom(3000))
+    parts = pack_dir(src, tmp_path / "p", "base", part_bytes=4 * 1024)
+    assert len(parts) > 3
+    verify_parts(parts)
+    refused = 0
+    for cut in range(1, len(parts)):  # the first `cut` parts only
+        dest = tmp_path / f"x{cut}"
+        try:
+            unpack_parts(parts[:cut], dest)
+        except CheckpointError as exc:
+            assert "incomplete" in str(exc) and not dest.exists()
+            refused += 1
+        else:  # only the tar's closing zero blocks were in the parts left out: every file is whole
+            assert all((dest / "model" / p.name).read_bytes() == p.read_bytes() for p in (src / "model").iterdir())
+    assert refused >= 3
+    whole = parts[2].read_bytes()
+    parts[2].write_bytes(whole[:-700])  # a part copied short: what follows it shifts
+    with pytest.raises(CheckpointError, match="incomplete|damaged"):
+        verify_parts(parts)
+    parts[2].write_bytes(whole)
+    data = bytearray(parts[1].read_bytes())
+    data[2000] ^= 0xFF  # inside a file's bytes, not a tar header
+    parts[1].write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="differs from its manifest"):
+        unpack_parts(parts, tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+
+
 # ---- refusals of the recipe --------------------------------------------------------------------------------------
 
 
@@ -192,6 +226,97 @@ def test_a_run_that_fails_later_has_already_returned_the_card_of_what_it_finishe
         recipe.run()
     card = json.loads((out / "card.json").read_text())
     assert list(card["stages"]) == ["data"] and "codec" in card["missing"]
+
+
+# ---- a run cut anywhere: the next one carries on from what is whole ------------------------------------------------
+
+
+def fake_stages(monkeypatch, runs: list[str]) -> None:
+    """Every stage made instant: it writes one file its pack takes (a new random one each time it runs)."""
+    from engine.train import recipe as recipe_module
+
+    where = {"codec": f"{recipe_module.CODEC_EXPORT}/codec.bin", "base": f"{recipe_module.RUN_MODEL}/base.bin"}
+    where |= {"adapters": f"{recipe_module.RUN_ADAPTER}/adapter.bin", "eval": "report.json", "data": "x.bin"}
+
+    def make(stage):
+        def stage_fn(self, deadline):
+            runs.append(stage)
+            path = self.run_dir / stage / where[stage]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(3000))
+            return {}
+
+        return stage_fn
+
+    for stage in where:
+        monkeypatch.setattr(Recipe, f"_stage_{stage}", make(stage))
+
+
+def packs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.tar.*"))}
+
+
+def test_a_run_cut_between_a_stage_s_marker_and_its_pack_packs_and_exports_it_next_time(tmp_path, monkeypatch):
+    """The marker travels in the pack, so it is written first; a run killed before the pack (or before its copy
+    into the export folder ended) left a finished stage whose weights were never returned."""
+    runs, out, run = [], tmp_path / "OUT", tmp_path / "run"
+    fake_stages(monkeypatch, runs)
+    real_pack = Recipe.pack
+
+    def killed_at_base(self, stage):
+        if stage == "base":
+            raise KeyboardInterrupt  # the kill, after base's marker
+        return real_pack(self, stage)
+
+    monkeypatch.setattr(Recipe, "pack", killed_at_base)
+    with pytest.raises(KeyboardInterrupt):
+        Recipe(run, budget_minutes=3, scale="tiny", export=out, progress=False).run()
+    assert (run / "base" / MARKER).is_file() and "base.tar.00" not in packs(out)
+    monkeypatch.setattr(Recipe, "pack", real_pack)
+    runs.clear()
+    Recipe(run, budget_minutes=3, scale="tiny", export=out, progress=False).run()
+    assert runs == ["adapters", "eval"]  # base is not trained again: its pack is made from what it finished
+    assert set(packs(out)) == {"codec.tar.00", "base.tar.00", "adapters.tar.00", "eval.tar.00"}
+    assert packs(out) == packs(run / "packed")
+    unpack_parts(parts_of(out, "base"), tmp_path / "base")
+    assert (tmp_path / "base" / MARKER).is_file()
+
+    # an exported part cut short (the copy killed) or missing is exported again from the whole pack
+    (out / "adapters.tar.00").write_bytes((out / "adapters.tar.00").read_bytes()[:100])
+    (out / "codec.tar.00").unlink()
+    runs.clear()
+    Recipe(run, budget_minutes=3, scale="tiny", export=out, progress=False).run()
+    assert runs == [] and packs(out) == packs(run / "packed")
+
+
+def test_a_damaged_pack_to_restore_runs_its_stage_again_and_what_came_after_it(tmp_path, monkeypatch):
+    runs, first = [], tmp_path / "OUT"
+    fake_stages(monkeypatch, runs)
+    Recipe(tmp_path / "run", budget_minutes=3, scale="tiny", export=first, progress=False).run()
+    assert runs == ["data", "codec", "base", "adapters", "eval"]
+    base = first / "base.tar.00"
+    base.write_bytes(base.read_bytes()[:2000])  # cut short in a copy: a fresh machine cannot restore it
+    runs.clear()
+    again = Recipe(tmp_path / "run2", budget_minutes=3, scale="tiny", from_packs=first, progress=False)
+    again.run()
+    # codec restored; base trained again, and the adapters and eval built on the old base are not kept
+    assert runs == ["data", "base", "adapters", "eval"]
+    log = (tmp_path / "run2" / "recipe.log").read_text()
+    assert "base: not restored, it runs again: packed parts base.tar.00... are incomplete" in log
+    assert "adapters: stale: the base stage runs again" in log and "codec: restored" in log
+
+
+def test_a_stage_run_again_alone_drops_the_finished_stages_built_on_its_old_outputs(tmp_path, monkeypatch):
+    runs, out, run = [], tmp_path / "OUT", tmp_path / "run"
+    fake_stages(monkeypatch, runs)
+    Recipe(run, budget_minutes=3, scale="tiny", export=out, progress=False).run()
+    (run / "base" / MARKER).unlink()  # base made again, alone (--stages base)
+    runs.clear()
+    Recipe(run, budget_minutes=3, scale="tiny", export=out, stages=("base",), progress=False).run()
+    assert runs == ["base"]
+    assert set(packs(out)) == {"codec.tar.00", "base.tar.00"}  # no adapters for an install to pair with the new base
+    card = json.loads((out / "card.json").read_text())
+    assert set(card["missing"]) == {"adapters", "eval"} and "pack" in card["stages"]
 
 
 def test_a_missing_input_stage_is_named(tmp_path):

@@ -4,13 +4,16 @@
 .safetensors file stored in bf16 (the original dtype recorded in the file's metadata), split into parts of at most
 PART_BYTES: `NAME.tar.00`, `NAME.tar.01`, ... `unpack_parts` joins and extracts them and restores the recorded dtypes,
 so the unpacked files load exactly as before except that their values are rounded to bf16. Packing what was unpacked
-gives the same bytes again (tests/test_gpu_recipe.py). A model the package ships is unpacked without the restore:
-its files stay bf16 (the same values in half the bytes; the loader casts them to the model's dtype).
+gives the same bytes again (tests/test_gpu_recipe.py). The tar's last member, MANIFEST, names every file with its
+size and sha256: a pack with a part missing, cut short or damaged is refused (`verify_parts`), never half unpacked.
+A model the package ships is unpacked without the restore: its files stay bf16 (the same values in half the bytes;
+the loader casts them to the model's dtype).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
 import tarfile
@@ -28,6 +31,7 @@ PART_BYTES = 15 * 1024 * 1024  # under the 16 MiB a returned file may have, with
 META_KEY = "imusic_packed_dtypes"
 _FLOATS = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64"}
 _BY_NAME = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
+MANIFEST = ".pack-manifest.json"  # the tar's last member: {"files": {name: {"bytes", "sha256"}}}; never unpacked
 
 
 def _chosen(root: Path, include: Sequence[str], exclude: Sequence[str]) -> list[Path]:
@@ -91,13 +95,20 @@ def pack_dir(
     files = _chosen(root, include, exclude)
     if not files:
         raise CheckpointError(f"nothing to pack in {root}")
-    buffer = io.BytesIO()
+    buffer, manifest = io.BytesIO(), {}
+
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), 0, 0o644
+        tar.addfile(info, io.BytesIO(data))
+
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in files:
             data = to_bf16_bytes(path) if path.suffix == ".safetensors" else path.read_bytes()
-            info = tarfile.TarInfo(path.relative_to(root).as_posix())
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
+            rel = path.relative_to(root).as_posix()
+            manifest[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            add(tar, rel, data)
+        add(tar, MANIFEST, json.dumps({"files": manifest}, sort_keys=True).encode())
     blob = buffer.getvalue()
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob(f"{name}.tar.*"):
@@ -117,29 +128,69 @@ def parts_of(folder: Path, name: str) -> list[Path]:
     return sorted(parts, key=lambda p: int(p.name.rsplit(".", 1)[1]))
 
 
-def unpack_parts(parts: Sequence[Path], dest: Path, restore: bool = True) -> list[Path]:
-    """Join and extract packed parts into `dest` (created), restoring tensor dtypes (`restore`; else the floats stay
-    bf16: plain safetensors files of half the size); returns the files written."""
+def _read_parts(parts: Sequence[Path]) -> dict[str, bytes]:
+    """The files packed in `parts` (name: bytes), each checked against the manifest; CheckpointError naming what is
+    wrong (a part missing, cut short or damaged) otherwise."""
     if not parts:
         raise CheckpointError("no packed parts to unpack")
     numbers = [int(Path(p).name.rsplit(".", 1)[1]) for p in parts]
+    first = Path(parts[0]).name
     if numbers != list(range(len(parts))):
         raise CheckpointError(f"packed parts are incomplete: {[Path(p).name for p in parts]}")
     blob = b"".join(Path(p).read_bytes() for p in parts)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
+    files = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as tar:
             for member in tar.getmembers():
-                target = (dest / member.name).resolve()
-                if not member.isfile() or dest.resolve() not in target.parents:
-                    raise CheckpointError(f"packed file {member.name!r} would land outside {dest}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(tar.extractfile(member).read())
-                if target.suffix == ".safetensors":
-                    from_bf16_file(target, restore)
-                written.append(target)
-    except tarfile.TarError as exc:
-        raise CheckpointError(f"packed parts {Path(parts[0]).name}... are damaged: {exc}") from None
+                if not member.isfile():
+                    raise CheckpointError(f"packed entry {member.name!r} in {first}... is not a file")
+                files[member.name] = tar.extractfile(member).read()
+    except (tarfile.TarError, OSError) as exc:  # a member cut short reads as OSError ("unexpected end of data")
+        raise CheckpointError(
+            f"packed parts {first}... are incomplete or damaged ({exc}): a part is missing or was not copied whole"
+        ) from None
+    try:
+        manifest = json.loads(files.pop(MANIFEST))["files"]
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(
+            f"packed parts {first}... are incomplete (their manifest is missing or damaged: a later part is missing "
+            "or one was cut short)"
+        ) from None
+    for name, entry in manifest.items():
+        data = files.get(name)
+        if data is None or len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckpointError(
+                f"packed parts {first}... are damaged: {name} is missing or differs from its manifest"
+            )
+    if set(files) != set(manifest):
+        raise CheckpointError(
+            f"packed parts {first}... hold files their manifest does not name: {sorted(set(files) - set(manifest))}"
+        )
+    return files
+
+
+def verify_parts(parts: Sequence[Path]) -> None:
+    """CheckpointError unless `parts` are a whole, undamaged pack."""
+    _read_parts(parts)
+
+
+def unpack_parts(parts: Sequence[Path], dest: Path, restore: bool = True) -> list[Path]:
+    """Join and extract packed parts into `dest` (created), restoring tensor dtypes (`restore`; else the floats stay
+    bf16: plain safetensors files of half the size); returns the files written. Nothing is written from a pack that
+    is incomplete or damaged (CheckpointError)."""
+    files = _read_parts(parts)
+    dest = Path(dest)
+    for name in files:
+        target = (dest / name).resolve()
+        if dest.resolve() not in target.parents:
+            raise CheckpointError(f"packed file {name!r} would land outside {dest}")
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in files.items():
+        target = (dest / name).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        if target.suffix == ".safetensors":
+            from_bf16_file(target, restore)
+        written.append(target)
     return written

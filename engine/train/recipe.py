@@ -138,13 +138,55 @@ class Recipe:
         return parts
 
     def export_files(self, files: list[Path]) -> None:
+        """Copy a stage's parts into the export folder, each whole or not at all (a run cut mid-copy leaves a pack
+        that `verify_parts` refuses, never a short part under a final name)."""
+        from engine.files import atomic_path
+
         if self.export is None:
             return
         self.export.mkdir(parents=True, exist_ok=True)
         for old in self.export.glob(f"{files[0].name.split('.tar.')[0]}.tar.*") if files else []:
             old.unlink()
         for path in files:
-            shutil.copy2(path, self.export / path.name)
+            with atomic_path(self.export / path.name) as tmp:
+                shutil.copyfile(path, tmp)
+
+    def repair_packs(self) -> None:
+        """Pack again the finished stages whose pack a cut run left unwritten or half written (the marker is written
+        first: it travels in the pack), and export again those whose exported copy differs."""
+        import filecmp
+
+        from engine.train.pack import parts_of, verify_parts
+
+        for stage in PACKED:
+            if self.marker(stage) is None:
+                continue
+            parts = parts_of(self.run_dir / "packed", stage)
+            try:
+                verify_parts(parts)
+            except CheckpointError:
+                self.say(f"{stage}: its pack was not finished: packing it again")
+                self.pack(stage)
+                continue
+            if self.export is None:
+                continue
+            exported = parts_of(self.export, stage)
+            same = [p.name for p in exported] == [p.name for p in parts] and all(
+                filecmp.cmp(a, b, shallow=False) for a, b in zip(parts, exported, strict=True)
+            )
+            if not same:
+                self.say(f"{stage}: exporting its pack to {self.export}")
+                self.export_files(parts)
+
+    def discard(self, stage: str, why: str) -> None:
+        """Forget a finished stage (its marker and packs; its files are remade when it runs)."""
+        from engine.train.pack import parts_of
+
+        (self.run_dir / stage / MARKER).unlink(missing_ok=True)
+        for folder in (self.run_dir / "packed", self.export):
+            for part in parts_of(folder, stage) if folder is not None else []:
+                part.unlink()
+        self.say(f"{stage}: {why}")
 
     # ---- the run ------------------------------------------------------------------------------------------------
 
@@ -157,7 +199,11 @@ class Recipe:
             if not parts or self.marker(stage) is not None:
                 continue
             shutil.rmtree(self.run_dir / stage, ignore_errors=True)
-            unpack_parts(parts, self.run_dir / stage)
+            try:
+                unpack_parts(parts, self.run_dir / stage)
+            except CheckpointError as exc:  # cut short in a copy: the stage is trained again rather than the run lost
+                self.say(f"{stage}: not restored, it runs again: {exc}")
+                continue
             if self.marker(stage) is None:  # also refuses packs of another recipe
                 raise CheckpointError(f"the {stage} pack in {self.from_packs} holds no {MARKER}")
             if stage == "adapters":
@@ -172,10 +218,21 @@ class Recipe:
         if base.is_dir() and not target.exists():
             link_tree(base, target)
 
+    def discard_stale(self) -> None:
+        """A stage that runs again makes the finished stages after it stale (they were built on its old outputs):
+        their markers and packs go, so nothing installs new weights beside old ones. The data stage renders the same
+        songs again (fixed seed, the recipe id's settings), so it makes nothing stale."""
+        upstream = [s for s in STAGE_ORDER if s in self.stages and s not in ("data", "pack") and self.marker(s) is None]
+        if not upstream:
+            return
+        for stage in STAGE_ORDER[STAGE_ORDER.index(upstream[0]) + 1 :]:
+            if self.marker(stage) is not None:
+                self.discard(stage, f"stale: the {upstream[0]} stage runs again, so this one must run after it")
+
     def plan(self) -> tuple[list[str], dict[str, float]]:
         """(stages to run, cumulative deadline per stage); ConfigError for a missing input or a too-small budget."""
         todo = [s for s in STAGE_ORDER if (s in self.stages or s == "pack") and self.marker(s) is None]
-        for stage in todo:
+        for stage in [s for s in todo if s != "pack"]:  # pack lists the packs there are, of whatever stages finished
             absent = [s for s in STAGE_ORDER[: STAGE_ORDER.index(stage)] if s not in todo and self.marker(s) is None]
             if absent:
                 raise ConfigError(
@@ -197,6 +254,8 @@ class Recipe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.from_packs is not None:
             self.restore_packs()
+        self.repair_packs()
+        self.discard_stale()
         todo, deadlines = self.plan()
         self.say(
             f"{RECIPE} recipe {self.id}, scale {self.scale}, device {self.device} ({device_name(self.device)}), "
