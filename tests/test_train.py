@@ -199,6 +199,54 @@ def test_keep_best_exports_the_weights_of_the_best_validation_loss_not_the_last(
     assert meta["provenance"]["exported_step"] == 2
 
 
+def test_keep_best_survives_a_run_killed_after_its_last_checkpoint_and_before_its_export(config, tmp_path, monkeypatch):
+    from engine.train import loop
+    from engine.weights.adapter_format import load_adapter
+
+    losses = iter([3.0, 1.0, 2.0])  # step 2 is the best; the last (step 3) is worse
+    monkeypatch.setattr(loop.Trainer, "validation_loss", lambda self: next(losses))
+    cfg = replace(config, steps=3, val_every=1, ckpt_every=1, keep=3, keep_best=True)
+    train(cfg, tmp_path / "run", progress=False, export=False)  # the kill: every step done, nothing exported
+    result = train(cfg, tmp_path / "run", resume=True, progress=False)  # no step left: it exports
+    exported, meta = load_adapter(result.outputs["adapter"])
+    steps = {int(p.stem.split("_")[1]): p for p in list_checkpoints(result.run_dir)}
+    best, last = (torch.load(steps[n], weights_only=True)["trainable"] for n in (2, 3))
+    shared = [name for name in exported if name in best]
+    assert shared and all(torch.equal(exported[name], best[name]) for name in shared)
+    assert not all(torch.equal(exported[name], last[name]) for name in shared)
+    assert meta["provenance"]["exported_step"] == 2
+
+
+def test_resuming_on_training_data_of_another_size_is_refused_naming_both(config, tmp_path):
+    train(config, tmp_path / "run", progress=False, stop_after=2, export=False)
+    (path,) = list_checkpoints(tmp_path / "run")
+    payload = torch.load(path, weights_only=True)
+    size = payload["sampler"]["size"]
+    payload["sampler"]["size"] = size + 5  # the run was trained on 5 more items than the data set holds now
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=f"training data changed .*{size + 5} items then, {size} now"):
+        train(config, tmp_path / "run", resume=True, progress=False, export=False)
+
+
+def test_a_full_disk_while_checkpointing_is_a_checkpoint_error_that_keeps_the_earlier_one(
+    config, tmp_path, monkeypatch
+):
+    from engine.train import checkpoints
+
+    train(config, tmp_path / "run", progress=False, stop_after=2, export=False)
+    real_save = torch.save
+
+    def full(obj, target, *args, **kwargs):
+        real_save(obj, target, *args, **kwargs)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1024 vs 512")
+
+    monkeypatch.setattr(checkpoints.torch, "save", full)
+    with pytest.raises(CheckpointError, match="could not write the checkpoint .*step_00000004.pt.*disk full"):
+        train(config, tmp_path / "run", resume=True, progress=False, export=False)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000002.pt"]
+    assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
 def test_gate_lr_gives_the_fusion_gates_a_learning_rate_of_their_own(config, tmp_path):
     result = train(replace(config, steps=1, gate_lr=0.5), tmp_path / "run", progress=False, export=False)
     state = torch.load(list_checkpoints(result.run_dir)[-1], weights_only=True)

@@ -48,8 +48,14 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
     folder = Path(run_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except (OSError, RuntimeError) as exc:  # torch's writer reports a full disk as RuntimeError ("failed writing")
+        raise CheckpointError(
+            f"could not write the checkpoint {path} ({exc}): is the disk full? The earlier checkpoints are kept; "
+            "free space and resume (--resume)"
+        ) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path

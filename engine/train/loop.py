@@ -90,7 +90,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.sampler = BatchSampler(len(train_data), cfg.seed)
         self.history: dict[str, Any] = {"train": [], "val": [], "lr": []}
-        # keep_best: (step, validation loss, trained tensors on the CPU) of the best validation so far in this call
+        # keep_best: (step, validation loss, trained tensors on the CPU) of the best validation so far in the run
+        # (kept in every checkpoint: a run resumed after its last one still exports its best weights)
         self.best: tuple[int, float, dict] | None = None
         self.step = 0
         self.wall_before = 0.0  # wall time of the run's earlier sessions
@@ -106,7 +107,16 @@ class Trainer:
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         sampled = payload["sampler"]
+        if sampled.get("size", len(self.train_data)) != len(self.train_data):
+            raise CheckpointError(
+                f"the training data changed since step {payload['step']} was saved ({sampled['size']} items then, "
+                f"{len(self.train_data)} now): resuming would not draw the batches the run drew; use the data it was "
+                "trained on, or start a new run"
+            )
         self.sampler = BatchSampler(len(self.train_data), self.cfg.seed, sampled["epoch"], sampled["position"])
+        if payload.get("best") is not None:
+            best = payload["best"]
+            self.best = (int(best["step"]), float(best["val"]), best["trainable"])
         self.history = payload["history"]
         self.step = int(payload["step"])
         self.wall_before = float(self.history.get("wall_seconds", 0.0))
@@ -194,6 +204,7 @@ class Trainer:
             sampler=self.sampler.state(),
             rng=rng_state(),
             history=self.history,
+            best=None if self.best is None else dict(zip(("step", "val", "trainable"), self.best, strict=True)),
         )
         return save_checkpoint(self.run_dir, self.step, state, self.cfg.keep)
 
