@@ -68,6 +68,32 @@ def test_resume_continues_exactly(tones, tmp_path):
     assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
 
 
+def test_a_run_killed_after_logging_past_its_checkpoint_resumes_to_the_uninterrupted_log(tones, tmp_path, monkeypatch):
+    """Rows logged after the last checkpoint are replayed, not doubled, and every row averages the same steps as an
+    uninterrupted run's (a checkpoint between two log steps carries the losses summed so far)."""
+    from dataclasses import replace
+
+    from engine.train import codec_train
+
+    cfg = replace(_tiny_cfg(8), log_every=2)  # checkpoints at 3 and 6, rows at 2, 4, 6, 8
+    train_codec(tones, tmp_path / "full", cfg, threads=1, quiet=True)
+    real_save = codec_train.save_checkpoint
+
+    def killed_at_six(run_dir, step, payload, keep):
+        if step == 6:
+            raise KeyboardInterrupt  # row 6 is logged; the step-6 checkpoint never lands
+        return real_save(run_dir, step, payload, keep)
+
+    monkeypatch.setattr(codec_train, "save_checkpoint", killed_at_six)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec(tones, tmp_path / "cut", replace(cfg), threads=1, quiet=True)
+    assert [row["step"] for row in _rows(tmp_path / "cut")] == [2, 4, 6]
+    monkeypatch.setattr(codec_train, "save_checkpoint", real_save)
+    train_codec(tones, tmp_path / "cut", replace(cfg), threads=1, quiet=True, resume=True)
+    assert [row["step"] for row in _rows(tmp_path / "cut")] == [2, 4, 6, 8]
+    assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
+
+
 def test_held_out_songs_are_never_read(tones, tmp_path):
     from engine.train.codec_train import training_audio_files
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from engine.device import to_device, training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.files import AUDIO_FORMATS, audio_files, staged_dir, write_json_atomic
+from engine.files import AUDIO_FORMATS, audio_files, staged_dir, write_bytes_atomic, write_json_atomic
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
     checkpoint_payload,
@@ -269,6 +269,22 @@ def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log's rows up to `step` (the checkpoint a run resumes from): the rows a killed run logged after its
+    last checkpoint are logged again as it replays those steps (and a row torn by the kill is dropped)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("step", step + 1) <= step:
+            kept.append(line + "\n")
+    write_bytes_atomic(path, "".join(kept).encode())
+
+
 def final_losses(rows: Sequence[dict], last: int = 8) -> dict[str, float]:
     """Each loss averaged over the last `last` logged rows (single rows are noisy), rounded for a card."""
     tail = list(rows[-max(1, min(last, len(rows))) :])
@@ -349,6 +365,7 @@ def train_codec(
         rvq.initialised = state["rvq_initialised"]
         sampler.set_state(state["sampler"])
         set_rng_state(state["rng"])
+        _trim_log(log_path, step)
     elif not resume:
         log_path.unlink(missing_ok=True)
     model.to(device)
@@ -365,6 +382,9 @@ def train_codec(
     started = time.time()
     # The losses add up on the device and are read at log steps only: reading one is a wait for the accelerator.
     running = torch.zeros(len(LOSS_KEYS), device=device)
+    summed = 0  # the steps in `running`: a checkpoint between log steps carries both, so rows average the same steps
+    if resume and checkpoints and "running" in state:
+        running, summed = torch.tensor(state["running"], device=device), int(state["summed"])
     last_step = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
     while step < last_step:
         for group in optimizer.param_groups:
@@ -394,6 +414,7 @@ def train_codec(
             last_step = min(last_step, shorter)
             bar.total = shorter
         running += torch.stack([loss, l1, spectral, commit, nmse]).detach()  # in LOSS_KEYS' order
+        summed += 1
         bar.update(1)
         save = step % cfg.ckpt_every == 0 or step == last_step
         if (save or step % cfg.log_every == 0) and not bool(torch.isfinite(running).all()):
@@ -401,12 +422,13 @@ def train_codec(
             # non-finite loss must not reach the stages that encode with it
             raise DataError(f"the codec's loss became non-finite by step {step}: lower --lr or check the data")
         if step % cfg.log_every == 0:
-            row = dict(zip(LOSS_KEYS, (running / cfg.log_every).tolist(), strict=True))
+            row = dict(zip(LOSS_KEYS, (running / summed).tolist(), strict=True))
             row.update(step=step, seconds=round(time.time() - started, 1))
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
             bar.set_postfix(loss=f"{row['loss']:.3f}", stft=f"{row['stft']:.3f}")
             running.zero_()
+            summed = 0
         if save:
             payload = checkpoint_payload(
                 "codec",
@@ -417,6 +439,8 @@ def train_codec(
                 rvq_initialised=rvq.initialised,
                 sampler=sampler.state(),
                 rng=rng_state(),
+                running=running.tolist(),
+                summed=summed,
             )
             save_checkpoint(run_dir, step, payload, keep=1)
     bar.close()
