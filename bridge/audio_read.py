@@ -100,7 +100,14 @@ class _SndfileReader:
     def __init__(self, handle: Any, preroll: int = 0) -> None:
         import soundfile as sf
 
-        self._file = sf.SoundFile(handle)
+        soft = isinstance(handle, _BoundedReader)
+        if soft:
+            handle.soft = True  # probe's budget, spent, reads as end of file: no exception through a cffi callback
+        try:
+            self._file = sf.SoundFile(handle)
+        finally:
+            if soft:
+                handle.soft = False
         self.samplerate, self.num_channels, self.frames = self._file.samplerate, self._file.channels, self._file.frames
         self._preroll, self._drop = preroll, 0
 
@@ -199,11 +206,15 @@ def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
 
 
 class _BudgetSpent(Exception):
-    """Raised inside the decoder's read or seek once `probe` has spent its budget on a file."""
+    """Raised inside pedalboard's reads and seeks once `probe` has spent its budget on a file."""
 
 
 class _BoundedReader(io.RawIOBase):
-    """A read-only view of an open file that stops the decoder (an exception in read or seek) past its budget."""
+    """A read-only view of an open file that stops the decoder past its budget: an exception in pedalboard's read or
+    seek; for libsndfile (`soft`), whose cffi callbacks print an exception and carry on, end of file and a seek that
+    stays put. `spent` tells `probe` to refuse whatever the decoder made of the file."""
+
+    soft = False
 
     def __init__(self, raw: io.FileIO, path: Path, max_bytes: int, max_calls: int, timeout_s: float) -> None:
         super().__init__()
@@ -217,12 +228,14 @@ class _BoundedReader(io.RawIOBase):
     def __repr__(self) -> str:
         return repr(str(self._path))
 
-    def _spend(self) -> None:
+    def _spend(self) -> bool:
+        """Count a call; False once the budget is spent."""
         self.calls += 1
         if self.calls > self._max_calls or self.bytes_read >= self._max_bytes or time.monotonic() > self._deadline:
             self.spent = True
-        if self.spent:
+        if self.spent and not self.soft:
             raise _BudgetSpent
+        return not self.spent
 
     def readable(self) -> bool:
         return True
@@ -231,14 +244,16 @@ class _BoundedReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        self._spend()
+        if not self._spend():
+            return 0
         view = memoryview(buffer).cast("B")
         got = self._raw.readinto(view[: max(0, min(len(view), self._max_bytes - self.bytes_read))]) or 0
         self.bytes_read += got
         return got
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        self._spend()
+        if not self._spend():
+            return self._raw.tell()
         return self._raw.seek(offset, whence)
 
     def tell(self) -> int:
@@ -265,6 +280,16 @@ def _open_regular_fd(path: Path) -> int:
     return fd
 
 
+def _id3_tag_bytes(raw: Any) -> int:
+    """The size of the ID3v2 tag `raw` (at its start, left there) begins with, header and footer included; 0 if none."""
+    head = raw.read(10)
+    raw.seek(0)
+    if len(head) < 10 or head[:3] != b"ID3" or any(b & 0x80 for b in head[6:10]):
+        return 0
+    size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]  # "synchsafe": 7 bits a byte
+    return 10 + size + (10 if head[5] & 0x10 else 0)
+
+
 def probe(
     path: str | Path,
     *,
@@ -279,18 +304,26 @@ def probe(
     """
     path = Path(path)
     with os.fdopen(_open_regular_fd(path), "rb", buffering=0) as raw:
-        reader = _BoundedReader(raw, path, max_bytes, max_calls, timeout_s)
+        # An ID3v2 tag (cover art, often megabytes) comes before an MP3's first frame: its bytes add to the budget
+        reader = _BoundedReader(raw, path, max_bytes + _id3_tag_bytes(raw), max_calls, timeout_s)
+
+        def gave_up() -> AudioError:
+            return AudioError(
+                f"cannot read {path} as audio ({AUDIO_FORMATS}): no usable audio header after reading "
+                f"{reader.bytes_read} bytes ({reader.calls} reads and seeks); gave up"
+            )
+
         try:
             with _reader(reader, path) as f:
                 info = AudioInfo(path, int(round(f.samplerate)), int(f.num_channels), int(f.frames))
-                _refuse_cut_short(path, info.frames, raw)
+                if not reader.spent:  # what a decoder made of a file it read only part of is not trusted
+                    _refuse_cut_short(path, info.frames, raw)
         except (_BudgetSpent, ValueError, RuntimeError, OSError) as exc:
             if reader.spent:
-                raise AudioError(
-                    f"cannot read {path} as audio ({AUDIO_FORMATS}): no usable audio header after reading "
-                    f"{reader.bytes_read} bytes ({reader.calls} reads and seeks); gave up"
-                ) from None
+                raise gave_up() from None
             raise AudioError(f"cannot read {path} as audio ({AUDIO_FORMATS}): {exc}") from None
+        if reader.spent:
+            raise gave_up()
     if info.frames <= 0 or info.num_channels <= 0 or info.sample_rate <= 0:
         raise AudioError(f"{path} holds no audio")
     return info
@@ -315,6 +348,10 @@ def region_frames(info: AudioInfo, start_s: float, end_s: float) -> tuple[int, i
         )
     start = int(round(start_s * info.sample_rate))
     stop = int(round(end_s * info.sample_rate))
+    if start >= info.frames:  # within the file's last half sample: nothing left to read from there
+        raise AudioError(
+            f"the region {start_s:g}-{end_s:g} s starts at the end of {info.path.name} ({info.duration:.6g} s long)"
+        )
     return start, max(stop, start + 1)
 
 
@@ -331,7 +368,8 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
             f.seek(min(start, info.frames))
             audio = f.read(max(0, min(stop, info.frames) - start))  # [C, n]
         except (ValueError, RuntimeError, OSError) as exc:
-            raise AudioError(f"cannot read {info.path.name} at {start_s:g}-{end_s:g} s: {exc}") from None
+            where = f"{start / info.sample_rate:g}-{stop / info.sample_rate:g} s"
+            raise AudioError(f"cannot read {info.path.name} at {where}: {exc}") from None
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim == 1:
         audio = audio[None, :]

@@ -340,6 +340,17 @@ def test_a_region_that_is_not_a_finite_number_of_seconds_is_named(tmp_path):
             read_region(path, start, end)
 
 
+def test_a_region_starting_in_the_file_s_last_half_sample_is_past_its_end(tmp_path):
+    """It rounds to the sample after the last: named as such, with the real end, not pedalboard's "will not read an
+    entire file" under a region "2.99999--1 s"."""
+    path = tmp_path / "song.wav"
+    sf.write(path, np.zeros((48000, 1), np.float32), 16000)
+    for end in (-1.0, 3.0):
+        with pytest.raises(AudioError, match=r"^the region 2.99999-3 s starts at the end of song.wav \(3 s long\)$"):
+            read_region(path, 2.99999, end)
+    assert read_region(path, 2.99996, -1.0)[0].shape == (1, 1)  # the last sample itself
+
+
 def test_a_file_where_the_results_folder_should_be_is_named_as_such(tmp_path):
     (tmp_path / "song.wav").write_bytes(b"the user's song")
     with pytest.raises(AudioError, match=r"song.wav is a file, not a folder; nothing was written"):

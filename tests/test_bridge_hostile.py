@@ -179,6 +179,32 @@ def test_the_bounded_probe_reads_what_the_unbounded_reader_reads_from_the_path(t
     assert (info.sample_rate, info.num_channels, info.frames) == expected
 
 
+def _id3(size: int) -> bytes:
+    """An ID3v2.3 tag holding `size` bytes of cover art, as taggers put before an MP3's first frame."""
+    body = b"\x00image/jpeg\x00\x03\x00" + os.urandom(size)
+    frame = b"APIC" + len(body).to_bytes(4, "big") + b"\x00\x00" + body
+    synchsafe = bytes((len(frame) >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x03\x00\x00" + synchsafe + frame
+
+
+def test_an_mp3_whose_cover_art_is_larger_than_the_probe_s_budget_is_read(tmp_path, capfd):
+    from pedalboard.io import AudioFile
+
+    plain = tmp_path / "plain.mp3"
+    with AudioFile(str(plain), "w", 44100, 2) as f:
+        f.write((np.random.default_rng(0).standard_normal((2, 44100 * 2)) * 0.1).astype(np.float32))
+    tagged = tmp_path / "tagged.mp3"
+    tagged.write_bytes(_id3(3 << 20) + plain.read_bytes())
+    budget = 1 << 20  # the tag alone is three budgets
+    info, expected = audio_read.probe(tagged, max_bytes=budget), audio_read.probe(plain)
+    assert (info.sample_rate, info.num_channels, info.frames) == (expected.sample_rate, 2, expected.frames)
+    # the budget still ends a file that is all tag and no audio, in one line and without a traceback printed
+    (tmp_path / "tag_only.mp3").write_bytes(_id3(3 << 20) + os.urandom(3 << 20))
+    with pytest.raises(AudioError, match="gave up"):
+        audio_read.probe(tmp_path / "tag_only.mp3", max_bytes=budget)
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 @pytest.fixture
 def held_check(monkeypatch):
     """The input's probe, on the server's checking thread, held until the test sets the event it returns (at most
