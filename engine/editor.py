@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
-from engine.levels import db, is_silent
+from engine.levels import db, is_silent, rms_db
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import LAYER, MASKED_MODES, channel_policy, check_mode
@@ -57,6 +57,9 @@ Progress = Callable[[float, str], None]
 
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
+# Channels "cancel out" when their mono mix is this far below them: one channel the other's polarity inverted leaves
+# only rounding (16-bit: about -100 dBFS) where the channels play at music's level; no real stereo mix comes near it.
+CANCEL_DB = 50.0
 # The CUDA decode step an Editor may be given -> generate()'s `static`: None = generate's own choice (CUDA_STEP)
 DECODE_STEPS: dict[str | None, bool | str | None] = {None: None, "eager": False, "graph": "graph", "compile": "compile"}
 STEP_NAMES = tuple(step for step in DECODE_STEPS if step)  # the steps a producer or a benchmark may name
@@ -294,7 +297,7 @@ class Editor:
         model_audio, gains = [], []
         for audio, item in zip(audios, parsed, strict=True):
             mono = audio.mean(axis=0)  # [N]
-            if audio.shape[0] > 1 and is_silent(mono) and item.op != "add":
+            if audio.shape[0] > 1 and item.op != "add" and rms_db(mono) < rms_db(audio) - CANCEL_DB:
                 raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
             model_len = self.model_length(audio.shape[-1], sample_rate)
             heard = resample(mono, sample_rate, self.sample_rate, model_len)  # [M] at the codec rate

@@ -17,6 +17,7 @@ import engine.model.generate as generate_mod
 from engine.editor import Editor, EditResult
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, InstructionError, ResourceError
 from engine.instructions import Instruction
+from engine.levels import SILENCE_PEAK
 from engine.resample import resample
 
 
@@ -505,6 +506,14 @@ def test_channels_that_cancel_in_mono_are_reported(editor):
     left = _music(0.3, 16000)
     with pytest.raises(AudioError, match="cancel out"):
         editor.edit(np.concatenate([left, -left]), 16000, "extract bass")
+    # a 16-bit file: each channel rounded on its own leaves one step of rounding in the mix (above "silence")
+    pcm = np.round(np.concatenate([left, -left]) * 32767 + np.array([[0.3], [0.2]])).astype(np.int16)
+    assert np.abs(pcm.astype(np.float32).mean(axis=0) / 32768).max() > SILENCE_PEAK
+    with pytest.raises(AudioError, match="cancel out"):
+        editor.edit(pcm, 16000, "remove bass")
+    # channels far apart that still mix to something are edited
+    wide = np.concatenate([left, -0.9 * left])
+    assert editor.edit(wide, 16000, "extract bass", seed=0).audio.shape == wide.shape
 
 
 def test_unparsable_instruction_is_an_instruction_error_before_any_work(editor, monkeypatch):
