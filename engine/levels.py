@@ -151,14 +151,19 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     if db(float(peaks.max())) <= ceiling_db:
         return audio.astype(np.float32), False
     ceiling = 10 ** (ceiling_db / 20)
-    needed = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12))
     ramp = max(1, int(_RAMP_S * sample_rate))
     hold = max(1, int(_HOLD_S * sample_rate))
-    # min over [i - hold, i + ramp], then a mean over [i - ramp, i]: at a peak every averaged value is <= its need.
-    held = _window_min(needed, hold, ramp)
-    sums = np.concatenate([[0.0], np.cumsum(np.concatenate([np.full(ramp, held[0]), held]))])
-    gain = (sums[ramp + 1 :] - sums[: -ramp - 1]) / (ramp + 1)
-    out = audio * gain[None]
+
+    def gain_of(part: np.ndarray) -> np.ndarray:
+        needed = np.minimum(1.0, ceiling / np.maximum(part.astype(np.float64), 1e-12))
+        # min over [i - hold, i + ramp], then a mean over [i - ramp, i]: at a peak every averaged value is <= its need.
+        held = _window_min(needed, hold, ramp)
+        sums = np.concatenate([[0.0], np.cumsum(np.concatenate([np.full(ramp, held[0]), held]))])
+        return ((sums[ramp + 1 :] - sums[: -ramp - 1]) / (ramp + 1)).astype(np.float32)
+
+    # block by block (each sample's gain reads the peaks within hold + 2 ramps of it): memory stays a block's
+    gain = _blockwise(gain_of, peaks, hold + 2 * ramp + 2)
+    out = audio.astype(np.float32, copy=False) * gain[None]
     peak = true_peak_db(out, sample_rate)
     if peak > ceiling_db:
         out *= 10 ** ((ceiling_db - peak) / 20) * 0.9999
@@ -176,17 +181,40 @@ def _window_min(values: np.ndarray, before: int, after: int) -> np.ndarray:
     return starts[: values.size]
 
 
+_BLOCK = 1 << 18  # samples a blockwise pass works on at once (plus its margins): memory stays a few MB per channel
+
+
+def _blockwise(function, values: np.ndarray, margin: int) -> np.ndarray:
+    """`function` of the last axis of `values`, computed on blocks of _BLOCK samples with `margin` samples of context
+    either side and joined: the same as `function(values)` wherever an output sample depends only on the input
+    within `margin` of it (away from the ends, where each block's context is the whole signal's)."""
+    n = values.shape[-1]
+    if n <= _BLOCK + 2 * margin:
+        return function(values)
+    parts = []
+    for start in range(0, n, _BLOCK):
+        lo, hi = max(0, start - margin), min(n, start + _BLOCK + margin)
+        parts.append(function(values[..., lo:hi])[..., start - lo : min(n, start + _BLOCK) - lo])
+    return np.concatenate(parts, axis=-1)
+
+
 def _sample_true_peaks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Per sample, the largest |value| of the 4x oversampled signal within one sample of it, over all channels."""
+    """Per sample, the largest |value| of the 4x oversampled signal within one sample of it, over all channels
+    (float32, computed block by block: the oversampled signal of a whole hour would need tens of GB)."""
     from scipy.ndimage import maximum_filter1d
     from scipy.signal import resample_poly
 
-    peaks = np.abs(audio).max(axis=0)
-    if sample_rate < _OVERSAMPLE_BELOW and audio.shape[-1] > 1:
-        over = np.abs(resample_poly(audio, _OVERSAMPLE, 1, axis=-1)).max(axis=0)
-        over = maximum_filter1d(over, size=2 * _OVERSAMPLE + 1, mode="nearest")
-        peaks = np.maximum(peaks, over[::_OVERSAMPLE][: peaks.size])
-    return peaks
+    def peaks_of(part: np.ndarray) -> np.ndarray:
+        part = part.astype(np.float32, copy=False)
+        peaks = np.abs(part).max(axis=0)
+        if sample_rate < _OVERSAMPLE_BELOW and part.shape[-1] > 1:
+            over = np.abs(resample_poly(part, _OVERSAMPLE, 1, axis=-1)).max(axis=0)
+            over = maximum_filter1d(over, size=2 * _OVERSAMPLE + 1, mode="nearest")
+            peaks = np.maximum(peaks, over[::_OVERSAMPLE][: peaks.size])
+        return peaks
+
+    # resample_poly's filter reaches 10 input samples either side (its half length, 10 * the factor, at 4x)
+    return _blockwise(peaks_of, audio, 64)
 
 
 def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:

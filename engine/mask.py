@@ -68,7 +68,10 @@ class MaskSettings:
     calibrate: bool = True  # scale the estimate to its level in the original first
     steer: str = ""  # remove only: "extract" = the estimate is the model's extraction of the stem; "": the op's own
     depth: float = 1.0  # extract/remove: how much of what the mask cuts is cut (1: all of it)
-    block_frames: int = 1024  # STFT frames processed at once (memory), any value gives the same result
+    # STFT frames processed at once (memory), any value gives the same result; 0: as many as hold BLOCK_SAMPLES samples
+    # of every channel and the estimate (1024 frames of 64 ms at 16 kHz mono, 170 at 48 kHz stereo: it is the block's
+    # memory that is bounded, about 60 MB, whatever the rate and channels)
+    block_frames: int = 0
 
 
 # Per operation, chosen on validation songs with the embedded default model (docs/embedded_model/mask.md; the
@@ -86,6 +89,7 @@ DEFAULT_SETTINGS = {
 # estimate uses; for add, where the generated part shares its bins with the original, a high one.
 _QUANTILE = {"extract": STEM_QUANTILE, "remove": STEM_QUANTILE, "add": 0.75}
 _EPS = 1e-20
+BLOCK_SAMPLES = 1 << 21  # MaskSettings.block_frames=0: a block's frames hold this many samples, channels included
 
 
 def apply_edit(
@@ -192,11 +196,12 @@ def _masked(
     def smooth(power: np.ndarray) -> np.ndarray:  # [T, F]
         return uniform_filter(power, size=(t_width, f_width), mode="nearest")
 
-    gain = _level_gain(spectra, frames, s.block_frames, op) if s.calibrate else 1.0
+    block = s.block_frames or max(1, BLOCK_SAMPLES // (n_fft * (channels + 1)))
+    gain = _level_gain(spectra, frames, block, op) if s.calibrate else 1.0
     out = np.zeros((channels if op != "add" else 1, length))
     norm = np.zeros(length)
-    for a in range(0, frames, max(1, s.block_frames)):
-        b = min(frames, a + max(1, s.block_frames))
+    for a in range(0, frames, max(1, block)):
+        b = min(frames, a + max(1, block))
         lo, hi = max(0, a - margin), min(frames, b + margin)
         spec_x, spec_e = spectra(lo, hi)  # [C, T, F], [T, F]
         spec_e = spec_e * gain

@@ -13,6 +13,7 @@ from engine.levels import (
     DEFAULT_TARGET_LUFS,
     MAX_MODEL_INPUT_GAIN_DB,
     STEM_FLOOR_LU,
+    TRUE_PEAK_CEILING_DB,
     integrated_loudness,
     is_silent,
     limit,
@@ -235,6 +236,24 @@ def test_info_is_json_serialisable_even_for_silence():
     decoded = json.loads(json.dumps(info, allow_nan=False))  # no -inf LUFS or NaN gain on the wire
     assert decoded["policy"] == "silent" and decoded["gain_db"] == 0.0 and not np.abs(out).any()
     assert decoded["source_lufs"] is None and decoded["model_lufs"] is None and decoded["result_lufs"] is None
+
+
+def test_true_peak_and_limiter_work_block_by_block_with_no_seam(monkeypatch):
+    """A long region is measured and limited in blocks (the 4x oversampled signal of an hour of stereo would need
+    tens of GB): the same peaks and gains as the whole at once, peaks placed across the joins included."""
+    from engine import levels
+
+    rate = 48000
+    audio = np.concatenate([_music_like(3.0, rate, seed) for seed in (1, 2)]) * 4.0  # peaks well over the ceiling
+    monkeypatch.setattr(levels, "_BLOCK", 10**9)
+    whole_peaks = levels._sample_true_peaks(audio, rate)
+    whole, _ = limit(audio, rate)
+    monkeypatch.setattr(levels, "_BLOCK", 7919)  # a prime: joins fall anywhere
+    blocked_peaks = levels._sample_true_peaks(audio, rate)
+    blocked, _ = limit(audio, rate)
+    np.testing.assert_allclose(blocked_peaks, whole_peaks, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-6)
+    assert true_peak_db(blocked, rate) <= TRUE_PEAK_CEILING_DB + 1e-3
 
 
 def test_limiter_only_touches_the_neighbourhood_of_a_peak():

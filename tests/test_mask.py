@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,12 @@ def test_a_long_region_is_the_same_whatever_the_block_size():
     whole = mask.apply_edit(mix, rate, stem.mean(axis=0), rate, "extract", mask.MaskSettings(block_frames=10**6))
     np.testing.assert_allclose(small, whole, atol=1e-7)  # no seam at the 37-frame joins
     assert metrics.si_sdr(small, stem) > 20
+    # the default block holds a number of samples, not of frames: at 48 kHz stereo a few blocks in 8 s
+    stem48, bed48 = _parts(48000, seconds=8.0)
+    auto = mask.apply_edit(stem48 + bed48, 48000, stem48.mean(axis=0), 48000, "remove")
+    settings = dataclasses.replace(mask.DEFAULT_SETTINGS["remove"], block_frames=10**6)
+    one = mask.apply_edit(stem48 + bed48, 48000, stem48.mean(axis=0), 48000, "remove", settings)
+    np.testing.assert_allclose(auto, one, atol=1e-7)
 
 
 def test_bands_above_the_estimates_rate_follow_the_top_of_its_band():
