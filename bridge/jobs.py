@@ -76,7 +76,7 @@ class Job:
 
     def same_request(self, other: Job) -> bool:
         """True if `other` asks for exactly what this job asks for (a resend, not a conflict)."""
-        return self.request == other.request
+        return self.request.same_edit(other.request)
 
     @property
     def source(self) -> str:

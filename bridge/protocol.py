@@ -29,8 +29,9 @@ import argparse
 import json
 import os
 import re
+import struct
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError
@@ -362,7 +363,7 @@ class EditRequest:
     """One edit as the wire carries it (/imusic/edit): the one shape of an edit request everywhere.
 
     The REAPER actions, the client, the server, its journal and batch all hold this; two requests are the same job
-    exactly when they are equal. `seed` None draws one; `output_path` "" lets the server choose; `mode` "" is the
+    exactly when they are equal (`same_edit`: the times at float32 precision). `seed` None draws one; `output_path` "" lets the server choose; `mode` "" is the
     operation's default ("mask": the edit keeps the recording; "resynth": the model's output as it is).
     """
 
@@ -375,6 +376,17 @@ class EditRequest:
     seed: int | None = None
     takes: int = 1
     mode: str = ""
+
+    def same_edit(self, other: EditRequest) -> bool:
+        """True if `other` asks for this very edit (a resend): equal, the region's times compared at the precision of
+        an OSC float32 ('f'), as a client may send one where an earlier send of the same edit had a double ('d')."""
+
+        def times(request: EditRequest) -> EditRequest:
+            f32 = [struct.unpack(">f", struct.pack(">f", value))[0] if abs(value) < 3e38 else value
+                   for value in (request.start_s, request.end_s)]  # fmt: skip
+            return replace(request, start_s=f32[0], end_s=f32[1])
+
+        return self == other or times(self) == times(other)
 
     def options(self) -> EditOptions:
         """The edit's choices, as Editor.edit takes them."""

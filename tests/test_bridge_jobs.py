@@ -133,6 +133,28 @@ def test_the_same_id_for_another_request_is_a_conflict(tmp_path):
     assert exc.value.code == protocol.JOB_CONFLICT
 
 
+def test_a_resend_with_its_times_as_float32_is_the_same_job_and_other_times_are_not(tmp_path):
+    """OSC carries a time as float32 ('f') or double ('d'): a client that sent 1.1 as a double and resends it as a
+    float32 (1.100000023841858) resends the same edit."""
+    import struct
+
+    def request(start: float, end: float) -> Job:
+        return Job(EditRequest("a", "/in.wav", start, end, "extract drums"), reply_to=("127.0.0.1", 5000))
+
+    def f32(value: float) -> float:
+        return struct.unpack(">f", struct.pack(">f", value))[0]
+
+    jobs = book(tmp_path)
+    jobs.submit(request(1.1, 7.3), choose("a"))
+    assert f32(1.1) != 1.1
+    job, is_new, _ = jobs.submit(request(f32(1.1), f32(7.3)), choose("other"))
+    assert not is_new and job.output_path == "/out/a.wav"
+    for start, end in ((1.1 + 1e-5, 7.3), (1.1, 7.3 - 1e-5), (1.1, -1.0)):
+        with pytest.raises(RequestError) as exc:
+            jobs.submit(request(start, end), choose("a"))
+        assert exc.value.code == protocol.JOB_CONFLICT
+
+
 def test_the_queue_is_bounded(tmp_path):
     jobs = book(tmp_path, max_queue=2)
     jobs.submit(make_job("a"), choose("a"))
