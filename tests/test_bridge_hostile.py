@@ -380,38 +380,47 @@ def _odd_packets(count: int) -> list[bytes]:
     return [unknown_tag if i % 2 else odd_bundle for i in range(count)]
 
 
-def test_a_flood_of_odd_packets_is_refused_each_and_leaves_a_bounded_log(tmp_path, root):
-    server_log = io.StringIO()
-    captured = io.StringIO()
+@contextlib.contextmanager
+def logged_server(tmp_path, root):
+    """A server whose own log goes to one buffer and the root logger's lines to another, both read after it stops:
+    yields (server, its log, the root logger's lines)."""
+    server_log, captured = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(captured)
     logging.getLogger().addHandler(handler)
     server = start_server(tmp_path, root, log=server_log)
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood:
-            flood.bind(("127.0.0.1", 0))
-            flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-            for i, packet in enumerate(_odd_packets(4000)):
-                flood.sendto(packet, ("127.0.0.1", server.port))
-                if i % 500 == 499:
-                    time.sleep(0.01)  # let the server keep up (a full socket buffer drops packets, not log lines)
-            with Client("127.0.0.1", server.port) as client:
-                assert client.ping(TIMEOUT).state == protocol.READY
-                time.sleep(0.2)
-                assert client.ping(TIMEOUT).state == protocol.READY
-            flood.settimeout(0.5)
-            replies = []
-            with contextlib.suppress(TimeoutError):
-                while len(replies) < 4000:
-                    replies.append(protocol.decode(flood.recv(protocol.MAX_PACKET))[0])
-            # python-osc sends a wrong-format and unknown-tag packet on as fewer arguments; each is said to be bad
-            errors = [args for address, args in replies if address == protocol.ERROR]
-            assert len(errors) == len(replies) > 1000, replies[:3]
-            assert {args[1] for args in errors} == {protocol.BAD_REQUEST}
-            assert any("'X' is not one this server reads" in args[2] for args in errors)
-            assert any("not an OSC packet" in args[2] for args in errors)
+        yield server, server_log, captured
     finally:
         server.stop()
         logging.getLogger().removeHandler(handler)
+
+
+def test_a_flood_of_odd_packets_is_refused_each_and_leaves_a_bounded_log(tmp_path, root):
+    with (
+        logged_server(tmp_path, root) as (server, server_log, captured),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as flood,
+    ):
+        flood.bind(("127.0.0.1", 0))
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        for i, packet in enumerate(_odd_packets(4000)):
+            flood.sendto(packet, ("127.0.0.1", server.port))
+            if i % 500 == 499:
+                time.sleep(0.01)  # let the server keep up (a full socket buffer drops packets, not log lines)
+        with Client("127.0.0.1", server.port) as client:
+            assert client.ping(TIMEOUT).state == protocol.READY
+            time.sleep(0.2)
+            assert client.ping(TIMEOUT).state == protocol.READY
+        flood.settimeout(0.5)
+        replies = []
+        with contextlib.suppress(TimeoutError):
+            while len(replies) < 4000:
+                replies.append(protocol.decode(flood.recv(protocol.MAX_PACKET))[0])
+        # python-osc sends a wrong-format and unknown-tag packet on as fewer arguments; each is said to be bad
+        errors = [args for address, args in replies if address == protocol.ERROR]
+        assert len(errors) == len(replies) > 1000, replies[:3]
+        assert {args[1] for args in errors} == {protocol.BAD_REQUEST}
+        assert any("'X' is not one this server reads" in args[2] for args in errors)
+        assert any("not an OSC packet" in args[2] for args in errors)
     written = server_log.getvalue() + captured.getvalue()
     assert len(written) < 8000, f"{len(written)} characters logged:\n{written[:2000]}"
 
@@ -421,20 +430,12 @@ def test_python_osc_warnings_go_to_the_servers_rate_limited_log(tmp_path, root):
     modules), its lines join the server's rate-limited ones."""
     import pythonosc.osc_message
 
-    server_log = io.StringIO()
-    captured = io.StringIO()
-    handler = logging.StreamHandler(captured)
-    logging.getLogger().addHandler(handler)
-    server = start_server(tmp_path, root, log=server_log)
-    try:
+    with logged_server(tmp_path, root) as (_, server_log, captured):
         for i in range(4000):
             record = logging.LogRecord(
                 "root", logging.WARNING, pythonosc.osc_message.__file__, 85, "Unhandled parameter type: %s", (i,), None
             )
             logging.getLogger().handle(record)
-    finally:
-        server.stop()
-        logging.getLogger().removeHandler(handler)
     assert captured.getvalue() == ""
     assert len(server_log.getvalue()) < 8000
     assert "python-osc: Unhandled parameter type" in server_log.getvalue()
