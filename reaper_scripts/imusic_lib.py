@@ -130,7 +130,7 @@ class _Job:
     """One region of an action: where it came from, what was sent, and what the engine said (its tracked state)."""
 
     def __init__(self, track: str, view: planning.ItemView, plan: planning.JobPlan, request: protocol.EditRequest):
-        self.track = track
+        self.track = track  # the source track's GUID (project.track_guid): a pointer may be reused by a new track
         self.view = view
         self.plan = plan
         self.request = request
@@ -280,7 +280,7 @@ def _send_edit(R: Any, instruction: str, mode: str) -> None:
         request = protocol.EditRequest(
             job_id, plan.source_path, plan.start_s, plan.end_s, instruction, output, mode=sent_mode
         )
-        jobs.append(_Job(track, view, plan, request))
+        jobs.append(_Job(project.track_guid(R, track), view, plan, request))
     home = project.active_project(R)
     session = Session(instruction, client, jobs, home, project.project_file(R, home) or "")
     folder = os.path.dirname(jobs[0].request.output_path) if jobs else media_dir

@@ -98,10 +98,14 @@ def undo_description(instruction: str) -> str:
     return f"Instruct: {edit_label(instruction)}"
 
 
-def result_insert_index(source_track_number: int | None, track_count: int) -> int:
-    """0-based index for RPR_InsertTrackAtIndex: directly under the source track, or last if it is gone."""
+def result_insert_index(source_track_number: int | None, track_count: int, folder_parent: bool = False) -> int:
+    """0-based index for RPR_InsertTrackAtIndex: directly under the source track, or last if it is gone. Above a
+    folder's parent track: under it, the result would be the folder's first child, muted with the parent, played
+    through the bus's effects and hidden when the folder is collapsed."""
     if source_track_number is None or source_track_number < 1:
         return track_count
+    if folder_parent:
+        return min(source_track_number - 1, track_count)
     return min(source_track_number, track_count)
 
 

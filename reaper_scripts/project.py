@@ -177,35 +177,51 @@ def project_file(R, project: str) -> str | None:
     return None
 
 
+def track_guid(R, track: str) -> str:
+    """The track's GUID: what names one track for good. A track pointer does not: once a track is deleted or its song
+    closed, a new track (in another song) may be given the same address."""
+    return str(R.RPR_GetSetMediaTrackInfo_String(track, "GUID", "", False)[3])
+
+
+def find_track(R, project: Any, guid: str) -> str | None:
+    """The track of that project with that GUID, or None."""
+    for index in range(R.RPR_CountTracks(project)):
+        track = R.RPR_GetTrack(project, index)
+        if track_guid(R, track) == guid:
+            return track
+    return None
+
+
 def same_song(R, project: str, song_file: str, tracks: list[str]) -> bool:
     """Whether that project's tab still holds the song an action started in: a tab keeps its project when another
     song is opened in it, or when File > Close project leaves an empty one. The same song has the same file, or
-    (saved under a name meanwhile) still holds one of the action's source tracks."""
+    (saved under a name meanwhile) still holds one of the action's source tracks (`tracks`: their GUIDs)."""
     now = project_file(R, project)
     if now is None:
         return False
     if now == song_file and song_file:  # an unsaved song's "" is also every new or closed tab's: tracks decide it
         return True
-    return any(str(R.RPR_GetTrack(project, i)) in tracks for i in range(R.RPR_CountTracks(project)))
+    return any(find_track(R, project, guid) is not None for guid in dict.fromkeys(tracks))
 
 
 def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
-    """One new track per source track, directly under it, holding each result at its item's position."""
+    """One new track per source track (`job.track`: its GUID), directly under it (above a folder's parent track),
+    holding each result at its item's position."""
     label = planning.edit_label(instruction)
     groups: dict[str, list[Any]] = {}
     for job in jobs:
         groups.setdefault(job.track, []).append(job)
     R.RPR_Undo_BeginBlock()
     try:
-        for track, group in groups.items():
-            alive = _in_project(R, track)
-            number = int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) if alive else None
+        for guid, group in groups.items():
+            track = find_track(R, 0, guid)
+            number = int(R.RPR_GetMediaTrackInfo_Value(track, "IP_TRACKNUMBER")) if track is not None else None
+            depth = R.RPR_GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") if track is not None else 0
             name_number = number if number is not None else group[0].plan.track_number
             name = planning.result_track_name(group[0].view.track_name, name_number, instruction)
-            index = planning.result_insert_index(number, R.RPR_CountTracks(0))
+            index = planning.result_insert_index(number, R.RPR_CountTracks(0), folder_parent=depth > 0)
             R.RPR_InsertTrackAtIndex(index, True)
             new_track = R.RPR_GetTrack(0, index)
-            depth = R.RPR_GetMediaTrackInfo_Value(track, "I_FOLDERDEPTH") if alive else 0
             if number is not None and depth < 0:  # the source closes its folder: the result takes over, inside it
                 R.RPR_SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", 0)
                 R.RPR_SetMediaTrackInfo_Value(new_track, "I_FOLDERDEPTH", depth)
@@ -216,13 +232,6 @@ def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
         R.RPR_UpdateArrange()
     finally:
         R.RPR_Undo_EndBlock(planning.undo_description(instruction), -1)
-
-
-def _in_project(R, track: str) -> bool:
-    """Whether the track is still in the active project. Not RPR_ValidatePtr2: the Python binding passes its pointer
-    argument through its own check as a void*, a type REAPER's pointer check does not know, so it would always say
-    no."""
-    return any(str(R.RPR_GetTrack(0, i)) == str(track) for i in range(R.RPR_CountTracks(0)))
 
 
 # Steps of a peak build before giving up on it (each reads a part of the file; a result's build takes a few): a binding

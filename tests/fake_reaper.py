@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import types
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,7 @@ class Track:
     items: list[Item] = field(default_factory=list)
     values: dict = field(default_factory=lambda: {"I_FOLDERDEPTH": 0.0, "I_FREEMODE": 0.0})
     ptr: str = field(default_factory=lambda: _pointer("MediaTrack"))
+    guid: str = field(default_factory=lambda: "{" + str(uuid.uuid4()).upper() + "}")
 
 
 class FakeReaper:
@@ -391,6 +393,8 @@ class FakeReaper:
 
     def RPR_GetSetMediaTrackInfo_String(self, track: str, parm: str, value: str, set_new: bool):
         target = self._track(track)
+        if parm == "GUID" and not set_new:
+            return (True, track, parm, target.guid, set_new)
         if parm != "P_NAME":
             return (False, track, parm, value, set_new)
         if set_new:

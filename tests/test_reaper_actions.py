@@ -15,7 +15,7 @@ import fake_reaper
 import numpy as np
 import pytest
 import soundfile
-from fake_reaper import Harness, Source
+from fake_reaper import Harness, Source, Track
 
 from bridge import audio_read, tracking
 from bridge.client import Client
@@ -416,6 +416,37 @@ def test_a_result_under_the_last_track_of_a_folder_stays_in_the_folder(harness, 
     assert after is reaper.tracks[3]
 
 
+def test_a_result_of_a_folder_s_parent_track_goes_above_the_folder_not_inside_it(harness, source_file):
+    """Under the parent, the result would be the folder's first child: muted with it, played through the bus and
+    hidden when the folder is collapsed."""
+    reaper = harness.reaper
+    outer = reaper.add_track("Band")
+    bus = reaper.add_track("Drum bus")
+    kick = reaper.add_track("Kick")
+    reaper.add_track("Vocals")
+    outer.values["I_FOLDERDEPTH"], bus.values["I_FOLDERDEPTH"], kick.values["I_FOLDERDEPTH"] = 1.0, 1.0, -2.0
+    bus.values["I_FOLDERCOMPACT"] = 2.0
+    reaper.add_item(bus, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    names = [t.name for t in reaper.tracks]
+    assert names == ["Band", "Drum bus · extract drums", "Drum bus", "Kick", "Vocals"]
+    assert [t.values["I_FOLDERDEPTH"] for t in reaper.tracks] == [1.0, 0.0, 1.0, -2.0, 0.0]  # in Band, beside the bus
+
+
+def test_a_result_whose_source_track_was_deleted_goes_last_even_where_a_new_track_took_its_address(
+    harness, source_file
+):
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    reaper.add_track("Keys")
+    reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    reaper.tracks[0] = Track(name="Strings", ptr=bass.ptr)  # Bass deleted; a new track gets its address
+    harness.settle()
+    assert [t.name for t in reaper.tracks] == ["Strings", "Keys", "Bass · extract drums"]
+
+
 def test_the_prompted_action_sends_what_the_user_typed(harness, source_file, sent):
     reaper = harness.reaper
     track = reaper.add_track("")
@@ -799,7 +830,8 @@ def test_results_whose_project_was_closed_are_named_not_put_in_another_project(h
 @pytest.mark.parametrize(("unsaved", "then"), [(False, "opened"), (True, "opened"), (False, "new"), (True, "new")])
 def test_results_never_go_into_another_song_opened_in_their_projects_tab(harness, source_file, unsaved, then):
     """A tab keeps its project when another song is opened in it (or File > Close project empties it): its pointer is
-    no proof the song is still there."""
+    no proof the song is still there, and neither is a track pointer (the new song's track may get the freed one's
+    address: tracks are known by their GUIDs)."""
     reaper = harness.reaper
     if unsaved:
         reaper.project_path = ""
@@ -808,8 +840,7 @@ def test_results_never_go_into_another_song_opened_in_their_projects_tab(harness
     harness.run("imusic_extract_drums.py")
     # File > Open project, same tab; or File > New / Close project (an unsaved song, as an unsaved source's "")
     reaper.project_path = str(source_file[0].parent / "other" / "other.rpp") if then == "opened" else ""
-    reaper.tracks = []
-    reaper.add_track("Vocals")
+    reaper.tracks = [Track(name="Vocals", ptr=bass.ptr)]  # the allocator hands the freed address out again
     harness.settle()
     assert [t.name for t in reaper.tracks] == ["Vocals"] and reaper.undo_points == []
     ((message, _, _),) = reaper.messages
