@@ -363,8 +363,9 @@ class EditRequest:
     """One edit as the wire carries it (/imusic/edit): the one shape of an edit request everywhere.
 
     The REAPER actions, the client, the server, its journal and batch all hold this; two requests are the same job
-    exactly when they are equal (`same_edit`: the times at float32 precision). `seed` None draws one; `output_path` "" lets the server choose; `mode` "" is the
-    operation's default ("mask": the edit keeps the recording; "resynth": the model's output as it is).
+    exactly when they are equal (`same_edit`: the times at float32 precision). `seed` None draws one; `output_path`
+    "" lets the server choose; `mode` "" is the operation's default ("mask": the edit keeps the recording;
+    "resynth": the model's output as it is).
     """
 
     job_id: str
