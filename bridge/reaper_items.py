@@ -85,6 +85,12 @@ class ItemView:
     fade_in: Fade = NO_FADE
     fade_out: Fade = NO_FADE
     position_text: str = ""  # the position as REAPER's ruler shows it (format_timestr_pos); "": m:ss.mmm
+    # How the item plays beside the region's samples, which its result item plays the same way: the item's gain, the
+    # take's volume (negative: polarity flipped), and the item's and its track's timebase (-1: the default)
+    item_volume: float = 1.0  # item D_VOL
+    take_volume: float = 1.0  # take D_VOL
+    timebase: int = -1  # item C_BEATATTACHMODE
+    track_timebase: int = -1  # track C_BEATATTACHMODE
 
     def describe(self) -> str:
         """How a message names this item for the user."""

@@ -51,12 +51,16 @@ def read_item(R: Any, item: str, project_dir: str) -> planning.ItemView:
         "track_name": R.RPR_GetSetMediaTrackInfo_String(track, "P_NAME", "", False)[3],
         # as the ruler shows it (its mode, the project's start offset), so a message names the place the user sees
         "position_text": R.RPR_format_timestr_pos(position, "", 64, -1)[1],
+        "item_volume": R.RPR_GetMediaItemInfo_Value(item, "D_VOL"),
+        "timebase": int(R.RPR_GetMediaItemInfo_Value(item, "C_BEATATTACHMODE")),
+        "track_timebase": int(R.RPR_GetMediaTrackInfo_Value(track, "C_BEATATTACHMODE")),
     }
     take = R.RPR_GetActiveTake(item)
     if is_null(take):
         return planning.ItemView(has_take=False, source_type="EMPTY", **geometry)
     values = {
         "take_name": R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", "", False)[3],
+        "take_volume": R.RPR_GetMediaItemTakeInfo_Value(take, "D_VOL"),
         "is_midi": bool(R.RPR_TakeIsMIDI(take)),
         "start_offset": R.RPR_GetMediaItemTakeInfo_Value(take, "D_STARTOFFS"),
         "playrate": R.RPR_GetMediaItemTakeInfo_Value(take, "D_PLAYRATE"),
@@ -226,6 +230,8 @@ def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
                 R.RPR_SetMediaTrackInfo_Value(track, "I_FOLDERDEPTH", 0)
                 R.RPR_SetMediaTrackInfo_Value(new_track, "I_FOLDERDEPTH", depth)
             R.RPR_GetSetMediaTrackInfo_String(new_track, "P_NAME", name, True)
+            # the source track's timebase: a tempo change moves the result as it moves the source
+            R.RPR_SetMediaTrackInfo_Value(new_track, "C_BEATATTACHMODE", group[0].view.track_timebase)
             for job in group:
                 _add_result_item(R, new_track, job, label)
         R.RPR_TrackList_AdjustWindows(False)
@@ -262,5 +268,10 @@ def _add_result_item(R, track: str, job: Any, label: str) -> None:
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_STARTOFFS", 0.0)
     R.RPR_SetMediaItemTakeInfo_Value(take, "D_PLAYRATE", 1.0)
+    # and it plays as the source item does: its gain, its take's volume and polarity, its timebase (swapping the
+    # source for its result keeps the level; a tempo change moves both alike)
+    R.RPR_SetMediaItemInfo_Value(item, "D_VOL", job.view.item_volume)
+    R.RPR_SetMediaItemTakeInfo_Value(take, "D_VOL", job.view.take_volume)
+    R.RPR_SetMediaItemInfo_Value(item, "C_BEATATTACHMODE", job.view.timebase)
     take_name = f"{job.view.take_name}{planning.NAME_SEPARATOR}{label}" if job.view.take_name else label
     R.RPR_GetSetMediaItemTakeInfo_String(take, "P_NAME", take_name, True)

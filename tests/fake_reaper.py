@@ -73,7 +73,7 @@ class Take:
     source: Source
     name: str = ""
     values: dict = field(
-        default_factory=lambda: {"D_STARTOFFS": 0.0, "D_PLAYRATE": 1.0, "D_PITCH": 0.0, "B_PPITCH": 0.0}
+        default_factory=lambda: {"D_STARTOFFS": 0.0, "D_PLAYRATE": 1.0, "D_PITCH": 0.0, "B_PPITCH": 0.0, "D_VOL": 1.0}
     )
     stretch_markers: int = 0
     envelopes: dict = field(default_factory=dict)  # take envelope name ("Pitch", ...) -> its number of points
@@ -83,7 +83,11 @@ class Take:
 @dataclass
 class Item:
     track: Track
-    values: dict = field(default_factory=lambda: {"D_POSITION": 0.0, "D_LENGTH": 0.0, "B_UISEL": 0.0, "B_MUTE": 0.0})
+    values: dict = field(
+        default_factory=lambda: {
+            "D_POSITION": 0.0, "D_LENGTH": 0.0, "B_UISEL": 0.0, "B_MUTE": 0.0, "D_VOL": 1.0, "C_BEATATTACHMODE": -1.0
+        }
+    )  # fmt: skip
     takes: list[Take] = field(default_factory=list)
     active: int = 0
     ptr: str = field(default_factory=lambda: _pointer("MediaItem"))
@@ -106,7 +110,7 @@ class Track:
     name: str = ""
     selected: bool = False
     items: list[Item] = field(default_factory=list)
-    values: dict = field(default_factory=lambda: {"I_FOLDERDEPTH": 0.0, "I_FREEMODE": 0.0})
+    values: dict = field(default_factory=lambda: {"I_FOLDERDEPTH": 0.0, "I_FREEMODE": 0.0, "C_BEATATTACHMODE": -1.0})
     ptr: str = field(default_factory=lambda: _pointer("MediaTrack"))
     guid: str = field(default_factory=lambda: "{" + str(uuid.uuid4()).upper() + "}")
 

@@ -447,6 +447,24 @@ def test_a_result_whose_source_track_was_deleted_goes_last_even_where_a_new_trac
     assert [t.name for t in reaper.tracks] == ["Strings", "Keys", "Bass · extract drums"]
 
 
+def test_the_result_plays_at_its_source_item_s_gain_polarity_and_timebase(harness, source_file):
+    """Swapping the source for its result keeps the level a producer heard (item gain, take volume and its polarity),
+    and a later tempo change moves both alike (item and track timebase)."""
+    reaper = harness.reaper
+    bass = reaper.add_track("Bass")
+    bass.values["C_BEATATTACHMODE"] = 0.0  # time
+    item = reaper.add_item(bass, position=1.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    item.values.update(D_VOL=0.25, C_BEATATTACHMODE=2.0)  # -12 dB; beats (position only)
+    item.take.values["D_VOL"] = -0.5  # -6 dB, polarity flipped
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    assert reaper.messages == []
+    new_track = reaper.tracks[1]
+    (result,) = new_track.items
+    assert result.values["D_VOL"] == 0.25 and result.values["C_BEATATTACHMODE"] == 2.0
+    assert result.take.values["D_VOL"] == -0.5 and new_track.values["C_BEATATTACHMODE"] == 0.0
+
+
 def test_the_prompted_action_sends_what_the_user_typed(harness, source_file, sent):
     reaper = harness.reaper
     track = reaper.add_track("")
