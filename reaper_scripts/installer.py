@@ -499,7 +499,9 @@ def _python_notes(resource: Path) -> list[str]:
 
 
 def uninstall(resource: Path) -> Report:
-    """Remove exactly what install added, as recorded in its manifest, and the backup of reaper-kb.ini it made.
+    """Remove exactly what install added, as recorded in its manifest. reaper-kb.ini, when it changes, is backed up
+    first as install backs it up (reaper-kb.ini.imusic-backup: the file as it was before the uninstall); otherwise
+    install's backup goes too.
 
     All or nothing like install: the manifest goes last, so a failed uninstall can be run again.
     """
@@ -538,6 +540,7 @@ def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[P
     the shortcuts any install bound, the default ones), not only the manifest's: REAPER left open writes back what an
     earlier uninstall or upgrade removed. A shortcut the user gave an action stays (REAPER keeps it for a reinstall)."""
     writes: list[tuple[Path, bytes | None]] = []
+    backed_up = False
     if kb_path.exists():
         data = kb_path.read_bytes()
         defaults = [action.key_line() for action in ACTIONS]
@@ -545,9 +548,10 @@ def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[P
         updated = remove_lines(data, ours, manifest.get("added_final_newline", False)) if ours else data
         if manifest.get("created_kb") and not updated.strip():
             writes.append((kb_path, None))
-        elif updated != data:
-            writes.append((kb_path, updated))
-    if _backup_path(kb_path).is_file() and (folder / MANIFEST).exists():
+        elif updated != data:  # the user's file, as it was, kept beside it first (install's backup is older)
+            writes += [(_backup_path(kb_path), data), (kb_path, updated)]
+            backed_up = True
+    if not backed_up and _backup_path(kb_path).is_file() and (folder / MANIFEST).exists():
         writes.append((_backup_path(kb_path), None))
     files = [*manifest["files"], *(name for name in _source_files({}) if name not in manifest["files"])]
     writes += [(folder / name, None) for name in files if (folder / name).is_file()]
@@ -604,12 +608,17 @@ def run(args: argparse.Namespace) -> int:
         for line in report.skipped_keys:
             print(f"  not bound: {line}")
         if report.changed:
-            print("Restart REAPER to load the actions (REAPER rewrites reaper-kb.ini when it quits: close it first).")
+            print(
+                "Restart REAPER to load the actions (REAPER rewrites reaper-kb.ini when it quits: close it first). "
+                "If REAPER was open, run install again after it quits."
+            )
     else:
         report = uninstall(resource)
         print("imusic actions removed" if report.changed else "nothing changed")
         if report.changed:
             print("If REAPER was open, it writes its key map back when it quits: run uninstall again after that.")
+        if any(path.endswith(BACKUP_SUFFIX) for path in report.changed) and _backup_path(_kb_file(resource)).is_file():
+            print(f"reaper-kb.ini as it was before: {_backup_path(_kb_file(resource))}")
     for note in report.notes:
         print(note)
     return 0

@@ -587,12 +587,22 @@ def test_a_write_that_fails_halfway_is_undone(resource, monkeypatch, installed_b
     assert tree_digest(resource) == before
 
 
-def test_uninstall_removes_the_backup_it_made_and_leaves_the_folder_as_it_was(resource):
-    (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
+def test_uninstall_leaves_the_folder_as_it_was_with_a_backup_of_the_key_map_it_changed(resource):
+    """reaper-kb.ini is written atomically with a backup, by uninstall too: it holds the user's own bindings."""
+    original = sample_kb("\r\n")
+    (resource / "reaper-kb.ini").write_bytes(original)
     before = tree_digest(resource)
     install(resource, hotkeys=True)
     install(resource, hotkeys=True, port=9555)  # a reinstall rewrites the settings; the backup stays one file
-    assert (resource / "reaper-kb.ini.imusic-backup").exists()
+    installed = (resource / "reaper-kb.ini").read_bytes()
+    uninstall(resource)
+    backup = resource / "reaper-kb.ini.imusic-backup"
+    assert backup.read_bytes() == installed and (resource / "reaper-kb.ini").read_bytes() == original
+    backup.unlink()
+    assert tree_digest(resource) == before
+    # an uninstall that leaves the key map as it is makes no backup, and takes install's away
+    install(resource)
+    (resource / "reaper-kb.ini").write_bytes(original)  # REAPER lost our lines (written back from memory)
     uninstall(resource)
     assert tree_digest(resource) == before
 
