@@ -114,9 +114,10 @@ def apply_edit(
 
     if op not in OPERATIONS:
         raise ConfigError(f"unknown operation {op!r}: use {', '.join(OPERATIONS)}")
-    x = np.atleast_2d(np.asarray(original, dtype=np.float64))
+    x = np.atleast_2d(np.asarray(original))  # float32 as it comes (each block is worked on in float64), else float64
+    x = x if x.dtype == np.float32 else x.astype(np.float64)
     est = np.atleast_2d(np.asarray(estimate, dtype=np.float32)).mean(axis=0)
-    est = resample(est, int(estimate_rate), int(rate), x.shape[-1]).astype(np.float64)
+    est = resample(est, int(estimate_rate), int(rate), x.shape[-1])
     band_hz = 0.9 * estimate_rate / 2 if estimate_rate < rate else None
     settings = DEFAULT_SETTINGS[op] if settings is None else settings
     if settings.steer not in ("", STEER_EXTRACT) or (settings.steer and op != "remove"):
@@ -125,7 +126,7 @@ def apply_edit(
         raise ConfigError(f"mask depth must be from 0 to 1, got {settings.depth}")
     if layer and op != "add":
         raise ConfigError(f"only an add has a part of its own to hand back alone, not {op}")
-    return _masked(x, est, int(rate), op, settings, band_hz, layer).astype(np.float32)
+    return _masked(x, est, int(rate), op, settings, band_hz, layer)
 
 
 def mask_result(
@@ -171,17 +172,24 @@ def _stft_size(rate: int, window_s: float) -> int:
 def _masked(
     x: np.ndarray, est: np.ndarray, rate: int, op: str, s: MaskSettings, band_hz: float | None, layer: bool = False
 ) -> np.ndarray:
+    """The masked result, float32 [C, N]. Its memory is the input's and the result's and one block's: the signal is
+    framed block by block (zero-padded by half a frame at both ends), and the overlap-add carries each block's
+    unfinished tail into the next, so every sample's sum is made in the same order as over the whole signal."""
     from scipy.ndimage import uniform_filter
 
     channels, n = x.shape
     n_fft = _stft_size(rate, s.window_s)
     hop, pad = n_fft // 4, n_fft // 2
     frames = 1 + math.ceil((n + 2 * pad - n_fft) / hop)
-    length = (frames - 1) * hop + n_fft
-    xp = np.zeros((channels, length))
-    xp[:, pad : pad + n] = x
-    ep = np.zeros(length)
-    ep[pad : pad + n] = est
+
+    def padded(signal: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Samples [lo, hi) of the zero-padded signal (`pad` zeros before it), float64."""
+        part = np.zeros((*signal.shape[:-1], hi - lo))
+        a, b = max(lo, pad), min(hi, pad + n)
+        if b > a:
+            part[..., a - lo : b - lo] = signal[..., a - pad : b - pad]
+        return part
+
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
     freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
     t_width = max(1, int(round(s.smooth_s * rate / hop)))
@@ -189,17 +197,19 @@ def _masked(
     margin = t_width  # frames of context either side of a block: more than the smoothing reaches
 
     def spectra(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        starts = np.arange(lo, hi) * hop
-        index = starts[:, None] + np.arange(n_fft)[None, :]  # [T, n_fft]
-        return np.fft.rfft(xp[:, index] * window, axis=-1), np.fft.rfft(ep[index] * window, axis=-1)
+        first, last = lo * hop, (hi - 1) * hop + n_fft
+        index = (np.arange(hi - lo) * hop)[:, None] + np.arange(n_fft)[None, :]  # [T, n_fft]
+        xs, es = padded(x, first, last), padded(est, first, last)
+        return np.fft.rfft(xs[:, index] * window, axis=-1), np.fft.rfft(es[index] * window, axis=-1)
 
     def smooth(power: np.ndarray) -> np.ndarray:  # [T, F]
         return uniform_filter(power, size=(t_width, f_width), mode="nearest")
 
     block = s.block_frames or max(1, BLOCK_SAMPLES // (n_fft * (channels + 1)))
     gain = _level_gain(spectra, frames, block, op) if s.calibrate else 1.0
-    out = np.zeros((channels if op != "add" else 1, length))
-    norm = np.zeros(length)
+    result = np.empty((channels, n), np.float32)
+    # the overlap-add's sums (and the windows' squares, its norm) from the frames before the block, not final yet
+    carry, carry_norm = np.zeros((channels if op != "add" else 1, n_fft - hop)), np.zeros(n_fft - hop)
     for a in range(0, frames, max(1, block)):
         b = min(frames, a + max(1, block))
         lo, hi = max(0, a - margin), min(frames, b + margin)
@@ -225,13 +235,22 @@ def _masked(
         keep = slice(a - lo, b - lo)
         source = spec_e[None, keep] if op == "add" else spec_x[:, keep]
         wave = np.fft.irfft(source * mask[None, keep], n=n_fft, axis=-1) * window  # [C, T, n_fft]
-        for offset, frame in enumerate(range(a, b)):
-            start = frame * hop
+        first = a * hop  # the padded signal's sample where the block's first frame starts
+        out = np.zeros((carry.shape[0], (b - 1 - a) * hop + n_fft))
+        norm = np.zeros(out.shape[-1])
+        out[:, : n_fft - hop], norm[: n_fft - hop] = carry, carry_norm
+        for offset in range(b - a):
+            start = offset * hop
             out[:, start : start + n_fft] += wave[:, offset]
             norm[start : start + n_fft] += window**2
-    result = out[:, pad : pad + n] / np.maximum(norm[pad : pad + n], 1e-12)
-    if op == "add":  # the added part (one channel) on top of every channel, or alone on each (layer)
-        return np.repeat(result, channels, axis=0) if layer else x + result
+        done = (b - a) * hop if b < frames else out.shape[-1]  # no later frame reaches these samples
+        carry, carry_norm = out[:, done:], norm[done:]
+        lo_s, hi_s = max(first, pad), min(first + done, pad + n)  # the finished samples inside the region
+        if hi_s > lo_s:
+            part = out[:, lo_s - first : hi_s - first] / np.maximum(norm[lo_s - first : hi_s - first], 1e-12)
+            if op == "add" and not layer:  # the added part (one channel) on top of every channel
+                part = x[:, lo_s - pad : hi_s - pad].astype(np.float64) + part
+            result[:, lo_s - pad : hi_s - pad] = part  # (layer: the added part alone on each channel)
     return result
 
 
