@@ -16,7 +16,8 @@ after the edit:
     pushed the rest of a mix up by as much as the removed stem was loud: +19 dB on a bass-heavy mix.)
 - add on a silent source (is_silent: the only edit allowed on silence) has nothing to match: DEFAULT_TARGET_LUFS. A
   source above silence but too quiet for a loudness (below the BS.1770 gate) is edited like any other: mask mode keeps
-  its level, resynth keeps the model's (extract, remove) or lands at DEFAULT_TARGET_LUFS (add).
+  its level, resynth keeps an extract or remove no louder than it by RMS (a part is never louder than its whole)
+  and lands an add at DEFAULT_TARGET_LUFS.
 - never clipped: true peak (4x oversampled, BS.1770 annex 2) at most `ceiling_db` (-1 dBTP) after any gain, with
   a look-ahead true-peak limiter where the gain alone would exceed it (see `limit` for why not pedalboard's).
 - a silent model result gets no gain and a warning (no division by zero); raw=True keeps the model output as is.
@@ -330,12 +331,15 @@ def match_level(
         else:
             target = DEFAULT_TARGET_LUFS
             info["policy"] = "default_target"
-        if not math.isfinite(target):  # a source too quiet to measure: nothing to match, keep the model's level
-            target = model_lufs
+        if math.isfinite(target):
+            out, gain_db, limited = _reach(result, sample_rate, target, model_lufs, ceiling_db)
+        else:  # a part of a source too quiet to have a loudness: by RMS, no louder than that source
+            gain_db = min(0.0, rms_db(source) - rms_db(result))
+            out, limited = limit(result * np.float32(10 ** (gain_db / 20)), sample_rate, ceiling_db)
             info["warnings"].append(
-                f"the source is too quiet to measure (below {ABSOLUTE_GATE_LUFS:g} LUFS); the model's level is kept"
+                f"the source is too quiet to measure (below {ABSOLUTE_GATE_LUFS:g} LUFS); the result is kept no louder "
+                "than it (by RMS)"
             )
-        out, gain_db, limited = _reach(result, sample_rate, target, model_lufs, ceiling_db)
         info.update(target_lufs=_finite(target), gain_db=round(gain_db, 2), limited=limited)
     result_lufs = integrated_loudness(out, sample_rate)
     info["result_lufs"] = _finite(result_lufs)

@@ -199,6 +199,18 @@ def test_a_result_too_quiet_to_measure_is_not_called_silence():
     ]
 
 
+@pytest.mark.parametrize("op", ["extract", "remove"])
+def test_a_part_of_a_source_too_quiet_to_measure_is_never_louder_than_it(op):
+    """Under the loudness meter's gate there is no loudness to match: a reverb tail or a fade came back at the model's
+    full level, tens of dB over the source. By RMS, a part stays no louder than its whole."""
+    source = _music_like() * 10 ** (-75 / 20)
+    loud = _music_like(seed=1) * 0.8  # what a model made of it, at its own level
+    out, info = match_level(loud, source, SR, op, mode=RESYNTH)
+    assert info["source_lufs"] is None and rms_db(out) <= rms_db(source) + 0.01
+    assert rms_db(out) > rms_db(source) - 1  # the part at its whole's level: no quieter than the gain says
+    assert any("no louder than it" in w for w in info["warnings"])
+
+
 def test_add_on_a_silent_source_lands_at_the_default_level():
     source = np.zeros((1, 2 * SR), dtype=np.float32)
     out, info = match_level(_music_like() * 0.01, source, SR, "add", mode=RESYNTH)
