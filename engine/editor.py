@@ -345,6 +345,7 @@ class Editor:
                     takes=takes,
                     timings=dict(timings),
                     details={**details_of[(i, made.prompt)], "model_input_gain_db": round(db(gain), 2)},
+                    cancel=cancel,
                 )  # fmt: skip
                 for mode, (made, settings) in plans[i].items()
             }
@@ -380,13 +381,15 @@ class Editor:
         return Instruction.for_card("extract", item.stem, self.card), settings
 
     def _finish(
-        self, audio, sample_rate, parsed, mode, *, out, made, settings, raw, seed, takes, timings, details
+        self, audio, sample_rate, parsed, mode, *, out, made, settings, raw, seed, takes, timings, details, cancel
     ) -> EditResult:
         """The result of one mode from the model's output `out` [M] at the codec rate (generated for `made`, read with
-        the mask `settings` in mask mode): channels, levels, info."""
+        the mask `settings` in mask mode): channels, levels, info. A cancel is heard before and after each step and
+        between the mask's blocks (on an hour's region they take minutes)."""
         from engine.levels import match_level
         from engine.resample import resample
 
+        _check_cancel(cancel)
         started = time.perf_counter()
         warnings: list[str] = [note] if (note := self.card.shortfall(parsed.op)) else []
         if mode in MASKED_MODES:
@@ -394,8 +397,9 @@ class Editor:
 
             # [C, N] made of the original at its level (the added part alone, in layer mode)
             edited, levels = mask_result(
-                audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw, layer=mode == LAYER
-            )
+                audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw, layer=mode == LAYER,
+                stop=cancel.is_set if cancel is not None else None,
+            )  # fmt: skip
             if mode == LAYER:
                 levels["warnings"] = _layer_notes(edited, audio, sample_rate, levels)
             timings["mask"] = time.perf_counter() - started
@@ -406,6 +410,7 @@ class Editor:
             t0 = time.perf_counter()
             edited, levels = match_level(edited, audio, sample_rate, parsed.op, mode=mode, raw=raw)
             timings["levels"] = time.perf_counter() - t0
+        _check_cancel(cancel)
         timings["total"] = time.perf_counter() - started  # edit_modes adds the shared generation's time
         warnings.extend(levels.get("warnings", []))
         if not np.all(np.isfinite(edited)):

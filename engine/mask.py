@@ -43,11 +43,12 @@ engine.modes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.errors import ConfigError
+from engine.errors import Cancelled, ConfigError
 from engine.instructions import OPERATIONS
 from engine.levels import STEM_FLOOR_LU, STEM_QUANTILE, match_level, weighted_power_ratio
 from engine.modes import MASK
@@ -101,9 +102,11 @@ def apply_edit(
     settings: MaskSettings | None = None,
     *,
     layer: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """The mask-mode result [C, N] float32 at `rate`: `original` [C, N] (or [N]) edited as `estimate` says; with
     `layer` (add only: engine.modes LAYER) the added part alone, on every channel, which the original plus it is.
+    `stop` (a cancel's is_set) is asked between blocks: Cancelled when it says so (an hour's mask takes minutes).
 
     `estimate` is the model's output ([N'] or [C', N'], channels averaged) at `estimate_rate`; it is resampled to
     `rate` and trimmed or padded to N samples: for a remove whose settings steer it by the extraction, the model's
@@ -126,7 +129,7 @@ def apply_edit(
         raise ConfigError(f"mask depth must be from 0 to 1, got {settings.depth}")
     if layer and op != "add":
         raise ConfigError(f"only an add has a part of its own to hand back alone, not {op}")
-    return _masked(x, est, int(rate), op, settings, band_hz, layer)
+    return _masked(x, est, int(rate), op, settings, band_hz, layer, stop)
 
 
 def mask_result(
@@ -139,11 +142,12 @@ def mask_result(
     *,
     raw: bool = False,
     layer: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """What the mask mode hands back, (audio [C, N], level info): apply_edit's result under the mask mode's level
     policy (engine.levels.match_level: the recording's own level, a true-peak ceiling; none when `raw`). The Editor,
     the evaluation's ideal-mask row and the choice of the mask's settings and depth all finish a mask so."""
-    edited = apply_edit(original, rate, estimate, estimate_rate, op, settings, layer=layer)
+    edited = apply_edit(original, rate, estimate, estimate_rate, op, settings, layer=layer, stop=stop)
     return match_level(edited, np.atleast_2d(original), rate, op, mode=MASK, raw=raw)
 
 
@@ -170,7 +174,14 @@ def _stft_size(rate: int, window_s: float) -> int:
 
 
 def _masked(
-    x: np.ndarray, est: np.ndarray, rate: int, op: str, s: MaskSettings, band_hz: float | None, layer: bool = False
+    x: np.ndarray,
+    est: np.ndarray,
+    rate: int,
+    op: str,
+    s: MaskSettings,
+    band_hz: float | None,
+    layer: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> np.ndarray:
     """The masked result, float32 [C, N]. Its memory is the input's and the result's and one block's: the signal is
     framed block by block (zero-padded by half a frame at both ends), and the overlap-add carries each block's
@@ -211,6 +222,8 @@ def _masked(
     # the overlap-add's sums (and the windows' squares, its norm) from the frames before the block, not final yet
     carry, carry_norm = np.zeros((channels if op != "add" else 1, n_fft - hop)), np.zeros(n_fft - hop)
     for a in range(0, frames, max(1, block)):
+        if stop is not None and stop():
+            raise Cancelled("edit cancelled")
         b = min(frames, a + max(1, block))
         lo, hi = max(0, a - margin), min(frames, b + margin)
         spec_x, spec_e = spectra(lo, hi)  # [C, T, F], [T, F]

@@ -220,6 +220,38 @@ def test_cancel_during_generation_stops_between_steps(editor, monkeypatch):
     assert len(recorder.calls) == 0  # the first window never finished
 
 
+@pytest.mark.parametrize("mode", ["mask", "resynth"])
+def test_a_cancel_as_generation_ends_stops_the_finishing_too(editor, monkeypatch, mode):
+    """On an hour's region the mask and the levels take minutes after the model is done: a cancel then counts."""
+    cancel = threading.Event()
+    generate = Editor._edit_with_retries
+
+    def then_cancel(self, *args, **kwargs):
+        out = generate(self, *args, **kwargs)
+        cancel.set()
+        return out
+
+    monkeypatch.setattr(Editor, "_edit_with_retries", then_cancel)
+    with pytest.raises(Cancelled):
+        editor.edit(_music(1.0, 16000), 16000, "remove drums", seed=0, mode=mode, cancel=cancel)
+
+
+def test_the_mask_hears_a_cancel_between_its_blocks():
+    from engine import mask
+
+    asked = []
+
+    def stop() -> bool:
+        asked.append(1)
+        return len(asked) > 2
+
+    audio = _music(3.0, 16000)
+    settings = mask.MaskSettings(block_frames=8)
+    with pytest.raises(Cancelled):
+        mask.apply_edit(audio, 16000, audio.mean(axis=0), 16000, "extract", settings, stop=stop)
+    assert len(asked) == 3
+
+
 def test_same_seed_same_output_and_the_seed_is_reported(editor):
     audio = _music(1.5, 44100)
     a = editor.edit(audio, 44100, "extract drums", seed=123)
