@@ -663,6 +663,11 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
         )
     if not np.all(np.isfinite(audio)):
         raise AudioError("the audio contains NaN or infinite samples: render or bounce the region again")
+    if float(np.abs(audio).max()) > np.finfo(np.float32).max:  # they would be infinite in the engine's float32
+        raise AudioError(
+            "the audio holds samples far out of range (beyond float32's): render or bounce the region again"
+        )
+    audio = audio.astype(np.float32)
     if is_silent(audio) and op != "add":
         raise AudioError(f"the selection is silent: there is nothing to {op}")
-    return audio.astype(np.float32)
+    return audio

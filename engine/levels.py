@@ -311,6 +311,9 @@ def match_level(
             if np.any(result)
             else "the model returned silence; no gain applied"
         )
+        # the ceiling still holds: at rates of 2-2.5 kHz the meter's filter reads -inf for any music
+        ceiling = max(ceiling_db, true_peak_db(source, sample_rate)) if mode == MASK else ceiling_db
+        out, info["limited"] = limit(result, sample_rate, ceiling)
     elif mode == MASK and not is_silent(source):  # add on silence: nothing to keep, the default level
         # the recording's own level; peaks above the ceiling only where the source itself had them
         ceiling = max(ceiling_db, true_peak_db(source, sample_rate))

@@ -534,6 +534,13 @@ def test_adding_to_silence_is_allowed(editor):
     assert result.audio.shape == (2, 8000)
 
 
+def test_samples_beyond_float32_s_range_are_the_input_s_fault_not_the_model_s(editor):
+    audio = _music(0.5, 16000).astype(np.float64)
+    audio[0, 100] = 1e39  # finite in float64, infinite once the engine works in float32
+    with pytest.raises(AudioError, match="far out of range"):
+        editor.edit(audio, 16000, "extract bass")
+
+
 def test_channels_that_cancel_in_mono_are_reported(editor):
     left = _music(0.3, 16000)
     with pytest.raises(AudioError, match="cancel out"):

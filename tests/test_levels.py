@@ -211,6 +211,18 @@ def test_a_part_of_a_source_too_quiet_to_measure_is_never_louder_than_it(op):
     assert any("no louder than it" in w for w in info["warnings"])
 
 
+@pytest.mark.parametrize("mode", [MASK, RESYNTH])
+def test_the_ceiling_holds_where_the_loudness_meter_reads_nothing(mode):
+    """At 2 kHz the meter's K-weighting reads -inf for music: the result is "too quiet to measure", and was handed
+    back unlimited at 3.6 peak."""
+    rate = 2000
+    source = _music_like(3.0, rate) * 0.5
+    loud = _music_like(3.0, rate, seed=2) * 8.0
+    out, info = match_level(loud, source, rate, "add", mode=mode)
+    assert info["policy"] == "silent" and info["limited"]
+    assert true_peak_db(out, rate) <= max(TRUE_PEAK_CEILING_DB, true_peak_db(source, rate)) + 1e-3
+
+
 def test_add_on_a_silent_source_lands_at_the_default_level():
     source = np.zeros((1, 2 * SR), dtype=np.float32)
     out, info = match_level(_music_like() * 0.01, source, SR, "add", mode=RESYNTH)
