@@ -663,7 +663,7 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
         )
     if not np.all(np.isfinite(audio)):
         raise AudioError("the audio contains NaN or infinite samples: render or bounce the region again")
-    if float(np.abs(audio).max()) > np.finfo(np.float32).max:  # they would be infinite in the engine's float32
+    if float(np.abs(audio).max()) > float(np.finfo(np.float32).max):  # infinite in the engine's float32
         raise AudioError(
             "the audio holds samples far out of range (beyond float32's): render or bounce the region again"
         )
