@@ -7,6 +7,7 @@ action and in a batch of the saved project.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections import Counter
@@ -71,7 +72,19 @@ def folder_sources(folder: Path) -> list[Source]:
     # none does (song.wav.wav, without its extension, is the song.wav kept whole). Names that differ in case only
     # collide too: macOS and Windows file systems hold one file for both.
     while clashing := {key for key, n in Counter(rel.casefold() for rel in rels).items() if n > 1}:
-        rels = [whole if rel.casefold() in clashing else rel for rel, whole in zip(rels, full, strict=True)]
+        kept = [whole if rel.casefold() in clashing else rel for rel, whole in zip(rels, full, strict=True)]
+        if kept == rels:  # whole names that still collide (in case only): the loop would go on for ever
+            break
+        rels = kept
+    # Kick.wav beside kick.wav (or Drums/ beside drums/) still collide whole: each gets a mark of its own exact name
+    # (the same in every run, whatever else the folder holds)
+    clashing = {key for key, n in Counter(rel.casefold() for rel in rels).items() if n > 1}
+    rels = [
+        f"{rel}-{hashlib.sha1(rel.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+        if rel.casefold() in clashing
+        else rel
+        for rel in rels
+    ]
     sources = [Source(path=p, rel=rel, problem=_name_problem(rel)) for p, rel in zip(found, rels, strict=True)]
     for path, why in skipped:
         rel = shown_path(path.relative_to(folder).as_posix() + "/")

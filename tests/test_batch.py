@@ -99,6 +99,23 @@ def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp
     assert rels == ["Take.flac", "song.flac", "song.wav", "song.wav.wav", "take.wav"]
 
 
+def test_names_that_differ_in_case_only_get_outputs_of_their_own_and_do_not_hang_the_batch(tmp_path):
+    """Kick.wav and kick.wav (a session copied from Linux) still collide whole on macOS and Windows: the name search
+    went on for ever. Each gets a mark of its own exact name, the same in every run."""
+    for rel in ("Kick.wav", "kick.wav", "Drums/snare.wav", "drums/snare.wav", "hat.wav"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        write_wav(tmp_path / rel, 0.1, 8000, 1, subtype="PCM_16")
+    rels = sorted(s.rel for s in folder_sources(tmp_path))
+    assert len({rel.casefold() for rel in rels}) == 5 and "hat" in rels
+    assert [r.split("-")[0] for r in rels if r != "hat"] == [
+        "Drums/snare.wav",
+        "Kick.wav",
+        "drums/snare.wav",
+        "kick.wav",
+    ]
+    assert rels == sorted(s.rel for s in folder_sources(tmp_path))
+
+
 def test_a_linked_folder_is_not_followed_and_the_table_says_so(session, tmp_path):
     library = tmp_path / "library"
     write_wav(library / "loop.wav", 0.2, 16000, 1, subtype="PCM_16")
