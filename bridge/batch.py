@@ -53,12 +53,25 @@ from engine.weights.loader import add_model_arguments
 
 
 def check_output_folder(session: Path, out: Path, make: bool = True) -> None:
-    """Refuse an output folder inside a session folder (a rerun would edit its own results) or one we cannot write
-    (make=False: a dry run, which makes nothing)."""
+    """Refuse an output folder inside a session folder or holding it (a rerun would edit its own results), one that
+    holds another session's results (they would be replaced: pairs are keyed by their path in the session), or one
+    we cannot write (make=False: a dry run, which makes nothing)."""
     session_dir = session.resolve() if session.is_dir() else None
     out_resolved = out.resolve()
     if session_dir is not None and (out_resolved == session_dir or session_dir in out_resolved.parents):
         raise ConfigError(f"the output folder {out} is inside the session folder {session}: choose one outside it")
+    if session_dir is not None and out_resolved in session_dir.parents:
+        raise ConfigError(
+            f"the session folder {session} is inside the output folder {out}: a rerun would edit its own results; "
+            "choose an output folder outside it"
+        )
+    if (out / MANIFEST_NAME).is_file():
+        earlier = Manifest(out / MANIFEST_NAME).data.get("session")
+        if earlier and Path(earlier) != session.resolve():
+            raise ConfigError(
+                f"{out} holds the results of another session ({earlier}); this one would replace them: choose "
+                "another output folder"
+            )
     writable_folder(out, make)
 
 

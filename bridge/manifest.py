@@ -30,6 +30,11 @@ class Manifest:
                 raise DataError(f"{path} is unreadable ({exc}); move it away to start this batch afresh") from None
             if not isinstance(loaded, dict) or loaded.get("format") != MANIFEST_FORMAT:
                 raise DataError(f"{path} is not an imusic batch manifest; choose another output folder")
+            pairs, claimed = loaded.get("pairs"), loaded.get("claimed", [])
+            if not (isinstance(pairs, dict) and all(isinstance(entry, dict) for entry in pairs.values())) or not (
+                isinstance(claimed, list) and all(isinstance(name, str) for name in claimed)
+            ):
+                raise DataError(f"{path} is damaged (its pairs or claimed outputs); move it away to start afresh")
             self.data = loaded
 
     @property

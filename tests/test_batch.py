@@ -99,6 +99,28 @@ def test_files_with_the_same_name_but_different_formats_get_separate_outputs(tmp
     assert rels == ["Take.flac", "song.flac", "song.wav", "song.wav.wav", "take.wav"]
 
 
+def test_an_output_folder_holding_another_session_s_results_is_refused_before_anything_is_replaced(tmp_path, capsys):
+    """Pairs are keyed by their path in the session: songB/vocals.wav's result replaced songA/vocals.wav's."""
+    from bridge.batch import check_output_folder
+    from bridge.manifest import MANIFEST_NAME
+
+    out = tmp_path / "renders"
+    out.mkdir()
+    (out / MANIFEST_NAME).write_text(json.dumps({"format": "imusic-batch/1", "pairs": {}, "session": "/songs/A"}))
+    (tmp_path / "B").mkdir()
+    with pytest.raises(ConfigError, match=r"holds the results of another session \(/songs/A\)"):
+        check_output_folder(tmp_path / "B", out)
+    # a session inside the output folder would have its results written into it, and edited by the next run
+    (out / MANIFEST_NAME).unlink()
+    (out / "mix").mkdir()
+    with pytest.raises(ConfigError, match="session folder .* is inside the output folder"):
+        check_output_folder(out / "mix", out)
+    # a damaged manifest is one line, not a traceback
+    (out / MANIFEST_NAME).write_text(json.dumps({"format": "imusic-batch/1"}))
+    with pytest.raises(DataError, match="is damaged"):
+        check_output_folder(tmp_path / "B", out)
+
+
 def test_names_that_differ_in_case_only_get_outputs_of_their_own_and_do_not_hang_the_batch(tmp_path):
     """Kick.wav and kick.wav (a session copied from Linux) still collide whole on macOS and Windows: the name search
     went on for ever. Each gets a mark of its own exact name, the same in every run."""
