@@ -8,6 +8,7 @@ batch's own earlier results, set by bridge.batch.run_batch), `run(pairs, progres
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -93,12 +94,23 @@ class InProcessBackend:
                 if isinstance(exc, ResourceError):
                     raise
                 yield Outcome(pair, error=exc)
-            except (OSError, ValueError, RuntimeError) as exc:
+            except OSError as exc:
+                if exc.errno in _DISK_FULL:  # every pair after it would be edited and thrown away: stop, unrecorded
+                    raise ResourceError(
+                        f"cannot write {pair.output.name} in {pair.output.parent}: {exc.strerror}; make room and run "
+                        "the batch again: it resumes with the pairs not rendered yet"
+                    ) from None
+                yield Outcome(pair, error=AudioError(f"{type(exc).__name__}: {exc}"))
+            except (ValueError, RuntimeError) as exc:
                 # A file the reader chokes on, or a bug on one input: report this pair, keep rendering the others.
                 yield Outcome(pair, error=AudioError(f"{type(exc).__name__}: {exc}"))
 
     def close(self) -> None:
         pass
+
+
+# A result that cannot be written for want of room (or a file system gone read-only): no pair after it can be either
+_DISK_FULL = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 class ServerBackend:

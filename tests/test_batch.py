@@ -646,6 +646,35 @@ def test_a_disk_that_fills_up_mid_batch_is_one_line_and_a_rerun_resumes(
     assert main(argv) == 0 and "refused" not in capsys.readouterr().out
 
 
+def test_a_disk_too_full_for_a_result_stops_the_batch_and_a_rerun_renders_what_is_left(
+    session, tmp_path, tiny_model_dir, capsys, monkeypatch
+):
+    """Each later pair was edited and thrown away, recorded as failed, and "not retried" by the rerun."""
+    import errno
+
+    from bridge import audio_write
+
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--model", str(tiny_model_dir)]
+    real_write, writes = audio_write.write_atomic, []
+
+    def filling_up(path, *args, **kwargs):
+        writes.append(path)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(audio_write, "write_atomic", filling_up)
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "No space left on device; make room and run the batch again" in captured.err
+    assert len(writes) == 2  # it stopped at the first result it could not write
+    monkeypatch.setattr(audio_write, "write_atomic", real_write)
+    assert main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "1 already done" in summary and "failed earlier" not in summary
+
+
 def test_a_file_put_at_a_results_name_while_the_batch_runs_is_never_overwritten(
     session, tmp_path, tiny_editor, monkeypatch
 ):
