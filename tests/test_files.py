@@ -85,6 +85,22 @@ def test_a_staged_folder_that_fails_keeps_the_old_one_and_leaves_nothing_behind(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
 
 
+@pytest.mark.parametrize("staged_left", [True, False])
+def test_a_run_killed_between_the_staged_folders_two_renames_loses_neither_model(tmp_path, staged_left):
+    """Killed after the old folder moved aside and before the new one took its name: the next staged folder, even one
+    that fails, starts from the new model (both were whole), not from nothing."""
+    model = tmp_path / "default"
+    (tmp_path / ".default.old").mkdir()
+    (tmp_path / ".default.old" / "card.json").write_text("old")
+    if staged_left:
+        (tmp_path / ".default.tmp").mkdir()
+        (tmp_path / ".default.tmp" / "card.json").write_text("new")
+    with pytest.raises(RuntimeError, match="disk full"), staged_dir(model):
+        raise RuntimeError("disk full")
+    assert (model / "card.json").read_text() == ("new" if staged_left else "old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default"]
+
+
 def test_an_existing_file_keeps_its_mode_and_a_new_one_gets_the_umask_default(tmp_path):
     kept = tmp_path / "kept.json"
     kept.write_text("{}")
