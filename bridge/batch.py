@@ -232,11 +232,7 @@ def run_batch(
     if server:  # --server: end the jobs a cut run left there (one past its last progress report finishes, writing)
         backend.end_earlier_jobs(list(manifest.server_jobs))
 
-        def submitting(job_ids: list[str]) -> None:
-            manifest.server_jobs.extend(job_ids)
-            manifest.save()
-
-        backend.on_submit = submitting
+        backend.on_submit = manifest.add_server_jobs
     # a file at a pair's output now is the batch's own (triage refused the others): replaced; one put there later is
     # the user's, never overwritten
     backend.replaceable = {pair.output for pair in todo if pair.output.exists()}
@@ -315,10 +311,9 @@ def run_batch(
                 summary.errors.append(f"{pair.key}: {outcome.error}")
                 tqdm.write(f"failed: {pair.key}: {outcome.error}", file=stream)
             manifest.record(pair.key, entry, claimed=pair.output.relative_to(out).as_posix())
-        if (
-            server and manifest.data.pop("server_jobs", None) is not None
-        ):  # every job of the run ended: none to end next time
-            manifest.save()
+        if server:  # every job of the run ended: none to end next time
+            manifest.data.pop("server_jobs", None)
+        manifest.save()  # whole, with the journalled outcomes
     finally:
         per_file.close()
         overall.close()

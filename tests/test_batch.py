@@ -416,6 +416,30 @@ def test_a_corrupt_manifest_is_not_overwritten_silently(tmp_path):
         Manifest(tmp_path / "manifest.json")
 
 
+def test_outcomes_are_journalled_and_the_manifest_is_rewritten_only_now_and_then(tmp_path, monkeypatch):
+    """Rewriting the whole manifest after every pair made the bookkeeping grow with the square of the pairs."""
+    from bridge import manifest as manifest_module
+
+    monkeypatch.setattr(manifest_module, "JOURNAL_FOLD", 3)
+    path = tmp_path / "manifest.json"
+    manifest = Manifest(path)
+    manifest.claim(["a.wav", "b.wav", "c.wav"])
+    written = path.read_bytes()
+    manifest.record("a | x", {"status": "done", "output": "a.wav"})
+    manifest.record("b | x", {"status": "failed", "error": "bad"}, claimed="b.wav")
+    assert path.read_bytes() == written and len(manifest.journal.read_text().splitlines()) == 2
+    again = Manifest(path)  # a run killed here: the journal is replayed over the manifest
+    assert set(again.pairs) == {"a | x", "b | x"} and list(again.claimed) == ["c.wav"]
+    with manifest.journal.open("ab") as journal:
+        journal.write(b'{"key": "c | x", "entry": {"sta')  # torn by a kill
+    assert set(Manifest(path).pairs) == {"a | x", "b | x"}
+    manifest.journal.write_text(manifest.journal.read_text().rsplit("\n", 1)[0] + "\n")
+    manifest.record("c | x", {"status": "done", "output": "c.wav"})  # the third: folded into the manifest
+    assert not manifest.journal.exists()
+    saved = json.loads(path.read_text())
+    assert set(saved["pairs"]) == {"a | x", "b | x", "c | x"} and saved["claimed"] == []
+
+
 # --- rendering with the tiny model ----------------------------------------------------------------------------
 
 
@@ -630,19 +654,19 @@ def test_a_disk_that_fills_up_mid_batch_is_one_line_and_a_rerun_resumes(
 
     out = tmp_path / "out"
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--model", str(tiny_model_dir)]
-    real_save, saves = manifest_module.Manifest.save, []
+    real_append, appends = manifest_module.Manifest._append, []
 
-    def filling_up(self):
-        saves.append(1)
-        if len(saves) > 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
-        real_save(self)
+    def filling_up(self, change):  # the journal of outcomes: what the batch writes after each pair
+        appends.append(1)
+        if len(appends) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.journal))
+        real_append(self, change)
 
-    monkeypatch.setattr(manifest_module.Manifest, "save", filling_up)
+    monkeypatch.setattr(manifest_module.Manifest, "_append", filling_up)
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err == f"imusic batch: error: No space left on device: {out / 'manifest.json'}\n"
-    monkeypatch.setattr(manifest_module.Manifest, "save", real_save)
+    assert err == f"imusic batch: error: No space left on device: {out / 'manifest.json.journal'}\n"
+    monkeypatch.setattr(manifest_module.Manifest, "_append", real_append)
     assert main(argv) == 0 and "refused" not in capsys.readouterr().out
 
 

@@ -3,7 +3,6 @@ left under a final name."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import soundfile as sf
 from test_bridge_support import write_wav
 
 from bridge.cli import main
+from engine.errors import ImusicError
 
 FILES = 6
 EDITS = ["extract drums", "remove bass"]
@@ -39,9 +39,11 @@ def batch_command(session: Path, out: Path, model: Path) -> list[str]:
 
 
 def done_pairs(out: Path) -> dict[str, dict]:
+    from bridge.manifest import Manifest
+
     try:
-        pairs = json.loads((out / "manifest.json").read_text())["pairs"]
-    except (OSError, ValueError, KeyError):
+        pairs = Manifest(out / "manifest.json").pairs  # with the outcomes journalled since it was last written whole
+    except (OSError, ValueError, KeyError, ImusicError):
         return {}
     return {key: entry for key, entry in pairs.items() if entry["status"] == "done"}
 

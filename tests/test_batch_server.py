@@ -10,6 +10,7 @@ from test_bridge_support import write_wav
 
 from bridge import tracking
 from bridge.cli import main
+from bridge.manifest import Manifest
 
 
 @pytest.fixture
@@ -171,7 +172,7 @@ def test_a_rerun_after_a_killed_batch_ends_its_jobs_on_the_server_first_and_keep
     monkeypatch.setattr(Client, "wait", killed)
     with pytest.raises(Killed):
         main(argv)
-    left = json.loads((out / "manifest.json").read_text())["server_jobs"]
+    left = Manifest(out / "manifest.json").server_jobs  # journalled as they were submitted
     assert len(left) == 2  # both submitted, recorded before they were sent
     monkeypatch.setattr(Client, "wait", real_wait)
     if earlier_job_finishes:  # past its last progress report, it finishes instead of honouring the cancel
