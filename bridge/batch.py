@@ -133,6 +133,7 @@ class Summary:
     failed: int = 0  # failed in this run
     not_retried: int = 0  # failed earlier, left alone (no --retry-failed)
     unsupported: int = 0
+    blocked: int = 0  # of the unsupported: a file the batch did not write holds the pair's result name
     seconds: float = 0.0
     rows: dict[str, dict[str, str]] = field(default_factory=dict)  # source rel -> label -> cell
     errors: list[str] = field(default_factory=list)
@@ -141,8 +142,9 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
-        """1 when a pair failed, or when nothing at all is (or was) rendered; 0 otherwise."""
-        return 1 if self.failed or self.not_retried or not (self.done or self.skipped) else 0
+        """1 when a pair failed, or a file the batch did not write holds a result's name (a script must not take the
+        batch for complete), or when nothing at all is (or was) rendered; 0 otherwise."""
+        return 1 if self.failed or self.not_retried or self.blocked or not (self.done or self.skipped) else 0
 
 
 def _duration(source: Source) -> float | None:
@@ -182,6 +184,7 @@ def triage(
             row[pair.label] = "done before"
         elif pair.output.exists() and not written_here(entry, pair, out, manifest.claimed):
             summary.unsupported += 1
+            summary.blocked += 1
             row[pair.label] = "refused"
             summary.refused[f"{pair.source.rel} ({pair.label})"] = (
                 f"{pair.output} exists and this batch did not write it; it is left alone: move it, or choose another -o"

@@ -516,6 +516,7 @@ def test_a_file_in_the_output_folder_that_the_batch_did_not_write_is_never_overw
     assert theirs.read_bytes() == b"MY PRECIOUS MIX"
     assert summary.rows["mix"]["extract drums"] == "refused" and summary.done == 3
     assert "mix.extract_drums.wav exists and this batch did not write it" in summary.refused["mix (extract drums)"]
+    assert summary.exit_code == 1  # a script running the batch must not take it for complete
     again = run_in_process(session, out, tiny_editor)  # still refused on a rerun: the manifest never claimed it
     assert theirs.read_bytes() == b"MY PRECIOUS MIX" and again.rows["mix"]["extract drums"] == "refused"
 
