@@ -28,7 +28,7 @@ from typing import Any
 
 from bridge import protocol
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
-from bridge.cli import add_edit_options
+from bridge.cli import add_edit_options, workers_option
 from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
 from bridge.protocol import EditOptions
 from bridge.sources import Pair, Source, collect_sources
@@ -425,7 +425,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--ray", metavar="ADDRESS", help="spread the edits over a Ray cluster ('auto', 'ray://host:10001', or 'local')"
     )
-    parser.add_argument("--workers", type=int, default=None, help="with --ray: number of model workers")
+    parser.add_argument(
+        "--workers", type=workers_option, default=None, metavar="N", help="with --ray: number of model workers (>= 1)"
+    )
 
 
 def _load_backend(args: argparse.Namespace) -> Any:
@@ -494,6 +496,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser()
     if not args.edit:
         raise ConfigError('give at least one --edit, e.g. --edit "extract drums"')
+    if args.workers is not None and not args.ray:
+        raise ConfigError("--workers goes with --ray (the workers of a Ray cluster); a batch in this process has one")
     check_text_path(session, "the session")
     check_text_path(out, "the output folder")
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.

@@ -52,6 +52,11 @@ def _whole_number(text: str, lowest: int, highest: int) -> int:
     return value
 
 
+def workers_option(text: str) -> int:
+    """argparse type of batch's --workers: a whole number of at least 1."""
+    return _whole_number(text, 1, 1024)
+
+
 def takes_option(text: str) -> int:
     """argparse type of --takes: the engine's rule in its words (instructions.check_takes), as argparse's usage
     error."""

@@ -416,6 +416,15 @@ def test_a_corrupt_manifest_is_not_overwritten_silently(tmp_path):
         Manifest(tmp_path / "manifest.json")
 
 
+def test_workers_must_be_a_positive_number_and_go_with_ray(session, tmp_path, capsys):
+    base = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as usage:
+        main([*base, "--ray", "local", "--workers", "-1"])
+    assert usage.value.code == 2 and "--workers: must be from 1 to 1024, got -1" in capsys.readouterr().err
+    assert main([*base, "--workers", "3"]) == 1  # without --ray it would be ignored
+    assert "--workers goes with --ray" in capsys.readouterr().err
+
+
 def test_outcomes_are_journalled_and_the_manifest_is_rewritten_only_now_and_then(tmp_path, monkeypatch):
     """Rewriting the whole manifest after every pair made the bookkeeping grow with the square of the pairs."""
     from bridge import manifest as manifest_module
