@@ -109,6 +109,8 @@ class InProcessBackend:
         pass
 
 
+EARLIER_SUFFIX = ".earlier"  # --server: a pair's earlier result, set aside while its new one is made
+
 # A result that cannot be written for want of room (or a file system gone read-only): no pair after it can be either
 _DISK_FULL = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -179,12 +181,20 @@ class ServerBackend:
 
         return parse_instruction(text, {"stems": self.stems} if self.stems else None)
 
+    @staticmethod
+    def _aside(pair: Pair) -> Path:
+        return pair.output.with_name(f".{pair.output.name}{EARLIER_SUFFIX}")
+
     def _submit(self, pair: Pair, job_id: str) -> None:
         pair.output.parent.mkdir(parents=True, exist_ok=True)
-        # The batch's own earlier result goes, so that the server does not pick another name; a file put there since
-        # the batch began is the user's: the server writes beside it (`-2`), never over it.
+        # The batch's own earlier result moves aside, so that the server does not pick another name, and comes back
+        # if the new one is not made (_settle); a file put there since the batch began is the user's: the server
+        # writes beside it (`-2`), never over it. One a killed run left aside is the earlier result still.
+        aside = self._aside(pair)
         if pair.output in self.replaceable:
-            pair.output.unlink(missing_ok=True)
+            os.replace(pair.output, aside)
+        elif aside.exists() and pair.output.exists():  # the killed run's job finished after all: that one is newer
+            aside.unlink()
         self.client.submit(
             str(pair.source.path),
             pair.source.start_s,
@@ -259,17 +269,33 @@ class ServerBackend:
                 for pending in {job_id, *self.submitted}:
                     with contextlib.suppress(ImusicError, OSError):
                         self.client.send(protocol.CANCEL, pending)
+                self._settle(pairs, made=False)
                 raise
             except NoReply as exc:
                 # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
+                self._settle(pairs, made=False)
                 raise ResourceError(f"{exc}; rerun the same batch command to resume") from None
             except RemoteError as exc:
                 if exc.code in FATAL_REMOTE_CODES:
+                    self._settle(pairs, made=False)
                     raise ConfigError(f"the server refused '{pair.edit}' on {pair.source.rel}: {exc}") from None
+                self._settle([pair], made=False)
                 yield Outcome(pair, error=exc)
                 continue
+            self._settle([pair], made=True)
             info = dict(result.info or {})
             yield Outcome(pair, Path(result.output_path), info, info.get("seed"), time.monotonic() - started)
+
+    def _settle(self, pairs: list[Pair], made: bool) -> None:
+        """The earlier results set aside for `pairs`: removed once the new one is made, else put back where their
+        name is still free (else they stay aside, hidden: never lost)."""
+        for pair in pairs:
+            aside = self._aside(pair)
+            with contextlib.suppress(OSError):
+                if made:
+                    aside.unlink(missing_ok=True)
+                elif aside.exists() and not pair.output.exists():
+                    os.replace(aside, pair.output)
 
     def close(self) -> None:
         self.client.close()

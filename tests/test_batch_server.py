@@ -245,3 +245,22 @@ def test_a_server_still_loading_its_model_is_waited_for_so_edits_are_named_with_
         backend.close()
     finally:
         engine.close()
+
+
+def test_a_rerender_that_fails_on_the_server_keeps_the_earlier_result(server, session, tmp_path, capsys):
+    """The earlier result moved aside (not deleted) while the server made its new one: a source damaged since, whose
+    new render fails, left the pair with no result at all (the in-process batch keeps it)."""
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server", f"127.0.0.1:{server.port}"]
+    assert main(argv) == 0
+    result = out / "a.extract_drums.wav"
+    earlier = result.read_bytes()
+    (session / "a.wav").write_bytes(b"RIFF" + bytes(100))  # damaged: the rerun renders it again, and fails
+    assert main(argv) == 1
+    assert "a | extract drums" in capsys.readouterr().out
+    assert result.read_bytes() == earlier
+    assert not list(out.glob(".*.earlier"))
+    (session / "a.wav").unlink()
+    write_wav(session / "a.wav", 0.5, 22050, 2, seed=5, subtype="PCM_16")  # fixed: rendered anew, over it
+    assert main([*argv, "--retry-failed"]) == 0
+    assert result.read_bytes() != earlier and not list(out.glob(".*.earlier"))
