@@ -421,7 +421,7 @@ def _install_plan(
     if hotkeys:
         taken = bound_keys(base)
         for action in ACTIONS:
-            refusal = hotkey_refusal(action, taken)
+            refusal = hotkey_refusal(action, taken) or _removed_by_user(action, manifest, base)
             if refusal is None:
                 wanted.append(action.key_line())
                 report.bound.append(f"{action.shortcut}  {action.description}")
@@ -530,6 +530,19 @@ def uninstall(resource: Path) -> Report:
     report.changed = [str(path) for path, _ in writes]
     _remove_empty_folders(folder, manifest.get("created_scripts_dir", False))
     return report
+
+
+def _removed_by_user(action: Action, manifest: dict, kb: bytes) -> str | None:
+    """Why not to bind the action's default again: an earlier install bound it, the file still registers our action
+    (REAPER did not just write back a key map without us), and the shortcut's line is gone: the user removed it."""
+
+    def present(line: str) -> bool:
+        return remove_lines(kb, [line]) != kb
+
+    key = action.key_line()
+    if key in manifest.get("kb_lines", []) and present(action.scr_line()) and not present(key):
+        return "you removed this shortcut in REAPER; it stays unbound (give it a key in REAPER's Actions list)"
+    return None
 
 
 def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[Path, bytes | None]]:

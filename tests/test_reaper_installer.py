@@ -520,6 +520,25 @@ def test_a_shortcut_the_user_removed_on_purpose_stays_empty(resource):
     assert "bound to 0" not in skipped
 
 
+def test_a_default_shortcut_the_user_deleted_in_reaper_is_not_bound_again_by_the_next_install(resource):
+    """REAPER drops the KEY line when the user deletes the shortcut in its Actions list; our action's SCR line stays.
+    A later install --hotkeys (an upgrade) took the missing line for a free chord."""
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(sample_kb("\n"))
+    install(resource, hotkeys=True)
+    bass = next(a for a in ACTIONS if a.script == "imusic_extract_bass.py")
+    assert bass.key_line() in kb.read_text()
+    lines = kb.read_text().splitlines(keepends=True)
+    kb.write_text("".join(line for line in lines if not line.startswith(bass.key_line())))  # deleted in REAPER
+    report = install(resource, hotkeys=True)
+    assert bass.key_line() not in kb.read_text()
+    assert any(s.startswith(f"{bass.shortcut} (") and "you removed this shortcut" in s for s in report.skipped_keys)
+    # where REAPER wrote back a key map without any of our lines (open during the install), they all come back
+    kb.write_bytes(sample_kb("\n"))
+    install(resource, hotkeys=True)
+    assert bass.key_line() in kb.read_text()
+
+
 def test_the_cli_says_which_shortcuts_were_left_alone_and_why(resource, capsys):
     (resource / "reaper-kb.ini").write_bytes(users_kb_over_factory() + b"KEY 29 80 0 0\r\nKEY 21 51 40001 103\r\n")
     assert main(["reaper", "install", "--resource-path", str(resource), "--hotkeys"]) == 0
