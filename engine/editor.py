@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
-from engine.instructions import MAX_SEED, Instruction, check_takes, parse_instruction, vocabulary
+from engine.instructions import MAX_SEED, Instruction, check_seed, check_takes, parse_instruction, vocabulary
 from engine.levels import db, is_silent, rms_db
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
@@ -249,7 +249,7 @@ class Editor:
         tokens, half the time); a remove's mask reads the stem's extraction and its re-synthesis the removal, two
         generations (`generation`). Every result's info carries the shared timings and its own mode's."""
         check_takes(takes)
-        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else int(seed)
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else check_seed(seed)
         return self._edit([audio], sample_rate, [instruction], modes, [seed], takes, raw, progress, cancel)[0]
 
     def edit_batch(
@@ -277,7 +277,9 @@ class Editor:
                 f"edit_batch needs as many instructions and seeds as audios, and at least one: got {len(audios)} "
                 f"audio(s), {len(instructions)} instruction(s), {len(seeds)} seed(s)"
             )
-        return self._edit(audios, sample_rate, instructions, modes, [int(s) for s in seeds], 1, raw, progress, cancel)
+        return self._edit(
+            audios, sample_rate, instructions, modes, [check_seed(s) for s in seeds], 1, raw, progress, cancel
+        )
 
     def _edit(self, audios, sample_rate, instructions, modes, seeds, takes, raw, progress, cancel):
         """The one edit path: items (audio [C, N], instruction, seed) of one length -> [{mode: EditResult}]."""

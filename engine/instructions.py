@@ -13,6 +13,7 @@ No torch here: the OSC server validates instructions before queueing a job.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +42,18 @@ def check_takes(takes: object, error: type[Exception] = ConfigError) -> int:
     if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
         raise error(f"takes must be a whole number from 1 to {MAX_TAKES}, got {takes!r}")
     return takes
+
+
+def check_seed(seed: object, error: type[Exception] = ConfigError) -> int:
+    """`seed` when it is a whole number from 0 to MAX_SEED, else `error` saying so (-1 means "draw one" only on the
+    wire: here None does)."""
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)  # ints, numpy's included
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise error(f"a seed must be a whole number from 0 to {MAX_SEED} (None draws one), got {seed!r}")
+    return value
 
 
 # Operation phrases, as the sequence of non-instrument, non-filler words left in the instruction (in order).

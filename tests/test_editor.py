@@ -262,6 +262,14 @@ def test_same_seed_same_output_and_the_seed_is_reported(editor):
     assert a.seed == 123 and a.info["seed"] == 123
 
 
+@pytest.mark.parametrize("seed", [-1, 2**31, 2**64 + 5, 1.5, "3", True])
+def test_a_seed_out_of_range_is_named_before_any_work(editor, seed):
+    with pytest.raises(ConfigError, match="a seed must be a whole number from 0 to 2147483647"):
+        editor.edit(_music(0.4, 16000), 16000, "extract drums", seed=seed)
+    with pytest.raises(ConfigError, match="a seed must be a whole number"):
+        editor.edit_batch([_music(0.4, 16000)], 16000, ["extract drums"], seeds=[seed])
+
+
 def test_without_a_seed_one_is_drawn_and_reproduces_the_edit(editor):
     audio = _music(0.4, 16000)
     first = editor.edit(audio, 16000, "extract drums")
