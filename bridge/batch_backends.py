@@ -254,7 +254,11 @@ class ServerBackend:
         if self.on_submit is not None:
             self.on_submit(list(job_ids.values()))
         if pairs:
-            self._check_edits_on_server(pairs, job_ids)
+            try:
+                self._check_edits_on_server(pairs, job_ids)
+            except BaseException:  # refused, no answer, Ctrl-C: the first pairs' earlier results come back
+                self._settle(pairs, made=False)
+                raise
         for pair in pairs:
             started = time.monotonic()
             job_id = job_ids[pair.key]

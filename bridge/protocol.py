@@ -382,12 +382,14 @@ class EditRequest:
         """True if `other` asks for this very edit (a resend): equal, the region's times compared at the precision of
         an OSC float32 ('f'), as a client may send one where an earlier send of the same edit had a double ('d')."""
 
-        def times(request: EditRequest) -> EditRequest:
-            f32 = [struct.unpack(">f", struct.pack(">f", value))[0] if abs(value) < 3e38 else value
-                   for value in (request.start_s, request.end_s)]  # fmt: skip
-            return replace(request, start_s=f32[0], end_s=f32[1])
+        def f32(value: float) -> float:
+            return struct.unpack(">f", struct.pack(">f", value))[0] if abs(value) < 3e38 else value
 
-        return self == other or times(self) == times(other)
+        def same_time(a: float, b: float) -> bool:  # one side sent as float32: the other, rounded so, is it
+            return a == b or (f32(a) == a and f32(b) == a) or (f32(b) == b and f32(a) == b)
+
+        same_times = same_time(self.start_s, other.start_s) and same_time(self.end_s, other.end_s)
+        return same_times and replace(self, start_s=0.0, end_s=0.0) == replace(other, start_s=0.0, end_s=0.0)
 
     def options(self) -> EditOptions:
         """The edit's choices, as Editor.edit takes them."""

@@ -221,8 +221,8 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     the old folder or the complete new one, never part of one."""
     path = Path(path)
     staged, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
-    if old.exists() and not path.exists():  # a run killed between its two renames: both folders are whole
-        (staged if staged.exists() else old).rename(path)  # the new one (the old moves aside only once it is whole)
+    if old.exists() and staged.exists() and not path.exists():  # killed between its two renames: both are whole
+        staged.rename(path)  # the new one (the old moves aside only once it is whole)
     for leftover in (staged, old):  # of a run killed before it ended
         shutil.rmtree(leftover, ignore_errors=True)
     staged.mkdir(parents=True)

@@ -264,3 +264,24 @@ def test_a_rerender_that_fails_on_the_server_keeps_the_earlier_result(server, se
     write_wav(session / "a.wav", 0.5, 22050, 2, seed=5, subtype="PCM_16")  # fixed: rendered anew, over it
     assert main([*argv, "--retry-failed"]) == 0
     assert result.read_bytes() != earlier and not list(out.glob(".*.earlier"))
+
+
+def test_an_earlier_result_comes_back_when_the_server_stops_the_batch_at_its_first_check(
+    server, session, tmp_path, capsys, monkeypatch
+):
+    from bridge.client import Client, NoReply
+
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server", f"127.0.0.1:{server.port}"]
+    assert main(argv) == 0
+    result = out / "a.extract_drums.wav"
+    earlier = result.read_bytes()
+    write_wav(session / "a.wav", 0.5, 22050, 2, seed=7, subtype="PCM_16")  # changed: rendered again
+
+    def silent(self, job_ids, *args, **kwargs):
+        raise NoReply("the engine did not answer")
+
+    monkeypatch.setattr(Client, "wait_accepted", silent)
+    assert main(argv) == 1
+    assert "did not answer" in capsys.readouterr().err
+    assert result.read_bytes() == earlier and not list(out.glob(".*.earlier"))

@@ -149,6 +149,12 @@ def test_a_resend_with_its_times_as_float32_is_the_same_job_and_other_times_are_
     assert f32(1.1) != 1.1
     job, is_new, _ = jobs.submit(request(f32(1.1), f32(7.3)), choose("other"))
     assert not is_new and job.output_path == "/out/a.wav"
+    # two doubles a few samples apart are two regions, even where they round to one float32
+    base = 3000.1
+    apart = base + 5 / 48000
+    assert f32(apart) == f32(base) and apart != base
+    assert not request(1.0, base).same_request(request(1.0, apart))
+    assert request(1.0, f32(apart)).same_request(request(1.0, apart))  # one of them sent as float32
     for start, end in ((1.1 + 1e-5, 7.3), (1.1, 7.3 - 1e-5), (1.1, -1.0)):
         with pytest.raises(RequestError) as exc:
             jobs.submit(request(start, end), choose("a"))

@@ -94,6 +94,21 @@ def test_a_run_killed_after_logging_past_its_checkpoint_resumes_to_the_uninterru
     assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again_on_resume(tones, tmp_path, monkeypatch):
+    from engine.train import codec_train
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(codec_train, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_codec(tones, tmp_path / "run", _tiny_cfg(6), threads=1, quiet=True)  # rows 1-3, no checkpoint
+    assert [row["step"] for row in _rows(tmp_path / "run")] == [1, 2, 3]
+    monkeypatch.undo()
+    train_codec(tones, tmp_path / "run", _tiny_cfg(6), threads=1, quiet=True, resume=True)
+    assert [row["step"] for row in _rows(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+
+
 def test_held_out_songs_are_never_read(tones, tmp_path):
     from engine.train.codec_train import training_audio_files
 

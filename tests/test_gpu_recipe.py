@@ -319,6 +319,17 @@ def test_a_stage_run_again_alone_drops_the_finished_stages_built_on_its_old_outp
     assert set(card["missing"]) == {"adapters", "eval"} and "pack" in card["stages"]
 
 
+def test_a_run_refused_by_its_plan_discards_nothing(tmp_path, monkeypatch):
+    runs, out, run = [], tmp_path / "OUT", tmp_path / "run"
+    fake_stages(monkeypatch, runs)
+    Recipe(run, budget_minutes=3, scale="tiny", export=out, progress=False).run()
+    before = packs(out)
+    (run / "base" / MARKER).unlink()
+    with pytest.raises(ConfigError, match="too small"):
+        Recipe(run, budget_minutes=0.01, scale="tiny", export=out, stages=("base",), progress=False).run()
+    assert packs(out) == before and (run / "adapters" / MARKER).is_file()
+
+
 def test_a_missing_input_stage_is_named(tmp_path):
     with pytest.raises(ConfigError, match="the data stage is missing .*the base stage needs it"):
         Recipe(tmp_path / "run", budget_minutes=3, scale="tiny", stages=("base",), progress=False).run()

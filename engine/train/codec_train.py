@@ -366,7 +366,7 @@ def train_codec(
         sampler.set_state(state["sampler"])
         set_rng_state(state["rng"])
         _trim_log(log_path, step)
-    elif not resume:
+    else:  # from step 0 (a resume of a run killed before its first checkpoint too): the log starts again
         log_path.unlink(missing_ok=True)
     model.to(device)
     for group in optimizer.state.values():  # a resumed optimiser's moments follow the model

@@ -154,7 +154,7 @@ def _read_parts(parts: Sequence[Path]) -> dict[str, bytes]:
     except (KeyError, ValueError, TypeError):
         raise CheckpointError(
             f"packed parts {first}... are incomplete (their manifest is missing or damaged: a later part is missing "
-            "or one was cut short)"
+            "or one was cut short, or they were packed before packs carried a manifest: pack that stage again)"
         ) from None
     for name, entry in manifest.items():
         data = files.get(name)

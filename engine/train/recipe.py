@@ -255,6 +255,7 @@ class Recipe:
         if self.from_packs is not None:
             self.restore_packs()
         self.repair_packs()
+        self.plan()  # refuses a run that cannot go ahead before anything is discarded
         self.discard_stale()
         todo, deadlines = self.plan()
         self.say(
