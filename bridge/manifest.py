@@ -62,7 +62,7 @@ class Manifest:
                 change = json.loads(line)
             except ValueError:  # torn by a kill: nothing after it was synced
                 break
-            if not isinstance(change, dict) or not isinstance(change.get("entry", {}), dict):
+            if not isinstance(change, dict) or ("key" in change and not isinstance(change.get("entry"), dict)):
                 break
             self._apply(change)
 

@@ -63,6 +63,29 @@ def test_official_names_map_to_ours(official_ckpt):
     }
 
 
+def test_a_checkpoint_whose_text_fusion_does_not_come_through_whole_is_refused(official_ckpt):
+    """The mapping keeps the names it knows: LoRA nested another way, a bias on a projection, or a layer's LoRA
+    missing would load a model with MusicGen's own cross-attention and no LoRA, and say nothing."""
+    state = read_state(official_ckpt)
+    peft = "model.peft_model.lm.transformer.base_model.model.layers."
+    renested = {
+        k.replace(peft, "model.peft_model.lm.base_model.model.transformer.layers."): v for k, v in state.items()
+    }
+    with pytest.raises(
+        CheckpointError, match=r"names this loader does not know \(model.peft_model.lm.base_model.*and 11 more\)"
+    ):
+        map_official_state(renested)
+    biased = {**state, f"{peft}0.cross_attention.q_proj.base_layer.bias": torch.zeros(64)}
+    with pytest.raises(CheckpointError, match=r"does not know \(.*q_proj.base_layer.bias"):
+        map_official_state(biased)
+    lora_b = next(k for k in state if k.startswith(f"{peft}1.") and "lora_B" in k)
+    with pytest.raises(CheckpointError, match="text fusion is incomplete: 1 tensors missing"):
+        map_official_state({k: v for k, v in state.items() if k != lora_b})
+    no_lora = {k: v for k, v in state.items() if "lora_" not in k}
+    with pytest.raises(CheckpointError, match="holds no LoRA on the cross-attention"):
+        map_official_state(no_lora)
+
+
 def test_fusion_config_is_inferred_with_the_official_alpha(official_ckpt):
     _, info = read_official_adapter(official_ckpt)
     fusion = info["fusion"]

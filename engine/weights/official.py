@@ -173,6 +173,7 @@ def map_official_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
     out: dict[str, torch.Tensor] = {}
     lora_targets: set[str] = set()
     layers: set[int] = set()
+    unknown: list[str] = []  # LoRA or cross-attention tensors under names this mapping does not know
     for name, tensor in state.items():
         if name.startswith(_CP):
             rest = name[len(_CP) :]
@@ -184,20 +185,24 @@ def map_official_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
             continue
         rest = name[len(_LM) :]
         match = _PEFT_LAYER.fullmatch(rest) or _PLAIN_LAYER.fullmatch(rest)
-        if not match:
-            continue
-        index, part = int(match[1]), match[2]
-        layers.add(index)
-        if lora := _LORA.fullmatch(part):
+        part = match[2] if match else rest
+        if lora := _LORA.fullmatch(part) if match else None:
+            layers.add(int(match[1]))
             lora_targets.add(lora[1])
-            out[f"layers.{index}.cross_attn.{lora[1]}.lora_{lora[2].lower()}"] = tensor
-        elif cross := _CROSS.fullmatch(part):
-            out[f"layers.{index}.cross_attn.{cross[1]}.weight"] = tensor
+            out[f"layers.{int(match[1])}.cross_attn.{lora[1]}.lora_{lora[2].lower()}"] = tensor
+        elif cross := _CROSS.fullmatch(part) if match else None:
+            layers.add(int(match[1]))
+            out[f"layers.{int(match[1])}.cross_attn.{cross[1]}.weight"] = tensor
+        elif "lora_" in part or re.search(r"cross_attention\.[qkv]_proj\.", part):
+            unknown.append(name)  # (the fused in_proj and out_proj are the frozen base's: nothing new)
+        elif match:
+            layers.add(int(match[1]))
     missing = [key for key in ("fusion.pos_emb", "fusion.gates") if key not in out]
     if missing:
         raise CheckpointError(
             f"not an Instruct-MusicGen checkpoint: no {_CP}{missing[0].split('.', 1)[1]} (missing {', '.join(missing)})"
         )
+    _check_text_fusion(out, layers, lora_targets, unknown)
     merge = sorted(int(n.split(".")[2]) for n in out if n.startswith("fusion.merge_linear."))
     facts = {
         "num_layers": (max(layers) + 1) if layers else None,
@@ -208,6 +213,32 @@ def map_official_state(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.
         "lora_rank": next((int(t.shape[0]) for n, t in out.items() if n.endswith("lora_a")), 0),
     }
     return out, facts
+
+
+def _check_text_fusion(out: dict, layers: set[int], targets: set[str], unknown: list[str]) -> None:
+    """CheckpointError unless the text fusion came through whole: its LoRA and the cross-attention q/k/v of every
+    layer. Loading without them would edit with MusicGen's own cross-attention and no LoRA, and say nothing."""
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        raise CheckpointError(
+            f"the checkpoint holds LoRA or cross-attention tensors under names this loader does not know ({shown}): "
+            "refused rather than loaded without them"
+        )
+    if not targets:
+        raise CheckpointError(
+            "the checkpoint holds no LoRA on the cross-attention (the text fusion): not an Instruct-MusicGen adapter"
+        )
+    absent = [
+        f"layers.{index}.cross_attn.{target}.{kind}"
+        for index in sorted(layers)
+        for target in ("q", "k", "v")
+        for kind in (("weight", "lora_a", "lora_b") if target in targets else ("weight",))
+        if f"layers.{index}.cross_attn.{target}.{kind}" not in out
+    ]
+    if absent:
+        raise CheckpointError(
+            f"the checkpoint's text fusion is incomplete: {len(absent)} tensors missing (first {absent[0]})"
+        )
 
 
 def read_official_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
