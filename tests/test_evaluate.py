@@ -60,6 +60,38 @@ def test_summary_is_the_mean_over_clips_per_row():
     assert summary["identity"]["si_sdr_std"] == pytest.approx(1.0)
 
 
+def test_clips_whose_scores_are_not_finite_are_counted_shown_and_leave_the_verdict_undecided():
+    """A model that returned NaN on 9 of 10 clips got a row of its one finite clip under a "(10 clips)" heading, and a
+    card verdict from it."""
+    from engine.eval.verdict import beats_identity
+
+    clips = []
+    for index in range(10):
+        good = index == 0
+        clips.append(
+            {
+                "model": {
+                    "si_sdr": 5.0,
+                    "si_sdri": 1.0,
+                    "mel_ssim": 0.9 if good else math.nan,
+                    "log_mel_distance": 1.0,
+                },
+                "identity": {"si_sdr": 0.0, "si_sdri": 0.0, "mel_ssim": 0.5, "log_mel_distance": 9.0},
+            }
+        )
+    summary = summarize(clips)
+    assert summary["model"]["mel_ssim_nonfinite"] == 9 and "log_mel_distance_nonfinite" not in summary["model"]
+    verdict = beats_identity({"extract": summary})
+    assert verdict == {"extract": {"log_mel_distance": True}}  # mel SSIM: measured on 1 clip of 10, not judged
+    report = {
+        "model": {"model": "m", "device": "cpu", "dtype": "float32"},
+        "data": "d",
+        "settings": {"seconds": 2.0},
+        "tasks": {"extract": {"summary": summary}},
+    }
+    assert "(9 of 10 not finite)" in markdown(report)
+
+
 class _DoublingCodec:
     """A codec whose "codes" are the wave and whose decode doubles it, `extra` samples longer (or shorter)."""
 

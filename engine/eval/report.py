@@ -34,7 +34,9 @@ SPECTROGRAMS = "spectrograms"  # the folder of a report's pictures, beside it
 
 
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation per row and metric over examples (non-finite values are counted apart); with the
+    """Mean and standard deviation per row and metric over the examples' finite values; the clips whose value is not
+    finite (NaN from a model that returned none) are counted in `<metric>_nonfinite`, shown in the table, and a row
+    with any is judged on no metric (verdict.beats_identity); with the
     examples' level grids, the LEVEL_ROW: per metric, the mean at the gain whose mean scores best, and that gain
     (`<metric>_gain_db`)."""
     import numpy as np  # here: the report's names are read by modules that must stay light (the recipe, the loader)
@@ -48,6 +50,8 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
             finite = values[np.isfinite(values)]
             stats[metric] = float(finite.mean()) if finite.size else float("nan")
             stats[f"{metric}_std"] = float(finite.std()) if finite.size else float("nan")
+            if finite.size < values.size:
+                stats[f"{metric}_nonfinite"] = int(values.size - finite.size)
         summary[row] = stats
     grids = [ex[LEVEL_GRID] for ex in examples if LEVEL_GRID in ex]
     if grids:
@@ -115,6 +119,8 @@ def markdown(report: dict) -> str:
                     text = _cell(value)
                     if std is not None and not math.isnan(std) and row != ORACLE_ROW:
                         text += f" ± {_cell(std)}"
+                    if bad := summary[row].get(f"{m}_nonfinite"):
+                        text += f" ({bad} of {int(summary[row]['n'])} not finite)"
                     cells.append(text)
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
         notes = [f"- {note}" for note in part.get("notes", [])]

@@ -26,8 +26,9 @@ def beats_identity(
     """Per task, whether `row` (the model's, or e.g. "codec ceiling") beats the identity row (or `baseline`, e.g. the
     level-only row) on mel SSIM (higher) and log-mel distance (lower).
 
-    Tasks or metrics missing from either row, or not a finite number there (null in a report), are left out: the
-    card says only what was measured.
+    Tasks or metrics missing from either row, or not a finite number there (null in a report), or measured on fewer
+    clips than the row holds (some not finite: `<metric>_nonfinite`), are left out: the card says only what was
+    measured, over every clip.
     """
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
@@ -35,6 +36,8 @@ def beats_identity(
         one = {}
         for metric in METRIC_WORDS:  # the metrics the bars are judged on
             mine, base = model.get(metric), identity.get(metric)
+            if model.get(f"{metric}_nonfinite") or identity.get(f"{metric}_nonfinite"):
+                continue
             if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and math.isfinite(mine - base):
                 gain = mine - base
                 one[metric] = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
