@@ -275,7 +275,10 @@ def test_stereo_sessions_score_the_image_dual_mono_resynth_loses_it_and_the_mask
     assert summary["model"]["ild_error"] < summary["resynth"]["ild_error"]
     import soundfile
 
-    assert soundfile.info(tmp_path / "audio" / "remove" / "input" / "0.wav").channels == 2
+    assert soundfile.info(tmp_path / "audio" / "remove" / "input" / "00000.wav").channels == 2
+    # named so that a listing's order is the clips' (text.csv's captions follow it): 00010 after 00002
+    names = sorted(p.name for p in (tmp_path / "audio" / "remove" / "input").iterdir())
+    assert names == [f"{i:05d}.wav" for i in range(len(names))]
 
 
 def test_a_stereo_clip_pans_the_stem_left_and_the_rest_right_and_keeps_the_operations_sums():

@@ -154,7 +154,8 @@ def _record(
         number = len(examples) - 1
         if audio_dirs is not None:
             for kind, audio in (("input", source), ("output", output), ("target", target)):
-                _write_wav(audio_dirs[kind] / f"{number}.wav", audio, rate)
+                # zero-padded: a listing's order is the clips' (and text.csv's captions'), 00010 after 00002
+                _write_wav(audio_dirs[kind] / f"{number:05d}.wav", audio, rate)
         if number < plots[1]:
             from engine.eval.plots import plot_spectrograms
 
