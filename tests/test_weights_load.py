@@ -74,6 +74,21 @@ def test_transformers_layout_loads_as_a_base_without_adapter(tiny_model_dir):
     assert model.card.provenance["layout"] == "transformers"
 
 
+def test_a_transformers_checkpoint_holding_more_layers_than_its_config_is_refused(tiny_model_dir, tmp_path):
+    """transformers drops the weights its config has no place for: the first layers loaded, the rest went unsaid."""
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir / "base", base)
+    config = json.loads((base / "config.json").read_text())
+    layers = config["decoder"]["num_hidden_layers"]
+    assert layers >= 2
+    config["decoder"]["num_hidden_layers"] = layers - 1
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        CheckpointError, match=rf"holds .* that its config.json does not have: .*layers\.{layers - 1}\."
+    ):
+        load_model(base, device="cpu", dtype="float32")
+
+
 def test_adapter_can_be_given_apart_from_the_base(tiny_model_dir):
     model = load_model(tiny_model_dir / "base", adapter=tiny_model_dir / "adapter", device="cpu", dtype="fp32")
     assert model.card.has_adapter

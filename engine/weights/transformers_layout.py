@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,12 +154,33 @@ def lm_config(config: dict[str, Any]) -> LMConfig:
         raise CheckpointError(f"unsupported MusicGen checkpoint: {exc}") from None
 
 
-def _check_loading_info(path: Path, info: dict[str, Any]) -> None:
+def _stored_names(path: Path, files: list[Path]) -> set[str]:
+    """The tensor names the weight files hold (safetensors only: their headers; a shard index names its tensors)."""
+    from safetensors import safe_open
+
+    names: set[str] = set()
+    for file in files:
+        if file.name.endswith(".index.json"):
+            names.update(_weight_map(file))
+        elif file.suffix == ".safetensors":
+            with safe_open(str(file), "pt") as handle:
+                names.update(handle.keys())
+    return names
+
+
+def _check_loading_info(path: Path, info: dict[str, Any], model: Any, files: list[Path]) -> None:
+    # Decoder layers past the config's count mean the files hold more layers than config.json says: transformers drops
+    # them without a word (and reports none). Other names are left to transformers, which renames older ones itself
+    # (an EnCodec's weight_g / weight_v), so only this pattern is checked here.
+    layers = int(model.config.decoder.num_hidden_layers)
+    found = (re.match(r"decoder\.model\.decoder\.layers\.(\d+)\.", n) for n in _stored_names(path, files))
+    extra_layers = sorted({m.string for m in found if m and int(m[1]) >= layers})
     refuse_misfit(
         f"checkpoint {path}",
         "its config.json",
         missing=info.get("missing_keys") or (),
         wrong_shapes=info.get("mismatched_keys") or (),
+        unknown=extra_layers,
     )
 
 
@@ -171,7 +193,7 @@ def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32) -> Mu
 
     path = Path(path)
     read_config(path)
-    weight_files(path)
+    files = weight_files(path)
     try:
         with quiet_transformers():
             model, info = MusicgenForConditionalGeneration.from_pretrained(
@@ -181,7 +203,7 @@ def load_hf_musicgen(path: str | Path, dtype: torch.dtype = torch.float32) -> Mu
         # a corrupt or truncated weight file (safetensors header, torch pickle) is the producer's bad input
         lines = str(exc).splitlines() or [type(exc).__name__]
         raise CheckpointError(f"cannot read the checkpoint in {path}: {lines[0]}") from None
-    _check_loading_info(path, info)
+    _check_loading_info(path, info, model, files)
     return model.eval()
 
 
