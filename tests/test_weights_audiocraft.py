@@ -3,6 +3,8 @@ as the transformers layout of the same weights."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -33,8 +35,16 @@ def t5_in_cache(same_model_two_layouts, hub_cache):
     return hub_cache
 
 
-def test_layout_is_detected(same_model_two_layouts):
+def test_layout_is_detected(same_model_two_layouts, tmp_path):
     assert detect_layout(same_model_two_layouts[1]) == "audiocraft"
+    # a hub snapshot of facebook/musicgen-* holds both layouts' files: a config.json beside audiocraft's weights,
+    # without transformers' weights, is still an audiocraft model
+    mixed = tmp_path / "snapshot"
+    shutil.copytree(same_model_two_layouts[1], mixed)
+    shutil.copy(same_model_two_layouts[0] / "config.json", mixed / "config.json")
+    assert detect_layout(mixed) == "audiocraft"
+    shutil.copy(same_model_two_layouts[0] / "model.safetensors", mixed / "model.safetensors")
+    assert detect_layout(mixed) == "transformers"  # both whole: transformers' own files first, as before
 
 
 def test_decoder_weights_match_the_transformers_layout(same_model_two_layouts, t5_in_cache):

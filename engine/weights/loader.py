@@ -72,6 +72,9 @@ def detect_layout(path: str | Path) -> str:
             f"{path} is a codec (what `imusic train --stage codec` exports), not a model: train a base on it with "
             "`imusic train --stage base --base` it"
         )
+    has_weights = any((path / name).is_file() for name in transformers_layout.WEIGHT_FILES)
+    if audiocraft_layout.is_audiocraft_dir(path) and not has_weights:
+        return "audiocraft"  # a hub snapshot holds both layouts' files: config.json alone makes no transformers model
     if (path / transformers_layout.CONFIG).is_file():
         return "transformers"
     if audiocraft_layout.is_audiocraft_dir(path):
