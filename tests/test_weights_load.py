@@ -89,6 +89,31 @@ def test_a_transformers_checkpoint_holding_more_layers_than_its_config_is_refuse
         load_model(base, device="cpu", dtype="float32")
 
 
+def test_a_transformers_checkpoint_in_sharded_torch_pickles_loads_its_codec_exactly_and_is_described(tmp_path):
+    """pytorch_model-0000N-of-0000M.bin with their index: the codec's fp32 reload read none of them (a bf16 load kept
+    bf16-rounded codec weights), and `imusic weights info` stopped on a bare StopIteration."""
+    from engine.tools.tiny_models import tiny_musicgen, tiny_tokenizer
+    from engine.weights.cli import describe
+    from engine.weights.transformers_layout import quiet_transformers
+
+    model, folder = tiny_musicgen(0), tmp_path / "sharded"
+    folder.mkdir()
+    with quiet_transformers():
+        model.config.save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+    state = {name: t.detach().clone().contiguous() for name, t in model.state_dict().items()}
+    names, weight_map = sorted(state), {}
+    for number, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), 1):
+        shard = f"pytorch_model-0000{number}-of-00002.bin"
+        torch.save({name: state[name] for name in part}, folder / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    exact = load_model(folder, device="cpu", dtype="float32").codec.model.state_dict()
+    halved = load_model(folder, device="cpu", dtype="bfloat16").codec.model.state_dict()
+    assert all(torch.equal(halved[name].float(), exact[name]) for name in exact)
+    assert describe(folder)["parameters"]["codec"] > 0
+
+
 def test_adapter_can_be_given_apart_from_the_base(tiny_model_dir):
     model = load_model(tiny_model_dir / "base", adapter=tiny_model_dir / "adapter", device="cpu", dtype="fp32")
     assert model.card.has_adapter

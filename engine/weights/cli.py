@@ -122,12 +122,11 @@ def _transformers_counts(path: Path) -> dict[str, Any]:
     from engine.weights import transformers_layout as tl
 
     config = tl.read_config(path)
-    files = tl.weight_files(path)
     safetensors = tl.safetensors_files(path)
     if safetensors:
         shapes = _safetensors_shapes(safetensors)
     else:
-        shapes = _torch_shapes(next(f for f in files if f.suffix == ".bin"))
+        shapes = {name: shape for file in tl.bin_files(path) for name, shape in _torch_shapes(file).items()}
     dec = config["decoder"]
     return {
         "decoder": _count(shapes, ("decoder.", "enc_to_dec_proj.")),

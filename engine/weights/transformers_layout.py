@@ -143,6 +143,16 @@ def safetensors_files(path: str | Path, prefix: str = "") -> list[Path]:
     return [path / WEIGHTS] if WEIGHTS in names else []
 
 
+def bin_files(path: str | Path) -> list[Path]:
+    """The torch pickles holding a transformers directory's weights when it has no .safetensors: pytorch_model.bin,
+    or the shards pytorch_model.bin.index.json names."""
+    path = Path(path)
+    names = {f.name for f in weight_files(path)}
+    if "pytorch_model.bin.index.json" in names:
+        return sorted({path / shard for shard in _weight_map(path / "pytorch_model.bin.index.json").values()})
+    return [path / "pytorch_model.bin"] if "pytorch_model.bin" in names else []
+
+
 def lm_config(config: dict[str, Any]) -> LMConfig:
     """Our LMConfig from a transformers MusicgenConfig dict."""
     from engine.errors import ConfigError
@@ -268,18 +278,16 @@ def _stored_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     from safetensors import safe_open
 
     out: dict[str, torch.Tensor] = {}
-    files = weight_files(path)
     shards = safetensors_files(path, prefix)
     for shard in shards:
         with safe_open(str(shard), framework="pt") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 if name.startswith(prefix):
                     out[name[len(prefix) :]] = handle.get_tensor(name)
-    if not shards:
-        for file in files:
-            if file.suffix == ".bin" and not file.name.endswith(".index.json"):
-                state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-                out.update({n[len(prefix) :]: t for n, t in state.items() if n.startswith(prefix)})
+    if not shards:  # torch pickles: the single file or every shard an index names
+        for file in bin_files(path):
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            out.update({n[len(prefix) :]: t for n, t in state.items() if n.startswith(prefix)})
     return out
 
 
