@@ -393,6 +393,8 @@ class RayBackend:
         queue = list(pairs)
         idle = list(self.actors) * 2  # two jobs in flight per actor: the next input is ready when one finishes
         pending: dict[Any, tuple[Pair, Any, Any, int]] = {}
+        dead: list[Any] = []  # actors whose process died (out of memory, a lost node): given no more pairs
+        lost: dict[str, int] = {}  # pair key -> the times a dying actor took it with it
         while queue or pending:
             while queue and idle:
                 pair, actor = queue.pop(0), idle.pop(0)
@@ -408,9 +410,23 @@ class RayBackend:
                 continue
             done, _ = ray.wait(list(pending), num_returns=1)
             pair, actor, source, rate = pending.pop(done[0])
-            idle.append(actor)
+            if actor not in dead:
+                idle.append(actor)
             try:
                 reply = ray.get(done[0])
+            except ray.exceptions.RayActorError as exc:
+                # The worker died, not the pair: the pair goes to another worker (once), the dead one gets no more
+                if actor not in dead:
+                    dead.append(actor)
+                idle = [a for a in idle if a is not actor]
+                if len(dead) == len(self.actors):
+                    raise ResourceError(f"every Ray worker died (the last: {exc}); rerun the batch to resume") from None
+                lost[pair.key] = lost.get(pair.key, 0) + 1
+                if lost[pair.key] > 1:
+                    yield Outcome(pair, error=ResourceError(f"two Ray workers died on it: {exc}"))
+                else:
+                    queue.insert(0, pair)
+                continue
             except ray.exceptions.RayError as exc:
                 yield Outcome(pair, error=ResourceError(f"a Ray worker failed: {exc}"))
                 continue

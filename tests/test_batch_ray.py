@@ -39,3 +39,61 @@ def test_ray_batch_on_a_local_instance_matches_the_in_process_results(tmp_path, 
         local_audio, local_rate = sf.read(tmp_path / "local" / rel)
         assert ray_rate == local_rate
         np.testing.assert_array_equal(ray_audio, local_audio)
+
+
+def test_a_worker_that_dies_gets_no_more_pairs_and_its_pair_goes_to_another(tmp_path):
+    """A dead actor went back to the idle list: every later pair sent to it failed ("a Ray worker failed") and was
+    recorded as failed, not retried by a rerun."""
+    import types
+
+    from bridge.batch import plan_pairs
+    from bridge.batch_backends import RayBackend
+    from bridge.protocol import EditOptions
+    from bridge.sources import folder_sources
+    from engine.errors import ResourceError
+
+    class RayError(Exception):
+        pass
+
+    class ActorDied(RayError):
+        pass
+
+    class Ref:  # an object ref: hashable, what ray.get reads
+        def __init__(self, value) -> None:
+            self.value = value
+
+    class Actor:
+        def __init__(self, alive: bool) -> None:
+            self.alive, self.calls = alive, 0
+            self.edit = types.SimpleNamespace(remote=self._edit)
+
+        def _edit(self, audio, rate, text, options):
+            self.calls += 1
+            return Ref(("ok", audio, rate, 0, {}, 0.1) if self.alive else None)
+
+    def get(ref):
+        if ref.value is None:
+            raise ActorDied("the worker died")
+        return ref.value
+
+    fake_ray = types.SimpleNamespace(
+        exceptions=types.SimpleNamespace(RayError=RayError, RayActorError=ActorDied),
+        wait=lambda refs, num_returns: (refs[:1], refs[1:]),
+        get=get,
+    )
+    session = tmp_path / "session"
+    for number in range(5):
+        write_wav(session / f"t{number}.wav", 0.2, 16000, 1, seed=number, subtype="PCM_16")
+    pairs = plan_pairs(folder_sources(session), [("extract drums", "extract drums")], tmp_path / "out")
+
+    def backend(*actors):
+        made = RayBackend.__new__(RayBackend)
+        made.ray, made.actors, made.options, made.replaceable = fake_ray, list(actors), EditOptions(), set()
+        return made
+
+    dying, living = Actor(alive=False), Actor(alive=True)
+    outcomes = list(backend(dying, living).run(pairs, lambda pair, fraction: None))
+    assert len(outcomes) == 5 and all(outcome.error is None for outcome in outcomes)
+    assert dying.calls == 2 and living.calls == 5  # the two it held went to the other; it got no more
+    with pytest.raises(ResourceError, match="every Ray worker died"):
+        list(backend(Actor(alive=False), Actor(alive=False)).run(pairs, lambda pair, fraction: None))
