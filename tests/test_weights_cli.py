@@ -125,6 +125,9 @@ def test_convert_official_to_our_adapter_format(tiny_model_dir, official_ckpt, t
     converted = converted_model.lm.state_dict()
     assert all(torch.equal(direct[name], converted[name]) for name in direct)
     assert converted_model.card.trained_window_s == 5.0  # what it trained on stays with it
+    # and the base it was trained on: a loading error on another base names it, as it does for the checkpoint
+    base = json.loads((out / "adapter.json").read_text())["base"]
+    assert base == {"num_layers": 2, "dim": 64, "path": "facebook/musicgen-large"}
 
 
 def test_convert_with_base_writes_a_model_dir_that_loads_alone(tiny_model_dir, official_ckpt, tmp_path):

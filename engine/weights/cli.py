@@ -282,6 +282,7 @@ def convert(
             stems=info["stems"],
             template=info["template"],
             verbs=info["verbs"],
+            base=info.get("base"),
             provenance={**dict(info.get("provenance") or {}), "converted_from": str(adapter)},
             training=info.get("training"),
         )

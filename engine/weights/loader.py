@@ -355,6 +355,7 @@ def read_adapter(path: Path) -> tuple[dict, dict]:
             "provenance": meta.get("provenance", {}),
             "training": meta["training"],
             "base_hint": adapter_format.base_hint(meta),
+            "base": meta.get("base") or {},
         }
         return state, info
     raise CheckpointError(f"{path} is not an adapter: expected adapter.json + adapter.safetensors, or a finetuned.ckpt")

@@ -266,5 +266,9 @@ def read_official_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], di
         # 5 s (its model config's sec): its pos_emb has rows for 10 s, but those past 5 s were never trained.
         "training": {"window_s": OFFICIAL_TRAINED_WINDOW_S},
         "base_hint": OFFICIAL_BASE,
+        # what a converted adapter's adapter.json says it was trained on (its loading errors name it)
+        "base": {"num_layers": facts["num_layers"], "dim": facts["dim"], "path": OFFICIAL_BASE}
+        if facts["num_layers"]
+        else {},
     }
     return state, info
