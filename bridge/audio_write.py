@@ -35,12 +35,12 @@ class UnsafeDestination(ImusicError):
     code = FORBIDDEN_PATH
 
 
-def sweep_partials(path: str | Path) -> list[Path]:
+def sweep_partials(path: str | Path, starting: bool = False) -> list[Path]:
     """Remove the temporary files `write_atomic` left beside `path` (`.{stem}.{pid}.{hex}.partial.wav`), or beside
     the `{stem}-N.wav` its result gave way to (unique_result_path), in a process that no longer runs (kill -9); a live
-    writer's file and every other file stay. Returns what was removed."""
+    writer's file and every other file stay (`starting`: see engine.files.sweep_temps). Returns what was removed."""
     path = Path(path)
-    return sweep_temps(path.parent, name=path.stem, suffix=PARTIAL_SUFFIX, numbered=True)
+    return sweep_temps(path.parent, name=path.stem, suffix=PARTIAL_SUFFIX, numbered=True, starting=starting)
 
 
 def _partial_name(path: Path) -> str:

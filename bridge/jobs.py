@@ -28,6 +28,10 @@ from engine.files import fsync_folder, jsonable, lock_folder
 JOURNAL_NAME = "jobs.jsonl"
 KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency
 COMPACT_EVERY = 20000  # events between rewrites of the journal (a server may run for weeks)
+# Runs of one job that ended with the engine's process (killed for memory, a crash in the model) after which a restart
+# fails it instead of running it first again: a job that kills the engine would starve every job behind it for ever.
+# A run a graceful stop interrupted ("interrupted" in the journal) does not count.
+MAX_ATTEMPTS = 2
 MAX_INFO_CHARS = 8000  # /done's info JSON must fit a datagram beside the paths
 
 
@@ -124,7 +128,9 @@ def info_json(info: dict[str, Any]) -> str:
         return text
     small = {k: v for k, v in jsonable(info).items() if len(json.dumps(v)) < 400}
     small["truncated"] = True
-    return json.dumps(small, separators=(",", ":"))[:MAX_INFO_CHARS]
+    while len(text := json.dumps(small, separators=(",", ":"))) > MAX_INFO_CHARS and len(small) > 1:
+        small.pop(next(k for k in small if k != "truncated"))  # whole entries go, so the text stays JSON
+    return text
 
 
 # ------------------------------------------------------------------------------------------------------------ journal
@@ -154,13 +160,13 @@ class Journal:
         jobs: dict[str, Job] = {}
         if not self.path.exists():
             return jobs
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, "rb") as f:
             for number, line in enumerate(f, 1):
-                try:
-                    event = json.loads(line)
+                try:  # a damaged line costs that line, never the server's start
+                    event = json.loads(line.decode("utf-8"))
                     self._apply(jobs, event)
-                except (ValueError, KeyError, TypeError) as exc:
-                    print(f"imusic serve: journal line {number} skipped ({exc})", file=sys.stderr)
+                except Exception as exc:  # noqa: BLE001 - bad bytes, a field of the wrong shape, a torn line
+                    print(f"imusic serve: journal line {number} skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
         return jobs
 
     @staticmethod
@@ -185,6 +191,8 @@ class Journal:
             job.reply_to = (str(event["host"]), int(event["port"]))
         elif kind == "cancel_requested":
             job.cancel_requested = True
+        elif kind == "interrupted":  # a graceful stop took it back: that run did not end with the engine
+            job.attempts = max(0, job.attempts - 1)
 
     def compact(self, jobs: dict[str, Job]) -> None:
         """Rewrite the journal as one snapshot line per job (pending jobs and the newest finished ones), atomically."""
@@ -259,6 +267,15 @@ class JobBook:
             for job in [job for job in self.jobs.values() if not job.is_final]:
                 if job.cancel_requested:  # cancelled while running, and the server died before the job ended
                     self.fail(job, Cancelled.code, "cancelled (the server stopped before the job ended)", True)
+                    continue
+                if job.attempts >= MAX_ATTEMPTS:  # it stopped the engine each time it ran: it must not starve the rest
+                    message = (
+                        f"the engine stopped while running this edit {job.attempts} times (out of memory, or a crash "
+                        "in the model); it is not run again: try a shorter region"
+                    )
+                    with contextlib.suppress(OSError):
+                        self.fail(job, ResourceError.code, message)
+                    job.state, job.error_code, job.error_message = protocol.ERROR_STATE, ResourceError.code, message
                     continue
                 job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "resumed after restart"
                 self.queue.append(job.id)
@@ -344,12 +361,13 @@ class JobBook:
                 self._cond.wait(timeout)
             if not self.queue:
                 return None
-            job = self.jobs[self.queue.popleft()]
+            job = self.jobs[self.queue[0]]
+            self.journal.append({"e": "started", "id": job.id})  # first: a journal that fails leaves it queued
+            self.queue.popleft()
             job.state, job.fraction, job.stage = protocol.RUNNING, 0.0, "started"
             job.attempts += 1
             self.cancel_event = threading.Event()
             self.running = job
-            self.journal.append({"e": "started", "id": job.id})
             return job
 
     def finish(self, job: Job, output_path: str, info: dict[str, Any]) -> None:
@@ -360,8 +378,14 @@ class JobBook:
             self._maybe_compact()
 
     def _maybe_compact(self) -> None:
+        """Compact now and then; a compaction that fails (no room for the new file) is tried again later, and never
+        costs the job that was just recorded (its event is in the journal already)."""
         if self.journal.events >= COMPACT_EVERY:
-            self.journal.compact(self.jobs)
+            try:
+                self.journal.compact(self.jobs)
+            except OSError as exc:
+                print(f"imusic serve: journal compaction failed ({exc}); tried again later", file=sys.stderr)
+                self.journal.events = 0  # back off: COMPACT_EVERY events until the next try
 
     def fail(self, job: Job, code: str, message: str, cancelled: bool = False) -> None:
         with self._cond:
@@ -372,8 +396,12 @@ class JobBook:
             self._clear_running(job)
 
     def requeue(self, job: Job) -> None:
-        """Put a job interrupted by shutdown back in front; the journal already says it is pending."""
+        """Put a job interrupted by shutdown back in front; the journal already says it is pending (and that this run
+        was interrupted, not ended with the engine: it does not count towards MAX_ATTEMPTS)."""
         with self._cond:
+            with contextlib.suppress(OSError):
+                self.journal.append({"e": "interrupted", "id": job.id})
+            job.attempts = max(0, job.attempts - 1)
             job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "interrupted; resumes on restart"
             self.queue.appendleft(job.id)
             self._clear_running(job)
@@ -382,6 +410,11 @@ class JobBook:
         if self.running is job:
             self.running = None
 
+    def clear_running(self, job: Job) -> None:
+        """The worker is done with `job` though the journal could not say how (the job is pending on disk)."""
+        with self._cond:
+            self._clear_running(job)
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued job at once, or ask the running one to stop; finished jobs are left as they are."""
         with self._cond:
@@ -389,9 +422,10 @@ class JobBook:
             if job is None:
                 raise protocol.unknown_job(job_id)
             if job.state == protocol.QUEUED:
+                # journalled first: a cancel the journal did not take leaves the job queued, and says so (OSError)
+                self.fail(job, Cancelled.code, "cancelled before it started", cancelled=True)
                 self.queue.remove(job_id)
                 job.cancel_requested = True
-                self.fail(job, Cancelled.code, "cancelled before it started", cancelled=True)
             elif job.state == protocol.RUNNING:
                 try:  # journalled at once: a crash before the job ends must not run it again on restart
                     self.journal.append({"e": "cancel_requested", "id": job_id})

@@ -141,13 +141,16 @@ class EngineServer:
             if job.output_path:
                 with contextlib.suppress(OSError, ImusicError):
                     self.allowed_path(str(Path(job.output_path).parent), "output")  # a folder swapped for a link
-                    for leftover in audio_write.sweep_partials(job.output_path):
+                    for leftover in audio_write.sweep_partials(job.output_path, starting=True):
                         self.logs.say(f"removed {leftover.name}, left by the interrupted run of job {job.id}")
         for logger in (logging.getLogger(), logging.getLogger("pythonosc")):
             logger.addFilter(self._osc_log_filter)
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="imusic-check")
         self._previewer = ThreadPoolExecutor(1, thread_name_prefix="imusic-preview")
-        self.worker = Worker(self.book, self.load_editor, self._notify, warm_up=self.warm_up, roots=self.roots)
+        self.worker = Worker(
+            self.book, self.load_editor, self._notify, warm_up=self.warm_up, roots=self.roots,
+            max_region_s=self.max_region_s,
+        )  # fmt: skip
         self.worker.start()
         self._receiver = threading.Thread(target=self._receive_loop, name="imusic-osc", daemon=True)
         self._receiver.start()

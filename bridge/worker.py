@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bridge import audio_write, protocol
+from bridge import audio_read, audio_write, protocol
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
 from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
@@ -31,14 +31,25 @@ def run_job(
     progress: Callable[[float, str], None],
     roots: Sequence[Path] | None = None,
     reserved: Callable[[], set[str]] = set,
+    max_region_s: float | None = None,
 ) -> dict:
     """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings).
 
     With `roots`, the result's folder is checked against them when the file is created (UnsafeDestination, code
     forbidden_path, if it no longer leads inside them), not only when the job was accepted. A result name taken
     meanwhile gives way to a fresh one that no pending job has reserved either (`reserved`: their names, when asked).
+    `max_region_s`: the region's length is checked again as the job runs (a file re-rendered longer while the job
+    queued, or a job from the journal of a server with a larger limit).
     """
     started = time.perf_counter()
+    if max_region_s is not None:
+        info = audio_read.probe(job.source)
+        start, stop = audio_read.region_frames(info, job.start_s, job.end_s)
+        if (stop - start) / info.sample_rate > max_region_s:
+            raise ConfigError(
+                f"the region is now {(stop - start) / info.sample_rate:.0f} s long (the file changed after the edit "
+                f"was accepted); the limit is {max_region_s:.0f} s"
+            )
     if roots is not None:  # a job from the journal of a server that had other --allow-root folders, or a link swapped
         source = Path(os.path.realpath(job.source))
         if audio_write.root_of(source, [Path(r) for r in roots]) is None:
@@ -82,9 +93,11 @@ class Worker(threading.Thread):
         warm_up: bool = True,
         progress_interval: float = 0.1,
         roots: Sequence[Path] | None = None,
+        max_region_s: float | None = None,
     ) -> None:
         super().__init__(name="imusic-worker", daemon=True)
         self.book = book
+        self.max_region_s = max_region_s
         self.roots = roots  # results are written only inside these (checked at write time)
         self.load_editor = load_editor
         self.notify = notify
@@ -114,13 +127,17 @@ class Worker(threading.Thread):
         self.state = protocol.READY
         self.ready.set()
         while not self.stopping.is_set():
-            job = self.book.next_job(timeout=0.2)
-            if job is None:
-                continue
-            if self.stopping.is_set():
-                self.book.requeue(job)
-                break
-            self._run_one(job)
+            try:
+                job = self.book.next_job(timeout=0.2)
+                if job is None:
+                    continue
+                if self.stopping.is_set():
+                    self.book.requeue(job)
+                    break
+                self._run_one(job)
+            except Exception as exc:  # noqa: BLE001 - the journal's disk (full for a moment): the loop goes on
+                print(f"imusic serve: the worker could not record a job ({exc}); trying again", file=sys.stderr)
+                self.stopping.wait(1.0)
 
     def _warm_up(self) -> None:
         instruction = typical_instruction(self.editor)
@@ -150,10 +167,17 @@ class Worker(threading.Thread):
 
         self.notify(job, protocol.PROGRESS, (0.0, "started"))
         try:
-            info = run_job(job, self.editor, cancel, progress, self.roots, self.book.reserved_outputs)
+            info = run_job(
+                job, self.editor, cancel, progress, self.roots, self.book.reserved_outputs, self.max_region_s
+            )
         except Cancelled:
             if job.cancel_requested:
-                self.book.fail(job, Cancelled.code, "cancelled", cancelled=True)
+                try:
+                    self.book.fail(job, Cancelled.code, "cancelled", cancelled=True)
+                except OSError as exc:  # on disk it stays cancel_requested: a restart records it as cancelled
+                    print(f"imusic serve: journal write failed for job {job.id}: {exc}", file=sys.stderr)
+                    job.state, job.error_code, job.error_message = protocol.CANCELLED, Cancelled.code, "cancelled"
+                    self.book.clear_running(job)
                 self.notify(job, protocol.ERROR, (Cancelled.code, "cancelled"))
             else:
                 self.book.requeue(job)  # shutdown: it stays pending in the journal
@@ -183,5 +207,6 @@ class Worker(threading.Thread):
         except OSError as exc:  # journal unwritable: the job stays pending on disk and reruns after a restart
             print(f"imusic serve: journal write failed for job {job.id}: {exc}", file=sys.stderr)
             job.state, job.error_code, job.error_message = protocol.ERROR_STATE, code, message
+            self.book.clear_running(job)
             self.book._clear_running(job)
         self.notify(job, protocol.ERROR, (code, message))

@@ -107,17 +107,22 @@ def temp_name(name: str, suffix: str = TEMP_SUFFIX) -> str:
     return f".{name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
 
 
-def sweep_temps(folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX, numbered: bool = False) -> list[Path]:
+def sweep_temps(
+    folder: str | Path, name: str = "", suffix: str = TEMP_SUFFIX, numbered: bool = False, starting: bool = False
+) -> list[Path]:
     """Remove the temporary files `.{name}.{pid}.{8 hex}{suffix}` that writers killed mid-write (kill -9) left in
     `folder`: `atomic_path`'s (any name, `.tmp`) or one target's (`name`; audio results use `.partial.wav`), with
     `numbered` also the names `{name}-2`, `{name}-3`... a result gives way to when its own is taken. Only names of
-    that form whose pid is dead go; a live writer's file and every other file stay. Returns what went."""
+    that form whose pid is dead go; a live writer's file and every other file stay. `starting`: this process has
+    written none yet (a server's start), so its own pid is a killed predecessor's too (a container's restarted
+    server often gets the same one). Returns what went."""
     named = (re.escape(name) + (r"(?:-\d+)?" if numbered else "")) if name else ".+"
     pattern = re.compile(rf"^\.{named}\.(\d+)\.[0-9a-f]{{8}}{re.escape(suffix)}$")
     removed = []
     for candidate in Path(folder).glob(f".*{suffix}"):
         match = pattern.match(candidate.name)
-        if match and not pid_alive(int(match.group(1))):
+        pid = int(match.group(1)) if match else 0
+        if match and (not pid_alive(pid) or (starting and pid == os.getpid())):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed

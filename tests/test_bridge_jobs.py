@@ -275,3 +275,103 @@ def test_a_job_run_again_after_a_crash_never_replaces_a_file_at_its_result_name(
     run_job(job, FakeEditor(), threading.Event(), lambda f, s: None, reserved=lambda: {job.output_path})
     assert job.output_path == str(tmp_path / "x-2.wav")
     assert (tmp_path / "x.wav").read_bytes() == b"the producer's own render"
+
+
+def test_a_journal_that_fails_to_record_a_start_leaves_the_job_queued(tmp_path, monkeypatch):
+    import errno
+
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    real_append = Journal.append
+
+    def full(self, event):
+        if event["e"] == "started":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, event)
+
+    monkeypatch.setattr(Journal, "append", full)
+    with pytest.raises(OSError):
+        jobs.next_job(timeout=0.1)
+    assert list(jobs.queue) == ["a"] and jobs.get("a").state == protocol.QUEUED and jobs.running is None
+    monkeypatch.setattr(Journal, "append", real_append)
+    assert jobs.next_job(timeout=0.1).id == "a"
+
+
+def test_a_job_that_stopped_the_engine_twice_is_failed_on_restart_not_run_first_again(tmp_path):
+    """A job that gets the engine killed (out of memory, a crash in the model) was resumed first at every restart."""
+    first = book(tmp_path)
+    first.submit(make_job("poison"), choose("poison"))
+    first.submit(make_job("good"), choose("good"))
+    first.journal.close()
+    for _ in range(2):  # two runs that ended with the engine: started, and nothing after
+        again = book(tmp_path)
+        assert again.next_job(timeout=0.1).id == "poison"
+        again.journal.close()
+    restarted = book(tmp_path)
+    poison = restarted.get("poison")
+    assert poison.state == protocol.ERROR_STATE and "stopped while running this edit 2 times" in poison.error_message
+    assert list(restarted.queue) == ["good"]
+    # a run a graceful stop interrupted does not count
+    restarted.journal.close()
+    other = book(tmp_path / "graceful")
+    other.submit(make_job("long"), choose("long"))
+    other.journal.close()
+    for _ in range(3):
+        again = book(tmp_path / "graceful")
+        again.requeue(again.next_job(timeout=0.1))
+        again.journal.close()
+    assert book(tmp_path / "graceful").get("long").state == protocol.QUEUED
+
+
+def test_a_compaction_that_fails_costs_no_job_and_is_tried_again_later(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from bridge import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "COMPACT_EVERY", 2)
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    job = jobs.next_job(timeout=0.1)
+
+    def full(self, jobs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Journal, "compact", full)
+    jobs.finish(job, "/out/a.wav", {})  # recorded done; the compaction after it fails, and that is all
+    assert jobs.get("a").state == protocol.DONE_STATE and "compaction failed" in capsys.readouterr().err
+    jobs.journal.close()
+    monkeypatch.undo()
+    assert book(tmp_path).get("a").state == protocol.DONE_STATE
+
+
+def test_a_cancel_the_journal_cannot_record_leaves_the_queued_job_as_it_was(tmp_path, monkeypatch):
+    import errno
+
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+
+    def full(self, event):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Journal, "append", full)
+    with pytest.raises(OSError):
+        jobs.cancel("a")
+    assert list(jobs.queue) == ["a"] and jobs.get("a").state == protocol.QUEUED
+
+
+def test_a_damaged_journal_line_costs_that_line_only(tmp_path):
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    jobs.journal.close()
+    with open(tmp_path / "journal" / "jobs.jsonl", "ab") as journal:
+        journal.write(b'{"e": "reply_to", "id": "a", "host": "x"}\n')  # a field missing
+        journal.write(b"\xff\xfe not text\n")
+    assert book(tmp_path).get("a").state == protocol.QUEUED
+
+
+def test_done_info_too_large_is_cut_by_whole_entries_and_stays_json():
+    import json
+
+    info = {f"key{i}": "x" * 300 for i in range(100)}
+    text = info_json(info)
+    assert len(text) <= 8000 and json.loads(text)["truncated"] is True

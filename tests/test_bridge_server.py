@@ -765,11 +765,14 @@ def test_a_restarted_server_removes_what_the_killed_run_half_wrote(tmp_path, roo
     first.journal.close()  # the job was accepted and never finished
     leftover = root / f".{target.stem}.{dead_pid()}.0badc0de.partial.wav"
     leftover.write_bytes(b"half a file")
-    mine = root / f".{target.stem}.{os.getpid()}.12345678.partial.wav"  # a live writer's: not ours to remove
-    mine.write_bytes(b"being written")
+    live = root / f".{target.stem}.{os.getppid()}.12345678.partial.wav"  # a live writer's: not ours to remove
+    live.write_bytes(b"being written")
+    # a container's restarted server often gets its killed predecessor's pid: at its start, that pid's are leftovers
+    reused = root / f".{target.stem}.{os.getpid()}.0123abcd.partial.wav"
+    reused.write_bytes(b"half a file")
     server = start_server(tmp_path, root)
     try:
-        assert not leftover.exists() and mine.exists()
+        assert not leftover.exists() and not reused.exists() and live.exists()
     finally:
         server.stop()
 
@@ -785,3 +788,46 @@ def test_a_bug_of_ours_is_said_the_same_way_wherever_it_happens_and_fits_a_datag
     message = protocol.internal_error(ValueError("x" * 10_000))
     assert message.startswith("internal error (ValueError: xxx") and len(message) <= protocol.MAX_MESSAGE
     assert protocol.internal_error(KeyError("k")) == "internal error (KeyError: 'k'); see the server log"
+
+
+def test_the_worker_outlives_a_journal_that_fails_for_a_moment(tmp_path, root, song, monkeypatch):
+    """A full disk as the worker journalled "started" killed its thread: every later job was accepted, never run,
+    and pings still said ready."""
+    import errno
+
+    from bridge.jobs import Journal
+
+    real_append, failed = Journal.append, []
+
+    def full_once(self, event):
+        if event["e"] == "started" and not failed:
+            failed.append(event)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, event)
+
+    monkeypatch.setattr(Journal, "append", full_once)
+    server = start_server(tmp_path, root)
+    try:
+        with Client("127.0.0.1", server.port) as client:
+            first = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+            second = client.edit(str(song), 0.0, 1.0, "extract bass", timeout=TIMEOUT)
+        assert failed and Path(first.output_path).is_file() and Path(second.output_path).is_file()
+        assert server.worker.is_alive()
+    finally:
+        server.stop()
+
+
+def test_a_region_grown_past_the_limit_while_queued_is_refused_when_it_runs(tmp_path, root):
+    import threading
+
+    from bridge.jobs import Job
+    from bridge.protocol import EditRequest
+    from bridge.worker import run_job
+
+    source = write_wav(root / "take.wav", seconds=1.0)
+    job = Job(EditRequest("grown", str(source), 0.0, -1.0, "extract drums"), reply_to=None)
+    job.output_path = str(root / "take.extract_drums.wav")
+    write_wav(source, seconds=3.0)  # re-rendered longer after the edit was accepted
+    with pytest.raises(ConfigError, match="the region is now 3 s long .*the limit is 2 s"):
+        run_job(job, FakeEditor(), threading.Event(), lambda f, s: None, max_region_s=2.0)
+    assert not Path(job.output_path).exists()
