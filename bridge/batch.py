@@ -5,7 +5,8 @@ requested edit, resumably.
     imusic batch song.rpp --edit "no drums" -o OUT [--server [HOST:]PORT] [--ray ADDRESS]
 
 One output per (input, edit), mirrored under OUT, at the source's rate and length, written to a temporary name and
-renamed. OUT/manifest.json (rewritten atomically after every pair) records each pair's status, timings, model, seed
+renamed. OUT/manifest.json (each outcome journalled at once, the manifest rewritten atomically every 256 pairs and
+at the end: bridge/manifest.py) records each pair's status, timings, model, seed
 and levels, with the input's size and SHA-256 and the output's size: a rerun skips a pair only when all of those
 still match, and retries failures only with --retry-failed.
 

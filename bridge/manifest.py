@@ -71,7 +71,8 @@ class Manifest:
             self.pairs[str(change["key"])] = change["entry"]
         for output in change.get("unclaim", []):
             self._claimed.pop(output, None)
-        self.server_jobs.extend(change.get("jobs", []))
+        if change.get("jobs"):
+            self.server_jobs.extend(change["jobs"])
 
     def _append(self, change: dict) -> None:
         """Apply a change and append it to the journal, synced; the manifest is rewritten every JOURNAL_FOLD."""
