@@ -302,6 +302,10 @@ def match_level(
         "warnings": [],
     }
     out = result
+
+    def mask_ceiling() -> float:  # mask mode: peaks above the ceiling only where the recording itself had them
+        return max(ceiling_db, true_peak_db(source, sample_rate)) if mode == MASK else ceiling_db
+
     if raw:
         pass
     elif not math.isfinite(model_lufs):
@@ -312,12 +316,9 @@ def match_level(
             else "the model returned silence; no gain applied"
         )
         # the ceiling still holds: at rates of 2-2.5 kHz the meter's filter reads -inf for any music
-        ceiling = max(ceiling_db, true_peak_db(source, sample_rate)) if mode == MASK else ceiling_db
-        out, info["limited"] = limit(result, sample_rate, ceiling)
+        out, info["limited"] = limit(result, sample_rate, mask_ceiling())
     elif mode == MASK and not is_silent(source):  # add on silence: nothing to keep, the default level
-        # the recording's own level; peaks above the ceiling only where the source itself had them
-        ceiling = max(ceiling_db, true_peak_db(source, sample_rate))
-        out, limited = limit(result, sample_rate, ceiling)
+        out, limited = limit(result, sample_rate, mask_ceiling())  # the recording's own level
         info.update(policy="recording", limited=limited)
     else:
         if op in ("extract", "remove"):
