@@ -246,6 +246,13 @@ class ServerBackend:
         self.submitted = {job_ids[p.key] for p in firsts}
 
     def run(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
+        try:
+            yield from self._jobs(pairs, progress)
+        except BaseException:  # refused, no answer, Ctrl-C, the batch stopped: the earlier results set aside come back
+            self._settle(pairs, made=False)
+            raise
+
+    def _jobs(self, pairs: list[Pair], progress: Callable[[Pair, float], None]) -> Iterator[Outcome]:
         from bridge.client import NoReply, RemoteError
 
         # Job ids are unique to this run: the server remembers finished ids, and a rerun must really render again.
@@ -254,11 +261,7 @@ class ServerBackend:
         if self.on_submit is not None:
             self.on_submit(list(job_ids.values()))
         if pairs:
-            try:
-                self._check_edits_on_server(pairs, job_ids)
-            except BaseException:  # refused, no answer, Ctrl-C: the first pairs' earlier results come back
-                self._settle(pairs, made=False)
-                raise
+            self._check_edits_on_server(pairs, job_ids)
         for pair in pairs:
             started = time.monotonic()
             job_id = job_ids[pair.key]
@@ -273,15 +276,12 @@ class ServerBackend:
                 for pending in {job_id, *self.submitted}:
                     with contextlib.suppress(ImusicError, OSError):
                         self.client.send(protocol.CANCEL, pending)
-                self._settle(pairs, made=False)
                 raise
             except NoReply as exc:
                 # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
-                self._settle(pairs, made=False)
                 raise ResourceError(f"{exc}; rerun the same batch command to resume") from None
             except RemoteError as exc:
                 if exc.code in FATAL_REMOTE_CODES:
-                    self._settle(pairs, made=False)
                     raise ConfigError(f"the server refused '{pair.edit}' on {pair.source.rel}: {exc}") from None
                 self._settle([pair], made=False)
                 yield Outcome(pair, error=exc)
