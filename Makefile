@@ -137,7 +137,7 @@ CARRY := .carry
 BUDGET_MINUTES ?= 8.5
 GPU_PACKS ?= $(CARRY)/packs
 GPU_WHEELS := tinysoundfont==0.3.7 soundfile==0.13.1 cffi==2.0.0 pycparser==2.22 pedalboard==0.9.26 mido==1.3.3 \
-	pyloudnorm==0.2.0 importlib_resources==6.5.2
+	importlib_resources==6.5.2
 
 model-gpu-carry: setup
 	mkdir -p $(CARRY)/wheels

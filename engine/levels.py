@@ -6,7 +6,7 @@ after the edit:
   all, so a removed stem leaves the rest of the mix at the level it had and an extracted stem sits at its level in
   the mix; the limiter acts only above the source's own true peak (or the ceiling, whichever is higher).
 - resynth mode (the model's audio, at a level of its own):
-  - add: the result's integrated loudness (ITU-R BS.1770-4 via pyloudnorm) is matched to the source region's;
+  - add: the result's integrated loudness (ITU-R BS.1770-4, engine.loudness) is matched to the source region's;
   - extract and remove: the result is a part of the mix (the stem, or the mix without it) and keeps the level it has
     in the mix. That level is estimated, since the true part is unknown: in the time-frequency bins where the result
     has energy, the part is assumed to dominate the mix, so a low energy-weighted quantile of mix-to-part power
@@ -30,11 +30,12 @@ Everything is float32/float64 numpy [channels, samples]; no torch.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 
+from engine.loudness import GATE_BLOCK_S
+from engine.loudness import integrated_loudness as loudness_of
 from engine.modes import MASK
 
 DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R128's -23 is for finished programmes)
@@ -43,7 +44,6 @@ STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's
 MAX_EXTRA_GAIN_DB = 6.0  # how far past the plain gain the limiter rounds may push to reach a target
 ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; too quiet to measure a level from
 SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
-_BLOCK_SECONDS = 0.4
 _SHORT_TILE_SECONDS = 2.0
 _OVERSAMPLE = 4
 STEM_QUANTILE = 0.25  # of mix-to-stem ratios; chosen on synthesized stems (see estimate_stem_gain_db)
@@ -52,9 +52,10 @@ _HOLD_S = 0.05  # limiter hold after a peak
 _OVERSAMPLE_BELOW = 192000  # rates at and above this are their own true peak (BS.1770 oversamples to >= 192 kHz)
 
 
-def as_channels(audio: np.ndarray) -> np.ndarray:
-    """[N] or [C, N] -> float64 [C, N] (levels and metrics work in float64); ValueError for another shape."""
-    array = np.asarray(audio, dtype=np.float64)
+def as_channels(audio: np.ndarray, dtype: type | None = np.float64) -> np.ndarray:
+    """[N] or [C, N] -> [C, N] of `dtype` (levels and metrics work in float64; None keeps the input's, without a
+    copy); ValueError for another shape."""
+    array = np.asarray(audio, dtype=dtype)
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2:
@@ -102,29 +103,20 @@ def model_input_gain(mono: np.ndarray, target_rms_db: float | None) -> float:
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
-    """Integrated loudness in LUFS of audio [C, N] (or [N]); -inf for silence (nothing above the absolute gate)."""
-    import pyloudnorm
-
-    audio = as_channels(audio)
+    """Integrated loudness in LUFS of audio [C, N] (or [N]); -inf for silence (nothing above the absolute gate).
+    Measured block by block (engine.loudness): the input is never copied whole."""
+    audio = as_channels(audio, dtype=None)
     if audio.size == 0 or not np.any(audio):
         return -math.inf
-    block = int(round(_BLOCK_SECONDS * sample_rate))
+    block = int(round(GATE_BLOCK_S * sample_rate))
     if audio.shape[-1] <= block:
         # Too short for one gating block: measure the clip repeated, i.e. its ungated K-weighted power.
         reps = int(math.ceil(_SHORT_TILE_SECONDS * sample_rate / audio.shape[-1]))
         audio = np.tile(audio, (1, reps))
-    meter = pyloudnorm.Meter(sample_rate, block_size=_BLOCK_SECONDS)
-    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-        warnings.simplefilter("ignore")  # pyloudnorm warns on possible clipping and empty gates
-        if audio.shape[0] <= 5:
-            loudness = meter.integrated_loudness(audio.T)
-        else:
-            # BS.1770 weights beyond 5.0 channels are not in pyloudnorm: sum the channels' powers (weight 1 each).
-            powers = [10 ** (meter.integrated_loudness(ch) / 10) for ch in audio]
-            loudness = 10 * math.log10(sum(powers)) if sum(powers) > 0 else -math.inf
+    loudness = loudness_of(audio, sample_rate)
     if not math.isfinite(loudness) or loudness < ABSOLUTE_GATE_LUFS:
         return -math.inf
-    return float(loudness)
+    return loudness
 
 
 def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:

@@ -61,19 +61,3 @@ def test_a_spent_budget_skips_the_remaining_stages(tmp_path):
     assert gpu_check.main([str(out), "--tiny", "--budget", "1"]) == 0
     report = json.loads((out / "bench.json").read_text())
     assert report["stages"] and all("skipped" in r for r in report["stages"].values())
-
-
-def test_a_python_without_pyloudnorm_imports_it_from_the_carried_wheel(tmp_path, monkeypatch):
-    import sys
-
-    wheel = tmp_path / ".carry" / "wheels" / "pyloudnorm-0.2.0-py3-none-any.whl"
-    wheel.parent.mkdir(parents=True)
-    wheel.write_bytes(b"PK")
-    monkeypatch.setattr(gpu_check, "ROOT", tmp_path)
-    monkeypatch.setitem(sys.modules, "pyloudnorm", None)  # what the device's Python is: an ImportError
-    said = []
-    assert gpu_check._vendor_path(tmp_path / "work", said.append) == str(wheel)
-    assert "carried .carry/wheels/pyloudnorm-0.2.0-py3-none-any.whl" in said[0]
-    wheel.unlink()
-    assert gpu_check._vendor_path(tmp_path / "work", said.append) is None
-    assert "will fail at the levels step" in said[-1]

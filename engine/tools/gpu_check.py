@@ -18,8 +18,8 @@ Stages on the GPU (bf16, CFG on, random weights):
 Estimated on an H200 (startup ~10 s per process): decode ~80 s (cap 120), decode-compile ~45 s, engine-compile
 ~40 s, engine ~15 / 25 / 35 s: about 240 s if everything runs, so the last stages are the ones the budget may cut.
 
-Nothing here needs an audio library: the engine stages edit numpy audio in memory. pyloudnorm (levels) is pure
-Python; when it is missing, a copy found in the repository's .venv (carried with the tree) is put on the path.
+Nothing here needs an audio library or a carried wheel: the engine stages edit numpy audio in memory, and the levels
+need only numpy and scipy (engine.loudness is the project's own meter).
 """
 
 from __future__ import annotations
@@ -151,27 +151,6 @@ def _environment(log: Log, tiny: bool) -> dict[str, Any]:
     return info
 
 
-def _vendor_path(work: Path, log: Log) -> str | None:
-    """What to put on PYTHONPATH for pyloudnorm when this Python lacks it: a copy from a carried .venv, or the
-    carried wheel (.carry, as issue #16's run carries it)."""
-    try:
-        import pyloudnorm  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        return None
-    for found in sorted(ROOT.glob(".venv/lib/python*/site-packages/pyloudnorm")):
-        target = work / "vendor"
-        shutil.copytree(found, target / "pyloudnorm", dirs_exist_ok=True)
-        log(f"pyloudnorm: not installed; using the copy from {found.relative_to(ROOT)}")
-        return str(target)
-    for wheel in sorted(ROOT.glob(".carry/wheels/pyloudnorm-*.whl")):  # `make model-gpu-carry`'s: pure Python,
-        log(f"pyloudnorm: not installed; importing it from the carried {wheel.relative_to(ROOT)}")  # imports as a zip
-        return str(wheel)
-    log("pyloudnorm: not installed and no copy carried: the engine stages will fail at the levels step")
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="folder for bench_log.txt and bench.json")
@@ -195,9 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                    TRANSFORMERS_OFFLINE="1")  # fmt: skip
-        vendor = _vendor_path(work, log)
-        if vendor:
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [vendor, env.get("PYTHONPATH")]))
         if args.tiny:
             env.setdefault("OMP_NUM_THREADS", "1")
         wanted = None if args.only is None else {s.strip() for s in args.only.split(",") if s.strip()}
