@@ -120,11 +120,12 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
 
 
 def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
-    """True peak in dBTP: the peak of the 4x oversampled signal (inter-sample peaks count); -inf for silence."""
-    audio = as_channels(audio)
+    """True peak in dBTP: the peak of the 4x oversampled signal (inter-sample peaks count); -inf for silence.
+    Read block by block: nothing the size of the input is made."""
+    audio = as_channels(audio, dtype=None)
     if audio.size == 0:
         return -math.inf
-    return db(float(_sample_true_peaks(audio, sample_rate).max()))
+    return db(max(float(part.max()) for part in _sample_true_peaks(audio, sample_rate, whole=False)))
 
 
 def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB) -> tuple[np.ndarray, bool]:
@@ -137,12 +138,10 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     compresses 4:1 above -10 dBFS before its own threshold, so it changes the sound of everything loud.
     A final static gain covers any residue from the smoothing, so the ceiling always holds.
     """
-    audio = as_channels(audio)
-    if audio.size == 0:
+    audio = as_channels(audio, dtype=None)
+    if audio.size == 0 or true_peak_db(audio, sample_rate) <= ceiling_db:
         return audio.astype(np.float32), False
     peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked
-    if db(float(peaks.max())) <= ceiling_db:
-        return audio.astype(np.float32), False
     ceiling = 10 ** (ceiling_db / 20)
     ramp = max(1, int(_RAMP_S * sample_rate))
     hold = max(1, int(_HOLD_S * sample_rate))
@@ -156,11 +155,13 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
 
     # block by block (each sample's gain reads the peaks within hold + 2 ramps of it): memory stays a block's
     gain = _blockwise(gain_of, peaks, hold + 2 * ramp + 2)
-    out = audio.astype(np.float32, copy=False) * gain[None]
+    del peaks
+    out = audio * gain[None] if audio.dtype == np.float32 else audio.astype(np.float32) * gain[None]
+    del gain
     peak = true_peak_db(out, sample_rate)
     if peak > ceiling_db:
-        out *= 10 ** ((ceiling_db - peak) / 20) * 0.9999
-    return out.astype(np.float32), True
+        out *= np.float32(10 ** ((ceiling_db - peak) / 20) * 0.9999)
+    return out, True
 
 
 def _window_min(values: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -177,23 +178,28 @@ def _window_min(values: np.ndarray, before: int, after: int) -> np.ndarray:
 _BLOCK = 1 << 18  # samples a blockwise pass works on at once (plus its margins): memory stays a few MB per channel
 
 
-def _blockwise(function, values: np.ndarray, margin: int) -> np.ndarray:
+def _blockwise(function, values: np.ndarray, margin: int, whole: bool = True):
     """`function` of the last axis of `values`, computed on blocks of _BLOCK samples with `margin` samples of context
     either side and joined: the same as `function(values)` wherever an output sample depends only on the input
-    within `margin` of it (away from the ends, where each block's context is the whole signal's)."""
+    within `margin` of it (away from the ends, where each block's context is the whole signal's). whole=False
+    yields the blocks' outputs in order instead of joining them (for a reduction: nothing input-sized is made)."""
     n = values.shape[-1]
     if n <= _BLOCK + 2 * margin:
-        return function(values)
-    parts = []
-    for start in range(0, n, _BLOCK):
-        lo, hi = max(0, start - margin), min(n, start + _BLOCK + margin)
-        parts.append(function(values[..., lo:hi])[..., start - lo : min(n, start + _BLOCK) - lo])
-    return np.concatenate(parts, axis=-1)
+        parts = iter([function(values)])
+    else:
+        parts = (
+            function(values[..., max(0, start - margin) : min(n, start + _BLOCK + margin)])[
+                ..., start - max(0, start - margin) : min(n, start + _BLOCK) - max(0, start - margin)
+            ]
+            for start in range(0, n, _BLOCK)
+        )
+    return np.concatenate(list(parts), axis=-1) if whole else parts
 
 
-def _sample_true_peaks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+def _sample_true_peaks(audio: np.ndarray, sample_rate: int, whole: bool = True):
     """Per sample, the largest |value| of the 4x oversampled signal within one sample of it, over all channels
-    (float32, computed block by block: the oversampled signal of a whole hour would need tens of GB)."""
+    (float32, computed block by block: the oversampled signal of a whole hour would need tens of GB); whole=False:
+    the blocks' peaks one by one (see _blockwise)."""
     from scipy.ndimage import maximum_filter1d
     from scipy.signal import resample_poly
 
@@ -207,7 +213,7 @@ def _sample_true_peaks(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         return peaks
 
     # resample_poly's filter reaches 10 input samples either side (its half length, 10 * the factor, at 4x)
-    return _blockwise(peaks_of, audio, 64)
+    return _blockwise(peaks_of, audio, 64, whole)
 
 
 def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -215,7 +221,7 @@ def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     from scipy.ndimage import uniform_filter1d
     from scipy.signal import stft
 
-    mono = as_channels(audio).mean(axis=0)
+    mono = as_channels(audio, dtype=None).mean(axis=0, dtype=np.float64)  # no float64 copy of every channel
     nperseg = int(2 ** math.ceil(math.log2(max(16, 0.064 * sample_rate))))
     nperseg = min(nperseg, max(16, mono.size))
     _, _, spec = stft(mono, fs=sample_rate, nperseg=nperseg, noverlap=nperseg // 2, boundary="even")
@@ -281,7 +287,7 @@ def match_level(
     `source` is the region the user selected, at the same rate. `info` says which policy was used, the measured
     loudness of source, model output and final result (LUFS, None for silence), the gain and the true peak.
     """
-    result = as_channels(result)
+    result = as_channels(result, dtype=np.float32)  # the result's own samples: float32 from here on
     source_lufs = integrated_loudness(source, sample_rate)
     model_lufs = integrated_loudness(result, sample_rate)
     info: dict[str, Any] = {
@@ -345,7 +351,7 @@ def match_level(
             f"reached {result_lufs:.1f} LUFS instead of {info['target_lufs']:.1f}: limited to stay below "
             f"{ceiling_db:g} dBTP"
         )
-    return out.astype(np.float32), info
+    return out.astype(np.float32, copy=False), info
 
 
 def _reach(
@@ -359,7 +365,7 @@ def _reach(
     gain_db = target - current
     best: tuple[float, np.ndarray, float, bool] | None = None  # (miss in LU, audio, gain, limited)
     for _ in range(rounds):
-        out, did_limit = limit(audio * 10 ** (gain_db / 20), sample_rate, ceiling_db)
+        out, did_limit = limit(audio * np.float32(10 ** (gain_db / 20)), sample_rate, ceiling_db)
         reached = integrated_loudness(out, sample_rate) if did_limit else target
         miss = abs(reached - target) if math.isfinite(reached) else math.inf
         if best is None or miss < best[0]:
@@ -368,4 +374,4 @@ def _reach(
             break
         gain_db = min(gain_db + target - reached, target - current + MAX_EXTRA_GAIN_DB)
     _, out, gain_db, limited = best
-    return out.astype(np.float64), float(gain_db), limited
+    return out, float(gain_db), limited

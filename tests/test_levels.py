@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -349,3 +351,26 @@ def test_the_model_input_gain_brings_the_rms_to_the_training_level_without_passi
     assert model_input_gain(dither, -18.0) == 1.0
     fade = noise * 10 ** (-10 / 20)  # a quiet passage at -50 dBFS: brought up by the most the gain may
     assert 20 * math.log10(model_input_gain(fade, -18.0)) == pytest.approx(MAX_MODEL_INPUT_GAIN_DB)
+
+
+@pytest.mark.parametrize(("mode", "op", "bound"), [(MASK, "remove", 3.0), (RESYNTH, "add", 5.0)])
+def test_levelling_a_long_region_holds_a_few_copies_of_it_at_most(mode, op, bound):
+    """The levels of a long region: the loudness meter, the true peak and the limiter work block by block, in
+    float32; before, the meter's float64 copies and whole-signal peaks made 8x (mask) and 11x (resynth add)."""
+    rate = 48000
+    rng = np.random.default_rng(0)
+    small = rng.standard_normal((2, rate)).astype(np.float32)
+    match_level(small * 3, small, rate, op, mode=mode)  # the first call's imports are not the signal's memory
+    source = (rng.standard_normal((2, rate * 45)) * 0.3).astype(np.float32)
+    result = source * np.float32(3)  # over the ceiling: the limiter runs too
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        out, info = match_level(result, source, rate, op, mode=mode)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info["limited"] and out.dtype == np.float32
+    assert peak < bound * source.nbytes, (
+        f"{peak / source.nbytes:.1f}x the region ({time.perf_counter() - started:.1f} s)"
+    )
