@@ -28,12 +28,14 @@ job id: its state (accepted, fraction, output_path, code) follows the replies, a
 REAPER action calls send_edit() once per job, then follow() from each deferred run and reads the tracker.
 
 Resending an edit with the same job id never runs it twice (the server answers with the job's current state), so
-submit() may be repeated after a timeout without harm.
+submit() may be repeated after a timeout without harm when it is given the same job_id (without one, each call is a
+new job).
 """
 
 from __future__ import annotations
 
 import os
+import selectors
 import socket
 import time
 from collections.abc import Callable
@@ -87,10 +89,14 @@ class Client:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((local_bind_host(host), 0))
         self._sock.setblocking(False)
+        # a selector, not select.select: that one fails on descriptors past 1024 (a large REAPER session's)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock, selectors.EVENT_READ)
         self._backlog: list[Reply] = []  # replies read during a blocking wait that the wait did not consume
         self.tracker = tracking.ReplyTracker()  # every edit this client submitted, by job id
 
     def close(self) -> None:
+        self._selector.close()
         self._sock.close()
 
     def __enter__(self) -> Client:
@@ -107,14 +113,11 @@ class Client:
 
     def _read(self, timeout: float) -> list[Reply]:
         """Replies that arrive within `timeout` seconds (0: only those already there)."""
-        import select
-
         replies: list[Reply] = []
         deadline = time.monotonic() + timeout
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self._sock], [], [], remaining if not replies else 0.0)
-            if not ready:
+            if not self._selector.select(remaining if not replies else 0.0):
                 return replies
             try:
                 datagram, _ = self._sock.recvfrom(protocol.MAX_PACKET + 1)
@@ -160,15 +163,13 @@ class Client:
 
     def ping(self, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         """/imusic/ping -> /imusic/pong version model device state."""
-        return self._request(protocol.PING, (), lambda r: r.address in (protocol.PONG, protocol.ERROR), timeout)
+        return self._request(protocol.PING, (), _about_server(protocol.PONG), timeout)
 
     def status(self, job_id: str | None = None, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         """A job's /imusic/state, or the server's /imusic/server_status when job_id is None."""
         if job_id:
             return self._request(protocol.STATUS, (job_id,), _about(job_id, protocol.STATE), timeout)
-        return self._request(
-            protocol.STATUS, (), lambda r: r.address in (protocol.SERVER_STATUS, protocol.ERROR), timeout
-        )
+        return self._request(protocol.STATUS, (), _about_server(protocol.SERVER_STATUS), timeout)
 
     def cancel(self, job_id: str, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         """Cancel a queued or running job; returns its /imusic/state (cancelled, cancelling, or already final)."""
@@ -181,8 +182,7 @@ class Client:
         return self._request(protocol.PREVIEW, (job_id, which), _about(job_id, protocol.PREVIEWING), timeout)
 
     def stop_preview(self, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
-        match = lambda r: r.address in (protocol.PREVIEW_STOPPED, protocol.ERROR)  # noqa: E731
-        return self._request(protocol.STOP_PREVIEW, (), match, timeout)
+        return self._request(protocol.STOP_PREVIEW, (), _about_server(protocol.PREVIEW_STOPPED), timeout)
 
     def submit(
         self,
@@ -249,7 +249,7 @@ class Client:
         timeout: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
         resend_after: float = 1.0,
-        give_up_after: float | None = None,
+        give_up_after: float | None = tracking.GIVE_UP_AFTER_S,
     ) -> JobResult:
         """Block until the job is done; RemoteError if it failed or was cancelled, NoReply on timeout.
 
@@ -257,8 +257,8 @@ class Client:
         idempotent), which covers a lost datagram or a server that was restarting; once accepted, a silent server is
         asked for the job's state every few seconds instead. A job this client did not submit is only asked about.
         `give_up_after`: NoReply once the server has said nothing at all about the job for that many seconds of this
-        wait (it died or hangs; None waits for a restart). Silence before the wait does not count: a job queued behind
-        another that this client was waiting on was not asked about meanwhile.
+        wait (it died or hangs, or none ever answered; None waits for a restart for ever). Silence before the wait
+        does not count: a job queued behind another that this client was waiting on was not asked about meanwhile.
         """
         waiting_since = time.monotonic()
         deadline = None if timeout is None else waiting_since + timeout
@@ -340,12 +340,19 @@ class Client:
         on_progress: Callable[[float, str], None] | None = None,
         mode: str = "",
     ) -> JobResult:
-        """submit() then wait(): the blocking call for scripts and the CLI."""
+        """submit(), wait_accepted() (NoReply within tracking.ANSWER_WITHIN_S when no engine is there; RemoteError
+        when it refuses the edit), then wait(): the blocking call for scripts and the CLI. `timeout` bounds the
+        whole job."""
+        started = time.monotonic()
         job_id = self.submit(
             input_path, start_s, end_s, instruction, output_path=output_path, seed=seed, takes=takes, job_id=job_id,
             mode=mode,
         )  # fmt: skip
-        return self.wait(job_id, timeout=timeout, on_progress=on_progress)
+        (job,) = self.wait_accepted([job_id])
+        if job.code:
+            raise RemoteError(job.error or f"job {job_id} {job.code}", job.code, job_id)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return self.wait(job_id, timeout=left, on_progress=on_progress)
 
 
 def _absolute_output(path: str | os.PathLike) -> str:
@@ -354,6 +361,12 @@ def _absolute_output(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     absolute = os.path.abspath(os.path.expanduser(path))
     return absolute + os.sep if path.endswith(("/", os.sep)) and not absolute.endswith(os.sep) else absolute
+
+
+def _about_server(address: str) -> Callable[[Reply], bool]:
+    # the answer to a request about no job, or an error about no job: a job's error waiting on the socket is its
+    # tracker's (poll() hands it on), not this request's answer
+    return lambda r: r.address == address or (r.address == protocol.ERROR and not r.job_id)
 
 
 def _about(job_id: str, address: str) -> Callable[[Reply], bool]:

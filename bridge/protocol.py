@@ -220,8 +220,8 @@ def encode(address: str, *args: Any) -> bytes:
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_INT)
         elif isinstance(value, float):
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_DOUBLE)
-        elif isinstance(value, str):
-            builder.add_arg(shown_path(value), OscMessageBuilder.ARG_TYPE_STRING)
+        elif isinstance(value, str):  # a NUL would end the string early: it goes as \x00, as other bytes do
+            builder.add_arg(shown_path(value).replace("\x00", "\\x00"), OscMessageBuilder.ARG_TYPE_STRING)
         elif isinstance(value, bytes):
             builder.add_arg(value, OscMessageBuilder.ARG_TYPE_BLOB)
         elif value is None:
@@ -471,6 +471,8 @@ def _convert(address: str, index: int, spec: Arg, value: Any) -> Any:
         raise RequestError(f"{where} must be a string, got {_short(value)}")
     if len(value) > spec.max_len:
         raise RequestError(f"{where} is {len(value)} characters long; the limit is {spec.max_len}")
+    if "\x00" in value:  # an OSC string ends at its first NUL: the rest would be read as the next arguments
+        raise RequestError(f"{where} holds a NUL character, which an OSC string cannot carry: {_short(value)}")
     check_text_path(value, where, RequestError)  # OSC strings are UTF-8: a file name of other bytes cannot travel
     return value
 

@@ -28,8 +28,9 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
         "--timeout",
         type=wait_option,
         default=argparse.SUPPRESS if suppress else None,
-        help=f"seconds to wait for an answer (default {tracking.ANSWER_WITHIN_S:g}; edit: no limit while the server "
-        f"answers, {tracking.GIVE_UP_AFTER_S:g} s of silence end it)",
+        help=f"seconds to wait for an answer (default {tracking.ANSWER_WITHIN_S:g}); edit: seconds to wait for the "
+        f"whole job, which runs on if they pass (default: no limit while the server answers, "
+        f"{tracking.GIVE_UP_AFTER_S:g} s of silence end it)",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print replies as JSON"
@@ -107,14 +108,14 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         args.input, args.start, args.end, args.instruction, output_path=args.output, seed=args.seed, takes=args.takes,
         job_id=args.job_id, mode=args.mode,
     )  # fmt: skip
-    (job,) = client.wait_accepted([job_id], short, max(short, tracking.ACCEPT_WITHIN_S))
-    if job.code:
-        raise RemoteError(job.error, job.code, job_id)
-    if args.no_wait:
-        print(job_id)
-        return 0
     bar = JobProgress()
-    try:
+    try:  # Ctrl-C cancels the job, whether or not the engine has taken it yet (it cancels an edit still checked too)
+        (job,) = client.wait_accepted([job_id], short, max(short, tracking.ACCEPT_WITHIN_S))
+        if job.code:
+            raise RemoteError(job.error, job.code, job_id)
+        if args.no_wait:
+            print(job_id)
+            return 0
         # a server that died or hangs is said in one line, as batch and the REAPER actions say it, not waited on forever
         result = client.wait(job_id, timeout=args.timeout, on_progress=bar, give_up_after=tracking.GIVE_UP_AFTER_S)
     except KeyboardInterrupt:

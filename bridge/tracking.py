@@ -9,7 +9,11 @@ UDP may drop any datagram and a server may restart, so while a job is not final:
 - not yet accepted and silent for `resend_after` seconds: resend the edit (job ids make resends harmless);
 - accepted and silent for `status_after` seconds: ask for its state;
 - the server says it has no such job (state `unknown`): resend the edit, if we have it; a job we only watch
-  (`watch`, submitted by someone else) ends with `unknown_job`.
+  (`watch`, submitted by someone else) ends with `unknown_job`;
+- the server's queue is full (`queue_full`, "resend later"): the edit is not refused for good; it is resent every
+  `resend_after` seconds until the engine takes it;
+- its end is heard from a `/state` (the `/done` was lost, or went to a later sender of the same id): the edit is
+  resent once, which the server answers from its book with the `/done` and the result's info.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ ANSWER_WITHIN_S = 3.0
 # How long an engine that answers pings may take to accept an edit: it journals each job (fsync) before it answers
 # /accepted, and a slow or busy disk takes longer than a ping.
 ACCEPT_WITHIN_S = 30.0
+WAITING_FOR_QUEUE = "waiting for a place in the engine's queue"  # the stage of an edit refused with queue_full
 
 
 def not_answering(host: str, port: int) -> str:
@@ -69,6 +74,7 @@ class TrackedJob:
     code: str = ""  # the wire error code, or "cancelled", when the job failed or was cancelled
     error: str = ""  # the engine's words
     replies: int = 0  # how many replies about it arrived
+    outcome_asked: bool = False  # its end was heard without its info, and the edit resent once to hear it whole
 
     @property
     def final(self) -> bool:
@@ -112,10 +118,23 @@ class ReplyTracker:
             job.accepted = True
             if reply.address == protocol.PROGRESS:
                 job.fraction, job.stage = reply.fraction, reply.stage
+        elif (
+            reply.address == protocol.STATE
+            and reply.state == protocol.DONE_STATE
+            and job.request is not None
+            and not job.outcome_asked
+        ):
+            # done, but a /state carries no info (seed, levels, warnings): the edit resent now is answered with /done
+            job.outcome_asked = True
+            job.accepted, job.fraction, job.stage = False, 1.0, reply.message
+            job.heard = job.asked = now - self.resend_after
         elif reply.address == protocol.DONE or (reply.address == protocol.STATE and reply.state == protocol.DONE_STATE):
             job.accepted = True
             job.output_path = reply.output_path or (job.request.output_path if job.request else "")
             job.info = reply.info
+        elif reply.address == protocol.ERROR and reply.code == protocol.QUEUE_FULL and job.request is not None:
+            # "resend later": the engine took none of it; the next tick sends it again
+            job.accepted, job.stage = False, WAITING_FOR_QUEUE
         elif reply.address == protocol.ERROR:
             job.code, job.error = reply.code or "error", reply.message
         elif reply.address == protocol.STATE:
@@ -135,8 +154,9 @@ class ReplyTracker:
                     job.accepted, job.stage = False, ""
                     job.heard = job.asked = now - self.resend_after
             else:
-                # queued or running, in the server's book; or still being checked, not yet (it is resent meanwhile)
-                job.accepted = reply.message != protocol.CHECKING
+                # queued or running, in the server's book; or still being checked, not yet (it is resent meanwhile;
+                # a watched job cannot be resent: its state is asked for again, as an accepted job's is)
+                job.accepted = reply.message != protocol.CHECKING or job.request is None
                 job.fraction, job.stage = reply.fraction, reply.message
         return job
 

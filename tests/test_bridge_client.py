@@ -11,7 +11,7 @@ from test_bridge_support import ResetOnce, ScriptedEngine, imported_by, write_wa
 
 from bridge import __version__, protocol, tracking
 from bridge.cli import main
-from bridge.client import Client, RemoteError
+from bridge.client import Client, NoReply, RemoteError
 from engine.errors import ConfigError
 
 TIMEOUT = 10.0
@@ -163,16 +163,14 @@ def test_importing_the_client_does_not_import_torch():
 
 def test_poll_never_waits_for_the_socket(server, monkeypatch):
     """REAPER's defer loop calls poll(): every look at the socket must be one that returns at once."""
-    import select
-
-    waits, real_select = [], select.select
-
-    def spying_select(readers, writers, errors, timeout):
-        waits.append(timeout)
-        return real_select(readers, writers, errors, timeout)
-
-    monkeypatch.setattr(select, "select", spying_select)
     with Client("127.0.0.1", server.port) as client:
+        waits, real_select = [], client._selector.select
+
+        def spying_select(timeout=None):
+            waits.append(timeout)
+            return real_select(timeout)
+
+        monkeypatch.setattr(client._selector, "select", spying_select)
         assert client.poll() == []
         client.ping(timeout=2.0)  # a pong to read: the next poll reads it, and looks again without waiting
         assert waits and any(wait > 0 for wait in waits)  # the spy sees the blocking wait of ping
@@ -468,3 +466,79 @@ def test_send_edit_waits_for_a_slow_acceptance_from_an_engine_that_answers_and_s
     assert "answers but did not accept job" in err and "within 2 s" in err and "imusic send status" in err
     assert main(["send", "--host", "127.0.0.1", "--port", "9", "--timeout", "0.3", "edit", str(song), "x y"]) == 1
     assert tracking.not_answering("127.0.0.1", 9) in capsys.readouterr().err  # nobody there: as everywhere
+
+
+def test_an_edit_with_no_engine_there_says_so_instead_of_resending_for_ever(tmp_path):
+    with ScriptedEngine(lambda address, args, count: []) as nobody, Client("127.0.0.1", nobody.port) as client:
+        started = time.monotonic()
+        with pytest.raises(NoReply, match="no imusic engine answers"):
+            client.edit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums")
+    assert time.monotonic() - started < tracking.ANSWER_WITHIN_S + 5
+
+
+def test_a_jobs_error_waiting_on_the_socket_is_not_taken_for_a_pings_or_statuss_answer(tmp_path):
+    """The refusal of an edit arrives before the pong: it is that job's, for its tracker, not the ping's failure."""
+
+    def refuse_edits_answer_the_rest(address, args, count):
+        if address == protocol.EDIT:
+            return [(protocol.ERROR, [args[0], "bad_instruction", "no such stem: kazoo"])]
+        if address == protocol.PING:
+            return [(protocol.PONG, ["0", "m", "cpu", protocol.READY])]
+        if address == protocol.STATUS:
+            return [(protocol.SERVER_STATUS, ["0", "m", "cpu", protocol.READY, 0, ""])]
+        return []
+
+    with ScriptedEngine(refuse_edits_answer_the_rest) as engine, Client("127.0.0.1", engine.port) as client:
+        for job_id, ask in (("a", client.ping), ("b", client.status)):
+            client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "add kazoo", job_id=job_id)
+            time.sleep(0.2)  # the refusal is on the socket before the request goes
+            assert ask(timeout=TIMEOUT).address in (protocol.PONG, protocol.SERVER_STATUS)
+            client.follow()
+            assert client.tracker.jobs[job_id].code == "bad_instruction"
+
+
+def test_a_nul_in_a_string_is_refused_before_it_could_shift_the_arguments_after_it(tmp_path):
+    with Client("127.0.0.1", 9) as client, pytest.raises(protocol.RequestError, match="NUL character"):
+        client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums\x00xyz")
+    # a reply holding one (an exception's words) goes whole, the NUL spelled out
+    ((address, args),) = protocol.decode(protocol.encode(protocol.ERROR, "a", "x", "bad\x00name", 3))
+    assert args == ["a", "x", "bad\\x00name", 3]
+
+
+def test_a_client_works_on_a_descriptor_past_1024(server):
+    """A large REAPER session holds over a thousand files open: select.select() refuses such descriptors."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if (hard if hard != resource.RLIM_INFINITY else 4096) < 1100:
+        pytest.skip("this machine allows fewer than 1100 open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard if hard != resource.RLIM_INFINITY else 2048), hard))
+    held = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with Client("127.0.0.1", server.port) as client:
+            assert client._sock.fileno() > 1024
+            assert client.ping(timeout=TIMEOUT).address == protocol.PONG
+            assert client.poll() == []
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_send_edit_interrupted_before_the_engine_took_it_still_cancels_it(tmp_path, monkeypatch, capsys):
+    def hear_everything(address, args, count):
+        return []
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    song = write_wav(tmp_path / "song.wav", seconds=1.0)
+    monkeypatch.setattr(Client, "wait_accepted", interrupted)  # Ctrl-C while the input is still being checked
+    with ScriptedEngine(hear_everything) as engine:
+        code = main(["send", "--port", str(engine.port), "edit", str(song), "extract drums", "--job-id", "j1"])
+        deadline = time.monotonic() + TIMEOUT
+        while protocol.CANCEL not in [address for address, _ in engine.requests] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert code == 130 and (protocol.CANCEL, ["j1"]) in engine.requests
+    assert "cancel sent for job j1" in capsys.readouterr().err

@@ -108,7 +108,52 @@ def test_a_done_state_without_a_path_falls_back_to_the_requested_output():
     tracker = ReplyTracker()
     tracker.submit(request(output_path="/asked.wav"), now=0.0)
     tracker.handle(Reply(protocol.STATE, ["a", protocol.DONE_STATE, 1.0, ""]), now=1.0)
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.DONE_STATE, 1.0, ""]), now=2.0)  # the resend heard the same
     assert tracker.jobs["a"].output_path == "/asked.wav"
+
+
+def test_an_end_heard_from_a_state_resends_the_edit_once_to_hear_its_info():
+    # the /done was lost (or went to a later sender): a /state says done but carries no seed, levels or warnings
+    tracker = ReplyTracker(resend_after=1.0)
+    tracker.submit(request(), now=0.0)
+    tracker.handle(Reply(protocol.ACCEPTED, ["a", 0]), now=0.5)
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.DONE_STATE, 1.0, ""]), now=10.0)
+    assert not tracker.jobs["a"].final
+    assert tracker.tick(now=10.0) == [(RESEND, "a")]  # at once: the server answers it from its book
+    tracker.handle(Reply(protocol.ACCEPTED, ["a", 0]), now=10.1)
+    tracker.handle(Reply(protocol.DONE, ["a", "/out.wav", '{"seed": 7}']), now=10.1)
+    job = tracker.jobs["a"]
+    assert job.done and job.output_path == "/out.wav" and job.info == {"seed": 7}
+
+
+def test_a_watched_job_ends_on_its_done_state():
+    tracker = ReplyTracker()
+    tracker.watch("a", now=0.0)
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.DONE_STATE, 1.0, "/out.wav"]), now=1.0)
+    assert tracker.jobs["a"].done and tracker.jobs["a"].output_path == "/out.wav"
+
+
+def test_a_full_queue_is_waited_out_by_resending_not_a_failure():
+    tracker = ReplyTracker(resend_after=1.0)
+    tracker.submit(request(), now=0.0)
+    tracker.handle(Reply(protocol.ERROR, ["a", protocol.QUEUE_FULL, "the queue is full (64 jobs waiting)"]), now=0.1)
+    job = tracker.jobs["a"]
+    assert not job.final and not job.accepted and "queue" in job.stage
+    assert tracker.tick(now=0.5) == []
+    assert tracker.tick(now=1.2) == [(RESEND, "a")]
+    tracker.handle(Reply(protocol.ACCEPTED, ["a", 63]), now=1.3)
+    assert job.accepted and not job.final
+    # the same code about a job only watched (never sent from here) cannot be resent: it ends it
+    tracker.watch("b", now=0.0)
+    tracker.handle(Reply(protocol.ERROR, ["b", protocol.QUEUE_FULL, "full"]), now=0.1)
+    assert tracker.jobs["b"].code == protocol.QUEUE_FULL
+
+
+def test_a_watched_job_still_being_checked_is_asked_about_again():
+    tracker = ReplyTracker(resend_after=1.0)
+    tracker.watch("a", now=0.0)
+    tracker.handle(Reply(protocol.STATE, ["a", protocol.QUEUED, 0.0, protocol.CHECKING]), now=0.1)
+    assert tracker.tick(now=1.2) == [(STATUS, "a")]
 
 
 @pytest.mark.parametrize(
@@ -172,6 +217,9 @@ def test_a_job_ends_on_done_or_error_and_on_a_final_state_alike(reply):
     tracker = ReplyTracker()
     tracker.submit(request(), now=0.0)
     tracker.handle(reply, now=1.0)
+    if reply.state == protocol.DONE_STATE:  # its info is asked for once (the edit resent); the answer is the same
+        assert not tracker.jobs["a"].final
+        tracker.handle(reply, now=2.0)
     assert tracker.jobs["a"].final and tracker.pending() == []
 
 

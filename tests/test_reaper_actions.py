@@ -248,20 +248,20 @@ def test_the_deferred_loop_starts_with_host_functions_that_only_the_scripts_glob
 def test_the_action_and_its_deferred_rounds_never_wait_on_the_engine(harness, source_file, monkeypatch):
     """REAPER's UI thread runs them: they only look at the socket (select with no wait), never wait on it, and never
     sleep."""
-    import select
+    import selectors
 
     def blocking(*args, **kwargs):
         raise AssertionError("a REAPER action called a blocking client method")
 
     for name in ("wait", "wait_for", "_request"):
         monkeypatch.setattr(Client, name, blocking)
-    waits, real_select = [], select.select
+    waits, real_select = [], selectors.DefaultSelector.select
 
-    def looking(readers, writers, errors, timeout):
+    def looking(self, timeout=None):  # every look at the client's socket
         waits.append(timeout)
-        return real_select(readers, writers, errors, timeout)
+        return real_select(self, timeout)
 
-    monkeypatch.setattr(select, "select", looking)
+    monkeypatch.setattr(selectors.DefaultSelector, "select", looking)
     real_sleep = time.sleep
 
     def sleep(seconds):
