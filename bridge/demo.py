@@ -306,6 +306,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DEMO_MARK = ".imusic-demo"  # in a folder the demo writes: a rerun may replace what an earlier demo left there
+
+
+def _check_folder(out: Path) -> None:
+    """ConfigError unless `out` is new, empty, or an earlier demo's (its mark, or the server log and input of a demo
+    from before the mark): the demo replaces input.wav, truth/*.wav and its result names, which a producer's own
+    folder may hold."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"the output {out} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / DEMO_MARK).exists() or ((out / LOG_NAME).is_file() and (out / "input.wav").is_file()):
+        return
+    raise ConfigError(
+        f"{out} holds files no earlier demo wrote, and the demo replaces the files it writes there (input.wav, "
+        "truth/, the results): give it a new or empty folder"
+    )
+
+
 def _clear_previous(out: Path, names: list[str]) -> None:
     # Only what the demo itself writes: a rerun into the same folder starts clean, nothing else is touched.
     for name in ["input.wav", "before_after.png", LOG_NAME, *names]:
@@ -325,8 +344,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
     model_path = check_model(args.model)  # first: a missing model is one line, before any work
     out = Path(args.out).expanduser().resolve()
+    _check_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / DEMO_MARK).touch()
     except OSError as exc:
         raise ConfigError(f"cannot create the output folder {out}: {exc}") from None
     edits = [edit.strip() for edit in args.edit or [] if edit.strip()]

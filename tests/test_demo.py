@@ -239,3 +239,27 @@ def test_the_held_out_song_keeps_only_the_stems_the_model_knows():
     assert sorted(clip.stems) == kept
     np.testing.assert_allclose(clip.audio, np.sum(list(clip.stems.values()), axis=0), atol=1e-6)
     assert sorted(demo.render_clip(2.0, 0, keep=["no such stem"]).stems) == sorted(everything.stems)
+
+
+def test_a_folder_of_the_producers_own_files_is_refused_before_anything_is_replaced(tmp_path, capsys):
+    from bridge.cli import main
+
+    mine = tmp_path / "myproj"
+    (mine / "truth").mkdir(parents=True)
+    for name in ("input.wav", "truth/drums.wav", "remove_bass.wav"):
+        (mine / name).write_bytes(b"a producer's take")
+    assert main(["demo", "-o", str(mine), "--seconds", "1", "--edit", "remove bass"]) == 1
+    assert "holds files no earlier demo wrote" in capsys.readouterr().err
+    assert all((mine / name).read_bytes() == b"a producer's take" for name in ("input.wav", "truth/drums.wav"))
+    assert main(["demo", "-o", str(mine / "input.wav")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_rerun_into_an_earlier_demos_folder_is_allowed(demo_run):
+    from bridge.demo import DEMO_MARK, _check_folder
+
+    _, out = demo_run
+    assert (out / DEMO_MARK).exists()
+    _check_folder(out)  # no error: its own folder
+    (out / DEMO_MARK).unlink()
+    _check_folder(out)  # a demo's from before the mark: its server log and input
