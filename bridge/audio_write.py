@@ -253,7 +253,7 @@ def unique_result_path(
     taken = {os.path.normcase(os.path.abspath(p)) for p in reserved}
     taken.add(os.path.normcase(os.path.abspath(input_path)))
     stem, n = candidate.stem, 1
-    while candidate.exists() or os.path.normcase(os.path.abspath(candidate)) in taken:
+    while os.path.lexists(candidate) or os.path.normcase(os.path.abspath(candidate)) in taken:
         n += 1
         candidate = candidate.with_name(f"{stem}-{n}.wav")
     return candidate

@@ -64,7 +64,7 @@ def choose_output(input_path: Path, instruction: str, output: str | None, force:
         target = result_file_path(output)
         if _same_file(target, input_path) or target.resolve() == input_path.resolve():
             raise ConfigError(f"{target} is the input file: choose another output, the input is never overwritten")
-        if target.exists() and not force:
+        if os.path.lexists(target) and not force:  # a link to nowhere is a name taken too
             raise ConfigError(f"{target} exists: choose another name or pass --force to replace it")
     except (OSError, RuntimeError) as exc:  # a name too long for the file system, a loop of symbolic links
         raise ConfigError(f"cannot write to {output}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -139,10 +139,17 @@ def run(args: argparse.Namespace) -> int:
     parsed = editor.parse(args.instruction)  # an unknown instruction or mode fails here, before any compute
     check_mode(parsed.op, args.mode)
     progress = JobProgress("editing", enabled=not args.no_progress and sys.stderr.isatty())
+    from bridge.audio_write import names_folder
+
+    # A name this command chose (no -o, or -o FOLDER) that another run took meanwhile: the next free one, as the
+    # server does; a name the user gave is theirs, and is only replaced with --force.
+    chosen_here = not args.output or names_folder(os.path.expanduser(args.output))
     try:
         done = edit_region(
             editor, input_path, args.start, args.end, args.instruction, output,
             options=EditOptions.from_args(args), overwrite=args.force, progress=progress,
+            on_exists=(lambda _taken: choose_output(input_path, args.instruction, args.output, False))
+            if chosen_here else None,
         )  # fmt: skip
     except FileExistsError:
         raise ConfigError(f"{output} appeared while editing: choose another name or pass --force") from None

@@ -311,3 +311,34 @@ def test_an_output_folder_under_home_is_a_folder_there_not_a_folder_named_tilde(
     assert into_folder.parent == tmp_path / "home" / "stems" and into_folder.suffix == ".wav"
     assert choose_output(song, "extract drums", "~/drums", force=False) == tmp_path / "home" / "drums.wav"
     assert not (tmp_path / "~").exists()
+
+
+def test_a_name_chosen_here_that_another_run_took_meanwhile_gives_the_next_free_one(
+    song, tiny_model_dir, monkeypatch, capsys
+):
+    """Two `imusic edit` runs of one input without -o: the second to finish used to throw its edit away."""
+    from engine.editor import Editor
+
+    chosen = song.parent / "results" / "song.extract_drums.wav"
+    real_edit = Editor.edit
+
+    def another_run_finishes_first(self, *args, **kwargs):
+        chosen.parent.mkdir(exist_ok=True)
+        chosen.write_bytes(b"the other run's result")
+        return real_edit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Editor, "edit", another_run_finishes_first)
+    assert edit(song, tiny_model_dir) == 0
+    written = Path(capsys.readouterr().out.strip())
+    assert written == chosen.with_name("song.extract_drums-2.wav") and sf.info(written).frames == int(1.5 * RATE)
+    assert chosen.read_bytes() == b"the other run's result"
+
+
+def test_a_link_to_nowhere_at_the_output_is_a_taken_name_said_before_the_model_loads(
+    song, tmp_path, capsys, no_model_load
+):
+    dangling = tmp_path / "dl.wav"
+    dangling.symlink_to(tmp_path / "nowhere" / "x.wav")
+    assert edit(song, Path("unused"), "-o", str(dangling)) == 1
+    assert "exists: choose another name or pass --force" in capsys.readouterr().err
+    assert dangling.is_symlink()
