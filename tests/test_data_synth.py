@@ -201,3 +201,19 @@ def test_an_unreadable_midi_file_is_skipped_and_reported(tmp_path):
     report = synthesize(tmp_path / "out", 2, seconds=2.0, sample_rate=RATE, midi_dir=tmp_path / "midi", progress=False)
     assert report.tracks == 1
     assert [(track, reason.split(":")[0]) for track, reason in report.skipped] == [("Track00002", "unreadable MIDI")]
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 1e-6, 0.0, -1.0])
+def test_a_song_length_that_is_not_a_number_or_holds_no_note_is_refused_in_one_line(tmp_path, seconds):
+    with pytest.raises(ConfigError, match="--seconds must be a number of at least"):
+        synthesize(tmp_path / "x", 1, seed=0, seconds=seconds, sample_rate=RATE, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_set_where_no_track_could_be_made_is_not_marked_complete(tmp_path):
+    (tmp_path / "midi").mkdir()
+    (tmp_path / "midi" / "bad.mid").write_bytes(b"not a MIDI file")
+    out = tmp_path / "data"
+    with pytest.raises(DataError, match="no track could be made"):
+        synthesize(out, 1, seed=0, seconds=2.0, sample_rate=RATE, midi_dir=tmp_path / "midi", progress=False)
+    assert json.loads((out / "dataset.json").read_text())["complete"] is False

@@ -8,6 +8,7 @@ generator seeded by (seed, track number): the same seed gives the same files, an
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ FORMAT_VERSION = 1
 _LEVEL_DB = {"Drums": -18.0, "Bass": -19.0}
 _DEFAULT_LEVEL_DB = -21.0
 MIX_PEAK = 0.95  # a mix, and the demo's stereo song, peak at most here (its stems scaled with it)
+
+MIN_SONG_SECONDS = 0.25  # shorter holds no note to render (1e-6 s: an empty array deep in the mixing)
 
 
 @dataclass
@@ -249,8 +252,8 @@ def synthesize(
     """
     if tracks < 1:
         raise ConfigError("--tracks must be at least 1")
-    if seconds <= 0:
-        raise ConfigError("--seconds must be positive")
+    if not (math.isfinite(seconds) and seconds >= MIN_SONG_SECONDS):  # NaN passed a "<= 0" check
+        raise ConfigError(f"--seconds must be a number of at least {MIN_SONG_SECONDS:g}, got {seconds:g}")
     if not 8000 <= sample_rate <= 96000:
         raise ConfigError(f"--sample-rate {sample_rate} is outside 8000-96000 Hz")
     if workers < 1:
@@ -336,7 +339,7 @@ def synthesize(
     songs = dict(sorted(songs.items()))
     meta = {
         **settings,
-        "complete": True,
+        "complete": report.tracks > 0,  # a set of no track is not done: a rerun tries again
         "tracks": report.tracks,
         "split": _split_suggestion(sorted(songs), seed),
         "songs": songs,
