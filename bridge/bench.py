@@ -26,10 +26,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import takes_option
+from bridge.cli import channels_option, count_option, rate_option, takes_option, wait_option
 from engine.editor import STEP_NAMES
 from engine.eval.acceptance import REGION_CHANNELS, REGION_RATE
-from engine.files import write_json_atomic
+from engine.files import report_path, write_json_atomic
 from engine.model.config import PRESETS
 
 SHAPES = tuple(PRESETS)  # tiny, small, medium, large
@@ -40,18 +40,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--seconds", type=float, default=None,
+    parser.add_argument("--seconds", type=wait_option, default=None,
                         help="region length (default 10 s; 30 s with --shape)")  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=5, help="jobs to time (default 5)")
+    parser.add_argument("--jobs", type=count_option, default=5, help="jobs to time (default 5)")
     parser.add_argument(
-        "--sample-rate", type=int, default=REGION_RATE, help=f"rate of the test file (default {REGION_RATE})"
+        "--sample-rate", type=rate_option, default=REGION_RATE, help=f"rate of the test file (default {REGION_RATE})"
     )
     parser.add_argument(
-        "--channels", type=int, default=REGION_CHANNELS, help=f"channels of the test file (default {REGION_CHANNELS})"
-    )
+        "--channels", type=channels_option, default=REGION_CHANNELS,
+        help=f"channels of the test file (default {REGION_CHANNELS})",
+    )  # fmt: skip
     parser.add_argument("--shape", default=None, choices=SHAPES,
                         help="time the Editor's real-time factor on a random model of this shape instead")  # fmt: skip
-    parser.add_argument("--edits", type=int, default=2, help="edits with --shape: the first is timed apart (default 2)")
+    parser.add_argument(
+        "--edits", type=count_option, default=2, help="edits with --shape: the first is timed apart (default 2)"
+    )
     parser.add_argument("--step", default=None, choices=STEP_NAMES,
                         help="CUDA decode step with --shape (default: the engine's, generate.CUDA_STEP)")  # fmt: skip
     parser.add_argument("--takes", type=takes_option, default=1, help="takes per edit with --shape (default 1)")
@@ -239,11 +242,8 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         raise ConfigError("--shape builds a random model: give --shape or --model, not both")
-    if args.edits < 1:
-        raise ConfigError("--edits must be at least 1")
     seconds = 30.0 if args.seconds is None else args.seconds
-    if seconds <= 0:
-        raise ConfigError("--seconds must be positive")
+    json_path = report_path(args.json, ".json", "--json") if args.json else None  # before the minutes of measuring
     device = resolve_device(args.device)
     started = time.perf_counter()
     model = random_loaded_model(args.shape, device=device, dtype=args.dtype)
@@ -258,12 +258,10 @@ def run_rtf(args: argparse.Namespace) -> int:
     print(f"engine real-time factor on {device_name(device)}: random {args.shape} ({cfg.num_layers} x {cfg.dim}) "
           f"{dtype}, built in {build_s:.1f} s; decode step {step}; torch {torch.__version__}", flush=True)  # fmt: skip
     figures = measure_rtf(editor, seconds, args.sample_rate, args.channels, args.edits, args.takes)
-    if args.json:
+    if json_path is not None:
         figures.update(shape=args.shape, device=device_name(device), dtype=dtype, step=step, build_s=build_s,
                        torch=torch.__version__, date=datetime.date.today().isoformat())  # fmt: skip
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, figures, sort_keys=False)
+        write_json_atomic(json_path, figures, sort_keys=False)
     return 0
 
 
@@ -278,8 +276,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.editor import Editor
 
     args.seconds = 10.0 if args.seconds is None else args.seconds
-    if args.jobs < 1 or args.seconds <= 0:
-        raise ConfigError("--jobs must be at least 1 and --seconds positive")
+    if args.json:
+        raise ConfigError("--json goes with --shape (the real-time factor's figures)")
     if str(args.device).lower().startswith("cuda"):
         from engine.tools.bench import resolve_device
 

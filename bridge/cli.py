@@ -57,6 +57,21 @@ def workers_option(text: str) -> int:
     return _whole_number(text, 1, 1024)
 
 
+def count_option(text: str) -> int:
+    """argparse type of a count of things to do (--jobs, --edits): a whole number of at least 1."""
+    return _whole_number(text, 1, 10**6)
+
+
+def rate_option(text: str) -> int:
+    """argparse type of a sample rate to make audio at: 1000 to 768000 Hz."""
+    return _whole_number(text, 1000, 768000)
+
+
+def channels_option(text: str) -> int:
+    """argparse type of a channel count to make audio with: 1 to 64."""
+    return _whole_number(text, 1, 64)
+
+
 def takes_option(text: str) -> int:
     """argparse type of --takes: the engine's rule in its words (instructions.check_takes), as argparse's usage
     error."""

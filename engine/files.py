@@ -276,6 +276,20 @@ def writable_folder(folder: str | Path, make: bool = True) -> None:
         raise ConfigError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
 
 
+def report_path(path: str | Path, suffix: str, option: str) -> Path:
+    """Where a tool writes its figures or table (`option`'s value), checked before any work: it must end in `suffix`
+    (.json, .md), so an audio file or anything else given by mistake is never replaced by a report, and its folder
+    must take a file (made if need be), so a measurement is not lost to a folder it cannot write; ConfigError
+    otherwise. An earlier report of the same name is replaced."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"{option} writes a {suffix} file; got {path}")
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; name a {suffix} file in it")
+    writable_folder(path.parent)
+    return path
+
+
 def write_bytes_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
     """`data` written through `atomic_path`: never half-written, nothing left behind on failure."""
     with atomic_path(path, mode) as tmp:

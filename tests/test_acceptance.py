@@ -111,3 +111,10 @@ def test_an_edit_that_does_no_more_than_a_fader_fails_the_level_bar_but_passes_t
     assert "t: add beats a level change on log-mel distance" in bars
     del summary["remove"]["level only"]  # a report from before the row: no level bar for it, nothing failed
     assert not any(name.startswith("t: remove beats a level") for name in (b.name for b in report_bars(summary, "t")))
+
+
+def test_a_table_path_that_is_not_markdown_is_refused_before_any_work(tmp_path, capsys):
+    take = tmp_path / "take.wav"
+    take.write_bytes(b"RIFF a producer's take")
+    assert main(["--report", str(tmp_path / "missing.json"), "--no-timing", "-o", str(take)]) == 1
+    assert "-o writes a .md file" in capsys.readouterr().err and take.read_bytes() == b"RIFF a producer's take"

@@ -136,3 +136,44 @@ def test_random_small_model_edits_through_the_editor():
     audio = np.random.default_rng(0).standard_normal((2, 44100)).astype(np.float32) * 0.1
     result = editor.edit(audio, 44100, "extract drums", seed=0)
     assert result.audio.shape == audio.shape
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--channels", "0"], "--channels: must be from 1 to 64"),
+        (["--sample-rate", "0"], "--sample-rate: must be from 1000 to 768000"),
+        (["--seconds", "nan"], "--seconds: must be a finite number"),
+        (["--seconds", "0"], "--seconds: must be a number of seconds above 0"),
+        (["--jobs", "0"], "--jobs: must be from 1"),
+        (["--edits", "-1"], "--edits: must be from 1"),
+    ],
+)
+def test_bench_engine_numbers_it_cannot_use_are_usage_errors(argv, says, capsys, no_model_load):
+    from bridge.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "engine", "--shape", "tiny", *argv])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["bench", "engine", "--shape", "tiny"], ["bench", "decode", "--shapes", "tiny"]])
+def test_a_report_path_that_is_not_json_or_cannot_be_written_is_refused_before_measuring(
+    tmp_path, capsys, monkeypatch, command
+):
+    """An audio file given as --json was replaced by the figures; a folder that takes no file lost them at the end."""
+    from bridge.cli import main
+
+    monkeypatch.setattr("engine.tools.bench.resolve_device", _no_measuring)
+    take = tmp_path / "take.wav"
+    take.write_bytes(b"RIFF a producer's take")
+    assert main([*command, "--json", str(take)]) == 1
+    assert "--json writes a .json file" in capsys.readouterr().err and take.read_bytes() == b"RIFF a producer's take"
+    blocked = tmp_path / "file"
+    blocked.write_text("in the way")
+    assert main([*command, "--json", str(blocked / "figures.json")]) == 1
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def _no_measuring(*args, **kwargs):
+    raise AssertionError("measuring began before the report's path was checked")

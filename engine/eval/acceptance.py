@@ -200,7 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     try:
+        from engine.files import report_path
         from engine.weights.loader import default_model_dir
+
+        output = report_path(args.output, ".md", "-o") if args.output else None  # before the timed edits
 
         model = Path(args.model) if args.model else default_model_dir()
         bars = report_bars(read_summary(args.report), "test songs")
@@ -213,10 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(exc, "python -m engine.eval.acceptance")
     text = table(bars)
     print(text, end="")
-    if args.output:
+    if output is not None:
         from engine.files import write_bytes_atomic
 
-        write_bytes_atomic(args.output, text.encode("utf-8"))
+        write_bytes_atomic(output, text.encode("utf-8"))
     return 0
 
 

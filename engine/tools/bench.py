@@ -26,12 +26,11 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.editor import DECODE_STEPS, STEP_NAMES
 from engine.errors import ConfigError
-from engine.files import write_json_atomic
+from engine.files import report_path, write_json_atomic
 from engine.model.config import CFG_COEF, PRESETS, TOP_K
 from engine.tools.costs import (
     GB,
@@ -414,6 +413,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--frames must be at least 1")
     if args.repeats < 1:
         raise ConfigError("--repeats must be at least 1")
+    json_path = report_path(args.json, ".json", "--json") if args.json else None  # before the minutes of measuring
     device = resolve_device(args.device)
     try:
         batches = [int(b) for b in _parse_list(args.batches or ("1,4" if device.type == "cuda" else "1"), "--batches")]
@@ -449,10 +449,8 @@ def run(args: argparse.Namespace) -> int:
               "thread: engine.model.generate.decode_threads)")  # fmt: skip
 
     def dump() -> None:
-        if args.json:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(path, figures, sort_keys=False)
+        if json_path is not None:
+            write_json_atomic(json_path, figures, sort_keys=False)
 
     # the floor's bandwidth first (a later failure keeps it): over as many bytes as the largest step reads, at most 2 GB
     largest = max((preset(shape) for shape in shapes), key=lambda c: step_bytes(c, fast))
