@@ -68,6 +68,8 @@ def test_the_depth_is_chosen_from_the_model_s_steered_output_against_the_unchang
     result = mask_tune.choose_depth(clips, rate, "remove", DEFAULT_SETTINGS["remove"])
     rows = result["depths"]
     assert set(rows) == {str(d) for d in mask_tune.DEPTHS} and result["chosen"] in mask_tune.DEPTHS
+    # scored in processes (the GPU recipe's 14), the same figures
+    assert mask_tune.choose_depth(clips, rate, "remove", DEFAULT_SETTINGS["remove"], workers=2) == result
     best = max(row["objective"] for row in rows.values())
     assert rows[str(result["chosen"])]["objective"] == best
     for row in rows.values():

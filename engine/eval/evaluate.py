@@ -116,6 +116,18 @@ def score_clip(
     return score_rows(source, target, rows, rate)
 
 
+def scoring_pool(workers: int) -> Any:
+    """A ProcessPoolExecutor of `workers` scoring processes, one BLAS thread each; None for 0 (score here). Spawned,
+    not forked: the parent may hold CUDA state, which a forked child must not touch."""
+    if not workers:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_scoring_process)
+
+
 def _scoring_process() -> None:
     """A scoring worker: one BLAS thread each (the pool is the parallelism)."""
     try:
@@ -329,14 +341,7 @@ def evaluate(
         },
         "tasks": {},
     }
-    pool = None
-    if workers:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        # spawn, not fork: the parent may hold CUDA state, which a forked child must not touch
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_scoring_process)
+    pool = scoring_pool(workers)
     try:
         for task_number, task in enumerate(tasks):
             clips = held_out_clips(data, task, rate, seconds, classes, seed, clips_per_song, split)

@@ -124,20 +124,37 @@ def descend(clips: list[tuple], rate: int, task: str, start: MaskSettings, passe
 DEPTHS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
-def choose_depth(clips: list[tuple], rate: int, task: str, settings: MaskSettings) -> dict[str, Any]:
-    """Each depth's mean mel SSIM and log-mel distance from the model's output, and its paired difference from the
-    unchanged input (mean, standard error); `chosen`: the depth with the best mel SSIM - log-mel distance / 100."""
+def _score_at_depth(work: tuple) -> dict[str, float]:
+    """One clip's metrics: unchanged (depth None), or its mask at `depth`, as the Editor finishes a mask."""
     from engine.eval.metrics import edit_metrics
     from engine.mask import mask_result
 
-    identity = [edit_metrics(source, source, target, rate) for source, target, _ in clips]
+    (source, target, estimate), rate, task, settings, depth = work
+    if depth is None:
+        return edit_metrics(source, source, target, rate)
+    masked = mask_result(source, rate, estimate, rate, task, replace(settings, depth=depth))[0][0]
+    return edit_metrics(masked, source, target, rate)
+
+
+def choose_depth(clips: list[tuple], rate: int, task: str, settings: MaskSettings, workers: int = 0) -> dict[str, Any]:
+    """Each depth's mean mel SSIM and log-mel distance from the model's output, and its paired difference from the
+    unchanged input (mean, standard error); `chosen`: the depth with the best mel SSIM - log-mel distance / 100.
+    `workers`: scoring processes (evaluate.scoring_pool; the same figures): 32 clips at 8 depths are 25 s on one
+    core, which the GPU recipe's eval stage cannot spare."""
+    from engine.eval.evaluate import scoring_pool
+
+    work = [(clip, rate, task, settings, depth) for depth in (None, *DEPTHS) for clip in clips]
+    pool = scoring_pool(workers)
+    try:
+        chunk = max(1, len(work) // (4 * workers)) if workers else 1
+        scored = list(pool.map(_score_at_depth, work, chunksize=chunk) if pool else map(_score_at_depth, work))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    identity = scored[: len(clips)]
     rows = {}
-    for depth in DEPTHS:
-        at_depth = replace(settings, depth=depth)
-        scores = [
-            edit_metrics(mask_result(source, rate, estimate, rate, task, at_depth)[0][0], source, target, rate)
-            for source, target, estimate in clips
-        ]  # as the Editor finishes a mask
+    for index, depth in enumerate(DEPTHS, start=1):
+        scores = scored[index * len(clips) : (index + 1) * len(clips)]
         row: dict[str, Any] = {}
         for metric in ("mel_ssim", "log_mel_distance"):
             change = np.array([s[metric] - i[metric] for s, i in zip(scores, identity, strict=True)])

@@ -7,6 +7,7 @@ encodes them once (saved in the run folder) and trains over that fixed pool inst
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,8 +22,9 @@ from engine.files import atomic_path
 from engine.train.stages import Encoded, Stage
 
 # A worker that has not handed over a batch in this long is stuck (workers fork from a process holding a CUDA context
-# and threads): an error the log shows, not a run that hangs until the device command is killed.
-LOADER_TIMEOUT_S = 120.0
+# and threads; reading one batch of clips takes about a second): the loader is dropped and the rest is read in this
+# process (_Reader), slower but not a stage lost, nor a run that hangs until the device command is killed.
+LOADER_TIMEOUT_S = 30.0
 
 
 class BatchSampler:
@@ -67,6 +69,53 @@ class Keyed:
         return key, self.data[index]
 
 
+def _drop(batches: Any) -> None:
+    """Shut a DataLoader iterator with stuck workers down at once: taken off the SIGCHLD watch (which would call their
+    deaths an error), killed, then closed; a polite shutdown waits 5 s for each worker. Private parts of torch's
+    loader, so every step may fail and leaves the polite way."""
+    with contextlib.suppress(Exception):
+        from torch.utils.data._utils import signal_handling
+
+        if getattr(batches, "_worker_pids_set", False):
+            signal_handling._remove_worker_pids(id(batches))
+            batches._worker_pids_set = False
+        for worker in batches._workers:
+            worker.kill()
+        for worker in batches._workers:
+            worker.join(timeout=5)
+    with contextlib.suppress(Exception):
+        batches._shutdown_workers()
+
+
+class _Reader:
+    """Batches of (key, item) for the keys asked, in order: from a DataLoader's workers reading ahead, or here (no
+    loader, or one dropped after LOADER_TIMEOUT_S of silence, said once in the log)."""
+
+    def __init__(self, keyed: Keyed, loader: DataLoader | None, what: str) -> None:
+        self.keyed, self.what = keyed, what
+        self._batches = None if loader is None else iter(loader)
+
+    def read(self, keys: list[tuple[int, int]]) -> list:
+        if self._batches is not None:
+            try:
+                pairs = next(self._batches)
+            except RuntimeError as exc:
+                if "timed out" not in str(exc):
+                    raise
+                print(
+                    f"{self.what}: no batch from the reading processes in {LOADER_TIMEOUT_S:g} s (stuck); reading "
+                    "in this process from here on",
+                    file=sys.stderr,
+                )
+                _drop(self._batches)
+                self._batches = None
+            else:
+                if [tuple(key) for key, _ in pairs] != keys:
+                    raise RuntimeError(f"internal error: the {self.what} ran out of step with its keys")
+                return pairs
+        return [self.keyed[key] for key in keys]
+
+
 class _KeyBatches:
     """Endless micro-batches of keys for a DataLoader (a copy of the run's sampler, running ahead of it)."""
 
@@ -84,11 +133,11 @@ class ClipFeeder:
     so checkpoints record exactly what was trained on."""
 
     def __init__(self, data, sampler: BatchSampler, batch: int, workers: int = 0, seed: int = 0) -> None:
-        self.keyed, self.sampler, self.batch = Keyed(data), sampler, batch
-        self._batches = None
+        self.sampler, self.batch = sampler, batch
+        keyed, loader = Keyed(data), None
         if workers > 0:
             loader = DataLoader(
-                self.keyed,
+                keyed,
                 batch_sampler=_KeyBatches(sampler.copy(), batch),
                 num_workers=workers,
                 collate_fn=list,
@@ -96,16 +145,10 @@ class ClipFeeder:
                 # Worker seeds from their own generator: the run's torch RNG stream stays as without workers.
                 generator=torch.Generator().manual_seed(seed),
             )
-            self._batches = iter(loader)
+        self._reader = _Reader(keyed, loader, "clip loader")
 
     def next(self) -> list:
-        keys = self.sampler.next_keys(self.batch)
-        if self._batches is None:
-            return [self.keyed[key][1] for key in keys]
-        pairs = next(self._batches)
-        if [tuple(key) for key, _ in pairs] != keys:
-            raise RuntimeError("internal error: the clip loader ran out of step with the sampler")
-        return [item for _, item in pairs]
+        return [item for _, item in self._reader.read(self.sampler.next_keys(self.batch))]
 
 
 POOL_FILE = "code_pool.pt"
@@ -154,17 +197,15 @@ class CodePool:
             for epoch in range(epochs)
             for start in range(0, len(data), batch)
         ]
+        loader = None
         if workers > 0:  # clips decoded in other processes while this one encodes (on a GPU, reading is the cost)
-            clips = iter(
-                DataLoader(keyed, batch_sampler=batches, num_workers=workers, collate_fn=list, timeout=LOADER_TIMEOUT_S)
+            loader = DataLoader(
+                keyed, batch_sampler=batches, num_workers=workers, collate_fn=list, timeout=LOADER_TIMEOUT_S
             )
-        else:
-            clips = ([keyed[k] for k in keys] for keys in batches)
+        clips = _Reader(keyed, loader, "code pool's clip loader")
         records: list[Encoded] = []
         for keys in batches:
-            pairs = next(clips)
-            if [tuple(k) for k, _ in pairs] != keys:
-                raise RuntimeError("internal error: the pool's clip loader ran out of order")
+            pairs = clips.read(keys)
             for r in stage.encode([item for _, item in pairs]):  # int16: a pool of thousands of clips stays a few MB
                 records.append(Encoded(r.codes.short(), None if r.cond is None else r.cond.short(), r.text))
             if log and keys[-1][1] == len(data) - 1:  # an epoch's last batch

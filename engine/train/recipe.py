@@ -459,7 +459,7 @@ class Recipe:
         except DataError as exc:
             self.say(f"eval: remove's mask depth not chosen ({exc}): the mask's own")
             return {}
-        chosen = choose_depth(clips, editor.sample_rate, "remove", DEFAULT_SETTINGS["remove"])
+        chosen = choose_depth(clips, editor.sample_rate, "remove", DEFAULT_SETTINGS["remove"], cfg.get("workers", 0))
         record_depth(model, "remove", chosen["chosen"])
         editor.card.mask_depth = {**editor.card.mask_depth, "remove": chosen["chosen"]}
         row = chosen["depths"][str(chosen["chosen"])]
