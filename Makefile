@@ -140,7 +140,8 @@ GPU_WHEELS := tinysoundfont==0.3.7 soundfile==0.13.1 cffi==2.0.0 pycparser==2.22
 	importlib_resources==6.5.2
 
 model-gpu-carry: setup
-	mkdir -p $(CARRY)/wheels
+	# afresh: a wheel of an earlier version beside its successor makes the device's pip refuse the install
+	rm -rf $(CARRY)/wheels && mkdir -p $(CARRY)/wheels
 	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 	  --platform manylinux2014_x86_64 -d $(CARRY)/wheels $(GPU_WHEELS)

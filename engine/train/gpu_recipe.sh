@@ -48,9 +48,10 @@ preflight=""
 if [ "${PREFLIGHT:-1}" = 1 ]; then
   # Bounded, and not a gate: each full-scale stage exports as it ends, so a fault that only a later stage (or only the
   # tiny scale) meets still lets the stages before it come back; the log says the preflight failed and where.
-  echo "gpu_recipe: preflight (tiny scale on $DEVICE, at most ${PREFLIGHT_S:-150} s)"
+  # (about 13 s on 2 CPU cores; the bound is what a hang there may cost the full run)
+  echo "gpu_recipe: preflight (tiny scale on $DEVICE, at most ${PREFLIGHT_S:-60} s)"
   rm -rf /tmp/imusic-preflight
-  timeout "${PREFLIGHT_S:-150}" "$PY" -m engine.train.recipe run -o /tmp/imusic-preflight --scale tiny \
+  timeout "${PREFLIGHT_S:-60}" "$PY" -m engine.train.recipe run -o /tmp/imusic-preflight --scale tiny \
     --budget-minutes 2 --device "$DEVICE" --quiet \
     || { preflight=$?; echo "gpu_recipe: PREFLIGHT FAILED (exit $preflight, above); running the full recipe anyway" >&2; }
 fi
