@@ -382,5 +382,8 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
             )
         audio = np.pad(audio, ((0, 0), (0, missing)))
     if not np.isfinite(audio).all():
-        raise AudioError(f"{info.path.name} holds NaN or infinite samples in {start_s:g}-{end_s:g} s")
+        raise AudioError(
+            f"{info.path.name} holds NaN or infinite samples in {start / info.sample_rate:g}-"
+            f"{stop / info.sample_rate:g} s"
+        )
     return np.ascontiguousarray(audio[:, : stop - start]), info.sample_rate

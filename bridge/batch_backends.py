@@ -123,15 +123,21 @@ class ServerBackend:
     # a batch parses with them, not with the built-in list that a model of other stems would name otherwise.
     ready_wait_s = 600.0
 
-    def __init__(self, address: str, options: EditOptions) -> None:
+    @staticmethod
+    def address(address: str, options: EditOptions) -> tuple[str, int]:
+        """(host, port) of --server's [HOST:]PORT, what it leaves out where every client looks; ConfigError for a
+        bad one, or for options a server does not take. No connection: a dry run checks this much too."""
         if options.raw:
             raise ConfigError("--raw is not available with --server (the server always matches levels)")
+        host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
+        host = host or protocol.engine_host()
+        port = protocol.port_number(port, f"--server {address}: give [HOST:]PORT; the port") if port else None
+        return host, port or protocol.engine_port()
+
+    def __init__(self, address: str, options: EditOptions) -> None:
         from bridge.client import Client, NoReply
 
-        host, _, port = address.rpartition(":") if ":" in address else ("", "", address)
-        host = host or protocol.engine_host()  # what --server leaves out: where every client looks
-        port = protocol.port_number(port, f"--server {address}: give [HOST:]PORT; the port") if port else None
-        port = port or protocol.engine_port()
+        host, port = self.address(address, options)
         self.client = Client(host, port)
         address = f"{host}:{port}"
         try:

@@ -36,7 +36,7 @@ from typing import Any
 
 from engine.errors import ConfigError, ImusicError
 from engine.files import check_text_path, shown_path
-from engine.instructions import MAX_SEED, MAX_TAKES  # noqa: F401 (the wire's limits are the Editor's)
+from engine.instructions import MAX_INSTRUCTION, MAX_SEED, MAX_TAKES  # noqa: F401 (the wire's limits are the Editor's)
 
 DEFAULT_HOST = "127.0.0.1"
 # An unassigned port far from the 8000/9000 that REAPER's own OSC surfaces tend to use.
@@ -67,6 +67,14 @@ def engine_host(settings: dict | None = None) -> str:
     """Where clients find the engine: IMUSIC_HOST, then `settings` (the REAPER installer's "host"), then DEFAULT_HOST.
     Every client reads it here (the server listens where its --host says)."""
     return str(setting("host", settings, DEFAULT_HOST))
+
+
+def host_argument(text: str) -> str:
+    """argparse type of a host name or address to reach the engine at (not looked up: the machine may be off now):
+    letters, digits and . - _ : (IPv6), 1 to 253 of them."""
+    if not re.fullmatch(r"[A-Za-z0-9._:-]{1,253}", text):
+        raise argparse.ArgumentTypeError(f"must be a host name or address (letters, digits and . - _ :), got {text!r}")
+    return text
 
 
 def port_number(value: Any, where: str, listen: bool = False) -> int:
@@ -163,7 +171,6 @@ NO_REPLY = "no_reply"  # never on the wire: a client's code for a server that di
 MAX_PACKET = 65507
 MAX_JOB_ID = 128
 MAX_PATH = 4096
-MAX_INSTRUCTION = 1000
 MAX_MODE = 16
 MAX_MESSAGE = 1000  # error messages are cut to this many characters so that a reply always fits a datagram
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")

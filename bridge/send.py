@@ -20,7 +20,9 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     """--host --port --timeout --json, with defaults or (defaults False) none at all. A host or port not given is
     read when the request runs (protocol.engine_host / engine_port), where a bad IMUSIC_PORT is one line."""
     suppress = not defaults
-    parser.add_argument("--host", default=argparse.SUPPRESS if suppress else None, help="engine host")
+    parser.add_argument(
+        "--host", type=protocol.host_argument, default=argparse.SUPPRESS if suppress else None, help="engine host"
+    )
     parser.add_argument(
         "--port", type=protocol.port_argument, default=argparse.SUPPRESS if suppress else None, help="engine port"
     )

@@ -452,7 +452,10 @@ class EngineServer:
     def _check_edit(self, job: Job) -> None:
         """On the receiving thread: nothing that opens the input (os.stat only)."""
         check_takes(job.request.takes, RequestError)
-        check_not_empty(job.instruction, None, lambda message: RequestError(message, InstructionError.code))
+        editor = self.worker.editor if self.worker else None  # loaded: its own stems are listed, not every known one
+        check_not_empty(
+            job.instruction, getattr(editor, "card", None), lambda m: RequestError(m, InstructionError.code)
+        )
         check_mode_name(job.request.mode, RequestError)
         source = self.allowed_path(job.input_path, "input")
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal

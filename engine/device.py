@@ -60,7 +60,7 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return dtype
     key = str(dtype).strip().lower().removeprefix("torch.")
     if key not in _DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}: use one of fp32, bf16, fp16")
+        raise ConfigError(f"unknown dtype {dtype!r}: use one of float32, bfloat16, float16 (or fp32, bf16, fp16)")
     return _DTYPES[key]
 
 

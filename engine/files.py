@@ -276,6 +276,15 @@ def writable_folder(folder: str | Path, make: bool = True) -> None:
         raise ConfigError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
 
 
+def missing_folder(path: str | Path) -> str:
+    """Why `path` is not a folder to read, in the words every "FOLDER ..." message ends with: "does not exist" or
+    "is a file, not a folder"; "" when it is one."""
+    path = Path(path)
+    if path.is_dir():
+        return ""
+    return "is a file, not a folder" if path.exists() else "does not exist"
+
+
 def report_path(path: str | Path, suffix: str, option: str) -> Path:
     """Where a tool writes its figures or table (`option`'s value), checked before any work: it must end in `suffix`
     (.json, .md), so an audio file or anything else given by mistake is never replaced by a report, and its folder

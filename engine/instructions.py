@@ -21,6 +21,8 @@ from typing import Any
 
 from engine.errors import ConfigError, ImusicError, InstructionError
 
+MAX_INSTRUCTION = 1000  # characters: "extract drums" needs 13; the OSC request's limit too (bridge.protocol)
+
 # The operations and the official stems, defined here only (no torch: the client, REAPER and batch import them).
 OPERATIONS = ("add", "remove", "extract")
 OFFICIAL_STEMS = ("Drums", "Bass", "Piano", "Guitar")
@@ -348,10 +350,13 @@ def format_prompt(op: str, stem: str, card: Any) -> str:
 
 
 def check_not_empty(text: Any, card: Any = None, error: type[Exception] = InstructionError) -> str:
-    """`text` stripped; `error` (code bad_instruction) when there are no words in it, listing what the model takes.
-    One rule for the server's early check (no model loaded: every known stem) and for parsing."""
+    """`text` stripped; `error` (code bad_instruction) when there are no words in it, listing what the model takes,
+    or more than MAX_INSTRUCTION characters (a paste gone wrong; the wire's limit too). One rule for the server's early
+    check (no model loaded: every known stem) and for parsing."""
     if not isinstance(text, str) or not text.strip():
         raise error(f"the instruction is empty: {vocabulary(card).supported()}")
+    if len(text.strip()) > MAX_INSTRUCTION:
+        raise error(f"the instruction is {len(text.strip())} characters long; the limit is {MAX_INSTRUCTION}")
     return text.strip()
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bridge import protocol
 from engine.errors import ConfigError
-from engine.files import write_bytes_atomic
+from engine.files import missing_folder, write_bytes_atomic
 from reaper_scripts.keymap import (
     ACTIONS,
     SUBDIR,
@@ -316,9 +316,9 @@ def install(
     """
     resource = Path(resource)
     where = "REAPER shows it under Options > Show REAPER resource path in explorer/finder"
-    if not resource.is_dir():
+    if problem := missing_folder(resource):
         raise ConfigError(
-            f"REAPER's resource folder {resource} does not exist: run REAPER once, or pass --resource-path ({where})"
+            f"REAPER's resource folder {resource} {problem}: run REAPER once, or pass --resource-path ({where})"
         )
     if not (resource / "reaper.ini").is_file():  # REAPER writes it there at its first start, a portable one too
         raise ConfigError(
@@ -600,7 +600,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--resource-path", type=Path, default=None, help="REAPER's resource folder (default: found)")
     install_parser.add_argument("--hotkeys", action="store_true", help="bind default shortcuts that are still free")
     install_parser.add_argument(
-        "--host", default=None, help=f"engine host the actions talk to (default {protocol.DEFAULT_HOST})"
+        "--host",
+        type=protocol.host_argument,
+        default=None,
+        help=f"engine host the actions talk to (default {protocol.DEFAULT_HOST})",
     )
     install_parser.add_argument(
         "--port", type=protocol.port_argument, default=None, help=f"engine port (default {protocol.DEFAULT_PORT})"

@@ -389,7 +389,7 @@ def test_imusic_train_command_line_reports_an_unknown_stage_in_one_line(config, 
 
     argv = ["train", "--data", config.data, "--base", config.base, "-o", str(tmp_path / "run"), "--stage", "nope"]
     assert main(argv) == 1
-    assert "unknown stage 'nope'" in capsys.readouterr().err
+    assert "unknown stage 'nope': use adapters, base or codec" in capsys.readouterr().err  # codec trains too
 
 
 def test_base_stage_builds_from_a_bare_codec_then_adapters_train_on_the_result(config, tmp_path):

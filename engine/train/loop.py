@@ -337,7 +337,7 @@ def train(
     cfg, payload = _resolved_config(cfg, run_dir, resume, resume_from, changes)
     cfg.check()
     if cfg.stage not in STAGES:
-        raise ConfigError(f"unknown stage {cfg.stage!r}: use {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stage {cfg.stage!r}: use {', '.join(STAGES)} or codec")
 
     device = training_device(cfg.device)
     random.seed(cfg.seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 import soundfile as sf
 
 from engine.errors import DataError
-from engine.files import audio_files
+from engine.files import audio_files, missing_folder
 from engine.train.data import DATASET_JSON, read_dataset_json
 from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
 from engine.train.data.yamlio import read_yaml
@@ -238,8 +238,8 @@ _DESCRIPTIONS = {
 def scan(root: str | Path, layout: str = "auto") -> Catalog:
     """Find every song of a data set. `layout` is "auto" (first that finds songs) or one of LAYOUTS."""
     root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist")
+    if problem := missing_folder(root):
+        raise DataError(f"data folder {root} {problem}")
     if layout != "auto" and layout not in _SCANNERS:
         raise DataError(f"unknown layout {layout!r}: use one of auto, {', '.join(LAYOUTS)}")
     order = LAYOUTS if layout == "auto" else (layout,)

@@ -19,7 +19,7 @@ import pretty_midi
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
-from engine.files import write_bytes_atomic, write_json_atomic
+from engine.files import missing_folder, write_bytes_atomic, write_json_atomic
 from engine.model.config import SAMPLE_RATE
 from engine.train.data import DATASET_JSON, SONG_SECONDS, SONG_SPLITS, read_dataset_json
 from engine.train.data.layouts import SLAKH_METADATA, SLAKH_MIX, SLAKH_STEMS
@@ -284,8 +284,8 @@ def synthesize(
     midi_files: list[Path] = []
     if midi_dir is not None:
         midi_root = Path(midi_dir).expanduser()
-        if not midi_root.is_dir():
-            raise DataError(f"MIDI folder {midi_root} does not exist")
+        if problem := missing_folder(midi_root):
+            raise DataError(f"MIDI folder {midi_root} {problem}")
         midi_files = sorted(p for p in midi_root.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
         if not midi_files:
             raise DataError(f"no .mid files in {midi_root}")
