@@ -41,14 +41,18 @@ from engine.errors import (
 from engine.files import (
     PARTIAL_SUFFIX,
     check_text_path,
+    folders_to_make,
     jsonable,
     lock_folder,
+    remove_made_folders,
     result_file_name,
     shown_path,
     sweep_temps,
     writable_folder,
 )
 from engine.weights.loader import add_model_arguments
+
+LOCK_NAME = ".imusic-batch.lock"  # in OUT, held while a batch writes there
 
 # --- what to render ----------------------------------------------------------------------------------------------
 
@@ -80,7 +84,7 @@ def claim_output_folder(out: Path) -> Any:
     """Lock OUT for this run (two batches writing one manifest would lose records) and sweep up the temporary files
     a killed run left behind. Returns the open lock file; the lock ends when it is closed or the process dies."""
     busy = f"another imusic batch is writing to {out}; wait for it or choose another folder"
-    handle = lock_folder(out / ".imusic-batch.lock", busy)
+    handle = lock_folder(out / LOCK_NAME, busy)
     # audio_write.write_atomic's temporary files of killed writers (a live server's, writing here too, stay)
     for folder in {leftover.parent for leftover in out.rglob(f".*{PARTIAL_SUFFIX}")}:
         sweep_temps(folder, suffix=PARTIAL_SUFFIX)
@@ -503,6 +507,7 @@ def run(args: argparse.Namespace) -> int:
     check_text_path(out, "the output folder")
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.
     sources = collect_sources(session)
+    made = folders_to_make(out)
     check_output_folder(session, out, make=not args.dry_run)
     if args.server is not None:
         ServerBackend.address(args.server, EditOptions.from_args(args))  # a dry run says a bad one too
@@ -511,6 +516,7 @@ def run(args: argparse.Namespace) -> int:
     lock = claim_output_folder(out)
     manifest = Manifest(out / MANIFEST_NAME)
     backend = None
+    began = False
     try:
         if all(source.problem for source in sources):
             # Nothing can be rendered: say why at once instead of loading a model for nothing.
@@ -529,6 +535,7 @@ def run(args: argparse.Namespace) -> int:
         )
         if backend is not None:
             manifest.data["engine"] = jsonable(backend.model_info)  # device, dtype, server or Ray workers
+        began = True
         summary = run_batch(
             pairs,
             backend,
@@ -542,5 +549,7 @@ def run(args: argparse.Namespace) -> int:
         if backend is not None:
             backend.close()
         lock.close()
+        if not began:  # stopped before any pair (no server there, an unknown edit): no folder of ours is left
+            remove_made_folders(made, keep=(LOCK_NAME,))
     print(format_summary(summary, [label for _, label in labels], out))
     return summary.exit_code

@@ -19,7 +19,7 @@ from typing import Any
 from bridge.cli import JobProgress, add_edit_options, add_region_options
 from bridge.protocol import TO_END, EditOptions
 from engine.errors import AudioError, ConfigError, ImusicError
-from engine.files import AUDIO_FORMATS, check_text_path, writable_folder
+from engine.files import AUDIO_FORMATS, check_text_path, folders_to_make, remove_made_folders, writable_folder
 from engine.modes import LAYER
 from engine.weights.loader import add_model_arguments
 
@@ -113,7 +113,6 @@ def audition(source: Any, result: Any, sample_rate: int, *, ab: bool, device: st
 def run(args: argparse.Namespace) -> int:
     """Check the paths and the region, load the model, edit through the one edit path, then play if asked."""
     from bridge import audio_read
-    from bridge.editing import edit_region
 
     check_text_path(args.input, "the input file")
     if args.output:
@@ -122,8 +121,19 @@ def run(args: argparse.Namespace) -> int:
     output = choose_output(input_path, args.instruction, args.output, args.force)
     # bad files fail before the model loads
     audio_read.region_frames(audio_read.probe(input_path), args.start, args.end)
-    made = not output.parent.is_dir()
+    made = folders_to_make(output.parent)
     writable_folder(output.parent)  # a read-only folder, or a file in the way, is said before the model loads
+    try:
+        return _edit(args, input_path, output, made)
+    except BaseException:
+        remove_made_folders(made)  # a failed edit leaves no empty folder behind (an unknown model, a bad rate)
+        raise
+
+
+def _edit(args: argparse.Namespace, input_path: Path, output: Path, made: list[Path]) -> int:
+    from bridge import audio_read
+    from bridge.editing import edit_region
+
     if made:
         sys.stderr.write(f"imusic edit: made the folder {output.parent}\n")
     from engine.instructions import parse_instruction

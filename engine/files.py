@@ -276,6 +276,31 @@ def writable_folder(folder: str | Path, make: bool = True) -> None:
         raise ConfigError(f"cannot write to the output folder {folder}: {exc.strerror or exc}") from None
 
 
+def folders_to_make(folder: str | Path) -> list[Path]:
+    """`folder` and those above it that do not exist yet, deepest first: what making it makes, for
+    `remove_made_folders` to take back when the command that made them fails before writing into them."""
+    missing = []
+    for candidate in (Path(folder), *Path(folder).parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+        missing.append(candidate)
+    return missing
+
+
+def remove_made_folders(made: list[Path], keep: tuple[str, ...] = ()) -> None:
+    """Take back folders a failed command made (folders_to_make's list), deepest first, each only while it is empty
+    but for the names in `keep` (a lock file of the command's own: removed with it); anything else in one stops
+    there, so nothing but the command's own leftovers is ever removed."""
+    for folder in made:
+        try:
+            for name in keep:
+                if (folder / name).is_file():
+                    (folder / name).unlink()
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def missing_folder(path: str | Path) -> str:
     """Why `path` is not a folder to read, in the words every "FOLDER ..." message ends with: "does not exist" or
     "is a file, not a folder"; "" when it is one."""

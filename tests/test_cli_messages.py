@@ -83,3 +83,24 @@ def test_a_batch_dry_run_refuses_what_the_real_run_refuses(tmp_path, capsys):
     for bad in ("99999", "foo:bar"):
         assert main([*argv, "--server", bad]) == 1
         assert "give [HOST:]PORT" in capsys.readouterr().err
+
+
+def test_a_failed_edit_or_batch_leaves_no_folder_it_made(tmp_path, capsys):
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros(16000, dtype=np.float32), 16000)
+    out = tmp_path / "o6" / "deeper"
+    argv = ["edit", str(song), "extract drums", "-o", str(out / "a.wav"), "--model", str(tmp_path / "nonexistent")]
+    assert main(argv) == 1
+    assert not (tmp_path / "o6").exists()
+    session = tmp_path / "session"
+    session.mkdir()
+    song.rename(session / "song.wav")
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "bo3"), "--server", "127.0.0.1:9"]
+    assert main(argv) == 1
+    assert "no imusic engine answers" in capsys.readouterr().err
+    assert not (tmp_path / "bo3").exists()  # its lock file went with it
+    # a folder that was there before keeps what it held
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert main([*argv[:5], str(tmp_path / "kept"), *argv[6:]]) == 1
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "mine"
