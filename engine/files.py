@@ -408,8 +408,17 @@ def result_file_name(source: str, edit: str, tag: str = "") -> str:
 def result_file_path(output: str | Path) -> Path:
     """A result file a user named: results are WAV, so `x.wav` stays, `x` or `x.take2` gets `.wav` added, and another
     audio format (`x.flac`) is a ConfigError naming the WAV name to use, as is a name too long to be written beside
-    its temporary file. One rule for `imusic edit -o` and the server's output path."""
+    its temporary file. One rule for `imusic edit -o` and the server's output path.
+
+    Names that hold no file name of their own are refused: "-" (no standard output here), ".wav" (nothing before the
+    suffix) and a device or pipe (/dev/null: its folder would get a null.wav); a trailing dot goes ("x." is x.wav)."""
     path = Path(output)
+    name = path.name.rstrip(".")
+    if name in ("", "-") or name.lower() == ".wav":
+        raise ConfigError(f"name the result file, e.g. {path.with_name('result.wav')} (got {str(output)!r})")
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise ConfigError(f"{path} is not a regular file (a device or a pipe): name a .wav file for the result")
+    path = path.with_name(name)
     suffix = path.suffix.lower()
     if suffix in AUDIO_SUFFIXES and suffix != ".wav":
         raise ConfigError(f"results are written as WAV: name the output {path.with_suffix('.wav').name}")

@@ -104,3 +104,21 @@ def test_a_failed_edit_or_batch_leaves_no_folder_it_made(tmp_path, capsys):
     (tmp_path / "kept" / "notes.txt").write_text("mine")
     assert main([*argv[:5], str(tmp_path / "kept"), *argv[6:]]) == 1
     assert (tmp_path / "kept" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [("-", "name the result file"), (".wav", "name the result file"), ("/dev/null", "not a regular file")],
+)
+def test_an_output_that_names_no_file_of_its_own_is_refused(given, says):
+    from engine.files import result_file_path
+
+    with pytest.raises(ConfigError, match=says):
+        result_file_path(given)
+
+
+def test_a_trailing_dot_is_not_kept_in_the_result_name(tmp_path):
+    from engine.files import result_file_path
+
+    assert result_file_path(tmp_path / "x.") == tmp_path / "x.wav"
+    assert result_file_path(tmp_path / "take.2") == tmp_path / "take.2.wav"
