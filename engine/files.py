@@ -416,7 +416,11 @@ def result_file_path(output: str | Path) -> Path:
     name = path.name.rstrip(".")
     if name in ("", "-") or name.lower() == ".wav":
         raise ConfigError(f"name the result file, e.g. {path.with_name('result.wav')} (got {str(output)!r})")
-    if path.exists() and not path.is_file() and not path.is_dir():
+    try:
+        special = path.exists() and not path.is_file() and not path.is_dir()
+    except OSError:  # a name too long to look up: the length check below names it
+        special = False
+    if special:
         raise ConfigError(f"{path} is not a regular file (a device or a pipe): name a .wav file for the result")
     path = path.with_name(name)
     suffix = path.suffix.lower()
