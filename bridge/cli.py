@@ -41,6 +41,26 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def report_edit(prog: str, label: str, seed: int | None, info: dict, seconds: float | None) -> None:
+    """On stderr, after a finished edit's path on stdout: one line of what was done (mode, seed, time, level, gain)
+    and the engine's notes, one line each. `imusic edit` and `imusic send edit` say it alike."""
+    levels = info.get("levels") or {}
+    parts = [f"mode {info['mode']}"] if info.get("mode") else []
+    if seed is not None:  # an engine that does not report it (a fake one in tests)
+        parts.append(f"seed {seed}")
+    if isinstance(seconds, (int, float)):
+        parts.append(f"{seconds:.1f} s")
+    if isinstance(levels.get("result_lufs"), (int, float)):  # None for a silent result
+        parts.append(f"{levels['result_lufs']:.1f} LUFS")
+    if isinstance(levels.get("gain_db"), (int, float)):
+        parts.append(f"gain {levels['gain_db']:+.1f} dB")
+    if levels.get("limited"):
+        parts.append("peak-limited")
+    sys.stderr.write(f"{label}: {', '.join(parts)}\n")
+    for note in info.get("warnings") or ():
+        sys.stderr.write(f"{prog}: note: {note}\n")
+
+
 def _whole_number(text: str, lowest: int, highest: int) -> int:
     """`text` as a whole number in [lowest, highest], else argparse's usage error (exit 2)."""
     try:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import JobProgress, add_edit_options, add_region_options
+from bridge.cli import JobProgress, add_edit_options, add_region_options, report_edit
 from bridge.protocol import TO_END, EditOptions
 from engine.errors import AudioError, ConfigError, ImusicError
 from engine.files import AUDIO_FORMATS, check_text_path, folders_to_make, remove_made_folders, writable_folder
@@ -69,19 +69,6 @@ def choose_output(input_path: Path, instruction: str, output: str | None, force:
     except (OSError, RuntimeError) as exc:  # a name too long for the file system, a loop of symbolic links
         raise ConfigError(f"cannot write to {output}: {getattr(exc, 'strerror', None) or exc}") from None
     return target
-
-
-def _describe(seed: int | None, info: dict, seconds: float) -> str:
-    levels = info.get("levels") or {}
-    parts = [f"mode {info['mode']}"] if info.get("mode") else []
-    parts += [f"seed {seed}", f"{seconds:.1f} s"]
-    if isinstance(levels.get("result_lufs"), (int, float)):  # None for a silent result
-        parts.append(f"{levels['result_lufs']:.1f} LUFS")
-    if isinstance(levels.get("gain_db"), (int, float)):
-        parts.append(f"gain {levels['gain_db']:+.1f} dB")
-    if levels.get("limited"):
-        parts.append("peak-limited")
-    return ", ".join(parts)
 
 
 def audition(source: Any, result: Any, sample_rate: int, *, ab: bool, device: str | None) -> None:
@@ -170,9 +157,7 @@ def _edit(args: argparse.Namespace, input_path: Path, output: Path, made: list[P
     finally:
         progress.close()
     print(done.output_path)
-    sys.stderr.write(f"{parsed.label}: {_describe(done.seed, done.info, done.seconds)}\n")
-    for note in done.info.get("warnings") or ():
-        sys.stderr.write(f"imusic edit: note: {note}\n")
+    report_edit("imusic edit", parsed.label, done.seed, done.info, done.seconds)
     if args.play or args.ab:
         source, sample_rate = audio_read.read_region(input_path, args.start, args.end)
         result, _ = audio_read.read_region(done.output_path, 0.0, TO_END)

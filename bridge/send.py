@@ -9,7 +9,7 @@ import os
 import sys
 
 from bridge import protocol, tracking
-from bridge.cli import JobProgress, add_edit_options, add_region_options, wait_option
+from bridge.cli import JobProgress, add_edit_options, add_region_options, report_edit, wait_option
 from bridge.client import Client, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
@@ -128,6 +128,12 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
     bar.close()
     if args.json:
         print(json.dumps({"job_id": job_id, "output_path": result.output_path, "info": result.info}))
-    else:
-        print(result.output_path)
+        return 0
+    print(result.output_path)
+    asked = client.tracker.jobs[job_id].request.output_path
+    if asked and not asked.endswith(os.sep) and os.path.normcase(asked) != os.path.normcase(result.output_path):
+        # the server never writes over a file: a taken name gets -2, -3... (README, OSC); said, not hidden
+        sys.stderr.write(f"imusic send: note: {asked} was taken; the result went to {result.output_path}\n")
+    seconds = (result.info.get("bridge") or {}).get("edit_s")
+    report_edit("imusic send", args.instruction, result.info.get("seed"), result.info, seconds)
     return 0

@@ -223,8 +223,19 @@ def test_a_bad_imusic_port_is_one_line_and_a_given_port_does_not_read_it(server,
 def test_send_edit_waits_and_prints_the_result_path(server, root, capsys):
     song = write_wav(root / "song.wav", seconds=2.0)
     assert send(server, "edit", str(song), "extract drums", "--start", "0.5", "--end", "1.5") == 0
-    out = Path(capsys.readouterr().out.strip())
+    said = capsys.readouterr()
+    out = Path(said.out.strip())
     assert out.exists() and out.parent == root / "results"
+    assert said.err.splitlines()[-1].startswith("extract drums: ")  # what was done, as imusic edit says it
+
+
+def test_send_edit_says_when_the_name_asked_for_was_taken(server, root, capsys):
+    song = write_wav(root / "song.wav", seconds=1.0)
+    (root / "a.wav").write_bytes(b"a producer's take")
+    assert send(server, "edit", str(song), "extract drums", "-o", str(root / "a.wav")) == 0
+    said = capsys.readouterr()
+    assert said.out.strip() == str(root / "a-2.wav") and (root / "a.wav").read_bytes() == b"a producer's take"
+    assert f"{root / 'a.wav'} was taken; the result went to {root / 'a-2.wav'}" in said.err
 
 
 def test_send_edit_into_a_new_folder_named_with_a_trailing_slash_puts_the_result_inside_it(server, root, capsys):
@@ -239,7 +250,7 @@ def test_send_edit_shows_progress_on_stderr_up_to_100_percent(server, root, caps
     song = write_wav(root / "song.wav")
     assert send(server, "edit", str(song), "extract drums") == 0
     captured = capsys.readouterr()
-    lines = [line.split(maxsplit=1) for line in captured.err.splitlines()]  # not a terminal: one line per stage
+    lines = [line.split(maxsplit=1) for line in captured.err.splitlines()[:-1]]  # not a terminal: a line a stage
     assert [stage for _, stage in lines] == ["started", "editing", "decoding", "writing"]
     assert lines[-1][0] == "100.0%"
     assert Path(captured.out.strip()).exists()

@@ -263,13 +263,11 @@ def test_no_sound_card_is_one_line_and_the_edit_still_succeeds(song, tmp_path, t
     assert out.exists()
 
 
-def test_the_summary_of_a_silent_result_says_what_it_knows():
-    from bridge.edit_cmd import _describe
+def test_the_summary_of_a_silent_result_says_what_it_knows(capsys):
+    from bridge.cli import report_edit
 
-    assert (
-        _describe(3, {"mode": "mask", "levels": {"result_lufs": None, "gain_db": None}}, 1.0)
-        == "mode mask, seed 3, 1.0 s"
-    )
+    report_edit("imusic edit", "extract drums", 3, {"mode": "mask", "levels": {"result_lufs": None}}, 1.0)
+    assert capsys.readouterr().err == "extract drums: mode mask, seed 3, 1.0 s\n"
 
 
 def test_the_models_own_verdict_on_the_operation_is_printed_as_a_note(song, tmp_path, judged_model_dir, capsys):
