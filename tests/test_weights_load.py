@@ -333,6 +333,18 @@ def test_save_model_dir_round_trips(tiny_model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="training.window_s must be above 0"):
         save_model_dir(tmp_path / "bad", model.lm, model.codec, model.text, name="bad", training={"window_s": 0})
     assert not (tmp_path / "bad").exists()
+    from dataclasses import replace
+
+    shape = model.lm.cfg
+    model.lm.cfg = replace(
+        shape, text_dim=shape.dim
+    )  # a width the transformers layout cannot hold: refused, as training does
+    try:
+        with pytest.raises(ConfigError, match="the text width must differ from the decoder's width"):
+            save_model_dir(tmp_path / "same", model.lm, model.codec, model.text, name="same")
+    finally:
+        model.lm.cfg = shape
+    assert not (tmp_path / "same").exists()
     before, after = model.lm.state_dict(), again.lm.state_dict()
     assert set(before) == set(after)
     assert all(torch.equal(before[n], after[n]) for n in before)

@@ -26,6 +26,19 @@ TOP_K = 250  # MusicGen's top-k (transformers' and audiocraft's default)
 EDIT_TOP_K = 100  # the official Instruct-MusicGen inference's top-k
 
 
+def check_text_width(
+    dim: int, text_dim: int, names: tuple[str, str] = ("the decoder's width", "the text width")
+) -> None:
+    """ConfigError when the text encoder's width equals the decoder's: transformers' MusicGen then drops
+    enc_to_dec_proj, while our decoder always has text_proj, so the model could not be saved in (or read back from)
+    the transformers layout. `names`: how the caller's user knows the two (--dim and --text-dim for training)."""
+    if text_dim == dim:
+        raise ConfigError(
+            f"{names[1]} must differ from {names[0]} (both {dim}): transformers' MusicGen drops enc_to_dec_proj when "
+            "they match, and this decoder always has its text projection"
+        )
+
+
 @dataclass(frozen=True)
 class LMConfig:
     """Shape of the MusicGen decoder. The special (pad / "empty") token id is `card`; embeddings have card + 1 rows."""

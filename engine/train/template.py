@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from engine.errors import ConfigError
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
 from engine.model.codec import Codec
-from engine.model.config import LMConfig
+from engine.model.config import LMConfig, check_text_width
 from engine.train.config import BASE_SIZES
 from engine.train.data.stems import GM_FAMILIES, caption_word
 from engine.weights.convert import lm_config_to_transformers
@@ -76,9 +75,7 @@ def build_base_template(
         T5Config,
     )
 
-    if text_dim == dim:
-        # transformers' MusicGen drops enc_to_dec_proj when the widths match; our decoder always has text_proj.
-        raise ConfigError(f"--text-dim must differ from --dim (both {dim})")
+    check_text_width(dim, text_dim, ("--dim", "--text-dim"))
     codec_model = load_codec_dir(codec_dir)
     num_codebooks = Codec(codec_model).num_codebooks
     card = int(codec_model.config.codebook_size)

@@ -408,11 +408,13 @@ def save_model_dir(
     from transformers import MusicgenConfig, MusicgenDecoderConfig
 
     from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS
+    from engine.model.config import check_text_width
     from engine.weights.adapter_format import base_reference, save_adapter, training_facts
     from engine.weights.convert import lm_config_to_transformers, lm_state_to_transformers
     from engine.weights.transformers_layout import quiet_transformers
 
     facts = training_facts({"training": training or {}}, "save_model_dir's training")  # before anything is written
+    check_text_width(lm.cfg.dim, lm.cfg.text_dim)
     path = Path(path)
     base = path / BASE_DIR
     base.mkdir(parents=True, exist_ok=True)
