@@ -22,6 +22,7 @@ _STEPS_PER_SECOND = 10
 ABSOLUTE_GATE = -70.0
 RELATIVE_GATE = -10.0
 _CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)
+SHELF_HZ = 1500.0  # the K-weighting's head shelf
 _CHUNK = 1 << 16  # samples filtered at once per channel
 
 
@@ -50,7 +51,7 @@ def _biquad(kind: str, gain_db: float, q: float, fc: float, rate: int) -> tuple[
 
 def k_weighting(rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """BS.1770's two K-weighting stages at `rate`: the head's shelf, then the high-pass."""
-    return [_biquad("high_shelf", 4.0, 1 / math.sqrt(2), 1500.0, rate), _biquad("high_pass", 0.0, 0.5, 38.0, rate)]
+    return [_biquad("high_shelf", 4.0, 1 / math.sqrt(2), SHELF_HZ, rate), _biquad("high_pass", 0.0, 0.5, 38.0, rate)]
 
 
 def block_count(samples: int, rate: int) -> int:
@@ -89,7 +90,11 @@ def step_energies(audio: np.ndarray, rate: int, steps: int) -> np.ndarray:
 
 def integrated_loudness(audio: np.ndarray, rate: int) -> float:
     """BS.1770-4 integrated loudness in LUFS of audio [C, N] with N >= one gating block; -inf where no block is
-    above the absolute gate. Any float dtype: blocks are read in float64, the input is not copied whole."""
+    above the absolute gate, and at rates of SHELF_HZ * 2 and below, where the K-weighting's shelf lies past the
+    Nyquist frequency and its filter would blow up (pyloudnorm's reads -inf or NaN there). Any float dtype: blocks are
+    read in float64, the input is not copied whole."""
+    if rate <= 2 * SHELF_HZ:
+        return -math.inf
     channels, n = audio.shape
     blocks = block_count(n, rate)
     if blocks < 1:

@@ -80,3 +80,10 @@ def test_levels_measures_integer_and_float32_audio_like_float64():
     assert levels.integrated_loudness(as_int, rate) == pytest.approx(
         levels.integrated_loudness(as_int.astype(np.float64), rate), abs=1e-9
     )
+
+
+@pytest.mark.filterwarnings("error")  # the shelf's filter past Nyquist overflowed before it read nothing
+@pytest.mark.parametrize("rate", [2000, 3000])
+def test_rates_whose_nyquist_lies_under_the_k_weighting_shelf_read_nothing_without_overflowing(rate):
+    audio = np.random.default_rng(4).standard_normal((1, rate * 2)) * 0.3
+    assert integrated_loudness(audio, rate) == -math.inf
