@@ -507,10 +507,10 @@ def run(args: argparse.Namespace) -> int:
     check_text_path(out, "the output folder")
     # Cheap checks first: a producer should not wait for a model to load to hear that a folder is wrong.
     sources = collect_sources(session)
-    made = folders_to_make(out)
-    check_output_folder(session, out, make=not args.dry_run)
     if args.server is not None:
         ServerBackend.address(args.server, EditOptions.from_args(args))  # a dry run says a bad one too
+    made = folders_to_make(out)
+    check_output_folder(session, out, make=not args.dry_run)
     if args.dry_run:
         return dry_run(args, sources, out)
     lock = claim_output_folder(out)

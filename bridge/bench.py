@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from bridge.cli import channels_option, count_option, rate_option, takes_option, wait_option
+from bridge.cli import channels_option, count_option, rate_option, region_seconds_option, takes_option
 from engine.editor import STEP_NAMES
 from engine.eval.acceptance import REGION_CHANNELS, REGION_RATE
 from engine.files import report_path, write_json_atomic
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--seconds", type=wait_option, default=None,
+    parser.add_argument("--seconds", type=region_seconds_option, default=None,
                         help="region length (default 10 s; 30 s with --shape)")  # fmt: skip
     parser.add_argument("--jobs", type=count_option, default=5, help="jobs to time (default 5)")
     parser.add_argument(

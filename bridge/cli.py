@@ -77,6 +77,16 @@ def workers_option(text: str) -> int:
     return _whole_number(text, 1, 1024)
 
 
+def region_seconds_option(text: str) -> float:
+    """argparse type of a region's length to make and edit (bench): above 0, at most the server's hour."""
+    from bridge.protocol import MAX_REGION_S
+
+    value = wait_option(text)
+    if value > MAX_REGION_S:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_REGION_S:g} s (an hour), got {text!r}")
+    return value
+
+
 def count_option(text: str) -> int:
     """argparse type of a count of things to do (--jobs, --edits): a whole number of at least 1."""
     return _whole_number(text, 1, 10**6)

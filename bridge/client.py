@@ -298,9 +298,12 @@ class Client:
 
         NoReply, in words the user can act on: nothing answered about any of them within `answer_within` s and no
         engine answers a ping there; or the engine answers but has not taken them all within `accept_within` s of
-        the wait (it journals each job before it accepts it: a slow disk); None: tracking.ACCEPT_WITHIN_S."""
+        the wait (it journals each job before it accepts it: a slow disk); None: tracking.ACCEPT_WITHIN_S. Time
+        while the engine says its queue is full (each resend answered `queue_full`) does not count: the edits wait for
+        a place as long as the engine keeps answering. Given up on, the edits not taken are cancelled, so that a
+        resend the engine takes after this wait ended does not run for nobody."""
         accept_within = tracking.ACCEPT_WITHIN_S if accept_within is None else accept_within
-        since = time.monotonic()
+        since = accepting_since = time.monotonic()
         jobs = [self.tracker.jobs[job_id] for job_id in job_ids]
         pinged = False
         while not all(job.accepted or job.final for job in jobs):
@@ -308,12 +311,17 @@ class Client:
             if not pinged and self.tracker.verdict(now, job_ids, since, answer_within, None) == tracking.NO_ENGINE:
                 self.ping()  # NoReply: no engine there, said as everywhere; a pong: it is slow to accept
                 pinged = True
-            if now - since > accept_within:
-                waiting = [job.job_id for job in jobs if not (job.accepted or job.final)]
+            waiting = [job for job in jobs if not (job.accepted or job.final)]
+            if all(job.stage == tracking.WAITING_FOR_QUEUE and now - job.heard < accept_within for job in waiting):
+                accepting_since = now  # a full queue that says so is waited out, not taken for a slow disk
+            if now - accepting_since > accept_within:
+                waiting = [job.job_id for job in waiting]
+                for job_id in waiting:
+                    self.send(protocol.CANCEL, job_id)
                 raise NoReply(
                     f"the engine at {self.server[0]}:{self.server[1]} answers but did not accept "
-                    f"{'job' if len(waiting) == 1 else 'jobs'} {', '.join(waiting)} within {accept_within:g} s; it may "
-                    f"still run {'it' if len(waiting) == 1 else 'them'}: ask with `imusic send status {waiting[0]}`"
+                    f"{'job' if len(waiting) == 1 else 'jobs'} {', '.join(waiting)} within {accept_within:g} s; "
+                    f"a cancel was sent (`imusic send status {waiting[0]}` says how it ended)"
                 )
             replies, self._backlog = self._backlog + self._read(0.2), []
             self._backlog.extend(reply for reply in replies if not self._track(reply, time.monotonic()))
@@ -342,17 +350,24 @@ class Client:
     ) -> JobResult:
         """submit(), wait_accepted() (NoReply within tracking.ANSWER_WITHIN_S when no engine is there; RemoteError
         when it refuses the edit), then wait(): the blocking call for scripts and the CLI. `timeout` bounds the
-        whole job."""
+        whole job, acceptance included (NoReply naming it; the job may still run)."""
         started = time.monotonic()
         job_id = self.submit(
             input_path, start_s, end_s, instruction, output_path=output_path, seed=seed, takes=takes, job_id=job_id,
             mode=mode,
         )  # fmt: skip
-        (job,) = self.wait_accepted([job_id])
+        accept_within = tracking.ACCEPT_WITHIN_S if timeout is None else min(tracking.ACCEPT_WITHIN_S, timeout)
+        (job,) = self.wait_accepted([job_id], accept_within=accept_within)
         if job.code:
             raise RemoteError(job.error or f"job {job_id} {job.code}", job.code, job_id)
-        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
-        return self.wait(job_id, timeout=left, on_progress=on_progress)
+        if timeout is None:
+            return self.wait(job_id, on_progress=on_progress)
+        try:
+            return self.wait(job_id, timeout=max(0.0, timeout - (time.monotonic() - started)), on_progress=on_progress)
+        except NoReply as exc:
+            if "did not finish" not in str(exc):
+                raise
+            raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)") from None
 
 
 def _absolute_output(path: str | os.PathLike) -> str:

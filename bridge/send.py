@@ -9,11 +9,12 @@ import os
 import sys
 
 from bridge import protocol, tracking
+from bridge.audio_write import names_folder
 from bridge.cli import JobProgress, add_edit_options, add_region_options, report_edit, wait_option
 from bridge.client import Client, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
-from engine.files import AUDIO_FORMATS
+from engine.files import AUDIO_FORMATS, result_file_path
 
 
 def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -30,9 +31,8 @@ def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None
         "--timeout",
         type=wait_option,
         default=argparse.SUPPRESS if suppress else None,
-        help=f"seconds to wait for an answer (default {tracking.ANSWER_WITHIN_S:g}); edit: seconds to wait for the "
-        f"whole job, which runs on if they pass (default: no limit while the server answers, "
-        f"{tracking.GIVE_UP_AFTER_S:g} s of silence end it)",
+        help=f"seconds to wait for an answer (default {tracking.ANSWER_WITHIN_S:g}; edit: no limit while the server "
+        f"answers, {tracking.GIVE_UP_AFTER_S:g} s of silence end it)",
     )
     parser.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS if suppress else False, help="print replies as JSON"
@@ -119,7 +119,7 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
             print(job_id)
             return 0
         # a server that died or hangs is said in one line, as batch and the REAPER actions say it, not waited on forever
-        result = client.wait(job_id, timeout=args.timeout, on_progress=bar, give_up_after=tracking.GIVE_UP_AFTER_S)
+        result = client.wait(job_id, on_progress=bar, give_up_after=tracking.GIVE_UP_AFTER_S)  # --timeout: answers
     except KeyboardInterrupt:
         bar.close()
         client.send(protocol.CANCEL, job_id)
@@ -131,9 +131,11 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         return 0
     print(result.output_path)
     asked = client.tracker.jobs[job_id].request.output_path
-    if asked and not asked.endswith(os.sep) and os.path.normcase(asked) != os.path.normcase(result.output_path):
-        # the server never writes over a file: a taken name gets -2, -3... (README, OSC); said, not hidden
-        sys.stderr.write(f"imusic send: note: {asked} was taken; the result went to {result.output_path}\n")
+    if asked and not names_folder(asked):
+        wanted = result_file_path(asked)  # x -> x.wav, as the server names it
+        if os.path.realpath(wanted) != os.path.realpath(result.output_path):
+            # the server never writes over a file: a taken name gets -2, -3... (README, OSC); said, not hidden
+            sys.stderr.write(f"imusic send: note: {wanted} was taken; the result went to {result.output_path}\n")
     seconds = (result.info.get("bridge") or {}).get("edit_s")
     report_edit("imusic send", args.instruction, result.info.get("seed"), result.info, seconds)
     return 0

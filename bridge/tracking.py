@@ -126,7 +126,7 @@ class ReplyTracker:
         ):
             # done, but a /state carries no info (seed, levels, warnings): the edit resent now is answered with /done
             job.outcome_asked = True
-            job.accepted, job.fraction, job.stage = False, 1.0, reply.message
+            job.accepted, job.fraction, job.stage = False, 1.0, ""  # the message is the result's path, not a stage
             job.heard = job.asked = now - self.resend_after
         elif reply.address == protocol.DONE or (reply.address == protocol.STATE and reply.state == protocol.DONE_STATE):
             job.accepted = True

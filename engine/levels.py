@@ -125,7 +125,8 @@ def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
     audio = as_channels(audio, dtype=None)
     if audio.size == 0:
         return -math.inf
-    return db(max(float(part.max()) for part in _sample_true_peaks(audio, sample_rate, whole=False)))
+    # np.max, not max(): a NaN anywhere reads as it always did (no finite peak), not only in the first block
+    return db(float(np.max([part.max() for part in _sample_true_peaks(audio, sample_rate, whole=False)])))
 
 
 def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB) -> tuple[np.ndarray, bool]:
@@ -139,9 +140,11 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     A final static gain covers any residue from the smoothing, so the ceiling always holds.
     """
     audio = as_channels(audio, dtype=None)
-    if audio.size == 0 or true_peak_db(audio, sample_rate) <= ceiling_db:
+    if audio.size == 0:
         return audio.astype(np.float32), False
-    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked
+    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked: the oversampling done once
+    if db(float(peaks.max())) <= ceiling_db:
+        return audio.astype(np.float32), False
     ceiling = 10 ** (ceiling_db / 20)
     ramp = max(1, int(_RAMP_S * sample_rate))
     hold = max(1, int(_HOLD_S * sample_rate))

@@ -145,6 +145,7 @@ def test_random_small_model_edits_through_the_editor():
         (["--sample-rate", "0"], "--sample-rate: must be from 1000 to 768000"),
         (["--seconds", "nan"], "--seconds: must be a finite number"),
         (["--seconds", "0"], "--seconds: must be a number of seconds above 0"),
+        (["--seconds", "1e9"], "--seconds: must be at most 3600 s"),
         (["--jobs", "0"], "--jobs: must be from 1"),
         (["--edits", "-1"], "--edits: must be from 1"),
     ],

@@ -553,3 +553,59 @@ def test_send_edit_interrupted_before_the_engine_took_it_still_cancels_it(tmp_pa
             time.sleep(0.01)
     assert code == 130 and (protocol.CANCEL, ["j1"]) in engine.requests
     assert "cancel sent for job j1" in capsys.readouterr().err
+
+
+def test_a_full_queue_is_waited_out_past_the_acceptance_limit_and_a_wait_given_up_cancels(tmp_path):
+    """queue_full is "resend later": the edit waits for a place as long as the engine keeps saying so; the 30 s
+    acceptance limit is for an engine that says nothing of it (a slow disk)."""
+    full_until = time.monotonic() + 1.0
+
+    def full_for_a_second(address, args, count):
+        if address == protocol.EDIT and time.monotonic() < full_until:
+            return [(protocol.ERROR, [args[0], protocol.QUEUE_FULL, "the queue is full (64 jobs waiting)"])]
+        if address == protocol.EDIT:
+            return [(protocol.ACCEPTED, [args[0], 63])]
+        return []
+
+    with ScriptedEngine(full_for_a_second) as engine, Client("127.0.0.1", engine.port) as client:
+        client.tracker.resend_after = 0.1
+        job_id = client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums")
+        (job,) = client.wait_accepted([job_id], accept_within=0.4)
+        assert job.accepted and not job.final
+    assert sum(1 for address, _ in engine.requests if address == protocol.EDIT) > 3
+
+    def pongs_only(address, args, count):
+        return [(protocol.PONG, ["0", "m", "cpu", protocol.READY])] if address == protocol.PING else []
+
+    with ScriptedEngine(pongs_only) as engine, Client("127.0.0.1", engine.port) as client:
+        job_id = client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums")
+        with pytest.raises(NoReply, match="a cancel was sent"):
+            client.wait_accepted([job_id], answer_within=0.2, accept_within=0.6)
+        deadline = time.monotonic() + TIMEOUT
+        while (protocol.CANCEL, [job_id]) not in engine.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert (protocol.CANCEL, [job_id]) in engine.requests  # a resend taken after the wait must not run for nobody
+
+
+def test_an_edit_with_a_timeout_names_that_timeout_when_it_runs_out(tmp_path):
+    def accept_and_say_nothing_more(address, args, count):
+        return [(protocol.ACCEPTED, [args[0], 0])] if address == protocol.EDIT else []
+
+    with (
+        ScriptedEngine(accept_and_say_nothing_more) as engine,
+        Client("127.0.0.1", engine.port) as client,
+        pytest.raises(NoReply, match=r"did not finish within 0.5 s"),
+    ):
+        client.edit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums", timeout=0.5)
+
+
+def test_send_edit_says_nothing_of_a_taken_name_when_the_name_was_only_completed(server, root, capsys):
+    song = write_wav(root / "song.wav", seconds=1.0)
+    (root / "stems").mkdir()
+    for output, written in (
+        (root / "out", root / "out.wav"),
+        (root / "stems", root / "stems" / "song.extract_drums.wav"),
+    ):
+        assert send(server, "edit", str(song), "extract drums", "-o", str(output)) == 0
+        said = capsys.readouterr()
+        assert said.out.strip() == str(written) and "was taken" not in said.err

@@ -122,3 +122,13 @@ def test_a_trailing_dot_is_not_kept_in_the_result_name(tmp_path):
 
     assert result_file_path(tmp_path / "x.") == tmp_path / "x.wav"
     assert result_file_path(tmp_path / "take.2") == tmp_path / "take.2.wav"
+
+
+def test_a_batch_refused_for_its_server_address_makes_no_output_folder(tmp_path, capsys):
+    session = tmp_path / "session"
+    session.mkdir()
+    sf.write(session / "a.wav", np.zeros(16000, dtype=np.float32), 16000)
+    out = tmp_path / "new" / "deeper"
+    for extra in (["--server", "99999"], ["--server", "--raw"]):
+        assert main(["batch", str(session), "--edit", "extract drums", "-o", str(out), *extra]) == 1
+        assert not (tmp_path / "new").exists(), extra
