@@ -178,6 +178,9 @@ def test_a_cards_verdict_counts_an_edit_no_better_than_a_fader_as_not_working():
         "remove": {"mel_ssim": False, "log_mel_distance": True},
         "extract": {"mel_ssim": True, "log_mel_distance": True},
     }
+    # a level-only row whose figure is missing or not finite is not a fader beaten (acceptance: "not measured")
+    summary["remove"]["level only"] = {"mel_ssim": None, "log_mel_distance": float("nan")}
+    assert beats_unchanged(summary)["remove"] == {"mel_ssim": False, "log_mel_distance": False}
 
 
 def test_a_model_folders_stems_are_the_ones_loading_uses_its_adapters_first(tmp_path):

@@ -333,6 +333,31 @@ class _BatchRefusingEditor(_RefusingEditor):
         raise AudioError("the input is silent")
 
 
+class _NonFiniteEditor(_RefusingEditor):
+    """Its first clip's output is not finite, as the Editor says of it (ResourceError); batches are refused so."""
+
+    def edit_batch(self, audios, sample_rate, instructions, modes, *, seeds, raw=False):
+        from engine.errors import ResourceError
+
+        raise ResourceError("the model produced invalid samples (NaN/inf); try another seed or dtype fp32")
+
+    def edit_modes(self, audio, sample_rate, instruction, modes, *, seed=None, raw=False):
+        from engine.errors import ResourceError
+
+        self.calls += 1
+        if self.calls == 1:
+            raise ResourceError("the model produced invalid samples (NaN/inf); try another seed or dtype fp32")
+        return _EchoEditor.edit_modes(self, audio, sample_rate, instruction, modes, seed=seed, raw=raw)
+
+
+def test_an_output_that_is_not_finite_costs_its_clip_not_the_evaluation(synth_data, tiny_editor, tmp_path):
+    """A GPU run's eval stage writes its report only at the end: one NaN output used to lose every score."""
+    report = _short_eval(synth_data, _NonFiniteEditor(tiny_editor), tmp_path, ["remove"], limit=3, batch=3)
+    part = report["tasks"]["remove"]
+    assert part["summary"]["model"]["n"] == 2 and "invalid samples" in part["skipped"][0]["reason"]
+    assert part["clips"] == {"scored": 2, "planned": 3, "refused": 1}  # what was scored, not what was tried
+
+
 def test_a_batch_with_a_clip_the_editor_refuses_scores_the_others_one_by_one(synth_data, tiny_editor, tmp_path):
     report = _short_eval(synth_data, _BatchRefusingEditor(tiny_editor), tmp_path, ["remove"], limit=3, batch=3)
     part = report["tasks"]["remove"]
@@ -343,7 +368,11 @@ def test_a_batch_with_a_clip_the_editor_refuses_scores_the_others_one_by_one(syn
 def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_editor, tmp_path):
     runs = {b: _short_eval(synth_data, tiny_editor, tmp_path / str(b), limit=3, batch=b) for b in (1, 2)}
     one, two = (runs[b]["tasks"]["extract"] for b in (1, 2))
-    assert runs[2]["settings"]["batch"] == 2 and one["clips"] == two["clips"] == {"scored": 3, "planned": 3}
+    assert runs[2]["settings"]["batch"] == 2 and one["clips"] == two["clips"] == {
+        "scored": 3,
+        "planned": 3,
+        "refused": 0,
+    }
     for a, b in zip(one["examples"], two["examples"], strict=True):
         assert (a["song"], a["offset"], a["stem"], a["seed"]) == (b["song"], b["offset"], b["stem"], b["seed"])
         assert a["identity"] == b["identity"] and a["codec ceiling"] == b["codec ceiling"]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import AudioError, ConfigError, DataError, InstructionError
+from engine.errors import AudioError, ConfigError, DataError, InstructionError, ResourceError
 from engine.eval.clips import check_tasks, held_out_clips, spread_indices, stereo_clip
 from engine.eval.report import (
     CEILING_ROW,
@@ -246,13 +246,13 @@ def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipp
                 sources, rate, [item[2] for item in group], modes, seeds=[seed + item[0] for item in group], raw=raw
             )
             return [tuple(edits.values()) for edits in done]
-    except (AudioError, InstructionError):
-        pass  # one clip of the batch is unusable: find it below, clip by clip
+    except (AudioError, InstructionError, ResourceError):
+        pass  # one clip of the batch is unusable (or its output not finite): find it below, clip by clip
     out: list = []
     for (index, clip, instruction, _, _), source in zip(group, sources, strict=True):
         try:
             out.append(tuple(editor.edit_modes(source, rate, instruction, modes, seed=seed + index, raw=raw).values()))
-        except (AudioError, InstructionError) as exc:  # one unusable clip must not end the evaluation
+        except (AudioError, InstructionError, ResourceError) as exc:  # one clip (a NaN output) never ends the run
             skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
             out.append(None)
     return out
@@ -324,7 +324,9 @@ def evaluate(
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     rate = editor.sample_rate
-    mask_settings = getattr(editor, "mask_settings", None) or {}  # the ideal mask uses the editor's mask design
+    # The ideal mask uses the editor's mask design at full depth (the defaults, or the settings the editor was given):
+    # the card's mask_depth is how far the model's own estimate is trusted, which the truth needs no discount for.
+    mask_settings = getattr(editor, "mask_settings", None) or {}
     report: dict[str, Any] = {
         "model": editor.info,
         "data": str(data),
@@ -435,7 +437,7 @@ def evaluate(
                 "skipped": skipped,
                 "skipped_songs": skipped_songs,
                 "notes": notes,
-                "clips": {"scored": scored, "planned": count},
+                "clips": {"scored": len(examples), "planned": count, "refused": len(skipped)},
             }
     finally:
         if pool is not None:

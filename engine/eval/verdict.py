@@ -49,11 +49,19 @@ def beats_identity(
 def beats_unchanged(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
     """A model card's verdict (`evaluation.beats_identity`): per task and metric, whether the model beats leaving the
     audio unchanged, at its own level and at any level (the level-only row, where the report has one): an edit that
-    does no more than a fader does not work."""
+    does no more than a fader does not work. A report with a level-only row whose figure is missing or not finite
+    does not pass that metric (acceptance says "not measured" of it); only a report from before the row counts the
+    identity alone."""
     verdict = beats_identity(summary)
     fader = beats_identity(summary, MODEL_ROW, LEVEL_ROW)
+
+    def at_any_level(task: str, metric: str) -> bool:
+        if LEVEL_ROW not in summary.get(task, {}):
+            return True
+        return fader.get(task, {}).get(metric, False)
+
     return {
-        task: {metric: won and fader.get(task, {}).get(metric, True) for metric, won in metrics.items()}
+        task: {metric: won and at_any_level(task, metric) for metric, won in metrics.items()}
         for task, metrics in verdict.items()
     }
 
