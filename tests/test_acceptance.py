@@ -118,3 +118,42 @@ def test_a_table_path_that_is_not_markdown_is_refused_before_any_work(tmp_path, 
     take.write_bytes(b"RIFF a producer's take")
     assert main(["--report", str(tmp_path / "missing.json"), "--no-timing", "-o", str(take)]) == 1
     assert "-o writes a .md file" in capsys.readouterr().err and take.read_bytes() == b"RIFF a producer's take"
+
+
+def _clips(model_lmd, identity_lmd):
+    return [
+        {"model": {"log_mel_distance": m, "mel_ssim": 0.5}, "identity": {"log_mel_distance": i, "mel_ssim": 0.5}}
+        for m, i in zip(model_lmd, identity_lmd, strict=True)
+    ]
+
+
+def test_a_win_within_the_clips_own_spread_is_not_a_win():
+    """add's -0.24 dB over 80 clips at paired t -0.4 read as a met bar: a coin flip. Now a win needs |t| >= 2."""
+    import numpy as np
+
+    from engine.eval.report import paired_t, paired_t_key, summarize
+    from engine.eval.verdict import MIN_T, beats_identity
+
+    rng = np.random.default_rng(0)
+    identity = rng.normal(8.5, 3.0, 80)
+    noisy = identity + rng.normal(-0.2, 4.0, 80)  # ahead on the mean, within noise
+    clear = identity - 0.5 + rng.normal(0.0, 0.2, 80)  # ahead on nearly every clip
+    for model, wins in ((noisy, False), (clear, True)):
+        summary = summarize(_clips(model, identity))
+        t = summary["model"][paired_t_key("log_mel_distance", "identity")]
+        assert (abs(t) >= MIN_T) is wins
+        verdict = beats_identity({"add": summary})["add"]
+        assert verdict["log_mel_distance"] is wins
+        bars = report_bars({"add": summary}, "test songs")
+        add_bar = next(bar for bar in bars if bar.name == "test songs: add beats identity on log-mel distance")
+        assert f"paired t {t:+.1f}" in add_bar.measured and add_bar.met is wins
+    assert paired_t([1.0, 2.0], [1.0, 2.0]) == 0.0
+    assert paired_t([2.0, 3.0], [1.0, 2.0]) == float("inf")
+    assert np.isnan(paired_t([1.0], [0.0]))
+
+
+def test_a_report_from_before_the_paired_statistic_is_judged_on_its_means():
+    from engine.eval.verdict import beats_identity
+
+    summary = {"add": {"model": _row(0.3, 8.3), "identity": _row(0.3, 8.6)}}
+    assert beats_identity(summary)["add"]["log_mel_distance"] is True

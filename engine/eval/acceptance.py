@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError, report_error
-from engine.eval.report import CEILING_ROW, IDENTITY_ROW, LEVEL_ROW, MODEL_ROW, report_summary
+from engine.eval.report import CEILING_ROW, IDENTITY_ROW, LEVEL_ROW, MODEL_ROW, paired_t_key, report_summary
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 from engine.instructions import timed_instruction
 
@@ -73,7 +73,12 @@ def _pair(rows: dict[str, Any], row: str, metric: str, baseline: str = IDENTITY_
     if not (_finite(mine) and _finite(base)):  # missing, null, or "nan" as older reports wrote it
         return f"{METRIC_WORDS[metric]} not measured"
     gain = rows.get(baseline, {}).get(f"{metric}_gain_db")
-    return f"{METRIC_WORDS[metric]} {mine:.3g} vs {base:.3g}" + (f" (at {gain:+g} dB)" if _finite(gain) else "")
+    t = rows.get(row, {}).get(paired_t_key(metric, baseline))
+    return (
+        f"{METRIC_WORDS[metric]} {mine:.4g} vs {base:.4g}"
+        + (f" (at {gain:+g} dB)" if _finite(gain) else "")
+        + (f", paired t {t:+.1f}" if _finite(t) else "")
+    )
 
 
 def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:

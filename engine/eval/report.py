@@ -33,12 +33,35 @@ REPORT_JSON = "report.json"
 SPECTROGRAMS = "spectrograms"  # the folder of a report's pictures, beside it
 
 
+def paired_t_key(metric: str, baseline: str) -> str:
+    """The summary key of a row's paired t statistic against `baseline` on `metric` (see summarize)."""
+    return f"{metric}_t_vs_{baseline}"
+
+
+def paired_t(values: Any, baseline: Any) -> float:
+    """The paired t statistic of values - baseline over the clips where both are finite: the mean difference over
+    its standard error. NaN for fewer than 2 such clips; 0 where every difference is 0, +-inf where all are equal
+    and not 0."""
+    import numpy as np
+
+    differences = np.asarray(values, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    differences = differences[np.isfinite(differences)]
+    if differences.size < 2:
+        return float("nan")
+    mean, spread = float(differences.mean()), float(differences.std(ddof=1))
+    if spread == 0.0:
+        return 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
+    return mean / (spread / math.sqrt(differences.size))
+
+
 def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Mean and standard deviation per row and metric over the examples' finite values; the clips whose value is not
     finite (NaN from a model that returned none) are counted in `<metric>_nonfinite`, shown in the table, and a row
     with any is judged on no metric (verdict.beats_identity); with the
     examples' level grids, the LEVEL_ROW: per metric, the mean at the gain whose mean scores best, and that gain
-    (`<metric>_gain_db`)."""
+    (`<metric>_gain_db`). Every row but the identity also holds its paired t statistic against the identity over the
+    same clips (`paired_t_key`), and the model row its paired t against the level-only row at that row's gain: a
+    difference of means within the clips' own spread is not a win (verdict.MIN_T)."""
     import numpy as np  # here: the report's names are read by modules that must stay light (the recipe, the loader)
 
     summary: dict[str, dict[str, float]] = {}
@@ -53,6 +76,15 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
             if finite.size < values.size:
                 stats[f"{metric}_nonfinite"] = int(values.size - finite.size)
         summary[row] = stats
+    paired = [ex for ex in examples if IDENTITY_ROW in ex]
+    for row in rows:
+        if row in (IDENTITY_ROW, LEVEL_ROW) or not paired:
+            continue
+        for metric in METRICS:
+            mine = [ex.get(row, {}).get(metric, np.nan) for ex in paired]
+            summary[row][paired_t_key(metric, IDENTITY_ROW)] = paired_t(
+                mine, [ex[IDENTITY_ROW].get(metric, np.nan) for ex in paired]
+            )
     grids = [ex[LEVEL_GRID] for ex in examples if LEVEL_GRID in ex]
     if grids:
         from engine.eval.metrics import LEVEL_GAINS_DB
@@ -64,6 +96,10 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
             best = int(np.argmin(means) if metric in LOWER_IS_BETTER else np.argmax(means))
             stats[metric], stats[f"{metric}_std"] = float(means[best]), float(values[:, best].std())
             stats[f"{metric}_gain_db"] = float(LEVEL_GAINS_DB[best])
+            with_grid = [ex for ex in examples if LEVEL_GRID in ex]
+            if MODEL_ROW in summary and len(with_grid) == len(examples):  # the model on the very clips of the grid
+                mine = [ex.get(MODEL_ROW, {}).get(metric, np.nan) for ex in with_grid]
+                summary[MODEL_ROW][paired_t_key(metric, LEVEL_ROW)] = paired_t(mine, values[:, best])
         summary[LEVEL_ROW] = stats
     return summary
 

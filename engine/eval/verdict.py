@@ -8,7 +8,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.eval.report import IDENTITY_ROW, LEVEL_ROW, LOWER_IS_BETTER, MODEL_ROW
+from engine.eval.report import IDENTITY_ROW, LEVEL_ROW, LOWER_IS_BETTER, MODEL_ROW, paired_t_key
+
+# The least |paired t| of a win over a baseline: about a 95 % two-sided test on the clips' differences, roughly
+# two standard errors of the mean difference.
+MIN_T = 2.0
 
 # The metrics each operation is judged on. Add is judged on log-mel distance only: the input already holds
 # everything but the new part, so its mel SSIM to the target starts high.
@@ -28,7 +32,9 @@ def beats_identity(
 
     Tasks or metrics missing from either row, or not a finite number there (null in a report), or measured on fewer
     clips than the row holds (some not finite: `<metric>_nonfinite`), are left out: the card says only what was
-    measured, over every clip.
+    measured, over every clip. Where the report holds the row's paired t statistic against the baseline (report.
+    summarize), a win also needs |t| >= MIN_T: a mean difference within the clips' own spread (add's -0.24 dB at
+    t -0.4, the model ahead on 33 of 80 clips) is no win. Reports from before the statistic: the means alone.
     """
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
@@ -40,7 +46,11 @@ def beats_identity(
                 continue
             if isinstance(mine, (int, float)) and isinstance(base, (int, float)) and math.isfinite(mine - base):
                 gain = mine - base
-                one[metric] = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
+                won = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
+                t = model.get(paired_t_key(metric, baseline))
+                if isinstance(t, (int, float)) and not isinstance(t, bool):
+                    won = won and abs(t) >= MIN_T  # NaN (too few clips to tell) is no win either
+                one[metric] = won
         if one:
             verdict[task] = one
     return verdict
