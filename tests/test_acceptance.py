@@ -157,3 +157,29 @@ def test_a_report_from_before_the_paired_statistic_is_judged_on_its_means():
 
     summary = {"add": {"model": _row(0.3, 8.3), "identity": _row(0.3, 8.6)}}
     assert beats_identity(summary)["add"]["log_mel_distance"] is True
+
+
+def test_an_add_that_only_puts_noise_on_the_input_beats_the_identity_but_not_the_noise_bed():
+    """A review found the input plus -65 dBFS white noise beating the identity on add's log-mel distance: near-silent
+    bins weigh as much as loud ones there. Such an "add" now meets the noise-bed row, and does not beat it."""
+    import numpy as np
+
+    from engine.eval.evaluate import score_rows
+    from engine.eval.report import summarize
+    from engine.eval.verdict import beats_identity, beats_unchanged
+
+    rate, examples = 16000, []
+    t = np.arange(2 * rate) / rate
+    for clip in range(12):
+        rng = np.random.default_rng(clip)
+        mix = sum(0.2 * np.sin(2 * np.pi * f * t) for f in rng.uniform(80, 400, 3)) + 0.003 * rng.standard_normal(
+            t.size
+        )
+        stem = 10 ** (-45 / 20) * rng.standard_normal(t.size)  # a hiss the input lacks
+        just_noise = mix + 10 ** (-60 / 20) * np.random.default_rng(100 + clip).standard_normal(t.size)  # too little
+        examples.append(score_rows(mix, mix + stem, {"model": just_noise}, rate))
+    summary = {"add": summarize(examples)}
+    assert beats_identity(summary)["add"]["log_mel_distance"] is True  # the loophole: noise "adds" something
+    assert beats_unchanged(summary)["add"]["log_mel_distance"] is False  # closed: no better than a noise bed
+    bars = {bar.name: bar for bar in report_bars(summary, "test songs")}
+    assert bars["test songs: add beats a noise bed on log-mel distance"].met is False

@@ -132,14 +132,20 @@ def test_every_task_has_the_model_and_the_three_reference_rows(report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     assert list(report["tasks"]) == ["extract", "remove", "add"]
     for part in report["tasks"].values():
-        rows = {"model", "resynth", "identity", "level only", "codec ceiling", "ideal mask", "oracle"}
+        rows = {"model", "resynth", "identity", "level only", "noise bed", "codec ceiling", "ideal mask", "oracle"}
         assert set(part["summary"]) == rows
         assert part["summary"]["model"]["n"] == 2 and part["summary"]["resynth"]["n"] == 2
-        assert all("ild_error" in row for name, row in part["summary"].items() if name != "level only")
+        grids = ("level only", "noise bed")
+        assert all("ild_error" in row for name, row in part["summary"].items() if name not in grids)
         level = part["summary"]["level only"]  # the fader: mel SSIM and log-mel distance, each at its best gain
-        assert set(level) == {"n", "mel_ssim", "mel_ssim_std", "mel_ssim_gain_db", "log_mel_distance",
-                              "log_mel_distance_std", "log_mel_distance_gain_db"}  # fmt: skip
-        assert all("level grid" not in clip for clip in part["examples"])  # read, not kept
+        assert set(level) == {"n", "mel_ssim", "mel_ssim_std", "mel_ssim_gain_db", "mel_ssim_at", "log_mel_distance",
+                              "log_mel_distance_std", "log_mel_distance_gain_db", "log_mel_distance_at"}  # fmt: skip
+        noise = part["summary"]["noise bed"]  # the noise: each metric at its best bed, named
+        assert noise["log_mel_distance_at"].endswith(" dBFS") and "noise at" in noise["mel_ssim_at"]
+        model = part["summary"]["model"]  # judged against each with paired statistics
+        assert {"log_mel_distance_t_vs_identity", "log_mel_distance_t_vs_level only"} <= set(model)
+        assert "log_mel_distance_t_vs_noise bed" in model
+        assert all("level grid" not in clip and "noise grid" not in clip for clip in part["examples"])  # not kept
 
 
 def test_reference_rows_of_a_real_run_are_right_by_construction(report_dir):

@@ -417,13 +417,16 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert "gpu_recipe: recipe exit 0; returned:" in log and log.rstrip().endswith("run.log")  # the log's end is in it
     # the bars the run can judge are in its log and card at once, each met, not met or not measured
     bars = card["stages"]["eval"]["bars"]
-    assert [b["bar"] for b in bars][:6] == [
+    assert [b["bar"] for b in bars][:9] == [
         "test songs: extract beats identity on mel SSIM and log-mel distance",
         "test songs: extract beats a level change on mel SSIM and log-mel distance",
+        "test songs: extract beats a noise bed on mel SSIM and log-mel distance",
         "test songs: remove beats identity on mel SSIM and log-mel distance",
         "test songs: remove beats a level change on mel SSIM and log-mel distance",
+        "test songs: remove beats a noise bed on mel SSIM and log-mel distance",
         "test songs: add beats identity on log-mel distance",
         "test songs: add beats a level change on log-mel distance",
+        "test songs: add beats a noise bed on log-mel distance",
     ]
     assert all(b["met"] in (True, False, None) and f"eval: {b['bar']}: " in log for b in bars)
 

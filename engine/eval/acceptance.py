@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ImusicError, report_error
-from engine.eval.report import CEILING_ROW, IDENTITY_ROW, LEVEL_ROW, MODEL_ROW, paired_t_key, report_summary
+from engine.eval.report import (
+    CEILING_ROW,
+    IDENTITY_ROW,
+    LEVEL_ROW,
+    MODEL_ROW,
+    NOISE_ROW,
+    paired_t_key,
+    report_summary,
+)
 from engine.eval.verdict import EDIT_BARS, METRIC_WORDS, beats_identity
 from engine.instructions import timed_instruction
 
@@ -73,10 +81,11 @@ def _pair(rows: dict[str, Any], row: str, metric: str, baseline: str = IDENTITY_
     if not (_finite(mine) and _finite(base)):  # missing, null, or "nan" as older reports wrote it
         return f"{METRIC_WORDS[metric]} not measured"
     gain = rows.get(baseline, {}).get(f"{metric}_gain_db")
+    at = rows.get(baseline, {}).get(f"{metric}_at") or (f"{gain:+g} dB" if _finite(gain) else "")
     t = rows.get(row, {}).get(paired_t_key(metric, baseline))
     return (
         f"{METRIC_WORDS[metric]} {mine:.4g} vs {base:.4g}"
-        + (f" (at {gain:+g} dB)" if _finite(gain) else "")
+        + (f" (at {at})" if at else "")
         + (f", paired t {t:+.1f}" if _finite(t) else "")
     )
 
@@ -85,16 +94,21 @@ def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
     """The model and codec-ceiling bars of one test set."""
 
     model, ceiling = beats_identity(summary, MODEL_ROW), beats_identity(summary, CEILING_ROW)
-    fader = beats_identity(summary, MODEL_ROW, LEVEL_ROW)
+    fader, noise = beats_identity(summary, MODEL_ROW, LEVEL_ROW), beats_identity(summary, MODEL_ROW, NOISE_ROW)
+    baselines = (
+        (IDENTITY_ROW, model, "identity"),
+        (LEVEL_ROW, fader, "a level change"),
+        (NOISE_ROW, noise, "a noise bed"),
+    )
     bars = []
     for task in TASKS:
         metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use
         what = " and ".join(METRIC_WORDS[m] for m in metrics)
         clips = summary.get(task, {}).get("model", {}).get("n")
         counted = f" ({int(clips)} clips)" if _finite(clips) else ""  # a run cut by its time budget scores fewer
-        for baseline, verdict, words in ((IDENTITY_ROW, model, "identity"), (LEVEL_ROW, fader, "a level change")):
-            if baseline == LEVEL_ROW and summary.get(task) and LEVEL_ROW not in summary[task]:
-                continue  # a report from before the level-only row
+        for baseline, verdict, words in baselines:
+            if baseline != IDENTITY_ROW and summary.get(task) and baseline not in summary[task]:
+                continue  # a report from before the row
             verdicts = [verdict.get(task, {}).get(m) for m in metrics]
             measured = "; ".join(_pair(summary.get(task, {}), "model", m, baseline) for m in metrics) + counted
             bars.append(Bar(f"{label}: {task} beats {words} on {what}", measured, _all(verdicts)))

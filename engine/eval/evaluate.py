@@ -39,6 +39,7 @@ from engine.eval.report import (
     IDENTITY_ROW,
     LEVEL_GRID,
     MODEL_ROW,
+    NOISE_GRID,
     ORACLE_ROW,
     REPORT_JSON,
     REPORT_MD,
@@ -94,11 +95,13 @@ def score_rows(
     input_audio: np.ndarray, target: np.ndarray, outputs: dict[str, np.ndarray], sample_rate: int
 ) -> dict[str, dict[str, float]]:
     """Metrics of every row's output ({row: audio}) against the target, plus the identity and oracle rows."""
-    from engine.eval.metrics import edit_metrics, level_grid
+    from engine.eval.metrics import edit_metrics, level_grid, noise_grid
 
     rows = {IDENTITY_ROW: input_audio, **outputs, ORACLE_ROW: target}
     scores = {name: edit_metrics(audio, input_audio, target, sample_rate) for name, audio in rows.items()}
-    return {**scores, LEVEL_GRID: level_grid(input_audio, target, sample_rate)}
+    grids = {LEVEL_GRID: level_grid(input_audio, target, sample_rate)}
+    grids[NOISE_GRID] = noise_grid(input_audio, target, sample_rate)
+    return {**scores, **grids}
 
 
 def score_clip(
@@ -416,8 +419,9 @@ def evaluate(
             if not examples:
                 raise DataError(f"no {task} example could be evaluated: {skipped[0]['reason'] if skipped else 'none'}")
             summary = summarize(examples)
-            for example in examples:  # 74 numbers a clip: read by the summary's level-only row, not kept
+            for example in examples:  # 96 numbers a clip: read by the summary's level-only and noise rows, not kept
                 example.pop(LEVEL_GRID, None)
+                example.pop(NOISE_GRID, None)
             notes = []
             if optional_metrics:
                 extra, notes = _optional_metrics(audio_dirs, captions, str(editor.model.device))

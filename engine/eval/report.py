@@ -13,9 +13,12 @@ from typing import Any
 # named otherwise is dropped by summarize(), so every writer and reader names them from here.
 MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW = "model", "resynth", "identity"
 LEVEL_ROW = "level only"  # the identity at the one gain per task and metric that scores best (metrics.level_grid)
+NOISE_ROW = "noise bed"  # the identity plus the one noise per task and metric that scores best (metrics.noise_grid)
 CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW = "codec ceiling", "ideal mask", "oracle"
-ROWS = (MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW, LEVEL_ROW, CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW)
+ROWS = (MODEL_ROW, RESYNTH_ROW, IDENTITY_ROW, LEVEL_ROW, NOISE_ROW, CEILING_ROW, IDEAL_MASK_ROW, ORACLE_ROW)
 LEVEL_GRID = "level grid"  # a clip's metrics.level_grid, read by summarize() for LEVEL_ROW and not kept in a report
+NOISE_GRID = "noise grid"  # a clip's metrics.noise_grid, for NOISE_ROW, the same way
+GRID_ROWS = {LEVEL_ROW: LEVEL_GRID, NOISE_ROW: NOISE_GRID}  # the non-edits an edit must beat besides the identity
 METRICS = ("si_sdr", "si_sdri", "mel_ssim", "log_mel_distance", "ild_error")
 METRIC_TITLES = {
     "si_sdr": "SI-SDR (dB) ↑",
@@ -78,30 +81,41 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
         summary[row] = stats
     paired = [ex for ex in examples if IDENTITY_ROW in ex]
     for row in rows:
-        if row in (IDENTITY_ROW, LEVEL_ROW) or not paired:
+        if row == IDENTITY_ROW or row in GRID_ROWS or not paired:
             continue
         for metric in METRICS:
             mine = [ex.get(row, {}).get(metric, np.nan) for ex in paired]
             summary[row][paired_t_key(metric, IDENTITY_ROW)] = paired_t(
                 mine, [ex[IDENTITY_ROW].get(metric, np.nan) for ex in paired]
             )
-    grids = [ex[LEVEL_GRID] for ex in examples if LEVEL_GRID in ex]
-    if grids:
-        from engine.eval.metrics import LEVEL_GAINS_DB
-
-        stats = {"n": len(grids)}
-        for metric in grids[0]:
-            values = np.array([grid[metric] for grid in grids], dtype=np.float64)  # [clips, gains]
+    for row, key in GRID_ROWS.items():  # the non-edits an edit must beat, each at its best point of its grid
+        with_grid = [ex for ex in examples if key in ex]
+        if not with_grid:
+            continue
+        labels = grid_labels(row)
+        stats = {"n": len(with_grid)}
+        for metric in with_grid[0][key]:
+            values = np.array([ex[key][metric] for ex in with_grid], dtype=np.float64)  # [clips, grid points]
             means = values.mean(axis=0)
             best = int(np.argmin(means) if metric in LOWER_IS_BETTER else np.argmax(means))
             stats[metric], stats[f"{metric}_std"] = float(means[best]), float(values[:, best].std())
-            stats[f"{metric}_gain_db"] = float(LEVEL_GAINS_DB[best])
-            with_grid = [ex for ex in examples if LEVEL_GRID in ex]
+            stats[f"{metric}_at"] = labels[best]
+            if row == LEVEL_ROW:
+                stats[f"{metric}_gain_db"] = float(labels[best].split()[0])  # as reports before "_at" name it
             if MODEL_ROW in summary and len(with_grid) == len(examples):  # the model on the very clips of the grid
                 mine = [ex.get(MODEL_ROW, {}).get(metric, np.nan) for ex in with_grid]
-                summary[MODEL_ROW][paired_t_key(metric, LEVEL_ROW)] = paired_t(mine, values[:, best])
-        summary[LEVEL_ROW] = stats
+                summary[MODEL_ROW][paired_t_key(metric, row)] = paired_t(mine, values[:, best])
+        summary[row] = stats
     return summary
+
+
+def grid_labels(row: str) -> list[str]:
+    """The points of a grid row's grid, as its summary names the chosen one (`<metric>_at`)."""
+    from engine.eval.metrics import LEVEL_GAINS_DB, NOISE_BEDS, noise_label
+
+    if row == LEVEL_ROW:
+        return [f"{gain:+g} dB" for gain in LEVEL_GAINS_DB]
+    return [noise_label(colour, level) for colour, level in NOISE_BEDS]
 
 
 def _cell(value: Any) -> str:
@@ -129,7 +143,9 @@ def markdown(report: dict) -> str:
         "= the target through the model's codec (the best re-synthesis can reach); *ideal mask* = the mask computed "
         "from the true target (the best the mask mode can reach); *oracle* = output is the target; *level only* = "
         "the input at the one gain (-12 to +6 dB) that scores best on each metric over the task's clips: what a fader "
-        "alone does, the least an edit must beat. For add and remove the identity is already close on spectral "
+        "alone does, the least an edit must beat; *noise bed* = the input plus the white or pink noise (-80 to -40 "
+        "dBFS) that scores best on each metric: what adding noise alone does, which an edit must beat too. "
+        "For add and remove the identity is already close on spectral "
         "metrics: judge those against the ceilings; extract must beat identity clearly. ILD err. is the stereo "
         "image's error (0 for mono clips). Log-mel distance floors both spectrograms 80 dB under the target's "
         "loudest bin. Cells are mean ± standard deviation over the clips (not the mean's standard error).",
@@ -160,13 +176,15 @@ def markdown(report: dict) -> str:
                     cells.append(text)
                 lines.append(f"| {row} | " + " | ".join(cells) + " |")
         notes = [f"- {note}" for note in part.get("notes", [])]
-        level = summary.get(LEVEL_ROW, {})
-        if level:
-            gains = ", ".join(
-                f"{METRIC_TITLES[m].rsplit(' ', 1)[0]} at {level[f'{m}_gain_db']:+g} dB"
-                for m in METRICS if f"{m}_gain_db" in level
-            )  # fmt: skip
-            notes.insert(0, f"- level only: {gains}")
+        for row in reversed(GRID_ROWS):  # where each non-edit scored best (a report from before "_at": the gain)
+            stats = summary.get(row, {})
+            points = [
+                f"{METRIC_TITLES[m].rsplit(' ', 1)[0]} at "
+                + (stats[f"{m}_at"] if f"{m}_at" in stats else f"{stats[f'{m}_gain_db']:+g} dB")
+                for m in METRICS if f"{m}_at" in stats or f"{m}_gain_db" in stats
+            ]  # fmt: skip
+            if points:
+                notes.insert(0, f"- {row}: {', '.join(points)}")
         if part.get("skipped"):
             notes.append(f"- {len(part['skipped'])} clip(s) skipped: {part['skipped'][0]['reason']}")
         lines += [""] + notes if notes else []

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.eval.report import IDENTITY_ROW, LEVEL_ROW, LOWER_IS_BETTER, MODEL_ROW, paired_t_key
+from engine.eval.report import GRID_ROWS, IDENTITY_ROW, LOWER_IS_BETTER, MODEL_ROW, paired_t_key
 
 # The least |paired t| of a win over a baseline: about a 95 % two-sided test on the clips' differences, roughly
 # two standard errors of the mean difference.
@@ -58,20 +58,18 @@ def beats_identity(
 
 def beats_unchanged(summary: dict[str, Any]) -> dict[str, dict[str, bool]]:
     """A model card's verdict (`evaluation.beats_identity`): per task and metric, whether the model beats leaving the
-    audio unchanged, at its own level and at any level (the level-only row, where the report has one): an edit that
-    does no more than a fader does not work. A report with a level-only row whose figure is missing or not finite
-    does not pass that metric (acceptance says "not measured" of it); only a report from before the row counts the
-    identity alone."""
+    audio unchanged, at its own level, at any level (the level-only row) and with any noise bed added (the noise
+    row), where the report has those rows: an edit that does no more than a fader, or than a little noise, does not
+    work. A report with such a row whose figure is missing or not finite does not pass that metric (acceptance says
+    "not measured" of it); a report from before a row is judged without it."""
     verdict = beats_identity(summary)
-    fader = beats_identity(summary, MODEL_ROW, LEVEL_ROW)
+    others = {row: beats_identity(summary, MODEL_ROW, row) for row in GRID_ROWS}
 
-    def at_any_level(task: str, metric: str) -> bool:
-        if LEVEL_ROW not in summary.get(task, {}):
-            return True
-        return fader.get(task, {}).get(metric, False)
+    def beats_the_others(task: str, metric: str) -> bool:
+        return all(others[row].get(task, {}).get(metric, False) for row in GRID_ROWS if row in summary.get(task, {}))
 
     return {
-        task: {metric: won and at_any_level(task, metric) for metric, won in metrics.items()}
+        task: {metric: won and beats_the_others(task, metric) for metric, won in metrics.items()}
         for task, metrics in verdict.items()
     }
 
