@@ -943,7 +943,7 @@ def test_a_dry_run_says_the_model_cards_own_verdict_before_anything_renders(
     assert main([*argv, "-o", str(tmp_path / "out"), "--dry-run"]) == 0
     printed = capsys.readouterr().out
     (line,) = [line for line in printed.splitlines() if "note" in line]  # extract loses on the card, remove wins
-    assert line.startswith("  note (2 results): ") and "its extract edits do not beat" in line
+    assert line.startswith("  note (2 results): ") and "its extract edits do not clearly beat" in line
 
 
 def test_a_ray_workers_error_comes_back_as_its_own_class_by_code():

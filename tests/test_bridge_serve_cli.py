@@ -46,7 +46,7 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(judged_model_dir, tmp
         port = str(listening_port(log.read_text()))
         ping = subprocess.run(IMUSIC + ["send", "--port", port, "ping"], capture_output=True, text=True, timeout=30)
         assert ping.returncode == 0 and ping.stdout.split()[-1] == "ready"
-        assert ping.stderr.startswith("imusic send: note: ") and "its extract edits do not beat" in ping.stderr
+        assert ping.stderr.startswith("imusic send: note: ") and "its extract edits do not clearly beat" in ping.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
@@ -54,7 +54,7 @@ def test_serve_loads_warms_up_answers_and_stops_on_sigterm(judged_model_dir, tmp
     assert log.read_text().rstrip().endswith("imusic serve: stopped")  # nothing was pending: no word of resuming
     # the model card's own verdict, said once at start: extract loses to the unchanged input, the rest do not
     notes = [line for line in log.read_text().splitlines() if "note: " in line]
-    assert len(notes) == 1 and "its extract edits do not beat leaving the audio unchanged" in notes[0]
+    assert len(notes) == 1 and "its extract edits do not clearly beat leaving the audio unchanged" in notes[0]
 
 
 def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):

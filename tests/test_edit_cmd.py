@@ -273,7 +273,7 @@ def test_the_summary_of_a_silent_result_says_what_it_knows(capsys):
 def test_the_models_own_verdict_on_the_operation_is_printed_as_a_note(song, tmp_path, judged_model_dir, capsys):
     assert edit(song, judged_model_dir, "-o", str(tmp_path / "x.wav")) == 0
     err = capsys.readouterr().err
-    assert "imusic edit: note: " in err and "extract edits do not beat leaving the audio unchanged" in err
+    assert "imusic edit: note: " in err and "extract edits do not clearly beat leaving the audio unchanged" in err
 
 
 def test_an_output_under_a_file_or_in_a_read_only_folder_is_refused_before_the_model_loads(

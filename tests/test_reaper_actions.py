@@ -589,7 +589,7 @@ def test_engine_status_carries_the_models_own_note_on_what_it_cannot_do_yet(
         server.stop()
     (message,) = [m for m, _, _ in harness.reaper.messages]
     notes = [line for line in message.splitlines() if line.startswith("Note: ")]
-    assert len(notes) == 1 and "extract edits do not beat leaving the audio unchanged" in notes[0]
+    assert len(notes) == 1 and "extract edits do not clearly beat leaving the audio unchanged" in notes[0]
 
 
 def test_without_a_running_engine_the_actions_say_how_to_start_it(harness, source_file, monkeypatch):

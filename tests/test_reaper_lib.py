@@ -167,7 +167,7 @@ def test_a_lost_done_reply_is_recovered_by_asking_for_the_jobs_state(tmp_path, s
 
 
 def test_the_engines_note_on_a_result_is_shown_once_per_reaper_session(tmp_path, source, monkeypatch):
-    note = "tiny's own evaluation: its extract edits do not beat leaving the audio unchanged"
+    note = "tiny's own evaluation: its extract edits do not clearly beat leaving the audio unchanged"
 
     def answer(address, args, count):
         if address == protocol.EDIT:

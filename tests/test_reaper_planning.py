@@ -252,7 +252,7 @@ def test_a_running_edit_shows_its_progress_once_accepted_and_else_what_it_waits_
 
 
 def test_the_status_message_carries_the_engines_notes_on_its_model_one_a_line():
-    notes = ["tiny's own evaluation: its extract edits do not beat ...", "its remove edits ..."]
+    notes = ["tiny's own evaluation: its extract edits do not clearly beat ...", "its remove edits ..."]
     text = planning.status_text(pong(notes), None, [], "h", 1)
     assert [line for line in text.splitlines() if line.startswith("Note: ")] == [f"Note: {n}" for n in notes]
     assert "queued" not in text  # no server_status came

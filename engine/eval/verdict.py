@@ -95,6 +95,7 @@ def shortfall_note(name: str, verdicts: dict[str, dict[str, bool]], op: str) -> 
     if not losing:
         return ""
     return (
-        f"{name}'s own evaluation: its {op} edits do not beat leaving the audio unchanged (or a level change of it) on "
-        f"its held-out test songs ({' and '.join(losing)}); treat this result as a sketch, not a finished stem"
+        f"{name}'s own evaluation: its {op} edits do not clearly beat leaving the audio unchanged (or a level change "
+        f"of it, or a little noise added) on its held-out test songs ({' and '.join(losing)}); treat this result as a "
+        "sketch, not a finished stem"
     )
