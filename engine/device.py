@@ -8,10 +8,12 @@ bytes), fp32 otherwise: a small decoder is bound by per-op overhead, and there b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import sys
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
@@ -87,6 +89,19 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     elif dev.type != "cpu":
         raise ConfigError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
     return dev
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to `threads` for the block and restored after; None leaves it as it is."""
+    previous = torch.get_num_threads()
+    if threads and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if threads and threads != previous:
+            torch.set_num_threads(previous)
 
 
 def usable_cores() -> int:

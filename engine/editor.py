@@ -500,6 +500,7 @@ class Editor:
         `one_by_one`: a generate call per row (item or take) instead of one for all."""
         import torch
 
+        from engine.device import torch_threads
         from engine.model import generate as generate_mod
 
         model = self.model
@@ -516,7 +517,10 @@ class Editor:
         units = [(0.05 * w.length, (w.new + num_codebooks) * 1.0, 0.1 * w.length) for w in windows]
         tracker.total = tracker.done + sum(map(sum, units)) or 1.0
 
-        text_states, text_mask = model.text.encode([item.prompt for item in parsed])  # [B, S, D], [B, S]
+        # at the decoder's thread count: a sum's order changes with the threads, and a last bit of the text states
+        # flips a sampled token later on (one seed gave other audio in a Ray worker, which runs one thread)
+        with torch_threads(generate_mod.decode_threads(lm)):
+            text_states, text_mask = model.text.encode([item.prompt for item in parsed])  # [B, S, D], [B, S]
         generators = [torch.Generator(device=lm.device).manual_seed(seed) for seed in seeds]
         stop = cancel.is_set if cancel is not None else None
         margin = int(round(_ENCODE_MARGIN_S * self.frame_rate))

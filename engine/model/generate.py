@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from engine.device import decode_weight_count, small_decoder
+from engine.device import decode_weight_count, small_decoder, torch_threads
 from engine.errors import Cancelled, ConfigError
 from engine.model import delay, static_decode
 from engine.model.config import CFG_COEF, TOP_K
@@ -130,16 +130,9 @@ def generate(
     (`decode_threads`): torch's thread count is set for the call and restored after.
     """
     batch = _check_inputs(lm, text_states, text_mask, num_frames, cond_codes, prompt_codes)
-    threads = decode_threads(lm)
-    previous = torch.get_num_threads()
-    if threads and threads != previous:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(decode_threads(lm)):
         return _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k,
                          top_p, temperature, generator, progress, should_stop, static)  # fmt: skip
-    finally:
-        if threads and threads != previous:
-            torch.set_num_threads(previous)
 
 
 def decode_threads(lm: MusicGenLM) -> int | None:
