@@ -303,7 +303,7 @@ class Editor:
                 raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
             model_len = self.model_length(audio.shape[-1], sample_rate)
             heard = resample(mono, sample_rate, self.sample_rate, model_len)  # [M] at the codec rate
-            gains.append(model_input_gain(heard, self.card.input_rms_db))
+            gains.append(model_input_gain(heard, self.card.input_rms_db, fade_in=item.op == "add"))
             model_audio.append(heard * np.float32(gains[-1]))  # at the level the adapter was trained at
 
         # What each item's modes need generated: its own instruction, or (a remove's mask) the extraction of its stem.

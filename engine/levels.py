@@ -84,7 +84,7 @@ MAX_MODEL_INPUT_GAIN_DB = 24.0  # the training inputs' own spread is under 8 dB;
 LEVELLED_ABOVE_DB = -60.0  # RMS below which what the model hears is fed as it is (dither, an empty track: add)
 
 
-def model_input_gain(mono: np.ndarray, target_rms_db: float | None) -> float:
+def model_input_gain(mono: np.ndarray, target_rms_db: float | None, fade_in: bool = False) -> float:
     """The gain that brings what the model hears (mono, at its codec's rate) to the level its adapter was trained at:
     `target_rms_db`, the median RMS of its training inputs, but no sample above full scale (a training input's peak
     never exceeds 1: the data's gain rule scales the whole clip down) and at most MAX_MODEL_INPUT_GAIN_DB up. 1.0
@@ -93,11 +93,17 @@ def model_input_gain(mono: np.ndarray, target_rms_db: float | None) -> float:
 
     A small codec's codes change almost completely with the input's level (12 dB quieter: 0.5 % of the codes alike),
     and a recording's level is the producer's, so the model is fed at its training level; the Editor undoes the gain
-    on the model's output, so every later step sees the input's own scale."""
+    on the model's output, so every later step sees the input's own scale.
+
+    `fade_in` (add): the gain allowed grows from 0 dB at LEVELLED_ABOVE_DB to the cap MAX_MODEL_INPUT_GAIN_DB above
+    it, so the added part's level follows the region's without a step: with the full cap from LEVELLED_ABOVE_DB up,
+    a region 1 dB quieter (-60.5 against -59.5 dB RMS) got an added part 25.7 dB louder (the +24 dB undone on one
+    side of the line, none on the other)."""
     level = rms_db(mono)
     if target_rms_db is None or level < LEVELLED_ABOVE_DB:
         return 1.0
-    gain_db = min(target_rms_db - level, MAX_MODEL_INPUT_GAIN_DB)
+    cap = min(MAX_MODEL_INPUT_GAIN_DB, level - LEVELLED_ABOVE_DB) if fade_in else MAX_MODEL_INPUT_GAIN_DB
+    gain_db = min(target_rms_db - level, cap)
     peak = float(np.max(np.abs(mono)))
     return float(min(10 ** (gain_db / 20), 1.0 / peak))
 

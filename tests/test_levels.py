@@ -374,3 +374,16 @@ def test_levelling_a_long_region_holds_a_few_copies_of_it_at_most(mode, op, boun
     assert peak < bound * source.nbytes, (
         f"{peak / source.nbytes:.1f}x the region ({time.perf_counter() - started:.1f} s)"
     )
+
+
+def test_an_adds_input_gain_fades_in_above_the_line_so_the_added_part_has_no_level_step():
+    """A region 1 dB quieter (-60.5 against -59.5 dB RMS) got an added part 25.7 dB louder: the +24 dB cap applied
+    from -60 dB up, and none below. For an add the gain allowed grows from 0 dB at the line."""
+    noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
+    noise /= np.sqrt(np.mean(noise**2))  # 0 dB RMS
+    levels = np.arange(-70.0, -20.0, 0.25)
+    for fade_in in (False, True):
+        gains = [20 * np.log10(model_input_gain(noise * 10 ** (level / 20), -18.0, fade_in)) for level in levels]
+        step = float(np.max(np.abs(np.diff(gains))))
+        assert (step < 0.5) is fade_in  # without the fade (extract, remove): the 24 dB step at -60 dB is kept
+    assert model_input_gain(noise * 10 ** (-40 / 20), -18.0, fade_in=True) == pytest.approx(10 ** (20 / 20), rel=1e-6)
