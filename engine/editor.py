@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_seed, check_takes, parse_instruction, vocabulary
-from engine.levels import db, is_silent, rms_db
+from engine.levels import SILENCE_PEAK, db, rms_db
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import LAYER, MASKED_MODES, channel_policy, check_mode
@@ -667,13 +667,15 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
         raise AudioError(
             f"audio has {channels} channels and {samples} samples: pass it as [channels, samples], not transposed"
         )
-    if not np.all(np.isfinite(audio)):
+    # max and min read the samples without a copy (a NaN anywhere makes both NaN); an hour of stereo is 1.4 GB
+    top, bottom = float(audio.max()), float(audio.min())
+    if not (math.isfinite(top) and math.isfinite(bottom)):
         raise AudioError("the audio contains NaN or infinite samples: render or bounce the region again")
-    if float(np.abs(audio).max()) > float(np.finfo(np.float32).max):  # infinite in the engine's float32
+    if max(top, -bottom) > float(np.finfo(np.float32).max):  # infinite in the engine's float32
         raise AudioError(
             "the audio holds samples far out of range (beyond float32's): render or bounce the region again"
         )
-    audio = audio.astype(np.float32)
-    if is_silent(audio) and op != "add":
+    audio = audio.astype(np.float32, copy=False)  # nothing here writes into it: the caller's float32 is not copied
+    if max(top, -bottom) <= SILENCE_PEAK and op != "add":  # levels.is_silent, from the peak read above
         raise AudioError(f"the selection is silent: there is nothing to {op}")
     return audio

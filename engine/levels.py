@@ -75,9 +75,16 @@ def db(value: float) -> float:
 
 
 def rms_db(audio: np.ndarray) -> float:
-    """RMS level in dBFS of audio [C, N] (or [N]) over all its samples; -inf for digital silence."""
-    array = as_channels(audio)
-    return db(float(np.sqrt(np.mean(np.square(array))))) if array.size else -math.inf
+    """RMS level in dBFS of audio [C, N] (or [N]) over all its samples; -inf for digital silence. Summed in float64
+    block by block: no copy of the input (an hour of stereo took 3x its size in float64 temporaries)."""
+    array = as_channels(audio, dtype=None)
+    if not array.size:
+        return -math.inf
+    total = 0.0
+    for start in range(0, array.shape[-1], _BLOCK):
+        block = array[:, start : start + _BLOCK].astype(np.float64)
+        total += float(np.einsum("ij,ij->", block, block))
+    return db(math.sqrt(total / array.size))
 
 
 MAX_MODEL_INPUT_GAIN_DB = 24.0  # the training inputs' own spread is under 8 dB; a fade is not made loud
