@@ -89,11 +89,15 @@ _OP_PHRASES: dict[str, list[str]] = {
         "mute",
         "muted",
         "take out",
+        "take out of",
         "take away",
         "out",
         "drop",
         "delete",
         "cut",
+        "cut out",
+        "knock out",
+        "pull out",
         "kill",
         "lose",
         "minus",
@@ -147,6 +151,11 @@ _FILLERS = frozenset(
         "audio",
         "channel",
         "and",
+        "from",
+        "it",
+        "song",
+        "mix",
+        "here",
     ]
 )
 
@@ -282,7 +291,10 @@ def vocabulary(card: Any) -> Vocabulary:
 
 def _words(text: str) -> list[str]:
     text = text.lower().replace("w/o", " without ").replace("w/", " with ")
-    return re.findall(r"[a-z0-9']+", text.replace("-", " ").replace("_", " "))
+    words = re.findall(r"[a-z0-9']+", text.replace("-", " ").replace("_", " ").replace("\u2019", "'"))
+    # quotes around a word and a possessive go: "remove 'drums'", "mute the drum's" name the drums
+    words = [word.strip("'").removesuffix("'s") for word in words]
+    return [word for word in words if word]
 
 
 def _variants(name: str) -> set[str]:

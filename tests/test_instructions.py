@@ -35,6 +35,14 @@ SLAKH = SimpleNamespace(
         ("get rid of the bass", "remove", "Bass"),
         ("without piano", "remove", "Piano"),
         ("w/o drums", "remove", "Drums"),
+        # a review's producer phrasings that were refused: quotes, possessives, "cut out", "from this track"
+        ("remove 'drums'", "remove", "Drums"),
+        ("mute the drum's", "remove", "Drums"),
+        ("remove the piano\u2019s part", "remove", "Piano"),
+        ("cut out the drums", "remove", "Drums"),
+        ("knock out the bass", "remove", "Bass"),
+        ("remove the drums from this track", "remove", "Drums"),
+        ("take the guitar out of the mix", "remove", "Guitar"),
     ],
 )
 def test_plain_phrases_parse_to_operation_and_stem(text, op, stem):
