@@ -77,6 +77,10 @@ class EditResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+FINISHING = "mask and levels"  # the stage after the last window: the mode's mask (if any) and the levels
+FINISHING_AT = 0.999  # where the fraction stands then (generation is the rest of the job's time on a short region)
+
+
 class _Progress:
     """Maps stage work onto one monotone fraction 0..1 of the whole job; throttles calls to >= 0.5 % steps."""
 
@@ -284,6 +288,14 @@ class Editor:
     def _edit(self, audios, sample_rate, instructions, modes, seeds, takes, raw, progress, cancel):
         """The one edit path: items (audio [C, N], instruction, seed) of one length -> [{mode: EditResult}]."""
         started = time.perf_counter()
+        reached = [0.0]  # the fraction last reported: the finishing stage is said at it or above, never below
+        if progress is not None:
+            report = progress
+
+            def progress(fraction: float, stage: str) -> None:
+                reached[0] = max(reached[0], fraction)
+                report(fraction, stage)
+
         parsed = [item if isinstance(item, Instruction) else self.parse(item) for item in instructions]
         chosen = [list(dict.fromkeys(check_mode(item.op, mode) for mode in modes)) for item in parsed]
         if not chosen[0]:
@@ -331,6 +343,8 @@ class Editor:
                     generated_out[(i, prompt)] = out / np.float32(gains[i])  # back at the input's scale
                     details_of[(i, prompt)] = details
         generated = time.perf_counter()
+        if progress is not None:  # a long region's mask and levels take tens of seconds: said, not a stalled "decode"
+            progress(max(FINISHING_AT, reached[0]), FINISHING)
         results = []
         for i, (audio, item, seed, gain) in enumerate(zip(audios, parsed, seeds, gains, strict=True)):
             done = {

@@ -765,3 +765,15 @@ def test_checking_a_long_region_copies_nothing_of_it():
         tracemalloc.stop()
     assert checked is region and level == pytest.approx(-20.0, abs=0.1)
     assert peak < region.nbytes / 4, f"{peak / region.nbytes:.2f}x the region"  # a block of the RMS sum, no more
+
+
+def test_the_stage_after_the_last_window_is_said_before_done(tiny_editor):
+    """Mask and levels took 23.5 s of a 10-minute region with the bar standing still at 'decode'."""
+    from engine.editor import FINISHING
+
+    heard = []
+    audio = np.random.default_rng(0).standard_normal((2, 16000)).astype(np.float32) * 0.1
+    tiny_editor.edit(audio, 16000, "extract drums", seed=0, progress=lambda f, s: heard.append((f, s)))
+    stages = [stage for _, stage in heard]
+    assert stages[-2:] == [FINISHING, "done"] and stages.index(FINISHING) > stages.index("decode")
+    assert [f for f, _ in heard] == sorted(f for f, _ in heard)  # still monotone
