@@ -169,6 +169,11 @@ class Editor:
                 f"{self.max_window_frames / self.frame_rate:g} s for this model, got {window_seconds}"
             )
         self.window_frames = frames
+        if not (math.isfinite(overlap_seconds) and overlap_seconds * self.frame_rate >= 1):
+            # no overlap joins the windows with a hard cut (a click at every join), NaN failed deep in int()
+            raise ConfigError(
+                f"overlap_seconds must be at least one codec frame ({1 / self.frame_rate:g} s), got {overlap_seconds}"
+            )
         self.overlap_frames = min(int(round(overlap_seconds * self.frame_rate)), frames // 2)
         self.cfg_coef, self.top_k, self.temperature = cfg_coef, top_k, temperature
         self._lock = threading.Lock()  # one edit at a time: the model's caches and RNG are not shared safely

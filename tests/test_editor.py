@@ -777,3 +777,9 @@ def test_the_stage_after_the_last_window_is_said_before_done(tiny_editor):
     stages = [stage for _, stage in heard]
     assert stages[-2:] == [FINISHING, "done"] and stages.index(FINISHING) > stages.index("decode")
     assert [f for f, _ in heard] == sorted(f for f, _ in heard)  # still monotone
+
+
+@pytest.mark.parametrize("overlap", [0.0, -1.0, float("nan")])
+def test_an_overlap_under_one_codec_frame_is_refused_when_the_editor_is_made(tiny_editor, overlap):
+    with pytest.raises(ConfigError, match="overlap_seconds must be at least one codec frame"):
+        Editor(tiny_editor.model, overlap_seconds=overlap)
