@@ -256,7 +256,11 @@ class Editor:
 
         Modes that read the same generation share it (what an evaluation that compares the modes needs: the same
         tokens, half the time); a remove's mask reads the stem's extraction and its re-synthesis the removal, two
-        generations (`generation`). Every result's info carries the shared timings and its own mode's."""
+        generations (`generation`). Every result's info carries the shared timings and its own mode's. Two generations
+        run as two rows of one batch: each row draws from its seed as it would alone, but a batch's sums round
+        otherwise than one row's, so a sampled token may differ now and then from `edit`'s with the same seed (as
+        with edit_batch): an evaluation's model row is this, and `imusic edit --seed` gives the same edit, not the
+        same bytes, for a remove."""
         check_takes(takes)
         seed = secrets.randbelow(MAX_SEED + 1) if seed is None else check_seed(seed)
         return self._edit([audio], sample_rate, [instruction], modes, [seed], takes, raw, progress, cancel)[0]
