@@ -9,12 +9,11 @@ import os
 import sys
 
 from bridge import protocol, tracking
-from bridge.audio_write import names_folder
 from bridge.cli import JobProgress, add_edit_options, add_region_options, report_edit, wait_option
 from bridge.client import Client, RemoteError, local_bind_host
 from bridge.protocol import Reply
 from engine.errors import ConfigError
-from engine.files import AUDIO_FORMATS, result_file_path
+from engine.files import AUDIO_FORMATS
 
 
 def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -130,6 +129,9 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         print(json.dumps({"job_id": job_id, "output_path": result.output_path, "info": result.info}))
         return 0
     print(result.output_path)
+    from bridge.audio_write import names_folder  # numpy: not for the other requests' start
+    from engine.files import result_file_path
+
     asked = client.tracker.jobs[job_id].request.output_path
     if asked and not names_folder(asked):
         wanted = result_file_path(asked)  # x -> x.wav, as the server names it
