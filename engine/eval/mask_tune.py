@@ -139,8 +139,8 @@ def _score_at_depth(work: tuple) -> dict[str, float]:
 def choose_depth(clips: list[tuple], rate: int, task: str, settings: MaskSettings, workers: int = 0) -> dict[str, Any]:
     """Each depth's mean mel SSIM and log-mel distance from the model's output, and its paired difference from the
     unchanged input (mean, standard error); `chosen`: the depth with the best mel SSIM - log-mel distance / 100.
-    `workers`: scoring processes (evaluate.scoring_pool; the same figures): 32 clips at 8 depths are 25 s on one
-    core, which the GPU recipe's eval stage cannot spare."""
+    `workers`: scoring processes (evaluate.scoring_pool; the same figures to 1e-12: each runs one BLAS thread): 32
+    clips at 8 depths are 25 s on one core, which the GPU recipe's eval stage cannot spare."""
     from engine.eval.evaluate import scoring_pool
 
     work = [(clip, rate, task, settings, depth) for depth in (None, *DEPTHS) for clip in clips]
