@@ -1,11 +1,14 @@
 """`imusic eval`: run the Editor over the test split for each task and write a Markdown and a JSON table.
 
-Each task's table holds the model in both edit modes (engine/mask.py) beside four reference rows, so that it reads
-without the paper:
+Each task's table holds the model in both edit modes (engine/mask.py) beside the reference rows, so that it reads
+without the paper (a row of the model's also holds its paired t against the identity and each non-edit, which the
+verdict reads: engine.eval.verdict):
 - model: the Editor's default mode, "mask" (the model's output steers a mask on the input; add: input + added part);
 - resynth: the same model and seed in mode "resynth" (the paper's behaviour: the model's output is the result);
 - identity: output = input (what doing nothing scores; SI-SDRi is 0 by definition);
 - level only: the input at the one gain per task and metric that scores best (what a fader alone does);
+- noise bed: the input plus the white or pink noise (-80 to -40 dBFS) that scores best per task and metric (what adding
+  noise alone does: near-silent bins weigh in the log-mel distance, and noise can fill them);
 - codec ceiling: the target encoded and decoded by the model's own codec (the best re-synthesis can do);
 - ideal mask: the mask computed from the true target, then levelled as the Editor does (the best mask mode can do);
 - oracle: output = target (the top of every scale).
