@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_seed, check_takes, parse_instruction, vocabulary
-from engine.levels import SILENCE_PEAK, db, rms_db
+from engine.levels import db, is_silent, rms_db
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import LAYER, MASKED_MODES, channel_policy, check_mode
@@ -699,6 +699,6 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
             "the audio holds samples far out of range (beyond float32's): render or bounce the region again"
         )
     audio = audio.astype(np.float32, copy=False)  # nothing here writes into it: the caller's float32 is not copied
-    if max(top, -bottom) <= SILENCE_PEAK and op != "add":  # levels.is_silent, from the peak read above
+    if op != "add" and is_silent(audio):
         raise AudioError(f"the selection is silent: there is nothing to {op}")
     return audio

@@ -65,8 +65,13 @@ def as_channels(audio: np.ndarray, dtype: type | None = np.float64) -> np.ndarra
 
 def is_silent(audio: np.ndarray) -> bool:
     """Silence, as every part of the engine means it: no sample above SILENCE_PEAK. Audio above it may still be too
-    quiet to have a loudness (below the BS.1770 gate): it is edited, and its level is kept (match_level)."""
-    return float(np.max(np.abs(audio), initial=0.0)) <= SILENCE_PEAK
+    quiet to have a loudness (below the BS.1770 gate): it is edited, and its level is kept (match_level). Read from
+    the largest and smallest sample: no copy of the audio (a NaN anywhere is not silence)."""
+    audio = np.asarray(audio)
+    if audio.size == 0:
+        return True
+    top, bottom = float(np.max(audio)), float(np.min(audio))
+    return max(top, -bottom) <= SILENCE_PEAK if math.isfinite(top) and math.isfinite(bottom) else False
 
 
 def db(value: float) -> float:
@@ -200,16 +205,16 @@ def _blockwise(function, values: np.ndarray, margin: int, whole: bool = True):
     within `margin` of it (away from the ends, where each block's context is the whole signal's). whole=False
     yields the blocks' outputs in order instead of joining them (for a reduction: nothing input-sized is made)."""
     n = values.shape[-1]
-    if n <= _BLOCK + 2 * margin:
-        parts = iter([function(values)])
-    else:
-        parts = (
-            function(values[..., max(0, start - margin) : min(n, start + _BLOCK + margin)])[
-                ..., start - max(0, start - margin) : min(n, start + _BLOCK) - max(0, start - margin)
-            ]
-            for start in range(0, n, _BLOCK)
-        )
-    return np.concatenate(list(parts), axis=-1) if whole else parts
+
+    def blocks():
+        if n <= _BLOCK + 2 * margin:
+            yield function(values)
+            return
+        for start in range(0, n, _BLOCK):
+            lo, hi = max(0, start - margin), min(n, start + _BLOCK + margin)
+            yield function(values[..., lo:hi])[..., start - lo : min(n, start + _BLOCK) - lo]
+
+    return np.concatenate(list(blocks()), axis=-1) if whole else blocks()
 
 
 def _sample_true_peaks(audio: np.ndarray, sample_rate: int, whole: bool = True):

@@ -100,8 +100,10 @@ def summarize(examples: Sequence[dict[str, dict[str, float]]]) -> dict[str, dict
             best = int(np.argmin(means) if metric in LOWER_IS_BETTER else np.argmax(means))
             stats[metric], stats[f"{metric}_std"] = float(means[best]), float(values[:, best].std())
             stats[f"{metric}_at"] = labels[best]
-            if row == LEVEL_ROW:
-                stats[f"{metric}_gain_db"] = float(labels[best].split()[0])  # as reports before "_at" name it
+            if row == LEVEL_ROW:  # as reports before "_at" name it
+                from engine.eval.metrics import LEVEL_GAINS_DB
+
+                stats[f"{metric}_gain_db"] = float(LEVEL_GAINS_DB[best])
             if MODEL_ROW in summary and len(with_grid) == len(examples):  # the model on the very clips of the grid
                 mine = [ex.get(MODEL_ROW, {}).get(metric, np.nan) for ex in with_grid]
                 summary[MODEL_ROW][paired_t_key(metric, row)] = paired_t(mine, values[:, best])
