@@ -267,6 +267,14 @@ class Client:
             self.tracker.watch(job_id, time.monotonic())
             self.send(protocol.STATUS, job_id)  # replies go to its submitter; learn its state by asking
         job = self.tracker.jobs[job_id]
+
+        def heard(reply: Reply) -> None:
+            self._track(reply, time.monotonic())
+            if on_progress is not None and reply.address == protocol.PROGRESS:
+                on_progress(reply.fraction, reply.stage)
+
+        for reply in self._take(job_id):  # heard before this wait (wait_accepted): its progress is shown, in order
+            heard(reply)
         while not job.final:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -278,9 +286,7 @@ class Client:
                 if reply.job_id != job_id:
                     self._backlog.append(reply)  # another job's: its own wait() or poll() takes it
                     continue
-                self._track(reply, time.monotonic())
-                if on_progress is not None and reply.address == protocol.PROGRESS:
-                    on_progress(reply.fraction, reply.stage)
+                heard(reply)
             self._act(self.tracker.tick(time.monotonic(), [job_id]))
         if job.code:
             raise RemoteError(job.error or f"job {job_id} {job.code}", job.code, job_id)
@@ -324,7 +330,9 @@ class Client:
                     f"a cancel was sent (`imusic send status {waiting[0]}` says how it ended)"
                 )
             replies, self._backlog = self._backlog + self._read(0.2), []
-            self._backlog.extend(reply for reply in replies if not self._track(reply, time.monotonic()))
+            for reply in replies:  # a job's progress stays for the wait() that shows it (the job began meanwhile)
+                if not self._track(reply, time.monotonic()) or reply.address == protocol.PROGRESS:
+                    self._backlog.append(reply)
             self._act(self.tracker.tick(time.monotonic(), job_ids))
         return jobs
 

@@ -609,3 +609,23 @@ def test_send_edit_says_nothing_of_a_taken_name_when_the_name_was_only_completed
         assert send(server, "edit", str(song), "extract drums", "-o", str(output)) == 0
         said = capsys.readouterr()
         assert said.out.strip() == str(written) and "was taken" not in said.err
+
+
+def test_progress_heard_while_waiting_for_acceptance_is_still_shown_by_the_wait(tmp_path):
+    """The engine starts a job at once: its first progress came with /accepted, was read by wait_accepted and never
+    shown (send edit's bar began at 'decoding' now and then)."""
+    done = str(tmp_path / "r.wav")
+
+    def accept_start_and_finish(address, args, count):
+        if address != protocol.EDIT or count > 1:
+            return []
+        job = args[0]
+        return [(protocol.ACCEPTED, [job, 0]), (protocol.PROGRESS, [job, 0.0, "started"]),
+                (protocol.PROGRESS, [job, 0.5, "editing"]), (protocol.DONE, [job, done, "{}"])]  # fmt: skip
+
+    with ScriptedEngine(accept_start_and_finish) as engine, Client("127.0.0.1", engine.port) as client:
+        job_id = client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "extract drums")
+        client.wait_accepted([job_id])
+        seen = []
+        result = client.wait(job_id, timeout=TIMEOUT, on_progress=lambda f, stage: seen.append(stage))
+    assert result.output_path == done and seen == ["started", "editing"]
