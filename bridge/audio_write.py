@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,23 @@ from engine.files import (
 )
 
 RESULTS_DIR = "results"  # where a result goes by default: beside its input, in this folder
+# Called by write_atomic with the final path and the finished temporary file's identity (file_identity) right before
+# the file takes that name: the server journals it, so that a restart knows the file there as the job's own result.
+BeforeLink = Callable[[Path, dict[str, int]], None]
+
+
+def file_identity(stat: os.stat_result) -> dict[str, int]:
+    """What tells one file from any other at a name: device, inode, size and modification time (a link or a rename
+    keeps all four; a file written anew there, or the same bytes copied there, does not)."""
+    return {"dev": stat.st_dev, "ino": stat.st_ino, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def holds_file(path: str | Path, identity: dict[str, int]) -> bool:
+    """Whether `path` is that very file (file_identity), not a link to it or another file put there since."""
+    try:
+        return file_identity(os.lstat(path)) == {key: int(identity.get(key, -1)) for key in ("dev", "ino", "size", "mtime_ns")}
+    except (OSError, TypeError, ValueError, AttributeError):
+        return False
 
 
 class UnsafeDestination(ImusicError):
@@ -129,6 +146,7 @@ def write_atomic(
     sample_rate: int,
     overwrite: bool = False,
     roots: Sequence[str | Path] | None = None,
+    before_link: BeforeLink | None = None,
 ) -> Path:
     """Write audio [C, N] as a 32-bit float WAV: to a temporary name beside `path`, fsync, then rename.
 
@@ -136,6 +154,8 @@ def write_atomic(
     With `roots` (absolute, symlinks resolved): the folder is checked when the file is created, not before: the
     temporary file and the rename both happen in a descriptor of the folder reached without following symlinks from
     the root it lies in; UnsafeDestination if a folder on the way became a symlink or left the roots.
+    `before_link(path, identity)` is called once the temporary file is complete, before it takes the name; what it
+    raises abandons the write.
     """
     path = Path(path)
     audio = np.asarray(audio, dtype=np.float32)
@@ -145,12 +165,17 @@ def write_atomic(
         raise AudioError(f"cannot write audio shaped {tuple(audio.shape)}; expected [channels, samples]")
     checked = [Path(r) for r in roots] if roots is not None else None
     if {os.open, os.mkdir, os.stat, os.link, os.rename, os.unlink} <= os.supports_dir_fd and _NOFOLLOW:
-        return _write_in_folder(path, audio, sample_rate, overwrite, checked)
-    return _write_by_path(path, audio, sample_rate, overwrite, checked)  # Windows: no dir_fd
+        return _write_in_folder(path, audio, sample_rate, overwrite, checked, before_link)
+    return _write_by_path(path, audio, sample_rate, overwrite, checked, before_link)  # Windows: no dir_fd
 
 
 def _write_in_folder(
-    path: Path, audio: np.ndarray, sample_rate: int, overwrite: bool, roots: list[Path] | None
+    path: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    overwrite: bool,
+    roots: list[Path] | None,
+    before_link: BeforeLink | None,
 ) -> Path:
     dir_fd = _open_folder(path.parent, roots)
     try:
@@ -164,6 +189,8 @@ def _write_in_folder(
                 _write_wav(handle, audio, sample_rate)
                 handle.flush()
                 os.fsync(handle.fileno())
+            if before_link is not None:
+                before_link(path, file_identity(os.stat(temporary, dir_fd=dir_fd, follow_symlinks=False)))
             if overwrite:
                 os.replace(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             else:
@@ -190,7 +217,14 @@ def _check_real_folder(folder: Path, roots: list[Path] | None) -> None:
         raise _outside(folder, roots, f"it resolves to {os.path.realpath(folder)}")
 
 
-def _write_by_path(path: Path, audio: np.ndarray, sample_rate: int, overwrite: bool, roots: list[Path] | None) -> Path:
+def _write_by_path(
+    path: Path,
+    audio: np.ndarray,
+    sample_rate: int,
+    overwrite: bool,
+    roots: list[Path] | None,
+    before_link: BeforeLink | None,
+) -> Path:
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +235,8 @@ def _write_by_path(path: Path, audio: np.ndarray, sample_rate: int, overwrite: b
             _write_wav(handle, audio, sample_rate)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_link is not None:
+            before_link(path, file_identity(os.lstat(temporary)))
         _check_real_folder(path.parent, roots)  # again, right before the rename
         if overwrite:
             os.replace(temporary, path)

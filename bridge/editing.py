@@ -63,25 +63,28 @@ def write_result(
     overwrite: bool = False,
     on_exists: Callable[[Path], Path] | None = None,
     roots: Sequence[str | Path] | None = None,
+    before_link: Callable[[Path, dict[str, int], dict], None] | None = None,
 ) -> tuple[Path, dict]:
     """Conform, then write atomically; returns the path written and the info (JSON-safe) with any shape warning and
     the region's facts in info["bridge"].
 
     An existing `path` is replaced only with `overwrite`; else `on_exists(path)` names another (FileExistsError
-    without it). `roots`: the folder is checked against them when the file is created (audio_write.write_atomic)."""
+    without it). `roots`: the folder is checked against them when the file is created (audio_write.write_atomic).
+    `before_link(path, identity, info)`: audio_write.BeforeLink, with the info the result is reported with."""
     output, warnings = conform(result_audio, result_rate, audio, sample_rate)
     info = dict(info or {})
     if warnings:
         info["warnings"] = [*info.get("warnings", []), *warnings]
     facts = {"sample_rate": int(sample_rate), "channels": int(audio.shape[0]), "frames": int(audio.shape[-1])}
-    info["bridge"] = {**info.get("bridge", {}), **facts}
+    info = jsonable({**info, "bridge": {**info.get("bridge", {}), **facts}})
+    hook = None if before_link is None else (lambda at, identity: before_link(at, identity, info))
     try:
-        written = audio_write.write_atomic(path, output, sample_rate, overwrite=overwrite, roots=roots)
+        written = audio_write.write_atomic(path, output, sample_rate, overwrite=overwrite, roots=roots, before_link=hook)
     except FileExistsError:
         if on_exists is None:
             raise
-        written = audio_write.write_atomic(on_exists(Path(path)), output, sample_rate, roots=roots)
-    return Path(written), jsonable(info)
+        written = audio_write.write_atomic(on_exists(Path(path)), output, sample_rate, roots=roots, before_link=hook)
+    return Path(written), info
 
 
 def edit_region(
@@ -98,10 +101,11 @@ def edit_region(
     roots: Sequence[str | Path] | None = None,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    before_link: Callable[[Path, dict[str, int], dict], None] | None = None,
 ) -> RegionEdit:
     """Read [start_s, end_s) of `source` (end_s < 0: to its end), edit it with `options` (the defaults without),
-    write the result to `output_path` (see write_result). info["bridge"] holds the region's facts and the read, edit
-    and write times."""
+    write the result to `output_path` (see write_result, which `before_link` goes to). info["bridge"] holds the
+    region's facts and the read, edit and write times."""
     started = time.perf_counter()
     audio, sample_rate = audio_read.read_region(source, start_s, end_s)  # [C, N]
     read_s = time.perf_counter() - started
@@ -116,7 +120,7 @@ def edit_region(
     write_started = time.perf_counter()
     written, info = write_result(
         output_path, result.audio, result.sample_rate, audio, sample_rate, result.info,
-        overwrite=overwrite, on_exists=on_exists, roots=roots,
+        overwrite=overwrite, on_exists=on_exists, roots=roots, before_link=before_link,
     )  # fmt: skip
     info["bridge"].update(read_s=read_s, edit_s=edit_s, write_s=time.perf_counter() - write_started)
     return RegionEdit(written, getattr(result, "seed", None), info, edit_s)

@@ -4,6 +4,9 @@ Every accepted job is appended to the journal (JSON lines, fsync) before the ser
 journal after a crash or `kill -9` gives back every job: finished ones answer status, pending ones run again. A job
 id names one request forever, so a resent request never runs twice. A cancel of a running job is journalled when it
 is asked for: if the server dies before the job ends, the restart records it as cancelled instead of running it again.
+A result file is journalled (name and file identity) just before it takes its name: if the server dies between that
+and the job's "done", the restart finds the file there and records the job done with it instead of editing again and
+writing a second result beside the first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge import protocol
+from bridge import audio_write, protocol
 from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ResourceError
 from engine.files import fsync_folder, jsonable, lock_folder
@@ -52,6 +55,8 @@ class Job:
     accepted_at: float = 0.0
     attempts: int = 0  # how many times a worker started it (more than one after a crash)
     cancel_requested: bool = False
+    # The result file this job's current run put, or was about to put, in place ({output, file, info}: JobBook.writing)
+    written: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -103,6 +108,8 @@ class Job:
         record = {"id": self.id, **asdict(self)}  # the id first: a journal line reads as whose it is
         if not record["cancel_requested"]:  # only a running job's pending cancel needs to outlive a crash
             record.pop("cancel_requested")
+        if record["written"] is None:
+            record.pop("written")
         return record
 
     @classmethod
@@ -180,13 +187,15 @@ class Journal:
         if job is None:
             return
         if kind == "started":
-            job.state, job.attempts = protocol.RUNNING, job.attempts + 1
+            job.state, job.attempts, job.written = protocol.RUNNING, job.attempts + 1, None
+        elif kind == "writing":
+            job.written = {"output": str(event["output"]), "file": dict(event["file"]), "info": event.get("info", {})}
         elif kind == "done":
             job.state, job.fraction, job.output_path = protocol.DONE_STATE, 1.0, event["output"]
-            job.info = event.get("info", {})
+            job.info, job.written = event.get("info", {}), None
         elif kind in ("failed", "cancelled"):
             job.state = protocol.ERROR_STATE if kind == "failed" else protocol.CANCELLED
-            job.error_code, job.error_message = event["code"], event["message"]
+            job.error_code, job.error_message, job.written = event["code"], event["message"], None
         elif kind == "reply_to":
             job.reply_to = (str(event["host"]), int(event["port"]))
         elif kind == "cancel_requested":
@@ -257,6 +266,7 @@ class JobBook:
         self.running: Job | None = None
         self.cancel_event = threading.Event()
         self._cond = threading.Condition()
+        self.recovered: list[Job] = []  # by restore: jobs whose result was written before the server stopped
 
     def restore(self) -> list[Job]:
         """Load the journal; jobs that were queued or running when the server stopped are queued again."""
@@ -267,6 +277,8 @@ class JobBook:
             for job in [job for job in self.jobs.values() if not job.is_final]:
                 if job.cancel_requested:  # cancelled while running, and the server died before the job ended
                     self.fail(job, Cancelled.code, "cancelled (the server stopped before the job ended)", True)
+                    continue
+                if self._adopt_written(job):
                     continue
                 if job.attempts >= MAX_ATTEMPTS:  # it stopped the engine each time it ran: it must not starve the rest
                     message = (
@@ -282,6 +294,34 @@ class JobBook:
                 pending.append(job)
             self._cond.notify_all()
             return pending
+
+    def _adopt_written(self, job: Job) -> bool:
+        """A job whose result took its name before the server died: recorded done with that file, not run again
+        (which would write a second result beside it). False when the file there is not that one (never written,
+        removed, or replaced since) or the journal cannot say so."""
+        written = job.written
+        if not written or not audio_write.holds_file(written["output"], written["file"]):
+            return False
+        info = dict(written.get("info") or {})
+        info["bridge"] = {**(info.get("bridge") or {}), "recovered": "written before the engine stopped; not run again"}
+        try:
+            self.finish(job, written["output"], info)
+        except OSError:
+            return False
+        self.recovered.append(job)
+        return True
+
+    def writing(self, job: Job, path: Path, identity: dict[str, int], info: dict[str, Any]) -> None:
+        """Journal the result file about to take its name (audio_write.BeforeLink). A journal that cannot take it costs
+        nothing but that: a crash in the next instant runs the job again, as it would have without this."""
+        written = {"output": str(path), "file": identity, "info": info}
+        with self._cond:
+            try:
+                self.journal.append({"e": "writing", "id": job.id, **written})
+            except OSError as exc:
+                print(f"imusic serve: journal write failed for job {job.id}'s result: {exc}", file=sys.stderr)
+                return
+            job.written = written
 
     def get(self, job_id: str) -> Job | None:
         with self._cond:
@@ -364,7 +404,7 @@ class JobBook:
             job = self.jobs[self.queue[0]]
             self.journal.append({"e": "started", "id": job.id})  # first: a journal that fails leaves it queued
             self.queue.popleft()
-            job.state, job.fraction, job.stage = protocol.RUNNING, 0.0, "started"
+            job.state, job.fraction, job.stage, job.written = protocol.RUNNING, 0.0, "started", None
             job.attempts += 1
             self.cancel_event = threading.Event()
             self.running = job
@@ -374,6 +414,7 @@ class JobBook:
         with self._cond:
             self.journal.append({"e": "done", "id": job.id, "output": output_path, "info": info})
             job.state, job.fraction, job.output_path, job.info = protocol.DONE_STATE, 1.0, output_path, info
+            job.written = None
             self._clear_running(job)
             self._maybe_compact()
 
@@ -392,7 +433,7 @@ class JobBook:
             event = "cancelled" if cancelled else "failed"
             self.journal.append({"e": event, "id": job.id, "code": code, "message": message})
             job.state = protocol.CANCELLED if cancelled else protocol.ERROR_STATE
-            job.error_code, job.error_message = code, message
+            job.error_code, job.error_message, job.written = code, message, None
             self._clear_running(job)
 
     def requeue(self, job: Job) -> None:

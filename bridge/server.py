@@ -135,6 +135,8 @@ class EngineServer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.port = self.sock.getsockname()[1]
         pending = self.book.restore()
+        for job in self.book.recovered:
+            self.logs.say(f"job {job.id}: its result {job.output_path} was written before the server stopped; done")
         if pending:
             self.logs.say(f"resuming {len(pending)} job(s) from the journal")
         for job in pending:  # a killed server's half-written results (hidden temporary names) go before the rerun

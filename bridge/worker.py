@@ -32,6 +32,7 @@ def run_job(
     roots: Sequence[Path] | None = None,
     reserved: Callable[[], set[str]] = set,
     max_region_s: float | None = None,
+    before_link: Callable[[Path, dict[str, int], dict], None] | None = None,
 ) -> dict:
     """Read the region, edit it, write the result: returns the result metadata (EditResult.info + bridge timings).
 
@@ -39,7 +40,8 @@ def run_job(
     forbidden_path, if it no longer leads inside them), not only when the job was accepted. A result name taken
     meanwhile gives way to a fresh one that no pending job has reserved either (`reserved`: their names, when asked).
     `max_region_s`: the region's length is checked again as the job runs (a file re-rendered longer while the job
-    queued, or a job from the journal of a server with a larger limit).
+    queued, or a job from the journal of a server with a larger limit). `before_link(path, identity, info)` is told of
+    the result file just before it takes its name (JobBook.writing journals it).
     """
     started = time.perf_counter()
     if max_region_s is not None:
@@ -69,7 +71,7 @@ def run_job(
             # to disk stays beside the new one, under its own name.
             overwrite=False,
             on_exists=lambda taken: audio_write.unique_result_path(job.source, job.instruction, taken, reserved()),
-            roots=roots, progress=progress, cancel=cancel,
+            roots=roots, progress=progress, cancel=cancel, before_link=before_link,
         )  # fmt: skip
     except OSError as exc:
         raise ConfigError(f"cannot write the result to {job.output_path}: {exc}") from None
@@ -168,8 +170,9 @@ class Worker(threading.Thread):
         self.notify(job, protocol.PROGRESS, (0.0, "started"))
         try:
             info = run_job(
-                job, self.editor, cancel, progress, self.roots, self.book.reserved_outputs, self.max_region_s
-            )
+                job, self.editor, cancel, progress, self.roots, self.book.reserved_outputs, self.max_region_s,
+                before_link=lambda path, identity, info: self.book.writing(job, path, identity, info),
+            )  # fmt: skip
         except Cancelled:
             if job.cancel_requested:
                 try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from test_bridge_support import FakeEditor
@@ -375,3 +377,95 @@ def test_done_info_too_large_is_cut_by_whole_entries_and_stays_json():
     info = {f"key{i}": "x" * 300 for i in range(100)}
     text = info_json(info)
     assert len(text) <= 8000 and json.loads(text)["truncated"] is True
+
+
+def _run_then_die_before_done(tmp_path, after_write=None):
+    """A job run by the worker's own path whose result reached disk, then the server died before journalling "done";
+    returns (the job id, the result path, the book of the restarted server)."""
+    import threading
+
+    from test_bridge_support import write_wav
+
+    from bridge.worker import run_job
+
+    song = write_wav(tmp_path / "song.wav")
+    first = book(tmp_path)
+    job, _, _ = first.submit(
+        Job(EditRequest("a", str(song), 0.0, 1.0, "extract drums")), lambda reserved: str(tmp_path / "x.wav")
+    )
+    running = first.next_job(0.1)
+    info = run_job(
+        running, FakeEditor(), threading.Event(), lambda f, s: None, reserved=first.reserved_outputs,
+        before_link=lambda path, identity, info: first.writing(running, path, identity, info),
+    )  # fmt: skip
+    assert info["bridge"]["frames"] > 0
+    if after_write is not None:
+        after_write(Path(running.output_path))
+    first.journal.close()  # kill -9 here: "done" never reached the journal
+    return job.id, Path(running.output_path), book(tmp_path)
+
+
+def test_a_result_written_just_before_the_server_died_is_recorded_done_not_edited_again(tmp_path):
+    job_id, result, restarted = _run_then_die_before_done(tmp_path)
+    job = restarted.get(job_id)
+    assert job.state == protocol.DONE_STATE and job.output_path == str(result) and not restarted.queue
+    assert job.info["bridge"]["frames"] > 0 and "not run again" in job.info["bridge"]["recovered"]
+    assert restarted.recovered == [job]
+    assert sorted(p.name for p in tmp_path.glob("x*.wav")) == ["x.wav"]  # no second result beside it, ever
+    restarted.journal.close()
+    again = book(tmp_path)  # and the journal says so from now on
+    assert again.get(job_id).state == protocol.DONE_STATE and not again.queue and not again.recovered
+
+
+@pytest.mark.parametrize("change", ["removed", "replaced", "same bytes copied over"])
+def test_a_result_gone_or_replaced_before_the_restart_is_edited_again(tmp_path, change):
+    import shutil
+
+    def meddle(path: Path) -> None:
+        if change == "removed":
+            path.unlink()
+        elif change == "replaced":
+            path.unlink()
+            path.write_bytes(b"the producer's own file")
+        else:
+            shutil.copy(path, path.with_name("copy.wav"))
+            os.replace(path.with_name("copy.wav"), path)
+
+    job_id, result, restarted = _run_then_die_before_done(tmp_path, meddle)
+    assert restarted.get(job_id).state == protocol.QUEUED and list(restarted.queue) == [job_id]
+    assert not restarted.recovered and restarted.get(job_id).written is not None  # until it runs again
+    restarted.next_job(0.1)
+    assert restarted.get(job_id).written is None
+
+
+def test_the_worker_journals_each_result_before_it_takes_its_name(tmp_path):
+    import time
+
+    from test_bridge_support import write_wav
+
+    from bridge.worker import Worker
+
+    song = write_wav(tmp_path / "song.wav")
+    jobs = book(tmp_path)
+    journal_at_finish = []
+    real_finish = jobs.finish
+
+    def finish(job, output_path, info):  # what a kill -9 right here would leave in the journal
+        lines = (tmp_path / "journal" / "jobs.jsonl").read_text().splitlines()
+        journal_at_finish.extend(json.loads(line) for line in lines)
+        real_finish(job, output_path, info)
+
+    jobs.finish = finish
+    jobs.submit(Job(EditRequest("a", str(song), 0.0, 1.0, "extract drums")), lambda r: str(tmp_path / "x.wav"))
+    worker = Worker(jobs, FakeEditor, notify=lambda *args: None, warm_up=False)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while jobs.get("a").state != protocol.DONE_STATE and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.stop()
+        worker.join(10)
+    writing = [event for event in journal_at_finish if event["e"] == "writing"]
+    assert [(event["id"], event["output"]) for event in writing] == [("a", str(tmp_path / "x.wav"))]
+    assert writing[0]["file"]["size"] == (tmp_path / "x.wav").stat().st_size
