@@ -40,7 +40,9 @@ def file_identity(stat: os.stat_result) -> dict[str, int]:
 def holds_file(path: str | Path, identity: dict[str, int]) -> bool:
     """Whether `path` is that very file (file_identity), not a link to it or another file put there since."""
     try:
-        return file_identity(os.lstat(path)) == {key: int(identity.get(key, -1)) for key in ("dev", "ino", "size", "mtime_ns")}
+        return file_identity(os.lstat(path)) == {
+            key: int(identity.get(key, -1)) for key in ("dev", "ino", "size", "mtime_ns")
+        }
     except (OSError, TypeError, ValueError, AttributeError):
         return False
 

@@ -48,6 +48,7 @@ from engine.files import (
     result_file_name,
     shown_path,
     sweep_temps,
+    unlock_and_remove,
     writable_folder,
 )
 from engine.weights.loader import add_model_arguments
@@ -548,8 +549,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if backend is not None:
             backend.close()
-        lock.close()
-        if not began:  # stopped before any pair (no server there, an unknown edit): no folder of ours is left
-            remove_made_folders(made, keep=(LOCK_NAME,))
+        if not began and made:  # made[0] is OUT
+            unlock_and_remove(lock)  # stopped before any pair (no server there, an unknown edit): no folder of ours
+            remove_made_folders(made)  # is left, and a batch that opened the lock file meanwhile takes a new one
+        else:
+            lock.close()
     print(format_summary(summary, [label for _, label in labels], out))
     return summary.exit_code

@@ -79,7 +79,9 @@ def write_result(
     info = jsonable({**info, "bridge": {**info.get("bridge", {}), **facts}})
     hook = None if before_link is None else (lambda at, identity: before_link(at, identity, info))
     try:
-        written = audio_write.write_atomic(path, output, sample_rate, overwrite=overwrite, roots=roots, before_link=hook)
+        written = audio_write.write_atomic(
+            path, output, sample_rate, overwrite=overwrite, roots=roots, before_link=hook
+        )
     except FileExistsError:
         if on_exists is None:
             raise

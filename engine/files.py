@@ -131,18 +131,40 @@ def sweep_temps(
 def lock_folder(lock_path: str | Path, busy: str) -> Any:
     """An exclusive advisory lock on `lock_path` (created if need be), held while the returned open file is: it ends
     when the file is closed or the process dies, however it dies. ConfigError(`busy`) when another process holds it.
+    A holder may remove the file while it still holds the lock (unlock_and_remove): a lock taken on a file that is no
+    longer at `lock_path` is let go and taken again on the one there now, so two holders never lock different files.
     On Windows (no fcntl) nothing is locked and one writer per folder is the user's care."""
-    handle = open(lock_path, "a+")  # noqa: SIM115 (held as long as the caller holds the lock)
     try:
         import fcntl
-
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except ImportError:
-        pass
-    except OSError:
+        fcntl = None
+    for _ in range(100):
+        try:
+            handle = open(lock_path, "a+")  # noqa: SIM115 (held as long as the caller holds the lock)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the lock file {lock_path}: {exc.strerror or exc}") from None
+        if fcntl is None:
+            return handle
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise ConfigError(busy) from None
+        try:
+            if os.path.samestat(os.fstat(handle.fileno()), os.stat(lock_path)):
+                return handle
+        except OSError:
+            pass  # removed by the holder we waited for
         handle.close()
-        raise ConfigError(busy) from None
-    return handle
+    raise ConfigError(busy)
+
+
+def unlock_and_remove(handle: Any) -> None:
+    """Remove a lock file lock_folder gave, then let the lock go (in that order: a process that opened the file
+    meanwhile finds it gone once it holds the lock, and locks a new one)."""
+    with contextlib.suppress(OSError):
+        os.unlink(handle.name)
+    handle.close()
 
 
 def fsync_folder(folder: str | Path) -> None:
@@ -287,15 +309,12 @@ def folders_to_make(folder: str | Path) -> list[Path]:
     return missing
 
 
-def remove_made_folders(made: list[Path], keep: tuple[str, ...] = ()) -> None:
-    """Take back folders a failed command made (folders_to_make's list), deepest first, each only while it is empty
-    but for the names in `keep` (a lock file of the command's own: removed with it); anything else in one stops
-    there, so nothing but the command's own leftovers is ever removed."""
+def remove_made_folders(made: list[Path]) -> None:
+    """Take back folders a failed command made (folders_to_make's list), deepest first, each only while it is empty;
+    anything in one stops there, so nothing but the command's own leftovers is ever removed (a lock file of its own
+    goes first, while locked: unlock_and_remove)."""
     for folder in made:
         try:
-            for name in keep:
-                if (folder / name).is_file():
-                    (folder / name).unlink()
             folder.rmdir()
         except OSError:
             return

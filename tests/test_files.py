@@ -216,3 +216,34 @@ def test_an_atomic_write_makes_its_rename_durable_by_syncing_the_folder(tmp_path
     monkeypatch.setattr(os, "fsync", recording)
     write_bytes_atomic(tmp_path / "a.json", b"{}")
     assert synced == [False, True]  # the file's data, then the folder's entry
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no advisory locks on Windows")
+def test_a_lock_taken_on_a_lock_file_its_holder_removed_moves_to_the_file_there_now(tmp_path, monkeypatch):
+    """A failed batch removes its folder's lock file as it lets go; a second batch that opened the old file in that
+    instant must not end up holding a lock on a file no longer there (a third batch would then lock a new one)."""
+    import builtins
+
+    import engine.files as files
+    from engine.errors import ConfigError
+
+    lock_path = tmp_path / ".lock"
+    first = files.lock_folder(lock_path, "busy")
+    opened = []
+
+    def open_then_first_lets_go(path, mode):
+        handle = builtins.open(path, mode)
+        if not opened:  # the second opened the first's file; then the first removes it and lets go
+            files.unlock_and_remove(first)
+        opened.append(handle)
+        return handle
+
+    monkeypatch.setattr(files, "open", open_then_first_lets_go, raising=False)
+    second = files.lock_folder(lock_path, "busy")
+    monkeypatch.undo()
+    assert len(opened) == 2 and os.path.samestat(os.fstat(second.fileno()), os.stat(lock_path))
+    with pytest.raises(ConfigError, match="busy"):
+        files.lock_folder(lock_path, "busy")  # a third finds the lock held where it looks
+    files.unlock_and_remove(second)
+    assert not lock_path.exists()
+    files.lock_folder(lock_path, "busy").close()
