@@ -547,6 +547,14 @@ class Editor:
         generators = [torch.Generator(device=lm.device).manual_seed(seed) for seed in seeds]
         stop = cancel.is_set if cancel is not None else None
         margin = int(round(_ENCODE_MARGIN_S * self.frame_rate))
+
+        def since(t0: float) -> float:
+            """Seconds since t0 once the device has run what was queued: a GPU runs behind the host, and without
+            the wait a stage's time lands in the next stage's timer (the decode steps' in the codec's)."""
+            if lm.device.type == "cuda":
+                torch.cuda.synchronize(lm.device)
+            return time.perf_counter() - t0
+
         # (item indices, rows per item) of each generate call in a window
         if items > 1:
             calls = [([b], 1) for b in range(items)] if one_by_one else [(list(range(items)), 1)]
@@ -561,7 +569,7 @@ class Editor:
             t0 = time.perf_counter()
             tracker.at(0.0, "encode")
             cond = self._encode_window(padded, w, total_frames, margin)  # [B, K, L]
-            timings["encode"] += time.perf_counter() - t0
+            timings["encode"] += since(t0)
             tracker.advance(enc_units, "encode")
 
             _check_cancel(cancel)
@@ -597,7 +605,7 @@ class Editor:
                 scores.append([round(s, 4) for s in window_scores])
                 codes = codes[best : best + 1]
             previous = codes
-            timings["generate"] += time.perf_counter() - t0
+            timings["generate"] += since(t0)
             tracker.advance(gen_units, "generate")
 
             _check_cancel(cancel)
@@ -605,7 +613,7 @@ class Editor:
             tracker.at(0.0, "decode")
             wav = codec.decode(codes)[:, 0].float().cpu().numpy()  # [B, L * hop]
             segments.append(wav[:, : w.length * self.hop])
-            timings["decode"] += time.perf_counter() - t0
+            timings["decode"] += since(t0)
             tracker.advance(dec_units, "decode")
 
         starts = [w.start * self.hop for w in windows]

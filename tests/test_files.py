@@ -232,7 +232,7 @@ def test_a_lock_taken_on_a_lock_file_its_holder_removed_moves_to_the_file_there_
     opened = []
 
     def open_then_first_lets_go(path, mode):
-        handle = builtins.open(path, mode)
+        handle = builtins.open(path, mode)  # noqa: SIM115 (lock_folder's own open, handed back)
         if not opened:  # the second opened the first's file; then the first removes it and lets go
             files.unlock_and_remove(first)
         opened.append(handle)

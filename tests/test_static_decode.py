@@ -154,3 +154,20 @@ def test_running_out_of_memory_in_the_fast_step_is_left_to_the_editors_retries()
         step(torch.ones(1), torch.ones(1))
     with pytest.raises(torch.OutOfMemoryError):  # still the fast step: memory may be there next time
         step(torch.ones(1), torch.ones(1))
+
+
+def test_the_compiled_step_is_whole_or_not_at_all_and_survives_many_layouts(monkeypatch):
+    """A graph break or dynamo's recompile limit (8 by default, counted over every workspace's compile of the one
+    step function) must not leave part of the step uncompiled under the compiled step's name: fullgraph, and a limit
+    a long-running server does not reach."""
+    seen = {}
+
+    def fake_compile(step, **options):
+        seen.update(options)
+        return step
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    static_decode.compile_step(lambda tokens, position: tokens)
+    assert seen == {"mode": "reduce-overhead", "fullgraph": True, "dynamic": False}
+    assert torch._dynamo.config.recompile_limit >= 64

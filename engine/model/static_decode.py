@@ -2,10 +2,10 @@
 
 A compiled or captured step pays off only when it is replayed. torch.compile specialises on every shape the step
 reads: a new window length (the KV cache), condition length (the prefix) or instruction length (the text) is a new
-compile, tens of seconds for a large model on a GPU, and past torch._dynamo's recompile limit (8) the step runs
-uncompiled for good, silently. A CUDA graph replays fixed addresses: tensors made anew by each generation mean a new
-recording each time (and, under torch.compile's CUDA-graph trees, inputs it does not know to be static are copied at
-every step).
+compile, tens of seconds for a large model on a GPU, and past torch._dynamo's recompile limit the step runs
+uncompiled (`compile_step` raises the limit and makes passing it loud). A CUDA graph replays fixed addresses:
+tensors made anew by each generation mean a new recording each time (and, under torch.compile's CUDA-graph trees,
+inputs it does not know to be static are copied at every step).
 
 So a static decode runs in a `Workspace` kept on the model per layout (rows, dtype, device, the step mode and the
 sizes below), made once and reused by every later generation of that layout (at most MAX_WORKSPACES per model):
@@ -250,8 +250,20 @@ def graphs_on(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+# torch._dynamo's recompile limit (8) counts every compile of one function, and every workspace compiles the same step
+# function: a server that met more layouts than that over its life (takes, instruction lengths, models) ran the
+# newer ones uncompiled, silently. Raised to this; past it, fullgraph makes the failure loud (FastStepFailed).
+RECOMPILE_LIMIT = 64
+
+
 def compile_step(step: Step) -> Step:
-    return torch.compile(step, mode="reduce-overhead", fullgraph=False, dynamic=False)
+    """`step` under torch.compile (mode="reduce-overhead": CUDA graphs), whole or not at all: a graph break or the
+    recompile limit raises (falling_back then warns and runs the plain step) instead of running part of it uncompiled
+    under the compiled step's name."""
+    config = torch._dynamo.config
+    if getattr(config, "recompile_limit", RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+        config.recompile_limit = RECOMPILE_LIMIT
+    return torch.compile(step, mode="reduce-overhead", fullgraph=True, dynamic=False)
 
 
 def captured_step(step: Step) -> Step:
