@@ -195,3 +195,29 @@ def test_a_model_folders_stems_are_the_ones_loading_uses_its_adapters_first(tmp_
     assert model_stems(tmp_path) == ["Piano"]  # a folder being assembled, its card not written yet
     (tmp_path / "adapter" / "adapter.json").unlink()
     assert model_stems(tmp_path) is None  # an adapter only loading can read: no guess
+
+
+@pytest.mark.parametrize("tool", ["default_model", "recipe install"])
+def test_an_installed_copy_asks_where_the_model_goes_not_into_site_packages(tool, tmp_path, monkeypatch, capsys):
+    """The maintainer tools default to the checkout's shipped model and docs; run from a pip-installed copy those
+    defaults lie in site-packages (the shipped model replaced, a stray docs/ made there)."""
+    import engine.train.config as config
+    from engine.train import recipe
+
+    monkeypatch.setattr(config, "CHECKOUT", tmp_path / "site-packages")  # no pyproject.toml there
+    if tool == "default_model":
+        code = main(["--work", str(tmp_path / "work")])
+    else:
+        code = recipe.main(["install", str(tmp_path / "packs")])
+    err = capsys.readouterr().err
+    assert code == 1 and "installed copy" in err and "give -o" in err
+    assert not (tmp_path / "site-packages").exists()
+    # given both, it goes on to its own checks (here: nothing to assemble or install)
+    argv_tail = ["-o", str(tmp_path / "model"), "--docs", str(tmp_path / "docs")]
+    code = (
+        main(["--work", str(tmp_path / "work"), *argv_tail])
+        if tool == "default_model"
+        else recipe.main(["install", str(tmp_path / "packs"), *argv_tail])
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "installed copy" not in err

@@ -58,9 +58,22 @@ def history_losses(history: dict) -> dict[str, float | None]:
     return {"final_train_loss": last(history.get("train") or []), "final_val_loss": last(history.get("val") or [])}
 
 
-# Where the embedded model's evaluation report is published: this checkout's docs/embedded_model (its build and install
-# commands default to it wherever they are run from)
-EMBEDDED_DOCS = Path(__file__).resolve().parents[2] / "docs" / "embedded_model"
+# The checkout the packages run from (where pyproject.toml is), and where the embedded model's evaluation report is
+# published in it: docs/embedded_model (its build and install commands default to it wherever they are run from)
+CHECKOUT = Path(__file__).resolve().parents[2]
+EMBEDDED_DOCS = CHECKOUT / "docs" / "embedded_model"
+
+
+def in_checkout(default: Path, option: str, tool: str) -> Path:
+    """A maintainer tool's default target (the shipped model, its report), which lies in the project's checkout;
+    ConfigError naming `option` when the packages run from an installed copy (no pyproject.toml beside them), where
+    that default would write into site-packages."""
+    if not (CHECKOUT / "pyproject.toml").is_file():
+        raise ConfigError(
+            f"{tool} writes the shipped model and its report into a checkout of the project, and these packages are "
+            f"an installed copy ({CHECKOUT}): give {option}"
+        )
+    return default
 # The embedded model's sample rate: its codec's default, and the rate its data are rendered at
 EMBEDDED_RATE = 16000
 # A new base model's sizes when a base stage starts from a codec alone (engine.train.template), by their option names

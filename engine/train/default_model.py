@@ -25,7 +25,15 @@ from engine.files import read_json_object, staged_dir
 from engine.model.config import is_adapter_name
 from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.codec_train import codec_run_of, final_losses, read_log
-from engine.train.config import CODEC_RENAMED, CODEC_SETTINGS, EMBEDDED_DOCS, RUN_MODEL, history_losses, read_history
+from engine.train.config import (
+    CODEC_RENAMED,
+    CODEC_SETTINGS,
+    EMBEDDED_DOCS,
+    RUN_MODEL,
+    history_losses,
+    in_checkout,
+    read_history,
+)
 from engine.train.data import DATASET_JSON
 from engine.weights.loader import (
     DEFAULT_MODEL_DIR,
@@ -239,8 +247,8 @@ def fusion_gates(file: Path) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.train.default_model", description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=".cache/default-model", help="folder of the training runs")
-    parser.add_argument("-o", "--output", default=str(DEFAULT_MODEL_DIR), help="where the model goes")
-    parser.add_argument("--docs", default=str(EMBEDDED_DOCS), help="where the evaluation report is copied")
+    parser.add_argument("-o", "--output", help="where the model goes (default: the checkout's shipped model)")
+    parser.add_argument("--docs", help="where the evaluation report is copied (default: the checkout's docs)")
     parser.add_argument(
         "--evaluation",
         metavar="EVAL_DIR",
@@ -248,16 +256,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--command", default="make model-eval", help="with --evaluation: the command it came from")
     args = parser.parse_args(argv)
+    tool = "python -m engine.train.default_model"
     try:
+        output = Path(args.output) if args.output else in_checkout(DEFAULT_MODEL_DIR, "-o", tool)
+        docs = Path(args.docs) if args.docs else in_checkout(EMBEDDED_DOCS, "--docs", tool)
         if args.evaluation:
-            card = refresh_evaluation(Path(args.output), Path(args.evaluation), Path(args.docs), args.command)
+            card = refresh_evaluation(output, Path(args.evaluation), docs, args.command)
             print(json.dumps(card["evaluation"]["beats_identity"]))
             return 0
-        card = assemble(Path(args.work), Path(args.output), Path(args.docs))
+        card = assemble(Path(args.work), output, docs)
     except ImusicError as exc:
-        return report_error(exc, "python -m engine.train.default_model")
+        return report_error(exc, tool)
     print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
-    print(f"model: {args.output}")
+    print(f"model: {output}")
     return 0
 
 

@@ -668,16 +668,19 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(run)
     inst = sub.add_parser("install", help="unpack a returned run into the model folder and its report into docs")
     inst.add_argument("packs", metavar="PACKS_DIR")
-    from engine.train.config import EMBEDDED_DOCS
+    from engine.train.config import EMBEDDED_DOCS, in_checkout
     from engine.weights.loader import DEFAULT_MODEL_DIR
 
-    inst.add_argument("-o", "--output", default=str(DEFAULT_MODEL_DIR), help="the model folder (default: the shipped)")
-    inst.add_argument("--docs", default=str(EMBEDDED_DOCS), help="where its report goes (default: this checkout's)")
+    inst.add_argument("-o", "--output", help="the model folder (default: the checkout's shipped model)")
+    inst.add_argument("--docs", help="where its report goes (default: the checkout's docs)")
     args = parser.parse_args(argv)
+    tool = "python -m engine.train.recipe install"
     try:
         if args.command == "run":
             return run_from_args(args)
-        card = install(Path(args.packs), Path(args.output), Path(args.docs) if args.docs else None)
+        output = Path(args.output) if args.output else in_checkout(DEFAULT_MODEL_DIR, "-o", tool)
+        docs = Path(args.docs) if args.docs else in_checkout(EMBEDDED_DOCS, "--docs", tool)
+        card = install(Path(args.packs), output, docs)
         print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
         return 0
     except ImusicError as exc:
