@@ -123,6 +123,26 @@ def _message(text: str) -> None:
     _api().RPR_ShowMessageBox(text, TITLE, 0)
 
 
+def stale_install() -> str:
+    """Why the installed scripts no longer fit the project they import ("" when they do): this file is a copy the
+    installer made, and the packages it imports are the project's own, which a `pip install -U` since has changed."""
+    project_copy = os.path.join(os.path.dirname(os.path.abspath(planning.__file__)), "imusic_lib.py")
+    here = os.path.abspath(__file__)
+    if os.path.normcase(project_copy) == os.path.normcase(here):  # run from the project itself
+        return ""
+    try:
+        with open(project_copy, "rb") as theirs, open(here, "rb") as ours:
+            if theirs.read() == ours.read():
+                return ""
+    except OSError:
+        return ""  # nothing to compare with: the imports above worked, so go on
+    return (
+        "The imusic scripts in REAPER were installed from another version of the project than the one they now use "
+        f"({os.path.dirname(os.path.dirname(project_copy))}). Run `imusic reaper install` again (your settings and "
+        "keys stay), then this action."
+    )
+
+
 # ------------------------------------------------------------------------------------------------ sessions
 
 
@@ -256,6 +276,9 @@ def run_edit(instruction: str, mode: str = "") -> None:
 
 def _send_edit(R: Any, instruction: str, mode: str) -> None:
     """run_edit once the action holds the loop: plan, submit, watch."""
+    if problem := stale_install():
+        _message(problem)
+        return
     try:
         instruction = planning.normalize_instruction(instruction)
         selection, clip = project.read_selection(R)
@@ -433,6 +456,10 @@ _STATUS: dict = {}
 def run_status() -> None:
     """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
     from bridge.client import Client
+
+    if problem := stale_install():
+        _message(problem)
+        return
 
     host, port = engine_address()
     try:

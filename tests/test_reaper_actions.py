@@ -1078,3 +1078,20 @@ def test_items_of_a_saved_project_that_cannot_be_edited_as_heard_are_refused(
     harness.load_project(str(write_project(tmp_path, source_file, **{item: 1})))
     harness.run("imusic_extract_bass.py")
     assert_unchanged(harness, message)
+
+
+def test_scripts_installed_from_another_version_of_the_project_ask_to_be_installed_again(harness, source_file, sent):
+    """The installer copies the library into REAPER's Scripts folder; the packages it imports are the project's own.
+    After a `pip install -U` the two no longer fit: the actions say so instead of failing in some other way."""
+    library = harness.resource / "Scripts" / "imusic" / "imusic_lib.py"
+    library.write_bytes(library.read_bytes() + b"\n# as an earlier version of the project had it\n")
+    reaper = harness.reaper
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    harness.run("imusic_status.py")
+    harness.settle()
+    messages = [m for m, _, _ in reaper.messages]
+    assert len(messages) == 2 and all("Run `imusic reaper install` again" in m for m in messages)
+    assert sent == [] and reaper.changes == []
