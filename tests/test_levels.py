@@ -387,3 +387,24 @@ def test_an_adds_input_gain_fades_in_above_the_line_so_the_added_part_has_no_lev
         step = float(np.max(np.abs(np.diff(gains))))
         assert (step < 0.5) is fade_in  # without the fade (extract, remove): the 24 dB step at -60 dB is kept
     assert model_input_gain(noise * 10 ** (-40 / 20), -18.0, fade_in=True) == pytest.approx(10 ** (20 / 20), rel=1e-6)
+
+
+@pytest.mark.parametrize("frames, channels, rate", [(64, 1, 16000), (1001, 2, 8000), (44100 + 17, 3, 44100)])
+def test_the_blockwise_power_spectrogram_is_scipys_stft_power(frames, channels, rate, monkeypatch):
+    """The stem-level estimate's spectrogram, made a block of frames at a time in float32 (it held 9x the region's
+    memory as one float64 complex STFT), is scipy's STFT power up to its scale, smoothed the same way."""
+    from scipy.ndimage import uniform_filter1d
+    from scipy.signal import stft
+
+    from engine import levels
+
+    monkeypatch.setattr(levels, "_SPECTROGRAM_BLOCK", 3000)  # several blocks even for short signals
+    audio = np.random.default_rng(frames).standard_normal((channels, frames)).astype(np.float32)
+    ours = levels._power_spectrogram(audio, rate)
+    nperseg = min(int(2 ** np.ceil(np.log2(0.064 * rate))), frames)
+    _, _, spec = stft(audio.astype(np.float64).mean(axis=0), nperseg=nperseg, noverlap=nperseg // 2, boundary="even")
+    power = np.abs(spec) ** 2
+    theirs = uniform_filter1d(power, size=min(6, power.shape[1]), axis=1, mode="nearest")
+    assert ours.shape == theirs.shape and ours.dtype == np.float32
+    scale = theirs.sum() / ours.sum()
+    np.testing.assert_allclose(ours * scale, theirs, rtol=2e-3, atol=1e-6 * theirs.max())
