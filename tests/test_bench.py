@@ -166,3 +166,147 @@ def test_small_shape_reports_the_bandwidth_floor(capsys):
     text = "\n".join(lines)
     assert re.search(r"reads \d\.\d{3} GB/step: floor \d+\.\d{3} ms/step; ours \(eager\) at \d+\.\d\dx the floor", text)
     assert re.fullmatch(r"decode speedup vs transformers: \d+\.\d\d", lines[-1])
+
+
+def test_no_checks_skips_the_agreement_checks_and_still_times_transformers(capsys, monkeypatch, tmp_path):
+    # the decode-compile stage runs after the decode stage made these checks: its time goes to the compile
+    def not_here(*args, **kwargs):
+        raise AssertionError("a check ran under --no-checks")
+
+    monkeypatch.setattr(bench, "greedy_agreement", not_here)
+    monkeypatch.setattr(bench, "argmax_agreement", not_here)
+    path = tmp_path / "decode.json"
+    lines = _run(capsys, "--shapes", "tiny", "--frames", "6", "--repeats", "1", "--threads", "1", "--no-checks",
+                 "--json", str(path))  # fmt: skip
+    assert "  agreement checks skipped (--no-checks)" in lines
+    assert re.fullmatch(r"decode speedup vs transformers: \d+\.\d\d", lines[-1])
+    tiny = json.loads(path.read_text())["shapes"]["tiny"]
+    assert tiny["checks"] is False and not {"greedy_agree_fp32", "argmax_agree", "graph_vs_eager_fp32"} & set(tiny)
+    assert tiny["fast"]["1"]["transformers"]["ms_per_step"] > 0  # the speedup's reference
+
+
+def test_a_shape_keeps_its_figures_so_far_when_a_later_measurement_dies(capsys, monkeypatch, tmp_path):
+    # gpu_check kills a stage at its timeout: the JSON holds every measurement made before, marked partial, and the
+    # log each first call (a compile) as soon as it was timed
+    path = tmp_path / "decode.json"
+    time_batch = bench.time_batch
+    seen = {}
+
+    def dies_at_batch_4(*args, **kwargs):
+        if kwargs["batch"] == 4:
+            seen.update(json.loads(path.read_text())["shapes"]["tiny"])
+            raise RuntimeError("killed")
+        return time_batch(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "time_batch", dies_at_batch_4)
+    argv = ["--shapes", "tiny", "--frames", "6", "--repeats", "1", "--threads", "1", "--dtype", "float32", "--batches",
+            "1,4", "--json", str(path)]  # fmt: skip
+    assert bench.run(_args(*argv)) == 1
+    out = capsys.readouterr().out
+    assert "  ... batch 1 fp32, transformers: first call" in out and "  ... batch 1 fp32, eager: first call" in out
+    assert seen["partial"] is True and seen["greedy_agree_fp32"] == 1.0
+    assert seen["fast"]["1"]["eager"]["ms_per_step"] > 0 and seen["fast"]["1"]["transformers"]["first_call_s"] > 0
+    final = json.loads(path.read_text())["shapes"]["tiny"]
+    assert final["error"] == "RuntimeError: killed" and final["partial"] is True and "1" in final["fast"]
+
+
+def _cuda_modes_on_cpu(monkeypatch, skips_per_read: int = 0):
+    """The CUDA step modes on CPU: graph and compile run the plain static step (what both compile or capture on
+    CUDA); Inductor's CUDA-graph skip counter goes up `skips_per_read` each time it is read."""
+    import itertools
+
+    from engine.editor import DECODE_STEPS
+
+    monkeypatch.setattr(bench, "_static", lambda mode, device: DECODE_STEPS[mode])
+    reads = itertools.count(0, skips_per_read)
+    monkeypatch.setattr(bench, "cudagraph_skips", lambda: next(reads))
+
+
+def test_fast_steps_are_teacher_forced_against_eager_and_floored_at_their_capacity(monkeypatch):
+    import torch
+
+    _cuda_modes_on_cpu(monkeypatch)
+    args = _args("--frames", "8", "--repeats", "1", "--threads", "1", "--dtype", "float32")
+    modes = ["eager", "graph", "compile"]
+    r = bench.run_shape("tiny", args, torch.float32, torch.device("cpu"), [1], modes)
+    entry = r["fast"][1]
+    assert set(entry["teacher_forced"]) == {"graph", "compile"}
+    for check in entry["teacher_forced"].values():
+        # fp32, the same function: the static step's logits are the eager step's up to rounding
+        assert check["ok"] and check["top1_agree"] > 0.99 and check["max_abs_dlogit"] < 1e-3
+        assert [call["frames"] for call in check["calls"]] == [8, 6]  # two lengths (and two instructions)
+    assert entry["compile"]["cudagraph_skips"] == 0 and "cudagraph_skips" not in entry["graph"]
+    assert bench.untrusted_steps(r, modes) == []
+    # a static step reads its whole workspace (256 positions here) every step and its text padded to 16 tokens; the
+    # eager one its filled cache and its 12 tokens
+    cfg, steps, fp32 = r["cfg"], entry["steps"], torch.float32
+    static = costs.step_bytes(cfg, fp32, 16, 2) + costs.cache_bytes(cfg, fp32, 2, steps, capacity=256)
+    assert entry["graph"]["step_bytes"] == entry["compile"]["step_bytes"] == static
+    assert entry["eager"]["step_bytes"] == costs.step_bytes(cfg, fp32, 12, 2) + costs.cache_bytes(cfg, fp32, 2, steps)
+
+
+def test_a_compile_without_cuda_graphs_fails_the_shape_loudly(capsys, monkeypatch, tmp_path):
+    # Inductor only logs a CUDA-graph skip (and counts it): the compiled step then runs launch by launch under the
+    # compile row's name; here the counter rises while the (on CPU, eager-as-compiled) step runs
+    from engine.editor import DECODE_STEPS
+
+    _cuda_modes_on_cpu(monkeypatch, skips_per_read=2)
+    monkeypatch.setattr(bench, "_static", lambda mode, device: DECODE_STEPS["compile"])
+    path = tmp_path / "decode.json"
+    argv = ["--shapes", "tiny", "--frames", "6", "--repeats", "1", "--threads", "1", "--dtype", "float32", "--json",
+            str(path)]  # fmt: skip
+    assert bench.run(_args(*argv)) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"\[tiny\] FAILED: batch 1: torch.compile skipped CUDA graphs 2 time\(s\)", out)
+    tiny = json.loads(path.read_text())["shapes"]["tiny"]
+    assert tiny["fast"]["1"]["eager"]["cudagraph_skips"] == 2 and tiny["failed"]
+
+
+def test_the_teacher_forced_verdict_tells_rounding_from_another_function():
+    assert bench.teacher_forced_ok(1.0) and bench.teacher_forced_ok(0.96)  # rounding: a few percent flip
+    assert not bench.teacher_forced_ok(0.64)  # the same step given another instruction (small shape, bf16)
+    entry = {"transformers": {}, "graph": {}, "teacher_forced": {"graph": {"top1_agree": 0.5, "ok": False}}}
+    (reason,) = bench.untrusted_steps({"fast": {1: entry, 4: {"skipped": "oom"}}}, ["graph"])
+    assert "graph step's logits are not the eager step's" in reason and "0.5000" in reason
+
+
+def test_a_step_fed_a_wrong_history_fails_the_teacher_forced_check(monkeypatch):
+    # what a stale cache looks like: the fast step decodes another history than the eager one (the tiny random model
+    # hardly listens to its history: 0.79 of its argmaxes stay; a real shape's far fewer)
+    import torch
+
+    _cuda_modes_on_cpu(monkeypatch)
+    run_ours = bench.run_ours
+    other = torch.Generator().manual_seed(9)
+
+    def stale(*args, teacher=None, **kwargs):
+        if teacher is not None:
+            teacher = torch.randint(0, 2048, teacher.shape, generator=other)
+        return run_ours(*args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(bench, "run_ours", stale)
+    hf, lm = bench.build_pair("tiny")
+    check = bench.teacher_forced(hf, lm, ["graph"], batch=1, lengths=(12, 9), text_len=12)["graph"]
+    assert not check["ok"] and check["top1_agree"] < bench.TEACHER_FORCED_MIN_TOP1
+
+
+def test_the_floor_of_each_mode_counts_the_bytes_it_reads():
+    import torch
+
+    from engine.model.config import preset
+
+    cfg = preset("small")
+    # a static workspace of 256 positions is read whole every step: for 64 frames (67 steps) about 7.6x the mean
+    # filled length of an eager step
+    assert costs.cache_bytes(cfg, torch.bfloat16, rows=2, steps=67, capacity=256) == 2 * 2 * 24 * 256 * 1024 * 2
+    assert costs.cache_bytes(cfg, torch.bfloat16, rows=2, steps=67) == 2 * 2 * 24 * 34 * 1024 * 2
+    entry = {"transformers": {"ms_per_step": 6.0}, "eager": {"ms_per_step": 2.0, "step_bytes": 10**9},
+             "graph": {"ms_per_step": 1.5, "step_bytes": 1.2 * 10**9}}  # fmt: skip
+    assert not costs.add_floor({"fast": {1: entry}}, 1000.0, ["eager", "graph"])
+    assert entry["eager"]["floor_ms"] == pytest.approx(1.0) and entry["eager"]["x_floor"] == pytest.approx(2.0)
+    assert entry["graph"]["floor_ms"] == pytest.approx(1.2) and entry["graph"]["x_floor"] == pytest.approx(1.25)
+    # the row the summary reads is the fastest mode's, against its own bytes
+    assert entry["fastest"] == "graph" and entry["x_floor"] == pytest.approx(1.25)
+    assert entry["floor_ms"] == pytest.approx(1.2) and entry["speedup_same_dtype"] == pytest.approx(4.0)
+    entry["graph"]["ms_per_step"] = 1.1  # under its own floor: the bandwidth sample was disturbed
+    assert costs.add_floor({"fast": {1: entry}}, 1000.0, ["eager", "graph"])

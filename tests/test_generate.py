@@ -355,3 +355,38 @@ def test_the_text_padding_bias_stays_finite_when_autocast_casts_it_to_half_preci
         bias = ctx.cross_bias.to(dtype)
         assert torch.isfinite(bias).all(), dtype  # a row of -inf would be NaN after the softmax
         assert torch.equal(bias.softmax(-1)[1, 0, 0], torch.full((2,), 0.5, dtype=dtype))
+
+
+def test_teacher_forcing_on_the_greedy_tokens_reproduces_them_and_their_logits(lm):
+    # the diagnostic hooks `imusic bench decode` compares step modes with: on_logits sees every decode step's guided
+    # logits; teacher_codes replaces the draws, so a sampling decode on the greedy history is the greedy decode
+    states, mask = _text()
+    greedy_logits: dict[int, torch.Tensor] = {}
+    greedy = generate(lm, states, mask, num_frames=9, top_k=1,
+                      on_logits=lambda step, logits: greedy_logits.__setitem__(step, logits.clone()))  # fmt: skip
+    steps = 9 + CFG.num_codebooks
+    assert sorted(greedy_logits) == list(range(1, steps))  # step 0 is the start token; every later step is decoded
+    assert all(logits.shape == (2, CFG.num_codebooks, CFG.card) for logits in greedy_logits.values())
+    forced_logits: dict[int, torch.Tensor] = {}
+    forced = generate(lm, states, mask, num_frames=9, generator=torch.Generator().manual_seed(5), teacher_codes=greedy,
+                      on_logits=lambda step, logits: forced_logits.__setitem__(step, logits.clone()))  # fmt: skip
+    assert torch.equal(forced, greedy)
+    assert all(torch.equal(forced_logits[step], greedy_logits[step]) for step in greedy_logits)
+    # the static step on the eager step's history: the same logits up to rounding (what the bench checks on CUDA)
+    static_logits: dict[int, torch.Tensor] = {}
+    generate(lm, states, mask, num_frames=9, top_k=1, static=True, teacher_codes=greedy,
+             on_logits=lambda step, logits: static_logits.__setitem__(step, logits.clone()))  # fmt: skip
+    for step, logits in greedy_logits.items():
+        torch.testing.assert_close(static_logits[step], logits, atol=1e-4, rtol=0)
+    static_decode.release(lm)
+
+
+def test_teacher_codes_of_another_history_are_what_is_written(lm):
+    states, mask = _text()
+    history = torch.randint(0, CFG.card, (2, CFG.num_codebooks, 7), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(generate(lm, states, mask, num_frames=7, top_k=1, teacher_codes=history), history)
+    prompt = history[..., :3].flip(0)  # a prompt stays forced over the teacher's frames
+    codes = generate(lm, states, mask, num_frames=7, prompt_codes=prompt, teacher_codes=history)
+    assert torch.equal(codes[..., :3], prompt) and torch.equal(codes[..., 3:], history[..., 3:])
+    with pytest.raises(ConfigError, match="teacher codes"):
+        generate(lm, states, mask, num_frames=8, teacher_codes=history)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from engine.tools import gpu_check
 
@@ -20,6 +21,15 @@ def test_stages_cover_decode_engine_and_compile_within_caps(tmp_path):
     assert all(s["argv"][-2] == "--json" for s in gpu_check.stages(False, tmp_path))
     tiny = gpu_check.stages(True, tmp_path)
     assert all("cuda" not in s["argv"] for s in tiny)
+
+
+def test_the_compile_stage_times_only_the_compiled_step_without_repeating_the_checks(tmp_path):
+    # the decode stage made the fp32 and bf16 agreement checks and timed the graph step: the compile stage's cap goes
+    # to its cold compile (eager stays: the teacher-forced reference)
+    decode, compile_stage = gpu_check.stages(False, tmp_path)[:2]
+    argv = compile_stage["argv"]
+    assert compile_stage["name"] == "decode-compile" and "--no-checks" in argv and "--no-checks" not in decode["argv"]
+    assert argv[argv.index("--steps") + 1] == "eager,compile"
 
 
 def test_tiny_dry_run_writes_the_log_and_every_stage_figures(tmp_path):
@@ -61,3 +71,31 @@ def test_a_spent_budget_skips_the_remaining_stages(tmp_path):
     assert gpu_check.main([str(out), "--tiny", "--budget", "1"]) == 0
     report = json.loads((out / "bench.json").read_text())
     assert report["stages"] and all("skipped" in r for r in report["stages"].values())
+
+
+def test_each_stage_compiles_into_fresh_caches_of_its_own(tmp_path, monkeypatch):
+    # a stage reusing the kernels an earlier stage built would time a warm compile as a producer's first hotkey
+    seen = {}
+
+    def record(stage, timeout, env, log):
+        seen[stage["name"]] = (env["TORCHINDUCTOR_CACHE_DIR"], env["TRITON_CACHE_DIR"])
+        return {"command": "", "rc": 0, "seconds": 0.0, "timed_out": False}
+
+    monkeypatch.setattr(gpu_check, "run_stage", record)
+    out = tmp_path / "out"
+    assert gpu_check.main([str(out), "--budget", "1000"]) == 0
+    assert list(seen) == [s["name"] for s in gpu_check.stages(False, tmp_path)]
+    folders = [Path(folder) for pair in seen.values() for folder in pair]
+    assert len(set(folders)) == 2 * len(seen)  # none shared, Inductor's and Triton's apart
+    assert all(out not in folder.parents for folder in folders)  # OUT brings back a few files only
+    assert len({folder.parents[2] for folder in folders}) == 1  # all under the run's temporary folder
+
+
+def test_a_timed_out_stage_keeps_the_figures_its_bench_wrote(tmp_path):
+    # the decode bench rewrites its JSON after every measurement: a stage killed at its cap keeps those
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"shapes": {"small": {"partial": True}}}))
+    stage = {"name": "slow", "argv": ["bench", "decode", "--shapes", "tiny", "--frames", "400", "--repeats", "50"],
+             "cap": 1, "json": path}  # fmt: skip
+    record = gpu_check.run_stage(stage, 1.0, dict(os.environ), gpu_check.Log(tmp_path / "log.txt"))
+    assert record["timed_out"] and record["figures"]["shapes"]["small"]["partial"] is True

@@ -119,6 +119,8 @@ def generate(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     static: bool | str | None = None,
+    teacher_codes: torch.Tensor | None = None,
+    on_logits: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Generate codes [B, K, num_frames]. `prompt_codes` [B, K, Tp] are forced as the first Tp frames.
 
@@ -128,11 +130,23 @@ def generate(
     `generator`: one for every row, or one per row (B of them: each row draws as it would alone; see `sample`).
     Raises Cancelled when should_stop() turns true (polled between steps). A small model decodes on one CPU thread
     (`decode_threads`): torch's thread count is set for the call and restored after.
+
+    Two diagnostic hooks (for comparing step modes: `imusic bench decode`), both off when None:
+    `teacher_codes` [B, K, num_frames] are written in place of the sampled tokens at every free cell (teacher forcing:
+    the logits are still computed, from that history instead of the drawn one); `on_logits(step, logits)` sees each
+    step's CFG-guided float logits [B, K, card] before they are sampled (a buffer the next step may reuse: copy what
+    is kept).
     """
     batch = _check_inputs(lm, text_states, text_mask, num_frames, cond_codes, prompt_codes)
+    if teacher_codes is not None:
+        lm.check_codes(teacher_codes, "teacher codes")
+        if tuple(teacher_codes.shape) != (batch, lm.cfg.num_codebooks, num_frames):
+            raise ConfigError(f"teacher codes must be {[batch, lm.cfg.num_codebooks, num_frames]}, got "
+                              f"{list(teacher_codes.shape)}")  # fmt: skip
     with torch_threads(decode_threads(lm)):
         return _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k,
-                         top_p, temperature, generator, progress, should_stop, static)  # fmt: skip
+                         top_p, temperature, generator, progress, should_stop, static, teacher_codes,
+                         on_logits)  # fmt: skip
 
 
 def decode_threads(lm: MusicGenLM) -> int | None:
@@ -146,7 +160,8 @@ def decode_threads(lm: MusicGenLM) -> int | None:
 
 
 def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_codes, cfg_coef, top_k, top_p,
-              temperature, generator, progress, should_stop, static) -> torch.Tensor:  # fmt: skip
+              temperature, generator, progress, should_stop, static, teacher_codes=None,
+              on_logits=None) -> torch.Tensor:  # fmt: skip
     cfg = lm.cfg
     device = lm.device
     num_codebooks, special = cfg.num_codebooks, cfg.special_token
@@ -159,6 +174,7 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         frames[..., :prompt_len] = prompt_codes.to(device)
     seq = delay.build(frames, special)  # [B, K, S]; -1 = still to sample
     free = seq[0] == -1  # [K, S]: cells the model must fill (same for every batch row)
+    teacher = None if teacher_codes is None else delay.build(teacher_codes.to(device), special)
 
     use_cfg = cfg_coef != 1.0 and text_states is not None
     if text_states is not None and text_mask is None:
@@ -209,7 +225,12 @@ def _generate(lm, batch, text_states, text_mask, num_frames, cond_codes, prompt_
         if use_cfg:
             # uncond + cfg_coef * (cond - uncond), in one op
             logits = torch.lerp(logits[batch:], logits[:batch], cfg_coef)
-        tokens = sample(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+        if on_logits is not None:
+            on_logits(step, logits)
+        if teacher is None:
+            tokens = sample(logits, top_k=top_k, top_p=top_p, temperature=temperature, generator=generator)
+        else:
+            tokens = teacher[..., step]
         if not all_free[step]:
             tokens = torch.where(free[:, step][None], tokens, seq[:, :, step])
         both[..., step] = tokens

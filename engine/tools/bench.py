@@ -6,19 +6,25 @@ top-k 250 sampling) and each batch (1, and 4: the 4-take batch; CFG doubles the 
   MusicgenForConditionalGeneration.generate in the same dtype; on CPU also both in fp32 (transformers' default);
 - on CUDA our loop in each step mode asked for (`--steps`): `eager` (the cache sliced per step), `graph` (the static
   step captured as one CUDA graph, no compile) and `compile` (torch.compile mode="reduce-overhead", the engine's
-  default on CUDA: engine.model.generate.CUDA_STEP); the first call of each is timed apart (capture / compile), and
-  so is a first call at another length (`new_length_s`: an edit's next window or region, which must not compile
-  again: static_decode.py);
+  default on CUDA: engine.model.generate.CUDA_STEP); the first call of each is timed apart (capture / compile, printed
+  as soon as it is measured), and so is a first call at another length (`new_length_s`: an edit's next window or
+  region, which must not compile again: static_decode.py); a compile that Inductor ran without CUDA graphs
+  (`cudagraph_skips`, which it only logs) fails the shape;
 - greedy token agreement of ours and transformers in fp32 (both decode the same model);
 - teacher-forced argmax agreement, the fast dtype against fp32 on the same (rounded) weights;
-- on CUDA, greedy tokens of the graph and compiled steps against the eager step ("n/a (CPU)" on CPU);
-- the step's floor: the bytes it must read (weights, folded cross-attention, the KV cache) at the higher of two
-  bandwidths measured in the same run: a device copy (bytes read + written) and batch-2 linears over distinct weights
-  (the decode step's access pattern).
+- on CUDA, the graph and compiled steps teacher-forced on the eager step's greedy history, at two lengths with two
+  instructions: per step, top-1 agreement of the guided logits with eager's and the largest |logit difference|; a
+  step under TEACHER_FORCED_MIN_TOP1 fails the shape ("n/a (CPU)" on CPU);
+- the step's floor: the bytes it must read (weights, folded cross-attention, the KV cache: filled for the eager step,
+  at the workspace's capacity for a static one) at the higher of two bandwidths measured in the same run: a device
+  copy (bytes read + written) and batch-2 linears over distinct weights (the decode step's access pattern).
+`--no-checks` skips the fp32 agreement with transformers, the fp32 graph-vs-eager tokens and the argmax agreement
+(for a run after one that made them; transformers is still timed: the speedup's reference).
 A shape whose estimated memory does not fit the device is skipped with its reason (as is one that runs out).
-`--json PATH` writes every figure. The last line is `decode speedup vs transformers: X.XX`: on CPU the small shape
-(or the last one), ours in the fast dtype against transformers' default fp32; on CUDA the worst same-dtype speedup
-over the shapes and batches timed (ours in its fastest step mode).
+`--json PATH` writes every figure, and a shape's figures so far after each measurement (marked "partial": a run
+killed midway keeps them). The last line is `decode speedup vs transformers: X.XX`: on CPU the small shape (or the
+last one), ours in the fast dtype against transformers' default fp32; on CUDA the worst same-dtype speedup over the
+shapes and batches timed (ours in its fastest step mode).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine.editor import DECODE_STEPS, STEP_NAMES
@@ -68,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (best is kept)")
     parser.add_argument("--text-len", type=int, default=12, help="text tokens the cross-attention sees")
+    parser.add_argument("--no-checks", dest="checks", action="store_false",
+                        help="skip the fp32 agreement with transformers, the fp32 graph-vs-eager tokens and the argmax "
+                             "agreement (for a run after one that made them)")  # fmt: skip
     parser.add_argument("--json", default=None, metavar="PATH", help="write every figure to this JSON file")
 
 
@@ -147,17 +157,19 @@ def _skip_decode(codes, audio_scales=None, **kwargs):
 # ---- timing -------------------------------------------------------------------------------------------------------
 
 
-def _inputs(batch: int, text_len: int, device: torch.device):
+def _inputs(batch: int, text_len: int, device: torch.device, seed: int = 1):
+    """Text ids (one instruction for every row) and their mask; another `seed`, another instruction."""
     import torch
 
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, TEXT_VOCAB, (1, text_len), generator=generator).repeat(batch, 1).to(device)
     mask = torch.ones(batch, text_len, dtype=torch.long, device=device)
     return ids, mask
 
 
-def run_ours(hf, lm, ids, mask, *, frames: int, greedy: bool, static: Any):
-    """Our generate (text encoder included, CFG 3.0) -> codes [B, K, frames]."""
+def run_ours(hf, lm, ids, mask, *, frames: int, greedy: bool, static: Any, teacher=None, on_logits=None):
+    """Our generate (text encoder included, CFG 3.0) -> codes [B, K, frames]; `teacher` and `on_logits`: generate's
+    teacher_codes and on_logits."""
     import torch
 
     from engine.model.generate import generate
@@ -166,7 +178,7 @@ def run_ours(hf, lm, ids, mask, *, frames: int, greedy: bool, static: Any):
         states = hf.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     generator = torch.Generator(device=lm.device).manual_seed(0)
     return generate(lm, states, mask, num_frames=frames, cfg_coef=CFG_COEF, top_k=1 if greedy else TOP_K,
-                    generator=generator, static=static)  # fmt: skip
+                    generator=generator, static=static, teacher_codes=teacher, on_logits=on_logits)  # fmt: skip
 
 
 def run_theirs(hf, ids, mask, *, steps: int, greedy: bool):
@@ -201,23 +213,43 @@ def greedy_agreement(hf, lm, *, frames: int, text_len: int, batch: int = 1) -> f
     return agreement(ours, theirs)
 
 
-def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, modes: list[str]) -> dict:
+def cudagraph_skips() -> int:
+    """Inductor's count of compiled graphs it runs without CUDA graphs (an input mutation, a CPU tensor, ...): it
+    only logs each skip, and the step then runs compiled but launch by launch."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
+
+
+def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, modes: list[str],
+               on_measured: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """Seconds per decode step of transformers and of each of our step modes at `batch` (CFG doubles the rows).
 
     Each measurement's first call is a warm-up (allocation, first dispatch; a capture or compile for the graph and
-    compile modes), timed apart as `first_call_s`."""
+    compile modes), timed apart as `first_call_s` and printed at once (a run killed during the next measurement keeps
+    it in its log). The compiled step also records `cudagraph_skips` over its calls. `on_measured(figures so far)`
+    follows each measurement."""
+    import torch
+
     device = lm.device
     ids, mask = _inputs(batch, text_len, device)
     steps = frames + lm.cfg.num_codebooks - 1  # decoder forward passes of one generation
     out: dict[str, Any] = {"batch": batch, "rows": 2 * batch, "steps": steps}
+    dtype = "bf16" if lm.dtype == torch.bfloat16 else "fp32"  # the bench's two (--dtype)
 
-    def measure(name: str, fn, other=None) -> None:
+    def measure(name: str, fn, other=None, compiled: bool = False) -> None:
+        skips = cudagraph_skips() if compiled else 0
         first = best_seconds(fn, 1, device)
+        print(f"  ... batch {batch} {dtype}, {name}: first call {first:.2f} s", flush=True)
         best = best_seconds(fn, repeats, device)
         out[name] = {"ms_per_step": best / steps * 1e3, "tokens_per_s": batch * lm.cfg.num_codebooks * steps / best,
                      "first_call_s": first}  # fmt: skip
         if other is not None:
             out[name]["new_length_s"] = best_seconds(other, 1, device)
+        if compiled:
+            out[name]["cudagraph_skips"] = cudagraph_skips() - skips
+        if on_measured is not None:
+            on_measured(out)
 
     measure("transformers", lambda: run_theirs(hf, ids, mask, steps=steps, greedy=False))
     other_frames = max(1, frames - frames // 4)  # a shorter window: the same compiled step, if nothing recompiles
@@ -227,20 +259,92 @@ def time_batch(hf, lm, *, batch: int, frames: int, text_len: int, repeats: int, 
             mode,
             lambda static=static: run_ours(hf, lm, ids, mask, frames=frames, greedy=False, static=static),
             lambda static=static: run_ours(hf, lm, ids, mask, frames=other_frames, greedy=False, static=static),
+            compiled=static in (True, "compile"),
         )
-    if device.type == "cuda" and len(modes) > 1 and "eager" in modes:
-        # the same greedy tokens from every step mode, at both timed lengths (no new compile): the second length
-        # replays the workspace the first one filled, so stale buffers would show here
-        eager = {n: run_ours(hf, lm, ids, mask, frames=n, greedy=True, static=False) for n in (frames, other_frames)}
-        out["tokens_vs_eager"] = {
-            mode: min(
-                agreement(run_ours(hf, lm, ids, mask, frames=n, greedy=True, static=_static(mode, device)), codes)
-                for n, codes in eager.items()
-            )
-            for mode in modes
-            if mode != "eager"
-        }
+    fast_modes = [mode for mode in modes if _static(mode, device)]
+    if fast_modes:
+        out["teacher_forced"] = teacher_forced(hf, lm, fast_modes, batch=batch, lengths=(frames, other_frames),
+                                               text_len=text_len)  # fmt: skip
+        if on_measured is not None:
+            on_measured(out)
     return out
+
+
+# The teacher-forced top-1 agreement with the eager step that a fast step must reach. Both compute one function in one
+# dtype with different kernels (the whole masked cache, fused or captured ops), so rounding flips the argmax where two
+# codes are nearly tied; a step reading a wrong input (the previous call's instruction, a stale cache or position)
+# computes another function. Measured on CPU in bf16 (small shape, 20 frames, batch 1): the static step against the
+# eager one agrees on 0.96 of the codes, bf16 against fp32 on 0.92 (rounding, of one side only); the eager step given
+# another instruction on 0.64 (random weights condition weakly on text: a stale cache or position flips far more).
+# 0.85 lies between: twice bf16's rounding flips still pass, the stale instruction does not.
+TEACHER_FORCED_MIN_TOP1 = 0.85
+
+
+def teacher_forced_ok(top1_agree: float) -> bool:
+    """Whether a fast step's teacher-forced top-1 agreement with the eager step is rounding (see the threshold)."""
+    return top1_agree >= TEACHER_FORCED_MIN_TOP1
+
+
+def teacher_forced(hf, lm, modes: list[str], *, batch: int, lengths: tuple[int, int], text_len: int) -> dict:
+    """Each fast step mode against the eager step, on the same token history (teacher forcing): free-running greedy
+    tokens would diverge for good at the first rounding flip, so that a stale buffer and rounding looked alike.
+
+    The eager step decodes greedily at each of the two `lengths`, each with its own instruction (the second call
+    replays the workspace the first one filled: a step that kept the first call's text would show), keeping every
+    step's guided logits; each fast mode is then teacher-forced on those tokens. Per mode: `top1_agree` (the lower
+    of the two calls) and `max_abs_dlogit` (the largest |logit difference| of any step), per call and overall, and
+    `ok` (teacher_forced_ok)."""
+    import torch
+
+    device = lm.device
+    calls = []
+    for frames, seed in zip(lengths, (1, 3), strict=True):
+        ids, mask = _inputs(batch, text_len, device, seed)
+        eager: dict[int, torch.Tensor] = {}
+
+        def keep(step: int, logits: torch.Tensor, eager: dict = eager) -> None:
+            eager[step] = logits.clone()
+
+        codes = run_ours(hf, lm, ids, mask, frames=frames, greedy=True, static=False, on_logits=keep)
+        calls.append((ids, mask, frames, codes, eager))
+    out = {}
+    for mode in modes:
+        per_call = []
+        for ids, mask, frames, codes, eager in calls:
+            agree, worst = [], []  # device scalars, read once after the call (no host sync per step)
+
+            def compare(step, logits, eager=eager, agree=agree, worst=worst) -> None:
+                agree.append((logits.argmax(-1) == eager[step].argmax(-1)).float().mean())
+                worst.append((logits - eager[step]).abs().max())
+
+            run_ours(hf, lm, ids, mask, frames=frames, greedy=True, static=_static(mode, device), teacher=codes,
+                     on_logits=compare)  # fmt: skip
+            per_call.append({"frames": frames, "top1_agree": float(torch.stack(agree).mean()),
+                             "max_abs_dlogit": float(torch.stack(worst).max())})  # fmt: skip
+        top1 = min(c["top1_agree"] for c in per_call)
+        out[mode] = {"top1_agree": top1, "max_abs_dlogit": max(c["max_abs_dlogit"] for c in per_call),
+                     "ok": teacher_forced_ok(top1), "calls": per_call}  # fmt: skip
+    return out
+
+
+def untrusted_steps(r: dict, modes: list[str]) -> list[str]:
+    """Why fast-step figures of a shape are not what their names claim: a compile that Inductor ran without CUDA
+    graphs (it only logs that), or a step whose teacher-forced logits are not the eager step's."""
+    reasons = []
+    for batch, entry in r["fast"].items():
+        if "skipped" in entry:
+            continue
+        for mode in modes:
+            skips = entry.get(mode, {}).get("cudagraph_skips", 0)
+            if skips:
+                reasons.append(f"batch {batch}: torch.compile skipped CUDA graphs {skips} time(s) (Inductor's log "
+                               f"above says why): the {mode} figures are not the CUDA-graph step's")  # fmt: skip
+        for mode, check in entry.get("teacher_forced", {}).items():
+            if not check["ok"]:
+                reasons.append(f"batch {batch}: the {mode} step's logits are not the eager step's (teacher-forced "
+                               f"top-1 agreement {check['top1_agree']:.4f} < {TEACHER_FORCED_MIN_TOP1}): a wrong or "
+                               "stale input")  # fmt: skip
+    return reasons
 
 
 def argmax_agreement(lm_fp32: MusicGenLM, lm_low: MusicGenLM, *, frames: int, text_len: int) -> float:
@@ -272,9 +376,24 @@ def default_frames(shape: str, device: torch.device) -> int:
     return 100 if shape == "tiny" else 20
 
 
+def bytes_per_step(lm: MusicGenLM, dtype: torch.dtype, text_len: int, rows: int, steps: int, static: bool) -> int:
+    """Bytes one step of a `steps`-step generation reads in its step mode: the eager step its weights
+    (costs.step_bytes) and the filled part of its cache; a static one (graph, compile) its text padded to
+    static_decode.TEXT_STEP tokens (the folded cross-attention reads them all) and its workspace's whole cache, at
+    capacity, which its masked attention reads every step."""
+    from engine.model.static_decode import TEXT_STEP, capacity
+
+    cfg = lm.cfg
+    if not static:
+        return step_bytes(cfg, dtype, text_len, rows) + cache_bytes(cfg, dtype, rows, steps)
+    padded = -(-text_len // TEXT_STEP) * TEXT_STEP
+    return step_bytes(cfg, dtype, padded, rows) + cache_bytes(cfg, dtype, rows, steps, capacity(lm, steps))
+
+
 def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: torch.device, batches: list[int],
-              modes: list[str]) -> dict:  # fmt: skip
-    """Every figure of one shape: build, fp32 correctness, timings per batch (fast dtype; also fp32 on CPU)."""
+              modes: list[str], on_partial: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+    """Every figure of one shape: build, fp32 correctness (unless --no-checks), timings per batch (fast dtype; also
+    fp32 on CPU). `on_partial(figures so far)` follows the checks and every measurement."""
     import copy
 
     import torch
@@ -286,34 +405,51 @@ def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: t
     hf, lm = build_pair(shape, device=device)
     synchronize(device)
     result: dict[str, Any] = {"shape": shape, "frames": frames, "build_s": time.perf_counter() - started}
+    print(f"[{shape}] built in {result['build_s']:.1f} s", flush=True)
+
+    def report() -> None:
+        if on_partial is not None:
+            on_partial(result)
+
     cfg = lm.cfg
     result["layers"], result["dim"] = cfg.num_layers, cfg.dim
     result["parameters"] = sum(p.numel() for p in lm.parameters())
+    result["checks"] = args.checks
     check_frames = min(frames, 20)
-    result["greedy_agree_fp32"] = greedy_agreement(hf, lm, frames=check_frames, text_len=args.text_len)
-    if device.type == "cuda" and "graph" in modes:
+    if args.checks:
+        result["greedy_agree_fp32"] = greedy_agreement(hf, lm, frames=check_frames, text_len=args.text_len)
+    if args.checks and device.type == "cuda" and "graph" in modes:
         ids, mask = _inputs(1, args.text_len, device)
         eager = run_ours(hf, lm, ids, mask, frames=check_frames, greedy=True, static=False)
         graph = run_ours(hf, lm, ids, mask, frames=check_frames, greedy=True, static="graph")
         result["graph_vs_eager_fp32"] = agreement(graph, eager)
+    report()
     if device.type == "cpu" and fast != torch.float32:
         # transformers' default is fp32: on CPU time both loops in it too (the README's "vs default" figure)
         fp32 = time_batch(hf, lm, batch=batches[0], frames=frames, text_len=args.text_len, repeats=args.repeats,
                           modes=["eager"])  # fmt: skip
         result["fp32"] = {batches[0]: fp32}
+        report()
     if fast != torch.float32:
         hf, lm = hf.to(fast), lm.to(fast)
-        # the same (rounded) weights computed in fp32: the difference is the arithmetic only
-        lm_fp32 = copy.deepcopy(lm).float()
-        result["argmax_agree"] = argmax_agreement(lm_fp32, lm, frames=min(frames, 50), text_len=args.text_len)
-        del lm_fp32
+        if args.checks:
+            # the same (rounded) weights computed in fp32: the difference is the arithmetic only
+            lm_fp32 = copy.deepcopy(lm).float()
+            result["argmax_agree"] = argmax_agreement(lm_fp32, lm, frames=min(frames, 50), text_len=args.text_len)
+            del lm_fp32
+            report()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     result["fast"] = {}
     for batch in batches:
+
+        def measured(figures: dict, batch: int = batch) -> None:
+            result["fast"][batch] = figures
+            report()
+
         try:
             result["fast"][batch] = time_batch(hf, lm, batch=batch, frames=frames, text_len=args.text_len,
-                                               repeats=args.repeats, modes=modes)  # fmt: skip
+                                               repeats=args.repeats, modes=modes, on_measured=measured)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - out of memory skips the batch, anything else is raised
             if not is_out_of_memory(exc):
                 raise
@@ -322,13 +458,11 @@ def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: t
                 torch.cuda.empty_cache()
     if device.type == "cpu" and fast == torch.float32:
         result["fp32"] = {batches[0]: result["fast"][batches[0]]}
-    for batch in batches:
-        rows = 2 * batch
-        steps = frames + cfg.num_codebooks - 1
-        if "skipped" not in result["fast"][batch]:
-            result["fast"][batch]["step_bytes"] = step_bytes(cfg, fast, args.text_len, rows) + cache_bytes(
-                cfg, fast, rows, steps
-            )
+    for entry in result["fast"].values():
+        if "skipped" not in entry:
+            for mode in modes:
+                entry[mode]["step_bytes"] = bytes_per_step(lm, fast, args.text_len, entry["rows"], entry["steps"],
+                                                           bool(_static(mode, device)))  # fmt: skip
     result["cfg"] = cfg
     del hf, lm
     if device.type == "cuda":
@@ -377,12 +511,23 @@ def _print_shape(r: dict, name: str, fast_is_fp32: bool, modes: list[str], devic
         if "fp32" in r and batch in r["fp32"] and not fast_is_fp32:
             speedup = r["fp32"][batch]["transformers"]["ms_per_step"] / entry["eager"]["ms_per_step"]
             print(f"    ours {name} vs transformers fp32 (default): speedup {speedup:.2f}")
-        for mode, value in entry.get("tokens_vs_eager", {}).items():
-            print(f"    greedy tokens, {mode} step vs eager step ({name}, two lengths): {value:.4f} agree")
+        for mode, check in entry.get("teacher_forced", {}).items():
+            verdict = "ok (rounding)" if check["ok"] else f"FAILED (under {TEACHER_FORCED_MIN_TOP1}: another function)"
+            print(f"    {mode} step teacher-forced on the eager step's tokens ({name}, two lengths and instructions): "
+                  f"top-1 {check['top1_agree']:.4f} agree, max |dlogit| {check['max_abs_dlogit']:.3g}: "
+                  f"{verdict}")  # fmt: skip
         if "floor_ms" in entry:
             print(f"    reads {entry['step_bytes'] / GB:.3f} GB/step: floor {entry['floor_ms']:.3f} ms/step; ours "
                   f"({entry['fastest']}) at {entry['x_floor']:.2f}x the floor, {entry['speedup_same_dtype']:.2f}x "
                   f"transformers {name}")  # fmt: skip
+            others = [mode for mode in modes if mode != entry["fastest"] and "x_floor" in entry.get(mode, {})]
+            if others:
+                print("    against their own floors (a static step reads its whole cache): " + "; ".join(
+                    f"{mode} reads {entry[mode]['step_bytes'] / GB:.3f} GB/step, at {entry[mode]['x_floor']:.2f}x"
+                    for mode in others))  # fmt: skip
+    if not r["checks"]:
+        print("  agreement checks skipped (--no-checks)")
+        return
     if "argmax_agree" in r:
         print(f"  teacher-forced argmax agreement {name} vs fp32: {r['argmax_agree']:.4f}")
     print(f"  greedy token agreement with transformers (fp32, CFG): {r['greedy_agree_fp32']:.4f}")
@@ -390,6 +535,11 @@ def _print_shape(r: dict, name: str, fast_is_fp32: bool, modes: list[str], devic
         print(f"  greedy tokens, CUDA-graph step vs eager step (fp32): {r['graph_vs_eager_fp32']:.4f} agree")
     elif device.type == "cpu":
         print("  CUDA-graph step vs eager step: n/a (CPU)")
+
+
+def _shape_figures(r: dict) -> dict:
+    """A shape's figures as the JSON keeps them (its LMConfig is for the printing only)."""
+    return {k: v for k, v in r.items() if k != "cfg"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -452,6 +602,11 @@ def run(args: argparse.Namespace) -> int:
         if json_path is not None:
             write_json_atomic(json_path, figures, sort_keys=False)
 
+    def keep_partial(r: dict) -> None:
+        # after every measurement: a run killed midway (gpu_check's timeout) keeps what its shape measured so far
+        figures["shapes"][r["shape"]] = {**_shape_figures(r), "partial": True}
+        dump()
+
     # the floor's bandwidth first (a later failure keeps it): over as many bytes as the largest step reads, at most 2 GB
     largest = max((preset(shape) for shape in shapes), key=lambda c: step_bytes(c, fast))
     total = min(max(step_bytes(largest, fast), 32 * 2**20), 2 * 10**9)
@@ -477,14 +632,16 @@ def run(args: argparse.Namespace) -> int:
         reason = fit_reason(needed, free_memory(device), f"{shape} ({cfg.num_layers} x {cfg.dim})")
         if reason is None:
             try:
-                results[shape] = run_shape(shape, args, fast, device, batches, modes)
+                results[shape] = run_shape(shape, args, fast, device, batches, modes, keep_partial)
             except Exception as exc:  # noqa: BLE001 - one shape's failure must not lose the others' figures
                 if is_out_of_memory(exc):
                     reason = f"{shape}: out of memory ({str(exc).splitlines()[0][:160]})"
                 else:
                     traceback.print_exc()
                     failed.append(shape)
-                    figures["shapes"][shape] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                    # what the shape measured before failing stays, marked partial
+                    figures["shapes"][shape] = {**figures["shapes"].get(shape, {}),
+                                                "error": f"{type(exc).__name__}: {str(exc)[:300]}"}  # fmt: skip
                     print(f"[{shape}] failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
                     dump()
                 if device.type == "cuda":
@@ -493,13 +650,19 @@ def run(args: argparse.Namespace) -> int:
                     continue
         if reason is not None:
             print(f"[{shape}] skipped: {reason}", flush=True)
-            figures["shapes"][shape] = {"skipped": reason}
+            figures["shapes"][shape] = {**figures["shapes"].get(shape, {}), "skipped": reason}
             dump()
             continue
         r = results[shape]
         disturbed |= add_floor(r, bandwidth, modes)
         _print_shape(r, name, fast == torch.float32, modes, device)
-        figures["shapes"][shape] = {k: v for k, v in r.items() if k != "cfg"}
+        figures["shapes"][shape] = _shape_figures(r)
+        untrusted = untrusted_steps(r, modes)
+        for reason in untrusted:
+            print(f"[{shape}] FAILED: {reason}", flush=True)
+        if untrusted:
+            failed.append(shape)
+            figures["shapes"][shape]["failed"] = untrusted
         dump()
         print(flush=True)
 

@@ -86,13 +86,15 @@ def step_bytes(cfg: LMConfig, dtype: torch.dtype, text_len: int | None = None, r
     return torch.tensor([], dtype=dtype).element_size() * count
 
 
-def cache_bytes(cfg: LMConfig, dtype: torch.dtype, rows: int, steps: int) -> int:
-    """KV-cache bytes a step reads on average over a generation of `steps` steps (keys and values, every layer)."""
+def cache_bytes(cfg: LMConfig, dtype: torch.dtype, rows: int, steps: int, capacity: int | None = None) -> int:
+    """KV-cache bytes a step reads on average over a generation of `steps` steps (keys and values, every layer): the
+    filled positions, as the eager step slices them; with `capacity`, that many every step, as a static step's masked
+    attention reads its whole workspace (engine.model.static_decode.capacity)."""
     import torch
 
-    mean_positions = (steps + 1) / 2
+    positions = (steps + 1) / 2 if capacity is None else capacity
     element = torch.tensor([], dtype=dtype).element_size()
-    return int(2 * rows * cfg.num_layers * mean_positions * cfg.dim * element)
+    return int(2 * rows * cfg.num_layers * positions * cfg.dim * element)
 
 
 def parameter_count(cfg: LMConfig) -> int:
@@ -129,17 +131,22 @@ def fastest(entry: dict, modes: list[str]) -> tuple[str, dict] | None:
 
 
 def add_floor(r: dict, bandwidth_gb_s: float, modes: list[str]) -> bool:
-    """Put the floor (bytes read per step at the measured bandwidth) and the speedups into each timed batch of a
-    shape's figures; True when a step ran under its floor (the bandwidth sample was disturbed)."""
+    """Put each step mode's floor (the bytes it reads per step, its `step_bytes`, at the measured bandwidth) and how
+    far above it the mode ran into its figures, and the fastest mode's (`step_bytes`, `floor_ms`, `x_floor`) and the
+    speedups into each timed batch of a shape's figures; True when a step ran under its floor (the bandwidth sample
+    was disturbed)."""
     disturbed = False
     for entry in r["fast"].values():
         if "skipped" in entry:
             continue
-        floor_ms = entry["step_bytes"] / (bandwidth_gb_s * GB) * 1e3
+        for mode in modes:
+            if mode in entry:
+                figures = entry[mode]
+                figures["floor_ms"] = figures["step_bytes"] / (bandwidth_gb_s * GB) * 1e3
+                figures["x_floor"] = figures["ms_per_step"] / figures["floor_ms"]
+                disturbed |= figures["x_floor"] < 1
         mode, best = fastest(entry, modes)
-        entry["floor_ms"] = floor_ms
         entry["fastest"] = mode
-        entry["x_floor"] = best["ms_per_step"] / floor_ms
+        entry["step_bytes"], entry["floor_ms"], entry["x_floor"] = best["step_bytes"], best["floor_ms"], best["x_floor"]
         entry["speedup_same_dtype"] = entry["transformers"]["ms_per_step"] / best["ms_per_step"]
-        disturbed |= floor_ms > best["ms_per_step"]
     return disturbed

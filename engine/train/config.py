@@ -74,6 +74,8 @@ def in_checkout(default: Path, option: str, tool: str) -> Path:
             f"an installed copy ({CHECKOUT}): give {option}"
         )
     return default
+
+
 # The embedded model's sample rate: its codec's default, and the rate its data are rendered at
 EMBEDDED_RATE = 16000
 # A new base model's sizes when a base stage starts from a codec alone (engine.train.template), by their option names
