@@ -42,6 +42,8 @@ DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R12
 TRUE_PEAK_CEILING_DB = -1.0
 STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's loudness
 MAX_EXTRA_GAIN_DB = 6.0  # how far past the plain gain the limiter rounds may push to reach a target
+# A mask-mode result (an add's recording + part) the limiter lowered further than this (dB) says so
+LIMITED_NOTE_DB = 1.0
 ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; too quiet to measure a level from
 SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
 _SHORT_TILE_SECONDS = 2.0
@@ -148,7 +150,15 @@ def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
 
 
 def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB) -> tuple[np.ndarray, bool]:
-    """Bring the true peak of audio [C, N] to at most `ceiling_db`; returns (audio, whether anything was done).
+    """Bring the true peak of audio [C, N] to at most `ceiling_db`; returns (audio, whether anything was done)."""
+    out, deepest = limit_depth(audio, sample_rate, ceiling_db)
+    return out, deepest is not None
+
+
+def limit_depth(
+    audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB
+) -> tuple[np.ndarray, float | None]:
+    """`limit`, returning how far it lowered the audio at the most (dB, negative; None when it did nothing).
 
     A look-ahead true-peak limiter: the gain each sample needs (from the 4x oversampled peak around it, channels
     linked) is held for `_HOLD_S`, looked ahead and smoothed over `_RAMP_S`, so it is already down when a peak
@@ -159,10 +169,10 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     """
     audio = as_channels(audio, dtype=None)
     if audio.size == 0:
-        return audio.astype(np.float32), False
+        return audio.astype(np.float32), None
     peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked: the oversampling done once
     if db(float(peaks.max())) <= ceiling_db:
-        return audio.astype(np.float32), False
+        return audio.astype(np.float32), None
     ceiling = 10 ** (ceiling_db / 20)
     ramp = max(1, int(_RAMP_S * sample_rate))
     hold = max(1, int(_HOLD_S * sample_rate))
@@ -178,11 +188,14 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
     gain = _blockwise(gain_of, peaks, hold + 2 * ramp + 2)
     del peaks
     out = audio * gain[None] if audio.dtype == np.float32 else audio.astype(np.float32) * gain[None]
+    deepest = db(float(gain.min()))
     del gain
     peak = true_peak_db(out, sample_rate)
     if peak > ceiling_db:
-        out *= np.float32(10 ** ((ceiling_db - peak) / 20) * 0.9999)
-    return out, True
+        static = 10 ** ((ceiling_db - peak) / 20) * 0.9999
+        out *= np.float32(static)
+        deepest += db(static)
+    return out, deepest
 
 
 def _window_min(values: np.ndarray, before: int, after: int) -> np.ndarray:
@@ -357,8 +370,14 @@ def match_level(
         # the ceiling still holds: at rates of 2-2.5 kHz the meter's filter reads -inf for any music
         out, info["limited"] = limit(result, sample_rate, mask_ceiling())
     elif mode == MASK and not is_silent(source):  # add on silence: nothing to keep, the default level
-        out, limited = limit(result, sample_rate, mask_ceiling())  # the recording's own level
-        info.update(policy="recording", limited=limited)
+        out, deepest = limit_depth(result, sample_rate, mask_ceiling())  # the recording's own level
+        info.update(policy="recording", limited=deepest is not None)
+        if deepest is not None and deepest < -LIMITED_NOTE_DB:
+            # an added part took the sum past the recording's own peak: the limiter lowers both, the recording too
+            info["warnings"].append(
+                f"the result went past {mask_ceiling():+.1f} dBTP and the limiter lowered it, your recording with it, "
+                f"by up to {-deepest:.1f} dB; --mode layer gives the new part alone, to mix yourself"
+            )
     else:
         if op in ("extract", "remove"):
             gain = estimate_stem_gain_db(result, source, sample_rate)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import tracemalloc
 
@@ -408,3 +409,34 @@ def test_the_blockwise_power_spectrogram_is_scipys_stft_power(frames, channels, 
     assert ours.shape == theirs.shape and ours.dtype == np.float32
     scale = theirs.sum() / ours.sum()
     np.testing.assert_allclose(ours * scale, theirs, rtol=2e-3, atol=1e-6 * theirs.max())
+
+
+def _loud_master_and_a_hot_part(rate: int = 44100, seconds: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(3)
+    master = np.stack([0.8 * np.sin(2 * np.pi * 110 * t), 0.75 * np.sin(2 * np.pi * 110 * t + 0.3)])
+    master += 0.05 * rng.standard_normal(master.shape)  # a loud master, peaks near full scale
+    part = np.where((t > 1.0) & (t < 2.0), 0.6 * np.sin(2 * np.pi * 440 * t), 0.0)  # a piano entering for a second
+    return master.astype(np.float32), np.repeat(part[None], 2, axis=0).astype(np.float32)
+
+
+def test_a_mask_add_the_limiter_lowers_by_more_than_a_db_says_so():
+    """The limiter on recording + part lowered the producer's recording by up to 8 dB under a loud added part (a loud
+    master), and said nothing: the result now says how far, and where to get the part alone."""
+    master, part = _loud_master_and_a_hot_part()
+    out, info = match_level(master + part, master, 44100, "add", mode=MASK)
+    ceiling = max(TRUE_PEAK_CEILING_DB, true_peak_db(master, 44100))
+    assert true_peak_db(out, 44100) <= ceiling + 1e-3 and info["limited"]
+    deepest = 20 * np.log10(
+        np.min(np.abs(out[0, 50000:80000]) / np.maximum(np.abs((master + part)[0, 50000:80000]), 1e-9))
+    )
+    (note,) = [w for w in info["warnings"] if "the limiter lowered it" in w]
+    shown = float(re.search(r"by up to ([0-9.]+) dB", note).group(1))
+    assert shown > 1.0 and shown == pytest.approx(-deepest, abs=0.5)
+    assert "your recording with it" in note and "--mode layer" in note
+
+
+def test_a_mask_add_the_limiter_barely_touches_has_no_note():
+    master, part = _loud_master_and_a_hot_part()
+    out, info = match_level(master + 0.01 * part, master, 44100, "add", mode=MASK)
+    assert info["limited"] and info["warnings"] == []  # a hair past the recording's own peak: lowered inaudibly
