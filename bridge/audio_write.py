@@ -139,7 +139,11 @@ def _write_wav(handle, audio: np.ndarray, sample_rate: int) -> None:
     with AudioFile(
         handle, "w", samplerate=float(sample_rate), num_channels=audio.shape[0], bit_depth=32, format="wav"
     ) as f:
-        f.write(np.ascontiguousarray(audio))
+        # pedalboard reads a square array's layout from its shape and cannot (2 samples of stereo: "Unable to
+        # determine channel layout"): its first sample goes alone, the rest is no longer square
+        square = audio.shape[0] == audio.shape[1] > 1
+        for part in (audio[:, :1], audio[:, 1:]) if square else (audio,):
+            f.write(np.ascontiguousarray(part))
 
 
 def write_atomic(

@@ -356,3 +356,14 @@ def test_a_file_where_the_results_folder_should_be_is_named_as_such(tmp_path):
     with pytest.raises(AudioError, match=r"song.wav is a file, not a folder; nothing was written"):
         write_atomic(tmp_path / "song.wav" / "out.wav", np.zeros((1, 10), np.float32), 16000, roots=[tmp_path])
     assert (tmp_path / "song.wav").read_bytes() == b"the user's song"
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_a_result_with_as_many_samples_as_channels_is_written(tmp_path, channels):
+    """2 samples of stereo or 6 of 5.1 (a region of a few samples): pedalboard could not tell such an array's layout
+    from its shape and the edit ended in a traceback."""
+    audio = np.arange(channels * channels, dtype=np.float32).reshape(channels, channels) / 100
+    path = write_atomic(tmp_path / "tiny.wav", audio, 48000)
+    back, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == 48000
+    np.testing.assert_array_equal(back.T, audio)
