@@ -291,6 +291,21 @@ def test_best_of_n_scores_every_take_of_every_window(editor, monkeypatch):
     torch.testing.assert_close(recorder.calls[1]["prompt_codes"][0], recorder.calls[0]["codes"][best, :, -overlap:])
 
 
+def test_takes_of_a_region_shorter_than_the_codebooks_are_scored_on_the_codebooks_it_has(editor):
+    """With fewer frames than codebooks the last codebooks have no target: the loss was NaN, every take scored NaN
+    and the first was kept without a word."""
+    num_codebooks = editor.model.lm.cfg.num_codebooks
+    frames = num_codebooks - 2
+    result = editor.edit(_music(frames * editor.hop / 16000, 16000), 16000, "add piano", seed=0, takes=3)
+    ((scores),) = result.info["take_scores"]
+    assert len(scores) == 3 and all(np.isfinite(scores))
+    codes = torch.randint(0, editor.model.lm.cfg.card, (1, num_codebooks, frames))
+    states, mask = editor.model.text.encode(["add piano"])
+    loss, per_codebook = editor.model.lm.loss(codes, states, mask)
+    assert torch.isnan(per_codebook[frames:]).all()
+    torch.testing.assert_close(loss, per_codebook[:frames].mean())
+
+
 @pytest.mark.parametrize("takes", [0, 17, 1.5])
 def test_impossible_take_counts_are_refused(editor, takes):
     with pytest.raises(ConfigError, match="takes"):

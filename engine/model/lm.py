@@ -332,7 +332,9 @@ class MusicGenLM(nn.Module):
         """Cross-entropy on the valid delay-pattern positions: codes [B, K, T] -> (loss, per_codebook [K]).
 
         The model reads pattern steps 0..T-1 and predicts steps 1..T (audiocraft's valid steps). Step s lines up with
-        condition frame s (the condition's T frames plus its appended special token give T + 1 frames).
+        condition frame s (the condition's T frames plus its appended special token give T + 1 frames). The loss is
+        the mean over the codebooks that have a target: with T < K the last have none (their per-codebook loss is
+        NaN), which made the loss NaN and every take of a short region score alike (the first kept, unsaid).
         """
         batch, num_codebooks, num_frames = codes.shape
         self.check_codes(codes, "codes")
@@ -348,7 +350,7 @@ class MusicGenLM(nn.Module):
                 F.cross_entropy(logits[:, k].reshape(-1, self.cfg.card), target.reshape(-1), ignore_index=-100)
             )
         per_codebook = torch.stack(per_codebook)
-        return per_codebook.mean(), per_codebook
+        return per_codebook[valid.any(dim=1)].mean(), per_codebook
 
     def check_codes(self, codes: torch.Tensor, name: str) -> None:
         """DataError unless `codes` is [B, num_codebooks, T] with every code in [0, card). While training on CUDA the
