@@ -148,6 +148,10 @@ def test_a_win_within_the_clips_own_spread_is_not_a_win():
         add_bar = next(bar for bar in bars if bar.name == "test songs: add beats identity on log-mel distance")
         assert f"paired t {t:+.1f}" in add_bar.measured and add_bar.met is wins
     assert paired_t([1.0, 2.0], [1.0, 2.0]) == 0.0
+    # a t that is not a number (a hand-edited report: true) is no statistic: the means decide, as without one
+    means = {"model": {"log_mel_distance": 7.0}, "identity": {"log_mel_distance": 8.0}}
+    means["model"][paired_t_key("log_mel_distance", "identity")] = True
+    assert beats_identity({"add": means})["add"]["log_mel_distance"] is True
     assert paired_t([2.0, 3.0], [1.0, 2.0]) == float("inf")
     assert np.isnan(paired_t([1.0], [0.0]))
 

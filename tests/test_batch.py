@@ -51,12 +51,12 @@ def batch_args(session: Path, out: Path, model: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_in_process(session: Path, out: Path, editor, *, retry_failed: bool = False) -> batch.Summary:
+def run_in_process(session: Path, out: Path, editor, *, retry_failed: bool = False, seed: int = 3) -> batch.Summary:
     labels = check_edits(EDITS, editor.parse)
     pairs = plan_pairs(collect_sources(session), labels, out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"model": editor.info["model"], "seed": 3, "takes": 1, "raw": False}
-    backend = InProcessBackend(editor, EditOptions(seed=3))
+    settings = {"model": editor.info["model"], "seed": seed, "takes": 1, "raw": False}
+    backend = InProcessBackend(editor, EditOptions(seed=seed))
     return run_batch(pairs, backend, Manifest(out / "manifest.json"), out, settings, retry_failed=retry_failed)
 
 
@@ -613,6 +613,18 @@ def test_failures_are_retried_only_when_asked(session, tmp_path, tiny_editor):
     write_wav(broken, 0.3, 8000, 1, subtype="PCM_16")  # the user repaired the file
     retried = run_in_process(session, out, tiny_editor, retry_failed=True)
     assert (retried.done, retried.failed) == (2, 0)
+
+
+def test_a_failure_under_other_settings_is_tried_again_under_the_new_ones(session, tmp_path, tiny_editor):
+    """--retry-failed is for the same settings; a rerun with other ones (another seed here) is a new render of every
+    pair, the ones that failed included."""
+    broken = session / "broken.wav"
+    broken.write_bytes(b"RIFF" + os.urandom(200))
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    write_wav(broken, 0.3, 8000, 1, subtype="PCM_16")
+    again = run_in_process(session, out, tiny_editor, seed=4)
+    assert (again.not_retried, again.failed) == (0, 0) and again.done >= 2
 
 
 def test_a_pair_that_failed_after_it_was_done_is_rendered_again_over_its_own_earlier_result(

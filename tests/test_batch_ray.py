@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -21,7 +23,15 @@ def make_session(root):
     write_wav(root / "sub" / "b.flac", 1.0, 16000, 1, seed=1, subtype="PCM_16")
 
 
-def test_ray_batch_on_a_local_instance_matches_the_in_process_results(tmp_path, tiny_model_dir, capsys):
+def test_ray_batch_on_a_local_instance_matches_the_in_process_results(
+    tmp_path, tiny_model_dir, capsys, monkeypatch, request
+):
+    # a local Ray instance writes a token under HOME (~/.ray) and its session under RAY_TMPDIR (/tmp/ray): both the
+    # test's own (the session's sockets need a short path: AF_UNIX allows 107 bytes, more than tmp_path leaves)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ray_tmp = tempfile.mkdtemp(prefix="imusic-ray-")
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)
+    request.addfinalizer(lambda: shutil.rmtree(ray_tmp, ignore_errors=True))
     session = tmp_path / "session"
     make_session(session)
     common = [str(session), *EDITS, "--model", str(tiny_model_dir), "--device", "cpu", "--seed", "5"]

@@ -311,8 +311,11 @@ def test_codecs_with_fewer_bytes_per_sample_than_they_decode_to_are_not_mistaken
 WAV_SUBTYPES = ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW", "IMA_ADPCM", "MS_ADPCM"]
 
 
-@pytest.mark.parametrize("container", ["WAV", "WAVEX", "AIFF"])
-@pytest.mark.parametrize("subtype", WAV_SUBTYPES)
+# every (container, encoding) pair libsndfile can write: WAVEX and AIFF hold no ADPCM, which would only skip
+ENCODINGS = [(c, s) for c in ("WAV", "WAVEX", "AIFF") for s in WAV_SUBTYPES if sf.check_format(c, s)]
+
+
+@pytest.mark.parametrize("container, subtype", ENCODINGS)
 def test_every_encoding_reads_the_samples_libsndfile_reads(tmp_path, container, subtype):
     """A region holds the file's own samples, channels in order, from its first sample (64-bit float WAV, which REAPER
     renders, came back with left and right swapped and 6 samples early; u-law and ADPCM as noise)."""
@@ -320,10 +323,7 @@ def test_every_encoding_reads_the_samples_libsndfile_reads(tmp_path, container, 
     ramp = (n % 1000) / 1000.0 * 0.9
     audio = np.stack([ramp, -ramp - 0.001], axis=1).astype(np.float32)
     path = tmp_path / f"take.{'aiff' if container == 'AIFF' else 'wav'}"
-    try:
-        sf.write(path, audio, 8000, format=container, subtype=subtype)
-    except (ValueError, RuntimeError):  # soundfile's LibsndfileError: this container does not take this encoding
-        pytest.skip(f"{container} holds no {subtype}")
+    sf.write(path, audio, 8000, format=container, subtype=subtype)
     reference = sf.read(path, dtype="float32", always_2d=True)[0].T
     for start in (0.0, 1.0):
         region, rate = read_region(path, start, start + 1.0)

@@ -117,6 +117,23 @@ def test_compaction_keeps_one_line_per_job(tmp_path):
     assert [json.loads(line)["job"]["id"] for line in lines] == ["a", "b", "c"]
 
 
+def test_compaction_keeps_the_newest_finished_jobs_only_and_every_pending_one(tmp_path, monkeypatch):
+    """A server that runs for weeks: its journal keeps KEEP_FINISHED finished jobs (for status and resends), not all."""
+    from bridge import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "KEEP_FINISHED", 2)
+    first = book(tmp_path)
+    for name in "abcd":
+        first.submit(make_job(name), choose(name))
+        first.finish(first.next_job(0.1), f"/out/{name}.wav", {})
+    first.submit(make_job("e"), choose("e"))  # still queued
+    first.journal.close()
+    again = book(tmp_path)
+    lines = (tmp_path / "journal" / "jobs.jsonl").read_text().splitlines()
+    assert [json.loads(line)["job"]["id"] for line in lines] == ["c", "d", "e"]
+    assert again.get("a") is None and again.get("d").state == protocol.DONE_STATE and list(again.queue) == ["e"]
+
+
 def test_a_resend_returns_the_known_job_and_queues_nothing(tmp_path):
     jobs = book(tmp_path)
     jobs.submit(make_job("a"), choose("a"))

@@ -139,6 +139,11 @@ def test_stem_vocabulary_comes_from_the_card_not_the_code():
     assert parse_instruction("add piano", card).stem == "Keys"
     with pytest.raises(InstructionError, match="no drums stem"):
         parse_instruction("extract drums", card)
+    # a card with both: each name is its own stem, though one is the other's synonym
+    both = SimpleNamespace(stems=["Piano", "Keys"], instruction_template=None, instruction_verbs=None)
+    assert parse_instruction("add keys", both).stem == "Keys"
+    assert parse_instruction("add piano", both).stem == "Piano"
+    assert parse_instruction("remove the basses", SLAKH).stem == "Bass"  # "bass" -> "basses", not "bas"
 
 
 def test_card_without_template_uses_the_official_format():
@@ -204,3 +209,15 @@ def test_an_operation_on_audio_is_its_input_and_what_a_perfect_edit_gives():
         np.testing.assert_array_equal(got[1], target)
     with pytest.raises(InstructionError, match="unknown operation 'mute'"):
         edit_pair("mute", stem, rest)
+
+
+def test_a_seed_is_a_whole_number_in_range_and_never_a_truth_value():
+    import numpy as np
+
+    from engine.errors import ConfigError
+    from engine.instructions import MAX_SEED, check_seed
+
+    assert check_seed(0) == 0 and check_seed(np.int64(MAX_SEED)) == MAX_SEED
+    for bad in (True, False, -1, MAX_SEED + 1, 1.0, "3", None):
+        with pytest.raises(ConfigError, match="whole number"):
+            check_seed(bad)

@@ -107,7 +107,8 @@ def test_matching_a_hot_source_is_limited_and_never_clips():
     out, info = match_level(result, source, SR, "add", mode=RESYNTH)
     assert info["limited"] is True
     assert true_peak_db(out, SR) <= -1.0
-    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=1.0)
+    # within _reach's own stopping rule (0.2 LU): its rounds win back what the limiter took (one round missed 0.35)
+    assert integrated_loudness(out, SR) == pytest.approx(integrated_loudness(source, SR), abs=0.2)
 
 
 def test_an_unreachable_loudness_is_reported_and_the_ceiling_still_holds():
@@ -212,6 +213,9 @@ def test_a_part_of_a_source_too_quiet_to_measure_is_never_louder_than_it(op):
     assert info["source_lufs"] is None and rms_db(out) <= rms_db(source) + 0.01
     assert rms_db(out) > rms_db(source) - 1  # the part at its whole's level: no quieter than the gain says
     assert any("no louder than it" in w for w in info["warnings"])
+    quiet = source * 0.1  # a part already quieter than its whole is not brought up to it
+    out, info = match_level(quiet, source, SR, op, mode=RESYNTH)
+    assert info["gain_db"] == 0.0 and rms_db(out) == pytest.approx(rms_db(quiet), abs=1e-6)
 
 
 @pytest.mark.parametrize("mode", [MASK, RESYNTH])
@@ -333,6 +337,8 @@ def test_silence_is_one_rule_for_the_editor_and_the_levels():
 
     quiet = np.full((1, 1000), 1e-5, dtype=np.float32)
     assert is_silent(quiet) and not is_silent(quiet * 1.01)
+    for broken in (np.nan, np.inf, -np.inf):  # a damaged sample is not silence (the Editor names it instead)
+        assert not is_silent(np.array([[0.0, broken]], dtype=np.float32))
     with pytest.raises(AudioError, match="silent"):
         _check_audio(quiet, SR, "extract")
     _check_audio(quiet * 1.01, SR, "extract")

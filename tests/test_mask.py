@@ -129,3 +129,18 @@ def test_the_layer_is_exactly_what_the_mask_add_puts_on_the_original_and_only_an
     np.testing.assert_allclose(bed + layer, full, atol=1e-6)
     with pytest.raises(mask.ConfigError, match="only an add has a part of its own"):
         mask.apply_edit(bed, 32000, generated, 32000, "extract", layer=True)
+
+
+def test_calibrate_puts_an_estimate_at_the_wrong_level_back_at_its_level_in_the_mix():
+    """With `calibrate`, a model output 20 dB too quiet masks as the right one would (no default sets it, but the
+    mask tuner searches it and a user may set it); without, the ratio mask reads the quiet estimate as a small share
+    of every bin."""
+    stem, bed = _parts(16000)
+    mix = stem + bed
+
+    def error(calibrate: bool) -> float:
+        settings = dataclasses.replace(mask.DEFAULT_SETTINGS["extract"], calibrate=calibrate)
+        out = mask.apply_edit(mix, 16000, 0.1 * stem.mean(axis=0), 16000, "extract", settings)
+        return float(np.linalg.norm(out - stem) / np.linalg.norm(stem))
+
+    assert error(True) < 0.2 < 0.6 < error(False)

@@ -117,3 +117,8 @@ def test_join_rejects_gaps():
 def test_join_rejects_three_way_overlaps():
     with pytest.raises(ValueError, match="overlaps segment 0"):
         join_weights([0, 10, 20], [100, 100, 100], 120)
+
+
+def test_a_segment_inside_its_neighbour_is_refused():
+    with pytest.raises(ValueError, match="past an end of its neighbour"):
+        join_weights([0, 2, 5], [10, 3, 5], 10)
