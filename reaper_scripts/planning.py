@@ -30,7 +30,7 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
 )
 from engine import instructions
 from engine.files import result_file_name
-from engine.modes import LAYER
+from engine.modes import LAYER, mode_name
 
 NAME_SEPARATOR = " \u00b7 "  # "Bass · extract drums"
 MAX_LABEL_CHARS = 48
@@ -66,6 +66,7 @@ def action_mode(instruction: str, mode: str) -> str:
     is read from the words with no model (instructions.operation_of: an instrument only the model knows still
     counts); words that name none leave the engine's default."""
     op = instructions.operation_of(instruction)
+    mode = mode_name(mode)  # the engine's spelling: "Layer" in the settings is layer
     if mode == LAYER and op != "add":
         return ""
     if mode:

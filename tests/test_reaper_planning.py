@@ -286,6 +286,8 @@ def test_new_notes_are_the_ones_not_shown_yet_in_this_session():
         ("add piano", "mask", "mask"),  # asked for: the mix with the part on it
         ("extract drums", "", ""),  # the engine's default
         ("extract drums", "layer", ""),  # a layer setting means an add's layer, not a refused extract
+        ("extract drums", " Layer ", ""),  # in any case and spacing, as the engine reads a mode
+        ("add piano", "MASK", "mask"),
         ("remove bass", "resynth", "resynth"),
         ("kalimba", "", ""),  # no operation in the words: the engine says what is wrong
     ],
