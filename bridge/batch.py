@@ -30,7 +30,17 @@ from typing import Any
 from bridge import protocol
 from bridge.batch_backends import InProcessBackend, Outcome, RayBackend, ServerBackend
 from bridge.cli import add_edit_options, workers_option
-from bridge.manifest import MANIFEST_NAME, Manifest, file_sha256, is_done, written_here
+from bridge.manifest import (
+    CHANGED,
+    DONE,
+    FAILED,
+    MANIFEST_NAME,
+    UNSUPPORTED,
+    Manifest,
+    file_sha256,
+    is_done,
+    written_here,
+)
 from bridge.protocol import EditOptions
 from bridge.sources import Pair, Source, collect_sources
 from engine.errors import (
@@ -195,7 +205,7 @@ def triage(
             summary.refused[f"{pair.source.rel} ({pair.label})"] = (
                 f"{pair.output} exists and this batch did not write it; it is left alone: move it, or choose another -o"
             )
-        elif entry and entry.get("status") == "failed" and not retry_failed and entry.get("settings") == settings:
+        elif entry and entry.get("status") == FAILED and not retry_failed and entry.get("settings") == settings:
             summary.not_retried += 1
             row[pair.label] = "failed before"
             summary.errors.append(f"{pair.key}: {entry.get('error')} (earlier run; --retry-failed to retry)")
@@ -223,7 +233,7 @@ def run_batch(
     for pair in pairs:
         entry = manifest.pairs.get(pair.key)
         if pair.source.problem and (not entry or entry.get("error") != pair.source.problem):
-            manifest.set(pair.key, _entry(pair, out, settings, "unsupported", pair.source.problem))
+            manifest.set(pair.key, _entry(pair, out, settings, UNSUPPORTED, pair.source.problem))
     manifest.save()
     if not todo:
         return summary
@@ -301,20 +311,20 @@ def run_batch(
                 # made from a source that changed under it: recorded as such (its result stays the batch's to
                 # replace), and rendered again by the next run
                 changed = f"{pair.source.rel} changed while it was rendered: run the batch again to render it as it is"
-                entry = _entry(pair, out, settings, "changed", changed)
+                entry = _entry(pair, out, settings, CHANGED, changed)
                 entry["earlier_output"] = os.path.relpath(outcome.output or pair.output, out)
                 summary.failed += 1
                 row[pair.label] = "FAILED"
                 summary.errors.append(f"{pair.key}: {changed}")
                 tqdm.write(f"failed: {pair.key}: {changed}", file=stream)
             elif outcome.error is None:
-                entry = _entry(pair, out, settings, "done", None, outcome)
+                entry = _entry(pair, out, settings, DONE, None, outcome)
                 summary.done += 1
                 row[pair.label] = f"done {outcome.seconds:.1f}s"
                 for note in outcome.info.get("warnings") or ():
                     summary.notes.setdefault(str(note), []).append(pair.key)
             else:
-                entry = _entry(pair, out, settings, "failed", str(outcome.error), outcome)
+                entry = _entry(pair, out, settings, FAILED, str(outcome.error), outcome)
                 summary.failed += 1
                 row[pair.label] = "FAILED"
                 summary.errors.append(f"{pair.key}: {outcome.error}")

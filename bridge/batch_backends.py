@@ -18,6 +18,7 @@ from typing import Any
 
 from bridge import protocol, tracking
 from bridge.protocol import EditOptions
+from bridge.serve_process import READY_TIMEOUT_S
 from bridge.sources import Pair
 from engine.errors import (
     AudioError,
@@ -121,7 +122,7 @@ class ServerBackend:
     silence_limit_s = tracking.GIVE_UP_AFTER_S  # then the batch stops with a clear error instead of waiting forever
     # How long a batch waits for a server still loading its model: the model's instruments name the edits (parse), so
     # a batch parses with them, not with the built-in list that a model of other stems would name otherwise.
-    ready_wait_s = 600.0
+    ready_wait_s = READY_TIMEOUT_S
 
     @staticmethod
     def address(address: str, options: EditOptions) -> tuple[str, int]:

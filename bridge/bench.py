@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.cli import channels_option, count_option, rate_option, region_seconds_option, takes_option
+from bridge.serve_process import READY_TIMEOUT_S
 from engine.editor import STEP_NAMES
 from engine.eval.acceptance import REGION_CHANNELS, REGION_RATE
 from engine.files import report_path, write_json_atomic
@@ -90,7 +91,7 @@ def measure(
         server = EngineServer(editor=editor, port=0, journal_dir=folder / "journal", allow_roots=[folder])
         server.start()
         try:
-            server.wait_ready(600)
+            server.wait_ready(READY_TIMEOUT_S)
             first_progress, totals, models = [], [], []
             with Client("127.0.0.1", server.port) as client:
                 client.ping(10)

@@ -93,13 +93,17 @@ def count_option(text: str) -> int:
 
 
 def rate_option(text: str) -> int:
-    """argparse type of a sample rate to make audio at: 1000 to 768000 Hz."""
-    return _whole_number(text, 1000, 768000)
+    """argparse type of a sample rate to make audio at: one the Editor takes (1000 to 768000 Hz)."""
+    from engine.editor import MAX_RATE, MIN_RATE
+
+    return _whole_number(text, MIN_RATE, MAX_RATE)
 
 
 def channels_option(text: str) -> int:
-    """argparse type of a channel count to make audio with: 1 to 64."""
-    return _whole_number(text, 1, 64)
+    """argparse type of a channel count to make audio with: one the Editor takes (1 to 64)."""
+    from engine.editor import MAX_CHANNELS
+
+    return _whole_number(text, 1, MAX_CHANNELS)
 
 
 def takes_option(text: str) -> int:

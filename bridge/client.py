@@ -53,6 +53,13 @@ class NoReply(ImusicError):
     code = protocol.NO_REPLY
 
 
+class NotFinished(NoReply):
+    """A job the server took did not end within the time the caller gave (it may still be running)."""
+
+    def __init__(self, job_id: str, timeout: float) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
+
+
 class RemoteError(ImusicError):
     """The server answered /imusic/error; `code` is the wire error code, `job_id` the job it concerns."""
 
@@ -278,7 +285,7 @@ class Client:
         while not job.final:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
-                raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)")
+                raise NotFinished(job_id, timeout)
             verdict = self.tracker.verdict(now, [job_id], waiting_since, None, give_up_after)
             if verdict == tracking.LOST:
                 raise NoReply(tracking.stopped_answering(*self.server, give_up_after, job_id))
@@ -372,10 +379,8 @@ class Client:
             return self.wait(job_id, on_progress=on_progress)
         try:
             return self.wait(job_id, timeout=max(0.0, timeout - (time.monotonic() - started)), on_progress=on_progress)
-        except NoReply as exc:
-            if "did not finish" not in str(exc):
-                raise
-            raise NoReply(f"job {job_id} did not finish within {timeout:g} s (it may still be running)") from None
+        except NotFinished:
+            raise NotFinished(job_id, timeout) from None  # the whole job's time, not what was left of it
 
 
 def _absolute_output(path: str | os.PathLike) -> str:

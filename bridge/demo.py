@@ -25,7 +25,7 @@ import numpy as np
 
 from bridge import protocol
 from bridge.cli import JobProgress
-from bridge.serve_process import JOURNAL_NAME, LOG_NAME, ServerProcess
+from bridge.serve_process import JOURNAL_NAME, LOG_NAME, READY_TIMEOUT_S, ServerProcess
 from engine import instructions
 from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.eval.acceptance import REGION_RATE
@@ -40,7 +40,6 @@ DEFAULT_EDITS = ("extract drums", "remove bass", "extract bass", "add piano")
 # Every edit in the default mode (mask: keeps the recording) and in the paper's (resynth); the add's layer mode is
 # the mask's add less the recording, nothing a listener would hear apart from it in a file
 DEMO_MODES = (MASK, RESYNTH)
-READY_TIMEOUT_S = 600.0  # loading + warm-up of a large model on a CPU can take minutes
 # Stereo placement of the stems (linear pan, L = (1 - p) s, R = (1 + p) s: the channel mean is the stem itself, so the
 # model's mono view of input.wav is exactly the song's mix). Drums and bass stay in the centre, as in most mixes.
 _CENTRED = ("drums", "bass")

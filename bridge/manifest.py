@@ -24,6 +24,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "imusic-batch/1"
 JOURNAL_SUFFIX = ".journal"
 JOURNAL_FOLD = 256  # outcomes in the journal before the manifest is rewritten with them
+# A pair's record's "status" (docs/BATCH.md): rendered; failed (retried only with --retry-failed under the same
+# settings); its source refused before rendering; its source changed while it was rendered (rendered again next run)
+DONE, FAILED, UNSUPPORTED, CHANGED = "done", "failed", "unsupported", "changed"
 
 
 class Manifest:
@@ -105,8 +108,8 @@ class Manifest:
         wrote for the pair (`earlier_output`): that file stays the batch's to replace, when the pair is rendered again
         (--retry-failed, a source fixed), instead of passing for the user's."""
         previous = self.pairs.get(key) or {}
-        earlier = previous.get("output") if previous.get("status") == "done" else previous.get("earlier_output")
-        if entry.get("status") != "done" and earlier and "earlier_output" not in entry:
+        earlier = previous.get("output") if previous.get("status") == DONE else previous.get("earlier_output")
+        if entry.get("status") != DONE and earlier and "earlier_output" not in entry:
             entry = {**entry, "earlier_output": earlier}
         self.pairs[key] = jsonable(entry)
 
@@ -162,7 +165,7 @@ def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] =
         return _has_result_shape(pair)
     if not entry:
         return False
-    if entry.get("status") == "done" and out / entry.get("output", "") == pair.output:
+    if entry.get("status") == DONE and out / entry.get("output", "") == pair.output:
         return True
     return bool(entry.get("earlier_output")) and out / entry["earlier_output"] == pair.output  # see Manifest.set
 
@@ -184,7 +187,7 @@ def _has_result_shape(pair: Pair) -> bool:
 
 def is_done(entry: dict | None, pair: Pair, out: Path, settings: dict) -> bool:
     """A pair is done when the manifest says so AND its output file, its input and the settings all still match."""
-    if not entry or entry.get("status") != "done":
+    if not entry or entry.get("status") != DONE:
         return False
     output = out / entry.get("output", "")
     try:

@@ -187,6 +187,8 @@ def is_job_id(text: str) -> bool:
 
 # A region's end that means "to the end of the file" (any negative end does, on the wire and in every reader).
 TO_END = -1.0
+# The seed that means "draw one" on the wire (any negative seed does; None in Python)
+DRAW_SEED = -1
 
 
 class RequestError(ImusicError):
@@ -329,7 +331,7 @@ REQUESTS: dict[str, tuple[Arg, ...]] = {
         Arg("end_s", "float"),
         Arg("instruction", "str", max_len=MAX_INSTRUCTION),
         Arg("output_path", "str", optional=True, default=""),
-        Arg("seed", "int", optional=True, default=-1),
+        Arg("seed", "int", optional=True, default=DRAW_SEED),
         Arg("takes", "int", optional=True, default=1),
         Arg("mode", "str", optional=True, default="", max_len=MAX_MODE),
     ),
@@ -404,7 +406,7 @@ class EditRequest:
 
     def to_args(self) -> tuple[Any, ...]:
         """The /imusic/edit arguments, in wire order."""
-        seed = -1 if self.seed is None else int(self.seed)
+        seed = DRAW_SEED if self.seed is None else int(self.seed)
         return (
             self.job_id,
             self.input_path,
@@ -420,7 +422,7 @@ class EditRequest:
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> EditRequest:
         """From parse_request(EDIT, ...)'s values (or a journal record of them)."""
-        seed = values.get("seed", -1)
+        seed = values.get("seed", DRAW_SEED)
         return cls(
             job_id=str(values["job_id"]),
             input_path=str(values["input_path"]),

@@ -18,6 +18,7 @@ from bridge import protocol
 from engine.errors import ResourceError
 
 STOP_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 600.0  # loading and warming up a large model on a CPU can take minutes: how long a caller waits
 LOG_TAIL_LINES = 8
 LOG_NAME = "server.log"  # in the server's folder: its output
 JOURNAL_NAME = ".journal"  # in the server's folder: its jobs (a new server there resumes the pending ones)

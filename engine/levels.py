@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.loudness import GATE_BLOCK_S
+from engine.loudness import ABSOLUTE_GATE, GATE_BLOCK_S
 from engine.loudness import integrated_loudness as loudness_of
 from engine.modes import MASK
 
@@ -44,7 +44,7 @@ STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's
 MAX_EXTRA_GAIN_DB = 6.0  # how far past the plain gain the limiter rounds may push to reach a target
 # A mask-mode result (an add's recording + part) the limiter lowered further than this (dB) says so
 LIMITED_NOTE_DB = 1.0
-ABSOLUTE_GATE_LUFS = -70.0  # BS.1770: below this nothing counts; too quiet to measure a level from
+ABSOLUTE_GATE_LUFS = ABSOLUTE_GATE  # BS.1770: below this nothing counts; too quiet to measure a level from
 SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
 _SHORT_TILE_SECONDS = 2.0
 _OVERSAMPLE = 4
@@ -363,7 +363,8 @@ def match_level(
     elif not math.isfinite(model_lufs):
         info["policy"] = "silent"
         info["warnings"].append(
-            "the result is too quiet to measure (under the loudness meter's -70 LUFS gate); no gain applied"
+            f"the result is too quiet to measure (under the loudness meter's {ABSOLUTE_GATE_LUFS:g} LUFS gate); "
+            "no gain applied"
             if np.any(result)
             else "the model returned silence; no gain applied"
         )
