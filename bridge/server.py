@@ -139,7 +139,9 @@ class EngineServer:
             self.logs.say(f"job {job.id}: its result {job.output_path} was written before the server stopped; done")
         if pending:
             self.logs.say(f"resuming {len(pending)} job(s) from the journal")
-        for job in pending:  # a killed server's half-written results (hidden temporary names) go before the rerun
+        # a killed server's half-written results (hidden temporary names) go before the rerun; beside an adopted
+        # result, the temporary name the kill left as a second link to it
+        for job in [*pending, *self.book.recovered]:
             if job.output_path:
                 with contextlib.suppress(OSError, ImusicError):
                     self.allowed_path(str(Path(job.output_path).parent), "output")  # a folder swapped for a link

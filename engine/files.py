@@ -161,9 +161,16 @@ def lock_folder(lock_path: str | Path, busy: str) -> Any:
 
 def unlock_and_remove(handle: Any) -> None:
     """Remove a lock file lock_folder gave, then let the lock go (in that order: a process that opened the file
-    meanwhile finds it gone once it holds the lock, and locks a new one)."""
-    with contextlib.suppress(OSError):
+    meanwhile finds it gone once it holds the lock, and locks a new one). Where an open file cannot be removed
+    (Windows, which locks nothing here anyway), it is closed first."""
+    try:
         os.unlink(handle.name)
+    except PermissionError:
+        handle.close()
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+    except OSError:
+        pass
     handle.close()
 
 

@@ -266,7 +266,7 @@ def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     size = channels.shape[-1]
     nperseg = int(2 ** math.ceil(math.log2(max(16, 0.064 * sample_rate))))
     nperseg = min(nperseg, max(16, size))
-    hop = half = nperseg // 2
+    half, hop = nperseg // 2, nperseg - nperseg // 2  # scipy's: the hop takes the odd sample
     extended = np.zeros(size + 2 * half + (-(size + 2 * half - nperseg) % hop), dtype=np.float32)
     mono = extended[half : half + size]
     np.mean(channels, axis=0, dtype=np.float32, out=mono)  # in place (a float64 mean cast every channel first)
@@ -375,10 +375,12 @@ def match_level(
         info.update(policy="recording", limited=deepest is not None)
         if deepest is not None and deepest < -LIMITED_NOTE_DB:
             # an added part took the sum past the recording's own peak: the limiter lowers both, the recording too
-            info["warnings"].append(
-                f"the result went past {mask_ceiling():+.1f} dBTP and the limiter lowered it, your recording with it, "
-                f"by up to {-deepest:.1f} dB; --mode layer gives the new part alone, to mix yourself"
+            note = (
+                f"the result went past {mask_ceiling():+.1f} dBTP and the limiter lowered it by up to {-deepest:.1f} dB"
             )
+            if op == "add":
+                note += ", your recording with it; --mode layer gives the new part alone, to mix yourself"
+            info["warnings"].append(note)
     else:
         if op in ("extract", "remove"):
             gain = estimate_stem_gain_db(result, source, sample_rate)

@@ -416,6 +416,9 @@ def run_prompted() -> None:
     """ "Instruct: edit selected items...": ask for an instruction, then run it."""
     R = _api()
     _keep_loop()  # before the dialog: Cancel there must not leave earlier edits without their loop
+    if problem := stale_install():  # said before the producer types an instruction for nothing
+        _message(problem)
+        return
     defaults = f"|{_mode()}"  # empty: the actions' default (planning.action_mode)
     ok, _, _, _, values, _ = R.RPR_GetUserInputs("Instruct: edit selected items", 2, CAPTIONS, defaults, 1024)
     if not ok:

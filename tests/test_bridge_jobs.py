@@ -396,7 +396,7 @@ def test_done_info_too_large_is_cut_by_whole_entries_and_stays_json():
     assert len(text) <= 8000 and json.loads(text)["truncated"] is True
 
 
-def _run_then_die_before_done(tmp_path, after_write=None):
+def _run_then_die_before_done(tmp_path, after_write=None, restart=True):
     """A job run by the worker's own path whose result reached disk, then the server died before journalling "done";
     returns (the job id, the result path, the book of the restarted server)."""
     import threading
@@ -419,7 +419,7 @@ def _run_then_die_before_done(tmp_path, after_write=None):
     if after_write is not None:
         after_write(Path(running.output_path))
     first.journal.close()  # kill -9 here: "done" never reached the journal
-    return job.id, Path(running.output_path), book(tmp_path)
+    return job.id, Path(running.output_path), book(tmp_path) if restart else None
 
 
 def test_a_result_written_just_before_the_server_died_is_recorded_done_not_edited_again(tmp_path):
@@ -486,3 +486,19 @@ def test_the_worker_journals_each_result_before_it_takes_its_name(tmp_path):
     writing = [event for event in journal_at_finish if event["e"] == "writing"]
     assert [(event["id"], event["output"]) for event in writing] == [("a", str(tmp_path / "x.wav"))]
     assert writing[0]["file"]["size"] == (tmp_path / "x.wav").stat().st_size
+
+
+def test_a_restarted_server_removes_the_temporary_name_a_kill_left_beside_an_adopted_result(tmp_path):
+    """The kill came between the link to the result's name and the removal of its temporary name: the job is
+    adopted, and the hidden temporary (a second link to the same file) goes, as it would before a rerun."""
+    from test_bridge_support import dead_pid, start_server
+
+    job_id, result, _ = _run_then_die_before_done(tmp_path, restart=False)
+    leftover = result.with_name(f".{result.stem}.{dead_pid()}.0badf00d.partial.wav")
+    os.link(result, leftover)
+    server = start_server(tmp_path, tmp_path)
+    try:
+        assert server.book.get(job_id).state == protocol.DONE_STATE
+    finally:
+        server.stop()
+    assert result.is_file() and not leftover.exists()

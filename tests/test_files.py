@@ -247,3 +247,20 @@ def test_a_lock_taken_on_a_lock_file_its_holder_removed_moves_to_the_file_there_
     files.unlock_and_remove(second)
     assert not lock_path.exists()
     files.lock_folder(lock_path, "busy").close()
+
+
+def test_a_lock_file_that_cannot_be_removed_while_open_is_closed_then_removed(tmp_path, monkeypatch):
+    """Windows refuses to remove an open file: the lock file stayed, and the failed batch's folder with it."""
+    import engine.files as files
+
+    handle = files.lock_folder(tmp_path / ".lock", "busy")
+    real_unlink = os.unlink
+
+    def windows_unlink(path, *args, **kwargs):
+        if not handle.closed:
+            raise PermissionError(32, "The process cannot access the file because it is being used")
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "unlink", windows_unlink)
+    files.unlock_and_remove(handle)
+    assert handle.closed and not (tmp_path / ".lock").exists()

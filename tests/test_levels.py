@@ -396,7 +396,9 @@ def test_an_adds_input_gain_fades_in_above_the_line_so_the_added_part_has_no_lev
     assert model_input_gain(noise * 10 ** (-40 / 20), -18.0, fade_in=True) == pytest.approx(10 ** (20 / 20), rel=1e-6)
 
 
-@pytest.mark.parametrize("frames, channels, rate", [(64, 1, 16000), (1001, 2, 8000), (44100 + 17, 3, 44100)])
+@pytest.mark.parametrize(
+    "frames, channels, rate", [(64, 1, 16000), (65, 1, 16000), (1001, 2, 8000), (1001, 1, 44100), (44117, 3, 44100)]
+)
 def test_the_blockwise_power_spectrogram_is_scipys_stft_power(frames, channels, rate, monkeypatch):
     """The stem-level estimate's spectrogram, made a block of frames at a time in float32 (it held 9x the region's
     memory as one float64 complex STFT), is scipy's STFT power up to its scale, smoothed the same way."""
@@ -440,6 +442,13 @@ def test_a_mask_add_the_limiter_lowers_by_more_than_a_db_says_so():
     shown = float(re.search(r"by up to ([0-9.]+) dB", note).group(1))
     assert shown > 1.0 and shown == pytest.approx(-deepest, abs=0.5)
     assert "your recording with it" in note and "--mode layer" in note
+
+
+def test_a_masked_remove_the_limiter_lowers_says_so_without_offering_an_adds_layer():
+    master, part = _loud_master_and_a_hot_part()
+    _, info = match_level(master + part, master, 44100, "remove", mode=MASK)
+    (note,) = [w for w in info["warnings"] if "the limiter lowered it" in w]
+    assert "layer" not in note and "your recording" not in note
 
 
 def test_a_mask_add_the_limiter_barely_touches_has_no_note():

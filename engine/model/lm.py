@@ -350,7 +350,7 @@ class MusicGenLM(nn.Module):
                 F.cross_entropy(logits[:, k].reshape(-1, self.cfg.card), target.reshape(-1), ignore_index=-100)
             )
         per_codebook = torch.stack(per_codebook)
-        return per_codebook[valid.any(dim=1)].mean(), per_codebook
+        return per_codebook[: min(num_codebooks, num_frames)].mean(), per_codebook  # codebook k's first target: step k
 
     def check_codes(self, codes: torch.Tensor, name: str) -> None:
         """DataError unless `codes` is [B, num_codebooks, T] with every code in [0, card). While training on CUDA the
