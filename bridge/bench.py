@@ -29,11 +29,12 @@ from typing import Any
 from bridge.cli import channels_option, count_option, rate_option, region_seconds_option, takes_option
 from bridge.serve_process import READY_TIMEOUT_S
 from engine.editor import STEP_NAMES
-from engine.eval.acceptance import REGION_CHANNELS, REGION_RATE
+from engine.eval.acceptance import EDIT_SECONDS, REGION_CHANNELS, REGION_RATE
 from engine.files import report_path, write_json_atomic
 from engine.model.config import PRESETS
 
 SHAPES = tuple(PRESETS)  # tiny, small, medium, large
+SHAPE_SECONDS = 30.0  # the region a --shape run edits (issue #18: a 30 s stereo 44.1 kHz edit)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None)
-    parser.add_argument("--seconds", type=region_seconds_option, default=None,
-                        help="region length (default 10 s; 30 s with --shape)")  # fmt: skip
+    lengths = f"default {EDIT_SECONDS:g} s; {SHAPE_SECONDS:g} s with --shape"
+    parser.add_argument("--seconds", type=region_seconds_option, default=None, help=f"region length ({lengths})")
     parser.add_argument("--jobs", type=count_option, default=5, help="jobs to time (default 5)")
     parser.add_argument(
         "--sample-rate", type=rate_option, default=REGION_RATE, help=f"rate of the test file (default {REGION_RATE})"
@@ -72,7 +73,7 @@ def _write_test_file(path: Path, seconds: float, sample_rate: int, channels: int
 
 def measure(
     editor: Any,
-    seconds: float = 10.0,
+    seconds: float = EDIT_SECONDS,
     jobs: int = 5,
     sample_rate: int = REGION_RATE,
     channels: int = REGION_CHANNELS,
@@ -143,7 +144,7 @@ def decode_steps(editor: Any, samples: int, sample_rate: int) -> int:
 
 def measure_rtf(
     editor: Any,
-    seconds: float = 30.0,
+    seconds: float = SHAPE_SECONDS,
     sample_rate: int = REGION_RATE,
     channels: int = REGION_CHANNELS,
     edits: int = 2,
@@ -243,7 +244,7 @@ def run_rtf(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         raise ConfigError("--shape builds a random model: give --shape or --model, not both")
-    seconds = 30.0 if args.seconds is None else args.seconds
+    seconds = SHAPE_SECONDS if args.seconds is None else args.seconds
     json_path = report_path(args.json, ".json", "--json") if args.json else None  # before the minutes of measuring
     device = resolve_device(args.device)
     started = time.perf_counter()
@@ -276,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
         return run_rtf(args)
     from engine.editor import Editor
 
-    args.seconds = 10.0 if args.seconds is None else args.seconds
+    args.seconds = EDIT_SECONDS if args.seconds is None else args.seconds
     if args.json:
         raise ConfigError("--json goes with --shape (the real-time factor's figures)")
     if str(args.device).lower().startswith("cuda"):

@@ -31,6 +31,12 @@ def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[
     return out
 
 
+def clip_seed(seed: int, index: int) -> int:
+    """The edit seed of held-out clip `index` in a run seeded `seed` (also its stereo session's pan): the same clip
+    gets the same seed in a batched run and one by one, in `imusic eval` and in the mask tuner."""
+    return seed + index
+
+
 def spread_indices(count: int, picks: int) -> list[int]:
     """`picks` indices of range(`count`), evenly spread from the first to the last (rounded to the nearest; all of
     them when `picks` >= `count`): clips are grouped by song, so the first few would all be one song's."""

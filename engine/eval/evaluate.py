@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError, ResourceError
-from engine.eval.clips import check_tasks, held_out_clips, spread_indices, stereo_clip
+from engine.eval.clips import check_tasks, clip_seed, held_out_clips, spread_indices, stereo_clip
 from engine.eval.report import (
     CEILING_ROW,
     IDEAL_MASK_ROW,
@@ -164,7 +164,7 @@ def _record(
                 "offset": clip.offset,
                 "stem": clip.stem_name,
                 "instruction": instruction.prompt,
-                "seed": seed + index,
+                "seed": clip_seed(seed, index),
                 **scores,
             }
         )
@@ -248,16 +248,16 @@ def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipp
     modes = (DEFAULT_MODE, RESYNTH)  # two rows: the model as shipped, and the paper's
     try:
         if len(group) > 1 and len({source.shape for source in sources}) == 1:
-            done = editor.edit_batch(
-                sources, rate, [item[2] for item in group], modes, seeds=[seed + item[0] for item in group], raw=raw
-            )
+            seeds = [clip_seed(seed, item[0]) for item in group]
+            done = editor.edit_batch(sources, rate, [item[2] for item in group], modes, seeds=seeds, raw=raw)
             return [tuple(edits.values()) for edits in done]
     except (AudioError, InstructionError, ResourceError):
         pass  # one clip of the batch is unusable (or its output not finite): find it below, clip by clip
     out: list = []
     for (index, clip, instruction, _, _), source in zip(group, sources, strict=True):
         try:
-            out.append(tuple(editor.edit_modes(source, rate, instruction, modes, seed=seed + index, raw=raw).values()))
+            edits = editor.edit_modes(source, rate, instruction, modes, seed=clip_seed(seed, index), raw=raw)
+            out.append(tuple(edits.values()))
         except (AudioError, InstructionError, ResourceError) as exc:  # one clip (a NaN output) never ends the run
             skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
             out.append(None)
@@ -393,7 +393,9 @@ def evaluate(
                         skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
                         continue
                     # [N] mono clips, or [2, N] stereo sessions made from them
-                    source, target = stereo_clip(clip, task, seed + index) if stereo else (clip.input, clip.target)
+                    source, target = (
+                        stereo_clip(clip, task, clip_seed(seed, index)) if stereo else (clip.input, clip.target)
+                    )
                     group.append((index, clip, instruction, source * scale, target * scale))
                 if bar is not None:
                     bar.update(min(count, scored + size) - scored)

@@ -60,7 +60,7 @@ def model_outputs(
     """(input, target, model output) of every validation clip of `task` (at most `limit`, spread over the split), all
     [N] at the data's rate. `batch` > 1 generates that many clips together (Editor.edit_batch: each from its own
     seed, as alone but for rounding; what an accelerator wants)."""
-    from engine.eval.clips import held_out_clips, spread_indices
+    from engine.eval.clips import clip_seed, held_out_clips, spread_indices
     from engine.instructions import Instruction
 
     rate = editor.sample_rate
@@ -72,7 +72,7 @@ def model_outputs(
         chosen = [(index, clips[index]) for index in picks[start : start + batch]]
         made = [editor.generation(Instruction.for_card(task, c.stem_name, editor.card), MASK)[0] for _, c in chosen]
         results = editor.edit_batch(
-            [c.input for _, c in chosen], rate, made, [RESYNTH], seeds=[seed + i for i, _ in chosen], raw=True
+            [c.input for _, c in chosen], rate, made, [RESYNTH], seeds=[clip_seed(seed, i) for i, _ in chosen], raw=True
         )
         for (_, clip), result in zip(chosen, results, strict=True):
             out.append((clip.input, clip.target, next(iter(result.values())).audio[0]))
