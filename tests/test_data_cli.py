@@ -81,3 +81,23 @@ def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
         assert main([*argv[:3], *argv[5:], *out, *tasks, "--clips-per-song", "9"]) == 0
         clips = json.loads((tmp_path / f"clips{len(tasks)}" / "clips.json").read_text())["clips"]
         assert {clip["op"] for clip in clips} == expected  # repeated --task as imusic eval; none: every operation
+
+
+def test_data_export_writes_the_clips_imusic_eval_scores(synth_data, tmp_path):
+    """Its help says "as imusic eval": it drew one list for all tasks, interleaved, so clip i of a task was another
+    clip than the one eval scores under the same seed."""
+    import numpy as np
+    import soundfile as sf
+
+    from engine.eval.clips import held_out_clips
+
+    out = tmp_path / "out"
+    argv = ["data", "export", str(synth_data), "-o", str(out), "--seconds", "1.0", "--sample-rate", "16000"]
+    assert main([*argv, "--seed", "5", "--clips-per-song", "2", "--quiet"]) == 0
+    meta = json.loads((out / "clips.json").read_text())
+    for task in OPERATIONS:
+        clips = held_out_clips(synth_data, task, 16000, 1.0, "4stems", 5, 2, "test")
+        mine = [(c["song_id"], c["offset"]) for c in meta["clips"] if c["op"] == task]
+        assert mine and mine == [(clips[i].song_id, clips[i].offset) for i in range(len(clips))]
+        exported, _ = sf.read(str(out / task / "input" / "0.wav"), dtype="float32")
+        np.testing.assert_array_equal(exported, clips[0].input)

@@ -69,9 +69,11 @@ def held_out_clips(
     seed: int,
     per_song: int,
     split: str = "test",
+    layout: str = "auto",
 ) -> Any:
     """The clips of `split` for `task` (a StemDataset: len() and indexing), `per_song` from each song, drawn with
-    `seed`; DataError naming the folder when there is none or nothing to evaluate."""
+    `seed`; DataError naming the folder when there is none or nothing to evaluate. `imusic eval`, the mask tuner,
+    the codec report and `imusic data export` all draw their clips here."""
     from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
     from engine.train.data.layouts import scan
 
@@ -79,8 +81,8 @@ def held_out_clips(
     if not root.is_dir():
         raise DataError(f"no data set at {root}: the folder does not exist")
     config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=parse_classes(classes), ops=(task,))
-    catalog = scan(root)  # a data set that cannot be read says so in its own words
+    catalog = scan(root, layout)  # a data set that cannot be read says so in its own words
     try:
-        return StemDataset(catalog, split, config, seed=seed, clips_per_song=per_song)
+        return StemDataset(catalog, split, config, seed=seed, clips_per_song=per_song, random_clips=False)
     except DataError as exc:
         raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from engine.errors import DataError
@@ -15,17 +16,23 @@ from engine.files import write_audio_atomic, write_json_atomic
 from engine.train.data.datasets import StemDataset
 
 
-def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) -> int:
-    """Write every clip of `data`; returns how many. `out_dir` must be new or empty."""
+def export_clips(data: StemDataset | Sequence[StemDataset], out_dir: str | Path, progress: bool = True) -> int:
+    """Write every clip of `data` (one data set, or several drawn alike: `imusic data export` gives one per task, the
+    clips `imusic eval` scores); returns how many. `out_dir` must be new or empty."""
     from tqdm import tqdm
 
+    sets = [data] if isinstance(data, StemDataset) else list(data)
+    if not sets:
+        raise DataError("no clips to export")
+    data = sets[0]  # what the sets share: their source, split, seed and clip settings
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} is not empty: choose a new folder for the clips")
     counters: dict[str, int] = {}
     records = []
-    for index in tqdm(range(len(data)), desc="export", unit="clip", disable=not progress):
-        clip = data[index]
+    every = [(one, index) for one in sets for index in range(len(one))]
+    for one, index in tqdm(every, desc="export", unit="clip", disable=not progress):
+        clip = one[index]
         number = counters.get(clip.op, 0)
         counters[clip.op] = number + 1
         folder = out / clip.op
@@ -58,7 +65,7 @@ def export_clips(data: StemDataset, out_dir: str | Path, progress: bool = True) 
         "sample_rate": data.config.sample_rate,
         "seconds": data.config.seconds,
         "classes": data.config.classes if isinstance(data.config.classes, str) else list(data.config.classes),
-        "skipped_songs": [list(item) for item in data.skipped],
+        "skipped_songs": sorted({tuple(item) for one in sets for item in one.skipped}),
         "clips": records,
     }
     write_json_atomic(out / "clips.json", meta, sort_keys=False)
