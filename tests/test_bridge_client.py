@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import time
 from pathlib import Path
 
@@ -502,7 +503,8 @@ def test_a_jobs_error_waiting_on_the_socket_is_not_taken_for_a_pings_or_statuss_
     with ScriptedEngine(refuse_edits_answer_the_rest) as engine, Client("127.0.0.1", engine.port) as client:
         for job_id, ask in (("a", client.ping), ("b", client.status)):
             client.submit(str(tmp_path / "song.wav"), 0.0, -1.0, "add kazoo", job_id=job_id)
-            time.sleep(0.2)  # the refusal is on the socket before the request goes
+            readable, _, _ = select.select([client._sock], [], [], 5.0)  # the refusal is on the socket before the
+            assert readable  # request goes (a fixed sleep let a slow machine test another order)
             assert ask(timeout=TIMEOUT).address in (protocol.PONG, protocol.SERVER_STATUS)
             client.follow()
             assert client.tracker.jobs[job_id].code == "bad_instruction"
