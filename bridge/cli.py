@@ -181,13 +181,9 @@ def add_edit_options(parser: argparse.ArgumentParser, *, raw: bool = True) -> No
     bridge.protocol.EditOptions.from_args reads them back."""
     parser.add_argument("--seed", type=seed_option, default=None, help="sampling seed (default: random, printed)")
     parser.add_argument("--takes", type=takes_option, default=1, help="generate N takes and keep the best")
-    parser.add_argument(
-        "--mode",
-        default="",
-        help="mask: the edit keeps your recording (its rate, channels and sound), the default; "
-        "layer (add only): the added part alone, to play beside your recording; "
-        "resynth: the model's own output, as in the paper",
-    )
+    from engine.modes import modes_help
+
+    parser.add_argument("--mode", default="", help=modes_help())
     if raw:
         parser.add_argument("--raw", action="store_true", help="skip loudness matching and peak limiting")
 

@@ -23,6 +23,12 @@ MODES = (DEFAULT_MODE, RESYNTH, LAYER)
 MASKED_MODES = (MASK, LAYER)
 # Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
 OP_MODES = {"extract": (MASK, RESYNTH), "remove": (MASK, RESYNTH), "add": (MASK, RESYNTH, LAYER)}
+# What each mode gives, in a producer's words (the command line's --mode help: modes_help)
+MODE_HELP = {
+    MASK: "the edit keeps your recording (its rate, channels and sound), the default",
+    LAYER: "the added part alone, to play beside your recording",
+    RESYNTH: "the model's own output, as in the paper",
+}
 MODE_POLICIES = {
     "mask": "one time-frequency mask from the model's output applied to every input channel (rate, phase and "
     "stereo image of the original kept)",
@@ -32,6 +38,16 @@ MODE_POLICIES = {
     "layer": "the added part alone (model output minus what the input holds), mono on every channel: beside the "
     "original it plays as the mask mode's add",
 }
+
+
+def modes_help() -> str:
+    """Every mode with what it gives and, where it applies to some operations only, which: one line of help."""
+
+    def applies(mode: str) -> str:
+        ops = [op for op, modes in OP_MODES.items() if mode in modes]
+        return "" if len(ops) == len(OP_MODES) else f" ({', '.join(ops)} only)"
+
+    return "; ".join(f"{mode}{applies(mode)}: {MODE_HELP[mode]}" for mode in (MASK, LAYER, RESYNTH))
 
 
 def mode_name(mode: str | None) -> str:

@@ -39,3 +39,12 @@ def test_an_unknown_mode_name_is_one_message_in_the_error_class_asked_for(error)
     assert modes.check_mode_name(" MASK ") == "mask" and modes.check_mode_name(None) == ""
     with pytest.raises(error, match=r"^unknown mode 'karaoke': use mask, resynth, layer \(or nothing: the default\)$"):
         modes.check_mode_name("karaoke", error)
+
+
+def test_the_mode_help_names_every_mode_and_where_it_applies(monkeypatch):
+    from engine import modes
+
+    text = modes.modes_help()
+    assert all(f"{mode}" in text for mode in modes.MODES) and "layer (add only)" in text
+    monkeypatch.setitem(modes.OP_MODES, "remove", (modes.MASK, modes.RESYNTH, modes.LAYER))
+    assert "layer (remove, add only)" in modes.modes_help()  # read from OP_MODES, not written beside it
