@@ -53,9 +53,14 @@ def capacity(lm: MusicGenLM, max_len: int) -> int:
     return -(-max_len // CAPACITY_STEP) * CAPACITY_STEP
 
 
+def text_slots(tokens: int) -> int:
+    """Text positions a workspace holds for an instruction of `tokens` tokens: rounded up to TEXT_STEP."""
+    return -(-tokens // TEXT_STEP) * TEXT_STEP
+
+
 def pad_text(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Text states [B, S, Dt] and mask [B, S] padded with masked zeros to a multiple of TEXT_STEP tokens."""
-    extra = -states.shape[1] % TEXT_STEP
+    """Text states [B, S, Dt] and mask [B, S] padded with masked zeros to text_slots(S) tokens."""
+    extra = text_slots(states.shape[1]) - states.shape[1]
     if not extra:
         return states, mask
     states = torch.cat([states, states.new_zeros(states.shape[0], extra, states.shape[2])], dim=1)

@@ -379,15 +379,15 @@ def default_frames(shape: str, device: torch.device) -> int:
 def bytes_per_step(lm: MusicGenLM, dtype: torch.dtype, text_len: int, rows: int, steps: int, static: bool) -> int:
     """Bytes one step of a `steps`-step generation reads in its step mode: the eager step its weights
     (costs.step_bytes) and the filled part of its cache; a static one (graph, compile) its text padded to
-    static_decode.TEXT_STEP tokens (the folded cross-attention reads them all) and its workspace's whole cache, at
+    static_decode.text_slots (the folded cross-attention reads them all) and its workspace's whole cache, at
     capacity, which its masked attention reads every step."""
-    from engine.model.static_decode import TEXT_STEP, capacity
+    from engine.model.static_decode import capacity, text_slots
 
     cfg = lm.cfg
     if not static:
         return step_bytes(cfg, dtype, text_len, rows) + cache_bytes(cfg, dtype, rows, steps)
-    padded = -(-text_len // TEXT_STEP) * TEXT_STEP
-    return step_bytes(cfg, dtype, padded, rows) + cache_bytes(cfg, dtype, rows, steps, capacity(lm, steps))
+    weights = step_bytes(cfg, dtype, text_slots(text_len), rows)
+    return weights + cache_bytes(cfg, dtype, rows, steps, capacity(lm, steps))
 
 
 def run_shape(shape: str, args: argparse.Namespace, fast: torch.dtype, device: torch.device, batches: list[int],

@@ -76,6 +76,17 @@ def in_checkout(default: Path, option: str, tool: str) -> Path:
     return default
 
 
+def shipped_targets(output: str | None, docs: str | None, tool: str) -> tuple[Path, Path]:
+    """Where a maintainer tool writes a model and its report: `output` and `docs` as given, else the checkout's
+    shipped model and docs (in_checkout: refused from an installed copy)."""
+    from engine.weights.loader import DEFAULT_MODEL_DIR
+
+    return (
+        Path(output) if output else in_checkout(DEFAULT_MODEL_DIR, "-o", tool),
+        Path(docs) if docs else in_checkout(EMBEDDED_DOCS, "--docs", tool),
+    )
+
+
 # The embedded model's sample rate: its codec's default, and the rate its data are rendered at
 EMBEDDED_RATE = 16000
 # A new base model's sizes when a base stage starts from a codec alone (engine.train.template), by their option names

@@ -31,12 +31,11 @@ from engine.train.config import (
     EMBEDDED_DOCS,
     RUN_MODEL,
     history_losses,
-    in_checkout,
     read_history,
+    shipped_targets,
 )
 from engine.train.data import DATASET_JSON
 from engine.weights.loader import (
-    DEFAULT_MODEL_DIR,
     MASK_DEPTH,
     model_parts,
     new_model_card,
@@ -258,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tool = "python -m engine.train.default_model"
     try:
-        output = Path(args.output) if args.output else in_checkout(DEFAULT_MODEL_DIR, "-o", tool)
-        docs = Path(args.docs) if args.docs else in_checkout(EMBEDDED_DOCS, "--docs", tool)
+        output, docs = shipped_targets(args.output, args.docs, tool)
         if args.evaluation:
             card = refresh_evaluation(output, Path(args.evaluation), docs, args.command)
             print(json.dumps(card["evaluation"]["beats_identity"]))

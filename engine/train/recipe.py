@@ -668,8 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     add_run_arguments(run)
     inst = sub.add_parser("install", help="unpack a returned run into the model folder and its report into docs")
     inst.add_argument("packs", metavar="PACKS_DIR")
-    from engine.train.config import EMBEDDED_DOCS, in_checkout
-    from engine.weights.loader import DEFAULT_MODEL_DIR
+    from engine.train.config import shipped_targets
 
     inst.add_argument("-o", "--output", help="the model folder (default: the checkout's shipped model)")
     inst.add_argument("--docs", help="where its report goes (default: the checkout's docs)")
@@ -678,8 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_from_args(args)
-        output = Path(args.output) if args.output else in_checkout(DEFAULT_MODEL_DIR, "-o", tool)
-        docs = Path(args.docs) if args.docs else in_checkout(EMBEDDED_DOCS, "--docs", tool)
+        output, docs = shipped_targets(args.output, args.docs, tool)
         card = install(Path(args.packs), output, docs)
         print(json.dumps({"name": card["name"], "parameters": card["sizes"]["parameters"]}, indent=2))
         return 0
