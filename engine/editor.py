@@ -2,9 +2,10 @@
 
 One edit, step by step:
 1. parse the instruction against the model card (InstructionError before any work) and check the audio (AudioError).
-2. downmix to mono (the mean of the channels), resample to the codec's rate (polyphase, engine/resample.py) and
-   bring it to the level the adapter was trained at, where its card records one (engine.levels.model_input_gain;
-   the gain is undone on the model's output).
+2. downmix to mono (the mean of the channels), resample to the codec's rate (polyphase, engine/resample.py), take
+   away its DC offset (inaudible, absent from every training input, and it made a level and a peak of its own: a
+   recording 10 dB above its offset was fed 10 dB too quietly) and bring it to the level the adapter was trained
+   at, where its card records one (engine.levels.model_input_gain; the gain is undone on the model's output).
 3. plan windows of the adapter's trained clip length (5 s for the official adapter, whose 10 s of condition
    positions were trained on 5 s clips; at most cond_frames - 1 frames) that overlap by `overlap_seconds`
    (engine/windows.py). For each window: encode its input as the audio condition, generate
@@ -324,6 +325,7 @@ class Editor:
                 raise AudioError("the channels cancel out when mixed to mono (polarity?): the model hears silence")
             model_len = self.model_length(audio.shape[-1], sample_rate)
             heard = resample(mono, sample_rate, self.sample_rate, model_len)  # [M] at the codec rate
+            heard = heard - np.float32(np.mean(heard, dtype=np.float64))  # its DC offset: not heard, not measured
             gains.append(model_input_gain(heard, self.card.input_rms_db, fade_in=item.op == "add"))
             model_audio.append(heard * np.float32(gains[-1]))  # at the level the adapter was trained at
 

@@ -180,7 +180,21 @@ def test_the_model_hears_a_region_at_its_adapters_training_level_and_the_gain_is
     result = editor.edit(quiet, sr, "extract drums", raw=True, mode="resynth", seed=0)
     assert rms_db(heard[-1]) == pytest.approx(-18.0, abs=0.01)
     assert result.info["model_input_gain_db"] == pytest.approx(-18.0 - rms_db(quiet), abs=0.01)
-    np.testing.assert_allclose(result.audio[0], quiet[0], atol=1e-6)  # the output is back at the input's scale
+    np.testing.assert_allclose(result.audio[0], quiet[0] - quiet.mean(), atol=1e-6)  # back at the input's scale
+
+
+def test_a_dc_offset_is_neither_heard_nor_measured(tiny_editor, monkeypatch):
+    from engine.levels import rms_db
+
+    editor = Editor(tiny_editor.model)
+    heard = _identity_model(editor, monkeypatch)
+    monkeypatch.setattr(editor.card, "input_rms_db", -18.0)
+    sr = editor.sample_rate
+    music = (0.01 * np.random.default_rng(0).standard_normal((1, sr))).astype(np.float32)  # about -40 dBFS
+    clean = editor.edit(music, sr, "extract drums", raw=True, mode="resynth", seed=0)
+    offset = editor.edit(music + np.float32(0.1), sr, "extract drums", raw=True, mode="resynth", seed=0)  # -20 dBFS DC
+    assert offset.info["model_input_gain_db"] == pytest.approx(clean.info["model_input_gain_db"], abs=0.01)
+    assert abs(float(heard[-1].mean())) < 1e-6 and rms_db(heard[-1]) == pytest.approx(-18.0, abs=0.01)
 
 
 def test_window_longer_than_the_adapters_is_refused(tiny_editor):
