@@ -534,16 +534,31 @@ def test_a_checkpoint_of_another_stage_in_a_codec_run_is_named_not_loaded(tones,
         train_codec(tones, run, _tiny_cfg(6), threads=1, quiet=True, resume=True)
 
 
-def test_a_stem_cut_short_after_its_header_is_named_by_the_codec_stage_not_a_decoder_traceback(tmp_path):
-    """The header promises 2 s, the file holds a third of its bytes: the scan reads headers only, so the codec stage
-    meets the damage when it decodes, and says which file it is."""
+def test_a_stem_cut_short_after_its_header_is_named_by_the_codec_stage_before_it_trains(tmp_path):
+    """The header promises 2 s, the file holds a third of its bytes (an interrupted copy): named with its fix when
+    the stage starts (its end is read), not by a decoder traceback when a clip is first drawn near the end."""
     from engine.train import codec_train
 
     path = tmp_path / "cut.flac"
     sf.write(path, (np.random.default_rng(0).normal(size=32000) * 0.3).astype(np.float32), 16000)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-    with pytest.raises(DataError, match="cut.flac: .*damaged or cut short"):
-        codec_train.ClipSampler([path], 16000, 0.2, preload=True)
+    for preload in (True, False):
+        with pytest.raises(DataError, match="cut.flac: .*damaged or cut short: replace it"):
+            codec_train.ClipSampler([path], 16000, 0.2, preload=preload)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.wav: .*damaged or cut short"):
+        codec_train.ClipSampler([empty], 16000, 0.2)
+
+
+def test_a_stem_damaged_in_its_middle_is_named_when_a_clip_meets_the_damage(tmp_path):
+    from engine.train import codec_train
+
+    path = tmp_path / "scratched.flac"
+    sf.write(path, (np.random.default_rng(0).normal(size=64000) * 0.3).astype(np.float32), 16000)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)  # its end still decodes
+    path.write_bytes(bytes(data))
     sampler = codec_train.ClipSampler([path], 16000, 0.2)
-    with pytest.raises(DataError, match="cut.flac: .*damaged or cut short"):
-        sampler._read(0, 25000)  # a window past the damage
+    with pytest.raises(DataError, match="scratched.flac: .*damaged or cut short"):
+        sampler._read(0, 30000)

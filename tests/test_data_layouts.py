@@ -105,6 +105,19 @@ def test_missing_and_unreadable_stems_are_skipped_and_reported(tmp_path):
     assert catalog.problem_counts() == {"missing stem file": 1, "unreadable stem file": 1}
 
 
+def test_a_stem_cut_short_is_found_by_the_scan_though_its_header_is_whole(tmp_path):
+    """An interrupted copy of a FLAC keeps the header of the whole file: found at the scan (its end is read), before
+    a run draws a clip near its end hours in."""
+    track = _slakh_track(tmp_path, "Track00001", {"S00": "Drums", "S01": "Bass", "S02": "Piano"})
+    cut = track / "stems" / "S02.flac"
+    sf.write(str(cut), (0.3 * np.random.default_rng(0).standard_normal(3 * RATE)).astype(np.float32), RATE)
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.9)])
+    assert sf.info(str(cut)).frames == 3 * RATE  # the header still promises it all
+    catalog = scan(tmp_path)
+    assert [s.name for s in catalog.songs[0].stems] == ["S00", "S01"]
+    assert catalog.problems == [(str(cut), "damaged or cut short stem file")]
+
+
 def test_moisesdb_layout_is_detected_and_class_names_are_canonical(tmp_path):
     _moises_track(tmp_path, "provider", "0a1b", {"drums": ["d1", "d2"], "bass": ["b1"], "other_keys": ["k1"]})
     catalog = scan(tmp_path)

@@ -53,7 +53,7 @@ from engine.train.config import (
 )
 from engine.train.data import HELD_OUT
 from engine.train.data.datasets import split_songs
-from engine.train.data.layouts import scan
+from engine.train.data.layouts import probe, scan
 
 
 def encodec_config(cfg: CodecTrainConfig) -> Any:
@@ -113,10 +113,16 @@ class ClipSampler:
         self.rng = random.Random(seed)
         self.frames = []
         for path in self.files:
-            info = sf.info(str(path))
-            if info.samplerate != sample_rate:
-                raise DataError(f"{path} is at {info.samplerate} Hz; the codec trains at {sample_rate} Hz")
-            self.frames.append(info.frames)
+            try:  # a file cut short is named now, not when a clip is first drawn near its end hours into the run
+                frames, rate, _ = probe(path)
+            except Exception as exc:  # soundfile raises several types for a broken file; layouts.CutShort
+                raise _unreadable(path, exc) from None
+            if rate != sample_rate:
+                raise DataError(
+                    f"{path} is at {rate} Hz; the codec trains at {sample_rate} Hz and reads its data as it is: "
+                    f"resample the data set to {sample_rate} Hz first (the other stages resample as they read)"
+                )
+            self.frames.append(frames)
         self.audio: list[np.ndarray] | None = None
         key = (tuple(str(p) for p in self.files), sample_rate)
         if preload and key in _PRELOADED:

@@ -7,7 +7,8 @@ Three layouts are read:
   `TRACK_UUID/STEMNAME/ID.EXT`; several tracks of one stem name form one stem (the moisesdb package's rule).
 - Plain folders: `SONG/stem_name.wav|flac|...`, the class taken from the file name; mix files are ignored.
 
-Nothing is decoded here: only headers (soundfile.info), so a scan of 2100 songs takes seconds.
+Little is decoded here: each file's header and its last 4096 frames (`probe`: a copy cut short is found at the scan,
+not when a run first draws near its end), so a scan of 2100 songs takes seconds.
 """
 
 from __future__ import annotations
@@ -95,11 +96,33 @@ class Catalog:
         return Counter(reason for _, reason in self.problems)
 
 
-def _probe(path: Path) -> tuple[int, int, int]:
-    info = sf.info(str(path))
-    if info.frames <= 0:
-        raise RuntimeError("empty")
-    return info.frames, info.samplerate, info.channels
+_TAIL_FRAMES = 4096  # read at a file's end by probe: a copy cut short fails there, not hours into a run
+
+
+class CutShort(Exception):
+    """A file whose header reads but whose end does not decode: an interrupted copy, or damage."""
+
+
+def probe(path: Path) -> tuple[int, int, int]:
+    """(frames, sample rate, channels) of an audio file, from its header, after reading its last frames: a FLAC cut
+    short keeps the header of the whole file and failed only when a clip was drawn near its end (CutShort, or
+    soundfile's own error for a file that is not audio)."""
+    with sf.SoundFile(str(path)) as handle:
+        frames, rate, channels = handle.frames, handle.samplerate, handle.channels
+        if frames <= 0:
+            raise RuntimeError("empty")
+        tail = min(frames, _TAIL_FRAMES)
+        try:
+            handle.seek(frames - tail)
+            read = len(handle.read(tail, dtype="float32", always_2d=True))
+        except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
+            raise CutShort(f"its end does not decode ({exc})") from None
+    if read < tail:
+        raise CutShort(f"it holds {frames - tail + read} of the {frames} frames its header names")
+    return frames, rate, channels
+
+
+DAMAGED_STEM = "damaged or cut short stem file"
 
 
 def _stem(name: str, cls: str, path: Path, problems: list[tuple[str, str]]) -> StemFile | None:
@@ -107,7 +130,10 @@ def _stem(name: str, cls: str, path: Path, problems: list[tuple[str, str]]) -> S
         problems.append((str(path), "missing stem file"))
         return None
     try:
-        frames, rate, channels = _probe(path)
+        frames, rate, channels = probe(path)
+    except CutShort:
+        problems.append((str(path), DAMAGED_STEM))
+        return None
     except Exception:  # soundfile raises several types for broken files; any of them means unreadable
         problems.append((str(path), "unreadable stem file"))
         return None
