@@ -236,6 +236,23 @@ def test_a_data_set_split_into_train_and_test_only_gets_validation_songs_from_it
     assert not {song.song_id for song in parts["validation"]} & {song.song_id for song in parts["train"]}
 
 
+def test_a_song_of_no_split_beside_a_data_sets_own_split_leaves_its_test_songs_held_out():
+    """A producer's song beside MUSDB18's train/ and test/: the whole set was split afresh by hash, and the data set's
+    own test songs trained. Now the data set's songs keep their split, and each song of none takes its own hash's."""
+    from dataclasses import replace
+
+    musdb = [replace(song, split="test" if i < 10 else "train") for i, song in enumerate(_songs(30))]
+    own = [replace(song, song_id=f"mine {i}") for i, song in enumerate(_songs(40))]
+    parts = split_songs(musdb + own, 0.1, 0.1, seed=0)
+    ids = {name: {song.song_id for song in part} for name, part in parts.items()}
+    assert {song.song_id for song in musdb[:10]} <= ids["test"]
+    assert not {song.song_id for song in musdb[10:]} & ids["test"]
+    mine = {name: {i for i in part if i.startswith("mine")} for name, part in ids.items()}
+    assert all(mine.values()) and sum(map(len, mine.values())) == 40  # every split gets some, each once
+    more = split_songs(musdb + own + [replace(own[0], song_id=f"later {i}") for i in range(20)], 0.1, 0.1, seed=0)
+    assert {name: {s.song_id for s in part if s.song_id.startswith("mine")} for name, part in more.items()} == mine
+
+
 def test_split_is_deterministic_and_ignores_file_order():
     songs = _songs(30)
     shuffled = songs[:]

@@ -22,6 +22,7 @@ The core is numpy only (training feeds it to torch in engine/train/). Audio is d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -246,6 +247,13 @@ def split_ids(
     }
 
 
+def _own_split(song_id: str, seed: int, valid_fraction: float, test_fraction: float) -> str:
+    """A song's split from its own hash alone (a share in [0, 1): test below `test_fraction`, validation up to the
+    sum): adding songs never moves it, unlike a rank in the hash order."""
+    share = int(_rank_key(song_id, seed), 16) / 16.0**40
+    return "test" if share < test_fraction else "validation" if share < test_fraction + valid_fraction else "train"
+
+
 # The split's seed, apart from any clip seed: `imusic train --seed 1` must hold out the same songs that the codec
 # stage and `imusic eval` hold out (data sets without their own split: MoisesDB, plain folders).
 SPLIT_SEED = 0
@@ -257,8 +265,10 @@ def split_songs(
     test_fraction: float = TEST_FRACTION,
     seed: int = SPLIT_SEED,
 ) -> dict[str, list[Song]]:
-    """Deterministic split by song: the data set's own split when every song has one (validation songs taken from its
-    train songs when it has none), else a seeded hash order.
+    """Deterministic split by song: the data set's own split where its songs have one (validation songs taken from its
+    train songs when it has none), else a seeded hash order. A song of no split among songs that have one (a song of
+    the producer's own beside MUSDB18's train/ and test/) takes the split its own hash gives (`_own_split`): the data
+    set's test songs stay held out (the whole set was split afresh by hash, and three of MUSDB's test songs trained).
 
     Each song lands in exactly one split; the result depends only on song ids and the seed, never on file order.
     """
@@ -266,8 +276,10 @@ def split_songs(
     by_id = {song.song_id: song for song in songs}
     if len(by_id) != len(songs):
         raise DataError("two songs share one id; song ids must be unique for a split by song")
-    if songs and all(song.split in SONG_SPLITS for song in songs):
-        assigned = {name: sorted(s.song_id for s in songs if s.split == name) for name in SONG_SPLITS}
+    if any(song.split in SONG_SPLITS for song in songs):
+        own = functools.partial(_own_split, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction)
+        splits = {s.song_id: s.split if s.split in SONG_SPLITS else own(s.song_id) for s in songs}
+        assigned = {name: sorted(song_id for song_id, split in splits.items() if split == name) for name in SONG_SPLITS}
         n_valid = max(1, round(valid_fraction * len(songs))) if valid_fraction > 0 else 0
         if not assigned["validation"] and 0 < n_valid < len(assigned["train"]):
             # MUSDB18 ships train and test only: its validation songs come out of its train songs, in hash order
