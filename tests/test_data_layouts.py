@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from engine.errors import DataError
-from engine.train.data.layouts import scan
+from engine.train.data.layouts import MIX_NAMED_STEM, scan
 from engine.train.data.stems import caption, class_from_filename, gm_class, is_mix_name
 from engine.train.data.yamlio import dump_yaml
 
@@ -153,6 +153,15 @@ def test_plain_folders_take_the_class_from_the_file_name_and_ignore_the_mix(tmp_
 )
 def test_class_from_file_name(file_name, cls):
     assert class_from_filename(file_name) == cls
+
+
+def test_a_file_named_like_a_mix_that_names_an_instrument_is_left_out_and_said(tmp_path):
+    for name in ("mixture.wav", "Drums Mix.wav", "Bass Master.wav", "Guitar.wav", "Piano.wav"):
+        _wav(tmp_path / "Song" / name)
+    catalog = scan(tmp_path)
+    assert [stem.name for stem in catalog.songs[0].stems] == ["Guitar", "Piano"]
+    assert sorted(Path(path).name for path, _ in catalog.problems) == ["Bass Master.wav", "Drums Mix.wav"]
+    assert catalog.problem_counts() == {MIX_NAMED_STEM: 2}  # the plain mixture is no news
 
 
 def test_mix_files_are_recognised_by_name():

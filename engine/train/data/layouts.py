@@ -123,6 +123,9 @@ def probe(path: Path) -> tuple[int, int, int]:
 
 
 DAMAGED_STEM = "damaged or cut short stem file"
+# A file named like a song's mix that also names an instrument: left out as the mix (a mix read as a stem would teach
+# "extract piano" to give the whole song), and said, as it may be a submix stem to rename
+MIX_NAMED_STEM = "named like a mix (left out; rename it if it is a stem)"
 
 
 def _stem(name: str, cls: str, path: Path, problems: list[tuple[str, str]]) -> StemFile | None:
@@ -240,7 +243,12 @@ def _scan_folder(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
             folders.append(child)
     songs: list[Song] = []
     for folder in folders:
-        files = [p for p in _audio_files(folder) if not is_mix_name(p.stem)]
+        files = []
+        for path in _audio_files(folder):
+            if not is_mix_name(path.stem):
+                files.append(path)
+            elif class_from_filename(path.stem) != "Other":  # "Drums Mix", "Bass Master": said, not passed over
+                problems.append((str(path), MIX_NAMED_STEM))
         if not files:
             continue
         stems = [
