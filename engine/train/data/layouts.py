@@ -242,7 +242,13 @@ def _scan_folder(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
         else:
             folders.append(child)
     songs: list[Song] = []
+    seen: dict[Path, Path] = {}  # a folder's real path -> the folder that holds it first
     for folder in folders:
+        real = folder.resolve()
+        if real in seen:  # a link to a song already read: one song in two splits (a test song trained on)
+            problems.append((str(folder), f"the same song folder as {seen[real]} (a link): read once"))
+            continue
+        seen[real] = folder
         files = []
         for path in _audio_files(folder):
             if not is_mix_name(path.stem):
