@@ -12,6 +12,7 @@ non-blocking socket. All results of one action are inserted together, in one und
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -242,6 +243,23 @@ def _deferred_call(call: str) -> str:
     return f"__import__('sys').modules[{__name__!r}].{call}"
 
 
+def _action(run):
+    """An action's entry point: it ends by deferring a no-op. REAPER gives a script that ends without deferring an
+    undo point of its own ("ReaScript: Run"; its defer help: a deferring script gets none unless it makes one), and a
+    cancel, a status or a refusal changes nothing to undo. A script that defers gets its undo point from its own
+    Undo_BeginBlock/EndBlock (the inserted results)."""
+
+    @functools.wraps(run)
+    def action(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if defer := _host("RPR_defer", required=False):
+                defer("None")
+
+    return action
+
+
 def _defer_tick() -> None:
     _host("RPR_defer")(_deferred_call(f"tick({_LOOP})"))
 
@@ -349,13 +367,19 @@ def tick(loop: int | None = None) -> None:
                 _drop(session)
                 host, port = engine_address()
                 _message(tracking.not_answering(host, port))
+            elif outcome == "done" and project.project_file(R, session.project) is None:
+                _drop(session)
+                _project_closed(session)  # its tab was closed
+            elif outcome == "done" and project.active_project(R) != session.project:
+                # REAPER inserts tracks in the active tab only: the results wait until their tab is active again. Asked
+                # before same_song reads the tab's tracks: the binding passes a track of a tab in the background as
+                # NULL (ValidatePtr checks it against the active project), and an unsaved song read as closed.
+                pass
             elif outcome == "done" and not project.same_song(
                 R, session.project, session.song_file, [job.track for job in session.jobs.values()]
             ):
                 _drop(session)
-                _project_closed(session)
-            elif outcome == "done" and project.active_project(R) != session.project:
-                pass  # REAPER inserts tracks in the active tab only: the results wait until their tab is active again
+                _project_closed(session)  # another song was opened in its tab
             elif outcome == "done":
                 _drop(session)
                 finish(R, session)
@@ -412,6 +436,7 @@ def _project_closed(session: Session) -> None:
 # ------------------------------------------------------------------------------------------------ the other actions
 
 
+@_action
 def run_prompted() -> None:
     """ "Instruct: edit selected items...": ask for an instruction, then run it."""
     R = _api()
@@ -427,11 +452,13 @@ def run_prompted() -> None:
     _send_edit(R, instruction, mode.strip())  # the loop is this action's already
 
 
+@_action
 def run_preset(operation: str, stem: str) -> None:
     """A hotkey action: one fixed (operation, stem), in the installer's mode (the engine's default if unset)."""
     run_edit(instructions.instruction_text(operation, stem), _mode())
 
 
+@_action
 def run_cancel() -> None:
     """Cancel every edit the actions started, also one done and waiting for its song's tab: no result of theirs is
     inserted (the files of those that ended stay in the media folder)."""
@@ -456,6 +483,7 @@ def run_cancel() -> None:
 _STATUS: dict = {}
 
 
+@_action
 def run_status() -> None:
     """Ask the engine for its state and show it with the running edits (answer watched deferred, never blocking)."""
     from bridge.client import Client

@@ -113,6 +113,7 @@ class Track:
     values: dict = field(default_factory=lambda: {"I_FOLDERDEPTH": 0.0, "I_FREEMODE": 0.0, "C_BEATATTACHMODE": -1.0})
     ptr: str = field(default_factory=lambda: _pointer("MediaTrack"))
     guid: str = field(default_factory=lambda: "{" + str(uuid.uuid4()).upper() + "}")
+    project: str = ""  # the tab it was made in
 
 
 class FakeReaper:
@@ -146,7 +147,7 @@ class FakeReaper:
 
     # ------------------------------------------------------------------------------------- building a project (tests)
     def add_track(self, name: str = "", *, selected: bool = False) -> Track:
-        track = Track(name=name, selected=selected)
+        track = Track(name=name, selected=selected, project=self.project)
         self.tracks.append(track)
         return track
 
@@ -270,11 +271,15 @@ class FakeReaper:
         with open(path, encoding="utf-8") as handle:
             code = compile(handle.read(), path, "exec")
         self._running = path
+        pending = len(self.deferred)
         try:
             with self._as_main() as script_globals:
                 exec(code, script_globals)
         finally:
             self._running = ""
+        if not any(code.owner == path for code in self.deferred[pending:]):
+            # REAPER's help for defer: a deferring script gets no automatic undo point; one that ends without does
+            self.undo_points.append("ReaScript: Run")
 
     def _script_flags(self, path: str) -> int:
         """The flags of the script's SCR line in the resource folder's reaper-kb.ini (4, a plain script, if none)."""
@@ -397,6 +402,10 @@ class FakeReaper:
 
     def RPR_GetSetMediaTrackInfo_String(self, track: str, parm: str, value: str, set_new: bool):
         target = self._track(track)
+        if target.project != self.project:
+            # The binding passes NULL for a pointer ValidatePtr refuses, and ValidatePtr checks a track against the
+            # active project (ValidatePtr2's "in proj"): a track of a tab in the background reads as nothing.
+            return (False, track, parm, "", set_new)
         if parm == "GUID" and not set_new:
             return (True, track, parm, target.guid, set_new)
         if parm != "P_NAME":
@@ -550,7 +559,7 @@ class FakeReaper:
     def RPR_InsertTrackAtIndex(self, idx: int, want_defaults: bool) -> None:
         self.changes.append(f"insert track at {idx}")
         idx = max(0, min(int(idx), len(self.tracks)))
-        self.tracks.insert(idx, Track())
+        self.tracks.insert(idx, Track(project=self.project))
 
     def RPR_AddMediaItemToTrack(self, track: str) -> str:
         self.changes.append("add item")
