@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.errors import ConfigError, ImusicError, report_error
+from engine.options import seed_option
+from engine.options import whole_number as _whole_number
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,17 +61,6 @@ def report_edit(prog: str, label: str, seed: int | None, info: dict, seconds: fl
     sys.stderr.write(f"{label}: {', '.join(parts)}\n")
     for note in info.get("warnings") or ():
         sys.stderr.write(f"{prog}: note: {note}\n")
-
-
-def _whole_number(text: str, lowest: int, highest: int) -> int:
-    """`text` as a whole number in [lowest, highest], else argparse's usage error (exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if not lowest <= value <= highest:
-        raise argparse.ArgumentTypeError(f"must be from {lowest} to {highest}, got {value}")
-    return value
 
 
 def workers_option(text: str) -> int:
@@ -119,13 +110,6 @@ def takes_option(text: str) -> int:
         return check_takes(takes)
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def seed_option(text: str) -> int:
-    """argparse type of --seed: a whole number from 0 to protocol.MAX_SEED (the wire's; the engine draws below it)."""
-    from bridge.protocol import MAX_SEED
-
-    return _whole_number(text, 0, MAX_SEED)
 
 
 def seconds_option(text: str) -> float:

@@ -31,6 +31,7 @@ from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.eval.acceptance import REGION_RATE
 from engine.files import edit_slug
 from engine.modes import MASK, RESYNTH
+from engine.options import seed_option
 
 # Training data sets are made with `imusic data synth --seed S` for small S (0, 1, ...); a song's generator is seeded
 # by (seed, track number), so seeds from here on give songs no training stage used.
@@ -44,6 +45,10 @@ DEMO_MODES = (MASK, RESYNTH)
 # model's mono view of input.wav is exactly the song's mix). Drums and bass stay in the centre, as in most mixes.
 _CENTRED = ("drums", "bass")
 _MAX_PAN = 0.35
+# What the demo writes in its folder besides the results (OUT/<edit>.wav) and the server's journal and log
+INPUT_FILE = "input.wav"  # the song, as a producer's file
+TRUTH_DIR = "truth"  # its true stems, <stem>.wav
+PICTURE_FILE = "before_after.png"
 
 
 # ------------------------------------------------------------------------------------------------------------- model
@@ -144,11 +149,11 @@ def write_clip(clip: Clip, out: Path) -> Path:
     returns the input path."""
     from engine.files import write_audio_atomic
 
-    truth = out / "truth"
+    truth = out / TRUTH_DIR
     truth.mkdir(parents=True, exist_ok=True)
     for stem, audio in clip.stems.items():
         write_audio_atomic(truth / f"{stem}.wav", audio.T, clip.sample_rate, subtype="PCM_24")
-    path = out / "input.wav"
+    path = out / INPUT_FILE
     write_audio_atomic(path, clip.audio.T, clip.sample_rate, subtype="PCM_24")
     return path
 
@@ -285,7 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", default="demo_out", help="output folder (default ./demo_out)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the held-out clip (default 10)")
     parser.add_argument(
-        "--seed", type=int, default=0, help=f"song and edit seed (song seed {HELD_OUT_SEED:_} + N; default 0)"
+        "--seed", type=seed_option, default=0, help=f"song and edit seed (song seed {HELD_OUT_SEED:_} + N; default 0)"
     )
     parser.add_argument(
         "--edit",
@@ -316,22 +321,22 @@ def _check_folder(out: Path) -> None:
         raise ConfigError(f"the output {out} is a file, not a folder")
     if not out.is_dir() or not any(out.iterdir()):
         return
-    if (out / DEMO_MARK).exists() or ((out / LOG_NAME).is_file() and (out / "input.wav").is_file()):
+    if (out / DEMO_MARK).exists() or ((out / LOG_NAME).is_file() and (out / INPUT_FILE).is_file()):
         return
     raise ConfigError(
-        f"{out} holds files no earlier demo wrote, and the demo replaces the files it writes there (input.wav, "
-        "truth/, the results): give it a new or empty folder"
+        f"{out} holds files no earlier demo wrote, and the demo replaces the files it writes there ({INPUT_FILE}, "
+        f"{TRUTH_DIR}/, the results): give it a new or empty folder"
     )
 
 
 def _clear_previous(out: Path, names: list[str]) -> None:
     # Only what the demo itself writes: a rerun into the same folder starts clean, nothing else is touched.
-    for name in ["input.wav", "before_after.png", LOG_NAME, *names]:
+    for name in [INPUT_FILE, PICTURE_FILE, LOG_NAME, *names]:
         (out / name).unlink(missing_ok=True)
     if (out / JOURNAL_NAME).is_dir():
         shutil.rmtree(out / JOURNAL_NAME)  # a fresh server must not resume an earlier run's jobs
-    if (out / "truth").is_dir():
-        for stem in (out / "truth").glob("*.wav"):
+    if (out / TRUTH_DIR).is_dir():
+        for stem in (out / TRUTH_DIR).glob("*.wav"):
             stem.unlink()
 
 
@@ -339,8 +344,6 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when every edit finished, 1 otherwise (the results that did finish are still written)."""
     if not 1.0 <= args.seconds <= 600.0:
         raise ConfigError(f"--seconds must be between 1 and 600, got {args.seconds:g}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be 0 or more, got {args.seed}")
     model_path = check_model(args.model)  # first: a missing model is one line, before any work
     out = Path(args.out).expanduser().resolve()
     _check_folder(out)
@@ -388,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
     if code not in (0, None):
         print(f"imusic demo: the server exited with code {code}; see {server.log_path}", file=sys.stderr)
     mark = time.perf_counter()
-    picture = write_picture(clip, rows, out / "before_after.png")
+    picture = write_picture(clip, rows, out / PICTURE_FILE)
     stages["picture"] = time.perf_counter() - mark
 
     print()
@@ -403,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
         f"input    {input_path}  ({clip.sample_rate} Hz stereo, {args.seconds:g} s, song seed {clip.song_seed}"
         f"{'; ' + song if song else ''}{tempo})"
     )
-    print(f"truth    {out / 'truth'}  ({stems})")
+    print(f"truth    {out / TRUTH_DIR}  ({stems})")
     if picture is not None:
         print(f"picture  {picture}")
     print(f"log      {server.log_path}")

@@ -8,7 +8,7 @@ import pytest
 from test_bridge_support import imported_by
 
 from bridge.cli import main
-from engine.instructions import OPERATIONS
+from engine.instructions import MAX_SEED, OPERATIONS
 
 
 @pytest.mark.needs_soundfont
@@ -81,6 +81,24 @@ def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
         assert main([*argv[:3], *argv[5:], *out, *tasks, "--clips-per-song", "9"]) == 0
         clips = json.loads((tmp_path / f"clips{len(tasks)}" / "clips.json").read_text())["clips"]
         assert {clip["op"] for clip in clips} == expected  # repeated --task as imusic eval; none: every operation
+
+
+def test_export_reads_imusic_eval_s_clip_options_with_its_defaults():
+    from bridge.cli import build_parser
+    from engine.eval.clips import CLIP_OPTIONS
+
+    export = vars(build_parser(["data"]).parse_args(["data", "export", "DIR", "-o", "OUT"]))
+    scored = vars(build_parser(["eval"]).parse_args(["eval", "--data", "DIR", "--task", "extract", "-o", "OUT"]))
+    shared = [name for name in CLIP_OPTIONS if name != "task"]  # export: every task by default; eval names its own
+    assert {name: export[name] for name in shared} == {name: scored[name] for name in shared}
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1])
+def test_export_refuses_a_seed_imusic_eval_refuses(seed, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "export", str(tmp_path / "none"), "-o", str(tmp_path / "out"), f"--seed={seed}"])
+    assert stop.value.code == 2
+    assert f"--seed: must be from 0 to {MAX_SEED}, got {seed}" in capsys.readouterr().err
 
 
 def test_data_export_writes_the_clips_imusic_eval_scores(synth_data, tmp_path):

@@ -18,6 +18,8 @@ import pytest
 import soundfile as sf
 
 from bridge import demo
+from bridge.demo import INPUT_FILE, PICTURE_FILE, TRUTH_DIR
+from engine.instructions import MAX_SEED
 
 IMUSIC = [sys.executable, "-m", "bridge.cli"]
 SECONDS = 3
@@ -62,15 +64,15 @@ def test_the_models_own_verdict_is_said_once_under_the_table(demo_run):
 
 def test_input_is_a_44k_stereo_clip_of_the_requested_length(demo_run):
     _, out = demo_run
-    info = sf.info(str(out / "input.wav"))
+    info = sf.info(str(out / INPUT_FILE))
     assert (info.samplerate, info.channels, info.frames) == (44100, 2, SECONDS * 44100)
 
 
 def test_truth_stems_sum_to_the_input(demo_run):
     _, out = demo_run
-    stems = sorted((out / "truth").glob("*.wav"))
+    stems = sorted((out / TRUTH_DIR).glob("*.wav"))
     assert {"drums", "bass"} <= {path.stem for path in stems}
-    mix, rate = sf.read(str(out / "input.wav"), dtype="float32")
+    mix, rate = sf.read(str(out / INPUT_FILE), dtype="float32")
     total = sum(sf.read(str(path), dtype="float32")[0] for path in stems)
     assert rate == 44100 and total.shape == mix.shape
     # 24-bit files: each stem and the mix carry one quantisation step of error at most
@@ -98,7 +100,7 @@ def test_before_after_picture_has_a_row_for_the_input_and_each_edit_with_truth_a
     import matplotlib.image
 
     _, out = demo_run
-    path = out / "before_after.png"
+    path = out / PICTURE_FILE
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     height, width = matplotlib.image.imread(str(path)).shape[:2]
     # engine.eval.plots: 2.2 inches per row and 4.2 per column (+1 for the scale) at 100 dpi: input + 2 edits, 3 columns
@@ -245,13 +247,13 @@ def test_a_folder_of_the_producers_own_files_is_refused_before_anything_is_repla
     from bridge.cli import main
 
     mine = tmp_path / "myproj"
-    (mine / "truth").mkdir(parents=True)
-    for name in ("input.wav", "truth/drums.wav", "remove_bass.wav"):
+    (mine / TRUTH_DIR).mkdir(parents=True)
+    for name in (INPUT_FILE, f"{TRUTH_DIR}/drums.wav", "remove_bass.wav"):
         (mine / name).write_bytes(b"a producer's take")
     assert main(["demo", "-o", str(mine), "--seconds", "1", "--edit", "remove bass"]) == 1
     assert "holds files no earlier demo wrote" in capsys.readouterr().err
-    assert all((mine / name).read_bytes() == b"a producer's take" for name in ("input.wav", "truth/drums.wav"))
-    assert main(["demo", "-o", str(mine / "input.wav")]) == 1
+    assert all((mine / name).read_bytes() == b"a producer's take" for name in (INPUT_FILE, f"{TRUTH_DIR}/drums.wav"))
+    assert main(["demo", "-o", str(mine / INPUT_FILE)]) == 1
     assert "is a file, not a folder" in capsys.readouterr().err
 
 
@@ -263,3 +265,15 @@ def test_a_rerun_into_an_earlier_demos_folder_is_allowed(demo_run):
     _check_folder(out)  # no error: its own folder
     (out / DEMO_MARK).unlink()
     _check_folder(out)  # a demo's from before the mark: its server log and input
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1])
+def test_a_seed_the_engine_cannot_take_is_a_usage_error_before_any_work(seed, tmp_path, capsys):
+    from bridge.cli import main
+
+    afile = tmp_path / "afile"  # were the seed let through, the demo would stop here, with exit code 1
+    afile.write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "-o", str(afile), f"--seed={seed}"])
+    assert stop.value.code == 2
+    assert f"--seed: must be from 0 to {MAX_SEED}, got {seed}" in capsys.readouterr().err

@@ -10,7 +10,9 @@ import pytest
 from test_bridge_support import write_folder_song
 
 from engine.errors import ConfigError, DataError
+from engine.eval.clips import EVAL_SPLITS
 from engine.eval.evaluate import codec_roundtrip, evaluate, markdown, score_rows, summarize
+from engine.instructions import MAX_SEED
 
 RATE = 16000
 
@@ -505,6 +507,18 @@ def test_imusic_eval_command_line_reports_an_unknown_task_in_one_line(synth_data
     assert "unknown task" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1])
+def test_imusic_eval_refuses_a_seed_the_edits_cannot_take_before_any_work(seed, tmp_path, capsys):
+    from bridge.cli import main
+
+    # were the seed let through, --limit 0 would stop the run (exit code 1) before the model loads
+    argv = ["eval", "--data", str(tmp_path), "--task", "extract", "--limit", "0", "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, f"--seed={seed}"])
+    assert stop.value.code == 2
+    assert f"--seed: must be from 0 to {MAX_SEED}, got {seed}" in capsys.readouterr().err
+
+
 def test_val_curves_compare_runs_in_one_png_and_refuse_an_empty_run(tmp_path):
     from engine.eval.plots import plot_val_curves
 
@@ -521,7 +535,7 @@ def test_the_validation_split_scores_other_songs_than_the_test_split(synth_data,
     songs = {name: {e["song"] for e in r["tasks"]["extract"]["examples"]} for name, r in (("t", test), ("v", val))}
     assert songs["t"] and songs["v"] and not songs["t"] & songs["v"]
     assert val["settings"]["split"] == "validation" and "validation split" in markdown(val)
-    with pytest.raises(ConfigError, match="--split must be test, validation or all"):
+    with pytest.raises(ConfigError, match=f"--split must be one of {', '.join(EVAL_SPLITS)}, got 'train'"):
         evaluate(synth_data, ["extract"], tmp_path / "bad", split="train", **kwargs)
 
 

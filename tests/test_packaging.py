@@ -49,3 +49,22 @@ def test_package_data_names_no_pattern_that_matches_nothing():
         )
     ]
     assert not stale, f"package data that matches no file: {stale}"
+
+
+def test_the_engine_never_imports_the_bridge():
+    """The layers: bridge (server, client, CLI) and reaper_scripts build on the engine, never the other way, so the
+    engine installs and runs without them. Read from the sources, every import statement (at any indentation)."""
+    import ast
+
+    leaks = []
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            leaks += [
+                f"{path.relative_to(ROOT)}: {name}"
+                for name in names
+                if name.split(".")[0] in ("bridge", "reaper_scripts")
+            ]
+    assert leaks == []

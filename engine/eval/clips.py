@@ -3,6 +3,7 @@ codec report read), the tasks' names and checks, and a mono clip made a stereo s
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,15 @@ import numpy as np
 
 from engine.errors import ConfigError, DataError
 from engine.instructions import OPERATIONS, edit_pair
+from engine.options import seed_option
+from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, HELD_OUT
 
 TASKS = OPERATIONS  # an evaluation task is an edit operation
+# The splits a model is scored on: its held-out songs, or every song of a data set no stage trained on (the second
+# test set, rendered with a soundfont no stage heard)
+EVAL_SPLITS = (*HELD_OUT, "all")
+# held_out_clips' settings as command-line options (add_clip_arguments), by their argparse names
+CLIP_OPTIONS = ("task", "classes", "seconds", "clips_per_song", "seed", "split")
 
 
 def check_tasks(tasks: Sequence[str], supported: Sequence[str] = TASKS) -> list[str]:
@@ -86,3 +94,55 @@ def held_out_clips(
         return StemDataset(catalog, split, config, seed=seed, clips_per_song=per_song, random_clips=False)
     except DataError as exc:
         raise DataError(f"data set {root} has nothing to evaluate {task} on: {exc}") from None
+
+
+def add_clip_arguments(
+    parser: argparse.ArgumentParser,
+    options: Sequence[str] = CLIP_OPTIONS,
+    *,
+    splits: Sequence[str] = EVAL_SPLITS,
+    every_task_by_default: bool = False,
+    clips_per_song: int = 1,
+) -> None:
+    """The options of CLIP_OPTIONS named in `options`, the settings of held_out_clips: written once, so that `imusic
+    data export` writes the very clips `imusic eval` scores with the same options, and the mask tuner cuts them alike.
+
+    `splits`: --split's choices (default test). `every_task_by_default`: --task may be left out for all of TASKS and
+    is checked here; else it is required and the command checks it against its model (check_tasks, any case).
+    `clips_per_song`: --clips-per-song's default."""
+    if "task" in options:
+        names = f"{', '.join(TASKS[:-1])} or {TASKS[-1]}"
+        if every_task_by_default:
+            parser.add_argument(
+                "--task", action="append", choices=TASKS, help=f"{names}; repeat for several (default: all of them)"
+            )
+        else:
+            parser.add_argument("--task", action="append", required=True, help=f"{names}; repeat for several")
+    if "classes" in options:
+        parser.add_argument(
+            "--classes", default=FOUR_STEMS, help=f"{', '.join(CLASS_SETS)}, or a comma list of stem classes"
+        )
+    if "seconds" in options:
+        parser.add_argument(
+            "--seconds", type=float, default=CLIP_SECONDS, help=f"clip length (default {CLIP_SECONDS:g}, as the paper)"
+        )
+    if "clips_per_song" in options:
+        parser.add_argument(
+            "--clips-per-song",
+            type=int,
+            default=clips_per_song,
+            help=f"clips per song and task (default {clips_per_song})",
+        )
+    if "seed" in options:
+        parser.add_argument(
+            "--seed",
+            type=seed_option,
+            default=0,
+            help="seed of the clip draws, and in imusic eval of the edits (default 0)",
+        )
+    if "split" in options:
+        parser.add_argument(
+            "--split", default="test", choices=splits,
+            help="songs to draw from (default test; validation: for tuning; all: every song, for a data set no stage "
+            "trained on)",
+        )  # fmt: skip

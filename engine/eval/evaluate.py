@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.errors import AudioError, ConfigError, DataError, InstructionError, ResourceError
-from engine.eval.clips import check_tasks, clip_seed, held_out_clips, spread_indices, stereo_clip
+from engine.eval.clips import (
+    EVAL_SPLITS,
+    add_clip_arguments,
+    check_tasks,
+    clip_seed,
+    held_out_clips,
+    spread_indices,
+    stereo_clip,
+)
 from engine.eval.report import (
     CEILING_ROW,
     IDEAL_MASK_ROW,
@@ -53,16 +61,13 @@ from engine.eval.report import (
 )
 from engine.files import write_bytes_atomic, write_json_atomic
 from engine.modes import DEFAULT_MODE, RESYNTH
-from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, HELD_OUT
+from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 from engine.weights.loader import add_model_arguments
 
 if TYPE_CHECKING:
     from engine.editor import Editor
     from engine.model.codec import Codec
 
-# The splits a model is scored on: its held-out songs, or every song of a data set no stage trained on (the second
-# test set, rendered with a soundfont no stage heard)
-EVAL_SPLITS = (*HELD_OUT, "all")
 LATE_BATCH = 8  # clips in the first batch of a task that starts after its deadline (imusic eval with a deadline)
 
 
@@ -315,7 +320,7 @@ def evaluate(
     if spectrograms < 0:
         raise ConfigError(f"--spectrograms must not be negative, got {spectrograms}")
     if split not in EVAL_SPLITS:
-        raise ConfigError(f"--split must be test, validation or all, got {split!r}")
+        raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     if not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers must be a whole number of at least 0, got {workers!r}")
     if not (math.isfinite(input_gain_db) and abs(input_gain_db) <= 40):
@@ -463,7 +468,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`imusic eval` options."""
     parser.add_argument("--data", required=True, help="stem data set folder; its test split is used (see --split)")
     add_model_arguments(parser)
-    parser.add_argument("--task", action="append", required=True, help="add, remove or extract; repeat for several")
     parser.add_argument("-o", "--output", required=True, metavar="REPORT_DIR", help="where report.md/.json go")
     parser.add_argument(
         "--limit", type=int, default=None, help="at most N clips per task, spread over the split's songs"
@@ -475,18 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers", type=int, default=0, help="processes scoring clips while the model edits (default 0: no pool)"
     )
     parser.add_argument("--spectrograms", type=int, default=0, metavar="K", help="before/after PNGs of K clips")
-    parser.add_argument(
-        "--seconds", type=float, default=CLIP_SECONDS, help=f"clip length (default {CLIP_SECONDS:g}, as the paper)"
-    )
-    parser.add_argument(
-        "--classes", default=FOUR_STEMS, help=f"{', '.join(CLASS_SETS)}, or a comma list of stem classes"
-    )
-    parser.add_argument("--clips-per-song", type=int, default=1, help="test clips per song and task (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="clip draws and sampling seed")
-    parser.add_argument(
-        "--split", default="test", choices=EVAL_SPLITS,
-        help="songs to score (validation: for tuning; all: every song, for a data set no stage trained on)",
-    )  # fmt: skip
+    add_clip_arguments(parser)  # --task, --classes, --seconds, --clips-per-song, --seed, --split
     parser.add_argument("--raw", action="store_true", help="score the model output without level matching")
     parser.add_argument("--save-audio", action="store_true", help="keep input/output/target WAVs (16 kHz)")
     parser.add_argument("--no-network-metrics", action="store_true", help="skip FAD/KL/CLAP even when installed")

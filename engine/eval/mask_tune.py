@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError, ImusicError, report_error
+from engine.eval.clips import add_clip_arguments
 from engine.eval.report import IDEAL_MASK_ROW
 from engine.files import write_json_atomic
-from engine.mask import DEFAULT_SETTINGS, MaskSettings
+from engine.mask import DEFAULT_SETTINGS, DEPTH_OPS, MaskSettings
 from engine.modes import MASK, RESYNTH
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 
@@ -181,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="a stem data set (its validation split is read)")
     parser.add_argument("--task", required=True, choices=sorted(DEFAULT_SETTINGS))
     parser.add_argument("--model", help="model folder (default: the embedded default model)")
-    parser.add_argument("--clips-per-song", type=int, default=8)
+    add_clip_arguments(parser, ("clips_per_song", "seconds"), clips_per_song=8)  # as imusic eval's
     parser.add_argument("--passes", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=CLIP_SECONDS, help="clip length, as imusic eval's")
     parser.add_argument(
         "--depth", action="store_true", help="choose the model's mask depth (its card's mask_depth), not the design"
     )
@@ -193,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from engine.editor import Editor
 
-        if args.depth and args.task == "add":
-            raise ConfigError("--depth applies to extract and remove: add's mask keeps the whole original")
+        if args.depth and args.task not in DEPTH_OPS:
+            raise ConfigError(
+                f"--depth applies to {' and '.join(DEPTH_OPS)}: {args.task}'s mask keeps the whole original"
+            )
         if args.write_card and not (args.depth and args.model):
             raise ConfigError("--write-card needs --depth and the --model folder whose card it goes in")
         editor = Editor.load(args.model, device="cpu")

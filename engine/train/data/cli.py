@@ -18,9 +18,9 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `synth`, `info` and `export` subcommands."""
-    from engine.instructions import OPERATIONS
+    from engine.eval.clips import add_clip_arguments
     from engine.model.config import SAMPLE_RATE
-    from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, RENDERERS, SONG_SECONDS
+    from engine.train.data import RENDERERS, SONG_SECONDS
     from engine.train.data.datasets import SPLITS
     from engine.train.data.layouts import LAYOUTS
 
@@ -81,22 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     export.add_argument("data_dir", metavar="DIR")
     export.add_argument("-o", "--output", required=True, help="new (or empty) folder for the clips")
-    export.add_argument("--split", default="test", choices=SPLITS)
-    export.add_argument(
-        "--task",
-        action="append",
-        choices=OPERATIONS,
-        help="add, remove or extract; repeat for several (as imusic eval; default: all three)",
-    )
-    export.add_argument(
-        "--classes", default=FOUR_STEMS, help=f"{', '.join(CLASS_SETS)}, or comma-separated class names"
-    )
-    export.add_argument("--seconds", type=float, default=CLIP_SECONDS, help=f"clip length (default {CLIP_SECONDS:g})")
+    # imusic eval's clip options (--task, --classes, --seconds, --clips-per-song, --seed, --split): its very clips
+    add_clip_arguments(export, splits=SPLITS, every_task_by_default=True)
     export.add_argument(
         "--sample-rate", type=int, default=SAMPLE_RATE, help=f"clip sample rate (default {SAMPLE_RATE})"
     )
-    export.add_argument("--clips-per-song", type=int, default=1)
-    export.add_argument("--seed", type=int, default=0)
     export.add_argument("--layout", default="auto", choices=("auto", *LAYOUTS))
     export.add_argument("--quiet", action="store_true", help="no progress bar")
 
