@@ -54,6 +54,9 @@ from engine.levels import STEM_FLOOR_LU, STEM_QUANTILE, match_level, weighted_po
 from engine.modes import MASK
 
 STEER_EXTRACT = "extract"  # MaskSettings.steer: the mask of a remove comes from the model's extraction of the stem
+# The operations whose mask cuts, and so take a depth (MaskSettings.depth, a card's `mask_depth`): add's mask keeps the
+# whole original
+DEPTH_OPS = ("extract", "remove")
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class MaskSettings:
     floor: float = 0.0  # lowest mask value for extract/remove (a little of everything stays; applied last)
     calibrate: bool = True  # scale the estimate to its level in the original first
     steer: str = ""  # remove only: "extract" = the estimate is the model's extraction of the stem; "": the op's own
-    depth: float = 1.0  # extract/remove: how much of what the mask cuts is cut (1: all of it)
+    depth: float = 1.0  # DEPTH_OPS: how much of what the mask cuts is cut (1: all of it)
     # STFT frames processed at once (memory), any value gives the same result; 0: as many as hold BLOCK_SAMPLES samples
     # of every channel and the estimate (1024 frames of 64 ms at 16 kHz mono, 170 at 48 kHz stereo: it is the block's
     # memory that is bounded, about 60 MB, whatever the rate and channels)

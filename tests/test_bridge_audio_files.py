@@ -14,7 +14,7 @@ from test_bridge_support import dead_pid
 from bridge.audio_read import probe, read_region
 from bridge.audio_write import unique_result_path, write_atomic
 from engine.errors import AudioError, ConfigError
-from engine.files import slug
+from engine.files import MAX_RESULT_NAME_BYTES, slug
 
 
 def ramp_file(path, sample_rate=44100, channels=2, seconds=3.0, **kwargs):
@@ -163,15 +163,18 @@ def test_unique_result_path_skips_existing_and_reserved_names_and_the_input(tmp_
 def test_a_result_of_a_very_long_input_name_is_named_short_enough_to_be_written(tmp_path):
     source = tmp_path / ("\u00e9" * 120 + ".wav")  # 240 bytes in UTF-8: the name as it stands would not fit
     path = unique_result_path(source, "extract drums")
-    assert path.name.endswith(".extract_drums.wav") and len(path.name.encode()) <= 220
+    assert path.name.endswith(".extract_drums.wav") and len(path.name.encode()) <= MAX_RESULT_NAME_BYTES
     path.parent.mkdir()
     write_atomic(path, np.zeros((1, 100), dtype=np.float32), 8000)  # its temporary name fits beside it
     assert path.is_file()
 
 
 def test_an_output_name_too_long_to_write_is_refused_before_the_edit(tmp_path):
-    with pytest.raises(ConfigError, match="the output file name is 240 bytes long; at most 220 fit"):
-        unique_result_path(tmp_path / "a.wav", "extract drums", output=tmp_path / ("y" * 236 + ".wav"))
+    size = MAX_RESULT_NAME_BYTES + 20
+    with pytest.raises(
+        ConfigError, match=f"the output file name is {size} bytes long; at most {MAX_RESULT_NAME_BYTES}"
+    ):
+        unique_result_path(tmp_path / "a.wav", "extract drums", output=tmp_path / ("y" * (size - 4) + ".wav"))
 
 
 def test_an_output_under_a_file_is_refused_before_the_edit(tmp_path):

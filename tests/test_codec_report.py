@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import DataError
-from engine.eval.codec_report import ceiling, main, markdown, tone_pitch
+from engine.eval.codec_report import TONES_HZ, ceiling, main, markdown, tone_pitch
 
 RATE = 16000
 
@@ -82,5 +82,5 @@ def test_the_command_reads_an_exported_codec(tmp_path, capsys):
     import json
 
     pitch = json.loads(out.read_text())["pitch"]
-    assert [row["tone_hz"] for row in pitch] == [110.0, 220.0, 440.0, 880.0]
+    assert [row["tone_hz"] for row in pitch] == list(TONES_HZ)
     assert "strongest output" in capsys.readouterr().out

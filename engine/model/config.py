@@ -13,6 +13,10 @@ from typing import Any
 from engine.errors import ConfigError
 
 SAMPLE_RATE = 32000  # MusicGen's (its EnCodec's): stem data and clips default to it
+FRAME_RATE = 50.0  # MusicGen's codec frames a second (hop 640 at SAMPLE_RATE)
+# The official Instruct-MusicGen run trained on 5 s clips (its data module's time_in_seconds): our clip default, and
+# how much of the official adapter's window was trained
+OFFICIAL_CLIP_SECONDS = 5.0
 
 
 def frame_rate(sample_rate: float, upsampling_ratios: Sequence[int]) -> float:

@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.model.config import FRAME_RATE, FusionConfig
 from engine.train.config import (
     BASE_SIZES,
     CODEC_FLAGS,
     CODEC_RESUME_FLAGS,
     LOOP_STAGES,
+    MAX_AUTO_WORKERS,
+    PRECISIONS,
     RESUME_CHANGES,
     CodecTrainConfig,
     TrainConfig,
@@ -41,20 +44,25 @@ _OPTIONS: list[tuple[str, str, type, str]] = [
     ("--seconds", "seconds", float, "clip length in seconds (default {default:g})"),
     ("--classes", "classes", str, "stem classes: 4stems, all, or a comma list (default {default})"),
     ("--device", "device", str, "cuda, cuda:1, mps, cpu (default: the best available)"),
-    ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), fp32, bf16, fp16"),
+    ("--precision", "precision", str, "auto (bf16/fp16 autocast on CUDA, fp32 elsewhere), {precisions}"),
     ("--seed", "seed", int, "seed of the initialisation and the clip draws (default {default})"),
-    ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to 8 on GPU)"),
+    ("--workers", "workers", int, "clip-loading processes (default: 0 on CPU, up to {max_workers} on GPU)"),
     ("--align-steps", "align_steps", int, "adapters: fit the prefix alignment for N batches first (0: official init)"),
-    ("--gate-init", "gate_init", float, "adapters: initial fusion gates (default 0, official)"),
+    ("--gate-init", "gate_init", float, "adapters: initial fusion gates (default {default:g}, official)"),
     ("--fused-layers", "fused_layers", int, "adapters: audio fusion on the top N layers only (default: all)"),
-    ("--window", "window", float, "adapter condition window in seconds (default: the base's, else 10 s)"),
+    ("--window", "window", float, "adapter condition window in seconds (default: the base's, else {window:g} s)"),
     (
         "--text-dropout",
         "text_dropout",
         float,
-        "share of clips trained on the null text (CFG; default 0)",
+        "share of clips trained on the null text (CFG; default {default:g})",
     ),
-    ("--pool", "pool", int, "encode N epochs of training clips once and train on that pool (default 0: fresh draws)"),
+    (
+        "--pool",
+        "pool",
+        int,
+        "encode N epochs of training clips once and train on that pool (default {default}: fresh draws)",
+    ),
     ("--log-every", "log_every", int, "log line every N steps when not on a terminal (default {default})"),
 ]
 # The settings of a training run, as argparse names them: the codec stage names those it does not use from this, so
@@ -90,11 +98,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run the stage to its end once: nothing to do if RUN_DIR holds its finished result, resume if RUN_DIR "
         "has checkpoints, else a new run (the make targets' way)",
     )
+    named = {
+        "stages": ", ".join(LOOP_STAGES),
+        "precisions": ", ".join(PRECISIONS[1:]),  # after auto, which the help explains
+        "max_workers": MAX_AUTO_WORKERS,
+        "window": FusionConfig().window_frames / FRAME_RATE,  # the official adapter's, at MusicGen's frame rate
+    }
     for flag, name, kind, text in _OPTIONS:
-        default = getattr(defaults, name)
-        parser.add_argument(
-            flag, type=kind, default=None, help=text.format(default=default, stages=", ".join(LOOP_STAGES))
-        )
+        parser.add_argument(flag, type=kind, default=None, help=text.format(default=getattr(defaults, name), **named))
     sizes = parser.add_argument_group("new base model from a codec directory (--stage base --base CODEC_DIR)")
     for name, what in (("layers", "decoder layers"), ("dim", "decoder width"), ("heads", "decoder attention heads"),
                        ("text_dim", "text encoder width")):  # fmt: skip

@@ -114,6 +114,9 @@ if TYPE_CHECKING:  # torch is imported where a run starts, so `imusic train --he
 LOOP_STAGES = ("adapters", "base")
 # What a resumed run may change; everything else is the saved run's.
 RESUME_CHANGES = ("steps", "ckpt_every", "val_every", "val_clips", "device", "log_every", "workers")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # TrainConfig.precision
+# Clip-loading processes of a run on an accelerator without --workers (loop.train): at most this many, one a core
+MAX_AUTO_WORKERS = 8
 
 
 @dataclass
@@ -140,10 +143,10 @@ class TrainConfig:
     device: str | None = None
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, fp16 + GradScaler on older CUDA, fp32 elsewhere
     log_every: int = 10
-    workers: int | None = None  # clip-loading processes; None: none on CPU, up to 8 on accelerators
+    workers: int | None = None  # clip-loading processes; None: none on CPU, up to MAX_AUTO_WORKERS on accelerators
     pool: int = 0  # epochs of training clips drawn and encoded once (0: fresh draws encoded at every step)
     gate_lr: float = 0.0  # peak learning rate of the audio-fusion gates (0: --lr); zero-init gates open slowly
-    window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (10 s: 500 frames)
+    window: float = 0.0  # condition window in seconds; 0: the base's own adapter's, else official (FusionConfig's)
     # Adapters: 0 = the official init (zero gates). N > 0: fusion.align_prefix for N batches before step 1 (merge_linear
     # 0, pos_emb fitted so that the prefix attention follows the music in time), then the gates start at gate_init.
     align_steps: int = 0
@@ -173,8 +176,10 @@ class TrainConfig:
             raise ConfigError("--align-steps, --gate-init and --fused-layers are for --stage adapters only")
         if self.fused_layers is not None and self.fused_layers < 1:
             raise ConfigError(f"--fused-layers must be at least 1, got {self.fused_layers}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"--precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"--precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {self.precision!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -41,6 +41,7 @@ from engine.train.config import (
     CURVES,
     HISTORY,
     LOOP_STAGES,
+    MAX_AUTO_WORKERS,
     RESUME_CHANGES,
     TrainConfig,
     lr_factor,
@@ -347,8 +348,9 @@ def train(
     cfg = replace(cfg, extra={**cfg.extra, "run_dir": str(run_dir)})
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
-    # processes that read clips: none on a CPU (they would compete with the model for its cores), else up to 8
-    workers = cfg.workers if cfg.workers is not None else (0 if device.type == "cpu" else min(8, usable_cores()))
+    # processes that read clips: none on a CPU (they would compete with the model for its cores), else a few
+    auto_workers = 0 if device.type == "cpu" else min(MAX_AUTO_WORKERS, usable_cores())
+    workers = cfg.workers if cfg.workers is not None else auto_workers
     if cfg.pool:
         key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY}
         train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, progress, workers)

@@ -163,8 +163,10 @@ def own_adapter_view(card: dict[str, Any], own_adapter: bool) -> dict[str, Any]:
 
 
 def card_mask_depth(card_data: dict[str, Any], where: str | Path) -> dict[str, float]:
-    """A card's `mask_depth`, checked: extract and remove only, each a number from 0 to 1; {} where it has none."""
+    """A card's `mask_depth`, checked: engine.mask.DEPTH_OPS only, each a number from 0 to 1; {} where it has none."""
     import math
+
+    from engine.mask import DEPTH_OPS
 
     depth = card_data.get(MASK_DEPTH) or {}
     if not isinstance(depth, dict):
@@ -172,9 +174,9 @@ def card_mask_depth(card_data: dict[str, Any], where: str | Path) -> dict[str, f
     checked = {}
     for op, value in depth.items():
         number = value if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-        if op not in ("extract", "remove") or not 0.0 <= number <= 1.0:
+        if op not in DEPTH_OPS or not 0.0 <= number <= 1.0:
             raise CheckpointError(
-                f"{where}: {MASK_DEPTH}.{op} must be a number from 0 to 1 for extract or remove, got {value!r}"
+                f"{where}: {MASK_DEPTH}.{op} must be a number from 0 to 1 for {' or '.join(DEPTH_OPS)}, got {value!r}"
             )
         checked[op] = float(number)
     return checked

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.model.config import OFFICIAL_CLIP_SECONDS
 
 OFFICIAL_BASE = "facebook/musicgen-large"
-OFFICIAL_TRAINED_WINDOW_S = 5.0
 
 _CP = "model.cp_transformer."
 _LM = "model.peft_model.lm."
@@ -264,7 +264,7 @@ def read_official_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], di
         "provenance": {"source": str(path), "format": "official finetuned.ckpt", "base": OFFICIAL_BASE, **facts},
         # The official run trained on 5 s clips (its data module's time_in_seconds) and edits in chunks of at most
         # 5 s (its model config's sec): its pos_emb has rows for 10 s, but those past 5 s were never trained.
-        "training": {"window_s": OFFICIAL_TRAINED_WINDOW_S},
+        "training": {"window_s": OFFICIAL_CLIP_SECONDS},
         "base_hint": OFFICIAL_BASE,
         # what a converted adapter's adapter.json says it was trained on (its loading errors name it)
         "base": {"num_layers": facts["num_layers"], "dim": facts["dim"], "path": OFFICIAL_BASE}

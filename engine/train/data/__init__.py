@@ -4,6 +4,8 @@ Kept import-light (no torch, nothing heavy at import): `engine.train.data.cli` i
 Use the submodules: `layouts.scan`, `datasets.StemDataset`, `synth.synthesize`.
 """
 
+from engine.model.config import OFFICIAL_CLIP_SECONDS
+
 DATASET_JSON = "dataset.json"  # a data set's description at its root (settings, splits, "complete")
 
 
@@ -22,7 +24,7 @@ def read_dataset_json(root, missing: str) -> dict:
 
 
 # Clip defaults, one for training, evaluation, tuning and export alike (datasets.ClipConfig's):
-CLIP_SECONDS = 5.0  # the official training clips' length
+CLIP_SECONDS = OFFICIAL_CLIP_SECONDS  # the official training clips' length
 FOUR_STEMS = "4stems"  # the class set of the official model's four stems (engine.instructions.OFFICIAL_STEMS)
 CLASS_SETS = (FOUR_STEMS, "all")  # named class sets; a list of class names is the other kind
 
