@@ -215,9 +215,9 @@ def test_corrupt_model_card_is_a_checkpoint_error(model_copy):
 def test_a_card_whose_stems_are_not_a_list_of_names_is_refused_not_read_letter_by_letter(model_copy):
     card_path = model_copy / "model_card.json"
     card = json.loads(card_path.read_text())
-    for bad in ("Drums", ["Drums", 3], ["Drums", " "]):
+    for bad in ("Drums", ["Drums", 3], ["Drums", " "], []):  # []: read as "the official four", without a word
         card_path.write_text(json.dumps({**card, "stems": bad}))
-        with pytest.raises(CheckpointError, match="stems must be a list of instrument names"):
+        with pytest.raises(CheckpointError, match="'stems' must be a non-empty list of stem names"):
             load_model(model_copy, device="cpu")
 
 
@@ -242,8 +242,8 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
     ("field", "value", "says"),
     [
         ("version", "x", "format version that is no whole number: 'x'"),
-        ("stems", "Bass", "'stems' must be a list of stem names, got 'Bass'"),
-        ("stems", [], "'stems' must be a list of stem names"),
+        ("stems", "Bass", "'stems' must be a non-empty list of stem names, got 'Bass'"),
+        ("stems", [], "'stems' must be a non-empty list of stem names"),
         ("fusion", 3, "'fusion' must be an object"),
         ("training", "x", "'training' must be an object, got 'x'"),
         ("training", {"input_rms_db": "loud"}, "training.input_rms_db must be a number, got 'loud'"),
@@ -493,7 +493,7 @@ def test_peeking_refuses_an_adapter_json_that_loading_refuses_in_its_words(model
     other = shutil.copytree(model_copy / "adapter", tmp_path / "other")
     meta = json.loads((other / "adapter.json").read_text())
     (other / "adapter.json").write_text(json.dumps({**meta, "stems": "Drums"}))  # a string: its letters are no stems
-    with pytest.raises(CheckpointError, match="'stems' must be a list of stem names") as peeked:
+    with pytest.raises(CheckpointError, match="'stems' must be a non-empty list of stem names") as peeked:
         peek_card(model_copy, other)
     with pytest.raises(CheckpointError) as loaded:
         load_model(model_copy, other, device="cpu")

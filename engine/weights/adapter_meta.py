@@ -39,11 +39,16 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{meta_path} lacks the field {key!r}")
     if not isinstance(meta["fusion"], dict):
         raise CheckpointError(f"{meta_path}: 'fusion' must be an object of adapter settings")
-    stems = meta["stems"]
-    if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
-        raise CheckpointError(f"{meta_path}: 'stems' must be a list of stem names, got {stems!r}")
+    check_stems(meta["stems"], meta_path)
     meta["training"] = training_facts(meta, str(meta_path))  # checked once, read as numbers from here on
     return meta
+
+
+def check_stems(stems: Any, where: Any) -> None:
+    """CheckpointError unless `stems` (an adapter's or a model card's) is a non-empty list of stem names: an empty one
+    would leave the model no stem to name (a card's fell back to the official four without a word)."""
+    if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
+        raise CheckpointError(f"{where}: 'stems' must be a non-empty list of stem names, got {stems!r}")
 
 
 # What an adapter was trained on, as `training` in adapter.json: its clips' length and its inputs' median RMS.

@@ -18,7 +18,7 @@ from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
 from engine.files import jsonable, read_json_object, write_bytes_atomic
 from engine.model.fit import check_state_fits
-from engine.weights.adapter_meta import is_adapter_dir, read_adapter_meta
+from engine.weights.adapter_meta import check_stems, is_adapter_dir, read_adapter_meta
 from engine.weights.names import ADAPTER_DIR, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
 
 if TYPE_CHECKING:
@@ -144,9 +144,8 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     loader, peek_card, the installs that copy a card on): `stems` a list of names, `mask_depth` (card_mask_depth)."""
     where = Path(path) / MODEL_CARD
     card = read_json_object(where, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
-    stems = card.get("stems")
-    if stems is not None and not (isinstance(stems, list) and all(isinstance(s, str) and s.strip() for s in stems)):
-        raise CheckpointError(f"{where}: stems must be a list of instrument names, got {stems!r}")
+    if card.get("stems") is not None:
+        check_stems(card["stems"], where)
     card_mask_depth(card, where)
     return card
 
