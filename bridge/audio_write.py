@@ -18,6 +18,7 @@ from engine.errors import AudioError, ImusicError
 from engine.files import (
     PARTIAL_SUFFIX,
     fsync_folder,
+    give_way_name,
     result_file_name,
     result_file_path,
     sweep_temps,
@@ -294,8 +295,8 @@ def unique_result_path(
     writable_folder(candidate.parent, make=False)  # a file in the way is said now, not after the edit
     taken = {os.path.normcase(os.path.abspath(p)) for p in reserved}
     taken.add(os.path.normcase(os.path.abspath(input_path)))
-    stem, n = candidate.stem, 1
+    first, n = candidate, 1
     while os.path.lexists(candidate) or os.path.normcase(os.path.abspath(candidate)) in taken:
         n += 1
-        candidate = candidate.with_name(f"{stem}-{n}.wav")
+        candidate = give_way_name(first, n)
     return candidate

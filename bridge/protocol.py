@@ -373,8 +373,8 @@ class EditRequest:
 
     The REAPER actions, the client, the server, its journal and batch all hold this; two requests are the same job
     exactly when they are equal (`same_edit`: the times at float32 precision). `seed` None draws one; `output_path`
-    "" lets the server choose; `mode` "" is the operation's default ("mask": the edit keeps the recording;
-    "resynth": the model's output as it is).
+    "" lets the server choose; `mode` "" is the operation's default (engine.modes names the modes and where each
+    applies).
     """
 
     job_id: str

@@ -112,11 +112,11 @@ def sweep_temps(
 ) -> list[Path]:
     """Remove the temporary files `.{name}.{pid}.{8 hex}{suffix}` that writers killed mid-write (kill -9) left in
     `folder`: `atomic_path`'s (any name, `.tmp`) or one target's (`name`; audio results use `.partial.wav`), with
-    `numbered` also the names `{name}-2`, `{name}-3`... a result gives way to when its own is taken. Only names of
-    that form whose pid is dead go; a live writer's file and every other file stay. `starting`: this process has
-    written none yet (a server's start), so its own pid is a killed predecessor's too (a container's restarted
-    server often gets the same one). Returns what went."""
-    named = (re.escape(name) + (r"(?:-\d+)?" if numbered else "")) if name else ".+"
+    `numbered` also the names `{name}-2`, `{name}-3`... a result gives way to when its own is taken (GIVE_WAY).
+    Only names of that form whose pid is dead go; a live writer's file and every other file stay. `starting`: this
+    process has written none yet (a server's start), so its own pid is a killed predecessor's too (a container's
+    restarted server often gets the same one). Returns what went."""
+    named = (re.escape(name) + (f"(?:{GIVE_WAY})?" if numbered else "")) if name else ".+"
     pattern = re.compile(rf"^\.{named}\.(\d+)\.[0-9a-f]{{8}}{re.escape(suffix)}$")
     removed = []
     for candidate in Path(folder).glob(f".*{suffix}"):
@@ -415,12 +415,22 @@ def edit_slug(edit: str) -> str:
 # A result's name leaves room for its writer's temporary name beside it (`temp_name`: about 30 bytes more) under
 # the 255-byte name limit of common file systems.
 MAX_RESULT_NAME_BYTES = 220
+RESULT_SUFFIX = ".wav"  # every result is a WAV
+# The names a result gives way to when its own is taken (give_way_name): -2, -3, ... (sweep_temps matches them)
+GIVE_WAY = r"-(?:[2-9]|[1-9][0-9]+)"
+
+
+def give_way_name(path: Path, n: int) -> Path:
+    """The name `path` (a result's) takes as its n-th choice, n from 2, when the ones before are taken."""
+    if n < 2:
+        raise ValueError(f"a result gives way from -2 on, got {n}")
+    return path.with_name(f"{path.stem}-{n}{RESULT_SUFFIX}")
 
 
 def result_file_name(source: str, edit: str, tag: str = "") -> str:
     """How every front end names a result: `<source>.<edit slug>[.<tag>].wav` (`tag`: a job id, slugged); a source
     name too long for that is shortened to fit MAX_RESULT_NAME_BYTES."""
-    tail = "." + ".".join([edit_slug(edit), *([slug(tag, 24)] if tag else [])]) + ".wav"
+    tail = "." + ".".join([edit_slug(edit), *([slug(tag, 24)] if tag else [])]) + RESULT_SUFFIX
     room = MAX_RESULT_NAME_BYTES - len(tail.encode())
     if len(source.encode()) <= room:
         return source + tail
@@ -440,8 +450,10 @@ def result_file_path(output: str | Path) -> Path:
     suffix) and a device or pipe (/dev/null: its folder would get a null.wav); a trailing dot goes ("x." is x.wav)."""
     path = Path(output)
     name = path.name.rstrip(".")
-    if name in ("", "-") or name.lower() == ".wav":
-        raise ConfigError(f"name the result file, e.g. {path.with_name('result.wav')} (got {str(output)!r})")
+    if name in ("", "-") or name.lower() == RESULT_SUFFIX:
+        raise ConfigError(
+            f"name the result file, e.g. {path.with_name('result' + RESULT_SUFFIX)} (got {str(output)!r})"
+        )
     try:
         special = path.exists() and not path.is_file() and not path.is_dir()
     except OSError:  # a name too long to look up: the length check below names it
@@ -450,10 +462,10 @@ def result_file_path(output: str | Path) -> Path:
         raise ConfigError(f"{path} is not a regular file (a device or a pipe): name a .wav file for the result")
     path = path.with_name(name)
     suffix = path.suffix.lower()
-    if suffix in AUDIO_SUFFIXES and suffix != ".wav":
-        raise ConfigError(f"results are written as WAV: name the output {path.with_suffix('.wav').name}")
-    if suffix != ".wav":
-        path = path.with_name(path.name + ".wav")
+    if suffix in AUDIO_SUFFIXES and suffix != RESULT_SUFFIX:
+        raise ConfigError(f"results are written as WAV: name the output {path.with_suffix(RESULT_SUFFIX).name}")
+    if suffix != RESULT_SUFFIX:
+        path = path.with_name(path.name + RESULT_SUFFIX)
     size = len(path.name.encode())
     if size > MAX_RESULT_NAME_BYTES:
         raise ConfigError(

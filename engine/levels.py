@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.loudness import ABSOLUTE_GATE, GATE_BLOCK_S
 from engine.loudness import integrated_loudness as loudness_of
-from engine.modes import MASK
+from engine.modes import LAYER, MASK, MODE_HELP
 
 DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R128's -23 is for finished programmes)
 TRUE_PEAK_CEILING_DB = -1.0
@@ -379,7 +379,7 @@ def match_level(
                 f"the result went past {mask_ceiling():+.1f} dBTP and the limiter lowered it by up to {-deepest:.1f} dB"
             )
             if op == "add":
-                note += ", your recording with it; --mode layer gives the new part alone, to mix yourself"
+                note += f", your recording with it; --mode {LAYER} gives {MODE_HELP[LAYER]}, to mix yourself"
             info["warnings"].append(note)
     else:
         if op in ("extract", "remove"):

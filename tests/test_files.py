@@ -264,3 +264,18 @@ def test_a_lock_file_that_cannot_be_removed_while_open_is_closed_then_removed(tm
     monkeypatch.setattr(files.os, "unlink", windows_unlink)
     files.unlock_and_remove(handle)
     assert handle.closed and not (tmp_path / ".lock").exists()
+
+
+def test_a_results_give_way_names_are_the_ones_its_sweep_knows(tmp_path):
+    from engine.files import give_way_name
+
+    first = tmp_path / "song.extract-drums.wav"
+    assert [give_way_name(first, n).name for n in (2, 10)] == ["song.extract-drums-2.wav", "song.extract-drums-10.wav"]
+    with pytest.raises(ValueError):
+        give_way_name(first, 1)
+    leftovers = {n: tmp_path / f".{first.stem}{n}.{dead_pid()}.0badc0de.partial.wav" for n in ("", "-2", "-10")}
+    others = [tmp_path / f".{first.stem}{n}.{dead_pid()}.0badc0de.partial.wav" for n in ("-1", "-0", "-02", "-x")]
+    for path in [*leftovers.values(), *others]:
+        path.write_bytes(b"half")
+    removed = sweep_temps(tmp_path, name=first.stem, suffix=".partial.wav", numbered=True)
+    assert sorted(removed) == sorted(leftovers.values()) and all(path.exists() for path in others)
