@@ -255,7 +255,7 @@ class Client:
         job_id: str,
         timeout: float | None = None,
         on_progress: Callable[[float, str], None] | None = None,
-        resend_after: float = 1.0,
+        resend_after: float = tracking.RESEND_AFTER_S,
         give_up_after: float | None = tracking.GIVE_UP_AFTER_S,
     ) -> JobResult:
         """Block until the job is done; RemoteError if it failed or was cancelled, NoReply on timeout.
@@ -269,7 +269,8 @@ class Client:
         """
         waiting_since = time.monotonic()
         deadline = None if timeout is None else waiting_since + timeout
-        self.tracker.resend_after, self.tracker.status_after = resend_after, 5 * resend_after
+        self.tracker.resend_after = resend_after
+        self.tracker.status_after = tracking.STATUS_AFTER_RESENDS * resend_after
         if job_id not in self.tracker.jobs:
             self.tracker.watch(job_id, time.monotonic())
             self.send(protocol.STATUS, job_id)  # replies go to its submitter; learn its state by asking

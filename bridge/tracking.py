@@ -41,6 +41,11 @@ ANSWER_WITHIN_S = 3.0
 # How long an engine that answers pings may take to accept an edit: it journals each job (fsync) before it answers
 # /accepted, and a slow or busy disk takes longer than a ping.
 ACCEPT_WITHIN_S = 30.0
+# An edit not yet accepted is resent after this much silence (UDP may drop it, or its reply; job ids make a resend
+# harmless), and an accepted job is asked for its state after STATUS_AFTER_RESENDS times as long (the blocking
+# client's pace; the REAPER actions ask at the resend pace).
+RESEND_AFTER_S = 1.0
+STATUS_AFTER_RESENDS = 5
 WAITING_FOR_QUEUE = "waiting for a place in the engine's queue"  # the stage of an edit refused with queue_full
 
 
@@ -88,7 +93,9 @@ class TrackedJob:
 class ReplyTracker:
     """The jobs of one requester, keyed by job id; any pending one can be resent."""
 
-    def __init__(self, resend_after: float = 1.0, status_after: float = 5.0) -> None:
+    def __init__(
+        self, resend_after: float = RESEND_AFTER_S, status_after: float = STATUS_AFTER_RESENDS * RESEND_AFTER_S
+    ) -> None:
         self.resend_after = resend_after
         self.status_after = status_after
         self.jobs: dict[str, TrackedJob] = {}

@@ -56,7 +56,7 @@ EXT_SECTION = "imusic"
 # No /accepted within this many seconds: the engine is not there (or not on this port).
 ACCEPT_TIMEOUT_S = tracking.ANSWER_WITHIN_S
 # Resend an unanswered edit, or ask for an accepted job's state, after this much silence (UDP may drop a reply).
-RESEND_EVERY_S = 1.0
+RESEND_EVERY_S = tracking.RESEND_AFTER_S
 # Give up on jobs after this much silence from the engine (it sends progress while it works).
 LOST_AFTER_S = tracking.GIVE_UP_AFTER_S
 # Two fields, their values separated by "|" (an instruction may hold commas): the instruction and the mode. REAPER
