@@ -492,6 +492,21 @@ def test_unreadable_stems_and_unusable_test_songs_are_counted_in_the_report(tiny
     assert "1 x unreadable stem file" in text and "1 test song(s) skipped (solo: only 1 stem class" in text
 
 
+def test_a_test_song_whose_stem_is_silent_is_not_scored_and_the_report_says_so(tiny_editor, tmp_path):
+    """Its "extract bass" scored silence against silence (identity SI-SDR -107 dB) into every mean, without a word."""
+    data = tmp_path / "data"
+    for split, song in (("train", "a"), ("validation", "b"), ("test", "c")):
+        write_folder_song(data / split / song)
+    write_folder_song(data / "test" / "silent bass", bass_from=None)
+    report = evaluate(data, ["extract"], tmp_path / "out", editor=_EchoEditor(tiny_editor), seconds=1.0, progress=False)
+    part = report["tasks"]["extract"]
+    scored = {(clip["song"], clip["stem"]) for clip in part["examples"]}
+    assert ("silent bass", "Bass") not in scored and {song for song, _ in scored} == {"c"}
+    assert [(s["song"], s["stem"]) for s in part["skipped"]] == [("silent bass", "Bass")]
+    assert "near-silent after" in part["skipped"][0]["reason"]
+    assert "clip(s) skipped: near-silent after" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_a_data_set_too_small_for_the_split_is_a_data_error_naming_the_need(tiny_editor, tmp_path):
     for song in ("a", "b"):
         write_folder_song(tmp_path / "data" / song)

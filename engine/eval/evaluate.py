@@ -392,6 +392,13 @@ def evaluate(
                 group = []  # (index, clip, instruction, source, target) of one batch
                 for index in picks[scored : scored + size]:
                     clip = clips[index]
+                    if clip.quiet:  # a silent stem's "extract" scores silence against silence: no measure of an edit
+                        reason = (
+                            f"near-silent after {clip.redraws} redraws (is {clip.stem_name}, or the rest of the song, "
+                            "silent there?)"
+                        )
+                        skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": reason})
+                        continue
                     try:
                         instruction = Instruction.for_card(task, clip.stem_name, editor.card)
                     except InstructionError as exc:
