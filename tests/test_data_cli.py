@@ -55,6 +55,26 @@ def test_info_on_a_folder_in_no_known_layout_is_one_line_and_exit_1(tmp_path, ca
     assert err.count("\n") == 1 and "no stem data set found" in err
 
 
+def test_info_names_each_file_it_left_out_and_why(tmp_path, capsys, monkeypatch):
+    from test_bridge_support import write_folder_song
+
+    from engine.train.data import cli
+
+    for i in range(3):
+        write_folder_song(tmp_path / f"song {i}")
+    (tmp_path / "song 0" / "guitar.wav").write_bytes(b"")
+    (tmp_path / "song 1" / "keys.wav").write_bytes(b"not audio")
+    assert main(["data", "info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'song 0' / 'guitar.wav'}: unreadable stem file" in out
+    assert f"{tmp_path / 'song 1' / 'keys.wav'}: unreadable stem file" in out
+    assert main(["data", "info", str(tmp_path), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["problems"]) == 2
+    monkeypatch.setattr(cli, "SHOWN_PROBLEMS", 1)
+    assert main(["data", "info", str(tmp_path)]) == 0
+    assert "... and 1 more (--json lists them all)" in capsys.readouterr().out
+
+
 def test_synth_without_tracks_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["data", "synth", "-o", str(tmp_path / "x")])

@@ -198,7 +198,11 @@ def summarize(data_dir: str, layout: str = "auto") -> dict:
             for cls, e in sorted(classes.items(), key=lambda item: -item[1]["stems"])
         },
         "skipped": dict(catalog.problem_counts()),
+        "problems": [[path, reason] for path, reason in catalog.problems],  # each file left out, and why
     }
+
+
+SHOWN_PROBLEMS = 20  # files left out that `imusic data info` names one by one (--json lists them all)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -216,4 +220,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {cls:<22}{entry['songs']:>7}{entry['stems']:>7}{entry['hours']:>9.3f}")
     for reason, count in summary["skipped"].items():
         print(f"  skipped: {count} x {reason}")
+    for path, reason in summary["problems"][:SHOWN_PROBLEMS]:
+        print(f"    {path}: {reason}")
+    if len(summary["problems"]) > SHOWN_PROBLEMS:
+        print(f"    ... and {len(summary['problems']) - SHOWN_PROBLEMS} more (--json lists them all)")
     return 0
