@@ -59,6 +59,8 @@ ACCEPT_TIMEOUT_S = tracking.ANSWER_WITHIN_S
 RESEND_EVERY_S = tracking.RESEND_AFTER_S
 # Give up on jobs after this much silence from the engine (it sends progress while it works).
 LOST_AFTER_S = tracking.GIVE_UP_AFTER_S
+# Time a deferred round may spend building the waveforms of inserted results (REAPER's timer ticks every ~33 ms)
+PEAK_BUDGET_S = 0.015
 # Two fields, their values separated by "|" (an instruction may hold commas): the instruction and the mode. REAPER
 # splits the captions on every comma whatever the separator, so no caption may hold one.
 CAPTIONS = (
@@ -268,7 +270,7 @@ def _keep_loop() -> None:
     """The start of every action that edits: take over the deferred loop of earlier edits (REAPER may have ended the
     instance that ran it). A run of an action while an earlier run of it waits starts a new instance without REAPER's
     question: its reaper-kb.ini line says so (reaper_scripts.keymap.SCRIPT_FLAGS)."""
-    if _SESSIONS:
+    if _SESSIONS or project.PEAKS.pending:
         _ensure_loop()
 
 
@@ -389,7 +391,8 @@ def tick(loop: int | None = None) -> None:
             title = planning.undo_description(session.instruction)
             _message(f"{title} stopped on an internal error: {type(exc).__name__}: {exc}")
     _remember_jobs(R)
-    if _SESSIONS:
+    project.PEAKS.run(R, PEAK_BUDGET_S)
+    if _SESSIONS or project.PEAKS.pending:
         _defer_tick()
     else:
         R.RPR_DeleteExtState(EXT_SECTION, "cancelled", False)

@@ -6,6 +6,7 @@ the decisions are reaper_scripts.planning's, the actions' state imusic_lib's.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from reaper_scripts import planning
@@ -245,16 +246,37 @@ def insert_results(R: Any, instruction: str, jobs: list[Any]) -> None:
 _PEAK_STEPS = 10_000
 
 
-def _build_peaks(R, source: str) -> None:
-    """Build the waveform of a source made by the API (REAPER builds none for it on its own), in REAPER's three
-    phases: begin (0: nothing to build), run until it returns 0 (the percentage left), finish. A build given up on is
-    not finished: the API's documentation warns that finishing before the run reached 0 can leave broken peaks."""
-    if not R.RPR_PCM_Source_BuildPeaks(source, 0):
-        return
-    for _ in range(_PEAK_STEPS):
-        if not R.RPR_PCM_Source_BuildPeaks(source, 1):
-            R.RPR_PCM_Source_BuildPeaks(source, 2)
-            return
+class PeakBuilds:
+    """Waveforms of sources made by the API (REAPER builds none for them on its own), built in REAPER's three phases:
+    begin (0: nothing to build), run until it returns 0 (the percentage left), finish (2). The API's documentation
+    asks for the run to be called periodically: a step reads a part of the file on REAPER's UI thread, so `run`
+    takes steps for at most a time budget per deferred round (an hour-long result, or several, read in one round
+    froze REAPER). A build given up on after _PEAK_STEPS steps is not finished: finishing before the run reached 0 can
+    leave broken peaks."""
+
+    def __init__(self) -> None:
+        self.pending: list[list] = []  # [source, steps taken]
+
+    def add(self, R, source: str) -> None:
+        if R.RPR_PCM_Source_BuildPeaks(source, 0):
+            self.pending.append([source, 0])
+
+    def run(self, R, budget_s: float) -> None:
+        """Steps of the pending builds, oldest first, until they end or `budget_s` is spent (one step at least)."""
+        until = time.monotonic() + budget_s
+        while self.pending:
+            build = self.pending[0]
+            build[1] += 1
+            if not R.RPR_PCM_Source_BuildPeaks(build[0], 1):
+                R.RPR_PCM_Source_BuildPeaks(build[0], 2)
+                self.pending.pop(0)
+            elif build[1] >= _PEAK_STEPS:
+                self.pending.pop(0)
+            if time.monotonic() >= until:
+                return
+
+
+PEAKS = PeakBuilds()  # one REAPER, one Python: the builds of every action, stepped by the deferred loop
 
 
 def _add_result_item(R, track: str, job: Any, label: str) -> None:
@@ -262,7 +284,7 @@ def _add_result_item(R, track: str, job: Any, label: str) -> None:
     chunk = planning.result_item_chunk(job.plan.position, job.plan.length, job.result_path)
     R.RPR_SetItemStateChunk(item, chunk, False)
     take = R.RPR_GetActiveTake(item)
-    _build_peaks(R, R.RPR_GetMediaItemTake_Source(take))  # the take's own source: one the binding lets through
+    PEAKS.add(R, R.RPR_GetMediaItemTake_Source(take))  # the take's own source: one the binding lets through
     _set_fade(R, item, "IN", job.plan.fade_in)  # the source's fades where the result keeps its edges
     _set_fade(R, item, "OUT", job.plan.fade_out)
     # The result holds the source region's samples: same rate, no stretch, so it lines up with the source item.

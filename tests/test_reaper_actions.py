@@ -204,6 +204,37 @@ def test_a_peak_build_that_never_ends_does_not_hang_reaper_and_the_result_still_
     assert calls[0] == 0 and 2 not in calls and 1000 < calls.count(1) <= 10_000
 
 
+def test_a_long_peak_build_is_stepped_across_deferred_rounds_not_run_in_one(harness, source_file):
+    """A step reads a part of the file on REAPER's UI thread: an hour-long result built in one round froze REAPER."""
+    reaper = harness.reaper
+    rounds, left = [], {}
+
+    def slow(src, mode):  # 30 steps of 10 ms each: 0.3 s of reading in all
+        if mode == 1:
+            rounds.append(reaper.rounds)
+            time.sleep(0.01)
+            left[src] = left.get(src, 100) - 100 / 30
+            return max(0, round(left[src]))
+        return 1 if mode == 0 else 0
+
+    reaper.RPR_PCM_Source_BuildPeaks = slow
+    reaper.install()
+    run_deferred = reaper.run_deferred
+
+    def counted() -> int:
+        reaper.rounds = getattr(reaper, "rounds", 0) + 1
+        return run_deferred()
+
+    reaper.rounds, reaper.run_deferred = 0, counted
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    assert len(reaper.tracks[1].items) == 1 and len(rounds) == 30
+    per_round = [rounds.count(r) for r in set(rounds)]
+    assert max(per_round) <= 3 and len(per_round) >= 10  # a budget of 15 ms a round: two 10 ms steps, not thirty
+
+
 def test_running_actions_again_adds_their_folder_to_pythons_path_once(harness, source_file):
     """REAPER keeps one Python interpreter for every script: each run must not push the same folder again."""
     import sys
