@@ -68,6 +68,16 @@ def test_resume_continues_exactly(tones, tmp_path):
     assert _losses(tmp_path / "cut") == pytest.approx(_losses(tmp_path / "full"), rel=1e-5)
 
 
+def test_a_codec_run_whose_data_set_changed_is_not_resumed(tones, tmp_path):
+    from engine.errors import CheckpointError
+
+    train_codec(tones, tmp_path / "cut", _tiny_cfg(6), threads=1, quiet=True, stop_after=3)
+    (tones / "song_c").mkdir()
+    sf.write(tones / "song_c" / "stem0.flac", np.zeros(16000, np.float32) + 0.1, 16000)  # a song added
+    with pytest.raises(CheckpointError, match="the data set changed since step 3"):
+        train_codec(tones, tmp_path / "cut", _tiny_cfg(6), threads=1, quiet=True, resume=True)
+
+
 def test_a_run_killed_after_logging_past_its_checkpoint_resumes_to_the_uninterrupted_log(tones, tmp_path, monkeypatch):
     """Rows logged after the last checkpoint are replayed, not doubled, and every row averages the same steps as an
     uninterrupted run's (a checkpoint between two log steps carries the losses summed so far)."""
@@ -443,7 +453,11 @@ def test_train_once_resumes_a_cut_codec_run_then_leaves_the_finished_one_alone(t
     run = tmp_path / "run"
     cfg = _tiny_cfg(6)
     cfg.extra = {"data": str(data)}
-    assert train_codec(data, run, cfg, threads=1, quiet=True, stop_after=3) is None  # cut after 3 of 6 steps
+    # cut after 3 of 6 steps, on the files the command trains on (the held-out songs left out, as it leaves them)
+    from engine.train.codec_train import held_out_songs
+
+    cut = train_codec(data, run, cfg, threads=1, quiet=True, stop_after=3, exclude_songs=held_out_songs(data))
+    assert cut is None
     assert not finished_file("codec", run).exists()
     once = ["train", "--stage", "codec", "--once", "--data", str(data), "-o", str(run), "--quiet"]
     assert main([*once, "--batch", "2", "--wave-mse", "1.5"]) == 0

@@ -284,6 +284,45 @@ def test_a_corrupted_checkpoint_names_the_file_and_offers_the_previous_one(confi
     assert resumed.step == 6
 
 
+def test_resuming_from_an_older_checkpoint_sets_the_later_ones_aside(config, tmp_path):
+    """The newest, damaged checkpoint stayed "the latest" beside the resumed run's own, and pruning by name deleted
+    the good one it had resumed from: every later --resume failed on the damaged file."""
+    train(config, tmp_path / "run", progress=False, export=False)
+    older, newest = list_checkpoints(tmp_path / "run")
+    newest.write_bytes(newest.read_bytes()[:200])
+    longer = replace(config, steps=8, ckpt_every=3)
+    train(longer, tmp_path / "run", resume_from=older, progress=False, export=False, stop_after=3)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == [older.name, "step_00000003.pt"]
+    assert newest.with_name(newest.name + ".abandoned").is_file()  # kept for the user, picked by nothing
+    assert train(longer, tmp_path / "run", resume=True, progress=False, export=False).step == 8
+
+
+def test_a_run_resumed_with_more_steps_follows_the_longer_schedule_from_its_first_step(config, tmp_path):
+    """The optimizer's saved rate was the old schedule's end (0): the first resumed step was taken at it."""
+    train(replace(config, steps=3), tmp_path / "run", progress=False, export=False)
+    resumed = train(replace(config, steps=6), tmp_path / "run", resume=True, progress=False, export=False)
+    fresh = train(replace(config, steps=6), tmp_path / "fresh", progress=False, export=False)
+    assert resumed.history["lr"][3:] == fresh.history["lr"][3:]
+
+
+def test_a_run_whose_data_set_changed_is_not_resumed(config, tmp_path):
+    """Songs added or removed that leave the item count as it was went unnoticed: other batches, other validation
+    songs, and keep-best comparing losses on different songs."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(config.data, data)
+    moved = replace(config, data=str(data))
+    train(moved, tmp_path / "run", progress=False, export=False, stop_after=2)
+    song = next(p for p in sorted(data.rglob("*.flac")) if "stems" in p.parts)  # one stem of one song, cut short
+    import soundfile as sf
+
+    audio, rate = sf.read(str(song))
+    sf.write(str(song), audio[: len(audio) // 2], rate)
+    with pytest.raises(CheckpointError, match="the data set changed since step 2"):
+        train(moved, tmp_path / "run", resume=True, progress=False, export=False)
+
+
 def test_resume_without_a_checkpoint_is_a_checkpoint_error(config, tmp_path):
     with pytest.raises(CheckpointError, match="nothing to resume"):
         train(config, tmp_path / "empty", resume=True, progress=False)

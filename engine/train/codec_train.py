@@ -13,6 +13,7 @@ No adversarial loss: it would triple the cost per step on 2 CPU cores; the price
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 import sys
@@ -357,6 +358,12 @@ def train_codec(
     files = training_audio_files(data, exclude_songs)
     sampler = ClipSampler(files, cfg.sample_rate, cfg.seconds, seed=cfg.seed, preload=cfg.preload)
     rvq = RVQTrainer(model, cfg.ema_decay, cfg.dead_code_threshold)
+    # the files it draws from, where they lie in the data set and their lengths: a resume must find the same
+    drawn = [
+        (Path(path).relative_to(Path(data)).as_posix(), frames)
+        for path, frames in zip(files, sampler.frames, strict=True)
+    ]
+    identity = hashlib.sha1(json.dumps(drawn).encode()).hexdigest()[:16]
     step = 0
     if init_from is not None and not (resume and checkpoints):
         _load_initial(model, Path(init_from))
@@ -365,6 +372,12 @@ def train_codec(
         rvq.initialised = any(bool(codebook.embed.abs().sum()) for codebook in rvq.codebooks)
     if resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None, stage="codec")
+        if state.get("data", identity) != identity:  # checkpoints before this have none
+            raise CheckpointError(
+                f"the data set changed since step {state['step']} was saved (files added, removed or changed in "
+                f"{data}): resuming would not draw the clips the run drew; use the data it was trained on, or start "
+                "a new run"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -447,6 +460,7 @@ def train_codec(
                 rng=rng_state(),
                 running=running.tolist(),
                 summed=summed,
+                data=identity,
             )
             save_checkpoint(run_dir, step, payload, keep=1)
     bar.close()

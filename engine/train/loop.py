@@ -8,6 +8,7 @@ runs its own loop: codec_train.py.)
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import sys
@@ -105,6 +106,13 @@ class Trainer:
         self.stage.load_trainable_state(payload["trainable"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        # The saved rate is the old schedule's: a run resumed with more --steps took its first step at it (0 where the
+        # old run had ended). LambdaLR's own rule, at the step reached, on this run's schedule (the same value when
+        # nothing changed).
+        for group, base, factor in zip(
+            self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         if payload.get("scaler"):
             self.scaler.load_state_dict(payload["scaler"])
         sampled = payload["sampler"]
@@ -191,6 +199,8 @@ class Trainer:
         self.stage.module.train()
         return total / len(chosen)
 
+    data_identity = ""  # data_identity of the run's training and validation songs (train sets it)
+
     def checkpoint(self, started: float) -> Path:
         # Wall time of the whole run, summed over its sessions (a resumed run adds its own).
         self.history["wall_seconds"] = self.wall_before + (time.monotonic() - started)
@@ -206,6 +216,7 @@ class Trainer:
             rng=rng_state(),
             history=self.history,
             best=None if self.best is None else dict(zip(("step", "val", "trainable"), self.best, strict=True)),
+            data=self.data_identity,
         )
         return save_checkpoint(self.run_dir, self.step, state, self.cfg.keep)
 
@@ -280,6 +291,36 @@ class NonFiniteLoss(DataError):
         self.step = step
 
 
+def data_identity(*datasets: Any) -> str:
+    """What a run's songs are, as a short hash: each song's id and its stems' names, lengths and rates (read from the
+    scan, no audio; independent of where the data set lies). A resumed run must find the same."""
+    import hashlib
+
+    songs = [
+        (plan.song.song_id, sorted((stem.name, stem.frames, stem.sample_rate) for stem in plan.song.stems))
+        for data in datasets
+        if data is not None
+        for plan in data.plans
+    ]
+    return hashlib.sha1(json.dumps(songs).encode()).hexdigest()[:16]
+
+
+ABANDONED = ".abandoned"
+
+
+def _set_aside_later(run_dir: Path, step: int) -> None:
+    """Checkpoints after `step`, the one --resume-from goes back to, are another timeline's: renamed `*.abandoned`
+    (kept, but no --resume picks them). Left in place, the newest (perhaps the damaged one that sent the user back)
+    was still "the latest", and pruning by name deleted the good one this run had resumed from."""
+    for later in list_checkpoints(run_dir):
+        if int(later.stem.split("_")[-1]) > step:
+            later.rename(later.with_name(later.name + ABANDONED))
+            print(
+                f"imusic train: {later.name} is after step {step}: set aside as {later.name}{ABANDONED}",
+                file=sys.stderr,
+            )
+
+
 def _resolved_config(
     cfg: TrainConfig, run_dir: Path, resume: bool, resume_from: str | Path | None, changes: Sequence[str]
 ) -> tuple[TrainConfig, dict | None]:
@@ -348,21 +389,31 @@ def train(
     cfg = replace(cfg, extra={**cfg.extra, "run_dir": str(run_dir)})
     stage = STAGES[cfg.stage](cfg, device)
     train_data = stage.dataset("train")
-    # processes that read clips: none on a CPU (they would compete with the model for its cores), else a few
-    auto_workers = 0 if device.type == "cpu" else min(MAX_AUTO_WORKERS, usable_cores())
-    workers = cfg.workers if cfg.workers is not None else auto_workers
-    if cfg.pool:
-        key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY}
-        train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, progress, workers)
     try:
         val_data = stage.dataset("validation")
     except DataError as exc:
         val_data = None
         print(f"imusic train: no validation loss ({exc})", file=sys.stderr)
+    identity = data_identity(train_data, val_data)
+    if payload is not None and payload.get("data", identity) != identity:  # checkpoints before this have none
+        raise CheckpointError(
+            f"the data set changed since step {payload['step']} was saved (songs added, removed or changed in "
+            f"{cfg.data}): resuming would draw other batches and validate on other songs than the run did; use the "
+            "data it was trained on, or start a new run"
+        )
+    # processes that read clips: none on a CPU (they would compete with the model for its cores), else a few
+    auto_workers = 0 if device.type == "cpu" else min(MAX_AUTO_WORKERS, usable_cores())
+    workers = cfg.workers if cfg.workers is not None else auto_workers
+    if cfg.pool:
+        key = {k: v for k, v in asdict(cfg).items() if k in POOL_KEY} | {"songs": identity}
+        train_data = CodePool.build(stage, train_data, cfg.pool, run_dir, cfg.batch, key, progress, workers)
 
     trainer = Trainer(cfg, stage, device, train_data, val_data, run_dir)
+    trainer.data_identity = identity
     if payload is not None:
         trainer.restore(payload)
+    if resume_from is not None:
+        _set_aside_later(run_dir, trainer.step)
     if cfg.pool:
         workers = 0  # the pool is in memory: nothing to decode ahead
     feeder = ClipFeeder(train_data, trainer.sampler, cfg.batch, workers, cfg.seed)
