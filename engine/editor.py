@@ -109,7 +109,7 @@ def _layer_notes(layer: np.ndarray, audio: np.ndarray, sample_rate: int, levels:
     limiter on their sum would have caught and nothing can on two tracks, the producer is told to lower them."""
     from engine.levels import true_peak_db
 
-    if levels.get("policy") == "silent":
+    if not np.any(layer):  # a quiet part (under the meter's gate: a fade, a quiet intro) is no empty one
         return ["nothing was added: the model's output holds nothing beyond the recording"]
     notes = list(levels.get("warnings", []))
     together = true_peak_db(audio + layer, sample_rate)

@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.loudness import ABSOLUTE_GATE, GATE_BLOCK_S
 from engine.loudness import integrated_loudness as loudness_of
-from engine.modes import LAYER, MASK, MODE_HELP
+from engine.modes import LAYER, MASK, MASKED_MODES, MODE_HELP
 
 DEFAULT_TARGET_LUFS = -18.0  # a typical stem level in a mixing session (EBU R128's -23 is for finished programmes)
 TRUE_PEAK_CEILING_DB = -1.0
@@ -335,7 +335,7 @@ def match_level(
     raw: bool = False,
     ceiling_db: float = TRUE_PEAK_CEILING_DB,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Apply the level policy (module docstring) of `mode` (engine.modes: MASK or RESYNTH, no default: the caller
+    """Apply the level policy (module docstring) of `mode` (engine.modes: MASK, LAYER or RESYNTH, no default: the caller
     says which) to an edit result [C, N]; returns (audio, info for the reply).
 
     `source` is the region the user selected, at the same rate. `info` says which policy was used, the measured
@@ -355,8 +355,8 @@ def match_level(
     }
     out = result
 
-    def mask_ceiling() -> float:  # mask mode: peaks above the ceiling only where the recording itself had them
-        return max(ceiling_db, true_peak_db(source, sample_rate)) if mode == MASK else ceiling_db
+    def mask_ceiling() -> float:  # mask modes: peaks above the ceiling only where the recording itself had them
+        return max(ceiling_db, true_peak_db(source, sample_rate)) if mode in MASKED_MODES else ceiling_db
 
     if raw:
         pass
@@ -370,16 +370,14 @@ def match_level(
         )
         # the ceiling still holds: at rates of 2-2.5 kHz the meter's filter reads -inf for any music
         out, info["limited"] = limit(result, sample_rate, mask_ceiling())
-    elif mode == MASK and not is_silent(source):  # add on silence: nothing to keep, the default level
+    elif mode in MASKED_MODES and not is_silent(source):  # add on silence: nothing to keep, the default level
         out, deepest = limit_depth(result, sample_rate, mask_ceiling())  # the recording's own level
         info.update(policy="recording", limited=deepest is not None)
         if deepest is not None and deepest < -LIMITED_NOTE_DB:
-            # an added part took the sum past the recording's own peak: the limiter lowers both, the recording too
-            note = (
-                f"the result went past {mask_ceiling():+.1f} dBTP and the limiter lowered it by up to {-deepest:.1f} dB"
-            )
-            if op == "add":
-                note += f", your recording with it; --mode {LAYER} gives {MODE_HELP[LAYER]}, to mix yourself"
+            what = "the added part" if mode == LAYER else "the result"
+            note = f"{what} went past {mask_ceiling():+.1f} dBTP and the limiter lowered it by up to {-deepest:.1f} dB"
+            if op == "add" and mode == MASK:  # the part took the sum past the recording's peak: both were lowered
+                note += f", your recording with it; --mode {LAYER} gives {MODE_HELP[LAYER]}"
             info["warnings"].append(note)
     else:
         if op in ("extract", "remove"):

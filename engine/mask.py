@@ -51,7 +51,7 @@ import numpy as np
 from engine.errors import Cancelled, ConfigError
 from engine.instructions import OPERATIONS
 from engine.levels import STEM_FLOOR_LU, STEM_QUANTILE, match_level, weighted_power_ratio
-from engine.modes import MASK
+from engine.modes import LAYER, MASK
 
 STEER_EXTRACT = "extract"  # MaskSettings.steer: the mask of a remove comes from the model's extraction of the stem
 # The operations whose mask cuts, and so take a depth (MaskSettings.depth, a card's `mask_depth`): add's mask keeps the
@@ -151,7 +151,7 @@ def mask_result(
     policy (engine.levels.match_level: the recording's own level, a true-peak ceiling; none when `raw`). The Editor,
     the evaluation's ideal-mask row and the choice of the mask's settings and depth all finish a mask so."""
     edited = apply_edit(original, rate, estimate, estimate_rate, op, settings, layer=layer, stop=stop)
-    return match_level(edited, np.atleast_2d(original), rate, op, mode=MASK, raw=raw)
+    return match_level(edited, np.atleast_2d(original), rate, op, mode=LAYER if layer else MASK, raw=raw)
 
 
 def ideal_estimate(

@@ -751,6 +751,26 @@ def test_a_layer_says_when_nothing_was_added_and_when_it_peaks_high_with_the_rec
     assert note.startswith("with the recording this part peaks at +5.0 dBTP, over full scale")
     for quiet in (0.01 * recording, 0.1 * recording):  # together under full scale: nothing to say
         assert _layer_notes(quiet, recording, rate, {"policy": "recording", "warnings": []}) == []
+    # a part under the loudness meter's gate (a fade, a quiet intro) is there, only quiet: said so, not "nothing"
+    faint = {"policy": "silent", "warnings": ["the result is too quiet to measure"]}
+    assert _layer_notes(1e-4 * recording, 1e-4 * recording, rate, faint) == ["the result is too quiet to measure"]
+
+
+def test_a_layer_the_limiter_lowers_says_the_part_was_lowered_not_the_recording(tiny_editor, monkeypatch):
+    """The layer was levelled as the mask mode's sum: its note said the recording went down with it and offered
+    --mode layer, the mode in use; the recording is not in a layer."""
+    editor = Editor(tiny_editor.model)
+    rate = editor.sample_rate
+    t = np.arange(2 * rate) / rate
+    recording = (0.05 * np.sin(2 * np.pi * 220 * t))[None].astype(np.float32)
+    loud = (1.5 * np.sin(2 * np.pi * 1500 * t)).astype(np.float32)
+    monkeypatch.setattr(editor, "_edit_with_retries", lambda audio, *args: (audio + loud[None], {}))
+    layer = editor.edit(recording, rate, "add guitar", seed=0, mode="layer")
+    (note,) = [w for w in layer.info["warnings"] if "limiter lowered it" in w]
+    assert note.startswith("the added part went past") and "recording" not in note and "--mode" not in note
+    mixed = editor.edit(recording, rate, "add guitar", seed=0, mode="mask")
+    (note,) = [w for w in mixed.info["warnings"] if "limiter lowered it" in w]
+    assert note.startswith("the result went past") and "your recording with it; --mode layer" in note
 
 
 def test_one_seed_gives_the_same_edit_at_any_torch_thread_count():
