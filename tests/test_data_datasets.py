@@ -251,6 +251,11 @@ def test_a_song_of_no_split_beside_a_data_sets_own_split_leaves_its_test_songs_h
     assert all(mine.values()) and sum(map(len, mine.values())) == 40  # every split gets some, each once
     more = split_songs(musdb + own + [replace(own[0], song_id=f"later {i}") for i in range(20)], 0.1, 0.1, seed=0)
     assert {name: {s.song_id for s in part if s.song_id.startswith("mine")} for name, part in more.items()} == mine
+    # the data set's validation songs still come out of its train songs, however many of the others' join them
+    for extra in own:
+        parts = split_songs(musdb + [extra], 0.1, 0.1, seed=0)
+        from_train = [song for song in parts["validation"] if song.song_id.startswith("song")]
+        assert len(from_train) == 3, extra.song_id  # round(0.1 x 31): one song of its own did not replace them
 
 
 def test_split_is_deterministic_and_ignores_file_order():

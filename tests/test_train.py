@@ -106,6 +106,20 @@ def test_a_pooled_run_encodes_once_and_resumes_exactly(config, tmp_path):
     assert resumed.history["train"] == whole.history["train"]
 
 
+def test_a_pool_saved_before_the_data_check_still_resumes_without_encoding_again(config, tmp_path):
+    from engine.train.feeding import POOL_FILE
+
+    pooled = replace(config, pool=2)
+    train(pooled, tmp_path / "cut", progress=False, stop_after=2, export=False)
+    pool = tmp_path / "cut" / POOL_FILE
+    saved = torch.load(pool, weights_only=True)
+    saved["key"].pop("songs")  # as the previous version wrote it
+    torch.save(saved, pool)
+    before = pool.stat().st_mtime_ns
+    assert train(pooled, tmp_path / "cut", resume=True, progress=False, export=False).step == 4
+    assert pool.stat().st_mtime_ns == before  # read, not encoded again
+
+
 def test_a_pool_read_by_worker_processes_is_the_pool_read_here(config, tmp_path):
     from engine.train.feeding import CodePool
     from engine.train.loop import STAGES

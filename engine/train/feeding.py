@@ -185,7 +185,10 @@ class CodePool:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # noqa: BLE001 - any unpickling/zip error means the same thing to the user
                 raise CheckpointError(f"code pool {path} is unreadable ({exc}); delete it to encode it again") from None
-            if saved.get("key") != key:
+            # a pool from before the data check has no "songs": its other settings decide (as its checkpoints hold no
+            # data identity either)
+            known = key if "songs" in saved.get("key", {}) else {k: v for k, v in key.items() if k != "songs"}
+            if saved.get("key") != known:
                 raise CheckpointError(f"code pool {path} was made with other settings; delete it to encode it again")
             conds = saved["cond"] if saved["cond"] is not None else [None] * len(saved["texts"])
             return cls([Encoded(c, cond, t) for c, cond, t in zip(saved["codes"], conds, saved["texts"], strict=True)])

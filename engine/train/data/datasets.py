@@ -279,12 +279,13 @@ def split_songs(
     if any(song.split in SONG_SPLITS for song in songs):
         own = functools.partial(_own_split, seed=seed, valid_fraction=valid_fraction, test_fraction=test_fraction)
         splits = {s.song_id: s.split if s.split in SONG_SPLITS else own(s.song_id) for s in songs}
-        assigned = {name: sorted(song_id for song_id, split in splits.items() if split == name) for name in SONG_SPLITS}
         n_valid = max(1, round(valid_fraction * len(songs))) if valid_fraction > 0 else 0
-        if not assigned["validation"] and 0 < n_valid < len(assigned["train"]):
-            # MUSDB18 ships train and test only: its validation songs come out of its train songs, in hash order
-            ordered = sorted(assigned["train"], key=lambda song_id: _rank_key(song_id, seed))
-            assigned["validation"], assigned["train"] = sorted(ordered[:n_valid]), sorted(ordered[n_valid:])
+        trained = sorted((s.song_id for s in songs if s.split == "train"), key=lambda song_id: _rank_key(song_id, seed))
+        if not any(s.split == "validation" for s in songs) and 0 < n_valid < len(trained):
+            # MUSDB18 ships train and test only: its validation songs come out of its train songs, in hash order (a
+            # song of no split that its hash sends to validation joins them; it does not stand in for them)
+            splits.update(dict.fromkeys(trained[:n_valid], "validation"))
+        assigned = {name: sorted(song_id for song_id, split in splits.items() if split == name) for name in SONG_SPLITS}
     else:
         assigned = split_ids(sorted(by_id), valid_fraction, test_fraction, seed)
     return {name: [by_id[song_id] for song_id in ids] for name, ids in assigned.items()}
