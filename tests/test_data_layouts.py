@@ -164,15 +164,19 @@ def test_a_file_named_like_a_mix_that_names_an_instrument_is_left_out_and_said(t
     assert catalog.problem_counts() == {MIX_NAMED_STEM: 2}  # the plain mixture is no news
 
 
-def test_a_linked_song_folder_is_read_once_so_a_test_song_cannot_also_train(tmp_path):
+@pytest.mark.parametrize(("real", "linked"), [("test", "train"), ("validation", "train"), ("train", "test")])
+def test_a_linked_song_folder_is_read_once_where_it_really_lies(tmp_path, real, linked):
+    """A test song linked under train/ trained in the adapter stage; the link is named, whichever path sorts first."""
     for name in ("drums.wav", "bass.wav"):
-        _wav(tmp_path / "test" / "Song A" / name)
-        _wav(tmp_path / "train" / "Song B" / name)
-    (tmp_path / "train" / "Link to A").symlink_to(tmp_path / "test" / "Song A", target_is_directory=True)
+        _wav(tmp_path / real / "Song A" / name)
+        _wav(tmp_path / linked / "Song B" / name)
+    (tmp_path / linked / "A").symlink_to(tmp_path / real / "Song A", target_is_directory=True)
     catalog = scan(tmp_path)
-    assert sorted((song.song_id, song.split) for song in catalog.songs) == [("Song A", "test"), ("Song B", "train")]
+    assert sorted((song.song_id, song.split) for song in catalog.songs) == sorted(
+        [("Song A", real), ("Song B", linked)]
+    )
     assert [(Path(path).name, reason.split(" (")[0]) for path, reason in catalog.problems] == [
-        ("Link to A", f"the same song folder as {tmp_path / 'test' / 'Song A'}")
+        ("A", f"the same song folder as {tmp_path / real / 'Song A'}")
     ]
 
 

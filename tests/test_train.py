@@ -308,6 +308,14 @@ def test_resuming_from_an_older_checkpoint_sets_the_later_ones_aside(config, tmp
     train(longer, tmp_path / "run", resume_from=older, progress=False, export=False, stop_after=3)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == [older.name, "step_00000003.pt"]
     assert newest.with_name(newest.name + ".abandoned").is_file()  # kept for the user, picked by nothing
+    # back to step 2 once more, past a step 4 again: the one set aside before is kept beside the new one
+    newest.write_bytes(list_checkpoints(tmp_path / "run")[-1].read_bytes())
+    train(longer, tmp_path / "run", resume_from=older, progress=False, export=False, stop_after=2)
+    assert sorted(p.name for p in older.parent.glob("*.abandoned*")) == [
+        "step_00000003.pt.abandoned",
+        "step_00000004.pt.abandoned",
+        "step_00000004.pt.abandoned-2",
+    ]
     assert train(longer, tmp_path / "run", resume=True, progress=False, export=False).step == 8
 
 

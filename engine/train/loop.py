@@ -314,9 +314,14 @@ def _set_aside_later(run_dir: Path, step: int) -> None:
     was still "the latest", and pruning by name deleted the good one this run had resumed from."""
     for later in list_checkpoints(run_dir):
         if int(later.stem.split("_")[-1]) > step:
-            later.rename(later.with_name(later.name + ABANDONED))
+            aside = later.with_name(later.name + ABANDONED)
+            n = 1
+            while aside.exists():  # one set aside by an earlier --resume-from: kept too
+                n += 1
+                aside = later.with_name(f"{later.name}{ABANDONED}-{n}")
+            later.rename(aside)
             print(
-                f"imusic train: {later.name} is after step {step}: set aside as {later.name}{ABANDONED}",
+                f"imusic train: {later.name} is after step {step}: set aside as {aside.name}",
                 file=sys.stderr,
             )
 
@@ -395,7 +400,13 @@ def train(
         val_data = None
         print(f"imusic train: no validation loss ({exc})", file=sys.stderr)
     identity = data_identity(train_data, val_data)
-    if payload is not None and payload.get("data", identity) != identity:  # checkpoints before this have none
+    if payload is not None and "data" not in payload:
+        print(
+            f"imusic train: the checkpoint of step {payload['step']} predates the data check: whether {cfg.data} "
+            "still holds the songs the run trained on is not known",
+            file=sys.stderr,
+        )
+    if payload is not None and payload.get("data", identity) != identity:
         raise CheckpointError(
             f"the data set changed since step {payload['step']} was saved (songs added, removed or changed in "
             f"{cfg.data}): resuming would draw other batches and validate on other songs than the run did; use the "

@@ -242,8 +242,9 @@ def _scan_folder(root: Path, problems: list[tuple[str, str]]) -> list[Song]:
         else:
             folders.append(child)
     songs: list[Song] = []
-    seen: dict[Path, Path] = {}  # a folder's real path -> the folder that holds it first
-    for folder in folders:
+    seen: dict[Path, Path] = {}  # a folder's real path -> the folder read for it
+    # folders that are links last: a song linked elsewhere is read where it really lies, the link named
+    for folder in sorted(folders, key=Path.is_symlink):
         real = folder.resolve()
         if real in seen:  # a link to a song already read: one song in two splits (a test song trained on)
             problems.append((str(folder), f"the same song folder as {seen[real]} (a link): read once"))
