@@ -391,7 +391,10 @@ def tick(loop: int | None = None) -> None:
             title = planning.undo_description(session.instruction)
             _message(f"{title} stopped on an internal error: {type(exc).__name__}: {exc}")
     _remember_jobs(R)
-    project.PEAKS.run(R, PEAK_BUDGET_S)
+    try:
+        project.PEAKS.run(R, PEAK_BUDGET_S)
+    except Exception:  # noqa: BLE001 - a waveform is not worth the loop that watches every edit
+        project.PEAKS.pending.clear()
     if _SESSIONS or project.PEAKS.pending:
         _defer_tick()
     else:

@@ -255,23 +255,32 @@ class PeakBuilds:
     leave broken peaks."""
 
     def __init__(self) -> None:
-        self.pending: list[list] = []  # [source, steps taken]
+        self.pending: list[list] = []  # [source, its project, steps taken]
 
     def add(self, R, source: str) -> None:
+        """A source just made in the active project: its build begins."""
         if R.RPR_PCM_Source_BuildPeaks(source, 0):
-            self.pending.append([source, 0])
+            self.pending.append([source, active_project(R), 0])
 
     def run(self, R, budget_s: float) -> None:
-        """Steps of the pending builds, oldest first, until they end or `budget_s` is spent (one step at least)."""
+        """Steps of the pending builds of the active project, oldest first, until they end or `budget_s` is spent (one
+        step at least). A build of a project in the background waits for its tab (the binding passes its source as
+        NULL, which would end the build unfinished); one whose project was closed is dropped."""
         until = time.monotonic() + budget_s
-        while self.pending:
-            build = self.pending[0]
-            build[1] += 1
-            if not R.RPR_PCM_Source_BuildPeaks(build[0], 1):
-                R.RPR_PCM_Source_BuildPeaks(build[0], 2)
-                self.pending.pop(0)
-            elif build[1] >= _PEAK_STEPS:
-                self.pending.pop(0)
+        active = active_project(R)
+        self.pending = [build for build in self.pending if build[1] == active or project_file(R, build[1]) is not None]
+        for build in [build for build in self.pending if build[1] == active]:
+            while True:
+                build[2] += 1
+                if not R.RPR_PCM_Source_BuildPeaks(build[0], 1):
+                    R.RPR_PCM_Source_BuildPeaks(build[0], 2)
+                    self.pending.remove(build)
+                    break
+                if build[2] >= _PEAK_STEPS:
+                    self.pending.remove(build)
+                    break
+                if time.monotonic() >= until:
+                    return
             if time.monotonic() >= until:
                 return
 

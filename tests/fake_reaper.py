@@ -334,8 +334,9 @@ class FakeReaper:
         raise ValueError(f"not a MediaTrack: {ptr}")
 
     def _source(self, ptr: str) -> Source:
-        """A source the project holds (a take's, or a parent of one): what the binding lets through."""
-        known = [take.source for item in self._all_items() for take in item.takes]
+        """A source the active project holds (a take's, or a parent of one): what the binding lets through (a source
+        of a tab in the background reaches the API as NULL, as its tracks do)."""
+        known = [take.source for item in self._all_items() if item.track.project == self.project for take in item.takes]
         for source in known:
             while source is not None:
                 if source.ptr == ptr:

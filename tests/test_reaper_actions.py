@@ -235,6 +235,46 @@ def test_a_long_peak_build_is_stepped_across_deferred_rounds_not_run_in_one(harn
     assert max(per_round) <= 3 and len(per_round) >= 10  # a budget of 15 ms a round: two 10 ms steps, not thirty
 
 
+def test_a_peak_build_waits_while_its_project_tab_is_in_the_background(harness, source_file):
+    """The binding passes a background tab's source as NULL: a step then read "done", finished nothing and dropped the
+    build, and the result never got its waveform."""
+    reaper = harness.reaper
+
+    def slow(src, mode):  # 30 steps of 10 ms; a source the binding does not let through reads as NULL (0)
+        try:
+            source = reaper._source(src)
+        except ValueError:
+            return 0
+        if mode == 1:
+            time.sleep(0.01)
+            source.peaks_left = max(0, source.peaks_left - 4)
+            return source.peaks_left
+        if mode == 2:
+            source.peaks = source.peaks or source.peaks_left == 0
+        return 1 if mode == 0 else 0
+
+    reaper.RPR_PCM_Source_BuildPeaks = slow
+    reaper.install()
+    track = reaper.add_track("Mix")
+    reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.run("imusic_extract_drums.py")
+    deadline = time.monotonic() + 60
+    while not reaper.tracks[1:] or not reaper.tracks[1].items:  # until the result lands, its waveform begun
+        assert time.monotonic() < deadline
+        reaper.run_deferred()
+        time.sleep(0.02)
+    home, other = reaper.project, fake_reaper._pointer("ReaProject")
+    reaper.open_projects.append(other)
+    reaper.project = other  # the producer looks at another song meanwhile
+    for _ in range(5):
+        reaper.run_deferred()
+    (result,) = reaper.tracks[1].items
+    assert not result.take.source.peaks and _loop(reaper)  # waiting, not given up
+    reaper.project = home
+    harness.settle()
+    assert result.take.source.peaks
+
+
 def test_running_actions_again_adds_their_folder_to_pythons_path_once(harness, source_file):
     """REAPER keeps one Python interpreter for every script: each run must not push the same folder again."""
     import sys
