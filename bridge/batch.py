@@ -39,6 +39,7 @@ from bridge.manifest import (
     Manifest,
     file_sha256,
     is_done,
+    same_settings,
     written_here,
 )
 from bridge.protocol import EditOptions
@@ -205,7 +206,12 @@ def triage(
             summary.refused[f"{pair.source.rel} ({pair.label})"] = (
                 f"{pair.output} exists and this batch did not write it; it is left alone: move it, or choose another -o"
             )
-        elif entry and entry.get("status") == FAILED and not retry_failed and entry.get("settings") == settings:
+        elif (
+            entry
+            and entry.get("status") == FAILED
+            and not retry_failed
+            and same_settings(entry.get("settings") or {}, settings)
+        ):
             summary.not_retried += 1
             row[pair.label] = "failed before"
             summary.errors.append(f"{pair.key}: {entry.get('error')} (earlier run; --retry-failed to retry)")
@@ -459,11 +465,15 @@ def _load_backend(args: argparse.Namespace) -> Any:
 
 
 def _settings(args: argparse.Namespace, model: str | None) -> dict:
-    """What a result depends on besides its input: a pair done with other settings is rendered again."""
+    """What a result depends on besides its input: a pair done with other settings is rendered again. The model by
+    its card's name and, loaded here or on Ray, by its files (weights_identity: a retrained adapter or another model
+    of the same name is another model); a server's model by the name it reports."""
     from engine.modes import canonical_mode
+    from engine.weights.loader import weights_identity
 
     mode = canonical_mode(args.mode)  # "--mode MASK", "--mode mask" and no --mode: the same results
-    return {"model": model, **EditOptions.from_args(args).kwargs(), "mode": mode}
+    weights = None if args.server is not None else weights_identity(args.model, args.adapter)
+    return {"model": model, "weights": weights, **EditOptions.from_args(args).kwargs(), "mode": mode}
 
 
 def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], str | None, Callable[[str], str]]:

@@ -159,15 +159,15 @@ def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] =
     """Whether the file at the pair's output is one this batch wrote (the manifest records the pair done there, or
     claimed the name while it was free and the file there has the shape of the pair's result): only such a file may
     be replaced. Any other file there is the user's and is never overwritten."""
+    if entry and entry.get("status") == DONE and out / entry.get("output", "") == pair.output:
+        return True  # its own result, though the claim below may stand too (a rerun cut while it rendered again)
+    if entry and entry.get("earlier_output") and out / entry["earlier_output"] == pair.output:
+        return True  # see Manifest.set
     if pair.output.relative_to(out).as_posix() in claimed:
         # A claim survives a cut (kill -9, Ctrl-C) that may come before the result is written: a file the user put
         # there since is theirs unless it has the exact shape this pair's result has.
         return _has_result_shape(pair)
-    if not entry:
-        return False
-    if entry.get("status") == DONE and out / entry.get("output", "") == pair.output:
-        return True
-    return bool(entry.get("earlier_output")) and out / entry["earlier_output"] == pair.output  # see Manifest.set
+    return False
 
 
 def _has_result_shape(pair: Pair) -> bool:
@@ -200,4 +200,18 @@ def is_done(entry: dict | None, pair: Pair, out: Path, settings: dict) -> bool:
     except OSError:
         return False
     region = [pair.source.start_s, pair.source.end_s]
-    return entry.get("settings") == settings and entry.get("region") == region
+    return same_settings(entry.get("settings") or {}, settings) and entry.get("region") == region
+
+
+# Settings that name the model: compared only where both sides know them (a dry run cannot always read a model's
+# name without loading it; a result recorded before the weights were named has no "weights")
+MODEL_SETTINGS = ("model", "weights")
+
+
+def same_settings(recorded: dict, settings: dict) -> bool:
+    """Whether a result recorded with `recorded` settings is what `settings` would render."""
+    for key in MODEL_SETTINGS:
+        if recorded.get(key) is not None and settings.get(key) is not None and recorded[key] != settings[key]:
+            return False
+    drop = set(MODEL_SETTINGS)
+    return {k: v for k, v in recorded.items() if k not in drop} == {k: v for k, v in settings.items() if k not in drop}

@@ -577,6 +577,28 @@ def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwri
     assert resumed.done == 3 and "this batch did not write it" in resumed.refused["mix (extract drums)"]
 
 
+def test_a_rerun_cut_while_it_rendered_a_changed_source_again_replaces_its_own_result_next_time(
+    session, tmp_path, tiny_editor, monkeypatch
+):
+    """The source was bounced again at another length; the rerun that renders it again is cut before the first
+    result: the name stays claimed, the file there (the batch's own, of the old length) had not the new result's shape,
+    and every later run refused it as the user's."""
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    write_wav(session / "mix.wav", 1.5, 22050, 2, seed=7, subtype="PCM_16")  # re-bounced, longer
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_entry", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(session, out, tiny_editor)
+    monkeypatch.undo()
+    assert "mix.extract_drums.wav" in json.loads((out / "manifest.json").read_text())["claimed"]
+    resumed = run_in_process(session, out, tiny_editor)
+    assert not resumed.refused and resumed.rows["mix"]["extract drums"].startswith("done ")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
 def test_a_named_pipe_in_the_session_fails_its_pairs_and_does_not_hang_the_batch(session, tmp_path, tiny_editor):
     import threading
@@ -894,7 +916,17 @@ def test_takes_and_raw_reach_the_engine_and_the_manifest(session, tmp_path, tiny
     out = tmp_path / "out"
     assert main(batch_args(session, out, tiny_model_dir, "--takes", "2", "--raw")) == 0
     record = json.loads((out / "manifest.json").read_text())["pairs"]["mix | remove bass"]
-    assert record["settings"] == {"model": "tiny-random", "seed": 3, "takes": 2, "raw": True, "mode": ""}
+    from engine.weights.loader import weights_identity
+
+    weights = weights_identity(str(tiny_model_dir))
+    assert record["settings"] == {
+        "model": "tiny-random",
+        "weights": weights,
+        "seed": 3,
+        "takes": 2,
+        "raw": True,
+        "mode": "",
+    }
     assert (record["info"]["takes"], record["info"]["raw"], record["info"]["mode"]) == (2, True, "mask")
 
 
@@ -919,6 +951,34 @@ def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys
     assert "4 rendered, 0 already done" in capsys.readouterr().out.split("mix ")[-1]
     manifest = json.loads((out / "manifest.json").read_text())["pairs"]
     assert all(entry["settings"]["raw"] for entry in manifest.values())
+
+
+def test_another_model_of_the_same_name_or_another_adapter_renders_again(session, tmp_path, tiny_model_dir, capsys):
+    """Results of a retrained adapter, or of another model whose card keeps the name, were "done before": the batch
+    compared card names only."""
+    import shutil
+
+    from engine.tools.tiny_models import build_tiny_model_dir
+
+    out = tmp_path / "out"
+    other = build_tiny_model_dir(tmp_path / "other", seed=1)  # another tiny-random
+    assert main(batch_args(session, out, tiny_model_dir)) == 0
+    assert main([*batch_args(session, out, tiny_model_dir), "--adapter", str(other / "adapter")]) == 0
+    assert "4 rendered, 0 already done" in capsys.readouterr().out.split("mix ")[-1]
+    assert main(batch_args(session, out, other)) == 0  # its own base too
+    assert "4 rendered, 0 already done" in capsys.readouterr().out.split("mix ")[-1]
+    assert main(batch_args(session, out, other)) == 0
+    assert "0 rendered, 4 already done" in capsys.readouterr().out.split("mix ")[-1]
+    copy = tmp_path / "copy"
+    shutil.copytree(other, copy)  # the same files elsewhere: the same model
+    assert main([*batch_args(session, out, copy), "--dry-run"]) == 0
+    assert "dry run: 0 to render, 4 already done" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    for entry in manifest["pairs"].values():
+        entry["settings"].pop("weights")  # as earlier versions recorded it: the name decides, as it did
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(batch_args(session, out, tiny_model_dir)) == 0
+    assert "0 rendered, 4 already done" in capsys.readouterr().out.split("mix ")[-1]
 
 
 def test_the_default_mode_named_in_any_case_is_the_same_setting_as_no_mode(session, tmp_path, tiny_model_dir, capsys):

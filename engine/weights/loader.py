@@ -106,6 +106,42 @@ def resolve_source(source: str | Path | None) -> Path:
     raise CheckpointError(f"no model at {path}: the path does not exist")
 
 
+WHOLE_HASH_BYTES = 256 << 20  # files up to this size are hashed whole by weights_identity; larger: size and mtime
+
+
+def weights_identity(source: str | Path | None, adapter: str | Path | None = None) -> str | None:
+    """What a model would be loaded from, as a short digest, without loading it: every file of the model folder (or
+    the file) and of the adapter, by its place in its folder and its content (hashed whole up to WHOLE_HASH_BYTES: an
+    adapter, the embedded model, configs and cards; a larger base checkpoint by its size and mtime). Two models of
+    one card name, or one model with another adapter, differ; a model copied elsewhere does not. None where nothing
+    can be read (a hub name not in the cache)."""
+    import hashlib
+
+    parts: list = []
+    try:
+        roots = [("model", resolve_source(source))]
+        if adapter is not None:
+            roots.append(("adapter", Path(adapter).expanduser()))
+        for label, root in roots:
+            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+            for file in files:
+                place = file.name if file == root else file.relative_to(root).as_posix()
+                if any(part.startswith(".") for part in Path(place).parts):
+                    continue  # a writer's temporary, a cache: not part of the model
+                size = file.stat().st_size
+                if size > WHOLE_HASH_BYTES:
+                    parts.append((label, place, size, file.stat().st_mtime_ns))
+                    continue
+                digest = hashlib.sha1()
+                with open(file, "rb") as handle:
+                    for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
+                        digest.update(block)
+                parts.append((label, place, digest.hexdigest()))
+    except (CheckpointError, OSError, ValueError):
+        return None
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 def add_model_arguments(parser: Any) -> None:
     """--model, --adapter, --device and --dtype as every command that loads a model takes them (what load_model and
     resolve_source accept, said once)."""
