@@ -97,10 +97,7 @@ class InProcessBackend:
                 yield Outcome(pair, error=exc)
             except OSError as exc:
                 if exc.errno in _DISK_FULL:  # every pair after it would be edited and thrown away: stop, unrecorded
-                    raise ResourceError(
-                        f"cannot write {pair.output.name} in {pair.output.parent}: {exc.strerror}; make room and run "
-                        "the batch again: it resumes with the pairs not rendered yet"
-                    ) from None
+                    raise _no_room(pair, exc) from None
                 yield Outcome(pair, error=AudioError(f"{type(exc).__name__}: {exc}"))
             except (ValueError, RuntimeError) as exc:
                 # A file the reader chokes on, or a bug on one input: report this pair, keep rendering the others.
@@ -114,6 +111,14 @@ EARLIER_SUFFIX = ".earlier"  # --server: a pair's earlier result, set aside whil
 
 # A result that cannot be written for want of room (or a file system gone read-only): no pair after it can be either
 _DISK_FULL = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _no_room(pair: Pair, exc: OSError) -> ResourceError:
+    """What stops a batch whose result cannot be written for want of room (_DISK_FULL), whichever backend edits."""
+    return ResourceError(
+        f"cannot write {pair.output.name} in {pair.output.parent}: {exc.strerror}; make room and run the batch again: "
+        "it resumes with the pairs not rendered yet"
+    )
 
 
 class ServerBackend:
@@ -450,6 +455,8 @@ class RayBackend:
                     overwrite=pair.output in self.replaceable, on_exists=_appeared,
                 )  # fmt: skip
             except (ImusicError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # as in this process: every edit after it lost
+                    raise _no_room(pair, exc) from None
                 yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
                 continue
             progress(pair, 1.0)

@@ -107,3 +107,54 @@ def test_a_worker_that_dies_gets_no_more_pairs_and_its_pair_goes_to_another(tmp_
     assert dying.calls == 2 and living.calls == 5  # the two it held went to the other; it got no more
     with pytest.raises(ResourceError, match="every Ray worker died"):
         list(backend(Actor(alive=False), Actor(alive=False)).run(pairs, lambda pair, fraction: None))
+
+
+def test_a_full_disk_on_ray_stops_the_batch_and_a_rerun_renders_what_is_left(tmp_path, monkeypatch):
+    """On Ray a full disk was one failed pair after another: every pair was edited on the cluster, thrown away and
+    recorded as failed, so a rerun after making room did not retry them."""
+    import errno
+    import types
+
+    from bridge import audio_write
+    from bridge.batch import plan_pairs, run_batch
+    from bridge.batch_backends import RayBackend
+    from bridge.manifest import Manifest
+    from bridge.protocol import EditOptions
+    from bridge.sources import folder_sources
+    from engine.errors import ResourceError
+
+    class Ref:
+        def __init__(self, value) -> None:
+            self.value = value
+
+    actor = types.SimpleNamespace(
+        edit=types.SimpleNamespace(remote=lambda audio, rate, text, options: Ref(("ok", audio, rate, 0, {}, 0.1)))
+    )
+    fake_ray = types.SimpleNamespace(
+        exceptions=types.SimpleNamespace(RayError=RuntimeError, RayActorError=RuntimeError),
+        wait=lambda refs, num_returns: (refs[:1], refs[1:]),
+        get=lambda ref: ref.value,
+    )
+    backend = RayBackend.__new__(RayBackend)
+    backend.ray, backend.actors, backend.options = fake_ray, [actor], EditOptions()
+    backend.replaceable, backend.per_file_progress = set(), False
+    session, out = tmp_path / "session", tmp_path / "out"
+    for number in range(4):
+        write_wav(session / f"t{number}.wav", 0.2, 16000, 1, seed=number, subtype="PCM_16")
+    out.mkdir()
+    pairs = plan_pairs(folder_sources(session), [("extract drums", "extract drums")], out)
+    real_write, writes = audio_write._write_wav, []
+
+    def filling(*args):
+        writes.append(args)
+        if len(writes) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args)
+
+    monkeypatch.setattr(audio_write, "_write_wav", filling)
+    with pytest.raises(ResourceError, match="No space left on device; make room and run the batch again"):
+        run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {"model": "x"})
+    assert len(writes) == 2  # stopped at the first full write: nothing more edited for nothing
+    monkeypatch.setattr(audio_write, "_write_wav", real_write)
+    summary = run_batch(pairs, backend, Manifest(out / "manifest.json"), out, {"model": "x"})
+    assert (summary.done, summary.skipped, summary.not_retried) == (3, 1, 0)
