@@ -92,6 +92,29 @@ def check_output_folder(session: Path, out: Path, make: bool = True) -> None:
     writable_folder(out, make)
 
 
+def refuse_sources_in(sources: list[Source], out: Path) -> list[Source]:
+    """A project's media that lie in OUT (a result imported into the project, the usual next step) are refused: a
+    rerun with other settings would write over audio the project plays, then call its own write a change of the
+    source. A folder session inside OUT is refused whole (check_output_folder)."""
+    import dataclasses
+
+    out_resolved = out.resolve()
+
+    def inside(path: Path) -> bool:
+        try:
+            return out_resolved in path.resolve().parents
+        except OSError:
+            return False
+
+    return [
+        dataclasses.replace(source, problem=f"{source.path} lies in the output folder {out}: it may be a result of "
+                            "this batch, which a rerun would write over; copy it out of there first")
+        if not source.problem and inside(source.path)
+        else source
+        for source in sources
+    ]  # fmt: skip
+
+
 def claim_output_folder(out: Path) -> Any:
     """Lock OUT for this run (two batches writing one manifest would lose records) and sweep up the temporary files
     a killed run left behind. Returns the open lock file; the lock ends when it is closed or the process dies."""
@@ -532,6 +555,7 @@ def run(args: argparse.Namespace) -> int:
         ServerBackend.address(args.server, EditOptions.from_args(args))  # a dry run says a bad one too
     made = folders_to_make(out)
     check_output_folder(session, out, make=not args.dry_run)
+    sources = refuse_sources_in(sources, out)
     if args.dry_run:
         return dry_run(args, sources, out)
     lock = claim_output_folder(out)

@@ -45,10 +45,12 @@ class Manifest:
             if not isinstance(loaded, dict) or loaded.get("format") != MANIFEST_FORMAT:
                 raise DataError(f"{path} is not an imusic batch manifest; choose another output folder")
             pairs, claimed = loaded.get("pairs"), loaded.get("claimed", [])
-            if not (isinstance(pairs, dict) and all(isinstance(entry, dict) for entry in pairs.values())) or not (
+            if not (isinstance(pairs, dict) and all(_entry_is_whole(entry) for entry in pairs.values())) or not (
                 isinstance(claimed, list) and all(isinstance(name, str) for name in claimed)
             ):
                 raise DataError(f"{path} is damaged (its pairs or claimed outputs); move it away to start afresh")
+            if not isinstance(loaded.get("session", ""), str):
+                raise DataError(f"{path} is damaged (its session); move it away to start afresh")
             self.data = loaded
         # the names claimed, as an ordered set (a list's membership tests made every record a scan of them all)
         self._claimed = dict.fromkeys(self.data.get("claimed", []))
@@ -65,7 +67,7 @@ class Manifest:
                 change = json.loads(line)
             except ValueError:  # torn by a kill: nothing after it was synced
                 break
-            if not isinstance(change, dict) or ("key" in change and not isinstance(change.get("entry"), dict)):
+            if not isinstance(change, dict) or ("key" in change and not _entry_is_whole(change.get("entry"))):
                 break
             self._apply(change)
 
@@ -153,6 +155,14 @@ def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str
                 digest.update(block)
         _cache[key] = digest.hexdigest()
     return _cache[key]
+
+
+# An entry's fields that name files in OUT: text where present (a damaged one stopped a rerun with a traceback)
+_PATH_FIELDS = ("output", "earlier_output")
+
+
+def _entry_is_whole(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(isinstance(entry.get(key, ""), str) for key in _PATH_FIELDS)
 
 
 def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] = ()) -> bool:

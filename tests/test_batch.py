@@ -116,9 +116,15 @@ def test_an_output_folder_holding_another_session_s_results_is_refused_before_an
     with pytest.raises(ConfigError, match="session folder .* is inside the output folder"):
         check_output_folder(out / "mix", out)
     # a damaged manifest is one line, not a traceback
-    (out / MANIFEST_NAME).write_text(json.dumps({"format": "imusic-batch/1"}))
-    with pytest.raises(DataError, match="is damaged"):
-        check_output_folder(tmp_path / "B", out)
+    for damaged in (
+        {"format": "imusic-batch/1"},
+        {"format": "imusic-batch/1", "pairs": {"a | extract drums": {"status": "done", "output": None}}},
+        {"format": "imusic-batch/1", "pairs": {"a | extract drums": {"status": "done", "earlier_output": 3}}},
+        {"format": "imusic-batch/1", "pairs": {}, "session": 5},
+    ):
+        (out / MANIFEST_NAME).write_text(json.dumps(damaged))
+        with pytest.raises(DataError, match="is damaged"):
+            check_output_folder(tmp_path / "B", out)
 
 
 def test_names_that_differ_in_case_only_get_outputs_of_their_own_and_do_not_hang_the_batch(tmp_path):
@@ -864,6 +870,22 @@ def test_cli_dry_run_on_a_project_whose_media_are_missing_says_why_without_a_mod
     assert "01 Drum Bus/01 loop: refused: " in printed and "offline or missing" in printed
     assert "02 Odd items/01 loop: refused: " in printed and "rate 0.5" in printed
     assert not out.exists()
+
+
+def test_project_media_that_lie_in_the_output_folder_are_refused(project, tmp_path, capsys, no_model_load):
+    """A result imported into the project (the usual next step) was written over by a rerun with other settings, and
+    the batch then blamed the source for changing while it rendered."""
+    import shutil
+
+    out = tmp_path / "out"
+    imported = out / "01 Drum Bus" / "01 loop.extract_drums.wav"
+    imported.parent.mkdir(parents=True)
+    shutil.copy(project.parent / "Audio" / "loop.wav", imported)
+    project.write_text(RPP.replace('FILE "Audio/loop.wav"', f'FILE "{imported}"', 1))
+    assert main(["batch", str(project), "--edit", "extract drums", "-o", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert f"refused: {imported} lies in the output folder" in printed
+    assert "01 Drum Bus/02 keys                   to render" in printed  # the project's other items render
 
 
 def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tmp_path, capsys, no_model_load):
