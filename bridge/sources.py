@@ -55,10 +55,16 @@ class Pair:
         return TO_END if self.source.end_s is None else self.source.end_s
 
 
+_NAME_BYTES = 240  # a name's UTF-8 bytes, with room for a prefix under the common 255-byte limit
+
+
 def safe_name(text: str, limit: int = 80) -> str:
-    """A file-system-safe name: no separators, reserved characters or control characters; never empty."""
-    text = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", text).strip(" .")
-    return text[:limit] or "untitled"
+    """A file-system-safe name: no separators, reserved characters or control characters; at most `limit` characters
+    and _NAME_BYTES bytes (80 drum emoji made a 320-byte folder name, and the batch stopped); never empty."""
+    text = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", text).strip(" .")[:limit]
+    if len(text.encode()) > _NAME_BYTES:
+        text = text.encode()[:_NAME_BYTES].decode(errors="ignore").rstrip(" .")
+    return text or "untitled"
 
 
 def folder_sources(folder: Path) -> list[Source]:

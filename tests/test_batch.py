@@ -872,6 +872,19 @@ def test_cli_dry_run_on_a_project_whose_media_are_missing_says_why_without_a_mod
     assert not out.exists()
 
 
+def test_a_track_name_of_many_wide_characters_still_makes_a_folder_name_that_fits(project, tmp_path):
+    """70 drum emoji made a 280-byte folder name: the file system refused it and the whole batch stopped."""
+    from bridge.sources import safe_name
+
+    assert len(safe_name("\U0001f941" * 70).encode()) <= 240 and safe_name("x" * 100) == "x" * 80
+    assert safe_name("\u65e5\u672c" * 40) == "\u65e5\u672c" * 40  # 240 bytes: as before
+    project.write_text(RPP.replace('NAME "Drum Bus"', 'NAME "' + "\U0001f941" * 70 + '"', 1))
+    out = tmp_path / "out"
+    for pair in plan_pairs(read_rpp(project), [("extract drums", "extract drums")], out):
+        pair.output.parent.mkdir(parents=True, exist_ok=True)  # the names the batch will write, made here
+        assert not pair.output.exists()
+
+
 def test_project_media_that_lie_in_the_output_folder_are_refused(project, tmp_path, capsys, no_model_load):
     """A result imported into the project (the usual next step) was written over by a rerun with other settings, and
     the batch then blamed the source for changing while it rendered."""
