@@ -92,27 +92,25 @@ def check_output_folder(session: Path, out: Path, make: bool = True) -> None:
     writable_folder(out, make)
 
 
-def refuse_sources_in(sources: list[Source], out: Path) -> list[Source]:
-    """A project's media that lie in OUT (a result imported into the project, the usual next step) are refused: a
-    rerun with other settings would write over audio the project plays, then call its own write a change of the
-    source. A folder session inside OUT is refused whole (check_output_folder)."""
+def plan_refusing_results(sources: list[Source], labels: list, out: Path, manifest: Manifest) -> list[Pair]:
+    """plan_pairs, with every source whose media is a result of this batch refused: a file the batch will write
+    (a result imported into the project, the usual next step) or wrote before (the manifest's outputs). A rerun with
+    other settings wrote over audio the project plays, then called its own write a change of the source."""
     import dataclasses
 
-    out_resolved = out.resolve()
-
-    def inside(path: Path) -> bool:
-        try:
-            return out_resolved in path.resolve().parents
-        except OSError:
-            return False
-
-    return [
-        dataclasses.replace(source, problem=f"{source.path} lies in the output folder {out}: it may be a result of "
-                            "this batch, which a rerun would write over; copy it out of there first")
-        if not source.problem and inside(source.path)
+    pairs = plan_pairs(sources, labels, out)
+    results = {os.path.realpath(pair.output) for pair in pairs}
+    for entry in manifest.pairs.values():
+        results |= {os.path.realpath(out / entry[key]) for key in ("output", "earlier_output") if entry.get(key)}
+    results |= {os.path.realpath(out / name) for name in manifest.claimed}
+    refused = [
+        dataclasses.replace(source, problem=f"{source.path} is a result of this batch (in {out}): a rerun would write "
+                            "over it; copy it out of there to edit it")
+        if not source.problem and os.path.realpath(source.path) in results
         else source
         for source in sources
     ]  # fmt: skip
+    return pairs if refused == sources else plan_pairs(refused, labels, out)
 
 
 def claim_output_folder(out: Path) -> Any:
@@ -520,8 +518,8 @@ def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     """`imusic batch --dry-run`: what a run would render, skip and refuse, and why; no model, nothing written."""
     parse, model, note = _card_vocabulary(args)
     labels = check_edits(args.edit, parse, args.mode)
-    pairs = plan_pairs(sources, labels, out)
     manifest = Manifest(out / MANIFEST_NAME)  # read only: a dry run never saves it
+    pairs = plan_refusing_results(sources, labels, out, manifest)
     settings = _settings(args, model)
     summary = Summary()
     todo = triage(pairs, manifest, out, settings, summary, retry_failed=args.retry_failed)
@@ -555,7 +553,6 @@ def run(args: argparse.Namespace) -> int:
         ServerBackend.address(args.server, EditOptions.from_args(args))  # a dry run says a bad one too
     made = folders_to_make(out)
     check_output_folder(session, out, make=not args.dry_run)
-    sources = refuse_sources_in(sources, out)
     if args.dry_run:
         return dry_run(args, sources, out)
     lock = claim_output_folder(out)
@@ -570,7 +567,7 @@ def run(args: argparse.Namespace) -> int:
             backend = _load_backend(args)
             parse, model = backend.parse, backend.model_info.get("model")
         labels = check_edits(args.edit, parse, args.mode)
-        pairs = plan_pairs(sources, labels, out)
+        pairs = plan_refusing_results(sources, labels, out, manifest)
         settings = _settings(args, model)
         manifest.data.update(
             session=str(session.resolve()),

@@ -55,12 +55,12 @@ class Pair:
         return TO_END if self.source.end_s is None else self.source.end_s
 
 
-_NAME_BYTES = 240  # a name's UTF-8 bytes, with room for a prefix under the common 255-byte limit
+_NAME_BYTES = 250  # a name's UTF-8 bytes, with room for a track's "NN " under the common 255-byte limit
 
 
 def safe_name(text: str, limit: int = 80) -> str:
     """A file-system-safe name: no separators, reserved characters or control characters; at most `limit` characters
-    and _NAME_BYTES bytes (80 drum emoji made a 320-byte folder name, and the batch stopped); never empty."""
+    and _NAME_BYTES bytes (70 drum emoji made a 283-byte folder name, and the batch stopped); never empty."""
     text = re.sub(r'[<>:"/\\|?*\x00-\x1f]+', "_", text).strip(" .")[:limit]
     if len(text.encode()) > _NAME_BYTES:
         text = text.encode()[:_NAME_BYTES].decode(errors="ignore").rstrip(" .")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -876,8 +877,8 @@ def test_a_track_name_of_many_wide_characters_still_makes_a_folder_name_that_fit
     """70 drum emoji made a 280-byte folder name: the file system refused it and the whole batch stopped."""
     from bridge.sources import safe_name
 
-    assert len(safe_name("\U0001f941" * 70).encode()) <= 240 and safe_name("x" * 100) == "x" * 80
-    assert safe_name("\u65e5\u672c" * 40) == "\u65e5\u672c" * 40  # 240 bytes: as before
+    assert len(safe_name("\U0001f941" * 70).encode()) <= 250 and safe_name("x" * 100) == "x" * 80
+    assert safe_name("\U0001f941" * 62) == "\U0001f941" * 62  # 248 bytes: a name that worked is kept
     project.write_text(RPP.replace('NAME "Drum Bus"', 'NAME "' + "\U0001f941" * 70 + '"', 1))
     out = tmp_path / "out"
     for pair in plan_pairs(read_rpp(project), [("extract drums", "extract drums")], out):
@@ -894,11 +895,19 @@ def test_project_media_that_lie_in_the_output_folder_are_refused(project, tmp_pa
     imported = out / "01 Drum Bus" / "01 loop.extract_drums.wav"
     imported.parent.mkdir(parents=True)
     shutil.copy(project.parent / "Audio" / "loop.wav", imported)
-    project.write_text(RPP.replace('FILE "Audio/loop.wav"', f'FILE "{imported}"', 1))
+    # the result of the first item, on a track of its own: the file its pair writes
+    track = "\n".join(
+        ["  <TRACK", '    NAME "Drums extracted"', "    <ITEM", "      POSITION 2.5", "      LENGTH 0.5",
+         "      <SOURCE WAVE", f'        FILE "{imported}"', "      >", "    >", "  >", ""]
+    )  # fmt: skip
+    project.write_text(RPP.removesuffix(">\n") + track + ">\n")
     assert main(["batch", str(project), "--edit", "extract drums", "-o", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert f"refused: {imported} lies in the output folder" in printed
-    assert "01 Drum Bus/02 keys                   to render" in printed  # the project's other items render
+    assert f"refused: {imported} is a result of this batch" in printed
+    assert re.search(r"01 Drum Bus/02 keys +to render", printed)  # the project's own items render
+    # an output folder holding the project's folder: its own recordings are no results, and render
+    assert main(["batch", str(project), "--edit", "extract drums", "-o", str(project.parent), "--dry-run"]) == 0
+    assert "is a result of this batch" not in capsys.readouterr().out
 
 
 def test_cli_dry_run_lists_what_would_be_rendered_and_writes_nothing(session, tmp_path, capsys, no_model_load):

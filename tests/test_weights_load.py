@@ -531,3 +531,34 @@ def test_saved_settings_read_back_leniently_for_runs_and_strictly_for_weights():
     run = TrainConfig(steps=7, stage="base")
     old_run = {**json.loads(json.dumps(asdict(run))), "setting_since_removed": 3}  # a run saved by an older version
     assert TrainConfig.from_dict(old_run) == run
+
+
+def test_a_models_identity_follows_its_files_not_its_place_or_its_cards_records(tiny_model_dir, tmp_path, monkeypatch):
+    """What a batch ties its results to (weights_identity): another base behind a linked folder, another adapter or
+    other weights are another model; a copy elsewhere, or a card measured again, is the same model."""
+    from engine.tools.tiny_models import build_tiny_model_dir
+    from engine.weights import loader
+    from engine.weights.loader import weights_identity
+
+    first = weights_identity(tiny_model_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)  # new mtimes
+    assert weights_identity(copy) == first
+    card = json.loads((copy / "model_card.json").read_text())
+    card["evaluation"] = {"measured": "again"}
+    (copy / "model_card.json").write_text(json.dumps(card))
+    assert weights_identity(copy) == first  # a re-measurement is no new model
+    other = build_tiny_model_dir(tmp_path / "other", seed=1)
+    assert weights_identity(tiny_model_dir, adapter=other / "adapter") != first
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for part in tiny_model_dir.iterdir():
+        (linked / part.name).symlink_to(part, target_is_directory=part.is_dir())
+    assert weights_identity(linked) == first
+    (linked / "base").unlink()
+    (linked / "base").symlink_to(other / "base", target_is_directory=True)  # another base behind the link
+    assert weights_identity(linked) != first
+    monkeypatch.setattr(loader, "WHOLE_HASH_BYTES", 1000)  # every weight file "large": its size, start and end
+    monkeypatch.setattr(loader, "_EDGE_BYTES", 100)
+    assert weights_identity(copy) == weights_identity(tiny_model_dir) != weights_identity(other)
+    assert weights_identity(tmp_path / "nowhere") is None

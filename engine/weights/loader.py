@@ -106,39 +106,72 @@ def resolve_source(source: str | Path | None) -> Path:
     raise CheckpointError(f"no model at {path}: the path does not exist")
 
 
-WHOLE_HASH_BYTES = 256 << 20  # files up to this size are hashed whole by weights_identity; larger: size and mtime
+WHOLE_HASH_BYTES = 256 << 20  # files up to this size are hashed whole by weights_identity
+_EDGE_BYTES = 4 << 20  # a larger one by its size and this much of its start and end
+# A card's fields that say what was measured or where it came from, not how it edits: a re-measurement is no new model
+_CARD_RECORDS = ("evaluation", "provenance", "wall_seconds_total", "stages", "data", "description")
+
+
+def _file_digest(file: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha1()
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        if file.name == MODEL_CARD:
+            try:
+                card = json.loads(handle.read())
+                card = {k: v for k, v in card.items() if k not in _CARD_RECORDS} if isinstance(card, dict) else card
+                return hashlib.sha1(json.dumps(card, sort_keys=True).encode()).hexdigest()
+            except ValueError:
+                handle.seek(0)
+        if size <= WHOLE_HASH_BYTES:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        else:  # a base checkpoint of gigabytes: its size, start and end (read in a moment, and kept by any copy)
+            digest.update(str(size).encode() + handle.read(_EDGE_BYTES))
+            handle.seek(size - _EDGE_BYTES)
+            digest.update(handle.read(_EDGE_BYTES))
+    return digest.hexdigest()
 
 
 def weights_identity(source: str | Path | None, adapter: str | Path | None = None) -> str | None:
     """What a model would be loaded from, as a short digest, without loading it: every file of the model folder (or
-    the file) and of the adapter, by its place in its folder and its content (hashed whole up to WHOLE_HASH_BYTES: an
-    adapter, the embedded model, configs and cards; a larger base checkpoint by its size and mtime). Two models of
-    one card name, or one model with another adapter, differ; a model copied elsewhere does not. None where nothing
-    can be read (a hub name not in the cache)."""
+    the file) and of the adapter (its folder, or the file given), by its place and its content (_file_digest: whole up
+    to WHOLE_HASH_BYTES, a larger base checkpoint by its size, start and end; the card without its records of
+    evaluation and provenance). Linked folders are followed. Two models of one card name, or one model with another
+    adapter, differ; a model copied elsewhere, or measured again, does not. None where the model cannot be found (a
+    hub name not in the cache); a file that cannot be read counts as such."""
     import hashlib
+    import os
 
     parts: list = []
     try:
         roots = [("model", resolve_source(source))]
-        if adapter is not None:
-            roots.append(("adapter", Path(adapter).expanduser()))
-        for label, root in roots:
-            files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-            for file in files:
-                place = file.name if file == root else file.relative_to(root).as_posix()
-                if any(part.startswith(".") for part in Path(place).parts):
-                    continue  # a writer's temporary, a cache: not part of the model
-                size = file.stat().st_size
-                if size > WHOLE_HASH_BYTES:
-                    parts.append((label, place, size, file.stat().st_mtime_ns))
-                    continue
-                digest = hashlib.sha1()
-                with open(file, "rb") as handle:
-                    for block in iter(lambda handle=handle: handle.read(1 << 20), b""):
-                        digest.update(block)
-                parts.append((label, place, digest.hexdigest()))
     except (CheckpointError, OSError, ValueError):
         return None
+    if adapter is not None:
+        roots.append(("adapter", Path(adapter).expanduser()))
+    for label, root in roots:
+        if root.is_file():
+            files = [(root.name, root)]
+        else:
+            files, seen = [], set()
+            for folder, subfolders, names in os.walk(root, followlinks=True):
+                real = os.path.realpath(folder)
+                if real in seen:  # a link back up the tree
+                    subfolders[:] = []
+                    continue
+                seen.add(real)
+                subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+                files += [(Path(folder, n).relative_to(root).as_posix(), Path(folder, n)) for n in names]
+        for place, file in sorted(files):
+            if any(part.startswith(".") for part in Path(place).parts):
+                continue  # a writer's temporary, a cache: not part of the model
+            try:
+                parts.append((label, place, _file_digest(file)))
+            except OSError:
+                parts.append((label, place, "unreadable"))
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
