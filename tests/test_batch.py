@@ -559,6 +559,18 @@ def test_a_batch_cut_after_a_result_was_written_but_before_it_was_recorded_resum
     assert json.loads((out / "manifest.json").read_text())["claimed"] == []
 
 
+def _cut_before_its_first_record(session, out, editor, monkeypatch) -> None:
+    """A batch cut (Ctrl-C, kill -9) after its names were claimed, before any pair was recorded."""
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch, "_entry", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(session, out, editor)
+    monkeypatch.undo()
+
+
 def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwritten(
     session, tmp_path, tiny_editor, monkeypatch
 ):
@@ -566,14 +578,7 @@ def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwri
     of those edits by hand under the same name. A rerun leaves that file alone (it has another shape than the pair's
     result) and renders the rest."""
     out = tmp_path / "out"
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(batch, "_entry", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process(session, out, tiny_editor)
-    monkeypatch.undo()
+    _cut_before_its_first_record(session, out, tiny_editor, monkeypatch)
     for written in out.rglob("*.wav"):
         written.unlink()  # as if the cut came before the result's rename
     assert "mix.extract_drums.wav" in json.loads((out / "manifest.json").read_text())["claimed"]
@@ -593,14 +598,7 @@ def test_a_rerun_cut_while_it_rendered_a_changed_source_again_replaces_its_own_r
     out = tmp_path / "out"
     run_in_process(session, out, tiny_editor)
     write_wav(session / "mix.wav", 1.5, 22050, 2, seed=7, subtype="PCM_16")  # re-bounced, longer
-
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(batch, "_entry", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run_in_process(session, out, tiny_editor)
-    monkeypatch.undo()
+    _cut_before_its_first_record(session, out, tiny_editor, monkeypatch)
     assert "mix.extract_drums.wav" in json.loads((out / "manifest.json").read_text())["claimed"]
     resumed = run_in_process(session, out, tiny_editor)
     assert not resumed.refused and resumed.rows["mix"]["extract drums"].startswith("done ")
