@@ -338,14 +338,17 @@ def region_frames(info: AudioInfo, start_s: float, end_s: float) -> tuple[int, i
         raise AudioError(f"the region's start and end must be finite numbers of seconds, got {start_s}-{end_s}")
     if start_s < 0:
         raise AudioError(f"the region starts before the file does ({start_s:g} s)")
-    if end_s < 0:
+    to_end = end_s < 0
+    if to_end:
         end_s = info.duration
+    if start_s >= info.duration or end_s > info.duration + END_TOLERANCE_S:  # said first: a start past the end with
+        # no end given is past the end, not a region ending at a time the producer never gave
+        end = "end" if to_end else f"{end_s:g} s"
+        raise AudioError(
+            f"the region {start_s:g} s-{end} lies past the end of {info.path.name} ({info.duration:.3f} s long)"
+        )
     if end_s <= start_s:
         raise AudioError(f"the region is empty: it ends ({end_s:g} s) where or before it starts ({start_s:g} s)")
-    if start_s >= info.duration or end_s > info.duration + END_TOLERANCE_S:
-        raise AudioError(
-            f"the region {start_s:g}-{end_s:g} s lies past the end of {info.path.name} ({info.duration:.3f} s long)"
-        )
     start = int(round(start_s * info.sample_rate))
     stop = int(round(end_s * info.sample_rate))
     if start >= info.frames:  # within the file's last half sample: nothing left to read from there

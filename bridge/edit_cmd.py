@@ -141,6 +141,7 @@ def _edit(args: argparse.Namespace, input_path: Path, output: Path, made: list[P
     # A name this command chose (no -o, or -o FOLDER) that another run took meanwhile: the next free one, as the
     # server does; a name the user gave is theirs, and is only replaced with --force.
     chosen_here = not args.output or names_folder(os.path.expanduser(args.output))
+    done = None
     try:
         done = edit_region(
             editor, input_path, args.start, args.end, args.instruction, output,
@@ -155,7 +156,7 @@ def _edit(args: argparse.Namespace, input_path: Path, output: Path, made: list[P
             raise AudioError(f"cannot read {input_path}: {exc.strerror or exc}") from None
         raise ConfigError(f"cannot write {output}: {exc.strerror or exc}") from None  # the write is atomic
     finally:
-        progress.close()
+        progress.close(done=done is not None)  # 100 % once the result is in place
     print(done.output_path)
     report_edit("imusic edit", parsed.label, done.seed, done.info, done.seconds)
     if args.play or args.ab:

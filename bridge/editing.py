@@ -21,6 +21,12 @@ from bridge.protocol import EditOptions
 from engine.errors import AudioError, Cancelled
 from engine.files import jsonable
 
+# A job's progress: the engine's own stages up to this fraction, its last ("done") said as EDITED, then the result is
+# written; "done" is the job's, when its result is in place (/imusic/done), not the engine's (a client that took the
+# stage "done" for the end read the file before it was written)
+WRITING_AT = 0.99
+EDITED = "edited"
+
 Progress = Callable[[float, str], None]
 
 
@@ -113,12 +119,18 @@ def edit_region(
     read_s = time.perf_counter() - started
     edit_started = time.perf_counter()
     choices = (options or EditOptions()).kwargs()
-    result = editor.edit(audio, sample_rate, instruction, progress=progress, cancel=cancel, **choices)
+    edited = None
+    if progress is not None:  # the engine's end is not the job's: its result is written after
+
+        def edited(fraction: float, stage: str) -> None:
+            progress(min(fraction, WRITING_AT), EDITED if stage == "done" else stage)
+
+    result = editor.edit(audio, sample_rate, instruction, progress=edited, cancel=cancel, **choices)
     edit_s = time.perf_counter() - edit_started
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled")
     if progress is not None:
-        progress(1.0, "writing")
+        progress(WRITING_AT, "writing")
     write_started = time.perf_counter()
     written, info = write_result(
         output_path, result.audio, result.sample_rate, audio, sample_rate, result.info,

@@ -124,7 +124,7 @@ def _run_edit(client: Client, args: argparse.Namespace, short: float) -> int:
         client.send(protocol.CANCEL, job_id)
         sys.stderr.write(f"cancel sent for job {job_id}\n")
         return 130
-    bar.close()
+    bar.close(done=True)  # 100 % once the result is in place
     if args.json:
         print(json.dumps({"job_id": job_id, "output_path": result.output_path, "info": result.info}))
         return 0

@@ -100,7 +100,14 @@ def test_a_region_ending_a_hair_past_the_end_is_padded_with_silence(tmp_path):
 
 @pytest.mark.parametrize(
     "start,end,words",
-    [(0.5, 5.0, "past the end"), (2.0, 3.0, "past the end"), (-0.1, 0.5, "before"), (0.5, 0.5, "empty")],
+    [
+        (0.5, 5.0, "past the end"),
+        (2.0, 3.0, "past the end"),
+        (-0.1, 0.5, "before"),
+        (0.5, 0.5, "empty"),
+        (0.8, 0.3, "empty"),
+        (5.0, -1.0, r"the region 5 s-end lies past the end of a.wav \(1.000 s long\)"),  # to the end: not "empty"
+    ],
 )
 def test_bad_regions_raise_audio_errors_naming_the_problem(tmp_path, start, end, words):
     path = tmp_path / "a.wav"

@@ -251,9 +251,10 @@ def test_send_edit_shows_progress_on_stderr_up_to_100_percent(server, root, caps
     song = write_wav(root / "song.wav")
     assert send(server, "edit", str(song), "extract drums") == 0
     captured = capsys.readouterr()
-    lines = [line.split(maxsplit=1) for line in captured.err.splitlines()[:-1]]  # not a terminal: a line a stage
+    lines = [line.split(maxsplit=1) for line in captured.err.splitlines()[:-2]]  # not a terminal: a line a stage
     assert [stage for _, stage in lines] == ["started", "editing", "decoding", "writing"]
-    assert lines[-1][0] == "100.0%"
+    assert lines[-1][0] == "99.0%"  # 100 % is said once the result is written: "done"
+    assert captured.err.splitlines()[-2].split(maxsplit=1) == ["100.0%", "done"]
     assert Path(captured.out.strip()).exists()
 
 

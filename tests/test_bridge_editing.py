@@ -79,3 +79,13 @@ def test_a_cancel_during_the_edit_writes_nothing(tmp_path):
     with pytest.raises(Cancelled):
         edit_region(FakeEditor(deaf=True), source, 0.0, -1.0, "extract drums", tmp_path / "r.wav", cancel=cancel)
     assert not (tmp_path / "r.wav").exists()
+
+
+def test_the_engines_end_is_not_said_done_before_the_result_is_written(tmp_path, tiny_editor):
+    """The Editor ends at (1.0, "done"); the job then writes its result: a client that took that stage for the end
+    read a file not written yet."""
+    source = write_wav(tmp_path / "in.wav", seconds=1.0)
+    seen = []
+    edit_region(tiny_editor, source, 0.0, -1.0, "extract drums", tmp_path / "r.wav", progress=lambda *p: seen.append(p))
+    assert "done" not in {stage for _, stage in seen} and ("edited" in {stage for _, stage in seen})
+    assert seen[-1] == (0.99, "writing") and max(fraction for fraction, _ in seen) == 0.99
