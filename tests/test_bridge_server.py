@@ -88,7 +88,7 @@ def test_edit_round_trip_writes_an_aligned_float_wav_beside_the_input(client, so
     assert sample_rate == 16000
     assert sf.info(out).subtype == "FLOAT"
     np.testing.assert_allclose(written, 0.5 * source[8000:24000], atol=1e-7)  # exactly the region, same length
-    assert progress and progress == sorted(progress) and progress[-1] == 1.0
+    assert progress and progress == sorted(progress) and progress[-1] == 0.99  # the rest is /imusic/done
 
 
 def test_done_carries_result_metadata_json_with_levels_and_bridge_timings(client, song):
