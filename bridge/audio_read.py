@@ -179,6 +179,9 @@ def _open(path: str | Path) -> Iterator:
 _UNCOMPRESSED = ("wav", "aiff")  # FORMAT_SUFFIXES keys whose header announces the sample count
 
 
+_STILL_WRITTEN_BYTES = 4096  # a header and some audio: more than any empty file's header holds
+
+
 def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
     """AudioError for a WAV or AIFF file that holds fewer samples than its header announces (cut short in a copy or a
     download): pedalboard trusts the header, padding the missing part with silence or allocating for its length.
@@ -324,6 +327,13 @@ def probe(
             raise AudioError(f"cannot read {path} as audio ({AUDIO_FORMATS}): {exc}") from None
         if reader.spent:
             raise gave_up()
+    if info.frames <= 0 and info.num_channels > 0 and path.stat().st_size > _STILL_WRITTEN_BYTES:
+        # a WAV writer fills in its header's sizes when it closes: 0 samples in a file of some size is a render
+        # still going (or one that never ended), not an empty file
+        raise AudioError(
+            f"{path}'s header says it holds no samples, though the file holds {path.stat().st_size} bytes: is it "
+            "still being written? Try again when the render or copy has ended"
+        )
     if info.frames <= 0 or info.num_channels <= 0 or info.sample_rate <= 0:
         raise AudioError(f"{path} holds no audio")
     return info

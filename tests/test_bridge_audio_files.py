@@ -377,3 +377,24 @@ def test_a_result_with_as_many_samples_as_channels_is_written(tmp_path, channels
     back, rate = sf.read(path, dtype="float32", always_2d=True)
     assert rate == 48000
     np.testing.assert_array_equal(back.T, audio)
+
+
+def test_a_wav_whose_header_still_says_zero_samples_is_said_to_be_still_written(tmp_path):
+    """A render in progress: its writer fills in the header's sizes when it closes. It was refused as holding no audio,
+    which a producer reads as an empty file."""
+    import struct
+
+    path = tmp_path / "rendering.wav"
+    sf.write(str(path), np.zeros(48000, np.float32) + 0.1, 16000, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", 0)
+    path.write_bytes(bytes(data))
+    from bridge.audio_read import probe  # what the server, `imusic edit` and batch check a file with first
+
+    with pytest.raises(AudioError, match="header says it holds no samples.*still being written"):
+        probe(path)
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), np.zeros(0, np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match="holds no audio"):
+        probe(empty)
