@@ -372,6 +372,13 @@ def read_json_object(path: str | Path, missing: str, error: type[Exception] = Im
     return data
 
 
+def short_digest(value: Any) -> str:
+    """16 hex digits of the SHA-1 of `value` as JSON: what a run's data or a model's files are, compared later."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(value).encode()).hexdigest()[:16]
+
+
 def jsonable(value: Any) -> Any:
     """Plain JSON values: numpy scalars to numbers, arrays to lists, non-finite floats to null, the rest to text."""
     if isinstance(value, dict):

@@ -37,6 +37,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+_NAME = "step_{:08d}.pt"  # a checkpoint's file name: its step, so that names sort as steps do
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint file holds, from its name (save_checkpoint's)."""
+    return int(Path(path).name.split(".")[0].split("_")[-1])
+
+
+def check_same_data(saved: dict, identity: str, data: Any) -> None:
+    """A checkpoint's run must resume on the data it trained on: CheckpointError when `saved` (the checkpoint's
+    payload) records another `identity` (a short_digest of its songs or files), a note when it predates the check."""
+    import sys
+
+    if "data" not in saved:
+        print(
+            f"imusic train: the checkpoint of step {saved['step']} predates the data check: whether {data} still "
+            "holds what the run trained on is not known",
+            file=sys.stderr,
+        )
+    elif saved["data"] != identity:
+        raise CheckpointError(
+            f"the data set changed since step {saved['step']} was saved (songs or files added, removed or changed "
+            f"in {data}): resuming would not draw what the run drew, nor validate on its songs; use the data it was "
+            "trained on, or start a new run"
+        )
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints of a run, oldest first."""
     folder = Path(run_dir) / CKPT_DIR
@@ -47,7 +74,7 @@ def save_checkpoint(run_dir: Path, step: int, payload: dict, keep: int) -> Path:
     """Write step_NNNNNNNN.pt atomically (temporary file, then rename) and keep only the last `keep`."""
     folder = Path(run_dir) / CKPT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step_{step:08d}.pt"
+    path = folder / _NAME.format(step)
     try:
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)

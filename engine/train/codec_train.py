@@ -13,7 +13,6 @@ No adversarial loss: it would triple the cost per step on 2 CPU cores; the price
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import random
 import sys
@@ -31,9 +30,17 @@ from tqdm import tqdm
 
 from engine.device import to_device, training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
-from engine.files import AUDIO_FORMATS, audio_files, staged_dir, write_bytes_atomic, write_json_atomic
+from engine.files import (
+    AUDIO_FORMATS,
+    audio_files,
+    short_digest,
+    staged_dir,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
+    check_same_data,
     checkpoint_payload,
     list_checkpoints,
     load_checkpoint,
@@ -363,7 +370,7 @@ def train_codec(
         (Path(path).relative_to(Path(data)).as_posix(), frames)
         for path, frames in zip(files, sampler.frames, strict=True)
     ]
-    identity = hashlib.sha1(json.dumps(drawn).encode()).hexdigest()[:16]
+    identity = short_digest(drawn)
     step = 0
     if init_from is not None and not (resume and checkpoints):
         _load_initial(model, Path(init_from))
@@ -372,12 +379,7 @@ def train_codec(
         rvq.initialised = any(bool(codebook.embed.abs().sum()) for codebook in rvq.codebooks)
     if resume and checkpoints:
         state = load_checkpoint(checkpoints[-1], checkpoints[-2] if len(checkpoints) > 1 else None, stage="codec")
-        if state.get("data", identity) != identity:  # checkpoints before this have none
-            raise CheckpointError(
-                f"the data set changed since step {state['step']} was saved (files added, removed or changed in "
-                f"{data}): resuming would not draw the clips the run drew; use the data it was trained on, or start "
-                "a new run"
-            )
+        check_same_data(state, identity, data)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]

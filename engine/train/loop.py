@@ -8,7 +8,6 @@ runs its own loop: codec_train.py.)
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import sys
@@ -26,12 +25,14 @@ from engine.device import training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.clips import spread_indices
 from engine.eval.plots import plot_curves
-from engine.files import write_json_atomic
+from engine.files import short_digest, write_json_atomic
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
     CKPT_DIR,
+    check_same_data,
     checkpoint_payload,
+    checkpoint_step,
     list_checkpoints,
     load_checkpoint,
     rng_state,
@@ -294,15 +295,14 @@ class NonFiniteLoss(DataError):
 def data_identity(*datasets: Any) -> str:
     """What a run's songs are, as a short hash: each song's id and its stems' names, lengths and rates (read from the
     scan, no audio; independent of where the data set lies). A resumed run must find the same."""
-    import hashlib
-
-    songs = [
-        (plan.song.song_id, sorted((stem.name, stem.frames, stem.sample_rate) for stem in plan.song.stems))
-        for data in datasets
-        if data is not None
-        for plan in data.plans
-    ]
-    return hashlib.sha1(json.dumps(songs).encode()).hexdigest()[:16]
+    return short_digest(
+        [
+            (plan.song.song_id, sorted((stem.name, stem.frames, stem.sample_rate) for stem in plan.song.stems))
+            for data in datasets
+            if data is not None
+            for plan in data.plans
+        ]
+    )
 
 
 ABANDONED = ".abandoned"
@@ -313,7 +313,7 @@ def _set_aside_later(run_dir: Path, step: int) -> None:
     (kept, but no --resume picks them). Left in place, the newest (perhaps the damaged one that sent the user back)
     was still "the latest", and pruning by name deleted the good one this run had resumed from."""
     for later in list_checkpoints(run_dir):
-        if int(later.stem.split("_")[-1]) > step:
+        if checkpoint_step(later) > step:
             aside = later.with_name(later.name + ABANDONED)
             n = 1
             while aside.exists():  # one set aside by an earlier --resume-from: kept too
@@ -400,18 +400,8 @@ def train(
         val_data = None
         print(f"imusic train: no validation loss ({exc})", file=sys.stderr)
     identity = data_identity(train_data, val_data)
-    if payload is not None and "data" not in payload:
-        print(
-            f"imusic train: the checkpoint of step {payload['step']} predates the data check: whether {cfg.data} "
-            "still holds the songs the run trained on is not known",
-            file=sys.stderr,
-        )
-    if payload is not None and payload.get("data", identity) != identity:
-        raise CheckpointError(
-            f"the data set changed since step {payload['step']} was saved (songs added, removed or changed in "
-            f"{cfg.data}): resuming would draw other batches and validate on other songs than the run did; use the "
-            "data it was trained on, or start a new run"
-        )
+    if payload is not None:
+        check_same_data(payload, identity, cfg.data)
     # processes that read clips: none on a CPU (they would compete with the model for its cores), else a few
     auto_workers = 0 if device.type == "cpu" else min(MAX_AUTO_WORKERS, usable_cores())
     workers = cfg.workers if cfg.workers is not None else auto_workers

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
-from engine.files import jsonable, read_json_object, write_bytes_atomic
+from engine.files import jsonable, read_json_object, short_digest, write_bytes_atomic
 from engine.model.fit import check_state_fits
 from engine.weights.adapter_meta import check_stems, is_adapter_dir, read_adapter_meta
 from engine.weights.names import ADAPTER_DIR, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
@@ -142,7 +142,6 @@ def weights_identity(source: str | Path | None, adapter: str | Path | None = Non
     evaluation and provenance). Linked folders are followed. Two models of one card name, or one model with another
     adapter, differ; a model copied elsewhere, or measured again, does not. None where the model cannot be found (a
     hub name not in the cache); a file that cannot be read counts as such."""
-    import hashlib
     import os
 
     parts: list = []
@@ -172,7 +171,7 @@ def weights_identity(source: str | Path | None, adapter: str | Path | None = Non
                 parts.append((label, place, _file_digest(file)))
             except OSError:
                 parts.append((label, place, "unreadable"))
-    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+    return short_digest(parts)
 
 
 def add_model_arguments(parser: Any) -> None:
