@@ -35,6 +35,7 @@ from bridge.manifest import (
     DONE,
     FAILED,
     MANIFEST_NAME,
+    OUTPUT_FIELDS,
     UNSUPPORTED,
     Manifest,
     file_sha256,
@@ -101,7 +102,7 @@ def plan_refusing_results(sources: list[Source], labels: list, out: Path, manife
     pairs = plan_pairs(sources, labels, out)
     results = {os.path.realpath(pair.output) for pair in pairs}
     for entry in manifest.pairs.values():
-        results |= {os.path.realpath(out / entry[key]) for key in ("output", "earlier_output") if entry.get(key)}
+        results |= {os.path.realpath(out / entry[key]) for key in OUTPUT_FIELDS if entry.get(key)}
     results |= {os.path.realpath(out / name) for name in manifest.claimed}
     refused = [
         dataclasses.replace(source, problem=f"{source.path} is a result of this batch (in {out}): a rerun would write "

@@ -158,11 +158,11 @@ def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str
 
 
 # An entry's fields that name files in OUT: text where present (a damaged one stopped a rerun with a traceback)
-_PATH_FIELDS = ("output", "earlier_output")
+OUTPUT_FIELDS = ("output", "earlier_output")
 
 
 def _entry_is_whole(entry: Any) -> bool:
-    return isinstance(entry, dict) and all(isinstance(entry.get(key, ""), str) for key in _PATH_FIELDS)
+    return isinstance(entry, dict) and all(isinstance(entry.get(key, ""), str) for key in OUTPUT_FIELDS)
 
 
 def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] = ()) -> bool:

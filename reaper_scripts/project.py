@@ -269,18 +269,16 @@ class PeakBuilds:
         until = time.monotonic() + budget_s
         active = active_project(R)
         self.pending = [build for build in self.pending if build[1] == active or project_file(R, build[1]) is not None]
-        for build in [build for build in self.pending if build[1] == active]:
-            while True:
-                build[2] += 1
-                if not R.RPR_PCM_Source_BuildPeaks(build[0], 1):
-                    R.RPR_PCM_Source_BuildPeaks(build[0], 2)
-                    self.pending.remove(build)
-                    break
-                if build[2] >= _PEAK_STEPS:
-                    self.pending.remove(build)
-                    break
-                if time.monotonic() >= until:
-                    return
+        ready = [build for build in self.pending if build[1] == active]
+        while ready:
+            build = ready[0]
+            build[2] += 1
+            finished = not R.RPR_PCM_Source_BuildPeaks(build[0], 1)
+            if finished:
+                R.RPR_PCM_Source_BuildPeaks(build[0], 2)
+            if finished or build[2] >= _PEAK_STEPS:
+                ready.pop(0)
+                self.pending.remove(build)
             if time.monotonic() >= until:
                 return
 
