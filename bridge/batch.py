@@ -40,6 +40,7 @@ from bridge.manifest import (
     Manifest,
     file_sha256,
     is_done,
+    out_name,
     same_settings,
     written_here,
 )
@@ -270,7 +271,7 @@ def run_batch(
     known = [d for d in durations.values() if d is not None]
     fallback = sum(known) / len(known) if known else 1.0
     weight = {p.key: durations[p.source.rel] or fallback for p in todo}  # seconds of audio: the ETA's unit
-    manifest.claim([pair.output.relative_to(out).as_posix() for pair in todo])
+    manifest.claim([out_name(pair.output, out) for pair in todo])
     # what each source was when the batch began: a result is recorded as made from it only if it is still that
     stamps = {pair.key: _stamp(pair.source.path) for pair in todo}
     # a file at a pair's output now is the batch's own (triage refused the others): replaced; one that appears later is
@@ -340,7 +341,7 @@ def run_batch(
                 # replace), and rendered again by the next run
                 changed = f"{pair.source.rel} changed while it was rendered: run the batch again to render it as it is"
                 entry = _entry(pair, out, settings, CHANGED, changed)
-                entry["earlier_output"] = os.path.relpath(outcome.output or pair.output, out)
+                entry["earlier_output"] = out_name(outcome.output or pair.output, out)
                 summary.failed += 1
                 row[pair.label] = "FAILED"
                 summary.errors.append(f"{pair.key}: {changed}")
@@ -357,7 +358,7 @@ def run_batch(
                 row[pair.label] = "FAILED"
                 summary.errors.append(f"{pair.key}: {outcome.error}")
                 tqdm.write(f"failed: {pair.key}: {outcome.error}", file=stream)
-            manifest.record(pair.key, entry, claimed=pair.output.relative_to(out).as_posix())
+            manifest.record(pair.key, entry, claimed=out_name(pair.output, out))
         if server:  # every job of the run ended: none to end next time
             manifest.data.pop("server_jobs", None)
         manifest.save()  # whole, with the journalled outcomes
@@ -387,7 +388,7 @@ def _entry(
         "edit": pair.edit,
         "label": pair.label,
         "region": [pair.source.start_s, pair.source.end_s],
-        "output": pair.output.relative_to(out).as_posix(),
+        "output": out_name(pair.output, out),
         "settings": settings,
         "error": error,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -403,7 +404,7 @@ def _entry(
         entry["seconds"] = round(outcome.seconds, 3)
         if outcome.error is None and outcome.output is not None:
             if outcome.output != pair.output:  # the server may have chosen another name
-                entry["output"] = os.path.relpath(outcome.output, out)
+                entry["output"] = out_name(outcome.output, out)
             entry["output_size"] = outcome.output.stat().st_size
             entry["seed"] = outcome.seed
             entry["levels"] = outcome.info.get("levels")

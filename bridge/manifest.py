@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.sources import Pair
 from engine.errors import DataError
-from engine.files import jsonable, write_json_atomic
+from engine.files import hash_stream, jsonable, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "imusic-batch/1"
@@ -149,16 +149,19 @@ def file_sha256(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str
         raise OSError(f"{path} is not a regular file")
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _cache:
-        digest = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _cache[key] = digest.hexdigest()
+            _cache[key] = hash_stream(hashlib.sha256(), f).hexdigest()
     return _cache[key]
 
 
 # An entry's fields that name files in OUT: text where present (a damaged one stopped a rerun with a traceback)
 OUTPUT_FIELDS = ("output", "earlier_output")
+
+
+def out_name(path: Path, out: Path) -> str:
+    """How the manifest names a file of the batch: relative to OUT, with forward slashes on every system (a name
+    written with backslashes on Windows matched none of the run's claims)."""
+    return os.path.relpath(path, out).replace(os.sep, "/")
 
 
 def _entry_is_whole(entry: Any) -> bool:
@@ -173,7 +176,7 @@ def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] =
         return True  # its own result, though the claim below may stand too (a rerun cut while it rendered again)
     if entry and entry.get("earlier_output") and out / entry["earlier_output"] == pair.output:
         return True  # see Manifest.set
-    if pair.output.relative_to(out).as_posix() in claimed:
+    if out_name(pair.output, out) in claimed:
         # A claim survives a cut (kill -9, Ctrl-C) that may come before the result is written: a file the user put
         # there since is theirs unless it has the exact shape this pair's result has.
         return _has_result_shape(pair)

@@ -372,6 +372,13 @@ def read_json_object(path: str | Path, missing: str, error: type[Exception] = Im
     return data
 
 
+def hash_stream(digest: Any, handle: Any, block: int = 1 << 20) -> Any:
+    """Feed what is left of an open binary file to a hashlib `digest` a block at a time; the digest back."""
+    for data in iter(lambda: handle.read(block), b""):
+        digest.update(data)
+    return digest
+
+
 def short_digest(value: Any) -> str:
     """16 hex digits of the SHA-1 of `value` as JSON: what a run's data or a model's files are, compared later."""
     import hashlib

@@ -170,6 +170,17 @@ def test_outputs_mirror_the_session_tree(session, tmp_path):
     ]
 
 
+def test_the_manifest_names_outputs_with_forward_slashes_on_windows_too(monkeypatch):
+    # A result named with backslashes (Windows' os.path.relpath) matched none of the run's forward-slash claims.
+    import ntpath
+    import types
+
+    from bridge import manifest
+
+    monkeypatch.setattr(manifest, "os", types.SimpleNamespace(path=ntpath, sep="\\"))
+    assert manifest.out_name(Path(r"C:\out\stems\bass.x.wav"), Path(r"C:\out")) == "stems/bass.x.wav"
+
+
 # --- .rpp projects --------------------------------------------------------------------------------------------
 
 RPP = """<REAPER_PROJECT 0.1 "7.0/linux-x86_64" 1700000000

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
-from engine.files import jsonable, read_json_object, short_digest, write_bytes_atomic
+from engine.files import hash_stream, jsonable, read_json_object, short_digest, write_bytes_atomic
 from engine.model.fit import check_state_fits
 from engine.weights.adapter_meta import check_stems, is_adapter_dir, read_adapter_meta
 from engine.weights.names import ADAPTER_DIR, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
@@ -126,8 +126,7 @@ def _file_digest(file: Path) -> str:
             except ValueError:
                 handle.seek(0)
         if size <= WHOLE_HASH_BYTES:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+            hash_stream(digest, handle)
         else:  # a base checkpoint of gigabytes: its size, start and end (read in a moment, and kept by any copy)
             digest.update(str(size).encode() + handle.read(_EDGE_BYTES))
             handle.seek(size - _EDGE_BYTES)
