@@ -139,11 +139,38 @@ def _libsndfile_reads_mp3() -> bool:
     return "MP3" in sf.available_formats()
 
 
+_UNKNOWN_SIZE = 0xFFFFFFFF  # a streaming writer's data size (ffmpeg or sox writing to a pipe): "until the file ends"
+
+
+def _streamed_wav(handle: Any, path: Path) -> bool:
+    """Whether `path` is a WAV whose data chunk's size is the streaming writers' "unknown" (pedalboard takes it for a
+    count: a file of 44100 samples read as 1073741823 and refused as cut short). The handle is left where it was."""
+    if audio_format(path) != "wav":
+        return False
+    where = handle.tell()
+    try:
+        handle.seek(0)
+        head = handle.read(4096) or b""
+    finally:
+        handle.seek(where)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return False
+    at = 12
+    while at + 8 <= len(head):
+        size = int.from_bytes(head[at + 4 : at + 8], "little")
+        if head[at : at + 4] == b"data":
+            return size == _UNKNOWN_SIZE
+        at += 8 + size + (size & 1)
+    return False
+
+
 def _reader(handle: Any, path: Path) -> Any:
-    """pedalboard's reader, or libsndfile's (_SndfileReader) for MP3 and for what pedalboard cannot open; an error
-    is pedalboard's, which names what is wrong with the file."""
+    """pedalboard's reader, or libsndfile's (_SndfileReader) for MP3, for a streamed WAV (libsndfile counts its
+    samples) and for what pedalboard cannot open; an error is pedalboard's, which names what is wrong with the file."""
     from pedalboard.io import AudioFile
 
+    if _streamed_wav(handle, path):
+        return _SndfileReader(handle)
     if _gapless(path):
         try:
             return _SndfileReader(handle, _SndfileReader.MP3_PREROLL)

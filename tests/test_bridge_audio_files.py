@@ -398,3 +398,23 @@ def test_a_wav_whose_header_still_says_zero_samples_is_said_to_be_still_written(
     sf.write(str(empty), np.zeros(0, np.float32), 16000, subtype="PCM_16")
     with pytest.raises(AudioError, match="holds no audio"):
         probe(empty)
+
+
+def test_a_streamed_wav_whose_sizes_say_unknown_is_read_to_its_end(tmp_path):
+    """ffmpeg or sox writing WAV to a pipe leave the RIFF and data sizes at 0xFFFFFFFF ("until the end of the file");
+    pedalboard took that for a count of 1073741823 samples and the file was refused as cut short."""
+    import struct
+
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 8000)).astype(np.float32)
+    path = tmp_path / "piped.wav"
+    sf.write(str(path), audio.T, 16000, subtype="FLOAT")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+    info = probe(path)
+    assert (info.sample_rate, info.num_channels, info.frames) == (16000, 2, 8000)
+    back, rate = read_region(path, 0.25, -1)
+    assert rate == 16000
+    np.testing.assert_array_equal(back, audio[:, 4000:])
