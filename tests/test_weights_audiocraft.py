@@ -21,7 +21,7 @@ from engine.weights import detect_layout, load_model
 @pytest.fixture(scope="module")
 def same_model_two_layouts(tmp_path_factory):
     root = tmp_path_factory.mktemp("layouts")
-    hf_model = tiny_musicgen(seed=3)
+    hf_model = tiny_musicgen(seed=3, causal_codec=False)  # as MusicGen's own codec: a causal one hid a bug
     return (
         write_transformers_layout(root / "transformers", model=hf_model),
         write_audiocraft_layout(root / "audiocraft", model=hf_model),
@@ -132,3 +132,28 @@ def test_the_codec_frame_rate_of_an_audiocraft_folder_is_read_from_its_xp_cfg(sa
     assert audiocraft_layout.frame_rate(other) == pytest.approx(
         2 * audio.sampling_rate / math.prod(audio.upsampling_ratios)
     )
+
+
+def test_xp_cfg_references_are_resolved_and_a_yes_no_field_left_as_text_is_refused(same_model_two_layouts, tmp_path):
+    import shutil
+
+    import yaml
+
+    from engine.weights.audiocraft_layout import CODEC_FILE, load_codec_model, resolve_references
+
+    cfg = {"a": {"b": 3, "loop": "${a.loop}"}, "c": "${a.b}", "d": "x${a.b}y", "e": ["${a.b}"], "f": "${nowhere}"}
+    assert resolve_references(cfg) == {
+        "a": {"b": 3, "loop": "${a.loop}"},
+        "c": 3,  # a whole reference keeps the value's type
+        "d": "x3y",
+        "e": [3],
+        "f": "${nowhere}",  # a reference to nothing stays as written
+    }
+    broken = shutil.copytree(same_model_two_layouts[1], tmp_path / "broken")
+    package = torch.load(broken / CODEC_FILE, weights_only=True)
+    xp = yaml.safe_load(package["xp.cfg"])
+    del xp["encodec"]["causal"]  # seanet.causal now refers to nothing: bool() of it would say "causal"
+    package["xp.cfg"] = yaml.safe_dump(xp)
+    torch.save(package, broken / CODEC_FILE)
+    with pytest.raises(CheckpointError, match=r"seanet.causal is '\$\{encodec.causal\}', not true or false"):
+        load_codec_model(broken)

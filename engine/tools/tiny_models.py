@@ -42,10 +42,15 @@ TINY_WORDS = tuple(word for line in _WORD_LINES for word in line.split())
 
 
 def tiny_musicgen_config(
-    num_layers: int = TINY_LAYERS, dim: int = TINY_DIM, card: int = TINY_CARD, ffn_dim: int | None = None
+    num_layers: int = TINY_LAYERS,
+    dim: int = TINY_DIM,
+    card: int = TINY_CARD,
+    ffn_dim: int | None = None,
+    causal_codec: bool = True,
 ) -> MusicgenConfig:
-    """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card`, tiny T5, and the tiny
-    preset's decoder, or one of `num_layers` x `dim` (feed-forward `ffn_dim`, else 4 x dim as MusicGen's)."""
+    """A transformers MusicgenConfig: 16 kHz EnCodec at 50 Hz with 4 codebooks of `card` (causal unless
+    `causal_codec` is False, as MusicGen's own), tiny T5, and the tiny preset's decoder, or one of `num_layers` x
+    `dim` (feed-forward `ffn_dim`, else 4 x dim as MusicGen's)."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, T5Config
 
     from engine.model.codec import encodec_config
@@ -73,6 +78,7 @@ def tiny_musicgen_config(
         num_filters=8,
         num_lstm_layers=1,
         codebook_dim=32,
+        use_causal_conv=causal_codec,
     )
     shape = replace(TINY, num_layers=num_layers, dim=dim, ffn_dim=ffn_dim or 4 * dim, card=card)
     decoder = MusicgenDecoderConfig(**lm_config_to_transformers(shape))
@@ -93,7 +99,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return word_level_tokenizer(_tiny_vocab())
 
 
-def tiny_musicgen(seed: int = 0, **config_kwargs: int) -> MusicgenForConditionalGeneration:
+def tiny_musicgen(seed: int = 0, **config_kwargs: Any) -> MusicgenForConditionalGeneration:
     """A random transformers MusicgenForConditionalGeneration of the tiny shape (seeded, deterministic)."""
     from transformers import MusicgenForConditionalGeneration
 
@@ -408,10 +414,12 @@ def write_audiocraft_layout(
     }
     torch.save({"best_state": audiocraft_lm_state(ours), "xp.cfg": yaml.safe_dump(lm_cfg)}, path / "state_dict.bin")
     audio = model.config.audio_encoder
+    # as audiocraft exports it (OmegaConf.to_yaml, unresolved): the codec's fields refer to others by ${...}
     codec_cfg = {
         "sample_rate": audio.sampling_rate,
         "channels": 1,
         "seanet": {
+            "channels": "${channels}",
             "dimension": audio.hidden_size,
             "n_filters": audio.num_filters,
             "n_residual_layers": audio.num_residual_layers,
@@ -421,16 +429,22 @@ def write_audiocraft_layout(
             "last_kernel_size": audio.last_kernel_size,
             "residual_kernel_size": audio.residual_kernel_size,
             "dilation_base": audio.dilation_growth_rate,
-            "causal": audio.use_causal_conv,
+            "causal": "${encodec.causal}",
             "pad_mode": audio.pad_mode,
             "true_skip": not audio.use_conv_shortcut,
             "compress": audio.compress,
             "lstm": audio.num_lstm_layers,
-            "trim_right_ratio": audio.trim_right_ratio,
             "disable_norm_outer_blocks": 0,
+            "decoder": {"trim_right_ratio": audio.trim_right_ratio, "final_activation": None},
+            "encoder": {},
         },
         "rvq": {"n_q": TINY_CODEBOOKS, "bins": audio.codebook_size},
-        "encodec": {"renormalize": False},
+        "encodec": {
+            "sample_rate": "${sample_rate}",
+            "channels": "${channels}",
+            "causal": audio.use_causal_conv,
+            "renormalize": False,
+        },
     }
     torch.save(
         {"best_state": audiocraft_codec_state(model.audio_encoder), "xp.cfg": yaml.safe_dump(codec_cfg)},

@@ -62,7 +62,44 @@ def read_package(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             cfg = yaml.safe_load(cfg) or {}
         except yaml.YAMLError as exc:
             raise CheckpointError(f"{file}: its xp.cfg is not valid YAML: {exc}") from None
-    return package["best_state"], cfg
+    return package["best_state"], resolve_references(cfg) if isinstance(cfg, dict) else {}
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+_UNFOUND = object()
+
+
+def resolve_references(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config with its OmegaConf references (`${encodec.causal}`) replaced by what they name. audiocraft exports
+    its xp.cfg unresolved (OmegaConf.to_yaml): MusicGen's codec says `seanet.causal: ${encodec.causal}`, a text that
+    bool() reads as True, so its non-causal codec was built causal. A reference to nothing (or a loop, or a resolver
+    such as `${oc.env:X}`) stays as written, for the reader of that field to refuse."""
+
+    def lookup(dotted: str, seen: frozenset[str]) -> Any:
+        node: Any = cfg
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return _UNFOUND
+            node = node[part]
+        return resolve(node, seen | {dotted})
+
+    def resolve(value: Any, seen: frozenset[str]) -> Any:
+        if isinstance(value, dict):
+            return {key: resolve(item, seen) for key, item in value.items()}
+        if isinstance(value, list):
+            return [resolve(item, seen) for item in value]
+        if not isinstance(value, str):
+            return value
+
+        def named(match: re.Match) -> Any:
+            return _UNFOUND if match[1] in seen else lookup(match[1], seen)
+
+        if (whole := _REFERENCE.fullmatch(value)) is not None:
+            found = named(whole)
+            return value if found is _UNFOUND else found
+        return _REFERENCE.sub(lambda m: m[0] if (found := named(m)) is _UNFOUND else str(found), value)
+
+    return resolve(cfg, frozenset())
 
 
 # ---- LM --------------------------------------------------------------------------------------------------------
@@ -135,37 +172,51 @@ def encodec_config(cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> Encod
     seanet = dict(cfg.get("seanet") or {})
     rvq = dict(cfg.get("rvq") or {})
     encodec = dict(cfg.get("encodec") or {})
+    causal = _flag("seanet.causal", seanet.get("causal", encodec.get("causal", False)))
+    decoder = seanet.get("decoder") if isinstance(seanet.get("decoder"), dict) else {}
     if seanet.get("norm", "weight_norm") != "weight_norm" or seanet.get("disable_norm_outer_blocks", 0):
         raise CheckpointError("only weight-normalised EnCodec models (as MusicGen's) can be read")
     if encodec.get("renormalize"):
         raise CheckpointError("renormalising EnCodec models are not supported (MusicGen's codec does not renormalise)")
-    sample_rate = int(cfg.get("sample_rate") or encodec.get("sample_rate") or SAMPLE_RATE)
-    ratios = list(seanet.get("ratios", [8, 5, 4, 2]))
-    bins = int(rvq.get("bins", state["quantizer.vq.layers.0._codebook.embed"].shape[0]))
-    n_q = int(rvq.get("n_q") or sum(1 for n in state if n.endswith("._codebook.embed")))
-    return encodec_with_codebooks(
-        n_q,
-        sampling_rate=sample_rate,
-        audio_channels=int(cfg.get("channels", 1)),
-        hidden_size=int(seanet.get("dimension", 128)),
-        num_filters=int(seanet.get("n_filters", 32)),
-        num_residual_layers=int(seanet.get("n_residual_layers", 1)),
-        upsampling_ratios=ratios,
-        norm_type="weight_norm",
-        kernel_size=int(seanet.get("kernel_size", 7)),
-        last_kernel_size=int(seanet.get("last_kernel_size", 7)),
-        residual_kernel_size=int(seanet.get("residual_kernel_size", 3)),
-        dilation_growth_rate=int(seanet.get("dilation_base", 2)),
-        use_causal_conv=bool(seanet.get("causal", False)),
-        pad_mode=str(seanet.get("pad_mode", "constant")),
-        compress=int(seanet.get("compress", 2)),
-        num_lstm_layers=int(seanet.get("lstm", 2)),
-        trim_right_ratio=float(seanet.get("trim_right_ratio", 1.0)),
-        use_conv_shortcut=not bool(seanet.get("true_skip", True)),
-        codebook_size=bins,
-        codebook_dim=int(seanet.get("dimension", 128)),
-        normalize=False,
-    )
+    try:
+        sample_rate = int(cfg.get("sample_rate") or encodec.get("sample_rate") or SAMPLE_RATE)
+        ratios = [int(ratio) for ratio in seanet.get("ratios", [8, 5, 4, 2])]
+        bins = int(rvq.get("bins", state["quantizer.vq.layers.0._codebook.embed"].shape[0]))
+        n_q = int(rvq.get("n_q") or sum(1 for n in state if n.endswith("._codebook.embed")))
+        return encodec_with_codebooks(
+            n_q,
+            sampling_rate=sample_rate,
+            audio_channels=int(cfg.get("channels", 1)),
+            hidden_size=int(seanet.get("dimension", 128)),
+            num_filters=int(seanet.get("n_filters", 32)),
+            num_residual_layers=int(seanet.get("n_residual_layers", 1)),
+            upsampling_ratios=ratios,
+            norm_type="weight_norm",
+            kernel_size=int(seanet.get("kernel_size", 7)),
+            last_kernel_size=int(seanet.get("last_kernel_size", 7)),
+            residual_kernel_size=int(seanet.get("residual_kernel_size", 3)),
+            dilation_growth_rate=int(seanet.get("dilation_base", 2)),
+            use_causal_conv=causal,
+            pad_mode=str(seanet.get("pad_mode", "constant")),
+            compress=int(seanet.get("compress", 2)),
+            num_lstm_layers=int(seanet.get("lstm", 2)),
+            trim_right_ratio=float(decoder.get("trim_right_ratio", seanet.get("trim_right_ratio", 1.0))),
+            use_conv_shortcut=not _flag("seanet.true_skip", seanet.get("true_skip", True)),
+            codebook_size=bins,
+            codebook_dim=int(seanet.get("dimension", 128)),
+            normalize=False,
+        )
+    except (TypeError, ValueError) as exc:  # a field that is no number (an unresolved reference, a typo)
+        raise CheckpointError(
+            f"the codec's xp.cfg has a value that is not a number where one is needed: {exc}"
+        ) from None
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A yes/no field of an xp.cfg; bool() of a text (an unresolved reference) would read it as yes, silently."""
+    if not isinstance(value, bool):
+        raise CheckpointError(f"the codec's xp.cfg says {name} is {value!r}, not true or false")
+    return value
 
 
 def frame_rate(path: str | Path) -> float:
