@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -558,7 +559,24 @@ def test_a_models_identity_follows_its_files_not_its_place_or_its_cards_records(
     (linked / "base").unlink()
     (linked / "base").symlink_to(other / "base", target_is_directory=True)  # another base behind the link
     assert weights_identity(linked) != first
-    monkeypatch.setattr(loader, "WHOLE_HASH_BYTES", 1000)  # every weight file "large": its size, start and end
+    monkeypatch.setattr(loader, "WHOLE_HASH_BYTES", 1000)  # every weight file "large": its size, start, end, samples
     monkeypatch.setattr(loader, "_EDGE_BYTES", 100)
+    monkeypatch.setattr(loader, "_SAMPLE_BYTES", 16)
     assert weights_identity(copy) == weights_identity(tiny_model_dir) != weights_identity(other)
     assert weights_identity(tmp_path / "nowhere") is None
+
+
+def test_a_large_checkpoint_that_differs_only_between_its_start_and_end_is_another_model(tmp_path, monkeypatch):
+    """A safetensors file of one shape has the same header, and its tensors sorted by name put the frozen codec first
+    and T5 last: a fine-tuned decoder changes only the middle. Two such bases had one identity."""
+    from engine.weights import loader
+    from engine.weights.loader import weights_identity
+
+    monkeypatch.setattr(loader, "WHOLE_HASH_BYTES", 1 << 20)
+    monkeypatch.setattr(loader, "_EDGE_BYTES", 64 << 10)
+    body = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(body.tobytes())
+        body[3 << 20 : (3 << 20) + (64 << 10)] ^= 1  # a 64 KiB "layer" well inside
+    assert weights_identity(tmp_path / "a") != weights_identity(tmp_path / "b")

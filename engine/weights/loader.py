@@ -107,7 +107,11 @@ def resolve_source(source: str | Path | None) -> Path:
 
 
 WHOLE_HASH_BYTES = 256 << 20  # files up to this size are hashed whole by weights_identity
-_EDGE_BYTES = 4 << 20  # a larger one by its size and this much of its start and end
+_EDGE_BYTES = 4 << 20  # a larger one by its size, this much of its start and end,
+_SAMPLES, _SAMPLE_BYTES = 256, 64 << 10  # and this many blocks spread evenly between: a safetensors file of one shape
+# has the same header, and its tensors sorted by name put the frozen codec first and T5 last, so a fine-tuned decoder
+# changed nothing the start and end held (found by a review: two bases, one identity). 16 MiB read in all; a change to
+# one layer of 48 (2 % of the file) is missed with odds of 0.98 ** 256, under 1 %.
 # A card's fields that say what was measured or where it came from, not how it edits: a re-measurement is no new model
 _CARD_RECORDS = ("evaluation", "provenance", "wall_seconds_total", "stages", "data", "description")
 
@@ -127,8 +131,11 @@ def _file_digest(file: Path) -> str:
                 handle.seek(0)
         if size <= WHOLE_HASH_BYTES:
             hash_stream(digest, handle)
-        else:  # a base checkpoint of gigabytes: its size, start and end (read in a moment, and kept by any copy)
+        else:  # a base checkpoint of gigabytes: its size, start, end and samples between (read in a moment)
             digest.update(str(size).encode() + handle.read(_EDGE_BYTES))
+            for k in range(1, _SAMPLES + 1):
+                handle.seek(k * (size - _EDGE_BYTES - _SAMPLE_BYTES) // (_SAMPLES + 1))
+                digest.update(handle.read(_SAMPLE_BYTES))
             handle.seek(size - _EDGE_BYTES)
             digest.update(handle.read(_EDGE_BYTES))
     return digest.hexdigest()
@@ -137,10 +144,10 @@ def _file_digest(file: Path) -> str:
 def weights_identity(source: str | Path | None, adapter: str | Path | None = None) -> str | None:
     """What a model would be loaded from, as a short digest, without loading it: every file of the model folder (or
     the file) and of the adapter (its folder, or the file given), by its place and its content (_file_digest: whole up
-    to WHOLE_HASH_BYTES, a larger base checkpoint by its size, start and end; the card without its records of
-    evaluation and provenance). Linked folders are followed. Two models of one card name, or one model with another
-    adapter, differ; a model copied elsewhere, or measured again, does not. None where the model cannot be found (a
-    hub name not in the cache); a file that cannot be read counts as such."""
+    to WHOLE_HASH_BYTES, a larger base checkpoint by its size, start, end and blocks spread between; the card without
+    its records of evaluation and provenance). Linked folders are followed. Two models of one card name, or one model
+    with another adapter, differ; a model copied elsewhere, or measured again, does not. None where the model cannot
+    be found (a hub name not in the cache); a file that cannot be read counts as such."""
     import os
 
     parts: list = []
