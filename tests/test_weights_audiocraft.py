@@ -157,3 +157,29 @@ def test_xp_cfg_references_are_resolved_and_a_yes_no_field_left_as_text_is_refus
     torch.save(package, broken / CODEC_FILE)
     with pytest.raises(CheckpointError, match=r"seanet.causal is '\$\{encodec.causal\}', not true or false"):
         load_codec_model(broken)
+
+
+def test_a_fine_tunes_export_that_names_its_codec_loads_that_codec_from_the_cache(
+    same_model_two_layouts, tmp_path, t5_in_cache
+):
+    """audiocraft's export of a fine-tuned LM writes compression_state_dict.bin as {"pretrained":
+    "facebook/encodec_32khz"}: it was refused as "not an audiocraft release checkpoint"."""
+    import math
+    import shutil
+
+    from engine.weights import audiocraft_layout
+
+    hf_dir, ac_dir, hf_model = same_model_two_layouts
+    tuned = shutil.copytree(ac_dir, tmp_path / "tuned")
+    torch.save({"pretrained": "facebook/encodec_32khz"}, tuned / audiocraft_layout.CODEC_FILE)
+    with pytest.raises(CheckpointError, match="imusic weights download facebook/encodec_32khz"):
+        load_model(tuned, device="cpu", dtype="fp32")
+    snapshot = t5_in_cache.path / "models--facebook--encodec_32khz" / "snapshots" / ("1" * 40)
+    hf_model.audio_encoder.save_pretrained(snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("1" * 40)
+    wav = torch.randn(1, 1, 8000, generator=torch.Generator().manual_seed(0)) * 0.2
+    codes = load_model(hf_dir, device="cpu", dtype="fp32").codec.encode(wav)
+    assert torch.equal(load_model(tuned, device="cpu", dtype="fp32").codec.encode(wav), codes)
+    audio = hf_model.config.audio_encoder
+    assert audiocraft_layout.frame_rate(tuned) == audio.sampling_rate / math.prod(audio.upsampling_ratios)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
+from engine.files import read_json_object
 from engine.model.config import SAMPLE_RATE
 from engine.model.config import frame_rate as codec_frame_rate
 from engine.model.fit import check_state_fits
@@ -44,16 +45,29 @@ def is_audiocraft_dir(path: str | Path) -> bool:
     return (path / LM_FILE).is_file() or (path / CODEC_FILE).is_file()
 
 
+def _load(file: Path) -> Any:
+    if not file.is_file():
+        raise CheckpointError(f"audiocraft model directory {file.parent} is missing {file.name}")
+    try:
+        return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the producer's bad input
+        raise CheckpointError(f"{file} is not a readable audiocraft checkpoint: {str(exc).splitlines()[0]}") from None
+
+
+def pretrained_codec(file: Path) -> str | None:
+    """The codec a fine-tuned MusicGen's compression file names instead of holding it, or None: audiocraft's export of
+    a fine-tune (export_pretrained_compression_model) writes {"pretrained": "facebook/encodec_32khz"}."""
+    package = _load(file)
+    if isinstance(package, dict) and "best_state" not in package and isinstance(package.get("pretrained"), str):
+        return package["pretrained"]
+    return None
+
+
 def read_package(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(best_state, parsed xp.cfg) of an audiocraft release file."""
     import yaml
 
-    if not file.is_file():
-        raise CheckpointError(f"audiocraft model directory {file.parent} is missing {file.name}")
-    try:
-        package = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the producer's bad input
-        raise CheckpointError(f"{file} is not a readable audiocraft checkpoint: {str(exc).splitlines()[0]}") from None
+    package = _load(file)
     if not isinstance(package, dict) or "best_state" not in package:
         raise CheckpointError(f"{file} has no 'best_state': not an audiocraft release checkpoint")
     cfg = package.get("xp.cfg") or {}
@@ -220,18 +234,35 @@ def _flag(name: str, value: Any) -> bool:
 
 
 def frame_rate(path: str | Path) -> float:
-    """Codec frames per second of an audiocraft MusicGen folder (its compression xp.cfg: sample rate / hop)."""
+    """Codec frames per second of an audiocraft MusicGen folder (its compression xp.cfg: sample rate / hop; for a
+    fine-tune, the config of the codec it names)."""
+    if (name := pretrained_codec(Path(path) / CODEC_FILE)) is not None:
+        from engine.weights import hub
+        from engine.weights.transformers_layout import CONFIG
+
+        config = read_json_object(
+            hub.cached_snapshot(name) / CONFIG, f"the cached {name} has no {CONFIG}", CheckpointError
+        )
+        try:
+            return codec_frame_rate(int(config["sampling_rate"]), [int(r) for r in config["upsampling_ratios"]])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"the {CONFIG} of the cached {name} is not an EnCodec config") from None
     state, cfg = read_package(Path(path) / CODEC_FILE)
     config = encodec_config(cfg, state)
     return codec_frame_rate(config.sampling_rate, config.upsampling_ratios)
 
 
 def load_codec_model(path: Path) -> EncodecModel:
-    """transformers EncodecModel holding the weights of compression_state_dict.bin."""
+    """transformers EncodecModel holding the weights of compression_state_dict.bin, or of the codec it names (a
+    fine-tune's export), from the Hugging Face cache."""
     from transformers import EncodecModel
 
-    from engine.weights.transformers_layout import quiet_transformers
+    from engine.weights.transformers_layout import load_codec_dir, quiet_transformers
 
+    if (name := pretrained_codec(path / CODEC_FILE)) is not None:
+        from engine.weights import hub
+
+        return load_codec_dir(hub.cached_snapshot(name)).float().eval()
     state, cfg = read_package(path / CODEC_FILE)
     config = encodec_config(cfg, state)
     renamed = codec_state_from_audiocraft(state)
