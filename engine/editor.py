@@ -58,6 +58,8 @@ Progress = Callable[[float, str], None]
 
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
+MAX_SAMPLE = 1e6  # 120 dB over full scale: no recording; far past it, a mix of channels overflowed float32 and the
+# error blamed the model, and the mask mode returned silence
 # Channels "cancel out" when their mono mix is this far below them: one channel the other's polarity inverted leaves
 # only rounding (16-bit: about -100 dBFS) where the channels play at music's level; no real stereo mix comes near it.
 CANCEL_DB = 50.0
@@ -164,9 +166,9 @@ class Editor:
         if trained is not None:
             default = max(1, min(default, int(round(trained * self.frame_rate))))
         frames = default if window_seconds is None else int(round(window_seconds * self.frame_rate))
-        if not 1 <= frames <= self.max_window_frames:
+        if not 2 <= frames <= self.max_window_frames:  # one frame leaves no room to overlap: a click at every join
             raise ConfigError(
-                f"window_seconds must be between {1 / self.frame_rate:g} and "
+                f"window_seconds must be between {2 / self.frame_rate:g} and "
                 f"{self.max_window_frames / self.frame_rate:g} s for this model, got {window_seconds}"
             )
         self.window_frames = frames
@@ -704,9 +706,10 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
     top, bottom = float(audio.max()), float(audio.min())
     if not (math.isfinite(top) and math.isfinite(bottom)):
         raise AudioError("the audio contains NaN or infinite samples: render or bounce the region again")
-    if max(top, -bottom) > float(np.finfo(np.float32).max):  # infinite in the engine's float32
+    if max(top, -bottom) > MAX_SAMPLE:
         raise AudioError(
-            "the audio holds samples far out of range (beyond float32's): render or bounce the region again"
+            f"the audio holds samples far out of range (up to {max(top, -bottom):.3g}; full scale is 1): render or "
+            "bounce the region again"
         )
     audio = audio.astype(np.float32, copy=False)  # nothing here writes into it: the caller's float32 is not copied
     if op != "add" and is_silent(audio):

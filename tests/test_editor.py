@@ -832,3 +832,21 @@ def test_the_stage_after_the_last_window_is_said_before_done(tiny_editor):
 def test_an_overlap_under_one_codec_frame_is_refused_when_the_editor_is_made(tiny_editor, overlap):
     with pytest.raises(ConfigError, match="overlap_seconds must be at least one codec frame"):
         Editor(tiny_editor.model, overlap_seconds=overlap)
+
+
+def test_samples_far_beyond_full_scale_are_refused_before_they_overflow_the_mix_the_model_hears(editor):
+    # finite in float32, but two channels of 3e38 sum to inf: the error blamed the model ("try another seed"), and
+    # the mask mode turned a 1e20 input into silence without a word
+    audio = _music(0.5, 16000)
+    audio[:, 100] = 3e38
+    with pytest.raises(AudioError, match=r"far out of range \(up to 3e\+38"):
+        editor.edit(audio, 16000, "extract bass")
+    audio[:, 100] = 1e20
+    with pytest.raises(AudioError, match="far out of range"):
+        editor.edit(audio, 16000, "extract bass")
+
+
+def test_a_window_of_one_codec_frame_is_refused_it_leaves_no_room_to_overlap(tiny_editor):
+    with pytest.raises(ConfigError, match="window_seconds must be between"):
+        Editor(tiny_editor.model, window_seconds=1 / tiny_editor.frame_rate)
+    assert Editor(tiny_editor.model, window_seconds=2 / tiny_editor.frame_rate).overlap_frames == 1
