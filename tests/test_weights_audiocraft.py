@@ -183,3 +183,50 @@ def test_a_fine_tunes_export_that_names_its_codec_loads_that_codec_from_the_cach
     assert torch.equal(load_model(tuned, device="cpu", dtype="fp32").codec.encode(wav), codes)
     audio = hf_model.config.audio_encoder
     assert audiocraft_layout.frame_rate(tuned) == audio.sampling_rate / math.prod(audio.upsampling_ratios)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        (
+            "transformer_lm",
+            "positional_embedding",
+            "rope",
+            r"transformer_lm.positional_embedding is 'rope' \(MusicGen's: 'sin'\)",
+        ),
+        ("transformer_lm", "norm_first", False, r"transformer_lm.norm_first is False"),
+        (
+            "codebooks_pattern",
+            "modeling",
+            "parallel",
+            r"codebooks_pattern.modeling is 'parallel' \(MusicGen's: 'delay'\)",
+        ),
+    ],
+)
+def test_an_lm_built_otherwise_than_musicgen_is_refused_by_its_xp_cfg(
+    same_model_two_layouts, tmp_path, t5_in_cache, section, key, value, message
+):
+    """Such settings change what the weights compute without changing their names or shapes: it loaded silently."""
+    import shutil
+
+    import yaml
+
+    other = shutil.copytree(same_model_two_layouts[1], tmp_path / "other")
+    package = torch.load(other / "state_dict.bin", weights_only=True)
+    xp = yaml.safe_load(package["xp.cfg"])
+    xp[section][key] = value
+    package["xp.cfg"] = yaml.safe_dump(xp)
+    torch.save(package, other / "state_dict.bin")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(other, device="cpu")
+
+
+def test_a_melody_lm_without_cross_attention_is_refused_as_such(same_model_two_layouts, tmp_path, t5_in_cache):
+    import shutil
+
+    melody = shutil.copytree(same_model_two_layouts[1], tmp_path / "melody")
+    package = torch.load(melody / "state_dict.bin", weights_only=True)
+    package["best_state"] = {k: v for k, v in package["best_state"].items() if ".cross_attention." not in k}
+    torch.save(package, melody / "state_dict.bin")
+    with pytest.raises(CheckpointError, match="musicgen-melody checkpoints are not supported"):
+        load_model(melody, device="cpu")

@@ -409,7 +409,16 @@ def write_audiocraft_layout(
             "num_layers": dec.num_hidden_layers,
             "n_q": dec.num_codebooks,
             "card": dec.vocab_size,
+            "norm_first": True,  # musicgen_lm's settings, which the loader checks
+            "activation": "gelu",
+            "positional_embedding": "sin",
+            "bias_ff": False,
+            "bias_attn": False,
+            "bias_proj": False,
+            "causal": True,
+            "cross_attention": True,
         },
+        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(range(dec.num_codebooks))}},
         "conditioners": {"description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False}}},
     }
     torch.save({"best_state": audiocraft_lm_state(ours), "xp.cfg": yaml.safe_dump(lm_cfg)}, path / "state_dict.bin")

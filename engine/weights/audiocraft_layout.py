@@ -120,9 +120,26 @@ def resolve_references(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> LMConfig:
-    """Our LMConfig from an audiocraft LM state (shapes) and its xp.cfg (head count)."""
+    """Our LMConfig from an audiocraft LM state (shapes) and its xp.cfg (head count); CheckpointError for an LM built
+    otherwise than MusicGen's (its xp.cfg says so; its tensors' names and shapes would not)."""
     from engine.model.config import LMConfig
+    from engine.weights.convert import MELODY_UNSUPPORTED
 
+    if state and not any(".cross_attention." in name for name in state):
+        raise CheckpointError(MELODY_UNSUPPORTED)
+    transformer = cfg.get("transformer_lm") if isinstance(cfg.get("transformer_lm"), dict) else {}
+    pattern = cfg.get("codebooks_pattern") if isinstance(cfg.get("codebooks_pattern"), dict) else {}
+    differences = [
+        f"{section}.{key} is {found[key]!r} (MusicGen's: {wanted!r})"
+        for section, found, key, wanted in [("codebooks_pattern", pattern, "modeling", "delay")]
+        + [("transformer_lm", transformer, key, wanted) for key, wanted in _MUSICGEN_LM.items()]
+        if key in found and found[key] != wanted
+    ]
+    if differences:
+        raise CheckpointError(
+            "this audiocraft LM is built otherwise than MusicGen, whose architecture the engine runs: "
+            + "; ".join(differences)
+        )
     try:
         num_codebooks = sum(1 for name in state if re.fullmatch(r"emb\.\d+\.weight", name))
         rows, dim = state["emb.0.weight"].shape
@@ -141,6 +158,22 @@ def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> LMConfig:
         card=int(rows) - 1,
         text_dim=int(text_dim),
     )
+
+
+# transformer_lm settings of MusicGen (audiocraft's musicgen_lm config) that change what the weights compute without
+# changing their names or shapes: an LM trained otherwise would load, and edit wrongly, without a word
+_MUSICGEN_LM = {
+    "norm_first": True,
+    "activation": "gelu",
+    "norm": "layer_norm",
+    "positional_embedding": "sin",
+    "xpos": False,
+    "qk_layer_norm": False,
+    "qk_layer_norm_cross": False,
+    "layer_scale": None,
+    "kv_repeat": 1,
+    "causal": True,
+}
 
 
 def t5_name(cfg: dict[str, Any]) -> str:

@@ -90,6 +90,13 @@ _AC_LAYER = {
 _AC_TEXT_PROJ = "condition_provider.conditioners.description.output_proj."
 
 
+# Why a melody MusicGen cannot be read, whichever layout it comes in
+MELODY_UNSUPPORTED = (
+    "musicgen-melody checkpoints are not supported: their decoder has no cross-attention (text is prepended "
+    "instead), so Instruct-MusicGen's text LoRA has nothing to attach to; use small/medium/large"
+)
+
+
 def lm_config_from_transformers(decoder_config: Mapping, text_dim: int) -> LMConfig:
     """Our LMConfig from a transformers MusicgenDecoderConfig dict (config.json's "decoder" section)."""
     cfg = dict(decoder_config)

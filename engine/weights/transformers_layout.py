@@ -89,10 +89,9 @@ def read_config(path: str | Path) -> dict[str, Any]:
     config = read_json_object(config_path, f"model directory {path} is missing {CONFIG}", CheckpointError)
     model_type = config.get("model_type")
     if model_type == "musicgen_melody":
-        raise CheckpointError(
-            "musicgen-melody checkpoints are not supported: their decoder has no cross-attention (text is "
-            "prepended instead), so Instruct-MusicGen's text LoRA has nothing to attach to; use small/medium/large"
-        )
+        from engine.weights.convert import MELODY_UNSUPPORTED
+
+        raise CheckpointError(MELODY_UNSUPPORTED)
     if model_type != "musicgen":
         raise CheckpointError(f"{config_path} describes a {model_type!r} model, not MusicGen (model_type 'musicgen')")
     for part in ("text_encoder", "audio_encoder", "decoder"):
