@@ -135,6 +135,9 @@ def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> LMConfig:
         + [("transformer_lm", transformer, key, wanted) for key, wanted in _MUSICGEN_LM.items()]
         if key in found and found[key] != wanted
     ]
+    delays = pattern.get("delay").get("delays") if isinstance(pattern.get("delay"), dict) else None
+    if delays is not None and delays != list(range(len(delays))):
+        differences.append(f"codebooks_pattern.delay.delays is {delays!r} (MusicGen's: {list(range(len(delays)))})")
     if differences:
         raise CheckpointError(
             "this audiocraft LM is built otherwise than MusicGen, whose architecture the engine runs: "
