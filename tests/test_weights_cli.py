@@ -215,3 +215,32 @@ def test_official_adapter_alone_goes_on_the_cached_large_base(tiny_model_dir, of
 def test_official_adapter_without_cached_base_says_what_to_download(official_ckpt, hub_cache):
     with pytest.raises(CheckpointError, match="imusic weights download facebook/musicgen-large"):
         load_model(official_ckpt, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("remote", "fetched"),
+    [
+        (["config.json", "model.safetensors", "pytorch_model.bin"], {"config.json", "model.safetensors"}),
+        (["config.json", "pytorch_model.bin", "README.md"], {"config.json", "pytorch_model.bin"}),
+    ],
+)
+def test_a_repository_without_safetensors_is_downloaded_with_its_torch_weights(tmp_path, monkeypatch, remote, fetched):
+    """The loader reads pytorch_model.bin where a repository has no safetensors; the download fetched no weights."""
+    import fnmatch
+
+    import huggingface_hub
+
+    from engine.weights import hub
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+
+    def fake_snapshot_download(repo, *, cache_dir=None, allow_patterns=(), endpoint=None):
+        for name in remote:
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (snapshot / name).write_text(name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert hub.download("facebook/musicgen-small") == snapshot
+    assert {p.name for p in snapshot.iterdir()} == fetched

@@ -34,6 +34,9 @@ TRANSFORMERS_FILES = [
     "preprocessor_config.json",
 ]
 OFFICIAL_FILES = [OFFICIAL_CKPT, "README.md"]
+# A repository without safetensors weights holds them as torch pickles (transformers_layout reads both): fetched only
+# then, not beside the safetensors most MusicGen repositories also hold (twice the download)
+TORCH_WEIGHTS = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -86,6 +89,8 @@ def download(name: str, cache_dir: str | Path | None = None, endpoint: str | Non
     repo = repo_id(name)
     try:
         path = snapshot_download(repo, cache_dir=cache_dir, allow_patterns=allow_patterns(name), endpoint=endpoint)
+        if allow_patterns(name) is TRANSFORMERS_FILES and not any(Path(path).glob("*.safetensors")):
+            path = snapshot_download(repo, cache_dir=cache_dir, allow_patterns=TORCH_WEIGHTS, endpoint=endpoint)
     except GatedRepoError:
         raise CheckpointError(
             f"{repo} is gated on huggingface.co: accept its licence there and log in (`hf auth login`)"
