@@ -28,6 +28,7 @@ from engine.errors import ConfigError
 from engine.files import missing_folder, write_bytes_atomic
 from reaper_scripts.keymap import (
     ACTIONS,
+    MAIN_SECTION,
     SUBDIR,
     Action,
     append_lines,
@@ -367,6 +368,14 @@ def _own_settings(path: Path, report: Report) -> dict:
     return settings
 
 
+def _with_current_ids(data: bytes) -> bytes:
+    """`data` with every action's earlier command id (Action.earlier_command_id) replaced by its current one: 40 hex
+    digits of a hash stand nowhere else."""
+    for action in ACTIONS:
+        data = data.replace(action.earlier_command_id.encode(), action.command_id.encode())
+    return data
+
+
 def _install_plan(
     resource: Path, settings: dict, hotkeys: bool, report: Report
 ) -> list[tuple[Path, bytes, int | None]]:
@@ -389,6 +398,11 @@ def _install_plan(
     original = kb_path.read_bytes() if kb_path.exists() else b""
     if not kb_path.exists():
         manifest["created_kb"] = True
+    # An earlier release's ids, in the file (the user's own shortcuts and names for our actions) and in the manifest,
+    # are moved to REAPER's own: from here on the file reads as if it had always held them
+    kb = _with_current_ids(original)
+    for listed in ("kb_lines", "retired_kb_lines"):
+        manifest[listed] = [_with_current_ids(line.encode()).decode() for line in manifest.get(listed, [])]
     # Lines an earlier version wrote that this one writes otherwise are ours to take back: shortcuts it bound by
     # default (some on REAPER's factory chords), and action lines under an older name or flags (rewritten below)
     # unless the user has named the action, or answered REAPER's "already running" question for it, themselves.
@@ -401,11 +415,17 @@ def _install_plan(
     stale = [
         line
         for line in candidates
-        if line not in current and not renamed_by_user(original, line) and not flags_set_by_user(original, line)
+        if line not in current and not renamed_by_user(kb, line) and not flags_set_by_user(kb, line)
     ]
-    dead = [line for line in our_lines(original) if line_command(line) not in {a.command_id for a in ACTIONS}]
-    gone = [line for line in stale if remove_lines(original, [line]) != original]  # present, so removed now
-    base = remove_lines(original, stale + dead) if stale or dead else original
+    # an action in the main section that is none of ours (an earlier script name): the lines REAPER made for our
+    # scripts in other sections (the MIDI editor's, the Media Explorer's) are the producer's own
+    dead = [
+        line
+        for line in our_lines(kb)
+        if line.split()[2:3] == [str(MAIN_SECTION)] and line_command(line) not in {a.command_id for a in ACTIONS}
+    ]
+    gone = [line for line in stale if remove_lines(kb, [line]) != kb]  # present, so removed now
+    base = remove_lines(kb, stale + dead) if stale or dead else kb
     for line in stale:
         if line in manifest["kb_lines"]:
             manifest["kb_lines"].remove(line)

@@ -59,12 +59,20 @@ class Action:
 
     @property
     def command_id(self) -> str:
-        """'RS' + 40 hex digits, REAPER's form; derived from the path so reinstalling keeps users' own bindings."""
+        """The id REAPER itself gives the script ('RS' + the SHA-1 of its path under Scripts/ in capitals: the id of
+        Cockos/lyrics.lua in REAPER's own reaper-kb.ini is RS1ee9bb22...), so a script the producer loads again with
+        "Load ReaScript" is this action, not a second one; and reinstalling keeps users' own bindings."""
+        return script_command_id(f"{SUBDIR}/{self.script}")
+
+    @property
+    def earlier_command_id(self) -> str:
+        """The id releases before 2026-12-08 gave the action (the SHA-1 of the path as written): users' own shortcuts
+        on it are moved to command_id by the installer."""
         return "RS" + hashlib.sha1(f"{SUBDIR}/{self.script}".encode()).hexdigest()
 
     def scr_line(self) -> str:
         """The action's line: REAPER lists it under the quoted name (free text; REAPER's own loader puts the file
-        name there), so the Actions window shows "Instruct: ..."."""
+        name there); the Actions window shows a "Custom: X" name as "Script: X"."""
         name, path = f"Custom: {self.description}", f"{SUBDIR}/{self.script}"
         return f'SCR {SCRIPT_FLAGS} {MAIN_SECTION} {self.command_id} "{name}" "{path}"'
 
@@ -79,6 +87,11 @@ class Action:
     @property
     def shortcut(self) -> str:
         return chord_name(*self.chord)
+
+
+def script_command_id(path: str) -> str:
+    """REAPER's command id of a script in its main section, from its path under Scripts/ (forward slashes)."""
+    return "RS" + hashlib.sha1(path.upper().encode()).hexdigest()
 
 
 def chord_name(modifiers: int, key: int) -> str:
@@ -176,12 +189,13 @@ def renamed_by_user(data: bytes, line: str) -> bool:
     it): a reinstall keeps their name."""
     import re
 
-    name = re.compile(rb'^SCR\s+\S+\s+\S+\s+\S+\s+"([^"]*)"')
+    # REAPER quotes a name only where it needs to (a space in it), with ", ' or `; a one-word name stands bare
+    name = re.compile(rb"""^SCR\s+\S+\s+\S+\s+\S+\s+(?:"([^"]*)"|'([^']*)'|`([^`]*)`|(\S+))""")
     ours = name.match(line.encode())
     for present in _lines(data):
         if _identity(present) == _identity(line.encode()):
             theirs = name.match(present)
-            return bool(ours and theirs and theirs[1] != ours[1])
+            return bool(ours and theirs and theirs[theirs.lastindex] != ours[ours.lastindex])
     return False
 
 

@@ -76,8 +76,45 @@ def test_command_ids_have_reapers_form_and_are_stable():
     assert len(set(ids)) == len(ids)
     # Users' reaper-kb.ini holds these ids: a release that derived them otherwise would lose every binding.
     by_script = {action.script: action.command_id for action in ACTIONS}
-    assert by_script["imusic_extract_drums.py"] == "RS8add568e12717a0a8150bfcb2b55b99fba4fc278"
-    assert by_script["imusic_edit.py"] == "RS684104dbbcb8c091cf4a6c2dd6f1a8ad03e39f2e"
+    assert by_script["imusic_extract_drums.py"] == "RS9a603120f69f433831fb1d8a8cacf22ac5d2027a"
+    assert by_script["imusic_edit.py"] == "RS20e90748456014503505349cc0f8804fe0807f66"
+    # REAPER's own: its reaper-kb.ini registers Cockos/lyrics.lua as RS1ee9bb229dab... (SHA-1 of the path in capitals)
+    assert keymap.script_command_id("Cockos/lyrics.lua") == "RS1ee9bb229dabffe151848d7efa3c10f748e1a1cf"
+
+
+def test_an_earlier_releases_ids_move_to_reapers_own_with_the_users_shortcuts_names_and_other_sections(resource):
+    """Releases before 2026-12-08 hashed the path as written, not in capitals as REAPER does: a script loaded again
+    with "Load ReaScript" became a second action, and a reinstall removed REAPER's line for it (in any section) and
+    left its shortcut bound to nothing. The user's own shortcut and name on an earlier id move to the new one."""
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(sample_kb("\n"))
+    install(resource, hotkeys=True)
+    current = kb.read_text()
+    earlier = current
+    for action in ACTIONS:
+        earlier = earlier.replace(action.command_id, action.earlier_command_id)
+    manifest_path = resource / "Scripts" / "imusic" / installer.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for listed in ("kb_lines", "retired_kb_lines"):
+        for action in ACTIONS:
+            manifest[listed] = [line.replace(action.command_id, action.earlier_command_id) for line in manifest[listed]]
+    manifest_path.write_text(json.dumps(manifest))
+    edit, drums = ACTIONS[0], ACTIONS[1]
+    midi = f'SCR 4 32060 RS7d3c_{edit.command_id[2:]} "Custom: imusic_edit.py" imusic/imusic_edit.py'
+    earlier = earlier.replace(f'"Custom: {drums.description}"', "Drums")  # a bare one-word name of the user's
+    earlier += f"KEY 1 117 _{edit.earlier_command_id} 0\n{midi}\n"  # Shift+F6, and the MIDI editor's own line
+    kb.write_text(earlier)
+
+    install(resource, hotkeys=True)
+    data = kb.read_text()
+    assert not any(action.earlier_command_id in data for action in ACTIONS)
+    assert f"KEY 1 117 _{edit.command_id} 0" in data  # their shortcut, on the action's new id
+    assert midi in data  # REAPER's line for the MIDI editor section is theirs
+    assert f"SCR 516 0 {drums.command_id} Drums " in data and drums.scr_line() not in data  # their name stays
+    assert data.count(f" 0 {edit.command_id} ") == 1  # one action, not two
+    uninstall(resource)
+    left = kb.read_text()
+    assert f" 0 {edit.command_id} " not in left and f"KEY 1 117 _{edit.command_id} 0" in left  # theirs stays
 
 
 def test_installing_twice_changes_nothing(resource):
