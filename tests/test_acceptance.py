@@ -21,8 +21,13 @@ def _summary(extract_model, ceiling_remove):
     }
 
 
-def _report(path, summary):
-    path.write_text(json.dumps({"tasks": {task: {"summary": rows} for task, rows in summary.items()}}))
+def _report(path, summary, model="tiny-random", **settings):
+    report = {
+        "model": {"model": model},
+        "settings": {"split": "test", "raw": False, "input_gain_db": 0.0, **settings},
+        "tasks": {task: {"summary": rows} for task, rows in summary.items()},
+    }
+    path.write_text(json.dumps(report))
     return path
 
 
@@ -187,3 +192,72 @@ def test_an_add_that_only_puts_noise_on_the_input_beats_the_identity_but_not_the
     assert beats_unchanged(summary)["add"]["log_mel_distance"] is False  # closed: no better than a noise bed
     bars = {bar.name: bar for bar in report_bars(summary, "test songs")}
     assert bars["test songs: add beats a noise bed on log-mel distance"].met is False
+
+
+@pytest.mark.parametrize(
+    ("model", "settings", "why"),
+    [
+        ("tiny-random", {"split": "validation"}, r"its split \('validation'; the bars read test\)"),
+        ("another-model", {}, r"its model \('another-model'; the bars read 'tiny-random'\)"),
+        ("tiny-random", {"raw": True}, "raw edits"),
+        ("tiny-random", {"input_gain_db": -30.0}, "an input gain"),
+    ],
+)
+def test_a_report_of_other_songs_another_model_or_other_inputs_is_refused(
+    tmp_path, tiny_model_dir, model, settings, why
+):
+    """Such a report's figures were published as the model's on its held-out test songs."""
+    report = _report(tmp_path / "report.json", _summary(_row(0.6, 8.0), _row(0.6, 6.0)), model, **settings)
+    with pytest.raises(ImusicError, match=why):
+        read_summary(report, ("test",), "tiny-random")
+    argv = ["--report", str(report), "--model", str(tiny_model_dir), "--no-timing"]
+    assert main(argv) == 1
+
+
+def test_the_second_test_set_may_be_a_whole_set_no_stage_trained_on(tmp_path, tiny_model_dir, capsys):
+    first = _report(tmp_path / "first.json", _summary(_row(0.6, 8.0), _row(0.6, 6.0)))
+    second = _report(tmp_path / "second.json", _summary(_row(0.6, 8.0), _row(0.6, 6.0)), split="all")
+    argv = ["--report", str(first), "--second-report", str(second), "--model", str(tiny_model_dir), "--no-timing"]
+    assert main(argv) == 0
+    with pytest.raises(ImusicError, match="its split"):
+        read_summary(second, ("test",))
+
+
+def test_clips_the_model_failed_to_edit_fail_its_bars_and_are_counted(tmp_path):
+    """A NaN output skips its clip; judged on the rest, a model that failed on 30 of 40 clips met every bar."""
+    from engine.eval.report import report_summary
+
+    summary = _summary(_row(0.6, 8.0), _row(0.6, 6.0))
+    report = json.loads(_report(tmp_path / "r.json", summary).read_text())
+    report["tasks"]["add"]["clips"] = {"scored": 4, "planned": 34, "refused": 30, "failed": 30}
+    bars = {b.name: b for b in report_bars(report_summary(report), "t")}
+    add = bars["t: add beats identity on log-mel distance"]
+    assert add.met is False and add.measured.endswith("(4 clips; 30 more the model failed to edit)")
+    assert bars["t: extract beats identity on mel SSIM and log-mel distance"].met is True
+    assert "failed" not in report["tasks"]["add"]["summary"]["model"]  # the report itself is not changed
+
+
+def test_a_win_over_few_clips_needs_students_t_not_two():
+    from engine.eval.verdict import beats_identity, min_t
+
+    summary = {
+        "add": {
+            "model": {**_row(0.6, 8.0), "n": 3, "log_mel_distance_t_vs_identity": -2.1},
+            "identity": _row(0.5, 10.0),
+        }
+    }
+    assert beats_identity(summary)["add"]["log_mel_distance"] is False  # 3 clips: |t| must reach 4.30
+    summary["add"]["model"]["log_mel_distance_t_vs_identity"] = -4.4
+    assert beats_identity(summary)["add"]["log_mel_distance"] is True
+    assert min_t(80) == 2.0 and min_t(3) == pytest.approx(4.303, abs=1e-3) and min_t(1) == float("inf")
+
+
+def test_the_report_heading_counts_the_clips_the_model_failed_to_edit(tmp_path):
+    from engine.eval.report import markdown
+
+    report = json.loads(_report(tmp_path / "r.json", _summary(_row(0.6, 8.0), _row(0.6, 6.0))).read_text())
+    report["tasks"]["add"]["clips"] = {"scored": 4, "planned": 34, "refused": 30, "failed": 30}
+    report["data"], report["settings"]["seconds"] = "songs", 5.0
+    text = markdown(report)
+    assert "## add (4 clips; 30 more the model failed to edit, which fail its bars)" in text
+    assert "## extract (4 clips)" in text

@@ -363,7 +363,8 @@ def test_an_output_that_is_not_finite_costs_its_clip_not_the_evaluation(synth_da
     report = _short_eval(synth_data, _NonFiniteEditor(tiny_editor), tmp_path, ["remove"], limit=3, batch=3)
     part = report["tasks"]["remove"]
     assert part["summary"]["model"]["n"] == 2 and "invalid samples" in part["skipped"][0]["reason"]
-    assert part["clips"] == {"scored": 2, "planned": 3, "refused": 1}  # what was scored, not what was tried
+    # what was scored, not what was tried; the clip the model failed on counts against it (report_summary)
+    assert part["clips"] == {"scored": 2, "planned": 3, "refused": 1, "failed": 1}
 
 
 def test_a_batch_with_a_clip_the_editor_refuses_scores_the_others_one_by_one(synth_data, tiny_editor, tmp_path):
@@ -380,6 +381,7 @@ def test_batched_clips_are_the_same_clips_with_the_same_seeds(synth_data, tiny_e
         "scored": 3,
         "planned": 3,
         "refused": 0,
+        "failed": 0,
     }
     for a, b in zip(one["examples"], two["examples"], strict=True):
         assert (a["song"], a["offset"], a["stem"], a["seed"]) == (b["song"], b["offset"], b["stem"], b["seed"])

@@ -32,6 +32,7 @@ from typing import Any
 from engine.errors import ImusicError, report_error
 from engine.eval.report import (
     CEILING_ROW,
+    FAILED_EDIT,
     IDENTITY_ROW,
     LEVEL_ROW,
     MODEL_ROW,
@@ -61,15 +62,43 @@ class Bar:
     met: bool | None
 
 
-def read_summary(path: str | Path) -> dict[str, Any]:
-    """{task: {row: {metric: value}}} of an `imusic eval` report.json (ImusicError naming a missing or other file)."""
+def read_summary(path: str | Path, splits: Sequence[str] = ("test",), model_name: str | None = None) -> dict[str, Any]:
+    """{task: {row: {metric: value}}} of an `imusic eval` report.json: ImusicError naming a missing or other file, or a
+    report that is not what the bars read (songs of another split than `splits`, edits of another model than
+    `model_name`, raw or re-levelled inputs): its figures would be published as the model's on held-out songs."""
     from engine.files import read_json_object
 
     missing = f"no such report: {path} (imusic eval writes report.json in its output folder)"
     report = read_json_object(path, missing)
     if not isinstance(report.get("tasks"), dict):
         raise ImusicError(f"{path} is not an imusic eval report (no 'tasks')")
+    settings = report.get("settings") if isinstance(report.get("settings"), dict) else {}
+    made_by = (report.get("model") or {}).get("model") if isinstance(report.get("model"), dict) else None
+    wrong = [
+        f"{what} ({found!r}; the bars read {wanted})"
+        for what, found, wanted, ok in (
+            ("its split", settings.get("split"), " or ".join(splits), settings.get("split") in splits),
+            ("its model", made_by, repr(model_name), model_name is None or made_by == model_name),
+            ("raw edits", settings.get("raw"), "the editor's own", not settings.get("raw")),
+            ("an input gain", settings.get("input_gain_db"), "none", not settings.get("input_gain_db")),
+        )
+        if not ok
+    ]
+    if wrong:
+        raise ImusicError(f"{path} is not a report these bars can read: " + "; ".join(wrong))
     return report_summary(report)
+
+
+def _card_name(model: Path) -> str | None:
+    """The name on a model folder's card (what its reports say made them), None where it has none."""
+    from engine.files import read_json_object
+    from engine.weights.names import MODEL_CARD
+
+    try:
+        name = read_json_object(model / MODEL_CARD, f"{model} has no {MODEL_CARD}").get("name")
+    except (ImusicError, OSError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _finite(value: Any) -> bool:
@@ -105,7 +134,11 @@ def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
         metrics = EDIT_BARS[task]  # what counts as working, the rule the editor's own notes use
         what = " and ".join(METRIC_WORDS[m] for m in metrics)
         clips = summary.get(task, {}).get("model", {}).get("n")
-        counted = f" ({int(clips)} clips)" if _finite(clips) else ""  # a run cut by its time budget scores fewer
+        failed = summary.get(task, {}).get("model", {}).get(FAILED_EDIT)
+        counted = f" ({int(clips)} clips" if _finite(clips) else ""  # a run cut by its time budget scores fewer
+        if failed:
+            counted = (counted + "; " if counted else " (") + f"{int(failed)} more the model failed to edit"
+        counted += ")" if counted else ""
         for baseline, verdict, words in baselines:
             if baseline != IDENTITY_ROW and summary.get(task) and baseline not in summary[task]:
                 continue  # a report from before the row
@@ -225,9 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         output = report_path(args.output, ".md", "-o") if args.output else None  # before the timed edits
 
         model = Path(args.model) if args.model else default_model_dir()
-        bars = report_bars(read_summary(args.report), "test songs")
-        if args.second_report:
-            bars += report_bars(read_summary(args.second_report), "second test set")
+        name = _card_name(model)
+        bars = report_bars(read_summary(args.report, ("test",), name), "test songs")
+        if args.second_report:  # a set no stage trained on: every song of it (split all) is held out
+            bars += report_bars(read_summary(args.second_report, ("test", "all"), name), "second test set")
         else:
             bars.append(Bar("second test set: the same bars", "no --second-report given", None))
         bars += machine_bars(model, timing=not args.no_timing, repeats=args.repeats)

@@ -46,6 +46,7 @@ from engine.eval.clips import (
 )
 from engine.eval.report import (
     CEILING_ROW,
+    FAILED_EDIT,
     IDEAL_MASK_ROW,
     IDENTITY_ROW,
     LEVEL_GRID,
@@ -265,6 +266,8 @@ def _edit_group(editor: Any, group: list, rate: int, seed: int, raw: bool, skipp
             out.append(tuple(edits.values()))
         except (AudioError, InstructionError, ResourceError) as exc:  # one clip (a NaN output) never ends the run
             skipped.append({"song": clip.song_id, "stem": clip.stem_name, "reason": str(exc)})
+            if isinstance(exc, ResourceError):  # the model's failure, not the clip's (a silent input)
+                skipped[-1][FAILED_EDIT] = True
             out.append(None)
     return out
 
@@ -347,6 +350,7 @@ def evaluate(
             "seed": seed,
             "raw": raw,
             "limit": limit,
+            "clips_per_song": clips_per_song,
             "split": split,
             "stereo": stereo,
             "batch": batch,
@@ -458,7 +462,14 @@ def evaluate(
                 "skipped": skipped,
                 "skipped_songs": skipped_songs,
                 "notes": notes,
-                "clips": {"scored": len(examples), "planned": count, "refused": len(skipped)},
+                "clips": {
+                    "scored": len(examples),
+                    "planned": count,
+                    "refused": len(skipped),
+                    # of those, the clips the model could not edit (a NaN output): a bar judged without them would
+                    # certify a model that fails on most inputs (report_summary puts them on the model's row)
+                    FAILED_EDIT: sum(1 for item in skipped if item.get(FAILED_EDIT)),
+                },
             }
     finally:
         if pool is not None:

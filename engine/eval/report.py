@@ -31,6 +31,7 @@ METRIC_TITLES = {
     "clap": "CLAP ↑",
 }
 LOWER_IS_BETTER = frozenset(m for m, title in METRIC_TITLES.items() if title.endswith("↓"))  # the rest: higher
+FAILED_EDIT = "failed"  # a task's clips the model could not edit (a NaN output), on its row and in its clip counts
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
 SPECTROGRAMS = "spectrograms"  # the folder of a report's pictures, beside it
@@ -161,7 +162,9 @@ def markdown(report: dict) -> str:
         extra = [m for m in ("fad", "kl", "clap") if m in summary.get("model", {})]
         columns = [*METRICS, *extra]
         n = int(summary[MODEL_ROW]["n"]) if MODEL_ROW in summary else 0
-        lines += ["", f"## {task} ({n} clips)", ""]
+        failed = (part.get("clips") or {}).get(FAILED_EDIT) or 0
+        lost = f"; {failed} more the model failed to edit, which fail its bars" if failed else ""
+        lines += ["", f"## {task} ({n} clips{lost})", ""]
         lines.append("| row | " + " | ".join(METRIC_TITLES[m] for m in columns) + " |")
         lines.append("|---|" + "---:|" * len(columns))
         for row in ROWS:
@@ -194,11 +197,22 @@ def markdown(report: dict) -> str:
 
 
 def report_summary(report: dict) -> dict[str, dict]:
-    """{task: {row: {metric: value}}}: the summary of each task of an `imusic eval` report (its REPORT_JSON)."""
+    """{task: {row: {metric: value}}}: the summary of each task of an `imusic eval` report (its REPORT_JSON). The
+    clips the model failed to edit are counted on its row (`failed`), where the verdicts see them."""
     tasks = report.get("tasks")
     if not isinstance(tasks, dict):
         return {}
-    return {task: part.get("summary", {}) for task, part in tasks.items() if isinstance(part, dict)}
+    summaries = {}
+    for task, part in tasks.items():
+        if not isinstance(part, dict):
+            continue
+        summary = part.get("summary", {})
+        clips = part.get("clips") if isinstance(part.get("clips"), dict) else {}
+        failed = clips.get(FAILED_EDIT)
+        if isinstance(failed, int) and failed > 0 and isinstance(summary.get(MODEL_ROW), dict):
+            summary = {**summary, MODEL_ROW: {**summary[MODEL_ROW], FAILED_EDIT: failed}}
+        summaries[task] = summary
+    return summaries
 
 
 def publish_report(eval_dir: Path, docs: Path, skip: tuple[str, ...] = ()) -> None:

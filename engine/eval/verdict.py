@@ -8,11 +8,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from engine.eval.report import GRID_ROWS, IDENTITY_ROW, LOWER_IS_BETTER, MODEL_ROW, paired_t_key
+from engine.eval.report import FAILED_EDIT, GRID_ROWS, IDENTITY_ROW, LOWER_IS_BETTER, MODEL_ROW, paired_t_key
 
 # The least |paired t| of a win over a baseline: about a 95 % two-sided test on the clips' differences, roughly
-# two standard errors of the mean difference.
+# two standard errors of the mean difference. Over few clips Student's t asks more (min_t): a report cut short by its
+# time budget, 3 clips, passed a model no better than the input one time in eleven at 2.0.
 MIN_T = 2.0
+
+
+def min_t(clips: Any) -> float:
+    """The least |paired t| of a win over `clips` clips: MIN_T, or Student's two-sided 95 % value where it is larger
+    (under 60 clips); infinite under 2 clips (no spread to judge by)."""
+    if not isinstance(clips, (int, float)) or isinstance(clips, bool) or not clips >= 2:
+        return math.inf
+    from scipy.stats import t as student
+
+    return max(MIN_T, float(student.ppf(0.975, int(clips) - 1)))
+
 
 # The metrics each operation is judged on. Add is judged on log-mel distance only: the input already holds
 # everything but the new part, so its mel SSIM to the target starts high.
@@ -32,9 +44,10 @@ def beats_identity(
 
     Tasks or metrics missing from either row, or not a finite number there (null in a report), or measured on fewer
     clips than the row holds (some not finite: `<metric>_nonfinite`), are left out: the card says only what was
-    measured, over every clip. Where the report holds the row's paired t statistic against the baseline (report.
-    summarize), a win also needs |t| >= MIN_T: a mean difference within the clips' own spread (add's -0.24 dB at
-    t -0.4, the model ahead on 33 of 80 clips) is no win. Reports from before the statistic: the means alone.
+    measured, over every clip. A row with clips the model failed to edit (`failed`) wins nothing. Where the report
+    holds the row's paired t statistic against the baseline (report.summarize), a win also needs |t| >= min_t(n): a
+    mean difference within the clips' own spread (add's -0.24 dB at t -0.4, the model ahead on 33 of 80 clips) is no
+    win. Reports from before the statistic: the means alone.
     """
     verdict: dict[str, dict[str, bool]] = {}
     for task, rows in summary.items():
@@ -49,8 +62,8 @@ def beats_identity(
                 won = bool(gain < 0 if metric in LOWER_IS_BETTER else gain > 0)
                 t = model.get(paired_t_key(metric, baseline))
                 if isinstance(t, (int, float)) and not isinstance(t, bool):
-                    won = won and abs(t) >= MIN_T  # NaN (too few clips to tell) is no win either
-                one[metric] = won
+                    won = won and abs(t) >= min_t(model.get("n"))  # NaN (too few clips to tell) is no win either
+                one[metric] = won and not model.get(FAILED_EDIT)  # clips it failed to edit are no win either
         if one:
             verdict[task] = one
     return verdict
