@@ -217,3 +217,19 @@ def test_a_set_where_no_track_could_be_made_is_not_marked_complete(tmp_path):
     with pytest.raises(DataError, match="no track could be made"):
         synthesize(out, 1, seed=0, seconds=2.0, sample_rate=RATE, midi_dir=tmp_path / "midi", progress=False)
     assert json.loads((out / "dataset.json").read_text())["complete"] is False
+
+
+def test_tracks_rendered_from_one_midi_file_share_a_split():
+    """--midi files are used again when there are more tracks than files: the copies of one composition landed in
+    train and test (the test songs' notes were trained on, in every stage)."""
+    from engine.train.data.datasets import split_ids
+    from engine.train.data.synth import _split_suggestion
+
+    songs = {f"Track{i:05d}": {"source_midi": f"song{(i - 1) % 5}.mid"} for i in range(1, 21)}
+    split = _split_suggestion(songs, seed=0)
+    where = {track: name for name, tracks in split.items() for track in tracks}
+    assert sorted(where) == sorted(songs) and split["test"] and split["validation"]
+    for name in {info["source_midi"] for info in songs.values()}:
+        assert len({where[t] for t, info in songs.items() if info["source_midi"] == name}) == 1, name
+    generated = {f"Track{i:05d}": {} for i in range(1, 21)}  # each track its own song: the split as before
+    assert _split_suggestion(generated, seed=3) == split_ids(sorted(generated), seed=3)

@@ -63,12 +63,17 @@ class SynthReport:
         return 10.0 * self.render_cpu_seconds / self.stem_seconds if self.stem_seconds else 0.0
 
 
-def _split_suggestion(ids: list[str], seed: int) -> dict[str, list[str]]:
+def _split_suggestion(songs: dict[str, dict], seed: int) -> dict[str, list[str]]:
+    """The split dataset.json suggests, by song; tracks rendered from one MIDI file (--midi files are used again when
+    there are more tracks than files) are one song: copies of a composition in train and test leaked its notes."""
     from engine.train.data.datasets import split_ids
 
-    if len(ids) < 3:
-        return {name: list(ids) if name == "train" else [] for name in SONG_SPLITS}
-    return split_ids(ids, seed=seed)  # the held-out shares every split by song uses
+    group = {track: str(info.get("source_midi") or track) for track, info in songs.items()}
+    keys = sorted(set(group.values()))
+    if len(keys) < 3:
+        return {name: sorted(songs) if name == "train" else [] for name in SONG_SPLITS}
+    where = {key: name for name, part in split_ids(keys, seed=seed).items() for key in part}  # every split's shares
+    return {name: sorted(track for track in songs if where[group[track]] == name) for name in SONG_SPLITS}
 
 
 def _track_parts(
@@ -341,7 +346,7 @@ def synthesize(
         **settings,
         "complete": report.tracks > 0,  # a set of no track is not done: a rerun tries again
         "tracks": report.tracks,
-        "split": _split_suggestion(sorted(songs), seed),
+        "split": _split_suggestion(songs, seed),
         "songs": songs,
     }
     write_json_atomic(out / DATASET_JSON, meta, sort_keys=False)
