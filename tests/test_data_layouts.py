@@ -246,3 +246,14 @@ def test_yaml_fallback_reads_slakh_style_metadata():
             "S01": {"audio_rendered": False, "inst_class": "Bass"},
         },
     }
+
+
+def test_the_codec_never_trains_on_slakhs_omitted_songs(tmp_path):
+    """omitted/ holds duplicates of songs that stay in the splits, test songs among them."""
+    from engine.train.codec_train import held_out_songs, training_audio_files
+
+    for split, name in (("train", "Track00001"), ("validation", "Track01501"), ("test", "Track01901")):
+        _slakh_track(tmp_path / split, name, {"S00": "Drums", "S01": "Bass"})
+    _slakh_track(tmp_path / "omitted", "Track00099", {"S00": "Drums", "S01": "Bass"})
+    files = training_audio_files(tmp_path, held_out_songs(tmp_path))
+    assert {f.relative_to(tmp_path).parts[0] for f in files} == {"train"}

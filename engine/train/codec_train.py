@@ -507,11 +507,14 @@ def export_codec(model: Any, out_dir: Path) -> Path:
 
 def held_out_songs(data: Path) -> list[str]:
     """The folders of the validation and test songs relative to `data` (the same split as every other stage uses;
-    "provider/track" in MoisesDB's layout), as training_audio_files takes them."""
+    "provider/track" in MoisesDB's layout), and of the songs the data set leaves out of every split (Slakh's
+    omitted/: duplicates of songs that are in the splits, test songs among them), as training_audio_files takes
+    them."""
     catalog = scan(data)
     splits = split_songs(catalog.songs)
+    held = [song for name in HELD_OUT for song in splits[name]] + [s for s in catalog.songs if s.split == "omitted"]
     root = Path(catalog.root)
-    return sorted({song.path.relative_to(root).as_posix() for name in HELD_OUT for song in splits[name]})
+    return sorted({song.path.relative_to(root).as_posix() for song in held})
 
 
 def run_stage(args: Any) -> int:
