@@ -46,6 +46,12 @@ def test_synth_once_starts_then_finishes_a_cut_run_then_keeps_it(tmp_path, capsy
     assert (out / "Track00001" / "mix.flac").read_bytes() == first
     assert main(argv) == 1  # without --once a folder with a data set is refused, as before
     assert "is not empty" in capsys.readouterr().err
+    # a finished set of other settings was kept as if it were the one asked for (a stale second test set)
+    assert main([*argv[:3], "5", *argv[4:], "--seed", "7", "--once"]) == 1
+    assert "made with other settings (seed, tracks_asked)" in capsys.readouterr().err
+    del record["tracks_asked"]  # a record from before the setting was kept: no difference in it
+    (out / "dataset.json").write_text(json.dumps(record))
+    assert main([*argv, "--once"]) == 0 and "data: done" in capsys.readouterr().out
 
 
 def test_info_on_a_folder_in_no_known_layout_is_one_line_and_exit_1(tmp_path, capsys):

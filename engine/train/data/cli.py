@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,16 +129,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from engine.files import output_folder
-    from engine.train.data import DATASET_JSON
     from engine.train.data.synth import synthesize
 
-    record = Path(args.output).expanduser() / DATASET_JSON  # written first (complete: false), again at the end
-    if args.once and record.is_file():
-        from engine.train.data import read_dataset_json
-
-        if read_dataset_json(record.parent, "").get("complete"):
-            print(f"data: done ({record.parent})")
-            return 0
     report = synthesize(
         output_folder(args.output),
         args.tracks,
@@ -149,10 +140,14 @@ def _synth(args: argparse.Namespace) -> int:
         soundfonts=args.soundfont,
         midi_dir=args.midi,
         progress=not args.quiet,
-        resume=args.resume or (args.once and record.is_file()),
+        resume=args.resume,
         renderer=args.renderer,
         workers=args.workers,
+        once=args.once,
     )
+    if report.already:
+        print(f"data: done ({report.out_dir})")
+        return 0
     if report.resumed:
         print(f"kept {report.resumed} finished track(s) from the earlier run")
     print(

@@ -57,6 +57,7 @@ class SynthReport:
     render_cpu_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     resumed: int = 0  # finished tracks kept from an interrupted run
+    already: bool = False  # `once`: the folder held the finished set, made with these settings; nothing was done
 
     @property
     def cpu_per_10s_of_stems(self) -> float:
@@ -177,10 +178,15 @@ def _write_track(
 
 def _check_resumable(out: Path, settings: dict) -> None:
     missing = f"nothing to resume in {out}: no {DATASET_JSON} from an earlier `imusic data synth`"
-    earlier = read_dataset_json(out, missing)
-    changed = [key for key, value in settings.items() if earlier.get(key) != value]
+    changed = _changed(read_dataset_json(out, missing), settings)
     if changed:
         raise DataError(f"cannot resume {out}: settings differ from the earlier run ({', '.join(changed)})")
+
+
+def _changed(earlier: dict, settings: dict) -> list[str]:
+    """The settings an earlier run's record holds otherwise (one from before a setting was kept does not differ in
+    it)."""
+    return [key for key, value in settings.items() if key in earlier and earlier[key] != value]
 
 
 def _finished_track(track_dir: Path) -> dict:
@@ -246,6 +252,7 @@ def synthesize(
     resume: bool = False,
     renderer: str = "auto",
     workers: int = 1,
+    once: bool = False,
 ) -> SynthReport:
     """Write a Slakh-layout data set of `tracks` songs into `out_dir` (new or empty).
 
@@ -253,7 +260,9 @@ def synthesize(
     when its metadata.yaml exists, written last) and the others are made again, identical to an uninterrupted run.
     `renderer` is "fluidsynth", "tinysoundfont" or "auto" (render.resolve_backend); the one used is recorded in
     dataset.json. `workers` > 1 makes tracks in that many processes: each track draws from its own seeded generator,
-    so the files are the same whatever the number of workers.
+    so the files are the same whatever the number of workers. With `once`, a folder that holds the finished set of
+    these settings is left as it is (`already`), one cut short is resumed, and a finished set of other settings is a
+    DataError (it was kept as if it were the one asked for).
     """
     if tracks < 1:
         raise ConfigError("--tracks must be at least 1")
@@ -281,7 +290,19 @@ def synthesize(
         "soundfonts": [str(font) for font in fonts],
         "midi_dir": str(midi_dir) if midi_dir is not None else None,
         "renderer": backend,
+        "tracks_asked": tracks,  # growing a set re-splits its songs: a resume must ask for the same number
     }
+    if once and (out / DATASET_JSON).is_file():
+        earlier = read_dataset_json(out, "")
+        if earlier.get("complete"):
+            changed = _changed(earlier, settings)
+            if changed:
+                raise DataError(
+                    f"{out} holds a finished data set made with other settings ({', '.join(changed)}): choose another "
+                    "folder, or remove it to make this one"
+                )
+            return SynthReport(out, tracks=int(earlier.get("tracks") or 0), already=True)
+        resume = True
     if resume:
         _check_resumable(out, settings)
     elif out.exists() and any(out.iterdir()):
