@@ -109,7 +109,9 @@ default-model: model-eval
 	$(BIN)/python -m engine.train.default_model --work $(MODEL_WORK)  # into engine/assets/default and docs/embedded_model
 
 # The shipped model against its bars (engine/eval/acceptance.py): the test songs' report, a second test set rendered
-# with a General MIDI soundfont no stage trained on (MuseScore General, Debian's musescore-general-soundfont-small),
+# with a General MIDI soundfont the GPU recipe never trains on (MuseScore General, Debian's
+# musescore-general-soundfont-small; the CPU recipe's FluidR3 shares samples with it: its instruments without
+# attribution are FluidR3Mono's),
 # the 10 s edit time here and the model's size; the table goes to docs/embedded_model/acceptance.md.
 SECOND_SOUNDFONT := /usr/share/sounds/sf3/MuseScore_General_Lite.sf3
 SECOND_TESTSET := .cache/testset-musescore

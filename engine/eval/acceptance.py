@@ -9,7 +9,8 @@ Bars, each read off `imusic eval` reports (report.json) or measured here:
 - the same against a level change alone (the report's "level only" row: the input at the one gain per task and metric
   that scores best), a stricter bar than the issue's: an edit that does no more than a fader does not work;
 - the codec ceiling (the target through the model's codec) beats the identity on every task and both metrics;
-- the same on a second test set (`--second-report`: songs rendered with a soundfont no stage trained on);
+- the same on a second test set (`--second-report`: other songs, rendered with another soundfont than the model's own
+  test songs; `make model-acceptance` uses MuseScore General, which the GPU recipe never trains on);
 - a 10 s stereo 44.1 kHz edit on this machine takes at most 5 s (median of `--repeats` edits after one warm-up,
   model already loaded, the editor's default mode);
 - the model folder (what the package ships for it) stays under 40 MB.
@@ -245,7 +246,7 @@ def table(bars: Sequence[Bar]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.eval.acceptance", description=__doc__.splitlines()[0])
     parser.add_argument("--report", required=True, help="report.json of `imusic eval` on the held-out test songs")
-    parser.add_argument("--second-report", help="report.json on a second test set (a soundfont no stage trained on)")
+    parser.add_argument("--second-report", help="report.json on a second test set (songs of another soundfont)")
     parser.add_argument("--model", default=None, help="model folder (default: the embedded default model)")
     parser.add_argument("--no-timing", action="store_true", help="skip the edit-time bar (no model load)")
     parser.add_argument("--repeats", type=int, default=3, help="timed edits after the warm-up (default 3)")
@@ -260,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = Path(args.model) if args.model else default_model_dir()
         name = _card_name(model)
         bars = report_bars(read_summary(args.report, ("test",), name), "test songs")
-        if args.second_report:  # a set no stage trained on: every song of it (split all) is held out
+        if args.second_report:  # a set of songs no stage trained on: every song of it (split all) is held out
             bars += report_bars(read_summary(args.second_report, ("test", "all"), name), "second test set")
         else:
             bars.append(Bar("second test set: the same bars", "no --second-report given", None))

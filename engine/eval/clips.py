@@ -17,7 +17,7 @@ from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, HELD_OUT
 
 TASKS = OPERATIONS  # an evaluation task is an edit operation
 # The splits a model is scored on: its held-out songs, or every song of a data set no stage trained on (the second
-# test set, rendered with a soundfont no stage heard)
+# test set, rendered with another soundfont)
 EVAL_SPLITS = (*HELD_OUT, "all")
 # held_out_clips' settings as command-line options (add_clip_arguments), by their argparse names
 CLIP_OPTIONS = ("task", "classes", "seconds", "clips_per_song", "seed", "split")
