@@ -286,11 +286,11 @@ class Recipe:
 
     def _stage_data(self, deadline: float) -> dict:
         from engine.device import usable_cores
-        from engine.train.data.render import default_soundfonts
+        from engine.train.data.render import TIMGM6MB
         from engine.train.data.synth import synthesize
 
         cfg = self.settings["data"]
-        fonts = default_soundfonts()[:1]  # TimGM6mb only: a second test set in another soundfont stays unseen
+        fonts = [TIMGM6MB]  # TimGM6mb only, by its path (missing, it is named): another soundfont stays unseen
         report = synthesize(
             self.data_dir,
             cfg["tracks"],

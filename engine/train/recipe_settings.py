@@ -16,7 +16,9 @@ RECIPE = "embedded"
 # CPU (tests/test_gpu_recipe.py). Sizes are the shipped model's (decoder 4 x 256, text 128, codec 4 x 512 codes).
 SCALES: dict[str, dict[str, Any]] = {
     "full": {
-        "data": {"tracks": 1600, "seconds": 30.0, "sample_rate": EMBEDDED_RATE, "renderer": "auto"},
+        # tinysoundfont on every machine (a wheel): "auto" took FluidSynth where it loads, so a continuation here
+        # rendered other stems than the device's stages were trained on
+        "data": {"tracks": 1600, "seconds": 30.0, "sample_rate": EMBEDDED_RATE, "renderer": "tinysoundfont"},
         "codec": {
             "batch": 64,
             "seconds": 1.0,
@@ -79,7 +81,7 @@ SCALES: dict[str, dict[str, Any]] = {
         },  # fmt: skip
     },
     "tiny": {
-        "data": {"tracks": 6, "seconds": 4.0, "sample_rate": EMBEDDED_RATE, "renderer": "auto"},
+        "data": {"tracks": 6, "seconds": 4.0, "sample_rate": EMBEDDED_RATE, "renderer": "tinysoundfont"},
         "codec": {
             "batch": 2,
             "seconds": 0.5,

@@ -23,11 +23,12 @@ from engine.errors import ConfigError, ResourceError
 from engine.train.data import RENDERERS
 
 DEBIAN_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+TIMGM6MB = Path(os.path.dirname(pretty_midi.__file__)) / "TimGM6mb.sf2"  # inside the pretty_midi wheel
 
 
 def default_soundfonts() -> list[Path]:
     """pretty_midi's TimGM6mb.sf2 and Debian's FluidR3_GM.sf2, those that exist."""
-    fonts = [Path(os.path.dirname(pretty_midi.__file__)) / "TimGM6mb.sf2", DEBIAN_SOUNDFONT]
+    fonts = [TIMGM6MB, DEBIAN_SOUNDFONT]
     return [path for path in fonts if path.is_file()]
 
 
