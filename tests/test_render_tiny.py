@@ -86,3 +86,7 @@ def test_unknown_renderer_and_bad_soundfont_are_refused(tmp_path):
     bad.write_bytes(b"not a soundfont")
     with pytest.raises(ConfigError, match="could not be loaded"):
         TinyRenderer([bad], RATE)
+    damaged = tmp_path / "damaged.sf2"  # a soundfont's header over a cut body: it failed at the first part, unnamed
+    damaged.write_bytes(FONTS[0].read_bytes()[:4096])
+    with pytest.raises(ConfigError, match=f"soundfont {damaged} could not be loaded: .*damaged"):
+        TinyRenderer([damaged], RATE)

@@ -183,6 +183,10 @@ class TinyRenderer:
             data = path.read_bytes()
             if data[:4] != b"RIFF" or data[8:12] != b"sfbk":
                 raise ConfigError(f"soundfont {path} could not be loaded (not a .sf2/.sf3 file)")
+            try:  # once here: a damaged body failed at the first part, mid-render, without the file's name
+                tinysoundfont.Synth(samplerate=self.sample_rate).sfload(data)
+            except RuntimeError as exc:
+                raise ConfigError(f"soundfont {path} could not be loaded: {exc} (is it damaged?)") from None
             self._fonts.append(data)
 
     def close(self) -> None:
