@@ -40,7 +40,7 @@ _CAPTION_WORDS = {
 
 # File-name keywords for a producer's own multitracks, checked in this order (bassoon before bass, ...).
 _KEYWORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Reed", ("bassoon", "sax", "clarinet", "oboe", "reed")),
+    ("Reed", ("bassoon", "sax", "saxophone", "clarinet", "oboe", "reed")),
     ("Vocals", ("vocal", "vocals", "vox", "voc", "voice", "bv", "bgv", "bvs", "choir", "singer", "lead vocal")),
     ("Drums", ("drum", "drums", "kick", "kik", "bd", "snare", "snr", "sd", "hat", "hihat", "hh", "tom", "toms")),
     ("Drums", ("overhead", "overheads", "oh", "cymbal", "cymbals", "ride", "crash", "kit", "beat", "808kick")),
