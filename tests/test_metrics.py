@@ -188,3 +188,14 @@ def test_the_level_grid_finds_the_gain_a_quieter_copy_needs():
     best = int(np.argmin(grid["log_mel_distance"]))
     assert metrics.LEVEL_GAINS_DB[best] == 6.0 and grid["log_mel_distance"][best] == pytest.approx(0.0, abs=0.05)
     assert int(np.argmax(grid["mel_ssim"])) == best and len(grid["mel_ssim"]) == len(metrics.LEVEL_GAINS_DB)
+
+
+def test_a_noise_bed_has_its_labelled_level_where_it_is_scored_whatever_the_rate():
+    """Broadband, a bed labelled -40 dBFS at 44.1 kHz was -44.6 dBFS in the band the metrics hear (16 kHz)."""
+    from engine.eval.metrics import EVAL_RATE, _unit_noise
+    from engine.resample import resample
+
+    for rate in (16000, 32000, 44100):
+        for colour in ("white", "pink"):
+            heard = resample(_unit_noise(colour, rate * 2, rate)[None], rate, EVAL_RATE)[0]
+            assert 10 * np.log10(np.mean(heard**2)) == pytest.approx(0.0, abs=0.3), (rate, colour)  # the filter's edge

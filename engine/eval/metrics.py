@@ -200,13 +200,17 @@ def noise_label(colour: str, level_db: float) -> str:
     return f"{colour} noise at {level_db:g} dBFS"
 
 
-def _unit_noise(colour: str, n: int) -> np.ndarray:
-    """[n] noise of RMS 1, the same for every clip (seeded): white, or pink (power falling 3 dB an octave)."""
+def _unit_noise(colour: str, n: int, rate: int = EVAL_RATE) -> np.ndarray:
+    """[n] noise of RMS 1 at `rate`, the same for every clip (seeded): white, or pink (power falling 3 dB an octave),
+    band-limited to what the metrics hear (EVAL_RATE's band): broadband, a bed labelled -40 dBFS at 44.1 kHz was
+    -44.6 dBFS where it was scored."""
     white = np.random.default_rng(0).standard_normal(n)
-    if colour == "pink" and n > 1:
+    if n > 1 and (colour == "pink" or rate > EVAL_RATE):
         spectrum = np.fft.rfft(white)
-        spectrum[1:] /= np.sqrt(np.arange(1, spectrum.size))
-        spectrum[0] = 0.0
+        if colour == "pink":
+            spectrum[1:] /= np.sqrt(np.arange(1, spectrum.size))
+            spectrum[0] = 0.0
+        spectrum[np.fft.rfftfreq(n, 1.0 / rate) > EVAL_RATE / 2] = 0.0
         white = np.fft.irfft(spectrum, n)
     return white / max(float(np.sqrt(np.mean(white**2))), 1e-12)
 
@@ -217,7 +221,7 @@ def noise_grid(input_audio: np.ndarray, target: np.ndarray, rate: int) -> dict[s
     mono = as_channels(input_audio).mean(axis=0)
     ref = mel_spectrogram(target, rate)
     grid: dict[str, list[float]] = {"mel_ssim": [], "log_mel_distance": []}
-    beds = {colour: _unit_noise(colour, mono.shape[0]) for colour in {c for c, _ in NOISE_BEDS}}
+    beds = {colour: _unit_noise(colour, mono.shape[0], rate) for colour in {c for c, _ in NOISE_BEDS}}
     for colour, level_db in NOISE_BEDS:
         noisy = mel_spectrogram(mono + beds[colour] * 10.0 ** (level_db / 20.0), rate)
         grid["mel_ssim"].append(ssim(noisy, ref))
