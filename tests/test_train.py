@@ -763,3 +763,11 @@ def test_validation_loss_reads_clips_spread_over_the_split_as_every_other_pick_d
     )
     assert Trainer.validation_loss(trainer) == 1.0
     assert seen == ["a", "c", "d", "f"]  # engine.eval.clips.spread_indices(6, 4): items are grouped by song
+
+
+def test_a_schedule_cut_short_keeps_its_warm_up_within_its_first_tenth_and_still_decays():
+    """A deadline that cut a stage to fewer steps than its warm-up left the rate rising to its end."""
+    factors = [lr_factor(step, 200, 150) for step in range(151)]
+    assert max(factors) == pytest.approx(1.0, abs=0.01) and factors.index(max(factors)) <= 15
+    assert factors[-1] == pytest.approx(0.0)
+    assert lr_factor(5, 10, 1000) == lr_factor(5, 10, 100)  # a warm-up within a tenth is as it was

@@ -190,7 +190,10 @@ class TrainConfig:
 def lr_factor(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
     """The learning rate's factor at `step`: linear warm-up over `warmup` steps, then a cosine from 1 down to `floor`
     at `total` (transformers' get_cosine_schedule_with_warmup, as the official run, with floor 0, except that step 0
-    already gets a small rate). Every trainer of the project (the stages, the codec) follows it."""
+    already gets a small rate). Every trainer of the project (the stages, the codec) follows it. The warm-up takes at
+    most a tenth of `total`: a schedule its deadline cut short (budget.StepBudget) still decays, not ending near its
+    peak."""
+    warmup = min(warmup, total // 10)
     if step < warmup:
         return (step + 1) / (warmup + 1)
     progress = (step - warmup) / max(1, total - warmup)
