@@ -756,13 +756,23 @@ def test_validation_loss_reads_clips_spread_over_the_split_as_every_other_pick_d
 
     from engine.train.loop import Trainer
 
-    seen = []
-    stage = SimpleNamespace(module=torch.nn.Identity(), loss=lambda items: seen.extend(items) or torch.tensor(1.0))
+    seen, losses = [], iter([1.0, 3.0])
+    stage = SimpleNamespace(
+        module=torch.nn.Identity(),
+        encode=lambda items: seen.extend(items) or [item.upper() for item in items],
+        loss_codes=lambda records: torch.tensor(next(losses) if records == ["A", "C", "D", "F"] else -1.0),
+    )
     trainer = SimpleNamespace(
-        cfg=TrainConfig(val_clips=4, batch=8), val_data="abcdef", stage=stage, autocast=contextlib.nullcontext
+        cfg=TrainConfig(val_clips=4, batch=8),
+        val_data="abcdef",
+        stage=stage,
+        autocast=contextlib.nullcontext,
+        _val_batches=None,
     )
     assert Trainer.validation_loss(trainer) == 1.0
     assert seen == ["a", "c", "d", "f"]  # engine.eval.clips.spread_indices(6, 4): items are grouped by song
+    # read and encoded once: every 250 steps the codec encoded the same 64 clips again
+    assert Trainer.validation_loss(trainer) == 3.0 and seen == ["a", "c", "d", "f"]
 
 
 def test_a_schedule_cut_short_keeps_its_warm_up_within_its_first_tenth_and_still_decays():
