@@ -576,3 +576,36 @@ def test_a_stem_damaged_in_its_middle_is_named_when_a_clip_meets_the_damage(tmp_
     sampler = codec_train.ClipSampler([path], 16000, 0.2)
     with pytest.raises(DataError, match="scratched.flac: .*damaged or cut short"):
         sampler._read(0, 30000)
+
+
+def test_the_first_batch_seeds_distinct_codes_counted_by_the_vectors_that_chose_them():
+    """Drawn with replacement (and from the vectors earlier codebooks took), a deeper codebook held a fifth to a third
+    of identical codes, each counted 1: kept alive some 300 steps before the dead-code rule re-seeded them."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from engine.train.codec_train import RVQTrainer
+
+    torch.manual_seed(0)
+    layers = [
+        SimpleNamespace(
+            codebook=SimpleNamespace(
+                embed=torch.zeros(64, 8), embed_avg=torch.zeros(64, 8), cluster_size=torch.zeros(64)
+            )
+        )
+        for _ in range(4)
+    ]
+    quantizer = RVQTrainer(SimpleNamespace(quantizer=SimpleNamespace(layers=layers)), decay=0.99, dead_threshold=0.05)
+    latents = torch.randn(4, 8, 100)  # 400 vectors for codebooks of 64
+    quantizer(latents, train=False)  # no update outside training, no init either
+    assert not quantizer.initialised
+    quantizer._init_from(latents.permute(0, 2, 1).reshape(-1, 8))
+    for layer in layers:
+        book = layer.codebook
+        assert torch.unique(book.embed, dim=0).shape[0] == 64  # distinct, none of them a zero residual
+        assert book.cluster_size.sum() == 400  # every vector counted once, by the code it chose
+        chose = book.cluster_size > 0
+        torch.testing.assert_close(book.embed_avg[chose] / book.cluster_size[chose, None], book.embed[chose])
+    # every code is chosen at least by the vector it was seeded from: none is dead, none counted at a made-up 1
+    assert all(bool((layer.codebook.cluster_size >= 1).all()) for layer in layers)

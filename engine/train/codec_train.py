@@ -226,16 +226,31 @@ class RVQTrainer:
         return out, commit / len(self.codebooks), torch.stack(codes, dim=1)  # [B,D,F], [], [B,K,F]
 
     def _init_from(self, flat) -> None:
+        """Each codebook seeded from the batch's residuals at its depth: distinct vectors where the batch has enough,
+        none a vector a codebook above was seeded from (drawn with replacement and from those, whose residuals are zero
+        and then alike, a deeper codebook held a fifth to a third of identical codes, all but one never chosen and kept
+        alive some 300 steps by a count of 1); each code counted with the vectors that choose it, as audiocraft's
+        k-means init counts its clusters, so the EMA weighs the first batch as it was."""
         residual = flat
+        taken = torch.zeros(flat.shape[0], dtype=torch.bool)  # rows a codebook above was seeded from: their residuals
+        # are zero there, and alike below (all of them choose the same nearest code)
         for codebook in self.codebooks:
             size = codebook.embed.shape[0]
-            pick = torch.randint(0, residual.shape[0], (size,)).to(residual.device)
-            init = residual[pick]
-            codebook.embed.copy_(init)
-            codebook.embed_avg.copy_(init)
-            codebook.cluster_size.fill_(1.0)
+            fresh = torch.nonzero(~taken).squeeze(1)
+            rows = fresh if fresh.numel() >= size else torch.arange(residual.shape[0])
+            if rows.numel() >= size:
+                pick = rows[torch.randperm(rows.numel())[:size]]
+            else:
+                pick = rows[torch.randint(0, rows.numel(), (size,))]
+            taken[pick] = True
+            init = residual[pick.to(residual.device)]
             dist = residual.pow(2).sum(1, keepdim=True) - 2 * residual @ init.t() + init.pow(2).sum(1)
-            residual = residual - init[dist.argmin(1)]
+            index = dist.argmin(1)
+            counts = torch.bincount(index, minlength=size).to(init.dtype)
+            codebook.embed.copy_(init)
+            codebook.embed_avg.copy_(init * counts[:, None])
+            codebook.cluster_size.copy_(counts)
+            residual = residual - init[index]
         self.initialised = True
 
     def _ema_update(self, codebook, residual, index) -> None:
