@@ -429,6 +429,11 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
         "test songs: add beats a noise bed on log-mel distance",
     ]
     assert all(b["met"] in (True, False, None) and f"eval: {b['bar']}: " in log for b in bars)
+    # the codec the later stages trained with holds the bf16 values its pack carries and the model ships
+    from engine.train.recipe import CODEC_EXPORT
+
+    codec = load_file(run / "codec" / CODEC_EXPORT / "model.safetensors")
+    assert all(torch.equal(t, t.to(torch.bfloat16).to(t.dtype)) for t in codec.values() if t.is_floating_point())
 
     # a second run on a "fresh machine" restores every trained stage from the returned files and trains nothing
     again = subprocess.run(
@@ -453,6 +458,9 @@ def test_the_device_script_runs_the_whole_recipe_at_tiny_scale_on_cpu(tmp_path):
     assert f"Model **{card['name']}**" in (tmp_path / "docs" / "report.md").read_text()  # the installed model's name
     from safetensors import safe_open
 
+    shipped_base = load_file(model / "base" / "model.safetensors")
+    for name, tensor in codec.items():  # the codec that ships is the one the base and adapters trained with
+        assert torch.equal(shipped_base[f"audio_encoder.{name}"].to(tensor.dtype), tensor), name
     shipped = sorted(model.rglob("*.safetensors"))
     assert [f.parent.name for f in shipped] == ["adapter", "base"]
     for path in shipped:  # stored in bf16 (what the run returned, half the bytes), plain files any loader reads

@@ -81,6 +81,14 @@ def from_bf16_file(path: Path, restore: bool = True) -> None:
     path.write_bytes(save_bytes(tensors, metadata=metadata or None))
 
 
+def round_to_bf16(path: Path) -> None:
+    """Round a safetensors file's float tensors to bf16 values in place, their dtypes kept: the values a pack carries,
+    so that what later stages train with is exactly what ships."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(to_bf16_bytes(path))
+        from_bf16_file(tmp)
+
+
 def pack_dir(
     root: Path,
     out_dir: Path,
