@@ -199,7 +199,8 @@ def test_keep_best_exports_the_weights_of_the_best_validation_loss_not_the_last(
     from engine.train import loop
     from engine.weights.adapter_format import load_adapter
 
-    losses = iter([3.0, 1.0, 2.0])  # step 2 is the best; the last (step 3) is worse
+    # step 0 (the untrained adapters, validated first) is worse; step 2 is the best; the last (step 3) is worse
+    losses = iter([9.0, 3.0, 1.0, 2.0])
     monkeypatch.setattr(loop.Trainer, "validation_loss", lambda self: next(losses))
     cfg = replace(config, steps=3, val_every=1, ckpt_every=1, keep=3, keep_best=True)
     result = train(cfg, tmp_path / "run", progress=False)
@@ -217,7 +218,8 @@ def test_keep_best_survives_a_run_killed_after_its_last_checkpoint_and_before_it
     from engine.train import loop
     from engine.weights.adapter_format import load_adapter
 
-    losses = iter([3.0, 1.0, 2.0])  # step 2 is the best; the last (step 3) is worse
+    # step 0 (the untrained adapters, validated first) is worse; step 2 is the best; the last (step 3) is worse
+    losses = iter([9.0, 3.0, 1.0, 2.0])
     monkeypatch.setattr(loop.Trainer, "validation_loss", lambda self: next(losses))
     cfg = replace(config, steps=3, val_every=1, ckpt_every=1, keep=3, keep_best=True)
     train(cfg, tmp_path / "run", progress=False, export=False)  # the kill: every step done, nothing exported
@@ -705,7 +707,7 @@ def test_a_validation_loss_that_is_not_finite_is_never_the_best_and_ends_the_run
     from engine.train import loop
 
     # weights can break on a step whose own loss was finite (bf16): only the validation says so
-    losses = iter([3.0, 2.0, float("nan")])
+    losses = iter([9.0, 3.0, 2.0, float("nan")])  # step 0 first: the untrained adapters
     monkeypatch.setattr(loop.Trainer, "validation_loss", lambda self: next(losses))
     cfg = replace(config, steps=6, accum=1, val_every=1, log_every=1, ckpt_every=6, keep_best=True)
     result = train(cfg, tmp_path / "run", progress=False)
@@ -781,3 +783,25 @@ def test_a_schedule_cut_short_keeps_its_warm_up_within_its_first_tenth_and_still
     assert max(factors) == pytest.approx(1.0, abs=0.01) and factors.index(max(factors)) <= 15
     assert factors[-1] == pytest.approx(0.0)
     assert lr_factor(5, 10, 1000) == lr_factor(5, 10, 100)  # a warm-up within a tenth is as it was
+
+
+def test_adapters_that_diverge_before_their_first_validation_export_the_untrained_ones(config, tmp_path, monkeypatch):
+    """A non-finite loss before the first validation (step 250 in the GPU recipe) stopped the run with nothing to
+    export, and the recipe's evaluation with it; untrained, the adapters leave the base as it is: a model."""
+    from engine.train import loop
+    from engine.weights.adapter_format import load_adapter
+
+    real = loop.Trainer.read_losses
+
+    def diverging(self):  # the step's loss is read as not finite from step 2 on, as read_losses says of it
+        if self.step >= 2:
+            raise loop.NonFiniteLoss(self.step, float("nan"))
+        return real(self)
+
+    monkeypatch.setattr(loop.Trainer, "read_losses", diverging)
+    cfg = replace(config, steps=4, val_every=3, log_every=1, keep_best=True)
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.history["diverged_at"] == 2 and result.history["exported"]["step"] == 0
+    exported, _ = load_adapter(result.outputs["adapter"])
+    gates = [t for name, t in exported.items() if name.endswith("gates")]
+    assert gates and all(not t.any() for t in gates)  # the gates as they start: 0

@@ -62,6 +62,7 @@ class AdapterStage(Stage):
     """Audio fusion + LoRA on a frozen base: target codes given input codes and the instruction (official recipe)."""
 
     name = "adapters"
+    untrained_is_usable = True  # gates and LoRA B start at 0: the base, unchanged
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str) -> None:
         self.cfg = cfg

@@ -242,6 +242,11 @@ class Trainer:
         log_lines = progress and not sys.stderr.isatty()
         if progress and not log_lines:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.stage}", unit="step", dynamic_ncols=True)
+        if self.step == 0 and cfg.keep_best and self.stage.untrained_is_usable and self.best is None:
+            val = self.validation_loss()  # the clips are encoded now, as the first validation would
+            if val is not None and math.isfinite(val):
+                history["val"].append((0, val))
+                self.best = (0, val, {name: t.cpu() for name, t in self.stage.trainable_state().items()})
         try:
             while self.step < last:
                 self.train_step(feeder)

@@ -35,6 +35,9 @@ class Stage:
 
     name = ""
     module: Any = None
+    # Whether the stage's untrained weights are a model worth exporting (a validation at step 0 is then kept as the
+    # best so far: a run that diverges before its first validation still ends with weights to export)
+    untrained_is_usable = False
 
     def parameters(self) -> list:
         """The parameters the optimizer updates."""
