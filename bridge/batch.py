@@ -487,15 +487,19 @@ def _load_backend(args: argparse.Namespace) -> Any:
     return InProcessBackend(Editor.load(**load), options)
 
 
-def _settings(args: argparse.Namespace, model: str | None) -> dict:
+def _settings(args: argparse.Namespace, model: str | None, engine: dict | None = None) -> dict:
     """What a result depends on besides its input: a pair done with other settings is rendered again. The model by
-    its card's name and, loaded here or on Ray, by its files (weights_identity: a retrained adapter or another model
-    of the same name is another model); a server's model by the name it reports."""
+    its card's name and by its files (weights_identity: a retrained adapter or another model of the same name is
+    another model): loaded here or on Ray, as the files are; a server's, as its pong says (`engine`: the backend's
+    model_info; a server from before 2026-12-08 says only the name)."""
     from engine.modes import canonical_mode
     from engine.weights.loader import weights_identity
 
     mode = canonical_mode(args.mode)  # "--mode MASK", "--mode mask" and no --mode: the same results
-    weights = None if args.server is not None else weights_identity(args.model, args.adapter)
+    if args.server is not None:
+        weights = (engine or {}).get("weights") or None
+    else:
+        weights = weights_identity(args.model, args.adapter)
     return {"model": model, "weights": weights, **EditOptions.from_args(args).kwargs(), "mode": mode}
 
 
@@ -570,7 +574,7 @@ def run(args: argparse.Namespace) -> int:
             parse, model = backend.parse, backend.model_info.get("model")
         labels = check_edits(args.edit, parse, args.mode)
         pairs = plan_refusing_results(sources, labels, out, manifest)
-        settings = _settings(args, model)
+        settings = _settings(args, model, backend.model_info if backend is not None else None)
         manifest.data.update(
             session=str(session.resolve()),
             output=str(out.resolve()),

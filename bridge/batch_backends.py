@@ -154,6 +154,8 @@ class ServerBackend:
         if pong.state in (protocol.LOADING, protocol.WARMING):
             pong = self._wait_ready(pong)
         self.model_info = {"model": pong.model, "device": pong.device, "server": address}
+        if pong.weights:  # what its model was loaded from (a server from before 2026-12-08 does not say)
+            self.model_info["weights"] = pong.weights
         self.stems = pong.stems  # the loaded model's instruments ([] from a server that names none: the built-in list)
         self.model_info["server_version"] = pong.version
         self.options = options

@@ -568,7 +568,7 @@ def new_job_id() -> str:
 
 # The server's two answers about itself, by field in wire order: the builders below write them and Reply's accessors
 # read them, so each field has its place here only.
-PONG_FIELDS = ("version", "model", "device", "state", "notes", "stems")
+PONG_FIELDS = ("version", "model", "device", "state", "notes", "stems", "weights")
 SERVER_STATUS_FIELDS = ("state", "queued", "running_job_id", "version", "model")
 _FIELDS = {PONG: PONG_FIELDS, SERVER_STATUS: SERVER_STATUS_FIELDS}
 
@@ -578,12 +578,19 @@ def _in_order(fields: tuple[str, ...], values: dict[str, Any]) -> tuple[Any, ...
 
 
 def pong_args(
-    version: str, model: str, device: str, state: str, notes: Iterable[str], stems: Iterable[str] = ()
+    version: str,
+    model: str,
+    device: str,
+    state: str,
+    notes: Iterable[str],
+    stems: Iterable[str] = (),
+    weights: str = "",
 ) -> tuple[Any, ...]:
     """/imusic/pong's arguments: `notes` (the model's own evaluation's shortfalls) and `stems` (the instruments the
-    loaded model knows, what a client parses its edits with; none while it loads) travel one a line."""
+    loaded model knows, what a client parses its edits with; none while it loads) travel one a line; `weights` is
+    the loaded model's files' identity (engine.weights.loader.weights_identity; "" while it loads, or unknown)."""
     values = {"version": version, "model": model, "device": device, "state": state, "notes": "\n".join(notes)}
-    return _in_order(PONG_FIELDS, {**values, "stems": "\n".join(stems)})
+    return _in_order(PONG_FIELDS, {**values, "stems": "\n".join(stems), "weights": weights})
 
 
 def server_status_args(state: str, queued: int, running_job_id: str, version: str, model: str) -> tuple[Any, ...]:
@@ -664,6 +671,11 @@ class Reply:
     def notes(self) -> list[str]:
         """/pong's notes on the loaded model (its own evaluation's shortfalls), one a line; [] for other replies."""
         return [line for line in str(self._field("notes")).split("\n") if line]
+
+    @property
+    def weights(self) -> str:
+        """/pong's identity of the loaded model's files; "" while it loads (or from an older server)."""
+        return str(self._field("weights"))
 
     @property
     def stems(self) -> list[str]:

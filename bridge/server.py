@@ -303,9 +303,8 @@ class EngineServer:
         info = self._editor_info()
         notes = [str(note) for note in (info.get("shortfalls") or {}).values()]
         stems = [str(stem) for stem in info.get("stems") or ()]
-        pong = protocol.pong_args(
-            __version__, str(info.get("model", "")), str(info.get("device", "")), self.state, notes, stems
-        )
+        model, device, weights = (str(info.get(key) or "") for key in ("model", "device", "weights"))
+        pong = protocol.pong_args(__version__, model, device, self.state, notes, stems, weights)
         self._send(sender, protocol.PONG, *pong)
 
     def _editor_info(self) -> dict[str, Any]:

@@ -150,6 +150,9 @@ class Editor:
         self.model = model
         self.mask_settings = dict(mask_settings or {})
         self.card = model.card
+        # what the model was loaded from (engine.weights.loader.weights_identity; Editor.load sets it): a batch through
+        # a server ties its results to it, as it does a model it loads itself
+        self.weights = ""
         if getattr(model.lm, "fusion", None) is None:
             raise CheckpointError(
                 f"model {self.card.name!r} has no editing adapter (audio fusion): load it with an adapter to edit"
@@ -193,8 +196,11 @@ class Editor:
         """Load a model (engine.weights.load_model: default, model dir, transformers/audiocraft dir, hub name);
         `options` go to the Editor (decode_step, window_seconds, ...)."""
         from engine.weights import load_model
+        from engine.weights.loader import weights_identity
 
-        return cls(load_model(source, adapter=adapter, device=device, dtype=dtype), **options)
+        editor = cls(load_model(source, adapter=adapter, device=device, dtype=dtype), **options)
+        editor.weights = weights_identity(source, adapter) or ""
+        return editor
 
     def parse(self, text: str) -> Instruction:
         """Parse an instruction for this model (InstructionError naming what is supported when it does not parse)."""
@@ -205,6 +211,7 @@ class Editor:
         """What the server's pong/status and the CLI report about the loaded model."""
         return {
             "model": self.card.name,
+            "weights": self.weights,
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "sample_rate": self.sample_rate,

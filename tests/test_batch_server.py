@@ -44,6 +44,21 @@ def test_batch_through_the_server_renders_every_pair_and_resumes(server, session
     assert "0 rendered, 4 already done" in capsys.readouterr().out
 
 
+def test_a_server_whose_model_files_changed_under_the_same_name_renders_again(
+    server, session, tmp_path, capsys, tiny_editor, tiny_model_dir, monkeypatch
+):
+    """The batch knew a server's model by its name alone: a retrained adapter behind it kept the old results."""
+    from engine.weights.loader import weights_identity
+
+    out = tmp_path / "out"
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server", f"127.0.0.1:{server.port}"]
+    assert main(argv) == 0 and "2 rendered" in capsys.readouterr().out
+    record = json.loads((out / "manifest.json").read_text())["pairs"]["a | extract drums"]
+    assert record["settings"]["weights"] == weights_identity(tiny_model_dir)  # what the server's pong says
+    monkeypatch.setattr(tiny_editor, "weights", "0123456789abcdef")  # the same name, other files
+    assert main(argv) == 0 and "2 rendered" in capsys.readouterr().out
+
+
 def test_server_without_an_address_finds_the_engine_where_the_other_clients_do(server, session, tmp_path, monkeypatch):
     monkeypatch.setenv("IMUSIC_PORT", str(server.port))
     out = tmp_path / "out"

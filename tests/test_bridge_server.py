@@ -50,8 +50,8 @@ def expect_error(client: Client, code: str) -> protocol.Reply:
 def test_ping_answers_pong_with_version_model_device_and_ready(client):
     reply = client.ping(TIMEOUT)
     assert reply.address == protocol.PONG
-    version, model, device, state, notes, stems = reply.args
-    assert (model, device, state, notes) == ("fake", "cpu", protocol.READY, "")
+    version, model, device, state, notes, stems, weights = reply.args
+    assert (model, device, state, notes, weights) == ("fake", "cpu", protocol.READY, "", "")  # a fake has no files
     assert reply.stems == stems.split("\n") == list(FakeEditor().info["stems"])
     assert version and reply.notes == []
 
