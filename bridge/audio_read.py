@@ -139,7 +139,9 @@ def _libsndfile_reads_mp3() -> bool:
     return "MP3" in sf.available_formats()
 
 
-_UNKNOWN_SIZE = 0xFFFFFFFF  # a streaming writer's data size (ffmpeg or sox writing to a pipe): "until the file ends"
+# A streaming writer's data size, "until the file ends": ffmpeg's, and sox's MS_UNSPEC (its wav.c) when it writes to a
+# pipe
+_UNKNOWN_SIZES = (0xFFFFFFFF, 0x7FFFF000)
 
 
 def _streamed_wav(handle: Any, path: Path) -> bool:
@@ -159,7 +161,7 @@ def _streamed_wav(handle: Any, path: Path) -> bool:
     while at + 8 <= len(head):
         size = int.from_bytes(head[at + 4 : at + 8], "little")
         if head[at : at + 4] == b"data":
-            return size == _UNKNOWN_SIZE
+            return size in _UNKNOWN_SIZES
         at += 8 + size + (size & 1)
     return False
 

@@ -400,9 +400,10 @@ def test_a_wav_whose_header_still_says_zero_samples_is_said_to_be_still_written(
         probe(empty)
 
 
-def test_a_streamed_wav_whose_sizes_say_unknown_is_read_to_its_end(tmp_path):
-    """ffmpeg or sox writing WAV to a pipe leave the RIFF and data sizes at 0xFFFFFFFF ("until the end of the file");
-    pedalboard took that for a count of 1073741823 samples and the file was refused as cut short."""
+@pytest.mark.parametrize("unknown", [0xFFFFFFFF, 0x7FFFF000])  # ffmpeg's, sox's
+def test_a_streamed_wav_whose_sizes_say_unknown_is_read_to_its_end(tmp_path, unknown):
+    """ffmpeg or sox writing WAV to a pipe leave the data size at a mark that says "until the end of the file";
+    pedalboard took it for a count (1073741823 samples) and the file was refused as cut short."""
     import struct
 
     audio = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 8000)).astype(np.float32)
@@ -410,7 +411,7 @@ def test_a_streamed_wav_whose_sizes_say_unknown_is_read_to_its_end(tmp_path):
     sf.write(str(path), audio.T, 16000, subtype="FLOAT")
     data = bytearray(path.read_bytes())
     at = data.find(b"data")
-    data[4:8] = data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    data[4:8] = data[at + 4 : at + 8] = struct.pack("<I", unknown)
     path.write_bytes(bytes(data))
 
     info = probe(path)
