@@ -376,6 +376,13 @@ def _with_current_ids(data: bytes) -> bytes:
     return data
 
 
+def _with_earlier_ids(line: str) -> str:
+    """`line` with every action's current command id replaced by its earlier one (the reverse of _with_current_ids)."""
+    for action in ACTIONS:
+        line = line.replace(action.command_id, action.earlier_command_id)
+    return line
+
+
 def _install_plan(
     resource: Path, settings: dict, hotkeys: bool, report: Report
 ) -> list[tuple[Path, bytes, int | None]]:
@@ -577,7 +584,9 @@ def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[P
     if kb_path.exists():
         data = kb_path.read_bytes()
         defaults = [action.key_line() for action in ACTIONS]
-        ours = our_lines(data, manifest["kb_lines"] + manifest.get("retired_kb_lines", []) + defaults)
+        listed = manifest["kb_lines"] + manifest.get("retired_kb_lines", []) + defaults
+        # and their forms under the earlier ids: REAPER left open during the upgrade writes those lines back
+        ours = our_lines(data, listed + [_with_earlier_ids(line) for line in listed])
         updated = remove_lines(data, ours, manifest.get("added_final_newline", False)) if ours else data
         if manifest.get("created_kb") and not updated.strip():
             writes.append((kb_path, None))

@@ -116,6 +116,14 @@ def test_an_earlier_releases_ids_move_to_reapers_own_with_the_users_shortcuts_na
     left = kb.read_text()
     assert f" 0 {edit.command_id} " not in left and f"KEY 1 117 _{edit.command_id} 0" in left  # theirs stays
 
+    # REAPER left open during the upgrade writes the earlier ids back when it quits; uninstall takes those lines too
+    install(resource, hotkeys=True)
+    kb.write_text(earlier)
+    uninstall(resource)
+    ids = [i for action in ACTIONS for i in (action.command_id, action.earlier_command_id)]
+    left = [line for line in kb.read_text().splitlines() if any(i in line for i in ids)]
+    assert left == [f"KEY 1 117 _{edit.earlier_command_id} 0"], left  # only the user's own shortcut
+
 
 def test_installing_twice_changes_nothing(resource):
     (resource / "reaper-kb.ini").write_bytes(sample_kb("\r\n"))
