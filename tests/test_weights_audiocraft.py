@@ -172,6 +172,9 @@ def test_a_fine_tunes_export_that_names_its_codec_loads_that_codec_from_the_cach
     hf_dir, ac_dir, hf_model = same_model_two_layouts
     tuned = shutil.copytree(ac_dir, tmp_path / "tuned")
     torch.save({"pretrained": "facebook/encodec_32khz"}, tuned / audiocraft_layout.CODEC_FILE)
+    from engine.weights.cli import describe
+
+    assert describe(tuned)["parameters"]["codec"] == "facebook/encodec_32khz (from the Hugging Face cache)"
     with pytest.raises(CheckpointError, match="imusic weights download facebook/encodec_32khz"):
         load_model(tuned, device="cpu", dtype="fp32")
     snapshot = t5_in_cache.path / "models--facebook--encodec_32khz" / "snapshots" / ("1" * 40)

@@ -161,7 +161,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     elif layout == "transformers":
         counts.update(_transformers_counts(path))
     elif layout == "audiocraft":
-        from engine.weights.audiocraft_layout import CODEC_FILE, LM_FILE
+        from engine.weights.audiocraft_layout import CODEC_FILE, LM_FILE, pretrained_codec
 
         if (path / LM_FILE).is_file():
             shapes = _torch_shapes(path / LM_FILE, "best_state")
@@ -172,7 +172,13 @@ def describe(path: str | Path) -> dict[str, Any]:
             )
             counts["dtypes"] = _dtypes(shapes)
         if (path / CODEC_FILE).is_file():
-            counts["codec"] = _count(_torch_shapes(path / CODEC_FILE, "best_state"))
+            named = pretrained_codec(path / CODEC_FILE)  # a fine-tune's export names its codec instead of holding it
+            codec = (
+                f"{named} (from the Hugging Face cache)"
+                if named
+                else _count(_torch_shapes(path / CODEC_FILE, "best_state"))
+            )
+            counts["codec"] = codec
         counts["text_encoder"] = "T5 (t5-base, from the Hugging Face cache)"
     elif layout == "adapter":
         adapter_dir = path.parent if path.is_file() else path
