@@ -92,13 +92,9 @@ def read_summary(path: str | Path, splits: Sequence[str] = ("test",), model_name
 
 def _card_name(model: Path) -> str | None:
     """The name on a model folder's card (what its reports say made them), None where it has none."""
-    from engine.files import read_json_object
-    from engine.weights.names import MODEL_CARD
+    from engine.weights import peek_card
 
-    try:
-        name = read_json_object(model / MODEL_CARD, f"{model} has no {MODEL_CARD}").get("name")
-    except (ImusicError, OSError):
-        return None
+    name = (peek_card(model) or {}).get("name")
     return name if isinstance(name, str) else None
 
 

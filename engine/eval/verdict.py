@@ -18,7 +18,7 @@ MIN_T = 2.0
 
 def min_t(clips: Any) -> float:
     """The least |paired t| of a win over `clips` clips: MIN_T, or Student's two-sided 95 % value where it is larger
-    (under 60 clips); infinite under 2 clips (no spread to judge by)."""
+    (60 clips or fewer); infinite under 2 clips (no spread to judge by)."""
     if not isinstance(clips, (int, float)) or isinstance(clips, bool) or not clips >= 2:
         return math.inf
     from scipy.stats import t as student
