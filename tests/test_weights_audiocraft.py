@@ -205,6 +205,8 @@ def test_a_fine_tunes_export_that_names_its_codec_loads_that_codec_from_the_cach
             r"codebooks_pattern.modeling is 'parallel' \(MusicGen's: 'delay'\)",
         ),
         ("codebooks_pattern", "delays", [0, 2, 4, 6], r"delay.delays is \[0, 2, 4, 6\] \(MusicGen's: \[0, 1, 2, 3\]\)"),
+        ("transformer_lm", "past_context", 250, r"transformer_lm.past_context is 250 \(MusicGen's: None\)"),
+        ("fuser", "cross_attention_pos_emb", True, r"fuser.cross_attention_pos_emb is True"),
     ],
 )
 def test_an_lm_built_otherwise_than_musicgen_is_refused_by_its_xp_cfg(
@@ -218,7 +220,7 @@ def test_an_lm_built_otherwise_than_musicgen_is_refused_by_its_xp_cfg(
     other = shutil.copytree(same_model_two_layouts[1], tmp_path / "other")
     package = torch.load(other / "state_dict.bin", weights_only=True)
     xp = yaml.safe_load(package["xp.cfg"])
-    xp[section] = {**xp[section], **({key: value} if key != "delays" else {"delay": {"delays": value}})}
+    xp[section] = {**xp.get(section, {}), **({key: value} if key != "delays" else {"delay": {"delays": value}})}
     package["xp.cfg"] = yaml.safe_dump(xp)
     torch.save(package, other / "state_dict.bin")
     with pytest.raises(CheckpointError, match=message):

@@ -416,8 +416,9 @@ def write_audiocraft_layout(
             "bias_attn": False,
             "bias_proj": False,
             "causal": True,
-            "cross_attention": True,
+            "past_context": None,
         },
+        "fuser": {"cross_attention_pos_emb": False, "sum": [], "prepend": [], "cross": ["description"]},
         "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(range(dec.num_codebooks))}},
         "conditioners": {"description": {"model": "t5", "t5": {"name": "t5-base", "finetune": False}}},
     }

@@ -129,13 +129,20 @@ def lm_config(state: dict[str, torch.Tensor], cfg: dict[str, Any]) -> LMConfig:
         raise CheckpointError(MELODY_UNSUPPORTED)
     transformer = cfg.get("transformer_lm") if isinstance(cfg.get("transformer_lm"), dict) else {}
     pattern = cfg.get("codebooks_pattern") if isinstance(cfg.get("codebooks_pattern"), dict) else {}
+    delay = pattern.get("delay") if isinstance(pattern.get("delay"), dict) else {}
+    fuser = cfg.get("fuser") if isinstance(cfg.get("fuser"), dict) else {}
     differences = [
         f"{section}.{key} is {found[key]!r} (MusicGen's: {wanted!r})"
-        for section, found, key, wanted in [("codebooks_pattern", pattern, "modeling", "delay")]
+        for section, found, key, wanted in [
+            ("codebooks_pattern", pattern, "modeling", "delay"),
+            ("codebooks_pattern.delay", delay, "flatten_first", 0),
+            ("codebooks_pattern.delay", delay, "empty_initial", 0),
+            ("fuser", fuser, "cross_attention_pos_emb", False),  # positions added to the text MusicGen attends to
+        ]
         + [("transformer_lm", transformer, key, wanted) for key, wanted in _MUSICGEN_LM.items()]
         if key in found and found[key] != wanted
     ]
-    delays = pattern.get("delay").get("delays") if isinstance(pattern.get("delay"), dict) else None
+    delays = delay.get("delays")
     if delays is not None and delays != list(range(len(delays))):
         differences.append(f"codebooks_pattern.delay.delays is {delays!r} (MusicGen's: {list(range(len(delays)))})")
     if differences:
@@ -176,6 +183,7 @@ _MUSICGEN_LM = {
     "layer_scale": None,
     "kv_repeat": 1,
     "causal": True,
+    "past_context": None,  # attention over every earlier step, not a local window
 }
 
 
