@@ -310,3 +310,19 @@ def test_the_floor_of_each_mode_counts_the_bytes_it_reads():
     assert entry["floor_ms"] == pytest.approx(1.2) and entry["speedup_same_dtype"] == pytest.approx(4.0)
     entry["graph"]["ms_per_step"] = 1.1  # under its own floor: the bandwidth sample was disturbed
     assert costs.add_floor({"fast": {1: entry}}, 1000.0, ["eager", "graph"])
+
+
+def test_the_check_that_batched_takes_draw_as_alone_passes_here_and_can_fail(monkeypatch):
+    import torch
+
+    from engine.model import generate
+    from engine.tools.bench import rows_draw_alone
+
+    assert rows_draw_alone(torch.device("cpu"), draws=5) == 1.0
+    real = generate.sample
+
+    def one_stream(logits, *, generator=None, **kwargs):  # every row drawn from the first row's generator
+        return real(logits, generator=generator[0] if isinstance(generator, list) else generator, **kwargs)
+
+    monkeypatch.setattr(generate, "sample", one_stream)
+    assert rows_draw_alone(torch.device("cpu"), draws=5) < 0.9

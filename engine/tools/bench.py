@@ -15,6 +15,9 @@ top-k 250 sampling) and each batch (1, and 4: the 4-take batch; CFG doubles the 
 - on CUDA, the graph and compiled steps teacher-forced on the eager step's greedy history, at two lengths with two
   instructions: per step, top-1 agreement of the guided logits with eager's and the largest |logit difference|; a
   step under TEACHER_FORCED_MIN_TOP1 fails the shape ("n/a (CPU)" on CPU);
+- whether a batched draw gives each row the tokens it gets drawn alone with the same generator (`rows_draw_alone`: a
+  take of a 4-take batch must be the take alone; sample() pairs each draw with a place in torch.topk's unsorted
+  order, which an accelerator could order otherwise for other batch sizes);
 - the step's floor: the bytes it must read (weights, folded cross-attention, the KV cache: filled for the eager step,
   at the workspace's capacity for a static one) at the higher of two bandwidths measured in the same run: a device
   copy (bytes read + written) and batch-2 linears over distinct weights (the decode step's access pattern).
@@ -195,6 +198,31 @@ def run_theirs(hf, ids, mask, *, steps: int, greedy: bool):
 def _static(mode: str, device: torch.device):
     """generate()'s `static` for a step mode, as the Editor maps it (DECODE_STEPS); off CUDA every mode is eager."""
     return DECODE_STEPS[mode] if device.type == "cuda" else False
+
+
+def rows_draw_alone(
+    device: torch.device, rows: int = 4, codebooks: int = 4, card: int = 2048, draws: int = 25
+) -> float:
+    """The share of tokens that a top-k draw of `rows` rows, one generator a row (as a batch of takes draws), gives
+    each row as the same draw of that row alone does: 1.0 where batching changes no take."""
+    import torch
+
+    from engine.model.generate import sample
+
+    logits = torch.randn(rows, codebooks, card, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def generators(first: int, count: int) -> list:
+        return [torch.Generator(device=device).manual_seed(first + i) for i in range(count)]
+
+    agree = total = 0
+    for draw in range(draws):
+        batched = sample(logits, top_k=TOP_K, generator=generators(1000 * draw, rows))
+        alone = torch.cat(
+            [sample(logits[i : i + 1], top_k=TOP_K, generator=generators(1000 * draw + i, 1)) for i in range(rows)]
+        )
+        agree += int((batched == alone).sum())
+        total += batched.numel()
+    return agree / total
 
 
 def agreement(a, b) -> float:
@@ -620,6 +648,8 @@ def run(args: argparse.Namespace) -> int:
           f"({name}) {sweep:.1f} GB/s; the floor uses {bandwidth:.1f} GB/s", flush=True)  # fmt: skip
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    figures["rows_draw_alone"] = rows_draw_alone(device)
+    print(f"batched takes draw as alone: {figures['rows_draw_alone']:.4f} of tokens (1 expected)", flush=True)
     dump()
 
     results: dict[str, dict] = {}
