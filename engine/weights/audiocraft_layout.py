@@ -54,20 +54,21 @@ def _load(file: Path) -> Any:
         raise CheckpointError(f"{file} is not a readable audiocraft checkpoint: {str(exc).splitlines()[0]}") from None
 
 
-def pretrained_codec(file: Path) -> str | None:
+def pretrained_codec(file: Path, package: Any = None) -> str | None:
     """The codec a fine-tuned MusicGen's compression file names instead of holding it, or None: audiocraft's export of
-    a fine-tune (export_pretrained_compression_model) writes {"pretrained": "facebook/encodec_32khz"}."""
-    package = _load(file)
+    a fine-tune (export_pretrained_compression_model) writes {"pretrained": "facebook/encodec_32khz"}. `package`: the
+    file already loaded."""
+    package = _load(file) if package is None else package
     if isinstance(package, dict) and "best_state" not in package and isinstance(package.get("pretrained"), str):
         return package["pretrained"]
     return None
 
 
-def read_package(file: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(best_state, parsed xp.cfg) of an audiocraft release file."""
+def read_package(file: Path, package: Any = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(best_state, parsed xp.cfg) of an audiocraft release file (`package`: the file already loaded)."""
     import yaml
 
-    package = _load(file)
+    package = _load(file) if package is None else package
     if not isinstance(package, dict) or "best_state" not in package:
         raise CheckpointError(f"{file} has no 'best_state': not an audiocraft release checkpoint")
     cfg = package.get("xp.cfg") or {}
@@ -280,7 +281,9 @@ def _flag(name: str, value: Any) -> bool:
 def frame_rate(path: str | Path) -> float:
     """Codec frames per second of an audiocraft MusicGen folder (its compression xp.cfg: sample rate / hop; for a
     fine-tune, the config of the codec it names)."""
-    if (name := pretrained_codec(Path(path) / CODEC_FILE)) is not None:
+    file = Path(path) / CODEC_FILE
+    package = _load(file)
+    if (name := pretrained_codec(file, package)) is not None:
         from engine.weights import hub
         from engine.weights.transformers_layout import CONFIG
 
@@ -291,7 +294,7 @@ def frame_rate(path: str | Path) -> float:
             return codec_frame_rate(int(config["sampling_rate"]), [int(r) for r in config["upsampling_ratios"]])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"the {CONFIG} of the cached {name} is not an EnCodec config") from None
-    state, cfg = read_package(Path(path) / CODEC_FILE)
+    state, cfg = read_package(file, package)
     config = encodec_config(cfg, state)
     return codec_frame_rate(config.sampling_rate, config.upsampling_ratios)
 
@@ -303,11 +306,12 @@ def load_codec_model(path: Path) -> EncodecModel:
 
     from engine.weights.transformers_layout import load_codec_dir, quiet_transformers
 
-    if (name := pretrained_codec(path / CODEC_FILE)) is not None:
+    package = _load(path / CODEC_FILE)
+    if (name := pretrained_codec(path / CODEC_FILE, package)) is not None:
         from engine.weights import hub
 
         return load_codec_dir(hub.cached_snapshot(name)).float().eval()
-    state, cfg = read_package(path / CODEC_FILE)
+    state, cfg = read_package(path / CODEC_FILE, package)
     config = encodec_config(cfg, state)
     renamed = codec_state_from_audiocraft(state)
     # built for real, not on the meta device: EnCodec has non-persistent buffers, and it is small (~60M parameters)
