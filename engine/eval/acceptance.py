@@ -132,10 +132,9 @@ def report_bars(summary: dict[str, Any], label: str) -> list[Bar]:
         what = " and ".join(METRIC_WORDS[m] for m in metrics)
         clips = summary.get(task, {}).get("model", {}).get("n")
         failed = summary.get(task, {}).get("model", {}).get(FAILED_EDIT)
-        counted = f" ({int(clips)} clips" if _finite(clips) else ""  # a run cut by its time budget scores fewer
-        if failed:
-            counted = (counted + "; " if counted else " (") + f"{int(failed)} more the model failed to edit"
-        counted += ")" if counted else ""
+        parts = [f"{int(clips)} clips"] if _finite(clips) else []  # a run cut by its time budget scores fewer
+        parts += [f"{int(failed)} more the model failed to edit"] if failed else []
+        counted = f" ({'; '.join(parts)})" if parts else ""
         for baseline, verdict, words in baselines:
             if baseline != IDENTITY_ROW and summary.get(task) and baseline not in summary[task]:
                 continue  # a report from before the row
