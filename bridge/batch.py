@@ -490,15 +490,14 @@ def _load_backend(args: argparse.Namespace) -> Any:
 def _settings(args: argparse.Namespace, model: str | None, engine: dict | None = None) -> dict:
     """What a result depends on besides its input: a pair done with other settings is rendered again. The model by
     its card's name and by its files (weights_identity: a retrained adapter or another model of the same name is
-    another model): loaded here or on Ray, as the files are; a server's, as its pong says (`engine`: the backend's
-    model_info; a server from before 2026-12-08 says only the name)."""
+    another model), as the loaded engine reports them (`engine`: the backend's model_info, the Editor's info here,
+    on Ray or from a server's pong), else as the files are here; a server from before 2026-12-08 says only the name."""
     from engine.modes import canonical_mode
     from engine.weights.loader import weights_identity
 
     mode = canonical_mode(args.mode)  # "--mode MASK", "--mode mask" and no --mode: the same results
-    if args.server is not None:
-        weights = (engine or {}).get("weights") or None
-    else:
+    weights = (engine or {}).get("weights") or None
+    if weights is None and args.server is None:
         weights = weights_identity(args.model, args.adapter)
     return {"model": model, "weights": weights, **EditOptions.from_args(args).kwargs(), "mode": mode}
 
