@@ -368,19 +368,13 @@ def _own_settings(path: Path, report: Report) -> dict:
     return settings
 
 
-def _with_current_ids(data: bytes) -> bytes:
-    """`data` with every action's earlier command id (Action.earlier_command_id) replaced by its current one: 40 hex
-    digits of a hash stand nowhere else."""
+def _with_current_ids(data: bytes, back: bool = False) -> bytes:
+    """`data` with every action's earlier command id (Action.earlier_command_id) replaced by its current one (`back`:
+    the other way): 40 hex digits of a hash stand nowhere else."""
     for action in ACTIONS:
-        data = data.replace(action.earlier_command_id.encode(), action.command_id.encode())
+        ids = (action.earlier_command_id.encode(), action.command_id.encode())
+        data = data.replace(*(ids[::-1] if back else ids))
     return data
-
-
-def _with_earlier_ids(line: str) -> str:
-    """`line` with every action's current command id replaced by its earlier one (the reverse of _with_current_ids)."""
-    for action in ACTIONS:
-        line = line.replace(action.command_id, action.earlier_command_id)
-    return line
 
 
 def _install_plan(
@@ -586,7 +580,7 @@ def _uninstall_plan(folder: Path, kb_path: Path, manifest: dict) -> list[tuple[P
         defaults = [action.key_line() for action in ACTIONS]
         listed = manifest["kb_lines"] + manifest.get("retired_kb_lines", []) + defaults
         # and their forms under the earlier ids: REAPER left open during the upgrade writes those lines back
-        ours = our_lines(data, listed + [_with_earlier_ids(line) for line in listed])
+        ours = our_lines(data, listed + [_with_current_ids(line.encode(), back=True).decode() for line in listed])
         updated = remove_lines(data, ours, manifest.get("added_final_newline", False)) if ours else data
         if manifest.get("created_kb") and not updated.strip():
             writes.append((kb_path, None))
