@@ -20,7 +20,9 @@ One edit, step by step:
 Design choices (documented here because producers see them):
 - Channels: the model is mono. In mode "mask" one mask (from the channels' mean, what the model heard) applies to
   every channel, and add's new part is added, centred, to every channel; in mode "resynth" the mono output is copied
-  to each of the input's channels.
+  to each of the input's channels. A 5.1 or 7.1 region (6 or 8 channels, in WAV's order: L R C LFE ...) keeps its
+  LFE channel out of what the model makes: an add leaves it as recorded (the added part alone: silent there), and a
+  re-synthesis is silent there (full-band music on the subwoofer channel).
 - Silence: "add" on a silent selection is allowed (generate the stem from nothing, levelled to DEFAULT_TARGET_LUFS);
   "remove" and "extract" on silence raise AudioError (there is nothing to take away or isolate).
 - Best of N (takes > 1): each window generates N takes in one batch; the take with the highest mean token
@@ -58,6 +60,7 @@ Progress = Callable[[float, str], None]
 
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
+LFE_CHANNEL = {6: 3, 8: 3}  # the low-frequency effects channel of 5.1 and 7.1 in WAV's (and SMPTE's) order
 MAX_SAMPLE = 1e6  # 120 dB over full scale: no recording; far past it, a mix of channels overflowed float32 and the
 # error blamed the model, and the mask mode returned silence
 # Channels "cancel out" when their mono mix is this far below them: one channel the other's polarity inverted leaves
@@ -436,12 +439,16 @@ class Editor:
                 audio, sample_rate, out, self.sample_rate, parsed.op, settings, raw=raw, layer=mode == LAYER,
                 stop=cancel.is_set if cancel is not None else None,
             )  # fmt: skip
+            if (lfe := LFE_CHANNEL.get(audio.shape[0])) is not None and parsed.op == "add":
+                edited[lfe] = 0.0 if mode == LAYER else audio[lfe]  # the added part stays off the LFE
             if mode == LAYER:
                 levels["warnings"] = _layer_notes(edited, audio, sample_rate, levels)
             timings["mask"] = time.perf_counter() - started
         else:
             edited = resample(out, self.sample_rate, sample_rate, audio.shape[-1])  # [N] at the input rate
             edited = np.repeat(edited[None], audio.shape[0], axis=0)  # mono copied to every channel
+            if (lfe := LFE_CHANNEL.get(audio.shape[0])) is not None:
+                edited[lfe] = 0.0  # but the LFE: full-band music does not belong on it
             timings["resample"] = time.perf_counter() - started
             t0 = time.perf_counter()
             edited, levels = match_level(edited, audio, sample_rate, parsed.op, mode=mode, raw=raw)

@@ -33,10 +33,10 @@ MODE_POLICIES = {
     "mask": "one time-frequency mask from the model's output applied to every input channel (rate, phase and "
     "stereo image of the original kept)",
     "mask_add": "the original plus the added part (model output minus what the input holds), the added part "
-    "mono on every channel",
-    "resynth": "mono model output copied to every channel",
-    "layer": "the added part alone (model output minus what the input holds), mono on every channel: beside the "
-    "original it plays as the mask mode's add",
+    "mono on every channel (a 5.1 or 7.1 region's LFE excepted)",
+    "resynth": "mono model output copied to every channel (a 5.1 or 7.1 region's LFE silent)",
+    "layer": "the added part alone (model output minus what the input holds), mono on every channel (a 5.1 or 7.1 "
+    "region's LFE silent): beside the original it plays as the mask mode's add",
 }
 
 

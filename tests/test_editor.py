@@ -850,3 +850,16 @@ def test_a_window_of_one_codec_frame_is_refused_it_leaves_no_room_to_overlap(tin
     with pytest.raises(ConfigError, match="window_seconds must be between"):
         Editor(tiny_editor.model, window_seconds=1 / tiny_editor.frame_rate)
     assert Editor(tiny_editor.model, window_seconds=2 / tiny_editor.frame_rate).overlap_frames == 1
+
+
+def test_a_surround_regions_lfe_channel_gets_none_of_what_the_model_makes(editor):
+    """5.1 in WAV's order (L R C LFE Ls Rs): an add put full-band music on the subwoofer channel, as resynth did."""
+    audio = _music(1.0, 16000, channels=6)
+    audio[3] = 0.2 * np.sin(2 * np.pi * 40 * np.arange(16000) / 16000)  # an LFE track of its own
+    results = editor.edit_modes(audio, 16000, "add drums", ("mask", "layer", "resynth"), seed=0, raw=True)
+    assert np.array_equal(results["mask"].audio[3], audio[3])  # the LFE as recorded
+    assert not results["layer"].audio[3].any() and results["layer"].audio[0].any()
+    assert not results["resynth"].audio[3].any() and results["resynth"].audio[0].any()
+    assert not np.array_equal(results["mask"].audio[0], audio[0])  # the other channels got the added part
+    stereo = editor.edit_modes(audio[:2], 16000, "add drums", ("layer",), seed=0, raw=True)["layer"].audio
+    assert stereo[0].any() and stereo[1].any()  # two channels are no surround: both get it
