@@ -51,6 +51,7 @@ import numpy as np
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.instructions import MAX_SEED, Instruction, check_seed, check_takes, parse_instruction, vocabulary
 from engine.levels import db, is_silent, rms_db
+from engine.loudness import LFE_CHANNEL
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
 from engine.modes import LAYER, MASKED_MODES, channel_policy, check_mode
@@ -60,7 +61,6 @@ Progress = Callable[[float, str], None]
 
 MIN_RATE, MAX_RATE = 1000, 768000
 MAX_CHANNELS = 64
-LFE_CHANNEL = {6: 3, 8: 3}  # the low-frequency effects channel of 5.1 and 7.1 in WAV's (and SMPTE's) order
 MAX_SAMPLE = 1e6  # 120 dB over full scale: no recording; far past it, a mix of channels overflowed float32 and the
 # error blamed the model, and the mask mode returned silence
 # Channels "cancel out" when their mono mix is this far below them: one channel the other's polarity inverted leaves

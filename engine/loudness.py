@@ -21,7 +21,20 @@ _STEPS_PER_BLOCK = 4  # 75 % overlap: a block every 100 ms
 _STEPS_PER_SECOND = 10
 ABSOLUTE_GATE = -70.0
 RELATIVE_GATE = -10.0
-_CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)
+_CHANNEL_WEIGHTS = (1.0, 1.0, 1.0, 1.41, 1.41)  # L R C Ls Rs
+LFE_CHANNEL = {6: 3, 8: 3}  # the low-frequency effects channel of 5.1 and 7.1 in WAV's (and SMPTE's) order
+
+
+def channel_weights(channels: int) -> np.ndarray:
+    """BS.1770's weight of each channel: surrounds +1.5 dB, the LFE of 5.1 and 7.1 left out (it was counted as a
+    front channel, and 5.1's surrounds as fronts); 1 for every channel of other counts past five."""
+    if channels in LFE_CHANNEL:
+        weights = [1.0 if c < 3 else 1.41 for c in range(channels)]
+        weights[LFE_CHANNEL[channels]] = 0.0
+        return np.array(weights)
+    return np.array([_CHANNEL_WEIGHTS[c] if channels <= len(_CHANNEL_WEIGHTS) else 1.0 for c in range(channels)])
+
+
 SHELF_HZ = 1500.0  # the K-weighting's head shelf
 _CHUNK = 1 << 16  # samples filtered at once per channel
 
@@ -103,8 +116,7 @@ def integrated_loudness(audio: np.ndarray, rate: int) -> float:
     # each block's mean square: its four steps' energies over the block's length (a block past the end is short)
     cumulative = np.concatenate([np.zeros((channels, 1)), np.cumsum(energies, axis=1)], axis=1)
     block_power = (cumulative[:, _STEPS_PER_BLOCK:] - cumulative[:, :-_STEPS_PER_BLOCK]) / (GATE_BLOCK_S * rate)
-    weights = np.array([_CHANNEL_WEIGHTS[c] if channels <= len(_CHANNEL_WEIGHTS) else 1.0 for c in range(channels)])
-    weighted = weights @ block_power  # [blocks]
+    weighted = channel_weights(channels) @ block_power  # [blocks]
     with np.errstate(divide="ignore"):
         block_loudness = -0.691 + 10 * np.log10(weighted)
     above = block_loudness >= ABSOLUTE_GATE

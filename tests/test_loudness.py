@@ -40,16 +40,17 @@ def test_a_long_signal_read_in_many_chunks_agrees_and_is_not_copied_whole():
 
 
 def test_channels_beyond_five_weigh_one_each_and_are_gated_together():
+    """Past five channels, a count that is no 5.1 or 7.1 layout (those: the test below)."""
     rate = 16000
     rng = np.random.default_rng(3)
     mono = rng.standard_normal(rate * 3) * np.concatenate([np.full(rate, 1e-3), np.full(2 * rate, 0.2)])
-    six = np.tile(mono, (6, 1))
-    # six equal channels of weight 1: six times the power of one, whatever the gates kept
-    assert integrated_loudness(six, rate) == pytest.approx(integrated_loudness(mono[None], rate) + 10 * math.log10(6))
+    seven = np.tile(mono, (7, 1))
+    # seven equal channels of weight 1: seven times the power of one, whatever the gates kept
+    assert integrated_loudness(seven, rate) == pytest.approx(integrated_loudness(mono[None], rate) + 10 * math.log10(7))
     # gated together: a channel loud only where the others are silent is not measured on its own blocks
-    apart = np.zeros((6, rate * 2))
+    apart = np.zeros((7, rate * 2))
     apart[0, :rate] = rng.standard_normal(rate) * 0.2
-    apart[1:, rate:] = rng.standard_normal((5, rate)) * 0.2
+    apart[1:, rate:] = rng.standard_normal((6, rate)) * 0.2
     per_channel = 10 * math.log10(sum(10 ** (integrated_loudness(ch[None], rate) / 10) for ch in apart))
     assert integrated_loudness(apart, rate) < per_channel - 2
 
@@ -87,3 +88,16 @@ def test_levels_measures_integer_and_float32_audio_like_float64():
 def test_rates_whose_nyquist_lies_under_the_k_weighting_shelf_read_nothing_without_overflowing(rate):
     audio = np.random.default_rng(4).standard_normal((1, rate * 2)) * 0.3
     assert integrated_loudness(audio, rate) == -math.inf
+
+
+def test_a_5_1_programmes_lfe_is_left_out_and_its_surrounds_weighed_as_bs1770_says():
+    """The LFE of 5.1 (L R C LFE Ls Rs) was counted as a front channel and its surrounds as fronts: a region with only
+    the LFE playing measured -18 LUFS, and a surround read 1.5 dB quieter in six channels than in five."""
+    rate = 48000
+    tone = 0.1 * np.sin(2 * np.pi * 1000 * np.arange(rate * 2) / rate)
+    lfe_only = np.zeros((6, tone.size))
+    lfe_only[3] = tone
+    assert integrated_loudness(lfe_only, rate) == -math.inf
+    five, six = np.zeros((5, tone.size)), np.zeros((6, tone.size))
+    five[3], six[4] = tone, tone  # Ls in each layout
+    assert integrated_loudness(six, rate) == pytest.approx(integrated_loudness(five, rate), abs=1e-9)
