@@ -285,15 +285,12 @@ def frame_rate(path: str | Path) -> float:
     package = _load(file)
     if (name := pretrained_codec(file, package)) is not None:
         from engine.weights import hub
-        from engine.weights.transformers_layout import CONFIG
+        from engine.weights.transformers_layout import CONFIG, encodec_frame_rate
 
         config = read_json_object(
             hub.cached_snapshot(name) / CONFIG, f"the cached {name} has no {CONFIG}", CheckpointError
         )
-        try:
-            return codec_frame_rate(int(config["sampling_rate"]), [int(r) for r in config["upsampling_ratios"]])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"the {CONFIG} of the cached {name} is not an EnCodec config") from None
+        return encodec_frame_rate(config, f"the {CONFIG} of the cached {name}")
     state, cfg = read_package(file, package)
     config = encodec_config(cfg, state)
     return codec_frame_rate(config.sampling_rate, config.upsampling_ratios)

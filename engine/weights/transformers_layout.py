@@ -127,8 +127,16 @@ def _weight_map(index: Path) -> dict[str, str]:
 
 def frame_rate(path: str | Path) -> float:
     """Codec frames per second of a transformers MusicGen folder (its audio_encoder config: sample rate / hop)."""
-    codec = read_config(path)["audio_encoder"]
-    return codec_frame_rate(codec["sampling_rate"], codec["upsampling_ratios"])
+    return encodec_frame_rate(read_config(path)["audio_encoder"], f"{Path(path) / CONFIG}'s audio_encoder")
+
+
+def encodec_frame_rate(codec: dict[str, Any], what: str) -> float:
+    """Frames per second of a transformers EncodecConfig as a dict (sample rate / hop); CheckpointError naming `what`
+    when it is not one."""
+    try:
+        return codec_frame_rate(int(codec["sampling_rate"]), [int(r) for r in codec["upsampling_ratios"]])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{what} is not an EnCodec config") from None
 
 
 def safetensors_files(path: str | Path, prefix: str = "") -> list[Path]:
