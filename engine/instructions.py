@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import operator
 import re
+import textwrap
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +83,9 @@ _OP_PHRASES: dict[str, list[str]] = {
         "only keep",
         "give me only",
         "give me just",
+        "extracted",
+        "extracting",
+        "isolating",
     ],
     "remove": [
         "remove",
@@ -108,6 +113,8 @@ _OP_PHRASES: dict[str, list[str]] = {
         "subtract",
         "removed",
         "remove all",
+        "removing",
+        "muting",
     ],
     "add": [
         "add",
@@ -120,10 +127,14 @@ _OP_PHRASES: dict[str, list[str]] = {
         "bring in",
         "add in",
         "added",
+        "adding",
         "add more",
-        "more",
     ],
 }
+
+# Words asking for a level change, which no operation is ("more bass" would otherwise guess add: a second bass part
+# on top of the mix); the refusal says what to do instead.
+_LEVEL_WORDS = frozenset(["more", "less", "louder", "quieter", "softer", "boost", "lower", "raise", "turn"])
 
 # Words that carry no meaning for the edit.
 _FILLERS = frozenset(
@@ -138,6 +149,8 @@ _FILLERS = frozenset(
         "these",
         "those",
         "please",
+        "pls",
+        "plz",
         "track",
         "tracks",
         "part",
@@ -166,6 +179,9 @@ _SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("bass", "bass guitar", "bassline", "bass line", "electric bass", "basses"),
     ("piano", "pianos", "keys", "keyboard", "keyboards", "electric piano", "grand piano"),
     ("guitar", "guitars", "gtr", "gtrs", "electric guitar", "acoustic guitar", "guitar part"),
+    # parts of a kit are not the kit: "remove bass drum" must not read "bass" and "drums", nor take the whole kit
+    ("kick", "kick drum", "bass drum", "kicks"),
+    ("snare", "snare drum", "snares"),
     ("vocals", "vocal", "vox", "voice", "voices", "singing", "singer", "lead vocal", "lead vocals"),
     ("strings", "string", "string section"),
     ("synth", "synths", "synthesizer", "synthesizers"),
@@ -290,7 +306,8 @@ def vocabulary(card: Any) -> Vocabulary:
 
 
 def _words(text: str) -> list[str]:
-    text = text.lower().replace("w/o", " without ").replace("w/", " with ")
+    # NFKC: full-width letters an East-Asian input method types ("ＥＸＴＲＡＣＴ") are the ASCII ones
+    text = unicodedata.normalize("NFKC", text).lower().replace("w/o", " without ").replace("w/", " with ")
     words = re.findall(r"[a-z0-9']+", text.replace("-", " ").replace("_", " ").replace("\u2019", "'"))
     # quotes around a word and a possessive go: "remove 'drums'", "mute the drum's" name the drums
     words = [word.strip("'").removesuffix("'s") for word in words]
@@ -298,15 +315,22 @@ def _words(text: str) -> list[str]:
 
 
 def _variants(name: str) -> set[str]:
-    """A stem name and its naive singular/plural ("drums" <-> "drum", "bass" -> "basses")."""
-    out = {name}
-    if name.endswith("ss"):
-        out.add(name + "es")
-    elif name.endswith("s"):
-        out.add(name[:-1])
+    """A stem name and its naive singular/plural, of its last word where it has several ("drums" <-> "drum", "bass"
+    -> "basses", "bass guitar" -> "bass guitars")."""
+    head, _, last = name.rpartition(" ")
+    if last.endswith("ss"):
+        forms = {last, last + "es"}
+    elif last.endswith("s"):
+        forms = {last, last[:-1]}
     else:
-        out.add(name + "s")
-    return out
+        forms = {last, last + "s"}
+    return {f"{head} {form}".strip() for form in forms}
+
+
+def _quoted(text: str) -> str:
+    """What the user typed, quoted for a message and cut to a line's worth: a long paste must not push the message's
+    list of what is accepted past the wire's limit (bridge.protocol clips messages)."""
+    return repr(textwrap.shorten(text.strip(), 60, placeholder=" ..."))
 
 
 def _stem_phrases(vocab: Vocabulary) -> dict[tuple[str, ...], str]:
@@ -316,7 +340,8 @@ def _stem_phrases(vocab: Vocabulary) -> dict[tuple[str, ...], str]:
     for group in _SYNONYM_GROUPS:
         target = next((own[name] for name in group if name in own), None)
         for name in group:
-            phrases.setdefault(tuple(name.split()), target if target else "!" + group[0])
+            for variant in _variants(name):
+                phrases.setdefault(tuple(variant.split()), target if target else "!" + group[0])
     # The card's own names win over any synonym (a card may have a "Keys" stem distinct from "Piano").
     for name, stem in own.items():
         for variant in _variants(name):
@@ -415,10 +440,10 @@ def parse_instruction(text: str, card: Any) -> Instruction:
         raise InstructionError(f"this model has no {', '.join(missing)} stem: {vocab.supported()}")
     stems = list(dict.fromkeys(found))
     if not stems:
-        raise InstructionError(f"no instrument this model knows in {text.strip()!r}: {vocab.supported()}")
+        raise InstructionError(f"no instrument this model knows in {_quoted(text)}: {vocab.supported()}")
     if len(stems) > 1:
         named = " and ".join(s.lower() for s in stems)
-        raise InstructionError(f"one instrument per edit ({text.strip()!r} names {named}): {vocab.supported()}")
+        raise InstructionError(f"one instrument per edit ({_quoted(text)} names {named}): {vocab.supported()}")
     stem = stems[0]
 
     op_words = tuple(w for w in rest if w not in fillers)
@@ -426,5 +451,10 @@ def parse_instruction(text: str, card: Any) -> Instruction:
     if op is None:
         if not op_words:
             raise InstructionError(f"what should happen to the {stem.lower()}? {vocab.supported()}")
-        raise InstructionError(f"cannot read {' '.join(op_words)!r} in {text.strip()!r}: {vocab.supported()}")
+        if _LEVEL_WORDS.intersection(op_words):
+            raise InstructionError(
+                f"{_quoted(text)} asks for a level change, which is a fader's job: this model adds, removes or"
+                f" extracts a part (say add {stem.lower()} to layer a new {stem.lower()} part); {vocab.supported()}"
+            )
+        raise InstructionError(f"cannot read {_quoted(' '.join(op_words))} in {_quoted(text)}: {vocab.supported()}")
     return Instruction(op=op, stem=stem, prompt=format_prompt(op, stem, card), text=text.strip())

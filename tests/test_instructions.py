@@ -43,6 +43,15 @@ SLAKH = SimpleNamespace(
         ("knock out the bass", "remove", "Bass"),
         ("remove the drums from this track", "remove", "Drums"),
         ("take the guitar out of the mix", "remove", "Guitar"),
+        # a later review's: other word forms, "pls", full-width letters an East-Asian input method types
+        ("drums extracted", "extract", "Drums"),
+        ("extracting the drums", "extract", "Drums"),
+        ("isolating the bass", "extract", "Bass"),
+        ("removing drums", "remove", "Drums"),
+        ("adding piano", "add", "Piano"),
+        ("remove the drums pls", "remove", "Drums"),
+        ("\uff25\uff38\uff34\uff32\uff21\uff23\uff34 \uff24\uff32\uff35\uff2d\uff33", "extract", "Drums"),
+        ("add more bass", "add", "Bass"),
     ],
 )
 def test_plain_phrases_parse_to_operation_and_stem(text, op, stem):
@@ -61,6 +70,10 @@ def test_plain_phrases_parse_to_operation_and_stem(text, op, stem):
         ("remove the bass guitar", "Bass"),
         ("add a drum", "Drums"),
         ("no guitars", "Guitar"),
+        # plurals of the synonyms of several words, not only of the card's own names
+        ("remove the bass guitars", "Bass"),
+        ("remove the electric guitars", "Guitar"),
+        ("extract the bass lines", "Bass"),
     ],
 )
 def test_synonyms_map_onto_the_cards_stems(text, stem):
@@ -117,6 +130,31 @@ def test_unknown_instrument_is_an_error():
 def test_two_instruments_in_one_edit_is_an_error():
     with pytest.raises(InstructionError, match="one instrument per edit"):
         parse_instruction("remove drums and bass", SLAKH)
+
+
+@pytest.mark.parametrize("text", ["more bass", "less bass", "turn up the drums", "make the piano louder"])
+def test_a_level_change_is_refused_not_read_as_an_add(text):
+    # "more bass" was read as add: a second, generated bass part on top of the mix
+    with pytest.raises(InstructionError, match="level change, which is a fader's job") as err:
+        parse_instruction(text, SLAKH)
+    assert "drums, bass, piano, guitar" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["remove bass drum", "remove the kick", "extract the snare drum"])
+def test_a_part_of_the_kit_is_neither_the_kit_nor_the_bass(text):
+    # "bass drum" read as bass and drums ("one instrument per edit"); "kick" alone as nothing known
+    with pytest.raises(InstructionError, match=r"no (kick|snare) stem"):
+        parse_instruction(text, SLAKH)
+
+
+def test_a_long_paste_is_cut_in_the_message_so_what_is_accepted_survives_the_wire():
+    from bridge.protocol import clip_message
+
+    text = "extract drums " + "and then some more words about the mix " * 20  # under the 1000 limit
+    with pytest.raises(InstructionError) as err:
+        parse_instruction(text, SLAKH)
+    assert len(str(err.value)) < 400
+    assert clip_message(str(err.value)).endswith("drums, bass, piano, guitar")
 
 
 def test_stem_without_operation_asks_what_to_do():
