@@ -254,10 +254,13 @@ _SPECTROGRAM_BLOCK = 1 << 21  # samples of the frames transformed at once: a few
 
 
 def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Mono power spectrogram [F, T] float32, ~64 ms Hann frames at half overlap (scipy.signal.stft's frames: the
-    signal extended evenly by half a frame at each end, zeros to a whole frame), smoothed over ~200 ms so small timing
-    offsets do not matter. Its scale is arbitrary (only ratios of two are read). Transformed a block of frames at a
-    time into the one float32 array: a whole complex spectrum in float64 and its power took 9x the region's memory."""
+    """Power spectrogram [F, T] float32, the mean of the channels' powers, ~64 ms Hann frames at half overlap
+    (scipy.signal.stft's frames: the signal extended evenly by half a frame at each end, zeros to a whole frame),
+    smoothed over ~200 ms so small timing offsets do not matter. Its scale is arbitrary (only ratios of two are read).
+    The channels' powers, not the power of their mean, as loudness sums them: a stem panned hard left is heard by the
+    model (and returned) at half its amplitude on both channels, 3 dB under its power in the mix, and a downmix of
+    amplitudes hid that. Transformed a block of frames at a time into the one float32 array: a whole complex spectrum
+    in float64 and its power took 9x the region's memory."""
     from numpy.lib.stride_tricks import sliding_window_view
     from scipy.ndimage import uniform_filter1d
     from scipy.signal import get_window
@@ -268,18 +271,19 @@ def _power_spectrogram(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     nperseg = min(nperseg, max(16, size))
     half, hop = nperseg // 2, nperseg - nperseg // 2  # scipy's: the hop takes the odd sample
     extended = np.zeros(size + 2 * half + (-(size + 2 * half - nperseg) % hop), dtype=np.float32)
-    mono = extended[half : half + size]
-    np.mean(channels, axis=0, dtype=np.float32, out=mono)  # in place (a float64 mean cast every channel first)
-    extended[:half] = mono[half:0:-1]
-    extended[half + size : size + 2 * half] = mono[-2 : -half - 2 : -1]
-    frames = sliding_window_view(extended, nperseg)[::hop]  # [T, nperseg], a view
+    frames = sliding_window_view(extended, nperseg)[::hop]  # [T, nperseg], a view of the channel in turn
     window = get_window("hann", nperseg).astype(np.float32)
-    power = np.empty((nperseg // 2 + 1, frames.shape[0]), dtype=np.float32)
+    power = np.zeros((nperseg // 2 + 1, frames.shape[0]), dtype=np.float32)
     step = max(1, _SPECTROGRAM_BLOCK // nperseg)
-    for start in range(0, frames.shape[0], step):
-        spectrum = np.fft.rfft(frames[start : start + step] * window, axis=-1)
-        power[:, start : start + step] = (spectrum.real**2 + spectrum.imag**2).T
-    del frames, mono, extended
+    for channel in channels:
+        extended[half : half + size] = channel  # cast to float32 in place
+        extended[:half] = extended[2 * half : half : -1]
+        extended[half + size : size + 2 * half] = extended[half + size - 2 : size - 2 : -1]
+        for start in range(0, frames.shape[0], step):
+            spectrum = np.fft.rfft(frames[start : start + step] * window, axis=-1)
+            power[:, start : start + step] += (spectrum.real**2 + spectrum.imag**2).T
+    power /= len(channels)
+    del frames, extended
     return uniform_filter1d(power, size=min(6, power.shape[1]), axis=1, mode="nearest")
 
 
