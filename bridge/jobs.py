@@ -267,6 +267,7 @@ class JobBook:
         self.cancel_event = threading.Event()
         self._cond = threading.Condition()
         self.recovered: list[Job] = []  # by restore: jobs whose result was written before the server stopped
+        self.ended_on_restore: list[Job] = []  # by restore: unfinished jobs it ended (cancelled, or failed too often)
 
     def restore(self) -> list[Job]:
         """Load the journal; jobs that were queued or running when the server stopped are queued again."""
@@ -275,10 +276,14 @@ class JobBook:
             self.journal.compact(self.jobs)
             pending = []
             for job in [job for job in self.jobs.values() if not job.is_final]:
+                # first: a result that took its name is done, whatever came later (a cancel during the write is too
+                # late, as it is without a crash); before, a cancel then a crash left it "cancelled" beside a whole
+                # result file no job owned
+                if self._adopt_written(job):
+                    continue
                 if job.cancel_requested:  # cancelled while running, and the server died before the job ended
                     self.fail(job, Cancelled.code, "cancelled (the server stopped before the job ended)", True)
-                    continue
-                if self._adopt_written(job):
+                    self.ended_on_restore.append(job)
                     continue
                 if job.attempts >= MAX_ATTEMPTS:  # it stopped the engine each time it ran: it must not starve the rest
                     message = (
@@ -288,6 +293,7 @@ class JobBook:
                     with contextlib.suppress(OSError):
                         self.fail(job, ResourceError.code, message)
                     job.state, job.error_code, job.error_message = protocol.ERROR_STATE, ResourceError.code, message
+                    self.ended_on_restore.append(job)
                     continue
                 job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "resumed after restart"
                 self.queue.append(job.id)
@@ -358,9 +364,15 @@ class JobBook:
             if known is not None:
                 if job.reply_to and known.reply_to != job.reply_to:
                     known.reply_to = job.reply_to
-                    self.journal.append(
-                        {"e": "reply_to", "id": job.id, "host": job.reply_to[0], "port": job.reply_to[1]}
-                    )
+                    try:  # a journal that cannot take it costs only this: after a restart, replies go to the old port
+                        self.journal.append(
+                            {"e": "reply_to", "id": job.id, "host": job.reply_to[0], "port": job.reply_to[1]}
+                        )
+                    except OSError as exc:  # answering "internal error" made the requester give up on a live job
+                        print(
+                            f"imusic serve: journal write failed for job {job.id}'s reply address: {exc}",
+                            file=sys.stderr,
+                        )
                 return known, False, self._position(known.id)
             if len(self.queue) >= self.max_queue:
                 raise RequestError(

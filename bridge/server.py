@@ -140,8 +140,9 @@ class EngineServer:
         if pending:
             self.logs.say(f"resuming {len(pending)} job(s) from the journal")
         # a killed server's half-written results (hidden temporary names) go before the rerun; beside an adopted
-        # result, the temporary name the kill left as a second link to it
-        for job in [*pending, *self.book.recovered]:
+        # result, the temporary name the kill left as a second link to it; and those of the jobs the restore ended
+        # (cancelled, or failed too often), which no later job's name would ever sweep
+        for job in [*pending, *self.book.recovered, *self.book.ended_on_restore]:
             if job.output_path:
                 with contextlib.suppress(OSError, ImusicError):
                     self.allowed_path(str(Path(job.output_path).parent), "output")  # a folder swapped for a link
@@ -204,10 +205,14 @@ class EngineServer:
             self.book.journal.close()
 
     def serve_forever(self) -> None:
-        """Block until SIGINT/SIGTERM (main thread) or stop(); then shut down gracefully."""
+        """Block until SIGINT/SIGTERM/SIGHUP (main thread) or stop(); then shut down gracefully.
+
+        SIGHUP too (the terminal closed, an ssh session dropped): its default kills the process with no `interrupted`
+        in the journal, so the running job counted as one that stopped the engine, and after two it was failed."""
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: self.shutdown_requested.set())
+            for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGHUP: POSIX; SIGBREAK: Windows' Ctrl+Break
+                if (sig := getattr(signal, name, None)) is not None:
+                    signal.signal(sig, lambda *_: self.shutdown_requested.set())
         try:
             while not self.shutdown_requested.wait(0.2):
                 if self.stopped.is_set() or self.worker.load_error is not None:
@@ -423,7 +428,10 @@ class EngineServer:
                         raise
                 with self._checking_lock:  # a cancel is either seen here or finds the job in the book
                     if job.id not in self._cancel_on_accept:
-                        self._accept(job)
+                        try:
+                            self._accept(job)
+                        finally:  # in the book (or refused) before the lock goes: a cancel waiting on it must not
+                            self._checking.pop(job.id, None)  # find the id still checking, answer "not accepted"
                         return
                 raise Cancelled(NOT_ACCEPTED)
         finally:

@@ -239,6 +239,51 @@ def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(ser
     assert server.worker.editor.calls == []
 
 
+def test_a_cancel_that_waited_on_the_acceptance_finds_the_job_in_the_book(tmp_path, root, song, monkeypatch, request):
+    """A cancel arriving as the checker accepts the edit waits on the checking lock; the checker took the id off the
+    checking list only after giving the lock up, so the cancel could win it in between, answer "cancelled before it
+    was accepted" and leave the accepted job to run. Here the checker always yields on releasing the lock."""
+    from bridge.jobs import JobBook
+
+    server = start_server(tmp_path, root, editor=FakeEditor(steps=20, step_s=0.1))  # still running as the cancel lands
+    request.addfinalizer(server.stop)
+
+    class YieldingLock:
+        def __init__(self) -> None:
+            self._lock = threading.Lock()
+
+        def __enter__(self):
+            self._lock.acquire()
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self._lock.release()
+            time.sleep(0.2)  # whoever waits on the lock gets it now
+
+    monkeypatch.setattr(server, "_checking_lock", YieldingLock())
+    in_submit, go_on = threading.Event(), threading.Event()
+    real_submit = JobBook.submit
+
+    def held_submit(book, job, choose_output):
+        in_submit.set()
+        go_on.wait(TIMEOUT)
+        return real_submit(book, job, choose_output)
+
+    monkeypatch.setattr(JobBook, "submit", held_submit)
+    with Client("127.0.0.1", server.port) as client:
+        client.submit(str(song), 0.0, 1.0, "extract drums", job_id="race")
+        assert in_submit.wait(TIMEOUT)
+        client.send(protocol.CANCEL, "race")  # its handler finds no job in the book and waits on the lock
+        time.sleep(0.3)
+        go_on.set()
+        answer = client.wait_for(lambda r: r.address == protocol.STATE and r.job_id == "race", TIMEOUT)
+        assert "before it was accepted" not in answer.message
+        deadline = time.monotonic() + TIMEOUT
+        while not server.book.get("race").is_final and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert server.book.get("race").state == protocol.CANCELLED
+
+
 def test_a_resend_of_an_edit_being_checked_is_answered_so_a_slow_check_is_no_missing_engine(server, song, held_check):
     """A check that takes longer than a requester waits for its first answer (a disk spinning up): each resend is
     answered with the edit's state, so the REAPER actions do not say "no engine" and drop a job the engine then runs."""

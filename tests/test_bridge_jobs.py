@@ -396,7 +396,7 @@ def test_done_info_too_large_is_cut_by_whole_entries_and_stays_json():
     assert len(text) <= 8000 and json.loads(text)["truncated"] is True
 
 
-def _run_then_die_before_done(tmp_path, after_write=None, restart=True):
+def _run_then_die_before_done(tmp_path, after_write=None, restart=True, cancel=False):
     """A job run by the worker's own path whose result reached disk, then the server died before journalling "done";
     returns (the job id, the result path, the book of the restarted server)."""
     import threading
@@ -418,6 +418,8 @@ def _run_then_die_before_done(tmp_path, after_write=None, restart=True):
     assert info["bridge"]["frames"] > 0
     if after_write is not None:
         after_write(Path(running.output_path))
+    if cancel:  # a cancel that came while the result was written
+        first.cancel(job.id)
     first.journal.close()  # kill -9 here: "done" never reached the journal
     return job.id, Path(running.output_path), book(tmp_path) if restart else None
 
@@ -432,6 +434,60 @@ def test_a_result_written_just_before_the_server_died_is_recorded_done_not_edite
     restarted.journal.close()
     again = book(tmp_path)  # and the journal says so from now on
     assert again.get(job_id).state == protocol.DONE_STATE and not again.queue and not again.recovered
+
+
+def test_a_cancel_during_the_write_then_a_crash_leaves_the_written_result_done(tmp_path):
+    """Without a crash a cancel during the write comes too late (the job ends done); after one it made the job
+    "cancelled" beside a whole result file that no job owned (the next identical edit was named -2)."""
+    job_id, result, restarted = _run_then_die_before_done(tmp_path, cancel=True)
+    job = restarted.get(job_id)
+    assert job.state == protocol.DONE_STATE and job.output_path == str(result) and restarted.recovered == [job]
+    assert not restarted.ended_on_restore
+
+
+def test_a_resend_from_a_new_port_the_journal_cannot_record_still_moves_the_replies(tmp_path, monkeypatch, capsys):
+    """The resend's new reply address is only a convenience to journal: a full disk answered it "internal error"
+    (the requester gave up) while the job ran on and finished."""
+    jobs = book(tmp_path)
+    jobs.submit(make_job("a"), choose("a"))
+    real_append = Journal.append
+
+    def append(self, event):
+        if event["e"] == "reply_to":
+            raise OSError(28, "No space left on device")
+        return real_append(self, event)
+
+    monkeypatch.setattr(Journal, "append", append)
+    resend = Job(make_job("a").request, reply_to=("127.0.0.1", 6000))
+    known, is_new, position = jobs.submit(resend, choose("a"))
+    assert not is_new and position == 0 and known.reply_to == ("127.0.0.1", 6000)
+    assert "No space left on device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ended", ["cancelled", "failed too often"])
+def test_a_restarted_server_removes_the_leftovers_of_the_jobs_its_restore_ended(tmp_path, ended):
+    """Only the requeued and adopted jobs were swept: a killed write of a job the restore ends (a pending cancel, or
+    MAX_ATTEMPTS runs) left its hidden temporary file for good, no later job's name matching it."""
+    from test_bridge_support import dead_pid, start_server
+
+    first = book(tmp_path)
+    target = tmp_path / "results" / "song.extract_drums.wav"
+    target.parent.mkdir()
+    first.submit(make_job("k"), lambda reserved: str(target))
+    first.next_job(0.1)
+    if ended == "cancelled":
+        first.cancel("k")
+    else:
+        first.journal.append({"e": "started", "id": "k"})  # a second run that stopped the engine
+    first.journal.close()
+    leftover = target.with_name(f".{target.stem}.{dead_pid()}.0badc0de.partial.wav")
+    leftover.write_bytes(b"half a file")
+    server = start_server(tmp_path, tmp_path)
+    try:
+        assert server.book.get("k").is_final and server.book.ended_on_restore == [server.book.get("k")]
+    finally:
+        server.stop()
+    assert not leftover.exists()
 
 
 @pytest.mark.parametrize("change", ["removed", "replaced", "same bytes copied over"])
