@@ -201,10 +201,20 @@ class Session:
         self.started = time.monotonic()
 
     def send(self) -> None:
-        """Submit every job (OSError when the socket cannot send)."""
+        """Submit every job: RequestError (before any is sent) for one the engine would refuse, OSError when the
+        socket cannot send."""
+        for job in self.jobs.values():
+            protocol.parse_request(protocol.EDIT, list(job.request.to_args()))
         for job in self.jobs.values():
             self.client.send_edit(job.request)
             job.state = self.client.tracker.jobs[job.job_id]
+
+    def abandon(self) -> None:
+        """Cancel the jobs still pending, once and unanswered, before the action gives up on them: an engine that was
+        only slow (a disk spinning up) would otherwise run them to results nobody inserts."""
+        for job in self.pending:
+            with contextlib.suppress(OSError, ImusicError):
+                self.client.send(protocol.CANCEL, job.job_id)
 
     def step(self, now: float, cancelled: set[str]) -> str:
         """Read replies and keep the jobs alive; returns "running", "done" or "silent" (the engine never answered)."""
@@ -223,6 +233,7 @@ class Session:
         if verdict == tracking.NO_ENGINE:
             return "silent"
         if verdict == tracking.LOST:
+            self.abandon()
             for job in pending:
                 lost = f"{tracking.stopped_answering(*self.client.server, LOST_AFTER_S)}, then run the action again"
                 self.client.tracker.end(job.job_id, protocol.NO_REPLY, lost)
@@ -335,6 +346,10 @@ def _send_edit(R: Any, instruction: str, mode: str) -> None:
         return
     try:
         session.send()
+    except protocol.RequestError as exc:  # the edit itself, checked before any was sent: not the connection
+        client.close()
+        _message(f"{planning.undo_description(instruction)}: {exc}")
+        return
     except (ImusicError, OSError) as exc:
         client.close()
         _message(f"Cannot send to the imusic engine at {host}:{port}: {exc}")
@@ -366,6 +381,7 @@ def tick(loop: int | None = None) -> None:
         try:
             outcome = session.step(now, cancelled)
             if outcome == "silent":
+                session.abandon()
                 _drop(session)
                 host, port = engine_address()
                 _message(tracking.not_answering(host, port))

@@ -5,6 +5,7 @@ the result lands, its name, length and position, one undo point, and that bad in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -17,7 +18,7 @@ import pytest
 import soundfile
 from fake_reaper import Harness, Source, Track
 
-from bridge import audio_read, tracking
+from bridge import audio_read, protocol, tracking
 from bridge.client import Client
 from bridge.serve_process import ServerProcess
 
@@ -684,6 +685,44 @@ def test_without_a_running_engine_the_actions_say_how_to_start_it(harness, sourc
     messages = [m for m, _, _ in reaper.messages]
     assert messages == [tracking.not_answering(*imusic_lib.engine_address())] * 2  # the words of every front end
     assert reaper.changes == []
+
+
+def test_an_engine_too_slow_to_answer_is_sent_a_cancel_for_the_jobs_the_action_gives_up_on(
+    harness, source_file, monkeypatch
+):
+    """An engine that hears but does not answer in time (a media drive spinning up): the action said "no engine" and
+    dropped its jobs, which the engine then ran to results nobody inserted. It cancels them as it gives up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as deaf:
+        deaf.bind(("127.0.0.1", 0))
+        deaf.settimeout(0.1)
+        monkeypatch.setenv("IMUSIC_PORT", str(deaf.getsockname()[1]))
+        monkeypatch.syspath_prepend(str(harness.resource / "Scripts" / "imusic"))
+        import imusic_lib
+
+        imusic_lib.ACCEPT_TIMEOUT_S = 0.5
+        track = harness.reaper.add_track("Mix")
+        harness.reaper.add_item(track, position=0.0, length=2.0, source=Source("WAVE", str(source_file[0]), 8.0))
+        harness.run("imusic_extract_drums.py")
+        harness.settle(timeout=15)
+        heard = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                heard.extend(protocol.decode(deaf.recv(protocol.MAX_PACKET)))
+    edits = {args[0] for address, args in heard if address == protocol.EDIT}
+    cancels = {args[0] for address, args in heard if address == protocol.CANCEL}
+    assert len(edits) == 1 and cancels == edits
+    assert [m for m, _, _ in harness.reaper.messages] == [tracking.not_answering(*imusic_lib.engine_address())]
+
+
+def test_an_edit_the_client_refuses_is_said_so_not_blamed_on_the_connection(harness, source_file, sent):
+    track = harness.reaper.add_track("Mix")
+    harness.reaper.add_item(track, position=0.0, length=1.0, source=Source("WAVE", str(source_file[0]), 8.0))
+    harness.reaper.user_inputs.append((True, "extract drums|resynthesize-please"))  # longer than any mode's name
+    harness.run("imusic_edit.py")
+    harness.settle()
+    (message,) = [m for m, _, _ in harness.reaper.messages]
+    assert message.startswith("Instruct: extract drums: ") and "mode" in message and "Cannot send" not in message
+    assert sent == [] and harness.reaper.changes == []
 
 
 # ------------------------------------------------------------------------------------------------ bad input
