@@ -1,10 +1,11 @@
 """`imusic serve`: the engine server. The model stays resident; edit jobs arrive over OSC (UDP) and are answered to
 the address and port they came from.
 
-One receiving thread runs the dispatcher: it checks what is cheap (types, paths against the allowed roots after
-resolving symlinks, os.stat: inputs must be regular files), answers pings, status and cancels, and hands the rest on.
-It never opens a file a message names. One checking thread probes each new edit's input (header only, within a budget:
-bridge.audio_read.probe), then journals and acknowledges it, in arrival order; one preview thread reads and plays; one
+One receiving thread runs the dispatcher: it checks what is cheap (the arguments, as words: no file system call, which
+a drive spinning up can hold for seconds), answers pings, status and cancels, and hands the rest on. One checking
+thread checks each new edit's paths against the allowed roots (symlinks resolved) and that its input is a regular file
+(os.stat, never opened), probes the input (header only, within a budget: bridge.audio_read.probe), then journals and
+acknowledges it, in arrival order; one preview thread reads and plays; one
 worker thread owns the model (bridge.worker) and writes results after checking their folder again at write time.
 Nothing a message names is ever executed. See README.md ("OSC protocol") for every address and argument.
 """
@@ -282,13 +283,19 @@ class EngineServer:
 
     # ------------------------------------------------------------------------------------------------ paths
 
-    def allowed_path(self, raw: str, what: str) -> Path:
-        """An absolute path with symlinks resolved, inside an allowed root; RequestError (forbidden_path) otherwise."""
+    @staticmethod
+    def absolute_path(raw: str, what: str) -> Path:
+        """`raw` as an absolute path, read as text only (the file system is not asked); RequestError otherwise."""
         if not raw:
             raise RequestError(f"the {what} path is empty")
         path = Path(raw).expanduser()
         if not path.is_absolute():
             raise RequestError(f"the {what} path must be absolute (the server has its own working folder): {raw}")
+        return path
+
+    def allowed_path(self, raw: str, what: str) -> Path:
+        """An absolute path with symlinks resolved, inside an allowed root; RequestError (forbidden_path) otherwise."""
+        path = self.absolute_path(raw, what)
         try:
             resolved = path.resolve(strict=False)
         except (OSError, RuntimeError) as exc:  # symlink loops, permissions
@@ -461,13 +468,22 @@ class EngineServer:
             raise
 
     def _check_edit(self, job: Job) -> None:
-        """On the receiving thread: nothing that opens the input (os.stat only)."""
+        """On the receiving thread: the request's words only. Nothing asks the file system (a stat or a symlink's
+        resolution on a drive spinning up held every other reply, and a REAPER action took the silence for no
+        engine); the checking thread does (_check_files)."""
         check_takes(job.request.takes, RequestError)
         editor = self.worker.editor if self.worker else None  # loaded: its own stems are listed, not every known one
         check_not_empty(
             job.instruction, getattr(editor, "card", None), lambda m: RequestError(m, InstructionError.code)
         )
         check_mode_name(job.request.mode, RequestError)
+        self.absolute_path(job.input_path, "input")
+        if job.requested_output:
+            self.absolute_path(job.requested_output, "output")
+
+    def _check_files(self, job: Job) -> None:
+        """On the checking thread: the paths inside the allowed roots (symlinks resolved), the input a regular file
+        (os.stat: never opened, so a FIFO cannot block)."""
         source = self.allowed_path(job.input_path, "input")
         job.source_path = str(source)  # input_path stays as sent: a resend must compare equal
         if job.requested_output:
@@ -475,7 +491,9 @@ class EngineServer:
         audio_read.check_regular_file(source)  # AudioError for missing files, folders, FIFOs, devices
 
     def _check_audio(self, job: Job) -> None:
-        """On the checking thread: the input's header (bounded in bytes and time), the region, the instruction."""
+        """On the checking thread: the files (_check_files), the input's header (bounded in bytes and time), the
+        region, the instruction."""
+        self._check_files(job)
         info = audio_read.probe(job.source)  # AudioError for non-audio files, and for FIFOs swapped in since the stat
         start, stop = audio_read.region_frames(info, job.start_s, job.end_s)
         if (stop - start) / info.sample_rate > self.max_region_s:

@@ -239,6 +239,27 @@ def test_an_edit_being_checked_answers_status_and_cancel_and_pings_meanwhile(ser
     assert server.worker.editor.calls == []
 
 
+def test_an_input_on_a_drive_spinning_up_holds_no_other_reply(server, song, monkeypatch):
+    """The input's stat ran on the receiving thread: a drive taking seconds to answer held every reply (a REAPER
+    action took the silence for no engine, dropped its job, and the engine ran it to a result nobody inserted)."""
+    waking = threading.Event()
+    real_check = audio_read.check_regular_file
+
+    def slow_check(path):
+        waking.wait(TIMEOUT)
+        return real_check(path)
+
+    monkeypatch.setattr(audio_read, "check_regular_file", slow_check)
+    with Client("127.0.0.1", server.port) as client:
+        client.submit(str(song), 0.0, 1.0, "extract drums", job_id="sleepy")
+        try:
+            assert client.ping(ANSWER_S).state == protocol.READY
+            assert client.status("sleepy", ANSWER_S).message == protocol.CHECKING
+        finally:
+            waking.set()
+        assert client.wait("sleepy", timeout=TIMEOUT).output_path
+
+
 def test_a_cancel_that_waited_on_the_acceptance_finds_the_job_in_the_book(tmp_path, root, song, monkeypatch, request):
     """A cancel arriving as the checker accepts the edit waits on the checking lock; the checker took the id off the
     checking list only after giving the lock up, so the cancel could win it in between, answer "cancelled before it
