@@ -251,6 +251,9 @@ def send_datagram(sock: Any, datagram: bytes, to: tuple[str, int]) -> None:
 
 BUNDLE_HEAD = b"#bundle\0"
 MAX_BUNDLE_DEPTH = 8  # bundles inside bundles: a deeper one is refused (python-osc's own parse recurses without end)
+# messages in one datagram: each is answered, so 5000 tiny ones in a bundle drew 1 MB of errors (15x the datagram) at
+# a server listening on the network; no front end sends more than a handful at once
+MAX_BUNDLE_MESSAGES = 32
 # The argument types python-osc reads; it skips any other tag without reading its bytes, and so misreads what follows.
 KNOWN_TYPE_TAGS = frozenset("ifdsbhtrmTFN[]")
 
@@ -276,7 +279,8 @@ def decode(datagram: bytes) -> list[tuple[str, list[Any]]]:
             message = OscMessage(element)
             messages.append((message.address, list(message.params)))
     except (ParseError, osc_types.ParseError, ValueError, IndexError, UnicodeDecodeError, OverflowError) as exc:
-        raise RequestError(f"not an OSC packet ({len(datagram)} bytes): {exc}") from None
+        reason = exc.args[-1] if exc.args else exc  # python-osc's parse errors carry (context, the cause)
+        raise RequestError(f"not an OSC packet ({len(datagram)} bytes): {reason}") from None
     if not messages:
         raise RequestError(f"an OSC bundle with no message in it ({len(datagram)} bytes)")
     return messages
@@ -287,6 +291,7 @@ def _message_elements(datagram: bytes) -> list[bytes]:
     element's size checked first: python-osc's own bundle parse recurses without limit and loops for ever on a negative
     element size, and the receiving thread must never hang or die of a datagram."""
     found: list[bytes] = []
+    listed = 0  # elements of every bundle, nested ones included
     stack = [(datagram, 0)]
     while stack:
         data, depth = stack.pop()
@@ -304,6 +309,9 @@ def _message_elements(datagram: bytes) -> list[bytes]:
                 raise RequestError(f"an OSC bundle element at byte {at} has a bad size ({size}; {len(data)} in all)")
             elements.append(data[at + 4 : at + 4 + size])
             at += 4 + size
+            listed += 1
+            if listed > MAX_BUNDLE_MESSAGES:
+                raise RequestError(f"an OSC bundle of more than {MAX_BUNDLE_MESSAGES} elements; send fewer at once")
         stack.extend((element, depth + 1) for element in reversed(elements))
     return found
 
