@@ -162,10 +162,11 @@ def _value(lines: list[Any], key: str, default: str = "") -> str:
     return (_line(lines, key) or [default])[0]
 
 
-def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
-    """ItemView fields of a take's SOURCE (SECTIONs followed to their file), its file name and the file found."""
+def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None, str]:
+    """ItemView fields of a take's SOURCE (SECTIONs followed to their file), its file name, the file found, and why
+    that file cannot be read ("" when it can, or was not found)."""
     if node is None:
-        return {"has_take": False, "source_type": "EMPTY"}, "", None
+        return {"has_take": False, "source_type": "EMPTY"}, "", None, ""
     kind = node.attrib[0] if node.attrib else "EMPTY"
     fields: dict[str, Any] = {"source_type": kind}
     layers: list[tuple[float, float | None, bool]] = []  # SECTIONs, which can nest: outermost first
@@ -185,13 +186,14 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
         fields.update(parent_type=kind, section_offset=offset, reversed=backwards, section_length=length)
     file_name = _value(node.children, "FILE") if node is not None else ""
     path = _resolve_media(file_name, project_dir) if file_name and kind not in _NOT_FILES else None
+    unreadable = ""
     if path is not None:
         from bridge.audio_read import probe
 
         try:
             info = probe(path)
-        except (ImusicError, OSError, ValueError):
-            path = None  # unreadable: reported below as a missing source
+        except (ImusicError, OSError, ValueError) as exc:  # there, but not readable (still being written, damaged)
+            path, unreadable = None, str(exc)
         else:
             fields.update(source_length=info.duration, source_channels=info.num_channels)
             if layers:  # a section without LENGTH runs to the end of its parent: fill those in from the file up
@@ -203,7 +205,7 @@ def _source_view(node: Any, project_dir: Path) -> tuple[dict, str, Path | None]:
     # Not found: named as the actions name it (resolved against the project folder), so both give one message.
     fields["source_path"] = str(path) if path is not None else resolve_source_path(file_name, str(project_dir))
     fields["is_midi"] = kind == "MIDI"
-    return fields, file_name, path
+    return fields, file_name, path, unreadable
 
 
 def _never(_: str) -> bool:
@@ -232,15 +234,17 @@ def _has_pitch_envelope(take: list[Any]) -> bool:
     return any(getattr(node, "tag", None) == "PITCHENV" and _line(node.children, "PT") for node in take)
 
 
-def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path) -> tuple[ItemView, str, Path | None]:
-    """The ItemView of an .rpp ITEM (its active take), the name its file is written as, and the file found: every
-    field the REAPER actions read from REAPER itself (reaper_scripts/project.read_item), so that one rule refuses
-    the same items in both."""
+def _item_view(
+    item: Any, track_name: str, track_number: int, project_dir: Path
+) -> tuple[ItemView, str, Path | None, str]:
+    """The ItemView of an .rpp ITEM (its active take), the name its file is written as, the file found and why it
+    cannot be read (_source_view): every field the REAPER actions read from REAPER itself
+    (reaper_scripts/project.read_item), so that one rule refuses the same items in both."""
     lines = [c for c in item.children if not hasattr(c, "tag")]
     take = _active_take(item)
     rate, preserve, pitch = (_line(take, "PLAYRATE") + ["1", "1", "0"][len(_line(take, "PLAYRATE")) :])[:3]
     source = next((c for c in take if getattr(c, "tag", None) == "SOURCE"), None)
-    source_fields, file_name, path = _source_view(source, project_dir)
+    source_fields, file_name, path, unreadable = _source_view(source, project_dir)
     view = ItemView(
         position=_number(_value(lines, "POSITION", "0"), "POSITION"),
         length=_number(_value(lines, "LENGTH", "0"), "LENGTH"),
@@ -257,7 +261,7 @@ def _item_view(item: Any, track_name: str, track_number: int, project_dir: Path)
         plays_all_takes=_value(lines, "ALLTAKES", "0") == "1" and len(_take_sections(item)) > 1,
         **source_fields,
     )
-    return view, file_name, path
+    return view, file_name, path, unreadable
 
 
 def read_rpp(project: Path) -> list[Source]:
@@ -280,13 +284,15 @@ def read_rpp(project: Path) -> list[Source]:
         track_dir = f"{t_index:02d} {safe_name(track_name)}"
         for i_index, item in enumerate(track.findall("ITEM"), start=1):
             try:
-                view, file_name, path = _item_view(item, track_name, t_index, project.parent)
+                view, file_name, path, unreadable = _item_view(item, track_name, t_index, project.parent)
             except DataError as exc:  # a hand-edited or damaged item: reported, the others still render
                 rel = f"{track_dir}/{i_index:02d} item"
                 sources.append(Source(path=project, rel=rel, problem=f"item {i_index} on {track_name}: {exc}"))
                 continue
             problem, start, end = None, view.start_offset, view.start_offset + view.length
             try:
+                if unreadable:  # there, but not audio yet: said so, not "offline or missing" (its length is unknown)
+                    raise AudioError(f"{view.describe()}: {unreadable}")
                 plan = plan_job(view, max_seconds=float("inf"), file_exists=bool if path else _never)
                 start, end = plan.start_s, plan.end_s
             except AudioError as exc:

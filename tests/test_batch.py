@@ -283,6 +283,21 @@ def test_rpp_items_that_are_not_the_files_own_audio_are_reported_not_edited(proj
     assert "offline or missing: " in odd[2].problem and odd[2].problem.endswith("Audio/gone.wav")
 
 
+def test_an_rpp_item_whose_file_is_there_but_unreadable_says_why_not_offline(project):
+    """A source still being written (its header says 0 samples) was reported "offline or missing", though it is
+    there."""
+    import struct
+
+    loop = project.parent / "Audio" / "loop.wav"
+    data = bytearray(loop.read_bytes())
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", 0)
+    loop.write_bytes(bytes(data))
+    problem = read_rpp(project)[0].problem
+    assert "still being written" in problem and "offline or missing" not in problem
+    assert problem.startswith('"loop.wav" at 0:02.500 on Drum Bus: ')
+
+
 @pytest.mark.parametrize(("field", "value"), [("POSITION 2.5", "POSITION abc"), ("LENGTH 0.5", "LENGTH nan")])
 def test_an_rpp_item_with_a_field_that_is_no_number_is_reported_and_the_others_still_render(project, field, value):
     text = project.read_text()

@@ -311,6 +311,55 @@ def test_a_wav_cut_short_is_refused_by_probe_and_read_not_padded_with_silence(tm
     assert probe(whole).frames == 320000 and read_region(whole, 19.0, -1.0)[0].shape == (2, 16000)
 
 
+@pytest.mark.parametrize("name", ["cut.bwf", "cut.BWF", "cut.rf64"])
+def test_a_wav_cut_short_is_refused_whatever_its_name(tmp_path, name):
+    """The check went by the suffix: a field recorder's .bwf cut short was read padded with silence (pedalboard opens
+    a file by its content)."""
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, np.full((16000 * 2, 2), 0.1, np.float32), 16000, subtype="PCM_24")
+    cut = tmp_path / name
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    for call in (lambda: probe(cut), lambda: read_region(cut, 0.0, 1.0)):
+        with pytest.raises(AudioError, match=f"{name} holds less audio than its header says"):
+            call()
+
+
+@pytest.mark.parametrize("kept", [0.5, 0.9, 0.999])
+def test_a_flac_cut_short_is_refused_not_read_as_silence(tmp_path, kept):
+    """pedalboard trusts a FLAC's sample count: a file cut in half was read whole as silence (an extract of it said
+    "the selection is silent"), a tenth short as its last second silent."""
+    whole = tmp_path / "whole.flac"
+    sf.write(whole, (np.random.default_rng(0).standard_normal((44100 * 4, 2)) * 0.1).astype(np.float32), 44100)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[: int(len(whole.read_bytes()) * kept)])
+    for call in (lambda: probe(cut), lambda: read_region(cut, 0.0, -1.0), lambda: read_region(cut, 0.0, 1.0)):
+        with pytest.raises(AudioError, match="cut.flac holds less audio than its header says"):
+            call()
+    assert probe(whole).frames == 44100 * 4 and read_region(whole, 3.0, -1.0)[0].shape == (2, 44100)
+
+
+def test_a_cbr_mp3_without_its_info_frame_is_read_to_its_end(tmp_path):
+    """Without a Xing/Info header libsndfile guesses an MP3's length from its size: 0.19 s too long for 3 minutes of
+    CBR, and a read to the end (`imusic edit` without --end, every batch file) was refused as cut short."""
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile writes no MP3")
+    rate = 44100
+    music = (np.random.default_rng(0).standard_normal(rate * 180) * 0.1).astype(np.float32)
+    tagged = tmp_path / "tagged.mp3"
+    sf.write(tagged, music, rate, format="MP3", bitrate_mode="CONSTANT", compression_level=0.0)
+    data = tagged.read_bytes()
+    first = data.find(b"\xff\xfb")  # the first frame: LAME's Info frame
+    bitrate = [0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320][data[first + 2] >> 4]
+    size = 144 * bitrate * 1000 // rate + ((data[first + 2] >> 1) & 1)
+    assert b"Info" in data[first : first + size]
+    plain = tmp_path / "plain.mp3"
+    plain.write_bytes(data[:first] + data[first + size :])
+    guessed = probe(plain).frames
+    assert guessed > rate * 180  # the guess this test is about
+    audio, _ = read_region(plain, 0.0, -1.0)
+    assert audio.shape == (1, guessed) and np.abs(audio[:, rate * 179 : rate * 179 + 100]).max() > 0
+
+
 def test_codecs_with_fewer_bytes_per_sample_than_they_decode_to_are_not_mistaken_for_cut_files(tmp_path):
     for subtype in ("ULAW", "IMA_ADPCM", "PCM_U8"):
         path = tmp_path / f"{subtype}.wav"
@@ -390,10 +439,9 @@ def test_a_wav_whose_header_still_says_zero_samples_is_said_to_be_still_written(
     at = data.find(b"data")
     data[at + 4 : at + 8] = struct.pack("<I", 0)
     path.write_bytes(bytes(data))
-    from bridge.audio_read import probe  # what the server, `imusic edit` and batch check a file with first
-
-    with pytest.raises(AudioError, match="header says it holds no samples.*still being written"):
-        probe(path)
+    for call in (lambda: probe(path), lambda: read_region(path, 0.0, -1.0)):  # the batch reads without probing first
+        with pytest.raises(AudioError, match="header says it holds no samples.*still being written"):
+            call()
     empty = tmp_path / "empty.wav"
     sf.write(str(empty), np.zeros(0, np.float32), 16000, subtype="PCM_16")
     with pytest.raises(AudioError, match="holds no audio"):
