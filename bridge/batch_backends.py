@@ -367,7 +367,7 @@ class RayBackend:
             import ray
         except ImportError:
             raise ConfigError(
-                "--ray needs Ray: pip install 'instruct-musicgen-daw[cluster]' (or pip install ray)"
+                "--ray needs Ray: pip install -e '.[cluster]' in the checkout (or pip install ray)"
             ) from None
         self.ray = ray
         init: dict[str, Any] = {"address": address, "log_to_driver": False}

@@ -21,11 +21,11 @@ from engine.options import whole_number as _whole_number
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("bridge.demo", "the main job on the embedded default model: render, edit through the server, show"),
     "serve": ("bridge.server", "run the engine server (model resident, OSC on 127.0.0.1)"),
-    "send": ("bridge.send", "talk to a running server: ping, status, cancel, edit (no torch import)"),
+    "send": ("bridge.send", "talk to a running server: ping, status, cancel, edit, preview (no torch import)"),
     "edit": ("bridge.edit_cmd", "edit one audio file in-process"),
     "play": ("bridge.playback", "preview an audio file on an output device"),
     "batch": ("bridge.batch", "render every audio file of a session folder with every requested edit"),
-    "data": ("engine.train.data.cli", "stem data sets: synthesize, inspect"),
+    "data": ("engine.train.data.cli", "stem data sets: synthesize, inspect, export"),
     "train": ("engine.train.cli", "train adapters (or a base model / codec from scratch)"),
     "eval": ("engine.eval.evaluate", "evaluate edits on a test set: SI-SDR, mel SSIM, log-mel distance"),
     "weights": ("engine.weights.cli", "download, inspect and convert checkpoints"),

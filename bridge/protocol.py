@@ -18,7 +18,7 @@ Replies (server -> the address and port the request came from):
     /imusic/error         job_id code message            (job_id "" when the request had none)
     /imusic/state         job_id state fraction detail   (answer to status job_id and to cancel)
     /imusic/server_status state queued running_job_id version model
-    /imusic/pong          version model device state notes stems
+    /imusic/pong          version model device state notes stems weights
     /imusic/previewing    job_id which duration_s
     /imusic/preview_stopped
 """
