@@ -156,6 +156,7 @@ class Journal:
         self._lock = threading.Lock()
         self._lock_file = self._take_folder_lock()
         self._file = None
+        self._closed = False
         self.events = 0  # appended since the last compaction
 
     def _take_folder_lock(self):
@@ -231,6 +232,8 @@ class Journal:
         refused edit ran after a restart)."""
         line = memoryview((json.dumps(event, separators=(",", ":")) + "\n").encode("utf-8"))
         with self._lock:
+            if self._closed:  # its folder lock is gone: another server may own the journal now
+                raise OSError(f"the job journal {self.path} is closed (the server stopped)")
             if self._file is None:
                 self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 (kept open between events)
             start = self._file.seek(0, os.SEEK_END)
@@ -246,6 +249,7 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -488,6 +492,15 @@ class JobBook:
                 job.state = protocol.CANCELLING
                 self.cancel_event.set()
             return job
+
+    def abandon_running(self) -> None:
+        """At a shutdown the running job did not stop for (an edit deaf to cancel for a while): journal its run as
+        interrupted, as the worker would have, so that it does not count as a run that stopped the engine (two such
+        stops failed it with "try a shorter region"). It runs again on restart."""
+        with self._cond:
+            if self.running is not None and not self.running.is_final:
+                with contextlib.suppress(OSError):
+                    self.journal.append({"e": "interrupted", "id": self.running.id})
 
     def interrupt_running(self) -> None:
         """Stop the running job for a shutdown (it stays pending and runs again on restart)."""

@@ -189,6 +189,8 @@ class EngineServer:
         if self.worker is not None:
             self.worker.stop()
             self.worker.join(timeout)  # an editor that ignores cancel is abandoned: its job reruns on restart
+            if self.worker.is_alive() and self.book is not None:
+                self.book.abandon_running()
         if self._receiver is not None and self._receiver is not threading.current_thread():
             self._receiver.join(2.0)
         for executor in (self._checker, self._previewer):

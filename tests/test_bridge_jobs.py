@@ -342,6 +342,37 @@ def test_a_job_that_stopped_the_engine_twice_is_failed_on_restart_not_run_first_
     assert book(tmp_path / "graceful").get("long").state == protocol.QUEUED
 
 
+def test_a_job_deaf_to_a_shutdown_is_journalled_interrupted_not_counted_as_a_crash(tmp_path):
+    """stop() abandons an edit that does not stop for its cancel within its timeout; nothing journalled that run as
+    interrupted, so two such stops failed the job as one that stopped the engine ("try a shorter region"). And the
+    abandoned worker, ending later, must not write to a journal whose folder lock is gone."""
+    import time
+
+    from test_bridge_support import start_server, write_wav
+
+    song = write_wav(tmp_path / "song.wav")
+    for run in range(3):
+        server = start_server(tmp_path, tmp_path, editor=FakeEditor(steps=2, step_s=1.0, deaf=True))
+        if run == 0:
+            server.book.submit(Job(EditRequest("long", str(song), 0.0, 1.0, "extract drums")), choose("long"))
+        job = server.book.get("long")
+        assert job.state in (protocol.QUEUED, protocol.RUNNING), job.error_message
+        if run == 2:
+            server.stop(timeout=5.0)
+            break
+        deadline = time.monotonic() + 5
+        while job.state != protocol.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)  # past reading the input (whose progress would see the cancel): inside the deaf edit
+        server.stop(timeout=0.2)  # the deaf edit is still running
+        assert server.worker.is_alive()
+        with pytest.raises(OSError, match="closed"):
+            server.book.journal.append({"e": "started", "id": "long"})
+        server.worker.join(5)
+    events = [json.loads(line) for line in (tmp_path / "journal" / "jobs.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e.get("e") == "failed"]
+
+
 def test_a_compaction_that_fails_costs_no_job_and_is_tried_again_later(tmp_path, monkeypatch, capsys):
     import errno
 
