@@ -142,6 +142,7 @@ def _libsndfile_reads_mp3() -> bool:
 # A streaming writer's data size, "until the file ends": ffmpeg's, and sox's MS_UNSPEC (its wav.c) when it writes to a
 # pipe
 _UNKNOWN_SIZES = (0xFFFFFFFF, 0x7FFFF000)
+_MAX_CHUNKS = 64  # chunks before "data" that _streamed_wav looks through
 
 
 def _container(handle: Any) -> str | None:
@@ -169,18 +170,21 @@ def _streamed_wav(handle: Any, path: Path) -> bool:
     where = handle.tell()
     try:
         handle.seek(0)
-        head = handle.read(4096) or b""
+        if handle.read(4) != b"RIFF":  # RF64 says its sizes in its ds64 chunk
+            return False
+        at = 12
+        for _ in range(_MAX_CHUNKS):  # chunk headers, seeking past their bodies: tags (bext, iXML) can be long
+            handle.seek(at)
+            header = handle.read(8) or b""
+            if len(header) < 8:
+                return False
+            size = int.from_bytes(header[4:8], "little")
+            if header[:4] == b"data":
+                return size in _UNKNOWN_SIZES
+            at += 8 + size + (size & 1)
+        return False
     finally:
         handle.seek(where)
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return False
-    at = 12
-    while at + 8 <= len(head):
-        size = int.from_bytes(head[at + 4 : at + 8], "little")
-        if head[at : at + 4] == b"data":
-            return size in _UNKNOWN_SIZES
-        at += 8 + size + (size & 1)
-    return False
 
 
 def _reader(handle: Any, path: Path) -> Any:
