@@ -5,7 +5,11 @@
 - "layer" (add only): the added part alone, the mask mode's add less the recording: on a track beside the recording
   (what the REAPER actions make of an add) the two play what the mask mode gives before its limiter (the Editor
   notes where they peak higher together), and the new part stays its own;
-- "resynth": the model's output itself, the paper's behaviour.
+- "resynth": the model's output itself, the paper's behaviour;
+- "beside" (no mode of its own): for a result that plays beside the recording, "layer" for an add and the default for
+  the rest, decided by the engine once it has parsed the instruction with its model's card (the REAPER actions send
+  it: guessed from the words without the card, "put kalimba in" went as the default, and the new track played the
+  recording a second time).
 
 No numpy or torch import: the CLI, the server's request checks and the REAPER actions read these.
 """
@@ -17,8 +21,9 @@ from engine.errors import ConfigError
 MASK = "mask"
 RESYNTH = "resynth"
 LAYER = "layer"
+BESIDE = "beside"
 DEFAULT_MODE = MASK  # every operation's
-MODES = (DEFAULT_MODE, RESYNTH, LAYER)
+MODES = (DEFAULT_MODE, RESYNTH, LAYER, BESIDE)
 # The modes that read the model's output through the mask (engine.mask): the Editor generates and finishes them so.
 MASKED_MODES = (MASK, LAYER)
 # Modes that apply to each operation, the default first. "mask" on add means: the original plus the added part.
@@ -28,6 +33,7 @@ MODE_HELP = {
     MASK: "the edit keeps your recording (its rate, channels and sound), the default",
     LAYER: "the added part alone, to play beside your recording",
     RESYNTH: "the model's own output, as in the paper",
+    BESIDE: f"a result to play beside your recording: an add's {LAYER}, the default for the rest",
 }
 MODE_POLICIES = {
     "mask": "one time-frequency mask from the model's output applied to every input channel (rate, phase and "
@@ -44,10 +50,10 @@ def modes_help() -> str:
     """Every mode with what it gives and, where it applies to some operations only, which: one line of help."""
 
     def applies(mode: str) -> str:
-        ops = [op for op, modes in OP_MODES.items() if mode in modes]
+        ops = [op for op, modes in OP_MODES.items() if mode in modes or mode == BESIDE]
         return "" if len(ops) == len(OP_MODES) else f" ({', '.join(ops)} only)"
 
-    return "; ".join(f"{mode}{applies(mode)}: {MODE_HELP[mode]}" for mode in (MASK, LAYER, RESYNTH))
+    return "; ".join(f"{mode}{applies(mode)}: {MODE_HELP[mode]}" for mode in (MASK, LAYER, RESYNTH, BESIDE))
 
 
 def mode_name(mode: str | None) -> str:
@@ -70,6 +76,8 @@ def check_mode(op: str, mode: str | None) -> str:
     (check_mode_name), or those that apply to `op`."""
     applicable = OP_MODES.get(op, MODES)
     name = check_mode_name(mode)
+    if name == BESIDE:
+        return LAYER if LAYER in applicable else applicable[0]
     if not name:
         return applicable[0]
     if name not in applicable:
@@ -81,7 +89,7 @@ def canonical_mode(mode: str | None) -> str:
     """`mode` as a result's settings record it: "" where it is every operation's default (named or not), else its
     name; "MASK", "mask" and nothing then compare equal."""
     name = check_mode_name(mode)  # a mode unknown here is an error, never taken for the default
-    applies = [op for op, modes in OP_MODES.items() if not name or name in modes]  # "layer": an add's only
+    applies = [op for op, modes in OP_MODES.items() if not name or name in modes or name == BESIDE]  # layer: add's
     return "" if all(check_mode(op, name) == check_mode(op, "") for op in applies) else name
 
 

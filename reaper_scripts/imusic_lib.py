@@ -326,7 +326,7 @@ def _send_edit(R: Any, instruction: str, mode: str) -> None:
         _message(f"Cannot reach the imusic engine at {host}:{port}: {exc}")
         return
     media_dir = project.media_dir(R)
-    sent_mode = planning.action_mode(instruction, mode)  # an add: the new part alone, on its track beside yours
+    sent_mode = planning.action_mode(mode)  # an add: the new part alone, on its track beside yours
     jobs = []
     for (track, view), plan in zip(selection, plans, strict=True):
         job_id = "rpr-" + protocol.new_job_id()

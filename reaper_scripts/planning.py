@@ -30,7 +30,7 @@ from bridge.reaper_items import (  # noqa: F401 (the item rule, re-exported for 
 )
 from engine import instructions
 from engine.files import result_file_name
-from engine.modes import LAYER, mode_name
+from engine.modes import BESIDE, LAYER, mode_name
 
 NAME_SEPARATOR = " \u00b7 "  # "Bass · extract drums"
 MAX_LABEL_CHARS = 48
@@ -57,21 +57,15 @@ PRESET_ACTIONS = tuple(
 )
 
 
-def action_mode(instruction: str, mode: str) -> str:
-    """The mode an action sends: the one it was given (the `mode` setting, or the prompt's field); where none, for
-    an add engine.modes.LAYER: its result is a new track beside the recording, so the two play the recording with
-    the added part, and the part stays a track of its own to mix (the mask mode's add there would play the recording
-    twice); else "" (the engine's default, mask). `layer` given for another operation means the same: an add's
-    layer, the default for the rest, so a `mode` setting of layer leaves extract and remove working. The operation
-    is read from the words with no model (instructions.operation_of: an instrument only the model knows still
-    counts); words that name none leave the engine's default."""
-    op = instructions.operation_of(instruction)
+def action_mode(mode: str) -> str:
+    """The mode an action sends: the one it was given (the `mode` setting, or the prompt's field); where none,
+    engine.modes.BESIDE: its result is a new track beside the recording, so an add gives the added part alone (the
+    two play the recording with the part, and the part stays a track of its own to mix; the mask mode's add there
+    would play the recording twice) and the rest their default. `layer` given means the same, so a `mode` setting of
+    layer leaves extract and remove working. The engine decides which operation it is, with its model's card: read
+    here from the words without it, "put kalimba in" was no add."""
     mode = mode_name(mode)  # the engine's spelling: "Layer" in the settings is layer
-    if mode == LAYER and op != "add":
-        return ""
-    if mode:
-        return mode
-    return LAYER if op == "add" else ""
+    return BESIDE if mode in ("", LAYER) else mode
 
 
 def normalize_instruction(text: str) -> str:

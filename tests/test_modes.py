@@ -37,7 +37,9 @@ def test_a_known_mode_that_does_not_apply_to_an_operation_is_refused_naming_thos
 @pytest.mark.parametrize("error", [ConfigError, ValueError])
 def test_an_unknown_mode_name_is_one_message_in_the_error_class_asked_for(error):
     assert modes.check_mode_name(" MASK ") == "mask" and modes.check_mode_name(None) == ""
-    with pytest.raises(error, match=r"^unknown mode 'karaoke': use mask, resynth, layer \(or nothing: the default\)$"):
+    with pytest.raises(
+        error, match=r"^unknown mode 'karaoke': use mask, resynth, layer, beside \(or nothing: the default\)$"
+    ):
         modes.check_mode_name("karaoke", error)
 
 
@@ -48,3 +50,9 @@ def test_the_mode_help_names_every_mode_and_where_it_applies(monkeypatch):
     assert all(f"{mode}" in text for mode in modes.MODES) and "layer (add only)" in text
     monkeypatch.setitem(modes.OP_MODES, "remove", (modes.MASK, modes.RESYNTH, modes.LAYER))
     assert "layer (remove, add only)" in modes.modes_help()  # read from OP_MODES, not written beside it
+
+
+def test_beside_is_an_adds_layer_and_every_other_operations_default():
+    """What the REAPER actions send: the engine, which parses the words with its model's card, decides."""
+    assert [modes.check_mode(op, " Beside ") for op in ("add", "extract", "remove")] == ["layer", "mask", "mask"]
+    assert modes.canonical_mode("beside") == "beside"  # not the default: an add differs

