@@ -397,22 +397,6 @@ def check_not_empty(text: Any, card: Any = None, error: type[Exception] = Instru
     return text.strip()
 
 
-def operation_of(text: str, card: Any = None) -> str | None:
-    """The operation an instruction asks for, also where its instrument is one only a model's card knows (the REAPER
-    actions read it with no model): the parsed one, else that of the longest operation phrase its words begin with
-    ("add kalimba" -> "add"); None when neither tells."""
-    try:
-        return parse_instruction(text, card).op
-    except InstructionError:
-        pass
-    words = [word for word in _words(str(text)) if word not in _FILLERS]
-    phrases = _op_phrases(vocabulary(card))
-    for size in range(min(_MAX_PHRASE, len(words)), 0, -1):
-        if (op := phrases.get(tuple(words[:size]))) is not None:
-            return op
-    return None
-
-
 def parse_instruction(text: str, card: Any) -> Instruction:
     """Parse plain words into an Instruction for the checkpoint described by `card`; InstructionError if unclear."""
     check_not_empty(text, card)
