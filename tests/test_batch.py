@@ -1009,7 +1009,8 @@ def test_an_unknown_mode_is_refused_before_any_work(session, tmp_path, capsys, n
     out = tmp_path / "out"
     argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--mode", "karaoke", "--dry-run"]
     assert main(argv) == 1
-    assert "unknown mode 'karaoke': use mask, resynth, layer, beside (or nothing: the default)" in capsys.readouterr().err
+    refusal = "unknown mode 'karaoke': use mask, resynth, layer, beside (or nothing: the default)"
+    assert refusal in capsys.readouterr().err
 
 
 def test_changed_settings_render_again(session, tmp_path, tiny_model_dir, capsys):

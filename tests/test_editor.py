@@ -481,7 +481,8 @@ def test_mask_settings_given_to_the_editor_replace_the_defaults_of_their_operati
 @pytest.mark.parametrize("mode", ["stems", "MASKED", "re-synth"])
 def test_an_unknown_mode_is_refused_before_any_work_naming_the_modes(editor, monkeypatch, mode):
     monkeypatch.setattr(generate_mod, "generate", lambda *a, **k: pytest.fail("generated before checking the mode"))
-    with pytest.raises(ConfigError, match=r"^unknown mode .*: use mask, resynth, layer, beside \(or nothing: the default\)$"):
+    refusal = r"^unknown mode .*: use mask, resynth, layer, beside \(or nothing: the default\)$"
+    with pytest.raises(ConfigError, match=refusal):
         editor.edit(_music(0.3, 16000), 16000, "extract bass", mode=mode)
 
 
