@@ -8,7 +8,6 @@ batch's own earlier results, set by bridge.batch.run_batch), `run(pairs, progres
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -29,10 +28,12 @@ from engine.errors import (
     ResourceError,
     error_from_code,
 )
-from engine.files import jsonable
+from engine.files import NO_ROOM_ERRNOS, jsonable
 
-# Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair.
+# Errors from the server that concern the whole batch, not one pair: stop at once instead of failing every pair; as
+# in this process, out of memory (or no room to write) stops it (ResourceError), another write failure costs one pair
 FATAL_REMOTE_CODES = (
+    ResourceError.code,
     InstructionError.code,
     protocol.FORBIDDEN_PATH,
     protocol.UNAVAILABLE,
@@ -96,7 +97,7 @@ class InProcessBackend:
                     raise
                 yield Outcome(pair, error=exc)
             except OSError as exc:
-                if exc.errno in _DISK_FULL:  # every pair after it would be edited and thrown away: stop, unrecorded
+                if exc.errno in NO_ROOM_ERRNOS:  # every pair after it would be edited and thrown away: stop, unrecorded
                     raise _no_room(pair, exc) from None
                 yield Outcome(pair, error=AudioError(f"{type(exc).__name__}: {exc}"))
             except (ValueError, RuntimeError) as exc:
@@ -109,12 +110,9 @@ class InProcessBackend:
 
 EARLIER_SUFFIX = ".earlier"  # --server: a pair's earlier result, set aside while its new one is made
 
-# A result that cannot be written for want of room (or a file system gone read-only): no pair after it can be either
-_DISK_FULL = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
 
 def _no_room(pair: Pair, exc: OSError) -> ResourceError:
-    """What stops a batch whose result cannot be written for want of room (_DISK_FULL), whichever backend edits."""
+    """What stops a batch whose result cannot be written for want of room (NO_ROOM_ERRNOS), whichever backend edits."""
     return ResourceError(
         f"cannot write {pair.output.name} in {pair.output.parent}: {exc.strerror}; make room and run the batch again: "
         "it resumes with the pairs not rendered yet"
@@ -295,6 +293,11 @@ class ServerBackend:
                 # The server died or hangs: every other pair would wait the same way. Stop; a rerun resumes.
                 raise ResourceError(f"{exc}; rerun the same batch command to resume") from None
             except RemoteError as exc:
+                if exc.code == ResourceError.code:  # out of memory, no room: as in this process, every pair would fail
+                    raise ResourceError(
+                        f"the server could not edit '{pair.edit}' on {pair.source.rel}: {exc}; rerun the same batch "
+                        "command to resume"
+                    ) from None
                 if exc.code in FATAL_REMOTE_CODES:
                     raise ConfigError(f"the server refused '{pair.edit}' on {pair.source.rel}: {exc}") from None
                 self._settle([pair], made=False)
@@ -457,7 +460,7 @@ class RayBackend:
                     overwrite=pair.output in self.replaceable, on_exists=_appeared,
                 )  # fmt: skip
             except (ImusicError, OSError) as exc:
-                if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # as in this process: every edit after it lost
+                if isinstance(exc, OSError) and exc.errno in NO_ROOM_ERRNOS:  # as in this process: later edits lost
                     raise _no_room(pair, exc) from None
                 yield Outcome(pair, error=exc if isinstance(exc, ImusicError) else AudioError(str(exc)))
                 continue

@@ -17,7 +17,8 @@ import numpy as np
 from bridge import audio_read, audio_write, protocol
 from bridge.editing import edit_region
 from bridge.jobs import Job, JobBook, info_json
-from engine.errors import Cancelled, ConfigError, ImusicError, ResourceError
+from engine.errors import AudioError, Cancelled, ConfigError, ImusicError, ResourceError
+from engine.files import NO_ROOM_ERRNOS
 from engine.instructions import typical_instruction
 from engine.model.config import SAMPLE_RATE
 
@@ -73,8 +74,10 @@ def run_job(
             on_exists=lambda taken: audio_write.unique_result_path(job.source, job.instruction, taken, reserved()),
             roots=roots, progress=progress, cancel=cancel, before_link=before_link,
         )  # fmt: skip
-    except OSError as exc:
-        raise ConfigError(f"cannot write the result to {job.output_path}: {exc}") from None
+    except OSError as exc:  # in the batch's words: no room is a resource every later job lacks too, the rest this one's
+        if exc.errno in NO_ROOM_ERRNOS:
+            raise ResourceError(f"no room to write the result to {job.output_path}: {exc.strerror or exc}") from None
+        raise AudioError(f"cannot write the result to {job.output_path}: {exc}") from None
     job.output_path = str(done.output_path)
     done.info["bridge"].update(
         job_s=time.perf_counter() - started,

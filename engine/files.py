@@ -8,6 +8,7 @@ recognised by their methods): the client side imports it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -29,6 +30,11 @@ FORMAT_SUFFIXES = {"wav": (".wav", ".wave"), "aiff": (".aif", ".aiff"), "flac": 
                    "ogg": (".ogg",)}  # fmt: skip
 AUDIO_SUFFIXES = tuple(suffix for suffixes in FORMAT_SUFFIXES.values() for suffix in suffixes)
 AUDIO_FORMATS = ", ".join(FORMAT_SUFFIXES)  # the same, as help and messages name them: "wav, aiff, flac, mp3, ogg"
+
+
+# errno values that say a file cannot be written for want of room (full disk, read-only, quota): every later write
+# to that place fails too, so a batch stops at the first, and the server says it as a resource error
+NO_ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 def shown_path(path: str | os.PathLike) -> str:

@@ -300,3 +300,20 @@ def test_an_earlier_result_comes_back_when_the_server_stops_the_batch_at_its_fir
     assert main(argv) == 1
     assert "did not answer" in capsys.readouterr().err
     assert result.read_bytes() == earlier and not list(out.glob(".*.earlier"))
+
+
+def test_the_server_running_out_of_memory_stops_the_batch_as_in_process(server, session, tmp_path, capsys, monkeypatch):
+    """An in-process batch stops at out of memory (every pair after it would fail too); through the server the pair
+    was recorded failed and the batch went on to the next."""
+    edits = []
+
+    def exhausted(*args, **kwargs):
+        edits.append(args)
+        raise MemoryError
+
+    monkeypatch.setattr(server.worker.editor, "edit", exhausted)
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(tmp_path / "out")]
+    assert main(argv + ["--server", f"127.0.0.1:{server.port}"]) == 1
+    printed = capsys.readouterr()
+    assert "out of memory" in printed.err and "rerun the same batch command to resume" in printed.err
+    assert len(edits) == 1  # the second file was never sent on

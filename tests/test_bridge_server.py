@@ -853,3 +853,30 @@ def test_a_region_grown_past_the_limit_while_queued_is_refused_when_it_runs(tmp_
     with pytest.raises(ConfigError, match="the region is now 3 s long .*the limit is 2 s"):
         run_job(job, FakeEditor(), threading.Event(), lambda f, s: None, max_region_s=2.0)
     assert not Path(job.output_path).exists()
+
+
+@pytest.mark.parametrize(
+    ("errno_value", "kind", "words"),
+    [(28, "ResourceError", "no room to write the result"), (13, "AudioError", "cannot write the result")],
+)
+def test_a_result_that_cannot_be_written_is_a_resource_error_only_for_want_of_room(
+    tmp_path, root, monkeypatch, errno_value, kind, words
+):
+    """Every write failure was bad_config, which stops a --server batch ("the server refused"), where the in-process
+    batch fails that pair only; out of memory or no room (resources) went on, where in-process stops. One rule now."""
+    import threading
+
+    from bridge import worker
+    from bridge.jobs import Job
+    from bridge.protocol import EditRequest
+    from engine import errors
+
+    def cannot_write(*args, **kwargs):
+        raise OSError(errno_value, os.strerror(errno_value))
+
+    monkeypatch.setattr(worker, "edit_region", cannot_write)
+    source = write_wav(root / "take.wav", seconds=1.0)
+    job = Job(EditRequest("w", str(source), 0.0, -1.0, "extract drums"), reply_to=None)
+    job.output_path = str(root / "take.extract_drums.wav")
+    with pytest.raises(getattr(errors, kind), match=words):
+        worker.run_job(job, FakeEditor(), threading.Event(), lambda f, s: None)
