@@ -185,8 +185,21 @@ class Client:
     def preview(
         self, job_id: str, which: str = protocol.PREVIEW_WHICH[0], timeout: float = tracking.ANSWER_WITHIN_S
     ) -> Reply:
-        """Play a finished job's result (or its source region) on the engine machine's output."""
-        return self._request(protocol.PREVIEW, (job_id, which), _about(job_id, protocol.PREVIEWING), timeout)
+        """Play a finished job's result (or its source region) on the engine machine's output. The engine answers once
+        the file is read and playing: an engine silent for `timeout` s is pinged, and one that answers is given
+        tracking.PREVIEW_WITHIN_S more (a long result took over 3 s and was said to be no engine at all). Only the
+        answer to this `which` counts: a late one to an earlier preview of the job is not it."""
+        about = _about(job_id, protocol.PREVIEWING)
+        match = lambda r: about(r) and (r.address == protocol.ERROR or r.args[1:2] == [which])  # noqa: E731
+        self.send(protocol.PREVIEW, job_id, which)
+        try:
+            reply = self.wait_for(match, timeout)
+        except NoReply:
+            self.ping(timeout)  # NoReply: no engine there, said as everywhere; a pong: it is still reading the file
+            reply = self.wait_for(match, tracking.PREVIEW_WITHIN_S)
+        if reply.address == protocol.ERROR:
+            raise RemoteError(reply.message, reply.code, reply.job_id)
+        return reply
 
     def stop_preview(self, timeout: float = tracking.ANSWER_WITHIN_S) -> Reply:
         return self._request(protocol.STOP_PREVIEW, (), _about_server(protocol.PREVIEW_STOPPED), timeout)

@@ -110,6 +110,24 @@ class FakePlayer(Player):
             self._done.set()
 
 
+def fold_channels(audio: np.ndarray, max_channels: int) -> np.ndarray:
+    """`audio` [C, N] for a device of `max_channels`: as it is where it fits; a 5.1 or 7.1 region (WAV's channel order:
+    L R C LFE, then the surrounds left and right in turn) as the ITU downmix to stereo (centre and surrounds at -3 dB,
+    no LFE), lowered only where the sum would pass full scale; other counts as their mean on every channel. The mean
+    of every channel played a 5.1 region as quiet mono: a part on one side 15 dB down, the stereo image gone."""
+    channels = audio.shape[0]
+    if channels <= max_channels:
+        return audio
+    if channels in (6, 8) and max_channels >= 2:
+        half = 10 ** (-3 / 20)
+        left = audio[0] + half * (audio[2] + audio[4::2].sum(axis=0))
+        right = audio[1] + half * (audio[2] + audio[5::2].sum(axis=0))
+        stereo = np.stack([left, right])
+        peak = float(np.max(np.abs(stereo))) if stereo.size else 0.0
+        return (stereo / peak if peak > 1.0 else stereo).astype(np.float32)
+    return np.repeat(audio.mean(axis=0, keepdims=True), max(1, max_channels), axis=0).astype(np.float32)
+
+
 class SoundDevicePlayer(Player):
     """PortAudio output through sounddevice, one stream per clip, fed from a callback (never blocks the caller)."""
 
@@ -124,29 +142,36 @@ class SoundDevicePlayer(Player):
 
     def play(self, audio: np.ndarray, sample_rate: int) -> None:
         audio = _check_clip(audio, sample_rate)
-        frames = np.ascontiguousarray(audio.T)  # [N, C]: PortAudio wants interleaved frames
-        info = self._sd.query_devices(self.device, "output")
-        max_channels = int(info["max_output_channels"])
-        if frames.shape[1] > max_channels:
-            # More channels than the device has: fold down to what it can play rather than refuse to audition.
-            frames = np.ascontiguousarray(frames.mean(axis=1, keepdims=True).repeat(max_channels, axis=1))
-        self.stop()
-        try:
-            stream, done = self._open(frames, int(sample_rate))
-        except self._sd.PortAudioError:
-            # Hardware devices often take only their own rate (no resampling plug-in in between): convert, retry.
-            device_rate = int(info["default_samplerate"])
-            if device_rate == int(sample_rate):
-                raise PlaybackUnavailable(f"cannot open output device {info['name']!r} at {sample_rate} Hz") from None
+        try:  # no default output device (none plugged in, or the system names none) is PortAudio's error here
+            info = self._sd.query_devices(self.device, "output")
+        except (self._sd.PortAudioError, ValueError) as exc:
+            raise PlaybackUnavailable(f"no output device to play on ({exc}); name one with --device") from None
+        # More channels than the device has: fold down to what it can play rather than refuse to audition.
+        frames = np.ascontiguousarray(fold_channels(audio, int(info["max_output_channels"])).T)  # [N, C] interleaved
+        rate = int(sample_rate)
+        # Hardware devices often take only their own rate (no resampling plug-in in between): converted to it, but
+        # only where the device takes that rate and not this one; a busy device refused the converted hour too, after
+        # seconds of conversion and gigabytes of memory
+        device_rate = int(info["default_samplerate"])
+        if not self._takes(frames.shape[1], rate) and device_rate != rate and self._takes(frames.shape[1], device_rate):
             from engine.resample import resample
 
-            frames = resample(frames.T, int(sample_rate), device_rate).T  # frames are [N, C]
-            try:
-                stream, done = self._open(np.ascontiguousarray(frames), device_rate)
-            except self._sd.PortAudioError as exc:
-                raise PlaybackUnavailable(f"cannot open output device {info['name']!r}: {exc}") from None
+            frames, rate = np.ascontiguousarray(resample(frames.T, rate, device_rate).T), device_rate
+        self.stop()
+        try:
+            stream, done = self._open(frames, rate)
+        except self._sd.PortAudioError as exc:
+            raise PlaybackUnavailable(f"cannot open output device {info['name']!r} at {rate} Hz: {exc}") from None
         with self._lock:
             self._stream, self._done = stream, done
+
+    def _takes(self, channels: int, sample_rate: int) -> bool:
+        """Whether the device says it can play `channels` at `sample_rate` (asked before any stream is opened)."""
+        try:
+            self._sd.check_output_settings(device=self.device, channels=channels, samplerate=sample_rate)
+        except self._sd.PortAudioError:
+            return False
+        return True
 
     def _open(self, frames: np.ndarray, sample_rate: int) -> tuple[Any, threading.Event]:
         """Start a stream that plays `frames` [N, C] once from a callback; returns (stream, finished event)."""

@@ -529,14 +529,17 @@ class EngineServer:
         self._hand_on(self._previewer, job_id, self._in_preview_thread, sender, job_id, self._play, job, which, sender)
 
     def _play(self, job: Job, which: str, sender: tuple[str, int]) -> None:
-        if which == "result":
-            audio, sample_rate = audio_read.read_region(job.output_path, 0.0, protocol.TO_END)
-        else:
-            audio, sample_rate = audio_read.read_region(job.source, job.start_s, job.end_s)
-        if self.player is None:
+        if self.player is None:  # first: no output device is said before an hour of audio is read for nothing
             from bridge.playback import get_player
 
             self.player = get_player(self.preview_device)  # PlaybackUnavailable (an ImusicError) says how to fix it
+        # inside the allowed folders, as every file a request names (a result swapped for a link to another file)
+        if which == "result":
+            path = self.allowed_path(job.output_path, "result")
+            audio, sample_rate = audio_read.read_region(path, 0.0, protocol.TO_END)
+        else:
+            path = self.allowed_path(job.input_path, "input")
+            audio, sample_rate = audio_read.read_region(path, job.start_s, job.end_s)
         self.player.play(audio, sample_rate)  # non-blocking: the server keeps serving while it plays
         self._send(sender, protocol.PREVIEWING, job.id, which, audio.shape[1] / sample_rate)
 

@@ -41,6 +41,9 @@ ANSWER_WITHIN_S = 3.0
 # How long an engine that answers pings may take to accept an edit: it journals each job (fsync) before it answers
 # /accepted, and a slow or busy disk takes longer than a ping.
 ACCEPT_WITHIN_S = 30.0
+# How long an engine that answers pings may take to start a preview: it reads the whole result first (an hour of
+# audio: seconds), and converts its rate where the device takes only its own.
+PREVIEW_WITHIN_S = 60.0
 # An edit not yet accepted is resent after this much silence (UDP may drop it, or its reply; job ids make a resend
 # harmless), and an accepted job is asked for its state after STATUS_AFTER_RESENDS times as long (the blocking
 # client's pace; the REAPER actions ask at the resend pace).

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from test_bridge_support import FakeEditor, dead_pid, start_server, write_wav
 
-from bridge import protocol
+from bridge import audio_read, protocol
 from bridge.client import Client, JobResult, NoReply, RemoteError
 from bridge.server import EngineServer
 from engine.errors import ConfigError
@@ -483,9 +483,12 @@ def test_preview_without_an_output_device_is_an_error_reply(tmp_path, root, song
     try:
         with Client("127.0.0.1", server.port) as client:
             result = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
+            reads = []
+            monkeypatch.setattr(audio_read, "read_region", lambda *a: reads.append(a) or pytest.fail("read"))
             client.send(protocol.PREVIEW, result.job_id)
             assert "no output device" in expect_error(client, PlaybackUnavailable.code).message
             assert client.ping(TIMEOUT).state == protocol.READY
+            assert reads == []  # said before the result (up to an hour of audio) was read for nothing
     finally:
         server.stop()
 
@@ -515,7 +518,35 @@ def test_preview_plays_the_result_then_the_source_and_stop_preview_stops(server,
     assert not player.is_playing
 
 
-def test_preview_of_an_unfinished_job_is_an_error(server, client, song):
+def test_a_result_swapped_for_a_link_outside_the_allowed_folders_is_not_previewed(server, client, song, tmp_path):
+    result = client.edit(str(song), 0.5, 1.0, "extract drums", timeout=TIMEOUT)
+    elsewhere = write_wav(tmp_path / "elsewhere" / "private.wav", seconds=3.0)
+    os.replace(result.output_path, result.output_path + ".moved")
+    os.symlink(elsewhere, result.output_path)
+    client.send(protocol.PREVIEW, result.job_id, "result")
+    assert "outside the folders this server may use" in expect_error(client, protocol.FORBIDDEN_PATH).message
+    assert server.player is None or not server.player.played
+
+
+def test_a_preview_slower_than_an_answer_is_waited_for_and_only_its_own_answer_counts(
+    server, client, song, monkeypatch
+):
+    """A long result took over 3 s to read, and the client said no engine was running; a late answer to an earlier
+    preview of the job ("result") was taken for the answer to the next ("source")."""
+    import time
+
+    result = client.edit(str(song), 0.5, 1.0, "extract drums", timeout=TIMEOUT)
+    real_read = audio_read.read_region
+
+    def slow_read(path, start_s, end_s):
+        time.sleep(1.5)
+        return real_read(path, start_s, end_s)
+
+    monkeypatch.setattr(audio_read, "read_region", slow_read)
+    client.send(protocol.PREVIEW, result.job_id, "result")  # its answer comes late, to this same client
+    reply = client.preview(result.job_id, "source", timeout=1.0)
+    assert reply.args[1] == "source"
+
     server.worker.editor.steps, server.worker.editor.step_s = 100, 0.02
     job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
     client.wait_for(lambda r: r.address == protocol.ACCEPTED, TIMEOUT)

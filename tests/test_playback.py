@@ -200,16 +200,17 @@ class _FakeSoundDevice:
     class CallbackStop(Exception):  # noqa: N818 (sounddevice's name)
         pass
 
-    def __init__(self, channels: int = 2, rates: tuple[int, ...] = (8000, 48000), default_rate: int = 48000):
-        self.channels, self.rates, self.default_rate = channels, rates, default_rate
+    def __init__(
+        self, channels: int = 2, rates: tuple[int, ...] = (8000, 48000), default_rate: int = 48000, busy: bool = False
+    ):
+        self.channels, self.rates, self.default_rate, self.busy = channels, rates, default_rate, busy
         self.streams: list = []
         self.default = type("Default", (), {"device": [-1, 0]})()
         module = self
 
         class OutputStream:
             def __init__(self, samplerate, channels, dtype, device, callback, finished_callback):
-                if samplerate not in module.rates:
-                    raise module.PortAudioError("Invalid sample rate")
+                module.check_output_settings(device, channels, dtype, samplerate=samplerate)
                 self.samplerate, self.channels, self.callback = samplerate, channels, callback
                 self.finished, self.fed, self.aborted = finished_callback, [], threading.Event()
                 module.streams.append(self)
@@ -238,8 +239,17 @@ class _FakeSoundDevice:
         self.OutputStream = OutputStream
 
     def query_devices(self, device=None, kind=None):
+        if self.default.device[1] < 0 and device is None and kind:
+            raise self.PortAudioError("Error querying device -1")  # the system names no default output
         info = {"name": "Fake Out", "max_output_channels": self.channels, "default_samplerate": self.default_rate}
         return info if kind else [info]
+
+    def check_output_settings(self, device=None, channels=None, dtype=None, samplerate=None):
+        if self.busy:  # another program holds the device
+            raise self.PortAudioError("Device unavailable")
+        if samplerate not in self.rates:
+            raise self.PortAudioError("Invalid sample rate")
+        self.checked = getattr(self, "checked", 0) + 1
 
 
 def test_sounddevice_player_feeds_every_sample_then_reports_the_end(monkeypatch):
@@ -263,6 +273,43 @@ def test_sounddevice_player_folds_channels_the_device_lacks_and_resamples_to_a_r
     stream = fake.streams[-1]
     assert (stream.samplerate, stream.channels) == (48000, 1)
     assert sum(len(block) for block in stream.fed) >= 4800
+
+
+def test_a_busy_device_is_one_line_and_the_clip_is_not_converted_for_nothing(monkeypatch):
+    """Every failed open converted the whole clip to the device's rate and tried again: 14 s and 1.5 GB more for an
+    hour of audio on a device another program held."""
+    fake = _FakeSoundDevice(busy=True)
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    player = playback.get_player()
+    converted = []
+    monkeypatch.setattr("engine.resample.resample", lambda *a: converted.append(a) or pytest.fail("converted"))
+    with pytest.raises(PlaybackUnavailable, match="cannot open output device 'Fake Out' at 44100 Hz: Device unavail"):
+        player.play(tone(0.1, 44100), 44100)
+    assert converted == [] and fake.streams == []
+
+
+def test_no_default_output_device_is_one_line_not_portaudios_traceback(monkeypatch):
+    fake = _FakeSoundDevice()
+    fake.default.device = [-1, -1]
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    with pytest.raises(PlaybackUnavailable, match="no output device to play on .*Error querying device -1"):
+        playback.SoundDevicePlayer(None).play(tone(0.1, 8000), 8000)
+
+
+def test_a_surround_region_on_a_stereo_device_keeps_its_sides():
+    """The mean of six channels played a 5.1 region as quiet mono: a part hard left 15 dB down, on both sides."""
+    rate = 8000
+    guitar = tone(0.5, rate)[0]
+    surround = np.zeros((6, guitar.size), np.float32)
+    surround[0] = guitar  # front left only
+    stereo = playback.fold_channels(surround, 2)
+    assert stereo.shape == (2, guitar.size)
+    np.testing.assert_allclose(stereo[0], guitar, atol=1e-6)
+    assert np.abs(stereo[1]).max() == 0.0
+    surround[2] = 0.9  # a loud centre: the sum is lowered to full scale, never clipped
+    assert np.abs(playback.fold_channels(surround, 2)).max() <= 1.0 + 1e-6
+    assert playback.fold_channels(surround, 6) is surround
+    assert playback.fold_channels(surround[:4], 1).shape == (1, guitar.size)
 
 
 def test_sounddevice_player_stop_aborts_the_stream(monkeypatch):
