@@ -274,14 +274,16 @@ def _refuse_cut_flac(path: Path, frames: int, handle: Any) -> None:
     where = handle.tell()
     try:
         handle.seek(0)
-        with sf.SoundFile(handle) as f:
-            f.seek(frames - 1)
-            last = f.read(1, dtype="float32")
-        held = len(last)
-    except sf.LibsndfileError:  # past the data: "Internal psf_fseek() failed"
-        held = 0
-    except Exception:  # noqa: BLE001 - a FLAC libsndfile does not parse: left to pedalboard's own errors
-        return
+        try:
+            reader = sf.SoundFile(handle)
+        except Exception:  # noqa: BLE001 - a FLAC libsndfile does not open: left to pedalboard's own errors
+            return
+        with reader:
+            try:
+                reader.seek(frames - 1)
+                held = len(reader.read(1, dtype="float32"))
+            except sf.LibsndfileError:  # past the data: "Internal psf_fseek() failed"
+                held = 0
     finally:
         handle.seek(where)
     if not held:
@@ -364,6 +366,17 @@ def _open_regular_fd(path: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _mp3_length_guessed(path: str | Path) -> bool:
+    """Whether an MP3's length is libsndfile's guess from the file's size: no Xing, Info or VBRI tag in its first
+    frame (those say the length exactly, and a file cut short is then refused, not padded with silence)."""
+    with open(path, "rb") as raw:
+        raw.seek(_id3_tag_bytes(raw))
+        head = raw.read(4096)
+    sync = next((i for i in range(len(head) - 1) if head[i] == 0xFF and head[i + 1] & 0xE0 == 0xE0), None)
+    frame = head[sync : sync + 2048] if sync is not None else b""
+    return not any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
 
 
 def _id3_tag_bytes(raw: Any) -> int:
@@ -484,8 +497,8 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
     missing = (stop - start) - audio.shape[1]
     if missing > 0:
         allowed = END_TOLERANCE_S * info.sample_rate + 4096  # an mp3's frames are decoded to within a frame
-        if audio_format(path) == "mp3":  # a length without a Xing/Info header is guessed from the file's size:
-            allowed += MP3_LENGTH_GUESS * info.frames  # 0.155 s long for 3 minutes of CBR, and refused as cut short
+        if audio_format(path) == "mp3" and _mp3_length_guessed(path):  # guessed from the file's size: 0.155 s long
+            allowed += MP3_LENGTH_GUESS * info.frames  # for 3 minutes of CBR, and refused as cut short
         if missing > allowed:
             raise AudioError(
                 f"{info.path.name} holds less audio than its header says (it ended {missing / info.sample_rate:.3f} s "

@@ -272,6 +272,7 @@ class JobBook:
         self._cond = threading.Condition()
         self.recovered: list[Job] = []  # by restore: jobs whose result was written before the server stopped
         self.ended_on_restore: list[Job] = []  # by restore: unfinished jobs it ended (cancelled, or failed too often)
+        self._abandoned: set[str] = set()  # running jobs whose run abandon_running journalled interrupted
 
     def restore(self) -> list[Job]:
         """Load the journal; jobs that were queued or running when the server stopped are queued again."""
@@ -456,8 +457,10 @@ class JobBook:
         """Put a job interrupted by shutdown back in front; the journal already says it is pending (and that this run
         was interrupted, not ended with the engine: it does not count towards MAX_ATTEMPTS)."""
         with self._cond:
-            with contextlib.suppress(OSError):
-                self.journal.append({"e": "interrupted", "id": job.id})
+            if job.id not in self._abandoned:  # else journalled already, as the shutdown gave up waiting on it
+                with contextlib.suppress(OSError):
+                    self.journal.append({"e": "interrupted", "id": job.id})
+            self._abandoned.discard(job.id)
             job.attempts = max(0, job.attempts - 1)
             job.state, job.fraction, job.stage = protocol.QUEUED, 0.0, "interrupted; resumes on restart"
             self.queue.appendleft(job.id)
@@ -501,6 +504,7 @@ class JobBook:
             if self.running is not None and not self.running.is_final:
                 with contextlib.suppress(OSError):
                     self.journal.append({"e": "interrupted", "id": self.running.id})
+                    self._abandoned.add(self.running.id)  # once: a second would take an earlier crash off its count
 
     def interrupt_running(self) -> None:
         """Stop the running job for a shutdown (it stays pending and runs again on restart)."""

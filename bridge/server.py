@@ -214,7 +214,8 @@ class EngineServer:
         in the journal, so the running job counted as one that stopped the engine, and after two it was failed."""
         if threading.current_thread() is threading.main_thread():
             for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGHUP: POSIX; SIGBREAK: Windows' Ctrl+Break
-                if (sig := getattr(signal, name, None)) is not None:
+                sig = getattr(signal, name, None)
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup imusic serve` keeps on
                     signal.signal(sig, lambda *_: self.shutdown_requested.set())
         try:
             while not self.shutdown_requested.wait(0.2):

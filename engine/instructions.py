@@ -115,6 +115,8 @@ _OP_PHRASES: dict[str, list[str]] = {
         "remove all",
         "removing",
         "muting",
+        "turn off",
+        "switch off",
     ],
     "add": [
         "add",
@@ -134,7 +136,9 @@ _OP_PHRASES: dict[str, list[str]] = {
 
 # Words asking for a level change, which no operation is ("more bass" would otherwise guess add: a second bass part
 # on top of the mix); the refusal says what to do instead.
-_LEVEL_WORDS = frozenset(["more", "less", "louder", "quieter", "softer", "boost", "lower", "raise", "turn"])
+_LOUDER_WORDS = frozenset(["more", "louder", "boost", "raise", "up"])
+_SOFTER_WORDS = frozenset(["less", "quieter", "softer", "lower", "down"])
+_LEVEL_WORDS = _LOUDER_WORDS | _SOFTER_WORDS | {"turn"}
 
 # Words that carry no meaning for the edit.
 _FILLERS = frozenset(
@@ -436,9 +440,15 @@ def parse_instruction(text: str, card: Any) -> Instruction:
         if not op_words:
             raise InstructionError(f"what should happen to the {stem.lower()}? {vocab.supported()}")
         if _LEVEL_WORDS.intersection(op_words):
+            name = stem.lower()
+            nearest = (
+                f"say remove {name} to take it out"
+                if _SOFTER_WORDS.intersection(op_words)
+                else f"say add {name} to layer a new {name} part"
+            )
             raise InstructionError(
                 f"{_quoted(text)} asks for a level change, which is a fader's job: this model adds, removes or"
-                f" extracts a part (say add {stem.lower()} to layer a new {stem.lower()} part); {vocab.supported()}"
+                f" extracts a part ({nearest}); {vocab.supported()}"
             )
         raise InstructionError(f"cannot read {_quoted(' '.join(op_words))} in {_quoted(text)}: {vocab.supported()}")
     return Instruction(op=op, stem=stem, prompt=format_prompt(op, stem, card), text=text.strip())

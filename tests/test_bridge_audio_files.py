@@ -338,6 +338,17 @@ def test_a_flac_cut_short_is_refused_not_read_as_silence(tmp_path, kept):
     assert probe(whole).frames == 44100 * 4 and read_region(whole, 3.0, -1.0)[0].shape == (2, 44100)
 
 
+def test_a_flac_libsndfile_cannot_open_is_left_to_pedalboard_not_called_cut_short(tmp_path, monkeypatch):
+    whole = tmp_path / "whole.flac"
+    sf.write(whole, np.full((16000, 2), 0.1, np.float32), 16000)
+
+    def cannot_open(*args, **kwargs):
+        raise sf.LibsndfileError(1, "Error opening")  # e.g. a bit depth this libsndfile does not read
+
+    monkeypatch.setattr(sf, "SoundFile", cannot_open)
+    assert probe(whole).frames == 16000 and read_region(whole, 0.0, -1.0)[0].shape == (2, 16000)
+
+
 def test_a_cbr_mp3_without_its_info_frame_is_read_to_its_end(tmp_path):
     """Without a Xing/Info header libsndfile guesses an MP3's length from its size: 0.19 s too long for 3 minutes of
     CBR, and a read to the end (`imusic edit` without --end, every batch file) was refused as cut short."""
@@ -358,6 +369,11 @@ def test_a_cbr_mp3_without_its_info_frame_is_read_to_its_end(tmp_path):
     assert guessed > rate * 180  # the guess this test is about
     audio, _ = read_region(plain, 0.0, -1.0)
     assert audio.shape == (1, guessed) and np.abs(audio[:, rate * 179 : rate * 179 + 100]).max() > 0
+    # a file whose Info frame says its length exactly is not given that slack: cut short, it is refused, not padded
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: int(len(data) * 0.996)])
+    with pytest.raises(AudioError, match="cut.mp3 holds less audio than its header says"):
+        read_region(cut, 0.0, -1.0)
 
 
 def test_codecs_with_fewer_bytes_per_sample_than_they_decode_to_are_not_mistaken_for_cut_files(tmp_path):

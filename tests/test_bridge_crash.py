@@ -107,3 +107,22 @@ def test_a_stop_signal_stops_gracefully_and_the_interrupted_job_resumes(tmp_path
     edits = (tmp_path / "edits.log").read_text().splitlines()
     assert sorted(set(edits)) == [f"extract drums #{i}" for i in range(4)]  # every job ran to its end
     assert len(edits) <= 5  # at most the job the signal caught finished its last step and ran again
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX only")
+def test_a_server_started_under_nohup_keeps_running_when_its_terminal_closes(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what `nohup` does: the child inherits it
+    try:
+        process, port = launch_fake_server(tmp_path, root, name="nohup")
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    try:
+        process.send_signal(signal.SIGHUP)
+        with Client("127.0.0.1", port) as client:
+            assert client.ping(5).state == protocol.READY
+        assert process.poll() is None
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)

@@ -373,6 +373,23 @@ def test_a_job_deaf_to_a_shutdown_is_journalled_interrupted_not_counted_as_a_cra
     assert not [e for e in events if e.get("e") == "failed"]
 
 
+def test_a_run_abandoned_then_requeued_at_one_stop_is_one_interrupted_run(tmp_path):
+    """stop() journals the run it gave up on as interrupted; the worker, seeing its cancel before the journal closes,
+    requeued it and journalled a second: the replay took both off, forgetting an earlier run that crashed the engine."""
+    first = book(tmp_path)
+    first.submit(make_job("poison"), choose("poison"))
+    first.journal.close()
+    crashed = book(tmp_path)
+    crashed.next_job(timeout=0.1)  # started, and nothing after: a run that stopped the engine
+    crashed.journal.close()
+    again = book(tmp_path)
+    job = again.next_job(timeout=0.1)
+    again.abandon_running()
+    again.requeue(job)
+    again.journal.close()
+    assert book(tmp_path).get("poison").attempts == 1  # the crash is still counted
+
+
 def test_a_compaction_that_fails_costs_no_job_and_is_tried_again_later(tmp_path, monkeypatch, capsys):
     import errno
 
