@@ -833,6 +833,12 @@ def test_rpp_items_are_rendered_at_their_region_and_unsupported_ones_reported(pr
     assert (first.samplerate, first.channels, first.frames) == (22050, 2, round(0.75 * 22050) - round(0.25 * 22050))
     manifest = json.loads((out / "manifest.json").read_text())["pairs"]
     assert manifest["02 Odd items/02 untitled | extract drums"]["status"] == "unsupported"
+    # the producer trims an item in the project: same key, other region; its old result is not "done before"
+    project.write_text(project.read_text().replace("SOFFS 0.25", "SOFFS 0.3", 1))
+    again = plan_pairs(collect_sources(project), labels, out)
+    assert [p.source.start_s for p in again][:1] == [0.3]
+    summary = run_batch(again, backend, Manifest(out / "manifest.json"), out, {})
+    assert (summary.done, summary.skipped) == (1, 1)  # the trimmed item rendered again, the other kept
 
 
 # --- the command line -------------------------------------------------------------------------------------------
@@ -1130,3 +1136,10 @@ def test_a_batch_of_adds_in_layer_mode_renders_the_added_parts_and_refuses_it_fo
     refused = ["batch", str(session), "--edit", "extract drums", "--mode", "layer", "-o", str(tmp_path / "x")]
     assert main([*refused, "--model", str(tiny_model_dir)]) == 1
     assert "mode 'layer' does not apply to extract" in capsys.readouterr().err
+
+
+def test_a_mode_that_does_not_fit_an_edit_is_refused_when_the_edits_are_checked(tiny_editor):
+    """Before any model work or manifest line: refused per pair after loading, it was journalled as failed pairs."""
+    with pytest.raises(ConfigError, match="mode 'layer' does not apply to extract"):
+        check_edits(["add piano", "extract drums"], tiny_editor.parse, "layer")
+    assert len(check_edits(["add piano", "extract drums"], tiny_editor.parse, "beside")) == 2

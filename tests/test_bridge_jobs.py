@@ -606,3 +606,25 @@ def test_a_restarted_server_removes_the_temporary_name_a_kill_left_beside_an_ado
     finally:
         server.stop()
     assert result.is_file() and not leftover.exists()
+
+
+def test_a_resends_new_reply_address_outlives_a_restart(tmp_path):
+    """REAPER restarted (a new port) and resent its edit: a server restarted after that must answer the new port, or
+    the REAPER that waits never hears /done."""
+    first = book(tmp_path)
+    first.submit(make_job("a"), choose("a"))
+    first.submit(Job(make_job("a").request, reply_to=("127.0.0.1", 6000)), choose("a"))
+    first.journal.close()
+    assert book(tmp_path).get("a").reply_to == ("127.0.0.1", 6000)
+
+
+def test_queue_positions_count_the_running_job_and_runs_count_their_attempts(tmp_path):
+    jobs = book(tmp_path)
+    for name in "abc":
+        jobs.submit(make_job(name), choose(name))
+    running = jobs.next_job(0.1)
+    assert running.id == "a" and running.attempts == 1
+    _, _, position = jobs.submit(make_job("b"), choose("b"))  # a resend: its place in line, the running job first
+    assert position == 1
+    _, _, position = jobs.submit(make_job("c"), choose("c"))
+    assert position == 2

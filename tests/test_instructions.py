@@ -272,3 +272,14 @@ def test_a_seed_is_a_whole_number_in_range_and_never_a_truth_value():
     for bad in (True, False, -1, MAX_SEED + 1, 1.0, "3", None):
         with pytest.raises(ConfigError, match="whole number"):
             check_seed(bad)
+
+
+def test_the_length_limit_is_exact_and_a_stem_ending_in_ss_takes_es():
+    from engine.instructions import MAX_INSTRUCTION
+
+    words = "extract drums"
+    assert parse_instruction(words + " " * 0 + "!" * (MAX_INSTRUCTION - len(words)), SLAKH).op == "extract"
+    with pytest.raises(InstructionError, match=f"the limit is {MAX_INSTRUCTION}"):
+        parse_instruction(words + "!" * (MAX_INSTRUCTION + 1 - len(words)), SLAKH)
+    brass = {"stems": ["Brass", "Drums"]}
+    assert parse_instruction("remove the brasses", brass).stem == "Brass"

@@ -473,3 +473,8 @@ def test_a_mask_add_the_limiter_barely_touches_has_no_note():
     master, part = _loud_master_and_a_hot_part()
     out, info = match_level(master + 0.01 * part, master, 44100, "add", mode=MASK)
     assert info["limited"] and info["warnings"] == []  # a hair past the recording's own peak: lowered inaudibly
+
+
+def test_a_region_whose_only_loud_samples_are_negative_is_not_silence():
+    assert not is_silent(np.array([[0.0, -0.5, 0.0]], np.float32))
+    assert is_silent(np.zeros((2, 8), np.float32)) and not is_silent(np.array([[0.0, np.nan]], np.float32))

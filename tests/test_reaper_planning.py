@@ -312,3 +312,24 @@ def test_the_engine_resolves_what_an_action_sends_with_its_models_card(instructi
 
     parsed = parse_instruction(instruction, {"stems": ["Drums", "Bass", "Kalimba"]})
     assert (parsed.op, check_mode(parsed.op, planning.action_mode(""))) == (op, mode)
+
+
+def test_an_item_that_only_touches_the_time_selection_is_not_under_it():
+    """Items on a grid touch their neighbours: one ending where the selection starts was picked, refused as zero
+    length, and the whole action failed (a mutation review: nothing tested the edge)."""
+    from bridge.reaper_items import clip_to_range
+
+    assert clip_to_range(0.0, 2.0, 2.0, 4.0) is None and clip_to_range(4.0, 2.0, 2.0, 4.0) is None
+    assert clip_to_range(0.0, 2.0, 1.0, 4.0) == (1.0, 1.0)
+
+
+def test_a_clipped_result_keeps_only_the_fades_of_the_edges_it_shares_with_the_item_no_longer_than_itself():
+    from bridge.reaper_items import NO_FADE, Fade
+
+    view = item(fade_in=Fade(3.0, 1, 0.5), fade_out=Fade(2.0, 2, -0.5))  # item at 10-14 s
+    middle = plan(view, clip=(11.0, 12.0))
+    assert (middle.fade_in, middle.fade_out) == (NO_FADE, NO_FADE)  # a fade-out at its end would dip where none is
+    start = plan(view, clip=(9.0, 11.0))  # the item's first second: its fade-in, cut to the result's length
+    assert (start.fade_in, start.fade_out) == (Fade(1.0, 1, 0.5), NO_FADE)
+    end = plan(view, clip=(13.5, 20.0))
+    assert (end.fade_in, end.fade_out) == (NO_FADE, Fade(0.5, 2, -0.5))
