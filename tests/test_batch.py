@@ -597,8 +597,9 @@ def _cut_before_its_first_record(session, out, editor, monkeypatch) -> None:
     monkeypatch.undo()
 
 
+@pytest.mark.parametrize("same_format", [False, True], ids=["other format", "same rate and channels, other length"])
 def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwritten(
-    session, tmp_path, tiny_editor, monkeypatch
+    session, tmp_path, tiny_editor, monkeypatch, same_format
 ):
     """A cut before the first result: every name still to render stays claimed; the producer then renders one
     of those edits by hand under the same name. A rerun leaves that file alone (it has another shape than the pair's
@@ -608,7 +609,9 @@ def test_a_file_the_user_puts_at_a_name_a_cut_batch_had_claimed_is_never_overwri
     for written in out.rglob("*.wav"):
         written.unlink()  # as if the cut came before the result's rename
     assert "mix.extract_drums.wav" in json.loads((out / "manifest.json").read_text())["claimed"]
-    theirs = write_wav(out / "mix.extract_drums.wav", seconds=0.5, sample_rate=8000, channels=1)
+    source = sf.info(session / "mix.wav")
+    rate, channels = (source.samplerate, source.channels) if same_format else (8000, 1)
+    theirs = write_wav(out / "mix.extract_drums.wav", seconds=0.37, sample_rate=rate, channels=channels)
     before = theirs.read_bytes()
     resumed = run_in_process(session, out, tiny_editor)
     assert theirs.read_bytes() == before and resumed.rows["mix"]["extract drums"] == "refused"

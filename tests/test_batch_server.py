@@ -317,3 +317,27 @@ def test_the_server_running_out_of_memory_stops_the_batch_as_in_process(server, 
     printed = capsys.readouterr()
     assert "out of memory" in printed.err and "rerun the same batch command to resume" in printed.err
     assert len(edits) == 1  # the second file was never sent on
+
+
+def test_a_name_taken_while_the_server_edited_is_recorded_as_the_name_the_server_chose(
+    server, session, tmp_path, capsys, monkeypatch
+):
+    """A file put at a result's name while the server edited: the server gives way (`-2`), and the manifest must name
+    that file, or the result is orphaned and the next run renders it again."""
+    out = tmp_path / "out"
+    real_edit = server.worker.editor.edit
+
+    def edit_while_the_producer_saves_there(*args, **kwargs):
+        theirs = out / "a.extract_drums.wav"
+        if not theirs.exists():
+            write_wav(theirs, 0.2, 8000, 1, seed=9, subtype="PCM_16")
+        return real_edit(*args, **kwargs)
+
+    monkeypatch.setattr(server.worker.editor, "edit", edit_while_the_producer_saves_there)
+    argv = ["batch", str(session), "--edit", "extract drums", "-o", str(out), "--server", f"127.0.0.1:{server.port}"]
+    assert main(argv) == 0
+    record = json.loads((out / "manifest.json").read_text())["pairs"]["a | extract drums"]
+    assert record["output"] == "a.extract_drums-2.wav" and (out / record["output"]).is_file()
+    assert sf.info(out / "a.extract_drums.wav").samplerate == 8000  # the producer's file, untouched
+    capsys.readouterr()
+    assert main(argv) == 0 and "0 rendered, 2 already done" in capsys.readouterr().out
