@@ -134,3 +134,23 @@ def test_an_encodec_config_has_exactly_the_codebooks_asked_and_encodes_with_all_
     codec = Codec(EncodecModel(config))
     assert codec.num_codebooks == codebooks
     assert codec.encode(torch.randn(1, 1, 1600)).shape[1] == codebooks
+
+
+def test_the_codecs_convolution_sizes_stay_on_the_host_wherever_the_codec_runs():
+    """EnCodec's convolutions pad by the values of 0-dim int buffers: moved to a GPU with the model, every read was a
+    copy to the host and a wait on the device (72 an encode, 128 a codec training step). On the "meta" device, whose
+    tensors hold no values, a read fails as it would sync on a GPU: the codec must run there without one."""
+    from transformers import EncodecModel
+
+    from engine.model.codec import Codec, move_codec
+    from engine.tools.tiny_models import tiny_musicgen_config
+
+    model = EncodecModel(tiny_musicgen_config(card=2048).audio_encoder)
+    codec = Codec(model, device="meta")
+    codes = codec.encode(torch.zeros(1, 1, 3200, device="meta"))
+    assert codes.is_meta and codes.shape[-1] == 3200 // codec.hop_length
+    assert codec.model.decode(codes[None], [None]).audio_values.is_meta
+    sizes = [b for m in codec.model.modules() for n, b in m._buffers.items() if n in ("stride", "padding_total")]
+    assert sizes and all(b.device.type == "cpu" for b in sizes)
+    trained = move_codec(EncodecModel(tiny_musicgen_config(card=2048).audio_encoder), "meta")  # the codec stage's
+    assert trained.encoder(torch.zeros(1, 1, 3200, device="meta")).is_meta

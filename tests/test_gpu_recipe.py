@@ -228,6 +228,28 @@ def test_a_run_that_fails_later_has_already_returned_the_card_of_what_it_finishe
     assert list(card["stages"]) == ["data"] and "codec" in card["missing"]
 
 
+def test_every_stage_runs_without_cudnn_tf32_and_the_flag_is_put_back(tmp_path, monkeypatch):
+    """torch turns cuDNN's TF32 on by default: on a GPU every EnCodec convolution after the codec stage (code pools,
+    validation clips, the evaluation's codec) ran in TF32, not the fp32 the bf16-rounded codec's codes are meant in."""
+    import torch
+
+    seen = []
+    runs = []
+    fake_stages(monkeypatch, runs)
+    real_base = Recipe._stage_base
+
+    def base(self, deadline):
+        seen.append(torch.backends.cudnn.allow_tf32)
+        return real_base(self, deadline)
+
+    monkeypatch.setattr(Recipe, "_stage_base", base)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    recipe = Recipe(tmp_path / "run", budget_minutes=3, scale="tiny")
+    recipe.progress = False
+    recipe.run()
+    assert seen == [False] and "base" in runs and torch.backends.cudnn.allow_tf32 is True
+
+
 # ---- a run cut anywhere: the next one carries on from what is whole ------------------------------------------------
 
 

@@ -55,7 +55,7 @@ class Codec:
         self.card: int = int(cfg.codebook_size)
         self.num_codebooks, self._bandwidth = _bandwidth_for(model, num_codebooks)
         # The codec stays in fp32: it is small next to the LM and its LSTM/convs lose audible quality in 16 bits.
-        self.model.to(device=device, dtype=torch.float32)
+        move_codec(self.model, device, torch.float32)
         self.device = torch.device(device)
 
     @torch.no_grad()  # not inference_mode: training feeds these outputs into autograd
@@ -85,6 +85,26 @@ class Codec:
     def num_frames(self, num_samples: int) -> int:
         """Frames the codec yields for `num_samples` samples."""
         return math.ceil(num_samples / self.hop_length)
+
+
+# EnCodec's convolutions keep their sizes (stride, kernel_size, padding_total) as 0-dim int buffers and pad by their
+# values: on a GPU each read is a copy to the host and a wait on the device (128 a codec training step, 72 an encode,
+# counted on the CPU by a review). They are not saved (non-persistent): kept on the CPU they are read for nothing.
+_HOST_SIZES = ("stride", "kernel_size", "padding_total")
+
+
+def move_codec(model: torch.nn.Module, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """`model.to(device, dtype)`, its convolutions' size buffers (_HOST_SIZES) kept on the CPU."""
+    sizes = []
+    for module in model.modules():
+        for name in _HOST_SIZES:
+            size = module._buffers.get(name)
+            if size is not None and size.dim() == 0 and not size.is_floating_point() and not size.is_meta:
+                sizes.append((module, name, size.cpu()))
+    model.to(device=device, dtype=dtype)
+    for module, name, size in sizes:
+        module._buffers[name] = size
+    return model
 
 
 def _bandwidth_for(model, num_codebooks: int | None) -> tuple[int, float]:

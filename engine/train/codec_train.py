@@ -38,6 +38,7 @@ from engine.files import (
     write_bytes_atomic,
     write_json_atomic,
 )
+from engine.model.codec import move_codec
 from engine.model.fit import check_state_fits
 from engine.train.checkpoints import (
     check_same_data,
@@ -404,7 +405,7 @@ def train_codec(
         _trim_log(log_path, step)
     else:  # from step 0 (a resume of a run killed before its first checkpoint too): the log starts again
         log_path.unlink(missing_ok=True)
-    model.to(device)
+    move_codec(model, device)
     for group in optimizer.state.values():  # a resumed optimiser's moments follow the model
         for name, value in group.items():
             if torch.is_tensor(value) and name != "step":

@@ -249,6 +249,19 @@ class Recipe:
         return todo, deadlines
 
     def run(self) -> dict:
+        import torch
+
+        # cuDNN's TF32 is on by default: every EnCodec convolution after the codec stage (the code pools, the
+        # validation clips, the evaluation's codec) ran in TF32, codes other than the fp32 codec's the base and
+        # adapters are meant to learn (the codec stage turns it on for itself alone, then puts this back)
+        tf32 = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            return self._run()
+        finally:
+            torch.backends.cudnn.allow_tf32 = tf32
+
+    def _run(self) -> dict:
         from engine.device import device_name
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
