@@ -487,3 +487,25 @@ def test_a_streamed_wav_whose_sizes_say_unknown_is_read_to_its_end(tmp_path, unk
     back, rate = read_region(path, 0.25, -1)
     assert rate == 16000
     np.testing.assert_array_equal(back, audio[:, 4000:])
+
+
+def test_a_folder_whose_name_only_begins_like_an_allowed_root_is_outside_it(tmp_path):
+    from bridge.audio_write import root_of
+
+    root = tmp_path / "music"
+    assert root_of(tmp_path / "music" / "a", [root]) == root and root_of(root, [root]) == root
+    assert root_of(tmp_path / "music2", [root]) is None and root_of(tmp_path / "music-private" / "x", [root]) is None
+
+
+def test_a_file_that_takes_the_name_while_the_result_is_written_is_never_replaced(tmp_path):
+    """The check that the name is free comes before the write; the result then takes the name by a hard link, which
+    fails if anything has taken it meanwhile: a rename would replace the producer's file (a mutation review)."""
+    target = tmp_path / "song.extract_drums.wav"
+
+    def producer_saves_there(path, identity):
+        target.write_bytes(b"the producer's own take")
+
+    with pytest.raises(FileExistsError):
+        write_atomic(target, np.zeros((1, 1600), np.float32), 16000, before_link=producer_saves_there)
+    assert target.read_bytes() == b"the producer's own take"
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # and no temporary file is left
