@@ -897,3 +897,19 @@ def test_windows_are_placed_at_their_time_with_a_trained_codec():
     hop = round(codec.hop_length * sr / codec.sample_rate)
     for lag in (-hop, hop):
         assert float(np.dot(got, np.roll(whole, lag))) < float(np.dot(got, whole))
+
+
+@pytest.mark.parametrize("mode", ["resynth", "mask"])
+def test_a_model_output_with_nan_is_refused_not_written(tiny_editor, monkeypatch, mode):
+    """A NaN from the model (an fp16 overflow) must end the edit with a clear error: written, it is a file of noise or
+    silence in the producer's session (a mutation review found nothing testing the check)."""
+    real_decode = tiny_editor.model.codec.decode
+
+    def broken_decode(codes):
+        wav = real_decode(codes)
+        wav[..., 10] = float("nan")
+        return wav
+
+    monkeypatch.setattr(tiny_editor.model.codec, "decode", broken_decode)
+    with pytest.raises(ResourceError, match="invalid samples"):
+        tiny_editor.edit(_music(1.0, 16000), 16000, "extract bass", seed=0, mode=mode)
