@@ -509,3 +509,13 @@ def test_a_file_that_takes_the_name_while_the_result_is_written_is_never_replace
         write_atomic(target, np.zeros((1, 1600), np.float32), 16000, before_link=producer_saves_there)
     assert target.read_bytes() == b"the producer's own take"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # and no temporary file is left
+
+
+def test_a_region_ending_past_the_file_by_more_than_the_tolerance_is_refused(tmp_path):
+    """10 ms past the end is a rounding of REAPER's; 50 ms is a region of another file (a mutation review widened the
+    tolerance to 1 s and no test said so)."""
+    path = tmp_path / "one_second.wav"
+    sf.write(path, np.full((16000, 1), 0.1, np.float32), 16000)
+    assert read_region(path, 0.0, 1.005)[0].shape == (1, 16080)  # within it: padded to the region
+    with pytest.raises(AudioError, match="lies past the end"):
+        read_region(path, 0.0, 1.05)

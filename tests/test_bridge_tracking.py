@@ -268,3 +268,25 @@ def test_the_engines_silence_means_no_engine_before_any_reply_and_lost_after_a_l
     tracker.end("a", "cancelled", "cancelled")
     tracker.end("b", "cancelled", "cancelled")
     assert tracker.verdict(999.0, both, since=100.0) == ""
+
+
+def test_an_engine_that_finished_one_job_then_fell_silent_is_lost_for_the_other():
+    """A multi-item action: the first job done, then the engine died. The verdict must still give up on the second,
+    or the action waits for ever with no message (a mutation review: only the first job was looked at)."""
+    from bridge.tracking import GIVE_UP_AFTER_S, LOST
+
+    tracker = ReplyTracker()
+    tracker.submit(request("a"), now=0.0)
+    tracker.submit(request("b", start_s=5.0), now=0.0)
+    tracker.handle(Reply(protocol.ACCEPTED, ["a", 0]), now=0.5)
+    tracker.handle(Reply(protocol.ACCEPTED, ["b", 1]), now=0.5)
+    tracker.handle(Reply(protocol.DONE, ["a", "/a.wav", "{}"]), now=1.0)
+    assert tracker.verdict(1.0 + GIVE_UP_AFTER_S / 2, ["a", "b"], since=0.0) == ""
+    assert tracker.verdict(1.0 + GIVE_UP_AFTER_S + 1, ["a", "b"], since=0.0) == LOST
+
+
+def test_a_changed_request_under_a_known_id_replaces_the_one_resent():
+    tracker = ReplyTracker()
+    tracker.submit(request("a"), now=0.0)
+    tracker.submit(request("a", instruction="remove bass"), now=1.0)
+    assert tracker.jobs["a"].request.instruction == "remove bass"

@@ -294,6 +294,8 @@ def test_without_a_seed_one_is_drawn_and_reproduces_the_edit(editor):
 def test_best_of_n_scores_every_take_of_every_window(editor, monkeypatch):
     recorder = _Recorder()
     monkeypatch.setattr(generate_mod, "generate", recorder)
+    # the last take scores best (with seed 0 the first did, and a keep-the-first mutation passed: a mutation review)
+    monkeypatch.setattr(Editor, "_score_takes", lambda self, codes, *a: [float(i) for i in range(codes.shape[0])])
     result = editor.edit(_music(1.5, 16000), 16000, "remove piano", seed=0, takes=3)
     scores = result.info["take_scores"]
     assert len(scores) == result.info["windows"] == 2
@@ -301,6 +303,7 @@ def test_best_of_n_scores_every_take_of_every_window(editor, monkeypatch):
     assert all(call["codes"].shape[0] == 3 for call in recorder.calls)
     # the second window continues from the best-scoring take of the first
     best = int(np.argmax(scores[0]))
+    assert best == 2
     overlap = recorder.calls[1]["prompt_codes"].shape[-1]
     torch.testing.assert_close(recorder.calls[1]["prompt_codes"][0], recorder.calls[0]["codes"][best, :, -overlap:])
 

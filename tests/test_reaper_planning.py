@@ -333,3 +333,12 @@ def test_a_clipped_result_keeps_only_the_fades_of_the_edges_it_shares_with_the_i
     assert (start.fade_in, start.fade_out) == (Fade(1.0, 1, 0.5), NO_FADE)
     end = plan(view, clip=(13.5, 20.0))
     assert (end.fade_in, end.fade_out) == (NO_FADE, Fade(0.5, 2, -0.5))
+
+
+def test_a_result_items_chunk_keeps_its_position_and_length_to_the_sample():
+    """Every fixture position was a round number: the chunk written with 3 decimals would put a result 0.5 ms off its
+    source (phasing against it), and a length with 2 decimals 5 ms short or long (a mutation review)."""
+    chunk = planning.result_item_chunk(1.23456789012, 2.00001234567, "/media/imusic/take.extract_drums.wav")
+    fields = dict(line.split(" ", 1) for line in chunk.splitlines() if line.startswith(("POSITION", "LENGTH")))
+    assert abs(float(fields["POSITION"]) - 1.23456789012) < 1e-12
+    assert abs(float(fields["LENGTH"]) - 2.00001234567) < 1e-12
