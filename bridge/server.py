@@ -215,8 +215,10 @@ class EngineServer:
         if threading.current_thread() is threading.main_thread():
             for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):  # SIGHUP: POSIX; SIGBREAK: Windows' Ctrl+Break
                 sig = getattr(signal, name, None)
-                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup imusic serve` keeps on
-                    signal.signal(sig, lambda *_: self.shutdown_requested.set())
+                if sig is None or (name == "SIGHUP" and signal.getsignal(sig) is signal.SIG_IGN):
+                    continue  # `nohup imusic serve` keeps running when its terminal closes (a background job started
+                    # from a script has SIGINT ignored too, and is still stopped by it, as before)
+                signal.signal(sig, lambda *_: self.shutdown_requested.set())
         try:
             while not self.shutdown_requested.wait(0.2):
                 if self.stopped.is_set() or self.worker.load_error is not None:
