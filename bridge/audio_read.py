@@ -145,16 +145,23 @@ _UNKNOWN_SIZES = (0xFFFFFFFF, 0x7FFFF000)
 _MAX_CHUNKS = 64  # chunks before "data" that _streamed_wav looks through
 
 
+@contextlib.contextmanager
+def _from_start(handle: Any) -> Iterator[Any]:
+    """`handle` at the file's start, put back where it was afterwards (a reader may read on from there)."""
+    where = handle.tell()
+    try:
+        handle.seek(0)
+        yield handle
+    finally:
+        handle.seek(where)
+
+
 def _container(handle: Any) -> str | None:
     """The container a file's first bytes name, whatever its suffix ("wav" for RIFF/RF64 WAVE, "aiff", "flac"), None
     for any other: a field recorder's .bwf is a WAV, and a cut one was read padded with silence. The handle is left
     where it was."""
-    where = handle.tell()
-    try:
-        handle.seek(0)
+    with _from_start(handle):
         head = handle.read(12) or b""
-    finally:
-        handle.seek(where)
     if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
         return "wav"
     if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
@@ -162,15 +169,12 @@ def _container(handle: Any) -> str | None:
     return "flac" if head[:4] == b"fLaC" else None
 
 
-def _streamed_wav(handle: Any, path: Path) -> bool:
-    """Whether `path` is a WAV whose data chunk's size is the streaming writers' "unknown" (pedalboard takes it for a
+def _streamed_wav(handle: Any) -> bool:
+    """Whether a file is a WAV whose data chunk's size is the streaming writers' "unknown" (pedalboard takes it for a
     count: a file of 44100 samples read as 1073741823 and refused as cut short). The handle is left where it was."""
-    if _container(handle) != "wav":
-        return False
-    where = handle.tell()
-    try:
-        handle.seek(0)
-        if handle.read(4) != b"RIFF":  # RF64 says its sizes in its ds64 chunk
+    with _from_start(handle):
+        head = handle.read(12) or b""
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":  # RF64 says its sizes in its ds64 chunk
             return False
         at = 12
         for _ in range(_MAX_CHUNKS):  # chunk headers, seeking past their bodies: tags (bext, iXML) can be long
@@ -183,8 +187,6 @@ def _streamed_wav(handle: Any, path: Path) -> bool:
                 return size in _UNKNOWN_SIZES
             at += 8 + size + (size & 1)
         return False
-    finally:
-        handle.seek(where)
 
 
 def _reader(handle: Any, path: Path) -> Any:
@@ -192,7 +194,7 @@ def _reader(handle: Any, path: Path) -> Any:
     samples) and for what pedalboard cannot open; an error is pedalboard's, which names what is wrong with the file."""
     from pedalboard.io import AudioFile
 
-    if _streamed_wav(handle, path):
+    if _streamed_wav(handle):
         return _SndfileReader(handle)
     if _gapless(path):
         try:
@@ -247,14 +249,11 @@ def _refuse_cut_short(path: Path, frames: int, handle: Any) -> None:
         _refuse_cut_flac(path, frames, handle)
     if container not in _UNCOMPRESSED:
         return
-    where = handle.tell()
     try:
-        handle.seek(0)
-        held = sf.info(handle).frames
+        with _from_start(handle):
+            held = sf.info(handle).frames
     except Exception:  # noqa: BLE001 - a format libsndfile does not know: nothing to compare
         return
-    finally:
-        handle.seek(where)
     if frames - held > 1024:  # more than a block of padding short
         raise AudioError(
             f"{path.name} holds less audio than its header says ({held} of {frames} samples per channel): the file "
@@ -271,9 +270,7 @@ def _refuse_cut_flac(path: Path, frames: int, handle: Any) -> None:
 
     if frames <= 0:
         return
-    where = handle.tell()
-    try:
-        handle.seek(0)
+    with _from_start(handle):
         try:
             reader = sf.SoundFile(handle)
         except Exception:  # noqa: BLE001 - a FLAC libsndfile does not open: left to pedalboard's own errors
@@ -284,8 +281,6 @@ def _refuse_cut_flac(path: Path, frames: int, handle: Any) -> None:
                 held = len(reader.read(1, dtype="float32"))
             except sf.LibsndfileError:  # past the data: "Internal psf_fseek() failed"
                 held = 0
-    finally:
-        handle.seek(where)
     if not held:
         raise AudioError(
             f"{path.name} holds less audio than its header says (its last of {frames} samples per channel is missing): "

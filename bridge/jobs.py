@@ -327,12 +327,17 @@ class JobBook:
         nothing but that: a crash in the next instant runs the job again, as it would have without this."""
         written = {"output": str(path), "file": identity, "info": info}
         with self._cond:
-            try:
-                self.journal.append({"e": "writing", "id": job.id, **written})
-            except OSError as exc:
-                print(f"imusic serve: journal write failed for job {job.id}'s result: {exc}", file=sys.stderr)
-                return
-            job.written = written
+            if self._append_or_say({"e": "writing", "id": job.id, **written}, f"job {job.id}'s result"):
+                job.written = written
+
+    def _append_or_say(self, event: dict[str, Any], what: str) -> bool:
+        """Journal an event whose loss costs only itself; a journal that cannot take it is said on stderr (False)."""
+        try:
+            self.journal.append(event)
+        except OSError as exc:
+            print(f"imusic serve: journal write failed for {what}: {exc}", file=sys.stderr)
+            return False
+        return True
 
     def get(self, job_id: str) -> Job | None:
         with self._cond:
@@ -369,15 +374,10 @@ class JobBook:
             if known is not None:
                 if job.reply_to and known.reply_to != job.reply_to:
                     known.reply_to = job.reply_to
-                    try:  # a journal that cannot take it costs only this: after a restart, replies go to the old port
-                        self.journal.append(
-                            {"e": "reply_to", "id": job.id, "host": job.reply_to[0], "port": job.reply_to[1]}
-                        )
-                    except OSError as exc:  # answering "internal error" made the requester give up on a live job
-                        print(
-                            f"imusic serve: journal write failed for job {job.id}'s reply address: {exc}",
-                            file=sys.stderr,
-                        )
+                    # a journal that cannot take it costs only this: after a restart, replies go to the old port
+                    # (answering "internal error" made the requester give up on a live job)
+                    event = {"e": "reply_to", "id": job.id, "host": job.reply_to[0], "port": job.reply_to[1]}
+                    self._append_or_say(event, f"job {job.id}'s reply address")
                 return known, False, self._position(known.id)
             if len(self.queue) >= self.max_queue:
                 raise RequestError(
@@ -487,10 +487,8 @@ class JobBook:
                 self.queue.remove(job_id)
                 job.cancel_requested = True
             elif job.state == protocol.RUNNING:
-                try:  # journalled at once: a crash before the job ends must not run it again on restart
-                    self.journal.append({"e": "cancel_requested", "id": job_id})
-                except OSError as exc:
-                    print(f"imusic serve: journal write failed for the cancel of job {job_id}: {exc}", file=sys.stderr)
+                # journalled at once: a crash before the job ends must not run it again on restart
+                self._append_or_say({"e": "cancel_requested", "id": job_id}, f"the cancel of job {job_id}")
                 job.cancel_requested = True
                 job.state = protocol.CANCELLING
                 self.cancel_event.set()
