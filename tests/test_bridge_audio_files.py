@@ -489,6 +489,30 @@ def test_a_streamed_wav_whose_sizes_say_unknown_is_read_to_its_end(tmp_path, unk
     np.testing.assert_array_equal(back, audio[:, 4000:])
 
 
+def test_a_streamed_wav_with_an_odd_sized_chunk_before_its_data_is_still_found_streamed(tmp_path):
+    """RIFF pads a chunk of an odd size with one byte the size does not count: the data chunk after an odd-sized tag
+    lies one byte past its size. Read as the size says, the look for "data" lost its way and the streamed file went to
+    pedalboard, which refused it as cut short."""
+    import struct
+
+    audio = np.random.default_rng(1).uniform(-0.5, 0.5, (1, 4000)).astype(np.float32)
+    path = tmp_path / "piped.wav"
+    sf.write(str(path), audio.T, 16000, subtype="FLOAT")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    tag = b"JUNK" + struct.pack("<I", 5) + b"abcde" + b"\x00"  # 5 bytes, then the pad byte
+    data[at:at] = tag
+    at += len(tag)
+    data[4:8] = data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    path.write_bytes(bytes(data))
+
+    info = probe(path)
+    assert (info.sample_rate, info.num_channels, info.frames) == (16000, 1, 4000)
+    back, rate = read_region(path, 0.0, -1)
+    assert rate == 16000
+    np.testing.assert_array_equal(back, audio)
+
+
 def test_a_folder_whose_name_only_begins_like_an_allowed_root_is_outside_it(tmp_path):
     from bridge.audio_write import root_of
 
@@ -509,6 +533,73 @@ def test_a_file_that_takes_the_name_while_the_result_is_written_is_never_replace
         write_atomic(target, np.zeros((1, 1600), np.float32), 16000, before_link=producer_saves_there)
     assert target.read_bytes() == b"the producer's own take"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # and no temporary file is left
+
+
+def test_where_os_open_takes_no_folder_descriptor_the_result_is_written_by_path_as_safely(tmp_path, monkeypatch):
+    """Windows' os.open takes no dir_fd: write_atomic goes by path there (_write_by_path), which no test ran. It must
+    keep every promise the descriptor path keeps: a temporary file renamed into place, complete when before_link sees
+    it; an existing file replaced only with overwrite, not even one that takes the name while the result is written;
+    a folder resolving outside the roots refused; and no temporary file left, whatever happens."""
+    from bridge import audio_write
+
+    monkeypatch.setattr(audio_write.os, "supports_dir_fd", set())
+    monkeypatch.setattr(audio_write, "_write_in_folder", lambda *a: pytest.fail("written through a folder descriptor"))
+    folder = tmp_path / "new" / "results"
+    audio = np.array([[0.0, 1.5, -2.25, 0.5], [0.25, 0.0, -0.5, 3.0]], dtype=np.float32)
+    seen = []
+
+    def journal(path, identity):
+        seen.append((path, identity, sorted(os.listdir(path.parent))))
+
+    path = write_atomic(folder / "r.wav", audio, 32000, before_link=journal)
+    assert path == folder / "r.wav" and sorted(os.listdir(folder)) == ["r.wav"]
+    back, rate = sf.read(path, dtype="float32", always_2d=True)
+    assert rate == 32000 and sf.info(path).subtype == "FLOAT"
+    np.testing.assert_array_equal(back.T, audio)
+    ((told, identity, listing),) = seen  # told before the name was taken, of the finished temporary file
+    assert told == path and audio_write.holds_file(path, identity)
+    assert len(listing) == 1 and listing[0].startswith(".r.") and listing[0].endswith(".partial.wav")
+
+    mine = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_atomic(path, np.zeros((1, 8), np.float32), 32000)
+    taken = folder / "taken.wav"
+
+    def producer_saves_there(at, identity):
+        taken.write_bytes(b"the producer's own take")
+
+    with pytest.raises(FileExistsError):
+        write_atomic(taken, np.zeros((1, 8), np.float32), 32000, before_link=producer_saves_there)
+
+    def journal_full(at, identity):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(folder / "late.wav", np.zeros((1, 8), np.float32), 32000, before_link=journal_full)
+    assert path.read_bytes() == mine and taken.read_bytes() == b"the producer's own take"
+    assert sorted(os.listdir(folder)) == ["r.wav", "taken.wav"]  # no temporary file, nothing of the abandoned write
+
+    write_atomic(path, np.zeros((1, 8), np.float32), 32000, overwrite=True)
+    assert sf.info(path).channels == 1 and sorted(os.listdir(folder)) == ["r.wav", "taken.wav"]
+
+    def no_hard_links(*args, **kwargs):  # FAT, some network shares
+        raise PermissionError(1, "Operation not permitted")
+
+    late = folder / "late.wav"
+    with monkeypatch.context() as patch:
+        patch.setattr(audio_write.os, "link", no_hard_links)
+        with pytest.raises(FileExistsError):
+            write_atomic(late, audio, 32000, before_link=lambda at, identity: late.write_bytes(b"the producer's"))
+        assert late.read_bytes() == b"the producer's"
+        assert sf.info(write_atomic(folder / "free.wav", audio, 32000)).frames == 4
+    assert sorted(os.listdir(folder)) == ["free.wav", "late.wav", "r.wav", "taken.wav"]
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (folder / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(audio_write.UnsafeDestination, match="resolves to"):
+        write_atomic(folder / "link" / "x.wav", audio, 32000, roots=[tmp_path / "new"])
+    assert os.listdir(outside) == []
 
 
 def test_a_region_ending_past_the_file_by_more_than_the_tolerance_is_refused(tmp_path):

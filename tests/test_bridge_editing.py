@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from test_bridge_support import FakeEditor, write_wav
 
+from bridge.audio_write import UnsafeDestination
 from bridge.editing import conform, edit_region
 from bridge.protocol import EditOptions
 from engine.errors import AudioError, Cancelled
@@ -70,6 +71,41 @@ def test_a_result_at_another_rate_is_refused():
     audio = np.zeros((1, 100), np.float32)
     with pytest.raises(AudioError, match="at 16000 Hz for an input at 44100 Hz"):
         conform(audio, 16000, audio, 44100)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_result_of_the_inputs_length_with_another_channel_count_is_fitted_with_a_warning(channels):
+    """Only the channel count is wrong (a mono result, or one channel too many, for stereo): the channels the input
+    has are kept in order, a missing one is silence, and the warning says so; a length alone was checked."""
+    audio = np.zeros((2, 100), np.float32)
+    result = np.stack([np.full(100, c + 1.0, np.float32) for c in range(channels)])
+    fitted, warnings = conform(result[0] if channels == 1 else result, 16000, audio, 16000)
+    assert fitted.shape == (2, 100) and fitted.dtype == np.float32
+    assert fitted[0].tolist() == [1.0] * 100
+    assert fitted[1].tolist() == ([0.0] * 100 if channels == 1 else [2.0] * 100)
+    assert warnings == [f"the engine returned ({channels}, 100) for an input of (2, 100): fitted to the input"]
+    assert conform(result[:1].repeat(2, axis=0), 16000, audio, 16000)[1] == []  # the input's shape: as it is
+
+
+def test_a_result_renamed_because_its_name_was_taken_is_still_written_only_inside_the_roots(tmp_path):
+    """The name taken meanwhile gives way to another (on_exists); that write is checked against the roots as the first
+    was: a name outside them is refused and nothing is written there (a mutation review dropped the roots from it)."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    source = write_wav(root / "in.wav")
+    target = root / "r.wav"
+    target.write_bytes(b"mine")
+    with pytest.raises(UnsafeDestination, match="not inside an allowed folder"):
+        edit_region(
+            FakeEditor(), source, 0.0, -1.0, "extract drums", target,
+            on_exists=lambda taken: outside / "r-2.wav", roots=[root],
+        )  # fmt: skip
+    assert list(outside.iterdir()) == [] and target.read_bytes() == b"mine"
+    done = edit_region(
+        FakeEditor(), source, 0.0, -1.0, "extract drums", target,
+        on_exists=lambda taken: taken.with_name("r-2.wav"), roots=[root],
+    )  # fmt: skip
+    assert done.output_path == root / "r-2.wav" and sf.info(done.output_path).frames == 16000
 
 
 def test_a_cancel_during_the_edit_writes_nothing(tmp_path):

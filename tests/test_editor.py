@@ -596,6 +596,21 @@ def test_channels_that_cancel_in_mono_are_reported(editor):
     assert editor.edit(wide, 16000, "extract bass", seed=0).audio.shape == wide.shape
 
 
+def test_an_add_on_channels_that_cancel_in_mono_keeps_the_recording_and_adds_what_the_model_made(editor):
+    """Left = -right: the model hears silence (an add is allowed there, as on silence), and the mask-mode result is
+    the recording, as it is on both channels, plus the part the model made from silence, at the recording's level.
+    A mix of the channels in place of each channel would cancel the recording out."""
+    left = _music(1.0, 16000)
+    audio = np.concatenate([left, -left])
+    added = editor.edit(np.zeros_like(audio), 16000, "add drums", seed=0, raw=True, mode="mask").audio
+    assert added.any() and np.array_equal(added[0], added[1])
+    result = editor.edit(audio, 16000, "add drums", seed=0, mode="mask")
+    levels = result.info["levels"]
+    assert (levels["policy"], levels["gain_db"], levels["limited"]) == ("recording", 0.0, False)
+    np.testing.assert_allclose(result.audio - audio, added, atol=1e-6)
+    np.testing.assert_allclose(result.audio[0] - result.audio[1], 2 * left[0], atol=1e-6)
+
+
 def test_unparsable_instruction_is_an_instruction_error_before_any_work(editor, monkeypatch):
     recorder = _Recorder()
     monkeypatch.setattr(generate_mod, "generate", recorder)
@@ -633,6 +648,41 @@ def test_out_of_memory_retries_with_smaller_windows(editor, monkeypatch, error):
     result = editor.edit(audio, 16000, "add bass", seed=0)
     assert result.audio.shape == audio.shape
     assert result.info["retries"] >= 1 and result.info["window_seconds"] <= 0.5
+
+
+def test_the_first_out_of_memory_retry_of_one_take_halves_the_window_and_keeps_the_overlap(editor, monkeypatch):
+    """One item, one take: nothing to split into rows, so the first retry runs half windows that still overlap by the
+    Editor's own overlap, and gives what an Editor made with half windows gives (a mutation review: a retry with another
+    overlap, or a window not halved, passed the test above)."""
+    from engine.windows import plan_windows
+
+    half = editor.window_frames // 2
+    assert editor.overlap_frames <= half // 2  # the overlap fits a half window as it is: it must not change
+    real = generate_mod.generate
+    calls = []
+
+    def small_memory(lm, text_states, text_mask, **kwargs):
+        if kwargs["num_frames"] > half:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        calls.append(kwargs)
+        return real(lm, text_states, text_mask, **kwargs)
+
+    audio = _music(1.5, 16000)
+    expected = Editor(editor.model, window_seconds=half / editor.frame_rate, overlap_seconds=0.2)
+    assert expected.window_frames == half and expected.overlap_frames == editor.overlap_frames
+    wanted = expected.edit(audio, 16000, "add bass", seed=0)
+    monkeypatch.setattr(generate_mod, "generate", small_memory)
+    result = editor.edit(audio, 16000, "add bass", seed=0)
+    assert result.info["retries"] == 1
+    assert result.info["window_seconds"] == pytest.approx(half / editor.frame_rate)
+    assert result.info["overlap_seconds"] == pytest.approx(editor.overlap_frames / editor.frame_rate)
+    total = editor.model.codec.num_frames(editor.model_length(audio.shape[-1], 16000))
+    plan = plan_windows(total, half, editor.overlap_frames)
+    assert result.info["window_plan"] == [(w.start, w.end) for w in plan] and len(plan) > 2
+    assert [c["num_frames"] for c in calls] == [w.length for w in plan]
+    assert [0 if c["prompt_codes"] is None else c["prompt_codes"].shape[-1] for c in calls] == [w.prompt for w in plan]
+    assert {c["prompt_codes"].shape[-1] for c in calls[1:]} == {editor.overlap_frames}
+    np.testing.assert_allclose(result.audio, wanted.audio, atol=1e-6)
 
 
 def test_out_of_memory_that_persists_is_a_resource_error(editor, monkeypatch):
@@ -867,6 +917,19 @@ def test_a_surround_regions_lfe_channel_gets_none_of_what_the_model_makes(editor
     assert not np.array_equal(results["mask"].audio[0], audio[0])  # the other channels got the added part
     stereo = editor.edit_modes(audio[:2], 16000, "add drums", ("layer",), seed=0, raw=True)["layer"].audio
     assert stereo[0].any() and stereo[1].any()  # two channels are no surround: both get it
+
+
+@pytest.mark.parametrize("op", ["remove", "extract"])
+def test_a_surround_regions_lfe_channel_is_masked_like_any_other_by_a_remove_or_extract(editor, op):
+    """The LFE rule is for what the model makes (an add's part, a re-synthesis): a remove or extract in mask mode
+    masks the recording, and its LFE channel with it (a mutation review applied the rule to every operation and no
+    test said so: the subwoofer kept the drums a remove took out of the other channels)."""
+    audio = _music(1.0, 16000, channels=6)
+    audio[3] = audio[0]  # an LFE channel that holds what channel 0 holds: one mask, so one result
+    edited = editor.edit(audio, 16000, f"{op} drums", seed=0, raw=True, mode="mask").audio
+    assert not np.array_equal(edited[0], audio[0])
+    np.testing.assert_allclose(edited[3], edited[0], atol=1e-7)
+    assert not np.array_equal(edited[3], audio[3])
 
 
 def test_windows_are_placed_at_their_time_with_a_trained_codec():

@@ -478,6 +478,25 @@ def test_the_time_selection_leaves_out_muted_items_and_lanes_that_do_not_play(ha
     assert_region_is_source(call, source_file, offset=1.0, seconds=1.0)
 
 
+def test_the_time_selection_leaves_out_items_of_hidden_lanes_of_a_track_that_no_longer_shows_lanes(
+    harness, source_file, sent
+):
+    """A track taken out of fixed item lanes keeps its other lanes' items, hidden and silent: REAPER says so with
+    C_LANEPLAYS -1, whatever the track's mode is now (I_FREEMODE 0). Only the item heard is sent."""
+    reaper = harness.reaper
+    vocals = reaper.add_track("Vocals", selected=True)  # I_FREEMODE 0: no lanes shown (any more)
+    source = Source("WAVE", str(source_file[0]), 8.0)
+    heard = reaper.add_item(vocals, position=0.0, length=4.0, source=source, selected=False)
+    hidden = reaper.add_item(vocals, position=0.0, length=4.0, start_offset=2.0, source=source, selected=False)
+    heard.values["C_LANEPLAYS"], hidden.values["C_LANEPLAYS"] = 0.0, -1.0
+    reaper.time_selection = (1.0, 2.0)
+    harness.run("imusic_extract_drums.py")
+    harness.settle()
+    assert reaper.messages == []
+    (call,) = sent
+    assert_region_is_source(call, source_file, offset=1.0, seconds=1.0)
+
+
 def test_a_result_under_the_last_track_of_a_folder_stays_in_the_folder(harness, source_file):
     reaper = harness.reaper
     bus = reaper.add_track("Drum bus")

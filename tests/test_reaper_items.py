@@ -129,3 +129,60 @@ def test_every_audio_format_the_engine_reads_has_a_reaper_source_type_and_no_oth
     assert set(SOURCE_TYPE_FORMATS.values()) == set(FORMAT_SUFFIXES)
     assert {"WAVE", "AIFF", "FLAC", "MP3", "VORBIS", "OGG"} == AUDIO_SOURCE_TYPES
     assert not {"OPUS", "WAVPACK", "MIDI", "VIDEO", "SECTION"} & AUDIO_SOURCE_TYPES
+
+
+ODD_ITEMS_RPP = r"""<REAPER_PROJECT 0.1 "7.27/win64" 1732500000
+  <TRACK
+    NAME Keys
+    <ITEM
+      POSITION 0
+      LENGTH 1.5
+      NAME "first take"
+      SOFFS 0.5
+      <SOURCE WAVE
+        FILE "Audio/st.wav"
+      >
+      TAKE
+      NAME "second take"
+      SOFFS 1.5
+      <SOURCE WAVE
+        FILE "Audio/mono.wav"
+      >
+    >
+    <ITEM
+      POSITION 2
+      LENGTH 1
+      SOFFS 0.25
+      <SOURCE WAVE
+        FILE "sub\x.wav"
+      >
+    >
+    <ITEM
+      POSITION 4
+      LENGTH 1
+      SOFFS 0
+      SM 0 0
+      <SOURCE WAVE
+        FILE "Audio/st.wav"
+      >
+    >
+  >
+>
+"""
+
+
+def test_rpp_items_with_no_selected_take_a_windows_subfolder_path_or_one_stretch_marker(project):
+    """What REAPER writes and the project above does not: an item of two takes none of which says SEL (REAPER marks a
+    later take "TAKE SEL" only when it is the active one: else the first take plays), a file named relative to the
+    project in a subfolder, as REAPER on Windows writes it ("sub\\x.wav"), and a take with exactly one stretch marker
+    (its SM line holds no "+"), which warps the file as much as several do."""
+    (project.parent / "sub").mkdir()
+    soundfile.write(project.parent / "sub" / "x.wav", np.zeros((2 * SR, 1), np.float32), SR)
+    odd = project.with_name("odd.rpp")
+    odd.write_text(ODD_ITEMS_RPP)
+    first_take, windows_path, one_marker = read_rpp(odd)
+    assert first_take.path == project.parent / "Audio" / "st.wav" and first_take.problem is None
+    assert (first_take.start_s, first_take.end_s) == (0.5, 2.0) and first_take.rel == "01 Keys/01 st"
+    assert windows_path.path == project.parent / "sub" / "x.wav" and windows_path.problem is None
+    assert (windows_path.start_s, windows_path.end_s) == (0.25, 1.25) and windows_path.rel == "01 Keys/02 x"
+    assert one_marker.problem and "has stretch markers" in one_marker.problem
