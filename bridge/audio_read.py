@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError
-from engine.files import AUDIO_FORMATS, audio_format
+from engine.files import AUDIO_FORMATS, audio_format, unsupported_audio
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -419,6 +419,8 @@ def probe(
         if reader.spent:
             raise gave_up()
     _refuse_empty(info)
+    if (problem := unsupported_audio(info.sample_rate, info.num_channels)) is not None:
+        raise AudioError(f"{path.name} has {problem}")
     return info
 
 

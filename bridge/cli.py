@@ -85,14 +85,14 @@ def count_option(text: str) -> int:
 
 def rate_option(text: str) -> int:
     """argparse type of a sample rate to make audio at: one the Editor takes (1000 to 768000 Hz)."""
-    from engine.editor import MAX_RATE, MIN_RATE
+    from engine.files import MAX_RATE, MIN_RATE
 
     return _whole_number(text, MIN_RATE, MAX_RATE)
 
 
 def channels_option(text: str) -> int:
     """argparse type of a channel count to make audio with: one the Editor takes (1 to 64)."""
-    from engine.editor import MAX_CHANNELS
+    from engine.files import MAX_CHANNELS
 
     return _whole_number(text, 1, MAX_CHANNELS)
 

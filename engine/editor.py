@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
+from engine.files import MAX_CHANNELS, MAX_RATE, MIN_RATE, unsupported_audio
 from engine.instructions import MAX_SEED, Instruction, check_seed, check_takes, parse_instruction, vocabulary
 from engine.levels import db, is_silent, rms_db
 from engine.loudness import LFE_CHANNEL
@@ -59,8 +60,6 @@ from engine.windows import Window, join, plan_windows
 
 Progress = Callable[[float, str], None]
 
-MIN_RATE, MAX_RATE = 1000, 768000
-MAX_CHANNELS = 64
 MAX_SAMPLE = 1e6  # 120 dB over full scale: no recording; far past it, a mix of channels overflowed float32 and the
 # error blamed the model, and the mask mode returned silence
 # Channels "cancel out" when their mono mix is this far below them: one channel the other's polarity inverted leaves
@@ -712,10 +711,12 @@ def _check_audio(audio: Any, sample_rate: Any, op: str) -> np.ndarray:
     channels, samples = audio.shape
     if channels == 0 or samples == 0:
         raise AudioError("the audio is empty (0 samples): select a region with sound in it")
-    if channels > MAX_CHANNELS:
+    if channels > MAX_CHANNELS and samples <= MAX_CHANNELS:  # [samples, channels] by the look of it
         raise AudioError(
             f"audio has {channels} channels and {samples} samples: pass it as [channels, samples], not transposed"
         )
+    if (problem := unsupported_audio(rate, channels)) is not None:
+        raise AudioError(f"the audio has {problem}")
     # max and min read the samples without a copy (a NaN anywhere makes both NaN); an hour of stereo is 1.4 GB
     top, bottom = float(audio.max()), float(audio.min())
     if not (math.isfinite(top) and math.isfinite(bottom)):

@@ -30,6 +30,20 @@ FORMAT_SUFFIXES = {"wav": (".wav", ".wave"), "aiff": (".aif", ".aiff"), "flac": 
                    "ogg": (".ogg",)}  # fmt: skip
 AUDIO_SUFFIXES = tuple(suffix for suffixes in FORMAT_SUFFIXES.values() for suffix in suffixes)
 AUDIO_FORMATS = ", ".join(FORMAT_SUFFIXES)  # the same, as help and messages name them: "wav, aiff, flac, mp3, ogg"
+# The audio an edit takes: whole Hz from MIN_RATE to MAX_RATE, at most MAX_CHANNELS channels. The Editor checks its
+# arrays against them and bridge.audio_read.probe a file's header, so a file the engine cannot edit is said before a
+# model loads, by every front end (unsupported_audio: the one wording).
+MIN_RATE, MAX_RATE = 1000, 768000
+MAX_CHANNELS = 64
+
+
+def unsupported_audio(rate: float, channels: int) -> str | None:
+    """Why audio at `rate` Hz with `channels` channels cannot be edited ("a sample rate of 500 Hz: ..."), or None."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        return f"a sample rate of {rate:g} Hz: the engine edits {MIN_RATE} to {MAX_RATE} Hz"
+    if channels > MAX_CHANNELS:
+        return f"{channels} channels: the engine edits at most {MAX_CHANNELS}"
+    return None
 
 
 # errno values that say a file cannot be written for want of room (full disk, read-only, quota): every later write

@@ -131,6 +131,23 @@ def test_probe_reads_rate_channels_and_length_from_the_header(tmp_path):
     assert (info.sample_rate, info.num_channels, info.frames, info.duration) == (48000, 2, 72000, 1.5)
 
 
+@pytest.mark.parametrize(
+    ("rate", "channels", "problem"),
+    [
+        (999, 1, "a sample rate of 999 Hz: the engine edits 1000 to 768000 Hz"),
+        (800000, 1, "a sample rate of 800000 Hz"),
+        (16000, 65, "65 channels: the engine edits at most 64"),
+    ],
+)
+def test_probe_refuses_a_file_the_engine_cannot_edit_naming_it(tmp_path, rate, channels, problem):
+    """Said from the header, by every front end's probe, before a model loads (it was said after the model had
+    loaded, and 65 channels as "pass it as [channels, samples], not transposed")."""
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.full((100, channels), 0.1, dtype=np.float32), rate)
+    with pytest.raises(AudioError, match=f"^odd.wav has {problem}"):
+        probe(path)
+
+
 def test_write_atomic_writes_float_wav_without_clipping(tmp_path):
     loud = np.array([[0.0, 1.5, -2.25, 0.5]], dtype=np.float32)
     path = write_atomic(tmp_path / "out.wav", loud, 32000)

@@ -107,6 +107,15 @@ def test_a_stem_the_model_does_not_know_is_refused_before_the_model_loads(song, 
     assert "mask, resynth, layer" in capsys.readouterr().err
 
 
+def test_a_file_of_too_many_channels_is_refused_before_the_model_loads(tmp_path, capsys, no_model_load):
+    wide = tmp_path / "wide.wav"
+    sf.write(wide, np.full((1600, 65), 0.1, dtype=np.float32), 16000)
+    assert main(["edit", str(wide), "extract drums", "-o", str(tmp_path / "x.wav")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "wide.wav has 65 channels: the engine edits at most 64" in err
+    assert not (tmp_path / "x.wav").exists()
+
+
 @pytest.mark.parametrize("command", [["edit", "{song}", "extract drums"], ["send", "edit", "{song}", "extract drums"]])
 @pytest.mark.parametrize("option", ["--end", "--start"])
 def test_a_negative_region_time_is_a_usage_error_not_the_end_of_the_file(song, capsys, no_model_load, command, option):

@@ -549,6 +549,7 @@ def test_parse_uses_the_models_card(tiny_editor):
         (np.r_[np.zeros(999), np.inf][None].astype(np.float32), "NaN or infinite"),
         (np.zeros((1, 2, 100), dtype=np.float32), r"\[channels, samples\]"),
         (np.zeros((16000, 2), dtype=np.float32) + 0.1, "transposed"),
+        (np.zeros((65, 1000), dtype=np.float32) + 0.1, "65 channels: the engine edits at most 64"),
         (np.array([["a", "b"]]), "numbers"),
         (None, "no audio"),
     ],
