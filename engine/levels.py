@@ -51,6 +51,9 @@ _OVERSAMPLE = 4
 STEM_QUANTILE = 0.25  # of mix-to-stem ratios; chosen on synthesized stems (see estimate_stem_gain_db)
 _RAMP_S = 0.005  # limiter attack/release ramp
 _HOLD_S = 0.05  # limiter hold after a peak
+# input samples either side that resample_poly's filter reaches (its half length, 10 x the factor) and one more, the
+# oversampled peak's own reach
+_FILTER_REACH = 11
 _OVERSAMPLE_BELOW = 192000  # rates at and above this are their own true peak (BS.1770 oversamples to >= 192 kHz)
 
 
@@ -242,11 +245,15 @@ def _sample_true_peaks(audio: np.ndarray, sample_rate: int, whole: bool = True):
         peaks = np.abs(part).max(axis=0)
         if sample_rate < _OVERSAMPLE_BELOW and part.shape[-1] > 1:
             over = np.abs(resample_poly(part, _OVERSAMPLE, 1, axis=-1)).max(axis=0)
+            # what lies past a region is unknown: the filter, reaching _FILTER_REACH samples, rang there with the
+            # zeros it pads with (a region cut on a loud sample read +1 dBTP over it), so only the samples count there
+            edge = min(_FILTER_REACH * _OVERSAMPLE, over.size // 2)
+            over[:edge] = over[over.size - edge :] = 0.0
             over = maximum_filter1d(over, size=2 * _OVERSAMPLE + 1, mode="nearest")
             peaks = np.maximum(peaks, over[::_OVERSAMPLE][: peaks.size])
         return peaks
 
-    # resample_poly's filter reaches 10 input samples either side (its half length, 10 * the factor, at 4x)
+    # a block's margins (64 samples) hold its edges' ringing, which the next block reads with its own context
     return _blockwise(peaks_of, audio, 64, whole)
 
 

@@ -69,6 +69,17 @@ def test_true_peak_sees_inter_sample_peaks():
     assert true_peak_db(wave, SR) == pytest.approx(0.0, abs=0.2)
 
 
+def test_a_region_cut_mid_waveform_reads_no_peak_its_edges_do_not_have():
+    """The oversampling is padded with the edge samples, not zeros: a region starting or ending on a loud sample rang
+    like a step there (a full-scale DC region read +1.1 dBTP, a sine cut at its crest +1.0 dBTP for -0.09 dBFS), and
+    the mask mode's ceiling let a result pass the recording's real peak by that much."""
+    dc = np.full((2, SR), -1.0, dtype=np.float32)
+    assert true_peak_db(dc, SR) == pytest.approx(0.0, abs=0.05)
+    crest_first = _tone(50, 1.0, 0.99, phase=np.pi / 2)  # starts (and ends) on its crest
+    assert np.abs(crest_first[..., 0]).max() == pytest.approx(0.99, abs=1e-6)
+    assert true_peak_db(crest_first, SR) == pytest.approx(20 * np.log10(0.99), abs=0.05)
+
+
 def test_limiter_brings_the_true_peak_under_the_ceiling():
     hot = _music_like() * 4.0
     out, limited = limit(hot, SR, -1.0)
