@@ -98,15 +98,18 @@ def rms_db(audio: np.ndarray) -> float:
 
 
 MAX_MODEL_INPUT_GAIN_DB = 24.0  # the training inputs' own spread is under 8 dB; a fade is not made loud
-LEVELLED_ABOVE_DB = -60.0  # RMS below which what the model hears is fed as it is (dither, an empty track: add)
+LEVELLED_ABOVE_DB = -60.0  # RMS below which an add's model hears the region as it is (dither, an empty track)
 
 
 def model_input_gain(mono: np.ndarray, target_rms_db: float | None, fade_in: bool = False) -> float:
     """The gain that brings what the model hears (mono, at its codec's rate) to the level its adapter was trained at:
     `target_rms_db`, the median RMS of its training inputs, but no sample above full scale (a training input's peak
     never exceeds 1: the data's gain rule scales the whole clip down) and at most MAX_MODEL_INPUT_GAIN_DB up. 1.0
-    without a target, and for audio below LEVELLED_ABOVE_DB (an empty track's dither: what an add puts on it comes
-    out at the model's own level, as on silence, not scaled down by a gain that had brought dither up to a mix's).
+    without a target, and for an add on audio below LEVELLED_ABOVE_DB (an empty track's dither: what an add puts on
+    it comes out at the model's own level, as on silence, not scaled down by a gain that had brought dither up to a
+    mix's). An extract or remove levels any region it takes (a silent one is refused before): a quiet passage under
+    that line was fed as it was, and its result changed wholly across 1 dB (at -61 dB RMS an extract returned nearly
+    the whole mix, where at -59 dB it heard the region at -35 dB and returned a part).
 
     A small codec's codes change almost completely with the input's level (12 dB quieter: 0.5 % of the codes alike),
     and a recording's level is the producer's, so the model is fed at its training level; the Editor undoes the gain
@@ -117,7 +120,7 @@ def model_input_gain(mono: np.ndarray, target_rms_db: float | None, fade_in: boo
     a region 1 dB quieter (-60.5 against -59.5 dB RMS) got an added part 25.7 dB louder (the +24 dB undone on one
     side of the line, none on the other)."""
     level = rms_db(mono)
-    if target_rms_db is None or level < LEVELLED_ABOVE_DB:
+    if target_rms_db is None or not math.isfinite(level) or (fade_in and level < LEVELLED_ABOVE_DB):
         return 1.0
     cap = min(MAX_MODEL_INPUT_GAIN_DB, level - LEVELLED_ABOVE_DB) if fade_in else MAX_MODEL_INPUT_GAIN_DB
     gain_db = min(target_rms_db - level, cap)

@@ -383,7 +383,12 @@ def test_the_model_input_gain_brings_the_rms_to_the_training_level_without_passi
     assert model_input_gain(noise, None) == 1.0  # no level recorded (the official adapter)
     assert model_input_gain(np.zeros(100), -18.0) == 1.0  # silence (add to nothing) is not scaled up
     dither = 3e-5 * np.random.default_rng(1).uniform(-1, 1, 16000)  # an empty 16-bit track: "add piano" to it
-    assert model_input_gain(dither, -18.0) == 1.0
+    assert model_input_gain(dither, -18.0, fade_in=True) == 1.0
+    # an extract or remove levels what it hears however quiet (a fed-as-it-was passage under -60 dB RMS returned
+    # nearly the whole mix for an extract, where one 2 dB louder was heard at -35 dB and returned a part)
+    for level in (-59.0, -61.0, -85.0):
+        passage = noise * 10 ** ((level - rms_db(noise)) / 20)
+        assert 20 * math.log10(model_input_gain(passage, -18.0)) == pytest.approx(MAX_MODEL_INPUT_GAIN_DB)
     fade = noise * 10 ** (-10 / 20)  # a quiet passage at -50 dBFS: brought up by the most the gain may
     assert 20 * math.log10(model_input_gain(fade, -18.0)) == pytest.approx(MAX_MODEL_INPUT_GAIN_DB)
 
@@ -413,14 +418,15 @@ def test_levelling_a_long_region_holds_a_few_copies_of_it_at_most(mode, op, boun
 
 def test_an_adds_input_gain_fades_in_above_the_line_so_the_added_part_has_no_level_step():
     """A region 1 dB quieter (-60.5 against -59.5 dB RMS) got an added part 25.7 dB louder: the +24 dB cap applied
-    from -60 dB up, and none below. For an add the gain allowed grows from 0 dB at the line."""
+    from -60 dB up, and none below. For an add the gain allowed grows from 0 dB at the line; an extract or remove
+    has the whole cap on both sides of it."""
     noise = np.random.default_rng(0).standard_normal(16000).astype(np.float32)
     noise /= np.sqrt(np.mean(noise**2))  # 0 dB RMS
     levels = np.arange(-70.0, -20.0, 0.25)
     for fade_in in (False, True):
         gains = [20 * np.log10(model_input_gain(noise * 10 ** (level / 20), -18.0, fade_in)) for level in levels]
         step = float(np.max(np.abs(np.diff(gains))))
-        assert (step < 0.5) is fade_in  # without the fade (extract, remove): the 24 dB step at -60 dB is kept
+        assert step < 0.5  # an extract or remove levels below the line too: no step there either
     assert model_input_gain(noise * 10 ** (-40 / 20), -18.0, fade_in=True) == pytest.approx(10 ** (20 / 20), rel=1e-6)
 
 
