@@ -325,6 +325,11 @@ class Editor:
         if len({audio.shape[-1] for audio in audios}) > 1:
             raise ConfigError("edit_batch needs regions of one length (samples); give other lengths their own batch")
         sample_rate = int(sample_rate)
+        if audios[0].shape[-1] < sample_rate / self.frame_rate:  # under one codec frame: the model hears nothing
+            raise AudioError(
+                f"the region is {audios[0].shape[-1] / sample_rate * 1000:.3g} ms long: select at least "
+                f"{1000 / self.frame_rate:g} ms (one frame of the model's codec)"
+            )
 
         from engine.levels import model_input_gain
         from engine.resample import resample

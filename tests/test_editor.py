@@ -6,6 +6,7 @@ Most use 1 s windows (50 frames) so that several windows run in well under a sec
 
 from __future__ import annotations
 
+import math
 import threading
 from types import SimpleNamespace
 
@@ -72,9 +73,18 @@ def test_odd_lengths_come_back_sample_exact(editor):
     assert editor.edit(audio, 44100, "add piano", seed=0).audio.shape == (1, 13001)
 
 
-def test_a_few_samples_still_come_back_as_a_few_samples(editor):
-    audio = np.array([[0.1, -0.1, 0.1]], dtype=np.float32)
-    assert editor.edit(audio, 8000, "add drums", seed=0).audio.shape == (1, 3)
+@pytest.mark.parametrize("op", ["add", "extract"])
+def test_a_region_shorter_than_one_codec_frame_is_refused_and_one_frame_is_edited(editor, op):
+    """The model hears nothing in a few samples (its DC taken out, one sample at its rate is zero): a 2-sample extract
+    came back 55 dB up as a part louder than its whole, an add made noise. One frame is the least an edit takes."""
+    frame = int(math.ceil(8000 / editor.frame_rate))
+    with pytest.raises(
+        AudioError, match=rf"^the region is 0.375 ms long: select at least {1000 / editor.frame_rate:g} ms"
+    ):
+        editor.edit(np.array([[0.1, -0.1, 0.1]], dtype=np.float32), 8000, f"{op} drums", seed=0)
+    with pytest.raises(AudioError, match="select at least"):
+        editor.edit(_music(1.0, 8000)[:, : frame - 1], 8000, f"{op} drums", seed=0)
+    assert editor.edit(_music(1.0, 8000)[:, :frame], 8000, f"{op} drums", seed=0).audio.shape == (1, frame)
 
 
 def test_integer_pcm_is_accepted(editor):
