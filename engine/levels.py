@@ -382,7 +382,7 @@ def match_level(
             if np.any(result)
             else "the model returned silence; no gain applied"
         )
-        # the ceiling still holds: at rates of 2-2.5 kHz the meter's filter reads -inf for any music
+        # the ceiling still holds (a result of samples under the meter's gate may still peak past it)
         out, info["limited"] = limit(result, sample_rate, mask_ceiling())
     elif mode in MASKED_MODES and not is_silent(source):  # add on silence: nothing to keep, the default level
         out, deepest = limit_depth(result, sample_rate, mask_ceiling())  # the recording's own level

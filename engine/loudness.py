@@ -63,8 +63,13 @@ def _biquad(kind: str, gain_db: float, q: float, fc: float, rate: int) -> tuple[
 
 
 def k_weighting(rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """BS.1770's two K-weighting stages at `rate`: the head's shelf, then the high-pass."""
-    return [_biquad("high_shelf", 4.0, 1 / math.sqrt(2), SHELF_HZ, rate), _biquad("high_pass", 0.0, 0.5, 38.0, rate)]
+    """BS.1770's two K-weighting stages at `rate`: the head's shelf, then the high-pass. At SHELF_HZ * 2 and below the
+    shelf lies past the Nyquist frequency (its filter would blow up; pyloudnorm's meter reads -inf or NaN there), and
+    what it would raise is not in the signal: the high-pass alone."""
+    high_pass = _biquad("high_pass", 0.0, 0.5, 38.0, rate)
+    if rate <= 2 * SHELF_HZ:
+        return [high_pass]
+    return [_biquad("high_shelf", 4.0, 1 / math.sqrt(2), SHELF_HZ, rate), high_pass]
 
 
 def block_count(samples: int, rate: int) -> int:
@@ -103,11 +108,9 @@ def step_energies(audio: np.ndarray, rate: int, steps: int) -> np.ndarray:
 
 def integrated_loudness(audio: np.ndarray, rate: int) -> float:
     """BS.1770-4 integrated loudness in LUFS of audio [C, N] with N >= one gating block; -inf where no block is
-    above the absolute gate, and at rates of SHELF_HZ * 2 and below, where the K-weighting's shelf lies past the
-    Nyquist frequency and its filter would blow up (pyloudnorm's reads -inf or NaN there). Any float dtype: blocks are
-    read in float64, the input is not copied whole."""
-    if rate <= 2 * SHELF_HZ:
-        return -math.inf
+    above the absolute gate. At 3 kHz and below the K-weighting is its high-pass alone (k_weighting): such a file was
+    read as -inf, "too quiet to measure", and no level policy ran on it. Any float dtype: blocks are read in float64,
+    the input is not copied whole."""
     channels, n = audio.shape
     blocks = block_count(n, rate)
     if blocks < 1:
