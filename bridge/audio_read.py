@@ -26,6 +26,7 @@ import numpy as np
 
 from engine.errors import AudioError
 from engine.files import AUDIO_FORMATS, audio_format, unsupported_audio
+from engine.levels import all_finite
 
 # A region may end this far past the end of the file (DAW positions are rounded); the missing samples are silence.
 END_TOLERANCE_S = 0.010
@@ -502,7 +503,7 @@ def read_region(path: str | Path, start_s: float, end_s: float) -> tuple[np.ndar
                 "before the region did): the file is damaged or cut short"
             )
         audio = np.pad(audio, ((0, 0), (0, missing)))
-    if not np.isfinite(audio).all():
+    if not all_finite(audio):
         raise AudioError(
             f"{info.path.name} holds NaN or infinite samples in {start / info.sample_rate:g}-"
             f"{stop / info.sample_rate:g} s"

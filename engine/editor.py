@@ -51,7 +51,7 @@ import numpy as np
 from engine.errors import AudioError, Cancelled, CheckpointError, ConfigError, ResourceError
 from engine.files import MAX_CHANNELS, MAX_RATE, MIN_RATE, unsupported_audio
 from engine.instructions import MAX_SEED, Instruction, check_seed, check_takes, parse_instruction, vocabulary
-from engine.levels import db, is_silent, rms_db
+from engine.levels import all_finite, db, is_silent, rms_db
 from engine.loudness import LFE_CHANNEL
 from engine.mask import DEFAULT_SETTINGS, STEER_EXTRACT, MaskSettings
 from engine.model.config import CFG_COEF, EDIT_TOP_K
@@ -344,6 +344,7 @@ class Editor:
             heard = heard - np.float32(np.mean(heard, dtype=np.float64))  # its DC offset: not heard, not measured
             gains.append(model_input_gain(heard, self.card.input_rms_db, fade_in=item.op == "add"))
             model_audio.append(heard * np.float32(gains[-1]))  # at the level the adapter was trained at
+            del mono, heard  # an hour's mono mix at the input's rate is half the region: not kept through the edit
 
         # What each item's modes need generated: its own instruction, or (a remove's mask) the extraction of its stem.
         plans = [
@@ -369,6 +370,8 @@ class Editor:
                 for (i, prompt), out in zip(group, outs, strict=True):
                     generated_out[(i, prompt)] = out / np.float32(gains[i])  # back at the input's scale
                     details_of[(i, prompt)] = details
+                del outs
+        del model_audio  # what the model heard: the finishing steps read the recording and the outputs only
         generated = time.perf_counter()
         if progress is not None:  # a long region's mask and levels take tens of seconds: said, not a stalled "decode"
             progress(max(FINISHING_AT, reached[0]), FINISHING)
@@ -460,7 +463,7 @@ class Editor:
         _check_cancel(cancel)
         timings["total"] = time.perf_counter() - started  # edit_modes adds the shared generation's time
         warnings.extend(levels.get("warnings", []))
-        if not np.all(np.isfinite(edited)):
+        if not all_finite(edited):
             raise ResourceError("the model produced invalid samples (NaN/inf); try another seed or dtype fp32")
         info = {
             "model": self.card.name,
@@ -486,9 +489,8 @@ class Editor:
             "warnings": warnings,
             **details,
         }
-        return EditResult(
-            audio=edited.astype(np.float32), sample_rate=sample_rate, instruction=parsed, seed=seed, info=info
-        )
+        edited = edited.astype(np.float32, copy=False)  # float32 already on every path: not copied whole
+        return EditResult(audio=edited, sample_rate=sample_rate, instruction=parsed, seed=seed, info=info)
 
     def _edit_with_retries(self, model_audio, parsed, seeds, takes, progress, cancel, timings):
         """Run the windowed edit; on out-of-memory retry with the rows one at a time, then smaller windows, then

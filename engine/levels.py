@@ -145,6 +145,12 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
     return loudness
 
 
+def all_finite(audio: np.ndarray) -> bool:
+    """No NaN or infinity anywhere, read without a copy (np.isfinite's mask of an hour of stereo is 300 MB): a NaN
+    makes the max NaN, an infinity the max or the min infinite."""
+    return audio.size == 0 or (math.isfinite(float(np.max(audio))) and math.isfinite(float(np.min(audio))))
+
+
 def true_peak_db(audio: np.ndarray, sample_rate: int) -> float:
     """True peak in dBTP: the peak of the 4x oversampled signal (inter-sample peaks count); -inf for silence.
     Read block by block: nothing the size of the input is made."""
@@ -164,7 +170,8 @@ def limit(audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEI
 def limit_depth(
     audio: np.ndarray, sample_rate: int, ceiling_db: float = TRUE_PEAK_CEILING_DB
 ) -> tuple[np.ndarray, float | None]:
-    """`limit`, returning how far it lowered the audio at the most (dB, negative; None when it did nothing).
+    """`limit`, returning how far it lowered the audio at the most (dB, negative; None when it did nothing: then the
+    audio returned is the one given, as float32).
 
     A look-ahead true-peak limiter: the gain each sample needs (from the 4x oversampled peak around it, channels
     linked) is held for `_HOLD_S`, looked ahead and smoothed over `_RAMP_S`, so it is already down when a peak
@@ -174,11 +181,9 @@ def limit_depth(
     A final static gain covers any residue from the smoothing, so the ceiling always holds.
     """
     audio = as_channels(audio, dtype=None)
-    if audio.size == 0:
-        return audio.astype(np.float32), None
-    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked: the oversampling done once
-    if db(float(peaks.max())) <= ceiling_db:
-        return audio.astype(np.float32), None
+    if audio.size == 0 or true_peak_db(audio, sample_rate) <= ceiling_db:  # read block by block: nothing made
+        return audio.astype(np.float32, copy=False), None  # the audio itself (it was copied whole, unchanged)
+    peaks = _sample_true_peaks(audio, sample_rate)  # [N], channels linked: the oversampling done once more
     ceiling = 10 ** (ceiling_db / 20)
     ramp = max(1, int(_RAMP_S * sample_rate))
     hold = max(1, int(_HOLD_S * sample_rate))
@@ -385,11 +390,12 @@ def match_level(
         # the ceiling still holds (a result of samples under the meter's gate may still peak past it)
         out, info["limited"] = limit(result, sample_rate, mask_ceiling())
     elif mode in MASKED_MODES and not is_silent(source):  # add on silence: nothing to keep, the default level
-        out, deepest = limit_depth(result, sample_rate, mask_ceiling())  # the recording's own level
+        ceiling = mask_ceiling()  # the recording's true peak: a pass over the whole region, made once
+        out, deepest = limit_depth(result, sample_rate, ceiling)  # the recording's own level
         info.update(policy="recording", limited=deepest is not None)
         if deepest is not None and deepest < -LIMITED_NOTE_DB:
             what = "the added part" if mode == LAYER else "the result"
-            note = f"{what} went past {mask_ceiling():+.1f} dBTP and the limiter lowered it by up to {-deepest:.1f} dB"
+            note = f"{what} went past {ceiling:+.1f} dBTP and the limiter lowered it by up to {-deepest:.1f} dB"
             if op == "add" and mode == MASK:  # the part took the sum past the recording's peak: both were lowered
                 note += f", your recording with it; --mode {LAYER} gives {MODE_HELP[LAYER]}"
             info["warnings"].append(note)

@@ -37,7 +37,7 @@ def resample(
     if length is None:
         length = resampled_length(n, from_rate, to_rate)
     if from_rate != to_rate and n > 0:
-        audio = resample_poly(audio, *polyphase_ratio(from_rate, to_rate), axis=-1).astype(dtype)
+        audio = resample_poly(audio, *polyphase_ratio(from_rate, to_rate), axis=-1).astype(dtype, copy=False)
     if audio.shape[-1] >= length:
         return np.ascontiguousarray(audio[..., :length])
     pad = [(0, 0)] * (audio.ndim - 1) + [(0, length - audio.shape[-1])]

@@ -148,6 +148,23 @@ def test_probe_refuses_a_file_the_engine_cannot_edit_naming_it(tmp_path, rate, c
         probe(path)
 
 
+def test_a_long_result_is_written_in_blocks_not_copied_whole(tmp_path):
+    """pedalboard copies what it is given: a whole hour of stereo handed at once was 1.3 GB more at the write."""
+    import tracemalloc
+
+    audio = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 48000 * 90)).astype(np.float32)  # 35 MB
+    write_atomic(tmp_path / "warm.wav", audio[:, :4], 48000)  # the first call's imports are not the signal's memory
+    tracemalloc.start()
+    try:
+        path = write_atomic(tmp_path / "long.wav", audio, 48000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.25 * audio.nbytes, f"{peak / audio.nbytes:.2f}x the result"
+    data, _ = sf.read(path, dtype="float32", always_2d=True)
+    np.testing.assert_array_equal(data.T, audio)
+
+
 def test_write_atomic_writes_float_wav_without_clipping(tmp_path):
     loud = np.array([[0.0, 1.5, -2.25, 0.5]], dtype=np.float32)
     path = write_atomic(tmp_path / "out.wav", loud, 32000)

@@ -20,6 +20,7 @@ from engine.levels import (
     integrated_loudness,
     is_silent,
     limit,
+    limit_depth,
     match_level,
     model_input_gain,
     rms_db,
@@ -78,6 +79,14 @@ def test_a_region_cut_mid_waveform_reads_no_peak_its_edges_do_not_have():
     crest_first = _tone(50, 1.0, 0.99, phase=np.pi / 2)  # starts (and ends) on its crest
     assert np.abs(crest_first[..., 0]).max() == pytest.approx(0.99, abs=1e-6)
     assert true_peak_db(crest_first, SR) == pytest.approx(20 * np.log10(0.99), abs=0.05)
+
+
+def test_audio_under_the_ceiling_is_handed_back_as_it_is_not_copied():
+    """An hour of stereo under the ceiling was copied whole (1.3 GB) to be returned unchanged, beside a whole-length
+    array of its per-sample peaks."""
+    audio = _tone(440, 1.0, 0.5)
+    out, deepest = limit_depth(audio, SR)
+    assert deepest is None and out is audio
 
 
 def test_limiter_brings_the_true_peak_under_the_ceiling():
