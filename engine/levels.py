@@ -44,6 +44,10 @@ STEM_FLOOR_LU = 24.0  # an extracted stem lands at most this far below its mix's
 MAX_EXTRA_GAIN_DB = 6.0  # how far past the plain gain the limiter rounds may push to reach a target
 # A mask-mode result (an add's recording + part) the limiter lowered further than this (dB) says so
 LIMITED_NOTE_DB = 1.0
+# An add in the mask modes keeps the recording's level, and the part comes at the level the model heard it at: a
+# recording too quiet to be brought to it (under about -36 dB RMS: model_input_gain) gets a part this
+# much louder than itself or more, which is said
+LOUD_ADD_NOTE_LU = 10.0
 ABSOLUTE_GATE_LUFS = ABSOLUTE_GATE  # BS.1770: below this nothing counts; too quiet to measure a level from
 SILENCE_PEAK = 1e-5  # -100 dBFS: below any real recording's noise floor (16-bit dither is ~3e-5)
 _SHORT_TILE_SECONDS = 2.0
@@ -143,6 +147,11 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
     if not math.isfinite(loudness) or loudness < ABSOLUTE_GATE_LUFS:
         return -math.inf
     return loudness
+
+
+def _sample_peak(audio: np.ndarray) -> float:
+    """The largest |sample|, read without a copy."""
+    return max(float(np.max(audio)), -float(np.min(audio))) if audio.size else 0.0
 
 
 def all_finite(audio: np.ndarray) -> bool:
@@ -399,6 +408,17 @@ def match_level(
             if op == "add" and mode == MASK:  # the part took the sum past the recording's peak: both were lowered
                 note += f", your recording with it; --mode {LAYER} gives {MODE_HELP[LAYER]}"
             info["warnings"].append(note)
+        if _sample_peak(out) > 1.0 >= _sample_peak(source):  # allowed by the recording's true peak, not its samples
+            info["warnings"].append(
+                f"the result's samples reach {db(_sample_peak(out)):+.1f} dBFS where your recording's stay under full "
+                "scale (its true peak allows them): lower its track before rendering to a fixed-point format"
+            )
+        if op == "add" and math.isfinite(source_lufs) and model_lufs - source_lufs > LOUD_ADD_NOTE_LU:
+            what = "the added part is" if mode == LAYER else "the result is"
+            info["warnings"].append(
+                f"{what} {model_lufs - source_lufs:.0f} LU louder than your recording, a quiet one "
+                f"({source_lufs:.0f} LUFS): the model adds at its own level there; turn the new track down to taste"
+            )
     else:
         if op in ("extract", "remove"):
             gain = estimate_stem_gain_db(result, source, sample_rate)

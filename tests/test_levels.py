@@ -26,7 +26,7 @@ from engine.levels import (
     rms_db,
     true_peak_db,
 )
-from engine.modes import MASK, RESYNTH
+from engine.modes import LAYER, MASK, RESYNTH
 
 SR = 44100
 
@@ -211,6 +211,37 @@ def test_in_mask_mode_only_peaks_above_the_sources_own_are_limited():
     assert not info["limited"]  # as hot as the recording, not hotter: left alone
     out, info = match_level(source * 2.0, source, SR, "add", mode=MASK)
     assert info["limited"] and true_peak_db(out, SR) <= true_peak_db(source, SR) + 0.05
+
+
+def test_a_mask_result_whose_samples_pass_full_scale_where_the_recordings_do_not_says_so():
+    """A 16-bit square wave's samples stop at full scale while its true peak is +2 dBTP: the mask mode's ceiling
+    (the recording's true peak) let a result's samples reach +0.75 dBFS with no word (a DAW rendering to fixed point
+    clips them)."""
+    t = np.arange(SR) / SR
+    square = np.sign(np.sin(2 * np.pi * 110 * t + 0.1))[None].astype(np.float32) * np.float32(32767 / 32768)
+    assert true_peak_db(square, SR) > 1.0
+    fundamental = _tone(110, 1.0, 1.05)  # its samples past full scale, its true peak under the recording's
+    out, info = match_level(fundamental, square, SR, "extract", mode=MASK)
+    assert not info["limited"] and np.abs(out).max() > 1.0
+    (note,) = [w for w in info["warnings"] if "fixed-point" in w]
+    assert "samples reach +0.4 dBFS" in note
+    _, info = match_level(square * np.float32(0.9), square, SR, "extract", mode=MASK)
+    assert not [w for w in info["warnings"] if "fixed-point" in w]
+
+
+@pytest.mark.parametrize("mode", [MASK, LAYER])
+def test_an_add_far_louder_than_a_quiet_recording_says_so(mode):
+    """The mask modes keep the recording's level and the part comes at the level the model heard: on a recording at
+    -50 dB RMS the part came out 19 dB above it, with no word."""
+    quiet = _music_like(seed=3) * np.float32(10 ** (-50 / 20) / 0.3)
+    part = _music_like(seed=4) * np.float32(0.05)
+    result = part if mode == LAYER else quiet + part
+    _, info = match_level(result, quiet, SR, "add", mode=mode)
+    (note,) = [w for w in info["warnings"] if "turn the new track down" in w]
+    assert note.startswith("the added part is" if mode == LAYER else "the result is")
+    loud = _music_like(seed=3) * np.float32(0.3)  # a recording at a mix's level: the part sits under it, no word
+    _, info = match_level(part if mode == LAYER else loud + part, loud, SR, "add", mode=mode)
+    assert not [w for w in info["warnings"] if "turn the new track down" in w]
 
 
 def test_extract_never_makes_the_stem_louder_than_the_mix():
