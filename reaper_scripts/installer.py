@@ -35,6 +35,7 @@ from reaper_scripts.keymap import (
     bound_keys,
     flags_set_by_user,
     hotkey_refusal,
+    is_our_script_line,
     line_command,
     our_lines,
     remove_lines,
@@ -218,12 +219,34 @@ def _read_manifest(folder: Path) -> dict:
         isinstance(manifest.get(key, []), list) and all(isinstance(v, str) for v in manifest.get(key, []))
         for key in ("files", "kb_lines", "retired_kb_lines")
     )
-    if not lists_ok:
+    # what it may name: files of our folder by their plain names, and reaper-kb.ini lines of our actions (an SCR line
+    # of a script in our folder, a KEY line binding one): uninstall removes them, and a manifest naming a user's file
+    # elsewhere (../x.wav, /home/x.wav) or a user's own line had them removed
+    foreign = None
+    if lists_ok:
+        lines = manifest.get("kb_lines", []) + manifest.get("retired_kb_lines", [])
+        ids = {line_command(line) for line in lines if is_our_script_line(line)}
+        ids |= {i for action in ACTIONS for i in (action.command_id, action.earlier_command_id)}
+        strays = [repr(name) for name in manifest.get("files", []) if not _plain_name(name)]
+        strays += [repr(line) for line in lines if not (is_our_script_line(line) or _binds(line, ids))]
+        foreign = strays[0] if strays else None
+    if not lists_ok or foreign:
+        named = f" (it names {foreign}, which no install of imusic writes)" if foreign else ""
         raise ConfigError(
-            f"{path} is damaged, so what an earlier install added is unknown; nothing was changed. Remove "
+            f"{path} is damaged{named}, so what an earlier install added is unknown; nothing was changed. Remove "
             f"{folder} and the lines naming imusic_ from reaper-kb.ini (Actions > Show action list), then install again"
         )
     return {**fresh, **manifest}
+
+
+def _plain_name(name: str) -> bool:
+    """A file name of our folder: no folder part, not '.' or '..'."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name
+
+
+def _binds(line: str, ids: set[str]) -> bool:
+    """Whether `line` is a KEY line binding one of the commands `ids`."""
+    return line.startswith("KEY") and line_command(line) in ids
 
 
 # Every action is the same few lines around one call into imusic_lib: each is written from this at install time

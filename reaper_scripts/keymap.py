@@ -178,10 +178,18 @@ def our_lines(data: bytes, also: list[str] = ()) -> list[str]:
     ours = []
     for raw in _lines(data):
         line = raw.decode("utf-8", "replace")
-        script = line.startswith("SCR") and _script_path(line).replace("\\", "/").startswith(f"{SUBDIR}/")
-        if (script and line_command(line)) or _identity(raw) in wanted:
+        if is_our_script_line(line) or _identity(raw) in wanted:
             ours.append(line)
     return ours
+
+
+def is_our_script_line(line: str) -> bool:
+    """Whether `line` is the SCR line of a script in our folder (Scripts/imusic/)."""
+    return (
+        line.startswith("SCR")
+        and bool(line_command(line))
+        and (_script_path(line).replace("\\", "/").startswith(f"{SUBDIR}/"))
+    )
 
 
 def renamed_by_user(data: bytes, line: str) -> bool:

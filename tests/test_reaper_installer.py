@@ -304,6 +304,33 @@ def test_a_damaged_manifest_changes_nothing_and_says_what_to_do(resource, text):
     assert (resource / "reaper-kb.ini").read_bytes() == before and manifest.read_text() == text
 
 
+@pytest.mark.parametrize("stray", ["victim", "../../victim", "sub/victim", "..", "user line"])
+def test_a_manifest_naming_what_no_install_writes_changes_nothing(resource, stray):
+    """Uninstall removes what the manifest names: one naming a file outside Scripts/imusic/ (an absolute path, ../)
+    had it deleted, and one listing a user's own reaper-kb.ini line had that line removed. Such a manifest is
+    damaged: nothing is changed."""
+    install(resource, hotkeys=True)
+    folder = resource / "Scripts" / "imusic"
+    victim = resource / "victim.wav"
+    victim.write_bytes(b"the producer's take")
+    user_line = "KEY 1 65 40001 0"  # a shortcut of the user's to one of REAPER's own actions
+    kb = resource / "reaper-kb.ini"
+    kb.write_bytes(kb.read_bytes() + (user_line + "\n").encode())
+    manifest_path = folder / "imusic_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    if stray == "user line":
+        manifest["kb_lines"].append(user_line)
+    else:
+        manifest["files"].append(str(victim) if stray == "victim" else stray.replace("victim", "victim.wav"))
+    manifest_path.write_text(json.dumps(manifest))
+    before = kb.read_bytes()
+    for action in (install, uninstall):
+        with pytest.raises(ConfigError, match="imusic_manifest.json is damaged \\(it names .*\\).*nothing was changed"):
+            action(resource)
+    assert victim.read_bytes() == b"the producer's take" and kb.read_bytes() == before
+    assert (folder / "imusic_lib.py").is_file()
+
+
 def test_a_missing_resource_folder_says_where_to_find_it(tmp_path):
     with pytest.raises(ConfigError, match="Show REAPER resource path"):
         install(tmp_path / "nope")
