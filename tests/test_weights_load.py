@@ -425,6 +425,20 @@ def test_corrupt_base_weights_are_a_checkpoint_error(model_copy, damage):
         load_model(model_copy, device="cpu")
 
 
+@pytest.mark.parametrize("part", ["base/model.safetensors", "adapter/adapter.safetensors"])
+def test_weights_holding_nan_are_refused_naming_the_file(model_copy, part):
+    """Flipped bytes (0xFF is a NaN in float32) or a diverged run: the model loaded, and every edit came back as the
+    same few finite samples, said as a success."""
+    weights = load_file(str(model_copy / part))
+    name = sorted(n for n, t in weights.items() if t.is_floating_point())[0]
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(model_copy / part))
+    folder = (model_copy / part).parent
+    with pytest.raises(CheckpointError, match=f"^{folder}.* holds NaN or infinite weights"):
+        load_model(model_copy, device="cpu")
+
+
 def test_info_on_corrupt_safetensors_is_one_line(model_copy, capsys):
     from bridge.cli import main
 

@@ -347,6 +347,7 @@ def load_model(
 
     if adapter_state is not None:
         _apply_adapter(lm, adapter_state, adapter_info, adapter_path)
+    _refuse_non_finite(lm, codec, text, base, adapter_path)
 
     stems = adapter_info["stems"] if adapter_info else card_data.get("stems")
     training = adapter_info.get("training", {}) if adapter_info else {}
@@ -375,6 +376,23 @@ def load_model(
         **({"verbs": dict(adapter_info["verbs"])} if adapter_info and adapter_info.get("verbs") else {}),
     )
     return LoadedModel(lm=lm, codec=codec, text=text, card=card, device=dev, dtype=dt)
+
+
+def _refuse_non_finite(lm, codec, text, base: Path, adapter: Path | None) -> None:
+    """CheckpointError naming the first weight that holds NaN or an infinity: a damaged file (flipped bytes, a run
+    that diverged) loaded, every edit ran, and each came back as the same few finite samples, said as a success."""
+    import itertools
+
+    import torch
+
+    for module in (lm, codec.model, text.model):
+        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+            if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+                where = adapter if adapter is not None and module is lm and lm.is_adapter_name(name) else base
+                raise CheckpointError(
+                    f"{where} holds NaN or infinite weights ({name}): the file is damaged or its training diverged; "
+                    "copy or train it again"
+                )
 
 
 def _automatic_dtype(device, base: Path, layout: str):
