@@ -62,6 +62,7 @@ from engine.files import (
     shown_path,
     sweep_temps,
     unlock_and_remove,
+    user_path,
     writable_folder,
 )
 from engine.weights.loader import add_model_arguments
@@ -544,8 +545,8 @@ def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """`imusic batch`: check everything that can be checked, load the model once, render, print the table."""
-    session = Path(args.session).expanduser()
-    out = Path(args.output).expanduser()
+    session = user_path(args.session)
+    out = user_path(args.output)
     if not args.edit:
         raise ConfigError('give at least one --edit, e.g. --edit "extract drums"')
     if args.workers is not None and not args.ray:

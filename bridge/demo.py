@@ -29,7 +29,7 @@ from bridge.serve_process import JOURNAL_NAME, LOG_NAME, READY_TIMEOUT_S, Server
 from engine import instructions
 from engine.errors import ConfigError, InstructionError, ResourceError
 from engine.eval.acceptance import REGION_RATE
-from engine.files import edit_slug
+from engine.files import edit_slug, user_path
 from engine.modes import MASK, RESYNTH
 from engine.options import seed_option
 
@@ -345,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
     if not 1.0 <= args.seconds <= 600.0:
         raise ConfigError(f"--seconds must be between 1 and 600, got {args.seconds:g}")
     model_path = check_model(args.model)  # first: a missing model is one line, before any work
-    out = Path(args.out).expanduser().resolve()
+    out = user_path(args.out).resolve()
     _check_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,14 @@ from typing import Any
 from bridge.cli import JobProgress, add_edit_options, add_region_options, report_edit
 from bridge.protocol import TO_END, EditOptions
 from engine.errors import AudioError, ConfigError, ImusicError
-from engine.files import AUDIO_FORMATS, check_text_path, folders_to_make, remove_made_folders, writable_folder
+from engine.files import (
+    AUDIO_FORMATS,
+    check_text_path,
+    folders_to_make,
+    remove_made_folders,
+    user_path,
+    writable_folder,
+)
 from engine.modes import LAYER
 from engine.weights.loader import add_model_arguments
 
@@ -57,6 +64,8 @@ def choose_output(input_path: Path, instruction: str, output: str | None, force:
     from bridge.audio_write import names_folder, unique_result_path
     from engine.files import result_file_path
 
+    if output:
+        user_path(output)  # ~someone unknown here is said (os.path's leaves it, and a folder of that name was made)
     output = os.path.expanduser(output) if output else None  # "~/stems/" keeps its separator: still a folder
     try:
         if not output or names_folder(output):
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     check_text_path(args.input, "the input file")
     if args.output:
         check_text_path(args.output, "the output")
-    input_path = Path(args.input).expanduser()
+    input_path = user_path(args.input)
     output = choose_output(input_path, args.instruction, args.output, args.force)
     # bad files fail before the model loads
     audio_read.region_frames(audio_read.probe(input_path), args.start, args.end)

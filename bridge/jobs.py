@@ -26,7 +26,7 @@ from typing import Any
 from bridge import audio_write, protocol
 from bridge.protocol import EditRequest, RequestError
 from engine.errors import Cancelled, ConfigError, ResourceError
-from engine.files import fsync_folder, jsonable, lock_folder
+from engine.files import fsync_folder, jsonable, lock_folder, user_path
 
 JOURNAL_NAME = "jobs.jsonl"
 KEEP_FINISHED = 5000  # finished jobs kept across restarts for status and idempotency
@@ -147,7 +147,7 @@ class Journal:
     """Append-only JSON lines, one event per line, fsync'd; compacted on open. One server per journal folder."""
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder).expanduser()
+        self.folder = user_path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

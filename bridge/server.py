@@ -36,6 +36,7 @@ from bridge.protocol import EditRequest, RequestError
 from bridge.server_log import PythonOscLogFilter, ServerLog
 from bridge.worker import Worker
 from engine.errors import Cancelled, ConfigError, ImusicError, InstructionError
+from engine.files import user_path
 from engine.instructions import check_not_empty, check_takes
 from engine.modes import check_mode, check_mode_name, mode_name
 from engine.weights.loader import add_model_arguments
@@ -81,7 +82,7 @@ class EngineServer:
         self.load_editor = load_editor if load_editor is not None else (lambda: editor)
         self.host, self.port = host, port
         self.journal_dir = Path(journal_dir) if journal_dir else default_journal_dir()
-        self.roots = [Path(r).expanduser().resolve() for r in (allow_roots or default_roots())]
+        self.roots = [user_path(r).resolve() for r in (allow_roots or default_roots())]
         self.player = player
         self.preview_device = preview_device
         self.max_queue = max_queue
@@ -293,7 +294,7 @@ class EngineServer:
         """`raw` as an absolute path, read as text only (the file system is not asked); RequestError otherwise."""
         if not raw:
             raise RequestError(f"the {what} path is empty")
-        path = Path(raw).expanduser()
+        path = user_path(raw, RequestError)
         if not path.is_absolute():
             raise RequestError(f"the {what} path must be absolute (the server has its own working folder): {raw}")
         return path
@@ -609,7 +610,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_queue < 1:
         raise ConfigError(f"--max-queue must be at least 1, got {args.max_queue}")
     for root in args.allow_root or []:
-        if not Path(root).expanduser().is_dir():
+        if not user_path(root).is_dir():
             raise ConfigError(f"--allow-root {root} is not a folder")
     from engine.weights import detect_layout, resolve_source
 

@@ -18,7 +18,7 @@ from typing import Any
 from bridge.protocol import TO_END
 from bridge.reaper_items import ItemView, nested_section, plan_job, resolve_source_path, track_label
 from engine.errors import AudioError, ConfigError, DataError, ImusicError
-from engine.files import AUDIO_FORMATS, audio_files, check_text_path, shown_path
+from engine.files import AUDIO_FORMATS, audio_files, check_text_path, shown_path, user_path
 
 # Sources that are not audio files; any other type is a file source whose header tells what it holds.
 _NOT_FILES = ("MIDI", "VIDEO", "EMPTY", "CLICK", "LTC", "VIDEOEFFECT")
@@ -124,7 +124,10 @@ def _resolve_media(name: str, project_dir: Path) -> Path | None:
             candidates.append(project_dir.joinpath(*win.parts))
         candidates += [project_dir / win.name, project_dir / "Audio" / win.name, project_dir / "Media" / win.name]
     else:
-        path = Path(name).expanduser()
+        try:
+            path = user_path(name)
+        except ConfigError:  # ~someone unknown here: the name as it stands, looked for like any other
+            path = Path(name)
         candidates.append(path if path.is_absolute() else project_dir / path)
         candidates += [project_dir / path.name, project_dir / "Audio" / path.name, project_dir / "Media" / path.name]
     return next((c for c in candidates if c.is_file()), None)

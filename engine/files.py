@@ -65,6 +65,16 @@ def shown_path(path: str | os.PathLike) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def user_path(path: str | os.PathLike, error: type[Exception] = ConfigError) -> Path:
+    """`path` with a leading ~ or ~user expanded; `error` naming it where that user's home is unknown (Path.expanduser
+    raises RuntimeError there, which every command showed as a traceback). Every path a user types goes through it."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = Path(path).parts[0]
+        raise error(f"cannot read {shown_path(path)}: {user} names no user with a home folder here") from None
+
+
 def check_text_path(path: str | os.PathLike, what: str = "the file", error: type[Exception] = ConfigError) -> None:
     """`error` ("<what> <path> holds bytes ...") when a path is not UTF-8 text: OSC carries UTF-8 strings only, and
     the audio libraries, the terminal and the JSON records refuse it too. Such a file is renamed, not guessed at."""
@@ -294,7 +304,7 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
 def output_folder(path: str | Path) -> Path:
     """The -o of a command that writes a folder (a run, a report, a data set); ConfigError when it names a file."""
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{path} is a file; -o takes a folder")
     return path
@@ -361,7 +371,7 @@ def report_path(path: str | Path, suffix: str, option: str) -> Path:
     (.json, .md), so an audio file or anything else given by mistake is never replaced by a report, and its folder
     must take a file (made if need be), so a measurement is not lost to a folder it cannot write; ConfigError
     otherwise. An earlier report of the same name is replaced."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if path.suffix.lower() != suffix:
         raise ConfigError(f"{option} writes a {suffix} file; got {path}")
     if path.is_dir():

@@ -272,6 +272,7 @@ HOSTILE = {
     "dot-dot escaping the roots": lambda r, s: (_edit(f"{r}/../outside/song.wav"), protocol.FORBIDDEN_PATH),
     "output outside the roots": lambda r, s: (_edit(s, 0.0, 1.0, "extract drums", "/etc/x.wav"), "forbidden_path"),
     "relative path": lambda r, s: (_edit("song.wav"), protocol.BAD_REQUEST),
+    "a path under an unknown user's home": lambda r, s: (_edit("~imusic-nosuchuser/a.wav"), protocol.BAD_REQUEST),
     "region past the end": lambda r, s: (_edit(s, 1.0, 5.0), "bad_audio"),
     "region starting past the end": lambda r, s: (_edit(s, 3.0, 4.0), "bad_audio"),
     "negative start": lambda r, s: (_edit(s, -1.0, 1.0), "bad_audio"),

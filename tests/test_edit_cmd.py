@@ -308,6 +308,21 @@ def test_an_output_under_a_file_or_in_a_read_only_folder_is_refused_before_the_m
     assert loads == [] and source.read_bytes()
 
 
+@pytest.mark.parametrize("where", ["input", "-o", "--model"])
+def test_a_path_under_an_unknown_users_home_is_one_line(song, tmp_path, capsys, no_model_load, monkeypatch, where):
+    """~nosuchuser/...: Path.expanduser raises RuntimeError, which every command showed as a traceback (and -o went
+    through os.path's expansion, which leaves it: a folder named ~imusic-nosuchuser was made in the working folder)."""
+    monkeypatch.chdir(tmp_path)
+    stray = "~imusic-nosuchuser/a.wav"
+    args = {"input": [stray, "extract drums"], "-o": [str(song), "extract drums", "-o", stray]}.get(
+        where, [str(song), "extract drums", "--model", "~imusic-nosuchuser/model"]
+    )
+    assert main(["edit", *args]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "~imusic-nosuchuser names no user with a home folder here" in err.splitlines()[-1]
+    assert not (tmp_path / "~imusic-nosuchuser").exists()
+
+
 def test_an_output_folder_under_home_is_a_folder_there_not_a_folder_named_tilde(song, tmp_path, monkeypatch):
     from bridge.edit_cmd import choose_output
 

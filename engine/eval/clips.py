@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError, DataError
+from engine.files import user_path
 from engine.instructions import OPERATIONS, edit_pair
 from engine.options import seed_option
 from engine.train.data import CLASS_SETS, CLIP_SECONDS, FOUR_STEMS, HELD_OUT
@@ -85,7 +86,7 @@ def held_out_clips(
     from engine.train.data.datasets import ClipConfig, StemDataset, parse_classes
     from engine.train.data.layouts import scan
 
-    root = Path(data).expanduser()
+    root = user_path(data)
     if not root.is_dir():
         raise DataError(f"no data set at {root}: the folder does not exist")
     config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=parse_classes(classes), ops=(task,))

@@ -60,7 +60,7 @@ from engine.eval.report import (
     markdown,
     summarize,
 )
-from engine.files import write_bytes_atomic, write_json_atomic
+from engine.files import user_path, write_bytes_atomic, write_json_atomic
 from engine.modes import DEFAULT_MODE, RESYNTH
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 from engine.weights.loader import add_model_arguments
@@ -335,7 +335,7 @@ def evaluate(
 
         editor = Editor.load(model, adapter=adapter, device=device, dtype=dtype)
     tasks = check_tasks(tasks, editor.vocab.operations)
-    out_dir = Path(out_dir).expanduser()
+    out_dir = user_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rate = editor.sample_rate
     # The ideal mask uses the editor's mask design at full depth (the defaults, or the settings the editor was given):
@@ -521,7 +521,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.files import output_folder
 
     output_folder(args.output)
-    written = Path(args.output).expanduser() / REPORT_MD  # the report's last file
+    written = user_path(args.output) / REPORT_MD  # the report's last file
     if args.once and written.is_file():
         print(f"report: {written} (already there)", file=sys.stderr)
         return 0

@@ -12,7 +12,7 @@ import torch
 
 from engine.device import to_device
 from engine.errors import CheckpointError, ConfigError
-from engine.files import read_json_object, write_json_atomic
+from engine.files import read_json_object, user_path, write_json_atomic
 from engine.model.codec import Codec
 from engine.model.lm import MusicGenLM
 from engine.model.text import tokenize, zero_padding
@@ -48,17 +48,17 @@ class BaseStage(Stage):
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str) -> None:
         self.cfg = cfg
-        if is_codec_dir(Path(cfg.base).expanduser()):
+        if is_codec_dir(user_path(cfg.base)):
             template = Path(cfg.extra.get("run_dir", ".")) / "template"
             sizes = {k: int(v) for k, v in cfg.extra.items() if k in BASE_SIZES}
             # What the template is built from: a template left by an earlier attempt with other sizes or another
             # codec is built again, never reused (its sizes would silently become the model's).
-            recipe = {"codec": str(Path(cfg.base).expanduser().resolve()), "sizes": sizes, "seed": cfg.seed}
+            recipe = {"codec": str(user_path(cfg.base).resolve()), "sizes": sizes, "seed": cfg.seed}
             record = template / TEMPLATE_RECORD
             built = read_json_object(record, "", ConfigError) if record.is_file() else None
             if not (template / CONFIG).is_file() or (built is not None and built != recipe):
                 shutil.rmtree(template, ignore_errors=True)
-                build_base_template(Path(cfg.base).expanduser(), template, seed=cfg.seed, **sizes)
+                build_base_template(user_path(cfg.base), template, seed=cfg.seed, **sizes)
                 write_json_atomic(record, recipe)
             cfg = replace(cfg, base=str(template))
             self.cfg = cfg

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from engine.errors import ConfigError
+from engine.files import user_path
 from engine.model.config import FRAME_RATE, FusionConfig
 from engine.train.config import (
     BASE_SIZES,
@@ -162,7 +163,7 @@ def _finished_once(args: argparse.Namespace) -> bool:
 
     if args.resume or args.resume_from or getattr(args, "recipe", None):
         raise ConfigError("--once decides by itself whether to resume; it is for one stage, without --resume/--recipe")
-    stage, run_dir = args.stage or TrainConfig().stage, Path(args.output).expanduser()
+    stage, run_dir = args.stage or TrainConfig().stage, user_path(args.output)
     done = finished_file(stage, run_dir)
     if done.is_file():
         print(f"{stage}: done ({done.parent})")
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         given["device"] = str(training_device(given.get("device")))
     from engine.train.checkpoints import list_checkpoints
 
-    run_dir = Path(args.output).expanduser()
+    run_dir = user_path(args.output)
     saved = _saved_settings(run_dir) if resuming else None
     ignored = sorted(
         name

@@ -35,6 +35,7 @@ from engine.files import (
     audio_files,
     short_digest,
     staged_dir,
+    user_path,
     write_bytes_atomic,
     write_json_atomic,
 )
@@ -535,7 +536,7 @@ def held_out_songs(data: Path) -> list[str]:
 
 def run_stage(args: Any) -> int:
     """`imusic train --stage codec`: the codec stage, with the run's settings remembered for `--resume`."""
-    run_dir = Path(args.output).expanduser()
+    run_dir = user_path(args.output)
     saved = run_dir / CODEC_SETTINGS
     if args.resume_from:
         raise ConfigError("the codec stage keeps its last checkpoint only and resumes from it: use --resume")
@@ -563,13 +564,13 @@ def run_stage(args: Any) -> int:
             raise DataError("--data is required for a new codec run")
         if list_checkpoints(run_dir):
             raise DataError(f"{run_dir} already holds a codec run: use --resume, or another -o")
-        data = Path(args.data).expanduser()
+        data = user_path(args.data)
         cfg = CodecTrainConfig(extra={"data": str(data)})
         for flag, name in CODEC_FLAGS.items():
             if getattr(args, flag, None) is not None:
                 setattr(cfg, name, getattr(args, flag))
         if getattr(args, "init_codec", None):
-            init = Path(args.init_codec).expanduser()
+            init = user_path(args.init_codec)
             source = codec_run_of(init)
             if source is not None:  # the sizes of the codec it continues, whatever the defaults are now
                 sizes = CodecTrainConfig.from_dict(json.loads((source / CODEC_SETTINGS).read_text()))

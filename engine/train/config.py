@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError, ConfigError
-from engine.files import from_saved, read_json_object
+from engine.files import from_saved, read_json_object, user_path
 from engine.model.config import frame_rate as codec_frame_rate
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 from engine.weights.names import MODEL_CARD, WEIGHTS
@@ -25,7 +25,7 @@ def same_setting(given: Any, saved: Any) -> bool:
     if isinstance(given, (list, tuple)) and isinstance(saved, (list, tuple)):
         return tuple(given) == tuple(saved)
     if isinstance(given, str) and isinstance(saved, str) and given != saved:
-        return Path(given).expanduser().resolve() == Path(saved).expanduser().resolve()
+        return user_path(given).resolve() == user_path(saved).resolve()
     return given == saved
 
 

@@ -25,7 +25,7 @@ from engine.device import training_device, usable_cores
 from engine.errors import CheckpointError, ConfigError, DataError
 from engine.eval.clips import spread_indices
 from engine.eval.plots import plot_curves
-from engine.files import short_digest, write_json_atomic
+from engine.files import short_digest, user_path, write_json_atomic
 from engine.train.adapters import AdapterStage
 from engine.train.base import BaseStage
 from engine.train.checkpoints import (
@@ -392,7 +392,7 @@ def train(
     follows `cfg.steps`. `deadline` (a time.time() value) shortens `cfg.steps` from measured step times so that the run
     ends and exports by then (budget.StepBudget)."""
     started = time.monotonic()  # wall time includes loading and encoding the code pool
-    run_dir = Path(run_dir).expanduser()
+    run_dir = user_path(run_dir)
     cfg, payload = _resolved_config(cfg, run_dir, resume, resume_from, changes)
     cfg.check()
     if cfg.stage not in STAGES:

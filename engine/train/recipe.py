@@ -28,7 +28,7 @@ from typing import Any
 
 from engine.errors import CheckpointError, ConfigError, DataError, ImusicError, report_error
 from engine.eval.report import SPECTROGRAMS
-from engine.files import output_folder, read_json_object, write_json_atomic
+from engine.files import output_folder, read_json_object, user_path, write_json_atomic
 from engine.train.budget import STAGE_ORDER, split_budget
 from engine.train.config import (
     BASE_SIZES,
@@ -77,7 +77,7 @@ class Recipe:
         unknown = [name for name in self.stages if name not in STAGE_ORDER]
         if unknown:
             raise ConfigError(f"unknown stage(s) {', '.join(unknown)}: use {', '.join(STAGE_ORDER)}")
-        self.run_dir = Path(self.run_dir).expanduser()
+        self.run_dir = user_path(self.run_dir)
         self.settings = SCALES[self.scale]
         self.id = recipe_id(self.scale, self.settings)
         self.started = time.time()

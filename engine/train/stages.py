@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError, DataError
+from engine.files import user_path
 from engine.train.data.datasets import CaptionDataset, ClipConfig, StemDataset, parse_classes
 from engine.train.data.layouts import scan
 from engine.weights import detect_layout, read_model_card, resolve_source
@@ -111,9 +112,9 @@ def _clip_config(cfg: TrainConfig, sample_rate: int) -> ClipConfig:
 
 def open_split(cfg: TrainConfig, split: str, sample_rate: int, kind: str = "edit") -> StemDataset | CaptionDataset:
     """The clips of one split of --data; DataError (naming the folder) when it has none."""
-    if not Path(cfg.data).expanduser().is_dir():
+    if not user_path(cfg.data).is_dir():
         raise DataError(f"no data set at {cfg.data}: the folder does not exist")
-    catalog = scan(Path(cfg.data).expanduser())
+    catalog = scan(user_path(cfg.data))
     cls = CaptionDataset if kind == "caption" else StemDataset
     # Several clips per song and per epoch: small data sets still fill batches; the draws differ per item.
     per_song = max(1, math.ceil(cfg.batch * cfg.accum / max(1, len(catalog.songs))))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import CheckpointError
-from engine.files import link_tree, staged_dir
+from engine.files import link_tree, staged_dir, user_path
 from engine.model.config import is_adapter_name
 
 
@@ -144,7 +144,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     from engine.weights import adapter_format, detect_layout, read_model_card
     from engine.weights.loader import model_parts
 
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.exists():
         from engine.weights import resolve_source
 
@@ -264,10 +264,10 @@ def convert(
     from engine.weights.adapter_format import save_adapter
     from engine.weights.names import ADAPTER_DIR, BASE_DIR
 
-    adapter = Path(adapter).expanduser()
+    adapter = user_path(adapter)
     if not adapter.exists():
         raise CheckpointError(f"no adapter at {adapter}: the path does not exist")
-    output = Path(output).expanduser()
+    output = user_path(output)
     if output.exists() and not output.is_dir():
         raise CheckpointError(f"{output} is a file; give a new directory for the converted adapter")
     if output.exists() and any(output.iterdir()):

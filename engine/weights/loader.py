@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
-from engine.files import hash_stream, jsonable, read_json_object, short_digest, write_bytes_atomic
+from engine.files import hash_stream, jsonable, read_json_object, short_digest, user_path, write_bytes_atomic
 from engine.model.fit import check_state_fits
 from engine.weights.adapter_meta import check_stems, is_adapter_dir, read_adapter_meta
 from engine.weights.names import ADAPTER_DIR, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
@@ -95,7 +95,7 @@ def resolve_source(source: str | Path | None) -> Path:
                 "give a model with --model PATH, or train one (imusic train)"
             )
         return path
-    path = Path(source).expanduser()
+    path = user_path(source)
     if path.exists():
         return path
     text = str(source)
@@ -156,7 +156,7 @@ def weights_identity(source: str | Path | None, adapter: str | Path | None = Non
     except (CheckpointError, OSError, ValueError):
         return None
     if adapter is not None:
-        roots.append(("adapter", Path(adapter).expanduser()))
+        roots.append(("adapter", user_path(adapter)))
     for label, root in roots:
         if root.is_file():
             files = [(root.name, root)]
@@ -269,7 +269,7 @@ def peek_card(source: str | Path | None, adapter: str | Path | None = None) -> d
     except (CheckpointError, OSError, ValueError):
         pass
     if adapter is not None:
-        adapter_dir: Path | None = Path(adapter).expanduser()
+        adapter_dir: Path | None = user_path(adapter)
     else:
         adapter_dir = model_parts(path)[1] if card is not None and path is not None else None
     meta = None
@@ -409,7 +409,7 @@ def _automatic_dtype(device, base: Path, layout: str):
 
 def _resolve_adapter(adapter: str | Path) -> Path:
     """A local path for an adapter: as given, or a hub name's cached snapshot (its finetuned.ckpt if it has one)."""
-    path = Path(adapter).expanduser()
+    path = user_path(adapter)
     if path.exists():
         return path
     from engine.weights import hub

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from engine.errors import CheckpointError
-from engine.files import read_json_object
+from engine.files import read_json_object, user_path
 from engine.model.config import frame_rate as codec_frame_rate
 from engine.model.fit import refuse_misfit
 from engine.weights.names import CONFIG, WEIGHTS, WEIGHTS_INDEX
@@ -68,7 +68,7 @@ def is_codec_dir(path: str | Path) -> bool:
 def load_codec_dir(path: str | Path) -> Any:
     """The transformers EncodecModel of a codec folder, its weights checked to be there first: any other folder (a
     MusicGen model's holds a config.json too) would load as a codec of random weights, silently."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not is_codec_dir(path):
         raise CheckpointError(
             f"{path} is not a codec folder: it needs a {CONFIG} of model_type 'encodec' (what "

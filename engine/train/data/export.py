@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from engine.errors import DataError
-from engine.files import write_audio_atomic, write_json_atomic
+from engine.files import user_path, write_audio_atomic, write_json_atomic
 from engine.train.data.datasets import StemDataset
 
 
@@ -25,7 +25,7 @@ def export_clips(data: StemDataset | Sequence[StemDataset], out_dir: str | Path,
     if not sets:
         raise DataError("no clips to export")
     data = sets[0]  # what the sets share: their source, split, seed and clip settings
-    out = Path(out_dir).expanduser()
+    out = user_path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"{out} is not empty: choose a new folder for the clips")
     counters: dict[str, int] = {}

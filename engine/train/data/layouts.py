@@ -21,7 +21,7 @@ from pathlib import Path
 import soundfile as sf
 
 from engine.errors import DataError
-from engine.files import audio_files, missing_folder
+from engine.files import audio_files, missing_folder, user_path
 from engine.train.data import DATASET_JSON, read_dataset_json
 from engine.train.data.stems import canonical_class, class_from_filename, is_mix_name
 from engine.train.data.yamlio import read_yaml
@@ -278,7 +278,7 @@ _DESCRIPTIONS = {
 
 def scan(root: str | Path, layout: str = "auto") -> Catalog:
     """Find every song of a data set. `layout` is "auto" (first that finds songs) or one of LAYOUTS."""
-    root = Path(root).expanduser()
+    root = user_path(root)
     if problem := missing_folder(root):
         raise DataError(f"data folder {root} {problem}")
     if layout != "auto" and layout not in _SCANNERS:

@@ -19,7 +19,7 @@ import pretty_midi
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
-from engine.files import missing_folder, write_bytes_atomic, write_json_atomic
+from engine.files import missing_folder, user_path, write_bytes_atomic, write_json_atomic
 from engine.model.config import SAMPLE_RATE
 from engine.train.data import DATASET_JSON, SONG_SECONDS, SONG_SPLITS, read_dataset_json
 from engine.train.data.layouts import SLAKH_METADATA, SLAKH_MIX, SLAKH_STEMS
@@ -273,8 +273,8 @@ def synthesize(
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     backend = resolve_backend(renderer)
-    out = Path(out_dir).expanduser()
-    fonts = [Path(p).expanduser() for p in soundfonts] if soundfonts else default_soundfonts()
+    out = user_path(out_dir)
+    fonts = [user_path(p) for p in soundfonts] if soundfonts else default_soundfonts()
     if not fonts:
         raise ConfigError("no General MIDI soundfont found: pass --soundfont PATH")
     for font in fonts:
@@ -309,7 +309,7 @@ def synthesize(
         raise DataError(f"{out} is not empty: choose a new folder for the data set (or --resume an interrupted run)")
     midi_files: list[Path] = []
     if midi_dir is not None:
-        midi_root = Path(midi_dir).expanduser()
+        midi_root = user_path(midi_dir)
         if problem := missing_folder(midi_root):
             raise DataError(f"MIDI folder {midi_root} {problem}")
         midi_files = sorted(p for p in midi_root.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
