@@ -250,6 +250,9 @@ def test_adapter_json_of_another_format_is_refused(model_copy):
         ("training", {"input_rms_db": "loud"}, "training.input_rms_db must be a number, got 'loud'"),
         ("training", {"window_s": 0}, "training.window_s must be above 0 s, got 0"),
         ("training", {"input_rms_db": -1000}, "training.input_rms_db must be from -80 to 0 dBFS, got -1000"),
+        ("instruction_verbs", 5, "'instruction_verbs' must be an object of operation -> verb, got 5"),
+        ("instruction_verbs", {"add": 1}, "'instruction_verbs' must be an object of operation -> verb"),
+        ("instruction_template", ["x"], "'instruction_template' must be text, got \\['x'\\]"),
     ],
 )
 def test_a_damaged_adapter_json_is_named_field_by_field(model_copy, field, value, says):
@@ -259,6 +262,32 @@ def test_a_damaged_adapter_json_is_named_field_by_field(model_copy, field, value
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), field: value}))
     with pytest.raises(CheckpointError, match=says):
         read_adapter_meta(model_copy / "adapter")
+
+
+def test_a_model_cards_instruction_format_of_the_wrong_kind_is_named(model_copy):
+    card_path = model_copy / "model_card.json"
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "instruction_verbs": ["extract"]}))
+    with pytest.raises(CheckpointError, match="model_card.json: 'instruction_verbs' must be an object"):
+        load_model(model_copy, device="cpu")
+
+
+@pytest.mark.parametrize("value", ["four", 2.5, 0, None, True, float("inf")])
+def test_a_decoder_config_field_that_is_no_count_is_named(model_copy, value):
+    """"num_hidden_layers": "four" was a ValueError traceback from int()."""
+    config_path = model_copy / "base" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["decoder"]["num_hidden_layers"] = value
+    config_path.write_text(json.dumps(config))
+    says = "lacks 'num_hidden_layers'" if value is None else "'num_hidden_layers' must be a whole number above 0"
+    with pytest.raises(CheckpointError, match=says):
+        load_model(model_copy, device="cpu")
+
+
+def test_a_tokenizer_file_of_another_shape_is_a_checkpoint_error(model_copy):
+    """Valid JSON, not a tokenizer: KeyError 'added_tokens', a traceback in every command that loads a model."""
+    (model_copy / "base" / "tokenizer.json").write_text('{"x": 1}')
+    with pytest.raises(CheckpointError, match="cannot read the tokenizer in"):
+        load_model(model_copy, device="cpu")
 
 
 def test_sharded_safetensors_load_like_one_file(tiny_model_dir, tmp_path):

@@ -40,6 +40,7 @@ def read_adapter_meta(path: str | Path) -> dict[str, Any]:
     if not isinstance(meta["fusion"], dict):
         raise CheckpointError(f"{meta_path}: 'fusion' must be an object of adapter settings")
     check_stems(meta["stems"], meta_path)
+    check_instruction_format(meta, meta_path)
     meta["training"] = training_facts(meta, str(meta_path))  # checked once, read as numbers from here on
     return meta
 
@@ -49,6 +50,18 @@ def check_stems(stems: Any, where: Any) -> None:
     would leave the model no stem to name (a card's fell back to the official four without a word)."""
     if not (isinstance(stems, list) and stems and all(isinstance(s, str) and s.strip() for s in stems)):
         raise CheckpointError(f"{where}: 'stems' must be a non-empty list of stem names, got {stems!r}")
+
+
+def check_instruction_format(meta: Mapping[str, Any], where: Any) -> None:
+    """CheckpointError unless the instruction format an adapter or card may give is of the right kind: a template of
+    text, verbs an object of operation -> text ("instruction_verbs": 5 was a TypeError traceback at the first edit)."""
+    template, verbs = meta.get("instruction_template"), meta.get("instruction_verbs")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(f"{where}: 'instruction_template' must be text, got {template!r}")
+    if verbs is not None and not (
+        isinstance(verbs, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in verbs.items())
+    ):
+        raise CheckpointError(f"{where}: 'instruction_verbs' must be an object of operation -> verb, got {verbs!r}")
 
 
 # What an adapter was trained on, as `training` in adapter.json: its clips' length and its inputs' median RMS.

@@ -9,6 +9,7 @@ Our names: docs/ARCHITECTURE.md (engine/model/lm.py).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -100,24 +101,31 @@ MELODY_UNSUPPORTED = (
 def lm_config_from_transformers(decoder_config: Mapping, text_dim: int) -> LMConfig:
     """Our LMConfig from a transformers MusicgenDecoderConfig dict (config.json's "decoder" section)."""
     cfg = dict(decoder_config)
+
+    def whole(key: str, default: int | None = None) -> int:  # CheckpointError naming a field missing or not a count
+        value = cfg.get(key, default)
+        if value is None:
+            raise CheckpointError(f"the decoder config lacks {key!r}")
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or value != int(value) or value < 1:
+            raise CheckpointError(f"the decoder config's {key!r} must be a whole number above 0, got {value!r}")
+        return int(value)
+
     if cfg.get("scale_embedding"):
         raise ConfigError("MusicGen decoders with scale_embedding=True are not supported")
-    if int(cfg.get("audio_channels", 1)) != 1:
+    if whole("audio_channels", 1) != 1:
         raise ConfigError("stereo MusicGen decoders (audio_channels=2) are not supported: use a mono checkpoint")
     if cfg.get("activation_function", "gelu") != "gelu":
         raise ConfigError(f"unsupported decoder activation {cfg.get('activation_function')!r} (MusicGen uses gelu)")
-    try:
-        return LMConfig(
-            num_layers=int(cfg["num_hidden_layers"]),
-            dim=int(cfg["hidden_size"]),
-            num_heads=int(cfg["num_attention_heads"]),
-            ffn_dim=int(cfg["ffn_dim"]),
-            num_codebooks=int(cfg.get("num_codebooks", 4)),
-            card=int(cfg.get("vocab_size", 2048)),
-            text_dim=int(text_dim),
-        )
-    except KeyError as exc:
-        raise CheckpointError(f"the decoder config lacks {exc.args[0]!r}") from None
+    return LMConfig(
+        num_layers=whole("num_hidden_layers"),
+        dim=whole("hidden_size"),
+        num_heads=whole("num_attention_heads"),
+        ffn_dim=whole("ffn_dim"),
+        num_codebooks=whole("num_codebooks", 4),
+        card=whole("vocab_size", 2048),
+        text_dim=int(text_dim),
+    )
 
 
 def lm_config_to_transformers(cfg: LMConfig) -> dict:

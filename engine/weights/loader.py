@@ -18,7 +18,7 @@ from engine.errors import CheckpointError
 from engine.eval.verdict import card_verdict
 from engine.files import hash_stream, jsonable, read_json_object, short_digest, user_path, write_bytes_atomic
 from engine.model.fit import check_state_fits
-from engine.weights.adapter_meta import check_stems, is_adapter_dir, read_adapter_meta
+from engine.weights.adapter_meta import check_instruction_format, check_stems, is_adapter_dir, read_adapter_meta
 from engine.weights.names import ADAPTER_DIR, BASE_DIR, CONFIG, MODEL_CARD, OFFICIAL_CKPT, WEIGHTS
 
 if TYPE_CHECKING:
@@ -220,6 +220,7 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     card = read_json_object(where, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
     if card.get("stems") is not None:
         check_stems(card["stems"], where)
+    check_instruction_format(card, where)
     card_mask_depth(card, where)
     return card
 

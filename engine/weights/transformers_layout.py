@@ -236,8 +236,10 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     try:
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the tokenizer in {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file's error is any of transformers' and tokenizers' own
+        # (valid JSON of another shape: KeyError 'added_tokens', a traceback in every command that loads a model)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"cannot read the tokenizer in {path}: {reason}") from None
 
 
 def decoder_state(hf_model: MusicgenForConditionalGeneration) -> dict[str, torch.Tensor]:
