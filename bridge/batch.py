@@ -520,6 +520,17 @@ def _card_vocabulary(args: argparse.Namespace) -> tuple[Callable[[str], Any], st
     return (lambda text: parse_instruction(text, card)), name, note
 
 
+def _unreadable(path: Path) -> str | None:
+    """Why a source file cannot be read as audio, from its header (bounded: audio_read.probe), or None."""
+    from bridge.audio_read import probe
+
+    try:
+        probe(path)
+    except (ImusicError, OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
 def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     """`imusic batch --dry-run`: what a run would render, skip and refuse, and why; no model, nothing written."""
     parse, model, note = _card_vocabulary(args)
@@ -530,12 +541,22 @@ def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     summary = Summary()
     todo = triage(pairs, manifest, out, settings, summary, retry_failed=args.retry_failed)
     notes = {text: note(text) for text, _ in labels}
+    # a file that is not readable audio fails its pairs in the run: said here from its header (it was "to render")
+    unreadable = {path: _unreadable(path) for path in dict.fromkeys(pair.source.path for pair in todo)}
+    for path, why in unreadable.items():
+        if why:
+            summary.errors.append(f"{next(p.source.rel for p in todo if p.source.path == path)}: will fail: {why}")
+    failing = [pair for pair in todo if unreadable[pair.source.path]]
+    todo = [pair for pair in todo if not unreadable[pair.source.path]]
+    for pair in failing:
+        summary.rows[pair.source.rel][pair.label] = "will fail"
     for pair in todo:
         summary.rows[pair.source.rel][pair.label] = "to render"
         if notes[pair.edit]:  # the card's own verdict, before hours of rendering
             summary.notes.setdefault(notes[pair.edit], []).append(pair.key)
     headline = (
         f"dry run: {len(todo)} to render, {summary.skipped} already done, {summary.unsupported} refused"
+        + (f", {len(failing)} will fail (not readable audio)" if failing else "")
         + (f", {summary.not_retried} failed earlier (not retried)" if summary.not_retried else "")
         + "; no model was loaded, nothing was written"
     )

@@ -166,7 +166,19 @@ def out_name(path: Path, out: Path) -> str:
 
 
 def _entry_is_whole(entry: Any) -> bool:
-    return isinstance(entry, dict) and all(isinstance(entry.get(key, ""), str) for key in OUTPUT_FIELDS)
+    """Its fields that a rerun reads are of their kind: names text, settings an object (a damaged one stopped a rerun
+    with a traceback)."""
+    return (
+        isinstance(entry, dict)
+        and all(isinstance(entry.get(key, ""), str) for key in OUTPUT_FIELDS)
+        and isinstance(entry.get("settings") or {}, dict)
+    )
+
+
+def _in_out(name: str) -> bool:
+    """Whether a name the manifest records lies inside OUT (relative, no '..'): one pointing elsewhere (../x.wav, with
+    that file's size) made the pair count as done after its real result was deleted."""
+    return bool(name) and not os.path.isabs(name) and ".." not in Path(name.replace("\\", "/")).parts
 
 
 def written_here(entry: dict | None, pair: Pair, out: Path, claimed: list[str] = ()) -> bool:
@@ -201,9 +213,9 @@ def _has_result_shape(pair: Pair) -> bool:
 
 def is_done(entry: dict | None, pair: Pair, out: Path, settings: dict) -> bool:
     """A pair is done when the manifest says so AND its output file, its input and the settings all still match."""
-    if not entry or entry.get("status") != DONE:
+    if not entry or entry.get("status") != DONE or not _in_out(entry.get("output", "")):
         return False
-    output = out / entry.get("output", "")
+    output = out / entry["output"]
     try:
         if not output.is_file() or output.stat().st_size != entry.get("output_size"):
             return False

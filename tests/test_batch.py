@@ -16,7 +16,7 @@ from bridge import batch
 from bridge.batch import check_edits, check_output_folder, claim_output_folder, plan_pairs, run_batch
 from bridge.batch_backends import InProcessBackend
 from bridge.cli import main
-from bridge.manifest import Manifest
+from bridge.manifest import MANIFEST_FORMAT, Manifest
 from bridge.protocol import EditOptions
 from bridge.sources import collect_sources, folder_sources, read_rpp
 from engine.errors import ConfigError, DataError, InstructionError
@@ -534,6 +534,34 @@ def test_a_changed_input_or_a_damaged_output_is_rendered_again(session, tmp_path
     assert summary.rows["stems/bass"]["remove bass"].startswith("done ")
 
 
+def test_a_manifest_entry_of_the_wrong_kind_is_damaged_not_a_traceback(tmp_path):
+    """A pair's settings saved as "x": AttributeError 'str' object has no attribute 'get' at the rerun."""
+    path = tmp_path / "manifest.json"
+    entry = {"status": "done", "output": "a.extract_drums.wav", "settings": "x"}
+    path.write_text(json.dumps({"format": MANIFEST_FORMAT, "pairs": {"a | extract drums": entry}}))
+    with pytest.raises(DataError, match="is damaged .*move it away"):
+        Manifest(path)
+
+
+def test_a_pair_recorded_done_at_a_name_outside_the_output_folder_is_rendered_again(session, tmp_path, tiny_editor):
+    """A manifest whose output pointed at ../victim.wav (with that file's size) made the pair "done before" after its
+    real result was deleted."""
+    out = tmp_path / "out"
+    run_in_process(session, out, tiny_editor)
+    manifest = json.loads((out / "manifest.json").read_text())
+    key = next(k for k, e in manifest["pairs"].items() if e["output"] == "mix.extract_drums.wav")
+    result = out / "mix.extract_drums.wav"
+    outside = tmp_path / "victim.wav"
+    kept = result.read_bytes()
+    outside.write_bytes(kept)
+    result.unlink()
+    manifest["pairs"][key]["output"] = "../victim.wav"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    summary = run_in_process(session, out, tiny_editor)
+    assert summary.rows["mix"]["extract drums"].startswith("done ") and result.is_file()
+    assert outside.read_bytes() == kept  # the file outside is left alone
+
+
 def test_a_file_whose_name_is_not_utf8_is_refused_by_name_and_the_rest_renders(session, tmp_path, tiny_editor, capsys):
     """Linux names are bytes: one copied from an old Latin-1 drive is listed as the terminal shows it and refused
     (OSC, the audio writer and the manifest take text only); it stopped the whole batch with a traceback before."""
@@ -859,6 +887,18 @@ def test_cli_exits_1_when_some_pairs_failed(session, tmp_path, tiny_model_dir, c
     (session / "broken.wav").write_bytes(b"not audio at all")
     assert main(batch_args(session, tmp_path / "out", tiny_model_dir)) == 1
     assert "2 failed" in capsys.readouterr().out
+
+
+def test_a_dry_run_says_which_files_will_fail_from_their_headers(session, tmp_path, capsys):
+    """A text file named .wav was listed "to render" by a dry run, and failed in the run."""
+    (session / "broken.wav").write_bytes(b"not audio at all")
+    out = tmp_path / "out"
+    assert main(["batch", str(session), "--edit", "extract drums", "-o", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("broken "))
+    assert "will fail" in row and "to render" not in row
+    assert "1 will fail (not readable audio)" in printed and "  broken: will fail: cannot read" in printed
+    assert "dry run: 2 to render" in printed and not out.exists()
 
 
 def test_cli_unknown_edit_is_one_line_and_no_work(session, tmp_path, tiny_model_dir, capsys):

@@ -273,7 +273,7 @@ def test_a_model_cards_instruction_format_of_the_wrong_kind_is_named(model_copy)
 
 @pytest.mark.parametrize("value", ["four", 2.5, 0, None, True, float("inf")])
 def test_a_decoder_config_field_that_is_no_count_is_named(model_copy, value):
-    """"num_hidden_layers": "four" was a ValueError traceback from int()."""
+    """ "num_hidden_layers": "four" was a ValueError traceback from int()."""
     config_path = model_copy / "base" / "config.json"
     config = json.loads(config_path.read_text())
     config["decoder"]["num_hidden_layers"] = value
