@@ -90,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
             reply = client.status(args.job_id, short)
             _print_reply(reply, args.json)
             if args.job_id and reply.state == protocol.UNKNOWN:
-                return 1  # no such job, as `send cancel` says of it
+                # no such job, said on stderr as `send cancel` says it (the state line stays on stdout for scripts)
+                sys.stderr.write(f"imusic send: error: {reply.message}\n")
+                return 1
         elif args.request == "cancel":
             _print_reply(client.cancel(args.job_id, short), args.json)
         elif args.request == "preview":

@@ -40,7 +40,8 @@ MAX_CHANNELS = 64
 def unsupported_audio(rate: float, channels: int) -> str | None:
     """Why audio at `rate` Hz with `channels` channels cannot be edited ("a sample rate of 500 Hz: ..."), or None."""
     if not MIN_RATE <= rate <= MAX_RATE:
-        return f"a sample rate of {rate:g} Hz: the engine edits {MIN_RATE} to {MAX_RATE} Hz"
+        shown = int(rate) if float(rate).is_integer() else rate
+        return f"a sample rate of {shown} Hz: the engine edits {MIN_RATE} to {MAX_RATE} Hz"
     if channels > MAX_CHANNELS:
         return f"{channels} channels: the engine edits at most {MAX_CHANNELS}"
     return None

@@ -282,7 +282,11 @@ def test_send_status_and_cancel_print_states(server, capsys):
     assert send(server, "status") == 0
     assert capsys.readouterr().out.startswith("server_status ready")
     assert send(server, "status", "nobody") == 1  # no such job: as `send cancel` of it
-    assert capsys.readouterr().out.startswith("state nobody unknown")
+    said = capsys.readouterr()
+    assert said.out.startswith("state nobody unknown")
+    assert said.err == f"imusic send: error: {protocol.unknown_job('nobody')}\n"  # it said nothing there
+    assert send(server, "cancel", "nobody") == 1
+    assert capsys.readouterr().err == said.err
 
 
 def test_send_errors_are_one_line_and_exit_1(server, root, capsys):

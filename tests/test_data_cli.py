@@ -8,6 +8,7 @@ import pytest
 from test_bridge_support import imported_by
 
 from bridge.cli import main
+from engine.errors import ConfigError
 from engine.instructions import MAX_SEED, OPERATIONS
 
 
@@ -107,6 +108,22 @@ def test_export_writes_clips_of_the_requested_split(tmp_path, capsys):
         assert main([*argv[:3], *argv[5:], *out, *tasks, "--clips-per-song", "9"]) == 0
         clips = json.loads((tmp_path / f"clips{len(tasks)}" / "clips.json").read_text())["clips"]
         assert {clip["op"] for clip in clips} == expected  # repeated --task as imusic eval; none: every operation
+
+
+@pytest.mark.parametrize("rate", ["7", "10000000"])
+def test_export_refuses_a_rate_no_edit_takes_and_writes_nothing(tmp_path, capsys, rate):
+    """7 Hz clips (35 samples) were written without a word."""
+    from engine.train.data.datasets import ClipConfig
+
+    with pytest.raises(ConfigError, match=f"clips at a sample rate of {rate} Hz: the engine edits 1000 to 768000 Hz"):
+        ClipConfig(sample_rate=int(rate), seconds=5.0)
+    data = tmp_path / "data"
+    synth = ["data", "synth", "--tracks", "3", "-o", str(data), "--seconds", "1", "--sample-rate", "16000", "--quiet"]
+    assert main(synth) == 0
+    capsys.readouterr()
+    assert main(["data", "export", str(data), "-o", str(tmp_path / "clips"), "--sample-rate", rate, "--quiet"]) == 1
+    assert "the engine edits 1000 to 768000 Hz" in capsys.readouterr().err
+    assert not any((tmp_path / "clips").rglob("*.wav"))
 
 
 def test_export_reads_imusic_eval_s_clip_options_with_its_defaults():

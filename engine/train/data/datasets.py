@@ -32,6 +32,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.errors import ConfigError, DataError
+from engine.files import unsupported_audio
 from engine.instructions import OFFICIAL_STEMS, OFFICIAL_TEMPLATE, OFFICIAL_VERBS, edit_pair, render_prompt
 from engine.instructions import OPERATIONS as OPS
 from engine.model.config import SAMPLE_RATE
@@ -76,6 +77,8 @@ class ClipConfig:
         if not (self.sample_rate > 0 and math.isfinite(self.seconds) and self.seconds > 0):
             raise ConfigError(f"sample rate and clip length must be positive numbers, got {self.sample_rate} Hz and "
                               f"{self.seconds} s")  # fmt: skip
+        if (problem := unsupported_audio(self.sample_rate, 1)) is not None:  # 7 Hz clips were written without a word
+            raise ConfigError(f"clips at {problem}")
         bad = [op for op in self.ops if op not in OPS]
         if bad or not self.ops:
             raise ConfigError(f"unknown operation(s) {bad}: use {', '.join(OPS)}")

@@ -44,6 +44,7 @@ _DEFAULT_LEVEL_DB = -21.0
 MIX_PEAK = 0.95  # a mix, and the demo's stereo song, peak at most here (its stems scaled with it)
 
 MIN_SONG_SECONDS = 0.25  # shorter holds no note to render (1e-6 s: an empty array deep in the mixing)
+MAX_SONG_SECONDS = 3600.0  # a song of an hour at the most (1e9 s rendered for ever and left its folder behind)
 
 
 @dataclass
@@ -266,8 +267,10 @@ def synthesize(
     """
     if tracks < 1:
         raise ConfigError("--tracks must be at least 1")
-    if not (math.isfinite(seconds) and seconds >= MIN_SONG_SECONDS):  # NaN passed a "<= 0" check
-        raise ConfigError(f"--seconds must be a number of at least {MIN_SONG_SECONDS:g}, got {seconds:g}")
+    if not (math.isfinite(seconds) and MIN_SONG_SECONDS <= seconds <= MAX_SONG_SECONDS):  # NaN passed a "<= 0" check
+        raise ConfigError(
+            f"--seconds must be a number from {MIN_SONG_SECONDS:g} to {MAX_SONG_SECONDS:g}, got {seconds:g}"
+        )
     if not 8000 <= sample_rate <= 96000:
         raise ConfigError(f"--sample-rate {sample_rate} is outside 8000-96000 Hz")
     if workers < 1:
