@@ -398,10 +398,11 @@ def run(args: argparse.Namespace, player: Player | None = None) -> int:
         return 0
     if not args.file:
         raise ConfigError("give a FILE to play, or --list-devices")
-    from bridge.audio_read import read_region
+    from bridge.audio_read import probe, read_region, region_frames
 
+    region_frames(probe(args.file), args.start, args.end)  # the file's header first: a missing file is not "no device"
     if player is None:
-        player = get_player(args.device)  # before reading: no sound card is the first thing to hear about
+        player = get_player(args.device)  # before reading: no sound card is said before a long file is read
     audio, sample_rate = read_region(args.file, args.start, args.end)
     seconds = audio.shape[-1] / sample_rate
     sys.stderr.write(f"playing {args.file} ({seconds:.1f} s); press a key to stop\n")

@@ -475,8 +475,11 @@ def test_an_unknown_task_is_a_config_error_naming_the_tasks(synth_data, tiny_edi
 
 
 def test_a_missing_data_folder_is_a_data_error(tiny_editor, tmp_path):
-    with pytest.raises(DataError, match="no data set"):
+    with pytest.raises(DataError, match="no data set .*: the folder does not exist"):
         evaluate(tmp_path / "missing", ["extract"], tmp_path / "out", editor=tiny_editor, progress=False)
+    (tmp_path / "a.wav").write_bytes(b"RIFF")  # a file given as --data was said not to exist
+    with pytest.raises(DataError, match="no data set .*a.wav: a file, not a data set's folder"):
+        evaluate(tmp_path / "a.wav", ["extract"], tmp_path / "out", editor=tiny_editor, progress=False)
 
 
 def test_unreadable_stems_and_unusable_test_songs_are_counted_in_the_report(tiny_editor, tmp_path):

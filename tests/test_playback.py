@@ -14,7 +14,7 @@ import pytest
 
 from bridge import playback
 from bridge.playback import FakePlayer, PlaybackUnavailable, ab_schedule, play_ab, resolve_device
-from engine.errors import ConfigError, ImusicError
+from engine.errors import AudioError, ConfigError, ImusicError
 
 DEVICES = [
     {"index": 0, "name": "HDA Intel PCH: ALC3246 Analog", "channels": 2, "default_samplerate": 48000.0},
@@ -167,6 +167,20 @@ def test_imusic_play_without_a_file_is_a_usage_error():
     args = argparse.Namespace(file=None, start=0.0, end=None, device=None, list_devices=False)
     with pytest.raises(ConfigError, match="--list-devices"):
         playback.run(args)
+
+
+def test_imusic_play_of_a_file_it_cannot_read_says_so_before_asking_for_a_device(tmp_path, monkeypatch):
+    """A missing file was said as "no audio output device found" on a machine without one."""
+
+    def no_device(device=None):
+        raise PlaybackUnavailable("no audio output device found")
+
+    monkeypatch.setattr(playback, "get_player", no_device)
+    (tmp_path / "text.wav").write_text("not audio")
+    for name, says in (("missing.wav", "missing.wav"), ("text.wav", "cannot read")):
+        args = argparse.Namespace(file=str(tmp_path / name), start=0.0, end=None, device=None, list_devices=False)
+        with pytest.raises(AudioError, match=says):
+            playback.run(args)
 
 
 def _real_output_devices() -> list[dict]:

@@ -88,7 +88,8 @@ def held_out_clips(
 
     root = user_path(data)
     if not root.is_dir():
-        raise DataError(f"no data set at {root}: the folder does not exist")
+        what = "a file, not a data set's folder" if root.exists() else "the folder does not exist"
+        raise DataError(f"no data set at {root}: {what}")
     config = ClipConfig(sample_rate=sample_rate, seconds=seconds, classes=parse_classes(classes), ops=(task,))
     catalog = scan(root, layout)  # a data set that cannot be read says so in its own words
     try:
