@@ -264,6 +264,18 @@ def test_a_damaged_adapter_json_is_named_field_by_field(model_copy, field, value
         read_adapter_meta(model_copy / "adapter")
 
 
+@pytest.mark.parametrize(
+    ("version", "says"),
+    [(99, "format version 99; this imusic reads up to"), ("1", "a format version that is no whole")],
+)
+def test_a_model_card_of_a_later_format_is_refused(model_copy, version, says):
+    """ "version": 99 loaded and edited without a word."""
+    card_path = model_copy / "model_card.json"
+    card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "version": version}))
+    with pytest.raises(CheckpointError, match=f"model_card.json has {says}"):
+        load_model(model_copy, device="cpu")
+
+
 def test_a_model_cards_instruction_format_of_the_wrong_kind_is_named(model_copy):
     card_path = model_copy / "model_card.json"
     card_path.write_text(json.dumps({**json.loads(card_path.read_text()), "instruction_verbs": ["extract"]}))

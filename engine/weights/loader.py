@@ -218,6 +218,11 @@ def read_model_card(path: str | Path) -> dict[str, Any]:
     loader, peek_card, the installs that copy a card on): `stems` a list of names, `mask_depth` (card_mask_depth)."""
     where = Path(path) / MODEL_CARD
     card = read_json_object(where, f"model directory {path} is missing {MODEL_CARD}", CheckpointError)
+    version = card.get("version", MODEL_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{where} has a format version that is no whole number: {version!r}")
+    if version > MODEL_VERSION:  # a later imusic's card: its fields may mean what this one cannot read
+        raise CheckpointError(f"{where} has format version {version}; this imusic reads up to {MODEL_VERSION}")
     if card.get("stems") is not None:
         check_stems(card["stems"], where)
     check_instruction_format(card, where)
