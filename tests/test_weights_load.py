@@ -230,6 +230,18 @@ def test_an_adapter_on_a_base_it_does_not_fit_names_the_base_it_was_trained_on(t
         load_model(wider, tiny_model_dir / "adapter", device="cpu")
 
 
+def test_an_adapter_whose_tensors_disagree_with_its_own_json_says_that_not_the_base(model_copy):
+    """lora_rank 16 in adapter.json over rank-32 tensors was said as "does not fit this base model (2 layers x 64);
+    it was trained on a base of 2 layers x 64": the base is the one it was trained on."""
+    meta_path = model_copy / "adapter" / "adapter.json"
+    meta = json.loads(meta_path.read_text())
+    meta["fusion"]["lora_rank"] = meta["fusion"]["lora_rank"] // 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"does not match its own adapter\.json .*lora_a has shape") as refused:
+        load_model(model_copy, device="cpu")
+    assert "trained on" not in str(refused.value)
+
+
 def test_adapter_json_of_another_format_is_refused(model_copy):
     meta_path = model_copy / "adapter" / "adapter.json"
     meta = json.loads(meta_path.read_text())

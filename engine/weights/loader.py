@@ -471,9 +471,15 @@ def _apply_adapter(lm, state: dict, info: dict, path: Path | None) -> None:
     except CheckpointError as exc:
         hint = f"; it was trained on {info['base_hint']}" if info.get("base_hint") else ""
         cfg = lm.cfg
-        raise CheckpointError(
-            f"adapter {path} does not fit this base model ({cfg.num_layers} layers x {cfg.dim}){hint}: {exc}"
-        ) from None
+        sizes = f"{cfg.num_layers} layers x {cfg.dim}"
+        trained_on = info.get("base") or {}
+        if (trained_on.get("num_layers"), trained_on.get("dim")) == (cfg.num_layers, cfg.dim):
+            # trained on a base of these sizes: its tensors disagree with its own adapter.json, not with the base
+            raise CheckpointError(
+                f"adapter {path} does not match its own adapter.json (its fusion settings give other shapes than its "
+                f"tensors have): {exc}"
+            ) from None
+        raise CheckpointError(f"adapter {path} does not fit this base model ({sizes}){hint}: {exc}") from None
     if base_state:
         own = lm.state_dict()
         check_state_fits(base_state, own, f"adapter {path}", may_miss=lambda name: True)  # it replaces some only
