@@ -515,6 +515,13 @@ def test_align_steps_and_gate_init_are_refused_outside_the_adapter_stage(config,
         train(replace(config, align_steps=-1), tmp_path / "neg", progress=False)
 
 
+def test_a_window_longer_than_musicgen_generates_is_refused_before_any_work(config, tmp_path):
+    """--window 1e9 asked the allocator for 256 TB: a traceback."""
+    with pytest.raises(ConfigError, match="--window must be at most 30 s"):
+        train(replace(config, window=1e9), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fused_layers_puts_the_audio_fusion_on_the_top_layers_only(config, tmp_path):
     from engine.weights import load_model
 

@@ -13,6 +13,7 @@ from engine.model.config import frame_rate as codec_frame_rate
 from engine.train.data import CLIP_SECONDS, FOUR_STEMS
 from engine.weights.names import MODEL_CARD, WEIGHTS
 
+MAX_WINDOW_S = 30.0  # the longest adapter condition window a run may ask for: MusicGen generates at most 30 s
 HISTORY = "history.json"  # a training run's settings and figures per step, in its run folder
 CURVES = "curves.png"  # the picture of them
 
@@ -168,6 +169,10 @@ class TrainConfig:
             at_least(0, self, "workers")
         numbers(self, "lr", "seconds", positive=True)
         numbers(self, "gate_lr", "grad_clip", "weight_decay", "window", positive=False)
+        if self.window > MAX_WINDOW_S:  # 1e9 s asked for 256 TB of positions, a traceback from the allocator
+            raise ConfigError(
+                f"--window must be at most {MAX_WINDOW_S:g} s (MusicGen's own length), got {self.window:g}"
+            )
         if not (math.isfinite(self.text_dropout) and 0 <= self.text_dropout < 1):
             raise ConfigError(f"--text-dropout must be at least 0 and below 1, got {self.text_dropout}")
         if not math.isfinite(self.gate_init):
