@@ -460,35 +460,24 @@ def test_a_selected_item_is_clipped_to_the_time_selection_and_one_outside_it_sto
     assert "at 0:30.000 on Bass is outside the time selection: select only items under it" in message[0]
 
 
-def test_the_time_selection_leaves_out_muted_items_and_lanes_that_do_not_play(harness, source_file, sent):
+@pytest.mark.parametrize("lanes", ["fixed lanes", "lanes no longer shown"])
+def test_the_time_selection_leaves_out_muted_items_and_lanes_that_do_not_play(harness, source_file, sent, lanes):
+    """REAPER 7's fixed item lanes: a lane that does not play and a muted item are left out. A track taken out of
+    lanes (I_FREEMODE 0) keeps its other lanes' items, hidden and silent: REAPER says so with C_LANEPLAYS -1. Only
+    the item heard is sent."""
     reaper = harness.reaper
     comp = reaper.add_track("Comp", selected=True)
-    comp.values["I_FREEMODE"] = 2  # REAPER 7 fixed item lanes
     source = Source("WAVE", str(source_file[0]), 8.0)
-    playing = reaper.add_item(comp, position=0.0, length=4.0, source=source, selected=False)
+    heard = reaper.add_item(comp, position=0.0, length=4.0, source=source, selected=False)
     silent_lane = reaper.add_item(comp, position=0.0, length=4.0, start_offset=2.0, source=source, selected=False)
     muted = reaper.add_item(comp, position=0.0, length=4.0, start_offset=3.0, source=source, selected=False)
-    playing.values["C_LANEPLAYS"], silent_lane.values["C_LANEPLAYS"] = 1.0, 0.0
-    muted.values.update(C_LANEPLAYS=2.0, B_MUTE=1.0)
-    reaper.time_selection = (1.0, 2.0)
-    harness.run("imusic_extract_drums.py")
-    harness.settle()
-    assert reaper.messages == []
-    (call,) = sent
-    assert_region_is_source(call, source_file, offset=1.0, seconds=1.0)
-
-
-def test_the_time_selection_leaves_out_items_of_hidden_lanes_of_a_track_that_no_longer_shows_lanes(
-    harness, source_file, sent
-):
-    """A track taken out of fixed item lanes keeps its other lanes' items, hidden and silent: REAPER says so with
-    C_LANEPLAYS -1, whatever the track's mode is now (I_FREEMODE 0). Only the item heard is sent."""
-    reaper = harness.reaper
-    vocals = reaper.add_track("Vocals", selected=True)  # I_FREEMODE 0: no lanes shown (any more)
-    source = Source("WAVE", str(source_file[0]), 8.0)
-    heard = reaper.add_item(vocals, position=0.0, length=4.0, source=source, selected=False)
-    hidden = reaper.add_item(vocals, position=0.0, length=4.0, start_offset=2.0, source=source, selected=False)
-    heard.values["C_LANEPLAYS"], hidden.values["C_LANEPLAYS"] = 0.0, -1.0
+    if lanes == "fixed lanes":
+        comp.values["I_FREEMODE"] = 2
+        heard.values["C_LANEPLAYS"], silent_lane.values["C_LANEPLAYS"] = 1.0, 0.0
+        muted.values.update(C_LANEPLAYS=2.0, B_MUTE=1.0)
+    else:  # I_FREEMODE 0: no lanes shown (any more)
+        heard.values["C_LANEPLAYS"] = 0.0
+        silent_lane.values["C_LANEPLAYS"] = muted.values["C_LANEPLAYS"] = -1.0
     reaper.time_selection = (1.0, 2.0)
     harness.run("imusic_extract_drums.py")
     harness.settle()
