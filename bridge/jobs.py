@@ -363,11 +363,19 @@ class JobBook:
                 raise protocol.job_conflict(job.id)
             return known
 
-    def submit(self, job: Job, choose_output: Callable[[set[str]], str]) -> tuple[Job, bool, int]:
+    def submit(
+        self,
+        job: Job,
+        choose_output: Callable[[set[str]], str],
+        accepted: Callable[[Job, int], None] | None = None,
+    ) -> tuple[Job, bool, int]:
         """Accept a job: journal it (fsync), then queue it. Returns (job, is_new, queue position).
 
         A resend of a known job returns the known job (is_new False) and only updates where replies go.
-        `choose_output(reserved)` picks the result path while no other job can take the same one.
+        `choose_output(reserved)` picks the result path while no other job can take the same one. `accepted(job,
+        position)` is called once the job is journalled, before the worker can take it (under the book's lock): the
+        server's /imusic/accepted goes out before any reply of the job's run (sent after the lock, a fast worker's
+        first progress came before it, and a client waiting for the acceptance took that for the answer).
         """
         with self._cond:
             known = self.find_existing(job)
@@ -378,7 +386,10 @@ class JobBook:
                     # (answering "internal error" made the requester give up on a live job)
                     event = {"e": "reply_to", "id": job.id, "host": job.reply_to[0], "port": job.reply_to[1]}
                     self._append_or_say(event, f"job {job.id}'s reply address")
-                return known, False, self._position(known.id)
+                position = self._position(known.id)
+                if accepted is not None:
+                    accepted(known, position)
+                return known, False, position
             if len(self.queue) >= self.max_queue:
                 raise RequestError(
                     f"the queue is full ({self.max_queue} jobs waiting); try again when some have finished",
@@ -399,8 +410,11 @@ class JobBook:
                 ) from None
             self.jobs[job.id] = job
             self.queue.append(job.id)
+            position = self._position(job.id)
+            if accepted is not None:
+                accepted(job, position)
             self._cond.notify_all()
-            return job, True, self._position(job.id)
+            return job, True, position
 
     def _position(self, job_id: str) -> int:
         """0 = running or next to run; -1 = not waiting."""

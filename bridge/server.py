@@ -454,8 +454,11 @@ class EngineServer:
 
     def _accept(self, job: Job) -> Job:
         """Journal and queue the job (or find it already known), answer /imusic/accepted, and a known job's end."""
-        job, is_new, position = self.book.submit(job, lambda reserved: self._choose_output(job, reserved))
-        self._send(job.reply_to, protocol.ACCEPTED, job.id, position)
+        job, is_new, _ = self.book.submit(
+            job,
+            lambda reserved: self._choose_output(job, reserved),
+            lambda taken, position: self._send(taken.reply_to, protocol.ACCEPTED, taken.id, position),
+        )
         if not is_new:
             self._resend_outcome(job, job.reply_to)
         return job

@@ -285,10 +285,10 @@ def test_a_cancel_that_waited_on_the_acceptance_finds_the_job_in_the_book(tmp_pa
     in_submit, go_on = threading.Event(), threading.Event()
     real_submit = JobBook.submit
 
-    def held_submit(book, job, choose_output):
+    def held_submit(book, job, choose_output, accepted=None):
         in_submit.set()
         go_on.wait(TIMEOUT)
-        return real_submit(book, job, choose_output)
+        return real_submit(book, job, choose_output, accepted)
 
     monkeypatch.setattr(JobBook, "submit", held_submit)
     with Client("127.0.0.1", server.port) as client:

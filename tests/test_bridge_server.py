@@ -137,6 +137,26 @@ def test_an_output_name_longer_than_the_file_system_takes_is_refused_in_its_own_
     assert server.worker.editor.calls == []
 
 
+def test_the_acceptance_goes_out_before_any_reply_of_the_jobs_run(server, song, monkeypatch):
+    """/imusic/accepted was sent once the book's lock was let go: a worker quick to take the job sent its first
+    progress before it, and a client waiting for the acceptance took that for the answer (a flake under load)."""
+    import time
+
+    submit = server.book.submit
+
+    def descheduled_after(*args, **kwargs):  # the checking thread paused right after queueing the job
+        taken = submit(*args, **kwargs)
+        time.sleep(0.3)
+        return taken
+
+    monkeypatch.setattr(server.book, "submit", descheduled_after)
+    with Client("127.0.0.1", server.port) as client:
+        job_id = client.submit(str(song), 0.0, 1.0, "extract drums")
+        first = client.wait_for(lambda r: r.job_id == job_id, TIMEOUT)
+        assert first.address == protocol.ACCEPTED, first
+        assert Path(client.wait(job_id, timeout=TIMEOUT).output_path).is_file()
+
+
 def test_two_jobs_on_one_region_get_distinct_results(client, song):
     first = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
     second = client.edit(str(song), 0.0, 1.0, "extract drums", timeout=TIMEOUT)
