@@ -542,10 +542,12 @@ def dry_run(args: argparse.Namespace, sources: list[Source], out: Path) -> int:
     todo = triage(pairs, manifest, out, settings, summary, retry_failed=args.retry_failed)
     notes = {text: note(text) for text, _ in labels}
     # a file that is not readable audio fails its pairs in the run: said here from its header (it was "to render")
-    unreadable = {path: _unreadable(path) for path in dict.fromkeys(pair.source.path for pair in todo)}
-    for path, why in unreadable.items():
-        if why:
-            summary.errors.append(f"{next(p.source.rel for p in todo if p.source.path == path)}: will fail: {why}")
+    unreadable: dict[Path, str | None] = {}
+    for pair in todo:
+        if pair.source.path not in unreadable:  # each file once, said under its own name
+            unreadable[pair.source.path] = why = _unreadable(pair.source.path)
+            if why:
+                summary.errors.append(f"{pair.source.rel}: will fail: {why}")
     failing = [pair for pair in todo if unreadable[pair.source.path]]
     todo = [pair for pair in todo if not unreadable[pair.source.path]]
     for pair in failing:

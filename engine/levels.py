@@ -76,11 +76,7 @@ def is_silent(audio: np.ndarray) -> bool:
     """Silence, as every part of the engine means it: no sample above SILENCE_PEAK. Audio above it may still be too
     quiet to have a loudness (below the BS.1770 gate): it is edited, and its level is kept (match_level). Read from
     the largest and smallest sample: no copy of the audio (a NaN anywhere is not silence)."""
-    audio = np.asarray(audio)
-    if audio.size == 0:
-        return True
-    top, bottom = float(np.max(audio)), float(np.min(audio))
-    return max(top, -bottom) <= SILENCE_PEAK if math.isfinite(top) and math.isfinite(bottom) else False
+    return _sample_peak(np.asarray(audio)) <= SILENCE_PEAK  # a NaN or infinite peak compares False: not silence
 
 
 def db(value: float) -> float:
@@ -150,7 +146,7 @@ def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
 
 
 def _sample_peak(audio: np.ndarray) -> float:
-    """The largest |sample|, read without a copy."""
+    """The largest |sample|, read without a copy (NaN where a sample is; 0 for no samples)."""
     return max(float(np.max(audio)), -float(np.min(audio))) if audio.size else 0.0
 
 
@@ -408,9 +404,9 @@ def match_level(
             if op == "add" and mode == MASK:  # the part took the sum past the recording's peak: both were lowered
                 note += f", your recording with it; --mode {LAYER} gives {MODE_HELP[LAYER]}"
             info["warnings"].append(note)
-        if _sample_peak(out) > 1.0 >= _sample_peak(source):  # allowed by the recording's true peak, not its samples
+        if (peak := _sample_peak(out)) > 1.0 >= _sample_peak(source):  # the recording's true peak allowed them
             info["warnings"].append(
-                f"the result's samples reach {db(_sample_peak(out)):+.1f} dBFS where your recording's stay under full "
+                f"the result's samples reach {db(peak):+.1f} dBFS where your recording's stay under full "
                 "scale (its true peak allows them): lower its track before rendering to a fixed-point format"
             )
         if op == "add" and math.isfinite(source_lufs) and model_lufs - source_lufs > LOUD_ADD_NOTE_LU:
